@@ -1,0 +1,24 @@
+"""hdsd: a storage daemon for health-data hosts, two datacenters synchronised in real time.
+
+Everything a user may touch is re-exported here; modules starting with ``_`` are private.
+"""
+
+from ._errors import AuthenticationFailed as AuthenticationFailed
+from ._errors import ConfigError as ConfigError
+from ._errors import ConnectionLost as ConnectionLost
+from ._errors import CorruptLogError as CorruptLogError
+from ._errors import DiskFullError as DiskFullError
+from ._errors import HdsdError as HdsdError
+from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidRequest as InvalidRequest
+from ._errors import NotFound as NotFound
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import ProtocolError as ProtocolError
+from ._errors import QuorumNotReached as QuorumNotReached
+from ._errors import RequestTimeout as RequestTimeout
+from ._errors import StoreClosedError as StoreClosedError
+from ._errors import StoreFailedError as StoreFailedError
+from ._errors import Unavailable as Unavailable
+from .store import Version as Version
+
+__version__ = "0.1.0"

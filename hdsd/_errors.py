@@ -1,0 +1,186 @@
+"""The one error hierarchy of hdsd.
+
+Every error a user, an operator or a peer can meet is an :class:`HdsdError`. Each class names
+the condition, and its message says what happened and what to do. Each class has:
+
+* ``code`` — a stable string that travels in wire error frames, so a client raises the same
+  class the node raised (see :func:`error_class_for_code`);
+* ``exit_code`` — what the CLI exits with when this error ends a command (one line, no
+  traceback).
+
+Exit codes by class: 1 generic, 2 usage/config, 3 not found, 4 permission/authentication,
+5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "ConnectionLost",
+    "CorruptLogError",
+    "DiskFullError",
+    "HdsdError",
+    "IntegrityError",
+    "InvalidRequest",
+    "NotFound",
+    "PermissionDenied",
+    "ProtocolError",
+    "QuorumNotReached",
+    "RequestTimeout",
+    "StoreClosedError",
+    "StoreFailedError",
+    "Unavailable",
+    "error_class_for_code",
+]
+
+
+class HdsdError(Exception):
+    """Base of every hdsd error."""
+
+    code: ClassVar[str] = "internal"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(HdsdError):
+    """A configuration file, profile or command-line value is invalid; fix it and retry."""
+
+    code = "config"
+    exit_code = 2
+
+
+class InvalidRequest(HdsdError):
+    """The request is malformed (bad bucket or key name, bad range...); it was not applied."""
+
+    code = "invalid_request"
+    exit_code = 2
+
+
+class NotFound(HdsdError):
+    """The bucket, key or version does not exist (or is not visible to this identity)."""
+
+    code = "not_found"
+    exit_code = 3
+
+
+class PermissionDenied(HdsdError):
+    """The identity is known but its role does not allow this operation."""
+
+    code = "permission_denied"
+    exit_code = 4
+
+
+class AuthenticationFailed(HdsdError):
+    """The peer could not be authenticated (TLS handshake, unknown CA, wrong certificate kind)."""
+
+    code = "authentication_failed"
+    exit_code = 4
+
+
+class ProtocolError(HdsdError):
+    """The peer sent bytes that break the wire protocol; the connection is closed."""
+
+    code = "protocol"
+    exit_code = 1
+
+
+class IntegrityError(HdsdError):
+    """Stored or received data failed its checksum, AEAD tag or content-id check."""
+
+    code = "integrity"
+    exit_code = 5
+
+
+class Unavailable(HdsdError):
+    """The service cannot complete the request now; it is safe to retry with the same request id."""
+
+    code = "unavailable"
+    exit_code = 6
+
+
+class ConnectionLost(Unavailable):
+    """The connection to the node or peer broke; retry with the same request id."""
+
+    code = "connection_lost"
+
+
+class RequestTimeout(Unavailable):
+    """The request did not complete in time; retry with the same request id."""
+
+    code = "timeout"
+
+
+class QuorumNotReached(Unavailable):
+    """The write policy could not be met in time; nothing was acknowledged. Retry with the same
+    request id, or degrade the site explicitly if the other site is lost."""
+
+    code = "quorum_not_reached"
+
+
+class StoreError(HdsdError):
+    """Base of local storage failures."""
+
+    code = "store"
+    exit_code = 7
+
+
+class CorruptLogError(StoreError):
+    """A log record before the tail failed its checksum: the log is damaged at a known place.
+
+    It is never skipped in silence; repair the range from the other site (``hdsd repair``).
+    """
+
+    code = "corrupt_log"
+    exit_code = 5
+
+    def __init__(self, message: str, *, segment: str = "", offset: int = -1) -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.offset = offset
+
+
+class StoreClosedError(StoreError):
+    """The store was closed; no more operations are accepted."""
+
+    code = "store_closed"
+
+
+class StoreFailedError(StoreError):
+    """An fsync or write failed: the store stopped for good (fail-stop) and acknowledges nothing
+    more. Restart the node after checking the disk; recovery replays what was durable."""
+
+    code = "store_failed"
+
+
+class DiskFullError(StoreError):
+    """No space left on the data disk; the write was refused and nothing was acknowledged."""
+
+    code = "disk_full"
+
+
+def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:
+    out: list[type[HdsdError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_class_for_code(code: str) -> type[HdsdError]:
+    """The error class whose ``code`` is *code*; :class:`HdsdError` for an unknown code.
+
+    Looked up at call time so that subclasses defined in other modules are found too.
+    """
+    for cls in _all_subclasses(HdsdError):
+        if cls.code == code:
+            return cls
+    return HdsdError

@@ -1,0 +1,3 @@
+"""The ``hdsd`` command line (click)."""
+
+from ._main import main as main

@@ -1,0 +1,3 @@
+"""Cluster layout: sites, nodes, placement, hybrid logical clock."""
+
+from ._hlc import HybridClock as HybridClock

@@ -1,0 +1,127 @@
+"""The version record: the unit of the data model.
+
+tenant → bucket → key → versions. A version is immutable and identified, within its key, by
+``(hlc, node)``: the hybrid-logical-clock timestamp it was stamped with and the node that
+coordinated the write. The current version of a key is the greatest ``(hlc, node)``; replicas
+merge by union of versions, so merging is commutative, idempotent and never loses a write.
+
+Content lives either in chunks named by ``chunks`` (each a 32-byte keyed BLAKE3 id whose sealed
+payload is a chunk record in the log) or, for small blobs, ``inline``: the sealed payload of the
+single chunk ``chunks[0]`` carried inside the version record itself, so a small put is one log
+record and one fsync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import IntegrityError
+
+__all__ = ["Version", "parse_version_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    tenant: str
+    bucket: str
+    key: str
+    hlc: int
+    node: str
+    size: int
+    content_hash: bytes
+    chunks: tuple[bytes, ...] = ()
+    inline: bytes | None = None
+    tombstone: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Client-chosen id of the request that wrote this version: a retried put is applied once.
+    request_id: bytes = b""
+    chunk_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.hlc < 1 << 64):
+            raise ValueError("hlc must be an unsigned 64-bit integer")
+        if self.size < 0:
+            raise ValueError("size must be >= 0")
+        if self.inline is not None and len(self.chunks) != 1:
+            raise ValueError("an inline version names exactly one chunk")
+        if self.tombstone and (self.chunks or self.inline is not None or self.size):
+            raise ValueError("a tombstone carries no content")
+
+    @property
+    def version_id(self) -> str:
+        """Stable printable id: 16 hex digits of the HLC, a dot, the origin node."""
+        return f"{self.hlc:016x}.{self.node}"
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Sort key: the current version is the greatest."""
+        return (self.hlc, self.node)
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly dict; the inverse of :meth:`from_wire`."""
+        return {
+            "t": self.tenant,
+            "b": self.bucket,
+            "k": self.key,
+            "h": self.hlc,
+            "n": self.node,
+            "s": self.size,
+            "c": self.content_hash,
+            "m": list(self.chunks),
+            "i": self.inline,
+            "x": self.tombstone,
+            "d": dict(self.metadata),
+            "r": self.request_id,
+            "z": self.chunk_size,
+        }
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Version:
+        try:
+            return cls(
+                tenant=_typed(d["t"], str),
+                bucket=_typed(d["b"], str),
+                key=_typed(d["k"], str),
+                hlc=_typed(d["h"], int),
+                node=_typed(d["n"], str),
+                size=_typed(d["s"], int),
+                content_hash=_typed(d["c"], bytes),
+                chunks=tuple(_typed(c, bytes) for c in _typed(d["m"], list)),
+                inline=None if d["i"] is None else _typed(d["i"], bytes),
+                tombstone=_typed(d["x"], bool),
+                metadata={_typed(k, str): _typed(v, str) for k, v in _typed(d["d"], dict).items()},
+                request_id=_typed(d["r"], bytes),
+                chunk_size=_typed(d["z"], int),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"malformed version record: {exc}") from None
+
+    def public_info(self) -> dict[str, Any]:
+        """What a client is shown by stat/versions/list (no chunk ids, no inline payload)."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "version": self.version_id,
+            "hlc": self.hlc,
+            "node": self.node,
+            "size": self.size,
+            "content_hash": self.content_hash.hex(),
+            "deleted": self.tombstone,
+            "metadata": dict(self.metadata),
+        }
+
+
+def _typed(value: Any, kind: type) -> Any:
+    # bool is an int subclass: keep the two apart so a flag never passes for a size.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_version_id(text: str) -> tuple[int, str]:
+    """``"00000190a1b2c3d4.node"`` → ``(hlc, node)``; :class:`ValueError` if malformed."""
+    hlc_hex, sep, node = text.partition(".")
+    if not sep or len(hlc_hex) != 16 or not node:
+        raise ValueError(f"not a version id: {text!r}")
+    return int(hlc_hex, 16), node

@@ -1,0 +1,24 @@
+"""Shared test configuration.
+
+Hypothesis: the ``ci`` profile (bounded, derandomized) is used when ``CI`` is set, so CI is
+deterministic; locally the ``dev`` profile explores more, randomly. ``HYPOTHESIS_PROFILE``
+overrides both (``HYPOTHESIS_PROFILE=long`` for a soak).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
