@@ -1,0 +1,257 @@
+"""Sealing one chunk: keyed BLAKE3 content id → zstd → XChaCha20-Poly1305, and back.
+
+Payload format, version 1 (what the store persists and replicas exchange; self-describing)::
+
+    offset  size   field
+    0       1      format version, 1
+    1       1      flags: bit 0 ZSTD — the ciphertext decrypts to one zstd frame that declares
+                   its content size; clear: it decrypts to the plaintext itself.
+                   Bits 1..7 are reserved and must be 0.
+    2       4      plain_size, unsigned big-endian, <= MAX_CHUNK_SIZE
+    6       24     nonce, random per seal (XChaCha20's 192-bit nonce makes random nonces safe)
+    30      n+16   XChaCha20-Poly1305-IETF ciphertext of the n-byte body, then its 16-byte tag
+
+Associated data (authenticated, not stored)::
+
+    b"hdsd-chunk\\0" || payload[0:6] || chunk_id (32) || u16 BE len(tenant) || tenant (UTF-8)
+
+so a payload moved to another tenant or chunk id, or with its version, flags or size altered,
+fails to decrypt. ``chunk_id`` is keyed BLAKE3-256 of the *plaintext* under the tenant's dedup
+key; :meth:`ChunkCodec.open` recomputes it after decryption and decompression.
+
+A chunk is stored compressed only if its zstd frame is strictly shorter than the plaintext, so
+an uncompressed payload is exactly ``plain_size + PAYLOAD_OVERHEAD`` bytes and a compressed one
+is shorter than that. Decompression never produces more than the authenticated plain_size.
+Sealing the same plaintext twice gives the same id but different payloads (fresh nonce).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+import zstandard
+
+from .._errors import IntegrityError
+from ._chunker import MAX_CHUNK_SIZE
+from ._keys import TenantKeys
+
+__all__ = [
+    "CHUNK_ID_SIZE",
+    "FLAG_ZSTD",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "PAYLOAD_OVERHEAD",
+    "ChunkCodec",
+    "ContentHasher",
+    "SealedChunk",
+]
+
+FORMAT_VERSION = 1
+FLAG_ZSTD = 0x01
+_KNOWN_FLAGS = FLAG_ZSTD
+CHUNK_ID_SIZE = 32
+NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+TAG_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+_PREFIX = struct.Struct(">BBI")  # version, flags, plain_size
+HEADER_SIZE = _PREFIX.size + NONCE_SIZE
+PAYLOAD_OVERHEAD = HEADER_SIZE + TAG_SIZE
+_AAD_DOMAIN = b"hdsd-chunk\0"
+
+assert NONCE_SIZE == 24 and TAG_SIZE == 16 and HEADER_SIZE == 30 and PAYLOAD_OVERHEAD == 46
+assert MAX_CHUNK_SIZE <= 0xFFFFFFFF
+
+_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
+_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
+
+# zstandard (de)compressor objects are not thread-safe: one per thread (and per level), shared
+# by every codec so that many tenants do not multiply the per-thread zstd contexts.
+_tls = threading.local()
+
+
+def _compressor(level: int) -> Any:
+    by_level: dict[int, Any] | None = getattr(_tls, "compressors", None)
+    if by_level is None:
+        by_level = _tls.compressors = {}
+    comp = by_level.get(level)
+    if comp is None:
+        comp = by_level[level] = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False
+        )
+    return comp
+
+
+def _decompressor() -> Any:
+    dec = getattr(_tls, "decompressor", None)
+    if dec is None:
+        dec = _tls.decompressor = zstandard.ZstdDecompressor()
+    return dec
+
+
+@dataclass(frozen=True, slots=True)
+class SealedChunk:
+    """One sealed chunk: its content id, plaintext size and the payload the store persists."""
+
+    chunk_id: bytes
+    plain_size: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.chunk_id) != CHUNK_ID_SIZE:
+            raise ValueError(f"chunk_id must be {CHUNK_ID_SIZE} bytes")
+        if self.plain_size < 0:
+            raise ValueError("plain_size must be >= 0")
+
+
+class ContentHasher:
+    """Incremental keyed BLAKE3-256 over a whole blob (a version's ``content_hash``).
+
+    Keyed with the tenant's dedup key, like chunk ids: a blob that fits in one chunk has a
+    content hash equal to that chunk's id. ``digest()`` does not end the hasher.
+    """
+
+    __slots__ = ("_h",)
+
+    def __init__(self, dedup_key: bytes) -> None:
+        self._h = blake3.blake3(key=dedup_key)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        """The 32-byte hash of everything fed so far."""
+        digest: bytes = self._h.digest()
+        return digest
+
+
+def _aad(tenant: bytes, prefix: bytes, chunk_id: bytes) -> bytes:
+    return b"".join((_AAD_DOMAIN, prefix, chunk_id, len(tenant).to_bytes(2, "big"), tenant))
+
+
+def _seal_body(
+    keys: TenantKeys, chunk_id: bytes, flags: int, plain_size: int, body: bytes
+) -> bytes:
+    """Encrypt an already prepared *body* into a payload. Private; tests use it to forge
+    authenticated payloads whose inner frame lies."""
+    prefix = _PREFIX.pack(FORMAT_VERSION, flags, plain_size)
+    nonce = nacl.utils.random(NONCE_SIZE)
+    sealed = _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
+                      keys.data_key)
+    return b"".join((prefix, nonce, sealed))
+
+
+class ChunkCodec:
+    """Seals and opens the chunks of one tenant. Thread-safe: the CPU-heavy steps (hash,
+    compress, encrypt) release the GIL, so callers run big chunks in worker threads.
+
+    :meth:`open` raises :class:`~hdsd.IntegrityError` — and nothing else — for any payload that
+    is not exactly what :meth:`seal` produced for that chunk id with this tenant's keys.
+    """
+
+    __slots__ = ("_tenant_bytes", "compression_level", "keys")
+
+    def __init__(self, keys: TenantKeys, *, compression_level: int = 1) -> None:
+        if not -7 <= compression_level <= zstandard.MAX_COMPRESSION_LEVEL:
+            raise ValueError(
+                f"compression_level must be in -7..{zstandard.MAX_COMPRESSION_LEVEL}"
+            )
+        self.keys = keys
+        self.compression_level = compression_level
+        self._tenant_bytes = keys.tenant.encode("utf-8")
+
+    def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """Keyed BLAKE3-256 of *plaintext* under the tenant's dedup key (32 bytes)."""
+        digest: bytes = blake3.blake3(plaintext, key=self.keys.dedup_key).digest()
+        return digest
+
+    def content_hasher(self) -> ContentHasher:
+        """A fresh incremental hasher for a whole blob, keyed like chunk ids."""
+        return ContentHasher(self.keys.dedup_key)
+
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> SealedChunk:
+        """Hash, compress (if it shrinks) and encrypt one chunk of at most MAX_CHUNK_SIZE."""
+        data = plaintext if isinstance(plaintext, bytes) else bytes(plaintext)
+        size = len(data)
+        if size > MAX_CHUNK_SIZE:
+            raise ValueError(f"a chunk holds at most {MAX_CHUNK_SIZE} bytes, got {size}")
+        chunk_id = self.chunk_id(data)
+        body, flags = data, 0
+        if size:
+            packed: bytes = _compressor(self.compression_level).compress(data)
+            if len(packed) < size:
+                body, flags = packed, FLAG_ZSTD
+        return SealedChunk(chunk_id, size, _seal_body(self.keys, chunk_id, flags, size, body))
+
+    def open(self, chunk_id: bytes, payload: bytes | bytearray | memoryview) -> bytes:
+        """Decrypt, decompress and verify one payload; return the plaintext.
+
+        Raises :class:`~hdsd.IntegrityError` on any failure: tampered or truncated payload,
+        wrong tenant key, wrong chunk id, unknown format version or flags, a compressed body
+        that lies about its size, or plaintext that does not hash back to *chunk_id*.
+        """
+        where = f"chunk {bytes(chunk_id[:8]).hex()} of tenant {self.keys.tenant!r}"
+        if len(chunk_id) != CHUNK_ID_SIZE:
+            raise IntegrityError(f"{where}: chunk id is {len(chunk_id)} bytes, not 32")
+        chunk_id = bytes(chunk_id)
+        view = memoryview(payload).cast("B")
+        if len(view) < PAYLOAD_OVERHEAD:
+            raise IntegrityError(f"{where}: payload truncated ({len(view)} bytes)")
+        version, flags, plain_size = _PREFIX.unpack_from(view)
+        if version != FORMAT_VERSION:
+            raise IntegrityError(f"{where}: unknown payload format version {version}")
+        if flags & ~_KNOWN_FLAGS:
+            raise IntegrityError(f"{where}: unknown payload flags {flags:#04x}")
+        if plain_size > MAX_CHUNK_SIZE:
+            raise IntegrityError(f"{where}: declared size {plain_size} exceeds the maximum")
+        body_size = len(view) - PAYLOAD_OVERHEAD
+        compressed = bool(flags & FLAG_ZSTD)
+        # Stored compressed only when that is strictly shorter (see the module docstring).
+        size_ok = body_size < plain_size if compressed else body_size == plain_size
+        if not size_ok:
+            raise IntegrityError(
+                f"{where}: payload length {len(view)} does not match declared size {plain_size}"
+            )
+        try:
+            body: bytes = _decrypt(
+                bytes(view[HEADER_SIZE:]),
+                _aad(self._tenant_bytes, bytes(view[: _PREFIX.size]), chunk_id),
+                bytes(view[_PREFIX.size : HEADER_SIZE]),
+                self.keys.data_key,
+            )
+        except nacl.exceptions.CryptoError:
+            raise IntegrityError(
+                f"{where}: authentication failed (tampered or damaged payload, "
+                "wrong tenant key, or payload stored under the wrong chunk id)"
+            ) from None
+        plaintext = _decompress(where, body, plain_size) if compressed else body
+        if not hmac.compare_digest(self.chunk_id(plaintext), chunk_id):
+            raise IntegrityError(f"{where}: plaintext does not hash back to its chunk id")
+        return plaintext
+
+
+def _decompress(where: str, frame: bytes, plain_size: int) -> bytes:
+    # The zstd frame header is checked before decompressing: python-zstandard sizes its output
+    # buffer from the frame's declared content size and ignores max_output_size when one is
+    # declared, so a lying frame must be refused up front (decompression-bomb guard).
+    try:
+        params = zstandard.get_frame_parameters(frame)
+        if params.content_size != plain_size or params.dict_id:
+            raise IntegrityError(
+                f"{where}: zstd frame declares {params.content_size} bytes"
+                f"{' and a dictionary' if params.dict_id else ''}, payload {plain_size}"
+            )
+        out: bytes = _decompressor().decompress(
+            frame, max_output_size=plain_size, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{where}: corrupt zstd body: {exc}") from None
+    if len(out) != plain_size:
+        raise IntegrityError(f"{where}: decompressed to {len(out)} bytes, expected {plain_size}")
+    return out

@@ -1,0 +1,235 @@
+"""Running the chunk codec off the trio thread, and sealing whole streams, pipelined.
+
+Hashing, compressing and encrypting release the GIL, so worker threads let both cores work.
+A thread hop costs about 0.1 ms, so chunks under :data:`THREAD_THRESHOLD` are handled inline.
+All worker threads of this module share one :class:`trio.CapacityLimiter` per trio run
+(:func:`pipeline_limiter`, 2 tokens: one per core), so many concurrent puts cannot oversubscribe
+the machine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+
+import trio
+
+from ._chunker import DEFAULT_CHUNK_SIZE, Chunker
+from ._codec import ChunkCodec, ContentHasher, SealedChunk
+
+__all__ = [
+    "THREAD_THRESHOLD",
+    "WORKER_THREADS",
+    "open_in_thread",
+    "pipeline_limiter",
+    "seal_in_thread",
+    "seal_stream",
+]
+
+THREAD_THRESHOLD = 64 * 1024
+WORKER_THREADS = 2
+
+_limiter_var: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "hdsd_pipeline_limiter"
+)
+
+
+def pipeline_limiter() -> trio.CapacityLimiter:
+    """The limiter (``WORKER_THREADS`` tokens) shared by all pipeline threads of this run."""
+    try:
+        return _limiter_var.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(WORKER_THREADS)
+        _limiter_var.set(limiter)
+        return limiter
+
+
+async def seal_in_thread(
+    codec: ChunkCodec, plaintext: bytes | bytearray | memoryview
+) -> SealedChunk:
+    """``codec.seal(plaintext)`` in a worker thread if the chunk is >= THREAD_THRESHOLD,
+    inline otherwise (inline still honours cancellation)."""
+    if len(plaintext) < THREAD_THRESHOLD:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return codec.seal(plaintext)
+    return await trio.to_thread.run_sync(codec.seal, plaintext, limiter=pipeline_limiter())
+
+
+async def open_in_thread(
+    codec: ChunkCodec, chunk_id: bytes, payload: bytes | bytearray | memoryview
+) -> bytes:
+    """``codec.open(chunk_id, payload)`` in a worker thread if the payload is >=
+    THREAD_THRESHOLD, inline otherwise. Raises :class:`~hdsd.IntegrityError` like ``open``."""
+    if len(payload) < THREAD_THRESHOLD:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return codec.open(chunk_id, payload)
+    return await trio.to_thread.run_sync(
+        codec.open, chunk_id, payload, limiter=pipeline_limiter()
+    )
+
+
+class _Job:
+    __slots__ = ("done", "error", "plaintext", "sealed", "started")
+
+    def __init__(self, plaintext: bytes) -> None:
+        self.plaintext = plaintext
+        self.sealed: SealedChunk | None = None
+        self.error: BaseException | None = None
+        self.started = False
+        self.done = trio.Event()
+
+
+class _Dispatcher:
+    """Starts one stream's big jobs in worker threads, oldest first, each holding a token of
+    the shared limiter while it runs.
+
+    An async generator must not hold a nursery open across ``yield`` (the consumer's code would
+    run inside it), so threads are started with ``trio.lowlevel.start_thread_soon`` and report
+    back through ``run_sync_soon``; a completion immediately starts the next queued job, so the
+    workers keep going while the consumer is busy with a chunk.
+    """
+
+    def __init__(self, codec: ChunkCodec) -> None:
+        self._codec = codec
+        self._limiter = pipeline_limiter()
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue: deque[_Job] = deque()
+        self._closed = False
+
+    def submit(self, plaintext: bytes) -> _Job:
+        job = _Job(plaintext)
+        if len(plaintext) < THREAD_THRESHOLD:
+            job.started = True
+            try:
+                job.sealed = self._codec.seal(plaintext)
+            except Exception as exc:
+                job.error = exc
+            job.done.set()
+        else:
+            self._queue.append(job)
+            self._start_ready()
+        return job
+
+    async def wait(self, job: _Job) -> SealedChunk:
+        """Wait for *job*, the oldest unfinished one; start it first if no token was free."""
+        if not job.started:
+            # Out of the queue first: once the limiter hands this job a token, a completion
+            # callback running before we resume must not try to start it a second time.
+            self._queue.remove(job)
+            await self._limiter.acquire_on_behalf_of(job)
+            self._start(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.sealed is not None
+        return job.sealed
+
+    def close(self) -> None:
+        """Forget queued jobs; running ones finish in their thread and give their token back."""
+        self._closed = True
+        self._queue.clear()
+
+    def _start_ready(self) -> None:
+        while self._queue and not self._closed:
+            job = self._queue[0]
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(job)
+            except trio.WouldBlock:
+                return
+            self._queue.popleft()
+            self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        job.started = True
+        codec, token = self._codec, self._token
+
+        def work() -> None:
+            try:
+                job.sealed = codec.seal(job.plaintext)
+            except BaseException as exc:
+                job.error = exc
+
+        def deliver(_: object) -> None:
+            try:
+                token.run_sync_soon(self._complete, job)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits for this job or the token any more
+
+        trio.lowlevel.start_thread_soon(work, deliver, name="hdsd pipeline seal")
+
+    def _complete(self, job: _Job) -> None:
+        self._limiter.release_on_behalf_of(job)
+        job.done.set()
+        self._start_ready()
+
+
+async def seal_stream(
+    codec: ChunkCodec,
+    source: AsyncIterable[bytes],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_in_flight: int = 4,
+    hasher: ContentHasher | None = None,
+) -> AsyncIterator[SealedChunk]:
+    """Cut *source* into ``chunk_size`` chunks and yield them sealed, in input order.
+
+    An async generator: ``async for sealed in seal_stream(codec, source): ...``; wrap it in
+    ``contextlib.aclosing`` if you may stop early, so queued work is dropped at once. Chunks of
+    at least THREAD_THRESHOLD bytes are sealed in worker threads, several at a time, while the
+    consumer handles earlier ones.
+
+    Bounded memory: at most *max_in_flight* chunks are pulled from *source* and not yet
+    handed to the consumer (counting the one being yielded); nothing is pulled from *source*
+    while the consumer is busy. An empty source yields one empty chunk. If *hasher* is given it
+    is updated with every chunk's plaintext, in order, before that chunk is yielded — so it
+    holds the content hash of the whole blob when the iteration ends.
+
+    Errors from *source* or from sealing propagate (the latter in the chunk's turn).
+    """
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be >= 1")
+    chunker = Chunker(chunk_size)
+    dispatcher = _Dispatcher(codec)
+    window: deque[_Job] = deque()
+    pieces = aiter(source)
+    rest = memoryview(b"")  # the part of the current source piece not yet fed to the chunker
+    exhausted = False
+    try:
+        while True:
+            while len(window) < max_in_flight:
+                chunk = None
+                if rest:
+                    # Feed at most one chunk's worth at a time, so a huge source piece is
+                    # copied into chunks only as the window makes room for them.
+                    step = rest[:chunk_size]
+                    rest = rest[chunk_size:]
+                    cut = chunker.feed(step)
+                    chunk = cut[0] if cut else None
+                elif not exhausted:
+                    try:
+                        piece = await anext(pieces)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        chunk = chunker.finish()
+                    else:
+                        if len(piece) <= chunk_size:
+                            # Hands a whole-chunk bytes piece through without a copy.
+                            cut = chunker.feed(piece)
+                            chunk = cut[0] if cut else None
+                        else:
+                            rest = memoryview(piece).cast("B")
+                else:
+                    break
+                if chunk is not None:
+                    window.append(dispatcher.submit(chunk))
+            if not window:
+                return
+            job = window[0]
+            sealed = await dispatcher.wait(job)
+            window.popleft()
+            if hasher is not None:
+                hasher.update(job.plaintext)
+            job.plaintext = b""
+            yield sealed
+    finally:
+        dispatcher.close()
