@@ -41,7 +41,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._errors import AuthenticationFailed, ConfigError
@@ -203,7 +203,7 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
     return cert, key, cluster
 
 
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+def _spki(public_key: PublicKeyTypes) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -236,7 +236,12 @@ def create_ca(directory: Path, cluster_id: str) -> None:
         )
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hdsd CA {cluster_id}")])
+    # The random serialNumber keeps two CAs of one cluster id (a re-init, a test cluster) apart
+    # by name, so OpenSSL reports "unable to get issuer" rather than a confusing chain error.
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, f"hdsd CA {cluster_id}"),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
+    ])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()

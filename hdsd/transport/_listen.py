@@ -42,6 +42,18 @@ _ACCEPTED = b"\x01"
 _REFUSED = b"\x00"
 # Sending the alert is a courtesy to the peer; it must never hold a failing handshake for long.
 _ALERT_TIMEOUT = 1.0
+# OpenSSL reason codes a refused peer most often meets, and what to do about each.
+_HINTS = {
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA that issued our certificate; "
+    "use a certificate from this cluster's CA",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a certificate and none was sent; "
+    "configure a certificate and key",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "hdsd speaks TLS 1.3 only",
+    "UNSUPPORTED_PROTOCOL": "hdsd speaks TLS 1.3 only",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "our certificate has expired; re-issue it",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "our certificate is not valid for this use "
+    "(a client certificate where a node one is needed?)",
+}
 
 
 async def open_tls_listeners(
@@ -101,8 +113,14 @@ def _handshake_error(
     ):
         return ConnectionLost(f"the connection to the {peer} broke during the TLS handshake: "
                               f"{cause or exc}")
-    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
-    return AuthenticationFailed(f"TLS handshake with the {peer} refused: {reason}")
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+    if not reason:
+        text = str(cause)
+    elif reason in _HINTS:
+        text = f"{reason.lower().replace('_', ' ')}: {_HINTS[reason]}"
+    else:
+        text = reason.lower().replace("_", " ")
+    return AuthenticationFailed(f"TLS handshake with the {peer} refused: {text}")
 
 
 async def connect_tls(
