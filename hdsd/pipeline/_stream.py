@@ -10,7 +10,7 @@ the machine.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 import trio
 
@@ -170,7 +170,7 @@ async def seal_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_in_flight: int = 4,
     hasher: ContentHasher | None = None,
-) -> AsyncIterator[SealedChunk]:
+) -> AsyncGenerator[SealedChunk, None]:
     """Cut *source* into ``chunk_size`` chunks and yield them sealed, in input order.
 
     An async generator: ``async for sealed in seal_stream(codec, source): ...``; wrap it in
@@ -184,7 +184,9 @@ async def seal_stream(
     is updated with every chunk's plaintext, in order, before that chunk is yielded — so it
     holds the content hash of the whole blob when the iteration ends.
 
-    Errors from *source* or from sealing propagate (the latter in the chunk's turn).
+    Errors from *source* or from sealing propagate (the latter in the chunk's turn). The
+    iterator taken from *source* belongs to the stream: it is closed (``aclose``) when the
+    stream ends, fails or is closed early.
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be >= 1")
@@ -233,3 +235,7 @@ async def seal_stream(
             yield sealed
     finally:
         dispatcher.close()
+        # The iterator is ours: close it now rather than leave it to the garbage collector.
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -148,7 +148,9 @@ def test_any_flipped_bit_is_detected(sealed: SealedChunk, data: st.DataObject) -
 
 
 @given(st.sampled_from(SAMPLES), st.data())
-def test_truncated_or_extended_payload_is_detected(sealed: SealedChunk, data: st.DataObject) -> None:
+def test_truncated_or_extended_payload_is_detected(
+    sealed: SealedChunk, data: st.DataObject
+) -> None:
     cut = data.draw(st.integers(0, len(sealed.payload) - 1))
     with pytest.raises(IntegrityError):
         CODEC.open(sealed.chunk_id, sealed.payload[:cut])
