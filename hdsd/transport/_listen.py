@@ -113,8 +113,10 @@ def _handshake_error(
     ):
         return ConnectionLost(f"the connection to the {peer} broke during the TLS handshake: "
                               f"{cause or exc}")
-    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
-    if not reason:
+    reason = getattr(cause, "reason", None)
+    if verify := getattr(cause, "verify_message", None):
+        text = f"{verify}; is it a certificate of this cluster, issued for this name?"
+    elif not reason:
         text = str(cause)
     elif reason in _HINTS:
         text = f"{reason.lower().replace('_', ' ')}: {_HINTS[reason]}"

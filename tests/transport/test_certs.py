@@ -52,8 +52,9 @@ def test_node_certificate_carries_identity_hosts_and_usages(pki: Pki) -> None:
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {SERVER, CLIENT}
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-    assert cert.public_key().curve.name == "secp256r1"
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert public.curve.name == "secp256r1"
 
 
 def test_client_certificate_carries_identity_and_client_usage_only(pki: Pki) -> None:
