@@ -1,0 +1,253 @@
+"""Node configuration: a TOML file, validated entirely at start.
+
+Every mistake is reported, one clear line each (``path: [section] key: what is wrong``), in a
+single :class:`ConfigError`, so an operator fixes them all in one go. Relative paths are resolved
+against the directory of the configuration file, so a node directory can be moved as a whole.
+
+Example (``hdsd init`` writes one per node)::
+
+    [node]
+    name = "lyon-est-1"
+    site = "lyon-est"
+    listen = "127.0.0.1:7401"
+    data_dir = "data"
+
+    [tls]
+    ca = "../ca/ca.crt"
+    cert = "node.crt"
+    key = "node.key"
+
+    [keys]
+    master_key_file = "../master.key"
+
+    [cluster]
+    id = "hdsd-3f2a9c"
+    chunk_size = 1048576
+    compression_level = 1
+    inline_max = 16384
+
+    [[sites]]
+    name = "lyon-est"
+    nodes = [{ name = "lyon-est-1", address = "127.0.0.1:7401" }]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigError
+
+__all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config", "parse_address"]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    name: str
+    nodes: tuple[tuple[str, str, int], ...]  # (node name, host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    path: Path
+    name: str
+    site: str
+    host: str
+    port: int
+    data_dir: Path
+    ca: Path
+    cert: Path
+    key: Path
+    master_key_file: Path
+    cluster_id: str
+    chunk_size: int = 1 << 20
+    compression_level: int = 1
+    inline_max: int = 16 << 10
+    max_connections: int = 1024
+    request_timeout_s: float = 60.0
+    shutdown_grace_s: float = 30.0
+    sites: tuple[SiteConfig, ...] = field(default_factory=tuple)
+
+
+# section -> key -> (type, required)
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
+             "data_dir": (str, True)},
+    "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
+    "keys": {"master_key_file": (str, True)},
+    "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
+                "inline_max": (int, False)},
+    "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
+               "shutdown_grace_s": ((int, float), False)},
+}
+_REQUIRED_SECTIONS = ("node", "tls", "keys", "cluster")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:7401"`` → ``("127.0.0.1", 7401)``; ValueError with the reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"address {text!r} must be HOST:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host.strip("[]"), int(port_text)
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.lines.append(f"{self.path}: {where}: {what}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node configuration file; :class:`ConfigError` lists every mistake."""
+    cfg_path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{cfg_path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cfg_path}: cannot read configuration: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
+
+    p = _Problems(cfg_path)
+    base = cfg_path.parent
+    sections = _check_schema(raw, p)
+    p.raise_if_any()
+
+    node, tls, keys, cluster = (sections[s] for s in _REQUIRED_SECTIONS)
+    limits = sections.get("limits", {})
+    for where, value in (("[node] name", node["name"]), ("[node] site", node["site"])):
+        if not NAME_RE.match(value):
+            p.add(where, f"{value!r} must match {NAME_RE.pattern}")
+    host, port = "", 0
+    try:
+        host, port = parse_address(node["listen"])
+    except ValueError as exc:
+        p.add("[node] listen", str(exc))
+
+    def file_path(where: str, value: str) -> Path:
+        resolved = (base / value).resolve()
+        if not resolved.is_file():
+            p.add(where, f"file {resolved} does not exist")
+        elif not os.access(resolved, os.R_OK):
+            p.add(where, f"file {resolved} is not readable")
+        return resolved
+
+    ca = file_path("[tls] ca", tls["ca"])
+    cert = file_path("[tls] cert", tls["cert"])
+    key = file_path("[tls] key", tls["key"])
+    master = file_path("[keys] master_key_file", keys["master_key_file"])
+
+    data_dir = (base / node["data_dir"]).resolve()
+    _check_writable_dir(data_dir, p)
+
+    chunk_size = cluster.get("chunk_size", 1 << 20)
+    if not (64 << 10) <= chunk_size <= (4 << 20):
+        p.add("[cluster] chunk_size", f"{chunk_size} must be between 65536 and 4194304")
+    level = cluster.get("compression_level", 1)
+    if not 1 <= level <= 19:
+        p.add("[cluster] compression_level", f"{level} must be between 1 and 19")
+    inline_max = cluster.get("inline_max", 16 << 10)
+    if not 0 <= inline_max <= min(chunk_size, 64 << 10):
+        p.add("[cluster] inline_max", f"{inline_max} must be between 0 and 65536 and <= chunk_size")
+    max_conn = limits.get("max_connections", 1024)
+    if max_conn < 1:
+        p.add("[limits] max_connections", "must be at least 1")
+    timeout = float(limits.get("request_timeout_s", 60.0))
+    if timeout <= 0:
+        p.add("[limits] request_timeout_s", "must be positive")
+    grace = float(limits.get("shutdown_grace_s", 30.0))
+    if grace < 0:
+        p.add("[limits] shutdown_grace_s", "must be >= 0")
+    sites = _parse_sites(raw.get("sites", []), p)
+    p.raise_if_any()
+    return NodeConfig(
+        path=cfg_path, name=node["name"], site=node["site"], host=host, port=port,
+        data_dir=data_dir, ca=ca, cert=cert, key=key, master_key_file=master,
+        cluster_id=cluster["id"], chunk_size=chunk_size, compression_level=level,
+        inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
+        shutdown_grace_s=grace, sites=sites,
+    )
+
+
+def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in raw:
+        if name not in _SCHEMA and name != "sites":
+            p.add(f"[{name}]", f"unknown section (known: {', '.join([*_SCHEMA, 'sites'])})")
+    for name, schema in _SCHEMA.items():
+        section = raw.get(name)
+        if section is None:
+            if name in _REQUIRED_SECTIONS:
+                p.add(f"[{name}]", "missing section")
+            continue
+        if not isinstance(section, dict):
+            p.add(f"[{name}]", "must be a table")
+            continue
+        for key in section:
+            if key not in schema:
+                p.add(f"[{name}] {key}", f"unknown key (known: {', '.join(schema)})")
+        for key, (kind, required) in schema.items():
+            if key not in section:
+                if required:
+                    p.add(f"[{name}] {key}", "missing")
+                continue
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                want = kind.__name__ if isinstance(kind, type) else "number"
+                p.add(f"[{name}] {key}", f"must be a {want}, not {type(value).__name__}")
+        out[name] = section
+    return out
+
+
+def _check_writable_dir(path: Path, p: _Problems) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.add("[node] data_dir", f"cannot create {path}: {exc.strerror}")
+        return
+    if not os.access(path, os.W_OK | os.X_OK):
+        p.add("[node] data_dir", f"directory {path} is not writable")
+
+
+def _parse_sites(raw: Any, p: _Problems) -> tuple[SiteConfig, ...]:
+    if not isinstance(raw, list):
+        p.add("[[sites]]", "must be an array of tables")
+        return ()
+    sites: list[SiteConfig] = []
+    for i, site in enumerate(raw):
+        where = f"[[sites]] #{i + 1}"
+        if not isinstance(site, dict) or set(site) - {"name", "nodes"}:
+            p.add(where, "must be a table with keys name, nodes")
+            continue
+        name, nodes = site.get("name"), site.get("nodes", [])
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            p.add(where, f"name {name!r} must match {NAME_RE.pattern}")
+            continue
+        parsed: list[tuple[str, str, int]] = []
+        for node in nodes if isinstance(nodes, list) else []:
+            if (not isinstance(node, dict) or set(node) != {"name", "address"}
+                    or not isinstance(node["name"], str) or not isinstance(node["address"], str)):
+                p.add(where, "each node must be {name = \"...\", address = \"HOST:PORT\"}")
+                continue
+            try:
+                parsed.append((node["name"], *parse_address(node["address"])))
+            except ValueError as exc:
+                p.add(where, str(exc))
+        sites.append(SiteConfig(name=name, nodes=tuple(parsed)))
+    return tuple(sites)

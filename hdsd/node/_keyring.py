@@ -1,0 +1,134 @@
+"""Tenant keys, stored only wrapped under the cluster master key.
+
+The master key is 32 random bytes in a key file (mode 0600, written by ``hdsd init``). Each tenant
+has its own random data key and dedup key (see :class:`hdsd.pipeline.TenantKeys`); on disk they
+exist only wrapped with XChaCha20-Poly1305 under the master key, the tenant name bound as
+associated data so a wrapped entry cannot be moved to another tenant.
+
+File format (``keyring.hdsd`` in the data directory, replaced atomically)::
+
+    msgpack {"format": 1, "tenants": {tenant: nonce(24) || AEAD(data_key || dedup_key)}}
+
+Interim rule until tenant management lands (``hdsd tenant create``): a tenant's keys are created
+on its first write. Both sites must hold the same tenant keys, so ``hdsd init`` writes the keyring
+of the ``default`` tenant into every node directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+from nacl import bindings, exceptions, utils
+
+from .._errors import ConfigError, IntegrityError
+from .._packing import PackError, packb, unpackb
+from ..pipeline import TenantKeys
+
+__all__ = ["Keyring", "create_master_key", "load_master_key"]
+
+_AAD_PREFIX = b"hdsd-tenant-keys-v1\x00"
+_NONCE = bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+KEYRING_FILE = "keyring.hdsd"
+
+
+def create_master_key(path: Path) -> None:
+    """Write 32 random bytes to *path*, created 0600 (never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, utils.random(32))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_master_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"master key file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"master key file {path} is readable by group or others; run: chmod 600 {path}")
+    if len(data) != 32:
+        raise ConfigError(f"master key file {path} must hold exactly 32 bytes, has {len(data)}")
+    return data
+
+
+class Keyring:
+    """The tenants' keys of one node, unwrapped in memory, persisted wrapped."""
+
+    def __init__(self, path: Path, master_key: bytes) -> None:
+        self._path = path
+        self._master = master_key
+        self._wrapped: dict[str, bytes] = {}
+        self._keys: dict[str, TenantKeys] = {}
+        self._lock = threading.Lock()
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            doc = unpackb(self._path.read_bytes())
+            if doc.get("format") != 1:
+                raise IntegrityError(f"keyring {self._path}: unknown format {doc.get('format')!r}")
+            wrapped = {str(k): bytes(v) for k, v in doc["tenants"].items()}
+        except (PackError, KeyError, AttributeError, TypeError) as exc:
+            raise IntegrityError(f"keyring {self._path} is damaged: {exc}") from None
+        for tenant, blob in wrapped.items():
+            self._keys[tenant] = self._unwrap(tenant, blob)
+        self._wrapped = wrapped
+
+    def _unwrap(self, tenant: str, blob: bytes) -> TenantKeys:
+        try:
+            raw = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                blob[_NONCE:], _AAD_PREFIX + tenant.encode(), blob[:_NONCE], self._master)
+        except exceptions.CryptoError:
+            raise ConfigError(
+                f"the master key does not open the keyring {self._path} (wrong key file?)"
+            ) from None
+        return TenantKeys(tenant=tenant, data_key=raw[:32], dedup_key=raw[32:64])
+
+    def _wrap(self, keys: TenantKeys) -> bytes:
+        nonce = utils.random(_NONCE)
+        return nonce + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            keys.data_key + keys.dedup_key, _AAD_PREFIX + keys.tenant.encode(), nonce,
+            self._master)
+
+    def get(self, tenant: str) -> TenantKeys | None:
+        return self._keys.get(tenant)
+
+    def get_or_create(self, tenant: str) -> TenantKeys:
+        """The tenant's keys, created (and durably saved) on first use."""
+        with self._lock:
+            keys = self._keys.get(tenant)
+            if keys is None:
+                keys = TenantKeys.generate(tenant)
+                wrapped = dict(self._wrapped)
+                wrapped[tenant] = self._wrap(keys)
+                _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+                self._wrapped = wrapped
+                self._keys[tenant] = keys
+            return keys
+
+    def tenants(self) -> list[str]:
+        return sorted(self._keys)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
