@@ -1,1 +1,37 @@
-"""hdsd.wire"""
+"""hdsd.wire: the sans-IO wire protocol (framing, typed messages, connection state machine).
+
+Never imports trio or sockets; the transport layer drives a :class:`Connection` with bytes.
+The format is documented for implementers of other clients in ``docs/wire.md``.
+"""
+
+from ._connection import Connection as Connection
+from ._connection import ConnectionClosed as ConnectionClosed
+from ._connection import Event as Event
+from ._connection import NeedData as NeedData
+from ._connection import Role as Role
+from ._constants import DEFAULT_WINDOW as DEFAULT_WINDOW
+from ._constants import HEADER_SIZE as HEADER_SIZE
+from ._constants import MAX_FRAME as MAX_FRAME
+from ._constants import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._constants import REQUEST_ID_SIZE as REQUEST_ID_SIZE
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
+from ._messages import Cancel as Cancel
+from ._messages import Credit as Credit
+from ._messages import Data as Data
+from ._messages import DeleteRequest as DeleteRequest
+from ._messages import End as End
+from ._messages import ErrorReply as ErrorReply
+from ._messages import GetRequest as GetRequest
+from ._messages import GetStart as GetStart
+from ._messages import Goodbye as Goodbye
+from ._messages import Hello as Hello
+from ._messages import Kind as Kind
+from ._messages import ListRequest as ListRequest
+from ._messages import Message as Message
+from ._messages import MessageType as MessageType
+from ._messages import PutStart as PutStart
+from ._messages import Reply as Reply
+from ._messages import StatRequest as StatRequest
+from ._messages import StatusRequest as StatusRequest
+from ._messages import VersionsRequest as VersionsRequest

@@ -1,0 +1,86 @@
+"""Every number the wire format fixes, in one place, checked at import.
+
+A frame is ``length | type | checksum | body``::
+
+    offset  size  field
+    0       4     length of the body in bytes, unsigned, big-endian
+    4       1     frame type code (see the registry in ``_messages``)
+    5       8     xxh3_64 of the body, unsigned, big-endian
+    13      n     body: one msgpack array holding the message's fields in order
+
+Changing any of these values is a protocol version bump (:data:`PROTOCOL_VERSION`).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+#: Versions this implementation speaks; a Hello announcing another is a ProtocolError.
+SUPPORTED_VERSIONS: Final = frozenset({PROTOCOL_VERSION})
+
+HEADER: Final = struct.Struct(">IBQ")
+HEADER_SIZE: Final = 13
+
+#: Largest body a connection accepts by default: a 4 MiB payload plus room for its envelope.
+MAX_FRAME: Final = 4 * 1024 * 1024 + 64 * 1024
+#: Below this a Hello or an ErrorReply might not fit; a smaller per-connection limit is refused.
+MIN_MAX_FRAME: Final = 64 * 1024
+#: The length field is a u32.
+MAX_FRAME_LIMIT: Final = (1 << 32) - 1
+
+#: Body bytes of credit each stream starts with (announced by the receiver in its Hello).
+DEFAULT_WINDOW: Final = 8 * 1024 * 1024
+MAX_WINDOW: Final = (1 << 32) - 1
+#: Largest single Credit grant.
+MAX_CREDIT_GRANT: Final = (1 << 32) - 1
+#: Outstanding credit on one stream beyond this is refused: a peer cannot make us keep
+#: ever-growing integers by granting forever.
+MAX_OUTSTANDING_CREDIT: Final = 1 << 48
+
+MAX_RID: Final = (1 << 32) - 1
+REQUEST_ID_SIZE: Final = 16
+MAX_U63: Final = (1 << 63) - 1
+
+# Field limits. Lengths of names are in characters where the brief says characters (bucket,
+# policy, codes), in UTF-8 bytes where the bytes matter to storage (keys, metadata, texts).
+MAX_BUCKET_CHARS: Final = 63
+MAX_KEY_BYTES: Final = 1024
+MAX_METADATA_BYTES: Final = 8 * 1024
+MAX_POLICY_CHARS: Final = 63
+MAX_NAME_BYTES: Final = 255  # cluster id, peer name
+MAX_VERSION_ID_BYTES: Final = 320  # 16 hex digits, a dot, a node name
+MAX_CODE_CHARS: Final = 64  # error codes, Goodbye codes
+MAX_TEXT_BYTES: Final = 16 * 1024  # human-readable error messages
+MAX_LIST_LIMIT: Final = 10_000
+
+# Frame type codes. 0x00 is never valid (a zeroed header is a bug, not a message);
+# 0x80-0xFF are reserved for peer (replication) messages.
+T_HELLO: Final = 0x01
+T_GOODBYE: Final = 0x02
+T_PUT_START: Final = 0x10
+T_GET_REQUEST: Final = 0x11
+T_STAT_REQUEST: Final = 0x12
+T_LIST_REQUEST: Final = 0x13
+T_DELETE_REQUEST: Final = 0x14
+T_VERSIONS_REQUEST: Final = 0x15
+T_STATUS_REQUEST: Final = 0x16
+T_DATA: Final = 0x20
+T_END: Final = 0x21
+T_CREDIT: Final = 0x22
+T_CANCEL: Final = 0x23
+T_GET_START: Final = 0x30
+T_REPLY: Final = 0x31
+T_ERROR_REPLY: Final = 0x32
+PEER_TYPES: Final = range(0x80, 0x100)
+
+assert HEADER.size == HEADER_SIZE
+assert MIN_MAX_FRAME <= MAX_FRAME <= MAX_FRAME_LIMIT
+assert 0 < DEFAULT_WINDOW <= MAX_WINDOW
+assert MAX_WINDOW <= MAX_OUTSTANDING_CREDIT and MAX_CREDIT_GRANT <= MAX_OUTSTANDING_CREDIT
+assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
+_CODES = [v for k, v in dict(globals()).items() if k.startswith("T_")]
+assert len(set(_CODES)) == len(_CODES), "frame type codes must be distinct"
+assert all(0 < c < PEER_TYPES.start for c in _CODES), "client codes stay below the peer range"
+del _CODES

@@ -1,0 +1,394 @@
+"""The typed messages of the wire protocol and the registry mapping frame type codes to them.
+
+Every message is a frozen, slotted dataclass whose constructor validates every field (type,
+range, length) and raises :class:`~hdsd.InvalidRequest` naming the bad field, so a message
+that exists is well-formed — whether a caller built it or the decoder did. Its body on the
+wire is a msgpack array of its fields in declaration order.
+
+Adding a message type is one dataclass here plus one line in :data:`MESSAGE_TYPES`; its
+:class:`Kind` tells the connection state machine how it moves a request along, so the state
+tables need no change as long as the new message behaves like an existing kind.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .._errors import HdsdError, InvalidRequest, ProtocolError
+from .._packing import PackError, packb, unpackb
+from . import _constants as C
+from . import _fields as F
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Cancel",
+    "Credit",
+    "Data",
+    "DeleteRequest",
+    "End",
+    "ErrorReply",
+    "GetRequest",
+    "GetStart",
+    "Goodbye",
+    "Hello",
+    "Kind",
+    "ListRequest",
+    "Message",
+    "MessageType",
+    "PutStart",
+    "Reply",
+    "StatRequest",
+    "StatusRequest",
+    "VersionsRequest",
+    "decode_body",
+    "encode_body",
+    "message_type",
+]
+
+
+class Kind(enum.Enum):
+    """What a message does to the connection; the state machine's tables are keyed on it."""
+
+    HELLO = "hello"  # either side, first frame, once
+    GOODBYE = "goodbye"  # either side, last frame
+    REQUEST = "request"  # client: opens a rid; the server answers Reply or ErrorReply
+    UPLOAD = "upload"  # client: opens a rid and a client→server body stream
+    DOWNLOAD = "download"  # client: opens a rid; the server answers BODY_START…END or ErrorReply
+    BODY_START = "body_start"  # server: opens the server→client body stream of a DOWNLOAD
+    DATA = "data"  # body bytes on the open stream of a rid
+    END = "end"  # end of the body stream of a rid
+    CREDIT = "credit"  # the receiver of a body stream grants more bytes
+    CANCEL = "cancel"  # either side abandons a rid
+    REPLY = "reply"  # server: final success
+    ERROR_REPLY = "error_reply"  # server: final request-level failure
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every wire message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame of each side. ``window`` is the body credit every stream *towards the
+    sender of this Hello* starts with."""
+
+    protocol_version: int
+    cluster_id: str
+    peer: str
+    window: int
+
+    def __post_init__(self) -> None:
+        F.check_int("protocol_version", self.protocol_version, 0, 0xFFFF)
+        F.check_str("cluster_id", self.cluster_id, max_bytes=C.MAX_NAME_BYTES)
+        F.check_str("peer", self.peer, max_bytes=C.MAX_NAME_BYTES)
+        F.check_int("window", self.window, 0, C.MAX_WINDOW)
+
+
+def _truncated_text(text: str) -> str:
+    raw = text.encode("utf-8", "replace")[: C.MAX_TEXT_BYTES]
+    return raw.decode("utf-8", "ignore")
+
+
+def _error_code(exc: BaseException) -> str:
+    code = exc.code if isinstance(exc, HdsdError) else HdsdError.code
+    return code[: C.MAX_CODE_CHARS] or HdsdError.code
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """Connection-level error or close notice; the sender closes after it."""
+
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        F.check_str("code", self.code, max_chars=C.MAX_CODE_CHARS, allow_empty=False)
+        F.check_str("message", self.message, max_bytes=C.MAX_TEXT_BYTES)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Goodbye:
+        """The Goodbye that reports *exc* (its ``code`` if an HdsdError), text truncated."""
+        return cls(_error_code(exc), _truncated_text(str(exc)))
+
+
+@dataclass(frozen=True, slots=True)
+class PutStart(Message):
+    """Opens a put and its client→server body stream (Data… End). ``size`` is None when the
+    client streams without knowing the length."""
+
+    rid: int
+    request_id: bytes
+    bucket: str
+    key: str
+    size: int | None
+    metadata: dict[str, str]
+    policy: str | None
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_request_id(self.request_id)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+        F.check_optional_int("size", self.size, 0, C.MAX_U63)
+        F.check_metadata(self.metadata)
+        F.check_optional_str("policy", self.policy, max_chars=C.MAX_POLICY_CHARS, allow_empty=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Message):
+    """Body bytes of the open stream of ``rid`` (either direction)."""
+
+    rid: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bytes("data", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class End(Message):
+    """End of the body stream of ``rid``: put body complete, or all of a get's Data sent."""
+
+    rid: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit(Message):
+    """The receiver of the body stream of ``rid`` grants its sender ``amount`` more bytes."""
+
+    rid: int
+    amount: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_int("amount", self.amount, 1, C.MAX_CREDIT_GRANT)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Abandons ``rid``: sent by the client to abort a request, by the server as its final
+    answer when it drops one."""
+
+    rid: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequest(Message):
+    """Read a key (its current version, or ``version``), optionally the byte range
+    ``[start, end)`` (``end`` exclusive; either bound may be None)."""
+
+    rid: int
+    bucket: str
+    key: str
+    version: str | None
+    start: int | None
+    end: int | None
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+        F.check_optional_str("version", self.version, max_bytes=C.MAX_VERSION_ID_BYTES,
+                             allow_empty=False)
+        F.check_optional_int("start", self.start, 0, C.MAX_U63)
+        F.check_optional_int("end", self.end, 0, C.MAX_U63)
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise InvalidRequest(f"range: start {self.start} is after end {self.end}")
+
+
+@dataclass(frozen=True, slots=True)
+class GetStart(Message):
+    """Reply header of a get, before its Data frames (``info``: version, size, metadata...)."""
+
+    rid: int
+    info: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_map("info", self.info)
+
+
+@dataclass(frozen=True, slots=True)
+class StatRequest(Message):
+    rid: int
+    bucket: str
+    key: str
+    version: str | None
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+        F.check_optional_str("version", self.version, max_bytes=C.MAX_VERSION_ID_BYTES,
+                             allow_empty=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest(Message):
+    """Keys of ``bucket`` starting with ``prefix``, strictly after ``after`` ("" = from the
+    start), at most ``limit``; every version of each key if ``versions``."""
+
+    rid: int
+    bucket: str
+    prefix: str
+    after: str
+    limit: int
+    versions: bool
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bucket(self.bucket)
+        F.check_key(self.prefix, "prefix", allow_empty=True)
+        F.check_key(self.after, "after", allow_empty=True)
+        F.check_int("limit", self.limit, 1, C.MAX_LIST_LIMIT)
+        F.check_bool("versions", self.versions)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest(Message):
+    rid: int
+    request_id: bytes
+    bucket: str
+    key: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_request_id(self.request_id)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionsRequest(Message):
+    rid: int
+    bucket: str
+    key: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(Message):
+    rid: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Message):
+    """Final success of a request (put, stat, list, delete, versions, status)."""
+
+    rid: int
+    body: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_map("body", self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """Final failure of one request; the connection stays usable. ``code`` is an
+    :class:`~hdsd.HdsdError` code (see :func:`hdsd._errors.error_class_for_code`)."""
+
+    rid: int
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("code", self.code, max_chars=C.MAX_CODE_CHARS, allow_empty=False)
+        F.check_str("message", self.message, max_bytes=C.MAX_TEXT_BYTES)
+
+    @classmethod
+    def from_exception(cls, rid: int, exc: BaseException) -> ErrorReply:
+        """The ErrorReply that reports *exc* (its ``code`` if an HdsdError), text truncated."""
+        return cls(rid, _error_code(exc), _truncated_text(str(exc)))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    """One line of the registry: a frame type code, its class and what it does."""
+
+    code: int
+    cls: type[Message]
+    kind: Kind
+    fields: tuple[str, ...]
+
+
+def _t(code: int, cls: type[Message], kind: Kind) -> MessageType:
+    return MessageType(code, cls, kind, cls.__match_args__)
+
+
+MESSAGE_TYPES: Final = (
+    _t(C.T_HELLO, Hello, Kind.HELLO),
+    _t(C.T_GOODBYE, Goodbye, Kind.GOODBYE),
+    _t(C.T_PUT_START, PutStart, Kind.UPLOAD),
+    _t(C.T_GET_REQUEST, GetRequest, Kind.DOWNLOAD),
+    _t(C.T_STAT_REQUEST, StatRequest, Kind.REQUEST),
+    _t(C.T_LIST_REQUEST, ListRequest, Kind.REQUEST),
+    _t(C.T_DELETE_REQUEST, DeleteRequest, Kind.REQUEST),
+    _t(C.T_VERSIONS_REQUEST, VersionsRequest, Kind.REQUEST),
+    _t(C.T_STATUS_REQUEST, StatusRequest, Kind.REQUEST),
+    _t(C.T_DATA, Data, Kind.DATA),
+    _t(C.T_END, End, Kind.END),
+    _t(C.T_CREDIT, Credit, Kind.CREDIT),
+    _t(C.T_CANCEL, Cancel, Kind.CANCEL),
+    _t(C.T_GET_START, GetStart, Kind.BODY_START),
+    _t(C.T_REPLY, Reply, Kind.REPLY),
+    _t(C.T_ERROR_REPLY, ErrorReply, Kind.ERROR_REPLY),
+)
+
+_BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}
+_BY_CLASS: Final = {t.cls: t for t in MESSAGE_TYPES}
+assert len(_BY_CODE) == len(_BY_CLASS) == len(MESSAGE_TYPES), "codes and classes are unique"
+assert all(0 < t.code <= 0xFF for t in MESSAGE_TYPES)
+# The state machine reads ``rid`` from every message except the connection-level ones.
+assert all(
+    t.fields[:1] == ("rid",) for t in MESSAGE_TYPES if t.kind not in (Kind.HELLO, Kind.GOODBYE)
+)
+
+
+def message_type(msg: Message) -> MessageType:
+    """The registry line of *msg*; :class:`KeyError` for an unregistered class."""
+    return _BY_CLASS[type(msg)]
+
+
+def encode_body(msg: Message) -> tuple[int, bytes]:
+    """``(frame type code, msgpack body)`` of *msg*."""
+    t = _BY_CLASS[type(msg)]
+    return t.code, packb([getattr(msg, f) for f in t.fields])
+
+
+def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
+    """The message a frame of type *code* carries, and its kind; :class:`ProtocolError` if the
+    code is unknown or the body is not a well-formed message of that type."""
+    t = _BY_CODE.get(code)
+    if t is None:
+        raise ProtocolError(f"unknown frame type 0x{code:02x}")
+    try:
+        fields = unpackb(body)
+    except PackError as exc:
+        raise ProtocolError(f"{t.cls.__name__} frame: {exc}") from None
+    if type(fields) is not list or len(fields) != len(t.fields):
+        raise ProtocolError(
+            f"{t.cls.__name__} frame: body must be an array of {len(t.fields)} fields"
+        )
+    try:
+        return t.cls(*fields), t.kind
+    except InvalidRequest as exc:
+        raise ProtocolError(f"malformed {t.cls.__name__}: {exc}") from None
