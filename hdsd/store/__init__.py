@@ -1,4 +1,11 @@
-"""Log-structured store: segments of framed records, SQLite index, recovery."""
+"""Log-structured store: segments of framed records, SQLite index, recovery.
 
+The on-disk format and the crash rules are specified in ``hdsd.store._log``.
+"""
+
+from ._fs import FileSystem as FileSystem
+from ._records import ChunkRecord as ChunkRecord
+from ._store import Store as Store
+from ._store import StoreStatistics as StoreStatistics
 from ._version import Version as Version
 from ._version import parse_version_id as parse_version_id

@@ -1,0 +1,90 @@
+"""The file-system calls the log makes, as small named helpers in one place.
+
+Tests subclass :class:`FileSystem` to inject failures (the N-th ``fdatasync`` fails, ``pwrite``
+raises ENOSPC, unsynced writes are lost at a simulated crash). Nothing in the store calls
+``os`` for log files directly; the SQLite index manages its own files.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["FileSystem"]
+
+
+class FileSystem:
+    """Real POSIX file operations. Every method may raise :class:`OSError`."""
+
+    def open_read(self, path: str) -> int:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def open_write(self, path: str, *, create: bool = False) -> int:
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        return os.open(path, flags, 0o600)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        """Up to *length* bytes at *offset* (fewer only at end of file)."""
+        parts: list[bytes] = []
+        while length > 0:
+            part = os.pread(fd, length, offset)
+            if not part:
+                break
+            parts.append(part)
+            length -= len(part)
+            offset += len(part)
+        return b"".join(parts)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        """Write all of *data* at *offset* (loops over short writes)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def preallocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve blocks so later writes cannot hit ENOSPC and fdatasync has no size to sync."""
+        if length > 0:
+            os.posix_fallocate(fd, offset, length)
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def sync_dir(self, path: str) -> None:
+        """Make creations, renames and removals of entries in *path* durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_new_file(self, path: str, data: bytes) -> None:
+        """Create *path* with *data*, durably (file and directory entry)."""
+        fd = self.open_write(path, create=True)
+        try:
+            self.pwrite(fd, data, 0)
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+        self.sync_dir(os.path.dirname(path) or ".")

@@ -1,0 +1,290 @@
+"""The SQLite index: a rebuildable cache of the log, mapping names to log positions.
+
+WAL mode with ``synchronous=NORMAL``: an index transaction may be lost at a power cut, which is
+harmless because the log is the truth and the applied position (kept in the same transaction as
+the rows it covers) says where replay must resume. One connection per thread: the log writer
+owns the writing connection; every reading thread gets its own, so reads never wait for a
+commit.
+
+HLCs are unsigned 64-bit but SQLite integers are signed: they are stored shifted by -2**63,
+which keeps their order. Text compares as bytes (BINARY collation on UTF-8), the same order as
+Python's ``str`` comparison, so SQL ``ORDER BY`` and Python agree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .._packing import packb, unpackb
+from ._records import ChunkRecord
+from ._version import Version
+
+__all__ = ["AppliedPosition", "Index", "Location"]
+
+_HLC_SHIFT = 1 << 63
+INDEX_FORMAT = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    format INTEGER NOT NULL,
+    segment INTEGER NOT NULL,     -- applied position: end of the last applied batch
+    offset INTEGER NOT NULL,
+    last_frame INTEGER NOT NULL,  -- offset of that batch's COMMIT frame (-1: none)
+    max_hlc INTEGER NOT NULL,     -- shifted like versions.hlc
+    records INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY (tenant, chunk_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    vid INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    hlc INTEGER NOT NULL, node TEXT NOT NULL,
+    request_id BLOB NOT NULL,
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    body BLOB NOT NULL            -- Version.to_wire(), so reads never touch the log
+);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_by_name ON versions (tenant, bucket, key, hlc, node);
+CREATE INDEX IF NOT EXISTS versions_by_request ON versions (tenant, request_id)
+    WHERE request_id != x'';
+CREATE TABLE IF NOT EXISTS heads (
+    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    hlc INTEGER NOT NULL, node TEXT NOT NULL, tombstone INTEGER NOT NULL, vid INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bucket, key)
+) WITHOUT ROWID;
+"""
+
+_UPSERT_HEAD = """
+INSERT INTO heads (tenant, bucket, key, hlc, node, tombstone, vid) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant, bucket, key) DO UPDATE SET
+    hlc = excluded.hlc, node = excluded.node, tombstone = excluded.tombstone, vid = excluded.vid
+WHERE (excluded.hlc, excluded.node) > (heads.hlc, heads.node)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    segment: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPosition:
+    segment: int  # 0: nothing applied yet
+    offset: int
+    last_frame: int
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+def _version(body: bytes) -> Version:
+    return Version.from_wire(unpackb(body))
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string starting with *prefix* (None: no bound)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored as UTF-8
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+class Index:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self.writer = _connect(path)
+        self.writer.executescript(_SCHEMA)
+        self.writer.execute(
+            "INSERT OR IGNORE INTO state VALUES (1, ?, 0, 0, -1, ?, 0)",
+            (INDEX_FORMAT, -_HLC_SHIFT))
+
+    def close(self) -> None:
+        with self._lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self.writer.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self._path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    # --- writing (log-writer thread and recovery only) -------------------------------------
+    def applied(self) -> AppliedPosition:
+        seg, off, last = self.writer.execute(
+            "SELECT segment, offset, last_frame FROM state").fetchone()
+        return AppliedPosition(seg, off, last)
+
+    def apply(self, items: Iterable[tuple[ChunkRecord | Version, Location]],
+              applied: AppliedPosition) -> None:
+        """Index *items* and move the applied position, in one transaction. Idempotent."""
+        c = self.writer
+        added = 0
+        max_hlc = None
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for record, loc in items:
+                if isinstance(record, ChunkRecord):
+                    cur = c.execute(
+                        "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                        (record.tenant, record.chunk_id, loc.segment, loc.offset, loc.length))
+                    added += cur.rowcount
+                    continue
+                h = record.hlc - _HLC_SHIFT
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO versions (tenant, bucket, key, hlc, node, request_id,"
+                    " segment, offset, length, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.tenant, record.bucket, record.key, h, record.node,
+                     record.request_id, loc.segment, loc.offset, loc.length,
+                     packb(record.to_wire())))
+                if cur.rowcount:
+                    added += 1
+                    c.execute(_UPSERT_HEAD, (record.tenant, record.bucket, record.key, h,
+                                             record.node, int(record.tombstone), cur.lastrowid))
+                    max_hlc = h if max_hlc is None else max(max_hlc, h)
+            c.execute(
+                "UPDATE state SET segment = ?, offset = ?, last_frame = ?, records = records + ?,"
+                " max_hlc = max(max_hlc, ?)",
+                (applied.segment, applied.offset, applied.last_frame, added,
+                 max_hlc if max_hlc is not None else -_HLC_SHIFT))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # --- reading (any thread) ----------------------------------------------------------------
+    def chunk_location(self, tenant: str, chunk_id: bytes) -> Location | None:
+        row = self._reader().execute(
+            "SELECT segment, offset, length FROM chunks WHERE tenant = ? AND chunk_id = ?",
+            (tenant, chunk_id)).fetchone()
+        return None if row is None else Location(*row)
+
+    def has_version(self, v: Version) -> bool:
+        row = self._reader().execute(
+            "SELECT 1 FROM versions WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
+            " AND node = ?", (v.tenant, v.bucket, v.key, v.hlc - _HLC_SHIFT, v.node)).fetchone()
+        return row is not None
+
+    def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        rows = self._reader().execute(
+            "SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key = ?"
+            " ORDER BY hlc, node", (tenant, bucket, key)).fetchall()
+        return [_version(b) for (b,) in rows]
+
+    def current(self, tenant: str, bucket: str, key: str) -> Version | None:
+        row = self._reader().execute(
+            "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
+            " WHERE h.tenant = ? AND h.bucket = ? AND h.key = ?",
+            (tenant, bucket, key)).fetchone()
+        return None if row is None else _version(row[0])
+
+    def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
+                    node: str) -> Version | None:
+        if not 0 <= hlc < 1 << 64:
+            return None
+        row = self._reader().execute(
+            "SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
+            " AND node = ?", (tenant, bucket, key, hlc - _HLC_SHIFT, node)).fetchone()
+        return None if row is None else _version(row[0])
+
+    def list_current(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                     include_deleted: bool) -> list[Version]:
+        sql = ["SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
+               " WHERE h.tenant = ? AND h.bucket = ? AND h.key >= ? AND h.key > ?"]
+        args: list[object] = [tenant, bucket, prefix, after]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            sql.append(" AND h.key < ?")
+            args.append(upper)
+        if not include_deleted:
+            sql.append(" AND h.tombstone = 0")
+        sql.append(" ORDER BY h.key LIMIT ?")
+        args.append(limit)
+        rows = self._reader().execute("".join(sql), args).fetchall()
+        return [_version(b) for (b,) in rows]
+
+    def list_versions(self, tenant: str, bucket: str, prefix: str,
+                      after: tuple[str, int, str] | None, limit: int) -> list[Version]:
+        sql = ["SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key >= ?"]
+        args: list[object] = [tenant, bucket, prefix]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            sql.append(" AND key < ?")
+            args.append(upper)
+        if after is not None:
+            a_key, a_hlc, a_node = after
+            a_hlc = min(max(a_hlc, 0), (1 << 64) - 1)  # clamping keeps the order of the cursor
+            sql.append(" AND (key, hlc, node) > (?, ?, ?)")
+            args.extend((a_key, a_hlc - _HLC_SHIFT, a_node))
+        sql.append(" ORDER BY key, hlc, node LIMIT ?")
+        args.append(limit)
+        rows = self._reader().execute("".join(sql), args).fetchall()
+        return [_version(b) for (b,) in rows]
+
+    def buckets(self, tenant: str) -> list[str]:
+        # A skip scan (one index probe per bucket) rather than DISTINCT over every version.
+        out: list[str] = []
+        conn = self._reader()
+        row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ?", (tenant,)).fetchone()
+        while row is not None and row[0] is not None:
+            out.append(row[0])
+            row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ? AND bucket > ?",
+                               (tenant, row[0])).fetchone()
+        return out
+
+    def find_request(self, tenant: str, request_id: bytes) -> Version | None:
+        if not request_id:
+            return None
+        row = self._reader().execute(
+            "SELECT body FROM versions WHERE tenant = ? AND request_id = ? AND request_id != x''"
+            " ORDER BY vid LIMIT 1", (tenant, request_id)).fetchone()
+        return None if row is None else _version(row[0])
+
+    def max_hlc(self) -> int:
+        (h,) = self._reader().execute("SELECT max_hlc FROM state").fetchone()
+        return int(h) + _HLC_SHIFT
+
+    def record_count(self) -> int:
+        (n,) = self._reader().execute("SELECT records FROM state").fetchone()
+        return int(n)
+
+    def iter_versions(self, page: int = 1000) -> Iterator[Version]:
+        # Paged by rowid so no read transaction stays open while the caller works.
+        last = -1
+        while True:
+            rows = self._reader().execute(
+                "SELECT vid, body FROM versions WHERE vid > ? ORDER BY vid LIMIT ?",
+                (last, page)).fetchall()
+            if not rows:
+                return
+            for _vid, body in rows:
+                yield _version(body)
+            last = rows[-1][0]

@@ -1,0 +1,225 @@
+"""Recovery at open (replay past the applied position, cut a torn tail) and full-log checks.
+
+The rules are specified in the ``_log`` module docstring; this module applies them.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._errors import CorruptLogError, IntegrityError, StoreError
+from . import _format as F
+from ._fs import FileSystem
+from ._index import AppliedPosition, Index, Location
+from ._log import ByteSource, Frame, check_frame, classify_tail, scan_segment
+from ._records import ChunkRecord, decode_record
+from ._version import Version
+
+__all__ = ["Recovered", "list_segments", "recover", "verify_log"]
+
+_APPLY_EVERY = 5000  # records per index transaction during replay
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    head_segment: int  # 0: no segment yet
+    head_offset: int
+    replayed_records: int
+    torn_tails: tuple[str, ...]  # forensic files written
+
+
+def list_segments(fs: FileSystem, directory: str) -> list[int]:
+    numbers = [F.parse_segment_name(name) for name in fs.listdir(directory)]
+    return sorted(n for n in numbers if n is not None)
+
+
+def _check_header(buf: ByteSource, size: int, number: int, name: str) -> None:
+    if size < F.SEGMENT_HEADER_SIZE:
+        raise CorruptLogError(f"log segment {name} is shorter than its header",
+                              segment=name, offset=0)
+    raw = buf[:F.SEGMENT_HEADER_SIZE]
+    magic, version, _flags, _res, stored_number, checksum = F.SEGMENT_HEADER.unpack(raw)
+    if magic != F.SEGMENT_MAGIC or F.digest(raw[:24]) != checksum or stored_number != number:
+        raise CorruptLogError(f"log segment {name} has a damaged header", segment=name, offset=0)
+    if version != F.FORMAT_VERSION:
+        raise StoreError(f"log segment {name} uses format {version}; this hdsd reads "
+                         f"format {F.FORMAT_VERSION}")
+
+
+def _with_map(fs: FileSystem, path: str, use: Callable[[ByteSource, int], None]) -> None:
+    fd = fs.open_read(path)
+    try:
+        size = fs.size(fd)
+        if size == 0:
+            use(b"", 0)
+            return
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as buf:
+            use(buf, size)
+    finally:
+        fs.close(fd)
+
+
+def _decode(name: str, frame: Frame) -> ChunkRecord | Version:
+    if frame.kind not in F.KNOWN_KINDS:
+        raise StoreError(f"log segment {name} holds a record of kind {frame.kind} at offset "
+                         f"{frame.offset}, unknown to this version of hdsd; upgrade it")
+    try:
+        return decode_record(frame.kind, frame.body)
+    except IntegrityError as exc:
+        raise CorruptLogError(f"log segment {name}: undecodable record at offset "
+                              f"{frame.offset}: {exc}", segment=name, offset=frame.offset) from None
+
+
+def _check_applied(fs: FileSystem, directory: str, numbers: list[int],
+                   applied: AppliedPosition) -> None:
+    """The index says the log reaches *applied*: make sure the log still does."""
+    name = F.segment_name(applied.segment)
+    if applied.segment not in numbers:
+        raise CorruptLogError(f"log segment {name} is missing but the index refers to it",
+                              segment=name, offset=0)
+    fd = fs.open_read(os.path.join(directory, name))
+    try:
+        size = fs.size(fd)
+        if size < applied.offset:
+            raise CorruptLogError(
+                f"log segment {name} ends at {size} but acknowledged records reach "
+                f"{applied.offset}: the disk lost data; repair from the other site",
+                segment=name, offset=size)
+        data = fs.pread(fd, applied.offset - applied.last_frame, applied.last_frame)
+    finally:
+        fs.close(fd)
+    try:
+        frame = check_frame(name, applied.last_frame, data)
+    except IntegrityError:
+        frame = None
+    if frame is None or not frame.flags & F.FLAG_COMMIT:
+        raise CorruptLogError(
+            f"log segment {name}: the last acknowledged record (offset {applied.last_frame}) "
+            "is damaged or gone; repair from the other site",
+            segment=name, offset=applied.last_frame)
+
+
+def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) -> Recovered:
+    """Bring the index up to the end of the log, cutting a torn tail; see ``_log``."""
+    for entry in fs.listdir(directory):
+        if entry.endswith(F.SEGMENT_TMP_SUFFIX):
+            fs.unlink(os.path.join(directory, entry))
+            fs.sync_dir(directory)
+    numbers = list_segments(fs, directory)
+    for expected, number in enumerate(numbers, start=numbers[0] if numbers else 0):
+        if number != expected:
+            name = F.segment_name(expected)
+            raise CorruptLogError(f"log segment {name} is missing", segment=name, offset=0)
+    applied = index.applied()
+    if applied.segment:
+        _check_applied(fs, directory, numbers, applied)
+    replayed = 0
+    torn: list[str] = []
+    head = (0, 0)
+    for number in numbers:
+        if number < applied.segment:
+            continue
+        start = applied.offset if number == applied.segment else F.SEGMENT_HEADER_SIZE
+        replay = _Replay(index, number, start, last=number == numbers[-1])
+        path = os.path.join(directory, replay.name)
+        _with_map(fs, path, replay.run)
+        replayed += replay.records
+        if replay.torn_end > replay.committed_end:
+            torn.append(_cut_tail(fs, path, replay.committed_end, replay.torn_end,
+                                  segment_bytes))
+        head = (number, replay.committed_end)
+    return Recovered(head[0], head[1], replayed, tuple(torn))
+
+
+class _Replay:
+    """Replays one segment from a batch boundary into the index."""
+
+    def __init__(self, index: Index, number: int, start: int, *, last: bool) -> None:
+        self.index = index
+        self.number = number
+        self.name = F.segment_name(number)
+        self.start = start
+        self.last = last
+        self.items: list[tuple[ChunkRecord | Version, Location]] = []
+        self.records = 0
+        self.committed_end = self.torn_end = start
+        self._last: Frame | None = None
+
+    def run(self, buf: ByteSource, size: int) -> None:
+        _check_header(buf, size, self.number, self.name)
+        result = scan_segment(buf, self.start, size, self._on_batch)
+        self._flush()
+        verdict = classify_tail(buf, result, size, segment=self.name, last_segment=self.last)
+        self.committed_end, self.torn_end = verdict.committed_end, verdict.torn_end
+
+    def _on_batch(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self.items.append((_decode(self.name, frame),
+                               Location(self.number, frame.offset, frame.size)))
+        self._last = frames[-1]
+        if len(self.items) >= _APPLY_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        last = self._last
+        if self.items and last is not None:
+            self.index.apply(self.items, AppliedPosition(self.number, last.end, last.offset))
+            self.records += len(self.items)
+            self.items = []
+
+
+def _cut_tail(fs: FileSystem, path: str, cut: int, torn_end: int, segment_bytes: int) -> str:
+    """Copy ``[cut, torn_end)`` beside the segment, then cut the segment back to *cut*, durably."""
+    forensic = f"{path}{F.TORN_INFIX}{cut}"
+    k = 1
+    while os.path.exists(forensic):  # the same cut twice (crash during recovery): keep both
+        forensic = f"{path}{F.TORN_INFIX}{cut}.{k}"
+        k += 1
+    fd = fs.open_write(path)
+    try:
+        fs.write_new_file(forensic, fs.pread(fd, torn_end - cut, cut))
+        fs.truncate(fd, cut)
+        try:
+            fs.preallocate(fd, cut, segment_bytes - cut)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        fs.fdatasync(fd)
+    finally:
+        fs.close(fd)
+    return forensic
+
+
+def verify_log(fs: FileSystem, directory: str, head: tuple[int, int]) -> int:
+    """Check every frame of every segment up to *head*; return how many batches were checked.
+
+    Raises :class:`CorruptLogError` at the first damage (nothing may follow the end of the log
+    in a segment but zeros, except past *head* in the head segment, where the writer works).
+    """
+    batches = 0
+    for number in list_segments(fs, directory):
+        if number > head[0]:
+            break
+        check = _Check(number, head)
+        _with_map(fs, os.path.join(directory, check.name), check.run)
+        batches += check.batches
+    return batches
+
+
+class _Check:
+    def __init__(self, number: int, head: tuple[int, int]) -> None:
+        self.number = number
+        self.name = F.segment_name(number)
+        self.head = head
+        self.batches = 0
+
+    def run(self, buf: ByteSource, size: int) -> None:
+        _check_header(buf, size, self.number, self.name)
+        end = self.head[1] if self.number == self.head[0] else size
+        result = scan_segment(buf, F.SEGMENT_HEADER_SIZE, end, lambda frames: None)
+        classify_tail(buf, result, end, segment=self.name, last_segment=False)
+        self.batches = result.batches

@@ -1,0 +1,312 @@
+"""The store of one node: the public face of the log, the writer thread and the index."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import trio
+
+from .._errors import (
+    DiskFullError,
+    IntegrityError,
+    NotFound,
+    StoreClosedError,
+    StoreError,
+    StoreFailedError,
+)
+from . import _format as F
+from ._fs import FileSystem
+from ._index import Index
+from ._log import check_frame
+from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
+from ._recovery import Recovered, list_segments, recover, verify_log
+from ._version import Version
+from ._writer import LogWriter, PendingCommit
+
+__all__ = ["Store", "StoreStatistics"]
+
+INDEX_NAME = "index.sqlite3"
+LOCK_NAME = "LOCK"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    segments: int
+    disk_bytes: int  # size of the segment files on disk (preallocation included)
+    bytes_written: int  # log bytes written (and fdatasync'd) since open
+    records: int  # chunk and version records in the index
+    commits: int  # commits made durable since open (commits of only known records excluded)
+    batches: int  # group commits since open; commits / batches = records shared per fsync
+    fsyncs: int  # fdatasyncs of batches since open
+    last_fsync_seconds: float
+    failed: bool  # fail-stop: no write will ever be accepted again by this instance
+    head_segment: int
+    head_offset: int
+    replayed_records: int  # replayed from the log into the index at open
+    torn_tails: tuple[str, ...]  # forensic copies of torn tails cut at open
+
+
+class Store:
+    """A crash-safe log-structured store (see ``hdsd.store._log`` for the on-disk format).
+
+    Writes go through ONE log-writer thread that group-commits: everything queued is written
+    at once, made durable with one ``fdatasync``, indexed, and only then acknowledged. A commit
+    is atomic: after a crash all of its records are there or none.
+
+    Writing a chunk or version already in the index is skipped (it is durable already) and
+    acknowledged at once; the same version twice is idempotent (union semantics; the first
+    copy written wins if two differ in content, which callers must never do).
+
+    After an fdatasync or write failure the store is stopped for good (fail-stop): every later
+    commit raises :class:`StoreFailedError`; reads keep working. ENOSPC refuses only the batch
+    it hit (:class:`DiskFullError`): the log is cut back to its last durable position and later
+    writes are accepted again. Reads are thread-safe and cheap (one SQLite lookup; chunk reads
+    one ``pread`` and a checksum).
+
+    Deletion is a tombstone :class:`Version` built by the caller. Garbage collection of
+    unreferenced chunks is not implemented yet; ``_log`` says how the format allows it.
+    """
+
+    def __init__(self, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
+                 lock_fd: int, recovered: Recovered) -> None:
+        # Use Store.open(); this wires already-opened parts together.
+        self._dir = directory
+        self._fs = fs
+        self._index = index
+        self._writer = writer
+        self._lock_fd = lock_fd
+        self._recovered = recovered
+        self._closed = False
+        self._read_fds: dict[int, int] = {}
+        self._read_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, segment_bytes: int = 256 << 20,
+             fs: FileSystem | None = None, verify: bool = False) -> Store:
+        """Open the store at *path*, creating it if missing, and run recovery.
+
+        Raises :class:`CorruptLogError` if the log is damaged before its tail (a torn tail is
+        cut and kept beside its segment as ``<segment>.torn-<offset>``). With *verify*, every
+        record's checksum is checked too (reads the whole log; otherwise only what recovery
+        replays is). :class:`StoreError` if another process has the store open.
+        """
+        if not F.SEGMENT_HEADER_SIZE + F.FRAME_HEADER_SIZE < segment_bytes <= F.MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes out of range: {segment_bytes}")
+        directory = os.path.abspath(os.fspath(path))
+        fs = fs or FileSystem()
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            fs.sync_dir(os.path.dirname(directory))
+        lock_fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                          0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise StoreError(f"the store at {directory} is open in another process") from None
+        index: Index | None = None
+        try:
+            index = Index(os.path.join(directory, INDEX_NAME))
+            recovered = recover(fs, directory, index, segment_bytes)
+            if verify:
+                verify_log(fs, directory, (recovered.head_segment, recovered.head_offset))
+            writer = LogWriter(directory=directory, fs=fs, index=index,
+                               segment_bytes=segment_bytes,
+                               head_segment=recovered.head_segment,
+                               head_offset=recovered.head_offset)
+        except BaseException as exc:
+            if index is not None:
+                index.close()
+            os.close(lock_fd)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"no space left to open the store: {exc}") from exc
+            raise
+        return cls(directory, fs, index, writer, lock_fd, recovered)
+
+    def close(self) -> None:
+        """Write what is already queued, stop the writer thread, release every file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        with self._read_lock:
+            fds, self._read_fds = self._read_fds, {}
+        for fd in fds.values():
+            self._fs.close(fd)
+        self._index.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- writes ---------------------------------------------------------------------------
+    def _prepare(self, records: Sequence[ChunkRecord | Version]) -> PendingCommit | None:
+        self._check_open()
+        if self._writer.failed is not None:
+            raise StoreFailedError(self._writer.failed)
+        encoded: list[EncodedRecord] = []
+        seen: set[tuple[object, ...]] = set()
+        for r in records:
+            if isinstance(r, ChunkRecord):
+                name: tuple[object, ...] = (r.tenant, r.chunk_id)
+                known = self._index.chunk_location(r.tenant, r.chunk_id) is not None
+            else:
+                name = (r.tenant, r.bucket, r.key, r.hlc, r.node)
+                known = self._index.has_version(r)
+            if known or name in seen:
+                continue
+            seen.add(name)
+            encoded.append(encode_record(r))
+        if not encoded:
+            return None
+        return PendingCommit(encoded, sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded))
+
+    async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
+        """Make *records* durable (fdatasync'd) and indexed, sharing one fsync with concurrent
+        commits. Raises :class:`StoreFailedError` after a storage failure (now or earlier),
+        :class:`DiskFullError` on ENOSPC, :class:`StoreClosedError` after close,
+        :class:`InvalidRequest` for a record that cannot be encoded.
+
+        Cancelled while waiting, the records may or may not have become durable: retry with
+        the same version (idempotent) to be sure.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pending = self._prepare(records)
+        if pending is None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        pending.token = trio.lowlevel.current_trio_token()
+        pending.task = trio.lowlevel.current_task()
+        self._writer.submit(pending)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            pending.abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
+        """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
+        pending = self._prepare(records)
+        if pending is None:
+            return
+        self._writer.submit(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    # --- reads ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
+    def has_chunk(self, tenant: str, chunk_id: bytes) -> bool:
+        self._check_open()
+        return self._index.chunk_location(tenant, chunk_id) is not None
+
+    def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes:
+        """The payload of a chunk; :class:`NotFound` if absent, :class:`IntegrityError` if its
+        log record fails its checksum (repair it from the other site)."""
+        self._check_open()
+        loc = self._index.chunk_location(tenant, chunk_id)
+        if loc is None:
+            raise NotFound(f"chunk {chunk_id.hex()} not found")
+        name = F.segment_name(loc.segment)
+        data = self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
+        frame = check_frame(name, loc.offset, data)
+        record = decode_record(frame.kind, frame.body)
+        if (not isinstance(record, ChunkRecord) or record.tenant != tenant
+                or record.chunk_id != chunk_id):
+            raise IntegrityError(f"log record at {name}:{loc.offset} is not chunk "
+                                 f"{chunk_id.hex()}")
+        return record.payload
+
+    def _read_fd(self, segment: int) -> int:
+        with self._read_lock:
+            fd = self._read_fds.get(segment)
+            if fd is None:
+                fd = self._fs.open_read(os.path.join(self._dir, F.segment_name(segment)))
+                self._read_fds[segment] = fd
+            return fd
+
+    def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        """Every version of a key, ascending ``(hlc, node)``; tombstones included."""
+        self._check_open()
+        return self._index.versions(tenant, bucket, key)
+
+    def current(self, tenant: str, bucket: str, key: str) -> Version | None:
+        """The greatest version of a key (may be a tombstone), or None."""
+        self._check_open()
+        return self._index.current(tenant, bucket, key)
+
+    def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
+                    node: str) -> Version | None:
+        self._check_open()
+        return self._index.get_version(tenant, bucket, key, hlc, node)
+
+    def list_current(self, tenant: str, bucket: str, *, prefix: str = "", after: str = "",
+                     limit: int = 1000, include_deleted: bool = False) -> list[Version]:
+        """The current version of each key starting with *prefix* and greater than *after*,
+        ascending by key, at most *limit*; keys whose current version is a tombstone are
+        skipped unless *include_deleted*. Next page: ``after=`` the last key returned."""
+        self._check_open()
+        return self._index.list_current(tenant, bucket, prefix, after, max(limit, 0),
+                                        include_deleted)
+
+    def list_versions(self, tenant: str, bucket: str, *, prefix: str = "",
+                      after: tuple[str, int, str] | None = None,
+                      limit: int = 1000) -> list[Version]:
+        """Every version of keys starting with *prefix*, ordered ``(key, hlc, node)``, those
+        after the cursor *after* = ``(key, hlc, node)`` of the last one returned."""
+        self._check_open()
+        return self._index.list_versions(tenant, bucket, prefix, after, max(limit, 0))
+
+    def buckets(self, tenant: str) -> list[str]:
+        """Buckets of *tenant* holding at least one version, ascending."""
+        self._check_open()
+        return self._index.buckets(tenant)
+
+    def find_request(self, tenant: str, request_id: bytes) -> Version | None:
+        """The version a request id wrote (first one stored), so a retry is applied once."""
+        self._check_open()
+        return self._index.find_request(tenant, request_id)
+
+    def max_hlc(self) -> int:
+        """The highest HLC ever stored (0 if none): the clock's floor after a restart."""
+        self._check_open()
+        return self._index.max_hlc()
+
+    def iter_versions(self) -> Iterator[Version]:
+        """Every version, in storage order (for repair and anti-entropy)."""
+        self._check_open()
+        return self._index.iter_versions()
+
+    def verify_log(self) -> int:
+        """Check the checksum of every record in the log (reads all of it); returns the number
+        of batches checked, raises :class:`CorruptLogError` at the first damage."""
+        self._check_open()
+        return verify_log(self._fs, self._dir, self._writer.head)
+
+    def statistics(self) -> StoreStatistics:
+        self._check_open()
+        numbers = list_segments(self._fs, self._dir)
+        disk = sum(os.path.getsize(os.path.join(self._dir, F.segment_name(n))) for n in numbers)
+        w = self._writer
+        seg, off = w.head
+        return StoreStatistics(
+            segments=len(numbers), disk_bytes=disk, bytes_written=w.bytes_written,
+            records=self._index.record_count(), commits=w.commits, batches=w.batches,
+            fsyncs=w.fsyncs, last_fsync_seconds=w.last_fsync_seconds,
+            failed=w.failed is not None, head_segment=seg, head_offset=off,
+            replayed_records=self._recovered.replayed_records,
+            torn_tails=self._recovered.torn_tails)

@@ -1,0 +1,237 @@
+"""The log-writer thread: group commit (one write + one fdatasync per batch), rotation, and
+the fail-stop rule. The format and the commit rule are specified in ``_log``."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import outcome
+import trio
+
+from .._errors import DiskFullError, StoreClosedError, StoreError, StoreFailedError
+from . import _format as F
+from ._fs import FileSystem
+from ._index import AppliedPosition, Index, Location
+from ._log import frame_batch
+from ._records import EncodedRecord
+
+__all__ = ["LogWriter", "PendingCommit"]
+
+# Bound one batch so a burst of large chunks cannot build a gigantic write; a single commit
+# larger than this still goes out whole (commits are atomic).
+MAX_BATCH_BYTES = 16 << 20
+
+
+@dataclass(eq=False, slots=True)
+class PendingCommit:
+    """One caller's records, waiting for their batch. Woken exactly once, with *error* or not."""
+
+    records: list[EncodedRecord]
+    nbytes: int
+    error: StoreError | None = None
+    # A trio caller is woken through its run loop; a thread caller through an Event.
+    token: trio.lowlevel.TrioToken | None = None
+    task: trio.lowlevel.Task | None = None
+    abandoned: bool = False  # trio caller was cancelled; touched only in the trio thread
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _wake_trio(group: list[PendingCommit]) -> None:
+    # Runs in the trio thread (run_sync_soon), serialised with the abort callback.
+    for c in group:
+        if c.abandoned or c.task is None:
+            continue
+        c.abandoned = True
+        result: outcome.Outcome[None] = (
+            outcome.Value(None) if c.error is None else outcome.Error(c.error))
+        trio.lowlevel.reschedule(c.task, result)
+
+
+class LogWriter:
+    """Owns the head segment and the writing index connection; runs one thread."""
+
+    def __init__(self, *, directory: str, fs: FileSystem, index: Index, segment_bytes: int,
+                 head_segment: int, head_offset: int) -> None:
+        self._dir = directory
+        self._fs = fs
+        self._index = index
+        self._segment_bytes = segment_bytes
+        self._segment = head_segment
+        self._head = head_offset
+        self._position = (head_segment, head_offset)  # one attribute: read atomically
+        self._fd: int | None = None
+        self._queue: collections.deque[PendingCommit] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.failed: str | None = None  # why the store stopped (fail-stop), if it did
+        # Statistics; written by the writer thread only.
+        self.commits = 0
+        self.batches = 0
+        self.fsyncs = 0
+        self.bytes_written = 0
+        self.last_fsync_seconds = 0.0
+        if head_segment == 0:
+            self._rotate()
+        else:
+            self._fd = fs.open_write(self._path(head_segment))
+        self._thread = threading.Thread(target=self._run, name="hdsd-log-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def head(self) -> tuple[int, int]:
+        """(segment number, offset) just after the last durable and indexed batch."""
+        return self._position
+
+    def _path(self, number: int) -> str:
+        return os.path.join(self._dir, F.segment_name(number))
+
+    # --- caller side ----------------------------------------------------------------------
+    def submit(self, commit: PendingCommit) -> None:
+        with self._cond:
+            if self._closing:
+                raise StoreClosedError("the store is closed")
+            if self.failed is not None:
+                raise StoreFailedError(self.failed)
+            self._queue.append(commit)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Write everything already queued, then stop the thread and close the head segment."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        if self._fd is not None:
+            self._fs.close(self._fd)
+            self._fd = None
+
+    # --- writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft()]
+                size = batch[0].nbytes
+                while self._queue and size + self._queue[0].nbytes <= MAX_BATCH_BYTES:
+                    size += self._queue[0].nbytes
+                    batch.append(self._queue.popleft())
+            try:
+                self._process(batch, size)
+            except BaseException as exc:  # never leave a waiter hanging, whatever happened
+                self._fail(f"log writer crashed: {exc!r}")
+                self._complete(batch, StoreFailedError, self.failed or "")
+                raise
+
+    def _process(self, batch: list[PendingCommit], size: int) -> None:
+        if self.failed is not None:
+            self._complete(batch, StoreFailedError, self.failed)
+            return
+        records = [r for c in batch for r in c.records]
+        try:
+            if self._fd is None or (self._head + size > self._segment_bytes
+                                    and self._head > F.SEGMENT_HEADER_SIZE):
+                self._rotate()
+            assert self._fd is not None
+            data, offsets = frame_batch(records, self._head)
+            self._fs.pwrite(self._fd, data, self._head)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._undo_partial_write()
+                self._complete(batch, DiskFullError,
+                               "no space left on the data disk; nothing of this write was "
+                               "acknowledged")
+            else:
+                self._fail(f"log write failed: {exc}")
+                self._complete(batch, StoreFailedError, self.failed or "")
+            return
+        try:
+            started = time.perf_counter()
+            self._fs.fdatasync(self._fd)
+            self.last_fsync_seconds = time.perf_counter() - started
+        except OSError as exc:
+            # Never retried: after a failed fsync the kernel may have dropped the dirty pages,
+            # so a retry that succeeds proves nothing (PostgreSQL's "fsyncgate").
+            self._fail(f"fdatasync of the log failed: {exc}")
+            self._complete(batch, StoreFailedError, self.failed or "")
+            return
+        self.fsyncs += 1
+        end = self._head + len(data)
+        items = [(r.record, Location(self._segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
+                 for r, off in zip(records, offsets, strict=True)]
+        try:
+            self._index.apply(items, AppliedPosition(self._segment, end, offsets[-1]))
+        except Exception as exc:
+            # Durable in the log but not indexed: stop; recovery replays it at the next open.
+            self._fail(f"index update failed: {exc!r}")
+            self._complete(batch, StoreFailedError, self.failed or "")
+            return
+        self._head = end
+        self._position = (self._segment, end)
+        self.batches += 1
+        self.bytes_written += len(data)
+        self.commits += len(batch)
+        self._complete(batch, None, "")
+
+    def _fail(self, why: str) -> None:
+        if self.failed is None:
+            self.failed = (f"the store stopped after a storage failure ({why}); restart the "
+                           "node after checking the disk")
+
+    def _undo_partial_write(self) -> None:
+        # Part of the batch may be on disk past the head: cut the segment back to the last
+        # durable position (dropping its preallocation) so no stale frame survives, durably.
+        if self._fd is None:
+            return
+        try:
+            self._fs.truncate(self._fd, self._head)
+            self._fs.fdatasync(self._fd)
+        except OSError as exc:
+            self._fail(f"could not undo a partial write after ENOSPC: {exc}")
+
+    def _rotate(self) -> None:
+        number = self._segment + 1
+        final = self._path(number)
+        tmp = final[: -len(F.SEGMENT_SUFFIX)] + F.SEGMENT_TMP_SUFFIX
+        fd = self._fs.open_write(tmp, create=True)
+        try:
+            self._fs.preallocate(fd, 0, self._segment_bytes)
+            self._fs.pwrite(fd, F.segment_header(number), 0)
+            self._fs.fdatasync(fd)
+            self._fs.rename(tmp, final)
+            self._fs.sync_dir(self._dir)
+        except BaseException:
+            self._fs.close(fd)
+            try:
+                self._fs.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        if self._fd is not None:
+            self._fs.close(self._fd)
+        self._fd, self._segment, self._head = fd, number, F.SEGMENT_HEADER_SIZE
+        self._position = (number, F.SEGMENT_HEADER_SIZE)
+
+    def _complete(self, batch: list[PendingCommit], error: type[StoreError] | None,
+                  message: str) -> None:
+        by_token: dict[trio.lowlevel.TrioToken, list[PendingCommit]] = {}
+        for c in batch:
+            # A fresh exception per waiter: one object raised in many tasks would share (and
+            # scramble) its traceback.
+            c.error = None if error is None else error(message)
+            if c.token is None:
+                c.done.set()
+            else:
+                by_token.setdefault(c.token, []).append(c)
+        for token, group in by_token.items():
+            try:
+                token.run_sync_soon(_wake_trio, group)
+            except trio.RunFinishedError:
+                pass  # that run loop is gone; nobody is waiting any more
