@@ -1,0 +1,92 @@
+"""Hypothesis strategies: one per wire message type, all within the documented limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from hdsd import wire
+from hdsd.wire import _constants as C
+
+rids = st.integers(0, C.MAX_RID)
+request_ids = st.binary(min_size=C.REQUEST_ID_SIZE, max_size=C.REQUEST_ID_SIZE)
+buckets = st.text(min_size=1, max_size=C.MAX_BUCKET_CHARS)
+# At most 4 UTF-8 bytes per character: 256 characters always fit in 1024 bytes.
+keys = st.text(min_size=1, max_size=C.MAX_KEY_BYTES // 4)
+prefixes = st.text(max_size=C.MAX_KEY_BYTES // 4)
+names = st.text(max_size=C.MAX_NAME_BYTES // 4)
+codes = st.text(min_size=1, max_size=C.MAX_CODE_CHARS)
+texts = st.text(max_size=200)
+versions = st.none() | st.text(min_size=1, max_size=C.MAX_VERSION_ID_BYTES // 4)
+offsets = st.none() | st.integers(0, C.MAX_U63)
+metadata = st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=8)
+
+# Free-form msgpack maps as they come back from the decoder: lists, never tuples; no NaN
+# (it is not equal to itself); integers in msgpack's range.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.binary(max_size=30)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+free_maps: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
+    st.text(max_size=16), _values, max_size=6
+)
+
+
+@st.composite
+def _get_requests(draw: st.DrawFn) -> wire.GetRequest:
+    start, end = draw(offsets), draw(offsets)
+    if start is not None and end is not None and start > end:
+        start, end = end, start
+    return wire.GetRequest(draw(rids), draw(buckets), draw(keys), draw(versions), start, end)
+
+
+STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
+    wire.Hello: st.builds(
+        wire.Hello, st.just(C.PROTOCOL_VERSION), names, names, st.integers(0, C.MAX_WINDOW)
+    ),
+    wire.Goodbye: st.builds(wire.Goodbye, codes, texts),
+    wire.PutStart: st.builds(
+        wire.PutStart,
+        rids,
+        request_ids,
+        buckets,
+        keys,
+        offsets,
+        metadata,
+        st.none() | st.text(min_size=1, max_size=C.MAX_POLICY_CHARS),
+    ),
+    wire.Data: st.builds(wire.Data, rids, st.binary(max_size=2048)),
+    wire.End: st.builds(wire.End, rids),
+    wire.Credit: st.builds(wire.Credit, rids, st.integers(1, C.MAX_CREDIT_GRANT)),
+    wire.Cancel: st.builds(wire.Cancel, rids),
+    wire.GetRequest: _get_requests(),
+    wire.GetStart: st.builds(wire.GetStart, rids, free_maps),
+    wire.StatRequest: st.builds(wire.StatRequest, rids, buckets, keys, versions),
+    wire.ListRequest: st.builds(
+        wire.ListRequest,
+        rids,
+        buckets,
+        prefixes,
+        prefixes,
+        st.integers(1, C.MAX_LIST_LIMIT),
+        st.booleans(),
+    ),
+    wire.DeleteRequest: st.builds(wire.DeleteRequest, rids, request_ids, buckets, keys),
+    wire.VersionsRequest: st.builds(wire.VersionsRequest, rids, buckets, keys),
+    wire.StatusRequest: st.builds(wire.StatusRequest, rids),
+    wire.Reply: st.builds(wire.Reply, rids, free_maps),
+    wire.ErrorReply: st.builds(wire.ErrorReply, rids, codes, texts),
+}
+
+messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

@@ -1,0 +1,75 @@
+"""The frame layout, byte for byte, and the reader's limits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import xxhash
+
+from hdsd import ProtocolError, wire
+from hdsd.wire import _constants as C
+from hdsd.wire._frames import FrameReader, encode_frame
+
+
+def test_frame_layout_is_the_documented_one() -> None:
+    # End(rid=7): body is the msgpack array [7] = 0x91 0x07.
+    frame = encode_frame(C.T_END, b"\x91\x07", C.MAX_FRAME)
+    checksum = xxhash.xxh3_64_intdigest(b"\x91\x07")
+    assert frame == struct.pack(">I", 2) + bytes([0x21]) + struct.pack(">Q", checksum) + b"\x91\x07"
+    assert len(frame) == wire.HEADER_SIZE + 2
+
+
+def test_reader_cuts_frames_split_anywhere() -> None:
+    frames = [encode_frame(C.T_END, bytes([0x91, i]), C.MAX_FRAME) for i in range(5)]
+    stream = b"".join(frames)
+    for cut in range(len(stream) + 1):
+        reader = FrameReader(C.MAX_FRAME)
+        got = []
+        for piece in (stream[:cut], stream[cut:]):
+            reader.feed(piece)
+            while (frame := reader.next_frame()) is not None:
+                got.append(frame)
+        assert got == [(C.T_END, bytes([0x91, i])) for i in range(5)]
+        assert reader.buffered == 0
+
+
+def test_oversized_length_is_refused_from_the_header_alone() -> None:
+    reader = FrameReader(C.MIN_MAX_FRAME)
+    reader.feed(C.HEADER.pack(C.MIN_MAX_FRAME + 1, C.T_DATA, 0))
+    with pytest.raises(ProtocolError, match="limit"):
+        reader.next_frame()
+
+
+def test_a_frame_of_exactly_the_limit_is_accepted() -> None:
+    body = b"x" * C.MIN_MAX_FRAME
+    reader = FrameReader(C.MIN_MAX_FRAME)
+    reader.feed(encode_frame(C.T_DATA, body, C.MIN_MAX_FRAME))
+    assert reader.next_frame() == (C.T_DATA, body)
+
+
+def test_checksum_mismatch_is_a_protocol_error() -> None:
+    frame = bytearray(encode_frame(C.T_END, b"\x91\x07", C.MAX_FRAME))
+    frame[-1] ^= 0x01
+    reader = FrameReader(C.MAX_FRAME)
+    reader.feed(bytes(frame))
+    with pytest.raises(ProtocolError, match="checksum"):
+        reader.next_frame()
+
+
+def test_encoder_refuses_frames_over_the_limit() -> None:
+    with pytest.raises(wire.LocalProtocolError):
+        encode_frame(C.T_DATA, b"x" * (C.MIN_MAX_FRAME + 1), C.MIN_MAX_FRAME)
+
+
+def test_byte_by_byte_feeding_holds_one_incomplete_frame_at_most() -> None:
+    body = b"y" * 1000
+    stream = encode_frame(C.T_DATA, body, C.MAX_FRAME) * 3
+    reader = FrameReader(C.MAX_FRAME)
+    seen = 0
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        if reader.next_frame() is not None:
+            seen += 1
+        assert reader.buffered < C.HEADER_SIZE + len(body) + 1
+    assert seen == 3

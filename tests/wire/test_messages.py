@@ -1,0 +1,137 @@
+"""Message constructors validate; the codec round-trips every type; the registry is complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from hdsd import InvalidRequest, NotFound, ProtocolError, wire
+from hdsd._packing import packb
+from hdsd.wire import _constants as C
+from hdsd.wire._messages import decode_body, encode_body, message_type
+
+from .strategies import STRATEGIES, messages
+
+RID = 7
+REQ_ID = bytes(range(16))
+
+
+def test_every_registered_type_has_a_strategy_and_a_unique_code() -> None:
+    classes = [t.cls for t in wire.MESSAGE_TYPES]
+    assert set(classes) == set(STRATEGIES)
+    codes = [t.code for t in wire.MESSAGE_TYPES]
+    assert len(set(codes)) == len(codes)
+    assert all(0 < c < 0x80 for c in codes), "0x80-0xFF stay free for peer messages"
+
+
+@given(messages)
+def test_codec_round_trip(msg: wire.Message) -> None:
+    code, body = encode_body(msg)
+    assert code == message_type(msg).code
+    decoded, kind = decode_body(code, body)
+    assert decoded == msg
+    assert kind is message_type(msg).kind
+
+
+def _put(**overrides: Any) -> wire.PutStart:
+    fields: dict[str, Any] = dict(
+        rid=RID, request_id=REQ_ID, bucket="b", key="k", size=None, metadata={}, policy=None
+    )
+    fields.update(overrides)
+    return wire.PutStart(**fields)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"rid": -1},
+        {"rid": C.MAX_RID + 1},
+        {"rid": True},  # a bool is not an int here
+        {"request_id": REQ_ID[:15]},
+        {"request_id": "0123456789abcdef"},
+        {"bucket": ""},
+        {"bucket": "b" * (C.MAX_BUCKET_CHARS + 1)},
+        {"key": ""},
+        {"key": "k" * (C.MAX_KEY_BYTES + 1)},
+        {"key": "€" * 342},  # 342 characters but 1026 UTF-8 bytes
+        {"key": "bad\udc80surrogate"},
+        {"size": -1},
+        {"size": 1 << 63},
+        {"size": 1.0},
+        {"metadata": {"k": "v" * C.MAX_METADATA_BYTES}},
+        {"metadata": {"": "v"}},
+        {"metadata": {"k": 1}},
+        {"metadata": [("k", "v")]},
+        {"policy": ""},
+        {"policy": "p" * (C.MAX_POLICY_CHARS + 1)},
+    ],
+)
+def test_put_start_rejects_out_of_bounds_fields(overrides: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        _put(**overrides)
+
+
+def test_limits_are_inclusive() -> None:
+    _put(
+        rid=C.MAX_RID,
+        bucket="b" * C.MAX_BUCKET_CHARS,
+        key="€" * (C.MAX_KEY_BYTES // 3) + "k",  # exactly 1024 bytes
+        size=C.MAX_U63,
+        metadata={"k": "v" * (C.MAX_METADATA_BYTES - 1)},
+        policy="p" * C.MAX_POLICY_CHARS,
+    )
+    assert len(("€" * (C.MAX_KEY_BYTES // 3) + "k").encode()) == C.MAX_KEY_BYTES
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: wire.GetRequest(RID, "b", "k", None, 10, 9),
+        lambda: wire.GetRequest(RID, "b", "k", "", None, None),
+        lambda: wire.ListRequest(RID, "b", "", "", 0, False),
+        lambda: wire.ListRequest(RID, "b", "", "", C.MAX_LIST_LIMIT + 1, False),
+        lambda: wire.ListRequest(RID, "b", "", "", 10, 1),
+        lambda: wire.Credit(RID, 0),
+        lambda: wire.Credit(RID, C.MAX_CREDIT_GRANT + 1),
+        lambda: wire.Data(RID, bytearray(b"x")),
+        lambda: wire.Hello(C.PROTOCOL_VERSION, "c", "p", -1),
+        lambda: wire.Hello(C.PROTOCOL_VERSION, "c" * (C.MAX_NAME_BYTES + 1), "p", 0),
+        lambda: wire.Reply(RID, {1: "non-str key"}),
+        lambda: wire.GetStart(RID, ["not", "a", "map"]),
+        lambda: wire.ErrorReply(RID, "", "message"),
+        lambda: wire.Goodbye("x" * (C.MAX_CODE_CHARS + 1), ""),
+    ],
+)
+def test_other_constructors_validate(build: Any) -> None:
+    with pytest.raises(InvalidRequest):
+        build()
+
+
+def test_error_reply_from_exception_carries_the_code_and_truncates() -> None:
+    reply = wire.ErrorReply.from_exception(RID, NotFound("é" * C.MAX_TEXT_BYTES))
+    assert reply.code == "not_found"
+    assert len(reply.message.encode()) <= C.MAX_TEXT_BYTES
+    assert wire.ErrorReply.from_exception(RID, KeyError("x")).code == "internal"
+    bye = wire.Goodbye.from_exception(ProtocolError("bad \udc80 frame"))
+    assert bye.code == "protocol" and "bad" in bye.message
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "why"),
+    [
+        (0x00, packb([]), "unknown frame type"),
+        (0xEE, packb([]), "unknown frame type"),
+        (C.T_END, packb({"rid": 1}), "array of 1"),
+        (C.T_END, packb([1, 2]), "array of 1"),
+        (C.T_END, packb([-1]), "malformed End"),
+        (C.T_DATA, packb([1, "text, not bytes"]), "malformed Data"),
+        (C.T_END, b"\xc1", "malformed msgpack"),
+        (C.T_END, packb([1]) + b"\x00", "malformed msgpack"),
+        (C.T_END, b"", "malformed msgpack"),
+    ],
+)
+def test_decode_refuses_malformed_bodies(code: int, body: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        decode_body(code, body)
