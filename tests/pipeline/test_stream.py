@@ -256,3 +256,24 @@ async def test_seal_and_open_in_thread_hop_only_for_big_chunks() -> None:
         with pytest.raises(IntegrityError):
             await open_in_thread(codec, s_big.chunk_id, bytes(tampered))
     assert codec.threads[0] == main and codec.threads[1] != main
+
+
+async def test_cancelled_consumer_leaves_no_token_or_task_behind() -> None:
+    codec = RecordingCodec()
+    limiter = pipeline_limiter()
+    got = 0
+    with trio.fail_after(30):
+        with trio.CancelScope() as scope:
+            async with aclosing(seal_stream(codec, pieces_of(bytes(10 * BIG), []),
+                                            chunk_size=BIG)) as stream:
+                async for _ in stream:
+                    got += 1
+                    if got == 2:
+                        scope.cancel()
+                    await trio.sleep(0)  # a checkpoint: the cancellation lands here
+        assert scope.cancelled_caught and got == 2
+        while limiter.borrowed_tokens:
+            await trio.sleep(0.001)
+    # A fresh stream in the same run still gets the workers.
+    chunks = await collect(codec, pieces_of(bytes(3 * BIG), []), chunk_size=BIG)
+    assert len(chunks) == 3
