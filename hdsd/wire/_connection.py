@@ -365,7 +365,7 @@ class Connection:
             return True
         if rec is None:
             # Sent before the server's final crossed it: harmless, nothing to update.
-            if sender is Role.CLIENT and kind in LATE_CLIENT_KINDS and sender is not self.role:
+            if self.role is Role.SERVER and sender is Role.CLIENT and kind in LATE_CLIENT_KINDS:
                 return False
             raise fail(f"{type(msg).__name__} for rid {rid}, which is not in flight")
 

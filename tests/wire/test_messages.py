@@ -92,14 +92,14 @@ def test_limits_are_inclusive() -> None:
         lambda: wire.GetRequest(RID, "b", "k", "", None, None),
         lambda: wire.ListRequest(RID, "b", "", "", 0, False),
         lambda: wire.ListRequest(RID, "b", "", "", C.MAX_LIST_LIMIT + 1, False),
-        lambda: wire.ListRequest(RID, "b", "", "", 10, 1),
+        lambda: wire.ListRequest(RID, "b", "", "", 10, 1),  # type: ignore[arg-type]
         lambda: wire.Credit(RID, 0),
         lambda: wire.Credit(RID, C.MAX_CREDIT_GRANT + 1),
-        lambda: wire.Data(RID, bytearray(b"x")),
+        lambda: wire.Data(RID, bytearray(b"x")),  # type: ignore[arg-type]
         lambda: wire.Hello(C.PROTOCOL_VERSION, "c", "p", -1),
         lambda: wire.Hello(C.PROTOCOL_VERSION, "c" * (C.MAX_NAME_BYTES + 1), "p", 0),
-        lambda: wire.Reply(RID, {1: "non-str key"}),
-        lambda: wire.GetStart(RID, ["not", "a", "map"]),
+        lambda: wire.Reply(RID, {1: "non-str key"}),  # type: ignore[dict-item]
+        lambda: wire.GetStart(RID, ["not", "a", "map"]),  # type: ignore[arg-type]
         lambda: wire.ErrorReply(RID, "", "message"),
         lambda: wire.Goodbye("x" * (C.MAX_CODE_CHARS + 1), ""),
     ],
