@@ -63,6 +63,7 @@ class FaultyFS(FileSystem):
     enospc_preallocate: bool = False
     fail_write_at: int | None = None
     gate: threading.Event | None = None
+    at_gate: threading.Event = field(default_factory=threading.Event)  # an fdatasync waits
     fdatasyncs: int = 0
     writes: int = 0
     _paths: dict[int, str] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class FaultyFS(FileSystem):
     def fdatasync(self, fd: int) -> None:
         self.fdatasyncs += 1
         if self.gate is not None:
+            self.at_gate.set()
             self.gate.wait()
         if self.fdatasyncs == self.fail_fdatasync_at:
             raise OSError(errno.EIO, "injected fdatasync failure")
