@@ -73,3 +73,11 @@ def test_byte_by_byte_feeding_holds_one_incomplete_frame_at_most() -> None:
             seen += 1
         assert reader.buffered < C.HEADER_SIZE + len(body) + 1
     assert seen == 3
+
+
+def test_the_example_in_docs_wire_md() -> None:
+    conn = wire.Connection(wire.Role.SERVER)
+    assert encode_frame(C.T_END, b"\x91\x07", C.MAX_FRAME).hex(" ") == (
+        "00 00 00 02 21 d8 1c e9 13 9e d3 68 85 91 07"
+    )
+    assert conn.max_frame == 4_259_840  # the figure docs/wire.md gives for the default limit
