@@ -57,6 +57,17 @@ sees a frame for a request it has finished with):
 Everything else outside the tables is a violation. Buffering: received bytes wait in one
 bytearray (see ``_frames``); once :meth:`~Connection.next_event` returns NeedData, less than
 one header plus one maximum frame is held, and an oversized length is refused from its header.
+
+What the driver (the trio glue) must do
+---------------------------------------
+* Read (at most a modest chunk, e.g. 64 KiB) only after ``next_event`` returned NeedData.
+* On ProtocolError: send ``Goodbye.from_exception(exc)`` if the stream still works, then close.
+* Send Data only up to ``send_credit_available(rid)``; wake the writer of a rid on each Credit
+  event. Grant Credit as the application consumes a stream (not on receipt), so credit is the
+  end-to-end backpressure.
+* Client: on an ErrorReply/Cancel while its put body is open, send Cancel (or End) to free the
+  rid; pick a new rid only among those ``in_flight`` says are free.
+* Server: on a Cancel event, stop the work and send a final (Cancel) unless one was sent.
 """
 
 from __future__ import annotations
@@ -82,7 +93,9 @@ from ._messages import (
 
 __all__ = [
     "CLIENT_MOVES",
+    "LATE_CLIENT_KINDS",
     "OPENERS",
+    "SENDERS",
     "SERVER_GUARDS",
     "SERVER_MOVES",
     "ClientHalf",
