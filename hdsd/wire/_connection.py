@@ -64,7 +64,9 @@ What the driver (the trio glue) must do
 * On ProtocolError: send ``Goodbye.from_exception(exc)`` if the stream still works, then close.
 * Send Data only up to ``send_credit_available(rid)``; wake the writer of a rid on each Credit
   event. Grant Credit as the application consumes a stream (not on receipt), so credit is the
-  end-to-end backpressure.
+  end-to-end backpressure. That races with the stream's end, so a Credit for a stream that is
+  over (rid forgotten, body ended or cancelled, final sent) is not an error: ``send`` returns
+  ``b""`` and records nothing.
 * Client: on an ErrorReply/Cancel while its put body is open, send Cancel (or End) to free the
   rid; pick a new rid only among those ``in_flight`` says are free.
 * Server: on a Cancel event, stop the work and send a final (Cancel) unless one was sent.
@@ -316,6 +318,8 @@ class Connection:
         frame = encode_frame(code, body, self.max_frame)
         if self._error is not None and kind is not _K.GOODBYE:
             raise LocalProtocolError("the peer broke the protocol: only a Goodbye may be sent")
+        if kind is _K.CREDIT and self._credit_is_moot(msg):
+            return b""
         self._apply(self.role, msg, kind, LocalProtocolError)
         return frame
 
@@ -420,6 +424,20 @@ class Connection:
         if new_server is _SH.DONE and new_client is not _CH.UPLOADING:
             del self._rids[rid]
         return deliver
+
+    def _credit_is_moot(self, msg: Message) -> bool:
+        # Credit is granted as the application *consumes* a stream, which races with the
+        # stream's end: granting for a stream that is over is pointless but not a bug.
+        if not self._sent_hello or self._their_hello is None or self._sent_goodbye:
+            return False  # let the phase rules speak
+        rec = self._rids.get(msg.rid)  # type: ignore[attr-defined]
+        if rec is None:
+            return True
+        if self.role is Role.CLIENT:
+            return rec.kind is _K.DOWNLOAD and rec.client in _GAVE_UP
+        return rec.kind is _K.UPLOAD and (
+            rec.server is _SH.DONE or rec.client is not _CH.UPLOADING
+        )
 
     @staticmethod
     def _bad_move(msg: Message, rid: int, rec: _Rid, state: str) -> str:
