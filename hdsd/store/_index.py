@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS state (
     offset INTEGER NOT NULL,
     last_frame INTEGER NOT NULL,  -- offset of that batch's COMMIT frame (-1: none)
     max_hlc INTEGER NOT NULL,     -- shifted like versions.hlc
-    records INTEGER NOT NULL
+    records INTEGER NOT NULL,
+    clean INTEGER NOT NULL        -- 1: closed cleanly, nothing written past the position
 );
 CREATE TABLE IF NOT EXISTS chunks (
     tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
@@ -117,7 +118,7 @@ class Index:
         self.writer = _connect(path)
         self.writer.executescript(_SCHEMA)
         self.writer.execute(
-            "INSERT OR IGNORE INTO state VALUES (1, ?, 0, 0, -1, ?, 0)",
+            "INSERT OR IGNORE INTO state VALUES (1, ?, 0, 0, -1, ?, 0, 0)",
             (INDEX_FORMAT, -_HLC_SHIFT))
 
     def close(self) -> None:
@@ -142,6 +143,19 @@ class Index:
         seg, off, last = self.writer.execute(
             "SELECT segment, offset, last_frame FROM state").fetchone()
         return AppliedPosition(seg, off, last)
+
+    def was_closed_cleanly(self) -> bool:
+        (clean,) = self.writer.execute("SELECT clean FROM state").fetchone()
+        return bool(clean)
+
+    def set_clean(self, clean: bool) -> None:
+        """Record a clean close, or (durably, before any write) that the log is open."""
+        if not clean:
+            # FULL for this one transaction: the mark must not be lost while log writes
+            # that follow it survive a power cut.
+            self.writer.execute("PRAGMA synchronous=FULL")
+        self.writer.execute("UPDATE state SET clean = ?", (int(clean),))
+        self.writer.execute("PRAGMA synchronous=NORMAL")
 
     def apply(self, items: Iterable[tuple[ChunkRecord | Version, Location]],
               applied: AppliedPosition) -> None:

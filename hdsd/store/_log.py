@@ -199,9 +199,15 @@ class TailVerdict:
 
 
 def classify_tail(buf: ByteSource, scan: ScanResult, end: int, *, segment: str,
-                  last_segment: bool) -> TailVerdict:
-    """Decide whether the bytes after ``scan.committed_end`` are a torn tail or damage."""
+                  last_segment: bool, clean: bool = False) -> TailVerdict:
+    """Decide whether the bytes after ``scan.committed_end`` are a torn tail or damage.
+
+    *clean*: the store was closed cleanly with nothing written past ``scan.committed_end``, so
+    the (possibly large) preallocated space after it need not be read to prove it is zeros.
+    """
     t = scan.committed_end
+    if clean and scan.stop == t:
+        return TailVerdict(t, t)
     torn_end = _last_nonzero(buf, t, end)
     if torn_end == t:
         return TailVerdict(t, t)
@@ -233,13 +239,15 @@ def _find_later_batch(buf: ByteSource, pos: int, end: int, committed_end: int) -
 
 def _last_nonzero(buf: ByteSource, start: int, end: int) -> int:
     """The end of the last non-zero byte in ``buf[start:end]`` (*start* if all zero)."""
-    window = 1 << 20
     last = start
     pos = start
     while pos < end:
-        chunk = buf[pos:min(end, pos + window)]
-        stripped = chunk.rstrip(b"\0")
-        if stripped:
-            last = pos + len(stripped)
-        pos += window
+        chunk = buf[pos:min(end, pos + _WINDOW)]
+        if chunk != _ZEROS[: len(chunk)]:  # a memcmp: most windows are preallocated zeros
+            last = pos + len(chunk.rstrip(b"\0"))
+        pos += _WINDOW
     return last
+
+
+_WINDOW = 1 << 20
+_ZEROS = bytes(_WINDOW)

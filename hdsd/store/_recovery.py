@@ -115,6 +115,7 @@ def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) ->
             name = F.segment_name(expected)
             raise CorruptLogError(f"log segment {name} is missing", segment=name, offset=0)
     applied = index.applied()
+    clean = index.was_closed_cleanly()
     if applied.segment:
         _check_applied(fs, directory, numbers, applied)
     replayed = 0
@@ -124,7 +125,8 @@ def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) ->
         if number < applied.segment:
             continue
         start = applied.offset if number == applied.segment else F.SEGMENT_HEADER_SIZE
-        replay = _Replay(index, number, start, last=number == numbers[-1])
+        replay = _Replay(index, number, start, last=number == numbers[-1],
+                         clean=clean and number == applied.segment == numbers[-1])
         path = os.path.join(directory, replay.name)
         _with_map(fs, path, replay.run)
         replayed += replay.records
@@ -138,8 +140,10 @@ def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) ->
 class _Replay:
     """Replays one segment from a batch boundary into the index."""
 
-    def __init__(self, index: Index, number: int, start: int, *, last: bool) -> None:
+    def __init__(self, index: Index, number: int, start: int, *, last: bool,
+                 clean: bool) -> None:
         self.index = index
+        self.clean = clean
         self.number = number
         self.name = F.segment_name(number)
         self.start = start
@@ -153,7 +157,8 @@ class _Replay:
         _check_header(buf, size, self.number, self.name)
         result = scan_segment(buf, self.start, size, self._on_batch)
         self._flush()
-        verdict = classify_tail(buf, result, size, segment=self.name, last_segment=self.last)
+        verdict = classify_tail(buf, result, size, segment=self.name, last_segment=self.last,
+                                clean=self.clean)
         self.committed_end, self.torn_end = verdict.committed_end, verdict.torn_end
 
     def _on_batch(self, frames: list[Frame]) -> None:

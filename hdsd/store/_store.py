@@ -116,6 +116,7 @@ class Store:
             recovered = recover(fs, directory, index, segment_bytes)
             if verify:
                 verify_log(fs, directory, (recovered.head_segment, recovered.head_offset))
+            index.set_clean(False)
             writer = LogWriter(directory=directory, fs=fs, index=index,
                                segment_bytes=segment_bytes,
                                head_segment=recovered.head_segment,
@@ -135,6 +136,8 @@ class Store:
             return
         self._closed = True
         self._writer.close()
+        if self._writer.failed is None:
+            self._index.set_clean(True)
         with self._read_lock:
             fds, self._read_fds = self._read_fds, {}
         for fd in fds.values():

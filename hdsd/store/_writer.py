@@ -52,6 +52,76 @@ def _wake_trio(group: list[PendingCommit]) -> None:
         trio.lowlevel.reschedule(c.task, result)
 
 
+def spare_path(final: str) -> str:
+    return final[: -len(F.SEGMENT_SUFFIX)] + F.SEGMENT_TMP_SUFFIX
+
+
+def prepare_segment(fs: FileSystem, final: str, number: int, segment_bytes: int, *,
+                    stop: threading.Event | None = None) -> bool:
+    """Create ``<final>.tmp`` (not yet renamed): preallocated, with its header, fsynced.
+
+    With *stop* (the background path) the space is also zero-filled, step by step, and the
+    work abandoned (file removed, False returned) as soon as *stop* is set.
+    """
+    tmp = spare_path(final)
+    try:
+        fs.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = fs.open_write(tmp, create=True)
+    try:
+        fs.preallocate(fd, 0, segment_bytes)
+        if stop is not None:
+            for pos in range(0, segment_bytes, _ZERO_STEP):
+                if stop.is_set():
+                    raise _Stopped
+                fs.write_zeros(fd, pos, min(_ZERO_STEP, segment_bytes - pos))
+        fs.pwrite(fd, F.segment_header(number), 0)
+        fs.fsync(fd)
+    except BaseException as exc:
+        fs.close(fd)
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, _Stopped):
+            return False
+        raise
+    fs.close(fd)
+    return True
+
+
+class _Stopped(Exception):
+    pass
+
+
+_ZERO_STEP = 4 << 20
+
+
+class _SparePreparer:
+    """Prepares the next segment, zero-filled, in a background thread so rotation is a rename;
+    a failure surfaces at rotation (which then prepares synchronously and reports it)."""
+
+    def __init__(self, fs: FileSystem, final: str, number: int, segment_bytes: int) -> None:
+        self.number = number
+        self.ok = False
+        self._stop = threading.Event()
+        self._args = (fs, final, number, segment_bytes)
+        self._thread = threading.Thread(target=self._run, name="hdsd-segment-preparer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.ok = prepare_segment(*self._args, stop=self._stop)
+        except Exception:
+            self.ok = False
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class LogWriter:
     """Owns the head segment and the writing index connection; runs one thread."""
 
@@ -65,6 +135,7 @@ class LogWriter:
         self._head = head_offset
         self._position = (head_segment, head_offset)  # one attribute: read atomically
         self._fd: int | None = None
+        self._spare: _SparePreparer | None = None
         self._queue: collections.deque[PendingCommit] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -79,6 +150,8 @@ class LogWriter:
             self._rotate()
         else:
             self._fd = fs.open_write(self._path(head_segment))
+            self._spare = _SparePreparer(fs, self._path(head_segment + 1), head_segment + 1,
+                                         segment_bytes)
         self._thread = threading.Thread(target=self._run, name="hdsd-log-writer", daemon=True)
         self._thread.start()
 
@@ -106,6 +179,8 @@ class LogWriter:
             self._closing = True
             self._cond.notify()
         self._thread.join()
+        if self._spare is not None:
+            self._spare.cancel()  # a finished spare stays; the next open removes it
         if self._fd is not None:
             self._fs.close(self._fd)
             self._fd = None
@@ -139,18 +214,17 @@ class LogWriter:
             if self._fd is None or (self._head + size > self._segment_bytes
                                     and self._head > F.SEGMENT_HEADER_SIZE):
                 self._rotate()
-            assert self._fd is not None
-            data, offsets = frame_batch(records, self._head)
+        except OSError as exc:
+            self._refuse(batch, exc, "creating a log segment failed")
+            return
+        assert self._fd is not None
+        data, offsets = frame_batch(records, self._head)
+        try:
             self._fs.pwrite(self._fd, data, self._head)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._undo_partial_write()
-                self._complete(batch, DiskFullError,
-                               "no space left on the data disk; nothing of this write was "
-                               "acknowledged")
-            else:
-                self._fail(f"log write failed: {exc}")
-                self._complete(batch, StoreFailedError, self.failed or "")
+            self._refuse(batch, exc, "log write failed")
             return
         try:
             started = time.perf_counter()
@@ -180,6 +254,15 @@ class LogWriter:
         self.commits += len(batch)
         self._complete(batch, None, "")
 
+    def _refuse(self, batch: list[PendingCommit], exc: OSError, what: str) -> None:
+        """ENOSPC refuses this batch only; any other error stops the store for good."""
+        if exc.errno == errno.ENOSPC and self.failed is None:
+            self._complete(batch, DiskFullError, "no space left on the data disk; nothing of "
+                           "this write was acknowledged")
+        else:
+            self._fail(f"{what}: {exc}")
+            self._complete(batch, StoreFailedError, self.failed or "")
+
     def _fail(self, why: str) -> None:
         if self.failed is None:
             self.failed = (f"the store stopped after a storage failure ({why}); restart the "
@@ -199,25 +282,24 @@ class LogWriter:
     def _rotate(self) -> None:
         number = self._segment + 1
         final = self._path(number)
-        tmp = final[: -len(F.SEGMENT_SUFFIX)] + F.SEGMENT_TMP_SUFFIX
-        fd = self._fs.open_write(tmp, create=True)
-        try:
-            self._fs.preallocate(fd, 0, self._segment_bytes)
-            self._fs.pwrite(fd, F.segment_header(number), 0)
-            self._fs.fdatasync(fd)
-            self._fs.rename(tmp, final)
-            self._fs.sync_dir(self._dir)
-        except BaseException:
-            self._fs.close(fd)
-            try:
-                self._fs.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            # Usually long done (it started at the previous rotation); if not, do not make
+            # commits wait for zero-filling.
+            spare.cancel()
+        if spare is None or not spare.ok or spare.number != number:
+            # Not ready in time (or failed): preallocate without zero-filling; raises ENOSPC.
+            prepare_segment(self._fs, final, number, self._segment_bytes)
+        self._fs.rename(spare_path(final), final)
+        self._fs.sync_dir(self._dir)
+        fd = self._fs.open_write(final)
         if self._fd is not None:
             self._fs.close(self._fd)
         self._fd, self._segment, self._head = fd, number, F.SEGMENT_HEADER_SIZE
         self._position = (number, F.SEGMENT_HEADER_SIZE)
+        # Zero-filling a segment takes a while: do the next one now, off the commit path.
+        self._spare = _SparePreparer(self._fs, self._path(number + 1), number + 1,
+                                     self._segment_bytes)
 
     def _complete(self, batch: list[PendingCommit], error: type[StoreError] | None,
                   message: str) -> None:

@@ -50,8 +50,9 @@ class FaultyFS(FileSystem):
     """A real file system with injected faults.
 
     * ``fail_fdatasync_at=n``: the n-th fdatasync (1-based, counting every file) raises EIO;
-    * ``enospc_write_at=n``: the n-th pwrite writes half its bytes, then raises ENOSPC;
-    * ``enospc_preallocate=True``: preallocation raises ENOSPC (segment rotation fails);
+    * ``enospc_write_at=n``: the n-th pwrite writes half its bytes, then raises ENOSPC
+      (pwrites count only into ``.seg`` files: spares are written by a background thread);
+    * ``enospc_create_after=n``: creating a file after the n-th raises ENOSPC;
     * ``fail_write_at=n``: the n-th pwrite raises EIO;
     * ``gate``: when set to an Event, fdatasync waits for it (to hold a batch in flight);
     * :meth:`crash`: a power cut — writes since their file's last fdatasync are undone, then
@@ -60,16 +61,21 @@ class FaultyFS(FileSystem):
 
     fail_fdatasync_at: int | None = None
     enospc_write_at: int | None = None
-    enospc_preallocate: bool = False
     fail_write_at: int | None = None
+    enospc_create_after: int | None = None
     gate: threading.Event | None = None
     at_gate: threading.Event = field(default_factory=threading.Event)  # an fdatasync waits
     fdatasyncs: int = 0
     writes: int = 0
+    creates: int = 0
     _paths: dict[int, str] = field(default_factory=dict)
     _unsynced: dict[str, list[_Write]] = field(default_factory=dict)
 
     def open_write(self, path: str, *, create: bool = False) -> int:
+        if create:
+            self.creates += 1
+            if self.enospc_create_after is not None and self.creates > self.enospc_create_after:
+                raise OSError(errno.ENOSPC, "injected: no space left on device")
         fd = super().open_write(path, create=create)
         self._paths[fd] = path
         return fd
@@ -83,6 +89,9 @@ class FaultyFS(FileSystem):
             self._unsynced[dst] = self._unsynced.pop(src)
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if not self._paths[fd].endswith(".seg"):  # spare segments are made in the background
+            super().pwrite(fd, data, offset)
+            return
         self.writes += 1
         if self.writes == self.fail_write_at:
             raise OSError(errno.EIO, "injected write error")
@@ -93,11 +102,6 @@ class FaultyFS(FileSystem):
             raise OSError(errno.ENOSPC, "injected: no space left on device")
         super().pwrite(fd, data, offset)
 
-    def preallocate(self, fd: int, offset: int, length: int) -> None:
-        if self.enospc_preallocate:
-            raise OSError(errno.ENOSPC, "injected: no space left on device")
-        super().preallocate(fd, offset, length)
-
     def fdatasync(self, fd: int) -> None:
         self.fdatasyncs += 1
         if self.gate is not None:
@@ -106,6 +110,10 @@ class FaultyFS(FileSystem):
         if self.fdatasyncs == self.fail_fdatasync_at:
             raise OSError(errno.EIO, "injected fdatasync failure")
         super().fdatasync(fd)
+        self._unsynced.pop(self._paths[fd], None)
+
+    def fsync(self, fd: int) -> None:
+        super().fsync(fd)
         self._unsynced.pop(self._paths[fd], None)
 
     def truncate(self, fd: int, length: int) -> None:

@@ -22,8 +22,7 @@ def v(i: int, data: bytes = b"data") -> Version:
 
 
 async def test_fdatasync_failure_stops_the_store_for_good(tmp_path: Path) -> None:
-    # fdatasync 1 creates the first segment; 2 and 3 are the first two batches.
-    fs = FaultyFS(fail_fdatasync_at=4)
+    fs = FaultyFS(fail_fdatasync_at=3)  # one fdatasync per batch: the third batch fails
     with Store.open(tmp_path, fs=fs) as store:
         await store.commit([v(0)])
         store.commit_sync([v(1)])
@@ -49,7 +48,7 @@ async def test_fdatasync_failure_stops_the_store_for_good(tmp_path: Path) -> Non
 
 
 async def test_write_error_stops_the_store(tmp_path: Path) -> None:
-    fs = FaultyFS(fail_write_at=3)  # 1: first segment header; 2: first batch
+    fs = FaultyFS(fail_write_at=2)  # one log write per batch: the second fails
     with Store.open(tmp_path, fs=fs) as store:
         await store.commit([v(0)])
         with pytest.raises(StoreFailedError, match="write"):
@@ -59,7 +58,7 @@ async def test_write_error_stops_the_store(tmp_path: Path) -> None:
 
 
 async def test_enospc_refuses_the_batch_and_keeps_going(tmp_path: Path) -> None:
-    fs = FaultyFS(enospc_write_at=3)
+    fs = FaultyFS(enospc_write_at=2)
     with Store.open(tmp_path, fs=fs) as store:
         await store.commit([v(0)])
         with pytest.raises(DiskFullError):
@@ -76,13 +75,12 @@ async def test_enospc_refuses_the_batch_and_keeps_going(tmp_path: Path) -> None:
 
 
 async def test_enospc_creating_a_segment(tmp_path: Path) -> None:
-    fs = FaultyFS()
+    fs = FaultyFS(enospc_create_after=1)  # the first segment only (spares fail, too)
     with Store.open(tmp_path, fs=fs, segment_bytes=4096) as store:
         await store.commit([v(0, b"a" * 3000)])
-        fs.enospc_preallocate = True
         with pytest.raises(DiskFullError):
             await store.commit([v(1, b"b" * 3000)])  # needs a new segment
-        fs.enospc_preallocate = False
+        fs.enospc_create_after = None
         await store.commit([v(2, b"c" * 3000)])
         assert store.statistics().segments == 2
     with Store.open(tmp_path, segment_bytes=4096) as store:
