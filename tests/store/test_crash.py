@@ -138,19 +138,23 @@ def test_cut_or_zeroed_tail(how: str, keep_index: bool, ops: list[tuple[str, int
         for later in [s for s in w.frames if s > seg]:
             os.unlink(seg_path(d, later))
         with open(seg_path(d, seg), "r+b") as f:
+            original = f.read()
             if how == "cut":
                 f.truncate(at)
             else:
-                size = f.seek(0, os.SEEK_END)
                 f.seek(at)
-                f.write(bytes(size - at))
+                f.write(bytes(len(original) - at))
+        if how == "zero":  # zeroing bytes that were zero already damages nothing
+            while at < used and original[at] == 0:
+                at += 1
         if not keep_index:
             drop_index(d)
         lost_acked = (seg, at) < w.ends[-1]
         if keep_index and lost_acked:
             with pytest.raises(CorruptLogError) as info:
                 Store.open(d, segment_bytes=SEGMENT)
-            assert info.value.segment == F.segment_name(seg)
+            # Names the damaged segment, or the later one the index needs that is now gone.
+            assert info.value.segment in {F.segment_name(s) for s in w.frames if s >= seg}
             return
         with Store.open(d, segment_bytes=SEGMENT, verify=True) as store:
             for records, end in zip(w.commits, w.ends, strict=True):
