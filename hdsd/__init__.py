@@ -19,6 +19,9 @@ from ._errors import RequestTimeout as RequestTimeout
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
 from ._errors import Unavailable as Unavailable
+from ._meta import __version__ as __version__
+from .client import AsyncClient as AsyncClient
+from .client import Client as Client
+from .client import ListPage as ListPage
+from .client import ObjectInfo as ObjectInfo
 from .store import Version as Version
-
-__version__ = "0.1.0"

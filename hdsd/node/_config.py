@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
+from ..cluster import parse_address
 
-__all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config", "parse_address"]
+__all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -89,23 +90,15 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
 _REQUIRED_SECTIONS = ("node", "tls", "keys", "cluster")
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:7401"`` → ``("127.0.0.1", 7401)``; ValueError with the reason."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"address {text!r} must be HOST:PORT")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
-    return host.strip("[]"), int(port_text)
-
-
 class _Problems:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: list[str] = []
+        self.fatal = False  # a value the rest of the checks need is missing or mistyped
 
-    def add(self, where: str, what: str) -> None:
+    def add(self, where: str, what: str, *, fatal: bool = False) -> None:
         self.lines.append(f"{self.path}: {where}: {what}")
+        self.fatal = self.fatal or fatal
 
     def raise_if_any(self) -> None:
         if self.lines:
@@ -127,7 +120,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     p = _Problems(cfg_path)
     base = cfg_path.parent
     sections = _check_schema(raw, p)
-    p.raise_if_any()
+    if p.fatal:
+        p.raise_if_any()
 
     node, tls, keys, cluster = (sections[s] for s in _REQUIRED_SECTIONS)
     limits = sections.get("limits", {})
@@ -194,10 +188,10 @@ def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]
         section = raw.get(name)
         if section is None:
             if name in _REQUIRED_SECTIONS:
-                p.add(f"[{name}]", "missing section")
+                p.add(f"[{name}]", "missing section", fatal=True)
             continue
         if not isinstance(section, dict):
-            p.add(f"[{name}]", "must be a table")
+            p.add(f"[{name}]", "must be a table", fatal=True)
             continue
         for key in section:
             if key not in schema:
@@ -205,12 +199,13 @@ def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]
         for key, (kind, required) in schema.items():
             if key not in section:
                 if required:
-                    p.add(f"[{name}] {key}", "missing")
+                    p.add(f"[{name}] {key}", "missing", fatal=True)
                 continue
             value = section[key]
             if isinstance(value, bool) or not isinstance(value, kind):
                 want = kind.__name__ if isinstance(kind, type) else "number"
-                p.add(f"[{name}] {key}", f"must be a {want}, not {type(value).__name__}")
+                p.add(f"[{name}] {key}", f"must be a {want}, not {type(value).__name__}",
+                      fatal=True)
         out[name] = section
     return out
 

@@ -1,0 +1,201 @@
+"""Operator commands: ``hdsd init``, ``hdsd serve``, ``hdsd cert issue``."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from .._errors import ConfigError
+from ..node import Node, load_node_config, serve_node
+from ..node._config import NAME_RE
+from ..node._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
+from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
+from ._main import main
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--nodes-per-site", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=7400, show_default=True,
+              help="first node's port; the others follow")
+@click.option("--ports", default=None, metavar="P1,P2,...",
+              help="explicit port of each node, in order (overrides --base-port)")
+@click.option("--sites", default="dc1,dc2", show_default=True,
+              help="the two site names, comma-separated")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address nodes listen on")
+@click.option("--tenant", default="default", show_default=True,
+              help="tenant of the admin client certificate")
+def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None, sites: str,
+         host: str, tenant: str) -> None:
+    """Create a ready two-site cluster in DIRECTORY: CA, master key, node configs and
+    certificates, and an admin client profile DIRECTORY/client.toml."""
+    root = Path(directory).resolve()
+    site_names = [s.strip() for s in sites.split(",")]
+    if len(site_names) != 2 or len(set(site_names)) != 2:
+        raise ConfigError("--sites takes exactly two distinct site names, e.g. lyon-est,lyon-sud")
+    for name in [*site_names, tenant]:
+        if not NAME_RE.match(name):
+            raise ConfigError(f"name {name!r} must match {NAME_RE.pattern}")
+    if (root / "cluster.toml").exists():
+        raise ConfigError(f"{root} already holds a cluster (cluster.toml exists); "
+                          "choose another directory")
+    root.mkdir(parents=True, exist_ok=True)
+    cluster_id = f"hdsd-{secrets.token_hex(3)}"
+    create_ca(root / "ca", cluster_id)
+    master = root / "master.key"
+    create_master_key(master)
+    # Both sites must share the tenant's keys (they read each other's sealed chunks): create the
+    # keyring once and give every node a copy.
+    keyring_template = root / KEYRING_FILE
+    Keyring(keyring_template, load_master_key(master)).get_or_create(tenant)
+
+    total = 2 * nodes_per_site
+    if ports is not None:
+        try:
+            port_list = [int(p) for p in ports.split(",")]
+        except ValueError:
+            raise ConfigError(f"--ports {ports!r}: expected comma-separated numbers") from None
+        if len(port_list) != total or not all(0 < p < 65536 for p in port_list):
+            raise ConfigError(f"--ports needs {total} ports from 1 to 65535, one per node")
+    else:
+        port_list = list(range(base_port, base_port + total))
+    next_port = iter(port_list)
+    layout: list[tuple[str, list[tuple[str, int]]]] = []
+    for site in site_names:
+        nodes = []
+        for i in range(1, nodes_per_site + 1):
+            nodes.append((f"{site}-n{i}", next(next_port)))
+        layout.append((site, nodes))
+    sites_toml = "".join(
+        f"\n[[sites]]\nname = {_toml_str(site)}\nnodes = ["
+        + ", ".join(f'{{ name = {_toml_str(n)}, address = "{host}:{p}" }}' for n, p in nodes)
+        + "]\n"
+        for site, nodes in layout
+    )
+    for site, nodes in layout:
+        for name, node_port in nodes:
+            node_dir = root / name
+            (node_dir / "data").mkdir(parents=True, exist_ok=True)
+            crt, key = issue_node_cert(
+                root / "ca", node_dir, name=name, site=site,
+                hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
+            shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
+            (node_dir / "node.toml").write_text(
+                f"# hdsd node {name} (site {site})\n"
+                f"# start with: hdsd serve --config {node_dir}/node.toml\n"
+                f"[node]\nname = {_toml_str(name)}\nsite = {_toml_str(site)}\n"
+                f'listen = "{host}:{node_port}"\ndata_dir = "data"\n\n'
+                f'[tls]\nca = "../ca/ca.crt"\ncert = "{crt.name}"\nkey = "{key.name}"\n\n'
+                f'[keys]\nmaster_key_file = "../master.key"\n\n'
+                f"[cluster]\nid = {_toml_str(cluster_id)}\nchunk_size = 1048576\n"
+                f"compression_level = 1\ninline_max = 16384\n{sites_toml}",
+                encoding="utf-8")
+    keyring_template.unlink()
+    crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
+                                 role="admin")
+    _write_profile(root / "client.toml", cluster_id, tenant,
+                   (crt.relative_to(root), key.relative_to(root)), layout, host)
+    (root / "cluster.toml").write_text(
+        f"# written by hdsd init\nid = {_toml_str(cluster_id)}\nsites = "
+        f"[{', '.join(_toml_str(s) for s in site_names)}]\n", encoding="utf-8")
+    click.echo(f"cluster {cluster_id} initialised in {root}")
+    for site, nodes in layout:
+        for name, node_port in nodes:
+            click.echo(f"  {site:10} {name:14} {host}:{node_port}  "
+                       f"hdsd serve --config {root / name / 'node.toml'}")
+    profile = root / "client.toml"
+    click.echo(f"  admin profile: {profile}  (export HDSD_PROFILE={profile})")
+
+
+def _write_profile(path: Path, cluster_id: str, tenant: str, cert_key: tuple[Path, Path],
+                   layout: list[tuple[str, list[tuple[str, int]]]], host: str) -> None:
+    sites = ""
+    for site, nodes in layout:
+        endpoints = ", ".join(_toml_str(f"{host}:{port}") for _, port in nodes)
+        sites += f"\n[sites.{site}]\nendpoints = [{endpoints}]\n"
+    path.write_text(
+        f"[client]\ncluster_id = {_toml_str(cluster_id)}\ntenant = {_toml_str(tenant)}\n"
+        f'ca = "ca/ca.crt"\ncert = {_toml_str(str(cert_key[0]))}\n'
+        f"key = {_toml_str(str(cert_key[1]))}\n"
+        f"site = {_toml_str(layout[0][0])}\n{sites}", encoding="utf-8")
+
+
+@main.group()
+def cert() -> None:
+    """Issue certificates signed by the cluster CA."""
+
+
+@cert.command("issue")
+@click.option("--client", "client_name", required=True, help="client name (certificate subject)")
+@click.option("--tenant", required=True, help="tenant the client belongs to")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--cluster-dir", type=click.Path(file_okay=False, exists=True), default="hdsd-data",
+              show_default=True, help="directory written by hdsd init")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
+def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None
+               ) -> None:
+    """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
+    root = Path(cluster_dir).resolve()
+    out_dir = Path(out).resolve() if out else root / "clients"
+    crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
+    profile = out_dir / f"{client_name}.toml"
+    admin = root / "client.toml"
+    if admin.is_file():
+        text = admin.read_text(encoding="utf-8")
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("tenant ="):
+                line = f"tenant = {_toml_str(tenant)}"
+            elif line.startswith("cert ="):
+                line = f"cert = {_toml_str(str(crt))}"
+            elif line.startswith("key ="):
+                line = f"key = {_toml_str(str(key))}"
+            elif line.startswith("ca ="):
+                line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
+            lines.append(line)
+        profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role})")
+    if profile.exists():
+        click.echo(f"profile: {profile}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the node's TOML configuration")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def serve(config_path: str, log_level: str) -> None:
+    """Run a node until SIGTERM/SIGINT (graceful; a second signal forces the stop)."""
+    config = load_node_config(config_path)
+    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
+                        format="%(asctime)s level=%(levelname)s %(message)s")
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            async def serve_then_stop(task_status: trio.TaskStatus[Node]) -> None:
+                await serve_node(config, task_status=task_status)
+                nursery.cancel_scope.cancel()  # graceful stop done: stop watching signals
+
+            node: Node = await nursery.start(serve_then_stop)
+            click.echo(f"hdsd: node {config.name} (site {config.site}) listening on "
+                       f"{config.host}:{node.port}", err=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    if node.stopping:
+                        nursery.cancel_scope.cancel()  # second signal: stop now
+                        return
+                    node.shutdown()
+
+    trio.run(run)

@@ -1,0 +1,252 @@
+"""Users' commands: put, get, ls, stat, rm, versions, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from .._errors import InvalidRequest
+from ..client import AsyncClient, ObjectInfo
+from ..cluster import HybridClock
+from ._main import main
+
+T = TypeVar("T")
+
+
+def _split(target: str, *, key_required: bool = True) -> tuple[str, str]:
+    bucket, _, key = target.partition("/")
+    if not bucket or (key_required and not key):
+        raise InvalidRequest(f"{target!r}: expected BUCKET/KEY")
+    return bucket, key
+
+
+def _run(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    obj = ctx.find_root().obj
+
+    async def go() -> T:
+        async with AsyncClient(obj["profile"], site=obj["site"], timeout=obj["timeout"]) as c:
+            return await fn(c)
+
+    return trio.run(go)
+
+
+def _when(hlc: int) -> str:
+    ms = HybridClock.wall_ms(hlc)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _print_info(info: ObjectInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), sort_keys=True))
+        return
+    click.echo(f"{info.bucket}/{info.key}")
+    click.echo(f"  version       {info.version}{'  (delete marker)' if info.deleted else ''}")
+    click.echo(f"  size          {info.size}")
+    click.echo(f"  written       {_when(info.hlc)} by {info.node}")
+    if info.content_hash:
+        click.echo(f"  content hash  {info.content_hash}")
+    for k, v in sorted(info.metadata.items()):
+        click.echo(f"  meta {k} = {v}")
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise (scripts, pipes)."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        self._bar: Any = None
+        self._done = 0
+        if sys.stderr.isatty() and total:
+            self._bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            self._bar.__enter__()
+
+    def __call__(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._done)
+            self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@main.command()
+@click.argument("target", metavar="BUCKET/KEY")
+@click.argument("source", default="-", metavar="[FILE|-]")
+@click.option("--meta", "meta", multiple=True, metavar="NAME=VALUE", help="user metadata")
+@click.option("--request-id", default=None, metavar="HEX32",
+              help="idempotency id (retrying with the same id stores once)")
+@json_option
+@click.pass_context
+def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
+        request_id: str | None, as_json: bool) -> None:
+    """Store FILE (or standard input) as BUCKET/KEY."""
+    bucket, key = _split(target)
+    metadata = {}
+    for item in meta:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidRequest(f"--meta {item!r}: expected NAME=VALUE")
+        metadata[name] = value
+    rid = None
+    if request_id is not None:
+        try:
+            rid = bytes.fromhex(request_id)
+            if len(rid) != 16:
+                raise ValueError
+        except ValueError:
+            raise InvalidRequest("--request-id must be 32 hex digits") from None
+    data: Any = sys.stdin.buffer if source == "-" else source
+    if source != "-" and not os.path.isfile(source):
+        raise InvalidRequest(f"{source}: no such file")
+    total = None if source == "-" else os.path.getsize(source)
+    progress = _Progress(total, f"put {target}")
+    try:
+        info = _run(ctx, lambda c: c.put(bucket, key, data, metadata=metadata, request_id=rid,
+                                         progress=progress))
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), sort_keys=True))
+    else:
+        click.echo(f"stored {info.bucket}/{info.key} version {info.version} ({info.size} bytes)"
+                   + (" (already stored by an earlier attempt)" if info.replayed else ""))
+
+
+def _parse_range(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    first, sep, last = text.partition("-")
+    try:
+        if not sep or not first:
+            raise ValueError
+        start = int(first)
+        end = int(last) + 1 if last else None
+        if start < 0 or (end is not None and end <= start):
+            raise ValueError
+    except ValueError:
+        raise InvalidRequest(f"--range {text!r}: expected FIRST-LAST or FIRST- "
+                             "(byte offsets, inclusive)") from None
+    return start, end
+
+
+@main.command()
+@click.argument("target", metavar="BUCKET/KEY")
+@click.option("-o", "--output", default="-", metavar="FILE|-",
+              help="where to write (default stdout)")
+@click.option("--version", "version", default=None, help="a version id (default: current)")
+@click.option("--range", "byte_range", default=None, metavar="FIRST-LAST",
+              help="inclusive byte range, e.g. 0-1023 or 4096-")
+@click.pass_context
+def get(ctx: click.Context, target: str, output: str, version: str | None,
+        byte_range: str | None) -> None:
+    """Read BUCKET/KEY to standard output or a file."""
+    bucket, key = _split(target)
+    start, end = _parse_range(byte_range)
+    if output != "-":
+        async def to_file(c: AsyncClient) -> None:
+            st = await c.stat(bucket, key, version=version)
+            progress = _Progress(st.size, f"get {target}")
+            try:
+                await c.get_to_file(bucket, key, output, version=version or st.version,
+                                    start=start, end=end, progress=progress)
+            finally:
+                progress.close()
+        _run(ctx, to_file)
+        return
+
+    out = sys.stdout.buffer
+
+    async def to_stdout(c: AsyncClient) -> None:
+        async with c.open_get(bucket, key, version=version, start=start, end=end) as stream:
+            async for piece in stream:
+                await trio.to_thread.run_sync(out.write, piece)
+        await trio.to_thread.run_sync(out.flush)
+    _run(ctx, to_stdout)
+
+
+@main.command("ls")
+@click.argument("target", metavar="BUCKET[/PREFIX]")
+@click.option("--versions", is_flag=True, help="every version, delete markers included")
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, target: str, versions: bool, as_json: bool) -> None:
+    """List keys (current versions) of BUCKET starting with PREFIX."""
+    bucket, prefix = _split(target, key_required=False)
+
+    async def collect(c: AsyncClient) -> list[ObjectInfo]:
+        return [e async for e in c.list_all(bucket, prefix, versions=versions)]
+    entries = _run(ctx, collect)
+    for e in entries:
+        if as_json:
+            click.echo(json.dumps(e.as_dict(), sort_keys=True))
+        elif versions:
+            click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.version}  {e.key}"
+                       + ("  (deleted)" if e.deleted else ""))
+        else:
+            click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.key}")
+
+
+@main.command()
+@click.argument("target", metavar="BUCKET/KEY")
+@click.option("--version", "version", default=None)
+@json_option
+@click.pass_context
+def stat(ctx: click.Context, target: str, version: str | None, as_json: bool) -> None:
+    """Show the size, version and metadata of BUCKET/KEY."""
+    bucket, key = _split(target)
+    _print_info(_run(ctx, lambda c: c.stat(bucket, key, version=version)), as_json)
+
+
+@main.command()
+@click.argument("target", metavar="BUCKET/KEY")
+@json_option
+@click.pass_context
+def rm(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Delete BUCKET/KEY (writes a delete marker; older versions stay until retention allows)."""
+    bucket, key = _split(target)
+    info = _run(ctx, lambda c: c.delete(bucket, key))
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), sort_keys=True))
+    else:
+        click.echo(f"deleted {bucket}/{key} (delete marker {info.version})")
+
+
+@main.command()
+@click.argument("target", metavar="BUCKET/KEY")
+@json_option
+@click.pass_context
+def versions(ctx: click.Context, target: str, as_json: bool) -> None:
+    """List every version of BUCKET/KEY, oldest first."""
+    bucket, key = _split(target)
+    for v in _run(ctx, lambda c: c.versions(bucket, key)):
+        if as_json:
+            click.echo(json.dumps(v.as_dict(), sort_keys=True))
+        else:
+            click.echo(f"{_when(v.hlc)}  {v.size:>12}  {v.version}"
+                       + ("  (delete marker)" if v.deleted else ""))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the node's health: identity, uptime, store statistics."""
+    st = _run(ctx, lambda c: c.status())
+    if as_json:
+        click.echo(json.dumps(st, sort_keys=True, default=str))
+        return
+    click.echo(f"node {st['node']}  site {st['site']}  cluster {st['cluster']}  "
+               f"hdsd {st['software']}  up {st['uptime_s']:.0f} s")
+    click.echo(f"connections {st['connections']}  requests in flight {st['requests_in_flight']}")
+    for k, v in sorted(st.get("store", {}).items()):
+        click.echo(f"  store.{k:24} {v}")

@@ -1,0 +1,462 @@
+"""The asynchronous (trio) client.
+
+One mutually authenticated TLS connection, reused and multiplexed by every request of the
+client; it is reopened on demand after a failure. Requests that fail with :class:`Unavailable`
+(connection lost, timeout) are retried on a new connection with the *same request id*, so a put
+or delete retried after an ambiguous failure is applied once. A put whose body cannot be replayed
+(an iterator) is not retried: the caller gets the error and decides.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypeAlias
+
+import trio
+
+from .._errors import (
+    ConnectionLost,
+    HdsdError,
+    IntegrityError,
+    ProtocolError,
+    RequestTimeout,
+    Unavailable,
+    error_class_for_code,
+)
+from .._groups import single_error
+from ..transport import WireSession, client_context, connect_tls
+from ..wire import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Connection,
+    Data,
+    DeleteRequest,
+    End,
+    ErrorReply,
+    GetRequest,
+    GetStart,
+    Hello,
+    ListRequest,
+    Message,
+    PutStart,
+    Reply,
+    Role,
+    StatRequest,
+    StatusRequest,
+    VersionsRequest,
+)
+from ._profile import Profile, load_profile
+
+__all__ = ["AsyncClient", "GetStream", "ListPage", "ObjectInfo", "PutSource"]
+
+PutSource: TypeAlias = (
+    bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+    | Iterable[bytes] | AsyncIterable[bytes]
+)
+Progress: TypeAlias = Callable[[int], None]
+
+_PIECE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    version: str
+    hlc: int
+    node: str
+    size: int
+    content_hash: str
+    deleted: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+    replayed: bool = False
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ObjectInfo:
+        try:
+            return cls(bucket=body["bucket"], key=body["key"], version=body["version"],
+                       hlc=body["hlc"], node=body["node"], size=body["size"],
+                       content_hash=body["content_hash"], deleted=body["deleted"],
+                       metadata=dict(body.get("metadata", {})),
+                       replayed=bool(body.get("replayed", False)))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed object description from the node: {exc}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: list[ObjectInfo]
+    next: str | None  # pass as ``after`` for the next page; None on the last page
+
+
+class GetStream:
+    """The body of a get: ``info`` first, then ``async for piece in stream``."""
+
+    def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
+                 inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> None:
+        self.info = info
+        self.start = start
+        self.end = end
+        self._session = session
+        self._rid = rid
+        self._inbox = inbox
+        self._timeout = timeout
+        self.received = 0
+        self.complete = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        while not self.complete:
+            event = await _receive(self._inbox, self._timeout)
+            if isinstance(event, Data):
+                self.received += len(event.data)
+                if self.received > self.end - self.start:
+                    raise IntegrityError("the node sent more bytes than the object holds")
+                yield event.data
+                # Credit only after the caller processed the piece: a slow reader slows the node.
+                await self._session.consumed(self._rid, len(event.data))
+            elif isinstance(event, End):
+                if self.received != self.end - self.start:
+                    raise IntegrityError(f"download ended after {self.received} of "
+                                         f"{self.end - self.start} bytes")
+                self.complete = True
+            else:
+                _raise_for(event)
+
+
+async def _receive(inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> Message:
+    with trio.move_on_after(timeout):
+        try:
+            return await inbox.receive()
+        except trio.EndOfChannel:
+            raise ConnectionLost("connection to the node lost during the request") from None
+    raise RequestTimeout(f"no answer from the node within {timeout:g} s")
+
+
+def _raise_for(event: Message) -> None:
+    if isinstance(event, ErrorReply):
+        raise error_class_for_code(event.code)(event.message)
+    raise ProtocolError(f"unexpected {type(event).__name__} from the node")
+
+
+class AsyncClient:
+    """Talk to an hdsd cluster. Use as ``async with AsyncClient(profile) as client:``."""
+
+    def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
+                 site: str | None = None, timeout: float = 60.0, retries: int = 3,
+                 connect_timeout: float = 10.0) -> None:
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.site = site or self.profile.site
+        self.endpoints = self.profile.endpoints(self.site)
+        self.timeout = timeout
+        self.retries = retries
+        self.connect_timeout = connect_timeout
+        self._ssl = client_context(self.profile.cert, self.profile.key, self.profile.ca)
+        self._session: WireSession | None = None
+        self._connect_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._next_rid = 0
+        self._endpoint_index = 0
+
+    async def __aenter__(self) -> Self:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        await self.aclose()
+        assert self._nursery_cm is not None
+        # Only background readers live in this nursery, and they end quietly: the body's own
+        # exception must reach the caller as itself, not wrapped in an exception group.
+        await self._nursery_cm.__aexit__(None, None, None)
+        return None
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.aclose()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- connection --------------------------------------------------------------------------
+    async def _connected(self) -> WireSession:
+        if self._nursery is None:
+            raise HdsdError("use the client as `async with AsyncClient(...) as client:`")
+        async with self._connect_lock:
+            if self._session is not None and not self._session._closed:
+                return self._session
+            last: HdsdError | None = None
+            for _ in range(len(self.endpoints)):
+                host, port = self.endpoints[self._endpoint_index % len(self.endpoints)]
+                try:
+                    self._session = await self._open(host, port)
+                    return self._session
+                except Unavailable as exc:
+                    last = exc
+                    self._endpoint_index += 1
+            assert last is not None
+            raise last
+
+    async def _open(self, host: str, port: int) -> WireSession:
+        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
+                                   timeout=self.connect_timeout)
+        session = WireSession(stream, Connection(Role.CLIENT))
+        try:
+            await session.send(Hello(protocol_version=PROTOCOL_VERSION,
+                                     cluster_id=self.profile.cluster_id, peer="client",
+                                     window=session.conn.initial_window))
+            hello = await session.receive_hello(self.connect_timeout)
+            if hello.cluster_id != self.profile.cluster_id:
+                raise ProtocolError(f"{host}:{port} serves cluster {hello.cluster_id!r}, "
+                                    f"the profile names {self.profile.cluster_id!r}")
+        except BaseException:
+            await session.aclose()
+            raise
+        assert self._nursery is not None
+        self._nursery.start_soon(self._read, session)
+        return session
+
+    async def _read(self, session: WireSession) -> None:
+        try:
+            await session.run_reader()
+        except HdsdError:
+            pass  # surfaced to each waiting request as ConnectionLost (their inboxes close)
+        finally:
+            if self._session is session:
+                self._session = None
+            await session.aclose()
+
+    def _rid(self, session: WireSession) -> int:
+        while True:
+            self._next_rid = (self._next_rid + 1) % (1 << 32)
+            if not session.conn.in_flight(self._next_rid):
+                return self._next_rid
+
+    async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
+        delay = 0.05
+        for n in range(self.retries + 1):
+            try:
+                return await attempt()
+            except Unavailable:
+                if not replayable or n == self.retries:
+                    raise
+                await trio.sleep(delay)
+                delay = min(delay * 4, 2.0)
+        raise AssertionError("unreachable")
+
+    async def _call(self, make: Callable[[int], Message]) -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
+            session = await self._connected()
+            rid = self._rid(session)
+            inbox = session.open_inbox(rid)
+            try:
+                await session.send(make(rid))
+                event = await _receive(inbox, self.timeout)
+                if isinstance(event, Reply):
+                    return event.body
+                _raise_for(event)
+                raise AssertionError("unreachable")
+            finally:
+                session.close_inbox(rid)
+        return await self._retrying(attempt)  # type: ignore[no-any-return]
+
+    # -- operations --------------------------------------------------------------------------
+    async def put(self, bucket: str, key: str, data: PutSource, *,
+                  metadata: dict[str, str] | None = None, request_id: bytes | None = None,
+                  size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+        """Store *data* (bytes, a path, a binary file, or an (async) iterable of bytes)."""
+        request_id = request_id or uuid.uuid4().bytes
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            size = len(data)
+        elif isinstance(data, (str, os.PathLike)):
+            size = os.stat(data).st_size
+        replayable = isinstance(data, (bytes, bytearray, memoryview, str, os.PathLike))
+
+        async def attempt() -> ObjectInfo:
+            session = await self._connected()
+            rid = self._rid(session)
+            inbox = session.open_inbox(rid)
+            try:
+                await session.send(PutStart(rid=rid, request_id=request_id, bucket=bucket,
+                                            key=key, size=size, metadata=dict(metadata or {}),
+                                            policy=None))
+                return await self._upload(session, rid, inbox, data, progress)
+            finally:
+                session.close_inbox(rid)
+
+        return await self._retrying(attempt, replayable=replayable)  # type: ignore[no-any-return]
+
+    async def _upload(self, session: WireSession, rid: int,
+                      inbox: trio.MemoryReceiveChannel[Message], data: PutSource,
+                      progress: Progress | None) -> ObjectInfo:
+        reply: list[Message] = []
+
+        async def send_body(cancel_scope: trio.CancelScope) -> None:
+            sent = 0
+            async for piece in _pieces(data):
+                await session.send_body(rid, piece)
+                sent += len(piece)
+                if progress is not None:
+                    progress(sent)
+            await session.send(End(rid=rid))
+            # The body is complete: the node owes a reply within the request timeout.
+            await trio.sleep(self.timeout)
+            raise RequestTimeout(f"no answer from the node within {self.timeout:g} s of the "
+                                 "end of the upload")
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_body, nursery.cancel_scope)
+                # The node may refuse early (permission, bad name): stop sending at once then.
+                try:
+                    event = await inbox.receive()
+                except trio.EndOfChannel:
+                    raise ConnectionLost("connection to the node lost during the upload") \
+                        from None
+                reply.append(event)
+                nursery.cancel_scope.cancel()
+        event = reply[0]
+        if isinstance(event, Reply):
+            return ObjectInfo.from_body(event.body)
+        if isinstance(event, ErrorReply):
+            raise error_class_for_code(event.code)(event.message)
+        raise ProtocolError(f"unexpected {type(event).__name__} during an upload")
+
+    @asynccontextmanager
+    async def open_get(self, bucket: str, key: str, *, version: str | None = None,
+                       start: int | None = None, end: int | None = None,
+                       ) -> AsyncIterator[GetStream]:
+        """Stream an object: ``async with client.open_get(b, k) as s: async for piece in s``.
+
+        *start* is inclusive, *end* exclusive (byte offsets); both optional.
+        """
+        async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
+                                     GetStart]:
+            session = await self._connected()
+            rid = self._rid(session)
+            inbox = session.open_inbox(rid)
+            try:
+                await session.send(GetRequest(rid=rid, bucket=bucket, key=key, version=version,
+                                              start=start, end=end))
+                event = await _receive(inbox, self.timeout)
+            except BaseException:
+                session.close_inbox(rid)
+                raise
+            if not isinstance(event, GetStart):
+                session.close_inbox(rid)
+                _raise_for(event)
+            return session, rid, inbox, event  # type: ignore[return-value]
+
+        session, rid, inbox, head = await self._retrying(attempt)
+        stream = GetStream(session, rid, ObjectInfo.from_body(head.info), head.info["start"],
+                           head.info["end"], inbox, self.timeout)
+        try:
+            yield stream
+        finally:
+            if not stream.complete and not session._closed:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await session.send(Cancel(rid=rid))
+                    except HdsdError:
+                        pass
+            session.close_inbox(rid)
+
+    async def get(self, bucket: str, key: str, *, version: str | None = None,
+                  start: int | None = None, end: int | None = None) -> bytes:
+        out = bytearray()
+        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+            async for piece in stream:
+                out += piece
+        return bytes(out)
+
+    async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
+                          version: str | None = None, start: int | None = None,
+                          end: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+        """Write the object to *path* (via a temporary file, renamed when complete)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.hdsd-partial")
+        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+            async with await trio.open_file(tmp, "wb") as f:
+                try:
+                    async for piece in stream:
+                        await f.write(piece)
+                        if progress is not None:
+                            progress(stream.received)
+                except BaseException:
+                    await trio.Path(tmp).unlink(missing_ok=True)
+                    raise
+            await trio.Path(tmp).replace(target)
+            return stream.info
+
+    async def stat(self, bucket: str, key: str, *, version: str | None = None) -> ObjectInfo:
+        body = await self._call(lambda rid: StatRequest(rid=rid, bucket=bucket, key=key,
+                                                        version=version))
+        return ObjectInfo.from_body(body)
+
+    async def list(self, bucket: str, prefix: str = "", *, after: str = "", limit: int = 1000,
+                   versions: bool = False) -> ListPage:
+        body = await self._call(lambda rid: ListRequest(rid=rid, bucket=bucket, prefix=prefix,
+                                                        after=after, limit=limit,
+                                                        versions=versions))
+        return ListPage(entries=[ObjectInfo.from_body(e) for e in body["entries"]],
+                        next=body.get("next"))
+
+    async def list_all(self, bucket: str, prefix: str = "", *, versions: bool = False
+                       ) -> AsyncIterator[ObjectInfo]:
+        after = ""
+        while True:
+            page = await self.list(bucket, prefix, after=after, versions=versions)
+            for entry in page.entries:
+                yield entry
+            if page.next is None:
+                return
+            after = page.next
+
+    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
+                     ) -> ObjectInfo:
+        request_id = request_id or uuid.uuid4().bytes
+        body = await self._call(lambda rid: DeleteRequest(rid=rid, request_id=request_id,
+                                                          bucket=bucket, key=key))
+        return ObjectInfo.from_body(body)
+
+    async def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
+        body = await self._call(lambda rid: VersionsRequest(rid=rid, bucket=bucket, key=key))
+        return [ObjectInfo.from_body(v) for v in body["versions"]]
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call(lambda rid: StatusRequest(rid=rid))
+
+
+async def _pieces(data: PutSource) -> AsyncIterator[bytes]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        for i in range(0, len(view), _PIECE):
+            yield bytes(view[i:i + _PIECE])
+    elif isinstance(data, (str, os.PathLike)):
+        async with await trio.open_file(data, "rb") as f:
+            while piece := await f.read(_PIECE):
+                yield piece
+    elif isinstance(data, AsyncIterable):
+        async for piece in data:
+            yield bytes(piece)
+    elif hasattr(data, "read"):
+        reader: IO[bytes] = data  # type: ignore[assignment]
+        while piece := await trio.to_thread.run_sync(reader.read, _PIECE):
+            yield piece
+    else:
+        for piece in data:
+            yield bytes(piece)

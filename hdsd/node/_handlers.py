@@ -1,0 +1,357 @@
+"""Request handlers of one node: each turns one client request into store operations.
+
+A handler runs as its own task with the request's *inbox* (the events of its rid). It ends by
+sending exactly one ``Reply`` or ``ErrorReply`` (gets send ``GetStart``, body, ``End``). Errors
+that are the client's or the situation's (:class:`HdsdError`) become ``ErrorReply`` and keep the
+connection; anything else is a bug: logged with its traceback, reported as ``internal``.
+
+Put theory: body bytes are cut into chunks as they arrive; each full chunk is sealed (hash,
+compress, encrypt, in a worker thread when large) and committed to the log by a bounded set of
+tasks, and its bytes are granted back to the client as credit only once durable — so the client
+can never be more than one window ahead of the disk, and memory stays bounded whatever the blob
+size. The version record is committed last, after every chunk it names is durable: a version is
+never visible without its content. Blobs up to ``inline_max`` ride inside the version record (one
+record, one fsync).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import ConnectionLost, HdsdError, InvalidRequest, NotFound, RequestTimeout
+from .._groups import single_error
+from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
+from ..store import ChunkRecord, Version, parse_version_id
+from ..transport import Identity, WireSession
+from ..wire import (
+    Cancel,
+    Data,
+    DeleteRequest,
+    End,
+    ErrorReply,
+    GetRequest,
+    GetStart,
+    ListRequest,
+    Message,
+    PutStart,
+    Reply,
+    StatRequest,
+    StatusRequest,
+    VersionsRequest,
+)
+from ._auth import authorize, check_bucket, check_key
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["handle_request"]
+
+log = logging.getLogger("hdsd.node")
+
+_CHUNKS_IN_FLIGHT = 4
+
+
+async def handle_request(
+    node: Node, session: WireSession, ident: Identity, msg: Message,
+    inbox: trio.MemoryReceiveChannel[Message],
+) -> None:
+    rid: int = msg.rid  # type: ignore[attr-defined]
+    try:
+        handler = _HANDLERS.get(type(msg))
+        if handler is None:
+            raise InvalidRequest(f"{type(msg).__name__} is not a request")
+        await handler(node, session, ident, msg, inbox)
+    except HdsdError as exc:
+        await _reply_error(session, rid, exc.code, exc.message)
+    except Exception:
+        log.exception("event=request_failed rid=%d op=%s", rid, type(msg).__name__)
+        await _reply_error(session, rid, "internal", "internal error on the node; see its log")
+    finally:
+        session.close_inbox(rid)
+        await inbox.aclose()
+
+
+async def _reply_error(session: WireSession, rid: int, code: str, message: str) -> None:
+    try:
+        await session.send(ErrorReply(rid=rid, code=code, message=message))
+    except HdsdError:
+        pass  # the connection is gone: nobody to tell
+
+
+def _resolve(node: Node, tenant: str, bucket: str, key: str, version: str | None) -> Version:
+    if version is None:
+        found = node.store.current(tenant, bucket, key)
+    else:
+        try:
+            hlc, origin = parse_version_id(version)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        found = node.store.get_version(tenant, bucket, key, hlc, origin)
+    if found is None or found.tombstone:
+        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} not found")
+    return found
+
+
+# -- put ---------------------------------------------------------------------------------------
+async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
+               inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "put")
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    tenant = ident.tenant or ""
+    async with node.idempotent(tenant, msg.request_id) as previous:
+        if previous is not None:
+            await _drain_body(node, session, msg.rid, inbox)
+            replayed = {**previous.public_info(), "replayed": True}
+            await session.send(Reply(rid=msg.rid, body=replayed))
+            return
+        version = await _receive_and_store(node, session, tenant, msg, inbox)
+    await session.send(Reply(rid=msg.rid, body=version.public_info()))
+
+
+async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+    timeout = node.config.request_timeout_s
+    with trio.move_on_after(timeout):
+        try:
+            return await inbox.receive()
+        except trio.EndOfChannel:
+            raise ConnectionLost("connection closed during the upload") from None
+    raise RequestTimeout(f"no upload data for {timeout:g} s; nothing was stored")
+
+
+async def _drain_body(node: Node, session: WireSession, rid: int,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    while True:
+        event = await _next_body_event(node, inbox)
+        if isinstance(event, Data):
+            await session.consumed(rid, len(event.data))
+        elif isinstance(event, (End, Cancel)):
+            return
+
+
+async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg: PutStart,
+                             inbox: trio.MemoryReceiveChannel[Message]) -> Version:
+    codec = node.codec(tenant)
+    chunker = Chunker(node.config.chunk_size)
+    hasher = codec.content_hasher()
+    ids: list[bytes] = []
+    size = 0
+    inline: bytes | None = None
+    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def store_chunk(slot: int, piece: bytes) -> None:
+        try:
+            ids[slot] = await _store_chunk(node, codec, tenant, piece)
+            await session.consumed(msg.rid, len(piece))
+        finally:
+            limiter.release()
+
+    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
+        await limiter.acquire()
+        ids.append(b"")
+        nursery.start_soon(store_chunk, len(ids) - 1, piece)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            while True:
+                event = await _next_body_event(node, inbox)
+                if isinstance(event, End):
+                    break
+                if isinstance(event, Cancel):
+                    raise InvalidRequest("upload cancelled by the client; nothing was stored")
+                if not isinstance(event, Data):
+                    raise InvalidRequest(f"unexpected {type(event).__name__} during an upload")
+                size += len(event.data)
+                if msg.size is not None and size > msg.size:
+                    raise InvalidRequest(f"body is longer than the declared {msg.size} bytes; "
+                                         "nothing was stored")
+                hasher.update(event.data)
+                for piece in chunker.feed(event.data):
+                    await start_chunk(nursery, piece)
+            if msg.size is not None and size != msg.size:
+                raise InvalidRequest(f"body has {size} bytes, {msg.size} were declared; "
+                                     "nothing was stored")
+            tail = chunker.finish()
+            if not ids and tail is not None and len(tail) <= node.config.inline_max:
+                sealed = await seal_in_thread(codec, tail)
+                ids.append(sealed.chunk_id)
+                inline = sealed.payload
+            elif tail:
+                await start_chunk(nursery, tail)
+    # Every chunk named below is durable: the version record may now be committed.
+    version = Version(
+        tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
+        node=node.config.name, size=size, content_hash=hasher.digest(), chunks=tuple(ids),
+        inline=inline, metadata=dict(msg.metadata), request_id=msg.request_id,
+        chunk_size=node.config.chunk_size,
+    )
+    await node.store.commit([version])
+    return version
+
+
+async def _store_chunk(node: Node, codec: ChunkCodec, tenant: str, piece: bytes) -> bytes:
+    # Content addressing makes a chunk we already hold free: its id is a cheap keyed hash, and
+    # the index only knows durable chunks.
+    chunk_id = codec.chunk_id(piece)
+    if node.store.has_chunk(tenant, chunk_id):
+        return chunk_id
+    sealed = await seal_in_thread(codec, piece)
+    await node.store.commit([ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
+                                         payload=sealed.payload)])
+    return sealed.chunk_id
+
+
+# -- get ---------------------------------------------------------------------------------------
+def _byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    lo = 0 if start is None else start
+    hi = size if end is None else min(end, size)
+    if lo < 0 or lo > size or hi < lo:
+        raise InvalidRequest(f"range {start}-{end} is outside the object's {size} bytes")
+    return lo, hi
+
+
+async def _get(node: Node, session: WireSession, ident: Identity, msg: GetRequest,
+               inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "get")
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    tenant = ident.tenant or ""
+    version = _resolve(node, tenant, msg.bucket, msg.key, msg.version)
+    lo, hi = _byte_range(version.size, msg.start, msg.end)
+    codec = node.codec(tenant)
+    info = {**version.public_info(), "start": lo, "end": hi}
+    await session.send(GetStart(rid=msg.rid, info=info))
+    timeout = node.config.request_timeout_s
+    offset = 0
+    for index, chunk_id in enumerate(version.chunks):
+        chunk_len = min(version.chunk_size or version.size, version.size - offset)
+        if version.inline is not None:
+            chunk_len = version.size
+        chunk_lo, chunk_hi = max(lo, offset), min(hi, offset + chunk_len)
+        if chunk_lo < chunk_hi:
+            if _cancelled(inbox):
+                await session.send(Cancel(rid=msg.rid))  # our final: the rid is free again
+                return
+            payload = version.inline if version.inline is not None else None
+            plain = await _read_chunk(node, codec, tenant, chunk_id, payload)
+            if len(plain) != chunk_len:
+                raise HdsdError(f"chunk {index} of {msg.bucket}/{msg.key} has {len(plain)} bytes,"
+                                f" expected {chunk_len}")
+            with trio.move_on_after(timeout) as scope:
+                await session.send_body(msg.rid, memoryview(plain)[chunk_lo - offset:
+                                                                    chunk_hi - offset])
+            if scope.cancelled_caught:
+                raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
+        offset += chunk_len
+        if offset >= hi:
+            break
+    await session.send(End(rid=msg.rid))
+
+
+def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
+    try:
+        return isinstance(inbox.receive_nowait(), Cancel)
+    except (trio.WouldBlock, trio.EndOfChannel):
+        return False
+
+
+async def _read_chunk(node: Node, codec: ChunkCodec, tenant: str, chunk_id: bytes,
+                      payload: bytes | None) -> bytes:
+    if payload is None:
+        payload = await node.read_payload(tenant, chunk_id)
+    return await open_in_thread(codec, chunk_id, payload)
+
+
+# -- metadata requests -------------------------------------------------------------------------
+async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequest,
+                inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "stat")
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    version = _resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
+    await session.send(Reply(rid=msg.rid, body=version.public_info()))
+
+
+async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequest,
+                inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "list")
+    check_bucket(msg.bucket)
+    tenant = ident.tenant or ""
+    limit = max(1, min(msg.limit, 1000))
+    entries: list[dict[str, Any]]
+    if msg.versions:
+        after = _decode_version_cursor(msg.after) if msg.after else None
+        found = node.store.list_versions(tenant, msg.bucket, prefix=msg.prefix, after=after,
+                                         limit=limit)
+        entries = [v.public_info() for v in found]
+        cursor = (f"{found[-1].key}\x00{found[-1].version_id}"
+                  if len(found) == limit else None)
+    else:
+        found = node.store.list_current(tenant, msg.bucket, prefix=msg.prefix, after=msg.after,
+                                        limit=limit)
+        entries = [v.public_info() for v in found]
+        cursor = found[-1].key if len(found) == limit else None
+    await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
+
+
+def _decode_version_cursor(text: str) -> tuple[str, int, str]:
+    key, sep, version = text.rpartition("\x00")
+    try:
+        if not sep:
+            raise ValueError("no separator")
+        hlc, origin = parse_version_id(version)
+    except ValueError:
+        raise InvalidRequest("malformed listing cursor; pass back the 'next' value as given") \
+            from None
+    return key, hlc, origin
+
+
+async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
+                  inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "delete")
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    tenant = ident.tenant or ""
+    async with node.idempotent(tenant, msg.request_id) as previous:
+        if previous is None:
+            _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing to delete
+            previous = Version(
+                tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
+                node=node.config.name, size=0, content_hash=b"", tombstone=True,
+                request_id=msg.request_id)
+            await node.store.commit([previous])
+    await session.send(Reply(rid=msg.rid, body=previous.public_info()))
+
+
+async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,
+                    inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "versions")
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    found = node.store.versions(ident.tenant or "", msg.bucket, msg.key)
+    if not found:
+        raise NotFound(f"{msg.bucket}/{msg.key} not found")
+    await session.send(Reply(rid=msg.rid, body={"versions": [v.public_info() for v in found]}))
+
+
+async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
+                  inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "status")
+    await session.send(Reply(rid=msg.rid, body=node.status()))
+
+
+_Handler = Callable[..., Any]
+_HANDLERS: dict[type, _Handler] = {
+    PutStart: _put,
+    GetRequest: _get,
+    StatRequest: _stat,
+    ListRequest: _list,
+    DeleteRequest: _delete,
+    VersionsRequest: _versions,
+    StatusRequest: _status,
+}

@@ -1,0 +1,100 @@
+"""Real hdsd processes on 127.0.0.1 for end-to-end tests.
+
+``init_cluster`` runs the real ``hdsd init`` with free ports; ``NodeProcess`` runs the real
+``hdsd serve`` and knows when it is listening by reading its stderr. Timeouts are generous:
+nothing here depends on the machine being quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+START_TIMEOUT = 60.0
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def hdsd(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+         timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI as a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "hdsd", *args], input=input,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hdsd {' '.join(args)} exited {proc.returncode}: "
+                             f"{proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+def init_cluster(root: Path, *, nodes_per_site: int = 1) -> Path:
+    ports = free_ports(2 * nodes_per_site)
+    hdsd("init", str(root), "--nodes-per-site", str(nodes_per_site),
+         "--ports", ",".join(map(str, ports)), check=True)
+    return root / "client.toml"
+
+
+class NodeProcess:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_lines: list[str] = []
+        self._listening = threading.Event()
+
+    def start(self) -> NodeProcess:
+        self._listening.clear()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hdsd", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"node {self.config} did not start:\n" + self.log())
+        return self
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_lines.append(line)
+            if "listening on" in line:
+                self._listening.set()
+
+    def log(self) -> str:
+        return "\n".join(self.stderr_lines[-200:])
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait: the graceful path."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
