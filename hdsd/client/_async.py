@@ -12,8 +12,8 @@ from __future__ import annotations
 import builtins
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -307,11 +307,12 @@ class AsyncClient:
 
         async def send_body(cancel_scope: trio.CancelScope) -> None:
             sent = 0
-            async for piece in _pieces(data):
-                await session.send_body(rid, piece)
-                sent += len(piece)
-                if progress is not None:
-                    progress(sent)
+            async with aclosing(_pieces(data)) as pieces:
+                async for piece in pieces:
+                    await session.send_body(rid, piece)
+                    sent += len(piece)
+                    if progress is not None:
+                        progress(sent)
             await session.send(End(rid=rid))
             # The body is complete: the node owes a reply within the request timeout.
             await trio.sleep(self.timeout)
@@ -441,7 +442,7 @@ class AsyncClient:
         return await self._call(lambda rid: StatusRequest(rid=rid))
 
 
-async def _pieces(data: PutSource) -> AsyncIterator[bytes]:
+async def _pieces(data: PutSource) -> AsyncGenerator[bytes, None]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data)
         for i in range(0, len(view), _PIECE):
@@ -458,5 +459,15 @@ async def _pieces(data: PutSource) -> AsyncIterator[bytes]:
         while piece := await trio.to_thread.run_sync(reader.read, _PIECE):
             yield piece
     else:
-        for piece in data:
-            yield bytes(piece)
+        # A plain iterator may block (a generator reading a pipe): pull it in a worker thread
+        # so the connection keeps being served meanwhile.
+        iterator = iter(data)
+
+        def pull() -> bytes | None:
+            return next(iterator, None)
+
+        while True:
+            pulled: bytes | None = await trio.to_thread.run_sync(pull)  # type: ignore[arg-type]
+            if pulled is None:
+                return
+            yield bytes(pulled)

@@ -57,13 +57,17 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_lines: list[str] = []
         self._listening = threading.Event()
+        self._pump_thread: threading.Thread | None = None
 
     def start(self) -> NodeProcess:
+        if self.proc is not None:
+            self.kill()
         self._listening.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hdsd", "serve", "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
         deadline = time.monotonic() + START_TIMEOUT
         while not self._listening.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -73,11 +77,12 @@ class NodeProcess:
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.stderr_lines.append(line)
-            if "listening on" in line:
-                self._listening.set()
+        with proc.stderr:
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.stderr_lines.append(line)
+                if "listening on" in line:
+                    self._listening.set()
 
     def log(self) -> str:
         return "\n".join(self.stderr_lines[-200:])
@@ -91,9 +96,10 @@ class NodeProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
+        if self.proc is not None:
             self.proc.wait(30)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+            if self._pump_thread is not None:
+                self._pump_thread.join(30)  # it closes the pipe at EOF
 
     @property
     def alive(self) -> bool:
