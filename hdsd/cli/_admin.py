@@ -14,9 +14,9 @@ import trio
 
 from .._errors import ConfigError
 from ..node import Node, load_node_config, serve_node
-from ..pipeline import tune_allocator
 from ..node._config import NAME_RE
 from ..node._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
+from ..pipeline import tune_allocator
 from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
 

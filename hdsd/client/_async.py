@@ -467,7 +467,7 @@ async def _pieces(data: PutSource) -> AsyncGenerator[bytes, None]:
             return next(iterator, None)
 
         while True:
-            pulled: bytes | None = await trio.to_thread.run_sync(pull)  # type: ignore[arg-type]
+            pulled: bytes | None = await trio.to_thread.run_sync(pull)
             if pulled is None:
                 return
             yield bytes(pulled)
