@@ -15,7 +15,6 @@ from ._constants import MAX_FRAME as MAX_FRAME
 from ._constants import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._constants import REQUEST_ID_SIZE as REQUEST_ID_SIZE
 from ._errors import LocalProtocolError as LocalProtocolError
-from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
 from ._messages import Cancel as Cancel
 from ._messages import Credit as Credit
 from ._messages import Data as Data
@@ -29,9 +28,16 @@ from ._messages import Hello as Hello
 from ._messages import Kind as Kind
 from ._messages import ListRequest as ListRequest
 from ._messages import Message as Message
-from ._messages import MessageType as MessageType
 from ._messages import PutStart as PutStart
 from ._messages import Reply as Reply
 from ._messages import StatRequest as StatRequest
 from ._messages import StatusRequest as StatusRequest
 from ._messages import VersionsRequest as VersionsRequest
+from ._peer import SITE_MODES as SITE_MODES
+from ._peer import FetchChunk as FetchChunk
+from ._peer import FetchVersions as FetchVersions
+from ._peer import PeerStatusRequest as PeerStatusRequest
+from ._peer import Replicate as Replicate
+from ._peer import SiteModeRequest as SiteModeRequest
+from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
+from ._registry import MessageType as MessageType

@@ -82,16 +82,8 @@ from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
 from ._frames import FrameReader, encode_frame
-from ._messages import (
-    Credit,
-    Data,
-    Hello,
-    Kind,
-    Message,
-    decode_body,
-    encode_body,
-    message_type,
-)
+from ._messages import Credit, Data, Hello, Kind, Message
+from ._registry import decode_body, encode_body, message_type
 
 __all__ = [
     "CLIENT_MOVES",

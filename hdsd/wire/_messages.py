@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from .._errors import HdsdError, InvalidRequest, ProtocolError
-from .._packing import PackError, packb, unpackb
+from .._errors import HdsdError, InvalidRequest
 from . import _constants as C
 from . import _fields as F
 
 __all__ = [
-    "MESSAGE_TYPES",
     "Cancel",
     "Credit",
     "Data",
@@ -36,15 +34,11 @@ __all__ = [
     "Kind",
     "ListRequest",
     "Message",
-    "MessageType",
     "PutStart",
     "Reply",
     "StatRequest",
     "StatusRequest",
     "VersionsRequest",
-    "decode_body",
-    "encode_body",
-    "message_type",
 ]
 
 
@@ -318,77 +312,3 @@ class ErrorReply(Message):
     def from_exception(cls, rid: int, exc: BaseException) -> ErrorReply:
         """The ErrorReply that reports *exc* (its ``code`` if an HdsdError), text truncated."""
         return cls(rid, _error_code(exc), _truncated_text(str(exc)))
-
-
-@dataclass(frozen=True, slots=True)
-class MessageType:
-    """One line of the registry: a frame type code, its class and what it does."""
-
-    code: int
-    cls: type[Message]
-    kind: Kind
-    fields: tuple[str, ...]
-
-
-def _t(code: int, cls: type[Message], kind: Kind) -> MessageType:
-    return MessageType(code, cls, kind, cls.__match_args__)
-
-
-MESSAGE_TYPES: Final = (
-    _t(C.T_HELLO, Hello, Kind.HELLO),
-    _t(C.T_GOODBYE, Goodbye, Kind.GOODBYE),
-    _t(C.T_PUT_START, PutStart, Kind.UPLOAD),
-    _t(C.T_GET_REQUEST, GetRequest, Kind.DOWNLOAD),
-    _t(C.T_STAT_REQUEST, StatRequest, Kind.REQUEST),
-    _t(C.T_LIST_REQUEST, ListRequest, Kind.REQUEST),
-    _t(C.T_DELETE_REQUEST, DeleteRequest, Kind.REQUEST),
-    _t(C.T_VERSIONS_REQUEST, VersionsRequest, Kind.REQUEST),
-    _t(C.T_STATUS_REQUEST, StatusRequest, Kind.REQUEST),
-    _t(C.T_DATA, Data, Kind.DATA),
-    _t(C.T_END, End, Kind.END),
-    _t(C.T_CREDIT, Credit, Kind.CREDIT),
-    _t(C.T_CANCEL, Cancel, Kind.CANCEL),
-    _t(C.T_GET_START, GetStart, Kind.BODY_START),
-    _t(C.T_REPLY, Reply, Kind.REPLY),
-    _t(C.T_ERROR_REPLY, ErrorReply, Kind.ERROR_REPLY),
-)
-
-_BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}
-_BY_CLASS: Final = {t.cls: t for t in MESSAGE_TYPES}
-assert len(_BY_CODE) == len(_BY_CLASS) == len(MESSAGE_TYPES), "codes and classes are unique"
-assert all(0 < t.code <= 0xFF for t in MESSAGE_TYPES)
-# The state machine reads ``rid`` from every message except the connection-level ones.
-assert all(
-    t.fields[:1] == ("rid",) for t in MESSAGE_TYPES if t.kind not in (Kind.HELLO, Kind.GOODBYE)
-)
-
-
-def message_type(msg: Message) -> MessageType:
-    """The registry line of *msg*; :class:`KeyError` for an unregistered class."""
-    return _BY_CLASS[type(msg)]
-
-
-def encode_body(msg: Message) -> tuple[int, bytes]:
-    """``(frame type code, msgpack body)`` of *msg*."""
-    t = _BY_CLASS[type(msg)]
-    return t.code, packb([getattr(msg, f) for f in t.fields])
-
-
-def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
-    """The message a frame of type *code* carries, and its kind; :class:`ProtocolError` if the
-    code is unknown or the body is not a well-formed message of that type."""
-    t = _BY_CODE.get(code)
-    if t is None:
-        raise ProtocolError(f"unknown frame type 0x{code:02x}")
-    try:
-        fields = unpackb(body)
-    except PackError as exc:
-        raise ProtocolError(f"{t.cls.__name__} frame: {exc}") from None
-    if type(fields) is not list or len(fields) != len(t.fields):
-        raise ProtocolError(
-            f"{t.cls.__name__} frame: body must be an array of {len(t.fields)} fields"
-        )
-    try:
-        return t.cls(*fields), t.kind
-    except InvalidRequest as exc:
-        raise ProtocolError(f"malformed {t.cls.__name__}: {exc}") from None

@@ -20,6 +20,9 @@ codes = st.text(min_size=1, max_size=C.MAX_CODE_CHARS)
 texts = st.text(max_size=200)
 versions = st.none() | st.text(min_size=1, max_size=C.MAX_VERSION_ID_BYTES // 4)
 offsets = st.none() | st.integers(0, C.MAX_U63)
+layouts = st.text(min_size=1, max_size=64)
+tenants = st.text(min_size=1, max_size=C.MAX_NAME_BYTES // 4)
+chunk_ids = st.binary(min_size=32, max_size=32)
 metadata = st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=8)
 
 # Free-form msgpack maps as they come back from the decoder: lists, never tuples; no NaN
@@ -87,6 +90,21 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.StatusRequest: st.builds(wire.StatusRequest, rids),
     wire.Reply: st.builds(wire.Reply, rids, free_maps),
     wire.ErrorReply: st.builds(wire.ErrorReply, rids, codes, texts),
+    # node ↔ node
+    wire.Replicate: st.builds(
+        wire.Replicate,
+        rids,
+        layouts,
+        st.lists(st.tuples(tenants, chunk_ids, st.binary(max_size=64)).map(list), max_size=3),
+        st.lists(free_maps, max_size=2),
+        st.booleans(),
+    ),
+    wire.FetchVersions: st.builds(wire.FetchVersions, rids, layouts, tenants, buckets, keys),
+    wire.FetchChunk: st.builds(wire.FetchChunk, rids, layouts, tenants, chunk_ids),
+    wire.PeerStatusRequest: st.builds(wire.PeerStatusRequest, rids, layouts),
+    wire.SiteModeRequest: st.builds(
+        wire.SiteModeRequest, rids, tenants, st.sampled_from(wire.SITE_MODES), texts
+    ),
 }
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

@@ -8,7 +8,7 @@ import pytest
 from hdsd import ProtocolError, wire
 from hdsd.wire import _constants as C
 from hdsd.wire._frames import encode_frame
-from hdsd.wire._messages import encode_body
+from hdsd.wire._registry import encode_body
 from hdsd.wire.testing import ConnectionPair, feed
 
 REQ_ID = bytes(16)

@@ -14,7 +14,7 @@ from hdsd import ProtocolError, wire
 from hdsd._packing import packb
 from hdsd.wire import _constants as C
 from hdsd.wire._frames import encode_frame
-from hdsd.wire._messages import encode_body
+from hdsd.wire._registry import encode_body
 from hdsd.wire.testing import ConnectionPair, feed
 
 from .strategies import STRATEGIES, free_maps, messages

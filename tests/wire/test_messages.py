@@ -10,7 +10,7 @@ from hypothesis import given
 from hdsd import InvalidRequest, NotFound, ProtocolError, wire
 from hdsd._packing import packb
 from hdsd.wire import _constants as C
-from hdsd.wire._messages import decode_body, encode_body, message_type
+from hdsd.wire._registry import decode_body, encode_body, message_type
 
 from .strategies import STRATEGIES, messages
 
@@ -23,7 +23,11 @@ def test_every_registered_type_has_a_strategy_and_a_unique_code() -> None:
     assert set(classes) == set(STRATEGIES)
     codes = [t.code for t in wire.MESSAGE_TYPES]
     assert len(set(codes)) == len(codes)
-    assert all(0 < c < 0x80 for c in codes), "0x80-0xFF stay free for peer messages"
+    peer = {wire.Replicate, wire.FetchVersions, wire.FetchChunk, wire.PeerStatusRequest,
+            wire.SiteModeRequest}
+    for t in wire.MESSAGE_TYPES:
+        # client messages below 0x80, node-to-node and admin messages from 0x80 up
+        assert (t.code >= 0x80) == (t.cls in peer), t
 
 
 @given(messages)

@@ -28,6 +28,10 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.DeleteRequest() | wire.VersionsRequest() | wire.StatusRequest():
             return [], C
+        case wire.Replicate() | wire.FetchVersions() | wire.FetchChunk():
+            return [], C
+        case wire.PeerStatusRequest() | wire.SiteModeRequest():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():

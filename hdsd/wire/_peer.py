@@ -1,0 +1,127 @@
+"""Messages between nodes (replication, repair reads) and cluster admin requests.
+
+On a node-to-node connection the node that dialed is the CLIENT; every message here is a plain
+REQUEST answered by ``Reply`` or ``ErrorReply``. Each carries the sender's ``layout`` id: nodes
+that disagree on the cluster layout refuse to mix (``ErrorReply`` code ``layout_mismatch``).
+
+Records travel in msgpack-native shapes so the wire layer stays ignorant of the store: a chunk
+is ``[tenant, chunk_id, payload]``, a version is the map of ``Version.to_wire()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import InvalidRequest
+from . import _constants as C
+from . import _fields as F
+from ._messages import Message
+
+__all__ = ["FetchChunk", "FetchVersions", "PeerStatusRequest", "Replicate", "SiteModeRequest"]
+
+_MAX_LAYOUT_CHARS = 64
+SITE_MODES = ("normal", "degraded")
+
+
+def _check_layout(value: object) -> None:
+    F.check_str("layout", value, max_chars=_MAX_LAYOUT_CHARS, allow_empty=False)
+
+
+def _check_chunk(item: Any) -> None:
+    if type(item) is not list or len(item) != 3:
+        raise InvalidRequest("chunks: each item must be [tenant, chunk_id, payload]")
+    F.check_str("chunks.tenant", item[0], max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+    F.check_bytes("chunks.chunk_id", item[1], exact=32)
+    F.check_bytes("chunks.payload", item[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Replicate(Message):
+    """Store these chunk and version records durably; Reply once they are fdatasync'd.
+
+    Chunks come before the versions that name them (a receiver commits them in one batch, so
+    a version never becomes visible without its content). ``hint`` marks a replay of records
+    the sender kept while this node was unreachable.
+    """
+
+    rid: int
+    layout: str
+    chunks: list[Any]
+    versions: list[Any]
+    hint: bool
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        if type(self.chunks) is not list or type(self.versions) is not list:
+            raise InvalidRequest("chunks and versions must be lists")
+        for item in self.chunks:
+            _check_chunk(item)
+        for v in self.versions:
+            F.check_map("versions", v)
+        F.check_bool("hint", self.hint)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchVersions(Message):
+    """Every version of one key this node holds (for reads and read repair)."""
+
+    rid: int
+    layout: str
+    tenant: str
+    bucket: str
+    key: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchChunk(Message):
+    """The sealed payload of one chunk (Reply body ``{"payload": bytes}``)."""
+
+    rid: int
+    layout: str
+    tenant: str
+    chunk_id: bytes
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        F.check_bytes("chunk_id", self.chunk_id, exact=32)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatusRequest(Message):
+    """A peer's health and replication backlog, for ``hdsd status``."""
+
+    rid: int
+    layout: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteModeRequest(Message):
+    """Admin: switch a site to ``degraded`` (accept writes alone, keep hints) or back to
+    ``normal``; sent by ``hdsd site degrade|restore`` to every node of the site."""
+
+    rid: int
+    site: str
+    mode: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("site", self.site, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        if self.mode not in SITE_MODES:
+            raise InvalidRequest(f"mode: must be one of {', '.join(SITE_MODES)}")
+        F.check_str("reason", self.reason, max_bytes=C.MAX_TEXT_BYTES)
