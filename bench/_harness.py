@@ -1,0 +1,272 @@
+"""Helpers shared by the benchmarks: percentiles, the disk floor, machine info, real nodes, tables.
+
+Nothing here asserts a time. The node helpers start the real ``hdsd`` CLI as subprocesses so a
+benchmark measures what an operator runs, and :class:`NodeProcess` always stops what it started
+(SIGTERM, then kill) — use it as a context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+
+
+# -- statistics ----------------------------------------------------------------------------
+def pct(samples: Sequence[float], q: float) -> float:
+    """The *q* quantile (0..1) of *samples*, nearest rank: an observed value, never interpolated."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_ms(samples: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/p999/max in milliseconds of *samples* given in seconds."""
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+    return {"p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "p999_ms": at(0.999),
+            "max_ms": ordered[-1] * 1e3}
+
+
+# -- the disk floor ------------------------------------------------------------------------
+def fsync_floor(directory: str | os.PathLike[str], size: int, n: int, *,
+                zero_filled: bool = True) -> list[float]:
+    """Seconds per ``pwrite`` + ``fdatasync`` of *size* random bytes, appended one after the
+    other into a preallocated file in *directory* (zero-filled, like the store's spare segments,
+    unless *zero_filled* is false: fallocate only). The file is removed afterwards."""
+    path = os.path.join(directory, f"floor-{size}.bin")
+    total = size * (n + 2)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, total)
+        if zero_filled:
+            zeros = bytes(min(total, 8 << 20))
+            for off in range(0, total, len(zeros)):
+                os.pwrite(fd, zeros[: total - off], off)
+        os.fsync(fd)
+        data = os.urandom(size)
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            os.pwrite(fd, data, i * size)
+            os.fdatasync(fd)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return samples
+
+
+# -- reporting -----------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    versions: dict[str, str] = {}
+    for dist in ("hdsd", "trio", "msgpack", "zstandard", "pynacl", "blake3", "xxhash",
+                 "cryptography"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "?"
+    import ssl
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count(), "openssl": ssl.OPENSSL_VERSION, "versions": versions}
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns sized to their widest cell; the last column is not padded."""
+    every = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in every) for i in range(len(header) - 1)]
+    for n, r in enumerate(every):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+        if n == 0:
+            print("-" * (sum(widths) + 2 * len(widths) + len(r[-1])))
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# -- real nodes ----------------------------------------------------------------------------
+def free_ports(n: int) -> list[int]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def init_cluster(root: Path) -> Path:
+    """``hdsd init ROOT`` on free ports (two sites, one node each); returns the admin profile."""
+    ports = free_ports(2)
+    proc = subprocess.run([sys.executable, "-m", "hdsd", "init", str(root), "--ports",
+                           ",".join(map(str, ports))], capture_output=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hdsd init failed ({proc.returncode}): "
+                           f"{proc.stderr.decode(errors='replace')}")
+    return root / "client.toml"
+
+
+class NodeProcess:
+    """A real ``hdsd serve`` subprocess; ``with NodeProcess(cfg) as node:`` starts it and waits
+    until it listens, and always stops it on the way out (also on error or Ctrl-C).
+
+    *prefix* runs the node under another program, e.g. ``["-m", "cProfile", "-o", PATH]``
+    (inserted between the interpreter and ``-m hdsd``).
+    """
+
+    def __init__(self, config: Path, *, prefix: Sequence[str] = ()) -> None:
+        self.config = config
+        self.prefix = list(prefix)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_lines: list[str] = []
+        self._listening = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+
+    def __enter__(self) -> NodeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        argv = [sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
+                str(self.config), "--log-level", "warning"]
+        # Its own process group: a Ctrl-C in the terminal reaches only the benchmark, which
+        # then stops the node itself, in order.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"node {self.config} did not start:\n{self.log()}")
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_lines.append(line)
+            if "listening on" in line:
+                self._listening.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return "\n".join(self.stderr_lines[-100:])
+
+    def stop(self) -> int | None:
+        """SIGTERM (the graceful path: the store is flushed, a profiler writes its file), then
+        SIGKILL if it has not exited within :data:`STOP_TIMEOUT`. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except BaseException:  # too slow, or a second Ctrl-C: do not leave it behind
+                    proc.kill()
+                    proc.wait(STOP_TIMEOUT)
+                    if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                        raise
+        finally:
+            if self._pump_thread is not None:
+                self._pump_thread.join(5)
+            if proc.stderr is not None:
+                proc.stderr.close()
+        return proc.returncode
+
+
+# -- profiling a node ----------------------------------------------------------------------
+# Runs ``-m hdsd ...`` with a cProfile that is off until SIGUSR1 and written to argv[1] (via a
+# temporary name, so it appears whole) on SIGUSR2: the profile covers exactly the measured
+# window, not start-up. The node leaves both signals alone; Python runs the handlers in its
+# main thread, the one trio runs in, which is the thread cProfile then profiles.
+PROFILER_PREFIX = ["-c", """
+import cProfile, os, runpy, signal, sys
+out, rest = sys.argv[1], sys.argv[2:]
+assert rest[:2] == ["-m", "hdsd"], rest
+prof = cProfile.Profile()
+def start(*_):
+    prof.enable()
+def stop(*_):
+    prof.disable()
+    prof.dump_stats(out + ".tmp")
+    os.replace(out + ".tmp", out)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+sys.argv = ["hdsd", *rest[2:]]
+runpy.run_module("hdsd", run_name="__main__", alter_sys=True)
+"""]
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each thread of *pid*, by thread id (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+Category = tuple[str, Callable[[str, str], bool]]
+
+
+def profile_breakdown(path: str | os.PathLike[str], categories: Sequence[Category],
+                      top: int = 15) -> tuple[list[tuple[str, float, int]],
+                                              list[tuple[str, float, float, int]]]:
+    """Self time of a cProfile dump grouped by the first category whose predicate accepts
+    ``(filename, function name)`` ("other" otherwise): [(category, seconds, calls)], largest
+    first; and the *top* functions by self time: [(name, self s, cumulative s, calls)]."""
+    import pstats
+
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    groups: dict[str, list[float]] = {}
+    rows = []
+    for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.items():
+        name = next((n for n, accept in categories if accept(filename, func)), "other")
+        g = groups.setdefault(name, [0.0, 0])
+        g[0] += tottime
+        g[1] += calls
+        short = filename if filename == "~" else "/".join(Path(filename).parts[-2:])
+        rows.append((f"{short}:{line}:{func}", tottime, cumtime, calls))
+    grouped = sorted(((n, t, int(c)) for n, (t, c) in groups.items()), key=lambda r: -r[1])
+    rows.sort(key=lambda r: -r[1])
+    return grouped, rows[:top]
