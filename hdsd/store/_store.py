@@ -153,12 +153,16 @@ class Store:
         self.close()
 
     # --- writes ---------------------------------------------------------------------------
-    def _prepare(self, records: Sequence[ChunkRecord | Version]) -> PendingCommit | None:
+    def _encode(self, records: Sequence[ChunkRecord | Version]) -> list[EncodedRecord]:
+        """The records not known yet, encoded (empty: nothing to write)."""
         self._check_open()
         if self._writer.failed is not None:
             raise StoreFailedError(self._writer.failed)
         encoded: list[EncodedRecord] = []
         seen: set[tuple[object, ...]] = set()
+        # No wait_indexed() here: a record whose batch was acknowledged a moment ago and is
+        # not in the index yet is written again, like one still in flight; applying it is
+        # idempotent. Waiting would put the previous batch's index update back on the path.
         for r in records:
             if isinstance(r, ChunkRecord):
                 name: tuple[object, ...] = (r.tenant, r.chunk_id)
@@ -170,9 +174,7 @@ class Store:
                 continue
             seen.add(name)
             encoded.append(encode_record(r))
-        if not encoded:
-            return None
-        return PendingCommit(encoded, sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded))
+        return encoded
 
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
         """Make *records* durable (fdatasync'd) and indexed, sharing one fsync with concurrent
@@ -184,27 +186,30 @@ class Store:
         the same version (idempotent) to be sure.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        pending = self._prepare(records)
-        if pending is None:
+        encoded = self._encode(records)
+        if not encoded:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        pending.token = trio.lowlevel.current_trio_token()
-        pending.task = trio.lowlevel.current_task()
-        self._writer.submit(pending)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            pending.abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        wakers = self._writer.wakers
+        pending = PendingCommit(encoded, _frames_size(encoded), wakers.for_trio())
+        try:
+            self._writer.submit(pending)
+        except BaseException:
+            wakers.release(pending.waker)
+            raise
+        await wakers.wait(pending.waker)
+        if pending.error is not None:
+            raise pending.error
 
     def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
         """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
-        pending = self._prepare(records)
-        if pending is None:
+        encoded = self._encode(records)
+        if not encoded:
             return
+        pending = PendingCommit(encoded, _frames_size(encoded), self._writer.wakers.for_thread())
         self._writer.submit(pending)
-        pending.done.wait()
+        assert pending.waker.event is not None
+        pending.waker.event.wait()
         if pending.error is not None:
             raise pending.error
 
@@ -213,14 +218,20 @@ class Store:
         if self._closed:
             raise StoreClosedError("the store is closed")
 
+    def _check_readable(self) -> None:
+        """For reads of the index: open, and holding every acknowledged commit."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        self._writer.wait_indexed()
+
     def has_chunk(self, tenant: str, chunk_id: bytes) -> bool:
-        self._check_open()
+        self._check_readable()
         return self._index.chunk_location(tenant, chunk_id) is not None
 
     def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes:
         """The payload of a chunk; :class:`NotFound` if absent, :class:`IntegrityError` if its
         log record fails its checksum (repair it from the other site)."""
-        self._check_open()
+        self._check_readable()
         loc = self._index.chunk_location(tenant, chunk_id)
         if loc is None:
             raise NotFound(f"chunk {chunk_id.hex()} not found")
@@ -244,17 +255,17 @@ class Store:
 
     def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key, ascending ``(hlc, node)``; tombstones included."""
-        self._check_open()
+        self._check_readable()
         return self._index.versions(tenant, bucket, key)
 
     def current(self, tenant: str, bucket: str, key: str) -> Version | None:
         """The greatest version of a key (may be a tombstone), or None."""
-        self._check_open()
+        self._check_readable()
         return self._index.current(tenant, bucket, key)
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None:
-        self._check_open()
+        self._check_readable()
         return self._index.get_version(tenant, bucket, key, hlc, node)
 
     def list_current(self, tenant: str, bucket: str, *, prefix: str = "", after: str = "",
@@ -262,7 +273,7 @@ class Store:
         """The current version of each key starting with *prefix* and greater than *after*,
         ascending by key, at most *limit*; keys whose current version is a tombstone are
         skipped unless *include_deleted*. Next page: ``after=`` the last key returned."""
-        self._check_open()
+        self._check_readable()
         return self._index.list_current(tenant, bucket, prefix, after, max(limit, 0),
                                         include_deleted)
 
@@ -271,27 +282,27 @@ class Store:
                       limit: int = 1000) -> list[Version]:
         """Every version of keys starting with *prefix*, ordered ``(key, hlc, node)``, those
         after the cursor *after* = ``(key, hlc, node)`` of the last one returned."""
-        self._check_open()
+        self._check_readable()
         return self._index.list_versions(tenant, bucket, prefix, after, max(limit, 0))
 
     def buckets(self, tenant: str) -> list[str]:
         """Buckets of *tenant* holding at least one version, ascending."""
-        self._check_open()
+        self._check_readable()
         return self._index.buckets(tenant)
 
     def find_request(self, tenant: str, request_id: bytes) -> Version | None:
         """The version a request id wrote (first one stored), so a retry is applied once."""
-        self._check_open()
+        self._check_readable()
         return self._index.find_request(tenant, request_id)
 
     def max_hlc(self) -> int:
         """The highest HLC ever stored (0 if none): the clock's floor after a restart."""
-        self._check_open()
+        self._check_readable()
         return self._index.max_hlc()
 
     def iter_versions(self) -> Iterator[Version]:
         """Every version, in storage order (for repair and anti-entropy)."""
-        self._check_open()
+        self._check_readable()
         return self._index.iter_versions()
 
     def verify_log(self) -> int:
@@ -302,6 +313,10 @@ class Store:
 
     def statistics(self) -> StoreStatistics:
         self._check_open()
+        try:
+            self._writer.wait_indexed()  # so *records* counts every acknowledged commit
+        except StoreFailedError:
+            pass  # still report, with failed=True
         numbers = list_segments(self._fs, self._dir)
         disk = sum(os.path.getsize(os.path.join(self._dir, F.segment_name(n))) for n in numbers)
         w = self._writer
@@ -313,3 +328,7 @@ class Store:
             failed=w.failed is not None, head_segment=seg, head_offset=off,
             replayed_records=self._recovered.replayed_records,
             torn_tails=self._recovered.torn_tails)
+
+
+def _frames_size(encoded: list[EncodedRecord]) -> int:
+    return sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded)

@@ -8,10 +8,7 @@ import errno
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-
-import outcome
-import trio
+from dataclasses import dataclass
 
 from .._errors import DiskFullError, StoreClosedError, StoreError, StoreFailedError
 from . import _format as F
@@ -19,6 +16,7 @@ from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
 from ._log import frame_batch
 from ._records import EncodedRecord
+from ._wake import Doorbell, Waker, WakerPool
 
 __all__ = ["LogWriter", "PendingCommit"]
 
@@ -33,23 +31,9 @@ class PendingCommit:
 
     records: list[EncodedRecord]
     nbytes: int
+    waker: Waker
     error: StoreError | None = None
-    # A trio caller is woken through its run loop; a thread caller through an Event.
-    token: trio.lowlevel.TrioToken | None = None
-    task: trio.lowlevel.Task | None = None
-    abandoned: bool = False  # trio caller was cancelled; touched only in the trio thread
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-def _wake_trio(group: list[PendingCommit]) -> None:
-    # Runs in the trio thread (run_sync_soon), serialised with the abort callback.
-    for c in group:
-        if c.abandoned or c.task is None:
-            continue
-        c.abandoned = True
-        result: outcome.Outcome[None] = (
-            outcome.Value(None) if c.error is None else outcome.Error(c.error))
-        trio.lowlevel.reschedule(c.task, result)
+    completed: bool = False  # writer thread only: guards against a second wake-up
 
 
 def spare_path(final: str) -> str:
@@ -137,9 +121,17 @@ class LogWriter:
         self._fd: int | None = None
         self._spare: _SparePreparer | None = None
         self._queue: collections.deque[PendingCommit] = collections.deque()
-        self._cond = threading.Condition()
+        self._submit_lock = threading.Lock()  # orders submissions against close()
+        self._doorbell = Doorbell()
+        self.wakers = WakerPool()
         self._closing = False
         self.failed: str | None = None  # why the store stopped (fail-stop), if it did
+        # Batches acknowledged / applied to the index: reads wait while they differ (see
+        # wait_indexed). Only the writer thread writes them.
+        self._acked = 0
+        self._indexed = 0
+        self._indexed_cond = threading.Condition()
+        self._index_lost: str | None = None  # acknowledged batches this index will never hold
         # Statistics; written by the writer thread only.
         self.commits = 0
         self.batches = 0
@@ -157,7 +149,7 @@ class LogWriter:
 
     @property
     def head(self) -> tuple[int, int]:
-        """(segment number, offset) just after the last durable and indexed batch."""
+        """(segment number, offset) just after the last durable batch."""
         return self._position
 
     def _path(self, number: int) -> str:
@@ -165,20 +157,39 @@ class LogWriter:
 
     # --- caller side ----------------------------------------------------------------------
     def submit(self, commit: PendingCommit) -> None:
-        with self._cond:
+        with self._submit_lock:
             if self._closing:
                 raise StoreClosedError("the store is closed")
             if self.failed is not None:
                 raise StoreFailedError(self.failed)
             self._queue.append(commit)
-            self._cond.notify()
+            self._doorbell.ring()
+
+    def wait_indexed(self) -> None:
+        """Block until every acknowledged batch is in the index (reads call this first).
+
+        The writer wakes committers before it updates the index (that update is then off
+        their latency path); this keeps every read made after an acknowledgement seeing it.
+        Raises :class:`StoreFailedError` if the index failed to take an acknowledged batch:
+        such records are durable and a restart replays them, but this instance cannot serve
+        them, and answering without them would be a stale read.
+        """
+        if self._indexed == self._acked and self._index_lost is None:
+            return  # the common case: no lock
+        with self._indexed_cond:
+            while self._indexed != self._acked and self._index_lost is None:
+                self._indexed_cond.wait()
+        if self._index_lost is not None:
+            raise StoreFailedError(self._index_lost)
 
     def close(self) -> None:
         """Write everything already queued, then stop the thread and close the head segment."""
-        with self._cond:
+        with self._submit_lock:
             self._closing = True
-            self._cond.notify()
+            self._doorbell.ring()
         self._thread.join()
+        self._doorbell.close()
+        self.wakers.close()
         if self._spare is not None:
             self._spare.cancel()  # a finished spare stays; the next open removes it
         if self._fd is not None:
@@ -186,23 +197,31 @@ class LogWriter:
             self._fd = None
 
     # --- writer thread ----------------------------------------------------------------------
+    def _ready(self) -> bool:
+        return bool(self._queue) or self._closing
+
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch = [self._queue.popleft()]
-                size = batch[0].nbytes
-                while self._queue and size + self._queue[0].nbytes <= MAX_BATCH_BYTES:
-                    size += self._queue[0].nbytes
-                    batch.append(self._queue.popleft())
+            self._doorbell.sleep_until(self._ready)
+            if not queue:
+                return  # closing; submit() refuses once _closing is set, so nothing follows
+            # Only this thread pops; submitters only append (both atomic under the GIL).
+            batch = [queue.popleft()]
+            size = batch[0].nbytes
+            while queue and size + queue[0].nbytes <= MAX_BATCH_BYTES:
+                size += queue[0].nbytes
+                batch.append(queue.popleft())
             try:
                 self._process(batch, size)
             except BaseException as exc:  # never leave a waiter hanging, whatever happened
                 self._fail(f"log writer crashed: {exc!r}")
+                with self._submit_lock:  # nothing is queued after this (failed is set)
+                    batch.extend(queue)
+                    queue.clear()
                 self._complete(batch, StoreFailedError, self.failed or "")
+                if self._indexed != self._acked:
+                    self._lose_index()
                 raise
 
     def _process(self, batch: list[PendingCommit], size: int) -> None:
@@ -237,22 +256,34 @@ class LogWriter:
             self._complete(batch, StoreFailedError, self.failed or "")
             return
         self.fsyncs += 1
-        end = self._head + len(data)
-        items = [(r.record, Location(self._segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
-                 for r, off in zip(records, offsets, strict=True)]
-        try:
-            self._index.apply(items, AppliedPosition(self._segment, end, offsets[-1]))
-        except Exception as exc:
-            # Durable in the log but not indexed: stop; recovery replays it at the next open.
-            self._fail(f"index update failed: {exc!r}")
-            self._complete(batch, StoreFailedError, self.failed or "")
-            return
+        segment, end = self._segment, self._head + len(data)
         self._head = end
-        self._position = (self._segment, end)
+        self._position = (segment, end)
         self.batches += 1
         self.bytes_written += len(data)
         self.commits += len(batch)
+        # Durable: acknowledge now, index next. Readers wait for the index meanwhile
+        # (wait_indexed), so the ack cannot be observed before the records are readable.
+        self._acked += 1
         self._complete(batch, None, "")
+        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
+                 for r, off in zip(records, offsets, strict=True)]
+        try:
+            self._index.apply(items, AppliedPosition(segment, end, offsets[-1]))
+        except Exception as exc:
+            # Durable in the log but not indexed: stop; recovery replays it at the next open.
+            self._fail(f"index update failed: {exc!r}")
+            self._lose_index()
+            return
+        with self._indexed_cond:
+            self._indexed = self._acked
+            self._indexed_cond.notify_all()
+
+    def _lose_index(self) -> None:
+        with self._indexed_cond:
+            self._index_lost = (f"{self.failed}; acknowledged records are durable in the log "
+                                "but missing from the index until that restart replays them")
+            self._indexed_cond.notify_all()
 
     def _refuse(self, batch: list[PendingCommit], exc: OSError, what: str) -> None:
         """ENOSPC refuses this batch only; any other error stops the store for good."""
@@ -303,17 +334,11 @@ class LogWriter:
 
     def _complete(self, batch: list[PendingCommit], error: type[StoreError] | None,
                   message: str) -> None:
-        by_token: dict[trio.lowlevel.TrioToken, list[PendingCommit]] = {}
         for c in batch:
+            if c.completed:
+                continue
+            c.completed = True
             # A fresh exception per waiter: one object raised in many tasks would share (and
             # scramble) its traceback.
             c.error = None if error is None else error(message)
-            if c.token is None:
-                c.done.set()
-            else:
-                by_token.setdefault(c.token, []).append(c)
-        for token, group in by_token.items():
-            try:
-                token.run_sync_soon(_wake_trio, group)
-            except trio.RunFinishedError:
-                pass  # that run loop is gone; nobody is waiting any more
+            self.wakers.signal(c.waker)
