@@ -120,10 +120,14 @@ def free_ports(n: int) -> list[int]:
 
 
 def init_cluster(root: Path) -> Path:
-    """``hdsd init ROOT`` on free ports (two sites, one node each); returns the admin profile."""
+    """``hdsd init ROOT`` on free ports (two sites, one node each); returns the admin profile.
+
+    Subprocesses run outside the work tree (``python -m`` puts the working directory first on
+    ``sys.path``), so ``PYTHONPATH`` chooses which hdsd is measured, e.g. a snapshot of HEAD."""
     ports = free_ports(2)
     proc = subprocess.run([sys.executable, "-m", "hdsd", "init", str(root), "--ports",
-                           ",".join(map(str, ports))], capture_output=True, timeout=300)
+                           ",".join(map(str, ports))], capture_output=True, timeout=300,
+                          cwd=root.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"hdsd init failed ({proc.returncode}): "
                            f"{proc.stderr.decode(errors='replace')}")
@@ -160,7 +164,8 @@ class NodeProcess:
         # Its own process group: a Ctrl-C in the terminal reaches only the benchmark, which
         # then stops the node itself, in order.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     cwd=self.config.parent)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -251,22 +256,50 @@ Category = tuple[str, Callable[[str, str], bool]]
 def profile_breakdown(path: str | os.PathLike[str], categories: Sequence[Category],
                       top: int = 15) -> tuple[list[tuple[str, float, int]],
                                               list[tuple[str, float, float, int]]]:
-    """Self time of a cProfile dump grouped by the first category whose predicate accepts
-    ``(filename, function name)`` ("other" otherwise): [(category, seconds, calls)], largest
-    first; and the *top* functions by self time: [(name, self s, cumulative s, calls)]."""
+    """Self time of a cProfile dump grouped by category: [(category, seconds, calls)], largest
+    first; and the *top* functions by self time: [(name, self s, cumulative s, calls)].
+
+    A function belongs to the first category whose predicate accepts ``(filename, function
+    name)``. The self time of a function no category claims (builtins, the standard library) is
+    charged to its callers' categories in proportion to the time each caller spent in it,
+    walking up through unclaimed callers: ``len`` called by the wire codec is wire time."""
     import pstats
 
-    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    Key = tuple[str, int, str]
+    stats: dict[Key, tuple[int, int, float, float, dict[Key, tuple[Any, ...]]]]
     stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    claimed = {k: next((n for n, accept in categories if accept(k[0], k[2])), None)
+               for k in stats}
+    resolved: dict[Key, dict[str, float]] = {}
+
+    def shares(key: Key, depth: int = 0) -> dict[str, float]:
+        """How this function's time splits over categories (fractions summing to 1)."""
+        if (name := claimed.get(key)) is not None:
+            return {name: 1.0}
+        if key in resolved:
+            return resolved[key]
+        resolved[key] = {"other": 1.0}  # breaks recursion cycles
+        callers = stats[key][4] if key in stats else {}
+        total = sum(c[2] for c in callers.values())
+        if depth > 20 or not callers or total <= 0:
+            return resolved[key]
+        out: dict[str, float] = {}
+        for caller, c in callers.items():
+            for name, frac in shares(caller, depth + 1).items():
+                out[name] = out.get(name, 0.0) + frac * c[2] / total
+        resolved[key] = out
+        return out
+
     groups: dict[str, list[float]] = {}
     rows = []
-    for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.items():
-        name = next((n for n, accept in categories if accept(filename, func)), "other")
-        g = groups.setdefault(name, [0.0, 0])
-        g[0] += tottime
-        g[1] += calls
+    for key, (_cc, calls, tottime, cumtime, _callers) in stats.items():
+        for name, frac in shares(key).items():
+            g = groups.setdefault(name, [0.0, 0.0])
+            g[0] += tottime * frac
+            g[1] += calls * frac
+        filename, line, func = key
         short = filename if filename == "~" else "/".join(Path(filename).parts[-2:])
         rows.append((f"{short}:{line}:{func}", tottime, cumtime, calls))
-    grouped = sorted(((n, t, int(c)) for n, (t, c) in groups.items()), key=lambda r: -r[1])
+    grouped = sorted(((n, t, round(c)) for n, (t, c) in groups.items()), key=lambda r: -r[1])
     rows.sort(key=lambda r: -r[1])
     return grouped, rows[:top]

@@ -207,8 +207,10 @@ def _big_body(n_mib: int) -> AsyncIterator[bytes]:
     return gen()
 
 
-async def measure_node(profile_path: Path,
-                       c: Counts) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def measure_node(profile_path: Path, c: Counts,
+                       node_pid: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The hdsd cells, and what the sequential 4 KiB puts cost: store commits and fdatasyncs,
+    CPU per put of the node's main (trio) thread, its other threads, and this client."""
     out: list[dict[str, Any]] = []
     data = os.urandom(SMALL)
     with trio.fail_after(1800):
@@ -236,7 +238,14 @@ async def measure_node(profile_path: Path,
 
             before = (await client.status())["store"]
             seq: list[float] = []
+            cpu0, mine0 = thread_cpu_seconds(node_pid), time.process_time()
             await _timed_puts(client, "seq", c.put_seq, data, seq)
+            cpu1, mine1 = thread_cpu_seconds(node_pid), time.process_time()
+            main_cpu = cpu1.get(node_pid, 0.0) - cpu0.get(node_pid, 0.0)
+            other_cpu = sum(v - cpu0.get(t, 0.0) for t, v in cpu1.items() if t != node_pid)
+            cpu = {"node_main_thread_ms_per_put": main_cpu / c.put_seq * 1e3,
+                   "node_other_threads_ms_per_put": other_cpu / c.put_seq * 1e3,
+                   "client_process_ms_per_put": (mine1 - mine0) / c.put_seq * 1e3}
             out.append(cell("hdsd", "put", "put 4 KiB sequential", SMALL, 1, connections=1,
                             samples=seq, ops_per_s=len(seq) / sum(seq)))
 
@@ -269,7 +278,7 @@ async def measure_node(profile_path: Path,
     store = {"segment_during_small_puts": before["head_segment"],
              "commits": after["commits"] - before["commits"],
              "fsyncs": after["fsyncs"] - before["fsyncs"],
-             "batches": after["batches"] - before["batches"]}
+             "batches": after["batches"] - before["batches"], **cpu}
     return out, store
 
 
@@ -333,17 +342,16 @@ def _in(*parts: str) -> Callable[[str, str], bool]:
 
 
 CATEGORIES = [
-    ("idle: epoll wait (client, fsync wakeups)", _in("'select.epoll'", "epoll")),
+    ("idle: epoll wait (client, fsync wakeups)", _in("'select.epoll'")),
     ("TLS record encrypt/decrypt", _in("'_ssl.", "/ssl.py", "trio/_ssl.py")),
     ("socket send/recv syscalls", _in("'_socket.socket'")),
     ("msgpack", _in("msgpack", "hdsd/_packing.py")),
     ("wire codec (frames, state machine)", _in("hdsd/wire/")),
     ("transport session glue", _in("hdsd/transport/")),
-    ("handlers + node", _in("hdsd/node/")),
-    ("seal (codec) + thread hop", _in("hdsd/pipeline/", "trio/_threads.py", "_thread",
-                                       "threading.py", "queue.py", "'_queue")),
-    ("store (commit, index, sqlite)", _in("hdsd/store/", "sqlite3")),
-    ("trio scheduler + channels", _in("/trio/", "outcome", "sniffio")),
+    ("handlers + node", _in("hdsd/node/", "hdsd/cluster/", "hdsd/_groups.py")),
+    ("seal (hash, zstd, AEAD) + thread hop", _in("hdsd/pipeline/", "trio/_threads.py", "nacl/")),
+    ("store (commit, index, sqlite)", _in("hdsd/store/")),
+    ("trio scheduler, channels, cancel scopes", _in("/trio/", "outcome")),
 ]
 
 
@@ -417,14 +425,22 @@ def main() -> None:
         cells = disk_floor(str(scratch), counts)
         cells += trio.run(network_floor, cluster, profile_path, counts)
         with NodeProcess(config) as node:
-            measured, store = trio.run(measure_node, profile_path, counts)
+            assert node.proc is not None
+            try:
+                measured, store = trio.run(measure_node, profile_path, counts, node.proc.pid)
+            except BaseException:
+                print(f"node log (last lines):\n{node.log()}", file=sys.stderr)
+                raise
             if not node.alive:
                 raise RuntimeError(f"the node died during the run:\n{node.log()}")
         cells += measured
         add_ratios(cells, counts.big_mib * MIB)
         show(cells)
-        print(f"4 KiB puts: {store['commits']} commits in {store['fsyncs']} fdatasyncs "
-              f"(log segment {store['segment_during_small_puts']})")
+        print(f"4 KiB puts and gets: {store['commits']} commits in {store['fsyncs']} fdatasyncs "
+              f"(log segment {store['segment_during_small_puts']}); CPU per sequential put: "
+              f"node main thread {store['node_main_thread_ms_per_put']:.3f} ms, node other "
+              f"threads {store['node_other_threads_ms_per_put']:.3f} ms, client "
+              f"{store['client_process_ms_per_put']:.3f} ms")
         profiled = None
         if args.profile:
             profiled = profile_node(config, profile_path, counts.profile_puts,
