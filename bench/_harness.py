@@ -134,6 +134,23 @@ def init_cluster(root: Path) -> Path:
     return root / "client.toml"
 
 
+def set_write_policy(config: Path, policy: str) -> bool:
+    """Make the node at *config* acknowledge under *policy* (e.g. ``local``: its own fsync only,
+    for a single-node measurement once replication exists). Returns False, changing nothing,
+    when this hdsd has no write policies yet."""
+    from dataclasses import fields
+
+    from hdsd.node import NodeConfig
+
+    if "write_policy" not in {f.name for f in fields(NodeConfig)}:
+        return False
+    lines = config.read_text().splitlines()
+    kept = [ln for ln in lines if not ln.strip().startswith("write_policy")]
+    at = kept.index("[cluster]") + 1
+    config.write_text("\n".join([*kept[:at], f'write_policy = "{policy}"', *kept[at:]]) + "\n")
+    return True
+
+
 class NodeProcess:
     """A real ``hdsd serve`` subprocess; ``with NodeProcess(cfg) as node:`` starts it and waits
     until it listens, and always stops it on the way out (also on error or Ctrl-C).

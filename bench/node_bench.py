@@ -45,6 +45,7 @@ from _harness import (
     machine_info,
     print_table,
     profile_breakdown,
+    set_write_policy,
     thread_cpu_seconds,
     write_json,
 )
@@ -422,6 +423,8 @@ def main() -> None:
         cluster = scratch / "cluster"
         profile_path = init_cluster(cluster)
         config = cluster / "dc1-n1" / "node.toml"
+        # One node alone: with replication built, it must not wait for the other site.
+        policy = "local" if set_write_policy(config, "local") else None
         cells = disk_floor(str(scratch), counts)
         cells += trio.run(network_floor, cluster, profile_path, counts)
         with NodeProcess(config) as node:
@@ -450,7 +453,7 @@ def main() -> None:
     write_json(args.json, {
         "benchmark": "node_bench", "quick": args.quick, "machine": machine_info(),
         "started": started, "seconds": time.time() - started, "results": cells,
-        "store_during_small_puts": store, "profile": profiled,
+        "write_policy": policy, "store_during_small_puts": store, "profile": profiled,
     })
     print(f"JSON: {args.json}")
 

@@ -42,7 +42,8 @@ def _is_figure(value: object) -> bool:
 def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "node_bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--dir", str(tmp_path)],
+        [sys.executable, str(BENCH), "--quick", "--profile", "--json", str(out), "--dir",
+         str(tmp_path)],
         capture_output=True, timeout=600, stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-4000:]
@@ -72,5 +73,12 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     # Not applicable figures are null, not zero or missing.
     assert by_key[("hdsd", "put", 64 << 20, 1, None)]["p50_ms"] is None
     assert by_key[("hdsd", "put", 4096, 1, 1)]["mib_per_s"] is None
+    # The node profile ran on the measured window and split its time into the layers.
+    prof = doc["profile"]
+    assert prof["puts"] > 0 and Path(prof["file"]).is_file()
+    layers = prof["main_thread_self_ms_per_put"]
+    assert {"store (commit, index, sqlite)", "wire codec (frames, state machine)"} <= layers.keys()
+    assert all(v >= 0 for v in layers.values()) and sum(layers.values()) > 0
+    assert prof["top"] and all(_is_figure(t["cum_ms_per_put"]) for t in prof["top"][:3])
     # Every process the benchmark started is gone and its scratch directory removed.
     assert not list(tmp_path.glob("node-bench-*"))
