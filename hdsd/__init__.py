@@ -11,6 +11,7 @@ from ._errors import DiskFullError as DiskFullError
 from ._errors import HdsdError as HdsdError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidRequest as InvalidRequest
+from ._errors import LayoutMismatch as LayoutMismatch
 from ._errors import NotFound as NotFound
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProtocolError as ProtocolError

@@ -25,6 +25,7 @@ __all__ = [
     "HdsdError",
     "IntegrityError",
     "InvalidRequest",
+    "LayoutMismatch",
     "NotFound",
     "PermissionDenied",
     "ProtocolError",
@@ -124,6 +125,14 @@ class QuorumNotReached(Unavailable):
     request id, or degrade the site explicitly if the other site is lost."""
 
     code = "quorum_not_reached"
+
+
+class LayoutMismatch(HdsdError):
+    """Two nodes disagree on the cluster layout (sites, nodes, replicas): they refuse to mix
+    rather than place data in the wrong nodes. Deploy the same [[sites]] everywhere."""
+
+    code = "layout_mismatch"
+    exit_code = 2
 
 
 class StoreError(HdsdError):

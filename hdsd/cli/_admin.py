@@ -15,7 +15,13 @@ import trio
 from .._errors import ConfigError
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
-from ..node._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
+from ..node._keyring import (
+    KEYRING_FILE,
+    Keyring,
+    create_master_key,
+    ensure_tenant,
+    load_master_key,
+)
 from ..pipeline import tune_allocator
 from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
@@ -100,7 +106,9 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
                 f'[tls]\nca = "../ca/ca.crt"\ncert = "{crt.name}"\nkey = "{key.name}"\n\n'
                 f'[keys]\nmaster_key_file = "../master.key"\n\n'
                 f"[cluster]\nid = {_toml_str(cluster_id)}\nchunk_size = 1048576\n"
-                f"compression_level = 1\ninline_max = 16384\n{sites_toml}",
+                f"compression_level = 1\ninline_max = 16384\nreplicas_per_site = 1\n"
+                f'write_policy = "each-site"\non_peer_site_loss = "refuse"\n'
+                f"write_timeout_s = 10\n{sites_toml}",
                 encoding="utf-8")
     keyring_template.unlink()
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
@@ -150,6 +158,11 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
     """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
     root = Path(cluster_dir).resolve()
     out_dir = Path(out).resolve() if out else root / "clients"
+    keyrings = sorted(root.glob(f"*/data/{KEYRING_FILE}"))
+    if not keyrings:
+        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
+    if ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
+        click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
     profile = out_dir / f"{client_name}.toml"
     admin = root / "client.toml"

@@ -13,7 +13,7 @@ import click
 import trio
 
 from .._errors import InvalidRequest
-from ..client import AsyncClient, ObjectInfo
+from ..client import AsyncClient, ObjectInfo, Profile, load_profile
 from ..cluster import HybridClock
 from ._main import main
 
@@ -240,13 +240,73 @@ def versions(ctx: click.Context, target: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the node's health: identity, uptime, store statistics."""
+    """Show the node's health: site mode, write policy, replication backlog (live RPO),
+    peers, store statistics."""
     st = _run(ctx, lambda c: c.status())
     if as_json:
         click.echo(json.dumps(st, sort_keys=True, default=str))
         return
+    mode = st.get("mode", {})
     click.echo(f"node {st['node']}  site {st['site']}  cluster {st['cluster']}  "
                f"hdsd {st['software']}  up {st['uptime_s']:.0f} s")
+    line = f"mode {mode.get('mode', '?')}  write policy {st.get('write_policy', '?')}"
+    if mode.get("mode") == "degraded":
+        line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
+    click.echo(line)
+    rpo = st.get("rpo", {})
+    click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
+               f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
+    for name, peer in sorted(st.get("peers", {}).items()):
+        state = "up" if peer.get("reachable") else "down"
+        click.echo(f"  peer {name:16} site {peer.get('site'):10} {state:5} backlog "
+                   f"{peer.get('backlog_versions', 0)} versions / "
+                   f"{peer.get('backlog_bytes', 0)} bytes")
     click.echo(f"connections {st['connections']}  requests in flight {st['requests_in_flight']}")
     for k, v in sorted(st.get("store", {}).items()):
         click.echo(f"  store.{k:24} {v}")
+
+
+@main.group()
+def site() -> None:
+    """Degrade or restore a site (admin)."""
+
+
+def _set_mode(ctx: click.Context, site_name: str, mode: str, reason: str, as_json: bool) -> None:
+    obj = ctx.find_root().obj
+    profile = load_profile(obj["profile"])
+    endpoints = profile.endpoints(site_name)
+
+    async def go() -> list[dict[str, Any]]:
+        replies = []
+        # Every node of the site must switch: talk to each endpoint in turn.
+        for host, port in endpoints:
+            one = Profile(**{**{f: getattr(profile, f) for f in profile.__dataclass_fields__},
+                             "sites": {site_name: ((host, port),)}, "site": site_name})
+            async with AsyncClient(one, timeout=obj["timeout"]) as c:
+                replies.append(await c.set_site_mode(site_name, mode, reason))
+        return replies
+    for reply in trio.run(go):
+        if as_json:
+            click.echo(json.dumps(reply, sort_keys=True))
+        else:
+            click.echo(f"{reply['node']}: {reply['mode']} (write policy {reply['write_policy']})")
+
+
+@site.command("degrade")
+@click.argument("site_name", metavar="SITE")
+@click.option("--reason", required=True, help="why (recorded and shown in hdsd status)")
+@json_option
+@click.pass_context
+def site_degrade(ctx: click.Context, site_name: str, reason: str, as_json: bool) -> None:
+    """Let SITE accept writes alone (policy local); every write is kept as a hint for the
+    other site and replayed when it is back, then the site returns to normal by itself."""
+    _set_mode(ctx, site_name, "degraded", reason, as_json)
+
+
+@site.command("restore")
+@click.argument("site_name", metavar="SITE")
+@json_option
+@click.pass_context
+def site_restore(ctx: click.Context, site_name: str, as_json: bool) -> None:
+    """Return SITE to the configured write policy now."""
+    _set_mode(ctx, site_name, "normal", "restored by an operator", as_json)

@@ -48,6 +48,7 @@ from ..wire import (
     PutStart,
     Reply,
     Role,
+    SiteModeRequest,
     StatRequest,
     StatusRequest,
     VersionsRequest,
@@ -440,6 +441,12 @@ class AsyncClient:
 
     async def status(self) -> dict[str, Any]:
         return await self._call(lambda rid: StatusRequest(rid=rid))
+
+    async def set_site_mode(self, site: str, mode: str, reason: str = "") -> dict[str, Any]:
+        """Admin: ``degraded`` lets this site accept writes alone (hints kept for the other
+        site); ``normal`` restores the configured policy. Sent to the node this client uses."""
+        return await self._call(lambda rid: SiteModeRequest(rid=rid, site=site, mode=mode,
+                                                            reason=reason))
 
 
 async def _pieces(data: PutSource) -> AsyncGenerator[bytes, None]:

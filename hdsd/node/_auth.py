@@ -14,10 +14,10 @@ from .._errors import InvalidRequest, PermissionDenied
 
 __all__ = ["Operation", "authorize", "check_bucket", "check_key"]
 
-Operation = Literal["put", "delete", "get", "stat", "list", "versions", "status"]
+Operation = Literal["put", "delete", "get", "stat", "list", "versions", "status", "admin"]
 
 _ALLOWED: dict[str, frozenset[str]] = {
-    "admin": frozenset({"put", "delete", "get", "stat", "list", "versions", "status"}),
+    "admin": frozenset({"put", "delete", "get", "stat", "list", "versions", "status", "admin"}),
     "writer": frozenset({"put", "delete", "get", "stat", "list", "versions", "status"}),
     "reader": frozenset({"get", "stat", "list", "versions", "status"}),
     # Auditors read the audit trail (compliance issue), never the data itself.

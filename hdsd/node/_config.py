@@ -25,6 +25,10 @@ Example (``hdsd init`` writes one per node)::
     chunk_size = 1048576
     compression_level = 1
     inline_max = 16384
+    replicas_per_site = 1          # copies in each site
+    write_policy = "each-site"     # ack when fsynced in every site (RPO 0); or majority, local
+    on_peer_site_loss = "refuse"   # or "degrade": accept writes alone, keep hints
+    write_timeout_s = 10
 
     [[sites]]
     name = "lyon-est"
@@ -41,17 +45,18 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from ..cluster import parse_address
+from ..cluster import Layout, NodeInfo, parse_address
 
 __all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config"]
 
+WRITE_POLICIES = ("each-site", "majority", "local")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     name: str
-    nodes: tuple[tuple[str, str, int], ...]  # (node name, host, port)
+    nodes: tuple[tuple[str, str, int, float], ...]  # (node name, host, port, weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,16 @@ class NodeConfig:
     request_timeout_s: float = 60.0
     shutdown_grace_s: float = 30.0
     sites: tuple[SiteConfig, ...] = field(default_factory=tuple)
+    replicas_per_site: int = 1
+    write_policy: str = "each-site"
+    on_peer_site_loss: str = "refuse"
+    write_timeout_s: float = 10.0
+
+    def layout(self) -> Layout:
+        nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
+                      for s in self.sites for (n, h, p, w) in s.nodes)
+        return Layout(sites=tuple(s.name for s in self.sites), nodes=nodes,
+                      replicas_per_site=self.replicas_per_site)
 
 
 # section -> key -> (type, required)
@@ -83,7 +98,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, True)},
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
-                "inline_max": (int, False)},
+                "inline_max": (int, False), "replicas_per_site": (int, False),
+                "write_policy": (str, False), "on_peer_site_loss": (str, False),
+                "write_timeout_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False)},
 }
@@ -169,13 +186,38 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if grace < 0:
         p.add("[limits] shutdown_grace_s", "must be >= 0")
     sites = _parse_sites(raw.get("sites", []), p)
+    replicas = cluster.get("replicas_per_site", 1)
+    if not 1 <= replicas <= 8:
+        p.add("[cluster] replicas_per_site", f"{replicas} must be between 1 and 8")
+    policy = cluster.get("write_policy", "each-site")
+    if policy not in WRITE_POLICIES:
+        p.add("[cluster] write_policy", f"{policy!r} must be one of {', '.join(WRITE_POLICIES)}")
+    on_loss = cluster.get("on_peer_site_loss", "refuse")
+    if on_loss not in ("refuse", "degrade"):
+        p.add("[cluster] on_peer_site_loss", f"{on_loss!r} must be refuse or degrade")
+    write_timeout = float(cluster.get("write_timeout_s", 10.0))
+    if write_timeout <= 0:
+        p.add("[cluster] write_timeout_s", "must be positive")
+    if len(sites) != 2:
+        p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
+    elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
+        p.add("[[sites]]", f"this node ({node['name']} in site {node['site']}) is not listed")
+    else:
+        try:
+            Layout(sites=tuple(s.name for s in sites),
+                   nodes=tuple(NodeInfo(n, s.name, h, pt, w) for s in sites
+                               for (n, h, pt, w) in s.nodes),
+                   replicas_per_site=replicas)
+        except ValueError as exc:
+            p.add("[[sites]]", str(exc))
     p.raise_if_any()
     return NodeConfig(
         path=cfg_path, name=node["name"], site=node["site"], host=host, port=port,
         data_dir=data_dir, ca=ca, cert=cert, key=key, master_key_file=master,
         cluster_id=cluster["id"], chunk_size=chunk_size, compression_level=level,
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
-        shutdown_grace_s=grace, sites=sites,
+        shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
+        on_peer_site_loss=on_loss, write_timeout_s=write_timeout,
     )
 
 
@@ -234,14 +276,19 @@ def _parse_sites(raw: Any, p: _Problems) -> tuple[SiteConfig, ...]:
         if not isinstance(name, str) or not NAME_RE.match(name):
             p.add(where, f"name {name!r} must match {NAME_RE.pattern}")
             continue
-        parsed: list[tuple[str, str, int]] = []
+        parsed: list[tuple[str, str, int, float]] = []
         for node in nodes if isinstance(nodes, list) else []:
-            if (not isinstance(node, dict) or set(node) != {"name", "address"}
-                    or not isinstance(node["name"], str) or not isinstance(node["address"], str)):
-                p.add(where, "each node must be {name = \"...\", address = \"HOST:PORT\"}")
+            if (not isinstance(node, dict) or not {"name", "address"} <= set(node)
+                    or set(node) - {"name", "address", "weight"}
+                    or not isinstance(node["name"], str) or not isinstance(node["address"], str)
+                    or not isinstance(node.get("weight", 1.0), (int, float))
+                    or node.get("weight", 1.0) <= 0):
+                p.add(where, "each node must be {name = \"...\", address = \"HOST:PORT\"} "
+                             "with an optional positive weight")
                 continue
             try:
-                parsed.append((node["name"], *parse_address(node["address"])))
+                host, port = parse_address(node["address"])
+                parsed.append((node["name"], host, port, float(node.get("weight", 1.0))))
             except ValueError as exc:
                 p.add(where, str(exc))
         sites.append(SiteConfig(name=name, nodes=tuple(parsed)))

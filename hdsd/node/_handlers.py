@@ -24,7 +24,7 @@ import trio
 
 from .._errors import ConnectionLost, HdsdError, InvalidRequest, NotFound, RequestTimeout
 from .._groups import single_error
-from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
+from ..pipeline import Chunker, open_in_thread, seal_in_thread
 from ..store import ChunkRecord, Version, parse_version_id
 from ..transport import Identity, WireSession
 from ..wire import (
@@ -39,11 +39,13 @@ from ..wire import (
     Message,
     PutStart,
     Reply,
+    SiteModeRequest,
     StatRequest,
     StatusRequest,
     VersionsRequest,
 )
 from ._auth import authorize, check_bucket, check_key
+from ._peer_handlers import PEER_HANDLERS, site_mode
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -61,9 +63,10 @@ async def handle_request(
 ) -> None:
     rid: int = msg.rid  # type: ignore[attr-defined]
     try:
-        handler = _HANDLERS.get(type(msg))
+        table = PEER_HANDLERS if ident.kind == "node" else _HANDLERS
+        handler = table.get(type(msg))
         if handler is None:
-            raise InvalidRequest(f"{type(msg).__name__} is not a request")
+            raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         await handler(node, session, ident, msg, inbox)
     except HdsdError as exc:
         await _reply_error(session, rid, exc.code, exc.message)
@@ -82,15 +85,19 @@ async def _reply_error(session: WireSession, rid: int, code: str, message: str) 
         pass  # the connection is gone: nobody to tell
 
 
-def _resolve(node: Node, tenant: str, bucket: str, key: str, version: str | None) -> Version:
-    if version is None:
-        found = node.store.current(tenant, bucket, key)
-    else:
+async def _resolve(node: Node, tenant: str, bucket: str, key: str,
+                   version: str | None) -> Version:
+    wanted: tuple[int, str] | None = None
+    if version is not None:
         try:
-            hlc, origin = parse_version_id(version)
+            wanted = parse_version_id(version)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        found = node.store.get_version(tenant, bucket, key, hlc, origin)
+    known = await node.versions_of(tenant, bucket, key)
+    if wanted is None:
+        found = known[-1] if known else None
+    else:
+        found = next((v for v in known if v.order == wanted), None)
     if found is None or found.tombstone:
         what = f"{bucket}/{key}" + (f" version {version}" if version else "")
         raise NotFound(f"{what} not found")
@@ -143,10 +150,17 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
     size = 0
     inline: bytes | None = None
     limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+    replicas = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
+    lagging: set[str] = set()
 
     async def store_chunk(slot: int, piece: bytes) -> None:
         try:
-            ids[slot] = await _store_chunk(node, codec, tenant, piece)
+            sealed = await seal_in_thread(codec, piece)
+            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
+            # Credit goes back only once the write policy holds for this chunk: the client can
+            # never run more than one window ahead of the slowest replica the policy waits for.
+            lagging.update(await node.replicator.write(replicas, [record], []))
+            ids[slot] = sealed.chunk_id
             await session.consumed(msg.rid, len(piece))
         finally:
             limiter.release()
@@ -190,20 +204,9 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
         inline=inline, metadata=dict(msg.metadata), request_id=msg.request_id,
         chunk_size=node.config.chunk_size,
     )
-    await node.store.commit([version])
+    lagging.update(await node.replicator.write(replicas, [], [version]))
+    await node.replicator.keep_hints(lagging, [version])
     return version
-
-
-async def _store_chunk(node: Node, codec: ChunkCodec, tenant: str, piece: bytes) -> bytes:
-    # Content addressing makes a chunk we already hold free: its id is a cheap keyed hash, and
-    # the index only knows durable chunks.
-    chunk_id = codec.chunk_id(piece)
-    if node.store.has_chunk(tenant, chunk_id):
-        return chunk_id
-    sealed = await seal_in_thread(codec, piece)
-    await node.store.commit([ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
-                                         payload=sealed.payload)])
-    return sealed.chunk_id
 
 
 # -- get ---------------------------------------------------------------------------------------
@@ -221,7 +224,7 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
-    version = _resolve(node, tenant, msg.bucket, msg.key, msg.version)
+    version = await _resolve(node, tenant, msg.bucket, msg.key, msg.version)
     lo, hi = _byte_range(version.size, msg.start, msg.end)
     codec = node.codec(tenant)
     info = {**version.public_info(), "start": lo, "end": hi}
@@ -237,8 +240,10 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
             if _cancelled(inbox):
                 await session.send(Cancel(rid=msg.rid))  # our final: the rid is free again
                 return
-            payload = version.inline if version.inline is not None else None
-            plain = await _read_chunk(node, codec, tenant, chunk_id, payload)
+            if version.inline is not None:
+                plain = await open_in_thread(codec, chunk_id, version.inline)
+            else:
+                plain = await node.chunk_payload(tenant, msg.bucket, msg.key, chunk_id, codec)
             if len(plain) != chunk_len:
                 raise HdsdError(f"chunk {index} of {msg.bucket}/{msg.key} has {len(plain)} bytes,"
                                 f" expected {chunk_len}")
@@ -260,20 +265,13 @@ def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
         return False
 
 
-async def _read_chunk(node: Node, codec: ChunkCodec, tenant: str, chunk_id: bytes,
-                      payload: bytes | None) -> bytes:
-    if payload is None:
-        payload = await node.read_payload(tenant, chunk_id)
-    return await open_in_thread(codec, chunk_id, payload)
-
-
 # -- metadata requests -------------------------------------------------------------------------
 async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "stat")
     check_bucket(msg.bucket)
     check_key(msg.key)
-    version = _resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
+    version = await _resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
@@ -319,12 +317,14 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
     tenant = ident.tenant or ""
     async with node.idempotent(tenant, msg.request_id) as previous:
         if previous is None:
-            _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing to delete
+            await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
             previous = Version(
                 tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
                 node=node.config.name, size=0, content_hash=b"", tombstone=True,
                 request_id=msg.request_id)
-            await node.store.commit([previous])
+            replicas = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
+            lagging = await node.replicator.write(replicas, [], [previous])
+            await node.replicator.keep_hints(lagging, [previous])
     await session.send(Reply(rid=msg.rid, body=previous.public_info()))
 
 
@@ -333,7 +333,7 @@ async def _versions(node: Node, session: WireSession, ident: Identity, msg: Vers
     authorize(ident.role, "versions")
     check_bucket(msg.bucket)
     check_key(msg.key)
-    found = node.store.versions(ident.tenant or "", msg.bucket, msg.key)
+    found = await node.versions_of(ident.tenant or "", msg.bucket, msg.key)
     if not found:
         raise NotFound(f"{msg.bucket}/{msg.key} not found")
     await session.send(Reply(rid=msg.rid, body={"versions": [v.public_info() for v in found]}))
@@ -354,4 +354,5 @@ _HANDLERS: dict[type, _Handler] = {
     DeleteRequest: _delete,
     VersionsRequest: _versions,
     StatusRequest: _status,
+    SiteModeRequest: site_mode,
 }

@@ -9,9 +9,11 @@ File format (``keyring.hdsd`` in the data directory, replaced atomically)::
 
     msgpack {"format": 1, "tenants": {tenant: nonce(24) || AEAD(data_key || dedup_key)}}
 
-Interim rule until tenant management lands (``hdsd tenant create``): a tenant's keys are created
-on its first write. Both sites must hold the same tenant keys, so ``hdsd init`` writes the keyring
-of the ``default`` tenant into every node directory.
+Every node of both sites must hold the same tenant keys (a chunk sealed in one site is read in
+the other), so a node never invents keys: ``hdsd init`` and ``hdsd cert issue`` create a tenant's
+keys once and write the same wrapped entry into every node's keyring (until tenant management
+lands with ``hdsd tenant create``). A running node rereads its keyring when it meets a tenant it
+does not know; a tenant still unknown then is refused (``PermissionDenied``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,25 @@ class Keyring:
             self._master)
 
     def get(self, tenant: str) -> TenantKeys | None:
-        return self._keys.get(tenant)
+        """The tenant's keys; the file is reread once if the tenant is not known yet."""
+        keys = self._keys.get(tenant)
+        if keys is None and self._path.exists():
+            with self._lock:
+                self._load()
+            keys = self._keys.get(tenant)
+        return keys
+
+    def wrapped(self, tenant: str) -> bytes | None:
+        return self._wrapped.get(tenant)
+
+    def add_wrapped(self, tenant: str, blob: bytes) -> None:
+        """Install a tenant entry wrapped elsewhere under the same master key (checked)."""
+        with self._lock:
+            keys = self._unwrap(tenant, blob)
+            wrapped = {**self._wrapped, tenant: blob}
+            _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+            self._wrapped = wrapped
+            self._keys[tenant] = keys
 
     def get_or_create(self, tenant: str) -> TenantKeys:
         """The tenant's keys, created (and durably saved) on first use."""
@@ -132,3 +152,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def ensure_tenant(keyrings: list[Path], master_key: bytes, tenant: str) -> bool:
+    """Make *tenant* known, with the same keys, in every keyring file; True if created."""
+    rings = [Keyring(path, master_key) for path in keyrings]
+    blob = next((r.wrapped(tenant) for r in rings if r.wrapped(tenant) is not None), None)
+    created = blob is None
+    if blob is None:
+        rings[0].get_or_create(tenant)
+        blob = rings[0].wrapped(tenant)
+    assert blob is not None
+    for ring in rings:
+        if ring.wrapped(tenant) is None:
+            ring.add_wrapped(tenant, blob)
+    return created

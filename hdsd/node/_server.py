@@ -20,20 +20,40 @@ from typing import Any
 
 import trio
 
-from .._errors import AuthenticationFailed, HdsdError, ProtocolError, Unavailable
+from .._errors import (
+    AuthenticationFailed,
+    HdsdError,
+    IntegrityError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    Unavailable,
+)
 from .._meta import __version__
 from ..cluster import HybridClock
-from ..pipeline import ChunkCodec
-from ..store import Store, Version
+from ..pipeline import ChunkCodec, open_in_thread
+from ..replication import HintStore, ModeState, PeerPool, Replicator
+from ..store import ChunkRecord, Store, Version
 from ..transport import (
     Identity,
     WireSession,
+    client_context,
     handshake_and_identify,
     listener_port,
     open_tls_listeners,
     server_context,
 )
-from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Goodbye, Hello, Message, Role
+from ..wire import (
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorReply,
+    FetchChunk,
+    FetchVersions,
+    Goodbye,
+    Hello,
+    Message,
+    Role,
+)
 from ._config import NodeConfig
 from ._handlers import handle_request
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
@@ -54,6 +74,15 @@ class Node:
         self.keyring = Keyring(config.data_dir / KEYRING_FILE,
                                load_master_key(config.master_key_file))
         self.clock = HybridClock(floor=store.max_hlc())
+        self.layout = config.layout()
+        self.hints = HintStore(config.data_dir / "hints.sqlite")
+        self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
+        self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
+                              ssl_context=client_context(config.cert, config.key, config.ca))
+        self.replicator = Replicator(
+            name=config.name, site=config.site, layout=self.layout, store=store,
+            peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
+            on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s)
         self.started = time.time()
         self.port = config.port
         self._codecs: dict[str, ChunkCodec] = {}
@@ -69,7 +98,10 @@ class Node:
     def codec(self, tenant: str) -> ChunkCodec:
         codec = self._codecs.get(tenant)
         if codec is None:
-            keys = self.keyring.get_or_create(tenant)
+            keys = self.keyring.get(tenant)
+            if keys is None:
+                raise PermissionDenied(f"tenant {tenant!r} has no keys in this cluster; "
+                                       "create it with `hdsd cert issue --tenant ...`")
             codec = ChunkCodec(keys, compression_level=self.config.compression_level)
             self._codecs[tenant] = codec
         return codec
@@ -77,6 +109,71 @@ class Node:
     async def read_payload(self, tenant: str, chunk_id: bytes) -> bytes:
         # A 1 MiB pread is ~0.3 ms of blocking I/O: worth a thread hop, unlike index lookups.
         return await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)
+
+    async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        """Every version of a key known to this site's replicas, merged (union)."""
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        found: dict[tuple[int, str], Version] = {}
+        asked_ok = False
+        if self.config.name in replicas[self.config.site]:
+            for v in self.store.versions(tenant, bucket, key):
+                found[v.order] = v
+            asked_ok = True
+        order = [n for n in replicas[self.config.site] if n != self.config.name]
+        remote = replicas[self.layout.other_site(self.config.site)]
+        for i, node in enumerate([*order, *remote]):
+            if i >= len(order) and asked_ok:
+                break  # the other site is asked only when no replica here answered
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
+                                                    key), timeout=self.config.write_timeout_s)
+            except HdsdError as exc:
+                log.info("event=read_fallback peer=%s error=%s", node, exc)
+                continue
+            asked_ok = True
+            for raw in body.get("versions", []):
+                v = Version.from_wire(raw)
+                found[v.order] = v
+        if not asked_ok:
+            raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
+        return sorted(found.values(), key=lambda v: v.order)
+
+    async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
+                            codec: ChunkCodec) -> bytes:
+        """The plaintext of a chunk: from the local replica, else (missing or damaged) from
+        another replica, local site first, repairing the local copy when it was missing."""
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        here = self.config.name in replicas[self.config.site]
+        missing = False
+        if here:
+            try:
+                return await open_in_thread(codec, chunk_id, await self.read_payload(tenant,
+                                                                                     chunk_id))
+            except (NotFound, IntegrityError) as exc:
+                log.warning("event=read_repair_needed tenant=%s chunk=%s error=%s", tenant,
+                            chunk_id.hex()[:16], exc)
+                missing = isinstance(exc, NotFound)
+        others = [n for site in (self.config.site, self.layout.other_site(self.config.site))
+                  for n in replicas[site] if n != self.config.name]
+        last: HdsdError = NotFound(f"chunk {chunk_id.hex()[:16]} of {bucket}/{key} not found")
+        for node in others:
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchChunk(rid, self.layout.layout_id, tenant, chunk_id),
+                    timeout=self.config.write_timeout_s)
+                payload = body["payload"]
+                plain = await open_in_thread(codec, chunk_id, payload)
+            except (HdsdError, KeyError, TypeError) as exc:
+                last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
+                continue
+            if here and missing:
+                await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
+                                                     payload=payload)])
+                log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
+                            chunk_id.hex()[:16], node)
+            return plain
+        raise last
 
     @asynccontextmanager
     async def idempotent(self, tenant: str, request_id: bytes) -> AsyncIterator[Version | None]:
@@ -97,7 +194,19 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
+        backlog = self.replicator.backlog()
+        total = self.hints.backlog()
         return {
+            "mode": self.mode.describe(),
+            "write_policy": self.replicator.effective_policy(),
+            "configured_policy": self.config.write_policy,
+            "layout": self.layout.layout_id,
+            "rpo": {"versions": total.versions, "bytes": total.bytes,
+                    "age_s": round(total.age(), 3)},
+            "peers": {name: {"site": self.layout.node(name).site, **self.peers.describe(name),
+                             "backlog_versions": b.versions, "backlog_bytes": b.bytes,
+                             "backlog_age_s": round(b.age(), 3)}
+                      for name, b in backlog.items()},
             "node": self.config.name,
             "site": self.config.site,
             "cluster": self.config.cluster_id,
@@ -127,6 +236,16 @@ class Node:
         self.port = listener_port(listeners[0])
         log.info("event=listening node=%s site=%s address=%s:%d", self.config.name,
                  self.config.site, self.config.host, self.port)
+        async with trio.open_nursery() as services:
+            await services.start(self.peers.run)
+            await services.start(self.replicator.run)
+            await self._serve_connections(listeners, task_status)
+            services.cancel_scope.cancel()
+        self.hints.close()
+        log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _serve_connections(self, listeners: list[trio.SSLListener[trio.SocketStream]],
+                                 task_status: trio.TaskStatus[Node]) -> None:
         async with trio.open_nursery() as connections:
             task_status.started(self)
             with self._stop_accepting:
@@ -137,7 +256,6 @@ class Node:
             with trio.move_on_after(self.config.shutdown_grace_s):
                 await self._idle.wait()
             connections.cancel_scope.cancel()
-        log.info("event=shutdown_done node=%s", self.config.name)
 
     async def _handle_connection(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         peer = _peer_address(stream)
@@ -194,8 +312,8 @@ class Node:
         if ident.cluster_id != self.config.cluster_id:
             raise AuthenticationFailed(f"certificate is for cluster {ident.cluster_id!r}, "
                                        f"this is {self.config.cluster_id!r}")
-        if ident.kind != "client":
-            raise AuthenticationFailed("node-to-node links are not served on this port yet")
+        if ident.kind == "node" and ident.name not in {n.name for n in self.layout.nodes}:
+            raise AuthenticationFailed(f"node {ident.name!r} is not in this cluster's layout")
 
     async def _run_request(self, session: WireSession, ident: Identity, msg: Message,
                            inbox: trio.MemoryReceiveChannel[Message]) -> None:

@@ -17,11 +17,14 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def node(cluster_dir: Path) -> Iterator[NodeProcess]:
+    """The node clients talk to (site dc1), with its replica in site dc2 running too."""
+    other = NodeProcess(cluster_dir / "dc2-n1" / "node.toml").start()
     proc = NodeProcess(cluster_dir / "dc1-n1" / "node.toml").start()
     try:
         yield proc
     finally:
         proc.kill()
+        other.kill()
 
 
 @pytest.fixture

@@ -18,11 +18,13 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[tuple[Path, NodeProcess]]:
     profile = init_cluster(tmp_path / "c")
+    other = NodeProcess(tmp_path / "c" / "dc2-n1" / "node.toml").start()
     node = NodeProcess(tmp_path / "c" / "dc1-n1" / "node.toml").start()
     try:
         yield profile, node
     finally:
         node.kill()
+        other.kill()
 
 
 def _slow_body(started: threading.Event, release: threading.Event) -> Iterator[bytes]:

@@ -1,0 +1,99 @@
+"""Requests from the other nodes (replication, repair reads) and the site-mode admin request.
+
+Peer requests are accepted only from node certificates of this cluster's layout, and only when
+the sender's layout id equals ours: two nodes that place data differently must not mix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import IntegrityError, InvalidRequest, LayoutMismatch
+from ..store import ChunkRecord, Version
+from ..transport import Identity, WireSession
+from ..wire import (
+    FetchChunk,
+    FetchVersions,
+    Message,
+    PeerStatusRequest,
+    Replicate,
+    Reply,
+    SiteModeRequest,
+)
+from ._auth import authorize
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["PEER_HANDLERS", "site_mode"]
+
+
+def _check_layout(node: Node, layout: str, ident: Identity) -> None:
+    if layout != node.layout.layout_id:
+        raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
+                             f"{node.config.name} has {node.layout.layout_id}; deploy the same "
+                             "[[sites]] and replicas_per_site on every node")
+
+
+async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Replicate,
+                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    try:
+        chunks = [ChunkRecord(tenant=t, chunk_id=c, payload=p) for t, c, p in msg.chunks]
+    except (TypeError, ValueError) as exc:
+        raise IntegrityError(f"malformed chunk record from {ident.name}: {exc}") from None
+    versions = [Version.from_wire(v) for v in msg.versions]
+    for v in versions:
+        node.clock.observe(v.hlc)
+    # Chunks first, then the versions naming them, in one batch: one fdatasync, all or nothing.
+    await node.store.commit([*chunks, *versions])
+    await session.send(Reply(rid=msg.rid, body={}))
+
+
+async def _fetch_versions(node: Node, session: WireSession, ident: Identity, msg: FetchVersions,
+                          inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    found = node.store.versions(msg.tenant, msg.bucket, msg.key)
+    await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in found]}))
+
+
+async def _fetch_chunk(node: Node, session: WireSession, ident: Identity, msg: FetchChunk,
+                       inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    payload = await node.read_payload(msg.tenant, msg.chunk_id)
+    await session.send(Reply(rid=msg.rid, body={"payload": payload}))
+
+
+async def _peer_status(node: Node, session: WireSession, ident: Identity,
+                       msg: PeerStatusRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    await session.send(Reply(rid=msg.rid, body=node.status()))
+
+
+async def site_mode(node: Node, session: WireSession, ident: Identity, msg: SiteModeRequest,
+                    inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    """Admin client: degrade or restore this node's site."""
+    authorize(ident.role, "admin")
+    if msg.site != node.config.site:
+        raise InvalidRequest(f"this node is in site {node.config.site}, not {msg.site}")
+    if msg.mode == "degraded" and not msg.reason.strip():
+        raise InvalidRequest("say why the site is degraded (--reason)")
+    by = f"{ident.name}@{ident.tenant}"
+    mode = node.mode.set(msg.mode, reason=msg.reason or "restored by an operator", by=by)
+    await session.send(Reply(rid=msg.rid, body={"node": node.config.name,
+                                                "write_policy": node.replicator.effective_policy(),
+                                                **_mode_body(mode)}))
+
+
+def _mode_body(mode: Any) -> dict[str, Any]:
+    return {"mode": mode.mode, "reason": mode.reason, "by": mode.by, "since": mode.since}
+
+
+PEER_HANDLERS: dict[type, Any] = {
+    Replicate: _replicate,
+    FetchVersions: _fetch_versions,
+    FetchChunk: _fetch_chunk,
+    PeerStatusRequest: _peer_status,
+}

@@ -1,0 +1,10 @@
+"""Replication: the write coordinator, write policies, hints, site modes, peer links."""
+
+from ._hints import Backlog as Backlog
+from ._hints import HintStore as HintStore
+from ._mode import ModeState as ModeState
+from ._mode import SiteMode as SiteMode
+from ._peers import PeerLink as PeerLink
+from ._peers import PeerPool as PeerPool
+from ._policy import policy_met as policy_met
+from ._replicator import Replicator as Replicator

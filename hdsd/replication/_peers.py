@@ -1,0 +1,171 @@
+"""Links to the other nodes: one long-lived, multiplexed, mutually authenticated TLS connection
+per peer, reopened with exponential backoff after a failure.
+
+``PeerLink`` is the only thing the replication logic needs from the network, so deterministic
+tests replace :class:`PeerPool` with an in-memory network that drops, delays and partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from .._errors import (
+    ConnectionLost,
+    HdsdError,
+    ProtocolError,
+    RequestTimeout,
+    Unavailable,
+    error_class_for_code,
+)
+from ..cluster import Layout
+from ..transport import WireSession, connect_tls
+from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Message, Reply, Role
+
+__all__ = ["PeerLink", "PeerPool"]
+
+log = logging.getLogger("hdsd.replication")
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 2.0
+
+
+class PeerLink(Protocol):
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        """Send the request *make(rid)* to *node* and return its Reply body.
+
+        Raises :class:`Unavailable` (unreachable, timeout) or the error the peer replied with.
+        """
+        ...
+
+    def reachable(self, node: str) -> bool:
+        """Whether the last attempt to reach *node* succeeded (no I/O)."""
+        ...
+
+
+class _Peer:
+    def __init__(self) -> None:
+        self.session: WireSession | None = None
+        self.lock = trio.Lock()
+        self.backoff = _BACKOFF_FIRST
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.next_rid = 0
+
+
+class PeerPool:
+    """The node's :class:`PeerLink` over real TLS. Run :meth:`run` in a nursery first."""
+
+    def __init__(self, *, name: str, cluster_id: str, layout: Layout,
+                 ssl_context: ssl.SSLContext, connect_timeout: float = 5.0) -> None:
+        self.name = name
+        self.cluster_id = cluster_id
+        self.layout = layout
+        self._ssl = ssl_context
+        self._connect_timeout = connect_timeout
+        self._peers = {n.name: _Peer() for n in layout.nodes if n.name != name}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the peers' reader tasks until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            for peer in self._peers.values():
+                if peer.session is not None:
+                    await peer.session.aclose()
+
+    def reachable(self, node: str) -> bool:
+        peer = self._peers[node]
+        return peer.session is not None and not peer.session._closed
+
+    def describe(self, node: str) -> dict[str, Any]:
+        peer = self._peers[node]
+        return {"reachable": self.reachable(node), "last_error": peer.last_error}
+
+    async def _session(self, node: str) -> WireSession:
+        peer = self._peers[node]
+        async with peer.lock:
+            if peer.session is not None and not peer.session._closed:
+                return peer.session
+            now = trio.current_time()
+            if now < peer.retry_at:
+                raise ConnectionLost(f"peer {node} unreachable ({peer.last_error}); "
+                                     f"next attempt in {peer.retry_at - now:.2f} s")
+            try:
+                peer.session = await self._open(node)
+            except HdsdError as exc:
+                peer.last_error = str(exc)
+                peer.retry_at = trio.current_time() + peer.backoff
+                peer.backoff = min(peer.backoff * 2, _BACKOFF_MAX)
+                if isinstance(exc, Unavailable):
+                    raise
+                raise ConnectionLost(f"peer {node}: {exc}") from None
+            peer.backoff = _BACKOFF_FIRST
+            peer.last_error = ""
+            log.info("event=peer_connected node=%s peer=%s", self.name, node)
+            return peer.session
+
+    async def _open(self, node: str) -> WireSession:
+        info = self.layout.node(node)
+        stream = await connect_tls(info.host, info.port, self._ssl, server_hostname=info.host,
+                                   timeout=self._connect_timeout)
+        session = WireSession(stream, Connection(Role.CLIENT))
+        try:
+            await session.send(Hello(protocol_version=PROTOCOL_VERSION,
+                                     cluster_id=self.cluster_id, peer=self.name,
+                                     window=session.conn.initial_window))
+            hello = await session.receive_hello(self._connect_timeout)
+            if hello.cluster_id != self.cluster_id:
+                raise ProtocolError(f"peer {node} serves cluster {hello.cluster_id!r}")
+        except BaseException:
+            await session.aclose()
+            raise
+        assert self._nursery is not None, "PeerPool.run must be running"
+        self._nursery.start_soon(self._read, node, session)
+        return session
+
+    async def _read(self, node: str, session: WireSession) -> None:
+        try:
+            await session.run_reader()
+        except HdsdError as exc:
+            self._peers[node].last_error = str(exc)
+        finally:
+            log.info("event=peer_disconnected node=%s peer=%s", self.name, node)
+            await session.aclose()
+
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        with trio.move_on_after(timeout) as scope:
+            session = await self._session(node)
+            peer = self._peers[node]
+            while True:
+                peer.next_rid = (peer.next_rid + 1) % (1 << 32)
+                if not session.conn.in_flight(peer.next_rid):
+                    break
+            rid = peer.next_rid
+            inbox = session.open_inbox(rid)
+            try:
+                await session.send(make(rid))
+                try:
+                    event = await inbox.receive()
+                except trio.EndOfChannel:
+                    raise ConnectionLost(f"connection to peer {node} lost") from None
+            finally:
+                session.close_inbox(rid)
+            if isinstance(event, Reply):
+                return event.body
+            if isinstance(event, ErrorReply):
+                raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
+            raise ProtocolError(f"peer {node} answered {type(event).__name__}")
+        assert scope.cancelled_caught
+        raise RequestTimeout(f"peer {node} did not answer within {timeout:g} s")

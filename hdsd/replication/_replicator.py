@@ -1,0 +1,245 @@
+"""The write coordinator: fan each write out to every replica in parallel, acknowledge when the
+write policy holds, and keep hints for whoever lags.
+
+Theory of operation. A put is a sequence of *writes* to the same replica set (the key's
+placement): one per chunk, pipelined by the caller, then one for the version record. Each write
+is sent to every replica at once — the coordinator's own store when it is a replica, the others
+through :class:`PeerLink` — and :meth:`Replicator.write` returns as soon as the policy holds:
+``each-site`` needs an fsync in both sites, so the client's acknowledgement (and the credit that
+lets it send more) waits for the slower site; nothing is stored first and forwarded after.
+
+Sends still running when the policy holds go on in the background (bounded by the write
+timeout). Any replica that had not confirmed *every* write of the put when the version is
+acknowledged gets a durable hint (see :mod:`._hints`) before the client hears "ok"; replay
+brings it up to date later. If the policy cannot be met in time the write fails with
+:class:`QuorumNotReached` naming who answered: nothing is acknowledged, and a retry with the
+same request id is safe. A version stored on some replicas by a failed write is not visible as
+acknowledged to the client, but it may surface later (replicas merge by union) — an
+acknowledged one never disappears.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import trio
+
+from .._errors import HdsdError, QuorumNotReached, Unavailable
+from ..cluster import Layout, placement_key
+from ..store import ChunkRecord, Version
+from ..wire import PeerStatusRequest, Replicate
+from ._hints import Backlog, HintStore
+from ._mode import ModeState
+from ._peers import PeerLink
+from ._policy import policy_met, policy_still_possible
+
+__all__ = ["LocalStore", "Replicator"]
+
+log = logging.getLogger("hdsd.replication")
+
+Replicas = dict[str, list[str]]
+_REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
+
+
+class LocalStore(Protocol):
+    async def commit(self, records: Sequence[ChunkRecord | Version]) -> None: ...
+
+    def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
+                    node: str) -> Version | None: ...
+
+    def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes: ...
+
+
+def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
+                      versions: Sequence[Version], *, hint: bool = False) -> Any:
+    return lambda rid: Replicate(
+        rid=rid, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
+        versions=[v.to_wire() for v in versions], hint=hint)
+
+
+class Replicator:
+    def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
+                 peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
+                 on_peer_site_loss: str, timeout: float) -> None:
+        self.name = name
+        self.site = site
+        self.layout = layout
+        self.layout_id = layout.layout_id
+        self.store = store
+        self.peers = peers
+        self.hints = hints
+        self.mode = mode
+        self.policy = policy
+        self.on_peer_site_loss = on_peer_site_loss
+        self.timeout = timeout
+        self._background: trio.Nursery | None = None
+        self._hints_added = trio.Event()
+        # Automatic restore needs the other site to have been away and come back; an operator
+        # degrading ahead of planned maintenance is not undone while the peer is still up.
+        self._peer_was_lost = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the background sends and the hint replay until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            for node in self.layout.nodes:
+                if node.name != self.name:
+                    nursery.start_soon(self._replay_hints, node.name)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def effective_policy(self) -> str:
+        return "local" if self.mode.degraded else self.policy
+
+    def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
+        placed = self.layout.replicas(placement_key(tenant, bucket, key))
+        return {site: [n.name for n in nodes] for site, nodes in placed.items()}
+
+    # -- the write path --------------------------------------------------------------------
+    async def write(self, replicas: Replicas, chunks: Sequence[ChunkRecord],
+                    versions: Sequence[Version]) -> set[str]:
+        """Store the records on every replica; return once the policy holds.
+
+        Returns the replicas that had not confirmed yet (they need a hint if this write ends a
+        put). Raises :class:`QuorumNotReached` if the policy cannot be met in time.
+        """
+        assert self._background is not None, "Replicator.run must be running"
+        policy = self.effective_policy()
+        targets = [n for nodes in replicas.values() for n in nodes]
+        acked: set[str] = set()
+        failed: dict[str, HdsdError] = {}
+        settled = trio.Event()
+        send = replicate_message(self.layout_id, chunks, versions)
+
+        def check() -> None:
+            if (policy_met(policy, replicas, acked, self.site)
+                    or not policy_still_possible(policy, replicas, set(failed), self.site)
+                    or len(acked) + len(failed) == len(targets)):
+                settled.set()
+
+        async def deliver(node: str) -> None:
+            try:
+                if node == self.name:
+                    await self.store.commit([*chunks, *versions])
+                else:
+                    await self.peers.call(node, send, timeout=self.timeout)
+                acked.add(node)
+            except HdsdError as exc:
+                failed[node] = exc
+            finally:
+                check()
+
+        for node in targets:
+            self._background.start_soon(deliver, node)
+        with trio.move_on_after(self.timeout):
+            await settled.wait()
+        if policy_met(policy, replicas, acked, self.site):
+            return set(targets) - acked
+        if self._peer_site_lost(replicas, failed) and self.on_peer_site_loss == "degrade":
+            self.mode.set("degraded", reason="peer site unreachable (on_peer_site_loss = "
+                          "degrade)", by=self.name, automatic=True)
+            self._peer_was_lost = True
+            if policy_met("local", replicas, acked, self.site):
+                return set(targets) - acked
+        raise QuorumNotReached(self._explain(policy, targets, acked, failed))
+
+    def _peer_site_lost(self, replicas: Replicas, failed: dict[str, HdsdError]) -> bool:
+        remote = replicas[self.layout.other_site(self.site)]
+        return bool(remote) and all(isinstance(failed.get(n), Unavailable) for n in remote)
+
+    def _explain(self, policy: str, targets: list[str], acked: set[str],
+                 failed: dict[str, HdsdError]) -> str:
+        parts = [f"write policy {policy} not met within {self.timeout:g} s; nothing was "
+                 "acknowledged (retry with the same request id)",
+                 f"confirmed by: {', '.join(sorted(acked)) or 'none'}"]
+        parts += [f"{n}: {exc}" for n, exc in sorted(failed.items())]
+        silent = [n for n in targets if n not in acked and n not in failed]
+        if silent:
+            parts.append(f"no answer from: {', '.join(silent)}")
+        return "; ".join(parts)
+
+    async def keep_hints(self, lagging: set[str], versions: Sequence[Version]) -> None:
+        """Durably note that *lagging* replicas still need *versions*; call before the ack."""
+        targets = sorted(n for n in lagging if n != self.name)
+        if targets:
+            await trio.to_thread.run_sync(self.hints.add, targets, versions)
+            self._hints_added.set()
+            self._hints_added = trio.Event()
+
+    # -- hint replay -----------------------------------------------------------------------
+    async def _replay_hints(self, node: str) -> None:
+        """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
+        delay = 0.05
+        while True:
+            pending = await trio.to_thread.run_sync(self.hints.pending, node, 64)
+            if not pending:
+                await self._maybe_restore()
+                with trio.move_on_after(1.0):
+                    await self._hints_added.wait()
+                continue
+            done: list[int] = []
+            try:
+                for hint in pending:
+                    await self._replay_one(node, hint.tenant, hint.bucket, hint.key, hint.hlc,
+                                           hint.node)
+                    done.append(hint.id)
+                delay = 0.05
+            except HdsdError as exc:
+                if isinstance(exc, Unavailable):
+                    self._peer_was_lost = self._peer_was_lost or self.mode.degraded
+                log.debug("event=hint_replay_blocked peer=%s error=%s", node, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                if done:
+                    await trio.to_thread.run_sync(self.hints.remove, done)
+
+    async def _replay_one(self, node: str, tenant: str, bucket: str, key: str, hlc: int,
+                          origin: str) -> None:
+        version = self.store.get_version(tenant, bucket, key, hlc, origin)
+        if version is None:
+            return  # superseded by nothing: the version never became durable here
+        if version.inline is None:
+            batch: list[ChunkRecord] = []
+            size = 0
+            for chunk_id in dict.fromkeys(version.chunks):
+                payload = await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)
+                batch.append(ChunkRecord(tenant=tenant, chunk_id=chunk_id, payload=payload))
+                size += len(payload)
+                if size >= _REPLAY_BATCH_BYTES:
+                    await self.peers.call(node, replicate_message(self.layout_id, batch, [],
+                                                                  hint=True),
+                                          timeout=self.timeout)
+                    batch, size = [], 0
+            if batch:
+                await self.peers.call(node, replicate_message(self.layout_id, batch, [],
+                                                              hint=True), timeout=self.timeout)
+        await self.peers.call(node, replicate_message(self.layout_id, [], [version], hint=True),
+                              timeout=self.timeout)
+
+    async def _maybe_restore(self) -> None:
+        if not self.mode.degraded:
+            self._peer_was_lost = False
+            return
+        remote = [n.name for n in self.layout.site_nodes(self.layout.other_site(self.site))]
+        reachable = True
+        for node in remote:
+            try:
+                await self.peers.call(node, lambda rid: PeerStatusRequest(rid, self.layout_id),
+                                      timeout=min(self.timeout, 2.0))
+            except HdsdError:
+                reachable = False
+        if not reachable:
+            self._peer_was_lost = True
+            return
+        if self._peer_was_lost and self.hints.backlog().versions == 0:
+            self.mode.set("normal", reason="other site back and every hint replayed",
+                          by=self.name, automatic=True)
+            self._peer_was_lost = False
+
+    def backlog(self) -> dict[str, Backlog]:
+        return {n.name: self.hints.backlog(n.name) for n in self.layout.nodes
+                if n.name != self.name}

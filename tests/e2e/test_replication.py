@@ -1,0 +1,161 @@
+"""Two sites as real processes on 127.0.0.1: RPO 0, kill -9, degrade → writes → restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import hdsd
+from tests.helpers.cluster import NodeProcess, hdsd as cli, init_cluster
+
+pytestmark = pytest.mark.e2e
+
+CHUNK = 1 << 20
+
+
+class Cluster:
+    def __init__(self, root: Path, nodes_per_site: int) -> None:
+        self.profile = init_cluster(root, nodes_per_site=nodes_per_site)
+        self.nodes = {
+            f"dc{s}-n{i}": NodeProcess(root / f"dc{s}-n{i}" / "node.toml")
+            for s in (1, 2) for i in range(1, nodes_per_site + 1)
+        }
+
+    def start(self) -> Cluster:
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def kill(self) -> None:
+        for node in self.nodes.values():
+            node.kill()
+
+
+@pytest.fixture
+def two_by_one(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path / "c", 1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@pytest.fixture
+def two_by_two(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path / "c", 2).start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+def _status(profile: Path, site: str) -> dict:
+    proc = cli("--profile", str(profile), "--site", site, "status", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def test_put_in_one_site_reads_back_in_the_other(two_by_one: Cluster) -> None:
+    blobs = {f"k{size}": os.urandom(size) for size in (0, 1, 5000, CHUNK - 1, CHUNK + 1,
+                                                       3 * CHUNK)}
+    with hdsd.Client(two_by_one.profile, site="dc1") as dc1:
+        for key, data in blobs.items():
+            dc1.put("rep", key, data)
+    # Each put was acknowledged only once durable in both sites: the other site has it now.
+    with hdsd.Client(two_by_one.profile, site="dc2") as dc2:
+        for key, data in blobs.items():
+            assert dc2.get("rep", key) == data
+        dc2.put("rep", "from-dc2", b"written in site 2")
+    with hdsd.Client(two_by_one.profile, site="dc1") as dc1:
+        assert dc1.get("rep", "from-dc2") == b"written in site 2"
+        assert [v.version for v in dc1.versions("rep", "k1")] == \
+            [v.version for v in hdsd.Client(two_by_one.profile, site="dc2").versions("rep", "k1")]
+
+
+async def test_kill9_other_site_during_a_burst(two_by_one: Cluster) -> None:
+    acked: dict[str, bytes] = {}
+    refused: list[str] = []
+
+    async def writer(client: hdsd.AsyncClient, i: int) -> None:
+        for j in range(40):
+            key, data = f"burst/{i}/{j}", os.urandom(3000 + 100 * j)
+            try:
+                await client.put("rep", key, data)
+                acked[key] = data
+            except hdsd.QuorumNotReached:
+                refused.append(key)
+            except hdsd.Unavailable:
+                refused.append(key)
+
+    with trio.fail_after(240):
+        async with hdsd.AsyncClient(two_by_one.profile, site="dc1", retries=0) as client:
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(writer, client, i)
+                await trio.sleep(0.3)
+                two_by_one.nodes["dc2-n1"].kill()  # SIGKILL mid-burst
+    assert acked and refused, (len(acked), len(refused))
+    two_by_one.nodes["dc2-n1"].start()
+    for site in ("dc1", "dc2"):
+        with hdsd.Client(two_by_one.profile, site=site) as c:
+            for key, data in acked.items():
+                assert c.get("rep", key) == data, (site, key)
+
+
+def test_degrade_write_restore_cycle(two_by_one: Cluster) -> None:
+    profile = two_by_one.profile
+    with hdsd.Client(profile, site="dc1") as dc1:
+        dc1.put("cycle", "before", b"both sites")
+    two_by_one.nodes["dc2-n1"].stop()
+    with hdsd.Client(profile, site="dc1", retries=0, timeout=30) as dc1:
+        with pytest.raises(hdsd.QuorumNotReached):
+            dc1.put("cycle", "refused", b"no other site, not degraded")
+    proc = cli("--profile", str(profile), "site", "degrade", "dc1", "--reason", "dc2 maintenance")
+    assert proc.returncode == 0, proc.stderr.decode()
+    written = {f"during/{i}": os.urandom(1000 * i + 10) for i in range(10)}
+    written["during/big"] = os.urandom(2 * CHUNK + 7)
+    with hdsd.Client(profile, site="dc1") as dc1:
+        for key, data in written.items():
+            dc1.put("cycle", key, data)
+    st = _status(profile, "dc1")
+    assert st["mode"]["mode"] == "degraded" and st["mode"]["reason"] == "dc2 maintenance"
+    assert st["write_policy"] == "local"
+    assert st["rpo"]["versions"] == len(written) and st["rpo"]["bytes"] > 2 * CHUNK
+    human = cli("--profile", str(profile), "status").stdout.decode()
+    assert "degraded" in human and "live RPO: 11 versions" in human
+    two_by_one.nodes["dc2-n1"].start()
+    deadline = time.monotonic() + 120
+    while True:
+        st = _status(profile, "dc1")
+        if st["mode"]["mode"] == "normal" and st["rpo"]["versions"] == 0:
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+    assert st["write_policy"] == "each-site"
+    with hdsd.Client(profile, site="dc2") as dc2:
+        for key, data in written.items():
+            assert dc2.get("cycle", key) == data
+        assert dc2.get("cycle", "before") == b"both sites"
+
+
+def test_two_nodes_per_site(two_by_two: Cluster) -> None:
+    data = {f"k/{i}": os.urandom(200 + i * 5000) for i in range(20)}
+    with hdsd.Client(two_by_two.profile, site="dc1") as dc1:
+        for key, blob in data.items():
+            dc1.put("grid", key, blob)
+    # Each key lives on one node per site; any node of either site serves it.
+    for site in ("dc1", "dc2"):
+        with hdsd.Client(two_by_two.profile, site=site) as c:
+            for key, blob in data.items():
+                assert c.get("grid", key) == blob
+    holders = 0
+    for node in two_by_two.nodes.values():
+        text = "\n".join(node.stderr_lines)
+        holders += "listening" in text
+    assert holders == 4
