@@ -111,7 +111,7 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
-    async with node.idempotent(tenant, msg.request_id) as previous:
+    async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is not None:
             await _drain_body(node, session, msg.rid, inbox)
             replayed = {**previous.public_info(), "replayed": True}
@@ -281,23 +281,33 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
     check_bucket(msg.bucket)
     tenant = ident.tenant or ""
     limit = max(1, min(msg.limit, 1000))
-    entries: list[dict[str, Any]]
+    if msg.versions and msg.after:
+        decode_version_cursor(msg.after)  # refuse a malformed cursor before any fan-out
+    # Each node of the site holds the keys placed on it: merge their parts. Each part is
+    # exact up to `limit`, so the first `limit` of the merge are exact too.
+    parts = await node.list_site(tenant, msg.bucket, msg.prefix, msg.after, limit,
+                                 msg.versions)
+    cursor: str | None
     if msg.versions:
-        after = _decode_version_cursor(msg.after) if msg.after else None
-        found = node.store.list_versions(tenant, msg.bucket, prefix=msg.prefix, after=after,
-                                         limit=limit)
-        entries = [v.public_info() for v in found]
-        cursor = (f"{found[-1].key}\x00{found[-1].version_id}"
-                  if len(found) == limit else None)
+        unique = {(v.key, v.hlc, v.node): v for part in parts for v in part}
+        merged = [unique[k] for k in sorted(unique)][:limit]
+        entries = [v.public_info() for v in merged]
+        cursor = (f"{merged[-1].key}\x00{merged[-1].version_id}"
+                  if len(merged) == limit else None)
     else:
-        found = node.store.list_current(tenant, msg.bucket, prefix=msg.prefix, after=msg.after,
-                                        limit=limit)
-        entries = [v.public_info() for v in found]
-        cursor = found[-1].key if len(found) == limit else None
+        best: dict[str, Version] = {}
+        for part in parts:
+            for v in part:
+                if v.key not in best or v.order > best[v.key].order:
+                    best[v.key] = v
+        keys = sorted(best)[:limit]
+        # Deleted keys are dropped after the merge: a page may be short, `next` stays exact.
+        entries = [best[k].public_info() for k in keys if not best[k].tombstone]
+        cursor = keys[-1] if len(keys) == limit else None
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
 
 
-def _decode_version_cursor(text: str) -> tuple[str, int, str]:
+def decode_version_cursor(text: str) -> tuple[str, int, str]:
     key, sep, version = text.rpartition("\x00")
     try:
         if not sep:
@@ -315,7 +325,7 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
-    async with node.idempotent(tenant, msg.request_id) as previous:
+    async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is None:
             await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
             previous = Version(

@@ -16,6 +16,7 @@ from ..transport import Identity, WireSession
 from ..wire import (
     FetchChunk,
     FetchVersions,
+    ListPeer,
     Message,
     PeerStatusRequest,
     Replicate,
@@ -66,6 +67,14 @@ async def _fetch_chunk(node: Node, session: WireSession, ident: Identity, msg: F
     await session.send(Reply(rid=msg.rid, body={"payload": payload}))
 
 
+async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: ListPeer,
+                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    found = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
+                            msg.versions)
+    await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in found]}))
+
+
 async def _peer_status(node: Node, session: WireSession, ident: Identity,
                        msg: PeerStatusRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
     _check_layout(node, msg.layout, ident)
@@ -96,4 +105,5 @@ PEER_HANDLERS: dict[type, Any] = {
     FetchVersions: _fetch_versions,
     FetchChunk: _fetch_chunk,
     PeerStatusRequest: _peer_status,
+    ListPeer: _list_peer,
 }

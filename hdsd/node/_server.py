@@ -51,11 +51,12 @@ from ..wire import (
     FetchVersions,
     Goodbye,
     Hello,
+    ListPeer,
     Message,
     Role,
 )
 from ._config import NodeConfig
-from ._handlers import handle_request
+from ._handlers import decode_version_cursor, handle_request
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
 
 __all__ = ["Node", "serve_node"]
@@ -139,6 +140,42 @@ class Node:
             raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
         return sorted(found.values(), key=lambda v: v.order)
 
+    def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                   versions: bool) -> list[Version]:
+        if versions:
+            cursor = decode_version_cursor(after) if after else None
+            return self.store.list_versions(tenant, bucket, prefix=prefix, after=cursor,
+                                            limit=limit)
+        return self.store.list_current(tenant, bucket, prefix=prefix, after=after, limit=limit,
+                                       include_deleted=True)
+
+    async def list_site(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                        versions: bool) -> list[list[Version]]:
+        """Every node of this site's part of a listing (all must answer)."""
+        names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        parts: dict[str, list[Version]] = {}
+        failures: list[str] = []
+
+        async def ask(name: str) -> None:
+            if name == self.config.name:
+                parts[name] = self.list_local(tenant, bucket, prefix, after, limit, versions)
+                return
+            try:
+                body = await self.peers.call(
+                    name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
+                                               prefix, after, limit, versions),
+                    timeout=self.config.write_timeout_s)
+                parts[name] = [Version.from_wire(v) for v in body["versions"]]
+            except HdsdError as exc:
+                failures.append(f"{name}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(ask, name)
+        if failures:
+            raise Unavailable("a listing needs every node of the site; " + "; ".join(failures))
+        return list(parts.values())
+
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
                             codec: ChunkCodec) -> bytes:
         """The plaintext of a chunk: from the local replica, else (missing or damaged) from
@@ -176,7 +213,8 @@ class Node:
         raise last
 
     @asynccontextmanager
-    async def idempotent(self, tenant: str, request_id: bytes) -> AsyncIterator[Version | None]:
+    async def idempotent(self, tenant: str, request_id: bytes, bucket: str,
+                         key: str) -> AsyncIterator[Version | None]:
         """Serialise requests sharing a request id; yield the version it already wrote, if any.
 
         A client retrying after a timeout may race its own first attempt: the retry waits for the
@@ -187,10 +225,24 @@ class Node:
             await running.wait()
         done = self._requests_in_flight[slot] = trio.Event()
         try:
-            yield self.store.find_request(tenant, request_id) if request_id else None
+            yield await self._find_request(tenant, request_id, bucket, key)
         finally:
             del self._requests_in_flight[slot]
             done.set()
+
+    async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
+                            key: str) -> Version | None:
+        if not request_id:
+            return None
+        found = self.store.find_request(tenant, request_id)
+        if found is not None:
+            return found
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        if replicas[self.config.site] == [self.config.name]:
+            return None  # the only replica here is us: nothing elsewhere in this site
+        # Another node of this site holds the key: the retry may have reached it first.
+        known = await self.versions_of(tenant, bucket, key)
+        return next((v for v in known if v.request_id == request_id), None)
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()

@@ -36,6 +36,7 @@ from ._messages import VersionsRequest as VersionsRequest
 from ._peer import SITE_MODES as SITE_MODES
 from ._peer import FetchChunk as FetchChunk
 from ._peer import FetchVersions as FetchVersions
+from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest
 from ._peer import Replicate as Replicate
 from ._peer import SiteModeRequest as SiteModeRequest

@@ -18,7 +18,14 @@ from . import _constants as C
 from . import _fields as F
 from ._messages import Message
 
-__all__ = ["FetchChunk", "FetchVersions", "PeerStatusRequest", "Replicate", "SiteModeRequest"]
+__all__ = [
+    "FetchChunk",
+    "FetchVersions",
+    "ListPeer",
+    "PeerStatusRequest",
+    "Replicate",
+    "SiteModeRequest",
+]
 
 _MAX_LAYOUT_CHARS = 64
 SITE_MODES = ("normal", "degraded")
@@ -95,6 +102,32 @@ class FetchChunk(Message):
         _check_layout(self.layout)
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
         F.check_bytes("chunk_id", self.chunk_id, exact=32)
+
+
+@dataclass(frozen=True, slots=True)
+class ListPeer(Message):
+    """One node's part of a listing: the versions it holds under ``prefix`` strictly after key
+    ``after`` — every version if ``versions``, else the current one of each key, delete markers
+    included (the coordinator merges the nodes of a site and drops deleted keys itself)."""
+
+    rid: int
+    layout: str
+    tenant: str
+    bucket: str
+    prefix: str
+    after: str
+    limit: int
+    versions: bool
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        F.check_bucket(self.bucket)
+        F.check_key(self.prefix, "prefix", allow_empty=True)
+        F.check_key(self.after, "after", allow_empty=True)
+        F.check_int("limit", self.limit, 1, C.MAX_LIST_LIMIT)
+        F.check_bool("versions", self.versions)
 
 
 @dataclass(frozen=True, slots=True)

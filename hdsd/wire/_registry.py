@@ -32,7 +32,14 @@ from ._messages import (
     StatusRequest,
     VersionsRequest,
 )
-from ._peer import FetchChunk, FetchVersions, PeerStatusRequest, Replicate, SiteModeRequest
+from ._peer import (
+    FetchChunk,
+    FetchVersions,
+    ListPeer,
+    PeerStatusRequest,
+    Replicate,
+    SiteModeRequest,
+)
 
 __all__ = ["MESSAGE_TYPES", "MessageType", "decode_body", "encode_body", "message_type"]
 
@@ -75,6 +82,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_FETCH_CHUNK, FetchChunk, Kind.REQUEST),
     _t(C.T_PEER_STATUS, PeerStatusRequest, Kind.REQUEST),
     _t(C.T_SITE_MODE, SiteModeRequest, Kind.REQUEST),
+    _t(C.T_LIST_PEER, ListPeer, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

@@ -102,6 +102,8 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.FetchVersions: st.builds(wire.FetchVersions, rids, layouts, tenants, buckets, keys),
     wire.FetchChunk: st.builds(wire.FetchChunk, rids, layouts, tenants, chunk_ids),
     wire.PeerStatusRequest: st.builds(wire.PeerStatusRequest, rids, layouts),
+    wire.ListPeer: st.builds(wire.ListPeer, rids, layouts, tenants, buckets, prefixes, prefixes,
+                             st.integers(1, C.MAX_LIST_LIMIT), st.booleans()),
     wire.SiteModeRequest: st.builds(
         wire.SiteModeRequest, rids, tenants, st.sampled_from(wire.SITE_MODES), texts
     ),

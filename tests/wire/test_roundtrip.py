@@ -30,7 +30,7 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.Replicate() | wire.FetchVersions() | wire.FetchChunk():
             return [], C
-        case wire.PeerStatusRequest() | wire.SiteModeRequest():
+        case wire.PeerStatusRequest() | wire.SiteModeRequest() | wire.ListPeer():
             return [], C
         case wire.Data() | wire.End():
             return [put], C
