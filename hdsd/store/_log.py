@@ -31,12 +31,15 @@ Record kinds
 Commit rule
     One log-writer thread takes every queued commit, frames them as ONE batch (one ``pwrite`` at
     the head of the current segment, ``COMMIT`` on the last frame), issues ONE ``fdatasync``,
-    then applies the batch to the index in one SQLite transaction that also records the end of
-    the batch (the *applied position*: segment, offset, and the offset of its last frame), and
-    only then wakes the waiters. A batch never spans segments: if it does not fit, a new segment
-    is created first (a batch larger than a whole segment grows that segment past its
-    preallocation). So: a commit is atomic (all its frames are in one batch) and an acknowledged
-    batch is always followed by the applied position or by records the index has not seen yet.
+    wakes the waiters, then applies the batch to the index in one SQLite transaction that also
+    records the end of the batch (the *applied position*: segment, offset, and the offset of
+    its last frame). Until that transaction is done every read of the store waits for it, so
+    no read made after an acknowledgement misses the acknowledged records; if it fails, the
+    store stops and reads refuse (a reopen replays the batch). A batch never spans segments:
+    if it does not fit, a new segment is created first (a batch larger than a whole segment
+    grows that segment past its preallocation). So: a commit is atomic (all its frames are in
+    one batch) and an acknowledged batch is always followed by the applied position or by
+    records the index has not seen yet.
 
 What a crash can leave behind, and how ``recover`` handles it
     * Index behind the log (its last transactions were not yet durable, or it was deleted):

@@ -56,18 +56,21 @@ class Store:
     """A crash-safe log-structured store (see ``hdsd.store._log`` for the on-disk format).
 
     Writes go through ONE log-writer thread that group-commits: everything queued is written
-    at once, made durable with one ``fdatasync``, indexed, and only then acknowledged. A commit
-    is atomic: after a crash all of its records are there or none.
+    at once, made durable with one ``fdatasync``, acknowledged, then indexed; reads wait for
+    the index to hold every acknowledged commit, so a commit is readable as soon as it
+    returns. A commit is atomic: after a crash all of its records are there or none.
 
     Writing a chunk or version already in the index is skipped (it is durable already) and
     acknowledged at once; the same version twice is idempotent (union semantics; the first
     copy written wins if two differ in content, which callers must never do).
 
     After an fdatasync or write failure the store is stopped for good (fail-stop): every later
-    commit raises :class:`StoreFailedError`; reads keep working. ENOSPC refuses only the batch
-    it hit (:class:`DiskFullError`): the log is cut back to its last durable position and later
-    writes are accepted again. Reads are thread-safe and cheap (one SQLite lookup; chunk reads
-    one ``pread`` and a checksum).
+    commit raises :class:`StoreFailedError`; reads keep working (unless the index itself
+    failed to take acknowledged records: then reads raise :class:`StoreFailedError` too
+    rather than answer without them; a reopen replays them from the log). ENOSPC refuses
+    only the batch it hit (:class:`DiskFullError`): the log is cut back to its last durable
+    position and later writes are accepted again. Reads are thread-safe and cheap (one SQLite
+    lookup; chunk reads one ``pread`` and a checksum).
 
     Deletion is a tombstone :class:`Version` built by the caller. Garbage collection of
     unreferenced chunks is not implemented yet; ``_log`` says how the format allows it.

@@ -174,10 +174,11 @@ class LogWriter:
         such records are durable and a restart replays them, but this instance cannot serve
         them, and answering without them would be a stale read.
         """
-        if self._indexed == self._acked and self._index_lost is None:
+        target = self._acked  # not later ones: under steady writes they never stop coming
+        if self._indexed >= target and self._index_lost is None:
             return  # the common case: no lock
         with self._indexed_cond:
-            while self._indexed != self._acked and self._index_lost is None:
+            while self._indexed < target and self._index_lost is None:
                 self._indexed_cond.wait()
         if self._index_lost is not None:
             raise StoreFailedError(self._index_lost)

@@ -1,0 +1,116 @@
+"""A commit is acknowledged once durable, before the index update; reads wait for the index.
+
+These pin what makes that reordering safe: no read after an acknowledgement misses it, an
+index failure after the acknowledgement makes reads refuse (and a reopen replays the batch),
+and the per-commit wake-up descriptors are never leaked, even by cancelled commits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from hdsd._errors import StoreFailedError
+from hdsd.store import Store, Version
+from hdsd.store._index import AppliedPosition, Location
+
+from ._util import FaultyFS, inline_version
+
+
+def v(i: int) -> Version:
+    return inline_version("t", "b", f"k{i}", i + 1, "n", f"value {i}".encode())
+
+
+class _GatedApply:
+    """Replaces ``Index.apply`` of one store: holds each call at a gate, or raises."""
+
+    def __init__(self, store: Store, *, fail: bool = False) -> None:
+        self.index = store._index
+        self.real = self.index.apply
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def __call__(self, items: Iterable[tuple[object, Location]],
+                 applied: AppliedPosition) -> None:
+        self.entered.set()
+        if self.fail:
+            raise sqlite3.OperationalError("injected: database or disk is full")
+        self.gate.wait()
+        self.real(items, applied)  # type: ignore[arg-type]
+
+
+async def test_acknowledged_before_indexed_but_no_read_misses_it(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        gated = _GatedApply(store)
+        store._index.apply = gated  # type: ignore[method-assign]
+        seen: list[Version | None] = []
+        reader = threading.Thread(target=lambda: seen.append(store.current("t", "b", "k0")))
+        try:
+            with trio.fail_after(10):
+                await store.commit([v(0)])  # returns while the index update is held
+            assert gated.entered.is_set() and not gated.gate.is_set()
+            reader.start()
+            reader.join(0.2)
+            assert reader.is_alive()  # waiting for the index, not answering without v(0)
+        finally:
+            gated.gate.set()  # else close() would wait for the held update forever
+        reader.join(10)
+        assert seen == [v(0)]
+        assert store.statistics().records == 1
+
+
+async def test_index_failure_after_the_ack_refuses_reads_and_reopen_replays(
+        tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        with trio.fail_after(10):
+            await store.commit([v(0)])
+        store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
+        with trio.fail_after(10):
+            await store.commit([v(1)])  # durable: acknowledged before the index fails
+        with pytest.raises(StoreFailedError, match="missing from the index"):
+            store.current("t", "b", "k1")
+        with pytest.raises(StoreFailedError, match="missing from the index"):
+            store.current("t", "b", "k0")  # no read may pretend k1 was never written
+        with pytest.raises(StoreFailedError), trio.fail_after(10):
+            await store.commit([v(2)])
+        assert store.statistics().failed
+    with Store.open(tmp_path) as store:
+        assert store.current("t", "b", "k1") == v(1)
+        assert store.current("t", "b", "k0") == v(0)
+        assert store.current("t", "b", "k2") is None
+        assert store.statistics().replayed_records == 1
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_cancelled_commits_leak_no_wake_up_descriptor(tmp_path: Path) -> None:
+    gate = threading.Event()
+    fs = FaultyFS()
+    before = _open_fds()
+    with Store.open(tmp_path, fs=fs) as store:
+        fs.gate = gate  # every fdatasync waits: the commits are in flight when cancelled
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(store.commit, [v(i)])
+                await trio.to_thread.run_sync(fs.at_gate.wait)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+        gate.set()
+        with trio.fail_after(10):
+            for i in range(8, 12):
+                await store.commit([v(i)])
+        # The cancelled commits were written anyway; their outcome was only unknown.
+        assert [store.current("t", "b", f"k{i}") for i in range(12)] == [v(i) for i in
+                                                                         range(12)]
+    assert _open_fds() == before
