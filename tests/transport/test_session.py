@@ -1,0 +1,249 @@
+"""WireSession's sending side: one write per batch, coalescing across tasks, a bounded outbox,
+and what a failed or cancelled write does to everyone waiting on the connection.
+
+Two sessions talk over an in-memory stream pair; the client's end goes through :class:`Tap`,
+which records every ``send_all`` and can hold writes at a gate or make them fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+
+from hdsd import ConnectionLost
+from hdsd.transport import WireSession
+from hdsd.wire import (
+    PROTOCOL_VERSION,
+    Connection,
+    Data,
+    End,
+    Hello,
+    LocalProtocolError,
+    Message,
+    PutStart,
+    Reply,
+    Role,
+    StatRequest,
+)
+
+LIMIT = 10  # seconds; every test is in-memory and finishes in milliseconds
+
+
+class Tap(trio.abc.Stream):
+    """A stream that records writes, and can hold them (``gate``) or fail them (``fail``)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+        self.gate: trio.Event | None = None
+        self.fail: BaseException | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class Pair:
+    client: WireSession
+    server: WireSession
+    tap: Tap  # the client's end
+    server_tap: Tap
+    requests: list[Message] = field(default_factory=list)
+    inboxes: dict[int, trio.MemoryReceiveChannel[Message]] = field(default_factory=dict)
+
+
+def hello(session: WireSession, name: str) -> Hello:
+    return Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1", peer=name,
+                 window=session.conn.initial_window)
+
+
+@asynccontextmanager
+async def open_pair() -> AsyncIterator[Pair]:
+    a, b = trio.testing.memory_stream_pair()
+    tap, server_tap = Tap(a), Tap(b)
+    pair = Pair(WireSession(tap, Connection(Role.CLIENT)),
+                WireSession(server_tap, Connection(Role.SERVER)), tap, server_tap)
+    await pair.client.send(hello(pair.client, "client"))
+    await pair.server.send(hello(pair.server, "server"))
+    await pair.client.receive_hello(LIMIT)
+    await pair.server.receive_hello(LIMIT)
+
+    def on_request(msg: Message) -> None:
+        pair.requests.append(msg)
+        rid: int = msg.rid  # type: ignore[attr-defined]
+        pair.inboxes[rid] = pair.server.open_inbox(rid)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pair.server.run_reader, on_request)
+        nursery.start_soon(pair.client.run_reader)
+        try:
+            yield pair
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def put_start(rid: int, size: int | None = None) -> PutStart:
+    return PutStart(rid=rid, request_id=bytes(16), bucket="b", key="k", size=size, metadata={},
+                    policy=None)
+
+
+async def test_send_many_is_one_write_and_arrives_in_order() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            before = len(pair.tap.writes)
+            await pair.client.send_many([put_start(1, 3), Data(rid=1, data=b"abc"), End(rid=1)])
+            assert len(pair.tap.writes) == before + 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert pair.requests == [put_start(1, 3)]
+            inbox = pair.inboxes[1]
+            assert await inbox.receive() == Data(rid=1, data=b"abc")
+            assert await inbox.receive() == End(rid=1)
+
+
+async def test_concurrent_replies_share_writes() -> None:
+    n = 16
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            replies = [pair.client.open_inbox(rid) for rid in range(n)]
+            await pair.client.send_many([StatRequest(rid=rid, bucket="b", key=f"k{rid}",
+                                                     version=None) for rid in range(n)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(pair.requests) == n
+            before = len(pair.server_tap.writes)
+            async with trio.open_nursery() as nursery:
+                for rid in range(n):
+                    nursery.start_soon(pair.server.send, Reply(rid=rid, body={"rid": rid}))
+            # The first reply goes out alone; the 15 queued while it was written go in one.
+            assert len(pair.server_tap.writes) - before <= 2
+            for rid, inbox in enumerate(replies):
+                assert await inbox.receive() == Reply(rid=rid, body={"rid": rid})
+
+
+async def test_outbox_is_bounded() -> None:
+    piece = 600 * 1024  # two pieces fit under the limit, a third one waits
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            await pair.client.send(put_start(1))
+            window = pair.client.conn.send_credit_available(1)
+            gate = pair.tap.gate = trio.Event()
+            done: list[int] = []
+
+            async def send(i: int) -> None:
+                await pair.client.send(Data(rid=1, data=bytes([i]) * piece))
+                done.append(i)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(send, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                # 0 is being written (held at the gate), 1 and 2 are queued: the outbox is
+                # over its limit, so 3 waits *before* encoding (its credit is not spent yet).
+                assert pair.client.conn.send_credit_available(1) == window - 3 * piece
+                assert done == []
+                gate.set()
+            assert sorted(done) == [0, 1, 2, 3]
+            await trio.testing.wait_all_tasks_blocked()
+            inbox = pair.inboxes[1]
+            got = [(await inbox.receive()) for _ in range(4)]
+            assert [m.data[0] for m in got if isinstance(m, Data)] == [0, 1, 2, 3]
+
+
+async def test_failed_write_wakes_every_waiter() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            waiting_reply = pair.client.open_inbox(7)
+            await pair.client.send(StatRequest(rid=7, bucket="b", key="k", version=None))
+            gate = pair.tap.gate = trio.Event()
+            errors: list[BaseException] = []
+
+            async def send(rid: int) -> None:
+                try:
+                    await pair.client.send(StatRequest(rid=rid, bucket="b", key="k",
+                                                       version=None))
+                except ConnectionLost as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, 1)  # the writer, held at the gate
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(send, 2)  # queued behind it
+                await trio.testing.wait_all_tasks_blocked()
+                pair.tap.fail = trio.BrokenResourceError("reset by peer")
+                gate.set()
+            assert len(errors) == 2
+            with pytest.raises(trio.EndOfChannel):
+                await waiting_reply.receive()  # the request waiting for a reply learns too
+            with pytest.raises(ConnectionLost):
+                await pair.client.send(StatRequest(rid=3, bucket="b", key="k", version=None))
+
+
+async def test_write_cancelled_midway_closes_the_session() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.tap.gate = trio.Event()
+            errors: list[BaseException] = []
+            scope = trio.CancelScope()
+
+            async def writer() -> None:
+                with scope:
+                    await pair.client.send(StatRequest(rid=1, bucket="b", key="k", version=None))
+
+            async def queued() -> None:
+                try:
+                    await pair.client.send(StatRequest(rid=2, bucket="b", key="k", version=None))
+                except ConnectionLost as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)  # held at the gate, inside send_all
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(queued)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+            assert scope.cancelled_caught
+            assert len(errors) == 1  # its frame may never go out: it is told so
+            with pytest.raises(ConnectionLost):
+                await pair.client.send(StatRequest(rid=3, bucket="b", key="k", version=None))
+
+
+async def test_send_in_a_cancelled_scope_changes_nothing() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            before = len(pair.tap.writes)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pair.client.send(put_start(5))
+            assert scope.cancelled_caught
+            assert not pair.client.conn.in_flight(5)
+            assert len(pair.tap.writes) == before
+            await pair.client.send(put_start(5))  # the connection is still fine
+            assert pair.client.conn.in_flight(5)
+
+
+async def test_a_refused_message_still_sends_those_before_it() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            with pytest.raises(LocalProtocolError):
+                # rid 2 has no upload open: its Data is refused after PutStart(1) was encoded.
+                await pair.client.send_many([put_start(1), Data(rid=2, data=b"x")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert pair.requests == [put_start(1)]
