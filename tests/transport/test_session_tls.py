@@ -1,0 +1,159 @@
+"""The large-read TLS receiver (``_tlsread``): many records per read, post-handshake messages,
+clean and unclean ends, broken input, and a session running over it.
+
+Real TLS 1.3 with the suite's certificates, over an in-memory byte pipe so that reads see
+whatever the peer wrote so far (several records at once when it wrote several).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from hdsd.transport import WireSession, client_context, server_context
+from hdsd.transport._tlsread import tls_receiver
+from hdsd.wire import PROTOCOL_VERSION, Connection, Hello, Reply, Role, StatRequest
+
+from .conftest import Pki
+
+LIMIT = 10
+RECORD = 16 * 1024  # the TLS maximum plaintext per record
+Pipe = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
+
+
+@asynccontextmanager
+async def tls_pair(pki: Pki) -> AsyncIterator[tuple[trio.SSLStream[Pipe], trio.SSLStream[Pipe]]]:
+    """(server, client), handshaken; the server has sent nothing yet (its session tickets are
+    still held back by trio, so they reach the client with its first data)."""
+    a, b = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(a, server_context(*pki.node_a, pki.ca), server_side=True)
+    client = trio.SSLStream(b, client_context(*pki.client, pki.ca), server_hostname="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        await client.do_handshake()
+    try:
+        yield server, client
+    finally:
+        await trio.aclose_forcefully(client)
+        await trio.aclose_forcefully(server)
+
+
+async def read_all(receive: object, n: int) -> list[bytes]:
+    pieces: list[bytes] = []
+    got = 0
+    while got < n:
+        piece = await receive(256 * 1024)  # type: ignore[operator]
+        assert piece, "unexpected end of stream"
+        pieces.append(bytes(piece))
+        got += len(piece)
+    return pieces
+
+
+async def test_one_read_returns_many_records(pki: Pki) -> None:
+    payload = os.urandom(200 * 1024)  # 13 records
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            await server.send_all(payload)  # tickets, then all records: buffered in the pipe
+            pieces = await read_all(receive, len(payload))
+            assert b"".join(pieces) == payload
+            # trio's own receive_some would need at least 13 calls.
+            assert len(pieces) < len(payload) // RECORD
+            assert max(map(len, pieces)) > RECORD
+
+
+async def test_interleaved_writes_and_reads_both_ways(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            for i in range(20):
+                message = os.urandom(1 + i * 3000)
+                await server.send_all(message)
+                assert b"".join(await read_all(receive, len(message))) == message
+                # The client still writes through trio after the reader consumed tickets.
+                await client.send_all(message[:100])
+                got = b""
+                while len(got) < min(100, len(message)):
+                    got += await server.receive_some(1000)
+                assert got == message[:100]
+
+
+async def test_bytes_buffered_before_the_takeover_are_returned(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            await server.send_all(b"v" + b"rest of the first write")
+            assert await client.receive_some(1) == b"v"  # like connect_tls's verdict byte
+            receive = tls_receiver(client)
+            assert await receive(1024) == b"rest of the first write"
+
+
+async def test_clean_close_reads_as_end_of_stream(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            await server.send_all(b"last words")
+            await server.aclose()  # close_notify
+            assert await receive(1024) == b"last words"
+            assert await receive(1024) == b""
+            assert await receive(1024) == b""
+
+
+async def test_eof_without_close_notify_is_broken(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            await server.send_all(b"partial")
+            await server.transport_stream.aclose()  # truncation: no close_notify
+            assert await receive(1024) == b"partial"
+            with pytest.raises(trio.BrokenResourceError):
+                await receive(1024)
+
+
+async def test_garbage_is_broken_after_the_good_records(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            await server.send_all(b"good")
+            # A forged application-data record: the AEAD check fails.
+            await server.transport_stream.send_all(b"\x17\x03\x03\x00\x20" + bytes(32))
+            assert await receive(1024) == b"good"
+            with pytest.raises(trio.BrokenResourceError):
+                await receive(1024)
+            with pytest.raises(trio.BrokenResourceError):
+                await receive(1024)
+
+
+async def test_other_streams_keep_their_own_receive() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    assert tls_receiver(a) == a.receive_some
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_session_over_tls_routes_replies(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            ours = WireSession(client, Connection(Role.CLIENT))
+            theirs = WireSession(server, Connection(Role.SERVER))
+            for s, name in ((ours, "c"), (theirs, "s")):
+                await s.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
+                                   peer=name, window=s.conn.initial_window))
+            await ours.receive_hello(LIMIT)
+            await theirs.receive_hello(LIMIT)
+            big = os.urandom(300 * 1024)  # one reply spanning many records and reads
+            async with trio.open_nursery() as nursery:
+                def answer(msg: object) -> None:
+                    assert isinstance(msg, StatRequest)
+                    nursery.start_soon(theirs.send, Reply(rid=msg.rid, body={"b": big}))
+
+                nursery.start_soon(theirs.run_reader, answer)
+                nursery.start_soon(ours.run_reader)
+                inbox = ours.open_inbox(1)
+                await ours.send(StatRequest(rid=1, bucket="b", key="k", version=None))
+                assert await inbox.receive() == Reply(rid=1, body={"b": big})
+                nursery.cancel_scope.cancel()
