@@ -1,0 +1,197 @@
+"""AsyncClient.put against a scripted node over an in-memory stream: a small put is one write
+and one reply, with no helper task; larger or streamed bodies keep the credit-driven path.
+
+``connect_tls`` is replaced by an in-memory pipe whose far end is served by :class:`FakeNode`
+(a real server-side :class:`WireSession`), so the whole exchange runs on trio's clock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from hdsd import AsyncClient, PermissionDenied, RequestTimeout
+from hdsd.client import Profile
+from hdsd.transport import WireSession, create_ca, issue_client_cert
+from hdsd.wire import (
+    PROTOCOL_VERSION,
+    Connection,
+    Data,
+    End,
+    ErrorReply,
+    Hello,
+    Message,
+    PutStart,
+    Reply,
+    Role,
+)
+
+LIMIT = 10
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
+    root = tmp_path_factory.mktemp("pki")
+    create_ca(root / "ca", "c1")
+    cert, key = issue_client_cert(root / "ca", root / "certs", name="alice", tenant="t1",
+                                  role="writer")
+    return Profile(path=root / "client.toml", cluster_id="c1", tenant="t1",
+                   ca=root / "ca" / "ca.crt", cert=cert, key=key, site="dc1",
+                   sites={"dc1": (("127.0.0.1", 1),)})
+
+
+class CountingStream(trio.abc.Stream):
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FakeNode:
+    """Serves puts: ``mode`` "store" drains the body and replies, "refuse" answers PutStart at
+    once with an ErrorReply, "mute" reads everything and never answers."""
+
+    def __init__(self, mode: str = "store") -> None:
+        self.mode = mode
+        self.bodies: list[bytes] = []
+        self.client_stream: CountingStream | None = None
+
+    async def connect(self, nursery: trio.Nursery) -> CountingStream:
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(self.serve, theirs)
+        self.client_stream = CountingStream(ours)
+        return self.client_stream
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        session = WireSession(stream, Connection(Role.SERVER))
+        await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
+                                 peer="n1", window=session.conn.initial_window))
+        await session.receive_hello(LIMIT)
+        async with trio.open_nursery() as nursery:
+            def on_request(msg: Message) -> None:
+                assert isinstance(msg, PutStart)
+                nursery.start_soon(self.put, session, msg, session.open_inbox(msg.rid))
+
+            await session.run_reader(on_request)
+
+    async def put(self, session: WireSession, msg: PutStart,
+                  inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        if self.mode == "refuse":
+            await session.send(ErrorReply(rid=msg.rid, code="permission_denied",
+                                          message="no writes for you"))
+        body = bytearray()
+        async for event in inbox:  # ends at End, or when a Cancel closes the inbox
+            if isinstance(event, End):
+                break
+            assert isinstance(event, Data)
+            body += event.data
+            await session.consumed(msg.rid, len(event.data))
+        self.bodies.append(bytes(body))
+        session.close_inbox(msg.rid)
+        if self.mode == "store":
+            await session.send(Reply(rid=msg.rid, body=_info(msg, len(body))))
+
+
+def _info(msg: PutStart, size: int) -> dict[str, Any]:
+    return {"bucket": msg.bucket, "key": msg.key, "version": "v1", "hlc": 1, "node": "n1",
+            "size": size, "content_hash": "00", "deleted": False}
+
+
+@asynccontextmanager
+async def client_for(node: FakeNode, profile: Profile, monkeypatch: pytest.MonkeyPatch,
+                     **options: Any) -> AsyncIterator[AsyncClient]:
+    async with trio.open_nursery() as nursery:
+        async def connect_tls(*args: object, **kwargs: object) -> CountingStream:
+            return await node.connect(nursery)
+
+        monkeypatch.setattr("hdsd.client._async.connect_tls", connect_tls)
+        async with AsyncClient(profile, retries=0, **options) as client:
+            yield client
+        nursery.cancel_scope.cancel()
+
+
+async def test_small_put_is_one_write(profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode()
+    data = os.urandom(4096)
+    seen: list[int] = []
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            await client.put("b", "first", b"warm")  # connects (Hello is a write of its own)
+            assert node.client_stream is not None
+            before = node.client_stream.writes
+            info = await client.put("b", "k", data, progress=seen.append)
+            assert node.client_stream.writes - before == 1
+    assert (info.key, info.size) == ("k", 4096)
+    assert node.bodies[-1] == data
+    assert seen == [4096]
+
+
+async def test_empty_put_sends_no_data_frame(profile: Profile,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode()
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            info = await client.put("b", "empty", b"")
+    assert info.size == 0
+    assert node.bodies == [b""]
+
+
+async def test_large_and_streamed_puts_keep_the_credit_path(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode()
+    big = os.urandom(3 * 1024 * 1024 + 5)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield bytes([i]) * 1000
+
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            await client.put("b", "warm", b"x")
+            assert node.client_stream is not None
+            before = node.client_stream.writes
+            await client.put("b", "big", big)
+            assert node.client_stream.writes - before > 1
+            await client.put("b", "streamed", pieces())
+    assert node.bodies[1:] == [big, b"\0" * 1000 + b"\1" * 1000 + b"\2" * 1000]
+
+
+async def test_small_put_refused_early(profile: Profile,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode(mode="refuse")
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            with pytest.raises(PermissionDenied, match="no writes for you"):
+                await client.put("b", "k", b"data")
+
+
+async def test_small_put_without_answer_times_out(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock) -> None:
+    node = FakeNode(mode="mute")
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client:
+            start = trio.current_time()
+            with pytest.raises(RequestTimeout):
+                await client.put("b", "k", b"data")
+            assert trio.current_time() - start == pytest.approx(30)
+    assert node.bodies == [b"data"]  # the body was complete: only the answer was missing
+
