@@ -258,7 +258,9 @@ class Node:
             "peers": {name: {"site": self.layout.node(name).site, **self.peers.describe(name),
                              "backlog_versions": b.versions, "backlog_bytes": b.bytes,
                              "backlog_age_s": round(b.age(), 3)}
-                      for name, b in backlog.items()},
+                      for name, b in backlog.items() if name != self.config.name},
+            # Versions this node's own disk missed while the others acknowledged them.
+            "self_backlog_versions": backlog[self.config.name].versions,
             "node": self.config.name,
             "site": self.config.site,
             "cluster": self.config.cluster_id,

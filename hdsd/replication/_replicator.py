@@ -21,7 +21,7 @@ acknowledged one never disappears.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -29,7 +29,7 @@ import trio
 from .._errors import HdsdError, QuorumNotReached, Unavailable
 from ..cluster import Layout, placement_key
 from ..store import ChunkRecord, Version
-from ..wire import PeerStatusRequest, Replicate
+from ..wire import FetchChunk, FetchVersions, PeerStatusRequest, Replicate
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
 from ._peers import PeerLink
@@ -44,12 +44,21 @@ _REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
 
 
 class LocalStore(Protocol):
+    """What the coordinator needs of its own store (:class:`hdsd.store.Store` has it)."""
+
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None: ...
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None: ...
 
     def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes: ...
+
+
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await trio.to_thread.run_sync(fn, *args)
 
 
 def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
@@ -62,7 +71,7 @@ def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
 class Replicator:
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
                  peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
-                 on_peer_site_loss: str, timeout: float) -> None:
+                 on_peer_site_loss: str, timeout: float, offload: Offload = _to_thread) -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -74,6 +83,9 @@ class Replicator:
         self.policy = policy
         self.on_peer_site_loss = on_peer_site_loss
         self.timeout = timeout
+        # Blocking calls (hint fsyncs, chunk reads) run through this: a worker thread in the
+        # node, inline in the deterministic simulation (threads and a mock clock do not mix).
+        self._offload = offload
         self._background: trio.Nursery | None = None
         self._hints_added = trio.Event()
         # Automatic restore needs the other site to have been away and come back; an operator
@@ -86,8 +98,7 @@ class Replicator:
         async with trio.open_nursery() as nursery:
             self._background = nursery
             for node in self.layout.nodes:
-                if node.name != self.name:
-                    nursery.start_soon(self._replay_hints, node.name)
+                nursery.start_soon(self._replay_hints, node.name)
             task_status.started()
             await trio.sleep_forever()
 
@@ -112,6 +123,7 @@ class Replicator:
         acked: set[str] = set()
         failed: dict[str, HdsdError] = {}
         settled = trio.Event()
+        local_done = trio.Event()
         send = replicate_message(self.layout_id, chunks, versions)
 
         def check() -> None:
@@ -130,6 +142,8 @@ class Replicator:
             except HdsdError as exc:
                 failed[node] = exc
             finally:
+                if node == self.name:
+                    local_done.set()
                 check()
 
         for node in targets:
@@ -144,6 +158,16 @@ class Replicator:
             self._peer_was_lost = True
             if policy_met("local", replicas, acked, self.site):
                 return set(targets) - acked
+        if self.name in targets and versions:
+            with trio.move_on_after(self.timeout):
+                await local_done.wait()
+        if self.name in acked and versions:
+            # Not acknowledged, but durable here: it may surface (merge is a union), so bring
+            # the other replicas along instead of leaving the sites different.
+            try:
+                await self.keep_hints(set(targets) - acked, versions)
+            except HdsdError as exc:
+                log.warning("event=hint_failed error=%s", exc)
         raise QuorumNotReached(self._explain(policy, targets, acked, failed))
 
     def _peer_site_lost(self, replicas: Replicas, failed: dict[str, HdsdError]) -> bool:
@@ -162,10 +186,14 @@ class Replicator:
         return "; ".join(parts)
 
     async def keep_hints(self, lagging: set[str], versions: Sequence[Version]) -> None:
-        """Durably note that *lagging* replicas still need *versions*; call before the ack."""
-        targets = sorted(n for n in lagging if n != self.name)
+        """Durably note that *lagging* replicas still need *versions*; call before the ack.
+
+        This node may be one of them (its own commit failed while the others met the policy):
+        its hint is replayed by pulling the records from another replica.
+        """
+        targets = sorted(lagging)
         if targets:
-            await trio.to_thread.run_sync(self.hints.add, targets, versions)
+            await self._offload(self.hints.add, targets, versions)
             self._hints_added.set()
             self._hints_added = trio.Event()
 
@@ -174,7 +202,7 @@ class Replicator:
         """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
         delay = 0.05
         while True:
-            pending = await trio.to_thread.run_sync(self.hints.pending, node, 64)
+            pending = await self._offload(self.hints.pending, node, 64)
             if not pending:
                 await self._maybe_restore()
                 with trio.move_on_after(1.0):
@@ -195,30 +223,71 @@ class Replicator:
                 delay = min(delay * 2, 2.0)
             finally:
                 if done:
-                    await trio.to_thread.run_sync(self.hints.remove, done)
+                    await self._offload(self.hints.remove, done)
 
     async def _replay_one(self, node: str, tenant: str, bucket: str, key: str, hlc: int,
                           origin: str) -> None:
-        version = self.store.get_version(tenant, bucket, key, hlc, origin)
-        if version is None:
-            return  # superseded by nothing: the version never became durable here
-        if version.inline is None:
-            batch: list[ChunkRecord] = []
-            size = 0
-            for chunk_id in dict.fromkeys(version.chunks):
-                payload = await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)
-                batch.append(ChunkRecord(tenant=tenant, chunk_id=chunk_id, payload=payload))
-                size += len(payload)
-                if size >= _REPLAY_BATCH_BYTES:
-                    await self.peers.call(node, replicate_message(self.layout_id, batch, [],
-                                                                  hint=True),
-                                          timeout=self.timeout)
-                    batch, size = [], 0
-            if batch:
+        """Bring *node* the version named by a hint, with its chunks."""
+        found = await self._load(tenant, bucket, key, hlc, origin, exclude=node)
+        if found is None:
+            return  # no replica ever made it durable: the write failed everywhere
+        version, chunks = found
+        if node == self.name:
+            await self.store.commit([*chunks, version])
+            return
+        batch: list[ChunkRecord] = []
+        size = 0
+        for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk.payload)
+            if size >= _REPLAY_BATCH_BYTES:
                 await self.peers.call(node, replicate_message(self.layout_id, batch, [],
                                                               hint=True), timeout=self.timeout)
-        await self.peers.call(node, replicate_message(self.layout_id, [], [version], hint=True),
-                              timeout=self.timeout)
+                batch, size = [], 0
+        await self.peers.call(node, replicate_message(self.layout_id, batch, [version],
+                                                      hint=True), timeout=self.timeout)
+
+    async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
+                    exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
+        """A version and its chunks, from this node's store or another replica's.
+
+        None only if every replica asked answered that it does not hold the version; an
+        unreachable replica raises, so the hint is kept and retried.
+        """
+        version = self.store.get_version(tenant, bucket, key, hlc, origin)
+        if version is not None and exclude != self.name:
+            chunks = []
+            if version.inline is None:
+                for chunk_id in dict.fromkeys(version.chunks):
+                    payload = await self._offload(self.store.read_chunk, tenant, chunk_id)
+                    chunks.append(ChunkRecord(tenant, chunk_id, payload))
+            return version, chunks
+        replicas = self.replicas_for(tenant, bucket, key)
+        others = [n for nodes in replicas.values() for n in nodes
+                  if n not in (self.name, exclude)]
+        unreachable: HdsdError | None = None
+        for node in others:
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchVersions(rid, self.layout_id, tenant, bucket, key),
+                    timeout=self.timeout)
+                known = [Version.from_wire(v) for v in body.get("versions", [])]
+                found = next((v for v in known if v.order == (hlc, origin)), None)
+                if found is None:
+                    continue
+                chunks = []
+                if found.inline is None:
+                    for chunk_id in dict.fromkeys(found.chunks):
+                        def fetch(rid: int, c: bytes = chunk_id) -> FetchChunk:
+                            return FetchChunk(rid, self.layout_id, tenant, c)
+                        reply = await self.peers.call(node, fetch, timeout=self.timeout)
+                        chunks.append(ChunkRecord(tenant, chunk_id, reply["payload"]))
+                return found, chunks
+            except HdsdError as exc:
+                unreachable = exc
+        if unreachable is not None:
+            raise unreachable
+        return None
 
     async def _maybe_restore(self) -> None:
         if not self.mode.degraded:
@@ -241,5 +310,5 @@ class Replicator:
             self._peer_was_lost = False
 
     def backlog(self) -> dict[str, Backlog]:
-        return {n.name: self.hints.backlog(n.name) for n in self.layout.nodes
-                if n.name != self.name}
+        """Hints per node (this node included: versions its own disk missed)."""
+        return {n.name: self.hints.backlog(n.name) for n in self.layout.nodes}

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 import hdsd
-from tests.helpers.cluster import NodeProcess, hdsd as cli, init_cluster
+from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import hdsd as cli
 
 pytestmark = pytest.mark.e2e
 
@@ -129,9 +130,11 @@ def test_degrade_write_restore_cycle(two_by_one: Cluster) -> None:
     st = _status(profile, "dc1")
     assert st["mode"]["mode"] == "degraded" and st["mode"]["reason"] == "dc2 maintenance"
     assert st["write_policy"] == "local"
-    assert st["rpo"]["versions"] == len(written) and st["rpo"]["bytes"] > 2 * CHUNK
+    # The refused put was durable here though never acknowledged: it is hinted too, so the
+    # sites converge (it may surface as a version, as documented).
+    assert st["rpo"]["versions"] == len(written) + 1 and st["rpo"]["bytes"] > 2 * CHUNK
     human = cli("--profile", str(profile), "status").stdout.decode()
-    assert "degraded" in human and "live RPO: 11 versions" in human
+    assert "degraded" in human and "live RPO: 12 versions" in human
     two_by_one.nodes["dc2-n1"].start()
     deadline = time.monotonic() + 120
     while True:

@@ -1,0 +1,192 @@
+"""A whole cluster in one process, on trio's MockClock: the real :class:`Replicator` (write
+fan-out, policies, hints, replay, site modes) over a fault-injecting in-memory network and
+in-memory stores that lose unsynced writes when their node crashes.
+
+Everything is deterministic: time is the mock clock, randomness comes from one seeded
+``random.Random``, and blocking work runs inline (no threads).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hdsd import ConnectionLost, HdsdError, NotFound, RequestTimeout, StoreFailedError
+from hdsd.cluster import HybridClock, Layout, NodeInfo
+from hdsd.replication import HintStore, ModeState, Replicator
+from hdsd.store import ChunkRecord, Version
+from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate
+
+FSYNC_S = 0.0005
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+class MemStore:
+    """Durable state of one node; a commit is durable only after its simulated fsync."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[str, bytes], bytes] = {}
+        self.versions: dict[tuple[str, str, str, int, str], Version] = {}
+        self.epoch = 0  # bumped by a crash: commits in flight across it are lost
+        self.failed = False
+        self.fail_next_fsync = False
+        self.fsyncs = 0
+
+    async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
+        if self.failed:
+            raise StoreFailedError("store stopped after an fsync failure")
+        epoch = self.epoch
+        await trio.sleep(FSYNC_S)
+        if epoch != self.epoch:
+            raise ConnectionLost("node crashed before its fsync")
+        if self.fail_next_fsync:
+            self.fail_next_fsync, self.failed = False, True
+            raise StoreFailedError("injected fdatasync failure")
+        self.fsyncs += 1
+        for r in records:
+            if isinstance(r, ChunkRecord):
+                self.chunks.setdefault((r.tenant, r.chunk_id), r.payload)
+            else:
+                self.versions.setdefault((r.tenant, r.bucket, r.key, r.hlc, r.node), r)
+
+    def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
+                    node: str) -> Version | None:
+        return self.versions.get((tenant, bucket, key, hlc, node))
+
+    def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes:
+        try:
+            return self.chunks[(tenant, chunk_id)]
+        except KeyError:
+            raise NotFound("no such chunk") from None
+
+    def of_key(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        return sorted((v for k, v in self.versions.items() if k[:3] == (tenant, bucket, key)),
+                      key=lambda v: v.order)
+
+
+class SimNode:
+    def __init__(self, net: SimNet, info: NodeInfo, workdir: Path) -> None:
+        self.net = net
+        self.info = info
+        self.store = MemStore()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.hints = HintStore(workdir / "hints.sqlite")
+        self.mode = ModeState(workdir / "mode.json", site=info.site)
+        self.clock = HybridClock(wall_ms=lambda: int(trio.current_time() * 1000))
+        self.alive = False
+        self.replicator: Replicator | None = None
+        self.requests: trio.Nursery | None = None  # client requests coordinated here
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.store.failed = False  # a restart runs recovery: what was durable is there
+        self.replicator = Replicator(
+            name=self.name, site=self.info.site, layout=self.net.layout, store=self.store,
+            peers=SimLink(self.net, self.name), hints=self.hints, mode=self.mode,
+            policy="each-site", on_peer_site_loss="refuse", timeout=self.net.timeout,
+            offload=inline)
+        self._scope = trio.CancelScope()
+        self.alive = True
+        await nursery.start(self._run, self._scope, self.replicator)
+
+    async def _run(self, scope: trio.CancelScope, replicator: Replicator,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                self.requests = nursery
+                await nursery.start(replicator.run)
+                task_status.started()
+
+    def crash(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self.alive = False
+        self.store.epoch += 1
+
+    async def handle(self, msg: Message) -> dict[str, Any]:
+        if isinstance(msg, Replicate):
+            chunks = [ChunkRecord(t, c, p) for t, c, p in msg.chunks]
+            versions = [Version.from_wire(v) for v in msg.versions]
+            for v in versions:
+                self.clock.observe(v.hlc)
+            await self.store.commit([*chunks, *versions])
+            return {}
+        if isinstance(msg, FetchVersions):
+            return {"versions": [v.to_wire() for v in self.store.of_key(msg.tenant, msg.bucket,
+                                                                         msg.key)]}
+        if isinstance(msg, FetchChunk):
+            return {"payload": self.store.read_chunk(msg.tenant, msg.chunk_id)}
+        if isinstance(msg, PeerStatusRequest):
+            return {}
+        raise HdsdError(f"unexpected {type(msg).__name__}")
+
+
+class SimNet:
+    """Directed links that can be cut, lossy and slow; nodes that crash and restart."""
+
+    def __init__(self, layout: Layout, workdir: Path, rng: random.Random, *,
+                 timeout: float = 2.0) -> None:
+        self.layout = layout
+        self.rng = rng
+        self.timeout = timeout
+        self.cut: set[tuple[str, str]] = set()
+        self.drop = 0.0
+        self.max_delay = 0.002
+        self.nodes = {n.name: SimNode(self, n, workdir / n.name) for n in layout.nodes}
+
+    def heal(self) -> None:
+        self.cut.clear()
+        self.drop = 0.0
+
+    def _lost(self, src: str, dst: str) -> bool:
+        return (src, dst) in self.cut or self.rng.random() < self.drop
+
+    async def call(self, src: str, dst: str, msg: Message, timeout: float) -> dict[str, Any]:
+        target = self.nodes[dst]
+        with trio.move_on_after(timeout):
+            if not target.alive:
+                await trio.sleep(self.rng.uniform(0, self.max_delay))
+                raise ConnectionLost(f"{dst} refused the connection")
+            if self._lost(src, dst):
+                await trio.sleep_forever()
+            await trio.sleep(self.rng.uniform(0, self.max_delay))
+            if not target.alive:
+                raise ConnectionLost(f"{dst} reset the connection")
+            body = await target.handle(msg)
+            if self._lost(dst, src) or not target.alive:
+                await trio.sleep_forever()
+            await trio.sleep(self.rng.uniform(0, self.max_delay))
+            return body
+        raise RequestTimeout(f"{dst} did not answer in {timeout:g} s")
+
+
+class SimLink:
+    def __init__(self, net: SimNet, name: str) -> None:
+        self.net = net
+        self.name = name
+        self._rid = 0
+
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        self._rid += 1
+        return await self.net.call(self.name, node, make(self._rid), timeout)
+
+    def reachable(self, node: str) -> bool:
+        return self.net.nodes[node].alive and (self.name, node) not in self.net.cut
+
+
+def make_layout(nodes_per_site: int, replicas_per_site: int) -> Layout:
+    nodes = tuple(NodeInfo(f"{site}-n{i}", site, "127.0.0.1", 1)
+                  for site in ("a", "b") for i in range(1, nodes_per_site + 1))
+    return Layout(sites=("a", "b"), nodes=nodes, replicas_per_site=replicas_per_site)
