@@ -5,9 +5,10 @@ score for the key, weighted, and the ``replicas_per_site`` best hold it. Adding 
 node moves only the keys it wins or held. A key's chunks live with its version records (same
 placement key), so a replica can serve a whole read from its own disk.
 
-The layout id is a hash of everything that decides placement; it travels in every replication
-message, and nodes with different ids refuse to mix (``LayoutMismatch``) instead of writing to
-the wrong places.
+The layout id is a hash of everything that decides placement (sites, node names, weights,
+replicas per site — not addresses, which may differ per node behind NAT or a proxy); it travels
+in every replication message, and nodes with different ids refuse to mix (``LayoutMismatch``)
+instead of writing to the wrong places.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Layout:
         h = xxhash.xxh3_64()
         h.update(f"r={self.replicas_per_site};".encode())
         for n in sorted(self.nodes, key=lambda n: n.name):
-            h.update(f"{n.name}@{n.site}:{n.host}:{n.port}*{n.weight};".encode())
+            h.update(f"{n.name}@{n.site}*{n.weight};".encode())
         return h.hexdigest()
 
     def node(self, name: str) -> NodeInfo:

@@ -152,7 +152,7 @@ class Replicator:
             await settled.wait()
         if policy_met(policy, replicas, acked, self.site):
             return set(targets) - acked
-        if self._peer_site_lost(replicas, failed) and self.on_peer_site_loss == "degrade":
+        if self._peer_site_lost(replicas, acked, failed) and self.on_peer_site_loss == "degrade":
             self.mode.set("degraded", reason="peer site unreachable (on_peer_site_loss = "
                           "degrade)", by=self.name, automatic=True)
             self._peer_was_lost = True
@@ -170,9 +170,14 @@ class Replicator:
                 log.warning("event=hint_failed error=%s", exc)
         raise QuorumNotReached(self._explain(policy, targets, acked, failed))
 
-    def _peer_site_lost(self, replicas: Replicas, failed: dict[str, HdsdError]) -> bool:
+    def _peer_site_lost(self, replicas: Replicas, acked: set[str],
+                        failed: dict[str, HdsdError]) -> bool:
+        """Every replica in the other site is unreachable or silent (not refusing: a replica
+        that answered with an error is alive, and degrading would not help)."""
         remote = replicas[self.layout.other_site(self.site)]
-        return bool(remote) and all(isinstance(failed.get(n), Unavailable) for n in remote)
+        return bool(remote) and all(
+            n not in acked and (n not in failed or isinstance(failed[n], Unavailable))
+            for n in remote)
 
     def _explain(self, policy: str, targets: list[str], acked: set[str],
                  failed: dict[str, HdsdError]) -> str:
