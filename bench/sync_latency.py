@@ -1,0 +1,775 @@
+"""Synchronisation benchmark: a real two-site hdsd cluster (one ``hdsd serve`` per site, TLS,
+encryption, fsync) against the physical floor and, when asked, replicated peer systems.
+
+    python bench/sync_latency.py [--quick] [--rtt-ms MS] [--peers pg,etcd,redis] [--profile]
+                                 [--json PATH] [--dir DIR] [--plots DIR | --no-plots]
+    hdsd bench sync ...          (the same options)
+
+Cells: sizes 4 KiB, 64 KiB, 1 MiB, 64 MiB x concurrency 1, 16, 64 x write policies ``each-site``
+and ``local`` (the nodes are restarted with the policy changed between groups): put-ack latency
+p50/p90/p99/p999/max, ops/s and MiB/s, then the get latency of what was just written. The floor,
+in the same run and on the same disk: pwrite+fdatasync of each size and a loopback TCP (and TLS)
+round trip; every hdsd figure also as a ratio to it. ``--rtt-ms`` routes each site's link to the
+other through a delay proxy (``tests/helpers/faultproxy.py``), adding that round trip. Peers run
+the same cells (sizes a peer cannot take are recorded as skipped, with the reason). Catch-up:
+with dc2 stopped and dc1 degraded (``hdsd site degrade dc1``), write N MiB, restart dc2 and time
+the return to RPO 0. The full run adds a single 1 GiB streaming put.
+
+Writes JSON (default ``bench/results/sync_latency.json``) with one flat ``results`` list, prints
+a table, draws PNG plots when matplotlib is installed, reports progress on stderr. Never asserts
+a time; stops every process it started, also on error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _harness import (  # noqa: E402
+    PROFILER_PREFIX,
+    NodeProcess,
+    free_ports,
+    fsync_floor,
+    latency_ms,
+    machine_info,
+    print_table,
+    profile_breakdown,
+    set_write_policy,
+    write_json,
+)
+from _peers import PEERS, SYSTEM_OF, Peer, PeerUnavailable  # noqa: E402
+
+import hdsd  # noqa: E402
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+POLICIES = ("each-site", "local")
+# Peers hold whole values in memory (theirs and this process's): cap what is in flight at once.
+PEER_INFLIGHT_MAX = 1 * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    sizes: tuple[int, ...]
+    concurrency: tuple[int, ...]
+    bytes_per_cell: int  # ops per cell = this / size, clamped to [concurrency, max_ops]
+    max_ops: int
+    floor_ops: int
+    rtt_ops: int
+    catchup_mib: int
+    big_blob: int | None
+    profile_puts: int
+
+
+QUICK = Plan(sizes=(4 * KIB, 64 * KIB, MIB), concurrency=(1, 16, 64), bytes_per_cell=16 * MIB,
+             max_ops=300, floor_ops=200, rtt_ops=300, catchup_mib=16, big_blob=None,
+             profile_puts=300)
+FULL = Plan(sizes=(4 * KIB, 64 * KIB, MIB, 64 * MIB), concurrency=(1, 16, 64),
+            bytes_per_cell=256 * MIB, max_ops=3000, floor_ops=1000, rtt_ops=3000,
+            catchup_mib=256, big_blob=GIB, profile_puts=2000)
+
+
+def ops_for(plan: Plan, size: int, concurrency: int) -> int:
+    n = max(concurrency, min(plan.max_ops, plan.bytes_per_cell // size))
+    return -(-n // concurrency) * concurrency  # whole rounds: every task does the same work
+
+
+def human(size: int) -> str:
+    return f"{size // GIB} GiB" if size >= GIB else f"{size // MIB} MiB" if size >= MIB \
+        else f"{size // KIB} KiB"
+
+
+def progress(msg: str) -> None:
+    print(f"[sync {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cell(system: str, op: str, policy: str | None, size: int, concurrency: int, label: str,
+         *, samples: Sequence[float] | None = None, elapsed: float | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """One result row. *samples* are seconds per op; *elapsed* the wall time of all of them."""
+    lat = latency_ms(samples) if samples else {}
+    n = len(samples) if samples else None
+    ops = n / elapsed if n and elapsed else None
+    return {"system": system, "op": op, "policy": policy, "size_bytes": size,
+            "concurrency": concurrency, "label": label,
+            "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"),
+            "p99_ms": lat.get("p99_ms"), "p999_ms": lat.get("p999_ms"),
+            "max_ms": lat.get("max_ms"), "ops_per_s": ops,
+            "mib_per_s": ops * size / MIB if ops and op in ("put", "get", "fsync") else None,
+            "n": n, **extra}
+
+
+def skipped(system: str, op: str, policy: str | None, size: int, concurrency: int,
+            reason: str) -> dict[str, Any]:
+    return {**cell(system, op, policy, size, concurrency, f"{op} {human(size)} x{concurrency}"),
+            "skipped": reason}
+
+
+# -- the floor -------------------------------------------------------------------------------
+async def _echo(stream: trio.abc.Stream) -> None:
+    async with stream:
+        while data := await stream.receive_some(64 * KIB):
+            await stream.send_all(data)
+
+
+async def loopback_rtt(n: int, ssl_pair: tuple[Any, Any] | None) -> list[float]:
+    """Seconds per 64-byte echo over a trio TCP (or TLS, given (server ctx, client ctx))
+    connection on 127.0.0.1."""
+
+    async def handler(tcp: trio.SocketStream) -> None:
+        await _echo(tcp if ssl_pair is None else trio.SSLStream(tcp, ssl_pair[0],
+                                                                server_side=True))
+
+    samples: list[float] = []
+    msg = os.urandom(64)
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, handler, 0)
+            port = listeners[0].socket.getsockname()[1]
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            stream: trio.abc.Stream = tcp
+            if ssl_pair is not None:
+                stream = trio.SSLStream(tcp, ssl_pair[1], server_hostname="127.0.0.1")
+            async with stream:
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    await stream.send_all(msg)
+                    got = 0
+                    while got < len(msg):
+                        got += len(await stream.receive_some(64))
+                    samples.append(time.perf_counter() - t0)
+            nursery.cancel_scope.cancel()
+    return samples
+
+
+def measure_floor(scratch: Path, cluster: Path, plan: Plan) -> list[dict[str, Any]]:
+    from hdsd.client import load_profile
+    from hdsd.node import load_node_config
+    from hdsd.transport import client_context, server_context
+
+    out = []
+    for size in plan.sizes:
+        n = max(3, min(plan.floor_ops, (256 * MIB) // size))
+        progress(f"floor: pwrite+fdatasync {human(size)} x{n}")
+        samples = fsync_floor(scratch, size, n)
+        out.append(cell("floor", "fsync", None, size, 1, f"pwrite+fdatasync {human(size)}",
+                        samples=samples, elapsed=sum(samples)))
+    node = load_node_config(cluster / "dc1-n1" / "node.toml")
+    prof = load_profile(cluster / "client.toml")
+    pair = (server_context(node.cert, node.key, node.ca),
+            client_context(prof.cert, prof.key, prof.ca))
+    for label, ctx in (("loopback TCP round trip 64 B (trio)", None),
+                       ("loopback TLS 1.3 round trip 64 B (trio)", pair)):
+        progress(f"floor: {label} x{plan.rtt_ops}")
+        samples = trio.run(loopback_rtt, plan.rtt_ops, ctx)
+        out.append(cell("floor", "rtt", None, 64, 1, label, samples=samples,
+                        elapsed=sum(samples), transport="tls" if ctx else "tcp"))
+    return out
+
+
+# -- the hdsd cluster ------------------------------------------------------------------------
+class Cluster:
+    """Two sites, one node each, optionally linked through delay proxies; stops all it started."""
+
+    def __init__(self, root: Path, rtt_ms: float, stack: ExitStack) -> None:
+        self.root = root
+        self.profile = root / "client.toml"
+        self.configs = {site: root / f"{site}-n1" / "node.toml" for site in ("dc1", "dc2")}
+        self.nodes: dict[str, NodeProcess] = {}
+        self.stack = stack
+        ports = free_ports(2)
+        proc = subprocess.run([sys.executable, "-m", "hdsd", "init", str(root), "--ports",
+                               ",".join(map(str, ports))], capture_output=True, timeout=300,
+                              cwd=root.parent)
+        if proc.returncode != 0:
+            raise RuntimeError(f"hdsd init failed: {proc.stderr.decode(errors='replace')}")
+        self.proxied = False
+        if rtt_ms > 0:
+            self._proxy(ports, rtt_ms / 2e3)
+        stack.callback(self.stop)
+
+    def _proxy(self, ports: list[int], one_way_s: float) -> None:
+        """Each node reaches the other site through its own delay proxy: addresses are not part
+        of the layout id, so only the other site's entry in each node.toml changes."""
+        sys.path.insert(0, str(HERE.parent))
+        from tests.helpers.faultproxy import FaultProxy
+
+        for me, other, port in (("dc1", "dc2", ports[1]), ("dc2", "dc1", ports[0])):
+            proxy = self.stack.enter_context(FaultProxy("127.0.0.1", port))
+            proxy.set_delay(one_way_s)
+            cfg = self.configs[me]
+            text = cfg.read_text()
+            block = text[text.index(f'name = "{other}"', text.index("[[sites]]")):]
+            new_block = block.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
+            cfg.write_text(text.replace(block, new_block))
+        self.proxied = True
+
+    def start(self, policy: str, sites: Sequence[str] = ("dc1", "dc2"),
+              prefix: dict[str, list[str]] | None = None) -> None:
+        for site in sites:
+            set_write_policy(self.configs[site], policy)
+            node = NodeProcess(self.configs[site], prefix=(prefix or {}).get(site, ()))
+            node.start()
+            self.nodes[site] = node
+
+    def stop(self, sites: Sequence[str] = ("dc1", "dc2")) -> None:
+        for site in sites:
+            node = self.nodes.pop(site, None)
+            if node is not None:
+                node.stop()
+
+    def check(self) -> None:
+        for site, node in self.nodes.items():
+            if not node.alive:
+                raise RuntimeError(f"node {site} died:\n{node.log()}")
+
+
+_TAGS = itertools.count(1)
+
+
+def _payload(base: bytes, size: int, tag: int) -> bytes:
+    # Distinct bodies: identical chunks would be deduplicated by content addressing.
+    return tag.to_bytes(8, "little") + base[8:size]
+
+
+def _stream_body(base: bytes, size: int, tag: int) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for off in range(0, size, MIB):
+            piece = bytearray(base[: min(MIB, size - off)])
+            piece[:16] = tag.to_bytes(8, "little") + off.to_bytes(8, "little")
+            yield bytes(piece)
+
+    return gen()
+
+
+async def _put(client: hdsd.AsyncClient, key: str, base: bytes, size: int) -> float:
+    tag = next(_TAGS)
+    if size <= MIB:
+        data = _payload(base, size, tag)
+        t0 = time.perf_counter()
+        await client.put("bench", key, data)
+    else:
+        t0 = time.perf_counter()
+        await client.put("bench", key, _stream_body(base, size, tag), size=size)
+    return time.perf_counter() - t0
+
+
+async def _get(client: hdsd.AsyncClient, key: str, size: int) -> float:
+    t0 = time.perf_counter()
+    got = 0
+    async with client.open_get("bench", key) as stream:
+        async for piece in stream:
+            got += len(piece)  # counted, not kept: 64 streams of 64 MiB would not fit
+    if got != size:
+        raise RuntimeError(f"get {key}: {got} of {size} bytes")
+    return time.perf_counter() - t0
+
+
+async def _run_tasks(c: int, per_task: int, job: Any) -> tuple[list[float], float]:
+    samples: list[float] = []
+
+    async def task(t: int) -> None:
+        for i in range(per_task):
+            samples.append(await job(t, i))
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for t in range(c):
+            nursery.start_soon(task, t)
+    return samples, time.perf_counter() - t0
+
+
+async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
+                     keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
+    out = []
+    with trio.fail_after(3600):
+        async with AsyncExitStack() as stack:
+            # Up to 16 connections; beyond that tasks share them (multiplexed streams), as many
+            # application threads behind one connection pool would.
+            clients = [await stack.enter_async_context(
+                hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600))
+                for _ in range(16)]
+            for cl in clients:
+                await cl.status()
+            for i in range(20):
+                await _put(clients[0], f"warm/{policy}/{i}", base, 4 * KIB)
+            for size in plan.sizes:
+                for c in plan.concurrency:
+                    n = ops_for(plan, size, c)
+                    conns = min(c, len(clients))
+                    prefix = f"{policy}/{size}/{c}"
+                    label = f"{human(size)} x{c}"
+                    progress(f"hdsd {policy}: put {label} ({n} ops)")
+
+                    async def put(t: int, i: int, prefix: str = prefix, size: int = size,
+                                  conns: int = conns) -> float:
+                        return await _put(clients[t % conns], f"{prefix}/{t}/{i}", base, size)
+
+                    async def get(t: int, i: int, prefix: str = prefix, size: int = size,
+                                  conns: int = conns) -> float:
+                        return await _get(clients[t % conns], f"{prefix}/{t}/{i}", size)
+
+                    put_s, put_el = await _run_tasks(c, n // c, put)
+                    cluster.check()
+                    progress(f"hdsd {policy}: get {label}")
+                    get_s, get_el = await _run_tasks(c, n // c, get)
+                    for op, samples, el in (("put", put_s, put_el), ("get", get_s, get_el)):
+                        out.append(cell("hdsd", op, policy, size, c, f"{op} {label}",
+                                        samples=samples, elapsed=el, connections=conns))
+                        keep[("hdsd", f"{op}/{policy}", size, c)] = samples
+                    progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f}"
+                             f" ops/s; get p50 {out[-1]['p50_ms']:.3f} ms")
+    return out
+
+
+async def big_blob(cluster: Cluster, size: int, base: bytes) -> dict[str, Any]:
+    progress(f"hdsd each-site: one streaming put of {human(size)}")
+    with trio.fail_after(3600):
+        async with hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600) as client:
+            took = await _put(client, "big/1", base, size)
+    return cell("hdsd", "put", "each-site", size, 1, f"single streaming put {human(size)}",
+                samples=[took], elapsed=took)
+
+
+# -- peers -----------------------------------------------------------------------------------
+def _threads(c: int, per_task: int, job: Any) -> tuple[list[float], float]:
+    """Run *job(t, i)* -> seconds in *c* threads released together; (samples, wall time)."""
+    samples: list[float] = []
+    errors: list[BaseException] = []
+    gate = threading.Barrier(c + 1)
+
+    def work(t: int) -> None:
+        gate.wait()
+        try:
+            for i in range(per_task):
+                samples.append(job(t, i))
+        except BaseException as exc:  # reported by the caller, after every thread ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(c)]
+    for th in threads:
+        th.start()
+    gate.wait()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return samples, elapsed
+
+
+def peer_cells(peer: Peer, plan: Plan, base: bytes,
+               keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for size in plan.sizes:
+        for c in plan.concurrency:
+            reason = peer.skip_reason(size)
+            if reason is None and c * size > PEER_INFLIGHT_MAX:
+                reason = (f"{c} x {human(size)} in flight exceeds the "
+                          f"{human(PEER_INFLIGHT_MAX)} the bench allows a peer (whole values "
+                          "in memory, client and server)")
+            if reason is not None:
+                progress(f"{peer.system}: skip {human(size)} x{c}: {reason}")
+                out += [skipped(peer.system, op, None, size, c, reason) for op in ("put", "get")]
+                continue
+            n = ops_for(plan, size, c)
+            per = n // c
+            # Values in memory are the peers' limit, not disk: keys are reused in a ring of
+            # at most 16 MiB per thread (an update costs them what an insert does: a new row
+            # version / revision / AOF record, replicated and synced).
+            slots = max(1, min(per, (16 * MIB) // size))
+            progress(f"{peer.system}: put {human(size)} x{c} ({n} ops)")
+            clients = [peer.connect() for _ in range(c)]
+            try:
+                def put(t: int, i: int, size: int = size, c: int = c, slots: int = slots,
+                        clients: list[Any] = clients) -> float:
+                    data = _payload(base, size, next(_TAGS))
+                    t0 = time.perf_counter()
+                    clients[t].put(f"{size}/{c}/{t}/{i % slots}", data)
+                    return time.perf_counter() - t0
+
+                def get(t: int, i: int, size: int = size, c: int = c, slots: int = slots,
+                        clients: list[Any] = clients) -> float:
+                    t0 = time.perf_counter()
+                    got = clients[t].get(f"{size}/{c}/{t}/{i % slots}")
+                    took = time.perf_counter() - t0
+                    if len(got) != size:
+                        raise RuntimeError(f"{peer.system}: got {len(got)} of {size} bytes")
+                    return took
+
+                put_s, put_el = _threads(c, per, put)
+                get_s, get_el = _threads(c, per, get)
+            finally:
+                for cl in clients:
+                    cl.close()
+            for op, samples, el in (("put", put_s, put_el), ("get", get_s, get_el)):
+                out.append(cell(peer.system, op, None, size, c,
+                                f"{op} {human(size)} x{c}", samples=samples, elapsed=el,
+                                connections=c))
+                keep[(peer.system, op, size, c)] = samples
+            progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f} ops/s")
+    return out
+
+
+def run_peer(name: str, root: Path, plan: Plan, base: bytes,
+             keep: dict[tuple[str, str, int, int], list[float]]
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(status for the JSON, cells); never raises for a peer that cannot run here."""
+    peer = PEERS[name](root / name)
+    progress(f"{peer.system}: starting")
+    try:
+        peer.start()
+    except PeerUnavailable as exc:
+        progress(f"{peer.system}: NOT RUN: {exc}")
+        return {"status": "unavailable", "reason": str(exc)}, []
+    try:
+        cells = peer_cells(peer, plan, base, keep)
+        return {"status": "ran", **peer.info}, cells
+    except Exception as exc:  # a peer failing mid-run must not lose the other results
+        progress(f"{peer.system}: FAILED: {exc!r}")
+        return {"status": "failed", "reason": repr(exc), **peer.info}, []
+    finally:
+        peer.stop()
+
+
+# -- catch-up --------------------------------------------------------------------------------
+async def catch_up(cluster: Cluster, mib: int, base: bytes) -> dict[str, Any]:
+    """dc2 stopped, dc1 degraded: write *mib* MiB in 1 MiB puts, restart dc2, time RPO 0."""
+    progress(f"catch-up: stopping dc2, degrading dc1, writing {mib} MiB")
+    cluster.stop(["dc2"])
+    proc = subprocess.run([sys.executable, "-m", "hdsd", "--profile", str(cluster.profile),
+                           "site", "degrade", "dc1", "--reason", "bench"],
+                          capture_output=True, timeout=120, cwd=cluster.root.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hdsd site degrade failed: {proc.stderr.decode(errors='replace')}")
+    with trio.fail_after(3600):
+        async with hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600) as client:
+            samples, elapsed = await _run_tasks(4, mib // 4, lambda t, i: _put(
+                client, f"catchup/{t}/{i}", base, MIB))
+            before = (await client.status())["rpo"]
+            progress(f"catch-up: backlog {before}; restarting dc2")
+            t_start = time.perf_counter()
+            await trio.to_thread.run_sync(cluster.start, "each-site", ["dc2"])
+            t_listening = time.perf_counter()
+            polls = 0
+            while True:
+                status = await client.status()
+                polls += 1
+                if status["rpo"]["versions"] == 0:
+                    break
+                cluster.check()
+                await trio.sleep(0.02)
+            done = time.perf_counter()
+            mode = status["mode"]["mode"]
+    took = done - t_listening
+    return {"written_mib": mib, "degraded_put_mib_per_s": mib / elapsed,
+            "degraded_put_p50_ms": latency_ms(samples)["p50_ms"], "backlog_before": before,
+            "dc2_start_s": t_listening - t_start, "seconds_to_rpo0": took,
+            "seconds_to_rpo0_including_start": done - t_start,
+            "catchup_mib_per_s": mib / took if took > 0 else None, "status_polls": polls,
+            "mode_after": mode}
+
+
+# -- profile: where a replicated 4 KiB put goes on each node --------------------------------
+def profile_sites(cluster: Cluster, n: int, out_dir: Path) -> dict[str, Any]:
+    from node_bench import CATEGORIES, _in
+
+    categories = [("replication (coordinator, peer links, hints)", _in("hdsd/replication/")),
+                  *CATEGORIES]
+    files = {site: out_dir / f"sync_put_{site}.prof" for site in ("dc1", "dc2")}
+    for f in files.values():
+        f.unlink(missing_ok=True)
+    cluster.start("each-site", prefix={s: [*PROFILER_PREFIX, str(f)] for s, f in files.items()})
+    try:
+        pids = {s: cluster.nodes[s].proc.pid for s in files}  # type: ignore[union-attr]
+
+        async def drive() -> float:
+            async with hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600) as client:
+                base = os.urandom(4 * KIB)
+                for i in range(100):
+                    await _put(client, f"pwarm/{i}", base, 4 * KIB)
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGUSR1)
+                await trio.sleep(0.3)  # the handler runs when each main thread next wakes
+                t0 = time.perf_counter()
+                for i in range(n):
+                    await _put(client, f"prof/{i}", base, 4 * KIB)
+                took = time.perf_counter() - t0
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGUSR2)
+                while not all(f.exists() for f in files.values()):
+                    await trio.sleep(0.05)
+                return took
+
+        progress(f"profile: {n} sequential replicated 4 KiB puts under cProfile")
+        wall = trio.run(drive)
+    finally:
+        cluster.stop()
+    report: dict[str, Any] = {"puts": n, "client_ms_per_put": wall / n * 1e3, "sites": {}}
+    for site, f in files.items():
+        grouped, top = profile_breakdown(f, categories, top=12)
+        role = "coordinator" if site == "dc1" else "replica"
+        print(f"\nnode {site} ({role}) main thread, {n} replicated 4 KiB puts "
+              f"({wall / n * 1e3:.3f} ms/put seen by the client under cProfile)")
+        print_table(["self time by category", "ms/put", "calls/put"],
+                    [[name, f"{t / n * 1e3:.4f}", f"{c / n:.1f}"] for name, t, c in grouped])
+        print_table(["top functions by self time", "self ms/put", "cum ms/put", "calls/put"],
+                    [[fn, f"{t / n * 1e3:.4f}", f"{ct / n * 1e3:.4f}", f"{c / n:.1f}"]
+                     for fn, t, ct, c in top])
+        report["sites"][site] = {
+            "role": role, "file": str(f),
+            "main_thread_self_ms_per_put": {name: t / n * 1e3 for name, t, _ in grouped},
+            "top": [{"function": fn, "self_ms_per_put": t / n * 1e3,
+                     "cum_ms_per_put": ct / n * 1e3, "calls_per_put": c / n}
+                    for fn, t, ct, c in top]}
+    return report
+
+
+# -- ratios, table, plots --------------------------------------------------------------------
+def add_ratios(cells: list[dict[str, Any]], rtt_ms: float) -> None:
+    """hdsd cells get ``floor_ms`` / ``ratio_to_floor`` (p50 over the physical floor: the
+    fdatasync of the same size plus one loopback TCP round trip per hop — client to
+    coordinator, and for each-site coordinator to the other site plus the emulated RTT) and
+    ``mib_ratio_to_floor`` (MiB/s over sequential fdatasync MiB/s of that size: above 1 means
+    group commit shares one fdatasync between puts). Against each peer that ran the same cell:
+    ``p50_vs_<system>`` (hdsd p50 / peer p50) and ``ops_vs_<system>`` (hdsd ops/s / peer)."""
+    fsync = {c["size_bytes"]: c for c in cells if c["op"] == "fsync"}
+    tcp = next(c for c in cells if c["op"] == "rtt" and c.get("transport") == "tcp")
+    peers = {(c["system"], c["op"], c["size_bytes"], c["concurrency"]): c for c in cells
+             if c["system"] in SYSTEM_OF.values() and c["p50_ms"] is not None}
+    for c in cells:
+        if c["system"] != "hdsd" or c["p50_ms"] is None:
+            continue
+        fs = fsync.get(c["size_bytes"])
+        if c["op"] == "put" and fs is not None:
+            remote = c["policy"] == "each-site"
+            floor = fs["p50_ms"] + tcp["p50_ms"] * (2 if remote else 1) + \
+                (rtt_ms if remote else 0.0)
+            c.update(floor="fdatasync + loopback rtt per hop" + (" + emulated rtt"
+                                                                 if remote and rtt_ms else ""),
+                     floor_ms=floor, ratio_to_floor=c["p50_ms"] / floor,
+                     mib_ratio_to_floor=c["mib_per_s"] / fs["mib_per_s"])
+        elif c["op"] == "get":
+            c.update(floor="loopback rtt", floor_ms=tcp["p50_ms"],
+                     ratio_to_floor=c["p50_ms"] / tcp["p50_ms"])
+        for system in SYSTEM_OF.values():
+            p = peers.get((system, c["op"], c["size_bytes"], c["concurrency"]))
+            if p is not None and (c["op"] == "get" or c["policy"] == "each-site"):
+                c[f"p50_vs_{system}"] = c["p50_ms"] / p["p50_ms"]
+                c[f"ops_vs_{system}"] = c["ops_per_s"] / p["ops_per_s"]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def show(cells: list[dict[str, Any]]) -> None:
+    ran = [s for s in SYSTEM_OF.values() if any(c["system"] == s and c["p50_ms"] is not None
+                                                 for c in cells)]
+    rows = []
+    for c in cells:
+        if c.get("skipped"):
+            continue
+        ratio = f"{c['ratio_to_floor']:.2f}x" if "ratio_to_floor" in c else ""
+        vs = [f"{c[f'p50_vs_{s}']:.2f}x" if f"p50_vs_{s}" in c else "" for s in ran]
+        size = human(c["size_bytes"]) if c["op"] != "rtt" else "64 B"
+        rows.append([c["system"], c["op"], c["policy"] or "", size, str(c["concurrency"]),
+                     _fmt(c["p50_ms"]), _fmt(c["p90_ms"]), _fmt(c["p99_ms"]),
+                     _fmt(c["p999_ms"]), _fmt(c["max_ms"]), _fmt(c["ops_per_s"]),
+                     _fmt(c["mib_per_s"]), ratio, *vs, c["label"]])
+    print_table(["system", "op", "policy", "size", "conc", "p50 ms", "p90 ms", "p99 ms",
+                 "p999 ms", "max ms", "ops/s", "MiB/s", "p50/floor",
+                 *[f"p50/{s}" for s in ran], "what"], rows)
+    for c in cells:
+        if c.get("skipped"):
+            print(f"skipped: {c['system']} {c['op']} {human(c['size_bytes'])} "
+                  f"x{c['concurrency']}: {c['skipped']}")
+
+
+def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], list[float]],
+          out_dir: Path) -> list[str]:
+    """Latency CDF per size (one panel per concurrency) and MiB/s vs concurrency per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    sizes = sorted({k[2] for k in keep})
+    concs = sorted({k[3] for k in keep})
+    series = sorted({(k[0], k[1]) for k in keep if "put" in k[1]})
+    for size in sizes:
+        fig, axes = plt.subplots(1, len(concs), figsize=(5 * len(concs), 4), squeeze=False)
+        for ax, c in zip(axes[0], concs, strict=True):
+            for system, op in series:
+                samples = keep.get((system, op, size, c))
+                if not samples:
+                    continue
+                xs = sorted(s * 1e3 for s in samples)
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))],
+                        label=f"{system} {op}".replace("put/", ""))
+            ax.set_xscale("log")
+            ax.set_title(f"put {human(size)}, {c} concurrent")
+            ax.set_xlabel("ack latency (ms)")
+            ax.set_ylabel("fraction of puts")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"sync_cdf_{size}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for system, policy in sorted({(c["system"], c["policy"]) for c in cells
+                                      if c["op"] == "put" and c["system"] != "floor"}):
+            pts = sorted((c["concurrency"], c["mib_per_s"]) for c in cells
+                         if (c["system"], c["policy"], c["op"], c["size_bytes"]) ==
+                         (system, policy, "put", size) and c["mib_per_s"] and c["n"]
+                         and c["n"] > 1)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        label=f"{system} {policy or ''}".strip())
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"put {human(size)}")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("MiB/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "sync_throughput.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(str(path))
+    return written
+
+
+# -- main ------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="sync_latency", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer ops, no 64 MiB, no 1 GiB blob, no peers unless asked (<2 min)")
+    ap.add_argument("--rtt-ms", type=float, default=0.0,
+                    help="emulated round trip between the sites (delay proxy), ms")
+    ap.add_argument("--peers", default="",
+                    help="comma-separated peers to run too: " + ",".join(PEERS))
+    ap.add_argument("--profile", action="store_true",
+                    help="then profile replicated 4 KiB puts on both nodes (cProfile)")
+    ap.add_argument("--catchup-mib", type=int, default=None,
+                    help="MiB written while dc2 is down (default 16 quick, 256 full; 0: skip)")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "sync_latency.json")
+    ap.add_argument("--dir", type=Path, default=HERE / "results",
+                    help="scratch directory (nodes, peers and the disk floor: same disk)")
+    ap.add_argument("--plots", type=Path, default=None,
+                    help="directory for PNG plots (default: beside the JSON)")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    args.peer_list = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in args.peer_list if p not in PEERS]
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    return args
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the same orderly stop of every process as Ctrl-C
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    catchup_mib = plan.catchup_mib if args.catchup_mib is None else args.catchup_mib
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="sync-bench-", dir=args.dir))
+    scratch.chmod(0o755)  # peers may run as another user (postgres) below it
+    started = time.time()
+    base = os.urandom(MIB)
+    keep: dict[tuple[str, str, int, int], list[float]] = {}
+    cells: list[dict[str, Any]] = []
+    peers: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    try:
+        with ExitStack() as stack:
+            cluster = Cluster(scratch / "cluster", args.rtt_ms, stack)
+            cells += measure_floor(scratch, cluster.root, plan)
+            for policy in POLICIES:
+                progress(f"hdsd: (re)starting both sites with write_policy = {policy}")
+                cluster.stop()
+                cluster.start(policy)
+                cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep)
+            cluster.stop()
+            cluster.start("each-site")
+            if plan.big_blob:
+                cells.append(trio.run(big_blob, cluster, plan.big_blob, base))
+            if catchup_mib > 0:
+                extra["catch_up"] = trio.run(catch_up, cluster, catchup_mib, base)
+                c = extra["catch_up"]
+                progress(f"catch-up: RPO 0 after {c['seconds_to_rpo0']:.2f} s, "
+                         f"{c['catchup_mib_per_s']:.1f} MiB/s")
+            cluster.stop()
+            if args.profile:
+                extra["profile"] = profile_sites(cluster, plan.profile_puts, args.json.parent)
+        for name in args.peer_list:
+            peers[SYSTEM_OF[name]], got = run_peer(name, scratch / "peers", plan, base, keep)
+            cells += got
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    add_ratios(cells, args.rtt_ms)
+    print()
+    show(cells)
+    if "catch_up" in extra:
+        c = extra["catch_up"]
+        print(f"\ncatch-up: {c['written_mib']} MiB written with dc2 down (degraded put "
+              f"{c['degraded_put_mib_per_s']:.1f} MiB/s); after dc2 listened again RPO 0 in "
+              f"{c['seconds_to_rpo0']:.2f} s = {c['catchup_mib_per_s']:.1f} MiB/s "
+              f"(dc2 start {c['dc2_start_s']:.2f} s)")
+    for system, st in peers.items():
+        if st["status"] != "ran":
+            print(f"peer {system}: {st['status']}: {st['reason']}")
+    plot_files: list[str] | str = "disabled (--no-plots)"
+    if not args.no_plots:
+        try:
+            plot_files = plots(cells, keep, args.plots or args.json.parent)
+        except ImportError:
+            plot_files = "skipped: matplotlib is not installed"
+    print(f"plots: {plot_files}")
+    write_json(args.json, {
+        "benchmark": "sync_latency", "quick": args.quick, "machine": machine_info(),
+        "started": started, "seconds": time.time() - started,
+        "configuration": {"sites": ["dc1", "dc2"], "nodes_per_site": 1,
+                          "policies": list(POLICIES), "rtt_ms": args.rtt_ms,
+                          "rtt_emulation": "delay proxy (tests/helpers/faultproxy.py)"
+                          if args.rtt_ms else None,
+                          "sizes": list(plan.sizes), "concurrency": list(plan.concurrency),
+                          "max_connections": 16, "peers": args.peer_list,
+                          "bytes_per_cell": plan.bytes_per_cell, "max_ops": plan.max_ops},
+        "peers": peers, "plots": plot_files, **extra, "results": cells,
+    })
+    print(f"JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
