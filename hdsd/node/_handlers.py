@@ -17,12 +17,20 @@ record, one fsync).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import ConnectionLost, HdsdError, InvalidRequest, NotFound, RequestTimeout
+from .._errors import (
+    ConnectionLost,
+    HdsdError,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    RequestTimeout,
+)
 from .._groups import single_error
 from ..pipeline import Chunker, open_in_thread, seal_in_thread
 from ..store import ChunkRecord, Version, parse_version_id
@@ -170,10 +178,36 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
         ids.append(b"")
         nursery.start_soon(store_chunk, len(ids) - 1, piece)
 
+    # Events already queued: a small put usually arrives whole (PutStart, Data, End in one
+    # write), and then needs no tasks at all: one seal, one replicated write.
+    early: deque[Message] = deque()
+    while not early or not isinstance(early[-1], (End, Cancel)):
+        try:
+            early.append(inbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    if early and isinstance(early[-1], End) and all(isinstance(e, Data) for e in
+                                                    list(early)[:-1]):
+        body = b"".join(e.data for e in early if isinstance(e, Data))
+        if len(body) <= node.config.inline_max and (msg.size is None or msg.size == len(body)):
+            sealed = await seal_in_thread(codec, body)
+            hasher.update(body)
+            version = Version(
+                tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
+                node=node.config.name, size=len(body), content_hash=hasher.digest(),
+                chunks=(sealed.chunk_id,), inline=sealed.payload, metadata=dict(msg.metadata),
+                request_id=msg.request_id, chunk_size=node.config.chunk_size)
+            lagging.update(await node.replicator.write(replicas, [], [version]))
+            await node.replicator.keep_hints(lagging, [version])
+            return version
+
+    async def next_event() -> Message:
+        return early.popleft() if early else await _next_body_event(node, inbox)
+
     with single_error():
         async with trio.open_nursery() as nursery:
             while True:
-                event = await _next_body_event(node, inbox)
+                event = await next_event()
                 if isinstance(event, End):
                     break
                 if isinstance(event, Cancel):
@@ -230,31 +264,53 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     info = {**version.public_info(), "start": lo, "end": hi}
     await session.send(GetStart(rid=msg.rid, info=info))
     timeout = node.config.request_timeout_s
+    # Which slice of which chunk the range needs, in order.
+    wanted: list[tuple[int, bytes, int, int, int]] = []  # index, id, length, slice lo, hi
     offset = 0
     for index, chunk_id in enumerate(version.chunks):
-        chunk_len = min(version.chunk_size or version.size, version.size - offset)
-        if version.inline is not None:
-            chunk_len = version.size
+        chunk_len = version.size if version.inline is not None else \
+            min(version.chunk_size or version.size, version.size - offset)
         chunk_lo, chunk_hi = max(lo, offset), min(hi, offset + chunk_len)
         if chunk_lo < chunk_hi:
-            if _cancelled(inbox):
-                await session.send(Cancel(rid=msg.rid))  # our final: the rid is free again
-                return
-            if version.inline is not None:
-                plain = await open_in_thread(codec, chunk_id, version.inline)
-            else:
-                plain = await node.chunk_payload(tenant, msg.bucket, msg.key, chunk_id, codec)
-            if len(plain) != chunk_len:
-                raise HdsdError(f"chunk {index} of {msg.bucket}/{msg.key} has {len(plain)} bytes,"
-                                f" expected {chunk_len}")
-            with trio.move_on_after(timeout) as scope:
-                await session.send_body(msg.rid, memoryview(plain)[chunk_lo - offset:
-                                                                    chunk_hi - offset])
-            if scope.cancelled_caught:
-                raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
+            wanted.append((index, chunk_id, chunk_len, chunk_lo - offset, chunk_hi - offset))
         offset += chunk_len
         if offset >= hi:
             break
+
+    async def read(index: int, chunk_id: bytes, chunk_len: int) -> bytes:
+        if version.inline is not None:
+            plain = await open_in_thread(codec, chunk_id, version.inline)
+        else:
+            plain = await node.chunk_payload(tenant, msg.bucket, msg.key, chunk_id, codec)
+        if len(plain) != chunk_len:
+            raise IntegrityError(f"chunk {index} of {msg.bucket}/{msg.key} has {len(plain)} "
+                                 f"bytes, expected {chunk_len}")
+        return plain
+
+    # Read and decrypt the next chunks while this one is sent: the read-ahead is bounded (two
+    # chunks), so a slow reader still holds the node to a few MiB for this request.
+    send_ready, receive_ready = trio.open_memory_channel[bytes](1)
+
+    async def produce() -> None:
+        async with send_ready:
+            for index, chunk_id, chunk_len, _, _ in wanted:
+                await send_ready.send(await read(index, chunk_id, chunk_len))
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receive_ready:
+                for _, _, _, slice_lo, slice_hi in wanted:
+                    plain = await receive_ready.receive()
+                    if _cancelled(inbox):
+                        nursery.cancel_scope.cancel()
+                        await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
+                        return
+                    with trio.move_on_after(timeout) as scope:
+                        await session.send_body(msg.rid, memoryview(plain)[slice_lo:slice_hi])
+                    if scope.cancelled_caught:
+                        raise RequestTimeout(f"client read nothing for {timeout:g} s; "
+                                             "download aborted")
     await session.send(End(rid=msg.rid))
 
 
