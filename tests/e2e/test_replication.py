@@ -188,3 +188,18 @@ def test_two_nodes_per_site(two_by_two: Cluster) -> None:
         with hdsd.Client(two_by_two.profile, site=site) as c:
             for key, blob in acked.items():
                 assert c.get("grid", key) == blob
+
+
+def test_nodes_with_different_layouts_refuse_to_mix(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "c", 1)
+    cfg = tmp_path / "c" / "dc2-n1" / "node.toml"
+    # dc2 believes in a different placement (a weight): it must refuse dc1's replication.
+    cfg.write_text(cfg.read_text().replace('name = "dc2-n1", address', 'name = "dc2-n1", '
+                                           'weight = 2.0, address'))
+    cluster.start()
+    try:
+        with hdsd.Client(cluster.profile, site="dc1", retries=0, timeout=30) as dc1:
+            with pytest.raises(hdsd.QuorumNotReached, match="layout"):
+                dc1.put("mix", "k", b"v")
+    finally:
+        cluster.kill()
