@@ -132,7 +132,8 @@ class Postgres(Peer):
     system = "postgresql"
 
     def _start(self) -> None:
-        pgbin = os.path.dirname(os.path.realpath(_need("initdb", "/usr/lib/postgresql/*/bin")))
+        initdb = _need("initdb", "/usr/lib/postgresql/*/bin")
+        pgbin = os.path.dirname(os.path.realpath(initdb))  # not a /usr/local/bin symlink
         try:
             import psycopg
         except ImportError as exc:
@@ -194,7 +195,7 @@ max_wal_size = 4GB
         import psycopg
 
         with psycopg.connect(self._dsn(port), autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+            row = conn.execute(sql).fetchone()
             return row[0] if row else None
 
     def connect(self) -> PeerClient:
@@ -351,7 +352,7 @@ class _RedisClient:
     def put(self, key: str, value: bytes) -> None:
         pipe = self.r.pipeline(transaction=False)
         pipe.set(key, value)
-        pipe.execute_command("WAIT", 1, 0)
+        pipe.wait(1, 0)
         _, replicas = pipe.execute()
         if int(replicas) < 1:
             raise RuntimeError("redis: WAIT returned 0 replicas")
@@ -360,7 +361,7 @@ class _RedisClient:
         value = self.r.get(key)
         if value is None:
             raise KeyError(key)
-        return bytes(value)
+        return value if isinstance(value, bytes) else str(value).encode()
 
     def close(self) -> None:
         self.r.close()

@@ -33,10 +33,10 @@ def _is_figure(value: object) -> bool:
         and math.isfinite(value) and value > 0
 
 
-def _bench(*args: str, **kw: object) -> subprocess.Popen[bytes]:
+def _bench(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(BENCH), *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)  # type: ignore[call-overload]
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _processes_under(path: Path) -> list[str]:
@@ -87,8 +87,8 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     # The emulated RTT is part of the floor of a replicated put, not of a local one.
     put = hdsd[("put", "each-site", 4 * KIB, 1)]
     local = hdsd[("put", "local", 4 * KIB, 1)]
-    assert put["floor_ms"] == pytest.approx(local["floor_ms"] + 1.0 + [
-        c for c in cells if c["op"] == "rtt" and c["transport"] == "tcp"][0]["p50_ms"])
+    assert put["floor_ms"] == pytest.approx(local["floor_ms"] + 1.0 + next(
+        c for c in cells if c["op"] == "rtt" and c["transport"] == "tcp")["p50_ms"])
 
     fsyncs = {c["size_bytes"] for c in cells if c["op"] == "fsync" and _is_figure(c["p50_ms"])}
     assert fsyncs == set(QUICK_SIZES)
