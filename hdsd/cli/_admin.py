@@ -27,6 +27,42 @@ from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
 
 
+_NODE_TOML = """\
+# hdsd node {name} (site {site}); start with: hdsd serve --config {node_dir}/node.toml
+# Relative paths are relative to this file. Every node of the cluster must have the same
+# [cluster] replicas_per_site and [[sites]] (addresses may differ, e.g. behind NAT).
+
+[node]
+name = "{name}"
+site = "{site}"
+listen = "{host}:{port}"        # address:port clients and the other nodes connect to
+data_dir = "data"               # the log, its index, hints; keep it on a local disk
+
+[tls]                           # mutual TLS 1.3; issued by `hdsd init` / `hdsd cert issue`
+ca = "../ca/ca.crt"
+cert = "{crt}"
+key = "{key}"
+
+[keys]
+master_key_file = "../master.key"   # 32 bytes, mode 0600: wraps every tenant key; back it up
+
+[cluster]
+id = "{cluster_id}"
+chunk_size = 1048576            # bytes per chunk (64 KiB .. 4 MiB)
+compression_level = 1           # zstd level; chunks that do not shrink are stored raw
+inline_max = 16384              # blobs up to this size travel inside the version record
+replicas_per_site = 1           # copies of each key in each site
+write_policy = "each-site"      # ack once fsynced in every site (RPO 0); or majority, local
+on_peer_site_loss = "refuse"    # or "degrade": accept writes alone, keep hints, say so
+write_timeout_s = 10            # a write not acknowledged by then is refused (QuorumNotReached)
+
+# [limits]                      # optional
+# max_connections = 1024
+# request_timeout_s = 60
+# shutdown_grace_s = 30
+{sites}"""
+
+
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -98,17 +134,9 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
                 root / "ca", node_dir, name=name, site=site,
                 hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
-            (node_dir / "node.toml").write_text(
-                f"# hdsd node {name} (site {site})\n"
-                f"# start with: hdsd serve --config {node_dir}/node.toml\n"
-                f"[node]\nname = {_toml_str(name)}\nsite = {_toml_str(site)}\n"
-                f'listen = "{host}:{node_port}"\ndata_dir = "data"\n\n'
-                f'[tls]\nca = "../ca/ca.crt"\ncert = "{crt.name}"\nkey = "{key.name}"\n\n'
-                f'[keys]\nmaster_key_file = "../master.key"\n\n'
-                f"[cluster]\nid = {_toml_str(cluster_id)}\nchunk_size = 1048576\n"
-                f"compression_level = 1\ninline_max = 16384\nreplicas_per_site = 1\n"
-                f'write_policy = "each-site"\non_peer_site_loss = "refuse"\n'
-                f"write_timeout_s = 10\n{sites_toml}",
+            (node_dir / "node.toml").write_text(_NODE_TOML.format(
+                name=name, site=site, node_dir=node_dir, host=host, port=node_port,
+                crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml),
                 encoding="utf-8")
     keyring_template.unlink()
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
