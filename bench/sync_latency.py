@@ -612,6 +612,7 @@ def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], lis
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -629,6 +630,8 @@ def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], lis
                 ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))],
                         label=f"{system} {op}".replace("put/", ""))
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # 2, 10, not 2x10^0
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"put {human(size)}, {c} concurrent")
             ax.set_xlabel("ack latency (ms)")
             ax.set_ylabel("fraction of puts")
@@ -651,6 +654,7 @@ def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], lis
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                         label=f"{system} {policy or ''}".strip())
         ax.set_xscale("log", base=2)
+        ax.set_xticks(concs, [str(c) for c in concs])
         ax.set_title(f"put {human(size)}")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("MiB/s")
@@ -723,14 +727,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.start("each-site")
             if plan.big_blob:
                 cells.append(trio.run(big_blob, cluster, plan.big_blob, base))
+            # The extras must not cost the cells already measured: a failure is recorded.
             if catchup_mib > 0:
-                extra["catch_up"] = trio.run(catch_up, cluster, catchup_mib, base)
-                c = extra["catch_up"]
-                progress(f"catch-up: RPO 0 after {c['seconds_to_rpo0']:.2f} s, "
-                         f"{c['catchup_mib_per_s']:.1f} MiB/s")
+                try:
+                    extra["catch_up"] = trio.run(catch_up, cluster, catchup_mib, base)
+                    c = extra["catch_up"]
+                    progress(f"catch-up: RPO 0 after {c['seconds_to_rpo0']:.2f} s, "
+                             f"{c['catchup_mib_per_s']:.1f} MiB/s")
+                except Exception as exc:
+                    progress(f"catch-up FAILED: {exc!r}")
+                    extra["catch_up"] = {"error": repr(exc)}
             cluster.stop()
             if args.profile:
-                extra["profile"] = profile_sites(cluster, plan.profile_puts, args.json.parent)
+                try:
+                    extra["profile"] = profile_sites(cluster, plan.profile_puts,
+                                                     args.json.parent)
+                except Exception as exc:
+                    progress(f"profile FAILED: {exc!r}")
+                    extra["profile"] = {"error": repr(exc)}
         for name in args.peer_list:
             peers[SYSTEM_OF[name]], got = run_peer(name, scratch / "peers", plan, base, keep)
             cells += got
@@ -739,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_ratios(cells, args.rtt_ms)
     print()
     show(cells)
-    if "catch_up" in extra:
+    if "seconds_to_rpo0" in extra.get("catch_up", {}):
         c = extra["catch_up"]
         print(f"\ncatch-up: {c['written_mib']} MiB written with dc2 down (degraded put "
               f"{c['degraded_put_mib_per_s']:.1f} MiB/s); after dc2 listened again RPO 0 in "
