@@ -22,11 +22,11 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import fsync_floor, latency_ms, machine_info, print_table, write_json  # noqa: E402
+from _harness import fsync_floor, latency_ms, machine_info, print_table, write_json
 
-from hdsd.cluster import HybridClock  # noqa: E402
-from hdsd.pipeline import ChunkCodec, TenantKeys, seal_stream, tune_allocator  # noqa: E402
-from hdsd.store import ChunkRecord, Store, Version  # noqa: E402
+from hdsd.cluster import HybridClock
+from hdsd.pipeline import ChunkCodec, TenantKeys, seal_stream, tune_allocator
+from hdsd.store import ChunkRecord, Store, Version
 
 MIB = 1 << 20
 
