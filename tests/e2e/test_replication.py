@@ -82,10 +82,14 @@ def test_put_in_one_site_reads_back_in_the_other(two_by_one: Cluster) -> None:
 def test_kill9_other_site_during_a_burst(two_by_one: Cluster) -> None:
     acked: dict[str, bytes] = {}
     refused: list[str] = []
+    killed = trio.Event()
 
     async def writer(client: hdsd.AsyncClient, i: int) -> None:
-        for j in range(40):
-            key, data = f"burst/{i}/{j}", os.urandom(3000 + 100 * j)
+        j = 0
+        # Write until well after the kill, however fast the machine is.
+        while not killed.is_set() or j < 60:
+            key, data = f"burst/{i}/{j}", os.urandom(3000 + 100 * (j % 40))
+            j += 1
             try:
                 await client.put("rep", key, data)
                 acked[key] = data
@@ -93,6 +97,8 @@ def test_kill9_other_site_during_a_burst(two_by_one: Cluster) -> None:
                 refused.append(key)
             except hdsd.Unavailable:
                 refused.append(key)
+            if killed.is_set() and len(refused) > 20:
+                return
 
     async def burst() -> None:
         with trio.fail_after(240):
@@ -100,8 +106,10 @@ def test_kill9_other_site_during_a_burst(two_by_one: Cluster) -> None:
                 async with trio.open_nursery() as nursery:
                     for i in range(8):
                         nursery.start_soon(writer, client, i)
-                    await trio.sleep(0.3)
+                    while len(acked) < 50:
+                        await trio.sleep(0.01)
                     two_by_one.nodes["dc2-n1"].kill()  # SIGKILL mid-burst
+                    killed.set()
 
     trio.run(burst)
     assert acked and refused, (len(acked), len(refused))
