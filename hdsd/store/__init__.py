@@ -5,6 +5,7 @@ The on-disk format and the crash rules are specified in ``hdsd.store._log``.
 
 from ._fs import FileSystem as FileSystem
 from ._records import ChunkRecord as ChunkRecord
+from ._store import CommitTicket as CommitTicket
 from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 from ._version import Version as Version

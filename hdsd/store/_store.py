@@ -27,9 +27,10 @@ from ._log import check_frame
 from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
 from ._recovery import Recovered, list_segments, recover, verify_log
 from ._version import Version
+from ._wake import WakerPool
 from ._writer import LogWriter, PendingCommit
 
-__all__ = ["Store", "StoreStatistics"]
+__all__ = ["CommitTicket", "Store", "StoreStatistics"]
 
 INDEX_NAME = "index.sqlite3"
 LOCK_NAME = "LOCK"
@@ -189,10 +190,17 @@ class Store:
         the same version (idempotent) to be sure.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        await self.start_commit(records).wait()
+
+    def start_commit(self, records: Sequence[ChunkRecord | Version]) -> CommitTicket:
+        """:meth:`commit` in two steps, so a caller can do other I/O (a replica's round trip)
+        while the log writer syncs, without a task: the records are queued now; ``await
+        ticket.wait()`` returns once they are durable (or raises as :meth:`commit` does).
+        A ticket that will not be waited for must be given up with ``ticket.abandon()``.
+        Errors found before queueing (closed, failed, unencodable) are raised here."""
         encoded = self._encode(records)
         if not encoded:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
+            return CommitTicket(self._writer.wakers, None)
         wakers = self._writer.wakers
         pending = PendingCommit(encoded, _frames_size(encoded), wakers.for_trio())
         try:
@@ -200,9 +208,7 @@ class Store:
         except BaseException:
             wakers.release(pending.waker)
             raise
-        await wakers.wait(pending.waker)
-        if pending.error is not None:
-            raise pending.error
+        return CommitTicket(wakers, pending)
 
     def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
         """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
@@ -331,6 +337,33 @@ class Store:
             failed=w.failed is not None, head_segment=seg, head_offset=off,
             replayed_records=self._recovered.replayed_records,
             torn_tails=self._recovered.torn_tails)
+
+
+class CommitTicket:
+    """A queued commit (see :meth:`Store.start_commit`): wait for it once, or abandon it."""
+
+    __slots__ = ("_pending", "_wakers")
+
+    def __init__(self, wakers: WakerPool, pending: PendingCommit | None) -> None:
+        self._wakers = wakers
+        self._pending = pending  # None: nothing to write, or already waited for / abandoned
+
+    async def wait(self) -> None:
+        """Return once the records are durable; raise the store's error otherwise. Cancelled,
+        the records may or may not become durable, and the ticket is spent."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._wakers.wait(pending.waker)
+        if pending.error is not None:
+            raise pending.error
+
+    def abandon(self) -> None:
+        """Give up waiting (no-op once waited for); the commit itself goes on."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._wakers.abandon(pending.waker)
 
 
 def _frames_size(encoded: list[EncodedRecord]) -> int:

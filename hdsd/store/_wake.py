@@ -124,6 +124,16 @@ class WakerPool:
         os.eventfd_read(waker.fd)
         self._give_back(waker.fd)
 
+    def abandon(self, waker: Waker) -> None:
+        """The caller will never :meth:`wait` for this submitted waker: the writer closes the
+        eventfd if it has not signalled yet, else it goes back to the pool now."""
+        with self.lock:
+            if waker.state == WAITING:
+                waker.state = ABANDONED
+                return
+        os.eventfd_read(waker.fd)
+        self._give_back(waker.fd)
+
     def close(self) -> None:
         """Close the idle eventfds (the writer thread has stopped: no waker is in flight)."""
         with self.lock:

@@ -1,0 +1,78 @@
+"""``Store.start_commit``: queue a commit now, wait for it later (or never) without a task."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from hdsd._errors import StoreClosedError
+from hdsd.store import Store, Version
+
+from ._util import FaultyFS, inline_version
+
+
+def v(i: int) -> Version:
+    return inline_version("t", "b", f"k{i}", i + 1, "n", f"value {i}".encode())
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_wait_returns_once_durable_and_readable(tmp_path: Path) -> None:
+    gate = threading.Event()
+    fs = FaultyFS()
+    with Store.open(tmp_path, fs=fs) as store:
+        fs.gate = gate
+        ticket = store.start_commit([v(0)])
+        await trio.to_thread.run_sync(fs.at_gate.wait)  # queued at once, syncing now
+        assert store._writer.fsyncs == 0  # not durable yet: the wait is real
+        gate.set()
+        with trio.fail_after(10):
+            await ticket.wait()
+        assert store.current("t", "b", "k0") == v(0)
+        await ticket.wait()  # a spent ticket: returns at once
+        ticket.abandon()  # and abandoning it is a no-op
+
+
+@pytest.mark.parametrize("signalled_first", [False, True])
+async def test_abandoned_tickets_are_written_and_leak_nothing(tmp_path: Path,
+                                                              signalled_first: bool) -> None:
+    gate = threading.Event()
+    fs = FaultyFS()
+    before = _open_fds()
+    with Store.open(tmp_path, fs=fs) as store:
+        fs.gate = gate
+        tickets = [store.start_commit([v(i)]) for i in range(4)]
+        await trio.to_thread.run_sync(fs.at_gate.wait)
+        if signalled_first:
+            gate.set()
+            with trio.fail_after(10):
+                await store.commit([v(9)])  # every earlier batch was signalled before it
+        for ticket in tickets:
+            ticket.abandon()
+        gate.set()
+        with trio.fail_after(10):
+            await store.commit([v(10)])
+        assert [store.current("t", "b", f"k{i}") for i in range(4)] == [v(i) for i in range(4)]
+    assert _open_fds() == before
+
+
+async def test_nothing_new_to_write_needs_no_writer(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        await store.commit([v(0)])
+        commits = store.statistics().commits
+        with trio.fail_after(10):
+            await store.start_commit([v(0)]).wait()
+        assert store.statistics().commits == commits
+
+
+def test_errors_before_queueing_raise_at_start(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.start_commit([v(0)])
