@@ -43,10 +43,20 @@ Replicas = dict[str, list[str]]
 _REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
 
 
+class LocalCommit(Protocol):
+    """A commit queued by :meth:`LocalStore.start_commit`."""
+
+    async def wait(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
 class LocalStore(Protocol):
     """What the coordinator needs of its own store (:class:`hdsd.store.Store` has it)."""
 
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None: ...
+
+    def start_commit(self, records: Sequence[ChunkRecord | Version]) -> LocalCommit: ...
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None: ...
@@ -91,6 +101,11 @@ class Replicator:
         # Automatic restore needs the other site to have been away and come back; an operator
         # degrading ahead of planned maintenance is not undone while the peer is still up.
         self._peer_was_lost = False
+        # With one node per site every key lives on every node: no hashing needed.
+        self._every_key: Replicas | None = None
+        if all(len(layout.site_nodes(site)) == 1 for site in layout.sites):
+            self._every_key = {site: [n.name for n in layout.site_nodes(site)]
+                               for site in layout.sites}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -106,6 +121,8 @@ class Replicator:
         return "local" if self.mode.degraded else self.policy
 
     def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
+        if self._every_key is not None:
+            return {site: list(nodes) for site, nodes in self._every_key.items()}
         placed = self.layout.replicas(placement_key(tenant, bucket, key))
         return {site: [n.name for n in nodes] for site, nodes in placed.items()}
 
@@ -122,6 +139,15 @@ class Replicator:
         targets = [n for nodes in replicas.values() for n in nodes]
         acked: set[str] = set()
         failed: dict[str, HdsdError] = {}
+        if (policy == "each-site" and len(targets) == 2 and self.name in targets
+                and all(len(nodes) == 1 for nodes in replicas.values())):
+            # The common case (one replica per site, this node one of them): the policy needs
+            # both, so nothing can be acknowledged early and no background task is needed.
+            await self._write_pair(targets, chunks, versions, acked, failed)
+            if policy_met(policy, replicas, acked, self.site):
+                return set()
+            return await self._not_met(policy, replicas, targets, versions, acked, failed,
+                                       self._may_degrade(replicas, acked, failed))
         settled = trio.Event()
         local_done = trio.Event()
         send = replicate_message(self.layout_id, chunks, versions)
@@ -152,15 +178,62 @@ class Replicator:
             await settled.wait()
         if policy_met(policy, replicas, acked, self.site):
             return set(targets) - acked
-        if self._peer_site_lost(replicas, acked, failed) and self.on_peer_site_loss == "degrade":
+        degrade = self._may_degrade(replicas, acked, failed)
+        if self.name in targets and versions and not degrade:
+            with trio.move_on_after(self.timeout):
+                await local_done.wait()
+        return await self._not_met(policy, replicas, targets, versions, acked, failed, degrade)
+
+    async def _write_pair(self, targets: list[str], chunks: Sequence[ChunkRecord],
+                          versions: Sequence[Version], acked: set[str],
+                          failed: dict[str, HdsdError]) -> None:
+        """Commit here and on the one other replica in parallel, in this task: the log writer
+        syncs while the peer's round trip runs. Fills *acked* and *failed*.
+
+        Shielded (bounded by the write timeout): a client that goes away must not cut the
+        peer request mid-frame (that would close the shared peer session) nor leave the
+        records on one site without the hint the caller keeps when the policy fails.
+        """
+        peer = targets[0] if targets[1] == self.name else targets[1]
+        with trio.CancelScope(shield=True):
+            try:
+                local: LocalCommit | None = self.store.start_commit([*chunks, *versions])
+            except HdsdError as exc:
+                failed[self.name] = exc
+                local = None
+            try:
+                with trio.move_on_after(self.timeout):
+                    await self.peers.call(peer, replicate_message(self.layout_id, chunks,
+                                                                  versions),
+                                          timeout=self.timeout)
+                    acked.add(peer)
+            except HdsdError as exc:
+                failed[peer] = exc
+            if local is not None:
+                try:
+                    with trio.move_on_after(self.timeout):
+                        await local.wait()
+                        acked.add(self.name)
+                except HdsdError as exc:
+                    failed[self.name] = exc
+                finally:
+                    local.abandon()
+
+    def _may_degrade(self, replicas: Replicas, acked: set[str],
+                     failed: dict[str, HdsdError]) -> bool:
+        return (self.on_peer_site_loss == "degrade"
+                and self._peer_site_lost(replicas, acked, failed))
+
+    async def _not_met(self, policy: str, replicas: Replicas, targets: list[str],
+                       versions: Sequence[Version], acked: set[str],
+                       failed: dict[str, HdsdError], degrade: bool) -> set[str]:
+        """The policy did not hold in time: degrade if configured to, else refuse."""
+        if degrade:
             self.mode.set("degraded", reason="peer site unreachable (on_peer_site_loss = "
                           "degrade)", by=self.name, automatic=True)
             self._peer_was_lost = True
             if policy_met("local", replicas, acked, self.site):
                 return set(targets) - acked
-        if self.name in targets and versions:
-            with trio.move_on_after(self.timeout):
-                await local_done.wait()
         if self.name in acked and versions:
             # Not acknowledged, but durable here: it may surface (merge is a union), so bring
             # the other replicas along instead of leaving the sites different.
