@@ -300,9 +300,16 @@ class Store:
         return self._index.buckets(tenant)
 
     def find_request(self, tenant: str, request_id: bytes) -> Version | None:
-        """The version a request id wrote (first one stored), so a retry is applied once."""
-        self._check_readable()
-        return self._index.find_request(tenant, request_id)
+        """The version a request id wrote (first one stored), so a retry is applied once.
+
+        Sees every commit acknowledged before the call without waiting for the index (this
+        is on every put's path): acknowledged-but-unindexed request ids are kept aside."""
+        self._check_open()
+        if not request_id:
+            return None
+        # This order: an entry leaves the side table only after its index commit.
+        recent = self._writer.find_unindexed_request(tenant, request_id)
+        return self._index.find_request(tenant, request_id) or recent
 
     def max_hlc(self) -> int:
         """The highest HLC ever stored (0 if none): the clock's floor after a restart."""

@@ -16,6 +16,7 @@ from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
 from ._log import frame_batch
 from ._records import EncodedRecord
+from ._version import Version
 from ._wake import Doorbell, Waker, WakerPool
 
 __all__ = ["LogWriter", "PendingCommit"]
@@ -132,6 +133,10 @@ class LogWriter:
         self._indexed = 0
         self._indexed_cond = threading.Condition()
         self._index_lost: str | None = None  # acknowledged batches this index will never hold
+        # Request ids of versions acknowledged but maybe not indexed yet, so an idempotency
+        # lookup need not wait for the index (see find_unindexed_request). Writer thread
+        # adds before the ack and removes only after the index holds them.
+        self._unindexed_requests: dict[tuple[str, bytes], Version] = {}
         # Statistics; written by the writer thread only.
         self.commits = 0
         self.batches = 0
@@ -182,6 +187,18 @@ class LogWriter:
                 self._indexed_cond.wait()
         if self._index_lost is not None:
             raise StoreFailedError(self._index_lost)
+
+    def find_unindexed_request(self, tenant: str, request_id: bytes) -> Version | None:
+        """A version with this request id acknowledged but perhaps not in the index yet.
+
+        A lookup that checks here first and the index second misses nothing acknowledged
+        before it, without waiting: an entry leaves this table only after its index commit.
+        Raises :class:`StoreFailedError` if the index lost acknowledged batches.
+        """
+        found = self._unindexed_requests.get((tenant, request_id))
+        if self._index_lost is not None:
+            raise StoreFailedError(self._index_lost)
+        return found
 
     def close(self) -> None:
         """Write everything already queued, then stop the thread and close the head segment."""
@@ -265,6 +282,9 @@ class LogWriter:
         self.commits += len(batch)
         # Durable: acknowledge now, index next. Readers wait for the index meanwhile
         # (wait_indexed), so the ack cannot be observed before the records are readable.
+        requests = [r for e in records if isinstance(r := e.record, Version) and r.request_id]
+        for r in requests:
+            self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         self._acked += 1
         self._complete(batch, None, "")
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
@@ -279,6 +299,8 @@ class LogWriter:
         with self._indexed_cond:
             self._indexed = self._acked
             self._indexed_cond.notify_all()
+        for r in requests:
+            self._unindexed_requests.pop((r.tenant, r.request_id), None)
 
     def _lose_index(self) -> None:
         with self._indexed_cond:

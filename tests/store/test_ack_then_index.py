@@ -114,3 +114,44 @@ async def test_cancelled_commits_leak_no_wake_up_descriptor(tmp_path: Path) -> N
         assert [store.current("t", "b", f"k{i}") for i in range(12)] == [v(i) for i in
                                                                          range(12)]
     assert _open_fds() == before
+
+
+def rv(i: int, request_id: bytes) -> Version:
+    return inline_version("t", "b", f"r{i}", i + 1, "n", b"x", request_id=request_id)
+
+
+async def test_request_lookup_sees_an_ack_before_its_index_update_without_waiting(
+        tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        with trio.fail_after(10):
+            await store.commit([rv(0, b"first")])
+        gated = _GatedApply(store)
+        store._index.apply = gated  # type: ignore[method-assign]
+        try:
+            with trio.fail_after(10):
+                await store.commit([rv(1, b"second"), rv(2, b"first")])
+            assert not gated.gate.is_set()  # acknowledged, the index update is held
+            # Answers while the index update is still held (a wait for it would never end).
+            seen: list[Version | None] = []
+            lookup = threading.Thread(
+                target=lambda: seen.append(store.find_request("t", b"second")))
+            lookup.start()
+            lookup.join(10)
+            assert seen == [rv(1, b"second")]
+            assert store.find_request("t", b"first") == rv(0, b"first")  # the first stored
+            assert store.find_request("t", b"other") is None
+        finally:
+            gated.gate.set()
+        with trio.fail_after(10):
+            await store.commit([v(9)])  # the held batch is indexed once this one is acked
+        assert store.find_request("t", b"second") == rv(1, b"second")
+        assert store._writer._unindexed_requests == {}
+
+
+async def test_request_lookup_refuses_after_the_index_lost_an_ack(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
+        with trio.fail_after(10):
+            await store.commit([rv(0, b"lost")])
+        with pytest.raises(StoreFailedError, match="missing from the index"):
+            store.find_request("t", b"lost")
