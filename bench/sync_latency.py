@@ -282,17 +282,33 @@ async def _get(client: hdsd.AsyncClient, key: str, size: int) -> float:
 
 
 async def _run_tasks(c: int, per_task: int, job: Any) -> tuple[list[float], float]:
+    """Run *job(t, i)* -> seconds in *c* tasks; (samples, wall time). The first refusal
+    (:class:`hdsd.HdsdError`) ends every task and is raised as itself, not in a group."""
     samples: list[float] = []
+    errors: list[hdsd.HdsdError] = []
 
-    async def task(t: int) -> None:
-        for i in range(per_task):
-            samples.append(await job(t, i))
+    async def task(t: int, scope: trio.CancelScope) -> None:
+        try:
+            for i in range(per_task):
+                samples.append(await job(t, i))
+        except hdsd.HdsdError as exc:
+            errors.append(exc)
+            scope.cancel()
 
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for t in range(c):
-            nursery.start_soon(task, t)
+            nursery.start_soon(task, t, nursery.cancel_scope)
+    if errors:
+        raise errors[0]
     return samples, time.perf_counter() - t0
+
+
+def failed(system: str, op: str, policy: str | None, size: int, concurrency: int,
+           exc: BaseException) -> dict[str, Any]:
+    """A cell the system refused (e.g. a write timeout under overload): recorded, not fatal."""
+    return {**cell(system, op, policy, size, concurrency, f"{op} {human(size)} x{concurrency}"),
+            "error": f"{type(exc).__name__}: {exc}"}
 
 
 async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
@@ -325,10 +341,17 @@ async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
                                   conns: int = conns) -> float:
                         return await _get(clients[t % conns], f"{prefix}/{t}/{i}", size)
 
-                    put_s, put_el = await _run_tasks(c, n // c, put)
-                    cluster.check()
-                    progress(f"hdsd {policy}: get {label}")
-                    get_s, get_el = await _run_tasks(c, n // c, get)
+                    try:
+                        put_s, put_el = await _run_tasks(c, n // c, put)
+                        cluster.check()
+                        progress(f"hdsd {policy}: get {label}")
+                        get_s, get_el = await _run_tasks(c, n // c, get)
+                    except hdsd.HdsdError as exc:
+                        cluster.check()  # a refusal is a result; a dead node is not
+                        progress(f"hdsd {policy}: {label} FAILED: {exc}")
+                        out += [failed("hdsd", op, policy, size, c, exc)
+                                for op in ("put", "get")]
+                        continue
                     for op, samples, el in (("put", put_s, put_el), ("get", get_s, get_el)):
                         out.append(cell("hdsd", op, policy, size, c, f"{op} {label}",
                                         samples=samples, elapsed=el, connections=conns))
@@ -416,6 +439,10 @@ def peer_cells(peer: Peer, plan: Plan, base: bytes,
 
                 put_s, put_el = _threads(c, per, put)
                 get_s, get_el = _threads(c, per, get)
+            except Exception as exc:  # one refused cell must not lose the peer's others
+                progress(f"{peer.system}: {human(size)} x{c} FAILED: {exc!r}")
+                out += [failed(peer.system, op, None, size, c, exc) for op in ("put", "get")]
+                continue
             finally:
                 for cl in clients:
                     cl.close()
@@ -587,7 +614,7 @@ def show(cells: list[dict[str, Any]]) -> None:
                                                  for c in cells)]
     rows = []
     for c in cells:
-        if c.get("skipped"):
+        if c.get("skipped") or c.get("error"):
             continue
         ratio = f"{c['ratio_to_floor']:.2f}x" if "ratio_to_floor" in c else ""
         vs = [f"{c[f'p50_vs_{s}']:.2f}x" if f"p50_vs_{s}" in c else "" for s in ran]
@@ -600,9 +627,10 @@ def show(cells: list[dict[str, Any]]) -> None:
                  "p999 ms", "max ms", "ops/s", "MiB/s", "p50/floor",
                  *[f"p50/{s}" for s in ran], "what"], rows)
     for c in cells:
-        if c.get("skipped"):
-            print(f"skipped: {c['system']} {c['op']} {human(c['size_bytes'])} "
-                  f"x{c['concurrency']}: {c['skipped']}")
+        for what in ("skipped", "error"):
+            if c.get(what):
+                print(f"{what}: {c['system']} {c['op']} {c['policy'] or ''} "
+                      f"{human(c['size_bytes'])} x{c['concurrency']}: {c[what]}")
 
 
 def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], list[float]],
