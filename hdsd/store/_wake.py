@@ -105,12 +105,18 @@ class WakerPool:
             if waker.state == ABANDONED:
                 os.close(waker.fd)  # its caller is gone and handed the descriptor to us
                 return
-            waker.state = SIGNALLED
             os.eventfd_write(waker.fd, 1)
+            waker.state = SIGNALLED  # after the write: wait() reads it without the lock
 
     async def wait(self, waker: Waker) -> None:
         """Wait (in trio) until :meth:`signal`. Cancelled, the eventfd goes back to the pool
         if the signal already came, else to the writer, which closes it."""
+        if waker.state == SIGNALLED:
+            # Already durable (a replicated put's round trip outlasts the local fsync): skip
+            # the epoll registration and the scheduler pass a wait_readable would cost.
+            os.eventfd_read(waker.fd)
+            self._give_back(waker.fd)
+            return
         try:
             await trio.lowlevel.wait_readable(waker.fd)
         except BaseException:

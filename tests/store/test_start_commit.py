@@ -11,6 +11,7 @@ import trio
 
 from hdsd._errors import StoreClosedError
 from hdsd.store import Store, Version
+from hdsd.store._wake import SIGNALLED
 
 from ._util import FaultyFS, inline_version
 
@@ -76,3 +77,19 @@ def test_errors_before_queueing_raise_at_start(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreClosedError):
         store.start_commit([v(0)])
+
+
+async def test_waiting_after_the_signal_reuses_the_descriptor(tmp_path: Path) -> None:
+    before = _open_fds()
+    with Store.open(tmp_path) as store:
+        ticket = store.start_commit([v(0)])
+        with trio.fail_after(10):
+            await store.commit([v(1)])  # v(0)'s batch was signalled before this one's
+            assert ticket._pending is not None and ticket._pending.waker.state == SIGNALLED
+            fd = ticket._pending.waker.fd
+            await ticket.wait()
+        assert store._writer.wakers._free[-1] == fd  # back in the pool, count reset
+        with trio.fail_after(10):
+            await store.commit([v(2)])  # reuses it: a stale count would wake it too early
+        assert store.current("t", "b", "k0") == v(0)
+    assert _open_fds() == before
