@@ -83,7 +83,7 @@ async def handle_request(
         await _reply_error(session, rid, "internal", "internal error on the node; see its log")
     finally:
         session.close_inbox(rid)
-        await inbox.aclose()
+        inbox.close()  # not aclose(): its checkpoint would cost every request a scheduler pass
 
 
 async def _reply_error(session: WireSession, rid: int, code: str, message: str) -> None:

@@ -49,10 +49,12 @@ from ..wire import (
     ErrorReply,
     FetchChunk,
     FetchVersions,
+    GetRequest,
     Goodbye,
     Hello,
     ListPeer,
     Message,
+    PutStart,
     Role,
 )
 from ._config import NodeConfig
@@ -343,12 +345,15 @@ class Node:
             return
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
                   ident.tenant, ident.role)
+        quiet = _no_inbox()  # shared by this connection's requests that hear nothing more
         async with trio.open_nursery() as requests:
             def on_request(msg: Message) -> None:
                 rid = getattr(msg, "rid", None)
                 if rid is None:
                     return
-                inbox = session.open_inbox(rid)
+                # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
+                # others (every peer request among them) need no channel of their own.
+                inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) else quiet
                 requests.start_soon(self._run_request, session, ident, msg, inbox)
 
             try:
@@ -385,6 +390,16 @@ class Node:
             self._active_requests -= 1
             if self._active_requests == 0:
                 self._idle.set()
+
+
+_STREAMING = (PutStart, GetRequest)
+
+
+def _no_inbox() -> trio.MemoryReceiveChannel[Message]:
+    """An inbox that never receives anything (and needs no closing)."""
+    send, receive = trio.open_memory_channel[Message](0)
+    send.close()
+    return receive
 
 
 async def _goodbye(session: WireSession, exc: HdsdError) -> None:
