@@ -9,8 +9,13 @@ through :class:`PeerLink` — and :meth:`Replicator.write` returns as soon as th
 lets it send more) waits for the slower site; nothing is stored first and forwarded after.
 
 Sends still running when the policy holds go on in the background (bounded by the write
-timeout). Any replica that had not confirmed *every* write of the put when the version is
-acknowledged gets a durable hint (see :mod:`._hints`) before the client hears "ok"; replay
+timeout). The common case — ``each-site`` with one replica per site, this node one of them —
+cannot be acknowledged before both answer, so it runs in the caller's task instead: the local
+commit is queued (:meth:`LocalStore.start_commit`), the peer call made, then the commit awaited,
+all shielded from the caller's cancellation and bounded by the write timeout.
+
+Any replica that had not confirmed *every* write of the put when the version is acknowledged
+gets a durable hint (see :mod:`._hints`) before the client hears "ok"; replay
 brings it up to date later. If the policy cannot be met in time the write fails with
 :class:`QuorumNotReached` naming who answered: nothing is acknowledged, and a retry with the
 same request id is safe. A version stored on some replicas by a failed write is not visible as
