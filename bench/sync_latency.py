@@ -533,7 +533,8 @@ def profile_sites(cluster: Cluster, n: int, out_dir: Path) -> dict[str, Any]:
 
     categories = [("replication (coordinator, peer links, hints)", _in("hdsd/replication/")),
                   *CATEGORIES]
-    files = {site: out_dir / f"sync_put_{site}.prof" for site in ("dc1", "dc2")}
+    # Absolute: the nodes run in their own directories and write these files themselves.
+    files = {site: out_dir.resolve() / f"sync_put_{site}.prof" for site in ("dc1", "dc2")}
     for f in files.values():
         f.unlink(missing_ok=True)
     cluster.start("each-site", prefix={s: [*PROFILER_PREFIX, str(f)] for s, f in files.items()})
@@ -555,6 +556,7 @@ def profile_sites(cluster: Cluster, n: int, out_dir: Path) -> dict[str, Any]:
                 for pid in pids.values():
                     os.kill(pid, signal.SIGUSR2)
                 while not all(f.exists() for f in files.values()):
+                    cluster.check()  # a node that cannot write its profile must not hang us
                     await trio.sleep(0.05)
                 return took
 
