@@ -739,7 +739,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # the same orderly stop of every process as Ctrl-C
+    # The same orderly stop as Ctrl-C. Re-sent as SIGINT rather than raised here: inside
+    # trio.run, trio's own SIGINT handler delivers KeyboardInterrupt where it is safe.
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
