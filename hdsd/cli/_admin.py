@@ -26,7 +26,6 @@ from ..pipeline import tune_allocator
 from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
 
-
 _NODE_TOML = """\
 # hdsd node {name} (site {site}); start with: hdsd serve --config {node_dir}/node.toml
 # Relative paths are relative to this file. Every node of the cluster must have the same
