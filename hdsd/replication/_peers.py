@@ -94,6 +94,9 @@ class PeerPool:
 
     async def _session(self, node: str) -> WireSession:
         peer = self._peers[node]
+        live = peer.session
+        if live is not None and not live._closed:
+            return live  # the common case: no lock, no scheduler pass
         async with peer.lock:
             if peer.session is not None and not peer.session._closed:
                 return peer.session
