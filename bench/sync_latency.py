@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
@@ -476,18 +477,23 @@ def run_peer(name: str, root: Path, plan: Plan, base: bytes,
         peer.stop()
 
 
+async def wait_rpo0(cluster: Cluster, limit: float = 1800) -> float:
+    """Seconds until dc1 reports RPO 0 (every hint replayed to dc2)."""
+    t0 = time.perf_counter()
+    with trio.fail_after(limit):
+        async with hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600) as client:
+            while (rpo := (await client.status())["rpo"])["versions"] != 0:
+                progress(f"waiting for RPO 0: {rpo}")
+                cluster.check()
+                await trio.sleep(1.0)
+    return time.perf_counter() - t0
+
+
 # -- catch-up --------------------------------------------------------------------------------
 async def catch_up(cluster: Cluster, mib: int, base: bytes) -> dict[str, Any]:
     """dc2 stopped, dc1 degraded: write *mib* MiB in 1 MiB puts, restart dc2, time RPO 0."""
-    # Start from RPO 0: the local-policy cells leave a replay backlog that would be counted.
-    progress("catch-up: waiting for the earlier backlog to drain (RPO 0)")
-    t0 = time.perf_counter()
-    with trio.fail_after(1800):
-        async with hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600) as client:
-            while (await client.status())["rpo"]["versions"] != 0:
-                cluster.check()
-                await trio.sleep(0.1)
-    drained = time.perf_counter() - t0
+    # Start from RPO 0: earlier cells may have left a replay backlog that would be counted.
+    drained = await wait_rpo0(cluster)
     progress(f"catch-up: stopping dc2, degrading dc1, writing {mib} MiB")
     cluster.stop(["dc2"])
     proc = subprocess.run([sys.executable, "-m", "hdsd", "--profile", str(cluster.profile),
@@ -770,8 +776,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep)
             cluster.stop()
             cluster.start("each-site")
+            # The local cells leave dc2 behind; the next measurements start from RPO 0.
+            extra["local_backlog_drain_s"] = trio.run(wait_rpo0, cluster)
             if plan.big_blob:
-                cells.append(trio.run(big_blob, cluster, plan.big_blob, base))
+                try:
+                    cells.append(trio.run(big_blob, cluster, plan.big_blob, base))
+                except hdsd.HdsdError as exc:
+                    progress(f"big blob FAILED: {exc}")
+                    cells.append(failed("hdsd", "put", "each-site", plan.big_blob, 1, exc))
             # The extras must not cost the cells already measured: a failure is recorded.
             if catchup_mib > 0:
                 try:
@@ -793,8 +805,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.peer_list:
             peers[SYSTEM_OF[name]], got = run_peer(name, scratch / "peers", plan, base, keep)
             cells += got
+    except Exception as exc:  # keep what was measured: report it, then fail the run
+        traceback.print_exc()
+        extra["error"] = f"{type(exc).__name__}: {exc}"
+        progress(f"run FAILED: {extra['error']}; writing the cells measured so far")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not any(c["op"] == "rtt" for c in cells):
+        return 1  # failed before the floor: nothing worth a report
     add_ratios(cells, args.rtt_ms)
     print()
     show(cells)
@@ -827,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peers": peers, "plots": plot_files, **extra, "results": cells,
     })
     print(f"JSON: {args.json}")
-    return 0
+    return 1 if "error" in extra else 0
 
 
 if __name__ == "__main__":
