@@ -245,8 +245,11 @@ _TAGS = itertools.count(1)
 
 
 def _payload(base: bytes, size: int, tag: int) -> bytes:
-    # Distinct bodies: identical chunks would be deduplicated by content addressing.
-    return tag.to_bytes(8, "little") + base[8:size]
+    """*size* bytes starting with *tag*: distinct bodies, as content addressing would
+    deduplicate identical chunks (peers get larger ones as *base* repeated; they do not
+    deduplicate, and random bytes leave nothing to compress)."""
+    body = base if size <= len(base) else base * -(-size // len(base))
+    return tag.to_bytes(8, "little") + body[8:size]
 
 
 def _stream_body(base: bytes, size: int, tag: int) -> AsyncIterator[bytes]:
