@@ -97,10 +97,19 @@ class Peer:
         self.procs.clear()
 
     def _check_alive(self) -> None:
+        """Raise :class:`PeerUnavailable` (with the end of its log) if a server has exited."""
         for proc in self.procs:
             if proc.poll() is not None:
-                raise PeerUnavailable(f"{self.system}: {proc.args!r} exited with "
-                                      f"{proc.returncode}; see {self.root}")
+                tail = ""
+                for log in sorted(self.root.glob("*.log")):
+                    tail += f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-800:]
+                args = proc.args
+                name = str(args[0]) if isinstance(args, list) else str(args)
+                raise PeerUnavailable(f"{self.system}: {name} exited with {proc.returncode}"
+                                      f"{tail}")
+
+    def check(self) -> None:
+        self._check_alive()
 
 
 def _wait_for(what: str, ready: Callable[[], bool], peer: Peer) -> None:

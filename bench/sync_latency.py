@@ -403,8 +403,9 @@ def _threads(c: int, per_task: int, job: Any) -> tuple[list[float], float]:
 
 
 def peer_cells(peer: Peer, plan: Plan, base: bytes,
-               keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+               keep: dict[tuple[str, str, int, int], list[float]],
+               out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append the peer's cells to *out* as they are measured (kept if a later one fails)."""
     for size in plan.sizes:
         for c in plan.concurrency:
             reason = peer.skip_reason(size)
@@ -416,6 +417,7 @@ def peer_cells(peer: Peer, plan: Plan, base: bytes,
                 progress(f"{peer.system}: skip {human(size)} x{c}: {reason}")
                 out += [skipped(peer.system, op, None, size, c, reason) for op in ("put", "get")]
                 continue
+            peer.check()  # a server that died ends this peer's run, with its log
             n = ops_for(plan, size, c)
             per = n // c
             # Values in memory are the peers' limit, not disk: keys are reused in a ring of
@@ -470,12 +472,13 @@ def run_peer(name: str, root: Path, plan: Plan, base: bytes,
     except PeerUnavailable as exc:
         progress(f"{peer.system}: NOT RUN: {exc}")
         return {"status": "unavailable", "reason": str(exc)}, []
+    partial: list[dict[str, Any]] = []
     try:
-        cells = peer_cells(peer, plan, base, keep)
-        return {"status": "ran", **peer.info}, cells
+        peer_cells(peer, plan, base, keep, partial)
+        return {"status": "ran", **peer.info}, partial
     except Exception as exc:  # a peer failing mid-run must not lose the other results
-        progress(f"{peer.system}: FAILED: {exc!r}")
-        return {"status": "failed", "reason": repr(exc), **peer.info}, []
+        progress(f"{peer.system}: FAILED: {exc}")
+        return {"status": "failed", "reason": str(exc), **peer.info}, partial
     finally:
         peer.stop()
 
