@@ -32,6 +32,7 @@ log = logging.getLogger("hdsd.replication")
 
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
+_MAX_IN_FLIGHT = 64
 
 
 class PeerLink(Protocol):
@@ -56,6 +57,9 @@ class _Peer:
         self.retry_at = 0.0
         self.last_error = ""
         self.next_rid = 0
+        # Requests in flight on this link: beyond it callers queue (backpressure) instead of
+        # piling frames into the shared session, where they would all time out together.
+        self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
 
 
 class PeerPool:
@@ -148,9 +152,20 @@ class PeerPool:
 
     async def call(self, node: str, make: Callable[[int], Message], *,
                    timeout: float) -> dict[str, Any]:
+        peer = self._peers[node]
+        with trio.move_on_after(timeout) as queued:
+            await peer.slots.acquire()
+        if queued.cancelled_caught:
+            raise RequestTimeout(f"peer {node} busy: no free slot within {timeout:g} s")
+        try:
+            return await self._call(node, peer, make, timeout)
+        finally:
+            peer.slots.release()
+
+    async def _call(self, node: str, peer: _Peer, make: Callable[[int], Message],
+                    timeout: float) -> dict[str, Any]:
         with trio.move_on_after(timeout) as scope:
             session = await self._session(node)
-            peer = self._peers[node]
             while True:
                 peer.next_rid = (peer.next_rid + 1) % (1 << 32)
                 if not session.conn.in_flight(peer.next_rid):
@@ -158,7 +173,10 @@ class PeerPool:
             rid = peer.next_rid
             inbox = session.open_inbox(rid)
             try:
-                await session.send(make(rid))
+                # A frame cut in the middle would break the link for every request sharing it:
+                # once started, a send finishes (unless the link itself is stuck that long).
+                with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                    await session.send(make(rid))
                 try:
                     event = await inbox.receive()
                 except trio.EndOfChannel:
