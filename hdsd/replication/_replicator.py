@@ -46,6 +46,7 @@ log = logging.getLogger("hdsd.replication")
 
 Replicas = dict[str, list[str]]
 _REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
+_LAG_GRACE_S = 0.005
 
 
 class LocalCommit(Protocol):
@@ -155,12 +156,15 @@ class Replicator:
                                        self._may_degrade(replicas, acked, failed))
         settled = trio.Event()
         local_done = trio.Event()
+        all_done = trio.Event()
         send = replicate_message(self.layout_id, chunks, versions)
 
         def check() -> None:
+            if len(acked) + len(failed) == len(targets):
+                all_done.set()
             if (policy_met(policy, replicas, acked, self.site)
                     or not policy_still_possible(policy, replicas, set(failed), self.site)
-                    or len(acked) + len(failed) == len(targets)):
+                    or all_done.is_set()):
                 settled.set()
 
         async def deliver(node: str) -> None:
@@ -182,6 +186,10 @@ class Replicator:
         with trio.move_on_after(self.timeout):
             await settled.wait()
         if policy_met(policy, replicas, acked, self.site):
+            # A replica the policy did not wait for (local, majority) usually confirms a moment
+            # later: a short grace saves the durable hint (an fsync) a healthy one would cost.
+            with trio.move_on_after(_LAG_GRACE_S):
+                await all_done.wait()
             return set(targets) - acked
         degrade = self._may_degrade(replicas, acked, failed)
         if self.name in targets and versions and not degrade:
