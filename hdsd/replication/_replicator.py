@@ -26,68 +26,31 @@ acknowledged one never disappears.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 import trio
 
 from .._errors import HdsdError, QuorumNotReached, Unavailable
 from ..cluster import Layout, placement_key
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk, FetchVersions, PeerStatusRequest, Replicate
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
 from ._peers import PeerLink
 from ._policy import policy_met, policy_still_possible
+from ._replay import HintReplay
+from ._types import LocalCommit, LocalStore, Offload, Replicas, replicate_message, to_thread
 
 __all__ = ["LocalStore", "Replicator"]
 
 log = logging.getLogger("hdsd.replication")
 
-Replicas = dict[str, list[str]]
-_REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
 _LAG_GRACE_S = 0.005
 
 
-class LocalCommit(Protocol):
-    """A commit queued by :meth:`LocalStore.start_commit`."""
-
-    async def wait(self) -> None: ...
-
-    def abandon(self) -> None: ...
-
-
-class LocalStore(Protocol):
-    """What the coordinator needs of its own store (:class:`hdsd.store.Store` has it)."""
-
-    async def commit(self, records: Sequence[ChunkRecord | Version]) -> None: ...
-
-    def start_commit(self, records: Sequence[ChunkRecord | Version]) -> LocalCommit: ...
-
-    def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
-                    node: str) -> Version | None: ...
-
-    def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes: ...
-
-
-Offload = Callable[..., Awaitable[Any]]
-
-
-async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await trio.to_thread.run_sync(fn, *args)
-
-
-def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
-                      versions: Sequence[Version], *, hint: bool = False) -> Any:
-    return lambda rid: Replicate(
-        rid=rid, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
-        versions=[v.to_wire() for v in versions], hint=hint)
-
-
-class Replicator:
+class Replicator(HintReplay):
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
                  peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
-                 on_peer_site_loss: str, timeout: float, offload: Offload = _to_thread) -> None:
+                 on_peer_site_loss: str, timeout: float, offload: Offload = to_thread) -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -287,118 +250,6 @@ class Replicator:
             await self._offload(self.hints.add, targets, versions)
             self._hints_added.set()
             self._hints_added = trio.Event()
-
-    # -- hint replay -----------------------------------------------------------------------
-    async def _replay_hints(self, node: str) -> None:
-        """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
-        delay = 0.05
-        while True:
-            pending = await self._offload(self.hints.pending, node, 64)
-            if not pending:
-                await self._maybe_restore()
-                with trio.move_on_after(1.0):
-                    await self._hints_added.wait()
-                continue
-            done: list[int] = []
-            try:
-                for hint in pending:
-                    await self._replay_one(node, hint.tenant, hint.bucket, hint.key, hint.hlc,
-                                           hint.node)
-                    done.append(hint.id)
-                delay = 0.05
-            except HdsdError as exc:
-                if isinstance(exc, Unavailable):
-                    self._peer_was_lost = self._peer_was_lost or self.mode.degraded
-                log.debug("event=hint_replay_blocked peer=%s error=%s", node, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                if done:
-                    await self._offload(self.hints.remove, done)
-
-    async def _replay_one(self, node: str, tenant: str, bucket: str, key: str, hlc: int,
-                          origin: str) -> None:
-        """Bring *node* the version named by a hint, with its chunks."""
-        found = await self._load(tenant, bucket, key, hlc, origin, exclude=node)
-        if found is None:
-            return  # no replica ever made it durable: the write failed everywhere
-        version, chunks = found
-        if node == self.name:
-            await self.store.commit([*chunks, version])
-            return
-        batch: list[ChunkRecord] = []
-        size = 0
-        for chunk in chunks:
-            batch.append(chunk)
-            size += len(chunk.payload)
-            if size >= _REPLAY_BATCH_BYTES:
-                await self.peers.call(node, replicate_message(self.layout_id, batch, [],
-                                                              hint=True), timeout=self.timeout)
-                batch, size = [], 0
-        await self.peers.call(node, replicate_message(self.layout_id, batch, [version],
-                                                      hint=True), timeout=self.timeout)
-
-    async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
-                    exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
-        """A version and its chunks, from this node's store or another replica's.
-
-        None only if every replica asked answered that it does not hold the version; an
-        unreachable replica raises, so the hint is kept and retried.
-        """
-        version = self.store.get_version(tenant, bucket, key, hlc, origin)
-        if version is not None and exclude != self.name:
-            chunks = []
-            if version.inline is None:
-                for chunk_id in dict.fromkeys(version.chunks):
-                    payload = await self._offload(self.store.read_chunk, tenant, chunk_id)
-                    chunks.append(ChunkRecord(tenant, chunk_id, payload))
-            return version, chunks
-        replicas = self.replicas_for(tenant, bucket, key)
-        others = [n for nodes in replicas.values() for n in nodes
-                  if n not in (self.name, exclude)]
-        unreachable: HdsdError | None = None
-        for node in others:
-            try:
-                body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout_id, tenant, bucket, key),
-                    timeout=self.timeout)
-                known = [Version.from_wire(v) for v in body.get("versions", [])]
-                found = next((v for v in known if v.order == (hlc, origin)), None)
-                if found is None:
-                    continue
-                chunks = []
-                if found.inline is None:
-                    for chunk_id in dict.fromkeys(found.chunks):
-                        def fetch(rid: int, c: bytes = chunk_id) -> FetchChunk:
-                            return FetchChunk(rid, self.layout_id, tenant, c)
-                        reply = await self.peers.call(node, fetch, timeout=self.timeout)
-                        chunks.append(ChunkRecord(tenant, chunk_id, reply["payload"]))
-                return found, chunks
-            except HdsdError as exc:
-                unreachable = exc
-        if unreachable is not None:
-            raise unreachable
-        return None
-
-    async def _maybe_restore(self) -> None:
-        if not self.mode.degraded:
-            self._peer_was_lost = False
-            return
-        remote = [n.name for n in self.layout.site_nodes(self.layout.other_site(self.site))]
-        reachable = True
-        for node in remote:
-            try:
-                await self.peers.call(node, lambda rid: PeerStatusRequest(rid, self.layout_id),
-                                      timeout=min(self.timeout, 2.0))
-            except HdsdError:
-                reachable = False
-        if not reachable:
-            self._peer_was_lost = True
-            return
-        if self._peer_was_lost and self.hints.backlog().versions == 0:
-            self.mode.set("normal", reason="other site back and every hint replayed",
-                          by=self.name, automatic=True)
-            self._peer_was_lost = False
 
     def backlog(self) -> dict[str, Backlog]:
         """Hints per node (this node included: versions its own disk missed)."""

@@ -1,0 +1,160 @@
+"""Hint replay, a part of :class:`~hdsd.replication.Replicator` (kept apart for size).
+
+One task per node streams that node's hints to it, oldest first, whenever it is reachable; a
+hint naming this node itself (its own fsync failed while the others met the policy) is replayed
+by pulling the version from another replica. A version the coordinator does not hold (it is not
+a replica of the key) is fetched from a replica first. Replay is idempotent. When the site is
+degraded and the other site came back with nothing left to replay, the site returns to normal.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .._errors import HdsdError, Unavailable
+from ..cluster import Layout
+from ..store import ChunkRecord, Version
+from ..wire import FetchChunk, FetchVersions, PeerStatusRequest
+from ._hints import HintStore
+from ._mode import ModeState
+from ._peers import PeerLink
+from ._types import LocalStore, Offload, Replicas, replicate_message
+
+__all__ = ["HintReplay"]
+
+log = logging.getLogger("hdsd.replication")
+
+_REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
+
+
+class HintReplay:
+    """Mixin: the replay half of the Replicator (which provides these attributes)."""
+
+    name: str
+    site: str
+    layout: Layout
+    layout_id: str
+    store: LocalStore
+    peers: PeerLink
+    hints: HintStore
+    mode: ModeState
+    timeout: float
+    _offload: Offload
+    _hints_added: trio.Event
+    _peer_was_lost: bool
+
+    def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
+        raise NotImplementedError
+
+    async def _replay_hints(self, node: str) -> None:
+        """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
+        delay = 0.05
+        while True:
+            pending = await self._offload(self.hints.pending, node, 64)
+            if not pending:
+                await self._maybe_restore()
+                with trio.move_on_after(1.0):
+                    await self._hints_added.wait()
+                continue
+            done: list[int] = []
+            try:
+                for hint in pending:
+                    await self._replay_one(node, hint.tenant, hint.bucket, hint.key, hint.hlc,
+                                           hint.node)
+                    done.append(hint.id)
+                delay = 0.05
+            except HdsdError as exc:
+                if isinstance(exc, Unavailable):
+                    self._peer_was_lost = self._peer_was_lost or self.mode.degraded
+                log.debug("event=hint_replay_blocked peer=%s error=%s", node, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                if done:
+                    await self._offload(self.hints.remove, done)
+
+    async def _replay_one(self, node: str, tenant: str, bucket: str, key: str, hlc: int,
+                          origin: str) -> None:
+        """Bring *node* the version named by a hint, with its chunks."""
+        found = await self._load(tenant, bucket, key, hlc, origin, exclude=node)
+        if found is None:
+            return  # no replica ever made it durable: the write failed everywhere
+        version, chunks = found
+        if node == self.name:
+            await self.store.commit([*chunks, version])
+            return
+        batch: list[ChunkRecord] = []
+        size = 0
+        for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk.payload)
+            if size >= _REPLAY_BATCH_BYTES:
+                await self.peers.call(node, replicate_message(self.layout_id, batch, [],
+                                                              hint=True), timeout=self.timeout)
+                batch, size = [], 0
+        await self.peers.call(node, replicate_message(self.layout_id, batch, [version],
+                                                      hint=True), timeout=self.timeout)
+
+    async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
+                    exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
+        """A version and its chunks, from this node's store or another replica's.
+
+        None only if every replica asked answered that it does not hold the version; an
+        unreachable replica raises, so the hint is kept and retried.
+        """
+        version = self.store.get_version(tenant, bucket, key, hlc, origin)
+        if version is not None and exclude != self.name:
+            chunks = []
+            if version.inline is None:
+                for chunk_id in dict.fromkeys(version.chunks):
+                    payload = await self._offload(self.store.read_chunk, tenant, chunk_id)
+                    chunks.append(ChunkRecord(tenant, chunk_id, payload))
+            return version, chunks
+        replicas = self.replicas_for(tenant, bucket, key)
+        others = [n for nodes in replicas.values() for n in nodes
+                  if n not in (self.name, exclude)]
+        unreachable: HdsdError | None = None
+        for node in others:
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchVersions(rid, self.layout_id, tenant, bucket, key),
+                    timeout=self.timeout)
+                known = [Version.from_wire(v) for v in body.get("versions", [])]
+                found = next((v for v in known if v.order == (hlc, origin)), None)
+                if found is None:
+                    continue
+                chunks = []
+                if found.inline is None:
+                    for chunk_id in dict.fromkeys(found.chunks):
+                        def fetch(rid: int, c: bytes = chunk_id) -> FetchChunk:
+                            return FetchChunk(rid, self.layout_id, tenant, c)
+                        reply = await self.peers.call(node, fetch, timeout=self.timeout)
+                        chunks.append(ChunkRecord(tenant, chunk_id, reply["payload"]))
+                return found, chunks
+            except HdsdError as exc:
+                unreachable = exc
+        if unreachable is not None:
+            raise unreachable
+        return None
+
+    async def _maybe_restore(self) -> None:
+        if not self.mode.degraded:
+            self._peer_was_lost = False
+            return
+        remote = [n.name for n in self.layout.site_nodes(self.layout.other_site(self.site))]
+        reachable = True
+        for node in remote:
+            try:
+                await self.peers.call(node, lambda rid: PeerStatusRequest(rid, self.layout_id),
+                                      timeout=min(self.timeout, 2.0))
+            except HdsdError:
+                reachable = False
+        if not reachable:
+            self._peer_was_lost = True
+            return
+        if self._peer_was_lost and self.hints.backlog().versions == 0:
+            self.mode.set("normal", reason="other site back and every hint replayed",
+                          by=self.name, automatic=True)
+            self._peer_was_lost = False
