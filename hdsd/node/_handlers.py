@@ -54,6 +54,7 @@ from ..wire import (
 )
 from ._auth import authorize, check_bucket, check_key
 from ._peer_handlers import PEER_HANDLERS, site_mode
+from ._reads import decode_version_cursor
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -361,18 +362,6 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
         entries = [best[k].public_info() for k in keys if not best[k].tombstone]
         cursor = keys[-1] if len(keys) == limit else None
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
-
-
-def decode_version_cursor(text: str) -> tuple[str, int, str]:
-    key, sep, version = text.rpartition("\x00")
-    try:
-        if not sep:
-            raise ValueError("no separator")
-        hlc, origin = parse_version_id(version)
-    except ValueError:
-        raise InvalidRequest("malformed listing cursor; pass back the 'next' value as given") \
-            from None
-    return key, hlc, origin
 
 
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,

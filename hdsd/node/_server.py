@@ -23,17 +23,15 @@ import trio
 from .._errors import (
     AuthenticationFailed,
     HdsdError,
-    IntegrityError,
-    NotFound,
     PermissionDenied,
     ProtocolError,
     Unavailable,
 )
 from .._meta import __version__
 from ..cluster import HybridClock
-from ..pipeline import ChunkCodec, open_in_thread
+from ..pipeline import ChunkCodec
 from ..replication import HintStore, ModeState, PeerPool, Replicator
-from ..store import ChunkRecord, Store, Version
+from ..store import Store, Version
 from ..transport import (
     Identity,
     WireSession,
@@ -47,19 +45,17 @@ from ..wire import (
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
-    FetchChunk,
-    FetchVersions,
     GetRequest,
     Goodbye,
     Hello,
-    ListPeer,
     Message,
     PutStart,
     Role,
 )
 from ._config import NodeConfig
-from ._handlers import decode_version_cursor, handle_request
+from ._handlers import handle_request
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
+from ._reads import ReadPaths
 
 __all__ = ["Node", "serve_node"]
 
@@ -68,7 +64,7 @@ log = logging.getLogger("hdsd.node")
 _HANDSHAKE_TIMEOUT = 10.0
 
 
-class Node:
+class Node(ReadPaths):
     """The running state of one node; create it with :func:`serve_node`."""
 
     def __init__(self, config: NodeConfig, store: Store) -> None:
@@ -113,107 +109,6 @@ class Node:
         # A 1 MiB pread is ~0.3 ms of blocking I/O: worth a thread hop, unlike index lookups.
         return await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)
 
-    async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
-        """Every version of a key known to this site's replicas, merged (union)."""
-        replicas = self.replicator.replicas_for(tenant, bucket, key)
-        found: dict[tuple[int, str], Version] = {}
-        asked_ok = False
-        if self.config.name in replicas[self.config.site]:
-            for v in self.store.versions(tenant, bucket, key):
-                found[v.order] = v
-            asked_ok = True
-        order = [n for n in replicas[self.config.site] if n != self.config.name]
-        remote = replicas[self.layout.other_site(self.config.site)]
-        for i, node in enumerate([*order, *remote]):
-            if i >= len(order) and asked_ok:
-                break  # the other site is asked only when no replica here answered
-            try:
-                body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
-                                                    key), timeout=self.config.write_timeout_s)
-            except HdsdError as exc:
-                log.info("event=read_fallback peer=%s error=%s", node, exc)
-                continue
-            asked_ok = True
-            for raw in body.get("versions", []):
-                v = Version.from_wire(raw)
-                found[v.order] = v
-        if not asked_ok:
-            raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
-        return sorted(found.values(), key=lambda v: v.order)
-
-    def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
-                   versions: bool) -> list[Version]:
-        if versions:
-            cursor = decode_version_cursor(after) if after else None
-            return self.store.list_versions(tenant, bucket, prefix=prefix, after=cursor,
-                                            limit=limit)
-        return self.store.list_current(tenant, bucket, prefix=prefix, after=after, limit=limit,
-                                       include_deleted=True)
-
-    async def list_site(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
-                        versions: bool) -> list[list[Version]]:
-        """Every node of this site's part of a listing (all must answer)."""
-        names = [n.name for n in self.layout.site_nodes(self.config.site)]
-        parts: dict[str, list[Version]] = {}
-        failures: list[str] = []
-
-        async def ask(name: str) -> None:
-            if name == self.config.name:
-                parts[name] = self.list_local(tenant, bucket, prefix, after, limit, versions)
-                return
-            try:
-                body = await self.peers.call(
-                    name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
-                                               prefix, after, limit, versions),
-                    timeout=self.config.write_timeout_s)
-                parts[name] = [Version.from_wire(v) for v in body["versions"]]
-            except HdsdError as exc:
-                failures.append(f"{name}: {exc}")
-
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(ask, name)
-        if failures:
-            raise Unavailable("a listing needs every node of the site; " + "; ".join(failures))
-        return list(parts.values())
-
-    async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
-                            codec: ChunkCodec) -> bytes:
-        """The plaintext of a chunk: from the local replica, else (missing or damaged) from
-        another replica, local site first, repairing the local copy when it was missing."""
-        replicas = self.replicator.replicas_for(tenant, bucket, key)
-        here = self.config.name in replicas[self.config.site]
-        missing = False
-        if here:
-            try:
-                return await open_in_thread(codec, chunk_id, await self.read_payload(tenant,
-                                                                                     chunk_id))
-            except (NotFound, IntegrityError) as exc:
-                log.warning("event=read_repair_needed tenant=%s chunk=%s error=%s", tenant,
-                            chunk_id.hex()[:16], exc)
-                missing = isinstance(exc, NotFound)
-        others = [n for site in (self.config.site, self.layout.other_site(self.config.site))
-                  for n in replicas[site] if n != self.config.name]
-        last: HdsdError = NotFound(f"chunk {chunk_id.hex()[:16]} of {bucket}/{key} not found")
-        for node in others:
-            try:
-                body = await self.peers.call(
-                    node, lambda rid: FetchChunk(rid, self.layout.layout_id, tenant, chunk_id),
-                    timeout=self.config.write_timeout_s)
-                payload = body["payload"]
-                plain = await open_in_thread(codec, chunk_id, payload)
-            except (HdsdError, KeyError, TypeError) as exc:
-                last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
-                continue
-            if here and missing:
-                await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
-                                                     payload=payload)])
-                log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
-                            chunk_id.hex()[:16], node)
-            return plain
-        raise last
-
     @asynccontextmanager
     async def idempotent(self, tenant: str, request_id: bytes, bucket: str,
                          key: str) -> AsyncIterator[Version | None]:
@@ -231,20 +126,6 @@ class Node:
         finally:
             del self._requests_in_flight[slot]
             done.set()
-
-    async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
-                            key: str) -> Version | None:
-        if not request_id:
-            return None
-        found = self.store.find_request(tenant, request_id)
-        if found is not None:
-            return found
-        replicas = self.replicator.replicas_for(tenant, bucket, key)
-        if replicas[self.config.site] == [self.config.name]:
-            return None  # the only replica here is us: nothing elsewhere in this site
-        # Another node of this site holds the key: the retry may have reached it first.
-        known = await self.versions_of(tenant, bucket, key)
-        return next((v for v in known if v.request_id == request_id), None)
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()

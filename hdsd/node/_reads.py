@@ -1,0 +1,167 @@
+"""The read paths of a node, a part of :class:`~hdsd.node.Node` (kept apart for size).
+
+A key lives on its rendezvous replicas only, so a node reads through them: versions are merged
+across the replicas of its site (the other site is asked only when none here answers), a chunk
+missing or damaged locally is read from another replica and repaired here, a listing merges
+every node of the site, and a retried request id is looked for on the key's replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .._errors import HdsdError, IntegrityError, InvalidRequest, NotFound, Unavailable
+from ..cluster import Layout
+from ..pipeline import ChunkCodec, open_in_thread
+from ..replication import PeerPool, Replicator
+from ..store import ChunkRecord, Store, Version, parse_version_id
+from ..wire import FetchChunk, FetchVersions, ListPeer
+from ._config import NodeConfig
+
+__all__ = ["ReadPaths", "decode_version_cursor"]
+
+log = logging.getLogger("hdsd.node")
+
+
+def decode_version_cursor(text: str) -> tuple[str, int, str]:
+    """A listing cursor ``key NUL version-id`` → ``(key, hlc, node)``."""
+
+    key, sep, version = text.rpartition("\x00")
+    try:
+        if not sep:
+            raise ValueError("no separator")
+        hlc, origin = parse_version_id(version)
+    except ValueError:
+        raise InvalidRequest("malformed listing cursor; pass back the 'next' value as given") \
+            from None
+    return key, hlc, origin
+
+
+class ReadPaths:
+    """Mixin: the read half of the Node (which provides these attributes)."""
+
+    config: NodeConfig
+    store: Store
+    layout: Layout
+    peers: PeerPool
+    replicator: Replicator
+
+    async def read_payload(self, tenant: str, chunk_id: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        """Every version of a key known to this site's replicas, merged (union)."""
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        found: dict[tuple[int, str], Version] = {}
+        asked_ok = False
+        if self.config.name in replicas[self.config.site]:
+            for v in self.store.versions(tenant, bucket, key):
+                found[v.order] = v
+            asked_ok = True
+        order = [n for n in replicas[self.config.site] if n != self.config.name]
+        remote = replicas[self.layout.other_site(self.config.site)]
+        for i, node in enumerate([*order, *remote]):
+            if i >= len(order) and asked_ok:
+                break  # the other site is asked only when no replica here answered
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
+                                                    key), timeout=self.config.write_timeout_s)
+            except HdsdError as exc:
+                log.info("event=read_fallback peer=%s error=%s", node, exc)
+                continue
+            asked_ok = True
+            for raw in body.get("versions", []):
+                v = Version.from_wire(raw)
+                found[v.order] = v
+        if not asked_ok:
+            raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
+        return sorted(found.values(), key=lambda v: v.order)
+
+    def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                   versions: bool) -> list[Version]:
+        if versions:
+            cursor = decode_version_cursor(after) if after else None
+            return self.store.list_versions(tenant, bucket, prefix=prefix, after=cursor,
+                                            limit=limit)
+        return self.store.list_current(tenant, bucket, prefix=prefix, after=after, limit=limit,
+                                       include_deleted=True)
+
+    async def list_site(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                        versions: bool) -> list[list[Version]]:
+        """Every node of this site's part of a listing (all must answer)."""
+        names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        parts: dict[str, list[Version]] = {}
+        failures: list[str] = []
+
+        async def ask(name: str) -> None:
+            if name == self.config.name:
+                parts[name] = self.list_local(tenant, bucket, prefix, after, limit, versions)
+                return
+            try:
+                body = await self.peers.call(
+                    name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
+                                               prefix, after, limit, versions),
+                    timeout=self.config.write_timeout_s)
+                parts[name] = [Version.from_wire(v) for v in body["versions"]]
+            except HdsdError as exc:
+                failures.append(f"{name}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(ask, name)
+        if failures:
+            raise Unavailable("a listing needs every node of the site; " + "; ".join(failures))
+        return list(parts.values())
+
+    async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
+                            codec: ChunkCodec) -> bytes:
+        """The plaintext of a chunk: from the local replica, else (missing or damaged) from
+        another replica, local site first, repairing the local copy when it was missing."""
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        here = self.config.name in replicas[self.config.site]
+        missing = False
+        if here:
+            try:
+                return await open_in_thread(codec, chunk_id, await self.read_payload(tenant,
+                                                                                     chunk_id))
+            except (NotFound, IntegrityError) as exc:
+                log.warning("event=read_repair_needed tenant=%s chunk=%s error=%s", tenant,
+                            chunk_id.hex()[:16], exc)
+                missing = isinstance(exc, NotFound)
+        others = [n for site in (self.config.site, self.layout.other_site(self.config.site))
+                  for n in replicas[site] if n != self.config.name]
+        last: HdsdError = NotFound(f"chunk {chunk_id.hex()[:16]} of {bucket}/{key} not found")
+        for node in others:
+            try:
+                body = await self.peers.call(
+                    node, lambda rid: FetchChunk(rid, self.layout.layout_id, tenant, chunk_id),
+                    timeout=self.config.write_timeout_s)
+                payload = body["payload"]
+                plain = await open_in_thread(codec, chunk_id, payload)
+            except (HdsdError, KeyError, TypeError) as exc:
+                last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
+                continue
+            if here and missing:
+                await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
+                                                     payload=payload)])
+                log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
+                            chunk_id.hex()[:16], node)
+            return plain
+        raise last
+
+    async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
+                            key: str) -> Version | None:
+        if not request_id:
+            return None
+        found = self.store.find_request(tenant, request_id)
+        if found is not None:
+            return found
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        if replicas[self.config.site] == [self.config.name]:
+            return None  # the only replica here is us: nothing elsewhere in this site
+        # Another node of this site holds the key: the retry may have reached it first.
+        known = await self.versions_of(tenant, bucket, key)
+        return next((v for v in known if v.request_id == request_id), None)
