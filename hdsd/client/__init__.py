@@ -1,10 +1,10 @@
 """Clients of an hdsd cluster: :class:`AsyncClient` (trio) and :class:`Client` (blocking)."""
 
 from ._async import AsyncClient as AsyncClient
-from ._async import GetStream as GetStream
-from ._async import ListPage as ListPage
-from ._async import ObjectInfo as ObjectInfo
 from ._profile import PROFILE_ENV as PROFILE_ENV
 from ._profile import Profile as Profile
 from ._profile import load_profile as load_profile
+from ._results import GetStream as GetStream
+from ._results import ListPage as ListPage
+from ._results import ObjectInfo as ObjectInfo
 from ._sync import Client as Client

@@ -14,7 +14,6 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeAlias, TypeGuard
@@ -24,7 +23,6 @@ import trio
 from .._errors import (
     ConnectionLost,
     HdsdError,
-    IntegrityError,
     ProtocolError,
     RequestTimeout,
     Unavailable,
@@ -54,8 +52,9 @@ from ..wire import (
     VersionsRequest,
 )
 from ._profile import Profile, load_profile
+from ._results import GetStream, ListPage, ObjectInfo, raise_for, receive
 
-__all__ = ["AsyncClient", "GetStream", "ListPage", "ObjectInfo", "PutSource"]
+__all__ = ["AsyncClient", "PutSource"]
 
 PutSource: TypeAlias = (
     bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
@@ -64,92 +63,6 @@ PutSource: TypeAlias = (
 Progress: TypeAlias = Callable[[int], None]
 
 _PIECE = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    bucket: str
-    key: str
-    version: str
-    hlc: int
-    node: str
-    size: int
-    content_hash: str
-    deleted: bool
-    metadata: dict[str, str] = field(default_factory=dict)
-    replayed: bool = False
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ObjectInfo:
-        try:
-            return cls(bucket=body["bucket"], key=body["key"], version=body["version"],
-                       hlc=body["hlc"], node=body["node"], size=body["size"],
-                       content_hash=body["content_hash"], deleted=body["deleted"],
-                       metadata=dict(body.get("metadata", {})),
-                       replayed=bool(body.get("replayed", False)))
-        except (KeyError, TypeError) as exc:
-            raise ProtocolError(f"malformed object description from the node: {exc}") from None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    entries: list[ObjectInfo]
-    next: str | None  # pass as ``after`` for the next page; None on the last page
-
-
-class GetStream:
-    """The body of a get: ``info`` first, then ``async for piece in stream``."""
-
-    def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
-                 inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> None:
-        self.info = info
-        self.start = start
-        self.end = end
-        self._session = session
-        self._rid = rid
-        self._inbox = inbox
-        self._timeout = timeout
-        self.received = 0
-        self.complete = False
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._pieces()
-
-    async def _pieces(self) -> AsyncIterator[bytes]:
-        while not self.complete:
-            event = await _receive(self._inbox, self._timeout)
-            if isinstance(event, Data):
-                self.received += len(event.data)
-                if self.received > self.end - self.start:
-                    raise IntegrityError("the node sent more bytes than the object holds")
-                yield event.data
-                # Credit only after the caller processed the piece: a slow reader slows the node.
-                await self._session.consumed(self._rid, len(event.data))
-            elif isinstance(event, End):
-                if self.received != self.end - self.start:
-                    raise IntegrityError(f"download ended after {self.received} of "
-                                         f"{self.end - self.start} bytes")
-                self.complete = True
-            else:
-                _raise_for(event)
-
-
-async def _receive(inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> Message:
-    with trio.move_on_after(timeout):
-        try:
-            return await inbox.receive()
-        except trio.EndOfChannel:
-            raise ConnectionLost("connection to the node lost during the request") from None
-    raise RequestTimeout(f"no answer from the node within {timeout:g} s")
-
-
-def _raise_for(event: Message) -> None:
-    if isinstance(event, ErrorReply):
-        raise error_class_for_code(event.code)(event.message)
-    raise ProtocolError(f"unexpected {type(event).__name__} from the node")
 
 
 class AsyncClient:
@@ -266,10 +179,10 @@ class AsyncClient:
             inbox = session.open_inbox(rid)
             try:
                 await session.send(make(rid))
-                event = await _receive(inbox, self.timeout)
+                event = await receive(inbox, self.timeout)
                 if isinstance(event, Reply):
                     return event.body
-                _raise_for(event)
+                raise_for(event)
                 raise AssertionError("unreachable")
             finally:
                 session.close_inbox(rid)
@@ -315,10 +228,10 @@ class AsyncClient:
         await session.send_many([start, *body, End(rid=rid)])
         if progress is not None:
             progress(len(data))
-        event = await _receive(inbox, self.timeout)
+        event = await receive(inbox, self.timeout)
         if isinstance(event, Reply):
             return ObjectInfo.from_body(event.body)
-        _raise_for(event)
+        raise_for(event)
         raise AssertionError("unreachable")
 
     async def _upload(self, session: WireSession, rid: int,
@@ -374,13 +287,13 @@ class AsyncClient:
             try:
                 await session.send(GetRequest(rid=rid, bucket=bucket, key=key, version=version,
                                               start=start, end=end))
-                event = await _receive(inbox, self.timeout)
+                event = await receive(inbox, self.timeout)
             except BaseException:
                 session.close_inbox(rid)
                 raise
             if not isinstance(event, GetStart):
                 session.close_inbox(rid)
-                _raise_for(event)
+                raise_for(event)
             return session, rid, inbox, event  # type: ignore[return-value]
 
         session, rid, inbox, head = await self._retrying(attempt)

@@ -1,0 +1,107 @@
+"""What the client hands back: object descriptions, listing pages, download streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .._errors import (
+    ConnectionLost,
+    IntegrityError,
+    ProtocolError,
+    RequestTimeout,
+    error_class_for_code,
+)
+from ..transport import WireSession
+from ..wire import Data, End, ErrorReply, Message
+
+__all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    version: str
+    hlc: int
+    node: str
+    size: int
+    content_hash: str
+    deleted: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+    replayed: bool = False
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ObjectInfo:
+        try:
+            return cls(bucket=body["bucket"], key=body["key"], version=body["version"],
+                       hlc=body["hlc"], node=body["node"], size=body["size"],
+                       content_hash=body["content_hash"], deleted=body["deleted"],
+                       metadata=dict(body.get("metadata", {})),
+                       replayed=bool(body.get("replayed", False)))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed object description from the node: {exc}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: list[ObjectInfo]
+    next: str | None  # pass as ``after`` for the next page; None on the last page
+
+
+class GetStream:
+    """The body of a get: ``info`` first, then ``async for piece in stream``."""
+
+    def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
+                 inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> None:
+        self.info = info
+        self.start = start
+        self.end = end
+        self._session = session
+        self._rid = rid
+        self._inbox = inbox
+        self._timeout = timeout
+        self.received = 0
+        self.complete = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        while not self.complete:
+            event = await receive(self._inbox, self._timeout)
+            if isinstance(event, Data):
+                self.received += len(event.data)
+                if self.received > self.end - self.start:
+                    raise IntegrityError("the node sent more bytes than the object holds")
+                yield event.data
+                # Credit only after the caller processed the piece: a slow reader slows the node.
+                await self._session.consumed(self._rid, len(event.data))
+            elif isinstance(event, End):
+                if self.received != self.end - self.start:
+                    raise IntegrityError(f"download ended after {self.received} of "
+                                         f"{self.end - self.start} bytes")
+                self.complete = True
+            else:
+                raise_for(event)
+
+
+async def receive(inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> Message:
+    with trio.move_on_after(timeout):
+        try:
+            return await inbox.receive()
+        except trio.EndOfChannel:
+            raise ConnectionLost("connection to the node lost during the request") from None
+    raise RequestTimeout(f"no answer from the node within {timeout:g} s")
+
+
+def raise_for(event: Message) -> None:
+    if isinstance(event, ErrorReply):
+        raise error_class_for_code(event.code)(event.message)
+    raise ProtocolError(f"unexpected {type(event).__name__} from the node")
