@@ -17,8 +17,9 @@ from typing import Any, Self, TypeVar
 import trio
 
 from .._errors import HdsdError
-from ._async import AsyncClient, ListPage, ObjectInfo, Progress, PutSource
+from ._async import AsyncClient, Progress, PutSource
 from ._profile import Profile
+from ._results import ListPage, ObjectInfo
 
 __all__ = ["Client"]
 
