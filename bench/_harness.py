@@ -16,11 +16,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    import hdsd
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -320,3 +325,21 @@ def profile_breakdown(path: str | os.PathLike[str], categories: Sequence[Categor
     grouped = sorted(((n, t, round(c)) for n, (t, c) in groups.items()), key=lambda r: -r[1])
     rows.sort(key=lambda r: -r[1])
     return grouped, rows[:top]
+
+
+async def timed_puts(client: hdsd.AsyncClient, prefix: str, n: int, data: bytes,
+                     samples: list[float]) -> None:
+    """*n* sequential puts of *data*, appending each one's latency (seconds) to *samples*."""
+    for i in range(n):
+        t0 = time.perf_counter()
+        await client.put("bench", f"{prefix}/{i:07d}", data)
+        samples.append(time.perf_counter() - t0)
+
+
+async def concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
+    """Run ``job(0..n-1)`` at once; the wall-clock seconds they took together."""
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(job, i)
+    return time.perf_counter() - t0

@@ -26,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     PROFILER_PREFIX,
     NodeProcess,
+    concurrently,
     fsync_floor,
     init_cluster,
     latency_ms,
@@ -47,6 +48,7 @@ from _harness import (
     profile_breakdown,
     set_write_policy,
     thread_cpu_seconds,
+    timed_puts,
     write_json,
 )
 
@@ -180,22 +182,6 @@ async def network_floor(cluster: Path, profile_path: Path, c: Counts) -> list[di
 
 
 # -- hdsd ------------------------------------------------------------------------------------
-async def _timed_puts(client: hdsd.AsyncClient, prefix: str, n: int, data: bytes,
-                      samples: list[float]) -> None:
-    for i in range(n):
-        t0 = time.perf_counter()
-        await client.put("bench", f"{prefix}/{i:07d}", data)
-        samples.append(time.perf_counter() - t0)
-
-
-async def _concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
-    t0 = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(n):
-            nursery.start_soon(job, i)
-    return time.perf_counter() - t0
-
-
 def _big_body(n_mib: int) -> AsyncIterator[bytes]:
     """Incompressible 1 MiB pieces, each distinct (content addressing would skip repeats)."""
     base = bytearray(os.urandom(MIB))
@@ -216,7 +202,7 @@ async def measure_node(profile_path: Path, c: Counts,
     data = os.urandom(SMALL)
     with trio.fail_after(1800):
         async with hdsd.AsyncClient(profile_path, timeout=300) as client:
-            await _timed_puts(client, "warm", 50, data, [])
+            await timed_puts(client, "warm", 50, data, [])
 
             # Large first: on a fresh node it moves the log past its first (fallocate-only)
             # segment into zero-filled ones, as on a node that has been running a while.
@@ -240,7 +226,7 @@ async def measure_node(profile_path: Path, c: Counts,
             before = (await client.status())["store"]
             seq: list[float] = []
             cpu0, mine0 = thread_cpu_seconds(node_pid), time.process_time()
-            await _timed_puts(client, "seq", c.put_seq, data, seq)
+            await timed_puts(client, "seq", c.put_seq, data, seq)
             cpu1, mine1 = thread_cpu_seconds(node_pid), time.process_time()
             main_cpu = cpu1.get(node_pid, 0.0) - cpu0.get(node_pid, 0.0)
             other_cpu = sum(v - cpu0.get(t, 0.0) for t, v in cpu1.items() if t != node_pid)
@@ -251,7 +237,7 @@ async def measure_node(profile_path: Path, c: Counts,
                             samples=seq, ops_per_s=len(seq) / sum(seq)))
 
             muxed: list[float] = []
-            elapsed = await _concurrently(CONCURRENCY, lambda t: _timed_puts(
+            elapsed = await concurrently(CONCURRENCY, lambda t: timed_puts(
                 client, f"mux{t}", c.per_task, data, muxed))
             out.append(cell("hdsd", "put", "put 4 KiB x16, one connection", SMALL, CONCURRENCY,
                             connections=1, samples=muxed, ops_per_s=len(muxed) / elapsed))
@@ -272,7 +258,7 @@ async def measure_node(profile_path: Path, c: Counts,
             for cl in opened:
                 await cl.status()  # connect before the clock starts
             conns: list[float] = []
-            elapsed = await _concurrently(CONCURRENCY, lambda t: _timed_puts(
+            elapsed = await concurrently(CONCURRENCY, lambda t: timed_puts(
                 opened[t], f"conn{t}", c.per_task, data, conns))
         out.append(cell("hdsd", "put", "put 4 KiB x16, 16 connections", SMALL, CONCURRENCY,
                         connections=CONCURRENCY, samples=conns, ops_per_s=len(conns) / elapsed))
@@ -363,12 +349,12 @@ async def _profiled_puts(profile_path: Path, node: NodeProcess, n: int,
     data = os.urandom(SMALL)
     with trio.fail_after(900):
         async with hdsd.AsyncClient(profile_path, timeout=300) as client:
-            await _timed_puts(client, "pwarm", 100, data, [])
+            await timed_puts(client, "pwarm", 100, data, [])
             node.proc.send_signal(signal.SIGUSR1)
             await trio.sleep(0.3)  # the handler runs when the node's main thread next wakes
             cpu0 = thread_cpu_seconds(pid)
             samples: list[float] = []
-            await _timed_puts(client, "prof", n, data, samples)
+            await timed_puts(client, "prof", n, data, samples)
             cpu1 = thread_cpu_seconds(pid)
             node.proc.send_signal(signal.SIGUSR2)
             while not out.exists():

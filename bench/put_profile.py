@@ -25,7 +25,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     PROFILER_PREFIX,
     NodeProcess,
+    concurrently,
     fsync_floor,
     init_cluster,
     latency_ms,
@@ -43,6 +43,7 @@ from _harness import (
     print_table,
     profile_breakdown,
     thread_cpu_seconds,
+    timed_puts,
     write_json,
 )
 from node_bench import CATEGORIES
@@ -65,22 +66,6 @@ class Counts:
 
 QUICK = Counts(fsync=300, warm=100, seq=500, per_task=40, profile_puts=500)
 FULL = Counts(fsync=2000, warm=300, seq=3000, per_task=250, profile_puts=2000)
-
-
-async def _timed_puts(client: hdsd.AsyncClient, prefix: str, n: int, data: bytes,
-                      samples: list[float]) -> None:
-    for i in range(n):
-        t0 = time.perf_counter()
-        await client.put("bench", f"{prefix}/{i:07d}", data)
-        samples.append(time.perf_counter() - t0)
-
-
-async def _concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
-    t0 = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(n):
-            nursery.start_soon(job, i)
-    return time.perf_counter() - t0
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, dict[int, float]]:
@@ -111,11 +96,11 @@ async def measure(profile: Path, c: Counts, pids: dict[str, int]
     cells: list[dict[str, Any]] = []
     with trio.fail_after(1200):
         async with hdsd.AsyncClient(profile, site="dc1", timeout=120) as client:
-            await _timed_puts(client, "warm", c.warm, data, [])
+            await timed_puts(client, "warm", c.warm, data, [])
             before = (await client.status())["store"]
             seq: list[float] = []
             cpu0, mine0 = _cpu(pids), time.process_time()
-            await _timed_puts(client, "seq", c.seq, data, seq)
+            await timed_puts(client, "seq", c.seq, data, seq)
             cpu1, mine1 = _cpu(pids), time.process_time()
             after = (await client.status())["store"]
             cpu = _cpu_per_put(cpu0, cpu1, pids, c.seq)
@@ -123,7 +108,7 @@ async def measure(profile: Path, c: Counts, pids: dict[str, int]
             cells.append(_cell("put 4 KiB sequential, each-site", 1, seq, len(seq) / sum(seq)))
 
             muxed: list[float] = []
-            elapsed = await _concurrently(CONCURRENCY, lambda t: _timed_puts(
+            elapsed = await concurrently(CONCURRENCY, lambda t: timed_puts(
                 client, f"mux{t}", c.per_task, data, muxed))
             cells.append(_cell(f"put 4 KiB x{CONCURRENCY}, one connection, each-site",
                                CONCURRENCY, muxed, len(muxed) / elapsed))
@@ -137,11 +122,11 @@ async def _profiled(profile: Path, node: NodeProcess, n: int, out: Path) -> floa
     data = os.urandom(SMALL)
     with trio.fail_after(900):
         async with hdsd.AsyncClient(profile, site="dc1", timeout=120) as client:
-            await _timed_puts(client, "pwarm", 100, data, [])
+            await timed_puts(client, "pwarm", 100, data, [])
             node.proc.send_signal(signal.SIGUSR1)
             await trio.sleep(0.3)  # the handler runs when the node's main thread next wakes
             samples: list[float] = []
-            await _timed_puts(client, "prof", n, data, samples)
+            await timed_puts(client, "prof", n, data, samples)
             node.proc.send_signal(signal.SIGUSR2)
             while not out.exists():
                 await trio.sleep(0.05)
