@@ -288,9 +288,9 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
                                  f"bytes, expected {chunk_len}")
         return plain
 
-    # Read and decrypt the next chunks while this one is sent: the read-ahead is bounded (two
+    # Read and decrypt the next chunks while this one is sent: the read-ahead is bounded (three
     # chunks), so a slow reader still holds the node to a few MiB for this request.
-    send_ready, receive_ready = trio.open_memory_channel[bytes](1)
+    send_ready, receive_ready = trio.open_memory_channel[bytes](2)
 
     async def produce() -> None:
         async with send_ready:
