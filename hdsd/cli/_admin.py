@@ -36,6 +36,7 @@ name = "{name}"
 site = "{site}"
 listen = "{host}:{port}"        # address:port clients and the other nodes connect to
 data_dir = "data"               # the log, its index, hints; keep it on a local disk
+# segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
 
 [tls]                           # mutual TLS 1.3; issued by `hdsd init` / `hdsd cert issue`
 ca = "../ca/ca.crt"

@@ -83,6 +83,7 @@ class NodeConfig:
     write_policy: str = "each-site"
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
+    segment_mib: int = 256
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -94,7 +95,7 @@ class NodeConfig:
 # section -> key -> (type, required)
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
-             "data_dir": (str, True)},
+             "data_dir": (str, True), "segment_mib": (int, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, True)},
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
@@ -198,6 +199,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     write_timeout = float(cluster.get("write_timeout_s", 10.0))
     if write_timeout <= 0:
         p.add("[cluster] write_timeout_s", "must be positive")
+    segment_mib = node.get("segment_mib", 256)
+    if not 4 <= segment_mib <= 4096:
+        p.add("[node] segment_mib", f"{segment_mib} must be between 4 and 4096")
     if len(sites) != 2:
         p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
     elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
@@ -217,7 +221,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         cluster_id=cluster["id"], chunk_size=chunk_size, compression_level=level,
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
         shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
-        on_peer_site_loss=on_loss, write_timeout_s=write_timeout,
+        on_peer_site_loss=on_loss, write_timeout_s=write_timeout, segment_mib=segment_mib,
     )
 
 

@@ -305,7 +305,7 @@ async def serve_node(config: NodeConfig, *,
 
     ``task_status.started(node)`` is called once listening; ``node.port`` is the bound port.
     """
-    store = Store.open(config.data_dir / "store")
+    store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20)
     try:
         node = Node(config, store)
         await node._serve(task_status)

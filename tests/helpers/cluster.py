@@ -44,10 +44,18 @@ def hdsd(*args: str, input: bytes | None = None, env: dict[str, str] | None = No
     return proc
 
 
+# Small log segments: each node preallocates (and zero-fills) a segment and a spare, and a test
+# run starts dozens of nodes; 256 MiB each would be tens of GiB of disk for nothing.
+TEST_SEGMENT_MIB = 8
+
+
 def init_cluster(root: Path, *, nodes_per_site: int = 1) -> Path:
     ports = free_ports(2 * nodes_per_site)
     hdsd("init", str(root), "--nodes-per-site", str(nodes_per_site),
          "--ports", ",".join(map(str, ports)), check=True)
+    for config in root.glob("*/node.toml"):
+        text = config.read_text()
+        config.write_text(text.replace("# segment_mib = 256", f"segment_mib = {TEST_SEGMENT_MIB}"))
     return root / "client.toml"
 
 
