@@ -28,6 +28,9 @@ from typing import Any
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import fsync_floor, pct
+
 from hdsd.store import ChunkRecord, Store, Version
 from hdsd.store import _format as F
 from hdsd.store._records import encode_record
@@ -36,35 +39,16 @@ HERE = Path(__file__).resolve().parent
 PAYLOAD = 4096
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def chunk(i: int) -> ChunkRecord:
     cid = hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).digest()
     return ChunkRecord("bench", cid, cid * (PAYLOAD // 32))
 
 
 def floor(directory: str, n: int, *, zero_filled: bool) -> dict[str, Any]:
+    """The raw pwrite + fdatasync of one frame-sized record (what one durable append cannot
+    beat), into a preallocated file on the same disk."""
     size = F.FRAME_HEADER_SIZE + len(encode_record(chunk(0)).body)
-    path = os.path.join(directory, "floor.bin")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, size * (n + 10))
-        if zero_filled:
-            os.pwrite(fd, bytes(size * (n + 10)), 0)
-        os.fsync(fd)
-        data = os.urandom(size)
-        samples = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            os.pwrite(fd, data, i * size)
-            os.fdatasync(fd)
-            samples.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        os.unlink(path)
+    samples = fsync_floor(directory, size, n, zero_filled=zero_filled)
     return {"bytes": size, "n": n, "zero_filled": zero_filled,
             "p50_ms": pct(samples, 0.5) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3}
 
