@@ -239,7 +239,7 @@ class AsyncClient:
                       progress: Progress | None) -> ObjectInfo:
         reply: list[Message] = []
 
-        async def send_body(cancel_scope: trio.CancelScope) -> None:
+        async def send_body() -> None:
             sent = 0
             async with aclosing(_pieces(data)) as pieces:
                 async for piece in pieces:
@@ -255,7 +255,7 @@ class AsyncClient:
 
         with single_error():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_body, nursery.cancel_scope)
+                nursery.start_soon(send_body)
                 # The node may refuse early (permission, bad name): stop sending at once then.
                 try:
                     event = await inbox.receive()

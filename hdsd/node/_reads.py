@@ -48,9 +48,6 @@ class ReadPaths:
     peers: PeerPool
     replicator: Replicator
 
-    async def read_payload(self, tenant: str, chunk_id: bytes) -> bytes:
-        raise NotImplementedError
-
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to this site's replicas, merged (union)."""
         replicas = self.replicator.replicas_for(tenant, bucket, key)
