@@ -192,10 +192,10 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
         body = b"".join(e.data for e in early if isinstance(e, Data))
         if len(body) <= node.config.inline_max and (msg.size is None or msg.size == len(body)):
             sealed = await seal_in_thread(codec, body)
-            hasher.update(body)
+            # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
             version = Version(
                 tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
-                node=node.config.name, size=len(body), content_hash=hasher.digest(),
+                node=node.config.name, size=len(body), content_hash=sealed.chunk_id,
                 chunks=(sealed.chunk_id,), inline=sealed.payload, metadata=dict(msg.metadata),
                 request_id=msg.request_id, chunk_size=node.config.chunk_size)
             lagging.update(await node.replicator.write(replicas, [], [version]))
