@@ -4,6 +4,8 @@ The on-disk format and the crash rules are specified in ``hdsd.store._log``.
 """
 
 from ._fs import FileSystem as FileSystem
+from ._index import Location as Location
+from ._index import key_hash as key_hash
 from ._records import ChunkRecord as ChunkRecord
 from ._store import CommitTicket as CommitTicket
 from ._store import Store as Store

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import blake3
 
 from .._packing import packb, unpackb
 from ._records import ChunkRecord
 from ._version import Version
 
-__all__ = ["AppliedPosition", "Index", "Location"]
+__all__ = ["AppliedPosition", "Index", "Location", "key_hash"]
 
 _HLC_SHIFT = 1 << 63
 INDEX_FORMAT = 1
@@ -49,11 +52,17 @@ CREATE TABLE IF NOT EXISTS versions (
     hlc INTEGER NOT NULL, node TEXT NOT NULL,
     request_id BLOB NOT NULL,
     segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    body BLOB NOT NULL            -- Version.to_wire(), so reads never touch the log
+    body BLOB NOT NULL,           -- Version.to_wire(), so reads never touch the log
+    khash INTEGER NOT NULL DEFAULT 0  -- key_hash(tenant, bucket, key): anti-entropy buckets
 );
 CREATE UNIQUE INDEX IF NOT EXISTS versions_by_name ON versions (tenant, bucket, key, hlc, node);
 CREATE INDEX IF NOT EXISTS versions_by_request ON versions (tenant, request_id)
     WHERE request_id != x'';
+CREATE TABLE IF NOT EXISTS quarantine (
+    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS heads (
     tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
     hlc INTEGER NOT NULL, node TEXT NOT NULL, tombstone INTEGER NOT NULL, vid INTEGER NOT NULL,
@@ -91,6 +100,13 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def key_hash(tenant: str, bucket: str, key: str) -> int:
+    """A 32-bit hash of a key's full name: anti-entropy groups versions into Merkle leaves by
+    its top bits, so the versions of one key always fall in the same leaf."""
+    name = b"\x00".join((tenant.encode(), bucket.encode(), key.encode()))
+    return int.from_bytes(blake3.blake3(name).digest(4), "big")
+
+
 def _version(body: bytes) -> Version:
     return Version.from_wire(unpackb(body))
 
@@ -117,9 +133,22 @@ class Index:
         self._readers: list[sqlite3.Connection] = []
         self.writer = _connect(path)
         self.writer.executescript(_SCHEMA)
+        self._migrate()
         self.writer.execute(
             "INSERT OR IGNORE INTO state VALUES (1, ?, 0, 0, -1, ?, 0, 0)",
             (INDEX_FORMAT, -_HLC_SHIFT))
+
+    def _migrate(self) -> None:
+        """Bring an index written by an older hdsd up to date (the log is untouched)."""
+        c = self.writer
+        columns = {row[1] for row in c.execute("PRAGMA table_info(versions)")}
+        if "khash" not in columns:  # format 1 before anti-entropy: hash the existing keys
+            c.create_function("hdsd_key_hash", 3, key_hash, deterministic=True)
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("ALTER TABLE versions ADD COLUMN khash INTEGER NOT NULL DEFAULT 0")
+            c.execute("UPDATE versions SET khash = hdsd_key_hash(tenant, bucket, key)")
+            c.execute("COMMIT")
+        c.execute("CREATE INDEX IF NOT EXISTS versions_by_khash ON versions (khash)")
 
     def close(self) -> None:
         with self._lock:
@@ -175,10 +204,12 @@ class Index:
                 h = record.hlc - _HLC_SHIFT
                 cur = c.execute(
                     "INSERT OR IGNORE INTO versions (tenant, bucket, key, hlc, node, request_id,"
-                    " segment, offset, length, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " segment, offset, length, body, khash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.tenant, record.bucket, record.key, h, record.node,
                      record.request_id, loc.segment, loc.offset, loc.length,
-                     packb(record.to_wire())))
+                     packb(record.to_wire()), key_hash(record.tenant, record.bucket,
+                                                       record.key)))
                 if cur.rowcount:
                     added += 1
                     c.execute(_UPSERT_HEAD, (record.tenant, record.bucket, record.key, h,
@@ -302,3 +333,72 @@ class Index:
             for _vid, body in rows:
                 yield _version(body)
             last = rows[-1][0]
+
+    # --- anti-entropy and scrub (any thread) ---------------------------------------------------
+    def version_names_since(self, after_vid: int, limit: int
+                            ) -> list[tuple[int, str, str, str, int, str, int]]:
+        """``(vid, tenant, bucket, key, hlc, node, khash)`` of versions with ``vid >
+        after_vid``, ascending: vids only grow, so a reader following them misses nothing."""
+        rows = self._reader().execute(
+            "SELECT vid, tenant, bucket, key, hlc, node, khash FROM versions WHERE vid > ?"
+            " ORDER BY vid LIMIT ?", (after_vid, limit)).fetchall()
+        return [(vid, t, b, k, h + _HLC_SHIFT, n, kh) for vid, t, b, k, h, n, kh in rows]
+
+    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, Version]]:
+        """``(vid, version)`` of every version whose key hash is in ``[low, high]``."""
+        rows = self._reader().execute(
+            "SELECT vid, body FROM versions WHERE khash BETWEEN ? AND ?", (low, high)).fetchall()
+        return [(vid, _version(body)) for vid, body in rows]
+
+    def chunk_locations(self, after: tuple[str, bytes] | None, limit: int
+                        ) -> list[tuple[str, bytes, Location]]:
+        """Chunks in ``(tenant, chunk_id)`` order after the cursor *after*."""
+        t, c = after if after is not None else ("", b"")
+        rows = self._reader().execute(
+            "SELECT tenant, chunk_id, segment, offset, length FROM chunks"
+            " WHERE (tenant, chunk_id) > (?, ?) ORDER BY tenant, chunk_id LIMIT ?",
+            (t, c, limit)).fetchall()
+        return [(t, c, Location(s, o, n)) for t, c, s, o, n in rows]
+
+    def version_locations(self, after_vid: int, limit: int
+                          ) -> list[tuple[int, Version, Location]]:
+        rows = self._reader().execute(
+            "SELECT vid, body, segment, offset, length FROM versions WHERE vid > ?"
+            " ORDER BY vid LIMIT ?", (after_vid, limit)).fetchall()
+        return [(vid, _version(body), Location(s, o, n)) for vid, body, s, o, n in rows]
+
+    def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location,
+                         reason: str) -> bool:
+        """Forget a damaged chunk record (reads then fetch it from another replica, and a
+        fresh copy can be committed); the damaged location is remembered. True if it was
+        still indexed at *loc*."""
+        conn = self._quarantine_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "DELETE FROM chunks WHERE tenant = ? AND chunk_id = ? AND segment = ?"
+                " AND offset = ?", (tenant, chunk_id, loc.segment, loc.offset))
+            if cur.rowcount:
+                conn.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (tenant, chunk_id, loc.segment, loc.offset, loc.length, reason,
+                              time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return bool(cur.rowcount)
+
+    def quarantined(self) -> int:
+        (n,) = self._reader().execute("SELECT count(*) FROM quarantine").fetchone()
+        return int(n)
+
+    def _quarantine_conn(self) -> sqlite3.Connection:
+        # Its own connection: the writer's belongs to the log-writer thread. SQLite's lock
+        # (busy_timeout) orders the two.
+        conn: sqlite3.Connection | None = getattr(self._local, "qconn", None)
+        if conn is None:
+            conn = _connect(self._path)
+            self._local.qconn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn

@@ -22,7 +22,7 @@ from .._errors import (
 )
 from . import _format as F
 from ._fs import FileSystem
-from ._index import Index
+from ._index import Index, Location
 from ._log import check_frame
 from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
 from ._recovery import Recovered, list_segments, recover, verify_log
@@ -326,6 +326,50 @@ class Store:
         of batches checked, raises :class:`CorruptLogError` at the first damage."""
         self._check_open()
         return verify_log(self._fs, self._dir, self._writer.head)
+
+    # -- anti-entropy and scrub -----------------------------------------------------------------
+    def version_names_since(self, after_vid: int, limit: int = 10_000
+                            ) -> list[tuple[int, str, str, str, int, str, int]]:
+        """``(vid, tenant, bucket, key, hlc, node, key_hash)`` of the versions indexed after
+        *after_vid*, ascending (vids only grow; follow the last one returned)."""
+        self._check_readable()
+        return self._index.version_names_since(after_vid, limit)
+
+    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, Version]]:
+        """``(vid, version)`` of every version whose :func:`key_hash` is in ``[low, high]``."""
+        self._check_readable()
+        return self._index.versions_by_key_hash(low, high)
+
+    def chunk_locations(self, after: tuple[str, bytes] | None, limit: int = 1000
+                        ) -> list[tuple[str, bytes, Location]]:
+        """Indexed chunks in ``(tenant, chunk_id)`` order after *after* (scrub walks these)."""
+        self._check_readable()
+        return self._index.chunk_locations(after, limit)
+
+    def version_locations(self, after_vid: int, limit: int = 1000
+                          ) -> list[tuple[int, Version, Location]]:
+        self._check_readable()
+        return self._index.version_locations(after_vid, limit)
+
+    def check_record(self, loc: Location) -> None:
+        """Re-read the log record at *loc* and check its checksum and encoding;
+        :class:`IntegrityError` (or :class:`CorruptLogError`) if it rotted."""
+        self._check_open()
+        name = F.segment_name(loc.segment)
+        data = self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
+        frame = check_frame(name, loc.offset, data)
+        decode_record(frame.kind, frame.body)
+
+    def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location, reason: str) -> bool:
+        """Unindex a damaged chunk record: reads of the chunk then go to another replica, and
+        committing a good copy indexes that copy. The damaged range stays in the log (the
+        ``quarantine`` table remembers it). True if *loc* was still the chunk's location."""
+        self._check_readable()
+        return self._index.quarantine_chunk(tenant, chunk_id, loc, reason)
+
+    def quarantined(self) -> int:
+        self._check_readable()
+        return self._index.quarantined()
 
     def statistics(self) -> StoreStatistics:
         self._check_open()
