@@ -40,6 +40,7 @@ from ._peer import (
     Replicate,
     SiteModeRequest,
 )
+from ._repair import LeafDiff, MaintenanceRequest, TreeLevel
 
 __all__ = ["MESSAGE_TYPES", "MessageType", "decode_body", "encode_body", "message_type"]
 
@@ -83,6 +84,9 @@ MESSAGE_TYPES: Final = (
     _t(C.T_PEER_STATUS, PeerStatusRequest, Kind.REQUEST),
     _t(C.T_SITE_MODE, SiteModeRequest, Kind.REQUEST),
     _t(C.T_LIST_PEER, ListPeer, Kind.REQUEST),
+    _t(C.T_TREE_LEVEL, TreeLevel, Kind.REQUEST),
+    _t(C.T_LEAF_DIFF, LeafDiff, Kind.REQUEST),
+    _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

@@ -107,6 +107,16 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.SiteModeRequest: st.builds(
         wire.SiteModeRequest, rids, tenants, st.sampled_from(wire.SITE_MODES), texts
     ),
+    wire.TreeLevel: st.integers(0, 4).flatmap(lambda d: st.builds(
+        wire.TreeLevel, rids, layouts, st.just(d),
+        st.lists(st.integers(0, 16 ** d - 1), max_size=20))),
+    wire.LeafDiff: st.builds(
+        wire.LeafDiff, rids, layouts,
+        st.lists(st.tuples(st.integers(0, 65535),
+                           st.lists(st.binary(min_size=16, max_size=16), max_size=4)).map(list),
+                 max_size=4)),
+    wire.MaintenanceRequest: st.builds(wire.MaintenanceRequest, rids,
+                                       st.sampled_from(wire.MAINTENANCE_TASKS)),
 }
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

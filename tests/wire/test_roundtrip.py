@@ -32,6 +32,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.PeerStatusRequest() | wire.SiteModeRequest() | wire.ListPeer():
             return [], C
+        case wire.TreeLevel() | wire.LeafDiff() | wire.MaintenanceRequest():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():
