@@ -8,3 +8,7 @@ from ._peers import PeerLink as PeerLink
 from ._peers import PeerPool as PeerPool
 from ._policy import policy_met as policy_met
 from ._replicator import Replicator as Replicator
+from ._transfer import fetch_chunks as fetch_chunks
+from ._transfer import local_chunks as local_chunks
+from ._transfer import push_version as push_version
+from ._types import to_thread as to_thread

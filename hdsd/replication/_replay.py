@@ -16,17 +16,16 @@ import trio
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk, FetchVersions, PeerStatusRequest
+from ..wire import FetchVersions, PeerStatusRequest
 from ._hints import HintStore
 from ._mode import ModeState
 from ._peers import PeerLink
-from ._types import LocalStore, Offload, Replicas, replicate_message
+from ._transfer import fetch_chunks, local_chunks, push_version
+from ._types import LocalStore, Offload, Replicas
 
 __all__ = ["HintReplay"]
 
 log = logging.getLogger("hdsd.replication")
-
-_REPLAY_BATCH_BYTES = 3 << 20  # stays under one wire frame
 
 
 class HintReplay:
@@ -85,17 +84,8 @@ class HintReplay:
         if node == self.name:
             await self.store.commit([*chunks, version])
             return
-        batch: list[ChunkRecord] = []
-        size = 0
-        for chunk in chunks:
-            batch.append(chunk)
-            size += len(chunk.payload)
-            if size >= _REPLAY_BATCH_BYTES:
-                await self.peers.call(node, replicate_message(self.layout_id, batch, [],
-                                                              hint=True), timeout=self.timeout)
-                batch, size = [], 0
-        await self.peers.call(node, replicate_message(self.layout_id, batch, [version],
-                                                      hint=True), timeout=self.timeout)
+        await push_version(self.peers, node, self.layout_id, version, chunks,
+                           timeout=self.timeout, hint=True)
 
     async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
                     exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
@@ -106,12 +96,7 @@ class HintReplay:
         """
         version = self.store.get_version(tenant, bucket, key, hlc, origin)
         if version is not None and exclude != self.name:
-            chunks = []
-            if version.inline is None:
-                for chunk_id in dict.fromkeys(version.chunks):
-                    payload = await self._offload(self.store.read_chunk, tenant, chunk_id)
-                    chunks.append(ChunkRecord(tenant, chunk_id, payload))
-            return version, chunks
+            return version, await local_chunks(self.store, self._offload, version)
         replicas = self.replicas_for(tenant, bucket, key)
         others = [n for nodes in replicas.values() for n in nodes
                   if n not in (self.name, exclude)]
@@ -125,13 +110,8 @@ class HintReplay:
                 found = next((v for v in known if v.order == (hlc, origin)), None)
                 if found is None:
                     continue
-                chunks = []
-                if found.inline is None:
-                    for chunk_id in dict.fromkeys(found.chunks):
-                        def fetch(rid: int, c: bytes = chunk_id) -> FetchChunk:
-                            return FetchChunk(rid, self.layout_id, tenant, c)
-                        reply = await self.peers.call(node, fetch, timeout=self.timeout)
-                        chunks.append(ChunkRecord(tenant, chunk_id, reply["payload"]))
+                chunks = [] if found.inline is not None else await fetch_chunks(
+                    self.peers, node, self.layout_id, tenant, found.chunks, timeout=self.timeout)
                 return found, chunks
             except HdsdError as exc:
                 unreachable = exc

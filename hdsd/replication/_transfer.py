@@ -1,0 +1,57 @@
+"""Moving whole versions (with their chunks) between nodes: hint replay and anti-entropy both
+push a version to a peer and pull one from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..store import ChunkRecord, Version
+from ..wire import FetchChunk
+from ._peers import PeerLink
+from ._types import LocalStore, Offload, replicate_message
+
+__all__ = ["BATCH_BYTES", "fetch_chunks", "local_chunks", "push_version"]
+
+BATCH_BYTES = 3 << 20  # a Replicate request stays under one wire frame
+
+
+async def local_chunks(store: LocalStore, offload: Offload, version: Version) -> list[ChunkRecord]:
+    """The chunk records of *version* from the local store (none for an inline version)."""
+    if version.inline is not None:
+        return []
+    chunks = []
+    for chunk_id in dict.fromkeys(version.chunks):
+        payload = await offload(store.read_chunk, version.tenant, chunk_id)
+        chunks.append(ChunkRecord(version.tenant, chunk_id, payload))
+    return chunks
+
+
+async def fetch_chunks(peers: PeerLink, node: str, layout_id: str, tenant: str,
+                       chunk_ids: Sequence[bytes], *, timeout: float) -> list[ChunkRecord]:
+    """Fetch chunk records from *node* (raises if it cannot serve one)."""
+    out = []
+    for chunk_id in dict.fromkeys(chunk_ids):
+        def fetch(rid: int, c: bytes = chunk_id) -> FetchChunk:
+            return FetchChunk(rid, layout_id, tenant, c)
+        reply = await peers.call(node, fetch, timeout=timeout)
+        out.append(ChunkRecord(tenant, chunk_id, reply["payload"]))
+    return out
+
+
+async def push_version(peers: PeerLink, node: str, layout_id: str, version: Version,
+                       chunks: Sequence[ChunkRecord], *, timeout: float, hint: bool) -> int:
+    """Store *version* and its *chunks* on *node*: chunks in frame-sized batches, the version
+    with the last batch (so it never becomes visible before its content). Returns the payload
+    bytes sent."""
+    batch: list[ChunkRecord] = []
+    size = sent = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        size += len(chunk.payload)
+        if size >= BATCH_BYTES:
+            await peers.call(node, replicate_message(layout_id, batch, [], hint=hint),
+                             timeout=timeout)
+            batch, sent, size = [], sent + size, 0
+    await peers.call(node, replicate_message(layout_id, batch, [version], hint=hint),
+                     timeout=timeout)
+    return sent + size
