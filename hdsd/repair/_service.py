@@ -1,0 +1,196 @@
+"""The node's maintenance service: periodic and on-demand repair and scrub, and rebuild.
+
+* Repair: every ``interval`` (jittered ±20 %, so nodes do not all start together) or when an
+  operator asks, a round with each peer whose name sorts after this node's — every pair of
+  nodes is compared once, by its lower-named member.
+* Scrub: every ``scrub_interval`` or on demand, at its own rate.
+* Rebuild: a node that starts with an empty store while it has peers (a replaced disk, a wiped
+  data directory) pulls everything it should hold from every peer before it counts as rebuilt;
+  meanwhile its reads are forwarded (``rebuilding`` tells the read paths not to trust the local
+  store alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..cluster import Layout
+from ..replication import PeerLink, to_thread
+from ..store import Store
+from ._scrub import ChunkOpener, Scrubber, ScrubReport
+from ._sync import AntiEntropy, RepairReport
+from ._trees import PeerTrees
+
+__all__ = ["Maintenance"]
+
+log = logging.getLogger("hdsd.repair")
+
+_SNAPSHOT_EVERY_S = 30.0
+_MIB = 1 << 20
+
+
+class _Task:
+    """One kind of maintenance: runs counted, one at a time, requests coalesced."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.wanted = trio.Event()
+        self.running = False
+        self.completed = 0
+        self.requested = 0
+        self.progress: dict[str, Any] = {}
+        self.last: dict[str, Any] | None = None
+        self.live: ScrubReport | None = None  # a scrub's report while it runs
+
+    def request(self) -> int:
+        """Ask for a run; returns the run number that will include the request."""
+        self.requested = self.completed + (2 if self.running else 1)
+        self.wanted.set()
+        return self.requested
+
+    async def next_due(self) -> None:
+        if self.interval_s <= 0:
+            await self.wanted.wait()
+            return
+        with trio.move_on_after(self.interval_s * random.uniform(0.8, 1.2)):
+            await self.wanted.wait()
+
+    def describe(self) -> dict[str, Any]:
+        return {"running": self.running, "runs_completed": self.completed,
+                "runs_requested": self.requested,
+                "progress": self.live.as_dict() if self.live else dict(self.progress),
+                "last": self.last}
+
+
+class Maintenance:
+    def __init__(self, *, name: str, layout: Layout, store: Store, peers: PeerLink,
+                 snapshot: Path, observe_hlc: Callable[[int], None], open_chunk: ChunkOpener,
+                 repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
+                 scrub_rate_mib_s: float, timeout: float) -> None:
+        self.name = name
+        self.layout = layout
+        self.store = store
+        self.trees = PeerTrees(store, layout, name, snapshot)
+        self.sync = AntiEntropy(name=name, layout_id=layout.layout_id, store=store, peers=peers,
+                                trees=self.trees, observe_hlc=observe_hlc,
+                                rate_bytes_s=repair_rate_mib_s * _MIB, timeout=timeout)
+        here = [n.name for n in layout.nodes if n.site == layout.node(name).site]
+        sources = sorted((n.name for n in layout.nodes if n.name != name),
+                         key=lambda n: (n not in here, n))
+        self.scrubber = Scrubber(store=store, peers=peers, layout_id=layout.layout_id,
+                                 sources=sources, open_chunk=open_chunk,
+                                 rate_bytes_s=scrub_rate_mib_s * _MIB, timeout=timeout)
+        self.repair = _Task(repair_interval_s)
+        self.scrub = _Task(scrub_interval_s)
+        self.rebuild: dict[str, Any] | None = None
+        self.ready = False  # trees caught up with the index at least once
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.rebuild is not None and self.rebuild["state"] == "running"
+
+    def start(self, task: str) -> dict[str, Any]:
+        """Operator request: run *task* (``repair`` or ``scrub``) as soon as possible."""
+        t = self.repair if task == "repair" else self.scrub
+        run = t.request()
+        return {"node": self.name, "task": task, "run": run, **t.describe()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"repair": self.repair.describe(), "scrub": self.scrub.describe(),
+                "rebuild": self.rebuild, "merkle": {"ready": self.ready,
+                                                    "indexed_through_vid": self.trees.watermark}}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        empty = not await to_thread(self.store.version_names_since, 0, 1)
+        if empty and self.trees.peers:
+            self.rebuild = {"state": "running", "started": time.time(), "peers_done": [],
+                            "versions_received": 0, "leaves_done": 0, "leaves_total": 0}
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_index)
+                if self.rebuild is not None:
+                    nursery.start_soon(self._rebuild)
+                nursery.start_soon(self._loop, self.repair, self._repair_round)
+                nursery.start_soon(self._loop, self.scrub, self._scrub_run)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await to_thread(self.trees.save)
+                except OSError as exc:
+                    log.warning("event=merkle_snapshot_failed error=%s", exc)
+
+    async def _follow_index(self) -> None:
+        """Keep the trees close to the index (so a round's catch-up is short) and snapshot."""
+        while True:
+            await to_thread(self.trees.catch_up)
+            self.ready = True
+            await to_thread(self.trees.save)
+            await trio.sleep(_SNAPSHOT_EVERY_S)
+
+    async def _loop(self, task: _Task, body: Callable[[], Any]) -> None:
+        while True:
+            await task.next_due()
+            task.wanted = trio.Event()
+            task.running = True
+            try:
+                await body()
+            finally:
+                task.running = False
+                task.completed += 1
+
+    async def _repair_round(self) -> None:
+        peers = [p for p in self.trees.peers if p > self.name]
+        reports: list[dict[str, Any]] = []
+        started = time.time()
+        for peer in peers:
+            self.repair.progress = {"peer": peer, "leaves_done": 0, "leaves_total": 0}
+            report = await self.sync.repair_with(peer, self._progress(self.repair.progress))
+            reports.append(report.as_dict())
+        self.repair.progress = {}
+        self.repair.last = {"started": started, "finished": time.time(), "peers": reports}
+
+    async def _scrub_run(self) -> None:
+        report = ScrubReport()
+        self.scrub.live = report
+        try:
+            await self.scrubber.run(report)
+        finally:
+            self.scrub.live = None
+        self.scrub.last = {**report.as_dict(), "finished": time.time()}
+
+    async def _rebuild(self) -> None:
+        assert self.rebuild is not None
+        pending = list(self.trees.peers)
+        delay = 0.5
+        log.info("event=rebuild_begin node=%s peers=%s", self.name, ",".join(pending))
+        while pending:
+            for peer in list(pending):
+                progress = self.rebuild
+                report = await self.sync.repair_with(peer, self._progress(progress))
+                progress["versions_received"] += report.versions_received
+                if report.error is None:
+                    pending.remove(peer)
+                    progress["peers_done"].append(peer)
+            if pending:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.rebuild["state"] = "done"
+        self.rebuild["finished"] = time.time()
+        log.info("event=rebuild_done node=%s versions=%d", self.name,
+                 self.rebuild["versions_received"])
+
+    @staticmethod
+    def _progress(into: dict[str, Any]) -> Callable[[RepairReport, int, int], None]:
+        def update(report: RepairReport, done: int, total: int) -> None:
+            into["leaves_done"] = done
+            into["leaves_total"] = total
+            into["versions_received_this_peer"] = report.versions_received
+        return update

@@ -1,0 +1,112 @@
+"""The Merkle tree anti-entropy compares: pure data, no I/O.
+
+A version is summarised by a 128-bit digest of its identity ``(tenant, bucket, key, hlc,
+node)`` — a version is immutable, so its identity names its content. A key falls into one of
+``LEAVES`` leaves by the top bits of its :func:`~hdsd.store.key_hash`, so every version of a key
+shares a leaf. A node's hash is the XOR of the digests below it: adding (or removing) a version
+updates one node per level in O(depth), in any order, with no rebuild — the property that lets
+the tree follow the write stream incrementally. XOR is a fine set hash here because the members
+are unique (a version is indexed once) and come from authenticated peers, not an adversary
+choosing collisions.
+
+Levels: 0 is the root, level ``d`` has ``FANOUT**d`` nodes, the children of node ``i`` are
+``i*FANOUT .. i*FANOUT+FANOUT-1``, and level ``DEPTH`` holds the leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import blake3
+
+from .._packing import packb
+
+__all__ = ["DEPTH", "FANOUT", "LEAVES", "MerkleTree", "leaf_of", "leaf_range", "version_digest"]
+
+FANOUT_BITS = 4
+FANOUT = 1 << FANOUT_BITS
+DEPTH = 4
+LEAF_BITS = FANOUT_BITS * DEPTH  # 65,536 leaves: ~15 versions each at 1 M versions
+LEAVES = 1 << LEAF_BITS
+DIGEST_BYTES = 16
+_KEY_HASH_BITS = 32
+
+
+def version_digest(tenant: str, bucket: str, key: str, hlc: int, node: str) -> int:
+    """The 128-bit digest of a version's identity, as an int (XOR-able)."""
+    raw = blake3.blake3(packb((tenant, bucket, key, hlc, node))).digest(DIGEST_BYTES)
+    return int.from_bytes(raw, "big")
+
+
+def leaf_of(key_hash: int) -> int:
+    return key_hash >> (_KEY_HASH_BITS - LEAF_BITS)
+
+
+def leaf_range(leaf: int) -> tuple[int, int]:
+    """The key hashes ``[low, high]`` that fall into *leaf*."""
+    shift = _KEY_HASH_BITS - LEAF_BITS
+    return leaf << shift, ((leaf + 1) << shift) - 1
+
+
+def digest_bytes(value: int) -> bytes:
+    return value.to_bytes(DIGEST_BYTES, "big")
+
+
+class MerkleTree:
+    """Every level of XOR hashes, kept in lists of ints (about 2.5 MB of Python ints)."""
+
+    __slots__ = ("count", "levels")
+
+    def __init__(self) -> None:
+        self.levels: list[list[int]] = [[0] * (FANOUT ** d) for d in range(DEPTH + 1)]
+        self.count = 0  # versions added minus removed
+
+    def toggle(self, leaf: int, digest: int, *, added: bool = True) -> None:
+        """Add (or, with ``added=False``, remove) a version digest under *leaf*."""
+        for depth in range(DEPTH, -1, -1):
+            self.levels[depth][leaf >> (FANOUT_BITS * (DEPTH - depth))] ^= digest
+        self.count += 1 if added else -1
+
+    def root(self) -> int:
+        return self.levels[0][0]
+
+    def hashes(self, depth: int, indices: Iterable[int]) -> list[bytes]:
+        level = self.levels[depth]
+        return [digest_bytes(level[i]) for i in indices]
+
+    def leaf(self, leaf: int) -> int:
+        return self.levels[DEPTH][leaf]
+
+    def correct_leaf(self, leaf: int, actual: int) -> None:
+        """Make *leaf* hash to *actual* (its recomputed value), fixing every ancestor."""
+        delta = self.levels[DEPTH][leaf] ^ actual
+        if delta:
+            for depth in range(DEPTH, -1, -1):
+                self.levels[depth][leaf >> (FANOUT_BITS * (DEPTH - depth))] ^= delta
+
+    # -- persistence: only the leaves are stored; the levels above are recomputed ------------
+    def leaves_bytes(self) -> bytes:
+        return b"".join(digest_bytes(v) for v in self.levels[DEPTH])
+
+    @classmethod
+    def from_leaves(cls, data: bytes, count: int) -> MerkleTree:
+        if len(data) != LEAVES * DIGEST_BYTES:
+            raise ValueError("wrong size for a Merkle tree's leaves")
+        tree = cls()
+        leaves = [int.from_bytes(data[i:i + DIGEST_BYTES], "big")
+                  for i in range(0, len(data), DIGEST_BYTES)]
+        tree.levels[DEPTH] = leaves
+        for depth in range(DEPTH - 1, -1, -1):
+            below = tree.levels[depth + 1]
+            level = tree.levels[depth]
+            for i in range(len(level)):
+                acc = 0
+                for child in below[i * FANOUT:(i + 1) * FANOUT]:
+                    acc ^= child
+                level[i] = acc
+        tree.count = count
+        return tree
+
+
+def children_of(parents: Iterable[int]) -> list[int]:
+    return [p * FANOUT + c for p in parents for c in range(FANOUT)]
