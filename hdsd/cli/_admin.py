@@ -56,6 +56,12 @@ write_policy = "each-site"      # ack once fsynced in every site (RPO 0); or maj
 on_peer_site_loss = "refuse"    # or "degrade": accept writes alone, keep hints, say so
 write_timeout_s = 10            # a write not acknowledged by then is refused (QuorumNotReached)
 
+# [repair]                      # optional: anti-entropy and scrub
+# interval_s = 3600             # Merkle comparison with every peer (0: only `hdsd repair`)
+# rate_mib_s = 64               # repair traffic budget, so client writes are not starved
+# scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
+# scrub_rate_mib_s = 32
+
 # [limits]                      # optional
 # max_connections = 1024
 # request_timeout_s = 60

@@ -30,6 +30,12 @@ Example (``hdsd init`` writes one per node)::
     on_peer_site_loss = "refuse"   # or "degrade": accept writes alone, keep hints
     write_timeout_s = 10
 
+    [repair]                       # optional
+    interval_s = 3600              # Merkle anti-entropy with every peer (0: only hdsd repair)
+    rate_mib_s = 64                # repair traffic budget, so client writes are not starved
+    scrub_interval_h = 168         # re-read and verify every record weekly (0: hdsd scrub)
+    scrub_rate_mib_s = 32
+
     [[sites]]
     name = "lyon-est"
     nodes = [{ name = "lyon-est-1", address = "127.0.0.1:7401" }]
@@ -84,6 +90,10 @@ class NodeConfig:
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
     segment_mib: int = 256
+    repair_interval_s: float = 3600.0  # 0: only on demand (hdsd repair)
+    repair_rate_mib_s: float = 64.0
+    scrub_interval_h: float = 168.0  # 0: only on demand (hdsd scrub)
+    scrub_rate_mib_s: float = 32.0
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -102,6 +112,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                 "inline_max": (int, False), "replicas_per_site": (int, False),
                 "write_policy": (str, False), "on_peer_site_loss": (str, False),
                 "write_timeout_s": ((int, float), False)},
+    "repair": {"interval_s": ((int, float), False), "rate_mib_s": ((int, float), False),
+               "scrub_interval_h": ((int, float), False),
+               "scrub_rate_mib_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False)},
 }
@@ -202,6 +215,14 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     segment_mib = node.get("segment_mib", 256)
     if not 4 <= segment_mib <= 4096:
         p.add("[node] segment_mib", f"{segment_mib} must be between 4 and 4096")
+    repair = sections.get("repair", {})
+    repair_values = {k: float(repair.get(k, d)) for k, d in (
+        ("interval_s", 3600.0), ("rate_mib_s", 64.0), ("scrub_interval_h", 168.0),
+        ("scrub_rate_mib_s", 32.0))}
+    for k, v in repair_values.items():
+        if v < 0 or (k.endswith("rate_mib_s") and v == 0):
+            p.add(f"[repair] {k}", "must be positive" if k.endswith("rate_mib_s")
+                  else "must be >= 0 (0: only on demand)")
     if len(sites) != 2:
         p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
     elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
@@ -222,6 +243,10 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
         shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
         on_peer_site_loss=on_loss, write_timeout_s=write_timeout, segment_mib=segment_mib,
+        repair_interval_s=repair_values["interval_s"],
+        repair_rate_mib_s=repair_values["rate_mib_s"],
+        scrub_interval_h=repair_values["scrub_interval_h"],
+        scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
     )
 
 

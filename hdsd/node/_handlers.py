@@ -44,6 +44,7 @@ from ..wire import (
     GetRequest,
     GetStart,
     ListRequest,
+    MaintenanceRequest,
     Message,
     PutStart,
     Reply,
@@ -53,7 +54,7 @@ from ..wire import (
     VersionsRequest,
 )
 from ._auth import authorize, check_bucket, check_key
-from ._peer_handlers import PEER_HANDLERS, site_mode
+from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
 
 if TYPE_CHECKING:
@@ -410,4 +411,5 @@ _HANDLERS: dict[type, _Handler] = {
     VersionsRequest: _versions,
     StatusRequest: _status,
     SiteModeRequest: site_mode,
+    MaintenanceRequest: maintenance,
 }

@@ -16,19 +16,22 @@ from ..transport import Identity, WireSession
 from ..wire import (
     FetchChunk,
     FetchVersions,
+    LeafDiff,
     ListPeer,
+    MaintenanceRequest,
     Message,
     PeerStatusRequest,
     Replicate,
     Reply,
     SiteModeRequest,
+    TreeLevel,
 )
 from ._auth import authorize
 
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_HANDLERS", "site_mode"]
+__all__ = ["PEER_HANDLERS", "maintenance", "site_mode"]
 
 
 def _check_layout(node: Node, layout: str, ident: Identity) -> None:
@@ -96,6 +99,27 @@ async def site_mode(node: Node, session: WireSession, ident: Identity, msg: Site
                                                 **_mode_body(mode)}))
 
 
+async def _tree_level(node: Node, session: WireSession, ident: Identity, msg: TreeLevel,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    body = await node.maintenance.sync.tree_level(ident.name, msg.depth, msg.indices)
+    await session.send(Reply(rid=msg.rid, body=body))
+
+
+async def _leaf_diff(node: Node, session: WireSession, ident: Identity, msg: LeafDiff,
+                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    body = await node.maintenance.sync.leaf_diff(ident.name, msg.leaves)
+    await session.send(Reply(rid=msg.rid, body=body))
+
+
+async def maintenance(node: Node, session: WireSession, ident: Identity,
+                      msg: MaintenanceRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    """Admin client: start a repair or a scrub on this node now."""
+    authorize(ident.role, "admin")
+    await session.send(Reply(rid=msg.rid, body=node.maintenance.start(msg.task)))
+
+
 def _mode_body(mode: Any) -> dict[str, Any]:
     return {"mode": mode.mode, "reason": mode.reason, "by": mode.by, "since": mode.since}
 
@@ -106,4 +130,6 @@ PEER_HANDLERS: dict[type, Any] = {
     FetchChunk: _fetch_chunk,
     PeerStatusRequest: _peer_status,
     ListPeer: _list_peer,
+    TreeLevel: _tree_level,
+    LeafDiff: _leaf_diff,
 }

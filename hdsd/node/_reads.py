@@ -48,15 +48,21 @@ class ReadPaths:
     peers: PeerPool
     replicator: Replicator
 
+    @property
+    def rebuilding(self) -> bool:
+        raise NotImplementedError
+
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to this site's replicas, merged (union)."""
         replicas = self.replicator.replicas_for(tenant, bucket, key)
         found: dict[tuple[int, str], Version] = {}
-        asked_ok = False
+        asked_ok = local_ok = False
         if self.config.name in replicas[self.config.site]:
+            local_ok = True
             for v in self.store.versions(tenant, bucket, key):
                 found[v.order] = v
-            asked_ok = True
+            # While rebuilding, the local store is still filling: ask the other replicas too.
+            asked_ok = not self.rebuilding
         order = [n for n in replicas[self.config.site] if n != self.config.name]
         remote = replicas[self.layout.other_site(self.config.site)]
         for i, node in enumerate([*order, *remote]):
@@ -73,7 +79,7 @@ class ReadPaths:
             for raw in body.get("versions", []):
                 v = Version.from_wire(raw)
                 found[v.order] = v
-        if not asked_ok:
+        if not (asked_ok or local_ok):
             raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
         return sorted(found.values(), key=lambda v: v.order)
 
@@ -88,8 +94,14 @@ class ReadPaths:
 
     async def list_site(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
                         versions: bool) -> list[list[Version]]:
-        """Every node of this site's part of a listing (all must answer)."""
+        """Every node of this site's part of a listing (all must answer). While this node
+        rebuilds, the other site's nodes are asked too (their union covers what it lacks)."""
         names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        optional = set()
+        if self.rebuilding:
+            optional = {n.name for n in self.layout.site_nodes(
+                self.layout.other_site(self.config.site))}
+            names += sorted(optional)
         parts: dict[str, list[Version]] = {}
         failures: list[str] = []
 
@@ -104,7 +116,8 @@ class ReadPaths:
                     timeout=self.config.write_timeout_s)
                 parts[name] = [Version.from_wire(v) for v in body["versions"]]
             except HdsdError as exc:
-                failures.append(f"{name}: {exc}")
+                if name not in optional:
+                    failures.append(f"{name}: {exc}")
 
         async with trio.open_nursery() as nursery:
             for name in names:

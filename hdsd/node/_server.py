@@ -30,6 +30,7 @@ from .._errors import (
 from .._meta import __version__
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
+from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerPool, Replicator
 from ..store import Store, Version
 from ..transport import (
@@ -82,6 +83,13 @@ class Node(ReadPaths):
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
             on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s)
+        self.maintenance = Maintenance(
+            name=config.name, layout=self.layout, store=store, peers=self.peers,
+            snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
+            open_chunk=self._verify_chunk, repair_interval_s=config.repair_interval_s,
+            repair_rate_mib_s=config.repair_rate_mib_s,
+            scrub_interval_s=config.scrub_interval_h * 3600,
+            scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s)
         self.started = time.time()
         self.port = config.port
         self._codecs: dict[str, ChunkCodec] = {}
@@ -104,6 +112,16 @@ class Node(ReadPaths):
             codec = ChunkCodec(keys, compression_level=self.config.compression_level)
             self._codecs[tenant] = codec
         return codec
+
+    def _verify_chunk(self, tenant: str, chunk_id: bytes, payload: bytes) -> None:
+        """Scrub's check of a sealed chunk: its AEAD tag (and content id) under the tenant's
+        key; PermissionDenied if the tenant has no keys here."""
+        self.codec(tenant).open(chunk_id, payload)
+
+    @property
+    def rebuilding(self) -> bool:
+        """True while an emptied node pulls its data back: its store alone is not the truth."""
+        return self.maintenance.rebuilding
 
     async def read_payload(self, tenant: str, chunk_id: bytes) -> bytes:
         # A 1 MiB pread is ~0.3 ms of blocking I/O: worth a thread hop, unlike index lookups.
@@ -152,7 +170,13 @@ class Node(ReadPaths):
             "connections": self._connections,
             "requests_in_flight": self._active_requests,
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
+            **self._maintenance_status(),
         }
+
+    def _maintenance_status(self) -> dict[str, Any]:
+        m = self.maintenance.describe()
+        return {"maintenance": m, "last_repair": m["repair"]["last"],
+                "last_scrub": m["scrub"]["last"], "rebuild": m["rebuild"]}
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -176,6 +200,7 @@ class Node(ReadPaths):
         async with trio.open_nursery() as services:
             await services.start(self.peers.run)
             await services.start(self.replicator.run)
+            await services.start(self.maintenance.run)
             await self._serve_connections(listeners, task_status)
             services.cancel_scope.cancel()
         self.hints.close()
