@@ -13,7 +13,7 @@ import click
 import trio
 
 from .._errors import InvalidRequest
-from ..client import AsyncClient, ObjectInfo, Profile, load_profile
+from ..client import AsyncClient, ObjectInfo, load_profile
 from ..cluster import HybridClock
 from ._main import main
 
@@ -280,9 +280,8 @@ def _set_mode(ctx: click.Context, site_name: str, mode: str, reason: str, as_jso
         replies = []
         # Every node of the site must switch: talk to each endpoint in turn.
         for host, port in endpoints:
-            one = Profile(**{**{f: getattr(profile, f) for f in profile.__dataclass_fields__},
-                             "sites": {site_name: ((host, port),)}, "site": site_name})
-            async with AsyncClient(one, timeout=obj["timeout"]) as c:
+            async with AsyncClient(profile.pinned(site_name, host, port),
+                                   timeout=obj["timeout"]) as c:
                 replies.append(await c.set_site_mode(site_name, mode, reason))
         return replies
     for reply in trio.run(go):

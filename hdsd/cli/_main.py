@@ -42,7 +42,7 @@ def main(ctx: click.Context, profile: str | None, site: str | None, timeout: flo
 
 
 def _register() -> None:
-    from . import _admin, _bench, _data, _up  # noqa: F401  (commands register on `main`)
+    from . import _admin, _bench, _data, _repair, _up  # noqa: F401  (commands register on `main`)
 
 
 _register()

@@ -42,6 +42,7 @@ from ..wire import (
     GetStart,
     Hello,
     ListRequest,
+    MaintenanceRequest,
     Message,
     PutStart,
     Reply,
@@ -380,6 +381,11 @@ class AsyncClient:
         site); ``normal`` restores the configured policy. Sent to the node this client uses."""
         return await self._call(lambda rid: SiteModeRequest(rid=rid, site=site, mode=mode,
                                                             reason=reason))
+
+    async def start_maintenance(self, task: str) -> dict[str, Any]:
+        """Admin: start a ``repair`` or a ``scrub`` on the node this client uses; the reply
+        carries the run number to wait for in ``status()["maintenance"][task]``."""
+        return await self._call(lambda rid: MaintenanceRequest(rid=rid, task=task))
 
 
 def _fits_one_write(data: PutSource, session: WireSession

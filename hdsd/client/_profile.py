@@ -22,6 +22,7 @@ Relative paths are resolved against the profile's directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Profile:
         if name not in self.sites:
             raise ConfigError(f"{self.path}: no site {name!r} (known: {', '.join(self.sites)})")
         return self.sites[name]
+
+    def pinned(self, site: str, host: str, port: int) -> Profile:
+        """This profile talking to one node only (admin requests go to each node in turn)."""
+        return dataclasses.replace(self, site=site, sites={site: ((host, port),)})
 
 
 def load_profile(path: str | os.PathLike[str] | None = None) -> Profile:

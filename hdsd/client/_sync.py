@@ -105,3 +105,6 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return self._call(self._async.status)
+
+    def start_maintenance(self, task: str) -> dict[str, Any]:
+        return self._call(self._async.start_maintenance, task)
