@@ -29,7 +29,7 @@ _MAX_LAYOUT_CHARS = 64
 
 @dataclass(frozen=True, slots=True)
 class TreeLevel(Message):
-    """The sender's tree hashes (for the pair sender–receiver) of nodes ``indices`` at
+    """The sender's tree hashes (for the pair sender-receiver) of nodes ``indices`` at
     ``depth`` (0 = root); Reply ``{"hashes": [16-byte hash, ...], "count": versions}``."""
 
     rid: int
