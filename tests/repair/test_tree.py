@@ -1,0 +1,77 @@
+"""The Merkle tree: XOR levels stay consistent under any order of adds and removes, survive a
+snapshot, and a comparison finds exactly the leaves that differ."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hdsd.repair import MerkleTree
+from hdsd.repair._tree import DEPTH, FANOUT, LEAVES, children_of, leaf_of, leaf_range
+
+members = st.lists(st.tuples(st.integers(0, LEAVES - 1), st.integers(1, (1 << 128) - 1)),
+                   max_size=40, unique=True)
+
+
+def _tree(items: list[tuple[int, int]]) -> MerkleTree:
+    t = MerkleTree()
+    for leaf, digest in items:
+        t.toggle(leaf, digest)
+    return t
+
+
+@given(members, st.randoms())
+def test_order_does_not_matter_and_levels_agree(items: list[tuple[int, int]], rnd) -> None:
+    shuffled = list(items)
+    rnd.shuffle(shuffled)
+    a, b = _tree(items), _tree(shuffled)
+    assert a.levels == b.levels and a.count == b.count == len(items)
+    for depth in range(DEPTH):  # each node is the XOR of its children
+        for i, value in enumerate(a.levels[depth]):
+            if value or depth < 2:
+                acc = 0
+                for child in a.levels[depth + 1][i * FANOUT:(i + 1) * FANOUT]:
+                    acc ^= child
+                assert acc == value
+
+
+@given(members, members)
+def test_removing_what_was_added_gives_the_empty_tree(base: list[tuple[int, int]],
+                                                      extra: list[tuple[int, int]]) -> None:
+    extra = [e for e in extra if e not in base]
+    t = _tree(base + extra)
+    for leaf, digest in extra:
+        t.toggle(leaf, digest, added=False)
+    assert t.levels == _tree(base).levels and t.count == len(base)
+
+
+@given(members)
+def test_snapshot_round_trip(items: list[tuple[int, int]]) -> None:
+    t = _tree(items)
+    back = MerkleTree.from_leaves(t.leaves_bytes(), t.count)
+    assert back.levels == t.levels and back.count == t.count
+
+
+@given(members, members)
+def test_descent_finds_exactly_the_differing_leaves(a_items: list[tuple[int, int]],
+                                                    b_items: list[tuple[int, int]]) -> None:
+    a, b = _tree(a_items), _tree(b_items)
+    differing = [0] if a.root() != b.root() else []
+    for depth in range(1, DEPTH + 1):
+        indices = children_of(differing)
+        differing = [i for i, x, y in zip(indices, a.hashes(depth, indices),
+                                          b.hashes(depth, indices), strict=True) if x != y]
+    expected = sorted(i for i in range(LEAVES) if a.leaf(i) != b.leaf(i))
+    assert differing == expected
+
+
+def test_correct_leaf_fixes_every_ancestor() -> None:
+    t = _tree([(7, 1), (7, 2), (40_000, 5)])
+    t.correct_leaf(7, 1)  # as if the version with digest 2 had been removed
+    assert t.levels == _tree([(7, 1), (40_000, 5)]).levels
+
+
+def test_a_key_hash_falls_in_its_leaf_range() -> None:
+    for h in (0, 1, 0xFFFF, 0x10000, 0x12345678, 0xFFFFFFFF):
+        low, high = leaf_range(leaf_of(h))
+        assert low <= h <= high
