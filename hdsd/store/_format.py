@@ -17,6 +17,7 @@ FORMAT_VERSION: Final = 1
 SEGMENT_SUFFIX: Final = ".seg"
 SEGMENT_TMP_SUFFIX: Final = ".seg.tmp"  # a segment being created; never holds durable data
 TORN_INFIX: Final = ".torn-"  # `<segment>.torn-<offset>`: bytes cut off a torn tail
+DAMAGED_INFIX: Final = ".damaged-"  # `<segment>.damaged-<offset>`: a range skipped by salvage
 # magic, format version, flags (0), reserved (0), segment number, xxh3-64 of the 24 bytes before
 SEGMENT_HEADER: Final = struct.Struct("<8sHHIQQ")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size

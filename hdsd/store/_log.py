@@ -88,8 +88,8 @@ from .._errors import CorruptLogError, IntegrityError
 from . import _format as F
 from ._records import EncodedRecord
 
-__all__ = ["ByteSource", "Frame", "TailVerdict", "classify_tail", "frame_batch", "parse_frame",
-           "scan_segment"]
+__all__ = ["ByteSource", "Frame", "TailVerdict", "classify_tail", "frame_batch",
+           "next_batch_start", "parse_frame", "scan_segment"]
 
 
 class ByteSource(Protocol):
@@ -238,6 +238,21 @@ def _find_later_batch(buf: ByteSource, pos: int, end: int, committed_end: int) -
         if frame is not None and frame.batch_start > committed_end:
             return pos
         pos += 1
+
+
+def next_batch_start(buf: ByteSource, pos: int, end: int, committed_end: int) -> int | None:
+    """The offset, at or after *pos*, of the first frame of a complete later batch (one that
+    starts after *committed_end*), or None: where a salvaging recovery resumes."""
+    while True:
+        found = _find_later_batch(buf, pos, end, committed_end)
+        if found is None:
+            return None
+        first = parse_frame(buf, found, end, None)
+        assert first is not None
+        start = first.batch_start
+        if start > committed_end and parse_frame(buf, start, end, start) is not None:
+            return start
+        pos = found + 1
 
 
 def _last_nonzero(buf: ByteSource, start: int, end: int) -> int:

@@ -15,7 +15,15 @@ from .._errors import CorruptLogError, IntegrityError, StoreError
 from . import _format as F
 from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
-from ._log import ByteSource, Frame, check_frame, classify_tail, scan_segment
+from ._log import (
+    ByteSource,
+    Frame,
+    _last_nonzero,
+    check_frame,
+    classify_tail,
+    next_batch_start,
+    scan_segment,
+)
 from ._records import ChunkRecord, decode_record
 from ._version import Version
 
@@ -30,6 +38,9 @@ class Recovered:
     head_offset: int
     replayed_records: int
     torn_tails: tuple[str, ...]  # forensic files written
+    # Damaged ranges skipped by a salvaging recovery: "segment:start-end" each; their records
+    # are lost here and must come back from another replica (anti-entropy, scrub).
+    salvaged: tuple[str, ...] = ()
 
 
 def list_segments(fs: FileSystem, directory: str) -> list[int]:
@@ -103,8 +114,16 @@ def _check_applied(fs: FileSystem, directory: str, numbers: list[int],
             segment=name, offset=applied.last_frame)
 
 
-def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) -> Recovered:
-    """Bring the index up to the end of the log, cutting a torn tail; see ``_log``."""
+def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int, *,
+            salvage: bool = False) -> Recovered:
+    """Bring the index up to the end of the log, cutting a torn tail; see ``_log``.
+
+    With *salvage*, damage met while replaying (a bad range followed by later batches, or
+    bad bytes at the end of a segment that is not the last) is copied to
+    ``<segment>.damaged-<offset>`` and skipped instead of raising :class:`CorruptLogError`;
+    the records in it are lost HERE and must be fetched from a replica. Damage the index
+    already covers is not met at open (reads and scrub find it); a missing segment or a log
+    shorter than the index's applied position still raises."""
     for entry in fs.listdir(directory):
         if entry.endswith(F.SEGMENT_TMP_SUFFIX):
             fs.unlink(os.path.join(directory, entry))
@@ -120,29 +139,37 @@ def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int) ->
         _check_applied(fs, directory, numbers, applied)
     replayed = 0
     torn: list[str] = []
+    salvaged: list[str] = []
     head = (0, 0)
     for number in numbers:
         if number < applied.segment:
             continue
         start = applied.offset if number == applied.segment else F.SEGMENT_HEADER_SIZE
         replay = _Replay(index, number, start, last=number == numbers[-1],
-                         clean=clean and number == applied.segment == numbers[-1])
+                         clean=clean and number == applied.segment == numbers[-1],
+                         salvage=salvage)
         path = os.path.join(directory, replay.name)
         _with_map(fs, path, replay.run)
+        for begin, end in replay.damaged:
+            fs.write_new_file(f"{path}{F.DAMAGED_INFIX}{begin}", replay.damaged_bytes[begin])
+            salvaged.append(f"{replay.name}:{begin}-{end}")
         replayed += replay.records
         if replay.torn_end > replay.committed_end:
             torn.append(_cut_tail(fs, path, replay.committed_end, replay.torn_end,
                                   segment_bytes))
         head = (number, replay.committed_end)
-    return Recovered(head[0], head[1], replayed, tuple(torn))
+    return Recovered(head[0], head[1], replayed, tuple(torn), tuple(salvaged))
 
 
 class _Replay:
     """Replays one segment from a batch boundary into the index."""
 
     def __init__(self, index: Index, number: int, start: int, *, last: bool,
-                 clean: bool) -> None:
+                 clean: bool, salvage: bool = False) -> None:
         self.index = index
+        self.salvage = salvage
+        self.damaged: list[tuple[int, int]] = []
+        self.damaged_bytes: dict[int, bytes] = {}
         self.clean = clean
         self.number = number
         self.name = F.segment_name(number)
@@ -155,11 +182,28 @@ class _Replay:
 
     def run(self, buf: ByteSource, size: int) -> None:
         _check_header(buf, size, self.number, self.name)
-        result = scan_segment(buf, self.start, size, self._on_batch)
-        self._flush()
-        verdict = classify_tail(buf, result, size, segment=self.name, last_segment=self.last,
-                                clean=self.clean)
-        self.committed_end, self.torn_end = verdict.committed_end, verdict.torn_end
+        pos = self.start
+        while True:
+            result = scan_segment(buf, pos, size, self._on_batch)
+            self._flush()
+            try:
+                verdict = classify_tail(buf, result, size, segment=self.name,
+                                        last_segment=self.last, clean=self.clean)
+            except CorruptLogError:
+                if not self.salvage:
+                    raise
+                t = result.committed_end
+                resume = next_batch_start(buf, result.stop + 1, size, t)
+                end = resume if resume is not None else _last_nonzero(buf, t, size)
+                self.damaged.append((t, end))
+                self.damaged_bytes[t] = buf[t:end]
+                if resume is None:  # bad to the end of a segment that is not the last
+                    self.committed_end = self.torn_end = t
+                    return
+                pos = resume
+                continue
+            self.committed_end, self.torn_end = verdict.committed_end, verdict.torn_end
+            return
 
     def _on_batch(self, frames: list[Frame]) -> None:
         for frame in frames:

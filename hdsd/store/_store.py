@@ -51,6 +51,7 @@ class StoreStatistics:
     head_offset: int
     replayed_records: int  # replayed from the log into the index at open
     torn_tails: tuple[str, ...]  # forensic copies of torn tails cut at open
+    salvaged: tuple[str, ...] = ()  # damaged ranges set aside at open ("segment:start-end")
 
 
 class Store:
@@ -92,13 +93,17 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, segment_bytes: int = 256 << 20,
-             fs: FileSystem | None = None, verify: bool = False) -> Store:
+             fs: FileSystem | None = None, verify: bool = False,
+             salvage: bool = False) -> Store:
         """Open the store at *path*, creating it if missing, and run recovery.
 
         Raises :class:`CorruptLogError` if the log is damaged before its tail (a torn tail is
         cut and kept beside its segment as ``<segment>.torn-<offset>``). With *verify*, every
         record's checksum is checked too (reads the whole log; otherwise only what recovery
-        replays is). :class:`StoreError` if another process has the store open.
+        replays is). :class:`StoreError` if another process has the store open. With
+        *salvage*, damage met while replaying is set aside instead (see
+        ``_recovery.recover``; ``statistics().salvaged`` lists the ranges, whose records
+        must come back from a replica).
         """
         if not F.SEGMENT_HEADER_SIZE + F.FRAME_HEADER_SIZE < segment_bytes <= F.MAX_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes out of range: {segment_bytes}")
@@ -117,7 +122,7 @@ class Store:
         index: Index | None = None
         try:
             index = Index(os.path.join(directory, INDEX_NAME))
-            recovered = recover(fs, directory, index, segment_bytes)
+            recovered = recover(fs, directory, index, segment_bytes, salvage=salvage)
             if verify:
                 verify_log(fs, directory, (recovered.head_segment, recovered.head_offset))
             index.set_clean(False)
@@ -387,7 +392,7 @@ class Store:
             fsyncs=w.fsyncs, last_fsync_seconds=w.last_fsync_seconds,
             failed=w.failed is not None, head_segment=seg, head_offset=off,
             replayed_records=self._recovered.replayed_records,
-            torn_tails=self._recovered.torn_tails)
+            torn_tails=self._recovered.torn_tails, salvaged=self._recovered.salvaged)
 
 
 class CommitTicket:
