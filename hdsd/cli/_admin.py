@@ -37,6 +37,8 @@ site = "{site}"
 listen = "{host}:{port}"        # address:port clients and the other nodes connect to
 data_dir = "data"               # the log, its index, hints; keep it on a local disk
 # segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
+# on_corrupt_log = "repair"     # damaged log range at start: set it aside (kept as a file)
+#                               # and refetch from the other site; "refuse": stay down
 
 [tls]                           # mutual TLS 1.3; issued by `hdsd init` / `hdsd cert issue`
 ca = "../ca/ca.crt"

@@ -11,6 +11,7 @@ Example (``hdsd init`` writes one per node)::
     site = "lyon-est"
     listen = "127.0.0.1:7401"
     data_dir = "data"
+    on_corrupt_log = "repair"      # damage met at start: set it aside, refetch (or "refuse")
 
     [tls]
     ca = "../ca/ca.crt"
@@ -90,6 +91,7 @@ class NodeConfig:
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
     segment_mib: int = 256
+    on_corrupt_log: str = "repair"  # or "refuse": stay down for an operator to look first
     repair_interval_s: float = 3600.0  # 0: only on demand (hdsd repair)
     repair_rate_mib_s: float = 64.0
     scrub_interval_h: float = 168.0  # 0: only on demand (hdsd scrub)
@@ -105,7 +107,8 @@ class NodeConfig:
 # section -> key -> (type, required)
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
-             "data_dir": (str, True), "segment_mib": (int, False)},
+             "data_dir": (str, True), "segment_mib": (int, False),
+             "on_corrupt_log": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, True)},
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
@@ -215,6 +218,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     segment_mib = node.get("segment_mib", 256)
     if not 4 <= segment_mib <= 4096:
         p.add("[node] segment_mib", f"{segment_mib} must be between 4 and 4096")
+    on_corrupt = node.get("on_corrupt_log", "repair")
+    if on_corrupt not in ("repair", "refuse"):
+        p.add("[node] on_corrupt_log", f"{on_corrupt!r} must be repair or refuse")
     repair = sections.get("repair", {})
     repair_values = {k: float(repair.get(k, d)) for k, d in (
         ("interval_s", 3600.0), ("rate_mib_s", 64.0), ("scrub_interval_h", 168.0),
@@ -243,7 +249,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
         shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
         on_peer_site_loss=on_loss, write_timeout_s=write_timeout, segment_mib=segment_mib,
-        repair_interval_s=repair_values["interval_s"],
+        on_corrupt_log=on_corrupt, repair_interval_s=repair_values["interval_s"],
         repair_rate_mib_s=repair_values["rate_mib_s"],
         scrub_interval_h=repair_values["scrub_interval_h"],
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],

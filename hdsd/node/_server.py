@@ -89,7 +89,8 @@ class Node(ReadPaths):
             open_chunk=self._verify_chunk, repair_interval_s=config.repair_interval_s,
             repair_rate_mib_s=config.repair_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
-            scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s)
+            scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
+            salvaged=store.statistics().salvaged)
         self.started = time.time()
         self.port = config.port
         self._codecs: dict[str, ChunkCodec] = {}
@@ -330,7 +331,11 @@ async def serve_node(config: NodeConfig, *,
 
     ``task_status.started(node)`` is called once listening; ``node.port`` is the bound port.
     """
-    store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20)
+    store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
+                       salvage=config.on_corrupt_log == "repair")
+    for where in store.statistics().salvaged:
+        log.error("event=log_damage_set_aside node=%s range=%s action=refetch_from_replicas",
+                  config.name, where)
     try:
         node = Node(config, store)
         await node._serve(task_status)

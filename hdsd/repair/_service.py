@@ -5,9 +5,10 @@
   nodes is compared once, by its lower-named member.
 * Scrub: every ``scrub_interval`` or on demand, at its own rate.
 * Rebuild: a node that starts with an empty store while it has peers (a replaced disk, a wiped
-  data directory) pulls everything it should hold from every peer before it counts as rebuilt;
-  meanwhile its reads are forwarded (``rebuilding`` tells the read paths not to trust the local
-  store alone).
+  data directory), or whose log recovery set damaged ranges aside (``salvaged``), pulls
+  everything it should hold from every peer before it counts as rebuilt; meanwhile its reads
+  are forwarded (``rebuilding`` tells the read paths not to trust the local store alone). After
+  a salvage a scrub follows, for chunks a surviving version names but the lost range held.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ class Maintenance:
     def __init__(self, *, name: str, layout: Layout, store: Store, peers: PeerLink,
                  snapshot: Path, observe_hlc: Callable[[int], None], open_chunk: ChunkOpener,
                  repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
-                 scrub_rate_mib_s: float, timeout: float) -> None:
+                 scrub_rate_mib_s: float, timeout: float,
+                 salvaged: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.salvaged = salvaged
         self.layout = layout
         self.store = store
         self.trees = PeerTrees(store, layout, name, snapshot)
@@ -109,9 +112,12 @@ class Maintenance:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         empty = not await to_thread(self.store.version_names_since, 0, 1)
-        if empty and self.trees.peers:
-            self.rebuild = {"state": "running", "started": time.time(), "peers_done": [],
-                            "versions_received": 0, "leaves_done": 0, "leaves_total": 0}
+        if self.trees.peers and (empty or self.salvaged):
+            reason = ("the store was empty" if empty else
+                      "log ranges were damaged and set aside: " + ", ".join(self.salvaged))
+            self.rebuild = {"state": "running", "reason": reason, "started": time.time(),
+                            "peers_done": [], "versions_received": 0, "leaves_done": 0,
+                            "leaves_total": 0}
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -184,6 +190,8 @@ class Maintenance:
                 delay = min(delay * 2, 10.0)
         self.rebuild["state"] = "done"
         self.rebuild["finished"] = time.time()
+        if self.salvaged:
+            self.scrub.request()
         log.info("event=rebuild_done node=%s versions=%d", self.name,
                  self.rebuild["versions_received"])
 

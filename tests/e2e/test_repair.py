@@ -228,3 +228,44 @@ def test_a_node_with_an_emptied_store_rebuilds_from_the_other_site(cluster: Clus
                     c.get(BUCKET, key)
             else:
                 assert c.get(BUCKET, key) == data
+
+
+def test_a_damaged_log_range_found_at_start_is_set_aside_and_refetched(
+        cluster: Cluster) -> None:
+    profile = cluster.profile
+    written = {f"d{i}": os.urandom(5000 + i) for i in range(20)}
+    with hdsd.Client(profile, site="dc1") as c:
+        for key, data in written.items():
+            c.put(BUCKET, key, data)
+    node = cluster.nodes["dc2-n1"]
+    node.stop()
+    store_dir = node.config.parent / "data" / "store"
+    db = sqlite3.connect(f"file:{store_dir / 'index.sqlite3'}?mode=ro", uri=True)
+    segment, offset = db.execute("SELECT segment, offset FROM versions WHERE key = 'd3'"
+                                 ).fetchone()
+    db.close()
+    with open(store_dir / segment_name(segment), "r+b") as f:  # rot inside d3's record
+        f.seek(offset + 40)
+        byte = f.read(1)
+        f.seek(offset + 40)
+        f.write(bytes([byte[0] ^ 0x01]))
+    for p in store_dir.glob("index.sqlite3*"):  # so that recovery replays across the damage
+        p.unlink()
+    node.start()  # does not stay down: sets the range aside, rebuilds from dc1
+    deadline = time.monotonic() + 120
+    while True:
+        with hdsd.Client(profile, site="dc2") as c:
+            st = c.status()
+        if st["rebuild"] and st["rebuild"]["state"] == "done" and \
+                st["maintenance"]["scrub"]["runs_completed"] >= 1:
+            break
+        assert time.monotonic() < deadline, st["rebuild"]
+        time.sleep(0.2)
+    assert "set aside" in st["rebuild"]["reason"] and st["store"]["salvaged"]
+    assert st["rebuild"]["versions_received"] >= 1
+    assert list(store_dir.glob(f"{segment_name(segment)}.damaged-*"))
+    assert "event=log_damage_set_aside" in node.log()
+    cluster.nodes["dc1-n1"].stop()
+    with hdsd.Client(profile, site="dc2") as c:
+        for key, data in written.items():
+            assert c.get(BUCKET, key) == data
