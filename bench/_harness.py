@@ -181,6 +181,7 @@ class NodeProcess:
         self.stop()
 
     def start(self) -> None:
+        self._listening.clear()  # a restart must wait for the new process, not the old one
         argv = [sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
                 str(self.config), "--log-level", "warning"]
         # Its own process group: a Ctrl-C in the terminal reaches only the benchmark, which

@@ -210,7 +210,7 @@ def main() -> None:
                 node.stop()
 
     ident, div, lat = results["identical"], results["divergent"], results["put_latency_ms"]
-    p99_ratio = lat["during_repair"]["p99"] / lat["without_repair"]["p99"]
+    p99_ratio = lat["during_repair"]["p99_ms"] / lat["without_repair"]["p99_ms"]
     results["p99_ratio"] = round(p99_ratio, 2)
     rows = [
         ["trees follow the index at start", f"{results['trees_ready_s']:.2f} s", "—"],

@@ -88,6 +88,29 @@ class _Pace:
             await trio.lowlevel.checkpoint()
 
 
+class _Metered:
+    """The peer link of one round: counts every request and reply frame (headers included)
+    and paces the round by those bytes."""
+
+    def __init__(self, peers: PeerLink, report: RepairReport, pace: _Pace) -> None:
+        self.peers = peers
+        self.report = report
+        self.pace = pace
+
+    def reachable(self, node: str) -> bool:
+        return self.peers.reachable(node)
+
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        body = await self.peers.call(node, make, timeout=timeout)
+        sent = len(encode_body(make(0))[1]) + WC.HEADER_SIZE
+        received = len(packb({"rid": 0, "body": body})) + WC.HEADER_SIZE
+        self.report.bytes_sent += sent
+        self.report.bytes_received += received
+        await self.pace.spend(sent + received)
+        return body
+
+
 class AntiEntropy:
     """Both sides of Merkle anti-entropy for one node."""
 
@@ -134,15 +157,15 @@ class AntiEntropy:
         """One round with *peer*; never raises for the peer's failures (the report says)."""
         report = RepairReport(peer=peer)
         t0 = trio.current_time()
-        pace = _Pace(self.rate_bytes_s)
+        link = _Metered(self.peers, report, _Pace(self.rate_bytes_s))
         try:
             await to_thread(self.trees.catch_up)
             report.versions_compared = self.trees.count(peer)
-            leaves = await self._descend(peer, report, pace)
+            leaves = await self._descend(peer, link)
             report.leaves_differing = len(leaves)
             done = 0
             for batch in self._leaf_batches(peer, leaves):
-                await self._reconcile(peer, batch, report, pace)
+                await self._reconcile(peer, batch, link)
                 done += len(batch)
                 if progress is not None:
                     progress(report, done, len(leaves))
@@ -157,18 +180,8 @@ class AntiEntropy:
                  report.duration_s)
         return report
 
-    async def _call(self, peer: str, make: Callable[[int], Message], report: RepairReport,
-                    pace: _Pace) -> dict[str, Any]:
-        request = make(0)
-        body = await self.peers.call(peer, make, timeout=self.timeout)
-        sent = len(encode_body(request)[1]) + WC.HEADER_SIZE
-        received = len(packb({"rid": 0, "body": body})) + WC.HEADER_SIZE
-        report.bytes_sent += sent
-        report.bytes_received += received
-        await pace.spend(sent + received)
-        return body
 
-    async def _descend(self, peer: str, report: RepairReport, pace: _Pace) -> list[int]:
+    async def _descend(self, peer: str, link: _Metered) -> list[int]:
         """The leaves whose hashes differ, found from the root down."""
         differing = [0]
         for depth in range(DEPTH + 1):
@@ -178,7 +191,7 @@ class AntiEntropy:
                 part = indices[start:start + _TREE_BATCH]
                 def level(rid: int, d: int = depth, p: list[int] = part) -> TreeLevel:
                     return TreeLevel(rid, self.layout_id, d, p)
-                body = await self._call(peer, level, report, pace)
+                body = await link.call(peer, level, timeout=self.timeout)
                 theirs = body["hashes"]
                 mine = self.trees.hashes(peer, depth, part)
                 if len(theirs) != len(part):
@@ -192,8 +205,8 @@ class AntiEntropy:
     def _leaf_batches(self, peer: str, leaves: list[int]) -> list[list[int]]:
         return [leaves[i:i + _DIFF_LEAVES] for i in range(0, len(leaves), _DIFF_LEAVES)]
 
-    async def _reconcile(self, peer: str, leaves: list[int], report: RepairReport,
-                         pace: _Pace) -> None:
+    async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> None:
+        report = link.report
         def members() -> dict[int, dict[bytes, Version]]:
             return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
         mine: dict[int, dict[bytes, Version]] = await to_thread(members)
@@ -210,27 +223,25 @@ class AntiEntropy:
         for group in groups:
             def diff(rid: int, g: list[Any] = group) -> LeafDiff:
                 return LeafDiff(rid, self.layout_id, g)
-            body = await self._call(peer, diff, report, pace)
-            await self._take(peer, leaves, body.get("versions", []), report, pace)
+            body = await link.call(peer, diff, timeout=self.timeout)
+            await self._take(peer, leaves, body.get("versions", []), link)
             by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
             for digest in body.get("wanted", []):
                 version = by_digest.get(digest)
                 if version is None:
                     raise IntegrityError(f"{peer} wants a version this node did not offer")
                 chunks = await local_chunks(self.store, to_thread, version)
-                sent = await push_version(self.peers, peer, self.layout_id, version, chunks,
+                sent = await push_version(link, peer, self.layout_id, version, chunks,
                                           timeout=self.timeout, hint=False)
                 report.versions_sent += 1
                 report.payload_bytes_sent += sent
-                report.bytes_sent += sent
-                await pace.spend(sent)
 
     def _absent_chunks(self, v: Version) -> list[bytes]:
         return [c for c in dict.fromkeys(v.chunks) if not self.store.has_chunk(v.tenant, c)]
 
-    async def _take(self, peer: str, leaves: list[int], raw: list[Any], report: RepairReport,
-                    pace: _Pace) -> None:
+    async def _take(self, peer: str, leaves: list[int], raw: list[Any], link: _Metered) -> None:
         """Store versions received from *peer* (with chunks fetched from it as needed)."""
+        report = link.report
         allowed = set(leaves)
         records: list[ChunkRecord | Version] = []
         size = 0
@@ -242,13 +253,11 @@ class AntiEntropy:
             self.observe_hlc(v.hlc)
             if v.inline is None and v.chunks:
                 absent = await to_thread(self._absent_chunks, v)
-                fetched = await fetch_chunks(self.peers, peer, self.layout_id, v.tenant, absent,
+                fetched = await fetch_chunks(link, peer, self.layout_id, v.tenant, absent,
                                              timeout=self.timeout)
                 for chunk in fetched:
                     report.chunks_fetched += 1
                     report.payload_bytes_received += len(chunk.payload)
-                    report.bytes_received += len(chunk.payload)
-                    await pace.spend(len(chunk.payload))
                     records.append(chunk)
                     size += len(chunk.payload)
                     if size >= _COMMIT_BYTES:  # a huge version: commit its chunks as they come
