@@ -43,6 +43,8 @@ _TREE_BATCH = 4096
 _DIFF_LEAVES = 128
 _DIFF_DIGESTS = 32_768
 _COMMIT_BYTES = 4 << 20
+_REPLY_BYTES = 2 << 20  # versions per LeafDiff reply; more follow in the next one
+_WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
 
 @dataclass(slots=True)
@@ -142,12 +144,22 @@ class AntiEntropy:
         def compute() -> dict[str, Any]:
             versions: list[Any] = []
             wanted: list[bytes] = []
+            size = 0
+            more = False
             for leaf, digests in leaves:
                 mine = self.trees.leaf_members(peer, leaf)
                 theirs = set(digests)
-                versions.extend(v.to_wire() for d, v in mine.items() if d not in theirs)
                 wanted.extend(d for d in digests if d not in mine)
-            return {"versions": versions, "wanted": wanted}
+                for d, v in mine.items():
+                    if d in theirs:
+                        continue
+                    if size >= _REPLY_BYTES:  # the rest in the next reply: frames are bounded
+                        more = True
+                        continue
+                    versions.append(v.to_wire())
+                    size += _WIRE_OVERHEAD + len(v.inline or b"") + 33 * len(v.chunks) + sum(
+                        len(k) + len(x) for k, x in v.metadata.items())
+            return {"versions": versions, "wanted": wanted, "more": more}
         return await to_thread(compute)  # type: ignore[no-any-return]
 
     # -- running a round ---------------------------------------------------------------------
@@ -207,9 +219,7 @@ class AntiEntropy:
 
     async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> None:
         report = link.report
-        def members() -> dict[int, dict[bytes, Version]]:
-            return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
-        mine: dict[int, dict[bytes, Version]] = await to_thread(members)
+        mine: dict[int, dict[bytes, Version]] = await to_thread(self._members, peer, leaves)
         # Split so no request carries more digests than fit a frame.
         groups: list[list[Any]] = [[]]
         count = 0
@@ -221,20 +231,35 @@ class AntiEntropy:
             groups[-1].append([leaf, digests])
             count += len(digests)
         for group in groups:
-            def diff(rid: int, g: list[Any] = group) -> LeafDiff:
-                return LeafDiff(rid, self.layout_id, g)
-            body = await link.call(peer, diff, timeout=self.timeout)
-            await self._take(peer, leaves, body.get("versions", []), link)
-            by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
-            for digest in body.get("wanted", []):
-                version = by_digest.get(digest)
-                if version is None:
-                    raise IntegrityError(f"{peer} wants a version this node did not offer")
-                chunks = await local_chunks(self.store, to_thread, version)
-                sent = await push_version(link, peer, self.layout_id, version, chunks,
-                                          timeout=self.timeout, hint=False)
-                report.versions_sent += 1
-                report.payload_bytes_sent += sent
+            pushed: set[bytes] = set()
+            while True:
+                def diff(rid: int, g: list[Any] = group) -> LeafDiff:
+                    return LeafDiff(rid, self.layout_id, g)
+                body = await link.call(peer, diff, timeout=self.timeout)
+                await self._take(peer, leaves, body.get("versions", []), link)
+                by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
+                for digest in body.get("wanted", []):
+                    version = by_digest.get(digest)
+                    if version is None:
+                        raise IntegrityError(f"{peer} wants a version this node did not offer")
+                    if digest in pushed:
+                        continue
+                    chunks = await local_chunks(self.store, to_thread, version)
+                    sent = await push_version(link, peer, self.layout_id, version, chunks,
+                                              timeout=self.timeout, hint=False)
+                    pushed.add(digest)
+                    report.versions_sent += 1
+                    report.payload_bytes_sent += sent
+                if not body.get("more"):
+                    break
+                # The peer had more than one reply holds: ask again, now listing what we took.
+                names = [leaf for leaf, _ in group]
+                fresh = await to_thread(self._members, peer, names)
+                mine.update(fresh)
+                group = [[leaf, list(fresh[leaf])] for leaf in names]
+
+    def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
+        return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
 
     def _absent_chunks(self, v: Version) -> list[bytes]:
         return [c for c in dict.fromkeys(v.chunks) if not self.store.has_chunk(v.tenant, c)]

@@ -152,3 +152,31 @@ async def test_with_two_nodes_per_site_a_pair_exchanges_only_the_keys_it_shares(
         assert {k for k, _, _ in pair.names_of("b0")} == shared
     finally:
         pair.close()
+
+
+async def test_replies_are_bounded_and_the_rest_follows(tmp_path: Path, monkeypatch: Any
+                                                        ) -> None:
+    import hdsd.repair._sync as sync
+
+    monkeypatch.setattr(sync, "_REPLY_BYTES", 2000)  # a few versions per LeafDiff reply
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        for i in range(300):  # b0 holds everything, a0 nothing: like a rebuild
+            v, chunks = _version(f"k{i % 40}", 10 + i, "b0", 1 + i % 3)
+            await pair.stores["b0"].commit([*chunks, v])
+        pair.open()
+        calls = 0
+        link = pair.sides["a0"][0].peers
+        original = link.call
+
+        async def counting(node: str, make: Any, *, timeout: float) -> dict[str, Any]:
+            nonlocal calls
+            calls += isinstance(make(0), LeafDiff)
+            return await original(node, make, timeout=timeout)
+        monkeypatch.setattr(link, "call", counting)
+        report = await pair.repair()
+        assert report.error is None and report.versions_received == 300
+        assert pair.names_of("a0") == pair.names_of("b0")
+        assert calls > 10  # it took many bounded replies, not one huge one
+    finally:
+        pair.close()
