@@ -6,10 +6,11 @@ both should hold — with several nodes per site, different pairs share differen
 
 The trees follow the index by version id (vids only grow): :meth:`catch_up` reads the versions
 indexed after the watermark and adds them, costing the write path nothing. A snapshot of the
-leaves and the watermark (``repair/trees.bin``) is written periodically and at close, so a
-restart replays only what came after it; a layout change or a missing/damaged snapshot rebuilds
-from the index (about 1 M versions in a few seconds, off the event loop). A tree that drifts
-from the index anyway (a version removed, a crash between snapshot and index) is corrected leaf
+leaves and the watermark (``merkle-trees.bin`` in the data directory) is written periodically
+and at close, so a restart replays only what came after it. A layout change, a rebuilt index (a
+new index instance id: row ids are not stable across rebuilds) or a missing or damaged snapshot
+means building from the index again, off the event loop. A tree that drifts from the index
+anyway (a version removed, a crash between snapshot and index) is corrected leaf
 by leaf when a comparison recomputes that leaf (:meth:`leaf_members`).
 """
 
@@ -140,7 +141,7 @@ class PeerTrees:
                 return
             watermark = self._watermark
             body = {"format": _FORMAT, "layout": self.layout.layout_id, "node": self.name,
-                    "watermark": watermark,
+                    "index": self.store.index_instance(), "watermark": watermark,
                     "trees": {p: [t.count, t.leaves_bytes()] for p, t in self._unique()}}
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,15 +160,10 @@ class PeerTrees:
         try:
             raw = unpackb(self.path.read_bytes())
             if (raw["format"] != _FORMAT or raw["layout"] != self.layout.layout_id
-                    or raw["node"] != self.name):
+                    or raw["node"] != self.name or raw["index"] != self.store.index_instance()):
                 log.info("event=merkle_snapshot_stale path=%s", self.path)
                 return
             watermark = int(raw["watermark"])
-            if watermark and [r[0] for r in self.store.version_names_since(
-                    watermark - 1, 1)] != [watermark]:
-                # The index is not the one the snapshot followed (wiped, rebuilt): start over.
-                log.info("event=merkle_snapshot_foreign path=%s", self.path)
-                return
             loaded = {p: MerkleTree.from_leaves(leaves, count)
                       for p, (count, leaves) in raw["trees"].items()}
             if self._everyone:

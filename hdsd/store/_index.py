@@ -13,6 +13,7 @@ Python's ``str`` comparison, so SQL ``ORDER BY`` and Python agree.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE UNIQUE INDEX IF NOT EXISTS versions_by_name ON versions (tenant, bucket, key, hlc, node);
 CREATE INDEX IF NOT EXISTS versions_by_request ON versions (tenant, request_id)
     WHERE request_id != x'';
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
     segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
@@ -149,6 +151,8 @@ class Index:
             c.execute("UPDATE versions SET khash = hdsd_key_hash(tenant, bucket, key)")
             c.execute("COMMIT")
         c.execute("CREATE INDEX IF NOT EXISTS versions_by_khash ON versions (khash)")
+        # Names this index file: derived state (Merkle snapshots) must not outlive a rebuild.
+        c.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (os.urandom(8).hex(),))
 
     def close(self) -> None:
         with self._lock:
@@ -387,6 +391,11 @@ class Index:
             conn.execute("ROLLBACK")
             raise
         return bool(cur.rowcount)
+
+    def instance(self) -> str:
+        (value,) = self._reader().execute(
+            "SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        return str(value)
 
     def quarantined(self) -> int:
         (n,) = self._reader().execute("SELECT count(*) FROM quarantine").fetchone()

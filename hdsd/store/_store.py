@@ -372,6 +372,11 @@ class Store:
         self._check_readable()
         return self._index.quarantine_chunk(tenant, chunk_id, loc, reason)
 
+    def index_instance(self) -> str:
+        """A random id of this index file: a rebuilt index (deleted, replayed from the log,
+        salvaged) gets a new one, so state derived from row ids knows to start over."""
+        return self._index.instance()
+
     def quarantined(self) -> int:
         self._check_readable()
         return self._index.quarantined()

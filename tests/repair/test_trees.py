@@ -1,0 +1,56 @@
+"""Per-peer trees follow the index, survive a restart through their snapshot, and start over
+when the index they followed was rebuilt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hdsd.repair import PeerTrees
+from hdsd.store import Store
+from tests.repair.test_sync import _layout, _version
+
+
+async def _store_with(path: Path, n: int) -> Store:
+    store = Store.open(path, segment_bytes=1 << 20)
+    for i in range(n):
+        v, chunks = _version(f"k{i}", 1 + i, "a0", 1)
+        await store.commit([*chunks, v])
+    return store
+
+
+async def test_snapshot_is_reused_and_only_newer_versions_are_added(tmp_path: Path) -> None:
+    layout = _layout(1)
+    store = await _store_with(tmp_path / "s", 50)
+    try:
+        trees = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
+        assert trees.catch_up() == 50
+        trees.save()
+        v, _ = _version("late", 999, "a0", 1)
+        await store.commit([v])
+        again = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
+        assert again.watermark == trees.watermark
+        assert again.catch_up() == 1  # only what came after the snapshot
+        trees.catch_up()
+        assert again.hashes("b0", 0, [0]) == trees.hashes("b0", 0, [0])
+        assert again.count("b0") == 51
+    finally:
+        store.close()
+
+
+async def test_a_rebuilt_index_invalidates_the_snapshot(tmp_path: Path) -> None:
+    layout = _layout(1)
+    store = await _store_with(tmp_path / "s", 20)
+    trees = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
+    trees.catch_up()
+    trees.save()
+    store.close()
+    for p in (tmp_path / "s").glob("index.sqlite3*"):
+        p.unlink()
+    store = Store.open(tmp_path / "s", segment_bytes=1 << 20)  # replays the log
+    try:
+        fresh = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
+        assert fresh.watermark == 0 and fresh.count("b0") == 0
+        assert fresh.catch_up() == 20
+        assert fresh.hashes("b0", 0, [0]) == trees.hashes("b0", 0, [0])
+    finally:
+        store.close()
