@@ -3,6 +3,8 @@
 Everything a user may touch is re-exported here; modules starting with ``_`` are private.
 """
 
+from ._errors import AuditChainBroken as AuditChainBroken
+from ._errors import AuditTampered as AuditTampered
 from ._errors import AuthenticationFailed as AuthenticationFailed
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectionLost as ConnectionLost

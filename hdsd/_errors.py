@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditChainBroken",
+    "AuditTampered",
     "AuthenticationFailed",
     "ConfigError",
     "ConnectionLost",
@@ -174,6 +176,25 @@ class DiskFullError(StoreError):
     """No space left on the data disk; the write was refused and nothing was acknowledged."""
 
     code = "disk_full"
+
+
+class AuditTampered(IntegrityError):
+    """An audit log failed verification: a record was edited, deleted, reordered or truncated, or
+    a checkpoint signature is wrong. ``seq`` names the first broken record."""
+
+    code = "audit_tampered"
+
+    def __init__(self, message: str, *, seq: int = 0, segment: str = "") -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.segment = segment
+
+
+class AuditChainBroken(IntegrityError):
+    """A shipped batch of audit records does not continue the copy's chain (gap, fork or
+    different signing key); it was refused and nothing was stored."""
+
+    code = "audit_chain_broken"
 
 
 def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:
