@@ -34,6 +34,7 @@ from ._messages import StatRequest as StatRequest
 from ._messages import StatusRequest as StatusRequest
 from ._messages import VersionsRequest as VersionsRequest
 from ._peer import SITE_MODES as SITE_MODES
+from ._peer import AuditShip as AuditShip
 from ._peer import FetchChunk as FetchChunk
 from ._peer import FetchVersions as FetchVersions
 from ._peer import ListPeer as ListPeer

@@ -84,6 +84,9 @@ T_LIST_PEER: Final = 0x85
 T_TREE_LEVEL: Final = 0x90
 T_LEAF_DIFF: Final = 0x91
 T_MAINTENANCE: Final = 0x92
+T_AUDIT_SHIP: Final = 0x86  # 0x87 is also allocated to the audit log, unused so far
+#: Most audit records one AuditShip carries.
+MAX_AUDIT_BATCH: Final = 4096
 
 assert HEADER.size == HEADER_SIZE
 assert MIN_MAX_FRAME <= MAX_FRAME <= MAX_FRAME_LIMIT

@@ -19,6 +19,7 @@ from . import _fields as F
 from ._messages import Message
 
 __all__ = [
+    "AuditShip",
     "FetchChunk",
     "FetchVersions",
     "ListPeer",
@@ -158,3 +159,32 @@ class SiteModeRequest(Message):
         if self.mode not in SITE_MODES:
             raise InvalidRequest(f"mode: must be one of {', '.join(SITE_MODES)}")
         F.check_str("reason", self.reason, max_bytes=C.MAX_TEXT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditShip(Message):
+    """Keep these audit records of node ``origin`` (their bodies, in order, right after the
+    record ``prev_seq`` whose chain hash is ``prev_hash``); the receiver recomputes the chain and
+    checks the checkpoints with ``verify_key``. Reply ``{"seq": int, "hash": bytes}``: the tail
+    of the receiver's copy. Refused with ``audit_chain_broken`` if the chain does not continue.
+    """
+
+    rid: int
+    layout: str
+    origin: str
+    verify_key: bytes
+    prev_seq: int
+    prev_hash: bytes
+    records: list[bytes]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        F.check_str("origin", self.origin, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        F.check_bytes("verify_key", self.verify_key, exact=32)
+        F.check_int("prev_seq", self.prev_seq, 0, C.MAX_U63)
+        F.check_bytes("prev_hash", self.prev_hash, exact=32)
+        if type(self.records) is not list or len(self.records) > C.MAX_AUDIT_BATCH:
+            raise InvalidRequest(f"records: a list of at most {C.MAX_AUDIT_BATCH} items")
+        for body in self.records:
+            F.check_bytes("records", body)

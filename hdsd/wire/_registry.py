@@ -33,6 +33,7 @@ from ._messages import (
     VersionsRequest,
 )
 from ._peer import (
+    AuditShip,
     FetchChunk,
     FetchVersions,
     ListPeer,
@@ -87,6 +88,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_TREE_LEVEL, TreeLevel, Kind.REQUEST),
     _t(C.T_LEAF_DIFF, LeafDiff, Kind.REQUEST),
     _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
+    _t(C.T_AUDIT_SHIP, AuditShip, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

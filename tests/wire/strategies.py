@@ -117,6 +117,10 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
                  max_size=4)),
     wire.MaintenanceRequest: st.builds(wire.MaintenanceRequest, rids,
                                        st.sampled_from(wire.MAINTENANCE_TASKS)),
+    wire.AuditShip: st.builds(
+        wire.AuditShip, rids, layouts, tenants, chunk_ids, st.integers(0, C.MAX_U63), chunk_ids,
+        st.lists(st.binary(min_size=1, max_size=64), max_size=4),
+    ),
 }
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

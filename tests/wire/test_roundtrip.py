@@ -34,6 +34,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.TreeLevel() | wire.LeafDiff() | wire.MaintenanceRequest():
             return [], C
+        case wire.AuditShip():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():
