@@ -96,6 +96,10 @@ class NodeConfig:
     repair_rate_mib_s: float = 64.0
     scrub_interval_h: float = 168.0  # 0: only on demand (hdsd scrub)
     scrub_rate_mib_s: float = 32.0
+    audit_checkpoint_records: int = 1000
+    audit_checkpoint_s: float = 10.0
+    audit_retention_days: int = 365
+    audit_segment_mib: int = 64
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -120,6 +124,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                "scrub_rate_mib_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False)},
+    "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
+              "retention_days": (int, False), "segment_mib": (int, False)},
 }
 _REQUIRED_SECTIONS = ("node", "tls", "keys", "cluster")
 
@@ -229,6 +235,19 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         if v < 0 or (k.endswith("rate_mib_s") and v == 0):
             p.add(f"[repair] {k}", "must be positive" if k.endswith("rate_mib_s")
                   else "must be >= 0 (0: only on demand)")
+    audit = sections.get("audit", {})
+    audit_records = audit.get("checkpoint_records", 1000)
+    if not 1 <= audit_records <= 1_000_000:
+        p.add("[audit] checkpoint_records", f"{audit_records} must be between 1 and 1000000")
+    audit_s = float(audit.get("checkpoint_s", 10.0))
+    if not 0 < audit_s <= 3600:
+        p.add("[audit] checkpoint_s", f"{audit_s:g} must be > 0 and <= 3600")
+    audit_days = audit.get("retention_days", 365)
+    if audit_days < 1:
+        p.add("[audit] retention_days", f"{audit_days} must be at least 1")
+    audit_mib = audit.get("segment_mib", 64)
+    if not 1 <= audit_mib <= 4096:
+        p.add("[audit] segment_mib", f"{audit_mib} must be between 1 and 4096")
     if len(sites) != 2:
         p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
     elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
@@ -253,6 +272,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         repair_rate_mib_s=repair_values["rate_mib_s"],
         scrub_interval_h=repair_values["scrub_interval_h"],
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
+        audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
+        audit_retention_days=audit_days, audit_segment_mib=audit_mib,
     )
 
 

@@ -30,8 +30,10 @@ from .._errors import (
     InvalidRequest,
     NotFound,
     RequestTimeout,
+    Unavailable,
 )
 from .._groups import single_error
+from ..audit import ObservedSession, audit_request, peer_address
 from ..pipeline import Chunker, open_in_thread, seal_in_thread
 from ..store import ChunkRecord, Version, parse_version_id
 from ..transport import Identity, WireSession
@@ -72,20 +74,34 @@ async def handle_request(
     inbox: trio.MemoryReceiveChannel[Message],
 ) -> None:
     rid: int = msg.rid  # type: ignore[attr-defined]
+    # The audit hook: every client request (admin ones included) gets one record, written here
+    # and nowhere else; node-to-node requests are replication traffic and are not audited.
+    observed = None if ident.kind == "node" else ObservedSession(session)
+    outcome = "cancelled"
     try:
         table = PEER_HANDLERS if ident.kind == "node" else _HANDLERS
         handler = table.get(type(msg))
         if handler is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
+        if observed is not None:
+            if node.audit.failed is not None:
+                raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
+                                  "no request is served untraced")
+            session = observed.as_session()
         await handler(node, session, ident, msg, inbox)
+        outcome = "ok"
     except HdsdError as exc:
+        outcome = exc.code
         await _reply_error(session, rid, exc.code, exc.message)
     except Exception:
+        outcome = "internal"
         log.exception("event=request_failed rid=%d op=%s", rid, type(msg).__name__)
         await _reply_error(session, rid, "internal", "internal error on the node; see its log")
     finally:
         session.close_inbox(rid)
         inbox.close()  # not aclose(): its checkpoint would cost every request a scheduler pass
+        if observed is not None:
+            audit_request(node.audit, ident, msg, observed, outcome, peer_address(session))
 
 
 async def _reply_error(session: WireSession, rid: int, code: str, message: str) -> None:

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import IntegrityError, InvalidRequest, LayoutMismatch
+from .._errors import IntegrityError, InvalidRequest, LayoutMismatch, PermissionDenied
 from ..store import ChunkRecord, Version
 from ..transport import Identity, WireSession
 from ..wire import (
+    AuditShip,
     FetchChunk,
     FetchVersions,
     LeafDiff,
@@ -124,6 +125,18 @@ def _mode_body(mode: Any) -> dict[str, Any]:
     return {"mode": mode.mode, "reason": mode.reason, "by": mode.by, "since": mode.since}
 
 
+async def _audit_ship(node: Node, session: WireSession, ident: Identity, msg: AuditShip,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    """Keep a batch of another node's audit records (see :mod:`hdsd.audit._copies`)."""
+    _check_layout(node, msg.layout, ident)
+    if msg.origin != ident.name:
+        raise PermissionDenied(f"node {ident.name} may ship only its own audit log, "
+                               f"not {msg.origin}'s")
+    seq, digest = await node.audit_copies.receive(msg.origin, msg.verify_key, msg.prev_seq,
+                                                  msg.prev_hash, msg.records)
+    await session.send(Reply(rid=msg.rid, body={"seq": seq, "hash": digest}))
+
+
 PEER_HANDLERS: dict[type, Any] = {
     Replicate: _replicate,
     FetchVersions: _fetch_versions,
@@ -132,4 +145,5 @@ PEER_HANDLERS: dict[type, Any] = {
     ListPeer: _list_peer,
     TreeLevel: _tree_level,
     LeafDiff: _leaf_diff,
+    AuditShip: _audit_ship,
 }

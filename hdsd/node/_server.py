@@ -28,6 +28,7 @@ from .._errors import (
     Unavailable,
 )
 from .._meta import __version__
+from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
@@ -101,6 +102,16 @@ class Node(ReadPaths):
         self._stopping = False
         self._stop_accepting = trio.CancelScope()
         self._connections = 0
+        # Last: the audit log starts a thread, closed by serve_node (see close_audit).
+        self.audit = AuditLog(config.data_dir / "audit", config.name, AuditSettings(
+            checkpoint_records=config.audit_checkpoint_records,
+            checkpoint_s=config.audit_checkpoint_s, retention_days=config.audit_retention_days,
+            segment_bytes=config.audit_segment_mib << 20))
+        self.audit_copies = AuditCopies(config.data_dir / "audit",
+                                        segment_bytes=config.audit_segment_mib << 20,
+                                        retention_days=config.audit_retention_days)
+        self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site,
+                                          timeout=config.write_timeout_s)
 
     # -- pieces the handlers use -----------------------------------------------------------
     def codec(self, tenant: str) -> ChunkCodec:
@@ -172,6 +183,7 @@ class Node(ReadPaths):
             "requests_in_flight": self._active_requests,
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
+            "audit": self.audit_shipper.describe(),
         }
 
     def _maintenance_status(self) -> dict[str, Any]:
@@ -202,10 +214,22 @@ class Node(ReadPaths):
             await services.start(self.peers.run)
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
+            await services.start(self.audit_shipper.run)
             await self._serve_connections(listeners, task_status)
+            await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
         self.hints.close()
         log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _final_audit_checkpoint(self) -> None:
+        """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
+        await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
+        await self.audit_shipper.flush(3.0)
+
+    def close_audit(self) -> None:
+        """Flush the audit log, write its final checkpoint and stop its thread."""
+        self.audit_copies.close()
+        self.audit.close()
 
     async def _serve_connections(self, listeners: list[trio.SSLListener[trio.SocketStream]],
                                  task_status: trio.TaskStatus[Node]) -> None:
@@ -238,6 +262,7 @@ class Node(ReadPaths):
             ident = await handshake_and_identify(stream, timeout=_HANDSHAKE_TIMEOUT)
         except HdsdError as exc:
             log.info("event=handshake_refused peer=%s reason=%s", peer, exc)
+            self.audit.record("?", "", "", "connect", "", "", "", 0, 0, exc.code, peer)
             return
         session = WireSession(stream, Connection(Role.SERVER))
         try:
@@ -248,6 +273,8 @@ class Node(ReadPaths):
             await session.receive_hello(_HANDSHAKE_TIMEOUT)
         except HdsdError as exc:
             log.info("event=session_refused peer=%s identity=%s reason=%s", peer, ident.name, exc)
+            self.audit.record(ident.name, ident.role or "", ident.tenant or "", "connect", "", "",
+                              "", 0, 0, exc.code, peer)
             await _goodbye(session, exc)
             return
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
@@ -338,6 +365,9 @@ async def serve_node(config: NodeConfig, *,
                   config.name, where)
     try:
         node = Node(config, store)
-        await node._serve(task_status)
+        try:
+            await node._serve(task_status)
+        finally:
+            node.close_audit()
     finally:
         store.close()

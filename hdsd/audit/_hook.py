@@ -1,0 +1,80 @@
+"""What the node's request entry point needs to write one audit record per client request:
+a session wrapper that notes the reply and the bytes moved, and the record itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from ..transport import Identity, WireSession
+from ..wire import GetStart, Message, PutStart, Reply
+
+if TYPE_CHECKING:
+    from ._log import AuditLog
+
+__all__ = ["ObservedSession", "audit_request", "peer_address"]
+
+
+class ObservedSession:
+    """Stands in for a request's :class:`WireSession` (everything is forwarded) and notes what
+    the audit record needs: the reply's info map, upload bytes consumed, download bytes sent.
+
+    Handlers keep taking a ``WireSession``: :meth:`as_session` is a typed view of this proxy.
+    """
+
+    __slots__ = ("_session", "bytes_in", "bytes_out", "info")
+
+    def __init__(self, session: WireSession) -> None:
+        self._session = session
+        self.info: dict[str, Any] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def as_session(self) -> WireSession:
+        return cast(WireSession, self)
+
+    async def send(self, msg: Message) -> None:
+        if type(msg) is Reply:
+            self.info = msg.body
+        elif type(msg) is GetStart:
+            self.info = msg.info
+        await self._session.send(msg)
+
+    async def send_body(self, rid: int, data: bytes | memoryview) -> None:
+        self.bytes_out += len(data)
+        await self._session.send_body(rid, data)
+
+    async def consumed(self, rid: int, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        await self._session.consumed(rid, nbytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def peer_address(session: WireSession) -> str:
+    """``host:port`` of the client, or ``?`` when the socket cannot tell."""
+    try:
+        sock = session.stream.transport_stream.socket  # type: ignore[attr-defined]
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except (AttributeError, OSError):
+        return "?"
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: ObservedSession,
+                  outcome: str, peer: str) -> None:
+    """Queue the record of one finished client request (never blocks, never raises)."""
+    info = observed.info or {}
+    bytes_in = observed.bytes_in
+    if type(msg) is PutStart and outcome == "ok" and type(info.get("size")) is int:
+        bytes_in = max(bytes_in, info["size"])  # a small put arrives whole, without credit
+    audit.record(
+        identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
+        op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")),
+        key=_text(getattr(msg, "key", None) or getattr(msg, "prefix", "")),
+        version=_text(info.get("version") or getattr(msg, "version", "")),
+        bytes_in=bytes_in, bytes_out=observed.bytes_out, outcome=outcome, peer=peer)

@@ -1,0 +1,124 @@
+"""Shipping the node's audit records to the other site, so the log survives on another machine.
+
+Target: the first node of the other site, in layout order, that accepts a batch. Each target has
+its own durable cursor (``ship-cursor.json``: the seq and hash it acknowledged), so a target that
+was down catches up from where *it* stopped, and a restart or a partition resumes without loss
+or duplication (a resend of records the target holds is skipped by the receiver after it checks
+that they hash to the same tail). Only durable (fdatasync'd) records are shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .._errors import HdsdError, Unavailable
+from ..cluster import Layout
+from ..replication import PeerLink
+from ..wire import AuditShip, Message
+from ._files import load_cursors, save_cursors
+from ._log import AuditLog
+from ._segments import Reader
+
+__all__ = ["AuditShipper"]
+
+log = logging.getLogger("hdsd.audit")
+
+_BATCH_RECORDS = 1000
+_BATCH_BYTES = 1 << 20
+_REFUSED_BACKOFF = 30.0
+
+
+class AuditShipper:
+    """Runs in the node's service nursery; :meth:`flush` is called at a graceful shutdown."""
+
+    def __init__(self, audit: AuditLog, peers: PeerLink, layout: Layout, *, site: str,
+                 timeout: float, interval: float = 0.5) -> None:
+        self.audit = audit
+        self.peers = peers
+        self.layout = layout
+        self.targets = [n.name for n in layout.nodes if n.site != site]
+        self.timeout = timeout
+        self.interval = interval
+        self.cursors = load_cursors(audit.directory)
+        self._readers = {t: Reader(audit.directory) for t in self.targets}
+        self._refused_until: dict[str, float] = {}
+        self.last_error = ""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            if not await self.ship_once():
+                await trio.sleep(self.interval)
+
+    async def flush(self, timeout: float) -> None:
+        """Ship until a target holds everything durable, or *timeout* passes."""
+        with trio.move_on_after(timeout):
+            while self.pending():
+                if not await self.ship_once():
+                    await trio.sleep(0.05)
+
+    def pending(self) -> bool:
+        durable = self.audit.durable[0]
+        return bool(self.targets) and max(
+            (self.cursors.get(t, (0, b""))[0] for t in self.targets), default=0) < durable
+
+    async def ship_once(self) -> bool:
+        """Send one batch to the first target that takes it; True if records were shipped."""
+        durable = self.audit.durable[0]
+        now = trio.current_time()
+        for target in self.targets:
+            after = self.cursors.get(target, (0, b""))[0]
+            if after >= durable or self._refused_until.get(target, 0.0) > now:
+                if after >= durable:
+                    return False  # the preferred reachable target is up to date
+                continue
+            reader = self._readers[target]
+            prev_seq, prev_hash, bodies = await trio.to_thread.run_sync(
+                reader.read_after, after, durable, _BATCH_RECORDS, _BATCH_BYTES)
+            if not bodies:
+                continue
+            try:
+                reply = await self.peers.call(
+                    target, _make(self.audit, self.layout.layout_id, prev_seq, prev_hash,
+                                  bodies), timeout=self.timeout)
+            except Unavailable as exc:
+                self.last_error = f"{target}: {exc}"
+                continue
+            except HdsdError as exc:
+                # Refused (chain broken, layout mismatch): an operator must look; try the next
+                # target meanwhile and come back later.
+                self.last_error = f"{target}: {exc}"
+                log.warning("event=audit_ship_refused target=%s reason=%s", target, exc)
+                self._refused_until[target] = now + _REFUSED_BACKOFF
+                continue
+            await self._advance(target, reply)
+            return True
+        return False
+
+    async def _advance(self, target: str, reply: dict[str, Any]) -> None:
+        seq, digest = reply.get("seq"), reply.get("hash")
+        if type(seq) is not int or type(digest) is not bytes:
+            raise Unavailable(f"audit target {target} sent a malformed reply")
+        self.cursors[target] = (seq, digest)
+        snapshot = dict(self.cursors)
+        await trio.to_thread.run_sync(save_cursors, self.audit.directory, snapshot)
+        self.audit.shipped_seq = max(self.audit.shipped_seq, seq)
+        self.last_error = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"durable_seq": self.audit.durable[0],
+                "shipped": {t: self.cursors.get(t, (0, b""))[0] for t in self.targets},
+                "last_error": self.last_error}
+
+
+def _make(audit: AuditLog, layout: str, prev_seq: int, prev_hash: bytes,
+          bodies: list[bytes]) -> Callable[[int], Message]:
+    def make(rid: int) -> Message:
+        return AuditShip(rid=rid, layout=layout, origin=audit.node, verify_key=audit.verify_key,
+                         prev_seq=prev_seq, prev_hash=prev_hash, records=bodies)
+    return make
