@@ -42,7 +42,14 @@ def main(ctx: click.Context, profile: str | None, site: str | None, timeout: flo
 
 
 def _register() -> None:
-    from . import _admin, _bench, _data, _repair, _up  # noqa: F401  (commands register on `main`)
+    from . import (  # noqa: F401  (commands register on `main`)
+        _admin,
+        _audit,
+        _bench,
+        _data,
+        _repair,
+        _up,
+    )
 
 
 _register()

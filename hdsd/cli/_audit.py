@@ -1,0 +1,129 @@
+"""``hdsd audit verify|export|pubkey``: offline commands over a node's audit log directory.
+
+They read files only (no node needs to run, no network): an auditor may run them on a copy of
+the data directory. Which key the signatures are checked against, in order: ``--pubkey FILE``
+(a key pinned when the node was commissioned); for ``--origin`` copies, the key the receiving
+node pinned at the first batch it accepted; otherwise the ``verify.key`` next to the log itself,
+which proves only that the log is self-consistent — the command says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from .._errors import ConfigError
+from ..audit import (
+    VERIFY_KEY_FILE,
+    copy_dir,
+    fingerprint,
+    read_records,
+    read_verify_key,
+    verify_log,
+)
+from ._main import main
+
+
+def _log_dir(data_dir: str, origin: str | None) -> Path:
+    base = Path(data_dir)
+    audit = base / "audit" if (base / "audit").is_dir() else base
+    directory = copy_dir(audit, origin) if origin else audit
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no audit log here (give the node's data directory)")
+    return directory
+
+
+def _key(directory: Path, pubkey: str | None) -> tuple[bytes, str]:
+    if pubkey is not None:
+        return read_verify_key(Path(pubkey)), "pinned key " + pubkey
+    key_file = directory / VERIFY_KEY_FILE
+    if not key_file.exists():
+        raise ConfigError(f"{key_file}: no verify key; give the node's key with --pubkey FILE")
+    how = ("the key pinned by the receiving node" if directory.name.startswith("from-") else
+           "the log's own verify.key (NOT pinned: pass --pubkey to prove who signed)")
+    return read_verify_key(key_file), how
+
+
+def _when(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+
+
+@main.group()
+def audit() -> None:
+    """Audit log: verify the chain and signatures, export a tenant's accesses (offline)."""
+
+
+_data_dir = click.option("--data-dir", "data_dir", required=True,
+                         type=click.Path(file_okay=False, exists=True),
+                         help="the node's data directory (or its audit/ directory)")
+_origin = click.option("--origin", default=None, metavar="NODE",
+                       help="the copy of NODE's log kept here (audit/from-NODE)")
+_pubkey = click.option("--pubkey", default=None, type=click.Path(dir_okay=False, exists=True),
+                       help="verify key to check signatures with (hex, as in verify.key)")
+
+
+@audit.command("verify")
+@_data_dir
+@_origin
+@_pubkey
+def verify(data_dir: str, origin: str | None, pubkey: str | None) -> None:
+    """Check chain hashes, seq continuity and checkpoint signatures; name the first broken
+    record. Exit 0 if intact, 5 on tampering."""
+    directory = _log_dir(data_dir, origin)
+    key, how = _key(directory, pubkey)
+    report = verify_log(directory, key)
+    pruned = (f"; records before {report.first_seq} removed by retention"
+              if report.first_seq > 1 else "")
+    click.echo(f"ok: audit log of {report.node} in {directory}: seq {report.first_seq}.."
+               f"{report.last_seq} ({report.records} records, {report.checkpoints} checkpoints, "
+               f"{report.segments} segments), last at {_when(report.last_time_ns)}, "
+               f"last hash {report.last_hash.hex()[:16]}{pruned}")
+    click.echo(f"signatures checked with {how}, fingerprint {fingerprint(key)}")
+
+
+def _since(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r}: expected an ISO date such as 2026-01-31 or "
+                          "2026-01-31T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+@audit.command("export")
+@_data_dir
+@click.option("--tenant", required=True, help="export this tenant's records")
+@click.option("--since", default=None, metavar="DATE", help="only records at or after (UTC)")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl",
+              show_default=True)
+@_origin
+@_pubkey
+def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str | None,
+           pubkey: str | None) -> None:
+    """Print a tenant's audit records as JSON lines (verifying the log first)."""
+    directory = _log_dir(data_dir, origin)
+    key, _ = _key(directory, pubkey)
+    verify_log(directory, key)
+    floor = _since(since)
+    out = sys.stdout
+    for record in read_records(directory):
+        if record.kind == "request" and record.tenant == tenant and record.time_ns >= floor:
+            out.write(json.dumps({**record.to_json(), "time": _when(record.time_ns)},
+                                 sort_keys=True) + "\n")
+
+
+@audit.command("pubkey")
+@_data_dir
+def pubkey_cmd(data_dir: str) -> None:
+    """Print the node's audit verify key (to pin it) and its fingerprint."""
+    directory = _log_dir(data_dir, None)
+    key = read_verify_key(directory / VERIFY_KEY_FILE)
+    click.echo(f"{key.hex()}  fingerprint {fingerprint(key)}")
