@@ -76,6 +76,8 @@ class AuditLog:
         self._sleeping = False
         self._closing = False
         self._synced = threading.Condition()
+        self._queued = 0  # records queued, ever (event-loop side)
+        self._committed = 0  # ... and durable (writer thread)
         log.info("event=audit_open node=%s dir=%s seq=%d verify_key=%s fingerprint=%s", node,
                  directory, tail.seq, self.verify_key.hex(), fingerprint(self.verify_key))
         if self._unsigned:
@@ -90,6 +92,7 @@ class AuditLog:
         """Queue one request record; never blocks. Durable within one batch commit."""
         if self.failed is not None:
             return  # the node refuses requests now (see Node); nothing more can be written
+        self._queued += 1
         self._queue.append((time.time_ns(), identity, role, tenant, op, bucket, key, version,
                             bytes_in, bytes_out, outcome, peer))
         if self._sleeping:
@@ -110,6 +113,14 @@ class AuditLog:
             self._synced.wait_for(lambda: self.durable[0] >= target or self.failed is not None
                                   or not self._thread.is_alive(), timeout)
         return self.durable
+
+    def wait_durable(self, timeout: float = 10.0) -> bool:
+        """Blocking: wait until every record queued so far is durable; False on timeout."""
+        target = self._queued
+        with self._synced:
+            return self._synced.wait_for(
+                lambda: self._committed >= target or self.failed is not None
+                or not self._thread.is_alive(), timeout) and self._committed >= target
 
     def close(self) -> None:
         """Flush everything queued, write a final checkpoint, fsync, stop the thread."""
@@ -150,12 +161,14 @@ class AuditLog:
 
     def _commit(self, *, final: bool) -> None:
         buf = bytearray()
+        taken = 0
         while self._queue:
             item = self._queue.popleft()
             if item is None:
                 if self._unsigned:
                     buf += self._checkpoint()
                 continue
+            taken += 1
             t, identity, role, tenant, op, bucket, key, version, b_in, b_out, outcome, peer = item
             buf += self._append(AuditRecord(
                 seq=self._seq + 1, time_ns=t, kind="request", node=self.node, identity=identity,
@@ -164,12 +177,12 @@ class AuditLog:
             if self._unsigned >= self.settings.checkpoint_records:
                 buf += self._checkpoint()
         rotate = self._writer.size + len(buf) >= self.settings.segment_bytes
-        if self._unsigned and (final or rotate or self._due()):
-            buf += self._checkpoint()  # a segment always ends signed
+        if final or (self._unsigned and (rotate or self._due())):
+            buf += self._checkpoint()  # a segment always ends signed; a clean stop is signed
         if buf:
             self._writer.append(buf)
             self._writer.sync()
-            self._publish()
+        self._publish(taken)
         if rotate and not final:
             self._writer.start_segment(self._seq + 1, self._hash)
             self._prune()
@@ -195,9 +208,10 @@ class AuditLog:
             seq=self._seq + 1, time_ns=now, kind="checkpoint", node=self.node,
             covers_seq=self._seq, covers_hash=self._hash, signature=signature))
 
-    def _publish(self) -> None:
+    def _publish(self, taken: int) -> None:
         with self._synced:
             self.durable = (self._seq, self._hash)
+            self._committed += taken
             self._synced.notify_all()
 
     def _prune(self) -> None:
