@@ -1,0 +1,136 @@
+"""Shipping to the other site: the receiver keeps a verified copy and refuses a broken chain;
+the shipper resumes from its durable cursor and falls back to the next node of the site."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import pytest
+import trio
+
+from hdsd import AuditChainBroken, Unavailable
+from hdsd.audit import AuditCopies, AuditLog, AuditShipper, copy_dir, verify_log
+from hdsd.audit._segments import Reader
+from hdsd.cluster import Layout, NodeInfo
+from hdsd.wire import AuditShip, Message
+
+from ._util import make_log
+
+LAYOUT = Layout(sites=("a", "b"), nodes=(
+    NodeInfo("n1", "a", "127.0.0.1", 1), NodeInfo("m1", "b", "127.0.0.1", 2),
+    NodeInfo("m2", "b", "127.0.0.1", 3)))
+
+
+def _copies(root: Path) -> AuditCopies:
+    return AuditCopies(root / "audit", segment_bytes=1024, retention_days=365)
+
+
+def _batches(directory: Path, until: int, size: int) -> list[tuple[int, bytes, list[bytes]]]:
+    reader, out, after = Reader(directory), [], 0
+    while after < until:
+        prev_seq, prev_hash, bodies = reader.read_after(after, until, size, 1 << 20)
+        out.append((prev_seq, prev_hash, bodies))
+        after = prev_seq + len(bodies)
+    return out
+
+
+async def test_copy_is_verifiable_and_resends_are_idempotent(tmp_path: Path) -> None:
+    audit = make_log(tmp_path / "src", 25, segment_bytes=1024)
+    copies = _copies(tmp_path / "dst")
+    try:
+        batches = _batches(audit.directory, audit.durable[0], 7)
+        for prev_seq, prev_hash, bodies in batches:
+            await copies.receive("n1", audit.verify_key, prev_seq, prev_hash, bodies)
+        # The reply to the last batch was lost: the shipper sends it again.
+        tail = await copies.receive("n1", audit.verify_key, *batches[-1])
+        assert tail == audit.durable
+    finally:
+        copies.close()
+    assert verify_log(copy_dir(tmp_path / "dst" / "audit", "n1"), audit.verify_key).records == 25
+
+
+async def test_receiver_refuses_gaps_forks_forgeries_and_new_keys(tmp_path: Path) -> None:
+    audit = make_log(tmp_path / "src", 10)
+    batches = _batches(audit.directory, audit.durable[0], 4)
+    copies = _copies(tmp_path / "dst")
+    try:
+        await copies.receive("n1", audit.verify_key, *batches[0])
+        with pytest.raises(AuditChainBroken, match="gap"):
+            await copies.receive("n1", audit.verify_key, *batches[2])
+        prev_seq, prev_hash, bodies = batches[1]
+        with pytest.raises(AuditChainBroken, match="differs"):
+            await copies.receive("n1", audit.verify_key, prev_seq, bytes(32), bodies)
+        with pytest.raises(AuditChainBroken):
+            await copies.receive("n1", audit.verify_key, prev_seq, prev_hash,
+                                 [bodies[1], bodies[0], *bodies[2:]])
+        other = bytes(nacl.signing.SigningKey.generate().verify_key)
+        with pytest.raises(AuditChainBroken, match="pinned"):
+            await copies.receive("n1", other, prev_seq, prev_hash, bodies)
+        # None of that was stored: the honest batch still continues the chain.
+        await copies.receive("n1", audit.verify_key, *batches[1])
+    finally:
+        copies.close()
+
+
+class _FakeLink:
+    """Delivers AuditShip straight to each target's AuditCopies; *down* nodes are unreachable."""
+
+    def __init__(self, root: Path) -> None:
+        self.copies = {name: _copies(root / name) for name in ("m1", "m2")}
+        self.down: set[str] = set()
+
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        if node in self.down:
+            raise Unavailable(f"{node} is down")
+        msg = make(1)
+        assert isinstance(msg, AuditShip)
+        seq, digest = await self.copies[node].receive(msg.origin, msg.verify_key, msg.prev_seq,
+                                                      msg.prev_hash, msg.records)
+        return {"seq": seq, "hash": digest}
+
+    def reachable(self, node: str) -> bool:
+        return node not in self.down
+
+
+async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: Path) -> None:
+    link = _FakeLink(tmp_path)
+    audit = AuditLog(tmp_path / "n1" / "audit", "n1")
+    try:
+        for i in range(5):
+            audit.record("c", "writer", "t", "PutStart", "b", f"k{i}", "", 1, 0, "ok", "?")
+        await trio.to_thread.run_sync(audit.checkpoint_and_wait)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
+        with trio.fail_after(10):
+            await shipper.flush(10)
+        assert not shipper.pending()
+        assert shipper.cursors["m1"][0] == audit.durable[0] and "m2" not in shipper.cursors
+
+        link.down.add("m1")  # a partition: the next records go to m2, from its own start
+        audit.record("c", "writer", "t", "DeleteRequest", "b", "k0", "", 0, 0, "ok", "?")
+        await trio.to_thread.run_sync(audit.checkpoint_and_wait)
+        with trio.fail_after(10):
+            await shipper.flush(10)
+        assert shipper.cursors["m2"][0] == audit.durable[0]
+    finally:
+        audit.close()
+    # A new shipper (a restart) reads the durable cursors: m1 catches up from where it stopped.
+    link.down.clear()
+    audit = AuditLog(tmp_path / "n1" / "audit", "n1")
+    try:
+        await trio.to_thread.run_sync(audit.checkpoint_and_wait)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
+        assert shipper.cursors["m1"][0] < audit.durable[0]
+        with trio.fail_after(10):
+            await shipper.flush(10)
+        assert shipper.cursors["m1"][0] == audit.durable[0]
+    finally:
+        audit.close()
+        for c in link.copies.values():
+            c.close()
+    for name in ("m1", "m2"):
+        copy = copy_dir(tmp_path / name / "audit", "n1")
+        assert verify_log(copy, audit.verify_key).records == 6
