@@ -66,6 +66,7 @@ def test_requests_are_audited_shipped_and_verified(
         with pytest.raises(hdsd.PermissionDenied):
             reader.put("scans", "p1/ct.dcm", b"overwrite")
 
+    run_cli("--profile", str(root / "client.toml"), "site", "restore", "dc1", check=True)
     # A connection that is not even TLS: refused, and audited as such.
     host, port = hdsd.client.load_profile(root / "client.toml").endpoints()[0]
     with socket.create_connection((host, port), timeout=30) as raw:
@@ -82,6 +83,8 @@ def test_requests_are_audited_shipped_and_verified(
                 if r.bucket == "scans"]
 
     _wait_for(lambda: seen(local) == want, "the origin's records")
+    _wait_for(lambda: any((r.op, r.role, r.outcome) == ("SiteModeRequest", "admin", "ok")
+                          for r in read_records(local)), "the admin action's record")
     _wait_for(lambda: any(r.op == "connect" and r.identity == "?" and r.outcome != "ok"
                           for r in read_records(local)), "the refused connection's record")
     _wait_for(lambda: seen(shipped) == want, "the records shipped to the other site")
@@ -92,6 +95,8 @@ def test_requests_are_audited_shipped_and_verified(
     assert denied.role == "reader" and denied.bytes_in == 0
     assert all(r.peer.startswith("127.0.0.1:") and r.node == ORIGIN for r in (put, denied))
 
+    # Replication and audit shipping between the nodes are not client requests: not audited.
+    assert {r.op for r in read_records(root / OTHER / "data" / "audit")} <= {""}
     assert origin.stop() == 0  # graceful: the final checkpoint is signed and shipped
     pubkey = str(local / "verify.key")
     ok = run_cli("audit", "verify", "--data-dir", str(root / ORIGIN / "data"), "--pubkey", pubkey)
