@@ -26,6 +26,7 @@ from ._messages import GetStart as GetStart
 from ._messages import Goodbye as Goodbye
 from ._messages import Hello as Hello
 from ._messages import Kind as Kind
+from ._messages import ListBucketsRequest as ListBucketsRequest
 from ._messages import ListRequest as ListRequest
 from ._messages import Message as Message
 from ._messages import PutStart as PutStart
@@ -37,6 +38,7 @@ from ._peer import SITE_MODES as SITE_MODES
 from ._peer import AuditShip as AuditShip
 from ._peer import FetchChunk as FetchChunk
 from ._peer import FetchVersions as FetchVersions
+from ._peer import ListBucketsPeer as ListBucketsPeer
 from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest
 from ._peer import Replicate as Replicate

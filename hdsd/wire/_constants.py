@@ -66,6 +66,7 @@ T_LIST_REQUEST: Final = 0x13
 T_DELETE_REQUEST: Final = 0x14
 T_VERSIONS_REQUEST: Final = 0x15
 T_STATUS_REQUEST: Final = 0x16
+T_LIST_BUCKETS: Final = 0x17
 T_DATA: Final = 0x20
 T_END: Final = 0x21
 T_CREDIT: Final = 0x22
@@ -87,6 +88,7 @@ T_MAINTENANCE: Final = 0x92
 T_AUDIT_SHIP: Final = 0x86  # 0x87 is also allocated to the audit log, unused so far
 #: Most audit records one AuditShip carries.
 MAX_AUDIT_BATCH: Final = 4096
+T_LIST_BUCKETS_PEER: Final = 0x8B
 
 assert HEADER.size == HEADER_SIZE
 assert MIN_MAX_FRAME <= MAX_FRAME <= MAX_FRAME_LIMIT

@@ -32,6 +32,7 @@ __all__ = [
     "Goodbye",
     "Hello",
     "Kind",
+    "ListBucketsRequest",
     "ListRequest",
     "Message",
     "PutStart",
@@ -312,3 +313,14 @@ class ErrorReply(Message):
     def from_exception(cls, rid: int, exc: BaseException) -> ErrorReply:
         """The ErrorReply that reports *exc* (its ``code`` if an HdsdError), text truncated."""
         return cls(rid, _error_code(exc), _truncated_text(str(exc)))
+
+
+@dataclass(frozen=True, slots=True)
+class ListBucketsRequest(Message):
+    """The buckets holding at least one version (delete markers count) of the caller's tenant,
+    merged across every node of the site; Reply body ``{"tenant": str, "buckets": [str]}``."""
+
+    rid: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)

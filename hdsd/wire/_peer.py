@@ -22,6 +22,7 @@ __all__ = [
     "AuditShip",
     "FetchChunk",
     "FetchVersions",
+    "ListBucketsPeer",
     "ListPeer",
     "PeerStatusRequest",
     "Replicate",
@@ -188,3 +189,19 @@ class AuditShip(Message):
             raise InvalidRequest(f"records: a list of at most {C.MAX_AUDIT_BATCH} items")
         for body in self.records:
             F.check_bytes("records", body)
+
+
+@dataclass(frozen=True, slots=True)
+class ListBucketsPeer(Message):
+    """One node's part of a bucket listing: the buckets of ``tenant`` it holds versions of
+    (Reply body ``{"buckets": [str]}``)."""
+
+    rid: int
+    layout: str
+    tenant: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+

@@ -24,6 +24,7 @@ from ._messages import (
     Goodbye,
     Hello,
     Kind,
+    ListBucketsRequest,
     ListRequest,
     Message,
     PutStart,
@@ -36,6 +37,7 @@ from ._peer import (
     AuditShip,
     FetchChunk,
     FetchVersions,
+    ListBucketsPeer,
     ListPeer,
     PeerStatusRequest,
     Replicate,
@@ -71,6 +73,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_DELETE_REQUEST, DeleteRequest, Kind.REQUEST),
     _t(C.T_VERSIONS_REQUEST, VersionsRequest, Kind.REQUEST),
     _t(C.T_STATUS_REQUEST, StatusRequest, Kind.REQUEST),
+    _t(C.T_LIST_BUCKETS, ListBucketsRequest, Kind.REQUEST),
     _t(C.T_DATA, Data, Kind.DATA),
     _t(C.T_END, End, Kind.END),
     _t(C.T_CREDIT, Credit, Kind.CREDIT),
@@ -89,6 +92,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_LEAF_DIFF, LeafDiff, Kind.REQUEST),
     _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
     _t(C.T_AUDIT_SHIP, AuditShip, Kind.REQUEST),
+    _t(C.T_LIST_BUCKETS_PEER, ListBucketsPeer, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

@@ -34,7 +34,7 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.TreeLevel() | wire.LeafDiff() | wire.MaintenanceRequest():
             return [], C
-        case wire.AuditShip():
+        case wire.AuditShip() | wire.ListBucketsRequest() | wire.ListBucketsPeer():
             return [], C
         case wire.Data() | wire.End():
             return [put], C
