@@ -41,6 +41,7 @@ from ..wire import (
     GetRequest,
     GetStart,
     Hello,
+    ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
     Message,
@@ -361,6 +362,12 @@ class AsyncClient:
             if page.next is None:
                 return
             after = page.next
+
+    async def list_buckets(self) -> builtins.list[str]:
+        """The buckets of this client's tenant that hold at least one version (delete markers
+        count), ascending, merged across every node of the site."""
+        body = await self._call(lambda rid: ListBucketsRequest(rid=rid))
+        return [str(b) for b in body["buckets"]]
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
                      ) -> ObjectInfo:

@@ -97,6 +97,9 @@ class Client:
         return self._call(self._async.list, bucket, prefix, after=after, limit=limit,
                           versions=versions)
 
+    def list_buckets(self) -> builtins.list[str]:
+        return self._call(self._async.list_buckets)
+
     def delete(self, bucket: str, key: str, *, request_id: bytes | None = None) -> ObjectInfo:
         return self._call(self._async.delete, bucket, key, request_id=request_id)
 

@@ -45,6 +45,7 @@ from ..wire import (
     ErrorReply,
     GetRequest,
     GetStart,
+    ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
     Message,
@@ -417,6 +418,14 @@ async def _status(node: Node, session: WireSession, ident: Identity, msg: Status
     await session.send(Reply(rid=msg.rid, body=node.status()))
 
 
+async def _list_buckets(node: Node, session: WireSession, ident: Identity,
+                        msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    authorize(ident.role, "list")
+    tenant = ident.tenant or ""
+    buckets = await node.list_buckets_site(tenant)
+    await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets}))
+
+
 _Handler = Callable[..., Any]
 _HANDLERS: dict[type, _Handler] = {
     PutStart: _put,
@@ -428,4 +437,5 @@ _HANDLERS: dict[type, _Handler] = {
     StatusRequest: _status,
     SiteModeRequest: site_mode,
     MaintenanceRequest: maintenance,
+    ListBucketsRequest: _list_buckets,
 }

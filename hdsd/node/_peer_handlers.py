@@ -18,6 +18,7 @@ from ..wire import (
     FetchChunk,
     FetchVersions,
     LeafDiff,
+    ListBucketsPeer,
     ListPeer,
     MaintenanceRequest,
     Message,
@@ -77,6 +78,13 @@ async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: Lis
     found = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
                             msg.versions)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in found]}))
+
+
+async def _list_buckets_peer(node: Node, session: WireSession, ident: Identity,
+                             msg: ListBucketsPeer,
+                             inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    _check_layout(node, msg.layout, ident)
+    await session.send(Reply(rid=msg.rid, body={"buckets": node.store.buckets(msg.tenant)}))
 
 
 async def _peer_status(node: Node, session: WireSession, ident: Identity,
@@ -146,4 +154,5 @@ PEER_HANDLERS: dict[type, Any] = {
     TreeLevel: _tree_level,
     LeafDiff: _leaf_diff,
     AuditShip: _audit_ship,
+    ListBucketsPeer: _list_buckets_peer,
 }

@@ -17,7 +17,7 @@ from ..cluster import Layout
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
 from ..replication import PeerPool, Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
-from ..wire import FetchChunk, FetchVersions, ListPeer
+from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 
 __all__ = ["ReadPaths", "decode_version_cursor"]
@@ -125,6 +125,33 @@ class ReadPaths:
         if failures:
             raise Unavailable("a listing needs every node of the site; " + "; ".join(failures))
         return list(parts.values())
+
+    async def list_buckets_site(self, tenant: str) -> list[str]:
+        """The buckets of *tenant* holding versions on any node of this site (all must answer:
+        a bucket whose keys all live on a silent node would be missing), ascending."""
+        names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        found: set[str] = set()
+        failures: list[str] = []
+
+        async def ask(name: str) -> None:
+            if name == self.config.name:
+                found.update(self.store.buckets(tenant))
+                return
+            try:
+                body = await self.peers.call(
+                    name, lambda rid: ListBucketsPeer(rid, self.layout.layout_id, tenant),
+                    timeout=self.config.write_timeout_s)
+                found.update(str(b) for b in body["buckets"])
+            except (HdsdError, KeyError, TypeError) as exc:
+                failures.append(f"{name}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(ask, name)
+        if failures:
+            raise Unavailable("listing buckets needs every node of the site; "
+                              + "; ".join(failures))
+        return sorted(found)
 
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
                             codec: ChunkCodec) -> bytes:
