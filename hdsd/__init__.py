@@ -3,6 +3,7 @@
 Everything a user may touch is re-exported here; modules starting with ``_`` are private.
 """
 
+from ._errors import ArchiveError as ArchiveError
 from ._errors import AuditChainBroken as AuditChainBroken
 from ._errors import AuditTampered as AuditTampered
 from ._errors import AuthenticationFailed as AuthenticationFailed
@@ -25,6 +26,10 @@ from ._errors import Unavailable as Unavailable
 from ._meta import __version__ as __version__
 from .client import AsyncClient as AsyncClient
 from .client import Client as Client
+from .client import ExportSummary as ExportSummary
+from .client import ImportSummary as ImportSummary
 from .client import ListPage as ListPage
 from .client import ObjectInfo as ObjectInfo
+from .client import export_tenant as export_tenant
+from .client import import_archive as import_archive
 from .store import Version as Version

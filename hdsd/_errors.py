@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ArchiveError",
     "AuditChainBroken",
     "AuditTampered",
     "AuthenticationFailed",
@@ -195,6 +196,13 @@ class AuditChainBroken(IntegrityError):
     different signing key); it was refused and nothing was stored."""
 
     code = "audit_chain_broken"
+
+
+class ArchiveError(IntegrityError):
+    """An export archive is damaged, truncated or not an hdsd export; the message names the
+    entry. Nothing after that entry was imported, and the import did not report success."""
+
+    code = "archive"
 
 
 def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:

@@ -47,6 +47,7 @@ def _register() -> None:
         _audit,
         _bench,
         _data,
+        _export,
         _repair,
         _up,
     )

@@ -1,0 +1,246 @@
+"""Export a tenant: every bucket, key and version, as a tar stream (format in :mod:`._archive`).
+
+Two passes over the data, both streamed with bounded memory: the first lists every version and
+hashes every object (SHA-256), spooling the manifest lines to a temporary file; the second
+writes the tar — manifest, checksums, then each object again, checked against its first-pass
+hash (versions are immutable, so a difference is damage, not a race). The tar itself is written
+by the stdlib ``tarfile`` in stream mode (``w|``) in a worker thread, fed piece by piece through
+a channel of two pieces: nothing ever holds a whole object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import ssl
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, TypeAlias
+
+import trio
+
+from .._errors import HdsdError, IntegrityError, PermissionDenied
+from .._groups import single_error
+from ..cluster import HybridClock
+from ..transport import identity_from_der
+from . import _archive as A
+from ._async import AsyncClient
+from ._profile import Profile
+from ._results import ObjectInfo
+
+__all__ = ["ExportSummary", "certificate_tenant", "export_tenant"]
+
+#: ``progress(phase, bytes_done, bytes_total)``: phase "hash" (total 0: not known yet), "write".
+ExportProgress: TypeAlias = Callable[[str, int, int], None]
+
+_SPOOL_READ = 1 << 20
+_Item: TypeAlias = "tarfile.TarInfo | bytes | None"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    tenant: str
+    cluster: str
+    buckets: int
+    keys: int
+    versions: int
+    objects: int
+    delete_markers: int
+    total_bytes: int
+
+
+def certificate_tenant(profile: Profile) -> str:
+    """The tenant the profile's client certificate belongs to (what every node will see)."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(profile.cert.read_text(encoding="ascii"))
+        ident = identity_from_der(der)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise PermissionDenied(f"{profile.cert}: not an hdsd client certificate ({exc})") \
+            from None
+    if ident.kind != "client" or ident.tenant is None:
+        raise PermissionDenied(f"{profile.cert}: not a client certificate")
+    return ident.tenant
+
+
+def _entry(info: ObjectInfo) -> dict[str, Any]:
+    return {"bucket": info.bucket, "key": info.key, "version": info.version,
+            "created": A.iso_time(info.hlc), "hlc": info.hlc, "size": info.size,
+            "deleted": info.deleted, "metadata": dict(info.metadata),
+            "content_id": info.content_hash, "sha256": None, "path": None}
+
+
+async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | None = None,
+                        progress: ExportProgress | None = None) -> ExportSummary:
+    """Write every version of the client's tenant to *out* (a binary file or pipe) as a tar.
+
+    *tenant*, when given, must be the tenant of the client's certificate: a client can only
+    ever read its own tenant, so exporting another one needs a profile issued for it.
+    """
+    own = certificate_tenant(client.profile)
+    if tenant is not None and tenant != own:
+        raise PermissionDenied(
+            f"the profile's certificate belongs to tenant {own!r}, not {tenant!r}: a client only "
+            f"ever sees its own tenant; use a profile issued for {tenant!r} "
+            f"(hdsd cert issue --tenant {tenant} --role reader ...)")
+    with tempfile.TemporaryFile() as manifest, tempfile.TemporaryFile() as sums:
+        header = await _hash_pass(client, own, manifest, sums, progress)
+        await _write_pass(client, out, header, manifest, sums, progress)
+    return ExportSummary(tenant=own, cluster=header["cluster"], buckets=len(header["buckets"]),
+                         keys=header["keys"], versions=header["versions"],
+                         objects=header["objects"], delete_markers=header["delete_markers"],
+                         total_bytes=header["total_bytes"])
+
+
+async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums: IO[bytes],
+                     progress: ExportProgress | None) -> dict[str, Any]:
+    buckets = await client.list_buckets()
+    keys = versions = objects = markers = total = 0
+    for bucket in buckets:
+        last_key: str | None = None
+        # Ordered (key, hlc, node): each key's versions together, oldest first.
+        async for info in client.list_all(bucket, versions=True):
+            if info.key != last_key:
+                keys, last_key = keys + 1, info.key
+            entry = _entry(info)
+            versions += 1
+            if info.deleted:
+                markers += 1
+            else:
+                digest = hashlib.sha256()
+                async with client.open_get(bucket, info.key, version=info.version) as stream:
+                    async for piece in stream:
+                        digest.update(piece)
+                        if progress is not None:
+                            progress("hash", total + stream.received, 0)
+                entry["sha256"] = digest.hexdigest()
+                entry["path"] = A.object_path(bucket, info.key, info.version)
+                sums.write(f"{entry['sha256']}  {entry['path']}\n".encode())
+                objects += 1
+                total += info.size
+            manifest.write(A.dump_line(entry))
+    now = dt.datetime.now(dt.UTC)
+    return {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tenant": tenant,
+            "cluster": client.profile.cluster_id,
+            "exported_at": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+            "buckets": buckets, "keys": keys, "versions": versions, "objects": objects,
+            "delete_markers": markers, "total_bytes": total, "hash": "sha256",
+            "members": [A.MANIFEST_NAME, A.SUMS_NAME, "objects/..."]}
+
+
+async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any],
+                      manifest: IO[bytes], sums: IO[bytes],
+                      progress: ExportProgress | None) -> None:
+    send, receive = trio.open_memory_channel[_Item](2)
+    mtime = int(dt.datetime.now(dt.UTC).timestamp())
+
+    async def send_file(name: str, head: bytes, spool: IO[bytes]) -> None:
+        spool.flush()
+        size = len(head) + spool.seek(0, io.SEEK_END)
+        spool.seek(0)
+        await send.send(_tar_info(name, size, mtime))
+        if head:
+            await send.send(head)
+        while piece := spool.read(_SPOOL_READ):
+            await send.send(piece)
+
+    async def produce() -> None:
+        async with send:
+            await send_file(A.MANIFEST_NAME, A.dump_line(header), manifest)
+            await send_file(A.SUMS_NAME, b"", sums)
+            manifest.seek(0)
+            done = 0
+            for n, raw in enumerate(manifest, start=1):
+                entry = A.parse_line(raw, f"line {n}")
+                if entry["deleted"]:
+                    continue
+                await send.send(_tar_info(entry["path"], entry["size"],
+                                          HybridClock.wall_ms(entry["hlc"]) // 1000))
+                digest = hashlib.sha256()
+                async with client.open_get(entry["bucket"], entry["key"],
+                                           version=entry["version"]) as stream:
+                    async for piece in stream:
+                        digest.update(piece)
+                        await send.send(piece)
+                        if progress is not None:
+                            progress("write", done + stream.received, header["total_bytes"])
+                done += entry["size"]
+                if digest.hexdigest() != entry["sha256"]:
+                    raise IntegrityError(
+                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
+                        "with a different SHA-256 than a moment before; the export is "
+                        "incomplete (run hdsd stat/get on it, then export again)")
+            await send.send(None)  # complete: the writer may close the archive
+
+    def pull() -> _Item:
+        try:
+            return trio.from_thread.run(receive.receive)
+        except trio.EndOfChannel:
+            raise _Aborted from None
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            try:
+                await trio.to_thread.run_sync(_write_tar, out, pull)
+            except _Aborted:
+                pass  # the producer failed: its error is the one the nursery raises
+            except OSError as exc:
+                raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
+
+
+class _Aborted(Exception):
+    """The producer closed the channel before the end: stop writing (never close the tar)."""
+
+
+def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
+    # An exception leaves the archive without its end-of-archive blocks, so a reader sees a
+    # truncated tar rather than a complete-looking one.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      bufsize=256 << 10) as tar:
+        body = _Body(pull)
+        while (item := pull()) is not None:
+            if not isinstance(item, tarfile.TarInfo):
+                raise AssertionError("archive body outside a member")
+            tar.addfile(item, body if item.size else None)
+            # Written as a stream: keep no index of (possibly millions of) members. ``members``
+            # is a plain list attribute of TarFile that typeshed does not declare.
+            tar.members.clear()  # type: ignore[attr-defined]
+    out.flush()
+
+
+class _Body:
+    """A file-like ``read(n)`` over the pieces of the current member (tarfile reads 16 KiB at a
+    time; a thread hop happens once per piece, ~1 MiB, not once per read)."""
+
+    def __init__(self, pull: Callable[[], _Item]) -> None:
+        self._pull = pull
+        self._piece = memoryview(b"")
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0:
+            raise AssertionError("tarfile reads a member with a length")
+        parts: list[bytes] = []
+        while n > 0:
+            if not self._piece:
+                item = self._pull()
+                if not isinstance(item, bytes):
+                    raise AssertionError("archive member shorter than its header says")
+                self._piece = memoryview(item)
+                continue
+            take = self._piece[:n]
+            parts.append(bytes(take))
+            self._piece = self._piece[len(take):]
+            n -= len(take)
+        return b"".join(parts)
