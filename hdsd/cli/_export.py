@@ -57,7 +57,10 @@ class _AtomicOutput:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.file: IO[bytes] = open(self.partial, "wb")  # closed by commit or abort
+        try:
+            self.file: IO[bytes] = open(self.partial, "wb")  # closed by commit or abort
+        except OSError as exc:
+            raise InvalidRequest(f"{self.partial}: {exc.strerror or exc}") from None
 
     def commit(self) -> None:
         self.file.flush()

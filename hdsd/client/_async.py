@@ -240,8 +240,10 @@ class AsyncClient:
                       inbox: trio.MemoryReceiveChannel[Message], data: PutSource,
                       progress: Progress | None) -> ObjectInfo:
         reply: list[Message] = []
+        ended = False
 
         async def send_body() -> None:
+            nonlocal ended
             sent = 0
             async with aclosing(_pieces(data)) as pieces:
                 async for piece in pieces:
@@ -250,22 +252,30 @@ class AsyncClient:
                     if progress is not None:
                         progress(sent)
             await session.send(End(rid=rid))
+            ended = True
             # The body is complete: the node owes a reply within the request timeout.
             await trio.sleep(self.timeout)
             raise RequestTimeout(f"no answer from the node within {self.timeout:g} s of the "
                                  "end of the upload")
 
-        with single_error():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_body)
-                # The node may refuse early (permission, bad name): stop sending at once then.
-                try:
-                    event = await inbox.receive()
-                except trio.EndOfChannel:
-                    raise ConnectionLost("connection to the node lost during the upload") \
-                        from None
-                reply.append(event)
-                nursery.cancel_scope.cancel()
+        try:
+            with single_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_body)
+                    # The node may refuse early (permission, bad name): stop sending at once.
+                    try:
+                        event = await inbox.receive()
+                    except trio.EndOfChannel:
+                        raise ConnectionLost("connection to the node lost during the upload") \
+                            from None
+                    reply.append(event)
+                    nursery.cancel_scope.cancel()
+        except BaseException:
+            if not ended:
+                # The body failed (its source raised, or we were cancelled): tell the node now,
+                # so it drops the upload at once instead of waiting out its request timeout.
+                await _cancel_quietly(session, rid)
+            raise
         event = reply[0]
         if isinstance(event, Reply):
             return ObjectInfo.from_body(event.body)
@@ -393,6 +403,16 @@ class AsyncClient:
         """Admin: start a ``repair`` or a ``scrub`` on the node this client uses; the reply
         carries the run number to wait for in ``status()["maintenance"][task]``."""
         return await self._call(lambda rid: MaintenanceRequest(rid=rid, task=task))
+
+
+async def _cancel_quietly(session: WireSession, rid: int) -> None:
+    if session._closed:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            await session.send(Cancel(rid=rid))
+        except HdsdError:
+            pass  # the connection is going away: the node drops the upload with it
 
 
 def _fits_one_write(data: PutSource, session: WireSession

@@ -8,6 +8,7 @@ without hdsd would.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import shutil
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 
 import hdsd
 from tests.helpers.cluster import hdsd as run_hdsd
@@ -223,6 +225,28 @@ def test_a_flipped_byte_is_refused_naming_the_entry(exported: Path, model: Model
     _check_target(model, target)
 
 
+async def test_the_library_refuses_a_damaged_archive_and_can_resume(
+        exported: Path, model: Model, target: Path) -> None:
+    member, bucket, key, position = _object_member(exported)
+    damaged = bytearray(exported.read_bytes())
+    damaged[member.offset_data + member.size // 2] ^= 0x01
+    report = io.BytesIO()
+    async with hdsd.AsyncClient(target) as c:
+        with trio.fail_after(120):
+            with pytest.raises(hdsd.ArchiveError, match=member.name.replace("%", ".")):
+                await hdsd.import_archive(c, io.BytesIO(bytes(damaged)), report=report)
+            assert b'"summary"' not in report.getvalue()
+            assert [v.deleted for v in await c.versions(bucket, key)] == \
+                [op is None for op in model.history[(bucket, key)][:position]]
+            # Same client, same request ids: the abandoned put was cancelled on the node (it
+            # does not hold its request id for the node's hour-long request timeout).
+            with open(exported, "rb") as f:
+                summary = await hdsd.import_archive(c, f)
+    assert summary.replayed > 0 and summary.versions == len(
+        [op for ops in model.history.values() for op in ops])
+    await trio.to_thread.run_sync(_check_target, model, target)
+
+
 @pytest.mark.parametrize("where", ["inside an object", "between members"])
 def test_a_truncated_archive_is_refused_naming_the_entry(exported: Path, model: Model,
                                                          target: Path, tmp_path: Path,
@@ -249,3 +273,9 @@ def test_not_an_archive_and_wrong_tenant_are_refused(source: Path, target: Path,
     assert proc.returncode == 4, proc.stderr.decode()
     assert b"belongs to tenant 'default'" in proc.stderr
     assert not out.exists() and not tmp_path.joinpath("other.tar.partial").exists()
+
+    for args in (["export", "default", str(tmp_path / "no" / "such" / "dir.tar")],
+                 ["import", str(tmp_path / "missing.tar")]):
+        proc = run_hdsd("--profile", str(source), *args)
+        assert proc.returncode == 2, proc.stderr.decode()
+        assert proc.stderr.decode().count("\n") == 1 and b"hdsd: error:" in proc.stderr
