@@ -56,10 +56,15 @@ def target_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 _tenants = itertools.count(1)
 
 
+def new_tenant(root: Path) -> Path:
+    """A writer profile of the cluster in *root* for a tenant no other test uses."""
+    name = f"imp{next(_tenants)}"
+    hdsd("cert", "issue", "--client", name, "--tenant", name, "--role", "writer",
+         "--cluster-dir", str(root), check=True)
+    return root / "clients" / f"{name}.toml"
+
+
 @pytest.fixture
 def target(target_root: Path) -> Path:
     """A profile of the target cluster for a tenant no other test uses."""
-    name = f"imp{next(_tenants)}"
-    hdsd("cert", "issue", "--client", name, "--tenant", name, "--role", "writer",
-         "--cluster-dir", str(target_root), check=True)
-    return target_root / "clients" / f"{name}.toml"
+    return new_tenant(target_root)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.export.conftest import new_tenant
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TOTAL = 200 << 20
@@ -50,7 +52,9 @@ def _peak(stderr: bytes) -> int:
     return int(line.split()[1])
 
 
-def test_export_import_of_200_mib_keeps_rss_bounded(source: Path, target: Path) -> None:
+def test_export_import_of_200_mib_keeps_rss_bounded(target_root: Path) -> None:
+    # One small cluster, two tenants: what is measured is the CLIs, not the layout.
+    source, target = new_tenant(target_root), new_tenant(target_root)
     cli = [sys.executable, "-m", "hdsd"]
     gen = subprocess.Popen([sys.executable, "-c", _GENERATOR], stdout=subprocess.PIPE)
     put = subprocess.run([*cli, "--profile", str(source), "put", "big/200mib", "-"],
@@ -61,8 +65,8 @@ def test_export_import_of_200_mib_keeps_rss_bounded(source: Path, target: Path) 
     assert put.returncode == 0, put.stderr.decode()
 
     export = subprocess.Popen(
-        [sys.executable, "-c", _MEASURE, *cli, "--profile", str(source), "export", "default",
-         "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [sys.executable, "-c", _MEASURE, *cli, "--profile", str(source), "export",
+         source.stem, "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     imp = subprocess.run([sys.executable, "-c", _MEASURE, *cli, "--profile", str(target),
                           "import", "-"], stdin=export.stdout, capture_output=True, timeout=600)
     assert export.stdout is not None and export.stderr is not None
