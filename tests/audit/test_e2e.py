@@ -97,7 +97,7 @@ def test_requests_are_audited_shipped_and_verified(
 
     # Replication and audit shipping between the nodes are not client requests: not audited.
     assert {r.op for r in read_records(root / OTHER / "data" / "audit")} <= {""}
-    assert origin.stop() == 0  # graceful: the final checkpoint is signed and shipped
+    assert origin.stop() == 0, origin.log()  # graceful: the final checkpoint is signed, shipped
     pubkey = str(local / "verify.key")
     ok = run_cli("audit", "verify", "--data-dir", str(root / ORIGIN / "data"), "--pubkey", pubkey)
     assert ok.returncode == 0, ok.stderr.decode()
