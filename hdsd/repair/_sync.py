@@ -27,7 +27,7 @@ import trio
 
 from .._errors import HdsdError, IntegrityError
 from .._packing import packb
-from ..replication import PeerLink, fetch_chunks, local_chunks, push_version, to_thread
+from ..replication import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, Store, Version, key_hash
 from ..wire import LeafDiff, Message, TreeLevel
 from ..wire import _constants as WC
@@ -218,7 +218,6 @@ class AntiEntropy:
         return [leaves[i:i + _DIFF_LEAVES] for i in range(0, len(leaves), _DIFF_LEAVES)]
 
     async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> None:
-        report = link.report
         mine: dict[int, dict[bytes, Version]] = await to_thread(self._members, peer, leaves)
         # Split so no request carries more digests than fit a frame.
         groups: list[list[Any]] = [[]]
@@ -238,18 +237,15 @@ class AntiEntropy:
                 body = await link.call(peer, diff, timeout=self.timeout)
                 await self._take(peer, leaves, body.get("versions", []), link)
                 by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
+                outgoing = []
                 for digest in body.get("wanted", []):
                     version = by_digest.get(digest)
                     if version is None:
                         raise IntegrityError(f"{peer} wants a version this node did not offer")
-                    if digest in pushed:
-                        continue
-                    chunks = await local_chunks(self.store, to_thread, version)
-                    sent = await push_version(link, peer, self.layout_id, version, chunks,
-                                              timeout=self.timeout, hint=False)
-                    pushed.add(digest)
-                    report.versions_sent += 1
-                    report.payload_bytes_sent += sent
+                    if digest not in pushed:
+                        pushed.add(digest)
+                        outgoing.append(version)
+                await self._push(peer, outgoing, link)
                 if not body.get("more"):
                     break
                 # The peer had more than one reply holds: ask again, now listing what we took.
@@ -257,6 +253,21 @@ class AntiEntropy:
                 fresh = await to_thread(self._members, peer, names)
                 mine.update(fresh)
                 group = [[leaf, list(fresh[leaf])] for leaf in names]
+
+    async def _push(self, peer: str, versions: list[Version], link: _Metered) -> None:
+        """Send *versions* the peer lacks, many per request, reading chunks in bounded runs."""
+        items: list[tuple[Version, list[ChunkRecord]]] = []
+        size = 0
+        for i, version in enumerate(versions):
+            chunks = await local_chunks(self.store, to_thread, version)
+            items.append((version, chunks))
+            size += sum(len(c.payload) for c in chunks) + len(version.inline or b"")
+            if size >= _COMMIT_BYTES or i == len(versions) - 1:
+                sent = await push_versions(link, peer, self.layout_id, items,
+                                           timeout=self.timeout, hint=False)
+                link.report.versions_sent += len(items)
+                link.report.payload_bytes_sent += sent
+                items, size = [], 0
 
     def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
         return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}

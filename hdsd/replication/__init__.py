@@ -11,4 +11,5 @@ from ._replicator import Replicator as Replicator
 from ._transfer import fetch_chunks as fetch_chunks
 from ._transfer import local_chunks as local_chunks
 from ._transfer import push_version as push_version
+from ._transfer import push_versions as push_versions
 from ._types import to_thread as to_thread

@@ -10,7 +10,7 @@ from ..wire import FetchChunk
 from ._peers import PeerLink
 from ._types import LocalStore, Offload, replicate_message
 
-__all__ = ["BATCH_BYTES", "fetch_chunks", "local_chunks", "push_version"]
+__all__ = ["BATCH_BYTES", "fetch_chunks", "local_chunks", "push_version", "push_versions"]
 
 BATCH_BYTES = 3 << 20  # a Replicate request stays under one wire frame
 
@@ -43,15 +43,36 @@ async def push_version(peers: PeerLink, node: str, layout_id: str, version: Vers
     """Store *version* and its *chunks* on *node*: chunks in frame-sized batches, the version
     with the last batch (so it never becomes visible before its content). Returns the payload
     bytes sent."""
-    batch: list[ChunkRecord] = []
+    return await push_versions(peers, node, layout_id, [(version, chunks)], timeout=timeout,
+                               hint=hint)
+
+
+async def push_versions(peers: PeerLink, node: str, layout_id: str,
+                        items: Sequence[tuple[Version, Sequence[ChunkRecord]]], *,
+                        timeout: float, hint: bool) -> int:
+    """Like :func:`push_version` for many versions, packed into as few frame-sized requests
+    (one fsync each on the receiver) as fit: a version always travels with or after its
+    chunks. Returns the payload bytes sent."""
+    chunks: list[ChunkRecord] = []
+    versions: list[Version] = []
     size = sent = 0
-    for chunk in chunks:
-        batch.append(chunk)
-        size += len(chunk.payload)
-        if size >= BATCH_BYTES:
-            await peers.call(node, replicate_message(layout_id, batch, [], hint=hint),
+
+    async def flush() -> None:
+        nonlocal chunks, versions, size, sent
+        if chunks or versions:
+            await peers.call(node, replicate_message(layout_id, chunks, versions, hint=hint),
                              timeout=timeout)
-            batch, sent, size = [], sent + size, 0
-    await peers.call(node, replicate_message(layout_id, batch, [version], hint=hint),
-                     timeout=timeout)
-    return sent + size
+        chunks, versions, sent, size = [], [], sent + size, 0
+
+    for version, own in items:
+        for chunk in own:
+            chunks.append(chunk)
+            size += len(chunk.payload)
+            if size >= BATCH_BYTES:
+                await flush()
+        versions.append(version)
+        size += len(version.inline or b"") + 200
+        if size >= BATCH_BYTES:
+            await flush()
+    await flush()
+    return sent
