@@ -23,6 +23,10 @@ from ._errors import RequestTimeout as RequestTimeout
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
 from ._errors import Unavailable as Unavailable
+from ._errors import LegalHold as LegalHold
+from ._errors import QuotaExceeded as QuotaExceeded
+from ._errors import RetentionLocked as RetentionLocked
+from ._errors import TenantShredded as TenantShredded
 from ._meta import __version__ as __version__
 from .client import AsyncClient as AsyncClient
 from .client import Client as Client

@@ -9,7 +9,7 @@ the condition, and its message says what happened and what to do. Each class has
   traceback).
 
 Exit codes by class: 1 generic, 2 usage/config, 3 not found, 4 permission/authentication,
-5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure.
+5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ __all__ = [
     "IntegrityError",
     "InvalidRequest",
     "LayoutMismatch",
+    "LegalHold",
     "NotFound",
     "PermissionDenied",
     "ProtocolError",
     "QuorumNotReached",
+    "QuotaExceeded",
     "RequestTimeout",
+    "RetentionLocked",
     "StoreClosedError",
     "StoreFailedError",
+    "TenantShredded",
     "Unavailable",
     "error_class_for_code",
 ]
@@ -203,6 +207,36 @@ class ArchiveError(IntegrityError):
     entry. Nothing after that entry was imported, and the import did not report success."""
 
     code = "archive"
+
+
+class QuotaExceeded(HdsdError):
+    """The put would take the tenant over its quota; nothing was stored. Delete data or ask
+    the operator to raise the quota (``hdsd tenant create NAME --quota BYTES`` again)."""
+
+    code = "quota_exceeded"
+    exit_code = 8
+
+
+class RetentionLocked(HdsdError):
+    """The bucket's retention lock (WORM) forbids deleting or overwriting this key yet, for
+    every role; also raised when asked to shorten a retention period (it only grows)."""
+
+    code = "retention_locked"
+    exit_code = 4
+
+
+class LegalHold(HdsdError):
+    """The key is under legal hold: no deletion or overwrite until an admin clears the hold."""
+
+    code = "legal_hold"
+    exit_code = 4
+
+
+class TenantShredded(HdsdError):
+    """The tenant was crypto-shredded: its keys are destroyed and its data unreadable forever."""
+
+    code = "tenant_shredded"
+    exit_code = 4
 
 
 def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:

@@ -1,0 +1,11 @@
+"""hdsd.catalog: the replicated catalog of tenants (and their wrapped keys), buckets and legal
+holds, with merge rules that converge in any delivery order. Knows nothing of the network."""
+
+from ._db import CATALOG_FILE as CATALOG_FILE
+from ._db import Catalog as Catalog
+from ._model import BucketEntry as BucketEntry
+from ._model import Entry as Entry
+from ._model import HoldEntry as HoldEntry
+from ._model import TenantEntry as TenantEntry
+from ._model import entry_from_wire as entry_from_wire
+from ._model import merge as merge

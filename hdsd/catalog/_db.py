@@ -1,0 +1,186 @@
+"""The catalog's durable form: one SQLite file per node (``catalog.sqlite`` in the data dir).
+
+``secure_delete=ON`` makes SQLite overwrite freed cells and pages with zeros, so a shredded
+tenant's wrapped keys do not survive in free space. The rollback journal (``journal_mode=DELETE``,
+not WAL) holds a changed page only for the length of one transaction and is then deleted, where a
+WAL file would keep the pre-shred page until a checkpoint. ``synchronous=FULL``: an admin
+change is durable once :meth:`Catalog.apply` returns.
+
+Every write goes through :meth:`Catalog.apply`, which merges by the rules of :mod:`._model`;
+the catalog is therefore the same whatever order updates arrive in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import blake3
+
+from .._packing import packb
+from ._model import BucketEntry, Entry, HoldEntry, TenantEntry, merge
+
+__all__ = ["Catalog"]
+
+CATALOG_FILE = "catalog.sqlite"
+_SHIFT = 1 << 63  # HLCs are unsigned 64-bit, SQLite integers signed
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, wrapped BLOB, created INTEGER NOT NULL,
+    quota_bytes INTEGER NOT NULL, quota_hlc INTEGER NOT NULL, key_generation INTEGER NOT NULL,
+    shredded INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, retention_days INTEGER NOT NULL,
+    created INTEGER NOT NULL, PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS holds (
+    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, held INTEGER NOT NULL,
+    by TEXT NOT NULL, hlc INTEGER NOT NULL, PRIMARY KEY (tenant, bucket, key)
+);
+"""
+
+
+def _s(hlc: int) -> int:
+    return hlc - _SHIFT
+
+
+def _u(value: int) -> int:
+    return value + _SHIFT
+
+
+class Catalog:
+    """Tenants, buckets and holds of the cluster as this node knows them; thread-safe.
+
+    Reads are served from memory (the catalog is small: one entry per tenant, bucket and held
+    key); SQLite is the durable copy, written in the caller's thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._entries: dict[tuple[str, ...], Entry] = {}
+        self._load()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _load(self) -> None:
+        for row in self._db.execute("SELECT name, wrapped, created, quota_bytes, quota_hlc, "
+                                    "key_generation, shredded FROM tenants"):
+            t = TenantEntry(name=row[0], wrapped=row[1] or b"", created=_u(row[2]),
+                            quota_bytes=row[3], quota_hlc=_u(row[4]), key_generation=row[5],
+                            shredded=_u(row[6]))
+            self._entries[t.ident] = t
+        for row in self._db.execute("SELECT tenant, name, retention_days, created FROM buckets"):
+            b = BucketEntry(tenant=row[0], name=row[1], retention_days=row[2], created=_u(row[3]))
+            self._entries[b.ident] = b
+        for row in self._db.execute("SELECT tenant, bucket, key, held, by, hlc FROM holds"):
+            h = HoldEntry(tenant=row[0], bucket=row[1], key=row[2], held=bool(row[3]), by=row[4],
+                          hlc=_u(row[5]))
+            self._entries[h.ident] = h
+
+    # -- writes ------------------------------------------------------------------------------
+    def apply(self, entries: Iterable[Entry]) -> list[Entry]:
+        """Merge *entries* in, durably; return the entries that changed (as merged)."""
+        with self._lock:
+            changed: dict[tuple[str, ...], Entry] = {}
+            for entry in entries:
+                old = changed.get(entry.ident) or self._entries.get(entry.ident)
+                new = entry if old is None else merge(old, entry)
+                if new != old:
+                    changed[new.ident] = new
+            if not changed:
+                return []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in changed.values():
+                    self._write(entry)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._entries.update(changed)
+            return list(changed.values())
+
+    def _write(self, e: Entry) -> None:
+        if isinstance(e, TenantEntry):
+            # An UPDATE in place, never delete-and-insert: with secure_delete the old cell
+            # (and its key bytes) is zeroed when it is rewritten.
+            self._db.execute(
+                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET wrapped = excluded.wrapped, created = excluded.created, "
+                "quota_bytes = excluded.quota_bytes, quota_hlc = excluded.quota_hlc, "
+                "key_generation = excluded.key_generation, shredded = excluded.shredded",
+                (e.name, e.wrapped or None, _s(e.created), e.quota_bytes, _s(e.quota_hlc),
+                 e.key_generation, _s(e.shredded)))
+        elif isinstance(e, BucketEntry):
+            self._db.execute(
+                "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
+                (e.tenant, e.name, e.retention_days, _s(e.created)))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?, ?)",
+                (e.tenant, e.bucket, e.key, int(e.held), e.by, _s(e.hlc)))
+
+    def replace_wrapped(self, rewrapped: dict[str, bytes]) -> None:
+        """Install tenants' keys wrapped under a new master key, in one transaction (used by
+        master key rotation, which must not merge: the new wrap is not "earlier")."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for name, blob in rewrapped.items():
+                    self._db.execute("UPDATE tenants SET wrapped = ? WHERE name = ?",
+                                     (blob, name))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for name, blob in rewrapped.items():
+                old = self._entries[("tenant", name)]
+                assert isinstance(old, TenantEntry)
+                self._entries[old.ident] = TenantEntry(
+                    name=name, wrapped=blob, created=old.created, quota_bytes=old.quota_bytes,
+                    quota_hlc=old.quota_hlc, key_generation=old.key_generation,
+                    shredded=old.shredded)
+
+    # -- reads -------------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return [self._entries[k] for k in sorted(self._entries)]
+
+    def digest(self) -> bytes:
+        """A hash of the whole catalog: equal digests, equal catalogs."""
+        return blake3.blake3(packb([e.to_wire() for e in self.entries()])).digest()
+
+    def tenant(self, name: str) -> TenantEntry | None:
+        e = self._entries.get(("tenant", name))
+        return e if isinstance(e, TenantEntry) else None
+
+    def tenants(self) -> list[TenantEntry]:
+        return [e for e in self.entries() if isinstance(e, TenantEntry)]
+
+    def bucket(self, tenant: str, name: str) -> BucketEntry | None:
+        e = self._entries.get(("bucket", tenant, name))
+        return e if isinstance(e, BucketEntry) else None
+
+    def buckets(self, tenant: str | None = None) -> list[BucketEntry]:
+        return [e for e in self.entries() if isinstance(e, BucketEntry)
+                and (tenant is None or e.tenant == tenant)]
+
+    def hold(self, tenant: str, bucket: str, key: str) -> HoldEntry | None:
+        e = self._entries.get(("hold", tenant, bucket, key))
+        return e if isinstance(e, HoldEntry) else None
+
+    def holds(self, tenant: str | None = None) -> list[HoldEntry]:
+        return [e for e in self.entries() if isinstance(e, HoldEntry)
+                and (tenant is None or e.tenant == tenant)]

@@ -1,0 +1,159 @@
+"""Catalog entries and their merge rules: what makes the catalog converge in any delivery order.
+
+The catalog is a set of entries keyed by identity (a tenant by name, a bucket by tenant and name,
+a hold by tenant, bucket and key). Two entries with the same identity merge with :func:`merge`,
+which is commutative, associative and idempotent (a join-semilattice), so nodes that receive the
+same updates in any order, any number of times, hold the same catalog:
+
+* **tenant** — creation is a union. *Shredding is terminal*: once either side is shredded the
+  merge is shredded (at the earliest shredding HLC) and holds no key bytes at all, so a shredded
+  tenant never comes back. Two creations of the same name (an operator racing himself on two
+  nodes) resolve to the earliest ``(created, wrapped)``: every node picks the same keys. The
+  quota is last-writer-wins on ``(quota_hlc, quota_bytes)``.
+* **bucket** — retention only grows (max); created is the earliest.
+* **hold** — last-writer-wins on ``(hlc, by, held)``.
+
+Wrapped keys are opaque here (wrapping lives in :mod:`._keys`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, TypeAlias
+
+from .._errors import IntegrityError
+
+__all__ = ["BucketEntry", "Entry", "HoldEntry", "TenantEntry", "entry_from_wire", "merge"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEntry:
+    name: str
+    wrapped: bytes  # b"" once shredded
+    created: int  # HLC
+    quota_bytes: int = 0  # 0: no quota
+    quota_hlc: int = 0
+    key_generation: int = 1
+    shredded: int = 0  # HLC of the shredding, 0: live
+
+    @property
+    def ident(self) -> tuple[str, ...]:
+        return ("tenant", self.name)
+
+    @property
+    def is_shredded(self) -> bool:
+        return self.shredded != 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "tenant", "name": self.name, "wrapped": self.wrapped,
+                "created": self.created, "quota_bytes": self.quota_bytes,
+                "quota_hlc": self.quota_hlc, "key_generation": self.key_generation,
+                "shredded": self.shredded}
+
+
+@dataclass(frozen=True, slots=True)
+class BucketEntry:
+    tenant: str
+    name: str
+    retention_days: int
+    created: int
+
+    @property
+    def ident(self) -> tuple[str, ...]:
+        return ("bucket", self.tenant, self.name)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "bucket", "tenant": self.tenant, "name": self.name,
+                "retention_days": self.retention_days, "created": self.created}
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEntry:
+    tenant: str
+    bucket: str
+    key: str
+    held: bool
+    by: str
+    hlc: int
+
+    @property
+    def ident(self) -> tuple[str, ...]:
+        return ("hold", self.tenant, self.bucket, self.key)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "hold", "tenant": self.tenant, "bucket": self.bucket, "key": self.key,
+                "held": self.held, "by": self.by, "hlc": self.hlc}
+
+
+Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry
+
+
+def _merge_tenant(a: TenantEntry, b: TenantEntry) -> TenantEntry:
+    created = min(a.created, b.created)
+    quota_hlc, quota = max((a.quota_hlc, a.quota_bytes), (b.quota_hlc, b.quota_bytes))
+    if a.is_shredded or b.is_shredded:
+        shredded = min(x.shredded for x in (a, b) if x.is_shredded)
+        return TenantEntry(name=a.name, wrapped=b"", created=created, quota_bytes=quota,
+                           quota_hlc=quota_hlc, key_generation=max(a.key_generation,
+                                                                   b.key_generation),
+                           shredded=shredded)
+    first = min((a.created, a.key_generation, a.wrapped), (b.created, b.key_generation, b.wrapped))
+    return TenantEntry(name=a.name, wrapped=first[2], created=created, quota_bytes=quota,
+                       quota_hlc=quota_hlc, key_generation=first[1])
+
+
+def merge(a: Entry, b: Entry) -> Entry:
+    """The join of two entries with the same identity (commutative, associative, idempotent)."""
+    if a.ident != b.ident:
+        raise ValueError(f"cannot merge {a.ident} with {b.ident}")
+    if isinstance(a, TenantEntry) and isinstance(b, TenantEntry):
+        return _merge_tenant(a, b)
+    if isinstance(a, BucketEntry) and isinstance(b, BucketEntry):
+        return replace(a, retention_days=max(a.retention_days, b.retention_days),
+                       created=min(a.created, b.created))
+    if isinstance(a, HoldEntry) and isinstance(b, HoldEntry):
+        return max(a, b, key=lambda h: (h.hlc, h.by, h.held))
+    raise ValueError(f"cannot merge {type(a).__name__} with {type(b).__name__}")
+
+
+_U64 = (1 << 64) - 1
+
+
+def _field(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64) -> Any:
+    value = doc.get(name)
+    if type(value) is not kind:
+        raise IntegrityError(f"catalog entry field {name!r}: expected {kind.__name__}")
+    if kind is int and not low <= value <= high:
+        raise IntegrityError(f"catalog entry field {name!r}: {value} out of range")
+    if kind is str and not 0 < len(value) <= 1024:
+        raise IntegrityError(f"catalog entry field {name!r}: bad length")
+    return value
+
+
+def entry_from_wire(doc: object) -> Entry:
+    """An entry from its msgpack map; :class:`IntegrityError` if it is malformed."""
+    if not isinstance(doc, dict):
+        raise IntegrityError("catalog entry must be a map")
+    kind = doc.get("kind")
+    if kind == "tenant":
+        wrapped = doc.get("wrapped")
+        if type(wrapped) is not bytes or len(wrapped) > 256:
+            raise IntegrityError("catalog entry field 'wrapped': expected at most 256 bytes")
+        entry: Entry = TenantEntry(
+            name=_field(doc, "name", str), wrapped=wrapped, created=_field(doc, "created", int),
+            quota_bytes=_field(doc, "quota_bytes", int),
+            quota_hlc=_field(doc, "quota_hlc", int),
+            key_generation=_field(doc, "key_generation", int, low=1),
+            shredded=_field(doc, "shredded", int))
+        if entry.is_shredded == bool(wrapped):
+            raise IntegrityError("catalog tenant entry: keys present iff not shredded")
+        return entry
+    if kind == "bucket":
+        return BucketEntry(tenant=_field(doc, "tenant", str), name=_field(doc, "name", str),
+                           retention_days=_field(doc, "retention_days", int, high=36500 * 10),
+                           created=_field(doc, "created", int))
+    if kind == "hold":
+        return HoldEntry(tenant=_field(doc, "tenant", str), bucket=_field(doc, "bucket", str),
+                         key=_field(doc, "key", str), held=_field(doc, "held", bool),
+                         by=_field(doc, "by", str), hlc=_field(doc, "hlc", int))
+    raise IntegrityError(f"unknown catalog entry kind {kind!r}")
