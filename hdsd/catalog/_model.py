@@ -18,7 +18,7 @@ Wrapped keys are opaque here (wrapping lives in :mod:`._keys`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from .._errors import IntegrityError
@@ -29,8 +29,8 @@ __all__ = ["BucketEntry", "Entry", "HoldEntry", "TenantEntry", "entry_from_wire"
 @dataclass(frozen=True, slots=True)
 class TenantEntry:
     name: str
-    wrapped: bytes  # b"" once shredded
-    created: int  # HLC
+    wrapped: bytes = field(repr=False)  # b"" once shredded
+    created: int = 0  # HLC
     quota_bytes: int = 0  # 0: no quota
     quota_hlc: int = 0
     key_generation: int = 1
@@ -119,7 +119,7 @@ def merge(a: Entry, b: Entry) -> Entry:
 _U64 = (1 << 64) - 1
 
 
-def _field(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64) -> Any:
+def _field_of(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64) -> Any:
     value = doc.get(name)
     if type(value) is not kind:
         raise IntegrityError(f"catalog entry field {name!r}: expected {kind.__name__}")
@@ -140,20 +140,20 @@ def entry_from_wire(doc: object) -> Entry:
         if type(wrapped) is not bytes or len(wrapped) > 256:
             raise IntegrityError("catalog entry field 'wrapped': expected at most 256 bytes")
         entry: Entry = TenantEntry(
-            name=_field(doc, "name", str), wrapped=wrapped, created=_field(doc, "created", int),
-            quota_bytes=_field(doc, "quota_bytes", int),
-            quota_hlc=_field(doc, "quota_hlc", int),
-            key_generation=_field(doc, "key_generation", int, low=1),
-            shredded=_field(doc, "shredded", int))
+            name=_field_of(doc, "name", str), wrapped=wrapped, created=_field_of(doc, "created", int),
+            quota_bytes=_field_of(doc, "quota_bytes", int),
+            quota_hlc=_field_of(doc, "quota_hlc", int),
+            key_generation=_field_of(doc, "key_generation", int, low=1),
+            shredded=_field_of(doc, "shredded", int))
         if entry.is_shredded == bool(wrapped):
             raise IntegrityError("catalog tenant entry: keys present iff not shredded")
         return entry
     if kind == "bucket":
-        return BucketEntry(tenant=_field(doc, "tenant", str), name=_field(doc, "name", str),
-                           retention_days=_field(doc, "retention_days", int, high=36500 * 10),
-                           created=_field(doc, "created", int))
+        return BucketEntry(tenant=_field_of(doc, "tenant", str), name=_field_of(doc, "name", str),
+                           retention_days=_field_of(doc, "retention_days", int, high=36500 * 10),
+                           created=_field_of(doc, "created", int))
     if kind == "hold":
-        return HoldEntry(tenant=_field(doc, "tenant", str), bucket=_field(doc, "bucket", str),
-                         key=_field(doc, "key", str), held=_field(doc, "held", bool),
-                         by=_field(doc, "by", str), hlc=_field(doc, "hlc", int))
+        return HoldEntry(tenant=_field_of(doc, "tenant", str), bucket=_field_of(doc, "bucket", str),
+                         key=_field_of(doc, "key", str), held=_field_of(doc, "held", bool),
+                         by=_field_of(doc, "by", str), hlc=_field_of(doc, "hlc", int))
     raise IntegrityError(f"unknown catalog entry kind {kind!r}")

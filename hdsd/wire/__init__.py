@@ -4,6 +4,14 @@ Never imports trio or sockets; the transport layer drives a :class:`Connection` 
 The format is documented for implementers of other clients in ``docs/wire.md``.
 """
 
+from ._admin import BucketCreate as BucketCreate
+from ._admin import BucketList as BucketList
+from ._admin import CatalogPush as CatalogPush
+from ._admin import CatalogSync as CatalogSync
+from ._admin import HoldSet as HoldSet
+from ._admin import TenantCreate as TenantCreate
+from ._admin import TenantList as TenantList
+from ._admin import TenantShred as TenantShred
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import Event as Event

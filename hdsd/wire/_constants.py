@@ -89,6 +89,15 @@ T_AUDIT_SHIP: Final = 0x86  # 0x87 is also allocated to the audit log, unused so
 #: Most audit records one AuditShip carries.
 MAX_AUDIT_BATCH: Final = 4096
 T_LIST_BUCKETS_PEER: Final = 0x8B
+# tenant administration (client) and catalog replication (peer)
+T_TENANT_CREATE: Final = 0x18
+T_TENANT_LIST: Final = 0x19
+T_TENANT_SHRED: Final = 0x1A
+T_BUCKET_CREATE: Final = 0x1B
+T_BUCKET_LIST: Final = 0x1C
+T_HOLD_SET: Final = 0x1D
+T_CATALOG_PUSH: Final = 0x88
+T_CATALOG_SYNC: Final = 0x89
 
 assert HEADER.size == HEADER_SIZE
 assert MIN_MAX_FRAME <= MAX_FRAME <= MAX_FRAME_LIMIT

@@ -12,6 +12,16 @@ from typing import Final
 from .._errors import InvalidRequest, ProtocolError
 from .._packing import PackError, packb, unpackb
 from . import _constants as C
+from ._admin import (
+    BucketCreate,
+    BucketList,
+    CatalogPush,
+    CatalogSync,
+    HoldSet,
+    TenantCreate,
+    TenantList,
+    TenantShred,
+)
 from ._messages import (
     Cancel,
     Credit,
@@ -93,6 +103,15 @@ MESSAGE_TYPES: Final = (
     _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
     _t(C.T_AUDIT_SHIP, AuditShip, Kind.REQUEST),
     _t(C.T_LIST_BUCKETS_PEER, ListBucketsPeer, Kind.REQUEST),
+    # tenant administration (client) and catalog replication (node ↔ node)
+    _t(C.T_TENANT_CREATE, TenantCreate, Kind.REQUEST),
+    _t(C.T_TENANT_LIST, TenantList, Kind.REQUEST),
+    _t(C.T_TENANT_SHRED, TenantShred, Kind.REQUEST),
+    _t(C.T_BUCKET_CREATE, BucketCreate, Kind.REQUEST),
+    _t(C.T_BUCKET_LIST, BucketList, Kind.REQUEST),
+    _t(C.T_HOLD_SET, HoldSet, Kind.REQUEST),
+    _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
+    _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

@@ -123,6 +123,17 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
         wire.AuditShip, rids, layouts, tenants, chunk_ids, st.integers(0, C.MAX_U63), chunk_ids,
         st.lists(st.binary(min_size=1, max_size=64), max_size=4),
     ),
+    # tenant administration and catalog replication
+    wire.TenantCreate: st.builds(wire.TenantCreate, rids, tenants, st.integers(0, C.MAX_U63)),
+    wire.TenantList: st.builds(wire.TenantList, rids),
+    wire.TenantShred: st.builds(wire.TenantShred, rids, tenants, tenants),
+    wire.BucketCreate: st.builds(wire.BucketCreate, rids, tenants, buckets,
+                                 st.integers(0, 36500)),
+    wire.BucketList: st.builds(wire.BucketList, rids, names),
+    wire.HoldSet: st.builds(wire.HoldSet, rids, tenants, buckets, keys, st.booleans()),
+    wire.CatalogPush: st.builds(wire.CatalogPush, rids, layouts, st.lists(free_maps, max_size=3)),
+    wire.CatalogSync: st.builds(wire.CatalogSync, rids, layouts,
+                                st.binary(min_size=32, max_size=32)),
 }
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

@@ -36,6 +36,10 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.AuditShip() | wire.ListBucketsRequest() | wire.ListBucketsPeer():
             return [], C
+        case wire.TenantCreate() | wire.TenantList() | wire.TenantShred() | wire.BucketCreate():
+            return [], C
+        case wire.BucketList() | wire.HoldSet() | wire.CatalogPush() | wire.CatalogSync():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():

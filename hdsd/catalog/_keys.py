@@ -1,0 +1,48 @@
+"""Wrapping tenant keys under the cluster master key, and deriving a master key from a passphrase.
+
+A wrapped entry is ``nonce(24) || XChaCha20-Poly1305(data_key || dedup_key)`` under the master
+key, with the tenant name bound as associated data (an entry cannot be moved to another
+tenant) — the same format as the node keyring file, so entries seeded by ``hdsd init`` enter the
+catalog unchanged. Nothing here logs, and no error message or repr carries key bytes.
+"""
+
+from __future__ import annotations
+
+from nacl import bindings, exceptions, pwhash, utils
+
+from .._errors import ConfigError
+from ..pipeline import TenantKeys
+
+__all__ = ["SALT_BYTES", "derive_master_key", "unwrap_keys", "wrap_keys"]
+
+_AAD_PREFIX = b"hdsd-tenant-keys-v1\x00"
+_NONCE = bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+SALT_BYTES = pwhash.argon2id.SALTBYTES
+
+
+def wrap_keys(master: bytes, keys: TenantKeys) -> bytes:
+    nonce = utils.random(_NONCE)
+    return nonce + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        keys.data_key + keys.dedup_key, _AAD_PREFIX + keys.tenant.encode(), nonce, master)
+
+
+def unwrap_keys(master: bytes, tenant: str, blob: bytes) -> TenantKeys:
+    """The tenant's keys; :class:`ConfigError` if *master* does not open *blob*."""
+    try:
+        raw = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            blob[_NONCE:], _AAD_PREFIX + tenant.encode(), blob[:_NONCE], master)
+    except exceptions.CryptoError:
+        raise ConfigError(f"the master key does not open tenant {tenant!r}'s keys "
+                          "(wrong master key, or a node not yet rotated?)") from None
+    return TenantKeys(tenant=tenant, data_key=raw[:32], dedup_key=raw[32:64])
+
+
+def derive_master_key(passphrase: bytes, salt: bytes) -> bytes:
+    """32 bytes from *passphrase* with Argon2id at libsodium's *moderate* limits (~256 MiB,
+    about a second): paid once per node start, and by every guess of an attacker."""
+    if len(salt) != SALT_BYTES:
+        raise ConfigError(f"the passphrase salt must be {SALT_BYTES} bytes, got {len(salt)}")
+    if not passphrase:
+        raise ConfigError("the master passphrase is empty")
+    return pwhash.argon2id.kdf(32, passphrase, salt, opslimit=pwhash.argon2id.OPSLIMIT_MODERATE,
+                               memlimit=pwhash.argon2id.MEMLIMIT_MODERATE)

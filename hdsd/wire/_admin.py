@@ -1,0 +1,156 @@
+"""Tenant administration requests (client → node) and catalog replication (node → node).
+
+Client admin requests (codes 0x18-0x1F) are answered by ``Reply`` or ``ErrorReply`` like any
+request; the node checks who may send them (an operator for tenants, a tenant's admin for its
+own buckets and holds). Catalog entries travel as the maps of ``Entry.to_wire()``; the wire
+layer checks only their shape, the catalog checks their content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import InvalidRequest
+from . import _constants as C
+from . import _fields as F
+from ._messages import Message
+
+__all__ = [
+    "BucketCreate",
+    "BucketList",
+    "CatalogPush",
+    "CatalogSync",
+    "HoldSet",
+    "TenantCreate",
+    "TenantList",
+    "TenantShred",
+]
+
+_MAX_QUOTA = (1 << 63) - 1
+MAX_RETENTION_DAYS = 36500
+_MAX_ENTRIES = 100_000
+
+
+def _tenant(value: object, field: str = "tenant") -> None:
+    F.check_str(field, value, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCreate(Message):
+    """Operator: create a tenant (fresh keys) or, if it exists, set its quota (0: none)."""
+
+    rid: int
+    tenant: str
+    quota_bytes: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        F.check_int("quota_bytes", self.quota_bytes, 0, _MAX_QUOTA)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantList(Message):
+    """Operator: every tenant with its quota, usage on this site, and state."""
+
+    rid: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantShred(Message):
+    """Operator: destroy the tenant's keys in both sites; ``confirm`` must repeat the name."""
+
+    rid: int
+    tenant: str
+    confirm: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        _tenant(self.confirm, "confirm")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCreate(Message):
+    """Create a bucket, or extend its retention (never shorten)."""
+
+    rid: int
+    tenant: str
+    bucket: str
+    retention_days: int
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        F.check_bucket(self.bucket)
+        F.check_int("retention_days", self.retention_days, 0, MAX_RETENTION_DAYS)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketList(Message):
+    """Buckets of ``tenant`` (empty: every tenant, operator only) with retention and holds."""
+
+    rid: int
+    tenant: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldSet(Message):
+    """Set (``held``) or clear a legal hold on one key."""
+
+    rid: int
+    tenant: str
+    bucket: str
+    key: str
+    held: bool
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        F.check_bucket(self.bucket)
+        F.check_key(self.key)
+        F.check_bool("held", self.held)
+
+
+def _check_entries(value: object) -> None:
+    if type(value) is not list or len(value) > _MAX_ENTRIES:
+        raise InvalidRequest(f"entries: expected a list of at most {_MAX_ENTRIES} maps")
+    for item in value:
+        F.check_map("entries", item)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPush(Message):
+    """Node → node: merge these catalog entries (an admin change, or a sync's missing part)."""
+
+    rid: int
+    layout: str
+    entries: list[Any]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("layout", self.layout, max_chars=64, allow_empty=False)
+        _check_entries(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSync(Message):
+    """Node → node: my catalog digest. Reply ``{"digest", "entries" (all, when the digests
+    differ, else []), "usage": {tenant: bytes}}`` — usage of the answering node's store."""
+
+    rid: int
+    layout: str
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("layout", self.layout, max_chars=64, allow_empty=False)
+        F.check_bytes("digest", self.digest, exact=32)
