@@ -140,7 +140,8 @@ def entry_from_wire(doc: object) -> Entry:
         if type(wrapped) is not bytes or len(wrapped) > 256:
             raise IntegrityError("catalog entry field 'wrapped': expected at most 256 bytes")
         entry: Entry = TenantEntry(
-            name=_field_of(doc, "name", str), wrapped=wrapped, created=_field_of(doc, "created", int),
+            name=_field_of(doc, "name", str), wrapped=wrapped,
+            created=_field_of(doc, "created", int),
             quota_bytes=_field_of(doc, "quota_bytes", int),
             quota_hlc=_field_of(doc, "quota_hlc", int),
             key_generation=_field_of(doc, "key_generation", int, low=1),
