@@ -120,12 +120,12 @@ _U64 = (1 << 64) - 1
 
 
 def _field_of(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64) -> Any:
-    value = doc.get(name)
+    value: Any = doc.get(name)
     if type(value) is not kind:
         raise IntegrityError(f"catalog entry field {name!r}: expected {kind.__name__}")
-    if kind is int and not low <= value <= high:
+    if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
         raise IntegrityError(f"catalog entry field {name!r}: {value} out of range")
-    if kind is str and not 0 < len(value) <= 1024:
+    if isinstance(value, str) and not 0 < len(value) <= 1024:
         raise IntegrityError(f"catalog entry field {name!r}: bad length")
     return value
 
@@ -139,7 +139,7 @@ def entry_from_wire(doc: object) -> Entry:
         wrapped = doc.get("wrapped")
         if type(wrapped) is not bytes or len(wrapped) > 256:
             raise IntegrityError("catalog entry field 'wrapped': expected at most 256 bytes")
-        entry: Entry = TenantEntry(
+        entry = TenantEntry(
             name=_field_of(doc, "name", str), wrapped=wrapped,
             created=_field_of(doc, "created", int),
             quota_bytes=_field_of(doc, "quota_bytes", int),

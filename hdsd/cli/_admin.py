@@ -57,6 +57,8 @@ replicas_per_site = 1           # copies of each key in each site
 write_policy = "each-site"      # ack once fsynced in every site (RPO 0); or majority, local
 on_peer_site_loss = "refuse"    # or "degrade": accept writes alone, keep hints, say so
 write_timeout_s = 10            # a write not acknowledged by then is refused (QuorumNotReached)
+operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenants (hdsd tenant)
+# catalog_sync_s = 5            # how often nodes compare catalogs (tenants, buckets, holds)
 
 # [repair]                      # optional: anti-entropy and scrub
 # interval_s = 3600             # Merkle comparison with every peer (0: only `hdsd repair`)
@@ -144,7 +146,8 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
             (node_dir / "node.toml").write_text(_NODE_TOML.format(
                 name=name, site=site, node_dir=node_dir, host=host, port=node_port,
-                crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml),
+                crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml,
+                tenant=tenant),
                 encoding="utf-8")
     keyring_template.unlink()
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,

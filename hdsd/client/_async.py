@@ -32,6 +32,8 @@ from .._groups import single_error
 from ..transport import WireSession, client_context, connect_tls
 from ..wire import (
     PROTOCOL_VERSION,
+    BucketCreate,
+    BucketList,
     Cancel,
     Connection,
     Data,
@@ -41,6 +43,7 @@ from ..wire import (
     GetRequest,
     GetStart,
     Hello,
+    HoldSet,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
@@ -51,6 +54,9 @@ from ..wire import (
     SiteModeRequest,
     StatRequest,
     StatusRequest,
+    TenantCreate,
+    TenantList,
+    TenantShred,
     VersionsRequest,
 )
 from ._profile import Profile, load_profile
@@ -403,6 +409,34 @@ class AsyncClient:
         """Admin: start a ``repair`` or a ``scrub`` on the node this client uses; the reply
         carries the run number to wait for in ``status()["maintenance"][task]``."""
         return await self._call(lambda rid: MaintenanceRequest(rid=rid, task=task))
+
+    # -- tenant administration (operator; buckets and holds also a tenant's admin) -----------
+    # Each is idempotent (the catalog merges), so the usual retries are safe.
+    async def tenant_create(self, tenant: str, quota_bytes: int = 0) -> dict[str, Any]:
+        """Create *tenant* with fresh keys, or set its quota (0: none) if it exists."""
+        return await self._call(lambda rid: TenantCreate(rid, tenant, quota_bytes))
+
+    async def tenant_list(self) -> builtins.list[dict[str, Any]]:
+        body = await self._call(lambda rid: TenantList(rid))
+        return list(body["tenants"])
+
+    async def tenant_shred(self, tenant: str, *, confirm: str) -> dict[str, Any]:
+        """Destroy *tenant*'s keys on every node of both sites: its data is unreadable forever."""
+        return await self._call(lambda rid: TenantShred(rid, tenant, confirm))
+
+    async def bucket_create(self, tenant: str, bucket: str, retention_days: int = 0
+                            ) -> dict[str, Any]:
+        """Create a bucket, or extend its retention lock (it can never be shortened)."""
+        return await self._call(lambda rid: BucketCreate(rid, tenant, bucket, retention_days))
+
+    async def bucket_list(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+        body = await self._call(lambda rid: BucketList(rid, tenant))
+        return list(body["buckets"])
+
+    async def hold_set(self, tenant: str, bucket: str, key: str, held: bool = True
+                       ) -> dict[str, Any]:
+        """Set (or, with ``held=False``, clear) a legal hold on one key."""
+        return await self._call(lambda rid: HoldSet(rid, tenant, bucket, key, held))
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

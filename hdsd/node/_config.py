@@ -100,6 +100,8 @@ class NodeConfig:
     audit_checkpoint_s: float = 10.0
     audit_retention_days: int = 365
     audit_segment_mib: int = 64
+    operator_tenant: str = "default"
+    catalog_sync_s: float = 5.0
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -118,7 +120,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
                 "inline_max": (int, False), "replicas_per_site": (int, False),
                 "write_policy": (str, False), "on_peer_site_loss": (str, False),
-                "write_timeout_s": ((int, float), False)},
+                "write_timeout_s": ((int, float), False), "operator_tenant": (str, False),
+                "catalog_sync_s": ((int, float), False)},
     "repair": {"interval_s": ((int, float), False), "rate_mib_s": ((int, float), False),
                "scrub_interval_h": ((int, float), False),
                "scrub_rate_mib_s": ((int, float), False)},
@@ -248,6 +251,12 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     audit_mib = audit.get("segment_mib", 64)
     if not 1 <= audit_mib <= 4096:
         p.add("[audit] segment_mib", f"{audit_mib} must be between 1 and 4096")
+    operator = cluster.get("operator_tenant", "default")
+    if not NAME_RE.match(operator):
+        p.add("[cluster] operator_tenant", f"{operator!r} must match {NAME_RE.pattern}")
+    catalog_sync = float(cluster.get("catalog_sync_s", 5.0))
+    if not 0 < catalog_sync <= 3600:
+        p.add("[cluster] catalog_sync_s", "must be in (0, 3600]")
     if len(sites) != 2:
         p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
     elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
@@ -274,6 +283,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
+        operator_tenant=operator, catalog_sync_s=catalog_sync,
     )
 
 

@@ -56,6 +56,7 @@ from ..wire import (
     StatusRequest,
     VersionsRequest,
 )
+from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
@@ -89,6 +90,8 @@ async def handle_request(
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")
             session = observed.as_session()
+        if ident.kind != "node":
+            node.tenancy.check_live(ident.tenant or "")  # a shredded tenant is refused outright
         await handler(node, session, ident, msg, inbox)
         outcome = "ok"
     except HdsdError as exc:
@@ -144,7 +147,8 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
             replayed = {**previous.public_info(), "replayed": True}
             await session.send(Reply(rid=msg.rid, body=replayed))
             return
-        version = await _receive_and_store(node, session, tenant, msg, inbox)
+        async with node.tenancy.admit_put(node, tenant, msg.bucket, msg.key, msg.size):
+            version = await _receive_and_store(node, session, tenant, msg, inbox)
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
@@ -250,6 +254,8 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
                 inline = sealed.payload
             elif tail:
                 await start_chunk(nursery, tail)
+    if msg.size is None:
+        node.tenancy.check_quota(tenant, size)  # the body's size was not declared up front
     # Every chunk named below is durable: the version record may now be committed.
     version = Version(
         tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
@@ -391,6 +397,8 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
     async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is None:
             await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
+            await node.tenancy.check_write(node, tenant, msg.bucket, msg.key, size=None,
+                                           delete=True)
             previous = Version(
                 tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
                 node=node.config.name, size=0, content_hash=b"", tombstone=True,
@@ -439,3 +447,5 @@ _HANDLERS: dict[type, _Handler] = {
     MaintenanceRequest: maintenance,
     ListBucketsRequest: _list_buckets,
 }
+_HANDLERS.update(ADMIN_HANDLERS)
+PEER_HANDLERS.update(CATALOG_PEER_HANDLERS)

@@ -137,6 +137,16 @@ class Keyring:
     def tenants(self) -> list[str]:
         return sorted(self._keys)
 
+    def remove(self, tenant: str) -> None:
+        """Forget *tenant* (crypto-shredding): the file is replaced without its entry."""
+        with self._lock:
+            if tenant not in self._wrapped:
+                return
+            wrapped = {t: b for t, b in self._wrapped.items() if t != tenant}
+            _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+            self._wrapped = wrapped
+            self._keys.pop(tenant, None)
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")

@@ -33,7 +33,7 @@ from ._auth import authorize
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_HANDLERS", "maintenance", "site_mode"]
+__all__ = ["PEER_HANDLERS", "check_layout", "maintenance", "site_mode"]
 
 
 def _check_layout(node: Node, layout: str, ident: Identity) -> None:
@@ -156,3 +156,5 @@ PEER_HANDLERS: dict[type, Any] = {
     AuditShip: _audit_ship,
     ListBucketsPeer: _list_buckets_peer,
 }
+
+check_layout = _check_layout  # for the catalog's peer handlers (._admin_handlers)

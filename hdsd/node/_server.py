@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -23,7 +24,6 @@ import trio
 from .._errors import (
     AuthenticationFailed,
     HdsdError,
-    PermissionDenied,
     ProtocolError,
     Unavailable,
 )
@@ -58,6 +58,7 @@ from ._config import NodeConfig
 from ._handlers import handle_request
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
 from ._reads import ReadPaths
+from ._tenancy import Tenancy
 
 __all__ = ["Node", "serve_node"]
 
@@ -72,9 +73,13 @@ class Node(ReadPaths):
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.keyring = Keyring(config.data_dir / KEYRING_FILE,
-                               load_master_key(config.master_key_file))
+        master = load_master_key(config.master_key_file)
+        self.keyring = Keyring(config.data_dir / KEYRING_FILE, master)
         self.clock = HybridClock(floor=store.max_hlc())
+        self._codecs: dict[str, ChunkCodec] = {}
+        self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
+                               operator_tenant=config.operator_tenant,
+                               evict=lambda tenant: self._codecs.pop(tenant, None))
         self.layout = config.layout()
         self.hints = HintStore(config.data_dir / "hints.sqlite")
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
@@ -94,7 +99,6 @@ class Node(ReadPaths):
             salvaged=store.statistics().salvaged)
         self.started = time.time()
         self.port = config.port
-        self._codecs: dict[str, ChunkCodec] = {}
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
         self._idle = trio.Event()
@@ -117,10 +121,7 @@ class Node(ReadPaths):
     def codec(self, tenant: str) -> ChunkCodec:
         codec = self._codecs.get(tenant)
         if codec is None:
-            keys = self.keyring.get(tenant)
-            if keys is None:
-                raise PermissionDenied(f"tenant {tenant!r} has no keys in this cluster; "
-                                       "create it with `hdsd cert issue --tenant ...`")
+            keys = self.tenancy.keys(tenant)  # PermissionDenied, TenantShredded
             codec = ChunkCodec(keys, compression_level=self.config.compression_level)
             self._codecs[tenant] = codec
         return codec
@@ -215,10 +216,14 @@ class Node(ReadPaths):
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
             await services.start(self.audit_shipper.run)
+            # Catch up with the other nodes' catalog (a shred missed while down) before serving.
+            await services.start(partial(self.tenancy.run, self,
+                                         interval=self.config.catalog_sync_s))
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
         self.hints.close()
+        self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
 
     async def _final_audit_checkpoint(self) -> None:

@@ -309,6 +309,16 @@ class Index:
                                (tenant, row[0])).fetchone()
         return out
 
+    def tenant_usage(self) -> dict[str, int]:
+        """Logical bytes of every tenant's current (not deleted) versions held here."""
+        usage: dict[str, int] = {}
+        rows = self._reader().execute(
+            "SELECT h.tenant, v.body FROM heads h JOIN versions v ON v.vid = h.vid "
+            "WHERE h.tombstone = 0")
+        for tenant, body in rows:
+            usage[tenant] = usage.get(tenant, 0) + _version(body).size
+        return usage
+
     def find_request(self, tenant: str, request_id: bytes) -> Version | None:
         if not request_id:
             return None

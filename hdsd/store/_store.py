@@ -304,6 +304,12 @@ class Store:
         self._check_readable()
         return self._index.buckets(tenant)
 
+    def tenant_usage(self) -> dict[str, int]:
+        """Logical bytes of each tenant's current versions in this store (reads every head:
+        call it from a worker thread, and not per request)."""
+        self._check_readable()
+        return self._index.tenant_usage()
+
     def find_request(self, tenant: str, request_id: bytes) -> Version | None:
         """The version a request id wrote (first one stored), so a retry is applied once.
 

@@ -1,0 +1,173 @@
+"""Tenant administration: ``hdsd tenant``, ``hdsd bucket``, ``hdsd hold``.
+
+They use the client profile like every command. Tenants are managed by the *operator*: an
+``admin`` certificate of the operator tenant (``[cluster] operator_tenant`` in every node.toml;
+``hdsd init`` makes its admin profile ``client.toml`` the operator). Buckets and holds may also
+be managed by an ``admin`` of the tenant concerned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import click
+
+from .._errors import InvalidRequest
+from ._data import _run, json_option
+from ._main import main
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _report(reply: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        click.echo(json.dumps(reply, sort_keys=True))
+        return
+    click.echo(line)
+    if reply.get("pending"):
+        click.echo(f"  not yet on {', '.join(reply['pending'])} (they catch up at their next "
+                   "catalog sync)")
+
+
+def _tenant_bucket(target: str) -> tuple[str, str]:
+    tenant, _, bucket = target.partition("/")
+    if not tenant or not bucket or "/" in bucket:
+        raise InvalidRequest(f"{target!r}: expected TENANT/BUCKET")
+    return tenant, bucket
+
+
+@main.group()
+def tenant() -> None:
+    """Create, list and shred tenants (operator)."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--quota", type=click.IntRange(0), default=0, show_default=True,
+              help="bytes of current versions the tenant may hold (0: no quota); "
+                   "on an existing tenant, sets the quota")
+@json_option
+@click.pass_context
+def tenant_create(ctx: click.Context, name: str, quota: int, as_json: bool) -> None:
+    """Create tenant NAME with fresh keys (replicated, wrapped, to every node)."""
+    reply = _run(ctx, lambda c: c.tenant_create(name, quota))
+    verb = "created" if reply["created"] else "updated"
+    _report(reply, as_json, f"tenant {name} {verb} (quota {quota or 'none'})")
+
+
+@tenant.command("ls")
+@json_option
+@click.pass_context
+def tenant_ls(ctx: click.Context, as_json: bool) -> None:
+    """List tenants: state, quota, usage seen by this site, buckets."""
+    rows = _run(ctx, lambda c: c.tenant_list())
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"{'TENANT':24} {'STATE':9} {'QUOTA':>14} {'USAGE':>14} {'BUCKETS':>7}  CREATED")
+    for r in rows:
+        quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
+        click.echo(f"{r['tenant']:24} {r['state']:9} {quota:>14} {r['usage_bytes']:>14} "
+                   f"{r['buckets']:>7}  {_when(r['created_ms'])}")
+
+
+@tenant.command("shred")
+@click.argument("name")
+@click.option("--confirm", required=True, metavar="NAME", help="repeat the tenant name")
+@json_option
+@click.pass_context
+def tenant_shred(ctx: click.Context, name: str, confirm: str, as_json: bool) -> None:
+    """Destroy tenant NAME's keys on every node of both sites (crypto-shredding): all its data
+    becomes unreadable, for good. There is no undo."""
+    if confirm != name:
+        raise InvalidRequest(f"--confirm must repeat the tenant name {name!r} exactly")
+    reply = _run(ctx, lambda c: c.tenant_shred(name, confirm=confirm))
+    _report(reply, as_json, f"tenant {name} shredded on {', '.join(reply['applied_on'])}")
+
+
+@main.group()
+def bucket() -> None:
+    """Create buckets and set their retention lock (admin)."""
+
+
+@bucket.command("create")
+@click.argument("target", metavar="TENANT/BUCKET")
+@click.option("--retention-days", type=click.IntRange(0, 36500), default=0, show_default=True,
+              help="forbid deleting or overwriting versions younger than this (WORM)")
+@json_option
+@click.pass_context
+def bucket_create(ctx: click.Context, target: str, retention_days: int, as_json: bool) -> None:
+    """Create a bucket, or extend its retention (it can never be shortened)."""
+    tenant_name, name = _tenant_bucket(target)
+    reply = _run(ctx, lambda c: c.bucket_create(tenant_name, name, retention_days))
+    _report(reply, as_json, f"bucket {tenant_name}/{name}: retention "
+                            f"{reply['retention_days']} days")
+
+
+@bucket.command("extend")
+@click.argument("target", metavar="TENANT/BUCKET")
+@click.option("--retention-days", type=click.IntRange(0, 36500), required=True)
+@json_option
+@click.pass_context
+def bucket_extend(ctx: click.Context, target: str, retention_days: int, as_json: bool) -> None:
+    """Extend a bucket's retention (shortening is refused)."""
+    tenant_name, name = _tenant_bucket(target)
+    reply = _run(ctx, lambda c: c.bucket_create(tenant_name, name, retention_days))
+    _report(reply, as_json, f"bucket {tenant_name}/{name}: retention "
+                            f"{reply['retention_days']} days")
+
+
+@bucket.command("ls")
+@click.argument("tenant_name", metavar="[TENANT]", required=False, default="")
+@json_option
+@click.pass_context
+def bucket_ls(ctx: click.Context, tenant_name: str, as_json: bool) -> None:
+    """List buckets (of TENANT, or every tenant's for the operator) with retention and holds."""
+    rows = _run(ctx, lambda c: c.bucket_list(tenant_name))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"{'TENANT/BUCKET':40} {'RETENTION':>9}  {'HOLDS':>5}  CREATED")
+    for r in rows:
+        click.echo(f"{r['tenant'] + '/' + r['bucket']:40} {r['retention_days']:>8}d  "
+                   f"{len(r['holds']):>5}  {_when(r['created_ms'])}")
+
+
+@main.group()
+def hold() -> None:
+    """Set or clear a legal hold on a key (admin)."""
+
+
+def _hold(ctx: click.Context, target: str, held: bool, as_json: bool) -> None:
+    tenant_name, _, rest = target.partition("/")
+    bucket_name, _, key = rest.partition("/")
+    if not tenant_name or not bucket_name or not key:
+        raise InvalidRequest(f"{target!r}: expected TENANT/BUCKET/KEY")
+    reply = _run(ctx, lambda c: c.hold_set(tenant_name, bucket_name, key, held))
+    _report(reply, as_json, f"{target}: legal hold {'set' if held else 'cleared'}")
+
+
+@hold.command("set")
+@click.argument("target", metavar="TENANT/BUCKET/KEY")
+@json_option
+@click.pass_context
+def hold_set(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Block deletion and overwrite of the key until the hold is cleared."""
+    _hold(ctx, target, True, as_json)
+
+
+@hold.command("clear")
+@click.argument("target", metavar="TENANT/BUCKET/KEY")
+@json_option
+@click.pass_context
+def hold_clear(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Lift the legal hold on the key."""
+    _hold(ctx, target, False, as_json)

@@ -1,0 +1,332 @@
+"""Tenancy on one node: the replicated catalog, tenant keys, and the write checks it implies.
+
+**Keys.** Tenants' keys live wrapped in the catalog (:mod:`hdsd.catalog`), which every node of
+both sites holds and which converges by merge. The keyring file written by ``hdsd init`` and
+``hdsd cert issue`` only *seeds* it: a tenant the catalog does not know is imported from the
+keyring (stamped with the import's HLC, so a tenant created earlier through ``hdsd tenant
+create`` keeps its keys). A shredded tenant is also erased from the keyring file.
+
+**Propagation.** An admin change is applied locally, then pushed to every other node
+(``CatalogPush``); a node that missed it catches up by the periodic sync (``CatalogSync``: compare
+digests; on mismatch take the peer's whole catalog, merge, and push back what the peer lacks),
+and by one sync round with every reachable node at start, before it serves clients.
+
+**Write checks** (on the coordinating node, before anything is written): legal hold, retention
+lock, quota. Replicas do not check again: they accept writes only from node certificates of the
+cluster, i.e. from a coordinator that has checked. What a coordinator cannot know is a change
+made elsewhere and not yet delivered to it — pushed at once, so the window is a push's latency
+(or one sync period for a node that was unreachable) — and old versions are never purged
+either way: a tombstone written in that window hides data, it does not destroy it.
+
+**Quota.** Usage is the logical size of the tenant's current versions as this node's site sees
+it: this node's store (recomputed at most every second) plus what the same-site nodes reported
+at the last sync. Possible overshoot: puts accepted by the *other* nodes of the site since their
+last report (at most one sync period's worth) and puts of unknown size running concurrently
+here (declared sizes are reserved while in flight).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import (
+    HdsdError,
+    InvalidRequest,
+    LegalHold,
+    PermissionDenied,
+    QuotaExceeded,
+    RetentionLocked,
+    TenantShredded,
+)
+from ..catalog import (
+    CATALOG_FILE,
+    BucketEntry,
+    Catalog,
+    Entry,
+    HoldEntry,
+    TenantEntry,
+    entry_from_wire,
+)
+from ..catalog._keys import unwrap_keys, wrap_keys
+from ..cluster import HybridClock
+from ..pipeline import TenantKeys
+from ..wire import CatalogPush, CatalogSync
+from ._keyring import Keyring
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["Tenancy"]
+
+log = logging.getLogger("hdsd.tenancy")
+
+_DAY_MS = 86_400_000
+_USAGE_TTL_S = 1.0
+
+
+class Tenancy:
+    def __init__(self, data_dir: Path, master: bytes, keyring: Keyring, clock: HybridClock, *,
+                 operator_tenant: str, evict: Callable[[str], object],
+                 wall_ms: Callable[[], int] | None = None) -> None:
+        self.catalog = Catalog(data_dir / CATALOG_FILE)
+        self._master = master
+        self._keyring = keyring
+        self._clock = clock
+        self.operator_tenant = operator_tenant
+        self._evict = evict
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._keys: dict[str, TenantKeys] = {}
+        self._usage: dict[str, int] = {}
+        self._usage_at = -1e18
+        self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
+        self._reserved: dict[str, int] = {}
+        self._import_seeds()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- keys --------------------------------------------------------------------------------
+    def _import_seeds(self) -> None:
+        seeds = [TenantEntry(name=t, wrapped=blob, created=self._clock.now())
+                 for t in self._keyring.tenants()
+                 if self.catalog.tenant(t) is None and (blob := self._keyring.wrapped(t))]
+        self.after_apply(self.catalog.apply(seeds))
+
+    def keys(self, tenant: str) -> TenantKeys:
+        """The tenant's keys; :class:`TenantShredded` or :class:`PermissionDenied` if none."""
+        keys = self._keys.get(tenant)
+        if keys is not None:
+            return keys
+        entry = self.catalog.tenant(tenant)
+        if entry is None and self._keyring.get(tenant) is not None:
+            self._import_seeds()  # `hdsd cert issue` wrote a new tenant into the keyring file
+            entry = self.catalog.tenant(tenant)
+        if entry is None:
+            raise PermissionDenied(f"tenant {tenant!r} has no keys in this cluster; "
+                                   "create it with `hdsd tenant create`")
+        if entry.is_shredded:
+            raise TenantShredded(f"tenant {tenant!r} was shredded; its data is gone")
+        keys = self._keys[tenant] = unwrap_keys(self._master, tenant, entry.wrapped)
+        return keys
+
+    def check_live(self, tenant: str) -> None:
+        entry = self.catalog.tenant(tenant)
+        if entry is not None and entry.is_shredded:
+            raise TenantShredded(f"tenant {tenant!r} was shredded; its data is gone")
+
+    def validate(self, entries: list[Entry]) -> None:
+        """Refuse entries whose wrapped keys this node's master key cannot open."""
+        for e in entries:
+            if isinstance(e, TenantEntry) and not e.is_shredded:
+                unwrap_keys(self._master, e.name, e.wrapped)
+
+    def after_apply(self, changed: list[Entry]) -> None:
+        """Forget what a change made stale: shredded tenants' keys, codecs and seeds."""
+        for e in changed:
+            if isinstance(e, TenantEntry) and e.is_shredded:
+                self._keys.pop(e.name, None)
+                self._evict(e.name)
+                self._keyring.remove(e.name)
+                log.info("event=tenant_shredded tenant=%s", e.name)
+
+    # -- authorization -----------------------------------------------------------------------
+    def is_operator(self, tenant: str | None, role: str | None) -> bool:
+        return role == "admin" and tenant == self.operator_tenant
+
+    def check_admin_of(self, ident_tenant: str | None, role: str | None, tenant: str) -> None:
+        """Buckets and holds: the operator, or an admin of that very tenant."""
+        if self.is_operator(ident_tenant, role):
+            return
+        if role != "admin":
+            raise PermissionDenied(f"role {role!r} may not administer buckets or holds")
+        if ident_tenant != tenant:
+            raise PermissionDenied(f"an admin of tenant {ident_tenant!r} may not administer "
+                                   f"tenant {tenant!r}")
+
+    # -- admin changes (entries to apply and push) ---------------------------------------------
+    def create_tenant(self, name: str, quota: int) -> list[Entry]:
+        now = self._clock.now()
+        old = self.catalog.tenant(name)
+        if old is not None and old.is_shredded:
+            raise TenantShredded(f"tenant {name!r} was shredded; a shredded name is never reused")
+        if old is not None:
+            return [TenantEntry(name=name, wrapped=old.wrapped, created=old.created,
+                                quota_bytes=quota, quota_hlc=now,
+                                key_generation=old.key_generation)]
+        keys = TenantKeys.generate(name)
+        return [TenantEntry(name=name, wrapped=wrap_keys(self._master, keys), created=now,
+                            quota_bytes=quota, quota_hlc=now)]
+
+    def shred_tenant(self, name: str) -> list[Entry]:
+        if name == self.operator_tenant:
+            raise InvalidRequest(f"{name!r} is the operator tenant; it cannot be shredded")
+        if self.catalog.tenant(name) is None:
+            raise InvalidRequest(f"no tenant {name!r}")
+        return [TenantEntry(name=name, wrapped=b"", created=self._clock.now(),
+                            shredded=self._clock.now())]
+
+    def create_bucket(self, tenant: str, bucket: str, retention_days: int) -> list[Entry]:
+        self.keys(tenant)  # the tenant exists and is live
+        old = self.catalog.bucket(tenant, bucket)
+        if old is not None and retention_days < old.retention_days:
+            raise RetentionLocked(f"bucket {tenant}/{bucket} keeps versions {old.retention_days}"
+                                  f" days; retention can be extended, never shortened")
+        return [BucketEntry(tenant=tenant, name=bucket, retention_days=retention_days,
+                            created=self._clock.now())]
+
+    def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> list[Entry]:
+        self.keys(tenant)
+        return [HoldEntry(tenant=tenant, bucket=bucket, key=key, held=held, by=by,
+                          hlc=self._clock.now())]
+
+    # -- write checks --------------------------------------------------------------------------
+    async def check_write(self, node: Node, tenant: str, bucket: str, key: str, *,
+                          size: int | None, delete: bool) -> int:
+        """Refuse a put (``size``: declared, or None) or a delete that a legal hold, the
+        bucket's retention or the tenant's quota forbids; return the bytes to reserve."""
+        self.check_live(tenant)
+        hold = self.catalog.hold(tenant, bucket, key)
+        what = "deleted" if delete else "overwritten"
+        if hold is not None and hold.held:
+            raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); it cannot be "
+                            f"{what} until an admin clears the hold")
+        bucket_entry = self.catalog.bucket(tenant, bucket)
+        retention = bucket_entry.retention_days if bucket_entry else 0
+        entry = self.catalog.tenant(tenant)
+        quota = entry.quota_bytes if entry is not None else 0
+        need = 0 if delete or not quota else (size or 0)
+        if need:
+            await self.refresh_usage(node)
+        current_size = 0
+        if retention or (need and self.usage(tenant) + need > quota):
+            known = await node.versions_of(tenant, bucket, key)
+            current = known[-1] if known and not known[-1].tombstone else None
+            if current is not None:
+                current_size = current.size  # an overwrite frees what it replaces
+                age_ms = self._wall_ms() - HybridClock.wall_ms(current.hlc)
+                if retention and age_ms < retention * _DAY_MS:
+                    left = (retention * _DAY_MS - age_ms) / _DAY_MS
+                    raise RetentionLocked(
+                        f"{bucket}/{key} is retention-locked ({retention} days, {left:.1f} "
+                        f"left); it cannot be {what}, whatever the role")
+        if need:
+            self.check_quota(tenant, need - current_size)
+        return need
+
+    @asynccontextmanager
+    async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,
+                        size: int | None) -> AsyncIterator[None]:
+        """:meth:`check_write` for a put; its declared size stays reserved against the quota
+        until the block ends, so concurrent puts here cannot overshoot together."""
+        need = await self.check_write(node, tenant, bucket, key, size=size, delete=False)
+        self._reserved[tenant] = self._reserved.get(tenant, 0) + need
+        try:
+            yield
+        finally:
+            self._reserved[tenant] -= need
+
+    def check_quota(self, tenant: str, growth: int) -> None:
+        entry = self.catalog.tenant(tenant)
+        if entry is None or not entry.quota_bytes or growth <= 0:
+            return
+        used = self.usage(tenant)
+        if used + growth > entry.quota_bytes:
+            raise QuotaExceeded(f"tenant {tenant!r} uses {used} of its {entry.quota_bytes} "
+                                f"bytes; {growth} more do not fit and nothing was stored")
+
+    def usage(self, tenant: str) -> int:
+        """This site's view of the tenant's logical bytes, plus puts reserved here."""
+        return (self._usage.get(tenant, 0) + self._reserved.get(tenant, 0)
+                + sum(u.get(tenant, 0) for u in self._peer_usage.values()))
+
+    def local_usage(self) -> dict[str, int]:
+        return dict(self._usage)
+
+    async def refresh_usage(self, node: Node, *, force: bool = False) -> None:
+        now = trio.current_time()
+        if force or now - self._usage_at >= _USAGE_TTL_S:
+            self._usage_at = now
+            self._usage = await trio.to_thread.run_sync(node.store.tenant_usage)
+
+    # -- propagation ---------------------------------------------------------------------------
+    async def apply(self, entries: list[Entry]) -> list[Entry]:
+        self.validate(entries)
+        changed = await trio.to_thread.run_sync(self.catalog.apply, entries)
+        self.after_apply(changed)
+        return changed
+
+    async def apply_and_push(self, node: Node, entries: list[Entry]) -> dict[str, Any]:
+        """Apply locally, then push to every other node; say which confirmed."""
+        await self.apply(entries)
+        wire = [e.to_wire() for e in entries]
+        confirmed: list[str] = []
+        pending: dict[str, str] = {}
+
+        async def push(name: str) -> None:
+            try:
+                await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
+                                                                    wire),
+                                      timeout=node.config.write_timeout_s)
+                confirmed.append(name)
+            except HdsdError as exc:
+                pending[name] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in node.layout.nodes:
+                if n.name != node.config.name:
+                    nursery.start_soon(push, n.name)
+        if pending:
+            log.warning("event=catalog_push_pending nodes=%s", ",".join(sorted(pending)))
+        return {"applied_on": sorted([node.config.name, *confirmed]),
+                "pending": sorted(pending)}
+
+    async def sync_with(self, node: Node, name: str) -> None:
+        """One catalog sync with *name*: pull on digest mismatch, push back what it lacks."""
+        body = await node.peers.call(
+            name, lambda rid: CatalogSync(rid, node.layout.layout_id, self.catalog.digest()),
+            timeout=node.config.write_timeout_s)
+        if node.layout.node(name).site == node.config.site:
+            usage = body.get("usage")
+            if isinstance(usage, dict):
+                self._peer_usage[name] = {str(k): int(v) for k, v in usage.items()
+                                          if isinstance(v, int)}
+        theirs = body.get("entries") or []
+        if theirs:
+            await self.apply([entry_from_wire(e) for e in theirs])
+        if body.get("digest") != self.catalog.digest():
+            wire = [e.to_wire() for e in self.catalog.entries()]
+            await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
+                                                                wire),
+                                  timeout=node.config.write_timeout_s)
+
+    async def sync_all(self, node: Node) -> None:
+        async def one(name: str) -> None:
+            try:
+                await self.sync_with(node, name)
+            except HdsdError as exc:
+                log.info("event=catalog_sync_failed peer=%s error=%s", name, exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in node.layout.nodes:
+                if n.name != node.config.name:
+                    nursery.start_soon(one, n.name)
+
+    async def run(self, node: Node, *, interval: float,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sync once with every reachable node (bounded), report started, then every
+        *interval* seconds."""
+        with trio.move_on_after(min(interval, node.config.write_timeout_s)):
+            await self.sync_all(node)
+        await self.refresh_usage(node, force=True)
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            await self.refresh_usage(node)
+            await self.sync_all(node)
