@@ -22,7 +22,7 @@ import blake3
 from .._packing import packb
 from ._model import BucketEntry, Entry, HoldEntry, TenantEntry, merge
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "tenant_in_catalog"]
 
 CATALOG_FILE = "catalog.sqlite"
 _SHIFT = 1 << 63  # HLCs are unsigned 64-bit, SQLite integers signed
@@ -184,3 +184,17 @@ class Catalog:
     def holds(self, tenant: str | None = None) -> list[HoldEntry]:
         return [e for e in self.entries() if isinstance(e, HoldEntry)
                 and (tenant is None or e.tenant == tenant)]
+
+
+def tenant_in_catalog(path: Path, name: str) -> bool:
+    """Whether the catalog file at *path* (of a node, running or not) knows tenant *name*;
+    read-only, for tools that must not create keys the catalog already has."""
+    if not path.exists():
+        return False
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is not None
+    except sqlite3.OperationalError:
+        return False  # no table yet
+    finally:
+        db.close()

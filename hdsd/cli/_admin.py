@@ -13,6 +13,7 @@ import click
 import trio
 
 from .._errors import ConfigError
+from ..catalog import CATALOG_FILE, tenant_in_catalog
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
 from ..node._keyring import (
@@ -200,7 +201,9 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
     keyrings = sorted(root.glob(f"*/data/{KEYRING_FILE}"))
     if not keyrings:
         raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
-    if ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
+    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
+    if not any(tenant_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings) and \
+            ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
         click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
     profile = out_dir / f"{client_name}.toml"

@@ -71,7 +71,7 @@ async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg:
 async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: TenantList,
                        inbox: _Inbox) -> None:
     _require_operator(node, ident)
-    await node.tenancy.refresh_usage(node)
+    await node.tenancy.refresh_usage(node, force=True)
     catalog = node.tenancy.catalog
     tenants = [{"tenant": t.name, "state": "shredded" if t.is_shredded else "live",
                 "quota_bytes": t.quota_bytes, "usage_bytes": node.tenancy.usage(t.name),

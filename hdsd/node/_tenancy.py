@@ -86,7 +86,8 @@ class Tenancy:
         self._usage: dict[str, int] = {}
         self._usage_at = -1e18
         self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
-        self._reserved: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # declared sizes of puts in flight here
+        self._recent: dict[str, int] = {}  # growth by puts done here since the usage snapshot
         self._import_seeds()
 
     def close(self) -> None:
@@ -218,17 +219,20 @@ class Tenancy:
                         f"left); it cannot be {what}, whatever the role")
         if need:
             self.check_quota(tenant, need - current_size)
-        return need
+        return need - current_size if need else 0
 
     @asynccontextmanager
     async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,
                         size: int | None) -> AsyncIterator[None]:
         """:meth:`check_write` for a put; its declared size stays reserved against the quota
         until the block ends, so concurrent puts here cannot overshoot together."""
-        need = await self.check_write(node, tenant, bucket, key, size=size, delete=False)
+        need = max(0, await self.check_write(node, tenant, bucket, key, size=size,
+                                             delete=False))
         self._reserved[tenant] = self._reserved.get(tenant, 0) + need
         try:
             yield
+            # Counted until the next usage refresh has seen it.
+            self._recent[tenant] = self._recent.get(tenant, 0) + need
         finally:
             self._reserved[tenant] -= need
 
@@ -238,12 +242,14 @@ class Tenancy:
             return
         used = self.usage(tenant)
         if used + growth > entry.quota_bytes:
-            raise QuotaExceeded(f"tenant {tenant!r} uses {used} of its {entry.quota_bytes} "
-                                f"bytes; {growth} more do not fit and nothing was stored")
+            raise QuotaExceeded(f"tenant {tenant!r} uses {used} of its quota of "
+                                f"{entry.quota_bytes} bytes; {growth} more do not fit and "
+                                "nothing was stored")
 
     def usage(self, tenant: str) -> int:
         """This site's view of the tenant's logical bytes, plus puts reserved here."""
         return (self._usage.get(tenant, 0) + self._reserved.get(tenant, 0)
+                + self._recent.get(tenant, 0)
                 + sum(u.get(tenant, 0) for u in self._peer_usage.values()))
 
     def local_usage(self) -> dict[str, int]:
@@ -253,7 +259,10 @@ class Tenancy:
         now = trio.current_time()
         if force or now - self._usage_at >= _USAGE_TTL_S:
             self._usage_at = now
+            before = dict(self._recent)
             self._usage = await trio.to_thread.run_sync(node.store.tenant_usage)
+            for tenant, grown in before.items():
+                self._recent[tenant] -= grown
 
     # -- propagation ---------------------------------------------------------------------------
     async def apply(self, entries: list[Entry]) -> list[Entry]:

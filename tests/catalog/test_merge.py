@@ -1,0 +1,137 @@
+"""The catalog converges: any order (and any repetition) of the same updates gives the same
+catalog, in memory and once reloaded from SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hdsd import IntegrityError
+from hdsd.catalog import (
+    BucketEntry,
+    Catalog,
+    Entry,
+    HoldEntry,
+    TenantEntry,
+    entry_from_wire,
+    merge,
+)
+
+names = st.sampled_from(["a", "b"])
+hlcs = st.integers(1, 50)
+blobs = st.sampled_from([b"k" * 72, b"j" * 72])
+
+
+@st.composite
+def tenants(draw: st.DrawFn) -> TenantEntry:
+    shredded = draw(st.booleans())
+    return TenantEntry(name=draw(names), wrapped=b"" if shredded else draw(blobs),
+                       created=draw(hlcs), quota_bytes=draw(st.integers(0, 5)),
+                       quota_hlc=draw(hlcs), shredded=draw(hlcs) if shredded else 0)
+
+
+buckets = st.builds(BucketEntry, tenant=names, name=names, retention_days=st.integers(0, 9),
+                    created=hlcs)
+holds = st.builds(HoldEntry, tenant=names, bucket=names, key=names, held=st.booleans(),
+                  by=names, hlc=hlcs)
+entries = st.one_of(tenants(), buckets, holds)
+
+
+def _fold(updates: list[Entry]) -> dict[tuple[str, ...], Entry]:
+    state: dict[tuple[str, ...], Entry] = {}
+    for e in updates:
+        state[e.ident] = merge(state[e.ident], e) if e.ident in state else e
+    return state
+
+
+@given(st.lists(entries, max_size=12), st.randoms(use_true_random=False))
+def test_any_order_and_repetition_converges(updates: list[Entry], rnd: object) -> None:
+    shuffled = list(updates)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    repeated = shuffled + updates[: len(updates) // 2]
+    assert _fold(updates) == _fold(shuffled) == _fold(repeated)
+
+
+@given(entries, entries, entries)
+def test_merge_is_a_semilattice(a: Entry, b: Entry, c: Entry) -> None:
+    same = [e for e in (b, c) if e.ident == a.ident]
+    assert merge(a, a) == a
+    for x in same:
+        assert merge(a, x) == merge(x, a)
+    if len(same) == 2:
+        assert merge(merge(a, b), c) == merge(a, merge(b, c))
+
+
+@given(st.lists(tenants(), min_size=1, max_size=8))
+def test_shredding_is_terminal_and_keeps_no_keys(updates: list[TenantEntry]) -> None:
+    for merged in _fold(list(updates)).values():
+        assert isinstance(merged, TenantEntry)
+        shredded_inputs = [u for u in updates if u.name == merged.name and u.is_shredded]
+        assert merged.is_shredded == bool(shredded_inputs)
+        if merged.is_shredded:
+            assert merged.wrapped == b""
+
+
+@given(st.lists(buckets, min_size=1, max_size=8))
+def test_retention_only_grows(updates: list[BucketEntry]) -> None:
+    for ident, merged in _fold(list(updates)).items():
+        assert isinstance(merged, BucketEntry)
+        assert merged.retention_days == max(u.retention_days for u in updates
+                                            if u.ident == ident)
+
+
+@given(st.lists(entries, max_size=10), st.randoms(use_true_random=False))
+def test_sqlite_catalog_converges_whatever_the_batches(
+        tmp_path_factory: pytest.TempPathFactory, updates: list[Entry], rnd: object) -> None:
+    root = tmp_path_factory.mktemp("cat")
+    one, two = Catalog(root / "one.sqlite"), Catalog(root / "two.sqlite")
+    try:
+        one.apply(updates)
+        shuffled = list(updates)
+        rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+        for e in shuffled:
+            two.apply([e])
+        assert one.digest() == two.digest()
+        assert one.entries() == sorted(_fold(updates).values(), key=lambda e: e.ident)
+    finally:
+        one.close()
+        two.close()
+    reopened = Catalog(root / "two.sqlite")
+    try:
+        assert reopened.entries() == sorted(_fold(updates).values(), key=lambda e: e.ident)
+    finally:
+        reopened.close()
+
+
+@given(entries)
+def test_wire_round_trip(e: Entry) -> None:
+    assert entry_from_wire(e.to_wire()) == e
+
+
+@pytest.mark.parametrize("doc", [
+    None, [], {"kind": "nope"},
+    {"kind": "bucket", "tenant": "t", "name": "b", "retention_days": -1, "created": 1},
+    {"kind": "hold", "tenant": "t", "bucket": "b", "key": "k", "held": 1, "by": "x", "hlc": 1},
+    # keys present although shredded: refused (shredding must leave no key bytes)
+    {"kind": "tenant", "name": "t", "wrapped": b"x" * 72, "created": 1, "quota_bytes": 0,
+     "quota_hlc": 0, "key_generation": 1, "shredded": 5},
+])
+def test_malformed_entries_are_refused(doc: object) -> None:
+    with pytest.raises(IntegrityError):
+        entry_from_wire(doc)
+
+
+def test_shredded_key_bytes_leave_the_sqlite_files(tmp_path: Path) -> None:
+    secret = bytes(range(256))[:72]
+    cat = Catalog(tmp_path / "c.sqlite")
+    try:
+        cat.apply([TenantEntry(name="t", wrapped=secret, created=1)])
+        assert secret in (tmp_path / "c.sqlite").read_bytes()
+        cat.apply([TenantEntry(name="t", wrapped=b"", created=2, shredded=3)])
+    finally:
+        cat.close()
+    for f in tmp_path.iterdir():
+        assert secret not in f.read_bytes(), f
