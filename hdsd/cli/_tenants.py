@@ -171,3 +171,53 @@ def hold_set(ctx: click.Context, target: str, as_json: bool) -> None:
 def hold_clear(ctx: click.Context, target: str, as_json: bool) -> None:
     """Lift the legal hold on the key."""
     _hold(ctx, target, False, as_json)
+
+
+@main.group()
+def key() -> None:
+    """Master key management (per node, offline)."""
+
+
+@key.command("rotate-master")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the node's TOML configuration (the node must be stopped)")
+@click.option("--new-key-file", type=click.Path(dir_okay=False), default=None,
+              help="the new master key (created, mode 0600, if missing: give the same file to "
+                   "every node); it then replaces the configured master_key_file")
+@click.option("--new-passphrase-env", default=None, metavar="VAR",
+              help="passphrase mode: derive the new key from the passphrase in $VAR "
+                   "(same salt file); then set the node's passphrase variable to it")
+def key_rotate_master(config_path: str, new_key_file: str | None,
+                      new_passphrase_env: str | None) -> None:
+    """Rewrap every tenant's keys of one node under a new master key, without touching data.
+
+    Crash-safe and idempotent: if interrupted, run the same command again. Rotate every node
+    of both sites to the same new key; until then, nodes with different keys refuse each
+    other's catalog entries (and say so in their logs)."""
+    from pathlib import Path
+
+    from ..node import load_node_config
+    from ..node._keyring import _atomic_write, create_master_key, load_master_key
+    from ..node._masterkey import load_master, passphrase_master, rotate_master
+
+    if (new_key_file is None) == (new_passphrase_env is None):
+        raise InvalidRequest("give exactly one of --new-key-file or --new-passphrase-env")
+    config = load_node_config(config_path)
+    old = load_master(config)
+    if new_key_file is not None:
+        if config.master_key_file is None:
+            raise InvalidRequest("this node uses a passphrase; rotate with --new-passphrase-env")
+        path = Path(new_key_file)
+        if not path.exists():
+            create_master_key(path)
+        new = load_master_key(path)
+    else:
+        assert new_passphrase_env is not None
+        if config.master_salt_file is None:
+            raise InvalidRequest("this node uses a key file; rotate with --new-key-file")
+        new = passphrase_master(new_passphrase_env, config.master_salt_file)
+    count = rotate_master(config.data_dir, old, new)
+    if new_key_file is not None and config.master_key_file is not None and new != old:
+        _atomic_write(config.master_key_file, new)  # last: a crash before it is re-run safely
+    click.echo(f"node {config.name}: {count} wrapped tenant keys rewrapped under the new "
+               "master key")

@@ -77,7 +77,7 @@ class NodeConfig:
     ca: Path
     cert: Path
     key: Path
-    master_key_file: Path
+    master_key_file: Path | None  # None: master key derived from a passphrase
     cluster_id: str
     chunk_size: int = 1 << 20
     compression_level: int = 1
@@ -102,6 +102,8 @@ class NodeConfig:
     audit_segment_mib: int = 64
     operator_tenant: str = "default"
     catalog_sync_s: float = 5.0
+    master_passphrase_env: str = ""  # with master_salt_file, instead of master_key_file
+    master_salt_file: Path | None = None
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -116,7 +118,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
              "data_dir": (str, True), "segment_mib": (int, False),
              "on_corrupt_log": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
-    "keys": {"master_key_file": (str, True)},
+    "keys": {"master_key_file": (str, False), "master_passphrase_env": (str, False),
+             "master_salt_file": (str, False)},
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
                 "inline_max": (int, False), "replicas_per_site": (int, False),
                 "write_policy": (str, False), "on_peer_site_loss": (str, False),
@@ -188,7 +191,20 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     ca = file_path("[tls] ca", tls["ca"])
     cert = file_path("[tls] cert", tls["cert"])
     key = file_path("[tls] key", tls["key"])
-    master = file_path("[keys] master_key_file", keys["master_key_file"])
+    master: Path | None = None
+    salt: Path | None = None
+    passphrase_env = keys.get("master_passphrase_env", "")
+    if ("master_key_file" in keys) == bool(passphrase_env):
+        p.add("[keys]", "set either master_key_file or master_passphrase_env (with "
+                        "master_salt_file), not both")
+    elif passphrase_env:
+        if "master_salt_file" not in keys:
+            p.add("[keys] master_salt_file", "required with master_passphrase_env (the same "
+                                             "16 bytes on every node)")
+        else:
+            salt = file_path("[keys] master_salt_file", keys["master_salt_file"])
+    else:
+        master = file_path("[keys] master_key_file", keys["master_key_file"])
 
     data_dir = (base / node["data_dir"]).resolve()
     _check_writable_dir(data_dir, p)
@@ -284,6 +300,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
         operator_tenant=operator, catalog_sync_s=catalog_sync,
+        master_passphrase_env=passphrase_env, master_salt_file=salt,
     )
 
 

@@ -56,7 +56,8 @@ from ..wire import (
 )
 from ._config import NodeConfig
 from ._handlers import handle_request
-from ._keyring import KEYRING_FILE, Keyring, load_master_key
+from ._keyring import KEYRING_FILE, Keyring
+from ._masterkey import load_master
 from ._reads import ReadPaths
 from ._tenancy import Tenancy
 
@@ -73,7 +74,7 @@ class Node(ReadPaths):
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        master = load_master_key(config.master_key_file)
+        master = load_master(config)
         self.keyring = Keyring(config.data_dir / KEYRING_FILE, master)
         self.clock = HybridClock(floor=store.max_hlc())
         self._codecs: dict[str, ChunkCodec] = {}
