@@ -1,0 +1,99 @@
+"""The write checks on their own, with a fake clock: retention expires, holds and quotas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hdsd import LegalHold, PermissionDenied, QuotaExceeded, RetentionLocked, TenantShredded
+from hdsd.cluster import HybridClock
+from hdsd.node._keyring import Keyring, create_master_key, load_master_key
+from hdsd.node._tenancy import Tenancy
+from hdsd.store import Version
+
+DAY_MS = 86_400_000
+T0 = 1_800_000_000_000  # wall ms when the object was written
+
+
+class _FakeNode:
+    def __init__(self, current: Version | None) -> None:
+        self.current = current
+        self.store = SimpleNamespace(tenant_usage=lambda: {"t": 900})
+
+    async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        return [self.current] if self.current else []
+
+
+@pytest.fixture
+def tenancy(tmp_path: Path) -> Any:
+    create_master_key(tmp_path / "m.key")
+    master = load_master_key(tmp_path / "m.key")
+    now = {"ms": T0}
+    clock = HybridClock(wall_ms=lambda: now["ms"])
+    t = Tenancy(tmp_path, master, Keyring(tmp_path / "keyring.hdsd", master), clock,
+                operator_tenant="ops", evict=lambda _: None, wall_ms=lambda: now["ms"])
+    t.catalog.apply(t.create_tenant("t", 1000))
+    yield t, now, clock
+    t.close()
+
+
+def _version(clock: HybridClock, size: int = 100) -> Version:
+    return Version(tenant="t", bucket="b", key="k", hlc=clock.now(), node="n", size=size,
+                   content_hash=b"h")
+
+
+async def test_retention_locks_until_it_expires(tenancy: Any) -> None:
+    t, now, clock = tenancy
+    t.catalog.apply(t.create_bucket("t", "b", 10))
+    node = _FakeNode(_version(clock))
+    for delete in (True, False):
+        with pytest.raises(RetentionLocked):
+            await t.check_write(node, "t", "b", "k", size=1, delete=delete)
+    now["ms"] = T0 + 10 * DAY_MS - 1
+    with pytest.raises(RetentionLocked):
+        await t.check_write(node, "t", "b", "k", size=None, delete=True)
+    now["ms"] = T0 + 10 * DAY_MS
+    await t.check_write(node, "t", "b", "k", size=None, delete=True)
+    with pytest.raises(RetentionLocked, match="never shortened"):
+        t.create_bucket("t", "b", 9)
+    await t.check_write(_FakeNode(None), "t", "b", "new-key", size=1, delete=False)
+
+
+async def test_hold_then_clear(tenancy: Any) -> None:
+    t, _, clock = tenancy
+    node = _FakeNode(_version(clock))
+    t.catalog.apply(t.set_hold("t", "b", "k", True, "admin@t"))
+    with pytest.raises(LegalHold):
+        await t.check_write(node, "t", "b", "k", size=None, delete=True)
+    t.catalog.apply(t.set_hold("t", "b", "k", False, "admin@t"))
+    await t.check_write(node, "t", "b", "k", size=None, delete=True)
+
+
+async def test_quota_counts_overwrites_and_puts_in_flight(tenancy: Any) -> None:
+    t, _, clock = tenancy
+    node = _FakeNode(_version(clock, size=100))  # usage 900 of 1000
+    with pytest.raises(QuotaExceeded):
+        await t.check_write(node, "t", "b", "other", size=250, delete=False)
+    await t.check_write(node, "t", "b", "k", size=200, delete=False)  # replaces 100 bytes
+    async with t.admit_put(node, "t", "b", "k", 150):  # +50 reserved while in flight
+        with pytest.raises(QuotaExceeded):
+            await t.check_write(node, "t", "b", "k", size=160, delete=False)
+
+
+async def test_shredded_and_unknown_tenants_and_admin_scope(tenancy: Any) -> None:
+    t, _, _ = tenancy
+    with pytest.raises(PermissionDenied):
+        t.keys("nobody")
+    t.catalog.apply(t.shred_tenant("t"))
+    with pytest.raises(TenantShredded):
+        t.keys("t")
+    with pytest.raises(TenantShredded):
+        t.create_tenant("t", 0)  # a shredded name is never reused
+    with pytest.raises(PermissionDenied):
+        t.check_admin_of("t", "writer", "t")
+    with pytest.raises(PermissionDenied):
+        t.check_admin_of("u", "admin", "t")
+    t.check_admin_of("ops", "admin", "t")
