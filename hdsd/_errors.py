@@ -232,8 +232,10 @@ class LegalHold(HdsdError):
     exit_code = 4
 
 
-class TenantShredded(HdsdError):
-    """The tenant was crypto-shredded: its keys are destroyed and its data unreadable forever."""
+class TenantShredded(PermissionDenied):
+    """The tenant was crypto-shredded: its keys are destroyed and its data unreadable forever.
+
+    A :class:`PermissionDenied`, so code that skips tenants without keys (scrub) skips it too."""
 
     code = "tenant_shredded"
     exit_code = 4
