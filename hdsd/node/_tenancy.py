@@ -333,9 +333,11 @@ class Tenancy:
         *interval* seconds."""
         with trio.move_on_after(min(interval, node.config.write_timeout_s)):
             await self.sync_all(node)
-        await self.refresh_usage(node, force=True)
         task_status.started()
         while True:
             await trio.sleep(interval)
-            await self.refresh_usage(node)
+            try:
+                await self.refresh_usage(node)
+            except HdsdError as exc:  # a store problem is reported by the requests themselves
+                log.warning("event=usage_refresh_failed error=%s", exc)
             await self.sync_all(node)
