@@ -4,12 +4,13 @@ auditor pins, and the shipper's cursor."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import blake3
 import nacl.signing
 
+from .._atomic import atomic_write as atomic_write
+from .._atomic import fsync_dir as fsync_dir
 from .._errors import ConfigError
 
 __all__ = [
@@ -27,27 +28,6 @@ __all__ = [
 SIGNING_KEY_FILE = "signing.key"
 VERIFY_KEY_FILE = "verify.key"
 CURSOR_FILE = "ship-cursor.json"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace *path* with *data*: write a temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def fingerprint(verify_key: bytes) -> str:

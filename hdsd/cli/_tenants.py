@@ -196,8 +196,9 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
     other's catalog entries (and say so in their logs)."""
     from pathlib import Path
 
+    from .._atomic import atomic_write
     from ..node import load_node_config
-    from ..node._keyring import _atomic_write, create_master_key, load_master_key
+    from ..node._keyring import create_master_key, load_master_key
     from ..node._masterkey import load_master, passphrase_master, rotate_master
 
     if (new_key_file is None) == (new_passphrase_env is None):
@@ -218,6 +219,6 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
         new = passphrase_master(new_passphrase_env, config.master_salt_file)
     count = rotate_master(config.data_dir, old, new)
     if new_key_file is not None and config.master_key_file is not None and new != old:
-        _atomic_write(config.master_key_file, new)  # last: a crash before it is re-run safely
+        atomic_write(config.master_key_file, new, 0o600)  # last: a crash before it is re-run safely
     click.echo(f"node {config.name}: {count} wrapped tenant keys rewrapped under the new "
                "master key")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nacl import bindings, exceptions, utils
 
+from .._atomic import atomic_write
 from .._errors import ConfigError, IntegrityError
 from .._packing import PackError, packb, unpackb
 from ..pipeline import TenantKeys
@@ -117,7 +118,7 @@ class Keyring:
         with self._lock:
             keys = self._unwrap(tenant, blob)
             wrapped = {**self._wrapped, tenant: blob}
-            _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+            atomic_write(self._path, mode=0o600, data=packb({"format": 1, "tenants": wrapped}))
             self._wrapped = wrapped
             self._keys[tenant] = keys
 
@@ -129,7 +130,7 @@ class Keyring:
                 keys = TenantKeys.generate(tenant)
                 wrapped = dict(self._wrapped)
                 wrapped[tenant] = self._wrap(keys)
-                _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+                atomic_write(self._path, mode=0o600, data=packb({"format": 1, "tenants": wrapped}))
                 self._wrapped = wrapped
                 self._keys[tenant] = keys
             return keys
@@ -143,25 +144,9 @@ class Keyring:
             if tenant not in self._wrapped:
                 return
             wrapped = {t: b for t, b in self._wrapped.items() if t != tenant}
-            _atomic_write(self._path, packb({"format": 1, "tenants": wrapped}))
+            atomic_write(self._path, mode=0o600, data=packb({"format": 1, "tenants": wrapped}))
             self._wrapped = wrapped
             self._keys.pop(tenant, None)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def ensure_tenant(keyrings: list[Path], master_key: bytes, tenant: str) -> bool:

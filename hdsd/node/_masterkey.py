@@ -21,12 +21,13 @@ from pathlib import Path
 
 from nacl import utils
 
+from .._atomic import atomic_write
 from .._errors import ConfigError
 from .._packing import packb, unpackb
 from ..catalog import CATALOG_FILE, Catalog
 from ..catalog._keys import SALT_BYTES, derive_master_key, unwrap_keys, wrap_keys
 from ._config import NodeConfig
-from ._keyring import KEYRING_FILE, _atomic_write, load_master_key
+from ._keyring import KEYRING_FILE, load_master_key
 
 __all__ = ["create_salt", "load_master", "passphrase_master", "rotate_master"]
 
@@ -90,6 +91,6 @@ def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
         tenants = {str(k): bytes(v) for k, v in doc["tenants"].items()}
         changed = {t: b for t, blob in tenants.items() if (b := _rewrap(old, new, t, blob))}
         if changed:
-            _atomic_write(keyring, packb({"format": 1, "tenants": {**tenants, **changed}}))
+            atomic_write(keyring, packb({"format": 1, "tenants": {**tenants, **changed}}), 0o600)
             count += len(changed)
     return count

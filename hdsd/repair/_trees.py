@@ -17,11 +17,11 @@ by leaf when a comparison recomputes that leaf (:meth:`leaf_members`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .._atomic import atomic_write
 from .._packing import PackError, packb, unpackb
 from ..cluster import Layout, placement_key
 from ..store import Store, Version
@@ -143,13 +143,8 @@ class PeerTrees:
             body = {"format": _FORMAT, "layout": self.layout.layout_id, "node": self.name,
                     "index": self.store.index_instance(), "watermark": watermark,
                     "trees": {p: [t.count, t.leaves_bytes()] for p, t in self._unique()}}
-        tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(packb(body))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, packb(body))
         self._saved_watermark = watermark
 
     def _unique(self) -> list[tuple[str, MerkleTree]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from .._atomic import atomic_write
 
 __all__ = ["ModeState", "SiteMode"]
 
@@ -51,11 +52,7 @@ class ModeState:
         if mode == self.current.mode:
             return self.current
         self.current = SiteMode(mode, reason, by, time.time(), automatic)
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.current)), encoding="utf-8")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        atomic_write(self._path, json.dumps(asdict(self.current)).encode())
         log.warning("event=site_mode site=%s mode=%s by=%s automatic=%s reason=%r",
                     self.site, mode, by, automatic, reason)
         return self.current
