@@ -7,7 +7,9 @@
 * Rebuild: a node that starts with an empty store while it has peers (a replaced disk, a wiped
   data directory), or whose log recovery set damaged ranges aside (``salvaged``), pulls
   everything it should hold from every peer before it counts as rebuilt; meanwhile its reads
-  are forwarded (``rebuilding`` tells the read paths not to trust the local store alone). After
+  are forwarded (``rebuilding`` tells the read paths not to trust the local store alone) — for
+  an empty store only once a peer turns out to hold something, since a new node of a new
+  cluster is empty too. After
   a salvage a scrub follows, for chunks a surviving version names but the lost range held.
 """
 
@@ -115,7 +117,10 @@ class Maintenance:
         if self.trees.peers and (empty or self.salvaged):
             reason = ("the store was empty" if empty else
                       "log ranges were damaged and set aside: " + ", ".join(self.salvaged))
-            self.rebuild = {"state": "running", "reason": reason, "started": time.time(),
+            # An empty node is most often a new one in a new cluster: its reads stay local
+            # ("checking") until a peer turns out to hold what it lacks ("running").
+            self.rebuild = {"state": "checking" if empty else "running", "reason": reason,
+                            "started": time.time(),
                             "peers_done": [], "versions_received": 0, "leaves_done": 0,
                             "leaves_total": 0}
         task_status.started()
@@ -180,20 +185,32 @@ class Maintenance:
         while pending:
             for peer in list(pending):
                 progress = self.rebuild
-                report = await self.sync.repair_with(peer, self._progress(progress))
+                report = await self.sync.repair_with(peer, self._rebuild_progress(progress))
                 progress["versions_received"] += report.versions_received
                 if report.error is None:
                     pending.remove(peer)
                     progress["peers_done"].append(peer)
             if pending:
                 await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 2.0)
         self.rebuild["state"] = "done"
         self.rebuild["finished"] = time.time()
         if self.salvaged:
             self.scrub.request()
         log.info("event=rebuild_done node=%s versions=%d", self.name,
                  self.rebuild["versions_received"])
+
+    def _rebuild_progress(self, into: dict[str, Any]
+                          ) -> Callable[[RepairReport, int, int], None]:
+        update = self._progress(into)
+
+        def rebuild_update(report: RepairReport, done: int, total: int) -> None:
+            if total and into["state"] == "checking":
+                into["state"] = "running"  # a peer holds what this node lacks: forward reads
+                log.warning("event=rebuild_running node=%s peer=%s leaves=%d", self.name,
+                            report.peer, total)
+            update(report, done, total)
+        return rebuild_update
 
     @staticmethod
     def _progress(into: dict[str, Any]) -> Callable[[RepairReport, int, int], None]:

@@ -175,6 +175,8 @@ class AntiEntropy:
             report.versions_compared = self.trees.count(peer)
             leaves = await self._descend(peer, link)
             report.leaves_differing = len(leaves)
+            if progress is not None:
+                progress(report, 0, len(leaves))
             done = 0
             for batch in self._leaf_batches(peer, leaves):
                 await self._reconcile(peer, batch, link)

@@ -97,6 +97,7 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     assert all(_is_figure(c["p50_ms"]) for c in rtts)
 
     catch = doc["catch_up"]
+    assert "error" not in catch, catch
     assert catch["written_mib"] == 4 and catch["backlog_before"]["versions"] > 0
     assert _is_figure(catch["seconds_to_rpo0"]) and _is_figure(catch["catchup_mib_per_s"])
     assert doc["peers"] == {}  # none unless asked
