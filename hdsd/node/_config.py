@@ -104,6 +104,10 @@ class NodeConfig:
     catalog_sync_s: float = 5.0
     master_passphrase_env: str = ""  # with master_salt_file, instead of master_key_file
     master_salt_file: Path | None = None
+    metrics_host: str | None = None  # None: no metrics/health endpoint
+    metrics_port: int = 0  # 0: a free port, chosen at start (Node.metrics_port)
+    log_format: str = "text"
+    log_level: str = "info"
 
     def layout(self) -> Layout:
         nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
@@ -132,7 +136,11 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                "shutdown_grace_s": ((int, float), False)},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
               "retention_days": (int, False), "segment_mib": (int, False)},
+    "metrics": {"address": (str, False)},
+    "log": {"format": (str, False), "level": (str, False)},
 }
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _REQUIRED_SECTIONS = ("node", "tls", "keys", "cluster")
 
 
@@ -273,6 +281,14 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     catalog_sync = float(cluster.get("catalog_sync_s", 5.0))
     if not 0 < catalog_sync <= 3600:
         p.add("[cluster] catalog_sync_s", "must be in (0, 3600]")
+    metrics_host, metrics_port = _metrics_address(sections.get("metrics", {}), p)
+    log_section = sections.get("log", {})
+    log_format = log_section.get("format", "text")
+    if log_format not in LOG_FORMATS:
+        p.add("[log] format", f"{log_format!r} must be one of {', '.join(LOG_FORMATS)}")
+    log_level = log_section.get("level", "info")
+    if log_level not in LOG_LEVELS:
+        p.add("[log] level", f"{log_level!r} must be one of {', '.join(LOG_LEVELS)}")
     if len(sites) != 2:
         p.add("[[sites]]", f"a cluster has exactly two sites, {len(sites)} declared")
     elif not any(n[0] == node["name"] and s.name == node["site"] for s in sites for n in s.nodes):
@@ -301,6 +317,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
         operator_tenant=operator, catalog_sync_s=catalog_sync,
         master_passphrase_env=passphrase_env, master_salt_file=salt,
+        metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,
+        log_level=log_level,
     )
 
 
@@ -376,3 +394,13 @@ def _parse_sites(raw: Any, p: _Problems) -> tuple[SiteConfig, ...]:
                 p.add(where, str(exc))
         sites.append(SiteConfig(name=name, nodes=tuple(parsed)))
     return tuple(sites)
+
+
+def _metrics_address(section: dict[str, Any], p: _Problems) -> tuple[str | None, int]:
+    if "address" not in section:
+        return None, 0
+    try:
+        return parse_address(section["address"])
+    except ValueError as exc:
+        p.add("[metrics] address", str(exc))
+        return None, 0

@@ -17,6 +17,7 @@ record, one fsync).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ from ..wire import (
 )
 from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
+from ._health import cluster_status
+from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
 
@@ -79,6 +82,7 @@ async def handle_request(
     # The audit hook: every client request (admin ones included) gets one record, written here
     # and nowhere else; node-to-node requests are replication traffic and are not audited.
     observed = None if ident.kind == "node" else ObservedSession(session)
+    started = time.perf_counter()
     outcome = "cancelled"
     try:
         table = PEER_HANDLERS if ident.kind == "node" else _HANDLERS
@@ -102,6 +106,7 @@ async def handle_request(
         log.exception("event=request_failed rid=%d op=%s", rid, type(msg).__name__)
         await _reply_error(session, rid, "internal", "internal error on the node; see its log")
     finally:
+        node.metrics.request_done(msg, outcome, time.perf_counter() - started)
         session.close_inbox(rid)
         inbox.close()  # not aclose(): its checkpoint would cost every request a scheduler pass
         if observed is not None:
@@ -149,6 +154,7 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
             return
         async with node.tenancy.admit_put(node, tenant, msg.bucket, msg.key, msg.size):
             version = await _receive_and_store(node, session, tenant, msg, inbox)
+            BODY_SIZE.set(version.size)
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
@@ -285,6 +291,7 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     tenant = ident.tenant or ""
     version = await _resolve(node, tenant, msg.bucket, msg.key, msg.version)
     lo, hi = _byte_range(version.size, msg.start, msg.end)
+    BODY_SIZE.set(hi - lo)
     codec = node.codec(tenant)
     info = {**version.public_info(), "start": lo, "end": hi}
     await session.send(GetStart(rid=msg.rid, info=info))
@@ -423,7 +430,9 @@ async def _versions(node: Node, session: WireSession, ident: Identity, msg: Vers
 async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "status")
-    await session.send(Reply(rid=msg.rid, body=node.status()))
+    # This node and every other one, asked concurrently (a dead node shows as down).
+    body = {**node.status(), "nodes": await cluster_status(node)}
+    await session.send(Reply(rid=msg.rid, body=body))
 
 
 async def _list_buckets(node: Node, session: WireSession, ident: Identity,

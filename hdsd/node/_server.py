@@ -56,8 +56,10 @@ from ..wire import (
 )
 from ._config import NodeConfig
 from ._handlers import handle_request
+from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
 from ._masterkey import load_master
+from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
 from ._tenancy import Tenancy
 
@@ -107,6 +109,8 @@ class Node(ReadPaths):
         self._stopping = False
         self._stop_accepting = trio.CancelScope()
         self._connections = 0
+        self.metrics = NodeMetrics(self)
+        self.metrics_port: int | None = None  # bound port of [metrics] address, once serving
         # Last: the audit log starts a thread, closed by serve_node (see close_audit).
         self.audit = AuditLog(config.data_dir / "audit", config.name, AuditSettings(
             checkpoint_records=config.audit_checkpoint_records,
@@ -186,6 +190,7 @@ class Node(ReadPaths):
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
             "audit": self.audit_shipper.describe(),
+            **health_status(self),
         }
 
     def _maintenance_status(self) -> dict[str, Any]:
@@ -220,6 +225,8 @@ class Node(ReadPaths):
             # Catch up with the other nodes' catalog (a shred missed while down) before serving.
             await services.start(partial(self.tenancy.run, self,
                                          interval=self.config.catalog_sync_s))
+            if self.config.metrics_host is not None:
+                await services.start(serve_metrics, self)
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()

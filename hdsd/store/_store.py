@@ -387,6 +387,11 @@ class Store:
         self._check_readable()
         return self._index.quarantined()
 
+    def recent_fsyncs(self) -> tuple[tuple[float, int], ...]:
+        """The last few hundred group commits, oldest first: (fdatasync seconds, records in
+        the batch). Cheap (no I/O); for latency percentiles in status and metrics."""
+        return tuple(self._writer.recent_fsyncs)
+
     def statistics(self) -> StoreStatistics:
         self._check_open()
         try:

@@ -143,6 +143,9 @@ class LogWriter:
         self.fsyncs = 0
         self.bytes_written = 0
         self.last_fsync_seconds = 0.0
+        # The last fsyncs (seconds, records in the batch), for recent latency percentiles in
+        # `hdsd status` and the metrics; appended by the writer thread, copied whole by readers.
+        self.recent_fsyncs: collections.deque[tuple[float, int]] = collections.deque(maxlen=512)
         if head_segment == 0:
             self._rotate()
         else:
@@ -274,6 +277,7 @@ class LogWriter:
             self._complete(batch, StoreFailedError, self.failed or "")
             return
         self.fsyncs += 1
+        self.recent_fsyncs.append((self.last_fsync_seconds, len(batch)))
         segment, end = self._segment, self._head + len(data)
         self._head = end
         self._position = (segment, end)

@@ -1,0 +1,146 @@
+"""What an operator asks of a node: is it ready to take writes, how full is its disk, how fast
+are its fsyncs, and how is the rest of the cluster (``hdsd status`` fans out from the node asked).
+
+Readiness follows the write policy the node would apply now (``effective_policy``): a node is
+ready when its store takes writes and the policy can be met — the other site answers, or the
+site is degraded (policy ``local``), or ``on_peer_site_loss = "degrade"`` would let the write
+through alone. A peer without a live link is probed once (a ``PeerStatusRequest``, short
+timeout); a probe that succeeds leaves the link open, so the next check costs no I/O.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import HdsdError
+from ..wire import PeerStatusRequest
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["cluster_status", "disk_usage", "fsync_summary", "health_status", "readiness"]
+
+PROBE_TIMEOUT = 1.0
+FANOUT_TIMEOUT = 2.0
+
+
+def disk_usage(node: Node) -> dict[str, int]:
+    """The data directory's file system: total, used and free bytes (one statvfs, no walk)."""
+    try:
+        usage = shutil.disk_usage(node.config.data_dir)
+    except OSError:
+        return {}
+    return {"total": usage.total, "used": usage.used, "free": usage.free}
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def fsync_summary(node: Node) -> dict[str, float]:
+    """Percentiles of the last few hundred group commits' fdatasync, and records per batch."""
+    recent = node.store.recent_fsyncs()
+    if not recent:
+        return {"samples": 0}
+    seconds = sorted(s for s, _ in recent)
+    return {"samples": len(recent),
+            "p50_ms": round(_percentile(seconds, 0.50) * 1000, 3),
+            "p99_ms": round(_percentile(seconds, 0.99) * 1000, 3),
+            "max_ms": round(seconds[-1] * 1000, 3),
+            "records_per_batch": round(sum(n for _, n in recent) / len(recent), 2)}
+
+
+def health_status(node: Node) -> dict[str, Any]:
+    """Keys added to :meth:`Node.status` (no I/O beyond one statvfs)."""
+    return {"disk": disk_usage(node), "fsync": fsync_summary(node),
+            "disk_full": node.metrics.disk_full,
+            "metrics_address": (f"{node.config.metrics_host}:{node.metrics_port}"
+                                if node.metrics_port else None)}
+
+
+def _peer_status_request(node: Node) -> Any:
+    layout = node.layout.layout_id
+    return lambda rid: PeerStatusRequest(rid=rid, layout=layout)
+
+
+async def _reachable(node: Node, names: list[str]) -> set[str]:
+    """Which of *names* answer now: a live link counts; the others are probed concurrently."""
+    up = {n for n in names if node.peers.reachable(n)}
+
+    async def probe(name: str) -> None:
+        with trio.move_on_after(PROBE_TIMEOUT):
+            try:
+                await node.peers.call(name, _peer_status_request(node), timeout=PROBE_TIMEOUT)
+                up.add(name)
+            except HdsdError:
+                pass
+
+    if len(up) < len(names):
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                if name not in up:
+                    nursery.start_soon(probe, name)
+    return up
+
+
+async def readiness(node: Node) -> tuple[bool, str]:
+    """(ready, one-line reason) for ``/readyz``."""
+    if node.stopping:
+        return False, "node is shutting down"
+    try:
+        failed = node.store.statistics().failed
+    except HdsdError as exc:
+        return False, f"store unavailable: {exc}"
+    if failed:
+        return False, "store stopped after a storage failure (fail-stop); restart the node"
+    if node.metrics.disk_full:
+        return False, "data disk full: the last write was refused (disk_full); free space"
+    policy = node.replicator.effective_policy()
+    if policy == "local":
+        return True, "ready (site degraded: writes accepted alone, kept as hints)"
+    others = [n.name for n in node.layout.nodes if n.name != node.config.name]
+    other_site = {n.name for n in node.layout.nodes if n.site != node.config.site}
+    up = await _reachable(node, others)
+    if policy == "each-site":
+        met = bool(up & other_site)
+    else:  # majority, over every node of the layout (this one included)
+        met = 2 * (len(up) + 1) > len(node.layout.nodes)
+    if met:
+        return True, f"ready (policy {policy})"
+    if node.config.on_peer_site_loss == "degrade":
+        return True, (f"ready (policy {policy} unreachable; the next write degrades the site "
+                      "as on_peer_site_loss = degrade)")
+    down = ", ".join(sorted(set(others) - up)) or "none"
+    return False, (f"write policy {policy} cannot be met: unreachable {down}; "
+                   "writes are refused (hdsd site degrade to accept them alone)")
+
+
+async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[dict[str, Any]]:
+    """This node's status and every other node's (asked concurrently), one entry per node of
+    the layout, in layout order; a node that does not answer within *timeout* is ``up: false``
+    with the reason. Never takes longer than *timeout* (plus this node's own status)."""
+    results: dict[str, dict[str, Any]] = {node.config.name: {"up": True, **node.status()}}
+
+    async def ask(name: str) -> None:
+        with trio.move_on_after(timeout):
+            try:
+                body = await node.peers.call(name, _peer_status_request(node), timeout=timeout)
+                results[name] = {"up": True, **body}
+            except HdsdError as exc:
+                results[name] = {"up": False, "error": str(exc)}
+            return
+        results[name] = {"up": False, "error": f"no answer within {timeout:g} s"}
+
+    async with trio.open_nursery() as nursery:
+        for info in node.layout.nodes:
+            if info.name != node.config.name:
+                nursery.start_soon(ask, info.name)
+    out = []
+    for info in node.layout.nodes:
+        entry = results[info.name]
+        entry.update(node=info.name, site=info.site, address=f"{info.host}:{info.port}")
+        out.append(entry)
+    return out
