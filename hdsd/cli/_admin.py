@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import shutil
 import signal
@@ -23,6 +22,7 @@ from ..node._keyring import (
     ensure_tenant,
     load_master_key,
 )
+from ..node._logging import configure_logging
 from ..pipeline import tune_allocator
 from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
@@ -231,12 +231,13 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="the node's TOML configuration")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)
-def serve(config_path: str, log_level: str) -> None:
+              default=None, help="overrides [log] level (default info)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="overrides [log] format: key=value text lines or one JSON object per line")
+def serve(config_path: str, log_level: str | None, log_format: str | None) -> None:
     """Run a node until SIGTERM/SIGINT (graceful; a second signal forces the stop)."""
     config = load_node_config(config_path)
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
-                        format="%(asctime)s level=%(levelname)s %(message)s")
+    configure_logging(log_format or config.log_format, log_level or config.log_level)
 
     forced = False
 
@@ -250,6 +251,9 @@ def serve(config_path: str, log_level: str) -> None:
             node: Node = await nursery.start(serve_then_stop)
             click.echo(f"hdsd: node {config.name} (site {config.site}) listening on "
                        f"{config.host}:{node.port}", err=True)
+            if node.metrics_port is not None:
+                click.echo(f"hdsd: metrics on http://{config.metrics_host}:{node.metrics_port}"
+                           "/metrics (/healthz, /readyz)", err=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     if node.stopping:
