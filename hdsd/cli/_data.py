@@ -236,36 +236,6 @@ def versions(ctx: click.Context, target: str, as_json: bool) -> None:
                        + ("  (delete marker)" if v.deleted else ""))
 
 
-@main.command()
-@json_option
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the node's health: site mode, write policy, replication backlog (live RPO),
-    peers, store statistics."""
-    st = _run(ctx, lambda c: c.status())
-    if as_json:
-        click.echo(json.dumps(st, sort_keys=True, default=str))
-        return
-    mode = st.get("mode", {})
-    click.echo(f"node {st['node']}  site {st['site']}  cluster {st['cluster']}  "
-               f"hdsd {st['software']}  up {st['uptime_s']:.0f} s")
-    line = f"mode {mode.get('mode', '?')}  write policy {st.get('write_policy', '?')}"
-    if mode.get("mode") == "degraded":
-        line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
-    click.echo(line)
-    rpo = st.get("rpo", {})
-    click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
-               f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
-    for name, peer in sorted(st.get("peers", {}).items()):
-        state = "up" if peer.get("reachable") else "down"
-        click.echo(f"  peer {name:16} site {peer.get('site'):10} {state:5} backlog "
-                   f"{peer.get('backlog_versions', 0)} versions / "
-                   f"{peer.get('backlog_bytes', 0)} bytes")
-    click.echo(f"connections {st['connections']}  requests in flight {st['requests_in_flight']}")
-    for k, v in sorted(st.get("store", {}).items()):
-        click.echo(f"  store.{k:24} {v}")
-
-
 @main.group()
 def site() -> None:
     """Degrade or restore a site (admin)."""

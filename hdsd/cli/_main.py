@@ -49,6 +49,7 @@ def _register() -> None:
         _data,
         _export,
         _repair,
+        _status,
         _tenants,
         _up,
     )

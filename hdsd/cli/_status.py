@@ -1,0 +1,138 @@
+"""``hdsd status``: one table for every node of both sites.
+
+The node the profile reaches answers for the whole cluster: it asks every other node
+concurrently (a bounded timeout; a node that does not answer is shown down, with the reason),
+so one command works from anywhere a client can reach one node. ``--json`` prints the node's
+reply as is (its own status at top level, every node under ``nodes``), for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from ._data import _run, json_option
+from ._main import main
+
+_TIME_KEYS = ("finished", "at", "when", "time", "ended", "started")
+_RESULT_KEYS = ("result", "status", "outcome", "summary")
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h" if seconds < 172800 else f"{seconds / 86400:.0f}d"
+
+
+def last_run(value: Any, now: float) -> str:
+    """A ``last_repair``/``last_scrub`` entry in a few characters (its shape is the repair
+    module's: a dict with a time and a result, or a plain value)."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        parts = []
+        when = next((value[k] for k in _TIME_KEYS if isinstance(value.get(k), (int, float))),
+                    None)
+        if when is not None:
+            parts.append(human_age(max(0.0, now - when)) + " ago")
+        result = next((value[k] for k in _RESULT_KEYS if value.get(k) is not None), None)
+        if result is not None:
+            parts.append(str(result))
+        return " ".join(parts) or "yes"
+    return str(value)[:24]
+
+
+def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
+    """The table cells of one node (strings; '-' where unknown)."""
+    if not entry.get("up"):
+        return {"site": entry.get("site", "?"), "node": entry.get("node", "?"), "state": "down"}
+    disk = entry.get("disk") or {}
+    fsync = entry.get("fsync") or {}
+    rpo = entry.get("rpo") or {}
+    mode = (entry.get("mode") or {}).get("mode", "?")
+    state = "up" if not (entry.get("store") or {}).get("failed") else "failed"
+    if entry.get("disk_full"):
+        state = "disk full"
+    return {
+        "site": entry.get("site", "?"), "node": entry.get("node", "?"), "state": state,
+        "version": str(entry.get("software", "?")),
+        "disk used/free": (f"{human_bytes(disk.get('used'))}/{human_bytes(disk.get('free'))}"
+                           if disk else "-"),
+        "fsync p50/p99 ms": (f"{fsync['p50_ms']:.2f}/{fsync['p99_ms']:.2f}"
+                             if fsync.get("samples") else "-"),
+        "mode": mode, "policy": str(entry.get("write_policy", "?")),
+        "backlog (rpo)": (f"{rpo.get('versions', 0)} v/{human_bytes(rpo.get('bytes', 0))}"
+                          + (f" {human_age(rpo.get('age_s', 0))}" if rpo.get("versions")
+                             else "")),
+        "last repair": last_run(entry.get("last_repair"), now),
+        "last scrub": last_run(entry.get("last_scrub"), now),
+    }
+
+
+COLUMNS = ("site", "node", "state", "version", "disk used/free", "fsync p50/p99 ms", "mode",
+           "policy", "backlog (rpo)", "last repair", "last scrub")
+_STATE_COLOURS = {"up": "green", "down": "red", "failed": "red", "disk full": "red"}
+
+
+def render_table(rows: list[dict[str, str]]) -> list[str]:
+    """Aligned lines; colour codes only around the state (click.echo drops them when piped)."""
+    widths = {c: max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in COLUMNS}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS).rstrip()]
+    for r in rows:
+        cells = []
+        for c in COLUMNS:
+            text = r.get(c, "-").ljust(widths[c])
+            if c == "state":
+                text = click.style(text, fg=_STATE_COLOURS.get(r["state"], "yellow"))
+            elif c == "mode" and r.get(c) == "degraded":
+                text = click.style(text, fg="yellow")
+            cells.append(text)
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+@main.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show every node of both sites: up/down, version, disk, fsync latency, site mode and
+    write policy, replication backlog (live RPO), last repair and scrub."""
+    st = _run(ctx, lambda c: c.status())
+    if as_json:
+        click.echo(json.dumps(st, sort_keys=True, default=str))
+        return
+    now = time.time()
+    nodes = st.get("nodes") or [{"up": True, **st}]
+    up = sum(1 for n in nodes if n.get("up"))
+    click.echo(f"cluster {st['cluster']}  layout {st.get('layout', '?')}  "
+               f"{up}/{len(nodes)} nodes up  (asked {st['node']}, site {st['site']})")
+    mode = st.get("mode", {})
+    line = f"site {st['site']}: mode {mode.get('mode', '?')}  write policy " \
+           f"{st.get('write_policy', '?')}"
+    if mode.get("mode") == "degraded":
+        line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
+    click.echo(line)
+    rpo = st.get("rpo", {})
+    click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
+               f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
+    click.echo("")
+    for text in render_table([node_row(n, now) for n in nodes]):
+        click.echo(text)
+    for n in nodes:
+        if not n.get("up"):
+            click.echo(f"  {n.get('node')}: {n.get('error', 'no answer')}")
