@@ -47,17 +47,41 @@ def _value(text: str) -> Any:
     return text
 
 
+def _quoted_end(message: str, start: int) -> int:
+    """Index just past the quoted literal starting at *start*, or -1 if it is not closed."""
+    quote, i = message[start], start + 1
+    while i < len(message):
+        if message[i] == "\\":
+            i += 2
+            continue
+        if message[i] == quote:
+            return i + 1
+        i += 1
+    return -1
+
+
 def parse_fields(message: str) -> tuple[dict[str, Any], str]:
     """``"event=x a=1 b=two words"`` → ``({"event": "x", "a": 1, "b": "two words"}, "")``;
     the second item is the text before the first pair."""
-    matches = list(_KEY.finditer(message))
-    if not matches:
+    first = _KEY.search(message)
+    if first is None:
         return {}, message
     fields: dict[str, Any] = {}
-    for i, m in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(message)
-        fields.setdefault(m.group(1), _value(message[m.end():end]))
-    return fields, message[:matches[0].start()].strip()
+    m: re.Match[str] | None = first
+    while m is not None:
+        start = m.end()
+        end = -1
+        if start < len(message) and message[start] in "'\"":
+            end = _quoted_end(message, start)
+            # A quoted value must end at a separator, else it is plain text with a quote.
+            if end != -1 and end < len(message) and not message[end].isspace():
+                end = -1
+        nxt = _KEY.search(message, end if end != -1 else start)
+        if end == -1:
+            end = nxt.start() if nxt is not None else len(message)
+        fields.setdefault(m.group(1), _value(message[start:end]))
+        m = nxt
+    return fields, message[:first.start()].strip()
 
 
 class JsonFormatter(logging.Formatter):

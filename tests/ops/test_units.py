@@ -1,0 +1,144 @@
+"""Unit tests of the operator pieces: log field parsing, JSON lines, size classes, request
+counting, the [metrics]/[log] config keys and the status table cells."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hdsd._errors import ConfigError
+from hdsd.cli._status import human_bytes, last_run, node_row
+from hdsd.node import load_node_config
+from hdsd.node._logging import JsonFormatter, configure_logging, parse_fields
+from hdsd.node._metrics import BODY_SIZE, NodeMetrics, size_class
+from hdsd.wire import GetRequest, PutStart
+from tests.helpers.cluster import init_cluster
+
+from ._nodes import add_sections
+
+
+def test_parse_fields_values_with_spaces_quotes_and_numbers() -> None:
+    fields, rest = parse_fields("event=site_mode site=dc1 mode=degraded by=op@t "
+                                "automatic=False reason='dc2 maintenance, back at 6'")
+    assert rest == ""
+    assert fields == {"event": "site_mode", "site": "dc1", "mode": "degraded", "by": "op@t",
+                      "automatic": "False", "reason": "dc2 maintenance, back at 6"}
+    fields, _ = parse_fields("event=x in_flight=3 took=0.25 reason=peer dc2 unreachable (boom)")
+    assert fields == {"event": "x", "in_flight": 3, "took": 0.25,
+                      "reason": "peer dc2 unreachable (boom)"}
+    assert parse_fields("no pairs here") == ({}, "no pairs here")
+    assert parse_fields("prefix text event=y")[1] == "prefix text"
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True),
+                       st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
+                       | st.sampled_from(["a b=c", "x' y='z", "=", " ", "k=v k2='w'"]),
+                       max_size=5))
+def test_repr_values_round_trip(values: dict[str, str]) -> None:
+    message = " ".join(f"{k}={v!r}" for k, v in values.items())
+    assert parse_fields(message)[0] == values
+
+
+def test_json_formatter_one_object_per_line_with_traceback() -> None:
+    stream = io.StringIO()
+    configure_logging("json", "debug", stream=stream)
+    try:
+        log = logging.getLogger("hdsd.test")
+        log.debug("event=one node=%s n=%d", "dc1-n1", 7)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("event=two rid=%d op=%s", 5, "PutStart")
+    finally:
+        configure_logging("text", "warning")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    one, two = (json.loads(line) for line in lines)
+    assert one["level"] == "debug" and one["logger"] == "hdsd.test"
+    assert one["event"] == "one" and one["node"] == "dc1-n1" and one["n"] == 7
+    assert one["ts"].endswith("Z")
+    assert two["event"] == "two" and "ValueError: boom" in two["exc"]
+
+
+def test_a_field_cannot_overwrite_the_record_keys() -> None:
+    record = logging.LogRecord("hdsd.x", logging.INFO, __file__, 1, "event=e level=forged",
+                               None, None)
+    out = json.loads(JsonFormatter().format(record))
+    assert out["level"] == "info"
+
+
+def test_size_classes() -> None:
+    assert [size_class(n) for n in (None, 0, 4096, 4097, 1 << 20, (1 << 20) + 1)] == \
+        ["none", "le4k", "le4k", "le1m", "le1m", "gt1m"]
+
+
+def test_request_counting_and_disk_full_flag() -> None:
+    metrics = NodeMetrics(object())  # type: ignore[arg-type]  (the node is read at scrape)
+    put = PutStart(rid=1, request_id=b"r" * 16, bucket="b", key="k", size=10, metadata={},
+                   policy=None)
+    get = GetRequest(rid=3, bucket="b", key="k", version=None, start=None, end=None)
+    metrics.request_done(put, "disk_full", 0.01)
+    assert metrics.disk_full
+    token = BODY_SIZE.set(2 << 20)
+    try:
+        metrics.request_done(put, "ok", 0.02)
+        metrics.request_done(get, "ok", 0.03)
+    finally:
+        BODY_SIZE.reset(token)
+    assert not metrics.disk_full  # a write went through: space is back
+    value = metrics.registry.get_sample_value
+    assert value("hdsd_requests_total", {"op": "put", "outcome": "disk_full"}) == 1
+    assert value("hdsd_errors_total", {"code": "disk_full"}) == 1
+    assert value("hdsd_request_duration_seconds_count", {"op": "put", "size_class": "gt1m"}) == 1
+    assert value("hdsd_request_duration_seconds_count", {"op": "get", "size_class": "gt1m"}) == 1
+    assert value("hdsd_received_body_bytes_total") == 2 << 20
+    assert value("hdsd_sent_body_bytes_total") == 2 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cfg")
+    init_cluster(root)
+    return root
+
+
+@pytest.mark.parametrize(("sections", "expect"), [
+    ('[metrics]\naddress = "127.0.0.1:9400"', None),
+    ('[metrics]\naddress = "nowhere"', "[metrics] address"),
+    ('[log]\nformat = "xml"', "[log] format"),
+    ('[log]\nlevel = "loud"', "[log] level"),
+])
+def test_metrics_and_log_keys(cluster: Path, tmp_path: Path, sections: str,
+                              expect: str | None) -> None:
+    config = tmp_path / "node.toml"
+    text = (cluster / "dc1-n1" / "node.toml").read_text()
+    config.write_text(text.replace('"../', f'"{cluster}/').replace('= "node-', f'= "{cluster}/'
+                                                                   'dc1-n1/node-'))
+    add_sections(config, sections)
+    if expect is None:
+        loaded = load_node_config(config)
+        assert (loaded.metrics_host, loaded.metrics_port) == ("127.0.0.1", 9400)
+        assert (loaded.log_format, loaded.log_level) == ("text", "info")
+    else:
+        with pytest.raises(ConfigError, match=expect.replace("[", r"\[")):
+            load_node_config(config)
+
+
+def test_status_cells() -> None:
+    assert human_bytes(0) == "0B" and human_bytes(1536) == "1.5K"
+    assert last_run(None, 0) == "-"
+    assert last_run({"finished": 940.0, "result": "ok"}, 1000.0) == "60s ago ok"
+    assert node_row({"up": False, "node": "n", "site": "s"}, 0)["state"] == "down"
+    row = node_row({"up": True, "node": "n", "site": "s", "software": "1", "disk_full": True,
+                    "disk": {"used": 1024, "free": 0}, "fsync": {"samples": 0},
+                    "rpo": {"versions": 2, "bytes": 10, "age_s": 3},
+                    "mode": {"mode": "degraded"}, "write_policy": "local",
+                    "last_scrub": {"at": 0, "status": "clean"}}, 7200.0)
+    assert row["state"] == "disk full" and row["backlog (rpo)"] == "2 v/10B 3s"
+    assert row["last scrub"] == "2h ago clean" and row["fsync p50/p99 ms"] == "-"
