@@ -14,7 +14,7 @@ from hdsd.transport import create_ca, issue_node_cert
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("example", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("example", sorted(CONFIGS.glob("production-*.toml")), ids=lambda p: p.name)
 def test_example_loads(example: Path, tmp_path: Path) -> None:
     # Point the example's files at real ones in a scratch directory, keep everything else.
     create_ca(tmp_path / "ca", "hdsd-chu-lyon")
