@@ -12,6 +12,7 @@ import click
 import trio
 
 from .._errors import ConfigError
+from .._groups import single_error
 from ..catalog import CATALOG_FILE, tenant_in_catalog
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
@@ -267,7 +268,8 @@ def serve(config_path: str, log_level: str | None, log_format: str | None) -> No
 
     # Fewer page faults per fresh 1 MiB chunk buffer: measured 2x on the seal step.
     tune_allocator()
-    trio.run(run)
+    with single_error():  # a typed error from inside the nursery: one line, its exit code
+        trio.run(run)
     if forced:
         sys.exit(1)
     click.echo(f"hdsd: node {config.name} stopped", err=True)

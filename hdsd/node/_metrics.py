@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .._errors import HdsdError
+from .._errors import ConfigError, HdsdError
 from ._health import fsync_summary, readiness
 
 if TYPE_CHECKING:
@@ -261,7 +261,11 @@ async def serve_metrics(node: Node, *,
     cancelled; ``task_status.started(port)`` once listening (also ``node.metrics_port``)."""
     host = node.config.metrics_host
     assert host is not None
-    listeners = await trio.open_tcp_listeners(node.config.metrics_port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(node.config.metrics_port, host=host)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{node.config.metrics_port}: "
+                          f"{exc.strerror or exc}; choose another [metrics] address") from None
     port: int = listeners[0].socket.getsockname()[1]
     node.metrics_port = port
     log.info("event=metrics_listening node=%s address=%s:%d", node.config.name, host, port)

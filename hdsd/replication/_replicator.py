@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .._errors import HdsdError, QuorumNotReached, Unavailable
+from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import Layout, placement_key
 from ..store import ChunkRecord, Version
 from ._hints import Backlog, HintStore
@@ -217,7 +217,13 @@ class Replicator(HintReplay):
                 await self.keep_hints(set(targets) - acked, versions)
             except HdsdError as exc:
                 log.warning("event=hint_failed error=%s", exc)
-        raise QuorumNotReached(self._explain(policy, targets, acked, failed))
+        explained = self._explain(policy, targets, acked, failed)
+        full = sorted(n for n, exc in failed.items() if isinstance(exc, DiskFullError))
+        if full:
+            # Say what the operator must fix (space), not only that the policy failed.
+            raise DiskFullError(f"no space left on the data disk of {', '.join(full)}; "
+                                f"{explained}")
+        raise QuorumNotReached(explained)
 
     def _peer_site_lost(self, replicas: Replicas, acked: set[str],
                         failed: dict[str, HdsdError]) -> bool:
