@@ -56,13 +56,17 @@ def _print_info(info: ObjectInfo, as_json: bool) -> None:
         click.echo(f"  meta {k} = {v}")
 
 
+PROGRESS_MIN_BYTES = 4 << 20  # smaller transfers end before a bar would tell anything
+
+
 class _Progress:
-    """A progress bar on stderr when it is a terminal; silent otherwise (scripts, pipes)."""
+    """A progress bar on stderr when it is a terminal and the transfer is large; silent
+    otherwise (scripts, pipes, logs get no control characters)."""
 
     def __init__(self, total: int | None, label: str) -> None:
         self._bar: Any = None
         self._done = 0
-        if sys.stderr.isatty() and total:
+        if sys.stderr.isatty() and total and total >= PROGRESS_MIN_BYTES:
             self._bar = click.progressbar(length=total, label=label, file=sys.stderr)
             self._bar.__enter__()
 
@@ -168,8 +172,13 @@ def get(ctx: click.Context, target: str, output: str, version: str | None,
 
     async def to_stdout(c: AsyncClient) -> None:
         async with c.open_get(bucket, key, version=version, start=start, end=end) as stream:
-            async for piece in stream:
-                await trio.to_thread.run_sync(out.write, piece)
+            progress = _Progress(stream.end - stream.start, f"get {target}")
+            try:
+                async for piece in stream:
+                    await trio.to_thread.run_sync(out.write, piece)
+                    progress(stream.received)
+            finally:
+                progress.close()
         await trio.to_thread.run_sync(out.flush)
     _run(ctx, to_stdout)
 

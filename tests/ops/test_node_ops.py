@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import pty
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,6 +141,57 @@ def test_json_logs_parse_and_hold_no_secret(pair: Pair) -> None:
         body = [ln for ln in key_file.read_text().splitlines() if ln and "-----" not in ln]
         assert body and not any(ln in log for ln in body)
     assert "PRIVATE KEY" not in log
+
+
+def _cli_with_tty_stderr(*args: str) -> tuple[int, bytes]:
+    """Run the CLI with a pseudo-terminal as stderr (stdout piped); return what it printed."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "hdsd", *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=follower)
+        os.close(follower)
+        follower = -1
+        out = b""
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        return proc.wait(60), out
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+
+
+def test_progress_bar_on_a_terminal_only(pair: Pair, tmp_path: Path) -> None:
+    data = os.urandom(5 << 20)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    profile = ("--profile", str(pair.profile))
+    piped = hdsd_cli(*profile, "put", "ops/big", str(src))
+    assert piped.returncode == 0 and piped.stderr == b""
+    assert piped.stdout.decode().startswith("stored ops/big version ")
+    got = hdsd_cli(*profile, "get", "ops/big")
+    assert got.returncode == 0 and got.stderr == b"" and got.stdout == data
+    dst = tmp_path / "out.bin"
+    got = hdsd_cli(*profile, "get", "ops/big", "-o", str(dst))
+    assert got.returncode == 0 and got.stderr == b"" and got.stdout == b""
+    assert dst.read_bytes() == data
+    # The same commands with a terminal as stderr draw a bar there.
+    code, shown = _cli_with_tty_stderr(*profile, "put", "ops/big2", str(src))
+    assert code == 0 and b"put ops/big2" in shown and b"100%" in shown
+    code, shown = _cli_with_tty_stderr(*profile, "get", "ops/big2", "-o", str(dst))
+    assert code == 0 and b"get ops/big2" in shown and b"100%" in shown
+    # Small transfers stay quiet even on a terminal.
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+    code, shown = _cli_with_tty_stderr(*profile, "put", "ops/small", str(small))
+    assert code == 0 and shown == b""
 
 
 def test_a_dead_node_shows_down_and_the_other_is_not_ready(pair: Pair) -> None:
