@@ -226,7 +226,10 @@ class Index:
                  max_hlc if max_hlc is not None else -_HLC_SHIFT))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite may have rolled back already (e.g. SQLITE_FULL): a second ROLLBACK would
+            # raise and hide the real error.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
 
     # --- reading (any thread) ----------------------------------------------------------------

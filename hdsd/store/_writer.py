@@ -19,6 +19,12 @@ from ._records import EncodedRecord
 from ._version import Version
 from ._wake import Doorbell, Waker, WakerPool
 
+# Free space a batch must leave for the index. Log segments are preallocated, so appends do
+# not grow the disk usage; the SQLite index and its WAL on the same disk do. Without a reserve
+# the index hits ENOSPC first — after the batch was acknowledged — and that stops the store
+# (fail-stop) instead of refusing one write with DiskFullError.
+INDEX_RESERVE_BYTES = 8 << 20
+
 __all__ = ["LogWriter", "PendingCommit"]
 
 # Bound one batch so a burst of large chunks cannot build a gigantic write; a single commit
@@ -249,6 +255,10 @@ class LogWriter:
         if self.failed is not None:
             self._complete(batch, StoreFailedError, self.failed)
             return
+        if self._free_bytes() < INDEX_RESERVE_BYTES + size:
+            self._complete(batch, DiskFullError, "no space left on the data disk (the index "
+                           "keeps a reserve); nothing of this write was acknowledged")
+            return
         records = [r for c in batch for r in c.records]
         try:
             if self._fd is None or (self._head + size > self._segment_bytes
@@ -305,6 +315,13 @@ class LogWriter:
             self._indexed_cond.notify_all()
         for r in requests:
             self._unindexed_requests.pop((r.tenant, r.request_id), None)
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self._dir)  # one syscall per batch: noise next to the fdatasync
+        except OSError:
+            return INDEX_RESERVE_BYTES << 8  # cannot tell: let the write itself find out
+        return st.f_bavail * st.f_frsize
 
     def _lose_index(self) -> None:
         with self._indexed_cond:
