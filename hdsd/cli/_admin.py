@@ -250,11 +250,12 @@ def serve(config_path: str, log_level: str | None, log_format: str | None) -> No
                 nursery.cancel_scope.cancel()  # graceful stop done: stop watching signals
 
             node: Node = await nursery.start(serve_then_stop)
-            click.echo(f"hdsd: node {config.name} (site {config.site}) listening on "
-                       f"{config.host}:{node.port}", err=True)
+            # Metrics first: "listening on" is the last start-up line (scripts wait for it).
             if node.metrics_port is not None:
                 click.echo(f"hdsd: metrics on http://{config.metrics_host}:{node.metrics_port}"
                            "/metrics (/healthz, /readyz)", err=True)
+            click.echo(f"hdsd: node {config.name} (site {config.site}) listening on "
+                       f"{config.host}:{node.port}", err=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     if node.stopping:

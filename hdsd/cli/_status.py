@@ -51,10 +51,33 @@ def last_run(value: Any, now: float) -> str:
         if when is not None:
             parts.append(human_age(max(0.0, now - when)) + " ago")
         result = next((value[k] for k in _RESULT_KEYS if value.get(k) is not None), None)
+        if result is None:
+            result = _outcome(value)
         if result is not None:
             parts.append(str(result))
         return " ".join(parts) or "yes"
     return str(value)[:24]
+
+
+def _outcome(value: dict[str, Any]) -> str | None:
+    """A scrub report (corrupt/missing/repaired counts) or a repair run (a report per peer)
+    in a word or two."""
+    if value.get("error"):
+        return "error"
+    if "corrupt" in value:
+        bad = sum(int(value.get(k) or 0) for k in ("corrupt", "missing",
+                                                    "damaged_version_records"))
+        if not bad:
+            return "clean"
+        return f"{bad} bad, {int(value.get('unrepaired') or 0)} unrepaired"
+    peers = value.get("peers")
+    if isinstance(peers, list):
+        if any(isinstance(p, dict) and p.get("error") for p in peers):
+            return "error"
+        moved = sum(int(p.get("versions_received") or 0) + int(p.get("versions_sent") or 0)
+                    for p in peers if isinstance(p, dict))
+        return f"{moved} fixed" if moved else "in sync"
+    return None
 
 
 def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:

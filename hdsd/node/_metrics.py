@@ -197,12 +197,37 @@ class _StatusCollector(Collector):
             yield family
             yield _gauge("hdsd_store_recent_batch_records", "Records per group commit over the "
                          "last group commits", summary["records_per_batch"])
+        yield from _maintenance(st.get("maintenance") or {})
         disk = st.get("disk") or {}
         if disk:
             yield _gauge("hdsd_disk_free_bytes", "Free bytes on the data directory's disk",
                          disk["free"])
             yield _gauge("hdsd_disk_total_bytes", "Size of the data directory's disk",
                          disk["total"])
+
+
+def _maintenance(m: dict[str, Any]) -> Iterator[Metric]:
+    """Repair and scrub state, when the node runs them (``status()["maintenance"]``)."""
+    for task in ("repair", "scrub"):
+        state = m.get(task)
+        if not isinstance(state, dict):
+            continue
+        yield _gauge(f"hdsd_{task}_running", f"1 while a {task} runs",
+                     1 if state.get("running") else 0)
+        yield _counter(f"hdsd_{task}_runs_completed", f"{task.capitalize()} runs completed",
+                       float(state.get("runs_completed") or 0))
+        progress = state.get("progress") or {}
+        if isinstance(progress.get("progress"), (int, float)):
+            yield _gauge(f"hdsd_{task}_progress_ratio", f"Progress of the running {task}, 0..1",
+                         float(progress["progress"]))
+        last = state.get("last") or {}
+        if isinstance(last.get("finished"), (int, float)):
+            yield _gauge(f"hdsd_{task}_last_finished_timestamp_seconds",
+                         f"When the last {task} ended (Unix time)", float(last["finished"]))
+        if task == "scrub" and last:
+            for field in ("corrupt", "missing", "repaired", "unrepaired"):
+                yield _gauge(f"hdsd_scrub_last_{field}", f"Chunks {field} in the last scrub",
+                             float(last.get(field) or 0))
 
 
 # -- HTTP ------------------------------------------------------------------------------------

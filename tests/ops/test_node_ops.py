@@ -80,6 +80,8 @@ def test_metrics_count_requests_by_op_outcome_and_size(pair: Pair) -> None:
     assert sample(text, "hdsd_store_fsync_recent_seconds", quantile="0.5") is not None
     assert (sample(text, "hdsd_disk_free_bytes") or 0) > 0
     assert sample(text, "hdsd_store_failed") == 0
+    assert sample(text, "hdsd_repair_running") in (0, 1)
+    assert sample(text, "hdsd_scrub_running") in (0, 1)
     # The other node saw the replication of the put as a peer request.
     _, other = http_get(metrics_port(pair.dc2), "/metrics")
     assert (sample(other, "hdsd_requests_total", op="replicate", outcome="ok") or 0) >= 1

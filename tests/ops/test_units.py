@@ -134,6 +134,11 @@ def test_status_cells() -> None:
     assert human_bytes(0) == "0B" and human_bytes(1536) == "1.5K"
     assert last_run(None, 0) == "-"
     assert last_run({"finished": 940.0, "result": "ok"}, 1000.0) == "60s ago ok"
+    assert last_run({"finished": 0.0, "corrupt": 0, "missing": 0}, 30.0) == "30s ago clean"
+    assert last_run({"finished": 0.0, "corrupt": 2, "unrepaired": 1}, 30.0) == \
+        "30s ago 2 bad, 1 unrepaired"
+    assert last_run({"finished": 0.0, "peers": [{"versions_received": 3}]}, 0) == "0s ago 3 fixed"
+    assert last_run({"finished": 0.0, "peers": [{"versions_sent": 0}]}, 0) == "0s ago in sync"
     assert node_row({"up": False, "node": "n", "site": "s"}, 0)["state"] == "down"
     row = node_row({"up": True, "node": "n", "site": "s", "software": "1", "disk_full": True,
                     "disk": {"used": 1024, "free": 0}, "fsync": {"samples": 0},
