@@ -283,6 +283,10 @@ class AsyncClient:
                 await _cancel_quietly(session, rid)
             raise
         event = reply[0]
+        if not ended and session.conn.in_flight(rid):
+            # Refused before the body was complete: the upload stays open on both sides until
+            # we End or Cancel it (docs/wire.md), so release the rid and the node's drain.
+            await _cancel_quietly(session, rid)
         if isinstance(event, Reply):
             return ObjectInfo.from_body(event.body)
         if isinstance(event, ErrorReply):

@@ -73,6 +73,7 @@ class FakeNode:
         self.mode = mode
         self.bodies: list[bytes] = []
         self.client_stream: CountingStream | None = None
+        self.session: WireSession | None = None
 
     async def connect(self, nursery: trio.Nursery) -> CountingStream:
         ours, theirs = trio.testing.memory_stream_pair()
@@ -81,7 +82,7 @@ class FakeNode:
         return self.client_stream
 
     async def serve(self, stream: trio.abc.Stream) -> None:
-        session = WireSession(stream, Connection(Role.SERVER))
+        session = self.session = WireSession(stream, Connection(Role.SERVER))
         await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
                                  peer="n1", window=session.conn.initial_window))
         await session.receive_hello(LIMIT)
@@ -195,3 +196,25 @@ async def test_small_put_without_answer_times_out(
             assert trio.current_time() - start == pytest.approx(30)
     assert node.bodies == [b"data"]  # the body was complete: only the answer was missing
 
+
+
+async def test_a_streamed_put_refused_early_is_cancelled_so_the_node_forgets_it(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode(mode="refuse")
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:  # the refusal arrives while the body is still being sent
+            yield b"x" * 1000
+            await trio.sleep(0.001)
+
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            with pytest.raises(PermissionDenied):
+                await client.put("b", "k", endless())
+            session = client._session
+            assert session is not None and not session.conn.in_flight(1)
+            # The node's connection forgets the rid too (it did at the client's Cancel; it
+            # would wait for End or Cancel forever otherwise, draining what still comes).
+            assert node.session is not None
+            while node.session.conn.in_flight(1):
+                await trio.sleep(0.01)
