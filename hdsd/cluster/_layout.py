@@ -9,6 +9,12 @@ The layout id is a hash of everything that decides placement (sites, node names,
 replicas per site — not addresses, which may differ per node behind NAT or a proxy); it travels
 in every replication message, and nodes with different ids refuse to mix (``LayoutMismatch``)
 instead of writing to the wrong places.
+
+**Roles.** A node is a ``storage`` node (the default) or a ``backup`` node. Keys of a tenant on
+the standard plan live on storage nodes only; keys of a tenant on the backup plan live on backup
+nodes only (:meth:`Layout.replicas` with ``plan="backup"``). The layout id covers roles, so
+nodes that disagree on who is a backup node refuse to mix; an all-storage layout keeps the id it
+had before roles existed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ from dataclasses import dataclass
 
 import xxhash
 
-__all__ = ["Layout", "NodeInfo", "placement_key"]
+__all__ = ["NODE_ROLES", "PLANS", "Layout", "NodeInfo", "placement_key"]
+
+NODE_ROLES = ("storage", "backup")
+PLANS = ("standard", "backup")  # a tenant's plan: which role holds its keys
+_ROLE_OF_PLAN = {"standard": "storage", "backup": "backup"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,7 @@ class NodeInfo:
     host: str
     port: int
     weight: float = 1.0
+    role: str = "storage"  # or "backup"
 
 
 def placement_key(tenant: str, bucket: str, key: str) -> bytes:
@@ -46,10 +57,15 @@ class Layout:
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique")
+        for n in self.nodes:
+            if n.role not in NODE_ROLES:
+                raise ValueError(f"node {n.name}: role {n.role!r} must be one of "
+                                 f"{', '.join(NODE_ROLES)}")
         for site in self.sites:
-            count = sum(1 for n in self.nodes if n.site == site)
+            # Backup nodes are extra: they never hold standard keys, so they do not count.
+            count = sum(1 for n in self.nodes if n.site == site and n.role == "storage")
             if count < self.replicas_per_site:
-                raise ValueError(f"site {site} has {count} node(s), fewer than "
+                raise ValueError(f"site {site} has {count} storage node(s), fewer than "
                                  f"replicas_per_site = {self.replicas_per_site}")
         if any(n.site not in self.sites for n in self.nodes):
             raise ValueError("every node belongs to one of the two sites")
@@ -59,7 +75,10 @@ class Layout:
         h = xxhash.xxh3_64()
         h.update(f"r={self.replicas_per_site};".encode())
         for n in sorted(self.nodes, key=lambda n: n.name):
-            h.update(f"{n.name}@{n.site}*{n.weight};".encode())
+            # The role is hashed only when it is not the default, so the ids of layouts written
+            # before roles existed do not change (their Merkle snapshots stay valid).
+            role = "" if n.role == "storage" else f"#{n.role}"
+            h.update(f"{n.name}@{n.site}*{n.weight}{role};".encode())
         return h.hexdigest()
 
     def node(self, name: str) -> NodeInfo:
@@ -69,18 +88,50 @@ class Layout:
         raise KeyError(name)
 
     def site_nodes(self, site: str) -> list[NodeInfo]:
+        """Every node of *site*, whatever its role."""
         return [n for n in self.nodes if n.site == site]
+
+    def plan_nodes(self, site: str, plan: str = "standard") -> list[NodeInfo]:
+        """The nodes of *site* that may hold keys of a tenant on *plan*."""
+        role = _role_of(plan)
+        return [n for n in self.nodes if n.site == site and n.role == role]
+
+    def has_backup_nodes(self) -> bool:
+        return any(n.role == "backup" for n in self.nodes)
+
+    def sites_without_backup(self) -> list[str]:
+        """The sites with no backup node (a backup-plan tenant needs this to be empty)."""
+        return [s for s in self.sites if not self.plan_nodes(s, "backup")]
+
+    def fixed_replicas(self, plan: str = "standard") -> dict[str, list[NodeInfo]] | None:
+        """The placement of every key of *plan* when it does not depend on the key (each site
+        has at most one node of the plan's role), else None."""
+        per_site = {s: self.plan_nodes(s, plan) for s in self.sites}
+        if all(len(nodes) <= 1 for nodes in per_site.values()):
+            return per_site
+        return None
 
     def other_site(self, site: str) -> str:
         return self.sites[1] if site == self.sites[0] else self.sites[0]
 
-    def replicas(self, pkey: bytes) -> dict[str, list[NodeInfo]]:
-        """The nodes holding *pkey*, per site, best first."""
+    def replicas(self, pkey: bytes, plan: str = "standard") -> dict[str, list[NodeInfo]]:
+        """The nodes holding *pkey*, per site, best first: ``replicas_per_site`` storage nodes
+        of each site on the standard plan; on the backup plan, as many backup nodes of each
+        site as it has, up to ``replicas_per_site`` (a site without one gets an empty list,
+        and no write policy is met with it)."""
         out: dict[str, list[NodeInfo]] = {}
         for site in self.sites:
-            ranked = sorted(self.site_nodes(site), key=lambda n: _score(n, pkey), reverse=True)
+            ranked = sorted(self.plan_nodes(site, plan), key=lambda n: _score(n, pkey),
+                            reverse=True)
             out[site] = ranked[: self.replicas_per_site]
         return out
+
+
+def _role_of(plan: str) -> str:
+    try:
+        return _ROLE_OF_PLAN[plan]
+    except KeyError:
+        raise ValueError(f"unknown plan {plan!r} (known: {', '.join(PLANS)})") from None
 
 
 def _score(node: NodeInfo, pkey: bytes) -> float:
