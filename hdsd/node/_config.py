@@ -39,7 +39,11 @@ Example (``hdsd init`` writes one per node)::
 
     [[sites]]
     name = "lyon-est"
-    nodes = [{ name = "lyon-est-1", address = "127.0.0.1:7401" }]
+    nodes = [{ name = "lyon-est-1", address = "127.0.0.1:7401" },
+             { name = "lyon-est-b1", address = "127.0.0.1:7411", role = "backup" }]
+
+A node's role (``storage``, the default, or ``backup``) is its ``[[sites]]`` entry's; a backup
+node's own ``[node]`` may repeat it (``role = "backup"``), and must then agree.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from ..cluster import Layout, NodeInfo, parse_address
+from ..cluster import NODE_ROLES, Layout, NodeInfo, parse_address
 
 __all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config"]
 
@@ -64,6 +68,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 class SiteConfig:
     name: str
     nodes: tuple[tuple[str, str, int, float], ...]  # (node name, host, port, weight)
+    roles: tuple[str, ...] = ()  # each node's role, in the order of nodes ("storage" if empty)
+
+    def role_of(self, index: int) -> str:
+        return self.roles[index] if index < len(self.roles) else "storage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +118,25 @@ class NodeConfig:
     log_level: str = "info"
 
     def layout(self) -> Layout:
-        nodes = tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w)
-                      for s in self.sites for (n, h, p, w) in s.nodes)
-        return Layout(sites=tuple(s.name for s in self.sites), nodes=nodes,
+        return Layout(sites=tuple(s.name for s in self.sites), nodes=_node_infos(self.sites),
                       replicas_per_site=self.replicas_per_site)
+
+    @property
+    def role(self) -> str:
+        """This node's role (``storage`` or ``backup``): its entry in ``[[sites]]`` says."""
+        return self.layout().node(self.name).role
+
+
+def _node_infos(sites: tuple[SiteConfig, ...]) -> tuple[NodeInfo, ...]:
+    return tuple(NodeInfo(name=n, site=s.name, host=h, port=p, weight=w, role=s.role_of(i))
+                 for s in sites for i, (n, h, p, w) in enumerate(s.nodes))
 
 
 # section -> key -> (type, required)
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
              "data_dir": (str, True), "segment_mib": (int, False),
-             "on_corrupt_log": (str, False)},
+             "on_corrupt_log": (str, False), "role": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, False), "master_passphrase_env": (str, False),
              "master_salt_file": (str, False)},
@@ -295,12 +311,17 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         p.add("[[sites]]", f"this node ({node['name']} in site {node['site']}) is not listed")
     else:
         try:
-            Layout(sites=tuple(s.name for s in sites),
-                   nodes=tuple(NodeInfo(n, s.name, h, pt, w) for s in sites
-                               for (n, h, pt, w) in s.nodes),
-                   replicas_per_site=replicas)
+            layout = Layout(sites=tuple(s.name for s in sites), nodes=_node_infos(sites),
+                            replicas_per_site=replicas)
         except ValueError as exc:
             p.add("[[sites]]", str(exc))
+        else:
+            # [[sites]] is the source of truth (every node must see every node's role); the
+            # optional [node] role only guards against a node.toml edited in one place only.
+            listed = layout.node(node["name"]).role
+            if node.get("role", listed) != listed:
+                p.add("[node] role", f"{node['role']!r} disagrees with this node's [[sites]] "
+                                     f"entry (role = {listed!r}); set the same in both")
     p.raise_if_any()
     return NodeConfig(
         path=cfg_path, name=node["name"], site=node["site"], host=host, port=port,
@@ -378,21 +399,28 @@ def _parse_sites(raw: Any, p: _Problems) -> tuple[SiteConfig, ...]:
             p.add(where, f"name {name!r} must match {NAME_RE.pattern}")
             continue
         parsed: list[tuple[str, str, int, float]] = []
+        roles: list[str] = []
         for node in nodes if isinstance(nodes, list) else []:
             if (not isinstance(node, dict) or not {"name", "address"} <= set(node)
-                    or set(node) - {"name", "address", "weight"}
+                    or set(node) - {"name", "address", "weight", "role"}
                     or not isinstance(node["name"], str) or not isinstance(node["address"], str)
                     or not isinstance(node.get("weight", 1.0), (int, float))
                     or node.get("weight", 1.0) <= 0):
                 p.add(where, "each node must be {name = \"...\", address = \"HOST:PORT\"} "
-                             "with an optional positive weight")
+                             "with an optional positive weight and role")
+                continue
+            role = node.get("role", "storage")
+            if role not in NODE_ROLES:
+                p.add(where, f"node {node['name']}: role {role!r} must be one of "
+                             f"{', '.join(NODE_ROLES)}")
                 continue
             try:
                 host, port = parse_address(node["address"])
                 parsed.append((node["name"], host, port, float(node.get("weight", 1.0))))
+                roles.append(role)
             except ValueError as exc:
                 p.add(where, str(exc))
-        sites.append(SiteConfig(name=name, nodes=tuple(parsed)))
+        sites.append(SiteConfig(name=name, nodes=tuple(parsed), roles=tuple(roles)))
     return tuple(sites)
 
 
