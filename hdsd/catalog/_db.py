@@ -31,7 +31,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY, wrapped BLOB, created INTEGER NOT NULL,
     quota_bytes INTEGER NOT NULL, quota_hlc INTEGER NOT NULL, key_generation INTEGER NOT NULL,
-    shredded INTEGER NOT NULL
+    shredded INTEGER NOT NULL, plan TEXT NOT NULL DEFAULT 'standard'
 );
 CREATE TABLE IF NOT EXISTS buckets (
     tenant TEXT NOT NULL, name TEXT NOT NULL, retention_days INTEGER NOT NULL,
@@ -67,6 +67,10 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tenants)")}
+        if "plan" not in columns:  # a catalog written before tenants had plans
+            self._db.execute("ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL "
+                             "DEFAULT 'standard'")
         self._entries: dict[tuple[str, ...], Entry] = {}
         self._load()
 
@@ -76,10 +80,10 @@ class Catalog:
 
     def _load(self) -> None:
         for row in self._db.execute("SELECT name, wrapped, created, quota_bytes, quota_hlc, "
-                                    "key_generation, shredded FROM tenants"):
+                                    "key_generation, shredded, plan FROM tenants"):
             t = TenantEntry(name=row[0], wrapped=row[1] or b"", created=_u(row[2]),
                             quota_bytes=row[3], quota_hlc=_u(row[4]), key_generation=row[5],
-                            shredded=_u(row[6]))
+                            shredded=_u(row[6]), plan=row[7])
             self._entries[t.ident] = t
         for row in self._db.execute("SELECT tenant, name, retention_days, created FROM buckets"):
             b = BucketEntry(tenant=row[0], name=row[1], retention_days=row[2], created=_u(row[3]))
@@ -117,12 +121,15 @@ class Catalog:
             # An UPDATE in place, never delete-and-insert: with secure_delete the old cell
             # (and its key bytes) is zeroed when it is rewritten.
             self._db.execute(
-                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "INSERT INTO tenants (name, wrapped, created, quota_bytes, quota_hlc, "
+                "key_generation, shredded, plan) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE "
                 "SET wrapped = excluded.wrapped, created = excluded.created, "
                 "quota_bytes = excluded.quota_bytes, quota_hlc = excluded.quota_hlc, "
-                "key_generation = excluded.key_generation, shredded = excluded.shredded",
+                "key_generation = excluded.key_generation, shredded = excluded.shredded, "
+                "plan = excluded.plan",
                 (e.name, e.wrapped or None, _s(e.created), e.quota_bytes, _s(e.quota_hlc),
-                 e.key_generation, _s(e.shredded)))
+                 e.key_generation, _s(e.shredded), e.plan))
         elif isinstance(e, BucketEntry):
             self._db.execute(
                 "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
@@ -151,7 +158,7 @@ class Catalog:
                 self._entries[old.ident] = TenantEntry(
                     name=name, wrapped=blob, created=old.created, quota_bytes=old.quota_bytes,
                     quota_hlc=old.quota_hlc, key_generation=old.key_generation,
-                    shredded=old.shredded)
+                    shredded=old.shredded, plan=old.plan)
 
     # -- reads -------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:

@@ -9,7 +9,9 @@ same updates in any order, any number of times, hold the same catalog:
   merge is shredded (at the earliest shredding HLC) and holds no key bytes at all, so a shredded
   tenant never comes back. Two creations of the same name (an operator racing himself on two
   nodes) resolve to the earliest ``(created, wrapped)``: every node picks the same keys. The
-  quota is last-writer-wins on ``(quota_hlc, quota_bytes)``.
+  quota is last-writer-wins on ``(quota_hlc, quota_bytes)``. The *plan* (``standard`` or
+  ``backup``: which node role holds the tenant's keys) is the earliest creation's, like the
+  keys, so it never changes once every node has seen the creation.
 * **bucket** — retention only grows (max); created is the earliest.
 * **hold** — last-writer-wins on ``(hlc, by, held)``.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from .._errors import IntegrityError
+from ..cluster import PLANS
 
 __all__ = ["BucketEntry", "Entry", "HoldEntry", "TenantEntry", "entry_from_wire", "merge"]
 
@@ -35,6 +38,7 @@ class TenantEntry:
     quota_hlc: int = 0
     key_generation: int = 1
     shredded: int = 0  # HLC of the shredding, 0: live
+    plan: str = "standard"  # or "backup": its keys live on backup nodes only
 
     @property
     def ident(self) -> tuple[str, ...]:
@@ -48,7 +52,10 @@ class TenantEntry:
         return {"kind": "tenant", "name": self.name, "wrapped": self.wrapped,
                 "created": self.created, "quota_bytes": self.quota_bytes,
                 "quota_hlc": self.quota_hlc, "key_generation": self.key_generation,
-                "shredded": self.shredded}
+                "shredded": self.shredded,
+                # Only when not the default: a standard tenant's map (and the catalog digest)
+                # stays what it was before plans existed.
+                **({"plan": self.plan} if self.plan != "standard" else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +97,17 @@ Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry
 
 def _merge_tenant(a: TenantEntry, b: TenantEntry) -> TenantEntry:
     created = min(a.created, b.created)
+    plan = min((a.created, a.plan), (b.created, b.plan))[1]  # the earliest creation's
     quota_hlc, quota = max((a.quota_hlc, a.quota_bytes), (b.quota_hlc, b.quota_bytes))
     if a.is_shredded or b.is_shredded:
         shredded = min(x.shredded for x in (a, b) if x.is_shredded)
         return TenantEntry(name=a.name, wrapped=b"", created=created, quota_bytes=quota,
                            quota_hlc=quota_hlc, key_generation=max(a.key_generation,
                                                                    b.key_generation),
-                           shredded=shredded)
+                           shredded=shredded, plan=plan)
     first = min((a.created, a.key_generation, a.wrapped), (b.created, b.key_generation, b.wrapped))
     return TenantEntry(name=a.name, wrapped=first[2], created=created, quota_bytes=quota,
-                       quota_hlc=quota_hlc, key_generation=first[1])
+                       quota_hlc=quota_hlc, key_generation=first[1], plan=plan)
 
 
 def merge(a: Entry, b: Entry) -> Entry:
@@ -145,7 +153,10 @@ def entry_from_wire(doc: object) -> Entry:
             quota_bytes=_field_of(doc, "quota_bytes", int),
             quota_hlc=_field_of(doc, "quota_hlc", int),
             key_generation=_field_of(doc, "key_generation", int, low=1),
-            shredded=_field_of(doc, "shredded", int))
+            shredded=_field_of(doc, "shredded", int),
+            plan=doc.get("plan", "standard"))
+        if entry.plan not in PLANS:
+            raise IntegrityError(f"catalog tenant entry: unknown plan {entry.plan!r}")
         if entry.is_shredded == bool(wrapped):
             raise IntegrityError("catalog tenant entry: keys present iff not shredded")
         return entry

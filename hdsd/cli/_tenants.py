@@ -52,13 +52,18 @@ def tenant() -> None:
 @click.option("--quota", type=click.IntRange(0), default=0, show_default=True,
               help="bytes of current versions the tenant may hold (0: no quota); "
                    "on an existing tenant, sets the quota")
+@click.option("--plan", type=click.Choice(["standard", "backup"]), default=None,
+              help="where the tenant's data lives, fixed at creation: standard (storage "
+                   "nodes, the default) or backup (backup nodes only; both sites need one)")
 @json_option
 @click.pass_context
-def tenant_create(ctx: click.Context, name: str, quota: int, as_json: bool) -> None:
+def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None,
+                  as_json: bool) -> None:
     """Create tenant NAME with fresh keys (replicated, wrapped, to every node)."""
-    reply = _run(ctx, lambda c: c.tenant_create(name, quota))
+    reply = _run(ctx, lambda c: c.tenant_create(name, quota, plan or ""))
     verb = "created" if reply["created"] else "updated"
-    _report(reply, as_json, f"tenant {name} {verb} (quota {quota or 'none'})")
+    _report(reply, as_json, f"tenant {name} {verb} (quota {quota or 'none'}, plan "
+                            f"{reply.get('plan', 'standard')})")
 
 
 @tenant.command("ls")
@@ -71,11 +76,13 @@ def tenant_ls(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))
         return
-    click.echo(f"{'TENANT':24} {'STATE':9} {'QUOTA':>14} {'USAGE':>14} {'BUCKETS':>7}  CREATED")
+    click.echo(f"{'TENANT':24} {'STATE':9} {'PLAN':8} {'QUOTA':>14} {'USAGE':>14} "
+               f"{'BUCKETS':>7}  CREATED")
     for r in rows:
         quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
-        click.echo(f"{r['tenant']:24} {r['state']:9} {quota:>14} {r['usage_bytes']:>14} "
-                   f"{r['buckets']:>7}  {_when(r['created_ms'])}")
+        click.echo(f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
+                   f"{quota:>14} {r['usage_bytes']:>14} {r['buckets']:>7}  "
+                   f"{_when(r['created_ms'])}")
 
 
 @tenant.command("shred")

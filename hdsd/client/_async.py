@@ -416,9 +416,12 @@ class AsyncClient:
 
     # -- tenant administration (operator; buckets and holds also a tenant's admin) -----------
     # Each is idempotent (the catalog merges), so the usual retries are safe.
-    async def tenant_create(self, tenant: str, quota_bytes: int = 0) -> dict[str, Any]:
-        """Create *tenant* with fresh keys, or set its quota (0: none) if it exists."""
-        return await self._call(lambda rid: TenantCreate(rid, tenant, quota_bytes))
+    async def tenant_create(self, tenant: str, quota_bytes: int = 0, plan: str = ""
+                            ) -> dict[str, Any]:
+        """Create *tenant* with fresh keys, or set its quota (0: none) if it exists. *plan*
+        (``standard`` or ``backup``, fixed at creation; ``""``: standard or unchanged): a
+        backup-plan tenant's data lives on the backup nodes only."""
+        return await self._call(lambda rid: TenantCreate(rid, tenant, quota_bytes, plan))
 
     async def tenant_list(self) -> builtins.list[dict[str, Any]]:
         body = await self._call(lambda rid: TenantList(rid))

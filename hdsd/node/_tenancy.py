@@ -152,26 +152,39 @@ class Tenancy:
                                    f"tenant {tenant!r}")
 
     # -- admin changes (entries to apply and push) ---------------------------------------------
-    def create_tenant(self, name: str, quota: int) -> list[Entry]:
+    def create_tenant(self, name: str, quota: int, plan: str = "") -> list[Entry]:
+        """A new tenant on *plan* (``""``: standard), or a new quota for an existing one
+        (whose plan is fixed: asking for another is refused)."""
         now = self._clock.now()
         old = self.catalog.tenant(name)
         if old is not None and old.is_shredded:
             raise TenantShredded(f"tenant {name!r} was shredded; a shredded name is never reused")
         if old is not None:
+            if plan and plan != old.plan:
+                raise InvalidRequest(f"tenant {name!r} is on the {old.plan} plan; a tenant's "
+                                     "plan is chosen at creation and never changes")
             return [TenantEntry(name=name, wrapped=old.wrapped, created=old.created,
                                 quota_bytes=quota, quota_hlc=now,
-                                key_generation=old.key_generation)]
+                                key_generation=old.key_generation, plan=old.plan)]
         keys = TenantKeys.generate(name)
         return [TenantEntry(name=name, wrapped=wrap_keys(self._master, keys), created=now,
-                            quota_bytes=quota, quota_hlc=now)]
+                            quota_bytes=quota, quota_hlc=now, plan=plan or "standard")]
+
+    def plan(self, tenant: str) -> str:
+        """The tenant's plan (``standard`` for a tenant this node does not know). Thread-safe:
+        placement asks it from worker threads too."""
+        entry = self.catalog.tenant(tenant)
+        return entry.plan if entry is not None else "standard"
 
     def shred_tenant(self, name: str) -> list[Entry]:
         if name == self.operator_tenant:
             raise InvalidRequest(f"{name!r} is the operator tenant; it cannot be shredded")
         if self.catalog.tenant(name) is None:
             raise InvalidRequest(f"no tenant {name!r}")
+        old = self.catalog.tenant(name)
         return [TenantEntry(name=name, wrapped=b"", created=self._clock.now(),
-                            shredded=self._clock.now())]
+                            shredded=self._clock.now(),
+                            plan=old.plan if old is not None else "standard")]
 
     def create_bucket(self, tenant: str, bucket: str, retention_days: int) -> list[Entry]:
         self.keys(tenant)  # the tenant exists and is live

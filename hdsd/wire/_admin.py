@@ -30,6 +30,7 @@ __all__ = [
 _MAX_QUOTA = (1 << 63) - 1
 MAX_RETENTION_DAYS = 36500
 _MAX_ENTRIES = 100_000
+_PLANS = ("", "standard", "backup")
 
 
 def _tenant(value: object, field: str = "tenant") -> None:
@@ -38,16 +39,21 @@ def _tenant(value: object, field: str = "tenant") -> None:
 
 @dataclass(frozen=True, slots=True)
 class TenantCreate(Message):
-    """Operator: create a tenant (fresh keys) or, if it exists, set its quota (0: none)."""
+    """Operator: create a tenant (fresh keys) or, if it exists, set its quota (0: none).
+    ``plan`` (``standard`` or ``backup``; ``""``: standard, or unchanged for an existing tenant)
+    is fixed at creation."""
 
     rid: int
     tenant: str
     quota_bytes: int
+    plan: str = ""
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         _tenant(self.tenant)
         F.check_int("quota_bytes", self.quota_bytes, 0, _MAX_QUOTA)
+        if self.plan not in _PLANS:
+            raise InvalidRequest(f"plan {self.plan!r} must be standard or backup")
 
 
 @dataclass(frozen=True, slots=True)

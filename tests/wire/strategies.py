@@ -124,7 +124,8 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
         st.lists(st.binary(min_size=1, max_size=64), max_size=4),
     ),
     # tenant administration and catalog replication
-    wire.TenantCreate: st.builds(wire.TenantCreate, rids, tenants, st.integers(0, C.MAX_U63)),
+    wire.TenantCreate: st.builds(wire.TenantCreate, rids, tenants, st.integers(0, C.MAX_U63),
+                                 st.sampled_from(["", "standard", "backup"])),
     wire.TenantList: st.builds(wire.TenantList, rids),
     wire.TenantShred: st.builds(wire.TenantShred, rids, tenants, tenants),
     wire.BucketCreate: st.builds(wire.BucketCreate, rids, tenants, buckets,
