@@ -27,6 +27,7 @@ from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
 from ._errors import TenantShredded as TenantShredded
 from ._errors import Unavailable as Unavailable
+from ._errors import WrongRole as WrongRole
 from ._meta import __version__ as __version__
 from .client import AsyncClient as AsyncClient
 from .client import Client as Client

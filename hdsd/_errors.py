@@ -41,6 +41,7 @@ __all__ = [
     "StoreFailedError",
     "TenantShredded",
     "Unavailable",
+    "WrongRole",
     "error_class_for_code",
 ]
 
@@ -238,6 +239,15 @@ class TenantShredded(PermissionDenied):
     A :class:`PermissionDenied`, so code that skips tenants without keys (scrub) skips it too."""
 
     code = "tenant_shredded"
+    exit_code = 4
+
+
+class WrongRole(HdsdError):
+    """The request was sent to a node whose role does not serve it: a backup node stores
+    replicated data and serves restores (reads) but never coordinates a client write. Send
+    the write to a storage node (the message names the site's)."""
+
+    code = "wrong_role"
     exit_code = 4
 
 

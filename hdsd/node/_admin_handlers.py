@@ -36,6 +36,7 @@ from ..wire import (
 from ._auth import check_bucket, check_key
 from ._config import NAME_RE
 from ._peer_handlers import check_layout
+from ._roles import check_plan_possible
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -62,10 +63,14 @@ async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg:
     _require_operator(node, ident)
     _check_tenant_name(msg.tenant)
     created = node.tenancy.catalog.tenant(msg.tenant) is None
+    if created:
+        check_plan_possible(node.layout, msg.plan or "standard")
     result = await node.tenancy.apply_and_push(
-        node, node.tenancy.create_tenant(msg.tenant, msg.quota_bytes))
+        node, node.tenancy.create_tenant(msg.tenant, msg.quota_bytes, msg.plan))
     await session.send(Reply(rid=msg.rid, body={"tenant": msg.tenant, "created": created,
-                                                "quota_bytes": msg.quota_bytes, **result}))
+                                                "quota_bytes": msg.quota_bytes,
+                                                "plan": node.tenancy.plan(msg.tenant),
+                                                **result}))
 
 
 async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: TenantList,
@@ -77,7 +82,7 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
                 "quota_bytes": t.quota_bytes, "usage_bytes": node.tenancy.usage(t.name),
                 "created_ms": HybridClock.wall_ms(t.created),
                 "shredded_ms": HybridClock.wall_ms(t.shredded) if t.is_shredded else None,
-                "buckets": len(catalog.buckets(t.name))}
+                "buckets": len(catalog.buckets(t.name)), "plan": t.plan}
                for t in catalog.tenants()]
     await session.send(Reply(rid=msg.rid, body={"tenants": tenants, "node": node.config.name}))
 

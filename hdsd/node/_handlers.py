@@ -63,6 +63,7 @@ from ._health import cluster_status
 from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
+from ._roles import check_role
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -96,6 +97,7 @@ async def handle_request(
             session = observed.as_session()
         if ident.kind != "node":
             node.tenancy.check_live(ident.tenant or "")  # a shredded tenant is refused outright
+            check_role(node, ident, msg)  # a backup node coordinates no client write
         await handler(node, session, ident, msg, inbox)
         outcome = "ok"
     except HdsdError as exc:
