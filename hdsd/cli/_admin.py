@@ -36,7 +36,7 @@ _NODE_TOML = """\
 [node]
 name = "{name}"
 site = "{site}"
-listen = "{host}:{port}"        # address:port clients and the other nodes connect to
+{role_line}listen = "{host}:{port}"        # address:port clients and the other nodes connect to
 data_dir = "data"               # the log, its index, hints; keep it on a local disk
 # segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
 # on_corrupt_log = "repair"     # damaged log range at start: set it aside (kept as a file)
@@ -75,6 +75,12 @@ operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenan
 {sites}"""
 
 
+_BACKUP_ROLE = """\
+role = "backup"                 # as in [[sites]]: holds backup-plan tenants' data only,
+                                # serves restores, refuses client writes (WrongRole)
+"""
+
+
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -91,10 +97,15 @@ def _toml_str(value: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address nodes listen on")
 @click.option("--tenant", default="default", show_default=True,
               help="tenant of the admin client certificate")
+@click.option("--backup-nodes-per-site", type=click.IntRange(0, 16), default=0,
+              show_default=True,
+              help="backup nodes (SITE-b1, ...) per site, after the storage nodes: they hold "
+                   "backup-plan tenants' data only and refuse client writes")
 def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None, sites: str,
-         host: str, tenant: str) -> None:
+         host: str, tenant: str, backup_nodes_per_site: int) -> None:
     """Create a ready two-site cluster in DIRECTORY: CA, master key, node configs and
-    certificates, and an admin client profile DIRECTORY/client.toml."""
+    certificates, and an admin client profile DIRECTORY/client.toml (which lists the storage
+    nodes only: clients write through them)."""
     root = Path(directory).resolve()
     site_names = [s.strip() for s in sites.split(",")]
     if len(site_names) != 2 or len(set(site_names)) != 2:
@@ -115,7 +126,7 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
     keyring_template = root / KEYRING_FILE
     Keyring(keyring_template, load_master_key(master)).get_or_create(tenant)
 
-    total = 2 * nodes_per_site
+    total = 2 * (nodes_per_site + backup_nodes_per_site)
     if ports is not None:
         try:
             port_list = [int(p) for p in ports.split(",")]
@@ -127,19 +138,27 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
         port_list = list(range(base_port, base_port + total))
     next_port = iter(port_list)
     layout: list[tuple[str, list[tuple[str, int]]]] = []
+    backups: dict[str, list[tuple[str, int]]] = {}
     for site in site_names:
         nodes = []
         for i in range(1, nodes_per_site + 1):
             nodes.append((f"{site}-n{i}", next(next_port)))
         layout.append((site, nodes))
+    for site in site_names:
+        backups[site] = [(f"{site}-b{i}", next(next_port))
+                         for i in range(1, backup_nodes_per_site + 1)]
     sites_toml = "".join(
         f"\n[[sites]]\nname = {_toml_str(site)}\nnodes = ["
-        + ", ".join(f'{{ name = {_toml_str(n)}, address = "{host}:{p}" }}' for n, p in nodes)
+        + ", ".join([*(f'{{ name = {_toml_str(n)}, address = "{host}:{p}" }}'
+                       for n, p in nodes),
+                     *(f'{{ name = {_toml_str(n)}, address = "{host}:{p}", role = "backup" }}'
+                       for n, p in backups[site])])
         + "]\n"
         for site, nodes in layout
     )
     for site, nodes in layout:
-        for name, node_port in nodes:
+        for name, node_port in [*nodes, *backups[site]]:
+            is_backup = (name, node_port) in backups[site]
             node_dir = root / name
             (node_dir / "data").mkdir(parents=True, exist_ok=True)
             crt, key = issue_node_cert(
@@ -149,7 +168,7 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
             (node_dir / "node.toml").write_text(_NODE_TOML.format(
                 name=name, site=site, node_dir=node_dir, host=host, port=node_port,
                 crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml,
-                tenant=tenant),
+                tenant=tenant, role_line=_BACKUP_ROLE if is_backup else ""),
                 encoding="utf-8")
     keyring_template.unlink()
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
@@ -161,9 +180,10 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
         f"[{', '.join(_toml_str(s) for s in site_names)}]\n", encoding="utf-8")
     click.echo(f"cluster {cluster_id} initialised in {root}")
     for site, nodes in layout:
-        for name, node_port in nodes:
+        for name, node_port in [*nodes, *backups[site]]:
             click.echo(f"  {site:10} {name:14} {host}:{node_port}  "
-                       f"hdsd serve --config {root / name / 'node.toml'}")
+                       f"hdsd serve --config {root / name / 'node.toml'}"
+                       + ("  (backup)" if (name, node_port) in backups[site] else ""))
     profile = root / "client.toml"
     click.echo(f"  admin profile: {profile}  (export HDSD_PROFILE={profile})")
 

@@ -96,11 +96,12 @@ class ReadPaths:
                         versions: bool) -> list[list[Version]]:
         """Every node of this site's part of a listing (all must answer). While this node
         rebuilds, the other site's nodes are asked too (their union covers what it lacks)."""
-        names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        plan = self.replicator.plan_of(tenant)  # only nodes of the plan's role hold its keys
+        names = [n.name for n in self.layout.plan_nodes(self.config.site, plan)]
         optional = set()
         if self.rebuilding:
-            optional = {n.name for n in self.layout.site_nodes(
-                self.layout.other_site(self.config.site))}
+            optional = {n.name for n in self.layout.plan_nodes(
+                self.layout.other_site(self.config.site), plan)}
             names += sorted(optional)
         parts: dict[str, list[Version]] = {}
         failures: list[str] = []
@@ -129,7 +130,8 @@ class ReadPaths:
     async def list_buckets_site(self, tenant: str) -> list[str]:
         """The buckets of *tenant* holding versions on any node of this site (all must answer:
         a bucket whose keys all live on a silent node would be missing), ascending."""
-        names = [n.name for n in self.layout.site_nodes(self.config.site)]
+        plan = self.replicator.plan_of(tenant)
+        names = [n.name for n in self.layout.plan_nodes(self.config.site, plan)]
         found: set[str] = set()
         failures: list[str] = []
 

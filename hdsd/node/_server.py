@@ -84,6 +84,7 @@ class Node(ReadPaths):
                                operator_tenant=config.operator_tenant,
                                evict=lambda tenant: self._codecs.pop(tenant, None))
         self.layout = config.layout()
+        self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
@@ -91,7 +92,8 @@ class Node(ReadPaths):
         self.replicator = Replicator(
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
-            on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s)
+            on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s,
+            plan_of=self.tenancy.plan)
         self.maintenance = Maintenance(
             name=config.name, layout=self.layout, store=store, peers=self.peers,
             snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
@@ -99,7 +101,7 @@ class Node(ReadPaths):
             repair_rate_mib_s=config.repair_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
-            salvaged=store.statistics().salvaged)
+            salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -182,6 +184,7 @@ class Node(ReadPaths):
             "self_backlog_versions": backlog[self.config.name].versions,
             "node": self.config.name,
             "site": self.config.site,
+            "role": self.role,
             "cluster": self.config.cluster_id,
             "software": __version__,
             "uptime_s": round(time.time() - self.started, 3),

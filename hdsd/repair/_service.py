@@ -77,12 +77,13 @@ class Maintenance:
                  snapshot: Path, observe_hlc: Callable[[int], None], open_chunk: ChunkOpener,
                  repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
                  scrub_rate_mib_s: float, timeout: float,
-                 salvaged: tuple[str, ...] = ()) -> None:
+                 salvaged: tuple[str, ...] = (),
+                 plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
         self.name = name
         self.salvaged = salvaged
         self.layout = layout
         self.store = store
-        self.trees = PeerTrees(store, layout, name, snapshot)
+        self.trees = PeerTrees(store, layout, name, snapshot, plan_of)
         self.sync = AntiEntropy(name=name, layout_id=layout.layout_id, store=store, peers=peers,
                                 trees=self.trees, observe_hlc=observe_hlc,
                                 rate_bytes_s=repair_rate_mib_s * _MIB, timeout=timeout)

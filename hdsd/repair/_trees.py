@@ -39,19 +39,23 @@ class PeerTrees:
     """The per-peer trees of one node. Thread-safe: :meth:`catch_up` runs in worker threads
     while the event loop reads hashes."""
 
-    def __init__(self, store: Store, layout: Layout, name: str, path: Path) -> None:
+    def __init__(self, store: Store, layout: Layout, name: str, path: Path,
+                 plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
         self.store = store
         self.layout = layout
         self.name = name
         self.path = path
+        # Which node role holds a tenant's keys (the catalog's answer, injected by the node).
+        self.plan_of = plan_of
         self._lock = threading.Lock()
         self._catching_up = threading.Lock()
         self._watermark = 0
         self._saved_watermark = -1
         # Keys go to every node when each site has exactly replicas_per_site nodes (the usual
-        # 1+1): then one tree serves every peer and placement need not be computed per key.
-        self._everyone = all(len(layout.site_nodes(s)) == layout.replicas_per_site
-                             for s in layout.sites)
+        # 1+1) and none is a backup node: then one tree serves every peer and placement need
+        # not be computed per key.
+        self._everyone = not layout.has_backup_nodes() and all(
+            len(layout.site_nodes(s)) == layout.replicas_per_site for s in layout.sites)
         self.peers = [n.name for n in layout.nodes if n.name != name]
         self.trees: dict[str, MerkleTree] = {}
         shared = MerkleTree()
@@ -65,7 +69,8 @@ class PeerTrees:
         is not a replica)."""
         if self._everyone:
             return self.peers
-        placed = self.layout.replicas(placement_key(tenant, bucket, key))
+        placed = self.layout.replicas(placement_key(tenant, bucket, key),
+                                      self.plan_of(tenant))
         names = [n.name for nodes in placed.values() for n in nodes]
         return [n for n in names if n != self.name] if self.name in names else []
 

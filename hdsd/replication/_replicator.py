@@ -26,12 +26,12 @@ acknowledged one never disappears.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
-from ..cluster import Layout, placement_key
+from ..cluster import PLANS, Layout, placement_key
 from ..store import ChunkRecord, Version
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
@@ -50,7 +50,8 @@ _LAG_GRACE_S = 0.005
 class Replicator(HintReplay):
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
                  peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
-                 on_peer_site_loss: str, timeout: float, offload: Offload = to_thread) -> None:
+                 on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
+                 plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -70,11 +71,17 @@ class Replicator(HintReplay):
         # Automatic restore needs the other site to have been away and come back; an operator
         # degrading ahead of planned maintenance is not undone while the peer is still up.
         self._peer_was_lost = False
-        # With one node per site every key lives on every node: no hashing needed.
-        self._every_key: Replicas | None = None
-        if all(len(layout.site_nodes(site)) == 1 for site in layout.sites):
-            self._every_key = {site: [n.name for n in layout.site_nodes(site)]
-                               for site in layout.sites}
+        # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
+        # keys live; the node injects the catalog's answer (replication knows no catalog).
+        self.plan_of = plan_of
+        # Per plan: when each site has no more nodes of the plan's role than it keeps copies
+        # (the usual 1+1), every key lives on all of them: no hashing needed.
+        self._every_key: dict[str, Replicas] = {}
+        for plan in PLANS:
+            fixed = layout.fixed_replicas(plan)
+            if fixed is not None:
+                self._every_key[plan] = {site: [n.name for n in nodes]
+                                         for site, nodes in fixed.items()}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -90,9 +97,13 @@ class Replicator(HintReplay):
         return "local" if self.mode.degraded else self.policy
 
     def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
-        if self._every_key is not None:
-            return {site: list(nodes) for site, nodes in self._every_key.items()}
-        placed = self.layout.replicas(placement_key(tenant, bucket, key))
+        """The nodes holding the key, per site: storage nodes for a standard tenant, backup
+        nodes for a backup-plan one (every write, hint, read and repair goes through here)."""
+        plan = self.plan_of(tenant)
+        every = self._every_key.get(plan)
+        if every is not None:
+            return {site: list(nodes) for site, nodes in every.items()}
+        placed = self.layout.replicas(placement_key(tenant, bucket, key), plan)
         return {site: [n.name for n in nodes] for site, nodes in placed.items()}
 
     # -- the write path --------------------------------------------------------------------
