@@ -82,8 +82,9 @@ def _outcome(value: dict[str, Any]) -> str | None:
 
 def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
     """The table cells of one node (strings; '-' where unknown)."""
+    name = str(entry.get("node", "?")) + (" (backup)" if entry.get("role") == "backup" else "")
     if not entry.get("up"):
-        return {"site": entry.get("site", "?"), "node": entry.get("node", "?"), "state": "down"}
+        return {"site": entry.get("site", "?"), "node": name, "state": "down"}
     disk = entry.get("disk") or {}
     fsync = entry.get("fsync") or {}
     rpo = entry.get("rpo") or {}
@@ -92,7 +93,7 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
     if entry.get("disk_full"):
         state = "disk full"
     return {
-        "site": entry.get("site", "?"), "node": entry.get("node", "?"), "state": state,
+        "site": entry.get("site", "?"), "node": name, "state": state,
         "version": str(entry.get("software", "?")),
         "disk used/free": (f"{human_bytes(disk.get('used'))}/{human_bytes(disk.get('free'))}"
                            if disk else "-"),

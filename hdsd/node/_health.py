@@ -141,6 +141,7 @@ async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[di
     out = []
     for info in node.layout.nodes:
         entry = results[info.name]
-        entry.update(node=info.name, site=info.site, address=f"{info.host}:{info.port}")
+        entry.update(node=info.name, site=info.site, address=f"{info.host}:{info.port}",
+                     role=info.role)
         out.append(entry)
     return out

@@ -3,6 +3,7 @@ catalog, in memory and once reloaded from SQLite."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def tenants(draw: st.DrawFn) -> TenantEntry:
     shredded = draw(st.booleans())
     return TenantEntry(name=draw(names), wrapped=b"" if shredded else draw(blobs),
                        created=draw(hlcs), quota_bytes=draw(st.integers(0, 5)),
-                       quota_hlc=draw(hlcs), shredded=draw(hlcs) if shredded else 0)
+                       quota_hlc=draw(hlcs), shredded=draw(hlcs) if shredded else 0,
+                       plan=draw(st.sampled_from(["standard", "backup"])))
 
 
 buckets = st.builds(BucketEntry, tenant=names, name=names, retention_days=st.integers(0, 9),
@@ -118,6 +120,8 @@ def test_wire_round_trip(e: Entry) -> None:
     # keys present although shredded: refused (shredding must leave no key bytes)
     {"kind": "tenant", "name": "t", "wrapped": b"x" * 72, "created": 1, "quota_bytes": 0,
      "quota_hlc": 0, "key_generation": 1, "shredded": 5},
+    {"kind": "tenant", "name": "t", "wrapped": b"x" * 72, "created": 1, "quota_bytes": 0,
+     "quota_hlc": 0, "key_generation": 1, "shredded": 0, "plan": "gold"},
 ])
 def test_malformed_entries_are_refused(doc: object) -> None:
     with pytest.raises(IntegrityError):
@@ -135,3 +139,42 @@ def test_shredded_key_bytes_leave_the_sqlite_files(tmp_path: Path) -> None:
         cat.close()
     for f in tmp_path.iterdir():
         assert secret not in f.read_bytes(), f
+
+
+@given(st.lists(tenants(), min_size=1, max_size=8))
+def test_the_plan_is_the_earliest_creations(updates: list[TenantEntry]) -> None:
+    # A plan never changes once every node has seen the creation: later entries (a quota
+    # change, a shred, a racing creation) cannot move a tenant's keys to other nodes.
+    for name, merged in _fold(list(updates)).items():
+        assert isinstance(merged, TenantEntry)
+        mine = [u for u in updates if u.ident == name]
+        assert merged.plan == min((u.created, u.plan) for u in mine)[1]
+
+
+def test_a_standard_tenant_looks_as_before_plans_existed(tmp_path: Path) -> None:
+    # Same wire map (and so the same catalog digest) as a node that predates plans.
+    standard = TenantEntry(name="t", wrapped=b"k" * 72, created=1)
+    assert "plan" not in standard.to_wire()
+    assert TenantEntry(name="t", wrapped=b"k" * 72, created=1, plan="backup").to_wire()[
+        "plan"] == "backup"
+    # A catalog file written before plans (no column) opens, its tenants on the standard plan.
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE tenants (name TEXT PRIMARY KEY, wrapped BLOB, created INTEGER "
+               "NOT NULL, quota_bytes INTEGER NOT NULL, quota_hlc INTEGER NOT NULL, "
+               "key_generation INTEGER NOT NULL, shredded INTEGER NOT NULL)")
+    db.execute("INSERT INTO tenants VALUES ('t', ?, ?, 0, ?, 1, ?)",
+               (b"k" * 72, 1 - (1 << 63), -(1 << 63), -(1 << 63)))
+    db.commit()
+    db.close()
+    cat = Catalog(path)
+    try:
+        assert cat.tenant("t") == standard
+        cat.apply([TenantEntry(name="b", wrapped=b"j" * 72, created=2, plan="backup")])
+    finally:
+        cat.close()
+    cat = Catalog(path)
+    try:
+        assert cat.tenant("b") is not None and cat.tenant("b").plan == "backup"  # type: ignore[union-attr]
+    finally:
+        cat.close()
