@@ -174,7 +174,7 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
                                  role="admin")
     _write_profile(root / "client.toml", cluster_id, tenant,
-                   (crt.relative_to(root), key.relative_to(root)), layout, host)
+                   (crt.relative_to(root), key.relative_to(root)), layout, host, backups)
     (root / "cluster.toml").write_text(
         f"# written by hdsd init\nid = {_toml_str(cluster_id)}\nsites = "
         f"[{', '.join(_toml_str(s) for s in site_names)}]\n", encoding="utf-8")
@@ -189,11 +189,16 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
 
 
 def _write_profile(path: Path, cluster_id: str, tenant: str, cert_key: tuple[Path, Path],
-                   layout: list[tuple[str, list[tuple[str, int]]]], host: str) -> None:
+                   layout: list[tuple[str, list[tuple[str, int]]]], host: str,
+                   backups: dict[str, list[tuple[str, int]]]) -> None:
     sites = ""
     for site, nodes in layout:
         endpoints = ", ".join(_toml_str(f"{host}:{port}") for _, port in nodes)
         sites += f"\n[sites.{site}]\nendpoints = [{endpoints}]\n"
+        if backups.get(site):
+            # Backup nodes refuse writes: requests never go there, only repair and scrub.
+            sites += "backup_endpoints = [" + ", ".join(
+                _toml_str(f"{host}:{port}") for _, port in backups[site]) + "]\n"
     path.write_text(
         f"[client]\ncluster_id = {_toml_str(cluster_id)}\ntenant = {_toml_str(tenant)}\n"
         f'ca = "ca/ca.crt"\ncert = {_toml_str(str(cert_key[0]))}\n'

@@ -18,7 +18,9 @@ _POLL_S = 0.5
 
 
 def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
-    return [(site, host, port) for site, eps in profile.sites.items() for host, port in eps]
+    # Backup nodes too: they repair and scrub their own copies like any node.
+    return [(site, host, port) for sites in (profile.sites, profile.backup_sites)
+            for site, eps in sites.items() for host, port in eps]
 
 
 async def _run(profile: Profile, task: str, wait: bool, timeout: float,

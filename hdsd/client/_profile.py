@@ -16,6 +16,7 @@ admin profile to ``DIR/client.toml``)::
 
     [sites.dc2]
     endpoints = ["127.0.0.1:7401"]
+    backup_endpoints = ["127.0.0.1:7403"]  # optional: backup nodes, for hdsd repair/scrub
 
 Relative paths are resolved against the profile's directory.
 """
@@ -46,6 +47,10 @@ class Profile:
     key: Path
     site: str
     sites: dict[str, tuple[tuple[str, int], ...]]
+    # Backup nodes per site (``backup_endpoints``): never used for requests (they refuse
+    # writes), only by commands that visit every node (hdsd repair, hdsd scrub).
+    backup_sites: dict[str, tuple[tuple[str, int], ...]] = dataclasses.field(
+        default_factory=dict)
 
     def endpoints(self, site: str | None = None) -> tuple[tuple[str, int], ...]:
         name = site or self.site
@@ -55,7 +60,8 @@ class Profile:
 
     def pinned(self, site: str, host: str, port: int) -> Profile:
         """This profile talking to one node only (admin requests go to each node in turn)."""
-        return dataclasses.replace(self, site=site, sites={site: ((host, port),)})
+        return dataclasses.replace(self, site=site, sites={site: ((host, port),)},
+                                   backup_sites={})
 
 
 def load_profile(path: str | os.PathLike[str] | None = None) -> Profile:
@@ -84,6 +90,7 @@ def load_profile(path: str | os.PathLike[str] | None = None) -> Profile:
         if not isinstance(client.get(key), str):
             problems.append(f"{chosen}: [client] {key}: missing or not a string")
     sites: dict[str, tuple[tuple[str, int], ...]] = {}
+    backup_sites: dict[str, tuple[tuple[str, int], ...]] = {}
     for name, section in sites_raw.items():
         endpoints = section.get("endpoints") if isinstance(section, dict) else None
         if not isinstance(endpoints, list) or not endpoints:
@@ -91,6 +98,11 @@ def load_profile(path: str | os.PathLike[str] | None = None) -> Profile:
             continue
         try:
             sites[name] = tuple(parse_address(str(e)) for e in endpoints)
+            backups = section.get("backup_endpoints", [])
+            if not isinstance(backups, list):
+                raise ValueError("must be a list")
+            if backups:
+                backup_sites[name] = tuple(parse_address(str(e)) for e in backups)
         except ValueError as exc:
             problems.append(f"{chosen}: [sites.{name}] endpoints: {exc}")
     if problems:
@@ -108,4 +120,4 @@ def load_profile(path: str | os.PathLike[str] | None = None) -> Profile:
         raise ConfigError("\n".join(problems))
     return Profile(path=chosen, cluster_id=client["cluster_id"], tenant=client["tenant"],
                    ca=paths["ca"], cert=paths["cert"], key=paths["key"], site=client["site"],
-                   sites=sites)
+                   sites=sites, backup_sites=backup_sites)

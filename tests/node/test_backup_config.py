@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hdsd import ConfigError
+from hdsd.client import load_profile
 from hdsd.node import load_node_config
 from hdsd.node._keyring import create_master_key
 from hdsd.transport import create_ca, issue_node_cert
@@ -39,6 +40,11 @@ def test_init_writes_backup_nodes(cluster: Path) -> None:
     ports = {n.name: n.port for n in backup.layout().nodes}
     assert profile["sites"]["dc1"]["endpoints"] == [f"127.0.0.1:{ports['dc1-n1']}"]
     assert profile["sites"]["dc2"]["endpoints"] == [f"127.0.0.1:{ports['dc2-n1']}"]
+    # ... and names the backup nodes apart, for the commands that visit every node (repair).
+    assert profile["sites"]["dc2"]["backup_endpoints"] == [f"127.0.0.1:{ports['dc2-b1']}"]
+    loaded = load_profile(cluster / "client.toml")
+    assert loaded.backup_sites == {"dc1": (("127.0.0.1", ports["dc1-b1"]),),
+                                   "dc2": (("127.0.0.1", ports["dc2-b1"]),)}
 
 
 @pytest.mark.parametrize(("node", "old", "new", "expect"), [
