@@ -47,6 +47,9 @@ class AuditShipper:
         self._readers = {t: Reader(audit.directory) for t in self.targets}
         self._refused_until: dict[str, float] = {}
         self.last_error = ""
+        # The final flush at shutdown runs while run() may be mid-batch: one batch at a time,
+        # or both save the cursor file at once (and one rename finds its temp file gone).
+        self._shipping = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -70,6 +73,10 @@ class AuditShipper:
 
     async def ship_once(self) -> bool:
         """Send one batch to the first target that takes it; True if records were shipped."""
+        async with self._shipping:
+            return await self._ship_batch()
+
+    async def _ship_batch(self) -> bool:
         durable = self.audit.durable[0]
         now = trio.current_time()
         for target in self.targets:
