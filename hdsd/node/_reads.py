@@ -52,6 +52,10 @@ class ReadPaths:
     def rebuilding(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def checking(self) -> bool:
+        raise NotImplementedError
+
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to this site's replicas, merged (union)."""
         replicas = self.replicator.replicas_for(tenant, bucket, key)
@@ -61,8 +65,9 @@ class ReadPaths:
             local_ok = True
             for v in self.store.versions(tenant, bucket, key):
                 found[v.order] = v
-            # While rebuilding, the local store is still filling: ask the other replicas too.
-            asked_ok = not self.rebuilding
+            # While rebuilding, the local store is still filling: ask the other replicas too;
+            # an empty store not yet compared with a peer asks them about what it lacks.
+            asked_ok = not self.rebuilding and not (self.checking and not found)
         order = [n for n in replicas[self.config.site] if n != self.config.name]
         remote = replicas[self.layout.other_site(self.config.site)]
         for i, node in enumerate([*order, *remote]):
@@ -99,7 +104,7 @@ class ReadPaths:
         plan = self.replicator.plan_of(tenant)  # only nodes of the plan's role hold its keys
         names = [n.name for n in self.layout.plan_nodes(self.config.site, plan)]
         optional = set()
-        if self.rebuilding:
+        if self.rebuilding or self.checking:
             optional = {n.name for n in self.layout.plan_nodes(
                 self.layout.other_site(self.config.site), plan)}
             names += sorted(optional)

@@ -143,6 +143,11 @@ class Node(ReadPaths):
         """True while an emptied node pulls its data back: its store alone is not the truth."""
         return self.maintenance.rebuilding
 
+    @property
+    def checking(self) -> bool:
+        """An empty store not yet compared with a peer: local misses are asked elsewhere."""
+        return self.maintenance.checking
+
     async def read_payload(self, tenant: str, chunk_id: bytes) -> bytes:
         # A 1 MiB pread is ~0.3 ms of blocking I/O: worth a thread hop, unlike index lookups.
         return await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)

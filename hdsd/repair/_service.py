@@ -7,9 +7,7 @@
 * Rebuild: a node that starts with an empty store while it has peers (a replaced disk, a wiped
   data directory), or whose log recovery set damaged ranges aside (``salvaged``), pulls
   everything it should hold from every peer before it counts as rebuilt; meanwhile its reads
-  are forwarded (``rebuilding`` tells the read paths not to trust the local store alone) — for
-  an empty store only once a peer turns out to hold something, since a new node of a new
-  cluster is empty too. After
+  are forwarded (``rebuilding`` tells the read paths not to trust the local store alone). After
   a salvage a scrub follows, for chunks a surviving version names but the lost range held.
 """
 
@@ -100,7 +98,15 @@ class Maintenance:
 
     @property
     def rebuilding(self) -> bool:
+        """The local store is known to lack data its peers hold: merge every read with them."""
         return self.rebuild is not None and self.rebuild["state"] == "running"
+
+    @property
+    def checking(self) -> bool:
+        """The store started empty and no round has told yet whether it was wiped or is new:
+        a read the local store cannot answer asks the peers too (answering "not found" from a
+        wiped disk would be wrong; a new cluster leaves this state after one round)."""
+        return self.rebuild is not None and self.rebuild["state"] == "checking"
 
     def start(self, task: str) -> dict[str, Any]:
         """Operator request: run *task* (``repair`` or ``scrub``) as soon as possible."""
@@ -118,8 +124,8 @@ class Maintenance:
         if self.trees.peers and (empty or self.salvaged):
             reason = ("the store was empty" if empty else
                       "log ranges were damaged and set aside: " + ", ".join(self.salvaged))
-            # An empty node is most often a new one in a new cluster: its reads stay local
-            # ("checking") until a peer turns out to hold what it lacks ("running").
+            # "checking" until a round with a peer shows what kind of empty this is: a new
+            # node of a new cluster (nothing to pull: done) or a wiped one ("running").
             self.rebuild = {"state": "checking" if empty else "running", "reason": reason,
                             "started": time.time(),
                             "peers_done": [], "versions_received": 0, "leaves_done": 0,
