@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write", "fsync_dir"]
@@ -12,7 +13,7 @@ __all__ = ["atomic_write", "fsync_dir"]
 
 def fsync_dir(path: Path) -> None:
     """Make the directory entries of *path* (a directory) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -21,9 +22,13 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace *path* with *data*: write a temporary file created with *mode* (never more open
-    than that, even briefly), fsync it, rename it over *path*, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    than that, even briefly), fsync it, rename it over *path*, fsync the directory.
+
+    The temporary name is unique, so two writers of the same file (a shutdown flush racing a
+    background save) each replace it whole instead of renaming each other's half-written file.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(data)

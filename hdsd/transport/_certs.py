@@ -27,10 +27,8 @@ private keys are created with mode 0600 from the first byte, never chmod-ed afte
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .._atomic import atomic_write
 from .._errors import AuthenticationFailed, ConfigError
 
 __all__ = [
@@ -131,30 +130,6 @@ def _parse_uri(uri: str) -> Identity | None:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace *path* with *data*, durably; the file never exists with a looser *mode*."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -167,8 +142,8 @@ def _write_pair(
     cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
 ) -> None:
     # Key first: a crash in between leaves an orphan key, never a certificate without its key.
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(key_path, _key_pem(key), 0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _make_dir(directory: Path) -> None:
