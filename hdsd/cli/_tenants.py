@@ -104,6 +104,13 @@ def bucket() -> None:
     """Create buckets and set their retention lock (admin)."""
 
 
+def _set_retention(ctx: click.Context, target: str, retention_days: int, as_json: bool) -> None:
+    tenant_name, name = _tenant_bucket(target)
+    reply = _run(ctx, lambda c: c.bucket_create(tenant_name, name, retention_days))
+    _report(reply, as_json, f"bucket {tenant_name}/{name}: retention "
+                            f"{reply['retention_days']} days")
+
+
 @bucket.command("create")
 @click.argument("target", metavar="TENANT/BUCKET")
 @click.option("--retention-days", type=click.IntRange(0, 36500), default=0, show_default=True,
@@ -112,10 +119,7 @@ def bucket() -> None:
 @click.pass_context
 def bucket_create(ctx: click.Context, target: str, retention_days: int, as_json: bool) -> None:
     """Create a bucket, or extend its retention (it can never be shortened)."""
-    tenant_name, name = _tenant_bucket(target)
-    reply = _run(ctx, lambda c: c.bucket_create(tenant_name, name, retention_days))
-    _report(reply, as_json, f"bucket {tenant_name}/{name}: retention "
-                            f"{reply['retention_days']} days")
+    _set_retention(ctx, target, retention_days, as_json)
 
 
 @bucket.command("extend")
@@ -125,10 +129,7 @@ def bucket_create(ctx: click.Context, target: str, retention_days: int, as_json:
 @click.pass_context
 def bucket_extend(ctx: click.Context, target: str, retention_days: int, as_json: bool) -> None:
     """Extend a bucket's retention (shortening is refused)."""
-    tenant_name, name = _tenant_bucket(target)
-    reply = _run(ctx, lambda c: c.bucket_create(tenant_name, name, retention_days))
-    _report(reply, as_json, f"bucket {tenant_name}/{name}: retention "
-                            f"{reply['retention_days']} days")
+    _set_retention(ctx, target, retention_days, as_json)
 
 
 @bucket.command("ls")
