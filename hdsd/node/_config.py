@@ -108,6 +108,7 @@ class NodeConfig:
     audit_checkpoint_s: float = 10.0
     audit_retention_days: int = 365
     audit_segment_mib: int = 64
+    audit_commit_ms: float = 10.0
     operator_tenant: str = "default"
     catalog_sync_s: float = 5.0
     master_passphrase_env: str = ""  # with master_salt_file, instead of master_key_file
@@ -151,7 +152,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False)},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
-              "retention_days": (int, False), "segment_mib": (int, False)},
+              "retention_days": (int, False), "segment_mib": (int, False),
+              "commit_ms": ((int, float), False)},
     "metrics": {"address": (str, False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
@@ -291,6 +293,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     audit_mib = audit.get("segment_mib", 64)
     if not 1 <= audit_mib <= 4096:
         p.add("[audit] segment_mib", f"{audit_mib} must be between 1 and 4096")
+    audit_commit_ms = float(audit.get("commit_ms", 10.0))
+    if not 0 <= audit_commit_ms <= 1000:
+        p.add("[audit] commit_ms", f"{audit_commit_ms:g} must be between 0 and 1000")
     operator = cluster.get("operator_tenant", "default")
     if not NAME_RE.match(operator):
         p.add("[cluster] operator_tenant", f"{operator!r} must match {NAME_RE.pattern}")
@@ -336,6 +341,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
+        audit_commit_ms=audit_commit_ms,
         operator_tenant=operator, catalog_sync_s=catalog_sync,
         master_passphrase_env=passphrase_env, master_salt_file=salt,
         metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,

@@ -117,7 +117,8 @@ class Node(ReadPaths):
         self.audit = AuditLog(config.data_dir / "audit", config.name, AuditSettings(
             checkpoint_records=config.audit_checkpoint_records,
             checkpoint_s=config.audit_checkpoint_s, retention_days=config.audit_retention_days,
-            segment_bytes=config.audit_segment_mib << 20))
+            segment_bytes=config.audit_segment_mib << 20,
+            commit_interval_s=config.audit_commit_ms / 1000))
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
