@@ -87,7 +87,9 @@ async def _reachable(node: Node, names: list[str]) -> set[str]:
 
 
 async def readiness(node: Node) -> tuple[bool, str]:
-    """(ready, one-line reason) for ``/readyz``."""
+    """(ready, one-line reason) for ``/readyz``: ready to take writes under the current policy;
+    for a backup node, which never takes client writes, ready to receive replicated data and
+    serve restores."""
     if node.stopping:
         return False, "node is shutting down"
     try:
@@ -98,6 +100,9 @@ async def readiness(node: Node) -> tuple[bool, str]:
         return False, "store stopped after a storage failure (fail-stop); restart the node"
     if node.metrics.disk_full:
         return False, "data disk full: the last write was refused (disk_full); free space"
+    if node.role == "backup":
+        return True, "ready (backup node: receives replicated data and serves restores; " \
+                     "client writes go through the storage nodes)"
     policy = node.replicator.effective_policy()
     if policy == "local":
         return True, "ready (site degraded: writes accepted alone, kept as hints)"

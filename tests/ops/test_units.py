@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -147,3 +148,21 @@ def test_status_cells() -> None:
                     "last_scrub": {"at": 0, "status": "clean"}}, 7200.0)
     assert row["state"] == "disk full" and row["backlog (rpo)"] == "2 v/10B 3s"
     assert row["last scrub"] == "2h ago clean" and row["fsync p50/p99 ms"] == "-"
+
+
+async def test_a_backup_node_is_ready_without_a_write_policy_to_meet() -> None:
+    from types import SimpleNamespace
+
+    from hdsd.node._health import readiness
+
+    def node(role: str) -> Any:
+        return SimpleNamespace(
+            stopping=False, role=role,
+            store=SimpleNamespace(statistics=lambda: SimpleNamespace(failed=False)),
+            metrics=SimpleNamespace(disk_full=False),
+            replicator=SimpleNamespace(effective_policy=lambda: "local"))
+
+    ready, reason = await readiness(node("backup"))
+    assert ready and "backup node" in reason
+    ready, reason = await readiness(node("storage"))  # degraded storage node: the local policy
+    assert ready and "degraded" in reason
