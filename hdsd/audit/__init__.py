@@ -6,6 +6,7 @@ from ._copies import AuditCopies as AuditCopies
 from ._copies import copy_dir as copy_dir
 from ._files import VERIFY_KEY_FILE as VERIFY_KEY_FILE
 from ._files import fingerprint as fingerprint
+from ._files import load_or_create_signing_key as load_or_create_signing_key
 from ._files import read_verify_key as read_verify_key
 from ._format import AuditRecord as AuditRecord
 from ._hook import ObservedSession as ObservedSession

@@ -13,6 +13,7 @@ import trio
 
 from .._errors import ConfigError
 from .._groups import single_error
+from ..audit import load_or_create_signing_key
 from ..catalog import CATALOG_FILE, tenant_in_catalog
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
@@ -165,6 +166,13 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
                 root / "ca", node_dir, name=name, site=site,
                 hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
+            # The node's audit signing key, made now so the auditor can pin its verify key
+            # from commissioning on (`hdsd audit verify --pubkey audit-keys/<node>.pub`).
+            (node_dir / "data" / "audit").mkdir(exist_ok=True)
+            signing = load_or_create_signing_key(node_dir / "data" / "audit")
+            (root / "audit-keys").mkdir(exist_ok=True)
+            (root / "audit-keys" / f"{name}.pub").write_text(
+                bytes(signing.verify_key).hex() + "\n", encoding="ascii")
             (node_dir / "node.toml").write_text(_NODE_TOML.format(
                 name=name, site=site, node_dir=node_dir, host=host, port=node_port,
                 crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml,
@@ -186,6 +194,7 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
                        + ("  (backup)" if (name, node_port) in backups[site] else ""))
     profile = root / "client.toml"
     click.echo(f"  admin profile: {profile}  (export HDSD_PROFILE={profile})")
+    click.echo(f"  audit verify keys: {root / 'audit-keys'}  (give them to your auditor)")
 
 
 def _write_profile(path: Path, cluster_id: str, tenant: str, cert_key: tuple[Path, Path],

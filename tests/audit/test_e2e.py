@@ -98,7 +98,9 @@ def test_requests_are_audited_shipped_and_verified(
     # Replication and audit shipping between the nodes are not client requests: not audited.
     assert {r.op for r in read_records(root / OTHER / "data" / "audit")} <= {""}
     assert origin.stop() == 0, origin.log()  # graceful: the final checkpoint is signed, shipped
-    pubkey = str(local / "verify.key")
+    # The key `hdsd init` gave the auditor is the one the node signs with.
+    pubkey = str(root / "audit-keys" / f"{ORIGIN}.pub")
+    assert (local / "verify.key").read_bytes() == Path(pubkey).read_bytes()
     ok = run_cli("audit", "verify", "--data-dir", str(root / ORIGIN / "data"), "--pubkey", pubkey)
     assert ok.returncode == 0, ok.stderr.decode()
     ok = run_cli("audit", "verify", "--data-dir", str(root / OTHER / "data"), "--origin", ORIGIN,
