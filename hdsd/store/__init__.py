@@ -3,6 +3,7 @@
 The on-disk format and the crash rules are specified in ``hdsd.store._log``.
 """
 
+from ._compact import CompactReport as CompactReport
 from ._fs import FileSystem as FileSystem
 from ._index import Location as Location
 from ._index import key_hash as key_hash

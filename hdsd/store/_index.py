@@ -232,6 +232,29 @@ class Index:
                 c.execute("ROLLBACK")
             raise
 
+    def relocate(self, items: Iterable[tuple[ChunkRecord | Version, Location]]) -> None:
+        """Point the index at new copies of records it already holds (compaction moved them).
+        Writer thread only; idempotent."""
+        c = self.writer
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for record, loc in items:
+                if isinstance(record, ChunkRecord):
+                    c.execute("UPDATE chunks SET segment = ?, offset = ?, length = ?"
+                              " WHERE tenant = ? AND chunk_id = ?",
+                              (loc.segment, loc.offset, loc.length, record.tenant,
+                               record.chunk_id))
+                else:
+                    c.execute("UPDATE versions SET segment = ?, offset = ?, length = ?"
+                              " WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
+                              " AND node = ?",
+                              (loc.segment, loc.offset, loc.length, record.tenant,
+                               record.bucket, record.key, record.hlc - _HLC_SHIFT, record.node))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
     # --- reading (any thread) ----------------------------------------------------------------
     def chunk_location(self, tenant: str, chunk_id: bytes) -> Location | None:
         row = self._reader().execute(
@@ -424,3 +447,47 @@ class Index:
             with self._lock:
                 self._readers.append(conn)
         return conn
+
+    # --- compaction (any thread but the writer's) ---------------------------------------------
+    def location_of(self, record: ChunkRecord | Version) -> Location | None:
+        if isinstance(record, ChunkRecord):
+            return self.chunk_location(record.tenant, record.chunk_id)
+        row = self._reader().execute(
+            "SELECT segment, offset, length FROM versions WHERE tenant = ? AND bucket = ?"
+            " AND key = ? AND hlc = ? AND node = ?",
+            (record.tenant, record.bucket, record.key, record.hlc - _HLC_SHIFT,
+             record.node)).fetchone()
+        return None if row is None else Location(*row)
+
+    def forget_tenants(self, tenants: Iterable[str]) -> int:
+        """Drop every row of *tenants* (shredded: their records are garbage); returns the rows
+        dropped."""
+        conn = self._quarantine_conn()
+        dropped = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for t in tenants:
+                for table in ("chunks", "versions", "heads"):
+                    dropped += conn.execute(f"DELETE FROM {table} WHERE tenant = ?",
+                                            (t,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def references(self, segment: int) -> int:
+        """Index rows still pointing into *segment*."""
+        conn = self._reader()
+        (a,) = conn.execute("SELECT count(*) FROM chunks WHERE segment = ?", (segment,)
+                            ).fetchone()
+        (b,) = conn.execute("SELECT count(*) FROM versions WHERE segment = ?", (segment,)
+                            ).fetchone()
+        return int(a) + int(b)
+
+    def make_durable(self) -> None:
+        """Checkpoint the WAL into the database file, synced: index changes made so far survive
+        a power cut (normally they need not — the log is replayed — but compaction deletes the
+        log the old rows pointed into)."""
+        conn = self._quarantine_conn()
+        conn.execute("PRAGMA wal_checkpoint(FULL)")

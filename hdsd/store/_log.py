@@ -69,13 +69,18 @@ Write errors
     truncation fsynced, so no stale bytes remain; the store keeps serving reads and accepts later
     writes (which succeed once space is freed). If that clean-up itself fails, fail-stop.
 
-Garbage collection (not implemented yet; the format allows it)
-    Segments other than the last are immutable. GC compacts a segment by re-committing its
-    live records at the head as ordinary batches (the index moves each to its new location in
-    the same transaction), then deletes the old file and fsyncs the directory. Deleting a chunk
-    for good appends a dead-chunk marker (kind 6) first, so an index rebuilt from the log does
-    not resurrect it. Segment numbers only grow, so gaps left by GC are expected and the index
-    records which segments GC removed.
+Compaction (``_compact``; run after a tenant is crypto-shredded)
+    Segments other than the last are immutable. Compaction rewrites a sealed segment holding
+    garbage — records of shredded tenants, copies the index no longer points to — by
+    committing its live records again at the head as ordinary batches (the index is moved to
+    the new copies after their fsync), checkpointing the index durably, appending the
+    segment's number to ``removed-segments`` (fsynced) and deleting the file. Recovery accepts
+    gaps listed there and nowhere else. Reads take a shared gate around their ``pread``; a
+    delete takes it alone, and a read whose segment vanished after its index lookup looks the
+    record up again. An index rebuilt from the log after compaction does not resurrect what
+    was dropped (it is no longer in any segment), except shredded records still in the head
+    segment, which no key can open (a later compaction drops them). The record kind 6
+    (dead-chunk marker) stays reserved for deleting live chunks for good.
 """
 
 from __future__ import annotations

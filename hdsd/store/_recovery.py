@@ -6,6 +6,7 @@ The rules are specified in the ``_log`` module docstring; this module applies th
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from ._log import (
 from ._records import ChunkRecord, decode_record
 from ._version import Version
 
-__all__ = ["Recovered", "list_segments", "recover", "verify_log"]
+__all__ = ["REMOVED_NAME", "Recovered", "list_segments", "recover", "removed_segments",
+           "verify_log"]
 
 _APPLY_EVERY = 5000  # records per index transaction during replay
 
@@ -41,6 +43,18 @@ class Recovered:
     # Damaged ranges skipped by a salvaging recovery: "segment:start-end" each; their records
     # are lost here and must come back from another replica (anti-entropy, scrub).
     salvaged: tuple[str, ...] = ()
+
+
+REMOVED_NAME = "removed-segments"  # numbers of segments compaction deleted, one per line
+
+
+def removed_segments(directory: str) -> set[int]:
+    """Segments compaction deleted on purpose: gaps there are expected."""
+    try:
+        with open(os.path.join(directory, REMOVED_NAME), encoding="ascii") as f:
+            return {int(line) for line in f if line.strip()}
+    except FileNotFoundError:
+        return set()
 
 
 def list_segments(fs: FileSystem, directory: str) -> list[int]:
@@ -129,10 +143,12 @@ def recover(fs: FileSystem, directory: str, index: Index, segment_bytes: int, *,
             fs.unlink(os.path.join(directory, entry))
             fs.sync_dir(directory)
     numbers = list_segments(fs, directory)
-    for expected, number in enumerate(numbers, start=numbers[0] if numbers else 0):
-        if number != expected:
-            name = F.segment_name(expected)
-            raise CorruptLogError(f"log segment {name} is missing", segment=name, offset=0)
+    removed = removed_segments(directory)
+    for previous, number in itertools.pairwise(numbers):
+        for gap in range(previous + 1, number):
+            if gap not in removed:
+                name = F.segment_name(gap)
+                raise CorruptLogError(f"log segment {name} is missing", segment=name, offset=0)
     applied = index.applied()
     clean = index.was_closed_cleanly()
     if applied.segment:

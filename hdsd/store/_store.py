@@ -21,6 +21,7 @@ from .._errors import (
     StoreFailedError,
 )
 from . import _format as F
+from ._compact import CompactReport, SegmentGate, compact
 from ._fs import FileSystem
 from ._index import Index, Location
 from ._log import check_frame
@@ -90,6 +91,8 @@ class Store:
         self._closed = False
         self._read_fds: dict[int, int] = {}
         self._read_lock = threading.Lock()
+        self._segments = SegmentGate()  # compaction deletes segments only between reads
+        self._compacting = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, segment_bytes: int = 256 << 20,
@@ -246,11 +249,8 @@ class Store:
         """The payload of a chunk; :class:`NotFound` if absent, :class:`IntegrityError` if its
         log record fails its checksum (repair it from the other site)."""
         self._check_readable()
-        loc = self._index.chunk_location(tenant, chunk_id)
-        if loc is None:
-            raise NotFound(f"chunk {chunk_id.hex()} not found")
+        loc, data = self._read_located(tenant, chunk_id)
         name = F.segment_name(loc.segment)
-        data = self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
         frame = check_frame(name, loc.offset, data)
         record = decode_record(frame.kind, frame.body)
         if (not isinstance(record, ChunkRecord) or record.tenant != tenant
@@ -258,6 +258,23 @@ class Store:
             raise IntegrityError(f"log record at {name}:{loc.offset} is not chunk "
                                  f"{chunk_id.hex()}")
         return record.payload
+
+    def _read_located(self, tenant: str, chunk_id: bytes) -> tuple[Location, bytes]:
+        loc = self._index.chunk_location(tenant, chunk_id)
+        if loc is None:
+            raise NotFound(f"chunk {chunk_id.hex()} not found")
+        try:
+            return loc, self._pread(loc)
+        except FileNotFoundError:
+            # Compaction moved the chunk and deleted its segment since the lookup: once more.
+            loc = self._index.chunk_location(tenant, chunk_id)
+            if loc is None:
+                raise NotFound(f"chunk {chunk_id.hex()} not found") from None
+            return loc, self._pread(loc)
+
+    def _pread(self, loc: Location) -> bytes:
+        with self._segments.reading():
+            return self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
 
     def _read_fd(self, segment: int) -> int:
         with self._read_lock:
@@ -367,8 +384,7 @@ class Store:
         :class:`IntegrityError` (or :class:`CorruptLogError`) if it rotted."""
         self._check_open()
         name = F.segment_name(loc.segment)
-        data = self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
-        frame = check_frame(name, loc.offset, data)
+        frame = check_frame(name, loc.offset, self._pread(loc))
         decode_record(frame.kind, frame.body)
 
     def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location, reason: str) -> bool:
@@ -391,6 +407,16 @@ class Store:
         """The last few hundred group commits, oldest first: (fdatasync seconds, records in
         the batch). Cheap (no I/O); for latency percentiles in status and metrics."""
         return tuple(self._writer.recent_fsyncs)
+
+    def compact(self, dead_tenants: frozenset[str] = frozenset(), *, after_segment: int = 0,
+                min_garbage: float = 0.25) -> CompactReport:
+        """Reclaim the space of garbage in sealed segments above *after_segment*: records of
+        *dead_tenants* (shredded) and copies the index no longer uses. Blocking (run it in a
+        thread); reads and commits go on meanwhile. See ``_compact``."""
+        self._check_readable()
+        with self._compacting:
+            return compact(self, dead_tenants, after_segment=after_segment,
+                           min_garbage=min_garbage)
 
     def statistics(self) -> StoreStatistics:
         self._check_open()

@@ -41,6 +41,8 @@ class PendingCommit:
     waker: Waker
     error: StoreError | None = None
     completed: bool = False  # writer thread only: guards against a second wake-up
+    # Compaction: these records are already indexed elsewhere; the index moves them here.
+    relocate: bool = False
 
 
 def spare_path(final: str) -> str:
@@ -305,6 +307,11 @@ class LogWriter:
                  for r, off in zip(records, offsets, strict=True)]
         try:
             self._index.apply(items, AppliedPosition(segment, end, offsets[-1]))
+            if any(c.relocate for c in batch):
+                moved = {id(r) for c in batch if c.relocate for r in c.records}
+                self._index.relocate([(rec, loc) for (rec, loc), r in zip(items, records,
+                                                                          strict=True)
+                                      if id(r) in moved])
         except Exception as exc:
             # Durable in the log but not indexed: stop; recovery replays it at the next open.
             self._fail(f"index update failed: {exc!r}")
