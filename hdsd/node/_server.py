@@ -82,7 +82,7 @@ class Node(ReadPaths):
         self._codecs: dict[str, ChunkCodec] = {}
         self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
                                operator_tenant=config.operator_tenant,
-                               evict=lambda tenant: self._codecs.pop(tenant, None))
+                               evict=self._forget_tenant)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
@@ -101,7 +101,8 @@ class Node(ReadPaths):
             repair_rate_mib_s=config.repair_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
-            salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan)
+            salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
+            dead_tenants=self._shredded)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -133,6 +134,17 @@ class Node(ReadPaths):
             codec = ChunkCodec(keys, compression_level=self.config.compression_level)
             self._codecs[tenant] = codec
         return codec
+
+    def _forget_tenant(self, tenant: str) -> None:
+        """A tenant was shredded: drop its codec, and reclaim its log space in the background
+        (its records are garbage now that no key can open them)."""
+        self._codecs.pop(tenant, None)
+        maintenance = getattr(self, "maintenance", None)  # None while the node is built
+        if maintenance is not None:
+            maintenance.request_compaction()
+
+    def _shredded(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tenancy.catalog.tenants() if t.is_shredded)
 
     def _verify_chunk(self, tenant: str, chunk_id: bytes, payload: bytes) -> None:
         """Scrub's check of a sealed chunk: its AEAD tag (and content id) under the tenant's

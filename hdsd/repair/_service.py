@@ -17,11 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from .._errors import HdsdError
 from ..cluster import Layout
 from ..replication import PeerLink, to_thread
 from ..store import Store
@@ -76,9 +78,11 @@ class Maintenance:
                  repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
                  scrub_rate_mib_s: float, timeout: float,
                  salvaged: tuple[str, ...] = (),
-                 plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
+                 plan_of: Callable[[str], str] = lambda tenant: "standard",
+                 dead_tenants: Callable[[], frozenset[str]] = frozenset) -> None:
         self.name = name
         self.salvaged = salvaged
+        self.dead_tenants = dead_tenants
         self.layout = layout
         self.store = store
         self.trees = PeerTrees(store, layout, name, snapshot, plan_of)
@@ -93,6 +97,10 @@ class Maintenance:
                                  rate_bytes_s=scrub_rate_mib_s * _MIB, timeout=timeout)
         self.repair = _Task(repair_interval_s)
         self.scrub = _Task(scrub_interval_s)
+        # After a tenant is shredded, and every 6 h for what was sealed since (the head
+        # segment is never compacted, so a shredded tenant's last records wait for it).
+        self.compaction = _Task(6 * 3600)
+        self._compacted: tuple[frozenset[str], int] = (frozenset(), 0)
         self.rebuild: dict[str, Any] | None = None
         self.ready = False  # trees caught up with the index at least once
 
@@ -114,8 +122,13 @@ class Maintenance:
         run = t.request()
         return {"node": self.name, "task": task, "run": run, **t.describe()}
 
+    def request_compaction(self) -> None:
+        """Reclaim the log space of shredded tenants (soon, in the background)."""
+        self.compaction.request()
+
     def describe(self) -> dict[str, Any]:
         return {"repair": self.repair.describe(), "scrub": self.scrub.describe(),
+                "compaction": self.compaction.describe(),
                 "rebuild": self.rebuild, "merkle": {"ready": self.ready,
                                                     "indexed_through_vid": self.trees.watermark}}
 
@@ -138,6 +151,7 @@ class Maintenance:
                     nursery.start_soon(self._rebuild)
                 nursery.start_soon(self._loop, self.repair, self._repair_round)
                 nursery.start_soon(self._loop, self.scrub, self._scrub_run)
+                nursery.start_soon(self._loop, self.compaction, self._compact_run)
         finally:
             with trio.CancelScope(shield=True):
                 try:
@@ -183,6 +197,25 @@ class Maintenance:
         finally:
             self.scrub.live = None
         self.scrub.last = {**report.as_dict(), "finished": time.time()}
+
+    async def _compact_run(self) -> None:
+        dead = self.dead_tenants()
+        started = time.time()
+        # Segments examined with the same dead set need not be read again.
+        done_dead, done_through = self._compacted
+        after = done_through if dead == done_dead else 0
+        try:
+            report = await to_thread(lambda: self.store.compact(dead, after_segment=after))
+        except HdsdError as exc:
+            self.compaction.last = {"started": started, "error": f"{exc.code}: {exc.message}"}
+            log.error("event=compaction_failed node=%s error=%s", self.name, exc)
+            return
+        self._compacted = (dead, report.sealed_through)
+        self.compaction.last = {"started": started, "finished": time.time(),
+                                "dead_tenants": sorted(dead), **asdict(report)}
+        log.warning("event=compaction_done node=%s dead_tenants=%s segments_removed=%d "
+                    "bytes_freed=%d records_moved=%d", self.name, ",".join(sorted(dead)),
+                    report.segments_removed, report.bytes_freed, report.records_moved)
 
     async def _rebuild(self) -> None:
         assert self.rebuild is not None
