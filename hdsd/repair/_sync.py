@@ -43,6 +43,7 @@ _TREE_BATCH = 4096
 _DIFF_LEAVES = 128
 _DIFF_DIGESTS = 32_768
 _COMMIT_BYTES = 4 << 20
+_REST_RATIO = 1.0  # seconds of rest per second of reconciling
 _REPLY_BYTES = 2 << 20  # versions per LeafDiff reply; more follow in the next one
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
@@ -179,7 +180,11 @@ class AntiEntropy:
                 progress(report, 0, len(leaves))
             done = 0
             for batch in self._leaf_batches(peer, leaves):
+                began = trio.current_time()
                 await self._reconcile(peer, batch, link)
+                # Both nodes spend CPU on a batch (this is Python on shared cores): rest as
+                # long as the batch took, so client requests keep at least half the time.
+                await trio.sleep((trio.current_time() - began) * _REST_RATIO)
                 done += len(batch)
                 if progress is not None:
                     progress(report, done, len(leaves))
