@@ -10,6 +10,7 @@ or delete retried after an ambiguous failure is applied once. A put whose body c
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
@@ -381,13 +382,29 @@ class AsyncClient:
                 yield entry
             if page.next is None:
                 return
+            if page.next == after:  # a node that cannot advance would loop forever
+                raise ProtocolError(f"listing of {bucket}: next {page.next!r} does not advance")
             after = page.next
 
     async def list_buckets(self) -> builtins.list[str]:
         """The buckets of this client's tenant that hold at least one version (delete markers
-        count), ascending, merged across every node of the site."""
-        body = await self._call(lambda rid: ListBucketsRequest(rid=rid))
-        return [str(b) for b in body["buckets"]]
+        count), ascending, merged across every node of the site (every page: the node answers
+        at most about 1 MiB of names at a time)."""
+        out: builtins.list[str] = []
+        after = ""
+        while True:
+            body = await self._call(functools.partial(self._list_buckets_request, after))
+            out.extend(str(b) for b in body["buckets"])
+            cursor = body.get("next")
+            if cursor is None:
+                return out
+            if not isinstance(cursor, str) or cursor <= after:
+                raise ProtocolError(f"bucket listing: next {cursor!r} does not advance")
+            after = cursor
+
+    @staticmethod
+    def _list_buckets_request(after: str, rid: int) -> ListBucketsRequest:
+        return ListBucketsRequest(rid=rid, after=after)
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
                      ) -> ObjectInfo:

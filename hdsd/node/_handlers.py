@@ -60,6 +60,7 @@ from ..wire import (
 from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
 from ._health import cluster_status
+from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
@@ -373,27 +374,11 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
     limit = max(1, min(msg.limit, 1000))
     if msg.versions and msg.after:
         decode_version_cursor(msg.after)  # refuse a malformed cursor before any fan-out
-    # Each node of the site holds the keys placed on it: merge their parts. Each part is
-    # exact up to `limit`, so the first `limit` of the merge are exact too.
+    # Each node of the site holds the keys placed on it: merge their parts, each bounded by
+    # count and bytes; the merge is exact up to the smallest end of a part that has more.
     parts = await node.list_site(tenant, msg.bucket, msg.prefix, msg.after, limit,
                                  msg.versions)
-    cursor: str | None
-    if msg.versions:
-        unique = {(v.key, v.hlc, v.node): v for part in parts for v in part}
-        merged = [unique[k] for k in sorted(unique)][:limit]
-        entries = [v.public_info() for v in merged]
-        cursor = (f"{merged[-1].key}\x00{merged[-1].version_id}"
-                  if len(merged) == limit else None)
-    else:
-        best: dict[str, Version] = {}
-        for part in parts:
-            for v in part:
-                if v.key not in best or v.order > best[v.key].order:
-                    best[v.key] = v
-        keys = sorted(best)[:limit]
-        # Deleted keys are dropped after the merge: a page may be short, `next` stays exact.
-        entries = [best[k].public_info() for k in keys if not best[k].tombstone]
-        cursor = keys[-1] if len(keys) == limit else None
+    entries, cursor = merge_page(parts, versions=msg.versions, limit=limit)
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
 
 
@@ -441,8 +426,9 @@ async def _list_buckets(node: Node, session: WireSession, ident: Identity,
                         msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "list")
     tenant = ident.tenant or ""
-    buckets = await node.list_buckets_site(tenant)
-    await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets}))
+    buckets, cursor = merge_buckets(await node.list_buckets_site(tenant, msg.after))
+    await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets,
+                                                "next": cursor}))
 
 
 _Handler = Callable[..., Any]

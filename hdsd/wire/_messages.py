@@ -318,9 +318,13 @@ class ErrorReply(Message):
 @dataclass(frozen=True, slots=True)
 class ListBucketsRequest(Message):
     """The buckets holding at least one version (delete markers count) of the caller's tenant,
-    merged across every node of the site; Reply body ``{"tenant": str, "buckets": [str]}``."""
+    merged across every node of the site, ascending, those after ``after`` ("" = from the
+    start); Reply body ``{"tenant": str, "buckets": [str], "next": str | None}``: a page of at
+    most about 1 MiB of names; pass ``next`` back as ``after`` until it is None."""
 
     rid: int
+    after: str = ""
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
+        F.check_str("after", self.after, max_chars=C.MAX_BUCKET_CHARS, allow_empty=True)
