@@ -244,7 +244,7 @@ class ListRequest(Message):
         F.check_rid(self.rid)
         F.check_bucket(self.bucket)
         F.check_key(self.prefix, "prefix", allow_empty=True)
-        F.check_key(self.after, "after", allow_empty=True)
+        F.check_str("after", self.after, max_bytes=C.MAX_LIST_CURSOR_BYTES)
         F.check_int("limit", self.limit, 1, C.MAX_LIST_LIMIT)
         F.check_bool("versions", self.versions)
 

@@ -139,7 +139,7 @@ def test_a_cut_newest_segment_is_an_unsigned_tail_never_signed(live: tuple[Path,
 
 def test_a_cut_older_segment_is_tampering(live: tuple[Path, bytes], tmp_path: Path) -> None:
     directory = _copy(live[0], str(tmp_path))
-    first_seq, older = list_segments(directory)[0]
+    _, older = list_segments(directory)[0]
     os.truncate(older, older.stat().st_size - 5)
     with pytest.raises(AuditTampered) as info:
         verify_log(directory, live[1])
