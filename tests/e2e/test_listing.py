@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -102,7 +103,7 @@ def _converge(profile: Path) -> None:
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
 
 
-def _ls_json(profile: Path, site: str, target: str, *extra: str) -> list[dict]:
+def _ls_json(profile: Path, site: str, target: str, *extra: str) -> list[dict[str, Any]]:
     proc = cli("--profile", str(profile), "--site", site, "ls", target, "--json", *extra,
                timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()
