@@ -125,8 +125,8 @@ class ReadPaths:
         site = self.config.site
         per_key = min(self.layout.replicas_per_site, len(self.layout.plan_nodes(site, plan)))
         if len(down) < per_key:
-            log.warning("event=listing_without nodes=%s replicas_per_site=%d", ",".join(down),
-                        self.layout.replicas_per_site)
+            log.info("event=listing_without nodes=%s replicas_per_site=%d", ",".join(down),
+                     self.layout.replicas_per_site)
             return
         other = self.layout.other_site(site)
         raise Unavailable(
