@@ -231,7 +231,9 @@ class StatRequest(Message):
 @dataclass(frozen=True, slots=True)
 class ListRequest(Message):
     """Keys of ``bucket`` starting with ``prefix``, strictly after ``after`` ("" = from the
-    start), at most ``limit``; every version of each key if ``versions``."""
+    start), at most ``limit`` and about 1 MiB of entries; every version of each key if
+    ``versions``. Reply body ``{"entries": [...], "next": str | None}``: pass ``next`` back as
+    ``after`` until it is None (a page may be short, even empty, before the end)."""
 
     rid: int
     bucket: str
