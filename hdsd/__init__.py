@@ -21,6 +21,7 @@ from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QuorumNotReached as QuorumNotReached
 from ._errors import QuotaExceeded as QuotaExceeded
+from ._errors import RequestIdConflict as RequestIdConflict
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import RetentionLocked as RetentionLocked
 from ._errors import StoreClosedError as StoreClosedError

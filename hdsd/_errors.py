@@ -9,7 +9,8 @@ the condition, and its message says what happened and what to do. Each class has
   traceback).
 
 Exit codes by class: 1 generic, 2 usage/config, 3 not found, 4 permission/authentication,
-5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota.
+5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota,
+9 request id reused for another request.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "ProtocolError",
     "QuorumNotReached",
     "QuotaExceeded",
+    "RequestIdConflict",
     "RequestTimeout",
     "RetentionLocked",
     "StoreClosedError",
@@ -249,6 +251,15 @@ class WrongRole(HdsdError):
 
     code = "wrong_role"
     exit_code = 4
+
+
+class RequestIdConflict(HdsdError):
+    """The request id was already used by a *different* request (another key, bucket,
+    operation or content). A request id names one request: nothing was written. Use a fresh
+    request id for a new request; reuse one only to retry the very same request."""
+
+    code = "request_id_conflict"
+    exit_code = 9
 
 
 def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:

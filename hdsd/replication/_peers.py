@@ -66,8 +66,12 @@ class PeerPool:
     """The node's :class:`PeerLink` over real TLS. Run :meth:`run` in a nursery first."""
 
     def __init__(self, *, name: str, cluster_id: str, layout: Layout,
-                 ssl_context: ssl.SSLContext, connect_timeout: float = 5.0) -> None:
+                 ssl_context: ssl.SSLContext, connect_timeout: float = 5.0,
+                 on_link: Callable[[str, bool], None] | None = None) -> None:
         self.name = name
+        # Told (peer, up) when a link opens after a failure or breaks: what was in flight on
+        # it may have landed on one side only.
+        self._on_link = on_link
         self.cluster_id = cluster_id
         self.layout = layout
         self._ssl = ssl_context
@@ -120,6 +124,8 @@ class PeerPool:
             peer.backoff = _BACKOFF_FIRST
             peer.last_error = ""
             log.info("event=peer_connected node=%s peer=%s", self.name, node)
+            if self._on_link is not None:
+                self._on_link(node, True)
             return peer.session
 
     async def _open(self, node: str) -> WireSession:
@@ -148,6 +154,8 @@ class PeerPool:
             self._peers[node].last_error = str(exc)
         finally:
             log.info("event=peer_disconnected node=%s peer=%s", self.name, node)
+            if self._on_link is not None:
+                self._on_link(node, False)
             await session.aclose()
 
     async def call(self, node: str, make: Callable[[int], Message], *,
