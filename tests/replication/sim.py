@@ -194,10 +194,11 @@ class SimNode:
         versions (and their chunks) placed on both. Returns how many this node received."""
         other = self.net.nodes[peer]
         # One exchange each way over the simulated links (they may be cut, lossy or slow).
-        await self.net.call(self.name, peer, PeerStatusRequest(0, self.net.layout.layout_id), self.net.timeout)
+        ping = PeerStatusRequest(0, self.net.layout.layout_id)
+        await self.net.call(self.name, peer, ping, self.net.timeout)
         mine = {k: v for k, v in self.store.versions.items() if self._shared(peer, v)}
         theirs = {k: v for k, v in other.store.versions.items() if self._shared(peer, v)}
-        await self.net.call(peer, self.name, PeerStatusRequest(0, self.net.layout.layout_id), self.net.timeout)
+        await self.net.call(peer, self.name, ping, self.net.timeout)
 
         def records(src: MemStore, versions: list[Version]) -> list[ChunkRecord | Version]:
             out: list[ChunkRecord | Version] = []
