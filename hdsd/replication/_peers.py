@@ -57,6 +57,7 @@ class _Peer:
         self.retry_at = 0.0
         self.last_error = ""
         self.next_rid = 0
+        self.was_lost = False  # an established session broke since the last one opened
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
         # piling frames into the shared session, where they would all time out together.
         self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
@@ -124,8 +125,9 @@ class PeerPool:
             peer.backoff = _BACKOFF_FIRST
             peer.last_error = ""
             log.info("event=peer_connected node=%s peer=%s", self.name, node)
-            if self._on_link is not None:
+            if self._on_link is not None and peer.was_lost:
                 self._on_link(node, True)
+            peer.was_lost = False
             return peer.session
 
     async def _open(self, node: str) -> WireSession:
@@ -154,6 +156,7 @@ class PeerPool:
             self._peers[node].last_error = str(exc)
         finally:
             log.info("event=peer_disconnected node=%s peer=%s", self.name, node)
+            self._peers[node].was_lost = True
             if self._on_link is not None:
                 self._on_link(node, False)
             await session.aclose()
