@@ -41,6 +41,7 @@ __all__ = [
     "RetentionLocked",
     "StoreClosedError",
     "StoreFailedError",
+    "StoreInUse",
     "TenantShredded",
     "Unavailable",
     "WrongRole",
@@ -178,6 +179,14 @@ class StoreFailedError(StoreError):
     more. Restart the node after checking the disk; recovery replays what was durable."""
 
     code = "store_failed"
+
+
+class StoreInUse(StoreError):
+    """Another process (another ``hdsd serve``) has this store open: a start-up mistake, so
+    the CLI exits 2 like any configuration error; the running process is not disturbed."""
+
+    code = "store_in_use"
+    exit_code = 2
 
 
 class DiskFullError(StoreError):
