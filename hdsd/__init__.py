@@ -13,6 +13,7 @@ from ._errors import CorruptLogError as CorruptLogError
 from ._errors import DiskFullError as DiskFullError
 from ._errors import HdsdError as HdsdError
 from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidRequest as InvalidRequest
 from ._errors import LayoutMismatch as LayoutMismatch
 from ._errors import LegalHold as LegalHold

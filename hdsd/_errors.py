@@ -28,6 +28,7 @@ __all__ = [
     "DiskFullError",
     "HdsdError",
     "IntegrityError",
+    "InvalidArgument",
     "InvalidRequest",
     "LayoutMismatch",
     "LegalHold",
@@ -75,6 +76,13 @@ class InvalidRequest(HdsdError):
 
     code = "invalid_request"
     exit_code = 2
+
+
+class InvalidArgument(InvalidRequest, TypeError):
+    """A client call got an argument of the wrong kind (a str where bytes or a path belongs);
+    nothing was sent. Also a :class:`TypeError`, which is what Python code expects for it."""
+
+    code = "invalid_argument"
 
 
 class NotFound(HdsdError):

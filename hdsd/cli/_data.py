@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -109,7 +110,7 @@ def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
                 raise ValueError
         except ValueError:
             raise InvalidRequest("--request-id must be 32 hex digits") from None
-    data: Any = sys.stdin.buffer if source == "-" else source
+    data: Any = sys.stdin.buffer if source == "-" else Path(source)
     if source != "-" and not os.path.isfile(source):
         raise InvalidRequest(f"{source}: no such file")
     total = None if source == "-" else os.path.getsize(source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import os
 import uuid
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import trio
 from .._errors import (
     ConnectionLost,
     HdsdError,
+    InvalidArgument,
     ProtocolError,
     RequestTimeout,
     Unavailable,
@@ -62,10 +64,13 @@ from ..wire import (
 from ._profile import Profile, load_profile
 from ._results import GetStream, ListPage, ObjectInfo, raise_for, receive
 
-__all__ = ["AsyncClient", "PutSource"]
+__all__ = ["AsyncClient", "PutSource", "put_source"]
 
+# No bare str: "text" is content to some callers and a file name to others, and guessing
+# uploaded the wrong thing or failed on a path that does not exist. Content is bytes, a file
+# is a Path (see put_source).
 PutSource: TypeAlias = (
-    bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+    bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes]
     | Iterable[bytes] | AsyncIterable[bytes]
 )
 Progress: TypeAlias = Callable[[int], None]
@@ -200,13 +205,17 @@ class AsyncClient:
     async def put(self, bucket: str, key: str, data: PutSource, *,
                   metadata: dict[str, str] | None = None, request_id: bytes | None = None,
                   size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
-        """Store *data* (bytes, a path, a binary file, or an (async) iterable of bytes)."""
+        """Store *data*: bytes (bytearray, memoryview), a file given as a :class:`pathlib.Path`
+        (any ``os.PathLike``), a binary file object, or an (async) iterable of bytes. A str is
+        refused with :class:`InvalidArgument` (``.encode()`` it, or wrap a file name in
+        ``Path``); a str naming an existing file still works but is deprecated."""
+        data = put_source(data)
         request_id = request_id or uuid.uuid4().bytes
         if isinstance(data, (bytes, bytearray, memoryview)):
             size = len(data)
-        elif isinstance(data, (str, os.PathLike)):
+        elif isinstance(data, os.PathLike):
             size = os.stat(data).st_size
-        replayable = isinstance(data, (bytes, bytearray, memoryview, str, os.PathLike))
+        replayable = isinstance(data, (bytes, bytearray, memoryview, os.PathLike))
 
         async def attempt() -> ObjectInfo:
             session = await self._connected()
@@ -466,12 +475,28 @@ def _fits_one_write(data: PutSource, session: WireSession
     return hello is not None and len(data) <= min(hello.window, _PIECE)
 
 
+def put_source(data: object, *, stacklevel: int = 3) -> PutSource:
+    """*data* as a put body; a str is refused (:class:`InvalidArgument`), unless it names an
+    existing file: that is how puts of a file were written before Path was required, so it
+    is still read as a path, with a :class:`DeprecationWarning` (*stacklevel* points the
+    warning at the caller of ``put``)."""
+    if isinstance(data, str):
+        if os.path.isfile(data):
+            warnings.warn(f"put(..., {data!r}): a str file name is deprecated; pass "
+                          f"pathlib.Path({data!r})", DeprecationWarning, stacklevel=stacklevel)
+            return Path(data)
+        shown = data if len(data) <= 40 else data[:37] + "..."
+        raise InvalidArgument(f"put() got the str {shown!r}, which is not a file: pass bytes "
+                              "for content (e.g. text.encode()) or a pathlib.Path for a file")
+    return data  # type: ignore[return-value]  # anything else fails where it is read
+
+
 async def _pieces(data: PutSource) -> AsyncGenerator[bytes, None]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data)
         for i in range(0, len(view), _PIECE):
             yield bytes(view[i:i + _PIECE])
-    elif isinstance(data, (str, os.PathLike)):
+    elif isinstance(data, os.PathLike):
         async with await trio.open_file(data, "rb") as f:
             while piece := await f.read(_PIECE):
                 yield piece

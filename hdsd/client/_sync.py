@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 import trio
 
 from .._errors import HdsdError
-from ._async import AsyncClient, Progress, PutSource
+from ._async import AsyncClient, Progress, PutSource, put_source
 from ._profile import Profile
 from ._results import ListPage, ObjectInfo
 
@@ -76,6 +76,9 @@ class Client:
     def put(self, bucket: str, key: str, data: PutSource, *,
             metadata: dict[str, str] | None = None, request_id: bytes | None = None,
             size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+        """See :meth:`AsyncClient.put`."""
+        # Checked here, in the caller's thread, so a deprecation warning names the caller.
+        data = put_source(data)
         return self._call(self._async.put, bucket, key, data, metadata=metadata,
                           request_id=request_id, size=size, progress=progress)
 
