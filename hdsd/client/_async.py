@@ -304,12 +304,14 @@ class AsyncClient:
 
     @asynccontextmanager
     async def open_get(self, bucket: str, key: str, *, version: str | None = None,
-                       start: int | None = None, end: int | None = None,
+                       offset: int | None = None, length: int | None = None,
                        ) -> AsyncIterator[GetStream]:
         """Stream an object: ``async with client.open_get(b, k) as s: async for piece in s``.
 
-        *start* is inclusive, *end* exclusive (byte offsets); both optional.
+        A part only: *length* bytes from byte *offset* (default 0; no *length*: to the end).
+        ``offset=0, length=1024`` is the CLI's ``--range 0-1023``.
         """
+        start, end = _byte_range(offset, length)
         async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
                                      GetStart]:
             session = await self._connected()
@@ -342,20 +344,25 @@ class AsyncClient:
             session.close_inbox(rid)
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,
-                  start: int | None = None, end: int | None = None) -> bytes:
+                  offset: int | None = None, length: int | None = None) -> bytes:
+        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`)."""
         out = bytearray()
-        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+        async with self.open_get(bucket, key, version=version, offset=offset,
+                                 length=length) as stream:
             async for piece in stream:
                 out += piece
         return bytes(out)
 
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
-                          version: str | None = None, start: int | None = None,
-                          end: int | None = None, progress: Progress | None = None) -> ObjectInfo:
-        """Write the object to *path* (via a temporary file, renamed when complete)."""
+                          version: str | None = None, offset: int | None = None,
+                          length: int | None = None, progress: Progress | None = None
+                          ) -> ObjectInfo:
+        """Write the object (or *length* bytes from *offset*) to *path* (via a temporary
+        file, renamed when complete)."""
         target = Path(path)
         tmp = target.with_name(f".{target.name}.hdsd-partial")
-        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+        async with self.open_get(bucket, key, version=version, offset=offset,
+                                 length=length) as stream:
             async with await trio.open_file(tmp, "wb") as f:
                 try:
                     async for piece in stream:
@@ -473,6 +480,19 @@ def _fits_one_write(data: PutSource, session: WireSession
         return False
     hello = session.conn.their_hello
     return hello is not None and len(data) <= min(hello.window, _PIECE)
+
+
+def _byte_range(offset: int | None, length: int | None) -> tuple[int | None, int | None]:
+    """The wire's ``[start, end)`` of a part given as offset and length. Named by what they
+    count, so that nobody wonders whether an end byte is included: the CLI's ``--range`` is
+    inclusive like HTTP's, Python's slices are not, and both used to be spelled start/end."""
+    if offset is not None and offset < 0:
+        raise InvalidArgument(f"offset {offset}: must be 0 or more")
+    if length is not None and length < 1:
+        raise InvalidArgument(f"length {length}: must be 1 or more (no length: to the end)")
+    if length is None:
+        return offset, None
+    return offset or 0, (offset or 0) + length
 
 
 def put_source(data: object, *, stacklevel: int = 3) -> PutSource:
