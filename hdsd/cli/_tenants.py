@@ -70,7 +70,8 @@ def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None,
 @json_option
 @click.pass_context
 def tenant_ls(ctx: click.Context, as_json: bool) -> None:
-    """List tenants: state, quota, usage seen by this site, buckets."""
+    """List tenants: state, quota, usage seen by this site, buckets (with data or created;
+    "N+" when a node of the site did not answer)."""
     rows = _run(ctx, lambda c: c.tenant_list())
     if as_json:
         for row in rows:
@@ -80,8 +81,10 @@ def tenant_ls(ctx: click.Context, as_json: bool) -> None:
                f"{'BUCKETS':>7}  CREATED")
     for r in rows:
         quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
+        # "3+": a node of the site did not answer, so buckets only it holds are not counted.
+        count = f"{r['buckets']}{'+' if r.get('buckets_incomplete') else ''}"
         click.echo(f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
-                   f"{quota:>14} {r['usage_bytes']:>14} {r['buckets']:>7}  "
+                   f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  "
                    f"{_when(r['created_ms'])}")
 
 

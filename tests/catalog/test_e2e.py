@@ -106,6 +106,9 @@ async def test_admin_refusals_retention_holds_and_quota(
             rows = {r["tenant"]: r for r in await op.tenant_list()}
             assert rows["chu"]["quota_bytes"] == 200_000
             assert 140_000 <= rows["chu"]["usage_bytes"] <= 200_000
+            # Buckets with data count as much as created ones: worm (both), docs (created;
+            # a delete marker is still a version), big (put only, never `bucket create`).
+            assert (rows["chu"]["buckets"], rows["chu"]["buckets_incomplete"]) == (3, False)
     # the CLI says the same, one line, with the class's exit code
     proc = hdsd("--profile", str(root / "clients/chu-writer.toml"), "put", "big/three", "-",
                 input=os.urandom(100_000))
@@ -115,6 +118,9 @@ async def test_admin_refusals_retention_holds_and_quota(
     assert code == 4 and "never shortened" in out, out
     code, out = _cli(root, "client.toml", "tenant", "ls", "--json")
     assert code == 0 and '"tenant": "chu"' in out, out
+    code, out = _cli(root, "client.toml", "tenant", "ls")
+    chu = [line.split() for line in out.splitlines() if line.startswith("chu ")]
+    assert code == 0 and len(chu) == 1 and chu[0][5] == "3", out  # the BUCKETS column
 
 
 def _scan(dirs: list[Path], needles: dict[str, bytes]) -> list[str]:
