@@ -154,7 +154,7 @@ def bucket_ls(ctx: click.Context, tenant_name: str, as_json: bool) -> None:
 
 @main.group()
 def hold() -> None:
-    """Set or clear a legal hold on a key (admin)."""
+    """Set, clear or list legal holds on keys (admin)."""
 
 
 def _hold(ctx: click.Context, target: str, held: bool, as_json: bool) -> None:
@@ -182,6 +182,27 @@ def hold_set(ctx: click.Context, target: str, as_json: bool) -> None:
 def hold_clear(ctx: click.Context, target: str, as_json: bool) -> None:
     """Lift the legal hold on the key."""
     _hold(ctx, target, False, as_json)
+
+
+@hold.command("ls")
+@click.argument("target", metavar="[TENANT[/BUCKET]]", required=False, default="")
+@json_option
+@click.pass_context
+def hold_ls(ctx: click.Context, target: str, as_json: bool) -> None:
+    """List keys under legal hold: of TENANT (of one BUCKET), or every tenant's for the
+    operator; with who set each hold and when."""
+    tenant_name, _, bucket_name = target.partition("/")
+    if "/" in bucket_name or (target and not tenant_name) or (target.endswith("/")):
+        raise InvalidRequest(f"{target!r}: expected TENANT or TENANT/BUCKET")
+    rows = _run(ctx, lambda c: c.hold_list(tenant_name, bucket_name))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY")
+    for r in rows:
+        click.echo(f"{_when(r['set_ms']):20}  {r['by']:24}  "
+                   f"{r['tenant']}/{r['bucket']}/{r['key']}")
 
 
 @main.group()

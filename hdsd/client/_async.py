@@ -45,6 +45,7 @@ from ..wire import (
     GetRequest,
     GetStart,
     Hello,
+    HoldList,
     HoldSet,
     ListBucketsRequest,
     ListRequest,
@@ -460,6 +461,12 @@ class AsyncClient:
                        ) -> dict[str, Any]:
         """Set (or, with ``held=False``, clear) a legal hold on one key."""
         return await self._call(lambda rid: HoldSet(rid, tenant, bucket, key, held))
+
+    async def hold_list(self, tenant: str = "", bucket: str = "") -> builtins.list[dict[str, Any]]:
+        """Keys under legal hold (``tenant``, ``bucket``, ``key``, ``by``, ``set_ms``): of
+        *tenant* (empty: every tenant, for the operator), of *bucket* (empty: all of them)."""
+        body = await self._call(lambda rid: HoldList(rid, tenant, bucket))
+        return list(body["holds"])
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

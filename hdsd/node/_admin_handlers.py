@@ -26,6 +26,7 @@ from ..wire import (
     BucketList,
     CatalogPush,
     CatalogSync,
+    HoldList,
     HoldSet,
     Message,
     Reply,
@@ -156,6 +157,20 @@ async def _hold_set(node: Node, session: WireSession, ident: Identity, msg: Hold
                                                 **result}))
 
 
+async def _hold_list(node: Node, session: WireSession, ident: Identity, msg: HoldList,
+                     inbox: _Inbox) -> None:
+    if msg.tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    else:
+        _require_operator(node, ident)
+    holds = sorted((h for h in node.tenancy.catalog.holds(msg.tenant or None)
+                    if h.held and (not msg.bucket or h.bucket == msg.bucket)),
+                   key=lambda h: (h.tenant, h.bucket, h.key))
+    await session.send(Reply(rid=msg.rid, body={"holds": [
+        {"tenant": h.tenant, "bucket": h.bucket, "key": h.key, "by": h.by,
+         "set_ms": HybridClock.wall_ms(h.hlc)} for h in holds]}))
+
+
 # -- node ↔ node -------------------------------------------------------------------------------
 def _entries(raw: list[Any]) -> list[Entry]:
     return [entry_from_wire(e) for e in raw]
@@ -185,6 +200,7 @@ ADMIN_HANDLERS: dict[type, Any] = {
     BucketCreate: _bucket_create,
     BucketList: _bucket_list,
     HoldSet: _hold_set,
+    HoldList: _hold_list,
 }
 CATALOG_PEER_HANDLERS: dict[type, Any] = {
     CatalogPush: _catalog_push,

@@ -87,6 +87,24 @@ async def test_admin_refusals_retention_holds_and_quota(
             # legal hold: blocks delete and overwrite until cleared
             await w.put("docs", "cr.pdf", b"report")
             await a.hold_set("chu", "docs", "cr.pdf")
+            # Listed, though "docs" is no `bucket create` bucket yet, by the tenant's admin
+            # (from the other site too) and the operator; not by a writer.
+            held = [{k: h[k] for k in ("tenant", "bucket", "key", "by")}
+                    for h in await a.hold_list("chu")]
+            assert held == [{"tenant": "chu", "bucket": "docs", "key": "cr.pdf",
+                             "by": "chu-admin@chu"}]
+            assert [h["key"] for h in await op.hold_list()] == ["cr.pdf"]
+            assert await op.hold_list("chu", "worm") == []
+            with pytest.raises(PermissionDenied):
+                await w.hold_list("chu")
+            with pytest.raises(PermissionDenied):
+                await a.hold_list()  # every tenant's: the operator only
+            proc = await trio.to_thread.run_sync(lambda: hdsd(
+                "--profile", str(root / "clients/chu-admin.toml"), "--site", "dc2", "hold",
+                "ls", "chu/docs"))
+            assert proc.returncode == 0, proc.stderr
+            lines = proc.stdout.decode().splitlines()
+            assert len(lines) == 2 and lines[1].split()[1:] == ["chu-admin@chu", "chu/docs/cr.pdf"]
             with pytest.raises(LegalHold):
                 await w.delete("docs", "cr.pdf")
             with pytest.raises(LegalHold):
@@ -96,6 +114,7 @@ async def test_admin_refusals_retention_holds_and_quota(
             assert {b["bucket"]: (b["retention_days"], b["holds"]) for b in buckets} == {
                 "worm": (60, []), "docs": (0, ["cr.pdf"])}
             await a.hold_set("chu", "docs", "cr.pdf", held=False)
+            assert await a.hold_list("chu") == []  # a cleared hold is not listed
             await w.delete("docs", "cr.pdf")
 
             # quota: 200000 bytes of current versions
