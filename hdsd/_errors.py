@@ -9,7 +9,8 @@ the condition, and its message says what happened and what to do. Each class has
   traceback).
 
 Exit codes by class: 1 generic, 2 usage/config, 3 not found, 4 permission/authentication,
-5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota.
+5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota,
+9 request id reused for another request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "DiskFullError",
     "HdsdError",
     "IntegrityError",
+    "InvalidArgument",
     "InvalidRequest",
     "LayoutMismatch",
     "LegalHold",
@@ -35,10 +37,12 @@ __all__ = [
     "ProtocolError",
     "QuorumNotReached",
     "QuotaExceeded",
+    "RequestIdConflict",
     "RequestTimeout",
     "RetentionLocked",
     "StoreClosedError",
     "StoreFailedError",
+    "StoreInUse",
     "TenantShredded",
     "Unavailable",
     "WrongRole",
@@ -72,6 +76,13 @@ class InvalidRequest(HdsdError):
 
     code = "invalid_request"
     exit_code = 2
+
+
+class InvalidArgument(InvalidRequest, TypeError):
+    """A client call got an argument of the wrong kind (a str where bytes or a path belongs);
+    nothing was sent. Also a :class:`TypeError`, which is what Python code expects for it."""
+
+    code = "invalid_argument"
 
 
 class NotFound(HdsdError):
@@ -178,6 +189,14 @@ class StoreFailedError(StoreError):
     code = "store_failed"
 
 
+class StoreInUse(StoreError):
+    """Another process (another ``hdsd serve``) has this store open: a start-up mistake, so
+    the CLI exits 2 like any configuration error; the running process is not disturbed."""
+
+    code = "store_in_use"
+    exit_code = 2
+
+
 class DiskFullError(StoreError):
     """No space left on the data disk; the write was refused and nothing was acknowledged."""
 
@@ -249,6 +268,15 @@ class WrongRole(HdsdError):
 
     code = "wrong_role"
     exit_code = 4
+
+
+class RequestIdConflict(HdsdError):
+    """The request id was already used by a *different* request (another key, bucket,
+    operation or content). A request id names one request: nothing was written. Use a fresh
+    request id for a new request; reuse one only to retry the very same request."""
+
+    code = "request_id_conflict"
+    exit_code = 9
 
 
 def _all_subclasses(cls: type[HdsdError]) -> list[type[HdsdError]]:

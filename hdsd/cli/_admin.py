@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 import trio
 
-from .._errors import ConfigError
+from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
 from ..audit import load_or_create_signing_key
-from ..catalog import CATALOG_FILE, tenant_in_catalog
+from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
 from ..node._keyring import (
@@ -228,16 +228,31 @@ def cert() -> None:
               show_default=True, help="directory written by hdsd init")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
-def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None
-               ) -> None:
+@click.option("--force", is_flag=True,
+              help="replace an existing client's key and profile, or issue for a shredded "
+                   "tenant (whose requests every node refuses)")
+def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None,
+               force: bool) -> None:
     """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
     root = Path(cluster_dir).resolve()
     out_dir = Path(out).resolve() if out else root / "clients"
     keyrings = sorted(root.glob(f"*/data/{KEYRING_FILE}"))
     if not keyrings:
         raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
+    states = {tenant_state_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings}
+    if "shredded" in states and not force:
+        raise TenantShredded(f"tenant {tenant} was crypto-shredded: every node refuses its "
+                             "requests; nothing issued (--force to issue anyway)")
+    # Overwriting would silently lock out whoever holds the current key (and the profile may
+    # have been edited): replacing a client is an explicit act.
+    existing = [p for p in (out_dir / f"{client_name}.toml",
+                            *sorted(out_dir.glob(f"client-{client_name}@*.crt")),
+                            *sorted(out_dir.glob(f"client-{client_name}@*.key"))) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
+                          "issued (choose another --client, or --force to replace it)")
     # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
-    if not any(tenant_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings) and \
+    if states == {None} and \
             ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
         click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)

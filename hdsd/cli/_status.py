@@ -80,6 +80,28 @@ def _outcome(value: dict[str, Any]) -> str | None:
     return None
 
 
+def rpo_line(nodes: list[dict[str, Any]]) -> str:
+    """The cluster's live RPO: every node's hinted backlog added up; "0" only when every node
+    answered, owes nothing and has no peer left to compare with (see PeerDoubts)."""
+    up = [n for n in nodes if n.get("up")]
+    rpos = [n.get("rpo") or {} for n in up]
+    versions = sum(int(r.get("versions", 0)) for r in rpos)
+    size = sum(int(r.get("bytes", 0)) for r in rpos)
+    age = max((float(r.get("age_s", 0)) for r in rpos), default=0.0)
+    doubted = sorted({f"{n.get('node')}~{p}" for n, r in zip(up, rpos, strict=True)
+                      for p in (r.get("peers_in_doubt") or {})})
+    down = len(nodes) - len(up)
+    if versions == 0 and not doubted and not down:
+        return "live RPO: 0 (every version is on every replica its placement names)"
+    parts = [f"{versions} versions, {human_bytes(size)} not yet on every replica"]
+    if doubted:
+        parts.append(f"{len(doubted)} node pairs not yet compared ({', '.join(doubted[:4])}"
+                     + (", ..." if len(doubted) > 4 else "") + ")")
+    if down:
+        parts.append(f"{down} node(s) down, their backlog unknown")
+    return f"live RPO: {'; '.join(parts)}; oldest {age:.1f} s"
+
+
 def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
     """The table cells of one node (strings; '-' where unknown)."""
     name = str(entry.get("node", "?")) + (" (backup)" if entry.get("role") == "backup" else "")
@@ -102,7 +124,9 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
         "mode": mode, "policy": str(entry.get("write_policy", "?")),
         "backlog (rpo)": (f"{rpo.get('versions', 0)} v/{human_bytes(rpo.get('bytes', 0))}"
                           + (f" {human_age(rpo.get('age_s', 0))}" if rpo.get("versions")
-                             else "")),
+                             else "")
+                          + (f" +{len(rpo['peers_in_doubt'])} unchecked"
+                             if rpo.get("peers_in_doubt") else "")),
         "last repair": last_run(entry.get("last_repair"), now),
         "last scrub": last_run(entry.get("last_scrub"), now),
     }
@@ -151,9 +175,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if mode.get("mode") == "degraded":
         line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
     click.echo(line)
-    rpo = st.get("rpo", {})
-    click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
-               f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
+    click.echo(rpo_line(nodes))
     click.echo("")
     for text in render_table([node_row(n, now) for n in nodes]):
         click.echo(text)

@@ -36,6 +36,7 @@ from .._errors import (
 from .._groups import single_error
 from ..audit import ObservedSession, audit_request, peer_address
 from ..pipeline import Chunker, open_in_thread, seal_in_thread
+from ..replication import check_retry
 from ..store import ChunkRecord, Version, parse_version_id
 from ..transport import Identity, WireSession
 from ..wire import (
@@ -151,7 +152,13 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     tenant = ident.tenant or ""
     async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is not None:
-            await _drain_body(node, session, msg.rid, inbox)
+            # A retry: the same request only (RequestIdConflict otherwise, nothing written),
+            # acknowledged only once the policy holds for the version the first attempt made.
+            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=False, size=msg.size)
+            size, digest = await _hash_body(node, session, tenant, msg.rid, inbox)
+            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=False, size=size,
+                        content_hash=digest)
+            await _settle(node, previous)
             replayed = {**previous.public_info(), "replayed": True}
             await session.send(Reply(rid=msg.rid, body=replayed))
             return
@@ -171,14 +178,32 @@ async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message]
     raise RequestTimeout(f"no upload data for {timeout:g} s; nothing was stored")
 
 
-async def _drain_body(node: Node, session: WireSession, rid: int,
-                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+async def _hash_body(node: Node, session: WireSession, tenant: str, rid: int,
+                     inbox: trio.MemoryReceiveChannel[Message]) -> tuple[int, bytes]:
+    """Receive a retried put's body without storing it: its size and keyed content hash,
+    to check that the retry carries the content the request id was first used for."""
+    hasher = node.codec(tenant).content_hasher()
+    size = 0
     while True:
         event = await _next_body_event(node, inbox)
         if isinstance(event, Data):
+            hasher.update(event.data)
+            size += len(event.data)
             await session.consumed(rid, len(event.data))
-        elif isinstance(event, (End, Cancel)):
-            return
+        elif isinstance(event, End):
+            return size, hasher.digest()
+        elif isinstance(event, Cancel):
+            raise InvalidRequest("upload cancelled by the client; nothing was stored")
+        else:
+            raise InvalidRequest(f"unexpected {type(event).__name__} during an upload")
+
+
+async def _settle(node: Node, previous: Version) -> None:
+    """Drive a retried request's version to the replicas the write policy needs (hinting
+    the others); raises like a first attempt when the policy cannot be met."""
+    replicas = node.replicator.replicas_for(previous.tenant, previous.bucket, previous.key)
+    lagging = await node.replicator.settle(replicas, previous)
+    await node.replicator.keep_hints(lagging, [previous])
 
 
 async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg: PutStart,
@@ -400,6 +425,9 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
             replicas = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
             lagging = await node.replicator.write(replicas, [], [previous])
             await node.replicator.keep_hints(lagging, [previous])
+        else:
+            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=True)
+            await _settle(node, previous)
     await session.send(Reply(rid=msg.rid, body=previous.public_info()))
 
 

@@ -105,6 +105,9 @@ async def site_mode(node: Node, session: WireSession, ident: Identity, msg: Site
         raise InvalidRequest("say why the site is degraded (--reason)")
     by = f"{ident.name}@{ident.tenant}"
     mode = node.mode.set(msg.mode, reason=msg.reason or "restored by an operator", by=by)
+    if msg.mode == "normal":
+        # Writes accepted alone must now be compared with the other site, at once.
+        node.doubts.doubt(None, "the site was restored to normal")
     await session.send(Reply(rid=msg.rid, body={"node": node.config.name,
                                                 "write_policy": node.replicator.effective_policy(),
                                                 **_mode_body(mode)}))

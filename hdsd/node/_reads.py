@@ -20,7 +20,7 @@ from ..replication import PeerPool, Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
 from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
-from ._listing import BucketPart, Part, take_buckets, take_versions
+from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
 __all__ = ["ReadPaths", "decode_version_cursor"]
 
@@ -202,6 +202,17 @@ class ReadPaths:
                 nursery.start_soon(ask, name)
         self._site_gap("listing buckets", plan, down)
         return parts
+
+    async def buckets_site(self, tenant: str) -> list[str]:
+        """Every bucket of *tenant* holding versions in this site (every page, merged)."""
+        out: list[str] = []
+        after = ""
+        while True:
+            names, cursor = merge_buckets(await self.list_buckets_site(tenant, after))
+            out.extend(names)
+            if cursor is None:
+                return out
+            after = cursor
 
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
                             codec: ChunkCodec) -> bytes:

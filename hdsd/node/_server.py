@@ -32,7 +32,7 @@ from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
-from ..replication import HintStore, ModeState, PeerPool, Replicator
+from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
 from ..store import Store, Version
 from ..transport import (
     Identity,
@@ -87,13 +87,17 @@ class Node(ReadPaths):
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
+        # Peers an anti-entropy round must compare before the live RPO may read 0.
+        self.doubts = PeerDoubts((n.name for n in self.layout.nodes if n.name != config.name),
+                                 config.data_dir / "peers-in-doubt.json")
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
-                              ssl_context=client_context(config.cert, config.key, config.ca))
+                              ssl_context=client_context(config.cert, config.key, config.ca),
+                              on_link=self._peer_link_changed)
         self.replicator = Replicator(
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
             on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s,
-            plan_of=self.tenancy.plan)
+            plan_of=self.tenancy.plan, doubts=self.doubts)
         self.maintenance = Maintenance(
             name=config.name, layout=self.layout, store=store, peers=self.peers,
             snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
@@ -102,7 +106,7 @@ class Node(ReadPaths):
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
-            dead_tenants=self._shredded)
+            dead_tenants=self._shredded, doubts=self.doubts)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -142,6 +146,17 @@ class Node(ReadPaths):
         maintenance = getattr(self, "maintenance", None)  # None while the node is built
         if maintenance is not None:
             maintenance.request_compaction()
+
+    def _peer_link_changed(self, peer: str, up: bool) -> None:
+        """A link to *peer* broke or came back: whatever was in flight on it may have landed
+        on one side only, so compare with it (and, for a lost link, with everyone: a peer that
+        went away may have been coordinating writes to the others) as soon as it answers."""
+        if self._stopping:
+            return
+        if up:
+            self.doubts.doubt([peer], "the link to it came back")
+        else:
+            self.doubts.doubt(None, f"the link to {peer} broke")
 
     def _shredded(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tenancy.catalog.tenants() if t.is_shredded)
@@ -192,8 +207,12 @@ class Node(ReadPaths):
             "write_policy": self.replicator.effective_policy(),
             "configured_policy": self.config.write_policy,
             "layout": self.layout.layout_id,
+            # The live RPO: hinted versions (counted) and peers in doubt (not countable until
+            # a round compared them). It is 0 only when both are empty.
             "rpo": {"versions": total.versions, "bytes": total.bytes,
-                    "age_s": round(total.age(), 3)},
+                    "age_s": round(max(total.age(), self.doubts.age()), 3),
+                    "peers_in_doubt": self.doubts.describe(),
+                    "zero": total.versions == 0 and not self.doubts.pending()},
             "peers": {name: {"site": self.layout.node(name).site, **self.peers.describe(name),
                              "backlog_versions": b.versions, "backlog_bytes": b.bytes,
                              "backlog_age_s": round(b.age(), 3)}
@@ -251,6 +270,10 @@ class Node(ReadPaths):
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
+        if self._active_requests == 0:
+            # Every request finished (acknowledged with its hints, or refused with them): the
+            # next start need not doubt every peer.
+            self.doubts.mark_clean_stop()
         self.hints.close()
         self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
@@ -332,6 +355,10 @@ class Node(ReadPaths):
                 await _goodbye(session, exc)
             except HdsdError as exc:
                 log.info("event=connection_lost peer=%s reason=%s", peer, exc)
+            if ident.kind == "node":
+                # A peer's link to us ended: it may have crashed between our fsync of its
+                # write and its hint for the other replicas.
+                self._peer_link_changed(ident.name, False)
             # The client is gone: its in-flight requests have nobody to answer.
             requests.cancel_scope.cancel()
 

@@ -44,6 +44,7 @@ from .._errors import (
     QuotaExceeded,
     RetentionLocked,
     TenantShredded,
+    Unavailable,
 )
 from ..catalog import (
     CATALOG_FILE,
@@ -333,7 +334,10 @@ class Tenancy:
             try:
                 await self.sync_with(node, name)
             except HdsdError as exc:
-                log.info("event=catalog_sync_failed peer=%s error=%s", name, exc)
+                # An unreachable peer is reported by the peer pool (rate-limited).
+                quiet = isinstance(exc, Unavailable) and not node.peers.reachable(name)
+                log.log(logging.DEBUG if quiet else logging.INFO,
+                        "event=catalog_sync_failed peer=%s error=%s", name, exc)
 
         async with trio.open_nursery() as nursery:
             for n in node.layout.nodes:

@@ -4,6 +4,11 @@
   operator asks, a round with each peer whose name sorts after this node's — every pair of
   nodes is compared once, by its lower-named member.
 * Scrub: every ``scrub_interval`` or on demand, at its own rate.
+* Reconciliation: as soon as a peer is in doubt (:class:`~hdsd.replication.PeerDoubts`: a
+  broken link, an unanswered write, an unclean start, a site restored), a round with that peer
+  runs — not at the next periodic round — and lifts the doubt when it finishes cleanly; a round
+  that received versions puts the other peers in doubt (they may lack them too). This is what
+  makes the live RPO drain by itself after a partition or a crash.
 * Rebuild: a node that starts with an empty store while it has peers (a replaced disk, a wiped
   data directory), or whose log recovery set damaged ranges aside (``salvaged``), pulls
   everything it should hold from every peer before it counts as rebuilt; meanwhile its reads
@@ -25,7 +30,7 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
-from ..replication import PeerLink, to_thread
+from ..replication import PeerDoubts, PeerLink, to_thread
 from ..store import Store
 from ..wire import TreeLevel
 from ._scrub import ChunkOpener, Scrubber, ScrubReport
@@ -83,8 +88,13 @@ class Maintenance:
                  scrub_rate_mib_s: float, timeout: float,
                  salvaged: tuple[str, ...] = (),
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
-                 dead_tenants: Callable[[], frozenset[str]] = frozenset) -> None:
+                 dead_tenants: Callable[[], frozenset[str]] = frozenset,
+                 doubts: PeerDoubts | None = None) -> None:
         self.name = name
+        self.doubts = doubts if doubts is not None else PeerDoubts(
+            n.name for n in layout.nodes if n.name != name)
+        # One round at a time per node: periodic, reconciling and rebuilding rounds share it.
+        self._round_lock = trio.Lock()
         self.salvaged = salvaged
         self.dead_tenants = dead_tenants
         self.layout = layout
@@ -155,6 +165,7 @@ class Maintenance:
                 if self.rebuild is not None:
                     nursery.start_soon(self._rebuild)
                 nursery.start_soon(self._loop, self.repair, self._repair_round)
+                nursery.start_soon(self._reconcile)
                 nursery.start_soon(self._loop, self.scrub, self._scrub_run)
                 nursery.start_soon(self._loop, self.compaction, self._compact_run)
         finally:
@@ -183,6 +194,45 @@ class Maintenance:
                 task.running = False
                 task.completed += 1
 
+    async def _round(self, peer: str,
+                     progress: Callable[[RepairReport, int, int], None] | None = None
+                     ) -> RepairReport:
+        """One round with *peer*; lifts its doubt when clean, and doubts the other peers
+        when it brought versions here (they may lack them as well)."""
+        async with self._round_lock:
+            began = time.time()
+            report = await self.sync.repair_with(peer, progress)
+        if report.error is None:
+            self.doubts.verified(peer, began)
+            if report.versions_received:
+                self.doubts.doubt([p for p in self.doubts.peers if p != peer],
+                                  f"a round with {peer} received versions")
+        return report
+
+    async def _reconcile(self) -> None:
+        """Compare with every peer in doubt, at once and until each doubt is lifted."""
+        delay = 0.2
+        while self.rebuild is not None and self.rebuild["state"] != "done":
+            await trio.sleep(0.5)  # a rebuild compares with every peer anyway
+        while True:
+            pending = self.doubts.pending()
+            if not pending:
+                delay = 0.2
+                await self.doubts.wait_changed()
+                continue
+            failures = 0
+            for peer in sorted(pending, key=pending.__getitem__):
+                if peer not in self.trees.peers:
+                    # No key is placed on both of us: nothing to compare.
+                    self.doubts.verified(peer, time.time())
+                    continue
+                report = await self._round(peer)
+                failures += report.error is not None
+            if failures:
+                with trio.move_on_after(delay):
+                    await self.doubts.wait_changed()
+                delay = min(delay * 2, 5.0)
+
     async def _repair_round(self) -> None:
         peers = [p for p in self.trees.peers if p > self.name]
         reports: list[dict[str, Any]] = []
@@ -199,7 +249,7 @@ class Maintenance:
                     reports.append(report.as_dict())
                     continue
             self.repair.progress = {"peer": peer, "leaves_done": 0, "leaves_total": 0}
-            report = await self.sync.repair_with(peer, self._progress(self.repair.progress))
+            report = await self._round(peer, self._progress(self.repair.progress))
             reports.append(report.as_dict())
         self.repair.progress = {}
         self.repair.last = {"started": started, "finished": time.time(), "peers": reports}
@@ -262,7 +312,7 @@ class Maintenance:
         while pending:
             for peer in list(pending):
                 progress = self.rebuild
-                report = await self.sync.repair_with(peer, self._rebuild_progress(progress))
+                report = await self._round(peer, self._rebuild_progress(progress))
                 progress["versions_received"] += report.versions_received
                 if report.error is None:
                     pending.remove(peer)

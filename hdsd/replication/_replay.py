@@ -5,6 +5,11 @@ hint naming this node itself (its own fsync failed while the others met the poli
 by pulling the version from another replica. A version the coordinator does not hold (it is not
 a replica of the key) is fetched from a replica first. Replay is idempotent. When the site is
 degraded and the other site came back with nothing left to replay, the site returns to normal.
+
+A hint whose version no replica holds is dropped (a refused write that stored nothing), but only
+once that has been seen for twice the write timeout: a replica that answered "not here" may still
+commit the version from a request it received late (it was stalled, or the answer raced the
+commit), and dropping the hint at the first look would leave that copy uncounted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
 from ..store import ChunkRecord, Version
 from ..wire import FetchVersions, PeerStatusRequest
+from ._doubts import PeerDoubts
 from ._hints import HintStore
 from ._mode import ModeState
 from ._peers import PeerLink
@@ -43,6 +49,8 @@ class HintReplay:
     _offload: Offload
     _hints_added: trio.Event
     _peer_was_lost: bool
+    _unheld_since: dict[int, float]
+    doubts: PeerDoubts
 
     def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
         raise NotImplementedError
@@ -58,12 +66,20 @@ class HintReplay:
                     await self._hints_added.wait()
                 continue
             done: list[int] = []
+            waiting = False
             try:
                 for hint in pending:
-                    await self._replay_one(node, hint.tenant, hint.bucket, hint.key, hint.hlc,
-                                           hint.node)
-                    done.append(hint.id)
+                    if await self._replay_one(node, hint.tenant, hint.bucket, hint.key,
+                                              hint.hlc, hint.node):
+                        self._unheld_since.pop(hint.id, None)
+                        done.append(hint.id)
+                    elif self._give_up(hint.id):
+                        done.append(hint.id)
+                    else:
+                        waiting = True
                 delay = 0.05
+                if waiting and not done:
+                    await trio.sleep(min(1.0, self.timeout))
             except HdsdError as exc:
                 if isinstance(exc, Unavailable):
                     self._peer_was_lost = self._peer_was_lost or self.mode.degraded
@@ -74,18 +90,30 @@ class HintReplay:
                 if done:
                     await self._offload(self.hints.remove, done)
 
+    def _give_up(self, hint_id: int) -> bool:
+        """No replica holds the hinted version: drop the hint once that has lasted twice the
+        write timeout (no request of the refused write can still be committing by then)."""
+        now = trio.current_time()
+        first = self._unheld_since.setdefault(hint_id, now)
+        if now - first < 2 * self.timeout:
+            return False
+        del self._unheld_since[hint_id]
+        return True
+
     async def _replay_one(self, node: str, tenant: str, bucket: str, key: str, hlc: int,
-                          origin: str) -> None:
-        """Bring *node* the version named by a hint, with its chunks."""
+                          origin: str) -> bool:
+        """Bring *node* the version named by a hint, with its chunks. False if no replica
+        holds the version (yet)."""
         found = await self._load(tenant, bucket, key, hlc, origin, exclude=node)
         if found is None:
-            return  # no replica ever made it durable: the write failed everywhere
+            return False
         version, chunks = found
         if node == self.name:
             await self.store.commit([*chunks, version])
-            return
+            return True
         await push_version(self.peers, node, self.layout_id, version, chunks,
                            timeout=self.timeout, hint=True)
+        return True
 
     async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
                     exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
@@ -137,4 +165,5 @@ class HintReplay:
         if self._peer_was_lost and self.hints.backlog().versions == 0:
             self.mode.set("normal", reason="other site back and every hint replayed",
                           by=self.name, automatic=True)
+            self.doubts.doubt(None, "the site returned to normal")
             self._peer_was_lost = False

@@ -18,9 +18,18 @@ Any replica that had not confirmed *every* write of the put when the version is 
 gets a durable hint (see :mod:`._hints`) before the client hears "ok"; replay
 brings it up to date later. If the policy cannot be met in time the write fails with
 :class:`QuorumNotReached` naming who answered: nothing is acknowledged, and a retry with the
-same request id is safe. A version stored on some replicas by a failed write is not visible as
-acknowledged to the client, but it may surface later (replicas merge by union) — an
-acknowledged one never disappears.
+same request id is safe.
+
+A refused write may still have stored its version on some replicas (it surfaces: replicas merge
+by union). Such a version is never left on one site silently: whenever any replica confirmed it,
+or a replica's outcome is unknown (no answer, a broken link), every replica that did not confirm
+gets a hint, wherever the coordinator sits (also when it is not a replica of the key), so the
+live RPO counts it and replay completes it. A replica whose outcome stays unknown also puts the
+peers in doubt (:mod:`._doubts`) until an anti-entropy round has compared them.
+
+A retry of a request whose earlier attempt stored a version goes through :meth:`settle`: the
+same version is driven to the replicas the policy needs, and the retry is acknowledged only
+once the policy holds for it — a refusal never turns into an acknowledgement by being replayed.
 """
 
 from __future__ import annotations
@@ -33,11 +42,14 @@ import trio
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, placement_key
 from ..store import ChunkRecord, Version
+from ..wire import FetchChunk, FetchVersions
+from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
 from ._peers import PeerLink
 from ._policy import policy_met, policy_still_possible
 from ._replay import HintReplay
+from ._transfer import BATCH_BYTES
 from ._types import LocalCommit, LocalStore, Offload, Replicas, replicate_message, to_thread
 
 __all__ = ["LocalStore", "Replicator"]
@@ -51,7 +63,8 @@ class Replicator(HintReplay):
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
                  peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
-                 plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
+                 plan_of: Callable[[str], str] = lambda tenant: "standard",
+                 doubts: PeerDoubts | None = None) -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -63,6 +76,9 @@ class Replicator(HintReplay):
         self.policy = policy
         self.on_peer_site_loss = on_peer_site_loss
         self.timeout = timeout
+        # Peers whose agreement with this node an unanswered write put in doubt.
+        self.doubts = doubts if doubts is not None else PeerDoubts(
+            n.name for n in layout.nodes if n.name != name)
         # Blocking calls (hint fsyncs, chunk reads) run through this: a worker thread in the
         # node, inline in the deterministic simulation (threads and a mock clock do not mix).
         self._offload = offload
@@ -71,6 +87,7 @@ class Replicator(HintReplay):
         # Automatic restore needs the other site to have been away and come back; an operator
         # degrading ahead of planned maintenance is not undone while the peer is still up.
         self._peer_was_lost = False
+        self._unheld_since: dict[int, float] = {}  # hint id -> first seen held by nobody
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
@@ -221,13 +238,7 @@ class Replicator(HintReplay):
             self._peer_was_lost = True
             if policy_met("local", replicas, acked, self.site):
                 return set(targets) - acked
-        if self.name in acked and versions:
-            # Not acknowledged, but durable here: it may surface (merge is a union), so bring
-            # the other replicas along instead of leaving the sites different.
-            try:
-                await self.keep_hints(set(targets) - acked, versions)
-            except HdsdError as exc:
-                log.warning("event=hint_failed error=%s", exc)
+        await self._hint_refused(targets, versions, acked, failed)
         explained = self._explain(policy, targets, acked, failed)
         full = sorted(n for n, exc in failed.items() if isinstance(exc, DiskFullError))
         if full:
@@ -235,6 +246,27 @@ class Replicator(HintReplay):
             raise DiskFullError(f"no space left on the data disk of {', '.join(full)}; "
                                 f"{explained}")
         raise QuorumNotReached(explained)
+
+    async def _hint_refused(self, targets: list[str], versions: Sequence[Version],
+                            acked: set[str], failed: dict[str, HdsdError]) -> None:
+        """A refused write may have stored its versions somewhere: a replica confirmed them,
+        or did not say (no answer, a broken link: it may commit them later). Either way they
+        may surface (merge is a union), so every replica that did not confirm gets a hint —
+        the live RPO counts them and replay completes them (or drops the hint once no replica
+        turns out to hold them). Only a write every replica definitely refused needs none."""
+        if not versions:
+            return
+        unknown = [n for n in targets
+                   if n not in acked and (n not in failed or isinstance(failed[n], Unavailable))]
+        if unknown:
+            self.doubts.doubt([n for n in unknown if n != self.name],
+                              "a write to it ended without an answer")
+        if not acked and not unknown:
+            return
+        try:
+            await self.keep_hints(set(targets) - acked, versions)
+        except HdsdError as exc:
+            log.warning("event=hint_failed error=%s", exc)
 
     def _peer_site_lost(self, replicas: Replicas, acked: set[str],
                         failed: dict[str, HdsdError]) -> bool:
@@ -255,6 +287,107 @@ class Replicator(HintReplay):
         if silent:
             parts.append(f"no answer from: {', '.join(silent)}")
         return "; ".join(parts)
+
+    # -- retries -------------------------------------------------------------------------
+    async def settle(self, replicas: Replicas, version: Version) -> set[str]:
+        """Acknowledge *version* — stored on some replica by an earlier attempt of the same
+        request — only once the policy holds for it: find the replicas that hold it, copy it
+        (chunks first) to those that answered that they lack it, and return as :meth:`write`
+        does (the replicas still lacking it, to hint) or raise :class:`QuorumNotReached`.
+
+        Never writes a second version: a retry completes the first attempt or fails again.
+        """
+        policy = self.effective_policy()
+        targets = [n for nodes in replicas.values() for n in nodes]
+        holders: set[str] = set()
+        lacking: set[str] = set()
+        failed: dict[str, HdsdError] = {}
+
+        async def ask(node: str) -> None:
+            try:
+                if await self._holds(node, version):
+                    holders.add(node)
+                else:
+                    lacking.add(node)
+            except HdsdError as exc:
+                failed[node] = exc
+
+        async with trio.open_nursery() as nursery:
+            for node in targets:
+                nursery.start_soon(ask, node)
+        if not policy_met(policy, replicas, holders, self.site) and holders and lacking:
+            await self._copy(version, sorted(holders), sorted(lacking), holders, failed)
+        if policy_met(policy, replicas, holders, self.site):
+            return set(targets) - holders
+        return await self._not_met(policy, replicas, targets, [version], holders, failed,
+                                   self._may_degrade(replicas, holders, failed))
+
+    async def _holds(self, node: str, version: Version) -> bool:
+        """Whether *node* has *version* durably (its index, or its recent commits)."""
+        if node == self.name:
+            v = version
+            if self.store.get_version(v.tenant, v.bucket, v.key, v.hlc, v.node) is not None:
+                return True
+            found = self.store.find_request(v.tenant, v.request_id) if v.request_id else None
+            return found is not None and found.order == v.order
+        body = await self.peers.call(
+            node, lambda rid: FetchVersions(rid, self.layout_id, version.tenant, version.bucket,
+                                            version.key),
+            timeout=self.timeout)
+        return any((w.get("h"), w.get("n")) == version.order for w in body.get("versions", []))
+
+    async def _copy(self, version: Version, sources: list[str], lacking: list[str],
+                    acked: set[str], failed: dict[str, HdsdError]) -> None:
+        """Copy *version* from one of *sources* to every node of *lacking*, in frame-sized
+        batches of chunks (bounded memory whatever the size), the version record last.
+        Adds each node that confirmed to *acked*, each that failed to *failed*."""
+        source = self.name if self.name in sources else sources[0]
+        alive = list(lacking)
+
+        async def read(chunk_id: bytes) -> bytes:
+            if source == self.name:
+                payload: bytes = await self._offload(self.store.read_chunk, version.tenant,
+                                                     chunk_id)
+                return payload
+            body = await self.peers.call(
+                source, lambda rid: FetchChunk(rid, self.layout_id, version.tenant, chunk_id),
+                timeout=self.timeout)
+            return bytes(body["payload"])
+
+        async def send(chunks: list[ChunkRecord], versions: list[Version]) -> None:
+            async def one(node: str) -> None:
+                try:
+                    if node == self.name:
+                        await self.store.commit([*chunks, *versions])
+                    else:
+                        await self.peers.call(node, replicate_message(
+                            self.layout_id, chunks, versions), timeout=self.timeout)
+                except HdsdError as exc:
+                    failed[node] = exc
+                    alive.remove(node)
+            async with trio.open_nursery() as nursery:
+                for node in list(alive):
+                    nursery.start_soon(one, node)
+
+        batch: list[ChunkRecord] = []
+        size = 0
+        try:
+            ids = [] if version.inline is not None else list(dict.fromkeys(version.chunks))
+            for chunk_id in ids:
+                payload = await read(chunk_id)
+                batch.append(ChunkRecord(version.tenant, chunk_id, payload))
+                size += len(payload)
+                if size >= BATCH_BYTES:
+                    await send(batch, [])
+                    batch, size = [], 0
+                if not alive:
+                    return
+        except HdsdError as exc:
+            for node in alive:
+                failed[node] = exc
+            return
+        await send(batch, [version])
+        acked.update(alive)
 
     async def keep_hints(self, lagging: set[str], versions: Sequence[Version]) -> None:
         """Durably note that *lagging* replicas still need *versions*; call before the ack.

@@ -36,6 +36,8 @@ class LocalStore(Protocol):
 
     def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes: ...
 
+    def find_request(self, tenant: str, request_id: bytes) -> Version | None: ...
+
 
 Offload = Callable[..., Awaitable[Any]]
 

@@ -57,8 +57,10 @@ def _all_versions(profile: Path, site: str) -> dict[tuple[str, str], tuple[str, 
             after = page.next
 
 
-def _alone(cluster: Cluster, site: str, ops: list[tuple[str, bytes | None]]) -> None:
-    """Run *ops* on *site* while the other site is down, then lose that site's hints."""
+def _alone(cluster: Cluster, site: str, ops: list[tuple[str, bytes | None]]
+           ) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Run *ops* on *site* while the other site is down, then lose that site's hints.
+    Returns what the site lists at the end."""
     node = cluster.nodes[f"{site}-n1"]
     node.start()
     _ok("--profile", str(cluster.profile), "--site", site, "site", "degrade", site,
@@ -72,9 +74,11 @@ def _alone(cluster: Cluster, site: str, ops: list[tuple[str, bytes | None]]) -> 
                     pass
             else:
                 c.put(BUCKET, key, data)
+    listed = _all_versions(cluster.profile, site)
     node.stop()
     # The partition outlasted every queue: without hints only anti-entropy can converge.
     (node.config.parent / "data" / "hints.sqlite").unlink()
+    return listed
 
 
 def _random_ops(rng: random.Random, keys: list[str], n: int) -> list[tuple[str, bytes | None]]:
@@ -109,17 +113,16 @@ def test_partitioned_sites_converge_by_repair_and_deleted_keys_stay_deleted(
             c.put(BUCKET, key, rng.randbytes(rng.choice([10, 3000, 40_000])))
     cluster.nodes["dc1-n1"].stop()
     cluster.nodes["dc2-n1"].stop()
-    _alone(cluster, "dc1", _random_ops(rng, keys, 40))
-    _alone(cluster, "dc2", _random_ops(rng, keys, 40))
+    before = {"dc1": _alone(cluster, "dc1", _random_ops(rng, keys, 40)),
+              "dc2": _alone(cluster, "dc2", _random_ops(rng, keys, 40))}
+    assert before["dc1"] != before["dc2"]
     cluster.start()
     for site in ("dc1", "dc2"):
         _ok("--profile", str(profile), "--site", site, "site", "restore", site)
-    before = {site: _all_versions(profile, site) for site in ("dc1", "dc2")}
-    assert before["dc1"] != before["dc2"]
-
+    # Without hints, only anti-entropy converges the sites: the reconciliation round that a
+    # restored site (and an unclean restart) starts by itself, or the operator's repair.
     rounds = _rounds(_repair(profile))
     assert len(rounds) == 1 and rounds[0]["error"] is None, rounds
-    assert rounds[0]["versions_received"] > 0 and rounds[0]["versions_sent"] > 0
 
     after = {site: _all_versions(profile, site) for site in ("dc1", "dc2")}
     assert after["dc1"] == after["dc2"]

@@ -1,6 +1,12 @@
 """A whole cluster in one process, on trio's MockClock: the real :class:`Replicator` (write
-fan-out, policies, hints, replay, site modes) over a fault-injecting in-memory network and
-in-memory stores that lose unsynced writes when their node crashes.
+fan-out, policies, hints, replay, retries settled under the policy, site modes) and the real
+:class:`PeerDoubts` over a fault-injecting in-memory network and in-memory stores that lose
+unsynced writes when their node crashes.
+
+Anti-entropy is played by a stand-in (:meth:`SimNode._round`: the union of the versions both
+nodes should hold, exchanged over the simulated links), driven exactly as the node drives the
+real one: a round with each peer in doubt, lifting the doubt when it finishes cleanly, doubting
+the other peers when it received versions.
 
 Everything is deterministic: time is the mock clock, randomness comes from one seeded
 ``random.Random``, and blocking work runs inline (no threads).
@@ -17,7 +23,7 @@ import trio
 
 from hdsd import ConnectionLost, HdsdError, NotFound, RequestTimeout, StoreFailedError
 from hdsd.cluster import HybridClock, Layout, NodeInfo
-from hdsd.replication import HintStore, ModeState, Replicator
+from hdsd.replication import HintStore, ModeState, PeerDoubts, Replicator
 from hdsd.store import ChunkRecord, Version
 from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate
 
@@ -72,6 +78,12 @@ class MemStore:
         except KeyError:
             raise NotFound("no such chunk") from None
 
+    def find_request(self, tenant: str, request_id: bytes) -> Version | None:
+        if not request_id:
+            return None
+        return next((v for v in self.versions.values()
+                     if v.tenant == tenant and v.request_id == request_id), None)
+
     def of_key(self, tenant: str, bucket: str, key: str) -> list[Version]:
         return sorted((v for k, v in self.versions.items() if k[:3] == (tenant, bucket, key)),
                       key=lambda v: v.order)
@@ -112,6 +124,11 @@ class SimNode:
         self.hints = HintStore(workdir / "hints.sqlite")
         self.mode = ModeState(workdir / "mode.json", site=info.site)
         self.clock = HybridClock(wall_ms=lambda: int(trio.current_time() * 1000))
+        # Kept across crashes like the node's file; a restart doubts every peer (the node does
+        # so when its clean-stop marker is missing).
+        self.doubts = PeerDoubts((n.name for n in net.layout.nodes if n.name != info.name),
+                                 clock=trio.current_time)
+        self.rounds = 0
         self.alive = False
         self.replicator: Replicator | None = None
         self.requests: trio.Nursery | None = None  # client requests coordinated here
@@ -123,11 +140,13 @@ class SimNode:
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.store.failed = False  # a restart runs recovery: what was durable is there
+        if self.replicator is not None:
+            self.doubts.doubt(None, "restarted after a crash")
         self.replicator = Replicator(
             name=self.name, site=self.info.site, layout=self.net.layout, store=self.store,
             peers=SimLink(self.net, self.name), hints=self.hints, mode=self.mode,
             policy="each-site", on_peer_site_loss="refuse", timeout=self.net.timeout,
-            offload=inline)
+            offload=inline, doubts=self.doubts)
         self._scope = trio.CancelScope()
         self.alive = True
         await nursery.start(self._run, self._scope, self.replicator)
@@ -138,7 +157,65 @@ class SimNode:
             async with trio.open_nursery() as nursery:
                 self.requests = nursery
                 await nursery.start(replicator.run)
+                nursery.start_soon(self._reconcile)
                 task_status.started()
+
+    async def _reconcile(self) -> None:
+        """Like ``Maintenance._reconcile``: a round with every peer in doubt, at once."""
+        while True:
+            pending = self.doubts.pending()
+            if not pending:
+                await self.doubts.wait_changed()
+                continue
+            failed = False
+            for peer in sorted(pending):
+                began = trio.current_time()
+                try:
+                    received = await self._round(peer)
+                except HdsdError:
+                    failed = True
+                    continue
+                self.doubts.verified(peer, began)
+                if received:
+                    self.doubts.doubt([p for p in self.doubts.peers if p != peer],
+                                      f"a round with {peer} received versions")
+            if failed:
+                with trio.move_on_after(1.0):
+                    await self.doubts.wait_changed()
+
+    def _shared(self, peer: str, v: Version) -> bool:
+        assert self.replicator is not None
+        placed = self.replicator.replicas_for(v.tenant, v.bucket, v.key)
+        names = {n for nodes in placed.values() for n in nodes}
+        return self.name in names and peer in names
+
+    async def _round(self, peer: str) -> int:
+        """The stand-in for an anti-entropy round: both nodes end with the union of the
+        versions (and their chunks) placed on both. Returns how many this node received."""
+        other = self.net.nodes[peer]
+        # One exchange each way over the simulated links (they may be cut, lossy or slow).
+        ping = PeerStatusRequest(0, self.net.layout.layout_id)
+        await self.net.call(self.name, peer, ping, self.net.timeout)
+        mine = {k: v for k, v in self.store.versions.items() if self._shared(peer, v)}
+        theirs = {k: v for k, v in other.store.versions.items() if self._shared(peer, v)}
+        await self.net.call(peer, self.name, ping, self.net.timeout)
+
+        def records(src: MemStore, versions: list[Version]) -> list[ChunkRecord | Version]:
+            out: list[ChunkRecord | Version] = []
+            for v in versions:
+                if v.inline is None:
+                    out += [ChunkRecord(v.tenant, c, src.chunks[(v.tenant, c)])
+                            for c in v.chunks if (v.tenant, c) in src.chunks]
+                out.append(v)
+            return out
+        give = [v for k, v in mine.items() if k not in theirs]
+        take = [v for k, v in theirs.items() if k not in mine]
+        if give:
+            await other.store.commit(records(self.store, give))
+        if take:
+            await self.store.commit(records(other.store, take))
+        self.rounds += 1
+        return len(take)
 
     def crash(self) -> None:
         if self._scope is not None:

@@ -1,11 +1,18 @@
 """Deterministic simulation: whole clusters in one process on a mock clock, with hypothesis
 generating fault schedules (cuts in one or both directions, loss, delays, crashes that lose
-unsynced writes, fsync failures, operator degrades).
+unsynced writes, fsync failures, operator degrades) and clients that retry a refused put with
+the same request id (at the same coordinator or another one), reuse a request id for another
+key, and write through coordinators that are not replicas of the key.
 
-After every schedule: an acknowledged version is never lost; under each-site nothing is
-acknowledged before a replica in each site fsynced it; after healing and hint replay every
-replica of a key holds every version its coordinator kept. A failing schedule is printed by
-hypothesis with its seed and replays identically.
+After every schedule:
+* no acknowledgement — first attempt or retry — before the policy held for *that* version
+  (under each-site: a replica in each site had it);
+* a request id reused for another request is refused (when the coordinator can see the first
+  use) and writes nothing;
+* an acknowledged version is never lost;
+* once healed, every node's live RPO reaches 0 (no hints, no peer in doubt), and then every
+  version stored anywhere is on every replica its placement names.
+A failing schedule is printed by hypothesis with its seed and replays identically.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hdsd import HdsdError
+from hdsd import HdsdError, RequestIdConflict
+from hdsd.replication import check_retry
 from hdsd.store import ChunkRecord, Version
 
 from .sim import SimNet, SimNode, make_layout
@@ -37,6 +45,9 @@ def _steps(n_nodes: int) -> st.SearchStrategy[list[tuple[Any, ...]]]:
     return st.lists(st.one_of(
         st.tuples(st.just("put"), node, st.sampled_from(KEYS), st.booleans()),
         st.tuples(st.just("put"), node, st.sampled_from(KEYS), st.booleans()),
+        st.tuples(st.just("retry"), node, node, st.sampled_from(KEYS), st.booleans(),
+                  st.floats(0.0, 4.0)),
+        st.tuples(st.just("reuse"), node, st.sampled_from(KEYS)),
         st.tuples(st.just("cut"), node, node, st.booleans()),
         st.tuples(st.just("heal")),
         st.tuples(st.just("lossy"), st.floats(0.0, 0.5)),
@@ -52,40 +63,125 @@ class Run:
     def __init__(self, net: SimNet) -> None:
         self.net = net
         self.acked: list[Version] = []
-        # Puts whose coordinator finished with them (acked or refused), i.e. not cut short by
-        # its crash: a version kept by a coordinator that crashed between its own fsync and
-        # the hint is left for anti-entropy, which is out of the write path's reach.
-        self.settled: list[Version] = []
         self.violations: list[str] = []
         self.counter = 0
+        self.request_ids: list[bytes] = []  # of puts that reached a coordinator
+        self.retried_acks = 0
+        self.conflicts = 0
+        self.refusals: list[str] = []
+        self.in_flight = 0
+        self.rpo_zero_seen = 0
 
-    async def put(self, node: SimNode, key: str, chunked: bool) -> None:
-        rep = node.replicator
-        assert rep is not None
+    def _new_version(self, node: SimNode, key: str, chunked: bool,
+                     rid: bytes) -> tuple[Version, bytes]:
         self.counter += 1
-        value = f"{node.name}:{key}:{self.counter}".encode()
+        value = f"{key}:{self.counter}".encode()
         cid = hashlib.blake2b(value, digest_size=32).digest()
         version = Version(tenant="t", bucket="b", key=key, hlc=node.clock.now(), node=node.name,
                           size=len(value), content_hash=cid, chunks=(cid,),
-                          inline=None if chunked else value)
-        replicas = rep.replicas_for("t", "b", key)
-        strict = rep.effective_policy() == "each-site"
+                          inline=None if chunked else value, request_id=rid)
+        return version, value
+
+    async def put(self, node: SimNode, key: str, chunked: bool,
+                  retry_at: SimNode | None = None, retry_after: float = 0.0) -> None:
+        """A client's put with a request id; on a refusal, one retry with the same id (at
+        *retry_at*, the same node or another one, *retry_after* seconds later), as the
+        clients do."""
+        self.in_flight += 1
         try:
-            lagging: set[str] = set()
+            rid = self.counter.to_bytes(8, "big") + node.name.encode()[:8].ljust(8, b".")
+            self.request_ids.append(rid)
+            version, value = self._new_version(node, key, chunked, rid)
+            for attempt, coordinator in enumerate([node, retry_at] if retry_at else [node]):
+                if attempt:
+                    await trio.sleep(retry_after)
+                if not coordinator.alive:
+                    return
+                try:
+                    await self._attempt(coordinator, version, value, chunked,
+                                        retried=attempt > 0)
+                    return
+                except HdsdError as exc:
+                    self.refusals.append(exc.code)
+                    continue
+        finally:
+            self.in_flight -= 1
+
+    async def _attempt(self, node: SimNode, version: Version, value: bytes, chunked: bool, *,
+                       retried: bool) -> None:
+        """What the node's put handler does with one attempt (the network part is the real
+        Replicator; the request-id rules are the real ``check_retry``)."""
+        rep = node.replicator
+        assert rep is not None
+        replicas = rep.replicas_for(version.tenant, version.bucket, version.key)
+        strict = rep.effective_policy() == "each-site"
+        previous = node.store.find_request(version.tenant, version.request_id)
+        if previous is not None:
+            check_retry(previous, bucket=version.bucket, key=version.key, delete=False,
+                        size=version.size, content_hash=version.content_hash)
+            lagging = await rep.settle(replicas, previous)
+            await rep.keep_hints(lagging, [previous])
+            acked = previous
+            self.retried_acks += 1
+        else:
+            if retried:  # a fresh stamp, as a new attempt at another node would get
+                version = Version(**{**_fields(version), "hlc": node.clock.now(),
+                                     "node": node.name})
+            lagging = set()
             if chunked:
-                lagging |= await rep.write(replicas, [ChunkRecord("t", cid, value)], [])
+                lagging |= await rep.write(replicas, [ChunkRecord("t", version.chunks[0],
+                                                                  value)], [])
             lagging |= await rep.write(replicas, [], [version])
             await rep.keep_hints(lagging, [version])
-        except HdsdError:
-            self.settled.append(version)
-            return
-        self.settled.append(version)
+            acked = version
         if strict and rep.effective_policy() == "each-site":
             for site, names in replicas.items():
-                if not self._site_holds(names, version):
-                    self.violations.append(f"{version.version_id} acked under each-site "
+                if not self._site_holds(names, acked):
+                    self.violations.append(f"{acked.version_id} acked under each-site "
                                            f"before any replica in {site} had it")
-        self.acked.append(version)
+        self.acked.append(acked)
+
+    def check_rpo(self) -> None:
+        """The live RPO is 0 only if every version is on every replica its placement names:
+        whenever every node is up, idle and reports 0, that must hold."""
+        nodes = list(self.net.nodes.values())
+        if self.in_flight or not all(n.alive for n in nodes):
+            return
+        if any(n.hints.backlog().versions or n.doubts.pending() for n in nodes):
+            return
+        self.rpo_zero_seen += 1
+        rep = nodes[0].replicator
+        assert rep is not None
+        for node in nodes:
+            for v in node.store.versions.values():
+                for names in rep.replicas_for(v.tenant, v.bucket, v.key).values():
+                    for name in names:
+                        if (v.tenant, v.bucket, v.key, v.hlc, v.node) not in \
+                                self.net.nodes[name].store.versions:
+                            self.violations.append(
+                                f"live RPO 0 everywhere while {v.version_id} of {v.key} "
+                                f"is on {node.name} but not on {name}")
+
+    async def reuse(self, node: SimNode, key: str) -> None:
+        """A request id of an earlier put, reused for a put of other content to *key*."""
+        if not self.request_ids or node.replicator is None:
+            return
+        rid = self.request_ids[len(self.request_ids) // 2]
+        first = node.store.find_request("t", rid)
+        version, value = self._new_version(node, key, False, rid)
+        self.in_flight += 1
+        try:
+            await self._attempt(node, version, value, False, retried=False)
+        except RequestIdConflict:
+            self.conflicts += 1
+            return
+        except HdsdError:
+            return
+        finally:
+            self.in_flight -= 1
+        if first is not None:
+            self.violations.append(f"request id of {first.version_id} reused for other "
+                                   "content and acknowledged")
 
     def _site_holds(self, names: list[str], v: Version) -> bool:
         """Durable in this site: the version on some replica, each chunk on some replica
@@ -117,6 +213,15 @@ async def _simulate(steps: list[tuple[Any, ...]], seed: int, nodes_per_site: int
                 node = net.nodes[names[step[1]]]
                 if node.alive and node.requests is not None:
                     node.requests.start_soon(run.put, node, step[2], step[3])
+            elif kind == "retry":
+                node, other = net.nodes[names[step[1]]], net.nodes[names[step[2]]]
+                if node.alive and node.requests is not None:
+                    node.requests.start_soon(run.put, node, step[3], step[4], other,
+                                             step[5] if len(step) > 5 else 0.0)
+            elif kind == "reuse":
+                node = net.nodes[names[step[1]]]
+                if node.alive and node.requests is not None:
+                    node.requests.start_soon(run.reuse, node, step[2])
             elif kind == "cut":
                 a, b = names[step[1]], names[step[2]]
                 net.cut.add((a, b))
@@ -141,6 +246,7 @@ async def _simulate(steps: list[tuple[Any, ...]], seed: int, nodes_per_site: int
             elif kind == "sleep":
                 await trio.sleep(step[1])
             await trio.sleep(0.001)
+            run.check_rpo()
         # Heal everything, restart every node (recovery clears a fail-stopped store), and
         # give hint replay plenty of (mock) time.
         await trio.sleep(net.timeout * 2)
@@ -151,7 +257,9 @@ async def _simulate(steps: list[tuple[Any, ...]], seed: int, nodes_per_site: int
                 node.crash()
             if not node.alive:
                 await node.start(root)
-        await trio.sleep(60)
+        for _ in range(60):
+            await trio.sleep(1)
+            run.check_rpo()
         root.cancel_scope.cancel()
     return run
 
@@ -159,24 +267,28 @@ async def _simulate(steps: list[tuple[Any, ...]], seed: int, nodes_per_site: int
 def _check(run: Run) -> None:
     assert not run.violations, run.violations
     net = run.net
+    rep = next(iter(net.nodes.values())).replicator
+    assert rep is not None
     for v in run.acked:
-        rep = next(iter(net.nodes.values())).replicator
-        assert rep is not None
         for site, names in rep.replicas_for(v.tenant, v.bucket, v.key).items():
             for name in names:
                 assert run._holds(name, v), f"acked {v.version_id} missing on {name} ({site})"
-    # Every version a coordinator kept reached every replica of its key: sites converged.
-    for v in run.settled:
-        node = net.nodes[v.node]
-        rep = node.replicator
-        assert rep is not None
-        if run._holds(node.name, v):
-            for names in rep.replicas_for(v.tenant, v.bucket, v.key).values():
-                for name in names:
-                    assert run._holds(name, v), f"{v.version_id} kept by {node.name} " \
-                                                f"never reached {name}"
+    # The live RPO of every node reached 0...
     for node in net.nodes.values():
         assert node.hints.backlog().versions == 0, (node.name, node.hints.backlog())
+        assert not node.doubts.pending(), (node.name, node.doubts.describe())
+    # ...and then every version stored anywhere is on every replica of its key.
+    everywhere = {k: v for node in net.nodes.values() for k, v in node.store.versions.items()}
+    for v in everywhere.values():
+        for names in rep.replicas_for(v.tenant, v.bucket, v.key).values():
+            for name in names:
+                assert (v.tenant, v.bucket, v.key, v.hlc, v.node) in \
+                    net.nodes[name].store.versions, \
+                    f"{v.version_id} of {v.key} is somewhere but not on {name} while RPO is 0"
+
+
+def _fields(v: Version) -> dict[str, Any]:
+    return {f: getattr(v, f) for f in v.__dataclass_fields__}
 
 
 def _run_sim(steps: list[tuple[Any, ...]], seed: int, nodes_per_site: int,
@@ -219,3 +331,50 @@ def test_partition_with_degraded_sites_keeps_both_writes() -> None:
 def test_each_site_refuses_while_partitioned() -> None:
     run = _run_sim([("cut", 0, 1, True), ("put", 0, "k1", False), ("sleep", 5.0)], 7, 1, 1)
     assert run.acked == []
+
+
+def test_retry_of_a_refused_put_is_refused_again() -> None:
+    """Finding 1 of the acknowledgement issue: the other site unreachable, the first attempt
+    stores its version here and is refused; the retry finds that version and must not turn
+    the refusal into an acknowledgement. Once the link heals, the version reaches the other
+    site without any repair (hints and the reconciliation round), and the RPO reads 0."""
+    steps: list[tuple[Any, ...]] = [("cut", 0, 1, True)]
+    steps += [("retry", 0, 0, f"k{i % 6}", i % 2 == 0, 0.5) for i in range(8)]
+    steps += [("sleep", 10.0), ("heal",)]
+    run = _run_sim(steps, 3, 1, 1)
+    assert run.acked == []
+    assert run.refusals.count("quorum_not_reached") == 16  # both attempts of each put
+    assert run.rpo_zero_seen > 0
+
+
+def test_retry_after_the_heal_acknowledges_the_first_version() -> None:
+    """The retry comes once the link is back: it completes the first attempt's version (no
+    second version) and is acknowledged because the policy now holds for it."""
+    steps: list[tuple[Any, ...]] = [("cut", 0, 1, True), ("retry", 0, 0, "k0", False, 4.0),
+                                    ("sleep", 3.0), ("heal",), ("sleep", 5.0)]
+    run = _run_sim(steps, 5, 1, 1)
+    assert run.retried_acks == 1 and len(run.acked) == 1
+    for node in run.net.nodes.values():
+        assert len(node.store.of_key("t", "b", "k0")) == 1
+
+
+def test_refused_write_through_a_coordinator_that_is_not_a_replica() -> None:
+    """2 x 2, one replica per site: a put coordinated by a node that holds no copy of the key,
+    refused while the other site is cut off, leaves its version on the replica that took it;
+    it is counted (hint) and completed after the heal."""
+    steps: list[tuple[Any, ...]] = [("cut", 0, 2, True), ("cut", 0, 3, True),
+                                    ("cut", 1, 2, True), ("cut", 1, 3, True)]
+    steps += [("put", i % 2, f"k{i}", False) for i in range(6)]
+    steps += [("sleep", 10.0), ("heal",)]
+    run = _run_sim(steps, 11, 2, 1)
+    assert run.acked == []
+    assert run.rpo_zero_seen > 0
+
+
+def test_request_id_reused_for_another_key_is_refused() -> None:
+    steps: list[tuple[Any, ...]] = [("put", 0, "k0", False), ("sleep", 1.0),
+                                    ("reuse", 0, "k1"), ("sleep", 1.0)]
+    run = _run_sim(steps, 2, 1, 1)
+    assert run.conflicts == 1 and len(run.acked) == 1
+    for node in run.net.nodes.values():
+        assert node.store.of_key("t", "b", "k1") == []
