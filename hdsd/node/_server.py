@@ -27,6 +27,7 @@ from .._errors import (
     ProtocolError,
     Unavailable,
 )
+from .._groups import contain
 from .._meta import __version__
 from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper
 from ..cluster import HybridClock
@@ -287,6 +288,18 @@ class Node(ReadPaths):
         self._connections += 1
         try:
             await self._run_connection(stream, peer)
+        except BaseException as exc:
+            # The connection's boundary: whatever one client did (dropped mid-upload, broke the
+            # protocol with a put open) or whatever bug its requests hit ends this connection,
+            # logged once with its cause, and never the node. Only cancellation (and Ctrl-C)
+            # goes on up, to the scope that asked for it.
+            propagate, contained = contain(exc)
+            if contained is not None:
+                _log_contained("connection_failed", peer, contained)
+            if propagate is exc:
+                raise
+            if propagate is not None:
+                raise propagate from None
         finally:
             self._connections -= 1
             await trio.aclose_forcefully(stream)
@@ -354,6 +367,17 @@ class Node(ReadPaths):
         self._idle = trio.Event() if self._active_requests == 1 else self._idle
         try:
             await handle_request(self, session, ident, msg, inbox)
+        except BaseException as exc:
+            # One request's boundary: its failure ends it (handle_request already answered
+            # what it could); its connection and the other requests on it carry on.
+            propagate, contained = contain(exc)
+            if contained is not None:
+                _log_contained("request_failed", _peer_address_of(session), contained,
+                               rid=getattr(msg, "rid", None), op=type(msg).__name__)
+            if propagate is exc:
+                raise
+            if propagate is not None:
+                raise propagate from None
         finally:
             self._active_requests -= 1
             if self._active_requests == 0:
@@ -376,6 +400,24 @@ async def _goodbye(session: WireSession, exc: HdsdError) -> None:
             await session.send(Goodbye(code=exc.code, message=exc.message))
         except HdsdError:
             pass
+
+
+def _log_contained(event: str, peer: str, exc: BaseException, **fields: object) -> None:
+    """Log once what a request or connection boundary stopped: a typed error is the client's
+    or the situation's (one line), anything else is a bug (with its traceback)."""
+    leaves = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    if all(isinstance(e, HdsdError) for e in leaves):
+        log.info("event=%s peer=%s%s reason=%s", event, peer, extra,
+                 "; ".join(str(e) for e in leaves))
+    else:
+        log.error("event=%s peer=%s%s reason=%s", event, peer, extra, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _peer_address_of(session: WireSession) -> str:
+    stream = session.stream
+    return _peer_address(stream) if isinstance(stream, trio.SSLStream) else "?"
 
 
 def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
