@@ -69,10 +69,15 @@ operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenan
 # scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
 # scrub_rate_mib_s = 32
 
-# [limits]                      # optional
+# [limits]                      # optional; see configs/two-site-local.toml for each
 # max_connections = 1024
 # request_timeout_s = 60
 # shutdown_grace_s = 30
+# max_requests_per_connection = 16
+# max_unsent_mib = 8
+# max_body_mib_per_connection = 64
+# max_requests_in_flight = 512
+# min_upload_rate_kib_s = 64
 {sites}"""
 
 

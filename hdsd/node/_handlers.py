@@ -160,20 +160,45 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
-async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+class _UploadDeadline:
+    """An upload's deadline, which only real throughput moves: ``request_timeout_s`` after it
+    began, plus the time its received bytes take at ``min_upload_rate_kib_s``. A client that
+    trickles a byte now and then (each within the per-event timeout) gains microseconds per
+    byte, so it cannot hold the upload — and the request id, and its queued body — open for
+    long; a slow but real link still uploads any size."""
+
+    def __init__(self, node: Node) -> None:
+        self.deadline = trio.current_time() + node.config.request_timeout_s
+        self.per_byte = 1 / (node.config.min_upload_rate_kib_s * 1024)
+
+    def received(self, event: Message) -> Message:
+        if isinstance(event, Data):
+            self.deadline += len(event.data) * self.per_byte
+        return event
+
+
+async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message],
+                           deadline: _UploadDeadline | None = None) -> Message:
     timeout = node.config.request_timeout_s
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(timeout) as scope:
+        if deadline is not None:
+            scope.deadline = min(scope.deadline, deadline.deadline)
         try:
-            return await inbox.receive()
+            event = await inbox.receive()
+            return event if deadline is None else deadline.received(event)
         except trio.EndOfChannel:
             raise ConnectionLost("connection closed during the upload") from None
+    if deadline is not None and trio.current_time() >= deadline.deadline:
+        raise RequestTimeout(f"upload slower than {node.config.min_upload_rate_kib_s:g} KiB/s "
+                             "past its deadline; nothing was stored")
     raise RequestTimeout(f"no upload data for {timeout:g} s; nothing was stored")
 
 
 async def _drain_body(node: Node, session: WireSession, rid: int,
                       inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    deadline = _UploadDeadline(node)
     while True:
-        event = await _next_body_event(node, inbox)
+        event = await _next_body_event(node, inbox, deadline)
         if isinstance(event, Data):
             await session.consumed(rid, len(event.data))
         elif isinstance(event, (End, Cancel)):
@@ -232,8 +257,11 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
             await node.replicator.keep_hints(lagging, [version])
             return version
 
+    deadline = _UploadDeadline(node)
+
     async def next_event() -> Message:
-        return early.popleft() if early else await _next_body_event(node, inbox)
+        return deadline.received(early.popleft()) if early else \
+            await _next_body_event(node, inbox, deadline)
 
     with single_error():
         async with trio.open_nursery() as nursery:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -108,6 +108,11 @@ class Node(ReadPaths):
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
+        self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
+        # How often each bound held a connection back (status, metrics): an operator sees a
+        # limit being hit before clients complain.
+        self.limit_hits = {"connection_body": 0, "connection_requests": 0,
+                           "connection_unsent": 0, "node_requests": 0}
         self._idle = trio.Event()
         self._idle.set()
         self._stopping = False
@@ -327,6 +332,42 @@ class Node(ReadPaths):
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
                   ident.tenant, ident.role)
         quiet = _no_inbox()  # shared by this connection's requests that hear nothing more
+        in_flight = [0]  # this connection's requests
+        cfg = self.config
+        max_body = cfg.max_body_mib_per_connection << 20
+        max_unsent = cfg.max_unsent_mib << 20
+
+        async def before_read() -> None:
+            # Body bytes queued for this connection's requests and not yet stored: read no
+            # more (TCP holds the client back) until they drain below the bound.
+            if session.held > max_body:
+                self.limit_hits["connection_body"] += 1
+            while session.held > max_body and not session.closed:
+                await session.wait_progress()
+
+        async def before_open() -> None:
+            # A new request: not while the connection has its share in flight, nor while its
+            # client does not read what it asked for (its replies would pile up here), nor
+            # while the whole node has its share in flight.
+            counted = False  # one hit per request held back, whatever the wake-ups
+            while not session.closed:
+                if in_flight[0] >= cfg.max_requests_per_connection:
+                    hit, wait = "connection_requests", session.wait_progress
+                elif session.unsent > max_unsent:
+                    hit, wait = "connection_unsent", session.wait_progress
+                elif self._active_requests >= cfg.max_requests_in_flight:
+                    hit, wait = "node_requests", self._request_ended.park
+                else:
+                    return
+                if not counted:
+                    self.limit_hits[hit] += 1
+                    counted = True
+                await wait()
+
+        def request_ended() -> None:
+            in_flight[0] -= 1
+            session.progress()
+
         async with trio.open_nursery() as requests:
             def on_request(msg: Message) -> None:
                 rid = getattr(msg, "rid", None)
@@ -335,10 +376,13 @@ class Node(ReadPaths):
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
                 # others (every peer request among them) need no channel of their own.
                 inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) else quiet
-                requests.start_soon(self._run_request, session, ident, msg, inbox)
+                in_flight[0] += 1
+                requests.start_soon(self._run_request, session, ident, msg, inbox,
+                                    request_ended)
 
             try:
-                await session.run_reader(on_request)
+                await session.run_reader(on_request, before_read=before_read,
+                                         before_open=before_open)
             except ProtocolError as exc:
                 log.info("event=protocol_error peer=%s identity=%s reason=%s", peer, ident.name,
                          exc)
@@ -356,7 +400,16 @@ class Node(ReadPaths):
             raise AuthenticationFailed(f"node {ident.name!r} is not in this cluster's layout")
 
     async def _run_request(self, session: WireSession, ident: Identity, msg: Message,
-                           inbox: trio.MemoryReceiveChannel[Message]) -> None:
+                           inbox: trio.MemoryReceiveChannel[Message],
+                           ended: Callable[[], None]) -> None:
+        try:
+            await self._run_request_counted(session, ident, msg, inbox)
+        finally:
+            ended()
+            self._request_ended.unpark_all()
+
+    async def _run_request_counted(self, session: WireSession, ident: Identity, msg: Message,
+                                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
         if self._stopping:
             session.close_inbox(msg.rid)  # type: ignore[attr-defined]
             err = Unavailable("node is shutting down; retry on another node or later")
