@@ -78,6 +78,13 @@ operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenan
 # max_body_mib_per_connection = 64
 # max_requests_in_flight = 512
 # min_upload_rate_kib_s = 64
+# max_handshakes = 64
+# max_handshakes_per_source = 16
+# handshake_timeout_s = 5
+# max_sessions_per_identity = 32
+# max_sessions_per_tenant = 256
+# peer_slots = 64
+# idle_timeout_s = 300
 {sites}"""
 
 

@@ -105,11 +105,21 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
                              else "")),
         "last repair": last_run(entry.get("last_repair"), now),
         "last scrub": last_run(entry.get("last_scrub"), now),
+        "sessions": _sessions(entry.get("limits") or {}),
     }
 
 
+def _sessions(limits: dict[str, Any]) -> str:
+    """Client sessions open/max, peer sessions, and connections refused for lack of a slot."""
+    if not limits:
+        return "-"
+    clients, peers = limits["client_sessions"], limits["peer_sessions"]
+    return (f"{clients['open']}/{clients['max']} +{peers['open']}p"
+            f" {sum(limits['refused'].values())} refused")
+
+
 COLUMNS = ("site", "node", "state", "version", "disk used/free", "fsync p50/p99 ms", "mode",
-           "policy", "backlog (rpo)", "last repair", "last scrub")
+           "policy", "backlog (rpo)", "last repair", "last scrub", "sessions")
 _STATE_COLOURS = {"up": "green", "down": "red", "failed": "red", "disk full": "red"}
 
 

@@ -78,13 +78,18 @@ class AsyncClient:
 
     def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
                  site: str | None = None, timeout: float = 60.0, retries: int = 3,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, idle_reconnect_s: float = 60.0) -> None:
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         self.site = site or self.profile.site
         self.endpoints = self.profile.endpoints(self.site)
         self.timeout = timeout
         self.retries = retries
         self.connect_timeout = connect_timeout
+        # Nodes close client sessions idle for [limits] idle_timeout_s (300 s by default): a
+        # session quiet for longer than this is replaced before use rather than risk a request
+        # crossing the node's Goodbye (a non-replayable upload could not be retried).
+        self.idle_reconnect_s = idle_reconnect_s
+        self._last_used = 0.0
         self._ssl = client_context(self.profile.cert, self.profile.key, self.profile.ca)
         self._session: WireSession | None = None
         self._connect_lock = trio.Lock()
@@ -119,8 +124,15 @@ class AsyncClient:
         if self._nursery is None:
             raise HdsdError("use the client as `async with AsyncClient(...) as client:`")
         async with self._connect_lock:
-            if self._session is not None and not self._session._closed:
-                return self._session
+            now = trio.current_time()
+            session = self._session
+            if session is not None and not session.closed:
+                if session.open_inboxes or now - self._last_used < self.idle_reconnect_s:
+                    self._last_used = now
+                    return session
+                self._session = None  # idle: the node may be closing it
+                await session.aclose()
+            self._last_used = now
             last: HdsdError | None = None
             for _ in range(len(self.endpoints)):
                 host, port = self.endpoints[self._endpoint_index % len(self.endpoints)]

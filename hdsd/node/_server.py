@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -62,14 +62,12 @@ from ._keyring import KEYRING_FILE, Keyring
 from ._masterkey import load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
+from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
 __all__ = ["Node", "serve_node"]
 
 log = logging.getLogger("hdsd.node")
-
-_HANDSHAKE_TIMEOUT = 10.0
-
 
 class Node(ReadPaths):
     """The running state of one node; create it with :func:`serve_node`."""
@@ -117,7 +115,8 @@ class Node(ReadPaths):
         self._idle.set()
         self._stopping = False
         self._stop_accepting = trio.CancelScope()
-        self._connections = 0
+        self._connections = 0  # sessions (client and peer) past their handshake
+        self.slots = ConnectionSlots(config)
         self.metrics = NodeMetrics(self)
         self.metrics_port: int | None = None  # bound port of [metrics] address, once serving
         # Last: the audit log starts a thread, closed by serve_node (see close_audit).
@@ -214,6 +213,7 @@ class Node(ReadPaths):
             "uptime_s": round(time.time() - self.started, 3),
             "connections": self._connections,
             "requests_in_flight": self._active_requests,
+            "limits": {**self.slots.describe(), "hits": dict(self.limit_hits)},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
             "audit": self.audit_shipper.describe(),
@@ -286,11 +286,6 @@ class Node(ReadPaths):
 
     async def _handle_connection(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         peer = _peer_address(stream)
-        if self._connections >= self.config.max_connections:
-            log.warning("event=connection_refused peer=%s reason=max_connections", peer)
-            await trio.aclose_forcefully(stream)
-            return
-        self._connections += 1
         try:
             await self._run_connection(stream, peer)
         except BaseException as exc:
@@ -306,29 +301,68 @@ class Node(ReadPaths):
             if propagate is not None:
                 raise propagate from None
         finally:
-            self._connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _run_connection(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
+        source = peer.rsplit(":", 1)[0]
+        deadline = trio.current_time() + self.config.handshake_timeout_s
         try:
-            ident = await handshake_and_identify(stream, timeout=_HANDSHAKE_TIMEOUT)
-        except HdsdError as exc:
-            log.info("event=handshake_refused peer=%s reason=%s", peer, exc)
-            self.audit.record("?", "", "", "connect", "", "", "", 0, 0, exc.code, peer)
+            with self.slots.handshake(source):
+                ident = await self._handshake(stream, peer)
+        except SlotsFull as exc:
+            self._connection_refused(peer, None, exc)
+            return
+        if ident is None:
             return
         session = WireSession(stream, Connection(Role.SERVER))
+        with ExitStack() as slot:
+            try:
+                self._check_peer(ident)
+                # The slot before our Hello: a client without one learns why from its first
+                # frame (a Goodbye), as a typed error it may retry later.
+                slot.enter_context(self.slots.session(ident))
+                await session.send(Hello(protocol_version=PROTOCOL_VERSION,
+                                         cluster_id=self.config.cluster_id,
+                                         peer=self.config.name,
+                                         window=session.conn.initial_window))
+                hello = await session.receive_hello(max(0.0, deadline - trio.current_time()))
+                if hello.cluster_id != self.config.cluster_id:
+                    raise AuthenticationFailed(f"Hello names cluster {hello.cluster_id!r}, "
+                                               f"this is {self.config.cluster_id!r}")
+            except HdsdError as exc:
+                self._connection_refused(peer, ident, exc)
+                await _goodbye(session, exc)
+                return
+            self._connections += 1
+            slot.callback(self._connection_closed)
+            await self._serve_session(session, ident, peer)
+
+    def _connection_closed(self) -> None:
+        self._connections -= 1
+
+    async def _handshake(self, stream: trio.SSLStream[trio.SocketStream],
+                         peer: str) -> Identity | None:
+        """TLS and the certificate's identity within handshake_timeout_s (the caller holds a
+        handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
+        the same deadline, in the session's slot."""
         try:
-            self._check_peer(ident)
-            await session.send(Hello(protocol_version=PROTOCOL_VERSION,
-                                     cluster_id=self.config.cluster_id, peer=self.config.name,
-                                     window=session.conn.initial_window))
-            await session.receive_hello(_HANDSHAKE_TIMEOUT)
+            return await handshake_and_identify(stream, timeout=self.config.handshake_timeout_s)
         except HdsdError as exc:
-            log.info("event=session_refused peer=%s identity=%s reason=%s", peer, ident.name, exc)
-            self.audit.record(ident.name, ident.role or "", ident.tenant or "", "connect", "", "",
-                              "", 0, 0, exc.code, peer)
-            await _goodbye(session, exc)
-            return
+            self._connection_refused(peer, None, exc)
+            return None
+
+    def _connection_refused(self, peer: str, ident: Identity | None, exc: HdsdError) -> None:
+        reason = getattr(exc, "reason", exc.code)
+        who = ident.name if ident is not None else "?"
+        log.info("event=connection_refused peer=%s identity=%s reason=%s detail=%s", peer, who,
+                 reason, exc)
+        if ident is None:
+            self.audit.record("?", "", "", "connect", "", "", "", 0, 0, exc.code, peer)
+        else:
+            self.audit.record(ident.name, ident.role or "", ident.tenant or "", "connect", "",
+                              "", "", 0, 0, exc.code, peer)
+
+    async def _serve_session(self, session: WireSession, ident: Identity, peer: str) -> None:
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
                   ident.tenant, ident.role)
         quiet = _no_inbox()  # shared by this connection's requests that hear nothing more
@@ -368,7 +402,27 @@ class Node(ReadPaths):
             in_flight[0] -= 1
             session.progress()
 
+        async def close_when_idle(reader: trio.CancelScope) -> None:
+            # A client session with nothing in flight and nothing heard for idle_timeout_s
+            # gives its slot back (the client library reconnects on its next request).
+            idle = cfg.idle_timeout_s
+            while True:
+                quiet_for = time.monotonic() - session.last_activity
+                if quiet_for >= idle and in_flight[0] == 0:
+                    self.slots.idle_closed += 1
+                    log.info("event=idle_closed peer=%s identity=%s idle_s=%.0f", peer,
+                             ident.name, quiet_for)
+                    await _goodbye(session, Unavailable(
+                        f"idle for {quiet_for:.0f} s; reconnect when needed"), code="idle")
+                    reader.cancel()
+                    return
+                await trio.sleep(max(idle - quiet_for, 1.0))
+
         async with trio.open_nursery() as requests:
+            reader = trio.CancelScope()
+            if ident.kind != "node":  # peers keep their links: replication must not wait
+                requests.start_soon(close_when_idle, reader)
+
             def on_request(msg: Message) -> None:
                 rid = getattr(msg, "rid", None)
                 if rid is None:
@@ -381,8 +435,9 @@ class Node(ReadPaths):
                                     request_ended)
 
             try:
-                await session.run_reader(on_request, before_read=before_read,
-                                         before_open=before_open)
+                with reader:
+                    await session.run_reader(on_request, before_read=before_read,
+                                             before_open=before_open)
             except ProtocolError as exc:
                 log.info("event=protocol_error peer=%s identity=%s reason=%s", peer, ident.name,
                          exc)
@@ -447,10 +502,10 @@ def _no_inbox() -> trio.MemoryReceiveChannel[Message]:
     return receive
 
 
-async def _goodbye(session: WireSession, exc: HdsdError) -> None:
+async def _goodbye(session: WireSession, exc: HdsdError, code: str | None = None) -> None:
     with trio.move_on_after(2):
         try:
-            await session.send(Goodbye(code=exc.code, message=exc.message))
+            await session.send(Goodbye(code=code or exc.code, message=exc.message))
         except HdsdError:
             pass
 

@@ -47,7 +47,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from .._errors import ConnectionLost, HdsdError, ProtocolError, RequestTimeout
+from .._errors import (
+    ConnectionLost,
+    HdsdError,
+    ProtocolError,
+    RequestTimeout,
+    error_class_for_code,
+)
 from ..wire import (
     Cancel,
     Connection,
@@ -110,6 +116,11 @@ class WireSession:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def open_inboxes(self) -> int:
+        """Requests of ours still listening on this connection."""
+        return len(self._inboxes)
 
     def _release(self, rid: int, nbytes: int | None = None) -> None:
         """*nbytes* (None: all) of *rid*'s held body bytes were consumed or dropped."""
@@ -251,7 +262,11 @@ class WireSession:
                     self.their_hello = event
                     return event
                 if isinstance(event, Goodbye):
-                    raise ProtocolError(f"peer refused: {event.code}: {event.message}")
+                    # The peer's reason, typed: a full node (retry later) is not a broken one.
+                    cls = error_class_for_code(event.code)
+                    if cls is HdsdError:
+                        cls = ProtocolError
+                    raise cls(f"peer refused: {event.code}: {event.message}")
                 if isinstance(event, ConnectionClosed):
                     raise ConnectionLost("peer closed the connection during the handshake")
                 if isinstance(event, NeedData):

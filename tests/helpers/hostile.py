@@ -17,7 +17,16 @@ from pathlib import Path
 import hdsd
 from hdsd.client import load_profile
 from hdsd.transport import client_context
-from hdsd.wire import PROTOCOL_VERSION, Connection, Hello, Message, Role
+from hdsd.wire import (
+    PROTOCOL_VERSION,
+    Connection,
+    ConnectionClosed,
+    Goodbye,
+    Hello,
+    Message,
+    NeedData,
+    Role,
+)
 from hdsd.wire._constants import MAX_FRAME
 from hdsd.wire._frames import encode_frame
 from hdsd.wire._registry import encode_body
@@ -45,13 +54,39 @@ def handshaken(profile: Path, *, window: int = 1 << 20, source: str | None = Non
                cluster_id: str | None = None) -> tuple[ssl.SSLSocket, Connection]:
     """A TLS connection that has exchanged Hellos with the node, ready for crafted frames."""
     sock = tls_socket(profile, source=source)
-    conn = Connection(Role.CLIENT, initial_window=window)
-    cid = load_profile(profile).cluster_id if cluster_id is None else cluster_id
-    sock.sendall(conn.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id=cid,
-                                 peer="hostile", window=window)))
-    while not isinstance(conn.next_event(), Hello):
-        conn.receive_data(sock.recv(65536))
+    try:
+        conn = Connection(Role.CLIENT, initial_window=window)
+        cid = load_profile(profile).cluster_id if cluster_id is None else cluster_id
+        sock.sendall(conn.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id=cid,
+                                     peer="hostile", window=window)))
+        while not isinstance(event := conn.next_event(), Hello):
+            if isinstance(event, Goodbye):
+                raise Refused(event)
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionError("the node closed the connection before its Hello")
+            conn.receive_data(sock.recv(65536))
+    except BaseException:
+        sock.close()
+        raise
     return sock, conn
+
+
+class Refused(ConnectionError):
+    """The node said Goodbye instead of Hello."""
+
+    def __init__(self, goodbye: Goodbye) -> None:
+        super().__init__(f"Goodbye {goodbye.code}: {goodbye.message}")
+        self.goodbye = goodbye
+
+
+def next_event(sock: socket.socket, conn: Connection) -> object:
+    """The node's next frame (or ConnectionClosed), reading as needed."""
+    while isinstance(event := conn.next_event(), NeedData):
+        try:
+            conn.receive_data(sock.recv(65536))
+        except (ConnectionResetError, ssl.SSLError):
+            conn.receive_data(b"")
+    return event
 
 
 def raw_frame(msg: Message) -> bytes:
