@@ -161,9 +161,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if mode.get("mode") == "degraded":
         line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
     click.echo(line)
-    rpo = st.get("rpo", {})
-    click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
-               f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
+    if "rpo" in st:
+        rpo = st["rpo"]
+        click.echo(f"live RPO: {rpo.get('versions', 0)} versions, {rpo.get('bytes', 0)} bytes "
+                   f"not yet in the other site, oldest {rpo.get('age_s', 0):.1f} s")
+    if st.get("scope") == "tenant":  # anyone but the operator: its own tenant, no addresses
+        t = st.get("tenant") or {}
+        quota = human_bytes(t.get("quota_bytes")) if t.get("quota_bytes") else "no quota"
+        click.echo(f"tenant {t.get('tenant')}: {human_bytes(t.get('usage_bytes'))} used, "
+                   f"{quota}, plan {t.get('plan')}")
     click.echo("")
     for text in render_table([node_row(n, now) for n in nodes]):
         click.echo(text)

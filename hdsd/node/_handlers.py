@@ -59,7 +59,7 @@ from ..wire import (
 )
 from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
-from ._health import cluster_status
+from ._health import cluster_status, tenant_status
 from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
@@ -460,6 +460,10 @@ async def _versions(node: Node, session: WireSession, ident: Identity, msg: Vers
 async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "status")
+    if not node.tenancy.is_operator(ident.tenant, ident.role):
+        # Addresses, disks and every tenant's figures are the operator's: a tenant sees its own.
+        await session.send(Reply(rid=msg.rid, body=await tenant_status(node, ident.tenant or "")))
+        return
     # This node and every other one, asked concurrently (a dead node shows as down).
     body = {**node.status(), "nodes": await cluster_status(node)}
     await session.send(Reply(rid=msg.rid, body=body))

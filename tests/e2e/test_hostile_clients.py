@@ -10,16 +10,20 @@ as times; the RSS bound is asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 import hdsd
 from hdsd.wire import Cancel, Data, PutStart, StatRequest
 from tests.helpers.cluster import NodeProcess
+from tests.helpers.cluster import hdsd as run_cli
 from tests.helpers.hostile import handshaken, legit_put_latency, raw_frame, reset, rss_kib
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +117,57 @@ def test_half_open_socket_is_not_a_crash(profile: Path, node: NodeProcess) -> No
     assert node.alive, node.log()
     legit_put_latency(profile, "after-half")
     print(f"\nnode RSS: {rss_kib(node.proc.pid if node.proc else 0) >> 10} MiB")
+
+
+def _issue(cluster_dir: Path, name: str, tenant: str, role: str) -> Path:
+    run_cli("cert", "issue", "--client", name, "--tenant", tenant, "--role", role,
+            "--cluster-dir", str(cluster_dir), check=True)
+    return cluster_dir / "clients" / f"{name}.toml"
+
+
+def test_only_the_operator_acts_on_the_cluster(profile: Path, cluster_dir: Path,
+                                               node: NodeProcess) -> None:
+    tb_admin = _issue(cluster_dir, "admin-tb", "tb", "admin")
+    tb_auditor = _issue(cluster_dir, "auditor-tb", "tb", "auditor")
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def scenario() -> None:
+        async with hdsd.AsyncClient(profile) as operator:
+            await operator.tenant_create("tb", 0)
+        async with hdsd.AsyncClient(tb_admin) as admin:
+            for action in (admin.set_site_mode("dc1", "degraded", "not mine to say"),
+                           admin.set_site_mode("dc1", "normal"),
+                           admin.start_maintenance("repair"),
+                           admin.start_maintenance("scrub"),
+                           admin.tenant_create("tc", 1000),
+                           admin.tenant_list(),
+                           admin.bucket_list(),
+                           admin.bucket_create("default", "theirs"),
+                           admin.hold_set("default", "acked", "acked-0")):
+                with pytest.raises(hdsd.PermissionDenied):
+                    await action
+            # Its own tenant's buckets and holds are its business.
+            await admin.bucket_create("tb", "records")
+            await admin.put("records", "r1", b"tb data")
+            assert (await admin.hold_set("tb", "records", "r1"))["held"] is True
+            seen["admin"] = await admin.status()
+        async with hdsd.AsyncClient(tb_auditor) as auditor:
+            seen["auditor"] = await auditor.status()
+        async with hdsd.AsyncClient(profile) as operator:
+            seen["operator"] = await operator.status()
+
+    trio.run(scenario)
+    full = seen["operator"]
+    assert full["mode"]["mode"] == "normal"  # nobody but the operator changed it
+    assert "store" in full and all("address" in n for n in full["nodes"])
+    for st in (seen["admin"], seen["auditor"]):
+        assert st["scope"] == "tenant" and st["tenant"]["tenant"] == "tb"
+        text = json.dumps(st)
+        for secret in ("address", "disk", "store", "peers", "rpo", "limits", "127.0.0.1",
+                       '"default"'):
+            assert secret not in text, (secret, st)
+        assert {n["node"] for n in st["nodes"]} == {"dc1-n1", "dc2-n1"}
+        assert all(n["up"] for n in st["nodes"])
+    shown = run_cli("--profile", str(tb_auditor), "status")
+    assert shown.returncode == 0, shown.stderr
+    assert b"tenant tb" in shown.stdout
