@@ -94,6 +94,13 @@ role = "backup"                 # as in [[sites]]: holds backup-plan tenants' da
 """
 
 
+def _make_private(data_dir: Path) -> None:
+    """Directories 0700 and files 0600 under a node's data directory, whatever the umask: the
+    node refuses a data directory open to others, and serves with umask 077 thereafter."""
+    for path in [data_dir, *data_dir.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -173,15 +180,19 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
         for name, node_port in [*nodes, *backups[site]]:
             is_backup = (name, node_port) in backups[site]
             node_dir = root / name
-            (node_dir / "data").mkdir(parents=True, exist_ok=True)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            # Data directories are the node's alone whatever the umask (key names and metadata
+            # in the indexes hold patient identifiers); the node refuses to start otherwise.
+            (node_dir / "data").mkdir(mode=0o700, exist_ok=True)
             crt, key = issue_node_cert(
                 root / "ca", node_dir, name=name, site=site,
                 hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
             # The node's audit signing key, made now so the auditor can pin its verify key
             # from commissioning on (`hdsd audit verify --pubkey audit-keys/<node>.pub`).
-            (node_dir / "data" / "audit").mkdir(exist_ok=True)
+            (node_dir / "data" / "audit").mkdir(mode=0o700, exist_ok=True)
             signing = load_or_create_signing_key(node_dir / "data" / "audit")
+            _make_private(node_dir / "data")
             (root / "audit-keys").mkdir(exist_ok=True)
             (root / "audit-keys" / f"{name}.pub").write_text(
                 bytes(signing.verify_key).hex() + "\n", encoding="ascii")

@@ -428,7 +428,8 @@ def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]
 
 def _check_writable_dir(path: Path, p: _Problems) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)  # the node's alone (see serve_node)
     except OSError as exc:
         p.add("[node] data_dir", f"cannot create {path}: {exc.strerror}")
         return

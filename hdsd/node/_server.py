@@ -13,16 +13,20 @@ everything at once; the log's recovery makes that safe too.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from .._errors import (
     AuthenticationFailed,
+    ConfigError,
     HdsdError,
     ProtocolError,
     Unavailable,
@@ -541,7 +545,45 @@ async def serve_node(config: NodeConfig, *,
     """Open the store and serve until :meth:`Node.shutdown` (or cancellation).
 
     ``task_status.started(node)`` is called once listening; ``node.port`` is the bound port.
+
+    Everything the node creates is its own: the data directory must not be open to group or
+    others (ConfigError otherwise, as for key files), and while the node runs the process
+    umask is 077, so every directory is 0700 and every file 0600 from creation — the SQLite
+    indexes and their journals, the Merkle snapshot, the audit files, the log segments.
     """
+    check_private_dir(config.data_dir)
+    with _private_umask():
+        await _serve_node(config, task_status)
+
+
+_umask_saved: list[int] = []  # the caller's umask, once per node serving in this process
+
+
+@contextmanager
+def _private_umask() -> Iterator[None]:
+    """umask 077 while any node of this process serves (tests run several); the caller's
+    umask back after the last one."""
+    _umask_saved.append(os.umask(0o077) if not _umask_saved else _umask_saved[0])
+    try:
+        yield
+    finally:
+        original = _umask_saved.pop()
+        if not _umask_saved:
+            os.umask(original)
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a data directory that group or others may read or enter."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"data directory {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"data directory {path} is open to group or others (mode "
+                          f"{stat.S_IMODE(mode):04o}); run: chmod 700 {path}")
+
+
+async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
     store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
                        salvage=config.on_corrupt_log == "repair")
     for where in store.statistics().salvaged:
