@@ -123,6 +123,7 @@ class NodeConfig:
     audit_retention_days: int = 365
     audit_segment_mib: int = 64
     audit_commit_ms: float = 10.0
+    audit_refusals_interval_s: float = 60.0  # refused connections: one record per source each
     operator_tenant: str = "default"
     catalog_sync_s: float = 5.0
     master_passphrase_env: str = ""  # with master_salt_file, instead of master_key_file
@@ -186,7 +187,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                "shutdown_grace_s": ((int, float), False), **_LIMITS},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
               "retention_days": (int, False), "segment_mib": (int, False),
-              "commit_ms": ((int, float), False)},
+              "commit_ms": ((int, float), False),
+              "refusals_interval_s": ((int, float), False)},
     "metrics": {"address": (str, False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
@@ -342,6 +344,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     audit_commit_ms = float(audit.get("commit_ms", 10.0))
     if not 0 <= audit_commit_ms <= 1000:
         p.add("[audit] commit_ms", f"{audit_commit_ms:g} must be between 0 and 1000")
+    audit_refusals_s = float(audit.get("refusals_interval_s", 60.0))
+    if not 0.1 <= audit_refusals_s <= 3600:
+        p.add("[audit] refusals_interval_s", f"{audit_refusals_s:g} must be between 0.1 and 3600")
     operator = cluster.get("operator_tenant", "default")
     if not NAME_RE.match(operator):
         p.add("[cluster] operator_tenant", f"{operator!r} must match {NAME_RE.pattern}")
@@ -387,7 +392,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
-        audit_commit_ms=audit_commit_ms,
+        audit_commit_ms=audit_commit_ms, audit_refusals_interval_s=audit_refusals_s,
         operator_tenant=operator, catalog_sync_s=catalog_sync,
         master_passphrase_env=passphrase_env, master_salt_file=salt,
         metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,

@@ -33,7 +33,7 @@ from .._errors import (
 )
 from .._groups import contain
 from .._meta import __version__
-from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper
+from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
@@ -132,6 +132,7 @@ class Node(ReadPaths):
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
+        self.refusals = RefusalCounter(self.audit, interval_s=config.audit_refusals_interval_s)
         self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site,
                                           timeout=config.write_timeout_s)
 
@@ -217,7 +218,9 @@ class Node(ReadPaths):
             "uptime_s": round(time.time() - self.started, 3),
             "connections": self._connections,
             "requests_in_flight": self._active_requests,
-            "limits": {**self.slots.describe(), "hits": dict(self.limit_hits)},
+            "limits": {**self.slots.describe(), "hits": dict(self.limit_hits),
+                       "refusals_audited": {"events": self.refusals.total,
+                                            "records": self.refusals.records}},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
             "audit": self.audit_shipper.describe(),
@@ -253,6 +256,7 @@ class Node(ReadPaths):
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
             await services.start(self.audit_shipper.run)
+            await services.start(self.refusals.run)
             # Catch up with the other nodes' catalog (a shred missed while down) before serving.
             await services.start(partial(self.tenancy.run, self,
                                          interval=self.config.catalog_sync_s))
@@ -267,6 +271,7 @@ class Node(ReadPaths):
 
     async def _final_audit_checkpoint(self) -> None:
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
+        self.refusals.flush()
         await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
         await self.audit_shipper.flush(3.0)
 
@@ -355,16 +360,20 @@ class Node(ReadPaths):
             self._connection_refused(peer, None, exc)
             return None
 
-    def _connection_refused(self, peer: str, ident: Identity | None, exc: HdsdError) -> None:
+    def _connection_refused(self, peer: str, ident: Identity | None, exc: HdsdError,
+                            op: str = "connect") -> None:
+        """Audit (aggregated per source and interval, see hdsd.audit._refusals) and log (the
+        first of each kind per interval) a connection refused or ended by a protocol error."""
         reason = getattr(exc, "reason", exc.code)
         who = ident.name if ident is not None else "?"
-        log.info("event=connection_refused peer=%s identity=%s reason=%s detail=%s", peer, who,
-                 reason, exc)
-        if ident is None:
-            self.audit.record("?", "", "", "connect", "", "", "", 0, 0, exc.code, peer)
-        else:
-            self.audit.record(ident.name, ident.role or "", ident.tenant or "", "connect", "",
-                              "", "", 0, 0, exc.code, peer)
+        first = self.refusals.note(who, ident.role or "" if ident else "",
+                                   ident.tenant or "" if ident else "", op, exc.code,
+                                   peer.rsplit(":", 1)[0])
+        if first:
+            log.info("event=%s peer=%s identity=%s reason=%s detail=%s (more from this source "
+                     "in the next %g s are counted, not logged)",
+                     "connection_refused" if op == "connect" else "protocol_error", peer, who,
+                     reason, exc, self.refusals.interval_s)
 
     async def _serve_session(self, session: WireSession, ident: Identity, peer: str) -> None:
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
@@ -443,8 +452,7 @@ class Node(ReadPaths):
                     await session.run_reader(on_request, before_read=before_read,
                                              before_open=before_open)
             except ProtocolError as exc:
-                log.info("event=protocol_error peer=%s identity=%s reason=%s", peer, ident.name,
-                         exc)
+                self._connection_refused(peer, ident, exc, op="session")
                 await _goodbye(session, exc)
             except HdsdError as exc:
                 log.info("event=connection_lost peer=%s reason=%s", peer, exc)
