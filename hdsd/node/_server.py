@@ -392,17 +392,24 @@ class Node(ReadPaths):
             while session.held > max_body and not session.closed:
                 await session.wait_progress()
 
+        # A peer (a node of the layout) is trusted with more: its requests are replication
+        # of its own clients' writes, already bounded there, and no client load may hold them
+        # back (the node-wide bound does not apply to them either).
+        peer_link = ident.kind == "node"
+        per_connection = cfg.max_requests_in_flight if peer_link else \
+            cfg.max_requests_per_connection
+
         async def before_open() -> None:
             # A new request: not while the connection has its share in flight, nor while its
             # client does not read what it asked for (its replies would pile up here), nor
             # while the whole node has its share in flight.
             counted = False  # one hit per request held back, whatever the wake-ups
             while not session.closed:
-                if in_flight[0] >= cfg.max_requests_per_connection:
+                if in_flight[0] >= per_connection:
                     hit, wait = "connection_requests", session.wait_progress
                 elif session.unsent > max_unsent:
                     hit, wait = "connection_unsent", session.wait_progress
-                elif self._active_requests >= cfg.max_requests_in_flight:
+                elif not peer_link and self._active_requests >= cfg.max_requests_in_flight:
                     hit, wait = "node_requests", self._request_ended.park
                 else:
                     return
