@@ -12,7 +12,9 @@ everything at once; the log's recovery makes that safe too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import stat
 import time
@@ -73,6 +75,11 @@ __all__ = ["Node", "serve_node"]
 
 log = logging.getLogger("hdsd.node")
 
+# How long a new request may wait for room (per connection or node-wide) before it is refused
+# as unavailable: long enough to smooth a burst, short enough that the frames queued behind it
+# (a download's Credit, an upload's Data) are never held for long.
+_ROOM_WAIT_S = 1.0
+
 class Node(ReadPaths):
     """The running state of one node; create it with :func:`serve_node`."""
 
@@ -114,7 +121,7 @@ class Node(ReadPaths):
         # How often each bound held a connection back (status, metrics): an operator sees a
         # limit being hit before clients complain.
         self.limit_hits = {"connection_body": 0, "connection_requests": 0,
-                           "connection_unsent": 0, "node_requests": 0}
+                           "connection_unsent": 0, "node_requests": 0, "refused_busy": 0}
         self._idle = trio.Event()
         self._idle.set()
         self._stopping = False
@@ -399,24 +406,46 @@ class Node(ReadPaths):
         per_connection = cfg.max_requests_in_flight if peer_link else \
             cfg.max_requests_per_connection
 
-        async def before_open() -> None:
-            # A new request: not while the connection has its share in flight, nor while its
-            # client does not read what it asked for (its replies would pile up here), nor
-            # while the whole node has its share in flight.
+        async def before_open(msg: Message) -> bool:
+            # A new request: not while the connection has its share in flight, nor while the
+            # whole node has its share, nor while its client does not read what it asked for
+            # (its replies would pile up here). Nothing more is read meanwhile. The first two
+            # waits are short: the frames behind this request may be what the requests in
+            # flight wait for (a download's Credit), so after _ROOM_WAIT_S it is refused as
+            # unavailable (retryable) and reading goes on. The third lasts as long as the client
+            # does not read: that is up to the client alone.
+            rid = getattr(msg, "rid", None)
             counted = False  # one hit per request held back, whatever the wake-ups
+            give_up: float | None = None
             while not session.closed:
-                if in_flight[0] >= per_connection:
-                    hit, wait = "connection_requests", session.wait_progress
-                elif session.unsent > max_unsent:
-                    hit, wait = "connection_unsent", session.wait_progress
-                elif not peer_link and self._active_requests >= cfg.max_requests_in_flight:
-                    hit, wait = "node_requests", self._request_ended.park
+                if session.unsent > max_unsent:
+                    hit, wait, until = "connection_unsent", session.wait_progress, math.inf
+                elif in_flight[0] >= per_connection or (
+                        not peer_link and self._active_requests >= cfg.max_requests_in_flight):
+                    hit = "connection_requests" if in_flight[0] >= per_connection else \
+                        "node_requests"
+                    wait = session.wait_progress if hit == "connection_requests" else \
+                        self._request_ended.park
+                    give_up = give_up or trio.current_time() + _ROOM_WAIT_S
+                    until = give_up
                 else:
-                    return
+                    return True
                 if not counted:
                     self.limit_hits[hit] += 1
                     counted = True
-                await wait()
+                if trio.current_time() >= until and rid is not None:
+                    self.limit_hits["refused_busy"] += 1
+                    err = Unavailable(f"{in_flight[0]} requests in flight on this connection "
+                                      f"(at most {per_connection}) or "
+                                      f"{self._active_requests} on the node (at most "
+                                      f"{cfg.max_requests_in_flight}); retry")
+                    with contextlib.suppress(HdsdError):
+                        await session.send(ErrorReply(rid=rid, code=err.code,
+                                                      message=err.message))
+                    return False
+                with trio.move_on_at(until):
+                    await wait()
+            return False
 
         def request_ended() -> None:
             in_flight[0] -= 1

@@ -33,7 +33,8 @@ The client and the node use the same session. Theory of operation:
   ``run_reader`` takes two optional gates: ``before_read`` is awaited before each socket read
   (the node waits there while the connection holds too many body bytes), ``before_open`` before
   a new request is handed to ``on_request`` (the node waits there while too many requests are
-  in flight on the connection or its output is stuck). While a gate waits nothing more is read:
+  in flight on the connection or its output is stuck; it returns False to drop the request —
+  having answered it itself). While a gate waits nothing more is read:
   TCP pushes back on the client, and the node's memory for the connection stays bounded. Gates
   park on :meth:`wait_progress`, woken whenever held bytes are consumed, output is written or
   an inbox closes (the node also calls :meth:`progress` when a request ends).
@@ -286,7 +287,7 @@ class WireSession:
     async def run_reader(
         self, on_request: Callable[[Message], None] | None = None, *,
         before_read: Callable[[], Awaitable[None]] | None = None,
-        before_open: Callable[[], Awaitable[None]] | None = None,
+        before_open: Callable[[Message], Awaitable[bool]] | None = None,
     ) -> None:
         """Route incoming events until the connection ends; always closes every inbox.
         *before_read* and *before_open* are the gates of the module docstring."""
@@ -302,8 +303,8 @@ class WireSession:
                       and not isinstance(event, (Data, Cancel, Credit, Goodbye))
                       and getattr(event, "rid", None) not in self._inboxes):
                     # A new request: wait for room before taking it (and reading on).
-                    await before_open()
-                    self._route(event, on_request)
+                    if await before_open(event):
+                        self._route(event, on_request)
                 elif isinstance(event, ConnectionClosed):
                     self.closed_reason = ConnectionLost("the peer closed the connection")
                     return

@@ -171,3 +171,35 @@ def test_only_the_operator_acts_on_the_cluster(profile: Path, cluster_dir: Path,
     shown = run_cli("--profile", str(tb_auditor), "status")
     assert shown.returncode == 0, shown.stderr
     assert b"tenant tb" in shown.stdout
+
+
+@pytest.mark.parametrize("client_cap", [16, 64])
+def test_a_client_pipelining_past_the_cap_is_slowed_never_stuck(profile: Path,
+                                                                 node: NodeProcess,
+                                                                 client_cap: int) -> None:
+    """More requests than max_requests_per_connection on one connection, downloads needing
+    Credit among them. The client library holds itself to 16 (the default cap); a client that
+    does not (64) is refused past the cap after a second's wait and retries: the node stops
+    reading for a moment, never for good (the Credits behind the waiting request get read)."""
+    big = os.urandom(12 << 20)  # beyond the 8 MiB window: each download needs Credit
+
+    async def scenario() -> float:
+        async with hdsd.AsyncClient(profile, max_in_flight=client_cap) as client:
+            await client.put("pipeline", "big", big)
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                async def get_one() -> None:
+                    assert await client.get("pipeline", "big") == big
+
+                async def put_one(i: int) -> None:
+                    await client.put("pipeline", f"small-{i}", b"x" * 1000)
+
+                for i in range(24):
+                    nursery.start_soon(get_one)
+                    nursery.start_soon(put_one, i)
+            return trio.current_time() - started
+
+    elapsed = trio.run(scenario)
+    print(f"\n[24 gets of 12 MiB + 24 puts on one connection, client cap {client_cap}] "
+          f"done in {elapsed:.1f} s")
+    assert node.alive, node.log()
