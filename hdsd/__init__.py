@@ -29,6 +29,7 @@ from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
 from ._errors import StoreInUse as StoreInUse
 from ._errors import TenantShredded as TenantShredded
+from ._errors import TooManyConnections as TooManyConnections
 from ._errors import Unavailable as Unavailable
 from ._errors import WrongRole as WrongRole
 from ._meta import __version__ as __version__

@@ -44,6 +44,7 @@ __all__ = [
     "StoreFailedError",
     "StoreInUse",
     "TenantShredded",
+    "TooManyConnections",
     "Unavailable",
     "WrongRole",
     "error_class_for_code",
@@ -137,6 +138,13 @@ class RequestTimeout(Unavailable):
     """The request did not complete in time; retry with the same request id."""
 
     code = "timeout"
+
+
+class TooManyConnections(Unavailable):
+    """The node has no connection slot for us now (its pools, or our identity's or tenant's
+    share, are full); retry later or on another node."""
+
+    code = "too_many_connections"
 
 
 class QuorumNotReached(Unavailable):

@@ -14,6 +14,7 @@ from ._hook import audit_request as audit_request
 from ._hook import peer_address as peer_address
 from ._log import AuditLog as AuditLog
 from ._log import AuditSettings as AuditSettings
+from ._refusals import RefusalCounter as RefusalCounter
 from ._ship import AuditShipper as AuditShipper
 from ._verify import VerifyReport as VerifyReport
 from ._verify import read_records as read_records

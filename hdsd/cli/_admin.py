@@ -69,10 +69,22 @@ operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenan
 # scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
 # scrub_rate_mib_s = 32
 
-# [limits]                      # optional
+# [limits]                      # optional; see configs/two-site-local.toml for each
 # max_connections = 1024
 # request_timeout_s = 60
 # shutdown_grace_s = 30
+# max_requests_per_connection = 16
+# max_unsent_mib = 8
+# max_body_mib_per_connection = 64
+# max_requests_in_flight = 512
+# min_upload_rate_kib_s = 64
+# max_handshakes = 64
+# max_handshakes_per_source = 16
+# handshake_timeout_s = 5
+# max_sessions_per_identity = 32
+# max_sessions_per_tenant = 256
+# peer_slots = 64
+# idle_timeout_s = 300
 {sites}"""
 
 
@@ -80,6 +92,13 @@ _BACKUP_ROLE = """\
 role = "backup"                 # as in [[sites]]: holds backup-plan tenants' data only,
                                 # serves restores, refuses client writes (WrongRole)
 """
+
+
+def _make_private(data_dir: Path) -> None:
+    """Directories 0700 and files 0600 under a node's data directory, whatever the umask: the
+    node refuses a data directory open to others, and serves with umask 077 thereafter."""
+    for path in [data_dir, *data_dir.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _toml_str(value: str) -> str:
@@ -161,15 +180,19 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
         for name, node_port in [*nodes, *backups[site]]:
             is_backup = (name, node_port) in backups[site]
             node_dir = root / name
-            (node_dir / "data").mkdir(parents=True, exist_ok=True)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            # Data directories are the node's alone whatever the umask (key names and metadata
+            # in the indexes hold patient identifiers); the node refuses to start otherwise.
+            (node_dir / "data").mkdir(mode=0o700, exist_ok=True)
             crt, key = issue_node_cert(
                 root / "ca", node_dir, name=name, site=site,
                 hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
             # The node's audit signing key, made now so the auditor can pin its verify key
             # from commissioning on (`hdsd audit verify --pubkey audit-keys/<node>.pub`).
-            (node_dir / "data" / "audit").mkdir(exist_ok=True)
+            (node_dir / "data" / "audit").mkdir(mode=0o700, exist_ok=True)
             signing = load_or_create_signing_key(node_dir / "data" / "audit")
+            _make_private(node_dir / "data")
             (root / "audit-keys").mkdir(exist_ok=True)
             (root / "audit-keys" / f"{name}.pub").write_text(
                 bytes(signing.verify_key).hex() + "\n", encoding="ascii")

@@ -129,11 +129,21 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
                              if rpo.get("peers_in_doubt") else "")),
         "last repair": last_run(entry.get("last_repair"), now),
         "last scrub": last_run(entry.get("last_scrub"), now),
+        "sessions": _sessions(entry.get("limits") or {}),
     }
 
 
+def _sessions(limits: dict[str, Any]) -> str:
+    """Client sessions open/max, peer sessions, and connections refused for lack of a slot."""
+    if not limits:
+        return "-"
+    clients, peers = limits["client_sessions"], limits["peer_sessions"]
+    return (f"{clients['open']}/{clients['max']} +{peers['open']}p"
+            f" {sum(limits['refused'].values())} refused")
+
+
 COLUMNS = ("site", "node", "state", "version", "disk used/free", "fsync p50/p99 ms", "mode",
-           "policy", "backlog (rpo)", "last repair", "last scrub")
+           "policy", "backlog (rpo)", "last repair", "last scrub", "sessions")
 _STATE_COLOURS = {"up": "green", "down": "red", "failed": "red", "disk full": "red"}
 
 
@@ -175,7 +185,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if mode.get("mode") == "degraded":
         line += f"  (degraded by {mode.get('by')}: {mode.get('reason')})"
     click.echo(line)
-    click.echo(rpo_line(nodes))
+    if "rpo" in st:
+        click.echo(rpo_line(nodes))
+    if st.get("scope") == "tenant":  # anyone but the operator: its own tenant, no addresses
+        t = st.get("tenant") or {}
+        quota = human_bytes(t.get("quota_bytes")) if t.get("quota_bytes") else "no quota"
+        click.echo(f"tenant {t.get('tenant')}: {human_bytes(t.get('usage_bytes'))} used, "
+                   f"{quota}, plan {t.get('plan')}")
     click.echo("")
     for text in render_table([node_row(n, now) for n in nodes]):
         click.echo(text)

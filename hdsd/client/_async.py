@@ -85,13 +85,24 @@ class AsyncClient:
 
     def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
                  site: str | None = None, timeout: float = 60.0, retries: int = 3,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, idle_reconnect_s: float = 60.0,
+                 max_in_flight: int = 16) -> None:
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         self.site = site or self.profile.site
         self.endpoints = self.profile.endpoints(self.site)
         self.timeout = timeout
         self.retries = retries
         self.connect_timeout = connect_timeout
+        # Nodes close client sessions idle for [limits] idle_timeout_s (300 s by default): a
+        # session quiet for longer than this is replaced before use rather than risk a request
+        # crossing the node's Goodbye (a non-replayable upload could not be retried).
+        self.idle_reconnect_s = idle_reconnect_s
+        # A node reads at most [limits] max_requests_per_connection (16) requests of one
+        # connection at a time; past that, a request waits there (and the frames behind it,
+        # Credits of our downloads included) until it is refused as unavailable. Waiting here
+        # instead keeps those frames flowing. A get holds its slot until its stream is closed.
+        self._in_flight = trio.Semaphore(max_in_flight)
+        self._last_used = 0.0
         self._ssl = client_context(self.profile.cert, self.profile.key, self.profile.ca)
         self._session: WireSession | None = None
         self._connect_lock = trio.Lock()
@@ -126,8 +137,15 @@ class AsyncClient:
         if self._nursery is None:
             raise HdsdError("use the client as `async with AsyncClient(...) as client:`")
         async with self._connect_lock:
-            if self._session is not None and not self._session._closed:
-                return self._session
+            now = trio.current_time()
+            session = self._session
+            if session is not None and not session.closed:
+                if session.open_inboxes or now - self._last_used < self.idle_reconnect_s:
+                    self._last_used = now
+                    return session
+                self._session = None  # idle: the node may be closing it
+                await session.aclose()
+            self._last_used = now
             last: HdsdError | None = None
             for _ in range(len(self.endpoints)):
                 host, port = self.endpoints[self._endpoint_index % len(self.endpoints)]
@@ -201,7 +219,8 @@ class AsyncClient:
                 raise AssertionError("unreachable")
             finally:
                 session.close_inbox(rid)
-        return await self._retrying(attempt)  # type: ignore[no-any-return]
+        async with self._in_flight:
+            return await self._retrying(attempt)  # type: ignore[no-any-return]
 
     # -- operations --------------------------------------------------------------------------
     async def put(self, bucket: str, key: str, data: PutSource, *,
@@ -233,7 +252,9 @@ class AsyncClient:
             finally:
                 session.close_inbox(rid)
 
-        return await self._retrying(attempt, replayable=replayable)  # type: ignore[no-any-return]
+        async with self._in_flight:
+            return await self._retrying(  # type: ignore[no-any-return]
+                attempt, replayable=replayable)
 
     async def _put_small(self, session: WireSession, start: PutStart,
                          inbox: trio.MemoryReceiveChannel[Message],
@@ -331,19 +352,20 @@ class AsyncClient:
                 raise_for(event)
             return session, rid, inbox, event  # type: ignore[return-value]
 
-        session, rid, inbox, head = await self._retrying(attempt)
-        stream = GetStream(session, rid, ObjectInfo.from_body(head.info), head.info["start"],
-                           head.info["end"], inbox, self.timeout)
-        try:
-            yield stream
-        finally:
-            if not stream.complete and not session._closed:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await session.send(Cancel(rid=rid))
-                    except HdsdError:
-                        pass
-            session.close_inbox(rid)
+        async with self._in_flight:
+            session, rid, inbox, head = await self._retrying(attempt)
+            stream = GetStream(session, rid, ObjectInfo.from_body(head.info),
+                               head.info["start"], head.info["end"], inbox, self.timeout)
+            try:
+                yield stream
+            finally:
+                if not stream.complete and not session._closed:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        try:
+                            await session.send(Cancel(rid=rid))
+                        except HdsdError:
+                            pass
+                session.close_inbox(rid)
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,
                   offset: int | None = None, length: int | None = None) -> bytes:

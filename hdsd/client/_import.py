@@ -34,7 +34,20 @@ __all__ = ["ImportSummary", "import_archive"]
 ImportProgress: TypeAlias = Callable[[int, int], None]
 
 _READ = 1 << 20
+#: Longest manifest or checksum line read. A real entry is a few KiB at most (a key is at most
+#: 1 KiB, metadata 8 KiB, both JSON-escaped); anything longer is not an hdsd manifest, and is
+#: refused after reading this much — never held whole, whatever the archive holds.
+MAX_LINE = 1 << 20
 T = TypeVar("T")
+
+
+def _readline(spool: IO[bytes], what: str) -> bytes:
+    """One line of a spooled file (b"" at its end), at most MAX_LINE bytes read."""
+    line = spool.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise ArchiveError(f"{what} is longer than {MAX_LINE} bytes: not an hdsd export "
+                           "(or a damaged one)")
+    return line
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +102,8 @@ async def import_archive(client: AsyncClient, source: IO[bytes], *,
         with tempfile.TemporaryFile() as manifest, tempfile.TemporaryFile() as sums:
             await _spool(tar, _expect(await _in_thread("the start", tar.next),
                                              A.MANIFEST_NAME), manifest)
-            header = A.check_header(A.parse_line(manifest.readline(), "the header line"))
+            header = A.check_header(A.parse_line(
+                _readline(manifest, f"{A.MANIFEST_NAME} line 1"), "the header line"))
             await _spool(tar, _expect(await _in_thread(A.MANIFEST_NAME, tar.next),
                                             A.SUMS_NAME), sums)
             if report is not None:
@@ -122,7 +136,9 @@ async def _load(client: AsyncClient, tar: tarfile.TarFile, header: dict[str, Any
                 manifest: IO[bytes], sums: IO[bytes], report: IO[bytes] | None,
                 progress: ImportProgress | None) -> dict[str, int]:
     n = dict(versions=0, objects=0, delete_markers=0, replayed=0, skipped=0, total_bytes=0)
-    for line, raw in enumerate(manifest, start=2):
+    line = 1
+    while raw := _readline(manifest, f"{A.MANIFEST_NAME} line {line + 1}"):
+        line += 1
         entry = A.check_entry(A.parse_line(raw, f"line {line}"), line)
         what = f"{entry['bucket']}/{entry['key']} version {entry['version']}"
         request_id = A.entry_request_id(header, entry)
@@ -139,7 +155,8 @@ async def _load(client: AsyncClient, tar: tarfile.TarFile, header: dict[str, Any
                     status = "skipped"  # nothing (current) to delete here: same visible state
                     n["skipped"] += 1
             else:
-                listed = sums.readline().decode("utf-8", "replace")
+                listed = _readline(sums, f"{A.SUMS_NAME} entry for line {line}").decode(
+                    "utf-8", "replace")
                 if listed != f"{entry['sha256']}  {entry['path']}\n":
                     raise ArchiveError(f"{A.SUMS_NAME} disagrees with {A.MANIFEST_NAME} line "
                                        f"{line} ({entry['path']})")

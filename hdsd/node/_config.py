@@ -90,8 +90,22 @@ class NodeConfig:
     chunk_size: int = 1 << 20
     compression_level: int = 1
     inline_max: int = 16 << 10
-    max_connections: int = 1024
+    max_connections: int = 1024  # client sessions (peers have their own peer_slots)
     request_timeout_s: float = 60.0
+    # Memory bounds per connection and per node (see [limits] in configs/ and the README).
+    max_requests_per_connection: int = 16
+    max_requests_in_flight: int = 512
+    max_unsent_mib: int = 8
+    max_body_mib_per_connection: int = 64
+    min_upload_rate_kib_s: float = 64.0
+    # Connection slots: handshakes apart from sessions, caps per identity and tenant.
+    max_handshakes: int = 64
+    max_handshakes_per_source: int = 16
+    handshake_timeout_s: float = 5.0
+    max_sessions_per_identity: int = 32
+    max_sessions_per_tenant: int = 256
+    peer_slots: int = 64
+    idle_timeout_s: float = 300.0
     shutdown_grace_s: float = 30.0
     sites: tuple[SiteConfig, ...] = field(default_factory=tuple)
     replicas_per_site: int = 1
@@ -109,6 +123,7 @@ class NodeConfig:
     audit_retention_days: int = 365
     audit_segment_mib: int = 64
     audit_commit_ms: float = 10.0
+    audit_refusals_interval_s: float = 60.0  # refused connections: one record per source each
     operator_tenant: str = "default"
     catalog_sync_s: float = 5.0
     master_passphrase_env: str = ""  # with master_salt_file, instead of master_key_file
@@ -133,6 +148,25 @@ def _node_infos(sites: tuple[SiteConfig, ...]) -> tuple[NodeInfo, ...]:
                  for s in sites for i, (n, h, p, w) in enumerate(s.nodes))
 
 
+# [limits] keys beyond the first three: name -> (default, minimum, type); all in NodeConfig.
+_LIMIT_DEFAULTS: dict[str, tuple[float, float, type]] = {
+    "max_requests_per_connection": (16, 1, int),
+    "max_requests_in_flight": (512, 1, int),
+    "max_unsent_mib": (8, 1, int),
+    "max_body_mib_per_connection": (64, 1, int),
+    "min_upload_rate_kib_s": (64.0, 1, float),
+    "max_handshakes": (64, 1, int),
+    "max_handshakes_per_source": (16, 1, int),
+    "handshake_timeout_s": (5.0, 0.1, float),
+    "max_sessions_per_identity": (32, 1, int),
+    "max_sessions_per_tenant": (256, 1, int),
+    "peer_slots": (64, 1, int),
+    "idle_timeout_s": (300.0, 1, float),
+}
+_LIMITS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    k: ((int, float) if kind is float else int, False) for k, (_, _, kind) in
+    _LIMIT_DEFAULTS.items()}
+
 # section -> key -> (type, required)
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
@@ -150,10 +184,11 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                "scrub_interval_h": ((int, float), False),
                "scrub_rate_mib_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
-               "shutdown_grace_s": ((int, float), False)},
+               "shutdown_grace_s": ((int, float), False), **_LIMITS},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
               "retention_days": (int, False), "segment_mib": (int, False),
-              "commit_ms": ((int, float), False)},
+              "commit_ms": ((int, float), False),
+              "refusals_interval_s": ((int, float), False)},
     "metrics": {"address": (str, False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
@@ -253,6 +288,19 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     grace = float(limits.get("shutdown_grace_s", 30.0))
     if grace < 0:
         p.add("[limits] shutdown_grace_s", "must be >= 0")
+    bounds: dict[str, Any] = {}
+    for k, (default, least, kind) in _LIMIT_DEFAULTS.items():
+        bounds[k] = kind(limits.get(k, default))
+        if bounds[k] < least:
+            p.add(f"[limits] {k}", f"{bounds[k]:g} must be at least {least:g}")
+    # Every upload in flight may hold one partial chunk that waits for more of its body: the
+    # connection's body bound must leave room for all of them, or reading would stop for good.
+    if bounds["max_body_mib_per_connection"] << 20 < \
+            bounds["max_requests_per_connection"] * chunk_size:
+        p.add("[limits] max_body_mib_per_connection",
+              f"{bounds['max_body_mib_per_connection']} MiB must hold at least one chunk "
+              f"({chunk_size} bytes) per request of max_requests_per_connection "
+              f"({bounds['max_requests_per_connection']})")
     sites = _parse_sites(raw.get("sites", []), p)
     replicas = cluster.get("replicas_per_site", 1)
     if not 1 <= replicas <= 8:
@@ -296,6 +344,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     audit_commit_ms = float(audit.get("commit_ms", 10.0))
     if not 0 <= audit_commit_ms <= 1000:
         p.add("[audit] commit_ms", f"{audit_commit_ms:g} must be between 0 and 1000")
+    audit_refusals_s = float(audit.get("refusals_interval_s", 60.0))
+    if not 0.1 <= audit_refusals_s <= 3600:
+        p.add("[audit] refusals_interval_s", f"{audit_refusals_s:g} must be between 0.1 and 3600")
     operator = cluster.get("operator_tenant", "default")
     if not NAME_RE.match(operator):
         p.add("[cluster] operator_tenant", f"{operator!r} must match {NAME_RE.pattern}")
@@ -341,11 +392,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
-        audit_commit_ms=audit_commit_ms,
+        audit_commit_ms=audit_commit_ms, audit_refusals_interval_s=audit_refusals_s,
         operator_tenant=operator, catalog_sync_s=catalog_sync,
         master_passphrase_env=passphrase_env, master_salt_file=salt,
         metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,
-        log_level=log_level,
+        log_level=log_level, **bounds,
     )
 
 
@@ -382,7 +433,8 @@ def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]
 
 def _check_writable_dir(path: Path, p: _Problems) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)  # the node's alone (see serve_node)
     except OSError as exc:
         p.add("[node] data_dir", f"cannot create {path}: {exc.strerror}")
         return

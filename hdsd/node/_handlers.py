@@ -60,7 +60,7 @@ from ..wire import (
 )
 from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
-from ._health import cluster_status
+from ._health import cluster_status, tenant_status
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
@@ -168,13 +168,37 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
-async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+class _UploadDeadline:
+    """An upload's deadline, which only real throughput moves: ``request_timeout_s`` after it
+    began, plus the time its received bytes take at ``min_upload_rate_kib_s``. A client that
+    trickles a byte now and then (each within the per-event timeout) gains microseconds per
+    byte, so it cannot hold the upload — and the request id, and its queued body — open for
+    long; a slow but real link still uploads any size."""
+
+    def __init__(self, node: Node) -> None:
+        self.deadline = trio.current_time() + node.config.request_timeout_s
+        self.per_byte = 1 / (node.config.min_upload_rate_kib_s * 1024)
+
+    def received(self, event: Message) -> Message:
+        if isinstance(event, Data):
+            self.deadline += len(event.data) * self.per_byte
+        return event
+
+
+async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message],
+                           deadline: _UploadDeadline | None = None) -> Message:
     timeout = node.config.request_timeout_s
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(timeout) as scope:
+        if deadline is not None:
+            scope.deadline = min(scope.deadline, deadline.deadline)
         try:
-            return await inbox.receive()
+            event = await inbox.receive()
+            return event if deadline is None else deadline.received(event)
         except trio.EndOfChannel:
             raise ConnectionLost("connection closed during the upload") from None
+    if deadline is not None and trio.current_time() >= deadline.deadline:
+        raise RequestTimeout(f"upload slower than {node.config.min_upload_rate_kib_s:g} KiB/s "
+                             "past its deadline; nothing was stored")
     raise RequestTimeout(f"no upload data for {timeout:g} s; nothing was stored")
 
 
@@ -184,8 +208,9 @@ async def _hash_body(node: Node, session: WireSession, tenant: str, rid: int,
     to check that the retry carries the content the request id was first used for."""
     hasher = node.codec(tenant).content_hasher()
     size = 0
+    deadline = _UploadDeadline(node)
     while True:
-        event = await _next_body_event(node, inbox)
+        event = await _next_body_event(node, inbox, deadline)
         if isinstance(event, Data):
             hasher.update(event.data)
             size += len(event.data)
@@ -258,8 +283,11 @@ async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg:
             await node.replicator.keep_hints(lagging, [version])
             return version
 
+    deadline = _UploadDeadline(node)
+
     async def next_event() -> Message:
-        return early.popleft() if early else await _next_body_event(node, inbox)
+        return deadline.received(early.popleft()) if early else \
+            await _next_body_event(node, inbox, deadline)
 
     with single_error():
         async with trio.open_nursery() as nursery:
@@ -445,6 +473,10 @@ async def _versions(node: Node, session: WireSession, ident: Identity, msg: Vers
 async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "status")
+    if not node.tenancy.is_operator(ident.tenant, ident.role):
+        # Addresses, disks and every tenant's figures are the operator's: a tenant sees its own.
+        await session.send(Reply(rid=msg.rid, body=await tenant_status(node, ident.tenant or "")))
+        return
     # This node and every other one, asked concurrently (a dead node shows as down).
     body = {**node.status(), "nodes": await cluster_status(node)}
     await session.send(Reply(rid=msg.rid, body=body))

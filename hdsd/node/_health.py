@@ -21,7 +21,8 @@ from ..wire import PeerStatusRequest
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["cluster_status", "disk_usage", "fsync_summary", "health_status", "readiness"]
+__all__ = ["cluster_status", "disk_usage", "fsync_summary", "health_status", "readiness",
+           "tenant_status"]
 
 PROBE_TIMEOUT = 1.0
 FANOUT_TIMEOUT = 2.0
@@ -150,3 +151,28 @@ async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[di
                      role=info.role)
         out.append(entry)
     return out
+
+
+# What a node entry of the scoped status keeps: whether the node serves, and under which mode.
+_SCOPED_NODE_KEYS = ("node", "site", "role", "up", "software", "write_policy")
+
+
+async def tenant_status(node: Node, tenant: str) -> dict[str, Any]:
+    """The status a tenant's client sees (anyone but the operator): every node up or down and
+    the write policy it applies, the tenant's own usage and quota — no addresses, disks, peers,
+    backlog or store figures (they describe every tenant's activity), no other tenant."""
+    nodes = await cluster_status(node)
+    entry = node.tenancy.catalog.tenant(tenant)
+    await node.tenancy.refresh_usage(node)
+    mine = next(n for n in nodes if n["node"] == node.config.name)
+    return {
+        "scope": "tenant",
+        **{k: mine[k] for k in _SCOPED_NODE_KEYS if k in mine},
+        "cluster": node.config.cluster_id,
+        "mode": {"mode": node.mode.describe().get("mode")},
+        "tenant": {"tenant": tenant, "usage_bytes": node.tenancy.usage(tenant),
+                   "quota_bytes": entry.quota_bytes if entry is not None else 0,
+                   "plan": node.tenancy.plan(tenant)},
+        "nodes": [{**{k: n[k] for k in _SCOPED_NODE_KEYS if k in n},
+                   "mode": {"mode": (n.get("mode") or {}).get("mode")}} for n in nodes],
+    }

@@ -131,6 +131,30 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+def _limits(limits: dict[str, Any]) -> Iterator[Metric]:
+    """Connection slots and memory bounds (see hdsd.node._slots): use and refusals."""
+    if not limits:
+        return
+    for pool, name in (("handshakes", "handshakes"), ("client_sessions", "client_sessions"),
+                       ("peer_sessions", "peer_sessions")):
+        yield _gauge(f"hdsd_{name}_open", f"Open {name.replace('_', ' ')}",
+                     limits[pool]["open"])
+        yield _gauge(f"hdsd_{name}_max", f"Most {name.replace('_', ' ')} at once",
+                     limits[pool]["max"])
+    refused = CounterMetricFamily("hdsd_connections_refused", "Connections refused for lack "
+                                  "of a slot, by pool", labels=["reason"])
+    for reason, n in sorted(limits["refused"].items()):
+        refused.add_metric([reason], n)
+    yield refused
+    yield _counter("hdsd_sessions_idle_closed", "Client sessions closed after idle_timeout_s",
+                   limits["idle_closed"])
+    hits = CounterMetricFamily("hdsd_limit_hits", "Times a memory bound held a connection's "
+                               "reading back, by bound", labels=["limit"])
+    for limit, n in sorted(limits["hits"].items()):
+        hits.add_metric([limit], n)
+    yield hits
+
+
 class _StatusCollector(Collector):
     """Gauges read from ``node.status()`` when scraped (nothing updated on the hot path)."""
 
@@ -151,6 +175,7 @@ class _StatusCollector(Collector):
         yield _gauge("hdsd_connections", "Open client and peer connections", st["connections"])
         yield _gauge("hdsd_requests_in_flight", "Requests being handled",
                      st["requests_in_flight"])
+        yield from _limits(st.get("limits") or {})
         yield _gauge("hdsd_site_degraded", "1 when this site accepts writes alone",
                      1 if st["mode"].get("mode") == "degraded" else 0)
         yield _gauge("hdsd_stopping", "1 during a graceful stop", 1 if node.stopping else 0)

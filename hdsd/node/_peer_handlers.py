@@ -28,12 +28,11 @@ from ..wire import (
     SiteModeRequest,
     TreeLevel,
 )
-from ._auth import authorize
 
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_HANDLERS", "check_layout", "maintenance", "site_mode"]
+__all__ = ["PEER_HANDLERS", "check_layout", "maintenance", "require_operator", "site_mode"]
 
 
 def _check_layout(node: Node, layout: str, ident: Identity) -> None:
@@ -41,6 +40,15 @@ def _check_layout(node: Node, layout: str, ident: Identity) -> None:
         raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
                              f"{node.config.name} has {node.layout.layout_id}; deploy the same "
                              "[[sites]] and replicas_per_site on every node")
+
+
+def require_operator(node: Node, ident: Identity, what: str) -> None:
+    """Cluster-wide actions belong to the operator: an admin certificate of ``[cluster]
+    operator_tenant``. A tenant's own admin manages its buckets and holds, never the cluster."""
+    if not node.tenancy.is_operator(ident.tenant, ident.role):
+        raise PermissionDenied(
+            f"only an admin of the operator tenant {node.tenancy.operator_tenant!r} {what} "
+            f"(this is {ident.role!r} of {ident.tenant!r})")
 
 
 async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Replicate,
@@ -97,8 +105,8 @@ async def _peer_status(node: Node, session: WireSession, ident: Identity,
 
 async def site_mode(node: Node, session: WireSession, ident: Identity, msg: SiteModeRequest,
                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    """Admin client: degrade or restore this node's site."""
-    authorize(ident.role, "admin")
+    """The operator: degrade or restore this node's site."""
+    require_operator(node, ident, "changes a site's mode")
     if msg.site != node.config.site:
         raise InvalidRequest(f"this node is in site {node.config.site}, not {msg.site}")
     if msg.mode == "degraded" and not msg.reason.strip():
@@ -129,8 +137,8 @@ async def _leaf_diff(node: Node, session: WireSession, ident: Identity, msg: Lea
 
 async def maintenance(node: Node, session: WireSession, ident: Identity,
                       msg: MaintenanceRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    """Admin client: start a repair or a scrub on this node now."""
-    authorize(ident.role, "admin")
+    """The operator: start a repair or a scrub on this node now."""
+    require_operator(node, ident, f"starts a {msg.task}")
     await session.send(Reply(rid=msg.rid, body=node.maintenance.start(msg.task)))
 
 

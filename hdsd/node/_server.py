@@ -12,23 +12,30 @@ everything at once; the log's recovery makes that safe too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
+import stat
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from .._errors import (
     AuthenticationFailed,
+    ConfigError,
     HdsdError,
     ProtocolError,
     Unavailable,
 )
+from .._groups import contain
 from .._meta import __version__
-from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper
+from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
@@ -61,14 +68,17 @@ from ._keyring import KEYRING_FILE, Keyring
 from ._masterkey import load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
+from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
 __all__ = ["Node", "serve_node"]
 
 log = logging.getLogger("hdsd.node")
 
-_HANDSHAKE_TIMEOUT = 10.0
-
+# How long a new request may wait for room (per connection or node-wide) before it is refused
+# as unavailable: long enough to smooth a burst, short enough that the frames queued behind it
+# (a download's Credit, an upload's Data) are never held for long.
+_ROOM_WAIT_S = 1.0
 
 class Node(ReadPaths):
     """The running state of one node; create it with :func:`serve_node`."""
@@ -111,11 +121,17 @@ class Node(ReadPaths):
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
+        self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
+        # How often each bound held a connection back (status, metrics): an operator sees a
+        # limit being hit before clients complain.
+        self.limit_hits = {"connection_body": 0, "connection_requests": 0,
+                           "connection_unsent": 0, "node_requests": 0, "refused_busy": 0}
         self._idle = trio.Event()
         self._idle.set()
         self._stopping = False
         self._stop_accepting = trio.CancelScope()
-        self._connections = 0
+        self._connections = 0  # sessions (client and peer) past their handshake
+        self.slots = ConnectionSlots(config)
         self.metrics = NodeMetrics(self)
         self.metrics_port: int | None = None  # bound port of [metrics] address, once serving
         # Last: the audit log starts a thread, closed by serve_node (see close_audit).
@@ -127,6 +143,7 @@ class Node(ReadPaths):
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
+        self.refusals = RefusalCounter(self.audit, interval_s=config.audit_refusals_interval_s)
         self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site,
                                           timeout=config.write_timeout_s)
 
@@ -227,6 +244,9 @@ class Node(ReadPaths):
             "uptime_s": round(time.time() - self.started, 3),
             "connections": self._connections,
             "requests_in_flight": self._active_requests,
+            "limits": {**self.slots.describe(), "hits": dict(self.limit_hits),
+                       "refusals_audited": {"events": self.refusals.total,
+                                            "records": self.refusals.records}},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
             "audit": self.audit_shipper.describe(),
@@ -262,6 +282,7 @@ class Node(ReadPaths):
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
             await services.start(self.audit_shipper.run)
+            await services.start(self.refusals.run)
             # Catch up with the other nodes' catalog (a shred missed while down) before serving.
             await services.start(partial(self.tenancy.run, self,
                                          interval=self.config.catalog_sync_s))
@@ -280,6 +301,7 @@ class Node(ReadPaths):
 
     async def _final_audit_checkpoint(self) -> None:
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
+        self.refusals.flush()
         await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
         await self.audit_shipper.flush(3.0)
 
@@ -303,41 +325,176 @@ class Node(ReadPaths):
 
     async def _handle_connection(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         peer = _peer_address(stream)
-        if self._connections >= self.config.max_connections:
-            log.warning("event=connection_refused peer=%s reason=max_connections", peer)
-            await trio.aclose_forcefully(stream)
-            return
-        self._connections += 1
         try:
             await self._run_connection(stream, peer)
+        except BaseException as exc:
+            # The connection's boundary: whatever one client did (dropped mid-upload, broke the
+            # protocol with a put open) or whatever bug its requests hit ends this connection,
+            # logged once with its cause, and never the node. Only cancellation (and Ctrl-C)
+            # goes on up, to the scope that asked for it.
+            propagate, contained = contain(exc)
+            if contained is not None:
+                _log_contained("connection_failed", peer, contained)
+            if propagate is exc:
+                raise
+            if propagate is not None:
+                raise propagate from None
         finally:
-            self._connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _run_connection(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
+        source = peer.rsplit(":", 1)[0]
+        deadline = trio.current_time() + self.config.handshake_timeout_s
         try:
-            ident = await handshake_and_identify(stream, timeout=_HANDSHAKE_TIMEOUT)
-        except HdsdError as exc:
-            log.info("event=handshake_refused peer=%s reason=%s", peer, exc)
-            self.audit.record("?", "", "", "connect", "", "", "", 0, 0, exc.code, peer)
+            with self.slots.handshake(source):
+                ident = await self._handshake(stream, peer)
+        except SlotsFull as exc:
+            self._connection_refused(peer, None, exc)
+            return
+        if ident is None:
             return
         session = WireSession(stream, Connection(Role.SERVER))
+        with ExitStack() as slot:
+            try:
+                self._check_peer(ident)
+                # The slot before our Hello: a client without one learns why from its first
+                # frame (a Goodbye), as a typed error it may retry later.
+                slot.enter_context(self.slots.session(ident))
+                await session.send(Hello(protocol_version=PROTOCOL_VERSION,
+                                         cluster_id=self.config.cluster_id,
+                                         peer=self.config.name,
+                                         window=session.conn.initial_window))
+                hello = await session.receive_hello(max(0.0, deadline - trio.current_time()))
+                if hello.cluster_id != self.config.cluster_id:
+                    raise AuthenticationFailed(f"Hello names cluster {hello.cluster_id!r}, "
+                                               f"this is {self.config.cluster_id!r}")
+            except HdsdError as exc:
+                self._connection_refused(peer, ident, exc)
+                await _goodbye(session, exc)
+                return
+            self._connections += 1
+            slot.callback(self._connection_closed)
+            await self._serve_session(session, ident, peer)
+
+    def _connection_closed(self) -> None:
+        self._connections -= 1
+
+    async def _handshake(self, stream: trio.SSLStream[trio.SocketStream],
+                         peer: str) -> Identity | None:
+        """TLS and the certificate's identity within handshake_timeout_s (the caller holds a
+        handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
+        the same deadline, in the session's slot."""
         try:
-            self._check_peer(ident)
-            await session.send(Hello(protocol_version=PROTOCOL_VERSION,
-                                     cluster_id=self.config.cluster_id, peer=self.config.name,
-                                     window=session.conn.initial_window))
-            await session.receive_hello(_HANDSHAKE_TIMEOUT)
+            return await handshake_and_identify(stream, timeout=self.config.handshake_timeout_s)
         except HdsdError as exc:
-            log.info("event=session_refused peer=%s identity=%s reason=%s", peer, ident.name, exc)
-            self.audit.record(ident.name, ident.role or "", ident.tenant or "", "connect", "", "",
-                              "", 0, 0, exc.code, peer)
-            await _goodbye(session, exc)
-            return
+            self._connection_refused(peer, None, exc)
+            return None
+
+    def _connection_refused(self, peer: str, ident: Identity | None, exc: HdsdError,
+                            op: str = "connect") -> None:
+        """Audit (aggregated per source and interval, see hdsd.audit._refusals) and log (the
+        first of each kind per interval) a connection refused or ended by a protocol error."""
+        reason = getattr(exc, "reason", exc.code)
+        who = ident.name if ident is not None else "?"
+        first = self.refusals.note(who, ident.role or "" if ident else "",
+                                   ident.tenant or "" if ident else "", op, exc.code,
+                                   peer.rsplit(":", 1)[0])
+        if first:
+            log.info("event=%s peer=%s identity=%s reason=%s detail=%s (more from this source "
+                     "in the next %g s are counted, not logged)",
+                     "connection_refused" if op == "connect" else "protocol_error", peer, who,
+                     reason, exc, self.refusals.interval_s)
+
+    async def _serve_session(self, session: WireSession, ident: Identity, peer: str) -> None:
         log.debug("event=connected peer=%s identity=%s tenant=%s role=%s", peer, ident.name,
                   ident.tenant, ident.role)
         quiet = _no_inbox()  # shared by this connection's requests that hear nothing more
+        in_flight = [0]  # this connection's requests
+        cfg = self.config
+        max_body = cfg.max_body_mib_per_connection << 20
+        max_unsent = cfg.max_unsent_mib << 20
+
+        async def before_read() -> None:
+            # Body bytes queued for this connection's requests and not yet stored: read no
+            # more (TCP holds the client back) until they drain below the bound.
+            if session.held > max_body:
+                self.limit_hits["connection_body"] += 1
+            while session.held > max_body and not session.closed:
+                await session.wait_progress()
+
+        # A peer (a node of the layout) is trusted with more: its requests are replication
+        # of its own clients' writes, already bounded there, and no client load may hold them
+        # back (the node-wide bound does not apply to them either).
+        peer_link = ident.kind == "node"
+        per_connection = cfg.max_requests_in_flight if peer_link else \
+            cfg.max_requests_per_connection
+
+        async def before_open(msg: Message) -> bool:
+            # A new request: not while the connection has its share in flight, nor while the
+            # whole node has its share, nor while its client does not read what it asked for
+            # (its replies would pile up here). Nothing more is read meanwhile. The first two
+            # waits are short: the frames behind this request may be what the requests in
+            # flight wait for (a download's Credit), so after _ROOM_WAIT_S it is refused as
+            # unavailable (retryable) and reading goes on. The third lasts as long as the client
+            # does not read: that is up to the client alone.
+            rid = getattr(msg, "rid", None)
+            counted = False  # one hit per request held back, whatever the wake-ups
+            give_up: float | None = None
+            while not session.closed:
+                if session.unsent > max_unsent:
+                    hit, wait, until = "connection_unsent", session.wait_progress, math.inf
+                elif in_flight[0] >= per_connection or (
+                        not peer_link and self._active_requests >= cfg.max_requests_in_flight):
+                    hit = "connection_requests" if in_flight[0] >= per_connection else \
+                        "node_requests"
+                    wait = session.wait_progress if hit == "connection_requests" else \
+                        self._request_ended.park
+                    give_up = give_up or trio.current_time() + _ROOM_WAIT_S
+                    until = give_up
+                else:
+                    return True
+                if not counted:
+                    self.limit_hits[hit] += 1
+                    counted = True
+                if trio.current_time() >= until and rid is not None:
+                    self.limit_hits["refused_busy"] += 1
+                    err = Unavailable(f"{in_flight[0]} requests in flight on this connection "
+                                      f"(at most {per_connection}) or "
+                                      f"{self._active_requests} on the node (at most "
+                                      f"{cfg.max_requests_in_flight}); retry")
+                    with contextlib.suppress(HdsdError):
+                        await session.send(ErrorReply(rid=rid, code=err.code,
+                                                      message=err.message))
+                    return False
+                with trio.move_on_at(until):
+                    await wait()
+            return False
+
+        def request_ended() -> None:
+            in_flight[0] -= 1
+            session.progress()
+
+        async def close_when_idle(reader: trio.CancelScope) -> None:
+            # A client session with nothing in flight and nothing heard for idle_timeout_s
+            # gives its slot back (the client library reconnects on its next request).
+            idle = cfg.idle_timeout_s
+            while True:
+                quiet_for = time.monotonic() - session.last_activity
+                if quiet_for >= idle and in_flight[0] == 0:
+                    self.slots.idle_closed += 1
+                    log.info("event=idle_closed peer=%s identity=%s idle_s=%.0f", peer,
+                             ident.name, quiet_for)
+                    await _goodbye(session, Unavailable(
+                        f"idle for {quiet_for:.0f} s; reconnect when needed"), code="idle")
+                    reader.cancel()
+                    return
+                await trio.sleep(max(idle - quiet_for, 1.0))
+
         async with trio.open_nursery() as requests:
+            reader = trio.CancelScope()
+            if ident.kind != "node":  # peers keep their links: replication must not wait
+                requests.start_soon(close_when_idle, reader)
+
             def on_request(msg: Message) -> None:
                 rid = getattr(msg, "rid", None)
                 if rid is None:
@@ -345,13 +502,16 @@ class Node(ReadPaths):
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
                 # others (every peer request among them) need no channel of their own.
                 inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) else quiet
-                requests.start_soon(self._run_request, session, ident, msg, inbox)
+                in_flight[0] += 1
+                requests.start_soon(self._run_request, session, ident, msg, inbox,
+                                    request_ended)
 
             try:
-                await session.run_reader(on_request)
+                with reader:
+                    await session.run_reader(on_request, before_read=before_read,
+                                             before_open=before_open)
             except ProtocolError as exc:
-                log.info("event=protocol_error peer=%s identity=%s reason=%s", peer, ident.name,
-                         exc)
+                self._connection_refused(peer, ident, exc, op="session")
                 await _goodbye(session, exc)
             except HdsdError as exc:
                 log.info("event=connection_lost peer=%s reason=%s", peer, exc)
@@ -370,7 +530,16 @@ class Node(ReadPaths):
             raise AuthenticationFailed(f"node {ident.name!r} is not in this cluster's layout")
 
     async def _run_request(self, session: WireSession, ident: Identity, msg: Message,
-                           inbox: trio.MemoryReceiveChannel[Message]) -> None:
+                           inbox: trio.MemoryReceiveChannel[Message],
+                           ended: Callable[[], None]) -> None:
+        try:
+            await self._run_request_counted(session, ident, msg, inbox)
+        finally:
+            ended()
+            self._request_ended.unpark_all()
+
+    async def _run_request_counted(self, session: WireSession, ident: Identity, msg: Message,
+                                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
         if self._stopping:
             session.close_inbox(msg.rid)  # type: ignore[attr-defined]
             err = Unavailable("node is shutting down; retry on another node or later")
@@ -381,6 +550,17 @@ class Node(ReadPaths):
         self._idle = trio.Event() if self._active_requests == 1 else self._idle
         try:
             await handle_request(self, session, ident, msg, inbox)
+        except BaseException as exc:
+            # One request's boundary: its failure ends it (handle_request already answered
+            # what it could); its connection and the other requests on it carry on.
+            propagate, contained = contain(exc)
+            if contained is not None:
+                _log_contained("request_failed", _peer_address_of(session), contained,
+                               rid=getattr(msg, "rid", None), op=type(msg).__name__)
+            if propagate is exc:
+                raise
+            if propagate is not None:
+                raise propagate from None
         finally:
             self._active_requests -= 1
             if self._active_requests == 0:
@@ -397,12 +577,30 @@ def _no_inbox() -> trio.MemoryReceiveChannel[Message]:
     return receive
 
 
-async def _goodbye(session: WireSession, exc: HdsdError) -> None:
+async def _goodbye(session: WireSession, exc: HdsdError, code: str | None = None) -> None:
     with trio.move_on_after(2):
         try:
-            await session.send(Goodbye(code=exc.code, message=exc.message))
+            await session.send(Goodbye(code=code or exc.code, message=exc.message))
         except HdsdError:
             pass
+
+
+def _log_contained(event: str, peer: str, exc: BaseException, **fields: object) -> None:
+    """Log once what a request or connection boundary stopped: a typed error is the client's
+    or the situation's (one line), anything else is a bug (with its traceback)."""
+    leaves = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    if all(isinstance(e, HdsdError) for e in leaves):
+        log.info("event=%s peer=%s%s reason=%s", event, peer, extra,
+                 "; ".join(str(e) for e in leaves))
+    else:
+        log.error("event=%s peer=%s%s reason=%s", event, peer, extra, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _peer_address_of(session: WireSession) -> str:
+    stream = session.stream
+    return _peer_address(stream) if isinstance(stream, trio.SSLStream) else "?"
 
 
 def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
@@ -418,7 +616,45 @@ async def serve_node(config: NodeConfig, *,
     """Open the store and serve until :meth:`Node.shutdown` (or cancellation).
 
     ``task_status.started(node)`` is called once listening; ``node.port`` is the bound port.
+
+    Everything the node creates is its own: the data directory must not be open to group or
+    others (ConfigError otherwise, as for key files), and while the node runs the process
+    umask is 077, so every directory is 0700 and every file 0600 from creation — the SQLite
+    indexes and their journals, the Merkle snapshot, the audit files, the log segments.
     """
+    check_private_dir(config.data_dir)
+    with _private_umask():
+        await _serve_node(config, task_status)
+
+
+_umask_saved: list[int] = []  # the caller's umask, once per node serving in this process
+
+
+@contextmanager
+def _private_umask() -> Iterator[None]:
+    """umask 077 while any node of this process serves (tests run several); the caller's
+    umask back after the last one."""
+    _umask_saved.append(os.umask(0o077) if not _umask_saved else _umask_saved[0])
+    try:
+        yield
+    finally:
+        original = _umask_saved.pop()
+        if not _umask_saved:
+            os.umask(original)
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a data directory that group or others may read or enter."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"data directory {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"data directory {path} is open to group or others (mode "
+                          f"{stat.S_IMODE(mode):04o}); run: chmod 700 {path}")
+
+
+async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
     store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
                        salvage=config.on_corrupt_log == "repair")
     for where in store.statistics().salvaged:

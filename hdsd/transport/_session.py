@@ -27,16 +27,34 @@ The client and the node use the same session. Theory of operation:
   the producer instead of growing a buffer: inboxes hold at most one window of body bytes.
 * When the reader ends (EOF, error, cancel) every inbox is closed, so waiting requests wake with
   :class:`ConnectionLost` instead of hanging.
+* Memory bounds (the node's defence against a client that sends and never reads): the session
+  counts the body bytes it delivered to inboxes and that were not yet ``consumed`` (``held``,
+  per rid and in all) and the bytes handed to it for sending and not yet written (``unsent``).
+  ``run_reader`` takes two optional gates: ``before_read`` is awaited before each socket read
+  (the node waits there while the connection holds too many body bytes), ``before_open`` before
+  a new request is handed to ``on_request`` (the node waits there while too many requests are
+  in flight on the connection or its output is stuck; it returns False to drop the request —
+  having answered it itself). While a gate waits nothing more is read:
+  TCP pushes back on the client, and the node's memory for the connection stays bounded. Gates
+  park on :meth:`wait_progress`, woken whenever held bytes are consumed, output is written or
+  an inbox closes (the node also calls :meth:`progress` when a request ends).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from .._errors import ConnectionLost, HdsdError, ProtocolError, RequestTimeout
+from .._errors import (
+    ConnectionLost,
+    HdsdError,
+    ProtocolError,
+    RequestTimeout,
+    error_class_for_code,
+)
 from ..wire import (
     Cancel,
     Connection,
@@ -76,6 +94,47 @@ class WireSession:
         self._closed = False
         self.closed_reason: HdsdError | None = None
         self.their_hello: Hello | None = None
+        self._held: dict[int, int] = {}  # body bytes delivered to a rid's inbox, not consumed
+        self.held = 0  # ... summed over the rids
+        self._progress = trio.lowlevel.ParkingLot()
+        self.last_activity = time.monotonic()  # last bytes read (the node's idle timeout)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes handed to the session for sending that the stream has not taken yet."""
+        return self._queued - self._written
+
+    def progress(self) -> None:
+        """Wake the gates (see the module docstring): something they wait on may have moved."""
+        self._progress.unpark_all()
+
+    async def wait_progress(self) -> None:
+        """Park until :meth:`progress` (or the session closes; callers re-check their
+        condition, and must give up once ``closed``)."""
+        if not self._closed:
+            await self._progress.park()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def open_inboxes(self) -> int:
+        """Requests of ours still listening on this connection."""
+        return len(self._inboxes)
+
+    def _release(self, rid: int, nbytes: int | None = None) -> None:
+        """*nbytes* (None: all) of *rid*'s held body bytes were consumed or dropped."""
+        held = self._held.get(rid, 0)
+        if not held:
+            return
+        n = held if nbytes is None else min(nbytes, held)
+        if n == held:
+            del self._held[rid]
+        else:
+            self._held[rid] = held - n
+        self.held -= n
+        self._progress.unpark_all()
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, msg: Message) -> None:
@@ -126,6 +185,7 @@ class WireSession:
                 await self.stream.send_all(data)
                 self._written += len(data)
                 self._flushed.unpark_all()
+                self._progress.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
             raise ConnectionLost(f"connection lost while sending: {exc}") from None
@@ -147,6 +207,7 @@ class WireSession:
         self._credit_lot.unpark_all()
         self._room.unpark_all()
         self._flushed.unpark_all()
+        self._progress.unpark_all()
         for inbox in self._inboxes.values():
             inbox.close()
         self._inboxes.clear()
@@ -167,6 +228,7 @@ class WireSession:
 
     async def consumed(self, rid: int, nbytes: int) -> None:
         """Tell the peer we processed *nbytes* of *rid*'s body: grant them back in batches."""
+        self._release(rid, nbytes)
         pending = self._ungranted.get(rid, 0) + nbytes
         window = self.conn.initial_window
         if pending >= window // 4:
@@ -188,6 +250,7 @@ class WireSession:
     def close_inbox(self, rid: int) -> None:
         inbox = self._inboxes.pop(rid, None)
         self._ungranted.pop(rid, None)
+        self._release(rid)
         if inbox is not None:
             inbox.close()
 
@@ -200,7 +263,11 @@ class WireSession:
                     self.their_hello = event
                     return event
                 if isinstance(event, Goodbye):
-                    raise ProtocolError(f"peer refused: {event.code}: {event.message}")
+                    # The peer's reason, typed: a full node (retry later) is not a broken one.
+                    cls = error_class_for_code(event.code)
+                    if cls is HdsdError:
+                        cls = ProtocolError
+                    raise cls(f"peer refused: {event.code}: {event.message}")
                 if isinstance(event, ConnectionClosed):
                     raise ConnectionLost("peer closed the connection during the handshake")
                 if isinstance(event, NeedData):
@@ -218,14 +285,26 @@ class WireSession:
         self.conn.receive_data(bytes(data))
 
     async def run_reader(
-        self, on_request: Callable[[Message], None] | None = None
+        self, on_request: Callable[[Message], None] | None = None, *,
+        before_read: Callable[[], Awaitable[None]] | None = None,
+        before_open: Callable[[Message], Awaitable[bool]] | None = None,
     ) -> None:
-        """Route incoming events until the connection ends; always closes every inbox."""
+        """Route incoming events until the connection ends; always closes every inbox.
+        *before_read* and *before_open* are the gates of the module docstring."""
         try:
             while True:
                 event = self.conn.next_event()
                 if isinstance(event, NeedData):
+                    if before_read is not None:
+                        await before_read()
                     await self._feed()
+                    self.last_activity = time.monotonic()
+                elif (before_open is not None and not isinstance(event, ConnectionClosed)
+                      and not isinstance(event, (Data, Cancel, Credit, Goodbye))
+                      and getattr(event, "rid", None) not in self._inboxes):
+                    # A new request: wait for room before taking it (and reading on).
+                    if await before_open(event):
+                        self._route(event, on_request)
                 elif isinstance(event, ConnectionClosed):
                     self.closed_reason = ConnectionLost("the peer closed the connection")
                     return
@@ -243,6 +322,7 @@ class WireSession:
         finally:
             self._closed = True
             self._credit_lot.unpark_all()
+            self._progress.unpark_all()
             for inbox in self._inboxes.values():
                 inbox.close()
             self._inboxes.clear()
@@ -253,6 +333,9 @@ class WireSession:
         if inbox is not None:
             try:
                 inbox.send_nowait(event)
+                if isinstance(event, Data):
+                    self._held[event.rid] = self._held.get(event.rid, 0) + len(event.data)
+                    self.held += len(event.data)
             except trio.BrokenResourceError:
                 self.close_inbox(rid)  # type: ignore[arg-type]
             if isinstance(event, Cancel):
@@ -269,6 +352,7 @@ class WireSession:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._progress.unpark_all()
         self._credit_lot.unpark_all()
         self._room.unpark_all()
         self._flushed.unpark_all()

@@ -30,7 +30,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Path, NodeProcess, NodeProcess]]:
     init_cluster(root)
     for name in (ORIGIN, OTHER):
         config = root / name / "node.toml"
-        config.write_text(config.read_text() + "\n[audit]\ncheckpoint_s = 0.2\n")
+        config.write_text(config.read_text() + "\n[audit]\ncheckpoint_s = 0.2\n"
+                          "refusals_interval_s = 0.5\n")
     run_cli("cert", "issue", "--client", "reader1", "--tenant", "default", "--role", "reader",
             "--cluster-dir", str(root), check=True)
     other = NodeProcess(root / OTHER / "node.toml").start()

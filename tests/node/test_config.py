@@ -78,3 +78,19 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[node\nname=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_node_config(bad)
+
+
+def test_limits_are_read_and_checked(cluster: Path, tmp_path: Path) -> None:
+    ok = _variant(cluster, tmp_path, "[tls]", "[limits]\nmax_requests_per_connection = 4\n"
+                  "min_upload_rate_kib_s = 128\nidle_timeout_s = 30\n\n[tls]")
+    cfg = load_node_config(ok)
+    assert (cfg.max_requests_per_connection, cfg.min_upload_rate_kib_s,
+            cfg.idle_timeout_s) == (4, 128.0, 30.0)
+    bad = _variant(cluster, tmp_path, "[tls]", "[limits]\nmax_requests_per_connection = 128"
+                   "\nmax_body_mib_per_connection = 64\npeer_slots = 0\n\n[tls]")
+    with pytest.raises(ConfigError) as exc:
+        load_node_config(bad)
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 2
+    assert "peer_slots: 0 must be at least 1" in lines[0]
+    assert "max_body_mib_per_connection: 64 MiB must hold at least one chunk" in lines[1]

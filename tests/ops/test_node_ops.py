@@ -126,7 +126,8 @@ def test_json_logs_parse_and_hold_no_secret(pair: Pair) -> None:
     assert {"ts", "level", "logger", "event"} <= set(records[0])
     events = {(r["level"], r["event"]) for r in records}
     assert ("info", "listening") in events and ("debug", "connected") in events
-    connected = next(r for r in records if r["event"] == "connected")
+    # The client's (a peer node may have connected first: its tenant and role are None).
+    connected = next(r for r in records if r["event"] == "connected" and r["identity"] == "admin")
     assert connected["tenant"] == "default" and connected["role"] == "admin"
 
     log = "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 import trio
@@ -247,3 +248,51 @@ async def test_a_refused_message_still_sends_those_before_it() -> None:
                 await pair.client.send_many([put_start(1), Data(rid=2, data=b"x")])
             await trio.testing.wait_all_tasks_blocked()
             assert pair.requests == [put_start(1)]
+
+
+async def test_held_body_bytes_are_counted_until_consumed_or_closed() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            await pair.client.send_many([put_start(1), Data(rid=1, data=b"a" * 1000),
+                                         put_start(2), Data(rid=2, data=b"b" * 500)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert pair.server.held == 1500
+            await pair.server.consumed(1, 400)
+            assert pair.server.held == 1100
+            pair.server.close_inbox(2)  # a request that ended: its queued bytes are let go
+            assert pair.server.held == 600
+            await pair.server.consumed(1, 10_000)  # never below zero
+            assert pair.server.held == 0
+
+
+async def test_before_open_gate_holds_new_requests_and_can_drop_them() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    client = WireSession(a, Connection(Role.CLIENT))
+    server = WireSession(b, Connection(Role.SERVER))
+    seen: list[int] = []
+    room = trio.Event()
+
+    async def before_open(msg: Message) -> bool:
+        rid: int = msg.rid  # type: ignore[attr-defined]
+        if rid == 2:
+            await room.wait()  # nothing after it is read meanwhile
+        return rid != 3  # the node answers and drops such a request itself
+
+    with trio.fail_after(LIMIT):
+        await client.send(hello(client, "client"))
+        await server.send(hello(server, "server"))
+        await client.receive_hello(LIMIT)
+        await server.receive_hello(LIMIT)
+        async with trio.open_nursery() as nursery:
+            def on_request(msg: Message) -> None:
+                seen.append(msg.rid)  # type: ignore[attr-defined]
+
+            nursery.start_soon(partial(server.run_reader, on_request, before_open=before_open))
+            await client.send_many([StatRequest(rid=r, bucket="b", key="k", version=None)
+                                    for r in (1, 2, 3, 4)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == [1]
+            room.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == [1, 2, 4]
+            nursery.cancel_scope.cancel()
