@@ -170,8 +170,7 @@ def _node_toml(spec: ClusterSpec, node: NodeSpec, ref: object, data_ref: str, cr
             if n.role != "storage":
                 entry += f', role = "{n.role}"'
             entries.append(entry + " }")
-        sites += f'\n[[sites]]\nname = "{site}"\nnodes = [\n    ' + ",\n    ".join(entries) \
-            + ",\n]\n"
+        sites += f'\n[[sites]]\nname = "{site}"\nnodes = [' + ", ".join(entries) + "]\n"
     return f"""\
 # hdsd node {node.name} (site {node.site}) of cluster {spec.cluster_id}, written by hdsd init.
 # Start with: hdsd serve --config {ref("node.toml")}

@@ -34,10 +34,11 @@ from ..catalog import CATALOG_FILE, Catalog
 from ..catalog._keys import SALT_BYTES, derive_master_key, unwrap_keys, wrap_keys
 from ..store import LOCK_NAME
 from ._config import NodeConfig
-from ._keyring import KEYRING_FILE, load_master_key
+from ._keyring import KEYRING_FILE, Keyring, load_master_key
 
-__all__ = ["create_salt", "load_master", "master_key_check", "node_stopped", "passphrase_master",
-           "rotate_master"]
+__all__ = ["check_master", "create_salt", "keep_old_key", "kept_old_keys", "load_master",
+           "master_key_check", "node_stopped", "passphrase_master", "rotate_master",
+           "set_key_check", "verify_master"]
 
 
 def create_salt(path: Path) -> None:
@@ -157,6 +158,20 @@ def keep_old_key(key_file: Path) -> Path | None:
     kept = key_file.with_name(f"{key_file.name}.old-{stamp}")
     atomic_write(kept, current, 0o600)
     return kept
+
+
+def verify_master(config: NodeConfig, master: bytes) -> None:
+    """:class:`ConfigError` unless *master* is this node's key: its fingerprint, its keyring
+    and every live tenant of its catalog."""
+    check_master(config, master)
+    Keyring(config.data_dir / KEYRING_FILE, master)  # raises if the key does not open it
+    catalog = Catalog(config.data_dir / CATALOG_FILE)
+    try:
+        for entry in catalog.tenants():
+            if not entry.is_shredded:
+                unwrap_keys(master, entry.name, entry.wrapped)
+    finally:
+        catalog.close()
 
 
 def kept_old_keys(key_file: Path) -> list[Path]:

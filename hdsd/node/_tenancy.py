@@ -45,6 +45,7 @@ from .._errors import (
     QuotaExceeded,
     RetentionLocked,
     TenantShredded,
+    Unavailable,
 )
 from ..catalog import (
     CATALOG_FILE,
@@ -356,8 +357,14 @@ class Tenancy:
             try:
                 await self.sync_with(node, name)
                 self.sync_failures.pop(name, None)
-            except HdsdError as exc:
+            except Unavailable as exc:
+                # The peer is down or unreachable: status shows that already (down), and a
+                # failure recorded before it went away stays until a sync succeeds.
                 log.info("event=catalog_sync_failed peer=%s error=%s", name, exc)
+            except HdsdError as exc:
+                # It answered but its catalog cannot be taken: a master key that does not
+                # open its entries, another layout... an operator must look.
+                log.warning("event=catalog_sync_failed peer=%s error=%s", name, exc)
                 self.sync_failures[name] = str(exc)
 
         async with trio.open_nursery() as nursery:
