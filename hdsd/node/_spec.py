@@ -31,6 +31,7 @@ hostname check. ``listen`` (default: the first address) is what the node binds, 
 
 from __future__ import annotations
 
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
-        """``HOST:PORT`` peers and clients dial."""
-        return f"{self.addresses[0]}:{self.port}"
+        """``HOST:PORT`` peers and clients dial (an IPv6 address in brackets)."""
+        host = self.addresses[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +145,6 @@ def load_spec(path: Path) -> ClusterSpec:
 
 def parse_spec(raw: dict[str, Any], *, where: str = "spec") -> ClusterSpec:
     """Validate a spec; :class:`ConfigError` lists every mistake, one line each."""
-    import re
-
     name_re = re.compile(_NAME)
     problems: list[str] = []
 
@@ -290,9 +290,9 @@ def _parse_node(node: object, site: str, default_port: int, metrics_host: str | 
     addresses = node.get("addresses")
     if isinstance(addresses, str):
         addresses = [addresses]
+    # One colon is a HOST:PORT (the port is a key of its own); IPv6 addresses have several.
     if not isinstance(addresses, list) or not addresses or \
-            not all((isinstance(a, str) and a and ":" not in a.strip("[]")) or
-                    (isinstance(a, str) and a.count(":") > 1) for a in addresses):
+            not all(isinstance(a, str) and a and a.count(":") != 1 for a in addresses):
         bad(f"node {name}: addresses must be a non-empty list of IP addresses or DNS names "
             "(no port: see port)")
         return None
