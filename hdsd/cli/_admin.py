@@ -212,24 +212,27 @@ def _create_in_cluster(admin_profile: Path, tenant: str) -> bool | None:
     """True: created through the cluster; False: it already knew the tenant; None: no node
     answered (or there is no admin profile)."""
     from .._errors import HdsdError, Unavailable
-    from ..client import AsyncClient
+    from ..client import AsyncClient, load_profile
 
     if not admin_profile.is_file():
         return None
 
-    async def create() -> bool:
-        async with AsyncClient(admin_profile, timeout=5.0, retries=0) as admin:
+    async def create(site: str) -> bool:
+        async with AsyncClient(admin_profile, site=site, timeout=5.0, retries=0) as admin:
             if any(t.get("name") == tenant for t in await admin.tenant_list()):
                 return False
             await admin.tenant_create(tenant)
             return True
 
-    try:
-        return trio.run(create)
-    except Unavailable:
-        return None
-    except HdsdError as exc:
-        raise ConfigError(f"creating tenant {tenant} through the cluster failed: {exc}") from None
+    for site in load_profile(admin_profile).sites:  # either site will do: the catalog is one
+        try:
+            return trio.run(create, site)
+        except Unavailable:
+            continue
+        except HdsdError as exc:
+            raise ConfigError(f"creating tenant {tenant} through the cluster failed: "
+                              f"{exc}") from None
+    return None
 
 
 def _write_client_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:

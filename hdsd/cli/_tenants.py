@@ -206,8 +206,14 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
     catalog entries (and `hdsd status` exits 10, naming them)."""
     from pathlib import Path
 
-    from .._atomic import atomic_write
-    from ..node import keep_old_key, load_node_config, master_key_check, node_stopped, set_key_check
+    from ..node import (
+        keep_old_key,
+        load_node_config,
+        master_key_check,
+        node_stopped,
+        replace_key_file,
+        set_key_check,
+    )
     from ..node._keyring import create_master_key, load_master_key
     from ..node._masterkey import load_master, passphrase_master, rotate_master
 
@@ -234,7 +240,7 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
         if new_key_file is not None and config.master_key_file is not None and new != old:
             kept = keep_old_key(config.master_key_file)
             # last: a crash before it is re-run safely
-            atomic_write(config.master_key_file, new, 0o600)
+            replace_key_file(config.master_key_file, new)
         if config.master_key_check:
             set_key_check(config.path, master_key_check(new, config.cluster_id))
     click.echo(f"node {config.name}: {count} wrapped tenant keys rewrapped under the new "

@@ -10,6 +10,7 @@ from ._masterkey import keep_old_key as keep_old_key
 from ._masterkey import kept_old_keys as kept_old_keys
 from ._masterkey import master_key_check as master_key_check
 from ._masterkey import node_stopped as node_stopped
+from ._masterkey import replace_key_file as replace_key_file
 from ._masterkey import set_key_check as set_key_check
 from ._masterkey import verify_master as verify_master
 from ._server import Node as Node

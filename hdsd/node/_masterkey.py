@@ -37,7 +37,8 @@ from ._config import NodeConfig
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
 
 __all__ = ["check_master", "create_salt", "keep_old_key", "kept_old_keys", "load_master",
-           "master_key_check", "node_stopped", "passphrase_master", "rotate_master",
+           "master_key_check", "node_stopped", "passphrase_master", "replace_key_file",
+           "rotate_master",
            "set_key_check", "verify_master"]
 
 
@@ -157,7 +158,22 @@ def keep_old_key(key_file: Path) -> Path | None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     kept = key_file.with_name(f"{key_file.name}.old-{stamp}")
     atomic_write(kept, current, 0o600)
+    _same_owner(kept, key_file.stat())
     return kept
+
+
+def replace_key_file(key_file: Path, new: bytes) -> None:
+    """Write *new* over the key file atomically, keeping its owner: rotation runs as root,
+    the node as the unit's user, who must still read the file."""
+    before = key_file.stat()
+    atomic_write(key_file, new, 0o600)
+    _same_owner(key_file, before)
+
+
+def _same_owner(path: Path, like: os.stat_result) -> None:
+    st = path.stat()
+    if (st.st_uid, st.st_gid) != (like.st_uid, like.st_gid) and os.geteuid() == 0:
+        os.chown(path, like.st_uid, like.st_gid)
 
 
 def verify_master(config: NodeConfig, master: bytes) -> None:
@@ -189,6 +205,7 @@ def set_key_check(config_path: Path, check: str) -> bool:
             lines[i] = f'master_key_check = "{check}"' + comment
             changed = True
     if changed:
-        atomic_write(config_path, "".join(lines).encode(),
-                     stat.S_IMODE(config_path.stat().st_mode))
+        before = config_path.stat()
+        atomic_write(config_path, "".join(lines).encode(), stat.S_IMODE(before.st_mode))
+        _same_owner(config_path, before)
     return changed
