@@ -147,6 +147,10 @@ def _write_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, master: bytes,
         tar = root / f"{node.name}.tar"
         with tarfile.open(tar, "w") as out:
             for path in sorted(bundle.rglob("*")):
+                # Not the ancestors of --prefix/--state-dir (etc/, var/, var/lib/): extracted
+                # with `tar -C /`, they would reset the owner and mode of the system's own.
+                if path.is_dir() and not (path.is_relative_to(etc) or path.is_relative_to(data)):
+                    continue
                 out.add(path, arcname=str(path.relative_to(bundle)), recursive=False)
     return Bundle(node=node, directory=bundle, config=config, archive=tar)
 

@@ -127,7 +127,10 @@ def test_prefix_layout_matches_the_shipped_systemd_unit(tmp_path: Path) -> None:
             {"etc/hdsd", "var/lib"}
         assert b.archive is not None
         with tarfile.open(b.archive) as tar:
-            assert "etc/hdsd/node.toml" in tar.getnames()
+            names = tar.getnames()
+            assert "etc/hdsd/node.toml" in names and "var/lib/hdsd/keyring.hdsd" in names
+            # never /etc, /var or /var/lib themselves: extracting at / must not touch them
+            assert not {"etc", "var", "var/lib"} & set(names)
 
 
 def test_passphrase_mode_ships_the_salt_not_a_key(tmp_path: Path,
