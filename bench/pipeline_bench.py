@@ -37,7 +37,7 @@ CHUNK = MIB
 
 def image_like(seed: int) -> bytes:
     """A 16-bit CT-like slice: air around an ellipse of smooth tissue with 2 bits of sensor
-    noise (zstd-1 ratio ≈ 3.4, close to the imaging figures in DESIGN.md)."""
+    noise (zstd-1 ratio ≈ 3.4)."""
     rnd = random.Random(seed)
     width, rows = 512, CHUNK // 1024
     cx, cy, radius = 256 + rnd.randrange(-20, 20), rows // 2, 200 + rnd.randrange(40)

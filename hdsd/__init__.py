@@ -13,6 +13,7 @@ from ._errors import CorruptLogError as CorruptLogError
 from ._errors import DiskFullError as DiskFullError
 from ._errors import HdsdError as HdsdError
 from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidRequest as InvalidRequest
 from ._errors import LayoutMismatch as LayoutMismatch
 from ._errors import LegalHold as LegalHold
@@ -26,6 +27,7 @@ from ._errors import RequestTimeout as RequestTimeout
 from ._errors import RetentionLocked as RetentionLocked
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
+from ._errors import StoreInUse as StoreInUse
 from ._errors import TenantShredded as TenantShredded
 from ._errors import Unavailable as Unavailable
 from ._errors import WrongRole as WrongRole

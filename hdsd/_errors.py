@@ -28,6 +28,7 @@ __all__ = [
     "DiskFullError",
     "HdsdError",
     "IntegrityError",
+    "InvalidArgument",
     "InvalidRequest",
     "LayoutMismatch",
     "LegalHold",
@@ -41,6 +42,7 @@ __all__ = [
     "RetentionLocked",
     "StoreClosedError",
     "StoreFailedError",
+    "StoreInUse",
     "TenantShredded",
     "Unavailable",
     "WrongRole",
@@ -74,6 +76,13 @@ class InvalidRequest(HdsdError):
 
     code = "invalid_request"
     exit_code = 2
+
+
+class InvalidArgument(InvalidRequest, TypeError):
+    """A client call got an argument of the wrong kind (a str where bytes or a path belongs);
+    nothing was sent. Also a :class:`TypeError`, which is what Python code expects for it."""
+
+    code = "invalid_argument"
 
 
 class NotFound(HdsdError):
@@ -178,6 +187,14 @@ class StoreFailedError(StoreError):
     more. Restart the node after checking the disk; recovery replays what was durable."""
 
     code = "store_failed"
+
+
+class StoreInUse(StoreError):
+    """Another process (another ``hdsd serve``) has this store open: a start-up mistake, so
+    the CLI exits 2 like any configuration error; the running process is not disturbed."""
+
+    code = "store_in_use"
+    exit_code = 2
 
 
 class DiskFullError(StoreError):

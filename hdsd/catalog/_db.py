@@ -22,7 +22,7 @@ import blake3
 from .._packing import packb
 from ._model import BucketEntry, Entry, HoldEntry, TenantEntry, merge
 
-__all__ = ["Catalog", "tenant_in_catalog"]
+__all__ = ["Catalog", "tenant_in_catalog", "tenant_state_in_catalog"]
 
 CATALOG_FILE = "catalog.sqlite"
 _SHIFT = 1 << 63  # HLCs are unsigned 64-bit, SQLite integers signed
@@ -196,12 +196,21 @@ class Catalog:
 def tenant_in_catalog(path: Path, name: str) -> bool:
     """Whether the catalog file at *path* (of a node, running or not) knows tenant *name*;
     read-only, for tools that must not create keys the catalog already has."""
+    return tenant_state_in_catalog(path, name) is not None
+
+
+def tenant_state_in_catalog(path: Path, name: str) -> str | None:
+    """``"live"``, ``"shredded"``, or None when the catalog file at *path* (of a node, running
+    or not) does not know tenant *name*; read-only, for offline tools (``hdsd cert issue``)."""
     if not path.exists():
-        return False
+        return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is not None
+        row = db.execute("SELECT shredded FROM tenants WHERE name = ?", (name,)).fetchone()
     except sqlite3.OperationalError:
-        return False  # no table yet
+        return None  # no table yet
     finally:
         db.close()
+    if row is None:
+        return None
+    return "shredded" if _u(row[0]) != 0 else "live"

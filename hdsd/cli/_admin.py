@@ -10,9 +10,9 @@ import click
 import trio
 from click.core import ParameterSource
 
-from .._errors import ConfigError
+from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
-from ..catalog import CATALOG_FILE, tenant_in_catalog
+from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..node import (
     SPEC_FILE,
     ClusterSpec,
@@ -142,13 +142,31 @@ def cert() -> None:
               show_default=True, help="directory written by hdsd init")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
-def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None
-               ) -> None:
+@click.option("--force", is_flag=True,
+              help="replace an existing client's key and profile, or issue for a shredded "
+                   "tenant (whose requests every node refuses)")
+def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None,
+               force: bool) -> None:
     """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
     root = Path(cluster_dir).resolve()
     out_dir = Path(out).resolve() if out else root / "clients"
-    message = _provision_tenant(root, tenant)
-    if message:
+    keyrings = _bundle_keyrings(root)
+    if not keyrings:
+        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
+    states = {tenant_state_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings}
+    if "shredded" in states and not force:
+        raise TenantShredded(f"tenant {tenant} was crypto-shredded: every node refuses its "
+                             "requests; nothing issued (--force to issue anyway)")
+    # Overwriting would silently lock out whoever holds the current key (and the profile may
+    # have been edited): replacing a client is an explicit act.
+    existing = [p for p in (out_dir / f"{client_name}.toml",
+                            *sorted(out_dir.glob(f"client-{client_name}@*.crt")),
+                            *sorted(out_dir.glob(f"client-{client_name}@*.key"))) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
+                          "issued (choose another --client, or --force to replace it)")
+    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
+    if states == {None} and (message := _provision_tenant(root, keyrings, tenant)):
         click.echo(message)
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
     profile = out_dir / f"{client_name}.toml"
@@ -182,7 +200,7 @@ def _bundle_keyrings(root: Path) -> list[Path]:
     return sorted(root.glob(f"*/**/{KEYRING_FILE}"))
 
 
-def _provision_tenant(root: Path, tenant: str) -> str:
+def _provision_tenant(root: Path, keyrings: list[Path], tenant: str) -> str:
     """Make *tenant*'s keys known to the cluster; a line to print ('' if nothing was done).
 
     Once the bundles are deployed their copies under *root* are stale: a key written there
@@ -190,12 +208,6 @@ def _provision_tenant(root: Path, tenant: str) -> str:
     truth, and a tenant created there reaches every node); only when no node answers — the
     cluster is not started yet — are the bundles' keyring seeds written, to ship with them.
     """
-    keyrings = _bundle_keyrings(root)
-    if not keyrings:
-        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
-    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
-    if any(tenant_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings):
-        return ""
     created = _create_in_cluster(root / "client.toml", tenant)
     if created is not None:
         return f"tenant {tenant}: keys created in the cluster's catalog" if created else ""

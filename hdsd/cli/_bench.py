@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .._errors import ConfigError
 from ._main import main
 
 _SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "sync_latency.py"
@@ -30,8 +31,10 @@ def bench() -> None:
 def sync(args: tuple[str, ...]) -> None:
     """Two-site put/get latency and throughput, floor, peers, catch-up (see --help)."""
     if not _SCRIPT.is_file():
-        raise click.ClickException(f"{_SCRIPT} not found: the benchmark ships with the hdsd "
-                                   "source tree, not with an installed package")
+        # A wheel install has no bench/: say what to do, not which file is missing.
+        raise ConfigError("hdsd bench sync needs a source checkout of hdsd (the benchmark is "
+                          "not installed with the package): from a checkout, run "
+                          "`pip install -e .` and try again, or `python bench/sync_latency.py`")
     spec = importlib.util.spec_from_file_location("hdsd_bench_sync_latency", _SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -109,7 +110,7 @@ def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
                 raise ValueError
         except ValueError:
             raise InvalidRequest("--request-id must be 32 hex digits") from None
-    data: Any = sys.stdin.buffer if source == "-" else source
+    data: Any = sys.stdin.buffer if source == "-" else Path(source)
     if source != "-" and not os.path.isfile(source):
         raise InvalidRequest(f"{source}: no such file")
     total = None if source == "-" else os.path.getsize(source)
@@ -127,20 +128,22 @@ def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
 
 
 def _parse_range(text: str | None) -> tuple[int | None, int | None]:
+    """``--range FIRST-LAST`` (inclusive, as HTTP and S3 ranges) as the clients' ``(offset,
+    length)``; ``FIRST-`` reads to the end."""
     if text is None:
         return None, None
     first, sep, last = text.partition("-")
     try:
         if not sep or not first:
             raise ValueError
-        start = int(first)
-        end = int(last) + 1 if last else None
-        if start < 0 or (end is not None and end <= start):
+        offset = int(first)
+        length = int(last) - offset + 1 if last else None
+        if offset < 0 or (length is not None and length < 1):
             raise ValueError
     except ValueError:
         raise InvalidRequest(f"--range {text!r}: expected FIRST-LAST or FIRST- "
                              "(byte offsets, inclusive)") from None
-    return start, end
+    return offset, length
 
 
 @main.command()
@@ -155,14 +158,14 @@ def get(ctx: click.Context, target: str, output: str, version: str | None,
         byte_range: str | None) -> None:
     """Read BUCKET/KEY to standard output or a file."""
     bucket, key = _split(target)
-    start, end = _parse_range(byte_range)
+    offset, length = _parse_range(byte_range)
     if output != "-":
         async def to_file(c: AsyncClient) -> None:
             st = await c.stat(bucket, key, version=version)
             progress = _Progress(st.size, f"get {target}")
             try:
                 await c.get_to_file(bucket, key, output, version=version or st.version,
-                                    start=start, end=end, progress=progress)
+                                    offset=offset, length=length, progress=progress)
             finally:
                 progress.close()
         _run(ctx, to_file)
@@ -171,7 +174,8 @@ def get(ctx: click.Context, target: str, output: str, version: str | None,
     out = sys.stdout.buffer
 
     async def to_stdout(c: AsyncClient) -> None:
-        async with c.open_get(bucket, key, version=version, start=start, end=end) as stream:
+        async with c.open_get(bucket, key, version=version, offset=offset,
+                              length=length) as stream:
             progress = _Progress(stream.end - stream.start, f"get {target}")
             try:
                 async for piece in stream:

@@ -70,7 +70,8 @@ def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None,
 @json_option
 @click.pass_context
 def tenant_ls(ctx: click.Context, as_json: bool) -> None:
-    """List tenants: state, quota, usage seen by this site, buckets."""
+    """List tenants: state, quota, usage seen by this site, buckets (with data or created;
+    "N+" when a node of the site did not answer)."""
     rows = _run(ctx, lambda c: c.tenant_list())
     if as_json:
         for row in rows:
@@ -80,8 +81,10 @@ def tenant_ls(ctx: click.Context, as_json: bool) -> None:
                f"{'BUCKETS':>7}  CREATED")
     for r in rows:
         quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
+        # "3+": a node of the site did not answer, so buckets only it holds are not counted.
+        count = f"{r['buckets']}{'+' if r.get('buckets_incomplete') else ''}"
         click.echo(f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
-                   f"{quota:>14} {r['usage_bytes']:>14} {r['buckets']:>7}  "
+                   f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  "
                    f"{_when(r['created_ms'])}")
 
 
@@ -151,7 +154,7 @@ def bucket_ls(ctx: click.Context, tenant_name: str, as_json: bool) -> None:
 
 @main.group()
 def hold() -> None:
-    """Set or clear a legal hold on a key (admin)."""
+    """Set, clear or list legal holds on keys (admin)."""
 
 
 def _hold(ctx: click.Context, target: str, held: bool, as_json: bool) -> None:
@@ -179,6 +182,27 @@ def hold_set(ctx: click.Context, target: str, as_json: bool) -> None:
 def hold_clear(ctx: click.Context, target: str, as_json: bool) -> None:
     """Lift the legal hold on the key."""
     _hold(ctx, target, False, as_json)
+
+
+@hold.command("ls")
+@click.argument("target", metavar="[TENANT[/BUCKET]]", required=False, default="")
+@json_option
+@click.pass_context
+def hold_ls(ctx: click.Context, target: str, as_json: bool) -> None:
+    """List keys under legal hold: of TENANT (of one BUCKET), or every tenant's for the
+    operator; with who set each hold and when."""
+    tenant_name, _, bucket_name = target.partition("/")
+    if "/" in bucket_name or (target and not tenant_name) or (target.endswith("/")):
+        raise InvalidRequest(f"{target!r}: expected TENANT or TENANT/BUCKET")
+    rows = _run(ctx, lambda c: c.hold_list(tenant_name, bucket_name))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY")
+    for r in rows:
+        click.echo(f"{_when(r['set_ms']):20}  {r['by']:24}  "
+                   f"{r['tenant']}/{r['bucket']}/{r['key']}")
 
 
 @main.group()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +52,22 @@ class _Child:
                 self.proc.wait()
 
 
+def hdsd_command() -> tuple[str, str]:
+    """How to type ``hdsd`` in another terminal, and a hint line (or "") when that is not the
+    bare word: a venv's ``bin/`` is on nobody's PATH until it is activated, so the banner of
+    the README's install line must name the script itself."""
+    script = Path(sys.executable).parent / "hdsd"
+    if not script.is_file():  # run as `python -m hdsd` from a tree without the entry point
+        return f"{shlex.quote(sys.executable)} -m hdsd", ""
+    found = shutil.which("hdsd")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "hdsd", ""
+    activate = script.parent / "activate"
+    hint = "(hdsd is not on your PATH" + (
+        f"; or first run: source {shlex.quote(str(activate))})" if activate.is_file() else ")")
+    return shlex.quote(str(script)), hint
+
+
 @main.command()
 @click.argument("directory", default="hdsd-data", type=click.Path(file_okay=False))
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=7400, show_default=True,
@@ -79,12 +97,16 @@ def up(ctx: click.Context, directory: str, base_port: int) -> None:
                 if child.proc.poll() is not None or time.monotonic() > deadline:
                     raise HdsdError(f"node {child.name} did not start: {child.last_line}")
         profile = root / "client.toml"
+        cmd, hint = hdsd_command()
         click.echo(f"\nhdsd is up: {len(children)} nodes in {root}")
-        click.echo(f"client profile: {profile}\ntry:")
-        click.echo(f"  export HDSD_PROFILE={profile}")
-        click.echo("  echo 'hello' | hdsd put demo/hello.txt -")
-        click.echo("  hdsd --site dc2 get demo/hello.txt     # read back from the other site")
-        click.echo("  hdsd status\n(Ctrl-C stops both nodes)\n")
+        click.echo(f"client profile: {profile}")
+        if hint:
+            click.echo(hint)
+        click.echo("try, in another terminal:")
+        click.echo(f"  export HDSD_PROFILE={shlex.quote(str(profile))}")
+        click.echo(f"  echo 'hello' | {cmd} put demo/hello.txt -")
+        click.echo(f"  {cmd} --site dc2 get demo/hello.txt     # read back from the other site")
+        click.echo(f"  {cmd} status\n(Ctrl-C stops both nodes)\n")
         while not stopping.is_set():
             for child in children:
                 if child.proc.poll() is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import os
 import uuid
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import trio
 from .._errors import (
     ConnectionLost,
     HdsdError,
+    InvalidArgument,
     ProtocolError,
     RequestTimeout,
     Unavailable,
@@ -43,6 +45,7 @@ from ..wire import (
     GetRequest,
     GetStart,
     Hello,
+    HoldList,
     HoldSet,
     ListBucketsRequest,
     ListRequest,
@@ -62,10 +65,13 @@ from ..wire import (
 from ._profile import Profile, load_profile
 from ._results import GetStream, ListPage, ObjectInfo, raise_for, receive
 
-__all__ = ["AsyncClient", "PutSource"]
+__all__ = ["AsyncClient", "PutSource", "put_source"]
 
+# No bare str: "text" is content to some callers and a file name to others, and guessing
+# uploaded the wrong thing or failed on a path that does not exist. Content is bytes, a file
+# is a Path (see put_source).
 PutSource: TypeAlias = (
-    bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+    bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes]
     | Iterable[bytes] | AsyncIterable[bytes]
 )
 Progress: TypeAlias = Callable[[int], None]
@@ -200,13 +206,17 @@ class AsyncClient:
     async def put(self, bucket: str, key: str, data: PutSource, *,
                   metadata: dict[str, str] | None = None, request_id: bytes | None = None,
                   size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
-        """Store *data* (bytes, a path, a binary file, or an (async) iterable of bytes)."""
+        """Store *data*: bytes (bytearray, memoryview), a file given as a :class:`pathlib.Path`
+        (any ``os.PathLike``), a binary file object, or an (async) iterable of bytes. A str is
+        refused with :class:`InvalidArgument` (``.encode()`` it, or wrap a file name in
+        ``Path``); a str naming an existing file still works but is deprecated."""
+        data = put_source(data)
         request_id = request_id or uuid.uuid4().bytes
         if isinstance(data, (bytes, bytearray, memoryview)):
             size = len(data)
-        elif isinstance(data, (str, os.PathLike)):
+        elif isinstance(data, os.PathLike):
             size = os.stat(data).st_size
-        replayable = isinstance(data, (bytes, bytearray, memoryview, str, os.PathLike))
+        replayable = isinstance(data, (bytes, bytearray, memoryview, os.PathLike))
 
         async def attempt() -> ObjectInfo:
             session = await self._connected()
@@ -295,12 +305,14 @@ class AsyncClient:
 
     @asynccontextmanager
     async def open_get(self, bucket: str, key: str, *, version: str | None = None,
-                       start: int | None = None, end: int | None = None,
+                       offset: int | None = None, length: int | None = None,
                        ) -> AsyncIterator[GetStream]:
         """Stream an object: ``async with client.open_get(b, k) as s: async for piece in s``.
 
-        *start* is inclusive, *end* exclusive (byte offsets); both optional.
+        A part only: *length* bytes from byte *offset* (default 0; no *length*: to the end).
+        ``offset=0, length=1024`` is the CLI's ``--range 0-1023``.
         """
+        start, end = _byte_range(offset, length)
         async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
                                      GetStart]:
             session = await self._connected()
@@ -333,20 +345,25 @@ class AsyncClient:
             session.close_inbox(rid)
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,
-                  start: int | None = None, end: int | None = None) -> bytes:
+                  offset: int | None = None, length: int | None = None) -> bytes:
+        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`)."""
         out = bytearray()
-        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+        async with self.open_get(bucket, key, version=version, offset=offset,
+                                 length=length) as stream:
             async for piece in stream:
                 out += piece
         return bytes(out)
 
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
-                          version: str | None = None, start: int | None = None,
-                          end: int | None = None, progress: Progress | None = None) -> ObjectInfo:
-        """Write the object to *path* (via a temporary file, renamed when complete)."""
+                          version: str | None = None, offset: int | None = None,
+                          length: int | None = None, progress: Progress | None = None
+                          ) -> ObjectInfo:
+        """Write the object (or *length* bytes from *offset*) to *path* (via a temporary
+        file, renamed when complete)."""
         target = Path(path)
         tmp = target.with_name(f".{target.name}.hdsd-partial")
-        async with self.open_get(bucket, key, version=version, start=start, end=end) as stream:
+        async with self.open_get(bucket, key, version=version, offset=offset,
+                                 length=length) as stream:
             async with await trio.open_file(tmp, "wb") as f:
                 try:
                     async for piece in stream:
@@ -445,6 +462,12 @@ class AsyncClient:
         """Set (or, with ``held=False``, clear) a legal hold on one key."""
         return await self._call(lambda rid: HoldSet(rid, tenant, bucket, key, held))
 
+    async def hold_list(self, tenant: str = "", bucket: str = "") -> builtins.list[dict[str, Any]]:
+        """Keys under legal hold (``tenant``, ``bucket``, ``key``, ``by``, ``set_ms``): of
+        *tenant* (empty: every tenant, for the operator), of *bucket* (empty: all of them)."""
+        body = await self._call(lambda rid: HoldList(rid, tenant, bucket))
+        return list(body["holds"])
+
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:
     if session._closed:
@@ -466,12 +489,41 @@ def _fits_one_write(data: PutSource, session: WireSession
     return hello is not None and len(data) <= min(hello.window, _PIECE)
 
 
+def _byte_range(offset: int | None, length: int | None) -> tuple[int | None, int | None]:
+    """The wire's ``[start, end)`` of a part given as offset and length. Named by what they
+    count, so that nobody wonders whether an end byte is included: the CLI's ``--range`` is
+    inclusive like HTTP's, Python's slices are not, and both used to be spelled start/end."""
+    if offset is not None and offset < 0:
+        raise InvalidArgument(f"offset {offset}: must be 0 or more")
+    if length is not None and length < 1:
+        raise InvalidArgument(f"length {length}: must be 1 or more (no length: to the end)")
+    if length is None:
+        return offset, None
+    return offset or 0, (offset or 0) + length
+
+
+def put_source(data: object, *, stacklevel: int = 3) -> PutSource:
+    """*data* as a put body; a str is refused (:class:`InvalidArgument`), unless it names an
+    existing file: that is how puts of a file were written before Path was required, so it
+    is still read as a path, with a :class:`DeprecationWarning` (*stacklevel* points the
+    warning at the caller of ``put``)."""
+    if isinstance(data, str):
+        if os.path.isfile(data):
+            warnings.warn(f"put(..., {data!r}): a str file name is deprecated; pass "
+                          f"pathlib.Path({data!r})", DeprecationWarning, stacklevel=stacklevel)
+            return Path(data)
+        shown = data if len(data) <= 40 else data[:37] + "..."
+        raise InvalidArgument(f"put() got the str {shown!r}, which is not a file: pass bytes "
+                              "for content (e.g. text.encode()) or a pathlib.Path for a file")
+    return data  # type: ignore[return-value]  # anything else fails where it is read
+
+
 async def _pieces(data: PutSource) -> AsyncGenerator[bytes, None]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data)
         for i in range(0, len(view), _PIECE):
             yield bytes(view[i:i + _PIECE])
-    elif isinstance(data, (str, os.PathLike)):
+    elif isinstance(data, os.PathLike):
         async with await trio.open_file(data, "rb") as f:
             while piece := await f.read(_PIECE):
                 yield piece

@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 import trio
 
 from .._errors import HdsdError
-from ._async import AsyncClient, Progress, PutSource
+from ._async import AsyncClient, Progress, PutSource, put_source
 from ._profile import Profile
 from ._results import ListPage, ObjectInfo
 
@@ -76,18 +76,23 @@ class Client:
     def put(self, bucket: str, key: str, data: PutSource, *,
             metadata: dict[str, str] | None = None, request_id: bytes | None = None,
             size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+        """See :meth:`AsyncClient.put`."""
+        # Checked here, in the caller's thread, so a deprecation warning names the caller.
+        data = put_source(data)
         return self._call(self._async.put, bucket, key, data, metadata=metadata,
                           request_id=request_id, size=size, progress=progress)
 
     def get(self, bucket: str, key: str, *, version: str | None = None,
-            start: int | None = None, end: int | None = None) -> bytes:
-        return self._call(self._async.get, bucket, key, version=version, start=start, end=end)
+            offset: int | None = None, length: int | None = None) -> bytes:
+        """See :meth:`AsyncClient.get`: *length* bytes from *offset* (both optional)."""
+        return self._call(self._async.get, bucket, key, version=version, offset=offset,
+                          length=length)
 
     def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
-                    version: str | None = None, start: int | None = None,
-                    end: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+                    version: str | None = None, offset: int | None = None,
+                    length: int | None = None, progress: Progress | None = None) -> ObjectInfo:
         return self._call(self._async.get_to_file, bucket, key, path, version=version,
-                          start=start, end=end, progress=progress)
+                          offset=offset, length=length, progress=progress)
 
     def stat(self, bucket: str, key: str, *, version: str | None = None) -> ObjectInfo:
         return self._call(self._async.stat, bucket, key, version=version)

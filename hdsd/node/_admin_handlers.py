@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import InvalidRequest, PermissionDenied
+from .._errors import HdsdError, InvalidRequest, PermissionDenied
 from ..catalog import Entry, entry_from_wire
 from ..cluster import HybridClock
 from ..transport import Identity, WireSession
@@ -26,6 +26,7 @@ from ..wire import (
     BucketList,
     CatalogPush,
     CatalogSync,
+    HoldList,
     HoldSet,
     Message,
     Reply,
@@ -78,11 +79,28 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
     _require_operator(node, ident)
     await node.tenancy.refresh_usage(node, force=True)
     catalog = node.tenancy.catalog
+    # A bucket exists from its first put: `bucket create` only adds retention, so counting the
+    # catalog alone showed 0 buckets for a tenant full of data. Count both, as the site sees.
+    buckets = {t.name: {b.name for b in catalog.buckets(t.name)} for t in catalog.tenants()}
+    incomplete: set[str] = set()
+
+    async def with_data(tenant: str) -> None:
+        try:
+            buckets[tenant].update(await node.list_buckets_site(tenant))
+        except HdsdError:  # a node of the site is down: what this node holds, flagged
+            buckets[tenant].update(node.store.buckets(tenant))
+            incomplete.add(tenant)
+
+    async with trio.open_nursery() as nursery:
+        for t in catalog.tenants():
+            if not t.is_shredded:  # its data is unreadable and being reclaimed
+                nursery.start_soon(with_data, t.name)
     tenants = [{"tenant": t.name, "state": "shredded" if t.is_shredded else "live",
                 "quota_bytes": t.quota_bytes, "usage_bytes": node.tenancy.usage(t.name),
                 "created_ms": HybridClock.wall_ms(t.created),
                 "shredded_ms": HybridClock.wall_ms(t.shredded) if t.is_shredded else None,
-                "buckets": len(catalog.buckets(t.name)), "plan": t.plan}
+                "buckets": len(buckets[t.name]), "buckets_incomplete": t.name in incomplete,
+                "plan": t.plan}
                for t in catalog.tenants()]
     await session.send(Reply(rid=msg.rid, body={"tenants": tenants, "node": node.config.name}))
 
@@ -139,6 +157,20 @@ async def _hold_set(node: Node, session: WireSession, ident: Identity, msg: Hold
                                                 **result}))
 
 
+async def _hold_list(node: Node, session: WireSession, ident: Identity, msg: HoldList,
+                     inbox: _Inbox) -> None:
+    if msg.tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    else:
+        _require_operator(node, ident)
+    holds = sorted((h for h in node.tenancy.catalog.holds(msg.tenant or None)
+                    if h.held and (not msg.bucket or h.bucket == msg.bucket)),
+                   key=lambda h: (h.tenant, h.bucket, h.key))
+    await session.send(Reply(rid=msg.rid, body={"holds": [
+        {"tenant": h.tenant, "bucket": h.bucket, "key": h.key, "by": h.by,
+         "set_ms": HybridClock.wall_ms(h.hlc)} for h in holds]}))
+
+
 # -- node ↔ node -------------------------------------------------------------------------------
 def _entries(raw: list[Any]) -> list[Entry]:
     return [entry_from_wire(e) for e in raw]
@@ -168,6 +200,7 @@ ADMIN_HANDLERS: dict[type, Any] = {
     BucketCreate: _bucket_create,
     BucketList: _bucket_list,
     HoldSet: _hold_set,
+    HoldList: _hold_list,
 }
 CATALOG_PEER_HANDLERS: dict[type, Any] = {
     CatalogPush: _catalog_push,

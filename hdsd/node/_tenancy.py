@@ -359,8 +359,11 @@ class Tenancy:
                 self.sync_failures.pop(name, None)
             except Unavailable as exc:
                 # The peer is down or unreachable: status shows that already (down), and a
-                # failure recorded before it went away stays until a sync succeeds.
-                log.info("event=catalog_sync_failed peer=%s error=%s", name, exc)
+                # failure recorded before it went away stays until a sync succeeds. An
+                # unreachable peer is reported by the peer pool (rate-limited).
+                quiet = not node.peers.reachable(name)
+                log.log(logging.DEBUG if quiet else logging.INFO,
+                        "event=catalog_sync_failed peer=%s error=%s", name, exc)
             except HdsdError as exc:
                 # It answered but its catalog cannot be taken: a master key that does not
                 # open its entries, another layout... an operator must look.

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from .._errors import HdsdError, IntegrityError
+from .._errors import HdsdError, IntegrityError, Unavailable
 from .._packing import packb
 from ..replication import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, Store, Version, key_hash
@@ -190,13 +190,20 @@ class AntiEntropy:
                     progress(report, done, len(leaves))
         except HdsdError as exc:
             report.error = f"{exc.code}: {exc.message}"
-            log.warning("event=repair_failed peer=%s error=%s", peer, report.error)
+            # An unreachable peer is reported by the peer pool (once, then a warning if it
+            # lasts); a round retried every few seconds meanwhile would repeat it each time.
+            quiet = isinstance(exc, Unavailable) and not self.peers.reachable(peer)
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "event=repair_failed peer=%s error=%s", peer, report.error)
+        else:
+            quiet = False
         report.duration_s = round(trio.current_time() - t0, 3)
-        log.info("event=repair_round peer=%s compared=%d leaves_differing=%d received=%d "
-                 "sent=%d bytes_out=%d bytes_in=%d seconds=%.3f", peer,
-                 report.versions_compared, report.leaves_differing, report.versions_received,
-                 report.versions_sent, report.bytes_sent, report.bytes_received,
-                 report.duration_s)
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "event=repair_round peer=%s compared=%d leaves_differing=%d received=%d "
+                "sent=%d bytes_out=%d bytes_in=%d seconds=%.3f", peer,
+                report.versions_compared, report.leaves_differing, report.versions_received,
+                report.versions_sent, report.bytes_sent, report.bytes_received,
+                report.duration_s)
         return report
 
 

@@ -68,7 +68,10 @@ class PeerDoubts:
             self._reasons = {p: str(r) for p, r in data.get("reasons", {}).items()
                              if p in self._since}
         except FileNotFoundError:
-            pass
+            # A new node (or a wiped one, which rebuilds from every peer anyway): nothing of
+            # its own can have been left half-replicated.
+            self._save()
+            return
         except (ValueError, TypeError, AttributeError) as exc:
             log.error("event=doubts_unreadable path=%s error=%s; doubting every peer", path, exc)
             self.doubt(None, "the file of peers in doubt was unreadable")

@@ -33,6 +33,11 @@ log = logging.getLogger("hdsd.replication")
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
 _MAX_IN_FLIGHT = 64
+# A peer that is down is reported here, once per outage, then as a WARNING only once it has
+# been down this long (at first start the other node is often still starting), then at most
+# every _WARN_EVERY_S; the callers that retry (repair, catalog sync) stay quiet meanwhile.
+UNREACHABLE_WARN_AFTER_S = 30.0
+_WARN_EVERY_S = 60.0
 
 
 class PeerLink(Protocol):
@@ -56,7 +61,10 @@ class _Peer:
         self.backoff = _BACKOFF_FIRST
         self.retry_at = 0.0
         self.last_error = ""
+        self.down_since: float | None = None  # first failed attempt of the current outage
+        self.warn_at = 0.0  # when the next "still unreachable" warning may be logged
         self.next_rid = 0
+        self.was_lost = False  # an established session broke since the last one opened
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
         # piling frames into the shared session, where they would all time out together.
         self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
@@ -118,15 +126,33 @@ class PeerPool:
                 peer.last_error = str(exc)
                 peer.retry_at = trio.current_time() + peer.backoff
                 peer.backoff = min(peer.backoff * 2, _BACKOFF_MAX)
+                self._report_down(node, peer)
                 if isinstance(exc, Unavailable):
                     raise
                 raise ConnectionLost(f"peer {node}: {exc}") from None
             peer.backoff = _BACKOFF_FIRST
             peer.last_error = ""
-            log.info("event=peer_connected node=%s peer=%s", self.name, node)
-            if self._on_link is not None:
+            down = "" if peer.down_since is None else \
+                f" unreachable_s={trio.current_time() - peer.down_since:.1f}"
+            peer.down_since = None
+            log.info("event=peer_connected node=%s peer=%s%s", self.name, node, down)
+            if self._on_link is not None and peer.was_lost:
                 self._on_link(node, True)
+            peer.was_lost = False
             return peer.session
+
+    def _report_down(self, node: str, peer: _Peer) -> None:
+        now = trio.current_time()
+        if peer.down_since is None:
+            peer.down_since = now
+            peer.warn_at = now + UNREACHABLE_WARN_AFTER_S
+            log.info("event=peer_unreachable node=%s peer=%s error=%s retry=quiet "
+                     "warn_after_s=%g", self.name, node, peer.last_error,
+                     UNREACHABLE_WARN_AFTER_S)
+        elif now >= peer.warn_at:
+            peer.warn_at = now + _WARN_EVERY_S
+            log.warning("event=peer_unreachable node=%s peer=%s for_s=%.0f error=%s",
+                        self.name, node, now - peer.down_since, peer.last_error)
 
     async def _open(self, node: str) -> WireSession:
         info = self.layout.node(node)
@@ -154,6 +180,7 @@ class PeerPool:
             self._peers[node].last_error = str(exc)
         finally:
             log.info("event=peer_disconnected node=%s peer=%s", self.name, node)
+            self._peers[node].was_lost = True
             if self._on_link is not None:
                 self._on_link(node, False)
             await session.aclose()

@@ -17,8 +17,8 @@ from .._errors import (
     IntegrityError,
     NotFound,
     StoreClosedError,
-    StoreError,
     StoreFailedError,
+    StoreInUse,
 )
 from . import _format as F
 from ._compact import CompactReport, SegmentGate, compact
@@ -103,7 +103,7 @@ class Store:
         Raises :class:`CorruptLogError` if the log is damaged before its tail (a torn tail is
         cut and kept beside its segment as ``<segment>.torn-<offset>``). With *verify*, every
         record's checksum is checked too (reads the whole log; otherwise only what recovery
-        replays is). :class:`StoreError` if another process has the store open. With
+        replays is). :class:`StoreInUse` if another process has the store open. With
         *salvage*, damage met while replaying is set aside instead (see
         ``_recovery.recover``; ``statistics().salvaged`` lists the ranges, whose records
         must come back from a replica).
@@ -121,7 +121,8 @@ class Store:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock_fd)
-            raise StoreError(f"the store at {directory} is open in another process") from None
+            raise StoreInUse(f"the store at {directory} is open in another process (another "
+                             "hdsd serve with this data directory?)") from None
         index: Index | None = None
         try:
             index = Index(os.path.join(directory, INDEX_NAME))

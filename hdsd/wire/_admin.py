@@ -21,6 +21,7 @@ __all__ = [
     "BucketList",
     "CatalogPush",
     "CatalogSync",
+    "HoldList",
     "HoldSet",
     "TenantCreate",
     "TenantList",
@@ -124,6 +125,24 @@ class HoldSet(Message):
         F.check_bucket(self.bucket)
         F.check_key(self.key)
         F.check_bool("held", self.held)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldList(Message):
+    """Keys under legal hold: of ``tenant`` (empty: every tenant, operator only), of
+    ``bucket`` (empty: every bucket of it)."""
+
+    rid: int
+    tenant: str
+    bucket: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES)
+        if self.bucket:
+            if not self.tenant:
+                raise InvalidRequest("a bucket needs its tenant (TENANT/BUCKET)")
+            F.check_bucket(self.bucket)
 
 
 def _check_entries(value: object) -> None:

@@ -96,6 +96,7 @@ T_TENANT_SHRED: Final = 0x1A
 T_BUCKET_CREATE: Final = 0x1B
 T_BUCKET_LIST: Final = 0x1C
 T_HOLD_SET: Final = 0x1D
+T_HOLD_LIST: Final = 0x1E
 T_CATALOG_PUSH: Final = 0x88
 T_CATALOG_SYNC: Final = 0x89
 

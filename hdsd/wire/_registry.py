@@ -17,6 +17,7 @@ from ._admin import (
     BucketList,
     CatalogPush,
     CatalogSync,
+    HoldList,
     HoldSet,
     TenantCreate,
     TenantList,
@@ -110,6 +111,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_BUCKET_CREATE, BucketCreate, Kind.REQUEST),
     _t(C.T_BUCKET_LIST, BucketList, Kind.REQUEST),
     _t(C.T_HOLD_SET, HoldSet, Kind.REQUEST),
+    _t(C.T_HOLD_LIST, HoldList, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
     _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
 )

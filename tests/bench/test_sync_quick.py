@@ -154,3 +154,17 @@ def test_every_task_gets_the_same_whole_number_of_ops(size: int, concurrency: in
         n = sync_latency.ops_for(plan, size, concurrency)
         assert n >= concurrency and n % concurrency == 0
         assert n <= max(plan.max_ops, concurrency) + concurrency
+
+
+def test_quick_duration_is_one_figure_everywhere() -> None:
+    # The README and --help once gave two different figures for the same run.
+    help_text = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True,
+                               check=True).stdout.decode()
+    flat_help = " ".join(help_text.split())
+    said = re.search(r"--quick .*?\(([^()]*)\)", flat_help)
+    assert said is not None, help_text
+    figure = said.group(1)
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    claims = re.findall(r"`--quick` takes ([^.]*)\.", readme)
+    assert claims, "the README no longer says how long --quick takes"
+    assert claims == [figure] * len(claims), (claims, figure)

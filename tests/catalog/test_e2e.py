@@ -87,6 +87,24 @@ async def test_admin_refusals_retention_holds_and_quota(
             # legal hold: blocks delete and overwrite until cleared
             await w.put("docs", "cr.pdf", b"report")
             await a.hold_set("chu", "docs", "cr.pdf")
+            # Listed, though "docs" is no `bucket create` bucket yet, by the tenant's admin
+            # (from the other site too) and the operator; not by a writer.
+            held = [{k: h[k] for k in ("tenant", "bucket", "key", "by")}
+                    for h in await a.hold_list("chu")]
+            assert held == [{"tenant": "chu", "bucket": "docs", "key": "cr.pdf",
+                             "by": "chu-admin@chu"}]
+            assert [h["key"] for h in await op.hold_list()] == ["cr.pdf"]
+            assert await op.hold_list("chu", "worm") == []
+            with pytest.raises(PermissionDenied):
+                await w.hold_list("chu")
+            with pytest.raises(PermissionDenied):
+                await a.hold_list()  # every tenant's: the operator only
+            proc = await trio.to_thread.run_sync(lambda: hdsd(
+                "--profile", str(root / "clients/chu-admin.toml"), "--site", "dc2", "hold",
+                "ls", "chu/docs"))
+            assert proc.returncode == 0, proc.stderr
+            lines = proc.stdout.decode().splitlines()
+            assert len(lines) == 2 and lines[1].split()[1:] == ["chu-admin@chu", "chu/docs/cr.pdf"]
             with pytest.raises(LegalHold):
                 await w.delete("docs", "cr.pdf")
             with pytest.raises(LegalHold):
@@ -96,6 +114,7 @@ async def test_admin_refusals_retention_holds_and_quota(
             assert {b["bucket"]: (b["retention_days"], b["holds"]) for b in buckets} == {
                 "worm": (60, []), "docs": (0, ["cr.pdf"])}
             await a.hold_set("chu", "docs", "cr.pdf", held=False)
+            assert await a.hold_list("chu") == []  # a cleared hold is not listed
             await w.delete("docs", "cr.pdf")
 
             # quota: 200000 bytes of current versions
@@ -106,6 +125,9 @@ async def test_admin_refusals_retention_holds_and_quota(
             rows = {r["tenant"]: r for r in await op.tenant_list()}
             assert rows["chu"]["quota_bytes"] == 200_000
             assert 140_000 <= rows["chu"]["usage_bytes"] <= 200_000
+            # Buckets with data count as much as created ones: worm (both), docs (created;
+            # a delete marker is still a version), big (put only, never `bucket create`).
+            assert (rows["chu"]["buckets"], rows["chu"]["buckets_incomplete"]) == (3, False)
     # the CLI says the same, one line, with the class's exit code
     proc = hdsd("--profile", str(root / "clients/chu-writer.toml"), "put", "big/three", "-",
                 input=os.urandom(100_000))
@@ -115,6 +137,9 @@ async def test_admin_refusals_retention_holds_and_quota(
     assert code == 4 and "never shortened" in out, out
     code, out = _cli(root, "client.toml", "tenant", "ls", "--json")
     assert code == 0 and '"tenant": "chu"' in out, out
+    code, out = _cli(root, "client.toml", "tenant", "ls")
+    chu = [line.split() for line in out.splitlines() if line.startswith("chu ")]
+    assert code == 0 and len(chu) == 1 and chu[0][5] == "3", out  # the BUCKETS column
 
 
 def _scan(dirs: list[Path], needles: dict[str, bytes]) -> list[str]:

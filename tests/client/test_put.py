@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from hdsd import AsyncClient, PermissionDenied, RequestTimeout
+from hdsd import AsyncClient, Client, HdsdError, InvalidArgument, PermissionDenied, RequestTimeout
 from hdsd.client import Profile
 from hdsd.transport import WireSession, create_ca, issue_client_cert
 from hdsd.wire import (
@@ -218,3 +219,38 @@ async def test_a_streamed_put_refused_early_is_cancelled_so_the_node_forgets_it(
             assert node.session is not None
             while node.session.conn.in_flight(1):
                 await trio.sleep(0.01)
+
+
+async def test_a_str_body_is_refused_unless_it_names_a_file(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    node = FakeNode()
+    src = tmp_path / "report.txt"
+    src.write_bytes(b"from the file")
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            # Text that is no file: a clear error, before anything is sent. (mypy refuses a
+            # str already: the ignores below are the point of the test.)
+            with pytest.raises(InvalidArgument, match=r"pass bytes .* or a pathlib\.Path"):
+                await client.put("b", "k", "some text")  # type: ignore[arg-type]
+            assert node.client_stream is None  # not even connected
+            with pytest.raises(TypeError):  # what Python code expects for a wrong type
+                await client.put("b", "k", str(tmp_path / "missing"))  # type: ignore[arg-type]
+            # A Path is a file; so, deprecated, is a str naming one.
+            await client.put("b", "path", src)
+            with pytest.warns(DeprecationWarning, match=r"pass pathlib\.Path") as warned:
+                await client.put("b", "str", str(src))  # type: ignore[arg-type]
+    assert node.bodies == [b"from the file", b"from the file"]
+    assert [w.filename for w in warned] == [__file__]  # it names the caller's line
+
+
+def test_the_blocking_client_checks_in_the_callers_thread(profile: Profile,
+                                                          tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    with Client(profile, retries=0, timeout=5) as c:  # nothing listens on its endpoint
+        with pytest.raises(InvalidArgument, match="which is not a file"):
+            c.put("b", "k", "hello")  # type: ignore[arg-type]
+        with pytest.warns(DeprecationWarning) as warned, pytest.raises(HdsdError):
+            # Accepted as a path; then the connection fails.
+            c.put("b", "k", str(src))  # type: ignore[arg-type]
+    assert [w.filename for w in warned] == [__file__]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import hdsd as hdsd_client
 from tests.helpers.cluster import hdsd
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +42,28 @@ def test_put_from_stdin_and_range(profile: Path) -> None:
     assert _cli(profile, "get", "e2e/stdin") == data
     assert _cli(profile, "get", "e2e/stdin", "--range", "1000-2999") == data[1000:3000]
     assert _cli(profile, "get", "e2e/stdin", "--range", f"{len(data) - 5}-") == data[-5:]
+
+
+def test_cli_and_python_ranges_say_the_same_bytes(profile: Path, tmp_path: Path) -> None:
+    # The CLI's range is inclusive (HTTP, S3); Python's names what it counts: no end byte to
+    # misread. `--range 0-1023` and `offset=0, length=1024` are the same 1024 bytes.
+    data = os.urandom(3 * CHUNK + 7)
+    _cli(profile, "put", "e2e/ranges", "-", input=data)
+    with hdsd_client.Client(profile) as c:
+        for first, last in [(0, 1023), (CHUNK - 2, CHUNK + 1), (5, 5), (len(data) - 3,
+                                                                          len(data) - 1)]:
+            want = data[first:last + 1]
+            assert _cli(profile, "get", "e2e/ranges", "--range", f"{first}-{last}") == want
+            assert c.get("e2e", "ranges", offset=first, length=last - first + 1) == want
+        assert c.get("e2e", "ranges", offset=CHUNK) == data[CHUNK:]  # no length: to the end
+        assert c.get("e2e", "ranges", length=10) == data[:10]
+        dst = tmp_path / "part"
+        c.get_to_file("e2e", "ranges", dst, offset=7, length=CHUNK)
+        assert dst.read_bytes() == data[7:7 + CHUNK]
+        with pytest.raises(hdsd_client.InvalidArgument):
+            c.get("e2e", "ranges", offset=0, length=0)
+        with pytest.raises(TypeError):  # the old, ambiguous names are gone, loudly
+            c.get("e2e", "ranges", start=0, end=1024)  # type: ignore[call-arg]
 
 
 def test_stat_ls_versions_rm(profile: Path) -> None:

@@ -34,7 +34,7 @@ async def test_async_client_sources_and_streams(profile: Path, tmp_path: Path) -
             assert a.size == b.size == c.size == d.size == len(data)
             assert a.content_hash == b.content_hash == c.content_hash == d.content_hash
             assert await client.get("lib", "from-aiter") == data
-            assert await client.get("lib", "from-bytes", start=CHUNK - 3, end=CHUNK + 3) \
+            assert await client.get("lib", "from-bytes", offset=CHUNK - 3, length=6) \
                 == data[CHUNK - 3:CHUNK + 3]
             pieces = []
             async with client.open_get("lib", "from-path") as stream:

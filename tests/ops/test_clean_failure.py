@@ -205,3 +205,21 @@ def test_master_key_of_another_cluster_with_an_empty_data_dir(cluster: Path,
     assert code == 2
     assert err.startswith("hdsd: error: the master key (") and "is not this cluster's" in err
     assert not (tmp_path / "empty" / "keyring.hdsd").exists()
+
+
+def test_second_serve_on_the_same_data_directory(cluster: Path) -> None:
+    # Another port, the same data directory: what a copied config or a forgotten node does.
+    node_dir = cluster / "dc2-n1"
+    running = NodeProcess(node_dir / "node.toml").start()
+    try:
+        config = node_dir / "twin.toml"
+        text = (node_dir / "node.toml").read_text()
+        port = text.split('listen = "127.0.0.1:')[1].split('"')[0]
+        config.write_text(text.replace(f'listen = "127.0.0.1:{port}"', 'listen = "127.0.0.1:0"'))
+        code, err = _serve_fails(config)
+        assert code == 2  # a start-up mistake, like a port in use
+        assert err == (f"hdsd: error: the store at {node_dir / 'data' / 'store'} is open in "
+                       "another process (another hdsd serve with this data directory?)")
+        assert running.alive  # the first one keeps serving
+    finally:
+        running.stop()

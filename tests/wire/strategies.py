@@ -132,6 +132,8 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
                                  st.integers(0, 36500)),
     wire.BucketList: st.builds(wire.BucketList, rids, names),
     wire.HoldSet: st.builds(wire.HoldSet, rids, tenants, buckets, keys, st.booleans()),
+    wire.HoldList: st.one_of(st.builds(wire.HoldList, rids, tenants, buckets),
+                             st.builds(wire.HoldList, rids, names, st.just(""))),
     wire.CatalogPush: st.builds(wire.CatalogPush, rids, layouts, st.lists(free_maps, max_size=3)),
     wire.CatalogSync: st.builds(wire.CatalogSync, rids, layouts,
                                 st.binary(min_size=32, max_size=32)),

@@ -40,6 +40,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.BucketList() | wire.HoldSet() | wire.CatalogPush() | wire.CatalogSync():
             return [], C
+        case wire.HoldList():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():
