@@ -231,6 +231,37 @@ def test_master_key_rotation_one_node_at_a_time(deployed: Deployed, tmp_path: Pa
         assert est.get("rotation", "after") == b"written under the new key"
 
 
+def test_recovery_a_node_rebuilds_its_catalog_and_keyring_from_its_peers(
+        deployed: Deployed, tmp_path: Path) -> None:
+    # The README's last-resort recovery: a node's catalog and keyring are only copies; moved
+    # aside, the node takes the catalog from its peers at start and serves every tenant.
+    name = "est-2"
+    node, data = deployed.nodes[name], deployed.machines[name] / "data"
+    assert node.stop() == 0
+    for file in ("catalog.sqlite", "keyring.hdsd"):
+        (data / file).rename(tmp_path / file)
+    node.start()
+    _wait_status(deployed, 0)
+    profile = deployed.ops / "clients" / "pacs.toml"  # tenant ward, issued while running
+    est2 = f"{ADDRESSES[name]}:{_port_of(deployed, name)}"
+    pinned = tmp_path / "est-2-only.toml"
+    lines = profile.read_text().splitlines()
+    pinned.write_text("\n".join(  # site est reached through est-2 only
+        f'endpoints = ["{est2}"]' if line.startswith("endpoints =") and prev == "[sites.est]"
+        else line for prev, line in zip(["", *lines], lines, strict=False)) + "\n")
+    assert load_profile(pinned).sites["est"] == ((ADDRESSES[name], _port_of(deployed, name)),)
+    with hdsd.Client(pinned, site="est") as w:
+        assert w.get("scans", "s1") == b"ward data"
+        w.put("scans", "s2", b"through the rebuilt node")
+    with hdsd.Client(profile, site="sud") as r:
+        assert r.get("scans", "s2") == b"through the rebuilt node"
+
+
+def _port_of(deployed: Deployed, name: str) -> int:
+    text = (deployed.machines[name] / "node.toml").read_text()
+    return int(text.split(f'listen = "{ADDRESSES[name]}:')[1].split('"')[0])
+
+
 def test_status_exit_codes_all_up_then_a_node_down(deployed: Deployed) -> None:
     # All up: 0 once every pair of replicas was compared (a peer met before it was up stays
     # "in doubt", live RPO not provably 0, until a repair round: exit 10 meanwhile).
