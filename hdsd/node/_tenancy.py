@@ -366,8 +366,11 @@ class Tenancy:
                         "event=catalog_sync_failed peer=%s error=%s", name, exc)
             except HdsdError as exc:
                 # It answered but its catalog cannot be taken: a master key that does not
-                # open its entries, another layout... an operator must look.
-                log.warning("event=catalog_sync_failed peer=%s error=%s", name, exc)
+                # open its entries, another layout... an operator must look. One warning per
+                # new reason, not one per sync period (`hdsd status` keeps showing it).
+                again = self.sync_failures.get(name) == str(exc)
+                log.log(logging.DEBUG if again else logging.WARNING,
+                        "event=catalog_sync_failed peer=%s error=%s", name, exc)
                 self.sync_failures[name] = str(exc)
 
         async with trio.open_nursery() as nursery:
