@@ -251,19 +251,25 @@ def test_deploy_write_read_cut_and_restore_the_inter_site_link(cluster: Cluster)
 
     # the inter-site link cut: site sud is unreachable from est (and from ops)
     cluster.net.site_link(False)
+    cut_at = time.monotonic()
     try:
         code, st = cluster.status()
         assert code == 11
         assert sorted(n["node"] for n in st["nodes"] if not n["up"]) == ["sud-1", "sud-2"]
         # each-site with on_peer_site_loss = refuse: a write cannot be fsynced in sud, so it
         # is refused (Unavailable, exit 6), never acknowledged
+        began = time.monotonic()
         refused = cluster.cli("--site", "est", "put", "demo/during-cut", "-", input=b"x" * 100)
         assert refused.returncode == 6, refused.stderr.decode()
+        print(f"\nfigures: a put during the cut refused after {time.monotonic() - began:.1f} s "
+              f"({refused.stderr.decode().strip()[:160]})")
         for key in ("k0", "k19"):  # reads keep working in est
             got = cluster.cli("--site", "est", "get", f"demo/{key}")
             assert got.returncode == 0 and got.stdout == acknowledged[key]
     finally:
         cluster.net.site_link(True)
+        restored_at = time.monotonic()
+        print(f"figures: link cut for {restored_at - cut_at:.1f} s")
 
     # restored: writes go through again, every acknowledged write is readable in both sites
     deadline = time.monotonic() + 90
@@ -272,7 +278,10 @@ def test_deploy_write_read_cut_and_restore_the_inter_site_link(cluster: Cluster)
         assert time.monotonic() < deadline, put.stderr.decode()
         time.sleep(1)
     acknowledged["after"] = b"back"
+    print(f"figures: first put acknowledged {time.monotonic() - restored_at:.1f} s after the "
+          "link came back")
     cluster.wait_status(0)
+    print(f"figures: status exit 0 again {time.monotonic() - restored_at:.1f} s after")
     for site in ("est", "sud"):
         for key, data in acknowledged.items():
             got = cluster.cli("--site", site, "get", f"demo/{key}")
