@@ -47,8 +47,6 @@ DEBTS = {
     ("cli/_tenants.py", "node._masterkey", "rotate_master"),
     ("cli/_admin.py", "node._config", "NAME_RE"),
     ("cli/_admin.py", "node._keyring", "KEYRING_FILE"),
-    ("cli/_admin.py", "node._keyring", "Keyring"),
-    ("cli/_admin.py", "node._keyring", "create_master_key"),
     ("cli/_admin.py", "node._keyring", "ensure_tenant"),
     ("cli/_admin.py", "node._keyring", "load_master_key"),
     ("cli/_admin.py", "node._logging", "configure_logging"),

@@ -48,6 +48,7 @@ def _register() -> None:
         _bench,
         _data,
         _export,
+        _profile,
         _repair,
         _status,
         _tenants,
