@@ -66,8 +66,8 @@ def schedule(seed: int, seconds: float, nodes: list[str]) -> list[Fault]:
             target = rng.choice(SITES)
         else:
             target = ""
-        duration = round(rng.uniform(1.0, 6.0), 1)
-        gap = round(rng.uniform(0.5, 3.0), 1)
+        duration = round(rng.uniform(1.0, 5.0), 1)
+        gap = round(rng.uniform(0.5, 2.5), 1)
         delay = round(rng.uniform(0.02, 0.3), 3) if kind == "slow_link" else 0.0
         out.append(Fault(kind, target, duration, gap, delay))
         total += duration + gap
