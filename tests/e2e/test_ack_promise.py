@@ -42,8 +42,13 @@ def grid(tmp_path: Path) -> Iterator[Grid]:
 
 def _ls_versions(grid: Grid, site: str) -> set[tuple[str, str, str, bool]]:
     """``hdsd ls BUCKET --versions --json`` on *site*: (key, version, hash, deleted)."""
-    proc = cli("--profile", str(grid.profile_path), "--site", site, "ls", BUCKET, "--versions",
-               "--json")
+    deadline = time.monotonic() + 120
+    while True:  # exit 6 (unavailable): a link to a restarted node is still coming back
+        proc = cli("--profile", str(grid.profile_path), "--site", site, "ls", BUCKET,
+                   "--versions", "--json")
+        if proc.returncode != 6 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert proc.returncode == 0, proc.stderr.decode()
     out = set()
     for line in proc.stdout.decode().splitlines():
