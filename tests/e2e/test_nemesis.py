@@ -441,6 +441,10 @@ def _figures(ops: list[Op], missing: dict[int, list[str]], rpo_zero_s: float | N
         "missing_before_repair": len(missing),
         "missing_before_repair_by_site": by_site,
         "missing_before_repair_replayed": sum(ops[i].replayed for i in missing),
+        # Deletes: the reply of a replayed delete does not say so today; puts not replayed
+        # would mean a first attempt acknowledged too early.
+        "missing_before_repair_kinds": dict(Counter(
+            f"{ops[i].kind}{' replayed' if ops[i].replayed else ''}" for i in missing)),
         "rpo_zero_after_last_heal_s": None if rpo_zero_s is None else round(rpo_zero_s, 2),
         "rpo_last_seen": rpo_seen,
         "differ_at_rpo0": len(set(at_rpo0["dc1"]) ^ set(at_rpo0["dc2"])),
