@@ -29,7 +29,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or _default)
 def pytest_addoption(parser: pytest.Parser) -> None:
     # The long form of tests/e2e/test_nemesis.py (also HDSD_NEMESIS_S / HDSD_NEMESIS_SEEDS).
     parser.addoption("--nemesis-seconds", default=None,
-                     help="fault period of the nemesis test, seconds (CI: 45)")
+                     help="fault period of the nemesis test, seconds (CI: 30)")
     parser.addoption("--nemesis-seeds", default=None,
-                     help="nemesis seeds: a count from HDSD_NEMESIS_SEED (default 1), or a list "
+                     help="nemesis seeds: a count from HDSD_NEMESIS_SEED (default 2), or a list "
                           "like 4,7,9")

@@ -27,7 +27,7 @@ to ``$HDSD_NEMESIS_REPORT`` when set.
 
 The CI form runs one fixed seed with a short fault period (about 90 s in all). The long form:
 ``HDSD_NEMESIS_S=150 HDSD_NEMESIS_SEEDS=3`` (or ``--nemesis-seconds 150 --nemesis-seeds 3``);
-seeds are a count (from ``HDSD_NEMESIS_SEED``, default 1) or a comma-separated list.
+seeds are a count (from ``HDSD_NEMESIS_SEED``, default 2) or a comma-separated list.
 ``HDSD_NEMESIS_REPLICAS=1`` runs with one replica per site, where a coordinator is often not a
 replica of the key it writes (a node loss then refuses the writes of its keys).
 """
@@ -58,8 +58,10 @@ from tests.helpers.grid import SITES, Grid
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BUCKET = "nemesis"
-CI_SECONDS = 45.0
-CI_SEED = 1
+CI_SECONDS = 30.0
+# Seed 2's first 30 s: kill -9 of a node and of a site, SIGSTOP of a node and of a site,
+# connection resets, a cut with a kill -9 inside it, a slow link.
+CI_SEED = 2
 WRITERS = 6
 # A writer's pause between operations (uniform 0..THINK_S): bounds the number of operations
 # (and the length of the checks) and leaves CPU to the nodes on a small machine.
@@ -222,6 +224,33 @@ async def _read_back(profiles: list[Profile], ops: list[Op], indices: list[int]
     return bad
 
 
+async def _warm(profiles: list[Profile], timeout: float = 60) -> None:
+    """Until a listing succeeds through each node: a listing asks every node of the site, so
+    each node's links to the others are up. Just after a restart they may still be in their
+    reconnection backoff, and a node whose peer did not answer reads from its own disk only
+    (a version held by the other node alone would then look missing)."""
+    for profile in profiles:
+        async with hdsd.AsyncClient(profile, timeout=30, retries=0) as c:
+            with trio.move_on_after(timeout):
+                while True:
+                    try:
+                        await c.list(BUCKET, limit=1)
+                        break
+                    except hdsd.Unavailable:
+                        await trio.sleep(0.5)
+
+
+async def _read_back_settled(profiles: list[Profile], ops: list[Op], indices: list[int]
+                             ) -> dict[int, str]:
+    """:func:`_read_back` with the site's links up, and those that failed read once more."""
+    await _warm(profiles)
+    bad = await _read_back(profiles, ops, indices)
+    if bad:  # a link may have dropped meanwhile (a node under load): a second look
+        await _warm(profiles)
+        bad = await _read_back(profiles, ops, sorted(bad))
+    return bad
+
+
 class Verifier:
     """Reads acknowledged versions back from each site alone and keeps what was missing."""
 
@@ -235,7 +264,7 @@ class Verifier:
 
     def site_alone(self, site: str, indices: list[int], when: str) -> int:
         profiles = [self.grid.pinned(n) for n in self.grid.sites[site]]
-        bad = trio.run(_read_back, profiles, self.ops, indices)
+        bad = trio.run(_read_back_settled, profiles, self.ops, indices)
         for i, why in bad.items():
             self.missing.setdefault(i, []).append(f"{site} {when}: {why}")
         return len(bad)
@@ -370,7 +399,7 @@ def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
         writers.start()
         try:
             time.sleep(2)  # a healthy start: the first writes meet every replica
-            applied = nemesis.run(grid, faults, nemesis_seconds, log, verifier.isolated)
+            applied = nemesis.run(grid, faults, log, verifier.isolated)
         finally:
             stop.set()
             writers.join()
@@ -394,7 +423,7 @@ def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
         after = {site: _site_versions(grid, site) for site in SITES}
         every = [i for i, op in enumerate(ops) if op.outcome == "ack"]
         unreadable = {i: why for site in SITES for i, why in trio.run(
-            _read_back, [grid.pinned(n) for n in grid.sites[site]], ops, every).items()}
+            _read_back_settled, [grid.pinned(n) for n in grid.sites[site]], ops, every).items()}
         report.update(_figures(ops, verifier.missing, rpo_zero_s, rpo_seen, at_rpo0, after,
                                unreadable, time.monotonic() - last_heal))
     except BaseException:

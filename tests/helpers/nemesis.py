@@ -74,17 +74,15 @@ def schedule(seed: int, seconds: float, nodes: list[str]) -> list[Fault]:
     return out
 
 
-def run(grid: Grid, faults: list[Fault], seconds: float, log: list[str],
+def run(grid: Grid, faults: list[Fault], log: list[str],
         isolated: Callable[[Fault], None] | None = None) -> Counter[str]:
-    """Apply *faults* in order until *seconds* have passed (restarts take real time, so the
-    tail of a schedule may be left out: the faults applied are logged); every fault is healed
-    before the next starts and before this returns. *isolated* runs at the end of each
-    isolating fault, every node up and the sites cut apart."""
+    """Apply every fault of *faults* in order, each healed before the next starts (and before
+    this returns). *isolated* runs at the end of each isolating fault, every node up and the
+    sites cut apart. Restarts and checks take real time on top of the schedule's: what is
+    applied depends on the seed only, not on the machine's speed."""
     start = time.monotonic()
     applied: Counter[str] = Counter()
     for fault in faults:
-        if time.monotonic() - start >= seconds:
-            break
         log.append(f"{time.monotonic() - start:7.2f} s  {fault}")
         _apply(grid, fault, isolated)
         applied[fault.kind] += 1
