@@ -28,6 +28,7 @@ to ``$HDSD_NEMESIS_REPORT`` when set.
 The CI form runs one fixed seed with a short fault period (about 90 s in all). The long form:
 ``HDSD_NEMESIS_S=150 HDSD_NEMESIS_SEEDS=3`` (or ``--nemesis-seconds 150 --nemesis-seeds 3``);
 seeds are a count (from ``HDSD_NEMESIS_SEED``, default 2) or a comma-separated list.
+``HDSD_NEMESIS_RETRIES=0`` turns every retry off (a diagnosis: is it the retry path?).
 ``HDSD_NEMESIS_REPLICAS=1`` runs with one replica per site, where a coordinator is often not a
 replica of the key it writes (a node loss then refuses the writes of its keys).
 """
@@ -67,6 +68,9 @@ WRITERS = 6
 # (and the length of the checks) and leaves CPU to the nodes on a small machine.
 THINK_S = 0.3
 USER_ATTEMPTS = 4  # a user re-runs a refused command with the same request id, up to 3 times
+# HDSD_NEMESIS_RETRIES=0: no retry at all (neither the client's nor the user's), to tell a
+# failure of the retry path from any other.
+RETRIES = os.environ.get("HDSD_NEMESIS_RETRIES", "1") != "0"
 CLIENT_TIMEOUT = 10.0
 NODE_WRITE_TIMEOUT = 3.0
 RPO_TIMEOUT = 180.0
@@ -124,7 +128,8 @@ async def _writer(w: int, grid: Grid, seed: int, stop: threading.Event, ops: lis
     sizes, weights = zip(*SIZES, strict=True)
     mine: list[str] = []  # keys this writer has put (acknowledged or not)
     seq = 0
-    async with hdsd.AsyncClient(profile, site=site, timeout=CLIENT_TIMEOUT, retries=3) as c:
+    async with hdsd.AsyncClient(profile, site=site, timeout=CLIENT_TIMEOUT,
+                                retries=3 if RETRIES else 0) as c:
         while not stop.is_set():
             seq += 1
             roll = rng.random()
@@ -144,7 +149,8 @@ async def _writer(w: int, grid: Grid, seed: int, stop: threading.Event, ops: lis
 
 
 async def _perform(c: hdsd.AsyncClient, op: Op, data: bytes) -> None:
-    for attempt in range(1, USER_ATTEMPTS + 1):
+    attempts = USER_ATTEMPTS if RETRIES else 1
+    for attempt in range(1, attempts + 1):
         op.attempts = attempt
         try:
             if op.kind == "put":
@@ -153,7 +159,7 @@ async def _perform(c: hdsd.AsyncClient, op: Op, data: bytes) -> None:
                 info = await c.delete(BUCKET, op.key, request_id=op.request_id)
         except hdsd.Unavailable as exc:  # QuorumNotReached, timeouts, lost connections
             op.outcome, op.code, op.message = "refused", exc.code, str(exc)
-            if attempt < USER_ATTEMPTS:
+            if attempt < attempts:
                 await trio.sleep(0.5 * 2 ** (attempt - 1))
             continue
         except hdsd.HdsdError as exc:  # not retryable: a definite refusal
@@ -383,7 +389,7 @@ def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
     grid = Grid(tmp_path / "c", nodes_per_site=2, replicas_per_site=replicas,
                 write_timeout_s=NODE_WRITE_TIMEOUT)
     report: dict[str, Any] = {"seed": seed, "nemesis_s": nemesis_seconds,
-                              "replicas_per_site": replicas}
+                              "replicas_per_site": replicas, "retries": RETRIES}
     try:
         grid.start()
         ops: list[Op] = []
