@@ -79,20 +79,20 @@ class Grid:
         try:
             for name, port in ports.items():
                 self.proxies[name] = FaultProxy("127.0.0.1", port).__enter__()
+            for name, cfg in configs.items():
+                text = cfg.read_text()
+                for peer in self.site_of:
+                    if self.site_of[peer] != self.site_of[name]:
+                        text = re.sub(rf'(name = "{peer}", address = "127\.0\.0\.1:)\d+',
+                                      rf"\g<1>{self.proxies[peer].port}", text)
+                text = _set(text, "write_timeout_s", f"{write_timeout_s:g}")
+                text = _set(text, "on_peer_site_loss", f'"{on_peer_site_loss}"')
+                if replicas_per_site is not None:
+                    text = _set(text, "replicas_per_site", str(replicas_per_site))
+                cfg.write_text(text)
         except BaseException:
             self._stop_proxies()
             raise
-        for name, cfg in configs.items():
-            text = cfg.read_text()
-            for peer in self.site_of:
-                if self.site_of[peer] != self.site_of[name]:
-                    text = re.sub(rf'(name = "{peer}", address = "127\.0\.0\.1:)\d+',
-                                  rf"\g<1>{self.proxies[peer].port}", text)
-            text = _set(text, "write_timeout_s", f"{write_timeout_s:g}")
-            text = _set(text, "on_peer_site_loss", f'"{on_peer_site_loss}"')
-            if replicas_per_site is not None:
-                text = _set(text, "replicas_per_site", str(replicas_per_site))
-            cfg.write_text(text)
         self.nodes = {n: NodeProcess(cfg) for n, cfg in configs.items()}
         self.paused: set[str] = set()
 
