@@ -331,14 +331,20 @@ def _patiently(call: Callable[[], T], timeout: float = 120) -> T:
 
 
 def _rpo_of_every_node(grid: Grid) -> dict[str, Any]:
-    """{node: live RPO versions}, each node asked directly (None: did not answer)."""
+    """{node: its live RPO}, each node asked directly: 0 when it reads zero (no version
+    missing anywhere, no peer in doubt), else the versions it counts (and its peers in
+    doubt), or the error code of a node that did not answer."""
     out: dict[str, Any] = {}
     for name in grid.nodes:
         try:
             with hdsd.Client(grid.pinned(name), timeout=10, retries=0) as c:
-                out[name] = c.status()["rpo"]["versions"]
+                rpo = c.status()["rpo"]
         except hdsd.HdsdError as exc:
             out[name] = f"{exc.code}"
+            continue
+        zero = rpo["versions"] == 0 and rpo.get("zero", True)
+        out[name] = 0 if zero else {"versions": rpo["versions"],
+                                    "peers_in_doubt": rpo.get("peers_in_doubt")}
     return out
 
 

@@ -19,7 +19,6 @@ import random
 import re
 import signal
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -189,16 +188,3 @@ def _set(text: str, key: str, value: str) -> str:
     new, count = re.subn(rf"^#? ?{key} = \S+", f"{key} = {value}", text, count=1, flags=re.M)
     assert count == 1, f"no {key} in node.toml"
     return new
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> float:
-    """Poll *predicate* until true; return the seconds it took. Raise AssertionError naming
-    *what* and the last value after *timeout*."""
-    start = time.monotonic()
-    while True:
-        value = predicate()
-        if value:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not true after {timeout:g} s (last: {value!r})")
-        time.sleep(interval)
