@@ -10,6 +10,7 @@ or delete retried after an ambiguous failure is applied once. A put whose body c
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import os
 import uuid
@@ -118,19 +119,27 @@ class AsyncClient:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        await self.aclose()
-        assert self._nursery_cm is not None
-        # Only background readers live in this nursery, and they end quietly: the body's own
-        # exception must reach the caller as itself, not wrapped in an exception group.
-        await self._nursery_cm.__aexit__(None, None, None)
+        try:
+            await self.aclose()
+        finally:
+            assert self._nursery_cm is not None
+            # Only background readers live in this nursery, and they end quietly: the body's
+            # own exception must reach the caller as itself, not wrapped in an exception group.
+            # Exited whatever aclose did, or trio's nursery stack is left corrupted.
+            await self._nursery_cm.__aexit__(None, None, None)
         return None
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
-        if session is not None:
-            await session.aclose()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        try:
+            if session is not None:
+                # A stream already broken or closed (a cancel mid-close, a reset) is closed
+                # enough: there is nothing left to tell the node.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await session.aclose()
+        finally:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     # -- connection --------------------------------------------------------------------------
     async def _connected(self) -> WireSession:

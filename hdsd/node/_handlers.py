@@ -441,6 +441,7 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
+    replayed = False
     async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is None:
             await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
@@ -456,7 +457,8 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
         else:
             check_retry(previous, bucket=msg.bucket, key=msg.key, delete=True)
             await _settle(node, previous)
-    await session.send(Reply(rid=msg.rid, body=previous.public_info()))
+            replayed = True
+    await session.send(Reply(rid=msg.rid, body={**previous.public_info(), "replayed": replayed}))
 
 
 async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,

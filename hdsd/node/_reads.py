@@ -62,35 +62,54 @@ class ReadPaths:
         raise NotImplementedError
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
-        """Every version of a key known to this site's replicas, merged (union)."""
+        """Every version of a key known to its replicas, merged (union).
+
+        Every acknowledged version is on at least one replica of each site (``each-site``),
+        but not necessarily on every one: the union is complete only once *every* replica of
+        one site answered. So this site's replicas are asked first; when one of them is silent
+        (or this node's own store cannot be trusted alone: rebuilding, or empty and not yet
+        compared), the other site's replicas are asked too. A silent replica never turns into
+        a false "not found": if nothing was found while no site answered whole, the read is
+        refused as unavailable (retry)."""
         replicas = self.replicator.replicas_for(tenant, bucket, key)
         found: dict[tuple[int, str], Version] = {}
-        asked_ok = local_ok = False
-        if self.config.name in replicas[self.config.site]:
-            local_ok = True
+        here = replicas[self.config.site]
+        answered: set[str] = set()
+        if self.config.name in here:
             for v in self.store.versions(tenant, bucket, key):
                 found[v.order] = v
-            # While rebuilding, the local store is still filling: ask the other replicas too;
-            # an empty store not yet compared with a peer asks them about what it lacks.
-            asked_ok = not self.rebuilding and not (self.checking and not found)
-        order = [n for n in replicas[self.config.site] if n != self.config.name]
-        remote = replicas[self.layout.other_site(self.config.site)]
-        for i, node in enumerate([*order, *remote]):
-            if i >= len(order) and asked_ok:
-                break  # the other site is asked only when no replica here answered
+            # While rebuilding, the local store is still filling; an empty store not yet
+            # compared with a peer may have been wiped: neither is this replica's whole answer.
+            if not self.rebuilding and not (self.checking and not found):
+                answered.add(self.config.name)
+
+        async def ask(node: str) -> None:
             try:
                 body = await self.peers.call(
                     node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
                                                     key), timeout=self.config.write_timeout_s)
             except HdsdError as exc:
                 log.info("event=read_fallback peer=%s error=%s", node, exc)
-                continue
-            asked_ok = True
+                return
+            answered.add(node)
             for raw in body.get("versions", []):
                 v = Version.from_wire(raw)
                 found[v.order] = v
-        if not (asked_ok or local_ok):
-            raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
+
+        async def ask_all(nodes: list[str]) -> None:
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(ask, node)
+
+        await ask_all([n for n in here if n != self.config.name])
+        if set(here) <= answered:
+            return sorted(found.values(), key=lambda v: v.order)
+        remote = replicas[self.layout.other_site(self.config.site)]
+        await ask_all(remote)
+        if not set(remote) <= answered and not found:
+            silent = sorted(n for nodes in replicas.values() for n in nodes if n not in answered)
+            raise Unavailable(f"replicas of {bucket}/{key} did not answer ({', '.join(silent)}) "
+                              "and no site answered whole; retry later")
         return sorted(found.values(), key=lambda v: v.order)
 
     def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
