@@ -14,7 +14,8 @@ import trio
 from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
 from ..audit import load_or_create_signing_key
-from ..catalog import CATALOG_FILE, tenant_state_in_catalog
+from ..catalog import CATALOG_FILE, Catalog, tenant_state_in_catalog
+from ..catalog._model import CONFIRMED
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
 from ..node._keyring import (
@@ -25,6 +26,7 @@ from ..node._keyring import (
     load_master_key,
 )
 from ..node._logging import configure_logging
+from ..node._tenancy import seed_entry
 from ..pipeline import tune_allocator
 from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
 from ._main import main
@@ -125,7 +127,13 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
     # Both sites must share the tenant's keys (they read each other's sealed chunks): create the
     # keyring once and give every node a copy.
     keyring_template = root / KEYRING_FILE
-    Keyring(keyring_template, load_master_key(master)).get_or_create(tenant)
+    template = Keyring(keyring_template, load_master_key(master))
+    operator_keys = template.get_or_create(tenant)
+    operator_wrapped = template.wrapped(tenant)
+    assert operator_wrapped is not None
+    # The operator tenant enters every node's catalog already *confirmed*: init writes every
+    # node, offline, so every node holds this very creation before any of them serves.
+    operator_entry = seed_entry(tenant, operator_wrapped, operator_keys, state=CONFIRMED)
 
     total = 2 * (nodes_per_site + backup_nodes_per_site)
     if ports is not None:
@@ -166,6 +174,11 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
                 root / "ca", node_dir, name=name, site=site,
                 hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
             shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
+            catalog = Catalog(node_dir / "data" / CATALOG_FILE)
+            try:
+                catalog.apply([operator_entry])
+            finally:
+                catalog.close()
             # The node's audit signing key, made now so the auditor can pin its verify key
             # from commissioning on (`hdsd audit verify --pubkey audit-keys/<node>.pub`).
             (node_dir / "data" / "audit").mkdir(exist_ok=True)
@@ -252,9 +265,14 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
         raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
                           "issued (choose another --client, or --force to replace it)")
     # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
+    # New keys are a keyring *seed*: every node imports it as one pending creation (its id
+    # derives from the keys), and the tenant serves nothing until every node of both sites has
+    # confirmed it — which its first write does when every node answers (or any node's next
+    # catalog sync), exactly as for `hdsd tenant create`.
     if states == {None} and \
             ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
-        click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
+        click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings (confirmed "
+                   "by every node at its first write)")
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
     profile = out_dir / f"{client_name}.toml"
     admin = root / "client.toml"
