@@ -109,7 +109,8 @@ def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None, w
         reply = await (c.tenant_confirm(name) if resume
                        else c.tenant_create(name, quota, plan or ""))
         if "creation" in reply:  # a creation (not a new quota)
-            reply = await _until_confirmed(c, name, reply, wait_s, progress)
+            reply = {**await _until_confirmed(c, name, reply, wait_s, progress),
+                     "created": reply["created"]}
         return reply
 
     reply = _run(ctx, go)

@@ -191,7 +191,7 @@ class Tenancy:
     def validate(self, entries: list[Entry]) -> None:
         """Refuse entries whose wrapped keys this node's master key cannot open."""
         for e in entries:
-            if isinstance(e, TenantEntry) and not e.is_shredded:
+            if isinstance(e, TenantEntry) and e.has_keys:
                 unwrap_keys(self._master, e.name, e.wrapped)
 
     def after_apply(self, changed: list[Entry]) -> None:
