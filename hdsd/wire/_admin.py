@@ -1,9 +1,9 @@
 """Tenant administration requests (client → node) and catalog replication (node → node).
 
-Client admin requests (codes 0x18-0x1F) are answered by ``Reply`` or ``ErrorReply`` like any
-request; the node checks who may send them (an operator for tenants, a tenant's admin for its
-own buckets and holds). Catalog entries travel as the maps of ``Entry.to_wire()``; the wire
-layer checks only their shape, the catalog checks their content.
+Client admin requests (codes 0x18-0x1F, 0x40-0x4F) are answered by ``Reply`` or ``ErrorReply``
+like any request; the node checks who may send them (an operator for tenants, a tenant's admin
+for its own buckets and holds). Catalog entries travel as the maps of ``Entry.to_wire()``; the
+wire layer checks only their shape, the catalog checks their content.
 """
 
 from __future__ import annotations
