@@ -513,7 +513,12 @@ class Tenancy:
 
     async def resume_own(self, node: Node) -> None:
         """One round for each pending creation this node made (or seeded): a creation cut off
-        by a partition is confirmed as soon as every node answers, without an operator."""
+        by a partition is confirmed as soon as every node answers, without an operator. Not
+        tried while a node is unreachable (the sync just before found out): a round could not
+        complete, and its timeouts would slow the sync loop for as long as a site is down."""
+        if not all(node.peers.reachable(n.name) for n in node.layout.nodes
+                   if n.name != node.config.name):
+            return
         for entry in self.catalog.tenants():
             if entry.state == PENDING and not entry.is_shredded \
                     and entry.origin in (node.config.name, SEED_ORIGIN):
