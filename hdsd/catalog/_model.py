@@ -127,13 +127,15 @@ class HoldEntry:
 Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry
 
 
-def creation_order(e: TenantEntry) -> tuple[int, int, int, bytes, int, bytes]:
+def creation_order(e: TenantEntry) -> tuple[int, int, int, bytes, int, str, str, bytes]:
     """The merge keeps the entry with the *smallest* key: latest epoch, then highest state
-    rank, then earliest creation (HLC, then id). The wrapped bytes come last only to make the
-    choice total: the same creation may carry different wraps of the same keys (each node
-    rewraps on its own at master key rotation)."""
+    rank, then earliest creation (HLC, then id). The rest only makes the choice total, so the
+    merge does not depend on argument order (entries from before creation ids may differ in
+    plan alone). The wrapped bytes come last, after every field the winner contributes: the
+    same creation may carry different wraps of the same keys (each node rewraps on its own at
+    master key rotation), and a shredded entry has none — which must not change the winner."""
     return (-e.epoch, -STATE_RANK.get(e.state, 0), e.created, e.creation, e.key_generation,
-            e.wrapped)
+            e.plan, e.origin, e.wrapped)
 
 
 def _merge_tenant(a: TenantEntry, b: TenantEntry) -> TenantEntry:
