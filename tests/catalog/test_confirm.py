@@ -332,3 +332,57 @@ def test_update_tenant_decides_atomically_and_durably(tmp_path: Path) -> None:
         assert held.origin == "dc1-n1"
     finally:
         catalog.close()
+
+
+def test_init_writes_the_operator_tenant_confirmed_in_every_catalog(tmp_path: Path) -> None:
+    from tests.helpers.cluster import init_cluster
+
+    init_cluster(tmp_path, nodes_per_site=2)
+    held = []
+    for path in sorted(tmp_path.glob("*/data/catalog.sqlite")):
+        catalog = Catalog(path)
+        try:
+            held.append(catalog.tenant("default"))
+        finally:
+            catalog.close()
+    assert len(held) == 4
+    first = held[0]
+    assert first is not None and first.state == CONFIRMED and len(first.creation) == 16
+    assert all(e is not None and same_creation(e, first) and e.state == CONFIRMED
+               for e in held)
+
+
+def test_a_keyring_seed_is_one_pending_creation_on_every_node(tmp_path: Path) -> None:
+    """`hdsd cert issue` writes the same keys into every node's keyring: each node imports
+    them as the same pending creation (whatever nonce wrapped its copy), so their votes agree
+    and the first write confirms it."""
+    from hdsd.catalog._keys import wrap_keys
+    from hdsd.cluster import HybridClock
+    from hdsd.node._keyring import Keyring, create_master_key, ensure_tenant, load_master_key
+    from hdsd.node._tenancy import Tenancy
+
+    create_master_key(tmp_path / "m.key")
+    master = load_master_key(tmp_path / "m.key")
+    dirs = [tmp_path / n for n in ("dc1-n1", "dc2-n1", "dc2-n2")]
+    for d in dirs:
+        d.mkdir()
+    ensure_tenant([d / "keyring.hdsd" for d in dirs], master, "ward")
+    # the third node's copy rewrapped with another nonce (as after a master-key rotation)
+    third = Keyring(dirs[2] / "keyring.hdsd", master)
+    keys = third.get("ward")
+    assert keys is not None
+    third.remove("ward")
+    third.add_wrapped("ward", wrap_keys(master, keys))
+    held = []
+    for d in dirs:
+        t = Tenancy(d, master, Keyring(d / "keyring.hdsd", master), HybridClock(),
+                    operator_tenant="ops", evict=lambda _: None)
+        try:
+            held.append(t.catalog.tenant("ward"))
+        finally:
+            t.close()
+    assert all(e is not None and e.state == PENDING and e.origin == "keyring" for e in held)
+    first = held[0]
+    assert first is not None
+    assert all(e is not None and same_creation(e, first) for e in held)
+    assert vote_create(held[2], first) is not None  # the differently wrapped copy agrees
