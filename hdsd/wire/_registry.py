@@ -19,9 +19,12 @@ from ._admin import (
     CatalogSync,
     HoldList,
     HoldSet,
+    TenantAbandon,
+    TenantConfirm,
     TenantCreate,
     TenantList,
     TenantShred,
+    TenantVote,
 )
 from ._messages import (
     Cancel,
@@ -114,6 +117,9 @@ MESSAGE_TYPES: Final = (
     _t(C.T_HOLD_LIST, HoldList, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
     _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
+    _t(C.T_TENANT_CONFIRM, TenantConfirm, Kind.REQUEST),
+    _t(C.T_TENANT_ABANDON, TenantAbandon, Kind.REQUEST),
+    _t(C.T_TENANT_VOTE, TenantVote, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}
