@@ -3,7 +3,7 @@ holds, with merge rules that converge in any delivery order. Knows nothing of th
 
 from ._confirm import decide_abandon as decide_abandon
 from ._confirm import decide_confirm as decide_confirm
-from ._confirm import describe as describe_creation  # noqa: F401  (a clearer name outside)
+from ._confirm import describe_creation as describe_creation
 from ._confirm import pending_error as pending_error
 from ._confirm import vote_abandon as vote_abandon
 from ._confirm import vote_create as vote_create
