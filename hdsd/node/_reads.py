@@ -101,7 +101,14 @@ class ReadPaths:
                 for node in nodes:
                     nursery.start_soon(ask, node)
 
-        await ask_all([n for n in here if n != self.config.name])
+        others_here = [n for n in here if n != self.config.name]
+        await ask_all(others_here)
+        if (self.config.name in here and self.checking and not self.rebuilding
+                and any(n in answered for n in others_here)):
+            # An empty store not yet compared with anyone: most likely a new node of a new
+            # cluster (a wiped one turns to "rebuilding" at its first round). Another replica
+            # of this site answered, so its answer stands in for this node's, as before.
+            answered.add(self.config.name)
         if set(here) <= answered:
             return sorted(found.values(), key=lambda v: v.order)
         remote = replicas[self.layout.other_site(self.config.site)]

@@ -29,7 +29,7 @@ class Cluster:
         self.profile = init_cluster(root, nodes_per_site=nodes_per_site)
         for config in root.glob("*/node.toml"):
             text = config.read_text()
-            config.write_text(re.sub(r"replicas_per_site = 1\b",
+            config.write_text(re.sub(r"replicas_per_site = \d+\b",
                                      f"replicas_per_site = {replicas_per_site}", text))
         self.nodes = {
             f"dc{s}-n{i}": NodeProcess(root / f"dc{s}-n{i}" / "node.toml")
