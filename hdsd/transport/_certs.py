@@ -476,8 +476,10 @@ def issued_certificates(ca_dir: Path) -> list[IssuedCert]:
     directory = Path(ca_dir) / ISSUED_DIR
     if not directory.is_dir():
         return []
-    found = [read_certificate(p.read_bytes()) for p in directory.glob("*.crt")]
-    return sorted(found, key=lambda c: (c.not_before, c.serial))
+    # Certificate dates have one-second resolution: the record's mtime orders issues within one.
+    found = [(p.stat().st_mtime_ns, read_certificate(p.read_bytes()))
+             for p in directory.glob("*.crt")]
+    return [c for _, c in sorted(found, key=lambda f: (f[1].not_before, f[0], f[1].serial))]
 
 
 def verify_issued(ca_cert_pem: bytes, der: bytes) -> IssuedCert:

@@ -97,6 +97,9 @@ T_BUCKET_CREATE: Final = 0x1B
 T_BUCKET_LIST: Final = 0x1C
 T_HOLD_SET: Final = 0x1D
 T_HOLD_LIST: Final = 0x1E
+# certificate administration (client): 0x40-0x4F (0x10-0x1F are full)
+T_CERT_REVOKE: Final = 0x40
+T_CERT_LIST: Final = 0x41
 T_CATALOG_PUSH: Final = 0x88
 T_CATALOG_SYNC: Final = 0x89
 

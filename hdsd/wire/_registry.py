@@ -17,6 +17,8 @@ from ._admin import (
     BucketList,
     CatalogPush,
     CatalogSync,
+    CertList,
+    CertRevoke,
     HoldList,
     HoldSet,
     TenantCreate,
@@ -112,6 +114,8 @@ MESSAGE_TYPES: Final = (
     _t(C.T_BUCKET_LIST, BucketList, Kind.REQUEST),
     _t(C.T_HOLD_SET, HoldSet, Kind.REQUEST),
     _t(C.T_HOLD_LIST, HoldList, Kind.REQUEST),
+    _t(C.T_CERT_REVOKE, CertRevoke, Kind.REQUEST),
+    _t(C.T_CERT_LIST, CertList, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
     _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
 )

@@ -194,7 +194,7 @@ def test_revocation_is_terminal_and_remembers_the_first(updates: list[RevokedEnt
     # any revoker knew of the certificate.
     shuffled = list(updates)
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
-    state = _fold(shuffled)
+    state = _fold(list[Entry](shuffled))
     assert set(state) == {("revoked", u.serial) for u in updates}
     for ident, merged in state.items():
         assert isinstance(merged, RevokedEntry)
