@@ -1,4 +1,4 @@
-"""Operator commands: ``hdsd init``, ``hdsd serve``, ``hdsd cert issue``."""
+"""Operator commands: ``hdsd init``, ``hdsd serve`` (``hdsd cert`` is in :mod:`._certs`)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ from pathlib import Path
 import click
 import trio
 
-from .._errors import ConfigError, TenantShredded
+from .._errors import ConfigError
 from .._groups import single_error
 from ..audit import load_or_create_signing_key
-from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..node import Node, load_node_config, serve_node
 from ..node._config import NAME_RE
 from ..node._keyring import (
     KEYRING_FILE,
     Keyring,
     create_master_key,
-    ensure_tenant,
     load_master_key,
 )
 from ..node._logging import configure_logging
 from ..pipeline import tune_allocator
-from ..transport import ROLES, create_ca, issue_client_cert, issue_node_cert
+from ..transport import create_ca, issue_client_cert, issue_node_cert
 from ._main import main
 
 _NODE_TOML = """\
@@ -236,68 +234,6 @@ def _write_profile(path: Path, cluster_id: str, tenant: str, cert_key: tuple[Pat
         f'ca = "ca/ca.crt"\ncert = {_toml_str(str(cert_key[0]))}\n'
         f"key = {_toml_str(str(cert_key[1]))}\n"
         f"site = {_toml_str(layout[0][0])}\n{sites}", encoding="utf-8")
-
-
-@main.group()
-def cert() -> None:
-    """Issue certificates signed by the cluster CA."""
-
-
-@cert.command("issue")
-@click.option("--client", "client_name", required=True, help="client name (certificate subject)")
-@click.option("--tenant", required=True, help="tenant the client belongs to")
-@click.option("--role", type=click.Choice(ROLES), required=True)
-@click.option("--cluster-dir", type=click.Path(file_okay=False, exists=True), default="hdsd-data",
-              show_default=True, help="directory written by hdsd init")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
-@click.option("--force", is_flag=True,
-              help="replace an existing client's key and profile, or issue for a shredded "
-                   "tenant (whose requests every node refuses)")
-def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None,
-               force: bool) -> None:
-    """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
-    root = Path(cluster_dir).resolve()
-    out_dir = Path(out).resolve() if out else root / "clients"
-    keyrings = sorted(root.glob(f"*/data/{KEYRING_FILE}"))
-    if not keyrings:
-        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
-    states = {tenant_state_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings}
-    if "shredded" in states and not force:
-        raise TenantShredded(f"tenant {tenant} was crypto-shredded: every node refuses its "
-                             "requests; nothing issued (--force to issue anyway)")
-    # Overwriting would silently lock out whoever holds the current key (and the profile may
-    # have been edited): replacing a client is an explicit act.
-    existing = [p for p in (out_dir / f"{client_name}.toml",
-                            *sorted(out_dir.glob(f"client-{client_name}@*.crt")),
-                            *sorted(out_dir.glob(f"client-{client_name}@*.key"))) if p.exists()]
-    if existing and not force:
-        raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
-                          "issued (choose another --client, or --force to replace it)")
-    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
-    if states == {None} and \
-            ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
-        click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
-    crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
-    profile = out_dir / f"{client_name}.toml"
-    admin = root / "client.toml"
-    if admin.is_file():
-        text = admin.read_text(encoding="utf-8")
-        lines = []
-        for line in text.splitlines():
-            if line.startswith("tenant ="):
-                line = f"tenant = {_toml_str(tenant)}"
-            elif line.startswith("cert ="):
-                line = f"cert = {_toml_str(str(crt))}"
-            elif line.startswith("key ="):
-                line = f"key = {_toml_str(str(key))}"
-            elif line.startswith("ca ="):
-                line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
-            lines.append(line)
-        profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role})")
-    if profile.exists():
-        click.echo(f"profile: {profile}")
 
 
 @main.command()
