@@ -11,6 +11,9 @@ create`` keeps its keys). A shredded tenant is also erased from the keyring file
 digests; on mismatch take the peer's whole catalog, merge, and push back what the peer lacks),
 and by one sync round with every reachable node at start, before it serves clients.
 
+**Revoked certificates** are catalog entries too: applying one (here, by push or by sync) calls
+``on_revoke`` with the serials, and the node closes their live sessions (:mod:`._revocation`).
+
 **Write checks** (on the coordinating node, before anything is written): legal hold, retention
 lock, quota. Replicas do not check again: they accept writes only from node certificates of the
 cluster, i.e. from a coordinator that has checked. What a coordinator cannot know is a change

@@ -161,10 +161,10 @@ class PeerPool:
         info = self.layout.node(node)
         stream = await connect_tls(info.host, info.port, self._ssl, server_hostname=info.host,
                                    timeout=self._connect_timeout, revoked=self._revoked)
-        self._peers[node].serial = identity_from_der(
-            stream.getpeercert(binary_form=True)).serial_hex
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
+            self._peers[node].serial = identity_from_der(
+                stream.getpeercert(binary_form=True)).serial_hex
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.cluster_id, peer=self.name,
                                      window=session.conn.initial_window))
