@@ -341,6 +341,10 @@ def cert_revoke(ctx: click.Context, client_name: str | None, tenant: str | None,
             assert client_name is not None
             targets = _alive(_of_client(records, client_name, tenant))
             what = f"client {client_name!r}" + (f" of tenant {tenant!r}" if tenant else "")
+            tenants = sorted({t.identity.tenant or "" for t in targets})
+            if len(tenants) > 1:
+                raise InvalidRequest(f"client {client_name!r} exists in tenants "
+                                     f"{', '.join(tenants)}; say which with --tenant")
         if not targets:
             raise NotFound(f"no unexpired certificate of {what} in the CA records of "
                            f"{root / 'ca'}")
