@@ -25,7 +25,14 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from .._errors import ConfigError, HdsdError, InvalidRequest, NotFound, TenantShredded
+from .._errors import (
+    ConfigError,
+    HdsdError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    TenantShredded,
+)
 from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..client import AsyncClient
 from ..node._keyring import KEYRING_FILE, ensure_tenant, load_master_key
@@ -373,12 +380,20 @@ def cert_ls(ctx: click.Context, tenant: str | None, expiring_days: int, offline:
     Revoked serials the CA records do not know (revoked by bare serial, or issued before
     records existed) are listed too."""
     root = Path(cluster_dir).resolve()
-    records = [r for r in _records(root)
-               if tenant is None or r.identity.tenant == tenant]
     revoked: dict[str, dict[str, Any]] = {}
     if not offline:
-        rows = _cluster(ctx, root, lambda c: c.cert_revoked(tenant or ""))
+        async def ask(c: AsyncClient) -> tuple[str | None, list[dict[str, Any]]]:
+            if tenant is not None:
+                return tenant, await c.cert_revoked(tenant)
+            try:
+                return None, await c.cert_revoked("")
+            except PermissionDenied:  # a tenant's admin: its own tenant's, then
+                return c.profile.tenant, await c.cert_revoked(c.profile.tenant)
+
+        tenant, rows = _cluster(ctx, root, ask)
         revoked = {str(r["serial"]): r for r in rows}
+    records = [r for r in _records(root)
+               if tenant is None or r.identity.tenant == tenant]
     now = _now()
     soon = now + dt.timedelta(days=expiring_days)
     out: list[dict[str, Any]] = []

@@ -189,6 +189,11 @@ async def test_who_may_revoke(cluster: tuple[Path, list[NodeProcess]]) -> None:
     # its own tenant's client, proven by the certificate file: yes
     code, out = _cli(root, "cert", "revoke", "--cert", str(victim), profile=boss)
     assert code == 0 and "revoked" in out, out
+    # `cert ls` as a tenant admin: its own tenant's certificates (not the nodes', the operator's)
+    code, out = _cli(root, "cert", "ls", "--json", "--cluster-dir", str(root), profile=boss)
+    rows = {r["serial"]: r for r in map(json.loads, out.splitlines())}
+    assert code == 0 and {r["tenant"] for r in rows.values()} == {"chu"}, out
+    assert rows[read_certificate(victim.read_bytes()).serial]["state"] == "revoked"
     with trio.fail_after(T):
         async with AsyncClient(root / "clients" / "boss.toml") as c:
             listed = await c.cert_revoked("chu")
