@@ -45,14 +45,15 @@ def test_reissue_without_the_cluster_writes_the_new_one_and_says_what_is_left(ro
                                                                               ) -> None:
     assert _cert(root, "issue", "--client", "lone", "--tenant", "t1", "--role", "writer")[0] == 0
     first = read_certificate((root / "clients" / "client-lone@t1.crt").read_bytes()).serial
-    code, out = _cert(root, "issue", "--client", "lone", "--tenant", "t1", "--role", "writer")
+    code, out = _cert(root, "issue", "--client", "lone", "--tenant", "t1", "--role", "writer",
+                      "--force")
     second = read_certificate((root / "clients" / "client-lone@t1.crt").read_bytes()).serial
     assert second != first  # written
     assert code == 6 and "could not be revoked" in out and first in out, out  # and said so
     assert len(out.strip().splitlines()) <= 4  # a few lines, no traceback
     # --keep-previous needs no cluster
     code, out = _cert(root, "issue", "--client", "lone", "--tenant", "t1", "--role", "writer",
-                      "--keep-previous")
+                      "--force", "--keep-previous")
     assert code == 0 and f"kept {second}" in out, out
 
 
