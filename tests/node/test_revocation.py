@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd import CertificateRevoked
+from hdsd import CertificateRevoked, HdsdError
 from hdsd.audit import AuditLog
 from hdsd.node._revocation import LiveSessions
 from hdsd.transport import Identity, WireSession
@@ -25,6 +25,10 @@ class _Audit:
 
     def record(self, *fields: Any) -> None:
         self.records.append(fields)
+
+
+def _no_refusal(peer: str, ident: Identity, exc: HdsdError) -> None:
+    raise AssertionError("nothing is refused here")
 
 
 def _ident(name: str, serial: int) -> Identity:
@@ -46,7 +50,7 @@ async def _serve(live: LiveSessions, ident: Identity, session: WireSession,
 async def test_a_revocation_cuts_only_its_sessions_and_says_why() -> None:
     revoked: set[str] = set()
     audit = _Audit()
-    live = LiveSessions(cast(AuditLog, audit), revoked.__contains__)
+    live = LiveSessions(cast(AuditLog, audit), revoked.__contains__, _no_refusal)
     ended: dict[str, bool] = {}
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -73,7 +77,7 @@ async def test_a_session_registered_after_its_revocation_is_cut_at_once() -> Non
     # The handshake check and the registration are two steps: a revocation applied in between
     # must not leave the session running.
     audit = _Audit()
-    live = LiveSessions(cast(AuditLog, audit), {"ef"}.__contains__)
+    live = LiveSessions(cast(AuditLog, audit), {"ef"}.__contains__, _no_refusal)
     session, _, _ = _pair()
     ended: dict[str, bool] = {}
     with trio.fail_after(LIMIT):
@@ -81,13 +85,17 @@ async def test_a_session_registered_after_its_revocation_is_cut_at_once() -> Non
     assert ended == {"carol": True} and len(live) == 0
 
 
-def test_the_handshake_check_records_who_was_refused() -> None:
-    audit = _Audit()
-    live = LiveSessions(cast(AuditLog, audit), {"ef"}.__contains__)
+def test_the_handshake_check_reports_who_was_refused() -> None:
+    # Reported to the node's refused-connection path (aggregated audit, rate-limited log), with
+    # the certificate's identity: not one audit record per attempt.
+    refused: list[tuple[str, Identity, HdsdError]] = []
+    live = LiveSessions(cast(AuditLog, _Audit()), {"ef"}.__contains__,
+                        lambda *args: refused.append(args))
     assert not live.refuse(_ident("dave", 0x1), "10.0.0.9:5000")
     assert live.refuse(_ident("carol", 0xEF), "10.0.0.9:5001")
-    assert audit.records == [("carol", "writer", "t", "connect", "", "serial:ef", "", 0, 0,
-                              "certificate_revoked", "10.0.0.9:5001")]
+    [(peer, ident, exc)] = refused
+    assert (peer, ident.name, ident.serial_hex) == ("10.0.0.9:5001", "carol", "ef")
+    assert isinstance(exc, CertificateRevoked)
 
 
 @pytest.mark.parametrize("serial", [0x1, 0xABCDEF0123456789ABCDEF0123456789ABCDEF01])
