@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -23,3 +24,12 @@ settings.register_profile("dev", max_examples=100, deadline=None, print_blob=Tru
 settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
 _default = "ci" if os.environ.get("CI") else "dev"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or _default)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The long form of tests/e2e/test_nemesis.py (also HDSD_NEMESIS_S / HDSD_NEMESIS_SEEDS).
+    parser.addoption("--nemesis-seconds", default=None,
+                     help="fault period of the nemesis test, seconds (CI: 30)")
+    parser.addoption("--nemesis-seeds", default=None,
+                     help="nemesis seeds: a count from HDSD_NEMESIS_SEED (default 2), or a list "
+                          "like 4,7,9")

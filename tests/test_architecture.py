@@ -47,11 +47,7 @@ DEBTS = {
     ("cli/_tenants.py", "node._masterkey", "rotate_master"),
     ("cli/_admin.py", "node._config", "NAME_RE"),
     ("cli/_admin.py", "node._keyring", "KEYRING_FILE"),
-    ("cli/_admin.py", "node._keyring", "Keyring"),
-    ("cli/_admin.py", "node._keyring", "create_master_key"),
-    ("cli/_certs.py", "node._keyring", "KEYRING_FILE"),  # moved with `cert issue` from _admin
-    ("cli/_certs.py", "node._keyring", "ensure_tenant"),
-    ("cli/_certs.py", "node._keyring", "load_master_key"),
+    ("cli/_admin.py", "node._keyring", "ensure_tenant"),
     ("cli/_admin.py", "node._keyring", "load_master_key"),
     ("cli/_admin.py", "node._logging", "configure_logging"),
 }

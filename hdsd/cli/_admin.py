@@ -1,110 +1,46 @@
-"""Operator commands: ``hdsd init``, ``hdsd serve`` (``hdsd cert`` is in :mod:`._certs`)."""
+"""Operator commands: ``hdsd init``, ``hdsd serve``, ``hdsd cert issue``."""
 
 from __future__ import annotations
 
-import secrets
-import shutil
 import signal
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 import trio
+from click.core import ParameterSource
 
-from .._errors import ConfigError
+from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
-from ..audit import load_or_create_signing_key
-from ..node import Node, load_node_config, serve_node
+from ..catalog import CATALOG_FILE, tenant_state_in_catalog
+from ..node import (
+    SPEC_FILE,
+    ClusterSpec,
+    Node,
+    load_node_config,
+    load_spec,
+    serve_node,
+    spec_from_flags,
+    write_cluster,
+    write_profile,
+)
 from ..node._config import NAME_RE
 from ..node._keyring import (
     KEYRING_FILE,
-    Keyring,
-    create_master_key,
+    ensure_tenant,
     load_master_key,
 )
 from ..node._logging import configure_logging
 from ..pipeline import tune_allocator
-from ..transport import create_ca, issue_client_cert, issue_node_cert
+from ..transport import CLIENT_VALIDITY_DAYS, ROLES, issue_client_cert, read_certificate
 from ._main import main
-
-_NODE_TOML = """\
-# hdsd node {name} (site {site}); start with: hdsd serve --config {node_dir}/node.toml
-# Relative paths are relative to this file. Every node of the cluster must have the same
-# [cluster] replicas_per_site and [[sites]] (addresses may differ, e.g. behind NAT).
-
-[node]
-name = "{name}"
-site = "{site}"
-{role_line}listen = "{host}:{port}"        # address:port clients and the other nodes connect to
-data_dir = "data"               # the log, its index, hints; keep it on a local disk
-# segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
-# on_corrupt_log = "repair"     # damaged log range at start: set it aside (kept as a file)
-#                               # and refetch from the other site; "refuse": stay down
-
-[tls]                           # mutual TLS 1.3; issued by `hdsd init` / `hdsd cert issue`
-ca = "../ca/ca.crt"
-cert = "{crt}"
-key = "{key}"
-
-[keys]
-master_key_file = "../master.key"   # 32 bytes, mode 0600: wraps every tenant key; back it up
-
-[cluster]
-id = "{cluster_id}"
-chunk_size = 1048576            # bytes per chunk (64 KiB .. 4 MiB)
-compression_level = 1           # zstd level; chunks that do not shrink are stored raw
-inline_max = 16384              # blobs up to this size travel inside the version record
-replicas_per_site = 1           # copies of each key in each site
-write_policy = "each-site"      # ack once fsynced in every site (RPO 0); or majority, local
-on_peer_site_loss = "refuse"    # or "degrade": accept writes alone, keep hints, say so
-write_timeout_s = 10            # a write not acknowledged by then is refused (QuorumNotReached)
-operator_tenant = "{tenant}"    # admin certificates of this tenant manage tenants (hdsd tenant)
-# catalog_sync_s = 5            # how often nodes compare catalogs (tenants, buckets, holds)
-
-# [repair]                      # optional: anti-entropy and scrub
-# interval_s = 3600             # Merkle comparison with every peer (0: only `hdsd repair`)
-# rate_mib_s = 64               # repair traffic budget, so client writes are not starved
-# scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
-# scrub_rate_mib_s = 32
-
-# [limits]                      # optional; see configs/two-site-local.toml for each
-# max_connections = 1024
-# request_timeout_s = 60
-# shutdown_grace_s = 30
-# max_requests_per_connection = 16
-# max_unsent_mib = 8
-# max_body_mib_per_connection = 64
-# max_requests_in_flight = 512
-# min_upload_rate_kib_s = 64
-# max_handshakes = 64
-# max_handshakes_per_source = 16
-# handshake_timeout_s = 5
-# max_sessions_per_identity = 32
-# max_sessions_per_tenant = 256
-# peer_slots = 64
-# idle_timeout_s = 300
-{sites}"""
-
-
-_BACKUP_ROLE = """\
-role = "backup"                 # as in [[sites]]: holds backup-plan tenants' data only,
-                                # serves restores, refuses client writes (WrongRole)
-"""
-
-
-def _make_private(data_dir: Path) -> None:
-    """Directories 0700 and files 0600 under a node's data directory, whatever the umask: the
-    node refuses a data directory open to others, and serves with umask 077 thereafter."""
-    for path in [data_dir, *data_dir.rglob("*")]:
-        path.chmod(0o700 if path.is_dir() else 0o600)
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="cluster spec (TOML: sites, nodes, addresses, roles; see "
+                   "configs/cluster-spec.example.toml) instead of the flags below")
 @click.option("--nodes-per-site", type=click.IntRange(1, 16), default=1, show_default=True)
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=7400, show_default=True,
               help="first node's port; the others follow")
@@ -119,31 +55,61 @@ def _toml_str(value: str) -> str:
               show_default=True,
               help="backup nodes (SITE-b1, ...) per site, after the storage nodes: they hold "
                    "backup-plan tenants' data only and refuse client writes")
-def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None, sites: str,
-         host: str, tenant: str, backup_nodes_per_site: int) -> None:
-    """Create a ready two-site cluster in DIRECTORY: CA, master key, node configs and
-    certificates, and an admin client profile DIRECTORY/client.toml (which lists the storage
-    nodes only: clients write through them)."""
+@click.option("--archive", is_flag=True, help="also write DIRECTORY/NODE.tar per node")
+@click.option("--prefix", default=None, metavar="/etc/hdsd",
+              help="install layout: node.toml paths absolute under PREFIX (configuration) and "
+                   "--state-dir (data); the bundle mirrors the file system (tar -C / -xf)")
+@click.option("--state-dir", default=None, metavar="/var/lib/hdsd",
+              help="data directory with --prefix (default /var/lib/hdsd)")
+@click.pass_context
+def init(ctx: click.Context, directory: str, spec_file: str | None, nodes_per_site: int,
+         base_port: int, ports: str | None, sites: str, host: str, tenant: str,
+         backup_nodes_per_site: int, archive: bool = False, prefix: str | None = None,
+         state_dir: str | None = None) -> None:
+    """Create a cluster in DIRECTORY: the CA, the master key, one self-contained bundle per
+    node (DIRECTORY/NODE: node.toml, certificate, CA certificate, its master-key file, data/),
+    and an admin client profile DIRECTORY/client.toml listing every node of both sites. The CA
+    key stays in DIRECTORY/ca. The layout comes from --spec FILE, or from the flags."""
     root = Path(directory).resolve()
+    if spec_file is not None:
+        flags = [f"--{name.replace('_', '-')}" for name in (
+            "nodes_per_site", "base_port", "ports", "sites", "host", "tenant",
+            "backup_nodes_per_site")
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+        if flags:
+            raise ConfigError(f"--spec describes the whole cluster; drop {', '.join(flags)}")
+        spec = load_spec(Path(spec_file))
+    else:
+        spec = _spec_from_flags(nodes_per_site, base_port, ports, sites, host, tenant,
+                                backup_nodes_per_site)
+    if state_dir is not None and prefix is None:
+        raise ConfigError("--state-dir goes with --prefix")
+    bundles = write_cluster(spec, root, archive=archive,
+                            prefix=PurePosixPath(prefix) if prefix else None,
+                            state_dir=PurePosixPath(state_dir) if state_dir else None)
+    click.echo(f"cluster {spec.cluster_id} initialised in {root} "
+               f"(replicas_per_site = {spec.replicas_per_site})")
+    for b in bundles:
+        where = b.archive or b.directory
+        click.echo(f"  {b.node.site:10} {b.node.name:14} {b.node.address:22} bundle {where}"
+                   + ("  (backup)" if b.node.role == "backup" else ""))
+    click.echo(f"  start a node: hdsd serve --config "
+               f"{(bundles[0].config if prefix is None else Path(prefix) / 'node.toml')}")
+    profile = root / "client.toml"
+    click.echo(f"  admin profile: {profile}  (export HDSD_PROFILE={profile})")
+    click.echo(f"  audit verify keys: {root / 'audit-keys'}  (give them to your auditor)")
+    click.echo(f"  keep {root / 'ca' / 'ca.key'} and {root / 'master.key'} here, offline: "
+               "no bundle holds the CA key")
+
+
+def _spec_from_flags(nodes_per_site: int, base_port: int, ports: str | None, sites: str,
+                     host: str, tenant: str, backup_nodes_per_site: int) -> ClusterSpec:
     site_names = [s.strip() for s in sites.split(",")]
     if len(site_names) != 2 or len(set(site_names)) != 2:
         raise ConfigError("--sites takes exactly two distinct site names, e.g. lyon-est,lyon-sud")
     for name in [*site_names, tenant]:
         if not NAME_RE.match(name):
             raise ConfigError(f"name {name!r} must match {NAME_RE.pattern}")
-    if (root / "cluster.toml").exists():
-        raise ConfigError(f"{root} already holds a cluster (cluster.toml exists); "
-                          "choose another directory")
-    root.mkdir(parents=True, exist_ok=True)
-    cluster_id = f"hdsd-{secrets.token_hex(3)}"
-    create_ca(root / "ca", cluster_id)
-    master = root / "master.key"
-    create_master_key(master)
-    # Both sites must share the tenant's keys (they read each other's sealed chunks): create the
-    # keyring once and give every node a copy.
-    keyring_template = root / KEYRING_FILE
-    Keyring(keyring_template, load_master_key(master)).get_or_create(tenant)
-
     total = 2 * (nodes_per_site + backup_nodes_per_site)
     if ports is not None:
         try:
@@ -154,86 +120,159 @@ def init(directory: str, nodes_per_site: int, base_port: int, ports: str | None,
             raise ConfigError(f"--ports needs {total} ports from 1 to 65535, one per node")
     else:
         port_list = list(range(base_port, base_port + total))
-    next_port = iter(port_list)
-    layout: list[tuple[str, list[tuple[str, int]]]] = []
-    backups: dict[str, list[tuple[str, int]]] = {}
-    for site in site_names:
-        nodes = []
-        for i in range(1, nodes_per_site + 1):
-            nodes.append((f"{site}-n{i}", next(next_port)))
-        layout.append((site, nodes))
-    for site in site_names:
-        backups[site] = [(f"{site}-b{i}", next(next_port))
-                         for i in range(1, backup_nodes_per_site + 1)]
-    sites_toml = "".join(
-        f"\n[[sites]]\nname = {_toml_str(site)}\nnodes = ["
-        + ", ".join([*(f'{{ name = {_toml_str(n)}, address = "{host}:{p}" }}'
-                       for n, p in nodes),
-                     *(f'{{ name = {_toml_str(n)}, address = "{host}:{p}", role = "backup" }}'
-                       for n, p in backups[site])])
-        + "]\n"
-        for site, nodes in layout
-    )
-    for site, nodes in layout:
-        for name, node_port in [*nodes, *backups[site]]:
-            is_backup = (name, node_port) in backups[site]
-            node_dir = root / name
-            node_dir.mkdir(parents=True, exist_ok=True)
-            # Data directories are the node's alone whatever the umask (key names and metadata
-            # in the indexes hold patient identifiers); the node refuses to start otherwise.
-            (node_dir / "data").mkdir(mode=0o700, exist_ok=True)
-            crt, key = issue_node_cert(
-                root / "ca", node_dir, name=name, site=site,
-                hosts=tuple(dict.fromkeys([host, "127.0.0.1", "localhost"])))
-            shutil.copy2(keyring_template, node_dir / "data" / KEYRING_FILE)
-            # The node's audit signing key, made now so the auditor can pin its verify key
-            # from commissioning on (`hdsd audit verify --pubkey audit-keys/<node>.pub`).
-            (node_dir / "data" / "audit").mkdir(mode=0o700, exist_ok=True)
-            signing = load_or_create_signing_key(node_dir / "data" / "audit")
-            _make_private(node_dir / "data")
-            (root / "audit-keys").mkdir(exist_ok=True)
-            (root / "audit-keys" / f"{name}.pub").write_text(
-                bytes(signing.verify_key).hex() + "\n", encoding="ascii")
-            (node_dir / "node.toml").write_text(_NODE_TOML.format(
-                name=name, site=site, node_dir=node_dir, host=host, port=node_port,
-                crt=crt.name, key=key.name, cluster_id=cluster_id, sites=sites_toml,
-                tenant=tenant, role_line=_BACKUP_ROLE if is_backup else ""),
-                encoding="utf-8")
-    keyring_template.unlink()
-    crt, key = issue_client_cert(root / "ca", root / "clients", name="admin", tenant=tenant,
-                                 role="admin")
-    _write_profile(root / "client.toml", cluster_id, tenant,
-                   (crt.relative_to(root), key.relative_to(root)), layout, host, backups)
-    (root / "cluster.toml").write_text(
-        f"# written by hdsd init\nid = {_toml_str(cluster_id)}\nsites = "
-        f"[{', '.join(_toml_str(s) for s in site_names)}]\n", encoding="utf-8")
-    click.echo(f"cluster {cluster_id} initialised in {root}")
-    for site, nodes in layout:
-        for name, node_port in [*nodes, *backups[site]]:
-            click.echo(f"  {site:10} {name:14} {host}:{node_port}  "
-                       f"hdsd serve --config {root / name / 'node.toml'}"
-                       + ("  (backup)" if (name, node_port) in backups[site] else ""))
-    profile = root / "client.toml"
-    click.echo(f"  admin profile: {profile}  (export HDSD_PROFILE={profile})")
-    click.echo(f"  audit verify keys: {root / 'audit-keys'}  (give them to your auditor)")
+    return spec_from_flags(sites=(site_names[0], site_names[1]), nodes_per_site=nodes_per_site,
+                           backup_nodes_per_site=backup_nodes_per_site, ports=port_list,
+                           host=host, tenant=tenant)
 
 
-def _write_profile(path: Path, cluster_id: str, tenant: str, cert_key: tuple[Path, Path],
-                   layout: list[tuple[str, list[tuple[str, int]]]], host: str,
-                   backups: dict[str, list[tuple[str, int]]]) -> None:
-    sites = ""
-    for site, nodes in layout:
-        endpoints = ", ".join(_toml_str(f"{host}:{port}") for _, port in nodes)
-        sites += f"\n[sites.{site}]\nendpoints = [{endpoints}]\n"
-        if backups.get(site):
-            # Backup nodes refuse writes: requests never go there, only repair and scrub.
-            sites += "backup_endpoints = [" + ", ".join(
-                _toml_str(f"{host}:{port}") for _, port in backups[site]) + "]\n"
-    path.write_text(
-        f"[client]\ncluster_id = {_toml_str(cluster_id)}\ntenant = {_toml_str(tenant)}\n"
-        f'ca = "ca/ca.crt"\ncert = {_toml_str(str(cert_key[0]))}\n'
-        f"key = {_toml_str(str(cert_key[1]))}\n"
-        f"site = {_toml_str(layout[0][0])}\n{sites}", encoding="utf-8")
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@main.group()
+def cert() -> None:
+    """Issue, renew, revoke and list certificates of the cluster CA."""
+
+
+@cert.command("issue")
+@click.option("--client", "client_name", required=True, help="client name (certificate subject)")
+@click.option("--tenant", required=True, help="tenant the client belongs to")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--cluster-dir", type=click.Path(file_okay=False, exists=True), default="hdsd-data",
+              show_default=True, help="directory written by hdsd init")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
+@click.option("--force", is_flag=True,
+              help="replace an existing client's key and profile (its previous certificates "
+                   "are revoked, unless --keep-previous), or issue for a shredded tenant "
+                   "(whose requests every node refuses)")
+@click.option("--days", type=click.IntRange(1, 730), default=CLIENT_VALIDITY_DAYS,
+              show_default=True, help="lifetime of the certificate")
+@click.option("--keep-previous", is_flag=True,
+              help="with --force: leave the client's previous certificates valid until they "
+                   "expire (default: revoke them once the new one is written)")
+@click.pass_context
+def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, cluster_dir: str,
+               out: str | None, force: bool, days: int, keep_previous: bool) -> None:
+    """Issue a client certificate (and a profile next to it) for TENANT with ROLE.
+
+    Replacing an existing client needs --force (or `hdsd cert renew`); its previous
+    certificates are then revoked through the cluster once the new one is written, unless
+    --keep-previous (see :mod:`._certs`)."""
+    from ._certs import client_records, replace_previous  # (it imports this module)
+
+    root = Path(cluster_dir).resolve()
+    out_dir = Path(out).resolve() if out else root / "clients"
+    keyrings = _bundle_keyrings(root)
+    if not keyrings:
+        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
+    states = {tenant_state_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings}
+    if "shredded" in states and not force:
+        raise TenantShredded(f"tenant {tenant} was crypto-shredded: every node refuses its "
+                             "requests; nothing issued (--force to issue anyway)")
+    # Overwriting would silently lock out whoever holds the current key (and the profile may
+    # have been edited): replacing a client is an explicit act.
+    existing = [p for p in (out_dir / f"{client_name}.toml",
+                            *sorted(out_dir.glob(f"client-{client_name}@*.crt")),
+                            *sorted(out_dir.glob(f"client-{client_name}@*.key"))) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
+                          "issued (choose another --client, or --force to replace it)")
+    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
+    if states == {None} and (message := _provision_tenant(root, keyrings, tenant)):
+        click.echo(message)
+    previous = client_records(root, client_name, tenant)
+    crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role,
+                                 days=days)
+    profile = out_dir / f"{client_name}.toml"
+    admin = root / "client.toml"
+    if _write_client_profile(root, profile, tenant, crt, key):
+        pass  # every node of every site, from the cluster's spec
+    elif admin.is_file():
+        text = admin.read_text(encoding="utf-8")
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("tenant ="):
+                line = f"tenant = {_toml_str(tenant)}"
+            elif line.startswith("cert ="):
+                line = f"cert = {_toml_str(str(crt))}"
+            elif line.startswith("key ="):
+                line = f"key = {_toml_str(str(key))}"
+            elif line.startswith("ca ="):
+                line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
+            lines.append(line)
+        profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    new = read_certificate(crt.read_bytes())
+    click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role}, serial {new.serial}, "
+               f"valid until {new.not_after:%Y-%m-%d})")
+    if profile.exists():
+        click.echo(f"profile: {profile}")
+    replace_previous(ctx, root, previous, new, keep_previous)
+
+
+# --- cert issue helpers (deployment): the cluster's layout, and where a tenant's keys go -------
+
+
+def _bundle_keyrings(root: Path) -> list[Path]:
+    """The keyring seed files of the bundles under *root* (relative or --prefix layout)."""
+    return sorted(root.glob(f"*/**/{KEYRING_FILE}"))
+
+
+def _provision_tenant(root: Path, keyrings: list[Path], tenant: str) -> str:
+    """Make *tenant*'s keys known to the cluster; a line to print ('' if nothing was done).
+
+    Once the bundles are deployed their copies under *root* are stale: a key written there
+    never reaches the machines. So the running cluster is asked first (its catalog is the
+    truth, and a tenant created there reaches every node); only when no node answers — the
+    cluster is not started yet — are the bundles' keyring seeds written, to ship with them.
+    """
+    created = _create_in_cluster(root / "client.toml", tenant)
+    if created is not None:
+        return f"tenant {tenant}: keys created in the cluster's catalog" if created else ""
+    if not (root / "master.key").is_file():
+        raise ConfigError("no node answers and this cluster uses a master passphrase: start "
+                          f"the cluster, then run `hdsd tenant create {tenant}`")
+    if ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
+        return (f"tenant {tenant}: no node answers; keys created in {len(keyrings)} bundle "
+                "keyrings (ship the bundles, or start the cluster and use hdsd tenant create)")
+    return ""
+
+
+def _create_in_cluster(admin_profile: Path, tenant: str) -> bool | None:
+    """True: created through the cluster; False: it already knew the tenant; None: no node
+    answered (or there is no admin profile)."""
+    from .._errors import HdsdError, Unavailable
+    from ..client import AsyncClient, load_profile
+
+    if not admin_profile.is_file():
+        return None
+
+    async def create(site: str) -> bool:
+        async with AsyncClient(admin_profile, site=site, timeout=5.0, retries=0) as admin:
+            if any(t.get("name") == tenant for t in await admin.tenant_list()):
+                return False
+            await admin.tenant_create(tenant)
+            return True
+
+    for site in load_profile(admin_profile).sites:  # either site will do: the catalog is one
+        try:
+            return trio.run(create, site)
+        except Unavailable:
+            continue
+        except HdsdError as exc:
+            raise ConfigError(f"creating tenant {tenant} through the cluster failed: "
+                              f"{exc}") from None
+    return None
+
+
+def _write_client_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:
+    """A profile listing every node of every site, from the spec ``hdsd init`` kept (False if
+    there is none: a directory written before specs)."""
+    if not (root / SPEC_FILE).is_file():
+        return False
+    spec = load_spec(root / SPEC_FILE)
+    write_profile(profile, spec, tenant=tenant, ca=root / "ca" / "ca.crt", cert=crt, key=key)
+    return True
 
 
 @main.command()

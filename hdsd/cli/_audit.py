@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import click
 from .._errors import ConfigError
 from ..audit import (
     VERIFY_KEY_FILE,
+    VerifyReport,
     copy_dir,
     fingerprint,
     read_records,
@@ -72,7 +74,9 @@ _pubkey = click.option("--pubkey", default=None, type=click.Path(dir_okay=False,
 @_pubkey
 def verify(data_dir: str, origin: str | None, pubkey: str | None) -> None:
     """Check chain hashes, seq continuity and checkpoint signatures; name the first broken
-    record. Exit 0 if intact, 5 on tampering."""
+    record. Exit 0 if intact — the last line, ``verdict: signed`` or ``verdict: unsigned
+    tail`` (records after the last checkpoint, normal on a live node), says how far the
+    signatures reach — and 5 on tampering."""
     directory = _log_dir(data_dir, origin)
     key, how = _key(directory, pubkey)
     report = verify_log(directory, key)
@@ -83,6 +87,30 @@ def verify(data_dir: str, origin: str | None, pubkey: str | None) -> None:
                f"{report.segments} segments), last at {_when(report.last_time_ns)}, "
                f"last hash {report.last_hash.hex()[:16]}{pruned}")
     click.echo(f"signatures checked with {how}, fingerprint {fingerprint(key)}")
+    click.echo(verdict(report))
+
+
+def verdict(report: VerifyReport, now_ns: int | None = None) -> str:
+    """The one line that tells a fully signed log from one with an unsigned tail."""
+    if report.fully_signed:
+        return (f"verdict: signed: every record up to seq {report.last_seq} is covered by the "
+                f"checkpoint at seq {report.signed_seq}")
+    signed = (f"verified up to checkpoint seq {report.signed_seq}" if report.signed_seq else
+              "no checkpoint yet")
+    parts = []
+    if report.unsigned_records:
+        age = ((now_ns if now_ns is not None else time.time_ns()) - report.unsigned_since_ns)
+        after = " after it" if report.signed_seq else ""
+        parts.append(f"{report.unsigned_records} records{after} (seq "
+                     f"{report.last_seq - report.unsigned_records + 1}..{report.last_seq}) not "
+                     f"yet checkpointed, the oldest {max(age, 0) / 1e9:.0f} s old")
+    if report.torn_bytes:
+        parts.append(f"an incomplete record of {report.torn_bytes} bytes at the end (being "
+                     "written, or cut by a crash)")
+    return (f"verdict: unsigned tail: {signed}; {'; '.join(parts)}. Normal on a live node or on "
+            "a copy whose origin has not shipped its next checkpoint; nothing after the "
+            "checkpoint is proven yet: verify again later (a live node signs within "
+            "checkpoint_s), or compare with the other site's copy")
 
 
 def _since(value: str | None) -> int:
@@ -111,7 +139,9 @@ def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str 
     """Print a tenant's audit records as JSON lines (verifying the log first)."""
     directory = _log_dir(data_dir, origin)
     key, _ = _key(directory, pubkey)
-    verify_log(directory, key)
+    report = verify_log(directory, key)
+    if not report.fully_signed:
+        click.echo(f"hdsd: note: {verdict(report)}", err=True)
     floor = _since(since)
     out = sys.stdout
     for record in read_records(directory):

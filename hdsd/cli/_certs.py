@@ -1,4 +1,5 @@
-"""Certificates: ``hdsd cert issue``, ``renew``, ``revoke`` and ``ls``.
+"""Certificates: ``hdsd cert renew``, ``revoke`` and ``ls`` (``issue`` is in :mod:`._admin`
+and uses :func:`client_records` and :func:`replace_previous` from here).
 
 Two sources of truth, each where it must be:
 
@@ -31,23 +32,18 @@ from .._errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
-    TenantShredded,
 )
-from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..client import AsyncClient
-from ..node._keyring import KEYRING_FILE, ensure_tenant, load_master_key
 from ..transport import (
     CLIENT_VALIDITY_DAYS,
-    ROLES,
     IssuedCert,
     issue_client_cert,
     issue_node_cert,
     issued_certificates,
     read_certificate,
 )
-from ._admin import _toml_str
+from ._admin import _toml_str, _write_client_profile, cert
 from ._data import json_option
-from ._main import main
 
 T = TypeVar("T")
 
@@ -58,16 +54,6 @@ _KEEP = click.option(
     "--keep-previous", is_flag=True,
     help="leave the name's previous certificates valid until they expire (default: revoke "
          "them once the new one is written)")
-
-
-def _days_option(default: int, what: str) -> Callable[[Any], Any]:
-    return click.option("--days", type=click.IntRange(1, 730), default=default,
-                        show_default=True, help=f"lifetime of the {what} certificate")
-
-
-@main.group()
-def cert() -> None:
-    """Issue, renew, revoke and list certificates of the cluster CA."""
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -137,8 +123,13 @@ def _report_revoked(replies: list[dict[str, Any]], as_json: bool = False) -> Non
                        "catalog sync, before serving if they were down)")
 
 
-def _replace_previous(ctx: click.Context, root: Path, previous: list[IssuedCert],
-                      new: IssuedCert, keep: bool) -> None:
+def client_records(root: Path, name: str, tenant: str) -> list[IssuedCert]:
+    """What the CA in *root* issued to client *name* of *tenant*, oldest first."""
+    return _of_client(_records(root), name, tenant)
+
+
+def replace_previous(ctx: click.Context, root: Path, previous: list[IssuedCert],
+                     new: IssuedCert, keep: bool) -> None:
     """After a re-issue: revoke the name's earlier certificates still alive (unless *keep*)."""
     previous = [p for p in _alive(previous) if p.serial != new.serial]
     if not previous:
@@ -159,12 +150,13 @@ def _replace_previous(ctx: click.Context, root: Path, previous: list[IssuedCert]
     _report_revoked(replies)
 
 
-def _write_client_profile(root: Path, out_dir: Path, name: str, tenant: str, crt: Path,
-                          key: Path) -> Path | None:
-    profile = out_dir / f"{name}.toml"
+def _write_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:
+    """As ``cert issue`` writes it: from the cluster's spec, else from the admin profile."""
+    if _write_client_profile(root, profile, tenant, crt, key):
+        return True
     admin = root / "client.toml"
     if not admin.is_file():
-        return None
+        return False
     lines = []
     for line in admin.read_text(encoding="utf-8").splitlines():
         if line.startswith("tenant ="):
@@ -177,78 +169,31 @@ def _write_client_profile(root: Path, out_dir: Path, name: str, tenant: str, crt
             line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
         lines.append(line)
     profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return profile
+    return True
 
 
 def _issue_client(ctx: click.Context, root: Path, out: str | None, name: str, tenant: str,
                   role: str, days: int, keep: bool) -> None:
     out_dir = Path(out).resolve() if out else root / "clients"
-    previous = _of_client(_records(root), name, tenant)
+    previous = client_records(root, name, tenant)
     crt, key = issue_client_cert(root / "ca", out_dir, name=name, tenant=tenant, role=role,
                                  days=days)
     new = read_certificate(crt.read_bytes())
-    profile = _write_client_profile(root, out_dir, name, tenant, crt, key)
+    profile = out_dir / f"{name}.toml"
     click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role}, serial {new.serial}, "
                f"valid until {new.not_after:%Y-%m-%d})")
-    if profile is not None:
+    if _write_profile(root, profile, tenant, crt, key):
         click.echo(f"profile: {profile}")
-    _replace_previous(ctx, root, previous, new, keep)
+    replace_previous(ctx, root, previous, new, keep)
 
 
 # -- commands ----------------------------------------------------------------------------------
-@cert.command("issue")
-@click.option("--client", "client_name", required=True, help="client name (certificate subject)")
-@click.option("--tenant", required=True, help="tenant the client belongs to")
-@click.option("--role", type=click.Choice(ROLES), required=True)
-@_days_option(CLIENT_VALIDITY_DAYS, "client")
-@_KEEP
-@_CLUSTER_DIR
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
-@click.option("--force", is_flag=True,
-              help="replace an existing client's key and profile (its previous certificates "
-                   "are revoked, unless --keep-previous), or issue for a shredded tenant "
-                   "(whose requests every node refuses)")
-@click.pass_context
-def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, days: int,
-               keep_previous: bool, cluster_dir: str, out: str | None, force: bool) -> None:
-    """Issue a client certificate (and a profile next to it) for TENANT with ROLE.
-
-    Replacing an existing client needs --force (or `hdsd cert renew`); its previous
-    certificates are then revoked (through the cluster) once the new one is written, unless
-    --keep-previous."""
-    root = Path(cluster_dir).resolve()
-    if not root.is_dir():
-        raise ConfigError(f"{root} does not exist (give the directory hdsd init wrote)")
-    out_dir = Path(out).resolve() if out else root / "clients"
-    keyrings = sorted(root.glob(f"*/data/{KEYRING_FILE}"))
-    if not keyrings:
-        raise ConfigError(f"{root} holds no node data directories (was it written by hdsd init?)")
-    states = {tenant_state_in_catalog(k.parent / CATALOG_FILE, tenant) for k in keyrings}
-    if "shredded" in states and not force:
-        raise TenantShredded(f"tenant {tenant} was crypto-shredded: every node refuses its "
-                             "requests; nothing issued (--force to issue anyway)")
-    # Overwriting would silently lock out whoever holds the current key (and the profile may
-    # have been edited): replacing a client is an explicit act.
-    existing = [p for p in (out_dir / f"{client_name}.toml",
-                            *sorted(out_dir.glob(f"client-{client_name}@*.crt")),
-                            *sorted(out_dir.glob(f"client-{client_name}@*.key"))) if p.exists()]
-    if existing and not force:
-        raise ConfigError(f"client {client_name} already exists ({existing[0]}); nothing "
-                          "issued (choose another --client, or --force to replace it)")
-    # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
-    if states == {None} and \
-            ensure_tenant(keyrings, load_master_key(root / "master.key"), tenant):
-        click.echo(f"tenant {tenant}: keys created in {len(keyrings)} node keyrings")
-    _issue_client(ctx, root, out, client_name, tenant, role, days, keep_previous)
-
-
 @cert.command("renew")
 @click.option("--client", "client_name", default=None, help="client name to renew")
 @click.option("--tenant", default=None, help="its tenant (needed if the name is in several)")
 @click.option("--node", "node_name", default=None,
               help="renew this node's certificate instead (same site and addresses), written "
-                   "to CLUSTER_DIR/NODE/; restart the node to use it")
+                   "next to its current one under CLUSTER_DIR; restart the node to use it")
 @click.option("--days", type=click.IntRange(1, 730), default=None,
               help=f"lifetime (default {CLIENT_VALIDITY_DAYS} for a client, 730 for a node)")
 @_KEEP
@@ -276,12 +221,14 @@ def cert_renew(ctx: click.Context, client_name: str | None, tenant: str | None,
         site = mine[-1].identity.site or ""
         if days is not None and days != 730:
             raise InvalidRequest("a node certificate lives 730 days")
-        crt, _ = issue_node_cert(root / "ca", root / node_name, name=node_name, site=site,
-                                 hosts=hosts)
+        # Next to the node's current certificate (its bundle), else where `init` puts one.
+        current = [p for p in root.glob(f"**/node-{node_name}.crt") if "issued" not in p.parts]
+        crt, _ = issue_node_cert(root / "ca", current[0].parent if current else root / node_name,
+                                 name=node_name, site=site, hosts=hosts)
         new = read_certificate(crt.read_bytes())
         click.echo(f"issued {crt} (node {node_name}, site {site}, serial {new.serial}, valid "
                    f"until {new.not_after:%Y-%m-%d}); restart the node to use it")
-        _replace_previous(ctx, root, mine, new, keep_previous)
+        replace_previous(ctx, root, mine, new, keep_previous)
         return
     assert client_name is not None
     mine = _of_client(records, client_name, tenant)

@@ -196,17 +196,18 @@ def ls(ctx: click.Context, target: str, versions: bool, as_json: bool) -> None:
     """List keys (current versions) of BUCKET starting with PREFIX."""
     bucket, prefix = _split(target, key_required=False)
 
-    async def collect(c: AsyncClient) -> list[ObjectInfo]:
-        return [e async for e in c.list_all(bucket, prefix, versions=versions)]
-    entries = _run(ctx, collect)
-    for e in entries:
-        if as_json:
-            click.echo(json.dumps(e.as_dict(), sort_keys=True))
-        elif versions:
-            click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.version}  {e.key}"
-                       + ("  (deleted)" if e.deleted else ""))
-        else:
-            click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.key}")
+    # Printed page by page as they arrive (following `next`): memory stays one page however
+    # long the listing; an error on a later page ends the output there, with its exit code.
+    async def show(c: AsyncClient) -> None:
+        async for e in c.list_all(bucket, prefix, versions=versions):
+            if as_json:
+                click.echo(json.dumps(e.as_dict(), sort_keys=True))
+            elif versions:
+                click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.version}  {e.key}"
+                           + ("  (deleted)" if e.deleted else ""))
+            else:
+                click.echo(f"{_when(e.hlc)}  {e.size:>12}  {e.key}")
+    _run(ctx, show)
 
 
 @main.command()

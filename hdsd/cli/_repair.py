@@ -15,6 +15,8 @@ from ..client import AsyncClient, Profile, load_profile
 from ._main import main
 
 _POLL_S = 0.5
+#: How long --wait waits for a node that does not answer yet (a node just restarted).
+_NODE_WAIT_S = 30.0
 
 
 def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
@@ -29,11 +31,23 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
     results: list[dict[str, Any]] = []
     for site, host, port in _endpoints(profile):
         one = profile.pinned(site, host, port)
-        try:
-            async with AsyncClient(one, timeout=timeout) as c:
-                started.append((one, await c.start_maintenance(task)))
-        except Unavailable as exc:
-            results.append({"endpoint": f"{host}:{port}", "site": site, "error": str(exc)})
+        # A node restarted a moment ago may not listen yet: an operator waiting for the
+        # repair (--wait) would rather wait a little than see it fail.
+        deadline = trio.current_time() + (_NODE_WAIT_S if wait else 0)
+        while True:
+            try:
+                async with AsyncClient(one, timeout=timeout) as c:
+                    started.append((one, await c.start_maintenance(task)))
+                break
+            except Unavailable as exc:
+                if trio.current_time() >= deadline:
+                    results.append({"endpoint": f"{host}:{port}", "site": site,
+                                    "error": str(exc)})
+                    break
+                if progress:
+                    click.echo(f"\r\033[K{task}: waiting for {host}:{port} ({site}) to answer",
+                               nl=False, err=True)
+                await trio.sleep(_POLL_S)
     if not wait:
         return [*results, *(reply for _, reply in started)]
     for one, reply in started:
@@ -54,7 +68,10 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
 
 def _show_progress(node: str, task: str, state: dict[str, Any]) -> None:
     p = state.get("progress") or {}
-    if task == "repair":
+    if task == "repair" and p.get("waiting_for_link"):
+        detail = (f"waiting for the link to {p.get('peer', '?')} ({p.get('waited_s', 0):.0f} s: "
+                  f"{p.get('link_error', '')})")
+    elif task == "repair":
         total = p.get("leaves_total") or 0
         detail = (f"with {p.get('peer', '?')}: {p.get('leaves_done', 0)}/{total} differing "
                   "leaves" if total else "comparing trees")

@@ -4,11 +4,19 @@ The node the profile reaches answers for the whole cluster: it asks every other 
 concurrently (a bounded timeout; a node that does not answer is shown down, with the reason),
 so one command works from anywhere a client can reach one node. ``--json`` prints the node's
 reply as is (its own status at top level, every node under ``nodes``), for scripts.
+
+The exit code serves monitoring scripts (table and ``--json`` alike): :data:`EXIT_OK` (0) all
+nodes up and well; :data:`EXIT_DEGRADED` (10) every node answers but one is not well — its
+site degraded, its disk full, its live RPO not zero (``rpo.zero``: a backlog, or a peer not
+yet compared), its catalog sync failing (e.g. a master key that does not open a peer's
+entries); :data:`EXIT_DOWN` (11) a node does not answer or its store stopped (fail-stop).
+No node reachable at all is the usual error exit (6, ``Unavailable``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -16,6 +24,10 @@ import click
 
 from ._data import _run, json_option
 from ._main import main
+
+EXIT_OK = 0
+EXIT_DEGRADED = 10
+EXIT_DOWN = 11
 
 _TIME_KEYS = ("finished", "at", "when", "time", "ended", "started")
 _RESULT_KEYS = ("result", "status", "outcome", "summary")
@@ -119,6 +131,7 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
         "version": str(entry.get("software", "?")),
         "disk used/free": (f"{human_bytes(disk.get('used'))}/{human_bytes(disk.get('free'))}"
                            if disk else "-"),
+        "data dir": human_bytes(disk["data_dir_bytes"]) if "data_dir_bytes" in disk else "-",
         "fsync p50/p99 ms": (f"{fsync['p50_ms']:.2f}/{fsync['p99_ms']:.2f}"
                              if fsync.get("samples") else "-"),
         "mode": mode, "policy": str(entry.get("write_policy", "?")),
@@ -142,8 +155,8 @@ def _sessions(limits: dict[str, Any]) -> str:
             f" {sum(limits['refused'].values())} refused")
 
 
-COLUMNS = ("site", "node", "state", "version", "disk used/free", "fsync p50/p99 ms", "mode",
-           "policy", "backlog (rpo)", "last repair", "last scrub", "sessions")
+COLUMNS = ("site", "node", "state", "version", "disk used/free", "data dir", "fsync p50/p99 ms",
+           "mode", "policy", "backlog (rpo)", "last repair", "last scrub", "sessions")
 _STATE_COLOURS = {"up": "green", "down": "red", "failed": "red", "disk full": "red"}
 
 
@@ -164,18 +177,47 @@ def render_table(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
+def problems(entry: dict[str, Any]) -> tuple[int, list[str]]:
+    """(exit code, reasons) for one node's status entry; ``(0, [])`` when it is well."""
+    if not entry.get("up"):
+        return EXIT_DOWN, [f"down: {entry.get('error', 'no answer')}"]
+    if (entry.get("store") or {}).get("failed"):
+        return EXIT_DOWN, ["store stopped after a storage failure (fail-stop)"]
+    reasons = []
+    if (entry.get("mode") or {}).get("mode", "normal") != "normal":
+        reasons.append(f"site {entry.get('site')} {entry['mode'].get('mode')}")
+    if entry.get("disk_full"):
+        reasons.append("data disk full")
+    rpo = entry.get("rpo") or {}
+    if not rpo.get("zero", True):
+        reasons.append(f"behind: live RPO {rpo.get('versions', 0)} versions"
+                       + (f", {len(rpo['peers_in_doubt'])} peers not yet compared"
+                          if rpo.get("peers_in_doubt") else ""))
+    failures = (entry.get("catalog") or {}).get("sync_failures") or {}
+    for peer, error in sorted(failures.items()):
+        reasons.append(f"catalog sync with {peer} failed: {error}")
+    return (EXIT_DEGRADED if reasons else EXIT_OK), reasons
+
+
+def exit_code(nodes: list[dict[str, Any]]) -> int:
+    return max((problems(n)[0] for n in nodes), default=EXIT_OK)
+
+
 @main.command()
 @json_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show every node of both sites: up/down, version, disk, fsync latency, site mode and
-    write policy, replication backlog (live RPO), last repair and scrub."""
+    write policy, replication backlog (live RPO), last repair and scrub.
+
+    Exit code: 0 all well, 10 a node degraded/behind/failing its catalog sync, 11 a node down
+    (6: no node reachable)."""
     st = _run(ctx, lambda c: c.status())
+    nodes = st.get("nodes") or [{"up": True, **st}]
     if as_json:
         click.echo(json.dumps(st, sort_keys=True, default=str))
-        return
+        sys.exit(exit_code(nodes))
     now = time.time()
-    nodes = st.get("nodes") or [{"up": True, **st}]
     up = sum(1 for n in nodes if n.get("up"))
     click.echo(f"cluster {st['cluster']}  layout {st.get('layout', '?')}  "
                f"{up}/{len(nodes)} nodes up  (asked {st['node']}, site {st['site']})")
@@ -196,5 +238,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for text in render_table([node_row(n, now) for n in nodes]):
         click.echo(text)
     for n in nodes:
-        if not n.get("up"):
-            click.echo(f"  {n.get('node')}: {n.get('error', 'no answer')}")
+        for reason in problems(n)[1]:
+            click.echo(f"  {n.get('node')}: {reason}")
+    sys.exit(exit_code(nodes))

@@ -223,34 +223,72 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
                       new_passphrase_env: str | None) -> None:
     """Rewrap every tenant's keys of one node under a new master key, without touching data.
 
-    Crash-safe and idempotent: if interrupted, run the same command again. Rotate every node
-    of both sites to the same new key; until then, nodes with different keys refuse each
-    other's catalog entries (and say so in their logs)."""
+    Refused while the node runs (it takes the store's lock, as `hdsd serve` does). Crash-safe
+    and idempotent: if interrupted, run the same command again. The old key file is kept as
+    MASTER_KEY_FILE.old-<date> until `hdsd key confirm-rotation`. Rotate every node of both
+    sites to the same new key; until then, nodes with different keys refuse each other's
+    catalog entries (and `hdsd status` exits 10, naming them)."""
     from pathlib import Path
 
-    from .._atomic import atomic_write
-    from ..node import load_node_config
+    from ..node import (
+        keep_old_key,
+        load_node_config,
+        master_key_check,
+        node_stopped,
+        replace_key_file,
+        set_key_check,
+    )
     from ..node._keyring import create_master_key, load_master_key
     from ..node._masterkey import load_master, passphrase_master, rotate_master
 
     if (new_key_file is None) == (new_passphrase_env is None):
         raise InvalidRequest("give exactly one of --new-key-file or --new-passphrase-env")
     config = load_node_config(config_path)
-    old = load_master(config)
-    if new_key_file is not None:
-        if config.master_key_file is None:
-            raise InvalidRequest("this node uses a passphrase; rotate with --new-passphrase-env")
-        path = Path(new_key_file)
-        if not path.exists():
-            create_master_key(path)
-        new = load_master_key(path)
-    else:
-        assert new_passphrase_env is not None
-        if config.master_salt_file is None:
-            raise InvalidRequest("this node uses a key file; rotate with --new-key-file")
-        new = passphrase_master(new_passphrase_env, config.master_salt_file)
-    count = rotate_master(config.data_dir, old, new)
-    if new_key_file is not None and config.master_key_file is not None and new != old:
-        atomic_write(config.master_key_file, new, 0o600)  # last: a crash before it is re-run safely
+    with node_stopped(config):
+        old = load_master(config)
+        if new_key_file is not None:
+            if config.master_key_file is None:
+                raise InvalidRequest("this node uses a passphrase; rotate with "
+                                     "--new-passphrase-env")
+            path = Path(new_key_file)
+            if not path.exists():
+                create_master_key(path)
+            new = load_master_key(path)
+        else:
+            assert new_passphrase_env is not None
+            if config.master_salt_file is None:
+                raise InvalidRequest("this node uses a key file; rotate with --new-key-file")
+            new = passphrase_master(new_passphrase_env, config.master_salt_file)
+        count = rotate_master(config.data_dir, old, new)
+        kept = None
+        if new_key_file is not None and config.master_key_file is not None and new != old:
+            kept = keep_old_key(config.master_key_file)
+            # last: a crash before it is re-run safely
+            replace_key_file(config.master_key_file, new)
+        if config.master_key_check:
+            set_key_check(config.path, master_key_check(new, config.cluster_id))
     click.echo(f"node {config.name}: {count} wrapped tenant keys rewrapped under the new "
                "master key")
+    if kept is not None:
+        click.echo(f"old key kept as {kept}: once every node runs with the new key, "
+                   f"hdsd key confirm-rotation --config {config.path}")
+
+
+@key.command("confirm-rotation")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the node's TOML configuration")
+def key_confirm_rotation(config_path: str) -> None:
+    """Delete the old master-key files kept by rotate-master, once this node's key opens its
+    keyring and catalog (run it after every node of both sites was rotated and restarted)."""
+    from ..node import kept_old_keys, load_node_config, verify_master
+    from ..node._masterkey import load_master
+
+    config = load_node_config(config_path)
+    if config.master_key_file is None:
+        raise InvalidRequest("this node uses a passphrase: no key file is kept")
+    verify_master(config, load_master(config))
+    kept = kept_old_keys(config.master_key_file)
+    for path in kept:
+        path.unlink()
+    click.echo(f"node {config.name}: the current key opens its keyring and catalog; "
+               f"{len(kept)} old key file(s) deleted")

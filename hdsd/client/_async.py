@@ -10,6 +10,8 @@ or delete retried after an ambiguous failure is applied once. A put whose body c
 from __future__ import annotations
 
 import builtins
+import contextlib
+import functools
 import os
 import uuid
 import warnings
@@ -119,19 +121,27 @@ class AsyncClient:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        await self.aclose()
-        assert self._nursery_cm is not None
-        # Only background readers live in this nursery, and they end quietly: the body's own
-        # exception must reach the caller as itself, not wrapped in an exception group.
-        await self._nursery_cm.__aexit__(None, None, None)
+        try:
+            await self.aclose()
+        finally:
+            assert self._nursery_cm is not None
+            # Only background readers live in this nursery, and they end quietly: the body's
+            # own exception must reach the caller as itself, not wrapped in an exception group.
+            # Exited whatever aclose did, or trio's nursery stack is left corrupted.
+            await self._nursery_cm.__aexit__(None, None, None)
         return None
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
-        if session is not None:
-            await session.aclose()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        try:
+            if session is not None:
+                # A stream already broken or closed (a cancel mid-close, a reset) is closed
+                # enough: there is nothing left to tell the node.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await session.aclose()
+        finally:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     # -- connection --------------------------------------------------------------------------
     async def _connected(self) -> WireSession:
@@ -422,13 +432,29 @@ class AsyncClient:
                 yield entry
             if page.next is None:
                 return
+            if page.next == after:  # a node that cannot advance would loop forever
+                raise ProtocolError(f"listing of {bucket}: next {page.next!r} does not advance")
             after = page.next
 
     async def list_buckets(self) -> builtins.list[str]:
         """The buckets of this client's tenant that hold at least one version (delete markers
-        count), ascending, merged across every node of the site."""
-        body = await self._call(lambda rid: ListBucketsRequest(rid=rid))
-        return [str(b) for b in body["buckets"]]
+        count), ascending, merged across every node of the site (every page: the node answers
+        at most about 1 MiB of names at a time)."""
+        out: builtins.list[str] = []
+        after = ""
+        while True:
+            body = await self._call(functools.partial(self._list_buckets_request, after))
+            out.extend(str(b) for b in body["buckets"])
+            cursor = body.get("next")
+            if cursor is None:
+                return out
+            if not isinstance(cursor, str) or cursor <= after:
+                raise ProtocolError(f"bucket listing: next {cursor!r} does not advance")
+            after = cursor
+
+    @staticmethod
+    def _list_buckets_request(after: str, rid: int) -> ListBucketsRequest:
+        return ListBucketsRequest(rid=rid, after=after)
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
                      ) -> ObjectInfo:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import trio
 
-from .._errors import HdsdError
+from .._errors import HdsdError, ProtocolError
 from ._async import AsyncClient, Progress, PutSource, put_source
 from ._profile import Profile
 from ._results import ListPage, ObjectInfo
@@ -101,6 +101,20 @@ class Client:
              versions: bool = False) -> ListPage:
         return self._call(self._async.list, bucket, prefix, after=after, limit=limit,
                           versions=versions)
+
+    def list_all(self, bucket: str, prefix: str = "", *, versions: bool = False
+                 ) -> Iterator[ObjectInfo]:
+        """Every entry of the listing, page after page (each page is bounded by bytes, so
+        its length says nothing about the end: only ``next`` does)."""
+        after = ""
+        while True:
+            page = self.list(bucket, prefix, after=after, versions=versions)
+            yield from page.entries
+            if page.next is None:
+                return
+            if page.next == after:  # a node that cannot advance would loop forever
+                raise ProtocolError(f"listing of {bucket}: next {page.next!r} does not advance")
+            after = page.next
 
     def list_buckets(self) -> builtins.list[str]:
         return self._call(self._async.list_buckets)

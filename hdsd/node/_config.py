@@ -132,6 +132,8 @@ class NodeConfig:
     metrics_port: int = 0  # 0: a free port, chosen at start (Node.metrics_port)
     log_format: str = "text"
     log_level: str = "info"
+    # --- deployment (hdsd init bundles) ---
+    master_key_check: str = ""  # [keys] master_key_check: the key's fingerprint; "": unchecked
 
     def layout(self) -> Layout:
         return Layout(sites=tuple(s.name for s in self.sites), nodes=_node_infos(self.sites),
@@ -174,7 +176,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
              "on_corrupt_log": (str, False), "role": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, False), "master_passphrase_env": (str, False),
-             "master_salt_file": (str, False)},
+             "master_salt_file": (str, False),
+             "master_key_check": (str, False)},  # deployment: see _masterkey.master_key_check
     "cluster": {"id": (str, True), "chunk_size": (int, False), "compression_level": (int, False),
                 "inline_max": (int, False), "replicas_per_site": (int, False),
                 "write_policy": (str, False), "on_peer_site_loss": (str, False),
@@ -397,6 +400,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         master_passphrase_env=passphrase_env, master_salt_file=salt,
         metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,
         log_level=log_level, **bounds,
+        master_key_check=keys.get("master_key_check", ""),  # deployment
     )
 
 

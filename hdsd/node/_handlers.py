@@ -61,6 +61,7 @@ from ..wire import (
 from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
 from ._auth import authorize, check_bucket, check_key
 from ._health import cluster_status, tenant_status
+from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
 from ._reads import decode_version_cursor
@@ -426,27 +427,11 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
     limit = max(1, min(msg.limit, 1000))
     if msg.versions and msg.after:
         decode_version_cursor(msg.after)  # refuse a malformed cursor before any fan-out
-    # Each node of the site holds the keys placed on it: merge their parts. Each part is
-    # exact up to `limit`, so the first `limit` of the merge are exact too.
+    # Each node of the site holds the keys placed on it: merge their parts, each bounded by
+    # count and bytes; the merge is exact up to the smallest end of a part that has more.
     parts = await node.list_site(tenant, msg.bucket, msg.prefix, msg.after, limit,
                                  msg.versions)
-    cursor: str | None
-    if msg.versions:
-        unique = {(v.key, v.hlc, v.node): v for part in parts for v in part}
-        merged = [unique[k] for k in sorted(unique)][:limit]
-        entries = [v.public_info() for v in merged]
-        cursor = (f"{merged[-1].key}\x00{merged[-1].version_id}"
-                  if len(merged) == limit else None)
-    else:
-        best: dict[str, Version] = {}
-        for part in parts:
-            for v in part:
-                if v.key not in best or v.order > best[v.key].order:
-                    best[v.key] = v
-        keys = sorted(best)[:limit]
-        # Deleted keys are dropped after the merge: a page may be short, `next` stays exact.
-        entries = [best[k].public_info() for k in keys if not best[k].tombstone]
-        cursor = keys[-1] if len(keys) == limit else None
+    entries, cursor = merge_page(parts, versions=msg.versions, limit=limit)
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
 
 
@@ -456,6 +441,7 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
+    replayed = False
     async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
         if previous is None:
             await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
@@ -471,7 +457,8 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
         else:
             check_retry(previous, bucket=msg.bucket, key=msg.key, delete=True)
             await _settle(node, previous)
-    await session.send(Reply(rid=msg.rid, body=previous.public_info()))
+            replayed = True
+    await session.send(Reply(rid=msg.rid, body={**previous.public_info(), "replayed": replayed}))
 
 
 async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,
@@ -501,8 +488,9 @@ async def _list_buckets(node: Node, session: WireSession, ident: Identity,
                         msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
     authorize(ident.role, "list")
     tenant = ident.tenant or ""
-    buckets = await node.list_buckets_site(tenant)
-    await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets}))
+    buckets, cursor = merge_buckets(await node.list_buckets_site(tenant, msg.after))
+    await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets,
+                                                "next": cursor}))
 
 
 _Handler = Callable[..., Any]

@@ -14,9 +14,15 @@ crash the same command is simply run again.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import hashlib
 import os
+import stat
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nacl import utils
@@ -26,10 +32,14 @@ from .._errors import ConfigError
 from .._packing import packb, unpackb
 from ..catalog import CATALOG_FILE, Catalog
 from ..catalog._keys import SALT_BYTES, derive_master_key, unwrap_keys, wrap_keys
+from ..store import LOCK_NAME
 from ._config import NodeConfig
-from ._keyring import KEYRING_FILE, load_master_key
+from ._keyring import KEYRING_FILE, Keyring, load_master_key
 
-__all__ = ["create_salt", "load_master", "passphrase_master", "rotate_master"]
+__all__ = ["check_master", "create_salt", "keep_old_key", "kept_old_keys", "load_master",
+           "master_key_check", "node_stopped", "passphrase_master", "replace_key_file",
+           "rotate_master",
+           "set_key_check", "verify_master"]
 
 
 def create_salt(path: Path) -> None:
@@ -94,3 +104,108 @@ def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
             atomic_write(keyring, packb({"format": 1, "tenants": {**tenants, **changed}}), 0o600)
             count += len(changed)
     return count
+
+
+# --- deployment safety: the key's fingerprint, the store lock, the kept old key ----------------
+
+
+def master_key_check(master: bytes, cluster_id: str) -> str:
+    """A short keyed fingerprint of the master key, bound to the cluster id. ``hdsd init``
+    writes it into each node.toml (``[keys] master_key_check``) so a key file of another
+    cluster, or a copy not rotated with the rest, is refused at start even with an empty data
+    directory; the key cannot be recovered from it."""
+    return hashlib.blake2b(cluster_id.encode(), key=master, person=b"hdsd-mk-check",
+                           digest_size=8).hexdigest()
+
+
+def check_master(config: NodeConfig, master: bytes) -> None:
+    """:class:`ConfigError` (one line) if *master* is not the key this node.toml expects."""
+    if config.master_key_check and \
+            master_key_check(master, config.cluster_id) != config.master_key_check:
+        source = (str(config.master_key_file) if config.master_key_file is not None
+                  else f"the passphrase in ${config.master_passphrase_env}")
+        raise ConfigError(
+            f"the master key ({source}) is not this cluster's: its fingerprint differs from "
+            f"[keys] master_key_check in {config.path} (a key of another cluster, or a node "
+            "rotated without the others?)")
+
+
+@contextmanager
+def node_stopped(config: NodeConfig) -> Iterator[None]:
+    """Hold the store's lock, as a running ``hdsd serve`` does: :class:`ConfigError` if the
+    node runs (rotating under it would leave its in-memory keys and its files apart)."""
+    store = config.data_dir / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"node {config.name} is running (its store {store} is locked by "
+                              "another process): stop it first (systemctl stop hdsd)") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def keep_old_key(key_file: Path) -> Path | None:
+    """Copy the current key file to ``<name>.old-<UTC date and time>`` (0600) before it is
+    replaced, unless an identical copy is already kept (a rerun after a crash)."""
+    current = key_file.read_bytes()
+    for kept in sorted(key_file.parent.glob(key_file.name + ".old-*")):
+        if kept.read_bytes() == current:
+            return kept
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = key_file.with_name(f"{key_file.name}.old-{stamp}")
+    atomic_write(kept, current, 0o600)
+    _same_owner(kept, key_file.stat())
+    return kept
+
+
+def replace_key_file(key_file: Path, new: bytes) -> None:
+    """Write *new* over the key file atomically, keeping its owner: rotation runs as root,
+    the node as the unit's user, who must still read the file."""
+    before = key_file.stat()
+    atomic_write(key_file, new, 0o600)
+    _same_owner(key_file, before)
+
+
+def _same_owner(path: Path, like: os.stat_result) -> None:
+    st = path.stat()
+    if (st.st_uid, st.st_gid) != (like.st_uid, like.st_gid) and os.geteuid() == 0:
+        os.chown(path, like.st_uid, like.st_gid)
+
+
+def verify_master(config: NodeConfig, master: bytes) -> None:
+    """:class:`ConfigError` unless *master* is this node's key: its fingerprint, its keyring
+    and every live tenant of its catalog."""
+    check_master(config, master)
+    Keyring(config.data_dir / KEYRING_FILE, master)  # raises if the key does not open it
+    catalog = Catalog(config.data_dir / CATALOG_FILE)
+    try:
+        for entry in catalog.tenants():
+            if not entry.is_shredded:
+                unwrap_keys(master, entry.name, entry.wrapped)
+    finally:
+        catalog.close()
+
+
+def kept_old_keys(key_file: Path) -> list[Path]:
+    return sorted(key_file.parent.glob(key_file.name + ".old-*"))
+
+
+def set_key_check(config_path: Path, check: str) -> bool:
+    """Rewrite ``master_key_check`` in a node.toml (the one line only); True if changed."""
+    lines = config_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    changed = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("master_key_check"):
+            _, _, rest = line.partition("#")
+            comment = f"   #{rest}" if rest else "\n"
+            lines[i] = f'master_key_check = "{check}"' + comment
+            changed = True
+    if changed:
+        before = config_path.stat()
+        atomic_write(config_path, "".join(lines).encode(), stat.S_IMODE(before.st_mode))
+        _same_owner(config_path, before)
+    return changed

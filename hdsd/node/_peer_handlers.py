@@ -83,16 +83,18 @@ async def _fetch_chunk(node: Node, session: WireSession, ident: Identity, msg: F
 async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: ListPeer,
                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
     _check_layout(node, msg.layout, ident)
-    found = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
-                            msg.versions)
-    await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in found]}))
+    part = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
+                           msg.versions)
+    await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in part.versions],
+                                                "more": part.more}))
 
 
 async def _list_buckets_peer(node: Node, session: WireSession, ident: Identity,
                              msg: ListBucketsPeer,
                              inbox: trio.MemoryReceiveChannel[Message]) -> None:
     _check_layout(node, msg.layout, ident)
-    await session.send(Reply(rid=msg.rid, body={"buckets": node.store.buckets(msg.tenant)}))
+    part = node.list_buckets_local(msg.tenant, msg.after)
+    await session.send(Reply(rid=msg.rid, body={"buckets": part.buckets, "more": part.more}))
 
 
 async def _peer_status(node: Node, session: WireSession, ident: Identity,

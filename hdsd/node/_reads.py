@@ -3,7 +3,8 @@
 A key lives on its rendezvous replicas only, so a node reads through them: versions are merged
 across the replicas of its site (the other site is asked only when none here answers), a chunk
 missing or damaged locally is read from another replica and repaired here, a listing merges
-every node of the site, and a retried request id is looked for on the key's replicas.
+the byte-bounded parts of the nodes of the site (see ``_listing``), and a retried request id
+is looked for on the key's replicas.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from ..replication import PeerPool, Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
 from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
+from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
 __all__ = ["ReadPaths", "decode_version_cursor"]
 
 log = logging.getLogger("hdsd.node")
+
+#: Bucket names one node reads for its part of a bucket listing (then bounded by bytes).
+_BUCKETS_FETCH = 20_000
 
 
 def decode_version_cursor(text: str) -> tuple[str, int, str]:
@@ -57,50 +62,105 @@ class ReadPaths:
         raise NotImplementedError
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
-        """Every version of a key known to this site's replicas, merged (union)."""
+        """Every version of a key known to its replicas, merged (union).
+
+        Every acknowledged version is on at least one replica of each site (``each-site``),
+        but not necessarily on every one: the union is complete only once *every* replica of
+        one site answered. So this site's replicas are asked first; when one of them is silent
+        (or this node's own store cannot be trusted alone: rebuilding, or empty and not yet
+        compared), the other site's replicas are asked too. A silent replica never turns into
+        a false "not found": if nothing was found while no site answered whole, the read is
+        refused as unavailable (retry)."""
         replicas = self.replicator.replicas_for(tenant, bucket, key)
         found: dict[tuple[int, str], Version] = {}
-        asked_ok = local_ok = False
-        if self.config.name in replicas[self.config.site]:
-            local_ok = True
+        here = replicas[self.config.site]
+        answered: set[str] = set()
+        if self.config.name in here:
             for v in self.store.versions(tenant, bucket, key):
                 found[v.order] = v
-            # While rebuilding, the local store is still filling: ask the other replicas too;
-            # an empty store not yet compared with a peer asks them about what it lacks.
-            asked_ok = not self.rebuilding and not (self.checking and not found)
-        order = [n for n in replicas[self.config.site] if n != self.config.name]
-        remote = replicas[self.layout.other_site(self.config.site)]
-        for i, node in enumerate([*order, *remote]):
-            if i >= len(order) and asked_ok:
-                break  # the other site is asked only when no replica here answered
+            # While rebuilding, the local store is still filling; an empty store not yet
+            # compared with a peer may have been wiped: neither is this replica's whole answer.
+            if not self.rebuilding and not (self.checking and not found):
+                answered.add(self.config.name)
+
+        async def ask(node: str) -> None:
             try:
                 body = await self.peers.call(
                     node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
                                                     key), timeout=self.config.write_timeout_s)
             except HdsdError as exc:
                 log.info("event=read_fallback peer=%s error=%s", node, exc)
-                continue
-            asked_ok = True
+                return
+            answered.add(node)
             for raw in body.get("versions", []):
                 v = Version.from_wire(raw)
                 found[v.order] = v
-        if not (asked_ok or local_ok):
-            raise Unavailable(f"no replica of {bucket}/{key} answered; retry later")
+
+        async def ask_all(nodes: list[str]) -> None:
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(ask, node)
+
+        await ask_all([n for n in here if n != self.config.name])
+        if set(here) <= answered:
+            return sorted(found.values(), key=lambda v: v.order)
+        remote = replicas[self.layout.other_site(self.config.site)]
+        await ask_all(remote)
+        if not set(remote) <= answered and not found:
+            silent = sorted(n for nodes in replicas.values() for n in nodes if n not in answered)
+            raise Unavailable(f"replicas of {bucket}/{key} did not answer ({', '.join(silent)}) "
+                              "and no site answered whole; retry later")
         return sorted(found.values(), key=lambda v: v.order)
 
     def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
-                   versions: bool) -> list[Version]:
+                   versions: bool) -> Part:
+        """This node's part of a listing, bounded by count and by encoded bytes."""
         if versions:
-            cursor = decode_version_cursor(after) if after else None
-            return self.store.list_versions(tenant, bucket, prefix=prefix, after=cursor,
-                                            limit=limit)
-        return self.store.list_current(tenant, bucket, prefix=prefix, after=after, limit=limit,
-                                       include_deleted=True)
+            start = decode_version_cursor(after) if after else None
+
+            def fetch_versions(last: Version | None, n: int) -> list[Version]:
+                cursor = start if last is None else (last.key, last.hlc, last.node)
+                return self.store.list_versions(tenant, bucket, prefix=prefix, after=cursor,
+                                                limit=n)
+            return take_versions(fetch_versions, limit)
+
+        def fetch_current(last: Version | None, n: int) -> list[Version]:
+            return self.store.list_current(tenant, bucket, prefix=prefix,
+                                           after=after if last is None else last.key, limit=n,
+                                           include_deleted=True)
+        return take_versions(fetch_current, limit)
+
+    def list_buckets_local(self, tenant: str, after: str) -> BucketPart:
+        names = self.store.buckets(tenant, after=after, limit=_BUCKETS_FETCH)
+        part = take_buckets(names)
+        return BucketPart(part.buckets, part.more or len(names) == _BUCKETS_FETCH)
+
+    def _site_gap(self, what: str, plan: str, down: dict[str, str]) -> None:
+        """Raise :class:`Unavailable` unless every key placed on a *down* node of this site
+        also has a replica here that answered: with ``replicas_per_site`` ≥ 2 and fewer down
+        nodes than that, each key keeps at least one live replica in the site."""
+        if not down:
+            return
+        site = self.config.site
+        per_key = min(self.layout.replicas_per_site, len(self.layout.plan_nodes(site, plan)))
+        if len(down) < per_key:
+            log.info("event=listing_without nodes=%s replicas_per_site=%d", ",".join(down),
+                     self.layout.replicas_per_site)
+            return
+        other = self.layout.other_site(site)
+        raise Unavailable(
+            f"{what} from site {site} needs {', '.join(sorted(down))}, which did not answer ("
+            + "; ".join(f"{n}: {e}" for n, e in sorted(down.items()))
+            + f"); with replicas_per_site = {self.layout.replicas_per_site} some keys have no "
+            f"other replica in {site}: list from site {other} (--site {other}) or retry once "
+            "the node is back")
 
     async def list_site(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
-                        versions: bool) -> list[list[Version]]:
-        """Every node of this site's part of a listing (all must answer). While this node
-        rebuilds, the other site's nodes are asked too (their union covers what it lacks)."""
+                        versions: bool) -> list[Part]:
+        """Every node of this site's part of a listing. A node that does not answer is done
+        without when every key it holds has another replica here (else :class:`Unavailable`).
+        While this node rebuilds, the other site's nodes are asked too (their union covers
+        what it lacks)."""
         plan = self.replicator.plan_of(tenant)  # only nodes of the plan's role hold its keys
         names = [n.name for n in self.layout.plan_nodes(self.config.site, plan)]
         optional = set()
@@ -108,8 +168,8 @@ class ReadPaths:
             optional = {n.name for n in self.layout.plan_nodes(
                 self.layout.other_site(self.config.site), plan)}
             names += sorted(optional)
-        parts: dict[str, list[Version]] = {}
-        failures: list[str] = []
+        parts: dict[str, Part] = {}
+        down: dict[str, str] = {}
 
         async def ask(name: str) -> None:
             if name == self.config.name:
@@ -120,45 +180,58 @@ class ReadPaths:
                     name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
                                                prefix, after, limit, versions),
                     timeout=self.config.write_timeout_s)
-                parts[name] = [Version.from_wire(v) for v in body["versions"]]
-            except HdsdError as exc:
+                found = [Version.from_wire(v) for v in body["versions"]]
+                # A node without "more" answered by count alone: a full part may go on.
+                more = body.get("more", len(found) >= limit)
+                parts[name] = Part(found, more=bool(more))
+            except (HdsdError, KeyError, TypeError) as exc:
                 if name not in optional:
-                    failures.append(f"{name}: {exc}")
+                    down[name] = str(exc)
 
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(ask, name)
-        if failures:
-            raise Unavailable("a listing needs every node of the site; " + "; ".join(failures))
+        self._site_gap(f"listing {bucket}", plan, down)
         return list(parts.values())
 
-    async def list_buckets_site(self, tenant: str) -> list[str]:
-        """The buckets of *tenant* holding versions on any node of this site (all must answer:
-        a bucket whose keys all live on a silent node would be missing), ascending."""
+    async def list_buckets_site(self, tenant: str, after: str) -> list[BucketPart]:
+        """Every node of this site's part of a bucket listing (a node that does not answer is
+        done without as in :meth:`list_site`: a bucket whose keys all live on a silent node
+        would otherwise be missing)."""
         plan = self.replicator.plan_of(tenant)
         names = [n.name for n in self.layout.plan_nodes(self.config.site, plan)]
-        found: set[str] = set()
-        failures: list[str] = []
+        parts: list[BucketPart] = []
+        down: dict[str, str] = {}
 
         async def ask(name: str) -> None:
             if name == self.config.name:
-                found.update(self.store.buckets(tenant))
+                parts.append(self.list_buckets_local(tenant, after))
                 return
             try:
                 body = await self.peers.call(
-                    name, lambda rid: ListBucketsPeer(rid, self.layout.layout_id, tenant),
+                    name, lambda rid: ListBucketsPeer(rid, self.layout.layout_id, tenant, after),
                     timeout=self.config.write_timeout_s)
-                found.update(str(b) for b in body["buckets"])
+                found = [str(b) for b in body["buckets"]]
+                parts.append(BucketPart(found, more=bool(body.get("more", False))))
             except (HdsdError, KeyError, TypeError) as exc:
-                failures.append(f"{name}: {exc}")
+                down[name] = str(exc)
 
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(ask, name)
-        if failures:
-            raise Unavailable("listing buckets needs every node of the site; "
-                              + "; ".join(failures))
-        return sorted(found)
+        self._site_gap("listing buckets", plan, down)
+        return parts
+
+    async def buckets_site(self, tenant: str) -> list[str]:
+        """Every bucket of *tenant* holding versions in this site (every page, merged)."""
+        out: list[str] = []
+        after = ""
+        while True:
+            names, cursor = merge_buckets(await self.list_buckets_site(tenant, after))
+            out.extend(names)
+            if cursor is None:
+                return out
+            after = cursor
 
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
                             codec: ChunkCodec) -> bytes:

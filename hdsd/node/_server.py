@@ -66,7 +66,7 @@ from ._config import NodeConfig
 from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
-from ._masterkey import load_master
+from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
@@ -89,6 +89,7 @@ class Node(ReadPaths):
         self.config = config
         self.store = store
         master = load_master(config)
+        check_master(config, master)  # a key of another cluster: refused before anything
         self.keyring = Keyring(config.data_dir / KEYRING_FILE, master)
         self.clock = HybridClock(floor=store.max_hlc())
         self._codecs: dict[str, ChunkCodec] = {}

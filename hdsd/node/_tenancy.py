@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import (
+    ConfigError,
     HdsdError,
     InvalidRequest,
     LegalHold,
@@ -95,12 +96,34 @@ class Tenancy:
         self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
         self._reserved: dict[str, int] = {}  # declared sizes of puts in flight here
         self._recent: dict[str, int] = {}  # growth by puts done here since the usage snapshot
+        try:
+            self._check_catalog_keys(data_dir / CATALOG_FILE)
+        except ConfigError:
+            self.catalog.close()
+            raise
         self._import_seeds()
+        # Why the last catalog sync with each peer failed (none once it succeeds): shown by
+        # `hdsd status`, whose exit code says when a node cannot use its keys or catalog.
+        self.sync_failures: dict[str, str] = {}
 
     def close(self) -> None:
         self.catalog.close()
 
     # -- keys --------------------------------------------------------------------------------
+    def _check_catalog_keys(self, path: Path) -> None:
+        """Refuse to start with a master key that does not open this node's own catalog (a
+        wrong key file, or a node whose key was rotated without its catalog): one line at
+        start rather than every tenant refused later."""
+        for entry in self.catalog.tenants():
+            if not entry.is_shredded:
+                try:
+                    unwrap_keys(self._master, entry.name, entry.wrapped)
+                except HdsdError:
+                    raise ConfigError(
+                        f"the master key does not open the catalog's tenant keys (tenant "
+                        f"{entry.name!r} in {path}); wrong key file, or restore "
+                        "the key kept by hdsd key rotate-master") from None
+
     def _import_seeds(self) -> None:
         seeds = [TenantEntry(name=t, wrapped=blob, created=self._clock.now())
                  for t in self._keyring.tenants()
@@ -353,11 +376,22 @@ class Tenancy:
         async def one(name: str) -> None:
             try:
                 await self.sync_with(node, name)
-            except HdsdError as exc:
-                # An unreachable peer is reported by the peer pool (rate-limited).
-                quiet = isinstance(exc, Unavailable) and not node.peers.reachable(name)
+                self.sync_failures.pop(name, None)
+            except Unavailable as exc:
+                # The peer is down or unreachable: status shows that already (down), and a
+                # failure recorded before it went away stays until a sync succeeds. An
+                # unreachable peer is reported by the peer pool (rate-limited).
+                quiet = not node.peers.reachable(name)
                 log.log(logging.DEBUG if quiet else logging.INFO,
                         "event=catalog_sync_failed peer=%s error=%s", name, exc)
+            except HdsdError as exc:
+                # It answered but its catalog cannot be taken: a master key that does not
+                # open its entries, another layout... an operator must look. One warning per
+                # new reason, not one per sync period (`hdsd status` keeps showing it).
+                again = self.sync_failures.get(name) == str(exc)
+                log.log(logging.DEBUG if again else logging.WARNING,
+                        "event=catalog_sync_failed peer=%s error=%s", name, exc)
+                self.sync_failures[name] = str(exc)
 
         async with trio.open_nursery() as nursery:
             for n in node.layout.nodes:

@@ -28,19 +28,23 @@ from typing import Any
 
 import trio
 
-from .._errors import HdsdError
+from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
 from ..replication import PeerDoubts, PeerLink, to_thread
 from ..store import Store
+from ..wire import TreeLevel
 from ._scrub import ChunkOpener, Scrubber, ScrubReport
 from ._sync import AntiEntropy, RepairReport
 from ._trees import PeerTrees
 
-__all__ = ["Maintenance"]
+__all__ = ["LINK_WAIT_S", "Maintenance"]
 
 log = logging.getLogger("hdsd.repair")
 
 _SNAPSHOT_EVERY_S = 30.0
+#: How long a repair an operator asked for waits for a peer's link before failing the pair.
+LINK_WAIT_S = 30.0
+_LINK_POLL_S = 0.25
 _MIB = 1 << 20
 
 
@@ -95,6 +99,7 @@ class Maintenance:
         self.dead_tenants = dead_tenants
         self.layout = layout
         self.store = store
+        self.peers = peers
         self.trees = PeerTrees(store, layout, name, snapshot, plan_of)
         self.sync = AntiEntropy(name=name, layout_id=layout.layout_id, store=store, peers=peers,
                                 trees=self.trees, observe_hlc=observe_hlc,
@@ -232,12 +237,44 @@ class Maintenance:
         peers = [p for p in self.trees.peers if p > self.name]
         reports: list[dict[str, Any]] = []
         started = time.time()
+        # An operator is waiting for this round (hdsd repair): a peer restarted a moment ago
+        # is still being reconnected (backoff up to 2 s); wait for its link rather than fail.
+        asked = self.repair.requested > self.repair.completed
         for peer in peers:
+            if asked:
+                down = await self._await_link(peer, LINK_WAIT_S)
+                if down is not None:
+                    report = RepairReport(peer=peer, error=down)
+                    log.warning("event=repair_failed peer=%s error=%s", peer, down)
+                    reports.append(report.as_dict())
+                    continue
             self.repair.progress = {"peer": peer, "leaves_done": 0, "leaves_total": 0}
             report = await self._round(peer, self._progress(self.repair.progress))
             reports.append(report.as_dict())
         self.repair.progress = {}
         self.repair.last = {"started": started, "finished": time.time(), "peers": reports}
+
+    async def _await_link(self, peer: str, within: float) -> str | None:
+        """Wait until *peer* answers a request (at most *within* seconds); None once it does,
+        else why it stayed unreachable. Progress shows the wait (``hdsd repair --wait``)."""
+        t0 = trio.current_time()
+        while True:
+            try:
+                await self.peers.call(peer, lambda rid: TreeLevel(rid, self.layout.layout_id,
+                                                                  0, [0]),
+                                      timeout=max(0.5, min(self.sync.timeout, within)))
+                return None
+            except Unavailable as exc:
+                last = str(exc)
+            except HdsdError:
+                return None  # it answered: the round itself reports what it said
+            waited = trio.current_time() - t0
+            if waited >= within:
+                return (f"unavailable: peer {peer} still unreachable after waiting {within:g} s "
+                        f"for its link ({last}); is it running? run the repair again once it is")
+            self.repair.progress = {"peer": peer, "waiting_for_link": True,
+                                    "waited_s": round(waited, 1), "link_error": last}
+            await trio.sleep(_LINK_POLL_S)
 
     async def _scrub_run(self) -> None:
         report = ScrubReport()

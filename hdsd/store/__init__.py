@@ -8,6 +8,7 @@ from ._fs import FileSystem as FileSystem
 from ._index import Location as Location
 from ._index import key_hash as key_hash
 from ._records import ChunkRecord as ChunkRecord
+from ._store import LOCK_NAME as LOCK_NAME
 from ._store import CommitTicket as CommitTicket
 from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics

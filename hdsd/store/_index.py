@@ -324,12 +324,13 @@ class Index:
         rows = self._reader().execute("".join(sql), args).fetchall()
         return [_version(b) for (b,) in rows]
 
-    def buckets(self, tenant: str) -> list[str]:
+    def buckets(self, tenant: str, after: str = "", limit: int | None = None) -> list[str]:
         # A skip scan (one index probe per bucket) rather than DISTINCT over every version.
         out: list[str] = []
         conn = self._reader()
-        row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ?", (tenant,)).fetchone()
-        while row is not None and row[0] is not None:
+        row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ? AND bucket > ?",
+                           (tenant, after)).fetchone()
+        while row is not None and row[0] is not None and (limit is None or len(out) < limit):
             out.append(row[0])
             row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ? AND bucket > ?",
                                (tenant, row[0])).fetchone()

@@ -317,10 +317,11 @@ class Store:
         self._check_readable()
         return self._index.list_versions(tenant, bucket, prefix, after, max(limit, 0))
 
-    def buckets(self, tenant: str) -> list[str]:
-        """Buckets of *tenant* holding at least one version, ascending."""
+    def buckets(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Buckets of *tenant* holding at least one version, ascending, those greater than
+        *after*, at most *limit* (None: all)."""
         self._check_readable()
-        return self._index.buckets(tenant)
+        return self._index.buckets(tenant, after, limit)
 
     def tenant_usage(self) -> dict[str, int]:
         """Logical bytes of each tenant's current versions in this store (reads every head:

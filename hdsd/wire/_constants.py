@@ -54,6 +54,8 @@ MAX_VERSION_ID_BYTES: Final = 320  # 16 hex digits, a dot, a node name
 MAX_CODE_CHARS: Final = 64  # error codes, Goodbye codes
 MAX_TEXT_BYTES: Final = 16 * 1024  # human-readable error messages
 MAX_LIST_LIMIT: Final = 10_000
+#: A listing's ``after``: a key, or for ``versions`` listings ``key NUL version-id``.
+MAX_LIST_CURSOR_BYTES: Final = MAX_KEY_BYTES + 1 + MAX_VERSION_ID_BYTES
 
 # Frame type codes. 0x00 is never valid (a zeroed header is a bug, not a message);
 # 0x80-0xFF are reserved for peer (replication) messages.

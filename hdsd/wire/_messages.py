@@ -231,7 +231,9 @@ class StatRequest(Message):
 @dataclass(frozen=True, slots=True)
 class ListRequest(Message):
     """Keys of ``bucket`` starting with ``prefix``, strictly after ``after`` ("" = from the
-    start), at most ``limit``; every version of each key if ``versions``."""
+    start), at most ``limit`` and about 1 MiB of entries; every version of each key if
+    ``versions``. Reply body ``{"entries": [...], "next": str | None}``: pass ``next`` back as
+    ``after`` until it is None (a page may be short, even empty, before the end)."""
 
     rid: int
     bucket: str
@@ -244,7 +246,7 @@ class ListRequest(Message):
         F.check_rid(self.rid)
         F.check_bucket(self.bucket)
         F.check_key(self.prefix, "prefix", allow_empty=True)
-        F.check_key(self.after, "after", allow_empty=True)
+        F.check_str("after", self.after, max_bytes=C.MAX_LIST_CURSOR_BYTES)
         F.check_int("limit", self.limit, 1, C.MAX_LIST_LIMIT)
         F.check_bool("versions", self.versions)
 
@@ -318,9 +320,13 @@ class ErrorReply(Message):
 @dataclass(frozen=True, slots=True)
 class ListBucketsRequest(Message):
     """The buckets holding at least one version (delete markers count) of the caller's tenant,
-    merged across every node of the site; Reply body ``{"tenant": str, "buckets": [str]}``."""
+    merged across every node of the site, ascending, those after ``after`` ("" = from the
+    start); Reply body ``{"tenant": str, "buckets": [str], "next": str | None}``: a page of at
+    most about 1 MiB of names; pass ``next`` back as ``after`` until it is None."""
 
     rid: int
+    after: str = ""
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
+        F.check_str("after", self.after, max_chars=C.MAX_BUCKET_CHARS, allow_empty=True)

@@ -110,7 +110,10 @@ class FetchChunk(Message):
 class ListPeer(Message):
     """One node's part of a listing: the versions it holds under ``prefix`` strictly after key
     ``after`` — every version if ``versions``, else the current one of each key, delete markers
-    included (the coordinator merges the nodes of a site and drops deleted keys itself)."""
+    included (the coordinator merges the nodes of a site and drops deleted keys itself).
+
+    Reply body ``{"versions": [...], "more": bool}``: at most ``limit`` versions and about
+    1 MiB of them, without chunk ids or inline payloads; ``more`` when it stopped early."""
 
     rid: int
     layout: str
@@ -127,7 +130,7 @@ class ListPeer(Message):
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
         F.check_bucket(self.bucket)
         F.check_key(self.prefix, "prefix", allow_empty=True)
-        F.check_key(self.after, "after", allow_empty=True)
+        F.check_str("after", self.after, max_bytes=C.MAX_LIST_CURSOR_BYTES)
         F.check_int("limit", self.limit, 1, C.MAX_LIST_LIMIT)
         F.check_bool("versions", self.versions)
 
@@ -193,15 +196,18 @@ class AuditShip(Message):
 
 @dataclass(frozen=True, slots=True)
 class ListBucketsPeer(Message):
-    """One node's part of a bucket listing: the buckets of ``tenant`` it holds versions of
-    (Reply body ``{"buckets": [str]}``)."""
+    """One node's part of a bucket listing: the buckets of ``tenant`` it holds versions of,
+    after ``after``, ascending (Reply body ``{"buckets": [str], "more": bool}``: ``more`` when
+    it stopped early, at about 1 MiB of names)."""
 
     rid: int
     layout: str
     tenant: str
+    after: str = ""
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         _check_layout(self.layout)
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
+        F.check_str("after", self.after, max_chars=C.MAX_BUCKET_CHARS, allow_empty=True)
 

@@ -145,3 +145,53 @@ def test_requests_are_audited_shipped_and_verified(
     assert bad.returncode == 5
     assert f"seq {target.seq}: hash mismatch" in bad.stderr.decode()
     assert b"Traceback" not in bad.stderr
+
+
+@pytest.fixture
+def unsigned_cluster(tmp_path: Path) -> Iterator[tuple[Path, NodeProcess, NodeProcess]]:
+    """Checkpoints only at a stop: a live node's tail stays unsigned while the test looks."""
+    root = tmp_path / "cluster"
+    init_cluster(root)
+    for name in (ORIGIN, OTHER):
+        config = root / name / "node.toml"
+        config.write_text(config.read_text() + "\n[audit]\ncheckpoint_s = 3600\n")
+    other = NodeProcess(root / OTHER / "node.toml").start()
+    origin = NodeProcess(root / ORIGIN / "node.toml").start()
+    try:
+        yield root, origin, other
+    finally:
+        origin.kill()
+        other.kill()
+
+
+def _verdict(*args: str) -> str:
+    proc = run_cli("audit", "verify", *args)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    return proc.stdout.decode().strip().splitlines()[-1]
+
+
+def test_verify_on_a_live_node_and_on_a_copy_whose_origin_stopped_last(
+        unsigned_cluster: tuple[Path, NodeProcess, NodeProcess]) -> None:
+    root, origin, other = unsigned_cluster
+    with hdsd.Client(root / "client.toml") as admin:
+        for i in range(20):
+            admin.put("scans", f"live/{i}", b"x" * 100)
+            assert admin.get("scans", f"live/{i}") == b"x" * 100
+    local = root / ORIGIN / "data" / "audit"
+    shipped = copy_dir(root / OTHER / "data" / "audit", ORIGIN)
+    _wait_for(lambda: sum(r.bucket == "scans" for r in _requests(local)) == 40, "the records")
+    _wait_for(lambda: sum(r.bucket == "scans" for r in _requests(shipped)) == 40, "the copy")
+    pubkey = str(root / "audit-keys" / f"{ORIGIN}.pub")
+    # The node is running and has signed nothing since it started: exit 0, an unsigned tail.
+    for _ in range(3):
+        line = _verdict("--data-dir", str(root / ORIGIN / "data"), "--pubkey", pubkey)
+        assert line.startswith("verdict: unsigned tail: ") and "not yet checkpointed" in line
+    # The receiver stops first, then the origin: its final checkpoint never reaches the copy.
+    assert other.stop() == 0, other.log()
+    assert origin.stop() == 0, origin.log()
+    line = _verdict("--data-dir", str(root / OTHER / "data"), "--origin", ORIGIN,
+                    "--pubkey", pubkey)
+    assert line.startswith("verdict: unsigned tail: ") and "records" in line, line
+    # The origin's own log ends with the checkpoint of its clean stop.
+    line = _verdict("--data-dir", str(root / ORIGIN / "data"), "--pubkey", pubkey)
+    assert line.startswith("verdict: signed: "), line

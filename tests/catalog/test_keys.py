@@ -24,7 +24,7 @@ def test_passphrase_mode_derives_the_master_key(tmp_path: Path,
     create_salt(tmp_path / "master.salt")
     config_file = tmp_path / "dc1-n1" / "node.toml"
     text = config_file.read_text().replace(
-        'master_key_file = "../master.key"',
+        'master_key_file = "master.key"',
         'master_passphrase_env = "HDSD_MASTER_PASSPHRASE"\nmaster_salt_file = "../master.salt"')
     config_file.write_text(text)
     config = load_node_config(config_file)
@@ -37,7 +37,7 @@ def test_passphrase_mode_derives_the_master_key(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         derive_master_key(PASSPHRASE.encode(), b"short")
     assert PASSPHRASE not in str(info.value) + repr(info.value)
-    both = text.replace('master_passphrase_env', 'master_key_file = "../master.key"\n'
+    both = text.replace('master_passphrase_env', 'master_key_file = "master.key"\n'
                                                   'master_passphrase_env')
     config_file.write_text(both)
     with pytest.raises(ConfigError, match="either master_key_file or master_passphrase_env"):
@@ -90,10 +90,20 @@ async def test_no_key_in_logs_errors_or_reprs(tmp_path: Path,
                 "--new-key-file", str(new_file), check=True)
     seen_errors.append(proc.stdout.decode() + proc.stderr.decode())
     new_master = new_file.read_bytes()
-    assert (root / "master.key").read_bytes() == new_master  # replaced in place
+    # this node's key file only, replaced in place; the old key kept beside it
+    assert (root / "dc1-n1" / "master.key").read_bytes() == new_master
+    assert (root / "dc2-n1" / "master.key").read_bytes() == old_master
+    assert [k.read_bytes() for k in (root / "dc1-n1").glob("master.key.old-*")] == [old_master]
     # the default tenant, in the catalog and in the keyring seed file
     assert rotate_master(configs[1].data_dir, old_master, new_master) == 2
     assert rotate_master(configs[1].data_dir, old_master, new_master) == 0  # idempotent
+    # dc2-n1's catalog is rewrapped but its key file is still the old one: refused at start
+    refused = hdsd("serve", "--config", str(root / "dc2-n1" / "node.toml"), timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.decode().startswith("hdsd: error: the master key does not open the ")
+    hdsd("key", "rotate-master", "--config", str(root / "dc2-n1" / "node.toml"),
+         "--new-key-file", str(new_file), check=True)
+    configs = [load_node_config(root / n / "node.toml") for n in ("dc1-n1", "dc2-n1")]
     with trio.fail_after(60):  # the data was not touched: the rotated nodes read it back
         async with trio.open_nursery() as nursery:
             for config in configs:

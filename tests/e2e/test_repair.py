@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,3 +273,42 @@ def test_a_damaged_log_range_found_at_start_is_set_aside_and_refetched(
     with hdsd.Client(profile, site="dc2") as c:
         for key, data in written.items():
             assert c.get(BUCKET, key) == data
+
+
+def test_repair_right_after_a_restart_waits_for_the_links(cluster: Cluster) -> None:
+    """A node restarted a moment ago: the other node's link to it is in its reconnect backoff
+    (status asked it while it was down). `repair --wait` waits for the link: exit 0."""
+    profile = cluster.profile
+    with hdsd.Client(profile, site="dc1") as c:
+        c.put(BUCKET, "before", b"x")
+    cluster.nodes["dc2-n1"].kill()
+    starting = threading.Event()
+
+    def ask_status() -> None:
+        # dc1-n1 tries to reach dc2-n1 for every status: its reconnect backoff grows to its
+        # 2 s cap and the last failure falls just before dc2-n1 listens again.
+        with hdsd.Client(profile, site="dc1") as c:
+            while not starting.is_set():
+                c.status()
+
+    asker = threading.Thread(target=ask_status)
+    asker.start()
+    try:
+        time.sleep(4)
+        cluster.nodes["dc2-n1"].start()
+    finally:
+        starting.set()
+        asker.join()
+    results = _repair(profile)
+    rounds = _rounds(results)
+    assert [r["peer"] for r in rounds] == ["dc2-n1"] and rounds[0]["error"] is None, results
+
+
+def test_repair_names_a_peer_that_stays_unreachable(cluster: Cluster) -> None:
+    cluster.nodes["dc2-n1"].kill()
+    proc = cli("--profile", str(cluster.profile), "repair", "--wait")
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "dc1-n1 ↔ dc2-n1: FAILED unavailable: peer dc2-n1 still unreachable after waiting" \
+        in out, out
+    assert "unreachable" in out and proc.stderr.decode().count("\n") == 1

@@ -49,8 +49,9 @@ def hdsd(*args: str, input: bytes | None = None, env: dict[str, str] | None = No
 TEST_SEGMENT_MIB = 8
 
 
-def init_cluster(root: Path, *, nodes_per_site: int = 1, backup_nodes_per_site: int = 0) -> Path:
-    ports = free_ports(2 * (nodes_per_site + backup_nodes_per_site))
+def init_cluster(root: Path, *, nodes_per_site: int = 1, backup_nodes_per_site: int = 0,
+                 ports: list[int] | None = None) -> Path:
+    ports = ports or free_ports(2 * (nodes_per_site + backup_nodes_per_site))
     hdsd("init", str(root), "--nodes-per-site", str(nodes_per_site),
          "--backup-nodes-per-site", str(backup_nodes_per_site),
          "--ports", ",".join(map(str, ports)), check=True)

@@ -10,8 +10,12 @@ from tests.helpers.cluster import NodeProcess
 
 
 def add_sections(config: Path, text: str) -> None:
-    """Insert TOML sections before [[sites]] (the array of tables must stay last)."""
+    """Insert TOML sections before [[sites]] (the array of tables must stay last), replacing
+    a section of the same name that `hdsd init` wrote (it writes [log])."""
     body = config.read_text()
+    for name in re.findall(r"^\[(\w+)\]", text, flags=re.M):
+        body = re.sub(rf"^\[{name}\]\n(?:[^\[\n][^\n]*\n|\n)*?(?=\n|\[)", "", body,
+                      flags=re.M)
     at = body.index("\n[[sites]]")
     config.write_text(body[:at] + "\n" + text.strip() + "\n" + body[at:])
 

@@ -178,11 +178,33 @@ def test_master_key_of_another_cluster(cluster: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     init_cluster(other)
     config = cluster / "dc1-n1" / "wrong-key.toml"
-    config.write_text((cluster / "dc1-n1" / "node.toml").read_text()
-                      .replace('"../master.key"', f'"{other / "master.key"}"'))
+    text = (cluster / "dc1-n1" / "node.toml").read_text()
+    config.write_text(text.replace('"master.key"', f'"{other / "master.key"}"'))
+    code, err = _serve_fails(config)
+    assert code == 2
+    assert err.startswith("hdsd: error: the master key (") and "is not this cluster's" in err
+    # Without the fingerprint (a node.toml written by hand), the keyring still catches it.
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.startswith("master_key_check")) + "\n")
     code, err = _serve_fails(config)
     assert code == 2
     assert err.startswith("hdsd: error: the master key does not open the keyring ")
+
+
+def test_master_key_of_another_cluster_with_an_empty_data_dir(cluster: Path,
+                                                              tmp_path: Path) -> None:
+    # A replaced disk: nothing in the data directory to check the key against, but the
+    # node.toml's fingerprint still tells a key of another cluster apart.
+    other = tmp_path / "other"
+    init_cluster(other)
+    config = cluster / "dc1-n1" / "empty-data.toml"
+    text = (cluster / "dc1-n1" / "node.toml").read_text()
+    config.write_text(text.replace('"master.key"', f'"{other / "master.key"}"')
+                      .replace('data_dir = "data"', f'data_dir = "{tmp_path / "empty"}"'))
+    code, err = _serve_fails(config)
+    assert code == 2
+    assert err.startswith("hdsd: error: the master key (") and "is not this cluster's" in err
+    assert not (tmp_path / "empty" / "keyring.hdsd").exists()
 
 
 def test_second_serve_on_the_same_data_directory(cluster: Path) -> None:

@@ -26,7 +26,7 @@ def test_two_site_local_loads_in_an_init_tree(tmp_path: Path) -> None:
     config = load_node_config(node_dir / "node.toml")
     assert (config.name, config.site, config.port) == ("dc1-n1", "dc1", 7400)
     assert config.data_dir == node_dir / "data"
-    assert config.master_key_file == tmp_path / "master.key"
+    assert config.master_key_file == node_dir / "master.key"  # the bundle's own copy
     assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9400)
     assert (config.log_format, config.write_policy) == ("text", "each-site")
     assert [n.name for n in config.layout().nodes] == ["dc1-n1", "dc2-n1"]

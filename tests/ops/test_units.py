@@ -119,8 +119,9 @@ def test_metrics_and_log_keys(cluster: Path, tmp_path: Path, sections: str,
                               expect: str | None) -> None:
     config = tmp_path / "node.toml"
     text = (cluster / "dc1-n1" / "node.toml").read_text()
-    config.write_text(text.replace('"../', f'"{cluster}/').replace('= "node-', f'= "{cluster}/'
-                                                                   'dc1-n1/node-'))
+    for name in ("ca.crt", "node-dc1-n1.crt", "node-dc1-n1.key", "master.key"):
+        text = text.replace(f'"{name}"', f'"{cluster / "dc1-n1" / name}"')
+    config.write_text(text)
     add_sections(config, sections)
     if expect is None:
         loaded = load_node_config(config)

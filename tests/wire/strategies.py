@@ -88,7 +88,7 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.DeleteRequest: st.builds(wire.DeleteRequest, rids, request_ids, buckets, keys),
     wire.VersionsRequest: st.builds(wire.VersionsRequest, rids, buckets, keys),
     wire.StatusRequest: st.builds(wire.StatusRequest, rids),
-    wire.ListBucketsRequest: st.builds(wire.ListBucketsRequest, rids),
+    wire.ListBucketsRequest: st.builds(wire.ListBucketsRequest, rids, st.just("") | buckets),
     wire.Reply: st.builds(wire.Reply, rids, free_maps),
     wire.ErrorReply: st.builds(wire.ErrorReply, rids, codes, texts),
     # node ↔ node
@@ -105,7 +105,8 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.PeerStatusRequest: st.builds(wire.PeerStatusRequest, rids, layouts),
     wire.ListPeer: st.builds(wire.ListPeer, rids, layouts, tenants, buckets, prefixes, prefixes,
                              st.integers(1, C.MAX_LIST_LIMIT), st.booleans()),
-    wire.ListBucketsPeer: st.builds(wire.ListBucketsPeer, rids, layouts, tenants),
+    wire.ListBucketsPeer: st.builds(wire.ListBucketsPeer, rids, layouts, tenants,
+                                    st.just("") | buckets),
     wire.SiteModeRequest: st.builds(
         wire.SiteModeRequest, rids, tenants, st.sampled_from(wire.SITE_MODES), texts
     ),

@@ -1,0 +1,87 @@
+"""A repair an operator asked for waits for a peer's link (bounded) instead of failing the
+pair at once; only a peer that stays unreachable fails it, with a clear reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from hdsd import ConnectionLost
+from hdsd.repair import Maintenance
+from hdsd.repair._service import LINK_WAIT_S
+from hdsd.store import Store
+from hdsd.wire import Message
+
+from .test_sync import Link, Pair, _layout, _version
+
+
+class Flaky:
+    """The link of a node whose peer is back only at *up_at* (trio time; None: never)."""
+
+    def __init__(self, inner: Link, up_at: float | None) -> None:
+        self.inner = inner
+        self.up_at = up_at
+        self.refused = 0
+
+    def reachable(self, node: str) -> bool:
+        return self.up_at is not None and trio.current_time() >= self.up_at
+
+    async def call(self, node: str, make: Callable[[int], Message], *,
+                   timeout: float) -> dict[str, Any]:
+        if not self.reachable(node):
+            self.refused += 1
+            raise ConnectionLost(f"peer {node} unreachable (connection refused); next attempt "
+                                 "in 1.60 s")
+        return await self.inner.call(node, make, timeout=timeout)
+
+
+async def _round(tmp_path: Path, up_at: float | None) -> tuple[dict[str, Any], Flaky,
+                                                               list[dict[str, Any]]]:
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        for n in ("a0", "b0"):  # not empty: no rebuild at start
+            v, chunks = _version(f"from-{n}", 1, n, 1)
+            await pair.stores[n].commit([*chunks, v])
+        pair.open()
+        link = Flaky(Link("a0", pair.sides), up_at)
+        store: Store = pair.stores["a0"]
+        m = Maintenance(name="a0", layout=pair.layout, store=store, peers=link,
+                        snapshot=tmp_path / "a0.snap", observe_hlc=lambda h: None,
+                        open_chunk=lambda t, c, p: None, repair_interval_s=0,
+                        repair_rate_mib_s=1000, scrub_interval_s=0, scrub_rate_mib_s=1000,
+                        timeout=10)
+        seen: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(m.run)
+            m.start("repair")
+            while m.repair.completed < 1:
+                if m.repair.progress.get("waiting_for_link"):
+                    seen.append(dict(m.repair.progress))
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert m.repair.last is not None
+        return m.repair.last, link, seen
+    finally:
+        pair.close()
+
+
+async def test_a_peer_back_within_the_wait_is_repaired(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    last, link, seen = await _round(tmp_path, up_at=trio.current_time() + 5)
+    (peer,) = last["peers"]
+    assert peer["peer"] == "b0" and peer["error"] is None and peer["versions_received"] == 1
+    assert link.refused > 1 and seen and seen[-1]["peer"] == "b0"
+    assert "connection refused" in seen[-1]["link_error"]
+
+
+async def test_a_peer_that_stays_down_fails_its_pair_clearly(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    t0 = trio.current_time()
+    last, _, _ = await _round(tmp_path, up_at=None)
+    (peer,) = last["peers"]
+    assert peer["error"].startswith("unavailable: peer b0 still unreachable after waiting 30 s")
+    assert trio.current_time() - t0 >= LINK_WAIT_S  # mock time: bounded, then given up
