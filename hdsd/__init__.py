@@ -29,6 +29,8 @@ from ._errors import RetentionLocked as RetentionLocked
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFailedError as StoreFailedError
 from ._errors import StoreInUse as StoreInUse
+from ._errors import TenantConflict as TenantConflict
+from ._errors import TenantPending as TenantPending
 from ._errors import TenantShredded as TenantShredded
 from ._errors import TooManyConnections as TooManyConnections
 from ._errors import Unavailable as Unavailable

@@ -10,7 +10,8 @@ the condition, and its message says what happened and what to do. Each class has
 
 Exit codes by class: 1 generic, 2 usage/config, 3 not found, 4 permission/authentication,
 5 integrity/corruption, 6 unavailable (quorum, timeout, peer down), 7 storage failure, 8 over quota,
-9 request id reused for another request.
+9 request id reused for another request, 12 tenant not confirmed (its creation is pending, or
+lost to another creation of the same name). `hdsd status` uses 10 and 11 for its own verdicts.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ __all__ = [
     "StoreClosedError",
     "StoreFailedError",
     "StoreInUse",
+    "TenantConflict",
+    "TenantPending",
     "TenantShredded",
     "TooManyConnections",
     "Unavailable",
@@ -276,6 +279,26 @@ class TenantShredded(PermissionDenied):
 
     code = "tenant_shredded"
     exit_code = 4
+
+
+class TenantPending(HdsdError):
+    """The tenant's creation is not confirmed yet: not every node of both sites has
+    acknowledged holding the same keys, so nothing may be written (or read) under them. The
+    message names the creation, the node that made it and where it waits. It ends when the
+    creation is confirmed (``hdsd tenant create --resume NAME``) or abandoned (``hdsd tenant
+    abandon NAME``); not retried by the clients, since it may last until a site is back."""
+
+    code = "tenant_pending"
+    exit_code = 12
+
+
+class TenantConflict(HdsdError):
+    """Another creation of the same tenant name won (or the creation was confirmed when an
+    abandon was asked): this creation can never be confirmed, and nothing was ever written
+    under its keys. The message names the creation that holds the name."""
+
+    code = "tenant_conflict"
+    exit_code = 12
 
 
 class WrongRole(HdsdError):

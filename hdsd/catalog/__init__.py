@@ -6,6 +6,8 @@ from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
+from ._model import CONFIRMED as CONFIRMED
+from ._model import PENDING as PENDING
 from ._model import BucketEntry as BucketEntry
 from ._model import Entry as Entry
 from ._model import HoldEntry as HoldEntry

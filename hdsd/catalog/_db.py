@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
@@ -77,6 +78,7 @@ class Catalog:
         if "plan" not in columns:  # a catalog written before tenants had plans
             self._db.execute("ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL "
                              "DEFAULT 'standard'")
+        self._migrate_creations(columns)
         self._entries: dict[tuple[str, ...], Entry] = {}
         self._load()
 
@@ -84,12 +86,24 @@ class Catalog:
         with self._lock:
             self._db.close()
 
+    def _migrate_creations(self, columns: set[str]) -> None:
+        """Tenants created before creations were confirmed are confirmed: every node already
+        serves them, so the column defaults say so (one ALTER each, in place)."""
+        for column, decl in (("epoch", "INTEGER NOT NULL DEFAULT 0"),
+                             ("creation", "BLOB NOT NULL DEFAULT x''"),
+                             ("state", "TEXT NOT NULL DEFAULT 'confirmed'"),
+                             ("origin", "TEXT NOT NULL DEFAULT ''")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE tenants ADD COLUMN {column} {decl}")
+
     def _load(self) -> None:
         for row in self._db.execute("SELECT name, wrapped, created, quota_bytes, quota_hlc, "
-                                    "key_generation, shredded, plan FROM tenants"):
+                                    "key_generation, shredded, plan, epoch, creation, state, "
+                                    "origin FROM tenants"):
             t = TenantEntry(name=row[0], wrapped=row[1] or b"", created=_u(row[2]),
                             quota_bytes=row[3], quota_hlc=_u(row[4]), key_generation=row[5],
-                            shredded=_u(row[6]), plan=row[7])
+                            shredded=_u(row[6]), plan=row[7], epoch=row[8],
+                            creation=bytes(row[9]), state=row[10], origin=row[11])
             self._entries[t.ident] = t
         for row in self._db.execute("SELECT tenant, name, retention_days, created FROM buckets"):
             b = BucketEntry(tenant=row[0], name=row[1], retention_days=row[2], created=_u(row[3]))
@@ -115,18 +129,34 @@ class Catalog:
                 new = entry if old is None else merge(old, entry)
                 if new != old:
                     changed[new.ident] = new
-            if not changed:
-                return []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for entry in changed.values():
-                    self._write(entry)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._entries.update(changed)
-            return list(changed.values())
+            return self._commit(changed)
+
+    def _commit(self, changed: dict[tuple[str, ...], Entry]) -> list[Entry]:
+        if not changed:
+            return []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in changed.values():
+                self._write(entry)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._entries.update(changed)
+        return list(changed.values())
+
+    def update_tenant(self, name: str, decide: Callable[[TenantEntry | None], TenantEntry]
+                      ) -> tuple[list[Entry], TenantEntry]:
+        """Merge in ``decide(current entry of name)``, atomically with that decision: a vote
+        or a confirmation checks what this node holds and changes it in one step (*decide*
+        raises to refuse, and nothing changes). Returns (changed entries, the entry now)."""
+        with self._lock:
+            old = self.tenant(name)
+            new = decide(old)
+            merged = new if old is None else merge(old, new)
+            assert isinstance(merged, TenantEntry)
+            changed = self._commit({merged.ident: merged} if merged != old else {})
+            return changed, merged
 
     def _write(self, e: Entry) -> None:
         if isinstance(e, TenantEntry):
@@ -134,14 +164,17 @@ class Catalog:
             # (and its key bytes) is zeroed when it is rewritten.
             self._db.execute(
                 "INSERT INTO tenants (name, wrapped, created, quota_bytes, quota_hlc, "
-                "key_generation, shredded, plan) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "key_generation, shredded, plan, epoch, creation, state, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE "
                 "SET wrapped = excluded.wrapped, created = excluded.created, "
                 "quota_bytes = excluded.quota_bytes, quota_hlc = excluded.quota_hlc, "
                 "key_generation = excluded.key_generation, shredded = excluded.shredded, "
-                "plan = excluded.plan",
+                "plan = excluded.plan, epoch = excluded.epoch, creation = excluded.creation, "
+                "state = excluded.state, origin = excluded.origin",
                 (e.name, e.wrapped or None, _s(e.created), e.quota_bytes, _s(e.quota_hlc),
-                 e.key_generation, _s(e.shredded), e.plan))
+                 e.key_generation, _s(e.shredded), e.plan, e.epoch, e.creation, e.state,
+                 e.origin))
         elif isinstance(e, BucketEntry):
             self._db.execute(
                 "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
@@ -172,10 +205,7 @@ class Catalog:
             for name, blob in rewrapped.items():
                 old = self._entries[("tenant", name)]
                 assert isinstance(old, TenantEntry)
-                self._entries[old.ident] = TenantEntry(
-                    name=name, wrapped=blob, created=old.created, quota_bytes=old.quota_bytes,
-                    quota_hlc=old.quota_hlc, key_generation=old.key_generation,
-                    shredded=old.shredded, plan=old.plan)
+                self._entries[old.ident] = replace(old, wrapped=blob)
 
     # -- reads -------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
@@ -226,17 +256,25 @@ def tenant_in_catalog(path: Path, name: str) -> bool:
 
 
 def tenant_state_in_catalog(path: Path, name: str) -> str | None:
-    """``"live"``, ``"shredded"``, or None when the catalog file at *path* (of a node, running
-    or not) does not know tenant *name*; read-only, for offline tools (``hdsd cert issue``)."""
+    """``"live"``, ``"shredded"``, ``"pending"`` or ``"abandoning"`` (a creation not confirmed
+    yet), or None when the catalog file at *path* (of a node, running or not) does not know
+    tenant *name* (or knows it abandoned); read-only, for offline tools (``hdsd cert issue``)."""
     if not path.exists():
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT shredded FROM tenants WHERE name = ?", (name,)).fetchone()
+        row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+        columns = [c[0] for c in db.execute("SELECT * FROM tenants LIMIT 0").description]
     except sqlite3.OperationalError:
         return None  # no table yet
     finally:
         db.close()
     if row is None:
         return None
-    return "shredded" if _u(row[0]) != 0 else "live"
+    fields = dict(zip(columns, row, strict=True))
+    if _u(fields["shredded"]) != 0:
+        return "shredded"
+    state = fields.get("state", "confirmed")  # a catalog from before creations were confirmed
+    if state == "abandoned":
+        return None  # an abandoned creation holds no keys: the name is free for a new one
+    return "live" if state == "confirmed" else str(state)

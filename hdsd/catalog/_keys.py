@@ -8,12 +8,13 @@ catalog unchanged. Nothing here logs, and no error message or repr carries key b
 
 from __future__ import annotations
 
+import blake3
 from nacl import bindings, exceptions, pwhash, utils
 
 from .._errors import ConfigError
 from ..pipeline import TenantKeys
 
-__all__ = ["SALT_BYTES", "derive_master_key", "unwrap_keys", "wrap_keys"]
+__all__ = ["SALT_BYTES", "derive_master_key", "seed_creation", "unwrap_keys", "wrap_keys"]
 
 _AAD_PREFIX = b"hdsd-tenant-keys-v1\x00"
 _NONCE = bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -46,3 +47,11 @@ def derive_master_key(passphrase: bytes, salt: bytes) -> bytes:
         raise ConfigError("the master passphrase is empty")
     return pwhash.argon2id.kdf(32, passphrase, salt, opslimit=pwhash.argon2id.OPSLIMIT_MODERATE,
                                memlimit=pwhash.argon2id.MEMLIMIT_MODERATE)
+
+
+def seed_creation(keys: TenantKeys) -> bytes:
+    """A creation id for keys seeded into every node's keyring (``hdsd init``, ``hdsd cert
+    issue``): derived from the keys, so every node importing the seed names the same creation
+    whatever nonce wrapped its copy; one-way, so it reveals nothing of them."""
+    return blake3.blake3(keys.data_key + keys.dedup_key,
+                         derive_key_context="hdsd 2026 tenant seed creation id").digest(length=16)

@@ -5,13 +5,18 @@ a hold by tenant, bucket and key). Two entries with the same identity merge with
 which is commutative, associative and idempotent (a join-semilattice), so nodes that receive the
 same updates in any order, any number of times, hold the same catalog:
 
-* **tenant** — creation is a union. *Shredding is terminal*: once either side is shredded the
-  merge is shredded (at the earliest shredding HLC) and holds no key bytes at all, so a shredded
-  tenant never comes back. Two creations of the same name (an operator racing himself on two
-  nodes) resolve to the earliest ``(created, wrapped)``: every node picks the same keys. The
-  quota is last-writer-wins on ``(quota_hlc, quota_bytes)``. The *plan* (``standard`` or
-  ``backup``: which node role holds the tenant's keys) is the earliest creation's, like the
-  keys, so it never changes once every node has seen the creation.
+* **tenant** — one *creation* (key set, plan, creating node) wins the name by a total order
+  (:func:`creation_order`): the highest ``epoch`` (a new epoch starts only after the previous
+  one was abandoned everywhere), then the highest confirmation ``state`` rank (``pending`` <
+  ``abandoning`` < ``confirmed`` < ``abandoned``), then the earliest ``(created, creation id)``:
+  every node picks the same keys. Whether a creation may be *used* is decided by the
+  confirmation protocol of :mod:`._confirm`, not by this merge: the merge only guarantees that a
+  confirmed creation is never replaced (see there). *Shredding is terminal*: once either side
+  is shredded the merge is shredded (at the earliest shredding HLC) and holds no key bytes at
+  all, so a shredded tenant never comes back; an abandoned creation holds no key bytes either.
+  The quota is last-writer-wins on ``(quota_hlc, quota_bytes)``. The *plan* (``standard`` or
+  ``backup``: which node role holds the tenant's keys) is the winning creation's, like the
+  keys, so it never changes once the creation is confirmed.
 * **bucket** — retention only grows (max); created is the earliest.
 * **hold** — last-writer-wins on ``(hlc, by, held)``.
 * **revoked** — a certificate serial that no node accepts any more. *Revocation is terminal*,
@@ -32,8 +37,15 @@ from typing import Any, TypeAlias
 from .._errors import IntegrityError
 from ..cluster import PLANS
 
-__all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "TenantEntry",
+__all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "TenantEntry", "creation_order",
            "entry_from_wire", "merge"]
+
+# Confirmation states of a tenant creation, by rank (see hdsd.catalog._confirm).
+PENDING = "pending"
+ABANDONING = "abandoning"
+CONFIRMED = "confirmed"
+ABANDONED = "abandoned"
+STATE_RANK = {PENDING: 0, ABANDONING: 1, CONFIRMED: 2, ABANDONED: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,12 @@ class TenantEntry:
     key_generation: int = 1
     shredded: int = 0  # HLC of the shredding, 0: live
     plan: str = "standard"  # or "backup": its keys live on backup nodes only
+    # The creation (see hdsd.catalog._confirm). Defaults describe a tenant created before
+    # creations were confirmed: confirmed, no id (the migration).
+    epoch: int = 0  # how many creations of this name were abandoned before this one
+    creation: bytes = b""  # random id of the key set (16 bytes); b"" for older tenants
+    state: str = CONFIRMED
+    origin: str = ""  # the node that made the creation ("keyring": a seed, see _tenancy)
 
     @property
     def ident(self) -> tuple[str, ...]:
@@ -55,6 +73,14 @@ class TenantEntry:
     def is_shredded(self) -> bool:
         return self.shredded != 0
 
+    @property
+    def is_confirmed(self) -> bool:
+        return self.state == CONFIRMED
+
+    @property
+    def has_keys(self) -> bool:
+        return not self.is_shredded and self.state != ABANDONED
+
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "tenant", "name": self.name, "wrapped": self.wrapped,
                 "created": self.created, "quota_bytes": self.quota_bytes,
@@ -62,7 +88,12 @@ class TenantEntry:
                 "shredded": self.shredded,
                 # Only when not the default: a standard tenant's map (and the catalog digest)
                 # stays what it was before plans existed.
-                **({"plan": self.plan} if self.plan != "standard" else {})}
+                **({"plan": self.plan} if self.plan != "standard" else {}),
+                # Same for the creation fields: an older tenant's map is unchanged.
+                **({"epoch": self.epoch} if self.epoch else {}),
+                **({"creation": self.creation} if self.creation else {}),
+                **({"state": self.state} if self.state != CONFIRMED else {}),
+                **({"origin": self.origin} if self.origin else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +169,26 @@ def _merge_revoked(a: RevokedEntry, b: RevokedEntry) -> RevokedEntry:
                         tenant=tenant, name=name, role=role, not_after=not_after)
 
 
+def creation_order(e: TenantEntry) -> tuple[int, int, int, bytes, int, str, str, bytes]:
+    """The merge keeps the entry with the *smallest* key: latest epoch, then highest state
+    rank, then earliest creation (HLC, then id). The rest only makes the choice total, so the
+    merge does not depend on argument order (entries from before creation ids may differ in
+    plan alone). The wrapped bytes come last, after every field the winner contributes: the
+    same creation may carry different wraps of the same keys (each node rewraps on its own at
+    master key rotation), and a shredded entry has none — which must not change the winner."""
+    return (-e.epoch, -STATE_RANK.get(e.state, 0), e.created, e.creation, e.key_generation,
+            e.plan, e.origin, e.wrapped)
+
+
 def _merge_tenant(a: TenantEntry, b: TenantEntry) -> TenantEntry:
-    created = min(a.created, b.created)
-    plan = min((a.created, a.plan), (b.created, b.plan))[1]  # the earliest creation's
+    # Three independent joins (winning creation, quota LWW, earliest shredding), so the merge
+    # stays commutative, associative and idempotent.
+    win = min(a, b, key=creation_order)
     quota_hlc, quota = max((a.quota_hlc, a.quota_bytes), (b.quota_hlc, b.quota_bytes))
-    if a.is_shredded or b.is_shredded:
-        shredded = min(x.shredded for x in (a, b) if x.is_shredded)
-        return TenantEntry(name=a.name, wrapped=b"", created=created, quota_bytes=quota,
-                           quota_hlc=quota_hlc, key_generation=max(a.key_generation,
-                                                                   b.key_generation),
-                           shredded=shredded, plan=plan)
-    first = min((a.created, a.key_generation, a.wrapped), (b.created, b.key_generation, b.wrapped))
-    return TenantEntry(name=a.name, wrapped=first[2], created=created, quota_bytes=quota,
-                       quota_hlc=quota_hlc, key_generation=first[1], plan=plan)
+    shredded = min((x.shredded for x in (a, b) if x.is_shredded), default=0)
+    wrapped = win.wrapped if shredded == 0 and win.state != ABANDONED else b""
+    return replace(win, wrapped=wrapped, quota_bytes=quota, quota_hlc=quota_hlc,
+                   shredded=shredded)
 
 
 def merge(a: Entry, b: Entry) -> Entry:
@@ -188,6 +226,13 @@ SERIAL_RE = re.compile(r"[1-9a-f][0-9a-f]{0,39}")  # X.509: positive, at most 20
 CERT_KINDS = ("", "client", "node")
 
 
+def _creation_of(doc: dict[str, Any]) -> bytes:
+    value = doc.get("creation", b"")
+    if type(value) is not bytes or len(value) > 32:
+        raise IntegrityError("catalog entry field 'creation': expected at most 32 bytes")
+    return value
+
+
 def entry_from_wire(doc: object) -> Entry:
     """An entry from its msgpack map; :class:`IntegrityError` if it is malformed."""
     if not isinstance(doc, dict):
@@ -204,11 +249,18 @@ def entry_from_wire(doc: object) -> Entry:
             quota_hlc=_field_of(doc, "quota_hlc", int),
             key_generation=_field_of(doc, "key_generation", int, low=1),
             shredded=_field_of(doc, "shredded", int),
-            plan=doc.get("plan", "standard"))
+            plan=doc.get("plan", "standard"),
+            epoch=_field_of(doc, "epoch", int) if "epoch" in doc else 0,
+            creation=_creation_of(doc),
+            state=doc.get("state", CONFIRMED),
+            origin=_field_of(doc, "origin", str) if "origin" in doc else "")
         if entry.plan not in PLANS:
             raise IntegrityError(f"catalog tenant entry: unknown plan {entry.plan!r}")
-        if entry.is_shredded == bool(wrapped):
-            raise IntegrityError("catalog tenant entry: keys present iff not shredded")
+        if entry.state not in STATE_RANK:
+            raise IntegrityError(f"catalog tenant entry: unknown state {entry.state!r}")
+        if entry.has_keys != bool(wrapped):
+            raise IntegrityError("catalog tenant entry: keys present iff neither shredded "
+                                 "nor abandoned")
         return entry
     if kind == "bucket":
         return BucketEntry(tenant=_field_of(doc, "tenant", str), name=_field_of(doc, "name", str),

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
+import time
 from typing import Any
 
 import click
+import trio
 
-from .._errors import InvalidRequest
+from .._errors import InvalidRequest, TenantPending
+from ..client import AsyncClient
 from ._data import _run, json_option
 from ._main import main
 
+_ROUND_PAUSE_S = 1.0  # between two confirmation rounds while waiting
+
 
 def _when(ms: int | None) -> str:
-    if ms is None:
+    if not ms:  # None, or 0: a tenant seeded by `hdsd init` / `cert issue` (no creation time)
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -47,6 +53,34 @@ def tenant() -> None:
     """Create, list and shred tenants (operator)."""
 
 
+def _waiting(reply: dict[str, Any]) -> str:
+    return "; ".join(f"{n}: {why}" for n, why in reply.get("waiting", {}).items())
+
+
+async def _until_confirmed(c: AsyncClient, name: str, reply: dict[str, Any], wait: float,
+                           progress: bool) -> dict[str, Any]:
+    """Confirmation rounds until the creation is confirmed, lost (TenantConflict), or *wait*
+    seconds have passed (TenantPending naming the nodes it waits for)."""
+    deadline = time.monotonic() + wait
+    shown = ""
+    while reply["state"] != "confirmed":
+        line = (f"tenant {name}: creation {reply['creation'][:8]} held by "
+                f"{', '.join(reply['acked'])}; waiting for {_waiting(reply)}")
+        if progress and line != shown:
+            click.echo(line, err=True)
+            shown = line
+        if time.monotonic() >= deadline:
+            raise TenantPending(
+                f"tenant {name} is not confirmed after {wait:g} s: creation "
+                f"{reply['creation'][:8]} waits for {_waiting(reply)}; nothing can be written "
+                f"to it until every node holds it. `hdsd tenant create --resume {name}` goes on "
+                f"waiting (its node also retries at each catalog sync); `hdsd tenant abandon "
+                f"{name} --confirm {name}` drops it")
+        await trio.sleep(_ROUND_PAUSE_S)
+        reply = await c.tenant_confirm(name, reply["creation"])
+    return reply
+
+
 @tenant.command("create")
 @click.argument("name")
 @click.option("--quota", type=click.IntRange(0), default=0, show_default=True,
@@ -55,15 +89,53 @@ def tenant() -> None:
 @click.option("--plan", type=click.Choice(["standard", "backup"]), default=None,
               help="where the tenant's data lives, fixed at creation: standard (storage "
                    "nodes, the default) or backup (backup nodes only; both sites need one)")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=60, show_default=True,
+              metavar="SECONDS",
+              help="how long to wait for every node of both sites to confirm the new keys")
+@click.option("--resume", is_flag=True,
+              help="wait for the pending creation of NAME (after an interrupted or timed-out "
+                   "create) instead of making a new one")
 @json_option
 @click.pass_context
-def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None,
-                  as_json: bool) -> None:
-    """Create tenant NAME with fresh keys (replicated, wrapped, to every node)."""
-    reply = _run(ctx, lambda c: c.tenant_create(name, quota, plan or ""))
-    verb = "created" if reply["created"] else "updated"
-    _report(reply, as_json, f"tenant {name} {verb} (quota {quota or 'none'}, plan "
-                            f"{reply.get('plan', 'standard')})")
+def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None, wait_s: float,
+                  resume: bool, as_json: bool) -> None:
+    """Create tenant NAME with fresh keys (wrapped, to every node of both sites). It accepts
+    no request until every node has confirmed holding those keys: the command waits for it
+    (--wait) and says where it is pending; exit 12 if not confirmed, or if another creation
+    of NAME won."""
+    progress = sys.stderr.isatty() and not as_json
+
+    async def go(c: AsyncClient) -> dict[str, Any]:
+        reply = await (c.tenant_confirm(name) if resume
+                       else c.tenant_create(name, quota, plan or ""))
+        if "creation" in reply:  # a creation (not a new quota)
+            reply = {**await _until_confirmed(c, name, reply, wait_s, progress),
+                     "created": reply["created"]}
+        return reply
+
+    reply = _run(ctx, go)
+    if resume:
+        line = f"tenant {name} confirmed (creation {reply['creation'][:8]})"
+    else:
+        verb = "created" if reply["created"] else "updated"
+        line = (f"tenant {name} {verb} (quota {quota or 'none'}, plan "
+                f"{reply.get('plan', 'standard')})")
+    _report(reply, as_json, line)
+
+
+@tenant.command("abandon")
+@click.argument("name")
+@click.option("--confirm", required=True, metavar="NAME", help="repeat the tenant name")
+@json_option
+@click.pass_context
+def tenant_abandon(ctx: click.Context, name: str, confirm: str, as_json: bool) -> None:
+    """Abandon the unconfirmed creation of tenant NAME in both sites (every node must answer;
+    nothing was ever written under its keys). The name can then be created again. A confirmed
+    tenant cannot be abandoned: `hdsd tenant shred` destroys it."""
+    if confirm != name:
+        raise InvalidRequest(f"--confirm must repeat the tenant name {name!r} exactly")
+    reply = _run(ctx, lambda c: c.tenant_abandon(name, confirm=confirm))
+    _report(reply, as_json, f"tenant {name}: creation {reply['creation'][:8]} abandoned")
 
 
 @tenant.command("ls")

@@ -61,6 +61,8 @@ from ..wire import (
     SiteModeRequest,
     StatRequest,
     StatusRequest,
+    TenantAbandon,
+    TenantConfirm,
     TenantCreate,
     TenantList,
     TenantShred,
@@ -487,8 +489,21 @@ class AsyncClient:
                             ) -> dict[str, Any]:
         """Create *tenant* with fresh keys, or set its quota (0: none) if it exists. *plan*
         (``standard`` or ``backup``, fixed at creation; ``""``: standard or unchanged): a
-        backup-plan tenant's data lives on the backup nodes only."""
+        backup-plan tenant's data lives on the backup nodes only.
+
+        A new tenant serves nothing until every node of both sites has confirmed its keys: the
+        answer's ``state`` is ``confirmed``, or ``pending`` with ``waiting`` {node: why}; call
+        :meth:`tenant_confirm` with its ``creation`` until confirmed."""
         return await self._call(lambda rid: TenantCreate(rid, tenant, quota_bytes, plan))
+
+    async def tenant_confirm(self, tenant: str, creation: str = "") -> dict[str, Any]:
+        """One more confirmation round of *tenant*'s pending creation (hex id *creation*, or
+        whichever the node holds); :class:`TenantConflict` if that creation lost."""
+        return await self._call(lambda rid: TenantConfirm(rid, tenant, bytes.fromhex(creation)))
+
+    async def tenant_abandon(self, tenant: str, *, confirm: str) -> dict[str, Any]:
+        """Abandon *tenant*'s unconfirmed creation in both sites (every node must answer)."""
+        return await self._call(lambda rid: TenantAbandon(rid, tenant, confirm))
 
     async def tenant_list(self) -> builtins.list[dict[str, Any]]:
         body = await self._call(lambda rid: TenantList(rid))

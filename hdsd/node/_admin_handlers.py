@@ -11,7 +11,10 @@ Who may do what — the operator is an ``admin`` certificate of the cluster's op
   certificates, proven by the certificate itself (signed by the cluster CA).
 
 Every change is applied here and pushed to every other node of both sites; the reply names the
-nodes that confirmed (``applied_on``) and those that will catch up by sync (``pending``).
+nodes that confirmed (``applied_on``) and those that will catch up by sync (``pending``). A
+tenant *creation* is more: it is voted on by every node before the tenant serves anything
+(``TenantCreate`` stages it and runs a first round, ``TenantConfirm`` another; ``TenantVote``
+is a node's vote; see :mod:`hdsd.catalog._confirm`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import AuthenticationFailed, HdsdError, InvalidRequest, PermissionDenied
-from ..catalog import Entry, RevokedEntry, entry_from_wire
+from ..catalog import Entry, RevokedEntry, TenantEntry, entry_from_wire
 from ..cluster import HybridClock
 from ..transport import Identity, IssuedCert, WireSession, verify_issued
 from ..wire import (
@@ -35,9 +38,12 @@ from ..wire import (
     HoldSet,
     Message,
     Reply,
+    TenantAbandon,
+    TenantConfirm,
     TenantCreate,
     TenantList,
     TenantShred,
+    TenantVote,
 )
 from ._auth import check_bucket, check_key
 from ._config import NAME_RE
@@ -68,15 +74,39 @@ async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg:
                          inbox: _Inbox) -> None:
     _require_operator(node, ident)
     _check_tenant_name(msg.tenant)
-    created = node.tenancy.catalog.tenant(msg.tenant) is None
-    if created:
-        check_plan_possible(node.layout, msg.plan or "standard")
-    result = await node.tenancy.apply_and_push(
-        node, node.tenancy.create_tenant(msg.tenant, msg.quota_bytes, msg.plan))
-    await session.send(Reply(rid=msg.rid, body={"tenant": msg.tenant, "created": created,
-                                                "quota_bytes": msg.quota_bytes,
-                                                "plan": node.tenancy.plan(msg.tenant),
-                                                **result}))
+    old = node.tenancy.catalog.tenant(msg.tenant)
+    entries = node.tenancy.create_tenant(msg.tenant, msg.quota_bytes, msg.plan,
+                                         origin=node.config.name)
+    if old is not None and old.is_confirmed:  # a new quota for a confirmed tenant
+        result = await node.tenancy.apply_and_push(node, entries)
+        await session.send(Reply(rid=msg.rid, body={
+            "tenant": msg.tenant, "created": False, "quota_bytes": msg.quota_bytes,
+            "plan": node.tenancy.plan(msg.tenant), "state": old.state, **result}))
+        return
+    check_plan_possible(node.layout, msg.plan or "standard")
+    # Staged pending here, then voted on by every node: the reply says whether it is
+    # confirmed yet, and if not, which nodes it waits for (TenantConfirm goes on).
+    (entry,) = entries
+    assert isinstance(entry, TenantEntry)
+    await node.tenancy.apply(entries)
+    result = await node.tenancy.confirm(node, msg.tenant, entry.creation)
+    await session.send(Reply(rid=msg.rid, body={**result, "created": True}))
+
+
+async def _tenant_confirm(node: Node, session: WireSession, ident: Identity, msg: TenantConfirm,
+                          inbox: _Inbox) -> None:
+    _require_operator(node, ident)
+    result = await node.tenancy.confirm(node, msg.tenant, msg.creation)
+    await session.send(Reply(rid=msg.rid, body={**result, "created": False}))
+
+
+async def _tenant_abandon(node: Node, session: WireSession, ident: Identity, msg: TenantAbandon,
+                          inbox: _Inbox) -> None:
+    _require_operator(node, ident)
+    if msg.confirm != msg.tenant:
+        raise InvalidRequest(f"--confirm must repeat the tenant name {msg.tenant!r} exactly")
+    result = await node.tenancy.abandon(node, msg.tenant)
+    await session.send(Reply(rid=msg.rid, body=result))
 
 
 async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: TenantList,
@@ -86,7 +116,9 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
     catalog = node.tenancy.catalog
     # A bucket exists from its first put: `bucket create` only adds retention, so counting the
     # catalog alone showed 0 buckets for a tenant full of data. Count both, as the site sees.
-    buckets = {t.name: {b.name for b in catalog.buckets(t.name)} for t in catalog.tenants()}
+    # Abandoned creations are not tenants (they never held data): not listed.
+    listed = [t for t in catalog.tenants() if t.has_keys or t.is_shredded]
+    buckets = {t.name: {b.name for b in catalog.buckets(t.name)} for t in listed}
     incomplete: set[str] = set()
 
     async def with_data(tenant: str) -> None:
@@ -97,16 +129,18 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
             incomplete.add(tenant)
 
     async with trio.open_nursery() as nursery:
-        for t in catalog.tenants():
-            if not t.is_shredded:  # its data is unreadable and being reclaimed
+        for t in listed:
+            # A shredded tenant's data is unreadable and being reclaimed; a pending one has none.
+            if t.is_confirmed and not t.is_shredded:
                 nursery.start_soon(with_data, t.name)
-    tenants = [{"tenant": t.name, "state": "shredded" if t.is_shredded else "live",
+    tenants = [{"tenant": t.name,
+                "state": "shredded" if t.is_shredded else "live" if t.is_confirmed else t.state,
                 "quota_bytes": t.quota_bytes, "usage_bytes": node.tenancy.usage(t.name),
                 "created_ms": HybridClock.wall_ms(t.created),
                 "shredded_ms": HybridClock.wall_ms(t.shredded) if t.is_shredded else None,
                 "buckets": len(buckets[t.name]), "buckets_incomplete": t.name in incomplete,
-                "plan": t.plan}
-               for t in catalog.tenants()]
+                "plan": t.plan, "creation": t.creation.hex(), "origin": t.origin}
+               for t in listed]
     await session.send(Reply(rid=msg.rid, body={"tenants": tenants, "node": node.config.name}))
 
 
@@ -246,6 +280,16 @@ async def _catalog_push(node: Node, session: WireSession, ident: Identity, msg: 
     await session.send(Reply(rid=msg.rid, body={"changed": len(changed)}))
 
 
+async def _tenant_vote(node: Node, session: WireSession, ident: Identity, msg: TenantVote,
+                       inbox: _Inbox) -> None:
+    check_layout(node, msg.layout, ident)
+    entry = entry_from_wire(msg.entry)
+    if not isinstance(entry, TenantEntry):
+        raise InvalidRequest("a tenant vote carries a tenant entry")
+    held = await node.tenancy.vote(entry, msg.vote)
+    await session.send(Reply(rid=msg.rid, body={"state": held.state}))
+
+
 async def _catalog_sync(node: Node, session: WireSession, ident: Identity, msg: CatalogSync,
                         inbox: _Inbox) -> None:
     check_layout(node, msg.layout, ident)
@@ -260,6 +304,8 @@ ADMIN_HANDLERS: dict[type, Any] = {
     TenantCreate: _tenant_create,
     TenantList: _tenant_list,
     TenantShred: _tenant_shred,
+    TenantConfirm: _tenant_confirm,
+    TenantAbandon: _tenant_abandon,
     BucketCreate: _bucket_create,
     BucketList: _bucket_list,
     HoldSet: _hold_set,
@@ -270,4 +316,5 @@ ADMIN_HANDLERS: dict[type, Any] = {
 CATALOG_PEER_HANDLERS: dict[type, Any] = {
     CatalogPush: _catalog_push,
     CatalogSync: _catalog_sync,
+    TenantVote: _tenant_vote,
 }

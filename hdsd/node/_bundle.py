@@ -29,10 +29,12 @@ from pathlib import Path, PurePosixPath
 from .._atomic import atomic_write
 from .._errors import ConfigError
 from ..audit import load_or_create_signing_key
+from ..catalog import CATALOG_FILE, CONFIRMED, Catalog, TenantEntry
 from ..transport import create_ca, issue_client_cert, issue_node_cert
 from ._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
 from ._masterkey import create_salt, master_key_check, passphrase_master
 from ._spec import ClusterSpec, NodeSpec
+from ._tenancy import seed_entry
 
 __all__ = ["SPEC_FILE", "Bundle", "write_cluster", "write_profile"]
 
@@ -76,13 +78,20 @@ def write_cluster(spec: ClusterSpec, root: Path, *, prefix: PurePosixPath | None
     # Every node must hold the same tenant keys (a chunk sealed in one site is read in the
     # other): one keyring, copied into each bundle.
     seed = root / KEYRING_FILE
-    Keyring(seed, master).get_or_create(spec.operator_tenant)
+    template = Keyring(seed, master)
+    operator_keys = template.get_or_create(spec.operator_tenant)
+    operator_wrapped = template.wrapped(spec.operator_tenant)
+    assert operator_wrapped is not None
+    # The operator tenant enters every node's catalog already *confirmed*: init writes every
+    # node, offline, so every node holds this very creation before any of them serves.
+    operator = seed_entry(spec.operator_tenant, operator_wrapped, operator_keys,
+                          state=CONFIRMED)
     (root / "audit-keys").mkdir(exist_ok=True)
     bundles = []
     try:
         for node in spec.nodes:
             bundles.append(_write_bundle(spec, root, node, master, prefix, state_dir, archive,
-                                         node_toml_extra))
+                                         node_toml_extra, operator))
     finally:
         seed.unlink()
     crt, key = issue_client_cert(root / "ca", root / "clients", name="admin",
@@ -103,7 +112,7 @@ def _inside(bundle: Path, absolute: PurePosixPath) -> Path:
 
 def _write_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, master: bytes,
                   prefix: PurePosixPath | None, state_dir: PurePosixPath | None, archive: bool,
-                  extra: str) -> Bundle:
+                  extra: str, operator: TenantEntry) -> Bundle:
     bundle = root / node.name
     if prefix is None:
         etc, data = bundle, bundle / "data"
@@ -135,6 +144,11 @@ def _write_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, master: bytes,
     keys += (f'master_key_check = "{master_key_check(master, spec.cluster_id)}"   '
              "# fingerprint: a wrong key is refused at start\n")
     shutil.copy2(root / KEYRING_FILE, data / KEYRING_FILE)
+    catalog = Catalog(data / CATALOG_FILE)
+    try:
+        catalog.apply([operator])
+    finally:
+        catalog.close()
     (data / "audit").mkdir(mode=0o700, exist_ok=True)
     signing = load_or_create_signing_key(data / "audit")
     (root / "audit-keys" / f"{node.name}.pub").write_text(

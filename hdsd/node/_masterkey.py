@@ -89,7 +89,7 @@ def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
     try:
         rewrapped = {}
         for t in catalog.tenants():
-            if not t.is_shredded and (blob := _rewrap(old, new, t.name, t.wrapped)):
+            if t.has_keys and (blob := _rewrap(old, new, t.name, t.wrapped)):
                 rewrapped[t.name] = blob
         catalog.replace_wrapped(rewrapped)
         count += len(rewrapped)

@@ -25,6 +25,8 @@ from ..wire import (
     Message,
     PutStart,
     SiteModeRequest,
+    TenantAbandon,
+    TenantConfirm,
     TenantCreate,
     TenantShred,
 )
@@ -36,7 +38,8 @@ __all__ = ["CLIENT_WRITES", "check_plan_possible", "check_role"]
 
 # Client requests that change data or the catalog: a backup node coordinates none of them.
 CLIENT_WRITES: frozenset[type[Message]] = frozenset({
-    PutStart, DeleteRequest, TenantCreate, TenantShred, BucketCreate, HoldSet, SiteModeRequest})
+    PutStart, DeleteRequest, TenantCreate, TenantShred, BucketCreate, HoldSet, SiteModeRequest,
+    TenantConfirm, TenantAbandon})
 
 
 def check_role(node: Node, ident: Identity, msg: Message) -> None:

@@ -3,8 +3,17 @@
 **Keys.** Tenants' keys live wrapped in the catalog (:mod:`hdsd.catalog`), which every node of
 both sites holds and which converges by merge. The keyring file written by ``hdsd init`` and
 ``hdsd cert issue`` only *seeds* it: a tenant the catalog does not know is imported from the
-keyring (stamped with the import's HLC, so a tenant created earlier through ``hdsd tenant
-create`` keeps its keys). A shredded tenant is also erased from the keyring file.
+keyring as a *pending* creation whose identity derives from the keys themselves (so every node
+importing the same seed makes the same creation). A shredded or abandoned tenant is also erased
+from the keyring file.
+
+**Confirmation** (:mod:`hdsd.catalog._confirm`). A tenant serves no request until its creation
+is confirmed by every node of both sites (:meth:`Tenancy.confirm`, one voting round; refused
+meanwhile with ``TenantPending``). ``hdsd tenant create`` runs rounds until confirmed; the node
+that made a creation, and any node holding a keyring seed, runs one more round at every catalog
+sync until it is decided, so a creation interrupted by a partition finishes when it heals. A
+write to a seeded tenant runs a round itself (a tenant made by ``hdsd cert issue`` is
+confirmed by its first write when every node answers).
 
 **Propagation.** An admin change is applied locally, then pushed to every other node
 (``CatalogPush``); a node that missed it catches up by the periodic sync (``CatalogSync``: compare
@@ -31,9 +40,11 @@ here (declared sizes are reserved while in flight).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +58,8 @@ from .._errors import (
     PermissionDenied,
     QuotaExceeded,
     RetentionLocked,
+    TenantConflict,
+    TenantPending,
     TenantShredded,
     Unavailable,
 )
@@ -60,10 +73,19 @@ from ..catalog import (
     TenantEntry,
     entry_from_wire,
 )
-from ..catalog._keys import unwrap_keys, wrap_keys
+from ..catalog._confirm import (
+    decide_abandon,
+    decide_confirm,
+    describe,
+    pending_error,
+    vote_abandon,
+    vote_create,
+)
+from ..catalog._keys import seed_creation, unwrap_keys, wrap_keys
+from ..catalog._model import ABANDONED, ABANDONING, CONFIRMED, PENDING
 from ..cluster import HybridClock
 from ..pipeline import TenantKeys
-from ..wire import CatalogPush, CatalogSync
+from ..wire import CatalogPush, CatalogSync, TenantVote
 from ._keyring import Keyring
 
 if TYPE_CHECKING:
@@ -75,6 +97,17 @@ log = logging.getLogger("hdsd.tenancy")
 
 _DAY_MS = 86_400_000
 _USAGE_TTL_S = 1.0
+#: ``origin`` of a creation imported from a keyring seed (``hdsd cert issue``): any node may
+#: confirm it, since every node importing the seed makes the very same creation.
+SEED_ORIGIN = "keyring"
+
+
+def seed_entry(name: str, wrapped: bytes, keys: TenantKeys, *, epoch: int = 0,
+               state: str = PENDING) -> TenantEntry:
+    """The creation a keyring seed stands for: the same on every node that imports it (id
+    derived from the keys, HLC 0), so nodes seeded alike vote for one creation."""
+    return TenantEntry(name=name, wrapped=wrapped, created=0, epoch=epoch,
+                       creation=seed_creation(keys), state=state, origin=SEED_ORIGIN)
 
 
 class Tenancy:
@@ -125,9 +158,14 @@ class Tenancy:
                         "the key kept by hdsd key rotate-master") from None
 
     def _import_seeds(self) -> None:
-        seeds = [TenantEntry(name=t, wrapped=blob, created=self._clock.now())
-                 for t in self._keyring.tenants()
-                 if self.catalog.tenant(t) is None and (blob := self._keyring.wrapped(t))]
+        """Keyring tenants the catalog does not know (or knows abandoned) enter it pending."""
+        seeds = []
+        for t in self._keyring.tenants():
+            old = self.catalog.tenant(t)
+            blob = self._keyring.wrapped(t)
+            keys = self._keyring.get(t)
+            if blob and keys is not None and (old is None or old.state == ABANDONED):
+                seeds.append(seed_entry(t, blob, keys, epoch=old.epoch + 1 if old else 0))
         self.after_apply(self.catalog.apply(seeds))
 
     def keys(self, tenant: str) -> TenantKeys:
@@ -142,20 +180,47 @@ class Tenancy:
         if entry is None:
             raise PermissionDenied(f"tenant {tenant!r} has no keys in this cluster; "
                                    "create it with `hdsd tenant create`")
-        if entry.is_shredded:
-            raise TenantShredded(f"tenant {tenant!r} was shredded; its data is gone")
+        self._check_entry(entry)
         keys = self._keys[tenant] = unwrap_keys(self._master, tenant, entry.wrapped)
         return keys
 
     def check_live(self, tenant: str) -> None:
+        """Refuse every request of a shredded tenant, or of one whose creation is not
+        confirmed (:class:`TenantPending`): nothing is written or read under keys that another
+        creation of the same name may still replace."""
         entry = self.catalog.tenant(tenant)
-        if entry is not None and entry.is_shredded:
-            raise TenantShredded(f"tenant {tenant!r} was shredded; its data is gone")
+        if entry is not None:
+            self._check_entry(entry)
+
+    @staticmethod
+    def _check_entry(entry: TenantEntry) -> None:
+        if entry.is_shredded:
+            raise TenantShredded(f"tenant {entry.name!r} was shredded; its data is gone")
+        if entry.state == ABANDONED:
+            raise PermissionDenied(f"tenant {entry.name!r} has no keys in this cluster (its "
+                                   "creation was abandoned); create it with `hdsd tenant "
+                                   "create`")
+        if entry.state != CONFIRMED:
+            raise pending_error(entry)
+
+    async def ensure_confirmed(self, node: Node, tenant: str) -> None:
+        """Before a write: a tenant seeded from the keyring (``hdsd cert issue``) is confirmed
+        here by one round if it is still pending; any other pending creation is refused."""
+        entry = self.catalog.tenant(tenant)
+        if entry is None and self._keyring.get(tenant) is not None:
+            self._import_seeds()
+            entry = self.catalog.tenant(tenant)
+        if entry is not None and entry.state == PENDING and entry.origin == SEED_ORIGIN:
+            try:
+                await self.confirm(node, tenant, entry.creation)
+            except HdsdError as exc:
+                log.info("event=tenant_confirm_failed tenant=%s error=%s", tenant, exc)
+        self.check_live(tenant)
 
     def validate(self, entries: list[Entry]) -> None:
         """Refuse entries whose wrapped keys this node's master key cannot open."""
         for e in entries:
-            if isinstance(e, TenantEntry) and not e.is_shredded:
+            if isinstance(e, TenantEntry) and e.has_keys:
                 unwrap_keys(self._master, e.name, e.wrapped)
 
     def after_apply(self, changed: list[Entry]) -> None:
@@ -163,11 +228,17 @@ class Tenancy:
         the live sessions of newly revoked certificates (whichever way the news came)."""
         revoked: set[str] = set()
         for e in changed:
-            if isinstance(e, TenantEntry) and e.is_shredded:
+            if isinstance(e, TenantEntry) and not e.has_keys:
                 self._keys.pop(e.name, None)
                 self._evict(e.name)
                 self._keyring.remove(e.name)
-                log.info("event=tenant_shredded tenant=%s", e.name)
+                log.info("event=tenant_%s tenant=%s", "shredded" if e.is_shredded
+                         else "abandoned", e.name)
+            elif isinstance(e, TenantEntry) and not e.is_confirmed:
+                # A pending creation may replace another one: no cached keys or codec of an
+                # earlier creation of the name may survive it.
+                self._keys.pop(e.name, None)
+                self._evict(e.name)
             elif isinstance(e, RevokedEntry):
                 revoked.add(e.serial)
                 log.info("event=certificate_revoked serial=%s kind=%s tenant=%s name=%s by=%s",
@@ -190,23 +261,28 @@ class Tenancy:
                                    f"tenant {tenant!r}")
 
     # -- admin changes (entries to apply and push) ---------------------------------------------
-    def create_tenant(self, name: str, quota: int, plan: str = "") -> list[Entry]:
-        """A new tenant on *plan* (``""``: standard), or a new quota for an existing one
-        (whose plan is fixed: asking for another is refused)."""
+    def create_tenant(self, name: str, quota: int, plan: str = "", *,
+                      origin: str = "") -> list[Entry]:
+        """A new tenant on *plan* (``""``: standard), staged *pending* (see :meth:`confirm`),
+        or a new quota for an existing confirmed one (whose plan is fixed: asking for another
+        is refused). A name whose creation is still pending is refused (:class:`TenantPending`:
+        resume or abandon that one)."""
         now = self._clock.now()
         old = self.catalog.tenant(name)
         if old is not None and old.is_shredded:
             raise TenantShredded(f"tenant {name!r} was shredded; a shredded name is never reused")
-        if old is not None:
+        if old is not None and old.state in (PENDING, ABANDONING):
+            raise pending_error(old)
+        if old is not None and old.state == CONFIRMED:
             if plan and plan != old.plan:
                 raise InvalidRequest(f"tenant {name!r} is on the {old.plan} plan; a tenant's "
                                      "plan is chosen at creation and never changes")
-            return [TenantEntry(name=name, wrapped=old.wrapped, created=old.created,
-                                quota_bytes=quota, quota_hlc=now,
-                                key_generation=old.key_generation, plan=old.plan)]
+            return [replace(old, quota_bytes=quota, quota_hlc=now)]
         keys = TenantKeys.generate(name)
         return [TenantEntry(name=name, wrapped=wrap_keys(self._master, keys), created=now,
-                            quota_bytes=quota, quota_hlc=now, plan=plan or "standard")]
+                            quota_bytes=quota, quota_hlc=now, plan=plan or "standard",
+                            epoch=old.epoch + 1 if old is not None else 0,
+                            creation=secrets.token_bytes(16), state=PENDING, origin=origin)]
 
     def plan(self, tenant: str) -> str:
         """The tenant's plan (``standard`` for a tenant this node does not know). Thread-safe:
@@ -217,12 +293,15 @@ class Tenancy:
     def shred_tenant(self, name: str) -> list[Entry]:
         if name == self.operator_tenant:
             raise InvalidRequest(f"{name!r} is the operator tenant; it cannot be shredded")
-        if self.catalog.tenant(name) is None:
-            raise InvalidRequest(f"no tenant {name!r}")
         old = self.catalog.tenant(name)
-        return [TenantEntry(name=name, wrapped=b"", created=self._clock.now(),
-                            shredded=self._clock.now(),
-                            plan=old.plan if old is not None else "standard")]
+        if old is None or old.state == ABANDONED:
+            raise InvalidRequest(f"no tenant {name!r}")
+        if old.state != CONFIRMED and not old.is_shredded:
+            # Shredding is terminal for the *name*: it must not end a creation that another
+            # node may still be confirming elsewhere; abandoning is the way out of a pending one.
+            raise TenantPending(f"tenant {name!r} is not confirmed ({describe(old)}); abandon "
+                                f"it with `hdsd tenant abandon {name}` instead of shredding")
+        return [replace(old, wrapped=b"", shredded=self._clock.now())]
 
     def create_bucket(self, tenant: str, bucket: str, retention_days: int) -> list[Entry]:
         self.keys(tenant)  # the tenant exists and is live
@@ -249,7 +328,7 @@ class Tenancy:
                           size: int | None, delete: bool) -> int:
         """Refuse a put (``size``: declared, or None) or a delete that a legal hold, the
         bucket's retention or the tenant's quota forbids; return the bytes to reserve."""
-        self.check_live(tenant)
+        await self.ensure_confirmed(node, tenant)
         hold = self.catalog.hold(tenant, bucket, key)
         what = "deleted" if delete else "overwritten"
         if hold is not None and hold.held:
@@ -353,6 +432,144 @@ class Tenancy:
         return {"applied_on": sorted([node.config.name, *confirmed]),
                 "pending": sorted(pending)}
 
+    # -- confirmation (hdsd.catalog._confirm) --------------------------------------------------
+    async def vote(self, entry: TenantEntry, kind: str) -> TenantEntry:
+        """This node's vote on *entry* (``create``: a pending creation; ``abandon``: its epoch,
+        ``abandoning``), checked and stored in one step; :class:`TenantConflict` to refuse."""
+        if entry.has_keys:
+            self.validate([entry])  # a creation this node could not open is refused
+        decide = vote_create if kind == "create" else vote_abandon
+        changed, held = await trio.to_thread.run_sync(
+            self.catalog.update_tenant, entry.name, lambda cur: decide(cur, entry))
+        self.after_apply(changed)
+        return held
+
+    async def _round(self, node: Node, entry: TenantEntry, kind: str
+                     ) -> tuple[list[str], dict[str, str]]:
+        """Ask every node (this one first) for its vote; (nodes that said yes, nodes not
+        reached: why). A refusal raises :class:`TenantConflict` (or what the node raised)."""
+        await self.vote(entry, kind)
+        acked = [node.config.name]
+        waiting: dict[str, str] = {}
+        refused: dict[str, HdsdError] = {}
+        wire = entry.to_wire()
+
+        async def ask(name: str) -> None:
+            try:
+                await node.peers.call(name, lambda rid: TenantVote(rid, node.layout.layout_id,
+                                                                   wire, kind),
+                                      timeout=node.config.write_timeout_s)
+                acked.append(name)
+            except (TenantConflict, TenantShredded) as exc:
+                refused[name] = exc
+            except HdsdError as exc:
+                waiting[name] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in node.layout.nodes:
+                if n.name != node.config.name:
+                    nursery.start_soon(ask, n.name)
+        if refused:
+            # Learn what the refusing nodes hold, so this node stops proposing a lost cause.
+            for name in refused:
+                with trio.move_on_after(node.config.write_timeout_s):
+                    try:
+                        await self.sync_with(node, name)
+                    except HdsdError as exc:
+                        log.info("event=catalog_sync_failed peer=%s error=%s", name, exc)
+            first, refusal = min(refused.items())
+            raise type(refusal)(f"{first} refused: "
+                                f"{refusal.message.removeprefix(f'peer {first}: ')}")
+        return sorted(acked), dict(sorted(waiting.items()))
+
+    def _answer(self, entry: TenantEntry, acked: list[str], waiting: dict[str, str]
+                ) -> dict[str, Any]:
+        return {"tenant": entry.name, "state": entry.state, "creation": entry.creation.hex(),
+                "epoch": entry.epoch, "origin": entry.origin, "plan": entry.plan,
+                "quota_bytes": entry.quota_bytes, "acked": acked, "waiting": waiting,
+                "applied_on": acked, "pending": sorted(waiting)}
+
+    async def confirm(self, node: Node, name: str, creation: bytes = b"") -> dict[str, Any]:
+        """One confirmation round for the pending creation of *name* this node holds (which
+        must be *creation*, if given): confirmed and pushed if every node voted yes, else
+        ``state: pending`` with the nodes it waits for. :class:`TenantConflict` if that
+        creation lost (to another one, or to an abandonment)."""
+        held = self.catalog.tenant(name)
+        if held is None or held.state == ABANDONED:
+            if creation:
+                raise TenantConflict(f"tenant {name!r}: creation {creation.hex()[:8]} is not "
+                                     "held here any more (abandoned or never seen)")
+            raise InvalidRequest(f"no creation of tenant {name!r} to resume")
+        entry: TenantEntry = held
+        if entry.is_shredded:
+            raise TenantShredded(f"tenant {name!r} was shredded; a shredded name is never reused")
+        if creation and entry.creation != creation:
+            raise TenantConflict(f"tenant {name!r}: creation {creation.hex()[:8]} lost to "
+                                 f"{describe(entry)}; nothing was written under its keys")
+        if entry.state == ABANDONING:
+            raise pending_error(entry)
+        if entry.state == PENDING:
+            acked, waiting = await self._round(node, entry, "create")
+            if waiting:
+                log.info("event=tenant_pending tenant=%s creation=%s waiting=%s", name,
+                         entry.creation.hex()[:8], ",".join(waiting))
+                return self._answer(entry, acked, waiting)
+            changed, entry = await trio.to_thread.run_sync(
+                self.catalog.update_tenant, name, lambda cur: decide_confirm(cur, entry))
+            self.after_apply(changed)
+            log.info("event=tenant_confirmed tenant=%s creation=%s", name,
+                     entry.creation.hex()[:8])
+        result = await self.apply_and_push(node, [entry])  # the confirmation, to every node
+        return self._answer(entry, result["applied_on"],
+                            {n: "catches up at its next catalog sync" for n in result["pending"]})
+
+    async def abandon(self, node: Node, name: str) -> dict[str, Any]:
+        """Abandon the unconfirmed creation of *name*: every node must vote for it (a node
+        holding it confirmed refuses: :class:`TenantConflict`); :class:`Unavailable` naming the
+        nodes not reached otherwise (run it again)."""
+        held = self.catalog.tenant(name)
+        if held is None:
+            raise InvalidRequest(f"no tenant {name!r}")
+        entry: TenantEntry = held
+        if entry.is_shredded:
+            raise TenantShredded(f"tenant {name!r} was shredded")
+        if entry.state == CONFIRMED:
+            raise TenantConflict(f"tenant {name!r} is confirmed ({describe(entry)}); a confirmed "
+                                 "tenant cannot be abandoned (`hdsd tenant shred` destroys it)")
+        if entry.state != ABANDONED:
+            _, waiting = await self._round(node, replace(entry, state=ABANDONING), "abandon")
+            if waiting:
+                raise Unavailable(
+                    f"abandoning tenant {name!r} waits for {', '.join(waiting)} ("
+                    + "; ".join(f"{n}: {why}" for n, why in waiting.items())
+                    + f"); nothing can be written to it meanwhile. Run `hdsd tenant abandon "
+                    f"{name}` again once they answer")
+            epoch = entry.epoch
+            changed, entry = await trio.to_thread.run_sync(
+                self.catalog.update_tenant, name, lambda cur: decide_abandon(cur, epoch))
+            self.after_apply(changed)
+            log.info("event=tenant_abandoned tenant=%s creation=%s", name,
+                     entry.creation.hex()[:8])
+        result = await self.apply_and_push(node, [entry])
+        return self._answer(entry, result["applied_on"],
+                            {n: "catches up at its next catalog sync" for n in result["pending"]})
+
+    async def resume_own(self, node: Node) -> None:
+        """One round for each pending creation this node made (or seeded): a creation cut off
+        by a partition is confirmed as soon as every node answers, without an operator. Not
+        tried while a node is unreachable (the sync just before found out): a round could not
+        complete, and its timeouts would slow the sync loop for as long as a site is down."""
+        if not all(node.peers.reachable(n.name) for n in node.layout.nodes
+                   if n.name != node.config.name):
+            return
+        for entry in self.catalog.tenants():
+            if entry.state == PENDING and not entry.is_shredded \
+                    and entry.origin in (node.config.name, SEED_ORIGIN):
+                try:
+                    await self.confirm(node, entry.name, entry.creation)
+                except HdsdError as exc:
+                    log.info("event=tenant_confirm_failed tenant=%s error=%s", entry.name, exc)
+
     async def sync_with(self, node: Node, name: str) -> None:
         """One catalog sync with *name*: pull on digest mismatch, push back what it lacks."""
         body = await node.peers.call(
@@ -412,3 +629,4 @@ class Tenancy:
             except HdsdError as exc:  # a store problem is reported by the requests themselves
                 log.warning("event=usage_refresh_failed error=%s", exc)
             await self.sync_all(node)
+            await self.resume_own(node)

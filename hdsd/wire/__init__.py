@@ -12,9 +12,12 @@ from ._admin import CertList as CertList
 from ._admin import CertRevoke as CertRevoke
 from ._admin import HoldList as HoldList
 from ._admin import HoldSet as HoldSet
+from ._admin import TenantAbandon as TenantAbandon
+from ._admin import TenantConfirm as TenantConfirm
 from ._admin import TenantCreate as TenantCreate
 from ._admin import TenantList as TenantList
 from ._admin import TenantShred as TenantShred
+from ._admin import TenantVote as TenantVote
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import Event as Event

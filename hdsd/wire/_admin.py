@@ -1,9 +1,9 @@
 """Tenant administration requests (client → node) and catalog replication (node → node).
 
-Client admin requests (codes 0x18-0x1F) are answered by ``Reply`` or ``ErrorReply`` like any
-request; the node checks who may send them (an operator for tenants, a tenant's admin for its
-own buckets and holds). Catalog entries travel as the maps of ``Entry.to_wire()``; the wire
-layer checks only their shape, the catalog checks their content.
+Client admin requests (codes 0x18-0x1F, 0x40-0x4F) are answered by ``Reply`` or ``ErrorReply``
+like any request; the node checks who may send them (an operator for tenants, a tenant's admin
+for its own buckets and holds). Catalog entries travel as the maps of ``Entry.to_wire()``; the
+wire layer checks only their shape, the catalog checks their content.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ __all__ = [
     "CertRevoke",
     "HoldList",
     "HoldSet",
+    "TenantAbandon",
+    "TenantConfirm",
     "TenantCreate",
     "TenantList",
     "TenantShred",
+    "TenantVote",
 ]
 
 _MAX_QUOTA = (1 << 63) - 1
@@ -73,6 +76,40 @@ class TenantList(Message):
 @dataclass(frozen=True, slots=True)
 class TenantShred(Message):
     """Operator: destroy the tenant's keys in both sites; ``confirm`` must repeat the name."""
+
+    rid: int
+    tenant: str
+    confirm: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        _tenant(self.confirm, "confirm")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfirm(Message):
+    """Operator: run one confirmation round of the tenant's pending creation (``hdsd tenant
+    create`` repeats it until confirmed; ``--resume``). ``creation`` (16 bytes, or empty: the
+    one the node holds) is the creation the caller expects: another one is ``tenant_conflict``.
+    Reply as ``TenantCreate``'s: ``state``, ``acked``, ``waiting`` {node: why}."""
+
+    rid: int
+    tenant: str
+    creation: bytes
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        F.check_bytes("creation", self.creation)
+        if len(self.creation) not in (0, 16):
+            raise InvalidRequest("creation: expected 16 bytes or none")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAbandon(Message):
+    """Operator: abandon the tenant's unconfirmed creation in both sites (every node must
+    agree); ``confirm`` must repeat the name. A confirmed tenant is refused (shred it)."""
 
     rid: int
     tenant: str
@@ -210,6 +247,25 @@ class CatalogPush(Message):
         F.check_rid(self.rid)
         F.check_str("layout", self.layout, max_chars=64, allow_empty=False)
         _check_entries(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantVote(Message):
+    """Node → node: vote on a tenant creation (``vote`` ``create``: hold this pending creation;
+    ``abandon``: hold its epoch abandoning). Reply ``{"state"}`` for yes, ``tenant_conflict``
+    (naming what the node holds) for no."""
+
+    rid: int
+    layout: str
+    entry: dict[str, Any]
+    vote: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("layout", self.layout, max_chars=64, allow_empty=False)
+        F.check_map("entry", self.entry)
+        if self.vote not in ("create", "abandon"):
+            raise InvalidRequest(f"vote {self.vote!r} must be create or abandon")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,12 @@ from ._admin import (
     CertRevoke,
     HoldList,
     HoldSet,
+    TenantAbandon,
+    TenantConfirm,
     TenantCreate,
     TenantList,
     TenantShred,
+    TenantVote,
 )
 from ._messages import (
     Cancel,
@@ -118,6 +121,9 @@ MESSAGE_TYPES: Final = (
     _t(C.T_CERT_LIST, CertList, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
     _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
+    _t(C.T_TENANT_CONFIRM, TenantConfirm, Kind.REQUEST),
+    _t(C.T_TENANT_ABANDON, TenantAbandon, Kind.REQUEST),
+    _t(C.T_TENANT_VOTE, TenantVote, Kind.REQUEST),
 )
 
 _BY_CODE: Final = {t.code: t for t in MESSAGE_TYPES}

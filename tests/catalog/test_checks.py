@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from hdsd import LegalHold, PermissionDenied, QuotaExceeded, RetentionLocked, TenantShredded
+from hdsd.catalog import TenantEntry
 from hdsd.cluster import HybridClock
 from hdsd.node._keyring import Keyring, create_master_key, load_master_key
 from hdsd.node._tenancy import Tenancy
@@ -35,7 +37,9 @@ def tenancy(tmp_path: Path) -> Any:
     clock = HybridClock(wall_ms=lambda: now["ms"])
     t = Tenancy(tmp_path, master, Keyring(tmp_path / "keyring.hdsd", master), clock,
                 operator_tenant="ops", evict=lambda _: None, wall_ms=lambda: now["ms"])
-    t.catalog.apply(t.create_tenant("t", 1000))
+    # Confirmed as if every node had voted for it (the vote itself: test_confirm.py).
+    t.catalog.apply([replace(e, state="confirmed") for e in t.create_tenant("t", 1000)
+                     if isinstance(e, TenantEntry)])
     yield t, now, clock
     t.close()
 

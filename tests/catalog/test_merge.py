@@ -21,6 +21,7 @@ from hdsd.catalog import (
     entry_from_wire,
     merge,
 )
+from hdsd.catalog._model import creation_order
 
 names = st.sampled_from(["a", "b"])
 hlcs = st.integers(1, 50)
@@ -30,10 +31,16 @@ blobs = st.sampled_from([b"k" * 72, b"j" * 72])
 @st.composite
 def tenants(draw: st.DrawFn) -> TenantEntry:
     shredded = draw(st.booleans())
-    return TenantEntry(name=draw(names), wrapped=b"" if shredded else draw(blobs),
+    # creation fields: older entries (no id, confirmed) and confirmed or not ones
+    state = draw(st.sampled_from(["confirmed", "pending", "abandoning", "abandoned"]))
+    keyless = shredded or state == "abandoned"
+    return TenantEntry(name=draw(names), wrapped=b"" if keyless else draw(blobs),
                        created=draw(hlcs), quota_bytes=draw(st.integers(0, 5)),
                        quota_hlc=draw(hlcs), shredded=draw(hlcs) if shredded else 0,
-                       plan=draw(st.sampled_from(["standard", "backup"])))
+                       plan=draw(st.sampled_from(["standard", "backup"])),
+                       epoch=draw(st.integers(0, 1)),
+                       creation=draw(st.sampled_from([b"", b"\x01" * 16, b"\x02" * 16])),
+                       state=state, origin=draw(st.sampled_from(["", "dc1-n1", "keyring"])))
 
 
 buckets = st.builds(BucketEntry, tenant=names, name=names, retention_days=st.integers(0, 9),
@@ -151,10 +158,14 @@ def test_shredded_key_bytes_leave_the_sqlite_files(tmp_path: Path) -> None:
 def test_the_plan_is_the_earliest_creations(updates: list[TenantEntry]) -> None:
     # A plan never changes once every node has seen the creation: later entries (a quota
     # change, a shred, a racing creation) cannot move a tenant's keys to other nodes.
+    # The plan is the winning creation's (test_confirm.py: a confirmed creation always wins);
+    # among tenants from before confirmation (same epoch and state), the earliest creation's.
     for name, merged in _fold(list(updates)).items():
         assert isinstance(merged, TenantEntry)
         mine = [u for u in updates if u.ident == name]
-        assert merged.plan == min((u.created, u.plan) for u in mine)[1]
+        assert merged.plan == min(mine, key=creation_order).plan
+        if all((u.epoch, u.state, u.creation) == (0, "confirmed", b"") for u in mine):
+            assert merged.plan == min((u.created, u.plan) for u in mine)[1]
 
 
 def test_a_standard_tenant_looks_as_before_plans_existed(tmp_path: Path) -> None:

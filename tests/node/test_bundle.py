@@ -45,7 +45,7 @@ def test_each_bundle_holds_its_own_files_only(relative: Path) -> None:
         bundle = relative / node.name
         assert _files(bundle) == {
             "node.toml", "ca.crt", f"node-{node.name}.crt", f"node-{node.name}.key",
-            "master.key", "data/keyring.hdsd", "data/audit/signing.key",
+            "master.key", "data/keyring.hdsd", "data/catalog.sqlite", "data/audit/signing.key",
             "data/audit/verify.key"}, node.name
         with tarfile.open(relative / f"{node.name}.tar") as tar:
             assert {m.name for m in tar.getmembers() if m.isfile()} == _files(bundle)

@@ -142,6 +142,11 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.CatalogPush: st.builds(wire.CatalogPush, rids, layouts, st.lists(free_maps, max_size=3)),
     wire.CatalogSync: st.builds(wire.CatalogSync, rids, layouts,
                                 st.binary(min_size=32, max_size=32)),
+    wire.TenantConfirm: st.builds(wire.TenantConfirm, rids, tenants,
+                                  st.sampled_from([b"", b"\x01" * 16])),
+    wire.TenantAbandon: st.builds(wire.TenantAbandon, rids, tenants, tenants),
+    wire.TenantVote: st.builds(wire.TenantVote, rids, layouts, free_maps,
+                               st.sampled_from(["create", "abandon"])),
 }
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(*STRATEGIES.values())

@@ -42,6 +42,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.HoldList() | wire.CertRevoke() | wire.CertList():
             return [], C
+        case wire.TenantConfirm() | wire.TenantAbandon() | wire.TenantVote():
+            return [], C
         case wire.Data() | wire.End():
             return [put], C
         case wire.Credit():
