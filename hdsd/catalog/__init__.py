@@ -2,10 +2,19 @@
 holds and revoked certificates, with merge rules that converge in any delivery order. Knows
 nothing of the network."""
 
+from ._confirm import decide_abandon as decide_abandon
+from ._confirm import decide_confirm as decide_confirm
+from ._confirm import describe_creation as describe_creation
+from ._confirm import pending_error as pending_error
+from ._confirm import vote_abandon as vote_abandon
+from ._confirm import vote_create as vote_create
 from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
+from ._keys import seed_creation as seed_creation
+from ._model import ABANDONED as ABANDONED
+from ._model import ABANDONING as ABANDONING
 from ._model import CONFIRMED as CONFIRMED
 from ._model import PENDING as PENDING
 from ._model import BucketEntry as BucketEntry

@@ -49,11 +49,11 @@ from ._model import (
     merge,
 )
 
-__all__ = ["decide_abandon", "decide_confirm", "describe", "pending_error", "same_creation",
-           "vote_abandon", "vote_create"]
+__all__ = ["decide_abandon", "decide_confirm", "describe_creation", "pending_error",
+           "same_creation", "vote_abandon", "vote_create"]
 
 
-def describe(e: TenantEntry) -> str:
+def describe_creation(e: TenantEntry) -> str:
     """One phrase naming a creation, for messages: ``creation 1a2b3c4d (epoch 0) made on
     dc1-n1 at 2026-...``; never key bytes."""
     import datetime as dt
@@ -67,6 +67,9 @@ def describe(e: TenantEntry) -> str:
 
 def same_creation(a: TenantEntry, b: TenantEntry) -> bool:
     return (a.epoch, a.creation, a.created) == (b.epoch, b.creation, b.created)
+
+
+describe = describe_creation  # the short name, inside this module
 
 
 def pending_error(e: TenantEntry) -> TenantPending:

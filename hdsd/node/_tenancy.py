@@ -64,25 +64,27 @@ from .._errors import (
     Unavailable,
 )
 from ..catalog import (
+    ABANDONED,
+    ABANDONING,
     CATALOG_FILE,
+    CONFIRMED,
+    PENDING,
     BucketEntry,
     Catalog,
     Entry,
     HoldEntry,
     RevokedEntry,
     TenantEntry,
-    entry_from_wire,
-)
-from ..catalog._confirm import (
     decide_abandon,
     decide_confirm,
-    describe,
+    describe_creation,
+    entry_from_wire,
     pending_error,
+    seed_creation,
     vote_abandon,
     vote_create,
 )
-from ..catalog._keys import seed_creation, unwrap_keys, wrap_keys
-from ..catalog._model import ABANDONED, ABANDONING, CONFIRMED, PENDING
+from ..catalog._keys import unwrap_keys, wrap_keys
 from ..cluster import HybridClock
 from ..pipeline import TenantKeys
 from ..wire import CatalogPush, CatalogSync, TenantVote
@@ -299,8 +301,9 @@ class Tenancy:
         if old.state != CONFIRMED and not old.is_shredded:
             # Shredding is terminal for the *name*: it must not end a creation that another
             # node may still be confirming elsewhere; abandoning is the way out of a pending one.
-            raise TenantPending(f"tenant {name!r} is not confirmed ({describe(old)}); abandon "
-                                f"it with `hdsd tenant abandon {name}` instead of shredding")
+            raise TenantPending(f"tenant {name!r} is not confirmed ({describe_creation(old)}); "
+                                f"abandon it with `hdsd tenant abandon {name}` instead of "
+                                "shredding")
         return [replace(old, wrapped=b"", shredded=self._clock.now())]
 
     def create_bucket(self, tenant: str, bucket: str, retention_days: int) -> list[Entry]:
@@ -505,7 +508,7 @@ class Tenancy:
             raise TenantShredded(f"tenant {name!r} was shredded; a shredded name is never reused")
         if creation and entry.creation != creation:
             raise TenantConflict(f"tenant {name!r}: creation {creation.hex()[:8]} lost to "
-                                 f"{describe(entry)}; nothing was written under its keys")
+                                 f"{describe_creation(entry)}; nothing was written under its keys")
         if entry.state == ABANDONING:
             raise pending_error(entry)
         if entry.state == PENDING:
@@ -534,8 +537,9 @@ class Tenancy:
         if entry.is_shredded:
             raise TenantShredded(f"tenant {name!r} was shredded")
         if entry.state == CONFIRMED:
-            raise TenantConflict(f"tenant {name!r} is confirmed ({describe(entry)}); a confirmed "
-                                 "tenant cannot be abandoned (`hdsd tenant shred` destroys it)")
+            raise TenantConflict(f"tenant {name!r} is confirmed ({describe_creation(entry)}); a "
+                                 "confirmed tenant cannot be abandoned (`hdsd tenant shred` "
+                                 "destroys it)")
         if entry.state != ABANDONED:
             _, waiting = await self._round(node, replace(entry, state=ABANDONING), "abandon")
             if waiting:
