@@ -7,6 +7,7 @@ from ._errors import ArchiveError as ArchiveError
 from ._errors import AuditChainBroken as AuditChainBroken
 from ._errors import AuditTampered as AuditTampered
 from ._errors import AuthenticationFailed as AuthenticationFailed
+from ._errors import CertificateRevoked as CertificateRevoked
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import CorruptLogError as CorruptLogError

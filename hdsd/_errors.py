@@ -23,6 +23,7 @@ __all__ = [
     "AuditChainBroken",
     "AuditTampered",
     "AuthenticationFailed",
+    "CertificateRevoked",
     "ConfigError",
     "ConnectionLost",
     "CorruptLogError",
@@ -107,6 +108,14 @@ class AuthenticationFailed(HdsdError):
     """The peer could not be authenticated (TLS handshake, unknown CA, wrong certificate kind)."""
 
     code = "authentication_failed"
+    exit_code = 4
+
+
+class CertificateRevoked(AuthenticationFailed):
+    """The certificate verified but was revoked (``hdsd cert revoke``, or replaced by a re-issue
+    or a renewal): the node refuses it at the handshake and cuts its open sessions."""
+
+    code = "certificate_revoked"
     exit_code = 4
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ..transport import Identity, WireSession
-from ..wire import GetStart, Message, PutStart, Reply
+from ..wire import CertRevoke, GetStart, Message, PutStart, Reply
 
 if TYPE_CHECKING:
     from ._log import AuditLog
@@ -72,9 +72,11 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     bytes_in = observed.bytes_in
     if type(msg) is PutStart and outcome == "ok" and type(info.get("size")) is int:
         bytes_in = max(bytes_in, info["size"])  # a small put arrives whole, without credit
+    key = _text(getattr(msg, "key", None) or getattr(msg, "prefix", ""))
+    if type(msg) is CertRevoke:  # what was revoked: the serial (the certificate's, if given)
+        key = f"serial:{_text(info.get('serial')) or msg.serial or '?'}"
     audit.record(
         identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
-        op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")),
-        key=_text(getattr(msg, "key", None) or getattr(msg, "prefix", "")),
+        op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")), key=key,
         version=_text(info.get("version") or getattr(msg, "version", "")),
         bytes_in=bytes_in, bytes_out=observed.bytes_out, outcome=outcome, peer=peer)

@@ -1,5 +1,6 @@
-"""hdsd.catalog: the replicated catalog of tenants (and their wrapped keys), buckets and legal
-holds, with merge rules that converge in any delivery order. Knows nothing of the network."""
+"""hdsd.catalog: the replicated catalog of tenants (and their wrapped keys), buckets, legal
+holds and revoked certificates, with merge rules that converge in any delivery order. Knows
+nothing of the network."""
 
 from ._confirm import decide_abandon as decide_abandon
 from ._confirm import decide_confirm as decide_confirm
@@ -19,6 +20,7 @@ from ._model import PENDING as PENDING
 from ._model import BucketEntry as BucketEntry
 from ._model import Entry as Entry
 from ._model import HoldEntry as HoldEntry
+from ._model import RevokedEntry as RevokedEntry
 from ._model import TenantEntry as TenantEntry
 from ._model import entry_from_wire as entry_from_wire
 from ._model import merge as merge

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 
 from .._packing import packb
-from ._model import BucketEntry, Entry, HoldEntry, TenantEntry, merge
+from ._model import BucketEntry, Entry, HoldEntry, RevokedEntry, TenantEntry, merge
 
 __all__ = ["Catalog", "tenant_in_catalog", "tenant_state_in_catalog"]
 
@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS holds (
     tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, held INTEGER NOT NULL,
     by TEXT NOT NULL, hlc INTEGER NOT NULL, PRIMARY KEY (tenant, bucket, key)
 );
+CREATE TABLE IF NOT EXISTS revoked (
+    serial TEXT PRIMARY KEY, hlc INTEGER NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL,
+    kind TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    not_after INTEGER NOT NULL
+);
 """
 
 
@@ -54,7 +59,8 @@ def _u(value: int) -> int:
 
 
 class Catalog:
-    """Tenants, buckets and holds of the cluster as this node knows them; thread-safe.
+    """Tenants, buckets, holds and revoked certificates of the cluster as this node knows them;
+    thread-safe.
 
     Reads are served from memory (the catalog is small: one entry per tenant, bucket and held
     key); SQLite is the durable copy, written in the caller's thread.
@@ -106,6 +112,12 @@ class Catalog:
             h = HoldEntry(tenant=row[0], bucket=row[1], key=row[2], held=bool(row[3]), by=row[4],
                           hlc=_u(row[5]))
             self._entries[h.ident] = h
+        for row in self._db.execute("SELECT serial, hlc, by, reason, kind, tenant, name, role, "
+                                    "not_after FROM revoked"):
+            r = RevokedEntry(serial=row[0], hlc=_u(row[1]), by=row[2], reason=row[3],
+                             kind=row[4], tenant=row[5], name=row[6], role=row[7],
+                             not_after=_u(row[8]))
+            self._entries[r.ident] = r
 
     # -- writes ------------------------------------------------------------------------------
     def apply(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -167,10 +179,15 @@ class Catalog:
             self._db.execute(
                 "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
                 (e.tenant, e.name, e.retention_days, _s(e.created)))
-        else:
+        elif isinstance(e, HoldEntry):
             self._db.execute(
                 "INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?, ?)",
                 (e.tenant, e.bucket, e.key, int(e.held), e.by, _s(e.hlc)))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO revoked VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.serial, _s(e.hlc), e.by, e.reason, e.kind, e.tenant, e.name, e.role,
+                 _s(e.not_after)))
 
     def replace_wrapped(self, rewrapped: dict[str, bytes]) -> None:
         """Install tenants' keys wrapped under a new master key, in one transaction (used by
@@ -220,6 +237,15 @@ class Catalog:
 
     def holds(self, tenant: str | None = None) -> list[HoldEntry]:
         return [e for e in self.entries() if isinstance(e, HoldEntry)
+                and (tenant is None or e.tenant == tenant)]
+
+    def is_revoked(self, serial: str) -> bool:
+        """Whether the certificate of *serial* (lowercase hex) is revoked; one dict lookup, no
+        lock: the handshake asks it for every connection."""
+        return ("revoked", serial) in self._entries
+
+    def revoked(self, tenant: str | None = None) -> list[RevokedEntry]:
+        return [e for e in self.entries() if isinstance(e, RevokedEntry)
                 and (tenant is None or e.tenant == tenant)]
 
 

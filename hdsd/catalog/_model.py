@@ -19,20 +19,26 @@ same updates in any order, any number of times, hold the same catalog:
   keys, so it never changes once the creation is confirmed.
 * **bucket** — retention only grows (max); created is the earliest.
 * **hold** — last-writer-wins on ``(hlc, by, held)``.
+* **revoked** — a certificate serial that no node accepts any more. *Revocation is terminal*,
+  like shredding: the entries form a grow-only set keyed by serial, and nothing un-revokes.
+  Two revocations of one serial merge to the earliest ``(hlc, by, reason)`` (when and by whom
+  it was first revoked) and to the most the revokers knew of the certificate (its kind,
+  tenant, name, role, expiry: empty or 0 when revoked by bare serial).
 
 Wrapped keys are opaque here (wrapping lives in :mod:`._keys`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from .._errors import IntegrityError
 from ..cluster import PLANS
 
-__all__ = ["BucketEntry", "Entry", "HoldEntry", "TenantEntry", "creation_order", "entry_from_wire",
-           "merge"]
+__all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "TenantEntry", "creation_order",
+           "entry_from_wire", "merge"]
 
 # Confirmation states of a tenant creation, by rank (see hdsd.catalog._confirm).
 PENDING = "pending"
@@ -124,7 +130,43 @@ class HoldEntry:
                 "held": self.held, "by": self.by, "hlc": self.hlc}
 
 
-Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry
+@dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    """A revoked certificate: ``serial`` is its serial in lowercase hex (the key); the rest
+    describes it for listings and audits, as far as the revoker knew (``kind`` ``""``: a bare
+    serial). ``not_after`` is the certificate's expiry in Unix ms (0: unknown)."""
+
+    serial: str
+    hlc: int
+    by: str
+    reason: str = ""
+    kind: str = ""  # "client", "node" or "" (unknown)
+    tenant: str = ""
+    name: str = ""
+    role: str = ""
+    not_after: int = 0
+
+    @property
+    def ident(self) -> tuple[str, ...]:
+        return ("revoked", self.serial)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "revoked", "serial": self.serial, "hlc": self.hlc, "by": self.by,
+                "reason": self.reason, "cert_kind": self.kind, "tenant": self.tenant,
+                "name": self.name, "role": self.role, "not_after": self.not_after}
+
+
+Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry | RevokedEntry
+
+
+def _merge_revoked(a: RevokedEntry, b: RevokedEntry) -> RevokedEntry:
+    # Each half is a join on its own (min of one tuple, max of another), so their product is.
+    hlc, by, reason = min((a.hlc, a.by, a.reason), (b.hlc, b.by, b.reason))
+    kind, tenant, name, role, not_after = max(
+        (a.kind, a.tenant, a.name, a.role, a.not_after),
+        (b.kind, b.tenant, b.name, b.role, b.not_after))
+    return RevokedEntry(serial=a.serial, hlc=hlc, by=by, reason=reason, kind=kind,
+                        tenant=tenant, name=name, role=role, not_after=not_after)
 
 
 def creation_order(e: TenantEntry) -> tuple[int, int, int, bytes, int, str, str, bytes]:
@@ -160,21 +202,28 @@ def merge(a: Entry, b: Entry) -> Entry:
                        created=min(a.created, b.created))
     if isinstance(a, HoldEntry) and isinstance(b, HoldEntry):
         return max(a, b, key=lambda h: (h.hlc, h.by, h.held))
+    if isinstance(a, RevokedEntry) and isinstance(b, RevokedEntry):
+        return _merge_revoked(a, b)
     raise ValueError(f"cannot merge {type(a).__name__} with {type(b).__name__}")
 
 
 _U64 = (1 << 64) - 1
 
 
-def _field_of(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64) -> Any:
+def _field_of(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high: int = _U64,
+              empty: bool = False) -> Any:
     value: Any = doc.get(name)
     if type(value) is not kind:
         raise IntegrityError(f"catalog entry field {name!r}: expected {kind.__name__}")
     if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
         raise IntegrityError(f"catalog entry field {name!r}: {value} out of range")
-    if isinstance(value, str) and not 0 < len(value) <= 1024:
+    if isinstance(value, str) and not (0 if empty else 1) <= len(value) <= 1024:
         raise IntegrityError(f"catalog entry field {name!r}: bad length")
     return value
+
+
+SERIAL_RE = re.compile(r"[1-9a-f][0-9a-f]{0,39}")  # X.509: positive, at most 20 octets
+CERT_KINDS = ("", "client", "node")
 
 
 def _creation_of(doc: dict[str, Any]) -> bytes:
@@ -221,4 +270,19 @@ def entry_from_wire(doc: object) -> Entry:
         return HoldEntry(tenant=_field_of(doc, "tenant", str), bucket=_field_of(doc, "bucket", str),
                          key=_field_of(doc, "key", str), held=_field_of(doc, "held", bool),
                          by=_field_of(doc, "by", str), hlc=_field_of(doc, "hlc", int))
+    if kind == "revoked":
+        serial = _field_of(doc, "serial", str)
+        if not SERIAL_RE.fullmatch(serial):
+            raise IntegrityError("catalog revoked entry: serial must be lowercase hex")
+        revoked = RevokedEntry(
+            serial=serial, hlc=_field_of(doc, "hlc", int), by=_field_of(doc, "by", str),
+            reason=_field_of(doc, "reason", str, empty=True),
+            kind=_field_of(doc, "cert_kind", str, empty=True),
+            tenant=_field_of(doc, "tenant", str, empty=True),
+            name=_field_of(doc, "name", str, empty=True),
+            role=_field_of(doc, "role", str, empty=True),
+            not_after=_field_of(doc, "not_after", int))
+        if revoked.kind not in CERT_KINDS:
+            raise IntegrityError(f"catalog revoked entry: unknown kind {revoked.kind!r}")
+        return revoked
     raise IntegrityError(f"unknown catalog entry kind {kind!r}")

@@ -32,7 +32,7 @@ from ..node._keyring import (
 )
 from ..node._logging import configure_logging
 from ..pipeline import tune_allocator
-from ..transport import ROLES, issue_client_cert
+from ..transport import CLIENT_VALIDITY_DAYS, ROLES, issue_client_cert, read_certificate
 from ._main import main
 
 
@@ -131,7 +131,7 @@ def _toml_str(value: str) -> str:
 
 @main.group()
 def cert() -> None:
-    """Issue certificates signed by the cluster CA."""
+    """Issue, renew, revoke and list certificates of the cluster CA."""
 
 
 @cert.command("issue")
@@ -143,11 +143,24 @@ def cert() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="where to write NAME.crt/NAME.key (default CLUSTER_DIR/clients)")
 @click.option("--force", is_flag=True,
-              help="replace an existing client's key and profile, or issue for a shredded "
-                   "tenant (whose requests every node refuses)")
-def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: str | None,
-               force: bool) -> None:
-    """Issue a client certificate (and a profile next to it) for TENANT with ROLE."""
+              help="replace an existing client's key and profile (its previous certificates "
+                   "are revoked, unless --keep-previous), or issue for a shredded tenant "
+                   "(whose requests every node refuses)")
+@click.option("--days", type=click.IntRange(1, 730), default=CLIENT_VALIDITY_DAYS,
+              show_default=True, help="lifetime of the certificate")
+@click.option("--keep-previous", is_flag=True,
+              help="with --force: leave the client's previous certificates valid until they "
+                   "expire (default: revoke them once the new one is written)")
+@click.pass_context
+def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, cluster_dir: str,
+               out: str | None, force: bool, days: int, keep_previous: bool) -> None:
+    """Issue a client certificate (and a profile next to it) for TENANT with ROLE.
+
+    Replacing an existing client needs --force (or `hdsd cert renew`); its previous
+    certificates are then revoked through the cluster once the new one is written, unless
+    --keep-previous (see :mod:`._certs`)."""
+    from ._certs import client_records, replace_previous  # (it imports this module)
+
     root = Path(cluster_dir).resolve()
     out_dir = Path(out).resolve() if out else root / "clients"
     keyrings = _bundle_keyrings(root)
@@ -168,7 +181,9 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
     # A tenant made by `hdsd tenant create` already has its keys in the nodes' catalog.
     if states == {None} and (message := _provision_tenant(root, keyrings, tenant)):
         click.echo(message)
-    crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role)
+    previous = client_records(root, client_name, tenant)
+    crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role,
+                                 days=days)
     profile = out_dir / f"{client_name}.toml"
     admin = root / "client.toml"
     if _write_client_profile(root, profile, tenant, crt, key):
@@ -187,9 +202,12 @@ def cert_issue(client_name: str, tenant: str, role: str, cluster_dir: str, out: 
                 line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
             lines.append(line)
         profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role})")
+    new = read_certificate(crt.read_bytes())
+    click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role}, serial {new.serial}, "
+               f"valid until {new.not_after:%Y-%m-%d})")
     if profile.exists():
         click.echo(f"profile: {profile}")
+    replace_previous(ctx, root, previous, new, keep_previous)
 
 
 # --- cert issue helpers (deployment): the cluster's layout, and where a tenant's keys go -------

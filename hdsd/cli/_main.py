@@ -46,6 +46,7 @@ def _register() -> None:
         _admin,
         _audit,
         _bench,
+        _certs,
         _data,
         _export,
         _profile,

@@ -39,6 +39,8 @@ from ..wire import (
     BucketCreate,
     BucketList,
     Cancel,
+    CertList,
+    CertRevoke,
     Connection,
     Data,
     DeleteRequest,
@@ -530,6 +532,18 @@ class AsyncClient:
         *tenant* (empty: every tenant, for the operator), of *bucket* (empty: all of them)."""
         body = await self._call(lambda rid: HoldList(rid, tenant, bucket))
         return list(body["holds"])
+
+    async def cert_revoke(self, *, serial: str = "", certificate: bytes = b"",
+                          reason: str = "") -> dict[str, Any]:
+        """Revoke a certificate on every node, for good: by *certificate* (DER; a tenant's
+        admin may revoke its own tenant's client certificates this way) or by bare *serial*
+        (lowercase hex; the operator only). Its live sessions are closed."""
+        return await self._call(lambda rid: CertRevoke(rid, serial, certificate, reason))
+
+    async def cert_revoked(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+        """The revoked certificates of *tenant* (``""``: all of them, operator only)."""
+        body = await self._call(lambda rid: CertList(rid, tenant))
+        return list(body["revoked"])
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

@@ -5,7 +5,10 @@ Who may do what — the operator is an ``admin`` certificate of the cluster's op
 
 * tenants (create, set quota, list, shred): the operator only;
 * buckets (create, extend retention, list) and legal holds: the operator, or an ``admin`` of
-  that tenant.
+  that tenant;
+* certificates (revoke, list revoked): the operator for any certificate (node certificates, a
+  bare serial, any tenant's); an ``admin`` of a tenant for its own tenant's client
+  certificates, proven by the certificate itself (signed by the cluster CA).
 
 Every change is applied here and pushed to every other node of both sites; the reply names the
 nodes that confirmed (``applied_on``) and those that will catch up by sync (``pending``). A
@@ -20,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import HdsdError, InvalidRequest, PermissionDenied
-from ..catalog import Entry, TenantEntry, entry_from_wire
+from .._errors import AuthenticationFailed, HdsdError, InvalidRequest, PermissionDenied
+from ..catalog import Entry, RevokedEntry, TenantEntry, entry_from_wire
 from ..cluster import HybridClock
-from ..transport import Identity, WireSession
+from ..transport import Identity, IssuedCert, WireSession, verify_issued
 from ..wire import (
     BucketCreate,
     BucketList,
     CatalogPush,
     CatalogSync,
+    CertList,
+    CertRevoke,
     HoldList,
     HoldSet,
     Message,
@@ -205,6 +210,64 @@ async def _hold_list(node: Node, session: WireSession, ident: Identity, msg: Hol
          "set_ms": HybridClock.wall_ms(h.hlc)} for h in holds]}))
 
 
+async def _cert_revoke(node: Node, session: WireSession, ident: Identity, msg: CertRevoke,
+                       inbox: _Inbox) -> None:
+    operator = node.tenancy.is_operator(ident.tenant, ident.role)
+    cert: IssuedCert | None = None
+    if msg.certificate:
+        ca_pem = await trio.to_thread.run_sync(node.config.ca.read_bytes)
+        try:
+            cert = verify_issued(ca_pem, msg.certificate)
+        except AuthenticationFailed as exc:
+            raise InvalidRequest(f"cannot revoke that certificate: {exc.message}") from None
+        if msg.serial and msg.serial != cert.serial:
+            raise InvalidRequest(f"serial {msg.serial} is not the certificate's "
+                                 f"({cert.serial})")
+        if cert.identity.cluster_id != node.config.cluster_id:
+            raise InvalidRequest(f"the certificate is for cluster {cert.identity.cluster_id!r}")
+    if not operator:
+        # A tenant's admin revokes its own tenant's client certificates, and must prove the
+        # certificate is one: a bare serial could be anybody's (a node's, another tenant's).
+        if ident.role != "admin":
+            raise PermissionDenied(f"role {ident.role!r} may not revoke certificates")
+        if cert is None:
+            raise PermissionDenied("only the operator revokes a bare serial; a tenant admin "
+                                   "gives the certificate itself (--cert FILE)")
+        if cert.identity.kind != "client" or cert.identity.tenant != ident.tenant:
+            what = (f"node {cert.identity.name!r}" if cert.identity.kind == "node"
+                    else f"a client of tenant {cert.identity.tenant!r}")
+            raise PermissionDenied(f"an admin of tenant {ident.tenant!r} may not revoke the "
+                                   f"certificate of {what}; only the operator may")
+    serial = cert.serial if cert is not None else msg.serial
+    already = node.tenancy.catalog.is_revoked(serial)
+    who = cert.identity if cert is not None else None
+    entries = node.tenancy.revoke(
+        serial, by=f"{ident.name}@{ident.tenant}", reason=msg.reason,
+        kind=who.kind if who else "", tenant=(who.tenant or "") if who else "",
+        name=who.name if who else "", role=(who.role or "") if who else "",
+        not_after_ms=int(cert.not_after.timestamp() * 1000) if cert is not None else 0)
+    result = await node.tenancy.apply_and_push(node, entries)
+    await session.send(Reply(rid=msg.rid, body={
+        "serial": serial, "kind": who.kind if who else "", "name": who.name if who else "",
+        "tenant": (who.tenant or "") if who else "", "already_revoked": already, **result}))
+
+
+def _revoked_row(e: RevokedEntry) -> dict[str, Any]:
+    return {"serial": e.serial, "kind": e.kind, "tenant": e.tenant, "name": e.name,
+            "role": e.role, "not_after_ms": e.not_after or None,
+            "revoked_ms": HybridClock.wall_ms(e.hlc), "by": e.by, "reason": e.reason}
+
+
+async def _cert_list(node: Node, session: WireSession, ident: Identity, msg: CertList,
+                     inbox: _Inbox) -> None:
+    if msg.tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    else:
+        _require_operator(node, ident)
+    rows = [_revoked_row(e) for e in node.tenancy.catalog.revoked(msg.tenant or None)]
+    await session.send(Reply(rid=msg.rid, body={"revoked": rows, "node": node.config.name}))
+
+
 # -- node ↔ node -------------------------------------------------------------------------------
 def _entries(raw: list[Any]) -> list[Entry]:
     return [entry_from_wire(e) for e in raw]
@@ -247,6 +310,8 @@ ADMIN_HANDLERS: dict[type, Any] = {
     BucketList: _bucket_list,
     HoldSet: _hold_set,
     HoldList: _hold_list,
+    CertRevoke: _cert_revoke,
+    CertList: _cert_list,
 }
 CATALOG_PEER_HANDLERS: dict[type, Any] = {
     CatalogPush: _catalog_push,

@@ -28,6 +28,7 @@ import trio
 
 from .._errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     ConfigError,
     HdsdError,
     ProtocolError,
@@ -68,6 +69,7 @@ from ._keyring import KEYRING_FILE, Keyring
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
+from ._revocation import LiveSessions
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -93,7 +95,7 @@ class Node(ReadPaths):
         self._codecs: dict[str, ChunkCodec] = {}
         self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
                                operator_tenant=config.operator_tenant,
-                               evict=self._forget_tenant)
+                               evict=self._forget_tenant, on_revoke=self._cut_revoked)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
@@ -103,7 +105,7 @@ class Node(ReadPaths):
                                  config.data_dir / "peers-in-doubt.json")
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
                               ssl_context=client_context(config.cert, config.key, config.ca),
-                              on_link=self._peer_link_changed)
+                              on_link=self._peer_link_changed, revoked=self._revoked_peer)
         self.replicator = Replicator(
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
@@ -147,6 +149,8 @@ class Node(ReadPaths):
         self.refusals = RefusalCounter(self.audit, interval_s=config.audit_refusals_interval_s)
         self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site,
                                           timeout=config.write_timeout_s)
+        self.live = LiveSessions(self.audit, self.tenancy.catalog.is_revoked,
+                                 refused=self._connection_refused)
 
     # -- pieces the handlers use -----------------------------------------------------------
     def codec(self, tenant: str) -> ChunkCodec:
@@ -175,6 +179,19 @@ class Node(ReadPaths):
             self.doubts.doubt([peer], "the link to it came back")
         else:
             self.doubts.doubt(None, f"the link to {peer} broke")
+
+    def _cut_revoked(self, serials: set[str]) -> None:
+        """Certificates were revoked (here, by a push or by a sync): close their sessions and
+        the links to peers that present them. (None while the node is built.)"""
+        live: LiveSessions | None = getattr(self, "live", None)
+        if live is not None:
+            live.cut(serials)
+        peers: PeerPool | None = getattr(self, "peers", None)
+        if peers is not None:
+            peers.drop_revoked(serials)
+
+    def _revoked_peer(self, ident: Identity) -> bool:
+        return self.tenancy.catalog.is_revoked(ident.serial_hex)
 
     def _shredded(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tenancy.catalog.tenants() if t.is_shredded)
@@ -386,9 +403,12 @@ class Node(ReadPaths):
         handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
         the same deadline, in the session's slot."""
         try:
-            return await handshake_and_identify(stream, timeout=self.config.handshake_timeout_s)
+            return await handshake_and_identify(
+                stream, timeout=self.config.handshake_timeout_s,
+                revoked=lambda ident: self.live.refuse(ident, peer))
         except HdsdError as exc:
-            self._connection_refused(peer, None, exc)
+            if not isinstance(exc, CertificateRevoked):  # refuse() told who it was
+                self._connection_refused(peer, None, exc)
             return None
 
     def _connection_refused(self, peer: str, ident: Identity | None, exc: HdsdError,
@@ -491,7 +511,8 @@ class Node(ReadPaths):
                     return
                 await trio.sleep(max(idle - quiet_for, 1.0))
 
-        async with trio.open_nursery() as requests:
+        # A live session of its certificate: cancelled if the certificate is revoked meanwhile.
+        async with self.live.track(ident, session), trio.open_nursery() as requests:
             reader = trio.CancelScope()
             if ident.kind != "node":  # peers keep their links: replication must not wait
                 requests.start_soon(close_when_idle, reader)

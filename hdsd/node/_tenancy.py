@@ -20,6 +20,9 @@ confirmed by its first write when every node answers).
 digests; on mismatch take the peer's whole catalog, merge, and push back what the peer lacks),
 and by one sync round with every reachable node at start, before it serves clients.
 
+**Revoked certificates** are catalog entries too: applying one (here, by push or by sync) calls
+``on_revoke`` with the serials, and the node closes their live sessions (:mod:`._revocation`).
+
 **Write checks** (on the coordinating node, before anything is written): legal hold, retention
 lock, quota. Replicas do not check again: they accept writes only from node certificates of the
 cluster, i.e. from a coordinator that has checked. What a coordinator cannot know is a change
@@ -70,6 +73,7 @@ from ..catalog import (
     Catalog,
     Entry,
     HoldEntry,
+    RevokedEntry,
     TenantEntry,
     decide_abandon,
     decide_confirm,
@@ -111,13 +115,15 @@ def seed_entry(name: str, wrapped: bytes, keys: TenantKeys, *, epoch: int = 0,
 class Tenancy:
     def __init__(self, data_dir: Path, master: bytes, keyring: Keyring, clock: HybridClock, *,
                  operator_tenant: str, evict: Callable[[str], object],
-                 wall_ms: Callable[[], int] | None = None) -> None:
+                 wall_ms: Callable[[], int] | None = None,
+                 on_revoke: Callable[[set[str]], object] | None = None) -> None:
         self.catalog = Catalog(data_dir / CATALOG_FILE)
         self._master = master
         self._keyring = keyring
         self._clock = clock
         self.operator_tenant = operator_tenant
         self._evict = evict
+        self._on_revoke = on_revoke
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._keys: dict[str, TenantKeys] = {}
         self._usage: dict[str, int] = {}
@@ -220,7 +226,9 @@ class Tenancy:
                 unwrap_keys(self._master, e.name, e.wrapped)
 
     def after_apply(self, changed: list[Entry]) -> None:
-        """Forget what a change made stale: shredded tenants' keys, codecs and seeds."""
+        """Forget what a change made stale: shredded tenants' keys, codecs and seeds; and cut
+        the live sessions of newly revoked certificates (whichever way the news came)."""
+        revoked: set[str] = set()
         for e in changed:
             if isinstance(e, TenantEntry) and not e.has_keys:
                 self._keys.pop(e.name, None)
@@ -233,6 +241,12 @@ class Tenancy:
                 # earlier creation of the name may survive it.
                 self._keys.pop(e.name, None)
                 self._evict(e.name)
+            elif isinstance(e, RevokedEntry):
+                revoked.add(e.serial)
+                log.info("event=certificate_revoked serial=%s kind=%s tenant=%s name=%s by=%s",
+                         e.serial, e.kind or "?", e.tenant or "-", e.name or "?", e.by)
+        if revoked and self._on_revoke is not None:
+            self._on_revoke(revoked)
 
     # -- authorization -----------------------------------------------------------------------
     def is_operator(self, tenant: str | None, role: str | None) -> bool:
@@ -305,6 +319,12 @@ class Tenancy:
         self.keys(tenant)
         return [HoldEntry(tenant=tenant, bucket=bucket, key=key, held=held, by=by,
                           hlc=self._clock.now())]
+
+    def revoke(self, serial: str, by: str, reason: str, *, kind: str = "", tenant: str = "",
+               name: str = "", role: str = "", not_after_ms: int = 0) -> list[Entry]:
+        return [RevokedEntry(serial=serial, hlc=self._clock.now(), by=by, reason=reason,
+                             kind=kind, tenant=tenant, name=name, role=role,
+                             not_after=not_after_ms)]
 
     # -- write checks --------------------------------------------------------------------------
     async def check_write(self, node: Node, tenant: str, bucket: str, key: str, *,

@@ -23,7 +23,7 @@ from .._errors import (
     error_class_for_code,
 )
 from ..cluster import Layout
-from ..transport import WireSession, connect_tls
+from ..transport import Identity, WireSession, connect_tls, identity_from_der
 from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Message, Reply, Role
 
 __all__ = ["PeerLink", "PeerPool"]
@@ -65,6 +65,7 @@ class _Peer:
         self.warn_at = 0.0  # when the next "still unreachable" warning may be logged
         self.next_rid = 0
         self.was_lost = False  # an established session broke since the last one opened
+        self.serial = ""  # of the certificate the peer presented on the open link
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
         # piling frames into the shared session, where they would all time out together.
         self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
@@ -75,7 +76,8 @@ class PeerPool:
 
     def __init__(self, *, name: str, cluster_id: str, layout: Layout,
                  ssl_context: ssl.SSLContext, connect_timeout: float = 5.0,
-                 on_link: Callable[[str, bool], None] | None = None) -> None:
+                 on_link: Callable[[str, bool], None] | None = None,
+                 revoked: Callable[[Identity], bool] | None = None) -> None:
         self.name = name
         # Told (peer, up) when a link opens after a failure or breaks: what was in flight on
         # it may have landed on one side only.
@@ -84,6 +86,7 @@ class PeerPool:
         self.layout = layout
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
+        self._revoked = revoked  # a peer presenting a revoked certificate is refused
         self._peers = {n.name: _Peer() for n in layout.nodes if n.name != name}
         self._nursery: trio.Nursery | None = None
 
@@ -157,9 +160,11 @@ class PeerPool:
     async def _open(self, node: str) -> WireSession:
         info = self.layout.node(node)
         stream = await connect_tls(info.host, info.port, self._ssl, server_hostname=info.host,
-                                   timeout=self._connect_timeout)
+                                   timeout=self._connect_timeout, revoked=self._revoked)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
+            self._peers[node].serial = identity_from_der(
+                stream.getpeercert(binary_form=True)).serial_hex
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.cluster_id, peer=self.name,
                                      window=session.conn.initial_window))
@@ -172,6 +177,15 @@ class PeerPool:
         assert self._nursery is not None, "PeerPool.run must be running"
         self._nursery.start_soon(self._read, node, session)
         return session
+
+    def drop_revoked(self, serials: set[str]) -> None:
+        """Close the links to peers whose certificate is among *serials* (just revoked); the
+        next attempt is refused by the ``revoked`` check."""
+        for name, peer in self._peers.items():
+            if peer.session is not None and peer.serial in serials and self._nursery is not None:
+                log.warning("event=peer_link_closed node=%s peer=%s reason=certificate_revoked",
+                            self.name, name)
+                self._nursery.start_soon(peer.session.aclose)
 
     async def _read(self, node: str, session: WireSession) -> None:
         try:

@@ -32,11 +32,12 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -46,12 +47,18 @@ from .._atomic import atomic_write
 from .._errors import AuthenticationFailed, ConfigError
 
 __all__ = [
+    "CLIENT_VALIDITY_DAYS",
     "ROLES",
     "Identity",
+    "IssuedCert",
     "create_ca",
     "identity_from_der",
     "issue_client_cert",
     "issue_node_cert",
+    "issued_certificates",
+    "read_certificate",
+    "serial_hex",
+    "verify_issued",
 ]
 
 ROLES = ("admin", "writer", "reader", "auditor")
@@ -67,7 +74,12 @@ _CA_URI = re.compile(rf"hdsd://(?P<cluster>{_NAME})/ca")
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 _CA_VALIDITY = dt.timedelta(days=3650)
-_LEAF_VALIDITY = dt.timedelta(days=730)
+_LEAF_VALIDITY = dt.timedelta(days=730)  # node certificates
+# Client certificates live on laptops and in scripts, where they leak: a short life bounds how
+# long a leaked one works if nobody notices (revocation is for when somebody does).
+CLIENT_VALIDITY_DAYS = 90
+MAX_VALIDITY_DAYS = 730
+ISSUED_DIR = "issued"
 # A fresh certificate must verify on a peer whose clock is a little behind ours.
 _BACKDATE = dt.timedelta(hours=1)
 
@@ -85,6 +97,14 @@ class Identity:
     tenant: str | None
     role: str | None
     cluster_id: str
+    # The certificate's serial number (0: unknown), what revocation is keyed by. Not part of
+    # *who* the peer is: two certificates of one identity compare equal.
+    serial: int = field(default=0, compare=False)
+
+    @property
+    def serial_hex(self) -> str:
+        """The serial as revocations name it (see :func:`serial_hex`)."""
+        return serial_hex(self.serial)
 
     def __post_init__(self) -> None:
         if not (_valid(self.name) and _valid(self.cluster_id)):
@@ -104,6 +124,12 @@ class Identity:
         if self.kind == "node":
             return f"hdsd://{self.cluster_id}/node/{self.site}/{self.name}"
         return f"hdsd://{self.cluster_id}/client/{self.tenant}/{self.role}/{self.name}"
+
+
+def serial_hex(serial: int) -> str:
+    """The canonical text of a certificate serial: lowercase hex, no leading zeros. Serials are
+    up to 159 bits (:func:`x509.random_serial_number`), too wide for a msgpack integer."""
+    return format(serial, "x")
 
 
 def _valid(value: object) -> bool:
@@ -252,12 +278,13 @@ def _issue(
     uri_tail: str,
     extra_sans: list[x509.GeneralName],
     usages: list[x509.ObjectIdentifier],
+    validity: dt.timedelta = _LEAF_VALIDITY,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str]:
     ca_cert, ca_key, cluster = _load_ca(Path(ca_dir))
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     # A leaf never outlives its CA: the chain would stop verifying at the CA's end anyway.
-    not_after = min(now + _LEAF_VALIDITY, ca_cert.not_valid_after_utc)
+    not_after = min(now + validity, ca_cert.not_valid_after_utc)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"hdsd://{cluster}/{uri_tail}")]
     cert = (
         x509.CertificateBuilder()
@@ -284,7 +311,19 @@ def _issue(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    _record_issued(Path(ca_dir), cert)
     return cert, key, cluster
+
+
+def _record_issued(ca_dir: Path, cert: x509.Certificate) -> None:
+    """Keep a copy of every certificate the CA signs, named by serial: the CA directory's index
+    of what it issued (``hdsd cert ls``), and what revocation by client name resolves through.
+    Written before the leaf's own files: a crash in between leaves a record of a certificate
+    nobody holds, never a certificate without its record."""
+    directory = ca_dir / ISSUED_DIR
+    _make_dir(directory)
+    atomic_write(directory / f"{serial_hex(cert.serial_number)}.crt",
+                 cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _host_name(host: str) -> x509.GeneralName:
@@ -329,17 +368,21 @@ def issue_node_cert(
 
 
 def issue_client_cert(
-    ca_dir: Path, out_dir: Path, *, name: str, tenant: str, role: str
+    ca_dir: Path, out_dir: Path, *, name: str, tenant: str, role: str,
+    days: int = CLIENT_VALIDITY_DAYS,
 ) -> tuple[Path, Path]:
-    """Issue a client certificate for *tenant* with *role* (one of :data:`ROLES`); return
-    ``(cert path, key path)`` (key mode 0600). Re-issuing replaces the files atomically."""
+    """Issue a client certificate for *tenant* with *role* (one of :data:`ROLES`), valid *days*
+    days; return ``(cert path, key path)`` (key mode 0600). Re-issuing replaces the files
+    atomically (revoking the previous certificate is the caller's business: see ``hdsd cert``)."""
     _check_name("client name", name)
     _check_name("tenant", tenant)
     if role not in ROLES:
         raise ConfigError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+    if not 1 <= days <= MAX_VALIDITY_DAYS:
+        raise ConfigError(f"invalid lifetime {days} days: use 1 to {MAX_VALIDITY_DAYS}")
     cert, key, _ = _issue(
         ca_dir, name, f"client/{tenant}/{role}/{name}", [],
-        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        [ExtendedKeyUsageOID.CLIENT_AUTH], dt.timedelta(days=days),
     )
     out_dir = Path(out_dir)
     _make_dir(out_dir)
@@ -383,6 +426,7 @@ def identity_from_der(der: bytes) -> Identity:
     identity = _parse_uri(ours[0])
     if identity is None or is_ca:
         raise AuthenticationFailed(f"the peer certificate names {ours[0]!r}, not a node or client")
+    identity = replace(identity, serial=cert.serial_number)
     server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
     expected = {server, client} if identity.kind == "node" else {client}
     if not expected <= eku or (identity.kind == "client" and server in eku):
@@ -390,3 +434,67 @@ def identity_from_der(der: bytes) -> Identity:
             f"the peer certificate for {ours[0]!r} has the wrong extended key usage"
         )
     return identity
+
+
+# --- issued certificates and revocation proofs -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    """One certificate the CA signed, as its issuance record (``ca/issued/<serial>.crt``) or a
+    certificate file shows it."""
+
+    identity: Identity  # .serial set
+    not_before: dt.datetime
+    not_after: dt.datetime
+    der: bytes = field(repr=False)
+
+    @property
+    def serial(self) -> str:
+        return self.identity.serial_hex
+
+
+def read_certificate(data: bytes) -> IssuedCert:
+    """A node or client certificate from PEM or DER bytes (not verified: see
+    :func:`verify_issued`); :class:`ConfigError` if it is not one."""
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data))
+    except ValueError as exc:
+        raise ConfigError(f"not a certificate: {exc}") from None
+    der = cert.public_bytes(serialization.Encoding.DER)
+    try:
+        identity = identity_from_der(der)
+    except AuthenticationFailed as exc:
+        raise ConfigError(str(exc)) from None
+    return IssuedCert(identity, cert.not_valid_before_utc, cert.not_valid_after_utc, der)
+
+
+def issued_certificates(ca_dir: Path) -> list[IssuedCert]:
+    """Every certificate the CA in *ca_dir* recorded issuing, oldest first (certificates issued
+    before issuance records existed are not there)."""
+    directory = Path(ca_dir) / ISSUED_DIR
+    if not directory.is_dir():
+        return []
+    # Certificate dates have one-second resolution: the record's mtime orders issues within one.
+    found = [(p.stat().st_mtime_ns, read_certificate(p.read_bytes()))
+             for p in directory.glob("*.crt")]
+    return [c for _, c in sorted(found, key=lambda f: (f[1].not_before, f[0], f[1].serial))]
+
+
+def verify_issued(ca_cert_pem: bytes, der: bytes) -> IssuedCert:
+    """The certificate *der* if the CA whose PEM is *ca_cert_pem* signed it; a revocation
+    request carries it to prove whose certificate it revokes. :class:`AuthenticationFailed`
+    otherwise (dates are not checked: an expired certificate may be revoked too)."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert_pem)
+        cert = x509.load_der_x509_certificate(der)
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError) as exc:
+        raise AuthenticationFailed(f"the certificate was not issued by this cluster's CA: "
+                                   f"{exc}") from None
+    except InvalidSignature:
+        raise AuthenticationFailed("the certificate was not issued by this cluster's CA "
+                                   "(bad signature)") from None
+    return IssuedCert(identity_from_der(der), cert.not_valid_before_utc,
+                      cert.not_valid_after_utc, der)

@@ -8,6 +8,7 @@ handshake with one byte inside the encrypted channel, which :func:`connect_tls` 
 
 * ``0x01`` — accepted: the certificate verified and carries an hdsd identity;
 * ``0x00`` — refused: it verified but is not an hdsd node or client certificate;
+* ``0x02`` — refused: it is an hdsd certificate, but revoked (the caller's ``revoked`` check);
 * a TLS alert (unknown CA, certificate required, protocol version...) — refused by TLS;
 * end of stream or reset — the connection was lost (not an authentication verdict).
 
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Callable
 
 import trio
 
 from .._errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     ConfigError,
     ConnectionLost,
     ProtocolError,
@@ -40,6 +43,7 @@ __all__ = ["connect_tls", "handshake_and_identify", "listener_port", "open_tls_l
 
 _ACCEPTED = b"\x01"
 _REFUSED = b"\x00"
+_REVOKED = b"\x02"
 # Sending the alert is a courtesy to the peer; it must never hold a failing handshake for long.
 _ALERT_TIMEOUT = 1.0
 # OpenSSL reason codes a refused peer most often meets, and what to do about each.
@@ -132,9 +136,13 @@ async def connect_tls(
     *,
     server_hostname: str,
     timeout: float = 10,
+    revoked: Callable[[Identity], bool] | None = None,
 ) -> trio.SSLStream[trio.SocketStream]:
     """Dial *host*:*port*, complete the TLS handshake and wait for the server's verdict on our
     certificate. *server_hostname* must be one of the IP/DNS names in the server's certificate.
+
+    *revoked*, if given, is asked about the server's identity (a node dialling a peer): a
+    revoked server is refused with :class:`CertificateRevoked`.
 
     Raises :class:`AuthenticationFailed` (either side refused the other's certificate; do not
     retry), :class:`ConnectionLost` (refused, reset or closed; retryable) or
@@ -164,11 +172,21 @@ async def connect_tls(
                     f"the server {target} refused our certificate: not an hdsd node or client "
                     "certificate; issue one with `hdsd cert issue`"
                 )
+            if verdict == _REVOKED:
+                raise CertificateRevoked(
+                    f"the server {target} refused our certificate: it was revoked (or replaced "
+                    "by a newer one); use the new certificate, or ask for one (`hdsd cert renew`)"
+                )
             if verdict == b"":
                 raise ConnectionLost(f"the server {target} closed the connection after the "
                                      "TLS handshake")
             if verdict != _ACCEPTED:
                 raise ProtocolError(f"the server {target} sent {verdict!r} for its TLS verdict")
+            if revoked is not None:
+                server = identity_from_der(stream.getpeercert(binary_form=True))
+                if revoked(server):
+                    raise CertificateRevoked(f"the server {target} ({server.name}) presented a "
+                                             f"revoked certificate (serial {server.serial_hex})")
             ok = True
             return stream
         finally:
@@ -178,13 +196,16 @@ async def connect_tls(
 
 
 async def handshake_and_identify(
-    stream: trio.SSLStream[trio.SocketStream], *, timeout: float = 10
+    stream: trio.SSLStream[trio.SocketStream], *, timeout: float = 10,
+    revoked: Callable[[Identity], bool] | None = None,
 ) -> Identity:
     """Server side of an accepted connection: complete the TLS handshake, read the peer's
     verified certificate and return its identity; tell the client its certificate was accepted.
 
     Which kinds may use which port (clients vs. peer nodes) is the caller's decision, made on
-    the returned :class:`Identity`. On any error the stream is closed and one of
+    the returned :class:`Identity`. *revoked*, if given, is asked about the identity (its
+    ``serial`` set) before the verdict: a revoked certificate gets the ``0x02`` verdict and
+    :class:`CertificateRevoked` is raised. On any error the stream is closed and one of
     :class:`AuthenticationFailed` (plaintext, TLS < 1.3, no certificate, unknown CA, not an hdsd
     certificate), :class:`ConnectionLost` or :class:`RequestTimeout` is raised; a server loop
     catches these per connection and keeps serving.
@@ -202,6 +223,11 @@ async def handshake_and_identify(
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(_REFUSED)
                 raise
+            if revoked is not None and revoked(identity):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(_REVOKED)
+                raise CertificateRevoked(f"{identity.kind} {identity.name!r} presented a revoked "
+                                         f"certificate (serial {identity.serial_hex})")
             try:
                 await stream.send_all(_ACCEPTED)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -8,6 +8,8 @@ from ._admin import BucketCreate as BucketCreate
 from ._admin import BucketList as BucketList
 from ._admin import CatalogPush as CatalogPush
 from ._admin import CatalogSync as CatalogSync
+from ._admin import CertList as CertList
+from ._admin import CertRevoke as CertRevoke
 from ._admin import HoldList as HoldList
 from ._admin import HoldSet as HoldSet
 from ._admin import TenantAbandon as TenantAbandon

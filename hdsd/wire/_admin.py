@@ -8,6 +8,7 @@ wire layer checks only their shape, the catalog checks their content.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = [
     "BucketList",
     "CatalogPush",
     "CatalogSync",
+    "CertList",
+    "CertRevoke",
     "HoldList",
     "HoldSet",
     "TenantAbandon",
@@ -180,6 +183,49 @@ class HoldList(Message):
             if not self.tenant:
                 raise InvalidRequest("a bucket needs its tenant (TENANT/BUCKET)")
             F.check_bucket(self.bucket)
+
+
+_SERIAL_RE = re.compile(r"[1-9a-f][0-9a-f]{0,39}")
+_MAX_CERT_BYTES = 16 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class CertRevoke(Message):
+    """Revoke a certificate, for good, on every node. ``certificate`` (DER, or empty) proves
+    whose it is: the node checks the cluster CA signed it and lets a tenant's admin revoke its
+    own tenant's certificates; a bare ``serial`` (lowercase hex, no certificate) is the
+    operator's only. With a certificate, ``serial`` is empty or the certificate's."""
+
+    rid: int
+    serial: str
+    certificate: bytes
+    reason: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("serial", self.serial, max_chars=40)
+        if self.serial and not _SERIAL_RE.fullmatch(self.serial):
+            raise InvalidRequest(f"serial {self.serial!r} must be lowercase hex without "
+                                 "leading zeros")
+        F.check_bytes("certificate", self.certificate)
+        if len(self.certificate) > _MAX_CERT_BYTES:
+            raise InvalidRequest(f"certificate: more than {_MAX_CERT_BYTES} bytes")
+        if not self.serial and not self.certificate:
+            raise InvalidRequest("give a serial or a certificate to revoke")
+        F.check_str("reason", self.reason, max_bytes=1024)
+
+
+@dataclass(frozen=True, slots=True)
+class CertList(Message):
+    """Revoked certificates of ``tenant`` (empty: every one, node certificates included,
+    operator only)."""
+
+    rid: int
+    tenant: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES)
 
 
 def _check_entries(value: object) -> None:

@@ -101,6 +101,9 @@ T_HOLD_SET: Final = 0x1D
 T_HOLD_LIST: Final = 0x1E
 T_TENANT_CONFIRM: Final = 0x40  # 0x40-0x4F: tenant lifecycle (0x1E, 0x1F are taken)
 T_TENANT_ABANDON: Final = 0x41
+# 0x50-0x5F: certificate administration (client)
+T_CERT_REVOKE: Final = 0x50
+T_CERT_LIST: Final = 0x51
 T_CATALOG_PUSH: Final = 0x88
 T_CATALOG_SYNC: Final = 0x89
 T_TENANT_VOTE: Final = 0x8E

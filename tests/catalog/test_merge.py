@@ -16,6 +16,7 @@ from hdsd.catalog import (
     Catalog,
     Entry,
     HoldEntry,
+    RevokedEntry,
     TenantEntry,
     entry_from_wire,
     merge,
@@ -46,7 +47,12 @@ buckets = st.builds(BucketEntry, tenant=names, name=names, retention_days=st.int
                     created=hlcs)
 holds = st.builds(HoldEntry, tenant=names, bucket=names, key=names, held=st.booleans(),
                   by=names, hlc=hlcs)
-entries = st.one_of(tenants(), buckets, holds)
+revocations = st.builds(
+    RevokedEntry, serial=st.sampled_from(["1f", "a0b1"]), hlc=hlcs, by=names,
+    reason=st.sampled_from(["", "laptop stolen"]), kind=st.sampled_from(["", "client", "node"]),
+    tenant=st.sampled_from(["", "a"]), name=st.sampled_from(["", "pacs"]),
+    role=st.sampled_from(["", "writer"]), not_after=st.integers(0, 3))
+entries = st.one_of(tenants(), buckets, holds, revocations)
 
 
 def _fold(updates: list[Entry]) -> dict[tuple[str, ...], Entry]:
@@ -189,3 +195,58 @@ def test_a_standard_tenant_looks_as_before_plans_existed(tmp_path: Path) -> None
         assert cat.tenant("b") is not None and cat.tenant("b").plan == "backup"  # type: ignore[union-attr]
     finally:
         cat.close()
+
+
+@given(st.lists(revocations, min_size=1, max_size=10), st.randoms(use_true_random=False))
+def test_revocation_is_terminal_and_remembers_the_first(updates: list[RevokedEntry],
+                                                       rnd: object) -> None:
+    # A grow-only set keyed by serial: every serial ever revoked stays revoked, whatever else
+    # arrives in whatever order; it keeps when and by whom it was first revoked, and the most
+    # any revoker knew of the certificate.
+    shuffled = list(updates)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    state = _fold(list[Entry](shuffled))
+    assert set(state) == {("revoked", u.serial) for u in updates}
+    for ident, merged in state.items():
+        assert isinstance(merged, RevokedEntry)
+        mine = [u for u in updates if u.ident == ident]
+        assert (merged.hlc, merged.by, merged.reason) == min((u.hlc, u.by, u.reason)
+                                                             for u in mine)
+        described = [(u.kind, u.tenant, u.name, u.role, u.not_after) for u in mine]
+        assert (merged.kind, merged.tenant, merged.name, merged.role,
+                merged.not_after) == max(described)
+        if any(u.kind for u in mine):
+            assert merged.kind  # a bare serial never hides what another revoker knew
+
+
+def test_revocations_survive_a_reopen_and_answer_by_serial(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.sqlite")
+    try:
+        assert not cat.is_revoked("1f")
+        cat.apply([RevokedEntry(serial="1f", hlc=(1 << 64) - 1, by="op", kind="client",
+                                tenant="t", name="pacs", role="writer", not_after=123)])
+        assert cat.is_revoked("1f") and not cat.is_revoked("1")
+    finally:
+        cat.close()
+    cat = Catalog(tmp_path / "c.sqlite")
+    try:
+        assert cat.is_revoked("1f")
+        assert [r.name for r in cat.revoked("t")] == ["pacs"] and cat.revoked("u") == []
+        assert cat.revoked()[0].hlc == (1 << 64) - 1  # full unsigned range round-trips
+    finally:
+        cat.close()
+
+
+@pytest.mark.parametrize("doc", [
+    {"kind": "revoked", "serial": "0f", "hlc": 1, "by": "x", "reason": "", "cert_kind": "",
+     "tenant": "", "name": "", "role": "", "not_after": 0},  # leading zero: not canonical
+    {"kind": "revoked", "serial": "1F", "hlc": 1, "by": "x", "reason": "", "cert_kind": "",
+     "tenant": "", "name": "", "role": "", "not_after": 0},
+    {"kind": "revoked", "serial": "1f", "hlc": 1, "by": "x", "reason": "", "cert_kind": "ca",
+     "tenant": "", "name": "", "role": "", "not_after": 0},
+    {"kind": "revoked", "serial": "1f", "hlc": 1, "by": "", "reason": "", "cert_kind": "",
+     "tenant": "", "name": "", "role": "", "not_after": 0},
+])
+def test_malformed_revocations_are_refused(doc: object) -> None:
+    with pytest.raises(IntegrityError):
+        entry_from_wire(doc)

@@ -22,6 +22,10 @@ from hdsd.transport import (
     identity_from_der,
     issue_client_cert,
     issue_node_cert,
+    issued_certificates,
+    read_certificate,
+    serial_hex,
+    verify_issued,
 )
 from hdsd.transport._certs import _parse_uri
 
@@ -70,9 +74,11 @@ def test_client_certificate_carries_identity_and_client_usage_only(pki: Pki) -> 
 
 def test_validity_windows(pki: Pki) -> None:
     now = dt.datetime.now(dt.UTC)
-    ca, leaf = load(pki.ca), load(pki.client[0])
+    ca, leaf, node = load(pki.ca), load(pki.client[0]), load(pki.node_a[0])
     assert leaf.not_valid_before_utc < now - dt.timedelta(minutes=30)
-    assert dt.timedelta(days=700) < leaf.not_valid_after_utc - now < dt.timedelta(days=740)
+    # clients live 90 days by default (they leak), nodes two years
+    assert dt.timedelta(days=89) < leaf.not_valid_after_utc - now < dt.timedelta(days=91)
+    assert dt.timedelta(days=700) < node.not_valid_after_utc - now < dt.timedelta(days=740)
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
     assert ca.not_valid_after_utc - now > dt.timedelta(days=3600)
     leaf.verify_directly_issued_by(ca)
@@ -233,3 +239,43 @@ def test_non_hdsd_certificates_are_refused(
 def test_our_ca_certificate_is_not_a_peer(pki: Pki) -> None:
     with pytest.raises(AuthenticationFailed):
         identity_from_der(der(pki.ca))
+
+
+def test_identity_carries_the_serial_without_changing_who(pki: Pki) -> None:
+    ident = identity_from_der(der(pki.client[0]))
+    assert ident.serial == load(pki.client[0]).serial_number > 0
+    assert ident.serial_hex == format(ident.serial, "x") == serial_hex(ident.serial)
+    assert ident == Identity("client", "alice", None, "t1", "writer", "c1")  # serial aside
+
+
+def test_the_ca_records_every_certificate_it_issues(tmp_path: Path) -> None:
+    create_ca(tmp_path / "ca", "c9")
+    issue_client_cert(tmp_path / "ca", tmp_path / "out", name="bob", tenant="t",
+                      role="reader", days=7)
+    second, _ = issue_client_cert(tmp_path / "ca", tmp_path / "out", name="bob", tenant="t",
+                                  role="reader")  # re-issue: same file, a second record
+    issue_node_cert(tmp_path / "ca", tmp_path / "out", name="n1", site="s")
+    records = issued_certificates(tmp_path / "ca")
+    assert [(r.identity.kind, r.identity.name) for r in records] == [
+        ("client", "bob"), ("client", "bob"), ("node", "n1")]
+    assert records[1].serial == read_certificate(second.read_bytes()).serial
+    assert records[0].serial != records[1].serial
+    assert dt.timedelta(days=6) < records[0].not_after - records[0].not_before < \
+        dt.timedelta(days=8)
+    with pytest.raises(ConfigError, match="lifetime"):
+        issue_client_cert(tmp_path / "ca", tmp_path / "out", name="x", tenant="t",
+                          role="reader", days=731)
+
+
+def test_verify_issued_accepts_only_the_cluster_cas_certificates(pki: Pki,
+                                                                 tmp_path: Path) -> None:
+    ok = verify_issued(pki.ca.read_bytes(), der(pki.client[0]))
+    assert ok.identity.name == "alice"
+    assert ok.serial == serial_hex(load(pki.client[0]).serial_number)
+    create_ca(tmp_path / "other", "c1")  # same cluster id, another CA
+    foreign, _ = issue_client_cert(tmp_path / "other", tmp_path, name="alice", tenant="t1",
+                                   role="writer")
+    with pytest.raises(AuthenticationFailed, match="not issued by this cluster"):
+        verify_issued(pki.ca.read_bytes(), der(foreign))
+    with pytest.raises(AuthenticationFailed):
+        verify_issued(pki.ca.read_bytes(), b"garbage")

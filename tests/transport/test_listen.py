@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from hdsd import AuthenticationFailed, ConfigError, ConnectionLost, HdsdError, RequestTimeout
+from hdsd import (
+    AuthenticationFailed,
+    CertificateRevoked,
+    ConfigError,
+    ConnectionLost,
+    HdsdError,
+    RequestTimeout,
+)
 from hdsd.transport import (
     Identity,
     client_context,
@@ -31,7 +38,8 @@ Result = Identity | bytes | HdsdError
 
 
 async def exchange(
-    server_ctx: ssl.SSLContext, client: Callable[[int], Awaitable[bytes]]
+    server_ctx: ssl.SSLContext, client: Callable[[int], Awaitable[bytes]],
+    revoked: Callable[[Identity], bool] | None = None,
 ) -> tuple[Result, Result]:
     """Accept one connection with *server_ctx* while *client(port)* runs; return what each side
     got: the server its peer's Identity or error, the client its reply bytes or error. On
@@ -43,12 +51,16 @@ async def exchange(
         stream = await listeners[0].accept()
         async with stream:
             try:
-                results["server"] = await handshake_and_identify(stream, timeout=LIMIT)
+                results["server"] = await handshake_and_identify(stream, timeout=LIMIT,
+                                                                 revoked=revoked)
             except HdsdError as exc:
                 results["server"] = exc
                 return
-            request = await stream.receive_some(100)
-            await stream.send_all(b"pong:" + request)
+            try:
+                request = await stream.receive_some(100)
+                await stream.send_all(b"pong:" + request)
+            except trio.BrokenResourceError:
+                pass  # the client refused us (a revoked server certificate)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -63,10 +75,11 @@ async def exchange(
     return results["server"], results["client"]
 
 
-def dial(ctx: ssl.SSLContext, server_hostname: str = HOST) -> Callable[[int], Awaitable[bytes]]:
+def dial(ctx: ssl.SSLContext, server_hostname: str = HOST,
+         revoked: Callable[[Identity], bool] | None = None) -> Callable[[int], Awaitable[bytes]]:
     async def run(port: int) -> bytes:
         stream = await connect_tls(HOST, port, ctx, server_hostname=server_hostname,
-                                   timeout=LIMIT)
+                                   timeout=LIMIT, revoked=revoked)
         async with stream:
             await stream.send_all(b"ping")
             reply = b""
@@ -286,3 +299,37 @@ async def test_port_in_use_is_a_config_error(pki: Pki) -> None:
         with pytest.raises(ConfigError, match=str(port)):
             await open_tls_listeners(HOST, port, ctx)
         await first[0].aclose()
+
+
+async def test_a_revoked_certificate_is_refused_at_the_handshake_and_told_so(pki: Pki) -> None:
+    asked: list[Identity] = []
+
+    def revoked(ident: Identity) -> bool:
+        asked.append(ident)
+        return True
+
+    with trio.fail_after(LIMIT):
+        server, client = await exchange(server_context(*pki.node_a, pki.ca),
+                                        dial(client_context(*pki.client, pki.ca)), revoked)
+    assert isinstance(server, CertificateRevoked) and isinstance(client, CertificateRevoked)
+    assert "revoked" in str(client)
+    assert [a.serial_hex for a in asked] == [identity_from_der(
+        x509_der(pki.client[0])).serial_hex]
+    # ... and the same check the other way: a node dialling a peer that presents a revoked one
+    with trio.fail_after(LIMIT):
+        server, client = await exchange(server_context(*pki.node_a, pki.ca),
+                                        dial(client_context(*pki.node_b, pki.ca),
+                                             revoked=lambda i: i.name == "a"))
+    assert isinstance(client, CertificateRevoked) and "(a)" in str(client)
+    with trio.fail_after(LIMIT):  # not revoked: unchanged
+        server, client = await exchange(server_context(*pki.node_a, pki.ca),
+                                        dial(client_context(*pki.client, pki.ca),
+                                             revoked=lambda i: False), lambda i: False)
+    assert client == b"pong:ping"
+
+
+def x509_der(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.public_bytes(serialization.Encoding.DER)

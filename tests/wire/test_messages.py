@@ -141,3 +141,15 @@ def test_error_reply_from_exception_carries_the_code_and_truncates() -> None:
 def test_decode_refuses_malformed_bodies(code: int, body: bytes, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):
         decode_body(code, body)
+
+
+@pytest.mark.parametrize("args", [
+    ("", b"", ""),  # nothing to revoke
+    ("0a", b"", ""),  # leading zero: not the canonical serial
+    ("AB", b"", ""),  # upper case
+    ("1" * 41, b"", ""),  # wider than 20 octets
+    ("ab", b"x" * ((16 << 10) + 1), ""),  # a certificate larger than any real one
+])
+def test_cert_revoke_limits(args: tuple[str, bytes, str]) -> None:
+    with pytest.raises(InvalidRequest):
+        wire.CertRevoke(RID, *args)

@@ -40,7 +40,7 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.BucketList() | wire.HoldSet() | wire.CatalogPush() | wire.CatalogSync():
             return [], C
-        case wire.HoldList():
+        case wire.HoldList() | wire.CertRevoke() | wire.CertList():
             return [], C
         case wire.TenantConfirm() | wire.TenantAbandon() | wire.TenantVote():
             return [], C
