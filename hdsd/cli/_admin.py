@@ -185,23 +185,7 @@ def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, clu
     crt, key = issue_client_cert(root / "ca", out_dir, name=client_name, tenant=tenant, role=role,
                                  days=days)
     profile = out_dir / f"{client_name}.toml"
-    admin = root / "client.toml"
-    if _write_client_profile(root, profile, tenant, crt, key):
-        pass  # every node of every site, from the cluster's spec
-    elif admin.is_file():
-        text = admin.read_text(encoding="utf-8")
-        lines = []
-        for line in text.splitlines():
-            if line.startswith("tenant ="):
-                line = f"tenant = {_toml_str(tenant)}"
-            elif line.startswith("cert ="):
-                line = f"cert = {_toml_str(str(crt))}"
-            elif line.startswith("key ="):
-                line = f"key = {_toml_str(str(key))}"
-            elif line.startswith("ca ="):
-                line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
-            lines.append(line)
-        profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_profile(root, profile, tenant, crt, key)
     new = read_certificate(crt.read_bytes())
     click.echo(f"issued {crt} and {key} (tenant {tenant}, role {role}, serial {new.serial}, "
                f"valid until {new.not_after:%Y-%m-%d})")
@@ -321,3 +305,25 @@ def serve(config_path: str, log_level: str | None, log_format: str | None) -> No
     if forced:
         sys.exit(1)
     click.echo(f"hdsd: node {config.name} stopped", err=True)
+
+
+def _write_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:
+    """As ``cert issue`` writes it: from the cluster's spec, else from the admin profile."""
+    if _write_client_profile(root, profile, tenant, crt, key):
+        return True
+    admin = root / "client.toml"
+    if not admin.is_file():
+        return False
+    lines = []
+    for line in admin.read_text(encoding="utf-8").splitlines():
+        if line.startswith("tenant ="):
+            line = f"tenant = {_toml_str(tenant)}"
+        elif line.startswith("cert ="):
+            line = f"cert = {_toml_str(str(crt))}"
+        elif line.startswith("key ="):
+            line = f"key = {_toml_str(str(key))}"
+        elif line.startswith("ca ="):
+            line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
+        lines.append(line)
+    profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return True

@@ -42,7 +42,7 @@ from ..transport import (
     issued_certificates,
     read_certificate,
 )
-from ._admin import _toml_str, _write_client_profile, cert
+from ._admin import _write_profile, cert
 from ._data import json_option
 
 T = TypeVar("T")
@@ -148,28 +148,6 @@ def replace_previous(ctx: click.Context, root: Path, previous: list[IssuedCert],
                         f"cert revoke --serial SERIAL` for {serials} once the cluster answers"
                         ) from None
     _report_revoked(replies)
-
-
-def _write_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:
-    """As ``cert issue`` writes it: from the cluster's spec, else from the admin profile."""
-    if _write_client_profile(root, profile, tenant, crt, key):
-        return True
-    admin = root / "client.toml"
-    if not admin.is_file():
-        return False
-    lines = []
-    for line in admin.read_text(encoding="utf-8").splitlines():
-        if line.startswith("tenant ="):
-            line = f"tenant = {_toml_str(tenant)}"
-        elif line.startswith("cert ="):
-            line = f"cert = {_toml_str(str(crt))}"
-        elif line.startswith("key ="):
-            line = f"key = {_toml_str(str(key))}"
-        elif line.startswith("ca ="):
-            line = f"ca = {_toml_str(str(root / 'ca' / 'ca.crt'))}"
-        lines.append(line)
-    profile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return True
 
 
 def _issue_client(ctx: click.Context, root: Path, out: str | None, name: str, tenant: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import trio
 
 import hdsd
-from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import Cluster
 from tests.helpers.cluster import hdsd as cli
 
 pytestmark = pytest.mark.e2e
@@ -24,31 +23,9 @@ KEY_BYTES = 1024
 META_BYTES = 8 * 1024
 
 
-class Cluster:
-    def __init__(self, root: Path, nodes_per_site: int, replicas_per_site: int = 1) -> None:
-        self.profile = init_cluster(root, nodes_per_site=nodes_per_site)
-        for config in root.glob("*/node.toml"):
-            text = config.read_text()
-            config.write_text(re.sub(r"replicas_per_site = \d+\b",
-                                     f"replicas_per_site = {replicas_per_site}", text))
-        self.nodes = {
-            f"dc{s}-n{i}": NodeProcess(root / f"dc{s}-n{i}" / "node.toml")
-            for s in (1, 2) for i in range(1, nodes_per_site + 1)
-        }
-
-    def start(self) -> Cluster:
-        for node in self.nodes.values():
-            node.start()
-        return self
-
-    def kill(self) -> None:
-        for node in self.nodes.values():
-            node.kill()
-
-
 @pytest.fixture
 def two_by_two(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path / "c", 2).start()
+    cluster = Cluster(tmp_path / "c", 2, replicas_per_site=1).start()
     try:
         yield cluster
     finally:

@@ -12,30 +12,12 @@ import pytest
 import trio
 
 import hdsd
-from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import Cluster
 from tests.helpers.cluster import hdsd as cli
 
 pytestmark = pytest.mark.e2e
 
 CHUNK = 1 << 20
-
-
-class Cluster:
-    def __init__(self, root: Path, nodes_per_site: int) -> None:
-        self.profile = init_cluster(root, nodes_per_site=nodes_per_site)
-        self.nodes = {
-            f"dc{s}-n{i}": NodeProcess(root / f"dc{s}-n{i}" / "node.toml")
-            for s in (1, 2) for i in range(1, nodes_per_site + 1)
-        }
-
-    def start(self) -> Cluster:
-        for node in self.nodes.values():
-            node.start()
-        return self
-
-    def kill(self) -> None:
-        for node in self.nodes.values():
-            node.kill()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ nothing here depends on the machine being quiet.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,3 +115,30 @@ class NodeProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """A local two-site cluster of real node processes (``dc1-n1`` ... ``dc2-nN``), made by
+    ``hdsd init``; *replicas_per_site* overrides what init wrote when given."""
+
+    def __init__(self, root: Path, nodes_per_site: int,
+                 replicas_per_site: int | None = None) -> None:
+        self.profile = init_cluster(root, nodes_per_site=nodes_per_site)
+        if replicas_per_site is not None:
+            for config in root.glob("*/node.toml"):
+                text = config.read_text()
+                config.write_text(re.sub(r"replicas_per_site = \d+\b",
+                                         f"replicas_per_site = {replicas_per_site}", text))
+        self.nodes = {
+            f"dc{s}-n{i}": NodeProcess(root / f"dc{s}-n{i}" / "node.toml")
+            for s in (1, 2) for i in range(1, nodes_per_site + 1)
+        }
+
+    def start(self) -> Cluster:
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def kill(self) -> None:
+        for node in self.nodes.values():
+            node.kill()
