@@ -97,6 +97,11 @@ class ReadPaths:
                 found[v.order] = v
 
         async def ask_all(nodes: list[str]) -> None:
+            # The usual 1+1 asks nobody here: no nursery (and its scheduler passes) on a get.
+            if len(nodes) <= 1:
+                for node in nodes:
+                    await ask(node)
+                return
             async with trio.open_nursery() as nursery:
                 for node in nodes:
                     nursery.start_soon(ask, node)
