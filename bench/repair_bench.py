@@ -49,7 +49,11 @@ from bench._harness import (
     write_json,
 )
 from hdsd._packing import packb
+from hdsd.pipeline import TenantKeys, TenantNameSealing
 from hdsd.store import Store, Version
+
+# Fixed keys: benchmarks measure the sealing cost, not key management.
+SEALING = TenantNameSealing(lambda t: TenantKeys(t, b"\x01" * 32, b"\x02" * 32))
 
 BUCKET = "bench"
 SEGMENT_MIB = 64
@@ -69,7 +73,7 @@ def _fill(store_dir: Path, tenant: str, keys: range, prefix: str, size: int,
           node: str) -> int:
     """Write versions for *keys* into the store at *store_dir*; returns their record bytes."""
     total = 0
-    with Store.open(store_dir, segment_bytes=SEGMENT_MIB << 20) as store:
+    with Store.open(store_dir, segment_bytes=SEGMENT_MIB << 20, sealing=SEALING) as store:
         batch: list[Version] = []
         for i in keys:
             v = _version(tenant, f"{prefix}{i:08d}", (1 << 40) + i, node, size)

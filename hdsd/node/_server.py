@@ -70,6 +70,7 @@ from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
+from ._sealing import NodeSealing
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -677,13 +678,16 @@ def check_private_dir(path: Path) -> None:
 
 
 async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
-    store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
+    sealing = NodeSealing()
+    store = Store.open(config.data_dir / "store", sealing=sealing,
+                       segment_bytes=config.segment_mib << 20,
                        salvage=config.on_corrupt_log == "repair")
     for where in store.statistics().salvaged:
         log.error("event=log_damage_set_aside node=%s range=%s action=refetch_from_replicas",
                   config.name, where)
     try:
         node = Node(config, store)
+        sealing.bind(node.tenancy.keys)
         try:
             await node._serve(task_status)
         finally:

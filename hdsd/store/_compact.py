@@ -26,9 +26,8 @@ from .._errors import StoreError
 from . import _format as F
 from ._index import Location
 from ._log import Frame, scan_segment
-from ._records import ChunkRecord, decode_record, encode_record
+from ._records import ChunkRecord, StoredRecord, decode_record, encode_record
 from ._recovery import REMOVED_NAME, _with_map, list_segments
-from ._version import Version
 from ._writer import PendingCommit
 
 if TYPE_CHECKING:
@@ -89,8 +88,8 @@ class SegmentGate:
                 self._cond.notify_all()
 
 
-def _records(store: Store, number: int) -> list[tuple[ChunkRecord | Version, Location]]:
-    out: list[tuple[ChunkRecord | Version, Location]] = []
+def _records(store: Store, number: int) -> list[tuple[StoredRecord, Location]]:
+    out: list[tuple[StoredRecord, Location]] = []
 
     def scan(buf: object, size: int) -> None:
         def on_batch(frames: list[Frame]) -> None:
@@ -102,10 +101,10 @@ def _records(store: Store, number: int) -> list[tuple[ChunkRecord | Version, Loc
     return out
 
 
-def _recommit(store: Store, records: list[ChunkRecord | Version]) -> int:
+def _recommit(store: Store, records: list[StoredRecord]) -> int:
     """Commit *records* again at the head, moving the index to the new copies."""
     written = 0
-    batch: list[ChunkRecord | Version] = []
+    batch: list[StoredRecord] = []
     size = 0
     for i, record in enumerate(records):
         batch.append(record)

@@ -16,6 +16,7 @@ from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
 from ._log import frame_batch
 from ._records import EncodedRecord
+from ._sealed import SealedVersion
 from ._version import Version
 from ._wake import Doorbell, Waker, WakerPool
 
@@ -298,7 +299,7 @@ class LogWriter:
         self.commits += len(batch)
         # Durable: acknowledge now, index next. Readers wait for the index meanwhile
         # (wait_indexed), so the ack cannot be observed before the records are readable.
-        requests = [r for e in records if isinstance(r := e.record, Version) and r.request_id]
+        requests = [r for e in records if (r := e.clear) is not None and r.request_id]
         for r in requests:
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         self._acked += 1
@@ -306,7 +307,9 @@ class LogWriter:
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
                  for r, off in zip(records, offsets, strict=True)]
         try:
-            self._index.apply(items, AppliedPosition(segment, end, offsets[-1]))
+            self._index.apply(items, AppliedPosition(segment, end, offsets[-1]),
+                              [(e.record, e.clear) for e in records
+                               if e.clear is not None and isinstance(e.record, SealedVersion)])
             if any(c.relocate for c in batch):
                 moved = {id(r) for c in batch if c.relocate for r in c.records}
                 self._index.relocate([(rec, loc) for (rec, loc), r in zip(items, records,

@@ -1,0 +1,36 @@
+"""The store's sealing capability, from this node's tenant keys.
+
+The store opens (and recovers) before the node's tenancy exists, and recovery needs no key:
+the capability is created unbound and bound to :meth:`Tenancy.keys` once the node is built.
+A tenant whose keys the tenancy refuses (unknown, shredded, creation not confirmed) has no
+seal: the store then refuses to write or open its names (``PermissionDenied``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .._errors import HdsdError
+from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
+
+__all__ = ["NodeSealing"]
+
+
+class NodeSealing:
+    def __init__(self) -> None:
+        self._keys_of: Callable[[str], TenantKeys] | None = None
+        self._seals = TenantNameSealing(self._lookup)
+
+    def bind(self, keys_of: Callable[[str], TenantKeys]) -> None:
+        self._keys_of = keys_of
+
+    def _lookup(self, tenant: str) -> TenantKeys | None:
+        if self._keys_of is None:
+            return None
+        try:
+            return self._keys_of(tenant)
+        except HdsdError:
+            return None
+
+    def seal_for(self, tenant: str) -> NameSeal | None:
+        return self._seals.seal_for(tenant)
