@@ -75,8 +75,15 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     key = _text(getattr(msg, "key", None) or getattr(msg, "prefix", ""))
     if type(msg) is CertRevoke:  # what was revoked: the serial (the certificate's, if given)
         key = f"serial:{_text(info.get('serial')) or msg.serial or '?'}"
+    bucket = _text(getattr(msg, "bucket", ""))
+    if type(msg) is not CertRevoke and audit.seal_names is not None:
+        # Names may identify a patient: sealed under the tenant's key (see ._names).
+        try:
+            bucket, key = audit.seal_names(ident.tenant or "", bucket, key)
+        except Exception:  # never raise from here; but never record the names in clear
+            bucket, key = "sealed:-", ""
     audit.record(
         identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
-        op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")), key=key,
+        op=type(msg).__name__, bucket=bucket, key=key,
         version=_text(info.get("version") or getattr(msg, "version", "")),
         bytes_in=bytes_in, bytes_out=observed.bytes_out, outcome=outcome, peer=peer)

@@ -36,7 +36,14 @@ from .._errors import (
 )
 from .._groups import contain
 from .._meta import __version__
-from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
+from ..audit import (
+    AuditCopies,
+    AuditLog,
+    AuditSettings,
+    AuditShipper,
+    RefusalCounter,
+    seal_audit_names,
+)
 from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
@@ -144,6 +151,10 @@ class Node(ReadPaths):
             checkpoint_s=config.audit_checkpoint_s, retention_days=config.audit_retention_days,
             segment_bytes=config.audit_segment_mib << 20,
             commit_interval_s=config.audit_commit_ms / 1000))
+        if isinstance(store.sealing, NodeSealing):  # names sealed with the tenancy's keys
+            store.sealing.bind(self.tenancy.keys)
+        self.audit.seal_names = lambda tenant, bucket, key: seal_audit_names(
+            store.sealing.seal_for(tenant), tenant, bucket, key)
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
@@ -687,7 +698,6 @@ async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) ->
                   config.name, where)
     try:
         node = Node(config, store)
-        sealing.bind(node.tenancy.keys)
         try:
             await node._serve(task_status)
         finally:

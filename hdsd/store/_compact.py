@@ -125,6 +125,15 @@ def _recommit(store: Store, records: list[StoredRecord]) -> int:
     return written
 
 
+def _rotate(store: Store) -> None:
+    pending = PendingCommit([], 0, store._writer.wakers.for_thread(), rotate=True)
+    store._writer.submit(pending)
+    assert pending.waker.event is not None
+    pending.waker.event.wait()
+    if pending.error is not None:
+        raise pending.error
+
+
 def compact(store: Store, dead_tenants: frozenset[str] = frozenset(), *, after_segment: int = 0,
             min_garbage: float = 0.25) -> CompactReport:
     """Reclaim sealed segments (numbered above *after_segment*) holding garbage: always when
@@ -133,6 +142,13 @@ def compact(store: Store, dead_tenants: frozenset[str] = frozenset(), *, after_s
     Blocking; one at a time per store."""
     forgotten = store._index.forget_tenants(dead_tenants) if dead_tenants else 0
     head = store._writer.head[0]
+    if dead_tenants:
+        store._index.make_durable()  # the forgotten rows leave the WAL file too
+        if any(r.tenant in dead_tenants for r, _ in _records(store, head)):
+            # The head segment holds records of a shredded tenant: seal it, so it is
+            # compacted now rather than when it fills up.
+            _rotate(store)
+            head = store._writer.head[0]
     removed = freed = moved = moved_bytes = dropped = 0
     for number in list_segments(store._fs, store._dir):
         if number >= head:

@@ -117,6 +117,8 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=60000")
+    # Deleted rows (a shredded tenant's) are zeroed, not left in free pages for a disk image.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -681,4 +683,5 @@ class Index:
         a power cut (normally they need not — the log is replayed — but compaction deletes the
         log the old rows pointed into)."""
         conn = self._quarantine_conn()
-        conn.execute("PRAGMA wal_checkpoint(FULL)")
+        # TRUNCATE: also empties the WAL file, whose old frames would keep deleted rows.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

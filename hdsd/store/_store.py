@@ -151,6 +151,11 @@ class Store:
             raise
         return cls(directory, fs, index, writer, lock_fd, recovered, sealing)
 
+    @property
+    def sealing(self) -> Sealing:
+        """The tenants' seals this store was opened with."""
+        return self._sealing
+
     def close(self) -> None:
         """Write what is already queued, stop the writer thread, release every file."""
         if self._closed:

@@ -44,6 +44,9 @@ class PendingCommit:
     completed: bool = False  # writer thread only: guards against a second wake-up
     # Compaction: these records are already indexed elsewhere; the index moves them here.
     relocate: bool = False
+    # Compaction after a shred: start a new segment first, so the current one becomes sealed
+    # (compactable) even if it holds the shredded tenant's records. May carry no records.
+    rotate: bool = False
 
 
 def spare_path(final: str) -> str:
@@ -263,12 +266,16 @@ class LogWriter:
                            "keeps a reserve); nothing of this write was acknowledged")
             return
         records = [r for c in batch for r in c.records]
+        rotate = any(c.rotate for c in batch)
         try:
-            if self._fd is None or (self._head + size > self._segment_bytes
+            if self._fd is None or ((rotate or self._head + size > self._segment_bytes)
                                     and self._head > F.SEGMENT_HEADER_SIZE):
                 self._rotate()
         except OSError as exc:
             self._refuse(batch, exc, "creating a log segment failed")
+            return
+        if not records:  # a rotation alone: nothing to write or index
+            self._complete(batch, None, "")
             return
         assert self._fd is not None
         data, offsets = frame_batch(records, self._head)
