@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import blake3
 
 from hdsd.pipeline import NameSeal, TenantKeys, TenantNameSealing
 
 
+@functools.cache
 def tenant_keys(tenant: str) -> TenantKeys:
     return TenantKeys(tenant=tenant,
                       data_key=blake3.blake3(b"test data key\0" + tenant.encode()).digest(),
