@@ -11,6 +11,7 @@ from ._confirm import vote_create as vote_create
 from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
+from ._db import tenant_keys_in_catalog as tenant_keys_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
 from ._keys import seed_creation as seed_creation
 from ._model import ABANDONED as ABANDONED

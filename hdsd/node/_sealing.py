@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._errors import HdsdError
+from .._errors import HdsdError, PermissionDenied
+from ..catalog import CATALOG_FILE, tenant_keys_in_catalog
 from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
+from ._config import NodeConfig
+from ._masterkey import load_master
 
-__all__ = ["NodeSealing"]
+__all__ = ["NodeSealing", "offline_name_seal"]
 
 
 class NodeSealing:
@@ -34,3 +37,14 @@ class NodeSealing:
 
     def seal_for(self, tenant: str) -> NameSeal | None:
         return self._seals.seal_for(tenant)
+
+
+def offline_name_seal(config: NodeConfig, tenant: str) -> NameSeal:
+    """*tenant*'s name seal from a node's catalog and master key, the node running or not
+    (``hdsd audit export --config``); :class:`PermissionDenied` if the catalog holds no key
+    for it (unknown, or shredded: then its names cannot be opened by anyone)."""
+    keys = tenant_keys_in_catalog(config.data_dir / CATALOG_FILE, tenant, load_master(config))
+    if keys is None:
+        raise PermissionDenied(f"the catalog of {config.name} holds no key for tenant "
+                               f"{tenant!r} (unknown or shredded): its names stay sealed")
+    return NameSeal(keys)
