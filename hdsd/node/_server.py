@@ -106,7 +106,7 @@ class Node(ReadPaths):
                                evict=self._forget_tenant, on_revoke=self._cut_revoked)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
-        self.hints = HintStore(config.data_dir / "hints.sqlite")
+        self.hints = HintStore(config.data_dir / "hints.sqlite", store.sealing)
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
         # Peers an anti-entropy round must compare before the live RPO may read 0.
         self.doubts = PeerDoubts((n.name for n in self.layout.nodes if n.name != config.name),
