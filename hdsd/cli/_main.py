@@ -52,6 +52,7 @@ def _register() -> None:
         _profile,
         _repair,
         _status,
+        _store,
         _tenants,
         _up,
     )

@@ -14,6 +14,7 @@ from ._masterkey import replace_key_file as replace_key_file
 from ._masterkey import set_key_check as set_key_check
 from ._masterkey import verify_master as verify_master
 from ._sealing import offline_name_seal as offline_name_seal
+from ._sealing import offline_sealing as offline_sealing
 from ._server import Node as Node
 from ._server import serve_node as serve_node
 from ._spec import ClusterSpec as ClusterSpec

@@ -16,7 +16,7 @@ from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
 from ._config import NodeConfig
 from ._masterkey import load_master
 
-__all__ = ["NodeSealing", "offline_name_seal"]
+__all__ = ["NodeSealing", "offline_name_seal", "offline_sealing"]
 
 
 class NodeSealing:
@@ -48,3 +48,20 @@ def offline_name_seal(config: NodeConfig, tenant: str) -> NameSeal:
         raise PermissionDenied(f"the catalog of {config.name} holds no key for tenant "
                                f"{tenant!r} (unknown or shredded): its names stay sealed")
     return NameSeal(keys)
+
+
+def offline_sealing(config: NodeConfig) -> TenantNameSealing:
+    """Every live tenant's seal from a node's catalog (and keyring seeds), for offline tools
+    (``hdsd store migrate``); a tenant without keys (shredded) has none."""
+    from ._keyring import KEYRING_FILE, Keyring
+
+    master = load_master(config)
+    keyring = Keyring(config.data_dir / KEYRING_FILE, master)
+    cache: dict[str, TenantKeys | None] = {}
+
+    def lookup(tenant: str) -> TenantKeys | None:
+        if tenant not in cache:
+            keys = tenant_keys_in_catalog(config.data_dir / CATALOG_FILE, tenant, master)
+            cache[tenant] = keys if keys is not None else keyring.get(tenant)
+        return cache[tenant]
+    return TenantNameSealing(lookup)

@@ -32,6 +32,7 @@ from .._errors import (
     ConfigError,
     HdsdError,
     ProtocolError,
+    StoreError,
     Unavailable,
 )
 from .._groups import contain
@@ -48,7 +49,7 @@ from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
-from ..store import Store, Version
+from ..store import Store, Version, migration_pending
 from ..transport import (
     Identity,
     WireSession,
@@ -689,6 +690,9 @@ def check_private_dir(path: Path) -> None:
 
 
 async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
+    pending = migration_pending(config.data_dir / "store")
+    if pending is not None:
+        raise StoreError(pending)
     sealing = NodeSealing()
     store = Store.open(config.data_dir / "store", sealing=sealing,
                        segment_bytes=config.segment_mib << 20,

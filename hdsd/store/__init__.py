@@ -8,6 +8,9 @@ from ._fs import FileSystem as FileSystem
 from ._index import Location as Location
 from ._index import VersionName as VersionName
 from ._index import khash_of as khash_of
+from ._migrate import MigrateReport as MigrateReport
+from ._migrate import migrate_store as migrate_store
+from ._migrate import migration_pending as migration_pending
 from ._records import ChunkRecord as ChunkRecord
 from ._sealed import NAME_ID_BYTES as NAME_ID_BYTES
 from ._sealed import Sealing as Sealing
