@@ -2,8 +2,9 @@
 
 The store opens (and recovers) before the node's tenancy exists, and recovery needs no key:
 the capability is created unbound and bound to :meth:`Tenancy.keys` once the node is built.
-A tenant whose keys the tenancy refuses (unknown, shredded, creation not confirmed) has no
-seal: the store then refuses to write or open its names (``PermissionDenied``).
+A tenant without keys here (unknown, shredded, creation abandoned) has no seal: the store then
+refuses to write or open its names (``PermissionDenied``). Requests of tenants that are not
+live are refused before they reach the store (``Tenancy.check_live``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ __all__ = ["NodeSealing", "offline_name_seal", "offline_sealing"]
 
 class NodeSealing:
     def __init__(self) -> None:
-        self._keys_of: Callable[[str], TenantKeys] | None = None
+        self._keys_of: Callable[[str], TenantKeys | None] | None = None
         self._seals = TenantNameSealing(self._lookup)
 
-    def bind(self, keys_of: Callable[[str], TenantKeys]) -> None:
+    def bind(self, keys_of: Callable[[str], TenantKeys | None]) -> None:
         self._keys_of = keys_of
 
     def _lookup(self, tenant: str) -> TenantKeys | None:
