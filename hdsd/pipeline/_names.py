@@ -32,6 +32,7 @@ from ._keys import TenantKeys
 __all__ = ["NAME_ID_BYTES", "NameSeal", "TenantNameSealing"]
 
 NAME_ID_BYTES = 16
+_BUCKET_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
 _SEAL_CONTEXT = "hdsd 2026-12 sealed names v1"
@@ -42,16 +43,24 @@ _decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 class NameSeal:
     """One tenant's name ids and name sealing (implements ``hdsd.store.TenantSeal``)."""
 
-    __slots__ = ("_hash_key", "_seal_key", "keys")
+    __slots__ = ("_bucket_ids", "_hash_key", "_seal_key", "keys")
 
     def __init__(self, keys: TenantKeys) -> None:
         self.keys = keys  # kept to notice a replaced (or shredded) key set
         self._hash_key = blake3.blake3(keys.data_key, derive_key_context=_HASH_CONTEXT).digest()
         self._seal_key = blake3.blake3(keys.data_key, derive_key_context=_SEAL_CONTEXT).digest()
+        # A tenant has few buckets and every put needs its bucket's id: computed once each.
+        self._bucket_ids: dict[str, bytes] = {}
 
     def bucket_id(self, bucket: str) -> bytes:
-        h = blake3.blake3(b"b\x00" + bucket.encode("utf-8"), key=self._hash_key)
-        return h.digest(NAME_ID_BYTES)
+        bid = self._bucket_ids.get(bucket)
+        if bid is None:
+            bid = blake3.blake3(b"b\x00" + bucket.encode("utf-8"),
+                                key=self._hash_key).digest(NAME_ID_BYTES)
+            if len(self._bucket_ids) >= _BUCKET_IDS_KEPT:
+                self._bucket_ids.clear()
+            self._bucket_ids[bucket] = bid
+        return bid
 
     def name_id(self, bucket: str, key: str) -> bytes:
         # Length-prefixed bucket: ("a", "b\0c") and ("a\0b", "c") get different ids.
