@@ -141,6 +141,11 @@ class VersionName(NamedTuple):
     key: str | None
 
 
+def _holds(ordered: list[str], key: str) -> bool:
+    i = bisect.bisect_left(ordered, key)
+    return i < len(ordered) and ordered[i] == key
+
+
 def _size_of(body: bytes) -> int:
     try:
         size = unpackb(body)["s"]
@@ -382,9 +387,12 @@ class Index:
             if cached is not None:
                 self._names.move_to_end(ident)
                 if cached.pending:
-                    fresh = cached.pending.difference(cached.keys) if len(cached.pending) < 64 \
-                        else cached.pending
-                    cached.keys = sorted(set(cached.keys).union(fresh)) if fresh else cached.keys
+                    known = cached.keys
+                    new = sorted(k for k in cached.pending if not _holds(known, k))
+                    if new:
+                        merged = known + new
+                        merged.sort()  # two sorted runs: Timsort merges them in linear time
+                        cached.keys = merged
                     cached.pending = set()
                 return cached.keys
             self._building[ident] = set()
@@ -392,14 +400,14 @@ class Index:
             rows = self._reader().execute(
                 "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
                 " WHERE h.tenant = ? AND h.bid = ?", (tenant, bid)).fetchall()
-            keys = {open_names(body, seal)[1] for (body,) in rows}
+            opened = {open_names(body, seal)[1] for (body,) in rows}
         except BaseException:
             with self._names_lock:
                 self._building.pop(ident, None)
             raise
         with self._names_lock:
-            keys.update(self._building.pop(ident, ()))
-            ordered = sorted(keys)
+            opened.update(self._building.pop(ident, ()))
+            ordered = sorted(opened)
             self._names[ident] = _BucketNames(ordered)
             total = sum(len(n.keys) for n in self._names.values())
             while total > CACHED_NAMES and len(self._names) > 1:
