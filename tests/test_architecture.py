@@ -23,10 +23,11 @@ RANKS = {
     "wire": 0, "pipeline": 0,
     "store": 1, "cluster": 1,
     "transport": 2,
-    "catalog": 3, "replication": 3,
-    "repair": 4, "audit": 4,
-    "node": 5, "client": 5,
-    "cli": 6,
+    "peers": 3,
+    "catalog": 4, "replication": 4,
+    "repair": 5, "audit": 5,
+    "node": 6, "client": 6,
+    "cli": 7,
 }
 FOUNDATION = {"_errors", "_groups", "_atomic", "_meta", "_packing"}
 

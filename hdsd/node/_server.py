@@ -38,9 +38,10 @@ from .._groups import contain
 from .._meta import __version__
 from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
 from ..cluster import HybridClock
+from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
-from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
+from ..replication import HintStore, ModeState, PeerDoubts, Replicator
 from ..store import Store, Version
 from ..transport import (
     Identity,

@@ -27,7 +27,7 @@ import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
 from .._packing import packb
-from ..replication import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
+from ..peers import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, Store, Version, key_hash
 from ..wire import LeafDiff, Message, TreeLevel
 from ..wire import _constants as WC

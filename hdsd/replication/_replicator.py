@@ -41,16 +41,15 @@ import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, placement_key
+from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
 from ..wire import FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
-from ._peers import PeerLink
 from ._policy import policy_met, policy_still_possible
 from ._replay import HintReplay
-from ._transfer import BATCH_BYTES
-from ._types import LocalCommit, LocalStore, Offload, Replicas, replicate_message, to_thread
+from ._types import LocalCommit, LocalStore, Replicas
 
 __all__ = ["LocalStore", "Replicator"]
 
