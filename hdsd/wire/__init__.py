@@ -59,6 +59,7 @@ from ._peer import Replicate as Replicate
 from ._peer import SiteModeRequest as SiteModeRequest
 from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
 from ._registry import MessageType as MessageType
+from ._registry import frame_size as frame_size
 from ._repair import MAINTENANCE_TASKS as MAINTENANCE_TASKS
 from ._repair import LeafDiff as LeafDiff
 from ._repair import MaintenanceRequest as MaintenanceRequest
