@@ -372,7 +372,7 @@ class AsyncClient:
             try:
                 yield stream
             finally:
-                if not stream.complete and not session._closed:
+                if not stream.complete and not session.closed:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         try:
                             await session.send(Cancel(rid=rid))
@@ -547,7 +547,7 @@ class AsyncClient:
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:
-    if session._closed:
+    if session.closed:
         return
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         try:

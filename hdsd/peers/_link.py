@@ -105,7 +105,7 @@ class PeerPool:
 
     def reachable(self, node: str) -> bool:
         peer = self._peers[node]
-        return peer.session is not None and not peer.session._closed
+        return peer.session is not None and not peer.session.closed
 
     def describe(self, node: str) -> dict[str, Any]:
         peer = self._peers[node]
@@ -114,10 +114,10 @@ class PeerPool:
     async def _session(self, node: str) -> WireSession:
         peer = self._peers[node]
         live = peer.session
-        if live is not None and not live._closed:
+        if live is not None and not live.closed:
             return live  # the common case: no lock, no scheduler pass
         async with peer.lock:
-            if peer.session is not None and not peer.session._closed:
+            if peer.session is not None and not peer.session.closed:
                 return peer.session
             now = trio.current_time()
             if now < peer.retry_at:

@@ -116,6 +116,8 @@ class WireSession:
 
     @property
     def closed(self) -> bool:
+        """True once the session failed, its reader ended or it was closed: no new request
+        may start on it (read this, never ``_closed``)."""
         return self._closed
 
     @property
@@ -199,11 +201,18 @@ class WireSession:
             self._flushed.unpark_all()
 
     def _fail(self, reason: ConnectionLost) -> None:
-        """The connection cannot send any more: wake everyone who waits on it."""
-        if self.closed_reason is None:
+        """The connection cannot send any more: drop what is queued, then close."""
+        self._outbox = bytearray()
+        self._close(reason)
+
+    def _close(self, reason: HdsdError | None = None) -> None:
+        """The one close path (a failed write, the reader's end, :meth:`aclose`): mark the
+        session closed, keep the first *reason*, and wake everyone who waits on it — senders
+        waiting for credit, room or the writer, the gates, and every inbox (closed: their
+        requests see :class:`ConnectionLost`)."""
+        if reason is not None and self.closed_reason is None:
             self.closed_reason = reason
         self._closed = True
-        self._outbox = bytearray()
         self._credit_lot.unpark_all()
         self._room.unpark_all()
         self._flushed.unpark_all()
@@ -320,12 +329,7 @@ class WireSession:
             self.closed_reason = exc
             raise
         finally:
-            self._closed = True
-            self._credit_lot.unpark_all()
-            self._progress.unpark_all()
-            for inbox in self._inboxes.values():
-                inbox.close()
-            self._inboxes.clear()
+            self._close()
 
     def _route(self, event: Message, on_request: Callable[[Message], None] | None) -> None:
         rid = getattr(event, "rid", None)
@@ -351,10 +355,6 @@ class WireSession:
         return ConnectionLost(f"connection closed{reason}")
 
     async def aclose(self) -> None:
-        self._closed = True
-        self._progress.unpark_all()
-        self._credit_lot.unpark_all()
-        self._room.unpark_all()
-        self._flushed.unpark_all()
+        self._close()
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await self.stream.aclose()
