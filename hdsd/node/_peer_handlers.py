@@ -7,7 +7,7 @@ before the handler runs): two nodes that place data differently must not mix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -26,6 +26,7 @@ from ..wire import (
     PeerStatusRequest,
     Replicate,
     Reply,
+    SiteModeName,
     SiteModeRequest,
     TreeLevel,
 )
@@ -91,7 +92,8 @@ async def site_mode(node: Node, session: WireSession, ident: Identity, msg: Site
     if msg.mode == "degraded" and not msg.reason.strip():
         raise InvalidRequest("say why the site is degraded (--reason)")
     by = f"{ident.name}@{ident.tenant}"
-    mode = node.mode.set(msg.mode, reason=msg.reason or "restored by an operator", by=by)
+    wanted = cast(SiteModeName, msg.mode)  # SiteModeRequest checked it is one of SITE_MODES
+    mode = node.mode.set(wanted, reason=msg.reason or "restored by an operator", by=by)
     if msg.mode == "normal":
         # Writes accepted alone must now be compared with the other site, at once.
         node.doubts.doubt(None, "the site was restored to normal")

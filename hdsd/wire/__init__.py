@@ -56,6 +56,7 @@ from ._peer import ListBucketsPeer as ListBucketsPeer
 from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest
 from ._peer import Replicate as Replicate
+from ._peer import SiteModeName as SiteModeName
 from ._peer import SiteModeRequest as SiteModeRequest
 from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
 from ._registry import MessageType as MessageType
