@@ -92,6 +92,7 @@ class WireSession:
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
         self._closed = False
+        self._last_rid = 0
         self.closed_reason: HdsdError | None = None
         self.their_hello: Hello | None = None
         self._held: dict[int, int] = {}  # body bytes delivered to a rid's inbox, not consumed
@@ -247,6 +248,14 @@ class WireSession:
             self._ungranted[rid] = pending
 
     # -- request routing -----------------------------------------------------------------------
+    def new_rid(self) -> int:
+        """A request id for a new request of ours: the next one (mod 2³²) not in flight on
+        this connection. The one place ids are allocated (the client and the peer links)."""
+        while True:
+            self._last_rid = (self._last_rid + 1) % (1 << 32)
+            if not self.conn.in_flight(self._last_rid):
+                return self._last_rid
+
     def open_inbox(self, rid: int) -> trio.MemoryReceiveChannel[Message]:
         """Register *rid* before sending its request (or, on the node, before returning from
         ``on_request``) so that no event of it is missed."""
