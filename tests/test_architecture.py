@@ -26,7 +26,8 @@ RANKS = {
     "catalog": 3, "replication": 3,
     "repair": 4, "audit": 4,
     "node": 5, "client": 5,
-    "cli": 6,
+    "s3": 6,  # the S3 gateway, on top of the node's internal API
+    "cli": 7,
 }
 FOUNDATION = {"_errors", "_groups", "_atomic", "_meta", "_packing"}
 

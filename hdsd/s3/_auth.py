@@ -108,7 +108,7 @@ class PayloadMode:
         """The body's SHA-256 (hex) the signature covers, if it covers one."""
         if self.streaming or self.content_sha256 == UNSIGNED_PAYLOAD:
             return None
-        return self.content_sha256
+        return self.content_sha256.lower()
 
 
 @dataclass
@@ -148,7 +148,7 @@ def authenticate(method: str, raw_target: str, headers: list[tuple[str, str]],
                               tenant=record.tenant, role=record.role)
     return Authenticated(credential=credential, payload=PayloadMode(
         content_sha256=req.content_sha256, amz_date=req.amz_date, scope=req.scope,
-        signing_key=key, seed_signature=req.signature.lower()))
+        signing_key=key, seed_signature=req.signature))
 
 
 # -- the body -----------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class ChunkedDecoder:
         self._key = signing_key
         self._amz_date = amz_date
         self._scope = scope
-        self._previous = seed_signature.lower()
+        self._previous = seed_signature
         self._expected_length = decoded_length
         self._trailer_names = trailer_names
         self._state = _State.HEADER
@@ -171,7 +171,7 @@ class ChunkedDecoder:
         for ext in extensions:
             name, _, value = ext.partition(b"=")
             if name.strip() == b"chunk-signature":
-                claimed = value.strip().decode("ascii", "replace").lower()
+                claimed = value.strip().decode("ascii", "replace")
         if self._signed and not _SIG_RE.fullmatch(claimed):
             raise invalid_request("aws-chunked chunk without a valid chunk-signature")
         if size > self._expected_length - self._total:
@@ -210,7 +210,7 @@ class ChunkedDecoder:
         if name == _TRAILER_SIGNATURE:
             if not self._signed or self._trailer_signature:
                 raise invalid_request("unexpected x-amz-trailer-signature")
-            self._trailer_signature = value.strip().lower()
+            self._trailer_signature = value.strip()
             return
         if self._trailer_signature:
             raise invalid_request("a trailer after x-amz-trailer-signature")

@@ -216,7 +216,7 @@ def canonical_request(method: str, uri: str, query: str, headers: Mapping[str, S
 
 
 def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
     return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
 
 
@@ -287,7 +287,7 @@ def _content_sha256(value: str) -> str:
                  STREAMING_UNSIGNED_TRAILER):
         return value
     if _SIG_RE.fullmatch(value.lower()):
-        return value.lower()
+        return value  # as sent: the canonical request's last line is the client's text
     if value.startswith("STREAMING-AWS4-ECDSA"):
         raise S3AuthError("NotImplemented", 501, "Signature Version 4A (ECDSA) is not "
                           "supported; sign with AWS4-HMAC-SHA256")
@@ -418,7 +418,9 @@ def verify_signature(req: SignedRequest, method: str, raw_path: str, raw_query: 
     canonical re-encoding); returns the signing key (aws-chunked bodies chain from it).
     :class:`S3AuthError` ``SignatureDoesNotMatch`` when none matches."""
     key = signing_key(secret, req.date, req.region)
-    claimed = req.signature.lower().encode()
+    # The signature exactly as sent: lowercase hex, as every SDK writes it (not case-folded,
+    # so no two spellings of one signature are accepted).
+    claimed = req.signature.encode()
     ok = False
     for uri in canonical_uri_candidates(raw_path):
         for query in canonical_query_candidates(raw_query, drop_signature=req.presigned):
@@ -428,7 +430,7 @@ def verify_signature(req: SignedRequest, method: str, raw_path: str, raw_query: 
             # Every candidate is computed and compared: the time taken does not depend on
             # which one (or how much of one) matched.
             ok |= hmac.compare_digest(expected.encode(), claimed)
-    if not ok or not _SIG_RE.fullmatch(req.signature.lower()):
+    if not ok or not _SIG_RE.fullmatch(req.signature):
         raise S3AuthError("SignatureDoesNotMatch", 403, "The request signature we calculated "
                           "does not match the signature you provided. Check your key and "
                           "signing method.")
