@@ -24,10 +24,9 @@ RANKS = {
     "store": 1, "cluster": 1,
     "transport": 2,
     "catalog": 3, "replication": 3,
-    "repair": 4, "audit": 4,
+    "repair": 4, "audit": 4, "s3": 4,
     "node": 5, "client": 5,
-    "s3": 6,  # the S3 gateway, on top of the node's internal API
-    "cli": 7,
+    "cli": 6,
 }
 FOUNDATION = {"_errors", "_groups", "_atomic", "_meta", "_packing"}
 

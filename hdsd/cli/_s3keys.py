@@ -6,7 +6,8 @@ the replicated catalog, and sends it back this once: ``create`` prints it and no
 in clear. ``--json`` adds what an S3 client needs besides: the S3 endpoints of each site and
 the CA bundle to trust (the gateway serves HTTPS with the node's certificate from the cluster
 CA). Endpoints come from the profile's ``[sites.NAME] s3_endpoints`` if it lists them, else
-from the ``[s3] listen`` addresses of the node configurations under ``--cluster-dir``.
+from the ``[s3]`` section of the node configurations under ``--cluster-dir`` (``listen``:
+HTTPS; ``plain_http``: HTTP).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _run(ctx: click.Context, root: Path, fn: Any) -> Any:
     return trio.run(go)
 
 
-def _listen_urls(value: object, advertised_host: str) -> list[str]:
+def _listen_urls(value: object, advertised_host: str, scheme: str = "https") -> list[str]:
     items = value if isinstance(value, list) else [value]
     urls = []
     for item in items:
@@ -72,7 +73,7 @@ def _listen_urls(value: object, advertised_host: str) -> list[str]:
         host, port = parse_address(item)
         if host in ("0.0.0.0", "::", ""):  # a wildcard: the node's own address
             host = advertised_host
-        urls.append(f"https://{f'[{host}]' if ':' in host else host}:{port}")
+        urls.append(f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}")
     return urls
 
 
@@ -96,10 +97,12 @@ def s3_endpoints(profile: Profile, root: Path) -> dict[str, list[str]]:
             continue
         section = node.get("s3")
         info = node.get("node") or {}
-        if not isinstance(section, dict) or "listen" not in section or "site" not in info:
+        if not isinstance(section, dict) or "site" not in info:
             continue
         host = parse_address(str(info.get("listen", "127.0.0.1:0")))[0]
-        out.setdefault(str(info["site"]), []).extend(_listen_urls(section["listen"], host))
+        urls = out.setdefault(str(info["site"]), [])
+        urls.extend(_listen_urls(section.get("listen", []), host))  # HTTPS
+        urls.extend(_listen_urls(section.get("plain_http", []), host, "http"))
     return out
 
 

@@ -130,15 +130,14 @@ def test_endpoints_from_the_profile_then_from_node_configs(tmp_path: Path) -> No
     profile = load_profile(profile_path)
     assert s3_endpoints(profile, tmp_path) == {}  # no [s3] anywhere yet
     # node configurations that say where their gateway listens
-    for name, site, listen in (("a", "dc1", '"0.0.0.0:9000"'),
-                               ("b", "dc2", '["http://127.0.0.1:9080", "[::1]:9443"]')):
+    both = 'listen = ["[::1]:9443"]\nplain_http = ["127.0.0.1:9080"]'
+    for name, site, s3 in (("a", "dc1", 'listen = ["0.0.0.0:9000"]'), ("b", "dc2", both)):
         (tmp_path / "spec" / name).mkdir(parents=True)
         (tmp_path / "spec" / name / "node.toml").write_text(
-            f'[node]\nsite = "{site}"\nlisten = "10.0.0.{ord(name)}:7400"\n'
-            f"[s3]\nlisten = {listen}\n")
+            f'[node]\nsite = "{site}"\nlisten = "10.0.0.{ord(name)}:7400"\n[s3]\n{s3}\n')
     assert s3_endpoints(profile, tmp_path) == {
         "dc1": ["https://10.0.0.97:9000"],
-        "dc2": ["http://127.0.0.1:9080", "https://[::1]:9443"]}
+        "dc2": ["https://[::1]:9443", "http://127.0.0.1:9080"]}
     # a profile that lists them wins
     text = profile_path.read_text().replace(
         "[sites.dc1]", '[sites.dc1]\ns3_endpoints = ["https://s3.dc1.example:443"]')
