@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
+import boto3
 import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode_sequence
 from hypothesis import assume, given
@@ -307,3 +309,27 @@ def test_payload_mode_is_reported() -> None:
                         region=REGION)
     assert auth.payload.expected_sha256 == hashlib.sha256(b"hello").hexdigest()
     assert not auth.payload.streaming
+
+
+@pytest.mark.parametrize("op,params", [
+    ("get_object", {"Bucket": "scans", "Key": "2026/ct scan+1~é.dcm"}),
+    ("put_object", {"Bucket": "scans", "Key": "up/a b", "ContentType": "application/dicom"}),
+    ("list_objects_v2", {"Bucket": "scans", "Prefix": "2026/", "Delimiter": "/"}),
+    ("get_object", {"Bucket": "scans", "Key": "k", "VersionId": "18a.dc1-n1",
+                    "ResponseContentDisposition": "attachment; filename=\"a b.dcm\""}),
+])
+def test_boto3_generate_presigned_url_verifies(op: str, params: dict[str, str]) -> None:
+    # What `aws s3 presign` and applications hand to a plain HTTP client.
+    client = boto3.session.Session().client(
+        "s3", endpoint_url="https://127.0.0.1:9443", region_name=REGION,
+        aws_access_key_id=AKID, aws_secret_access_key=SECRET,
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+    url = client.generate_presigned_url(op, Params=params, ExpiresIn=300)
+    method = {"get_object": "GET", "put_object": "PUT", "list_objects_v2": "GET"}[op]
+    headers = [("Host", "127.0.0.1:9443"), ("User-Agent", "curl/8")]
+    if op == "put_object":
+        headers.append(("Content-Type", "application/dicom"))
+    s = Signed(method, _target(url), headers)
+    assert _verify(s) == CRED
+    assert _code(Signed(method, s.target.replace("scans", "scanz", 1), headers)) == \
+        "SignatureDoesNotMatch"
