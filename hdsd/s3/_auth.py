@@ -48,7 +48,8 @@ __all__ = [
 ]
 
 #: The ``x-amz-checksum-<name>`` algorithms S3 accepts (headers and trailers).
-CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256", "sha512", "xxhash64",
+                       "xxhash3", "xxhash128")
 _CHECKSUM_PREFIX = "x-amz-checksum-"
 
 

@@ -1,11 +1,13 @@
 """Incremental checksums of an S3 body, as S3 writes them: base64 of the big-endian digest.
 
 ``x-amz-checksum-crc32``, ``-crc32c``, ``-crc64nvme``, ``-sha1``, ``-sha256`` (headers or
-aws-chunked trailers) and ``Content-MD5`` (base64 of the MD5). CRC32 is the standard
-library's (zlib); CRC32C and CRC64/NVME come from ``awscrt.checksums`` — the AWS common
-runtime that botocore itself uses for them — since a pure-Python CRC runs at a few MB/s and a
-1 GiB body would take minutes. The hashes are hashlib's. Every ``update`` takes a bytes-like
-object (memoryviews included) and copies nothing.
+aws-chunked trailers; current botocore also offers ``-sha512``, ``-xxhash64``, ``-xxhash3``,
+``-xxhash128``) and ``Content-MD5`` (base64 of the MD5). CRC32 is the standard library's
+(zlib); CRC32C and CRC64/NVME come from ``awscrt.checksums`` — the AWS common runtime that
+botocore itself uses for them — since a pure-Python CRC runs at a few MB/s and a 1 GiB body
+would take minutes. The hashes are hashlib's; XXH64 and XXH3 the ``xxhash`` package's (already
+the store's frame checksum), whose canonical (big-endian) digests are the ones botocore sends.
+Every ``update`` takes a bytes-like object (memoryviews included) and copies nothing.
 """
 
 from __future__ import annotations
@@ -15,16 +17,21 @@ import binascii
 import hashlib
 import zlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+import xxhash
 from awscrt import checksums as _crt
 
 __all__ = ["ALGORITHMS", "Checksum", "decode_digest", "new_checksum"]
 
 #: S3's names of the checksum algorithms (``x-amz-checksum-<name>``), and ``md5``
 #: (``Content-MD5``).
-ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256", "md5")
-_DIGEST_SIZE = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32, "md5": 16}
+ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256", "sha512", "xxhash64", "xxhash3",
+              "xxhash128", "md5")
+_DIGEST_SIZE = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32,
+                "sha512": 64, "xxhash64": 8, "xxhash3": 8, "xxhash128": 16, "md5": 16}
+_XXHASH: dict[str, Callable[[], Any]] = {"xxhash64": xxhash.xxh64, "xxhash3": xxhash.xxh3_64,
+                                         "xxhash128": xxhash.xxh3_128}
 
 
 class Checksum(Protocol):
@@ -63,16 +70,17 @@ class _Hash:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._h = hashlib.new(name, usedforsecurity=name not in ("md5", "sha1"))
+        self._h: Any = (_XXHASH[name]() if name in _XXHASH
+                        else hashlib.new(name, usedforsecurity=name not in ("md5", "sha1")))
 
     def update(self, data: bytes | memoryview) -> None:
         self._h.update(data)
 
     def digest(self) -> bytes:
-        return self._h.digest()
+        return bytes(self._h.digest())
 
     def hexdigest(self) -> str:
-        return self._h.hexdigest()
+        return str(self._h.hexdigest())
 
     def b64(self) -> str:
         return base64.b64encode(self._h.digest()).decode()
@@ -98,7 +106,7 @@ def new_checksum(name: str) -> Checksum:
         return _Crc(name, _crc32c, 4)
     if name == "crc64nvme":
         return _Crc(name, _crc64nvme, 8)
-    if name in ("sha1", "sha256", "md5"):
+    if name in ("sha1", "sha256", "sha512", "md5") or name in _XXHASH:
         return _Hash(name)
     raise ValueError(f"unknown checksum algorithm {name!r}")
 

@@ -219,7 +219,8 @@ def test_boto3_put_object_verifies(endpoint: str, mode: str, size: int) -> None:
     assert sums["md5"] == base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-@pytest.mark.parametrize("alg", ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"])
+@pytest.mark.parametrize("alg", ["crc32", "crc32c", "crc64nvme", "sha1", "sha256", "sha512",
+                                 "xxhash64", "xxhash3", "xxhash128"])
 def test_boto3_checksum_algorithms(alg: str) -> None:
     body = b"hdsd " * 20000
     seen: dict[str, Any] = {}
@@ -329,12 +330,17 @@ def test_checksums_known_values(alg: str, value: str) -> None:
 # -- botocore's own aws-chunked encoder, any body, any chunk size, any split of the stream ---
 @given(st.binary(max_size=3000).map(lambda b: b * 7), st.integers(1, 4096),
        st.lists(st.integers(0, 30000), max_size=8),
-       st.sampled_from(["crc32", "crc32c", "crc64nvme", "sha1", "sha256"]))
+       st.sampled_from(["crc32", "crc32c", "crc64nvme", "sha1", "sha256", "sha512", "xxhash64",
+                        "xxhash3", "xxhash128"]))
 def test_botocore_chunked_encoder_round_trips(body: bytes, chunk: int, cuts: list[int],
                                               alg: str) -> None:
     classes = {"crc32": httpchecksum.Crc32Checksum, "crc32c": httpchecksum.CrtCrc32cChecksum,
                "crc64nvme": httpchecksum.CrtCrc64NvmeChecksum,
-               "sha1": httpchecksum.Sha1Checksum, "sha256": httpchecksum.Sha256Checksum}
+               "sha1": httpchecksum.Sha1Checksum, "sha256": httpchecksum.Sha256Checksum,
+               "sha512": httpchecksum.Sha512Checksum,
+               "xxhash64": httpchecksum.CrtXxhash64Checksum,
+               "xxhash3": httpchecksum.CrtXxhash3Checksum,
+               "xxhash128": httpchecksum.CrtXxhash128Checksum}
     wire = httpchecksum.AwsChunkedWrapper(io.BytesIO(body), checksum_cls=classes[alg],
                                           checksum_name=f"x-amz-checksum-{alg}",
                                           chunk_size=chunk).read()
