@@ -31,7 +31,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from ._errors import S3AuthError, access_denied, invalid_argument, invalid_request
@@ -231,10 +230,9 @@ def trailer_string_to_sign(amz_date: str, scope: str, previous: str, trailer_sha
     return f"{ALGORITHM}-TRAILER\n{amz_date}\n{scope}\n{previous}\n{trailer_sha256}"
 
 
-@lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
-    """The day's key for (secret, date, region): four HMACs, cached (a client signs many
-    requests with one key on one day)."""
+    """The day's key for (secret, date, region): four HMACs of a few bytes, a few microseconds
+    — not cached, so no secret of a revoked key lingers in a cache."""
     key = hmac.digest(("AWS4" + secret).encode("utf-8"), date.encode(), "sha256")
     key = hmac.digest(key, region.encode("utf-8"), "sha256")
     key = hmac.digest(key, service.encode(), "sha256")
