@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ..transport import Identity, WireSession
-from ..wire import CertRevoke, GetStart, Message, PutStart, Reply
+from ..wire import CertRevoke, GetStart, Message, PutStart, Reply, S3KeyCreate, S3KeyRevoke
 
 if TYPE_CHECKING:
     from ._log import AuditLog
@@ -65,6 +65,10 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+# Requests whose `key` field names a certificate serial or an S3 access key, never an object.
+_NAMELESS = (CertRevoke, S3KeyCreate, S3KeyRevoke)
+
+
 def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: ObservedSession,
                   outcome: str, peer: str) -> None:
     """Queue the record of one finished client request (never blocks, never raises)."""
@@ -75,8 +79,13 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     key = _text(getattr(msg, "key", None) or getattr(msg, "prefix", ""))
     if type(msg) is CertRevoke:  # what was revoked: the serial (the certificate's, if given)
         key = f"serial:{_text(info.get('serial')) or msg.serial or '?'}"
+    elif type(msg) is S3KeyCreate:  # which key was made (never its secret), for which tenant
+        key = f"s3key:{_text(info.get('access_key_id')) or '?'} tenant:{msg.tenant} " \
+              f"role:{msg.role}"
+    elif type(msg) is S3KeyRevoke:
+        key = f"s3key:{msg.access_key_id}"
     bucket = _text(getattr(msg, "bucket", ""))
-    if type(msg) is not CertRevoke and audit.seal_names is not None:
+    if type(msg) not in _NAMELESS and audit.seal_names is not None:
         # Names may identify a patient: sealed under the tenant's key (see ._names).
         try:
             bucket, key = audit.seal_names(ident.tenant or "", bucket, key)
