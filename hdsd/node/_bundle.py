@@ -235,6 +235,7 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # [repair]                      # optional: anti-entropy and scrub
 # interval_s = 3600             # Merkle comparison with every peer (0: only `hdsd repair`)
 # rate_mib_s = 64               # repair traffic budget, so client writes are not starved
+# rebuild_rate_mib_s = 0        # a wiped node's rebuild pace (0: disk and link speed)
 # scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
 # scrub_rate_mib_s = 32
 

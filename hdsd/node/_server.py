@@ -116,6 +116,7 @@ class Node(ReadPaths):
             snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
             open_chunk=self._verify_chunk, repair_interval_s=config.repair_interval_s,
             repair_rate_mib_s=config.repair_rate_mib_s,
+            rebuild_rate_mib_s=config.rebuild_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,

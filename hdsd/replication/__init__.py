@@ -10,6 +10,7 @@ from ._peers import PeerPool as PeerPool
 from ._policy import policy_met as policy_met
 from ._replicator import Replicator as Replicator
 from ._requests import check_retry as check_retry
+from ._transfer import fetch_chunk_records as fetch_chunk_records
 from ._transfer import fetch_chunks as fetch_chunks
 from ._transfer import local_chunks as local_chunks
 from ._transfer import push_version as push_version
