@@ -210,6 +210,7 @@ site = "{node.site}"
 {role}listen = "{node.listen}:{node.port}"        # address:port this node binds
 data_dir = "{data_ref}"               # the log, its index, hints; keep it on a local disk
 # segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
+# segment_read_fds = 64         # segment read descriptors kept open (see LimitNOFILE in the unit)
 # on_corrupt_log = "repair"     # damaged log range at start: set it aside (kept as a file)
 #                               # and refetch from the other site; "refuse": stay down
 

@@ -12,6 +12,7 @@ Example (``hdsd init`` writes one per node)::
     listen = "127.0.0.1:7401"
     data_dir = "data"
     on_corrupt_log = "repair"      # damage met at start: set it aside, refetch (or "refuse")
+    segment_read_fds = 64          # log segment read descriptors kept open (least recent closed)
 
     [tls]
     ca = "../ca/ca.crt"
@@ -114,6 +115,7 @@ class NodeConfig:
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
     segment_mib: int = 256
+    segment_read_fds: int = 64  # bounded cache of segment read descriptors (see store._fds)
     on_corrupt_log: str = "repair"  # or "refuse": stay down for an operator to look first
     repair_interval_s: float = 3600.0  # 0: only on demand (hdsd repair)
     repair_rate_mib_s: float = 64.0
@@ -175,6 +177,7 @@ _LIMITS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
              "data_dir": (str, True), "segment_mib": (int, False),
+             "segment_read_fds": (int, False),
              "on_corrupt_log": (str, False), "role": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, False), "master_passphrase_env": (str, False),
@@ -323,6 +326,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     segment_mib = node.get("segment_mib", 256)
     if not 4 <= segment_mib <= 4096:
         p.add("[node] segment_mib", f"{segment_mib} must be between 4 and 4096")
+    read_fds = node.get("segment_read_fds", 64)
+    if not 1 <= read_fds <= 65536:
+        p.add("[node] segment_read_fds", f"{read_fds} must be between 1 and 65536")
     on_corrupt = node.get("on_corrupt_log", "repair")
     if on_corrupt not in ("repair", "refuse"):
         p.add("[node] on_corrupt_log", f"{on_corrupt!r} must be repair or refuse")
@@ -393,6 +399,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
         shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
         on_peer_site_loss=on_loss, write_timeout_s=write_timeout, segment_mib=segment_mib,
+        segment_read_fds=read_fds,
         on_corrupt_log=on_corrupt, repair_interval_s=repair_values["interval_s"],
         repair_rate_mib_s=repair_values["rate_mib_s"],
         rebuild_rate_mib_s=repair_values["rebuild_rate_mib_s"],

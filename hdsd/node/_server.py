@@ -679,7 +679,8 @@ def check_private_dir(path: Path) -> None:
 
 async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
     store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
-                       salvage=config.on_corrupt_log == "repair")
+                       salvage=config.on_corrupt_log == "repair",
+                       read_fds=config.segment_read_fds)
     for where in store.statistics().salvaged:
         log.error("event=log_damage_set_aside node=%s range=%s action=refetch_from_replicas",
                   config.name, where)
