@@ -102,6 +102,34 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+#: Page cache of each reading connection (KiB; SQLite's default is 2,000). There is one per
+#: thread that reads (trio's worker threads: up to 40), so this bounds most of the index's
+#: memory; the kernel's page cache holds the rest of the file.
+READER_CACHE_KIB = 1024
+
+
+class _Held:
+    """A thread's reading connection. A worker thread that ends (trio retires idle ones after
+    10 s and starts new ones under load) drops its thread-locals, and with them this holder:
+    the connection is closed then, instead of being kept open — memory and three descriptors
+    each — for the life of the process."""
+
+    __slots__ = ("conn", "owner")
+
+    def __init__(self, conn: sqlite3.Connection, owner: set[sqlite3.Connection],
+                 lock: threading.RLock) -> None:
+        self.conn = conn
+        self.owner = (owner, lock)
+
+    def __del__(self) -> None:
+        owner, lock = self.owner
+        with lock:
+            if self.conn not in owner:
+                return  # the index closed it already
+            owner.discard(self.conn)
+        self.conn.close()
+
+
 def key_hash(tenant: str, bucket: str, key: str) -> int:
     """A 32-bit hash of a key's full name: anti-entropy groups versions into Merkle leaves by
     its top bits, so the versions of one key always fall in the same leaf."""
@@ -131,8 +159,9 @@ class Index:
     def __init__(self, path: str) -> None:
         self._path = path
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._readers: list[sqlite3.Connection] = []
+        # Reentrant: a holder may be finalised (and take it) wherever its thread ends.
+        self._lock = threading.RLock()
+        self._readers: set[sqlite3.Connection] = set()
         self.writer = _connect(path)
         self.writer.executescript(_SCHEMA)
         self._migrate()
@@ -156,20 +185,23 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
-            readers, self._readers = self._readers, []
+            readers = list(self._readers)
+            self._readers.clear()  # a holder finalised later finds its connection gone
         for conn in readers:
             conn.close()
         self.writer.close()
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "conn", None)
+        if held is None:
             conn = _connect(self._path)
             conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
+            conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+            held = _Held(conn, self._readers, self._lock)
+            self._local.conn = held
             with self._lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.add(conn)
+        return held.conn
 
     # --- writing (log-writer thread and recovery only) -------------------------------------
     def applied(self) -> AppliedPosition:
@@ -441,13 +473,14 @@ class Index:
     def _quarantine_conn(self) -> sqlite3.Connection:
         # Its own connection: the writer's belongs to the log-writer thread. SQLite's lock
         # (busy_timeout) orders the two.
-        conn: sqlite3.Connection | None = getattr(self._local, "qconn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "qconn", None)
+        if held is None:
             conn = _connect(self._path)
-            self._local.qconn = conn
+            held = _Held(conn, self._readers, self._lock)
+            self._local.qconn = held
             with self._lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.add(conn)
+        return held.conn
 
     # --- compaction (any thread but the writer's) ---------------------------------------------
     def location_of(self, record: ChunkRecord | Version) -> Location | None:

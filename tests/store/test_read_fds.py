@@ -92,3 +92,22 @@ def test_an_evicted_descriptor_stays_open_for_the_reader_using_it(tmp_path: Path
     fs.close(fd)
     assert cache.pop(3) is None
     cache.close_all()
+
+
+def test_the_index_connection_of_a_thread_that_ended_is_closed(tmp_path: Path) -> None:
+    # trio retires idle worker threads and starts new ones: each reads the index through its
+    # own SQLite connection, which must not outlive it (memory and descriptors would grow).
+    with Store.open(tmp_path / "s", segment_bytes=SEGMENT) as store:
+        chunks = _fill(store, 3)
+
+        def read() -> None:
+            assert store.read_chunk("t", chunks[0][0]) == chunks[0][1]
+
+        for _ in range(30):
+            t = threading.Thread(target=read)
+            t.start()
+            t.join()
+        index = store._index
+        assert len(index._readers) <= 1  # the main thread's, if it read; the ended ones' closed
+        read()
+        assert len(index._readers) == 1
