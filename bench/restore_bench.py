@@ -152,7 +152,9 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
             "wall_seconds": round(wall, 2), "start_seconds": round(started_s, 2),
             "mib_s": round(total_bytes / MIB / node_s, 1),
             "versions_s": round(rebuild["versions_received"] / node_s, 1),
-            "status": rebuild, "reads_during": reads, "progress_samples": samples[-20:]}
+            "status": rebuild, "reads_during": reads, "progress_samples": samples[-20:],
+            "round_failures": [line for line in node.stderr_lines
+                               if "repair_failed" in line][:20]}
 
 
 def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str, Any]:

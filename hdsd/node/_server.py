@@ -66,6 +66,7 @@ from ._config import NodeConfig
 from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
+from ._malloc import limit_arenas, trim
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
@@ -307,6 +308,7 @@ class Node(ReadPaths):
                                          interval=self.config.catalog_sync_s))
             if self.config.metrics_host is not None:
                 await services.start(serve_metrics, self)
+            services.start_soon(_trim_memory)
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
@@ -634,6 +636,16 @@ def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
         return "?"
 
 
+#: How often freed memory is handed back to the system (see ``_malloc``).
+TRIM_EVERY_S = 60.0
+
+
+async def _trim_memory() -> None:
+    while True:
+        await trio.sleep(TRIM_EVERY_S)
+        await trio.to_thread.run_sync(trim)
+
+
 async def serve_node(config: NodeConfig, *,
                      task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the store and serve until :meth:`Node.shutdown` (or cancellation).
@@ -646,6 +658,7 @@ async def serve_node(config: NodeConfig, *,
     indexes and their journals, the Merkle snapshot, the audit files, the log segments.
     """
     check_private_dir(config.data_dir)
+    limit_arenas()  # before the store's and trio's threads allocate
     with _private_umask():
         await _serve_node(config, task_status)
 

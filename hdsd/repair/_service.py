@@ -320,6 +320,7 @@ class Maintenance:
                 report = await self._round(peer, self._rebuild_progress(progress), bulk=True)
                 progress["versions_received"] += report.versions_received
                 progress["bytes_received"] += report.payload_bytes_received
+                progress["last_error"] = report.error  # a failed round is retried
                 progress["versions_received_this_peer"] = 0
                 progress["bytes_received_this_peer"] = 0
                 if report.error is None:

@@ -29,7 +29,7 @@ from .._errors import HdsdError, IntegrityError, Unavailable
 from .._packing import packb
 from ..replication import PeerLink, fetch_chunk_records, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, CommitTicket, Store, Version, key_hash
-from ..wire import LeafDiff, Message, TreeLevel
+from ..wire import MAX_DIFF_LEAVES, LeafDiff, Message, TreeLevel
 from ..wire import _constants as WC
 from ..wire._registry import encode_body
 from ._tree import DEPTH, children_of, leaf_of
@@ -45,10 +45,11 @@ _DIFF_DIGESTS = 32_768
 _COMMIT_BYTES = 4 << 20
 _REST_RATIO = 1.0  # seconds of rest per second of reconciling
 _REPLY_BYTES = 2 << 20  # versions per LeafDiff reply; more follow in the next one
-# Bulk transfer (a rebuild): many leaves per LeafDiff (an empty node differs everywhere, and
-# each request is a round trip), chunks fetched several at a time, and commits of a window of
-# chunks and versions with one fsync each, the next window fetched while it syncs.
-_BULK_LEAVES = 4096
+# Bulk transfer (a rebuild): as many leaves per LeafDiff as the wire takes (an empty node
+# differs everywhere, and each request is a round trip), chunks fetched several at a time, and
+# commits of a window of chunks and versions with one fsync each, the next window fetched
+# while it syncs.
+_BULK_LEAVES = MAX_DIFF_LEAVES
 _FETCH_IN_FLIGHT = 8
 _WINDOW_BYTES = 16 << 20
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
