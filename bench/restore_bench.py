@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,15 +119,59 @@ def _reads_during(profile: Path, keys: list[tuple[str, int]], stop: threading.Ev
                 if lat else None})
 
 
+def _cpu_s(nd: NodeProcess) -> float:
+    """CPU seconds (user + system) the node's process has used so far."""
+    if nd.proc is None:
+        return 0.0
+    with open(f"/proc/{nd.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling *pid* into *out* (raw folded stacks) until SIGINT, if installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
+                             "50", "--nonblocking", "--threads", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _hot(path: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples by innermost hdsd function (what the node was doing, idle included)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        ours = [f for f in frames if "hdsd/" in f]
+        leaf = frames[-1].split(" (")[0]
+        name = (ours[-1].split(" (")[0] + " > " + leaf) if ours else leaf
+        counts[name] = counts.get(name, 0) + int(n)
+        total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, round(100 * c / max(1, total), 1)) for name, c in ranked]
+
+
 def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
-             total_bytes: int, timeout: float) -> dict[str, Any]:
+             total_bytes: int, timeout: float, source: NodeProcess,
+             spy_dir: Path | None) -> dict[str, Any]:
     data_dir = node.config.parent / "data"
     shutil.rmtree(data_dir / "store")  # a replaced disk: same identity, keys and config
     for name in ("hints.sqlite", "merkle-trees.bin"):
         (data_dir / name).unlink(missing_ok=True)
     t0 = time.monotonic()
+    source_cpu = _cpu_s(source)
     node.start()
     started_s = time.monotonic() - t0
+    spies = {}
+    if spy_dir is not None:
+        for name, nd in (("rebuilding", node), ("source", source)):
+            if nd.proc is not None and (sp := _spy(nd.proc.pid, spy_dir / f"{name}.txt")):
+                spies[name] = sp
     reads: dict[str, Any] = {}
     stop = threading.Event()
     reader = threading.Thread(target=_reads_during, args=(profile, keys, stop, reads))
@@ -145,16 +191,25 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
             time.sleep(0.25)
     finally:
         stop.set()
+        for sp in spies.values():
+            sp.send_signal(signal.SIGINT)
+            sp.wait(60)
         reader.join()
     wall = time.monotonic() - t0
+    cpu = {"rebuilding_s": round(_cpu_s(node), 2),
+           "source_s": round(_cpu_s(source) - source_cpu, 2)}
+    # The machine is shared: the CPU both nodes spent is what the load cannot distort much.
+    cpu["mib_per_cpu_s"] = round(total_bytes / MIB / max(1e-3, sum(cpu.values())), 1)
+    hot = {name: _hot(spy_dir / f"{name}.txt") for name in spies
+           if spy_dir is not None and (spy_dir / f"{name}.txt").exists()}
     node_s = rebuild["finished"] - rebuild["started"]
     return {"versions_received": rebuild["versions_received"], "node_seconds": round(node_s, 2),
             "wall_seconds": round(wall, 2), "start_seconds": round(started_s, 2),
             "mib_s": round(total_bytes / MIB / node_s, 1),
-            "versions_s": round(rebuild["versions_received"] / node_s, 1),
+            "versions_s": round(rebuild["versions_received"] / node_s, 1), "cpu": cpu,
             "status": rebuild, "reads_during": reads, "progress_samples": samples[-20:],
             "round_failures": [line for line in node.stderr_lines
-                               if "repair_failed" in line][:20]}
+                               if "repair_failed" in line][:20], "hot": hot}
 
 
 def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str, Any]:
@@ -170,7 +225,9 @@ def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str
     return {"checked": len(picked), "bad": len(bad), "bad_keys": bad[:10]}
 
 
-def _export(profile: Path, site: str) -> dict[str, Any]:
+def _export(profile: Path, site: str, node: NodeProcess) -> dict[str, Any]:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    node_cpu = _cpu_s(node)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "hdsd", "--profile", str(profile), "--site",
                              site, "--timeout", "600", "export", _tenant(profile), "-",
@@ -187,6 +244,10 @@ def _export(profile: Path, site: str) -> dict[str, Any]:
     proc.wait(7200)
     drain.join()
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    cpu = {"client_s": round(client_cpu, 2), "node_s": round(_cpu_s(node) - node_cpu, 2)}
+    cpu["tar_mib_per_cpu_s"] = round(tar_bytes / MIB / max(1e-3, sum(cpu.values())), 1)
     stderr = b"".join(err).decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"export failed: {stderr}")
@@ -197,7 +258,7 @@ def _export(profile: Path, site: str) -> dict[str, Any]:
             summary = json.loads(line)
     return {"seconds": round(seconds, 2), "tar_bytes": tar_bytes,
             "tar_sha256": digest.hexdigest()[:16],
-            "mib_s": round(tar_bytes / MIB / seconds, 1), "summary": summary}
+            "mib_s": round(tar_bytes / MIB / seconds, 1), "cpu": cpu, "summary": summary}
 
 
 async def _get_all(profile: Path, site: str, tasks: int) -> dict[str, Any]:
@@ -240,7 +301,12 @@ def main() -> None:
                     help="extra TOML appended to both nodes' node.toml (e.g. a [repair] rate)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/restore_bench.json"))
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
+    ap.add_argument("--spy", type=Path, default=None,
+                    help="sample both nodes with py-spy during the rebuild into this directory "
+                         "(where the time goes; pip install py-spy)")
     args = ap.parse_args()
+    if args.spy is not None:
+        args.spy.mkdir(parents=True, exist_ok=True)
     large, small = (200, 2000) if args.quick else (args.large, args.small)
     keys = _keys(large, small)
     total = sum(size for _, size in keys)
@@ -268,14 +334,15 @@ def main() -> None:
                                 "versions_s": round(len(keys) / write_s, 1)}
             nodes["dc2"].stop()
             _log("dc2 wiped; rebuilding")
-            results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200)
+            results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200, nodes["dc1"],
+                                          args.spy)
             _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
             nodes["dc1"].stop()
             results["verify"] = _verify(profile, keys, args.sample)
             nodes["dc1"].start()
             nodes["dc2"].stop()
             _log("client-side restore from dc1: export")
-            results["export"] = _export(profile, "dc1")
+            results["export"] = _export(profile, "dc1", nodes["dc1"])
             _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
             results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
         finally:
@@ -289,6 +356,9 @@ def main() -> None:
         ["rebuild (node clock)", f"{rb['node_seconds']} s: {rb['mib_s']} MiB/s, "
                                  f"{rb['versions_s']:,} versions/s", "≥ 150 MiB/s, ≥ 3,000 v/s"],
         ["rebuild (process start to done)", f"{rb['wall_seconds']} s", "—"],
+        ["rebuild CPU (rebuilding + source node)",
+         f"{rb['cpu']['rebuilding_s']} + {rb['cpu']['source_s']} s: "
+         f"{rb['cpu']['mib_per_cpu_s']} MiB per CPU-second", "—"],
         ["reads during rebuild", f"{rb['reads_during'].get('ok')} ok, "
                                  f"{rb['reads_during'].get('failed')} failed, p50 "
                                  f"{rb['reads_during'].get('p50_ms')} ms", "0 failed"],
@@ -296,9 +366,15 @@ def main() -> None:
                                     f"{results['verify']['bad']} bad", "0 bad"],
         ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
          "≥ 150 MiB/s"],
+        ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} s: "
+                                       f"{ex['cpu']['tar_mib_per_cpu_s']} MiB per CPU-second",
+         "—"],
         [f"client restore: get every key ({ga['tasks']} tasks)",
          f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
     ]
+    for name, ranked in rb.get("hot", {}).items():
+        print(f"\nrebuild, {name} node: samples by innermost hdsd function (idle included)")
+        print_table(["function > leaf", "%"], [[n, f"{p}"] for n, p in ranked])
     print(f"\nrestore_bench: 1+1 cluster on this machine ({os.cpu_count()} cores, shared)")
     print_table(["measure", "value", "target"], rows)
     write_json(args.json, {"machine": machine_info(), "results": results})
