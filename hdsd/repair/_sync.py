@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
+from .._groups import single_error
 from .._packing import packb
 from ..replication import PeerLink, fetch_chunk_records, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, CommitTicket, Store, Version, key_hash
@@ -50,8 +51,9 @@ _REPLY_BYTES = 2 << 20  # versions per LeafDiff reply; more follow in the next o
 # commits of a window of chunks and versions with one fsync each, the next window fetched
 # while it syncs.
 _BULK_LEAVES = MAX_DIFF_LEAVES
-_FETCH_IN_FLIGHT = 8
-_WINDOW_BYTES = 16 << 20
+_BULK_BATCHES = 3
+_FETCH_IN_FLIGHT = 4  # per batch: _BULK_BATCHES x this on the link
+_WINDOW_BYTES = 8 << 20
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
 
@@ -192,19 +194,20 @@ class AntiEntropy:
             report.leaves_differing = len(leaves)
             if progress is not None:
                 progress(report, 0, len(leaves))
-            done = 0
-            for batch in self._leaf_batches(peer, leaves, _BULK_LEAVES if bulk
-                                            else _DIFF_LEAVES):
-                began = trio.current_time()
-                await self._reconcile(peer, batch, link)
-                # Both nodes spend CPU on a batch (this is Python on shared cores): rest as
-                # long as the batch took, so client requests keep at least half the time.
-                # A rebuild does not: its rate limit is the operator's knob.
-                if not bulk:
+            if bulk:
+                await self._reconcile_bulk(peer, leaves, link, progress)
+            else:
+                done = 0
+                for batch in self._leaf_batches(peer, leaves, _DIFF_LEAVES):
+                    began = trio.current_time()
+                    await self._reconcile(peer, batch, link)
+                    # Both nodes spend CPU on a batch (this is Python on shared cores): rest
+                    # as long as the batch took, so client requests keep at least half the
+                    # time. A rebuild does not: its rate limit is the operator's knob.
                     await trio.sleep((trio.current_time() - began) * _REST_RATIO)
-                done += len(batch)
-                if progress is not None:
-                    progress(report, done, len(leaves))
+                    done += len(batch)
+                    if progress is not None:
+                        progress(report, done, len(leaves))
         except HdsdError as exc:
             report.error = f"{exc.code}: {exc.message}"
             # An unreachable peer is reported by the peer pool (once, then a warning if it
@@ -244,6 +247,28 @@ class AntiEntropy:
             if not differing:
                 return []
         return differing
+
+    async def _reconcile_bulk(self, peer: str, leaves: list[int], link: _Metered,
+                              progress: Callable[[RepairReport, int, int], None] | None
+                              ) -> None:
+        """Reconcile batches of leaves :data:`_BULK_BATCHES` at a time: the batches' leaves
+        are disjoint, so they are independent, and one batch's round trips, index lookups
+        and fsync overlap the others' (their commits share the log writer's fsyncs)."""
+        batches = iter(self._leaf_batches(peer, leaves, _BULK_LEAVES))
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for batch in batches:
+                await self._reconcile(peer, batch, link)
+                done += len(batch)
+                if progress is not None:
+                    progress(link.report, done, len(leaves))
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                for _ in range(_BULK_BATCHES):
+                    nursery.start_soon(worker)
 
     def _leaf_batches(self, peer: str, leaves: list[int], size: int) -> list[list[int]]:
         return [leaves[i:i + size] for i in range(0, len(leaves), size)]
