@@ -301,6 +301,8 @@ def main() -> None:
                     help="extra TOML appended to both nodes' node.toml (e.g. a [repair] rate)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/restore_bench.json"))
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
+    ap.add_argument("--rebuild-only", action="store_true",
+                    help="stop after the rebuild and its verification (no client-side restore)")
     ap.add_argument("--spy", type=Path, default=None,
                     help="sample both nodes with py-spy during the rebuild into this directory "
                          "(where the time goes; pip install py-spy)")
@@ -339,17 +341,18 @@ def main() -> None:
             _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
             nodes["dc1"].stop()
             results["verify"] = _verify(profile, keys, args.sample)
-            nodes["dc1"].start()
-            nodes["dc2"].stop()
-            _log("client-side restore from dc1: export")
-            results["export"] = _export(profile, "dc1", nodes["dc1"])
-            _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
-            results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
+            if not args.rebuild_only:
+                nodes["dc1"].start()
+                nodes["dc2"].stop()
+                _log("client-side restore from dc1: export")
+                results["export"] = _export(profile, "dc1", nodes["dc1"])
+                _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
+                results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
         finally:
             for node in nodes.values():
                 node.stop()
 
-    rb, ex, ga = results["rebuild"], results["export"], results["get_all"]
+    rb = results["rebuild"]
     rows = [
         ["data written", f"{total / MIB:,.0f} MiB, {len(keys):,} versions "
                          f"({results['write']['mib_s']} MiB/s)", "—"],
@@ -364,14 +367,18 @@ def main() -> None:
                                  f"{rb['reads_during'].get('p50_ms')} ms", "0 failed"],
         ["verify with dc1 stopped", f"{results['verify']['checked']} checked, "
                                     f"{results['verify']['bad']} bad", "0 bad"],
-        ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
-         "≥ 150 MiB/s"],
-        ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} s: "
-                                       f"{ex['cpu']['tar_mib_per_cpu_s']} MiB per CPU-second",
-         "—"],
-        [f"client restore: get every key ({ga['tasks']} tasks)",
-         f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
     ]
+    if "export" in results:
+        ex, ga = results["export"], results["get_all"]
+        rows += [
+            ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
+             "≥ 150 MiB/s"],
+            ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} "
+                                           f"s: {ex['cpu']['tar_mib_per_cpu_s']} MiB per "
+                                           "CPU-second", "—"],
+            [f"client restore: get every key ({ga['tasks']} tasks)",
+             f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
+        ]
     for name, ranked in rb.get("hot", {}).items():
         print(f"\nrebuild, {name} node: samples by innermost hdsd function (idle included)")
         print_table(["function > leaf", "%"], [[n, f"{p}"] for n, p in ranked])
