@@ -101,3 +101,39 @@ async def test_shredded_and_unknown_tenants_and_admin_scope(tenancy: Any) -> Non
     with pytest.raises(PermissionDenied):
         t.check_admin_of("u", "admin", "t")
     t.check_admin_of("ops", "admin", "t")
+
+
+async def test_a_costly_usage_snapshot_is_taken_less_often_but_never_refuses_stale(
+        tenancy: Any, monkeypatch: Any) -> None:
+    import time
+
+    import trio
+
+    import hdsd.node._tenancy as tenancy_module
+
+    t, _, _ = tenancy
+    node = _FakeNode(None)
+    scans = {"n": 0, "used": 900}
+
+    def slow_usage() -> dict[str, int]:  # a big store: the snapshot reads every version
+        scans["n"] += 1
+        time.sleep(0.1)
+        return {"t": scans["used"]}
+    node.store = SimpleNamespace(tenant_usage=slow_usage)
+    monkeypatch.setattr(tenancy_module, "_USAGE_TTL_S", 0.05)
+    monkeypatch.setattr(tenancy_module, "_USAGE_COST_RATIO", 5.0)
+    await t.check_write(node, "t", "b", "k1", size=10, delete=False)
+    for _ in range(5):  # within 5 x 0.1 s: the snapshot is reused
+        await t.check_write(node, "t", "b", "k1", size=10, delete=False)
+    assert scans["n"] == 1
+    # Deletes elsewhere freed room the old snapshot does not know: a put it would refuse
+    # refreshes it first (when older than the base TTL) and goes through.
+    scans["used"] = 100
+    await trio.sleep(0.06)
+    assert await t.check_write(node, "t", "b", "k2", size=500, delete=False) == 500
+    assert scans["n"] == 2
+    scans["used"] = 990  # filled elsewhere: known once the snapshot's own TTL has passed
+    await trio.sleep(0.55)
+    with pytest.raises(QuotaExceeded):
+        await t.check_write(node, "t", "b", "k3", size=500, delete=False)
+    assert scans["n"] == 3
