@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -366,7 +366,6 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     BODY_SIZE.set(hi - lo)
     codec = node.codec(tenant)
     info = {**version.public_info(), "start": lo, "end": hi}
-    await session.send(GetStart(rid=msg.rid, info=info))
     timeout = node.config.request_timeout_s
     # Which slice of which chunk the range needs, in order.
     wanted: list[tuple[int, bytes, int, int, int]] = []  # index, id, length, slice lo, hi
@@ -391,6 +390,8 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
                                  f"bytes, expected {chunk_len}")
         return plain
 
+    if len(wanted) == 1 and await _get_one_chunk(session, msg, info, read, wanted[0], timeout):
+        return
     # Read and decrypt the next chunks while this one is sent: the read-ahead is bounded (three
     # chunks), so a slow reader still holds the node to a few MiB for this request.
     send_ready, receive_ready = trio.open_memory_channel[bytes](2)
@@ -400,6 +401,7 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
             for index, chunk_id, chunk_len, _, _ in wanted:
                 await send_ready.send(await read(index, chunk_id, chunk_len))
 
+    await session.send(GetStart(rid=msg.rid, info=info))
     with single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
@@ -416,6 +418,29 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
                         raise RequestTimeout(f"client read nothing for {timeout:g} s; "
                                              "download aborted")
     await session.send(End(rid=msg.rid))
+
+
+_ONE_WRITE_MAX = 1 << 20  # a get body this small may go out in one Data frame
+
+
+async def _get_one_chunk(session: WireSession, msg: GetRequest, info: dict[str, Any],
+                         read: Callable[[int, bytes, int], Awaitable[bytes]],
+                         wanted: tuple[int, bytes, int, int, int], timeout: float) -> bool:
+    """A range within one chunk (every small object): read it first, then send GetStart, the
+    body and End in one write — one TLS record and one wake-up for the client instead of three,
+    and no read-ahead task. False (nothing sent) when the body is over one frame or the
+    client's window; the caller then streams it."""
+    index, chunk_id, chunk_len, slice_lo, slice_hi = wanted
+    if slice_hi - slice_lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+        return False
+    plain = await read(index, chunk_id, chunk_len)
+    body = [Data(rid=msg.rid, data=bytes(memoryview(plain)[slice_lo:slice_hi]))] \
+        if slice_hi > slice_lo else []
+    with trio.move_on_after(timeout) as scope:
+        await session.send_many([GetStart(rid=msg.rid, info=info), *body, End(rid=msg.rid)])
+    if scope.cancelled_caught:
+        raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
+    return True
 
 
 def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
