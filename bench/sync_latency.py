@@ -892,9 +892,10 @@ def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], lis
 
 
 # -- main ------------------------------------------------------------------------------------
-# How long --quick takes on the 2-core reference VM (62 s measured; the README says the same,
+# How long --quick takes on the 2-core reference VM (62 s measured before the trio floor, which
+# adds ~10 s; 121 s with the machine shared and loaded; the README says the same,
 # and tests/bench/test_sync_quick.py checks that both give this one figure).
-QUICK_DURATION = "about a minute"
+QUICK_DURATION = "about a minute and a half"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
