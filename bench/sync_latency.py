@@ -340,64 +340,89 @@ def cpu_use(before: dict[str, float], after: dict[str, float], n: int,
             "cpu_ms_per_op": used["total"] / n * 1e3, "cpu_ms_per_mib": used["total"] / mib * 1e3}
 
 
-async def measure_cells(system: str, policy: str | None, plan: Plan, clients: Sequence[Any],
-                        put: Callable[[Any, str, int], Awaitable[float]],
-                        get: Callable[[Any, str, int], Awaitable[float]],
-                        pids: dict[str, int], check: Callable[[], None],
-                        keep: dict[tuple[str, str, int, int], list[float]],
-                        max_size: int | None = None) -> list[dict[str, Any]]:
-    """Every size x concurrency cell: puts, then gets of what was just written, with the CPU
-    each process in *pids* spent on each. A refusal (:class:`hdsd.HdsdError`) is a result;
-    *check* raises if a server died."""
+@dataclass
+class Target:
+    """One system's side of the cells: its connections and how to put and get on one."""
+
+    system: str
+    policy: str | None
+    clients: Sequence[Any]
+    put: Callable[[Any, str, int], Awaitable[float]]
+    get: Callable[[Any, str, int], Awaitable[float]]
+    pids: dict[str, int]
+    check: Callable[[], None]
+    max_size: int | None = None
+
+
+async def measure_cells(targets: Sequence[Target], plan: Plan,
+                        keep: dict[tuple[str, str, int, int], list[float]]
+                        ) -> list[dict[str, Any]]:
+    """Every size x concurrency cell, each target's in turn (so a ratio between two systems is
+    measured a few seconds apart, not minutes: the machine's load drifts): puts, then gets of
+    what was just written, with the CPU each process in the target's *pids* spent on each. A
+    refusal (:class:`hdsd.HdsdError`) is a result; *check* raises if a server died."""
     out: list[dict[str, Any]] = []
-    name = f"{system} {policy}" if policy else system
     for size in plan.sizes:
         for c in plan.concurrency:
-            if max_size is not None and size > max_size:
-                reason = f"whole bodies in one frame: the {system} measures up to " \
-                         f"{human(max_size)}"
-                out += [skipped(system, op, policy, size, c, reason) for op in ("put", "get")]
-                continue
-            n = ops_for(plan, size, c)
-            conns = min(c, len(clients))
-            prefix = f"{policy or system}/{size}/{c}"
-            label = f"{human(size)} x{c}"
-            progress(f"{name}: put {label} ({n} ops)")
+            for target in targets:
+                out += await _measure_cell(target, plan, size, c, keep)
+    return out
 
-            async def do_put(t: int, i: int, prefix: str = prefix, size: int = size,
-                             conns: int = conns) -> float:
-                return await put(clients[t % conns], f"{prefix}/{t}/{i}", size)
 
-            async def do_get(t: int, i: int, prefix: str = prefix, size: int = size,
-                             conns: int = conns) -> float:
-                return await get(clients[t % conns], f"{prefix}/{t}/{i}", size)
+async def _measure_cell(target: Target, plan: Plan, size: int, c: int,
+                        keep: dict[tuple[str, str, int, int], list[float]]
+                        ) -> list[dict[str, Any]]:
+    system, policy, clients = target.system, target.policy, target.clients
+    put, get, pids, check, max_size = (target.put, target.get, target.pids, target.check,
+                                       target.max_size)
+    out: list[dict[str, Any]] = []
+    name = f"{system} {policy}" if policy else system
+    if max_size is not None and size > max_size:
+        reason = f"whole bodies in one frame: the {system} measures up to " \
+                 f"{human(max_size)}"
+        return [skipped(system, op, policy, size, c, reason) for op in ("put", "get")]
+    n = ops_for(plan, size, c)
+    conns = min(c, len(clients))
+    prefix = f"{policy or system}/{size}/{c}"
+    label = f"{human(size)} x{c}"
+    progress(f"{name}: put {label} ({n} ops)")
 
-            try:
-                cpu0 = cpu_now(pids)
-                put_s, put_el = await _run_tasks(c, n // c, do_put)
-                cpu1 = cpu_now(pids)
-                check()
-                progress(f"{name}: get {label}")
-                get_s, get_el = await _run_tasks(c, n // c, do_get)
-                cpu2 = cpu_now(pids)
-            except hdsd.HdsdError as exc:
-                check()  # a refusal is a result; a dead node is not
-                progress(f"{name}: {label} FAILED: {exc}")
-                out += [failed(system, op, policy, size, c, exc) for op in ("put", "get")]
-                continue
-            for op, samples, el, cpu in (("put", put_s, put_el, cpu_use(cpu0, cpu1, n, size)),
-                                         ("get", get_s, get_el, cpu_use(cpu1, cpu2, n, size))):
-                out.append(cell(system, op, policy, size, c, f"{op} {label}", samples=samples,
-                                elapsed=el, connections=conns, **cpu))
-                keep[(system, f"{op}/{policy}" if policy else op, size, c)] = samples
-            progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f} ops/s, "
-                     f"{out[-2]['cpu_ms_per_op']:.2f} ms CPU/op; get p50 "
-                     f"{out[-1]['p50_ms']:.3f} ms")
+    async def do_put(t: int, i: int, prefix: str = prefix, size: int = size,
+                     conns: int = conns) -> float:
+        return await put(clients[t % conns], f"{prefix}/{t}/{i}", size)
+
+    async def do_get(t: int, i: int, prefix: str = prefix, size: int = size,
+                     conns: int = conns) -> float:
+        return await get(clients[t % conns], f"{prefix}/{t}/{i}", size)
+
+    try:
+        cpu0 = cpu_now(pids)
+        put_s, put_el = await _run_tasks(c, n // c, do_put)
+        cpu1 = cpu_now(pids)
+        check()
+        progress(f"{name}: get {label}")
+        get_s, get_el = await _run_tasks(c, n // c, do_get)
+        cpu2 = cpu_now(pids)
+    except hdsd.HdsdError as exc:
+        check()  # a refusal is a result; a dead node is not
+        progress(f"{name}: {label} FAILED: {exc}")
+        return [failed(system, op, policy, size, c, exc) for op in ("put", "get")]
+    for op, samples, el, cpu in (("put", put_s, put_el, cpu_use(cpu0, cpu1, n, size)),
+                                 ("get", get_s, get_el, cpu_use(cpu1, cpu2, n, size))):
+        out.append(cell(system, op, policy, size, c, f"{op} {label}", samples=samples,
+                        elapsed=el, connections=conns, **cpu))
+        keep[(system, f"{op}/{policy}" if policy else op, size, c)] = samples
+    progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f} ops/s, "
+             f"{out[-2]['cpu_ms_per_op']:.2f} ms CPU/op; get p50 "
+             f"{out[-1]['p50_ms']:.3f} ms")
     return out
 
 
 async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
-                     keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
+                     keep: dict[tuple[str, str, int, int], list[float]],
+                     floor: TrioFloor | None = None) -> list[dict[str, Any]]:
+    """The hdsd cells under *policy*; with *floor*, each cell of the trio floor just before
+    the same hdsd cell."""
     with trio.fail_after(3600):
         async with AsyncExitStack() as stack:
             # Up to 16 connections; beyond that tasks share them (multiplexed streams), as many
@@ -413,8 +438,11 @@ async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
             async def put(client: hdsd.AsyncClient, key: str, size: int) -> float:
                 return await _put(client, key, base, size)
 
-            return await measure_cells("hdsd", policy, plan, clients, put, _get,
-                                       cluster.pids(), cluster.check, keep)
+            targets = [Target("hdsd", policy, clients, put, _get, cluster.pids(),
+                              cluster.check)]
+            if floor is not None:
+                targets.insert(0, await floor_target(floor, stack, base))
+            return await measure_cells(targets, plan, keep)
 
 
 # -- the trio floor: a minimal replicated put in trio (bench/trio_floor.py) ----------------
@@ -477,8 +505,8 @@ class TrioFloor:
             node.stop()
 
 
-async def floor_cells(floor: TrioFloor, plan: Plan, base: bytes,
-                      keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
+async def floor_target(floor: TrioFloor, stack: AsyncExitStack, base: bytes) -> Target:
+    """The trio floor as a target: 16 connections (closed by *stack*), warmed up."""
     async def put(client: trio_floor.FloorClient, key: str, size: int) -> float:
         data = _payload(base, size, next(_TAGS))
         t0 = time.perf_counter()
@@ -493,14 +521,12 @@ async def floor_cells(floor: TrioFloor, plan: Plan, base: bytes,
             raise RuntimeError(f"trio floor get {key}: {len(got)} of {size} bytes")
         return took
 
-    with trio.fail_after(3600):
-        async with AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(
-                trio_floor.FloorClient(floor.port, floor.ctx)) for _ in range(16)]
-            for i in range(20):
-                await put(clients[0], f"warm/{i}", 4 * KIB)
-            return await measure_cells(FLOOR_SYSTEM, None, plan, clients, put, get,
-                                       floor.pids(), floor.check, keep, FLOOR_MAX_SIZE)
+    clients = [await stack.enter_async_context(trio_floor.FloorClient(floor.port, floor.ctx))
+               for _ in range(16)]
+    for i in range(20):
+        await put(clients[0], f"warm/{i}", 4 * KIB)
+    return Target(FLOOR_SYSTEM, None, clients, put, get, floor.pids(), floor.check,
+                  FLOOR_MAX_SIZE)
 
 
 async def big_blob(cluster: Cluster, size: int, base: bytes) -> dict[str, Any]:
@@ -952,13 +978,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells += measure_floor(scratch, cluster.root, plan)
             progress("trio floor: starting its replica and coordinator")
             floor = TrioFloor(scratch / "trio-floor", cluster.root, plan, stack)
-            cells += trio.run(floor_cells, floor, plan, base, keep)
-            floor.stop()
             for policy in POLICIES:
                 progress(f"hdsd: (re)starting both sites with write_policy = {policy}")
                 cluster.stop()
                 cluster.start(policy)
-                cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep)
+                # The floor's cells interleaved with the replicated (each-site) ones.
+                cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep,
+                                  floor if policy == "each-site" else None)
+                floor.stop()
             cluster.stop()
             cluster.start("each-site")
             # The local cells leave dc2 behind; the next measurements start from RPO 0.
