@@ -71,6 +71,7 @@ from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
+from ._s3keys import S3Keys
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -97,6 +98,10 @@ class Node(ReadPaths):
         self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
                                operator_tenant=config.operator_tenant,
                                evict=self._forget_tenant, on_revoke=self._cut_revoked)
+        # The S3 gateway's credential lookup (hdsd.s3.CredentialLookup): secrets unwrapped on
+        # first use, cached per catalog entry, so a revocation applies to the next request.
+        self.s3_credentials = S3Keys(self.tenancy.catalog, master, self.clock,
+                                     tenant_usable=self._tenant_has_keys)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
@@ -154,6 +159,10 @@ class Node(ReadPaths):
                                  refused=self._connection_refused)
 
     # -- pieces the handlers use -----------------------------------------------------------
+    def _tenant_has_keys(self, tenant: str) -> bool:
+        entry = self.tenancy.catalog.tenant(tenant)
+        return entry is not None and entry.has_keys
+
     def codec(self, tenant: str) -> ChunkCodec:
         codec = self._codecs.get(tenant)
         if codec is None:
