@@ -47,6 +47,7 @@ from ..wire import (
     ErrorReply,
     GetRequest,
     GetStart,
+    LayoutPush,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
@@ -63,7 +64,7 @@ from ._auth import authorize, check_bucket, check_key
 from ._health import cluster_status, tenant_status
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
-from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
+from ._peer_handlers import PEER_HANDLERS, layout_push, maintenance, site_mode
 from ._reads import decode_version_cursor
 from ._roles import check_role
 
@@ -504,6 +505,7 @@ _HANDLERS: dict[type, _Handler] = {
     StatusRequest: _status,
     SiteModeRequest: site_mode,
     MaintenanceRequest: maintenance,
+    LayoutPush: layout_push,
     ListBucketsRequest: _list_buckets,
 }
 _HANDLERS.update(ADMIN_HANDLERS)

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import IntegrityError, InvalidRequest, LayoutMismatch, PermissionDenied
+from ..cluster import LayoutRecord
 from ..store import ChunkRecord, Version
 from ..transport import Identity, WireSession
 from ..wire import (
     AuditShip,
     FetchChunk,
     FetchVersions,
+    LayoutPush,
     LeafDiff,
     ListBucketsPeer,
     ListPeer,
@@ -32,14 +34,35 @@ from ..wire import (
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_HANDLERS", "check_layout", "maintenance", "require_operator", "site_mode"]
+__all__ = ["PEER_HANDLERS", "check_layout", "layout_push", "maintenance", "require_operator",
+           "site_mode"]
 
 
 def _check_layout(node: Node, layout: str, ident: Identity) -> None:
-    if layout != node.layout.layout_id:
-        raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
-                             f"{node.config.name} has {node.layout.layout_id}; deploy the same "
-                             "[[sites]] and replicas_per_site on every node")
+    record = node.layouts.record
+    if record.accepts(layout):
+        return
+    # Maybe the sender runs a newer layout version this node has not heard of: ask it.
+    node.layouts.learn_from(ident.name)
+    raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
+                         f"{node.config.name} has {node.layout.layout_id} (layout version "
+                         f"{record.version}); a layout change is propagating (retry), or the "
+                         "nodes were deployed with different [[sites]] or replicas_per_site")
+
+
+async def layout_push(node: Node, session: WireSession, ident: Identity, msg: LayoutPush,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    """A layout version from the operator (``hdsd layout apply``) or a peer: adopt it if newer;
+    the reply is this node's record and migration state either way."""
+    operator = ident.kind != "node"
+    if operator:
+        require_operator(node, ident, "changes the cluster layout")
+    try:
+        record = LayoutRecord.from_wire(msg.record)
+    except ValueError as exc:
+        raise InvalidRequest(f"malformed layout record: {exc}") from None
+    adopted = await node.layouts.offer(record, ident.name, operator=operator)
+    await session.send(Reply(rid=msg.rid, body={**node.layouts.reply(), "adopted": adopted}))
 
 
 def require_operator(node: Node, ident: Identity, what: str) -> None:
@@ -168,6 +191,7 @@ PEER_HANDLERS: dict[type, Any] = {
     LeafDiff: _leaf_diff,
     AuditShip: _audit_ship,
     ListBucketsPeer: _list_buckets_peer,
+    LayoutPush: layout_push,
 }
 
 check_layout = _check_layout  # for the catalog's peer handlers (._admin_handlers)

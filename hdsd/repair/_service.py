@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, Unavailable
-from ..cluster import Layout
+from ..cluster import Layout, LayoutRecord
 from ..replication import PeerDoubts, PeerLink, to_thread
 from ..store import Store
 from ..wire import TreeLevel
@@ -131,14 +131,41 @@ class Maintenance:
         wiped disk would be wrong; a new cluster leaves this state after one round)."""
         return self.rebuild is not None and self.rebuild["state"] == "checking"
 
+    async def set_record(self, record: LayoutRecord) -> None:
+        """A new layout version (live): trees over the keys each pair shares under it (the
+        union of both layouts while migrating), then a round with every peer at once — that
+        is what moves keys to their new replicas (see hdsd.cluster.LayoutRecord)."""
+        self.layout = record.layout
+        self.sync.layout_id = record.layout.layout_id
+        self.scrubber.layout_id = record.layout.layout_id
+        peers = [n for n in record.all_nodes() if n.name != self.name]
+        site = record.node(self.name).site if record.has_node(self.name) else ""
+        self.scrubber.sources = [n.name for n in sorted(peers, key=lambda n: (n.site != site,
+                                                                               n.name))]
+        self.doubts.add_peers(n.name for n in peers)
+        # No round while the trees are rebuilt (two half-built trees may agree on a leaf one
+        # of the nodes holds versions in), and peers asking meanwhile are told to retry.
+        async with self._round_lock:
+            self.trees.building = True
+            try:
+                await to_thread(self.trees.set_layouts, record.layout, record.previous)
+                await to_thread(self.trees.catch_up)
+            finally:
+                self.trees.building = False
+        self.doubts.doubt(None, f"layout version {record.version} ({record.phase})")
+
     def start(self, task: str) -> dict[str, Any]:
         """Operator request: run *task* (``repair`` or ``scrub``) as soon as possible."""
         t = self.repair if task == "repair" else self.scrub
         run = t.request()
         return {"node": self.name, "task": task, "run": run, **t.describe()}
 
-    def request_compaction(self) -> None:
-        """Reclaim the log space of shredded tenants (soon, in the background)."""
+    def request_compaction(self, *, everything: bool = False) -> None:
+        """Reclaim the log space of shredded tenants (soon, in the background); *everything*:
+        look at every sealed segment again (keys were forgotten after a layout change, so
+        segments examined before hold garbage now)."""
+        if everything:
+            self._compacted = (self._compacted[0], 0)
         self.compaction.request()
 
     def describe(self) -> dict[str, Any]:

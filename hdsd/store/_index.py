@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -476,6 +476,36 @@ class Index:
             conn.execute("ROLLBACK")
             raise
         return dropped
+
+    def forget_keys(self, keys: Iterable[tuple[str, str, str]],
+                    keep_chunk: Callable[[str, bytes], bool]) -> tuple[int, int]:
+        """Drop every version of *keys* (this node no longer holds them: their new replicas
+        do), and the chunks they named that *keep_chunk* does not claim; returns (versions,
+        chunks) dropped. Their records become garbage for compaction."""
+        conn = self._quarantine_conn()
+        versions = chunks = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for tenant, bucket, key in keys:
+                rows = conn.execute(
+                    "SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key = ?",
+                    (tenant, bucket, key)).fetchall()
+                named = {c for (body,) in rows for c in _version(body).chunks}
+                versions += conn.execute(
+                    "DELETE FROM versions WHERE tenant = ? AND bucket = ? AND key = ?",
+                    (tenant, bucket, key)).rowcount
+                conn.execute("DELETE FROM heads WHERE tenant = ? AND bucket = ? AND key = ?",
+                             (tenant, bucket, key))
+                for chunk_id in named:
+                    if not keep_chunk(tenant, chunk_id):
+                        chunks += conn.execute(
+                            "DELETE FROM chunks WHERE tenant = ? AND chunk_id = ?",
+                            (tenant, chunk_id)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return versions, chunks
 
     def references(self, segment: int) -> int:
         """Index rows still pointing into *segment*."""

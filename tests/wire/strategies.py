@@ -139,6 +139,7 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
                                                                      fullmatch=True),
                                st.binary(max_size=64), st.text(max_size=20)),
     wire.CertList: st.builds(wire.CertList, rids, names),
+    wire.LayoutPush: st.builds(wire.LayoutPush, rids, free_maps),
     wire.CatalogPush: st.builds(wire.CatalogPush, rids, layouts, st.lists(free_maps, max_size=3)),
     wire.CatalogSync: st.builds(wire.CatalogSync, rids, layouts,
                                 st.binary(min_size=32, max_size=32)),
