@@ -257,12 +257,14 @@ class Node(ReadPaths):
                     "age_s": round(max(total.age(), self.doubts.age()), 3),
                     "peers_in_doubt": self.doubts.describe(),
                     "zero": total.versions == 0 and not self.doubts.pending()},
-            "peers": {name: {"site": self.layout.node(name).site, **self.peers.describe(name),
+            "peers": {name: {"site": self.layouts.record.node(name).site,
+                             **self.peers.describe(name),
                              "backlog_versions": b.versions, "backlog_bytes": b.bytes,
                              "backlog_age_s": round(b.age(), 3)}
                       for name, b in backlog.items() if name != self.config.name},
             # Versions this node's own disk missed while the others acknowledged them.
-            "self_backlog_versions": backlog[self.config.name].versions,
+            "self_backlog_versions": (backlog[self.config.name].versions
+                                      if self.config.name in backlog else 0),
             "node": self.config.name,
             "site": self.config.site,
             "role": self.role,

@@ -142,7 +142,7 @@ class Maintenance:
         site = record.node(self.name).site if record.has_node(self.name) else ""
         self.scrubber.sources = [n.name for n in sorted(peers, key=lambda n: (n.site != site,
                                                                                n.name))]
-        self.doubts.add_peers(n.name for n in peers)
+        self.doubts.keep_only(n.name for n in peers)
         # No round while the trees are rebuilt (two half-built trees may agree on a leaf one
         # of the nodes holds versions in), and peers asking meanwhile are told to retry.
         async with self._round_lock:
@@ -228,6 +228,10 @@ class Maintenance:
         when it brought versions here (they may lack them as well)."""
         async with self._round_lock:
             began = time.time()
+            if peer not in self.trees.trees:
+                # It left the layout meanwhile (or shares no key with this node any more).
+                self.doubts.verified(peer, began)
+                return RepairReport(peer=peer)
             report = await self.sync.repair_with(peer, progress)
         if report.error is None:
             self.doubts.verified(peer, began)

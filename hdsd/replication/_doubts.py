@@ -67,6 +67,19 @@ class PeerDoubts:
         layout change itself)."""
         self.peers = self.peers | frozenset(peers)
 
+    def keep_only(self, peers: Iterable[str]) -> None:
+        """Nodes left the layout: no round will ever compare with them again."""
+        self.peers = frozenset(peers)
+        gone = [p for p in self._since if p not in self.peers]
+        for p in gone:
+            del self._since[p]
+            self._reasons.pop(p, None)
+            self._recheck_after.pop(p, None)
+        if gone:
+            self._save()
+            self._changed.set()
+            self._changed = trio.Event()
+
     # -- durable state ----------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:

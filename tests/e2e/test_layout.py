@@ -77,16 +77,23 @@ def _node(st: dict[str, Any], name: str) -> dict[str, Any]:
     return next(n for n in st["nodes"] if n["node"] == name)
 
 
-def _wait_stable(profile: Path) -> float:
+def _wait_stable(profile: Path, cluster: Cluster) -> float:
     """Seconds until `hdsd layout status` says stable with space reclaimed everywhere."""
     t0 = time.monotonic()
     while True:
-        proc = cli("--profile", str(profile), "layout", "status")
+        for name, node in cluster.nodes.items():
+            assert node.alive, f"{name} died:\n{node.log()}"
+        proc = cli("--profile", str(profile), "--site", "dc2", "layout", "status")
         if proc.returncode == 0:
             return time.monotonic() - t0
-        assert proc.returncode == 10, proc.stderr.decode()
+        assert proc.returncode == 10, proc.stderr.decode() + _errors(cluster)
         assert time.monotonic() - t0 < WAIT_S, proc.stdout.decode()
         time.sleep(0.5)
+
+
+def _errors(cluster: Cluster) -> str:
+    return "".join(f"\n{name}: {line}" for name, node in cluster.nodes.items()
+                   for line in node.stderr_lines if "ERROR" in line or "Error" in line)
 
 
 def _wait_reclaimed(profile: Path, name: str, after: float) -> tuple[float, dict[str, Any]]:
@@ -162,7 +169,7 @@ def test_add_then_remove_a_node_under_load(cluster: Cluster, tmp_path: Path) -> 
         cluster.nodes["dc1-n2"] = new
         cli("--profile", str(profile), "layout", "apply", "--cluster-dir", str(root),
             check=True)
-        took = _wait_stable(profile)
+        took = _wait_stable(profile, cluster)
         figures["add"] = {"seconds_to_stable": round(time.monotonic() - t0, 1),
                           "seconds_after_apply": round(took, 1)}
         time.sleep(1.0)
@@ -205,7 +212,7 @@ def test_add_then_remove_a_node_under_load(cluster: Cluster, tmp_path: Path) -> 
         cli("layout", "remove-node", "dc1-n1", "--cluster-dir", str(root), check=True)
         cli("--profile", str(profile), "layout", "apply", "--cluster-dir", str(root),
             check=True)
-        took = _wait_stable(profile)
+        _wait_stable(profile, cluster)
         figures["remove"] = {"seconds_to_stable": round(time.monotonic() - t0, 1)}
         time.sleep(1.0)
     assert load2.refused == [], load2.refused[:5]
