@@ -16,6 +16,7 @@ from ._log import AuditLog as AuditLog
 from ._log import AuditSettings as AuditSettings
 from ._refusals import RefusalCounter as RefusalCounter
 from ._ship import AuditShipper as AuditShipper
+from ._verify import RESUMED_OP as RESUMED_OP
 from ._verify import VerifyReport as VerifyReport
 from ._verify import read_records as read_records
 from ._verify import verify_log as verify_log

@@ -94,6 +94,9 @@ async def handle_request(
         if handler is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         if observed is not None:
+            # A node that lost its audit log first learns where its chain resumes (see
+            # ._continuity); its first record must not be written before.
+            await node.audit_continuity.ready.wait()
             if node.audit.failed is not None:
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")

@@ -63,6 +63,7 @@ from ..wire import (
     Role,
 )
 from ._config import NodeConfig
+from ._continuity import AuditContinuity
 from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
@@ -159,6 +160,7 @@ class Node(ReadPaths):
         self.live = LiveSessions(self.audit, self.tenancy.catalog.is_revoked,
                                  refused=self._connection_refused)
         self.layouts = LayoutKeeper(self, record)
+        self.audit_continuity = AuditContinuity(self)
 
     # -- pieces the handlers use -----------------------------------------------------------
     def codec(self, tenant: str) -> ChunkCodec:
@@ -278,7 +280,8 @@ class Node(ReadPaths):
                                             "records": self.refusals.records}},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
-            "audit": self.audit_shipper.describe(),
+            "audit": {**self.audit_shipper.describe(),
+                      "continuity": self.audit_continuity.state},
             **health_status(self),
         }
 
@@ -311,6 +314,7 @@ class Node(ReadPaths):
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
             await services.start(self.layouts.run)
+            await services.start(self.audit_continuity.run)
             await services.start(self.audit_shipper.run)
             await services.start(self.refusals.run)
             # Catch up with the other nodes' catalog (a shred missed while down) before serving.

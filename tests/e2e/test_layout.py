@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -240,3 +241,78 @@ def test_the_ideal_movement_is_what_rendezvous_hashing_moves() -> None:
     keys = [("t", "b", f"k{i}") for i in range(1000)]
     moved = placement_moves(old, new, keys)
     assert 400 < moved < 600  # a2 wins about half of site a's keys, nothing else moves
+
+
+def _audit(profile: Path, name: str) -> dict[str, Any]:
+    return _node(_status(profile), name)["audit"]  # type: ignore[no-any-return]
+
+
+def _shipped_all(profile: Path, name: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        audit = _audit(profile, name)
+        if audit["durable_seq"] and max(audit["shipped"].values()) >= audit["durable_seq"]:
+            return
+        assert time.monotonic() < deadline, audit
+        time.sleep(0.5)
+
+
+def _replace_disk(data: Path, keep_signing_key: bool) -> None:
+    """A new disk: the data directory is empty again; the node's audit signing key comes
+    back from its bundle (the operator's copy of the bundle holds it) when *keep_signing_key*."""
+    key = (data / "audit" / "signing.key").read_bytes()
+    shutil.rmtree(data)
+    (data / "audit").mkdir(parents=True, mode=0o700)
+    data.chmod(0o700)
+    if keep_signing_key:
+        (data / "audit" / "signing.key").write_bytes(key)
+        (data / "audit" / "signing.key").chmod(0o600)
+
+
+def test_a_replaced_disk_keeps_the_audit_trail_whole(tmp_path: Path) -> None:
+    c = Cluster(tmp_path / "ops", 1).start()
+    try:
+        profile = c.profile
+        with hdsd.Client(profile, site="dc1") as w:
+            for i in range(20):
+                w.put(BUCKET, f"a{i}", b"x" * 100)
+        node = c.nodes["dc1-n1"]
+        assert node.stop() == 0  # a graceful stop signs the tail and ships it
+        data = node.config.parent / "data"
+        _replace_disk(data, keep_signing_key=True)
+        node.start()
+        with hdsd.Client(profile, site="dc1") as w:
+            assert w.get(BUCKET, "a3") == b"x" * 100  # served while it rebuilds
+            for i in range(20, 30):
+                w.put(BUCKET, f"a{i}", b"y" * 100)
+        continuity = _audit(profile, "dc1-n1")["continuity"]
+        assert continuity["state"] == "resumed" and continuity["from"] == "dc2-n1", continuity
+        resumed_after = continuity["after_seq"]
+        assert resumed_after > 20
+        assert node.stop() == 0
+        pub = str(tmp_path / "ops" / "audit-keys" / "dc1-n1.pub")
+        # The other site's copy: one chain from seq 1, under the key the auditor pinned.
+        copy = cli("audit", "verify", "--data-dir", str(c.nodes["dc2-n1"].config.parent / "data"),
+                   "--origin", "dc1-n1", "--pubkey", pub)
+        out = copy.stdout.decode()
+        assert copy.returncode == 0, copy.stderr.decode() + out
+        assert "seq 1.." in out and f"resumed after seq {resumed_after}" in out, out
+        # The node's own new log starts where the copy ended, and says so.
+        own = cli("audit", "verify", "--data-dir", str(data), "--pubkey", pub)
+        out = own.stdout.decode()
+        assert own.returncode == 0, own.stderr.decode() + out
+        assert f"seq {resumed_after + 1}.." in out, out
+        assert f"records 1..{resumed_after} are in the other site's copy" in out, out
+        assert "removed by retention" not in out
+
+        # Without the key: the node starts a new chain, the other site refuses it, and status
+        # says what to do.
+        _replace_disk(data, keep_signing_key=False)
+        node.start()
+        deadline = time.monotonic() + WAIT_S
+        while (state := _audit(profile, "dc1-n1")["continuity"])["state"] == "checking":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert state["state"] == "key_differs" and "restore audit/signing.key" in state["why"]
+    finally:
+        c.kill()
