@@ -316,3 +316,47 @@ def test_a_replaced_disk_keeps_the_audit_trail_whole(tmp_path: Path) -> None:
         assert state["state"] == "key_differs" and "restore audit/signing.key" in state["why"]
     finally:
         c.kill()
+
+
+def test_a_dead_node_is_replaced_by_a_new_machine_under_load(tmp_path: Path) -> None:
+    root = tmp_path / "ops"
+    c = Cluster(root, 2)  # replicas_per_site = 2: dc1-n2's keys also live on dc1-n1
+    for node in c.nodes.values():
+        text = node.config.read_text()
+        node.config.write_text(text.replace("segment_mib = 8", f"segment_mib = {SEGMENT_MIB}"))
+    c.start()
+    try:
+        profile = c.profile
+        preload = {f"pre-{i:04d}": os.urandom(4096) for i in range(40)}
+        with hdsd.Client(profile, site="dc1") as w:
+            for key, data in preload.items():
+                w.put(BUCKET, key, data)
+        c.nodes["dc1-n2"].kill()  # the machine is dead for good
+        (port,) = free_ports(1)
+        with Load(profile, "replace") as load:
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            cli("layout", "replace-node", "dc1-n2", "dc1-n3", "--address", "127.0.0.1",
+                "--port", str(port), "--gone", "--cluster-dir", str(root), check=True)
+            assert cli("--profile", str(profile), "layout", "apply", "--cluster-dir",
+                       str(root)).returncode == 10
+            c.nodes["dc1-n3"] = _start_new_node(root, "dc1-n3")
+            cli("--profile", str(profile), "layout", "apply", "--cluster-dir", str(root),
+                check=True)
+            del c.nodes["dc1-n2"]
+            _wait_stable(profile, c)
+            seconds = time.monotonic() - t0
+            time.sleep(1.0)
+        assert load.refused == [], load.refused[:5]
+        st = _status(profile)
+        assert sorted(n["node"] for n in st["nodes"]) == ["dc1-n1", "dc1-n3", "dc2-n1",
+                                                          "dc2-n2"]
+        c.nodes["dc1-n1"].stop()  # dc1-n3 alone now holds site dc1's copies
+        with hdsd.Client(profile, site="dc1") as r:
+            for key, data in {**preload, **load.acked}.items():
+                assert r.get(BUCKET, key) == data, key
+        print("LAYOUT_FIGURES " + json.dumps({"replace_gone": {
+            "seconds_to_stable": round(seconds, 1), "writes_acked": len(load.acked),
+            "writes_refused": len(load.refused)}}))
+    finally:
+        c.kill()
