@@ -62,7 +62,6 @@ class AuditContinuity:
     async def _check(self) -> None:
         node = self.node
         audit = node.audit
-        others = [n.name for n in node.layout.nodes if n.site != node.config.site]
         tails: dict[str, tuple[int, bytes]] = {}
         refused: dict[str, str] = {}
         silent: dict[str, str] = {}
@@ -74,15 +73,32 @@ class AuditContinuity:
                                                 audit.verify_key, 0, _GENESIS, []),
                     timeout=node.config.write_timeout_s)
             except HdsdError as exc:
+                if exc.code == "layout_mismatch":
+                    # A data directory restored from an old bundle runs an old layout
+                    # version: learn the current one, and ask again.
+                    node.layouts.learn_from(name)
                 (refused if exc.code == "audit_chain_broken" else silent)[name] = str(exc)
                 return
+            silent.pop(name, None)
             seq, digest = body.get("seq"), body.get("hash")
             if type(seq) is int and type(digest) is bytes and len(digest) == 32:
                 tails[name] = (seq, digest)
 
-        async with trio.open_nursery() as nursery:
-            for name in others:
-                nursery.start_soon(ask, name)
+        # Until every node of the other site answered (one may be starting, or this node may
+        # run an old layout version), for at most the write timeout: clients wait meanwhile.
+        # The highest tail wins: the shipper's first target holds the longest copy.
+        deadline = trio.current_time() + node.config.write_timeout_s
+        while True:
+            others = [n.name for n in node.layout.nodes if n.site != node.config.site]
+            async with trio.open_nursery() as nursery:
+                for name in others:
+                    if name not in tails and name not in refused:
+                        nursery.start_soon(ask, name)
+            answered = [n for n in others if n in tails or n in refused]
+            if len(answered) == len(others) or (
+                    trio.current_time() >= deadline):
+                break
+            await trio.sleep(0.5)
         best = max(tails.items(), key=lambda kv: kv[1][0], default=None)
         if best is not None and best[1][0] > 0:
             holder, (seq, digest) = best
