@@ -120,6 +120,11 @@ class Replicator(HintReplay):
         self.layout_id = record.layout.layout_id
         self._fixed_placements()
         self.doubts.add_peers(n.name for n in record.all_nodes() if n.name != self.name)
+        for target in self.hints.targets():
+            if not record.has_node(target):
+                dropped = self.hints.drop_target(target)
+                log.info("event=hints_dropped target=%s versions=%d reason=left_the_layout",
+                         target, dropped)
         if self._background is not None:
             for node in record.all_nodes():
                 if node.name not in self._replaying:

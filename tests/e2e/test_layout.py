@@ -351,6 +351,11 @@ def test_a_dead_node_is_replaced_by_a_new_machine_under_load(tmp_path: Path) -> 
         st = _status(profile)
         assert sorted(n["node"] for n in st["nodes"]) == ["dc1-n1", "dc1-n3", "dc2-n1",
                                                           "dc2-n2"]
+        # The dead node's hints are gone with it: the live RPO comes back to 0 by itself.
+        deadline = time.monotonic() + WAIT_S
+        while (proc := cli("--profile", str(profile), "status")).returncode != 0:
+            assert time.monotonic() < deadline, proc.stdout.decode()
+            time.sleep(1)
         c.nodes["dc1-n1"].stop()  # dc1-n3 alone now holds site dc1's copies
         with hdsd.Client(profile, site="dc1") as r:
             for key, data in {**preload, **load.acked}.items():
