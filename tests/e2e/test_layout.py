@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import hdsd
-from hdsd.cluster import Layout, NodeInfo, placement_moves
+from hdsd.cluster import Layout, NodeInfo, placement_key, placement_moves
 from tests.helpers.cluster import Cluster, NodeProcess, free_ports
 from tests.helpers.cluster import hdsd as cli
 
@@ -363,5 +363,43 @@ def test_a_dead_node_is_replaced_by_a_new_machine_under_load(tmp_path: Path) -> 
         print("LAYOUT_FIGURES " + json.dumps({"replace_gone": {
             "seconds_to_stable": round(seconds, 1), "writes_acked": len(load.acked),
             "writes_refused": len(load.refused)}}))
+    finally:
+        c.kill()
+
+
+def test_a_weight_change_moves_keys_to_the_heavier_node(tmp_path: Path) -> None:
+    root = tmp_path / "ops"
+    c = Cluster(root, 2, replicas_per_site=1)  # each key on one node of each site
+    # (the operator's spec says so too: the change is checked against it)
+    spec = root / "cluster-spec.toml"
+    spec.write_text(spec.read_text().replace("replicas_per_site = 2", "replicas_per_site = 1"))
+    c.start()
+    try:
+        profile = c.profile
+        blobs = {f"w{i:03d}": os.urandom(2048) for i in range(120)}
+        with hdsd.Client(profile, site="dc1") as w:
+            for key, data in blobs.items():
+                w.put(BUCKET, key, data)
+        with Load(profile, "weight") as load:
+            time.sleep(1.0)
+            cli("layout", "set", "dc1-n1", "--weight", "4", "--cluster-dir", str(root),
+                check=True)
+            cli("--profile", str(profile), "layout", "apply", "--cluster-dir", str(root),
+                check=True)
+            _wait_stable(profile, c)
+            time.sleep(1.0)
+        assert load.refused == [], load.refused[:5]
+        st = _status(profile)
+        layout = _layout_of(st)
+        assert layout.node("dc1-n1").weight == 4.0
+        reclaim = _node(st, "dc1-n2")["layout_record"]["reclaim"]
+        assert reclaim["state"] == "done" and reclaim["keys_forgotten"] > 0, reclaim
+        c.nodes["dc1-n2"].stop()  # what dc1-n1 now holds is readable without dc1-n2...
+        c.nodes["dc2-n2"].stop()  # ...and without the other site's second node
+        with hdsd.Client(profile, site="dc1") as r:
+            for key, data in {**blobs, **load.acked}.items():
+                pk = placement_key("default", BUCKET, key)
+                if layout.replicas(pk)["dc1"][0].name == "dc1-n1":
+                    assert r.get(BUCKET, key) == data, key
     finally:
         c.kill()

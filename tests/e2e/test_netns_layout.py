@@ -40,13 +40,13 @@ WAIT_S = 300.0
 # The write load, run on the ops host: one put every 20 ms until the stop file appears; every
 # outcome as a JSON line (the key and its content's seed for acknowledged ones).
 LOADER = """
-import json, os, sys, time, hdsd
+import json, os, random, sys, time, hdsd
 profile, out, stop = sys.argv[1:4]
-if stop == "-":  # the preload: PRELOAD blobs of 64 KiB, derived from their key
+if stop == "-":  # the preload: PRELOAD blobs of 64 KiB (incompressible), derived from their key
     with hdsd.Client(profile, site="est", timeout=30) as c:
         for i in range(int(out)):
             key = f"pre-{i:03d}"
-            c.put("moving", key, key.encode() * 8192)
+            c.put("moving", key, random.Random(key).randbytes(65536))
     sys.exit(0)
 with hdsd.Client(profile, site="est", timeout=30) as c, open(out, "w") as f:
     i = 0
@@ -180,14 +180,14 @@ class Load:
 
 
 CHECKER = """
-import json, sys, hdsd
+import json, random, sys, hdsd
 profile, keys_file = sys.argv[1:3]
 keys = json.loads(open(keys_file).read())
 bad = []
 for site in ("est", "sud"):
     with hdsd.Client(profile, site=site, timeout=30) as c:
         for key, times in keys:
-            want = key.encode() * times
+            want = key.encode() * times if times else random.Random(key).randbytes(65536)
             try:
                 if c.get("moving", key) != want:
                     bad.append(f"{site} {key}: other content")
@@ -208,7 +208,7 @@ def _run_script(c: Cluster, text: str, *args: str) -> str:
 
 def _read_back(c: Cluster, keys: list[str]) -> None:
     """Every acknowledged write, read at both sites (one client process per site)."""
-    listing = [(k, 200) for k in keys] + [(f"pre-{i:03d}", 8192) for i in range(PRELOAD)]
+    listing = [(k, 200) for k in keys] + [(f"pre-{i:03d}", 0) for i in range(PRELOAD)]
     path = c.tmp / "acked.json"
     path.write_text(json.dumps(listing))
     bad = json.loads(_run_script(c, CHECKER, str(c.ops / "client.toml"), str(path)))
