@@ -97,6 +97,7 @@ class LayoutKeeper:
         self.peers_behind: dict[str, Any] = {}
         self.reclaim: dict[str, Any] = {"state": "idle"}
         self.history: list[dict[str, Any]] = []
+        self._moved_at: dict[str, int] = {}
 
     # -- reading -------------------------------------------------------------------------------
     def synced(self) -> bool:
@@ -134,6 +135,10 @@ class LayoutKeeper:
                 "waiting_for": dict(self.peers_behind), "conflict": self.conflict or None,
                 "in_layout": any(n.name == self.node.config.name for n in r.layout.nodes),
                 "reclaim": dict(self.reclaim), "history": self.history[-5:],
+                # What the rounds this node ran moved (pulled and pushed) since the last
+                # change began: summed over the nodes, the data the change moved.
+                "moved": {k: v - self._moved_at.get(k, 0)
+                          for k, v in self.node.maintenance.moved.items()},
                 "record": r.to_wire()}
 
     # -- adopting ------------------------------------------------------------------------------
@@ -185,6 +190,9 @@ class LayoutKeeper:
                     source, record.layout.layout_id)
         if record.phase == "stable" and previous.migrating:
             self.reclaim = {"state": "pending", "after_version": record.version}
+        if record.phase == "migrating" or not previous.migrating:
+            # What anti-entropy brings here from now on is this change's data movement.
+            self._moved_at = dict(node.maintenance.moved)
         self._changed.set()
         self._changed = trio.Event()
         if self._nursery is not None:

@@ -117,6 +117,10 @@ class Maintenance:
         self.compaction = _Task(6 * 3600)
         self._compacted: tuple[frozenset[str], int] = (frozenset(), 0)
         self.rebuild: dict[str, Any] | None = None
+        # What the rounds this node ran moved, either way, since start (a layout migration
+        # reports its share: each transfer is counted once, by the node that ran the round).
+        self.moved = {"versions_received": 0, "versions_sent": 0, "payload_bytes_received": 0,
+                      "payload_bytes_sent": 0}
         self.ready = False  # trees caught up with the index at least once
 
     @property
@@ -233,6 +237,10 @@ class Maintenance:
                 self.doubts.verified(peer, began)
                 return RepairReport(peer=peer)
             report = await self.sync.repair_with(peer, progress)
+        self.moved["versions_received"] += report.versions_received
+        self.moved["versions_sent"] += report.versions_sent
+        self.moved["payload_bytes_received"] += report.payload_bytes_received
+        self.moved["payload_bytes_sent"] += report.payload_bytes_sent
         if report.error is None:
             self.doubts.verified(peer, began)
             if report.versions_received:

@@ -201,6 +201,10 @@ def test_add_then_remove_a_node_under_load(cluster: Cluster, tmp_path: Path) -> 
                           keys_to_copy_ideal=placement_moves(
                               old_layout, new_layout, [("default", BUCKET, k) for k in at_apply]),
                           versions_copied_by_rebuild=rebuild.get("versions_received"),
+                          versions_moved_by_anti_entropy=sum(
+                              n["layout_record"]["moved"]["versions_received"]
+                              + n["layout_record"]["moved"]["versions_sent"]
+                              for n in st["nodes"]),
                           records_on_new_node=n2["store"]["records"],
                           keys_forgotten_on_old=reclaim["keys_forgotten"],
                           versions_forgotten_on_old=reclaim["versions_forgotten"],
