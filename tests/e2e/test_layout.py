@@ -177,6 +177,9 @@ def test_add_then_remove_a_node_under_load(cluster: Cluster, tmp_path: Path) -> 
         time.sleep(1.0)
     assert load.refused == [], load.refused[:5]
     assert load.acked
+    shown = cli("--profile", str(profile), "layout", "show", "--cluster-dir", str(root),
+                check=True).stdout.decode()
+    assert "(stable)" in shown and "dc1-n2" in shown and "staged" not in shown, shown
     st = _status(profile)
     new_layout = _layout_of(st)
     assert [n.name for n in new_layout.nodes if n.site == "dc1"] == ["dc1-n1", "dc1-n2"]
