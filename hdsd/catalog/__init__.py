@@ -12,7 +12,11 @@ from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
+from ._keys import SALT_BYTES as SALT_BYTES
+from ._keys import derive_master_key as derive_master_key
 from ._keys import seed_creation as seed_creation
+from ._keys import unwrap_keys as unwrap_keys
+from ._keys import wrap_keys as wrap_keys
 from ._model import ABANDONED as ABANDONED
 from ._model import ABANDONING as ABANDONING
 from ._model import CONFIRMED as CONFIRMED

@@ -83,7 +83,8 @@ def _stage(ops: Path, op: dict[str, Any]) -> None:
 def _spec_layout(spec: ClusterSpec) -> Layout:
     return Layout(sites=spec.sites, replicas_per_site=spec.replicas_per_site,
                   nodes=tuple(NodeInfo(name=n.name, site=n.site, host=n.addresses[0],
-                                       port=n.port, weight=n.weight, role=n.role)
+                                       port=n.port, weight=n.weight,
+                                       role="backup" if n.role == "backup" else "storage")
                               for n in spec.nodes))
 
 

@@ -114,7 +114,6 @@ class AsyncClient:
         self._connect_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
-        self._next_rid = 0
         self._endpoint_index = 0
 
     async def __aenter__(self) -> Self:
@@ -201,12 +200,6 @@ class AsyncClient:
                 self._session = None
             await session.aclose()
 
-    def _rid(self, session: WireSession) -> int:
-        while True:
-            self._next_rid = (self._next_rid + 1) % (1 << 32)
-            if not session.conn.in_flight(self._next_rid):
-                return self._next_rid
-
     async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
         delay = 0.05
         for n in range(self.retries + 1):
@@ -222,7 +215,7 @@ class AsyncClient:
     async def _call(self, make: Callable[[int], Message]) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 await session.send(make(rid))
@@ -254,7 +247,7 @@ class AsyncClient:
 
         async def attempt() -> ObjectInfo:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 start = PutStart(rid=rid, request_id=request_id, bucket=bucket, key=key,
@@ -352,7 +345,7 @@ class AsyncClient:
         async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
                                      GetStart]:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 await session.send(GetRequest(rid=rid, bucket=bucket, key=key, version=version,
@@ -373,7 +366,7 @@ class AsyncClient:
             try:
                 yield stream
             finally:
-                if not stream.complete and not session._closed:
+                if not stream.complete and not session.closed:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         try:
                             await session.send(Cancel(rid=rid))
@@ -553,7 +546,7 @@ class AsyncClient:
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:
-    if session._closed:
+    if session.closed:
         return
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         try:

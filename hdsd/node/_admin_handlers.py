@@ -47,22 +47,22 @@ from ..wire import (
 )
 from ._auth import check_bucket, check_key
 from ._config import NAME_RE
-from ._peer_handlers import check_layout
 from ._roles import check_plan_possible
+from ._route import Route, require_operator
 
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["ADMIN_HANDLERS", "CATALOG_PEER_HANDLERS"]
+__all__ = ["ADMIN_ROUTES", "CATALOG_PEER_ROUTES"]
 
 _Inbox = trio.MemoryReceiveChannel[Message]
 
 
+_MANAGES_TENANTS = "manages tenants"
+
+
 def _require_operator(node: Node, ident: Identity) -> None:
-    if not node.tenancy.is_operator(ident.tenant, ident.role):
-        raise PermissionDenied(
-            f"only an admin of the operator tenant {node.tenancy.operator_tenant!r} manages "
-            f"tenants (this is {ident.role!r} of {ident.tenant!r})")
+    require_operator(node, ident, _MANAGES_TENANTS)
 
 
 def _check_tenant_name(name: str) -> None:
@@ -72,7 +72,6 @@ def _check_tenant_name(name: str) -> None:
 
 async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg: TenantCreate,
                          inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     _check_tenant_name(msg.tenant)
     old = node.tenancy.catalog.tenant(msg.tenant)
     entries = node.tenancy.create_tenant(msg.tenant, msg.quota_bytes, msg.plan,
@@ -95,14 +94,12 @@ async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg:
 
 async def _tenant_confirm(node: Node, session: WireSession, ident: Identity, msg: TenantConfirm,
                           inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     result = await node.tenancy.confirm(node, msg.tenant, msg.creation)
     await session.send(Reply(rid=msg.rid, body={**result, "created": False}))
 
 
 async def _tenant_abandon(node: Node, session: WireSession, ident: Identity, msg: TenantAbandon,
                           inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     if msg.confirm != msg.tenant:
         raise InvalidRequest(f"--confirm must repeat the tenant name {msg.tenant!r} exactly")
     result = await node.tenancy.abandon(node, msg.tenant)
@@ -111,7 +108,6 @@ async def _tenant_abandon(node: Node, session: WireSession, ident: Identity, msg
 
 async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: TenantList,
                        inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     await node.tenancy.refresh_usage(node, force=True)
     catalog = node.tenancy.catalog
     # A bucket exists from its first put: `bucket create` only adds retention, so counting the
@@ -146,7 +142,6 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
 
 async def _tenant_shred(node: Node, session: WireSession, ident: Identity, msg: TenantShred,
                         inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     if msg.confirm != msg.tenant:
         raise InvalidRequest(f"--confirm must repeat the tenant name {msg.tenant!r} exactly")
     result = await node.tenancy.apply_and_push(node, node.tenancy.shred_tenant(msg.tenant))
@@ -275,14 +270,12 @@ def _entries(raw: list[Any]) -> list[Entry]:
 
 async def _catalog_push(node: Node, session: WireSession, ident: Identity, msg: CatalogPush,
                         inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     changed = await node.tenancy.apply(_entries(msg.entries))
     await session.send(Reply(rid=msg.rid, body={"changed": len(changed)}))
 
 
 async def _tenant_vote(node: Node, session: WireSession, ident: Identity, msg: TenantVote,
                        inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     entry = entry_from_wire(msg.entry)
     if not isinstance(entry, TenantEntry):
         raise InvalidRequest("a tenant vote carries a tenant entry")
@@ -292,7 +285,6 @@ async def _tenant_vote(node: Node, session: WireSession, ident: Identity, msg: T
 
 async def _catalog_sync(node: Node, session: WireSession, ident: Identity, msg: CatalogSync,
                         inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     digest = node.tenancy.catalog.digest()
     entries = [] if digest == msg.digest else [e.to_wire()
                                                for e in node.tenancy.catalog.entries()]
@@ -300,21 +292,22 @@ async def _catalog_sync(node: Node, session: WireSession, ident: Identity, msg: 
                                                 "usage": node.tenancy.local_usage()}))
 
 
-ADMIN_HANDLERS: dict[type, Any] = {
-    TenantCreate: _tenant_create,
-    TenantList: _tenant_list,
-    TenantShred: _tenant_shred,
-    TenantConfirm: _tenant_confirm,
-    TenantAbandon: _tenant_abandon,
-    BucketCreate: _bucket_create,
-    BucketList: _bucket_list,
-    HoldSet: _hold_set,
-    HoldList: _hold_list,
-    CertRevoke: _cert_revoke,
-    CertList: _cert_list,
+ADMIN_ROUTES: dict[type[Message], Route] = {
+    TenantCreate: Route(_tenant_create, operator=_MANAGES_TENANTS),
+    TenantList: Route(_tenant_list, operator=_MANAGES_TENANTS),
+    TenantShred: Route(_tenant_shred, operator=_MANAGES_TENANTS),
+    TenantConfirm: Route(_tenant_confirm, operator=_MANAGES_TENANTS),
+    TenantAbandon: Route(_tenant_abandon, operator=_MANAGES_TENANTS),
+    # A tenant's admin manages its own buckets, holds and certificates: checked in the handler.
+    BucketCreate: Route(_bucket_create),
+    BucketList: Route(_bucket_list),
+    HoldSet: Route(_hold_set),
+    HoldList: Route(_hold_list),
+    CertRevoke: Route(_cert_revoke),
+    CertList: Route(_cert_list),
 }
-CATALOG_PEER_HANDLERS: dict[type, Any] = {
-    CatalogPush: _catalog_push,
-    CatalogSync: _catalog_sync,
-    TenantVote: _tenant_vote,
+CATALOG_PEER_ROUTES: dict[type[Message], Route] = {
+    CatalogPush: Route(_catalog_push, same_layout=True),
+    CatalogSync: Route(_catalog_sync, same_layout=True),
+    TenantVote: Route(_tenant_vote, same_layout=True),
 }

@@ -19,8 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -59,14 +58,15 @@ from ..wire import (
     StatusRequest,
     VersionsRequest,
 )
-from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
-from ._auth import authorize, check_bucket, check_key
+from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
+from ._auth import check_bucket, check_key
 from ._health import cluster_status, tenant_status
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
-from ._peer_handlers import PEER_HANDLERS, layout_push, maintenance, site_mode
+from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
 from ._reads import decode_version_cursor
 from ._roles import check_role
+from ._route import Route
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -89,9 +89,8 @@ async def handle_request(
     started = time.perf_counter()
     outcome = "cancelled"
     try:
-        table = PEER_HANDLERS if ident.kind == "node" else _HANDLERS
-        handler = table.get(type(msg))
-        if handler is None:
+        route = (NODE_ROUTES if ident.kind == "node" else CLIENT_ROUTES).get(type(msg))
+        if route is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         if observed is not None:
             # A node that lost its audit log first learns where its chain resumes (see
@@ -104,7 +103,8 @@ async def handle_request(
         if ident.kind != "node":
             node.tenancy.check_live(ident.tenant or "")  # a shredded tenant is refused outright
             check_role(node, ident, msg)  # a backup node coordinates no client write
-        await handler(node, session, ident, msg, inbox)
+        route.admit(node, ident, msg)  # role, operator, layout: once, for every handler
+        await route.handler(node, session, ident, msg, inbox)
         outcome = "ok"
     except HdsdError as exc:
         outcome = exc.code
@@ -150,7 +150,6 @@ async def _resolve(node: Node, tenant: str, bucket: str, key: str,
 # -- put ---------------------------------------------------------------------------------------
 async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "put")
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
@@ -345,7 +344,6 @@ def _byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int
 
 async def _get(node: Node, session: WireSession, ident: Identity, msg: GetRequest,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "get")
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
@@ -416,7 +414,6 @@ def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
 # -- metadata requests -------------------------------------------------------------------------
 async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "stat")
     check_bucket(msg.bucket)
     check_key(msg.key)
     version = await _resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
@@ -425,7 +422,6 @@ async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequ
 
 async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "list")
     check_bucket(msg.bucket)
     tenant = ident.tenant or ""
     limit = max(1, min(msg.limit, 1000))
@@ -441,7 +437,6 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
 
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "delete")
     check_bucket(msg.bucket)
     check_key(msg.key)
     tenant = ident.tenant or ""
@@ -467,7 +462,6 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
 
 async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,
                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "versions")
     check_bucket(msg.bucket)
     check_key(msg.key)
     found = await node.versions_of(ident.tenant or "", msg.bucket, msg.key)
@@ -478,7 +472,6 @@ async def _versions(node: Node, session: WireSession, ident: Identity, msg: Vers
 
 async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "status")
     if not node.tenancy.is_operator(ident.tenant, ident.role):
         # Addresses, disks and every tenant's figures are the operator's: a tenant sees its own.
         await session.send(Reply(rid=msg.rid, body=await tenant_status(node, ident.tenant or "")))
@@ -490,26 +483,26 @@ async def _status(node: Node, session: WireSession, ident: Identity, msg: Status
 
 async def _list_buckets(node: Node, session: WireSession, ident: Identity,
                         msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "list")
     tenant = ident.tenant or ""
     buckets, cursor = merge_buckets(await node.list_buckets_site(tenant, msg.after))
     await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets,
                                                 "next": cursor}))
 
 
-_Handler = Callable[..., Any]
-_HANDLERS: dict[type, _Handler] = {
-    PutStart: _put,
-    GetRequest: _get,
-    StatRequest: _stat,
-    ListRequest: _list,
-    DeleteRequest: _delete,
-    VersionsRequest: _versions,
-    StatusRequest: _status,
-    SiteModeRequest: site_mode,
-    MaintenanceRequest: maintenance,
-    LayoutPush: layout_push,
-    ListBucketsRequest: _list_buckets,
+# The two tables of the node, each built here once from its parts (no module adds to
+# another's table): what a client may send, and what another node may send.
+CLIENT_ROUTES: dict[type[Message], Route] = {
+    PutStart: Route(_put, op="put"),
+    GetRequest: Route(_get, op="get"),
+    StatRequest: Route(_stat, op="stat"),
+    ListRequest: Route(_list, op="list"),
+    DeleteRequest: Route(_delete, op="delete"),
+    VersionsRequest: Route(_versions, op="versions"),
+    StatusRequest: Route(_status, op="status"),
+    SiteModeRequest: Route(site_mode, operator="changes a site's mode"),
+    MaintenanceRequest: Route(maintenance, operator="starts a repair or a scrub"),
+    LayoutPush: Route(layout_push, operator="changes the cluster layout"),
+    ListBucketsRequest: Route(_list_buckets, op="list"),
+    **ADMIN_ROUTES,
 }
-_HANDLERS.update(ADMIN_HANDLERS)
-PEER_HANDLERS.update(CATALOG_PEER_HANDLERS)
+NODE_ROUTES: dict[type[Message], Route] = {**PEER_ROUTES, **CATALOG_PEER_ROUTES}

@@ -35,7 +35,7 @@ import trio
 from .._atomic import atomic_write
 from .._errors import ConfigError, HdsdError, InvalidRequest
 from ..cluster import LayoutRecord
-from ..replication import to_thread
+from ..peers import to_thread
 from ..wire import FetchVersions, LayoutPush
 
 if TYPE_CHECKING:

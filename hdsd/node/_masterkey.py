@@ -2,7 +2,7 @@
 
 Passphrase mode (``[keys] master_passphrase_env`` + ``master_salt_file``): the passphrase comes
 from that environment variable, else from a prompt when stdin is a terminal; Argon2id
-(:func:`hdsd.catalog._keys.derive_master_key`) turns it into the key with the salt file, which
+(:func:`hdsd.catalog.derive_master_key`) turns it into the key with the salt file, which
 must hold the same 16 bytes on every node (every node must unwrap the same catalog entries).
 
 Rotation (:func:`rotate_master`) rewraps every tenant's keys — in the catalog and the keyring
@@ -30,8 +30,14 @@ from nacl import utils
 from .._atomic import atomic_write
 from .._errors import ConfigError
 from .._packing import packb, unpackb
-from ..catalog import CATALOG_FILE, Catalog
-from ..catalog._keys import SALT_BYTES, derive_master_key, unwrap_keys, wrap_keys
+from ..catalog import (
+    CATALOG_FILE,
+    SALT_BYTES,
+    Catalog,
+    derive_master_key,
+    unwrap_keys,
+    wrap_keys,
+)
 from ..store import LOCK_NAME
 from ._config import NodeConfig
 from ._keyring import KEYRING_FILE, Keyring, load_master_key

@@ -38,9 +38,10 @@ from .._groups import contain
 from .._meta import __version__
 from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
 from ..cluster import HybridClock
+from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
-from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
+from ..replication import HintStore, ModeState, PeerDoubts, Replicator
 from ..store import Store, Version
 from ..transport import (
     Identity,
@@ -616,9 +617,14 @@ def _no_inbox() -> trio.MemoryReceiveChannel[Message]:
 
 
 async def _goodbye(session: WireSession, exc: HdsdError, code: str | None = None) -> None:
+    # from_exception truncates the text to what a frame may carry: a long message would
+    # otherwise make the Goodbye itself invalid, and the client hear nothing.
+    bye = Goodbye.from_exception(exc)
+    if code is not None:
+        bye = Goodbye(code=code, message=bye.message)
     with trio.move_on_after(2):
         try:
-            await session.send(Goodbye(code=code or exc.code, message=exc.message))
+            await session.send(bye)
         except HdsdError:
             pass
 

@@ -81,10 +81,11 @@ from ..catalog import (
     entry_from_wire,
     pending_error,
     seed_creation,
+    unwrap_keys,
     vote_abandon,
     vote_create,
+    wrap_keys,
 )
-from ..catalog._keys import unwrap_keys, wrap_keys
 from ..cluster import HybridClock
 from ..pipeline import TenantKeys
 from ..wire import CatalogPush, CatalogSync, TenantVote

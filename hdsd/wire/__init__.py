@@ -57,9 +57,11 @@ from ._peer import ListBucketsPeer as ListBucketsPeer
 from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest
 from ._peer import Replicate as Replicate
+from ._peer import SiteModeName as SiteModeName
 from ._peer import SiteModeRequest as SiteModeRequest
 from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
 from ._registry import MessageType as MessageType
+from ._registry import frame_size as frame_size
 from ._repair import MAINTENANCE_TASKS as MAINTENANCE_TASKS
 from ._repair import LeafDiff as LeafDiff
 from ._repair import MaintenanceRequest as MaintenanceRequest

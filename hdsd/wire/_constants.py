@@ -76,7 +76,6 @@ T_CANCEL: Final = 0x23
 T_GET_START: Final = 0x30
 T_REPLY: Final = 0x31
 T_ERROR_REPLY: Final = 0x32
-PEER_TYPES: Final = range(0x80, 0x100)
 # node ↔ node replication and admin requests
 T_REPLICATE: Final = 0x80
 T_FETCH_VERSIONS: Final = 0x81

@@ -149,6 +149,12 @@ def encode_body(msg: Message) -> tuple[int, bytes]:
     return t.code, packb([getattr(msg, f) for f in t.fields])
 
 
+def frame_size(msg: Message) -> int:
+    """Bytes *msg* takes on the wire as one frame, header included: the one way bytes are
+    counted by whoever reports traffic (repair rounds)."""
+    return C.HEADER_SIZE + len(encode_body(msg)[1])
+
+
 def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
     """The message a frame of type *code* carries, and its kind; :class:`ProtocolError` if the
     code is unknown or the body is not a well-formed message of that type."""
