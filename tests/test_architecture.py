@@ -25,7 +25,7 @@ RANKS = {
     "transport": 2,
     "peers": 3,
     "catalog": 4, "replication": 4,
-    "repair": 5, "audit": 5,
+    "repair": 5, "audit": 5, "s3": 5,
     "node": 6, "client": 6,
     "cli": 7,
 }

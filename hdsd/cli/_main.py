@@ -52,6 +52,7 @@ def _register() -> None:
         _layout,
         _profile,
         _repair,
+        _s3keys,
         _status,
         _tenants,
         _up,

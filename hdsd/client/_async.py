@@ -59,6 +59,9 @@ from ..wire import (
     PutStart,
     Reply,
     Role,
+    S3KeyCreate,
+    S3KeyList,
+    S3KeyRevoke,
     SiteModeRequest,
     StatRequest,
     StatusRequest,
@@ -543,6 +546,20 @@ class AsyncClient:
         """The revoked certificates of *tenant* (``""``: all of them, operator only)."""
         body = await self._call(lambda rid: CertList(rid, tenant))
         return list(body["revoked"])
+
+    async def s3_key_create(self, tenant: str, role: str) -> dict[str, Any]:
+        """A new S3 access key of *tenant* acting with *role*; the reply holds its secret
+        (``secret_access_key``), sent this once."""
+        return await self._call(lambda rid: S3KeyCreate(rid, tenant, role))
+
+    async def s3_keys(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+        """The S3 access keys of *tenant* (``""``: all, operator only), never a secret."""
+        body = await self._call(lambda rid: S3KeyList(rid, tenant))
+        return list(body["keys"])
+
+    async def s3_key_revoke(self, access_key_id: str) -> dict[str, Any]:
+        """Revoke an S3 access key on every node, for good."""
+        return await self._call(lambda rid: S3KeyRevoke(rid, access_key_id))
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

@@ -8,7 +8,10 @@ Who may do what — the operator is an ``admin`` certificate of the cluster's op
   that tenant;
 * certificates (revoke, list revoked): the operator for any certificate (node certificates, a
   bare serial, any tenant's); an ``admin`` of a tenant for its own tenant's client
-  certificates, proven by the certificate itself (signed by the cluster CA).
+  certificates, proven by the certificate itself (signed by the cluster CA);
+* S3 access keys (create, list, revoke): the operator, or an ``admin`` of the key's tenant
+  (a key acts with any of the certificate roles, ``admin`` included: as a certificate
+  would, since that admin could issue one).
 
 Every change is applied here and pushed to every other node of both sites; the reply names the
 nodes that confirmed (``applied_on``) and those that will catch up by sync (``pending``). A
@@ -23,8 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import AuthenticationFailed, HdsdError, InvalidRequest, PermissionDenied
-from ..catalog import Entry, RevokedEntry, TenantEntry, entry_from_wire
+from .._errors import (
+    AuthenticationFailed,
+    HdsdError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
+from ..catalog import Entry, RevokedEntry, S3KeyEntry, TenantEntry, entry_from_wire
 from ..cluster import HybridClock
 from ..transport import Identity, IssuedCert, WireSession, verify_issued
 from ..wire import (
@@ -38,6 +47,9 @@ from ..wire import (
     HoldSet,
     Message,
     Reply,
+    S3KeyCreate,
+    S3KeyList,
+    S3KeyRevoke,
     TenantAbandon,
     TenantConfirm,
     TenantCreate,
@@ -263,6 +275,56 @@ async def _cert_list(node: Node, session: WireSession, ident: Identity, msg: Cer
     await session.send(Reply(rid=msg.rid, body={"revoked": rows, "node": node.config.name}))
 
 
+async def _s3_key_create(node: Node, session: WireSession, ident: Identity, msg: S3KeyCreate,
+                         inbox: _Inbox) -> None:
+    node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    tenant = node.tenancy.catalog.tenant(msg.tenant)
+    if tenant is None or not tenant.has_keys:
+        raise PermissionDenied(f"tenant {msg.tenant!r} has no keys in this cluster; create it "
+                               "with `hdsd tenant create`")
+    node.tenancy.check_live(msg.tenant)  # shredded, or a creation not yet confirmed
+    entry, secret = node.s3_credentials.create(msg.tenant, msg.role,
+                                               by=f"{ident.name}@{ident.tenant}")
+    result = await node.tenancy.apply_and_push(node, [entry])
+    # The only time the secret leaves the node: the catalog has it wrapped, nothing logs it,
+    # and the audit record of this request names the key id alone (audit._hook).
+    await session.send(Reply(rid=msg.rid, body={
+        "access_key_id": entry.access_key_id, "secret_access_key": secret,
+        "tenant": entry.tenant, "role": entry.role, **result}))
+
+
+def _s3_key_row(e: S3KeyEntry) -> dict[str, Any]:
+    return {"access_key_id": e.access_key_id, "tenant": e.tenant, "role": e.role,
+            "state": "revoked" if e.is_revoked else "active",
+            "created_ms": HybridClock.wall_ms(e.created), "by": e.by,
+            "revoked_ms": HybridClock.wall_ms(e.revoked) if e.is_revoked else None,
+            "revoked_by": e.revoked_by or None}
+
+
+async def _s3_key_list(node: Node, session: WireSession, ident: Identity, msg: S3KeyList,
+                       inbox: _Inbox) -> None:
+    if msg.tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    else:
+        _require_operator(node, ident)
+    rows = [_s3_key_row(e) for e in node.tenancy.catalog.s3_keys(msg.tenant or None)]
+    await session.send(Reply(rid=msg.rid, body={"keys": rows, "node": node.config.name}))
+
+
+async def _s3_key_revoke(node: Node, session: WireSession, ident: Identity, msg: S3KeyRevoke,
+                         inbox: _Inbox) -> None:
+    known = node.tenancy.catalog.s3_key(msg.access_key_id)
+    if known is None:
+        raise NotFound(f"no S3 access key {msg.access_key_id} in this cluster")
+    node.tenancy.check_admin_of(ident.tenant, ident.role, known.tenant)
+    entry, already = node.s3_credentials.revoke(msg.access_key_id,
+                                                by=f"{ident.name}@{ident.tenant}")
+    result = await node.tenancy.apply_and_push(node, [entry])
+    await session.send(Reply(rid=msg.rid, body={
+        "access_key_id": entry.access_key_id, "tenant": entry.tenant,
+        "already_revoked": already, **result}))
+
+
 # -- node ↔ node -------------------------------------------------------------------------------
 def _entries(raw: list[Any]) -> list[Entry]:
     return [entry_from_wire(e) for e in raw]
@@ -305,6 +367,10 @@ ADMIN_ROUTES: dict[type[Message], Route] = {
     HoldList: Route(_hold_list),
     CertRevoke: Route(_cert_revoke),
     CertList: Route(_cert_list),
+    # S3 access keys: the operator, or an admin of the key's tenant (checked in the handler).
+    S3KeyCreate: Route(_s3_key_create),
+    S3KeyList: Route(_s3_key_list),
+    S3KeyRevoke: Route(_s3_key_revoke),
 }
 CATALOG_PEER_ROUTES: dict[type[Message], Route] = {
     CatalogPush: Route(_catalog_push, same_layout=True),

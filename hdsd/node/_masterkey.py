@@ -36,7 +36,9 @@ from ..catalog import (
     Catalog,
     derive_master_key,
     unwrap_keys,
+    unwrap_secret,
     wrap_keys,
+    wrap_secret,
 )
 from ..store import LOCK_NAME
 from ._config import NodeConfig
@@ -88,8 +90,19 @@ def _rewrap(old: bytes, new: bytes, tenant: str, blob: bytes) -> bytes | None:
         return wrap_keys(new, unwrap_keys(old, tenant, blob))
 
 
+def _rewrap_secret(old: bytes, new: bytes, akid: str, tenant: str, role: str,
+                   blob: bytes) -> bytes | None:
+    """An S3 secret wrapped under *new*; None if it already is."""
+    try:
+        unwrap_secret(new, akid, tenant, role, blob)
+        return None
+    except ConfigError:
+        return wrap_secret(new, akid, tenant, role, unwrap_secret(old, akid, tenant, role, blob))
+
+
 def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
-    """Rewrap every tenant's keys under *new*; returns how many entries were rewrapped."""
+    """Rewrap every tenant's keys and every live S3 secret under *new*; returns how many
+    entries were rewrapped."""
     count = 0
     catalog = Catalog(data_dir / CATALOG_FILE)
     try:
@@ -99,6 +112,11 @@ def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
                 rewrapped[t.name] = blob
         catalog.replace_wrapped(rewrapped)
         count += len(rewrapped)
+        s3_rewrapped = {k.access_key_id: blob for k in catalog.s3_keys() if not k.is_revoked
+                   and (blob := _rewrap_secret(old, new, k.access_key_id, k.tenant, k.role,
+                                               k.wrapped))}
+        catalog.replace_wrapped_s3(s3_rewrapped)
+        count += len(s3_rewrapped)
     finally:
         catalog.close()
     keyring = data_dir / KEYRING_FILE
@@ -192,6 +210,9 @@ def verify_master(config: NodeConfig, master: bytes) -> None:
         for entry in catalog.tenants():
             if not entry.is_shredded:
                 unwrap_keys(master, entry.name, entry.wrapped)
+        for key in catalog.s3_keys():
+            if not key.is_revoked:
+                unwrap_secret(master, key.access_key_id, key.tenant, key.role, key.wrapped)
     finally:
         catalog.close()
 

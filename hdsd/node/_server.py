@@ -73,6 +73,7 @@ from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
+from ._s3keys import S3Keys
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -99,6 +100,10 @@ class Node(ReadPaths):
         self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
                                operator_tenant=config.operator_tenant,
                                evict=self._forget_tenant, on_revoke=self._cut_revoked)
+        # The S3 gateway's credential lookup (hdsd.s3.CredentialLookup): secrets unwrapped on
+        # first use, cached per catalog entry, so a revocation applies to the next request.
+        self.s3_credentials = S3Keys(self.tenancy.catalog, master, self.clock,
+                                     tenant_usable=self._tenant_has_keys)
         # The layout version this node runs (layout.json, else node.toml's [[sites]]); it
         # changes live (see ._layouts).
         record = load_record(config)
@@ -164,6 +169,10 @@ class Node(ReadPaths):
         self.audit_continuity = AuditContinuity(self)
 
     # -- pieces the handlers use -----------------------------------------------------------
+    def _tenant_has_keys(self, tenant: str) -> bool:
+        entry = self.tenancy.catalog.tenant(tenant)
+        return entry is not None and entry.has_keys
+
     def codec(self, tenant: str) -> ChunkCodec:
         codec = self._codecs.get(tenant)
         if codec is None:

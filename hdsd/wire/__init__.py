@@ -12,6 +12,9 @@ from ._admin import CertList as CertList
 from ._admin import CertRevoke as CertRevoke
 from ._admin import HoldList as HoldList
 from ._admin import HoldSet as HoldSet
+from ._admin import S3KeyCreate as S3KeyCreate
+from ._admin import S3KeyList as S3KeyList
+from ._admin import S3KeyRevoke as S3KeyRevoke
 from ._admin import TenantAbandon as TenantAbandon
 from ._admin import TenantConfirm as TenantConfirm
 from ._admin import TenantCreate as TenantCreate

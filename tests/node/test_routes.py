@@ -32,9 +32,9 @@ def test_node_requests_carry_and_check_the_layout() -> None:
 def test_client_requests_are_authorised_by_their_route_or_their_handler() -> None:
     # Data requests name their operation; the admin requests that only the operator may make
     # say so; the rest (a tenant admin acting on its own tenant) decide in the handler, which
-    # the admin handler tests cover.
+    # the admin handler tests cover (S3 keys: tests/e2e/test_s3_keys.py).
     checked_in_handler = {"BucketCreate", "BucketList", "HoldSet", "HoldList", "CertRevoke",
-                          "CertList"}
+                          "CertList", "S3KeyCreate", "S3KeyList", "S3KeyRevoke"}
     for cls, route in CLIENT_ROUTES.items():
         assert not route.same_layout, cls
         if cls.__name__ not in checked_in_handler:
