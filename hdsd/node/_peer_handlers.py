@@ -64,7 +64,14 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
     for v in versions:
         node.clock.observe(v.hlc)
     # Chunks first, then the versions naming them, in one batch: one fdatasync, all or nothing.
-    await node.store.commit([*chunks, *versions])
+    try:
+        await node.store.commit([*chunks, *versions])
+    except PermissionDenied:
+        # No key here for a tenant the sender writes: this node joined the layout a moment
+        # ago and its catalog sync has not run since (its peers refused it until then).
+        # The sender holds the catalog: take it now, and commit once more.
+        await node.tenancy.sync_with(node, ident.name)
+        await node.store.commit([*chunks, *versions])
     await session.send(Reply(rid=msg.rid, body={}))
 
 
