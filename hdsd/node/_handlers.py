@@ -51,6 +51,7 @@ from ..wire import (
     ErrorReply,
     GetRequest,
     GetStart,
+    LayoutPush,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
@@ -67,7 +68,7 @@ from ._auth import check_bucket, check_key
 from ._health import cluster_status, tenant_status
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
-from ._peer_handlers import PEER_ROUTES, maintenance, site_mode
+from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
 from ._reads import decode_version_cursor
 from ._roles import check_role
 from ._route import Route
@@ -97,6 +98,9 @@ async def handle_request(
         if route is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         if observed is not None:
+            # A node that lost its audit log first learns where its chain resumes (see
+            # ._continuity); its first record must not be written before.
+            await node.audit_continuity.ready.wait()
             if node.audit.failed is not None:
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")
@@ -539,6 +543,7 @@ CLIENT_ROUTES: dict[type[Message], Route] = {
     StatusRequest: Route(_status, op="status"),
     SiteModeRequest: Route(site_mode, operator="changes a site's mode"),
     MaintenanceRequest: Route(maintenance, operator="starts a repair or a scrub"),
+    LayoutPush: Route(layout_push, operator="changes the cluster layout"),
     ListBucketsRequest: Route(_list_buckets, op="list"),
     **ADMIN_ROUTES,
 }
