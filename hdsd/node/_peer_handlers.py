@@ -63,6 +63,7 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
     versions = [Version.from_wire(v) for v in msg.versions]
     for v in versions:
         node.clock.observe(v.hlc)
+    node.replicated_over.add(session)
     # Chunks first, then the versions naming them, in one batch: one fdatasync, all or nothing.
     try:
         await node.store.commit([*chunks, *versions])

@@ -18,6 +18,7 @@ import math
 import os
 import stat
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
@@ -123,6 +124,8 @@ class Node(ReadPaths):
         self.hints = HintStore(config.data_dir / "hints.sqlite", store.sealing)
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
         # Peers an anti-entropy round must compare before the live RPO may read 0.
+        # Peer sessions that delivered replicated writes (see _coordinator_gone).
+        self.replicated_over: weakref.WeakSet[WireSession] = weakref.WeakSet()
         self.doubts = PeerDoubts((n.name for n in record.all_nodes() if n.name != config.name),
                                  config.data_dir / "peers-in-doubt.json")
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
@@ -434,10 +437,21 @@ class Node(ReadPaths):
                 return
             self._connections += 1
             slot.callback(self._connection_closed)
+            slot.callback(self._coordinator_gone, session, ident)
             await self._serve_session(session, ident, peer)
 
     def _connection_closed(self) -> None:
         self._connections -= 1
+
+    def _coordinator_gone(self, session: WireSession, ident: Identity) -> None:
+        """A peer that replicated writes here over *session* is gone. If it crashed between
+        our fsync and its own hint (or its disk is lost), the other replicas of those keys may
+        lack what we hold, and no hint anywhere says so: doubt every peer, so a round compares
+        us with each of them (a round between equal replicas costs a root exchange)."""
+        if session in self.replicated_over and not self.stopping:
+            self.replicated_over.discard(session)
+            self.doubts.doubt(None, f"the session of {ident.name}, which replicated writes "
+                                    f"here, ended")
 
     async def _handshake(self, stream: trio.SSLStream[trio.SocketStream],
                          peer: str) -> Identity | None:

@@ -130,6 +130,7 @@ class SimNode:
         self.doubts = PeerDoubts((n.name for n in net.layout.nodes if n.name != info.name),
                                  clock=trio.current_time)
         self.rounds = 0
+        self.replicated_from: set[str] = set()  # coordinators whose Replicate it served
         self.alive = False
         self.replicator: Replicator | None = None
         self.requests: trio.Nursery | None = None  # client requests coordinated here
@@ -223,6 +224,12 @@ class SimNode:
             self._scope.cancel()
         self.alive = False
         self.store.epoch += 1
+        # Its sessions end: each node it replicated writes to doubts every peer, as the node
+        # does when such a session ends (Node._coordinator_gone).
+        for other in self.net.nodes.values():
+            if self.name in other.replicated_from:
+                other.replicated_from.discard(self.name)
+                other.doubts.doubt(None, f"the session of {self.name} ended")
 
     async def handle(self, msg: Message) -> dict[str, Any]:
         if isinstance(msg, Replicate):
@@ -273,6 +280,8 @@ class SimNet:
             await trio.sleep(self.rng.uniform(0, self.max_delay))
             if not target.alive:
                 raise ConnectionLost(f"{dst} reset the connection")
+            if isinstance(msg, Replicate):
+                target.replicated_from.add(src)
             body = await target.handle(msg)
             if self._lost(dst, src) or not target.alive:
                 await trio.sleep_forever()
