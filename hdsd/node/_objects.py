@@ -1,0 +1,334 @@
+"""The node's object API: put, get, stat, list, delete and versions of one tenant's objects,
+independent of the session that asked.
+
+The native wire handlers (:mod:`._handlers`) and the S3 gateway (:mod:`hdsd.s3`) both call
+these; each brings its body as a :class:`BodySource` and its download as a sink, so the
+promises live here once: a put is acknowledged (returns) only once the write policy holds for
+its version, a version is committed only after every chunk it names is durable, a retried
+request id is settled instead of written twice, and memory stays bounded whatever the size
+(the source is read only as fast as chunks become durable; the download reads ahead at most
+three chunks).
+
+Put theory: body bytes are cut into chunks as they arrive; each full chunk is sealed (hash,
+compress, encrypt, in a worker thread when large) and committed to the log by a bounded set of
+tasks, and its bytes are granted back to the source (``consumed``) only once durable — so a
+native client can never be more than one window ahead of the disk. The version record is
+committed last. Blobs up to ``inline_max`` ride inside the version record (one record, one
+fsync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from .._errors import IntegrityError, InvalidRequest, NotFound
+from .._groups import single_error
+from ..pipeline import Chunker, open_in_thread, seal_in_thread
+from ..replication import check_retry
+from ..store import ChunkRecord, Version, parse_version_id
+from ._auth import check_bucket, check_key
+from ._listing import merge_buckets, merge_page
+from ._metrics import BODY_SIZE
+from ._reads import decode_version_cursor
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["BodySource", "byte_range", "delete_object", "list_buckets", "list_objects",
+           "object_versions", "put_object", "resolve", "stream_object"]
+
+_CHUNKS_IN_FLIGHT = 4
+
+
+class BodySource(Protocol):
+    """A put's body, read with backpressure: the core asks for the next piece only when it has
+    room for it (at most ``_CHUNKS_IN_FLIGHT`` chunks in flight)."""
+
+    def ready(self) -> bytes | None:
+        """The whole body if it has already arrived (a small put: one seal, no tasks), else
+        None. Called once, before any :meth:`read`."""
+
+    async def read(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end (only once the source has checked
+        everything it checks: a declared length, a payload signature). Raises a typed error
+        (timeout, disconnect, cancel) for a body that does not arrive whole."""
+
+    async def consumed(self, n: int) -> None:
+        """*n* body bytes are durable under the write policy (the native client's credit)."""
+
+    def trailer(self) -> Mapping[str, str]:
+        """Metadata known only once the body ended (S3's ETag), merged into the version's."""
+
+
+async def resolve(node: Node, tenant: str, bucket: str, key: str,
+                  version: str | None) -> Version:
+    """The key's current version (or the one named); NotFound for none or a delete marker."""
+    check_bucket(bucket)
+    check_key(key)
+    wanted: tuple[int, str] | None = None
+    if version is not None:
+        try:
+            wanted = parse_version_id(version)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    known = await node.versions_of(tenant, bucket, key)
+    if wanted is None:
+        found = known[-1] if known else None
+    else:
+        found = next((v for v in known if v.order == wanted), None)
+    if found is None or found.tombstone:
+        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} not found")
+    return found
+
+
+# -- put ---------------------------------------------------------------------------------------
+async def put_object(node: Node, tenant: str, bucket: str, key: str, source: BodySource, *,
+                     size: int | None, metadata: Mapping[str, str],
+                     request_id: bytes) -> tuple[Version, bool]:
+    """Store *source* as a new version; ``(version, replayed)`` once the write policy holds.
+
+    A request id that already wrote a version is a retry: it must be the same request
+    (RequestIdConflict otherwise, nothing written); its body is received and hashed, not
+    stored, and it is acknowledged only once the policy holds for the first attempt's version.
+    """
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=size)
+            got, digest = await _hash_body(node, tenant, source)
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=got,
+                        content_hash=digest)
+            await _settle(node, previous)
+            return previous, True
+        async with node.tenancy.admit_put(node, tenant, bucket, key, size):
+            version = await _receive_and_store(node, tenant, bucket, key, source, size=size,
+                                               metadata=metadata, request_id=request_id)
+            BODY_SIZE.set(version.size)
+    return version, False
+
+
+async def _hash_body(node: Node, tenant: str, source: BodySource) -> tuple[int, bytes]:
+    """Receive a retried put's body without storing it: its size and keyed content hash,
+    to check that the retry carries the content the request id was first used for."""
+    hasher = node.codec(tenant).content_hasher()
+    size = 0
+    whole = source.ready()
+    if whole is not None:
+        hasher.update(whole)
+        return len(whole), hasher.digest()
+    while piece := await source.read():
+        hasher.update(piece)
+        size += len(piece)
+        await source.consumed(len(piece))
+    return size, hasher.digest()
+
+
+async def _settle(node: Node, previous: Version) -> None:
+    """Drive a retried request's version to the replicas the write policy needs (hinting
+    the others); raises like a first attempt when the policy cannot be met."""
+    replicas = node.replicator.replicas_for(previous.tenant, previous.bucket, previous.key)
+    lagging = await node.replicator.settle(replicas, previous)
+    await node.replicator.keep_hints(lagging, [previous])
+
+
+async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
+                             source: BodySource, *, size: int | None,
+                             metadata: Mapping[str, str], request_id: bytes) -> Version:
+    declared = size
+    codec = node.codec(tenant)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    lagging: set[str] = set()
+
+    def version_of(size: int, content_hash: bytes, chunks: tuple[bytes, ...],
+                   inline: bytes | None) -> Version:
+        return Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=size, content_hash=content_hash, chunks=chunks, inline=inline,
+            metadata={**metadata, **source.trailer()}, request_id=request_id,
+            chunk_size=node.config.chunk_size)
+
+    # A small put usually arrives whole and then needs no tasks at all: one seal, one write.
+    whole = source.ready()
+    if whole is not None and len(whole) <= node.config.inline_max and \
+            (declared is None or declared == len(whole)):
+        sealed = await seal_in_thread(codec, whole)
+        # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
+        version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), sealed.payload)
+        lagging.update(await node.replicator.write(replicas, [], [version]))
+        await node.replicator.keep_hints(lagging, [version])
+        return version
+
+    chunker = Chunker(node.config.chunk_size)
+    hasher = codec.content_hasher()
+    ids: list[bytes] = []
+    received = 0
+    inline: bytes | None = None
+    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def store_chunk(slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(codec, piece)
+            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
+            # Credit goes back only once the write policy holds for this chunk: the client can
+            # never run more than one window ahead of the slowest replica the policy waits for.
+            lagging.update(await node.replicator.write(replicas, [record], []))
+            ids[slot] = sealed.chunk_id
+            await source.consumed(len(piece))
+        finally:
+            limiter.release()
+
+    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
+        await limiter.acquire()
+        ids.append(b"")
+        nursery.start_soon(store_chunk, len(ids) - 1, piece)
+
+    async def next_piece() -> bytes:
+        nonlocal whole
+        if whole is not None:
+            piece, whole = whole, None
+            return piece
+        return await source.read()
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            while piece := await next_piece():
+                received += len(piece)
+                if declared is not None and received > declared:
+                    raise InvalidRequest(f"body is longer than the declared {declared} bytes; "
+                                         "nothing was stored")
+                hasher.update(piece)
+                for chunk in chunker.feed(piece):
+                    await start_chunk(nursery, chunk)
+            if declared is not None and received != declared:
+                raise InvalidRequest(f"body has {received} bytes, {declared} were declared; "
+                                     "nothing was stored")
+            tail = chunker.finish()
+            if not ids and tail is not None and len(tail) <= node.config.inline_max:
+                sealed = await seal_in_thread(codec, tail)
+                ids.append(sealed.chunk_id)
+                inline = sealed.payload
+            elif tail:
+                await start_chunk(nursery, tail)
+    if declared is None:
+        node.tenancy.check_quota(tenant, received)  # the body's size was not declared up front
+    # Every chunk named below is durable: the version record may now be committed.
+    version = version_of(received, hasher.digest(), tuple(ids), inline)
+    lagging.update(await node.replicator.write(replicas, [], [version]))
+    await node.replicator.keep_hints(lagging, [version])
+    return version
+
+
+# -- get ---------------------------------------------------------------------------------------
+def byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """``[lo, hi)`` of an object of *size* bytes for a request's *start*/*end* (None: open)."""
+    lo = 0 if start is None else start
+    hi = size if end is None else min(end, size)
+    if lo < 0 or lo > size or hi < lo:
+        raise InvalidRequest(f"range {start}-{end} is outside the object's {size} bytes")
+    return lo, hi
+
+
+async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: int,
+                        sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
+    """Send bytes ``[lo, hi)`` of *version* to *sink*, in order; False if the sink said stop
+    (returned False: the reader is gone or cancelled), True once everything was sent.
+
+    The next chunks are read and decrypted while this one is sent: the read-ahead is bounded
+    (three chunks), so a slow reader holds the node to a few MiB for this request."""
+    codec = node.codec(tenant)
+    wanted: list[tuple[int, bytes, int, int, int]] = []  # index, id, length, slice lo, hi
+    offset = 0
+    for index, chunk_id in enumerate(version.chunks):
+        chunk_len = version.size if version.inline is not None else \
+            min(version.chunk_size or version.size, version.size - offset)
+        chunk_lo, chunk_hi = max(lo, offset), min(hi, offset + chunk_len)
+        if chunk_lo < chunk_hi:
+            wanted.append((index, chunk_id, chunk_len, chunk_lo - offset, chunk_hi - offset))
+        offset += chunk_len
+        if offset >= hi:
+            break
+
+    async def read(index: int, chunk_id: bytes, chunk_len: int) -> bytes:
+        if version.inline is not None:
+            plain = await open_in_thread(codec, chunk_id, version.inline)
+        else:
+            plain = await node.chunk_payload(tenant, version.bucket, version.key, chunk_id,
+                                             codec)
+        if len(plain) != chunk_len:
+            raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
+                                 f"{len(plain)} bytes, expected {chunk_len}")
+        return plain
+
+    send_ready, receive_ready = trio.open_memory_channel[bytes](2)
+
+    async def produce() -> None:
+        async with send_ready:
+            for index, chunk_id, chunk_len, _, _ in wanted:
+                await send_ready.send(await read(index, chunk_id, chunk_len))
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receive_ready:
+                for _, _, _, slice_lo, slice_hi in wanted:
+                    plain = await receive_ready.receive()
+                    if not await sink(memoryview(plain)[slice_lo:slice_hi]):
+                        nursery.cancel_scope.cancel()
+                        return False
+    return True
+
+
+# -- metadata requests -------------------------------------------------------------------------
+async def list_objects(node: Node, tenant: str, bucket: str, prefix: str, after: str,
+                       limit: int, versions: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a bucket's keys (or versions) after *after*: ``(entries, next)``."""
+    check_bucket(bucket)
+    limit = max(1, min(limit, 1000))
+    if versions and after:
+        decode_version_cursor(after)  # refuse a malformed cursor before any fan-out
+    # Each node of the site holds the keys placed on it: merge their parts, each bounded by
+    # count and bytes; the merge is exact up to the smallest end of a part that has more.
+    parts = await node.list_site(tenant, bucket, prefix, after, limit, versions)
+    return merge_page(parts, versions=versions, limit=limit)
+
+
+async def list_buckets(node: Node, tenant: str, after: str) -> tuple[list[str], str | None]:
+    """One page of the buckets holding versions of *tenant* in this site."""
+    return merge_buckets(await node.list_buckets_site(tenant, after))
+
+
+async def delete_object(node: Node, tenant: str, bucket: str, key: str,
+                        request_id: bytes) -> tuple[Version, bool]:
+    """Write a delete marker once the key exists and no hold or retention forbids it;
+    ``(marker, replayed)`` once the write policy holds for it (a retry is settled)."""
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=True)
+            await _settle(node, previous)
+            return previous, True
+        await resolve(node, tenant, bucket, key, None)  # NotFound if nothing
+        await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=True)
+        marker = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", tombstone=True, request_id=request_id)
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [marker])
+        await node.replicator.keep_hints(lagging, [marker])
+    return marker, False
+
+
+async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> list[Version]:
+    """Every version of a key, delete markers included; NotFound if it never existed."""
+    check_bucket(bucket)
+    check_key(key)
+    found = await node.versions_of(tenant, bucket, key)
+    if not found:
+        raise NotFound(f"{bucket}/{key} not found")
+    return found
