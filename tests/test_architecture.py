@@ -24,7 +24,7 @@ RANKS = {
     "store": 1, "cluster": 1,
     "transport": 2,
     "catalog": 3, "replication": 3,
-    "repair": 4, "audit": 4,
+    "repair": 4, "audit": 4, "s3": 4,
     "node": 5, "client": 5,
     "cli": 6,
 }

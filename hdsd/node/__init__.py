@@ -13,6 +13,7 @@ from ._masterkey import node_stopped as node_stopped
 from ._masterkey import replace_key_file as replace_key_file
 from ._masterkey import set_key_check as set_key_check
 from ._masterkey import verify_master as verify_master
+from ._objects import NodeObjects as NodeObjects
 from ._server import Node as Node
 from ._server import serve_node as serve_node
 from ._spec import ClusterSpec as ClusterSpec

@@ -19,17 +19,20 @@ fsync).
 
 from __future__ import annotations
 
+import builtins
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from .._errors import IntegrityError, InvalidRequest, NotFound
+from .._errors import IntegrityError, InvalidRequest, NotFound, Unavailable, WrongRole
 from .._groups import single_error
 from ..pipeline import Chunker, open_in_thread, seal_in_thread
 from ..replication import check_retry
+from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id
-from ._auth import check_bucket, check_key
+from ._auth import authorize, check_bucket, check_key
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._reads import decode_version_cursor
@@ -37,8 +40,8 @@ from ._reads import decode_version_cursor
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["BodySource", "byte_range", "delete_object", "list_buckets", "list_objects",
-           "object_versions", "put_object", "resolve", "stream_object"]
+__all__ = ["BodySource", "NodeObjects", "byte_range", "delete_object", "list_buckets",
+           "list_objects", "object_versions", "put_object", "resolve", "stream_object"]
 
 _CHUNKS_IN_FLIGHT = 4
 
@@ -332,3 +335,104 @@ async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> lis
     if not found:
         raise NotFound(f"{bucket}/{key} not found")
     return found
+
+
+class NodeObjects:
+    """The object API of one node as the S3 gateway's backend (:class:`hdsd.s3.Backend`):
+    the same operations the native handlers call, with the same authorisation by role, the
+    access key's tenant instead of a certificate's, and the same audit log."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def authorize(self, role: str, op: str) -> None:
+        authorize(role, op)  # type: ignore[arg-type]  # the gateway names only Operations
+
+    def check_serving(self) -> None:
+        node = self.node
+        if node.stopping:
+            raise Unavailable("node is shutting down; retry on another node or later")
+        if node.audit.failed is not None:
+            raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); no "
+                              "request is served untraced")
+
+    def _refuse_on_backup(self) -> None:
+        node = self.node
+        if node.role == "backup":
+            raise WrongRole(f"this node ({node.config.name}) is a backup node: it coordinates "
+                            "no write; use the S3 endpoint of a storage node")
+
+    async def _tenant(self, tenant: str) -> None:
+        self.node.tenancy.check_live(tenant)  # a shredded tenant is refused outright
+
+    async def put(self, tenant: str, bucket: str, key: str, source: BodySource, *,
+                  size: int | None, metadata: Mapping[str, str]) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        # A fresh request id per S3 put: S3 has no retry identity of its own, so a retried
+        # PUT is a new version (as on S3 with versioning on), never a conflict.
+        version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
+                                      metadata=metadata, request_id=secrets.token_bytes(16))
+        return version
+
+    async def resolve(self, tenant: str, bucket: str, key: str,
+                      version: str | None) -> Version:
+        await self._tenant(tenant)
+        return await resolve(self.node, tenant, bucket, key, version)
+
+    async def stream(self, tenant: str, version: Version, lo: int, hi: int,
+                     sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
+        BODY_SIZE.set(hi - lo)
+        return await stream_object(self.node, tenant, version, lo, hi, sink)
+
+    async def delete(self, tenant: str, bucket: str, key: str) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        marker, _ = await delete_object(self.node, tenant, bucket, key,
+                                        secrets.token_bytes(16))
+        return marker
+
+    async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        await self._tenant(tenant)
+        try:
+            return await object_versions(self.node, tenant, bucket, key)
+        except NotFound:
+            return []
+
+    async def list(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                   versions: bool) -> tuple[list[dict[str, Any]], str | None]:
+        await self._tenant(tenant)
+        return await list_objects(self.node, tenant, bucket, prefix, after, limit, versions)
+
+    async def buckets(self, tenant: str) -> builtins.list[str]:
+        await self._tenant(tenant)
+        names = {b.name for b in self.node.tenancy.catalog.buckets(tenant)}
+        names.update(await self.node.buckets_site(tenant))
+        return sorted(names)
+
+    async def bucket_exists(self, tenant: str, bucket: str) -> bool:
+        await self._tenant(tenant)
+        check_bucket(bucket)
+        if self.node.tenancy.catalog.bucket(tenant, bucket) is not None:
+            return True
+        entries, _ = await list_objects(self.node, tenant, bucket, "", "", 1, True)
+        return bool(entries)
+
+    async def create_bucket(self, tenant: str, bucket: str) -> bool:
+        """Record the bucket in the replicated catalog (no retention); False if it existed.
+        (A bucket also exists from its first put, as with the native protocol.)"""
+        if await self.bucket_exists(tenant, bucket):
+            return False
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, 0))
+        return True
+
+    def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
+              bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None:
+        """One record per S3 request, like a native one: the access key is the identity."""
+        self.node.audit.record(
+            identity=f"s3:{principal.name}" if principal else "s3:anonymous",
+            role=principal.role if principal else "", tenant=principal.tenant if principal
+            else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
+            bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)

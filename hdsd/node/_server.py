@@ -41,12 +41,14 @@ from ..cluster import HybridClock
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
+from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, authenticate_request, serve_s3
 from ..store import Store, Version
 from ..transport import (
     Identity,
     WireSession,
     client_context,
     handshake_and_identify,
+    https_context,
     listener_port,
     open_tls_listeners,
     server_context,
@@ -68,6 +70,7 @@ from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
+from ._objects import NodeObjects
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
 from ._slots import ConnectionSlots, SlotsFull
@@ -137,6 +140,7 @@ class Node(ReadPaths):
         self.slots = ConnectionSlots(config)
         self.metrics = NodeMetrics(self)
         self.metrics_port: int | None = None  # bound port of [metrics] address, once serving
+        self.s3_endpoints: list[Endpoint] = []  # bound [s3] listeners, once serving
         # Last: the audit log starts a thread, closed by serve_node (see close_audit).
         self.audit = AuditLog(config.data_dir / "audit", config.name, AuditSettings(
             checkpoint_records=config.audit_checkpoint_records,
@@ -306,6 +310,8 @@ class Node(ReadPaths):
                                          interval=self.config.catalog_sync_s))
             if self.config.metrics_host is not None:
                 await services.start(serve_metrics, self)
+            if self.config.s3_https or self.config.s3_http:
+                self.s3_endpoints = await services.start(self._serve_s3)
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
@@ -316,6 +322,22 @@ class Node(ReadPaths):
         self.hints.close()
         self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _serve_s3(self, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
+        """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
+        configured; requests go through the same object API as the native protocol."""
+        cfg = self.config
+        gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
+                                                     cfg.s3_multipart_expire_h * 3600),
+                          region=cfg.s3_region, authenticate=authenticate_request)
+        limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
+                            idle_timeout_s=min(cfg.idle_timeout_s, 60.0),
+                            head_timeout_s=cfg.request_timeout_s / 2,
+                            send_timeout_s=cfg.request_timeout_s,
+                            min_upload_rate_kib_s=cfg.min_upload_rate_kib_s)
+        context = https_context(cfg.cert, cfg.key, cfg.ca) if cfg.s3_https else None
+        await serve_s3(gateway, cfg.s3_https, cfg.s3_http, context, limits,
+                       cfg.max_connections, task_status=task_status)
 
     async def _final_audit_checkpoint(self) -> None:
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
