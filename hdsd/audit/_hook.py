@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ..transport import Identity, WireSession
-from ..wire import CertRevoke, GetStart, Message, PutStart, Reply
+from ..wire import CertRevoke, GetStart, Message, PutStart, Reply, S3KeyCreate, S3KeyRevoke
 
 if TYPE_CHECKING:
     from ._log import AuditLog
@@ -75,6 +75,11 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     key = _text(getattr(msg, "key", None) or getattr(msg, "prefix", ""))
     if type(msg) is CertRevoke:  # what was revoked: the serial (the certificate's, if given)
         key = f"serial:{_text(info.get('serial')) or msg.serial or '?'}"
+    elif type(msg) is S3KeyCreate:  # which key was made (never its secret), for which tenant
+        key = f"s3key:{_text(info.get('access_key_id')) or '?'} tenant:{msg.tenant} " \
+              f"role:{msg.role}"
+    elif type(msg) is S3KeyRevoke:
+        key = f"s3key:{msg.access_key_id}"
     audit.record(
         identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
         op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")), key=key,

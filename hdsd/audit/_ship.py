@@ -17,7 +17,7 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
-from ..replication import PeerLink
+from ..peers import PeerLink
 from ..wire import AuditShip, Message
 from ._files import load_cursors, save_cursors
 from ._log import AuditLog

@@ -1,6 +1,6 @@
 """hdsd.catalog: the replicated catalog of tenants (and their wrapped keys), buckets, legal
-holds and revoked certificates, with merge rules that converge in any delivery order. Knows
-nothing of the network."""
+holds, revoked certificates and S3 access keys (secrets wrapped), with merge rules that converge
+in any delivery order. Knows nothing of the network."""
 
 from ._confirm import decide_abandon as decide_abandon
 from ._confirm import decide_confirm as decide_confirm
@@ -12,15 +12,23 @@ from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
+from ._keys import SALT_BYTES as SALT_BYTES
+from ._keys import derive_master_key as derive_master_key
 from ._keys import seed_creation as seed_creation
+from ._keys import unwrap_keys as unwrap_keys
+from ._keys import unwrap_secret as unwrap_secret
+from ._keys import wrap_keys as wrap_keys
+from ._keys import wrap_secret as wrap_secret
 from ._model import ABANDONED as ABANDONED
 from ._model import ABANDONING as ABANDONING
 from ._model import CONFIRMED as CONFIRMED
 from ._model import PENDING as PENDING
+from ._model import S3_ROLES as S3_ROLES
 from ._model import BucketEntry as BucketEntry
 from ._model import Entry as Entry
 from ._model import HoldEntry as HoldEntry
 from ._model import RevokedEntry as RevokedEntry
+from ._model import S3KeyEntry as S3KeyEntry
 from ._model import TenantEntry as TenantEntry
 from ._model import entry_from_wire as entry_from_wire
 from ._model import merge as merge

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 
 from .._packing import packb
-from ._model import BucketEntry, Entry, HoldEntry, RevokedEntry, TenantEntry, merge
+from ._model import BucketEntry, Entry, HoldEntry, RevokedEntry, S3KeyEntry, TenantEntry, merge
 
 __all__ = ["Catalog", "tenant_in_catalog", "tenant_state_in_catalog"]
 
@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS revoked (
     kind TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
     not_after INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS s3keys (
+    access_key_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, role TEXT NOT NULL, wrapped BLOB,
+    created INTEGER NOT NULL, by TEXT NOT NULL, revoked INTEGER NOT NULL,
+    revoked_by TEXT NOT NULL
+);
 """
 
 
@@ -59,7 +64,8 @@ def _u(value: int) -> int:
 
 
 class Catalog:
-    """Tenants, buckets, holds and revoked certificates of the cluster as this node knows them;
+    """Tenants, buckets, holds, revoked certificates and S3 access keys of the cluster as this
+    node knows them;
     thread-safe.
 
     Reads are served from memory (the catalog is small: one entry per tenant, bucket and held
@@ -118,6 +124,12 @@ class Catalog:
                              kind=row[4], tenant=row[5], name=row[6], role=row[7],
                              not_after=_u(row[8]))
             self._entries[r.ident] = r
+        for row in self._db.execute("SELECT access_key_id, tenant, role, wrapped, created, by, "
+                                    "revoked, revoked_by FROM s3keys"):
+            k = S3KeyEntry(access_key_id=row[0], tenant=row[1], role=row[2],
+                           wrapped=row[3] or b"", created=_u(row[4]), by=row[5],
+                           revoked=_u(row[6]), revoked_by=row[7])
+            self._entries[k.ident] = k
 
     # -- writes ------------------------------------------------------------------------------
     def apply(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -183,6 +195,18 @@ class Catalog:
             self._db.execute(
                 "INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?, ?)",
                 (e.tenant, e.bucket, e.key, int(e.held), e.by, _s(e.hlc)))
+        elif isinstance(e, S3KeyEntry):
+            # In place, like tenants: with secure_delete a revoked key's wrapped secret is
+            # zeroed on disk when its cell is rewritten.
+            self._db.execute(
+                "INSERT INTO s3keys (access_key_id, tenant, role, wrapped, created, by, "
+                "revoked, revoked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (access_key_id) DO UPDATE "
+                "SET tenant = excluded.tenant, role = excluded.role, "
+                "wrapped = excluded.wrapped, created = excluded.created, by = excluded.by, "
+                "revoked = excluded.revoked, revoked_by = excluded.revoked_by",
+                (e.access_key_id, e.tenant, e.role, e.wrapped or None, _s(e.created), e.by,
+                 _s(e.revoked), e.revoked_by))
         else:
             self._db.execute(
                 "INSERT OR REPLACE INTO revoked VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -205,6 +229,24 @@ class Catalog:
             for name, blob in rewrapped.items():
                 old = self._entries[("tenant", name)]
                 assert isinstance(old, TenantEntry)
+                self._entries[old.ident] = replace(old, wrapped=blob)
+
+    def replace_wrapped_s3(self, rewrapped: dict[str, bytes]) -> None:
+        """Install S3 secrets wrapped under a new master key (rotation; see
+        :meth:`replace_wrapped`), in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for akid, blob in rewrapped.items():
+                    self._db.execute("UPDATE s3keys SET wrapped = ? WHERE access_key_id = ?",
+                                     (blob, akid))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for akid, blob in rewrapped.items():
+                old = self._entries[("s3key", akid)]
+                assert isinstance(old, S3KeyEntry)
                 self._entries[old.ident] = replace(old, wrapped=blob)
 
     # -- reads -------------------------------------------------------------------------------
@@ -243,6 +285,15 @@ class Catalog:
         """Whether the certificate of *serial* (lowercase hex) is revoked; one dict lookup, no
         lock: the handshake asks it for every connection."""
         return ("revoked", serial) in self._entries
+
+    def s3_key(self, access_key_id: str) -> S3KeyEntry | None:
+        """One dict lookup, no lock: asked for every S3 request."""
+        e = self._entries.get(("s3key", access_key_id))
+        return e if isinstance(e, S3KeyEntry) else None
+
+    def s3_keys(self, tenant: str | None = None) -> list[S3KeyEntry]:
+        return [e for e in self.entries() if isinstance(e, S3KeyEntry)
+                and (tenant is None or e.tenant == tenant)]
 
     def revoked(self, tenant: str | None = None) -> list[RevokedEntry]:
         return [e for e in self.entries() if isinstance(e, RevokedEntry)

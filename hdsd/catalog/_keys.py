@@ -14,9 +14,11 @@ from nacl import bindings, exceptions, pwhash, utils
 from .._errors import ConfigError
 from ..pipeline import TenantKeys
 
-__all__ = ["SALT_BYTES", "derive_master_key", "seed_creation", "unwrap_keys", "wrap_keys"]
+__all__ = ["SALT_BYTES", "derive_master_key", "seed_creation", "unwrap_keys", "unwrap_secret",
+           "wrap_keys", "wrap_secret"]
 
 _AAD_PREFIX = b"hdsd-tenant-keys-v1\x00"
+_S3_AAD_PREFIX = b"hdsd-s3-secret-v1\x00"
 _NONCE = bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 SALT_BYTES = pwhash.argon2id.SALTBYTES
 
@@ -36,6 +38,32 @@ def unwrap_keys(master: bytes, tenant: str, blob: bytes) -> TenantKeys:
         raise ConfigError(f"the master key does not open tenant {tenant!r}'s keys "
                           "(wrong master key, or a node not yet rotated?)") from None
     return TenantKeys(tenant=tenant, data_key=raw[:32], dedup_key=raw[32:64])
+
+
+def _s3_aad(access_key_id: str, tenant: str, role: str) -> bytes:
+    # The key's id, tenant and role are bound: a wrapped secret moved to another key id, or
+    # an entry edited to another tenant or a stronger role, no longer opens.
+    return _S3_AAD_PREFIX + "\x00".join((access_key_id, tenant, role)).encode()
+
+
+def wrap_secret(master: bytes, access_key_id: str, tenant: str, role: str, secret: str) -> bytes:
+    """An S3 secret access key wrapped under the master key (same AEAD as tenant keys)."""
+    nonce = utils.random(_NONCE)
+    return nonce + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        secret.encode(), _s3_aad(access_key_id, tenant, role), nonce, master)
+
+
+def unwrap_secret(master: bytes, access_key_id: str, tenant: str, role: str,
+                  blob: bytes) -> str:
+    """The S3 secret; :class:`ConfigError` if *master* does not open *blob* (or the entry's
+    id, tenant or role was changed)."""
+    try:
+        raw = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            blob[_NONCE:], _s3_aad(access_key_id, tenant, role), blob[:_NONCE], master)
+    except exceptions.CryptoError:
+        raise ConfigError(f"the master key does not open S3 access key {access_key_id}'s "
+                          "secret (wrong master key, or a node not yet rotated?)") from None
+    return raw.decode()
 
 
 def derive_master_key(passphrase: bytes, salt: bytes) -> bytes:

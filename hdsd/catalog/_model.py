@@ -24,6 +24,12 @@ same updates in any order, any number of times, hold the same catalog:
   Two revocations of one serial merge to the earliest ``(hlc, by, reason)`` (when and by whom
   it was first revoked) and to the most the revokers knew of the certificate (its kind,
   tenant, name, role, expiry: empty or 0 when revoked by bare serial).
+* **s3key** — an S3 access key: its id, tenant, role and secret (wrapped under the master key,
+  like tenant keys). The creation is immutable (two copies of one id merge to the earliest
+  creation, the wrapped bytes last as for tenants: each node may have rewrapped its copy at
+  master key rotation). *Revocation is terminal*: the earliest ``(revoked, revoked_by)`` wins,
+  and a revoked key holds no secret at all (the wrapped bytes are dropped), so it can never
+  sign again and the entry stays only to say so.
 
 Wrapped keys are opaque here (wrapping lives in :mod:`._keys`).
 """
@@ -37,8 +43,8 @@ from typing import Any, TypeAlias
 from .._errors import IntegrityError
 from ..cluster import PLANS
 
-__all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "TenantEntry", "creation_order",
-           "entry_from_wire", "merge"]
+__all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "S3KeyEntry", "TenantEntry",
+           "creation_order", "entry_from_wire", "merge"]
 
 # Confirmation states of a tenant creation, by rank (see hdsd.catalog._confirm).
 PENDING = "pending"
@@ -156,7 +162,45 @@ class RevokedEntry:
                 "name": self.name, "role": self.role, "not_after": self.not_after}
 
 
-Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry | RevokedEntry
+@dataclass(frozen=True, slots=True)
+class S3KeyEntry:
+    """An S3 access key of ``tenant`` acting with ``role``; ``wrapped`` is its secret under
+    the master key (``b""`` once revoked). ``created``/``revoked`` are HLCs (0: live)."""
+
+    access_key_id: str
+    tenant: str
+    role: str
+    wrapped: bytes = field(repr=False)
+    created: int
+    by: str
+    revoked: int = 0
+    revoked_by: str = ""
+
+    @property
+    def ident(self) -> tuple[str, ...]:
+        return ("s3key", self.access_key_id)
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked != 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "s3key", "access_key_id": self.access_key_id, "tenant": self.tenant,
+                "role": self.role, "wrapped": self.wrapped, "created": self.created,
+                "by": self.by, "revoked": self.revoked, "revoked_by": self.revoked_by}
+
+
+Entry: TypeAlias = TenantEntry | BucketEntry | HoldEntry | RevokedEntry | S3KeyEntry
+
+
+def _merge_s3key(a: S3KeyEntry, b: S3KeyEntry) -> S3KeyEntry:
+    # Two joins — the earliest creation (wrapped bytes last), the earliest revocation — then
+    # the secret dropped if revoked: commutative, associative and idempotent like the tenant's.
+    win = min(a, b, key=lambda e: (e.created, e.by, e.tenant, e.role, e.wrapped))
+    revoked, revoked_by = min(((x.revoked, x.revoked_by) for x in (a, b) if x.is_revoked),
+                              default=(0, ""))
+    return replace(win, revoked=revoked, revoked_by=revoked_by,
+                   wrapped=b"" if revoked else win.wrapped)
 
 
 def _merge_revoked(a: RevokedEntry, b: RevokedEntry) -> RevokedEntry:
@@ -204,6 +248,8 @@ def merge(a: Entry, b: Entry) -> Entry:
         return max(a, b, key=lambda h: (h.hlc, h.by, h.held))
     if isinstance(a, RevokedEntry) and isinstance(b, RevokedEntry):
         return _merge_revoked(a, b)
+    if isinstance(a, S3KeyEntry) and isinstance(b, S3KeyEntry):
+        return _merge_s3key(a, b)
     raise ValueError(f"cannot merge {type(a).__name__} with {type(b).__name__}")
 
 
@@ -223,6 +269,8 @@ def _field_of(doc: dict[str, Any], name: str, kind: type, *, low: int = 0, high:
 
 
 SERIAL_RE = re.compile(r"[1-9a-f][0-9a-f]{0,39}")  # X.509: positive, at most 20 octets
+ACCESS_KEY_ID_RE = re.compile(r"[A-Z0-9]{16,128}")
+S3_ROLES = ("admin", "writer", "reader", "auditor")  # the certificate roles
 CERT_KINDS = ("", "client", "node")
 
 
@@ -285,4 +333,22 @@ def entry_from_wire(doc: object) -> Entry:
         if revoked.kind not in CERT_KINDS:
             raise IntegrityError(f"catalog revoked entry: unknown kind {revoked.kind!r}")
         return revoked
+    if kind == "s3key":
+        akid = _field_of(doc, "access_key_id", str)
+        wrapped = doc.get("wrapped")
+        if type(wrapped) is not bytes or len(wrapped) > 256:
+            raise IntegrityError("catalog entry field 'wrapped': expected at most 256 bytes")
+        s3key = S3KeyEntry(
+            access_key_id=akid, tenant=_field_of(doc, "tenant", str),
+            role=_field_of(doc, "role", str), wrapped=wrapped,
+            created=_field_of(doc, "created", int), by=_field_of(doc, "by", str, empty=True),
+            revoked=_field_of(doc, "revoked", int),
+            revoked_by=_field_of(doc, "revoked_by", str, empty=True))
+        if not ACCESS_KEY_ID_RE.fullmatch(akid):
+            raise IntegrityError("catalog s3key entry: access key id must be A-Z0-9")
+        if s3key.role not in S3_ROLES:
+            raise IntegrityError(f"catalog s3key entry: unknown role {s3key.role!r}")
+        if s3key.is_revoked == bool(wrapped):
+            raise IntegrityError("catalog s3key entry: a secret present iff not revoked")
+        return s3key
     raise IntegrityError(f"unknown catalog entry kind {kind!r}")

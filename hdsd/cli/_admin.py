@@ -14,9 +14,14 @@ from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
 from ..catalog import CATALOG_FILE, tenant_state_in_catalog
 from ..node import (
+    KEYRING_FILE,
+    NAME_RE,
     SPEC_FILE,
     ClusterSpec,
     Node,
+    configure_logging,
+    ensure_tenant,
+    load_master_key,
     load_node_config,
     load_spec,
     serve_node,
@@ -24,13 +29,6 @@ from ..node import (
     write_cluster,
     write_profile,
 )
-from ..node._config import NAME_RE
-from ..node._keyring import (
-    KEYRING_FILE,
-    ensure_tenant,
-    load_master_key,
-)
-from ..node._logging import configure_logging
 from ..pipeline import tune_allocator
 from ..transport import CLIENT_VALIDITY_DAYS, ROLES, issue_client_cert, read_certificate
 from ._main import main

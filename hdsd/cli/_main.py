@@ -51,6 +51,7 @@ def _register() -> None:
         _export,
         _profile,
         _repair,
+        _s3keys,
         _status,
         _tenants,
         _up,

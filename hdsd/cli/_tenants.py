@@ -303,15 +303,18 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
     from pathlib import Path
 
     from ..node import (
+        create_master_key,
         keep_old_key,
+        load_master,
+        load_master_key,
         load_node_config,
         master_key_check,
         node_stopped,
+        passphrase_master,
         replace_key_file,
+        rotate_master,
         set_key_check,
     )
-    from ..node._keyring import create_master_key, load_master_key
-    from ..node._masterkey import load_master, passphrase_master, rotate_master
 
     if (new_key_file is None) == (new_passphrase_env is None):
         raise InvalidRequest("give exactly one of --new-key-file or --new-passphrase-env")
@@ -352,8 +355,7 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
 def key_confirm_rotation(config_path: str) -> None:
     """Delete the old master-key files kept by rotate-master, once this node's key opens its
     keyring and catalog (run it after every node of both sites was rotated and restarted)."""
-    from ..node import kept_old_keys, load_node_config, verify_master
-    from ..node._masterkey import load_master
+    from ..node import kept_old_keys, load_master, load_node_config, verify_master
 
     config = load_node_config(config_path)
     if config.master_key_file is None:

@@ -58,6 +58,9 @@ from ..wire import (
     PutStart,
     Reply,
     Role,
+    S3KeyCreate,
+    S3KeyList,
+    S3KeyRevoke,
     SiteModeRequest,
     StatRequest,
     StatusRequest,
@@ -113,7 +116,6 @@ class AsyncClient:
         self._connect_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
-        self._next_rid = 0
         self._endpoint_index = 0
 
     async def __aenter__(self) -> Self:
@@ -200,12 +202,6 @@ class AsyncClient:
                 self._session = None
             await session.aclose()
 
-    def _rid(self, session: WireSession) -> int:
-        while True:
-            self._next_rid = (self._next_rid + 1) % (1 << 32)
-            if not session.conn.in_flight(self._next_rid):
-                return self._next_rid
-
     async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
         delay = 0.05
         for n in range(self.retries + 1):
@@ -221,7 +217,7 @@ class AsyncClient:
     async def _call(self, make: Callable[[int], Message]) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 await session.send(make(rid))
@@ -253,7 +249,7 @@ class AsyncClient:
 
         async def attempt() -> ObjectInfo:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 start = PutStart(rid=rid, request_id=request_id, bucket=bucket, key=key,
@@ -351,7 +347,7 @@ class AsyncClient:
         async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
                                      GetStart]:
             session = await self._connected()
-            rid = self._rid(session)
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 await session.send(GetRequest(rid=rid, bucket=bucket, key=key, version=version,
@@ -372,7 +368,7 @@ class AsyncClient:
             try:
                 yield stream
             finally:
-                if not stream.complete and not session._closed:
+                if not stream.complete and not session.closed:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         try:
                             await session.send(Cancel(rid=rid))
@@ -545,9 +541,23 @@ class AsyncClient:
         body = await self._call(lambda rid: CertList(rid, tenant))
         return list(body["revoked"])
 
+    async def s3_key_create(self, tenant: str, role: str) -> dict[str, Any]:
+        """A new S3 access key of *tenant* acting with *role*; the reply holds its secret
+        (``secret_access_key``), sent this once."""
+        return await self._call(lambda rid: S3KeyCreate(rid, tenant, role))
+
+    async def s3_keys(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+        """The S3 access keys of *tenant* (``""``: all, operator only), never a secret."""
+        body = await self._call(lambda rid: S3KeyList(rid, tenant))
+        return list(body["keys"])
+
+    async def s3_key_revoke(self, access_key_id: str) -> dict[str, Any]:
+        """Revoke an S3 access key on every node, for good."""
+        return await self._call(lambda rid: S3KeyRevoke(rid, access_key_id))
+
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:
-    if session._closed:
+    if session.closed:
         return
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         try:

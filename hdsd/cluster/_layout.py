@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import xxhash
 
-__all__ = ["NODE_ROLES", "PLANS", "Layout", "NodeInfo", "placement_key"]
+__all__ = ["NODE_ROLES", "PLANS", "Layout", "NodeInfo", "NodeRole", "Plan", "placement_key"]
 
-NODE_ROLES = ("storage", "backup")
-PLANS = ("standard", "backup")  # a tenant's plan: which role holds its keys
+NodeRole = Literal["storage", "backup"]
+Plan = Literal["standard", "backup"]  # a tenant's plan: which role holds its keys
+NODE_ROLES: tuple[NodeRole, ...] = get_args(NodeRole)
+PLANS: tuple[Plan, ...] = get_args(Plan)
 _ROLE_OF_PLAN = {"standard": "storage", "backup": "backup"}
 
 
@@ -38,7 +41,7 @@ class NodeInfo:
     host: str
     port: int
     weight: float = 1.0
-    role: str = "storage"  # or "backup"
+    role: NodeRole = "storage"
 
 
 def placement_key(tenant: str, bucket: str, key: str) -> bytes:

@@ -8,7 +8,10 @@ Who may do what — the operator is an ``admin`` certificate of the cluster's op
   that tenant;
 * certificates (revoke, list revoked): the operator for any certificate (node certificates, a
   bare serial, any tenant's); an ``admin`` of a tenant for its own tenant's client
-  certificates, proven by the certificate itself (signed by the cluster CA).
+  certificates, proven by the certificate itself (signed by the cluster CA);
+* S3 access keys (create, list, revoke): the operator, or an ``admin`` of the key's tenant
+  (a key acts with any of the certificate roles, ``admin`` included: as a certificate
+  would, since that admin could issue one).
 
 Every change is applied here and pushed to every other node of both sites; the reply names the
 nodes that confirmed (``applied_on``) and those that will catch up by sync (``pending``). A
@@ -23,8 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import AuthenticationFailed, HdsdError, InvalidRequest, PermissionDenied
-from ..catalog import Entry, RevokedEntry, TenantEntry, entry_from_wire
+from .._errors import (
+    AuthenticationFailed,
+    HdsdError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
+from ..catalog import Entry, RevokedEntry, S3KeyEntry, TenantEntry, entry_from_wire
 from ..cluster import HybridClock
 from ..transport import Identity, IssuedCert, WireSession, verify_issued
 from ..wire import (
@@ -38,6 +47,9 @@ from ..wire import (
     HoldSet,
     Message,
     Reply,
+    S3KeyCreate,
+    S3KeyList,
+    S3KeyRevoke,
     TenantAbandon,
     TenantConfirm,
     TenantCreate,
@@ -47,22 +59,22 @@ from ..wire import (
 )
 from ._auth import check_bucket, check_key
 from ._config import NAME_RE
-from ._peer_handlers import check_layout
 from ._roles import check_plan_possible
+from ._route import Route, require_operator
 
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["ADMIN_HANDLERS", "CATALOG_PEER_HANDLERS"]
+__all__ = ["ADMIN_ROUTES", "CATALOG_PEER_ROUTES"]
 
 _Inbox = trio.MemoryReceiveChannel[Message]
 
 
+_MANAGES_TENANTS = "manages tenants"
+
+
 def _require_operator(node: Node, ident: Identity) -> None:
-    if not node.tenancy.is_operator(ident.tenant, ident.role):
-        raise PermissionDenied(
-            f"only an admin of the operator tenant {node.tenancy.operator_tenant!r} manages "
-            f"tenants (this is {ident.role!r} of {ident.tenant!r})")
+    require_operator(node, ident, _MANAGES_TENANTS)
 
 
 def _check_tenant_name(name: str) -> None:
@@ -72,7 +84,6 @@ def _check_tenant_name(name: str) -> None:
 
 async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg: TenantCreate,
                          inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     _check_tenant_name(msg.tenant)
     old = node.tenancy.catalog.tenant(msg.tenant)
     entries = node.tenancy.create_tenant(msg.tenant, msg.quota_bytes, msg.plan,
@@ -95,14 +106,12 @@ async def _tenant_create(node: Node, session: WireSession, ident: Identity, msg:
 
 async def _tenant_confirm(node: Node, session: WireSession, ident: Identity, msg: TenantConfirm,
                           inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     result = await node.tenancy.confirm(node, msg.tenant, msg.creation)
     await session.send(Reply(rid=msg.rid, body={**result, "created": False}))
 
 
 async def _tenant_abandon(node: Node, session: WireSession, ident: Identity, msg: TenantAbandon,
                           inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     if msg.confirm != msg.tenant:
         raise InvalidRequest(f"--confirm must repeat the tenant name {msg.tenant!r} exactly")
     result = await node.tenancy.abandon(node, msg.tenant)
@@ -111,7 +120,6 @@ async def _tenant_abandon(node: Node, session: WireSession, ident: Identity, msg
 
 async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: TenantList,
                        inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     await node.tenancy.refresh_usage(node, force=True)
     catalog = node.tenancy.catalog
     # A bucket exists from its first put: `bucket create` only adds retention, so counting the
@@ -146,7 +154,6 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
 
 async def _tenant_shred(node: Node, session: WireSession, ident: Identity, msg: TenantShred,
                         inbox: _Inbox) -> None:
-    _require_operator(node, ident)
     if msg.confirm != msg.tenant:
         raise InvalidRequest(f"--confirm must repeat the tenant name {msg.tenant!r} exactly")
     result = await node.tenancy.apply_and_push(node, node.tenancy.shred_tenant(msg.tenant))
@@ -268,6 +275,56 @@ async def _cert_list(node: Node, session: WireSession, ident: Identity, msg: Cer
     await session.send(Reply(rid=msg.rid, body={"revoked": rows, "node": node.config.name}))
 
 
+async def _s3_key_create(node: Node, session: WireSession, ident: Identity, msg: S3KeyCreate,
+                         inbox: _Inbox) -> None:
+    node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    tenant = node.tenancy.catalog.tenant(msg.tenant)
+    if tenant is None or not tenant.has_keys:
+        raise PermissionDenied(f"tenant {msg.tenant!r} has no keys in this cluster; create it "
+                               "with `hdsd tenant create`")
+    node.tenancy.check_live(msg.tenant)  # shredded, or a creation not yet confirmed
+    entry, secret = node.s3_credentials.create(msg.tenant, msg.role,
+                                               by=f"{ident.name}@{ident.tenant}")
+    result = await node.tenancy.apply_and_push(node, [entry])
+    # The only time the secret leaves the node: the catalog has it wrapped, nothing logs it,
+    # and the audit record of this request names the key id alone (audit._hook).
+    await session.send(Reply(rid=msg.rid, body={
+        "access_key_id": entry.access_key_id, "secret_access_key": secret,
+        "tenant": entry.tenant, "role": entry.role, **result}))
+
+
+def _s3_key_row(e: S3KeyEntry) -> dict[str, Any]:
+    return {"access_key_id": e.access_key_id, "tenant": e.tenant, "role": e.role,
+            "state": "revoked" if e.is_revoked else "active",
+            "created_ms": HybridClock.wall_ms(e.created), "by": e.by,
+            "revoked_ms": HybridClock.wall_ms(e.revoked) if e.is_revoked else None,
+            "revoked_by": e.revoked_by or None}
+
+
+async def _s3_key_list(node: Node, session: WireSession, ident: Identity, msg: S3KeyList,
+                       inbox: _Inbox) -> None:
+    if msg.tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
+    else:
+        _require_operator(node, ident)
+    rows = [_s3_key_row(e) for e in node.tenancy.catalog.s3_keys(msg.tenant or None)]
+    await session.send(Reply(rid=msg.rid, body={"keys": rows, "node": node.config.name}))
+
+
+async def _s3_key_revoke(node: Node, session: WireSession, ident: Identity, msg: S3KeyRevoke,
+                         inbox: _Inbox) -> None:
+    known = node.tenancy.catalog.s3_key(msg.access_key_id)
+    if known is None:
+        raise NotFound(f"no S3 access key {msg.access_key_id} in this cluster")
+    node.tenancy.check_admin_of(ident.tenant, ident.role, known.tenant)
+    entry, already = node.s3_credentials.revoke(msg.access_key_id,
+                                                by=f"{ident.name}@{ident.tenant}")
+    result = await node.tenancy.apply_and_push(node, [entry])
+    await session.send(Reply(rid=msg.rid, body={
+        "access_key_id": entry.access_key_id, "tenant": entry.tenant,
+        "already_revoked": already, **result}))
+
+
 # -- node ↔ node -------------------------------------------------------------------------------
 def _entries(raw: list[Any]) -> list[Entry]:
     return [entry_from_wire(e) for e in raw]
@@ -275,14 +332,12 @@ def _entries(raw: list[Any]) -> list[Entry]:
 
 async def _catalog_push(node: Node, session: WireSession, ident: Identity, msg: CatalogPush,
                         inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     changed = await node.tenancy.apply(_entries(msg.entries))
     await session.send(Reply(rid=msg.rid, body={"changed": len(changed)}))
 
 
 async def _tenant_vote(node: Node, session: WireSession, ident: Identity, msg: TenantVote,
                        inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     entry = entry_from_wire(msg.entry)
     if not isinstance(entry, TenantEntry):
         raise InvalidRequest("a tenant vote carries a tenant entry")
@@ -292,7 +347,6 @@ async def _tenant_vote(node: Node, session: WireSession, ident: Identity, msg: T
 
 async def _catalog_sync(node: Node, session: WireSession, ident: Identity, msg: CatalogSync,
                         inbox: _Inbox) -> None:
-    check_layout(node, msg.layout, ident)
     digest = node.tenancy.catalog.digest()
     entries = [] if digest == msg.digest else [e.to_wire()
                                                for e in node.tenancy.catalog.entries()]
@@ -300,21 +354,26 @@ async def _catalog_sync(node: Node, session: WireSession, ident: Identity, msg: 
                                                 "usage": node.tenancy.local_usage()}))
 
 
-ADMIN_HANDLERS: dict[type, Any] = {
-    TenantCreate: _tenant_create,
-    TenantList: _tenant_list,
-    TenantShred: _tenant_shred,
-    TenantConfirm: _tenant_confirm,
-    TenantAbandon: _tenant_abandon,
-    BucketCreate: _bucket_create,
-    BucketList: _bucket_list,
-    HoldSet: _hold_set,
-    HoldList: _hold_list,
-    CertRevoke: _cert_revoke,
-    CertList: _cert_list,
+ADMIN_ROUTES: dict[type[Message], Route] = {
+    TenantCreate: Route(_tenant_create, operator=_MANAGES_TENANTS),
+    TenantList: Route(_tenant_list, operator=_MANAGES_TENANTS),
+    TenantShred: Route(_tenant_shred, operator=_MANAGES_TENANTS),
+    TenantConfirm: Route(_tenant_confirm, operator=_MANAGES_TENANTS),
+    TenantAbandon: Route(_tenant_abandon, operator=_MANAGES_TENANTS),
+    # A tenant's admin manages its own buckets, holds and certificates: checked in the handler.
+    BucketCreate: Route(_bucket_create),
+    BucketList: Route(_bucket_list),
+    HoldSet: Route(_hold_set),
+    HoldList: Route(_hold_list),
+    CertRevoke: Route(_cert_revoke),
+    CertList: Route(_cert_list),
+    # S3 access keys: the operator, or an admin of the key's tenant (checked in the handler).
+    S3KeyCreate: Route(_s3_key_create),
+    S3KeyList: Route(_s3_key_list),
+    S3KeyRevoke: Route(_s3_key_revoke),
 }
-CATALOG_PEER_HANDLERS: dict[type, Any] = {
-    CatalogPush: _catalog_push,
-    CatalogSync: _catalog_sync,
-    TenantVote: _tenant_vote,
+CATALOG_PEER_ROUTES: dict[type[Message], Route] = {
+    CatalogPush: Route(_catalog_push, same_layout=True),
+    CatalogSync: Route(_catalog_sync, same_layout=True),
+    TenantVote: Route(_tenant_vote, same_layout=True),
 }

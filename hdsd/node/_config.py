@@ -64,11 +64,11 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from ..cluster import NODE_ROLES, Layout, NodeInfo, parse_address
+from ..cluster import NODE_ROLES, Layout, NodeInfo, NodeRole, parse_address
+from ..replication import WRITE_POLICIES, WritePolicy
 
 __all__ = ["NAME_RE", "NodeConfig", "SiteConfig", "load_node_config"]
 
-WRITE_POLICIES = ("each-site", "majority", "local")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -76,9 +76,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 class SiteConfig:
     name: str
     nodes: tuple[tuple[str, str, int, float], ...]  # (node name, host, port, weight)
-    roles: tuple[str, ...] = ()  # each node's role, in the order of nodes ("storage" if empty)
+    roles: tuple[NodeRole, ...] = ()  # each node's role, in the order of nodes ("storage" if empty)
 
-    def role_of(self, index: int) -> str:
+    def role_of(self, index: int) -> NodeRole:
         return self.roles[index] if index < len(self.roles) else "storage"
 
 
@@ -117,7 +117,7 @@ class NodeConfig:
     shutdown_grace_s: float = 30.0
     sites: tuple[SiteConfig, ...] = field(default_factory=tuple)
     replicas_per_site: int = 1
-    write_policy: str = "each-site"
+    write_policy: WritePolicy = "each-site"
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
     segment_mib: int = 256
@@ -153,7 +153,7 @@ class NodeConfig:
                       replicas_per_site=self.replicas_per_site)
 
     @property
-    def role(self) -> str:
+    def role(self) -> NodeRole:
         """This node's role (``storage`` or ``backup``): its entry in ``[[sites]]`` says."""
         return self.layout().node(self.name).role
 
@@ -478,7 +478,7 @@ def _parse_sites(raw: Any, p: _Problems) -> tuple[SiteConfig, ...]:
             p.add(where, f"name {name!r} must match {NAME_RE.pattern}")
             continue
         parsed: list[tuple[str, str, int, float]] = []
-        roles: list[str] = []
+        roles: list[NodeRole] = []
         for node in nodes if isinstance(nodes, list) else []:
             if (not isinstance(node, dict) or not {"name", "address"} <= set(node)
                     or set(node) - {"name", "address", "weight", "role"}

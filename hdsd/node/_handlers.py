@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -49,8 +48,7 @@ from ..wire import (
     StatusRequest,
     VersionsRequest,
 )
-from ._admin_handlers import ADMIN_HANDLERS, CATALOG_PEER_HANDLERS
-from ._auth import authorize
+from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
 from ._health import cluster_status, tenant_status
 from ._metrics import BODY_SIZE
 from ._objects import (
@@ -63,8 +61,9 @@ from ._objects import (
     resolve,
     stream_object,
 )
-from ._peer_handlers import PEER_HANDLERS, maintenance, site_mode
+from ._peer_handlers import PEER_ROUTES, maintenance, site_mode
 from ._roles import check_role
+from ._route import Route
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -87,9 +86,8 @@ async def handle_request(
     started = time.perf_counter()
     outcome = "cancelled"
     try:
-        table = PEER_HANDLERS if ident.kind == "node" else _HANDLERS
-        handler = table.get(type(msg))
-        if handler is None:
+        route = (NODE_ROUTES if ident.kind == "node" else CLIENT_ROUTES).get(type(msg))
+        if route is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         if observed is not None:
             if node.audit.failed is not None:
@@ -99,7 +97,8 @@ async def handle_request(
         if ident.kind != "node":
             node.tenancy.check_live(ident.tenant or "")  # a shredded tenant is refused outright
             check_role(node, ident, msg)  # a backup node coordinates no client write
-        await handler(node, session, ident, msg, inbox)
+        route.admit(node, ident, msg)  # role, operator, layout: once, for every handler
+        await route.handler(node, session, ident, msg, inbox)
         outcome = "ok"
     except HdsdError as exc:
         outcome = exc.code
@@ -126,7 +125,6 @@ async def _reply_error(session: WireSession, rid: int, code: str, message: str) 
 # -- put ---------------------------------------------------------------------------------------
 async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "put")
     source = _WireBody(node, session, msg, inbox)
     version, replayed = await put_object(
         node, ident.tenant or "", msg.bucket, msg.key, source, size=msg.size,
@@ -220,7 +218,6 @@ class _WireBody:
 # -- get ---------------------------------------------------------------------------------------
 async def _get(node: Node, session: WireSession, ident: Identity, msg: GetRequest,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "get")
     tenant = ident.tenant or ""
     version = await resolve(node, tenant, msg.bucket, msg.key, msg.version)
     lo, hi = byte_range(version.size, msg.start, msg.end)
@@ -253,14 +250,12 @@ def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
 # -- metadata requests -------------------------------------------------------------------------
 async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "stat")
     version = await resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
 async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "list")
     entries, cursor = await list_objects(node, ident.tenant or "", msg.bucket, msg.prefix,
                                          msg.after, msg.limit, msg.versions)
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
@@ -268,7 +263,6 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
 
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "delete")
     marker, replayed = await delete_object(node, ident.tenant or "", msg.bucket, msg.key,
                                            msg.request_id)
     await session.send(Reply(rid=msg.rid, body={**marker.public_info(), "replayed": replayed}))
@@ -276,14 +270,12 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
 
 async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,
                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "versions")
     found = await object_versions(node, ident.tenant or "", msg.bucket, msg.key)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.public_info() for v in found]}))
 
 
 async def _status(node: Node, session: WireSession, ident: Identity, msg: StatusRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "status")
     if not node.tenancy.is_operator(ident.tenant, ident.role):
         # Addresses, disks and every tenant's figures are the operator's: a tenant sees its own.
         await session.send(Reply(rid=msg.rid, body=await tenant_status(node, ident.tenant or "")))
@@ -295,25 +287,25 @@ async def _status(node: Node, session: WireSession, ident: Identity, msg: Status
 
 async def _list_buckets(node: Node, session: WireSession, ident: Identity,
                         msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    authorize(ident.role, "list")
     tenant = ident.tenant or ""
     buckets, cursor = await list_buckets(node, tenant, msg.after)
     await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets,
                                                 "next": cursor}))
 
 
-_Handler = Callable[..., Any]
-_HANDLERS: dict[type, _Handler] = {
-    PutStart: _put,
-    GetRequest: _get,
-    StatRequest: _stat,
-    ListRequest: _list,
-    DeleteRequest: _delete,
-    VersionsRequest: _versions,
-    StatusRequest: _status,
-    SiteModeRequest: site_mode,
-    MaintenanceRequest: maintenance,
-    ListBucketsRequest: _list_buckets,
+# The two tables of the node, each built here once from its parts (no module adds to
+# another's table): what a client may send, and what another node may send.
+CLIENT_ROUTES: dict[type[Message], Route] = {
+    PutStart: Route(_put, op="put"),
+    GetRequest: Route(_get, op="get"),
+    StatRequest: Route(_stat, op="stat"),
+    ListRequest: Route(_list, op="list"),
+    DeleteRequest: Route(_delete, op="delete"),
+    VersionsRequest: Route(_versions, op="versions"),
+    StatusRequest: Route(_status, op="status"),
+    SiteModeRequest: Route(site_mode, operator="changes a site's mode"),
+    MaintenanceRequest: Route(maintenance, operator="starts a repair or a scrub"),
+    ListBucketsRequest: Route(_list_buckets, op="list"),
+    **ADMIN_ROUTES,
 }
-_HANDLERS.update(ADMIN_HANDLERS)
-PEER_HANDLERS.update(CATALOG_PEER_HANDLERS)
+NODE_ROUTES: dict[type[Message], Route] = {**PEER_ROUTES, **CATALOG_PEER_ROUTES}

@@ -2,7 +2,7 @@
 
 Passphrase mode (``[keys] master_passphrase_env`` + ``master_salt_file``): the passphrase comes
 from that environment variable, else from a prompt when stdin is a terminal; Argon2id
-(:func:`hdsd.catalog._keys.derive_master_key`) turns it into the key with the salt file, which
+(:func:`hdsd.catalog.derive_master_key`) turns it into the key with the salt file, which
 must hold the same 16 bytes on every node (every node must unwrap the same catalog entries).
 
 Rotation (:func:`rotate_master`) rewraps every tenant's keys — in the catalog and the keyring
@@ -30,8 +30,16 @@ from nacl import utils
 from .._atomic import atomic_write
 from .._errors import ConfigError
 from .._packing import packb, unpackb
-from ..catalog import CATALOG_FILE, Catalog
-from ..catalog._keys import SALT_BYTES, derive_master_key, unwrap_keys, wrap_keys
+from ..catalog import (
+    CATALOG_FILE,
+    SALT_BYTES,
+    Catalog,
+    derive_master_key,
+    unwrap_keys,
+    unwrap_secret,
+    wrap_keys,
+    wrap_secret,
+)
 from ..store import LOCK_NAME
 from ._config import NodeConfig
 from ._keyring import KEYRING_FILE, Keyring, load_master_key
@@ -82,8 +90,19 @@ def _rewrap(old: bytes, new: bytes, tenant: str, blob: bytes) -> bytes | None:
         return wrap_keys(new, unwrap_keys(old, tenant, blob))
 
 
+def _rewrap_secret(old: bytes, new: bytes, akid: str, tenant: str, role: str,
+                   blob: bytes) -> bytes | None:
+    """An S3 secret wrapped under *new*; None if it already is."""
+    try:
+        unwrap_secret(new, akid, tenant, role, blob)
+        return None
+    except ConfigError:
+        return wrap_secret(new, akid, tenant, role, unwrap_secret(old, akid, tenant, role, blob))
+
+
 def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
-    """Rewrap every tenant's keys under *new*; returns how many entries were rewrapped."""
+    """Rewrap every tenant's keys and every live S3 secret under *new*; returns how many
+    entries were rewrapped."""
     count = 0
     catalog = Catalog(data_dir / CATALOG_FILE)
     try:
@@ -93,6 +112,11 @@ def rotate_master(data_dir: Path, old: bytes, new: bytes) -> int:
                 rewrapped[t.name] = blob
         catalog.replace_wrapped(rewrapped)
         count += len(rewrapped)
+        s3_rewrapped = {k.access_key_id: blob for k in catalog.s3_keys() if not k.is_revoked
+                   and (blob := _rewrap_secret(old, new, k.access_key_id, k.tenant, k.role,
+                                               k.wrapped))}
+        catalog.replace_wrapped_s3(s3_rewrapped)
+        count += len(s3_rewrapped)
     finally:
         catalog.close()
     keyring = data_dir / KEYRING_FILE
@@ -186,6 +210,9 @@ def verify_master(config: NodeConfig, master: bytes) -> None:
         for entry in catalog.tenants():
             if not entry.is_shredded:
                 unwrap_keys(master, entry.name, entry.wrapped)
+        for key in catalog.s3_keys():
+            if not key.is_revoked:
+                unwrap_secret(master, key.access_key_id, key.tenant, key.role, key.wrapped)
     finally:
         catalog.close()
 

@@ -1,16 +1,17 @@
 """Requests from the other nodes (replication, repair reads) and the site-mode admin request.
 
 Peer requests are accepted only from node certificates of this cluster's layout, and only when
-the sender's layout id equals ours: two nodes that place data differently must not mix.
+the sender's layout id equals ours (``same_layout`` of their :class:`~._route.Route`, checked
+before the handler runs): two nodes that place data differently must not mix.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from .._errors import IntegrityError, InvalidRequest, LayoutMismatch, PermissionDenied
+from .._errors import IntegrityError, InvalidRequest, PermissionDenied
 from ..store import ChunkRecord, Version
 from ..transport import Identity, WireSession
 from ..wire import (
@@ -25,35 +26,20 @@ from ..wire import (
     PeerStatusRequest,
     Replicate,
     Reply,
+    SiteModeName,
     SiteModeRequest,
     TreeLevel,
 )
+from ._route import Route
 
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_HANDLERS", "check_layout", "maintenance", "require_operator", "site_mode"]
-
-
-def _check_layout(node: Node, layout: str, ident: Identity) -> None:
-    if layout != node.layout.layout_id:
-        raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
-                             f"{node.config.name} has {node.layout.layout_id}; deploy the same "
-                             "[[sites]] and replicas_per_site on every node")
-
-
-def require_operator(node: Node, ident: Identity, what: str) -> None:
-    """Cluster-wide actions belong to the operator: an admin certificate of ``[cluster]
-    operator_tenant``. A tenant's own admin manages its buckets and holds, never the cluster."""
-    if not node.tenancy.is_operator(ident.tenant, ident.role):
-        raise PermissionDenied(
-            f"only an admin of the operator tenant {node.tenancy.operator_tenant!r} {what} "
-            f"(this is {ident.role!r} of {ident.tenant!r})")
+__all__ = ["PEER_ROUTES", "maintenance", "site_mode"]
 
 
 async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Replicate,
                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     try:
         chunks = [ChunkRecord(tenant=t, chunk_id=c, payload=p) for t, c, p in msg.chunks]
     except (TypeError, ValueError) as exc:
@@ -68,21 +54,18 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
 
 async def _fetch_versions(node: Node, session: WireSession, ident: Identity, msg: FetchVersions,
                           inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     found = node.store.versions(msg.tenant, msg.bucket, msg.key)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in found]}))
 
 
 async def _fetch_chunk(node: Node, session: WireSession, ident: Identity, msg: FetchChunk,
                        inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     payload = await node.read_payload(msg.tenant, msg.chunk_id)
     await session.send(Reply(rid=msg.rid, body={"payload": payload}))
 
 
 async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: ListPeer,
                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     part = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
                            msg.versions)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in part.versions],
@@ -92,27 +75,25 @@ async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: Lis
 async def _list_buckets_peer(node: Node, session: WireSession, ident: Identity,
                              msg: ListBucketsPeer,
                              inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     part = node.list_buckets_local(msg.tenant, msg.after)
     await session.send(Reply(rid=msg.rid, body={"buckets": part.buckets, "more": part.more}))
 
 
 async def _peer_status(node: Node, session: WireSession, ident: Identity,
                        msg: PeerStatusRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     await session.send(Reply(rid=msg.rid, body=node.status()))
 
 
 async def site_mode(node: Node, session: WireSession, ident: Identity, msg: SiteModeRequest,
                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
     """The operator: degrade or restore this node's site."""
-    require_operator(node, ident, "changes a site's mode")
     if msg.site != node.config.site:
         raise InvalidRequest(f"this node is in site {node.config.site}, not {msg.site}")
     if msg.mode == "degraded" and not msg.reason.strip():
         raise InvalidRequest("say why the site is degraded (--reason)")
     by = f"{ident.name}@{ident.tenant}"
-    mode = node.mode.set(msg.mode, reason=msg.reason or "restored by an operator", by=by)
+    wanted = cast(SiteModeName, msg.mode)  # SiteModeRequest checked it is one of SITE_MODES
+    mode = node.mode.set(wanted, reason=msg.reason or "restored by an operator", by=by)
     if msg.mode == "normal":
         # Writes accepted alone must now be compared with the other site, at once.
         node.doubts.doubt(None, "the site was restored to normal")
@@ -123,14 +104,12 @@ async def site_mode(node: Node, session: WireSession, ident: Identity, msg: Site
 
 async def _tree_level(node: Node, session: WireSession, ident: Identity, msg: TreeLevel,
                       inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     body = await node.maintenance.sync.tree_level(ident.name, msg.depth, msg.indices)
     await session.send(Reply(rid=msg.rid, body=body))
 
 
 async def _leaf_diff(node: Node, session: WireSession, ident: Identity, msg: LeafDiff,
                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    _check_layout(node, msg.layout, ident)
     body = await node.maintenance.sync.leaf_diff(ident.name, msg.leaves)
     await session.send(Reply(rid=msg.rid, body=body))
 
@@ -138,7 +117,6 @@ async def _leaf_diff(node: Node, session: WireSession, ident: Identity, msg: Lea
 async def maintenance(node: Node, session: WireSession, ident: Identity,
                       msg: MaintenanceRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
     """The operator: start a repair or a scrub on this node now."""
-    require_operator(node, ident, f"starts a {msg.task}")
     await session.send(Reply(rid=msg.rid, body=node.maintenance.start(msg.task)))
 
 
@@ -149,7 +127,6 @@ def _mode_body(mode: Any) -> dict[str, Any]:
 async def _audit_ship(node: Node, session: WireSession, ident: Identity, msg: AuditShip,
                       inbox: trio.MemoryReceiveChannel[Message]) -> None:
     """Keep a batch of another node's audit records (see :mod:`hdsd.audit._copies`)."""
-    _check_layout(node, msg.layout, ident)
     if msg.origin != ident.name:
         raise PermissionDenied(f"node {ident.name} may ship only its own audit log, "
                                f"not {msg.origin}'s")
@@ -158,16 +135,16 @@ async def _audit_ship(node: Node, session: WireSession, ident: Identity, msg: Au
     await session.send(Reply(rid=msg.rid, body={"seq": seq, "hash": digest}))
 
 
-PEER_HANDLERS: dict[type, Any] = {
-    Replicate: _replicate,
-    FetchVersions: _fetch_versions,
-    FetchChunk: _fetch_chunk,
-    PeerStatusRequest: _peer_status,
-    ListPeer: _list_peer,
-    TreeLevel: _tree_level,
-    LeafDiff: _leaf_diff,
-    AuditShip: _audit_ship,
-    ListBucketsPeer: _list_buckets_peer,
+PEER_ROUTES: dict[type[Message], Route] = {
+    cls: Route(handler, same_layout=True) for cls, handler in (
+        (Replicate, _replicate),
+        (FetchVersions, _fetch_versions),
+        (FetchChunk, _fetch_chunk),
+        (PeerStatusRequest, _peer_status),
+        (ListPeer, _list_peer),
+        (TreeLevel, _tree_level),
+        (LeafDiff, _leaf_diff),
+        (AuditShip, _audit_ship),
+        (ListBucketsPeer, _list_buckets_peer),
+    )
 }
-
-check_layout = _check_layout  # for the catalog's peer handlers (._admin_handlers)

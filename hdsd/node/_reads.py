@@ -15,8 +15,9 @@ import trio
 
 from .._errors import HdsdError, IntegrityError, InvalidRequest, NotFound, Unavailable
 from ..cluster import Layout
+from ..peers import PeerPool
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
-from ..replication import PeerPool, Replicator
+from ..replication import Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
 from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig

@@ -9,7 +9,7 @@ converges like the rest of the catalog). This module is what the node does with 
   (``refused``: audited with the certificate's identity and source address, counted per
   interval like every refused connection, so a stolen certificate hammering the node cannot
   grow the audit log). Node certificates are checked the same way, and a
-  node dialling a peer checks the peer's certificate too (:class:`~hdsd.replication.PeerPool`).
+  node dialling a peer checks the peer's certificate too (:class:`~hdsd.peers.PeerPool`).
 * **Live sessions** are registered by serial while they run (:class:`LiveSessions`); when a
   revocation is applied — through this node, by a push from another node, or by the periodic
   sync — the matching sessions are cancelled at once: their requests stop, the client gets a

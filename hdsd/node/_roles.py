@@ -24,6 +24,7 @@ from ..wire import (
     HoldSet,
     Message,
     PutStart,
+    S3KeyCreate,
     SiteModeRequest,
     TenantAbandon,
     TenantConfirm,
@@ -39,7 +40,7 @@ __all__ = ["CLIENT_WRITES", "check_plan_possible", "check_role"]
 # Client requests that change data or the catalog: a backup node coordinates none of them.
 CLIENT_WRITES: frozenset[type[Message]] = frozenset({
     PutStart, DeleteRequest, TenantCreate, TenantShred, BucketCreate, HoldSet, SiteModeRequest,
-    TenantConfirm, TenantAbandon})
+    TenantConfirm, TenantAbandon, S3KeyCreate})
 
 
 def check_role(node: Node, ident: Identity, msg: Message) -> None:

@@ -38,9 +38,10 @@ from .._groups import contain
 from .._meta import __version__
 from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
 from ..cluster import HybridClock
+from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
-from ..replication import HintStore, ModeState, PeerDoubts, PeerPool, Replicator
+from ..replication import HintStore, ModeState, PeerDoubts, Replicator
 from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, authenticate_request, serve_s3
 from ..store import Store, Version
 from ..transport import (
@@ -73,6 +74,7 @@ from ._metrics import NodeMetrics, serve_metrics
 from ._objects import NodeObjects
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
+from ._s3keys import S3Keys
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -99,6 +101,10 @@ class Node(ReadPaths):
         self.tenancy = Tenancy(config.data_dir, master, self.keyring, self.clock,
                                operator_tenant=config.operator_tenant,
                                evict=self._forget_tenant, on_revoke=self._cut_revoked)
+        # The S3 gateway's credential lookup (hdsd.s3.CredentialLookup): secrets unwrapped on
+        # first use, cached per catalog entry, so a revocation applies to the next request.
+        self.s3_credentials = S3Keys(self.tenancy.catalog, master, self.clock,
+                                     tenant_usable=self._tenant_has_keys)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite")
@@ -157,6 +163,10 @@ class Node(ReadPaths):
                                  refused=self._connection_refused)
 
     # -- pieces the handlers use -----------------------------------------------------------
+    def _tenant_has_keys(self, tenant: str) -> bool:
+        entry = self.tenancy.catalog.tenant(tenant)
+        return entry is not None and entry.has_keys
+
     def codec(self, tenant: str) -> ChunkCodec:
         codec = self._codecs.get(tenant)
         if codec is None:
@@ -622,9 +632,14 @@ def _no_inbox() -> trio.MemoryReceiveChannel[Message]:
 
 
 async def _goodbye(session: WireSession, exc: HdsdError, code: str | None = None) -> None:
+    # from_exception truncates the text to what a frame may carry: a long message would
+    # otherwise make the Goodbye itself invalid, and the client hear nothing.
+    bye = Goodbye.from_exception(exc)
+    if code is not None:
+        bye = Goodbye(code=code, message=bye.message)
     with trio.move_on_after(2):
         try:
-            await session.send(Goodbye(code=code or exc.code, message=exc.message))
+            await session.send(bye)
         except HdsdError:
             pass
 

@@ -40,12 +40,12 @@ from typing import Any
 
 from .._errors import ConfigError
 from ..cluster import NODE_ROLES
+from ..replication import WRITE_POLICIES
 
 __all__ = ["ClusterSpec", "NodeSpec", "default_replicas", "load_spec", "parse_spec",
            "spec_from_flags"]
 
 _NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
-_WRITE_POLICIES = ("each-site", "majority", "local")
 _CLUSTER_KEYS = {"id", "port", "replicas_per_site", "write_policy", "on_peer_site_loss",
                  "operator_tenant", "write_timeout_s", "catalog_sync_s"}
 _NODE_KEYS = {"name", "addresses", "port", "listen", "role", "weight", "metrics"}
@@ -178,8 +178,8 @@ def parse_spec(raw: dict[str, Any], *, where: str = "spec") -> ClusterSpec:
         bad("[cluster] port", f"{default_port!r} must be a port from 1 to 65535")
         default_port = 7400
     policy = cluster.get("write_policy", "each-site")
-    if policy not in _WRITE_POLICIES:
-        bad("[cluster] write_policy", f"{policy!r} must be one of {', '.join(_WRITE_POLICIES)}")
+    if policy not in WRITE_POLICIES:
+        bad("[cluster] write_policy", f"{policy!r} must be one of {', '.join(WRITE_POLICIES)}")
     on_loss = cluster.get("on_peer_site_loss", "refuse")
     if on_loss not in ("refuse", "degrade"):
         bad("[cluster] on_peer_site_loss", f"{on_loss!r} must be refuse or degrade")

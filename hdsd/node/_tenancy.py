@@ -74,6 +74,7 @@ from ..catalog import (
     Entry,
     HoldEntry,
     RevokedEntry,
+    S3KeyEntry,
     TenantEntry,
     decide_abandon,
     decide_confirm,
@@ -81,10 +82,12 @@ from ..catalog import (
     entry_from_wire,
     pending_error,
     seed_creation,
+    unwrap_keys,
+    unwrap_secret,
     vote_abandon,
     vote_create,
+    wrap_keys,
 )
-from ..catalog._keys import unwrap_keys, wrap_keys
 from ..cluster import HybridClock
 from ..pipeline import TenantKeys
 from ..wire import CatalogPush, CatalogSync, TenantVote
@@ -158,6 +161,16 @@ class Tenancy:
                         f"the master key does not open the catalog's tenant keys (tenant "
                         f"{entry.name!r} in {path}); wrong key file, or restore "
                         "the key kept by hdsd key rotate-master") from None
+        for key in self.catalog.s3_keys():
+            if not key.is_revoked:
+                try:
+                    unwrap_secret(self._master, key.access_key_id, key.tenant, key.role,
+                                  key.wrapped)
+                except HdsdError:
+                    raise ConfigError(
+                        f"the master key does not open S3 access key {key.access_key_id}'s "
+                        f"secret in {path}; wrong key file, or restore the key kept by hdsd "
+                        "key rotate-master") from None
 
     def _import_seeds(self) -> None:
         """Keyring tenants the catalog does not know (or knows abandoned) enter it pending."""
@@ -220,10 +233,13 @@ class Tenancy:
         self.check_live(tenant)
 
     def validate(self, entries: list[Entry]) -> None:
-        """Refuse entries whose wrapped keys this node's master key cannot open."""
+        """Refuse entries whose wrapped keys (or S3 secrets) this node's master key cannot
+        open."""
         for e in entries:
             if isinstance(e, TenantEntry) and e.has_keys:
                 unwrap_keys(self._master, e.name, e.wrapped)
+            elif isinstance(e, S3KeyEntry) and not e.is_revoked:
+                unwrap_secret(self._master, e.access_key_id, e.tenant, e.role, e.wrapped)
 
     def after_apply(self, changed: list[Entry]) -> None:
         """Forget what a change made stale: shredded tenants' keys, codecs and seeds; and cut
@@ -241,6 +257,12 @@ class Tenancy:
                 # earlier creation of the name may survive it.
                 self._keys.pop(e.name, None)
                 self._evict(e.name)
+            elif isinstance(e, S3KeyEntry):
+                # Nothing to cut: S3 requests are checked one by one, and the next one meets
+                # the revoked entry (node._s3keys). Logged whichever way the news came.
+                log.info("event=s3_key_%s access_key_id=%s tenant=%s role=%s by=%s",
+                         "revoked" if e.is_revoked else "created", e.access_key_id, e.tenant,
+                         e.role, e.revoked_by if e.is_revoked else e.by)
             elif isinstance(e, RevokedEntry):
                 revoked.add(e.serial)
                 log.info("event=certificate_revoked serial=%s kind=%s tenant=%s name=%s by=%s",
@@ -253,11 +275,12 @@ class Tenancy:
         return role == "admin" and tenant == self.operator_tenant
 
     def check_admin_of(self, ident_tenant: str | None, role: str | None, tenant: str) -> None:
-        """Buckets and holds: the operator, or an admin of that very tenant."""
+        """Buckets, holds and S3 keys: the operator, or an admin of that very tenant."""
         if self.is_operator(ident_tenant, role):
             return
         if role != "admin":
-            raise PermissionDenied(f"role {role!r} may not administer buckets or holds")
+            raise PermissionDenied(f"role {role!r} may not administer buckets, holds or S3 "
+                                   "keys")
         if ident_tenant != tenant:
             raise PermissionDenied(f"an admin of tenant {ident_tenant!r} may not administer "
                                    f"tenant {tenant!r}")

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, IntegrityError, NotFound, PermissionDenied
-from ..replication import PeerLink, fetch_chunks, to_thread
+from ..peers import PeerLink, fetch_chunks, to_thread
 from ..store import ChunkRecord, Location, Store
 from ._sync import _Pace
 

@@ -30,7 +30,8 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
-from ..replication import PeerDoubts, PeerLink, to_thread
+from ..peers import PeerLink, to_thread
+from ..replication import PeerDoubts
 from ..store import Store
 from ..wire import TreeLevel
 from ._scrub import ChunkOpener, Scrubber, ScrubReport

@@ -26,12 +26,9 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
-from .._packing import packb
-from ..replication import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
+from ..peers import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, Store, Version, key_hash
-from ..wire import LeafDiff, Message, TreeLevel
-from ..wire import _constants as WC
-from ..wire._registry import encode_body
+from ..wire import LeafDiff, Message, Reply, TreeLevel, frame_size
 from ._tree import DEPTH, children_of, leaf_of
 from ._trees import PeerTrees
 
@@ -106,8 +103,8 @@ class _Metered:
     async def call(self, node: str, make: Callable[[int], Message], *,
                    timeout: float) -> dict[str, Any]:
         body = await self.peers.call(node, make, timeout=timeout)
-        sent = len(encode_body(make(0))[1]) + WC.HEADER_SIZE
-        received = len(packb({"rid": 0, "body": body})) + WC.HEADER_SIZE
+        sent = frame_size(make(0))
+        received = frame_size(Reply(0, body))
         self.report.bytes_sent += sent
         self.report.bytes_received += received
         await self.pace.spend(sent + received)

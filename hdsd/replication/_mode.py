@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write
+from ..wire import SiteModeName
 
 __all__ = ["ModeState", "SiteMode"]
 
@@ -23,7 +24,7 @@ log = logging.getLogger("hdsd.replication")
 
 @dataclass(frozen=True, slots=True)
 class SiteMode:
-    mode: str = "normal"  # "normal" | "degraded"
+    mode: SiteModeName = "normal"
     reason: str = ""
     by: str = ""
     since: float = 0.0
@@ -48,7 +49,7 @@ class ModeState:
     def degraded(self) -> bool:
         return self.current.mode == "degraded"
 
-    def set(self, mode: str, *, reason: str, by: str, automatic: bool = False) -> SiteMode:
+    def set(self, mode: SiteModeName, *, reason: str, by: str, automatic: bool = False) -> SiteMode:
         if mode == self.current.mode:
             return self.current
         self.current = SiteMode(mode, reason, by, time.time(), automatic)

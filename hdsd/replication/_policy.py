@@ -10,13 +10,17 @@ Pure functions over node names, so the rule is tested without any I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
+from typing import Literal, get_args
 
-__all__ = ["policy_met", "policy_still_possible"]
+__all__ = ["WRITE_POLICIES", "WritePolicy", "policy_met", "policy_still_possible"]
+
+WritePolicy = Literal["each-site", "majority", "local"]
+WRITE_POLICIES: tuple[WritePolicy, ...] = get_args(WritePolicy)
 
 Replicas = Mapping[str, Sequence[str]]  # site -> node names holding the key
 
 
-def policy_met(policy: str, replicas: Replicas, acked: Set[str], local_site: str) -> bool:
+def policy_met(policy: WritePolicy, replicas: Replicas, acked: Set[str], local_site: str) -> bool:
     if policy == "each-site":
         return all(any(n in acked for n in nodes) for nodes in replicas.values())
     if policy == "majority":
@@ -27,7 +31,7 @@ def policy_met(policy: str, replicas: Replicas, acked: Set[str], local_site: str
     raise ValueError(f"unknown write policy {policy!r}")
 
 
-def policy_still_possible(policy: str, replicas: Replicas, failed: Set[str],
+def policy_still_possible(policy: WritePolicy, replicas: Replicas, failed: Set[str],
                           local_site: str) -> bool:
     """False once enough replicas failed that the policy can no longer be met."""
     alive = {n for nodes in replicas.values() for n in nodes if n not in failed}

@@ -20,14 +20,13 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
+from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
 from ..store import ChunkRecord, Version
 from ..wire import FetchVersions, PeerStatusRequest
 from ._doubts import PeerDoubts
 from ._hints import HintStore
 from ._mode import ModeState
-from ._peers import PeerLink
-from ._transfer import fetch_chunks, local_chunks, push_version
-from ._types import LocalStore, Offload, Replicas
+from ._types import LocalStore, Replicas
 
 __all__ = ["HintReplay"]
 

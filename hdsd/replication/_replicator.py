@@ -41,16 +41,15 @@ import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, placement_key
+from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
 from ..wire import FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
-from ._peers import PeerLink
-from ._policy import policy_met, policy_still_possible
+from ._policy import WritePolicy, policy_met, policy_still_possible
 from ._replay import HintReplay
-from ._transfer import BATCH_BYTES
-from ._types import LocalCommit, LocalStore, Offload, Replicas, replicate_message, to_thread
+from ._types import LocalCommit, LocalStore, Replicas
 
 __all__ = ["LocalStore", "Replicator"]
 
@@ -61,7 +60,7 @@ _LAG_GRACE_S = 0.005
 
 class Replicator(HintReplay):
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
-                 peers: PeerLink, hints: HintStore, mode: ModeState, policy: str,
+                 peers: PeerLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  doubts: PeerDoubts | None = None) -> None:
@@ -110,7 +109,7 @@ class Replicator(HintReplay):
             task_status.started()
             await trio.sleep_forever()
 
-    def effective_policy(self) -> str:
+    def effective_policy(self) -> WritePolicy:
         return "local" if self.mode.degraded else self.policy
 
     def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:

@@ -1,17 +1,15 @@
-"""Shapes shared by the write path and hint replay: the local store they need, how blocking
-work is offloaded, and the replication request they send."""
+"""Shapes shared by the write path and hint replay: the local store they need and the replicas
+of a key. How blocking work is offloaded and the replication request they send live with the
+peer links (:mod:`hdsd.peers`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
-
-import trio
+from collections.abc import Sequence
+from typing import Protocol
 
 from ..store import ChunkRecord, Version
-from ..wire import Replicate
 
-__all__ = ["LocalCommit", "LocalStore", "Offload", "Replicas", "replicate_message", "to_thread"]
+__all__ = ["LocalCommit", "LocalStore", "Replicas"]
 
 Replicas = dict[str, list[str]]
 
@@ -38,16 +36,3 @@ class LocalStore(Protocol):
 
     def find_request(self, tenant: str, request_id: bytes) -> Version | None: ...
 
-
-Offload = Callable[..., Awaitable[Any]]
-
-
-async def to_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await trio.to_thread.run_sync(fn, *args)
-
-
-def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
-                      versions: Sequence[Version], *, hint: bool = False) -> Any:
-    return lambda rid: Replicate(
-        rid=rid, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
-        versions=[v.to_wire() for v in versions], hint=hint)

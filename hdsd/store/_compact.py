@@ -11,28 +11,30 @@ Crash safety: until the delete, the old copies stay valid (the index points to o
 other, both intact); the index is checkpointed (synced) before the delete, so it can never
 point into a deleted file; a crash after the ``removed-segments`` line but before the delete
 leaves a file recovery replays harmlessly (applying is idempotent).
+
+:meth:`Store.compact <hdsd.store.Store.compact>` is the entry point; it hands :func:`compact`
+the parts it works on (directory, file system, index, log writer, and how to delete a segment
+no read is using). Every file operation goes through the store's :class:`FileSystem`, so the
+fault-injecting file systems of the tests reach compaction too.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .._errors import StoreError
 from . import _format as F
-from ._index import Location
+from ._fs import FileSystem
+from ._index import Index, Location
 from ._log import Frame, scan_segment
 from ._records import ChunkRecord, decode_record, encode_record
 from ._recovery import REMOVED_NAME, _with_map, list_segments
 from ._version import Version
-from ._writer import PendingCommit
-
-if TYPE_CHECKING:
-    from ._store import Store
+from ._writer import LogWriter
 
 __all__ = ["CompactReport", "SegmentGate", "compact"]
 
@@ -89,7 +91,8 @@ class SegmentGate:
                 self._cond.notify_all()
 
 
-def _records(store: Store, number: int) -> list[tuple[ChunkRecord | Version, Location]]:
+def _records(fs: FileSystem, directory: str,
+             number: int) -> list[tuple[ChunkRecord | Version, Location]]:
     out: list[tuple[ChunkRecord | Version, Location]] = []
 
     def scan(buf: object, size: int) -> None:
@@ -98,11 +101,11 @@ def _records(store: Store, number: int) -> list[tuple[ChunkRecord | Version, Loc
                 out.append((decode_record(f.kind, f.body), Location(number, f.offset, f.size)))
         scan_segment(buf, F.SEGMENT_HEADER_SIZE, size, on_batch)  # type: ignore[arg-type]
 
-    _with_map(store._fs, os.path.join(store._dir, F.segment_name(number)), scan)
+    _with_map(fs, os.path.join(directory, F.segment_name(number)), scan)
     return out
 
 
-def _recommit(store: Store, records: list[ChunkRecord | Version]) -> int:
+def _recommit(writer: LogWriter, records: list[ChunkRecord | Version]) -> int:
     """Commit *records* again at the head, moving the index to the new copies."""
     written = 0
     batch: list[ChunkRecord | Version] = []
@@ -113,66 +116,47 @@ def _recommit(store: Store, records: list[ChunkRecord | Version]) -> int:
         if size >= _BATCH_BYTES or i == len(records) - 1:
             encoded = [encode_record(r) for r in batch]
             nbytes = sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded)
-            pending = PendingCommit(encoded, nbytes, store._writer.wakers.for_thread(),
-                                    relocate=True)
-            store._writer.submit(pending)
-            assert pending.waker.event is not None
-            pending.waker.event.wait()
-            if pending.error is not None:
-                raise pending.error
+            writer.commit_blocking(encoded, nbytes, relocate=True)
             written += nbytes
             batch, size = [], 0
-    store._writer.wait_indexed()  # the relocation is applied after the ack
+    writer.wait_indexed()  # the relocation is applied after the ack
     return written
 
 
-def compact(store: Store, dead_tenants: frozenset[str] = frozenset(), *, after_segment: int = 0,
+def compact(*, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
+            delete_segment: Callable[[int], None],
+            dead_tenants: frozenset[str] = frozenset(), after_segment: int = 0,
             min_garbage: float = 0.25) -> CompactReport:
     """Reclaim sealed segments (numbered above *after_segment*) holding garbage: always when
     it includes records of *dead_tenants*, otherwise when garbage is at least *min_garbage*
     of the segment's records (rewriting a segment for one stale copy is not worth it).
     Blocking; one at a time per store."""
-    forgotten = store._index.forget_tenants(dead_tenants) if dead_tenants else 0
-    head = store._writer.head[0]
+    forgotten = index.forget_tenants(dead_tenants) if dead_tenants else 0
+    head = writer.head[0]
     removed = freed = moved = moved_bytes = dropped = 0
-    for number in list_segments(store._fs, store._dir):
+    for number in list_segments(fs, directory):
         if number >= head:
             break
         if number <= after_segment:
             continue
-        items = _records(store, number)
+        items = _records(fs, directory, number)
         live = [r for r, loc in items
-                if r.tenant not in dead_tenants and store._index.location_of(r) == loc]
+                if r.tenant not in dead_tenants and index.location_of(r) == loc]
         shredded = any(r.tenant in dead_tenants for r, _ in items)
         if len(live) == len(items) or (
                 not shredded and len(items) - len(live) < min_garbage * len(items)):
             continue  # nothing (worth) reclaiming here
-        moved_bytes += _recommit(store, live) if live else 0
-        store._index.make_durable()
-        if store._index.references(number):
+        moved_bytes += _recommit(writer, live) if live else 0
+        index.make_durable()
+        if index.references(number):
             raise StoreError(f"compaction: the index still points into segment {number}")
-        _record_removal(store, number)
-        path = os.path.join(store._dir, F.segment_name(number))
-        size = os.path.getsize(path)
-        with store._segments.exclusive():
-            fd = store._read_fds.pop(number, None)
-            if fd is not None:
-                store._fs.close(fd)
-            store._fs.unlink(path)
-        store._fs.sync_dir(store._dir)
+        fs.append(os.path.join(directory, REMOVED_NAME), f"{number}\n".encode())
+        fs.sync_dir(directory)
+        size = os.path.getsize(os.path.join(directory, F.segment_name(number)))
+        delete_segment(number)
+        fs.sync_dir(directory)
         removed += 1
         freed += size
         moved += len(live)
         dropped += len(items) - len(live)
     return CompactReport(removed, freed, moved, moved_bytes, dropped, forgotten, head - 1)
-
-
-def _record_removal(store: Store, number: int) -> None:
-    path = os.path.join(store._dir, REMOVED_NAME)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, f"{number}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    store._fs.sync_dir(store._dir)

@@ -86,6 +86,17 @@ class FileSystem:
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
+    def append(self, path: str, data: bytes) -> None:
+        """Append *data* to *path* (created if missing) and fsync the file."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
     def sync_dir(self, path: str) -> None:
         """Make creations, renames and removals of entries in *path* durable."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -4,11 +4,13 @@ The log IS the data; the SQLite index is a cache of it that recovery can rebuild
 
 Files
     A store directory holds numbered segment files ``<16-digit number>.seg`` (1, 2, ...), the
-    index ``index.sqlite3`` (+ its WAL files), a ``LOCK`` file, and possibly forensic
-    ``<segment>.torn-<offset>`` files. A segment is created as ``<name>.seg.tmp``, preallocated
-    (``posix_fallocate``) to the segment size, given its header, fdatasync'd, renamed to its final
-    name, and the directory fsynced: a final-named segment always has a durable header. A
-    leftover ``.seg.tmp`` holds nothing durable and is removed at open.
+    index ``index.sqlite3`` (+ its WAL files), a ``LOCK`` file, ``removed-segments`` once
+    compaction deleted a segment, and possibly forensic files: ``<segment>.torn-<offset>``
+    (a torn tail cut at open) and ``<segment>.damaged-<offset>`` (a range salvage skipped).
+    A segment is created as ``<name>.seg.tmp``, preallocated (``posix_fallocate``) to the
+    segment size, given its header, fdatasync'd, renamed to its final name, and the directory
+    fsynced: a final-named segment always has a durable header. A leftover ``.seg.tmp`` holds
+    nothing durable and is removed at open.
 
 Segment header (32 bytes, ``_format.SEGMENT_HEADER``)
     magic ``HDSDLOG\\0`` | u16 format version (1) | u16 flags (0) | u32 reserved (0) |
@@ -57,7 +59,13 @@ What a crash can leave behind, and how ``recover`` handles it
       bad bytes before the end of a segment that is not the last, a bad segment header, or a log
       that ends before the index's applied position, or whose frame there fails its checksum
       (the disk lost acknowledged data): :class:`CorruptLogError` naming segment and offset.
-      Never skipped: the operator repairs the range from the other site.
+      Never skipped silently: the store refuses to open. Opened with ``salvage`` (node
+      setting ``on_corrupt_log = "repair"``: the operator's choice), a damaged range that
+      later batches follow, or bad bytes at the end of a segment that is not the last, is
+      copied to
+      ``<segment>.damaged-<offset>`` and skipped; its records are lost on this node, listed in
+      ``statistics().salvaged``, and come back from a replica (repair). A missing segment or a
+      log shorter than the index's applied position still refuses.
     Damage inside already-indexed data is not found at open (that would read every byte); reads
     verify the checksum of what they return, and ``Store.verify_log`` / ``Store.open(...,
     verify=True)`` scan all of it.

@@ -222,14 +222,8 @@ class Store:
     def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
         """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
         encoded = self._encode(records)
-        if not encoded:
-            return
-        pending = PendingCommit(encoded, _frames_size(encoded), self._writer.wakers.for_thread())
-        self._writer.submit(pending)
-        assert pending.waker.event is not None
-        pending.waker.event.wait()
-        if pending.error is not None:
-            raise pending.error
+        if encoded:
+            self._writer.commit_blocking(encoded, _frames_size(encoded))
 
     # --- reads ----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -422,8 +416,20 @@ class Store:
         thread); reads and commits go on meanwhile. See ``_compact``."""
         self._check_readable()
         with self._compacting:
-            return compact(self, dead_tenants, after_segment=after_segment,
+            return compact(directory=self._dir, fs=self._fs, index=self._index,
+                           writer=self._writer, delete_segment=self._delete_segment,
+                           dead_tenants=dead_tenants, after_segment=after_segment,
                            min_garbage=min_garbage)
+
+    def _delete_segment(self, number: int) -> None:
+        """Delete a sealed segment compaction emptied, once no read is using its file."""
+        path = os.path.join(self._dir, F.segment_name(number))
+        with self._segments.exclusive():
+            with self._read_lock:
+                fd = self._read_fds.pop(number, None)
+            if fd is not None:
+                self._fs.close(fd)
+            self._fs.unlink(path)
 
     def statistics(self) -> StoreStatistics:
         self._check_open()

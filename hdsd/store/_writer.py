@@ -181,6 +181,18 @@ class LogWriter:
             self._queue.append(commit)
             self._doorbell.ring()
 
+    def commit_blocking(self, encoded: list[EncodedRecord], nbytes: int, *,
+                        relocate: bool = False) -> None:
+        """Queue *encoded* (*nbytes* of frames) and block this thread until it is durable (or
+        raise the writer's error). With *relocate*, the index is moved to the new copies
+        (compaction). The one blocking commit path: ``Store.commit_sync`` and compaction."""
+        pending = PendingCommit(encoded, nbytes, self.wakers.for_thread(), relocate=relocate)
+        self.submit(pending)
+        assert pending.waker.event is not None
+        pending.waker.event.wait()
+        if pending.error is not None:
+            raise pending.error
+
     def wait_indexed(self) -> None:
         """Block until every acknowledged batch is in the index (reads call this first).
 

@@ -6,6 +6,7 @@ Certificates carry the peer's identity (see :mod:`hdsd.transport._certs` for the
 
 from ._certs import CLIENT_VALIDITY_DAYS as CLIENT_VALIDITY_DAYS
 from ._certs import ROLES as ROLES
+from ._certs import ClientRole as ClientRole
 from ._certs import Identity as Identity
 from ._certs import IssuedCert as IssuedCert
 from ._certs import create_ca as create_ca

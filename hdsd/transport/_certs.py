@@ -34,7 +34,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -49,6 +49,7 @@ from .._errors import AuthenticationFailed, ConfigError
 __all__ = [
     "CLIENT_VALIDITY_DAYS",
     "ROLES",
+    "ClientRole",
     "Identity",
     "IssuedCert",
     "create_ca",
@@ -61,7 +62,8 @@ __all__ = [
     "verify_issued",
 ]
 
-ROLES = ("admin", "writer", "reader", "auditor")
+ClientRole = Literal["admin", "writer", "reader", "auditor"]
+ROLES: tuple[ClientRole, ...] = get_args(ClientRole)
 
 _NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 _NAME_RE = re.compile(_NAME)
@@ -95,7 +97,7 @@ class Identity:
     name: str
     site: str | None
     tenant: str | None
-    role: str | None
+    role: ClientRole | None
     cluster_id: str
     # The certificate's serial number (0: unknown), what revocation is keyed by. Not part of
     # *who* the peer is: two certificates of one identity compare equal.

@@ -92,6 +92,7 @@ class WireSession:
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
         self._closed = False
+        self._last_rid = 0
         self.closed_reason: HdsdError | None = None
         self.their_hello: Hello | None = None
         self._held: dict[int, int] = {}  # body bytes delivered to a rid's inbox, not consumed
@@ -116,6 +117,8 @@ class WireSession:
 
     @property
     def closed(self) -> bool:
+        """True once the session failed, its reader ended or it was closed: no new request
+        may start on it (read this, never ``_closed``)."""
         return self._closed
 
     @property
@@ -199,11 +202,18 @@ class WireSession:
             self._flushed.unpark_all()
 
     def _fail(self, reason: ConnectionLost) -> None:
-        """The connection cannot send any more: wake everyone who waits on it."""
-        if self.closed_reason is None:
+        """The connection cannot send any more: drop what is queued, then close."""
+        self._outbox = bytearray()
+        self._close(reason)
+
+    def _close(self, reason: HdsdError | None = None) -> None:
+        """The one close path (a failed write, the reader's end, :meth:`aclose`): mark the
+        session closed, keep the first *reason*, and wake everyone who waits on it — senders
+        waiting for credit, room or the writer, the gates, and every inbox (closed: their
+        requests see :class:`ConnectionLost`)."""
+        if reason is not None and self.closed_reason is None:
             self.closed_reason = reason
         self._closed = True
-        self._outbox = bytearray()
         self._credit_lot.unpark_all()
         self._room.unpark_all()
         self._flushed.unpark_all()
@@ -238,6 +248,14 @@ class WireSession:
             self._ungranted[rid] = pending
 
     # -- request routing -----------------------------------------------------------------------
+    def new_rid(self) -> int:
+        """A request id for a new request of ours: the next one (mod 2³²) not in flight on
+        this connection. The one place ids are allocated (the client and the peer links)."""
+        while True:
+            self._last_rid = (self._last_rid + 1) % (1 << 32)
+            if not self.conn.in_flight(self._last_rid):
+                return self._last_rid
+
     def open_inbox(self, rid: int) -> trio.MemoryReceiveChannel[Message]:
         """Register *rid* before sending its request (or, on the node, before returning from
         ``on_request``) so that no event of it is missed."""
@@ -320,12 +338,7 @@ class WireSession:
             self.closed_reason = exc
             raise
         finally:
-            self._closed = True
-            self._credit_lot.unpark_all()
-            self._progress.unpark_all()
-            for inbox in self._inboxes.values():
-                inbox.close()
-            self._inboxes.clear()
+            self._close()
 
     def _route(self, event: Message, on_request: Callable[[Message], None] | None) -> None:
         rid = getattr(event, "rid", None)
@@ -351,10 +364,6 @@ class WireSession:
         return ConnectionLost(f"connection closed{reason}")
 
     async def aclose(self) -> None:
-        self._closed = True
-        self._progress.unpark_all()
-        self._credit_lot.unpark_all()
-        self._room.unpark_all()
-        self._flushed.unpark_all()
+        self._close()
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await self.stream.aclose()

@@ -12,6 +12,9 @@ from ._admin import CertList as CertList
 from ._admin import CertRevoke as CertRevoke
 from ._admin import HoldList as HoldList
 from ._admin import HoldSet as HoldSet
+from ._admin import S3KeyCreate as S3KeyCreate
+from ._admin import S3KeyList as S3KeyList
+from ._admin import S3KeyRevoke as S3KeyRevoke
 from ._admin import TenantAbandon as TenantAbandon
 from ._admin import TenantConfirm as TenantConfirm
 from ._admin import TenantCreate as TenantCreate
@@ -56,9 +59,11 @@ from ._peer import ListBucketsPeer as ListBucketsPeer
 from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest
 from ._peer import Replicate as Replicate
+from ._peer import SiteModeName as SiteModeName
 from ._peer import SiteModeRequest as SiteModeRequest
 from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
 from ._registry import MessageType as MessageType
+from ._registry import frame_size as frame_size
 from ._repair import MAINTENANCE_TASKS as MAINTENANCE_TASKS
 from ._repair import LeafDiff as LeafDiff
 from ._repair import MaintenanceRequest as MaintenanceRequest

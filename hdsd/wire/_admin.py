@@ -26,6 +26,9 @@ __all__ = [
     "CertRevoke",
     "HoldList",
     "HoldSet",
+    "S3KeyCreate",
+    "S3KeyList",
+    "S3KeyRevoke",
     "TenantAbandon",
     "TenantConfirm",
     "TenantCreate",
@@ -226,6 +229,56 @@ class CertList(Message):
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES)
+
+
+_ACCESS_KEY_ID_RE = re.compile(r"[A-Z0-9]{16,128}")
+_S3_ROLES = ("admin", "writer", "reader", "auditor")
+
+
+@dataclass(frozen=True, slots=True)
+class S3KeyCreate(Message):
+    """A new S3 access key for ``tenant`` acting with ``role`` (the operator, or an admin of
+    the tenant). Reply body: ``access_key_id``, ``secret_access_key`` (the only time it is
+    ever sent), ``tenant``, ``role``, ``applied_on``, ``pending``."""
+
+    rid: int
+    tenant: str
+    role: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _tenant(self.tenant)
+        if self.role not in _S3_ROLES:
+            raise InvalidRequest(f"role {self.role!r} must be one of {', '.join(_S3_ROLES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class S3KeyList(Message):
+    """S3 access keys of ``tenant`` (empty: every tenant, operator only), revoked ones
+    included; never a secret."""
+
+    rid: int
+    tenant: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class S3KeyRevoke(Message):
+    """Revoke an S3 access key on every node, for good (the operator, or an admin of its
+    tenant)."""
+
+    rid: int
+    access_key_id: str
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_str("access_key_id", self.access_key_id, max_chars=128)
+        if not _ACCESS_KEY_ID_RE.fullmatch(self.access_key_id):
+            raise InvalidRequest(f"access key id {self.access_key_id!r} must be 16 to 128 "
+                                 "characters A-Z, 0-9")
 
 
 def _check_entries(value: object) -> None:

@@ -76,7 +76,6 @@ T_CANCEL: Final = 0x23
 T_GET_START: Final = 0x30
 T_REPLY: Final = 0x31
 T_ERROR_REPLY: Final = 0x32
-PEER_TYPES: Final = range(0x80, 0x100)
 # node ↔ node replication and admin requests
 T_REPLICATE: Final = 0x80
 T_FETCH_VERSIONS: Final = 0x81
@@ -104,6 +103,10 @@ T_TENANT_ABANDON: Final = 0x41
 # 0x50-0x5F: certificate administration (client)
 T_CERT_REVOKE: Final = 0x50
 T_CERT_LIST: Final = 0x51
+# 0x60-0x6F: S3 access keys (client)
+T_S3_KEY_CREATE: Final = 0x60
+T_S3_KEY_LIST: Final = 0x61
+T_S3_KEY_REVOKE: Final = 0x62
 T_CATALOG_PUSH: Final = 0x88
 T_CATALOG_SYNC: Final = 0x89
 T_TENANT_VOTE: Final = 0x8E

@@ -1,11 +1,12 @@
-"""The typed messages of the wire protocol and the registry mapping frame type codes to them.
+"""The typed messages of the wire protocol (the registry mapping frame type codes to them is
+:mod:`._registry`).
 
 Every message is a frozen, slotted dataclass whose constructor validates every field (type,
 range, length) and raises :class:`~hdsd.InvalidRequest` naming the bad field, so a message
 that exists is well-formed — whether a caller built it or the decoder did. Its body on the
 wire is a msgpack array of its fields in declaration order.
 
-Adding a message type is one dataclass here plus one line in :data:`MESSAGE_TYPES`; its
+Adding a message type is one dataclass here plus one line in ``_registry.MESSAGE_TYPES``; its
 :class:`Kind` tells the connection state machine how it moves a request along, so the state
 tables need no change as long as the new message behaves like an existing kind.
 """
@@ -120,6 +121,8 @@ class PutStart(Message):
     key: str
     size: int | None
     metadata: dict[str, str]
+    # Reserved: checked, then ignored (the node's write policy applies to every put). Kept so
+    # the frame's field count, hence compatibility with existing clients, does not change.
     policy: str | None
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ is ``[tenant, chunk_id, payload]``, a version is the map of ``Version.to_wire()`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .._errors import InvalidRequest
 from . import _constants as C
@@ -19,6 +19,7 @@ from . import _fields as F
 from ._messages import Message
 
 __all__ = [
+    "SITE_MODES",
     "AuditShip",
     "FetchChunk",
     "FetchVersions",
@@ -26,11 +27,13 @@ __all__ = [
     "ListPeer",
     "PeerStatusRequest",
     "Replicate",
+    "SiteModeName",
     "SiteModeRequest",
 ]
 
 _MAX_LAYOUT_CHARS = 64
-SITE_MODES = ("normal", "degraded")
+SiteModeName = Literal["normal", "degraded"]
+SITE_MODES: tuple[SiteModeName, ...] = get_args(SiteModeName)
 
 
 def _check_layout(value: object) -> None:

@@ -21,6 +21,9 @@ from ._admin import (
     CertRevoke,
     HoldList,
     HoldSet,
+    S3KeyCreate,
+    S3KeyList,
+    S3KeyRevoke,
     TenantAbandon,
     TenantConfirm,
     TenantCreate,
@@ -119,6 +122,9 @@ MESSAGE_TYPES: Final = (
     _t(C.T_HOLD_LIST, HoldList, Kind.REQUEST),
     _t(C.T_CERT_REVOKE, CertRevoke, Kind.REQUEST),
     _t(C.T_CERT_LIST, CertList, Kind.REQUEST),
+    _t(C.T_S3_KEY_CREATE, S3KeyCreate, Kind.REQUEST),
+    _t(C.T_S3_KEY_LIST, S3KeyList, Kind.REQUEST),
+    _t(C.T_S3_KEY_REVOKE, S3KeyRevoke, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
     _t(C.T_CATALOG_SYNC, CatalogSync, Kind.REQUEST),
     _t(C.T_TENANT_CONFIRM, TenantConfirm, Kind.REQUEST),
@@ -145,6 +151,12 @@ def encode_body(msg: Message) -> tuple[int, bytes]:
     """``(frame type code, msgpack body)`` of *msg*."""
     t = _BY_CLASS[type(msg)]
     return t.code, packb([getattr(msg, f) for f in t.fields])
+
+
+def frame_size(msg: Message) -> int:
+    """Bytes *msg* takes on the wire as one frame, header included: the one way bytes are
+    counted by whoever reports traffic (repair rounds)."""
+    return C.HEADER_SIZE + len(encode_body(msg)[1])
 
 
 def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:

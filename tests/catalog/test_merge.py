@@ -17,6 +17,7 @@ from hdsd.catalog import (
     Entry,
     HoldEntry,
     RevokedEntry,
+    S3KeyEntry,
     TenantEntry,
     entry_from_wire,
     merge,
@@ -52,7 +53,20 @@ revocations = st.builds(
     reason=st.sampled_from(["", "laptop stolen"]), kind=st.sampled_from(["", "client", "node"]),
     tenant=st.sampled_from(["", "a"]), name=st.sampled_from(["", "pacs"]),
     role=st.sampled_from(["", "writer"]), not_after=st.integers(0, 3))
-entries = st.one_of(tenants(), buckets, holds, revocations)
+
+
+@st.composite
+def s3keys(draw: st.DrawFn) -> S3KeyEntry:
+    revoked = draw(st.sampled_from([0, 0, 7, 9]))
+    return S3KeyEntry(access_key_id=draw(st.sampled_from(["HDSDAAAAAAAAAAAAAAAA",
+                                                         "HDSDBBBBBBBBBBBBBBBB"])),
+                      tenant=draw(names), role=draw(st.sampled_from(["writer", "reader"])),
+                      wrapped=b"" if revoked else draw(blobs), created=draw(hlcs),
+                      by=draw(names), revoked=revoked,
+                      revoked_by=draw(names) if revoked else "")
+
+
+entries = st.one_of(tenants(), buckets, holds, revocations, s3keys())
 
 
 def _fold(updates: list[Entry]) -> dict[tuple[str, ...], Entry]:
@@ -88,6 +102,39 @@ def test_shredding_is_terminal_and_keeps_no_keys(updates: list[TenantEntry]) -> 
         assert merged.is_shredded == bool(shredded_inputs)
         if merged.is_shredded:
             assert merged.wrapped == b""
+
+
+@given(st.lists(s3keys(), min_size=1, max_size=8))
+def test_s3_key_revocation_is_terminal_and_keeps_no_secret(updates: list[S3KeyEntry]) -> None:
+    for ident, merged in _fold(list(updates)).items():
+        assert isinstance(merged, S3KeyEntry)
+        mine = [u for u in updates if u.ident == ident]
+        assert merged.is_revoked == any(u.is_revoked for u in mine)
+        if merged.is_revoked:
+            assert merged.wrapped == b""
+            assert merged.revoked == min(u.revoked for u in mine if u.is_revoked)
+        first = min(mine, key=lambda u: (u.created, u.by, u.tenant, u.role, u.wrapped))
+        assert (merged.tenant, merged.role, merged.created) == (first.tenant, first.role,
+                                                                first.created)
+
+
+def test_revoked_s3_secret_leaves_the_sqlite_files(tmp_path: Path) -> None:
+    secret = bytes(range(200, 256)) + bytes(range(16))
+    cat = Catalog(tmp_path / "c.sqlite")
+    key = S3KeyEntry(access_key_id="HDSDAAAAAAAAAAAAAAAA", tenant="t", role="writer",
+                     wrapped=secret, created=1, by="op")
+    try:
+        cat.apply([key])
+        assert secret in (tmp_path / "c.sqlite").read_bytes()
+        assert cat.s3_key(key.access_key_id) == key
+        cat.apply([S3KeyEntry(access_key_id=key.access_key_id, tenant="t", role="writer",
+                              wrapped=b"", created=1, by="op", revoked=5, revoked_by="op")])
+        revoked = cat.s3_key(key.access_key_id)
+        assert revoked is not None and revoked.is_revoked and revoked.wrapped == b""
+    finally:
+        cat.close()
+    for f in tmp_path.iterdir():
+        assert secret not in f.read_bytes(), f
 
 
 @given(st.lists(buckets, min_size=1, max_size=8))
@@ -135,6 +182,13 @@ def test_wire_round_trip(e: Entry) -> None:
      "quota_hlc": 0, "key_generation": 1, "shredded": 5},
     {"kind": "tenant", "name": "t", "wrapped": b"x" * 72, "created": 1, "quota_bytes": 0,
      "quota_hlc": 0, "key_generation": 1, "shredded": 0, "plan": "gold"},
+    # an S3 key: a secret although revoked; an unknown role; a lowercase id
+    {"kind": "s3key", "access_key_id": "HDSDAAAAAAAAAAAAAAAA", "tenant": "t", "role": "writer",
+     "wrapped": b"x" * 60, "created": 1, "by": "op", "revoked": 3, "revoked_by": "op"},
+    {"kind": "s3key", "access_key_id": "HDSDAAAAAAAAAAAAAAAA", "tenant": "t", "role": "root",
+     "wrapped": b"x" * 60, "created": 1, "by": "op", "revoked": 0, "revoked_by": ""},
+    {"kind": "s3key", "access_key_id": "hdsdaaaaaaaaaaaaaaaa", "tenant": "t", "role": "writer",
+     "wrapped": b"x" * 60, "created": 1, "by": "op", "revoked": 0, "revoked_by": ""},
 ])
 def test_malformed_entries_are_refused(doc: object) -> None:
     with pytest.raises(IntegrityError):

@@ -13,8 +13,7 @@ import trio.testing
 
 from hdsd import ConnectionLost, Unavailable
 from hdsd.cluster import Layout, NodeInfo
-from hdsd.replication import PeerPool
-from hdsd.replication._peers import UNREACHABLE_WARN_AFTER_S
+from hdsd.peers import UNREACHABLE_WARN_AFTER_S, PeerPool
 from hdsd.wire import StatusRequest
 
 
@@ -24,7 +23,7 @@ async def test_an_unreachable_peer_is_one_line_then_a_rate_limited_warning(
     async def refused(host: str, port: int, *args: object, **kwargs: object) -> None:
         raise ConnectionLost(f"cannot connect to {host}:{port}: Connection refused")
 
-    monkeypatch.setattr("hdsd.replication._peers.connect_tls", refused)
+    monkeypatch.setattr("hdsd.peers._link.connect_tls", refused)
     layout = Layout(sites=("a", "b"), nodes=(NodeInfo("a1", "a", "127.0.0.1", 1),
                                              NodeInfo("b1", "b", "127.0.0.1", 2)))
     pool = PeerPool(name="a1", cluster_id="c", layout=layout,

@@ -4,18 +4,33 @@ push a version to a peer and pull one from it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk
-from ._peers import PeerLink
-from ._types import LocalStore, Offload, replicate_message
+from ..wire import FetchChunk, Replicate
+from ._link import PeerLink
+from ._offload import Offload
 
-__all__ = ["BATCH_BYTES", "fetch_chunks", "local_chunks", "push_version", "push_versions"]
+__all__ = ["BATCH_BYTES", "ChunkReader", "fetch_chunks", "local_chunks", "push_version",
+           "push_versions", "replicate_message"]
 
 BATCH_BYTES = 3 << 20  # a Replicate request stays under one wire frame
 
 
-async def local_chunks(store: LocalStore, offload: Offload, version: Version) -> list[ChunkRecord]:
+class ChunkReader(Protocol):
+    """What :func:`local_chunks` needs of the local store (:class:`hdsd.store.Store` has it)."""
+
+    def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes: ...
+
+
+def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
+                      versions: Sequence[Version], *, hint: bool = False) -> Any:
+    return lambda rid: Replicate(
+        rid=rid, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
+        versions=[v.to_wire() for v in versions], hint=hint)
+
+
+async def local_chunks(store: ChunkReader, offload: Offload, version: Version) -> list[ChunkRecord]:
     """The chunk records of *version* from the local store (none for an inline version)."""
     if version.inline is not None:
         return []

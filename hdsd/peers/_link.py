@@ -63,7 +63,6 @@ class _Peer:
         self.last_error = ""
         self.down_since: float | None = None  # first failed attempt of the current outage
         self.warn_at = 0.0  # when the next "still unreachable" warning may be logged
-        self.next_rid = 0
         self.was_lost = False  # an established session broke since the last one opened
         self.serial = ""  # of the certificate the peer presented on the open link
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
@@ -105,7 +104,7 @@ class PeerPool:
 
     def reachable(self, node: str) -> bool:
         peer = self._peers[node]
-        return peer.session is not None and not peer.session._closed
+        return peer.session is not None and not peer.session.closed
 
     def describe(self, node: str) -> dict[str, Any]:
         peer = self._peers[node]
@@ -114,10 +113,10 @@ class PeerPool:
     async def _session(self, node: str) -> WireSession:
         peer = self._peers[node]
         live = peer.session
-        if live is not None and not live._closed:
+        if live is not None and not live.closed:
             return live  # the common case: no lock, no scheduler pass
         async with peer.lock:
-            if peer.session is not None and not peer.session._closed:
+            if peer.session is not None and not peer.session.closed:
                 return peer.session
             now = trio.current_time()
             if now < peer.retry_at:
@@ -215,11 +214,7 @@ class PeerPool:
                     timeout: float) -> dict[str, Any]:
         with trio.move_on_after(timeout) as scope:
             session = await self._session(node)
-            while True:
-                peer.next_rid = (peer.next_rid + 1) % (1 << 32)
-                if not session.conn.in_flight(peer.next_rid):
-                    break
-            rid = peer.next_rid
+            rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 # A frame cut in the middle would break the link for every request sharing it:
