@@ -42,7 +42,7 @@ from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, Replicator
-from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, authenticate_request, serve_s3
+from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, serve_s3
 from ..store import Store, Version
 from ..transport import (
     Identity,
@@ -339,7 +339,7 @@ class Node(ReadPaths):
         cfg = self.config
         gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
                                                      cfg.s3_multipart_expire_h * 3600),
-                          region=cfg.s3_region, authenticate=authenticate_request)
+                          region=cfg.s3_region, lookup=self.s3_credentials)
         limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
                             idle_timeout_s=min(cfg.idle_timeout_s, 60.0),
                             head_timeout_s=cfg.request_timeout_s / 2,

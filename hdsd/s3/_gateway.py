@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote
@@ -30,6 +31,8 @@ import trio
 from .._errors import ConnectionLost, HdsdError, NotFound
 from ..cluster import HybridClock
 from ..store import Version
+from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
+from ._errors import S3AuthError
 from ._http import HttpRequest
 from ._multipart import Part, Upload, Uploads
 from ._xml import S3Error, error_body, error_for, parse_xml, xml_doc
@@ -55,14 +58,6 @@ class Principal:
     name: str
     tenant: str
     role: str
-
-
-class BodyDecoder(Protocol):
-    """The request body as sent (aws-chunked, signed...) to the object's bytes."""
-
-    def feed(self, data: bytes) -> list[bytes]: ...
-
-    def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,22 +99,20 @@ class Backend(Protocol):
               bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None: ...
 
 
-Authenticator = Callable[[HttpRequest], Access]
-
-
-class _Identity:
-    """The body as sent is the object: the decoder of an unsigned, unframed payload."""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        return [data] if data else []
-
-    def finish(self) -> None:
-        return None
-
-
-def authenticate_request(req: HttpRequest) -> Access:
-    """Who sent *req* (SigV4 in headers or in the query string), and its body's decoder."""
-    raise S3Error("AccessDenied", 403, "S3 access keys are not configured on this node")
+def authenticate_request(req: HttpRequest, lookup: CredentialLookup, region: str) -> Access:
+    """Who sent *req* (Signature V4 in its headers or its query string: a presigned URL),
+    verified with the secret of its access key; and its body's decoder (aws-chunked framing,
+    chunk signatures, the signed SHA-256, Content-MD5, x-amz-checksum-*), whose ``finish``
+    must succeed before anything is committed. S3AuthError becomes the S3 error it names."""
+    try:
+        auth = authenticate(req.method, req.target, req.headers, lookup,
+                            now=datetime.now(UTC), region=region)
+        decoder = body_decoder(auth, req.headers)
+    except S3AuthError as exc:
+        raise S3Error(exc.code, exc.status, exc.message) from None
+    credential = auth.credential
+    return Access(Principal(credential.access_key_id, credential.tenant, credential.role),
+                  decoder)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -225,25 +218,15 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 class _Body:
-    """A PutObject/UploadPart body as a source for the object API: the decoder's output, the
-    MD5 (the ETag) and the Content-MD5 check done before the end is reported."""
+    """A PutObject/UploadPart body as a source for the object API: the decoder's output (the
+    object's bytes), its checks done before the end is reported — so a body whose signature,
+    SHA-256, Content-MD5 or checksum fails is never committed — and its MD5 as the ETag."""
 
     def __init__(self, req: HttpRequest, decoder: BodyDecoder) -> None:
         self.req = req
         self.decoder = decoder
-        self.md5 = hashlib.md5()
         self.pending: list[bytes] = []
-        self.size = 0
         self.done = False
-        expected = req.header("content-md5")
-        self.content_md5: bytes | None = None
-        if expected:
-            try:
-                self.content_md5 = base64.b64decode(expected, validate=True)
-            except (binascii.Error, ValueError):
-                raise S3Error("InvalidDigest", 400, "Content-MD5 is not base64") from None
-            if len(self.content_md5) != 16:
-                raise S3Error("InvalidDigest", 400, "Content-MD5 is not an MD5")
 
     def ready(self) -> bytes | None:
         return None
@@ -253,24 +236,26 @@ class _Body:
             if self.done:
                 return b""
             raw = await self.req.read()
-            if not raw:
-                self.decoder.finish()  # a payload signature or checksum that fails: no commit
-                if self.content_md5 is not None and self.content_md5 != self.md5.digest():
-                    raise S3Error("BadDigest", 400, "the Content-MD5 you specified did not "
-                                                    "match what was received; nothing stored")
-                self.done = True
-                return b""
-            self.pending = [p for p in self.decoder.feed(raw) if p]
-            for piece in self.pending:
-                self.md5.update(piece)
-                self.size += len(piece)
-        return self.pending.pop(0)
+            try:
+                if not raw:
+                    self.decoder.finish()
+                    self.done = True
+                    return b""
+                self.pending = [p if isinstance(p, bytes) else bytes(p)
+                                for p in self.decoder.feed(raw) if len(p)]
+            except S3AuthError as exc:
+                raise S3Error(exc.code, exc.status, exc.message) from None
+            self.pending.reverse()
+        return self.pending.pop()
 
     async def consumed(self, n: int) -> None:
         return None
 
+    def md5_hex(self) -> str:
+        return base64.b64decode(self.decoder.checksums["md5"]).hex()
+
     def trailer(self) -> dict[str, str]:
-        return {_ETAG: self.md5.hexdigest()}
+        return {_ETAG: self.md5_hex()}
 
 
 class _Pieces:
@@ -299,11 +284,11 @@ class _Pieces:
 # -- the gateway -------------------------------------------------------------------------------
 class Gateway:
     def __init__(self, backend: Backend, uploads: Uploads, *, region: str,
-                 authenticate: Authenticator) -> None:
+                 lookup: CredentialLookup) -> None:
         self.backend = backend
         self.uploads = uploads
         self.region = region
-        self.authenticate_request = authenticate
+        self.lookup = lookup
 
     async def handle(self, req: HttpRequest) -> None:
         req.request_id = secrets.token_hex(8).upper()
@@ -316,7 +301,7 @@ class Gateway:
         version = ""
         try:
             self.backend.check_serving()
-            access = self.authenticate_request(req)
+            access = authenticate_request(req, self.lookup, self.region)
             principal = access.principal
             op, call = self._route(req.method, bucket, key, query, req)
             version = await call(req, access, bucket, key, query) or ""

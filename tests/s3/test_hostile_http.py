@@ -11,7 +11,7 @@ import trio
 from botocore.exceptions import ClientError
 
 from hdsd.s3 import Endpoint, HttpLimits
-from tests.s3._inproc import s3_client, two_sites
+from tests.s3._inproc import s3_client, signed_head, two_sites
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,9 @@ async def _exchange(endpoint: Endpoint, data: bytes, *, wait: float = 10.0) -> b
 async def _still_serving(endpoint: Endpoint, key: str) -> None:
     s3 = s3_client(endpoint)
     await trio.to_thread.run_sync(lambda: s3.put_object(Bucket="h", Key=key, Body=b"fine"))
-    got = await trio.to_thread.run_sync(lambda: s3.get_object(Bucket="h", Key=key))
-    assert got["Body"].read() == b"fine"
+    got = await trio.to_thread.run_sync(
+        lambda: s3.get_object(Bucket="h", Key=key)["Body"].read())
+    assert got == b"fine"
 
 
 async def _absent(endpoint: Endpoint, key: str) -> None:
@@ -56,10 +57,10 @@ async def test_hostile_requests_are_refused_and_the_node_keeps_serving(tmp_path:
             await _still_serving(ep, "before")
 
             # Smuggling: both framings at once. Refused, connection closed, nothing stored.
-            answer = await _exchange(ep, (
-                b"PUT /h/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /h/before HTTP/1.1\r\n"
-                b"Host: x\r\n\r\n"))
+            head = signed_head("PUT", ep, "/h/smuggled", {"Content-Length": "4",
+                                                           "Transfer-Encoding": "chunked"})
+            answer = await _exchange(ep, head + b"0\r\n\r\n" +
+                                     signed_head("GET", ep, "/h/before"))
             assert answer.startswith(b"HTTP/1.1 400 ")
             assert b"<Code>BadRequest</Code>" in answer
             assert answer.count(b"HTTP/1.1") == 1  # the smuggled GET was never served
@@ -67,16 +68,14 @@ async def test_hostile_requests_are_refused_and_the_node_keeps_serving(tmp_path:
 
             # Bad chunk framing (a chunk size that is not hex): the connection ends, nothing
             # stored.
-            answer = await _exchange(ep, (
-                b"PUT /h/badchunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"))
+            head = signed_head("PUT", ep, "/h/badchunk", {"Transfer-Encoding": "chunked"})
+            answer = await _exchange(ep, head + b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n")
             assert b" 200 " not in answer
             await _absent(ep, "badchunk")
 
             # A chunk that says 5 bytes and carries 7 (h11 >= 0.16 refuses it).
-            answer = await _exchange(ep, (
-                b"PUT /h/overlong HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5\r\nhello!!\r\n0\r\n\r\n"))
+            head = signed_head("PUT", ep, "/h/overlong", {"Transfer-Encoding": "chunked"})
+            answer = await _exchange(ep, head + b"5\r\nhello!!\r\n0\r\n\r\n")
             assert b" 200 " not in answer
             await _absent(ep, "overlong")
 
@@ -102,8 +101,9 @@ async def test_hostile_requests_are_refused_and_the_node_keeps_serving(tmp_path:
 
             # Gone mid-upload: 3 MiB of a declared 10 MiB, then the connection drops.
             stream = await trio.open_tcp_stream(ep.host, ep.port)
-            await stream.send_all(b"PUT /h/partial HTTP/1.1\r\nHost: x\r\n"
-                                  b"Content-Length: 10485760\r\n\r\n")
+            await stream.send_all(signed_head("PUT", ep, "/h/partial",
+                                              {"Content-Length": "10485760"},
+                                              b"x" * 10485760))
             for _ in range(3):
                 await stream.send_all(b"x" * (1 << 20))
             await stream.aclose()
@@ -111,8 +111,10 @@ async def test_hostile_requests_are_refused_and_the_node_keeps_serving(tmp_path:
             await _absent(ep, "partial")
 
             # A stalled body (declared, never sent in full) times out; nothing stored.
-            answer = await _exchange(ep, b"PUT /h/stalled HTTP/1.1\r\nHost: x\r\n"
-                                         b"Content-Length: 100\r\n\r\nonly this", wait=10)
+            answer = await _exchange(ep, signed_head("PUT", ep, "/h/stalled",
+                                                     {"Content-Length": "100"}, b"y" * 100)
+                                     + b"only this",
+                                     wait=10)
             await _absent(ep, "stalled")
 
             # Not HTTP at all.
@@ -129,8 +131,8 @@ async def test_expect_100_continue_is_sent_only_once_the_request_is_accepted(
             ep = sites["dc1"].endpoint
             stream = await trio.open_tcp_stream(ep.host, ep.port)
             try:
-                await stream.send_all(b"PUT /h/continued HTTP/1.1\r\nHost: x\r\n"
-                                      b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+                await stream.send_all(signed_head("PUT", ep, "/h/continued", {
+                    "Content-Length": "5", "Expect": "100-continue"}, b"hello"))
                 first = await stream.receive_some(65536)
                 assert first.startswith(b"HTTP/1.1 100 ")
                 await stream.send_all(b"hello")
@@ -140,8 +142,8 @@ async def test_expect_100_continue_is_sent_only_once_the_request_is_accepted(
                 assert rest.startswith(b"HTTP/1.1 200 ")
                 # Keep-alive: a second request on the same connection; a bucket name hdsd
                 # refuses is answered without 100 Continue, and the body never read.
-                await stream.send_all(b"PUT /Bad_Bucket/k HTTP/1.1\r\nHost: x\r\n"
-                                      b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+                await stream.send_all(signed_head("PUT", ep, "/Bad_Bucket/k", {
+                    "Content-Length": "5", "Expect": "100-continue"}, b"hello"))
                 answer = b""
                 with trio.move_on_after(5):
                     while chunk := await stream.receive_some(65536):
@@ -151,7 +153,20 @@ async def test_expect_100_continue_is_sent_only_once_the_request_is_accepted(
                 assert b"Connection: close" in answer
             finally:
                 await stream.aclose()
+            # An unsigned upload with Expect: its body is refused before it is sent.
+            stream = await trio.open_tcp_stream(ep.host, ep.port)
+            try:
+                await stream.send_all(b"PUT /h/anonymous HTTP/1.1\r\nHost: x\r\n"
+                                      b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+                answer = b""
+                with trio.move_on_after(5):
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+                assert answer.startswith(b"HTTP/1.1 403 ")
+                assert b"<Code>AccessDenied</Code>" in answer
+            finally:
+                await stream.aclose()
             s3 = s3_client(ep)
-            got = await trio.to_thread.run_sync(lambda: s3.get_object(Bucket="h",
-                                                                      Key="continued"))
-            assert got["Body"].read() == b"hello"
+            got = await trio.to_thread.run_sync(
+                lambda: s3.get_object(Bucket="h", Key="continued")["Body"].read())
+            assert got == b"hello"
