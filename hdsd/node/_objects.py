@@ -436,3 +436,22 @@ class NodeObjects:
             role=principal.role if principal else "", tenant=principal.tenant if principal
             else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
             bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
+
+    def retention_days(self, tenant: str, bucket: str) -> int:
+        entry = self.node.tenancy.catalog.bucket(tenant, bucket)
+        return entry.retention_days if entry is not None else 0
+
+    async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None:
+        """Extend the bucket's retention (never shortened: RetentionLocked), replicated."""
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, days))
+
+    def held(self, tenant: str, bucket: str, key: str) -> bool:
+        hold = self.node.tenancy.catalog.hold(tenant, bucket, key)
+        return hold is not None and hold.held
+
+    async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None:
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.set_hold(tenant, bucket, key, held, by))

@@ -98,6 +98,14 @@ class Backend(Protocol):
     def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
               bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None: ...
 
+    def retention_days(self, tenant: str, bucket: str) -> int: ...
+
+    async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None: ...
+
+    def held(self, tenant: str, bucket: str, key: str) -> bool: ...
+
+    async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None: ...
+
 
 def authenticate_request(req: HttpRequest, lookup: CredentialLookup, region: str) -> Access:
     """Who sent *req* (Signature V4 in its headers or its query string: a presigned URL),
@@ -122,6 +130,16 @@ def _http_date(ms: int) -> str:
 
 def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _iso_ms(text: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise S3Error("MalformedXML", 400, f"not an ISO 8601 date: {text!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
 
 
 def _modified_ms(hlc: int) -> int:
@@ -348,8 +366,7 @@ class Gateway:
                        "website", "replication", "logging", "notification", "accelerate",
                        "requestPayment", "ownershipControls", "publicAccessBlock",
                        "analytics", "metrics", "inventory", "intelligent-tiering", "torrent",
-                       "restore", "select", "attributes", "retention", "legal-hold",
-                       "object-lock"}
+                       "restore", "select", "attributes"}
         sub = sorted(set(query) & unsupported)
         if not key:
             if method == "GET" and "location" in query:
@@ -364,6 +381,9 @@ class Gateway:
                 return "ListObjectVersions", self.list_versions
             if method == "POST" and "delete" in query:
                 return "DeleteObjects", self.delete_objects
+            if "object-lock" in query and method in ("GET", "PUT"):
+                return (f"{method.title()}ObjectLockConfiguration",
+                        self.get_lock if method == "GET" else self.put_lock)
             if sub:
                 return f"Bucket?{sub[0]}", self._not_implemented
             if method == "GET":
@@ -379,6 +399,11 @@ class Gateway:
             raise S3Error("MethodNotAllowed", 405, f"{method} is not allowed on a bucket")
         if sub:
             return f"Object?{sub[0]}", self._not_implemented
+        for name, (get, put) in (("retention", (self.get_retention, self.put_retention)),
+                                 ("legal-hold", (self.get_legal_hold, self.put_legal_hold))):
+            if name in query and method in ("GET", "PUT"):
+                op = "ObjectRetention" if name == "retention" else "ObjectLegalHold"
+                return f"{method.title()}{op}", get if method == "GET" else put
         if method == "PUT":
             if "uploadId" in query:
                 if req.has_header("x-amz-copy-source"):
@@ -447,8 +472,8 @@ class Gateway:
                             query: dict[str, str]) -> None:
         tenant = self._auth(access, "put")
         await self._read_small(req, access)  # an optional LocationConstraint: any is ours
-        if req.header("x-amz-bucket-object-lock-enabled").lower() == "true":
-            raise S3Error("NotImplemented", 501, "Object Lock is not implemented yet")
+        # x-amz-bucket-object-lock-enabled needs nothing more: every hdsd bucket keeps every
+        # version and can be given a COMPLIANCE retention (PutObjectLockConfiguration).
         if not await self.backend.create_bucket(tenant, bucket):
             raise S3Error("BucketAlreadyOwnedByYou", 409, f"bucket {bucket} already exists")
         await req.respond(200, [("Location", f"/{bucket}")])
@@ -966,3 +991,103 @@ class Gateway:
 
     def upload_of(self, tenant: str, upload_id: str) -> Upload:
         return self.uploads.get(tenant, upload_id)
+
+    # -- object lock: retention and legal holds ------------------------------------------------
+    # hdsd's retention is the bucket's (days from each version's creation, COMPLIANCE: no role
+    # may shorten it or delete/overwrite within it); its legal holds are per key. S3's Object
+    # Lock maps onto them: the bucket's default COMPLIANCE retention *is* the bucket retention,
+    # an object's retention is what the bucket's guarantees for that version, and a legal hold
+    # is the key's hold.
+    async def get_lock(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                       query: dict[str, str]) -> None:
+        tenant = self._auth(access, "list")
+        await self._bucket_must_exist(tenant, bucket)
+        days = self.backend.retention_days(tenant, bucket)
+        items: list[tuple[str, Any]] = [("ObjectLockEnabled", "Enabled")]
+        if days:
+            items.append(("Rule", [("DefaultRetention", [("Mode", "COMPLIANCE"),
+                                                         ("Days", days)])]))
+        await self._xml(req, 200, xml_doc("ObjectLockConfiguration", items))
+
+    async def put_lock(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                       query: dict[str, str]) -> None:
+        tenant = self._auth(access, "admin")  # a bucket's retention is an admin's decision
+        await self._bucket_must_exist(tenant, bucket)
+        doc = parse_xml(await self._read_small(req, access))
+        if (doc.findtext("ObjectLockEnabled") or "Enabled") != "Enabled":
+            raise S3Error("MalformedXML", 400, "ObjectLockEnabled can only be Enabled")
+        rule = doc.find("Rule/DefaultRetention")
+        if rule is not None:
+            mode = rule.findtext("Mode") or ""
+            if mode != "COMPLIANCE":
+                raise S3Error("NotImplemented", 501, f"retention mode {mode!r}: hdsd keeps "
+                              "COMPLIANCE only (no role may shorten it or bypass it)")
+            try:
+                days = int(rule.findtext("Days") or 0) or 365 * int(rule.findtext("Years") or 0)
+            except ValueError:
+                raise S3Error("MalformedXML", 400, "Days/Years must be integers") from None
+            if days <= 0:
+                raise S3Error("InvalidArgument", 400, "a default retention needs Days or Years")
+            await self.backend.set_retention_days(tenant, bucket, days)
+        await req.respond(200, [])
+
+    def _retained_until_ms(self, tenant: str, version: Version) -> int:
+        days = self.backend.retention_days(tenant, version.bucket)
+        return _modified_ms(version.hlc) + days * 86_400_000 if days else 0
+
+    async def get_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                            query: dict[str, str]) -> str:
+        tenant = self._auth(access, "stat")
+        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
+        until = self._retained_until_ms(tenant, version)
+        if not until:
+            raise S3Error("NoSuchObjectLockConfiguration", 404, f"bucket {bucket} has no "
+                          "retention")
+        await self._xml(req, 200, xml_doc("Retention", [("Mode", "COMPLIANCE"),
+                                                        ("RetainUntilDate", _iso(until))]))
+        return version.version_id
+
+    async def put_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                            query: dict[str, str]) -> str:
+        tenant = self._auth(access, "put")
+        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
+        doc = parse_xml(await self._read_small(req, access))
+        mode = doc.findtext("Mode") or ""
+        if mode != "COMPLIANCE":
+            raise S3Error("NotImplemented", 501, f"retention mode {mode!r}: hdsd keeps "
+                          "COMPLIANCE only")
+        wanted = _iso_ms(doc.findtext("RetainUntilDate") or "")
+        until = self._retained_until_ms(tenant, version)
+        if wanted > until:
+            days = self.backend.retention_days(tenant, bucket)
+            need = -(-(wanted - _modified_ms(version.hlc)) // 86_400_000)
+            raise S3Error("InvalidRequest", 400, (
+                f"{bucket}/{key} is retained until {_iso(until) if until else 'never'} by the "
+                f"bucket's COMPLIANCE retention ({days} days from each version's creation); "
+                f"hdsd retains per bucket, not per object: an admin sets the bucket's default "
+                f"retention (PutObjectLockConfiguration) to at least {need} days"))
+        await req.respond(200, [])
+        return version.version_id
+
+    async def get_legal_hold(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                             query: dict[str, str]) -> str:
+        tenant = self._auth(access, "stat")
+        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
+        status = "ON" if self.backend.held(tenant, bucket, key) else "OFF"
+        await self._xml(req, 200, xml_doc("LegalHold", [("Status", status)]))
+        return version.version_id
+
+    async def put_legal_hold(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                             query: dict[str, str]) -> str:
+        tenant = self._auth(access, "put")
+        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
+        doc = parse_xml(await self._read_small(req, access))
+        status = doc.findtext("Status") or ""
+        if status not in ("ON", "OFF"):
+            raise S3Error("MalformedXML", 400, "Status must be ON or OFF")
+        if status == "OFF":
+            self.backend.authorize(access.principal.role, "admin")  # lifting one: an admin's
+        await self.backend.set_hold(tenant, bucket, key, status == "ON",
+                                    f"s3:{access.principal.name}")
+        await req.respond(200, [])
+        return version.version_id

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 
 import h11
 import trio
@@ -103,7 +104,8 @@ class HttpRequest:
                 raise ConnectionLost("client closed the connection during the upload")
             assert event is h11.NEED_DATA, event
             if self._conn.they_are_waiting_for_100_continue:
-                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                await self._send(h11.InformationalResponse(status_code=100, headers=[],
+                                                           reason=b"Continue"))
             await self._receive(min(trio.current_time() + self._limits.body_timeout_s,
                                     self._deadline), "upload")
 
@@ -139,7 +141,9 @@ class HttpRequest:
         if not self.body_done:
             # The unread body (if any) cannot be skipped safely: this connection ends here.
             base.append(("Connection", "close"))
-        await self._send(h11.Response(status_code=status, headers=[
+        # A reason phrase always: botocore's Expect: 100-continue handling reads a final
+        # answer's status line as three words, and takes "HTTP/1.1 403" for garbage.
+        await self._send(h11.Response(status_code=status, reason=_reason(status), headers=[
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in base + headers]))
 
     async def write(self, data: bytes | memoryview) -> None:
@@ -163,6 +167,13 @@ class HttpRequest:
                     raise ConnectionLost(f"connection lost while answering: {exc}") from None
                 return
             raise RequestTimeout(f"client read nothing for {self._limits.send_timeout_s:g} s")
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
 
 
 Handler = Callable[[HttpRequest], Awaitable[None]]
