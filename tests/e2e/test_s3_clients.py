@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from hdsd.audit import read_records
-from tests.helpers.cluster import Cluster, enable_plain_http, hdsd, s3_url
+from tests.helpers.cluster import Cluster, NodeProcess, enable_plain_http, hdsd, s3_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,6 +40,7 @@ class S3Cluster:
     ca: Path
     https: dict[str, str]  # site -> URL
     http: dict[str, str]
+    nodes: dict[str, NodeProcess]
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "AWS_ACCESS_KEY_ID": self.key_id,
@@ -69,7 +71,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Cluster]:
         https = {site: s3_url(root / f"{site}-n1" / "node.toml") for site in ("dc1", "dc2")}
         assert sorted(key["endpoints"]) == ["dc1", "dc2"]
         yield S3Cluster(root, key["access_key_id"], key["secret_access_key"],
-                        Path(key["ca_bundle"]), https, http)
+                        Path(key["ca_bundle"]), https, http, cluster.nodes)
     finally:
         for node in cluster.nodes.values():
             if node.alive:
@@ -269,3 +271,66 @@ def test_s3cmd_and_minio_sdk(s3: S3Cluster, tmp_path: Path) -> None:
         assert [o.object_name for o in client.list_objects(bucket, prefix="k/",
                                                            recursive=True)] == ["k/1"]
         client.remove_object(bucket, "k/1")
+
+
+class _Generated(io.RawIOBase):
+    """*size* deterministic, incompressible bytes made on demand (never whole in memory),
+    seekable so that botocore may rewind it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pos = 0
+        self.block = hashlib.shake_256(b"s3-memory").digest(1 << 20)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self.pos, 1 << 20)
+        start = self.pos % (1 << 20)
+        piece = (self.block[start:] + self.block[:start])[:n]
+        buffer[:n] = piece
+        self.pos += n
+        return n
+
+
+def _vm_hwm_kib(node: NodeProcess) -> int:
+    assert node.proc is not None
+    for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_object_streams_through_the_gateway_with_bounded_node_memory(
+        s3: S3Cluster) -> None:
+    """One PutObject and one GetObject of an object larger than the bound (384 MiB; set
+    HDSD_S3_MEMORY_MIB=5120 for the 5 GiB of the issue): the node stays under 256 MiB RSS."""
+    size = int(os.environ.get("HDSD_S3_MEMORY_MIB", "384")) << 20
+    client = s3.boto3(s3.https["dc1"])
+    client.create_bucket(Bucket="memory")
+    client.put_object(Bucket="memory", Key="big", Body=_Generated(size), ContentLength=size)
+    expected = hashlib.sha256()
+    source = _Generated(size)
+    while piece := source.read(1 << 20):
+        expected.update(piece)
+    got = hashlib.sha256()
+    body = client.get_object(Bucket="memory", Key="big")["Body"]
+    received = 0
+    while piece := body.read(1 << 20):
+        got.update(piece)
+        received += len(piece)
+    assert received == size and got.hexdigest() == expected.hexdigest()
+    peak = _vm_hwm_kib(s3.nodes["dc1-n1"])
+    print(f"node peak RSS {peak} KiB for a {size >> 20} MiB object")
+    assert peak < 256 << 10
