@@ -417,7 +417,7 @@ class Gateway:
         if method == "PUT":
             if "uploadId" in query:
                 if req.has_header("x-amz-copy-source"):
-                    return "UploadPartCopy", self._not_implemented
+                    return "UploadPartCopy", self.upload_part_copy
                 return "UploadPart", self.upload_part
             if req.has_header("x-amz-copy-source"):
                 return "CopyObject", self.copy_object
@@ -814,25 +814,13 @@ class Gateway:
         tenant = self._auth(access, "put")
         self.backend.authorize(access.principal.role, "get")
         await self._read_small(req, access)
-        source = unquote(req.header("x-amz-copy-source"))
-        source_path, _, source_query = source.partition("?")
-        src_bucket, _, src_key = source_path.lstrip("/").partition("/")
-        if not src_bucket or not src_key:
-            raise S3Error("InvalidArgument", 400, "x-amz-copy-source must be bucket/key")
-        src_version = dict(parse_qsl(source_query)).get("versionId")
-        src = await self.backend.resolve(tenant, src_bucket, src_key, src_version)
-        etag = _etag_of(src.metadata, src.content_hash)
-        if req.has_header("x-amz-copy-source-if-match") and \
-                not _etag_matches(req.header("x-amz-copy-source-if-match"), etag):
-            raise S3Error("PreconditionFailed", 412, "x-amz-copy-source-if-match did not match")
-        if req.has_header("x-amz-copy-source-if-none-match") and \
-                _etag_matches(req.header("x-amz-copy-source-if-none-match"), etag):
-            raise S3Error("PreconditionFailed", 412, "x-amz-copy-source-if-none-match matched")
+        src, _ = await self._copy_source(req, tenant)
+        copy_version = "versionId=" in req.header("x-amz-copy-source")
         directive = req.header("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", 400, "x-amz-metadata-directive: COPY or REPLACE")
         if directive == "COPY":
-            if (src_bucket, src_key) == (bucket, key) and src_version is None:
+            if (src.bucket, src.key) == (bucket, key) and not copy_version:
                 raise S3Error("InvalidRequest", 400, "copying an object onto itself needs "
                                                      "x-amz-metadata-directive: REPLACE")
             metadata = {k: v for k, v in src.metadata.items() if k != _ETAG}
@@ -902,6 +890,71 @@ class Gateway:
 
         part = await self.uploads.write_part(upload, number, body.read, check)
         await req.respond(200, [("ETag", f'"{part.md5}"')])
+
+    async def _copy_source(self, req: HttpRequest, tenant: str) -> tuple[Version, str]:
+        """The version ``x-amz-copy-source`` names (``bucket/key[?versionId=...]``), checked
+        against the ``x-amz-copy-source-if-*`` conditions; and its ETag."""
+        source = unquote(req.header("x-amz-copy-source"))
+        source_path, _, source_query = source.partition("?")
+        src_bucket, _, src_key = source_path.lstrip("/").partition("/")
+        if not src_bucket or not src_key:
+            raise S3Error("InvalidArgument", 400, "x-amz-copy-source must be bucket/key")
+        src_version = dict(parse_qsl(source_query)).get("versionId")
+        src = await self.backend.resolve(tenant, src_bucket, src_key, src_version)
+        etag = _etag_of(src.metadata, src.content_hash)
+        if req.has_header("x-amz-copy-source-if-match") and \
+                not _etag_matches(req.header("x-amz-copy-source-if-match"), etag):
+            raise S3Error("PreconditionFailed", 412, "x-amz-copy-source-if-match did not match")
+        if req.has_header("x-amz-copy-source-if-none-match") and \
+                _etag_matches(req.header("x-amz-copy-source-if-none-match"), etag):
+            raise S3Error("PreconditionFailed", 412, "x-amz-copy-source-if-none-match matched")
+        return src, etag
+
+    async def upload_part_copy(self, req: HttpRequest, access: Access, bucket: str, key: str,
+                               query: dict[str, str]) -> None:
+        tenant = self._auth(access, "put")
+        self.backend.authorize(access.principal.role, "get")
+        number = _int_param(query, "partNumber", 0, 1, _MAX_PARTS)
+        upload = self.uploads.get(tenant, query["uploadId"], bucket, key)
+        await self._read_small(req, access)
+        src, _ = await self._copy_source(req, tenant)
+        lo, hi = 0, src.size
+        if req.has_header("x-amz-copy-source-range"):
+            wanted = _parse_range(req.header("x-amz-copy-source-range"), src.size)
+            if wanted is None:
+                raise S3Error("InvalidArgument", 400, "x-amz-copy-source-range must be "
+                                                      "bytes=first-last")
+            lo, hi = wanted
+        if hi - lo > 5 << 30:
+            raise S3Error("EntityTooLarge", 400, "a part is at most 5 GiB")
+        send, receive = trio.open_memory_channel[bytes](2)
+
+        async def produce() -> None:
+            async with send:
+                async def sink(piece: memoryview) -> bool:
+                    await send.send(bytes(piece))
+                    return True
+                await self.backend.stream(tenant, src, lo, hi, sink)
+
+        async def read() -> bytes:
+            try:
+                return await receive.receive()
+            except trio.EndOfChannel:
+                return b""
+
+        parts: list[Part] = []
+
+        async def store() -> None:
+            async with receive:
+                parts.append(await self.uploads.write_part(upload, number, read,
+                                                           lambda size, digest: None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            nursery.start_soon(store)
+        part = parts[0]
+        await self._xml(req, 200, xml_doc("CopyPartResult", [
+            ("LastModified", _iso(int(part.modified * 1000))), ("ETag", f'"{part.md5}"')]))
 
     async def list_parts(self, req: HttpRequest, access: Access, bucket: str, key: str,
                          query: dict[str, str]) -> None:

@@ -174,6 +174,20 @@ async def test_multipart_out_of_order_etag_list_abort(tmp_path: Path) -> None:
             with pytest.raises(ClientError) as info:
                 await run(s3.list_parts, Bucket="mp", Key="gone", UploadId=up2["UploadId"])
             assert info.value.response["Error"]["Code"] == "NoSuchUpload"
+            # UploadPartCopy: parts copied from an object (a range, then the rest).
+            whole = b"".join(parts)
+            up4 = await run(s3.create_multipart_upload, Bucket="mp", Key="copied")
+            copied = []
+            for n, rng in ((1, f"bytes=0-{(5 << 20) - 1}"), (2, f"bytes={5 << 20}-")):
+                r = await run(s3.upload_part_copy, Bucket="mp", Key="copied",
+                              UploadId=up4["UploadId"], PartNumber=n,
+                              CopySource={"Bucket": "mp", "Key": "big"}, CopySourceRange=rng)
+                copied.append(r["CopyPartResult"]["ETag"])
+            await run(s3.complete_multipart_upload, Bucket="mp", Key="copied",
+                      UploadId=up4["UploadId"], MultipartUpload={"Parts": [
+                          {"PartNumber": n + 1, "ETag": t} for n, t in enumerate(copied)]})
+            got = await run(lambda: s3.get_object(Bucket="mp", Key="copied")["Body"].read())
+            assert got == whole
             # Too small a part before the last: refused, nothing stored.
             up3 = await run(s3.create_multipart_upload, Bucket="mp", Key="small")
             tags = [(await run(s3.upload_part, Bucket="mp", Key="small",
