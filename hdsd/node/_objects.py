@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -355,6 +356,9 @@ class NodeObjects:
         if node.audit.failed is not None:
             raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); no "
                               "request is served untraced")
+
+    def in_flight(self) -> AbstractContextManager[None]:
+        return self.node.counted_request()
 
     def _refuse_on_backup(self) -> None:
         node = self.node

@@ -247,6 +247,20 @@ class Node(ReadPaths):
             del self._requests_in_flight[slot]
             done.set()
 
+    @contextmanager
+    def counted_request(self) -> Iterator[None]:
+        """A request in flight (an S3 one: native ones are counted by their connection): a
+        graceful stop waits for it (up to ``shutdown_grace_s``) before closing anything."""
+        self._active_requests += 1
+        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        try:
+            yield
+        finally:
+            self._active_requests -= 1
+            if self._active_requests == 0:
+                self._idle.set()
+            self._request_ended.unpark_all()
+
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
         backlog = self.replicator.backlog()

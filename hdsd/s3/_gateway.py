@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -73,6 +74,8 @@ class Backend(Protocol):
     def authorize(self, role: str, op: str) -> None: ...
 
     def check_serving(self) -> None: ...
+
+    def in_flight(self) -> AbstractContextManager[None]: ...
 
     async def put(self, tenant: str, bucket: str, key: str, source: Any, *, size: int | None,
                   metadata: Mapping[str, str]) -> Version: ...
@@ -332,7 +335,8 @@ class Gateway:
             access = authenticate_request(req, self.lookup, self.region)
             principal = access.principal
             op, call = self._route(req.method, bucket, key, query, req)
-            version = await call(req, access, bucket, key, query) or ""
+            with self.backend.in_flight():  # a graceful stop waits for it
+                version = await call(req, access, bucket, key, query) or ""
         except S3Error as failure:
             outcome = failure.s3_code
             await self._error(req, failure, path)
