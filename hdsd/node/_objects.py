@@ -20,9 +20,11 @@ fsync).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -41,8 +43,21 @@ from ._reads import decode_version_cursor
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["BodySource", "NodeObjects", "byte_range", "delete_object", "list_buckets",
-           "list_objects", "object_versions", "put_object", "resolve", "stream_object"]
+__all__ = [
+    "BodySource",
+    "NodeObjects",
+    "StoredPart",
+    "byte_range",
+    "compose_object",
+    "delete_object",
+    "list_buckets",
+    "list_objects",
+    "object_versions",
+    "put_object",
+    "resolve",
+    "store_part",
+    "stream_object",
+]
 
 _CHUNKS_IN_FLIGHT = 4
 
@@ -227,6 +242,153 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     return version
 
 
+# -- multipart: parts stored as chunks, composed into one version -------------------------------
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """A part's chunks, sealed and durable under the write policy on the replicas of the key
+    its upload completes into; ``lagging``: replicas that had not confirmed them (hinted with
+    the composed version). Nothing of it is visible until :func:`compose_object`."""
+
+    chunks: tuple[bytes, ...]
+    size: int
+    chunk_size: int
+    lagging: tuple[str, ...]
+
+
+async def store_part(node: Node, tenant: str, bucket: str, key: str,
+                     source: BodySource) -> StoredPart:
+    """Cut *source* into chunks and write them as a put would (bounded, backpressured, each
+    chunk acknowledged once the policy holds for it); the version comes at composition. A
+    hold or retention that would refuse the final put refuses the part already."""
+    check_bucket(bucket)
+    check_key(key)
+    await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=False)
+    codec = node.codec(tenant)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    chunker = Chunker(node.config.chunk_size)
+    ids: list[bytes] = []
+    lagging: set[str] = set()
+    received = 0
+    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def store_chunk(slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(codec, piece)
+            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
+            lagging.update(await node.replicator.write(replicas, [record], []))
+            ids[slot] = sealed.chunk_id
+            await source.consumed(len(piece))
+        finally:
+            limiter.release()
+
+    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
+        await limiter.acquire()
+        ids.append(b"")
+        nursery.start_soon(store_chunk, len(ids) - 1, piece)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            while piece := await source.read():
+                received += len(piece)
+                for chunk in chunker.feed(piece):
+                    await start_chunk(nursery, chunk)
+            tail = chunker.finish()
+            if tail:
+                await start_chunk(nursery, tail)
+    return StoredPart(tuple(ids), received, node.config.chunk_size, tuple(sorted(lagging)))
+
+
+async def compose_object(node: Node, tenant: str, bucket: str, key: str,
+                         parts: list[StoredPart], *, metadata: Mapping[str, str],
+                         request_id: bytes) -> Version:
+    """Commit one version naming the parts' chunks in order, once the write policy holds for
+    it. Its chunks must be uniform (every part but the last a whole number of chunks of this
+    node's size), else the parts are read back and put again as one stream. The content hash
+    is computed by reading the chunks back (no re-sealing, no re-replication)."""
+    check_bucket(bucket)
+    check_key(key)
+    chunk_size = node.config.chunk_size
+    size = sum(p.size for p in parts)
+    chunks = tuple(c for p in parts for c in p.chunks)
+    uniform = all(p.chunk_size == chunk_size for p in parts) and \
+        all(p.size % chunk_size == 0 for p in parts[:-1])
+    codec = node.codec(tenant)
+    draft = Version(tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(),
+                    node=node.config.name, size=size, content_hash=b"", chunks=chunks,
+                    metadata=dict(metadata), request_id=request_id, chunk_size=chunk_size)
+    if not uniform:
+        # Read the parts back in order (each part's chunks as one piece list) into a put.
+        send, receive = trio.open_memory_channel[bytes](2)
+        result: list[Version] = []
+
+        async def feed() -> None:
+            async with send:
+                for part in parts:
+                    piece_version = dataclasses.replace(
+                        draft, size=part.size, chunks=part.chunks, chunk_size=part.chunk_size)
+
+                    async def sink(piece: memoryview) -> bool:
+                        await send.send(bytes(piece))
+                        return True
+                    await stream_object(node, tenant, piece_version, 0, part.size, sink)
+
+        async def put() -> None:
+            async with receive:
+                version, _ = await put_object(node, tenant, bucket, key,
+                                              _ChannelSource(receive), size=size,
+                                              metadata=metadata, request_id=request_id)
+                result.append(version)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            nursery.start_soon(put)
+        return result[0]
+    hasher = codec.content_hasher()
+
+    async def digest(piece: memoryview) -> bool:
+        hasher.update(piece)
+        return True
+
+    # Reads every chunk back (local replica first), checking each one's length: a part whose
+    # chunks are not what its record says fails here, before anything is committed.
+    await stream_object(node, tenant, draft, 0, size, digest)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=size,
+                        content_hash=hasher.digest())
+            await _settle(node, previous)
+            return previous
+        async with node.tenancy.admit_put(node, tenant, bucket, key, size):
+            version = dataclasses.replace(draft, hlc=node.clock.now(),
+                                          content_hash=hasher.digest())
+            lagging = {n for p in parts for n in p.lagging}
+            lagging.update(await node.replicator.write(replicas, [], [version]))
+            await node.replicator.keep_hints(lagging, [version])
+            BODY_SIZE.set(size)
+    return version
+
+
+class _ChannelSource:
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        self.receive = receive
+
+    def ready(self) -> bytes | None:
+        return None
+
+    async def read(self) -> bytes:
+        try:
+            return await self.receive.receive()
+        except trio.EndOfChannel:
+            return b""
+
+    async def consumed(self, n: int) -> None:
+        return None
+
+    def trailer(self) -> dict[str, str]:
+        return {}
+
+
 # -- get ---------------------------------------------------------------------------------------
 def byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
     """``[lo, hi)`` of an object of *size* bytes for a request's *start*/*end* (None: open)."""
@@ -378,6 +540,29 @@ class NodeObjects:
         version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
                                       metadata=metadata, request_id=secrets.token_bytes(16))
         return version
+
+    async def store_part(self, tenant: str, bucket: str, key: str,
+                         source: BodySource) -> dict[str, Any]:
+        """A multipart part's chunks stored; its record (JSON-able: the gateway keeps it in
+        its upload's state until the upload is completed)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        part = await store_part(self.node, tenant, bucket, key, source)
+        return {"chunks": [c.hex() for c in part.chunks], "size": part.size,
+                "chunk_size": part.chunk_size, "lagging": list(part.lagging)}
+
+    async def compose(self, tenant: str, bucket: str, key: str,
+                      records: builtins.list[dict[str, Any]],
+                      metadata: Mapping[str, str]) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        try:
+            parts = [StoredPart(tuple(bytes.fromhex(c) for c in r["chunks"]), int(r["size"]),
+                                int(r["chunk_size"]), tuple(r["lagging"])) for r in records]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"a part record of {bucket}/{key} is damaged: {exc}") from None
+        return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
+                                    request_id=secrets.token_bytes(16))
 
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version:

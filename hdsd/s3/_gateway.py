@@ -80,6 +80,13 @@ class Backend(Protocol):
     async def put(self, tenant: str, bucket: str, key: str, source: Any, *, size: int | None,
                   metadata: Mapping[str, str]) -> Version: ...
 
+    async def store_part(self, tenant: str, bucket: str, key: str,
+                         source: Any) -> dict[str, Any]: ...
+
+    async def compose(self, tenant: str, bucket: str, key: str,
+                      records: builtins.list[dict[str, Any]],
+                      metadata: Mapping[str, str]) -> Version: ...
+
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version: ...
 
@@ -886,13 +893,12 @@ class Gateway:
         if declared is not None and declared > 5 << 30:
             raise S3Error("EntityTooLarge", 400, "a part is at most 5 GiB")
         body = _Body(req, access.decoder)
-
-        def check(size: int, digest: bytes) -> None:
-            if declared is not None and size != declared:
-                raise S3Error("IncompleteBody", 400, f"the part has {size} bytes, {declared} "
-                                                     "were declared")
-
-        part = await self.uploads.write_part(upload, number, body.read, check)
+        record = await self.backend.store_part(tenant, bucket, key, body)
+        size = int(record["size"])
+        if declared is not None and size != declared:
+            raise S3Error("IncompleteBody", 400, f"the part has {size} bytes, {declared} were "
+                                                 "declared")
+        part = await self.uploads.record_part(upload, number, body.md5_hex(), size, record)
         await req.respond(200, [("ETag", f'"{part.md5}"')])
 
     async def _copy_source(self, req: HttpRequest, tenant: str) -> tuple[Version, str]:
@@ -932,31 +938,28 @@ class Gateway:
         if hi - lo > 5 << 30:
             raise S3Error("EntityTooLarge", 400, "a part is at most 5 GiB")
         send, receive = trio.open_memory_channel[bytes](2)
+        md5 = hashlib.md5()
 
         async def produce() -> None:
             async with send:
                 async def sink(piece: memoryview) -> bool:
+                    md5.update(piece)
                     await send.send(bytes(piece))
                     return True
                 await self.backend.stream(tenant, src, lo, hi, sink)
 
-        async def read() -> bytes:
-            try:
-                return await receive.receive()
-            except trio.EndOfChannel:
-                return b""
-
-        parts: list[Part] = []
+        records: list[dict[str, Any]] = []
 
         async def store() -> None:
             async with receive:
-                parts.append(await self.uploads.write_part(upload, number, read,
-                                                           lambda size, digest: None))
+                records.append(await self.backend.store_part(tenant, bucket, key,
+                                                             _Pieces(receive, {})))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
             nursery.start_soon(store)
-        part = parts[0]
+        part = await self.uploads.record_part(upload, number, md5.hexdigest(),
+                                              int(records[0]["size"]), records[0])
         await self._xml(req, 200, xml_doc("CopyPartResult", [
             ("LastModified", _iso(int(part.modified * 1000))), ("ETag", f'"{part.md5}"')]))
 
@@ -1037,22 +1040,11 @@ class Gateway:
             chosen.append(part)
         etag = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in chosen)).hexdigest()
         trailer = {_ETAG: f"{etag}-{len(chosen)}", "s3.parts": str(len(chosen))}
-        size = sum(p.size for p in chosen)
-
-        async def produce(sink: Callable[[memoryview], Awaitable[bool]]) -> None:
-            for part in chosen:
-                f = await trio.to_thread.run_sync(lambda p=part: open(p.path, "rb"))  # type: ignore[misc]
-                try:
-                    while piece := await trio.to_thread.run_sync(f.read, 1 << 20):
-                        await sink(memoryview(piece))
-                finally:
-                    f.close()
-
-        # The response's status line is the success: keep the client from timing out on a
-        # long completion with a 200 early would hide a failure, so we answer at the end
-        # (the put streams at disk speed; clients wait minutes by default).
-        version = await self._put_from(tenant, bucket, key, dict(upload.metadata), trailer, size,
-                                       produce)
+        # The parts' chunks are stored already: one version naming them, once the write
+        # policy holds for it (the node reads them back for the content hash, or re-puts them
+        # when they are not uniform chunks).
+        version = await self.backend.compose(tenant, bucket, key, [p.record for p in chosen],
+                                             {**upload.metadata, **trailer})
         await self.uploads.remove(upload)
         await self._xml(req, 200, xml_doc("CompleteMultipartUploadResult", [
             ("Location", f"/{bucket}/{quote(key)}"), ("Bucket", bucket), ("Key", key),

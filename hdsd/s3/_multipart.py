@@ -1,27 +1,29 @@
-"""Multipart uploads staged on the node's disk until completed, aborted or reclaimed.
+"""Multipart uploads: their state on the node's disk until completed, aborted or reclaimed.
 
-Layout: ``<root>/<tenant>/<upload id>/upload.json`` (bucket, key, metadata, creation time) and
-one file per part, ``part-<number:05d>-<md5 hex>-<size>``: written under a temporary name,
-fsynced, then renamed, so a part is either whole (its name says its MD5 and size) or absent.
-A part uploaded again replaces the previous one of its number. A part is acknowledged once it
-is fsynced on this node; the object is under the write policy from CompleteMultipartUpload on,
-which streams the parts, in order, through the same put path as any object. An upload neither
+A part's bytes are stored by the node as chunks at once (sealed, replicated under the write
+policy, on the replicas of the key the upload completes into: see
+``hdsd.node.store_part``); what stays here is each part's *record* — its MD5, size and the
+node's description of its chunks — and the upload's own (bucket, key, metadata, creation
+time). Layout: ``<root>/<tenant>/<upload id>/upload.json`` and ``part-<number:05d>.json``,
+each written under a temporary name, fsynced, then renamed, so a record is whole or absent; a
+part uploaded again replaces the record of its number. CompleteMultipartUpload hands the
+records to the node, which commits one version naming the parts' chunks. An upload neither
 completed nor aborted is reclaimed ``expire_s`` after its creation (7 days by default,
-``[s3] multipart_expire_h``).
+``[s3] multipart_expire_h``); the chunks of its parts, like those of any put that never
+committed its version, stay in the log unreferenced.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -30,8 +32,7 @@ from ._xml import S3Error
 __all__ = ["Part", "Upload", "Uploads"]
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_PART_RE = re.compile(r"^part-(\d{5})-([0-9a-f]{32})-(\d+)$")
-_WRITE_BATCH = 1 << 20
+_PART_RE = re.compile(r"^part-(\d{5})\.json$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,18 @@ class Part:
     number: int
     md5: str
     size: int
-    path: Path
+    record: dict[str, Any]  # the node's description of the part's chunks
     modified: float
+
+
+def _write_durably(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,15 +89,9 @@ class Uploads:
         def write() -> None:
             where = self.root / tenant / upload.upload_id
             where.mkdir(parents=True, mode=0o700)
-            doc = {"bucket": bucket, "key": key, "metadata": upload.metadata,
-                   "created": upload.created}
-            tmp = where / "upload.json.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.rename(where / "upload.json")
-            _fsync_dir(where)
+            _write_durably(where / "upload.json", {
+                "bucket": bucket, "key": key, "metadata": upload.metadata,
+                "created": upload.created})
             _fsync_dir(where.parent)
 
         await trio.to_thread.run_sync(write)
@@ -109,61 +114,29 @@ class Uploads:
 
     def parts(self, upload: Upload) -> list[Part]:
         where = self._dir(upload.tenant, upload.upload_id)
-        found: dict[int, Part] = {}
+        found: list[Part] = []
         for entry in os.scandir(where):
             m = _PART_RE.match(entry.name)
-            if m:
-                part = Part(int(m[1]), m[2], int(m[3]), Path(entry.path),
-                            entry.stat().st_mtime)
-                old = found.get(part.number)
-                if old is None or part.modified >= old.modified:
-                    found[part.number] = part
-        return [found[n] for n in sorted(found)]
+            if not m:
+                continue
+            try:
+                doc = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+                found.append(Part(int(m[1]), doc["md5"], int(doc["size"]), doc["record"],
+                                  entry.stat().st_mtime))
+            except (OSError, ValueError, KeyError):
+                continue  # removed meanwhile (abort, reclaim): not a part any more
+        return sorted(found, key=lambda p: p.number)
 
-    async def write_part(self, upload: Upload, number: int,
-                         read: Callable[[], Awaitable[bytes]],
-                         check: Callable[[int, bytes], None]) -> Part:
-        """Stream a part to disk; *check(size, md5 digest)* runs on the whole part before it
-        is made visible (Content-MD5, a payload signature)."""
+    async def record_part(self, upload: Upload, number: int, md5: str, size: int,
+                          record: dict[str, Any]) -> Part:
+        """Durably note part *number* (its chunks are already stored); replaces an earlier
+        upload of the same number."""
         where = self._dir(upload.tenant, upload.upload_id)
-        tmp = where / f"tmp-{number:05d}-{secrets.token_hex(4)}"
-        md5 = hashlib.md5()
-        size = 0
-        f = await trio.to_thread.run_sync(lambda: open(tmp, "wb"))
-        try:
-            batch: list[bytes] = []
-            batched = 0
-            while piece := await read():
-                md5.update(piece)
-                size += len(piece)
-                batch.append(piece)
-                batched += len(piece)
-                if batched >= _WRITE_BATCH:
-                    data = b"".join(batch)
-                    batch, batched = [], 0
-                    await trio.to_thread.run_sync(f.write, data)
-            data = b"".join(batch)
-            check(size, md5.digest())
-
-            def finish() -> Path:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
-                final = where / f"part-{number:05d}-{md5.hexdigest()}-{size}"
-                tmp.rename(final)
-                for other in where.glob(f"part-{number:05d}-*"):
-                    if other != final:
-                        other.unlink(missing_ok=True)
-                _fsync_dir(where)
-                return final
-
-            final = await trio.to_thread.run_sync(finish)
-        except BaseException:
-            f.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        return Part(number, md5.hexdigest(), size, final, time.time())
+        if not (where / "upload.json").is_file():
+            raise S3Error("NoSuchUpload", 404, f"upload {upload.upload_id} ended meanwhile")
+        await trio.to_thread.run_sync(_write_durably, where / f"part-{number:05d}.json",
+                                      {"md5": md5, "size": size, "record": record})
+        return Part(number, md5, size, record, time.time())
 
     async def remove(self, upload: Upload) -> None:
         where = self._dir(upload.tenant, upload.upload_id)
