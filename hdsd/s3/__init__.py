@@ -1,7 +1,7 @@
 """hdsd.s3: an S3-compatible HTTP gateway on every node, over the node's object API.
 
 Authentication (Signature V4, presigned URLs) and payload checks (aws-chunked, checksums) are
-sans-IO modules here; the gateway (HTTP, routing, XML, operations, multipart staging) drives
+sans-IO modules here; the gateway (HTTP, routing, XML, operations, multipart upload state) drives
 them. The node (``hdsd.node``) implements :class:`Backend` and starts :func:`serve_s3` in its
 nursery when ``[s3]`` is configured; see ``docs/s3.md`` for what is supported.
 """
