@@ -339,9 +339,10 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
                                               metadata=metadata, request_id=request_id)
                 result.append(version)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            nursery.start_soon(put)
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                nursery.start_soon(put)
         return result[0]
     hasher = codec.content_hasher()
 

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, quote, unquote
 import trio
 
 from .._errors import ConnectionLost, HdsdError, NotFound
+from .._groups import single_error
 from ..cluster import HybridClock
 from ..store import Version
 from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
@@ -869,9 +870,10 @@ class Gateway:
                                                      _Pieces(receive, trailer), size=size,
                                                      metadata=metadata))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            nursery.start_soon(store)
+        with single_error():  # a typed refusal (retention, quota...) as itself
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                nursery.start_soon(store)
         return result[0]
 
     # -- multipart ---------------------------------------------------------------------------
@@ -955,9 +957,10 @@ class Gateway:
                 records.append(await self.backend.store_part(tenant, bucket, key,
                                                              _Pieces(receive, {})))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            nursery.start_soon(store)
+        with single_error():  # a typed refusal (retention, quota...) as itself
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                nursery.start_soon(store)
         part = await self.uploads.record_part(upload, number, md5.hexdigest(),
                                               int(records[0]["size"]), records[0])
         await self._xml(req, 200, xml_doc("CopyPartResult", [

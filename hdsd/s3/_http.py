@@ -91,7 +91,10 @@ class HttpRequest:
             self._deadline = trio.current_time() + self._limits.body_timeout_s
         per_byte = 1 / (self._limits.min_upload_rate_kib_s * 1024)
         while True:
-            event = self._conn.next_event()
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionLost(f"bad HTTP framing in the body: {exc}") from None
             if isinstance(event, h11.Data):
                 data = bytes(event.data)
                 self.bytes_in += len(data)
@@ -133,9 +136,25 @@ class HttpRequest:
             await self.write(body)
         await self.finish()
 
+    def _settle_body(self) -> None:
+        """Take what has already arrived of a body the handler did not read: a GET's empty
+        body ends at once (keep-alive goes on); a real body not all here ends the connection."""
+        while not self.body_done:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                return  # the body was broken: the connection ends after this answer
+            if isinstance(event, h11.EndOfMessage):
+                self.body_done = True
+            elif isinstance(event, h11.Data):
+                self.bytes_in += len(event.data)
+            else:
+                return
+
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.responded = True
         self.status = status
+        self._settle_body()
         base = [("Date", formatdate(usegmt=True)), ("Server", "hdsd"),
                 ("x-amz-request-id", self.request_id)]
         if not self.body_done:

@@ -89,6 +89,10 @@ async def serve_s3(gateway: Gateway, https: Sequence[tuple[str, int]],
                 if scope.cancelled_caught:
                     return
             await serve_http_connection(stream, peer, gateway.handle, limits, _bad_request)
+        except Exception:
+            # One connection's boundary: whatever it met ends it, logged, never the gateway
+            # (Cancelled and KeyboardInterrupt are not Exceptions: they go on up).
+            log.exception("event=s3_connection_failed peer=%s", peer)
         finally:
             slots.release()
             await trio.aclose_forcefully(stream)

@@ -140,6 +140,15 @@ async def test_expect_100_continue_is_sent_only_once_the_request_is_accepted(
                 while b"\r\n\r\n" not in rest:
                     rest += await stream.receive_some(65536)
                 assert rest.startswith(b"HTTP/1.1 200 ")
+                assert b"Connection: close" not in rest
+                # Keep-alive: GETs (no body) on the same connection.
+                for _ in range(2):
+                    await stream.send_all(signed_head("GET", ep, "/h/continued"))
+                    answer = b""
+                    while not answer.endswith(b"hello"):
+                        answer += await stream.receive_some(65536)
+                    assert answer.startswith(b"HTTP/1.1 200 ")
+                    assert b"Connection: close" not in answer
                 # Keep-alive: a second request on the same connection; a bucket name hdsd
                 # refuses is answered without 100 Continue, and the body never read.
                 await stream.send_all(signed_head("PUT", ep, "/Bad_Bucket/k", {

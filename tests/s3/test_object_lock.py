@@ -68,6 +68,9 @@ async def test_veeam_style_compliance_retention_and_legal_hold(tmp_path: Path) -
                 "AccessDenied"
             assert await refused(other.put_object, Bucket="veeam", Key="blocks/1",
                                  Body=b"ransom") == "AccessDenied"
+            await run(s3.put_object, Bucket="veeam", Key="other", Body=b"o")
+            assert await refused(s3.copy_object, Bucket="veeam", Key="blocks/1",
+                                 CopySource="veeam/other") == "AccessDenied"
             out = await run(s3.delete_objects, Bucket="veeam",
                             Delete={"Objects": [{"Key": "blocks/1"}]})
             assert [e["Code"] for e in out["Errors"]] == ["AccessDenied"]
@@ -87,7 +90,7 @@ async def test_veeam_style_compliance_retention_and_legal_hold(tmp_path: Path) -
             for site in sites.values():
                 site.node.tenancy._wall_ms = lambda: later
             await run(s3.delete_object, Bucket="veeam", Key="blocks/1")
-            versions = await run(other.list_object_versions, Bucket="veeam")
+            versions = await run(other.list_object_versions, Bucket="veeam", Prefix="blocks/")
             assert [v["VersionId"] for v in versions["Versions"]] == [put["VersionId"]]
             assert [m["IsLatest"] for m in versions["DeleteMarkers"]] == [True]
             old = await run(lambda: other.get_object(Bucket="veeam", Key="blocks/1",
