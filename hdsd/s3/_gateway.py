@@ -550,8 +550,9 @@ class Gateway:
         if max_keys == 0:
             return contents, prefixes, False, position
         while True:
-            entries, cursor = await self.backend.list(tenant, bucket, prefix, position,
-                                                      1000, False)
+            asked = position
+            entries, cursor = await self.backend.list(tenant, bucket, prefix, asked, 1000,
+                                                      False)
             for entry in entries:
                 name = entry["key"]
                 if name <= position:
@@ -570,7 +571,7 @@ class Gateway:
                 contents.append(entry)
                 position = name
             else:
-                if cursor is None:
+                if cursor is None or cursor <= asked:  # the end (or no progress: stop)
                     return contents, prefixes, False, position
                 position = max(position, cursor)
 
