@@ -51,7 +51,9 @@ _MAX_PARTS = 10_000
 _KEEP_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language",
                  "cache-control", "expires")
 _ETAG = "s3.etag"
-_LAST = "\U0010ffff"  # sorts after any key continuing a common prefix
+_LAST = "\U0010ffff"
+_STORING = frozenset({"PutObject", "UploadPart", "UploadPartCopy", "CopyObject",
+                      "CompleteMultipartUpload"})  # sorts after any key continuing a common prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,11 +325,15 @@ class _Pieces:
 # -- the gateway -------------------------------------------------------------------------------
 class Gateway:
     def __init__(self, backend: Backend, uploads: Uploads, *, region: str,
-                 lookup: CredentialLookup) -> None:
+                 lookup: CredentialLookup, max_uploads: int = 8) -> None:
         self.backend = backend
         self.uploads = uploads
         self.region = region
         self.lookup = lookup
+        # Bodies being stored at once, node-wide: each holds a few chunks in flight (about
+        # 6 MiB), so memory stays bounded whatever the number of clients; the others wait
+        # without reading (TCP holds their clients back).
+        self.storing = trio.Semaphore(max_uploads)
 
     async def handle(self, req: HttpRequest) -> None:
         req.request_id = secrets.token_hex(8).upper()
@@ -344,7 +350,11 @@ class Gateway:
             principal = access.principal
             op, call = self._route(req.method, bucket, key, query, req)
             with self.backend.in_flight():  # a graceful stop waits for it
-                version = await call(req, access, bucket, key, query) or ""
+                if op in _STORING:
+                    async with self.storing:
+                        version = await call(req, access, bucket, key, query) or ""
+                else:
+                    version = await call(req, access, bucket, key, query) or ""
         except S3Error as failure:
             outcome = failure.s3_code
             await self._error(req, failure, path)

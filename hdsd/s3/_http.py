@@ -29,12 +29,13 @@ import h11
 import trio
 
 from .._errors import ConnectionLost, RequestTimeout
+from ..transport import tls_receiver
 
 __all__ = ["HttpLimits", "HttpRequest", "serve_http_connection"]
 
 log = logging.getLogger("hdsd.s3")
 
-_READ = 64 << 10
+_READ = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +56,11 @@ class HttpRequest:
     """One request of a connection; see the module docstring."""
 
     def __init__(self, conn: h11.Connection, stream: trio.abc.Stream, event: h11.Request,
-                 limits: HttpLimits, peer: str) -> None:
+                 limits: HttpLimits, peer: str,
+                 receive: Callable[[int], Awaitable[bytes | bytearray]] | None = None) -> None:
         self._conn = conn
         self._stream = stream
+        self._receive_some = receive or stream.receive_some
         self._limits = limits
         self.peer = peer
         self.method = event.method.decode("ascii", "replace").upper()
@@ -115,7 +118,7 @@ class HttpRequest:
     async def _receive(self, deadline: float, what: str) -> None:
         with trio.move_on_at(deadline):
             try:
-                data = await self._stream.receive_some(_READ)
+                data = await self._receive_some(_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionLost(f"connection lost during the {what}: {exc}") from None
             try:
@@ -207,10 +210,11 @@ async def serve_http_connection(stream: trio.abc.Stream, peer: str, handler: Han
     large: 431; anything else malformed: 400) — with the S3 XML error body — before the
     connection closes."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+    receive = _receiver(stream)
     first = True
     while True:
         try:
-            event = await _next_head(conn, stream, limits, first)
+            event = await _next_head(conn, receive, limits, first)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 bad = _BadRequestSender(conn, stream, limits, peer)
@@ -220,7 +224,15 @@ async def serve_http_connection(stream: trio.abc.Stream, peer: str, handler: Han
         except _Close:
             return
         first = False
-        request = HttpRequest(conn, stream, event, limits, peer)
+        request = HttpRequest(conn, stream, event, limits, peer, receive)
+        head = len(event.method) + len(event.target) + 12 + sum(
+            len(k) + len(v) + 4 for k, v in event.headers)
+        if head > limits.max_head_bytes:
+            # h11 bounds a head that arrives in pieces; one that arrived whole in one read is
+            # bounded here.
+            await _quietly(on_bad_request(request, 431, f"request head of {head} bytes, at "
+                                                        f"most {limits.max_head_bytes}"))
+            return
         if request.has_header("transfer-encoding") and request.has_header("content-length"):
             # A smuggling attempt or a confused proxy: whichever framing we chose, the other
             # side may have chosen the other one.
@@ -259,8 +271,18 @@ async def _quietly(answer: Awaitable[None]) -> None:
         pass
 
 
-async def _next_head(conn: h11.Connection, stream: trio.abc.Stream, limits: HttpLimits,
-                     first: bool) -> h11.Request:
+def _receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytearray]]:
+    """Large TLS reads (every record of a socket read decrypted in one scheduler pass, as the
+    native sessions read) once TLS 1.3 is up; TLS 1.2 (which may renegotiate) reads through
+    the stream itself."""
+    if isinstance(stream, trio.SSLStream) and stream.version() == "TLSv1.3":
+        return tls_receiver(stream)
+    return stream.receive_some
+
+
+async def _next_head(conn: h11.Connection,
+                     receive: Callable[[int], Awaitable[bytes | bytearray]],
+                     limits: HttpLimits, first: bool) -> h11.Request:
     """The next request's head; the idle timeout until its first byte, then the head timeout
     for the whole of it."""
     started = False
@@ -275,7 +297,7 @@ async def _next_head(conn: h11.Connection, stream: trio.abc.Stream, limits: Http
         assert event is h11.NEED_DATA, event
         with trio.move_on_at(head_until if started else idle_until):
             try:
-                data = await stream.receive_some(_READ)
+                data = await receive(_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise _Close() from None
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:

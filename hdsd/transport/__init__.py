@@ -25,3 +25,4 @@ from ._session import WireSession as WireSession
 from ._tls import client_context as client_context
 from ._tls import https_context as https_context
 from ._tls import server_context as server_context
+from ._tlsread import tls_receiver as tls_receiver
