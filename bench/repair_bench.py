@@ -49,7 +49,26 @@ from bench._harness import (
     write_json,
 )
 from hdsd._packing import packb
+from hdsd.pipeline import TenantKeys, TenantNameSealing
 from hdsd.store import Store, Version
+
+
+def _cluster_sealing(root: Path) -> TenantNameSealing:
+    """The tenants' keys `hdsd init` gave the cluster: names written offline into a node's
+    store must be sealed with them, or the node cannot open them."""
+    from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+
+    ring = Keyring(root / "dc1-n1" / "data" / KEYRING_FILE, load_master_key(root / "master.key"))
+    cache: dict[str, TenantKeys | None] = {}
+
+    def lookup(tenant: str) -> TenantKeys | None:
+        if tenant not in cache:
+            cache[tenant] = ring.get(tenant)
+        return cache[tenant]
+    return TenantNameSealing(lookup)
+
+
+SEALING: TenantNameSealing | None = None  # set once the cluster exists
 
 BUCKET = "bench"
 SEGMENT_MIB = 64
@@ -69,7 +88,8 @@ def _fill(store_dir: Path, tenant: str, keys: range, prefix: str, size: int,
           node: str) -> int:
     """Write versions for *keys* into the store at *store_dir*; returns their record bytes."""
     total = 0
-    with Store.open(store_dir, segment_bytes=SEGMENT_MIB << 20) as store:
+    assert SEALING is not None
+    with Store.open(store_dir, segment_bytes=SEGMENT_MIB << 20, sealing=SEALING) as store:
         batch: list[Version] = []
         for i in keys:
             v = _version(tenant, f"{prefix}{i:08d}", (1 << 40) + i, node, size)
@@ -145,6 +165,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp) / "cluster"
         profile = init_cluster(root)
+        global SEALING
+        SEALING = _cluster_sealing(root)
         tenant = next(line.split("=", 1)[1].strip().strip('"')
                       for line in profile.read_text().splitlines()
                       if line.startswith("tenant"))

@@ -31,9 +31,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import fsync_floor, pct
 
+from hdsd.pipeline import TenantKeys, TenantNameSealing
 from hdsd.store import ChunkRecord, Store, Version
 from hdsd.store import _format as F
 from hdsd.store._records import encode_record
+
+# Fixed keys: benchmarks measure the sealing cost, not key management.
+SEALING = TenantNameSealing(lambda t: TenantKeys(t, b"\x01" * 32, b"\x02" * 32))
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD = 4096
@@ -88,7 +92,7 @@ async def concurrent(store: Store, writers: int, per_writer: int) -> dict[str, A
 def reopen(directory: str, n: int) -> dict[str, Any]:
     path = os.path.join(directory, "reopen")
     t0 = time.perf_counter()
-    with Store.open(path) as store:
+    with Store.open(path, sealing=SEALING) as store:
         batch: list[ChunkRecord | Version] = []
         for i in range(n):
             batch.append(Version("bench", f"b{i % 4}", f"key/{i:09d}", i + 1, "n1", size=10,
@@ -101,7 +105,7 @@ def reopen(directory: str, n: int) -> dict[str, Any]:
             store.commit_sync(batch)
     fill = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with Store.open(path) as store:
+    with Store.open(path, sealing=SEALING) as store:
         opened = time.perf_counter() - t0
         current = store.current("bench", "b0", f"key/{0:09d}")
         replayed = store.statistics().replayed_records
@@ -116,7 +120,8 @@ async def run_store(directory: str, n_one: int, per_writer: int) -> dict[str, An
     # Steady state: the first segment of a fresh store is only fallocate'd (zero-filling 256 MiB
     # at creation would stall open); later ones are zero-filled ahead by a background thread.
     # Fill the first segment, then let the spare after the next one finish before measuring.
-    with Store.open(os.path.join(directory, "store"), segment_bytes=WARM_SEGMENT) as store:
+    with Store.open(os.path.join(directory, "store"), segment_bytes=WARM_SEGMENT,
+                    sealing=SEALING) as store:
         big = [ChunkRecord("bench", chunk(3_000_000 + i).chunk_id, os.urandom(1 << 20))
                for i in range(WARM_SEGMENT >> 20)]
         for r in big:

@@ -65,6 +65,10 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+# Requests whose `key` field names a certificate serial or an S3 access key, never an object.
+_NAMELESS = (CertRevoke, S3KeyCreate, S3KeyRevoke)
+
+
 def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: ObservedSession,
                   outcome: str, peer: str) -> None:
     """Queue the record of one finished client request (never blocks, never raises)."""
@@ -80,8 +84,15 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
               f"role:{msg.role}"
     elif type(msg) is S3KeyRevoke:
         key = f"s3key:{msg.access_key_id}"
+    bucket = _text(getattr(msg, "bucket", ""))
+    if type(msg) not in _NAMELESS and audit.seal_names is not None:
+        # Names may identify a patient: sealed under the tenant's key (see ._names).
+        try:
+            bucket, key = audit.seal_names(ident.tenant or "", bucket, key)
+        except Exception:  # never raise from here; but never record the names in clear
+            bucket, key = "sealed:-", ""
     audit.record(
         identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
-        op=type(msg).__name__, bucket=_text(getattr(msg, "bucket", "")), key=key,
+        op=type(msg).__name__, bucket=bucket, key=key,
         version=_text(info.get("version") or getattr(msg, "version", "")),
         bytes_in=bytes_in, bytes_out=observed.bytes_out, outcome=outcome, peer=peer)

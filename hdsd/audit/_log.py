@@ -26,6 +26,7 @@ from pathlib import Path
 from . import _format as F
 from ._files import fingerprint, load_cursors, load_or_create_signing_key
 from ._format import AuditRecord
+from ._names import AuditNames
 from ._segments import SegmentWriter, prune_segments, recover_tail
 
 __all__ = ["AuditLog", "AuditSettings"]
@@ -58,6 +59,8 @@ class AuditLog:
         self.directory = directory
         self.node = node
         self.settings = settings
+        # Set by the node: seals the bucket and key of client requests (see ._names).
+        self.seal_names: AuditNames | None = None
         self._clock_ns = clock_ns
         self._signing = load_or_create_signing_key(directory)
         self.verify_key = bytes(self._signing.verify_key)

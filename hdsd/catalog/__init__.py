@@ -11,6 +11,7 @@ from ._confirm import vote_create as vote_create
 from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
 from ._db import tenant_in_catalog as tenant_in_catalog
+from ._db import tenant_keys_in_catalog as tenant_keys_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
 from ._keys import SALT_BYTES as SALT_BYTES
 from ._keys import derive_master_key as derive_master_key

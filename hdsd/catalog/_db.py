@@ -21,6 +21,8 @@ from pathlib import Path
 import blake3
 
 from .._packing import packb
+from ..pipeline import TenantKeys
+from ._keys import unwrap_keys
 from ._model import BucketEntry, Entry, HoldEntry, RevokedEntry, S3KeyEntry, TenantEntry, merge
 
 __all__ = ["Catalog", "tenant_in_catalog", "tenant_state_in_catalog"]
@@ -304,6 +306,24 @@ def tenant_in_catalog(path: Path, name: str) -> bool:
     """Whether the catalog file at *path* (of a node, running or not) knows tenant *name*;
     read-only, for tools that must not create keys the catalog already has."""
     return tenant_state_in_catalog(path, name) is not None
+
+
+def tenant_keys_in_catalog(path: Path, name: str, master: bytes) -> TenantKeys | None:
+    """The keys of live tenant *name* in the catalog file at *path* (of a node, running or
+    not), unwrapped with *master*; None if the catalog has no keys for it (unknown, shredded,
+    abandoned). Read-only, for offline tools (``hdsd audit export`` opening sealed names)."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT wrapped FROM tenants WHERE name = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # no table yet
+    finally:
+        db.close()
+    if row is None or not row[0]:
+        return None
+    return unwrap_keys(master, name, bytes(row[0]))
 
 
 def tenant_state_in_catalog(path: Path, name: str) -> str | None:

@@ -23,6 +23,7 @@ from ..audit import (
     VerifyReport,
     copy_dir,
     fingerprint,
+    open_audit_names,
     read_records,
     read_verify_key,
     verify_log,
@@ -134,10 +135,19 @@ def _since(value: str | None) -> int:
               show_default=True)
 @_origin
 @_pubkey
+@click.option("--config", "config_path", default=None,
+              type=click.Path(dir_okay=False, exists=True),
+              help="a node.toml whose master key and catalog open the tenant's sealed bucket "
+                   "and key names (without it they are printed sealed)")
 def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str | None,
-           pubkey: str | None) -> None:
-    """Print a tenant's audit records as JSON lines (verifying the log first)."""
+           pubkey: str | None, config_path: str | None) -> None:
+    """Print a tenant's audit records as JSON lines (verifying the log first). Bucket and key
+    names are sealed under the tenant's key in the log: --config opens them."""
     directory = _log_dir(data_dir, origin)
+    seal = None
+    if config_path is not None:
+        from ..node import load_node_config, offline_name_seal
+        seal = offline_name_seal(load_node_config(Path(config_path)), tenant)
     key, _ = _key(directory, pubkey)
     report = verify_log(directory, key)
     if not report.fully_signed:
@@ -146,8 +156,11 @@ def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str 
     out = sys.stdout
     for record in read_records(directory):
         if record.kind == "request" and record.tenant == tenant and record.time_ns >= floor:
-            out.write(json.dumps({**record.to_json(), "time": _when(record.time_ns)},
-                                 sort_keys=True) + "\n")
+            doc = {**record.to_json(), "time": _when(record.time_ns)}
+            if seal is not None:
+                doc["bucket"], doc["key"] = open_audit_names(seal, tenant, record.bucket,
+                                                             record.key)
+            out.write(json.dumps(doc, sort_keys=True) + "\n")
 
 
 @audit.command("pubkey")

@@ -81,16 +81,26 @@ def _echo_summary(summary: Any, as_json: bool, text: str, to_stderr: bool) -> No
         click.echo(text, err=to_stderr)
 
 
+_without_retention = click.option(
+    "--without-retention", is_flag=True,
+    help="leave out the buckets' retention locks and the legal holds (they need the tenant's "
+         "admin role)")
+
+
 @main.command("export")
 @click.argument("tenant")
 @click.argument("output", metavar="OUT.tar|-")
+@_without_retention
 @json_option
 @click.pass_context
-def export_cmd(ctx: click.Context, tenant: str, output: str, as_json: bool) -> None:
+def export_cmd(ctx: click.Context, tenant: str, output: str, without_retention: bool,
+               as_json: bool) -> None:
     """Write every bucket, key and version of TENANT — original bytes, metadata, delete
     markers, and a manifest with SHA-256 of every object — as a tar to OUT.tar or standard
     output. TENANT must be the tenant of the profile's certificate (a client only ever sees
-    its own tenant). The format is in docs/export-format.md: tar and sha256sum read it."""
+    its own tenant). The buckets' retention locks and the legal holds are carried too (role
+    admin; see --without-retention). The format is in docs/export-format.md: tar and
+    sha256sum read it."""
     if output == "-" and sys.stdout.isatty():
         raise InvalidRequest("refusing to write a tar to a terminal; give a file or a pipe")
     status = _Status()
@@ -101,7 +111,8 @@ def export_cmd(ctx: click.Context, tenant: str, output: str, as_json: bool) -> N
         out = target.file
 
     async def go(c: AsyncClient) -> Any:
-        return await export_tenant(c, out, tenant=tenant, progress=status.export)
+        return await export_tenant(c, out, tenant=tenant, progress=status.export,
+                                   retention=not without_retention)
     try:
         summary = _run(ctx, go)
     except BaseException:
@@ -115,7 +126,8 @@ def export_cmd(ctx: click.Context, tenant: str, output: str, as_json: bool) -> N
     _echo_summary(summary, as_json,
                   f"exported tenant {summary.tenant}: {summary.buckets} buckets, {summary.keys} "
                   f"keys, {summary.versions} versions ({summary.objects} objects, "
-                  f"{summary.delete_markers} delete markers), {summary.total_bytes} bytes",
+                  f"{summary.delete_markers} delete markers), {summary.total_bytes} bytes, "
+                  f"{summary.retention_locks} retention locks, {summary.holds} legal holds",
                   to_stderr=output == "-")
 
 
@@ -123,13 +135,17 @@ def export_cmd(ctx: click.Context, tenant: str, output: str, as_json: bool) -> N
 @click.argument("source", metavar="IN.tar|-")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="write the old → new version id map here (JSON lines), only on success")
+@_without_retention
 @json_option
 @click.pass_context
-def import_cmd(ctx: click.Context, source: str, report_path: str | None, as_json: bool) -> None:
+def import_cmd(ctx: click.Context, source: str, report_path: str | None,
+               without_retention: bool, as_json: bool) -> None:
     """Load an export (a file or standard input) into the tenant of the profile's certificate.
     Versions are recreated oldest first (the current version stays current) with new version
     ids; every object is checked against the manifest's SHA-256 before it is stored. Re-running
-    an interrupted import stores nothing twice."""
+    an interrupted import stores nothing twice. Each version keeps its original write time as
+    metadata hdsd-original-created. The export's retention locks and legal holds are set once
+    every version is stored (role admin; see --without-retention)."""
     if source != "-" and not os.path.isfile(source):
         raise InvalidRequest(f"{source}: no such file")
     status = _Status()
@@ -139,10 +155,10 @@ def import_cmd(ctx: click.Context, source: str, report_path: str | None, as_json
         if source == "-":
             return await import_archive(c, sys.stdin.buffer,
                                         report=report.file if report else None,
-                                        progress=status.load)
+                                        progress=status.load, retention=not without_retention)
         with open(source, "rb") as f:
             return await import_archive(c, f, report=report.file if report else None,
-                                        progress=status.load)
+                                        progress=status.load, retention=not without_retention)
     try:
         summary = _run(ctx, go)
     except BaseException:
@@ -161,5 +177,7 @@ def import_cmd(ctx: click.Context, source: str, report_path: str | None, as_json
                   + (f"; {summary.replayed} already stored by an earlier run"
                      if summary.replayed else "")
                   + (f"; {summary.skipped} delete markers had nothing to delete"
-                     if summary.skipped else ""),
+                     if summary.skipped else "")
+                  + (f"; {summary.retention_locks} retention locks and {summary.holds} legal "
+                     "holds set" if summary.retention_locks or summary.holds else ""),
                   to_stderr=False)

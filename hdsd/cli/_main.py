@@ -53,6 +53,7 @@ def _register() -> None:
         _repair,
         _s3keys,
         _status,
+        _store,
         _tenants,
         _up,
     )

@@ -32,17 +32,24 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "ORIGINAL_CREATED",
     "SUMS_NAME",
     "decode_key_path",
     "encode_key_path",
     "entry_request_id",
+    "holds_of",
     "iso_time",
     "object_path",
     "parse_line",
+    "retention_of",
 ]
 
 FORMAT: Final = "hdsd-export"
-FORMAT_VERSION: Final = 1
+# 2: the header carries the buckets' retention locks and the legal holds.
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = frozenset({1, 2})
+# Metadata an import adds to each version: when the version was first written (ISO 8601 UTC).
+ORIGINAL_CREATED: Final = "hdsd-original-created"
 MANIFEST_NAME: Final = "manifest.jsonl"
 SUMS_NAME: Final = "SHA256SUMS"
 OBJECTS_DIR: Final = "objects"
@@ -140,14 +147,41 @@ def check_header(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("format") != FORMAT:
         raise ArchiveError(f"not an hdsd export: {MANIFEST_NAME} header has format "
                            f"{doc.get('format')!r}")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise ArchiveError(f"export format version {doc.get('format_version')!r} is not "
-                           f"supported (this hdsd reads version {FORMAT_VERSION})")
+                           f"supported (this hdsd reads versions "
+                           f"{', '.join(map(str, sorted(READABLE_VERSIONS)))})")
     for field, kind in (("tenant", str), ("cluster", str), ("versions", int),
                         ("objects", int), ("total_bytes", int)):
         if type(doc.get(field)) is not kind:
             raise ArchiveError(f"{MANIFEST_NAME} header: {field} missing or not {kind.__name__}")
+    if doc["format_version"] >= 2:
+        _check_governance(doc)
     return doc
+
+
+def retention_of(header: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"bucket", "retention_days"}]`` of an export (none before format 2, or when it was
+    written without them)."""
+    return list(header.get("retention") or [])
+
+
+def holds_of(header: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"bucket", "key", "by", "set"}]``: the legal holds in force at export time."""
+    return list(header.get("holds") or [])
+
+
+def _check_governance(doc: dict[str, Any]) -> None:
+    if doc.get("retention") is None and doc.get("holds") is None:
+        return  # exported without them (--without-retention)
+    for i, r in enumerate(doc.get("retention") or ()):
+        if (type(r) is not dict or type(r.get("bucket")) is not str
+                or type(r.get("retention_days")) is not int or r["retention_days"] < 0):
+            raise ArchiveError(f"{MANIFEST_NAME} header: retention entry {i} is malformed")
+    for i, h in enumerate(doc.get("holds") or ()):
+        if type(h) is not dict or type(h.get("bucket")) is not str or \
+                type(h.get("key")) is not str:
+            raise ArchiveError(f"{MANIFEST_NAME} header: hold entry {i} is malformed")
 
 
 def check_entry(doc: dict[str, Any], line: int) -> dict[str, Any]:

@@ -25,13 +25,13 @@ import trio
 from .._errors import HdsdError, IntegrityError, PermissionDenied
 from .._groups import single_error
 from ..cluster import HybridClock
-from ..transport import identity_from_der
+from ..transport import Identity, identity_from_der
 from . import _archive as A
 from ._async import AsyncClient
 from ._profile import Profile
 from ._results import ObjectInfo
 
-__all__ = ["ExportSummary", "certificate_tenant", "export_tenant"]
+__all__ = ["ExportSummary", "certificate_identity", "certificate_tenant", "export_tenant"]
 
 #: ``progress(phase, bytes_done, bytes_total)``: phase "hash" (total 0: not known yet), "write".
 ExportProgress: TypeAlias = Callable[[str, int, int], None]
@@ -50,10 +50,12 @@ class ExportSummary:
     objects: int
     delete_markers: int
     total_bytes: int
+    retention_locks: int = 0  # buckets created with `bucket create`, their lock carried
+    holds: int = 0  # legal holds in force
 
 
-def certificate_tenant(profile: Profile) -> str:
-    """The tenant the profile's client certificate belongs to (what every node will see)."""
+def certificate_identity(profile: Profile) -> Identity:
+    """The identity (tenant, role) the profile's client certificate gives on every node."""
     try:
         der = ssl.PEM_cert_to_DER_cert(profile.cert.read_text(encoding="ascii"))
         ident = identity_from_der(der)
@@ -62,7 +64,14 @@ def certificate_tenant(profile: Profile) -> str:
             from None
     if ident.kind != "client" or ident.tenant is None:
         raise PermissionDenied(f"{profile.cert}: not a client certificate")
-    return ident.tenant
+    return ident
+
+
+def certificate_tenant(profile: Profile) -> str:
+    """The tenant the profile's client certificate belongs to (what every node will see)."""
+    tenant = certificate_identity(profile).tenant
+    assert tenant is not None
+    return tenant
 
 
 def _entry(info: ObjectInfo) -> dict[str, Any]:
@@ -72,12 +81,38 @@ def _entry(info: ObjectInfo) -> dict[str, Any]:
             "content_id": info.content_hash, "sha256": None, "path": None}
 
 
+async def _governance(client: AsyncClient, tenant: str) -> dict[str, Any]:
+    """The tenant's bucket retention locks and legal holds, for the header (format 2)."""
+    try:
+        buckets = await client.bucket_list(tenant)
+        holds = await client.hold_list(tenant)
+    except PermissionDenied:
+        raise PermissionDenied(
+            "exporting the buckets' retention locks and the legal holds needs a profile of "
+            f"tenant {tenant!r} with role admin; use one, or export without them "
+            "(--without-retention: an import then recreates neither)") from None
+    return {
+        "retention": [{"bucket": b["bucket"], "retention_days": b["retention_days"]}
+                      for b in sorted(buckets, key=lambda b: b["bucket"])],
+        "holds": [{"bucket": h["bucket"], "key": h["key"], "by": h.get("by", ""),
+                   "set": _iso_ms(h["set_ms"]) if isinstance(h.get("set_ms"), int) else None}
+                  for h in sorted(holds, key=lambda h: (h["bucket"], h["key"]))]}
+
+
+def _iso_ms(ms: int) -> str:
+    when = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
 async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | None = None,
-                        progress: ExportProgress | None = None) -> ExportSummary:
+                        progress: ExportProgress | None = None,
+                        retention: bool = True) -> ExportSummary:
     """Write every version of the client's tenant to *out* (a binary file or pipe) as a tar.
 
     *tenant*, when given, must be the tenant of the client's certificate: a client can only
     ever read its own tenant, so exporting another one needs a profile issued for it.
+    *retention*: carry the buckets' retention locks and the legal holds (needs the tenant's
+    admin role; :class:`PermissionDenied` otherwise, before anything is written).
     """
     own = certificate_tenant(client.profile)
     if tenant is not None and tenant != own:
@@ -85,13 +120,18 @@ async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | No
             f"the profile's certificate belongs to tenant {own!r}, not {tenant!r}: a client only "
             f"ever sees its own tenant; use a profile issued for {tenant!r} "
             f"(hdsd cert issue --tenant {tenant} --role reader ...)")
+    governance = await _governance(client, own) if retention else {
+        "retention": None, "holds": None}
     with tempfile.TemporaryFile() as manifest, tempfile.TemporaryFile() as sums:
         header = await _hash_pass(client, own, manifest, sums, progress)
+        header.update(governance)
         await _write_pass(client, out, header, manifest, sums, progress)
     return ExportSummary(tenant=own, cluster=header["cluster"], buckets=len(header["buckets"]),
                          keys=header["keys"], versions=header["versions"],
                          objects=header["objects"], delete_markers=header["delete_markers"],
-                         total_bytes=header["total_bytes"])
+                         total_bytes=header["total_bytes"],
+                         retention_locks=len(A.retention_of(header)),
+                         holds=len(A.holds_of(header)))
 
 
 async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums: IO[bytes],

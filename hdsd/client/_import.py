@@ -23,10 +23,10 @@ from typing import IO, Any, TypeAlias, TypeVar
 
 import trio
 
-from .._errors import ArchiveError, HdsdError, NotFound
+from .._errors import ArchiveError, HdsdError, NotFound, PermissionDenied
 from . import _archive as A
 from ._async import AsyncClient
-from ._export import certificate_tenant
+from ._export import certificate_identity
 
 __all__ = ["ImportSummary", "import_archive"]
 
@@ -62,6 +62,8 @@ class ImportSummary:
     replayed: int  # already stored by an earlier run of the same import
     skipped: int  # delete markers with nothing to delete in the target
     total_bytes: int
+    retention_locks: int = 0  # buckets whose retention lock was set (after their versions)
+    holds: int = 0  # legal holds set (after the versions)
 
 
 async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -92,11 +94,19 @@ def _expect(tar: tarfile.TarInfo | None, name: str) -> tarfile.TarInfo:
 
 async def import_archive(client: AsyncClient, source: IO[bytes], *,
                          report: IO[bytes] | None = None,
-                         progress: ImportProgress | None = None) -> ImportSummary:
+                         progress: ImportProgress | None = None,
+                         retention: bool = True) -> ImportSummary:
     """Load the archive read from *source* into the client's tenant; write the old → new
     version id map as JSON lines to *report*. Returns only once every version is stored and
-    matched the manifest; raises :class:`ArchiveError` (naming the entry) otherwise."""
-    tenant = certificate_tenant(client.profile)
+    matched the manifest; raises :class:`ArchiveError` (naming the entry) otherwise.
+
+    Each stored version gets the metadata ``hdsd-original-created``: when it was first
+    written (kept from an earlier import if it has it already). With *retention*, the
+    buckets' retention locks and the legal holds of the export are set once every version
+    is stored (a lock or hold set first would refuse the older versions' overwrites); that
+    needs the tenant's admin role, checked before anything is stored."""
+    ident = certificate_identity(client.profile)
+    tenant = ident.tenant or ""
     tar = await _in_thread("the start", tarfile.open, None, "r|", source)
     try:
         with tempfile.TemporaryFile() as manifest, tempfile.TemporaryFile() as sums:
@@ -104,6 +114,12 @@ async def import_archive(client: AsyncClient, source: IO[bytes], *,
                                              A.MANIFEST_NAME), manifest)
             header = A.check_header(A.parse_line(
                 _readline(manifest, f"{A.MANIFEST_NAME} line 1"), "the header line"))
+            governed = retention and bool(A.retention_of(header) or A.holds_of(header))
+            if governed and ident.role != "admin":
+                raise PermissionDenied(
+                    "this export carries retention locks and legal holds: importing them needs "
+                    f"a profile of tenant {tenant!r} with role admin; use one, or import the "
+                    "versions only (--without-retention)")
             await _spool(tar, _expect(await _in_thread(A.MANIFEST_NAME, tar.next),
                                             A.SUMS_NAME), sums)
             if report is not None:
@@ -116,6 +132,8 @@ async def import_archive(client: AsyncClient, source: IO[bytes], *,
             if last is not None:
                 raise ArchiveError(f"unexpected member {last.name!r} after the last manifest "
                                    "entry")
+            if governed:
+                counts.update(await _govern(client, tenant, header))
     finally:
         await trio.to_thread.run_sync(tar.close)
     summary = ImportSummary(source_tenant=header["tenant"], source_cluster=header["cluster"],
@@ -132,10 +150,32 @@ async def import_archive(client: AsyncClient, source: IO[bytes], *,
     return summary
 
 
+async def _govern(client: AsyncClient, tenant: str, header: dict[str, Any]) -> dict[str, int]:
+    """Set the export's retention locks and legal holds (idempotent: a lock only grows, a
+    hold set twice is one hold)."""
+    locks = holds = 0
+    for r in A.retention_of(header):
+        try:
+            await client.bucket_create(tenant, r["bucket"], r["retention_days"])
+        except HdsdError as exc:
+            raise type(exc)(f"setting the retention lock of bucket {r['bucket']}: {exc}") \
+                from None
+        locks += 1
+    for h in A.holds_of(header):
+        try:
+            await client.hold_set(tenant, h["bucket"], h["key"])
+        except HdsdError as exc:
+            raise type(exc)(f"setting the legal hold on {h['bucket']}/{h['key']}: {exc}") \
+                from None
+        holds += 1
+    return {"retention_locks": locks, "holds": holds}
+
+
 async def _load(client: AsyncClient, tar: tarfile.TarFile, header: dict[str, Any],
                 manifest: IO[bytes], sums: IO[bytes], report: IO[bytes] | None,
                 progress: ImportProgress | None) -> dict[str, int]:
-    n = dict(versions=0, objects=0, delete_markers=0, replayed=0, skipped=0, total_bytes=0)
+    n = dict(versions=0, objects=0, delete_markers=0, replayed=0, skipped=0, total_bytes=0,
+             retention_locks=0, holds=0)
     line = 1
     while raw := _readline(manifest, f"{A.MANIFEST_NAME} line {line + 1}"):
         line += 1
@@ -165,10 +205,12 @@ async def _load(client: AsyncClient, tar: tarfile.TarFile, header: dict[str, Any
                 if member.size != entry["size"]:
                     raise ArchiveError(f"{entry['path']}: {member.size} bytes in the archive, "
                                        f"{entry['size']} in the manifest")
+                # The original write time survives as metadata (the target's clock stamps
+                # the version); an earlier import's is the real original: kept.
+                metadata = {A.ORIGINAL_CREATED: entry["created"], **entry["metadata"]}
                 info = await client.put(
                     entry["bucket"], entry["key"], _checked_body(tar, member, entry),
-                    metadata=dict(entry["metadata"]), request_id=request_id,
-                    size=entry["size"])
+                    metadata=metadata, request_id=request_id, size=entry["size"])
                 new_version = info.version
                 if info.replayed:
                     status = "replayed"

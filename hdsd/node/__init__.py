@@ -25,6 +25,8 @@ from ._masterkey import verify_master as verify_master
 from ._objects import NodeObjects as NodeObjects
 from ._s3keys import S3KeyRecord as S3KeyRecord
 from ._s3keys import S3Keys as S3Keys
+from ._sealing import offline_name_seal as offline_name_seal
+from ._sealing import offline_sealing as offline_sealing
 from ._server import Node as Node
 from ._server import serve_node as serve_node
 from ._spec import ClusterSpec as ClusterSpec

@@ -32,18 +32,26 @@ from .._errors import (
     ConfigError,
     HdsdError,
     ProtocolError,
+    StoreError,
     Unavailable,
 )
 from .._groups import contain
 from .._meta import __version__
-from ..audit import AuditCopies, AuditLog, AuditSettings, AuditShipper, RefusalCounter
+from ..audit import (
+    AuditCopies,
+    AuditLog,
+    AuditSettings,
+    AuditShipper,
+    RefusalCounter,
+    seal_audit_names,
+)
 from ..cluster import HybridClock
 from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, Replicator
 from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, serve_s3
-from ..store import Store, Version
+from ..store import Store, Version, migration_pending
 from ..transport import (
     Identity,
     WireSession,
@@ -75,6 +83,7 @@ from ._objects import NodeObjects
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
 from ._s3keys import S3Keys
+from ._sealing import NodeSealing
 from ._slots import ConnectionSlots, SlotsFull
 from ._tenancy import Tenancy
 
@@ -107,7 +116,7 @@ class Node(ReadPaths):
                                      tenant_usable=self._tenant_has_keys)
         self.layout = config.layout()
         self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
-        self.hints = HintStore(config.data_dir / "hints.sqlite")
+        self.hints = HintStore(config.data_dir / "hints.sqlite", store.sealing)
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
         # Peers an anti-entropy round must compare before the live RPO may read 0.
         self.doubts = PeerDoubts((n.name for n in self.layout.nodes if n.name != config.name),
@@ -153,6 +162,10 @@ class Node(ReadPaths):
             checkpoint_s=config.audit_checkpoint_s, retention_days=config.audit_retention_days,
             segment_bytes=config.audit_segment_mib << 20,
             commit_interval_s=config.audit_commit_ms / 1000))
+        if isinstance(store.sealing, NodeSealing):  # names sealed with the tenancy's keys
+            store.sealing.bind(self.tenancy.sealing_keys)
+        self.audit.seal_names = lambda tenant, bucket, key: seal_audit_names(
+            store.sealing.seal_for(tenant), tenant, bucket, key)
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
@@ -728,7 +741,12 @@ def check_private_dir(path: Path) -> None:
 
 
 async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) -> None:
-    store = Store.open(config.data_dir / "store", segment_bytes=config.segment_mib << 20,
+    pending = migration_pending(config.data_dir / "store")
+    if pending is not None:
+        raise StoreError(pending)
+    sealing = NodeSealing()
+    store = Store.open(config.data_dir / "store", sealing=sealing,
+                       segment_bytes=config.segment_mib << 20,
                        salvage=config.on_corrupt_log == "repair")
     for where in store.statistics().salvaged:
         log.error("event=log_damage_set_aside node=%s range=%s action=refetch_from_replicas",

@@ -199,6 +199,25 @@ class Tenancy:
         keys = self._keys[tenant] = unwrap_keys(self._master, tenant, entry.wrapped)
         return keys
 
+    def sealing_keys(self, tenant: str) -> TenantKeys | None:
+        """The keys the store seals and opens the tenant's names with: those of its catalog
+        entry while it holds keys, confirmed or not (a replica may store a version before it
+        learns the confirmation its coordinator already saw); None once shredded or
+        abandoned, or for a tenant this node does not know."""
+        keys = self._keys.get(tenant)
+        if keys is not None:
+            return keys
+        entry = self.catalog.tenant(tenant)
+        if entry is None and self._keyring.get(tenant) is not None:
+            self._import_seeds()
+            entry = self.catalog.tenant(tenant)
+        if entry is None or not entry.has_keys:
+            return None
+        keys = unwrap_keys(self._master, tenant, entry.wrapped)
+        if entry.is_confirmed:  # cached as keys() does: after_apply forgets it when it changes
+            self._keys[tenant] = keys
+        return keys
+
     def check_live(self, tenant: str) -> None:
         """Refuse every request of a shredded tenant, or of one whose creation is not
         confirmed (:class:`TenantPending`): nothing is written or read under keys that another

@@ -16,6 +16,9 @@ from ._codec import ChunkCodec as ChunkCodec
 from ._codec import ContentHasher as ContentHasher
 from ._codec import SealedChunk as SealedChunk
 from ._keys import TenantKeys as TenantKeys
+from ._names import NAME_ID_BYTES as NAME_ID_BYTES
+from ._names import NameSeal as NameSeal
+from ._names import TenantNameSealing as TenantNameSealing
 from ._stream import THREAD_THRESHOLD as THREAD_THRESHOLD
 from ._stream import open_in_thread as open_in_thread
 from ._stream import pipeline_limiter as pipeline_limiter

@@ -27,7 +27,7 @@ import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
 from ..peers import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
-from ..store import ChunkRecord, Store, Version, key_hash
+from ..store import ChunkRecord, Store, Version
 from ..wire import LeafDiff, Message, Reply, TreeLevel, frame_size
 from ._tree import DEPTH, children_of, leaf_of
 from ._trees import PeerTrees
@@ -294,7 +294,7 @@ class AntiEntropy:
         size = 0
         for item in raw:
             v = Version.from_wire(item)
-            if (leaf_of(key_hash(v.tenant, v.bucket, v.key)) not in allowed
+            if (leaf_of(self.store.key_hash(v.tenant, v.bucket, v.key)) not in allowed
                     or not self.trees.shares(peer, v)):
                 raise IntegrityError(f"{peer} sent a version outside the leaves compared")
             self.observe_hlc(v.hlc)

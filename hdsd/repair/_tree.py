@@ -1,8 +1,11 @@
 """The Merkle tree anti-entropy compares: pure data, no I/O.
 
-A version is summarised by a 128-bit digest of its identity ``(tenant, bucket, key, hlc,
-node)`` — a version is immutable, so its identity names its content. A key falls into one of
-``LEAVES`` leaves by the top bits of its :func:`~hdsd.store.key_hash`, so every version of a key
+A version is summarised by a 128-bit digest of its identity ``(tenant, name id, hlc, node)``
+— a version is immutable, so its identity names its content. The name id is the keyed hash of
+``(bucket, key)`` under the tenant's key (names are sealed at rest; both sites hold the same
+tenant keys, so both compute the same ids and their trees stay comparable, and nothing in a
+tree or its snapshot can be tested against a guessed name). A key falls into one of ``LEAVES``
+leaves by the top bits of its name id (:func:`~hdsd.store.khash_of`), so every version of a key
 shares a leaf. A node's hash is the XOR of the digests below it: adding (or removing) a version
 updates one node per level in O(depth), in any order, with no rebuild — the property that lets
 the tree follow the write stream incrementally. XOR is a fine set hash here because the members
@@ -32,9 +35,9 @@ DIGEST_BYTES = 16
 _KEY_HASH_BITS = 32
 
 
-def version_digest(tenant: str, bucket: str, key: str, hlc: int, node: str) -> int:
+def version_digest(tenant: str, name_id: bytes, hlc: int, node: str) -> int:
     """The 128-bit digest of a version's identity, as an int (XOR-able)."""
-    raw = blake3.blake3(packb((tenant, bucket, key, hlc, node))).digest(DIGEST_BYTES)
+    raw = blake3.blake3(packb((tenant, name_id, hlc, node))).digest(DIGEST_BYTES)
     return int.from_bytes(raw, "big")
 
 

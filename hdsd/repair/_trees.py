@@ -31,7 +31,7 @@ __all__ = ["PeerTrees"]
 
 log = logging.getLogger("hdsd.repair")
 
-_FORMAT = 1
+_FORMAT = 2  # 2: digests of name ids (names sealed at rest), not of names
 _PAGE = 20_000
 
 
@@ -87,15 +87,22 @@ class PeerTrees:
         added = 0
         with self._catching_up:
             while True:
-                rows = self.store.version_names_since(self._watermark, _PAGE)
+                # Placement needs the names (opened) unless every node holds every key.
+                rows = self.store.version_names_since(self._watermark, _PAGE,
+                                                      with_names=not self._everyone)
                 if not rows:
                     return added
                 updates = []
-                for _vid, tenant, bucket, key, hlc, node, khash in rows:
-                    peers = self.sharing(tenant, bucket, key)
+                for r in rows:
+                    if self._everyone:
+                        peers = self.peers
+                    elif r.bucket is None or r.key is None:
+                        continue  # no key here (shredded): garbage, compared by no one
+                    else:
+                        peers = self.sharing(r.tenant, r.bucket, r.key)
                     if peers:
-                        updates.append((peers, leaf_of(khash),
-                                        version_digest(tenant, bucket, key, hlc, node)))
+                        updates.append((peers, leaf_of(r.khash),
+                                        version_digest(r.tenant, r.name_id, r.hlc, r.node)))
                 with self._lock:
                     for peers, leaf, digest in updates:
                         if self._everyone:
@@ -103,7 +110,7 @@ class PeerTrees:
                         else:
                             for peer in peers:
                                 self.trees[peer].toggle(leaf, digest)
-                    self._watermark = rows[-1][0]
+                    self._watermark = rows[-1].vid
                 added += len(rows)
                 if progress is not None:
                     progress(added)
@@ -125,10 +132,10 @@ class PeerTrees:
         with self._lock:
             watermark = self._watermark
             actual = 0
-            for vid, v in rows:
+            for vid, nid, v in rows:
                 if not self.shares(peer, v):
                     continue
-                digest = version_digest(v.tenant, v.bucket, v.key, v.hlc, v.node)
+                digest = version_digest(v.tenant, nid, v.hlc, v.node)
                 members[digest.to_bytes(16, "big")] = v
                 if vid <= watermark:  # newer ones are not in the tree yet: catch_up adds them
                     actual ^= digest

@@ -10,6 +10,13 @@ store ignores records it already holds, so a hint replayed twice costs bandwidth
 The hints live in their own SQLite database with ``synchronous=FULL``: each batch of hints is
 fsynced before the acknowledgement it protects. The backlog (count, bytes, oldest) is the live
 RPO that ``hdsd status`` shows.
+
+A hint's bucket and key are sealed under its tenant's key (``names``: nonce || AEAD of
+msgpack ``[bucket, key]``, associated data ``b"hdsd-hint-names-v1\0" || tenant``), like every
+name at rest (docs/design-notes.md, *Names sealed at rest*); ``bucket`` and ``key`` stay empty.
+A hint whose tenant has no key any more (shredded) names nothing that can still be replayed:
+:meth:`HintStore.pending` returns it with ``bucket = key = None`` and replay drops it.
+``secure_delete`` zeroes replayed hints.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import Version
+from .._errors import HdsdError
+from .._packing import PackError, packb, unpackb
+from ..store import Sealing, Version
 
 __all__ = ["Backlog", "Hint", "HintStore"]
 
@@ -32,7 +41,8 @@ CREATE TABLE IF NOT EXISTS hints (
     tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
     hlc INTEGER NOT NULL, node TEXT NOT NULL,
     size INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    names BLOB
 );
 CREATE INDEX IF NOT EXISTS hints_by_target ON hints (target, id);
 """
@@ -43,8 +53,8 @@ class Hint:
     id: int
     target: str
     tenant: str
-    bucket: str
-    key: str
+    bucket: str | None  # None: sealed under a key this node no longer has (shredded tenant)
+    key: str | None
     hlc: int
     node: str
     size: int
@@ -63,13 +73,40 @@ class Backlog:
         return max(0.0, (now or time.time()) - self.oldest_created)
 
 
+_AAD = b"hdsd-hint-names-v1\x00"
+
+
 class HintStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealing: Sealing) -> None:
+        self._sealing = sealing
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(hints)")}
+        if "names" not in columns:  # hints written before names were sealed: kept, in clear
+            self._db.execute("ALTER TABLE hints ADD COLUMN names BLOB")
         self._lock = threading.Lock()
+
+    def _seal(self, v: Version) -> bytes:
+        seal = self._sealing.seal_for(v.tenant)
+        if seal is None:  # the store refuses such versions first; never write names in clear
+            raise HdsdError(f"tenant {v.tenant!r} has no key here: cannot hint its versions")
+        return seal.seal(packb([v.bucket, v.key]), _AAD + v.tenant.encode())
+
+    def _open(self, tenant: str, bucket: str, key: str, names: bytes | None
+              ) -> tuple[str | None, str | None]:
+        if names is None:
+            return bucket, key
+        seal = self._sealing.seal_for(tenant)
+        if seal is None:
+            return None, None
+        try:
+            b, k = unpackb(seal.open(names, _AAD + tenant.encode()))
+        except (HdsdError, PackError, ValueError, TypeError):
+            return None, None
+        return (b, k) if isinstance(b, str) and isinstance(k, str) else (None, None)
 
     def close(self) -> None:
         with self._lock:
@@ -78,23 +115,27 @@ class HintStore:
     def add(self, targets: Sequence[str], versions: Sequence[Version]) -> None:
         """Durably record that each target still needs each version (blocking: one fsync)."""
         now = time.time()
-        rows = [(t, v.tenant, v.bucket, v.key, v.hlc, v.node, v.size, now)
-                for t in targets for v in versions]
+        if not targets:
+            return
+        sealed = [(v, self._seal(v)) for v in versions]
+        rows = [(t, v.tenant, "", "", v.hlc, v.node, v.size, now, names)
+                for t in targets for v, names in sealed]
         if not rows:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO hints (target, tenant, bucket, key, hlc, node, size, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "INSERT INTO hints (target, tenant, bucket, key, hlc, node, size, created, names)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
 
     def pending(self, target: str, limit: int = 100) -> list[Hint]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, target, tenant, bucket, key, hlc, node, size, created FROM hints "
-                "WHERE target = ? ORDER BY id LIMIT ?", (target, limit)).fetchall()
-        return [Hint(*row) for row in rows]
+                "SELECT id, target, tenant, bucket, key, hlc, node, size, created, names"
+                " FROM hints WHERE target = ? ORDER BY id LIMIT ?", (target, limit)).fetchall()
+        return [Hint(i, t, tenant, *self._open(tenant, b, k, names), h, n, size, created)
+                for i, t, tenant, b, k, h, n, size, created, names in rows]
 
     def remove(self, ids: Sequence[int]) -> None:
         if not ids:

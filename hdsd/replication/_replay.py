@@ -68,8 +68,10 @@ class HintReplay:
             waiting = False
             try:
                 for hint in pending:
-                    if await self._replay_one(node, hint.tenant, hint.bucket, hint.key,
-                                              hint.hlc, hint.node):
+                    if hint.bucket is None or hint.key is None:
+                        done.append(hint.id)  # its tenant was shredded: nothing to replay
+                    elif await self._replay_one(node, hint.tenant, hint.bucket, hint.key,
+                                                hint.hlc, hint.node):
                         self._unheld_since.pop(hint.id, None)
                         done.append(hint.id)
                     elif self._give_up(hint.id):

@@ -6,8 +6,15 @@ The on-disk format and the crash rules are specified in ``hdsd.store._log``.
 from ._compact import CompactReport as CompactReport
 from ._fs import FileSystem as FileSystem
 from ._index import Location as Location
-from ._index import key_hash as key_hash
+from ._index import VersionName as VersionName
+from ._index import khash_of as khash_of
+from ._migrate import MigrateReport as MigrateReport
+from ._migrate import migrate_store as migrate_store
+from ._migrate import migration_pending as migration_pending
 from ._records import ChunkRecord as ChunkRecord
+from ._sealed import NAME_ID_BYTES as NAME_ID_BYTES
+from ._sealed import Sealing as Sealing
+from ._sealed import TenantSeal as TenantSeal
 from ._store import LOCK_NAME as LOCK_NAME
 from ._store import CommitTicket as CommitTicket
 from ._store import Store as Store

@@ -31,9 +31,8 @@ from . import _format as F
 from ._fs import FileSystem
 from ._index import Index, Location
 from ._log import Frame, scan_segment
-from ._records import ChunkRecord, decode_record, encode_record
+from ._records import ChunkRecord, StoredRecord, decode_record, encode_record
 from ._recovery import REMOVED_NAME, _with_map, list_segments
-from ._version import Version
 from ._writer import LogWriter
 
 __all__ = ["CompactReport", "SegmentGate", "compact"]
@@ -92,8 +91,8 @@ class SegmentGate:
 
 
 def _records(fs: FileSystem, directory: str,
-             number: int) -> list[tuple[ChunkRecord | Version, Location]]:
-    out: list[tuple[ChunkRecord | Version, Location]] = []
+             number: int) -> list[tuple[StoredRecord, Location]]:
+    out: list[tuple[StoredRecord, Location]] = []
 
     def scan(buf: object, size: int) -> None:
         def on_batch(frames: list[Frame]) -> None:
@@ -105,10 +104,10 @@ def _records(fs: FileSystem, directory: str,
     return out
 
 
-def _recommit(writer: LogWriter, records: list[ChunkRecord | Version]) -> int:
+def _recommit(writer: LogWriter, records: list[StoredRecord]) -> int:
     """Commit *records* again at the head, moving the index to the new copies."""
     written = 0
-    batch: list[ChunkRecord | Version] = []
+    batch: list[StoredRecord] = []
     size = 0
     for i, record in enumerate(records):
         batch.append(record)
@@ -133,6 +132,13 @@ def compact(*, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
     Blocking; one at a time per store."""
     forgotten = index.forget_tenants(dead_tenants) if dead_tenants else 0
     head = writer.head[0]
+    if dead_tenants:
+        index.make_durable()  # the forgotten rows leave the WAL file too
+        if any(r.tenant in dead_tenants for r, _ in _records(fs, directory, head)):
+            # The head segment holds records of a shredded tenant: seal it, so it is
+            # compacted now rather than when it fills up.
+            writer.commit_blocking([], 0, rotate=True)
+            head = writer.head[0]
     removed = freed = moved = moved_bytes = dropped = 0
     for number in list_segments(fs, directory):
         if number >= head:

@@ -13,7 +13,8 @@ import xxhash
 
 # --- segment files --------------------------------------------------------------------------
 SEGMENT_MAGIC: Final = b"HDSDLOG\x00"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: version records carry names and metadata sealed
+MIGRATABLE_VERSIONS: Final = frozenset({1})  # refused at open; `hdsd store migrate` reads them
 SEGMENT_SUFFIX: Final = ".seg"
 SEGMENT_TMP_SUFFIX: Final = ".seg.tmp"  # a segment being created; never holds durable data
 TORN_INFIX: Final = ".torn-"  # `<segment>.torn-<offset>`: bytes cut off a torn tail

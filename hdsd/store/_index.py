@@ -4,32 +4,46 @@ WAL mode with ``synchronous=NORMAL``: an index transaction may be lost at a powe
 harmless because the log is the truth and the applied position (kept in the same transaction as
 the rows it covers) says where replay must resume. One connection per thread: the log writer
 owns the writing connection; every reading thread gets its own, so reads never wait for a
-commit.
+commit. ``secure_delete`` is on: freed pages are zeroed, not left for a disk image to read.
+
+No name is stored in clear (format 2, see docs/design-notes.md, *Names sealed at rest*): rows
+are keyed by the tenant, the keyed 16-byte *bucket id* and *name id* of the tenant's
+:class:`~hdsd.store.TenantSeal` (so point lookups cost one keyed hash more than before), and
+``body`` is the sealed record body of the log. Listings in key order need the names: the first
+listing of a bucket opens the names of its keys (one AEAD open per key) into an in-memory
+sorted list, which the log writer then keeps current; pages are then looked up by name id.
 
 HLCs are unsigned 64-bit but SQLite integers are signed: they are stored shifted by -2**63,
-which keeps their order. Text compares as bytes (BINARY collation on UTF-8), the same order as
-Python's ``str`` comparison, so SQL ``ORDER BY`` and Python agree.
+which keeps their order. Key order is Python's ``str`` order (code points), which is UTF-8
+byte order: the same order SQL ``ORDER BY key`` gave before names were sealed.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import blake3
-
-from .._packing import packb, unpackb
-from ._records import ChunkRecord
+from .._errors import IntegrityError, StoreError
+from .._packing import PackError, unpackb
+from ._records import ChunkRecord, StoredRecord
+from ._sealed import SealedVersion, Sealing, TenantSeal, open_names, open_version, seal_for
 from ._version import Version
 
-__all__ = ["AppliedPosition", "Index", "Location", "key_hash"]
+__all__ = ["AppliedPosition", "Index", "Location", "VersionName", "khash_of"]
 
 _HLC_SHIFT = 1 << 63
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+# Listing caches hold at most this many key names in all (least recently listed buckets are
+# dropped first): about 100 bytes each.
+CACHED_NAMES = 2_000_000
+_PAGE_KEYS = 256  # names looked up per SQL statement while paging a listing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -49,16 +63,19 @@ CREATE TABLE IF NOT EXISTS chunks (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (
     vid INTEGER PRIMARY KEY,
-    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    bid BLOB NOT NULL,            -- keyed id of the bucket name
+    nid BLOB NOT NULL,            -- keyed id of (bucket, key)
     hlc INTEGER NOT NULL, node TEXT NOT NULL,
     request_id BLOB NOT NULL,
     segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    body BLOB NOT NULL,           -- Version.to_wire(), so reads never touch the log
-    khash INTEGER NOT NULL DEFAULT 0  -- key_hash(tenant, bucket, key): anti-entropy buckets
+    body BLOB NOT NULL,           -- the sealed record body, as in the log
+    khash INTEGER NOT NULL        -- top 32 bits of nid: anti-entropy leaves
 );
-CREATE UNIQUE INDEX IF NOT EXISTS versions_by_name ON versions (tenant, bucket, key, hlc, node);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_by_name ON versions (tenant, nid, hlc, node);
 CREATE INDEX IF NOT EXISTS versions_by_request ON versions (tenant, request_id)
     WHERE request_id != x'';
+CREATE INDEX IF NOT EXISTS versions_by_khash ON versions (khash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
@@ -66,15 +83,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS heads (
-    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    tenant TEXT NOT NULL, nid BLOB NOT NULL, bid BLOB NOT NULL,
     hlc INTEGER NOT NULL, node TEXT NOT NULL, tombstone INTEGER NOT NULL, vid INTEGER NOT NULL,
-    PRIMARY KEY (tenant, bucket, key)
+    PRIMARY KEY (tenant, nid)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS heads_by_bucket ON heads (tenant, bid);
 """
 
 _UPSERT_HEAD = """
-INSERT INTO heads (tenant, bucket, key, hlc, node, tombstone, vid) VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (tenant, bucket, key) DO UPDATE SET
+INSERT INTO heads (tenant, nid, bid, hlc, node, tombstone, vid) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant, nid) DO UPDATE SET
     hlc = excluded.hlc, node = excluded.node, tombstone = excluded.tombstone, vid = excluded.vid
 WHERE (excluded.hlc, excluded.node) > (heads.hlc, heads.node)
 """
@@ -99,18 +117,53 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=60000")
+    # Deleted rows (a shredded tenant's) are zeroed, not left in free pages for a disk image.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
-def key_hash(tenant: str, bucket: str, key: str) -> int:
-    """A 32-bit hash of a key's full name: anti-entropy groups versions into Merkle leaves by
-    its top bits, so the versions of one key always fall in the same leaf."""
-    name = b"\x00".join((tenant.encode(), bucket.encode(), key.encode()))
-    return int.from_bytes(blake3.blake3(name).digest(4), "big")
+def khash_of(name_id: bytes) -> int:
+    """The 32-bit anti-entropy hash of a key: the top bits of its keyed name id, so every
+    version of a key falls in the same Merkle leaf, and both sites (same tenant keys) agree."""
+    return int.from_bytes(name_id[:4], "big")
 
 
-def _version(body: bytes) -> Version:
-    return Version.from_wire(unpackb(body))
+class VersionName(NamedTuple):
+    """What anti-entropy follows of each indexed version (names only when asked for)."""
+
+    vid: int
+    tenant: str
+    name_id: bytes
+    hlc: int
+    node: str
+    khash: int
+    bucket: str | None
+    key: str | None
+
+
+def _holds(ordered: list[str], key: str) -> bool:
+    i = bisect.bisect_left(ordered, key)
+    return i < len(ordered) and ordered[i] == key
+
+
+def _size_of(body: bytes) -> int:
+    try:
+        size = unpackb(body)["s"]
+    except (PackError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+    return int(size)
+
+
+class _BucketNames:
+    """The key names of one bucket, sorted (a listing's view), plus those the log writer
+    indexed since: merged into a new sorted list by the next listing, never in place, so a
+    listing reads a list no one mutates."""
+
+    __slots__ = ("keys", "pending")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.pending: set[str] = set()
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -128,31 +181,39 @@ def prefix_upper_bound(prefix: str) -> str | None:
 
 
 class Index:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sealing: Sealing) -> None:
         self._path = path
+        self._sealing = sealing
         self._local = threading.local()
         self._lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
+        # Listing caches, by (tenant, bucket id); one lock, held only for dict and set
+        # operations (never while names are opened), so the log writer never waits long.
+        self._names: OrderedDict[tuple[str, bytes], _BucketNames] = OrderedDict()
+        self._building: dict[tuple[str, bytes], set[str]] = {}
+        self._bucket_names: dict[tuple[str, bytes], str] = {}
+        self._names_lock = threading.Lock()
         self.writer = _connect(path)
+        self._check_format()
         self.writer.executescript(_SCHEMA)
-        self._migrate()
         self.writer.execute(
             "INSERT OR IGNORE INTO state VALUES (1, ?, 0, 0, -1, ?, 0, 0)",
             (INDEX_FORMAT, -_HLC_SHIFT))
-
-    def _migrate(self) -> None:
-        """Bring an index written by an older hdsd up to date (the log is untouched)."""
-        c = self.writer
-        columns = {row[1] for row in c.execute("PRAGMA table_info(versions)")}
-        if "khash" not in columns:  # format 1 before anti-entropy: hash the existing keys
-            c.create_function("hdsd_key_hash", 3, key_hash, deterministic=True)
-            c.execute("BEGIN IMMEDIATE")
-            c.execute("ALTER TABLE versions ADD COLUMN khash INTEGER NOT NULL DEFAULT 0")
-            c.execute("UPDATE versions SET khash = hdsd_key_hash(tenant, bucket, key)")
-            c.execute("COMMIT")
-        c.execute("CREATE INDEX IF NOT EXISTS versions_by_khash ON versions (khash)")
         # Names this index file: derived state (Merkle snapshots) must not outlive a rebuild.
-        c.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (os.urandom(8).hex(),))
+        self.writer.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)",
+                            (os.urandom(8).hex(),))
+
+    def _check_format(self) -> None:
+        """An index of format 1 (names in clear) is refused: its log is format 1 too, and
+        ``hdsd store migrate`` rewrites both (Store.open says so before getting here)."""
+        tables = {r[0] for r in self.writer.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "state" in tables:
+            (fmt,) = self.writer.execute("SELECT format FROM state").fetchone() or (0,)
+            if fmt != INDEX_FORMAT:
+                self.writer.close()
+                raise StoreError(f"index {self._path} has format {fmt}, this hdsd reads "
+                                 f"{INDEX_FORMAT}: run `hdsd store migrate` (node stopped)")
 
     def close(self) -> None:
         with self._lock:
@@ -170,6 +231,13 @@ class Index:
             with self._lock:
                 self._readers.append(conn)
         return conn
+
+    def seal(self, tenant: str) -> TenantSeal:
+        """The tenant's seal; :class:`PermissionDenied` if it has no key here."""
+        return seal_for(self._sealing, tenant)
+
+    def _open(self, body: bytes, tenant: str, seal: TenantSeal | None = None) -> Version:
+        return open_version(body, seal or self.seal(tenant))
 
     # --- writing (log-writer thread and recovery only) -------------------------------------
     def applied(self) -> AppliedPosition:
@@ -190,9 +258,12 @@ class Index:
         self.writer.execute("UPDATE state SET clean = ?", (int(clean),))
         self.writer.execute("PRAGMA synchronous=NORMAL")
 
-    def apply(self, items: Iterable[tuple[ChunkRecord | Version, Location]],
-              applied: AppliedPosition) -> None:
-        """Index *items* and move the applied position, in one transaction. Idempotent."""
+    def apply(self, items: Iterable[tuple[StoredRecord, Location]],
+              applied: AppliedPosition, names: Sequence[tuple[SealedVersion, Version]] = ()
+              ) -> None:
+        """Index *items* and move the applied position, in one transaction. Idempotent.
+        *names*: the clear versions of sealed ones among *items*, for the listing caches
+        (recovery has none: a cache is built after it)."""
         c = self.writer
         added = 0
         max_hlc = None
@@ -207,16 +278,15 @@ class Index:
                     continue
                 h = record.hlc - _HLC_SHIFT
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO versions (tenant, bucket, key, hlc, node, request_id,"
+                    "INSERT OR IGNORE INTO versions (tenant, bid, nid, hlc, node, request_id,"
                     " segment, offset, length, body, khash)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.tenant, record.bucket, record.key, h, record.node,
-                     record.request_id, loc.segment, loc.offset, loc.length,
-                     packb(record.to_wire()), key_hash(record.tenant, record.bucket,
-                                                       record.key)))
+                    (record.tenant, record.bucket_id, record.name_id, h, record.node,
+                     record.request_id, loc.segment, loc.offset, loc.length, record.body,
+                     khash_of(record.name_id)))
                 if cur.rowcount:
                     added += 1
-                    c.execute(_UPSERT_HEAD, (record.tenant, record.bucket, record.key, h,
+                    c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id, h,
                                              record.node, int(record.tombstone), cur.lastrowid))
                     max_hlc = h if max_hlc is None else max(max_hlc, h)
             c.execute(
@@ -231,8 +301,25 @@ class Index:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        if names:
+            self._note_names(names)
 
-    def relocate(self, items: Iterable[tuple[ChunkRecord | Version, Location]]) -> None:
+    def _note_names(self, names: Sequence[tuple[SealedVersion, Version]]) -> None:
+        # After the COMMIT: a listing whose cache build registered before this sees the name
+        # here; one that registers after it reads the committed rows. Either way none is lost.
+        with self._names_lock:
+            if not self._names and not self._building:
+                return
+            for sealed, v in names:
+                ident = (sealed.tenant, sealed.bucket_id)
+                cached = self._names.get(ident)
+                if cached is not None:
+                    cached.pending.add(v.key)
+                building = self._building.get(ident)
+                if building is not None:
+                    building.add(v.key)
+
+    def relocate(self, items: Iterable[tuple[StoredRecord, Location]]) -> None:
         """Point the index at new copies of records it already holds (compaction moved them).
         Writer thread only; idempotent."""
         c = self.writer
@@ -246,10 +333,9 @@ class Index:
                                record.chunk_id))
                 else:
                     c.execute("UPDATE versions SET segment = ?, offset = ?, length = ?"
-                              " WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
-                              " AND node = ?",
+                              " WHERE tenant = ? AND nid = ? AND hlc = ? AND node = ?",
                               (loc.segment, loc.offset, loc.length, record.tenant,
-                               record.bucket, record.key, record.hlc - _HLC_SHIFT, record.node))
+                               record.name_id, record.hlc - _HLC_SHIFT, record.node))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -262,79 +348,163 @@ class Index:
             (tenant, chunk_id)).fetchone()
         return None if row is None else Location(*row)
 
-    def has_version(self, v: Version) -> bool:
+    def has_version(self, tenant: str, name_id: bytes, hlc: int, node: str) -> bool:
         row = self._reader().execute(
-            "SELECT 1 FROM versions WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
-            " AND node = ?", (v.tenant, v.bucket, v.key, v.hlc - _HLC_SHIFT, v.node)).fetchone()
+            "SELECT 1 FROM versions WHERE tenant = ? AND nid = ? AND hlc = ? AND node = ?",
+            (tenant, name_id, hlc - _HLC_SHIFT, node)).fetchone()
         return row is not None
 
     def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        seal = self.seal(tenant)
         rows = self._reader().execute(
-            "SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key = ?"
-            " ORDER BY hlc, node", (tenant, bucket, key)).fetchall()
-        return [_version(b) for (b,) in rows]
+            "SELECT body FROM versions WHERE tenant = ? AND nid = ? ORDER BY hlc, node",
+            (tenant, seal.name_id(bucket, key))).fetchall()
+        return [open_version(b, seal) for (b,) in rows]
 
     def current(self, tenant: str, bucket: str, key: str) -> Version | None:
+        seal = self.seal(tenant)
         row = self._reader().execute(
             "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
-            " WHERE h.tenant = ? AND h.bucket = ? AND h.key = ?",
-            (tenant, bucket, key)).fetchone()
-        return None if row is None else _version(row[0])
+            " WHERE h.tenant = ? AND h.nid = ?", (tenant, seal.name_id(bucket, key))).fetchone()
+        return None if row is None else open_version(row[0], seal)
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None:
         if not 0 <= hlc < 1 << 64:
             return None
+        seal = self.seal(tenant)
         row = self._reader().execute(
-            "SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key = ? AND hlc = ?"
-            " AND node = ?", (tenant, bucket, key, hlc - _HLC_SHIFT, node)).fetchone()
-        return None if row is None else _version(row[0])
+            "SELECT body FROM versions WHERE tenant = ? AND nid = ? AND hlc = ? AND node = ?",
+            (tenant, seal.name_id(bucket, key), hlc - _HLC_SHIFT, node)).fetchone()
+        return None if row is None else open_version(row[0], seal)
+
+    # --- listings: names opened into a sorted cache per bucket --------------------------------
+    def _bucket_keys(self, tenant: str, bid: bytes, seal: TenantSeal) -> list[str]:
+        """Every key name of the bucket with a head here, sorted (a list no one mutates)."""
+        ident = (tenant, bid)
+        with self._names_lock:
+            cached = self._names.get(ident)
+            if cached is not None:
+                self._names.move_to_end(ident)
+                if cached.pending:
+                    known = cached.keys
+                    new = sorted(k for k in cached.pending if not _holds(known, k))
+                    if new:
+                        merged = known + new
+                        merged.sort()  # two sorted runs: Timsort merges them in linear time
+                        cached.keys = merged
+                    cached.pending = set()
+                return cached.keys
+            self._building[ident] = set()
+        try:
+            rows = self._reader().execute(
+                "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
+                " WHERE h.tenant = ? AND h.bid = ?", (tenant, bid)).fetchall()
+            opened = {open_names(body, seal)[1] for (body,) in rows}
+        except BaseException:
+            with self._names_lock:
+                self._building.pop(ident, None)
+            raise
+        with self._names_lock:
+            opened.update(self._building.pop(ident, ()))
+            ordered = sorted(opened)
+            self._names[ident] = _BucketNames(ordered)
+            total = sum(len(n.keys) for n in self._names.values())
+            while total > CACHED_NAMES and len(self._names) > 1:
+                _, dropped = self._names.popitem(last=False)
+                total -= len(dropped.keys)
+        return ordered
+
+    def _heads_of(self, tenant: str, nids: list[bytes]) -> dict[bytes, tuple[bool, bytes]]:
+        marks = ",".join("?" * len(nids))
+        rows = self._reader().execute(
+            "SELECT h.nid, h.tombstone, v.body FROM heads h JOIN versions v ON v.vid = h.vid"
+            f" WHERE h.tenant = ? AND h.nid IN ({marks})", (tenant, *nids)).fetchall()
+        return {nid: (bool(tomb), body) for nid, tomb, body in rows}
 
     def list_current(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
                      include_deleted: bool) -> list[Version]:
-        sql = ["SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
-               " WHERE h.tenant = ? AND h.bucket = ? AND h.key >= ? AND h.key > ?"]
-        args: list[object] = [tenant, bucket, prefix, after]
-        upper = prefix_upper_bound(prefix)
-        if upper is not None:
-            sql.append(" AND h.key < ?")
-            args.append(upper)
-        if not include_deleted:
-            sql.append(" AND h.tombstone = 0")
-        sql.append(" ORDER BY h.key LIMIT ?")
-        args.append(limit)
-        rows = self._reader().execute("".join(sql), args).fetchall()
-        return [_version(b) for (b,) in rows]
+        seal = self.seal(tenant)
+        keys = self._bucket_keys(tenant, seal.bucket_id(bucket), seal)
+        i = max(bisect.bisect_left(keys, prefix), bisect.bisect_right(keys, after))
+        out: list[Version] = []
+        while len(out) < limit and i < len(keys):
+            page: list[str] = []
+            while i < len(keys) and len(page) < _PAGE_KEYS and keys[i].startswith(prefix):
+                page.append(keys[i])
+                i += 1
+            if not page:
+                break
+            nids = [seal.name_id(bucket, k) for k in page]
+            heads = self._heads_of(tenant, nids)
+            for nid in nids:
+                head = heads.get(nid)
+                if head is None or (head[0] and not include_deleted):
+                    continue
+                out.append(open_version(head[1], seal))
+                if len(out) == limit:
+                    break
+        return out
 
     def list_versions(self, tenant: str, bucket: str, prefix: str,
                       after: tuple[str, int, str] | None, limit: int) -> list[Version]:
-        sql = ["SELECT body FROM versions WHERE tenant = ? AND bucket = ? AND key >= ?"]
-        args: list[object] = [tenant, bucket, prefix]
-        upper = prefix_upper_bound(prefix)
-        if upper is not None:
-            sql.append(" AND key < ?")
-            args.append(upper)
+        seal = self.seal(tenant)
+        keys = self._bucket_keys(tenant, seal.bucket_id(bucket), seal)
+        i = bisect.bisect_left(keys, prefix)
+        cursor: tuple[str, int, str] | None = None
         if after is not None:
             a_key, a_hlc, a_node = after
             a_hlc = min(max(a_hlc, 0), (1 << 64) - 1)  # clamping keeps the order of the cursor
-            sql.append(" AND (key, hlc, node) > (?, ?, ?)")
-            args.extend((a_key, a_hlc - _HLC_SHIFT, a_node))
-        sql.append(" ORDER BY key, hlc, node LIMIT ?")
-        args.append(limit)
-        rows = self._reader().execute("".join(sql), args).fetchall()
-        return [_version(b) for (b,) in rows]
+            cursor = (a_key, a_hlc, a_node)
+            i = max(i, bisect.bisect_left(keys, a_key))
+        out: list[Version] = []
+        conn = self._reader()
+        while len(out) < limit and i < len(keys):
+            page: list[str] = []
+            while i < len(keys) and len(page) < _PAGE_KEYS and keys[i].startswith(prefix):
+                page.append(keys[i])
+                i += 1
+            if not page:
+                break
+            nids = [seal.name_id(bucket, k) for k in page]
+            marks = ",".join("?" * len(nids))
+            rows = conn.execute(
+                f"SELECT nid, body FROM versions WHERE tenant = ? AND nid IN ({marks})"
+                " ORDER BY hlc, node", (tenant, *nids)).fetchall()
+            by_nid: dict[bytes, list[bytes]] = {}
+            for nid, body in rows:
+                by_nid.setdefault(nid, []).append(body)
+            for nid in nids:
+                for body in by_nid.get(nid, ()):
+                    v = open_version(body, seal)
+                    if cursor is not None and (v.key, v.hlc, v.node) <= cursor:
+                        continue
+                    out.append(v)
+                    if len(out) == limit:
+                        return out
+        return out
 
     def buckets(self, tenant: str, after: str = "", limit: int | None = None) -> list[str]:
-        # A skip scan (one index probe per bucket) rather than DISTINCT over every version.
-        out: list[str] = []
+        seal = self.seal(tenant)
         conn = self._reader()
-        row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ? AND bucket > ?",
-                           (tenant, after)).fetchone()
-        while row is not None and row[0] is not None and (limit is None or len(out) < limit):
-            out.append(row[0])
-            row = conn.execute("SELECT min(bucket) FROM heads WHERE tenant = ? AND bucket > ?",
-                               (tenant, row[0])).fetchone()
-        return out
+        names: list[str] = []
+        # A skip scan (one index probe per bucket id) rather than DISTINCT over every head.
+        row = conn.execute("SELECT min(bid) FROM heads WHERE tenant = ?", (tenant,)).fetchone()
+        while row is not None and row[0] is not None:
+            bid = row[0]
+            name = self._bucket_names.get((tenant, bid))
+            if name is None:
+                (body,) = conn.execute(
+                    "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
+                    " WHERE h.tenant = ? AND h.bid = ? LIMIT 1", (tenant, bid)).fetchone()
+                name = open_names(body, seal)[0]
+                with self._names_lock:
+                    self._bucket_names[(tenant, bid)] = name
+            names.append(name)
+            row = conn.execute("SELECT min(bid) FROM heads WHERE tenant = ? AND bid > ?",
+                               (tenant, bid)).fetchone()
+        out = sorted(n for n in names if n > after)
+        return out if limit is None else out[:limit]
 
     def tenant_usage(self) -> dict[str, int]:
         """Logical bytes of every tenant's current (not deleted) versions held here."""
@@ -343,7 +513,7 @@ class Index:
             "SELECT h.tenant, v.body FROM heads h JOIN versions v ON v.vid = h.vid "
             "WHERE h.tombstone = 0")
         for tenant, body in rows:
-            usage[tenant] = usage.get(tenant, 0) + _version(body).size
+            usage[tenant] = usage.get(tenant, 0) + _size_of(body)  # size is a clear field
         return usage
 
     def find_request(self, tenant: str, request_id: bytes) -> Version | None:
@@ -352,7 +522,7 @@ class Index:
         row = self._reader().execute(
             "SELECT body FROM versions WHERE tenant = ? AND request_id = ? AND request_id != x''"
             " ORDER BY vid LIMIT 1", (tenant, request_id)).fetchone()
-        return None if row is None else _version(row[0])
+        return None if row is None else self._open(row[0], tenant)
 
     def max_hlc(self) -> int:
         (h,) = self._reader().execute("SELECT max_hlc FROM state").fetchone()
@@ -363,33 +533,52 @@ class Index:
         return int(n)
 
     def iter_versions(self, page: int = 1000) -> Iterator[Version]:
+        """Every version whose tenant has a key here (a shredded tenant's cannot be opened)."""
         # Paged by rowid so no read transaction stays open while the caller works.
         last = -1
         while True:
             rows = self._reader().execute(
-                "SELECT vid, body FROM versions WHERE vid > ? ORDER BY vid LIMIT ?",
+                "SELECT vid, tenant, body FROM versions WHERE vid > ? ORDER BY vid LIMIT ?",
                 (last, page)).fetchall()
             if not rows:
                 return
-            for _vid, body in rows:
-                yield _version(body)
+            for _vid, tenant, body in rows:
+                seal = self._sealing.seal_for(tenant)
+                if seal is not None:
+                    yield open_version(body, seal)
             last = rows[-1][0]
 
     # --- anti-entropy and scrub (any thread) ---------------------------------------------------
-    def version_names_since(self, after_vid: int, limit: int
-                            ) -> list[tuple[int, str, str, str, int, str, int]]:
-        """``(vid, tenant, bucket, key, hlc, node, khash)`` of versions with ``vid >
-        after_vid``, ascending: vids only grow, so a reader following them misses nothing."""
+    def version_names_since(self, after_vid: int, limit: int, *, with_names: bool = False
+                            ) -> list[VersionName]:
+        """The versions with ``vid > after_vid``, ascending: vids only grow, so a reader
+        following them misses nothing. *with_names*: open bucket and key too (None when the
+        tenant has no key here)."""
         rows = self._reader().execute(
-            "SELECT vid, tenant, bucket, key, hlc, node, khash FROM versions WHERE vid > ?"
+            "SELECT vid, tenant, nid, hlc, node, khash, body FROM versions WHERE vid > ?"
             " ORDER BY vid LIMIT ?", (after_vid, limit)).fetchall()
-        return [(vid, t, b, k, h + _HLC_SHIFT, n, kh) for vid, t, b, k, h, n, kh in rows]
+        out = []
+        for vid, t, nid, h, n, kh, body in rows:
+            bucket = key = None
+            if with_names:
+                seal = self._sealing.seal_for(t)
+                if seal is not None:
+                    bucket, key = open_names(body, seal)
+            out.append(VersionName(vid, t, nid, h + _HLC_SHIFT, n, kh, bucket, key))
+        return out
 
-    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, Version]]:
-        """``(vid, version)`` of every version whose key hash is in ``[low, high]``."""
+    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, bytes, Version]]:
+        """``(vid, name id, version)`` of every version whose key hash is in ``[low, high]``
+        and whose tenant has a key here."""
         rows = self._reader().execute(
-            "SELECT vid, body FROM versions WHERE khash BETWEEN ? AND ?", (low, high)).fetchall()
-        return [(vid, _version(body)) for vid, body in rows]
+            "SELECT vid, tenant, nid, body FROM versions WHERE khash BETWEEN ? AND ?",
+            (low, high)).fetchall()
+        out = []
+        for vid, tenant, nid, body in rows:
+            seal = self._sealing.seal_for(tenant)
+            if seal is not None:
+                out.append((vid, nid, open_version(body, seal)))
+        return out
 
     def chunk_locations(self, after: tuple[str, bytes] | None, limit: int
                         ) -> list[tuple[str, bytes, Location]]:
@@ -403,10 +592,17 @@ class Index:
 
     def version_locations(self, after_vid: int, limit: int
                           ) -> list[tuple[int, Version, Location]]:
+        """Versions after *after_vid* with their log locations (those of tenants with a key
+        here: a shredded tenant's records are garbage for compaction, not scrub)."""
         rows = self._reader().execute(
-            "SELECT vid, body, segment, offset, length FROM versions WHERE vid > ?"
+            "SELECT vid, tenant, body, segment, offset, length FROM versions WHERE vid > ?"
             " ORDER BY vid LIMIT ?", (after_vid, limit)).fetchall()
-        return [(vid, _version(body), Location(s, o, n)) for vid, body, s, o, n in rows]
+        out = []
+        for vid, tenant, body, s, o, n in rows:
+            seal = self._sealing.seal_for(tenant)
+            if seal is not None:
+                out.append((vid, open_version(body, seal), Location(s, o, n)))
+        return out
 
     def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location,
                          reason: str) -> bool:
@@ -450,14 +646,13 @@ class Index:
         return conn
 
     # --- compaction (any thread but the writer's) ---------------------------------------------
-    def location_of(self, record: ChunkRecord | Version) -> Location | None:
+    def location_of(self, record: StoredRecord) -> Location | None:
         if isinstance(record, ChunkRecord):
             return self.chunk_location(record.tenant, record.chunk_id)
         row = self._reader().execute(
-            "SELECT segment, offset, length FROM versions WHERE tenant = ? AND bucket = ?"
-            " AND key = ? AND hlc = ? AND node = ?",
-            (record.tenant, record.bucket, record.key, record.hlc - _HLC_SHIFT,
-             record.node)).fetchone()
+            "SELECT segment, offset, length FROM versions WHERE tenant = ? AND nid = ?"
+            " AND hlc = ? AND node = ?",
+            (record.tenant, record.name_id, record.hlc - _HLC_SHIFT, record.node)).fetchone()
         return None if row is None else Location(*row)
 
     def forget_tenants(self, tenants: Iterable[str]) -> int:
@@ -475,6 +670,11 @@ class Index:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        gone = set(tenants)
+        with self._names_lock:
+            for cache in (self._names, self._bucket_names):
+                for ident in [i for i in cache if i[0] in gone]:
+                    del cache[ident]
         return dropped
 
     def references(self, segment: int) -> int:
@@ -491,4 +691,5 @@ class Index:
         a power cut (normally they need not — the log is replayed — but compaction deletes the
         log the old rows pointed into)."""
         conn = self._quarantine_conn()
-        conn.execute("PRAGMA wal_checkpoint(FULL)")
+        # TRUNCATE: also empties the WAL file, whose old frames would keep deleted rows.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -13,8 +13,10 @@ Files
     nothing durable and is removed at open.
 
 Segment header (32 bytes, ``_format.SEGMENT_HEADER``)
-    magic ``HDSDLOG\\0`` | u16 format version (1) | u16 flags (0) | u32 reserved (0) |
+    magic ``HDSDLOG\\0`` | u16 format version (2) | u16 flags (0) | u32 reserved (0) |
     u64 segment number | u64 xxh3-64 of the preceding 24 bytes. Little-endian throughout.
+    Format 1 (before names were sealed) is refused at open with one line naming
+    ``hdsd store migrate``, which rewrites it (``_migrate``).
 
 Record frame (24-byte header + body)
     ``\\xc3REC`` sync | u32 body length | u8 kind | u8 flags | u16 reserved (0) |
@@ -26,7 +28,15 @@ Record frame (24-byte header + body)
 
 Record kinds
     1 chunk ``{t: tenant, c: 32-byte chunk id, p: sealed payload}``;
-    2 version ``Version.to_wire()``. Kind 0 is invalid (zero-filled space is never a record).
+    2 version: ``Version.to_wire()`` without bucket ``b``, key ``k`` and metadata ``d``, plus
+    ``g``: the 16-byte keyed id of the bucket, ``y``: the 16-byte keyed id of (bucket, key),
+    ``e``: ``[bucket, key, metadata]`` sealed under the tenant's key (XChaCha20-Poly1305,
+    associated data: tenant, ``g``, ``y``, hlc, node; see ``_sealed``). No name is in clear
+    in the log, and shredding the tenant's key makes every such record's names unreadable
+    at once, in every segment, with nothing to rewrite. Tenant, HLC, node, request id,
+    size, keyed content hash, chunk ids, tombstone flag stay clear (none names a patient;
+    recovery and compaction need them without the key).
+    Kind 0 is invalid (zero-filled space is never a record).
     3 hint, 4 tenant key, 5 audit, 6 dead-chunk marker are reserved: a reader that meets a kind it
     does not know refuses to open rather than skip it.
 
@@ -85,9 +95,11 @@ Compaction (``_compact``; run after a tenant is crypto-shredded)
     segment's number to ``removed-segments`` (fsynced) and deleting the file. Recovery accepts
     gaps listed there and nowhere else. Reads take a shared gate around their ``pread``; a
     delete takes it alone, and a read whose segment vanished after its index lookup looks the
-    record up again. An index rebuilt from the log after compaction does not resurrect what
-    was dropped (it is no longer in any segment), except shredded records still in the head
-    segment, which no key can open (a later compaction drops them). The record kind 6
+    record up again. With dead tenants, compaction first drops their index rows (SQLite
+    ``secure_delete``, WAL truncated) and, if the head segment holds records of theirs,
+    starts a new segment (a rotation, no record written) so that one is sealed and compacted
+    in the same run: no record of a shredded tenant stays in any file. An index rebuilt from
+    the log after compaction does not resurrect what was dropped. The record kind 6
     (dead-chunk marker) stays reserved for deleting live chunks for good.
 """
 

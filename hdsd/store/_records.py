@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .._errors import IntegrityError, InvalidRequest
 from .._packing import PackError, packb, unpackb
 from . import _format as F
+from ._sealed import SealedVersion, Sealing, parse_sealed, seal_for, seal_version
 from ._version import Version
 
-__all__ = ["ChunkRecord", "EncodedRecord", "decode_record", "encode_record"]
+__all__ = ["ChunkRecord", "EncodedRecord", "StoredRecord", "decode_record", "encode_record"]
 
 CHUNK_ID_BYTES = 32
 
@@ -28,6 +28,9 @@ class ChunkRecord:
             raise ValueError(f"a chunk id is {CHUNK_ID_BYTES} bytes")
 
 
+StoredRecord = ChunkRecord | SealedVersion  # what the log and the index hold
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
     """A record ready to frame: its kind, msgpack body and the xxh3-64 of the body.
@@ -39,46 +42,53 @@ class EncodedRecord:
     kind: int
     body: bytes
     body_digest: int
-    record: ChunkRecord | Version
+    record: StoredRecord
+    clear: Version | None = None  # the version before sealing (None: chunks, moved records)
 
 
-def encode_record(record: ChunkRecord | Version) -> EncodedRecord:
-    """Encode *record*; :class:`InvalidRequest` if it cannot be stored (e.g. a lone surrogate)."""
-    wire: dict[str, Any]
-    if isinstance(record, ChunkRecord):
-        kind = F.KIND_CHUNK
-        wire = {"t": record.tenant, "c": record.chunk_id, "p": record.payload}
-    elif isinstance(record, Version):
-        kind = F.KIND_VERSION
-        wire = record.to_wire()
-    else:
-        raise TypeError(f"not a store record: {type(record).__name__}")
+def encode_record(record: ChunkRecord | Version | SealedVersion,
+                  sealing: Sealing | None = None) -> EncodedRecord:
+    """Encode *record* (a clear :class:`Version` is sealed with *sealing*: required then);
+    :class:`InvalidRequest` if it cannot be stored (e.g. a lone surrogate),
+    :class:`PermissionDenied` if its tenant has no key here."""
+    clear: Version | None = None
+    stored: StoredRecord
     try:
-        body = packb(wire)
-        # The index stores these as SQLite TEXT (UTF-8): refuse what cannot round-trip.
-        for text in _texts(record):
-            text.encode("utf-8")
-    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        if isinstance(record, ChunkRecord):
+            kind = F.KIND_CHUNK
+            body = packb({"t": record.tenant, "c": record.chunk_id, "p": record.payload})
+            stored = record
+        elif isinstance(record, Version):
+            kind = F.KIND_VERSION
+            # Names are compared and sorted as UTF-8: refuse what cannot round-trip.
+            for text in (record.tenant, record.bucket, record.key, record.node,
+                         *record.metadata, *record.metadata.values()):
+                text.encode("utf-8")
+            if sealing is None:
+                raise TypeError("a clear version needs the store's sealing")
+            stored = seal_version(record, seal_for(sealing, record.tenant))
+            body, clear = stored.body, record
+        elif isinstance(record, SealedVersion):
+            kind, body, stored = F.KIND_VERSION, record.body, record
+        else:
+            raise TypeError(f"not a store record: {type(record).__name__}")
+        record.tenant.encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:
         raise InvalidRequest(f"record cannot be stored: {exc}") from None
     if len(body) > F.MAX_BODY_BYTES:
         raise InvalidRequest(f"record of {len(body)} bytes exceeds {F.MAX_BODY_BYTES}")
-    return EncodedRecord(kind, body, F.digest(body), record)
+    return EncodedRecord(kind, body, F.digest(body), stored, clear)
 
 
-def _texts(record: ChunkRecord | Version) -> tuple[str, ...]:
-    if isinstance(record, ChunkRecord):
-        return (record.tenant,)
-    return (record.tenant, record.bucket, record.key, record.node)
-
-
-def decode_record(kind: int, body: bytes | memoryview) -> ChunkRecord | Version:
-    """The record a verified frame carries; :class:`IntegrityError` if the body is malformed."""
+def decode_record(kind: int, body: bytes | memoryview) -> StoredRecord:
+    """The record a verified frame carries (a version stays sealed: opening it needs the
+    tenant's key); :class:`IntegrityError` if the body is malformed."""
+    if kind == F.KIND_VERSION:
+        return parse_sealed(body)
     try:
         wire = unpackb(body)
     except PackError as exc:
         raise IntegrityError(f"malformed record body: {exc}") from None
-    if kind == F.KIND_VERSION:
-        return Version.from_wire(wire)
     if kind == F.KIND_CHUNK:
         try:
             tenant, chunk_id, payload = wire["t"], wire["c"], wire["p"]

@@ -25,8 +25,7 @@ from ._log import (
     next_batch_start,
     scan_segment,
 )
-from ._records import ChunkRecord, decode_record
-from ._version import Version
+from ._records import StoredRecord, decode_record
 
 __all__ = ["REMOVED_NAME", "Recovered", "list_segments", "recover", "removed_segments",
            "verify_log"]
@@ -75,6 +74,26 @@ def _check_header(buf: ByteSource, size: int, number: int, name: str) -> None:
                          f"format {F.FORMAT_VERSION}")
 
 
+def check_format(fs: FileSystem, directory: str) -> None:
+    """Refuse a store written by an older hdsd before touching it: format 1 kept bucket and
+    key names and metadata in clear; ``hdsd store migrate`` rewrites it sealed."""
+    numbers = list_segments(fs, directory)
+    if not numbers:
+        return
+    name = F.segment_name(numbers[0])
+    fd = fs.open_read(os.path.join(directory, name))
+    try:
+        raw = fs.pread(fd, F.SEGMENT_HEADER_SIZE, 0)
+    finally:
+        fs.close(fd)
+    if len(raw) == F.SEGMENT_HEADER_SIZE:
+        magic, version = F.SEGMENT_HEADER.unpack(raw)[:2]
+        if magic == F.SEGMENT_MAGIC and version in F.MIGRATABLE_VERSIONS:
+            raise StoreError(
+                f"the store in {directory} has log format {version} (names in clear); with "
+                "the node stopped, run: hdsd store migrate --config NODE.toml")
+
+
 def _with_map(fs: FileSystem, path: str, use: Callable[[ByteSource, int], None]) -> None:
     fd = fs.open_read(path)
     try:
@@ -88,7 +107,7 @@ def _with_map(fs: FileSystem, path: str, use: Callable[[ByteSource, int], None])
         fs.close(fd)
 
 
-def _decode(name: str, frame: Frame) -> ChunkRecord | Version:
+def _decode(name: str, frame: Frame) -> StoredRecord:
     if frame.kind not in F.KNOWN_KINDS:
         raise StoreError(f"log segment {name} holds a record of kind {frame.kind} at offset "
                          f"{frame.offset}, unknown to this version of hdsd; upgrade it")
@@ -191,7 +210,7 @@ class _Replay:
         self.name = F.segment_name(number)
         self.start = start
         self.last = last
-        self.items: list[tuple[ChunkRecord | Version, Location]] = []
+        self.items: list[tuple[StoredRecord, Location]] = []
         self.records = 0
         self.committed_end = self.torn_end = start
         self._last: Frame | None = None

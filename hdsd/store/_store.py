@@ -23,10 +23,11 @@ from .._errors import (
 from . import _format as F
 from ._compact import CompactReport, SegmentGate, compact
 from ._fs import FileSystem
-from ._index import Index, Location
+from ._index import Index, Location, VersionName, khash_of
 from ._log import check_frame
 from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
-from ._recovery import Recovered, list_segments, recover, verify_log
+from ._recovery import Recovered, check_format, list_segments, recover, verify_log
+from ._sealed import SealedVersion, Sealing, open_version
 from ._version import Version
 from ._wake import WakerPool
 from ._writer import LogWriter, PendingCommit
@@ -80,9 +81,10 @@ class Store:
     """
 
     def __init__(self, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
-                 lock_fd: int, recovered: Recovered) -> None:
+                 lock_fd: int, recovered: Recovered, sealing: Sealing) -> None:
         # Use Store.open(); this wires already-opened parts together.
         self._dir = directory
+        self._sealing = sealing
         self._fs = fs
         self._index = index
         self._writer = writer
@@ -95,10 +97,15 @@ class Store:
         self._compacting = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, segment_bytes: int = 256 << 20,
-             fs: FileSystem | None = None, verify: bool = False,
-             salvage: bool = False) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, sealing: Sealing,
+             segment_bytes: int = 256 << 20, fs: FileSystem | None = None,
+             verify: bool = False, salvage: bool = False) -> Store:
         """Open the store at *path*, creating it if missing, and run recovery.
+
+        *sealing* gives each tenant's :class:`TenantSeal` (the node's keyring): versions are
+        stored with bucket, key and metadata sealed under it, and read back through it.
+        A store written by an older hdsd (log format 1, names in clear) is refused with
+        :class:`StoreError` naming ``hdsd store migrate``.
 
         Raises :class:`CorruptLogError` if the log is damaged before its tail (a torn tail is
         cut and kept beside its segment as ``<segment>.torn-<offset>``). With *verify*, every
@@ -125,7 +132,8 @@ class Store:
                              "hdsd serve with this data directory?)") from None
         index: Index | None = None
         try:
-            index = Index(os.path.join(directory, INDEX_NAME))
+            check_format(fs, directory)
+            index = Index(os.path.join(directory, INDEX_NAME), sealing)
             recovered = recover(fs, directory, index, segment_bytes, salvage=salvage)
             if verify:
                 verify_log(fs, directory, (recovered.head_segment, recovered.head_offset))
@@ -141,7 +149,12 @@ class Store:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskFullError(f"no space left to open the store: {exc}") from exc
             raise
-        return cls(directory, fs, index, writer, lock_fd, recovered)
+        return cls(directory, fs, index, writer, lock_fd, recovered, sealing)
+
+    @property
+    def sealing(self) -> Sealing:
+        """The tenants' seals this store was opened with."""
+        return self._sealing
 
     def close(self) -> None:
         """Write what is already queued, stop the writer thread, release every file."""
@@ -181,12 +194,13 @@ class Store:
                 name: tuple[object, ...] = (r.tenant, r.chunk_id)
                 known = self._index.chunk_location(r.tenant, r.chunk_id) is not None
             else:
-                name = (r.tenant, r.bucket, r.key, r.hlc, r.node)
-                known = self._index.has_version(r)
+                nid = self._index.seal(r.tenant).name_id(r.bucket, r.key)
+                name = (r.tenant, nid, r.hlc, r.node)
+                known = self._index.has_version(r.tenant, nid, r.hlc, r.node)
             if known or name in seen:
                 continue
             seen.add(name)
-            encoded.append(encode_record(r))
+            encoded.append(encode_record(r, self._sealing))
         return encoded
 
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
@@ -352,15 +366,26 @@ class Store:
         return verify_log(self._fs, self._dir, self._writer.head)
 
     # -- anti-entropy and scrub -----------------------------------------------------------------
-    def version_names_since(self, after_vid: int, limit: int = 10_000
-                            ) -> list[tuple[int, str, str, str, int, str, int]]:
-        """``(vid, tenant, bucket, key, hlc, node, key_hash)`` of the versions indexed after
-        *after_vid*, ascending (vids only grow; follow the last one returned)."""
+    def version_names_since(self, after_vid: int, limit: int = 10_000, *,
+                            with_names: bool = False) -> list[VersionName]:
+        """The versions indexed after *after_vid*, ascending (vids only grow; follow the last
+        one returned): vid, tenant, name id, hlc, node, key hash, and with *with_names* the
+        bucket and key (None for a tenant without a key here)."""
         self._check_readable()
-        return self._index.version_names_since(after_vid, limit)
+        return self._index.version_names_since(after_vid, limit, with_names=with_names)
 
-    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, Version]]:
-        """``(vid, version)`` of every version whose :func:`key_hash` is in ``[low, high]``."""
+    def name_id(self, tenant: str, bucket: str, key: str) -> bytes:
+        """The keyed id of a key's name (the same on every node: the tenant's key is);
+        :class:`PermissionDenied` if the tenant has no key here."""
+        return self._index.seal(tenant).name_id(bucket, key)
+
+    def key_hash(self, tenant: str, bucket: str, key: str) -> int:
+        """The 32-bit anti-entropy hash of a key (see :func:`khash_of`)."""
+        return khash_of(self.name_id(tenant, bucket, key))
+
+    def versions_by_key_hash(self, low: int, high: int) -> list[tuple[int, bytes, Version]]:
+        """``(vid, name id, version)`` of every version whose :meth:`key_hash` is in
+        ``[low, high]`` (versions of tenants without a key here are left out)."""
         self._check_readable()
         return self._index.versions_by_key_hash(low, high)
 
@@ -386,7 +411,11 @@ class Store:
         except FileNotFoundError:
             return
         frame = check_frame(name, loc.offset, data)
-        decode_record(frame.kind, frame.body)
+        record = decode_record(frame.kind, frame.body)
+        if isinstance(record, SealedVersion):
+            seal = self._sealing.seal_for(record.tenant)
+            if seal is not None:  # the names must still open, not just the frame check
+                open_version(record.body, seal)
 
     def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location, reason: str) -> bool:
         """Unindex a damaged chunk record: reads of the chunk then go to another replica, and

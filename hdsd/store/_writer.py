@@ -16,6 +16,7 @@ from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
 from ._log import frame_batch
 from ._records import EncodedRecord
+from ._sealed import SealedVersion
 from ._version import Version
 from ._wake import Doorbell, Waker, WakerPool
 
@@ -43,6 +44,9 @@ class PendingCommit:
     completed: bool = False  # writer thread only: guards against a second wake-up
     # Compaction: these records are already indexed elsewhere; the index moves them here.
     relocate: bool = False
+    # Compaction after a shred: start a new segment first, so the current one becomes sealed
+    # (compactable) even if it holds the shredded tenant's records. May carry no records.
+    rotate: bool = False
 
 
 def spare_path(final: str) -> str:
@@ -182,11 +186,14 @@ class LogWriter:
             self._doorbell.ring()
 
     def commit_blocking(self, encoded: list[EncodedRecord], nbytes: int, *,
-                        relocate: bool = False) -> None:
+                        relocate: bool = False, rotate: bool = False) -> None:
         """Queue *encoded* (*nbytes* of frames) and block this thread until it is durable (or
         raise the writer's error). With *relocate*, the index is moved to the new copies
-        (compaction). The one blocking commit path: ``Store.commit_sync`` and compaction."""
-        pending = PendingCommit(encoded, nbytes, self.wakers.for_thread(), relocate=relocate)
+        (compaction). With *rotate*, a new segment is started first (*encoded* may be empty:
+        compaction after a shred seals the head segment so). The one blocking commit path:
+        ``Store.commit_sync`` and compaction."""
+        pending = PendingCommit(encoded, nbytes, self.wakers.for_thread(), relocate=relocate,
+                                rotate=rotate)
         self.submit(pending)
         assert pending.waker.event is not None
         pending.waker.event.wait()
@@ -274,12 +281,16 @@ class LogWriter:
                            "keeps a reserve); nothing of this write was acknowledged")
             return
         records = [r for c in batch for r in c.records]
+        rotate = any(c.rotate for c in batch)
         try:
-            if self._fd is None or (self._head + size > self._segment_bytes
+            if self._fd is None or ((rotate or self._head + size > self._segment_bytes)
                                     and self._head > F.SEGMENT_HEADER_SIZE):
                 self._rotate()
         except OSError as exc:
             self._refuse(batch, exc, "creating a log segment failed")
+            return
+        if not records:  # a rotation alone: nothing to write or index
+            self._complete(batch, None, "")
             return
         assert self._fd is not None
         data, offsets = frame_batch(records, self._head)
@@ -310,7 +321,7 @@ class LogWriter:
         self.commits += len(batch)
         # Durable: acknowledge now, index next. Readers wait for the index meanwhile
         # (wait_indexed), so the ack cannot be observed before the records are readable.
-        requests = [r for e in records if isinstance(r := e.record, Version) and r.request_id]
+        requests = [r for e in records if (r := e.clear) is not None and r.request_id]
         for r in requests:
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         self._acked += 1
@@ -318,7 +329,9 @@ class LogWriter:
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
                  for r, off in zip(records, offsets, strict=True)]
         try:
-            self._index.apply(items, AppliedPosition(segment, end, offsets[-1]))
+            self._index.apply(items, AppliedPosition(segment, end, offsets[-1]),
+                              [(e.record, e.clear) for e in records
+                               if e.clear is not None and isinstance(e.record, SealedVersion)])
             if any(c.relocate for c in batch):
                 moved = {id(r) for c in batch if c.relocate for r in c.records}
                 self._index.relocate([(rec, loc) for (rec, loc), r in zip(items, records,

@@ -7,15 +7,17 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import hdsd
-from hdsd.audit import AuditRecord, copy_dir, read_records
+from hdsd.audit import AuditRecord, copy_dir, open_audit_names, read_records
 from hdsd.audit._chain import parse_segment
 from hdsd.audit._verify import list_segments
 from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.pipeline import NameSeal
 from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.cluster import hdsd as run_cli
 
@@ -53,7 +55,45 @@ def _wait_for(predicate: object, what: str) -> None:
 
 
 def _requests(directory: Path) -> list[AuditRecord]:
-    return [r for r in read_records(directory) if r.kind == "request" and r.op != "connect"]
+    """Client request records, their bucket and key names opened (they are sealed under the
+    tenant's key in the log: see test_names_are_sealed)."""
+    seal = _seal(directory)
+    return [replace(r, **dict(zip(("bucket", "key"), open_audit_names(
+                seal, r.tenant, r.bucket, r.key), strict=True)))
+            for r in read_records(directory) if r.kind == "request" and r.op != "connect"]
+
+
+def _seal(directory: Path) -> NameSeal:
+    root = next(p for p in directory.parents if (p / "client.toml").exists())
+    keys = Keyring(root / ORIGIN / "data" / KEYRING_FILE,
+                   load_master_key(root / "master.key")).get("default")
+    assert keys is not None
+    return NameSeal(keys)
+
+
+def test_names_are_sealed(cluster: tuple[Path, NodeProcess, NodeProcess]) -> None:
+    root, origin, _ = cluster
+    with hdsd.Client(root / "client.toml") as admin:
+        admin.put("patient-77-bernard", "irm/patient-77-bernard.dcm", b"x")
+        admin.list("patient-77-bernard", prefix="irm/patient-77")
+    local = root / ORIGIN / "data" / "audit"
+    _wait_for(lambda: len([r for r in _requests(local)
+                           if r.bucket == "patient-77-bernard"]) == 2, "the records")
+    raw = [r for r in read_records(local) if r.kind == "request" and r.op != "connect"]
+    assert raw and all(r.bucket.startswith("sealed:") and r.key.startswith("id:") for r in raw
+                       if r.tenant == "default" and r.op in ("PutStart", "ListRequest"))
+    assert not any(b"patient-77" in p.read_bytes() for _, p in list_segments(local))
+    assert origin.stop() == 0, origin.log()
+    data = str(root / ORIGIN / "data")
+    sealed = run_cli("audit", "export", "--data-dir", data, "--tenant", "default",
+                     check=True).stdout
+    assert b"patient-77" not in sealed
+    opened = run_cli("audit", "export", "--data-dir", data, "--tenant", "default", "--config",
+                     str(root / ORIGIN / "node.toml"), check=True).stdout
+    lines = [json.loads(x) for x in opened.splitlines()]
+    assert [(x["op"], x["bucket"], x["key"]) for x in lines if x["op"] != "StatusRequest"
+            and x["bucket"]] == [("PutStart", "patient-77-bernard", "irm/patient-77-bernard.dcm"),
+                                 ("ListRequest", "patient-77-bernard", "irm/patient-77")]
 
 
 def test_requests_are_audited_shipped_and_verified(
@@ -110,7 +150,8 @@ def test_requests_are_audited_shipped_and_verified(
     assert b"ok: audit log of dc1-n1" in ok.stdout
 
     exported = run_cli("audit", "export", "--data-dir", str(root / ORIGIN / "data"),
-                       "--tenant", "default", "--format", "jsonl", check=True).stdout
+                       "--tenant", "default", "--format", "jsonl", "--config",
+                       str(root / ORIGIN / "node.toml"), check=True).stdout
     lines = [json.loads(line) for line in exported.splitlines()]
     assert [(x["op"], x["identity"]) for x in lines if x["bucket"] == "scans"] == \
         [(op, who) for op, who, _ in want]

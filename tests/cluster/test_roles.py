@@ -14,6 +14,7 @@ from hdsd.cluster import Layout, NodeInfo, placement_key
 from hdsd.repair import PeerTrees
 from hdsd.replication import Replicator
 from hdsd.store import Store
+from tests.helpers.sealing import SEALING
 
 
 def _layout(storage: int, backup: int, replicas: int = 1) -> Layout:
@@ -104,7 +105,7 @@ def test_replicas_for_asks_the_plan(backup: int) -> None:
 async def test_trees_compare_the_pairs_the_plan_places(tmp_path: Path) -> None:
     layout = _layout(1, 1)
     plans = {"vault": "backup"}
-    store = Store.open(tmp_path / "s", segment_bytes=1 << 20)
+    store = Store.open(tmp_path / "s", segment_bytes=1 << 20, sealing=SEALING)
     try:
         def trees(name: str) -> PeerTrees:
             return PeerTrees(store, layout, name, tmp_path / f"{name}.bin",

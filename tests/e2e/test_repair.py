@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 import hdsd
+from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.pipeline import NameSeal
 from hdsd.store._format import segment_name
 from tests.e2e.test_replication import Cluster
 from tests.helpers.cluster import hdsd as cli
@@ -244,9 +246,14 @@ def test_a_damaged_log_range_found_at_start_is_set_aside_and_refetched(
     node = cluster.nodes["dc2-n1"]
     node.stop()
     store_dir = node.config.parent / "data" / "store"
+    # The index keys rows by keyed name ids (names are sealed): d3's, with the tenant's key.
+    root = profile.parent
+    keys = Keyring(root / "dc2-n1" / "data" / KEYRING_FILE,
+                   load_master_key(root / "master.key")).get("default")
+    assert keys is not None
     db = sqlite3.connect(f"file:{store_dir / 'index.sqlite3'}?mode=ro", uri=True)
-    segment, offset = db.execute("SELECT segment, offset FROM versions WHERE key = 'd3'"
-                                 ).fetchone()
+    segment, offset = db.execute("SELECT segment, offset FROM versions WHERE nid = ?",
+                                 (NameSeal(keys).name_id(BUCKET, "d3"),)).fetchone()
     db.close()
     with open(store_dir / segment_name(segment), "r+b") as f:  # rot inside d3's record
         f.seek(offset + 40)

@@ -19,6 +19,7 @@ from hdsd.repair import AntiEntropy, PeerTrees, RepairReport
 from hdsd.store import ChunkRecord, Store, Version
 from hdsd.wire import FetchChunk, LeafDiff, Message, Replicate, TreeLevel
 from hdsd.wire._registry import decode_body, encode_body
+from tests.helpers.sealing import SEALING
 
 TENANT = "t"
 
@@ -75,7 +76,8 @@ class Pair:
     def __init__(self, root: Path, layout: Layout, x: str, y: str) -> None:
         self.layout = layout
         self.sides: dict[str, tuple[AntiEntropy, Store]] = {}
-        self.stores = {n: Store.open(root / n, segment_bytes=1 << 20) for n in (x, y)}
+        self.stores = {n: Store.open(root / n, segment_bytes=1 << 20, sealing=SEALING)
+                       for n in (x, y)}
         self.names = (x, y)
         self.root = root
 

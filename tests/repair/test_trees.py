@@ -7,11 +7,12 @@ from pathlib import Path
 
 from hdsd.repair import PeerTrees
 from hdsd.store import Store
+from tests.helpers.sealing import SEALING
 from tests.repair.test_sync import _layout, _version
 
 
 async def _store_with(path: Path, n: int) -> Store:
-    store = Store.open(path, segment_bytes=1 << 20)
+    store = Store.open(path, segment_bytes=1 << 20, sealing=SEALING)
     for i in range(n):
         v, chunks = _version(f"k{i}", 1 + i, "a0", 1)
         await store.commit([*chunks, v])
@@ -46,7 +47,7 @@ async def test_a_rebuilt_index_invalidates_the_snapshot(tmp_path: Path) -> None:
     store.close()
     for p in (tmp_path / "s").glob("index.sqlite3*"):
         p.unlink()
-    store = Store.open(tmp_path / "s", segment_bytes=1 << 20)  # replays the log
+    store = Store.open(tmp_path / "s", segment_bytes=1 << 20, sealing=SEALING)  # replays the log
     try:
         fresh = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
         assert fresh.watermark == 0 and fresh.count("b0") == 0

@@ -26,6 +26,7 @@ from hdsd.cluster import HybridClock, Layout, NodeInfo
 from hdsd.replication import HintStore, ModeState, PeerDoubts, Replicator
 from hdsd.store import ChunkRecord, Version
 from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate
+from tests.helpers.sealing import SEALING
 
 FSYNC_S = 0.0005
 
@@ -121,7 +122,7 @@ class SimNode:
         self.info = info
         self.store = MemStore()
         workdir.mkdir(parents=True, exist_ok=True)
-        self.hints = HintStore(workdir / "hints.sqlite")
+        self.hints = HintStore(workdir / "hints.sqlite", SEALING)
         self.mode = ModeState(workdir / "mode.json", site=info.site)
         self.clock = HybridClock(wall_ms=lambda: int(trio.current_time() * 1000))
         # Kept across crashes like the node's file; a restart doubts every peer (the node does

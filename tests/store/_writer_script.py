@@ -8,6 +8,7 @@ import sys
 import trio
 
 from hdsd.store import Store
+from tests.helpers.sealing import SEALING
 from tests.store._util import inline_version
 
 
@@ -16,7 +17,7 @@ def payload(key: str) -> bytes:
 
 
 async def main(path: str) -> None:
-    with Store.open(path, segment_bytes=64 << 10) as store:
+    with Store.open(path, segment_bytes=64 << 10, sealing=SEALING) as store:
         async def writer(w: int) -> None:
             for i in range(1_000_000):
                 key = f"w{w}-{i}"

@@ -20,6 +20,7 @@ import trio.testing
 from hdsd._errors import StoreFailedError
 from hdsd.store import Store, Version
 from hdsd.store._index import AppliedPosition, Location
+from tests.helpers.sealing import SEALING
 
 from ._util import FaultyFS, inline_version
 
@@ -39,16 +40,16 @@ class _GatedApply:
         self.fail = fail
 
     def __call__(self, items: Iterable[tuple[object, Location]],
-                 applied: AppliedPosition) -> None:
+                 applied: AppliedPosition, names: object = ()) -> None:
         self.entered.set()
         if self.fail:
             raise sqlite3.OperationalError("injected: database or disk is full")
         self.gate.wait()
-        self.real(items, applied)  # type: ignore[arg-type]
+        self.real(items, applied, names)  # type: ignore[arg-type]
 
 
 async def test_acknowledged_before_indexed_but_no_read_misses_it(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         gated = _GatedApply(store)
         store._index.apply = gated  # type: ignore[method-assign]
         seen: list[Version | None] = []
@@ -69,7 +70,7 @@ async def test_acknowledged_before_indexed_but_no_read_misses_it(tmp_path: Path)
 
 async def test_index_failure_after_the_ack_refuses_reads_and_reopen_replays(
         tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         with trio.fail_after(10):
             await store.commit([v(0)])
         store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
@@ -82,7 +83,7 @@ async def test_index_failure_after_the_ack_refuses_reads_and_reopen_replays(
         with pytest.raises(StoreFailedError), trio.fail_after(10):
             await store.commit([v(2)])
         assert store.statistics().failed
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         assert store.current("t", "b", "k1") == v(1)
         assert store.current("t", "b", "k0") == v(0)
         assert store.current("t", "b", "k2") is None
@@ -97,7 +98,7 @@ async def test_cancelled_commits_leak_no_wake_up_descriptor(tmp_path: Path) -> N
     gate = threading.Event()
     fs = FaultyFS()
     before = _open_fds()
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         fs.gate = gate  # every fdatasync waits: the commits are in flight when cancelled
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -122,7 +123,7 @@ def rv(i: int, request_id: bytes) -> Version:
 
 async def test_request_lookup_sees_an_ack_before_its_index_update_without_waiting(
         tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         with trio.fail_after(10):
             await store.commit([rv(0, b"first")])
         gated = _GatedApply(store)
@@ -149,7 +150,7 @@ async def test_request_lookup_sees_an_ack_before_its_index_update_without_waitin
 
 
 async def test_request_lookup_refuses_after_the_index_lost_an_ack(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
         with trio.fail_after(10):
             await store.commit([rv(0, b"lost")])

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from hdsd.store import ChunkRecord, Store
+from hdsd.store._sealed import seal_version
+from tests.helpers.sealing import SEALING
 
 from ._util import chunked_put, inline_version
 
@@ -45,7 +47,7 @@ def _assert_live(store: Store, live: list[list[object]]) -> None:
 
 
 def test_compaction_reclaims_a_shredded_tenant(tmp_path: Path) -> None:
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
         dead, live = _write(store)
         before = _files(tmp_path)
         assert any(MARK in data for data in before.values())
@@ -61,17 +63,18 @@ def test_compaction_reclaims_a_shredded_tenant(tmp_path: Path) -> None:
         extra = inline_version("kept", "b", "after", 10_000, "n", b"new")
         store.commit_sync([extra])  # and writes go on
         live.append([extra])
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:  # gaps expected at reopen
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:  # gaps at reopen
         _assert_live(store, live)
     for p in tmp_path.glob("index.sqlite3*"):
         p.unlink()
-    with Store.open(tmp_path, segment_bytes=SEGMENT, verify=True) as store:  # rebuilt from log
+    # rebuilt from log
+    with Store.open(tmp_path, segment_bytes=SEGMENT, verify=True, sealing=SEALING) as store:
         _assert_live(store, live)
         assert store.versions("gone", "b", "k0") == []
 
 
 def test_compaction_drops_superseded_copies_and_keeps_what_is_live(tmp_path: Path) -> None:
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
         _, live = _write(store)
         assert store.compact().segments_removed == 0  # nothing is garbage yet
         first = next(r for r in live[12] if isinstance(r, ChunkRecord))
@@ -92,10 +95,12 @@ def test_compaction_drops_superseded_copies_and_keeps_what_is_live(tmp_path: Pat
 
 def test_a_location_read_before_compaction_is_checked_quietly_after_it(tmp_path: Path) -> None:
     # Scrub walks locations while compaction may delete their segment: not an error.
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
         dead, _ = _write(store)
         first = dead[0][-1]
-        loc = store._index.location_of(first)  # type: ignore[arg-type]
+        seal = SEALING.seal_for(first.tenant)
+        assert seal is not None
+        loc = store._index.location_of(seal_version(first, seal))
         assert loc is not None
         store.compact(frozenset({"gone"}))
         assert not (tmp_path / f"{loc.segment:016d}.seg").exists()

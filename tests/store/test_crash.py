@@ -20,6 +20,7 @@ from hdsd import CorruptLogError, IntegrityError, StoreFailedError
 from hdsd.store import ChunkRecord, Store, Version
 from hdsd.store import _format as F
 from hdsd.store._log import Frame, scan_segment
+from tests.helpers.sealing import SEALING
 
 from ._util import FaultyFS, chunked_put, inline_version, tombstone
 
@@ -63,7 +64,7 @@ def test_power_cut_during_a_batch(ops: list[tuple[str, int, bytes]], fail_at: in
         fs = FaultyFS(fail_fdatasync_at=fail_at)
         acked: list[list[ChunkRecord | Version]] = []
         failed: list[list[ChunkRecord | Version]] = []
-        with Store.open(d, segment_bytes=SEGMENT, fs=fs) as store:
+        with Store.open(d, segment_bytes=SEGMENT, fs=fs, sealing=SEALING) as store:
             for i, op in enumerate(ops):
                 records = build(i, op)
                 try:
@@ -74,7 +75,7 @@ def test_power_cut_during_a_batch(ops: list[tuple[str, int, bytes]], fail_at: in
                     assert not failed, "acknowledged a write after a failed fdatasync"
                     acked.append(records)
         fs.crash(random.Random(seed))
-        with Store.open(d, segment_bytes=SEGMENT) as store:
+        with Store.open(d, segment_bytes=SEGMENT, sealing=SEALING) as store:
             for records in acked:
                 assert_present(store, records)
             if failed:
@@ -97,7 +98,7 @@ class Written:
 
 def write_log(d: str, ops: list[tuple[str, int, bytes]]) -> Written:
     commits, ends = [], []
-    with Store.open(d, segment_bytes=SEGMENT) as store:
+    with Store.open(d, segment_bytes=SEGMENT, sealing=SEALING) as store:
         for i, op in enumerate(ops):
             records = build(i, op)
             store.commit_sync(records)
@@ -152,11 +153,11 @@ def test_cut_or_zeroed_tail(how: str, keep_index: bool, ops: list[tuple[str, int
         lost_acked = (seg, at) < w.ends[-1]
         if keep_index and lost_acked:
             with pytest.raises(CorruptLogError) as info:
-                Store.open(d, segment_bytes=SEGMENT)
+                Store.open(d, segment_bytes=SEGMENT, sealing=SEALING)
             # Names the damaged segment, or the later one the index needs that is now gone.
             assert info.value.segment in {F.segment_name(s) for s in w.frames if s >= seg}
             return
-        with Store.open(d, segment_bytes=SEGMENT, verify=True) as store:
+        with Store.open(d, segment_bytes=SEGMENT, verify=True, sealing=SEALING) as store:
             for records, end in zip(w.commits, w.ends, strict=True):
                 if end <= (seg, at):
                     assert_present(store, records)
@@ -188,27 +189,28 @@ def test_flipped_byte(keep_index: bool, ops: list[tuple[str, int, bytes]],
         in_last_batch = seg == max(w.frames) and any(hit is f for f in batches[-1])
         if not keep_index and in_last_batch:
             # Indistinguishable from a batch torn by a power cut: cut, kept for forensics.
-            with Store.open(d, segment_bytes=SEGMENT) as store:
+            with Store.open(d, segment_bytes=SEGMENT, sealing=SEALING) as store:
                 for records in w.commits[:-1]:
                     assert_present(store, records)
                 assert not version_present(store, w.commits[-1])
                 assert store.statistics().torn_tails
             return
         with pytest.raises(CorruptLogError) as info:
-            Store.open(d, segment_bytes=SEGMENT, verify=True)
+            Store.open(d, segment_bytes=SEGMENT, verify=True, sealing=SEALING)
         assert (info.value.segment, info.value.offset) == (F.segment_name(seg), hit.offset)
 
 
 async def test_a_damaged_chunk_read_is_an_integrity_error(tmp_path: str) -> None:
     parts = [b"A" * 100, b"B" * 100]
     records = chunked_put("t", "b", "k", 1, "n", parts)
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
         store.commit_sync(records)
         store.commit_sync([inline_version("t", "b", "later", 2, "n", b"x")])
     with open(seg_path(str(tmp_path), 1), "r+b") as f:
         f.seek(F.SEGMENT_HEADER_SIZE + F.FRAME_HEADER_SIZE + 50)
         f.write(b"Z")
-    with Store.open(tmp_path, segment_bytes=SEGMENT) as store:  # not at the tail: opens
+    # not at the tail: opens
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
         first = records[0]
         assert isinstance(first, ChunkRecord)
         with pytest.raises(IntegrityError, match="checksum"):
@@ -236,7 +238,7 @@ def test_salvage_sets_the_damaged_batch_aside_and_replays_the_rest(
         lost = (seg, batch[-1].end)
         gone = {r.chunk_id for records, end in zip(w.commits, w.ends, strict=True)
                 if end == lost for r in records if isinstance(r, ChunkRecord)}
-        with Store.open(d, segment_bytes=SEGMENT, salvage=True) as store:
+        with Store.open(d, segment_bytes=SEGMENT, salvage=True, sealing=SEALING) as store:
             for records, end in zip(w.commits, w.ends, strict=True):
                 if end == lost:
                     assert not version_present(store, records)
@@ -255,5 +257,6 @@ def test_salvage_sets_the_damaged_batch_aside_and_replays_the_rest(
                 assert os.path.exists(seg_path(d, seg) + F.DAMAGED_INFIX + str(batch[0].offset))
             extra = inline_version("t", "b", "after", 10_000, "n", b"new")
             store.commit_sync([extra])  # and it takes writes again
-        with Store.open(d, segment_bytes=SEGMENT) as store:  # the index now covers it all
+        # the index now covers it all
+        with Store.open(d, segment_bytes=SEGMENT, sealing=SEALING) as store:
             assert_present(store, [extra])

@@ -13,6 +13,7 @@ import trio.testing
 from hdsd import DiskFullError, StoreClosedError, StoreFailedError
 from hdsd._errors import StoreError
 from hdsd.store import Store, Version
+from tests.helpers.sealing import SEALING
 
 from ._util import FaultyFS, inline_version
 
@@ -23,7 +24,7 @@ def v(i: int, data: bytes = b"data") -> Version:
 
 async def test_fdatasync_failure_stops_the_store_for_good(tmp_path: Path) -> None:
     fs = FaultyFS(fail_fdatasync_at=3)  # one fdatasync per batch: the third batch fails
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         await store.commit([v(0)])
         store.commit_sync([v(1)])
         with pytest.raises(StoreFailedError, match="fdatasync"):
@@ -41,7 +42,7 @@ async def test_fdatasync_failure_stops_the_store_for_good(tmp_path: Path) -> Non
         assert stats.failed and stats.commits == 2
         assert store.current("t", "b", "k1") == v(1)  # reads keep working
         assert store.current("t", "b", "k2") is None  # never indexed
-    with Store.open(tmp_path) as store:  # restart: what was durable is there
+    with Store.open(tmp_path, sealing=SEALING) as store:  # restart: what was durable is there
         assert store.current("t", "b", "k0") == v(0)
         assert store.current("t", "b", "k1") == v(1)
         store.commit_sync([v(9)])
@@ -49,7 +50,7 @@ async def test_fdatasync_failure_stops_the_store_for_good(tmp_path: Path) -> Non
 
 async def test_write_error_stops_the_store(tmp_path: Path) -> None:
     fs = FaultyFS(fail_write_at=2)  # one log write per batch: the second fails
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         await store.commit([v(0)])
         with pytest.raises(StoreFailedError, match="write"):
             await store.commit([v(1)])
@@ -59,7 +60,7 @@ async def test_write_error_stops_the_store(tmp_path: Path) -> None:
 
 async def test_enospc_refuses_the_batch_and_keeps_going(tmp_path: Path) -> None:
     fs = FaultyFS(enospc_write_at=2)
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         await store.commit([v(0)])
         with pytest.raises(DiskFullError):
             await store.commit([v(1, b"x" * 5000)])  # half of it reached the file
@@ -67,7 +68,8 @@ async def test_enospc_refuses_the_batch_and_keeps_going(tmp_path: Path) -> None:
         assert store.current("t", "b", "k1") is None
         await store.commit([v(2)])  # space is back: accepted again, after the cut-back point
         assert store.current("t", "b", "k2") == v(2)
-    with Store.open(tmp_path, verify=True) as store:  # no stale half-batch left in the log
+    # no stale half-batch left in the log
+    with Store.open(tmp_path, verify=True, sealing=SEALING) as store:
         assert store.current("t", "b", "k1") is None
         assert store.current("t", "b", "k0") == v(0)
         assert store.current("t", "b", "k2") == v(2)
@@ -76,20 +78,20 @@ async def test_enospc_refuses_the_batch_and_keeps_going(tmp_path: Path) -> None:
 
 async def test_enospc_creating_a_segment(tmp_path: Path) -> None:
     fs = FaultyFS(enospc_create_after=1)  # the first segment only (spares fail, too)
-    with Store.open(tmp_path, fs=fs, segment_bytes=4096) as store:
+    with Store.open(tmp_path, fs=fs, segment_bytes=4096, sealing=SEALING) as store:
         await store.commit([v(0, b"a" * 3000)])
         with pytest.raises(DiskFullError):
             await store.commit([v(1, b"b" * 3000)])  # needs a new segment
         fs.enospc_create_after = None
         await store.commit([v(2, b"c" * 3000)])
         assert store.statistics().segments == 2
-    with Store.open(tmp_path, segment_bytes=4096) as store:
+    with Store.open(tmp_path, segment_bytes=4096, sealing=SEALING) as store:
         assert [store.current("t", "b", f"k{i}") is not None for i in range(3)] == [
             True, False, True]
 
 
 async def test_closed_store_refuses_everything(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+    store = Store.open(tmp_path, sealing=SEALING)
     await store.commit([v(0)])
     store.close()
     store.close()  # idempotent
@@ -102,14 +104,14 @@ async def test_closed_store_refuses_everything(tmp_path: Path) -> None:
 
 
 def test_one_process_at_a_time(tmp_path: Path) -> None:
-    with Store.open(tmp_path), pytest.raises(StoreError, match="open in another"):
-        Store.open(tmp_path)
+    with Store.open(tmp_path, sealing=SEALING), pytest.raises(StoreError, match="open in another"):
+        Store.open(tmp_path, sealing=SEALING)
 
 
 async def test_cancelled_commit_leaves_the_store_working(tmp_path: Path) -> None:
     gate = threading.Event()
     fs = FaultyFS()
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         fs.gate = gate  # hold the next fdatasync so the commit is in flight when cancelled
         scope = trio.CancelScope()
 

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from hdsd.store import Store
+from tests.helpers.sealing import SEALING
 
 from ._util import FaultyFS, inline_version
 
@@ -17,7 +18,7 @@ async def test_concurrent_commits_share_one_fdatasync(tmp_path: Path) -> None:
     gate = threading.Event()
     fs = FaultyFS()
     done: list[int] = []
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         fs.gate = gate
         before = store.statistics()
 
@@ -45,7 +46,7 @@ async def test_concurrent_commits_share_one_fdatasync(tmp_path: Path) -> None:
 
 
 async def test_many_trio_tasks_fewer_fsyncs_than_commits(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         async def writer(w: int) -> None:
             for i in range(20):
                 await store.commit([inline_version("t", "b", f"{w}-{i}", w * 100 + i + 1, "n",
@@ -62,7 +63,7 @@ async def test_many_trio_tasks_fewer_fsyncs_than_commits(tmp_path: Path) -> None
 
 
 def test_commit_sync_from_many_threads(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         def writer(w: int) -> None:
             for i in range(25):
                 store.commit_sync([inline_version("t", "b", f"{w}-{i}", w * 100 + i + 1, "n",

@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from hdsd.store import Store
+from tests.helpers.sealing import SEALING
 
 from ._writer_script import payload
 
@@ -38,7 +39,7 @@ async def test_kill_9_mid_burst_loses_nothing_acknowledged(tmp_path: Path) -> No
             await proc.wait()
             await proc.stdout.aclose()
     assert proc.returncode == -signal.SIGKILL
-    with Store.open(tmp_path, segment_bytes=64 << 10) as store:
+    with Store.open(tmp_path, segment_bytes=64 << 10, sealing=SEALING) as store:
         for key in acked:
             (v,) = store.versions("t", "b", key)
             assert v.inline == payload(key)

@@ -12,6 +12,7 @@ import trio
 from hdsd._errors import StoreClosedError
 from hdsd.store import Store, Version
 from hdsd.store._wake import SIGNALLED
+from tests.helpers.sealing import SEALING
 
 from ._util import FaultyFS, inline_version
 
@@ -27,7 +28,7 @@ def _open_fds() -> int:
 async def test_wait_returns_once_durable_and_readable(tmp_path: Path) -> None:
     gate = threading.Event()
     fs = FaultyFS()
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         fs.gate = gate
         ticket = store.start_commit([v(0)])
         await trio.to_thread.run_sync(fs.at_gate.wait)  # queued at once, syncing now
@@ -46,7 +47,7 @@ async def test_abandoned_tickets_are_written_and_leak_nothing(tmp_path: Path,
     gate = threading.Event()
     fs = FaultyFS()
     before = _open_fds()
-    with Store.open(tmp_path, fs=fs) as store:
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         fs.gate = gate
         tickets = [store.start_commit([v(i)]) for i in range(4)]
         await trio.to_thread.run_sync(fs.at_gate.wait)
@@ -64,7 +65,7 @@ async def test_abandoned_tickets_are_written_and_leak_nothing(tmp_path: Path,
 
 
 async def test_nothing_new_to_write_needs_no_writer(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         await store.commit([v(0)])
         commits = store.statistics().commits
         with trio.fail_after(10):
@@ -73,7 +74,7 @@ async def test_nothing_new_to_write_needs_no_writer(tmp_path: Path) -> None:
 
 
 def test_errors_before_queueing_raise_at_start(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+    store = Store.open(tmp_path, sealing=SEALING)
     store.close()
     with pytest.raises(StoreClosedError):
         store.start_commit([v(0)])
@@ -81,7 +82,7 @@ def test_errors_before_queueing_raise_at_start(tmp_path: Path) -> None:
 
 async def test_waiting_after_the_signal_reuses_the_descriptor(tmp_path: Path) -> None:
     before = _open_fds()
-    with Store.open(tmp_path) as store:
+    with Store.open(tmp_path, sealing=SEALING) as store:
         ticket = store.start_commit([v(0)])
         with trio.fail_after(10):
             await store.commit([v(1)])  # v(0)'s batch was signalled before this one's

@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from hdsd import NotFound
 from hdsd.store import ChunkRecord, Store, Version
+from tests.helpers.sealing import SEALING
 
 from ._util import chunked_put, inline_version, tombstone
 
@@ -28,7 +29,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="hdsd-store-")
         # Tiny segments so rotation happens often.
-        self.store = Store.open(self.dir, segment_bytes=2048)
+        self.store = Store.open(self.dir, segment_bytes=2048, sealing=SEALING)
         self.versions: dict[tuple[str, str, str], dict[tuple[int, str], Version]] = {}
         self.chunks: dict[tuple[str, bytes], bytes] = {}
 
@@ -87,7 +88,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.store.close()
-        self.store = Store.open(self.dir, segment_bytes=2048)
+        self.store = Store.open(self.dir, segment_bytes=2048, sealing=SEALING)
 
     @rule(tenant=st.sampled_from(TENANTS), bucket=st.sampled_from(BUCKETS),
           prefix=st.sampled_from(["", "a", "a/", "z", "é", "q"]),

@@ -1,0 +1,144 @@
+"""Version records with their names sealed: what the log and the index hold of a version.
+
+The store knows no tenant key. The node injects a :class:`Sealing` (one :class:`TenantSeal`
+per tenant, from its keyring); the store uses it to turn a clear :class:`Version` into a
+:class:`SealedVersion` on the caller's thread before the record reaches the log writer, and
+back when a read returns it. Everything the store must do without the key — recovery
+replaying the log into the index, compaction moving records, repair finding a key's leaf —
+works on the clear parts of a sealed version: tenant, the keyed ids of its bucket and of its
+(bucket, key), HLC, origin node, request id, tombstone flag.
+
+Sealed part (``"e"`` in the record body): ``TenantSeal.seal(packb([bucket, key, metadata]),
+aad)`` with ``aad = b"hdsd-version-names-v1\\0" || packb([tenant, bucket id, name id, hlc,
+node])``: the record's identity, so sealed names cannot be moved to another version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._errors import IntegrityError, PermissionDenied
+from .._packing import PackError, packb, unpackb
+from ._version import Version, _typed
+
+__all__ = ["NAME_ID_BYTES", "SealedVersion", "Sealing", "TenantSeal", "open_names", "open_version",
+           "seal_for", "seal_version"]
+
+NAME_ID_BYTES = 16
+_AAD = b"hdsd-version-names-v1\x00"
+
+
+class TenantSeal(Protocol):
+    """One tenant's name ids (keyed hashes) and name sealing (AEAD)."""
+
+    def bucket_id(self, bucket: str) -> bytes: ...
+
+    def name_id(self, bucket: str, key: str) -> bytes: ...
+
+    def seal(self, plain: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, sealed: bytes, aad: bytes) -> bytes:
+        """The plaintext; :class:`IntegrityError` if it does not authenticate."""
+        ...
+
+
+class Sealing(Protocol):
+    """What the node gives its store: a tenant's seal, or None (no key: unknown or shredded)."""
+
+    def seal_for(self, tenant: str) -> TenantSeal | None: ...
+
+
+def seal_for(sealing: Sealing, tenant: str) -> TenantSeal:
+    seal = sealing.seal_for(tenant)
+    if seal is None:
+        raise PermissionDenied(f"tenant {tenant!r} has no key on this node (unknown or "
+                               "shredded): its names cannot be sealed or opened")
+    return seal
+
+
+@dataclass(frozen=True, slots=True)
+class SealedVersion:
+    """A version as stored: clear identity fields, names and metadata sealed in *body*."""
+
+    tenant: str
+    bucket_id: bytes
+    name_id: bytes
+    hlc: int
+    node: str
+    request_id: bytes
+    tombstone: bool
+    body: bytes  # the msgpack record body, exactly as in the log
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.hlc, self.node)
+
+
+def _aad(tenant: str, bucket_id: bytes, name_id: bytes, hlc: int, node: str) -> bytes:
+    return _AAD + packb([tenant, bucket_id, name_id, hlc, node])
+
+
+def seal_version(v: Version, seal: TenantSeal, name_id: bytes | None = None) -> SealedVersion:
+    """*v* with bucket, key and metadata sealed (a fresh nonce each call); *name_id*: its
+    name id if the caller computed it already."""
+    bid = seal.bucket_id(v.bucket)
+    nid = name_id or seal.name_id(v.bucket, v.key)
+    wire = v.to_wire()
+    names = packb([wire.pop("b"), wire.pop("k"), wire.pop("d")])
+    wire["g"] = bid
+    wire["y"] = nid
+    wire["e"] = seal.seal(names, _aad(v.tenant, bid, nid, v.hlc, v.node))
+    return SealedVersion(v.tenant, bid, nid, v.hlc, v.node, v.request_id, v.tombstone,
+                         packb(wire))
+
+
+def parse_sealed(body: bytes | memoryview) -> SealedVersion:
+    """The clear fields of a sealed version record body; :class:`IntegrityError` if
+    malformed."""
+    try:
+        wire = unpackb(body)
+        return SealedVersion(
+            tenant=_typed(wire["t"], str), bucket_id=_id(wire["g"]), name_id=_id(wire["y"]),
+            hlc=_typed(wire["h"], int), node=_typed(wire["n"], str),
+            request_id=_typed(wire["r"], bytes), tombstone=_typed(wire["x"], bool),
+            body=bytes(body))
+    except (PackError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+
+
+def _id(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) != NAME_ID_BYTES:
+        raise TypeError("a name id is 16 bytes")
+    return value
+
+
+def open_version(body: bytes, seal: TenantSeal) -> Version:
+    """The clear :class:`Version` of a sealed record body. The ids need no recomputing: they
+    are in the associated data, so ids that do not belong to the sealed names fail to open
+    (only a holder of the key could have sealed them together)."""
+    try:
+        wire = unpackb(body)
+        bid, nid = _id(wire["g"]), _id(wire["y"])
+        sealed = _typed(wire.pop("e"), bytes)
+        plain = seal.open(sealed, _aad(_typed(wire["t"], str), bid, nid,
+                                       _typed(wire["h"], int), _typed(wire["n"], str)))
+        bucket, key, metadata = unpackb(plain)
+    except (PackError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"malformed sealed version record: {exc}") from None
+    wire["b"], wire["k"], wire["d"] = bucket, key, metadata
+    return Version.from_wire(wire)
+
+
+def open_names(body: bytes, seal: TenantSeal) -> tuple[str, str]:
+    """Only ``(bucket, key)`` of a sealed record body: what a listing cache needs (one AEAD
+    open and no :class:`Version` built)."""
+    try:
+        wire = unpackb(body)
+        plain = seal.open(_typed(wire["e"], bytes),
+                          _aad(_typed(wire["t"], str), _id(wire["g"]), _id(wire["y"]),
+                               _typed(wire["h"], int), _typed(wire["n"], str)))
+        bucket, key, _metadata = unpackb(plain)
+        return _typed(bucket, str), _typed(key, str)
+    except (PackError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"malformed sealed version record: {exc}") from None

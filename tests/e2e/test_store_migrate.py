@@ -1,0 +1,76 @@
+"""A data directory written before names were sealed (log format 1): the node refuses to start
+with one line saying how to migrate; `hdsd store migrate` rewrites it (both sites); the nodes
+then serve the same object, and no name is left in clear on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hdsd
+from hdsd._packing import packb
+from hdsd.cluster import HybridClock
+from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.pipeline import ChunkCodec
+from hdsd.store import Version
+from hdsd.store import _format as F
+from hdsd.store._log import frame_batch
+from hdsd.store._records import EncodedRecord
+from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import hdsd as run_cli
+
+pytestmark = pytest.mark.e2e
+
+BUCKET, KEY, NIR = "patient-808-roux", "cr/patient-808-roux.pdf", "2-61-08-75-042-007"
+
+
+def _write_format1_store(data_dir: Path, version: Version) -> None:
+    store = data_dir / "store"
+    store.mkdir(mode=0o700)
+    head = F.SEGMENT_HEADER.pack(F.SEGMENT_MAGIC, 1, 0, 0, 1, 0)[:24]
+    body = packb(version.to_wire())  # format 1: the record in clear
+    framed, _ = frame_batch([EncodedRecord(F.KIND_VERSION, body, F.digest(body),
+                                           version)],  # type: ignore[arg-type]
+                            F.SEGMENT_HEADER_SIZE)
+    (store / F.segment_name(1)).write_bytes(head + F.U64.pack(F.digest(head)) + framed
+                                            + bytes(4096))
+
+
+def test_an_old_store_is_refused_then_migrated(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    init_cluster(root)
+    keys = Keyring(root / "dc1-n1" / "data" / KEYRING_FILE,
+                   load_master_key(root / "master.key")).get("default")
+    assert keys is not None
+    sealed = ChunkCodec(keys).seal(b"compte rendu")
+    for node in ("dc1-n1", "dc2-n1"):
+        v = Version(tenant="default", bucket=BUCKET, key=KEY, hlc=HybridClock().now(),
+                    node=node, size=12, content_hash=sealed.chunk_id, chunks=(sealed.chunk_id,),
+                    inline=sealed.payload, metadata={"nir": NIR})
+        _write_format1_store(root / node / "data", v)
+
+    refused = NodeProcess(root / "dc1-n1" / "node.toml")
+    with pytest.raises(AssertionError, match="hdsd store migrate"):
+        refused.start()
+    for node in ("dc1-n1", "dc2-n1"):
+        proc = run_cli("store", "migrate", "--config", str(root / node / "node.toml"))
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert b"store migrated" in proc.stdout and b"1 versions" in proc.stdout, proc.stdout
+    again = run_cli("store", "migrate", "--config", str(root / "dc1-n1" / "node.toml"))
+    assert again.returncode == 0 and b"nothing to do" in again.stdout
+
+    nodes = [NodeProcess(root / n / "node.toml").start() for n in ("dc1-n1", "dc2-n1")]
+    try:
+        for site in ("dc1", "dc2"):
+            with hdsd.Client(root / "client.toml", site=site) as c:
+                assert c.get(BUCKET, KEY) == b"compte rendu"
+                assert c.stat(BUCKET, KEY).metadata == {"nir": NIR}
+    finally:
+        for n in nodes:
+            assert n.stop() == 0, n.log()
+    for node in ("dc1-n1", "dc2-n1"):
+        for path in (root / node / "data" / "store").rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert b"patient-808" not in data and NIR.encode() not in data, path
