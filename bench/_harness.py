@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hdsd.node import KEYRING_FILE, load_master_key
+from hdsd.pipeline import TenantNameSealing
+
 if TYPE_CHECKING:
     import hdsd
 
@@ -344,3 +347,19 @@ async def concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
         for i in range(n):
             nursery.start_soon(job, i)
     return time.perf_counter() - t0
+
+
+def cluster_sealing(root: Path) -> TenantNameSealing:
+    """The tenants' keys `hdsd init` gave the cluster under *root*: names written offline into
+    a node's store must be sealed with them, or the node cannot open them."""
+    from hdsd.node._keyring import Keyring  # a bench writes a store offline, as no client can
+    from hdsd.pipeline import TenantKeys
+
+    ring = Keyring(root / "dc1-n1" / "data" / KEYRING_FILE, load_master_key(root / "master.key"))
+    cache: dict[str, TenantKeys | None] = {}
+
+    def lookup(tenant: str) -> TenantKeys | None:
+        if tenant not in cache:
+            cache[tenant] = ring.get(tenant)
+        return cache[tenant]
+    return TenantNameSealing(lookup)

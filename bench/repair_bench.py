@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hdsd
 from bench._harness import (
     NodeProcess,
+    cluster_sealing,
     init_cluster,
     latency_ms,
     machine_info,
@@ -49,24 +50,8 @@ from bench._harness import (
     write_json,
 )
 from hdsd._packing import packb
-from hdsd.pipeline import TenantKeys, TenantNameSealing
+from hdsd.pipeline import TenantNameSealing
 from hdsd.store import Store, Version
-
-
-def _cluster_sealing(root: Path) -> TenantNameSealing:
-    """The tenants' keys `hdsd init` gave the cluster: names written offline into a node's
-    store must be sealed with them, or the node cannot open them."""
-    from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
-
-    ring = Keyring(root / "dc1-n1" / "data" / KEYRING_FILE, load_master_key(root / "master.key"))
-    cache: dict[str, TenantKeys | None] = {}
-
-    def lookup(tenant: str) -> TenantKeys | None:
-        if tenant not in cache:
-            cache[tenant] = ring.get(tenant)
-        return cache[tenant]
-    return TenantNameSealing(lookup)
-
 
 SEALING: TenantNameSealing | None = None  # set once the cluster exists
 
@@ -166,7 +151,7 @@ def main() -> None:
         root = Path(tmp) / "cluster"
         profile = init_cluster(root)
         global SEALING
-        SEALING = _cluster_sealing(root)
+        SEALING = cluster_sealing(root)
         tenant = next(line.split("=", 1)[1].strip().strip('"')
                       for line in profile.read_text().splitlines()
                       if line.startswith("tenant"))

@@ -114,6 +114,30 @@ def rpo_line(nodes: list[dict[str, Any]]) -> str:
     return f"live RPO: {'; '.join(parts)}; oldest {age:.1f} s"
 
 
+def rebuild_line(entry: dict[str, Any]) -> str | None:
+    """One line for a node that is rebuilding (its store was emptied or damaged), else None:
+    progress through the current peer's data, bytes received, rate and ETA."""
+    rb = entry.get("rebuild") or {}
+    state = rb.get("state")
+    if state not in ("running", "checking"):
+        return None
+    name = entry.get("node", "?")
+    if state == "checking":
+        return f"{name}: started empty, comparing with its peers (rebuild or new node?)"
+    done, total = int(rb.get("leaves_done") or 0), int(rb.get("leaves_total") or 0)
+    received = int(rb.get("bytes_received") or 0) + int(rb.get("bytes_received_this_peer") or 0)
+    versions = (int(rb.get("versions_received") or 0)
+                + int(rb.get("versions_received_this_peer") or 0))
+    eta = rb.get("eta_s")
+    limit = float(rb.get("rate_limit_mib_s") or 0)
+    peers = f"peer {len(rb.get('peers_done') or []) + 1}/{rb.get('peers_total', '?')}"
+    return (f"{name}: rebuilding from {rb.get('peer', '?')} ({peers}): "
+            f"{100 * done / total if total else 0:.0f} %, {versions:,} versions, "
+            f"{human_bytes(received)} at {float(rb.get('rate_mib_s') or 0):.1f} MiB/s, "
+            f"ETA {human_age(float(eta)) if eta is not None else '?'}"
+            f" (limit {f'{limit:g} MiB/s' if limit else 'none'})")
+
+
 def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
     """The table cells of one node (strings; '-' where unknown)."""
     name = str(entry.get("node", "?")) + (" (backup)" if entry.get("role") == "backup" else "")
@@ -229,6 +253,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(line)
     if "rpo" in st:
         click.echo(rpo_line(nodes))
+    for n in nodes:
+        if n.get("up") and (text := rebuild_line(n)) is not None:
+            click.echo(text)
     if st.get("scope") == "tenant":  # anyone but the operator: its own tenant, no addresses
         t = st.get("tenant") or {}
         quota = human_bytes(t.get("quota_bytes")) if t.get("quota_bytes") else "no quota"

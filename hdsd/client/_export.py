@@ -16,9 +16,9 @@ import io
 import ssl
 import tarfile
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Generic, TypeAlias, TypeVar
 
 import trio
 
@@ -38,6 +38,65 @@ ExportProgress: TypeAlias = Callable[[str, int, int], None]
 
 _SPOOL_READ = 1 << 20
 _Item: TypeAlias = "tarfile.TarInfo | bytes | None"
+# Objects read ahead, several gets in flight on the client's session: one get after the other
+# waits a round trip and the node's read each time, and a restore is mostly that. Objects up
+# to _AHEAD_MAX are fetched whole ahead of their turn (memory: about _AHEAD x _AHEAD_MAX);
+# larger ones are streamed in their turn, as before.
+_AHEAD = 8
+_AHEAD_MAX = 4 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    bucket: str
+    key: str
+    version: str
+    size: int
+
+
+@dataclass(slots=True)
+class _Slot(Generic[T]):
+    item: T
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    held: bool = False
+
+
+async def _in_order(client: AsyncClient, items: AsyncIterator[tuple[T, _Ref | None]],
+                    consume: Callable[[T, bytes | None], Awaitable[None]]) -> None:
+    """``consume(item, data)`` for each item in order, *data* the object's bytes read ahead
+    (up to :data:`_AHEAD` gets in flight), or None for an item without an object or one too
+    large to hold (the consumer streams it itself)."""
+    send, receive = trio.open_memory_channel[_Slot[T]](_AHEAD)
+    budget = trio.Semaphore(_AHEAD)
+
+    async def fetch(slot: _Slot[T], ref: _Ref) -> None:
+        slot.data = await client.get(ref.bucket, ref.key, version=ref.version)
+        slot.done.set()
+
+    async def produce(nursery: trio.Nursery) -> None:
+        async with send:
+            async for item, ref in items:
+                slot = _Slot(item)
+                if ref is not None and ref.size <= _AHEAD_MAX:
+                    await budget.acquire()
+                    slot.held = True
+                    nursery.start_soon(fetch, slot, ref)
+                else:
+                    slot.done.set()
+                await send.send(slot)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce, nursery)
+            async with receive:
+                async for slot in receive:
+                    await slot.done.wait()
+                    data, slot.data = slot.data, None
+                    if slot.held:
+                        budget.release()
+                    await consume(slot.item, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,29 +197,44 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
                      progress: ExportProgress | None) -> dict[str, Any]:
     buckets = await client.list_buckets()
     keys = versions = objects = markers = total = 0
-    for bucket in buckets:
-        last_key: str | None = None
-        # Ordered (key, hlc, node): each key's versions together, oldest first.
-        async for info in client.list_all(bucket, versions=True):
-            if info.key != last_key:
-                keys, last_key = keys + 1, info.key
-            entry = _entry(info)
-            versions += 1
-            if info.deleted:
-                markers += 1
+    async def listed() -> AsyncIterator[tuple[ObjectInfo, _Ref | None]]:
+        for bucket in buckets:
+            # Ordered (key, hlc, node): each key's versions together, oldest first.
+            async for info in client.list_all(bucket, versions=True):
+                yield info, (None if info.deleted
+                             else _Ref(bucket, info.key, info.version, info.size))
+
+    last: list[tuple[str, str] | None] = [None]
+
+    async def consume(info: ObjectInfo, data: bytes | None) -> None:
+        nonlocal keys, versions, objects, markers, total
+        if (info.bucket, info.key) != last[0]:
+            keys, last[0] = keys + 1, (info.bucket, info.key)
+        entry = _entry(info)
+        versions += 1
+        if info.deleted:
+            markers += 1
+        else:
+            digest = hashlib.sha256()
+            if data is not None:
+                digest.update(data)
+                if progress is not None:
+                    progress("hash", total + len(data), 0)
             else:
-                digest = hashlib.sha256()
-                async with client.open_get(bucket, info.key, version=info.version) as stream:
+                async with client.open_get(info.bucket, info.key,
+                                           version=info.version) as stream:
                     async for piece in stream:
                         digest.update(piece)
                         if progress is not None:
                             progress("hash", total + stream.received, 0)
-                entry["sha256"] = digest.hexdigest()
-                entry["path"] = A.object_path(bucket, info.key, info.version)
-                sums.write(f"{entry['sha256']}  {entry['path']}\n".encode())
-                objects += 1
-                total += info.size
-            manifest.write(A.dump_line(entry))
+            entry["sha256"] = digest.hexdigest()
+            entry["path"] = A.object_path(info.bucket, info.key, info.version)
+            sums.write(f"{entry['sha256']}  {entry['path']}\n".encode())
+            objects += 1
+            total += info.size
+        manifest.write(A.dump_line(entry))
+
+    await _in_order(client, listed(), consume)
     now = dt.datetime.now(dt.UTC)
     return {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tenant": tenant,
             "cluster": client.profile.cluster_id,
@@ -192,26 +266,42 @@ async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any
             await send_file(A.SUMS_NAME, b"", sums)
             manifest.seek(0)
             done = 0
-            for n, raw in enumerate(manifest, start=1):
-                entry = A.parse_line(raw, f"line {n}")
-                if entry["deleted"]:
-                    continue
+
+            async def entries() -> AsyncIterator[tuple[dict[str, Any], _Ref | None]]:
+                for n, raw in enumerate(manifest, start=1):
+                    entry = A.parse_line(raw, f"line {n}")
+                    if not entry["deleted"]:
+                        yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
+                                          entry["size"])
+
+            async def consume(entry: dict[str, Any], data: bytes | None) -> None:
+                nonlocal done
                 await send.send(_tar_info(entry["path"], entry["size"],
                                           HybridClock.wall_ms(entry["hlc"]) // 1000))
                 digest = hashlib.sha256()
-                async with client.open_get(entry["bucket"], entry["key"],
-                                           version=entry["version"]) as stream:
-                    async for piece in stream:
-                        digest.update(piece)
-                        await send.send(piece)
-                        if progress is not None:
-                            progress("write", done + stream.received, header["total_bytes"])
+                if data is not None:
+                    digest.update(data)
+                    if data:
+                        await send.send(data)
+                    if progress is not None:
+                        progress("write", done + len(data), header["total_bytes"])
+                else:
+                    async with client.open_get(entry["bucket"], entry["key"],
+                                               version=entry["version"]) as stream:
+                        async for piece in stream:
+                            digest.update(piece)
+                            await send.send(piece)
+                            if progress is not None:
+                                progress("write", done + stream.received,
+                                         header["total_bytes"])
                 done += entry["size"]
                 if digest.hexdigest() != entry["sha256"]:
                     raise IntegrityError(
                         f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
                         "with a different SHA-256 than a moment before; the export is "
                         "incomplete (run hdsd stat/get on it, then export again)")
+
+            await _in_order(client, entries(), consume)
             await send.send(None)  # complete: the writer may close the archive
 
     def pull() -> _Item:
@@ -249,6 +339,10 @@ def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
     # truncated tar rather than a complete-looking one.
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                       bufsize=256 << 10) as tar:
+        # tarfile copies a member's body by reads of this size (16 KiB by default: 64
+        # Python-level reads and joins per MiB on the export's busiest thread); an attribute
+        # of TarFile that typeshed does not declare.
+        tar.copybufsize = 1 << 20  # type: ignore[attr-defined]
         body = _Body(pull)
         while (item := pull()) is not None:
             if not isinstance(item, tarfile.TarInfo):
@@ -261,8 +355,8 @@ def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
 
 
 class _Body:
-    """A file-like ``read(n)`` over the pieces of the current member (tarfile reads 16 KiB at a
-    time; a thread hop happens once per piece, ~1 MiB, not once per read)."""
+    """A file-like ``read(n)`` over the pieces of the current member (tarfile reads
+    ``copybufsize`` at a time, exactly; a thread hop happens once per piece, not per read)."""
 
     def __init__(self, pull: Callable[[], _Item]) -> None:
         self._pull = pull

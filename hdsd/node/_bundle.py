@@ -212,6 +212,7 @@ site = "{node.site}"
 {role}listen = "{node.listen}:{node.port}"        # address:port this node binds
 data_dir = "{data_ref}"               # the log, its index, hints; keep it on a local disk
 # segment_mib = 256             # log segment size; each is preallocated (and zero-filled)
+# segment_read_fds = 64         # segment read descriptors kept open (see LimitNOFILE in the unit)
 # on_corrupt_log = "repair"     # damaged log range at start: set it aside (kept as a file)
 #                               # and refetch from the other site; "refuse": stay down
 
@@ -237,6 +238,7 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # [repair]                      # optional: anti-entropy and scrub
 # interval_s = 3600             # Merkle comparison with every peer (0: only `hdsd repair`)
 # rate_mib_s = 64               # repair traffic budget, so client writes are not starved
+# rebuild_rate_mib_s = 0        # a wiped node's rebuild pace (0: disk and link speed)
 # scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
 # scrub_rate_mib_s = 32
 

@@ -12,6 +12,7 @@ Example (``hdsd init`` writes one per node)::
     listen = "127.0.0.1:7401"
     data_dir = "data"
     on_corrupt_log = "repair"      # damage met at start: set it aside, refetch (or "refuse")
+    segment_read_fds = 64          # log segment read descriptors kept open (least recent closed)
 
     [tls]
     ca = "../ca/ca.crt"
@@ -34,6 +35,7 @@ Example (``hdsd init`` writes one per node)::
     [repair]                       # optional
     interval_s = 3600              # Merkle anti-entropy with every peer (0: only hdsd repair)
     rate_mib_s = 64                # repair traffic budget, so client writes are not starved
+    rebuild_rate_mib_s = 0         # a wiped node's rebuild (0: as fast as disk and link allow)
     scrub_interval_h = 168         # re-read and verify every record weekly (0: hdsd scrub)
     scrub_rate_mib_s = 32
 
@@ -121,9 +123,11 @@ class NodeConfig:
     on_peer_site_loss: str = "refuse"
     write_timeout_s: float = 10.0
     segment_mib: int = 256
+    segment_read_fds: int = 64  # bounded cache of segment read descriptors (see store._fds)
     on_corrupt_log: str = "repair"  # or "refuse": stay down for an operator to look first
     repair_interval_s: float = 3600.0  # 0: only on demand (hdsd repair)
     repair_rate_mib_s: float = 64.0
+    rebuild_rate_mib_s: float = 0.0  # 0: unlimited (the disk and the link set the pace)
     scrub_interval_h: float = 168.0  # 0: only on demand (hdsd scrub)
     scrub_rate_mib_s: float = 32.0
     audit_checkpoint_records: int = 1000
@@ -186,6 +190,7 @@ _LIMITS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "node": {"name": (str, True), "site": (str, True), "listen": (str, True),
              "data_dir": (str, True), "segment_mib": (int, False),
+             "segment_read_fds": (int, False),
              "on_corrupt_log": (str, False), "role": (str, False)},
     "tls": {"ca": (str, True), "cert": (str, True), "key": (str, True)},
     "keys": {"master_key_file": (str, False), "master_passphrase_env": (str, False),
@@ -197,6 +202,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                 "write_timeout_s": ((int, float), False), "operator_tenant": (str, False),
                 "catalog_sync_s": ((int, float), False)},
     "repair": {"interval_s": ((int, float), False), "rate_mib_s": ((int, float), False),
+               "rebuild_rate_mib_s": ((int, float), False),
                "scrub_interval_h": ((int, float), False),
                "scrub_rate_mib_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
@@ -336,15 +342,19 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     segment_mib = node.get("segment_mib", 256)
     if not 4 <= segment_mib <= 4096:
         p.add("[node] segment_mib", f"{segment_mib} must be between 4 and 4096")
+    read_fds = node.get("segment_read_fds", 64)
+    if not 1 <= read_fds <= 65536:
+        p.add("[node] segment_read_fds", f"{read_fds} must be between 1 and 65536")
     on_corrupt = node.get("on_corrupt_log", "repair")
     if on_corrupt not in ("repair", "refuse"):
         p.add("[node] on_corrupt_log", f"{on_corrupt!r} must be repair or refuse")
     repair = sections.get("repair", {})
     repair_values = {k: float(repair.get(k, d)) for k, d in (
         ("interval_s", 3600.0), ("rate_mib_s", 64.0), ("scrub_interval_h", 168.0),
-        ("scrub_rate_mib_s", 32.0))}
+        ("scrub_rate_mib_s", 32.0), ("rebuild_rate_mib_s", 0.0))}
     for k, v in repair_values.items():
-        if v < 0 or (k.endswith("rate_mib_s") and v == 0):
+        # A rebuild may run unpaced (0); the other rates are budgets that must exist.
+        if v < 0 or (k.endswith("rate_mib_s") and k != "rebuild_rate_mib_s" and v == 0):
             p.add(f"[repair] {k}", "must be positive" if k.endswith("rate_mib_s")
                   else "must be >= 0 (0: only on demand)")
     audit = sections.get("audit", {})
@@ -406,8 +416,10 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         inline_max=inline_max, max_connections=max_conn, request_timeout_s=timeout,
         shutdown_grace_s=grace, sites=sites, replicas_per_site=replicas, write_policy=policy,
         on_peer_site_loss=on_loss, write_timeout_s=write_timeout, segment_mib=segment_mib,
+        segment_read_fds=read_fds,
         on_corrupt_log=on_corrupt, repair_interval_s=repair_values["interval_s"],
         repair_rate_mib_s=repair_values["rate_mib_s"],
+        rebuild_rate_mib_s=repair_values["rebuild_rate_mib_s"],
         scrub_interval_h=repair_values["scrub_interval_h"],
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,

@@ -77,6 +77,7 @@ from ._config import NodeConfig
 from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
+from ._malloc import limit_arenas, trim
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._objects import NodeObjects
@@ -134,6 +135,7 @@ class Node(ReadPaths):
             snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
             open_chunk=self._verify_chunk, repair_interval_s=config.repair_interval_s,
             repair_rate_mib_s=config.repair_rate_mib_s,
+            rebuild_rate_mib_s=config.rebuild_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
@@ -349,6 +351,7 @@ class Node(ReadPaths):
                 await services.start(serve_metrics, self)
             if self.config.s3_https or self.config.s3_http:
                 self.s3_endpoints = await services.start(self._serve_s3)
+            services.start_soon(_trim_memory)
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
@@ -697,6 +700,16 @@ def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
         return "?"
 
 
+#: How often freed memory is handed back to the system (see ``_malloc``).
+TRIM_EVERY_S = 60.0
+
+
+async def _trim_memory() -> None:
+    while True:
+        await trio.sleep(TRIM_EVERY_S)
+        await trio.to_thread.run_sync(trim)
+
+
 async def serve_node(config: NodeConfig, *,
                      task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the store and serve until :meth:`Node.shutdown` (or cancellation).
@@ -709,6 +722,7 @@ async def serve_node(config: NodeConfig, *,
     indexes and their journals, the Merkle snapshot, the audit files, the log segments.
     """
     check_private_dir(config.data_dir)
+    limit_arenas()  # before the store's and trio's threads allocate
     with _private_umask():
         await _serve_node(config, task_status)
 
@@ -747,7 +761,8 @@ async def _serve_node(config: NodeConfig, task_status: trio.TaskStatus[Node]) ->
     sealing = NodeSealing()
     store = Store.open(config.data_dir / "store", sealing=sealing,
                        segment_bytes=config.segment_mib << 20,
-                       salvage=config.on_corrupt_log == "repair")
+                       salvage=config.on_corrupt_log == "repair",
+                       read_fds=config.segment_read_fds)
     for where in store.statistics().salvaged:
         log.error("event=log_damage_set_aside node=%s range=%s action=refetch_from_replicas",
                   config.name, where)

@@ -102,6 +102,12 @@ log = logging.getLogger("hdsd.tenancy")
 
 _DAY_MS = 86_400_000
 _USAGE_TTL_S = 1.0
+# The usage snapshot reads every current version of the store (O(keys)): at a million keys a
+# refresh every second (a put under quota, a tenant's status) would keep a core busy. It is
+# refreshed no sooner than this many times its own cost after the last one, so it takes at most
+# ~5 % of one thread; puts done here since count on top of it (``_recent``), and a put that the
+# snapshot would refuse refreshes it first (never refused on a stale figure).
+_USAGE_COST_RATIO = 20.0
 #: ``origin`` of a creation imported from a keyring seed (``hdsd cert issue``): any node may
 #: confirm it, since every node importing the seed makes the very same creation.
 SEED_ORIGIN = "keyring"
@@ -131,6 +137,7 @@ class Tenancy:
         self._keys: dict[str, TenantKeys] = {}
         self._usage: dict[str, int] = {}
         self._usage_at = -1e18
+        self._usage_ttl = _USAGE_TTL_S
         self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
         self._reserved: dict[str, int] = {}  # declared sizes of puts in flight here
         self._recent: dict[str, int] = {}  # growth by puts done here since the usage snapshot
@@ -386,6 +393,8 @@ class Tenancy:
         need = 0 if delete or not quota else (size or 0)
         if need:
             await self.refresh_usage(node)
+            if self.usage(tenant) + need > quota:  # refuse on a fresh figure only
+                await self.refresh_usage(node, max_age=_USAGE_TTL_S)
         current_size = 0
         if retention or (need and self.usage(tenant) + need > quota):
             known = await node.versions_of(tenant, bucket, key)
@@ -436,12 +445,19 @@ class Tenancy:
     def local_usage(self) -> dict[str, int]:
         return dict(self._usage)
 
-    async def refresh_usage(self, node: Node, *, force: bool = False) -> None:
+    async def refresh_usage(self, node: Node, *, force: bool = False,
+                            max_age: float | None = None) -> None:
+        """Take a new usage snapshot if the last one is older than *max_age* (default: the
+        TTL its cost allows, see :data:`_USAGE_COST_RATIO`), or *force*."""
         now = trio.current_time()
-        if force or now - self._usage_at >= _USAGE_TTL_S:
+        age = now - self._usage_at
+        if force or age >= (self._usage_ttl if max_age is None else max_age):
             self._usage_at = now
             before = dict(self._recent)
             self._usage = await trio.to_thread.run_sync(node.store.tenant_usage)
+            self._usage_at = trio.current_time()  # set before too: one scan at a time
+            cost = self._usage_at - now
+            self._usage_ttl = max(_USAGE_TTL_S, _USAGE_COST_RATIO * cost)
             for tenant, grown in before.items():
                 self._recent[tenant] -= grown
 

@@ -8,6 +8,7 @@ from ._offload import Offload as Offload
 from ._offload import to_thread as to_thread
 from ._transfer import BATCH_BYTES as BATCH_BYTES
 from ._transfer import ChunkReader as ChunkReader
+from ._transfer import fetch_chunk_records as fetch_chunk_records
 from ._transfer import fetch_chunks as fetch_chunks
 from ._transfer import local_chunks as local_chunks
 from ._transfer import push_version as push_version

@@ -86,7 +86,7 @@ class Maintenance:
     def __init__(self, *, name: str, layout: Layout, store: Store, peers: PeerLink,
                  snapshot: Path, observe_hlc: Callable[[int], None], open_chunk: ChunkOpener,
                  repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
-                 scrub_rate_mib_s: float, timeout: float,
+                 scrub_rate_mib_s: float, timeout: float, rebuild_rate_mib_s: float = 0.0,
                  salvaged: tuple[str, ...] = (),
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  dead_tenants: Callable[[], frozenset[str]] = frozenset,
@@ -104,7 +104,8 @@ class Maintenance:
         self.trees = PeerTrees(store, layout, name, snapshot, plan_of)
         self.sync = AntiEntropy(name=name, layout_id=layout.layout_id, store=store, peers=peers,
                                 trees=self.trees, observe_hlc=observe_hlc,
-                                rate_bytes_s=repair_rate_mib_s * _MIB, timeout=timeout)
+                                rate_bytes_s=repair_rate_mib_s * _MIB, timeout=timeout,
+                                bulk_rate_bytes_s=rebuild_rate_mib_s * _MIB)
         here = [n.name for n in layout.nodes if n.site == layout.node(name).site]
         sources = sorted((n.name for n in layout.nodes if n.name != name),
                          key=lambda n: (n not in here, n))
@@ -157,8 +158,10 @@ class Maintenance:
             # node of a new cluster (nothing to pull: done) or a wiped one ("running").
             self.rebuild = {"state": "checking" if empty else "running", "reason": reason,
                             "started": time.time(),
+                            "peers_total": len(self.trees.peers),
                             "peers_done": [], "versions_received": 0, "leaves_done": 0,
-                            "leaves_total": 0}
+                            "leaves_total": 0, "bytes_received": 0, "rate_mib_s": 0.0,
+                            "eta_s": None, "rate_limit_mib_s": self.sync.bulk_rate_bytes_s / _MIB}
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -196,13 +199,13 @@ class Maintenance:
                 task.completed += 1
 
     async def _round(self, peer: str,
-                     progress: Callable[[RepairReport, int, int], None] | None = None
-                     ) -> RepairReport:
+                     progress: Callable[[RepairReport, int, int], None] | None = None,
+                     *, bulk: bool = False) -> RepairReport:
         """One round with *peer*; lifts its doubt when clean, and doubts the other peers
         when it brought versions here (they may lack them as well)."""
         async with self._round_lock:
             began = time.time()
-            report = await self.sync.repair_with(peer, progress)
+            report = await self.sync.repair_with(peer, progress, bulk=bulk)
         if report.error is None:
             self.doubts.verified(peer, began)
             if report.versions_received:
@@ -313,8 +316,14 @@ class Maintenance:
         while pending:
             for peer in list(pending):
                 progress = self.rebuild
-                report = await self._round(peer, self._rebuild_progress(progress))
+                progress["peer"] = peer
+                progress["peer_started"] = time.time()
+                report = await self._round(peer, self._rebuild_progress(progress), bulk=True)
                 progress["versions_received"] += report.versions_received
+                progress["bytes_received"] += report.payload_bytes_received
+                progress["last_error"] = report.error  # a failed round is retried
+                progress["versions_received_this_peer"] = 0
+                progress["bytes_received_this_peer"] = 0
                 if report.error is None:
                     pending.remove(peer)
                     progress["peers_done"].append(peer)
@@ -323,6 +332,10 @@ class Maintenance:
                 delay = min(delay * 2, 2.0)
         self.rebuild["state"] = "done"
         self.rebuild["finished"] = time.time()
+        self.rebuild["eta_s"] = 0.0
+        took = self.rebuild["finished"] - self.rebuild["started"]
+        self.rebuild["rate_mib_s"] = round(self.rebuild["bytes_received"] / _MIB
+                                           / max(took, 1e-6), 1)
         if self.salvaged:
             self.scrub.request()
         log.info("event=rebuild_done node=%s versions=%d", self.name,
@@ -338,6 +351,13 @@ class Maintenance:
                 log.warning("event=rebuild_running node=%s peer=%s leaves=%d", self.name,
                             report.peer, total)
             update(report, done, total)
+            into["bytes_received_this_peer"] = report.payload_bytes_received
+            # Leaves are filled uniformly (keys hash evenly), so the share of leaves done is
+            # the share of the peer's data moved: ETA = time so far x what is left / done.
+            elapsed = max(time.time() - float(into.get("peer_started", into["started"])), 1e-6)
+            into["rate_mib_s"] = round(report.payload_bytes_received / _MIB / elapsed, 1)
+            if total and done:
+                into["eta_s"] = round(elapsed * (total - done) / done, 1)
         return rebuild_update
 
     @staticmethod

@@ -26,9 +26,10 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
-from ..peers import PeerLink, fetch_chunks, local_chunks, push_versions, to_thread
-from ..store import ChunkRecord, Store, Version
-from ..wire import LeafDiff, Message, Reply, TreeLevel, frame_size
+from .._groups import single_error
+from ..peers import PeerLink, fetch_chunk_records, local_chunks, push_versions, to_thread
+from ..store import ChunkRecord, CommitTicket, Store, Version
+from ..wire import MAX_DIFF_LEAVES, LeafDiff, Message, Reply, TreeLevel, frame_size
 from ._tree import DEPTH, children_of, leaf_of
 from ._trees import PeerTrees
 
@@ -42,6 +43,14 @@ _DIFF_DIGESTS = 32_768
 _COMMIT_BYTES = 4 << 20
 _REST_RATIO = 1.0  # seconds of rest per second of reconciling
 _REPLY_BYTES = 2 << 20  # versions per LeafDiff reply; more follow in the next one
+# Bulk transfer (a rebuild): as many leaves per LeafDiff as the wire takes (an empty node
+# differs everywhere, and each request is a round trip), chunks fetched several at a time, and
+# commits of a window of chunks and versions with one fsync each, the next window fetched
+# while it syncs.
+_BULK_LEAVES = MAX_DIFF_LEAVES
+_BULK_BATCHES = 3
+_FETCH_IN_FLIGHT = 4  # per batch: _BULK_BATCHES x this on the link
+_WINDOW_BYTES = 8 << 20
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
 
@@ -116,7 +125,7 @@ class AntiEntropy:
 
     def __init__(self, *, name: str, layout_id: str, store: Store, peers: PeerLink,
                  trees: PeerTrees, observe_hlc: Callable[[int], None], rate_bytes_s: float,
-                 timeout: float) -> None:
+                 timeout: float, bulk_rate_bytes_s: float = 0.0) -> None:
         self.name = name
         self.layout_id = layout_id
         self.store = store
@@ -124,6 +133,8 @@ class AntiEntropy:
         self.trees = trees
         self.observe_hlc = observe_hlc
         self.rate_bytes_s = rate_bytes_s
+        # A rebuild's budget (0: none — the disk and the link set the pace).
+        self.bulk_rate_bytes_s = bulk_rate_bytes_s
         self.timeout = timeout
 
     # -- serving a peer's round --------------------------------------------------------------
@@ -162,12 +173,17 @@ class AntiEntropy:
 
     # -- running a round ---------------------------------------------------------------------
     async def repair_with(self, peer: str,
-                          progress: Callable[[RepairReport, int, int], None] | None = None
-                          ) -> RepairReport:
-        """One round with *peer*; never raises for the peer's failures (the report says)."""
+                          progress: Callable[[RepairReport, int, int], None] | None = None,
+                          *, bulk: bool = False) -> RepairReport:
+        """One round with *peer*; never raises for the peer's failures (the report says).
+
+        *bulk* (a rebuild: this node lacks most of what the peer holds) moves data at the
+        rebuild's rate instead of the repair's, many leaves per request, without resting
+        between batches: the round is the node's recovery, not background upkeep."""
         report = RepairReport(peer=peer)
         t0 = trio.current_time()
-        link = _Metered(self.peers, report, _Pace(self.rate_bytes_s))
+        rate = self.bulk_rate_bytes_s if bulk else self.rate_bytes_s
+        link = _Metered(self.peers, report, _Pace(rate if rate > 0 else math.inf))
         try:
             await to_thread(self.trees.catch_up)
             report.versions_compared = self.trees.count(peer)
@@ -175,16 +191,20 @@ class AntiEntropy:
             report.leaves_differing = len(leaves)
             if progress is not None:
                 progress(report, 0, len(leaves))
-            done = 0
-            for batch in self._leaf_batches(peer, leaves):
-                began = trio.current_time()
-                await self._reconcile(peer, batch, link)
-                # Both nodes spend CPU on a batch (this is Python on shared cores): rest as
-                # long as the batch took, so client requests keep at least half the time.
-                await trio.sleep((trio.current_time() - began) * _REST_RATIO)
-                done += len(batch)
-                if progress is not None:
-                    progress(report, done, len(leaves))
+            if bulk:
+                await self._reconcile_bulk(peer, leaves, link, progress)
+            else:
+                done = 0
+                for batch in self._leaf_batches(peer, leaves, _DIFF_LEAVES):
+                    began = trio.current_time()
+                    await self._reconcile(peer, batch, link)
+                    # Both nodes spend CPU on a batch (this is Python on shared cores): rest
+                    # as long as the batch took, so client requests keep at least half the
+                    # time. A rebuild does not: its rate limit is the operator's knob.
+                    await trio.sleep((trio.current_time() - began) * _REST_RATIO)
+                    done += len(batch)
+                    if progress is not None:
+                        progress(report, done, len(leaves))
         except HdsdError as exc:
             report.error = f"{exc.code}: {exc.message}"
             # An unreachable peer is reported by the peer pool (once, then a warning if it
@@ -225,8 +245,30 @@ class AntiEntropy:
                 return []
         return differing
 
-    def _leaf_batches(self, peer: str, leaves: list[int]) -> list[list[int]]:
-        return [leaves[i:i + _DIFF_LEAVES] for i in range(0, len(leaves), _DIFF_LEAVES)]
+    async def _reconcile_bulk(self, peer: str, leaves: list[int], link: _Metered,
+                              progress: Callable[[RepairReport, int, int], None] | None
+                              ) -> None:
+        """Reconcile batches of leaves :data:`_BULK_BATCHES` at a time: the batches' leaves
+        are disjoint, so they are independent, and one batch's round trips, index lookups
+        and fsync overlap the others' (their commits share the log writer's fsyncs)."""
+        batches = iter(self._leaf_batches(peer, leaves, _BULK_LEAVES))
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for batch in batches:
+                await self._reconcile(peer, batch, link)
+                done += len(batch)
+                if progress is not None:
+                    progress(link.report, done, len(leaves))
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                for _ in range(_BULK_BATCHES):
+                    nursery.start_soon(worker)
+
+    def _leaf_batches(self, peer: str, leaves: list[int], size: int) -> list[list[int]]:
+        return [leaves[i:i + size] for i in range(0, len(leaves), size)]
 
     async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> None:
         mine: dict[int, dict[bytes, Version]] = await to_thread(self._members, peer, leaves)
@@ -283,37 +325,67 @@ class AntiEntropy:
     def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
         return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
 
-    def _absent_chunks(self, v: Version) -> list[bytes]:
-        return [c for c in dict.fromkeys(v.chunks) if not self.store.has_chunk(v.tenant, c)]
+    def _absent(self, versions: list[Version]) -> list[list[bytes]]:
+        """For each version, the chunks neither held here nor named by an earlier one."""
+        seen: set[tuple[str, bytes]] = set()
+        out = []
+        for v in versions:
+            ids = []
+            if v.inline is None:
+                for c in dict.fromkeys(v.chunks):
+                    if (v.tenant, c) not in seen and not self.store.has_chunk(v.tenant, c):
+                        ids.append(c)
+                    seen.add((v.tenant, c))
+            out.append(ids)
+        return out
 
     async def _take(self, peer: str, leaves: list[int], raw: list[Any], link: _Metered) -> None:
-        """Store versions received from *peer* (with chunks fetched from it as needed)."""
+        """Store versions received from *peer*, with the chunks it must send as well.
+
+        Chunks are fetched several at a time and committed by windows of about
+        :data:`_WINDOW_BYTES` — the window's chunks and the versions they complete in one
+        batch, one fsync — while the next window is fetched. A version is only ever written
+        in the batch holding its last missing chunk or after it: the batch is indexed after
+        its fsync, so no version is visible before its content is durable (a chunk an earlier
+        window brought is waited for before the next window is queued)."""
         report = link.report
         allowed = set(leaves)
-        records: list[ChunkRecord | Version] = []
-        size = 0
+        versions: list[Version] = []
         for item in raw:
             v = Version.from_wire(item)
             if (leaf_of(self.store.key_hash(v.tenant, v.bucket, v.key)) not in allowed
                     or not self.trees.shares(peer, v)):
                 raise IntegrityError(f"{peer} sent a version outside the leaves compared")
             self.observe_hlc(v.hlc)
-            if v.inline is None and v.chunks:
-                absent = await to_thread(self._absent_chunks, v)
-                fetched = await fetch_chunks(link, peer, self.layout_id, v.tenant, absent,
-                                             timeout=self.timeout)
-                for chunk in fetched:
-                    report.chunks_fetched += 1
-                    report.payload_bytes_received += len(chunk.payload)
-                    records.append(chunk)
-                    size += len(chunk.payload)
-                    if size >= _COMMIT_BYTES:  # a huge version: commit its chunks as they come
-                        await self.store.commit(records)
-                        records, size = [], 0
-            records.append(v)
-            report.versions_received += 1
-            if size >= _COMMIT_BYTES:
-                await self.store.commit(records)
-                records, size = [], 0
-        if records:
-            await self.store.commit(records)
+            versions.append(v)
+        if not versions:
+            return
+        absent = await to_thread(self._absent, versions)
+        pending: CommitTicket | None = None
+        try:
+            start = 0
+            while start < len(versions):
+                end, estimate = start, 0
+                while end < len(versions) and (end == start or estimate < _WINDOW_BYTES):
+                    v = versions[end]
+                    estimate += (v.size * len(absent[end]) // max(1, len(v.chunks))
+                                 + len(v.inline or b"") + _WIRE_OVERHEAD)
+                    end += 1
+                wanted = [(versions[i].tenant, c) for i in range(start, end) for c in absent[i]]
+                fetched = await fetch_chunk_records(link, peer, self.layout_id, wanted,
+                                                    timeout=self.timeout,
+                                                    in_flight=_FETCH_IN_FLIGHT)
+                report.chunks_fetched += len(fetched)
+                report.payload_bytes_received += sum(len(c.payload) for c in fetched)
+                records: list[ChunkRecord | Version] = [*fetched, *versions[start:end]]
+                if pending is not None:
+                    await pending.wait()  # the previous window is durable: one queued at a time
+                pending = self.store.start_commit(records)
+                report.versions_received += end - start
+                start = end
+            ticket, pending = pending, None
+            if ticket is not None:
+                await ticket.wait()
+        finally:
+            if pending is not None:
+                pending.abandon()

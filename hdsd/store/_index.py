@@ -128,6 +128,35 @@ def khash_of(name_id: bytes) -> int:
     return int.from_bytes(name_id[:4], "big")
 
 
+#: Page cache of each reading connection (KiB; SQLite's default is 2,000). There is one per
+#: thread that reads (trio's worker threads: up to 40), so this bounds most of the index's
+#: memory; the kernel's page cache holds the rest of the file.
+READER_CACHE_KIB = 1024
+
+
+class _Held:
+    """A thread's reading connection. A worker thread that ends (trio retires idle ones after
+    10 s and starts new ones under load) drops its thread-locals, and with them this holder:
+    the connection is closed then, instead of being kept open — memory and three descriptors
+    each — for the life of the process."""
+
+    __slots__ = ("conn", "owner")
+
+    def __init__(self, conn: sqlite3.Connection, owner: set[sqlite3.Connection],
+                 lock: threading.RLock) -> None:
+        self.conn = conn
+        self.owner = (owner, lock)
+
+    def __del__(self) -> None:
+        owner, lock = self.owner
+        with lock:
+            if self.conn not in owner:
+                return  # the index closed it already
+            owner.discard(self.conn)
+        self.conn.close()
+
+
+
 class VersionName(NamedTuple):
     """What anti-entropy follows of each indexed version (names only when asked for)."""
 
@@ -185,8 +214,9 @@ class Index:
         self._path = path
         self._sealing = sealing
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._readers: list[sqlite3.Connection] = []
+        # Reentrant: a holder may be finalised (and take it) wherever its thread ends.
+        self._lock = threading.RLock()
+        self._readers: set[sqlite3.Connection] = set()
         # Listing caches, by (tenant, bucket id); one lock, held only for dict and set
         # operations (never while names are opened), so the log writer never waits long.
         self._names: OrderedDict[tuple[str, bytes], _BucketNames] = OrderedDict()
@@ -217,20 +247,23 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
-            readers, self._readers = self._readers, []
+            readers = list(self._readers)
+            self._readers.clear()  # a holder finalised later finds its connection gone
         for conn in readers:
             conn.close()
         self.writer.close()
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "conn", None)
+        if held is None:
             conn = _connect(self._path)
             conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
+            conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+            held = _Held(conn, self._readers, self._lock)
+            self._local.conn = held
             with self._lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.add(conn)
+        return held.conn
 
     def seal(self, tenant: str) -> TenantSeal:
         """The tenant's seal; :class:`PermissionDenied` if it has no key here."""
@@ -637,13 +670,14 @@ class Index:
     def _quarantine_conn(self) -> sqlite3.Connection:
         # Its own connection: the writer's belongs to the log-writer thread. SQLite's lock
         # (busy_timeout) orders the two.
-        conn: sqlite3.Connection | None = getattr(self._local, "qconn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "qconn", None)
+        if held is None:
             conn = _connect(self._path)
-            self._local.qconn = conn
+            held = _Held(conn, self._readers, self._lock)
+            self._local.qconn = held
             with self._lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.add(conn)
+        return held.conn
 
     # --- compaction (any thread but the writer's) ---------------------------------------------
     def location_of(self, record: StoredRecord) -> Location | None:

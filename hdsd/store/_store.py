@@ -22,6 +22,7 @@ from .._errors import (
 )
 from . import _format as F
 from ._compact import CompactReport, SegmentGate, compact
+from ._fds import DEFAULT_READ_FDS, ReadFds
 from ._fs import FileSystem
 from ._index import Index, Location, VersionName, khash_of
 from ._log import check_frame
@@ -81,7 +82,8 @@ class Store:
     """
 
     def __init__(self, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
-                 lock_fd: int, recovered: Recovered, sealing: Sealing) -> None:
+                 lock_fd: int, recovered: Recovered, sealing: Sealing,
+                 read_fds: int = DEFAULT_READ_FDS) -> None:
         # Use Store.open(); this wires already-opened parts together.
         self._dir = directory
         self._sealing = sealing
@@ -91,15 +93,15 @@ class Store:
         self._lock_fd = lock_fd
         self._recovered = recovered
         self._closed = False
-        self._read_fds: dict[int, int] = {}
-        self._read_lock = threading.Lock()
+        self._read_fds = ReadFds(fs, directory, read_fds)
         self._segments = SegmentGate()  # compaction deletes segments only between reads
         self._compacting = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, sealing: Sealing,
              segment_bytes: int = 256 << 20, fs: FileSystem | None = None,
-             verify: bool = False, salvage: bool = False) -> Store:
+             verify: bool = False, salvage: bool = False,
+             read_fds: int = DEFAULT_READ_FDS) -> Store:
         """Open the store at *path*, creating it if missing, and run recovery.
 
         *sealing* gives each tenant's :class:`TenantSeal` (the node's keyring): versions are
@@ -113,7 +115,8 @@ class Store:
         replays is). :class:`StoreInUse` if another process has the store open. With
         *salvage*, damage met while replaying is set aside instead (see
         ``_recovery.recover``; ``statistics().salvaged`` lists the ranges, whose records
-        must come back from a replica).
+        must come back from a replica). *read_fds* bounds the segment read descriptors kept
+        open (see ``_fds``).
         """
         if not F.SEGMENT_HEADER_SIZE + F.FRAME_HEADER_SIZE < segment_bytes <= F.MAX_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes out of range: {segment_bytes}")
@@ -149,7 +152,7 @@ class Store:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskFullError(f"no space left to open the store: {exc}") from exc
             raise
-        return cls(directory, fs, index, writer, lock_fd, recovered, sealing)
+        return cls(directory, fs, index, writer, lock_fd, recovered, sealing, read_fds)
 
     @property
     def sealing(self) -> Sealing:
@@ -164,10 +167,7 @@ class Store:
         self._writer.close()
         if self._writer.failed is None:
             self._index.set_clean(True)
-        with self._read_lock:
-            fds, self._read_fds = self._read_fds, {}
-        for fd in fds.values():
-            self._fs.close(fd)
+        self._read_fds.close_all()
         self._index.close()
         os.close(self._lock_fd)
 
@@ -282,16 +282,8 @@ class Store:
             return loc, self._pread(loc)
 
     def _pread(self, loc: Location) -> bytes:
-        with self._segments.reading():
-            return self._fs.pread(self._read_fd(loc.segment), loc.length, loc.offset)
-
-    def _read_fd(self, segment: int) -> int:
-        with self._read_lock:
-            fd = self._read_fds.get(segment)
-            if fd is None:
-                fd = self._fs.open_read(os.path.join(self._dir, F.segment_name(segment)))
-                self._read_fds[segment] = fd
-            return fd
+        with self._segments.reading(), self._read_fds.use(loc.segment) as fd:
+            return self._fs.pread(fd, loc.length, loc.offset)
 
     def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key, ascending ``(hlc, node)``; tombstones included."""
@@ -454,8 +446,7 @@ class Store:
         """Delete a sealed segment compaction emptied, once no read is using its file."""
         path = os.path.join(self._dir, F.segment_name(number))
         with self._segments.exclusive():
-            with self._read_lock:
-                fd = self._read_fds.pop(number, None)
+            fd = self._read_fds.pop(number, None)
             if fd is not None:
                 self._fs.close(fd)
             self._fs.unlink(path)

@@ -65,6 +65,7 @@ from ._registry import MESSAGE_TYPES as MESSAGE_TYPES
 from ._registry import MessageType as MessageType
 from ._registry import frame_size as frame_size
 from ._repair import MAINTENANCE_TASKS as MAINTENANCE_TASKS
+from ._repair import MAX_DIFF_LEAVES as MAX_DIFF_LEAVES
 from ._repair import LeafDiff as LeafDiff
 from ._repair import MaintenanceRequest as MaintenanceRequest
 from ._repair import TreeLevel as TreeLevel

@@ -101,3 +101,41 @@ async def test_shredded_and_unknown_tenants_and_admin_scope(tenancy: Any) -> Non
     with pytest.raises(PermissionDenied):
         t.check_admin_of("u", "admin", "t")
     t.check_admin_of("ops", "admin", "t")
+
+
+async def test_a_costly_usage_snapshot_is_taken_less_often_but_never_refuses_stale(
+        tenancy: Any, monkeypatch: Any) -> None:
+    import time
+
+    import trio
+
+    import hdsd.node._tenancy as tenancy_module
+
+    t, _, _ = tenancy
+    node = _FakeNode(None)
+    scans = {"n": 0, "used": 900}
+
+    def slow_usage() -> dict[str, int]:  # a big store: the snapshot reads every version
+        scans["n"] += 1
+        time.sleep(0.05)
+        return {"t": scans["used"]}
+    node.store = SimpleNamespace(tenant_usage=slow_usage)
+    monkeypatch.setattr(tenancy_module, "_USAGE_TTL_S", 0.01)
+    monkeypatch.setattr(tenancy_module, "_USAGE_COST_RATIO", 2000.0)  # reused for ~100 s
+    await t.check_write(node, "t", "b", "k1", size=10, delete=False)
+    for _ in range(5):
+        await t.check_write(node, "t", "b", "k1", size=10, delete=False)
+    assert scans["n"] == 1
+    # Deletes elsewhere freed room the old snapshot does not know: a put it would refuse
+    # refreshes it first (when older than the base TTL) and goes through.
+    scans["used"] = 100
+    await trio.sleep(0.02)
+    assert await t.check_write(node, "t", "b", "k2", size=500, delete=False) == 500
+    assert scans["n"] == 2
+    # Filled elsewhere: seen once the snapshot's own TTL has passed, then refused.
+    scans["used"] = 990
+    assert await t.check_write(node, "t", "b", "k3", size=5, delete=False) == 5  # stale: room
+    t._usage_at -= 1000.0  # the TTL passes
+    with pytest.raises(QuotaExceeded):
+        await t.check_write(node, "t", "b", "k3", size=500, delete=False)
+    assert scans["n"] == 3

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hdsd._errors import ConfigError
-from hdsd.cli._status import human_bytes, last_run, node_row
+from hdsd.cli._status import human_bytes, last_run, node_row, rebuild_line
 from hdsd.node import load_node_config
 from hdsd.node._logging import JsonFormatter, configure_logging, parse_fields
 from hdsd.node._metrics import BODY_SIZE, NodeMetrics, size_class
@@ -132,6 +132,22 @@ def test_metrics_and_log_keys(cluster: Path, tmp_path: Path, sections: str,
             load_node_config(config)
 
 
+@pytest.mark.parametrize(("rate", "expect"), [("0", 0.0), ("200", 200.0), ("-1", None)])
+def test_the_rebuild_rate_is_read_and_zero_means_unlimited(
+        cluster: Path, tmp_path: Path, rate: str, expect: float | None) -> None:
+    config = tmp_path / "node.toml"
+    text = (cluster / "dc1-n1" / "node.toml").read_text()
+    for name in ("ca.crt", "node-dc1-n1.crt", "node-dc1-n1.key", "master.key"):
+        text = text.replace(f'"{name}"', f'"{cluster / "dc1-n1" / name}"')
+    config.write_text(text)
+    add_sections(config, f"[repair]\nrebuild_rate_mib_s = {rate}")
+    if expect is None:
+        with pytest.raises(ConfigError, match=r"\[repair\] rebuild_rate_mib_s"):
+            load_node_config(config)
+    else:
+        assert load_node_config(config).rebuild_rate_mib_s == expect
+
+
 def test_status_cells() -> None:
     assert human_bytes(0) == "0B" and human_bytes(1536) == "1.5K"
     assert last_run(None, 0) == "-"
@@ -149,6 +165,20 @@ def test_status_cells() -> None:
                     "last_scrub": {"at": 0, "status": "clean"}}, 7200.0)
     assert row["state"] == "disk full" and row["backlog (rpo)"] == "2 v/10B 3s"
     assert row["last scrub"] == "2h ago clean" and row["fsync p50/p99 ms"] == "-"
+
+
+def test_a_rebuilding_node_gets_a_progress_line_with_its_eta() -> None:
+    assert rebuild_line({"node": "n", "rebuild": None}) is None
+    assert rebuild_line({"node": "n", "rebuild": {"state": "done"}}) is None
+    assert "comparing" in str(rebuild_line({"node": "n", "rebuild": {"state": "checking"}}))
+    line = rebuild_line({"node": "dc2-n1", "rebuild": {
+        "state": "running", "peer": "dc1-n1", "peers_total": 1, "peers_done": [],
+        "leaves_done": 16384, "leaves_total": 65536, "versions_received": 0,
+        "versions_received_this_peer": 5000, "bytes_received": 0,
+        "bytes_received_this_peer": 3 << 30, "rate_mib_s": 151.2, "eta_s": 61.0,
+        "rate_limit_mib_s": 0.0}})
+    assert line == ("dc2-n1: rebuilding from dc1-n1 (peer 1/1): 25 %, 5,000 versions, 3.0G at "
+                    "151.2 MiB/s, ETA 61s (limit none)")
 
 
 async def test_a_backup_node_is_ready_without_a_write_policy_to_meet() -> None:

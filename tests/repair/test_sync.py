@@ -182,3 +182,54 @@ async def test_replies_are_bounded_and_the_rest_follows(tmp_path: Path, monkeypa
         assert calls > 10  # it took many bounded replies, not one huge one
     finally:
         pair.close()
+
+
+async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_window(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    import hdsd.repair._sync as sync
+
+    monkeypatch.setattr(sync, "_WINDOW_BYTES", 64 << 10)  # several windows in this small set
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        for i in range(120):  # b0 holds everything, a0 nothing: a wiped node
+            v, chunks = _version(f"k{i}", 10 + i, "b0", 2000 + i)
+            await pair.stores["b0"].commit([*chunks, v])
+        for i in range(600):  # and small inline ones: more differing leaves than a request
+            v, chunks = _version(f"s{i}", 10 + i, "b0", 1)  # carries (the wire's limit)
+            await pair.stores["b0"].commit([*chunks, v])
+        pair.open()
+        link = pair.sides["a0"][0].peers
+        original = link.call
+        mine = pair.stores["a0"]
+        in_flight = most = fetches = 0
+        early: list[str] = []
+
+        async def watching(node: str, make: Any, *, timeout: float) -> dict[str, Any]:
+            nonlocal in_flight, most, fetches
+            if not isinstance(make(0), FetchChunk):
+                return await original(node, make, timeout=timeout)
+            # The write promise on a repair path: every version a0 shows has its content.
+            for v in mine.iter_versions():
+                if v.inline is None:
+                    early.extend(v.key for c in v.chunks if not mine.has_chunk(v.tenant, c))
+            in_flight += 1
+            fetches += 1
+            most = max(most, in_flight)
+            try:
+                await trio.sleep(0.001)  # a round trip: the others may start meanwhile
+                return await original(node, make, timeout=timeout)
+            finally:
+                in_flight -= 1
+        monkeypatch.setattr(link, "call", watching)
+        fsyncs = mine.statistics().fsyncs
+        report = await pair.sides["a0"][0].repair_with("b0", bulk=True)
+        assert report.error is None and report.versions_received == 720
+        assert pair.names_of("a0") == pair.names_of("b0")
+        for v in mine.iter_versions():
+            assert v.inline is not None or all(mine.read_chunk(v.tenant, c) for c in v.chunks)
+        assert early == []
+        assert fetches == 120 and most > 1  # pipelined, not one round trip after another
+        # ~2.4 MiB in 64 KiB windows: tens of batches, far fewer fsyncs than versions + chunks
+        assert mine.statistics().fsyncs - fsyncs < 120
+    finally:
+        pair.close()

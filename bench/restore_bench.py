@@ -1,0 +1,392 @@
+"""Restore drill: how fast a wiped node gets its data back, and how fast a client gets a tenant
+back from the other site.
+
+    python bench/restore_bench.py [--large 2000] [--small 20000] [--quick] [--json PATH]
+
+1. ``hdsd init`` a 1+1 cluster (``each-site``), start both nodes and write ``--large`` 1 MiB
+   objects and ``--small`` 4 KiB ones (unique contents: no deduplication) through dc1, with
+   several clients at once.
+2. Wipe dc2 the way the README says (a replaced disk: its ``data/store``, hints and Merkle
+   snapshot go, ``node.toml``, certificates and keyring stay), start it and time the rebuild
+   until ``hdsd status`` says ``done``: MiB/s and versions/s, from the node's own
+   ``rebuild.started``/``finished`` and from the bench's clock (process start to done). Reads
+   are sent to dc2 during the rebuild (they must be served: forwarded or local).
+3. Stop dc1 and read a sample back from dc2 alone, byte for byte.
+4. Restart dc1, stop dc2, and restore from the other site as a client would: ``hdsd export``
+   of the whole tenant (to /dev/null: the tar stream is built and checked, not stored), and a
+   concurrent get of every key of the bucket (``--get-tasks`` at once).
+
+Never asserts a time; prints a table and writes JSON. The machine may be shared: compare
+figures measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+import hdsd
+from bench._harness import NodeProcess, init_cluster, machine_info, print_table, write_json
+
+BUCKET = "restore"
+MIB = 1 << 20
+
+
+def _log(msg: str) -> None:
+    print(f"[restore_bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _content(key: str, size: int) -> bytes:
+    """Unique, reproducible bytes for *key* (the verification regenerates them)."""
+    return random.Random(key).randbytes(size)
+
+
+def _keys(large: int, small: int) -> list[tuple[str, int]]:
+    out = [(f"large/{i:06d}", MIB) for i in range(large)]
+    out += [(f"small/{i:07d}", 4096) for i in range(small)]
+    random.Random(1).shuffle(out)  # mixed in time, as a hospital writes them
+    return out
+
+
+async def _write(profile: Path, keys: list[tuple[str, int]], tasks: int) -> float:
+    queue = iter(keys)
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        async with hdsd.AsyncClient(profile, site="dc1") as c:
+            for key, size in queue:
+                await c.put(BUCKET, key, _content(key, size))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker)
+    return time.perf_counter() - t0
+
+
+def _status(profile: Path, site: str) -> dict[str, Any]:
+    with hdsd.Client(profile, site=site) as c:
+        return c.status()
+
+
+def _reads_during(profile: Path, keys: list[tuple[str, int]], stop: threading.Event,
+                  out: dict[str, Any]) -> None:
+    """Gets from dc2 while it rebuilds: every one must return the right bytes."""
+    rng = random.Random(7)
+    ok = failed = 0
+    lat: list[float] = []
+    errors: list[str] = []
+    try:
+        with hdsd.Client(profile, site="dc2") as c:
+            while not stop.is_set():
+                key, size = rng.choice(keys)
+                t = time.perf_counter()
+                try:
+                    data = c.get(BUCKET, key)
+                except hdsd.HdsdError as exc:
+                    failed += 1
+                    errors.append(f"{key}: {exc}")
+                    continue
+                lat.append(time.perf_counter() - t)
+                if data == _content(key, size):
+                    ok += 1
+                else:
+                    failed += 1
+                    errors.append(f"{key}: wrong bytes")
+                time.sleep(0.02)
+    except hdsd.HdsdError as exc:
+        errors.append(f"client: {exc}")
+    lat.sort()
+    out.update({"ok": ok, "failed": failed, "errors": errors[:5],
+                "p50_ms": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
+                "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 2)
+                if lat else None})
+
+
+def _cpu_s(nd: NodeProcess) -> float:
+    """CPU seconds (user + system) the node's process has used so far."""
+    if nd.proc is None:
+        return 0.0
+    with open(f"/proc/{nd.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling *pid* into *out* (raw folded stacks) until SIGINT, if installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
+                             "50", "--nonblocking", "--threads", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _hot(path: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples by innermost hdsd function (what the node was doing, idle included)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        ours = [f for f in frames if "hdsd/" in f]
+        leaf = frames[-1].split(" (")[0]
+        name = (ours[-1].split(" (")[0] + " > " + leaf) if ours else leaf
+        counts[name] = counts.get(name, 0) + int(n)
+        total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, round(100 * c / max(1, total), 1)) for name, c in ranked]
+
+
+def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
+             total_bytes: int, timeout: float, source: NodeProcess,
+             spy_dir: Path | None) -> dict[str, Any]:
+    data_dir = node.config.parent / "data"
+    shutil.rmtree(data_dir / "store")  # a replaced disk: same identity, keys and config
+    for name in ("hints.sqlite", "merkle-trees.bin"):
+        (data_dir / name).unlink(missing_ok=True)
+    t0 = time.monotonic()
+    source_cpu = _cpu_s(source)
+    node.start()
+    started_s = time.monotonic() - t0
+    spies = {}
+    if spy_dir is not None:
+        for name, nd in (("rebuilding", node), ("source", source)):
+            if nd.proc is not None and (sp := _spy(nd.proc.pid, spy_dir / f"{name}.txt")):
+                spies[name] = sp
+    reads: dict[str, Any] = {}
+    stop = threading.Event()
+    reader = threading.Thread(target=_reads_during, args=(profile, keys, stop, reads))
+    reader.start()
+    samples: list[dict[str, Any]] = []
+    try:
+        while True:
+            rebuild = _status(profile, "dc2")["rebuild"]
+            if rebuild is not None and rebuild.get("state") == "done":
+                break
+            if rebuild is not None:
+                samples.append({"t": round(time.monotonic() - t0, 2),
+                                **{k: v for k, v in rebuild.items()
+                                   if isinstance(v, (int, float, str))}})
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"rebuild not done after {timeout} s: {rebuild}")
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        for sp in spies.values():
+            sp.send_signal(signal.SIGINT)
+            sp.wait(60)
+        reader.join()
+    wall = time.monotonic() - t0
+    cpu = {"rebuilding_s": round(_cpu_s(node), 2),
+           "source_s": round(_cpu_s(source) - source_cpu, 2)}
+    # The machine is shared: the CPU both nodes spent is what the load cannot distort much.
+    cpu["mib_per_cpu_s"] = round(total_bytes / MIB / max(1e-3, sum(cpu.values())), 1)
+    hot = {name: _hot(spy_dir / f"{name}.txt") for name in spies
+           if spy_dir is not None and (spy_dir / f"{name}.txt").exists()}
+    node_s = rebuild["finished"] - rebuild["started"]
+    return {"versions_received": rebuild["versions_received"], "node_seconds": round(node_s, 2),
+            "wall_seconds": round(wall, 2), "start_seconds": round(started_s, 2),
+            "mib_s": round(total_bytes / MIB / node_s, 1),
+            "versions_s": round(rebuild["versions_received"] / node_s, 1), "cpu": cpu,
+            "status": rebuild, "reads_during": reads, "progress_samples": samples[-20:],
+            "round_failures": [line for line in node.stderr_lines
+                               if "repair_failed" in line][:20], "hot": hot}
+
+
+def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str, Any]:
+    picked = random.Random(3).sample(keys, min(sample, len(keys)))
+    bad: list[str] = []
+    with hdsd.Client(profile, site="dc2") as c:
+        for key, size in picked:
+            try:
+                if c.get(BUCKET, key) != _content(key, size):
+                    bad.append(key)
+            except hdsd.HdsdError as exc:
+                bad.append(f"{key}: {exc}")
+    return {"checked": len(picked), "bad": len(bad), "bad_keys": bad[:10]}
+
+
+def _export(profile: Path, site: str, node: NodeProcess) -> dict[str, Any]:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    node_cpu = _cpu_s(node)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "hdsd", "--profile", str(profile), "--site",
+                             site, "--timeout", "600", "export", _tenant(profile), "-",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[bytes] = []
+    drain = threading.Thread(target=lambda: err.append(proc.stderr.read()))  # type: ignore
+    drain.start()
+    tar_bytes = 0
+    digest = hashlib.sha256()
+    while piece := proc.stdout.read(1 << 20):  # counted and hashed, never kept
+        tar_bytes += len(piece)
+        digest.update(piece)
+    proc.wait(7200)
+    drain.join()
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    cpu = {"client_s": round(client_cpu, 2), "node_s": round(_cpu_s(node) - node_cpu, 2)}
+    cpu["tar_mib_per_cpu_s"] = round(tar_bytes / MIB / max(1e-3, sum(cpu.values())), 1)
+    stderr = b"".join(err).decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"export failed: {stderr}")
+    # The tar went to stdout; the summary (--json) is stderr's JSON line.
+    summary: dict[str, Any] = {}
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            summary = json.loads(line)
+    return {"seconds": round(seconds, 2), "tar_bytes": tar_bytes,
+            "tar_sha256": digest.hexdigest()[:16],
+            "mib_s": round(tar_bytes / MIB / seconds, 1), "cpu": cpu, "summary": summary}
+
+
+async def _get_all(profile: Path, site: str, tasks: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    async with hdsd.AsyncClient(profile, site=site) as lister:
+        names = [info.key async for info in lister.list_all(BUCKET)]
+    queue = iter(names)
+    got = [0, 0]
+
+    async def worker() -> None:
+        async with hdsd.AsyncClient(profile, site=site) as c:
+            for key in queue:
+                data = await c.get(BUCKET, key)
+                got[0] += len(data)
+                got[1] += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker)
+    seconds = time.perf_counter() - t0
+    return {"objects": got[1], "bytes": got[0], "seconds": round(seconds, 2),
+            "mib_s": round(got[0] / MIB / seconds, 1), "objects_s": round(got[1] / seconds, 1),
+            "tasks": tasks}
+
+
+def _tenant(profile: Path) -> str:
+    return next(line.split("=", 1)[1].strip().strip('"')
+                for line in profile.read_text().splitlines() if line.startswith("tenant"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--large", type=int, default=2000, help="1 MiB objects")
+    ap.add_argument("--small", type=int, default=20000, help="4 KiB objects")
+    ap.add_argument("--quick", action="store_true", help="200 + 2,000 objects: a smoke run")
+    ap.add_argument("--write-tasks", type=int, default=16)
+    ap.add_argument("--get-tasks", type=int, default=8)
+    ap.add_argument("--sample", type=int, default=500, help="keys verified with dc1 stopped")
+    ap.add_argument("--node-toml", action="append", default=[],
+                    help="extra TOML appended to both nodes' node.toml (e.g. a [repair] rate)")
+    ap.add_argument("--json", type=Path, default=Path("bench/results/restore_bench.json"))
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
+    ap.add_argument("--rebuild-only", action="store_true",
+                    help="stop after the rebuild and its verification (no client-side restore)")
+    ap.add_argument("--spy", type=Path, default=None,
+                    help="sample both nodes with py-spy during the rebuild into this directory "
+                         "(where the time goes; pip install py-spy)")
+    args = ap.parse_args()
+    if args.spy is not None:
+        args.spy.mkdir(parents=True, exist_ok=True)
+    large, small = (200, 2000) if args.quick else (args.large, args.small)
+    keys = _keys(large, small)
+    total = sum(size for _, size in keys)
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp) / "cluster"
+        profile = init_cluster(root)
+        configs = {s: root / f"{s}-n1" / "node.toml" for s in ("dc1", "dc2")}
+        for cfg in configs.values():  # no periodic round to muddle the timing
+            extra = "\n".join(args.node_toml)
+            text = cfg.read_text() + "\n" + extra + "\n"
+            if "[repair]" not in extra:
+                text += "\n[repair]\ninterval_s = 0\nscrub_interval_h = 0\n"
+            cfg.write_text(text)
+        nodes = {s: NodeProcess(cfg) for s, cfg in configs.items()}
+        results: dict[str, Any] = {"large_objects": large, "small_objects": small,
+                                   "total_mib": round(total / MIB, 1), "versions": len(keys)}
+        try:
+            for node in nodes.values():
+                node.start()
+            _log(f"writing {large:,} x 1 MiB + {small:,} x 4 KiB ({total / MIB:,.0f} MiB)")
+            write_s = trio.run(_write, profile, keys, args.write_tasks)
+            results["write"] = {"seconds": round(write_s, 2),
+                                "mib_s": round(total / MIB / write_s, 1),
+                                "versions_s": round(len(keys) / write_s, 1)}
+            nodes["dc2"].stop()
+            _log("dc2 wiped; rebuilding")
+            results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200, nodes["dc1"],
+                                          args.spy)
+            _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
+            nodes["dc1"].stop()
+            results["verify"] = _verify(profile, keys, args.sample)
+            if not args.rebuild_only:
+                nodes["dc1"].start()
+                nodes["dc2"].stop()
+                _log("client-side restore from dc1: export")
+                results["export"] = _export(profile, "dc1", nodes["dc1"])
+                _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
+                results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
+        finally:
+            for node in nodes.values():
+                node.stop()
+
+    rb = results["rebuild"]
+    rows = [
+        ["data written", f"{total / MIB:,.0f} MiB, {len(keys):,} versions "
+                         f"({results['write']['mib_s']} MiB/s)", "—"],
+        ["rebuild (node clock)", f"{rb['node_seconds']} s: {rb['mib_s']} MiB/s, "
+                                 f"{rb['versions_s']:,} versions/s", "≥ 150 MiB/s, ≥ 3,000 v/s"],
+        ["rebuild (process start to done)", f"{rb['wall_seconds']} s", "—"],
+        ["rebuild CPU (rebuilding + source node)",
+         f"{rb['cpu']['rebuilding_s']} + {rb['cpu']['source_s']} s: "
+         f"{rb['cpu']['mib_per_cpu_s']} MiB per CPU-second", "—"],
+        ["reads during rebuild", f"{rb['reads_during'].get('ok')} ok, "
+                                 f"{rb['reads_during'].get('failed')} failed, p50 "
+                                 f"{rb['reads_during'].get('p50_ms')} ms", "0 failed"],
+        ["verify with dc1 stopped", f"{results['verify']['checked']} checked, "
+                                    f"{results['verify']['bad']} bad", "0 bad"],
+    ]
+    if "export" in results:
+        ex, ga = results["export"], results["get_all"]
+        rows += [
+            ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
+             "≥ 150 MiB/s"],
+            ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} "
+                                           f"s: {ex['cpu']['tar_mib_per_cpu_s']} MiB per "
+                                           "CPU-second", "—"],
+            [f"client restore: get every key ({ga['tasks']} tasks)",
+             f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
+        ]
+    for name, ranked in rb.get("hot", {}).items():
+        print(f"\nrebuild, {name} node: samples by innermost hdsd function (idle included)")
+        print_table(["function > leaf", "%"], [[n, f"{p}"] for n, p in ranked])
+    print(f"\nrestore_bench: 1+1 cluster on this machine ({os.cpu_count()} cores, shared)")
+    print_table(["measure", "value", "target"], rows)
+    write_json(args.json, {"machine": machine_info(), "results": results})
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
