@@ -183,10 +183,15 @@ class NodeProcess:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    def command(self) -> list[str]:
+        """The argv to run (a subclass may run another server that also prints
+        ``listening on`` on stderr once it accepts connections)."""
+        return [sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
+                str(self.config), "--log-level", "warning"]
+
     def start(self) -> None:
         self._listening.clear()  # a restart must wait for the new process, not the old one
-        argv = [sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
-                str(self.config), "--log-level", "warning"]
+        argv = self.command()
         # Its own process group: a Ctrl-C in the terminal reaches only the benchmark, which
         # then stops the node itself, in order.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -260,6 +265,13 @@ signal.signal(signal.SIGUSR2, stop)
 sys.argv = ["hdsd", *rest[2:]]
 runpy.run_module("hdsd", run_name="__main__", alter_sys=True)
 """]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by process *pid* (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import trio_floor  # noqa: E402
 from _harness import (  # noqa: E402
     PROFILER_PREFIX,
     NodeProcess,
@@ -51,6 +52,7 @@ from _harness import (  # noqa: E402
     latency_ms,
     machine_info,
     print_table,
+    process_cpu_seconds,
     profile_breakdown,
     set_write_policy,
     write_json,
@@ -240,6 +242,13 @@ class Cluster:
             if not node.alive:
                 raise RuntimeError(f"node {site} died:\n{node.log()}")
 
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU a cell reports: this one (the client), dc1's node (the
+        coordinator: the client writes there) and dc2's (the replica)."""
+        return {"client": os.getpid(),
+                "coordinator": self.nodes["dc1"].proc.pid,  # type: ignore[union-attr]
+                "replica": self.nodes["dc2"].proc.pid}  # type: ignore[union-attr]
+
 
 _TAGS = itertools.count(1)
 
@@ -315,9 +324,105 @@ def failed(system: str, op: str, policy: str | None, size: int, concurrency: int
             "error": f"{type(exc).__name__}: {exc}"}
 
 
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    return {role: process_cpu_seconds(pid) for role, pid in pids.items()}
+
+
+def cpu_use(before: dict[str, float], after: dict[str, float], n: int,
+            size: int) -> dict[str, Any]:
+    """CPU (user + system, all threads, from /proc: 10 ms ticks) each process spent on *n* ops
+    of *size* bytes, per op and per MiB, and summed over the processes."""
+    used = {role: after[role] - before[role] for role in before}
+    used["total"] = sum(used.values())
+    mib = n * size / MIB
+    return {"cpu_s": used, "cpu_s_per_op": {r: v / n for r, v in used.items()},
+            "cpu_s_per_mib": {r: v / mib for r, v in used.items()},
+            "cpu_ms_per_op": used["total"] / n * 1e3, "cpu_ms_per_mib": used["total"] / mib * 1e3}
+
+
+@dataclass
+class Target:
+    """One system's side of the cells: its connections and how to put and get on one."""
+
+    system: str
+    policy: str | None
+    clients: Sequence[Any]
+    put: Callable[[Any, str, int], Awaitable[float]]
+    get: Callable[[Any, str, int], Awaitable[float]]
+    pids: dict[str, int]
+    check: Callable[[], None]
+    max_size: int | None = None
+
+
+async def measure_cells(targets: Sequence[Target], plan: Plan,
+                        keep: dict[tuple[str, str, int, int], list[float]]
+                        ) -> list[dict[str, Any]]:
+    """Every size x concurrency cell, each target's in turn (so a ratio between two systems is
+    measured a few seconds apart, not minutes: the machine's load drifts): puts, then gets of
+    what was just written, with the CPU each process in the target's *pids* spent on each. A
+    refusal (:class:`hdsd.HdsdError`) is a result; *check* raises if a server died."""
+    out: list[dict[str, Any]] = []
+    for size in plan.sizes:
+        for c in plan.concurrency:
+            for target in targets:
+                out += await _measure_cell(target, plan, size, c, keep)
+    return out
+
+
+async def _measure_cell(target: Target, plan: Plan, size: int, c: int,
+                        keep: dict[tuple[str, str, int, int], list[float]]
+                        ) -> list[dict[str, Any]]:
+    system, policy, clients = target.system, target.policy, target.clients
+    put, get, pids, check, max_size = (target.put, target.get, target.pids, target.check,
+                                       target.max_size)
+    out: list[dict[str, Any]] = []
+    name = f"{system} {policy}" if policy else system
+    if max_size is not None and size > max_size:
+        reason = f"whole bodies in one frame: the {system} measures up to " \
+                 f"{human(max_size)}"
+        return [skipped(system, op, policy, size, c, reason) for op in ("put", "get")]
+    n = ops_for(plan, size, c)
+    conns = min(c, len(clients))
+    prefix = f"{policy or system}/{size}/{c}"
+    label = f"{human(size)} x{c}"
+    progress(f"{name}: put {label} ({n} ops)")
+
+    async def do_put(t: int, i: int, prefix: str = prefix, size: int = size,
+                     conns: int = conns) -> float:
+        return await put(clients[t % conns], f"{prefix}/{t}/{i}", size)
+
+    async def do_get(t: int, i: int, prefix: str = prefix, size: int = size,
+                     conns: int = conns) -> float:
+        return await get(clients[t % conns], f"{prefix}/{t}/{i}", size)
+
+    try:
+        cpu0 = cpu_now(pids)
+        put_s, put_el = await _run_tasks(c, n // c, do_put)
+        cpu1 = cpu_now(pids)
+        check()
+        progress(f"{name}: get {label}")
+        get_s, get_el = await _run_tasks(c, n // c, do_get)
+        cpu2 = cpu_now(pids)
+    except hdsd.HdsdError as exc:
+        check()  # a refusal is a result; a dead node is not
+        progress(f"{name}: {label} FAILED: {exc}")
+        return [failed(system, op, policy, size, c, exc) for op in ("put", "get")]
+    for op, samples, el, cpu in (("put", put_s, put_el, cpu_use(cpu0, cpu1, n, size)),
+                                 ("get", get_s, get_el, cpu_use(cpu1, cpu2, n, size))):
+        out.append(cell(system, op, policy, size, c, f"{op} {label}", samples=samples,
+                        elapsed=el, connections=conns, **cpu))
+        keep[(system, f"{op}/{policy}" if policy else op, size, c)] = samples
+    progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f} ops/s, "
+             f"{out[-2]['cpu_ms_per_op']:.2f} ms CPU/op; get p50 "
+             f"{out[-1]['p50_ms']:.3f} ms")
+    return out
+
+
 async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
-                     keep: dict[tuple[str, str, int, int], list[float]]) -> list[dict[str, Any]]:
-    out = []
+                     keep: dict[tuple[str, str, int, int], list[float]],
+                     floor: TrioFloor | None = None) -> list[dict[str, Any]]:
+    """The hdsd cells under *policy*; with *floor*, each cell of the trio floor just before
+    the same hdsd cell."""
     with trio.fail_after(3600):
         async with AsyncExitStack() as stack:
             # Up to 16 connections; beyond that tasks share them (multiplexed streams), as many
@@ -329,40 +434,99 @@ async def hdsd_cells(cluster: Cluster, policy: str, plan: Plan, base: bytes,
                 await cl.status()
             for i in range(20):
                 await _put(clients[0], f"warm/{policy}/{i}", base, 4 * KIB)
-            for size in plan.sizes:
-                for c in plan.concurrency:
-                    n = ops_for(plan, size, c)
-                    conns = min(c, len(clients))
-                    prefix = f"{policy}/{size}/{c}"
-                    label = f"{human(size)} x{c}"
-                    progress(f"hdsd {policy}: put {label} ({n} ops)")
 
-                    async def put(t: int, i: int, prefix: str = prefix, size: int = size,
-                                  conns: int = conns) -> float:
-                        return await _put(clients[t % conns], f"{prefix}/{t}/{i}", base, size)
+            async def put(client: hdsd.AsyncClient, key: str, size: int) -> float:
+                return await _put(client, key, base, size)
 
-                    async def get(t: int, i: int, prefix: str = prefix, size: int = size,
-                                  conns: int = conns) -> float:
-                        return await _get(clients[t % conns], f"{prefix}/{t}/{i}", size)
+            targets = [Target("hdsd", policy, clients, put, _get, cluster.pids(),
+                              cluster.check)]
+            if floor is not None:
+                targets.insert(0, await floor_target(floor, stack, base))
+            return await measure_cells(targets, plan, keep)
 
-                    try:
-                        put_s, put_el = await _run_tasks(c, n // c, put)
-                        cluster.check()
-                        progress(f"hdsd {policy}: get {label}")
-                        get_s, get_el = await _run_tasks(c, n // c, get)
-                    except hdsd.HdsdError as exc:
-                        cluster.check()  # a refusal is a result; a dead node is not
-                        progress(f"hdsd {policy}: {label} FAILED: {exc}")
-                        out += [failed("hdsd", op, policy, size, c, exc)
-                                for op in ("put", "get")]
-                        continue
-                    for op, samples, el in (("put", put_s, put_el), ("get", get_s, get_el)):
-                        out.append(cell("hdsd", op, policy, size, c, f"{op} {label}",
-                                        samples=samples, elapsed=el, connections=conns))
-                        keep[("hdsd", f"{op}/{policy}", size, c)] = samples
-                    progress(f"  put p50 {out[-2]['p50_ms']:.3f} ms, {out[-2]['ops_per_s']:.0f}"
-                             f" ops/s; get p50 {out[-1]['p50_ms']:.3f} ms")
-    return out
+
+# -- the trio floor: a minimal replicated put in trio (bench/trio_floor.py) ----------------
+FLOOR_SYSTEM = "trio-floor"
+FLOOR_MAX_SIZE = MIB  # it sends a body as one frame and seals it whole
+
+
+class FloorProcess(NodeProcess):
+    def __init__(self, argv: list[str], directory: Path) -> None:
+        super().__init__(directory / "floor")  # only its directory is used: the cwd
+        self.argv = argv
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(HERE / "trio_floor.py"), *self.argv]
+
+
+class TrioFloor:
+    """The floor's replica and coordinator, with the cluster's node certificates; the client
+    uses the cluster's client certificate. Stops both (via *stack*)."""
+
+    def __init__(self, root: Path, cluster: Path, plan: Plan, stack: ExitStack) -> None:
+        from hdsd.client import load_profile
+        from hdsd.node import load_node_config
+
+        root.mkdir(parents=True, exist_ok=True)
+        # The ring holds every cell's puts until its gets have read them.
+        need = max(ops_for(plan, s, c) * (s + 64) for s in plan.sizes if s <= FLOOR_MAX_SIZE
+                   for c in plan.concurrency)
+        ring_mib = -(-need // MIB) + 8
+        ports = free_ports(2)
+        self.nodes: dict[str, FloorProcess] = {}
+        for role, node_dir, port, peer in (("replica", "dc2-n1", ports[1], None),
+                                           ("coordinator", "dc1-n1", ports[0], ports[1])):
+            cfg = load_node_config(cluster / node_dir / "node.toml")
+            argv = ["node", "--port", str(port), "--cert", str(cfg.cert), "--key", str(cfg.key),
+                    "--ca", str(cfg.ca), "--log", str(root / f"{role}.ring"),
+                    "--ring-mib", str(ring_mib)]
+            if peer is not None:
+                argv += ["--peer", str(peer)]
+            proc = FloorProcess(argv, root)
+            stack.callback(proc.stop)
+            proc.start()
+            self.nodes[role] = proc
+        self.port = ports[0]
+        prof = load_profile(cluster / "client.toml")
+        self.ctx = trio_floor.client_context(prof.cert, prof.key, prof.ca)
+
+    def pids(self) -> dict[str, int]:
+        return {"client": os.getpid(),
+                **{role: p.proc.pid for role, p in self.nodes.items()  # type: ignore[union-attr]
+                   }}
+
+    def check(self) -> None:
+        for role, node in self.nodes.items():
+            if not node.alive:
+                raise RuntimeError(f"trio floor {role} died:\n{node.log()}")
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+async def floor_target(floor: TrioFloor, stack: AsyncExitStack, base: bytes) -> Target:
+    """The trio floor as a target: 16 connections (closed by *stack*), warmed up."""
+    async def put(client: trio_floor.FloorClient, key: str, size: int) -> float:
+        data = _payload(base, size, next(_TAGS))
+        t0 = time.perf_counter()
+        await client.put(key, data)
+        return time.perf_counter() - t0
+
+    async def get(client: trio_floor.FloorClient, key: str, size: int) -> float:
+        t0 = time.perf_counter()
+        got = await client.get(key)
+        took = time.perf_counter() - t0
+        if len(got) != size:
+            raise RuntimeError(f"trio floor get {key}: {len(got)} of {size} bytes")
+        return took
+
+    clients = [await stack.enter_async_context(trio_floor.FloorClient(floor.port, floor.ctx))
+               for _ in range(16)]
+    for i in range(20):
+        await put(clients[0], f"warm/{i}", 4 * KIB)
+    return Target(FLOOR_SYSTEM, None, clients, put, get, floor.pids(), floor.check,
+                  FLOOR_MAX_SIZE)
 
 
 async def big_blob(cluster: Cluster, size: int, base: bytes) -> dict[str, Any]:
@@ -603,14 +767,26 @@ def add_ratios(cells: list[dict[str, Any]], rtt_ms: float) -> None:
     coordinator, and for each-site coordinator to the other site plus the emulated RTT) and
     ``mib_ratio_to_floor`` (MiB/s over sequential fdatasync MiB/s of that size: above 1 means
     group commit shares one fdatasync between puts). Against each peer that ran the same cell:
-    ``p50_vs_<system>`` (hdsd p50 / peer p50) and ``ops_vs_<system>`` (hdsd ops/s / peer)."""
+    ``p50_vs_<system>`` (hdsd p50 / peer p50) and ``ops_vs_<system>`` (hdsd ops/s / peer).
+    Against the trio floor's same cell: ``p50_vs_trio_floor``, ``ops_vs_trio_floor`` and
+    ``cpu_vs_trio_floor`` (CPU per op, all processes together)."""
     fsync = {c["size_bytes"]: c for c in cells if c["op"] == "fsync"}
     tcp = next(c for c in cells if c["op"] == "rtt" and c.get("transport") == "tcp")
     peers = {(c["system"], c["op"], c["size_bytes"], c["concurrency"]): c for c in cells
              if c["system"] in SYSTEM_OF.values() and c["p50_ms"] is not None}
+    floor_cell = {(c["op"], c["size_bytes"], c["concurrency"]): c for c in cells
+                  if c["system"] == FLOOR_SYSTEM and c["p50_ms"] is not None}
     for c in cells:
         if c["system"] != "hdsd" or c["p50_ms"] is None:
             continue
+        t = floor_cell.get((c["op"], c["size_bytes"], c["concurrency"]))
+        if t is not None:
+            # The same cell of the trio floor (replicated like each-site; a local-policy cell
+            # is compared with it too: what hdsd pays over the floor's two fsyncs).
+            c["p50_vs_trio_floor"] = c["p50_ms"] / t["p50_ms"]
+            c["ops_vs_trio_floor"] = c["ops_per_s"] / t["ops_per_s"]
+            if c.get("cpu_ms_per_op") is not None and t.get("cpu_ms_per_op"):
+                c["cpu_vs_trio_floor"] = c["cpu_ms_per_op"] / t["cpu_ms_per_op"]
         fs = fsync.get(c["size_bytes"])
         if c["op"] == "put" and fs is not None:
             remote = c["policy"] == "each-site"
@@ -645,14 +821,32 @@ def show(cells: list[dict[str, Any]]) -> None:
             continue
         ratio = f"{c['ratio_to_floor']:.2f}x" if "ratio_to_floor" in c else ""
         vs = [f"{c[f'p50_vs_{s}']:.2f}x" if f"p50_vs_{s}" in c else "" for s in ran]
+        trio_vs = [f"{c[k]:.2f}x" if k in c else "" for k in ("p50_vs_trio_floor",
+                                                             "ops_vs_trio_floor")]
         size = human(c["size_bytes"]) if c["op"] != "rtt" else "64 B"
         rows.append([c["system"], c["op"], c["policy"] or "", size, str(c["concurrency"]),
                      _fmt(c["p50_ms"]), _fmt(c["p90_ms"]), _fmt(c["p99_ms"]),
                      _fmt(c["p999_ms"]), _fmt(c["max_ms"]), _fmt(c["ops_per_s"]),
-                     _fmt(c["mib_per_s"]), ratio, *vs, c["label"]])
+                     _fmt(c["mib_per_s"]), ratio, *trio_vs, *vs, c["label"]])
     print_table(["system", "op", "policy", "size", "conc", "p50 ms", "p90 ms", "p99 ms",
-                 "p999 ms", "max ms", "ops/s", "MiB/s", "p50/floor",
+                 "p999 ms", "max ms", "ops/s", "MiB/s", "p50/floor", "p50/trio", "ops/trio",
                  *[f"p50/{s}" for s in ran], "what"], rows)
+    cpu_rows = []
+    for c in cells:
+        per_op, per_mib = c.get("cpu_s_per_op"), c.get("cpu_s_per_mib")
+        if not per_op or not per_mib:
+            continue
+        cpu_rows.append([c["system"], c["op"], c["policy"] or "", human(c["size_bytes"]),
+                         str(c["concurrency"]),
+                         *[_fmt(per_op[r] * 1e3) for r in ("client", "coordinator", "replica",
+                                                           "total")],
+                         _fmt(per_mib["total"] * 1e3),
+                         f"{c['cpu_vs_trio_floor']:.2f}x" if "cpu_vs_trio_floor" in c else "",
+                         c["label"]])
+    if cpu_rows:
+        print("\nCPU (user + system, from /proc, 10 ms ticks) per op, by process:")
+        print_table(["system", "op", "policy", "size", "conc", "client ms", "coord ms",
+                     "replica ms", "total ms", "ms/MiB", "cpu/trio", "what"], cpu_rows)
     for c in cells:
         for what in ("skipped", "error"):
             if c.get(what):
@@ -724,9 +918,10 @@ def plots(cells: list[dict[str, Any]], keep: dict[tuple[str, str, int, int], lis
 
 
 # -- main ------------------------------------------------------------------------------------
-# How long --quick takes on the 2-core reference VM (62 s measured; the README says the same,
+# How long --quick takes on the 2-core reference VM (62 s measured before the trio floor, which
+# adds ~10 s; 121 s with the machine shared and loaded; the README says the same,
 # and tests/bench/test_sync_quick.py checks that both give this one figure).
-QUICK_DURATION = "about a minute"
+QUICK_DURATION = "about a minute and a half"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -781,11 +976,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ExitStack() as stack:
             cluster = Cluster(scratch / "cluster", args.rtt_ms, stack)
             cells += measure_floor(scratch, cluster.root, plan)
+            progress("trio floor: starting its replica and coordinator")
+            floor = TrioFloor(scratch / "trio-floor", cluster.root, plan, stack)
             for policy in POLICIES:
                 progress(f"hdsd: (re)starting both sites with write_policy = {policy}")
                 cluster.stop()
                 cluster.start(policy)
-                cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep)
+                # The floor's cells interleaved with the replicated (each-site) ones.
+                cells += trio.run(hdsd_cells, cluster, policy, plan, base, keep,
+                                  floor if policy == "each-site" else None)
+                floor.stop()
             cluster.stop()
             cluster.start("each-site")
             # The local cells leave dc2 behind; the next measurements start from RPO 0.

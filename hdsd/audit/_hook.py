@@ -3,10 +3,20 @@ a session wrapper that notes the reply and the bytes moved, and the record itsel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..transport import Identity, WireSession
-from ..wire import CertRevoke, GetStart, Message, PutStart, Reply, S3KeyCreate, S3KeyRevoke
+from ..wire import (
+    CertRevoke,
+    Data,
+    GetStart,
+    Message,
+    PutStart,
+    Reply,
+    S3KeyCreate,
+    S3KeyRevoke,
+)
 
 if TYPE_CHECKING:
     from ._log import AuditLog
@@ -38,6 +48,16 @@ class ObservedSession:
         elif type(msg) is GetStart:
             self.info = msg.info
         await self._session.send(msg)
+
+    async def send_many(self, msgs: Sequence[Message]) -> None:
+        for msg in msgs:
+            if type(msg) is Reply:
+                self.info = msg.body
+            elif type(msg) is GetStart:
+                self.info = msg.info
+            elif type(msg) is Data:
+                self.bytes_out += len(msg.data)
+        await self._session.send_many(msgs)
 
     async def send_body(self, rid: int, data: bytes | memoryview) -> None:
         self.bytes_out += len(data)

@@ -13,7 +13,6 @@ import builtins
 import contextlib
 import functools
 import os
-import uuid
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
@@ -240,7 +239,7 @@ class AsyncClient:
         refused with :class:`InvalidArgument` (``.encode()`` it, or wrap a file name in
         ``Path``); a str naming an existing file still works but is deprecated."""
         data = put_source(data)
-        request_id = request_id or uuid.uuid4().bytes
+        request_id = request_id or os.urandom(16)
         if isinstance(data, (bytes, bytearray, memoryview)):
             size = len(data)
         elif isinstance(data, os.PathLike):
@@ -456,7 +455,7 @@ class AsyncClient:
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
                      ) -> ObjectInfo:
-        request_id = request_id or uuid.uuid4().bytes
+        request_id = request_id or os.urandom(16)
         body = await self._call(lambda rid: DeleteRequest(rid=rid, request_id=request_id,
                                                           bucket=bucket, key=key))
         return ObjectInfo.from_body(body)

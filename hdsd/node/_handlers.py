@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,6 +28,7 @@ from .._errors import (
     Unavailable,
 )
 from ..audit import ObservedSession, audit_request, peer_address
+from ..store import Version
 from ..transport import Identity, WireSession
 from ..wire import (
     Cancel,
@@ -223,8 +224,10 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     lo, hi = byte_range(version.size, msg.start, msg.end)
     BODY_SIZE.set(hi - lo)
     info = {**version.public_info(), "start": lo, "end": hi}
-    await session.send(GetStart(rid=msg.rid, info=info))
     timeout = node.config.request_timeout_s
+    if await _get_one_chunk(node, session, msg, info, version, lo, hi, timeout):
+        return
+    await session.send(GetStart(rid=msg.rid, info=info))
 
     async def sink(piece: memoryview) -> bool:
         if _cancelled(inbox):
@@ -238,6 +241,36 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
 
     if await stream_object(node, tenant, version, lo, hi, sink):
         await session.send(End(rid=msg.rid))
+
+
+_ONE_WRITE_MAX = 1 << 20  # a get body this small may go out in one Data frame
+
+
+async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
+                         info: dict[str, Any], version: Version, lo: int, hi: int,
+                         timeout: float) -> bool:
+    """A range within one chunk (every small object): read it first, then send GetStart, the
+    body and End in one write — one TLS record and one wake-up for the client instead of three.
+    False (nothing sent) when the range spans chunks or is over one frame or the client's
+    window; the caller then streams it."""
+    step = version.size if version.inline is not None else (version.chunk_size or version.size)
+    if hi > lo and step and (lo // step) != ((hi - 1) // step):
+        return False
+    if hi - lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+        return False
+    pieces: list[bytes] = []
+
+    async def collect(piece: memoryview) -> bool:
+        pieces.append(bytes(piece))
+        return True
+
+    await stream_object(node, version.tenant, version, lo, hi, collect)
+    body = [Data(rid=msg.rid, data=b"".join(pieces))] if hi > lo else []
+    with trio.move_on_after(timeout) as scope:
+        await session.send_many([GetStart(rid=msg.rid, info=info), *body, End(rid=msg.rid)])
+    if scope.cancelled_caught:
+        raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
+    return True
 
 
 def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:

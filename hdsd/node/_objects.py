@@ -13,8 +13,12 @@ Put theory: body bytes are cut into chunks as they arrive; each full chunk is se
 compress, encrypt, in a worker thread when large) and committed to the log by a bounded set of
 tasks, and its bytes are granted back to the source (``consumed``) only once durable — so a
 native client can never be more than one window ahead of the disk. The version record is
-committed last. Blobs up to ``inline_max`` ride inside the version record (one record, one
-fsync).
+committed last, after every chunk it names is durable — except the last chunk, which is
+committed with the version in one replicated write (one batch on every replica, all or
+nothing): a version is never visible without its content, and a blob of one chunk costs one
+round trip and one fsync per replica instead of two. The last chunk is known once the body
+ends (the partial tail) or, for a body that ends on a chunk boundary, once the declared size
+has arrived. Blobs up to ``inline_max`` ride inside the version record (one record, one fsync).
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     ids: list[bytes] = []
     received = 0
     inline: bytes | None = None
+    last: bytes | None = None  # the final chunk, written with the version record
     limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
 
     async def store_chunk(slot: int, piece: bytes) -> None:
@@ -221,23 +226,35 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
                     raise InvalidRequest(f"body is longer than the declared {declared} bytes; "
                                          "nothing was stored")
                 hasher.update(piece)
-                for chunk in chunker.feed(piece):
+                chunks = chunker.feed(piece)
+                if chunks and received == declared and received % node.config.chunk_size == 0:
+                    last = chunks.pop()  # the declared body is complete: this is its last chunk
+                for chunk in chunks:
                     await start_chunk(nursery, chunk)
             if declared is not None and received != declared:
                 raise InvalidRequest(f"body has {received} bytes, {declared} were declared; "
                                      "nothing was stored")
             tail = chunker.finish()
-            if not ids and tail is not None and len(tail) <= node.config.inline_max:
+            if not ids and last is None and tail is not None and \
+                    len(tail) <= node.config.inline_max:
                 sealed = await seal_in_thread(codec, tail)
                 ids.append(sealed.chunk_id)
                 inline = sealed.payload
             elif tail:
-                await start_chunk(nursery, tail)
+                last = tail
     if declared is None:
         node.tenancy.check_quota(tenant, received)  # the body's size was not declared up front
-    # Every chunk named below is durable: the version record may now be committed.
+    # Every chunk named below is durable but the last one, which rides in the version's own
+    # write: one batch on every replica (all or nothing), so the version is still never
+    # visible without its content, and a put of one chunk is one replicated write, not two.
+    with_version: list[ChunkRecord] = []
+    if last is not None:
+        sealed = await seal_in_thread(codec, last)
+        ids.append(sealed.chunk_id)
+        with_version.append(ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
+                                        payload=sealed.payload))
     version = version_of(received, hasher.digest(), tuple(ids), inline)
-    lagging.update(await node.replicator.write(replicas, [], [version]))
+    lagging.update(await node.replicator.write(replicas, with_version, [version]))
     await node.replicator.keep_hints(lagging, [version])
     return version
 

@@ -56,6 +56,23 @@ __all__ = ["LocalStore", "Replicator"]
 log = logging.getLogger("hdsd.replication")
 
 _LAG_GRACE_S = 0.005
+# Concurrent writes to one peer share a Replicate request up to this many bytes (well under a
+# frame); a write above half of it goes alone.
+_BATCH_BYTES_MAX = 1 << 20
+_VERSION_BYTES = 512  # what a version record without inline data weighs, about
+
+
+class _Batch:
+    """Records of concurrent writes travelling to one peer in one Replicate request."""
+
+    __slots__ = ("chunks", "done", "error", "nbytes", "versions")
+
+    def __init__(self, chunks: list[ChunkRecord], versions: list[Version], nbytes: int) -> None:
+        self.chunks = chunks
+        self.versions = versions
+        self.nbytes = nbytes
+        self.done = trio.Event()
+        self.error: HdsdError | None = None
 
 
 class Replicator(HintReplay):
@@ -82,6 +99,7 @@ class Replicator(HintReplay):
         # node, inline in the deterministic simulation (threads and a mock clock do not mix).
         self._offload = offload
         self._background: trio.Nursery | None = None
+        self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
         self._hints_added = trio.Event()
         # Automatic restore needs the other site to have been away and come back; an operator
         # degrading ahead of planned maintenance is not undone while the peer is still up.
@@ -187,6 +205,53 @@ class Replicator(HintReplay):
                 await local_done.wait()
         return await self._not_met(policy, replicas, targets, versions, acked, failed, degrade)
 
+    async def _replicate_to(self, peer: str, chunks: Sequence[ChunkRecord],
+                            versions: Sequence[Version]) -> None:
+        """Store the records on *peer*; raises what its reply (or the link) says.
+
+        Small writes to the same peer that start together share one Replicate request: the
+        first opens a batch and yields once, so the writes of requests that arrived in the
+        same reads join it; then one frame, one task and one commit (one batch, all or
+        nothing) on the peer, one reply. Every write in a batch gets the batch's outcome;
+        one that ends without an answer (the caller's timeout) is :class:`Unavailable` —
+        outcome unknown — for all of them, as it would be for each alone.
+        """
+        nbytes = sum(len(c.payload) for c in chunks) + sum(
+            _VERSION_BYTES + len(v.inline or b"") for v in versions)
+        batch = self._batches.get(peer)
+        if batch is not None and batch.nbytes + nbytes <= _BATCH_BYTES_MAX:
+            batch.chunks.extend(chunks)
+            batch.versions.extend(versions)
+            batch.nbytes += nbytes
+            await batch.done.wait()
+            if batch.error is not None:
+                # A fresh exception per waiter (one object raised in many tasks would share,
+                # and scramble, its traceback).
+                raise type(batch.error)(batch.error.message)
+            return
+        if nbytes > _BATCH_BYTES_MAX // 2:
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
+                                  timeout=self.timeout)
+            return
+        batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
+        finally:
+            if self._batches.get(peer) is batch:
+                del self._batches[peer]
+        try:
+            await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
+                                                          batch.versions),
+                                  timeout=self.timeout)
+        except HdsdError as exc:
+            batch.error = exc
+            raise
+        except BaseException:
+            batch.error = Unavailable(f"peer {peer}: the write was not answered in time")
+            raise
+        finally:
+            batch.done.set()
+
     async def _write_pair(self, targets: list[str], chunks: Sequence[ChunkRecord],
                           versions: Sequence[Version], acked: set[str],
                           failed: dict[str, HdsdError]) -> None:
@@ -206,9 +271,7 @@ class Replicator(HintReplay):
                 local = None
             try:
                 with trio.move_on_after(self.timeout):
-                    await self.peers.call(peer, replicate_message(self.layout_id, chunks,
-                                                                  versions),
-                                          timeout=self.timeout)
+                    await self._replicate_to(peer, chunks, versions)
                     acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc

@@ -54,6 +54,24 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+def _check_cpu(c: dict[str, object]) -> None:
+    """The CPU fields of a measured cell: per process and summed, per op and per MiB, all
+    consistent with each other and with the cell's op count and size."""
+    used, per_op, per_mib = c["cpu_s"], c["cpu_s_per_op"], c["cpu_s_per_mib"]
+    assert isinstance(used, dict) and isinstance(per_op, dict) and isinstance(per_mib, dict)
+    roles = {"client", "coordinator", "replica"}
+    assert set(used) == set(per_op) == set(per_mib) == roles | {"total"}, c
+    n, size = c["n"], c["size_bytes"]
+    assert isinstance(n, int) and isinstance(size, int)
+    for role in roles:
+        assert isinstance(used[role], float) and 0 <= used[role] < 3600, (role, used)
+        assert per_op[role] == pytest.approx(used[role] / n)
+        assert per_mib[role] == pytest.approx(used[role] / (n * size / MIB))
+    assert used["total"] == pytest.approx(sum(used[r] for r in roles))
+    assert c["cpu_ms_per_op"] == pytest.approx(per_op["total"] * 1e3)
+    assert c["cpu_ms_per_mib"] == pytest.approx(per_mib["total"] * 1e3)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
@@ -72,7 +90,18 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     cells = doc["results"]
     for c in cells:
         assert KEYS <= c.keys(), c
-        assert c["system"] in {"hdsd", "floor"} and c["op"] in {"put", "get", "fsync", "rtt"}
+        assert c["system"] in {"hdsd", "floor", "trio-floor"}
+        assert c["op"] in {"put", "get", "fsync", "rtt"}
+    # The trio floor ran every quick cell (its sizes stop at 1 MiB, all of --quick's).
+    trio_floor = {(c["op"], c["size_bytes"], c["concurrency"]): c
+                  for c in cells if c["system"] == "trio-floor"}
+    assert set(trio_floor) == {(op, size, conc) for op in ("put", "get")
+                               for size in QUICK_SIZES for conc in CONCURRENCY}
+    for key, c in trio_floor.items():
+        assert c["policy"] is None and "error" not in c and "skipped" not in c, c
+        for name in ("p50_ms", "p99_ms", "ops_per_s", "mib_per_s"):
+            assert _is_figure(c[name]), (key, name, c[name])
+        _check_cpu(c)
     hdsd = {(c["op"], c["policy"], c["size_bytes"], c["concurrency"]): c
             for c in cells if c["system"] == "hdsd"}
     expected = {(op, policy, size, conc) for op in ("put", "get")
@@ -81,9 +110,26 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
     assert set(hdsd) == expected  # no 64 MiB and no 1 GiB blob in --quick
     for key, c in hdsd.items():
         for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "ops_per_s",
-                     "mib_per_s", "ratio_to_floor", "floor_ms"):
+                     "mib_per_s", "ratio_to_floor", "floor_ms", "p50_vs_trio_floor",
+                     "ops_vs_trio_floor"):
             assert _is_figure(c[name]), (key, name, c[name])
         assert c["n"] >= c["concurrency"] and c["n"] % c["concurrency"] == 0
+        _check_cpu(c)
+        floor_cell = trio_floor[(key[0], key[2], key[3])]
+        assert c["p50_vs_trio_floor"] == pytest.approx(c["p50_ms"] / floor_cell["p50_ms"])
+        assert c["ops_vs_trio_floor"] == pytest.approx(c["ops_per_s"] /
+                                                       floor_cell["ops_per_s"])
+        if floor_cell["cpu_ms_per_op"] > 0:
+            assert c["cpu_vs_trio_floor"] == pytest.approx(c["cpu_ms_per_op"] /
+                                                           floor_cell["cpu_ms_per_op"])
+    # CPU is counted in every process that does the work: over all replicated puts, the
+    # client, the coordinator and the replica each spent some (10 ms ticks: summed, not per
+    # cell, a sure non-zero).
+    for system, cells_of in (("hdsd", [c for k, c in hdsd.items()
+                                       if k[0] == "put" and k[1] == "each-site"]),
+                             ("trio-floor", [c for k, c in trio_floor.items() if k[0] == "put"])):
+        for role in ("client", "coordinator", "replica"):
+            assert sum(c["cpu_s"][role] for c in cells_of) > 0, (system, role)
     # The emulated RTT is part of the floor of a replicated put, not of a local one.
     put = hdsd[("put", "each-site", 4 * KIB, 1)]
     local = hdsd[("put", "local", 4 * KIB, 1)]
