@@ -19,6 +19,7 @@ from ._names import open_audit_names as open_audit_names
 from ._names import seal_audit_names as seal_audit_names
 from ._refusals import RefusalCounter as RefusalCounter
 from ._ship import AuditShipper as AuditShipper
+from ._verify import RESUMED_OP as RESUMED_OP
 from ._verify import VerifyReport as VerifyReport
 from ._verify import read_records as read_records
 from ._verify import verify_log as verify_log

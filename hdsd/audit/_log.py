@@ -66,6 +66,11 @@ class AuditLog:
         self.verify_key = bytes(self._signing.verify_key)
         tail = recover_tail(directory, node, self.verify_key)
         self._writer = SegmentWriter(directory, tail)
+        # No segment at all: a new node, or one whose disk was replaced. Until the first
+        # commit, the chain may still start after the tail of this node's log as the other
+        # site holds it (resume_after), instead of at seq 1 with a new genesis.
+        self.fresh = not self._writer.is_open
+        self._commit_lock = threading.Lock()
         if not self._writer.is_open:
             self._writer.start_segment(1, F.GENESIS)
         self._seq, self._hash = tail.seq, tail.hash
@@ -104,6 +109,25 @@ class AuditLog:
         if self._sleeping:
             with self._cond:
                 self._cond.notify()
+
+    def resume_after(self, seq: int, prev_hash: bytes) -> bool:
+        """Blocking (call from a worker thread). Make this fresh log continue the chain after
+        record *seq* whose chain hash is *prev_hash* (the tail of this node's log as the other
+        site's copy holds it: the node lost its disk but kept its signing key). False if the
+        log is not fresh or already committed records (the chain has begun: too late)."""
+        with self._commit_lock:
+            if not self.fresh or self._seq != 0 or self._writer.size != F.HEADER.size:
+                return False
+            old = self.directory / F.segment_name(1)
+            self._writer.start_segment(seq + 1, prev_hash)
+            old.unlink(missing_ok=True)
+            self._seq, self._hash = seq, prev_hash
+            with self._synced:
+                self.durable = (seq, prev_hash)
+            self.fresh = False
+            log.warning("event=audit_resumed node=%s after_seq=%d prev_hash=%s", self.node, seq,
+                        prev_hash.hex()[:16])
+            return True
 
     def request_checkpoint(self) -> None:
         self._queue.append(None)
@@ -160,7 +184,8 @@ class AuditLog:
                     with self._cond:
                         self._cond.wait_for(lambda: self._closing, rest)
                     closing = self._closing
-                self._commit(final=closing and not self._queue)
+                with self._commit_lock:
+                    self._commit(final=closing and not self._queue)
                 self._last_sync = time.monotonic()
                 if closing and not self._queue:
                     return
@@ -193,6 +218,7 @@ class AuditLog:
         if buf:
             self._writer.append(buf)
             self._writer.sync()
+            self.fresh = False
         self._publish(taken)
         if rotate and not final:
             self._writer.start_segment(self._seq + 1, self._hash)

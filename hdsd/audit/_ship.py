@@ -40,6 +40,7 @@ class AuditShipper:
         self.audit = audit
         self.peers = peers
         self.layout = layout
+        self.site = site
         self.targets = [n.name for n in layout.nodes if n.site != site]
         self.timeout = timeout
         self.interval = interval
@@ -50,6 +51,13 @@ class AuditShipper:
         # The final flush at shutdown runs while run() may be mid-batch: one batch at a time,
         # or both save the cursor file at once (and one rename finds its temp file gone).
         self._shipping = trio.Lock()
+
+    def set_layout(self, layout: Layout) -> None:
+        """The layout changed (live): ship to the other site's nodes of the new one."""
+        self.layout = layout
+        self.targets = [n.name for n in layout.nodes if n.site != self.site]
+        for t in self.targets:
+            self._readers.setdefault(t, Reader(self.audit.directory))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -14,7 +14,11 @@ from . import _format as F
 from ._chain import Broken, ChainChecker, parse_segment
 from ._format import AuditRecord
 
-__all__ = ["VerifyReport", "list_segments", "read_records", "verify_log"]
+__all__ = ["RESUMED_OP", "VerifyReport", "list_segments", "read_records", "verify_log"]
+
+#: The op of the record a node writes first when it resumed its chain after the tail the other
+#: site's copy holds (its own log was lost with its disk; it kept its signing key).
+RESUMED_OP = "audit_resumed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,9 @@ class VerifyReport:
     unsigned_records: int = 0
     unsigned_since_ns: int = 0  # time of the first unsigned record (0: none)
     torn_bytes: int = 0
+    # Where the node resumed its chain after losing its own log (a replaced disk, the same
+    # signing key): (seq of the resume record, what it says). See hdsd.audit.RESUMED_OP.
+    resumed: tuple[tuple[int, str], ...] = ()
 
     @property
     def fully_signed(self) -> bool:
@@ -85,6 +92,7 @@ def _verify(directory: Path, verify_key: bytes | None) -> VerifyReport:
     first_prev = F.GENESIS
     torn = 0
     unsigned_since = 0
+    resumed: list[tuple[int, str]] = []
     for index, (name_seq, path) in enumerate(segments):
         newest = index == len(segments) - 1
         data = path.read_bytes()
@@ -116,6 +124,8 @@ def _verify(directory: Path, verify_key: bytes | None) -> VerifyReport:
                 unsigned_since = 0
             elif not unsigned_since:
                 unsigned_since = record.time_ns
+            if record.op == RESUMED_OP:
+                resumed.append((record.seq, record.key))
         if parsed.problem is not None:
             rest = data[parsed.good_end:]
             # The writer appends with write(): a reader of a live node may see the last
@@ -134,7 +144,8 @@ def _verify(directory: Path, verify_key: bytes | None) -> VerifyReport:
                         segments=len(segments), first_prev_hash=first_prev,
                         last_hash=checker.hash, last_time_ns=checker.last_time_ns,
                         signed_seq=checker.last_checkpoint_seq, unsigned_records=unsigned,
-                        unsigned_since_ns=unsigned_since if unsigned else 0, torn_bytes=torn)
+                        unsigned_since_ns=unsigned_since if unsigned else 0, torn_bytes=torn,
+                        resumed=tuple(resumed))
 
 
 def _whole_frame_inside(prev_hash: bytes, rest: bytes) -> bool:

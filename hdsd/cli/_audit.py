@@ -81,14 +81,30 @@ def verify(data_dir: str, origin: str | None, pubkey: str | None) -> None:
     directory = _log_dir(data_dir, origin)
     key, how = _key(directory, pubkey)
     report = verify_log(directory, key)
+    resumed_here = bool(report.resumed) and report.resumed[0][0] == report.first_seq
     pruned = (f"; records before {report.first_seq} removed by retention"
-              if report.first_seq > 1 else "")
+              if report.first_seq > 1 and not resumed_here else "")
     click.echo(f"ok: audit log of {report.node} in {directory}: seq {report.first_seq}.."
                f"{report.last_seq} ({report.records} records, {report.checkpoints} checkpoints, "
                f"{report.segments} segments), last at {_when(report.last_time_ns)}, "
                f"last hash {report.last_hash.hex()[:16]}{pruned}")
     click.echo(f"signatures checked with {how}, fingerprint {fingerprint(key)}")
+    for line in continuity(report):
+        click.echo(line)
     click.echo(verdict(report))
+
+
+def continuity(report: VerifyReport) -> list[str]:
+    """How the log went on across a replaced disk (see hdsd.node._continuity): the node
+    resumed its chain after the other site's copy, under the same signing key."""
+    lines = []
+    for seq, note in report.resumed:
+        lines.append(f"continuity: seq {seq}: the node {note}; the chain and the key go on "
+                     "(every checkpoint after it is signed by the same key)")
+    if report.resumed and report.first_seq == report.resumed[0][0]:
+        lines.append(f"continuity: records 1..{report.first_seq - 1} are in the other site's "
+                     f"copy: verify it there with --origin {report.node}")
+    return lines
 
 
 def verdict(report: VerifyReport, now_ns: int | None = None) -> str:

@@ -49,6 +49,7 @@ def _register() -> None:
         _certs,
         _data,
         _export,
+        _layout,
         _profile,
         _repair,
         _s3keys,

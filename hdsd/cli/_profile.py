@@ -56,6 +56,10 @@ def profile_refresh(ctx: click.Context, dry_run: bool) -> None:
     path = load_profile(ctx.find_root().obj["profile"]).path
     st = _run(ctx, lambda c: c.status())
     nodes = st.get("nodes") or []
+    # A node leaving the layout (a migration in progress) serves only until it is done.
+    target = (st.get("layout_record") or {}).get("nodes")
+    if target:
+        nodes = [n for n in nodes if n.get("node") in target]
     if not nodes:
         raise ConfigError("the node answered without a layout (no `nodes` in its status)")
     client = tomllib.loads(path.read_text(encoding="utf-8"))["client"]

@@ -243,8 +243,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         sys.exit(exit_code(nodes))
     now = time.time()
     up = sum(1 for n in nodes if n.get("up"))
-    click.echo(f"cluster {st['cluster']}  layout {st.get('layout', '?')}  "
+    lr = st.get("layout_record") or {}
+    version = f" v{lr['version']} {lr['phase']}" if lr else ""
+    click.echo(f"cluster {st['cluster']}  layout {st.get('layout', '?')}{version}  "
                f"{up}/{len(nodes)} nodes up  (asked {st['node']}, site {st['site']})")
+    if lr.get("phase") not in (None, "stable"):
+        click.echo(f"layout change in progress: {lr.get('change')} (hdsd layout status)")
     mode = st.get("mode", {})
     line = f"site {st['site']}: mode {mode.get('mode', '?')}  write policy " \
            f"{st.get('write_policy', '?')}"

@@ -50,6 +50,7 @@ from ..wire import (
     Hello,
     HoldList,
     HoldSet,
+    LayoutPush,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
@@ -472,6 +473,11 @@ class AsyncClient:
         site); ``normal`` restores the configured policy. Sent to the node this client uses."""
         return await self._call(lambda rid: SiteModeRequest(rid=rid, site=site, mode=mode,
                                                             reason=reason))
+
+    async def layout_push(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Operator: hand the node a layout version (``hdsd layout apply``); the reply is the
+        node's record and migration state, ``adopted`` when this push was news to it."""
+        return await self._call(lambda rid: LayoutPush(rid=rid, record=record))
 
     async def start_maintenance(self, task: str) -> dict[str, Any]:
         """Admin: start a ``repair`` or a ``scrub`` on the node this client uses; the reply

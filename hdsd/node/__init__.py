@@ -3,6 +3,7 @@
 from ._bundle import SPEC_FILE as SPEC_FILE
 from ._bundle import Bundle as Bundle
 from ._bundle import write_cluster as write_cluster
+from ._bundle import write_node_bundle as write_node_bundle
 from ._bundle import write_profile as write_profile
 from ._config import NAME_RE as NAME_RE
 from ._config import NodeConfig as NodeConfig

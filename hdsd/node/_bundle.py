@@ -30,13 +30,15 @@ from .._atomic import atomic_write
 from .._errors import ConfigError
 from ..audit import load_or_create_signing_key
 from ..catalog import CATALOG_FILE, CONFIRMED, Catalog, TenantEntry
+from ..cluster import LayoutRecord
 from ..transport import create_ca, issue_client_cert, issue_node_cert
 from ._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
+from ._layouts import LAYOUT_FILE, save_record
 from ._masterkey import create_salt, master_key_check, passphrase_master
 from ._spec import ClusterSpec, NodeSpec
 from ._tenancy import seed_entry
 
-__all__ = ["SPEC_FILE", "Bundle", "write_cluster", "write_profile"]
+__all__ = ["SPEC_FILE", "Bundle", "write_cluster", "write_node_bundle", "write_profile"]
 
 SPEC_FILE = "cluster-spec.toml"
 
@@ -110,9 +112,33 @@ def _inside(bundle: Path, absolute: PurePosixPath) -> Path:
     return bundle.joinpath(*absolute.parts[1:])
 
 
+def write_node_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, record: LayoutRecord, *,
+                      prefix: PurePosixPath | None = None,
+                      state_dir: PurePosixPath | None = None, archive: bool = False,
+                      node_toml_extra: str = "") -> Bundle:
+    """The bundle of a node joining a running cluster (``hdsd layout apply``): as ``hdsd
+    init`` makes them, from the operator directory's CA and master key, plus the layout
+    version it joins (``layout.json``: it starts in the right phase). Its catalog and tenant
+    keys come from its peers at its first catalog sync."""
+    root = root.resolve()
+    if (root / node.name).exists():
+        raise ConfigError(f"{root / node.name} exists: a bundle for {node.name} was made "
+                          "already (move it aside to make a new one)")
+    if spec.passphrase_env:
+        if not os.environ.get(spec.passphrase_env):
+            raise ConfigError(f"passphrase mode: export {spec.passphrase_env} (the master "
+                              "passphrase) to make the new node's bundle")
+        master = passphrase_master(spec.passphrase_env, root / "master.salt")
+    else:
+        master = load_master_key(root / "master.key")
+    return _write_bundle(spec, root, node, master, prefix, state_dir, archive,
+                         node_toml_extra, None, record)
+
+
 def _write_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, master: bytes,
                   prefix: PurePosixPath | None, state_dir: PurePosixPath | None, archive: bool,
-                  extra: str, operator: TenantEntry) -> Bundle:
+                  extra: str, operator: TenantEntry | None,
+                  record: LayoutRecord | None = None) -> Bundle:
     bundle = root / node.name
     if prefix is None:
         etc, data = bundle, bundle / "data"
@@ -143,12 +169,15 @@ def _write_bundle(spec: ClusterSpec, root: Path, node: NodeSpec, master: bytes,
                 "rotate with hdsd key rotate-master\n")
     keys += (f'master_key_check = "{master_key_check(master, spec.cluster_id)}"   '
              "# fingerprint: a wrong key is refused at start\n")
-    shutil.copy2(root / KEYRING_FILE, data / KEYRING_FILE)
-    catalog = Catalog(data / CATALOG_FILE)
-    try:
-        catalog.apply([operator])
-    finally:
-        catalog.close()
+    if operator is not None:
+        shutil.copy2(root / KEYRING_FILE, data / KEYRING_FILE)
+        catalog = Catalog(data / CATALOG_FILE)
+        try:
+            catalog.apply([operator])
+        finally:
+            catalog.close()
+    if record is not None:
+        save_record(data / LAYOUT_FILE, record)
     (data / "audit").mkdir(mode=0o700, exist_ok=True)
     signing = load_or_create_signing_key(data / "audit")
     (root / "audit-keys" / f"{node.name}.pub").write_text(

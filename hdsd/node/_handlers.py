@@ -38,6 +38,7 @@ from ..wire import (
     ErrorReply,
     GetRequest,
     GetStart,
+    LayoutPush,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
@@ -62,7 +63,7 @@ from ._objects import (
     resolve,
     stream_object,
 )
-from ._peer_handlers import PEER_ROUTES, maintenance, site_mode
+from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
 from ._roles import check_role
 from ._route import Route
 
@@ -91,6 +92,9 @@ async def handle_request(
         if route is None:
             raise InvalidRequest(f"{type(msg).__name__} is not a request a {ident.kind} may send")
         if observed is not None:
+            # A node that lost its audit log first learns where its chain resumes (see
+            # ._continuity); its first record must not be written before.
+            await node.audit_continuity.ready.wait()
             if node.audit.failed is not None:
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")
@@ -338,6 +342,7 @@ CLIENT_ROUTES: dict[type[Message], Route] = {
     StatusRequest: Route(_status, op="status"),
     SiteModeRequest: Route(site_mode, operator="changes a site's mode"),
     MaintenanceRequest: Route(maintenance, operator="starts a repair or a scrub"),
+    LayoutPush: Route(layout_push, operator="changes the cluster layout"),
     ListBucketsRequest: Route(_list_buckets, op="list"),
     **ADMIN_ROUTES,
 }

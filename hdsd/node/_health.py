@@ -169,12 +169,16 @@ async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[di
             return
         results[name] = {"up": False, "error": f"no answer within {timeout:g} s"}
 
+    # Every node of the layout version, those leaving it during a migration included.
+    everyone = node.layouts.record.all_nodes()
     async with trio.open_nursery() as nursery:
-        for info in node.layout.nodes:
+        for info in everyone:
             if info.name != node.config.name:
                 nursery.start_soon(ask, info.name)
     out = []
-    for info in node.layout.nodes:
+    for info in everyone:
+        if info.name not in results:  # this node, removed from the layout it learnt
+            continue
         entry = results[info.name]
         entry.update(node=info.name, site=info.site, address=f"{info.host}:{info.port}",
                      role=info.role)

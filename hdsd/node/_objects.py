@@ -537,6 +537,11 @@ class NodeObjects:
             raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); no "
                               "request is served untraced")
 
+    async def audit_ready(self) -> None:
+        """A node that lost its audit log first learns where its chain resumes: no S3 record
+        before that, as for native requests."""
+        await self.node.audit_continuity.ready.wait()
+
     def in_flight(self) -> AbstractContextManager[None]:
         return self.node.counted_request()
 

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from .._errors import IntegrityError, InvalidRequest, PermissionDenied
+from ..cluster import LayoutRecord
 from ..store import ChunkRecord, Version
 from ..transport import Identity, WireSession
 from ..wire import (
     AuditShip,
     FetchChunk,
     FetchVersions,
+    LayoutPush,
     LeafDiff,
     ListBucketsPeer,
     ListPeer,
@@ -35,7 +37,21 @@ from ._route import Route
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["PEER_ROUTES", "maintenance", "site_mode"]
+__all__ = ["PEER_ROUTES", "layout_push", "maintenance", "site_mode"]
+
+
+async def layout_push(node: Node, session: WireSession, ident: Identity, msg: LayoutPush,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    """A layout version from the operator (``hdsd layout apply``; its route checks it is the
+    operator) or a peer: adopt it if newer; the reply is this node's record and migration
+    state either way. Not checked against this node's layout id: it is how a node learns a
+    new one."""
+    try:
+        record = LayoutRecord.from_wire(msg.record)
+    except ValueError as exc:
+        raise InvalidRequest(f"malformed layout record: {exc}") from None
+    adopted = await node.layouts.offer(record, ident.name, operator=ident.kind != "node")
+    await session.send(Reply(rid=msg.rid, body={**node.layouts.reply(), "adopted": adopted}))
 
 
 async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Replicate,
@@ -48,7 +64,14 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
     for v in versions:
         node.clock.observe(v.hlc)
     # Chunks first, then the versions naming them, in one batch: one fdatasync, all or nothing.
-    await node.store.commit([*chunks, *versions])
+    try:
+        await node.store.commit([*chunks, *versions])
+    except PermissionDenied:
+        # No key here for a tenant the sender writes: this node joined the layout a moment
+        # ago and its catalog sync has not run since (its peers refused it until then).
+        # The sender holds the catalog: take it now, and commit once more.
+        await node.tenancy.sync_with(node, ident.name)
+        await node.store.commit([*chunks, *versions])
     await session.send(Reply(rid=msg.rid, body={}))
 
 
@@ -136,7 +159,8 @@ async def _audit_ship(node: Node, session: WireSession, ident: Identity, msg: Au
 
 
 PEER_ROUTES: dict[type[Message], Route] = {
-    cls: Route(handler, same_layout=True) for cls, handler in (
+    LayoutPush: Route(layout_push),
+    **{cls: Route(handler, same_layout=True) for cls, handler in (
         (Replicate, _replicate),
         (FetchVersions, _fetch_versions),
         (FetchChunk, _fetch_chunk),
@@ -146,5 +170,5 @@ PEER_ROUTES: dict[type[Message], Route] = {
         (LeafDiff, _leaf_diff),
         (AuditShip, _audit_ship),
         (ListBucketsPeer, _list_buckets_peer),
-    )
+    )},
 }

@@ -51,10 +51,17 @@ class Route:
 
 
 def check_layout(node: Node, layout: str, ident: Identity) -> None:
-    if layout != node.layout.layout_id:
-        raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
-                             f"{node.config.name} has {node.layout.layout_id}; deploy the same "
-                             "[[sites]] and replicas_per_site on every node")
+    """The ids of the layout version this node runs (its target and, while it migrates, the
+    previous one) are accepted; any other makes this node ask the sender for its record (it
+    may run a newer version not heard of here) and is refused meanwhile."""
+    record = node.layouts.record
+    if record.accepts(layout):
+        return
+    node.layouts.learn_from(ident.name)
+    raise LayoutMismatch(f"node {ident.name} has layout {layout}, this node "
+                         f"{node.config.name} has {node.layout.layout_id} (layout version "
+                         f"{record.version}); a layout change is propagating (retry), or the "
+                         "nodes were deployed with different [[sites]] or replicas_per_site")
 
 
 def require_operator(node: Node, ident: Identity, what: str) -> None:

@@ -74,9 +74,11 @@ from ..wire import (
     Role,
 )
 from ._config import NodeConfig
+from ._continuity import AuditContinuity
 from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
+from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, trim
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
@@ -115,21 +117,27 @@ class Node(ReadPaths):
         # first use, cached per catalog entry, so a revocation applies to the next request.
         self.s3_credentials = S3Keys(self.tenancy.catalog, master, self.clock,
                                      tenant_usable=self._tenant_has_keys)
-        self.layout = config.layout()
-        self.role = self.layout.node(config.name).role  # "storage" or "backup" (see _roles)
+        # The layout version this node runs (layout.json, else node.toml's [[sites]]); it
+        # changes live (see ._layouts).
+        record = load_record(config)
+        self.layout = record.layout
+        self.role = (record.node(config.name).role if record.has_node(config.name)
+                     else config.role)  # "storage" or "backup" (see _roles)
         self.hints = HintStore(config.data_dir / "hints.sqlite", store.sealing)
         self.mode = ModeState(config.data_dir / "site-mode.json", site=config.site)
         # Peers an anti-entropy round must compare before the live RPO may read 0.
-        self.doubts = PeerDoubts((n.name for n in self.layout.nodes if n.name != config.name),
+        self.doubts = PeerDoubts((n.name for n in record.all_nodes() if n.name != config.name),
                                  config.data_dir / "peers-in-doubt.json")
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
                               ssl_context=client_context(config.cert, config.key, config.ca),
                               on_link=self._peer_link_changed, revoked=self._revoked_peer)
+        self.peers.set_nodes(record.all_nodes())
         self.replicator = Replicator(
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
             on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s,
             plan_of=self.tenancy.plan, doubts=self.doubts)
+        self.replicator.set_record(record)
         self.maintenance = Maintenance(
             name=config.name, layout=self.layout, store=store, peers=self.peers,
             snapshot=config.data_dir / "merkle-trees.bin", observe_hlc=self.clock.observe,
@@ -176,6 +184,8 @@ class Node(ReadPaths):
                                           timeout=config.write_timeout_s)
         self.live = LiveSessions(self.audit, self.tenancy.catalog.is_revoked,
                                  refused=self._connection_refused)
+        self.layouts = LayoutKeeper(self, record)
+        self.audit_continuity = AuditContinuity(self)
 
     # -- pieces the handlers use -----------------------------------------------------------
     def _tenant_has_keys(self, tenant: str) -> bool:
@@ -285,18 +295,21 @@ class Node(ReadPaths):
             "write_policy": self.replicator.effective_policy(),
             "configured_policy": self.config.write_policy,
             "layout": self.layout.layout_id,
+            "layout_record": self.layouts.describe(),
             # The live RPO: hinted versions (counted) and peers in doubt (not countable until
             # a round compared them). It is 0 only when both are empty.
             "rpo": {"versions": total.versions, "bytes": total.bytes,
                     "age_s": round(max(total.age(), self.doubts.age()), 3),
                     "peers_in_doubt": self.doubts.describe(),
                     "zero": total.versions == 0 and not self.doubts.pending()},
-            "peers": {name: {"site": self.layout.node(name).site, **self.peers.describe(name),
+            "peers": {name: {"site": self.layouts.record.node(name).site,
+                             **self.peers.describe(name),
                              "backlog_versions": b.versions, "backlog_bytes": b.bytes,
                              "backlog_age_s": round(b.age(), 3)}
                       for name, b in backlog.items() if name != self.config.name},
             # Versions this node's own disk missed while the others acknowledged them.
-            "self_backlog_versions": backlog[self.config.name].versions,
+            "self_backlog_versions": (backlog[self.config.name].versions
+                                      if self.config.name in backlog else 0),
             "node": self.config.name,
             "site": self.config.site,
             "role": self.role,
@@ -310,7 +323,8 @@ class Node(ReadPaths):
                                             "records": self.refusals.records}},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
             **self._maintenance_status(),
-            "audit": self.audit_shipper.describe(),
+            "audit": {**self.audit_shipper.describe(),
+                      "continuity": self.audit_continuity.state},
             **health_status(self),
         }
 
@@ -342,6 +356,8 @@ class Node(ReadPaths):
             await services.start(self.peers.run)
             await services.start(self.replicator.run)
             await services.start(self.maintenance.run)
+            await services.start(self.layouts.run)
+            await services.start(self.audit_continuity.run)
             await services.start(self.audit_shipper.run)
             await services.start(self.refusals.run)
             # Catch up with the other nodes' catalog (a shred missed while down) before serving.
@@ -610,7 +626,7 @@ class Node(ReadPaths):
         if ident.cluster_id != self.config.cluster_id:
             raise AuthenticationFailed(f"certificate is for cluster {ident.cluster_id!r}, "
                                        f"this is {self.config.cluster_id!r}")
-        if ident.kind == "node" and ident.name not in {n.name for n in self.layout.nodes}:
+        if ident.kind == "node" and not self.layouts.record.has_node(ident.name):
             raise AuthenticationFailed(f"node {ident.name!r} is not in this cluster's layout")
 
     async def _run_request(self, session: WireSession, ident: Identity, msg: Message,

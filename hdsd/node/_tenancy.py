@@ -637,7 +637,8 @@ class Tenancy:
         body = await node.peers.call(
             name, lambda rid: CatalogSync(rid, node.layout.layout_id, self.catalog.digest()),
             timeout=node.config.write_timeout_s)
-        if node.layout.node(name).site == node.config.site:
+        record = node.layouts.record  # (it may have changed during the call)
+        if record.has_node(name) and record.node(name).site == node.config.site:
             usage = body.get("usage")
             if isinstance(usage, dict):
                 self._peer_usage[name] = {str(k): int(v) for k, v in usage.items()

@@ -22,7 +22,7 @@ from .._errors import (
     Unavailable,
     error_class_for_code,
 )
-from ..cluster import Layout
+from ..cluster import Layout, NodeInfo
 from ..transport import Identity, WireSession, connect_tls, identity_from_der
 from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Message, Reply, Role
 
@@ -87,7 +87,36 @@ class PeerPool:
         self._connect_timeout = connect_timeout
         self._revoked = revoked  # a peer presenting a revoked certificate is refused
         self._peers = {n.name: _Peer() for n in layout.nodes if n.name != name}
+        self._addresses = {n.name: (n.host, n.port) for n in layout.nodes}
         self._nursery: trio.Nursery | None = None
+
+    def set_nodes(self, nodes: tuple[NodeInfo, ...]) -> None:
+        """The layout changed (live): links to nodes that joined open on first use; a node
+        whose address changed is dialled at the new one (its open link is closed); links to
+        nodes that left are closed."""
+        wanted = {n.name: (n.host, n.port) for n in nodes}
+        for node, address in wanted.items():
+            if node == self.name:
+                continue
+            peer = self._peers.get(node)
+            if peer is None:
+                self._peers[node] = _Peer()
+            elif self._addresses.get(node) != address:
+                self._close(node, peer, "address_changed")
+        for node in list(self._peers):
+            if node not in wanted:
+                self._close(node, self._peers.pop(node), "left_the_layout")
+        self._addresses = wanted
+
+    def _close(self, node: str, peer: _Peer, reason: str) -> None:
+        if peer.session is not None and self._nursery is not None:
+            log.info("event=peer_link_closed node=%s peer=%s reason=%s", self.name, node, reason)
+            self._nursery.start_soon(peer.session.aclose)
+        peer.retry_at = 0.0
+        peer.backoff = _BACKOFF_FIRST
+
+    def known(self, node: str) -> bool:
+        return node in self._peers
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -103,15 +132,23 @@ class PeerPool:
                     await peer.session.aclose()
 
     def reachable(self, node: str) -> bool:
-        peer = self._peers[node]
-        return peer.session is not None and not peer.session.closed
+        peer = self._peers.get(node)
+        return peer is not None and peer.session is not None and not peer.session.closed
 
     def describe(self, node: str) -> dict[str, Any]:
-        peer = self._peers[node]
+        peer = self._peers.get(node)
+        if peer is None:
+            return {"reachable": False, "last_error": "not in this node's layout"}
         return {"reachable": self.reachable(node), "last_error": peer.last_error}
 
+    def _peer(self, node: str) -> _Peer:
+        peer = self._peers.get(node)
+        if peer is None:
+            raise ConnectionLost(f"peer {node} is not in this node's layout")
+        return peer
+
     async def _session(self, node: str) -> WireSession:
-        peer = self._peers[node]
+        peer = self._peer(node)
         live = peer.session
         if live is not None and not live.closed:
             return live  # the common case: no lock, no scheduler pass
@@ -157,12 +194,12 @@ class PeerPool:
                         self.name, node, now - peer.down_since, peer.last_error)
 
     async def _open(self, node: str) -> WireSession:
-        info = self.layout.node(node)
-        stream = await connect_tls(info.host, info.port, self._ssl, server_hostname=info.host,
+        host, port = self._addresses[node]
+        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
                                    timeout=self._connect_timeout, revoked=self._revoked)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
-            self._peers[node].serial = identity_from_der(
+            self._peer(node).serial = identity_from_der(
                 stream.getpeercert(binary_form=True)).serial_hex
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.cluster_id, peer=self.name,
@@ -190,17 +227,19 @@ class PeerPool:
         try:
             await session.run_reader()
         except HdsdError as exc:
-            self._peers[node].last_error = str(exc)
+            if node in self._peers:
+                self._peers[node].last_error = str(exc)
         finally:
             log.info("event=peer_disconnected node=%s peer=%s", self.name, node)
-            self._peers[node].was_lost = True
+            if node in self._peers:  # (not when it left the layout)
+                self._peers[node].was_lost = True
             if self._on_link is not None:
                 self._on_link(node, False)
             await session.aclose()
 
     async def call(self, node: str, make: Callable[[int], Message], *,
                    timeout: float) -> dict[str, Any]:
-        peer = self._peers[node]
+        peer = self._peer(node)
         with trio.move_on_after(timeout) as queued:
             await peer.slots.acquire()
         if queued.cancelled_caught:

@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from .._errors import HdsdError, Unavailable
-from ..cluster import Layout
+from ..cluster import Layout, LayoutRecord
 from ..peers import PeerLink, to_thread
 from ..replication import PeerDoubts
 from ..store import Store
@@ -119,6 +119,10 @@ class Maintenance:
         self.compaction = _Task(6 * 3600)
         self._compacted: tuple[frozenset[str], int] = (frozenset(), 0)
         self.rebuild: dict[str, Any] | None = None
+        # What the rounds this node ran moved, either way, since start (a layout migration
+        # reports its share: each transfer is counted once, by the node that ran the round).
+        self.moved = {"versions_received": 0, "versions_sent": 0, "payload_bytes_received": 0,
+                      "payload_bytes_sent": 0}
         self.ready = False  # trees caught up with the index at least once
 
     @property
@@ -133,14 +137,41 @@ class Maintenance:
         wiped disk would be wrong; a new cluster leaves this state after one round)."""
         return self.rebuild is not None and self.rebuild["state"] == "checking"
 
+    async def set_record(self, record: LayoutRecord) -> None:
+        """A new layout version (live): trees over the keys each pair shares under it (the
+        union of both layouts while migrating), then a round with every peer at once — that
+        is what moves keys to their new replicas (see hdsd.cluster.LayoutRecord)."""
+        self.layout = record.layout
+        self.sync.layout_id = record.layout.layout_id
+        self.scrubber.layout_id = record.layout.layout_id
+        peers = [n for n in record.all_nodes() if n.name != self.name]
+        site = record.node(self.name).site if record.has_node(self.name) else ""
+        self.scrubber.sources = [n.name for n in sorted(peers, key=lambda n: (n.site != site,
+                                                                               n.name))]
+        self.doubts.keep_only(n.name for n in peers)
+        # No round while the trees are rebuilt (two half-built trees may agree on a leaf one
+        # of the nodes holds versions in), and peers asking meanwhile are told to retry.
+        async with self._round_lock:
+            self.trees.building = True
+            try:
+                await to_thread(self.trees.set_layouts, record.layout, record.previous)
+                await to_thread(self.trees.catch_up)
+            finally:
+                self.trees.building = False
+        self.doubts.doubt(None, f"layout version {record.version} ({record.phase})")
+
     def start(self, task: str) -> dict[str, Any]:
         """Operator request: run *task* (``repair`` or ``scrub``) as soon as possible."""
         t = self.repair if task == "repair" else self.scrub
         run = t.request()
         return {"node": self.name, "task": task, "run": run, **t.describe()}
 
-    def request_compaction(self) -> None:
-        """Reclaim the log space of shredded tenants (soon, in the background)."""
+    def request_compaction(self, *, everything: bool = False) -> None:
+        """Reclaim the log space of shredded tenants (soon, in the background); *everything*:
+        look at every sealed segment again (keys were forgotten after a layout change, so
+        segments examined before hold garbage now)."""
+        if everything:
+            self._compacted = (self._compacted[0], 0)
         self.compaction.request()
 
     def describe(self) -> dict[str, Any]:
@@ -205,7 +236,15 @@ class Maintenance:
         when it brought versions here (they may lack them as well)."""
         async with self._round_lock:
             began = time.time()
+            if peer not in self.trees.trees:
+                # It left the layout meanwhile (or shares no key with this node any more).
+                self.doubts.verified(peer, began)
+                return RepairReport(peer=peer)
             report = await self.sync.repair_with(peer, progress, bulk=bulk)
+        self.moved["versions_received"] += report.versions_received
+        self.moved["versions_sent"] += report.versions_sent
+        self.moved["payload_bytes_received"] += report.payload_bytes_received
+        self.moved["payload_bytes_sent"] += report.payload_bytes_sent
         if report.error is None:
             self.doubts.verified(peer, began)
             if report.versions_received:

@@ -138,7 +138,15 @@ class AntiEntropy:
         self.timeout = timeout
 
     # -- serving a peer's round --------------------------------------------------------------
+    def _check_comparable(self, peer: str) -> None:
+        if self.trees.building:
+            raise Unavailable(f"{self.name} is rebuilding its trees for a new layout version; "
+                              "retry")
+        if peer not in self.trees.trees:
+            raise IntegrityError(f"{peer} is not a peer of {self.name}")
+
     async def tree_level(self, peer: str, depth: int, indices: list[int]) -> dict[str, Any]:
+        self._check_comparable(peer)
         if peer not in self.trees.trees:
             raise IntegrityError(f"{peer} is not a peer of {self.name}")
         if depth == 0:
@@ -147,6 +155,7 @@ class AntiEntropy:
                 "count": self.trees.count(peer)}
 
     async def leaf_diff(self, peer: str, leaves: list[Any]) -> dict[str, Any]:
+        self._check_comparable(peer)
         if peer not in self.trees.trees:
             raise IntegrityError(f"{peer} is not a peer of {self.name}")
 

@@ -43,12 +43,17 @@ class PeerTrees:
                  plan_of: Callable[[str], str] = lambda tenant: "standard") -> None:
         self.store = store
         self.layout = layout
+        # While the layout migrates: the layout keys come from. A pair of nodes then compares
+        # the keys placed on both under either layout, which is what moves them to their new
+        # replicas (and keeps comparing them with the old ones until the migration is done).
+        self.previous: Layout | None = None
         self.name = name
         self.path = path
         # Which node role holds a tenant's keys (the catalog's answer, injected by the node).
         self.plan_of = plan_of
         self._lock = threading.Lock()
         self._catching_up = threading.Lock()
+        self.building = False  # rebuilt for a new layout version: not comparable meanwhile
         self._watermark = 0
         self._saved_watermark = -1
         # Keys go to every node when each site has exactly replicas_per_site nodes (the usual
@@ -63,15 +68,37 @@ class PeerTrees:
             self.trees[peer] = shared if self._everyone else MerkleTree()
         self._load()
 
+    def set_layouts(self, layout: Layout, previous: Layout | None) -> None:
+        """A new layout version (live): start the trees again from the index (blocking, run
+        it in a thread; a comparison meanwhile sees trees still filling and finds differing
+        leaves, which only costs a longer round)."""
+        with self._catching_up, self._lock:
+            self.layout = layout
+            self.previous = previous
+            self._everyone = previous is None and not layout.has_backup_nodes() and all(
+                len(layout.site_nodes(s)) == layout.replicas_per_site for s in layout.sites)
+            names = [n.name for n in layout.nodes]
+            if previous is not None:
+                names += [n.name for n in previous.nodes if n.name not in names]
+            self.peers = [n for n in names if n != self.name]
+            shared = MerkleTree()
+            self.trees = {p: shared if self._everyone else MerkleTree() for p in self.peers}
+            self._watermark = 0
+            self._saved_watermark = -1
+
     # -- which peers share a key -------------------------------------------------------------
     def sharing(self, tenant: str, bucket: str, key: str) -> list[str]:
         """The peers that are replicas of the key along with this node (empty if this node
         is not a replica)."""
         if self._everyone:
             return self.peers
-        placed = self.layout.replicas(placement_key(tenant, bucket, key),
-                                      self.plan_of(tenant))
+        pkey = placement_key(tenant, bucket, key)
+        plan = self.plan_of(tenant)
+        placed = self.layout.replicas(pkey, plan)
         names = [n.name for nodes in placed.values() for n in nodes]
+        if self.previous is not None:
+            before = self.previous.replicas(pkey, plan)
+            names += [n.name for nodes in before.values() for n in nodes if n.name not in names]
         return [n for n in names if n != self.name] if self.name in names else []
 
     def shares(self, peer: str, v: Version) -> bool:
@@ -152,12 +179,16 @@ class PeerTrees:
             if self._watermark == self._saved_watermark:
                 return
             watermark = self._watermark
-            body = {"format": _FORMAT, "layout": self.layout.layout_id, "node": self.name,
+            body = {"format": _FORMAT, "layout": self._layout_key(), "node": self.name,
                     "index": self.store.index_instance(), "watermark": watermark,
                     "trees": {p: [t.count, t.leaves_bytes()] for p, t in self._unique()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, packb(body))
         self._saved_watermark = watermark
+
+    def _layout_key(self) -> str:
+        prev = "" if self.previous is None else "+" + self.previous.layout_id
+        return self.layout.layout_id + prev
 
     def _unique(self) -> list[tuple[str, MerkleTree]]:
         return [(self.peers[0], self.trees[self.peers[0]])] if self._everyone and self.peers \
@@ -166,7 +197,7 @@ class PeerTrees:
     def _load(self) -> None:
         try:
             raw = unpackb(self.path.read_bytes())
-            if (raw["format"] != _FORMAT or raw["layout"] != self.layout.layout_id
+            if (raw["format"] != _FORMAT or raw["layout"] != self._layout_key()
                     or raw["node"] != self.name or raw["index"] != self.store.index_instance()):
                 log.info("event=merkle_snapshot_stale path=%s", self.path)
                 return

@@ -56,8 +56,29 @@ class PeerDoubts:
         # The time of the latest event per doubted peer: only a round begun after it counts.
         self._recheck_after: dict[str, float] = {}
         self._changed = trio.Event()
+        # When the latest clean round with each peer began (in memory): a layout migration
+        # is synced once every peer sharing keys had one since the migration's sync phase.
+        self.clean_round: dict[str, float] = {}
         if path is not None:
             self._load(path)
+
+    def add_peers(self, peers: Iterable[str]) -> None:
+        """Nodes joined the layout: they are peers from now on (a new one is doubted by the
+        layout change itself)."""
+        self.peers = self.peers | frozenset(peers)
+
+    def keep_only(self, peers: Iterable[str]) -> None:
+        """Nodes left the layout: no round will ever compare with them again."""
+        self.peers = frozenset(peers)
+        gone = [p for p in self._since if p not in self.peers]
+        for p in gone:
+            del self._since[p]
+            self._reasons.pop(p, None)
+            self._recheck_after.pop(p, None)
+        if gone:
+            self._save()
+            self._changed.set()
+            self._changed = trio.Event()
 
     # -- durable state ----------------------------------------------------------------------
     def _load(self, path: Path) -> None:
@@ -117,6 +138,7 @@ class PeerDoubts:
     def verified(self, peer: str, round_started: float) -> bool:
         """A round with *peer* that started at *round_started* finished cleanly: lift the
         doubt unless a newer event came after the round began. Returns whether it lifted."""
+        self.clean_round[peer] = max(self.clean_round.get(peer, 0.0), round_started)
         if peer not in self._since:
             return True
         if self._recheck_after.get(peer, 0.0) > round_started:

@@ -145,6 +145,15 @@ class HintStore:
             self._db.executemany("DELETE FROM hints WHERE id = ?", [(i,) for i in ids])
             self._db.execute("COMMIT")
 
+    def drop_target(self, target: str) -> int:
+        """Forget every hint for *target* (it left the layout: the keys it lacked live on
+        their new replicas); returns how many."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            n = self._db.execute("DELETE FROM hints WHERE target = ?", (target,)).rowcount
+            self._db.execute("COMMIT")
+        return int(n)
+
     def backlog(self, target: str | None = None) -> Backlog:
         query = "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM hints"
         args: tuple[str, ...] = ()

@@ -19,7 +19,7 @@ import logging
 import trio
 
 from .._errors import HdsdError, Unavailable
-from ..cluster import Layout
+from ..cluster import Layout, LayoutRecord
 from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
 from ..store import ChunkRecord, Version
 from ..wire import FetchVersions, PeerStatusRequest
@@ -50,6 +50,8 @@ class HintReplay:
     _peer_was_lost: bool
     _unheld_since: dict[int, float]
     doubts: PeerDoubts
+    record: LayoutRecord
+    _replaying: set[str]
 
     def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
         raise NotImplementedError
@@ -58,6 +60,9 @@ class HintReplay:
         """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
         delay = 0.05
         while True:
+            if not self.record.has_node(node):
+                self._replaying.discard(node)  # it left the layout (its hints were dropped)
+                return
             pending = await self._offload(self.hints.pending, node, 64)
             if not pending:
                 await self._maybe_restore()

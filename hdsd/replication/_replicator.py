@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
-from ..cluster import PLANS, Layout, placement_key
+from ..cluster import PLANS, Layout, LayoutRecord, placement_key
 from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
 from ..wire import FetchChunk, FetchVersions
@@ -85,6 +85,10 @@ class Replicator(HintReplay):
         self.site = site
         self.layout = layout
         self.layout_id = layout.layout_id
+        # The layout version in force: while it migrates, keys live on the union of their old
+        # and new replicas (see hdsd.cluster.LayoutRecord); set_record switches it live.
+        self.record = LayoutRecord(cluster_id="", version=0, layout=layout)
+        self._replaying: set[str] = set()
         self.store = store
         self.peers = peers
         self.hints = hints
@@ -108,21 +112,49 @@ class Replicator(HintReplay):
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
-        # Per plan: when each site has no more nodes of the plan's role than it keeps copies
-        # (the usual 1+1), every key lives on all of them: no hashing needed.
         self._every_key: dict[str, Replicas] = {}
+        self._fixed_placements()
+
+    def _fixed_placements(self) -> None:
+        # Per plan: when each site has no more nodes of the plan's role than it keeps copies
+        # (the usual 1+1), every key lives on all of them: no hashing needed. Never while the
+        # layout migrates (two placements).
+        self._every_key = {}
+        if self.record.migrating:
+            return
         for plan in PLANS:
-            fixed = layout.fixed_replicas(plan)
+            fixed = self.layout.fixed_replicas(plan)
             if fixed is not None:
                 self._every_key[plan] = {site: [n.name for n in nodes]
                                          for site, nodes in fixed.items()}
+
+    def set_record(self, record: LayoutRecord) -> None:
+        """Switch to a new layout version, live: placement, the layout id sent, and hint
+        replay for nodes that joined. Writes already running keep the replicas they chose
+        (every phase accepts the ids of the one before it)."""
+        self.record = record
+        self.layout = record.layout
+        self.layout_id = record.layout.layout_id
+        self._fixed_placements()
+        self.doubts.add_peers(n.name for n in record.all_nodes() if n.name != self.name)
+        for target in self.hints.targets():
+            if not record.has_node(target):
+                dropped = self.hints.drop_target(target)
+                log.info("event=hints_dropped target=%s versions=%d reason=left_the_layout",
+                         target, dropped)
+        if self._background is not None:
+            for node in record.all_nodes():
+                if node.name not in self._replaying:
+                    self._replaying.add(node.name)
+                    self._background.start_soon(self._replay_hints, node.name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Own the background sends and the hint replay until cancelled."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
-            for node in self.layout.nodes:
+            for node in self.record.all_nodes():
+                self._replaying.add(node.name)
                 nursery.start_soon(self._replay_hints, node.name)
             task_status.started()
             await trio.sleep_forever()
@@ -137,8 +169,8 @@ class Replicator(HintReplay):
         every = self._every_key.get(plan)
         if every is not None:
             return {site: list(nodes) for site, nodes in every.items()}
-        placed = self.layout.replicas(placement_key(tenant, bucket, key), plan)
-        return {site: [n.name for n in nodes] for site, nodes in placed.items()}
+        # While migrating: the union of both layouts' replicas, the policy checked in each.
+        return self.record.placement(placement_key(tenant, bucket, key), plan)
 
     # -- the write path --------------------------------------------------------------------
     async def write(self, replicas: Replicas, chunks: Sequence[ChunkRecord],
@@ -465,4 +497,4 @@ class Replicator(HintReplay):
 
     def backlog(self) -> dict[str, Backlog]:
         """Hints per node (this node included: versions its own disk missed)."""
-        return {n.name: self.hints.backlog(n.name) for n in self.layout.nodes}
+        return {n.name: self.hints.backlog(n.name) for n in self.record.all_nodes()}

@@ -78,6 +78,8 @@ class Backend(Protocol):
 
     def check_serving(self) -> None: ...
 
+    async def audit_ready(self) -> None: ...
+
     def in_flight(self) -> AbstractContextManager[None]: ...
 
     async def put(self, tenant: str, bucket: str, key: str, source: Any, *, size: int | None,
@@ -345,6 +347,7 @@ class Gateway:
         outcome = "ok"
         version = ""
         try:
+            await self.backend.audit_ready()
             self.backend.check_serving()
             access = authenticate_request(req, self.lookup, self.region)
             principal = access.principal

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -710,6 +710,41 @@ class Index:
                 for ident in [i for i in cache if i[0] in gone]:
                     del cache[ident]
         return dropped
+
+    def forget_keys(self, keys: Iterable[tuple[str, str, str]],
+                    keep_chunk: Callable[[str, bytes], bool]) -> tuple[int, int]:
+        """Drop every version of *keys* (this node no longer holds them: their new replicas
+        do), and the chunks they named that *keep_chunk* does not claim; returns (versions,
+        chunks) dropped. Their records become garbage for compaction."""
+        conn = self._quarantine_conn()
+        versions = chunks = 0
+        touched: set[tuple[str, bytes]] = set()  # (tenant, bucket id) of listing caches
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for tenant, bucket, key in keys:
+                seal = self.seal(tenant)
+                nid = seal.name_id(bucket, key)
+                rows = conn.execute("SELECT body FROM versions WHERE tenant = ? AND nid = ?",
+                                    (tenant, nid)).fetchall()
+                named = {c for (body,) in rows for c in open_version(body, seal).chunks}
+                touched.update((tenant, bid) for (bid,) in conn.execute(
+                    "SELECT bid FROM heads WHERE tenant = ? AND nid = ?", (tenant, nid)))
+                versions += conn.execute("DELETE FROM versions WHERE tenant = ? AND nid = ?",
+                                         (tenant, nid)).rowcount
+                conn.execute("DELETE FROM heads WHERE tenant = ? AND nid = ?", (tenant, nid))
+                for chunk_id in named:
+                    if not keep_chunk(tenant, chunk_id):
+                        chunks += conn.execute(
+                            "DELETE FROM chunks WHERE tenant = ? AND chunk_id = ?",
+                            (tenant, chunk_id)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        with self._names_lock:  # listings of those buckets open their names again
+            for ident in touched:
+                self._names.pop(ident, None)
+        return versions, chunks
 
     def references(self, segment: int) -> int:
         """Index rows still pointing into *segment*."""

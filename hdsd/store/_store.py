@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -429,6 +429,23 @@ class Store:
         """The last few hundred group commits, oldest first: (fdatasync seconds, records in
         the batch). Cheap (no I/O); for latency percentiles in status and metrics."""
         return tuple(self._writer.recent_fsyncs)
+
+    def forget_keys(self, keys: Iterable[tuple[str, str, str]]) -> tuple[int, int]:
+        """Forget every version of *keys* and the chunks only they name (blocking): the keys
+        moved to other nodes, which were asked first (the caller's duty). Returns (versions,
+        chunks) forgotten; :meth:`compact` reclaims their space. A chunk another version
+        still names (deduplicated content) is kept."""
+        self._check_readable()
+        wanted = set(keys)
+        if not wanted:
+            return 0, 0
+        tenants = {t for t, _, _ in wanted}
+        kept: set[tuple[str, bytes]] = set()
+        for v in self._index.iter_versions():
+            if v.tenant in tenants and (v.tenant, v.bucket, v.key) not in wanted:
+                kept.update((v.tenant, c) for c in v.chunks)
+        return self._index.forget_keys(sorted(wanted),
+                                       lambda tenant, chunk: (tenant, chunk) in kept)
 
     def compact(self, dead_tenants: frozenset[str] = frozenset(), *, after_segment: int = 0,
                 min_garbage: float = 0.25) -> CompactReport:

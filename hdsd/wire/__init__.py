@@ -55,6 +55,7 @@ from ._peer import SITE_MODES as SITE_MODES
 from ._peer import AuditShip as AuditShip
 from ._peer import FetchChunk as FetchChunk
 from ._peer import FetchVersions as FetchVersions
+from ._peer import LayoutPush as LayoutPush
 from ._peer import ListBucketsPeer as ListBucketsPeer
 from ._peer import ListPeer as ListPeer
 from ._peer import PeerStatusRequest as PeerStatusRequest

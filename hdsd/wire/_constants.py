@@ -90,6 +90,7 @@ T_AUDIT_SHIP: Final = 0x86  # 0x87 is also allocated to the audit log, unused so
 #: Most audit records one AuditShip carries.
 MAX_AUDIT_BATCH: Final = 4096
 T_LIST_BUCKETS_PEER: Final = 0x8B
+T_LAYOUT_PUSH: Final = 0x8C  # a layout version (operator or node)
 # tenant administration (client) and catalog replication (peer)
 T_TENANT_CREATE: Final = 0x18
 T_TENANT_LIST: Final = 0x19

@@ -23,6 +23,7 @@ __all__ = [
     "AuditShip",
     "FetchChunk",
     "FetchVersions",
+    "LayoutPush",
     "ListBucketsPeer",
     "ListPeer",
     "PeerStatusRequest",
@@ -214,3 +215,18 @@ class ListBucketsPeer(Message):
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
         F.check_str("after", self.after, max_chars=C.MAX_BUCKET_CHARS, allow_empty=True)
 
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutPush(Message):
+    """A layout record (its map, see ``hdsd.cluster.LayoutRecord``): adopt it if newer. Sent by
+    ``hdsd layout apply`` (an operator) and between nodes; a node also pushes its own record to
+    learn a peer's (the reply carries the receiver's record and migration state:
+    ``{"version", "phase", "digest", "synced", "record"}``)."""
+
+    rid: int
+    record: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_map("record", self.record)

@@ -56,6 +56,7 @@ from ._peer import (
     AuditShip,
     FetchChunk,
     FetchVersions,
+    LayoutPush,
     ListBucketsPeer,
     ListPeer,
     PeerStatusRequest,
@@ -112,6 +113,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
     _t(C.T_AUDIT_SHIP, AuditShip, Kind.REQUEST),
     _t(C.T_LIST_BUCKETS_PEER, ListBucketsPeer, Kind.REQUEST),
+    _t(C.T_LAYOUT_PUSH, LayoutPush, Kind.REQUEST),
     # tenant administration (client) and catalog replication (node ↔ node)
     _t(C.T_TENANT_CREATE, TenantCreate, Kind.REQUEST),
     _t(C.T_TENANT_LIST, TenantList, Kind.REQUEST),

@@ -4,20 +4,27 @@ and the checks made once by the routes are the ones each request needs."""
 from __future__ import annotations
 
 from hdsd.node._handlers import CLIENT_ROUTES, NODE_ROUTES
-from hdsd.wire import MESSAGE_TYPES, Kind
+from hdsd.wire import MESSAGE_TYPES, Kind, LayoutPush
 
 _OPENS_A_REQUEST = {Kind.REQUEST, Kind.UPLOAD, Kind.DOWNLOAD}
+# Served on both sides: the operator hands out a layout version and nodes pass it on. Never
+# checked against the receiver's layout id: it is how a node learns a new one.
+_BOTH = {LayoutPush}
 
 
 def test_every_request_of_the_wire_has_one_route() -> None:
     requests = {t.cls for t in MESSAGE_TYPES if t.kind in _OPENS_A_REQUEST}
     assert set(CLIENT_ROUTES) | set(NODE_ROUTES) == requests
-    assert set(CLIENT_ROUTES) & set(NODE_ROUTES) == set()
+    assert set(CLIENT_ROUTES) & set(NODE_ROUTES) == _BOTH
 
 
 def test_node_requests_carry_and_check_the_layout() -> None:
     by_cls = {t.cls: t for t in MESSAGE_TYPES}
     for cls, route in NODE_ROUTES.items():
+        if cls in _BOTH:
+            assert not route.same_layout and route.op is None and route.operator is None
+            assert CLIENT_ROUTES[cls].operator is not None  # from a client: the operator only
+            continue
         assert "layout" in by_cls[cls].fields, cls
         assert route.same_layout and route.op is None and route.operator is None, cls
 

@@ -139,6 +139,7 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
                                                                      fullmatch=True),
                                st.binary(max_size=64), st.text(max_size=20)),
     wire.CertList: st.builds(wire.CertList, rids, names),
+    wire.LayoutPush: st.builds(wire.LayoutPush, rids, free_maps),
     wire.S3KeyCreate: st.builds(wire.S3KeyCreate, rids, tenants,
                                 st.sampled_from(["admin", "writer", "reader", "auditor"])),
     wire.S3KeyList: st.builds(wire.S3KeyList, rids, names),

@@ -26,7 +26,7 @@ def test_every_registered_type_has_a_strategy_and_a_unique_code() -> None:
     peer = {wire.Replicate, wire.FetchVersions, wire.FetchChunk, wire.PeerStatusRequest,
             wire.SiteModeRequest, wire.ListPeer, wire.TreeLevel, wire.LeafDiff,
             wire.MaintenanceRequest, wire.AuditShip, wire.ListBucketsPeer,
-            wire.CatalogPush, wire.CatalogSync, wire.TenantVote}
+            wire.CatalogPush, wire.CatalogSync, wire.TenantVote, wire.LayoutPush}
     for t in wire.MESSAGE_TYPES:
         # client messages below 0x80, node-to-node and admin messages from 0x80 up
         assert (t.code >= 0x80) == (t.cls in peer), t

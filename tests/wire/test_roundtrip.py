@@ -44,6 +44,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.TenantConfirm() | wire.TenantAbandon() | wire.TenantVote():
             return [], C
+        case wire.LayoutPush():
+            return [], C
         case wire.S3KeyCreate() | wire.S3KeyList() | wire.S3KeyRevoke():
             return [], C
         case wire.Data() | wire.End():

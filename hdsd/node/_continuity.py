@@ -1,0 +1,126 @@
+"""Audit continuity across a replaced disk: a node whose audit directory is empty at start asks
+the other site for the tail of the copy of *its own* log before it serves any client.
+
+* The copy exists and the node's signing key is the one pinned there (the key was restored
+  from the node's bundle or a backup): the node's log **continues** that chain — its first
+  segment starts right after the copy's last record and its first record says so
+  (``op = audit_resumed``). The auditor's pinned key still verifies every checkpoint, the
+  sequence goes on, and the other site's copy takes the next batches as if nothing happened;
+  ``hdsd audit verify`` names the resume point. What the lost disk held beyond the copy (at
+  most the records not yet shipped) is lost with it, and the resume record says after which
+  seq.
+* The copy is pinned to another key (the key was not restored): the node keeps a fresh chain,
+  the other site refuses its batches, and ``hdsd status`` says so (``audit.continuity``): the
+  operator restores the signing key from the bundle (see the README) and restarts the node.
+* No copy (a new node, a new cluster): nothing to continue.
+
+Client requests wait for this check (bounded by the write timeout per node asked): a record
+written before it would fix the chain's start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import HdsdError
+from ..audit import RESUMED_OP
+from ..wire import AuditShip
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = ["AuditContinuity"]
+
+log = logging.getLogger("hdsd.node")
+
+_GENESIS = bytes(32)
+
+
+class AuditContinuity:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.ready = trio.Event()
+        self.state: dict[str, Any] = {"state": "continued" if not node.audit.fresh
+                                      else "checking"}
+        if not node.audit.fresh:
+            self.ready.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        if self.ready.is_set():
+            return
+        try:
+            await self._check()
+        finally:
+            self.ready.set()
+
+    async def _check(self) -> None:
+        node = self.node
+        audit = node.audit
+        tails: dict[str, tuple[int, bytes]] = {}
+        refused: dict[str, str] = {}
+        silent: dict[str, str] = {}
+
+        async def ask(name: str) -> None:
+            try:
+                body = await node.peers.call(
+                    name, lambda rid: AuditShip(rid, node.layout.layout_id, node.config.name,
+                                                audit.verify_key, 0, _GENESIS, []),
+                    timeout=node.config.write_timeout_s)
+            except HdsdError as exc:
+                if exc.code == "layout_mismatch":
+                    # A data directory restored from an old bundle runs an old layout
+                    # version: learn the current one, and ask again.
+                    node.layouts.learn_from(name)
+                (refused if exc.code == "audit_chain_broken" else silent)[name] = str(exc)
+                return
+            silent.pop(name, None)
+            seq, digest = body.get("seq"), body.get("hash")
+            if type(seq) is int and type(digest) is bytes and len(digest) == 32:
+                tails[name] = (seq, digest)
+
+        # Until every node of the other site answered (one may be starting, or this node may
+        # run an old layout version), for at most the write timeout: clients wait meanwhile.
+        # The highest tail wins: the shipper's first target holds the longest copy.
+        deadline = trio.current_time() + node.config.write_timeout_s
+        while True:
+            others = [n.name for n in node.layout.nodes if n.site != node.config.site]
+            async with trio.open_nursery() as nursery:
+                for name in others:
+                    if name not in tails and name not in refused:
+                        nursery.start_soon(ask, name)
+            answered = [n for n in others if n in tails or n in refused]
+            if len(answered) == len(others) or (
+                    trio.current_time() >= deadline):
+                break
+            await trio.sleep(0.5)
+        best = max(tails.items(), key=lambda kv: kv[1][0], default=None)
+        if best is not None and best[1][0] > 0:
+            holder, (seq, digest) = best
+            if await trio.to_thread.run_sync(audit.resume_after, seq, digest):
+                note = (f"resumed after seq {seq} held by {holder}: this node's own log was "
+                        "lost (disk replaced); same signing key")
+                audit.record(node.config.name, "node", "", RESUMED_OP, "", note, "", 0, 0, "ok",
+                             "")
+                self.state = {"state": "resumed", "after_seq": seq, "from": holder,
+                              "at": time.time()}
+                return
+            self.state = {"state": "too_late", "copy_seq": seq, "from": holder,
+                          "why": "records were written before the check finished"}
+        elif refused:
+            self.state = {"state": "key_differs", "refused_by": refused,
+                          "why": "the other site pins another signing key for this node: "
+                                 "restore audit/signing.key from the node's bundle (or "
+                                 "backup) and restart it"}
+        elif silent and not tails:
+            self.state = {"state": "unchecked", "unreachable": silent}
+        else:
+            self.state = {"state": "new"}
+        level = logging.INFO if self.state["state"] == "new" else logging.WARNING
+        log.log(level, "event=audit_continuity node=%s %s", node.config.name,
+                " ".join(f"{k}={v}" for k, v in self.state.items()))
