@@ -283,6 +283,8 @@ def serve(config_path: str, log_level: str | None, log_format: str | None) -> No
             if node.metrics_port is not None:
                 click.echo(f"hdsd: metrics on http://{config.metrics_host}:{node.metrics_port}"
                            "/metrics (/healthz, /readyz)", err=True)
+            for endpoint in node.s3_endpoints:
+                click.echo(f"hdsd: s3 gateway on {endpoint.url}", err=True)
             click.echo(f"hdsd: node {config.name} (site {config.site}) listening on "
                        f"{config.host}:{node.port}", err=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

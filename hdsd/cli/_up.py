@@ -26,6 +26,7 @@ class _Child:
         self.name = config.parent.name
         self.listening = threading.Event()
         self.last_line = ""
+        self.s3: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hdsd", "serve", "--config", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -38,6 +39,8 @@ class _Child:
             for raw in self.proc.stderr:
                 line = raw.decode(errors="replace").rstrip()
                 self.last_line = line
+                if line.startswith("hdsd: s3 gateway on "):
+                    self.s3.append(line.rsplit(" ", 1)[-1])
                 if "listening on" in line:
                     self.listening.set()
                 click.echo(f"[{self.name}] {line}", err=True)
@@ -106,7 +109,12 @@ def up(ctx: click.Context, directory: str, base_port: int) -> None:
         click.echo(f"  export HDSD_PROFILE={shlex.quote(str(profile))}")
         click.echo(f"  echo 'hello' | {cmd} put demo/hello.txt -")
         click.echo(f"  {cmd} --site dc2 get demo/hello.txt     # read back from the other site")
-        click.echo(f"  {cmd} status\n(Ctrl-C stops both nodes)\n")
+        click.echo(f"  {cmd} status")
+        for child in children:
+            for url in child.s3:
+                click.echo(f"S3 ({child.name}): {url}  (CA bundle: {root / 'ca' / 'ca.crt'}; keys: "
+                           f"{cmd} s3 key create default --role writer)")
+        click.echo("(Ctrl-C stops both nodes)\n")
         while not stopping.is_set():
             for child in children:
                 if child.proc.poll() is not None:

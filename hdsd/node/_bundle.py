@@ -216,6 +216,8 @@ def _node_toml(spec: ClusterSpec, node: NodeSpec, ref: object, data_ref: str, cr
                f'(plain HTTP)\naddress = "{node.metrics}"\n' if node.metrics else
                '# [metrics]                     # Prometheus /metrics, /healthz, /readyz\n'
                '# address = "127.0.0.1:9400"    # plain HTTP: a management address only\n')
+    # The S3 gateway on the node's port + 80 (7400 -> 7480, the conventional S3 port's tail).
+    s3_port = node.port + 80 if node.port + 80 <= 65535 else node.port - 80
     sites = ""
     for site in spec.sites:
         entries = []
@@ -287,6 +289,13 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # idle_timeout_s = 300
 
 {metrics}
+[s3]                            # the S3 gateway (docs/s3.md); remove the section to disable it
+listen = ["{node.listen}:{s3_port}"]   # HTTPS with this node's certificate (clients: ca.crt)
+# plain_http = ["127.0.0.1:9480"]     # plain HTTP: loopback only, unless
+# plain_http_beyond_loopback = true   # (behind a TLS-terminating proxy)
+region = "us-east-1"            # the SigV4 region clients sign for
+# multipart_expire_h = 168      # unfinished multipart uploads are reclaimed after this
+
 [log]
 format = "{spec.log_format}"                 # or "json": one object per line, for a log shipper
 level = "{spec.log_level}"

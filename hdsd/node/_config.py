@@ -39,6 +39,13 @@ Example (``hdsd init`` writes one per node)::
     scrub_interval_h = 168         # re-read and verify every record weekly (0: hdsd scrub)
     scrub_rate_mib_s = 32
 
+    [s3]                           # optional: the S3 gateway (docs/s3.md)
+    listen = ["127.0.0.1:7480"]    # HTTPS with this node's certificate
+    plain_http = []                # plain HTTP: only loopback, unless
+    plain_http_beyond_loopback = false  # ... the operator forces it
+    region = "us-east-1"           # the SigV4 region clients must sign for
+    multipart_expire_h = 168       # unfinished multipart uploads are reclaimed after this
+
     [[sites]]
     name = "lyon-est"
     nodes = [{ name = "lyon-est-1", address = "127.0.0.1:7401" },
@@ -50,6 +57,7 @@ node's own ``[node]`` may repeat it (``role = "backup"``), and must then agree.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -136,6 +144,11 @@ class NodeConfig:
     metrics_port: int = 0  # 0: a free port, chosen at start (Node.metrics_port)
     log_format: str = "text"
     log_level: str = "info"
+    # [s3]: the gateway's HTTPS and plain-HTTP listen addresses (none: no gateway)
+    s3_https: tuple[tuple[str, int], ...] = ()
+    s3_http: tuple[tuple[str, int], ...] = ()
+    s3_region: str = "us-east-1"
+    s3_multipart_expire_h: float = 168.0
     # --- deployment (hdsd init bundles) ---
     master_key_check: str = ""  # [keys] master_key_check: the key's fingerprint; "": unchecked
 
@@ -199,6 +212,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
               "commit_ms": ((int, float), False),
               "refusals_interval_s": ((int, float), False)},
     "metrics": {"address": (str, False)},
+    "s3": {"listen": (list, False), "plain_http": (list, False),
+           "plain_http_beyond_loopback": (bool, False), "region": (str, False),
+           "multipart_expire_h": ((int, float), False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
 LOG_FORMATS = ("text", "json")
@@ -367,6 +383,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if not 0 < catalog_sync <= 3600:
         p.add("[cluster] catalog_sync_s", "must be in (0, 3600]")
     metrics_host, metrics_port = _metrics_address(sections.get("metrics", {}), p)
+    s3 = _s3_section(sections.get("s3", {}), p)
     log_section = sections.get("log", {})
     log_format = log_section.get("format", "text")
     if log_format not in LOG_FORMATS:
@@ -411,7 +428,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         operator_tenant=operator, catalog_sync_s=catalog_sync,
         master_passphrase_env=passphrase_env, master_salt_file=salt,
         metrics_host=metrics_host, metrics_port=metrics_port, log_format=log_format,
-        log_level=log_level, **bounds,
+        log_level=log_level, **bounds, **s3,
         master_key_check=keys.get("master_key_check", ""),  # deployment
     )
 
@@ -439,7 +456,7 @@ def _check_schema(raw: dict[str, Any], p: _Problems) -> dict[str, dict[str, Any]
                     p.add(f"[{name}] {key}", "missing", fatal=True)
                 continue
             value = section[key]
-            if isinstance(value, bool) or not isinstance(value, kind):
+            if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
                 want = kind.__name__ if isinstance(kind, type) else "number"
                 p.add(f"[{name}] {key}", f"must be a {want}, not {type(value).__name__}",
                       fatal=True)
@@ -506,3 +523,50 @@ def _metrics_address(section: dict[str, Any], p: _Problems) -> tuple[str | None,
     except ValueError as exc:
         p.add("[metrics] address", str(exc))
         return None, 0
+
+
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _s3_section(section: dict[str, Any], p: _Problems) -> dict[str, Any]:
+    """[s3]: HTTPS addresses, and plain-HTTP ones only on loopback unless forced (requests
+    are signed, but bodies and the objects read back are not encrypted on the way)."""
+    out: dict[str, Any] = {}
+    force = section.get("plain_http_beyond_loopback", False)
+    for name, field_name in (("listen", "s3_https"), ("plain_http", "s3_http")):
+        addresses = []
+        for raw in section.get(name, []):
+            if not isinstance(raw, str):
+                p.add(f"[s3] {name}", f"{raw!r} must be a \"HOST:PORT\" string")
+                continue
+            try:
+                host, port = parse_address(raw)
+            except ValueError as exc:
+                p.add(f"[s3] {name}", str(exc))
+                continue
+            if name == "plain_http" and not force and not _loopback(host):
+                p.add("[s3] plain_http", f"{raw} is not a loopback address: plain HTTP would "
+                                         "carry health data unencrypted; use listen (HTTPS), "
+                                         "or set plain_http_beyond_loopback = true behind a "
+                                         "TLS-terminating proxy")
+                continue
+            addresses.append((host, port))
+        out[field_name] = tuple(addresses)
+    region = section.get("region", "us-east-1")
+    if not _REGION_RE.match(region):
+        p.add("[s3] region", f"{region!r} must match {_REGION_RE.pattern}")
+    out["s3_region"] = region
+    expire = float(section.get("multipart_expire_h", 168.0))
+    if not 0 < expire <= 24 * 365:
+        p.add("[s3] multipart_expire_h", f"{expire:g} must be > 0 and at most 8760")
+    out["s3_multipart_expire_h"] = expire
+    return out
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -5,17 +5,10 @@ sending exactly one ``Reply`` or ``ErrorReply`` (gets send ``GetStart``, body, `
 that are the client's or the situation's (:class:`HdsdError`) become ``ErrorReply`` and keep the
 connection; anything else is a bug: logged with its traceback, reported as ``internal``.
 
-Put theory: body bytes are cut into chunks as they arrive; each full chunk is sealed (hash,
-compress, encrypt, in a worker thread when large) and committed to the log by a bounded set of
-tasks, and its bytes are granted back to the client as credit only once durable — so the client
-can never be more than one window ahead of the disk, and memory stays bounded whatever the blob
-size. The version record is committed last, after every chunk it names is durable — except the
-last chunk, which is committed with the version in one replicated write (one batch on every
-replica, all or nothing): a version is never visible without its content, and a blob of one
-chunk costs one round trip and one fsync per replica instead of two. The last chunk is known
-once the body ends (the partial tail) or, for a body that ends on a chunk boundary, once the
-declared size has arrived (no credit is needed after that, so holding it cannot stall the
-client). Blobs up to ``inline_max`` ride inside the version record (one record, one fsync).
+The object operations themselves (put, get, stat, list, delete, versions) live in
+:mod:`._objects`, shared with the S3 gateway: a handler here authorises, adapts the session (a
+put's Data frames as a body source whose stored bytes become credit; a get's frames as a sink)
+and replies.
 """
 
 from __future__ import annotations
@@ -23,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,17 +23,12 @@ import trio
 from .._errors import (
     ConnectionLost,
     HdsdError,
-    IntegrityError,
     InvalidRequest,
-    NotFound,
     RequestTimeout,
     Unavailable,
 )
-from .._groups import single_error
 from ..audit import ObservedSession, audit_request, peer_address
-from ..pipeline import Chunker, open_in_thread, seal_in_thread
-from ..replication import check_retry
-from ..store import ChunkRecord, Version, parse_version_id
+from ..store import Version
 from ..transport import Identity, WireSession
 from ..wire import (
     Cancel,
@@ -64,12 +51,19 @@ from ..wire import (
     VersionsRequest,
 )
 from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
-from ._auth import check_bucket, check_key
 from ._health import cluster_status, tenant_status
-from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
+from ._objects import (
+    byte_range,
+    delete_object,
+    list_buckets,
+    list_objects,
+    object_versions,
+    put_object,
+    resolve,
+    stream_object,
+)
 from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
-from ._reads import decode_version_cursor
 from ._roles import check_role
 from ._route import Route
 
@@ -133,47 +127,15 @@ async def _reply_error(session: WireSession, rid: int, code: str, message: str) 
         pass  # the connection is gone: nobody to tell
 
 
-async def _resolve(node: Node, tenant: str, bucket: str, key: str,
-                   version: str | None) -> Version:
-    wanted: tuple[int, str] | None = None
-    if version is not None:
-        try:
-            wanted = parse_version_id(version)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-    known = await node.versions_of(tenant, bucket, key)
-    if wanted is None:
-        found = known[-1] if known else None
-    else:
-        found = next((v for v in known if v.order == wanted), None)
-    if found is None or found.tombstone:
-        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
-        raise NotFound(f"{what} not found")
-    return found
-
-
 # -- put ---------------------------------------------------------------------------------------
 async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    check_key(msg.key)
-    tenant = ident.tenant or ""
-    async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
-        if previous is not None:
-            # A retry: the same request only (RequestIdConflict otherwise, nothing written),
-            # acknowledged only once the policy holds for the version the first attempt made.
-            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=False, size=msg.size)
-            size, digest = await _hash_body(node, session, tenant, msg.rid, inbox)
-            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=False, size=size,
-                        content_hash=digest)
-            await _settle(node, previous)
-            replayed = {**previous.public_info(), "replayed": True}
-            await session.send(Reply(rid=msg.rid, body=replayed))
-            return
-        async with node.tenancy.admit_put(node, tenant, msg.bucket, msg.key, msg.size):
-            version = await _receive_and_store(node, session, tenant, msg, inbox)
-            BODY_SIZE.set(version.size)
-    await session.send(Reply(rid=msg.rid, body=version.public_info()))
+    source = _WireBody(node, session, msg, inbox)
+    version, replayed = await put_object(
+        node, ident.tenant or "", msg.bucket, msg.key, source, size=msg.size,
+        metadata=msg.metadata, request_id=msg.request_id)
+    info = version.public_info()
+    await session.send(Reply(rid=msg.rid, body={**info, "replayed": True} if replayed else info))
 
 
 class _UploadDeadline:
@@ -210,235 +172,104 @@ async def _next_body_event(node: Node, inbox: trio.MemoryReceiveChannel[Message]
     raise RequestTimeout(f"no upload data for {timeout:g} s; nothing was stored")
 
 
-async def _hash_body(node: Node, session: WireSession, tenant: str, rid: int,
-                     inbox: trio.MemoryReceiveChannel[Message]) -> tuple[int, bytes]:
-    """Receive a retried put's body without storing it: its size and keyed content hash,
-    to check that the retry carries the content the request id was first used for."""
-    hasher = node.codec(tenant).content_hasher()
-    size = 0
-    deadline = _UploadDeadline(node)
-    while True:
-        event = await _next_body_event(node, inbox, deadline)
-        if isinstance(event, Data):
-            hasher.update(event.data)
-            size += len(event.data)
-            await session.consumed(rid, len(event.data))
-        elif isinstance(event, End):
-            return size, hasher.digest()
-        elif isinstance(event, Cancel):
+class _WireBody:
+    """A native put's body: the Data frames of its rid, credit granted back as they are
+    stored (see :class:`hdsd.node._objects.BodySource`)."""
+
+    def __init__(self, node: Node, session: WireSession, msg: PutStart,
+                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        self.node, self.session, self.rid, self.inbox = node, session, msg.rid, inbox
+        self.deadline: _UploadDeadline | None = None
+        # Events already queued: a small put usually arrives whole (PutStart, Data, End in
+        # one write).
+        self.early: deque[Message] = deque()
+        while not self.early or not isinstance(self.early[-1], (End, Cancel)):
+            try:
+                self.early.append(inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+
+    def ready(self) -> bytes | None:
+        early = self.early
+        if early and isinstance(early[-1], End) and \
+                all(isinstance(e, Data) for e in list(early)[:-1]):
+            body = b"".join(e.data for e in early if isinstance(e, Data))
+            early.clear()
+            self.early.append(End(rid=self.rid))
+            return body
+        return None
+
+    async def read(self) -> bytes:
+        if self.deadline is None:
+            self.deadline = _UploadDeadline(self.node)
+        event = self.deadline.received(self.early.popleft()) if self.early else \
+            await _next_body_event(self.node, self.inbox, self.deadline)
+        if isinstance(event, End):
+            self.early.append(event)  # the end stays the end if asked again
+            return b""
+        if isinstance(event, Cancel):
             raise InvalidRequest("upload cancelled by the client; nothing was stored")
-        else:
+        if not isinstance(event, Data):
             raise InvalidRequest(f"unexpected {type(event).__name__} during an upload")
+        return event.data
 
+    async def consumed(self, n: int) -> None:
+        await self.session.consumed(self.rid, n)
 
-async def _settle(node: Node, previous: Version) -> None:
-    """Drive a retried request's version to the replicas the write policy needs (hinting
-    the others); raises like a first attempt when the policy cannot be met."""
-    replicas = node.replicator.replicas_for(previous.tenant, previous.bucket, previous.key)
-    lagging = await node.replicator.settle(replicas, previous)
-    await node.replicator.keep_hints(lagging, [previous])
-
-
-async def _receive_and_store(node: Node, session: WireSession, tenant: str, msg: PutStart,
-                             inbox: trio.MemoryReceiveChannel[Message]) -> Version:
-    codec = node.codec(tenant)
-    chunker = Chunker(node.config.chunk_size)
-    hasher = codec.content_hasher()
-    ids: list[bytes] = []
-    size = 0
-    inline: bytes | None = None
-    last: bytes | None = None  # the final chunk, written with the version record
-    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
-    replicas = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
-    lagging: set[str] = set()
-
-    async def store_chunk(slot: int, piece: bytes) -> None:
-        try:
-            sealed = await seal_in_thread(codec, piece)
-            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
-            # Credit goes back only once the write policy holds for this chunk: the client can
-            # never run more than one window ahead of the slowest replica the policy waits for.
-            lagging.update(await node.replicator.write(replicas, [record], []))
-            ids[slot] = sealed.chunk_id
-            await session.consumed(msg.rid, len(piece))
-        finally:
-            limiter.release()
-
-    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
-        await limiter.acquire()
-        ids.append(b"")
-        nursery.start_soon(store_chunk, len(ids) - 1, piece)
-
-    # Events already queued: a small put usually arrives whole (PutStart, Data, End in one
-    # write), and then needs no tasks at all: one seal, one replicated write.
-    early: deque[Message] = deque()
-    while not early or not isinstance(early[-1], (End, Cancel)):
-        try:
-            early.append(inbox.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    if early and isinstance(early[-1], End) and all(isinstance(e, Data) for e in
-                                                    list(early)[:-1]):
-        body = b"".join(e.data for e in early if isinstance(e, Data))
-        if len(body) <= node.config.inline_max and (msg.size is None or msg.size == len(body)):
-            sealed = await seal_in_thread(codec, body)
-            # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
-            version = Version(
-                tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
-                node=node.config.name, size=len(body), content_hash=sealed.chunk_id,
-                chunks=(sealed.chunk_id,), inline=sealed.payload, metadata=dict(msg.metadata),
-                request_id=msg.request_id, chunk_size=node.config.chunk_size)
-            lagging.update(await node.replicator.write(replicas, [], [version]))
-            await node.replicator.keep_hints(lagging, [version])
-            return version
-
-    deadline = _UploadDeadline(node)
-
-    async def next_event() -> Message:
-        return deadline.received(early.popleft()) if early else \
-            await _next_body_event(node, inbox, deadline)
-
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            while True:
-                event = await next_event()
-                if isinstance(event, End):
-                    break
-                if isinstance(event, Cancel):
-                    raise InvalidRequest("upload cancelled by the client; nothing was stored")
-                if not isinstance(event, Data):
-                    raise InvalidRequest(f"unexpected {type(event).__name__} during an upload")
-                size += len(event.data)
-                if msg.size is not None and size > msg.size:
-                    raise InvalidRequest(f"body is longer than the declared {msg.size} bytes; "
-                                         "nothing was stored")
-                hasher.update(event.data)
-                pieces = chunker.feed(event.data)
-                if pieces and size == msg.size and size % chunker.chunk_size == 0:
-                    last = pieces.pop()  # the declared body is complete: this is its last chunk
-                for piece in pieces:
-                    await start_chunk(nursery, piece)
-            if msg.size is not None and size != msg.size:
-                raise InvalidRequest(f"body has {size} bytes, {msg.size} were declared; "
-                                     "nothing was stored")
-            tail = chunker.finish()
-            if not ids and tail is not None and len(tail) <= node.config.inline_max:
-                sealed = await seal_in_thread(codec, tail)
-                ids.append(sealed.chunk_id)
-                inline = sealed.payload
-            elif tail:
-                last = tail
-    if msg.size is None:
-        node.tenancy.check_quota(tenant, size)  # the body's size was not declared up front
-    # Every chunk named below is durable but the last one, which rides in the version's own
-    # write: one batch on every replica (all or nothing), so the version is still never
-    # visible without its content, and a put of one chunk is one replicated write, not two.
-    with_version: list[ChunkRecord] = []
-    if last is not None:
-        sealed = await seal_in_thread(codec, last)
-        ids.append(sealed.chunk_id)
-        with_version.append(ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
-                                        payload=sealed.payload))
-    version = Version(
-        tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
-        node=node.config.name, size=size, content_hash=hasher.digest(), chunks=tuple(ids),
-        inline=inline, metadata=dict(msg.metadata), request_id=msg.request_id,
-        chunk_size=node.config.chunk_size,
-    )
-    lagging.update(await node.replicator.write(replicas, with_version, [version]))
-    await node.replicator.keep_hints(lagging, [version])
-    return version
+    def trailer(self) -> dict[str, str]:
+        return {}
 
 
 # -- get ---------------------------------------------------------------------------------------
-def _byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
-    lo = 0 if start is None else start
-    hi = size if end is None else min(end, size)
-    if lo < 0 or lo > size or hi < lo:
-        raise InvalidRequest(f"range {start}-{end} is outside the object's {size} bytes")
-    return lo, hi
-
-
 async def _get(node: Node, session: WireSession, ident: Identity, msg: GetRequest,
                inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    check_key(msg.key)
     tenant = ident.tenant or ""
-    version = await _resolve(node, tenant, msg.bucket, msg.key, msg.version)
-    lo, hi = _byte_range(version.size, msg.start, msg.end)
+    version = await resolve(node, tenant, msg.bucket, msg.key, msg.version)
+    lo, hi = byte_range(version.size, msg.start, msg.end)
     BODY_SIZE.set(hi - lo)
-    codec = node.codec(tenant)
     info = {**version.public_info(), "start": lo, "end": hi}
     timeout = node.config.request_timeout_s
-    # Which slice of which chunk the range needs, in order.
-    wanted: list[tuple[int, bytes, int, int, int]] = []  # index, id, length, slice lo, hi
-    offset = 0
-    for index, chunk_id in enumerate(version.chunks):
-        chunk_len = version.size if version.inline is not None else \
-            min(version.chunk_size or version.size, version.size - offset)
-        chunk_lo, chunk_hi = max(lo, offset), min(hi, offset + chunk_len)
-        if chunk_lo < chunk_hi:
-            wanted.append((index, chunk_id, chunk_len, chunk_lo - offset, chunk_hi - offset))
-        offset += chunk_len
-        if offset >= hi:
-            break
-
-    async def read(index: int, chunk_id: bytes, chunk_len: int) -> bytes:
-        if version.inline is not None:
-            plain = await open_in_thread(codec, chunk_id, version.inline)
-        else:
-            plain = await node.chunk_payload(tenant, msg.bucket, msg.key, chunk_id, codec)
-        if len(plain) != chunk_len:
-            raise IntegrityError(f"chunk {index} of {msg.bucket}/{msg.key} has {len(plain)} "
-                                 f"bytes, expected {chunk_len}")
-        return plain
-
-    if len(wanted) == 1 and await _get_one_chunk(session, msg, info, read, wanted[0], timeout):
+    if await _get_one_chunk(node, session, msg, info, version, lo, hi, timeout):
         return
-    # Read and decrypt the next chunks while this one is sent: the read-ahead is bounded (three
-    # chunks), so a slow reader still holds the node to a few MiB for this request.
-    send_ready, receive_ready = trio.open_memory_channel[bytes](2)
-
-    async def produce() -> None:
-        async with send_ready:
-            for index, chunk_id, chunk_len, _, _ in wanted:
-                await send_ready.send(await read(index, chunk_id, chunk_len))
-
     await session.send(GetStart(rid=msg.rid, info=info))
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            async with receive_ready:
-                for _, _, _, slice_lo, slice_hi in wanted:
-                    plain = await receive_ready.receive()
-                    if _cancelled(inbox):
-                        nursery.cancel_scope.cancel()
-                        await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
-                        return
-                    with trio.move_on_after(timeout) as scope:
-                        await session.send_body(msg.rid, memoryview(plain)[slice_lo:slice_hi])
-                    if scope.cancelled_caught:
-                        raise RequestTimeout(f"client read nothing for {timeout:g} s; "
-                                             "download aborted")
-    await session.send(End(rid=msg.rid))
+
+    async def sink(piece: memoryview) -> bool:
+        if _cancelled(inbox):
+            await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
+            return False
+        with trio.move_on_after(timeout) as scope:
+            await session.send_body(msg.rid, piece)
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
+        return True
+
+    if await stream_object(node, tenant, version, lo, hi, sink):
+        await session.send(End(rid=msg.rid))
 
 
 _ONE_WRITE_MAX = 1 << 20  # a get body this small may go out in one Data frame
 
 
-async def _get_one_chunk(session: WireSession, msg: GetRequest, info: dict[str, Any],
-                         read: Callable[[int, bytes, int], Awaitable[bytes]],
-                         wanted: tuple[int, bytes, int, int, int], timeout: float) -> bool:
+async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
+                         info: dict[str, Any], version: Version, lo: int, hi: int,
+                         timeout: float) -> bool:
     """A range within one chunk (every small object): read it first, then send GetStart, the
-    body and End in one write — one TLS record and one wake-up for the client instead of three,
-    and no read-ahead task. False (nothing sent) when the body is over one frame or the
-    client's window; the caller then streams it."""
-    index, chunk_id, chunk_len, slice_lo, slice_hi = wanted
-    if slice_hi - slice_lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+    body and End in one write — one TLS record and one wake-up for the client instead of three.
+    False (nothing sent) when the range spans chunks or is over one frame or the client's
+    window; the caller then streams it."""
+    step = version.size if version.inline is not None else (version.chunk_size or version.size)
+    if hi > lo and step and (lo // step) != ((hi - 1) // step):
         return False
-    plain = await read(index, chunk_id, chunk_len)
-    body = [Data(rid=msg.rid, data=bytes(memoryview(plain)[slice_lo:slice_hi]))] \
-        if slice_hi > slice_lo else []
+    if hi - lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+        return False
+    pieces: list[bytes] = []
+
+    async def collect(piece: memoryview) -> bool:
+        pieces.append(bytes(piece))
+        return True
+
+    await stream_object(node, version.tenant, version, lo, hi, collect)
+    body = [Data(rid=msg.rid, data=b"".join(pieces))] if hi > lo else []
     with trio.move_on_after(timeout) as scope:
         await session.send_many([GetStart(rid=msg.rid, info=info), *body, End(rid=msg.rid)])
     if scope.cancelled_caught:
@@ -456,59 +287,27 @@ def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:
 # -- metadata requests -------------------------------------------------------------------------
 async def _stat(node: Node, session: WireSession, ident: Identity, msg: StatRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    check_key(msg.key)
-    version = await _resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
+    version = await resolve(node, ident.tenant or "", msg.bucket, msg.key, msg.version)
     await session.send(Reply(rid=msg.rid, body=version.public_info()))
 
 
 async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequest,
                 inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    tenant = ident.tenant or ""
-    limit = max(1, min(msg.limit, 1000))
-    if msg.versions and msg.after:
-        decode_version_cursor(msg.after)  # refuse a malformed cursor before any fan-out
-    # Each node of the site holds the keys placed on it: merge their parts, each bounded by
-    # count and bytes; the merge is exact up to the smallest end of a part that has more.
-    parts = await node.list_site(tenant, msg.bucket, msg.prefix, msg.after, limit,
-                                 msg.versions)
-    entries, cursor = merge_page(parts, versions=msg.versions, limit=limit)
+    entries, cursor = await list_objects(node, ident.tenant or "", msg.bucket, msg.prefix,
+                                         msg.after, msg.limit, msg.versions)
     await session.send(Reply(rid=msg.rid, body={"entries": entries, "next": cursor}))
 
 
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    check_key(msg.key)
-    tenant = ident.tenant or ""
-    replayed = False
-    async with node.idempotent(tenant, msg.request_id, msg.bucket, msg.key) as previous:
-        if previous is None:
-            await _resolve(node, tenant, msg.bucket, msg.key, None)  # NotFound if nothing
-            await node.tenancy.check_write(node, tenant, msg.bucket, msg.key, size=None,
-                                           delete=True)
-            previous = Version(
-                tenant=tenant, bucket=msg.bucket, key=msg.key, hlc=node.clock.now(),
-                node=node.config.name, size=0, content_hash=b"", tombstone=True,
-                request_id=msg.request_id)
-            replicas = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
-            lagging = await node.replicator.write(replicas, [], [previous])
-            await node.replicator.keep_hints(lagging, [previous])
-        else:
-            check_retry(previous, bucket=msg.bucket, key=msg.key, delete=True)
-            await _settle(node, previous)
-            replayed = True
-    await session.send(Reply(rid=msg.rid, body={**previous.public_info(), "replayed": replayed}))
+    marker, replayed = await delete_object(node, ident.tenant or "", msg.bucket, msg.key,
+                                           msg.request_id)
+    await session.send(Reply(rid=msg.rid, body={**marker.public_info(), "replayed": replayed}))
 
 
 async def _versions(node: Node, session: WireSession, ident: Identity, msg: VersionsRequest,
                     inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    check_bucket(msg.bucket)
-    check_key(msg.key)
-    found = await node.versions_of(ident.tenant or "", msg.bucket, msg.key)
-    if not found:
-        raise NotFound(f"{msg.bucket}/{msg.key} not found")
+    found = await object_versions(node, ident.tenant or "", msg.bucket, msg.key)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.public_info() for v in found]}))
 
 
@@ -526,7 +325,7 @@ async def _status(node: Node, session: WireSession, ident: Identity, msg: Status
 async def _list_buckets(node: Node, session: WireSession, ident: Identity,
                         msg: ListBucketsRequest, inbox: trio.MemoryReceiveChannel[Message]) -> None:
     tenant = ident.tenant or ""
-    buckets, cursor = merge_buckets(await node.list_buckets_site(tenant, msg.after))
+    buckets, cursor = await list_buckets(node, tenant, msg.after)
     await session.send(Reply(rid=msg.rid, body={"tenant": tenant, "buckets": buckets,
                                                 "next": cursor}))
 

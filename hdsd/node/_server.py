@@ -51,12 +51,14 @@ from ..peers import PeerPool
 from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, Replicator
+from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, serve_s3
 from ..store import Store, Version, migration_pending
 from ..transport import (
     Identity,
     WireSession,
     client_context,
     handshake_and_identify,
+    https_context,
     listener_port,
     open_tls_listeners,
     server_context,
@@ -81,6 +83,7 @@ from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, trim
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
+from ._objects import NodeObjects
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
 from ._s3keys import S3Keys
@@ -165,6 +168,7 @@ class Node(ReadPaths):
         self.slots = ConnectionSlots(config)
         self.metrics = NodeMetrics(self)
         self.metrics_port: int | None = None  # bound port of [metrics] address, once serving
+        self.s3_endpoints: list[Endpoint] = []  # bound [s3] listeners, once serving
         # Last: the audit log starts a thread, closed by serve_node (see close_audit).
         self.audit = AuditLog(config.data_dir / "audit", config.name, AuditSettings(
             checkpoint_records=config.audit_checkpoint_records,
@@ -271,6 +275,20 @@ class Node(ReadPaths):
             del self._requests_in_flight[slot]
             done.set()
 
+    @contextmanager
+    def counted_request(self) -> Iterator[None]:
+        """A request in flight (an S3 one: native ones are counted by their connection): a
+        graceful stop waits for it (up to ``shutdown_grace_s``) before closing anything."""
+        self._active_requests += 1
+        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        try:
+            yield
+        finally:
+            self._active_requests -= 1
+            if self._active_requests == 0:
+                self._idle.set()
+            self._request_ended.unpark_all()
+
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
         backlog = self.replicator.backlog()
@@ -350,6 +368,8 @@ class Node(ReadPaths):
                                          interval=self.config.catalog_sync_s))
             if self.config.metrics_host is not None:
                 await services.start(serve_metrics, self)
+            if self.config.s3_https or self.config.s3_http:
+                self.s3_endpoints = await services.start(self._serve_s3)
             services.start_soon(_trim_memory)
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
@@ -361,6 +381,22 @@ class Node(ReadPaths):
         self.hints.close()
         self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _serve_s3(self, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
+        """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
+        configured; requests go through the same object API as the native protocol."""
+        cfg = self.config
+        gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
+                                                     cfg.s3_multipart_expire_h * 3600),
+                          region=cfg.s3_region, lookup=self.s3_credentials)
+        limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
+                            idle_timeout_s=min(cfg.idle_timeout_s, 60.0),
+                            head_timeout_s=cfg.request_timeout_s / 2,
+                            send_timeout_s=cfg.request_timeout_s,
+                            min_upload_rate_kib_s=cfg.min_upload_rate_kib_s)
+        context = https_context(cfg.cert, cfg.key, cfg.ca) if cfg.s3_https else None
+        await serve_s3(gateway, cfg.s3_https, cfg.s3_http, context, limits,
+                       cfg.max_connections, task_status=task_status)
 
     async def _final_audit_checkpoint(self) -> None:
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""

@@ -23,4 +23,6 @@ from ._listen import listener_port as listener_port
 from ._listen import open_tls_listeners as open_tls_listeners
 from ._session import WireSession as WireSession
 from ._tls import client_context as client_context
+from ._tls import https_context as https_context
 from ._tls import server_context as server_context
+from ._tlsread import tls_receiver as tls_receiver

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from .._errors import AuthenticationFailed, ConfigError
 from ._certs import Identity, _spki, identity_from_der
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["client_context", "https_context", "server_context"]
 
 _HINT = "check the path in the configuration, or issue the files with `hdsd cert issue`"
 
@@ -96,6 +96,23 @@ def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     ctx = _context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca)
     # No session resumption: connections are long-lived, and tickets would be bytes the server
     # pushes at a peer that is not reading yet.
+    ctx.num_tickets = 0
+    return ctx
+
+
+def https_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The context of the S3 gateway's HTTPS listeners: the node's certificate (from the
+    cluster CA, which S3 clients are given as their CA bundle), no client certificate asked
+    (S3 requests authenticate with signatures). TLS 1.2 is accepted as well as 1.3: backup
+    tools built on older TLS stacks still speak S3."""
+    _check_files(cert, key, ca)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load {cert} / {key} into TLS: {exc}; {_HINT}") from None
     ctx.num_tickets = 0
     return ctx
 

@@ -52,6 +52,9 @@ def test_up_initialises_serves_and_stops_cleanly(tmp_path: Path) -> None:
                                                                      "terminal:\n") + 1:]
                  if line.startswith("  ")]
         assert len(tried) == 4, lines
+        # Each node's S3 gateway, on its port + 80.
+        s3 = [line.split()[2] for line in lines if line.startswith("S3 (")]
+        assert s3 == [f"https://127.0.0.1:{base + 80}", f"https://127.0.0.1:{base + 81}"], lines
         assert not any(t.split()[0] == "hdsd" for t in tried if "|" not in t), tried
         shell = subprocess.run(["bash", "-ec", "\n".join(tried)], env=env, capture_output=True,
                                timeout=120, stdin=subprocess.DEVNULL)

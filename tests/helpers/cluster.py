@@ -56,10 +56,34 @@ def init_cluster(root: Path, *, nodes_per_site: int = 1, backup_nodes_per_site: 
     hdsd("init", str(root), "--nodes-per-site", str(nodes_per_site),
          "--backup-nodes-per-site", str(backup_nodes_per_site),
          "--ports", ",".join(map(str, ports)), check=True)
-    for config in root.glob("*/node.toml"):
+    configs = sorted(root.glob("*/node.toml"))
+    s3_ports = iter(free_ports(len(configs)))
+    for config in configs:
         text = config.read_text()
-        config.write_text(text.replace("# segment_mib = 256", f"segment_mib = {TEST_SEGMENT_MIB}"))
+        text = text.replace("# segment_mib = 256", f"segment_mib = {TEST_SEGMENT_MIB}")
+        # The S3 gateway's port (init's node port + 80 may be anyone's): a free one too.
+        text = re.sub(r'^listen = \["([^"\]]+):\d+"\]', lambda m: f'listen = ["{m[1]}:'
+                      f'{next(s3_ports)}"]', text, flags=re.M)
+        config.write_text(text)
     return root / "client.toml"
+
+
+def s3_url(config: Path, scheme: str = "https") -> str:
+    """The S3 endpoint a node's configuration names (its first HTTPS or plain address)."""
+    text = config.read_text()
+    key = "listen" if scheme == "https" else "plain_http"
+    found = re.search(rf'^{key} = \["([^"\]]+)"', text, flags=re.M)
+    assert found, f"no [s3] {key} in {config}"
+    return f"{scheme}://{found[1]}"
+
+
+def enable_plain_http(config: Path) -> str:
+    """Add a plain-HTTP S3 listener on loopback to a node's configuration; its URL."""
+    port = free_ports(1)[0]
+    text = config.read_text()
+    config.write_text(text.replace('# plain_http = ["127.0.0.1:9480"]',
+                                   f'plain_http = ["127.0.0.1:{port}"]'))
+    return f"http://127.0.0.1:{port}"
 
 
 class NodeProcess:

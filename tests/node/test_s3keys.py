@@ -5,6 +5,7 @@ says about endpoints."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from hdsd.cluster import HybridClock
 from hdsd.node import S3Keys, load_node_config
 from hdsd.node._masterkey import load_master, rotate_master
 from hdsd.s3 import S3AuthError, authenticate
-from tests.helpers.cluster import init_cluster
+from tests.helpers.cluster import init_cluster, s3_url
 
 MASTER = utils.random(32)
 
@@ -128,7 +129,13 @@ def test_master_key_rotation_rewraps_s3_secrets(tmp_path: Path) -> None:
 def test_endpoints_from_the_profile_then_from_node_configs(tmp_path: Path) -> None:
     profile_path = init_cluster(tmp_path)
     profile = load_profile(profile_path)
-    assert s3_endpoints(profile, tmp_path) == {}  # no [s3] anywhere yet
+    # hdsd init enables every node's gateway (HTTPS)
+    assert s3_endpoints(profile, tmp_path) == {
+        site: [s3_url(tmp_path / f"{site}-n1" / "node.toml")] for site in ("dc1", "dc2")}
+    for config in tmp_path.glob("dc*-n1/node.toml"):  # now without: only the ones below
+        config.write_text(re.sub(r"^\[s3\].*?(?=^\[)", "", config.read_text(),
+                                 flags=re.M | re.S))
+    assert s3_endpoints(profile, tmp_path) == {}
     # node configurations that say where their gateway listens
     both = 'listen = ["[::1]:9443"]\nplain_http = ["127.0.0.1:9080"]'
     for name, site, s3 in (("a", "dc1", 'listen = ["0.0.0.0:9000"]'), ("b", "dc2", both)):

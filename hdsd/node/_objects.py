@@ -1,0 +1,669 @@
+"""The node's object API: put, get, stat, list, delete and versions of one tenant's objects,
+independent of the session that asked.
+
+The native wire handlers (:mod:`._handlers`) and the S3 gateway (:mod:`hdsd.s3`) both call
+these; each brings its body as a :class:`BodySource` and its download as a sink, so the
+promises live here once: a put is acknowledged (returns) only once the write policy holds for
+its version, a version is committed only after every chunk it names is durable, a retried
+request id is settled instead of written twice, and memory stays bounded whatever the size
+(the source is read only as fast as chunks become durable; the download reads ahead at most
+three chunks).
+
+Put theory: body bytes are cut into chunks as they arrive; each full chunk is sealed (hash,
+compress, encrypt, in a worker thread when large) and committed to the log by a bounded set of
+tasks, and its bytes are granted back to the source (``consumed``) only once durable — so a
+native client can never be more than one window ahead of the disk. The version record is
+committed last, after every chunk it names is durable — except the last chunk, which is
+committed with the version in one replicated write (one batch on every replica, all or
+nothing): a version is never visible without its content, and a blob of one chunk costs one
+round trip and one fsync per replica instead of two. The last chunk is known once the body
+ends (the partial tail) or, for a body that ends on a chunk boundary, once the declared size
+has arrived. Blobs up to ``inline_max`` ride inside the version record (one record, one fsync).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from .._errors import IntegrityError, InvalidRequest, NotFound, Unavailable, WrongRole
+from .._groups import single_error
+from ..pipeline import Chunker, open_in_thread, seal_in_thread
+from ..replication import check_retry
+from ..s3 import Principal
+from ..store import ChunkRecord, Version, parse_version_id
+from ._auth import authorize, check_bucket, check_key
+from ._listing import merge_buckets, merge_page
+from ._metrics import BODY_SIZE
+from ._reads import decode_version_cursor
+
+if TYPE_CHECKING:
+    from ._server import Node
+
+__all__ = [
+    "BodySource",
+    "NodeObjects",
+    "StoredPart",
+    "byte_range",
+    "compose_object",
+    "delete_object",
+    "list_buckets",
+    "list_objects",
+    "object_versions",
+    "put_object",
+    "resolve",
+    "store_part",
+    "stream_object",
+]
+
+_CHUNKS_IN_FLIGHT = 4
+
+
+class BodySource(Protocol):
+    """A put's body, read with backpressure: the core asks for the next piece only when it has
+    room for it (at most ``_CHUNKS_IN_FLIGHT`` chunks in flight)."""
+
+    def ready(self) -> bytes | None:
+        """The whole body if it has already arrived (a small put: one seal, no tasks), else
+        None. Called once, before any :meth:`read`."""
+
+    async def read(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end (only once the source has checked
+        everything it checks: a declared length, a payload signature). Raises a typed error
+        (timeout, disconnect, cancel) for a body that does not arrive whole."""
+
+    async def consumed(self, n: int) -> None:
+        """*n* body bytes are durable under the write policy (the native client's credit)."""
+
+    def trailer(self) -> Mapping[str, str]:
+        """Metadata known only once the body ended (S3's ETag), merged into the version's."""
+
+
+async def resolve(node: Node, tenant: str, bucket: str, key: str,
+                  version: str | None) -> Version:
+    """The key's current version (or the one named); NotFound for none or a delete marker."""
+    check_bucket(bucket)
+    check_key(key)
+    wanted: tuple[int, str] | None = None
+    if version is not None:
+        try:
+            wanted = parse_version_id(version)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    known = await node.versions_of(tenant, bucket, key)
+    if wanted is None:
+        found = known[-1] if known else None
+    else:
+        found = next((v for v in known if v.order == wanted), None)
+    if found is None or found.tombstone:
+        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} not found")
+    return found
+
+
+# -- put ---------------------------------------------------------------------------------------
+async def put_object(node: Node, tenant: str, bucket: str, key: str, source: BodySource, *,
+                     size: int | None, metadata: Mapping[str, str],
+                     request_id: bytes) -> tuple[Version, bool]:
+    """Store *source* as a new version; ``(version, replayed)`` once the write policy holds.
+
+    A request id that already wrote a version is a retry: it must be the same request
+    (RequestIdConflict otherwise, nothing written); its body is received and hashed, not
+    stored, and it is acknowledged only once the policy holds for the first attempt's version.
+    """
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=size)
+            got, digest = await _hash_body(node, tenant, source)
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=got,
+                        content_hash=digest)
+            await _settle(node, previous)
+            return previous, True
+        async with node.tenancy.admit_put(node, tenant, bucket, key, size):
+            version = await _receive_and_store(node, tenant, bucket, key, source, size=size,
+                                               metadata=metadata, request_id=request_id)
+            BODY_SIZE.set(version.size)
+    return version, False
+
+
+async def _hash_body(node: Node, tenant: str, source: BodySource) -> tuple[int, bytes]:
+    """Receive a retried put's body without storing it: its size and keyed content hash,
+    to check that the retry carries the content the request id was first used for."""
+    hasher = node.codec(tenant).content_hasher()
+    size = 0
+    whole = source.ready()
+    if whole is not None:
+        hasher.update(whole)
+        return len(whole), hasher.digest()
+    while piece := await source.read():
+        hasher.update(piece)
+        size += len(piece)
+        await source.consumed(len(piece))
+    return size, hasher.digest()
+
+
+async def _settle(node: Node, previous: Version) -> None:
+    """Drive a retried request's version to the replicas the write policy needs (hinting
+    the others); raises like a first attempt when the policy cannot be met."""
+    replicas = node.replicator.replicas_for(previous.tenant, previous.bucket, previous.key)
+    lagging = await node.replicator.settle(replicas, previous)
+    await node.replicator.keep_hints(lagging, [previous])
+
+
+async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
+                             source: BodySource, *, size: int | None,
+                             metadata: Mapping[str, str], request_id: bytes) -> Version:
+    declared = size
+    codec = node.codec(tenant)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    lagging: set[str] = set()
+
+    def version_of(size: int, content_hash: bytes, chunks: tuple[bytes, ...],
+                   inline: bytes | None) -> Version:
+        return Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=size, content_hash=content_hash, chunks=chunks, inline=inline,
+            metadata={**metadata, **source.trailer()}, request_id=request_id,
+            chunk_size=node.config.chunk_size)
+
+    # A small put usually arrives whole and then needs no tasks at all: one seal, one write.
+    whole = source.ready()
+    if whole is not None and len(whole) <= node.config.inline_max and \
+            (declared is None or declared == len(whole)):
+        sealed = await seal_in_thread(codec, whole)
+        # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
+        version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), sealed.payload)
+        lagging.update(await node.replicator.write(replicas, [], [version]))
+        await node.replicator.keep_hints(lagging, [version])
+        return version
+
+    chunker = Chunker(node.config.chunk_size)
+    hasher = codec.content_hasher()
+    ids: list[bytes] = []
+    received = 0
+    inline: bytes | None = None
+    last: bytes | None = None  # the final chunk, written with the version record
+    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def store_chunk(slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(codec, piece)
+            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
+            # Credit goes back only once the write policy holds for this chunk: the client can
+            # never run more than one window ahead of the slowest replica the policy waits for.
+            lagging.update(await node.replicator.write(replicas, [record], []))
+            ids[slot] = sealed.chunk_id
+            await source.consumed(len(piece))
+        finally:
+            limiter.release()
+
+    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
+        await limiter.acquire()
+        ids.append(b"")
+        nursery.start_soon(store_chunk, len(ids) - 1, piece)
+
+    async def next_piece() -> bytes:
+        nonlocal whole
+        if whole is not None:
+            piece, whole = whole, None
+            return piece
+        return await source.read()
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            while piece := await next_piece():
+                received += len(piece)
+                if declared is not None and received > declared:
+                    raise InvalidRequest(f"body is longer than the declared {declared} bytes; "
+                                         "nothing was stored")
+                hasher.update(piece)
+                chunks = chunker.feed(piece)
+                if chunks and received == declared and received % node.config.chunk_size == 0:
+                    last = chunks.pop()  # the declared body is complete: this is its last chunk
+                for chunk in chunks:
+                    await start_chunk(nursery, chunk)
+            if declared is not None and received != declared:
+                raise InvalidRequest(f"body has {received} bytes, {declared} were declared; "
+                                     "nothing was stored")
+            tail = chunker.finish()
+            if not ids and last is None and tail is not None and \
+                    len(tail) <= node.config.inline_max:
+                sealed = await seal_in_thread(codec, tail)
+                ids.append(sealed.chunk_id)
+                inline = sealed.payload
+            elif tail:
+                last = tail
+    if declared is None:
+        node.tenancy.check_quota(tenant, received)  # the body's size was not declared up front
+    # Every chunk named below is durable but the last one, which rides in the version's own
+    # write: one batch on every replica (all or nothing), so the version is still never
+    # visible without its content, and a put of one chunk is one replicated write, not two.
+    with_version: list[ChunkRecord] = []
+    if last is not None:
+        sealed = await seal_in_thread(codec, last)
+        ids.append(sealed.chunk_id)
+        with_version.append(ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
+                                        payload=sealed.payload))
+    version = version_of(received, hasher.digest(), tuple(ids), inline)
+    lagging.update(await node.replicator.write(replicas, with_version, [version]))
+    await node.replicator.keep_hints(lagging, [version])
+    return version
+
+
+# -- multipart: parts stored as chunks, composed into one version -------------------------------
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """A part's chunks, sealed and durable under the write policy on the replicas of the key
+    its upload completes into; ``lagging``: replicas that had not confirmed them (hinted with
+    the composed version). Nothing of it is visible until :func:`compose_object`."""
+
+    chunks: tuple[bytes, ...]
+    size: int
+    chunk_size: int
+    lagging: tuple[str, ...]
+
+
+async def store_part(node: Node, tenant: str, bucket: str, key: str,
+                     source: BodySource) -> StoredPart:
+    """Cut *source* into chunks and write them as a put would (bounded, backpressured, each
+    chunk acknowledged once the policy holds for it); the version comes at composition. A
+    hold or retention that would refuse the final put refuses the part already."""
+    check_bucket(bucket)
+    check_key(key)
+    await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=False)
+    codec = node.codec(tenant)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    chunker = Chunker(node.config.chunk_size)
+    ids: list[bytes] = []
+    lagging: set[str] = set()
+    received = 0
+    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def store_chunk(slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(codec, piece)
+            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
+            lagging.update(await node.replicator.write(replicas, [record], []))
+            ids[slot] = sealed.chunk_id
+            await source.consumed(len(piece))
+        finally:
+            limiter.release()
+
+    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
+        await limiter.acquire()
+        ids.append(b"")
+        nursery.start_soon(store_chunk, len(ids) - 1, piece)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            while piece := await source.read():
+                received += len(piece)
+                for chunk in chunker.feed(piece):
+                    await start_chunk(nursery, chunk)
+            tail = chunker.finish()
+            if tail:
+                await start_chunk(nursery, tail)
+    return StoredPart(tuple(ids), received, node.config.chunk_size, tuple(sorted(lagging)))
+
+
+async def compose_object(node: Node, tenant: str, bucket: str, key: str,
+                         parts: list[StoredPart], *, metadata: Mapping[str, str],
+                         request_id: bytes) -> Version:
+    """Commit one version naming the parts' chunks in order, once the write policy holds for
+    it. Its chunks must be uniform (every part but the last a whole number of chunks of this
+    node's size), else the parts are read back and put again as one stream. The content hash
+    is computed by reading the chunks back (no re-sealing, no re-replication)."""
+    check_bucket(bucket)
+    check_key(key)
+    chunk_size = node.config.chunk_size
+    size = sum(p.size for p in parts)
+    chunks = tuple(c for p in parts for c in p.chunks)
+    uniform = all(p.chunk_size == chunk_size for p in parts) and \
+        all(p.size % chunk_size == 0 for p in parts[:-1])
+    codec = node.codec(tenant)
+    draft = Version(tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(),
+                    node=node.config.name, size=size, content_hash=b"", chunks=chunks,
+                    metadata=dict(metadata), request_id=request_id, chunk_size=chunk_size)
+    if not uniform:
+        # Read the parts back in order (each part's chunks as one piece list) into a put.
+        send, receive = trio.open_memory_channel[bytes](2)
+        result: list[Version] = []
+
+        async def feed() -> None:
+            async with send:
+                for part in parts:
+                    piece_version = dataclasses.replace(
+                        draft, size=part.size, chunks=part.chunks, chunk_size=part.chunk_size)
+
+                    async def sink(piece: memoryview) -> bool:
+                        await send.send(bytes(piece))
+                        return True
+                    await stream_object(node, tenant, piece_version, 0, part.size, sink)
+
+        async def put() -> None:
+            async with receive:
+                version, _ = await put_object(node, tenant, bucket, key,
+                                              _ChannelSource(receive), size=size,
+                                              metadata=metadata, request_id=request_id)
+                result.append(version)
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                nursery.start_soon(put)
+        return result[0]
+    hasher = codec.content_hasher()
+
+    async def digest(piece: memoryview) -> bool:
+        hasher.update(piece)
+        return True
+
+    # Reads every chunk back (local replica first), checking each one's length: a part whose
+    # chunks are not what its record says fails here, before anything is committed.
+    await stream_object(node, tenant, draft, 0, size, digest)
+    replicas = node.replicator.replicas_for(tenant, bucket, key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=False, size=size,
+                        content_hash=hasher.digest())
+            await _settle(node, previous)
+            return previous
+        async with node.tenancy.admit_put(node, tenant, bucket, key, size):
+            version = dataclasses.replace(draft, hlc=node.clock.now(),
+                                          content_hash=hasher.digest())
+            lagging = {n for p in parts for n in p.lagging}
+            lagging.update(await node.replicator.write(replicas, [], [version]))
+            await node.replicator.keep_hints(lagging, [version])
+            BODY_SIZE.set(size)
+    return version
+
+
+class _ChannelSource:
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        self.receive = receive
+
+    def ready(self) -> bytes | None:
+        return None
+
+    async def read(self) -> bytes:
+        try:
+            return await self.receive.receive()
+        except trio.EndOfChannel:
+            return b""
+
+    async def consumed(self, n: int) -> None:
+        return None
+
+    def trailer(self) -> dict[str, str]:
+        return {}
+
+
+# -- get ---------------------------------------------------------------------------------------
+def byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """``[lo, hi)`` of an object of *size* bytes for a request's *start*/*end* (None: open)."""
+    lo = 0 if start is None else start
+    hi = size if end is None else min(end, size)
+    if lo < 0 or lo > size or hi < lo:
+        raise InvalidRequest(f"range {start}-{end} is outside the object's {size} bytes")
+    return lo, hi
+
+
+async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: int,
+                        sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
+    """Send bytes ``[lo, hi)`` of *version* to *sink*, in order; False if the sink said stop
+    (returned False: the reader is gone or cancelled), True once everything was sent.
+
+    The next chunks are read and decrypted while this one is sent: the read-ahead is bounded
+    (three chunks), so a slow reader holds the node to a few MiB for this request."""
+    codec = node.codec(tenant)
+    wanted: list[tuple[int, bytes, int, int, int]] = []  # index, id, length, slice lo, hi
+    offset = 0
+    for index, chunk_id in enumerate(version.chunks):
+        chunk_len = version.size if version.inline is not None else \
+            min(version.chunk_size or version.size, version.size - offset)
+        chunk_lo, chunk_hi = max(lo, offset), min(hi, offset + chunk_len)
+        if chunk_lo < chunk_hi:
+            wanted.append((index, chunk_id, chunk_len, chunk_lo - offset, chunk_hi - offset))
+        offset += chunk_len
+        if offset >= hi:
+            break
+
+    async def read(index: int, chunk_id: bytes, chunk_len: int) -> bytes:
+        if version.inline is not None:
+            plain = await open_in_thread(codec, chunk_id, version.inline)
+        else:
+            plain = await node.chunk_payload(tenant, version.bucket, version.key, chunk_id,
+                                             codec)
+        if len(plain) != chunk_len:
+            raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
+                                 f"{len(plain)} bytes, expected {chunk_len}")
+        return plain
+
+    send_ready, receive_ready = trio.open_memory_channel[bytes](2)
+
+    async def produce() -> None:
+        async with send_ready:
+            for index, chunk_id, chunk_len, _, _ in wanted:
+                await send_ready.send(await read(index, chunk_id, chunk_len))
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receive_ready:
+                for _, _, _, slice_lo, slice_hi in wanted:
+                    plain = await receive_ready.receive()
+                    if not await sink(memoryview(plain)[slice_lo:slice_hi]):
+                        nursery.cancel_scope.cancel()
+                        return False
+    return True
+
+
+# -- metadata requests -------------------------------------------------------------------------
+async def list_objects(node: Node, tenant: str, bucket: str, prefix: str, after: str,
+                       limit: int, versions: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a bucket's keys (or versions) after *after*: ``(entries, next)``."""
+    check_bucket(bucket)
+    limit = max(1, min(limit, 1000))
+    if versions and after:
+        decode_version_cursor(after)  # refuse a malformed cursor before any fan-out
+    # Each node of the site holds the keys placed on it: merge their parts, each bounded by
+    # count and bytes; the merge is exact up to the smallest end of a part that has more.
+    parts = await node.list_site(tenant, bucket, prefix, after, limit, versions)
+    return merge_page(parts, versions=versions, limit=limit)
+
+
+async def list_buckets(node: Node, tenant: str, after: str) -> tuple[list[str], str | None]:
+    """One page of the buckets holding versions of *tenant* in this site."""
+    return merge_buckets(await node.list_buckets_site(tenant, after))
+
+
+async def delete_object(node: Node, tenant: str, bucket: str, key: str,
+                        request_id: bytes) -> tuple[Version, bool]:
+    """Write a delete marker once the key exists and no hold or retention forbids it;
+    ``(marker, replayed)`` once the write policy holds for it (a retry is settled)."""
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=True)
+            await _settle(node, previous)
+            return previous, True
+        await resolve(node, tenant, bucket, key, None)  # NotFound if nothing
+        await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=True)
+        marker = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", tombstone=True, request_id=request_id)
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [marker])
+        await node.replicator.keep_hints(lagging, [marker])
+    return marker, False
+
+
+async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> list[Version]:
+    """Every version of a key, delete markers included; NotFound if it never existed."""
+    check_bucket(bucket)
+    check_key(key)
+    found = await node.versions_of(tenant, bucket, key)
+    if not found:
+        raise NotFound(f"{bucket}/{key} not found")
+    return found
+
+
+class NodeObjects:
+    """The object API of one node as the S3 gateway's backend (:class:`hdsd.s3.Backend`):
+    the same operations the native handlers call, with the same authorisation by role, the
+    access key's tenant instead of a certificate's, and the same audit log."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def authorize(self, role: str, op: str) -> None:
+        authorize(role, op)  # type: ignore[arg-type]  # the gateway names only Operations
+
+    def check_serving(self) -> None:
+        node = self.node
+        if node.stopping:
+            raise Unavailable("node is shutting down; retry on another node or later")
+        if node.audit.failed is not None:
+            raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); no "
+                              "request is served untraced")
+
+    async def audit_ready(self) -> None:
+        """A node that lost its audit log first learns where its chain resumes: no S3 record
+        before that, as for native requests."""
+        await self.node.audit_continuity.ready.wait()
+
+    def in_flight(self) -> AbstractContextManager[None]:
+        return self.node.counted_request()
+
+    def _refuse_on_backup(self) -> None:
+        node = self.node
+        if node.role == "backup":
+            raise WrongRole(f"this node ({node.config.name}) is a backup node: it coordinates "
+                            "no write; use the S3 endpoint of a storage node")
+
+    async def _tenant(self, tenant: str) -> None:
+        self.node.tenancy.check_live(tenant)  # a shredded tenant is refused outright
+
+    async def put(self, tenant: str, bucket: str, key: str, source: BodySource, *,
+                  size: int | None, metadata: Mapping[str, str]) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        # A fresh request id per S3 put: S3 has no retry identity of its own, so a retried
+        # PUT is a new version (as on S3 with versioning on), never a conflict.
+        version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
+                                      metadata=metadata, request_id=secrets.token_bytes(16))
+        return version
+
+    async def store_part(self, tenant: str, bucket: str, key: str,
+                         source: BodySource) -> dict[str, Any]:
+        """A multipart part's chunks stored; its record (JSON-able: the gateway keeps it in
+        its upload's state until the upload is completed)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        part = await store_part(self.node, tenant, bucket, key, source)
+        return {"chunks": [c.hex() for c in part.chunks], "size": part.size,
+                "chunk_size": part.chunk_size, "lagging": list(part.lagging)}
+
+    async def compose(self, tenant: str, bucket: str, key: str,
+                      records: builtins.list[dict[str, Any]],
+                      metadata: Mapping[str, str]) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        try:
+            parts = [StoredPart(tuple(bytes.fromhex(c) for c in r["chunks"]), int(r["size"]),
+                                int(r["chunk_size"]), tuple(r["lagging"])) for r in records]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"a part record of {bucket}/{key} is damaged: {exc}") from None
+        return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
+                                    request_id=secrets.token_bytes(16))
+
+    async def resolve(self, tenant: str, bucket: str, key: str,
+                      version: str | None) -> Version:
+        await self._tenant(tenant)
+        return await resolve(self.node, tenant, bucket, key, version)
+
+    async def stream(self, tenant: str, version: Version, lo: int, hi: int,
+                     sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
+        BODY_SIZE.set(hi - lo)
+        return await stream_object(self.node, tenant, version, lo, hi, sink)
+
+    async def delete(self, tenant: str, bucket: str, key: str) -> Version:
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        marker, _ = await delete_object(self.node, tenant, bucket, key,
+                                        secrets.token_bytes(16))
+        return marker
+
+    async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        await self._tenant(tenant)
+        try:
+            return await object_versions(self.node, tenant, bucket, key)
+        except NotFound:
+            return []
+
+    async def list(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
+                   versions: bool) -> tuple[list[dict[str, Any]], str | None]:
+        await self._tenant(tenant)
+        return await list_objects(self.node, tenant, bucket, prefix, after, limit, versions)
+
+    async def buckets(self, tenant: str) -> builtins.list[str]:
+        await self._tenant(tenant)
+        names = {b.name for b in self.node.tenancy.catalog.buckets(tenant)}
+        names.update(await self.node.buckets_site(tenant))
+        return sorted(names)
+
+    async def bucket_exists(self, tenant: str, bucket: str) -> bool:
+        await self._tenant(tenant)
+        check_bucket(bucket)
+        if self.node.tenancy.catalog.bucket(tenant, bucket) is not None:
+            return True
+        entries, _ = await list_objects(self.node, tenant, bucket, "", "", 1, True)
+        return bool(entries)
+
+    async def create_bucket(self, tenant: str, bucket: str) -> bool:
+        """Record the bucket in the replicated catalog (no retention); False if it existed.
+        (A bucket also exists from its first put, as with the native protocol.)"""
+        if await self.bucket_exists(tenant, bucket):
+            return False
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, 0))
+        return True
+
+    def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
+              bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None:
+        """One record per S3 request, like a native one: the access key is the identity."""
+        self.node.audit.record(
+            identity=f"s3:{principal.name}" if principal else "s3:anonymous",
+            role=principal.role if principal else "", tenant=principal.tenant if principal
+            else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
+            bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
+
+    def retention_days(self, tenant: str, bucket: str) -> int:
+        entry = self.node.tenancy.catalog.bucket(tenant, bucket)
+        return entry.retention_days if entry is not None else 0
+
+    async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None:
+        """Extend the bucket's retention (never shortened: RetentionLocked), replicated."""
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, days))
+
+    def held(self, tenant: str, bucket: str, key: str) -> bool:
+        hold = self.node.tenancy.catalog.hold(tenant, bucket, key)
+        return hold is not None and hold.held
+
+    async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None:
+        tenancy = self.node.tenancy
+        await tenancy.ensure_confirmed(self.node, tenant)
+        await tenancy.apply_and_push(self.node, tenancy.set_hold(tenant, bucket, key, held, by))
