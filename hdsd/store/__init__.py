@@ -21,3 +21,4 @@ from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 from ._version import Version as Version
 from ._version import parse_version_id as parse_version_id
+from ._version import without_purged as without_purged

@@ -13,12 +13,13 @@ record and one fsync.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import IntegrityError
 
-__all__ = ["Version", "parse_version_id"]
+__all__ = ["Version", "parse_version_id", "without_purged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class Version:
     # Client-chosen id of the request that wrote this version: a retried put is applied once.
     request_id: bytes = b""
     chunk_size: int = 0
+    # A purge record: ``(hlc, node)`` of the version of this key it deletes for good (see
+    # ``_index``: the target leaves every index that learns of this record, and is refused if
+    # it arrives again). A purge record has no content and is never a key's current version.
+    purges: tuple[int, str] | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.hlc < 1 << 64):
@@ -47,6 +52,9 @@ class Version:
             raise ValueError("an inline version names exactly one chunk")
         if self.tombstone and (self.chunks or self.inline is not None or self.size):
             raise ValueError("a tombstone carries no content")
+        if self.purges is not None and (self.tombstone or self.chunks or self.size
+                                        or self.inline is not None):
+            raise ValueError("a purge record carries no content and is no delete marker")
 
     @property
     def version_id(self) -> str:
@@ -74,7 +82,7 @@ class Version:
             "d": dict(self.metadata),
             "r": self.request_id,
             "z": self.chunk_size,
-        }
+        } | ({} if self.purges is None else {"p": list(self.purges)})
 
     @classmethod
     def from_wire(cls, d: Any) -> Version:
@@ -93,6 +101,7 @@ class Version:
                 metadata={_typed(k, str): _typed(v, str) for k, v in _typed(d["d"], dict).items()},
                 request_id=_typed(d["r"], bytes),
                 chunk_size=_typed(d["z"], int),
+                purges=None if d.get("p") is None else _purge_target(d["p"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed version record: {exc}") from None
@@ -112,6 +121,11 @@ class Version:
         }
 
 
+def _purge_target(value: Any) -> tuple[int, str]:
+    hlc, node = _typed(value, list)
+    return _typed(hlc, int), _typed(node, str)
+
+
 def _typed(value: Any, kind: type) -> Any:
     # bool is an int subclass: keep the two apart so a flag never passes for a size.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -125,3 +139,14 @@ def parse_version_id(text: str) -> tuple[int, str]:
     if not sep or len(hlc_hex) != 16 or not node:
         raise ValueError(f"not a version id: {text!r}")
     return int(hlc_hex, 16), node
+
+
+def without_purged(versions: Iterable[Version]) -> list[Version]:
+    """*versions* (of any keys, in their order) less the purge records and every version a
+    purge record among them names: what a reader is shown. Replicas are merged before this,
+    so a replica that has not yet learnt of a purge cannot show the purged version again
+    while another replica's answer carries the purge record."""
+    items = list(versions)
+    gone = {(v.tenant, v.bucket, v.key, *v.purges) for v in items if v.purges is not None}
+    return [v for v in items if v.purges is None
+            and (not gone or (v.tenant, v.bucket, v.key, v.hlc, v.node) not in gone)]
