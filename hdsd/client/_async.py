@@ -454,11 +454,16 @@ class AsyncClient:
     def _list_buckets_request(after: str, rid: int) -> ListBucketsRequest:
         return ListBucketsRequest(rid=rid, after=after)
 
-    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
-                     ) -> ObjectInfo:
+    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
+                     version: str | None = None) -> ObjectInfo:
+        """Write a delete marker (older versions stay); with *version*, delete that version
+        (or delete marker) for good once no legal hold or retention protects it: the info
+        returned is the purged version's. Retry an ambiguous failure with the same
+        *request_id*: it is applied once."""
         request_id = request_id or os.urandom(16)
         body = await self._call(lambda rid: DeleteRequest(rid=rid, request_id=request_id,
-                                                          bucket=bucket, key=key))
+                                                          bucket=bucket, key=key,
+                                                          version=version))
         return ObjectInfo.from_body(body)
 
     async def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:

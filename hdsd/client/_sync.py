@@ -119,8 +119,10 @@ class Client:
     def list_buckets(self) -> builtins.list[str]:
         return self._call(self._async.list_buckets)
 
-    def delete(self, bucket: str, key: str, *, request_id: bytes | None = None) -> ObjectInfo:
-        return self._call(self._async.delete, bucket, key, request_id=request_id)
+    def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
+               version: str | None = None) -> ObjectInfo:
+        return self._call(self._async.delete, bucket, key, request_id=request_id,
+                          version=version)
 
     def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
         return self._call(self._async.versions, bucket, key)

@@ -57,6 +57,7 @@ __all__ = [
     "list_buckets",
     "list_objects",
     "object_versions",
+    "purge_version",
     "put_object",
     "resolve",
     "store_part",
@@ -508,6 +509,47 @@ async def delete_object(node: Node, tenant: str, bucket: str, key: str,
     return marker, False
 
 
+async def purge_version(node: Node, tenant: str, bucket: str, key: str, version: str,
+                        request_id: bytes) -> tuple[Version, Version, bool]:
+    """Delete one version of a key for good (a version or a delete marker): ``(purged,
+    purge record, replayed)`` once the write policy holds for the purge record — a replicated
+    write like a delete, settled on a retry of the same request id. NotFound if the key has
+    no such version (or it is purged already); LegalHold or RetentionLocked while a hold or
+    the bucket's retention protects it. Every replica that learns of the record drops the
+    version and refuses it ever after (repair included), see ``docs/design-notes.md``."""
+    check_bucket(bucket)
+    check_key(key)
+    try:
+        target = parse_version_id(version)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=True, purges=target)
+            await _settle(node, previous)
+            return _purged_by(previous), previous, True
+        known = await node.versions_of(tenant, bucket, key)
+        found = next((v for v in known if v.order == target), None)
+        if found is None:
+            raise NotFound(f"{bucket}/{key} version {version} not found")
+        await node.tenancy.check_purge(node, found)
+        record = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", request_id=request_id, purges=target)
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [record])
+        await node.replicator.keep_hints(lagging, [record])
+    return found, record, False
+
+
+def _purged_by(record: Version) -> Version:
+    """What a retried purge answers about the version it purged (gone: its identity only)."""
+    assert record.purges is not None
+    hlc, origin = record.purges
+    return Version(tenant=record.tenant, bucket=record.bucket, key=record.key, hlc=hlc,
+                   node=origin, size=0, content_hash=b"")
+
+
 async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> list[Version]:
     """Every version of a key, delete markers included; NotFound if it never existed."""
     check_bucket(bucket)
@@ -603,6 +645,15 @@ class NodeObjects:
         marker, _ = await delete_object(self.node, tenant, bucket, key,
                                         secrets.token_bytes(16))
         return marker
+
+    async def purge(self, tenant: str, bucket: str, key: str, version: str) -> Version:
+        """Delete one version for good (S3's DeleteObject with a versionId); the version
+        purged (a delete marker's ``tombstone`` says it was one)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        purged, _, _ = await purge_version(self.node, tenant, bucket, key, version,
+                                           secrets.token_bytes(16))
+        return purged
 
     async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
         await self._tenant(tenant)

@@ -27,8 +27,9 @@ and by one sync round with every reachable node at start, before it serves clien
 lock, quota. Replicas do not check again: they accept writes only from node certificates of the
 cluster, i.e. from a coordinator that has checked. What a coordinator cannot know is a change
 made elsewhere and not yet delivered to it — pushed at once, so the window is a push's latency
-(or one sync period for a node that was unreachable) — and old versions are never purged
-either way: a tombstone written in that window hides data, it does not destroy it.
+(or one sync period for a node that was unreachable) — and a tombstone written in that window
+hides data, it does not destroy it. A purge does destroy a version: its coordinator first
+syncs the catalog with every reachable node (:meth:`Tenancy.check_purge`).
 
 **Quota.** Usage is the logical size of the tenant's current versions as this node's site sees
 it: this node's store (recomputed at most every second) plus what the same-site nodes reported
@@ -90,6 +91,7 @@ from ..catalog import (
 )
 from ..cluster import HybridClock
 from ..pipeline import TenantKeys
+from ..store import Version
 from ..wire import CatalogPush, CatalogSync, TenantVote
 from ._keyring import Keyring
 
@@ -410,6 +412,30 @@ class Tenancy:
         if need:
             self.check_quota(tenant, need - current_size)
         return need - current_size if need else 0
+
+    async def check_purge(self, node: Node, version: Version) -> None:
+        """Refuse to purge *version* (delete it for good) while a legal hold holds its key or
+        the bucket's retention still covers it (its own age: a version stays retained for the
+        bucket's retention after it was written, whatever came after it — S3's COMPLIANCE
+        retain-until of each version). Unlike a delete marker, a purge cannot be undone, so
+        the catalog is first synced with every reachable node: a hold or retention set
+        elsewhere and not yet pushed here is seen (a node unreachable from here, whose push
+        has not arrived either, is the window left)."""
+        await self.ensure_confirmed(node, version.tenant)
+        await self.sync_all(node)
+        tenant, bucket, key = version.tenant, version.bucket, version.key
+        what = f"{bucket}/{key} version {version.version_id}"
+        hold = self.catalog.hold(tenant, bucket, key)
+        if hold is not None and hold.held:
+            raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); {what} "
+                            "cannot be purged until an admin clears the hold")
+        bucket_entry = self.catalog.bucket(tenant, bucket)
+        retention = bucket_entry.retention_days if bucket_entry else 0
+        age_ms = self._wall_ms() - HybridClock.wall_ms(version.hlc)
+        if retention and age_ms < retention * _DAY_MS:
+            left = (retention * _DAY_MS - age_ms) / _DAY_MS
+            raise RetentionLocked(f"{what} is retained ({retention} days from its writing, "
+                                  f"{left:.1f} left); it cannot be purged, whatever the role")
 
     @asynccontextmanager
     async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,

@@ -32,7 +32,7 @@ import trio
 from .._errors import ConnectionLost, HdsdError, NotFound
 from .._groups import single_error
 from ..cluster import HybridClock
-from ..store import Version
+from ..store import Version, parse_version_id
 from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
 from ._errors import S3AuthError
 from ._http import HttpRequest
@@ -99,6 +99,8 @@ class Backend(Protocol):
                      sink: Callable[[memoryview], Awaitable[bool]]) -> bool: ...
 
     async def delete(self, tenant: str, bucket: str, key: str) -> Version: ...
+
+    async def purge(self, tenant: str, bucket: str, key: str, version: str) -> Version: ...
 
     async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]: ...
 
@@ -792,9 +794,16 @@ class Gateway:
     async def delete_object(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str | None:
         tenant = self._auth(access, "delete")
-        if query.get("versionId"):
-            raise S3Error("NotImplemented", 501, "hdsd keeps every version: a version cannot be "
-                                                 "deleted, only hidden by a delete marker")
+        if "versionId" in query:
+            purged = await self._purge(tenant, bucket, key, query["versionId"])
+            if purged is None:
+                await req.respond(204, [])  # S3: deleting a version that is not there succeeds
+                return None
+            headers = [("x-amz-version-id", purged.version_id)]
+            if purged.tombstone:
+                headers.insert(0, ("x-amz-delete-marker", "true"))
+            await req.respond(204, headers)
+            return purged.version_id
         try:
             marker = await self.backend.delete(tenant, bucket, key)
         except NotFound:
@@ -814,26 +823,59 @@ class Gateway:
                                                  "x-amz-checksum-* header")
         doc = parse_xml(await self._read_small(req, access))
         quiet = (doc.findtext("Quiet") or "").lower() == "true"
-        names = [o.findtext("Key") or "" for o in doc.findall("Object")]
-        if len(names) > 1000:
+        objects = [(o.findtext("Key") or "", o.findtext("VersionId"))
+                   for o in doc.findall("Object")]
+        if len(objects) > 1000:
             raise S3Error("MalformedXML", 400, "at most 1000 keys per DeleteObjects")
         results: list[tuple[str, Any]] = []
-        for name in names:
+        for name, version_id in objects:
+            outcome, audited = "ok", ""
             try:
-                marker = await self.backend.delete(tenant, bucket, name)
-                if not quiet:
-                    results.append(("Deleted", [("Key", name), ("DeleteMarker", True),
-                                                ("DeleteMarkerVersionId", marker.version_id)]))
+                if version_id is not None:
+                    purged = await self._purge(tenant, bucket, name, version_id)
+                    audited = version_id
+                    entry: list[tuple[str, Any]] = [("Key", name), ("VersionId", version_id)]
+                    if purged is not None and purged.tombstone:
+                        entry += [("DeleteMarker", True),
+                                  ("DeleteMarkerVersionId", purged.version_id)]
+                    if not quiet:
+                        results.append(("Deleted", entry))
+                else:
+                    marker = await self.backend.delete(tenant, bucket, name)
+                    audited = marker.version_id
+                    if not quiet:
+                        results.append(("Deleted", [
+                            ("Key", name), ("DeleteMarker", True),
+                            ("DeleteMarkerVersionId", marker.version_id)]))
             except NotFound:
                 if not quiet:
                     results.append(("Deleted", [("Key", name)]))
             except HdsdError as exc:
                 err = error_for(exc)
-                results.append(("Error", [("Key", name), ("Code", err.s3_code),
-                                          ("Message", err.message)]))
-            self.backend.audit(access.principal, "S3:DeleteObjects", bucket, name, "", 0, 0,
-                               "ok", req.peer)
+                outcome = err.s3_code
+                results.append(("Error", [("Key", name)]
+                                + ([("VersionId", version_id)] if version_id is not None else [])
+                                + [("Code", err.s3_code), ("Message", err.message)]))
+            self.backend.audit(access.principal, "S3:DeleteObjects", bucket, name, audited, 0, 0,
+                               outcome, req.peer)
         await self._xml(req, 200, xml_doc("DeleteResult", results))
+
+    async def _purge(self, tenant: str, bucket: str, key: str,
+                     version_id: str) -> Version | None:
+        """Delete one version for good (refused with AccessDenied under a legal hold or while
+        retained, as S3 does under Object Lock); None when there is no such version (S3
+        answers success). ``null`` names the version written before versioning was enabled:
+        hdsd has none."""
+        if version_id == "null":
+            return None
+        try:
+            parse_version_id(version_id)
+        except ValueError:
+            raise S3Error("InvalidArgument", 400, "Invalid version id specified") from None
+        try:
+            return await self.backend.purge(tenant, bucket, key, version_id)
+        except NotFound:
+            return None
 
     async def copy_object(self, req: HttpRequest, access: Access, bucket: str, key: str,
                           query: dict[str, str]) -> str:

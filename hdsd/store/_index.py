@@ -362,7 +362,7 @@ class Index:
                 if cur.rowcount:
                     added += 1
                     if record.purges is not None:
-                        added -= self._apply_purge(c, record, cur.lastrowid)
+                        added -= self._apply_purge(c, record, int(cur.lastrowid or 0))
                     else:
                         c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id,
                                                  h, record.node, int(record.tombstone),

@@ -256,16 +256,22 @@ class ListRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class DeleteRequest(Message):
+    """Write a delete marker on a key; or, with ``version``, delete that one version (a
+    version or a delete marker) for good: a purge."""
+
     rid: int
     request_id: bytes
     bucket: str
     key: str
+    version: str | None = None
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         F.check_request_id(self.request_id)
         F.check_bucket(self.bucket)
         F.check_key(self.key)
+        F.check_optional_str("version", self.version, max_bytes=C.MAX_VERSION_ID_BYTES,
+                             allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)

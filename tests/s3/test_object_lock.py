@@ -79,8 +79,14 @@ async def test_veeam_style_compliance_retention_and_legal_hold(tmp_path: Path) -
                                                           "Rule": {"DefaultRetention": {
                                                               "Mode": "COMPLIANCE",
                                                               "Days": 10}}}) == "AccessDenied"
+            # Deleting the version itself (a purge) is refused too, as S3 does under Object Lock,
+            # alone or in a DeleteObjects.
             assert await refused(s3.delete_object, Bucket="veeam", Key="blocks/1",
-                                 VersionId=put["VersionId"]) == "NotImplemented"
+                                 VersionId=put["VersionId"]) == "AccessDenied"
+            out = await run(s3.delete_objects, Bucket="veeam", Delete={"Objects": [
+                {"Key": "blocks/1", "VersionId": put["VersionId"]}]})
+            assert [(e["Code"], e["VersionId"]) for e in out["Errors"]] == [
+                ("AccessDenied", put["VersionId"])]
             got = await run(lambda: other.get_object(Bucket="veeam", Key="blocks/1")["Body"]
                             .read())
             assert got == b"backup"
@@ -95,7 +101,26 @@ async def test_veeam_style_compliance_retention_and_legal_hold(tmp_path: Path) -
             assert [m["IsLatest"] for m in versions["DeleteMarkers"]] == [True]
             old = await run(lambda: other.get_object(Bucket="veeam", Key="blocks/1",
                                                      VersionId=put["VersionId"])["Body"].read())
-            assert old == b"backup"  # hdsd keeps every version
+            assert old == b"backup"  # a delete marker hides, it destroys nothing
+
+            # Past its retention a version can be deleted for good (Veeam's clean-up): the
+            # version and then the delete marker, each gone at both sites.
+            gone = await run(s3.delete_object, Bucket="veeam", Key="blocks/1",
+                             VersionId=put["VersionId"])
+            assert gone["VersionId"] == put["VersionId"] and "DeleteMarker" not in gone
+            marker = versions["DeleteMarkers"][0]["VersionId"]
+            out = await run(other.delete_objects, Bucket="veeam", Delete={"Objects": [
+                {"Key": "blocks/1", "VersionId": marker},
+                {"Key": "blocks/1", "VersionId": put["VersionId"]}]})  # already gone: ok
+            assert sorted(((d["VersionId"], d.get("DeleteMarker", False)) for d in out["Deleted"]),
+                          key=str) == sorted([(marker, True), (put["VersionId"], False)], key=str)
+            for client in (s3, other):
+                listed = await run(client.list_object_versions, Bucket="veeam", Prefix="blocks/")
+                assert "Versions" not in listed and "DeleteMarkers" not in listed
+                assert await refused(client.get_object, Bucket="veeam", Key="blocks/1",
+                                     VersionId=put["VersionId"]) == "NoSuchKey"
+            assert await refused(s3.delete_object, Bucket="veeam", Key="blocks/1",
+                                 VersionId="not-a-version") == "InvalidArgument"
 
             # A legal hold (no retention on this bucket) blocks deletes until lifted.
             await run(s3.put_object, Bucket="case", Key="scan", Body=b"evidence")
@@ -107,9 +132,15 @@ async def test_veeam_style_compliance_retention_and_legal_hold(tmp_path: Path) -
                 "AccessDenied"
             assert await refused(s3.put_object, Bucket="case", Key="scan", Body=b"x") == \
                 "AccessDenied"
+            held = (await run(s3.head_object, Bucket="case", Key="scan"))["VersionId"]
+            assert await refused(other.delete_object, Bucket="case", Key="scan",
+                                 VersionId=held) == "AccessDenied"
             await run(s3.put_object_legal_hold, Bucket="case", Key="scan",
                       LegalHold={"Status": "OFF"})
             await run(other.delete_object, Bucket="case", Key="scan")
+            await run(other.delete_object, Bucket="case", Key="scan", VersionId=held)
+            assert await refused(s3.get_object, Bucket="case", Key="scan",
+                                 VersionId=held) == "NoSuchKey"
 
 
 async def test_a_writer_cannot_lift_a_hold_nor_set_bucket_retention(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
         st.integers(1, C.MAX_LIST_LIMIT),
         st.booleans(),
     ),
-    wire.DeleteRequest: st.builds(wire.DeleteRequest, rids, request_ids, buckets, keys),
+    wire.DeleteRequest: st.builds(wire.DeleteRequest, rids, request_ids, buckets, keys, versions),
     wire.VersionsRequest: st.builds(wire.VersionsRequest, rids, buckets, keys),
     wire.StatusRequest: st.builds(wire.StatusRequest, rids),
     wire.ListBucketsRequest: st.builds(wire.ListBucketsRequest, rids, st.just("") | buckets),
