@@ -150,7 +150,8 @@ class Node(ReadPaths):
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
-            dead_tenants=self._shredded, doubts=self.doubts)
+            dead_tenants=self._shredded, doubts=self.doubts,
+            purge_grace_s=config.purge_grace_h * 3600)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
