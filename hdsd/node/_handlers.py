@@ -134,7 +134,7 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     source = _WireBody(node, session, msg, inbox)
     version, replayed = await put_object(
         node, ident.tenant or "", msg.bucket, msg.key, source, size=msg.size,
-        metadata=msg.metadata, request_id=msg.request_id)
+        metadata=msg.metadata, request_id=msg.request_id, retry=msg.retry)
     info = version.public_info()
     await session.send(Reply(rid=msg.rid, body={**info, "replayed": True} if replayed else info))
 
@@ -303,14 +303,15 @@ async def _delete(node: Node, session: WireSession, ident: Identity, msg: Delete
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
     if msg.version is not None:
         purged, record, replayed = await purge_version(node, ident.tenant or "", msg.bucket,
-                                                       msg.key, msg.version, msg.request_id)
+                                                       msg.key, msg.version, msg.request_id,
+                                                       retry=msg.retry)
         # "version" is the version purged (what the audit record names); the purge record's
         # own id is given apart.
         await session.send(Reply(rid=msg.rid, body={
             **purged.public_info(), "purge_record": record.version_id, "replayed": replayed}))
         return
     marker, replayed = await delete_object(node, ident.tenant or "", msg.bucket, msg.key,
-                                           msg.request_id)
+                                           msg.request_id, retry=msg.retry)
     await session.send(Reply(rid=msg.rid, body={**marker.public_info(), "replayed": replayed}))
 
 
