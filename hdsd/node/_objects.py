@@ -35,7 +35,7 @@ import trio
 
 from .._errors import IntegrityError, InvalidRequest, NotFound, Unavailable, WrongRole
 from .._groups import single_error
-from ..pipeline import Chunker, open_in_thread, seal_in_thread
+from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
 from ..replication import check_retry
 from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BodySource",
+    "ChannelSource",
     "NodeObjects",
     "StoredPart",
     "byte_range",
@@ -168,7 +169,6 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     declared = size
     codec = node.codec(tenant)
     replicas = node.replicator.replicas_for(tenant, bucket, key)
-    lagging: set[str] = set()
 
     def version_of(size: int, content_hash: bytes, chunks: tuple[bytes, ...],
                    inline: bytes | None) -> Version:
@@ -185,34 +185,17 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
         sealed = await seal_in_thread(codec, whole)
         # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
         version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), sealed.payload)
-        lagging.update(await node.replicator.write(replicas, [], [version]))
-        await node.replicator.keep_hints(lagging, [version])
+        await node.replicator.keep_hints(await node.replicator.write(replicas, [], [version]),
+                                         [version])
         return version
 
     chunker = Chunker(node.config.chunk_size)
     hasher = codec.content_hasher()
-    ids: list[bytes] = []
+    writer = _ChunkWriter(node, tenant, codec, replicas, source)
+    ids, lagging = writer.ids, writer.lagging
     received = 0
     inline: bytes | None = None
     last: bytes | None = None  # the final chunk, written with the version record
-    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
-
-    async def store_chunk(slot: int, piece: bytes) -> None:
-        try:
-            sealed = await seal_in_thread(codec, piece)
-            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
-            # Credit goes back only once the write policy holds for this chunk: the client can
-            # never run more than one window ahead of the slowest replica the policy waits for.
-            lagging.update(await node.replicator.write(replicas, [record], []))
-            ids[slot] = sealed.chunk_id
-            await source.consumed(len(piece))
-        finally:
-            limiter.release()
-
-    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
-        await limiter.acquire()
-        ids.append(b"")
-        nursery.start_soon(store_chunk, len(ids) - 1, piece)
 
     async def next_piece() -> bytes:
         nonlocal whole
@@ -233,7 +216,7 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
                 if chunks and received == declared and received % node.config.chunk_size == 0:
                     last = chunks.pop()  # the declared body is complete: this is its last chunk
                 for chunk in chunks:
-                    await start_chunk(nursery, chunk)
+                    await writer.start(nursery, chunk)
             if declared is not None and received != declared:
                 raise InvalidRequest(f"body has {received} bytes, {declared} were declared; "
                                      "nothing was stored")
@@ -262,6 +245,43 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     return version
 
 
+class _ChunkWriter:
+    """A body's full chunks, sealed and written to the key's replicas by at most
+    ``_CHUNKS_IN_FLIGHT`` tasks, each granted back to the source (``consumed``) only once the
+    write policy holds for it — a put's and a multipart part's, the same way. ``ids``: the
+    chunk ids in body order; ``lagging``: replicas that had not confirmed some chunk."""
+
+    def __init__(self, node: Node, tenant: str, codec: ChunkCodec, replicas: dict[str, list[str]],
+                 source: BodySource) -> None:
+        self.node = node
+        self.tenant = tenant
+        self.codec = codec
+        self.replicas = replicas
+        self.source = source
+        self.ids: list[bytes] = []
+        self.lagging: set[str] = set()
+        self._limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def start(self, nursery: trio.Nursery, piece: bytes) -> None:
+        """Write *piece* as the next chunk, in *nursery*, once fewer are in flight."""
+        await self._limiter.acquire()
+        self.ids.append(b"")
+        nursery.start_soon(self._store, len(self.ids) - 1, piece)
+
+    async def _store(self, slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(self.codec, piece)
+            record = ChunkRecord(tenant=self.tenant, chunk_id=sealed.chunk_id,
+                                 payload=sealed.payload)
+            # Credit goes back only once the write policy holds for this chunk: the client can
+            # never run more than one window ahead of the slowest replica the policy waits for.
+            self.lagging.update(await self.node.replicator.write(self.replicas, [record], []))
+            self.ids[slot] = sealed.chunk_id
+            await self.source.consumed(len(piece))
+        finally:
+            self._limiter.release()
+
+
 # -- multipart: parts stored as chunks, composed into one version -------------------------------
 @dataclass(frozen=True, slots=True)
 class StoredPart:
@@ -283,39 +303,21 @@ async def store_part(node: Node, tenant: str, bucket: str, key: str,
     check_bucket(bucket)
     check_key(key)
     await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=False)
-    codec = node.codec(tenant)
     replicas = node.replicator.replicas_for(tenant, bucket, key)
     chunker = Chunker(node.config.chunk_size)
-    ids: list[bytes] = []
-    lagging: set[str] = set()
+    writer = _ChunkWriter(node, tenant, node.codec(tenant), replicas, source)
     received = 0
-    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
-
-    async def store_chunk(slot: int, piece: bytes) -> None:
-        try:
-            sealed = await seal_in_thread(codec, piece)
-            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
-            lagging.update(await node.replicator.write(replicas, [record], []))
-            ids[slot] = sealed.chunk_id
-            await source.consumed(len(piece))
-        finally:
-            limiter.release()
-
-    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
-        await limiter.acquire()
-        ids.append(b"")
-        nursery.start_soon(store_chunk, len(ids) - 1, piece)
-
     with single_error():
         async with trio.open_nursery() as nursery:
             while piece := await source.read():
                 received += len(piece)
                 for chunk in chunker.feed(piece):
-                    await start_chunk(nursery, chunk)
+                    await writer.start(nursery, chunk)
             tail = chunker.finish()
             if tail:
-                await start_chunk(nursery, tail)
-    return StoredPart(tuple(ids), received, node.config.chunk_size, tuple(sorted(lagging)))
+                await writer.start(nursery, tail)
+    return StoredPart(tuple(writer.ids), received, node.config.chunk_size,
+                      tuple(sorted(writer.lagging)))
 
 
 async def compose_object(node: Node, tenant: str, bucket: str, key: str,
@@ -355,7 +357,7 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
         async def put() -> None:
             async with receive:
                 version, _ = await put_object(node, tenant, bucket, key,
-                                              _ChannelSource(receive), size=size,
+                                              ChannelSource(receive), size=size,
                                               metadata=metadata, request_id=request_id)
                 result.append(version)
 
@@ -390,9 +392,15 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
     return version
 
 
-class _ChannelSource:
-    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+class ChannelSource:
+    """A body another task pushes piece by piece into a memory channel (a copy, a multipart
+    upload read back, an upload part copied): the same source for the node and the gateway.
+    *trailer*: metadata known only at the end (S3's ETag)."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes],
+                 trailer: Mapping[str, str] | None = None) -> None:
         self.receive = receive
+        self._trailer = dict(trailer or {})
 
     def ready(self) -> bytes | None:
         return None
@@ -407,7 +415,7 @@ class _ChannelSource:
         return None
 
     def trailer(self) -> dict[str, str]:
-        return {}
+        return self._trailer
 
 
 # -- get ---------------------------------------------------------------------------------------
@@ -633,6 +641,11 @@ class NodeObjects:
             raise IntegrityError(f"a part record of {bucket}/{key} is damaged: {exc}") from None
         return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
                                     request_id=secrets.token_bytes(16))
+
+    def piece_source(self, receive: trio.MemoryReceiveChannel[bytes],
+                     trailer: Mapping[str, str]) -> ChannelSource:
+        """A body another of the gateway's tasks pushes (a copy, an upload part copied)."""
+        return ChannelSource(receive, trailer)
 
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version:

@@ -92,6 +92,12 @@ class Backend(Protocol):
                       records: builtins.list[dict[str, Any]],
                       metadata: Mapping[str, str]) -> Version: ...
 
+    def piece_source(self, receive: trio.MemoryReceiveChannel[bytes],
+                     trailer: Mapping[str, str]) -> Any:
+        """A body source over pieces another task sends into *receive* (a copy, an upload
+        part copied): the node's own kind of source, so the body is stored as any other."""
+        ...
+
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version: ...
 
@@ -301,29 +307,6 @@ class _Body:
 
     def trailer(self) -> dict[str, str]:
         return {_ETAG: self.md5_hex()}
-
-
-class _Pieces:
-    """A source over pieces another task pushes (a copy, a multipart completion)."""
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[bytes], trailer: dict[str, str]):
-        self.receive = receive
-        self._trailer = trailer
-
-    def ready(self) -> bytes | None:
-        return None
-
-    async def read(self) -> bytes:
-        try:
-            return await self.receive.receive()
-        except trio.EndOfChannel:
-            return b""
-
-    async def consumed(self, n: int) -> None:
-        return None
-
-    def trailer(self) -> dict[str, str]:
-        return self._trailer
 
 
 # -- the gateway -------------------------------------------------------------------------------
@@ -923,7 +906,8 @@ class Gateway:
         async def store() -> None:
             async with receive:
                 result.append(await self.backend.put(tenant, bucket, key,
-                                                     _Pieces(receive, trailer), size=size,
+                                                     self.backend.piece_source(receive, trailer),
+                                                     size=size,
                                                      metadata=metadata))
 
         with single_error():  # a typed refusal (retention, quota...) as itself
@@ -1010,8 +994,8 @@ class Gateway:
 
         async def store() -> None:
             async with receive:
-                records.append(await self.backend.store_part(tenant, bucket, key,
-                                                             _Pieces(receive, {})))
+                records.append(await self.backend.store_part(
+                    tenant, bucket, key, self.backend.piece_source(receive, {})))
 
         with single_error():  # a typed refusal (retention, quota...) as itself
             async with trio.open_nursery() as nursery:
