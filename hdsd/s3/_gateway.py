@@ -52,6 +52,7 @@ _KEEP_HEADERS = ("content-type", "content-encoding", "content-disposition", "con
                  "cache-control", "expires")
 _ETAG = "s3.etag"
 _LAST = "\U0010ffff"
+_VERSIONS_PAGE = 1000  # versions asked of the node per listing call (ListObjectVersions)
 _STORING = frozenset({"PutObject", "UploadPart", "UploadPartCopy", "CopyObject",
                       "CompleteMultipartUpload"})  # sorts after any key continuing a common prefix
 
@@ -148,6 +149,12 @@ def authenticate_request(req: HttpRequest, lookup: CredentialLookup, region: str
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _after_versions_of(key: str) -> str:
+    """A versions-listing cursor past every version of *key* (``key NUL version id``, the
+    greatest version id there can be)."""
+    return f"{key}\x00{(1 << 64) - 1:016x}.{_LAST}"
+
+
 def _http_date(ms: int) -> str:
     return formatdate(ms / 1000, usegmt=True)
 
@@ -651,57 +658,80 @@ class Gateway:
 
     async def list_versions(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> None:
+        """ListObjectVersions: keys ascending, each key's versions newest first, *max-keys*
+        counting versions and delete markers, continued exactly by ``key-marker`` and
+        ``version-id-marker`` — also inside a key with more versions than a page."""
         tenant, prefix, _, max_keys, _ = await self._list_common(access, bucket, query)
         key_marker = query.get("key-marker", "")
-        # Keys one at a time from the current listing would miss deleted keys: walk the
-        # versions listing instead, then give each key's versions newest first.
+        vid_marker = query.get("version-id-marker", "")
+        if vid_marker and not key_marker:
+            raise S3Error("InvalidArgument", 400, "A version-id marker cannot be specified "
+                                                  "without a key marker.")
         max_keys = min(max_keys, 1000)
-        after = key_marker + "\x00" + _LAST if key_marker else ""
-        entries: list[dict[str, Any]] = []
+        out: list[tuple[str, dict[str, Any], bool]] = []  # (key, entry, is latest)
         truncated = False
-        next_key = ""
-        while True:
-            page, cursor = await self.backend.list(tenant, bucket, prefix, after, 1000, True)
-            entries.extend(page)
-            keys = {e["key"] for e in entries}
-            if cursor is None:
+
+        def emit(name: str, newest_first: list[dict[str, Any]], latest: str) -> bool:
+            """Take versions until the page is full; True once it is and one is left."""
+            nonlocal truncated
+            for e in newest_first:
+                if len(out) == max_keys:
+                    truncated = True
+                    return True
+                out.append((name, e, e["version"] == latest))
+            return False
+
+        async def whole_key(name: str) -> list[dict[str, Any]]:
+            found = await self.backend.versions(tenant, bucket, name)
+            return [v.public_info() for v in reversed(found)]
+
+        after = ""
+        full = max_keys == 0
+        if key_marker:
+            after = _after_versions_of(key_marker)
+            if vid_marker and vid_marker != "null" and key_marker.startswith(prefix):
+                try:
+                    below = parse_version_id(vid_marker)
+                except ValueError:
+                    raise S3Error("InvalidArgument", 400, "Invalid version id marker") from None
+                versions = await whole_key(key_marker)
+                rest = [e for e in versions if (e["hlc"], e["node"]) < below]
+                full = emit(key_marker, rest, versions[0]["version"] if versions else "")
+        while not full:
+            page, cursor = await self.backend.list(tenant, bucket, prefix, after,
+                                                   _VERSIONS_PAGE, True)
+            by_key: dict[str, list[dict[str, Any]]] = {}
+            for e in page:
+                by_key.setdefault(e["key"], []).append(e)
+            names = list(by_key)
+            for i, name in enumerate(names):
+                if cursor is None or i < len(names) - 1:
+                    versions = sorted(by_key[name], key=lambda e: (e["hlc"], e["node"]),
+                                      reverse=True)
+                else:  # the page's last key may go on in the next page: read it whole
+                    versions = await whole_key(name)
+                    cursor = _after_versions_of(name)
+                if emit(name, versions, versions[0]["version"] if versions else ""):
+                    full = True
+                    break
+            if full or cursor is None:
                 break
             after = cursor
-            if len(keys) > max_keys:
-                break
-        by_key: dict[str, list[dict[str, Any]]] = {}
-        for e in entries:
-            by_key.setdefault(e["key"], []).append(e)
-        names = sorted(by_key)
-        if len(names) > max_keys or (names and after and len(names) == max_keys and
-                                     cursor is not None):
-            truncated = True
-            names = names[:max_keys]
-            next_key = names[-1] if names else ""
-        if cursor is not None and names and not truncated:
-            # The last key's versions may continue on the next page: stop before it.
-            truncated = len(names) > 1
-            if truncated:
-                names = names[:-1]
-                next_key = names[-1]
         items: list[tuple[str, Any]] = [
             ("Name", bucket), ("Prefix", prefix), ("KeyMarker", key_marker),
-            ("VersionIdMarker", query.get("version-id-marker", "")),
-            ("MaxKeys", max_keys), ("IsTruncated", truncated)]
-        if truncated:
-            items += [("NextKeyMarker", next_key), ("NextVersionIdMarker", "")]
-        for name in names:
-            versions = sorted(by_key[name], key=lambda e: (e["hlc"], e["node"]), reverse=True)
-            for i, e in enumerate(versions):
-                common: list[tuple[str, Any]] = [
-                    ("Key", name), ("VersionId", e["version"]), ("IsLatest", i == 0),
-                    ("LastModified", _iso(_modified_ms(e["hlc"])))]
-                if e["deleted"]:
-                    items.append(("DeleteMarker", common))
-                else:
-                    items.append(("Version", [
-                        *common, ("ETag", _etag_of(e.get("metadata", {}), e["content_hash"])),
-                        ("Size", e["size"]), ("StorageClass", "STANDARD")]))
+            ("VersionIdMarker", vid_marker), ("MaxKeys", max_keys), ("IsTruncated", truncated)]
+        if truncated and out:
+            items += [("NextKeyMarker", out[-1][0]), ("NextVersionIdMarker", out[-1][1]["version"])]
+        for name, e, latest in out:
+            common: list[tuple[str, Any]] = [
+                ("Key", name), ("VersionId", e["version"]), ("IsLatest", latest),
+                ("LastModified", _iso(_modified_ms(e["hlc"])))]
+            if e["deleted"]:
+                items.append(("DeleteMarker", common))
+            else:
+                items.append(("Version", [
+                    *common, ("ETag", _etag_of(e.get("metadata", {}), e["content_hash"])),
+                    ("Size", e["size"]), ("StorageClass", "STANDARD")]))
         await self._xml(req, 200, xml_doc("ListVersionsResult", items))
 
     # -- objects -----------------------------------------------------------------------------
