@@ -33,12 +33,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from .._errors import IntegrityError, InvalidRequest, NotFound, Unavailable, WrongRole
+from .._errors import (
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    RequestIdConflict,
+    Unavailable,
+    WrongRole,
+)
 from .._groups import single_error
 from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
 from ..replication import check_retry
 from ..s3 import Principal
-from ..store import ChunkRecord, Version, parse_version_id
+from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
 from ._auth import authorize, check_bucket, check_key
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
@@ -541,11 +548,11 @@ async def purge_version(node: Node, tenant: str, bucket: str, key: str, version:
             check_retry(previous, bucket=bucket, key=key, delete=True, purges=target)
             await _settle(node, previous)
             return _purged_by(previous), previous, True
-        known = await node.versions_of(tenant, bucket, key)
-        found = next((v for v in known if v.order == target), None)
+        records = await node.key_records(tenant, bucket, key)
+        found = next((v for v in visible_versions(records) if v.order == target), None)
         if found is None:
             raise NotFound(f"{bucket}/{key} version {version} not found")
-        await node.tenancy.check_purge(node, found)
+        await node.tenancy.check_purge(node, found, retained_until(records, found))
         record = Version(
             tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
             size=0, content_hash=b"", request_id=request_id, purges=target)
@@ -553,6 +560,67 @@ async def purge_version(node: Node, tenant: str, bucket: str, key: str, version:
         lagging = await node.replicator.write(replicas, [], [record])
         await node.replicator.keep_hints(lagging, [record])
     return found, record, False
+
+
+async def retention_of(node: Node, tenant: str, bucket: str, key: str,
+                       version: str | None) -> tuple[Version, int]:
+    """A version (the current one if *version* is None) and when it may be purged (Unix ms;
+    0: the bucket keeps no retention and none was set on it)."""
+    check_bucket(bucket)
+    check_key(key)
+    records = await node.key_records(tenant, bucket, key)
+    known = visible_versions(records)
+    found = _named(known, bucket, key, version)
+    return found, node.tenancy.retained_until(found, retained_until(records, found))
+
+
+async def retain_version(node: Node, tenant: str, bucket: str, key: str, version: str | None,
+                         until_ms: int, request_id: bytes) -> tuple[Version, int]:
+    """Retain a version (COMPLIANCE) until *until_ms* at least: nothing may purge it before,
+    whatever the role; a retention only grows. ``(version, retained until)``; a retention
+    record is written — a replicated write under the write policy, like a put — only when
+    *until_ms* is later than what already holds it (its bucket's retention, earlier
+    records). S3's PutObjectRetention."""
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:  # (a fresh id per S3 request: only a native retry)
+            if previous.retains is None or (previous.bucket, previous.key) != (bucket, key):
+                raise RequestIdConflict("request id already used by another request; nothing "
+                                        "was written")
+            await _settle(node, previous)
+            return await retention_of(node, tenant, bucket, key, version)
+        found, until = await retention_of(node, tenant, bucket, key, version)
+        if until_ms <= until:
+            return found, until
+        await node.tenancy.ensure_confirmed(node, tenant)
+        record = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", request_id=request_id,
+            retains=(found.hlc, found.node, until_ms))
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [record])
+        await node.replicator.keep_hints(lagging, [record])
+    return found, until_ms
+
+
+def _named(known: list[Version], bucket: str, key: str, version: str | None) -> Version:
+    """The version named (the current one if None); NotFound for none or a delete marker
+    when the current one is asked for."""
+    wanted: tuple[int, str] | None = None
+    if version is not None:
+        try:
+            wanted = parse_version_id(version)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    if wanted is None:
+        found = known[-1] if known and not known[-1].tombstone else None
+    else:
+        found = next((v for v in known if v.order == wanted), None)
+    if found is None:
+        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} not found")
+    return found
 
 
 def _purged_by(record: Version) -> Version:
@@ -641,6 +709,24 @@ class NodeObjects:
             raise IntegrityError(f"a part record of {bucket}/{key} is damaged: {exc}") from None
         return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
                                     request_id=secrets.token_bytes(16))
+
+    async def retention(self, tenant: str, bucket: str, key: str,
+                        version: str | None) -> tuple[Version, int]:
+        """A version and when it may be purged (Unix ms, 0: no retention holds it)."""
+        await self._tenant(tenant)
+        return await retention_of(self.node, tenant, bucket, key, version)
+
+    async def retain(self, tenant: str, bucket: str, key: str, version: str | None,
+                     until_ms: int) -> tuple[Version, int]:
+        """Retain a version (COMPLIANCE) until *until_ms* at least (S3's PutObjectRetention)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        return await retain_version(self.node, tenant, bucket, key, version, until_ms,
+                                    secrets.token_bytes(16))
+
+    def now_ms(self) -> int:
+        """The retention clock."""
+        return self.node.tenancy.now_ms()
 
     def piece_source(self, receive: trio.MemoryReceiveChannel[bytes],
                      trailer: Mapping[str, str]) -> ChannelSource:

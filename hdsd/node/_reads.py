@@ -18,7 +18,7 @@ from ..cluster import Layout
 from ..peers import PeerPool
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
 from ..replication import Replicator
-from ..store import ChunkRecord, Store, Version, parse_version_id, without_purged
+from ..store import ChunkRecord, Store, Version, parse_version_id, visible_versions
 from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
@@ -65,7 +65,13 @@ class ReadPaths:
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to its replicas, merged (union), less purged versions
         (a purge record from any replica hides its target, also on a replica that has not
-        learnt of the purge yet) and the purge records themselves.
+        learnt of the purge yet) and the purge and retention records themselves (see
+        :meth:`key_records`)."""
+        return visible_versions(await self.key_records(tenant, bucket, key))
+
+    async def key_records(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        """Every version record of a key known to its replicas, merged (union), purge and
+        retention records included, ascending.
 
         Every acknowledged version is on at least one replica of each site (``each-site``),
         but not necessarily on every one: the union is complete only once *every* replica of
@@ -113,14 +119,14 @@ class ReadPaths:
             # of this site answered, so its answer stands in for this node's, as before.
             answered.add(self.config.name)
         if set(here) <= answered:
-            return without_purged(sorted(found.values(), key=lambda v: v.order))
+            return sorted(found.values(), key=lambda v: v.order)
         remote = replicas[self.layout.other_site(self.config.site)]
         await ask_all(remote)
         if not set(remote) <= answered and not found:
             silent = sorted(n for nodes in replicas.values() for n in nodes if n not in answered)
             raise Unavailable(f"replicas of {bucket}/{key} did not answer ({', '.join(silent)}) "
                               "and no site answered whole; retry later")
-        return without_purged(sorted(found.values(), key=lambda v: v.order))
+        return sorted(found.values(), key=lambda v: v.order)
 
     def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
                    versions: bool) -> Part:

@@ -123,6 +123,10 @@ def seed_entry(name: str, wrapped: bytes, keys: TenantKeys, *, epoch: int = 0,
                        creation=seed_creation(keys), state=state, origin=SEED_ORIGIN)
 
 
+def _iso_day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
+
+
 class Tenancy:
     def __init__(self, data_dir: Path, master: bytes, keyring: Keyring, clock: HybridClock, *,
                  operator_tenant: str, evict: Callable[[str], object],
@@ -413,14 +417,27 @@ class Tenancy:
             self.check_quota(tenant, need - current_size)
         return need - current_size if need else 0
 
-    async def check_purge(self, node: Node, version: Version) -> None:
+    def retained_until(self, version: Version, records_until: int = 0) -> int:
+        """When *version* may be purged (Unix ms; 0: now): the later of its write time plus
+        its bucket's retention and *records_until*, what its retention records say."""
+        entry = self.catalog.bucket(version.tenant, version.bucket)
+        days = entry.retention_days if entry else 0
+        by_bucket = HybridClock.wall_ms(version.hlc) + days * _DAY_MS if days else 0
+        return max(by_bucket, records_until)
+
+    def now_ms(self) -> int:
+        """The retention clock (wall time; tests move it)."""
+        return self._wall_ms()
+
+    async def check_purge(self, node: Node, version: Version, records_until: int = 0) -> None:
         """Refuse to purge *version* (delete it for good) while a legal hold holds its key or
-        the bucket's retention still covers it (its own age: a version stays retained for the
-        bucket's retention after it was written, whatever came after it — S3's COMPLIANCE
-        retain-until of each version). Unlike a delete marker, a purge cannot be undone, so
-        the catalog is first synced with every reachable node: a hold or retention set
-        elsewhere and not yet pushed here is seen (a node unreachable from here, whose push
-        has not arrived either, is the window left)."""
+        its retention still runs: the bucket's (from the version's own write time: a version
+        stays retained for the bucket's retention after it was written, whatever came after
+        it — S3's COMPLIANCE retain-until of each version) or a later one set on the version
+        (*records_until*, its retention records). Unlike a delete marker, a purge cannot be
+        undone, so the catalog is first synced with every reachable node: a hold or retention
+        set elsewhere and not yet pushed here is seen (a node unreachable from here, whose
+        push has not arrived either, is the window left)."""
         await self.ensure_confirmed(node, version.tenant)
         await self.sync_all(node)
         tenant, bucket, key = version.tenant, version.bucket, version.key
@@ -429,13 +446,12 @@ class Tenancy:
         if hold is not None and hold.held:
             raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); {what} "
                             "cannot be purged until an admin clears the hold")
-        bucket_entry = self.catalog.bucket(tenant, bucket)
-        retention = bucket_entry.retention_days if bucket_entry else 0
-        age_ms = self._wall_ms() - HybridClock.wall_ms(version.hlc)
-        if retention and age_ms < retention * _DAY_MS:
-            left = (retention * _DAY_MS - age_ms) / _DAY_MS
-            raise RetentionLocked(f"{what} is retained ({retention} days from its writing, "
-                                  f"{left:.1f} left); it cannot be purged, whatever the role")
+        until = self.retained_until(version, records_until)
+        now = self._wall_ms()
+        if until > now:
+            left = (until - now) / _DAY_MS
+            raise RetentionLocked(f"{what} is retained until {_iso_day(until)} ({left:.1f} "
+                                  "days left); it cannot be purged, whatever the role")
 
     @asynccontextmanager
     async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,

@@ -38,7 +38,8 @@ def check_retry(previous: Version, *, bucket: str, key: str, delete: bool,
     *size* and *content_hash* are checked when given (a put's declared size before its body,
     the received size and hash after it); *purges* names the version a purge deletes (a
     delete with a version: the purge record found must name that same version)."""
-    was = _operation(previous.tombstone, previous.purges)
+    was = "a retention" if previous.retains is not None else _operation(previous.tombstone,
+                                                                          previous.purges)
     now = _operation(delete and purges is None, purges)
     where = f"{previous.bucket}/{previous.key}"
     if was != now:

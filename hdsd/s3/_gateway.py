@@ -52,6 +52,7 @@ _KEEP_HEADERS = ("content-type", "content-encoding", "content-disposition", "con
                  "cache-control", "expires")
 _ETAG = "s3.etag"
 _LAST = "\U0010ffff"
+_MAX_RETAIN_MS = 100 * 366 * 86_400_000
 _VERSIONS_PAGE = 1000  # versions asked of the node per listing call (ListObjectVersions)
 _STORING = frozenset({"PutObject", "UploadPart", "UploadPartCopy", "CopyObject",
                       "CompleteMultipartUpload"})  # sorts after any key continuing a common prefix
@@ -101,6 +102,14 @@ class Backend(Protocol):
 
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version: ...
+
+    async def retention(self, tenant: str, bucket: str, key: str,
+                        version: str | None) -> tuple[Version, int]: ...
+
+    async def retain(self, tenant: str, bucket: str, key: str, version: str | None,
+                     until_ms: int) -> tuple[Version, int]: ...
+
+    def now_ms(self) -> int: ...
 
     async def stream(self, tenant: str, version: Version, lo: int, hi: int,
                      sink: Callable[[memoryview], Awaitable[bool]]) -> bool: ...
@@ -1166,17 +1175,13 @@ class Gateway:
             await self.backend.set_retention_days(tenant, bucket, days)
         await req.respond(200, [])
 
-    def _retained_until_ms(self, tenant: str, version: Version) -> int:
-        days = self.backend.retention_days(tenant, version.bucket)
-        return _modified_ms(version.hlc) + days * 86_400_000 if days else 0
-
     async def get_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str:
         tenant = self._auth(access, "stat")
-        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
-        until = self._retained_until_ms(tenant, version)
+        version, until = await self.backend.retention(tenant, bucket, key,
+                                                      query.get("versionId"))
         if not until:
-            raise S3Error("NoSuchObjectLockConfiguration", 404, f"bucket {bucket} has no "
+            raise S3Error("NoSuchObjectLockConfiguration", 404, f"{bucket}/{key} has no "
                           "retention")
         await self._xml(req, 200, xml_doc("Retention", [("Mode", "COMPLIANCE"),
                                                         ("RetainUntilDate", _iso(until))]))
@@ -1185,22 +1190,20 @@ class Gateway:
     async def put_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str:
         tenant = self._auth(access, "put")
-        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
         doc = parse_xml(await self._read_small(req, access))
         mode = doc.findtext("Mode") or ""
         if mode != "COMPLIANCE":
             raise S3Error("NotImplemented", 501, f"retention mode {mode!r}: hdsd keeps "
-                          "COMPLIANCE only")
+                          "COMPLIANCE only (a retention some role may bypass is not one)")
         wanted = _iso_ms(doc.findtext("RetainUntilDate") or "")
-        until = self._retained_until_ms(tenant, version)
-        if wanted > until:
-            days = self.backend.retention_days(tenant, bucket)
-            need = -(-(wanted - _modified_ms(version.hlc)) // 86_400_000)
-            raise S3Error("InvalidRequest", 400, (
-                f"{bucket}/{key} is retained until {_iso(until) if until else 'never'} by the "
-                f"bucket's COMPLIANCE retention ({days} days from each version's creation); "
-                f"hdsd retains per bucket, not per object: an admin sets the bucket's default "
-                f"retention (PutObjectLockConfiguration) to at least {need} days"))
+        if wanted <= self.backend.now_ms():
+            raise S3Error("InvalidArgument", 400, "The retain until date must be in the future")
+        if wanted > self.backend.now_ms() + _MAX_RETAIN_MS:
+            raise S3Error("InvalidArgument", 400, "RetainUntilDate is more than 100 years away")
+        # A retain-until within what already holds the version is accepted as is (COMPLIANCE
+        # only grows: it is never shortened); a later one is a replicated retention record.
+        version, _ = await self.backend.retain(tenant, bucket, key, query.get("versionId"),
+                                               wanted)
         await req.respond(200, [])
         return version.version_id
 

@@ -196,6 +196,14 @@ def _chunks_of(body: bytes) -> tuple[bytes, ...]:
         raise IntegrityError(f"malformed version record: {exc}") from None
 
 
+def _is_control(body: bytes) -> bool:
+    try:
+        wire = unpackb(body)
+        return wire.get("p") is not None or wire.get("q") is not None
+    except (PackError, AttributeError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+
+
 def _tombstone_of(body: bytes) -> bool:
     try:
         return bool(unpackb(body)["x"])
@@ -363,6 +371,8 @@ class Index:
                     added += 1
                     if record.purges is not None:
                         added -= self._apply_purge(c, record, int(cur.lastrowid or 0))
+                    elif record.retains:
+                        pass  # a retention record: kept for the node to read, never a head
                     else:
                         c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id,
                                                  h, record.node, int(record.tombstone),
@@ -421,10 +431,11 @@ class Index:
         head = c.execute("SELECT vid FROM heads WHERE tenant = ? AND nid = ?",
                          (tenant, nid)).fetchone()
         if head is not None and head[0] == t_vid:
-            best = c.execute(
+            rows = c.execute(
                 "SELECT vid, hlc, node, body FROM versions WHERE tenant = ? AND nid = ?"
-                " AND vid NOT IN (SELECT vid FROM purges WHERE tenant = ? AND nid = ?)"
-                " ORDER BY hlc DESC, node DESC LIMIT 1", (tenant, nid, tenant, nid)).fetchone()
+                " ORDER BY hlc DESC, node DESC", (tenant, nid))
+            # The greatest remaining version that is not a purge or retention record.
+            best = next((r for r in rows if not _is_control(r[3])), None)
             if best is None:
                 c.execute("DELETE FROM heads WHERE tenant = ? AND nid = ?", (tenant, nid))
             else:
@@ -681,9 +692,9 @@ class Index:
             for nid in nids:
                 for body in by_nid.get(nid, ()):
                     v = open_version(body, seal)
-                    if v.purges is not None or (
+                    if v.control or (
                             cursor is not None and (v.key, v.hlc, v.node) <= cursor):
-                        continue  # a purge record is for replicas, never listed
+                        continue  # purge and retention records are for replicas, never listed
                     out.append(v)
                     if len(out) == limit:
                         return out

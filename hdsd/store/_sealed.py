@@ -71,6 +71,7 @@ class SealedVersion:
     tombstone: bool
     body: bytes  # the msgpack record body, exactly as in the log
     purges: tuple[int, str] | None = None  # a purge record's target (hlc, node), clear
+    retains: bool = False  # a retention record (clear: never a key's head)
 
     @property
     def order(self) -> tuple[int, str]:
@@ -92,7 +93,7 @@ def seal_version(v: Version, seal: TenantSeal, name_id: bytes | None = None) -> 
     wire["y"] = nid
     wire["e"] = seal.seal(names, _aad(v.tenant, bid, nid, v.hlc, v.node))
     return SealedVersion(v.tenant, bid, nid, v.hlc, v.node, v.request_id, v.tombstone,
-                         packb(wire), v.purges)
+                         packb(wire), v.purges, v.retains is not None)
 
 
 def parse_sealed(body: bytes | memoryview) -> SealedVersion:
@@ -105,7 +106,8 @@ def parse_sealed(body: bytes | memoryview) -> SealedVersion:
             hlc=_typed(wire["h"], int), node=_typed(wire["n"], str),
             request_id=_typed(wire["r"], bytes), tombstone=_typed(wire["x"], bool),
             body=bytes(body),
-            purges=None if wire.get("p") is None else _purge_target(wire["p"]))
+            purges=None if wire.get("p") is None else _purge_target(wire["p"]),
+            retains=wire.get("q") is not None)
     except (PackError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"malformed version record: {exc}") from None
 

@@ -295,7 +295,7 @@ class Store:
 
     def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key, ascending ``(hlc, node)``; tombstones and purge records
-        included (a purged version itself is gone: :func:`without_purged` gives what a reader
+        included (a purged version itself is gone: :func:`visible_versions` gives what a reader
         is shown, once replicas' answers are merged)."""
         self._check_readable()
         return self._index.versions(tenant, bucket, key)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hdsd.store import ChunkRecord, Store, Version, without_purged
+from hdsd.store import ChunkRecord, Store, Version, retained_until, visible_versions
 from tests.helpers.sealing import SEALING
 
 from ._util import chunk_id, chunked_put, inline_version, tombstone
@@ -50,7 +50,7 @@ def test_purge_drops_the_version_and_moves_the_head_back(tmp_path: Path) -> None
         assert store.get_version("t", "b", "k", 20, "n") is None
         assert store.current("t", "b", "k") == v1  # the head went back, not to the record
         assert store.versions("t", "b", "k") == [v1, p]
-        assert without_purged(store.versions("t", "b", "k")) == [v1]
+        assert visible_versions(store.versions("t", "b", "k")) == [v1]
         assert [v.key for v in store.list_current("t", "b")] == ["k"]
         assert store.list_versions("t", "b") == [v1]  # a purge record is never listed
         assert store.is_purged("t", "b", "k", 20, "n")
@@ -132,3 +132,21 @@ def test_a_released_chunk_written_again_is_kept(tmp_path: Path) -> None:
         store.commit_sync([purge(v, 50)])
         assert store.release_purged(grace_s=0) == 1
         assert not store.has_chunk("t", chunk_id(b"lone"))
+
+
+def test_retention_records_are_never_current_nor_listed(tmp_path: Path) -> None:
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        v1 = inline_version("t", "b", "k", 10, "n", b"one")
+        v2 = inline_version("t", "b", "k", 20, "n", b"two")
+        keep = Version("t", "b", "k", 30, "n", size=0, content_hash=b"",
+                       retains=(10, "n", 123_456))
+        assert Version.from_wire(keep.to_wire()) == keep
+        store.commit_sync([v1, v2, keep])
+        assert store.current("t", "b", "k") == v2
+        assert store.list_versions("t", "b") == [v1, v2]
+        records = store.versions("t", "b", "k")
+        assert visible_versions(records) == [v1, v2]
+        assert retained_until(records, v1) == 123_456 and retained_until(records, v2) == 0
+        # Purging the current version moves the head back past the retention record.
+        store.commit_sync([purge(v2, 40)])
+        assert store.current("t", "b", "k") == v1
