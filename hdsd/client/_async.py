@@ -566,10 +566,13 @@ class AsyncClient:
         body = await self._call(lambda rid: CertList(rid, tenant))
         return list(body["revoked"])
 
-    async def s3_key_create(self, tenant: str, role: str) -> dict[str, Any]:
+    async def s3_key_create(self, tenant: str, role: str, *,
+                            request_id: bytes | None = None) -> dict[str, Any]:
         """A new S3 access key of *tenant* acting with *role*; the reply holds its secret
-        (``secret_access_key``), sent this once."""
-        return await self._call(lambda rid: S3KeyCreate(rid, tenant, role))
+        (``secret_access_key``). Sent again after a lost reply (the client's own retries, or
+        the caller's with the same *request_id*), it answers the same key, not a new one."""
+        request_id = request_id or os.urandom(16)
+        return await self._call(lambda rid: S3KeyCreate(rid, tenant, role, request_id))
 
     async def s3_keys(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
         """The S3 access keys of *tenant* (``""``: all, operator only), never a secret."""

@@ -139,7 +139,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_HOLD_LIST, HoldList, Kind.REQUEST),
     _t(C.T_CERT_REVOKE, CertRevoke, Kind.REQUEST),
     _t(C.T_CERT_LIST, CertList, Kind.REQUEST),
-    _t(C.T_S3_KEY_CREATE, S3KeyCreate, Kind.REQUEST),
+    _t(C.T_S3_KEY_CREATE, S3KeyCreate, Kind.REQUEST, optional=("request_id",)),
     _t(C.T_S3_KEY_LIST, S3KeyList, Kind.REQUEST),
     _t(C.T_S3_KEY_REVOKE, S3KeyRevoke, Kind.REQUEST),
     _t(C.T_CATALOG_PUSH, CatalogPush, Kind.REQUEST),
