@@ -388,8 +388,10 @@ class Node(ReadPaths):
         """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
         configured; requests go through the same object API as the native protocol."""
         cfg = self.config
+        # Upload records seal their names with the store's tenant seals, as the store does.
         gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
-                                                     cfg.s3_multipart_expire_h * 3600),
+                                                     cfg.s3_multipart_expire_h * 3600,
+                                                     self.store.sealing.seal_for),
                           region=cfg.s3_region, lookup=self.s3_credentials)
         limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
                             idle_timeout_s=min(cfg.idle_timeout_s, 60.0),

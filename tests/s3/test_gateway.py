@@ -154,6 +154,11 @@ async def test_multipart_out_of_order_etag_list_abort(tmp_path: Path) -> None:
                 etags[number] = r["ETag"]
             listed = await run(s3.list_parts, Bucket="mp", Key="big", UploadId=uid)
             assert [p["PartNumber"] for p in listed["Parts"]] == [1, 2, 3]
+            # The upload's record on disk names neither bucket, key nor metadata in clear.
+            state = b"".join(p.read_bytes() for p in
+                             (tmp_path / "dc1-n1" / "s3-uploads").rglob("*.json"))
+            assert b'"big"' not in state and b"test" not in state and b'"mp"' not in state
+            assert b"sealed" in state
             uploads = await run(s3.list_multipart_uploads, Bucket="mp")
             assert [u["UploadId"] for u in uploads["Uploads"]] == [uid]
             done = await run(s3.complete_multipart_upload, Bucket="mp", Key="big",
