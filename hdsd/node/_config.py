@@ -45,6 +45,7 @@ Example (``hdsd init`` writes one per node)::
     plain_http = []                # plain HTTP: only loopback, unless
     plain_http_beyond_loopback = false  # ... the operator forces it
     region = "us-east-1"           # the SigV4 region clients must sign for
+    # domain = "s3.example.org"    # also virtual-host style: BUCKET.s3.example.org
     multipart_expire_h = 168       # unfinished multipart uploads are reclaimed after this
 
     [[sites]]
@@ -153,6 +154,7 @@ class NodeConfig:
     s3_https: tuple[tuple[str, int], ...] = ()
     s3_http: tuple[tuple[str, int], ...] = ()
     s3_region: str = "us-east-1"
+    s3_domain: str = ""  # virtual-host-style addressing: BUCKET.<domain> ("": path-style only)
     s3_multipart_expire_h: float = 168.0
     # --- deployment (hdsd init bundles) ---
     master_key_check: str = ""  # [keys] master_key_check: the key's fingerprint; "": unchecked
@@ -220,7 +222,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "metrics": {"address": (str, False)},
     "s3": {"listen": (list, False), "plain_http": (list, False),
            "plain_http_beyond_loopback": (bool, False), "region": (str, False),
-           "multipart_expire_h": ((int, float), False)},
+           "domain": (str, False), "multipart_expire_h": ((int, float), False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
 LOG_FORMATS = ("text", "json")
@@ -534,6 +536,8 @@ def _metrics_address(section: dict[str, Any], p: _Problems) -> tuple[str | None,
 
 
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 def _s3_section(section: dict[str, Any], p: _Problems) -> dict[str, Any]:
@@ -564,6 +568,10 @@ def _s3_section(section: dict[str, Any], p: _Problems) -> dict[str, Any]:
     if not _REGION_RE.match(region):
         p.add("[s3] region", f"{region!r} must match {_REGION_RE.pattern}")
     out["s3_region"] = region
+    domain = section.get("domain", "").strip(".").lower()
+    if domain and not _DOMAIN_RE.match(domain):
+        p.add("[s3] domain", f"{domain!r} must be a DNS name (e.g. s3.example.org)")
+    out["s3_domain"] = domain
     expire = float(section.get("multipart_expire_h", 168.0))
     if not 0 < expire <= 24 * 365:
         p.add("[s3] multipart_expire_h", f"{expire:g} must be > 0 and at most 8760")

@@ -392,7 +392,8 @@ class Node(ReadPaths):
         gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
                                                      cfg.s3_multipart_expire_h * 3600,
                                                      self.store.sealing.seal_for),
-                          region=cfg.s3_region, lookup=self.s3_credentials)
+                          region=cfg.s3_region, lookup=self.s3_credentials,
+                          domain=cfg.s3_domain)
         limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
                             idle_timeout_s=min(cfg.idle_timeout_s, 60.0),
                             head_timeout_s=cfg.request_timeout_s / 2,

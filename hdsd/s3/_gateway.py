@@ -328,11 +328,14 @@ class _Body:
 # -- the gateway -------------------------------------------------------------------------------
 class Gateway:
     def __init__(self, backend: Backend, uploads: Uploads, *, region: str,
-                 lookup: CredentialLookup, max_uploads: int = 8) -> None:
+                 lookup: CredentialLookup, max_uploads: int = 8, domain: str = "") -> None:
         self.backend = backend
         self.uploads = uploads
         self.region = region
         self.lookup = lookup
+        # Virtual-host-style addressing ("BUCKET.<domain>" in Host) when a domain is set;
+        # path-style always works.
+        self.domain = domain.strip(".").lower()
         # Bodies being stored at once, node-wide: each holds a few chunks in flight (about
         # 6 MiB), so memory stays bounded whatever the number of clients; the others wait
         # without reading (TCP holds their clients back).
@@ -343,6 +346,9 @@ class Gateway:
         path, _, raw_query = req.target.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         bucket, _, key = unquote(path.lstrip("/")).partition("/")
+        hosted = self._hosted_bucket(req.header("host"))
+        if hosted:  # virtual-host style: the whole path is the key
+            bucket, key = hosted, unquote(path.lstrip("/"))
         principal: Principal | None = None
         op = "S3"
         outcome = "ok"
@@ -379,6 +385,18 @@ class Gateway:
         finally:
             self.backend.audit(principal, op, bucket, key, version, req.bytes_in, req.bytes_out,
                                outcome, req.peer)
+
+    def _hosted_bucket(self, host: str) -> str:
+        """The bucket a ``Host`` of the form ``BUCKET.<domain>[:port]`` names ("" if none).
+        The signature covers the Host header, so the bucket is as signed."""
+        if not self.domain or not host:
+            return ""
+        name = host.lower()
+        if name.startswith("["):
+            return ""  # an IPv6 literal: path-style
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        suffix = "." + self.domain
+        return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else ""
 
     async def _error(self, req: HttpRequest, err: S3Error, resource: str) -> None:
         if req.responded:

@@ -375,3 +375,43 @@ async def test_list_object_versions_pages_exactly_inside_a_key(tmp_path: Path,
 async def test_list_object_versions_of_a_key_with_more_than_1000(tmp_path: Path) -> None:
     with trio.fail_after(900):
         await _versions_paged_exactly(tmp_path, 1203)
+
+
+async def test_virtual_host_style_when_a_domain_is_configured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``[s3] domain``, ``BUCKET.<domain>`` in Host names the bucket (boto3's virtual
+    addressing; boto3 addresses a bucket by host only if its name is DNS-compatible and at
+    least 3 characters long); path-style keeps working on the same gateway."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # *.s3.test is this test's domain: every name of it is this machine.
+        name = host.decode() if isinstance(host, bytes) else host
+        return real("127.0.0.1" if str(name).endswith("s3.test") else host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with trio.fail_after(180):
+        async with two_sites(tmp_path) as sites:
+            site = sites["dc1"]
+            site.gateway.domain = "s3.test"
+            import boto3
+            from botocore.config import Config
+
+            from tests.s3._inproc import KEY_ID, SECRET
+            vhost = boto3.client(
+                "s3", endpoint_url=f"http://s3.test:{site.endpoint.port}",
+                region_name="us-east-1", aws_access_key_id=KEY_ID,
+                aws_secret_access_key=SECRET,
+                config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "virtual"}))
+            await run(vhost.create_bucket, Bucket="vhb")
+            await run(vhost.put_object, Bucket="vhb", Key="dir/a b.txt", Body=b"hosted")
+            got = await run(vhost.get_object, Bucket="vhb", Key="dir/a b.txt")
+            assert await run(got["Body"].read) == b"hosted"
+            listed = await run(vhost.list_objects_v2, Bucket="vhb", Prefix="dir/")
+            assert [o["Key"] for o in listed["Contents"]] == ["dir/a b.txt"]
+            path_style = s3_client(site.endpoint)  # the same object, path-style
+            again = await run(path_style.get_object, Bucket="vhb", Key="dir/a b.txt")
+            assert await run(again["Body"].read) == b"hosted"
+            buckets = await run(vhost.list_buckets)  # Host is the domain itself: the service
+            assert "vhb" in [b["Name"] for b in buckets["Buckets"]]
