@@ -260,7 +260,7 @@ async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
     step = version.size if version.inline is not None else (version.chunk_size or version.size)
     if hi > lo and step and (lo // step) != ((hi - 1) // step):
         return False
-    if hi - lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+    if hi - lo > min(_ONE_WRITE_MAX, session.conn.download_credit(msg.rid)):
         return False
     pieces: list[bytes] = []
 

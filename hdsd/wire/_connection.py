@@ -261,6 +261,15 @@ class Connection:
             return rec.credit if rec.client is _CH.UPLOADING else 0
         return rec.credit if rec.server is _SH.STREAMING else 0
 
+    def download_credit(self, rid: int) -> int:
+        """Body bytes the server may send on download *rid* once it has sent its start: the
+        credit now, also before ``GetStart`` (when :meth:`send_credit_available` is still 0,
+        as Data may not come first), so a small body can be put in the start's own write."""
+        rec = self._rids.get(rid)
+        if rec is None or self._sent_goodbye or self.role is not Role.SERVER:
+            return 0
+        return rec.credit if rec.server in (_SH.OPENING, _SH.STREAMING) else 0
+
     def receive_data(self, data: bytes) -> None:
         """Hand over bytes read from the peer; ``b""`` means EOF. Call :meth:`next_event`
         until it returns NeedData before handing over more, so buffering stays bounded."""
