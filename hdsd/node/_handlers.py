@@ -94,7 +94,8 @@ async def handle_request(
         if observed is not None:
             # A node that lost its audit log first learns where its chain resumes (see
             # ._continuity); its first record must not be written before.
-            await node.audit_continuity.ready.wait()
+            if not node.audit_continuity.ready.is_set():  # set: skip wait()'s checkpoint
+                await node.audit_continuity.ready.wait()
             if node.audit.failed is not None:
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")
