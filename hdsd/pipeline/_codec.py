@@ -36,12 +36,12 @@ from typing import Any
 import blake3
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 import zstandard
 
 from .._errors import IntegrityError
 from ._chunker import MAX_CHUNK_SIZE
 from ._keys import TenantKeys
+from ._nonces import random_bytes
 
 __all__ = [
     "CHUNK_ID_SIZE",
@@ -141,7 +141,7 @@ def _seal_body(
     """Encrypt an already prepared *body* into a payload. Private; tests use it to forge
     authenticated payloads whose inner frame lies."""
     prefix = _PREFIX.pack(FORMAT_VERSION, flags, plain_size)
-    nonce = nacl.utils.random(NONCE_SIZE)
+    nonce = random_bytes(NONCE_SIZE)
     sealed = _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
                       keys.data_key)
     return b"".join((prefix, nonce, sealed))

@@ -24,10 +24,10 @@ from collections.abc import Callable
 import blake3
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
 from .._errors import IntegrityError
 from ._keys import TenantKeys
+from ._nonces import random_bytes
 
 __all__ = ["NAME_ID_BYTES", "NameSeal", "TenantNameSealing"]
 
@@ -69,7 +69,7 @@ class NameSeal:
         return blake3.blake3(data, key=self._hash_key).digest(NAME_ID_BYTES)
 
     def seal(self, plain: bytes, aad: bytes) -> bytes:
-        nonce = nacl.utils.random(_NONCE)
+        nonce = random_bytes(_NONCE)
         return nonce + _encrypt(plain, aad, nonce, self._seal_key)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:
