@@ -103,6 +103,8 @@ __all__ = [
 
 
 class Role(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     CLIENT = "client"
     SERVER = "server"
 
@@ -123,6 +125,8 @@ _CLOSED: Final = ConnectionClosed()
 
 
 class ClientHalf(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     UPLOADING = "uploading"  # put body open
     SENT = "sent"  # request complete (put: End sent)
     RECEIVING = "receiving"  # get sent; may grant Credit for the download
@@ -131,6 +135,8 @@ class ClientHalf(enum.Enum):
 
 
 class ServerHalf(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     ANSWERING = "answering"  # plain request: Reply, ErrorReply or Cancel to come
     ACCEPTING = "accepting"  # upload: may grant Credit; Reply once the body is complete
     OPENING = "opening"  # download: GetStart or a failure to come
