@@ -26,6 +26,8 @@ import nacl.bindings
 import nacl.exceptions
 
 from .._errors import IntegrityError
+from ._aead import decrypt as _decrypt
+from ._aead import encrypt as _encrypt
 from ._keys import TenantKeys
 from ._nonces import random_bytes
 
@@ -36,8 +38,6 @@ _BUCKET_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
 _SEAL_CONTEXT = "hdsd 2026-12 sealed names v1"
-_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
-_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 
 
 class NameSeal:
