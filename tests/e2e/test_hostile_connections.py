@@ -26,13 +26,15 @@ from tests.helpers.hostile import Refused, handshaken, legit_put_latency, next_e
 
 pytestmark = pytest.mark.e2e
 
+# idle_timeout_s: long enough that the twelve sessions filling every slot (one handshake
+# after another, slow on a loaded machine) are all still open when the test needs them full.
 LIMITS = """[limits]
 max_connections = 12
 max_sessions_per_identity = 6
 max_handshakes = 32
 max_handshakes_per_source = 8
 handshake_timeout_s = 3
-idle_timeout_s = 4
+idle_timeout_s = 10
 
 """
 ATTACKER = "127.0.0.2"
@@ -141,7 +143,7 @@ def test_idle_sessions_are_closed_and_clients_reconnect(profile: Path,
         # A client that keeps its connection and does not know the node's idle timeout.
         async with hdsd.AsyncClient(profile, idle_reconnect_s=1e9) as client:
             await client.put("idle", "a", b"1")
-            await trio.sleep(6)  # the node closes the session meanwhile
+            await trio.sleep(12)  # the node closes the session meanwhile
             await client.put("idle", "b", iter([b"not", b"replayable"]))
             assert await client.get("idle", "b") == b"notreplayable"
 
@@ -172,8 +174,15 @@ def test_peers_keep_their_slots_when_clients_take_all(
     # dc2 restarted now: its links to dc1 are new sessions, which must find peer slots.
     nodes[1].start()
     data = os.urandom(300_000)
+    request_id, deadline = os.urandom(16), time.monotonic() + 60
     with hdsd.Client(profile, site="dc2") as client:
-        client.put("peers", "through-dc2", data)  # each-site: acknowledged by dc1 too
+        while True:  # each-site: acknowledged only once dc1 has it too
+            try:
+                client.put("peers", "through-dc2", data, request_id=request_id, retry=True)
+                break
+            except hdsd.Unavailable:  # dc2's link to dc1 still dialling (a loaded machine)
+                assert time.monotonic() < deadline, "dc2 never replicated to dc1: no peer slot?"
+                time.sleep(1)
         assert client.get("peers", "through-dc2") == data
     print(f"\n[{slots_full} client sessions hold every slot] replication dc2 -> dc1 still ran")
 
