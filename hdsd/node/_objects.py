@@ -618,14 +618,14 @@ class NodeObjects:
 
     async def buckets(self, tenant: str) -> builtins.list[str]:
         await self._tenant(tenant)
-        names = {b.name for b in self.node.tenancy.catalog.buckets(tenant)}
+        names = {name for _, name in self.node.tenancy.open_buckets(tenant)}
         names.update(await self.node.buckets_site(tenant))
         return sorted(names)
 
     async def bucket_exists(self, tenant: str, bucket: str) -> bool:
         await self._tenant(tenant)
         check_bucket(bucket)
-        if self.node.tenancy.catalog.bucket(tenant, bucket) is not None:
+        if self.node.tenancy.bucket_entry(tenant, bucket) is not None:
             return True
         entries, _ = await list_objects(self.node, tenant, bucket, "", "", 1, True)
         return bool(entries)
@@ -650,8 +650,7 @@ class NodeObjects:
             bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
 
     def retention_days(self, tenant: str, bucket: str) -> int:
-        entry = self.node.tenancy.catalog.bucket(tenant, bucket)
-        return entry.retention_days if entry is not None else 0
+        return self.node.tenancy.retention_days(tenant, bucket)
 
     async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None:
         """Extend the bucket's retention (never shortened: RetentionLocked), replicated."""
@@ -660,7 +659,7 @@ class NodeObjects:
         await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, days))
 
     def held(self, tenant: str, bucket: str, key: str) -> bool:
-        hold = self.node.tenancy.catalog.hold(tenant, bucket, key)
+        hold = self.node.tenancy.hold_entry(tenant, bucket, key)
         return hold is not None and hold.held
 
     async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None:
