@@ -202,3 +202,48 @@ def test_warming_caches_the_largest_buckets_within_bounds_and_stops_when_told(
         store.commit_sync([inline_version("t", "big", "k15a", 99, "n", b"x")])
         assert [v.key for v in store.list_current("t", "big", prefix="k1")] == [
             f"k{i}" for i in range(10, 16)] + ["k15a"] + [f"k{i}" for i in range(16, 20)]
+
+
+def test_a_listing_during_a_cache_build_waits_for_it_instead_of_building_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import hdsd.store._index as index_module
+
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        store.commit_sync([inline_version("t", "b", f"k{i:03}", i + 1, "n", b"x")
+                           for i in range(300)])
+    from hdsd.store._sealed import TenantSeal, open_names
+
+    opened = {"n": 0}
+
+    def counting(body: bytes, seal: TenantSeal) -> tuple[str, str]:
+        opened["n"] += 1
+        return open_names(body, seal)
+
+    monkeypatch.setattr(index_module, "open_names", counting)
+    with Store.open(tmp_path, sealing=SEALING) as store:  # cold caches
+        gate, inside = threading.Event(), threading.Event()
+        calls = iter([False])  # the warm-up's loop asks once, then its build asks: held
+
+        def stop() -> bool:
+            if next(calls, None) is None:
+                inside.set()
+                gate.wait()
+            return False
+
+        warm = threading.Thread(target=store.warm_listings, args=(stop,),
+                                kwargs={"max_names": 1000, "min_keys": 1})
+        warm.start()
+        assert inside.wait(30)
+        listed: list[list[str]] = []
+        listing = threading.Thread(target=lambda: listed.append(
+            [v.key for v in store.list_current("t", "b", limit=1000)]))
+        listing.start()
+        listing.join(0.2)
+        assert listing.is_alive()  # waiting for the build under way (it would be done else)
+        gate.set()
+        warm.join(30)
+        listing.join(30)
+        assert listed == [[f"k{i:03}" for i in range(300)]]
+        assert opened["n"] == 300  # every name opened once, by the warm-up alone
