@@ -645,11 +645,19 @@ class NodeObjects:
 
     def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
               bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None:
-        """One record per S3 request, like a native one: the access key is the identity."""
+        """One record per S3 request, like a native one: the access key is the identity, and
+        the names are sealed under the tenant's key like a native request's (hdsd.audit)."""
+        tenant = principal.tenant if principal else ""
+        seal_names = self.node.audit.seal_names
+        if seal_names is not None:
+            try:
+                bucket, key = seal_names(tenant, bucket, key)
+            except Exception:  # never raise from here; but never record the names in clear
+                bucket, key = "sealed:-", ""
         self.node.audit.record(
             identity=f"s3:{principal.name}" if principal else "s3:anonymous",
-            role=principal.role if principal else "", tenant=principal.tenant if principal
-            else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
+            role=principal.role if principal else "", tenant=tenant,
+            op=f"S3:{op}", bucket=bucket, key=key, version=version,
             bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
 
     def retention_days(self, tenant: str, bucket: str) -> int:

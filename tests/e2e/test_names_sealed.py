@@ -24,7 +24,7 @@ from hdsd.store._format import SEGMENT_HEADER_SIZE, parse_segment_name
 from hdsd.store._log import Frame, scan_segment
 from hdsd.store._records import decode_record
 from hdsd.store._sealed import SealedVersion, open_names
-from tests.helpers.cluster import Cluster, hdsd
+from tests.helpers.cluster import Cluster, hdsd, s3_url
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +37,13 @@ BIG_KEY = "scanner/patient-9999-durand/serie-1"
 DELETED_KEY = "brouillon/patient-4242-leroy"
 LOCKED_BUCKET = "worm-patient-7777-bernard"  # a retention lock: a catalog entry
 HELD_KEY = "dossier/patient-5555-petit/cr.pdf"  # a legal hold: a catalog entry
+S3_KEY = "s3/patient-3333-moreau/echo.dcm"  # written, read and listed through the S3 gateway
 NEEDLES = {name: value.encode() for name, value in {
     "bucket": BUCKET, "key": "patient-4242-martin", "metadata name": META_NAME,
     "metadata value": META_VALUE, "big key": "patient-9999-durand",
     "deleted key": "patient-4242-leroy", "bucket (part)": "4242-dupont",
-    "locked bucket": "patient-7777-bernard", "held key": "patient-5555-petit"}.items()}
+    "locked bucket": "patient-7777-bernard", "held key": "patient-5555-petit",
+    "S3 key": "patient-3333-moreau"}.items()}
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -161,6 +163,26 @@ def _audit_names(dirs: list[Path], seal: NameSeal) -> list[tuple[str, str]]:
     return out
 
 
+def _s3_requests(root: Path) -> None:
+    """A put, a head and a listing by prefix through the S3 gateway (their audit records go
+    another way than native requests')."""
+    import boto3
+    from botocore.config import Config
+
+    made = json.loads(hdsd("s3", "key", "create", "hopital", "--role", "writer", "--json",
+                           "--cluster-dir", str(root), check=True).stdout)
+    client = boto3.client("s3", endpoint_url=s3_url(root / "dc1-n1" / "node.toml"),
+                          region_name="us-east-1", aws_access_key_id=made["access_key_id"],
+                          aws_secret_access_key=made["secret_access_key"],
+                          verify=made["ca_bundle"],
+                          config=Config(s3={"addressing_style": "path"},
+                                        retries={"max_attempts": 3}))
+    client.put_object(Bucket=BUCKET, Key=S3_KEY, Body=b"echo")
+    assert client.head_object(Bucket=BUCKET, Key=S3_KEY)["ContentLength"] == 4
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix="s3/patient-3333")
+    assert [o["Key"] for o in listed["Contents"]] == [S3_KEY]
+
+
 async def test_names_are_sealed_at_rest_and_gone_with_the_key(cluster: Cluster,
                                                                tmp_path: Path) -> None:
     root = tmp_path / "c"
@@ -182,6 +204,7 @@ async def test_names_are_sealed_at_rest_and_gone_with_the_key(cluster: Cluster,
             assert await w2.get(BUCKET, BIG_KEY) == big
             await w.put(BUCKET, HELD_KEY, b"compte rendu")
             await w.put(LOCKED_BUCKET, "k", b"archive")
+    _s3_requests(root)
     # A retention lock and a legal hold: catalog entries, replicated to both sites.
     for args in (("bucket", "create", f"hopital/{LOCKED_BUCKET}", "--retention-days", "30"),
                  ("hold", "set", f"hopital/{BUCKET}/{HELD_KEY}")):
@@ -205,7 +228,7 @@ async def test_names_are_sealed_at_rest_and_gone_with_the_key(cluster: Cluster,
     leaks = _scan(data_dirs, NEEDLES, cluster)
     assert leaks == [], "\n".join(leaks)
     written = [(BUCKET, KEY), (BUCKET, BIG_KEY), (BUCKET, DELETED_KEY), (BUCKET, HELD_KEY),
-               (LOCKED_BUCKET, "k")]
+               (LOCKED_BUCKET, "k"), (BUCKET, S3_KEY)]
     for d in data_dirs:  # the former-key scan below would see these: it can
         assert seal.name_id(BUCKET, HELD_KEY) in (d / "catalog.sqlite").read_bytes()
         assert seal.bucket_id(LOCKED_BUCKET) in (d / "catalog.sqlite").read_bytes()
@@ -215,6 +238,7 @@ async def test_names_are_sealed_at_rest_and_gone_with_the_key(cluster: Cluster,
     # The operator's lock and hold name the tenant's bucket and key: sealed under the
     # tenant's key, not the operator's (which a shred of the tenant would not destroy).
     assert (LOCKED_BUCKET, "") in audited and (BUCKET, HELD_KEY) in audited
+    assert (BUCKET, S3_KEY) in audited  # S3 requests too
     # ... and the tenant's export shows them (an access trace of its objects), opened.
     proc = hdsd("audit", "export", "--data-dir", str(data_dirs[0]), "--tenant", "hopital",
                 "--config", str(root / "dc1-n1" / "node.toml"), check=True)
