@@ -12,6 +12,7 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..client import AsyncClient, Profile, load_profile
+from ..wire import MaintenanceStarted
 from ._main import main
 
 _POLL_S = 0.5
@@ -27,7 +28,7 @@ def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
 
 async def _run(profile: Profile, task: str, wait: bool, timeout: float,
                progress: bool) -> list[dict[str, Any]]:
-    started: list[tuple[Profile, dict[str, Any]]] = []
+    started: list[tuple[Profile, MaintenanceStarted]] = []
     results: list[dict[str, Any]] = []
     for site, host, port in _endpoints(profile):
         one = profile.pinned(site, host, port)
@@ -49,7 +50,7 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
                                nl=False, err=True)
                 await trio.sleep(_POLL_S)
     if not wait:
-        return [*results, *(reply for _, reply in started)]
+        return [*results, *(dict(reply) for _, reply in started)]
     for one, reply in started:
         async with AsyncClient(one, timeout=timeout) as c:
             while True:

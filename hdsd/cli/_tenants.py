@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ import trio
 
 from .._errors import InvalidRequest, TenantPending
 from ..client import AsyncClient
+from ..wire import TenantCreated, TenantCreation
 from ._data import _run, json_option
 from ._main import main
 
@@ -31,7 +33,7 @@ def _when(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _report(reply: dict[str, Any], as_json: bool, line: str) -> None:
+def _report(reply: Mapping[str, Any], as_json: bool, line: str) -> None:
     if as_json:
         click.echo(json.dumps(reply, sort_keys=True))
         return
@@ -53,12 +55,12 @@ def tenant() -> None:
     """Create, list and shred tenants (operator)."""
 
 
-def _waiting(reply: dict[str, Any]) -> str:
+def _waiting(reply: TenantCreated | TenantCreation) -> str:
     return "; ".join(f"{n}: {why}" for n, why in reply.get("waiting", {}).items())
 
 
-async def _until_confirmed(c: AsyncClient, name: str, reply: dict[str, Any], wait: float,
-                           progress: bool) -> dict[str, Any]:
+async def _until_confirmed(c: AsyncClient, name: str, reply: TenantCreated | TenantCreation,
+                           wait: float, progress: bool) -> TenantCreated | TenantCreation:
     """Confirmation rounds until the creation is confirmed, lost (TenantConflict), or *wait*
     seconds have passed (TenantPending naming the nodes it waits for)."""
     deadline = time.monotonic() + wait
@@ -105,12 +107,13 @@ def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None, w
     of NAME won."""
     progress = sys.stderr.isatty() and not as_json
 
-    async def go(c: AsyncClient) -> dict[str, Any]:
-        reply = await (c.tenant_confirm(name) if resume
-                       else c.tenant_create(name, quota, plan or ""))
+    async def go(c: AsyncClient) -> TenantCreated | TenantCreation:
+        reply: TenantCreated | TenantCreation = await (
+            c.tenant_confirm(name) if resume else c.tenant_create(name, quota, plan or ""))
         if "creation" in reply:  # a creation (not a new quota)
-            reply = {**await _until_confirmed(c, name, reply, wait_s, progress),
-                     "created": reply["created"]}
+            confirmed = await _until_confirmed(c, name, reply, wait_s, progress)
+            confirmed["created"] = reply["created"]
+            return confirmed
         return reply
 
     reply = _run(ctx, go)

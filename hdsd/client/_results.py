@@ -16,7 +16,7 @@ from .._errors import (
     error_class_for_code,
 )
 from ..transport import WireSession
-from ..wire import Data, End, ErrorReply, Message
+from ..wire import Data, End, ErrorReply, Message, VersionInfo
 
 __all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
 
@@ -35,7 +35,7 @@ class ObjectInfo:
     replayed: bool = False
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ObjectInfo:
+    def from_body(cls, body: VersionInfo) -> ObjectInfo:
         try:
             return cls(bucket=body["bucket"], key=body["key"], version=body["version"],
                        hlc=body["hlc"], node=body["node"], size=body["size"],

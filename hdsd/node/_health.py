@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import HdsdError
-from ..wire import PeerStatusRequest
+from ..wire import UNSENT, PeerStatusRequest
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -91,9 +91,8 @@ def health_status(node: Node) -> dict[str, Any]:
                                 if node.metrics_port else None)}
 
 
-def _peer_status_request(node: Node) -> Any:
-    layout = node.layout.layout_id
-    return lambda rid: PeerStatusRequest(rid=rid, layout=layout)
+def _peer_status_request(node: Node) -> PeerStatusRequest:
+    return PeerStatusRequest(UNSENT, node.layout.layout_id)
 
 
 async def _reachable(node: Node, names: list[str]) -> set[str]:

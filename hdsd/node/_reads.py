@@ -19,7 +19,7 @@ from ..peers import PeerPool
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
 from ..replication import Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
-from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
+from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
@@ -87,13 +87,13 @@ class ReadPaths:
         async def ask(node: str) -> None:
             try:
                 body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
-                                                    key), timeout=self.config.write_timeout_s)
+                    node, FetchVersions(UNSENT, self.layout.layout_id, tenant, bucket, key),
+                    timeout=self.config.write_timeout_s)
             except HdsdError as exc:
                 log.info("event=read_fallback peer=%s error=%s", node, exc)
                 return
             answered.add(node)
-            for raw in body.get("versions", []):
+            for raw in body["versions"]:
                 v = Version.from_wire(raw)
                 found[v.order] = v
 
@@ -190,13 +190,12 @@ class ReadPaths:
                 return
             try:
                 body = await self.peers.call(
-                    name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
-                                               prefix, after, limit, versions),
+                    name, ListPeer(UNSENT, self.layout.layout_id, tenant, bucket, prefix, after,
+                                   limit, versions),
                     timeout=self.config.write_timeout_s)
                 found = [Version.from_wire(v) for v in body["versions"]]
                 # A node without "more" answered by count alone: a full part may go on.
-                more = body.get("more", len(found) >= limit)
-                parts[name] = Part(found, more=bool(more))
+                parts[name] = Part(found, more=body.get("more", len(found) >= limit))
             except (HdsdError, KeyError, TypeError) as exc:
                 if name not in optional:
                     down[name] = str(exc)
@@ -222,10 +221,9 @@ class ReadPaths:
                 return
             try:
                 body = await self.peers.call(
-                    name, lambda rid: ListBucketsPeer(rid, self.layout.layout_id, tenant, after),
+                    name, ListBucketsPeer(UNSENT, self.layout.layout_id, tenant, after),
                     timeout=self.config.write_timeout_s)
-                found = [str(b) for b in body["buckets"]]
-                parts.append(BucketPart(found, more=bool(body.get("more", False))))
+                parts.append(BucketPart(body["buckets"], more=body.get("more", False)))
             except (HdsdError, KeyError, TypeError) as exc:
                 down[name] = str(exc)
 
@@ -269,16 +267,15 @@ class ReadPaths:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, lambda rid: FetchChunk(rid, self.layout.layout_id, tenant, chunk_id),
+                    node, FetchChunk(UNSENT, self.layout.layout_id, tenant, chunk_id),
                     timeout=self.config.write_timeout_s)
-                payload = body["payload"]
-                plain = await open_in_thread(codec, chunk_id, payload)
+                plain = await open_in_thread(codec, chunk_id, body["payload"])
             except (HdsdError, KeyError, TypeError) as exc:
                 last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
                 continue
             if here and missing:
                 await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
-                                                     payload=payload)])
+                                                     payload=body["payload"])])
                 log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
                             chunk_id.hex()[:16], node)
             return plain

@@ -22,7 +22,7 @@ from .._errors import HdsdError, Unavailable
 from ..cluster import Layout, LayoutRecord
 from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
 from ..store import ChunkRecord, Version
-from ..wire import FetchVersions, PeerStatusRequest
+from ..wire import UNSENT, FetchVersions, PeerStatusRequest
 from ._doubts import PeerDoubts
 from ._hints import HintStore
 from ._mode import ModeState
@@ -138,9 +138,9 @@ class HintReplay:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout_id, tenant, bucket, key),
+                    node, FetchVersions(UNSENT, self.layout_id, tenant, bucket, key),
                     timeout=self.timeout)
-                known = [Version.from_wire(v) for v in body.get("versions", [])]
+                known = [Version.from_wire(v) for v in body["versions"]]
                 found = next((v for v in known if v.order == (hlc, origin)), None)
                 if found is None:
                     continue
@@ -161,7 +161,7 @@ class HintReplay:
         reachable = True
         for node in remote:
             try:
-                await self.peers.call(node, lambda rid: PeerStatusRequest(rid, self.layout_id),
+                await self.peers.call(node, PeerStatusRequest(UNSENT, self.layout_id),
                                       timeout=min(self.timeout, 2.0))
             except HdsdError:
                 reachable = False

@@ -43,7 +43,7 @@ from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, LayoutRecord, placement_key
 from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk, FetchVersions
+from ..wire import UNSENT, FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
@@ -425,10 +425,10 @@ class Replicator(HintReplay):
             found = self.store.find_request(v.tenant, v.request_id) if v.request_id else None
             return found is not None and found.order == v.order
         body = await self.peers.call(
-            node, lambda rid: FetchVersions(rid, self.layout_id, version.tenant, version.bucket,
-                                            version.key),
+            node, FetchVersions(UNSENT, self.layout_id, version.tenant, version.bucket,
+                                version.key),
             timeout=self.timeout)
-        return any((w.get("h"), w.get("n")) == version.order for w in body.get("versions", []))
+        return any((w.get("h"), w.get("n")) == version.order for w in body["versions"])
 
     async def _copy(self, version: Version, sources: list[str], lacking: list[str],
                     acked: set[str], failed: dict[str, HdsdError]) -> None:
@@ -444,9 +444,9 @@ class Replicator(HintReplay):
                                                      chunk_id)
                 return payload
             body = await self.peers.call(
-                source, lambda rid: FetchChunk(rid, self.layout_id, version.tenant, chunk_id),
+                source, FetchChunk(UNSENT, self.layout_id, version.tenant, chunk_id),
                 timeout=self.timeout)
-            return bytes(body["payload"])
+            return body["payload"]
 
         async def send(chunks: list[ChunkRecord], versions: list[Version]) -> None:
             async def one(node: str) -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import trio
 
@@ -65,10 +66,13 @@ from ..wire import (
     Hello,
     Message,
     NeedData,
+    Request,
 )
 from ._tlsread import tls_receiver
 
 __all__ = ["WireSession"]
+
+RequestT = TypeVar("RequestT", bound=Request[Any])
 
 _READ_SIZE = 256 << 10
 MAX_DATA_FRAME = 1 << 20
@@ -248,9 +252,17 @@ class WireSession:
             self._ungranted[rid] = pending
 
     # -- request routing -----------------------------------------------------------------------
-    def new_rid(self) -> int:
-        """A request id for a new request of ours: the next one (mod 2³²) not in flight on
-        this connection. The one place ids are allocated (the client and the peer links)."""
+    def open_request(self, request: RequestT) -> tuple[RequestT,
+                                                       trio.MemoryReceiveChannel[Message]]:
+        """*request* (built with ``rid=UNSENT``) stamped with a fresh request id, and the inbox
+        its answers arrive in, registered before it is sent. The one place request ids are
+        allocated and stamped (the client and the peer links); ``close_inbox(request.rid)``
+        when done."""
+        rid = self._new_rid()
+        return request.with_rid(rid), self.open_inbox(rid)
+
+    def _new_rid(self) -> int:
+        # The next id (mod 2³²) not in flight on this connection.
         while True:
             self._last_rid = (self._last_rid + 1) % (1 << 32)
             if not self.conn.in_flight(self._last_rid):
