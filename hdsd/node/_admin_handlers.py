@@ -131,7 +131,7 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
 
     async def with_data(tenant: str) -> None:
         try:
-            buckets[tenant].update(await node.buckets_site(tenant))
+            buckets[tenant].update(await node.reads.buckets_site(tenant))
         except HdsdError:  # a node of the site is down: what this node holds, flagged
             buckets[tenant].update(node.store.buckets(tenant))
             incomplete.add(tenant)

@@ -1,4 +1,5 @@
-"""The read paths of a node, a part of :class:`~hdsd.node.Node` (kept apart for size).
+"""The read paths of a node: the :class:`ReadPaths` a :class:`~hdsd.node.Node` owns
+(``node.reads``).
 
 A key lives on its rendezvous replicas only, so a node reads through them: versions are merged
 across the replicas of its site (the other site is asked only when none here answers), a chunk
@@ -10,6 +11,7 @@ is looked for on the key's replicas.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -46,21 +48,33 @@ def decode_version_cursor(text: str) -> tuple[str, int, str]:
 
 
 class ReadPaths:
-    """Mixin: the read half of the Node (which provides these attributes)."""
+    """Reads through a key's replicas, given what they need: the node's configuration, its
+    store, its peer links, the write coordinator (placement), and three views of the node's
+    live state — the layout in force, whether it is rebuilding, whether its store is still
+    unchecked (both: the local store alone is not the truth)."""
 
-    config: NodeConfig
-    store: Store
-    layout: Layout
-    peers: PeerPool
-    replicator: Replicator
+    def __init__(self, *, config: NodeConfig, store: Store, peers: PeerPool,
+                 replicator: Replicator, layout: Callable[[], Layout],
+                 rebuilding: Callable[[], bool], checking: Callable[[], bool]) -> None:
+        self.config = config
+        self.store = store
+        self.peers = peers
+        self.replicator = replicator
+        self._layout = layout
+        self._rebuilding = rebuilding
+        self._checking = checking
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout()
 
     @property
     def rebuilding(self) -> bool:
-        raise NotImplementedError
+        return self._rebuilding()
 
     @property
     def checking(self) -> bool:
-        raise NotImplementedError
+        return self._checking()
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to its replicas, merged (union).
@@ -281,8 +295,10 @@ class ReadPaths:
             return plain
         raise last
 
-    async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
-                            key: str) -> Version | None:
+    async def find_request(self, tenant: str, request_id: bytes, bucket: str,
+                           key: str) -> Version | None:
+        """The version *request_id* already wrote, found here or on this site's replicas of
+        the key (a retry may have reached another node first); None if none."""
         if not request_id:
             return None
         found = self.store.find_request(tenant, request_id)

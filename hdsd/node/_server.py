@@ -100,7 +100,7 @@ log = logging.getLogger("hdsd.node")
 # (a download's Credit, an upload's Data) are never held for long.
 _ROOM_WAIT_S = 1.0
 
-class Node(ReadPaths):
+class Node:
     """The running state of one node; create it with :func:`serve_node`."""
 
     def __init__(self, config: NodeConfig, store: Store) -> None:
@@ -151,6 +151,10 @@ class Node(ReadPaths):
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
             dead_tenants=self._shredded, doubts=self.doubts)
+        self.reads = ReadPaths(config=config, store=store, peers=self.peers,
+                               replicator=self.replicator, layout=lambda: self.layout,
+                               rebuilding=lambda: self.rebuilding,
+                               checking=lambda: self.checking)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -270,7 +274,7 @@ class Node(ReadPaths):
             await running.wait()
         done = self._requests_in_flight[slot] = trio.Event()
         try:
-            yield await self._find_request(tenant, request_id, bucket, key)
+            yield await self.reads.find_request(tenant, request_id, bucket, key)
         finally:
             del self._requests_in_flight[slot]
             done.set()

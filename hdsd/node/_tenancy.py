@@ -397,7 +397,7 @@ class Tenancy:
                 await self.refresh_usage(node, max_age=_USAGE_TTL_S)
         current_size = 0
         if retention or (need and self.usage(tenant) + need > quota):
-            known = await node.versions_of(tenant, bucket, key)
+            known = await node.reads.versions_of(tenant, bucket, key)
             current = known[-1] if known and not known[-1].tombstone else None
             if current is not None:
                 current_size = current.size  # an overwrite frees what it replaces
