@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
@@ -234,12 +235,18 @@ class AsyncClient:
                 delay = min(delay * 4, 2.0)
         raise AssertionError("unreachable")
 
-    async def _call(self, request: Request[R]) -> R:
+    async def _call(self, request: Request[R], *, again: Request[R] | None = None) -> R:
         """Send *request* (built with ``rid=UNSENT``) and return its Reply body, checked
-        against the request's reply type; retried on a new connection if unavailable."""
+        against the request's reply type; retried on a new connection if unavailable, as
+        *again* if given (a mutation saying it is a retry)."""
+        attempts = 0
+
         async def attempt() -> R:
+            nonlocal attempts
+            attempts += 1
             session = await self._connected()
-            sent, inbox = session.open_request(request)
+            sent, inbox = session.open_request(
+                request if attempts == 1 or again is None else again)
             try:
                 await session.send(sent)
                 event = await receive(inbox, self.timeout)
@@ -255,11 +262,17 @@ class AsyncClient:
     # -- operations --------------------------------------------------------------------------
     async def put(self, bucket: str, key: str, data: PutSource, *,
                   metadata: dict[str, str] | None = None, request_id: bytes | None = None,
-                  size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+                  size: int | None = None, progress: Progress | None = None,
+                  retry: bool = False) -> ObjectInfo:
         """Store *data*: bytes (bytearray, memoryview), a file given as a :class:`pathlib.Path`
         (any ``os.PathLike``), a binary file object, or an (async) iterable of bytes. A str is
         refused with :class:`InvalidArgument` (``.encode()`` it, or wrap a file name in
-        ``Path``); a str naming an existing file still works but is deprecated."""
+        ``Path``); a str naming an existing file still works but is deprecated.
+
+        Retrying a put whose outcome you do not know: call again with the same *request_id*
+        and ``retry=True``. The node then looks for the first attempt at both sites (one more
+        round trip) and completes it rather than writing a second version; this client's own
+        retries do so by themselves."""
         data = put_source(data)
         request_id = request_id or os.urandom(16)
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -267,12 +280,16 @@ class AsyncClient:
         elif isinstance(data, os.PathLike):
             size = os.stat(data).st_size
         replayable = isinstance(data, (bytes, bytearray, memoryview, os.PathLike))
+        first = PutStart(rid=UNSENT, request_id=request_id, bucket=bucket, key=key, size=size,
+                         metadata=dict(metadata or {}), policy=None, retry=retry)
+        attempts = 0
 
         async def attempt() -> ObjectInfo:
+            nonlocal attempts
+            attempts += 1
             session = await self._connected()
-            start, inbox = session.open_request(PutStart(
-                rid=UNSENT, request_id=request_id, bucket=bucket, key=key, size=size,
-                metadata=dict(metadata or {}), policy=None))
+            start, inbox = session.open_request(
+                first if attempts == 1 else dataclasses.replace(first, retry=True))
             try:
                 if _fits_one_write(data, session):
                     return await self._put_small(session, start, inbox, data, progress)
@@ -476,11 +493,12 @@ class AsyncClient:
                 raise ProtocolError(f"bucket listing: next {cursor!r} does not advance")
             after = cursor
 
-    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
-                     ) -> ObjectInfo:
-        request_id = request_id or os.urandom(16)
-        body = await self._call(DeleteRequest(rid=UNSENT, request_id=request_id,
-                                                          bucket=bucket, key=key))
+    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
+                     retry: bool = False) -> ObjectInfo:
+        """Write a delete marker; *retry* as in :meth:`put`."""
+        request = DeleteRequest(rid=UNSENT, request_id=request_id or os.urandom(16),
+                                bucket=bucket, key=key, retry=retry)
+        body = await self._call(request, again=dataclasses.replace(request, retry=True))
         return ObjectInfo.from_body(body)
 
     async def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
