@@ -45,6 +45,7 @@ from ..transport import (
 from ..wire import CertRevoked, CertRow
 from ._admin import _write_profile, cert
 from ._data import json_option
+from ._table import print_rows
 
 T = TypeVar("T")
 
@@ -349,13 +350,8 @@ def cert_ls(ctx: click.Context, tenant: str | None, expiring_days: int, offline:
                         "name": g["name"] or "?", "role": g["role"], "site": "",
                         "not_after": not_after, "state": "revoked", "revoked_by": g["by"],
                         "reason": g["reason"]})
-    if as_json:
-        for row in out:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'SERIAL':40} {'KIND':6} {'TENANT':16} {'NAME':20} {'ROLE':8} "
-               f"{'NOT AFTER':20} STATE")
-    for row in out:
-        click.echo(f"{row['serial']:40} {row['kind']:6} {row['tenant'] or '-':16} "
-                   f"{row['name']:20} {row['role'] or row['site'] or '-':8} "
-                   f"{row['not_after'] or '-':20} {row['state']}")
+    print_rows(out, as_json, f"{'SERIAL':40} {'KIND':6} {'TENANT':16} {'NAME':20} {'ROLE':8} "
+                             f"{'NOT AFTER':20} STATE",
+               lambda row: f"{row['serial']:40} {row['kind']:6} {row['tenant'] or '-':16} "
+                           f"{row['name']:20} {row['role'] or row['site'] or '-':8} "
+                           f"{row['not_after'] or '-':20} {row['state']}")

@@ -26,6 +26,7 @@ from ..cluster import parse_address
 from ..wire import S3KeyCreated, S3KeyRevoked, S3KeyRow
 from ._data import json_option
 from ._main import main
+from ._table import print_rows
 
 _CLUSTER_DIR = click.option(
     "--cluster-dir", type=click.Path(file_okay=False), default="hdsd-data", show_default=True,
@@ -160,14 +161,9 @@ def s3_key_ls(ctx: click.Context, tenant: str | None, cluster_dir: str, as_json:
             return await c.s3_keys(c.profile.tenant)
 
     rows: list[S3KeyRow] = _run(ctx, root, go)
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'ACCESS KEY ID':24} {'TENANT':16} {'ROLE':8} {'STATE':8} BY")
-    for row in rows:
-        click.echo(f"{row['access_key_id']:24} {row['tenant']:16} {row['role']:8} "
-                   f"{row['state']:8} {row['revoked_by'] or row['by']}")
+    print_rows(rows, as_json, f"{'ACCESS KEY ID':24} {'TENANT':16} {'ROLE':8} {'STATE':8} BY",
+               lambda row: f"{row['access_key_id']:24} {row['tenant']:16} {row['role']:8} "
+                           f"{row['state']:8} {row['revoked_by'] or row['by']}")
 
 
 @s3_key.command("revoke")

@@ -20,9 +20,10 @@ import trio
 
 from .._errors import InvalidRequest, TenantPending
 from ..client import AsyncClient
-from ..wire import TenantCreated, TenantCreation
+from ..wire import TenantCreated, TenantCreation, TenantRow
 from ._data import _run, json_option
 from ._main import main
+from ._table import print_rows
 
 _ROUND_PAUSE_S = 1.0  # between two confirmation rounds while waiting
 
@@ -147,20 +148,16 @@ def tenant_abandon(ctx: click.Context, name: str, confirm: str, as_json: bool) -
 def tenant_ls(ctx: click.Context, as_json: bool) -> None:
     """List tenants: state, quota, usage seen by this site, buckets (with data or created;
     "N+" when a node of the site did not answer)."""
-    rows = _run(ctx, lambda c: c.tenant_list())
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'TENANT':24} {'STATE':9} {'PLAN':8} {'QUOTA':>14} {'USAGE':>14} "
-               f"{'BUCKETS':>7}  CREATED")
-    for r in rows:
+    def line(r: TenantRow) -> str:
         quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
         # "3+": a node of the site did not answer, so buckets only it holds are not counted.
         count = f"{r['buckets']}{'+' if r.get('buckets_incomplete') else ''}"
-        click.echo(f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
-                   f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  "
-                   f"{_when(r['created_ms'])}")
+        return (f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
+                f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  {_when(r['created_ms'])}")
+
+    print_rows(_run(ctx, lambda c: c.tenant_list()), as_json,
+               f"{'TENANT':24} {'STATE':9} {'PLAN':8} {'QUOTA':>14} {'USAGE':>14} "
+               f"{'BUCKETS':>7}  CREATED", line)
 
 
 @tenant.command("shred")
@@ -216,15 +213,10 @@ def bucket_extend(ctx: click.Context, target: str, retention_days: int, as_json:
 @click.pass_context
 def bucket_ls(ctx: click.Context, tenant_name: str, as_json: bool) -> None:
     """List buckets (of TENANT, or every tenant's for the operator) with retention and holds."""
-    rows = _run(ctx, lambda c: c.bucket_list(tenant_name))
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'TENANT/BUCKET':40} {'RETENTION':>9}  {'HOLDS':>5}  CREATED")
-    for r in rows:
-        click.echo(f"{r['tenant'] + '/' + r['bucket']:40} {r['retention_days']:>8}d  "
-                   f"{len(r['holds']):>5}  {_when(r['created_ms'])}")
+    print_rows(_run(ctx, lambda c: c.bucket_list(tenant_name)), as_json,
+               f"{'TENANT/BUCKET':40} {'RETENTION':>9}  {'HOLDS':>5}  CREATED",
+               lambda r: f"{r['tenant'] + '/' + r['bucket']:40} {r['retention_days']:>8}d  "
+                         f"{len(r['holds']):>5}  {_when(r['created_ms'])}")
 
 
 @main.group()
@@ -269,15 +261,10 @@ def hold_ls(ctx: click.Context, target: str, as_json: bool) -> None:
     tenant_name, _, bucket_name = target.partition("/")
     if "/" in bucket_name or (target and not tenant_name) or (target.endswith("/")):
         raise InvalidRequest(f"{target!r}: expected TENANT or TENANT/BUCKET")
-    rows = _run(ctx, lambda c: c.hold_list(tenant_name, bucket_name))
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY")
-    for r in rows:
-        click.echo(f"{_when(r['set_ms']):20}  {r['by']:24}  "
-                   f"{r['tenant']}/{r['bucket']}/{r['key']}")
+    print_rows(_run(ctx, lambda c: c.hold_list(tenant_name, bucket_name)), as_json,
+               f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY",
+               lambda r: f"{_when(r['set_ms']):20}  {r['by']:24}  "
+                         f"{r['tenant']}/{r['bucket']}/{r['key']}")
 
 
 @main.group()
