@@ -65,13 +65,12 @@ class AuditShipper:
             if not await self.ship_once():
                 await trio.sleep(self.interval)
 
-    async def flush(self, timeout: float) -> None:
-        """Ship until a target holds everything durable, no target takes a batch (the other
-        site is down: the cursor resumes at the next start), or *timeout* passes."""
-        with trio.move_on_after(timeout):
-            while self.pending():
-                if not await self.ship_once():
-                    return
+    async def flush(self) -> None:
+        """Ship until a target holds everything durable or no target takes a batch (the other
+        site is down: the cursor resumes at the next start); the caller bounds how long."""
+        while self.pending():
+            if not await self.ship_once():
+                return
 
     def pending(self) -> bool:
         durable = self.audit.durable[0]

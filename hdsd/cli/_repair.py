@@ -26,7 +26,7 @@ def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
             for site, eps in sites.items() for host, port in eps]
 
 
-async def _run(profile: Profile, task: str, wait: bool, timeout: float,
+async def _run(profile: Profile, task: str, wait: bool, request_timeout: float,
                progress: bool) -> list[dict[str, Any]]:
     started: list[tuple[Profile, MaintenanceStarted]] = []
     results: list[dict[str, Any]] = []
@@ -37,7 +37,7 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
         deadline = trio.current_time() + (_NODE_WAIT_S if wait else 0)
         while True:
             try:
-                async with AsyncClient(one, timeout=timeout) as c:
+                async with AsyncClient(one, timeout=request_timeout) as c:
                     started.append((one, await c.start_maintenance(task)))
                 break
             except Unavailable as exc:
@@ -52,7 +52,7 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
     if not wait:
         return [*results, *(dict(reply) for _, reply in started)]
     for one, reply in started:
-        async with AsyncClient(one, timeout=timeout) as c:
+        async with AsyncClient(one, timeout=request_timeout) as c:
             while True:
                 st = await c.status()
                 state = st["maintenance"][task]

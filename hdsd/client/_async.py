@@ -22,6 +22,7 @@ from typing import IO, Any, Self, TypeAlias, TypeGuard, TypeVar
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     HdsdError,
@@ -92,7 +93,7 @@ from ..wire import (
     VersionsRequest,
 )
 from ._profile import Profile, load_profile
-from ._results import GetStream, ListPage, ObjectInfo, raise_for, receive
+from ._results import GetStream, ListPage, ObjectInfo, no_answer, raise_for, receive
 
 __all__ = ["AsyncClient", "PutSource", "put_source"]
 
@@ -195,14 +196,16 @@ class AsyncClient:
             raise last
 
     async def _open(self, host: str, port: int) -> WireSession:
-        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
-                                   timeout=self.connect_timeout)
+        limit = self.connect_timeout
+        with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
+            stream = await connect_tls(host, port, self._ssl, server_hostname=host)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.profile.cluster_id, peer="client",
                                      window=session.conn.initial_window))
-            hello = await session.receive_hello(self.connect_timeout)
+            with deadline(limit, f"no handshake from {host}:{port} within {limit:g} s"):
+                hello = await session.receive_hello()
             if hello.cluster_id != self.profile.cluster_id:
                 raise ProtocolError(f"{host}:{port} serves cluster {hello.cluster_id!r}, "
                                     f"the profile names {self.profile.cluster_id!r}")
@@ -249,7 +252,8 @@ class AsyncClient:
                 request if attempts == 1 or again is None else again)
             try:
                 await session.send(sent)
-                event = await receive(inbox, self.timeout)
+                with no_answer(self.timeout):
+                    event = await receive(inbox)
                 if isinstance(event, Reply):
                     return sent.decode_reply(event.body)
                 raise_for(event)
@@ -314,7 +318,8 @@ class AsyncClient:
         await session.send_many([start, *body, End(rid=rid)])
         if progress is not None:
             progress(len(data))
-        event = await receive(inbox, self.timeout)
+        with no_answer(self.timeout):
+            event = await receive(inbox)
         if isinstance(event, Reply):
             return ObjectInfo.from_body(start.decode_reply(event.body))
         raise_for(event)
@@ -390,7 +395,8 @@ class AsyncClient:
             rid = request.rid
             try:
                 await session.send(request)
-                event = await receive(inbox, self.timeout)
+                with no_answer(self.timeout):
+                    event = await receive(inbox)
             except BaseException:
                 session.close_inbox(rid)
                 raise

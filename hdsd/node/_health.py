@@ -152,10 +152,12 @@ async def readiness(node: Node) -> tuple[bool, str]:
                    "writes are refused (hdsd site degrade to accept them alone)")
 
 
-async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[dict[str, Any]]:
+async def cluster_status(node: Node) -> list[dict[str, Any]]:
     """This node's status and every other node's (asked concurrently), one entry per node of
-    the layout, in layout order; a node that does not answer within *timeout* is ``up: false``
-    with the reason. Never takes longer than *timeout* (plus this node's own status)."""
+    the layout, in layout order; a node that does not answer within :data:`FANOUT_TIMEOUT` is
+    ``up: false`` with the reason. Never takes longer than that (plus this node's own
+    status)."""
+    timeout = FANOUT_TIMEOUT
     results: dict[str, dict[str, Any]] = {node.config.name: {"up": True, **node.status()}}
 
     async def ask(name: str) -> None:

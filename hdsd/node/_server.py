@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     AuthenticationFailed,
     CertificateRevoked,
@@ -407,7 +408,8 @@ class Node:
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
         self.refusals.flush()
         await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
-        await self.audit_shipper.flush(3.0)
+        with trio.move_on_after(3.0):
+            await self.audit_shipper.flush()
 
     def close_audit(self) -> None:
         """Flush the audit log, write its final checkpoint and stop its thread."""
@@ -448,7 +450,7 @@ class Node:
 
     async def _run_connection(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
         source = peer.rsplit(":", 1)[0]
-        deadline = trio.current_time() + self.config.handshake_timeout_s
+        until = trio.current_time() + self.config.handshake_timeout_s
         try:
             with self.slots.handshake(source):
                 ident = await self._handshake(stream, peer)
@@ -468,7 +470,9 @@ class Node:
                                          cluster_id=self.config.cluster_id,
                                          peer=self.config.name,
                                          window=session.conn.initial_window))
-                hello = await session.receive_hello(max(0.0, deadline - trio.current_time()))
+                with deadline(max(0.0, until - trio.current_time()), "no handshake from the "
+                              f"peer within {self.config.handshake_timeout_s:g} s"):
+                    hello = await session.receive_hello()
                 if hello.cluster_id != self.config.cluster_id:
                     raise AuthenticationFailed(f"Hello names cluster {hello.cluster_id!r}, "
                                                f"this is {self.config.cluster_id!r}")
@@ -500,9 +504,10 @@ class Node:
         handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
         the same deadline, in the session's slot."""
         try:
-            return await handshake_and_identify(
-                stream, timeout=self.config.handshake_timeout_s,
-                revoked=lambda ident: self.live.refuse(ident, peer))
+            limit = self.config.handshake_timeout_s
+            with deadline(limit, f"the TLS handshake took longer than {limit:g} s"):
+                return await handshake_and_identify(
+                    stream, revoked=lambda ident: self.live.refuse(ident, peer))
         except HdsdError as exc:
             if not isinstance(exc, CertificateRevoked):  # refuse() told who it was
                 self._connection_refused(peer, None, exc)

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     HdsdError,
@@ -198,8 +199,10 @@ class PeerPool:
 
     async def _open(self, node: str) -> WireSession:
         host, port = self._addresses[node]
-        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
-                                   timeout=self._connect_timeout, revoked=self._revoked)
+        limit = self._connect_timeout
+        with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
+            stream = await connect_tls(host, port, self._ssl, server_hostname=host,
+                                       revoked=self._revoked)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
             self._peer(node).serial = identity_from_der(
@@ -207,7 +210,8 @@ class PeerPool:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.cluster_id, peer=self.name,
                                      window=session.conn.initial_window))
-            hello = await session.receive_hello(self._connect_timeout)
+            with deadline(limit, f"no handshake from peer {node} within {limit:g} s"):
+                hello = await session.receive_hello()
             if hello.cluster_id != self.cluster_id:
                 raise ProtocolError(f"peer {node} serves cluster {hello.cluster_id!r}")
         except BaseException:

@@ -53,7 +53,6 @@ from .._errors import (
     ConnectionLost,
     HdsdError,
     ProtocolError,
-    RequestTimeout,
     error_class_for_code,
 )
 from ..wire import (
@@ -284,28 +283,26 @@ class WireSession:
         if inbox is not None:
             inbox.close()
 
-    async def receive_hello(self, timeout: float) -> Hello:
-        """Read until the peer's Hello (the first frame) arrives; the reader is not running yet."""
-        with trio.move_on_after(timeout) as scope:
-            while True:
-                event = self.conn.next_event()
-                if isinstance(event, Hello):
-                    self.their_hello = event
-                    return event
-                if isinstance(event, Goodbye):
-                    # The peer's reason, typed: a full node (retry later) is not a broken one.
-                    cls = error_class_for_code(event.code)
-                    if cls is HdsdError:
-                        cls = ProtocolError
-                    raise cls(f"peer refused: {event.code}: {event.message}")
-                if isinstance(event, ConnectionClosed):
-                    raise ConnectionLost("peer closed the connection during the handshake")
-                if isinstance(event, NeedData):
-                    await self._feed()
-                    continue
-                raise ProtocolError(f"expected Hello, got {type(event).__name__}")
-        assert scope.cancelled_caught
-        raise RequestTimeout(f"no handshake from the peer within {timeout:g} s")
+    async def receive_hello(self) -> Hello:
+        """Read until the peer's Hello (the first frame) arrives; the reader is not running yet.
+        The caller owns the deadline (``hdsd._deadline.deadline``)."""
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, Hello):
+                self.their_hello = event
+                return event
+            if isinstance(event, Goodbye):
+                # The peer's reason, typed: a full node (retry later) is not a broken one.
+                cls = error_class_for_code(event.code)
+                if cls is HdsdError:
+                    cls = ProtocolError
+                raise cls(f"peer refused: {event.code}: {event.message}")
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionLost("peer closed the connection during the handshake")
+            if isinstance(event, NeedData):
+                await self._feed()
+                continue
+            raise ProtocolError(f"expected Hello, got {type(event).__name__}")
 
     async def _feed(self) -> None:
         try:

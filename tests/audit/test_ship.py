@@ -105,7 +105,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
         shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert not shipper.pending()
         assert shipper.cursors["m1"][0] == audit.durable[0] and "m2" not in shipper.cursors
 
@@ -113,7 +114,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         audit.record("c", "writer", "t", "DeleteRequest", "b", "k0", "", 0, 0, "ok", "?")
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert shipper.cursors["m2"][0] == audit.durable[0]
     finally:
         audit.close()
@@ -125,7 +127,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
         assert shipper.cursors["m1"][0] < audit.durable[0]
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert shipper.cursors["m1"][0] == audit.durable[0]
     finally:
         audit.close()
