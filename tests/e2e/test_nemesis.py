@@ -482,8 +482,7 @@ def _figures(ops: list[Op], missing: dict[int, list[str]], rpo_zero_s: float | N
     # A retry (sent with `retry`: looked for on every replica of both sites) that cannot see
     # its first attempt — the replica holding it was down or cut off — stores the same
     # request's content a second time: a documented limit, counted in `extra_versions`. What
-    # must never happen is a version that no request wrote: more distinct contents than
-    # requests.
+    # must never happen is a version that no request wrote: more distinct contents than requests.
     merged = {**after["dc1"], **after["dc2"]}
     contents_per_key: dict[str, set[Any]] = {}
     for (key, version) in union_after:
