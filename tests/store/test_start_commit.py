@@ -94,3 +94,29 @@ async def test_waiting_after_the_signal_reuses_the_descriptor(tmp_path: Path) ->
             await store.commit([v(2)])  # reuses it: a stale count would wake it too early
         assert store.current("t", "b", "k0") == v(0)
     assert _open_fds() == before
+
+
+def test_a_known_version_is_not_written_twice_across_the_hlc_shortcut(tmp_path: Path) -> None:
+    """A version above every indexed hlc skips the index lookup (it cannot be there); one at
+    or below is still looked up, so a version committed again is never written again, also
+    after a reopen (the highest hlc comes back from the index)."""
+    def commit(store: Store, versions: list[Version]) -> None:
+        store.commit_sync(versions)
+        store._writer.wait_indexed()  # the ack comes before the index update
+
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        assert store._index.has_version("t", b"\0" * 16, 1, "n") is False
+        commit(store, [v(5)])
+        writes = store._writer.commits
+        commit(store, [v(5)])  # the same version: known, nothing queued
+        commit(store, [v(2)])  # below the highest hlc, not indexed: written
+        assert store._writer.commits == writes + 1
+        highest = store._index.indexed_max_hlc
+        assert highest == v(5).hlc
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        assert store._index.indexed_max_hlc == highest
+        writes = store._writer.commits
+        commit(store, [v(5), v(2)])
+        commit(store, [v(7)])
+        assert store._writer.commits == writes + 1
+        assert store._index.indexed_max_hlc == v(7).hlc
