@@ -627,14 +627,14 @@ class NodeObjects:
 
     async def buckets(self, tenant: str) -> builtins.list[str]:
         await self._tenant(tenant)
-        names = {b.name for b in self.node.tenancy.catalog.buckets(tenant)}
+        names = {name for _, name in self.node.tenancy.open_buckets(tenant)}
         names.update(await self.node.reads.buckets_site(tenant))
         return sorted(names)
 
     async def bucket_exists(self, tenant: str, bucket: str) -> bool:
         await self._tenant(tenant)
         check_bucket(bucket)
-        if self.node.tenancy.catalog.bucket(tenant, bucket) is not None:
+        if self.node.tenancy.bucket_entry(tenant, bucket) is not None:
             return True
         entries, _ = await list_objects(self.node, tenant, bucket, "", "", 1, True)
         return bool(entries)
@@ -651,16 +651,23 @@ class NodeObjects:
 
     def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
               bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None:
-        """One record per S3 request, like a native one: the access key is the identity."""
+        """One record per S3 request, like a native one: the access key is the identity, and
+        the names are sealed under the tenant's key like a native request's (hdsd.audit)."""
+        tenant = principal.tenant if principal else ""
+        seal_names = self.node.audit.seal_names
+        if seal_names is not None:
+            try:
+                bucket, key = seal_names(tenant, bucket, key)
+            except Exception:  # never raise from here; but never record the names in clear
+                bucket, key = "sealed:-", ""
         self.node.audit.record(
             identity=f"s3:{principal.name}" if principal else "s3:anonymous",
-            role=principal.role if principal else "", tenant=principal.tenant if principal
-            else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
+            role=principal.role if principal else "", tenant=tenant,
+            op=f"S3:{op}", bucket=bucket, key=key, version=version,
             bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
 
     def retention_days(self, tenant: str, bucket: str) -> int:
-        entry = self.node.tenancy.catalog.bucket(tenant, bucket)
-        return entry.retention_days if entry is not None else 0
+        return self.node.tenancy.retention_days(tenant, bucket)
 
     async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None:
         """Extend the bucket's retention (never shortened: RetentionLocked), replicated."""
@@ -669,7 +676,7 @@ class NodeObjects:
         await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, days))
 
     def held(self, tenant: str, bucket: str, key: str) -> bool:
-        hold = self.node.tenancy.catalog.hold(tenant, bucket, key)
+        hold = self.node.tenancy.hold_entry(tenant, bucket, key)
         return hold is not None and hold.held
 
     async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None:

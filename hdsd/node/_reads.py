@@ -195,7 +195,11 @@ class ReadPaths:
 
         async def ask(name: str) -> None:
             if name == self.config.name:
-                parts[name] = self.list_local(tenant, bucket, prefix, after, limit, versions)
+                # In a worker thread: the first listing of a bucket opens all its names (or
+                # waits for the start's warm-up to have done so), which must not stall the
+                # event loop and every put with it.
+                parts[name] = await trio.to_thread.run_sync(
+                    self.list_local, tenant, bucket, prefix, after, limit, versions)
                 return
             try:
                 body = await self.peers.call(

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import stat
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -377,6 +378,7 @@ class Node:
             if self.config.s3_https or self.config.s3_http:
                 self.s3_endpoints = await services.start(self._serve_s3)
             services.start_soon(_trim_memory)
+            services.start_soon(self._warm_listings)  # never waited for: readiness is not
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
@@ -387,6 +389,34 @@ class Node:
         self.hints.close()
         self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _warm_listings(self) -> None:
+        """Open the names of the largest buckets into the listing caches in a worker thread,
+        once, at start (``Store.warm_listings``: bounded in names): a first listing of a
+        bucket of 100k keys after a restart otherwise opens all of them while its client
+        waits (seconds). Cancelled with the node's services: the thread sees the flag within
+        a few hundred names and stops."""
+        stop = threading.Event()
+
+        async def flag_on_cancel() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flag_on_cancel)
+            try:
+                buckets, names = await trio.to_thread.run_sync(self.store.warm_listings,
+                                                               stop.is_set)
+            except HdsdError as exc:  # a listing will build its cache and report it
+                log.warning("event=listing_warm_failed node=%s error=%s", self.config.name, exc)
+                buckets = names = 0
+            nursery.cancel_scope.cancel()
+        if buckets:
+            log.info("event=listing_cache_warm node=%s buckets=%d names=%d seconds=%.1f",
+                     self.config.name, buckets, names, time.monotonic() - started)
 
     async def _serve_s3(self, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
         """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
