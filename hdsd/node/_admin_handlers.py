@@ -77,6 +77,15 @@ def _require_operator(node: Node, ident: Identity) -> None:
     require_operator(node, ident, _MANAGES_TENANTS)
 
 
+def _may_list(node: Node, ident: Identity, tenant: str) -> None:
+    """A listing of *tenant*'s entries (buckets, holds, revoked certificates, S3 keys) is for
+    its admin or the operator; of every tenant's (``""``), for the operator alone."""
+    if tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, tenant)
+    else:
+        _require_operator(node, ident)
+
+
 def _check_tenant_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise InvalidRequest(f"tenant name {name!r} must match {NAME_RE.pattern}")
@@ -131,7 +140,7 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
 
     async def with_data(tenant: str) -> None:
         try:
-            buckets[tenant].update(await node.buckets_site(tenant))
+            buckets[tenant].update(await node.reads.buckets_site(tenant))
         except HdsdError:  # a node of the site is down: what this node holds, flagged
             buckets[tenant].update(node.store.buckets(tenant))
             incomplete.add(tenant)
@@ -176,10 +185,7 @@ async def _bucket_create(node: Node, session: WireSession, ident: Identity, msg:
 
 async def _bucket_list(node: Node, session: WireSession, ident: Identity, msg: BucketList,
                        inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     holds = [(h, key) for h, _, key in node.tenancy.open_holds(msg.tenant or None) if h.held]
     buckets = [{"tenant": b.tenant, "bucket": name, "retention_days": b.retention_days,
                 "created_ms": HybridClock.wall_ms(b.created),
@@ -205,10 +211,7 @@ async def _hold_set(node: Node, session: WireSession, ident: Identity, msg: Hold
 
 async def _hold_list(node: Node, session: WireSession, ident: Identity, msg: HoldList,
                      inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     holds = sorted(((h, bucket, key) for h, bucket, key in node.tenancy.open_holds(
                         msg.tenant or None) if h.held and (not msg.bucket or bucket == msg.bucket)),
                    key=lambda hbk: (hbk[0].tenant, hbk[1], hbk[2]))
@@ -267,10 +270,7 @@ def _revoked_row(e: RevokedEntry) -> dict[str, Any]:
 
 async def _cert_list(node: Node, session: WireSession, ident: Identity, msg: CertList,
                      inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     rows = [_revoked_row(e) for e in node.tenancy.catalog.revoked(msg.tenant or None)]
     await session.send(Reply(rid=msg.rid, body={"revoked": rows, "node": node.config.name}))
 
@@ -304,10 +304,7 @@ def _s3_key_row(e: S3KeyEntry) -> dict[str, Any]:
 
 async def _s3_key_list(node: Node, session: WireSession, ident: Identity, msg: S3KeyList,
                        inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     rows = [_s3_key_row(e) for e in node.tenancy.catalog.s3_keys(msg.tenant or None)]
     await session.send(Reply(rid=msg.rid, body={"keys": rows, "node": node.config.name}))
 

@@ -29,7 +29,7 @@ import trio
 from .._errors import HdsdError
 from ..audit import RESUMED_OP
 from ..peers import UNREACHABLE_WARN_AFTER_S
-from ..wire import AuditShip
+from ..wire import UNSENT, AuditShip
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -89,8 +89,8 @@ class AuditContinuity:
         async def ask(name: str) -> None:
             try:
                 body = await node.peers.call(
-                    name, lambda rid: AuditShip(rid, node.layout.layout_id, node.config.name,
-                                                audit.verify_key, 0, _GENESIS, []),
+                    name, AuditShip(UNSENT, node.layout.layout_id, node.config.name,
+                                    audit.verify_key, 0, _GENESIS, []),
                     timeout=node.config.write_timeout_s)
             except HdsdError as exc:
                 if exc.code == "layout_mismatch":
@@ -100,9 +100,8 @@ class AuditContinuity:
                 (refused if exc.code == "audit_chain_broken" else silent)[name] = str(exc)
                 return
             silent.pop(name, None)
-            seq, digest = body.get("seq"), body.get("hash")
-            if type(seq) is int and type(digest) is bytes and len(digest) == 32:
-                tails[name] = (seq, digest)
+            if len(body["hash"]) == 32:
+                tails[name] = (body["seq"], body["hash"])
 
         others = [n.name for n in node.layout.nodes if n.site != node.config.site]
         async with trio.open_nursery() as nursery:

@@ -106,7 +106,7 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
             wanted = parse_version_id(version)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-    known = await node.versions_of(tenant, bucket, key)
+    known = await node.reads.versions_of(tenant, bucket, key)
     if wanted is None:
         found = known[-1] if known else None
     else:
@@ -459,8 +459,8 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
         if version.inline is not None:
             plain = await open_in_thread(codec, chunk_id, version.inline)
         else:
-            plain = await node.chunk_payload(tenant, version.bucket, version.key, chunk_id,
-                                             codec)
+            plain = await node.reads.chunk_payload(tenant, version.bucket, version.key, chunk_id,
+                                                   codec)
         if len(plain) != chunk_len:
             raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
                                  f"{len(plain)} bytes, expected {chunk_len}")
@@ -501,13 +501,13 @@ async def list_objects(node: Node, tenant: str, bucket: str, prefix: str, after:
         decode_version_cursor(after)  # refuse a malformed cursor before any fan-out
     # Each node of the site holds the keys placed on it: merge their parts, each bounded by
     # count and bytes; the merge is exact up to the smallest end of a part that has more.
-    parts = await node.list_site(tenant, bucket, prefix, after, limit, versions)
+    parts = await node.reads.list_site(tenant, bucket, prefix, after, limit, versions)
     return merge_page(parts, versions=versions, limit=limit)
 
 
 async def list_buckets(node: Node, tenant: str, after: str) -> tuple[list[str], str | None]:
     """One page of the buckets holding versions of *tenant* in this site."""
-    return merge_buckets(await node.list_buckets_site(tenant, after))
+    return merge_buckets(await node.reads.list_buckets_site(tenant, after))
 
 
 async def delete_object(node: Node, tenant: str, bucket: str, key: str,
@@ -554,7 +554,7 @@ async def purge_version(node: Node, tenant: str, bucket: str, key: str, version:
             check_retry(previous, bucket=bucket, key=key, delete=True, purges=target)
             await _settle(node, previous)
             return _purged_by(previous), previous, True
-        records = await node.key_records(tenant, bucket, key)
+        records = await node.reads.key_records(tenant, bucket, key)
         found = next((v for v in visible_versions(records) if v.order == target), None)
         if found is None:
             raise NotFound(f"{bucket}/{key} version {version} not found")
@@ -574,7 +574,7 @@ async def retention_of(node: Node, tenant: str, bucket: str, key: str,
     0: the bucket keeps no retention and none was set on it)."""
     check_bucket(bucket)
     check_key(key)
-    records = await node.key_records(tenant, bucket, key)
+    records = await node.reads.key_records(tenant, bucket, key)
     known = visible_versions(records)
     found = _named(known, bucket, key, version)
     return found, node.tenancy.retained_until(found, retained_until(records, found))
@@ -641,7 +641,7 @@ async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> lis
     """Every version of a key, delete markers included; NotFound if it never existed."""
     check_bucket(bucket)
     check_key(key)
-    found = await node.versions_of(tenant, bucket, key)
+    found = await node.reads.versions_of(tenant, bucket, key)
     if not found:
         raise NotFound(f"{bucket}/{key} not found")
     return found
@@ -780,7 +780,7 @@ class NodeObjects:
     async def buckets(self, tenant: str) -> builtins.list[str]:
         await self._tenant(tenant)
         names = {name for _, name in self.node.tenancy.open_buckets(tenant)}
-        names.update(await self.node.buckets_site(tenant))
+        names.update(await self.node.reads.buckets_site(tenant))
         return sorted(names)
 
     async def bucket_exists(self, tenant: str, bucket: str) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     AuthenticationFailed,
     CertificateRevoked,
@@ -101,7 +102,7 @@ log = logging.getLogger("hdsd.node")
 # (a download's Credit, an upload's Data) are never held for long.
 _ROOM_WAIT_S = 1.0
 
-class Node(ReadPaths):
+class Node:
     """The running state of one node; create it with :func:`serve_node`."""
 
     def __init__(self, config: NodeConfig, store: Store) -> None:
@@ -153,6 +154,10 @@ class Node(ReadPaths):
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
             dead_tenants=self._shredded, doubts=self.doubts,
             purge_grace_s=config.purge_grace_h * 3600)
+        self.reads = ReadPaths(config=config, store=store, peers=self.peers,
+                               replicator=self.replicator, layout=lambda: self.layout,
+                               rebuilding=lambda: self.rebuilding,
+                               checking=lambda: self.checking)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -273,7 +278,7 @@ class Node(ReadPaths):
             await running.wait()
         done = self._requests_in_flight[slot] = trio.Event()
         try:
-            yield await self._find_request(tenant, request_id, bucket, key, retry)
+            yield await self.reads.find_request(tenant, request_id, bucket, key, retry)
         finally:
             del self._requests_in_flight[slot]
             done.set()
@@ -437,7 +442,8 @@ class Node(ReadPaths):
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
         self.refusals.flush()
         await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
-        await self.audit_shipper.flush(3.0)
+        with trio.move_on_after(3.0):
+            await self.audit_shipper.flush()
 
     def close_audit(self) -> None:
         """Flush the audit log, write its final checkpoint and stop its thread."""
@@ -478,7 +484,7 @@ class Node(ReadPaths):
 
     async def _run_connection(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
         source = peer.rsplit(":", 1)[0]
-        deadline = trio.current_time() + self.config.handshake_timeout_s
+        until = trio.current_time() + self.config.handshake_timeout_s
         try:
             with self.slots.handshake(source):
                 ident = await self._handshake(stream, peer)
@@ -498,7 +504,9 @@ class Node(ReadPaths):
                                          cluster_id=self.config.cluster_id,
                                          peer=self.config.name,
                                          window=session.conn.initial_window))
-                hello = await session.receive_hello(max(0.0, deadline - trio.current_time()))
+                with deadline(max(0.0, until - trio.current_time()), "no handshake from the "
+                              f"peer within {self.config.handshake_timeout_s:g} s"):
+                    hello = await session.receive_hello()
                 if hello.cluster_id != self.config.cluster_id:
                     raise AuthenticationFailed(f"Hello names cluster {hello.cluster_id!r}, "
                                                f"this is {self.config.cluster_id!r}")
@@ -530,9 +538,10 @@ class Node(ReadPaths):
         handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
         the same deadline, in the session's slot."""
         try:
-            return await handshake_and_identify(
-                stream, timeout=self.config.handshake_timeout_s,
-                revoked=lambda ident: self.live.refuse(ident, peer))
+            limit = self.config.handshake_timeout_s
+            with deadline(limit, f"the TLS handshake took longer than {limit:g} s"):
+                return await handshake_and_identify(
+                    stream, revoked=lambda ident: self.live.refuse(ident, peer))
         except HdsdError as exc:
             if not isinstance(exc, CertificateRevoked):  # refuse() told who it was
                 self._connection_refused(peer, None, exc)

@@ -96,7 +96,7 @@ from ..catalog import (
 from ..cluster import HybridClock
 from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
 from ..store import Version
-from ..wire import CatalogPush, CatalogSync, TenantVote
+from ..wire import UNSENT, CatalogPush, CatalogSync, TenantVote
 from ._keyring import Keyring
 
 if TYPE_CHECKING:
@@ -473,7 +473,7 @@ class Tenancy:
                 await self.refresh_usage(node, max_age=_USAGE_TTL_S)
         current_size = 0
         if retention or (need and self.usage(tenant) + need > quota):
-            known = await node.versions_of(tenant, bucket, key)
+            known = await node.reads.versions_of(tenant, bucket, key)
             current = known[-1] if known and not known[-1].tombstone else None
             if current is not None:
                 current_size = current.size  # an overwrite frees what it replaces
@@ -588,8 +588,7 @@ class Tenancy:
 
         async def push(name: str) -> None:
             try:
-                await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
-                                                                    wire),
+                await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
                                       timeout=node.config.write_timeout_s)
                 confirmed.append(name)
             except HdsdError as exc:
@@ -628,8 +627,7 @@ class Tenancy:
 
         async def ask(name: str) -> None:
             try:
-                await node.peers.call(name, lambda rid: TenantVote(rid, node.layout.layout_id,
-                                                                   wire, kind),
+                await node.peers.call(name, TenantVote(UNSENT, node.layout.layout_id, wire, kind),
                                       timeout=node.config.write_timeout_s)
                 acked.append(name)
             except (TenantConflict, TenantShredded) as exc:
@@ -746,21 +744,17 @@ class Tenancy:
     async def sync_with(self, node: Node, name: str) -> None:
         """One catalog sync with *name*: pull on digest mismatch, push back what it lacks."""
         body = await node.peers.call(
-            name, lambda rid: CatalogSync(rid, node.layout.layout_id, self.catalog.digest()),
+            name, CatalogSync(UNSENT, node.layout.layout_id, self.catalog.digest()),
             timeout=node.config.write_timeout_s)
         record = node.layouts.record  # (it may have changed during the call)
         if record.has_node(name) and record.node(name).site == node.config.site:
-            usage = body.get("usage")
-            if isinstance(usage, dict):
-                self._peer_usage[name] = {str(k): int(v) for k, v in usage.items()
-                                          if isinstance(v, int)}
-        theirs = body.get("entries") or []
-        if theirs:
-            await self.apply([entry_from_wire(e) for e in theirs])
-        if body.get("digest") != self.catalog.digest():
+            if "usage" in body:
+                self._peer_usage[name] = body["usage"]
+        if body["entries"]:
+            await self.apply([entry_from_wire(e) for e in body["entries"]])
+        if body["digest"] != self.catalog.digest():
             wire = [e.to_wire() for e in self.catalog.entries()]
-            await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
-                                                                wire),
+            await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
                                   timeout=node.config.write_timeout_s)
 
     async def sync_all(self, node: Node) -> None:

@@ -6,22 +6,37 @@ range, length) and raises :class:`~hdsd.InvalidRequest` naming the bad field, so
 that exists is well-formed — whether a caller built it or the decoder did. Its body on the
 wire is a msgpack array of its fields in declaration order.
 
-Adding a message type is one dataclass here plus one line in ``_registry.MESSAGE_TYPES``; its
+A message that opens a request derives from :class:`Request`, parameterised by the body of its
+success reply (a ``TypedDict`` of :mod:`._replies`). Adding a message type is one dataclass here
+plus one line in ``_registry.MESSAGE_TYPES``; its
 :class:`Kind` tells the connection state machine how it moves a request along, so the state
 tables need no change as long as the new message behaves like an existing kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Generic, Self, TypeVar, get_args, get_origin
 
 from .._errors import HdsdError, InvalidRequest
 from . import _constants as C
 from . import _fields as F
+from ._replies import (
+    BucketsPage,
+    Deleted,
+    GetInfo,
+    ListPage,
+    NodeStatus,
+    VersionInfo,
+    Versions,
+    decode_reply,
+)
 
 __all__ = [
+    "UNSENT",
     "Cancel",
     "Credit",
     "Data",
@@ -38,6 +53,7 @@ __all__ = [
     "Message",
     "PutStart",
     "Reply",
+    "Request",
     "StatRequest",
     "StatusRequest",
     "VersionsRequest",
@@ -69,6 +85,41 @@ class Kind(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Message:
     """Base of every wire message."""
+
+
+R = TypeVar("R")
+
+#: The ``rid`` of a request built but not sent yet: the session that sends it stamps a fresh
+#: one (:meth:`Request.with_rid`, called by ``WireSession.open_request`` — the one place
+#: request ids are allocated and stamped).
+UNSENT: Final = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message, Generic[R]):
+    """A message that opens a request. ``R`` is the body of its success answer (``Reply.body``;
+    ``GetStart.info`` for a get), one of the types of :mod:`._replies`."""
+
+    rid: int
+
+    def with_rid(self, rid: int) -> Self:
+        """This request under *rid* (its other fields were checked when it was built)."""
+        return dataclasses.replace(self, rid=rid)
+
+    def decode_reply(self, body: dict[str, Any]) -> R:
+        """*body*, the answer to this request, checked against its reply type
+        (:class:`~hdsd.ProtocolError` naming the field if malformed)."""
+        return decode_reply(reply_type(type(self)), body, type(self).__name__)  # type: ignore[no-any-return, arg-type]
+
+
+@functools.cache
+def reply_type(cls: type[Request[Any]]) -> Any:
+    """The reply body type a request class declares (its ``Request[...]`` parameter)."""
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if get_origin(base) is Request:
+                return get_args(base)[0]
+    raise TypeError(f"{cls.__name__} declares no reply type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +167,7 @@ class Goodbye(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PutStart(Message):
+class PutStart(Request[VersionInfo]):
     """Opens a put and its client→server body stream (Data… End). ``size`` is None when the
     client streams without knowing the length."""
 
@@ -192,7 +243,7 @@ class Cancel(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class GetRequest(Message):
+class GetRequest(Request[GetInfo]):
     """Read a key (its current version, or ``version``), optionally the byte range
     ``[start, end)`` (``end`` exclusive; either bound may be None)."""
 
@@ -228,7 +279,7 @@ class GetStart(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StatRequest(Message):
+class StatRequest(Request[VersionInfo]):
     rid: int
     bucket: str
     key: str
@@ -243,7 +294,7 @@ class StatRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListRequest(Message):
+class ListRequest(Request[ListPage]):
     """Keys of ``bucket`` starting with ``prefix``, strictly after ``after`` ("" = from the
     start), at most ``limit`` and about 1 MiB of entries; every version of each key if
     ``versions``. Reply body ``{"entries": [...], "next": str | None}``: pass ``next`` back as
@@ -266,7 +317,7 @@ class ListRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteRequest(Message):
+class DeleteRequest(Request[Deleted]):
     """Write a delete marker on a key; or, with ``version``, delete that one version (a
     version or a delete marker) for good: a purge."""
 
@@ -288,7 +339,7 @@ class DeleteRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class VersionsRequest(Message):
+class VersionsRequest(Request[Versions]):
     rid: int
     bucket: str
     key: str
@@ -300,7 +351,7 @@ class VersionsRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRequest(Message):
+class StatusRequest(Request[NodeStatus]):
     rid: int
 
     def __post_init__(self) -> None:
@@ -340,7 +391,7 @@ class ErrorReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListBucketsRequest(Message):
+class ListBucketsRequest(Request[BucketsPage]):
     """The buckets holding at least one version (delete markers count) of the caller's tenant,
     merged across every node of the site, ascending, those after ``after`` ("" = from the
     start); Reply body ``{"tenant": str, "buckets": [str], "next": str | None}``: a page of at
