@@ -957,7 +957,10 @@ class Gateway:
         async def feed() -> None:
             async with send:
                 async def sink(piece: memoryview) -> bool:
-                    await send.send(bytes(piece))
+                    try:
+                        await send.send(bytes(piece))
+                    except trio.BrokenResourceError:
+                        return False  # the storing side ended (refused): its error answers
                     return True
                 await produce(sink)
 
@@ -1044,7 +1047,10 @@ class Gateway:
             async with send:
                 async def sink(piece: memoryview) -> bool:
                     md5.update(piece)
-                    await send.send(bytes(piece))
+                    try:
+                        await send.send(bytes(piece))
+                    except trio.BrokenResourceError:
+                        return False  # the storing side ended (refused): its error answers
                     return True
                 await self.backend.stream(tenant, src, lo, hi, sink)
 
