@@ -164,8 +164,9 @@ class AntiEntropy:
             wanted: list[bytes] = []
             size = 0
             more = False
+            members = self.trees.leaves_members(peer, [leaf for leaf, _ in leaves])
             for leaf, digests in leaves:
-                mine = self.trees.leaf_members(peer, leaf)
+                mine = members[leaf]
                 theirs = set(digests)
                 wanted.extend(d for d in digests if d not in mine)
                 for d, v in mine.items():
@@ -332,7 +333,7 @@ class AntiEntropy:
                 items, size = [], 0
 
     def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
-        return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
+        return self.trees.leaves_members(peer, leaves)
 
     def _absent(self, versions: list[Version]) -> list[list[bytes]]:
         """For each version, the chunks neither held here nor named by an earlier one."""
@@ -371,6 +372,7 @@ class AntiEntropy:
             return
         absent = await to_thread(self._absent, versions)
         pending: CommitTicket | None = None
+        pending_versions = 0  # counted as received once their window is durable
         try:
             start = 0
             while start < len(versions):
@@ -389,12 +391,14 @@ class AntiEntropy:
                 records: list[ChunkRecord | Version] = [*fetched, *versions[start:end]]
                 if pending is not None:
                     await pending.wait()  # the previous window is durable: one queued at a time
+                    report.versions_received += pending_versions
                 pending = self.store.start_commit(records)
-                report.versions_received += end - start
+                pending_versions = end - start
                 start = end
             ticket, pending = pending, None
             if ticket is not None:
                 await ticket.wait()
+                report.versions_received += pending_versions
         finally:
             if pending is not None:
                 pending.abandon()
