@@ -389,10 +389,13 @@ class AntiEntropy:
                 report.chunks_fetched += len(fetched)
                 report.payload_bytes_received += sum(len(c.payload) for c in fetched)
                 records: list[ChunkRecord | Version] = [*fetched, *versions[start:end]]
+                # Index lookups, sealing and checksums of a window (megabytes, or hundreds of
+                # versions) in a worker thread: the event loop has the link's TLS to do.
+                encoded = await to_thread(self.store.encode_commit, records)
                 if pending is not None:
                     await pending.wait()  # the previous window is durable: one queued at a time
                     report.versions_received += pending_versions
-                pending = self.store.start_commit(records)
+                pending = self.store.start_encoded(encoded)
                 pending_versions = end - start
                 start = end
             ticket, pending = pending, None
