@@ -11,10 +11,13 @@ back from the other site.
    until ``hdsd status`` says ``done``: MiB/s and versions/s, from the node's own
    ``rebuild.started``/``finished`` and from the bench's clock (process start to done). Reads
    are sent to dc2 during the rebuild (they must be served: forwarded or local).
-3. Stop dc1 and read a sample back from dc2 alone, byte for byte.
+3. Stop dc1 and read a sample back from dc2 alone, byte for byte; and list every key at dc2
+   alone: each must have the version, content id (a keyed hash of its bytes) and size dc1
+   listed before the wipe.
 4. Restart dc1, stop dc2, and restore from the other site as a client would: ``hdsd export``
-   of the whole tenant (to /dev/null: the tar stream is built and checked, not stored), and a
-   concurrent get of every key of the bucket (``--get-tasks`` at once).
+   of the whole tenant (to /dev/null: the tar stream is built and checked, not stored), the
+   same with ``--spool`` (each object read once, through a temporary copy), and a concurrent
+   get of every key of the bucket (``--get-tasks`` at once).
 
 Never asserts a time; prints a table and writes JSON. The machine may be shared: compare
 figures measured in the same run.
@@ -225,13 +228,33 @@ def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str
     return {"checked": len(picked), "bad": len(bad), "bad_keys": bad[:10]}
 
 
-def _export(profile: Path, site: str, node: NodeProcess) -> dict[str, Any]:
+async def _listing(profile: Path, site: str) -> dict[str, tuple[str, str, int]]:
+    """Every key of the bucket at *site*: its current version id, content id and size."""
+    async with hdsd.AsyncClient(profile, site=site) as c:
+        return {info.key: (info.version, info.content_hash, info.size)
+                async for info in c.list_all(BUCKET)}
+
+
+def _compare(before: dict[str, tuple[str, str, int]], after: dict[str, tuple[str, str, int]]
+             ) -> dict[str, Any]:
+    """The rebuilt node's whole listing against the source's: same keys, versions, content
+    ids (keyed hashes of the bytes) and sizes — every key, not a sample."""
+    missing = [k for k in before if k not in after]
+    wrong = [k for k in before if k in after and after[k] != before[k]]
+    extra = [k for k in after if k not in before]
+    return {"keys": len(before), "missing": len(missing), "wrong": len(wrong),
+            "extra": len(extra), "examples": (missing + wrong + extra)[:10]}
+
+
+def _export(profile: Path, site: str, node: NodeProcess, spool: Path | None = None
+            ) -> dict[str, Any]:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     node_cpu = _cpu_s(node)
     t0 = time.perf_counter()
+    extra = ["--spool", str(spool)] if spool is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "hdsd", "--profile", str(profile), "--site",
                              site, "--timeout", "600", "export", _tenant(profile), "-",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     err: list[bytes] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()))  # type: ignore
@@ -334,6 +357,7 @@ def main() -> None:
             results["write"] = {"seconds": round(write_s, 2),
                                 "mib_s": round(total / MIB / write_s, 1),
                                 "versions_s": round(len(keys) / write_s, 1)}
+            listed = trio.run(_listing, profile, "dc1")
             nodes["dc2"].stop()
             _log("dc2 wiped; rebuilding")
             results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200, nodes["dc1"],
@@ -341,12 +365,20 @@ def main() -> None:
             _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
             nodes["dc1"].stop()
             results["verify"] = _verify(profile, keys, args.sample)
+            results["verify"]["listing"] = _compare(listed, trio.run(_listing, profile, "dc2"))
             if not args.rebuild_only:
                 nodes["dc1"].start()
                 nodes["dc2"].stop()
                 _log("client-side restore from dc1: export")
                 results["export"] = _export(profile, "dc1", nodes["dc1"])
-                _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
+                _log(f"export: {results['export']['mib_s']} MiB/s; export --spool")
+                spool = Path(tmp) / "spool"
+                spool.mkdir()
+                results["export_spool"] = _export(profile, "dc1", nodes["dc1"], spool)
+                if results["export_spool"]["tar_bytes"] != results["export"]["tar_bytes"]:
+                    raise RuntimeError("the spooled export's tar differs in size")
+                _log(f"export --spool: {results['export_spool']['mib_s']} MiB/s; "
+                     "get of every key")
                 results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
         finally:
             for node in nodes.values():
@@ -365,17 +397,25 @@ def main() -> None:
         ["reads during rebuild", f"{rb['reads_during'].get('ok')} ok, "
                                  f"{rb['reads_during'].get('failed')} failed, p50 "
                                  f"{rb['reads_during'].get('p50_ms')} ms", "0 failed"],
-        ["verify with dc1 stopped", f"{results['verify']['checked']} checked, "
+        ["verify with dc1 stopped", f"{results['verify']['checked']} read back, "
                                     f"{results['verify']['bad']} bad", "0 bad"],
+        ["every key listed with dc1 stopped",
+         f"{results['verify']['listing']['keys']:,} keys: "
+         f"{results['verify']['listing']['missing']} missing, "
+         f"{results['verify']['listing']['wrong']} other version/content id, "
+         f"{results['verify']['listing']['extra']} extra", "0, 0, 0"],
     ]
     if "export" in results:
-        ex, ga = results["export"], results["get_all"]
+        ga = results["get_all"]
+        for name, ex in (("hdsd export", results["export"]),
+                         ("hdsd export --spool", results["export_spool"])):
+            rows += [
+                [f"client restore: {name}", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
+                 "≥ 150 MiB/s"],
+                [f"{name}: CPU (client + node)",
+                 f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} s: "
+                 f"{ex['cpu']['tar_mib_per_cpu_s']} MiB per CPU-second", "—"]]
         rows += [
-            ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
-             "≥ 150 MiB/s"],
-            ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} "
-                                           f"s: {ex['cpu']['tar_mib_per_cpu_s']} MiB per "
-                                           "CPU-second", "—"],
             [f"client restore: get every key ({ga['tasks']} tasks)",
              f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
         ]
