@@ -418,7 +418,9 @@ class AntiEntropy:
             return
         absent = await to_thread(self._absent, versions)
         pending: CommitTicket | None = None
-        pending_versions = 0  # counted as received once their window is durable
+        # Counted as received once their window is durable (inline payloads as payload bytes:
+        # a rebuild of small objects moves nothing else, and its rate would read 0 MiB/s).
+        pending_versions = pending_inline = 0
         try:
             start = 0
             while start < len(versions):
@@ -441,13 +443,16 @@ class AntiEntropy:
                 if pending is not None:
                     await pending.wait()  # the previous window is durable: one queued at a time
                     report.versions_received += pending_versions
+                    report.payload_bytes_received += pending_inline
                 pending = self.store.start_encoded(encoded)
                 pending_versions = end - start
+                pending_inline = sum(len(v.inline or b"") for v in versions[start:end])
                 start = end
             ticket, pending = pending, None
             if ticket is not None:
                 await ticket.wait()
                 report.versions_received += pending_versions
+                report.payload_bytes_received += pending_inline
         finally:
             if pending is not None:
                 pending.abandon()

@@ -246,9 +246,11 @@ async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
     pair = Pair(tmp_path, _layout(1), "a0", "b0")
     try:
         batch: list[Any] = []
+        inline = 0
         for i in range(3600):  # b0 holds everything, a0 nothing: a wiped node
             v, chunks = _version(f"k{i // 3}", 10 + i, "b0", 1)
             batch += [*chunks, v]
+            inline += len(v.inline or b"")
             if len(batch) >= 200:
                 await pair.stores["b0"].commit(batch)
                 batch = []
@@ -270,6 +272,7 @@ async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
         monkeypatch.setattr(link, "call", counting)
         report = await pair.sides["a0"][0].repair_with("b0", bulk=True)
         assert report.error is None and report.versions_received == 3600
+        assert report.payload_bytes_received == inline  # small objects move bytes too
         assert pair.names_of("a0") == pair.names_of("b0")
         assert asked[0] == sync.MAX_DIFF_LEAVES and min(asked) < 16
         # ~1,200 leaves, ~180 wire bytes per version: 256 leaves take ~35 replies; with every
