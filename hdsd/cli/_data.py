@@ -89,7 +89,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="machine-read
 @click.argument("source", default="-", metavar="[FILE|-]")
 @click.option("--meta", "meta", multiple=True, metavar="NAME=VALUE", help="user metadata")
 @click.option("--request-id", default=None, metavar="HEX32",
-              help="idempotency id (retrying with the same id stores once)")
+              help="idempotency id: running the command again with the same id stores once, "
+                   "the first attempt looked for at both sites")
 @json_option
 @click.pass_context
 def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
@@ -116,8 +117,10 @@ def put(ctx: click.Context, target: str, source: str, meta: tuple[str, ...],
     total = None if source == "-" else os.path.getsize(source)
     progress = _Progress(total, f"put {target}")
     try:
+        # A script passing its own id runs it again after an unknown outcome: each run is
+        # sent as a retry, so a first attempt that reached only the other site is found.
         info = _run(ctx, lambda c: c.put(bucket, key, data, metadata=metadata, request_id=rid,
-                                         progress=progress))
+                                         progress=progress, retry=rid is not None))
     finally:
         progress.close()
     if as_json:

@@ -234,11 +234,17 @@ class AsyncClient:
     # -- operations --------------------------------------------------------------------------
     async def put(self, bucket: str, key: str, data: PutSource, *,
                   metadata: dict[str, str] | None = None, request_id: bytes | None = None,
-                  size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+                  size: int | None = None, progress: Progress | None = None,
+                  retry: bool = False) -> ObjectInfo:
         """Store *data*: bytes (bytearray, memoryview), a file given as a :class:`pathlib.Path`
         (any ``os.PathLike``), a binary file object, or an (async) iterable of bytes. A str is
         refused with :class:`InvalidArgument` (``.encode()`` it, or wrap a file name in
-        ``Path``); a str naming an existing file still works but is deprecated."""
+        ``Path``); a str naming an existing file still works but is deprecated.
+
+        Retrying a put whose outcome you do not know: call again with the same *request_id*
+        and ``retry=True``. The node then looks for the first attempt at both sites (one more
+        round trip) and completes it rather than writing a second version; this client's own
+        retries do so by themselves."""
         data = put_source(data)
         request_id = request_id or os.urandom(16)
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -246,14 +252,18 @@ class AsyncClient:
         elif isinstance(data, os.PathLike):
             size = os.stat(data).st_size
         replayable = isinstance(data, (bytes, bytearray, memoryview, os.PathLike))
+        attempts = 0
 
         async def attempt() -> ObjectInfo:
+            nonlocal attempts
+            attempts += 1
             session = await self._connected()
             rid = session.new_rid()
             inbox = session.open_inbox(rid)
             try:
                 start = PutStart(rid=rid, request_id=request_id, bucket=bucket, key=key,
-                                 size=size, metadata=dict(metadata or {}), policy=None)
+                                 size=size, metadata=dict(metadata or {}), policy=None,
+                                 retry=retry or attempts > 1)
                 if _fits_one_write(data, session):
                     return await self._put_small(session, start, inbox, data, progress)
                 await session.send(start)
@@ -454,11 +464,18 @@ class AsyncClient:
     def _list_buckets_request(after: str, rid: int) -> ListBucketsRequest:
         return ListBucketsRequest(rid=rid, after=after)
 
-    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None
-                     ) -> ObjectInfo:
+    async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
+                     retry: bool = False) -> ObjectInfo:
+        """Write a delete marker; *retry* as in :meth:`put`."""
         request_id = request_id or os.urandom(16)
-        body = await self._call(lambda rid: DeleteRequest(rid=rid, request_id=request_id,
-                                                          bucket=bucket, key=key))
+        attempts = 0
+
+        def make(rid: int) -> DeleteRequest:
+            nonlocal attempts
+            attempts += 1
+            return DeleteRequest(rid=rid, request_id=request_id, bucket=bucket, key=key,
+                                 retry=retry or attempts > 1)
+        body = await self._call(make)
         return ObjectInfo.from_body(body)
 
     async def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:

@@ -75,12 +75,13 @@ class Client:
 
     def put(self, bucket: str, key: str, data: PutSource, *,
             metadata: dict[str, str] | None = None, request_id: bytes | None = None,
-            size: int | None = None, progress: Progress | None = None) -> ObjectInfo:
+            size: int | None = None, progress: Progress | None = None,
+            retry: bool = False) -> ObjectInfo:
         """See :meth:`AsyncClient.put`."""
         # Checked here, in the caller's thread, so a deprecation warning names the caller.
         data = put_source(data)
         return self._call(self._async.put, bucket, key, data, metadata=metadata,
-                          request_id=request_id, size=size, progress=progress)
+                          request_id=request_id, size=size, progress=progress, retry=retry)
 
     def get(self, bucket: str, key: str, *, version: str | None = None,
             offset: int | None = None, length: int | None = None) -> bytes:
@@ -119,8 +120,10 @@ class Client:
     def list_buckets(self) -> builtins.list[str]:
         return self._call(self._async.list_buckets)
 
-    def delete(self, bucket: str, key: str, *, request_id: bytes | None = None) -> ObjectInfo:
-        return self._call(self._async.delete, bucket, key, request_id=request_id)
+    def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
+               retry: bool = False) -> ObjectInfo:
+        """See :meth:`AsyncClient.delete`."""
+        return self._call(self._async.delete, bucket, key, request_id=request_id, retry=retry)
 
     def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
         return self._call(self._async.versions, bucket, key)

@@ -133,7 +133,7 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
     source = _WireBody(node, session, msg, inbox)
     version, replayed = await put_object(
         node, ident.tenant or "", msg.bucket, msg.key, source, size=msg.size,
-        metadata=msg.metadata, request_id=msg.request_id)
+        metadata=msg.metadata, request_id=msg.request_id, retry=msg.retry)
     info = version.public_info()
     await session.send(Reply(rid=msg.rid, body={**info, "replayed": True} if replayed else info))
 
@@ -301,7 +301,7 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
     marker, replayed = await delete_object(node, ident.tenant or "", msg.bucket, msg.key,
-                                           msg.request_id)
+                                           msg.request_id, retry=msg.retry)
     await session.send(Reply(rid=msg.rid, body={**marker.public_info(), "replayed": replayed}))
 
 

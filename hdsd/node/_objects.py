@@ -111,16 +111,18 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
 # -- put ---------------------------------------------------------------------------------------
 async def put_object(node: Node, tenant: str, bucket: str, key: str, source: BodySource, *,
                      size: int | None, metadata: Mapping[str, str],
-                     request_id: bytes) -> tuple[Version, bool]:
+                     request_id: bytes, retry: bool = False) -> tuple[Version, bool]:
     """Store *source* as a new version; ``(version, replayed)`` once the write policy holds.
 
     A request id that already wrote a version is a retry: it must be the same request
     (RequestIdConflict otherwise, nothing written); its body is received and hashed, not
     stored, and it is acknowledged only once the policy holds for the first attempt's version.
+    *retry* (the client says it is sending the id again) widens the search for that version
+    to every replica of both sites.
     """
     check_bucket(bucket)
     check_key(key)
-    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+    async with node.idempotent(tenant, request_id, bucket, key, retry=retry) as previous:
         if previous is not None:
             check_retry(previous, bucket=bucket, key=key, delete=False, size=size)
             got, digest = await _hash_body(node, tenant, source)
@@ -487,12 +489,13 @@ async def list_buckets(node: Node, tenant: str, after: str) -> tuple[list[str], 
 
 
 async def delete_object(node: Node, tenant: str, bucket: str, key: str,
-                        request_id: bytes) -> tuple[Version, bool]:
+                        request_id: bytes, retry: bool = False) -> tuple[Version, bool]:
     """Write a delete marker once the key exists and no hold or retention forbids it;
-    ``(marker, replayed)`` once the write policy holds for it (a retry is settled)."""
+    ``(marker, replayed)`` once the write policy holds for it (a retry is settled, looked
+    for at both sites when *retry*)."""
     check_bucket(bucket)
     check_key(key)
-    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+    async with node.idempotent(tenant, request_id, bucket, key, retry=retry) as previous:
         if previous is not None:
             check_retry(previous, bucket=bucket, key=key, delete=True)
             await _settle(node, previous)

@@ -85,16 +85,11 @@ class ReadPaths:
                 answered.add(self.config.name)
 
         async def ask(node: str) -> None:
-            try:
-                body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket,
-                                                    key), timeout=self.config.write_timeout_s)
-            except HdsdError as exc:
-                log.info("event=read_fallback peer=%s error=%s", node, exc)
+            versions = await self._fetch_versions(node, tenant, bucket, key)
+            if versions is None:
                 return
             answered.add(node)
-            for raw in body.get("versions", []):
-                v = Version.from_wire(raw)
+            for v in versions:
                 found[v.order] = v
 
         async def ask_all(nodes: list[str]) -> None:
@@ -284,14 +279,50 @@ class ReadPaths:
             return plain
         raise last
 
+    async def _fetch_versions(self, node: str, tenant: str, bucket: str,
+                              key: str) -> list[Version] | None:
+        """*node*'s versions of a key; None (logged) if it did not answer."""
+        try:
+            body = await self.peers.call(
+                node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket, key),
+                timeout=self.config.write_timeout_s)
+        except HdsdError as exc:
+            log.info("event=read_fallback peer=%s error=%s", node, exc)
+            return None
+        return [Version.from_wire(raw) for raw in body.get("versions", [])]
+
+    async def _versions_asked(self, nodes: list[str], tenant: str, bucket: str,
+                              key: str) -> list[Version]:
+        """The versions of a key that any of *nodes* (asked at once) holds."""
+        found: list[Version] = []
+
+        async def ask(node: str) -> None:
+            found.extend(await self._fetch_versions(node, tenant, bucket, key) or [])
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(ask, node)
+        return found
+
     async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
-                            key: str) -> Version | None:
+                            key: str, retry: bool = False) -> Version | None:
+        """The version an earlier attempt of *request_id* wrote, if any can be found.
+
+        A first attempt pays at most its own site's replicas (usually nothing: the coordinator
+        is the replica). A *retry* may follow an attempt that reached only the other site (the
+        client switched sites, or a link was cut after that site stored it), so it asks every
+        replica of both sites. A replica that does not answer cannot be searched: then a second
+        version with the same content may still be written, never a lost or altered one."""
         if not request_id:
             return None
         found = self.store.find_request(tenant, request_id)
         if found is not None:
             return found
         replicas = self.replicator.replicas_for(tenant, bucket, key)
+        if retry:
+            others = [n for nodes in replicas.values() for n in nodes if n != self.config.name]
+            known = await self._versions_asked(others, tenant, bucket, key)
+            return next((v for v in known if v.request_id == request_id), None)
         if replicas[self.config.site] == [self.config.name]:
             return None  # the only replica here is us: nothing elsewhere in this site
         # Another node of this site holds the key: the retry may have reached it first.

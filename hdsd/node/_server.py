@@ -258,9 +258,10 @@ class Node(ReadPaths):
         return await trio.to_thread.run_sync(self.store.read_chunk, tenant, chunk_id)
 
     @asynccontextmanager
-    async def idempotent(self, tenant: str, request_id: bytes, bucket: str,
-                         key: str) -> AsyncIterator[Version | None]:
-        """Serialise requests sharing a request id; yield the version it already wrote, if any.
+    async def idempotent(self, tenant: str, request_id: bytes, bucket: str, key: str, *,
+                         retry: bool = False) -> AsyncIterator[Version | None]:
+        """Serialise requests sharing a request id; yield the version it already wrote, if any
+        (looked for at both sites when the client says it is retrying).
 
         A client retrying after a timeout may race its own first attempt: the retry waits for the
         first to finish, then sees its result instead of writing a second version.
@@ -270,7 +271,7 @@ class Node(ReadPaths):
             await running.wait()
         done = self._requests_in_flight[slot] = trio.Event()
         try:
-            yield await self._find_request(tenant, request_id, bucket, key)
+            yield await self._find_request(tenant, request_id, bucket, key, retry)
         finally:
             del self._requests_in_flight[slot]
             done.set()

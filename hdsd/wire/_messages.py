@@ -124,6 +124,11 @@ class PutStart(Message):
     # Reserved: checked, then ignored (the node's write policy applies to every put). Kept so
     # the frame's field count, hence compatibility with existing clients, does not change.
     policy: str | None
+    # The client is sending this request id again (its earlier attempt's outcome is unknown):
+    # the node then looks for that attempt on every replica of both sites, not only its own
+    # site's, so a retry reaching the other site settles the first attempt instead of writing
+    # a second version. Optional on the wire: a first attempt's frame is unchanged.
+    retry: bool = False
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
@@ -133,6 +138,7 @@ class PutStart(Message):
         F.check_optional_int("size", self.size, 0, C.MAX_U63)
         F.check_metadata(self.metadata)
         F.check_optional_str("policy", self.policy, max_chars=C.MAX_POLICY_CHARS, allow_empty=False)
+        F.check_bool("retry", self.retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +266,14 @@ class DeleteRequest(Message):
     request_id: bytes
     bucket: str
     key: str
+    retry: bool = False  # as in PutStart
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         F.check_request_id(self.request_id)
         F.check_bucket(self.bucket)
         F.check_key(self.key)
+        F.check_bool("retry", self.retry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ Adding a message type is one dataclass (in :mod:`._messages` or :mod:`._peer`) p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,27 +71,41 @@ __all__ = ["MESSAGE_TYPES", "MessageType", "decode_body", "encode_body", "messag
 
 @dataclass(frozen=True, slots=True)
 class MessageType:
-    """One line of the registry: a frame type code, its class and what it does."""
+    """One line of the registry: a frame type code, its class and what it does.
+
+    ``optional`` fields were added to a message after it first shipped: they come last, have
+    a default, and are left out of the frame while they hold it — so a sender that does not
+    use them sends exactly the frame older peers know, and an older sender's shorter frame
+    still decodes (the missing fields take their defaults)."""
 
     code: int
     cls: type[Message]
     kind: Kind
     fields: tuple[str, ...]
+    optional: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def required(self) -> int:
+        return len(self.fields) - len(self.optional)
 
 
-def _t(code: int, cls: type[Message], kind: Kind) -> MessageType:
-    return MessageType(code, cls, kind, cls.__match_args__)
+def _t(code: int, cls: type[Message], kind: Kind, *, optional: tuple[str, ...] = ()) -> MessageType:
+    fields = cls.__match_args__
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    assert fields[len(fields) - len(optional):] == optional, f"{cls.__name__}: optional fields last"
+    assert all(defaults[f] is not dataclasses.MISSING for f in optional), cls.__name__
+    return MessageType(code, cls, kind, fields, tuple((f, defaults[f]) for f in optional))
 
 
 MESSAGE_TYPES: Final = (
     # client ↔ node
     _t(C.T_HELLO, Hello, Kind.HELLO),
     _t(C.T_GOODBYE, Goodbye, Kind.GOODBYE),
-    _t(C.T_PUT_START, PutStart, Kind.UPLOAD),
+    _t(C.T_PUT_START, PutStart, Kind.UPLOAD, optional=("retry",)),
     _t(C.T_GET_REQUEST, GetRequest, Kind.DOWNLOAD),
     _t(C.T_STAT_REQUEST, StatRequest, Kind.REQUEST),
     _t(C.T_LIST_REQUEST, ListRequest, Kind.REQUEST),
-    _t(C.T_DELETE_REQUEST, DeleteRequest, Kind.REQUEST),
+    _t(C.T_DELETE_REQUEST, DeleteRequest, Kind.REQUEST, optional=("retry",)),
     _t(C.T_VERSIONS_REQUEST, VersionsRequest, Kind.REQUEST),
     _t(C.T_STATUS_REQUEST, StatusRequest, Kind.REQUEST),
     _t(C.T_LIST_BUCKETS, ListBucketsRequest, Kind.REQUEST),
@@ -152,7 +167,13 @@ def message_type(msg: Message) -> MessageType:
 def encode_body(msg: Message) -> tuple[int, bytes]:
     """``(frame type code, msgpack body)`` of *msg*."""
     t = _BY_CLASS[type(msg)]
-    return t.code, packb([getattr(msg, f) for f in t.fields])
+    values = [getattr(msg, f) for f in t.fields]
+    # Trailing optional fields at their default stay off the wire (see MessageType).
+    for _, default in reversed(t.optional):
+        if values[-1] != default:
+            break
+        values.pop()
+    return t.code, packb(values)
 
 
 def frame_size(msg: Message) -> int:
@@ -171,10 +192,10 @@ def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
         fields = unpackb(body)
     except PackError as exc:
         raise ProtocolError(f"{t.cls.__name__} frame: {exc}") from None
-    if type(fields) is not list or len(fields) != len(t.fields):
-        raise ProtocolError(
-            f"{t.cls.__name__} frame: body must be an array of {len(t.fields)} fields"
-        )
+    if type(fields) is not list or not t.required <= len(fields) <= len(t.fields):
+        count = (f"{len(t.fields)}" if not t.optional
+                 else f"{t.required} to {len(t.fields)}")
+        raise ProtocolError(f"{t.cls.__name__} frame: body must be an array of {count} fields")
     try:
         return t.cls(*fields), t.kind
     except InvalidRequest as exc:

@@ -7,6 +7,10 @@
   then stores nothing new.
 * A request id names one request: reused for another key, other content, another bucket or
   a delete, it is refused with ``request_id_conflict`` and nothing is written.
+* A retry that reaches the other site completes the first attempt: the first stored its
+  version in one site only (the link to the other was cut one way), the client retries the
+  same request id at the other site, which finds it there, copies it and acknowledges it as a
+  replay — one version, in both sites, not two.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ def grid(tmp_path: Path) -> Iterator[Grid]:
     # 2 x 2 with one replica per site: the coordinator is a replica of some keys and not of
     # others (placement is by key), the two cases a refused write must both handle.
     g = Grid(tmp_path / "c", nodes_per_site=2, write_timeout_s=3)
+    try:
+        g.start()
+        yield g
+    finally:
+        g.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Grid]:
+    g = Grid(tmp_path / "p", nodes_per_site=1, write_timeout_s=3)
     try:
         g.start()
         yield g
@@ -183,3 +197,33 @@ def test_a_request_id_reused_for_another_request_is_refused(profile: Path) -> No
     assert err.startswith("hdsd: error:") and err.count("\n") == 1 and "request id" in err, err
     with hdsd.Client(profile, timeout=30) as c, pytest.raises(hdsd.NotFound):
         c.get(BUCKET, "c")
+
+
+def test_a_retry_at_the_other_site_settles_the_first_attempt(pair: Grid) -> None:
+    data = os.urandom(3000)
+    put_id, delete_id = os.urandom(16), os.urandom(16)
+    # dc1 can no longer reach dc2 (its link is cut), while dc2 still reaches dc1: dc1's
+    # writes are stored in dc1 and refused; dc2 can still look at dc1.
+    pair.link("blackhole", toward="dc2")
+    with hdsd.Client(pair.profile, site="dc1", retries=0, timeout=30) as c:
+        with pytest.raises(hdsd.Unavailable):
+            c.put(BUCKET, "scan", data, request_id=put_id)
+    with hdsd.Client(pair.profile, site="dc2", retries=0, timeout=30) as c:
+        info = c.put(BUCKET, "scan", data, request_id=put_id, retry=True)
+        assert info.replayed, "the retry at dc2 wrote a second version of the request"
+        assert [v.version for v in c.versions(BUCKET, "scan")] == [info.version]
+    with hdsd.Client(pair.profile, site="dc1", retries=0, timeout=30) as c:
+        with pytest.raises(hdsd.Unavailable):
+            c.delete(BUCKET, "scan", request_id=delete_id)
+    with hdsd.Client(pair.profile, site="dc2", retries=0, timeout=30) as c:
+        marker = c.delete(BUCKET, "scan", request_id=delete_id, retry=True)
+        assert marker.replayed, "the delete's retry at dc2 wrote a second delete marker"
+    pair.link("heal")
+    # Each site alone now holds exactly the put's version and the delete's marker.
+    pair.kill("dc1-n1")
+    assert {(v, d) for _, v, _, d in _ls_versions(pair, "dc2")} == {
+        (info.version, False), (marker.version, True)}
+    pair.start("dc1-n1")
+    pair.kill("dc2-n1")
+    assert {(v, d) for _, v, _, d in _ls_versions(pair, "dc1")} == {
+        (info.version, False), (marker.version, True)}

@@ -154,9 +154,11 @@ async def _perform(c: hdsd.AsyncClient, op: Op, data: bytes) -> None:
         op.attempts = attempt
         try:
             if op.kind == "put":
-                info = await c.put(BUCKET, op.key, data, request_id=op.request_id)
+                info = await c.put(BUCKET, op.key, data, request_id=op.request_id,
+                                   retry=attempt > 1)
             else:
-                info = await c.delete(BUCKET, op.key, request_id=op.request_id)
+                info = await c.delete(BUCKET, op.key, request_id=op.request_id,
+                                      retry=attempt > 1)
         except hdsd.Unavailable as exc:  # QuorumNotReached, timeouts, lost connections
             op.outcome, op.code, op.message = "refused", exc.code, str(exc)
             if attempt < attempts:
@@ -474,10 +476,10 @@ def _figures(ops: list[Op], missing: dict[int, list[str]], rpo_zero_s: float | N
     ops_per_key = Counter(op.key for op in ops)
     versions_per_key: Counter[str] = Counter(key for key, _v in union_after)
     extra = sum(max(0, n - ops_per_key[k]) for k, n in versions_per_key.items())
-    # A retry that reaches a node which cannot see its first attempt (the other site, or a
-    # replica of this site that was down) stores the same request's content a second time:
-    # a documented limit of the request-id lookup, counted in `extra_versions`. What must never
-    # happen is a version that no request wrote: more distinct contents than requests.
+    # A retry (sent with `retry`: looked for on every replica of both sites) that cannot see
+    # its first attempt — the replica holding it was down or cut off — stores the same
+    # request's content a second time: a documented limit, counted in `extra_versions`. What
+    # must never happen is a version that no request wrote: more distinct contents than requests.
     merged = {**after["dc1"], **after["dc2"]}
     contents_per_key: dict[str, set[Any]] = {}
     for (key, version) in union_after:

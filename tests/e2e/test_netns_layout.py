@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_netns_deploy import REASON, Net, NsNode, ip
+from tests.helpers.netns import REASON, Net, NsNode, two_sites
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
@@ -64,22 +64,7 @@ with hdsd.Client(profile, site="est", timeout=30) as c, open(out, "w") as f:
 
 
 def _network() -> Net:
-    net = Net(secrets.token_hex(2))
-    try:
-        net.add_ns("fabric")
-        for site in ("est", "sud"):
-            ip("-n", net.fabric, "link", "add", f"br-{site}", "type", "bridge")
-            ip("-n", net.fabric, "link", "set", f"br-{site}", "up")
-        ip("-n", net.fabric, "link", "add", "x-est", "type", "veth", "peer", "name", "x-sud")
-        ip("-n", net.fabric, "link", "set", "x-est", "master", "br-est", "up")
-        ip("-n", net.fabric, "link", "set", "x-sud", "master", "br-sud", "up")
-        for name, (site, address) in [*NODES.items(), (NEW[0], NEW[1:])]:
-            net.attach(name, site, address)
-        net.attach("ops", "est", OPS_ADDRESS)
-    except BaseException:
-        net.destroy()
-        raise
-    return net
+    return two_sites({**NODES, NEW[0]: (NEW[1], NEW[2]), "ops": ("est", OPS_ADDRESS)})
 
 
 @dataclass

@@ -124,6 +124,25 @@ def test_error_reply_from_exception_carries_the_code_and_truncates() -> None:
     assert bye.code == "protocol" and "bad" in bye.message
 
 
+def test_an_optional_field_at_its_default_stays_off_the_wire() -> None:
+    # A first attempt's PutStart is the 7-field frame every earlier node decodes; a retry adds
+    # the eighth field; an earlier client's 7-field frame still decodes (retry = False).
+    first = wire.PutStart(RID, b"r" * 16, "b", "k", 3, {}, None)
+    code, body = encode_body(first)
+    assert body == packb([RID, b"r" * 16, "b", "k", 3, {}, None])
+    assert decode_body(code, body)[0] == first
+    retry = wire.PutStart(RID, b"r" * 16, "b", "k", 3, {}, None, retry=True)
+    code, body = encode_body(retry)
+    assert body == packb([RID, b"r" * 16, "b", "k", 3, {}, None, True])
+    assert decode_body(code, body)[0] == retry
+    code, body = encode_body(wire.DeleteRequest(RID, b"r" * 16, "b", "k"))
+    assert decode_body(code, body)[0] == wire.DeleteRequest(RID, b"r" * 16, "b", "k")
+    with pytest.raises(ProtocolError, match="array of 7 to 8 fields"):
+        decode_body(C.T_PUT_START, packb([RID, b"r" * 16, "b", "k", 3, {}]))
+    with pytest.raises(ProtocolError, match="malformed PutStart"):
+        decode_body(C.T_PUT_START, packb([RID, b"r" * 16, "b", "k", 3, {}, None, "yes"]))
+
+
 @pytest.mark.parametrize(
     ("code", "body", "why"),
     [
