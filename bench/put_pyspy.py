@@ -1,7 +1,7 @@
 """Where a replicated 4 KiB put spends CPU, by process: client, coordinator and replica, each
 sampled by py-spy (``pip install py-spy``; not a dependency of hdsd).
 
-    python bench/put_pyspy.py [--puts N] [--concurrency C] [--rate HZ] [--dir DIR]
+    python bench/put_pyspy.py [--puts N] [--concurrency C] [--rate HZ] [--dir DIR] [--get]
 
 Starts a two-site cluster (``hdsd init``, one ``hdsd serve`` per site) with both nodes under
 ``py-spy record --gil`` (non-blocking; only the thread holding the GIL is sampled: on this VM
@@ -10,7 +10,9 @@ counts as busy; C code that releases the GIL — crypto, syscalls — is therefo
 a client process, also under py-spy, that warms up and runs *N* puts of 4 KiB (``each-site``) in *C*
 tasks. Prints, per process, the share of samples by layer (the deepest hdsd frame of each
 sample decides: ``hdsd/transport``, ``hdsd/wire``...; none: the library the leaf is in) and the
-top functions by self samples; keeps the raw files (flamegraph.pl input) in DIR. The sampler
+top functions by self samples. With ``--get`` the timed part is *N* gets of 4 KiB objects
+written during the warm-up (the get path; the replica then only takes the audit shipping).
+Keeps the raw files (flamegraph.pl input) in DIR. The sampler
 itself costs some CPU: compare shares, not absolute times.
 """
 
@@ -66,7 +68,7 @@ class SpiedNode(NodeProcess):
         return super().stop()
 
 
-def drive(profile: Path, puts: int, concurrency: int) -> None:
+def drive(profile: Path, puts: int, concurrency: int, get: bool) -> None:
     import trio
 
     import hdsd
@@ -80,13 +82,17 @@ def drive(profile: Path, puts: int, concurrency: int) -> None:
 
             async def task(t: int) -> None:
                 for i in range(puts // concurrency):
-                    await client.put("bench", f"p/{t}/{i}", data)
+                    if get:
+                        await client.get("bench", f"warm/{(t * 7 + i) % 200}")
+                    else:
+                        await client.put("bench", f"p/{t}/{i}", data)
 
             async with trio.open_nursery() as nursery:
                 for t in range(concurrency):
                     nursery.start_soon(task, t)
             took = time.perf_counter() - t0
-            print(f"{puts} puts in {took:.2f} s: {puts / took:.0f}/s", file=sys.stderr)
+            what = "gets" if get else "puts"
+            print(f"{puts} {what} in {took:.2f} s: {puts / took:.0f}/s", file=sys.stderr)
 
     trio.run(run)
 
@@ -131,10 +137,11 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--rate", type=int, default=250)
     ap.add_argument("--dir", type=Path, default=HERE / "results")
+    ap.add_argument("--get", action="store_true", help="profile gets of 4 KiB instead of puts")
     ap.add_argument("--drive", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.drive:
-        drive(args.drive, args.puts, args.concurrency)
+        drive(args.drive, args.puts, args.concurrency, args.get)
         return 0
     args.dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="pyspy-", dir=args.dir))
@@ -151,7 +158,8 @@ def main() -> int:
             node.start()
         subprocess.run([*spy(raws["client"], args.rate), sys.executable, __file__, "--drive",
                         str(profile), "--puts", str(args.puts), "--concurrency",
-                        str(args.concurrency)], check=True, timeout=1800)
+                        str(args.concurrency), *(["--get"] if args.get else [])],
+                       check=True, timeout=1800)
     finally:
         for node in nodes:
             node.stop()  # SIGTERM reaches py-spy, which writes its file and stops the node
@@ -162,8 +170,9 @@ def main() -> int:
             time.sleep(0.1)
         total, layers, top = summarise(raw, 15)
         per_put = 1e3 / args.rate / args.puts
+        what = "get" if args.get else "put"
         print(f"\n{role}: {total} samples at {args.rate} Hz "
-              f"(~{total * per_put:.3f} ms CPU per put, start-up and warm-up included)")
+              f"(~{total * per_put:.3f} ms CPU per {what}, start-up and warm-up included)")
         print_table(["layer (deepest hdsd frame, else the leaf's library)", "share"],
                     [[name, f"{n / total:.1%}"] for name, n in layers[:14]])
         print_table(["top self frames", "share"],

@@ -73,12 +73,7 @@ class ObservedSession:
 
 def peer_address(session: WireSession) -> str:
     """``host:port`` of the client, or ``?`` when the socket cannot tell."""
-    try:
-        sock = session.stream.transport_stream.socket  # type: ignore[attr-defined]
-        host, port = sock.getpeername()[:2]
-        return f"{host}:{port}"
-    except (AttributeError, OSError):
-        return "?"
+    return session.peer_address()
 
 
 def _text(value: object) -> str:

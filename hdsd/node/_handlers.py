@@ -94,7 +94,8 @@ async def handle_request(
         if observed is not None:
             # A node that lost its audit log first learns where its chain resumes (see
             # ._continuity); its first record must not be written before.
-            await node.audit_continuity.ready.wait()
+            if not node.audit_continuity.ready.is_set():  # set: skip wait()'s checkpoint
+                await node.audit_continuity.ready.wait()
             if node.audit.failed is not None:
                 raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                                   "no request is served untraced")
@@ -260,7 +261,7 @@ async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
     step = version.size if version.inline is not None else (version.chunk_size or version.size)
     if hi > lo and step and (lo // step) != ((hi - 1) // step):
         return False
-    if hi - lo > min(_ONE_WRITE_MAX, session.conn.send_credit_available(msg.rid)):
+    if hi - lo > min(_ONE_WRITE_MAX, session.conn.download_credit(msg.rid)):
         return False
     pieces: list[bytes] = []
 

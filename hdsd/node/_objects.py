@@ -450,6 +450,12 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
                                  f"{len(plain)} bytes, expected {chunk_len}")
         return plain
 
+    if len(wanted) == 1:
+        # One chunk (every small object): nothing to read ahead, so no task and no channel.
+        index, chunk_id, chunk_len, slice_lo, slice_hi = wanted[0]
+        plain = await read(index, chunk_id, chunk_len)
+        return await sink(memoryview(plain)[slice_lo:slice_hi])
+
     send_ready, receive_ready = trio.open_memory_channel[bytes](2)
 
     async def produce() -> None:

@@ -36,12 +36,14 @@ from typing import Any
 import blake3
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 import zstandard
 
 from .._errors import IntegrityError
+from ._aead import decrypt as _decrypt
+from ._aead import encrypt as _encrypt
 from ._chunker import MAX_CHUNK_SIZE
 from ._keys import TenantKeys
+from ._nonces import random_bytes
 
 __all__ = [
     "CHUNK_ID_SIZE",
@@ -68,8 +70,6 @@ _AAD_DOMAIN = b"hdsd-chunk\0"
 assert NONCE_SIZE == 24 and TAG_SIZE == 16 and HEADER_SIZE == 30 and PAYLOAD_OVERHEAD == 46
 assert MAX_CHUNK_SIZE <= 0xFFFFFFFF
 
-_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
-_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 
 # zstandard (de)compressor objects are not thread-safe: one per thread (and per level), shared
 # by every codec so that many tenants do not multiply the per-thread zstd contexts.
@@ -141,7 +141,7 @@ def _seal_body(
     """Encrypt an already prepared *body* into a payload. Private; tests use it to forge
     authenticated payloads whose inner frame lies."""
     prefix = _PREFIX.pack(FORMAT_VERSION, flags, plain_size)
-    nonce = nacl.utils.random(NONCE_SIZE)
+    nonce = random_bytes(NONCE_SIZE)
     sealed = _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
                       keys.data_key)
     return b"".join((prefix, nonce, sealed))

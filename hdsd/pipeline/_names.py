@@ -24,10 +24,12 @@ from collections.abc import Callable
 import blake3
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
 from .._errors import IntegrityError
+from ._aead import decrypt as _decrypt
+from ._aead import encrypt as _encrypt
 from ._keys import TenantKeys
+from ._nonces import random_bytes
 
 __all__ = ["NAME_ID_BYTES", "NameSeal", "TenantNameSealing"]
 
@@ -36,8 +38,6 @@ _BUCKET_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
 _SEAL_CONTEXT = "hdsd 2026-12 sealed names v1"
-_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
-_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 
 
 class NameSeal:
@@ -69,7 +69,7 @@ class NameSeal:
         return blake3.blake3(data, key=self._hash_key).digest(NAME_ID_BYTES)
 
     def seal(self, plain: bytes, aad: bytes) -> bytes:
-        nonce = nacl.utils.random(_NONCE)
+        nonce = random_bytes(_NONCE)
         return nonce + _encrypt(plain, aad, nonce, self._seal_key)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:

@@ -232,6 +232,11 @@ class Index:
         # Names this index file: derived state (Merkle snapshots) must not outlive a rebuild.
         self.writer.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)",
                             (os.urandom(8).hex(),))
+        # The highest hlc of any indexed version, in memory: a version above it cannot be in
+        # the index, so a commit of a new version (the hot path) skips its lookup. Only the
+        # writer raises it, before its commit (a stale read is a lookup more, never less).
+        (h,) = self.writer.execute("SELECT max_hlc FROM state").fetchone()
+        self.indexed_max_hlc = int(h) + _HLC_SHIFT
 
     def _check_format(self) -> None:
         """An index of format 1 (names in clear) is refused: its log is format 1 too, and
@@ -327,6 +332,8 @@ class Index:
                 " max_hlc = max(max_hlc, ?)",
                 (applied.segment, applied.offset, applied.last_frame, added,
                  max_hlc if max_hlc is not None else -_HLC_SHIFT))
+            if max_hlc is not None:
+                self.indexed_max_hlc = max(self.indexed_max_hlc, max_hlc + _HLC_SHIFT)
             c.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (e.g. SQLITE_FULL): a second ROLLBACK would
@@ -382,6 +389,8 @@ class Index:
         return None if row is None else Location(*row)
 
     def has_version(self, tenant: str, name_id: bytes, hlc: int, node: str) -> bool:
+        if hlc > self.indexed_max_hlc:
+            return False  # newer than every indexed version (a new one): no query
         row = self._reader().execute(
             "SELECT 1 FROM versions WHERE tenant = ? AND nid = ? AND hlc = ? AND node = ?",
             (tenant, name_id, hlc - _HLC_SHIFT, node)).fetchone()

@@ -99,6 +99,19 @@ class WireSession:
         self.held = 0  # ... summed over the rids
         self._progress = trio.lowlevel.ParkingLot()
         self.last_activity = time.monotonic()  # last bytes read (the node's idle timeout)
+        self._peer_address: str | None = None
+
+    def peer_address(self) -> str:
+        """``host:port`` of the other end, ``?`` when the stream cannot tell. Asked of the
+        socket once per connection (every audited request names it: a system call each)."""
+        if self._peer_address is None:
+            try:
+                sock = self.stream.transport_stream.socket  # type: ignore[attr-defined]
+                host, port = sock.getpeername()[:2]
+            except (AttributeError, OSError):
+                return "?"
+            self._peer_address = f"{host}:{port}"
+        return self._peer_address
 
     @property
     def unsent(self) -> int:

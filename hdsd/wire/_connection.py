@@ -103,6 +103,8 @@ __all__ = [
 
 
 class Role(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     CLIENT = "client"
     SERVER = "server"
 
@@ -123,6 +125,8 @@ _CLOSED: Final = ConnectionClosed()
 
 
 class ClientHalf(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     UPLOADING = "uploading"  # put body open
     SENT = "sent"  # request complete (put: End sent)
     RECEIVING = "receiving"  # get sent; may grant Credit for the download
@@ -131,6 +135,8 @@ class ClientHalf(enum.Enum):
 
 
 class ServerHalf(enum.Enum):
+    __hash__ = object.__hash__  # see Kind
+
     ANSWERING = "answering"  # plain request: Reply, ErrorReply or Cancel to come
     ACCEPTING = "accepting"  # upload: may grant Credit; Reply once the body is complete
     OPENING = "opening"  # download: GetStart or a failure to come
@@ -260,6 +266,15 @@ class Connection:
         if self.role is Role.CLIENT:
             return rec.credit if rec.client is _CH.UPLOADING else 0
         return rec.credit if rec.server is _SH.STREAMING else 0
+
+    def download_credit(self, rid: int) -> int:
+        """Body bytes the server may send on download *rid* once it has sent its start: the
+        credit now, also before ``GetStart`` (when :meth:`send_credit_available` is still 0,
+        as Data may not come first), so a small body can be put in the start's own write."""
+        rec = self._rids.get(rid)
+        if rec is None or self._sent_goodbye or self.role is not Role.SERVER:
+            return 0
+        return rec.credit if rec.server in (_SH.OPENING, _SH.STREAMING) else 0
 
     def receive_data(self, data: bytes) -> None:
         """Hand over bytes read from the peer; ``b""`` means EOF. Call :meth:`next_event`

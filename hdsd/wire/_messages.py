@@ -47,6 +47,11 @@ __all__ = [
 class Kind(enum.Enum):
     """What a message does to the connection; the state machine's tables are keyed on it."""
 
+    # Members compare by identity, so the identity hash is consistent and a C slot: Enum's own
+    # __hash__ is Python code, and every frame looks up a few (state, kind) pairs (~25 hashes
+    # per small put on each side).
+    __hash__ = object.__hash__
+
     HELLO = "hello"  # either side, first frame, once
     GOODBYE = "goodbye"  # either side, last frame
     REQUEST = "request"  # client: opens a rid; the server answers Reply or ErrorReply

@@ -172,8 +172,15 @@ def test_peers_keep_their_slots_when_clients_take_all(
     # dc2 restarted now: its links to dc1 are new sessions, which must find peer slots.
     nodes[1].start()
     data = os.urandom(300_000)
+    request_id, deadline = os.urandom(16), time.monotonic() + 60
     with hdsd.Client(profile, site="dc2") as client:
-        client.put("peers", "through-dc2", data)  # each-site: acknowledged by dc1 too
+        while True:  # each-site: acknowledged only once dc1 has it too
+            try:
+                client.put("peers", "through-dc2", data, request_id=request_id, retry=True)
+                break
+            except hdsd.Unavailable:  # dc2's link to dc1 still dialling (a loaded machine)
+                assert time.monotonic() < deadline, "dc2 never replicated to dc1: no peer slot?"
+                time.sleep(1)
         assert client.get("peers", "through-dc2") == data
     print(f"\n[{slots_full} client sessions hold every slot] replication dc2 -> dc1 still ran")
 

@@ -25,7 +25,18 @@ from hypothesis.stateful import (
 )
 
 import hdsd
-from hdsd.wire import Cancel, Connection, Data, End, ErrorReply, PutStart, Reply, StatRequest
+from hdsd.wire import (
+    Cancel,
+    Connection,
+    Data,
+    End,
+    ErrorReply,
+    GetRequest,
+    GetStart,
+    PutStart,
+    Reply,
+    StatRequest,
+)
 from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.hostile import handshaken, raw_frame, reset
 
@@ -240,3 +251,24 @@ def test_a_trickle_cannot_extend_an_upload(cluster_dir: Path, nodes: list[NodePr
         elapsed = time.monotonic() - started
     assert isinstance(final, ErrorReply) and final.code == "timeout", final
     print(f"\n[trickle, 1 byte/s] upload ended by its deadline after {elapsed:.1f} s")
+
+
+def test_a_small_get_comes_in_one_write(cluster_dir: Path, nodes: list[NodeProcess]) -> None:
+    """A get within one chunk is read first, then its start, body and end go out in one write:
+    one TLS record, so the first read of the reply holds all three (the streaming path sends
+    the start on its own first)."""
+    profile = cluster_dir / "client.toml"
+    body = os.urandom(4096)
+    with hdsd.Client(profile, site="dc1") as client:
+        client.put("states", "one-write", body)
+    sock, conn = handshaken(profile)
+    with sock:
+        sock.settimeout(60)  # bounds a hang only
+        sock.sendall(conn.send(GetRequest(rid=1, bucket="states", key="one-write", version=None,
+                                          start=None, end=None)))
+        conn.receive_data(sock.recv(65536))  # one TLS record
+        events = []
+        while type(event := conn.next_event()).__name__ != "NeedData":
+            events.append(event)
+    assert [type(e) for e in events] == [GetStart, Data, End], events
+    assert isinstance(events[1], Data) and events[1].data == body

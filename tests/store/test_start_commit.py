@@ -120,3 +120,29 @@ async def test_encoded_in_a_thread_then_queued(tmp_path: Path) -> None:
         await store.start_encoded(nothing).wait()  # nothing to write: returns at once
     with pytest.raises(StoreClosedError):
         store.start_encoded(encoded)
+
+
+def test_a_known_version_is_not_written_twice_across_the_hlc_shortcut(tmp_path: Path) -> None:
+    """A version above every indexed hlc skips the index lookup (it cannot be there); one at
+    or below is still looked up, so a version committed again is never written again, also
+    after a reopen (the highest hlc comes back from the index)."""
+    def commit(store: Store, versions: list[Version]) -> None:
+        store.commit_sync(versions)
+        store._writer.wait_indexed()  # the ack comes before the index update
+
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        assert store._index.has_version("t", b"\0" * 16, 1, "n") is False
+        commit(store, [v(5)])
+        writes = store._writer.commits
+        commit(store, [v(5)])  # the same version: known, nothing queued
+        commit(store, [v(2)])  # below the highest hlc, not indexed: written
+        assert store._writer.commits == writes + 1
+        highest = store._index.indexed_max_hlc
+        assert highest == v(5).hlc
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        assert store._index.indexed_max_hlc == highest
+        writes = store._writer.commits
+        commit(store, [v(5), v(2)])
+        commit(store, [v(7)])
+        assert store._writer.commits == writes + 1
+        assert store._index.indexed_max_hlc == v(7).hlc

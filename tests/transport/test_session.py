@@ -7,6 +7,7 @@ which records every ``send_all`` and can hold writes at a gate or make them fail
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -296,3 +297,24 @@ async def test_before_open_gate_holds_new_requests_and_can_drop_them() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert seen == [1, 2, 4]
             nursery.cancel_scope.cancel()
+
+
+async def test_peer_address_is_asked_of_the_socket_once() -> None:
+    # Every audited request names its client: one getpeername per connection, not per request.
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, lambda s: trio.sleep_forever(), 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            tls = trio.SSLStream(stream, ssl.create_default_context())  # never handshaken
+            session = WireSession(tls, Connection(Role.CLIENT))
+            address = f"127.0.0.1:{port}"
+            assert session.peer_address() == address
+            calls = []
+            real = stream.socket.getpeername
+            stream.socket.getpeername = lambda: calls.append(1) or real()  # type: ignore
+            assert session.peer_address() == address and not calls
+        nursery.cancel_scope.cancel()
+    memory = WireSession(trio.testing.memory_stream_pair()[0], Connection(Role.CLIENT))
+    assert memory.peer_address() == "?"  # no socket to ask

@@ -195,6 +195,19 @@ def test_get_data_needs_get_start_first() -> None:
     assert_refused(pair, "server", wire.Data(1, b"x"), "not allowed")
 
 
+def test_download_credit_is_known_before_get_start() -> None:
+    # What lets a node send a small get's GetStart, Data and End in one write.
+    pair = ConnectionPair(client_window=4)
+    pair.to_server(get(1))
+    assert pair.server.download_credit(1) == 4
+    assert pair.client.download_credit(1) == 0  # the client never sends a download body
+    assert pair.server.download_credit(2) == 0  # not in flight
+    pair.to_client(wire.GetStart(1, {}), wire.Data(1, b"abc"))
+    assert pair.server.download_credit(1) == 1 == pair.server.send_credit_available(1)
+    pair.to_client(wire.End(1))
+    assert pair.server.download_credit(1) == 0
+
+
 def test_data_after_end() -> None:
     pair = ConnectionPair()
     pair.to_server(put(1), wire.End(1))

@@ -1,0 +1,49 @@
+"""The hot path's XChaCha20-Poly1305 calls give exactly PyNaCl's public results and errors."""
+
+from __future__ import annotations
+
+import os
+
+import nacl.bindings
+import pytest
+from nacl.exceptions import CryptoError
+
+from hdsd.pipeline._aead import decrypt, encrypt
+
+_enc = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
+_dec = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 4096, 1 << 20])
+@pytest.mark.parametrize("aad_size", [0, 60])
+def test_same_results_as_the_public_binding(size: int, aad_size: int) -> None:
+    key, nonce, message, aad = os.urandom(32), os.urandom(24), os.urandom(size), \
+        os.urandom(aad_size)
+    sealed = encrypt(message, aad, nonce, key)
+    assert sealed == _enc(message, aad, nonce, key)
+    assert decrypt(sealed, aad, nonce, key) == message == _dec(sealed, aad, nonce, key)
+
+
+def test_anything_altered_does_not_open() -> None:
+    key, nonce, aad = os.urandom(32), os.urandom(24), b"where"
+    sealed = encrypt(b"payload", aad, nonce, key)
+    for bad in (sealed[:-1] + bytes([sealed[-1] ^ 1]), sealed[:15], b"", sealed + b"x"):
+        with pytest.raises(CryptoError):
+            decrypt(bad, aad, nonce, key)
+    with pytest.raises(CryptoError):
+        decrypt(sealed, b"elsewhere", nonce, key)
+    with pytest.raises(CryptoError):
+        decrypt(sealed, aad, os.urandom(24), key)
+    with pytest.raises(CryptoError):
+        decrypt(sealed, aad, nonce, os.urandom(32))
+
+
+def test_wrong_key_or_nonce_sizes_are_refused_before_libsodium() -> None:
+    # libsodium reads 32 and 24 bytes whatever it is given: shorter would read past the buffer.
+    for key, nonce in ((os.urandom(31), os.urandom(24)), (os.urandom(32), os.urandom(23))):
+        with pytest.raises(ValueError):
+            encrypt(b"m", b"", nonce, key)
+        with pytest.raises(ValueError):
+            decrypt(b"m" * 32, b"", nonce, key)
+    with pytest.raises(TypeError):
+        encrypt("text", b"", os.urandom(24), os.urandom(32))  # type: ignore[arg-type]
