@@ -10,7 +10,10 @@ Runs against whichever ``hdsd`` is imported, so the same script measures the cle
    latency (the store's whole put path: encode, group commit + fdatasync, index apply);
 3. point lookups: ``current()`` of random keys, µs each;
 4. listing: every key of a bucket of N keys (default 100,000) in pages of 1,000, the first
-   time after open (cold: the sealed index opens every name into its cache) and again (warm).
+   time after open (cold: the sealed index opens every name into its cache) and again (warm);
+5. a restart with the node's warm-up (``Store.warm_listings``, run by a node at start in a
+   worker thread): how long the warm-up takes, the first listing once it is done, and the
+   first listing sent right after the open, while the warm-up runs (it waits for that build).
 
 Prints a table and writes JSON (default ``bench/results/names_bench.json``). Never asserts.
 The machine is shared: compare figures of one run, or ratios.
@@ -26,6 +29,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -116,11 +120,16 @@ def bench_lookups(store: Store, keys: int, n: int) -> dict[str, Any]:
     return {"n": n, "us_per_lookup": (time.perf_counter() - started) / n * 1e6}
 
 
+FIRST_PAGE: list[float] = []  # seconds to the first page of each list_all, in order
+
+
 def list_all(store: Store) -> tuple[int, float]:
     started = time.perf_counter()
     after, count = "", 0
     while True:
         page = store.list_current(TENANT, BUCKET, after=after, limit=1000)
+        if not after:
+            FIRST_PAGE.append(time.perf_counter() - started)
         if not page:
             return count, time.perf_counter() - started
         count += len(page)
@@ -141,8 +150,28 @@ def run(directory: str, keys: int, writers: int, per_writer: int) -> dict[str, A
         cold_n, cold = list_all(store)
         warm_n, warm = list_all(store)
         out["listing"] = {"keys": cold_n, "cold_seconds": cold, "warm_seconds": warm,
-                          "warm_keys": warm_n}
+                          "warm_keys": warm_n, "cold_first_page_seconds": FIRST_PAGE[-2],
+                          "warm_first_page_seconds": FIRST_PAGE[-1]}
         out["lookups"] = bench_lookups(store, keys, 5000)
+    if hasattr(Store, "warm_listings"):
+        with open_store(path) as store:  # a restart: the warm-up, then the first listing
+            started = time.perf_counter()
+            buckets, names = store.warm_listings(lambda: False)
+            warmup = time.perf_counter() - started
+            after_n, after = list_all(store)
+            after_first = FIRST_PAGE[-1]
+        with open_store(path) as store:  # a restart: the first listing during the warm-up
+            warming = threading.Thread(target=store.warm_listings, args=(lambda: False,))
+            warming.start()
+            during_n, during = list_all(store)
+            during_first = FIRST_PAGE[-1]
+            warming.join()
+        out["warm_start"] = {"buckets": buckets, "names": names, "warmup_seconds": warmup,
+                             "first_listing_after_warmup_seconds": after,
+                             "first_listing_during_warmup_seconds": during,
+                             "first_page_after_warmup_seconds": after_first,
+                             "first_page_during_warmup_seconds": during_first,
+                             "keys": after_n, "keys_during": during_n}
     shutil.rmtree(path, ignore_errors=True)
     return out
 
@@ -169,7 +198,18 @@ def main() -> None:
         ["point lookup current() (µs)", f"{lo['us_per_lookup']:.1f}"],
         [f"list {li['keys']} keys, cold (s)", f"{li['cold_seconds']:.3f}"],
         [f"list {li['warm_keys']} keys, warm (s)", f"{li['warm_seconds']:.3f}"],
-    ])
+        ["first page of 1,000, cold / warm (s)",
+         f"{li['cold_first_page_seconds']:.3f} / {li['warm_first_page_seconds']:.3f}"],
+    ] + ([
+        ["restart: warm-up in the background (s)", f"{ws['warmup_seconds']:.3f}"],
+        ["restart: first listing after the warm-up (s)",
+         f"{ws['first_listing_after_warmup_seconds']:.3f}"],
+        ["restart: first listing sent during the warm-up (s)",
+         f"{ws['first_listing_during_warmup_seconds']:.3f}"],
+        ["restart: its first page, after / during the warm-up (s)",
+         f"{ws['first_page_after_warmup_seconds']:.3f} / "
+         f"{ws['first_page_during_warmup_seconds']:.3f}"],
+    ] if (ws := result.get("warm_start")) else []))
 
 
 if __name__ == "__main__":

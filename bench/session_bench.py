@@ -136,7 +136,8 @@ async def serve_one(listener: trio.SSLListener[trio.SocketStream]) -> None:
     session = WireSession(stream, Connection(Role.SERVER))
     await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="bench", peer="srv",
                              window=session.conn.initial_window))
-    await session.receive_hello(10)
+    with trio.fail_after(10):
+        await session.receive_hello()
     async with trio.open_nursery() as nursery:
         def on_request(msg: Message) -> None:
             inbox = session.open_inbox(msg.rid)  # type: ignore[attr-defined]
@@ -266,7 +267,8 @@ async def measure(pki: dict[str, Path], c: Counts, meter: Meter, io: IoCounter
         session = WireSession(stream, Connection(Role.CLIENT))
         await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="bench",
                                  peer="client", window=session.conn.initial_window))
-        await session.receive_hello(10)
+        with trio.fail_after(10):
+            await session.receive_hello()
         nursery.start_soon(quiet_reader, session)
         client = Client(session)
         for _ in range(200):

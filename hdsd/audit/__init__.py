@@ -14,6 +14,7 @@ from ._hook import audit_request as audit_request
 from ._hook import peer_address as peer_address
 from ._log import AuditLog as AuditLog
 from ._log import AuditSettings as AuditSettings
+from ._names import SEALED_PREFIX as SEALED_PREFIX
 from ._names import AuditNames as AuditNames
 from ._names import open_audit_names as open_audit_names
 from ._names import seal_audit_names as seal_audit_names

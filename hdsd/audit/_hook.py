@@ -101,9 +101,12 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
         key = f"s3key:{msg.access_key_id}"
     bucket = _text(getattr(msg, "bucket", ""))
     if type(msg) not in _NAMELESS and audit.seal_names is not None:
-        # Names may identify a patient: sealed under the tenant's key (see ._names).
+        # Names may identify a patient: sealed under the key of the tenant they belong to
+        # (see ._names) — the request's own `tenant` when it names one (an operator setting a
+        # hold on a tenant's key), so that shredding that tenant makes them unreadable too.
+        owner = _text(getattr(msg, "tenant", "")) or ident.tenant or ""
         try:
-            bucket, key = audit.seal_names(ident.tenant or "", bucket, key)
+            bucket, key = audit.seal_names(owner, bucket, key)
         except Exception:  # never raise from here; but never record the names in clear
             bucket, key = "sealed:-", ""
     audit.record(

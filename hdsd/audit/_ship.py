@@ -10,7 +10,6 @@ that they hash to the same tail). Only durable (fdatasync'd) records are shipped
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -18,7 +17,7 @@ import trio
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout
 from ..peers import PeerLink
-from ..wire import AuditShip, Message
+from ..wire import UNSENT, AuditShip, AuditShipped
 from ._files import load_cursors, save_cursors
 from ._log import AuditLog
 from ._segments import Reader
@@ -66,13 +65,12 @@ class AuditShipper:
             if not await self.ship_once():
                 await trio.sleep(self.interval)
 
-    async def flush(self, timeout: float) -> None:
-        """Ship until a target holds everything durable, no target takes a batch (the other
-        site is down: the cursor resumes at the next start), or *timeout* passes."""
-        with trio.move_on_after(timeout):
-            while self.pending():
-                if not await self.ship_once():
-                    return
+    async def flush(self) -> None:
+        """Ship until a target holds everything durable or no target takes a batch (the other
+        site is down: the cursor resumes at the next start); the caller bounds how long."""
+        while self.pending():
+            if not await self.ship_once():
+                return
 
     def pending(self) -> bool:
         durable = self.audit.durable[0]
@@ -100,8 +98,9 @@ class AuditShipper:
                 continue
             try:
                 reply = await self.peers.call(
-                    target, _make(self.audit, self.layout.layout_id, prev_seq, prev_hash,
-                                  bodies), timeout=self.timeout)
+                    target, AuditShip(UNSENT, self.layout.layout_id, self.audit.node,
+                                      self.audit.verify_key, prev_seq, prev_hash, bodies),
+                    timeout=self.timeout)
             except Unavailable as exc:
                 self.last_error = f"{target}: {exc}"
                 continue
@@ -116,11 +115,9 @@ class AuditShipper:
             return True
         return False
 
-    async def _advance(self, target: str, reply: dict[str, Any]) -> None:
-        seq, digest = reply.get("seq"), reply.get("hash")
-        if type(seq) is not int or type(digest) is not bytes:
-            raise Unavailable(f"audit target {target} sent a malformed reply")
-        self.cursors[target] = (seq, digest)
+    async def _advance(self, target: str, reply: AuditShipped) -> None:
+        seq = reply["seq"]
+        self.cursors[target] = (seq, reply["hash"])
         snapshot = dict(self.cursors)
         await trio.to_thread.run_sync(save_cursors, self.audit.directory, snapshot)
         self.audit.shipped_seq = max(self.audit.shipped_seq, seq)
@@ -130,11 +127,3 @@ class AuditShipper:
         return {"durable_seq": self.audit.durable[0],
                 "shipped": {t: self.cursors.get(t, (0, b""))[0] for t in self.targets},
                 "last_error": self.last_error}
-
-
-def _make(audit: AuditLog, layout: str, prev_seq: int, prev_hash: bytes,
-          bodies: list[bytes]) -> Callable[[int], Message]:
-    def make(rid: int) -> Message:
-        return AuditShip(rid=rid, layout=layout, origin=audit.node, verify_key=audit.verify_key,
-                         prev_seq=prev_seq, prev_hash=prev_hash, records=bodies)
-    return make

@@ -1,6 +1,7 @@
 """hdsd.catalog: the replicated catalog of tenants (and their wrapped keys), buckets, legal
-holds, revoked certificates and S3 access keys (secrets wrapped), with merge rules that converge
-in any delivery order. Knows nothing of the network."""
+holds (their names sealed under the tenant's key), revoked certificates and S3 access keys
+(secrets wrapped), with merge rules that converge in any delivery order. Knows nothing of the
+network."""
 
 from ._confirm import decide_abandon as decide_abandon
 from ._confirm import decide_confirm as decide_confirm
@@ -10,6 +11,7 @@ from ._confirm import vote_abandon as vote_abandon
 from ._confirm import vote_create as vote_create
 from ._db import CATALOG_FILE as CATALOG_FILE
 from ._db import Catalog as Catalog
+from ._db import SealedNames as SealedNames
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_keys_in_catalog as tenant_keys_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
@@ -33,3 +35,7 @@ from ._model import S3KeyEntry as S3KeyEntry
 from ._model import TenantEntry as TenantEntry
 from ._model import entry_from_wire as entry_from_wire
 from ._model import merge as merge
+from ._names import bucket_name as bucket_name
+from ._names import hold_names as hold_names
+from ._names import seal_bucket as seal_bucket
+from ._names import seal_hold as seal_hold

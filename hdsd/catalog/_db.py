@@ -8,6 +8,11 @@ change is durable once :meth:`Catalog.apply` returns.
 
 Every write goes through :meth:`Catalog.apply`, which merges by the rules of :mod:`._model`;
 the catalog is therefore the same whatever order updates arrive in.
+
+Bucket and hold entries are keyed by ids and hold their names sealed (:mod:`._names`), in the
+tables ``sealed_buckets`` and ``sealed_holds``. A catalog written before (tables ``buckets``
+and ``holds``, names in clear) is converted by :meth:`Catalog.seal_clear_names`, which the node
+runs at start with its tenant keys (and ``hdsd store migrate`` offline).
 """
 
 from __future__ import annotations
@@ -15,17 +20,29 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import blake3
 
 from .._packing import packb
-from ..pipeline import TenantKeys
+from ..pipeline import NameSeal, TenantKeys
 from ._keys import unwrap_keys
 from ._model import BucketEntry, Entry, HoldEntry, RevokedEntry, S3KeyEntry, TenantEntry, merge
+from ._names import seal_bucket, seal_hold
 
-__all__ = ["Catalog", "tenant_in_catalog", "tenant_state_in_catalog"]
+__all__ = ["Catalog", "SealedNames", "tenant_in_catalog", "tenant_state_in_catalog"]
+
+_CLEAR_TABLES = ("buckets", "holds")  # before names were sealed
+
+
+@dataclass(frozen=True, slots=True)
+class SealedNames:
+    """What :meth:`Catalog.seal_clear_names` did."""
+
+    buckets: int  # bucket entries sealed
+    holds: int  # hold entries sealed
+    dropped: int  # entries of tenants without a key (shredded): not carried over
 
 CATALOG_FILE = "catalog.sqlite"
 _SHIFT = 1 << 63  # HLCs are unsigned 64-bit, SQLite integers signed
@@ -36,13 +53,13 @@ CREATE TABLE IF NOT EXISTS tenants (
     quota_bytes INTEGER NOT NULL, quota_hlc INTEGER NOT NULL, key_generation INTEGER NOT NULL,
     shredded INTEGER NOT NULL, plan TEXT NOT NULL DEFAULT 'standard'
 );
-CREATE TABLE IF NOT EXISTS buckets (
-    tenant TEXT NOT NULL, name TEXT NOT NULL, retention_days INTEGER NOT NULL,
-    created INTEGER NOT NULL, PRIMARY KEY (tenant, name)
+CREATE TABLE IF NOT EXISTS sealed_buckets (
+    tenant TEXT NOT NULL, id BLOB NOT NULL, sealed BLOB NOT NULL,
+    retention_days INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (tenant, id)
 );
-CREATE TABLE IF NOT EXISTS holds (
-    tenant TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, held INTEGER NOT NULL,
-    by TEXT NOT NULL, hlc INTEGER NOT NULL, PRIMARY KEY (tenant, bucket, key)
+CREATE TABLE IF NOT EXISTS sealed_holds (
+    tenant TEXT NOT NULL, id BLOB NOT NULL, bucket_id BLOB NOT NULL, sealed BLOB NOT NULL,
+    held INTEGER NOT NULL, by TEXT NOT NULL, hlc INTEGER NOT NULL, PRIMARY KEY (tenant, id)
 );
 CREATE TABLE IF NOT EXISTS revoked (
     serial TEXT PRIMARY KEY, hlc INTEGER NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL,
@@ -113,12 +130,15 @@ class Catalog:
                             shredded=_u(row[6]), plan=row[7], epoch=row[8],
                             creation=bytes(row[9]), state=row[10], origin=row[11])
             self._entries[t.ident] = t
-        for row in self._db.execute("SELECT tenant, name, retention_days, created FROM buckets"):
-            b = BucketEntry(tenant=row[0], name=row[1], retention_days=row[2], created=_u(row[3]))
+        for row in self._db.execute("SELECT tenant, id, sealed, retention_days, created "
+                                    "FROM sealed_buckets"):
+            b = BucketEntry(tenant=row[0], bucket_id=bytes(row[1]), sealed=bytes(row[2]),
+                            retention_days=row[3], created=_u(row[4]))
             self._entries[b.ident] = b
-        for row in self._db.execute("SELECT tenant, bucket, key, held, by, hlc FROM holds"):
-            h = HoldEntry(tenant=row[0], bucket=row[1], key=row[2], held=bool(row[3]), by=row[4],
-                          hlc=_u(row[5]))
+        for row in self._db.execute("SELECT tenant, id, bucket_id, sealed, held, by, hlc "
+                                    "FROM sealed_holds"):
+            h = HoldEntry(tenant=row[0], name_id=bytes(row[1]), bucket_id=bytes(row[2]),
+                          sealed=bytes(row[3]), held=bool(row[4]), by=row[5], hlc=_u(row[6]))
             self._entries[h.ident] = h
         for row in self._db.execute("SELECT serial, hlc, by, reason, kind, tenant, name, role, "
                                     "not_after FROM revoked"):
@@ -145,18 +165,40 @@ class Catalog:
                     changed[new.ident] = new
             return self._commit(changed)
 
+    def _shredded(self, tenant: str, changed: dict[tuple[str, ...], Entry]) -> bool:
+        e = changed.get(("tenant", tenant)) or self._entries.get(("tenant", tenant))
+        return isinstance(e, TenantEntry) and e.is_shredded
+
     def _commit(self, changed: dict[tuple[str, ...], Entry]) -> list[Entry]:
+        # A shredded tenant keeps no bucket or hold entry: their ids and sealed names were made
+        # with the destroyed key (a former copy of it could test guessed names against the
+        # ids). Dropped when the shred arrives, and refused from peers that have not heard of
+        # it yet; shredding is terminal, so every node ends with the same catalog.
+        changed = {i: e for i, e in changed.items()
+                   if not (isinstance(e, BucketEntry | HoldEntry)
+                           and self._shredded(e.tenant, changed))}
+        purged = {e.name for e in changed.values()
+                  if isinstance(e, TenantEntry) and e.is_shredded
+                  and any(isinstance(x, BucketEntry | HoldEntry) and x.tenant == e.name
+                          for x in self._entries.values())}
         if not changed:
             return []
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for entry in changed.values():
                 self._write(entry)
+            for tenant in purged:  # secure_delete zeroes the cells
+                self._db.execute("DELETE FROM sealed_buckets WHERE tenant = ?", (tenant,))
+                self._db.execute("DELETE FROM sealed_holds WHERE tenant = ?", (tenant,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._entries.update(changed)
+        if purged:
+            self._entries = {i: e for i, e in self._entries.items()
+                             if not (isinstance(e, BucketEntry | HoldEntry)
+                                     and e.tenant in purged)}
         return list(changed.values())
 
     def update_tenant(self, name: str, decide: Callable[[TenantEntry | None], TenantEntry]
@@ -191,12 +233,12 @@ class Catalog:
                  e.origin))
         elif isinstance(e, BucketEntry):
             self._db.execute(
-                "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
-                (e.tenant, e.name, e.retention_days, _s(e.created)))
+                "INSERT OR REPLACE INTO sealed_buckets VALUES (?, ?, ?, ?, ?)",
+                (e.tenant, e.bucket_id, e.sealed, e.retention_days, _s(e.created)))
         elif isinstance(e, HoldEntry):
             self._db.execute(
-                "INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?, ?)",
-                (e.tenant, e.bucket, e.key, int(e.held), e.by, _s(e.hlc)))
+                "INSERT OR REPLACE INTO sealed_holds VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (e.tenant, e.name_id, e.bucket_id, e.sealed, int(e.held), e.by, _s(e.hlc)))
         elif isinstance(e, S3KeyEntry):
             # In place, like tenants: with secure_delete a revoked key's wrapped secret is
             # zeroed on disk when its cell is rewritten.
@@ -214,6 +256,68 @@ class Catalog:
                 "INSERT OR REPLACE INTO revoked VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e.serial, _s(e.hlc), e.by, e.reason, e.kind, e.tenant, e.name, e.role,
                  _s(e.not_after)))
+
+    # -- names in clear, from before they were sealed -----------------------------------------
+    def clear_names(self) -> int:
+        """How many bucket and hold rows of an older catalog still hold names in clear."""
+        with self._lock:
+            return sum(self._db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in self._clear_tables())
+
+    def _clear_tables(self) -> list[str]:
+        return [row[0] for row in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+            _CLEAR_TABLES)]
+
+    def seal_clear_names(self, seal_for: Callable[[str], NameSeal | None]) -> SealedNames:
+        """Convert the clear bucket and hold rows of an older catalog into sealed entries
+        (merged with what is there), drop the clear tables and rewrite the file (``VACUUM``),
+        in one transaction: a crash leaves either the old catalog or the new one. Rows of
+        tenants *seal_for* has no key for (shredded) are dropped. Idempotent."""
+        with self._lock:
+            tables = self._clear_tables()
+            if not tables:
+                return SealedNames(0, 0, 0)
+            made: list[Entry] = []
+            dropped = 0
+            if "buckets" in tables:
+                for tenant, name, days, created in self._db.execute(
+                        "SELECT tenant, name, retention_days, created FROM buckets").fetchall():
+                    seal = seal_for(tenant)
+                    if seal is None:
+                        dropped += 1
+                    else:
+                        made.append(seal_bucket(seal, tenant, name, days, _u(created)))
+            if "holds" in tables:
+                for tenant, bucket, key, held, by, hlc in self._db.execute(
+                        "SELECT tenant, bucket, key, held, by, hlc FROM holds").fetchall():
+                    seal = seal_for(tenant)
+                    if seal is None:
+                        dropped += 1
+                    else:
+                        made.append(seal_hold(seal, tenant, bucket, key, bool(held), by,
+                                              _u(hlc)))
+            changed: dict[tuple[str, ...], Entry] = {}
+            for entry in made:
+                old = changed.get(entry.ident) or self._entries.get(entry.ident)
+                changed[entry.ident] = entry if old is None else merge(old, entry)
+            changed = {i: e for i, e in changed.items()
+                       if isinstance(e, BucketEntry | HoldEntry)
+                       and not self._shredded(e.tenant, changed)}
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in changed.values():
+                    self._write(entry)
+                for table in tables:  # secure_delete: the freed pages are zeroed
+                    self._db.execute(f"DROP TABLE {table}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._entries.update(changed)
+            self._db.execute("VACUUM")  # and the file no longer keeps their pages at all
+            buckets = sum(isinstance(e, BucketEntry) for e in made)
+            return SealedNames(buckets=buckets, holds=len(made) - buckets, dropped=dropped)
 
     def replace_wrapped(self, rewrapped: dict[str, bytes]) -> None:
         """Install tenants' keys wrapped under a new master key, in one transaction (used by
@@ -267,16 +371,18 @@ class Catalog:
     def tenants(self) -> list[TenantEntry]:
         return [e for e in self.entries() if isinstance(e, TenantEntry)]
 
-    def bucket(self, tenant: str, name: str) -> BucketEntry | None:
-        e = self._entries.get(("bucket", tenant, name))
+    def bucket(self, tenant: str, bucket_id: bytes) -> BucketEntry | None:
+        """The bucket entry of *bucket_id* (``NameSeal.bucket_id`` of its name)."""
+        e = self._entries.get(("bucket", tenant, bucket_id.hex()))
         return e if isinstance(e, BucketEntry) else None
 
     def buckets(self, tenant: str | None = None) -> list[BucketEntry]:
         return [e for e in self.entries() if isinstance(e, BucketEntry)
                 and (tenant is None or e.tenant == tenant)]
 
-    def hold(self, tenant: str, bucket: str, key: str) -> HoldEntry | None:
-        e = self._entries.get(("hold", tenant, bucket, key))
+    def hold(self, tenant: str, name_id: bytes) -> HoldEntry | None:
+        """The hold entry of *name_id* (``NameSeal.name_id`` of its bucket and key)."""
+        e = self._entries.get(("hold", tenant, name_id.hex()))
         return e if isinstance(e, HoldEntry) else None
 
     def holds(self, tenant: str | None = None) -> list[HoldEntry]:

@@ -17,8 +17,14 @@ same updates in any order, any number of times, hold the same catalog:
   The quota is last-writer-wins on ``(quota_hlc, quota_bytes)``. The *plan* (``standard`` or
   ``backup``: which node role holds the tenant's keys) is the winning creation's, like the
   keys, so it never changes once the creation is confirmed.
-* **bucket** — retention only grows (max); created is the earliest.
-* **hold** — last-writer-wins on ``(hlc, by, held)``.
+* **bucket** — retention only grows (max); created is the earliest. Identified by the
+  bucket's keyed id, its name sealed (see :class:`BucketEntry`).
+* **hold** — last-writer-wins on ``(hlc, by, held)``. Identified by the keyed id of
+  (bucket, key), the names sealed.
+* Buckets and holds of a **shredded** tenant are dropped by the catalog (``Catalog.apply``):
+  their ids and sealed names were made with the destroyed key, and nothing may be left that
+  a former copy of it opens. Since shredding is terminal, "drop them once the tenant is known
+  shredded" converges too.
 * **revoked** — a certificate serial that no node accepts any more. *Revocation is terminal*,
   like shredding: the entries form a grow-only set keyed by serial, and nothing un-revokes.
   Two revocations of one serial merge to the earliest ``(hlc, by, reason)`` (when and by whom
@@ -42,6 +48,7 @@ from typing import Any, TypeAlias
 
 from .._errors import IntegrityError
 from ..cluster import PLANS
+from ..pipeline import NAME_ID_BYTES
 
 __all__ = ["BucketEntry", "Entry", "HoldEntry", "RevokedEntry", "S3KeyEntry", "TenantEntry",
            "creation_order", "entry_from_wire", "merge"]
@@ -104,36 +111,49 @@ class TenantEntry:
 
 @dataclass(frozen=True, slots=True)
 class BucketEntry:
+    """A bucket's retention lock. Its name may identify a patient: the entry holds only the
+    bucket's keyed id (``hdsd.pipeline.NameSeal.bucket_id``, the store's too) and the name
+    sealed deterministically under the tenant's key (:mod:`._names`), so every node that makes
+    or receives it holds the same bytes."""
+
     tenant: str
-    name: str
-    retention_days: int
-    created: int
+    bucket_id: bytes
+    sealed: bytes = field(repr=False)
+    retention_days: int = 0
+    created: int = 0
 
     @property
     def ident(self) -> tuple[str, ...]:
-        return ("bucket", self.tenant, self.name)
+        return ("bucket", self.tenant, self.bucket_id.hex())
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "bucket", "tenant": self.tenant, "name": self.name,
-                "retention_days": self.retention_days, "created": self.created}
+        return {"kind": "bucket", "tenant": self.tenant, "id": self.bucket_id,
+                "sealed": self.sealed, "retention_days": self.retention_days,
+                "created": self.created}
 
 
 @dataclass(frozen=True, slots=True)
 class HoldEntry:
+    """A legal hold on a key: identified by the keyed id of (bucket, key) (the store's name
+    id), with its bucket's id (to list a bucket's holds) and both names sealed like a
+    :class:`BucketEntry`'s."""
+
     tenant: str
-    bucket: str
-    key: str
-    held: bool
-    by: str
-    hlc: int
+    bucket_id: bytes
+    name_id: bytes
+    sealed: bytes = field(repr=False)
+    held: bool = False
+    by: str = ""
+    hlc: int = 0
 
     @property
     def ident(self) -> tuple[str, ...]:
-        return ("hold", self.tenant, self.bucket, self.key)
+        return ("hold", self.tenant, self.name_id.hex())
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "hold", "tenant": self.tenant, "bucket": self.bucket, "key": self.key,
-                "held": self.held, "by": self.by, "hlc": self.hlc}
+        return {"kind": "hold", "tenant": self.tenant, "bucket_id": self.bucket_id,
+                "id": self.name_id, "sealed": self.sealed, "held": self.held, "by": self.by,
+                "hlc": self.hlc}
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +262,12 @@ def merge(a: Entry, b: Entry) -> Entry:
     if isinstance(a, TenantEntry) and isinstance(b, TenantEntry):
         return _merge_tenant(a, b)
     if isinstance(a, BucketEntry) and isinstance(b, BucketEntry):
+        # The sealed names are equal whoever sealed them (deterministic); min only keeps the
+        # merge a join if they ever were not.
         return replace(a, retention_days=max(a.retention_days, b.retention_days),
-                       created=min(a.created, b.created))
+                       created=min(a.created, b.created), sealed=min(a.sealed, b.sealed))
     if isinstance(a, HoldEntry) and isinstance(b, HoldEntry):
-        return max(a, b, key=lambda h: (h.hlc, h.by, h.held))
+        return max(a, b, key=lambda h: (h.hlc, h.by, h.held, h.sealed, h.bucket_id))
     if isinstance(a, RevokedEntry) and isinstance(b, RevokedEntry):
         return _merge_revoked(a, b)
     if isinstance(a, S3KeyEntry) and isinstance(b, S3KeyEntry):
@@ -281,6 +303,23 @@ def _creation_of(doc: dict[str, Any]) -> bytes:
     return value
 
 
+_SEALED_MAX = 4096 + 64  # two names of at most 1024 UTF-8 bytes each, packed and sealed
+
+
+def _name_id(doc: dict[str, Any], name: str) -> bytes:
+    value = doc.get(name)
+    if type(value) is not bytes or len(value) != NAME_ID_BYTES:
+        raise IntegrityError(f"catalog entry field {name!r}: expected a {NAME_ID_BYTES}-byte id")
+    return value
+
+
+def _sealed_of(doc: dict[str, Any]) -> bytes:
+    value = doc.get("sealed")
+    if type(value) is not bytes or not 40 < len(value) <= _SEALED_MAX:
+        raise IntegrityError("catalog entry field 'sealed': expected sealed names")
+    return value
+
+
 def entry_from_wire(doc: object) -> Entry:
     """An entry from its msgpack map; :class:`IntegrityError` if it is malformed."""
     if not isinstance(doc, dict):
@@ -310,13 +349,18 @@ def entry_from_wire(doc: object) -> Entry:
             raise IntegrityError("catalog tenant entry: keys present iff neither shredded "
                                  "nor abandoned")
         return entry
+    if kind in ("bucket", "hold") and "sealed" not in doc:
+        raise IntegrityError(f"catalog {kind} entry with its names in clear (an hdsd older "
+                             "than sealed catalog names): upgrade every node")
     if kind == "bucket":
-        return BucketEntry(tenant=_field_of(doc, "tenant", str), name=_field_of(doc, "name", str),
+        return BucketEntry(tenant=_field_of(doc, "tenant", str), bucket_id=_name_id(doc, "id"),
+                           sealed=_sealed_of(doc),
                            retention_days=_field_of(doc, "retention_days", int, high=36500 * 10),
                            created=_field_of(doc, "created", int))
     if kind == "hold":
-        return HoldEntry(tenant=_field_of(doc, "tenant", str), bucket=_field_of(doc, "bucket", str),
-                         key=_field_of(doc, "key", str), held=_field_of(doc, "held", bool),
+        return HoldEntry(tenant=_field_of(doc, "tenant", str),
+                         bucket_id=_name_id(doc, "bucket_id"), name_id=_name_id(doc, "id"),
+                         sealed=_sealed_of(doc), held=_field_of(doc, "held", bool),
                          by=_field_of(doc, "by", str), hlc=_field_of(doc, "hlc", int))
     if kind == "revoked":
         serial = _field_of(doc, "serial", str)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import click
 
-from .._errors import ConfigError
+from .._errors import ConfigError, HdsdError
 from ..audit import (
+    SEALED_PREFIX,
     VERIFY_KEY_FILE,
     VerifyReport,
     copy_dir,
@@ -171,11 +172,21 @@ def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str 
     floor = _since(since)
     out = sys.stdout
     for record in read_records(directory):
-        if record.kind == "request" and record.tenant == tenant and record.time_ns >= floor:
-            doc = {**record.to_json(), "time": _when(record.time_ns)}
-            if seal is not None:
-                doc["bucket"], doc["key"] = open_audit_names(seal, tenant, record.bucket,
-                                                             record.key)
+        if record.kind != "request" or record.time_ns < floor:
+            continue
+        doc = {**record.to_json(), "time": _when(record.time_ns)}
+        names: tuple[str, str] | None = None
+        if seal is not None and record.bucket.startswith(SEALED_PREFIX) \
+                and record.bucket != SEALED_PREFIX + "-":  # "-": nothing could seal them
+            try:
+                names = open_audit_names(seal, tenant, record.bucket, record.key)
+            except HdsdError:
+                names = None  # sealed under another tenant's key (an operator's request)
+        if names is not None:
+            doc["bucket"], doc["key"] = names
+        # The tenant's own requests, and (with its key) those of others on its objects: an
+        # operator's hold or retention lock on them, whose names only its key opens.
+        if record.tenant == tenant or names is not None:
             out.write(json.dumps(doc, sort_keys=True) + "\n")
 
 

@@ -42,8 +42,10 @@ from ..transport import (
     issued_certificates,
     read_certificate,
 )
+from ..wire import CertRevoked, CertRow
 from ._admin import _write_profile, cert
 from ._data import json_option
+from ._table import print_rows
 
 T = TypeVar("T")
 
@@ -102,14 +104,14 @@ def _cluster(ctx: click.Context, root: Path, fn: Callable[[AsyncClient], Awaitab
 
 
 def _revoke_all(ctx: click.Context, root: Path, certs: list[IssuedCert], reason: str
-                ) -> list[dict[str, Any]]:
-    async def go(c: AsyncClient) -> list[dict[str, Any]]:
+                ) -> list[CertRevoked]:
+    async def go(c: AsyncClient) -> list[CertRevoked]:
         return [await c.cert_revoke(certificate=x.der, reason=reason) for x in certs]
 
     return _cluster(ctx, root, go)
 
 
-def _report_revoked(replies: list[dict[str, Any]], as_json: bool = False) -> None:
+def _report_revoked(replies: list[CertRevoked], as_json: bool = False) -> None:
     for r in replies:
         if as_json:
             click.echo(json.dumps(r, sort_keys=True))
@@ -281,7 +283,7 @@ def cert_revoke(ctx: click.Context, client_name: str | None, tenant: str | None,
             raise NotFound(f"no unexpired certificate of {what} in the CA records of "
                            f"{root / 'ca'}")
     if bare is not None:
-        async def one(c: AsyncClient) -> list[dict[str, Any]]:
+        async def one(c: AsyncClient) -> list[CertRevoked]:
             return [await c.cert_revoke(serial=bare, reason=reason)]
 
         replies = _cluster(ctx, root, one)
@@ -305,9 +307,9 @@ def cert_ls(ctx: click.Context, tenant: str | None, expiring_days: int, offline:
     Revoked serials the CA records do not know (revoked by bare serial, or issued before
     records existed) are listed too."""
     root = Path(cluster_dir).resolve()
-    revoked: dict[str, dict[str, Any]] = {}
+    revoked: dict[str, CertRow] = {}
     if not offline:
-        async def ask(c: AsyncClient) -> tuple[str | None, list[dict[str, Any]]]:
+        async def ask(c: AsyncClient) -> tuple[str | None, list[CertRow]]:
             if tenant is not None:
                 return tenant, await c.cert_revoked(tenant)
             try:
@@ -341,19 +343,15 @@ def cert_ls(ctx: click.Context, tenant: str | None, expiring_days: int, offline:
     known = {r.serial for r in records}
     for serial, g in sorted(revoked.items()):
         if serial not in known:
-            not_after = (dt.datetime.fromtimestamp(g["not_after_ms"] / 1000, dt.UTC)
-                         .strftime("%Y-%m-%dT%H:%M:%SZ") if g.get("not_after_ms") else "")
+            ms = g["not_after_ms"]
+            not_after = (dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+                         .strftime("%Y-%m-%dT%H:%M:%SZ") if ms else "")
             out.append({"serial": serial, "kind": g["kind"] or "?", "tenant": g["tenant"],
                         "name": g["name"] or "?", "role": g["role"], "site": "",
                         "not_after": not_after, "state": "revoked", "revoked_by": g["by"],
                         "reason": g["reason"]})
-    if as_json:
-        for row in out:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'SERIAL':40} {'KIND':6} {'TENANT':16} {'NAME':20} {'ROLE':8} "
-               f"{'NOT AFTER':20} STATE")
-    for row in out:
-        click.echo(f"{row['serial']:40} {row['kind']:6} {row['tenant'] or '-':16} "
-                   f"{row['name']:20} {row['role'] or row['site'] or '-':8} "
-                   f"{row['not_after'] or '-':20} {row['state']}")
+    print_rows(out, as_json, f"{'SERIAL':40} {'KIND':6} {'TENANT':16} {'NAME':20} {'ROLE':8} "
+                             f"{'NOT AFTER':20} STATE",
+               lambda row: f"{row['serial']:40} {row['kind']:6} {row['tenant'] or '-':16} "
+                           f"{row['name']:20} {row['role'] or row['site'] or '-':8} "
+                           f"{row['not_after'] or '-':20} {row['state']}")

@@ -16,6 +16,7 @@ import trio
 from .._errors import InvalidRequest
 from ..client import AsyncClient, ObjectInfo, load_profile
 from ..cluster import HybridClock
+from ..wire import SiteModeSet
 from ._main import main
 
 T = TypeVar("T")
@@ -263,7 +264,7 @@ def _set_mode(ctx: click.Context, site_name: str, mode: str, reason: str, as_jso
     profile = load_profile(obj["profile"])
     endpoints = profile.endpoints(site_name)
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[SiteModeSet]:
         replies = []
         # Every node of the site must switch: talk to each endpoint in turn.
         for host, port in endpoints:

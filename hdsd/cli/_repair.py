@@ -12,6 +12,7 @@ import trio
 
 from .._errors import HdsdError, Unavailable
 from ..client import AsyncClient, Profile, load_profile
+from ..wire import MaintenanceStarted
 from ._main import main
 
 _POLL_S = 0.5
@@ -25,9 +26,9 @@ def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
             for site, eps in sites.items() for host, port in eps]
 
 
-async def _run(profile: Profile, task: str, wait: bool, timeout: float,
+async def _run(profile: Profile, task: str, wait: bool, request_timeout: float,
                progress: bool) -> list[dict[str, Any]]:
-    started: list[tuple[Profile, dict[str, Any]]] = []
+    started: list[tuple[Profile, MaintenanceStarted]] = []
     results: list[dict[str, Any]] = []
     for site, host, port in _endpoints(profile):
         one = profile.pinned(site, host, port)
@@ -36,7 +37,7 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
         deadline = trio.current_time() + (_NODE_WAIT_S if wait else 0)
         while True:
             try:
-                async with AsyncClient(one, timeout=timeout) as c:
+                async with AsyncClient(one, timeout=request_timeout) as c:
                     started.append((one, await c.start_maintenance(task)))
                 break
             except Unavailable as exc:
@@ -49,9 +50,9 @@ async def _run(profile: Profile, task: str, wait: bool, timeout: float,
                                nl=False, err=True)
                 await trio.sleep(_POLL_S)
     if not wait:
-        return [*results, *(reply for _, reply in started)]
+        return [*results, *(dict(reply) for _, reply in started)]
     for one, reply in started:
-        async with AsyncClient(one, timeout=timeout) as c:
+        async with AsyncClient(one, timeout=request_timeout) as c:
             while True:
                 st = await c.status()
                 state = st["maintenance"][task]

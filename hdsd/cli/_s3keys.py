@@ -23,8 +23,10 @@ import trio
 from .._errors import PermissionDenied
 from ..client import AsyncClient, Profile
 from ..cluster import parse_address
+from ..wire import S3KeyCreated, S3KeyRevoked, S3KeyRow
 from ._data import json_option
 from ._main import main
+from ._table import print_rows
 
 _CLUSTER_DIR = click.option(
     "--cluster-dir", type=click.Path(file_okay=False), default="hdsd-data", show_default=True,
@@ -119,7 +121,7 @@ def s3_key_create(ctx: click.Context, tenant: str, role: str, cluster_dir: str,
     it only wrapped under the master key."""
     root = Path(cluster_dir).resolve()
 
-    async def go(c: AsyncClient) -> tuple[dict[str, Any], Profile]:
+    async def go(c: AsyncClient) -> tuple[S3KeyCreated, Profile]:
         return await c.s3_key_create(tenant, role), c.profile
 
     reply, profile = _run(ctx, root, go)
@@ -150,7 +152,7 @@ def s3_key_ls(ctx: click.Context, tenant: str | None, cluster_dir: str, as_json:
     revoked ones included; never a secret."""
     root = Path(cluster_dir).resolve()
 
-    async def go(c: AsyncClient) -> list[dict[str, Any]]:
+    async def go(c: AsyncClient) -> list[S3KeyRow]:
         if tenant is not None:
             return await c.s3_keys(tenant)
         try:
@@ -158,15 +160,10 @@ def s3_key_ls(ctx: click.Context, tenant: str | None, cluster_dir: str, as_json:
         except PermissionDenied:  # a tenant's admin: its own tenant's keys, then
             return await c.s3_keys(c.profile.tenant)
 
-    rows: list[dict[str, Any]] = _run(ctx, root, go)
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'ACCESS KEY ID':24} {'TENANT':16} {'ROLE':8} {'STATE':8} BY")
-    for row in rows:
-        click.echo(f"{row['access_key_id']:24} {row['tenant']:16} {row['role']:8} "
-                   f"{row['state']:8} {row['revoked_by'] or row['by']}")
+    rows: list[S3KeyRow] = _run(ctx, root, go)
+    print_rows(rows, as_json, f"{'ACCESS KEY ID':24} {'TENANT':16} {'ROLE':8} {'STATE':8} BY",
+               lambda row: f"{row['access_key_id']:24} {row['tenant']:16} {row['role']:8} "
+                           f"{row['state']:8} {row['revoked_by'] or row['by']}")
 
 
 @s3_key.command("revoke")
@@ -179,10 +176,10 @@ def s3_key_revoke(ctx: click.Context, access_key_id: str, cluster_dir: str,
     """Revoke an S3 access key on every node, for good: its next request is refused."""
     root = Path(cluster_dir).resolve()
 
-    async def go(c: AsyncClient) -> dict[str, Any]:
+    async def go(c: AsyncClient) -> S3KeyRevoked:
         return await c.s3_key_revoke(access_key_id)
 
-    reply: dict[str, Any] = _run(ctx, root, go)
+    reply = _run(ctx, root, go)
     if as_json:
         click.echo(json.dumps(reply, sort_keys=True))
         return

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -19,8 +20,10 @@ import trio
 
 from .._errors import InvalidRequest, TenantPending
 from ..client import AsyncClient
+from ..wire import TenantCreated, TenantCreation, TenantRow
 from ._data import _run, json_option
 from ._main import main
+from ._table import print_rows
 
 _ROUND_PAUSE_S = 1.0  # between two confirmation rounds while waiting
 
@@ -31,7 +34,7 @@ def _when(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _report(reply: dict[str, Any], as_json: bool, line: str) -> None:
+def _report(reply: Mapping[str, Any], as_json: bool, line: str) -> None:
     if as_json:
         click.echo(json.dumps(reply, sort_keys=True))
         return
@@ -53,12 +56,12 @@ def tenant() -> None:
     """Create, list and shred tenants (operator)."""
 
 
-def _waiting(reply: dict[str, Any]) -> str:
+def _waiting(reply: TenantCreated | TenantCreation) -> str:
     return "; ".join(f"{n}: {why}" for n, why in reply.get("waiting", {}).items())
 
 
-async def _until_confirmed(c: AsyncClient, name: str, reply: dict[str, Any], wait: float,
-                           progress: bool) -> dict[str, Any]:
+async def _until_confirmed(c: AsyncClient, name: str, reply: TenantCreated | TenantCreation,
+                           wait: float, progress: bool) -> TenantCreated | TenantCreation:
     """Confirmation rounds until the creation is confirmed, lost (TenantConflict), or *wait*
     seconds have passed (TenantPending naming the nodes it waits for)."""
     deadline = time.monotonic() + wait
@@ -105,12 +108,13 @@ def tenant_create(ctx: click.Context, name: str, quota: int, plan: str | None, w
     of NAME won."""
     progress = sys.stderr.isatty() and not as_json
 
-    async def go(c: AsyncClient) -> dict[str, Any]:
-        reply = await (c.tenant_confirm(name) if resume
-                       else c.tenant_create(name, quota, plan or ""))
+    async def go(c: AsyncClient) -> TenantCreated | TenantCreation:
+        reply: TenantCreated | TenantCreation = await (
+            c.tenant_confirm(name) if resume else c.tenant_create(name, quota, plan or ""))
         if "creation" in reply:  # a creation (not a new quota)
-            reply = {**await _until_confirmed(c, name, reply, wait_s, progress),
-                     "created": reply["created"]}
+            confirmed = await _until_confirmed(c, name, reply, wait_s, progress)
+            confirmed["created"] = reply["created"]
+            return confirmed
         return reply
 
     reply = _run(ctx, go)
@@ -144,20 +148,16 @@ def tenant_abandon(ctx: click.Context, name: str, confirm: str, as_json: bool) -
 def tenant_ls(ctx: click.Context, as_json: bool) -> None:
     """List tenants: state, quota, usage seen by this site, buckets (with data or created;
     "N+" when a node of the site did not answer)."""
-    rows = _run(ctx, lambda c: c.tenant_list())
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'TENANT':24} {'STATE':9} {'PLAN':8} {'QUOTA':>14} {'USAGE':>14} "
-               f"{'BUCKETS':>7}  CREATED")
-    for r in rows:
+    def line(r: TenantRow) -> str:
         quota = str(r["quota_bytes"]) if r["quota_bytes"] else "-"
         # "3+": a node of the site did not answer, so buckets only it holds are not counted.
         count = f"{r['buckets']}{'+' if r.get('buckets_incomplete') else ''}"
-        click.echo(f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
-                   f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  "
-                   f"{_when(r['created_ms'])}")
+        return (f"{r['tenant']:24} {r['state']:9} {r.get('plan', 'standard'):8} "
+                f"{quota:>14} {r['usage_bytes']:>14} {count:>7}  {_when(r['created_ms'])}")
+
+    print_rows(_run(ctx, lambda c: c.tenant_list()), as_json,
+               f"{'TENANT':24} {'STATE':9} {'PLAN':8} {'QUOTA':>14} {'USAGE':>14} "
+               f"{'BUCKETS':>7}  CREATED", line)
 
 
 @tenant.command("shred")
@@ -213,15 +213,10 @@ def bucket_extend(ctx: click.Context, target: str, retention_days: int, as_json:
 @click.pass_context
 def bucket_ls(ctx: click.Context, tenant_name: str, as_json: bool) -> None:
     """List buckets (of TENANT, or every tenant's for the operator) with retention and holds."""
-    rows = _run(ctx, lambda c: c.bucket_list(tenant_name))
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'TENANT/BUCKET':40} {'RETENTION':>9}  {'HOLDS':>5}  CREATED")
-    for r in rows:
-        click.echo(f"{r['tenant'] + '/' + r['bucket']:40} {r['retention_days']:>8}d  "
-                   f"{len(r['holds']):>5}  {_when(r['created_ms'])}")
+    print_rows(_run(ctx, lambda c: c.bucket_list(tenant_name)), as_json,
+               f"{'TENANT/BUCKET':40} {'RETENTION':>9}  {'HOLDS':>5}  CREATED",
+               lambda r: f"{r['tenant'] + '/' + r['bucket']:40} {r['retention_days']:>8}d  "
+                         f"{len(r['holds']):>5}  {_when(r['created_ms'])}")
 
 
 @main.group()
@@ -266,15 +261,10 @@ def hold_ls(ctx: click.Context, target: str, as_json: bool) -> None:
     tenant_name, _, bucket_name = target.partition("/")
     if "/" in bucket_name or (target and not tenant_name) or (target.endswith("/")):
         raise InvalidRequest(f"{target!r}: expected TENANT or TENANT/BUCKET")
-    rows = _run(ctx, lambda c: c.hold_list(tenant_name, bucket_name))
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY")
-    for r in rows:
-        click.echo(f"{_when(r['set_ms']):20}  {r['by']:24}  "
-                   f"{r['tenant']}/{r['bucket']}/{r['key']}")
+    print_rows(_run(ctx, lambda c: c.hold_list(tenant_name, bucket_name)), as_json,
+               f"{'SET':20}  {'BY':24}  TENANT/BUCKET/KEY",
+               lambda r: f"{_when(r['set_ms']):20}  {r['by']:24}  "
+                         f"{r['tenant']}/{r['bucket']}/{r['key']}")
 
 
 @main.group()

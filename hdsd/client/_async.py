@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
+import dataclasses
 import os
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeAlias, TypeGuard
+from typing import IO, Any, Self, TypeAlias, TypeGuard, TypeVar
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     HdsdError,
@@ -35,44 +36,64 @@ from .._groups import single_error
 from ..transport import WireSession, client_context, connect_tls
 from ..wire import (
     PROTOCOL_VERSION,
+    UNSENT,
     BucketCreate,
+    BucketCreated,
     BucketList,
+    BucketRow,
     Cancel,
     CertList,
     CertRevoke,
+    CertRevoked,
+    CertRow,
     Connection,
     Data,
     DeleteRequest,
     End,
     ErrorReply,
+    GetInfo,
     GetRequest,
     GetStart,
     Hello,
     HoldList,
+    HoldRow,
     HoldSet,
+    HoldSetReply,
     LayoutPush,
+    LayoutState,
     ListBucketsRequest,
     ListRequest,
     MaintenanceRequest,
+    MaintenanceStarted,
     Message,
+    NodeStatus,
     PutStart,
     Reply,
+    Request,
     Role,
     S3KeyCreate,
+    S3KeyCreated,
     S3KeyList,
     S3KeyRevoke,
+    S3KeyRevoked,
+    S3KeyRow,
     SiteModeRequest,
+    SiteModeSet,
     StatRequest,
     StatusRequest,
     TenantAbandon,
     TenantConfirm,
     TenantCreate,
+    TenantCreated,
+    TenantCreation,
     TenantList,
+    TenantRow,
     TenantShred,
+    TenantShredded,
     VersionsRequest,
 )
 from ._profile import Profile, load_profile
-from ._results import GetStream, ListPage, ObjectInfo, raise_for, receive
+from ._results import GetStream, ListPage, ObjectInfo, no_answer, raise_for, receive
 
 __all__ = ["AsyncClient", "PutSource", "put_source"]
 
@@ -86,6 +107,7 @@ PutSource: TypeAlias = (
 Progress: TypeAlias = Callable[[int], None]
 
 _PIECE = 1 << 20
+R = TypeVar("R")
 
 
 class AsyncClient:
@@ -174,14 +196,16 @@ class AsyncClient:
             raise last
 
     async def _open(self, host: str, port: int) -> WireSession:
-        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
-                                   timeout=self.connect_timeout)
+        limit = self.connect_timeout
+        with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
+            stream = await connect_tls(host, port, self._ssl, server_hostname=host)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.profile.cluster_id, peer="client",
                                      window=session.conn.initial_window))
-            hello = await session.receive_hello(self.connect_timeout)
+            with deadline(limit, f"no handshake from {host}:{port} within {limit:g} s"):
+                hello = await session.receive_hello()
             if hello.cluster_id != self.profile.cluster_id:
                 raise ProtocolError(f"{host}:{port} serves cluster {hello.cluster_id!r}, "
                                     f"the profile names {self.profile.cluster_id!r}")
@@ -214,20 +238,28 @@ class AsyncClient:
                 delay = min(delay * 4, 2.0)
         raise AssertionError("unreachable")
 
-    async def _call(self, make: Callable[[int], Message]) -> dict[str, Any]:
-        async def attempt() -> dict[str, Any]:
+    async def _call(self, request: Request[R], *, again: Request[R] | None = None) -> R:
+        """Send *request* (built with ``rid=UNSENT``) and return its Reply body, checked
+        against the request's reply type; retried on a new connection if unavailable, as
+        *again* if given (a mutation saying it is a retry)."""
+        attempts = 0
+
+        async def attempt() -> R:
+            nonlocal attempts
+            attempts += 1
             session = await self._connected()
-            rid = session.new_rid()
-            inbox = session.open_inbox(rid)
+            sent, inbox = session.open_request(
+                request if attempts == 1 or again is None else again)
             try:
-                await session.send(make(rid))
-                event = await receive(inbox, self.timeout)
+                await session.send(sent)
+                with no_answer(self.timeout):
+                    event = await receive(inbox)
                 if isinstance(event, Reply):
-                    return event.body
+                    return sent.decode_reply(event.body)
                 raise_for(event)
                 raise AssertionError("unreachable")
             finally:
-                session.close_inbox(rid)
+                session.close_inbox(sent.rid)
         async with self._in_flight:
             return await self._retrying(attempt)  # type: ignore[no-any-return]
 
@@ -252,24 +284,23 @@ class AsyncClient:
         elif isinstance(data, os.PathLike):
             size = os.stat(data).st_size
         replayable = isinstance(data, (bytes, bytearray, memoryview, os.PathLike))
+        first = PutStart(rid=UNSENT, request_id=request_id, bucket=bucket, key=key, size=size,
+                         metadata=dict(metadata or {}), policy=None, retry=retry)
         attempts = 0
 
         async def attempt() -> ObjectInfo:
             nonlocal attempts
             attempts += 1
             session = await self._connected()
-            rid = session.new_rid()
-            inbox = session.open_inbox(rid)
+            start, inbox = session.open_request(
+                first if attempts == 1 else dataclasses.replace(first, retry=True))
             try:
-                start = PutStart(rid=rid, request_id=request_id, bucket=bucket, key=key,
-                                 size=size, metadata=dict(metadata or {}), policy=None,
-                                 retry=retry or attempts > 1)
                 if _fits_one_write(data, session):
                     return await self._put_small(session, start, inbox, data, progress)
                 await session.send(start)
-                return await self._upload(session, rid, inbox, data, progress)
+                return await self._upload(session, start, inbox, data, progress)
             finally:
-                session.close_inbox(rid)
+                session.close_inbox(start.rid)
 
         async with self._in_flight:
             return await self._retrying(  # type: ignore[no-any-return]
@@ -287,15 +318,17 @@ class AsyncClient:
         await session.send_many([start, *body, End(rid=rid)])
         if progress is not None:
             progress(len(data))
-        event = await receive(inbox, self.timeout)
+        with no_answer(self.timeout):
+            event = await receive(inbox)
         if isinstance(event, Reply):
-            return ObjectInfo.from_body(event.body)
+            return ObjectInfo.from_body(start.decode_reply(event.body))
         raise_for(event)
         raise AssertionError("unreachable")
 
-    async def _upload(self, session: WireSession, rid: int,
+    async def _upload(self, session: WireSession, start: PutStart,
                       inbox: trio.MemoryReceiveChannel[Message], data: PutSource,
                       progress: Progress | None) -> ObjectInfo:
+        rid = start.rid
         reply: list[Message] = []
         ended = False
 
@@ -339,7 +372,7 @@ class AsyncClient:
             # we End or Cancel it (docs/wire.md), so release the rid and the node's drain.
             await _cancel_quietly(session, rid)
         if isinstance(event, Reply):
-            return ObjectInfo.from_body(event.body)
+            return ObjectInfo.from_body(start.decode_reply(event.body))
         if isinstance(event, ErrorReply):
             raise error_class_for_code(event.code)(event.message)
         raise ProtocolError(f"unexpected {type(event).__name__} during an upload")
@@ -355,26 +388,32 @@ class AsyncClient:
         """
         start, end = _byte_range(offset, length)
         async def attempt() -> tuple[WireSession, int, trio.MemoryReceiveChannel[Message],
-                                     GetStart]:
+                                     GetInfo]:
             session = await self._connected()
-            rid = session.new_rid()
-            inbox = session.open_inbox(rid)
+            request, inbox = session.open_request(GetRequest(
+                rid=UNSENT, bucket=bucket, key=key, version=version, start=start, end=end))
+            rid = request.rid
             try:
-                await session.send(GetRequest(rid=rid, bucket=bucket, key=key, version=version,
-                                              start=start, end=end))
-                event = await receive(inbox, self.timeout)
+                await session.send(request)
+                with no_answer(self.timeout):
+                    event = await receive(inbox)
             except BaseException:
                 session.close_inbox(rid)
                 raise
-            if not isinstance(event, GetStart):
+            try:
+                if not isinstance(event, GetStart):
+                    raise_for(event)
+                    raise AssertionError("unreachable")
+                info = request.decode_reply(event.info)
+            except BaseException:
                 session.close_inbox(rid)
-                raise_for(event)
-            return session, rid, inbox, event  # type: ignore[return-value]
+                raise
+            return session, rid, inbox, info
 
         async with self._in_flight:
             session, rid, inbox, head = await self._retrying(attempt)
-            stream = GetStream(session, rid, ObjectInfo.from_body(head.info),
-                               head.info["start"], head.info["end"], inbox, self.timeout)
+            stream = GetStream(session, rid, ObjectInfo.from_body(head), head["start"],
+                               head["end"], inbox, self.timeout)
             try:
                 yield stream
             finally:
@@ -419,17 +458,17 @@ class AsyncClient:
             return stream.info
 
     async def stat(self, bucket: str, key: str, *, version: str | None = None) -> ObjectInfo:
-        body = await self._call(lambda rid: StatRequest(rid=rid, bucket=bucket, key=key,
+        body = await self._call(StatRequest(rid=UNSENT, bucket=bucket, key=key,
                                                         version=version))
         return ObjectInfo.from_body(body)
 
     async def list(self, bucket: str, prefix: str = "", *, after: str = "", limit: int = 1000,
                    versions: bool = False) -> ListPage:
-        body = await self._call(lambda rid: ListRequest(rid=rid, bucket=bucket, prefix=prefix,
+        body = await self._call(ListRequest(rid=UNSENT, bucket=bucket, prefix=prefix,
                                                         after=after, limit=limit,
                                                         versions=versions))
         return ListPage(entries=[ObjectInfo.from_body(e) for e in body["entries"]],
-                        next=body.get("next"))
+                        next=body["next"])
 
     async def list_all(self, bucket: str, prefix: str = "", *, versions: bool = False
                        ) -> AsyncIterator[ObjectInfo]:
@@ -451,60 +490,50 @@ class AsyncClient:
         out: builtins.list[str] = []
         after = ""
         while True:
-            body = await self._call(functools.partial(self._list_buckets_request, after))
-            out.extend(str(b) for b in body["buckets"])
-            cursor = body.get("next")
+            body = await self._call(ListBucketsRequest(rid=UNSENT, after=after))
+            out.extend(body["buckets"])
+            cursor = body["next"]
             if cursor is None:
                 return out
-            if not isinstance(cursor, str) or cursor <= after:
+            if cursor <= after:
                 raise ProtocolError(f"bucket listing: next {cursor!r} does not advance")
             after = cursor
-
-    @staticmethod
-    def _list_buckets_request(after: str, rid: int) -> ListBucketsRequest:
-        return ListBucketsRequest(rid=rid, after=after)
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
                      retry: bool = False) -> ObjectInfo:
         """Write a delete marker; *retry* as in :meth:`put`."""
-        request_id = request_id or os.urandom(16)
-        attempts = 0
-
-        def make(rid: int) -> DeleteRequest:
-            nonlocal attempts
-            attempts += 1
-            return DeleteRequest(rid=rid, request_id=request_id, bucket=bucket, key=key,
-                                 retry=retry or attempts > 1)
-        body = await self._call(make)
+        request = DeleteRequest(rid=UNSENT, request_id=request_id or os.urandom(16),
+                                bucket=bucket, key=key, retry=retry)
+        body = await self._call(request, again=dataclasses.replace(request, retry=True))
         return ObjectInfo.from_body(body)
 
     async def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
-        body = await self._call(lambda rid: VersionsRequest(rid=rid, bucket=bucket, key=key))
+        body = await self._call(VersionsRequest(rid=UNSENT, bucket=bucket, key=key))
         return [ObjectInfo.from_body(v) for v in body["versions"]]
 
-    async def status(self) -> dict[str, Any]:
-        return await self._call(lambda rid: StatusRequest(rid=rid))
+    async def status(self) -> NodeStatus:
+        return await self._call(StatusRequest(rid=UNSENT))
 
-    async def set_site_mode(self, site: str, mode: str, reason: str = "") -> dict[str, Any]:
+    async def set_site_mode(self, site: str, mode: str, reason: str = "") -> SiteModeSet:
         """Admin: ``degraded`` lets this site accept writes alone (hints kept for the other
         site); ``normal`` restores the configured policy. Sent to the node this client uses."""
-        return await self._call(lambda rid: SiteModeRequest(rid=rid, site=site, mode=mode,
+        return await self._call(SiteModeRequest(rid=UNSENT, site=site, mode=mode,
                                                             reason=reason))
 
-    async def layout_push(self, record: dict[str, Any]) -> dict[str, Any]:
+    async def layout_push(self, record: dict[str, Any]) -> LayoutState:
         """Operator: hand the node a layout version (``hdsd layout apply``); the reply is the
         node's record and migration state, ``adopted`` when this push was news to it."""
-        return await self._call(lambda rid: LayoutPush(rid=rid, record=record))
+        return await self._call(LayoutPush(rid=UNSENT, record=record))
 
-    async def start_maintenance(self, task: str) -> dict[str, Any]:
+    async def start_maintenance(self, task: str) -> MaintenanceStarted:
         """Admin: start a ``repair`` or a ``scrub`` on the node this client uses; the reply
         carries the run number to wait for in ``status()["maintenance"][task]``."""
-        return await self._call(lambda rid: MaintenanceRequest(rid=rid, task=task))
+        return await self._call(MaintenanceRequest(rid=UNSENT, task=task))
 
     # -- tenant administration (operator; buckets and holds also a tenant's admin) -----------
     # Each is idempotent (the catalog merges), so the usual retries are safe.
     async def tenant_create(self, tenant: str, quota_bytes: int = 0, plan: str = ""
-                            ) -> dict[str, Any]:
+                            ) -> TenantCreated:
         """Create *tenant* with fresh keys, or set its quota (0: none) if it exists. *plan*
         (``standard`` or ``backup``, fixed at creation; ``""``: standard or unchanged): a
         backup-plan tenant's data lives on the backup nodes only.
@@ -512,70 +541,70 @@ class AsyncClient:
         A new tenant serves nothing until every node of both sites has confirmed its keys: the
         answer's ``state`` is ``confirmed``, or ``pending`` with ``waiting`` {node: why}; call
         :meth:`tenant_confirm` with its ``creation`` until confirmed."""
-        return await self._call(lambda rid: TenantCreate(rid, tenant, quota_bytes, plan))
+        return await self._call(TenantCreate(UNSENT, tenant, quota_bytes, plan))
 
-    async def tenant_confirm(self, tenant: str, creation: str = "") -> dict[str, Any]:
+    async def tenant_confirm(self, tenant: str, creation: str = "") -> TenantCreation:
         """One more confirmation round of *tenant*'s pending creation (hex id *creation*, or
         whichever the node holds); :class:`TenantConflict` if that creation lost."""
-        return await self._call(lambda rid: TenantConfirm(rid, tenant, bytes.fromhex(creation)))
+        return await self._call(TenantConfirm(UNSENT, tenant, bytes.fromhex(creation)))
 
-    async def tenant_abandon(self, tenant: str, *, confirm: str) -> dict[str, Any]:
+    async def tenant_abandon(self, tenant: str, *, confirm: str) -> TenantCreation:
         """Abandon *tenant*'s unconfirmed creation in both sites (every node must answer)."""
-        return await self._call(lambda rid: TenantAbandon(rid, tenant, confirm))
+        return await self._call(TenantAbandon(UNSENT, tenant, confirm))
 
-    async def tenant_list(self) -> builtins.list[dict[str, Any]]:
-        body = await self._call(lambda rid: TenantList(rid))
+    async def tenant_list(self) -> builtins.list[TenantRow]:
+        body = await self._call(TenantList(UNSENT))
         return list(body["tenants"])
 
-    async def tenant_shred(self, tenant: str, *, confirm: str) -> dict[str, Any]:
+    async def tenant_shred(self, tenant: str, *, confirm: str) -> TenantShredded:
         """Destroy *tenant*'s keys on every node of both sites: its data is unreadable forever."""
-        return await self._call(lambda rid: TenantShred(rid, tenant, confirm))
+        return await self._call(TenantShred(UNSENT, tenant, confirm))
 
     async def bucket_create(self, tenant: str, bucket: str, retention_days: int = 0
-                            ) -> dict[str, Any]:
+                            ) -> BucketCreated:
         """Create a bucket, or extend its retention lock (it can never be shortened)."""
-        return await self._call(lambda rid: BucketCreate(rid, tenant, bucket, retention_days))
+        return await self._call(BucketCreate(UNSENT, tenant, bucket, retention_days))
 
-    async def bucket_list(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
-        body = await self._call(lambda rid: BucketList(rid, tenant))
+    async def bucket_list(self, tenant: str = "") -> builtins.list[BucketRow]:
+        body = await self._call(BucketList(UNSENT, tenant))
         return list(body["buckets"])
 
     async def hold_set(self, tenant: str, bucket: str, key: str, held: bool = True
-                       ) -> dict[str, Any]:
+                       ) -> HoldSetReply:
         """Set (or, with ``held=False``, clear) a legal hold on one key."""
-        return await self._call(lambda rid: HoldSet(rid, tenant, bucket, key, held))
+        return await self._call(HoldSet(UNSENT, tenant, bucket, key, held))
 
-    async def hold_list(self, tenant: str = "", bucket: str = "") -> builtins.list[dict[str, Any]]:
+    async def hold_list(self, tenant: str = "", bucket: str = "") -> builtins.list[HoldRow]:
         """Keys under legal hold (``tenant``, ``bucket``, ``key``, ``by``, ``set_ms``): of
         *tenant* (empty: every tenant, for the operator), of *bucket* (empty: all of them)."""
-        body = await self._call(lambda rid: HoldList(rid, tenant, bucket))
+        body = await self._call(HoldList(UNSENT, tenant, bucket))
         return list(body["holds"])
 
     async def cert_revoke(self, *, serial: str = "", certificate: bytes = b"",
-                          reason: str = "") -> dict[str, Any]:
+                          reason: str = "") -> CertRevoked:
         """Revoke a certificate on every node, for good: by *certificate* (DER; a tenant's
         admin may revoke its own tenant's client certificates this way) or by bare *serial*
         (lowercase hex; the operator only). Its live sessions are closed."""
-        return await self._call(lambda rid: CertRevoke(rid, serial, certificate, reason))
+        return await self._call(CertRevoke(UNSENT, serial, certificate, reason))
 
-    async def cert_revoked(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+    async def cert_revoked(self, tenant: str = "") -> builtins.list[CertRow]:
         """The revoked certificates of *tenant* (``""``: all of them, operator only)."""
-        body = await self._call(lambda rid: CertList(rid, tenant))
+        body = await self._call(CertList(UNSENT, tenant))
         return list(body["revoked"])
 
-    async def s3_key_create(self, tenant: str, role: str) -> dict[str, Any]:
+    async def s3_key_create(self, tenant: str, role: str) -> S3KeyCreated:
         """A new S3 access key of *tenant* acting with *role*; the reply holds its secret
         (``secret_access_key``), sent this once."""
-        return await self._call(lambda rid: S3KeyCreate(rid, tenant, role))
+        return await self._call(S3KeyCreate(UNSENT, tenant, role))
 
-    async def s3_keys(self, tenant: str = "") -> builtins.list[dict[str, Any]]:
+    async def s3_keys(self, tenant: str = "") -> builtins.list[S3KeyRow]:
         """The S3 access keys of *tenant* (``""``: all, operator only), never a secret."""
-        body = await self._call(lambda rid: S3KeyList(rid, tenant))
+        body = await self._call(S3KeyList(UNSENT, tenant))
         return list(body["keys"])
 
-    async def s3_key_revoke(self, access_key_id: str) -> dict[str, Any]:
+    async def s3_key_revoke(self, access_key_id: str) -> S3KeyRevoked:
         """Revoke an S3 access key on every node, for good."""
-        return await self._call(lambda rid: S3KeyRevoke(rid, access_key_id))
+        return await self._call(S3KeyRevoke(UNSENT, access_key_id))
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     IntegrityError,
     ProtocolError,
-    RequestTimeout,
     error_class_for_code,
 )
 from ..transport import WireSession
-from ..wire import Data, End, ErrorReply, Message
+from ..wire import Data, End, ErrorReply, Message, VersionInfo
 
-__all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
+__all__ = ["GetStream", "ListPage", "ObjectInfo", "no_answer", "raise_for", "receive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class ObjectInfo:
     replayed: bool = False
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ObjectInfo:
+    def from_body(cls, body: VersionInfo) -> ObjectInfo:
         try:
             return cls(bucket=body["bucket"], key=body["key"], version=body["version"],
                        hlc=body["hlc"], node=body["node"], size=body["size"],
@@ -75,7 +76,8 @@ class GetStream:
 
     async def _pieces(self) -> AsyncIterator[bytes]:
         while not self.complete:
-            event = await receive(self._inbox, self._timeout)
+            with no_answer(self._timeout):
+                event = await receive(self._inbox)
             if isinstance(event, Data):
                 self.received += len(event.data)
                 if self.received > self.end - self.start:
@@ -92,13 +94,17 @@ class GetStream:
                 raise_for(event)
 
 
-async def receive(inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> Message:
-    with trio.move_on_after(timeout):
-        try:
-            return await inbox.receive()
-        except trio.EndOfChannel:
-            raise ConnectionLost("connection to the node lost during the request") from None
-    raise RequestTimeout(f"no answer from the node within {timeout:g} s")
+def no_answer(timeout: float) -> AbstractContextManager[trio.CancelScope]:
+    """The client's deadline for the node's next frame of a request."""
+    return deadline(timeout, f"no answer from the node within {timeout:g} s")
+
+
+async def receive(inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+    """The next frame of a request (the caller owns the deadline: :func:`no_answer`)."""
+    try:
+        return await inbox.receive()
+    except trio.EndOfChannel:
+        raise ConnectionLost("connection to the node lost during the request") from None
 
 
 def raise_for(event: Message) -> None:

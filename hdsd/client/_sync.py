@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 import trio
 
 from .._errors import HdsdError, ProtocolError
+from ..wire import MaintenanceStarted
 from ._async import AsyncClient, Progress, PutSource, put_source
 from ._profile import Profile
 from ._results import ListPage, ObjectInfo
@@ -131,5 +132,5 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._call(self._async.status)
 
-    def start_maintenance(self, task: str) -> dict[str, Any]:
+    def start_maintenance(self, task: str) -> MaintenanceStarted:
         return self._call(self._async.start_maintenance, task)

@@ -77,6 +77,15 @@ def _require_operator(node: Node, ident: Identity) -> None:
     require_operator(node, ident, _MANAGES_TENANTS)
 
 
+def _may_list(node: Node, ident: Identity, tenant: str) -> None:
+    """A listing of *tenant*'s entries (buckets, holds, revoked certificates, S3 keys) is for
+    its admin or the operator; of every tenant's (``""``), for the operator alone."""
+    if tenant:
+        node.tenancy.check_admin_of(ident.tenant, ident.role, tenant)
+    else:
+        _require_operator(node, ident)
+
+
 def _check_tenant_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise InvalidRequest(f"tenant name {name!r} must match {NAME_RE.pattern}")
@@ -126,12 +135,12 @@ async def _tenant_list(node: Node, session: WireSession, ident: Identity, msg: T
     # catalog alone showed 0 buckets for a tenant full of data. Count both, as the site sees.
     # Abandoned creations are not tenants (they never held data): not listed.
     listed = [t for t in catalog.tenants() if t.has_keys or t.is_shredded]
-    buckets = {t.name: {b.name for b in catalog.buckets(t.name)} for t in listed}
+    buckets = {t.name: {name for _, name in node.tenancy.open_buckets(t.name)} for t in listed}
     incomplete: set[str] = set()
 
     async def with_data(tenant: str) -> None:
         try:
-            buckets[tenant].update(await node.buckets_site(tenant))
+            buckets[tenant].update(await node.reads.buckets_site(tenant))
         except HdsdError:  # a node of the site is down: what this node holds, flagged
             buckets[tenant].update(node.store.buckets(tenant))
             incomplete.add(tenant)
@@ -167,7 +176,7 @@ async def _bucket_create(node: Node, session: WireSession, ident: Identity, msg:
     check_bucket(msg.bucket)
     result = await node.tenancy.apply_and_push(
         node, node.tenancy.create_bucket(msg.tenant, msg.bucket, msg.retention_days))
-    bucket = node.tenancy.catalog.bucket(msg.tenant, msg.bucket)
+    bucket = node.tenancy.bucket_entry(msg.tenant, msg.bucket)
     assert bucket is not None
     await session.send(Reply(rid=msg.rid, body={"tenant": msg.tenant, "bucket": msg.bucket,
                                                 "retention_days": bucket.retention_days,
@@ -176,17 +185,14 @@ async def _bucket_create(node: Node, session: WireSession, ident: Identity, msg:
 
 async def _bucket_list(node: Node, session: WireSession, ident: Identity, msg: BucketList,
                        inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
-    catalog = node.tenancy.catalog
-    holds = [h for h in catalog.holds(msg.tenant or None) if h.held]
-    buckets = [{"tenant": b.tenant, "bucket": b.name, "retention_days": b.retention_days,
+    _may_list(node, ident, msg.tenant)
+    holds = [(h, key) for h, _, key in node.tenancy.open_holds(msg.tenant or None) if h.held]
+    buckets = [{"tenant": b.tenant, "bucket": name, "retention_days": b.retention_days,
                 "created_ms": HybridClock.wall_ms(b.created),
-                "holds": sorted(h.key for h in holds
-                                if h.tenant == b.tenant and h.bucket == b.name)}
-               for b in catalog.buckets(msg.tenant or None)]
+                "holds": sorted(key for h, key in holds
+                                if h.tenant == b.tenant and h.bucket_id == b.bucket_id)}
+               for b, name in sorted(node.tenancy.open_buckets(msg.tenant or None),
+                                     key=lambda bn: (bn[0].tenant, bn[1]))]
     await session.send(Reply(rid=msg.rid, body={"buckets": buckets}))
 
 
@@ -205,16 +211,13 @@ async def _hold_set(node: Node, session: WireSession, ident: Identity, msg: Hold
 
 async def _hold_list(node: Node, session: WireSession, ident: Identity, msg: HoldList,
                      inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
-    holds = sorted((h for h in node.tenancy.catalog.holds(msg.tenant or None)
-                    if h.held and (not msg.bucket or h.bucket == msg.bucket)),
-                   key=lambda h: (h.tenant, h.bucket, h.key))
+    _may_list(node, ident, msg.tenant)
+    holds = sorted(((h, bucket, key) for h, bucket, key in node.tenancy.open_holds(
+                        msg.tenant or None) if h.held and (not msg.bucket or bucket == msg.bucket)),
+                   key=lambda hbk: (hbk[0].tenant, hbk[1], hbk[2]))
     await session.send(Reply(rid=msg.rid, body={"holds": [
-        {"tenant": h.tenant, "bucket": h.bucket, "key": h.key, "by": h.by,
-         "set_ms": HybridClock.wall_ms(h.hlc)} for h in holds]}))
+        {"tenant": h.tenant, "bucket": bucket, "key": key, "by": h.by,
+         "set_ms": HybridClock.wall_ms(h.hlc)} for h, bucket, key in holds]}))
 
 
 async def _cert_revoke(node: Node, session: WireSession, ident: Identity, msg: CertRevoke,
@@ -267,10 +270,7 @@ def _revoked_row(e: RevokedEntry) -> dict[str, Any]:
 
 async def _cert_list(node: Node, session: WireSession, ident: Identity, msg: CertList,
                      inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     rows = [_revoked_row(e) for e in node.tenancy.catalog.revoked(msg.tenant or None)]
     await session.send(Reply(rid=msg.rid, body={"revoked": rows, "node": node.config.name}))
 
@@ -303,10 +303,7 @@ def _s3_key_row(e: S3KeyEntry) -> dict[str, Any]:
 
 async def _s3_key_list(node: Node, session: WireSession, ident: Identity, msg: S3KeyList,
                        inbox: _Inbox) -> None:
-    if msg.tenant:
-        node.tenancy.check_admin_of(ident.tenant, ident.role, msg.tenant)
-    else:
-        _require_operator(node, ident)
+    _may_list(node, ident, msg.tenant)
     rows = [_s3_key_row(e) for e in node.tenancy.catalog.s3_keys(msg.tenant or None)]
     await session.send(Reply(rid=msg.rid, body={"keys": rows, "node": node.config.name}))
 

@@ -28,7 +28,8 @@ import trio
 
 from .._errors import HdsdError
 from ..audit import RESUMED_OP
-from ..wire import AuditShip
+from ..peers import UNREACHABLE_WARN_AFTER_S
+from ..wire import UNSENT, AuditShip
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -54,23 +55,42 @@ class AuditContinuity:
         task_status.started()
         if self.ready.is_set():
             return
+        self._tails: dict[str, tuple[int, bytes]] = {}
+        self._refused: dict[str, str] = {}
+        self._silent: dict[str, str] = {}
+        started = trio.current_time()
         try:
             await self._check()
         finally:
             self.ready.set()
+        # Nobody of the other site answered within the bounded wait (a first start of a whole
+        # cluster, or the other site down): clients were let in, and the question stays open.
+        # Keep asking, so the state ends in a verdict; warn only once the other site has been
+        # silent as long as an unreachable peer takes to be warned about.
+        warned = False
+        while self.state["state"] == "unchecked":
+            await trio.sleep(1.0)
+            await self._ask_round()
+            if self._tails or self._refused:
+                self._decide(late=True)
+                self._log(logging.INFO if self.state["state"] == "new" else logging.WARNING)
+                return
+            self.state["unreachable"] = dict(self._silent)
+            if not warned and trio.current_time() - started >= UNREACHABLE_WARN_AFTER_S:
+                warned = True
+                self._log(logging.WARNING)
 
-    async def _check(self) -> None:
+    async def _ask_round(self) -> None:
+        """Ask every node of the other site not yet heard from for the tail of its copy."""
         node = self.node
         audit = node.audit
-        tails: dict[str, tuple[int, bytes]] = {}
-        refused: dict[str, str] = {}
-        silent: dict[str, str] = {}
+        tails, refused, silent = self._tails, self._refused, self._silent
 
         async def ask(name: str) -> None:
             try:
                 body = await node.peers.call(
-                    name, lambda rid: AuditShip(rid, node.layout.layout_id, node.config.name,
-                                                audit.verify_key, 0, _GENESIS, []),
+                    name, AuditShip(UNSENT, node.layout.layout_id, node.config.name,
+                                    audit.verify_key, 0, _GENESIS, []),
                     timeout=node.config.write_timeout_s)
             except HdsdError as exc:
                 if exc.code == "layout_mismatch":
@@ -80,26 +100,32 @@ class AuditContinuity:
                 (refused if exc.code == "audit_chain_broken" else silent)[name] = str(exc)
                 return
             silent.pop(name, None)
-            seq, digest = body.get("seq"), body.get("hash")
-            if type(seq) is int and type(digest) is bytes and len(digest) == 32:
-                tails[name] = (seq, digest)
+            if len(body["hash"]) == 32:
+                tails[name] = (body["seq"], body["hash"])
 
+        others = [n.name for n in node.layout.nodes if n.site != node.config.site]
+        async with trio.open_nursery() as nursery:
+            for name in others:
+                if name not in tails and name not in refused:
+                    nursery.start_soon(ask, name)
+
+    def _answered_all(self) -> bool:
+        others = [n.name for n in self.node.layout.nodes if n.site != self.node.config.site]
+        return all(n in self._tails or n in self._refused for n in others)
+
+    async def _check(self) -> None:
+        node = self.node
+        audit = node.audit
         # Until every node of the other site answered (one may be starting, or this node may
         # run an old layout version), for at most the write timeout: clients wait meanwhile.
-        # The highest tail wins: the shipper's first target holds the longest copy.
         deadline = trio.current_time() + node.config.write_timeout_s
         while True:
-            others = [n.name for n in node.layout.nodes if n.site != node.config.site]
-            async with trio.open_nursery() as nursery:
-                for name in others:
-                    if name not in tails and name not in refused:
-                        nursery.start_soon(ask, name)
-            answered = [n for n in others if n in tails or n in refused]
-            if len(answered) == len(others) or (
-                    trio.current_time() >= deadline):
+            await self._ask_round()
+            if self._answered_all() or trio.current_time() >= deadline:
                 break
             await trio.sleep(0.5)
-        best = max(tails.items(), key=lambda kv: kv[1][0], default=None)
+        # The highest tail wins: the shipper's first target holds the longest copy.
+        best = max(self._tails.items(), key=lambda kv: kv[1][0], default=None)
         if best is not None and best[1][0] > 0:
             holder, (seq, digest) = best
             if await trio.to_thread.run_sync(audit.resume_after, seq, digest):
@@ -109,18 +135,33 @@ class AuditContinuity:
                              "")
                 self.state = {"state": "resumed", "after_seq": seq, "from": holder,
                               "at": time.time()}
+                self._log(logging.WARNING)
                 return
+        self._decide(late=False)
+        # Still waiting for the other site is not yet news (a cluster's first start).
+        self._log(logging.INFO if self.state["state"] in ("new", "unchecked")
+                  else logging.WARNING)
+
+    def _decide(self, *, late: bool) -> None:
+        """The verdict from what was heard; *late*: client records were already written, so a
+        copy found now can no longer be continued."""
+        best = max(self._tails.items(), key=lambda kv: kv[1][0], default=None)
+        if best is not None and best[1][0] > 0:
+            holder, (seq, _digest) = best
             self.state = {"state": "too_late", "copy_seq": seq, "from": holder,
-                          "why": "records were written before the check finished"}
-        elif refused:
-            self.state = {"state": "key_differs", "refused_by": refused,
+                          "why": ("the other site answered only after this node had started "
+                                  "serving" if late else
+                                  "records were written before the check finished")}
+        elif self._refused:
+            self.state = {"state": "key_differs", "refused_by": dict(self._refused),
                           "why": "the other site pins another signing key for this node: "
                                  "restore audit/signing.key from the node's bundle (or "
                                  "backup) and restart it"}
-        elif silent and not tails:
-            self.state = {"state": "unchecked", "unreachable": silent}
+        elif self._silent and not self._tails:
+            self.state = {"state": "unchecked", "unreachable": dict(self._silent)}
         else:
             self.state = {"state": "new"}
-        level = logging.INFO if self.state["state"] == "new" else logging.WARNING
-        log.log(level, "event=audit_continuity node=%s %s", node.config.name,
+
+    def _log(self, level: int) -> None:
+        log.log(level, "event=audit_continuity node=%s %s", self.node.config.name,
                 " ".join(f"{k}={v}" for k, v in self.state.items()))

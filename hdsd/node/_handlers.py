@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     HdsdError,
@@ -230,7 +231,11 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     BODY_SIZE.set(hi - lo)
     info = {**version.public_info(), "start": lo, "end": hi}
     timeout = node.config.request_timeout_s
-    if await _get_one_chunk(node, session, msg, info, version, lo, hi, timeout):
+    stalled = f"client read nothing for {timeout:g} s; download aborted"
+    whole = await _one_write(node, session, msg, info, version, lo, hi)
+    if whole is not None:
+        with deadline(timeout, stalled):
+            await session.send_many(whole)
         return
     await session.send(GetStart(rid=msg.rid, info=info))
 
@@ -238,10 +243,8 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
         if _cancelled(inbox):
             await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
             return False
-        with trio.move_on_after(timeout) as scope:
+        with deadline(timeout, stalled):
             await session.send_body(msg.rid, piece)
-        if scope.cancelled_caught:
-            raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
         return True
 
     if await stream_object(node, tenant, version, lo, hi, sink):
@@ -251,18 +254,18 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
 _ONE_WRITE_MAX = 1 << 20  # a get body this small may go out in one Data frame
 
 
-async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
-                         info: dict[str, Any], version: Version, lo: int, hi: int,
-                         timeout: float) -> bool:
-    """A range within one chunk (every small object): read it first, then send GetStart, the
-    body and End in one write — one TLS record and one wake-up for the client instead of three.
-    False (nothing sent) when the range spans chunks or is over one frame or the client's
-    window; the caller then streams it."""
+async def _one_write(node: Node, session: WireSession, msg: GetRequest,
+                     info: dict[str, Any], version: Version, lo: int, hi: int
+                     ) -> list[Message] | None:
+    """A range within one chunk (every small object): read it first, so GetStart, the body and
+    End go out in one write — one TLS record and one wake-up for the client instead of three.
+    None when the range spans chunks or is over one frame or the client's window; the caller
+    then streams it."""
     step = version.size if version.inline is not None else (version.chunk_size or version.size)
     if hi > lo and step and (lo // step) != ((hi - 1) // step):
-        return False
+        return None
     if hi - lo > min(_ONE_WRITE_MAX, session.conn.download_credit(msg.rid)):
-        return False
+        return None
     pieces: list[bytes] = []
 
     async def collect(piece: memoryview) -> bool:
@@ -270,12 +273,8 @@ async def _get_one_chunk(node: Node, session: WireSession, msg: GetRequest,
         return True
 
     await stream_object(node, version.tenant, version, lo, hi, collect)
-    body = [Data(rid=msg.rid, data=b"".join(pieces))] if hi > lo else []
-    with trio.move_on_after(timeout) as scope:
-        await session.send_many([GetStart(rid=msg.rid, info=info), *body, End(rid=msg.rid)])
-    if scope.cancelled_caught:
-        raise RequestTimeout(f"client read nothing for {timeout:g} s; download aborted")
-    return True
+    body: list[Message] = [Data(rid=msg.rid, data=b"".join(pieces))] if hi > lo else []
+    return [GetStart(rid=msg.rid, info=info), *body, End(rid=msg.rid)]
 
 
 def _cancelled(inbox: trio.MemoryReceiveChannel[Message]) -> bool:

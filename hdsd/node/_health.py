@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import HdsdError
-from ..wire import PeerStatusRequest
+from ..wire import UNSENT, PeerStatusRequest
 
 if TYPE_CHECKING:
     from ._server import Node
@@ -91,9 +91,8 @@ def health_status(node: Node) -> dict[str, Any]:
                                 if node.metrics_port else None)}
 
 
-def _peer_status_request(node: Node) -> Any:
-    layout = node.layout.layout_id
-    return lambda rid: PeerStatusRequest(rid=rid, layout=layout)
+def _peer_status_request(node: Node) -> PeerStatusRequest:
+    return PeerStatusRequest(UNSENT, node.layout.layout_id)
 
 
 async def _reachable(node: Node, names: list[str]) -> set[str]:
@@ -153,10 +152,12 @@ async def readiness(node: Node) -> tuple[bool, str]:
                    "writes are refused (hdsd site degrade to accept them alone)")
 
 
-async def cluster_status(node: Node, timeout: float = FANOUT_TIMEOUT) -> list[dict[str, Any]]:
+async def cluster_status(node: Node) -> list[dict[str, Any]]:
     """This node's status and every other node's (asked concurrently), one entry per node of
-    the layout, in layout order; a node that does not answer within *timeout* is ``up: false``
-    with the reason. Never takes longer than *timeout* (plus this node's own status)."""
+    the layout, in layout order; a node that does not answer within :data:`FANOUT_TIMEOUT` is
+    ``up: false`` with the reason. Never takes longer than that (plus this node's own
+    status)."""
+    timeout = FANOUT_TIMEOUT
     results: dict[str, dict[str, Any]] = {node.config.name: {"up": True, **node.status()}}
 
     async def ask(name: str) -> None:

@@ -36,7 +36,7 @@ from .._atomic import atomic_write
 from .._errors import ConfigError, HdsdError, InvalidRequest
 from ..cluster import LayoutRecord
 from ..peers import to_thread
-from ..wire import FetchVersions, LayoutPush
+from ..wire import UNSENT, FetchVersions, LayoutPush, LayoutState
 
 if TYPE_CHECKING:
     from ._config import NodeConfig
@@ -225,14 +225,12 @@ class LayoutKeeper:
         finally:
             self._learning.discard(peer)
 
-    async def _push_to(self, peer: str, record: LayoutRecord) -> dict[str, Any]:
-        body = await self.node.peers.call(peer, lambda rid: LayoutPush(rid, record.to_wire()),
+    async def _push_to(self, peer: str, record: LayoutRecord) -> LayoutState:
+        body = await self.node.peers.call(peer, LayoutPush(UNSENT, record.to_wire()),
                                           timeout=self.node.config.write_timeout_s)
-        theirs = body.get("record")
-        if isinstance(body.get("version"), int) and body["version"] > self.record.version \
-                and theirs is not None:
+        if body["version"] > self.record.version:
             try:
-                await self.offer(LayoutRecord.from_wire(theirs), peer)
+                await self.offer(LayoutRecord.from_wire(body["record"]), peer)
             except (ValueError, HdsdError) as exc:
                 log.warning("event=layout_from_peer_refused peer=%s error=%s", peer, exc)
         return body
@@ -266,7 +264,7 @@ class LayoutKeeper:
         record = self.record
         me = self.node.config.name
         names = [n.name for n in record.all_nodes() if n.name != me and n.name not in record.gone]
-        replies: dict[str, dict[str, Any]] = {}
+        replies: dict[str, LayoutState] = {}
         behind: dict[str, Any] = {}
 
         async def ask(name: str) -> None:
@@ -281,11 +279,11 @@ class LayoutKeeper:
         if self.record is not record:
             return  # learnt a newer version meanwhile
         for name, body in replies.items():
-            version = body.get("version", 0)
+            version = body["version"]
             if record.phase == "migrating" and version < record.version:
                 behind[name] = f"runs layout version {version}"
             elif record.phase == "syncing" and version == record.version \
-                    and not body.get("synced"):
+                    and not body["synced"]:
                 behind[name] = "comparing with its peers"
             elif version < record.version:
                 behind[name] = f"runs layout version {version}"
@@ -341,13 +339,13 @@ class LayoutKeeper:
                 for holder in holders:
                     try:
                         body = await node.peers.call(
-                            holder, lambda rid: FetchVersions(rid, record.layout.layout_id,
-                                                              tenant, bucket, key),
+                            holder, FetchVersions(UNSENT, record.layout.layout_id, tenant,
+                                                  bucket, key),
                             timeout=node.config.write_timeout_s)
                     except HdsdError as exc:
                         waiting[f"{bucket}/{key}"] = f"{holder}: {exc}"
                         return
-                    held = {(w.get("h"), w.get("n")) for w in body.get("versions", [])}
+                    held = {(w.get("h"), w.get("n")) for w in body["versions"]}
                     if not keys[k] <= held:
                         waiting[f"{bucket}/{key}"] = f"{holder} lacks some of its versions"
                         return

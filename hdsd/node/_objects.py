@@ -97,7 +97,7 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
             wanted = parse_version_id(version)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-    known = await node.versions_of(tenant, bucket, key)
+    known = await node.reads.versions_of(tenant, bucket, key)
     if wanted is None:
         found = known[-1] if known else None
     else:
@@ -443,8 +443,8 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
         if version.inline is not None:
             plain = await open_in_thread(codec, chunk_id, version.inline)
         else:
-            plain = await node.chunk_payload(tenant, version.bucket, version.key, chunk_id,
-                                             codec)
+            plain = await node.reads.chunk_payload(tenant, version.bucket, version.key, chunk_id,
+                                                   codec)
         if len(plain) != chunk_len:
             raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
                                  f"{len(plain)} bytes, expected {chunk_len}")
@@ -485,13 +485,13 @@ async def list_objects(node: Node, tenant: str, bucket: str, prefix: str, after:
         decode_version_cursor(after)  # refuse a malformed cursor before any fan-out
     # Each node of the site holds the keys placed on it: merge their parts, each bounded by
     # count and bytes; the merge is exact up to the smallest end of a part that has more.
-    parts = await node.list_site(tenant, bucket, prefix, after, limit, versions)
+    parts = await node.reads.list_site(tenant, bucket, prefix, after, limit, versions)
     return merge_page(parts, versions=versions, limit=limit)
 
 
 async def list_buckets(node: Node, tenant: str, after: str) -> tuple[list[str], str | None]:
     """One page of the buckets holding versions of *tenant* in this site."""
-    return merge_buckets(await node.list_buckets_site(tenant, after))
+    return merge_buckets(await node.reads.list_buckets_site(tenant, after))
 
 
 async def delete_object(node: Node, tenant: str, bucket: str, key: str,
@@ -521,7 +521,7 @@ async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> lis
     """Every version of a key, delete markers included; NotFound if it never existed."""
     check_bucket(bucket)
     check_key(key)
-    found = await node.versions_of(tenant, bucket, key)
+    found = await node.reads.versions_of(tenant, bucket, key)
     if not found:
         raise NotFound(f"{bucket}/{key} not found")
     return found
@@ -627,14 +627,14 @@ class NodeObjects:
 
     async def buckets(self, tenant: str) -> builtins.list[str]:
         await self._tenant(tenant)
-        names = {b.name for b in self.node.tenancy.catalog.buckets(tenant)}
-        names.update(await self.node.buckets_site(tenant))
+        names = {name for _, name in self.node.tenancy.open_buckets(tenant)}
+        names.update(await self.node.reads.buckets_site(tenant))
         return sorted(names)
 
     async def bucket_exists(self, tenant: str, bucket: str) -> bool:
         await self._tenant(tenant)
         check_bucket(bucket)
-        if self.node.tenancy.catalog.bucket(tenant, bucket) is not None:
+        if self.node.tenancy.bucket_entry(tenant, bucket) is not None:
             return True
         entries, _ = await list_objects(self.node, tenant, bucket, "", "", 1, True)
         return bool(entries)
@@ -651,16 +651,23 @@ class NodeObjects:
 
     def audit(self, principal: Principal | None, op: str, bucket: str, key: str, version: str,
               bytes_in: int, bytes_out: int, outcome: str, peer: str) -> None:
-        """One record per S3 request, like a native one: the access key is the identity."""
+        """One record per S3 request, like a native one: the access key is the identity, and
+        the names are sealed under the tenant's key like a native request's (hdsd.audit)."""
+        tenant = principal.tenant if principal else ""
+        seal_names = self.node.audit.seal_names
+        if seal_names is not None:
+            try:
+                bucket, key = seal_names(tenant, bucket, key)
+            except Exception:  # never raise from here; but never record the names in clear
+                bucket, key = "sealed:-", ""
         self.node.audit.record(
             identity=f"s3:{principal.name}" if principal else "s3:anonymous",
-            role=principal.role if principal else "", tenant=principal.tenant if principal
-            else "", op=f"S3:{op}", bucket=bucket, key=key, version=version,
+            role=principal.role if principal else "", tenant=tenant,
+            op=f"S3:{op}", bucket=bucket, key=key, version=version,
             bytes_in=bytes_in, bytes_out=bytes_out, outcome=outcome, peer=peer)
 
     def retention_days(self, tenant: str, bucket: str) -> int:
-        entry = self.node.tenancy.catalog.bucket(tenant, bucket)
-        return entry.retention_days if entry is not None else 0
+        return self.node.tenancy.retention_days(tenant, bucket)
 
     async def set_retention_days(self, tenant: str, bucket: str, days: int) -> None:
         """Extend the bucket's retention (never shortened: RetentionLocked), replicated."""
@@ -669,7 +676,7 @@ class NodeObjects:
         await tenancy.apply_and_push(self.node, tenancy.create_bucket(tenant, bucket, days))
 
     def held(self, tenant: str, bucket: str, key: str) -> bool:
-        hold = self.node.tenancy.catalog.hold(tenant, bucket, key)
+        hold = self.node.tenancy.hold_entry(tenant, bucket, key)
         return hold is not None and hold.held
 
     async def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> None:

@@ -90,8 +90,9 @@ async def _fetch_chunk(node: Node, session: WireSession, ident: Identity, msg: F
 
 async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: ListPeer,
                      inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    part = node.list_local(msg.tenant, msg.bucket, msg.prefix, msg.after, msg.limit,
-                           msg.versions)
+    # (see ask())
+    part = await trio.to_thread.run_sync(node.reads.list_local, msg.tenant, msg.bucket,
+                                         msg.prefix, msg.after, msg.limit, msg.versions)
     await session.send(Reply(rid=msg.rid, body={"versions": [v.to_wire() for v in part.versions],
                                                 "more": part.more}))
 
@@ -99,7 +100,7 @@ async def _list_peer(node: Node, session: WireSession, ident: Identity, msg: Lis
 async def _list_buckets_peer(node: Node, session: WireSession, ident: Identity,
                              msg: ListBucketsPeer,
                              inbox: trio.MemoryReceiveChannel[Message]) -> None:
-    part = node.list_buckets_local(msg.tenant, msg.after)
+    part = node.reads.list_buckets_local(msg.tenant, msg.after)
     await session.send(Reply(rid=msg.rid, body={"buckets": part.buckets, "more": part.more}))
 
 

@@ -1,4 +1,5 @@
-"""The read paths of a node, a part of :class:`~hdsd.node.Node` (kept apart for size).
+"""The read paths of a node: the :class:`ReadPaths` a :class:`~hdsd.node.Node` owns
+(``node.reads``).
 
 A key lives on its rendezvous replicas only, so a node reads through them: versions are merged
 across the replicas of its site (the other site is asked only when none here answers), a chunk
@@ -10,6 +11,7 @@ is looked for on the key's replicas.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -19,7 +21,7 @@ from ..peers import PeerPool
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
 from ..replication import Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id
-from ..wire import FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
+from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
@@ -46,21 +48,33 @@ def decode_version_cursor(text: str) -> tuple[str, int, str]:
 
 
 class ReadPaths:
-    """Mixin: the read half of the Node (which provides these attributes)."""
+    """Reads through a key's replicas, given what they need: the node's configuration, its
+    store, its peer links, the write coordinator (placement), and three views of the node's
+    live state — the layout in force, whether it is rebuilding, whether its store is still
+    unchecked (both: the local store alone is not the truth)."""
 
-    config: NodeConfig
-    store: Store
-    layout: Layout
-    peers: PeerPool
-    replicator: Replicator
+    def __init__(self, *, config: NodeConfig, store: Store, peers: PeerPool,
+                 replicator: Replicator, layout: Callable[[], Layout],
+                 rebuilding: Callable[[], bool], checking: Callable[[], bool]) -> None:
+        self.config = config
+        self.store = store
+        self.peers = peers
+        self.replicator = replicator
+        self._layout = layout
+        self._rebuilding = rebuilding
+        self._checking = checking
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout()
 
     @property
     def rebuilding(self) -> bool:
-        raise NotImplementedError
+        return self._rebuilding()
 
     @property
     def checking(self) -> bool:
-        raise NotImplementedError
+        return self._checking()
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         """Every version of a key known to its replicas, merged (union).
@@ -181,17 +195,20 @@ class ReadPaths:
 
         async def ask(name: str) -> None:
             if name == self.config.name:
-                parts[name] = self.list_local(tenant, bucket, prefix, after, limit, versions)
+                # In a worker thread: the first listing of a bucket opens all its names (or
+                # waits for the start's warm-up to have done so), which must not stall the
+                # event loop and every put with it.
+                parts[name] = await trio.to_thread.run_sync(
+                    self.list_local, tenant, bucket, prefix, after, limit, versions)
                 return
             try:
                 body = await self.peers.call(
-                    name, lambda rid: ListPeer(rid, self.layout.layout_id, tenant, bucket,
-                                               prefix, after, limit, versions),
+                    name, ListPeer(UNSENT, self.layout.layout_id, tenant, bucket, prefix, after,
+                                   limit, versions),
                     timeout=self.config.write_timeout_s)
                 found = [Version.from_wire(v) for v in body["versions"]]
                 # A node without "more" answered by count alone: a full part may go on.
-                more = body.get("more", len(found) >= limit)
-                parts[name] = Part(found, more=bool(more))
+                parts[name] = Part(found, more=body.get("more", len(found) >= limit))
             except (HdsdError, KeyError, TypeError) as exc:
                 if name not in optional:
                     down[name] = str(exc)
@@ -217,10 +234,9 @@ class ReadPaths:
                 return
             try:
                 body = await self.peers.call(
-                    name, lambda rid: ListBucketsPeer(rid, self.layout.layout_id, tenant, after),
+                    name, ListBucketsPeer(UNSENT, self.layout.layout_id, tenant, after),
                     timeout=self.config.write_timeout_s)
-                found = [str(b) for b in body["buckets"]]
-                parts.append(BucketPart(found, more=bool(body.get("more", False))))
+                parts.append(BucketPart(body["buckets"], more=body.get("more", False)))
             except (HdsdError, KeyError, TypeError) as exc:
                 down[name] = str(exc)
 
@@ -264,16 +280,15 @@ class ReadPaths:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, lambda rid: FetchChunk(rid, self.layout.layout_id, tenant, chunk_id),
+                    node, FetchChunk(UNSENT, self.layout.layout_id, tenant, chunk_id),
                     timeout=self.config.write_timeout_s)
-                payload = body["payload"]
-                plain = await open_in_thread(codec, chunk_id, payload)
+                plain = await open_in_thread(codec, chunk_id, body["payload"])
             except (HdsdError, KeyError, TypeError) as exc:
                 last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
                 continue
             if here and missing:
                 await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
-                                                     payload=payload)])
+                                                     payload=body["payload"])])
                 log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
                             chunk_id.hex()[:16], node)
             return plain
@@ -284,12 +299,12 @@ class ReadPaths:
         """*node*'s versions of a key; None (logged) if it did not answer."""
         try:
             body = await self.peers.call(
-                node, lambda rid: FetchVersions(rid, self.layout.layout_id, tenant, bucket, key),
+                node, FetchVersions(UNSENT, self.layout.layout_id, tenant, bucket, key),
                 timeout=self.config.write_timeout_s)
         except HdsdError as exc:
             log.info("event=read_fallback peer=%s error=%s", node, exc)
             return None
-        return [Version.from_wire(raw) for raw in body.get("versions", [])]
+        return [Version.from_wire(raw) for raw in body["versions"]]
 
     async def _versions_asked(self, nodes: list[str], tenant: str, bucket: str,
                               key: str) -> list[Version]:
@@ -304,8 +319,8 @@ class ReadPaths:
                 nursery.start_soon(ask, node)
         return found
 
-    async def _find_request(self, tenant: str, request_id: bytes, bucket: str,
-                            key: str, retry: bool = False) -> Version | None:
+    async def find_request(self, tenant: str, request_id: bytes, bucket: str,
+                           key: str, retry: bool = False) -> Version | None:
         """The version an earlier attempt of *request_id* wrote, if any can be found.
 
         A first attempt pays at most its own site's replicas (usually nothing: the coordinator

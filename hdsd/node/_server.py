@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import stat
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     AuthenticationFailed,
     CertificateRevoked,
@@ -100,7 +102,7 @@ log = logging.getLogger("hdsd.node")
 # (a download's Credit, an upload's Data) are never held for long.
 _ROOM_WAIT_S = 1.0
 
-class Node(ReadPaths):
+class Node:
     """The running state of one node; create it with :func:`serve_node`."""
 
     def __init__(self, config: NodeConfig, store: Store) -> None:
@@ -151,6 +153,10 @@ class Node(ReadPaths):
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
             dead_tenants=self._shredded, doubts=self.doubts)
+        self.reads = ReadPaths(config=config, store=store, peers=self.peers,
+                               replicator=self.replicator, layout=lambda: self.layout,
+                               rebuilding=lambda: self.rebuilding,
+                               checking=lambda: self.checking)
         self.started = time.time()
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
@@ -271,7 +277,7 @@ class Node(ReadPaths):
             await running.wait()
         done = self._requests_in_flight[slot] = trio.Event()
         try:
-            yield await self._find_request(tenant, request_id, bucket, key, retry)
+            yield await self.reads.find_request(tenant, request_id, bucket, key, retry)
         finally:
             del self._requests_in_flight[slot]
             done.set()
@@ -372,6 +378,7 @@ class Node(ReadPaths):
             if self.config.s3_https or self.config.s3_http:
                 self.s3_endpoints = await services.start(self._serve_s3)
             services.start_soon(_trim_memory)
+            services.start_soon(self._warm_listings)  # never waited for: readiness is not
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
             services.cancel_scope.cancel()
@@ -382,6 +389,34 @@ class Node(ReadPaths):
         self.hints.close()
         self.tenancy.close()
         log.info("event=shutdown_done node=%s", self.config.name)
+
+    async def _warm_listings(self) -> None:
+        """Open the names of the largest buckets into the listing caches in a worker thread,
+        once, at start (``Store.warm_listings``: bounded in names): a first listing of a
+        bucket of 100k keys after a restart otherwise opens all of them while its client
+        waits (seconds). Cancelled with the node's services: the thread sees the flag within
+        a few hundred names and stops."""
+        stop = threading.Event()
+
+        async def flag_on_cancel() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flag_on_cancel)
+            try:
+                buckets, names = await trio.to_thread.run_sync(self.store.warm_listings,
+                                                               stop.is_set)
+            except HdsdError as exc:  # a listing will build its cache and report it
+                log.warning("event=listing_warm_failed node=%s error=%s", self.config.name, exc)
+                buckets = names = 0
+            nursery.cancel_scope.cancel()
+        if buckets:
+            log.info("event=listing_cache_warm node=%s buckets=%d names=%d seconds=%.1f",
+                     self.config.name, buckets, names, time.monotonic() - started)
 
     async def _serve_s3(self, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
         """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
@@ -403,7 +438,8 @@ class Node(ReadPaths):
         """Sign the log's tail and try to ship it before the links close (a graceful stop)."""
         self.refusals.flush()
         await trio.to_thread.run_sync(self.audit.checkpoint_and_wait, 3.0)
-        await self.audit_shipper.flush(3.0)
+        with trio.move_on_after(3.0):
+            await self.audit_shipper.flush()
 
     def close_audit(self) -> None:
         """Flush the audit log, write its final checkpoint and stop its thread."""
@@ -444,7 +480,7 @@ class Node(ReadPaths):
 
     async def _run_connection(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
         source = peer.rsplit(":", 1)[0]
-        deadline = trio.current_time() + self.config.handshake_timeout_s
+        until = trio.current_time() + self.config.handshake_timeout_s
         try:
             with self.slots.handshake(source):
                 ident = await self._handshake(stream, peer)
@@ -464,7 +500,9 @@ class Node(ReadPaths):
                                          cluster_id=self.config.cluster_id,
                                          peer=self.config.name,
                                          window=session.conn.initial_window))
-                hello = await session.receive_hello(max(0.0, deadline - trio.current_time()))
+                with deadline(max(0.0, until - trio.current_time()), "no handshake from the "
+                              f"peer within {self.config.handshake_timeout_s:g} s"):
+                    hello = await session.receive_hello()
                 if hello.cluster_id != self.config.cluster_id:
                     raise AuthenticationFailed(f"Hello names cluster {hello.cluster_id!r}, "
                                                f"this is {self.config.cluster_id!r}")
@@ -496,9 +534,10 @@ class Node(ReadPaths):
         handshake slot meanwhile); None if refused (logged, audited). The Hellos follow, by
         the same deadline, in the session's slot."""
         try:
-            return await handshake_and_identify(
-                stream, timeout=self.config.handshake_timeout_s,
-                revoked=lambda ident: self.live.refuse(ident, peer))
+            limit = self.config.handshake_timeout_s
+            with deadline(limit, f"the TLS handshake took longer than {limit:g} s"):
+                return await handshake_and_identify(
+                    stream, revoked=lambda ident: self.live.refuse(ident, peer))
         except HdsdError as exc:
             if not isinstance(exc, CertificateRevoked):  # refuse() told who it was
                 self._connection_refused(peer, None, exc)

@@ -76,11 +76,15 @@ from ..catalog import (
     RevokedEntry,
     S3KeyEntry,
     TenantEntry,
+    bucket_name,
     decide_abandon,
     decide_confirm,
     describe_creation,
     entry_from_wire,
+    hold_names,
     pending_error,
+    seal_bucket,
+    seal_hold,
     seed_creation,
     unwrap_keys,
     unwrap_secret,
@@ -89,8 +93,8 @@ from ..catalog import (
     wrap_keys,
 )
 from ..cluster import HybridClock
-from ..pipeline import TenantKeys
-from ..wire import CatalogPush, CatalogSync, TenantVote
+from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
+from ..wire import UNSENT, CatalogPush, CatalogSync, TenantVote
 from ._keyring import Keyring
 
 if TYPE_CHECKING:
@@ -141,12 +145,20 @@ class Tenancy:
         self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
         self._reserved: dict[str, int] = {}  # declared sizes of puts in flight here
         self._recent: dict[str, int] = {}  # growth by puts done here since the usage snapshot
+        # Bucket and hold entries: keyed ids and names sealed under the tenant's key.
+        self._names = TenantNameSealing(self._sealing_keys_or_none)
         try:
             self._check_catalog_keys(data_dir / CATALOG_FILE)
         except ConfigError:
             self.catalog.close()
             raise
         self._import_seeds()
+        if self.catalog.clear_names():
+            # A catalog of an older hdsd: its locks and holds named buckets and keys in clear.
+            # Sealed here, at start, with this node's tenant keys (one transaction).
+            done = self.catalog.seal_clear_names(self.name_seal)
+            log.warning("event=catalog_names_sealed buckets=%d holds=%d dropped=%d",
+                        done.buckets, done.holds, done.dropped)
         # Why the last catalog sync with each peer failed (none once it succeeds): shown by
         # `hdsd status`, whose exit code says when a node cannot use its keys or catalog.
         self.sync_failures: dict[str, str] = {}
@@ -224,6 +236,65 @@ class Tenancy:
         if entry.is_confirmed:  # cached as keys() does: after_apply forgets it when it changes
             self._keys[tenant] = keys
         return keys
+
+    def _sealing_keys_or_none(self, tenant: str) -> TenantKeys | None:
+        try:
+            return self.sealing_keys(tenant)
+        except HdsdError:
+            return None
+
+    # -- catalog names (sealed: hdsd.catalog._names) --------------------------------------------
+    def name_seal(self, tenant: str) -> NameSeal | None:
+        """The tenant's name seal (ids and sealed names of its catalog entries), None if this
+        node holds no key for it."""
+        return self._names.seal_for(tenant)
+
+    def _seal(self, tenant: str) -> NameSeal:
+        seal = self.name_seal(tenant)
+        if seal is None:
+            raise PermissionDenied(f"tenant {tenant!r} has no key on this node")
+        return seal
+
+    def bucket_entry(self, tenant: str, bucket: str) -> BucketEntry | None:
+        seal = self.name_seal(tenant)
+        return self.catalog.bucket(tenant, seal.bucket_id(bucket)) if seal else None
+
+    def hold_entry(self, tenant: str, bucket: str, key: str) -> HoldEntry | None:
+        seal = self.name_seal(tenant)
+        return self.catalog.hold(tenant, seal.name_id(bucket, key)) if seal else None
+
+    def retention_days(self, tenant: str, bucket: str) -> int:
+        entry = self.bucket_entry(tenant, bucket)
+        return entry.retention_days if entry is not None else 0
+
+    def open_buckets(self, tenant: str | None = None) -> list[tuple[BucketEntry, str]]:
+        """Bucket entries (of *tenant*, or all) with their names opened; entries this node
+        cannot open (no key) are left out."""
+        out = []
+        for e in self.catalog.buckets(tenant):
+            seal = self.name_seal(e.tenant)
+            name = self._opened(bucket_name, seal, e) if seal is not None else None
+            if name is not None:
+                out.append((e, name))
+        return out
+
+    def open_holds(self, tenant: str | None = None) -> list[tuple[HoldEntry, str, str]]:
+        """Hold entries (of *tenant*, or all) with their bucket and key opened."""
+        out = []
+        for e in self.catalog.holds(tenant):
+            seal = self.name_seal(e.tenant)
+            names = self._opened(hold_names, seal, e) if seal is not None else None
+            if names is not None:
+                out.append((e, *names))
+        return out
+
+    @staticmethod
+    def _opened(how: Callable[[NameSeal, Any], Any], seal: NameSeal, entry: Entry) -> Any:
+        try:
+            return how(seal, entry)
+        except HdsdError as exc:  # damaged, or sealed under other keys: listed without it
+            log.warning("event=catalog_entry_unreadable ident=%s error=%s", entry.ident, exc)
+            return None
 
     def check_live(self, tenant: str) -> None:
         """Refuse every request of a shredded tenant, or of one whose creation is not
@@ -357,17 +428,17 @@ class Tenancy:
 
     def create_bucket(self, tenant: str, bucket: str, retention_days: int) -> list[Entry]:
         self.keys(tenant)  # the tenant exists and is live
-        old = self.catalog.bucket(tenant, bucket)
+        seal = self._seal(tenant)
+        old = self.catalog.bucket(tenant, seal.bucket_id(bucket))
         if old is not None and retention_days < old.retention_days:
             raise RetentionLocked(f"bucket {tenant}/{bucket} keeps versions {old.retention_days}"
                                   f" days; retention can be extended, never shortened")
-        return [BucketEntry(tenant=tenant, name=bucket, retention_days=retention_days,
-                            created=self._clock.now())]
+        return [seal_bucket(seal, tenant, bucket, retention_days, self._clock.now())]
 
     def set_hold(self, tenant: str, bucket: str, key: str, held: bool, by: str) -> list[Entry]:
         self.keys(tenant)
-        return [HoldEntry(tenant=tenant, bucket=bucket, key=key, held=held, by=by,
-                          hlc=self._clock.now())]
+        return [seal_hold(self._seal(tenant), tenant, bucket, key, held, by,
+                          self._clock.now())]
 
     def revoke(self, serial: str, by: str, reason: str, *, kind: str = "", tenant: str = "",
                name: str = "", role: str = "", not_after_ms: int = 0) -> list[Entry]:
@@ -381,13 +452,12 @@ class Tenancy:
         """Refuse a put (``size``: declared, or None) or a delete that a legal hold, the
         bucket's retention or the tenant's quota forbids; return the bytes to reserve."""
         await self.ensure_confirmed(node, tenant)
-        hold = self.catalog.hold(tenant, bucket, key)
+        hold = self.hold_entry(tenant, bucket, key)
         what = "deleted" if delete else "overwritten"
         if hold is not None and hold.held:
             raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); it cannot be "
                             f"{what} until an admin clears the hold")
-        bucket_entry = self.catalog.bucket(tenant, bucket)
-        retention = bucket_entry.retention_days if bucket_entry else 0
+        retention = self.retention_days(tenant, bucket)
         entry = self.catalog.tenant(tenant)
         quota = entry.quota_bytes if entry is not None else 0
         need = 0 if delete or not quota else (size or 0)
@@ -397,7 +467,7 @@ class Tenancy:
                 await self.refresh_usage(node, max_age=_USAGE_TTL_S)
         current_size = 0
         if retention or (need and self.usage(tenant) + need > quota):
-            known = await node.versions_of(tenant, bucket, key)
+            known = await node.reads.versions_of(tenant, bucket, key)
             current = known[-1] if known and not known[-1].tombstone else None
             if current is not None:
                 current_size = current.size  # an overwrite frees what it replaces
@@ -477,8 +547,7 @@ class Tenancy:
 
         async def push(name: str) -> None:
             try:
-                await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
-                                                                    wire),
+                await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
                                       timeout=node.config.write_timeout_s)
                 confirmed.append(name)
             except HdsdError as exc:
@@ -517,8 +586,7 @@ class Tenancy:
 
         async def ask(name: str) -> None:
             try:
-                await node.peers.call(name, lambda rid: TenantVote(rid, node.layout.layout_id,
-                                                                   wire, kind),
+                await node.peers.call(name, TenantVote(UNSENT, node.layout.layout_id, wire, kind),
                                       timeout=node.config.write_timeout_s)
                 acked.append(name)
             except (TenantConflict, TenantShredded) as exc:
@@ -635,21 +703,17 @@ class Tenancy:
     async def sync_with(self, node: Node, name: str) -> None:
         """One catalog sync with *name*: pull on digest mismatch, push back what it lacks."""
         body = await node.peers.call(
-            name, lambda rid: CatalogSync(rid, node.layout.layout_id, self.catalog.digest()),
+            name, CatalogSync(UNSENT, node.layout.layout_id, self.catalog.digest()),
             timeout=node.config.write_timeout_s)
         record = node.layouts.record  # (it may have changed during the call)
         if record.has_node(name) and record.node(name).site == node.config.site:
-            usage = body.get("usage")
-            if isinstance(usage, dict):
-                self._peer_usage[name] = {str(k): int(v) for k, v in usage.items()
-                                          if isinstance(v, int)}
-        theirs = body.get("entries") or []
-        if theirs:
-            await self.apply([entry_from_wire(e) for e in theirs])
-        if body.get("digest") != self.catalog.digest():
+            if "usage" in body:
+                self._peer_usage[name] = body["usage"]
+        if body["entries"]:
+            await self.apply([entry_from_wire(e) for e in body["entries"]])
+        if body["digest"] != self.catalog.digest():
             wire = [e.to_wire() for e in self.catalog.entries()]
-            await node.peers.call(name, lambda rid: CatalogPush(rid, node.layout.layout_id,
-                                                                wire),
+            await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
                                   timeout=node.config.write_timeout_s)
 
     async def sync_all(self, node: Node) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
+from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     HdsdError,
@@ -24,7 +25,7 @@ from .._errors import (
 )
 from ..cluster import Layout, NodeInfo
 from ..transport import Identity, WireSession, connect_tls, identity_from_der
-from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Message, Reply, Role
+from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Reply, Request, Role
 
 __all__ = ["PeerLink", "PeerPool"]
 
@@ -39,13 +40,16 @@ _MAX_IN_FLIGHT = 64
 UNREACHABLE_WARN_AFTER_S = 30.0
 _WARN_EVERY_S = 60.0
 
+R = TypeVar("R")
+
 
 class PeerLink(Protocol):
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
-        """Send the request *make(rid)* to *node* and return its Reply body.
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+        """Send *request* (built with ``rid=UNSENT``: the link stamps its own) to *node* and
+        return its Reply body, checked against the request's reply type.
 
-        Raises :class:`Unavailable` (unreachable, timeout) or the error the peer replied with.
+        Raises :class:`Unavailable` (unreachable, timeout), :class:`ProtocolError` (a malformed
+        reply) or the error the peer replied with.
         """
         ...
 
@@ -195,8 +199,10 @@ class PeerPool:
 
     async def _open(self, node: str) -> WireSession:
         host, port = self._addresses[node]
-        stream = await connect_tls(host, port, self._ssl, server_hostname=host,
-                                   timeout=self._connect_timeout, revoked=self._revoked)
+        limit = self._connect_timeout
+        with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
+            stream = await connect_tls(host, port, self._ssl, server_hostname=host,
+                                       revoked=self._revoked)
         session = WireSession(stream, Connection(Role.CLIENT))
         try:
             self._peer(node).serial = identity_from_der(
@@ -204,7 +210,8 @@ class PeerPool:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.cluster_id, peer=self.name,
                                      window=session.conn.initial_window))
-            hello = await session.receive_hello(self._connect_timeout)
+            with deadline(limit, f"no handshake from peer {node} within {limit:g} s"):
+                hello = await session.receive_hello()
             if hello.cluster_id != self.cluster_id:
                 raise ProtocolError(f"peer {node} serves cluster {hello.cluster_id!r}")
         except BaseException:
@@ -237,37 +244,34 @@ class PeerPool:
                 self._on_link(node, False)
             await session.aclose()
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
         peer = self._peer(node)
         with trio.move_on_after(timeout) as queued:
             await peer.slots.acquire()
         if queued.cancelled_caught:
             raise RequestTimeout(f"peer {node} busy: no free slot within {timeout:g} s")
         try:
-            return await self._call(node, peer, make, timeout)
+            return await self._call(node, peer, request, timeout)
         finally:
             peer.slots.release()
 
-    async def _call(self, node: str, peer: _Peer, make: Callable[[int], Message],
-                    timeout: float) -> dict[str, Any]:
+    async def _call(self, node: str, peer: _Peer, request: Request[R], timeout: float) -> R:
         with trio.move_on_after(timeout) as scope:
             session = await self._session(node)
-            rid = session.new_rid()
-            inbox = session.open_inbox(rid)
+            request, inbox = session.open_request(request)
             try:
                 # A frame cut in the middle would break the link for every request sharing it:
                 # once started, a send finishes (unless the link itself is stuck that long).
                 with trio.CancelScope(shield=True), trio.move_on_after(timeout):
-                    await session.send(make(rid))
+                    await session.send(request)
                 try:
                     event = await inbox.receive()
                 except trio.EndOfChannel:
                     raise ConnectionLost(f"connection to peer {node} lost") from None
             finally:
-                session.close_inbox(rid)
+                session.close_inbox(request.rid)
             if isinstance(event, Reply):
-                return event.body
+                return request.decode_reply(event.body)
             if isinstance(event, ErrorReply):
                 raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
             raise ProtocolError(f"peer {node} answered {type(event).__name__}")

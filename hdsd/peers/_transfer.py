@@ -4,13 +4,13 @@ push a version to a peer and pull one from it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from .._groups import single_error
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk, Replicate
+from ..wire import UNSENT, FetchChunk, Replicate
 from ._link import PeerLink
 from ._offload import Offload
 
@@ -27,9 +27,10 @@ class ChunkReader(Protocol):
 
 
 def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
-                      versions: Sequence[Version], *, hint: bool = False) -> Any:
-    return lambda rid: Replicate(
-        rid=rid, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
+                      versions: Sequence[Version], *, hint: bool = False) -> Replicate:
+    """The request that stores *chunks* and *versions* on a peer (one commit there)."""
+    return Replicate(
+        rid=UNSENT, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
         versions=[v.to_wire() for v in versions], hint=hint)
 
 
@@ -70,9 +71,8 @@ async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
     async def one(i: int) -> None:
         tenant, chunk_id = ids[i]
 
-        def fetch(rid: int) -> FetchChunk:
-            return FetchChunk(rid, layout_id, tenant, chunk_id)
-        reply = await peers.call(node, fetch, timeout=timeout)
+        reply = await peers.call(node, FetchChunk(UNSENT, layout_id, tenant, chunk_id),
+                                 timeout=timeout)
         out[i] = ChunkRecord(tenant, chunk_id, reply["payload"])
 
     if in_flight <= 1 or len(ids) <= 1:

@@ -11,6 +11,11 @@ data key destroys both, with nothing else to forget):
 * the *seal key* encrypts (XChaCha20-Poly1305, random 24-byte nonce) the names themselves, with
   associated data chosen by the caller (the record's identity), so a sealed name cannot be
   moved to another record.
+* the *nonce key* makes :meth:`NameSeal.seal_fixed` deterministic (a synthetic nonce: keyed
+  BLAKE3 of the associated data and the plaintext), for the replicated catalog, whose entries
+  must compare equal on every node that made or received them. Equal inputs give equal
+  outputs — which reveals only what the entry's keyed id already does (the same name) — and
+  distinct inputs never share a nonce.
 
 Sealed format: ``nonce (24) || ciphertext || tag (16)``. Names are never compressed first:
 compression would leak their length more finely and buys nothing on a few dozen bytes.
@@ -38,17 +43,20 @@ _BUCKET_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
 _SEAL_CONTEXT = "hdsd 2026-12 sealed names v1"
+_NONCE_CONTEXT = "hdsd 2026-12 catalog name nonces v1"
 
 
 class NameSeal:
     """One tenant's name ids and name sealing (implements ``hdsd.store.TenantSeal``)."""
 
-    __slots__ = ("_bucket_ids", "_hash_key", "_seal_key", "keys")
+    __slots__ = ("_bucket_ids", "_hash_key", "_nonce_key", "_seal_key", "keys")
 
     def __init__(self, keys: TenantKeys) -> None:
         self.keys = keys  # kept to notice a replaced (or shredded) key set
         self._hash_key = blake3.blake3(keys.data_key, derive_key_context=_HASH_CONTEXT).digest()
         self._seal_key = blake3.blake3(keys.data_key, derive_key_context=_SEAL_CONTEXT).digest()
+        self._nonce_key = blake3.blake3(keys.data_key,
+                                        derive_key_context=_NONCE_CONTEXT).digest()
         # A tenant has few buckets and every put needs its bucket's id: computed once each.
         self._bucket_ids: dict[str, bytes] = {}
 
@@ -70,6 +78,14 @@ class NameSeal:
 
     def seal(self, plain: bytes, aad: bytes) -> bytes:
         nonce = random_bytes(_NONCE)
+        return nonce + _encrypt(plain, aad, nonce, self._seal_key)
+
+    def seal_fixed(self, plain: bytes, aad: bytes) -> bytes:
+        """Like :meth:`seal` (same format, opened by :meth:`open`), but the same *plain* and
+        *aad* always give the same bytes: the nonce is a keyed hash of both (length-prefixed
+        associated data, so no two inputs collide by concatenation)."""
+        h = blake3.blake3(len(aad).to_bytes(4, "big") + aad + plain, key=self._nonce_key)
+        nonce = h.digest(_NONCE)
         return nonce + _encrypt(plain, aad, nonce, self._seal_key)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:

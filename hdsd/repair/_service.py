@@ -33,7 +33,7 @@ from ..cluster import Layout, LayoutRecord
 from ..peers import PeerLink, to_thread
 from ..replication import PeerDoubts
 from ..store import Store
-from ..wire import TreeLevel
+from ..wire import UNSENT, TreeLevel
 from ._scrub import ChunkOpener, Scrubber, ScrubReport
 from ._sync import AntiEntropy, RepairReport
 from ._trees import PeerTrees
@@ -303,8 +303,7 @@ class Maintenance:
         t0 = trio.current_time()
         while True:
             try:
-                await self.peers.call(peer, lambda rid: TreeLevel(rid, self.layout.layout_id,
-                                                                  0, [0]),
+                await self.peers.call(peer, TreeLevel(UNSENT, self.layout.layout_id, 0, [0]),
                                       timeout=max(0.5, min(self.sync.timeout, within)))
                 return None
             except Unavailable as exc:

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -29,11 +29,23 @@ from .._errors import HdsdError, IntegrityError, Unavailable
 from .._groups import single_error
 from ..peers import PeerLink, fetch_chunk_records, local_chunks, push_versions, to_thread
 from ..store import ChunkRecord, CommitTicket, Store, Version
-from ..wire import MAX_DIFF_LEAVES, LeafDiff, Message, Reply, TreeLevel, frame_size
+from ..wire import (
+    MAX_DIFF_LEAVES,
+    UNSENT,
+    LeafDiff,
+    LeafDiffReply,
+    Reply,
+    Request,
+    TreeHashes,
+    TreeLevel,
+    frame_size,
+)
 from ._tree import DEPTH, children_of, leaf_of
 from ._trees import PeerTrees
 
 __all__ = ["AntiEntropy", "RepairReport"]
+
+R = TypeVar("R")
 
 log = logging.getLogger("hdsd.repair")
 
@@ -140,11 +152,10 @@ class _Metered:
     def reachable(self, node: str) -> bool:
         return self.peers.reachable(node)
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
-        body = await self.peers.call(node, make, timeout=timeout)
-        sent = frame_size(make(0))
-        received = frame_size(Reply(0, body))
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+        body = await self.peers.call(node, request, timeout=timeout)
+        sent = frame_size(request)
+        received = frame_size(Reply(UNSENT, dict(body)))  # type: ignore[call-overload]
         self.report.bytes_sent += sent
         self.report.bytes_received += received
         await self.pace.spend(sent + received)
@@ -273,9 +284,8 @@ class AntiEntropy:
             found: list[int] = []
             for start in range(0, len(indices), _TREE_BATCH):
                 part = indices[start:start + _TREE_BATCH]
-                def level(rid: int, d: int = depth, p: list[int] = part) -> TreeLevel:
-                    return TreeLevel(rid, self.layout_id, d, p)
-                body = await link.call(peer, level, timeout=self.timeout)
+                body: TreeHashes = await link.call(
+                    peer, TreeLevel(UNSENT, self.layout_id, depth, part), timeout=self.timeout)
                 theirs = body["hashes"]
                 mine = self.trees.hashes(peer, depth, part)
                 if len(theirs) != len(part):
@@ -339,14 +349,13 @@ class AntiEntropy:
         for group in groups:
             pushed: set[bytes] = set()
             while True:
-                def diff(rid: int, g: list[Any] = group) -> LeafDiff:
-                    return LeafDiff(rid, self.layout_id, g)
-                body = await link.call(peer, diff, timeout=self.timeout)
-                replied += sum(_wire_size(v) for v in body.get("versions", []))
-                await self._take(peer, leaves, body.get("versions", []), link)
+                body: LeafDiffReply = await link.call(
+                    peer, LeafDiff(UNSENT, self.layout_id, group), timeout=self.timeout)
+                replied += sum(_wire_size(v) for v in body["versions"])
+                await self._take(peer, leaves, body["versions"], link)
                 by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
                 outgoing = []
-                for digest in body.get("wanted", []):
+                for digest in body["wanted"]:
                     version = by_digest.get(digest)
                     if version is None:
                         raise IntegrityError(f"{peer} wants a version this node did not offer")

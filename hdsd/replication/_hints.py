@@ -3,8 +3,8 @@
 When a write is acknowledged while a replica has not confirmed it (degraded mode, a replica
 slower than the policy requires, a dead peer), the coordinator records one hint per (replica,
 version) *before* acknowledging. The hint names the version; its content is in the local store.
-Replay (:class:`HintReplayer`) streams hinted versions to their replica in insertion order and
-deletes each hint once the replica confirmed it durable. Replay is idempotent: the receiver's
+Replay (``_replay.HintReplayer``) streams hinted versions to their replica in insertion order
+and deletes each hint once the replica confirmed it durable. Replay is idempotent: the receiver's
 store ignores records it already holds, so a hint replayed twice costs bandwidth, never data.
 
 The hints live in their own SQLite database with ``synchronous=FULL``: each batch of hints is

@@ -1,4 +1,4 @@
-"""Hint replay, a part of :class:`~hdsd.replication.Replicator` (kept apart for size).
+"""Hint replay: the :class:`HintReplayer` a :class:`~hdsd.replication.Replicator` owns.
 
 One task per node streams that node's hints to it, oldest first, whenever it is reachable; a
 hint naming this node itself (its own fsync failed while the others met the policy) is replayed
@@ -15,46 +15,75 @@ commit), and dropping the hint at the first look would leave that copy uncounted
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 import trio
 
 from .._errors import HdsdError, Unavailable
-from ..cluster import Layout, LayoutRecord
+from ..cluster import Layout, LayoutRecord, NodeInfo
 from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
 from ..store import ChunkRecord, Version
-from ..wire import FetchVersions, PeerStatusRequest
+from ..wire import UNSENT, FetchVersions, PeerStatusRequest
 from ._doubts import PeerDoubts
 from ._hints import HintStore
 from ._mode import ModeState
 from ._types import LocalStore, Replicas
 
-__all__ = ["HintReplay"]
+__all__ = ["HintReplayer"]
 
 log = logging.getLogger("hdsd.replication")
 
 
-class HintReplay:
-    """Mixin: the replay half of the Replicator (which provides these attributes)."""
+class HintReplayer:
+    """One replay task per node of the layout, given what it reads and writes: the local
+    store, the peer links, the hint store, the site mode (it restores ``normal``), the peers
+    in doubt, and the placement of keys (``replicas_for``, the Replicator's)."""
 
-    name: str
-    site: str
-    layout: Layout
-    layout_id: str
-    store: LocalStore
-    peers: PeerLink
-    hints: HintStore
-    mode: ModeState
-    timeout: float
-    _offload: Offload
-    _hints_added: trio.Event
-    _peer_was_lost: bool
-    _unheld_since: dict[int, float]
-    doubts: PeerDoubts
-    record: LayoutRecord
-    _replaying: set[str]
+    def __init__(self, *, name: str, site: str, record: LayoutRecord, store: LocalStore,
+                 peers: PeerLink, hints: HintStore, mode: ModeState, doubts: PeerDoubts,
+                 timeout: float, offload: Offload,
+                 replicas_for: Callable[[str, str, str], Replicas]) -> None:
+        self.name = name
+        self.site = site
+        self.record = record
+        self.store = store
+        self.peers = peers
+        self.hints = hints
+        self.mode = mode
+        self.doubts = doubts
+        self.timeout = timeout
+        self._offload = offload
+        self.replicas_for = replicas_for
+        self._hints_added = trio.Event()
+        # Automatic restore needs the other site to have been away and come back; an operator
+        # degrading ahead of planned maintenance is not undone while the peer is still up.
+        self.peer_was_lost = False
+        self._unheld_since: dict[int, float] = {}  # hint id -> first seen held by nobody
+        self._replaying: set[str] = set()
 
-    def replicas_for(self, tenant: str, bucket: str, key: str) -> Replicas:
-        raise NotImplementedError
+    @property
+    def layout(self) -> Layout:
+        return self.record.layout
+
+    @property
+    def layout_id(self) -> str:
+        return self.record.layout.layout_id
+
+    def set_record(self, record: LayoutRecord) -> None:
+        """The layout version in force changed (nodes that joined get a task: :meth:`start`)."""
+        self.record = record
+
+    def start(self, nursery: trio.Nursery, nodes: Iterable[NodeInfo]) -> None:
+        """A replay task in *nursery* for each of *nodes* that has none yet."""
+        for node in nodes:
+            if node.name not in self._replaying:
+                self._replaying.add(node.name)
+                nursery.start_soon(self._replay_hints, node.name)
+
+    def hints_added(self) -> None:
+        """New hints were kept: wake the tasks waiting for some."""
+        self._hints_added.set()
+        self._hints_added = trio.Event()
 
     async def _replay_hints(self, node: str) -> None:
         """Stream the hints of *node* to it, oldest first, whenever it is reachable."""
@@ -88,7 +117,7 @@ class HintReplay:
                     await trio.sleep(min(1.0, self.timeout))
             except HdsdError as exc:
                 if isinstance(exc, Unavailable):
-                    self._peer_was_lost = self._peer_was_lost or self.mode.degraded
+                    self.peer_was_lost = self.peer_was_lost or self.mode.degraded
                 log.debug("event=hint_replay_blocked peer=%s error=%s", node, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -138,9 +167,9 @@ class HintReplay:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, lambda rid: FetchVersions(rid, self.layout_id, tenant, bucket, key),
+                    node, FetchVersions(UNSENT, self.layout_id, tenant, bucket, key),
                     timeout=self.timeout)
-                known = [Version.from_wire(v) for v in body.get("versions", [])]
+                known = [Version.from_wire(v) for v in body["versions"]]
                 found = next((v for v in known if v.order == (hlc, origin)), None)
                 if found is None:
                     continue
@@ -155,21 +184,21 @@ class HintReplay:
 
     async def _maybe_restore(self) -> None:
         if not self.mode.degraded:
-            self._peer_was_lost = False
+            self.peer_was_lost = False
             return
         remote = [n.name for n in self.layout.site_nodes(self.layout.other_site(self.site))]
         reachable = True
         for node in remote:
             try:
-                await self.peers.call(node, lambda rid: PeerStatusRequest(rid, self.layout_id),
+                await self.peers.call(node, PeerStatusRequest(UNSENT, self.layout_id),
                                       timeout=min(self.timeout, 2.0))
             except HdsdError:
                 reachable = False
         if not reachable:
-            self._peer_was_lost = True
+            self.peer_was_lost = True
             return
-        if self._peer_was_lost and self.hints.backlog().versions == 0:
+        if self.peer_was_lost and self.hints.backlog().versions == 0:
             self.mode.set("normal", reason="other site back and every hint replayed",
                           by=self.name, automatic=True)
             self.doubts.doubt(None, "the site returned to normal")
-            self._peer_was_lost = False
+            self.peer_was_lost = False

@@ -43,12 +43,12 @@ from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, LayoutRecord, placement_key
 from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
-from ..wire import FetchChunk, FetchVersions
+from ..wire import UNSENT, FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
 from ._mode import ModeState
 from ._policy import WritePolicy, policy_met, policy_still_possible
-from ._replay import HintReplay
+from ._replay import HintReplayer
 from ._types import LocalCommit, LocalStore, Replicas
 
 __all__ = ["LocalStore", "Replicator"]
@@ -75,7 +75,7 @@ class _Batch:
         self.error: HdsdError | None = None
 
 
-class Replicator(HintReplay):
+class Replicator:
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
                  peers: PeerLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
@@ -88,7 +88,6 @@ class Replicator(HintReplay):
         # The layout version in force: while it migrates, keys live on the union of their old
         # and new replicas (see hdsd.cluster.LayoutRecord); set_record switches it live.
         self.record = LayoutRecord(cluster_id="", version=0, layout=layout)
-        self._replaying: set[str] = set()
         self.store = store
         self.peers = peers
         self.hints = hints
@@ -104,16 +103,15 @@ class Replicator(HintReplay):
         self._offload = offload
         self._background: trio.Nursery | None = None
         self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
-        self._hints_added = trio.Event()
-        # Automatic restore needs the other site to have been away and come back; an operator
-        # degrading ahead of planned maintenance is not undone while the peer is still up.
-        self._peer_was_lost = False
-        self._unheld_since: dict[int, float] = {}  # hint id -> first seen held by nobody
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
         self._every_key: dict[str, Replicas] = {}
         self._fixed_placements()
+        self.replay = HintReplayer(name=name, site=site, record=self.record, store=store,
+                                   peers=peers, hints=hints, mode=mode, doubts=self.doubts,
+                                   timeout=timeout, offload=offload,
+                                   replicas_for=self.replicas_for)
 
     def _fixed_placements(self) -> None:
         # Per plan: when each site has no more nodes of the plan's role than it keeps copies
@@ -136,6 +134,7 @@ class Replicator(HintReplay):
         self.layout = record.layout
         self.layout_id = record.layout.layout_id
         self._fixed_placements()
+        self.replay.set_record(record)
         self.doubts.add_peers(n.name for n in record.all_nodes() if n.name != self.name)
         for target in self.hints.targets():
             if not record.has_node(target):
@@ -143,19 +142,14 @@ class Replicator(HintReplay):
                 log.info("event=hints_dropped target=%s versions=%d reason=left_the_layout",
                          target, dropped)
         if self._background is not None:
-            for node in record.all_nodes():
-                if node.name not in self._replaying:
-                    self._replaying.add(node.name)
-                    self._background.start_soon(self._replay_hints, node.name)
+            self.replay.start(self._background, record.all_nodes())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Own the background sends and the hint replay until cancelled."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
-            for node in self.record.all_nodes():
-                self._replaying.add(node.name)
-                nursery.start_soon(self._replay_hints, node.name)
+            self.replay.start(nursery, self.record.all_nodes())
             task_status.started()
             await trio.sleep_forever()
 
@@ -329,7 +323,7 @@ class Replicator(HintReplay):
         if degrade:
             self.mode.set("degraded", reason="peer site unreachable (on_peer_site_loss = "
                           "degrade)", by=self.name, automatic=True)
-            self._peer_was_lost = True
+            self.replay.peer_was_lost = True
             if policy_met("local", replicas, acked, self.site):
                 return set(targets) - acked
         await self._hint_refused(targets, versions, acked, failed)
@@ -425,10 +419,10 @@ class Replicator(HintReplay):
             found = self.store.find_request(v.tenant, v.request_id) if v.request_id else None
             return found is not None and found.order == v.order
         body = await self.peers.call(
-            node, lambda rid: FetchVersions(rid, self.layout_id, version.tenant, version.bucket,
-                                            version.key),
+            node, FetchVersions(UNSENT, self.layout_id, version.tenant, version.bucket,
+                                version.key),
             timeout=self.timeout)
-        return any((w.get("h"), w.get("n")) == version.order for w in body.get("versions", []))
+        return any((w.get("h"), w.get("n")) == version.order for w in body["versions"])
 
     async def _copy(self, version: Version, sources: list[str], lacking: list[str],
                     acked: set[str], failed: dict[str, HdsdError]) -> None:
@@ -444,9 +438,9 @@ class Replicator(HintReplay):
                                                      chunk_id)
                 return payload
             body = await self.peers.call(
-                source, lambda rid: FetchChunk(rid, self.layout_id, version.tenant, chunk_id),
+                source, FetchChunk(UNSENT, self.layout_id, version.tenant, chunk_id),
                 timeout=self.timeout)
-            return bytes(body["payload"])
+            return body["payload"]
 
         async def send(chunks: list[ChunkRecord], versions: list[Version]) -> None:
             async def one(node: str) -> None:
@@ -492,8 +486,7 @@ class Replicator(HintReplay):
         targets = sorted(lagging)
         if targets:
             await self._offload(self.hints.add, targets, versions)
-            self._hints_added.set()
-            self._hints_added = trio.Event()
+            self.replay.hints_added()
 
     def backlog(self) -> dict[str, Backlog]:
         """Hints per node (this node included: versions its own disk missed)."""

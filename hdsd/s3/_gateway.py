@@ -372,7 +372,8 @@ class Gateway:
             raise
         except Exception:
             outcome = "internal"
-            log.exception("event=s3_request_failed op=%s bucket=%s", op, bucket)
+            # (no bucket name: it may identify a patient, and logs go to the journal in clear)
+            log.exception("event=s3_request_failed op=%s", op)
             await self._error(req, S3Error("InternalError", 500, "internal error on the node; "
                                            "see its log"), path)
         finally:

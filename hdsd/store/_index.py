@@ -36,14 +36,20 @@ from ._records import ChunkRecord, StoredRecord
 from ._sealed import SealedVersion, Sealing, TenantSeal, open_names, open_version, seal_for
 from ._version import Version
 
-__all__ = ["AppliedPosition", "Index", "Location", "VersionName", "khash_of"]
+__all__ = ["WARM_MIN_KEYS", "WARM_NAMES", "AppliedPosition", "Index", "Location", "VersionName",
+           "khash_of"]
 
 _HLC_SHIFT = 1 << 63
 INDEX_FORMAT = 2
 # Listing caches hold at most this many key names in all (least recently listed buckets are
 # dropped first): about 100 bytes each.
 CACHED_NAMES = 2_000_000
+# What a node warms at start (Index.warm_listings): buckets whose first listing would open at
+# least this many names, largest first, up to a quarter of the caches' capacity.
+WARM_MIN_KEYS = 5_000
+WARM_NAMES = CACHED_NAMES // 4
 _PAGE_KEYS = 256  # names looked up per SQL statement while paging a listing
+_WARM_CHECK = 256  # names opened between two looks at a warm-up's stop flag
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -183,6 +189,10 @@ def _size_of(body: bytes) -> int:
     return int(size)
 
 
+class _WarmStopped(Exception):
+    """A background warm-up was told to stop (the node is stopping)."""
+
+
 class _BucketNames:
     """The key names of one bucket, sorted (a listing's view), plus those the log writer
     indexed since: merged into a new sorted list by the next listing, never in place, so a
@@ -209,6 +219,22 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def _name_id_pages(keys: list[str], start: int, prefix: str, bucket: str,
+                   seal: TenantSeal) -> Iterator[list[bytes]]:
+    """The name ids of the sorted *keys* from *start* on that begin with *prefix* (they are
+    contiguous), :data:`_PAGE_KEYS` per page: one SQL statement each. Lazy, so a listing that
+    fills its limit hashes no more names than it looks up."""
+    i = start
+    while True:
+        page: list[str] = []
+        while i < len(keys) and len(page) < _PAGE_KEYS and keys[i].startswith(prefix):
+            page.append(keys[i])
+            i += 1
+        if not page:
+            return
+        yield [seal.name_id(bucket, k) for k in page]
+
+
 class Index:
     def __init__(self, path: str, sealing: Sealing) -> None:
         self._path = path
@@ -221,6 +247,7 @@ class Index:
         # operations (never while names are opened), so the log writer never waits long.
         self._names: OrderedDict[tuple[str, bytes], _BucketNames] = OrderedDict()
         self._building: dict[tuple[str, bytes], set[str]] = {}
+        self._build_done: dict[tuple[str, bytes], threading.Event] = {}
         self._bucket_names: dict[tuple[str, bytes], str] = {}
         self._names_lock = threading.Lock()
         self.writer = _connect(path)
@@ -421,8 +448,11 @@ class Index:
         return None if row is None else open_version(row[0], seal)
 
     # --- listings: names opened into a sorted cache per bucket --------------------------------
-    def _bucket_keys(self, tenant: str, bid: bytes, seal: TenantSeal) -> list[str]:
-        """Every key name of the bucket with a head here, sorted (a list no one mutates)."""
+    def _bucket_keys(self, tenant: str, bid: bytes, seal: TenantSeal,
+                     stop: Callable[[], bool] | None = None) -> list[str]:
+        """Every key name of the bucket with a head here, sorted (a list no one mutates).
+        *stop*: a background warm-up's flag, looked at while the names are opened
+        (:class:`_WarmStopped` when set; nothing is cached then)."""
         ident = (tenant, bid)
         with self._names_lock:
             cached = self._names.get(ident)
@@ -437,18 +467,37 @@ class Index:
                         cached.keys = merged
                     cached.pending = set()
                 return cached.keys
-            self._building[ident] = set()
+            done = self._build_done.get(ident)
+            if done is None:  # this thread builds it; listings that come meanwhile wait
+                self._building[ident] = set()
+                self._build_done[ident] = threading.Event()
+        if done is not None:
+            # Being built (the warm-up at start, or another listing): one build is enough.
+            # If that one fails or stops, this listing builds it (the event is set either way).
+            done.wait()
+            return self._bucket_keys(tenant, bid, seal, stop)
         try:
             rows = self._reader().execute(
                 "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
                 " WHERE h.tenant = ? AND h.bid = ?", (tenant, bid)).fetchall()
-            opened = {open_names(body, seal)[1] for (body,) in rows}
+            if stop is None:
+                opened = {open_names(body, seal)[1] for (body,) in rows}
+            else:
+                opened = set()
+                for n, (body,) in enumerate(rows):
+                    if n % _WARM_CHECK == 0:
+                        if stop():
+                            raise _WarmStopped
+                        time.sleep(0)  # let the event loop's thread have the GIL first
+                    opened.add(open_names(body, seal)[1])
         except BaseException:
             with self._names_lock:
                 self._building.pop(ident, None)
+                self._build_done.pop(ident).set()
             raise
         with self._names_lock:
             opened.update(self._building.pop(ident, ()))
+            self._build_done.pop(ident).set()
             ordered = sorted(opened)
             self._names[ident] = _BucketNames(ordered)
             total = sum(len(n.keys) for n in self._names.values())
@@ -456,6 +505,33 @@ class Index:
                 _, dropped = self._names.popitem(last=False)
                 total -= len(dropped.keys)
         return ordered
+
+    def warm_listings(self, stop: Callable[[], bool], *, max_names: int,
+                      min_keys: int) -> tuple[int, int]:
+        """Build the listing caches of the largest buckets (at least *min_keys* keys each, at
+        most *max_names* names in all), as a first listing would: run at node start in a
+        worker thread, so that the first listing of a large bucket after a restart does not
+        open every name of it while its client waits. Returns (buckets, names) cached; stops
+        early, caching nothing more, once *stop* returns True."""
+        sizes = self._reader().execute(
+            "SELECT tenant, bid, count(*) FROM heads GROUP BY tenant, bid").fetchall()
+        sizes.sort(key=lambda row: -row[2])
+        buckets = names = 0
+        for tenant, bid, count in sizes:
+            if count < min_keys or stop():
+                break
+            seal = self._sealing.seal_for(tenant)
+            if names + count > max_names or seal is None:
+                continue  # (a smaller one may fit; no key: a shredded tenant, not listed)
+            with self._names_lock:
+                if (tenant, bid) in self._names:
+                    continue  # a listing was faster
+            try:
+                names += len(self._bucket_keys(tenant, bid, seal, stop))
+            except _WarmStopped:
+                break
+            buckets += 1
+        return buckets, names
 
     def _heads_of(self, tenant: str, nids: list[bytes]) -> dict[bytes, tuple[bool, bytes]]:
         marks = ",".join("?" * len(nids))
@@ -470,14 +546,9 @@ class Index:
         keys = self._bucket_keys(tenant, seal.bucket_id(bucket), seal)
         i = max(bisect.bisect_left(keys, prefix), bisect.bisect_right(keys, after))
         out: list[Version] = []
-        while len(out) < limit and i < len(keys):
-            page: list[str] = []
-            while i < len(keys) and len(page) < _PAGE_KEYS and keys[i].startswith(prefix):
-                page.append(keys[i])
-                i += 1
-            if not page:
-                break
-            nids = [seal.name_id(bucket, k) for k in page]
+        if limit <= 0:
+            return out
+        for nids in _name_id_pages(keys, i, prefix, bucket, seal):
             heads = self._heads_of(tenant, nids)
             for nid in nids:
                 head = heads.get(nid)
@@ -485,7 +556,7 @@ class Index:
                     continue
                 out.append(open_version(head[1], seal))
                 if len(out) == limit:
-                    break
+                    return out
         return out
 
     def list_versions(self, tenant: str, bucket: str, prefix: str,
@@ -500,15 +571,10 @@ class Index:
             cursor = (a_key, a_hlc, a_node)
             i = max(i, bisect.bisect_left(keys, a_key))
         out: list[Version] = []
+        if limit <= 0:
+            return out
         conn = self._reader()
-        while len(out) < limit and i < len(keys):
-            page: list[str] = []
-            while i < len(keys) and len(page) < _PAGE_KEYS and keys[i].startswith(prefix):
-                page.append(keys[i])
-                i += 1
-            if not page:
-                break
-            nids = [seal.name_id(bucket, k) for k in page]
+        for nids in _name_id_pages(keys, i, prefix, bucket, seal):
             marks = ",".join("?" * len(nids))
             rows = conn.execute(
                 f"SELECT nid, body FROM versions WHERE tenant = ? AND nid IN ({marks})"

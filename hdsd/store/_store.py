@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -24,7 +24,7 @@ from . import _format as F
 from ._compact import CompactReport, SegmentGate, compact
 from ._fds import DEFAULT_READ_FDS, ReadFds
 from ._fs import FileSystem
-from ._index import Index, Location, VersionName, khash_of
+from ._index import WARM_MIN_KEYS, WARM_NAMES, Index, Location, VersionName, khash_of
 from ._log import check_frame
 from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
 from ._recovery import Recovered, check_format, list_segments, recover, verify_log
@@ -333,6 +333,13 @@ class Store:
         after the cursor *after* = ``(key, hlc, node)`` of the last one returned."""
         self._check_readable()
         return self._index.list_versions(tenant, bucket, prefix, after, max(limit, 0))
+
+    def warm_listings(self, stop: Callable[[], bool], *, max_names: int = WARM_NAMES,
+                      min_keys: int = WARM_MIN_KEYS) -> tuple[int, int]:
+        """Build the listing caches of the largest buckets ahead of their first listing (see
+        :meth:`Index.warm_listings`); (buckets, names) cached. Blocking: a worker thread."""
+        self._check_readable()
+        return self._index.warm_listings(stop, max_names=max_names, min_keys=min_keys)
 
     def buckets(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[str]:
         """Buckets of *tenant* holding at least one version, ascending, those greater than

@@ -35,7 +35,6 @@ from .._errors import (
     ConfigError,
     ConnectionLost,
     ProtocolError,
-    RequestTimeout,
 )
 from ._certs import Identity, identity_from_der
 
@@ -135,7 +134,6 @@ async def connect_tls(
     ctx: ssl.SSLContext,
     *,
     server_hostname: str,
-    timeout: float = 10,
     revoked: Callable[[Identity], bool] | None = None,
 ) -> trio.SSLStream[trio.SocketStream]:
     """Dial *host*:*port*, complete the TLS handshake and wait for the server's verdict on our
@@ -145,58 +143,56 @@ async def connect_tls(
     revoked server is refused with :class:`CertificateRevoked`.
 
     Raises :class:`AuthenticationFailed` (either side refused the other's certificate; do not
-    retry), :class:`ConnectionLost` (refused, reset or closed; retryable) or
-    :class:`RequestTimeout` (all of it took longer than *timeout* seconds; retryable). The
-    caller owns the returned stream and must close it.
+    retry) or :class:`ConnectionLost` (refused, reset or closed; retryable). The caller owns
+    the deadline (``with deadline(seconds, why):``, see ``hdsd._deadline``) and the returned
+    stream, which it must close.
     """
     target = f"{host}:{port}"
-    with trio.move_on_after(timeout):
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot connect to {target}: {exc.strerror or exc}") from None
+    stream = trio.SSLStream(tcp, ctx, server_hostname=server_hostname)
+    ok = False
+    try:
         try:
-            tcp = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {target}: {exc.strerror or exc}") from None
-        stream = trio.SSLStream(tcp, ctx, server_hostname=server_hostname)
-        ok = False
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await _flush_alert(stream)
+            raise _handshake_error(exc, f"server {target}") from exc
         try:
-            try:
-                await stream.do_handshake()
-            except trio.BrokenResourceError as exc:
-                await _flush_alert(stream)
-                raise _handshake_error(exc, f"server {target}") from exc
-            try:
-                verdict = await stream.receive_some(1)
-            except trio.BrokenResourceError as exc:
-                raise _handshake_error(exc, f"server {target}") from exc
-            if verdict == _REFUSED:
-                raise AuthenticationFailed(
-                    f"the server {target} refused our certificate: not an hdsd node or client "
-                    "certificate; issue one with `hdsd cert issue`"
-                )
-            if verdict == _REVOKED:
-                raise CertificateRevoked(
-                    f"the server {target} refused our certificate: it was revoked (or replaced "
-                    "by a newer one); use the new certificate, or ask for one (`hdsd cert renew`)"
-                )
-            if verdict == b"":
-                raise ConnectionLost(f"the server {target} closed the connection after the "
-                                     "TLS handshake")
-            if verdict != _ACCEPTED:
-                raise ProtocolError(f"the server {target} sent {verdict!r} for its TLS verdict")
-            if revoked is not None:
-                server = identity_from_der(stream.getpeercert(binary_form=True))
-                if revoked(server):
-                    raise CertificateRevoked(f"the server {target} ({server.name}) presented a "
-                                             f"revoked certificate (serial {server.serial_hex})")
-            ok = True
-            return stream
-        finally:
-            if not ok:
-                await trio.aclose_forcefully(stream)
-    raise RequestTimeout(f"connecting to {target} took longer than {timeout:g} s")
+            verdict = await stream.receive_some(1)
+        except trio.BrokenResourceError as exc:
+            raise _handshake_error(exc, f"server {target}") from exc
+        if verdict == _REFUSED:
+            raise AuthenticationFailed(
+                f"the server {target} refused our certificate: not an hdsd node or client "
+                "certificate; issue one with `hdsd cert issue`"
+            )
+        if verdict == _REVOKED:
+            raise CertificateRevoked(
+                f"the server {target} refused our certificate: it was revoked (or replaced "
+                "by a newer one); use the new certificate, or ask for one (`hdsd cert renew`)"
+            )
+        if verdict == b"":
+            raise ConnectionLost(f"the server {target} closed the connection after the "
+                                 "TLS handshake")
+        if verdict != _ACCEPTED:
+            raise ProtocolError(f"the server {target} sent {verdict!r} for its TLS verdict")
+        if revoked is not None:
+            server = identity_from_der(stream.getpeercert(binary_form=True))
+            if revoked(server):
+                raise CertificateRevoked(f"the server {target} ({server.name}) presented a "
+                                         f"revoked certificate (serial {server.serial_hex})")
+        ok = True
+        return stream
+    finally:
+        if not ok:
+            await trio.aclose_forcefully(stream)
 
 
 async def handshake_and_identify(
-    stream: trio.SSLStream[trio.SocketStream], *, timeout: float = 10,
+    stream: trio.SSLStream[trio.SocketStream], *,
     revoked: Callable[[Identity], bool] | None = None,
 ) -> Identity:
     """Server side of an accepted connection: complete the TLS handshake, read the peer's
@@ -207,36 +203,34 @@ async def handshake_and_identify(
     ``serial`` set) before the verdict: a revoked certificate gets the ``0x02`` verdict and
     :class:`CertificateRevoked` is raised. On any error the stream is closed and one of
     :class:`AuthenticationFailed` (plaintext, TLS < 1.3, no certificate, unknown CA, not an hdsd
-    certificate), :class:`ConnectionLost` or :class:`RequestTimeout` is raised; a server loop
-    catches these per connection and keeps serving.
+    certificate) or :class:`ConnectionLost` is raised; a server loop catches these per
+    connection and keeps serving. The caller owns the deadline (``hdsd._deadline.deadline``:
+    on expiry the stream is closed and :class:`RequestTimeout` raised).
     """
-    with trio.move_on_after(timeout):
+    try:
         try:
-            try:
-                await stream.do_handshake()
-            except trio.BrokenResourceError as exc:
-                await _flush_alert(stream)
-                raise _handshake_error(exc, "client") from exc
-            try:
-                identity = identity_from_der(stream.getpeercert(binary_form=True))
-            except AuthenticationFailed:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(_REFUSED)
-                raise
-            if revoked is not None and revoked(identity):
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(_REVOKED)
-                raise CertificateRevoked(f"{identity.kind} {identity.name!r} presented a revoked "
-                                         f"certificate (serial {identity.serial_hex})")
-            try:
-                await stream.send_all(_ACCEPTED)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(
-                    f"the client went away after the TLS handshake: {exc}"
-                ) from exc
-            return identity
-        except BaseException:
-            await trio.aclose_forcefully(stream)
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await _flush_alert(stream)
+            raise _handshake_error(exc, "client") from exc
+        try:
+            identity = identity_from_der(stream.getpeercert(binary_form=True))
+        except AuthenticationFailed:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(_REFUSED)
             raise
-    await trio.aclose_forcefully(stream)
-    raise RequestTimeout(f"the TLS handshake took longer than {timeout:g} s")
+        if revoked is not None and revoked(identity):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(_REVOKED)
+            raise CertificateRevoked(f"{identity.kind} {identity.name!r} presented a revoked "
+                                     f"certificate (serial {identity.serial_hex})")
+        try:
+            await stream.send_all(_ACCEPTED)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(
+                f"the client went away after the TLS handshake: {exc}"
+            ) from exc
+        return identity
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise

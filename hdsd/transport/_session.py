@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import trio
 
@@ -52,7 +53,6 @@ from .._errors import (
     ConnectionLost,
     HdsdError,
     ProtocolError,
-    RequestTimeout,
     error_class_for_code,
 )
 from ..wire import (
@@ -65,10 +65,13 @@ from ..wire import (
     Hello,
     Message,
     NeedData,
+    Request,
 )
 from ._tlsread import tls_receiver
 
 __all__ = ["WireSession"]
+
+RequestT = TypeVar("RequestT", bound=Request[Any])
 
 _READ_SIZE = 256 << 10
 MAX_DATA_FRAME = 1 << 20
@@ -261,9 +264,17 @@ class WireSession:
             self._ungranted[rid] = pending
 
     # -- request routing -----------------------------------------------------------------------
-    def new_rid(self) -> int:
-        """A request id for a new request of ours: the next one (mod 2³²) not in flight on
-        this connection. The one place ids are allocated (the client and the peer links)."""
+    def open_request(self, request: RequestT) -> tuple[RequestT,
+                                                       trio.MemoryReceiveChannel[Message]]:
+        """*request* (built with ``rid=UNSENT``) stamped with a fresh request id, and the inbox
+        its answers arrive in, registered before it is sent. The one place request ids are
+        allocated and stamped (the client and the peer links); ``close_inbox(request.rid)``
+        when done."""
+        rid = self._new_rid()
+        return request.with_rid(rid), self.open_inbox(rid)
+
+    def _new_rid(self) -> int:
+        # The next id (mod 2³²) not in flight on this connection.
         while True:
             self._last_rid = (self._last_rid + 1) % (1 << 32)
             if not self.conn.in_flight(self._last_rid):
@@ -285,28 +296,26 @@ class WireSession:
         if inbox is not None:
             inbox.close()
 
-    async def receive_hello(self, timeout: float) -> Hello:
-        """Read until the peer's Hello (the first frame) arrives; the reader is not running yet."""
-        with trio.move_on_after(timeout) as scope:
-            while True:
-                event = self.conn.next_event()
-                if isinstance(event, Hello):
-                    self.their_hello = event
-                    return event
-                if isinstance(event, Goodbye):
-                    # The peer's reason, typed: a full node (retry later) is not a broken one.
-                    cls = error_class_for_code(event.code)
-                    if cls is HdsdError:
-                        cls = ProtocolError
-                    raise cls(f"peer refused: {event.code}: {event.message}")
-                if isinstance(event, ConnectionClosed):
-                    raise ConnectionLost("peer closed the connection during the handshake")
-                if isinstance(event, NeedData):
-                    await self._feed()
-                    continue
-                raise ProtocolError(f"expected Hello, got {type(event).__name__}")
-        assert scope.cancelled_caught
-        raise RequestTimeout(f"no handshake from the peer within {timeout:g} s")
+    async def receive_hello(self) -> Hello:
+        """Read until the peer's Hello (the first frame) arrives; the reader is not running yet.
+        The caller owns the deadline (``hdsd._deadline.deadline``)."""
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, Hello):
+                self.their_hello = event
+                return event
+            if isinstance(event, Goodbye):
+                # The peer's reason, typed: a full node (retry later) is not a broken one.
+                cls = error_class_for_code(event.code)
+                if cls is HdsdError:
+                    cls = ProtocolError
+                raise cls(f"peer refused: {event.code}: {event.message}")
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionLost("peer closed the connection during the handshake")
+            if isinstance(event, NeedData):
+                await self._feed()
+                continue
+            raise ProtocolError(f"expected Hello, got {type(event).__name__}")
 
     async def _feed(self) -> None:
         try:

@@ -15,7 +15,25 @@ from typing import Any
 from .._errors import InvalidRequest
 from . import _constants as C
 from . import _fields as F
-from ._messages import Message
+from ._messages import Request
+from ._replies import (
+    BucketCreated,
+    BucketsListed,
+    CatalogPushed,
+    CatalogState,
+    CertRevoked,
+    CertsRevoked,
+    HoldSetReply,
+    HoldsHeld,
+    S3KeyCreated,
+    S3KeyRevoked,
+    S3KeysListed,
+    TenantCreated,
+    TenantCreation,
+    TenantShredded,
+    TenantsListed,
+    TenantVoted,
+)
 
 __all__ = [
     "BucketCreate",
@@ -48,7 +66,7 @@ def _tenant(value: object, field: str = "tenant") -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class TenantCreate(Message):
+class TenantCreate(Request[TenantCreated]):
     """Operator: create a tenant (fresh keys) or, if it exists, set its quota (0: none).
     ``plan`` (``standard`` or ``backup``; ``""``: standard, or unchanged for an existing tenant)
     is fixed at creation."""
@@ -67,7 +85,7 @@ class TenantCreate(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TenantList(Message):
+class TenantList(Request[TenantsListed]):
     """Operator: every tenant with its quota, usage on this site, and state."""
 
     rid: int
@@ -77,7 +95,7 @@ class TenantList(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TenantShred(Message):
+class TenantShred(Request[TenantShredded]):
     """Operator: destroy the tenant's keys in both sites; ``confirm`` must repeat the name."""
 
     rid: int
@@ -91,7 +109,7 @@ class TenantShred(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TenantConfirm(Message):
+class TenantConfirm(Request[TenantCreation]):
     """Operator: run one confirmation round of the tenant's pending creation (``hdsd tenant
     create`` repeats it until confirmed; ``--resume``). ``creation`` (16 bytes, or empty: the
     one the node holds) is the creation the caller expects: another one is ``tenant_conflict``.
@@ -110,7 +128,7 @@ class TenantConfirm(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TenantAbandon(Message):
+class TenantAbandon(Request[TenantCreation]):
     """Operator: abandon the tenant's unconfirmed creation in both sites (every node must
     agree); ``confirm`` must repeat the name. A confirmed tenant is refused (shred it)."""
 
@@ -125,7 +143,7 @@ class TenantAbandon(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BucketCreate(Message):
+class BucketCreate(Request[BucketCreated]):
     """Create a bucket, or extend its retention (never shorten)."""
 
     rid: int
@@ -141,7 +159,7 @@ class BucketCreate(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BucketList(Message):
+class BucketList(Request[BucketsListed]):
     """Buckets of ``tenant`` (empty: every tenant, operator only) with retention and holds."""
 
     rid: int
@@ -153,7 +171,7 @@ class BucketList(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class HoldSet(Message):
+class HoldSet(Request[HoldSetReply]):
     """Set (``held``) or clear a legal hold on one key."""
 
     rid: int
@@ -171,7 +189,7 @@ class HoldSet(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class HoldList(Message):
+class HoldList(Request[HoldsHeld]):
     """Keys under legal hold: of ``tenant`` (empty: every tenant, operator only), of
     ``bucket`` (empty: every bucket of it)."""
 
@@ -193,7 +211,7 @@ _MAX_CERT_BYTES = 16 << 10
 
 
 @dataclass(frozen=True, slots=True)
-class CertRevoke(Message):
+class CertRevoke(Request[CertRevoked]):
     """Revoke a certificate, for good, on every node. ``certificate`` (DER, or empty) proves
     whose it is: the node checks the cluster CA signed it and lets a tenant's admin revoke its
     own tenant's certificates; a bare ``serial`` (lowercase hex, no certificate) is the
@@ -219,7 +237,7 @@ class CertRevoke(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class CertList(Message):
+class CertList(Request[CertsRevoked]):
     """Revoked certificates of ``tenant`` (empty: every one, node certificates included,
     operator only)."""
 
@@ -236,7 +254,7 @@ _S3_ROLES = ("admin", "writer", "reader", "auditor")
 
 
 @dataclass(frozen=True, slots=True)
-class S3KeyCreate(Message):
+class S3KeyCreate(Request[S3KeyCreated]):
     """A new S3 access key for ``tenant`` acting with ``role`` (the operator, or an admin of
     the tenant). Reply body: ``access_key_id``, ``secret_access_key`` (the only time it is
     ever sent), ``tenant``, ``role``, ``applied_on``, ``pending``."""
@@ -253,7 +271,7 @@ class S3KeyCreate(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class S3KeyList(Message):
+class S3KeyList(Request[S3KeysListed]):
     """S3 access keys of ``tenant`` (empty: every tenant, operator only), revoked ones
     included; never a secret."""
 
@@ -266,7 +284,7 @@ class S3KeyList(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class S3KeyRevoke(Message):
+class S3KeyRevoke(Request[S3KeyRevoked]):
     """Revoke an S3 access key on every node, for good (the operator, or an admin of its
     tenant)."""
 
@@ -289,7 +307,7 @@ def _check_entries(value: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogPush(Message):
+class CatalogPush(Request[CatalogPushed]):
     """Node → node: merge these catalog entries (an admin change, or a sync's missing part)."""
 
     rid: int
@@ -303,7 +321,7 @@ class CatalogPush(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TenantVote(Message):
+class TenantVote(Request[TenantVoted]):
     """Node → node: vote on a tenant creation (``vote`` ``create``: hold this pending creation;
     ``abandon``: hold its epoch abandoning). Reply ``{"state"}`` for yes, ``tenant_conflict``
     (naming what the node holds) for no."""
@@ -322,7 +340,7 @@ class TenantVote(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogSync(Message):
+class CatalogSync(Request[CatalogState]):
     """Node → node: my catalog digest. Reply ``{"digest", "entries" (all, when the digests
     differ, else []), "usage": {tenant: bytes}}`` — usage of the answering node's store."""
 

@@ -6,22 +6,36 @@ range, length) and raises :class:`~hdsd.InvalidRequest` naming the bad field, so
 that exists is well-formed — whether a caller built it or the decoder did. Its body on the
 wire is a msgpack array of its fields in declaration order.
 
-Adding a message type is one dataclass here plus one line in ``_registry.MESSAGE_TYPES``; its
+A message that opens a request derives from :class:`Request`, parameterised by the body of its
+success reply (a ``TypedDict`` of :mod:`._replies`). Adding a message type is one dataclass here
+plus one line in ``_registry.MESSAGE_TYPES``; its
 :class:`Kind` tells the connection state machine how it moves a request along, so the state
 tables need no change as long as the new message behaves like an existing kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Generic, Self, TypeVar, get_args, get_origin
 
 from .._errors import HdsdError, InvalidRequest
 from . import _constants as C
 from . import _fields as F
+from ._replies import (
+    BucketsPage,
+    GetInfo,
+    ListPage,
+    NodeStatus,
+    VersionInfo,
+    Versions,
+    decode_reply,
+)
 
 __all__ = [
+    "UNSENT",
     "Cancel",
     "Credit",
     "Data",
@@ -38,6 +52,7 @@ __all__ = [
     "Message",
     "PutStart",
     "Reply",
+    "Request",
     "StatRequest",
     "StatusRequest",
     "VersionsRequest",
@@ -69,6 +84,41 @@ class Kind(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Message:
     """Base of every wire message."""
+
+
+R = TypeVar("R")
+
+#: The ``rid`` of a request built but not sent yet: the session that sends it stamps a fresh
+#: one (:meth:`Request.with_rid`, called by ``WireSession.open_request`` — the one place
+#: request ids are allocated and stamped).
+UNSENT: Final = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message, Generic[R]):
+    """A message that opens a request. ``R`` is the body of its success answer (``Reply.body``;
+    ``GetStart.info`` for a get), one of the types of :mod:`._replies`."""
+
+    rid: int
+
+    def with_rid(self, rid: int) -> Self:
+        """This request under *rid* (its other fields were checked when it was built)."""
+        return dataclasses.replace(self, rid=rid)
+
+    def decode_reply(self, body: dict[str, Any]) -> R:
+        """*body*, the answer to this request, checked against its reply type
+        (:class:`~hdsd.ProtocolError` naming the field if malformed)."""
+        return decode_reply(reply_type(type(self)), body, type(self).__name__)  # type: ignore[no-any-return, arg-type]
+
+
+@functools.cache
+def reply_type(cls: type[Request[Any]]) -> Any:
+    """The reply body type a request class declares (its ``Request[...]`` parameter)."""
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if get_origin(base) is Request:
+                return get_args(base)[0]
+    raise TypeError(f"{cls.__name__} declares no reply type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +166,7 @@ class Goodbye(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PutStart(Message):
+class PutStart(Request[VersionInfo]):
     """Opens a put and its client→server body stream (Data… End). ``size`` is None when the
     client streams without knowing the length."""
 
@@ -192,7 +242,7 @@ class Cancel(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class GetRequest(Message):
+class GetRequest(Request[GetInfo]):
     """Read a key (its current version, or ``version``), optionally the byte range
     ``[start, end)`` (``end`` exclusive; either bound may be None)."""
 
@@ -228,7 +278,7 @@ class GetStart(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StatRequest(Message):
+class StatRequest(Request[VersionInfo]):
     rid: int
     bucket: str
     key: str
@@ -243,7 +293,7 @@ class StatRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListRequest(Message):
+class ListRequest(Request[ListPage]):
     """Keys of ``bucket`` starting with ``prefix``, strictly after ``after`` ("" = from the
     start), at most ``limit`` and about 1 MiB of entries; every version of each key if
     ``versions``. Reply body ``{"entries": [...], "next": str | None}``: pass ``next`` back as
@@ -266,7 +316,7 @@ class ListRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteRequest(Message):
+class DeleteRequest(Request[VersionInfo]):
     rid: int
     request_id: bytes
     bucket: str
@@ -282,7 +332,7 @@ class DeleteRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class VersionsRequest(Message):
+class VersionsRequest(Request[Versions]):
     rid: int
     bucket: str
     key: str
@@ -294,7 +344,7 @@ class VersionsRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRequest(Message):
+class StatusRequest(Request[NodeStatus]):
     rid: int
 
     def __post_init__(self) -> None:
@@ -334,7 +384,7 @@ class ErrorReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListBucketsRequest(Message):
+class ListBucketsRequest(Request[BucketsPage]):
     """The buckets holding at least one version (delete markers count) of the caller's tenant,
     merged across every node of the site, ascending, those after ``after`` ("" = from the
     start); Reply body ``{"tenant": str, "buckets": [str], "next": str | None}``: a page of at

@@ -16,7 +16,18 @@ from typing import Any, Literal, get_args
 from .._errors import InvalidRequest
 from . import _constants as C
 from . import _fields as F
-from ._messages import Message
+from ._messages import Request
+from ._replies import (
+    AuditShipped,
+    BucketsPart,
+    ChunkPayload,
+    Empty,
+    LayoutState,
+    ListPart,
+    NodeStatus,
+    SiteModeSet,
+    VersionsHeld,
+)
 
 __all__ = [
     "SITE_MODES",
@@ -50,7 +61,7 @@ def _check_chunk(item: Any) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Replicate(Message):
+class Replicate(Request[Empty]):
     """Store these chunk and version records durably; Reply once they are fdatasync'd.
 
     Chunks come before the versions that name them (a receiver commits them in one batch, so
@@ -77,7 +88,7 @@ class Replicate(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class FetchVersions(Message):
+class FetchVersions(Request[VersionsHeld]):
     """Every version of one key this node holds (for reads and read repair)."""
 
     rid: int
@@ -95,7 +106,7 @@ class FetchVersions(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class FetchChunk(Message):
+class FetchChunk(Request[ChunkPayload]):
     """The sealed payload of one chunk (Reply body ``{"payload": bytes}``)."""
 
     rid: int
@@ -111,7 +122,7 @@ class FetchChunk(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListPeer(Message):
+class ListPeer(Request[ListPart]):
     """One node's part of a listing: the versions it holds under ``prefix`` strictly after key
     ``after`` — every version if ``versions``, else the current one of each key, delete markers
     included (the coordinator merges the nodes of a site and drops deleted keys itself).
@@ -140,7 +151,7 @@ class ListPeer(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerStatusRequest(Message):
+class PeerStatusRequest(Request[NodeStatus]):
     """A peer's health and replication backlog, for ``hdsd status``."""
 
     rid: int
@@ -152,7 +163,7 @@ class PeerStatusRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class SiteModeRequest(Message):
+class SiteModeRequest(Request[SiteModeSet]):
     """Admin: switch a site to ``degraded`` (accept writes alone, keep hints) or back to
     ``normal``; sent by ``hdsd site degrade|restore`` to every node of the site."""
 
@@ -170,7 +181,7 @@ class SiteModeRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class AuditShip(Message):
+class AuditShip(Request[AuditShipped]):
     """Keep these audit records of node ``origin`` (their bodies, in order, right after the
     record ``prev_seq`` whose chain hash is ``prev_hash``); the receiver recomputes the chain and
     checks the checkpoints with ``verify_key``. Reply ``{"seq": int, "hash": bytes}``: the tail
@@ -199,7 +210,7 @@ class AuditShip(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ListBucketsPeer(Message):
+class ListBucketsPeer(Request[BucketsPart]):
     """One node's part of a bucket listing: the buckets of ``tenant`` it holds versions of,
     after ``after``, ascending (Reply body ``{"buckets": [str], "more": bool}``: ``more`` when
     it stopped early, at about 1 MiB of names)."""
@@ -218,7 +229,7 @@ class ListBucketsPeer(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class LayoutPush(Message):
+class LayoutPush(Request[LayoutState]):
     """A layout record (its map, see ``hdsd.cluster.LayoutRecord``): adopt it if newer. Sent by
     ``hdsd layout apply`` (an operator) and between nodes; a node also pushes its own record to
     learn a peer's (the reply carries the receiver's record and migration state:

@@ -49,6 +49,7 @@ from ._messages import (
     Message,
     PutStart,
     Reply,
+    Request,
     StatRequest,
     StatusRequest,
     VersionsRequest,
@@ -156,6 +157,12 @@ assert all(0 < t.code <= 0xFF for t in MESSAGE_TYPES)
 # The state machine reads ``rid`` from every message except the connection-level ones.
 assert all(
     t.fields[:1] == ("rid",) for t in MESSAGE_TYPES if t.kind not in (Kind.HELLO, Kind.GOODBYE)
+)
+
+# What opens a request declares the body of its answer (``Request[reply type]``).
+assert all(
+    issubclass(t.cls, Request) == (t.kind in (Kind.REQUEST, Kind.UPLOAD, Kind.DOWNLOAD))
+    for t in MESSAGE_TYPES
 )
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from .._errors import InvalidRequest
 from . import _constants as C
 from . import _fields as F
-from ._messages import Message
+from ._messages import Request
+from ._replies import LeafDiffReply, MaintenanceStarted, TreeHashes
 
 __all__ = ["MAINTENANCE_TASKS", "LeafDiff", "MaintenanceRequest", "TreeLevel"]
 
@@ -28,7 +29,7 @@ _MAX_LAYOUT_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class TreeLevel(Message):
+class TreeLevel(Request[TreeHashes]):
     """The sender's tree hashes (for the pair sender-receiver) of nodes ``indices`` at
     ``depth`` (0 = root); Reply ``{"hashes": [16-byte hash, ...], "count": versions}``."""
 
@@ -49,7 +50,7 @@ class TreeLevel(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class LeafDiff(Message):
+class LeafDiff(Request[LeafDiffReply]):
     """``leaves`` = ``[[leaf, [digest, ...]], ...]``: the sender's version digests in each
     leaf. Reply ``{"versions": [version map, ...] (the receiver's that the sender lacks),
     "wanted": [digest, ...] (the sender's that the receiver lacks)}``."""
@@ -76,7 +77,7 @@ class LeafDiff(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class MaintenanceRequest(Message):
+class MaintenanceRequest(Request[MaintenanceStarted]):
     """Admin: start a ``repair`` or ``scrub`` on this node now (Reply at once with its state;
     progress and the final report appear in the node's status)."""
 

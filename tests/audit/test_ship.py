@@ -3,9 +3,8 @@ the shipper resumes from its durable cursor and falls back to the next node of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import nacl.signing
 import pytest
@@ -15,9 +14,11 @@ from hdsd import AuditChainBroken, Unavailable
 from hdsd.audit import AuditCopies, AuditLog, AuditShipper, copy_dir, verify_log
 from hdsd.audit._segments import Reader
 from hdsd.cluster import Layout, NodeInfo
-from hdsd.wire import AuditShip, Message
+from hdsd.wire import AuditShip, Request
 
 from ._util import make_log
+
+R = TypeVar("R")
 
 LAYOUT = Layout(sites=("a", "b"), nodes=(
     NodeInfo("n1", "a", "127.0.0.1", 1), NodeInfo("m1", "b", "127.0.0.1", 2),
@@ -82,15 +83,14 @@ class _FakeLink:
         self.copies = {name: _copies(root / name) for name in ("m1", "m2")}
         self.down: set[str] = set()
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
         if node in self.down:
             raise Unavailable(f"{node} is down")
-        msg = make(1)
+        msg = request
         assert isinstance(msg, AuditShip)
         seq, digest = await self.copies[node].receive(msg.origin, msg.verify_key, msg.prev_seq,
                                                       msg.prev_hash, msg.records)
-        return {"seq": seq, "hash": digest}
+        return request.decode_reply({"seq": seq, "hash": digest})
 
     def reachable(self, node: str) -> bool:
         return node not in self.down
@@ -105,7 +105,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
         shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert not shipper.pending()
         assert shipper.cursors["m1"][0] == audit.durable[0] and "m2" not in shipper.cursors
 
@@ -113,7 +114,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         audit.record("c", "writer", "t", "DeleteRequest", "b", "k0", "", 0, 0, "ok", "?")
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert shipper.cursors["m2"][0] == audit.durable[0]
     finally:
         audit.close()
@@ -125,7 +127,8 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
         assert shipper.cursors["m1"][0] < audit.durable[0]
         with trio.fail_after(10):
-            await shipper.flush(10)
+            with trio.move_on_after(10):
+                await shipper.flush()
         assert shipper.cursors["m1"][0] == audit.durable[0]
     finally:
         audit.close()

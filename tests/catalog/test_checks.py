@@ -24,6 +24,7 @@ class _FakeNode:
     def __init__(self, current: Version | None) -> None:
         self.current = current
         self.store = SimpleNamespace(tenant_usage=lambda: {"t": 900})
+        self.reads = self  # the node's read paths (node.reads.versions_of)
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
         return [self.current] if self.current else []

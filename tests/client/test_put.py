@@ -86,7 +86,8 @@ class FakeNode:
         session = self.session = WireSession(stream, Connection(Role.SERVER))
         await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
                                  peer="n1", window=session.conn.initial_window))
-        await session.receive_hello(LIMIT)
+        with trio.fail_after(LIMIT):  # the caller owns the deadline
+            await session.receive_hello()
         async with trio.open_nursery() as nursery:
             def on_request(msg: Message) -> None:
                 assert isinstance(msg, PutStart)

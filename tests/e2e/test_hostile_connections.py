@@ -26,13 +26,15 @@ from tests.helpers.hostile import Refused, handshaken, legit_put_latency, next_e
 
 pytestmark = pytest.mark.e2e
 
+# idle_timeout_s: long enough that the twelve sessions filling every slot (one handshake
+# after another, slow on a loaded machine) are all still open when the test needs them full.
 LIMITS = """[limits]
 max_connections = 12
 max_sessions_per_identity = 6
 max_handshakes = 32
 max_handshakes_per_source = 8
 handshake_timeout_s = 3
-idle_timeout_s = 4
+idle_timeout_s = 10
 
 """
 ATTACKER = "127.0.0.2"
@@ -141,7 +143,7 @@ def test_idle_sessions_are_closed_and_clients_reconnect(profile: Path,
         # A client that keeps its connection and does not know the node's idle timeout.
         async with hdsd.AsyncClient(profile, idle_reconnect_s=1e9) as client:
             await client.put("idle", "a", b"1")
-            await trio.sleep(6)  # the node closes the session meanwhile
+            await trio.sleep(12)  # the node closes the session meanwhile
             await client.put("idle", "b", iter([b"not", b"replayable"]))
             assert await client.get("idle", "b") == b"notreplayable"
 

@@ -232,14 +232,17 @@ async def _read_back(profiles: list[Profile], ops: list[Op], indices: list[int]
     return bad
 
 
-async def _warm(profiles: list[Profile], timeout: float = 60) -> None:
+_WARM_S = 60.0  # per node
+
+
+async def _warm(profiles: list[Profile]) -> None:
     """Until a listing succeeds through each node: a listing asks every node of the site, so
     each node's links to the others are up. Just after a restart they may still be in their
     reconnection backoff, and a node whose peer did not answer reads from its own disk only
     (a version held by the other node alone would then look missing)."""
     for profile in profiles:
         async with hdsd.AsyncClient(profile, timeout=30, retries=0) as c:
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(_WARM_S):
                 while True:
                     try:
                         await c.list(BUCKET, limit=1)

@@ -52,7 +52,7 @@ def _cluster(draw: st.DrawFn) -> dict[str, list[Version]]:
 
 def _part(held: Sequence[Version], after: str, versions: bool, limit: int,
           max_bytes: int) -> Part:
-    """A node's part as `ReadPaths.list_local` computes it, over a sorted in-memory store."""
+    """A node's part as `node.reads.list_local` computes it, over a sorted in-memory store."""
     if versions:
         start = None
         if after:

@@ -34,6 +34,10 @@ def test_first_start_waits_for_the_other_node_quietly(tmp_path: Path) -> None:
                 node.stop()
     log = list(first.stderr_lines)
     assert not [line for line in log if "level=WARNING" in line], first.log()
+    # The audit continuity check ends in a verdict once dc2 answers, even when it answered only
+    # after dc1 had stopped waiting for it.
+    assert [line for line in log if "event=audit_continuity" in line and "state=new" in line], \
+        first.log()
     joined = next(i for i, line in enumerate(log)
                   if "event=peer_connected" in line and "peer=dc2-n1" in line)
     assert "unreachable_s=" in log[joined], first.log()

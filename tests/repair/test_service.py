@@ -3,9 +3,8 @@ pair at once; only a peer that stays unreachable fails it, with a clear reason."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import trio.testing
@@ -14,9 +13,11 @@ from hdsd import ConnectionLost
 from hdsd.repair import Maintenance
 from hdsd.repair._service import LINK_WAIT_S
 from hdsd.store import Store
-from hdsd.wire import Message
+from hdsd.wire import Request
 
 from .test_sync import Link, Pair, _layout, _version
+
+R = TypeVar("R")
 
 
 class Flaky:
@@ -30,13 +31,12 @@ class Flaky:
     def reachable(self, node: str) -> bool:
         return self.up_at is not None and trio.current_time() >= self.up_at
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
         if not self.reachable(node):
             self.refused += 1
             raise ConnectionLost(f"peer {node} unreachable (connection refused); next attempt "
                                  "in 1.60 s")
-        return await self.inner.call(node, make, timeout=timeout)
+        return await self.inner.call(node, request, timeout=timeout)
 
 
 async def _round(tmp_path: Path, up_at: float | None) -> tuple[dict[str, Any], Flaky,

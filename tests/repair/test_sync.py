@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from hypothesis import given, settings
@@ -17,9 +16,11 @@ from hdsd._packing import packb, unpackb
 from hdsd.cluster import Layout, NodeInfo
 from hdsd.repair import AntiEntropy, PeerTrees, RepairReport
 from hdsd.store import ChunkRecord, Store, Version
-from hdsd.wire import FetchChunk, LeafDiff, Message, Replicate, TreeLevel
+from hdsd.wire import FetchChunk, LeafDiff, Replicate, Request, TreeLevel
 from hdsd.wire._registry import decode_body, encode_body
 from tests.helpers.sealing import SEALING
+
+R = TypeVar("R")
 
 TENANT = "t"
 
@@ -34,9 +35,8 @@ class Link:
     def reachable(self, node: str) -> bool:
         return True
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
-        msg, _ = decode_body(*encode_body(make(1)))
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+        msg, _ = decode_body(*encode_body(request.with_rid(1)))
         ae, store = self.sides[node]
         match msg:
             case TreeLevel():
@@ -51,7 +51,7 @@ class Link:
                 body = {"payload": store.read_chunk(msg.tenant, msg.chunk_id)}
             case _:
                 raise AssertionError(msg)
-        return unpackb(packb(body))  # type: ignore[no-any-return]
+        return request.decode_reply(unpackb(packb(body)))
 
 
 def _layout(per_site: int) -> Layout:
@@ -171,10 +171,10 @@ async def test_replies_are_bounded_and_the_rest_follows(tmp_path: Path, monkeypa
         link = pair.sides["a0"][0].peers
         original = link.call
 
-        async def counting(node: str, make: Any, *, timeout: float) -> dict[str, Any]:
+        async def counting(node: str, request: Any, *, timeout: float) -> Any:
             nonlocal calls
-            calls += isinstance(make(0), LeafDiff)
-            return await original(node, make, timeout=timeout)
+            calls += isinstance(request, LeafDiff)
+            return await original(node, request, timeout=timeout)
         monkeypatch.setattr(link, "call", counting)
         report = await pair.repair()
         assert report.error is None and report.versions_received == 300
@@ -204,10 +204,10 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
         in_flight = most = fetches = 0
         early: list[str] = []
 
-        async def watching(node: str, make: Any, *, timeout: float) -> dict[str, Any]:
+        async def watching(node: str, request: Any, *, timeout: float) -> Any:
             nonlocal in_flight, most, fetches
-            if not isinstance(make(0), FetchChunk):
-                return await original(node, make, timeout=timeout)
+            if not isinstance(request, FetchChunk):
+                return await original(node, request, timeout=timeout)
             # The write promise on a repair path: every version a0 shows has its content.
             for v in mine.iter_versions():
                 if v.inline is None:
@@ -217,7 +217,7 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
             most = max(most, in_flight)
             try:
                 await trio.sleep(0.001)  # a round trip: the others may start meanwhile
-                return await original(node, make, timeout=timeout)
+                return await original(node, request, timeout=timeout)
             finally:
                 in_flight -= 1
         monkeypatch.setattr(link, "call", watching)
@@ -261,12 +261,11 @@ async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
         asked: list[int] = []  # leaves per LeafDiff
         more = 0
 
-        async def counting(node: str, make: Any, *, timeout: float) -> dict[str, Any]:
+        async def counting(node: str, request: Any, *, timeout: float) -> Any:
             nonlocal more
-            msg = make(0)
-            body = await original(node, make, timeout=timeout)
-            if isinstance(msg, LeafDiff):
-                asked.append(len(msg.leaves))
+            body = await original(node, request, timeout=timeout)
+            if isinstance(request, LeafDiff):
+                asked.append(len(request.leaves))
                 more += bool(body.get("more"))
             return body
         monkeypatch.setattr(link, "call", counting)

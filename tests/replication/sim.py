@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -25,8 +25,10 @@ from hdsd import ConnectionLost, HdsdError, NotFound, RequestTimeout, StoreFaile
 from hdsd.cluster import HybridClock, Layout, NodeInfo
 from hdsd.replication import HintStore, ModeState, PeerDoubts, Replicator
 from hdsd.store import ChunkRecord, Version
-from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate
+from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate, Request
 from tests.helpers.sealing import SEALING
+
+R = TypeVar("R")
 
 FSYNC_S = 0.0005
 
@@ -296,14 +298,14 @@ class SimLink:
         self.name = name
         self._rid = 0
 
-    async def call(self, node: str, make: Callable[[int], Message], *,
-                   timeout: float) -> dict[str, Any]:
+    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
         if not self.net.nodes[self.name].alive:
             # A crashed node sends nothing (its write path may run on, shielded, in here).
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(f"{self.name} crashed")
         self._rid += 1
-        return await self.net.call(self.name, node, make(self._rid), timeout)
+        sent = request.with_rid(self._rid)
+        return sent.decode_reply(await self.net.call(self.name, node, sent, timeout))
 
     def reachable(self, node: str) -> bool:
         return self.net.nodes[node].alive and (self.name, node) not in self.net.cut

@@ -14,7 +14,7 @@ import trio.testing
 from hdsd import ConnectionLost, Unavailable
 from hdsd.cluster import Layout, NodeInfo
 from hdsd.peers import UNREACHABLE_WARN_AFTER_S, PeerPool
-from hdsd.wire import StatusRequest
+from hdsd.wire import UNSENT, StatusRequest
 
 
 async def test_an_unreachable_peer_is_one_line_then_a_rate_limited_warning(
@@ -35,7 +35,7 @@ async def test_an_unreachable_peer_is_one_line_then_a_rate_limited_warning(
         start = trio.current_time()
         while trio.current_time() - start < 100:  # callers retrying ten times a second
             with pytest.raises(Unavailable):
-                await pool.call("b1", lambda rid: StatusRequest(rid), timeout=1)
+                await pool.call("b1", StatusRequest(UNSENT), timeout=1)
             attempts += 1
             await trio.sleep(0.1)
         nursery.cancel_scope.cancel()

@@ -203,7 +203,7 @@ async def test_multipart_out_of_order_etag_list_abort(tmp_path: Path) -> None:
             for name, content in (("big", whole), ("odd", b"".join(odd)), ("copied", whole)):
                 hasher = node.codec("default").content_hasher()
                 hasher.update(content)
-                (current,) = [v for v in await node.versions_of("default", "mp", name)]
+                (current,) = [v for v in await node.reads.versions_of("default", "mp", name)]
                 assert current.content_hash == hasher.digest(), name
             # Too small a part before the last: refused, nothing stored.
             up3 = await run(s3.create_multipart_upload, Bucket="mp", Key="small")

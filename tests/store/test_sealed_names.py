@@ -173,3 +173,77 @@ def test_a_listing_sees_keys_written_after_its_cache_was_built(tmp_path: Path) -
             "k3", "k4", "k6", "k8"]
     with Store.open(tmp_path, sealing=SEALING) as store:  # rebuilt after a reopen
         assert len(store.list_current("t", "b")) == 6
+
+
+def test_warming_caches_the_largest_buckets_within_bounds_and_stops_when_told(
+        tmp_path: Path) -> None:
+    sealing = TestSealing()
+    sizes = {("t", "big"): 30, ("t", "mid"): 12, ("t", "small"): 3, ("gone", "big"): 20}
+    with Store.open(tmp_path, sealing=sealing) as store:
+        store.commit_sync([inline_version(t, b, f"k{i:02}", i + 1, "n", b"x")
+                           for (t, b), n in sizes.items() for i in range(n)])
+    sealing.shred("gone")  # no key: never opened, never cached
+
+    def cached(store: Store) -> dict[tuple[str, bytes], int]:
+        return {ident: len(c.keys) for ident, c in store._index._names.items()}
+
+    seal = NameSeal(tenant_keys("t"))
+    with Store.open(tmp_path, sealing=sealing) as store:
+        assert store.warm_listings(lambda: True, max_names=100, min_keys=10) == (0, 0)
+        calls = iter([False, True])  # told to stop inside the first bucket
+        assert store.warm_listings(lambda: next(calls), max_names=100, min_keys=10) == (0, 0)
+        assert cached(store) == {} and store._index._building == {}
+        assert store.warm_listings(lambda: False, max_names=35, min_keys=10) == (1, 30)
+        assert cached(store) == {("t", seal.bucket_id("big")): 30}
+        assert store.warm_listings(lambda: False, max_names=45, min_keys=10) == (1, 12)
+        assert cached(store) == {("t", seal.bucket_id("big")): 30,
+                                 ("t", seal.bucket_id("mid")): 12}
+        # A warm cache answers like a cold one, and sees what is written after it.
+        store.commit_sync([inline_version("t", "big", "k15a", 99, "n", b"x")])
+        assert [v.key for v in store.list_current("t", "big", prefix="k1")] == [
+            f"k{i}" for i in range(10, 16)] + ["k15a"] + [f"k{i}" for i in range(16, 20)]
+
+
+def test_a_listing_during_a_cache_build_waits_for_it_instead_of_building_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import hdsd.store._index as index_module
+
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        store.commit_sync([inline_version("t", "b", f"k{i:03}", i + 1, "n", b"x")
+                           for i in range(300)])
+    from hdsd.store._sealed import TenantSeal, open_names
+
+    opened = {"n": 0}
+
+    def counting(body: bytes, seal: TenantSeal) -> tuple[str, str]:
+        opened["n"] += 1
+        return open_names(body, seal)
+
+    monkeypatch.setattr(index_module, "open_names", counting)
+    with Store.open(tmp_path, sealing=SEALING) as store:  # cold caches
+        gate, inside = threading.Event(), threading.Event()
+        calls = iter([False])  # the warm-up's loop asks once, then its build asks: held
+
+        def stop() -> bool:
+            if next(calls, None) is None:
+                inside.set()
+                gate.wait()
+            return False
+
+        warm = threading.Thread(target=store.warm_listings, args=(stop,),
+                                kwargs={"max_names": 1000, "min_keys": 1})
+        warm.start()
+        assert inside.wait(30)
+        listed: list[list[str]] = []
+        listing = threading.Thread(target=lambda: listed.append(
+            [v.key for v in store.list_current("t", "b", limit=1000)]))
+        listing.start()
+        listing.join(0.2)
+        assert listing.is_alive()  # waiting for the build under way (it would be done else)
+        gate.set()
+        warm.join(30)
+        listing.join(30)
+        assert listed == [[f"k{i:03}" for i in range(300)]]
+        assert opened["n"] == 300  # every name opened once, by the warm-up alone

@@ -18,6 +18,7 @@ from hdsd import (
     HdsdError,
     RequestTimeout,
 )
+from hdsd._deadline import deadline
 from hdsd.transport import (
     Identity,
     client_context,
@@ -51,8 +52,7 @@ async def exchange(
         stream = await listeners[0].accept()
         async with stream:
             try:
-                results["server"] = await handshake_and_identify(stream, timeout=LIMIT,
-                                                                 revoked=revoked)
+                results["server"] = await handshake_and_identify(stream, revoked=revoked)
             except HdsdError as exc:
                 results["server"] = exc
                 return
@@ -79,7 +79,7 @@ def dial(ctx: ssl.SSLContext, server_hostname: str = HOST,
          revoked: Callable[[Identity], bool] | None = None) -> Callable[[int], Awaitable[bytes]]:
     async def run(port: int) -> bytes:
         stream = await connect_tls(HOST, port, ctx, server_hostname=server_hostname,
-                                   timeout=LIMIT, revoked=revoked)
+                                   revoked=revoked)
         async with stream:
             await stream.send_all(b"ping")
             reply = b""
@@ -112,11 +112,11 @@ async def test_node_to_node_handshake_identifies_both_ends(pki: Pki) -> None:
 
             async def dial_in() -> None:
                 dialled.append(await connect_tls(HOST, listener_port(listeners[0]), ctx,
-                                                 server_hostname="localhost", timeout=LIMIT))
+                                                 server_hostname="localhost"))
 
             nursery.start_soon(dial_in)
             server_stream = await listeners[0].accept()
-            client_identity = await handshake_and_identify(server_stream, timeout=LIMIT)
+            client_identity = await handshake_and_identify(server_stream)
         client_stream = dialled[0]
         server_der = client_stream.getpeercert(binary_form=True)
         async with server_stream, client_stream:
@@ -243,18 +243,18 @@ async def test_connection_refused_is_connection_lost() -> None:
     sock.close()  # nothing listens there any more
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     with trio.fail_after(LIMIT), pytest.raises(ConnectionLost):
-        await connect_tls(HOST, port, ctx, server_hostname=HOST, timeout=LIMIT)
+        await connect_tls(HOST, port, ctx, server_hostname=HOST)
 
 
 async def test_silent_server_is_a_timeout(pki: Pki) -> None:
-    # Real sockets, real clock: the short timeout is what is under test, nothing is asserted
-    # about how long it took.
+    # Real sockets, real clock: the caller's short deadline is what is under test, nothing is
+    # asserted about how long it took.
     ctx = client_context(*pki.client, pki.ca)
     with trio.fail_after(LIMIT):
         tcp = await trio.open_tcp_listeners(0, host=HOST)
         port = tcp[0].socket.getsockname()[1]
-        with pytest.raises(RequestTimeout):
-            await connect_tls(HOST, port, ctx, server_hostname=HOST, timeout=0.3)
+        with pytest.raises(RequestTimeout, match="connecting"), deadline(0.3, "connecting"):
+            await connect_tls(HOST, port, ctx, server_hostname=HOST)
         await tcp[0].aclose()
 
 
@@ -263,8 +263,10 @@ async def test_silent_client_is_a_timeout_on_the_server(pki: Pki) -> None:
         listeners = await open_tls_listeners(HOST, 0, server_context(*pki.node_a, pki.ca))
         idle = await trio.open_tcp_stream(HOST, listener_port(listeners[0]))
         stream = await listeners[0].accept()
-        with pytest.raises(RequestTimeout):
-            await handshake_and_identify(stream, timeout=0.3)
+        with pytest.raises(RequestTimeout), deadline(0.3, "the TLS handshake"):
+            await handshake_and_identify(stream)
+        with pytest.raises(trio.ClosedResourceError):  # cancelled: it closed the stream
+            await stream.send_all(b"x")
         await idle.aclose()
         await listeners[0].aclose()
 

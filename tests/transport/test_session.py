@@ -86,8 +86,9 @@ async def open_pair() -> AsyncIterator[Pair]:
                 WireSession(server_tap, Connection(Role.SERVER)), tap, server_tap)
     await pair.client.send(hello(pair.client, "client"))
     await pair.server.send(hello(pair.server, "server"))
-    await pair.client.receive_hello(LIMIT)
-    await pair.server.receive_hello(LIMIT)
+    with trio.fail_after(LIMIT):  # the caller owns the deadline
+        await pair.client.receive_hello()
+        await pair.server.receive_hello()
 
     def on_request(msg: Message) -> None:
         pair.requests.append(msg)
@@ -282,8 +283,8 @@ async def test_before_open_gate_holds_new_requests_and_can_drop_them() -> None:
     with trio.fail_after(LIMIT):
         await client.send(hello(client, "client"))
         await server.send(hello(server, "server"))
-        await client.receive_hello(LIMIT)
-        await server.receive_hello(LIMIT)
+        await client.receive_hello()
+        await server.receive_hello()
         async with trio.open_nursery() as nursery:
             def on_request(msg: Message) -> None:
                 seen.append(msg.rid)  # type: ignore[attr-defined]

@@ -143,8 +143,9 @@ async def test_a_session_over_tls_routes_replies(pki: Pki) -> None:
             for s, name in ((ours, "c"), (theirs, "s")):
                 await s.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
                                    peer=name, window=s.conn.initial_window))
-            await ours.receive_hello(LIMIT)
-            await theirs.receive_hello(LIMIT)
+            with trio.fail_after(LIMIT):  # the caller owns the deadline
+                await ours.receive_hello()
+                await theirs.receive_hello()
             big = os.urandom(300 * 1024)  # one reply spanning many records and reads
             async with trio.open_nursery() as nursery:
                 def answer(msg: object) -> None:
