@@ -11,10 +11,17 @@ back from the other site.
    until ``hdsd status`` says ``done``: MiB/s and versions/s, from the node's own
    ``rebuild.started``/``finished`` and from the bench's clock (process start to done). Reads
    are sent to dc2 during the rebuild (they must be served: forwarded or local).
-3. Stop dc1 and read a sample back from dc2 alone, byte for byte.
+3. Stop dc1 and read a sample back from dc2 alone, byte for byte; and list every key at dc2
+   alone: each must have the version, content id (a keyed hash of its bytes) and size dc1
+   listed before the wipe.
 4. Restart dc1, stop dc2, and restore from the other site as a client would: ``hdsd export``
-   of the whole tenant (to /dev/null: the tar stream is built and checked, not stored), and a
-   concurrent get of every key of the bucket (``--get-tasks`` at once).
+   of the whole tenant (to /dev/null: the tar stream is built and checked, not stored), the
+   same with ``--spool`` (each object read once, through a temporary copy), and a concurrent
+   get of every key of the bucket (``--get-tasks`` at once).
+
+``--prefill N`` measures the rebuild of a dense store instead: N 4 KiB versions written straight
+into dc1's store before it starts (1M puts over TLS would take hours here), dc2 started empty,
+checked by listing every key at dc2 alone (such versions are listed, never read).
 
 Never asserts a time; prints a table and writes JSON. The machine may be shared: compare
 figures measured in the same run.
@@ -43,7 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 import hdsd
-from bench._harness import NodeProcess, init_cluster, machine_info, print_table, write_json
+from bench._harness import (
+    NodeProcess,
+    cluster_sealing,
+    init_cluster,
+    machine_info,
+    print_table,
+    write_json,
+)
 
 BUCKET = "restore"
 MIB = 1 << 20
@@ -78,6 +92,27 @@ async def _write(profile: Path, keys: list[tuple[str, int]], tasks: int) -> floa
         for _ in range(tasks):
             nursery.start_soon(worker)
     return time.perf_counter() - t0
+
+
+def _prefill(store_dir: Path, tenant: str, n: int, sealing: Any) -> None:
+    """*n* 4 KiB inline versions written straight into a stopped node's store (as
+    ``scale_bench`` does: n puts over TLS would take the whole run). A rebuild copies them as
+    stored; they are not sealed as a node seals payloads, so they are listed, never read."""
+    from hdsd.store import Store, Version
+
+    payload = os.urandom(4096)
+    with Store.open(store_dir, segment_bytes=64 << 20, sealing=sealing) as store:
+        batch: list[Version] = []
+        for i in range(n):
+            cid = hashlib.blake2b(i.to_bytes(8, "big")).digest()[:32]
+            name = "p/" + hashlib.blake2b(i.to_bytes(8, "big"), digest_size=8).hexdigest()
+            batch.append(Version(tenant, BUCKET, name, (1 << 40) + i, "dc1-n1", 4096, cid,
+                                 (cid,), inline=payload))
+            if len(batch) == 10_000:
+                store.commit_sync(batch)
+                batch = []
+        if batch:
+            store.commit_sync(batch)
 
 
 def _status(profile: Path, site: str) -> dict[str, Any]:
@@ -160,7 +195,8 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
              total_bytes: int, timeout: float, source: NodeProcess,
              spy_dir: Path | None) -> dict[str, Any]:
     data_dir = node.config.parent / "data"
-    shutil.rmtree(data_dir / "store")  # a replaced disk: same identity, keys and config
+    # A replaced disk: same identity, keys and config (a node never started has no store).
+    shutil.rmtree(data_dir / "store", ignore_errors=not keys)
     for name in ("hints.sqlite", "merkle-trees.bin"):
         (data_dir / name).unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -174,8 +210,10 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
                 spies[name] = sp
     reads: dict[str, Any] = {}
     stop = threading.Event()
+    # Reads during the rebuild (prefilled versions cannot be read: none then).
     reader = threading.Thread(target=_reads_during, args=(profile, keys, stop, reads))
-    reader.start()
+    if keys:
+        reader.start()
     samples: list[dict[str, Any]] = []
     try:
         while True:
@@ -194,7 +232,8 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
         for sp in spies.values():
             sp.send_signal(signal.SIGINT)
             sp.wait(60)
-        reader.join()
+        if keys:
+            reader.join()
     wall = time.monotonic() - t0
     cpu = {"rebuilding_s": round(_cpu_s(node), 2),
            "source_s": round(_cpu_s(source) - source_cpu, 2)}
@@ -225,13 +264,33 @@ def _verify(profile: Path, keys: list[tuple[str, int]], sample: int) -> dict[str
     return {"checked": len(picked), "bad": len(bad), "bad_keys": bad[:10]}
 
 
-def _export(profile: Path, site: str, node: NodeProcess) -> dict[str, Any]:
+async def _listing(profile: Path, site: str) -> dict[str, tuple[str, str, int]]:
+    """Every key of the bucket at *site*: its current version id, content id and size."""
+    async with hdsd.AsyncClient(profile, site=site) as c:
+        return {info.key: (info.version, info.content_hash, info.size)
+                async for info in c.list_all(BUCKET)}
+
+
+def _compare(before: dict[str, tuple[str, str, int]], after: dict[str, tuple[str, str, int]]
+             ) -> dict[str, Any]:
+    """The rebuilt node's whole listing against the source's: same keys, versions, content
+    ids (keyed hashes of the bytes) and sizes — every key, not a sample."""
+    missing = [k for k in before if k not in after]
+    wrong = [k for k in before if k in after and after[k] != before[k]]
+    extra = [k for k in after if k not in before]
+    return {"keys": len(before), "missing": len(missing), "wrong": len(wrong),
+            "extra": len(extra), "examples": (missing + wrong + extra)[:10]}
+
+
+def _export(profile: Path, site: str, node: NodeProcess, spool: Path | None = None
+            ) -> dict[str, Any]:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     node_cpu = _cpu_s(node)
     t0 = time.perf_counter()
+    extra = ["--spool", str(spool)] if spool is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "hdsd", "--profile", str(profile), "--site",
                              site, "--timeout", "600", "export", _tenant(profile), "-",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     err: list[bytes] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()))  # type: ignore
@@ -303,6 +362,10 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
     ap.add_argument("--rebuild-only", action="store_true",
                     help="stop after the rebuild and its verification (no client-side restore)")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="instead of puts, write this many 4 KiB versions straight into dc1's "
+                         "store (a dense store: 1M takes minutes, not hours); rebuild only, "
+                         "verified by listing")
     ap.add_argument("--spy", type=Path, default=None,
                     help="sample both nodes with py-spy during the rebuild into this directory "
                          "(where the time goes; pip install py-spy)")
@@ -310,8 +373,10 @@ def main() -> None:
     if args.spy is not None:
         args.spy.mkdir(parents=True, exist_ok=True)
     large, small = (200, 2000) if args.quick else (args.large, args.small)
+    if args.prefill:
+        large, small, args.rebuild_only = 0, 0, True
     keys = _keys(large, small)
-    total = sum(size for _, size in keys)
+    total = sum(size for _, size in keys) + 4096 * args.prefill
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp) / "cluster"
@@ -325,15 +390,26 @@ def main() -> None:
             cfg.write_text(text)
         nodes = {s: NodeProcess(cfg) for s, cfg in configs.items()}
         results: dict[str, Any] = {"large_objects": large, "small_objects": small,
-                                   "total_mib": round(total / MIB, 1), "versions": len(keys)}
+                                   "prefilled": args.prefill,
+                                   "total_mib": round(total / MIB, 1),
+                                   "versions": len(keys) + args.prefill}
         try:
-            for node in nodes.values():
-                node.start()
-            _log(f"writing {large:,} x 1 MiB + {small:,} x 4 KiB ({total / MIB:,.0f} MiB)")
-            write_s = trio.run(_write, profile, keys, args.write_tasks)
+            if args.prefill:
+                t0 = time.perf_counter()
+                _prefill(configs["dc1"].parent / "data" / "store", _tenant(profile),
+                         args.prefill, cluster_sealing(root))
+                write_s = time.perf_counter() - t0
+                _log(f"{args.prefill:,} versions written into dc1's store in {write_s:.0f} s")
+                nodes["dc1"].start()
+            else:
+                for node in nodes.values():
+                    node.start()
+                _log(f"writing {large:,} x 1 MiB + {small:,} x 4 KiB ({total / MIB:,.0f} MiB)")
+                write_s = trio.run(_write, profile, keys, args.write_tasks)
             results["write"] = {"seconds": round(write_s, 2),
                                 "mib_s": round(total / MIB / write_s, 1),
-                                "versions_s": round(len(keys) / write_s, 1)}
+                                "versions_s": round(results["versions"] / write_s, 1)}
+            listed = trio.run(_listing, profile, "dc1")
             nodes["dc2"].stop()
             _log("dc2 wiped; rebuilding")
             results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200, nodes["dc1"],
@@ -341,12 +417,20 @@ def main() -> None:
             _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
             nodes["dc1"].stop()
             results["verify"] = _verify(profile, keys, args.sample)
+            results["verify"]["listing"] = _compare(listed, trio.run(_listing, profile, "dc2"))
             if not args.rebuild_only:
                 nodes["dc1"].start()
                 nodes["dc2"].stop()
                 _log("client-side restore from dc1: export")
                 results["export"] = _export(profile, "dc1", nodes["dc1"])
-                _log(f"export: {results['export']['mib_s']} MiB/s; get of every key")
+                _log(f"export: {results['export']['mib_s']} MiB/s; export --spool")
+                spool = Path(tmp) / "spool"
+                spool.mkdir()
+                results["export_spool"] = _export(profile, "dc1", nodes["dc1"], spool)
+                if results["export_spool"]["tar_bytes"] != results["export"]["tar_bytes"]:
+                    raise RuntimeError("the spooled export's tar differs in size")
+                _log(f"export --spool: {results['export_spool']['mib_s']} MiB/s; "
+                     "get of every key")
                 results["get_all"] = trio.run(_get_all, profile, "dc1", args.get_tasks)
         finally:
             for node in nodes.values():
@@ -354,8 +438,9 @@ def main() -> None:
 
     rb = results["rebuild"]
     rows = [
-        ["data written", f"{total / MIB:,.0f} MiB, {len(keys):,} versions "
-                         f"({results['write']['mib_s']} MiB/s)", "—"],
+        ["data written" + (" (prefilled)" if args.prefill else ""),
+         f"{total / MIB:,.0f} MiB, {results['versions']:,} versions "
+         f"({results['write']['mib_s']} MiB/s)", "—"],
         ["rebuild (node clock)", f"{rb['node_seconds']} s: {rb['mib_s']} MiB/s, "
                                  f"{rb['versions_s']:,} versions/s", "≥ 150 MiB/s, ≥ 3,000 v/s"],
         ["rebuild (process start to done)", f"{rb['wall_seconds']} s", "—"],
@@ -365,17 +450,25 @@ def main() -> None:
         ["reads during rebuild", f"{rb['reads_during'].get('ok')} ok, "
                                  f"{rb['reads_during'].get('failed')} failed, p50 "
                                  f"{rb['reads_during'].get('p50_ms')} ms", "0 failed"],
-        ["verify with dc1 stopped", f"{results['verify']['checked']} checked, "
+        ["verify with dc1 stopped", f"{results['verify']['checked']} read back, "
                                     f"{results['verify']['bad']} bad", "0 bad"],
+        ["every key listed with dc1 stopped",
+         f"{results['verify']['listing']['keys']:,} keys: "
+         f"{results['verify']['listing']['missing']} missing, "
+         f"{results['verify']['listing']['wrong']} other version/content id, "
+         f"{results['verify']['listing']['extra']} extra", "0, 0, 0"],
     ]
     if "export" in results:
-        ex, ga = results["export"], results["get_all"]
+        ga = results["get_all"]
+        for name, ex in (("hdsd export", results["export"]),
+                         ("hdsd export --spool", results["export_spool"])):
+            rows += [
+                [f"client restore: {name}", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
+                 "≥ 150 MiB/s"],
+                [f"{name}: CPU (client + node)",
+                 f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} s: "
+                 f"{ex['cpu']['tar_mib_per_cpu_s']} MiB per CPU-second", "—"]]
         rows += [
-            ["client restore: hdsd export", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
-             "≥ 150 MiB/s"],
-            ["export CPU (client + node)", f"{ex['cpu']['client_s']} + {ex['cpu']['node_s']} "
-                                           f"s: {ex['cpu']['tar_mib_per_cpu_s']} MiB per "
-                                           "CPU-second", "—"],
             [f"client restore: get every key ({ga['tasks']} tasks)",
              f"{ga['seconds']} s: {ga['mib_s']} MiB/s, {ga['objects_s']:,} objects/s", "—"],
         ]

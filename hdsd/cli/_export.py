@@ -91,10 +91,15 @@ _without_retention = click.option(
 @click.argument("tenant")
 @click.argument("output", metavar="OUT.tar|-")
 @_without_retention
+@click.option("--spool", "spool", default=None, metavar="DIR",
+              type=click.Path(file_okay=False, exists=True, writable=True),
+              help="read every object from the cluster once, not twice, keeping a copy in "
+                   "DIR until it is in the tar (needs free space there for the tenant's data; "
+                   "the fastest restore)")
 @json_option
 @click.pass_context
 def export_cmd(ctx: click.Context, tenant: str, output: str, without_retention: bool,
-               as_json: bool) -> None:
+               spool: str | None, as_json: bool) -> None:
     """Write every bucket, key and version of TENANT — original bytes, metadata, delete
     markers, and a manifest with SHA-256 of every object — as a tar to OUT.tar or standard
     output. TENANT must be the tenant of the profile's certificate (a client only ever sees
@@ -112,7 +117,8 @@ def export_cmd(ctx: click.Context, tenant: str, output: str, without_retention: 
 
     async def go(c: AsyncClient) -> Any:
         return await export_tenant(c, out, tenant=tenant, progress=status.export,
-                                   retention=not without_retention)
+                                   retention=not without_retention,
+                                   spool=Path(spool) if spool is not None else None)
     try:
         summary = _run(ctx, go)
     except BaseException:

@@ -6,10 +6,17 @@ writes the tar — manifest, checksums, then each object again, checked against 
 hash (versions are immutable, so a difference is damage, not a race). The tar itself is written
 by the stdlib ``tarfile`` in stream mode (``w|``) in a worker thread, fed piece by piece through
 a channel of two pieces: nothing ever holds a whole object.
+
+With a *spool* directory (a restore: the tenant's data back as fast as possible), each object
+is read from the cluster once: the first pass appends its bytes to a temporary file there as it
+hashes them, and the second writes the tar from that file, in one worker thread, checking every
+object against its hash again. The nodes serve half the reads and the client decrypts half the
+TLS; the price is free space for the whole tenant's data in the spool directory until the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -18,6 +25,7 @@ import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Generic, TypeAlias, TypeVar
 
 import trio
@@ -165,13 +173,15 @@ def _iso_ms(ms: int) -> str:
 
 async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | None = None,
                         progress: ExportProgress | None = None,
-                        retention: bool = True) -> ExportSummary:
+                        retention: bool = True, spool: Path | None = None) -> ExportSummary:
     """Write every version of the client's tenant to *out* (a binary file or pipe) as a tar.
 
     *tenant*, when given, must be the tenant of the client's certificate: a client can only
     ever read its own tenant, so exporting another one needs a profile issued for it.
     *retention*: carry the buckets' retention locks and the legal holds (needs the tenant's
     admin role; :class:`PermissionDenied` otherwise, before anything is written).
+    *spool*: a directory with room for a copy of the tenant's data: every object is then read
+    from the cluster once instead of twice (the copy is a temporary file, gone at the end).
     """
     own = certificate_tenant(client.profile)
     if tenant is not None and tenant != own:
@@ -181,10 +191,23 @@ async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | No
             f"(hdsd cert issue --tenant {tenant} --role reader ...)")
     governance = await _governance(client, own) if retention else {
         "retention": None, "holds": None}
-    with tempfile.TemporaryFile() as manifest, tempfile.TemporaryFile() as sums:
-        header = await _hash_pass(client, own, manifest, sums, progress)
+    with contextlib.ExitStack() as files:
+        manifest = files.enter_context(tempfile.TemporaryFile())
+        sums = files.enter_context(tempfile.TemporaryFile())
+        copy = None
+        if spool is not None:
+            try:
+                copy = files.enter_context(tempfile.TemporaryFile(dir=spool))
+            except OSError as exc:
+                raise HdsdError(f"{spool}: cannot spool the export there "
+                                f"({exc.strerror or exc})") from None
+        header = await _hash_pass(client, own, manifest, sums, progress, copy)
         header.update(governance)
-        await _write_pass(client, out, header, manifest, sums, progress)
+        if copy is None:
+            await _write_pass(client, out, header, manifest, sums, progress)
+        else:
+            await trio.to_thread.run_sync(_write_spooled, out, header, manifest, sums, copy,
+                                          progress)
     return ExportSummary(tenant=own, cluster=header["cluster"], buckets=len(header["buckets"]),
                          keys=header["keys"], versions=header["versions"],
                          objects=header["objects"], delete_markers=header["delete_markers"],
@@ -194,7 +217,8 @@ async def export_tenant(client: AsyncClient, out: IO[bytes], *, tenant: str | No
 
 
 async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums: IO[bytes],
-                     progress: ExportProgress | None) -> dict[str, Any]:
+                     progress: ExportProgress | None, copy: IO[bytes] | None = None
+                     ) -> dict[str, Any]:
     buckets = await client.list_buckets()
     keys = versions = objects = markers = total = 0
     async def listed() -> AsyncIterator[tuple[ObjectInfo, _Ref | None]]:
@@ -218,6 +242,8 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
             digest = hashlib.sha256()
             if data is not None:
                 digest.update(data)
+                if copy is not None:
+                    await _append(copy, data)
                 if progress is not None:
                     progress("hash", total + len(data), 0)
             else:
@@ -225,6 +251,8 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
                                            version=info.version) as stream:
                     async for piece in stream:
                         digest.update(piece)
+                        if copy is not None:
+                            await _append(copy, piece)
                         if progress is not None:
                             progress("hash", total + stream.received, 0)
             entry["sha256"] = digest.hexdigest()
@@ -319,6 +347,97 @@ async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any
                 pass  # the producer failed: its error is the one the nursery raises
             except OSError as exc:
                 raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
+
+
+async def _append(copy: IO[bytes], data: bytes) -> None:
+    """Append *data* to the spool: in a thread when large (a disk write), inline when small
+    (a thread hop per 4 KiB object would cost more than the write into the page cache)."""
+    try:
+        if len(data) >= _SPOOL_READ:
+            await trio.to_thread.run_sync(copy.write, data)
+        else:
+            copy.write(data)
+    except OSError as exc:
+        raise HdsdError(f"spooling the export failed: {exc.strerror or exc}") from None
+
+
+def _write_spooled(out: IO[bytes], header: dict[str, Any], manifest: IO[bytes],
+                   sums: IO[bytes], copy: IO[bytes], progress: ExportProgress | None) -> None:
+    """The second pass from the spool (blocking): the same members in the same order as
+    :func:`_write_pass`, each object read back from the spool in its manifest order and
+    checked against its first-pass SHA-256 (the spool is a disk too)."""
+    mtime = int(dt.datetime.now(dt.UTC).timestamp())
+    copy.flush()
+    copy.seek(0)
+    done = 0
+
+    def spooled(name: str, head: bytes, spool: IO[bytes]) -> tuple[tarfile.TarInfo, _Chain]:
+        spool.flush()
+        size = len(head) + spool.seek(0, io.SEEK_END)
+        spool.seek(0)
+        return _tar_info(name, size, mtime), _Chain(head, spool)
+
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                          bufsize=256 << 10) as tar:
+            tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # see _write_tar
+            tar.addfile(*spooled(A.MANIFEST_NAME, A.dump_line(header), manifest))
+            tar.addfile(*spooled(A.SUMS_NAME, b"", sums))
+            manifest.seek(0)
+            for n, raw in enumerate(manifest, start=1):
+                entry = A.parse_line(raw, f"line {n}")
+                if entry["deleted"]:
+                    continue
+                body = _Hashed(copy, entry["size"])
+                tar.addfile(_tar_info(entry["path"], entry["size"],
+                                      HybridClock.wall_ms(entry["hlc"]) // 1000),
+                            body if entry["size"] else None)
+                tar.members.clear()  # type: ignore[attr-defined]  # see _write_tar
+                if body.hexdigest() != entry["sha256"]:
+                    raise IntegrityError(
+                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read "
+                        "back from the spool with a different SHA-256 than it came with; the "
+                        "export is incomplete (check the spool directory's disk)")
+                done += entry["size"]
+                if progress is not None:
+                    progress("write", done, header["total_bytes"])
+        out.flush()
+    except OSError as exc:
+        raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
+
+
+class _Chain:
+    """``read(n)`` over *head* then the rest of *spool* (a spooled member's body)."""
+
+    def __init__(self, head: bytes, spool: IO[bytes]) -> None:
+        self._head = head
+        self._spool = spool
+
+    def read(self, n: int = -1, /) -> bytes:
+        # Exactly n bytes until the end: tarfile takes a short read for a truncated file.
+        if n < 0:
+            part, self._head = self._head, b""
+            return part + self._spool.read()
+        part, self._head = self._head[:n], self._head[n:]
+        return part + self._spool.read(n - len(part)) if len(part) < n else part
+
+
+class _Hashed:
+    """``read(n)`` of the next *size* bytes of the spool, hashed as they are read."""
+
+    def __init__(self, spool: IO[bytes], size: int) -> None:
+        self._spool = spool
+        self._left = size
+        self._sha = hashlib.sha256()
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._spool.read(min(n, self._left) if n >= 0 else self._left)
+        self._left -= len(data)
+        self._sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
 
 
 class _Aborted(Exception):

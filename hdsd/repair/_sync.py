@@ -90,6 +90,37 @@ class RepairReport:
         return asdict(self)
 
 
+def _wire_size(wire: Any) -> int:
+    """What a version map counts against a LeafDiff reply's :data:`_REPLY_BYTES` (both sides
+    use it: the requester sizes its next batches by it)."""
+    if not isinstance(wire, dict):
+        return _WIRE_OVERHEAD  # refused by Version.from_wire later
+    inline, chunks, meta = wire.get("i"), wire.get("m"), wire.get("d")
+    return (_WIRE_OVERHEAD + (len(inline) if isinstance(inline, bytes) else 0)
+            + 33 * (len(chunks) if isinstance(chunks, list) else 0)
+            + (sum(len(k) + len(x) for k, x in meta.items()
+                   if isinstance(k, str) and isinstance(x, str))
+               if isinstance(meta, dict) else 0))
+
+
+class _BulkSize:
+    """Leaves per LeafDiff in a bulk round. An empty node differs in every leaf: asking for
+    as many leaves as the wire takes (256) saves round trips while the peer's versions in them
+    fit one reply (:data:`_REPLY_BYTES`). Past that (a dense store: 1 M small objects put
+    ~4,000 versions, ~17 MiB, in 256 leaves), the peer answers in several replies and each
+    follow-up request lists every digest taken so far, which the peer compares against all the
+    leaves' versions again: quadratic. So the next batches take as many leaves as the last
+    ones' replies say fill about half a reply (at least one leaf)."""
+
+    def __init__(self) -> None:
+        self.leaves = _BULK_LEAVES
+
+    def observe(self, leaves: int, replied: int) -> None:
+        per_leaf = replied / max(1, leaves)
+        fit = int(_REPLY_BYTES / 2 / per_leaf) if per_leaf > 0 else _BULK_LEAVES
+        self.leaves = max(1, min(_BULK_LEAVES, fit))
+
+
 class _Pace:
     """Sleeps as needed to keep the bytes moved under a rate (a token bucket, 1 s burst)."""
 
@@ -177,8 +208,9 @@ class AntiEntropy:
             wanted: list[bytes] = []
             size = 0
             more = False
+            members = self.trees.leaves_members(peer, [leaf for leaf, _ in leaves])
             for leaf, digests in leaves:
-                mine = self.trees.leaf_members(peer, leaf)
+                mine = members[leaf]
                 theirs = set(digests)
                 wanted.extend(d for d in digests if d not in mine)
                 for d, v in mine.items():
@@ -187,9 +219,9 @@ class AntiEntropy:
                     if size >= _REPLY_BYTES:  # the rest in the next reply: frames are bounded
                         more = True
                         continue
-                    versions.append(v.to_wire())
-                    size += _WIRE_OVERHEAD + len(v.inline or b"") + 33 * len(v.chunks) + sum(
-                        len(k) + len(x) for k, x in v.metadata.items())
+                    wire = v.to_wire()
+                    versions.append(wire)
+                    size += _wire_size(wire)
             return {"versions": versions, "wanted": wanted, "more": more}
         return await to_thread(compute)  # type: ignore[no-any-return]
 
@@ -272,26 +304,39 @@ class AntiEntropy:
         """Reconcile batches of leaves :data:`_BULK_BATCHES` at a time: the batches' leaves
         are disjoint, so they are independent, and one batch's round trips, index lookups
         and fsync overlap the others' (their commits share the log writer's fsyncs)."""
-        batches = iter(self._leaf_batches(peer, leaves, _BULK_LEAVES))
-        done = 0
+        size = _BulkSize()
+        taken = done = 0
+        sized = trio.Event()  # the first batch's replies told how dense the peer's leaves are
 
-        async def worker() -> None:
-            nonlocal done
-            for batch in batches:
-                await self._reconcile(peer, batch, link)
-                done += len(batch)
-                if progress is not None:
-                    progress(link.report, done, len(leaves))
+        async def worker(first: bool) -> None:
+            nonlocal taken, done
+            if not first:
+                await sized.wait()
+            try:
+                while taken < len(leaves):
+                    batch = leaves[taken:taken + size.leaves]
+                    taken += len(batch)
+                    replied = await self._reconcile(peer, batch, link)
+                    size.observe(len(batch), replied)
+                    sized.set()
+                    done += len(batch)
+                    if progress is not None:
+                        progress(link.report, done, len(leaves))
+            finally:
+                sized.set()  # nothing left (or a failure): never leave the others waiting
 
         with single_error():
             async with trio.open_nursery() as nursery:
-                for _ in range(_BULK_BATCHES):
-                    nursery.start_soon(worker)
+                for i in range(_BULK_BATCHES):
+                    nursery.start_soon(worker, i == 0)
 
     def _leaf_batches(self, peer: str, leaves: list[int], size: int) -> list[list[int]]:
         return [leaves[i:i + size] for i in range(0, len(leaves), size)]
 
-    async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> None:
+    async def _reconcile(self, peer: str, leaves: list[int], link: _Metered) -> int:
+        """Reconcile *leaves* with *peer*; returns the size estimate (as the peer counts it
+        against :data:`_REPLY_BYTES`) of the versions it sent."""
+        replied = 0
         mine: dict[int, dict[bytes, Version]] = await to_thread(self._members, peer, leaves)
         # Split so no request carries more digests than fit a frame.
         groups: list[list[Any]] = [[]]
@@ -308,6 +353,7 @@ class AntiEntropy:
             while True:
                 body: LeafDiffReply = await link.call(
                     peer, LeafDiff(UNSENT, self.layout_id, group), timeout=self.timeout)
+                replied += sum(_wire_size(v) for v in body["versions"])
                 await self._take(peer, leaves, body["versions"], link)
                 by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
                 outgoing = []
@@ -326,6 +372,7 @@ class AntiEntropy:
                 fresh = await to_thread(self._members, peer, names)
                 mine.update(fresh)
                 group = [[leaf, list(fresh[leaf])] for leaf in names]
+        return replied
 
     async def _push(self, peer: str, versions: list[Version], link: _Metered) -> None:
         """Send *versions* the peer lacks, many per request, reading chunks in bounded runs."""
@@ -343,7 +390,7 @@ class AntiEntropy:
                 items, size = [], 0
 
     def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
-        return {leaf: self.trees.leaf_members(peer, leaf) for leaf in leaves}
+        return self.trees.leaves_members(peer, leaves)
 
     def _not_purged(self, versions: list[Version]) -> list[Version]:
         return [v for v in versions if v.purges is not None
@@ -390,6 +437,9 @@ class AntiEntropy:
         versions = await to_thread(self._not_purged, versions)
         absent = await to_thread(self._absent, versions)
         pending: CommitTicket | None = None
+        # Counted as received once their window is durable (inline payloads as payload bytes:
+        # a rebuild of small objects moves nothing else, and its rate would read 0 MiB/s).
+        pending_versions = pending_inline = 0
         try:
             start = 0
             while start < len(versions):
@@ -406,14 +456,22 @@ class AntiEntropy:
                 report.chunks_fetched += len(fetched)
                 report.payload_bytes_received += sum(len(c.payload) for c in fetched)
                 records: list[ChunkRecord | Version] = [*fetched, *versions[start:end]]
+                # Index lookups, sealing and checksums of a window (megabytes, or hundreds of
+                # versions) in a worker thread: the event loop has the link's TLS to do.
+                encoded = await to_thread(self.store.encode_commit, records)
                 if pending is not None:
                     await pending.wait()  # the previous window is durable: one queued at a time
-                pending = self.store.start_commit(records)
-                report.versions_received += end - start
+                    report.versions_received += pending_versions
+                    report.payload_bytes_received += pending_inline
+                pending = self.store.start_encoded(encoded)
+                pending_versions = end - start
+                pending_inline = sum(len(v.inline or b"") for v in versions[start:end])
                 start = end
             ticket, pending = pending, None
             if ticket is not None:
                 await ticket.wait()
+                report.versions_received += pending_versions
+                report.payload_bytes_received += pending_inline
         finally:
             if pending is not None:
                 pending.abandon()

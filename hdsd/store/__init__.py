@@ -17,6 +17,7 @@ from ._sealed import Sealing as Sealing
 from ._sealed import TenantSeal as TenantSeal
 from ._store import LOCK_NAME as LOCK_NAME
 from ._store import CommitTicket as CommitTicket
+from ._store import EncodedCommit as EncodedCommit
 from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 from ._version import Version as Version

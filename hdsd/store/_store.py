@@ -34,7 +34,7 @@ from ._version import Version
 from ._wake import WakerPool
 from ._writer import LogWriter, PendingCommit
 
-__all__ = ["CommitTicket", "Store", "StoreStatistics"]
+__all__ = ["CommitTicket", "EncodedCommit", "Store", "StoreStatistics"]
 
 INDEX_NAME = "index.sqlite3"
 LOCK_NAME = "LOCK"
@@ -229,7 +229,24 @@ class Store:
         ticket.wait()`` returns once they are durable (or raises as :meth:`commit` does).
         A ticket that will not be waited for must be given up with ``ticket.abandon()``.
         Errors found before queueing (closed, failed, unencodable) are raised here."""
-        encoded = self._encode(records)
+        return self.start_encoded(EncodedCommit(self._encode(records)))
+
+    def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit:
+        """The first half of :meth:`start_commit`, for a worker thread: the index lookups
+        that drop records already held, the sealing and the checksums of the rest. A bulk
+        writer (a rebuild: thousands of versions and megabytes of chunks a second) keeps
+        that work off the event loop; :meth:`start_encoded` then queues the result. Raises
+        what :meth:`start_commit` raises before queueing. Blocking."""
+        return EncodedCommit(self._encode(records))
+
+    def start_encoded(self, commit: EncodedCommit) -> CommitTicket:
+        """:meth:`start_commit` of records :meth:`encode_commit` encoded. One queued a
+        moment after its encoding may repeat a record another commit wrote meanwhile:
+        harmless, indexing a record is idempotent (as for a record still in flight)."""
+        self._check_open()
+        if self._writer.failed is not None:
+            raise StoreFailedError(self._writer.failed)
+        encoded = commit.records
         if not encoded:
             return CommitTicket(self._writer.wakers, None)
         wakers = self._writer.wakers
@@ -522,6 +539,17 @@ class Store:
             failed=w.failed is not None, head_segment=seg, head_offset=off,
             replayed_records=self._recovered.replayed_records,
             torn_tails=self._recovered.torn_tails, salvaged=self._recovered.salvaged)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedCommit:
+    """Records encoded by :meth:`Store.encode_commit`, ready for :meth:`Store.start_encoded`
+    (empty: nothing new to write)."""
+
+    records: list[EncodedRecord]
+
+    def __len__(self) -> int:
+        return len(self.records)
 
 
 class CommitTicket:

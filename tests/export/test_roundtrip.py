@@ -284,3 +284,55 @@ def test_not_an_archive_and_wrong_tenant_are_refused(source: Path, target: Path,
         proc = run_hdsd("--profile", str(source), *args)
         assert proc.returncode == 2, proc.stderr.decode()
         assert proc.stderr.decode().count("\n") == 1 and b"hdsd: error:" in proc.stderr
+
+
+def _entries_without_time(archive: Path) -> tuple[dict[str, object], list[dict[str, object]]]:
+    header, entries = _stdlib_check(archive)
+    return {k: v for k, v in header.items() if k != "exported_at"}, entries
+
+
+def test_a_spooled_export_reads_once_and_writes_the_same_archive(
+        exported: Path, source: Path, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    out = tmp_path / "spooled.tar"
+    proc = run_hdsd("--profile", str(source), "export", "default", str(out), "--spool",
+                    str(spool))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert _entries_without_time(out) == _entries_without_time(exported)
+    assert list(spool.iterdir()) == []  # the copy is gone with the export
+
+    proc = run_hdsd("--profile", str(source), "export", "default", str(tmp_path / "x.tar"),
+                    "--spool", str(tmp_path / "no-such-dir"))
+    assert proc.returncode == 2 and b"no-such-dir" in proc.stderr, proc.stderr.decode()
+
+
+async def test_a_spooled_export_streams_large_objects_and_checks_the_spool(
+        exported: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hdsd.client import _export as E
+
+    # Every object above 1 KiB takes the streamed path (the model has 2 MiB ones).
+    monkeypatch.setattr(E, "_AHEAD_MAX", 1024)
+    buf = io.BytesIO()
+    async with hdsd.AsyncClient(source) as c:
+        with trio.fail_after(120):
+            await hdsd.export_tenant(c, buf, spool=tmp_path)
+    out = tmp_path / "lib.tar"
+    out.write_bytes(buf.getvalue())
+    assert _entries_without_time(out) == _entries_without_time(exported)
+
+    # A spool that returns other bytes than it was given is caught, naming the object.
+    append = E._append
+    damaged: list[int] = []
+
+    async def flipping(copy: io.BufferedRandom, data: bytes) -> None:
+        if len(data) > 1000 and not damaged:
+            damaged.append(len(data))
+            data = bytes([data[0] ^ 1]) + data[1:]
+        await append(copy, data)
+
+    monkeypatch.setattr(E, "_append", flipping)
+    async with hdsd.AsyncClient(source) as c:
+        with trio.fail_after(120), pytest.raises(hdsd.IntegrityError, match="spool"):
+            await hdsd.export_tenant(c, io.BytesIO(), spool=tmp_path)
+    assert damaged

@@ -235,6 +235,52 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
         pair.close()
 
 
+async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # When a batch of leaves holds more than a reply, the peer answers in several replies and
+    # each follow-up lists every digest taken so far (compared again by the peer): the bulk
+    # round then asks for fewer leaves per request, so later batches fit one reply.
+    import hdsd.repair._sync as sync
+
+    monkeypatch.setattr(sync, "_REPLY_BYTES", 4000)
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        batch: list[Any] = []
+        inline = 0
+        for i in range(3600):  # b0 holds everything, a0 nothing: a wiped node
+            v, chunks = _version(f"k{i // 3}", 10 + i, "b0", 1)
+            batch += [*chunks, v]
+            inline += len(v.inline or b"")
+            if len(batch) >= 200:
+                await pair.stores["b0"].commit(batch)
+                batch = []
+        await pair.stores["b0"].commit(batch)
+        pair.open()
+        link = pair.sides["a0"][0].peers
+        original = link.call
+        asked: list[int] = []  # leaves per LeafDiff
+        more = 0
+
+        async def counting(node: str, request: Any, *, timeout: float) -> Any:
+            nonlocal more
+            body = await original(node, request, timeout=timeout)
+            if isinstance(request, LeafDiff):
+                asked.append(len(request.leaves))
+                more += bool(body.get("more"))
+            return body
+        monkeypatch.setattr(link, "call", counting)
+        report = await pair.sides["a0"][0].repair_with("b0", bulk=True)
+        assert report.error is None and report.versions_received == 3600
+        assert report.payload_bytes_received == inline  # small objects move bytes too
+        assert pair.names_of("a0") == pair.names_of("b0")
+        assert asked[0] == sync.MAX_DIFF_LEAVES and min(asked) < 16
+        # ~1,200 leaves, ~180 wire bytes per version: 256 leaves take ~35 replies; with every
+        # batch that size the round would take ~170 follow-ups.
+        assert more < 60, (more, len(asked))
+    finally:
+        pair.close()
+
+
 def _purge(target: Version, hlc: int, node: str) -> Version:
     return Version(target.tenant, target.bucket, target.key, hlc, node, 0, b"",
                    purges=(target.hlc, target.node))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hdsd.repair import PeerTrees
+from hdsd.repair._tree import DEPTH, LEAF_BITS, leaf_of, leaf_range, version_digest
 from hdsd.store import Store
 from tests.helpers.sealing import SEALING
 from tests.repair.test_sync import _layout, _version
@@ -53,5 +54,36 @@ async def test_a_rebuilt_index_invalidates_the_snapshot(tmp_path: Path) -> None:
         assert fresh.watermark == 0 and fresh.count("b0") == 0
         assert fresh.catch_up() == 20
         assert fresh.hashes("b0", 0, [0]) == trees.hashes("b0", 0, [0])
+    finally:
+        store.close()
+
+
+async def test_members_of_many_leaves_read_by_runs_match_leaf_by_leaf(tmp_path: Path) -> None:
+    # A rebuild asks for 256 consecutive leaves at once: one range query per run of
+    # consecutive leaves must give each leaf exactly its own versions, and still correct a
+    # leaf that drifted from the index.
+    layout = _layout(1)
+    store = await _store_with(tmp_path / "s", 300)
+    try:
+        trees = PeerTrees(store, layout, "a0", tmp_path / "t.bin")
+        trees.catch_up()
+        occupied = sorted({leaf_of(store.key_hash(v.tenant, v.bucket, v.key))
+                           for _, _, v in store.versions_by_key_hash(0, (1 << 32) - 1)})
+        assert len(occupied) > 100
+        # Runs (neighbours of occupied leaves, empty ones included), gaps and single leaves.
+        asked = sorted({x for leaf in occupied[::3] for x in (leaf - 1, leaf, leaf + 1)
+                        if 0 <= x < (1 << LEAF_BITS)} | {0, (1 << LEAF_BITS) - 1})
+        expected = {}
+        for leaf in asked:
+            low, high = leaf_range(leaf)
+            expected[leaf] = {version_digest(v.tenant, nid, v.hlc, v.node).to_bytes(16, "big"): v
+                              for _, nid, v in store.versions_by_key_hash(low, high)}
+        before = trees.hashes("b0", DEPTH, asked)
+        drifted = occupied[3]
+        trees.trees["b0"].toggle(drifted, 12345)  # the tree no longer matches the index there
+        got = trees.leaves_members("b0", asked)
+        assert got == expected
+        assert sum(len(m) for m in got.values()) > 90
+        assert trees.hashes("b0", DEPTH, asked) == before  # the drifted leaf was corrected
     finally:
         store.close()

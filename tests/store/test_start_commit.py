@@ -96,6 +96,32 @@ async def test_waiting_after_the_signal_reuses_the_descriptor(tmp_path: Path) ->
     assert _open_fds() == before
 
 
+async def test_encoded_in_a_thread_then_queued(tmp_path: Path) -> None:
+    # A bulk writer encodes in a worker thread and queues on the event loop: the same
+    # durability as start_commit, and records already held are dropped while encoding.
+    gate = threading.Event()
+    fs = FaultyFS()
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
+        await store.commit([v(0)])
+        encoded = await trio.to_thread.run_sync(store.encode_commit, [v(0), v(1), v(1), v(2)])
+        assert len(encoded) == 2  # v(0) is held, v(1) is named twice
+        fs.gate = gate
+        synced = store._writer.fsyncs
+        ticket = store.start_encoded(encoded)
+        await trio.to_thread.run_sync(fs.at_gate.wait)
+        assert store._writer.fsyncs == synced  # queued, not durable yet
+        gate.set()
+        with trio.fail_after(10):
+            await ticket.wait()
+        assert store.current("t", "b", "k1") == v(1)
+        assert store.current("t", "b", "k2") == v(2)
+        nothing = await trio.to_thread.run_sync(store.encode_commit, [v(1), v(2)])
+        assert len(nothing) == 0
+        await store.start_encoded(nothing).wait()  # nothing to write: returns at once
+    with pytest.raises(StoreClosedError):
+        store.start_encoded(encoded)
+
+
 def test_a_known_version_is_not_written_twice_across_the_hlc_shortcut(tmp_path: Path) -> None:
     """A version above every indexed hlc skips the index lookup (it cannot be there); one at
     or below is still looked up, so a version committed again is never written again, also
