@@ -258,15 +258,17 @@ class QuotaExceeded(HdsdError):
 
 
 class RetentionLocked(HdsdError):
-    """The bucket's retention lock (WORM) forbids deleting or overwriting this key yet, for
-    every role; also raised when asked to shorten a retention period (it only grows)."""
+    """The bucket's retention lock (WORM) forbids deleting or overwriting this key yet, or
+    purging this version, for every role; also raised when asked to shorten a retention
+    period (it only grows)."""
 
     code = "retention_locked"
     exit_code = 4
 
 
 class LegalHold(HdsdError):
-    """The key is under legal hold: no deletion or overwrite until an admin clears the hold."""
+    """The key is under legal hold: no deletion, overwrite or purge of any of its versions
+    until an admin clears the hold."""
 
     code = "legal_hold"
     exit_code = 4

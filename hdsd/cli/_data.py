@@ -227,14 +227,21 @@ def stat(ctx: click.Context, target: str, version: str | None, as_json: bool) ->
 
 @main.command()
 @click.argument("target", metavar="BUCKET/KEY")
+@click.option("--version-id", "version", default=None,
+              help="delete this version (or delete marker) for good, once no legal hold or "
+                   "retention protects it")
 @json_option
 @click.pass_context
-def rm(ctx: click.Context, target: str, as_json: bool) -> None:
-    """Delete BUCKET/KEY (writes a delete marker; older versions stay until retention allows)."""
+def rm(ctx: click.Context, target: str, version: str | None, as_json: bool) -> None:
+    """Delete BUCKET/KEY: writes a delete marker (every version stays); with --version-id,
+    deletes that one version for good, at both sites."""
     bucket, key = _split(target)
-    info = _run(ctx, lambda c: c.delete(bucket, key))
+    info = _run(ctx, lambda c: c.delete(bucket, key, version=version))
     if as_json:
         click.echo(json.dumps(info.as_dict(), sort_keys=True))
+    elif version is not None:
+        what = "delete marker" if info.deleted else "version"
+        click.echo(f"purged {bucket}/{key} {what} {info.version}")
     else:
         click.echo(f"deleted {bucket}/{key} (delete marker {info.version})")
 

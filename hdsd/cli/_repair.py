@@ -20,6 +20,9 @@ _POLL_S = 0.5
 _NODE_WAIT_S = 30.0
 
 
+_STATE = {"compact": "compaction"}  # the status key of a task, where it is not its name
+
+
 def _endpoints(profile: Profile) -> list[tuple[str, str, int]]:
     # Backup nodes too: they repair and scrub their own copies like any node.
     return [(site, host, port) for sites in (profile.sites, profile.backup_sites)
@@ -55,7 +58,7 @@ async def _run(profile: Profile, task: str, wait: bool, request_timeout: float,
         async with AsyncClient(one, timeout=request_timeout) as c:
             while True:
                 st = await c.status()
-                state = st["maintenance"][task]
+                state = st["maintenance"][_STATE.get(task, task)]
                 if state["runs_completed"] >= reply["run"]:
                     results.append({"node": st["node"], "site": st["site"], **state["last"]})
                     break
@@ -122,6 +125,21 @@ def _print_scrub(results: list[dict[str, Any]]) -> None:
                    f"{verdict}")
 
 
+def _print_compact(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        if "segments_removed" not in r:
+            if "error" in r and "node" not in r:
+                click.echo(f"{r.get('endpoint')}: unreachable: {r['error']}")
+            elif "error" in r:
+                click.echo(f"{r['node']}: FAILED {r['error']}")
+            else:
+                click.echo(f"{r['node']}: compaction run {r['run']} started")
+            continue
+        click.echo(f"{r['node']}: {r['segments_removed']} segments removed, "
+                   f"{r['bytes_freed']} B freed, {r['records_moved']} records moved, "
+                   f"{r.get('chunks_released', 0)} chunks of purged versions released")
+
+
 def _failed(task: str, results: list[dict[str, Any]]) -> bool:
     if task == "repair":
         return any("error" in r and "peers" not in r for r in results) or any(
@@ -138,6 +156,8 @@ def _command(ctx: click.Context, task: str, wait: bool, as_json: bool) -> None:
         click.echo(json.dumps(results, sort_keys=True))
     elif task == "repair":
         _print_repair(results)
+    elif task == "compact":
+        _print_compact(results)
     else:
         _print_scrub(results)
     if _failed(task, results):
@@ -163,3 +183,14 @@ def repair(ctx: click.Context, wait: bool, as_json: bool) -> None:
 def scrub(ctx: click.Context, wait: bool, as_json: bool) -> None:
     """Re-read and verify every record on every node; heal bad ones from a replica (admin)."""
     _command(ctx, "scrub", wait, as_json)
+
+
+@main.command()
+@click.option("--wait", is_flag=True, help="wait for the end and print the report")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def compact(ctx: click.Context, wait: bool, as_json: bool) -> None:
+    """Reclaim log space now on every node (admin): records of shredded tenants, and versions
+    purged (their chunks once the node's [repair] purge_grace_h has passed). Compaction also
+    runs every 6 hours on its own."""
+    _command(ctx, "compact", wait, as_json)

@@ -500,10 +500,13 @@ class AsyncClient:
             after = cursor
 
     async def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
-                     retry: bool = False) -> ObjectInfo:
-        """Write a delete marker; *retry* as in :meth:`put`."""
+                     retry: bool = False, version: str | None = None) -> ObjectInfo:
+        """Write a delete marker (older versions stay); with *version*, delete that version
+        (or delete marker) for good once no legal hold or retention protects it: the info
+        returned is the purged version's. *retry* as in :meth:`put`: a request id is
+        applied once."""
         request = DeleteRequest(rid=UNSENT, request_id=request_id or os.urandom(16),
-                                bucket=bucket, key=key, retry=retry)
+                                bucket=bucket, key=key, retry=retry, version=version)
         body = await self._call(request, again=dataclasses.replace(request, retry=True))
         return ObjectInfo.from_body(body)
 
@@ -592,10 +595,13 @@ class AsyncClient:
         body = await self._call(CertList(UNSENT, tenant))
         return list(body["revoked"])
 
-    async def s3_key_create(self, tenant: str, role: str) -> S3KeyCreated:
+    async def s3_key_create(self, tenant: str, role: str, *,
+                            request_id: bytes | None = None) -> S3KeyCreated:
         """A new S3 access key of *tenant* acting with *role*; the reply holds its secret
-        (``secret_access_key``), sent this once."""
-        return await self._call(S3KeyCreate(UNSENT, tenant, role))
+        (``secret_access_key``). Sent again after a lost reply (the client's own retries, or
+        the caller's with the same *request_id*), it answers the same key, not a new one."""
+        return await self._call(S3KeyCreate(UNSENT, tenant, role,
+                                            request_id or os.urandom(16)))
 
     async def s3_keys(self, tenant: str = "") -> builtins.list[S3KeyRow]:
         """The S3 access keys of *tenant* (``""``: all, operator only), never a secret."""

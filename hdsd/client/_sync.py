@@ -122,9 +122,10 @@ class Client:
         return self._call(self._async.list_buckets)
 
     def delete(self, bucket: str, key: str, *, request_id: bytes | None = None,
-               retry: bool = False) -> ObjectInfo:
+               retry: bool = False, version: str | None = None) -> ObjectInfo:
         """See :meth:`AsyncClient.delete`."""
-        return self._call(self._async.delete, bucket, key, request_id=request_id, retry=retry)
+        return self._call(self._async.delete, bucket, key, request_id=request_id, retry=retry,
+                          version=version)
 
     def versions(self, bucket: str, key: str) -> builtins.list[ObjectInfo]:
         return self._call(self._async.versions, bucket, key)

@@ -283,14 +283,15 @@ async def _s3_key_create(node: Node, session: WireSession, ident: Identity, msg:
         raise PermissionDenied(f"tenant {msg.tenant!r} has no keys in this cluster; create it "
                                "with `hdsd tenant create`")
     node.tenancy.check_live(msg.tenant)  # shredded, or a creation not yet confirmed
-    entry, secret = node.s3_credentials.create(msg.tenant, msg.role,
-                                               by=f"{ident.name}@{ident.tenant}")
+    entry, secret, replayed = node.s3_credentials.create(
+        msg.tenant, msg.role, by=f"{ident.name}@{ident.tenant}", request_id=msg.request_id)
+    # A retry pushes the entry again: the first attempt may have stopped before its push.
     result = await node.tenancy.apply_and_push(node, [entry])
     # The only time the secret leaves the node: the catalog has it wrapped, nothing logs it,
     # and the audit record of this request names the key id alone (audit._hook).
     await session.send(Reply(rid=msg.rid, body={
         "access_key_id": entry.access_key_id, "secret_access_key": secret,
-        "tenant": entry.tenant, "role": entry.role, **result}))
+        "tenant": entry.tenant, "role": entry.role, "replayed": replayed, **result}))
 
 
 def _s3_key_row(e: S3KeyEntry) -> dict[str, Any]:

@@ -38,12 +38,14 @@ Example (``hdsd init`` writes one per node)::
     rebuild_rate_mib_s = 0         # a wiped node's rebuild (0: as fast as disk and link allow)
     scrub_interval_h = 168         # re-read and verify every record weekly (0: hdsd scrub)
     scrub_rate_mib_s = 32
+    purge_grace_h = 192            # chunks a purge left unnamed are reclaimed after this
 
     [s3]                           # optional: the S3 gateway (docs/s3.md)
     listen = ["127.0.0.1:7480"]    # HTTPS with this node's certificate
     plain_http = []                # plain HTTP: only loopback, unless
     plain_http_beyond_loopback = false  # ... the operator forces it
     region = "us-east-1"           # the SigV4 region clients must sign for
+    # domain = "s3.example.org"    # also virtual-host style: BUCKET.s3.example.org
     multipart_expire_h = 168       # unfinished multipart uploads are reclaimed after this
 
     [[sites]]
@@ -130,6 +132,10 @@ class NodeConfig:
     rebuild_rate_mib_s: float = 0.0  # 0: unlimited (the disk and the link set the pace)
     scrub_interval_h: float = 168.0  # 0: only on demand (hdsd scrub)
     scrub_rate_mib_s: float = 32.0
+    # Chunks a purge left unnamed are reclaimed by the first compaction after this: longer
+    # than any upload (a put or a multipart upload that found such a chunk stored before the
+    # purge names it in its version when it completes; S3 uploads expire after 168 h).
+    purge_grace_h: float = 192.0
     audit_checkpoint_records: int = 1000
     audit_checkpoint_s: float = 10.0
     audit_retention_days: int = 365
@@ -148,6 +154,7 @@ class NodeConfig:
     s3_https: tuple[tuple[str, int], ...] = ()
     s3_http: tuple[tuple[str, int], ...] = ()
     s3_region: str = "us-east-1"
+    s3_domain: str = ""  # virtual-host-style addressing: BUCKET.<domain> ("": path-style only)
     s3_multipart_expire_h: float = 168.0
     # --- deployment (hdsd init bundles) ---
     master_key_check: str = ""  # [keys] master_key_check: the key's fingerprint; "": unchecked
@@ -204,7 +211,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "repair": {"interval_s": ((int, float), False), "rate_mib_s": ((int, float), False),
                "rebuild_rate_mib_s": ((int, float), False),
                "scrub_interval_h": ((int, float), False),
-               "scrub_rate_mib_s": ((int, float), False)},
+               "scrub_rate_mib_s": ((int, float), False),
+               "purge_grace_h": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False), **_LIMITS},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
@@ -214,7 +222,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "metrics": {"address": (str, False)},
     "s3": {"listen": (list, False), "plain_http": (list, False),
            "plain_http_beyond_loopback": (bool, False), "region": (str, False),
-           "multipart_expire_h": ((int, float), False)},
+           "domain": (str, False), "multipart_expire_h": ((int, float), False)},
     "log": {"format": (str, False), "level": (str, False)},
 }
 LOG_FORMATS = ("text", "json")
@@ -351,11 +359,12 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     repair = sections.get("repair", {})
     repair_values = {k: float(repair.get(k, d)) for k, d in (
         ("interval_s", 3600.0), ("rate_mib_s", 64.0), ("scrub_interval_h", 168.0),
-        ("scrub_rate_mib_s", 32.0), ("rebuild_rate_mib_s", 0.0))}
+        ("scrub_rate_mib_s", 32.0), ("rebuild_rate_mib_s", 0.0), ("purge_grace_h", 192.0))}
     for k, v in repair_values.items():
         # A rebuild may run unpaced (0); the other rates are budgets that must exist.
         if v < 0 or (k.endswith("rate_mib_s") and k != "rebuild_rate_mib_s" and v == 0):
             p.add(f"[repair] {k}", "must be positive" if k.endswith("rate_mib_s")
+                  else "must be >= 0" if k == "purge_grace_h"
                   else "must be >= 0 (0: only on demand)")
     audit = sections.get("audit", {})
     audit_records = audit.get("checkpoint_records", 1000)
@@ -422,6 +431,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         rebuild_rate_mib_s=repair_values["rebuild_rate_mib_s"],
         scrub_interval_h=repair_values["scrub_interval_h"],
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
+        purge_grace_h=repair_values["purge_grace_h"],
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
         audit_commit_ms=audit_commit_ms, audit_refusals_interval_s=audit_refusals_s,
@@ -526,6 +536,8 @@ def _metrics_address(section: dict[str, Any], p: _Problems) -> tuple[str | None,
 
 
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 def _s3_section(section: dict[str, Any], p: _Problems) -> dict[str, Any]:
@@ -556,6 +568,10 @@ def _s3_section(section: dict[str, Any], p: _Problems) -> dict[str, Any]:
     if not _REGION_RE.match(region):
         p.add("[s3] region", f"{region!r} must match {_REGION_RE.pattern}")
     out["s3_region"] = region
+    domain = section.get("domain", "").strip(".").lower()
+    if domain and not _DOMAIN_RE.match(domain):
+        p.add("[s3] domain", f"{domain!r} must be a DNS name (e.g. s3.example.org)")
+    out["s3_domain"] = domain
     expire = float(section.get("multipart_expire_h", 168.0))
     if not 0 < expire <= 24 * 365:
         p.add("[s3] multipart_expire_h", f"{expire:g} must be > 0 and at most 8760")

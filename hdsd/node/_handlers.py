@@ -60,6 +60,7 @@ from ._objects import (
     list_buckets,
     list_objects,
     object_versions,
+    purge_version,
     put_object,
     resolve,
     stream_object,
@@ -300,6 +301,15 @@ async def _list(node: Node, session: WireSession, ident: Identity, msg: ListRequ
 
 async def _delete(node: Node, session: WireSession, ident: Identity, msg: DeleteRequest,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
+    if msg.version is not None:
+        purged, record, replayed = await purge_version(node, ident.tenant or "", msg.bucket,
+                                                       msg.key, msg.version, msg.request_id,
+                                                       retry=msg.retry)
+        # "version" is the version purged (what the audit record names); the purge record's
+        # own id is given apart.
+        await session.send(Reply(rid=msg.rid, body={
+            **purged.public_info(), "purge_record": record.version_id, "replayed": replayed}))
+        return
     marker, replayed = await delete_object(node, ident.tenant or "", msg.bucket, msg.key,
                                            msg.request_id, retry=msg.retry)
     await session.send(Reply(rid=msg.rid, body={**marker.public_info(), "replayed": replayed}))

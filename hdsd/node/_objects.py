@@ -33,12 +33,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from .._errors import IntegrityError, InvalidRequest, NotFound, Unavailable, WrongRole
+from .._errors import (
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    RequestIdConflict,
+    Unavailable,
+    WrongRole,
+)
 from .._groups import single_error
-from ..pipeline import Chunker, open_in_thread, seal_in_thread
+from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
 from ..replication import check_retry
 from ..s3 import Principal
-from ..store import ChunkRecord, Version, parse_version_id
+from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
 from ._auth import authorize, check_bucket, check_key
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
@@ -49,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BodySource",
+    "ChannelSource",
     "NodeObjects",
     "StoredPart",
     "byte_range",
@@ -57,6 +65,7 @@ __all__ = [
     "list_buckets",
     "list_objects",
     "object_versions",
+    "purge_version",
     "put_object",
     "resolve",
     "store_part",
@@ -167,7 +176,6 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     declared = size
     codec = node.codec(tenant)
     replicas = node.replicator.replicas_for(tenant, bucket, key)
-    lagging: set[str] = set()
 
     def version_of(size: int, content_hash: bytes, chunks: tuple[bytes, ...],
                    inline: bytes | None) -> Version:
@@ -184,34 +192,17 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
         sealed = await seal_in_thread(codec, whole)
         # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
         version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), sealed.payload)
-        lagging.update(await node.replicator.write(replicas, [], [version]))
-        await node.replicator.keep_hints(lagging, [version])
+        await node.replicator.keep_hints(await node.replicator.write(replicas, [], [version]),
+                                         [version])
         return version
 
     chunker = Chunker(node.config.chunk_size)
     hasher = codec.content_hasher()
-    ids: list[bytes] = []
+    writer = _ChunkWriter(node, tenant, codec, replicas, source)
+    ids, lagging = writer.ids, writer.lagging
     received = 0
     inline: bytes | None = None
     last: bytes | None = None  # the final chunk, written with the version record
-    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
-
-    async def store_chunk(slot: int, piece: bytes) -> None:
-        try:
-            sealed = await seal_in_thread(codec, piece)
-            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
-            # Credit goes back only once the write policy holds for this chunk: the client can
-            # never run more than one window ahead of the slowest replica the policy waits for.
-            lagging.update(await node.replicator.write(replicas, [record], []))
-            ids[slot] = sealed.chunk_id
-            await source.consumed(len(piece))
-        finally:
-            limiter.release()
-
-    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
-        await limiter.acquire()
-        ids.append(b"")
-        nursery.start_soon(store_chunk, len(ids) - 1, piece)
 
     async def next_piece() -> bytes:
         nonlocal whole
@@ -232,7 +223,7 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
                 if chunks and received == declared and received % node.config.chunk_size == 0:
                     last = chunks.pop()  # the declared body is complete: this is its last chunk
                 for chunk in chunks:
-                    await start_chunk(nursery, chunk)
+                    await writer.start(nursery, chunk)
             if declared is not None and received != declared:
                 raise InvalidRequest(f"body has {received} bytes, {declared} were declared; "
                                      "nothing was stored")
@@ -261,6 +252,43 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     return version
 
 
+class _ChunkWriter:
+    """A body's full chunks, sealed and written to the key's replicas by at most
+    ``_CHUNKS_IN_FLIGHT`` tasks, each granted back to the source (``consumed``) only once the
+    write policy holds for it — a put's and a multipart part's, the same way. ``ids``: the
+    chunk ids in body order; ``lagging``: replicas that had not confirmed some chunk."""
+
+    def __init__(self, node: Node, tenant: str, codec: ChunkCodec, replicas: dict[str, list[str]],
+                 source: BodySource) -> None:
+        self.node = node
+        self.tenant = tenant
+        self.codec = codec
+        self.replicas = replicas
+        self.source = source
+        self.ids: list[bytes] = []
+        self.lagging: set[str] = set()
+        self._limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+    async def start(self, nursery: trio.Nursery, piece: bytes) -> None:
+        """Write *piece* as the next chunk, in *nursery*, once fewer are in flight."""
+        await self._limiter.acquire()
+        self.ids.append(b"")
+        nursery.start_soon(self._store, len(self.ids) - 1, piece)
+
+    async def _store(self, slot: int, piece: bytes) -> None:
+        try:
+            sealed = await seal_in_thread(self.codec, piece)
+            record = ChunkRecord(tenant=self.tenant, chunk_id=sealed.chunk_id,
+                                 payload=sealed.payload)
+            # Credit goes back only once the write policy holds for this chunk: the client can
+            # never run more than one window ahead of the slowest replica the policy waits for.
+            self.lagging.update(await self.node.replicator.write(self.replicas, [record], []))
+            self.ids[slot] = sealed.chunk_id
+            await self.source.consumed(len(piece))
+        finally:
+            self._limiter.release()
+
+
 # -- multipart: parts stored as chunks, composed into one version -------------------------------
 @dataclass(frozen=True, slots=True)
 class StoredPart:
@@ -282,39 +310,21 @@ async def store_part(node: Node, tenant: str, bucket: str, key: str,
     check_bucket(bucket)
     check_key(key)
     await node.tenancy.check_write(node, tenant, bucket, key, size=None, delete=False)
-    codec = node.codec(tenant)
     replicas = node.replicator.replicas_for(tenant, bucket, key)
     chunker = Chunker(node.config.chunk_size)
-    ids: list[bytes] = []
-    lagging: set[str] = set()
+    writer = _ChunkWriter(node, tenant, node.codec(tenant), replicas, source)
     received = 0
-    limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
-
-    async def store_chunk(slot: int, piece: bytes) -> None:
-        try:
-            sealed = await seal_in_thread(codec, piece)
-            record = ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id, payload=sealed.payload)
-            lagging.update(await node.replicator.write(replicas, [record], []))
-            ids[slot] = sealed.chunk_id
-            await source.consumed(len(piece))
-        finally:
-            limiter.release()
-
-    async def start_chunk(nursery: trio.Nursery, piece: bytes) -> None:
-        await limiter.acquire()
-        ids.append(b"")
-        nursery.start_soon(store_chunk, len(ids) - 1, piece)
-
     with single_error():
         async with trio.open_nursery() as nursery:
             while piece := await source.read():
                 received += len(piece)
                 for chunk in chunker.feed(piece):
-                    await start_chunk(nursery, chunk)
+                    await writer.start(nursery, chunk)
             tail = chunker.finish()
             if tail:
-                await start_chunk(nursery, tail)
-    return StoredPart(tuple(ids), received, node.config.chunk_size, tuple(sorted(lagging)))
+                await writer.start(nursery, tail)
+    return StoredPart(tuple(writer.ids), received, node.config.chunk_size,
+                      tuple(sorted(writer.lagging)))
 
 
 async def compose_object(node: Node, tenant: str, bucket: str, key: str,
@@ -354,7 +364,7 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
         async def put() -> None:
             async with receive:
                 version, _ = await put_object(node, tenant, bucket, key,
-                                              _ChannelSource(receive), size=size,
+                                              ChannelSource(receive), size=size,
                                               metadata=metadata, request_id=request_id)
                 result.append(version)
 
@@ -389,9 +399,15 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
     return version
 
 
-class _ChannelSource:
-    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+class ChannelSource:
+    """A body another task pushes piece by piece into a memory channel (a copy, a multipart
+    upload read back, an upload part copied): the same source for the node and the gateway.
+    *trailer*: metadata known only at the end (S3's ETag)."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes],
+                 trailer: Mapping[str, str] | None = None) -> None:
         self.receive = receive
+        self._trailer = dict(trailer or {})
 
     def ready(self) -> bytes | None:
         return None
@@ -406,7 +422,7 @@ class _ChannelSource:
         return None
 
     def trailer(self) -> dict[str, str]:
-        return {}
+        return self._trailer
 
 
 # -- get ---------------------------------------------------------------------------------------
@@ -517,6 +533,110 @@ async def delete_object(node: Node, tenant: str, bucket: str, key: str,
     return marker, False
 
 
+async def purge_version(node: Node, tenant: str, bucket: str, key: str, version: str,
+                        request_id: bytes, retry: bool = False
+                        ) -> tuple[Version, Version, bool]:
+    """Delete one version of a key for good (a version or a delete marker): ``(purged,
+    purge record, replayed)`` once the write policy holds for the purge record — a replicated
+    write like a delete, settled on a retry of the same request id. NotFound if the key has
+    no such version (or it is purged already); LegalHold or RetentionLocked while a hold or
+    the bucket's retention protects it. Every replica that learns of the record drops the
+    version and refuses it ever after (repair included), see ``docs/design-notes.md``.
+    *retry*: as for a delete (the first attempt is looked for at both sites)."""
+    check_bucket(bucket)
+    check_key(key)
+    try:
+        target = parse_version_id(version)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    async with node.idempotent(tenant, request_id, bucket, key, retry=retry) as previous:
+        if previous is not None:
+            check_retry(previous, bucket=bucket, key=key, delete=True, purges=target)
+            await _settle(node, previous)
+            return _purged_by(previous), previous, True
+        records = await node.reads.key_records(tenant, bucket, key)
+        found = next((v for v in visible_versions(records) if v.order == target), None)
+        if found is None:
+            raise NotFound(f"{bucket}/{key} version {version} not found")
+        await node.tenancy.check_purge(node, found, retained_until(records, found))
+        record = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", request_id=request_id, purges=target)
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [record])
+        await node.replicator.keep_hints(lagging, [record])
+    return found, record, False
+
+
+async def retention_of(node: Node, tenant: str, bucket: str, key: str,
+                       version: str | None) -> tuple[Version, int]:
+    """A version (the current one if *version* is None) and when it may be purged (Unix ms;
+    0: the bucket keeps no retention and none was set on it)."""
+    check_bucket(bucket)
+    check_key(key)
+    records = await node.reads.key_records(tenant, bucket, key)
+    known = visible_versions(records)
+    found = _named(known, bucket, key, version)
+    return found, node.tenancy.retained_until(found, retained_until(records, found))
+
+
+async def retain_version(node: Node, tenant: str, bucket: str, key: str, version: str | None,
+                         until_ms: int, request_id: bytes) -> tuple[Version, int]:
+    """Retain a version (COMPLIANCE) until *until_ms* at least: nothing may purge it before,
+    whatever the role; a retention only grows. ``(version, retained until)``; a retention
+    record is written — a replicated write under the write policy, like a put — only when
+    *until_ms* is later than what already holds it (its bucket's retention, earlier
+    records). S3's PutObjectRetention."""
+    check_bucket(bucket)
+    check_key(key)
+    async with node.idempotent(tenant, request_id, bucket, key) as previous:
+        if previous is not None:  # (a fresh id per S3 request: only a native retry)
+            if previous.retains is None or (previous.bucket, previous.key) != (bucket, key):
+                raise RequestIdConflict("request id already used by another request; nothing "
+                                        "was written")
+            await _settle(node, previous)
+            return await retention_of(node, tenant, bucket, key, version)
+        found, until = await retention_of(node, tenant, bucket, key, version)
+        if until_ms <= until:
+            return found, until
+        await node.tenancy.ensure_confirmed(node, tenant)
+        record = Version(
+            tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+            size=0, content_hash=b"", request_id=request_id,
+            retains=(found.hlc, found.node, until_ms))
+        replicas = node.replicator.replicas_for(tenant, bucket, key)
+        lagging = await node.replicator.write(replicas, [], [record])
+        await node.replicator.keep_hints(lagging, [record])
+    return found, until_ms
+
+
+def _named(known: list[Version], bucket: str, key: str, version: str | None) -> Version:
+    """The version named (the current one if None); NotFound for none or a delete marker
+    when the current one is asked for."""
+    wanted: tuple[int, str] | None = None
+    if version is not None:
+        try:
+            wanted = parse_version_id(version)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    if wanted is None:
+        found = known[-1] if known and not known[-1].tombstone else None
+    else:
+        found = next((v for v in known if v.order == wanted), None)
+    if found is None:
+        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} not found")
+    return found
+
+
+def _purged_by(record: Version) -> Version:
+    """What a retried purge answers about the version it purged (gone: its identity only)."""
+    assert record.purges is not None
+    hlc, origin = record.purges
+    return Version(tenant=record.tenant, bucket=record.bucket, key=record.key, hlc=hlc,
+                   node=origin, size=0, content_hash=b"")
+
+
 async def object_versions(node: Node, tenant: str, bucket: str, key: str) -> list[Version]:
     """Every version of a key, delete markers included; NotFound if it never existed."""
     check_bucket(bucket)
@@ -596,6 +716,29 @@ class NodeObjects:
         return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
                                     request_id=secrets.token_bytes(16))
 
+    async def retention(self, tenant: str, bucket: str, key: str,
+                        version: str | None) -> tuple[Version, int]:
+        """A version and when it may be purged (Unix ms, 0: no retention holds it)."""
+        await self._tenant(tenant)
+        return await retention_of(self.node, tenant, bucket, key, version)
+
+    async def retain(self, tenant: str, bucket: str, key: str, version: str | None,
+                     until_ms: int) -> tuple[Version, int]:
+        """Retain a version (COMPLIANCE) until *until_ms* at least (S3's PutObjectRetention)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        return await retain_version(self.node, tenant, bucket, key, version, until_ms,
+                                    secrets.token_bytes(16))
+
+    def now_ms(self) -> int:
+        """The retention clock."""
+        return self.node.tenancy.now_ms()
+
+    def piece_source(self, receive: trio.MemoryReceiveChannel[bytes],
+                     trailer: Mapping[str, str]) -> ChannelSource:
+        """A body another of the gateway's tasks pushes (a copy, an upload part copied)."""
+        return ChannelSource(receive, trailer)
+
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version:
         await self._tenant(tenant)
@@ -612,6 +755,15 @@ class NodeObjects:
         marker, _ = await delete_object(self.node, tenant, bucket, key,
                                         secrets.token_bytes(16))
         return marker
+
+    async def purge(self, tenant: str, bucket: str, key: str, version: str) -> Version:
+        """Delete one version for good (S3's DeleteObject with a versionId); the version
+        purged (a delete marker's ``tombstone`` says it was one)."""
+        await self._tenant(tenant)
+        self._refuse_on_backup()
+        purged, _, _ = await purge_version(self.node, tenant, bucket, key, version,
+                                           secrets.token_bytes(16))
+        return purged
 
     async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
         await self._tenant(tenant)

@@ -20,7 +20,7 @@ from ..cluster import Layout
 from ..peers import PeerPool
 from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
 from ..replication import Replicator
-from ..store import ChunkRecord, Store, Version, parse_version_id
+from ..store import ChunkRecord, Store, Version, parse_version_id, visible_versions
 from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
@@ -77,7 +77,15 @@ class ReadPaths:
         return self._checking()
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
-        """Every version of a key known to its replicas, merged (union).
+        """Every version of a key known to its replicas, merged (union), less purged versions
+        (a purge record from any replica hides its target, also on a replica that has not
+        learnt of the purge yet) and the purge and retention records themselves (see
+        :meth:`key_records`)."""
+        return visible_versions(await self.key_records(tenant, bucket, key))
+
+    async def key_records(self, tenant: str, bucket: str, key: str) -> list[Version]:
+        """Every version record of a key known to its replicas, merged (union), purge and
+        retention records included, ascending.
 
         Every acknowledged version is on at least one replica of each site (``each-site``),
         but not necessarily on every one: the union is complete only once *every* replica of

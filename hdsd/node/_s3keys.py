@@ -15,17 +15,27 @@ the wrapped secret, and it converges like a certificate revocation (pushed to ev
 once, caught up by sync). It takes effect on the next request: :class:`S3Keys` keeps unwrapped
 secrets in a cache keyed by the catalog entry itself, so an entry replaced by a merge (revoked,
 or rewrapped) is looked up afresh — no invalidation hook to forget.
+
+**A retried creation** (the client's request id, sent again after a lost reply) makes the same
+key, not a second one nobody has the secret of: with a request id, the key's id and secret are
+derived from it under the master key (HMAC-SHA256; every node has the same master key, so a
+retry reaching another node before the first entry was pushed there derives the same entry,
+and the catalog's merge keeps one). The secret still exists only wrapped in the catalog and in
+the reply; deriving it needs the master key, which opens the wrapped copies anyway.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .._errors import HdsdError, InvalidRequest, NotFound
+from .._errors import HdsdError, InvalidRequest, NotFound, RequestIdConflict
+from .._packing import packb
 from ..catalog import S3_ROLES, Catalog, S3KeyEntry, unwrap_secret, wrap_secret
 from ..cluster import HybridClock
 
@@ -90,18 +100,43 @@ class S3Keys:
         self._cache[access_key_id] = (entry, record)
         return record
 
-    def create(self, tenant: str, role: str, by: str) -> tuple[S3KeyEntry, str]:
-        """A new key's catalog entry (to apply and push) and its secret (to show once)."""
+    def create(self, tenant: str, role: str, by: str,
+               request_id: bytes = b"") -> tuple[S3KeyEntry, str, bool]:
+        """A new key's catalog entry (to apply and push), its secret (to show once), and
+        whether *request_id* had made it already (a retry: the same entry and secret, to push
+        again). :class:`RequestIdConflict` if that id made a key of another tenant or role,
+        or one revoked since."""
         if role not in S3_ROLES:
             raise InvalidRequest(f"role {role!r} must be one of {', '.join(S3_ROLES)}")
-        akid = new_access_key_id()
-        while self._catalog.s3_key(akid) is not None:  # 80 random bits: never, but cheap
+        if request_id:
+            akid, secret = self._derived(tenant, role, request_id)
+            known = self._catalog.s3_key(akid)
+            if known is not None:
+                if (known.tenant, known.role) != (tenant, role) or known.is_revoked:
+                    why = "was revoked since" if known.is_revoked else \
+                        f"made a key of {known.tenant} acting as {known.role}"
+                    raise RequestIdConflict(f"request id already used: it {why}; nothing was "
+                                            "created (use a fresh request id for a new key)")
+                return known, secret, True
+        else:
             akid = new_access_key_id()
-        secret = new_secret()
+            while self._catalog.s3_key(akid) is not None:  # 80 random bits: never, but cheap
+                akid = new_access_key_id()
+            secret = new_secret()
         entry = S3KeyEntry(access_key_id=akid, tenant=tenant, role=role,
                            wrapped=wrap_secret(self._master, akid, tenant, role, secret),
                            created=self._clock.now(), by=by)
-        return entry, secret
+        return entry, secret, False
+
+    def _derived(self, tenant: str, role: str, request_id: bytes) -> tuple[str, str]:
+        """The id (from tenant and request id) and secret (from tenant, role and request id)
+        a request id makes, the same on every node (keyed by the master key)."""
+        def mac(label: str, *parts: str | bytes) -> bytes:
+            return hmac.new(self._master, packb(["hdsd-s3-key-v1", label, *parts]),
+                            hashlib.sha256).digest()
+        akid = _ID_PREFIX + base64.b32encode(mac("id", tenant, request_id)[:10]).decode()
+        secret = base64.b64encode(mac("secret", tenant, role, request_id)[:30]).decode()
+        return akid, secret
 
     def revoke(self, access_key_id: str, by: str) -> tuple[S3KeyEntry, bool]:
         """The revocation entry of a known key (to apply and push), and whether it was

@@ -152,7 +152,8 @@ class Node:
             scrub_interval_s=config.scrub_interval_h * 3600,
             scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
-            dead_tenants=self._shredded, doubts=self.doubts)
+            dead_tenants=self._shredded, doubts=self.doubts,
+            purge_grace_s=config.purge_grace_h * 3600)
         self.reads = ReadPaths(config=config, store=store, peers=self.peers,
                                replicator=self.replicator, layout=lambda: self.layout,
                                rebuilding=lambda: self.rebuilding,
@@ -422,9 +423,12 @@ class Node:
         """The S3 gateway ([s3]): HTTPS with this node's certificate, plain HTTP only where
         configured; requests go through the same object API as the native protocol."""
         cfg = self.config
+        # Upload records seal their names with the store's tenant seals, as the store does.
         gateway = Gateway(NodeObjects(self), Uploads(cfg.data_dir / "s3-uploads",
-                                                     cfg.s3_multipart_expire_h * 3600),
-                          region=cfg.s3_region, lookup=self.s3_credentials)
+                                                     cfg.s3_multipart_expire_h * 3600,
+                                                     self.store.sealing.seal_for),
+                          region=cfg.s3_region, lookup=self.s3_credentials,
+                          domain=cfg.s3_domain)
         limits = HttpLimits(body_timeout_s=cfg.request_timeout_s,
                             idle_timeout_s=min(cfg.idle_timeout_s, 60.0),
                             head_timeout_s=cfg.request_timeout_s / 2,

@@ -27,8 +27,9 @@ and by one sync round with every reachable node at start, before it serves clien
 lock, quota. Replicas do not check again: they accept writes only from node certificates of the
 cluster, i.e. from a coordinator that has checked. What a coordinator cannot know is a change
 made elsewhere and not yet delivered to it — pushed at once, so the window is a push's latency
-(or one sync period for a node that was unreachable) — and old versions are never purged
-either way: a tombstone written in that window hides data, it does not destroy it.
+(or one sync period for a node that was unreachable) — and a tombstone written in that window
+hides data, it does not destroy it. A purge does destroy a version: its coordinator first
+syncs the catalog with every reachable node (:meth:`Tenancy.check_purge`).
 
 **Quota.** Usage is the logical size of the tenant's current versions as this node's site sees
 it: this node's store (recomputed at most every second) plus what the same-site nodes reported
@@ -94,6 +95,7 @@ from ..catalog import (
 )
 from ..cluster import HybridClock
 from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
+from ..store import Version
 from ..wire import UNSENT, CatalogPush, CatalogSync, TenantVote
 from ._keyring import Keyring
 
@@ -123,6 +125,10 @@ def seed_entry(name: str, wrapped: bytes, keys: TenantKeys, *, epoch: int = 0,
     derived from the keys, HLC 0), so nodes seeded alike vote for one creation."""
     return TenantEntry(name=name, wrapped=wrapped, created=0, epoch=epoch,
                        creation=seed_creation(keys), state=state, origin=SEED_ORIGIN)
+
+
+def _iso_day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
 
 
 class Tenancy:
@@ -480,6 +486,41 @@ class Tenancy:
         if need:
             self.check_quota(tenant, need - current_size)
         return need - current_size if need else 0
+
+    def retained_until(self, version: Version, records_until: int = 0) -> int:
+        """When *version* may be purged (Unix ms; 0: now): the later of its write time plus
+        its bucket's retention and *records_until*, what its retention records say."""
+        days = self.retention_days(version.tenant, version.bucket)
+        by_bucket = HybridClock.wall_ms(version.hlc) + days * _DAY_MS if days else 0
+        return max(by_bucket, records_until)
+
+    def now_ms(self) -> int:
+        """The retention clock (wall time; tests move it)."""
+        return self._wall_ms()
+
+    async def check_purge(self, node: Node, version: Version, records_until: int = 0) -> None:
+        """Refuse to purge *version* (delete it for good) while a legal hold holds its key or
+        its retention still runs: the bucket's (from the version's own write time: a version
+        stays retained for the bucket's retention after it was written, whatever came after
+        it — S3's COMPLIANCE retain-until of each version) or a later one set on the version
+        (*records_until*, its retention records). Unlike a delete marker, a purge cannot be
+        undone, so the catalog is first synced with every reachable node: a hold or retention
+        set elsewhere and not yet pushed here is seen (a node unreachable from here, whose
+        push has not arrived either, is the window left)."""
+        await self.ensure_confirmed(node, version.tenant)
+        await self.sync_all(node)
+        tenant, bucket, key = version.tenant, version.bucket, version.key
+        what = f"{bucket}/{key} version {version.version_id}"
+        hold = self.hold_entry(tenant, bucket, key)
+        if hold is not None and hold.held:
+            raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); {what} "
+                            "cannot be purged until an admin clears the hold")
+        until = self.retained_until(version, records_until)
+        now = self._wall_ms()
+        if until > now:
+            left = (until - now) / _DAY_MS
+            raise RetentionLocked(f"{what} is retained until {_iso_day(until)} ({left:.1f} "
+                                  "days left); it cannot be purged, whatever the role")
 
     @asynccontextmanager
     async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,

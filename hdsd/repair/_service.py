@@ -90,7 +90,8 @@ class Maintenance:
                  salvaged: tuple[str, ...] = (),
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  dead_tenants: Callable[[], frozenset[str]] = frozenset,
-                 doubts: PeerDoubts | None = None) -> None:
+                 doubts: PeerDoubts | None = None, purge_grace_s: float = 192 * 3600.0
+                 ) -> None:
         self.name = name
         self.doubts = doubts if doubts is not None else PeerDoubts(
             n.name for n in layout.nodes if n.name != name)
@@ -118,6 +119,8 @@ class Maintenance:
         # segment is never compacted, so a shredded tenant's last records wait for it).
         self.compaction = _Task(6 * 3600)
         self._compacted: tuple[frozenset[str], int] = (frozenset(), 0)
+        self._purges_seen = 0
+        self.purge_grace_s = purge_grace_s
         self.rebuild: dict[str, Any] | None = None
         # What the rounds this node ran moved, either way, since start (a layout migration
         # reports its share: each transfer is counted once, by the node that ran the round).
@@ -161,18 +164,23 @@ class Maintenance:
         self.doubts.doubt(None, f"layout version {record.version} ({record.phase})")
 
     def start(self, task: str) -> dict[str, Any]:
-        """Operator request: run *task* (``repair`` or ``scrub``) as soon as possible."""
+        """Operator request: run *task* (``repair``, ``scrub`` or ``compact``) as soon as
+        possible."""
+        if task == "compact":
+            run = self.request_compaction(everything=True)
+            return {"node": self.name, "task": task, "run": run, **self.compaction.describe()}
         t = self.repair if task == "repair" else self.scrub
         run = t.request()
         return {"node": self.name, "task": task, "run": run, **t.describe()}
 
-    def request_compaction(self, *, everything: bool = False) -> None:
-        """Reclaim the log space of shredded tenants (soon, in the background); *everything*:
-        look at every sealed segment again (keys were forgotten after a layout change, so
-        segments examined before hold garbage now)."""
+    def request_compaction(self, *, everything: bool = False) -> int:
+        """Reclaim the log space of shredded tenants and purged versions (soon, in the
+        background); *everything*: look at every sealed segment again (keys were forgotten
+        after a layout change, so segments examined before hold garbage now). Returns the
+        run that will include the request."""
         if everything:
             self._compacted = (self._compacted[0], 0)
-        self.compaction.request()
+        return self.compaction.request()
 
     def describe(self) -> dict[str, Any]:
         return {"repair": self.repair.describe(), "scrub": self.scrub.describe(),
@@ -330,18 +338,24 @@ class Maintenance:
     async def _compact_run(self) -> None:
         dead = self.dead_tenants()
         started = time.time()
-        # Segments examined with the same dead set need not be read again.
+        # Segments examined with the same dead set need not be read again — unless versions
+        # were purged since: their records, anywhere in the log, are garbage now.
         done_dead, done_through = self._compacted
-        after = done_through if dead == done_dead else 0
+        purges = self.store.purges_applied
+        after = done_through if dead == done_dead and purges == self._purges_seen else 0
         try:
-            report = await to_thread(lambda: self.store.compact(dead, after_segment=after))
+            released = await to_thread(self.store.release_purged, self.purge_grace_s)
+            report = await to_thread(
+                lambda: self.store.compact(dead, after_segment=0 if released else after))
         except HdsdError as exc:
             self.compaction.last = {"started": started, "error": f"{exc.code}: {exc.message}"}
             log.error("event=compaction_failed node=%s error=%s", self.name, exc)
             return
         self._compacted = (dead, report.sealed_through)
+        self._purges_seen = purges
         self.compaction.last = {"started": started, "finished": time.time(),
-                                "dead_tenants": sorted(dead), **asdict(report)}
+                                "dead_tenants": sorted(dead), "chunks_released": released,
+                                **asdict(report)}
         log.warning("event=compaction_done node=%s dead_tenants=%s segments_removed=%d "
                     "bytes_freed=%d records_moved=%d", self.name, ",".join(sorted(dead)),
                     report.segments_removed, report.bytes_freed, report.records_moved)

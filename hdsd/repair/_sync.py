@@ -7,7 +7,9 @@ A round run by node X with peer Y:
    differs, depth by depth (``TreeLevel``) — identical replicas exchange one 16-byte hash;
 3. for differing leaves, X sends the digests of its versions there (``LeafDiff``) and Y answers
    with the versions X lacks and the digests Y lacks: the merge is a union of versions
-   (tombstones included), so a deleted key stays deleted and nothing written is lost;
+   (tombstones included), so a deleted key stays deleted and nothing written is lost; purge
+   records are versions too, so a purge reaches every replica the same way, and a replica
+   that holds one refuses the version it purged (``_take``: never fetched back);
 4. X stores what it lacked (fetching chunks it does not hold from Y) and pushes what Y lacked.
 
 Traffic is paced by a byte-rate budget so a repair never starves client writes, and every
@@ -390,6 +392,10 @@ class AntiEntropy:
     def _members(self, peer: str, leaves: list[int]) -> dict[int, dict[bytes, Version]]:
         return self.trees.leaves_members(peer, leaves)
 
+    def _not_purged(self, versions: list[Version]) -> list[Version]:
+        return [v for v in versions if v.purges is not None
+                or not self.store.is_purged(v.tenant, v.bucket, v.key, v.hlc, v.node)]
+
     def _absent(self, versions: list[Version]) -> list[list[bytes]]:
         """For each version, the chunks neither held here nor named by an earlier one."""
         seen: set[tuple[str, bytes]] = set()
@@ -425,6 +431,10 @@ class AntiEntropy:
             versions.append(v)
         if not versions:
             return
+        # A version purged here is not taken back from a peer that has not learnt of its
+        # purge yet (the purge record goes to that peer in this same exchange): neither the
+        # version nor its chunks are fetched. The store would refuse it anyway.
+        versions = await to_thread(self._not_purged, versions)
         absent = await to_thread(self._absent, versions)
         pending: CommitTicket | None = None
         # Counted as received once their window is durable (inline payloads as payload bytes:

@@ -158,6 +158,8 @@ class HintReplayer:
         unreachable replica raises, so the hint is kept and retried.
         """
         version = self.store.get_version(tenant, bucket, key, hlc, origin)
+        if version is None and self.store.is_purged(tenant, bucket, key, hlc, origin):
+            return None  # deleted for good since: its purge record has hints of its own
         if version is not None and exclude != self.name:
             return version, await local_chunks(self.store, self._offload, version)
         replicas = self.replicas_for(tenant, bucket, key)

@@ -32,7 +32,7 @@ import trio
 from .._errors import ConnectionLost, HdsdError, NotFound
 from .._groups import single_error
 from ..cluster import HybridClock
-from ..store import Version
+from ..store import Version, parse_version_id
 from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
 from ._errors import S3AuthError
 from ._http import HttpRequest
@@ -52,6 +52,8 @@ _KEEP_HEADERS = ("content-type", "content-encoding", "content-disposition", "con
                  "cache-control", "expires")
 _ETAG = "s3.etag"
 _LAST = "\U0010ffff"
+_MAX_RETAIN_MS = 100 * 366 * 86_400_000
+_VERSIONS_PAGE = 1000  # versions asked of the node per listing call (ListObjectVersions)
 _STORING = frozenset({"PutObject", "UploadPart", "UploadPartCopy", "CopyObject",
                       "CompleteMultipartUpload"})  # sorts after any key continuing a common prefix
 
@@ -92,13 +94,29 @@ class Backend(Protocol):
                       records: builtins.list[dict[str, Any]],
                       metadata: Mapping[str, str]) -> Version: ...
 
+    def piece_source(self, receive: trio.MemoryReceiveChannel[bytes],
+                     trailer: Mapping[str, str]) -> Any:
+        """A body source over pieces another task sends into *receive* (a copy, an upload
+        part copied): the node's own kind of source, so the body is stored as any other."""
+        ...
+
     async def resolve(self, tenant: str, bucket: str, key: str,
                       version: str | None) -> Version: ...
+
+    async def retention(self, tenant: str, bucket: str, key: str,
+                        version: str | None) -> tuple[Version, int]: ...
+
+    async def retain(self, tenant: str, bucket: str, key: str, version: str | None,
+                     until_ms: int) -> tuple[Version, int]: ...
+
+    def now_ms(self) -> int: ...
 
     async def stream(self, tenant: str, version: Version, lo: int, hi: int,
                      sink: Callable[[memoryview], Awaitable[bool]]) -> bool: ...
 
     async def delete(self, tenant: str, bucket: str, key: str) -> Version: ...
+
+    async def purge(self, tenant: str, bucket: str, key: str, version: str) -> Version: ...
 
     async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]: ...
 
@@ -140,6 +158,12 @@ def authenticate_request(req: HttpRequest, lookup: CredentialLookup, region: str
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _after_versions_of(key: str) -> str:
+    """A versions-listing cursor past every version of *key* (``key NUL version id``, the
+    greatest version id there can be)."""
+    return f"{key}\x00{(1 << 64) - 1:016x}.{_LAST}"
+
+
 def _http_date(ms: int) -> str:
     return formatdate(ms / 1000, usegmt=True)
 
@@ -301,37 +325,17 @@ class _Body:
         return {_ETAG: self.md5_hex()}
 
 
-class _Pieces:
-    """A source over pieces another task pushes (a copy, a multipart completion)."""
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[bytes], trailer: dict[str, str]):
-        self.receive = receive
-        self._trailer = trailer
-
-    def ready(self) -> bytes | None:
-        return None
-
-    async def read(self) -> bytes:
-        try:
-            return await self.receive.receive()
-        except trio.EndOfChannel:
-            return b""
-
-    async def consumed(self, n: int) -> None:
-        return None
-
-    def trailer(self) -> dict[str, str]:
-        return self._trailer
-
-
 # -- the gateway -------------------------------------------------------------------------------
 class Gateway:
     def __init__(self, backend: Backend, uploads: Uploads, *, region: str,
-                 lookup: CredentialLookup, max_uploads: int = 8) -> None:
+                 lookup: CredentialLookup, max_uploads: int = 8, domain: str = "") -> None:
         self.backend = backend
         self.uploads = uploads
         self.region = region
         self.lookup = lookup
+        # Virtual-host-style addressing ("BUCKET.<domain>" in Host) when a domain is set;
+        # path-style always works.
+        self.domain = domain.strip(".").lower()
         # Bodies being stored at once, node-wide: each holds a few chunks in flight (about
         # 6 MiB), so memory stays bounded whatever the number of clients; the others wait
         # without reading (TCP holds their clients back).
@@ -342,6 +346,9 @@ class Gateway:
         path, _, raw_query = req.target.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         bucket, _, key = unquote(path.lstrip("/")).partition("/")
+        hosted = self._hosted_bucket(req.header("host"))
+        if hosted:  # virtual-host style: the whole path is the key
+            bucket, key = hosted, unquote(path.lstrip("/"))
         principal: Principal | None = None
         op = "S3"
         outcome = "ok"
@@ -379,6 +386,18 @@ class Gateway:
         finally:
             self.backend.audit(principal, op, bucket, key, version, req.bytes_in, req.bytes_out,
                                outcome, req.peer)
+
+    def _hosted_bucket(self, host: str) -> str:
+        """The bucket a ``Host`` of the form ``BUCKET.<domain>[:port]`` names ("" if none).
+        The signature covers the Host header, so the bucket is as signed."""
+        if not self.domain or not host:
+            return ""
+        name = host.lower()
+        if name.startswith("["):
+            return ""  # an IPv6 literal: path-style
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        suffix = "." + self.domain
+        return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else ""
 
     async def _error(self, req: HttpRequest, err: S3Error, resource: str) -> None:
         if req.responded:
@@ -667,57 +686,80 @@ class Gateway:
 
     async def list_versions(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> None:
+        """ListObjectVersions: keys ascending, each key's versions newest first, *max-keys*
+        counting versions and delete markers, continued exactly by ``key-marker`` and
+        ``version-id-marker`` — also inside a key with more versions than a page."""
         tenant, prefix, _, max_keys, _ = await self._list_common(access, bucket, query)
         key_marker = query.get("key-marker", "")
-        # Keys one at a time from the current listing would miss deleted keys: walk the
-        # versions listing instead, then give each key's versions newest first.
+        vid_marker = query.get("version-id-marker", "")
+        if vid_marker and not key_marker:
+            raise S3Error("InvalidArgument", 400, "A version-id marker cannot be specified "
+                                                  "without a key marker.")
         max_keys = min(max_keys, 1000)
-        after = key_marker + "\x00" + _LAST if key_marker else ""
-        entries: list[dict[str, Any]] = []
+        out: list[tuple[str, dict[str, Any], bool]] = []  # (key, entry, is latest)
         truncated = False
-        next_key = ""
-        while True:
-            page, cursor = await self.backend.list(tenant, bucket, prefix, after, 1000, True)
-            entries.extend(page)
-            keys = {e["key"] for e in entries}
-            if cursor is None:
+
+        def emit(name: str, newest_first: list[dict[str, Any]], latest: str) -> bool:
+            """Take versions until the page is full; True once it is and one is left."""
+            nonlocal truncated
+            for e in newest_first:
+                if len(out) == max_keys:
+                    truncated = True
+                    return True
+                out.append((name, e, e["version"] == latest))
+            return False
+
+        async def whole_key(name: str) -> list[dict[str, Any]]:
+            found = await self.backend.versions(tenant, bucket, name)
+            return [v.public_info() for v in reversed(found)]
+
+        after = ""
+        full = max_keys == 0
+        if key_marker:
+            after = _after_versions_of(key_marker)
+            if vid_marker and vid_marker != "null" and key_marker.startswith(prefix):
+                try:
+                    below = parse_version_id(vid_marker)
+                except ValueError:
+                    raise S3Error("InvalidArgument", 400, "Invalid version id marker") from None
+                versions = await whole_key(key_marker)
+                rest = [e for e in versions if (e["hlc"], e["node"]) < below]
+                full = emit(key_marker, rest, versions[0]["version"] if versions else "")
+        while not full:
+            page, cursor = await self.backend.list(tenant, bucket, prefix, after,
+                                                   _VERSIONS_PAGE, True)
+            by_key: dict[str, list[dict[str, Any]]] = {}
+            for e in page:
+                by_key.setdefault(e["key"], []).append(e)
+            names = list(by_key)
+            for i, name in enumerate(names):
+                if cursor is None or i < len(names) - 1:
+                    versions = sorted(by_key[name], key=lambda e: (e["hlc"], e["node"]),
+                                      reverse=True)
+                else:  # the page's last key may go on in the next page: read it whole
+                    versions = await whole_key(name)
+                    cursor = _after_versions_of(name)
+                if emit(name, versions, versions[0]["version"] if versions else ""):
+                    full = True
+                    break
+            if full or cursor is None:
                 break
             after = cursor
-            if len(keys) > max_keys:
-                break
-        by_key: dict[str, list[dict[str, Any]]] = {}
-        for e in entries:
-            by_key.setdefault(e["key"], []).append(e)
-        names = sorted(by_key)
-        if len(names) > max_keys or (names and after and len(names) == max_keys and
-                                     cursor is not None):
-            truncated = True
-            names = names[:max_keys]
-            next_key = names[-1] if names else ""
-        if cursor is not None and names and not truncated:
-            # The last key's versions may continue on the next page: stop before it.
-            truncated = len(names) > 1
-            if truncated:
-                names = names[:-1]
-                next_key = names[-1]
         items: list[tuple[str, Any]] = [
             ("Name", bucket), ("Prefix", prefix), ("KeyMarker", key_marker),
-            ("VersionIdMarker", query.get("version-id-marker", "")),
-            ("MaxKeys", max_keys), ("IsTruncated", truncated)]
-        if truncated:
-            items += [("NextKeyMarker", next_key), ("NextVersionIdMarker", "")]
-        for name in names:
-            versions = sorted(by_key[name], key=lambda e: (e["hlc"], e["node"]), reverse=True)
-            for i, e in enumerate(versions):
-                common: list[tuple[str, Any]] = [
-                    ("Key", name), ("VersionId", e["version"]), ("IsLatest", i == 0),
-                    ("LastModified", _iso(_modified_ms(e["hlc"])))]
-                if e["deleted"]:
-                    items.append(("DeleteMarker", common))
-                else:
-                    items.append(("Version", [
-                        *common, ("ETag", _etag_of(e.get("metadata", {}), e["content_hash"])),
-                        ("Size", e["size"]), ("StorageClass", "STANDARD")]))
+            ("VersionIdMarker", vid_marker), ("MaxKeys", max_keys), ("IsTruncated", truncated)]
+        if truncated and out:
+            items += [("NextKeyMarker", out[-1][0]), ("NextVersionIdMarker", out[-1][1]["version"])]
+        for name, e, latest in out:
+            common: list[tuple[str, Any]] = [
+                ("Key", name), ("VersionId", e["version"]), ("IsLatest", latest),
+                ("LastModified", _iso(_modified_ms(e["hlc"])))]
+            if e["deleted"]:
+                items.append(("DeleteMarker", common))
+            else:
+                items.append(("Version", [
+                    *common, ("ETag", _etag_of(e.get("metadata", {}), e["content_hash"])),
+                    ("Size", e["size"]), ("StorageClass", "STANDARD")]))
         await self._xml(req, 200, xml_doc("ListVersionsResult", items))
 
     # -- objects -----------------------------------------------------------------------------
@@ -793,9 +835,16 @@ class Gateway:
     async def delete_object(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str | None:
         tenant = self._auth(access, "delete")
-        if query.get("versionId"):
-            raise S3Error("NotImplemented", 501, "hdsd keeps every version: a version cannot be "
-                                                 "deleted, only hidden by a delete marker")
+        if "versionId" in query:
+            purged = await self._purge(tenant, bucket, key, query["versionId"])
+            if purged is None:
+                await req.respond(204, [])  # S3: deleting a version that is not there succeeds
+                return None
+            headers = [("x-amz-version-id", purged.version_id)]
+            if purged.tombstone:
+                headers.insert(0, ("x-amz-delete-marker", "true"))
+            await req.respond(204, headers)
+            return purged.version_id
         try:
             marker = await self.backend.delete(tenant, bucket, key)
         except NotFound:
@@ -815,26 +864,59 @@ class Gateway:
                                                  "x-amz-checksum-* header")
         doc = parse_xml(await self._read_small(req, access))
         quiet = (doc.findtext("Quiet") or "").lower() == "true"
-        names = [o.findtext("Key") or "" for o in doc.findall("Object")]
-        if len(names) > 1000:
+        objects = [(o.findtext("Key") or "", o.findtext("VersionId"))
+                   for o in doc.findall("Object")]
+        if len(objects) > 1000:
             raise S3Error("MalformedXML", 400, "at most 1000 keys per DeleteObjects")
         results: list[tuple[str, Any]] = []
-        for name in names:
+        for name, version_id in objects:
+            outcome, audited = "ok", ""
             try:
-                marker = await self.backend.delete(tenant, bucket, name)
-                if not quiet:
-                    results.append(("Deleted", [("Key", name), ("DeleteMarker", True),
-                                                ("DeleteMarkerVersionId", marker.version_id)]))
+                if version_id is not None:
+                    purged = await self._purge(tenant, bucket, name, version_id)
+                    audited = version_id
+                    entry: list[tuple[str, Any]] = [("Key", name), ("VersionId", version_id)]
+                    if purged is not None and purged.tombstone:
+                        entry += [("DeleteMarker", True),
+                                  ("DeleteMarkerVersionId", purged.version_id)]
+                    if not quiet:
+                        results.append(("Deleted", entry))
+                else:
+                    marker = await self.backend.delete(tenant, bucket, name)
+                    audited = marker.version_id
+                    if not quiet:
+                        results.append(("Deleted", [
+                            ("Key", name), ("DeleteMarker", True),
+                            ("DeleteMarkerVersionId", marker.version_id)]))
             except NotFound:
                 if not quiet:
                     results.append(("Deleted", [("Key", name)]))
             except HdsdError as exc:
                 err = error_for(exc)
-                results.append(("Error", [("Key", name), ("Code", err.s3_code),
-                                          ("Message", err.message)]))
-            self.backend.audit(access.principal, "S3:DeleteObjects", bucket, name, "", 0, 0,
-                               "ok", req.peer)
+                outcome = err.s3_code
+                results.append(("Error", [("Key", name)]
+                                + ([("VersionId", version_id)] if version_id is not None else [])
+                                + [("Code", err.s3_code), ("Message", err.message)]))
+            self.backend.audit(access.principal, "S3:DeleteObjects", bucket, name, audited, 0, 0,
+                               outcome, req.peer)
         await self._xml(req, 200, xml_doc("DeleteResult", results))
+
+    async def _purge(self, tenant: str, bucket: str, key: str,
+                     version_id: str) -> Version | None:
+        """Delete one version for good (refused with AccessDenied under a legal hold or while
+        retained, as S3 does under Object Lock); None when there is no such version (S3
+        answers success). ``null`` names the version written before versioning was enabled:
+        hdsd has none."""
+        if version_id == "null":
+            return None
+        try:
+            parse_version_id(version_id)
+        except ValueError:
+            raise S3Error("InvalidArgument", 400, "Invalid version id specified") from None
+        try:
+            return await self.backend.purge(tenant, bucket, key, version_id)
+        except NotFound:
+            return None
 
     async def copy_object(self, req: HttpRequest, access: Access, bucket: str, key: str,
                           query: dict[str, str]) -> str:
@@ -875,14 +957,18 @@ class Gateway:
         async def feed() -> None:
             async with send:
                 async def sink(piece: memoryview) -> bool:
-                    await send.send(bytes(piece))
+                    try:
+                        await send.send(bytes(piece))
+                    except trio.BrokenResourceError:
+                        return False  # the storing side ended (refused): its error answers
                     return True
                 await produce(sink)
 
         async def store() -> None:
             async with receive:
                 result.append(await self.backend.put(tenant, bucket, key,
-                                                     _Pieces(receive, trailer), size=size,
+                                                     self.backend.piece_source(receive, trailer),
+                                                     size=size,
                                                      metadata=metadata))
 
         with single_error():  # a typed refusal (retention, quota...) as itself
@@ -961,7 +1047,10 @@ class Gateway:
             async with send:
                 async def sink(piece: memoryview) -> bool:
                     md5.update(piece)
-                    await send.send(bytes(piece))
+                    try:
+                        await send.send(bytes(piece))
+                    except trio.BrokenResourceError:
+                        return False  # the storing side ended (refused): its error answers
                     return True
                 await self.backend.stream(tenant, src, lo, hi, sink)
 
@@ -969,8 +1058,8 @@ class Gateway:
 
         async def store() -> None:
             async with receive:
-                records.append(await self.backend.store_part(tenant, bucket, key,
-                                                             _Pieces(receive, {})))
+                records.append(await self.backend.store_part(
+                    tenant, bucket, key, self.backend.piece_source(receive, {})))
 
         with single_error():  # a typed refusal (retention, quota...) as itself
             async with trio.open_nursery() as nursery:
@@ -1111,17 +1200,13 @@ class Gateway:
             await self.backend.set_retention_days(tenant, bucket, days)
         await req.respond(200, [])
 
-    def _retained_until_ms(self, tenant: str, version: Version) -> int:
-        days = self.backend.retention_days(tenant, version.bucket)
-        return _modified_ms(version.hlc) + days * 86_400_000 if days else 0
-
     async def get_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str:
         tenant = self._auth(access, "stat")
-        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
-        until = self._retained_until_ms(tenant, version)
+        version, until = await self.backend.retention(tenant, bucket, key,
+                                                      query.get("versionId"))
         if not until:
-            raise S3Error("NoSuchObjectLockConfiguration", 404, f"bucket {bucket} has no "
+            raise S3Error("NoSuchObjectLockConfiguration", 404, f"{bucket}/{key} has no "
                           "retention")
         await self._xml(req, 200, xml_doc("Retention", [("Mode", "COMPLIANCE"),
                                                         ("RetainUntilDate", _iso(until))]))
@@ -1130,22 +1215,20 @@ class Gateway:
     async def put_retention(self, req: HttpRequest, access: Access, bucket: str, key: str,
                             query: dict[str, str]) -> str:
         tenant = self._auth(access, "put")
-        version = await self.backend.resolve(tenant, bucket, key, query.get("versionId"))
         doc = parse_xml(await self._read_small(req, access))
         mode = doc.findtext("Mode") or ""
         if mode != "COMPLIANCE":
             raise S3Error("NotImplemented", 501, f"retention mode {mode!r}: hdsd keeps "
-                          "COMPLIANCE only")
+                          "COMPLIANCE only (a retention some role may bypass is not one)")
         wanted = _iso_ms(doc.findtext("RetainUntilDate") or "")
-        until = self._retained_until_ms(tenant, version)
-        if wanted > until:
-            days = self.backend.retention_days(tenant, bucket)
-            need = -(-(wanted - _modified_ms(version.hlc)) // 86_400_000)
-            raise S3Error("InvalidRequest", 400, (
-                f"{bucket}/{key} is retained until {_iso(until) if until else 'never'} by the "
-                f"bucket's COMPLIANCE retention ({days} days from each version's creation); "
-                f"hdsd retains per bucket, not per object: an admin sets the bucket's default "
-                f"retention (PutObjectLockConfiguration) to at least {need} days"))
+        if wanted <= self.backend.now_ms():
+            raise S3Error("InvalidArgument", 400, "The retain until date must be in the future")
+        if wanted > self.backend.now_ms() + _MAX_RETAIN_MS:
+            raise S3Error("InvalidArgument", 400, "RetainUntilDate is more than 100 years away")
+        # A retain-until within what already holds the version is accepted as is (COMPLIANCE
+        # only grows: it is never shortened); a later one is a replicated retention record.
+        version, _ = await self.backend.retain(tenant, bucket, key, query.get("versionId"),
+                                               wanted)
         await req.respond(200, [])
         return version.version_id
 

@@ -11,25 +11,46 @@ records to the node, which commits one version naming the parts' chunks. An uplo
 completed nor aborted is reclaimed ``expire_s`` after its creation (7 days by default,
 ``[s3] multipart_expire_h``); the chunks of its parts, like those of any put that never
 committed its version, stay in the log unreferenced.
+
+Names are sealed at rest here too, like the store's (``docs/design-notes.md``, *Names sealed at
+rest*): ``upload.json`` holds the bucket, key and metadata sealed under the tenant's key
+(the node's name seal: XChaCha20-Poly1305, associated data the tenant and upload id, so a
+sealed record cannot be moved to another upload) and the creation time in clear (reclaiming
+needs no key). A shredded tenant's uploads can no longer be opened: they answer NoSuchUpload
+and are reclaimed by age. A part record names no object: MD5, size and chunk ids.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from .._errors import HdsdError
 from ._xml import S3Error
 
-__all__ = ["Part", "Upload", "Uploads"]
+__all__ = ["NameSealer", "Part", "Upload", "Uploads"]
+
+
+class NameSealer(Protocol):
+    """A tenant's name seal (the node's: :class:`hdsd.pipeline.NameSeal`)."""
+
+    def seal(self, plain: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, sealed: bytes, aad: bytes) -> bytes: ...
+
+
+_AAD = b"hdsd-s3-upload-v1\x00"
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _PART_RE = re.compile(r"^part-(\d{5})\.json$")
@@ -73,9 +94,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Uploads:
-    def __init__(self, root: Path, expire_s: float) -> None:
+    def __init__(self, root: Path, expire_s: float,
+                 seal_for: Callable[[str], NameSealer | None] | None = None) -> None:
+        """*seal_for*: a tenant's name seal (None: the tenant has no key here). Without it
+        (tests of the gateway alone) names are kept in clear."""
         self.root = root
         self.expire_s = expire_s
+        self.seal_for = seal_for
+
+    def _names_doc(self, tenant: str, upload_id: str, names: dict[str, Any]) -> dict[str, Any]:
+        if self.seal_for is None:
+            return names
+        seal = self.seal_for(tenant)
+        if seal is None:
+            raise S3Error("AccessDenied", 403, f"tenant {tenant!r} has no key on this node")
+        sealed = seal.seal(json.dumps(names).encode(), _AAD + f"{tenant}\x00{upload_id}".encode())
+        return {"sealed": base64.b64encode(sealed).decode()}
+
+    def _open_names(self, tenant: str, upload_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        if "sealed" not in doc:
+            return doc  # in clear: written without a seal (or before names were sealed here)
+        seal = self.seal_for(tenant) if self.seal_for is not None else None
+        if seal is None:
+            raise ValueError("no key to open the upload's names (tenant shredded?)")
+        plain = seal.open(base64.b64decode(doc["sealed"]),
+                          _AAD + f"{tenant}\x00{upload_id}".encode())
+        names: dict[str, Any] = json.loads(plain)
+        return names
 
     def _dir(self, tenant: str, upload_id: str) -> Path:
         if not _ID_RE.match(upload_id):
@@ -90,7 +135,8 @@ class Uploads:
             where = self.root / tenant / upload.upload_id
             where.mkdir(parents=True, mode=0o700)
             _write_durably(where / "upload.json", {
-                "bucket": bucket, "key": key, "metadata": upload.metadata,
+                **self._names_doc(tenant, upload.upload_id, {
+                    "bucket": bucket, "key": key, "metadata": upload.metadata}),
                 "created": upload.created})
             _fsync_dir(where.parent)
 
@@ -102,11 +148,12 @@ class Uploads:
         where = self._dir(tenant, upload_id)
         try:
             doc = json.loads((where / "upload.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            names = self._open_names(tenant, upload_id, doc)
+            upload = Upload(upload_id, tenant, names["bucket"], names["key"],
+                            names["metadata"], doc["created"])
+        except (OSError, ValueError, KeyError, TypeError, HdsdError):
             raise S3Error("NoSuchUpload", 404, f"upload {upload_id} does not exist (completed, "
                                                "aborted or reclaimed?)") from None
-        upload = Upload(upload_id, tenant, doc["bucket"], doc["key"], doc["metadata"],
-                        doc["created"])
         if (bucket is not None and bucket != upload.bucket) or \
                 (key is not None and key != upload.key):
             raise S3Error("NoSuchUpload", 404, f"upload {upload_id} is not for this key")

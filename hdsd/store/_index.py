@@ -94,6 +94,17 @@ CREATE TABLE IF NOT EXISTS heads (
     PRIMARY KEY (tenant, nid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS heads_by_bucket ON heads (tenant, bid);
+CREATE TABLE IF NOT EXISTS purges (
+    tenant TEXT NOT NULL, nid BLOB NOT NULL,
+    hlc INTEGER NOT NULL, node TEXT NOT NULL,  -- the purged version (shifted hlc)
+    vid INTEGER NOT NULL,                      -- the purge record's row in versions
+    PRIMARY KEY (tenant, nid, hlc, node, vid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS released (
+    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL,
+    at REAL NOT NULL,                          -- when a purge left the chunk unnamed
+    PRIMARY KEY (tenant, chunk_id)
+) WITHOUT ROWID;
 """
 
 _UPSERT_HEAD = """
@@ -181,6 +192,31 @@ def _holds(ordered: list[str], key: str) -> bool:
     return i < len(ordered) and ordered[i] == key
 
 
+def _chunks_of(body: bytes) -> tuple[bytes, ...]:
+    """The chunks a sealed version record body names in the log (clear fields; an inline
+    version's content is in the record itself)."""
+    try:
+        wire = unpackb(body)
+        return () if wire["i"] is not None else tuple(wire["m"])
+    except (PackError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+
+
+def _is_control(body: bytes) -> bool:
+    try:
+        wire = unpackb(body)
+        return wire.get("p") is not None or wire.get("q") is not None
+    except (PackError, AttributeError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+
+
+def _tombstone_of(body: bytes) -> bool:
+    try:
+        return bool(unpackb(body)["x"])
+    except (PackError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"malformed version record: {exc}") from None
+
+
 def _size_of(body: bytes) -> int:
     try:
         size = unpackb(body)["s"]
@@ -259,6 +295,13 @@ class Index:
         # Names this index file: derived state (Merkle snapshots) must not outlive a rebuild.
         self.writer.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)",
                             (os.urandom(8).hex(),))
+        # Purges are rare: the write path looks for purged targets and released chunks only
+        # once this index has any (set here, by apply, and by release_purged).
+        self._any_purges = self.writer.execute("SELECT 1 FROM purges LIMIT 1").fetchone() \
+            is not None
+        self._any_released = self.writer.execute(
+            "SELECT 1 FROM released LIMIT 1").fetchone() is not None
+        self.purges_applied = 0  # purge records that dropped a version since open
         # The highest hlc of any indexed version, in memory: a version above it cannot be in
         # the index, so a commit of a new version (the hot path) skips its lookup. Only the
         # writer raises it, before its commit (a stale read is a lookup more, never less).
@@ -324,24 +367,31 @@ class Index:
         self.writer.execute("PRAGMA synchronous=NORMAL")
 
     def apply(self, items: Iterable[tuple[StoredRecord, Location]],
-              applied: AppliedPosition, names: Sequence[tuple[SealedVersion, Version]] = ()
-              ) -> None:
+              applied: AppliedPosition, names: Sequence[tuple[SealedVersion, Version]] = (),
+              moved: frozenset[int] = frozenset()) -> None:
         """Index *items* and move the applied position, in one transaction. Idempotent.
         *names*: the clear versions of sealed ones among *items*, for the listing caches
-        (recovery has none: a cache is built after it)."""
+        (recovery has none: a cache is built after it). *moved*: positions in *items* of
+        copies compaction made (not new writes: a released chunk moved stays released)."""
         c = self.writer
         added = 0
         max_hlc = None
         c.execute("BEGIN IMMEDIATE")
         try:
-            for record, loc in items:
+            for position, (record, loc) in enumerate(items):
                 if isinstance(record, ChunkRecord):
                     cur = c.execute(
                         "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (record.tenant, record.chunk_id, loc.segment, loc.offset, loc.length))
                     added += cur.rowcount
+                    if self._any_released and position not in moved:
+                        # Written again: in use, no longer reclaimable.
+                        self._unrelease(c, record.tenant, (record.chunk_id,))
                     continue
                 h = record.hlc - _HLC_SHIFT
+                if (record.purges is None and self._any_purges
+                        and self._purged(c, record.tenant, record.name_id, h, record.node)):
+                    continue  # purged for good: a late copy (repair, a hint) is refused
                 cur = c.execute(
                     "INSERT OR IGNORE INTO versions (tenant, bid, nid, hlc, node, request_id,"
                     " segment, offset, length, body, khash)"
@@ -351,8 +401,16 @@ class Index:
                      khash_of(record.name_id)))
                 if cur.rowcount:
                     added += 1
-                    c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id, h,
-                                             record.node, int(record.tombstone), cur.lastrowid))
+                    if record.purges is not None:
+                        added -= self._apply_purge(c, record, int(cur.lastrowid or 0))
+                    elif record.retains:
+                        pass  # a retention record: kept for the node to read, never a head
+                    else:
+                        c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id,
+                                                 h, record.node, int(record.tombstone),
+                                                 cur.lastrowid))
+                        if self._any_released:
+                            self._unrelease(c, record.tenant, _chunks_of(record.body))
                     max_hlc = h if max_hlc is None else max(max_hlc, h)
             c.execute(
                 "UPDATE state SET segment = ?, offset = ?, last_frame = ?, records = records + ?,"
@@ -370,6 +428,130 @@ class Index:
             raise
         if names:
             self._note_names(names)
+
+    # --- purges (writer thread, inside apply's transaction) -----------------------------------
+    @staticmethod
+    def _purged(c: sqlite3.Connection, tenant: str, nid: bytes, h: int, node: str) -> bool:
+        return c.execute("SELECT 1 FROM purges WHERE tenant = ? AND nid = ? AND hlc = ?"
+                         " AND node = ? LIMIT 1", (tenant, nid, h, node)).fetchone() is not None
+
+    def _apply_purge(self, c: sqlite3.Connection, record: SealedVersion, vid: int) -> int:
+        """A purge record was indexed (row *vid*): remember its target for good, drop the
+        target's row if held here (its log record becomes garbage for compaction), move the
+        key's head back to the greatest remaining version if the target was the head, and
+        note the target's chunks as released (reclaimable once no version names them, see
+        :meth:`release_purged`). Returns the rows dropped."""
+        assert record.purges is not None
+        t_hlc, t_node = record.purges
+        th = t_hlc - _HLC_SHIFT
+        tenant, nid = record.tenant, record.name_id
+        c.execute("INSERT OR IGNORE INTO purges VALUES (?, ?, ?, ?, ?)",
+                  (tenant, nid, th, t_node, vid))
+        self._any_purges = True
+        row = c.execute("SELECT vid, body FROM versions WHERE tenant = ? AND nid = ? AND hlc = ?"
+                        " AND node = ?", (tenant, nid, th, t_node)).fetchone()
+        if row is None or row[0] == vid:
+            return 0
+        t_vid, t_body = row
+        if c.execute("SELECT 1 FROM purges WHERE tenant = ? AND nid = ? AND vid = ?",
+                     (tenant, nid, t_vid)).fetchone() is not None:
+            return 0  # a purge record is never purged
+        c.execute("DELETE FROM versions WHERE vid = ?", (t_vid,))
+        self.purges_applied += 1
+        now = time.time()
+        for chunk_id in _chunks_of(t_body):
+            c.execute("INSERT OR IGNORE INTO released VALUES (?, ?, ?)", (tenant, chunk_id, now))
+            self._any_released = True
+        head = c.execute("SELECT vid FROM heads WHERE tenant = ? AND nid = ?",
+                         (tenant, nid)).fetchone()
+        if head is not None and head[0] == t_vid:
+            rows = c.execute(
+                "SELECT vid, hlc, node, body FROM versions WHERE tenant = ? AND nid = ?"
+                " ORDER BY hlc DESC, node DESC", (tenant, nid))
+            # The greatest remaining version that is not a purge or retention record.
+            best = next((r for r in rows if not _is_control(r[3])), None)
+            if best is None:
+                c.execute("DELETE FROM heads WHERE tenant = ? AND nid = ?", (tenant, nid))
+            else:
+                b_vid, b_hlc, b_node, b_body = best
+                c.execute("UPDATE heads SET hlc = ?, node = ?, tombstone = ?, vid = ?"
+                          " WHERE tenant = ? AND nid = ?",
+                          (b_hlc, b_node, int(_tombstone_of(b_body)), b_vid, tenant, nid))
+        return 1
+
+    @staticmethod
+    def _unrelease(c: sqlite3.Connection, tenant: str, chunks: Iterable[bytes]) -> None:
+        for chunk_id in chunks:
+            c.execute("DELETE FROM released WHERE tenant = ? AND chunk_id = ?",
+                      (tenant, chunk_id))
+
+    def is_purged(self, tenant: str, nid: bytes, hlc: int, node: str) -> bool:
+        """True if a purge record for this version was indexed here (any thread)."""
+        if not self._any_purges or not 0 <= hlc < 1 << 64:
+            return False
+        return self._purged(self._reader(), tenant, nid, hlc - _HLC_SHIFT, node)
+
+    def is_released(self, tenant: str, chunk_id: bytes) -> bool:
+        """True if a purge left this chunk unnamed and it may be reclaimed: a put must write
+        it again rather than count on the copy here (any thread)."""
+        if not self._any_released:
+            return False
+        return self._reader().execute(
+            "SELECT 1 FROM released WHERE tenant = ? AND chunk_id = ?",
+            (tenant, chunk_id)).fetchone() is not None
+
+    def release_purged(self, older_than: float) -> int:
+        """Unindex the chunks purges released before *older_than* (a time.time()) that no
+        version indexed here names any more; returns how many. Their log records are then
+        garbage for compaction. A chunk written again or named by a version indexed since its
+        release is in use (apply took it off the list). Compaction's thread; the long scan
+        runs outside the write lock, only the versions indexed meanwhile are read under it."""
+        if not self._any_released:
+            return 0
+        conn = self._quarantine_conn()
+        wanted: dict[str, set[bytes]] = {}
+        for tenant, chunk_id in conn.execute(
+                "SELECT tenant, chunk_id FROM released WHERE at <= ?", (older_than,)):
+            wanted.setdefault(tenant, set()).add(chunk_id)
+        if not wanted:
+            return 0
+        (last,) = conn.execute("SELECT coalesce(max(vid), 0) FROM versions").fetchone()
+        named = self._named(conn, wanted, "vid <= ?", last)
+        dropped = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for tenant, chunks in self._named(conn, wanted, "vid > ?", last).items():
+                named.setdefault(tenant, set()).update(chunks)
+            for tenant, chunks in wanted.items():
+                for chunk_id in chunks:
+                    gone = conn.execute(
+                        "DELETE FROM released WHERE tenant = ? AND chunk_id = ?",
+                        (tenant, chunk_id)).rowcount
+                    if gone and chunk_id not in named.get(tenant, ()):
+                        dropped += conn.execute(
+                            "DELETE FROM chunks WHERE tenant = ? AND chunk_id = ?",
+                            (tenant, chunk_id)).rowcount
+            self._any_released = conn.execute(
+                "SELECT 1 FROM released LIMIT 1").fetchone() is not None
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return dropped
+
+    @staticmethod
+    def _named(conn: sqlite3.Connection, wanted: dict[str, set[bytes]], where: str,
+               vid: int) -> dict[str, set[bytes]]:
+        """Of the *wanted* chunks, those some version (rows matching *where*) names."""
+        out: dict[str, set[bytes]] = {}
+        for tenant, chunks in wanted.items():
+            for (body,) in conn.execute(
+                    f"SELECT body FROM versions WHERE tenant = ? AND {where}", (tenant, vid)):
+                hit = chunks.intersection(_chunks_of(body))
+                if hit:
+                    out.setdefault(tenant, set()).update(hit)
+        return out
 
     def _note_names(self, names: Sequence[tuple[SealedVersion, Version]]) -> None:
         # After the COMMIT: a listing whose cache build registered before this sees the name
@@ -585,8 +767,9 @@ class Index:
             for nid in nids:
                 for body in by_nid.get(nid, ()):
                     v = open_version(body, seal)
-                    if cursor is not None and (v.key, v.hlc, v.node) <= cursor:
-                        continue
+                    if v.control or (
+                            cursor is not None and (v.key, v.hlc, v.node) <= cursor):
+                        continue  # purge and retention records are for replicas, never listed
                     out.append(v)
                     if len(out) == limit:
                         return out
@@ -772,7 +955,7 @@ class Index:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for t in tenants:
-                for table in ("chunks", "versions", "heads"):
+                for table in ("chunks", "versions", "heads", "purges", "released"):
                     dropped += conn.execute(f"DELETE FROM {table} WHERE tenant = ?",
                                             (t,)).rowcount
             conn.execute("COMMIT")
@@ -807,6 +990,7 @@ class Index:
                 versions += conn.execute("DELETE FROM versions WHERE tenant = ? AND nid = ?",
                                          (tenant, nid)).rowcount
                 conn.execute("DELETE FROM heads WHERE tenant = ? AND nid = ?", (tenant, nid))
+                conn.execute("DELETE FROM purges WHERE tenant = ? AND nid = ?", (tenant, nid))
                 for chunk_id in named:
                     if not keep_chunk(tenant, chunk_id):
                         chunks += conn.execute(

@@ -34,7 +34,9 @@ Record kinds
     associated data: tenant, ``g``, ``y``, hlc, node; see ``_sealed``). No name is in clear
     in the log, and shredding the tenant's key makes every such record's names unreadable
     at once, in every segment, with nothing to rewrite. Tenant, HLC, node, request id,
-    size, keyed content hash, chunk ids, tombstone flag stay clear (none names a patient;
+    size, keyed content hash, chunk ids, tombstone flag, and a purge record's target ``p``
+    (``[hlc, node]`` of the version of the same key it deletes for good; absent otherwise)
+    stay clear (none names a patient;
     recovery and compaction need them without the key).
     Kind 0 is invalid (zero-filled space is never a record).
     3 hint, 4 tenant key, 5 audit, 6 dead-chunk marker are reserved: a reader that meets a kind it

@@ -6,7 +6,8 @@ per tenant, from its keyring); the store uses it to turn a clear :class:`Version
 back when a read returns it. Everything the store must do without the key — recovery
 replaying the log into the index, compaction moving records, repair finding a key's leaf —
 works on the clear parts of a sealed version: tenant, the keyed ids of its bucket and of its
-(bucket, key), HLC, origin node, request id, tombstone flag.
+(bucket, key), HLC, origin node, request id, tombstone flag, and a purge record's target
+``(hlc, node)`` (the index must drop the target without the key).
 
 Sealed part (``"e"`` in the record body): ``TenantSeal.seal(packb([bucket, key, metadata]),
 aad)`` with ``aad = b"hdsd-version-names-v1\\0" || packb([tenant, bucket id, name id, hlc,
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from .._errors import IntegrityError, PermissionDenied
 from .._packing import PackError, packb, unpackb
-from ._version import Version, _typed
+from ._version import Version, _purge_target, _typed
 
 __all__ = ["NAME_ID_BYTES", "SealedVersion", "Sealing", "TenantSeal", "open_names", "open_version",
            "seal_for", "seal_version"]
@@ -69,6 +70,8 @@ class SealedVersion:
     request_id: bytes
     tombstone: bool
     body: bytes  # the msgpack record body, exactly as in the log
+    purges: tuple[int, str] | None = None  # a purge record's target (hlc, node), clear
+    retains: bool = False  # a retention record (clear: never a key's head)
 
     @property
     def order(self) -> tuple[int, str]:
@@ -90,7 +93,7 @@ def seal_version(v: Version, seal: TenantSeal, name_id: bytes | None = None) -> 
     wire["y"] = nid
     wire["e"] = seal.seal(names, _aad(v.tenant, bid, nid, v.hlc, v.node))
     return SealedVersion(v.tenant, bid, nid, v.hlc, v.node, v.request_id, v.tombstone,
-                         packb(wire))
+                         packb(wire), v.purges, v.retains is not None)
 
 
 def parse_sealed(body: bytes | memoryview) -> SealedVersion:
@@ -102,7 +105,9 @@ def parse_sealed(body: bytes | memoryview) -> SealedVersion:
             tenant=_typed(wire["t"], str), bucket_id=_id(wire["g"]), name_id=_id(wire["y"]),
             hlc=_typed(wire["h"], int), node=_typed(wire["n"], str),
             request_id=_typed(wire["r"], bytes), tombstone=_typed(wire["x"], bool),
-            body=bytes(body))
+            body=bytes(body),
+            purges=None if wire.get("p") is None else _purge_target(wire["p"]),
+            retains=wire.get("q") is not None)
     except (PackError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"malformed version record: {exc}") from None
 

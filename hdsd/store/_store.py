@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -77,8 +78,10 @@ class Store:
     position and later writes are accepted again. Reads are thread-safe and cheap (one SQLite
     lookup; chunk reads one ``pread`` and a checksum).
 
-    Deletion is a tombstone :class:`Version` built by the caller. Garbage collection of
-    unreferenced chunks is not implemented yet; ``_log`` says how the format allows it.
+    Deletion is a tombstone :class:`Version` built by the caller. A version is deleted for
+    good by a purge record (a :class:`Version` with ``purges`` set, see ``_index``): its row
+    leaves the index, its chunks are released (:meth:`release_purged`) and :meth:`compact`
+    reclaims their records.
     """
 
     def __init__(self, directory: str, fs: FileSystem, index: Index, writer: LogWriter,
@@ -192,11 +195,16 @@ class Store:
         for r in records:
             if isinstance(r, ChunkRecord):
                 name: tuple[object, ...] = (r.tenant, r.chunk_id)
-                known = self._index.chunk_location(r.tenant, r.chunk_id) is not None
+                # A chunk a purge released is written again: the copy here may be reclaimed.
+                known = (self._index.chunk_location(r.tenant, r.chunk_id) is not None
+                         and not self._index.is_released(r.tenant, r.chunk_id))
             else:
                 nid = self._index.seal(r.tenant).name_id(r.bucket, r.key)
                 name = (r.tenant, nid, r.hlc, r.node)
-                known = self._index.has_version(r.tenant, nid, r.hlc, r.node)
+                # A purged version is never written again (the index would refuse it).
+                known = (self._index.has_version(r.tenant, nid, r.hlc, r.node)
+                         or (r.purges is None
+                             and self._index.is_purged(r.tenant, nid, r.hlc, r.node)))
             if known or name in seen:
                 continue
             seen.add(name)
@@ -303,7 +311,9 @@ class Store:
             return self._fs.pread(fd, loc.length, loc.offset)
 
     def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:
-        """Every version of a key, ascending ``(hlc, node)``; tombstones included."""
+        """Every version of a key, ascending ``(hlc, node)``; tombstones and purge records
+        included (a purged version itself is gone: :func:`visible_versions` gives what a reader
+        is shown, once replicas' answers are merged)."""
         self._check_readable()
         return self._index.versions(tenant, bucket, key)
 
@@ -325,6 +335,26 @@ class Store:
         self._check_readable()
         return self._index.list_current(tenant, bucket, prefix, after, max(limit, 0),
                                         include_deleted)
+
+    def is_purged(self, tenant: str, bucket: str, key: str, hlc: int, node: str) -> bool:
+        """True if a purge record of this version was indexed here: the version is gone for
+        good, and a copy arriving again (repair, a late hint) is refused."""
+        self._check_readable()
+        return self._index.is_purged(tenant, self.name_id(tenant, bucket, key), hlc, node)
+
+    @property
+    def purges_applied(self) -> int:
+        """Versions purge records dropped from this index since it was opened (compaction
+        looks at every sealed segment again when this moved: their records are garbage)."""
+        return self._index.purges_applied
+
+    def release_purged(self, grace_s: float) -> int:
+        """Unindex chunks purges released more than *grace_s* seconds ago and no version here
+        names any more (blocking; run before :meth:`compact`, which then reclaims them).
+        The grace covers a put that found such a chunk already stored just before the purge
+        and commits its version later: an upload lasts less than this. Returns how many."""
+        self._check_readable()
+        return self._index.release_purged(time.time() - grace_s)
 
     def list_versions(self, tenant: str, bucket: str, *, prefix: str = "",
                       after: tuple[str, int, str] | None = None,

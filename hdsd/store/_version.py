@@ -13,12 +13,13 @@ record and one fsync.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import IntegrityError
 
-__all__ = ["Version", "parse_version_id"]
+__all__ = ["Version", "parse_version_id", "retained_until", "visible_versions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,14 @@ class Version:
     # Client-chosen id of the request that wrote this version: a retried put is applied once.
     request_id: bytes = b""
     chunk_size: int = 0
+    # A purge record: ``(hlc, node)`` of the version of this key it deletes for good (see
+    # ``_index``: the target leaves every index that learns of this record, and is refused if
+    # it arrives again). A purge record has no content and is never a key's current version.
+    purges: tuple[int, str] | None = None
+    # A retention record: ``(hlc, node, until_ms)`` — the version of this key it retains (no
+    # purge before *until_ms*, Unix milliseconds) beyond its bucket's retention. Like a purge
+    # record it has no content, is never current and never listed; the latest *until* wins.
+    retains: tuple[int, str, int] | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.hlc < 1 << 64):
@@ -47,6 +56,17 @@ class Version:
             raise ValueError("an inline version names exactly one chunk")
         if self.tombstone and (self.chunks or self.inline is not None or self.size):
             raise ValueError("a tombstone carries no content")
+        if self.control and (self.tombstone or self.chunks or self.size
+                             or self.inline is not None):
+            raise ValueError("a purge or retention record carries no content and is no "
+                             "delete marker")
+        if self.purges is not None and self.retains is not None:
+            raise ValueError("a record purges or retains, not both")
+
+    @property
+    def control(self) -> bool:
+        """A purge or retention record: about another version, never shown as one."""
+        return self.purges is not None or self.retains is not None
 
     @property
     def version_id(self) -> str:
@@ -74,7 +94,8 @@ class Version:
             "d": dict(self.metadata),
             "r": self.request_id,
             "z": self.chunk_size,
-        }
+        } | ({} if self.purges is None else {"p": list(self.purges)}) | (
+            {} if self.retains is None else {"q": list(self.retains)})
 
     @classmethod
     def from_wire(cls, d: Any) -> Version:
@@ -93,6 +114,8 @@ class Version:
                 metadata={_typed(k, str): _typed(v, str) for k, v in _typed(d["d"], dict).items()},
                 request_id=_typed(d["r"], bytes),
                 chunk_size=_typed(d["z"], int),
+                purges=None if d.get("p") is None else _purge_target(d["p"]),
+                retains=None if d.get("q") is None else _retain_target(d["q"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed version record: {exc}") from None
@@ -112,6 +135,16 @@ class Version:
         }
 
 
+def _purge_target(value: Any) -> tuple[int, str]:
+    hlc, node = _typed(value, list)
+    return _typed(hlc, int), _typed(node, str)
+
+
+def _retain_target(value: Any) -> tuple[int, str, int]:
+    hlc, node, until = _typed(value, list)
+    return _typed(hlc, int), _typed(node, str), _typed(until, int)
+
+
 def _typed(value: Any, kind: type) -> Any:
     # bool is an int subclass: keep the two apart so a flag never passes for a size.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -125,3 +158,22 @@ def parse_version_id(text: str) -> tuple[int, str]:
     if not sep or len(hlc_hex) != 16 or not node:
         raise ValueError(f"not a version id: {text!r}")
     return int(hlc_hex, 16), node
+
+
+def visible_versions(versions: Iterable[Version]) -> list[Version]:
+    """*versions* (of any keys, in their order) less the purge and retention records and every
+    version a purge record among them names: what a reader is shown. Replicas are merged
+    before this, so a replica that has not yet learnt of a purge cannot show the purged
+    version again while another replica's answer carries the purge record."""
+    items = list(versions)
+    gone = {(v.tenant, v.bucket, v.key, *v.purges) for v in items if v.purges is not None}
+    return [v for v in items if not v.control
+            and (not gone or (v.tenant, v.bucket, v.key, v.hlc, v.node) not in gone)]
+
+
+def retained_until(versions: Iterable[Version], target: Version) -> int:
+    """The latest retain-until (Unix ms) the retention records among *versions* give
+    *target*; 0 if none does."""
+    return max((v.retains[2] for v in versions if v.retains is not None
+                and v.key == target.key and v.bucket == target.bucket
+                and v.retains[:2] == (target.hlc, target.node)), default=0)

@@ -329,11 +329,12 @@ class LogWriter:
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
                  for r, off in zip(records, offsets, strict=True)]
         try:
+            moved = {id(r) for c in batch if c.relocate for r in c.records}
             self._index.apply(items, AppliedPosition(segment, end, offsets[-1]),
                               [(e.record, e.clear) for e in records
-                               if e.clear is not None and isinstance(e.record, SealedVersion)])
-            if any(c.relocate for c in batch):
-                moved = {id(r) for c in batch if c.relocate for r in c.records}
+                               if e.clear is not None and isinstance(e.record, SealedVersion)],
+                              frozenset(i for i, r in enumerate(records) if id(r) in moved))
+            if moved:
                 self._index.relocate([(rec, loc) for (rec, loc), r in zip(items, records,
                                                                           strict=True)
                                       if id(r) in moved])

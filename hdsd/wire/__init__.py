@@ -84,6 +84,7 @@ from ._replies import CertRevoked as CertRevoked
 from ._replies import CertRow as CertRow
 from ._replies import CertsRevoked as CertsRevoked
 from ._replies import ChunkPayload as ChunkPayload
+from ._replies import Deleted as Deleted
 from ._replies import Empty as Empty
 from ._replies import GetInfo as GetInfo
 from ._replies import HoldRow as HoldRow

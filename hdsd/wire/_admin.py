@@ -256,16 +256,20 @@ _S3_ROLES = ("admin", "writer", "reader", "auditor")
 @dataclass(frozen=True, slots=True)
 class S3KeyCreate(Request[S3KeyCreated]):
     """A new S3 access key for ``tenant`` acting with ``role`` (the operator, or an admin of
-    the tenant). Reply body: ``access_key_id``, ``secret_access_key`` (the only time it is
-    ever sent), ``tenant``, ``role``, ``applied_on``, ``pending``."""
+    the tenant). Reply body: ``access_key_id``, ``secret_access_key`` (sent only in replies to
+    this request), ``tenant``, ``role``, ``replayed``, ``applied_on``, ``pending``. With a
+    ``request_id``, a retry of the same request answers the same key (``replayed``)."""
 
     rid: int
     tenant: str
     role: str
+    request_id: bytes = b""
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
         _tenant(self.tenant)
+        if self.request_id != b"":
+            F.check_request_id(self.request_id)
         if self.role not in _S3_ROLES:
             raise InvalidRequest(f"role {self.role!r} must be one of {', '.join(_S3_ROLES)}")
 

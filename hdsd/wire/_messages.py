@@ -26,6 +26,7 @@ from . import _constants as C
 from . import _fields as F
 from ._replies import (
     BucketsPage,
+    Deleted,
     GetInfo,
     ListPage,
     NodeStatus,
@@ -316,12 +317,16 @@ class ListRequest(Request[ListPage]):
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteRequest(Request[VersionInfo]):
+class DeleteRequest(Request[Deleted]):
+    """Write a delete marker on a key; or, with ``version``, delete that one version (a
+    version or a delete marker) for good: a purge."""
+
     rid: int
     request_id: bytes
     bucket: str
     key: str
     retry: bool = False  # as in PutStart
+    version: str | None = None  # a version id: purge that version for good
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
@@ -329,6 +334,8 @@ class DeleteRequest(Request[VersionInfo]):
         F.check_bucket(self.bucket)
         F.check_key(self.key)
         F.check_bool("retry", self.retry)
+        F.check_optional_str("version", self.version, max_bytes=C.MAX_VERSION_ID_BYTES,
+                             allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)

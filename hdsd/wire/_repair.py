@@ -24,7 +24,7 @@ MAX_TREE_INDICES = 8192  # x 16-byte hashes: a 128 KiB reply
 MAX_DIFF_LEAVES = 256
 MAX_DIFF_DIGESTS = 65_536  # x 16 bytes: 1 MiB
 DIGEST_BYTES = 16
-MAINTENANCE_TASKS = ("repair", "scrub")
+MAINTENANCE_TASKS = ("repair", "scrub", "compact")
 _MAX_LAYOUT_CHARS = 64
 
 
@@ -78,7 +78,8 @@ class LeafDiff(Request[LeafDiffReply]):
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceRequest(Request[MaintenanceStarted]):
-    """Admin: start a ``repair`` or ``scrub`` on this node now (Reply at once with its state;
+    """Admin: start a ``repair``, ``scrub`` or ``compact`` on this node now (Reply at once
+    with its state;
     progress and the final report appear in the node's status)."""
 
     rid: int

@@ -45,6 +45,7 @@ __all__ = [
     "CertRow",
     "CertsRevoked",
     "ChunkPayload",
+    "Deleted",
     "Empty",
     "GetInfo",
     "HoldRow",
@@ -90,6 +91,13 @@ class VersionInfo(TypedDict):
     deleted: bool  # a tombstone
     metadata: NotRequired[dict[str, str]]  # absent: none (the client library reads it so)
     replayed: NotRequired[bool]  # a retry of a request already applied (put: only when true)
+
+
+class Deleted(VersionInfo):
+    """A DeleteRequest's reply: the delete marker written, or — for a purge (a ``version``
+    given) — the version deleted for good, with the purge record's own version id."""
+
+    purge_record: NotRequired[str]
 
 
 class GetInfo(VersionInfo):
@@ -280,9 +288,10 @@ class CertsRevoked(TypedDict):
 
 class S3KeyCreated(Applied):
     access_key_id: str
-    secret_access_key: str  # sent this once, stored only wrapped
+    secret_access_key: str  # sent only in replies to this request, stored only wrapped
     tenant: str
     role: str
+    replayed: NotRequired[bool]  # a retry of a creation already made: the same key
 
 
 class S3KeyRow(TypedDict):

@@ -217,6 +217,14 @@ def test_rclone_copy_multipart_check_rcat_moveto_touch(s3: S3Cluster, tmp_path: 
     assert "moved.txt" in listing and "piped.txt" not in listing
     run([*rclone, "touch", "dc1:rclone/touched"], env)
     assert "touched" in run([*rclone, "lsf", "dc2:rclone"], env).split()
+    # The move left piped.txt's version hidden under a delete marker; rclone's clean-up of
+    # hidden versions deletes them for good (DeleteObjects with VersionIds: purges).
+    versions = run([*rclone, "lsf", "--s3-versions", "dc2:rclone"], env).split()
+    assert any(v.startswith("piped-v") for v in versions), versions
+    run([*rclone, "backend", "cleanup-hidden", "dc1:rclone"], env)
+    versions = run([*rclone, "lsf", "--s3-versions", "dc2:rclone"], env).split()
+    assert not any(v.startswith("piped") for v in versions), versions
+    assert "moved.txt" in versions
 
 
 def test_restic_backup_check_prune_restore_across_sites(s3: S3Cluster, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from nacl import utils
 
-from hdsd import ConfigError, NotFound
+from hdsd import ConfigError, NotFound, RequestIdConflict
 from hdsd.catalog import Catalog, TenantEntry, unwrap_secret, wrap_secret
 from hdsd.cli._s3keys import s3_endpoints
 from hdsd.client import load_profile
@@ -56,7 +56,7 @@ def _signed(akid: str, secret: str) -> tuple[str, list[tuple[str, str]]]:
 def test_created_key_verifies_and_revocation_applies_to_the_next_request(
         catalog: Catalog) -> None:
     keys = _keys(catalog)
-    entry, secret = keys.create("chu", "writer", by="admin@default")
+    entry, secret, _ = keys.create("chu", "writer", by="admin@default")
     assert secret not in repr(entry) and len(secret) == 40 and entry.access_key_id[:4] == "HDSD"
     catalog.apply([entry])
     target, headers = _signed(entry.access_key_id, secret)
@@ -76,7 +76,7 @@ def test_created_key_verifies_and_revocation_applies_to_the_next_request(
 
 def test_keys_of_a_shredded_tenant_do_not_authenticate(catalog: Catalog) -> None:
     keys = _keys(catalog)
-    entry, _secret = keys.create("gone", "reader", by="op")
+    entry, _secret, _ = keys.create("gone", "reader", by="op")
     catalog.apply([entry])
     assert keys(entry.access_key_id) is None
 
@@ -95,7 +95,7 @@ def test_the_secret_is_bound_to_its_id_tenant_and_role() -> None:
 
 def test_an_entry_edited_to_a_stronger_role_is_useless(catalog: Catalog) -> None:
     keys = _keys(catalog)
-    entry, _ = keys.create("chu", "reader", by="op")
+    entry, _, _ = keys.create("chu", "reader", by="op")
     catalog.apply([replace(entry, role="admin")])
     assert keys(entry.access_key_id) is None  # the wrap does not open: no credential
 
@@ -109,8 +109,8 @@ def test_master_key_rotation_rewraps_s3_secrets(tmp_path: Path) -> None:
     cat = Catalog(data / "catalog.sqlite")
     try:
         keys = _keys(cat, old)
-        live, secret = keys.create("default", "writer", by="op")
-        gone, _ = keys.create("default", "reader", by="op")
+        live, secret, _ = keys.create("default", "writer", by="op")
+        gone, _, _ = keys.create("default", "reader", by="op")
         cat.apply([live, gone])
         cat.apply([keys.revoke(gone.access_key_id, by="op")[0]])
     finally:
@@ -151,3 +151,31 @@ def test_endpoints_from_the_profile_then_from_node_configs(tmp_path: Path) -> No
     (tmp_path / "p.toml").write_text(text)
     assert s3_endpoints(load_profile(tmp_path / "p.toml"), tmp_path) == {
         "dc1": ["https://s3.dc1.example:443"]}
+
+
+def test_a_retried_creation_answers_the_same_key(catalog: Catalog) -> None:
+    """With a request id, a creation retried after a lost reply — on this node or another
+    (same master key) before the first entry reached it — makes the same key and secret."""
+    keys, elsewhere = _keys(catalog), _keys(catalog)
+    rid = b"r" * 16
+    entry, secret, replayed = keys.create("chu", "writer", by="op", request_id=rid)
+    assert not replayed
+    twin, twin_secret, _ = elsewhere.create("chu", "writer", by="other", request_id=rid)
+    assert (twin.access_key_id, twin_secret) == (entry.access_key_id, secret)
+    catalog.apply([entry])
+    again, again_secret, replayed = keys.create("chu", "writer", by="op", request_id=rid)
+    assert replayed and again == entry and again_secret == secret
+    path, headers = _signed(entry.access_key_id, secret)
+    assert authenticate("GET", path, headers, keys, now=datetime.now(UTC),
+                        region="hdsd").credential.role == "writer"
+    with pytest.raises(RequestIdConflict):  # the id names that request, not another role
+        keys.create("chu", "admin", by="op", request_id=rid)
+    other, _, _ = keys.create("chu", "writer", by="op", request_id=b"s" * 16)
+    assert other.access_key_id != entry.access_key_id
+    revoked, _ = keys.revoke(entry.access_key_id, by="op")
+    catalog.apply([revoked])
+    with pytest.raises(RequestIdConflict):  # revoked since: no secret handed out again
+        keys.create("chu", "writer", by="op", request_id=rid)
+    assert _keys(catalog, utils.random(32)).create(
+        "chu", "writer", by="op", request_id=b"t" * 16)[0].access_key_id != \
+        keys.create("chu", "writer", by="op", request_id=b"t" * 16)[0].access_key_id

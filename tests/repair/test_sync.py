@@ -279,3 +279,59 @@ async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
         assert more < 60, (more, len(asked))
     finally:
         pair.close()
+
+
+def _purge(target: Version, hlc: int, node: str) -> Version:
+    return Version(target.tenant, target.bucket, target.key, hlc, node, 0, b"",
+                   purges=(target.hlc, target.node))
+
+
+async def test_a_purge_reaches_the_other_replica_and_the_version_never_comes_back(
+        tmp_path: Path) -> None:
+    """a0 purged a version b0 still holds (b0 was away when the purge was written, its hint
+    lost): a round takes the purge record to b0, which drops the version, and a0 does not
+    take the version back from b0 in the same exchange. The trees, which still counted the
+    version, are corrected by the comparison itself and agree a round later."""
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        victim, chunks = _version("k", 10, "a0", 3)
+        kept, kept_chunks = _version("k", 5, "a0", 2)
+        other, other_chunks = _version("z", 11, "b0", 1)
+        for n in ("a0", "b0"):
+            await pair.stores[n].commit([*chunks, victim, *kept_chunks, kept,
+                                         *other_chunks, other])
+        pair.open()
+        for n in ("a0", "b0"):  # the trees count the victim (as they would in service)
+            pair.sides[n][0].trees.catch_up()
+        await pair.stores["a0"].commit([_purge(victim, 20, "a0")])
+        report = await pair.repair()
+        assert report.error is None and report.versions_sent == 1
+        assert report.versions_received == 0  # the victim offered by b0 was not taken
+        for n in ("a0", "b0"):
+            assert pair.names_of(n) == {("k", 5, "a0"), ("k", 20, "a0"), ("z", 11, "b0")}
+            assert pair.stores[n].is_purged(TENANT, "bk", "k", 10, "a0")
+        again = await pair.repair()  # b0's tree still counted the victim: corrected here
+        assert again.versions_received == again.versions_sent == 0
+        assert (await pair.repair()).leaves_differing == 0
+        # The other way round (b0 starts the rounds) nothing moves either.
+        back = await pair.sides["b0"][0].repair_with("a0")
+        assert back.versions_received == back.versions_sent == 0
+        assert ("k", 10, "a0") not in pair.names_of("a0") | pair.names_of("b0")
+    finally:
+        pair.close()
+
+
+async def test_a_replica_that_never_held_the_version_gets_only_the_purge(
+        tmp_path: Path) -> None:
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        victim, chunks = _version("k", 10, "b0", 3)
+        await pair.stores["b0"].commit([*chunks, victim])
+        await pair.stores["a0"].commit([_purge(victim, 20, "a0")])  # the hint never came
+        pair.open()
+        report = await pair.repair()
+        assert report.error is None and report.chunks_fetched == 0
+        for n in ("a0", "b0"):
+            assert pair.names_of(n) == {("k", 20, "a0")}
+    finally:
+        pair.close()

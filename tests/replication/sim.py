@@ -75,6 +75,9 @@ class MemStore:
                     node: str) -> Version | None:
         return self.versions.get((tenant, bucket, key, hlc, node))
 
+    def is_purged(self, tenant: str, bucket: str, key: str, hlc: int, node: str) -> bool:
+        return False  # the simulation writes no purge records (tests/store and e2e do)
+
     def read_chunk(self, tenant: str, chunk_id: bytes) -> bytes:
         try:
             return self.chunks[(tenant, chunk_id)]

@@ -44,7 +44,8 @@ async def two_sites(root: Path, limits: HttpLimits | None = None,
         for name in ("dc1-n1", "dc2-n1"):
             config = load_node_config(root / name / "node.toml")
             node = await nursery.start(serve_node, config)
-            gateway = Gateway(NodeObjects(node), Uploads(root / name / "s3-uploads", 3600),
+            gateway = Gateway(NodeObjects(node), Uploads(root / name / "s3-uploads", 3600,
+                                                         node.store.sealing.seal_for),
                               region="us-east-1", lookup=lookup_for(role=role))
             endpoints = await nursery.start(serve_s3, gateway, [], [("127.0.0.1", 0)], None,
                                             limits or HttpLimits(), 64)

@@ -40,12 +40,13 @@ class _GatedApply:
         self.fail = fail
 
     def __call__(self, items: Iterable[tuple[object, Location]],
-                 applied: AppliedPosition, names: object = ()) -> None:
+                 applied: AppliedPosition, names: object = (),
+                 moved: frozenset[int] = frozenset()) -> None:
         self.entered.set()
         if self.fail:
             raise sqlite3.OperationalError("injected: database or disk is full")
         self.gate.wait()
-        self.real(items, applied, names)  # type: ignore[arg-type]
+        self.real(items, applied, names, moved)  # type: ignore[arg-type]
 
 
 async def test_acknowledged_before_indexed_but_no_read_misses_it(tmp_path: Path) -> None:
