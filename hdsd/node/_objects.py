@@ -162,6 +162,14 @@ async def _hash_body(node: Node, tenant: str, source: BodySource) -> tuple[int, 
     return size, hasher.digest()
 
 
+async def _replicate(node: Node, record: Version) -> None:
+    """Write a content-less record (delete marker, purge, retention) to its key's replicas;
+    returns once the write policy holds for it (hinting the replicas that lag)."""
+    replicas = node.replicator.replicas_for(record.tenant, record.bucket, record.key)
+    await node.replicator.keep_hints(await node.replicator.write(replicas, [], [record]),
+                                     [record])
+
+
 async def _settle(node: Node, previous: Version) -> None:
     """Drive a retried request's version to the replicas the write policy needs (hinting
     the others); raises like a first attempt when the policy cannot be met."""
@@ -527,9 +535,7 @@ async def delete_object(node: Node, tenant: str, bucket: str, key: str,
         marker = Version(
             tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
             size=0, content_hash=b"", tombstone=True, request_id=request_id)
-        replicas = node.replicator.replicas_for(tenant, bucket, key)
-        lagging = await node.replicator.write(replicas, [], [marker])
-        await node.replicator.keep_hints(lagging, [marker])
+        await _replicate(node, marker)
     return marker, False
 
 
@@ -562,9 +568,7 @@ async def purge_version(node: Node, tenant: str, bucket: str, key: str, version:
         record = Version(
             tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
             size=0, content_hash=b"", request_id=request_id, purges=target)
-        replicas = node.replicator.replicas_for(tenant, bucket, key)
-        lagging = await node.replicator.write(replicas, [], [record])
-        await node.replicator.keep_hints(lagging, [record])
+        await _replicate(node, record)
     return found, record, False
 
 
@@ -604,9 +608,7 @@ async def retain_version(node: Node, tenant: str, bucket: str, key: str, version
             tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
             size=0, content_hash=b"", request_id=request_id,
             retains=(found.hlc, found.node, until_ms))
-        replicas = node.replicator.replicas_for(tenant, bucket, key)
-        lagging = await node.replicator.write(replicas, [], [record])
-        await node.replicator.keep_hints(lagging, [record])
+        await _replicate(node, record)
     return found, until_ms
 
 
