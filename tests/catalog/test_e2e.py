@@ -19,7 +19,7 @@ from hdsd import (
     TenantShredded,
 )
 from hdsd.catalog._keys import unwrap_keys
-from tests.helpers.cluster import NodeProcess, hdsd, init_cluster
+from tests.helpers.cluster import NodeProcess, hdsd, init_cluster, start_all
 
 T = 60  # seconds: generous bound around every I/O step
 
@@ -31,7 +31,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, li
     for config in root.glob("*/node.toml"):  # a quick sync for the test that restarts a node
         text = config.read_text()
         config.write_text(text.replace("# catalog_sync_s = 5", "catalog_sync_s = 0.5"))
-    nodes = [NodeProcess(root / n / "node.toml").start() for n in ("dc1-n1", "dc2-n1")]
+    nodes = start_all([root / n / "node.toml" for n in ("dc1-n1", "dc2-n1")])
     try:
         yield root, nodes
     finally:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import hdsd
-from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.cluster import hdsd as run_cli
+from tests.helpers.cluster import init_cluster, start_all
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_data_is_private_whatever_the_umask(cluster_dir: Path) -> None:
     old = os.umask(0o022)
-    nodes = [NodeProcess(cluster_dir / n / "node.toml").start() for n in ("dc2-n1", "dc1-n1")]
+    nodes = start_all([cluster_dir / n / "node.toml" for n in ("dc2-n1", "dc1-n1")])
     try:
         with hdsd.Client(cluster_dir / "client.toml") as client:
             for i in range(5):

@@ -37,7 +37,7 @@ from hdsd.wire import (
     Reply,
     StatRequest,
 )
-from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import NodeProcess, init_cluster, start_all
 from tests.helpers.hostile import handshaken, raw_frame, reset
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +57,7 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def nodes(cluster_dir: Path) -> Iterator[list[NodeProcess]]:
-    procs = [NodeProcess(cluster_dir / n / "node.toml").start() for n in ("dc2-n1", "dc1-n1")]
+    procs = start_all([cluster_dir / n / "node.toml" for n in ("dc2-n1", "dc1-n1")])
     try:
         yield procs
     finally:

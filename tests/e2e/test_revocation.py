@@ -13,7 +13,7 @@ import trio
 
 from hdsd import AsyncClient, CertificateRevoked, PermissionDenied
 from hdsd.transport import read_certificate
-from tests.helpers.cluster import NodeProcess, hdsd, init_cluster
+from tests.helpers.cluster import NodeProcess, hdsd, init_cluster, start_all
 
 T = 60  # seconds: generous bound around every I/O step and every poll
 
@@ -24,7 +24,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, li
     init_cluster(root)
     for config in root.glob("*/node.toml"):  # refused connections: audited every second
         config.write_text(config.read_text() + "\n[audit]\nrefusals_interval_s = 1\n")
-    nodes = [NodeProcess(root / n / "node.toml").start() for n in ("dc1-n1", "dc2-n1")]
+    nodes = start_all([root / n / "node.toml" for n in ("dc1-n1", "dc2-n1")])
     try:
         assert hdsd("--profile", str(root / "client.toml"), "tenant", "create",
                     "chu").returncode == 0
@@ -214,7 +214,7 @@ async def test_a_revoked_node_certificate_is_refused_by_its_peers(
         tmp_path: Path) -> None:
     root = tmp_path / "nodes"
     init_cluster(root)
-    nodes = [NodeProcess(root / n / "node.toml").start() for n in ("dc1-n1", "dc2-n1")]
+    nodes = start_all([root / n / "node.toml" for n in ("dc1-n1", "dc2-n1")])
     try:
         with trio.fail_after(T):
             async with AsyncClient(root / "client.toml") as c:

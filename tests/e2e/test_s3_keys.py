@@ -21,7 +21,7 @@ from hdsd.cluster import HybridClock
 from hdsd.node import S3Keys, load_node_config
 from hdsd.node._masterkey import load_master
 from hdsd.s3 import S3AuthError, authenticate
-from tests.helpers.cluster import NodeProcess, hdsd, init_cluster
+from tests.helpers.cluster import NodeProcess, hdsd, init_cluster, start_all
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ NODES = ("dc1-n1", "dc2-n1")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[NodeProcess]]]:
     root = tmp_path_factory.mktemp("s3keys")
     init_cluster(root)
-    nodes = [NodeProcess(root / n / "node.toml").start() for n in NODES]
+    nodes = start_all([root / n / "node.toml" for n in NODES])
     try:
         assert hdsd("--profile", str(root / "client.toml"), "tenant", "create",
                     "chu").returncode == 0

@@ -22,7 +22,7 @@ from hdsd.store import Version
 from hdsd.store import _format as F
 from hdsd.store._log import frame_batch
 from hdsd.store._records import EncodedRecord
-from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import NodeProcess, init_cluster, start_all
 from tests.helpers.cluster import hdsd as run_cli
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +96,7 @@ def test_an_old_store_is_refused_then_migrated(tmp_path: Path) -> None:
     assert b"catalog already has names sealed" in again.stdout, again.stdout
     _write_clear_catalog(root / "dc2-n1" / "data")  # sealed by the node at start
 
-    nodes = [NodeProcess(root / n / "node.toml").start() for n in ("dc1-n1", "dc2-n1")]
+    nodes = start_all([root / n / "node.toml" for n in ("dc1-n1", "dc2-n1")])
     try:
         for site in ("dc1", "dc2"):
             with hdsd.Client(root / "client.toml", site=site) as c:

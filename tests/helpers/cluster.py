@@ -8,6 +8,7 @@ nothing here depends on the machine being quiet.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -21,16 +22,43 @@ START_TIMEOUT = 60.0
 
 
 def free_ports(n: int) -> list[int]:
-    socks = []
+    """*n* distinct ports free now, drawn at random **below** the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to port 0) is in the ephemeral range, where any outgoing
+    connection made before the node binds it — and the suite runs two test processes making
+    thousands — may take it ("Address already in use"); a node killed and restarted must bind
+    it again too. Below that range only another listener can take it."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    while len(chosen) < n:
+        port = rng.randrange(10_000, max(low, 10_001))
+        if port in chosen:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
+
+
+def start_all(configs: list[Path]) -> list[NodeProcess]:
+    """Start a node per config, in order; if one fails to start, the ones already started are
+    killed (a module fixture failing half-way must not leave processes behind)."""
+    started: list[NodeProcess] = []
+    try:
+        for config in configs:
+            started.append(NodeProcess(config).start())
+    except BaseException:
+        for node in started:
+            node.kill()
+        raise
+    return started
 
 
 def hdsd(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,

@@ -15,42 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hdsd.client import Profile, load_profile
-from tests.helpers.cluster import NodeProcess, hdsd, init_cluster
+from tests.helpers.cluster import NodeProcess, free_ports, hdsd, init_cluster
 from tests.helpers.faultproxy import FaultProxy
 
 SITES = ("dc1", "dc2")
-
-
-def restartable_ports(n: int) -> list[int]:
-    """*n* free ports below the kernel's ephemeral range. A node killed and restarted must
-    bind its port again; in the ephemeral range any outgoing connection made meanwhile (and a
-    faulty cluster makes many) may have taken it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    chosen: list[int] = []
-    while len(chosen) < n:
-        port = rng.randrange(10_000, max(low, 10_001))
-        if port in chosen:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
-    return chosen
 
 
 def own_port(cfg: Path) -> int:
@@ -67,7 +42,7 @@ class Grid:
                  on_peer_site_loss: str = "refuse") -> None:
         self.root = root
         self.profile_path = init_cluster(root, nodes_per_site=nodes_per_site,
-                                         ports=restartable_ports(2 * nodes_per_site))
+                                         ports=free_ports(2 * nodes_per_site))
         self.profile = load_profile(self.profile_path)
         self.sites = {site: [f"{site}-n{i}" for i in range(1, nodes_per_site + 1)]
                       for site in SITES}
