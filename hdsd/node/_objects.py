@@ -100,20 +100,11 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
     """The key's current version (or the one named); NotFound for none or a delete marker."""
     check_bucket(bucket)
     check_key(key)
-    wanted: tuple[int, str] | None = None
     if version is not None:
-        try:
-            wanted = parse_version_id(version)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-    known = await node.reads.versions_of(tenant, bucket, key)
-    if wanted is None:
-        found = known[-1] if known else None
-    else:
-        found = next((v for v in known if v.order == wanted), None)
-    if found is None or found.tombstone:
-        what = f"{bucket}/{key}" + (f" version {version}" if version else "")
-        raise NotFound(f"{what} not found")
+        _version_order(version)  # a malformed id is refused before anything is read
+    found = _named(await node.reads.versions_of(tenant, bucket, key), bucket, key, version)
+    if found.tombstone:
+        raise NotFound(f"{bucket}/{key} version {version} not found")
     return found
 
 
@@ -551,10 +542,7 @@ async def purge_version(node: Node, tenant: str, bucket: str, key: str, version:
     *retry*: as for a delete (the first attempt is looked for at both sites)."""
     check_bucket(bucket)
     check_key(key)
-    try:
-        target = parse_version_id(version)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+    target = _version_order(version)
     async with node.idempotent(tenant, request_id, bucket, key, retry=retry) as previous:
         if previous is not None:
             check_retry(previous, bucket=bucket, key=key, delete=True, purges=target)
@@ -612,15 +600,18 @@ async def retain_version(node: Node, tenant: str, bucket: str, key: str, version
     return found, until_ms
 
 
+def _version_order(version: str) -> tuple[int, str]:
+    """The (hlc, node) a version id names; InvalidRequest for a malformed one."""
+    try:
+        return parse_version_id(version)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 def _named(known: list[Version], bucket: str, key: str, version: str | None) -> Version:
     """The version named (the current one if None); NotFound for none or a delete marker
     when the current one is asked for."""
-    wanted: tuple[int, str] | None = None
-    if version is not None:
-        try:
-            wanted = parse_version_id(version)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+    wanted = _version_order(version) if version is not None else None
     if wanted is None:
         found = known[-1] if known and not known[-1].tombstone else None
     else:
