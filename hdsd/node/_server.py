@@ -82,7 +82,7 @@ from ._handlers import handle_request
 from ._health import health_status
 from ._keyring import KEYRING_FILE, Keyring
 from ._layouts import LayoutKeeper, load_record
-from ._malloc import limit_arenas, trim
+from ._malloc import limit_arenas, memory_status, timed_trim
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._objects import NodeObjects
@@ -329,6 +329,7 @@ class Node:
             "uptime_s": round(time.time() - self.started, 3),
             "connections": self._connections,
             "requests_in_flight": self._active_requests,
+            "memory": memory_status(),
             "limits": {**self.slots.describe(), "hits": dict(self.limit_hits),
                        "refusals_audited": {"events": self.refusals.total,
                                             "records": self.refusals.records}},
@@ -781,7 +782,7 @@ TRIM_EVERY_S = 60.0
 async def _trim_memory() -> None:
     while True:
         await trio.sleep(TRIM_EVERY_S)
-        await trio.to_thread.run_sync(trim)
+        await trio.to_thread.run_sync(timed_trim)
 
 
 async def serve_node(config: NodeConfig, *,
