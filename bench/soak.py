@@ -76,8 +76,10 @@ class Expected:
 
 
 class Soak:
-    def __init__(self, profile: Path, clients: int, seed: int) -> None:
+    def __init__(self, profile: Path, clients: int, seed: int,
+                 sizes: tuple[tuple[int, float], ...] = SIZES) -> None:
         self.profile = profile
+        self.sizes = sizes
         self.clients = clients
         self.seed = seed
         self.now = Interval()
@@ -97,7 +99,8 @@ class Soak:
                 t0 = time.perf_counter()
                 try:
                     if r < 0.70 or not names:
-                        size = rng.choices([s for s, _ in SIZES], [w for _, w in SIZES])[0]
+                        size = rng.choices([s for s, _ in self.sizes],
+                                           [w for _, w in self.sizes])[0]
                         if names and rng.random() < 0.1:
                             key = rng.choice(names)
                         else:
@@ -146,7 +149,8 @@ def _proc(pid: int) -> dict[str, float]:
     except OSError:
         pass  # then the peak is since the node started
     return {"cpu_s": (int(fields[11]) + int(fields[12])) / tick, "rss_mib": rss / 2**20,
-            "peak_rss_mib": peak / 2**20, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+            "peak_rss_mib": peak / 2**20, "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": len(os.listdir(f"/proc/{pid}/task"))}
 
 
 async def _memory(profile: Path, site: str) -> dict[str, float]:
@@ -214,7 +218,7 @@ async def _verify(profile: Path, soak: Soak, tasks: int, nodes: dict[str, NodePr
 
 async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Namespace
                ) -> dict[str, Any]:
-    soak = Soak(profile, args.clients, args.seed)
+    soak = Soak(profile, args.clients, args.seed, args.sizes)
     stop = trio.Event()
     pids = {s: n.proc.pid for s, n in nodes.items() if n.proc is not None}
     samples: list[dict[str, Any]] = []
@@ -250,7 +254,8 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
             _log(f"t={row['t_s']:.0f}s ops/s={row['ops_s']} cpu/op={row['cpu_ms_per_op']} ms "
                  f"rss={[round(now[s]['rss_mib']) for s in now]} MiB "
                  f"(peak {[round(now[s]['peak_rss_mib']) for s in now]}) "
-                 f"fds={[now[s]['fds'] for s in now]} errors={row['errors']} "
+                 f"fds={[now[s]['fds'] for s in now]} "
+                 f"threads={[now[s]['threads'] for s in now]} errors={row['errors']} "
                  f"malloc in use/free={[(m.get('in_use'), m.get('free')) for m in memory.values()]}"
                  f" MiB")
 
@@ -265,6 +270,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
     verify = await _verify(profile, soak, 8, nodes, args.verify_sample)
     totals = {op: sum(r[f"{op}_n"] for r in samples) for op in ("put", "get", "delete")}
     return {"clients": args.clients, "duration_s": args.duration, "interval_s": args.interval,
+            "sizes": [list(p) for p in args.sizes],
             "totals": totals, "errors": soak.total_errors + soak.wrong_reads,
             "wrong_reads": soak.wrong_reads, "verify": verify, "samples": samples,
             "nodes_at_start": start, "nodes_at_end": end}
@@ -304,6 +310,11 @@ def _plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _sizes(text: str) -> tuple[tuple[int, float], ...]:
+    pairs = [item.split(":") for item in text.split(",")]
+    return tuple((int(size), float(weight)) for size, weight in pairs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -317,6 +328,9 @@ def main() -> None:
                     help="verify this many random keys, not all (long runs; 0: every key)")
     ap.add_argument("--node-env", action="append", default=[],
                     help="NAME=VALUE in the nodes' environment (e.g. MALLOC_ARENA_MAX=2)")
+    ap.add_argument("--sizes", type=_sizes, default=SIZES,
+                    help="put sizes and weights, e.g. 1048576:1 for 1 MiB objects only "
+                         "(default: 4096:0.6,65536:0.3,1048576:0.1)")
     ap.add_argument("--limit", action="append", default=[],
                     help="KEY=VALUE in the nodes' [limits] (e.g. max_unsent_mib=4)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/soak.json"))
