@@ -166,6 +166,8 @@ async def _memory(profile: Path, site: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (mem.get("malloc") or {}).items():
         out[k] = round(v / 2**20, 1)
+    if "python_blocks" in mem:  # a count of live Python objects: a leak of them climbs
+        out["python_kblocks"] = round(mem["python_blocks"] / 1000, 1)
     if "python_traced" in mem:
         out["python_traced"] = round(mem["python_traced"]["current"] / 2**20, 1)
     return out
@@ -248,7 +250,8 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                                    ("p99_ms", _pct(lat, 0.99)))},
                    **{f"{s}_{k}": round(v, 1) if k != "fds" else v
                       for s, m in now.items() for k, v in m.items()},
-                   **{f"{s}_{k}_mib": v for s, m in memory.items() for k, v in m.items()}}
+                   **{f"{s}_{k}" + ("" if k.endswith("kblocks") else "_mib"): v
+                      for s, m in memory.items() for k, v in m.items()}}
             samples.append(row)
             last = now
             _log(f"t={row['t_s']:.0f}s ops/s={row['ops_s']} cpu/op={row['cpu_ms_per_op']} ms "
@@ -384,6 +387,12 @@ def main() -> None:
                       f"{first[f'{s}_rss_mib']} / {warm[f'{s}_rss_mib']} / "
                       f"{last[f'{s}_rss_mib']} MiB "
                       f"({100 * (last[f'{s}_rss_mib'] / warm[f'{s}_rss_mib'] - 1):+.1f} %)",
+                      "within 10 % of warm"])
+        after = [r[f"{s}_peak_rss_mib"] for r in rows if r["t_s"] >= warm["t_s"]]
+        table.append([f"{s} interval's peak RSS warm / highest after / last",
+                      f"{warm[f'{s}_peak_rss_mib']} / {max(after)} / "
+                      f"{last[f'{s}_peak_rss_mib']} MiB "
+                      f"({100 * (max(after) / warm[f'{s}_peak_rss_mib'] - 1):+.1f} %)",
                       "within 10 % of warm"])
         table.append([f"{s} fds first / last", f"{first[f'{s}_fds']} / {last[f'{s}_fds']}",
                       "bounded"])
