@@ -115,8 +115,8 @@ from .._errors import CorruptLogError, IntegrityError
 from . import _format as F
 from ._records import EncodedRecord
 
-__all__ = ["ByteSource", "Frame", "TailVerdict", "classify_tail", "frame_batch",
-           "next_batch_start", "parse_frame", "scan_segment"]
+__all__ = ["ByteSource", "Frame", "TailVerdict", "check_frame_view", "classify_tail",
+           "frame_batch", "next_batch_start", "parse_frame", "scan_segment"]
 
 
 class ByteSource(Protocol):
@@ -190,6 +190,21 @@ def check_frame(segment: str, offset: int, data: bytes) -> Frame:
     if frame is None or frame.size != len(data):
         raise IntegrityError(f"log record at {segment}:{offset} failed its checksum")
     return Frame(offset, frame.kind, frame.flags, frame.batch_start, frame.body)
+
+
+def check_frame_view(segment: str, offset: int, data: bytes) -> tuple[int, memoryview]:
+    """:func:`check_frame` for a read that only decodes the body: ``(kind, body)`` with the
+    body a view of *data* — a chunk read copies its megabyte once (out of the record), not
+    also out of the frame."""
+    size = F.FRAME_HEADER_SIZE
+    if len(data) >= size:
+        header = data[:size]
+        sync, length, kind, _, reserved, _, checksum = F.FRAME_HEADER.unpack(header)
+        if (sync == F.FRAME_SYNC and kind != 0 and not reserved and size + length == len(data)):
+            body = memoryview(data)[size:]
+            if F.frame_checksum(header[F.CHECKSUMMED_HEADER], F.digest(body)) == checksum:
+                return kind, body
+    raise IntegrityError(f"log record at {segment}:{offset} failed its checksum")
 
 
 @dataclass(frozen=True, slots=True)
