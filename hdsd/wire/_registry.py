@@ -189,7 +189,7 @@ def frame_size(msg: Message) -> int:
     return C.HEADER_SIZE + len(encode_body(msg)[1])
 
 
-def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
+def decode_body(code: int, body: bytes | bytearray | memoryview) -> tuple[Message, Kind]:
     """The message a frame of type *code* carries, and its kind; :class:`ProtocolError` if the
     code is unknown or the body is not a well-formed message of that type."""
     t = _BY_CODE.get(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -13,7 +14,7 @@ from hdsd import ProtocolError, wire
 from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
 from hdsd.wire._errors import LocalProtocolError
-from hdsd.wire._frames import FrameReader, encode_data_frame, encode_frame
+from hdsd.wire._frames import OWN_BUFFER, FrameReader, encode_data_frame, encode_frame
 from hdsd.wire._registry import encode_body
 
 
@@ -123,3 +124,52 @@ def test_a_large_data_frame_round_trips_through_two_connections() -> None:
     assert isinstance(server.next_event(), wire.PutStart)
     server.receive_data(client.send(Data(rid=3, data=payload)))
     assert server.next_event() == Data(rid=3, data=payload)
+
+
+def _large_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
+    big = bytes(range(256)) * 1024  # 256 KiB: received into a buffer of its own
+    assert len(big) >= OWN_BUFFER
+    frames = [(C.T_END, b"\x91\x01"), (C.T_DATA, big), (C.T_END, b"\x91\x02"),
+              (C.T_DATA, big[::-1]), (C.T_DATA, bytes(OWN_BUFFER))]
+    return b"".join(encode_frame(code, body, C.MAX_FRAME) for code, body in frames), frames
+
+
+@pytest.mark.parametrize("read", [1 << 20, 256 << 10, 65_536, 16_384, 4_099, 13])
+def test_reader_cuts_large_frames_whatever_the_reads(read: int) -> None:
+    stream, frames = _large_stream()
+    reader = FrameReader(C.MAX_FRAME)
+    got: list[tuple[int, bytes]] = []
+    for at in range(0, len(stream), read):
+        reader.feed(stream[at:at + read])
+        while (frame := reader.next_frame()) is not None:
+            got.append((frame[0], bytes(frame[1])))
+        assert reader.buffered == min(len(stream), at + read) - sum(
+            C.HEADER_SIZE + len(body) for _, body in got)
+    assert got == frames
+    assert reader.buffered == 0
+
+
+@given(cuts=st.lists(st.integers(0, 600_000), max_size=6))
+def test_reader_cuts_large_frames_split_anywhere(cuts: list[int]) -> None:
+    stream, frames = _large_stream()
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for lo, hi in itertools.pairwise(bounds):
+        reader.feed(stream[lo:hi])
+        while (frame := reader.next_frame()) is not None:
+            got.append((frame[0], bytes(frame[1])))
+    assert got == frames
+
+
+def test_a_damaged_large_frame_fails_its_checksum() -> None:
+    stream, _ = _large_stream()
+    damaged = bytearray(stream)
+    damaged[C.HEADER_SIZE + 2 + C.HEADER_SIZE + 100_000] ^= 1  # inside the first large body
+    reader = FrameReader(C.MAX_FRAME)
+    reader.feed(bytes(damaged[:70_000]))
+    assert reader.next_frame() == (C.T_END, b"\x91\x01")
+    assert reader.next_frame() is None
+    reader.feed(bytes(damaged[70_000:]))
+    with pytest.raises(ProtocolError, match="checksum"):
+        reader.next_frame()
