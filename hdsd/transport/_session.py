@@ -69,7 +69,7 @@ from ..wire import (
     NeedData,
     Request,
 )
-from ._tlsread import tls_receiver
+from ._tlsread import tls_pieces_receiver
 
 __all__ = ["WireSession"]
 
@@ -98,7 +98,7 @@ class WireSession:
     def __init__(self, stream: trio.abc.Stream, conn: Connection) -> None:
         self.stream = stream
         self.conn = conn
-        self._receive_some = tls_receiver(stream)
+        self._receive_pieces = tls_pieces_receiver(stream)
         self._outbox: list[bytes | bytearray] = []
         self._outbox_size = 0
         self._writing = False
@@ -346,10 +346,15 @@ class WireSession:
 
     async def _feed(self) -> None:
         try:
-            data = await self._receive_some(_READ_SIZE)
+            pieces = await self._receive_pieces(_READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(f"connection lost: {exc}") from None
-        self.conn.receive_data(bytes(data))
+        # Fed record by record (never joined: a copy of every byte); the connection buffers
+        # them until next_event cuts frames out, one read's worth at most.
+        for piece in pieces:
+            self.conn.receive_data(piece)
+        if not pieces:
+            self.conn.receive_data(b"")  # the end of the stream
 
     async def run_reader(
         self, on_request: Callable[[Message], None] | None = None, *,
