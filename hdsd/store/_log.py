@@ -116,7 +116,8 @@ from . import _format as F
 from ._records import EncodedRecord
 
 __all__ = ["ByteSource", "Frame", "TailVerdict", "check_frame_view", "classify_tail",
-           "frame_batch", "next_batch_start", "parse_frame", "scan_segment"]
+           "frame_batch", "frame_batch_parts", "next_batch_start", "parse_frame",
+           "scan_segment"]
 
 
 class ByteSource(Protocol):
@@ -146,7 +147,20 @@ class Frame:
 
 def frame_batch(records: Sequence[EncodedRecord], batch_start: int) -> tuple[bytes, list[int]]:
     """The bytes of one batch written at *batch_start*, and each frame's offset."""
+    parts, offsets = frame_batch_parts(records, batch_start)
+    return b"".join(parts), offsets
+
+
+_OWN_PART = 64 << 10
+
+
+def frame_batch_parts(records: Sequence[EncodedRecord], batch_start: int
+                      ) -> tuple[list[bytes], list[int]]:
+    """:func:`frame_batch` as pieces to write in order (one ``pwritev``): a large record's
+    body is a piece of its own, not copied into the batch (a rebuild's batch is megabytes of
+    chunks); headers and small bodies are joined between them."""
     parts: list[bytes] = []
+    small: list[bytes] = []
     offsets: list[int] = []
     pos = batch_start
     last = len(records) - 1
@@ -155,11 +169,18 @@ def frame_batch(records: Sequence[EncodedRecord], batch_start: int) -> tuple[byt
         header = F.FRAME_HEADER.pack(F.FRAME_SYNC, len(rec.body), rec.kind, flags, 0,
                                      batch_start, 0)
         checksum = F.frame_checksum(header[F.CHECKSUMMED_HEADER], rec.body_digest)
-        parts.append(header[:-8] + F.U64.pack(checksum))
-        parts.append(rec.body)
+        small.append(header[:-8] + F.U64.pack(checksum))
+        if len(rec.body) >= _OWN_PART:
+            parts.append(b"".join(small))
+            parts.append(rec.body)
+            small = []
+        else:
+            small.append(rec.body)
         offsets.append(pos)
         pos += F.FRAME_HEADER_SIZE + len(rec.body)
-    return b"".join(parts), offsets
+    if small:
+        parts.append(b"".join(small))
+    return parts, offsets
 
 
 def parse_frame(buf: ByteSource, pos: int, end: int, batch_start: int | None) -> Frame | None:
