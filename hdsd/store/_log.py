@@ -166,8 +166,8 @@ def frame_batch_parts(records: Sequence[EncodedRecord], batch_start: int
     last = len(records) - 1
     for i, rec in enumerate(records):
         flags = F.FLAG_COMMIT if i == last else 0
-        header = F.FRAME_HEADER.pack(F.FRAME_SYNC, len(rec.body), rec.kind, flags, 0,
-                                     batch_start, 0)
+        size = rec.size
+        header = F.FRAME_HEADER.pack(F.FRAME_SYNC, size, rec.kind, flags, 0, batch_start, 0)
         checksum = F.frame_checksum(header[F.CHECKSUMMED_HEADER], rec.body_digest)
         small.append(header[:-8] + F.U64.pack(checksum))
         if len(rec.body) >= _OWN_PART:
@@ -176,8 +176,12 @@ def frame_batch_parts(records: Sequence[EncodedRecord], batch_start: int
             small = []
         else:
             small.append(rec.body)
+        if rec.tail:
+            parts.append(b"".join(small))
+            parts.append(rec.tail)
+            small = []
         offsets.append(pos)
-        pos += F.FRAME_HEADER_SIZE + len(rec.body)
+        pos += F.FRAME_HEADER_SIZE + size
     if small:
         parts.append(b"".join(small))
     return parts, offsets

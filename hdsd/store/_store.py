@@ -580,4 +580,4 @@ class CommitTicket:
 
 
 def _frames_size(encoded: list[EncodedRecord]) -> int:
-    return sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded)
+    return sum(F.FRAME_HEADER_SIZE + e.size for e in encoded)

@@ -327,7 +327,7 @@ class LogWriter:
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         self._acked += 1
         self._complete(batch, None, "")
-        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
+        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + r.size))
                  for r, off in zip(records, offsets, strict=True)]
         try:
             moved = {id(r) for c in batch if c.relocate for r in c.records}
