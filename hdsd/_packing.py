@@ -28,7 +28,7 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise PackError(f"msgpack ext type {code} is not used by hdsd")
 
 
-def unpackb(data: bytes | bytearray | memoryview) -> Any:
+def unpackb(data: bytes | memoryview) -> Any:
     """Parse exactly one msgpack object from *data*; raise :class:`PackError` on anything else."""
     n = len(data)
     try:

@@ -16,10 +16,7 @@ from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
 
-__all__ = ["OWN_BUFFER", "FrameReader", "encode_data_frame", "encode_frame"]
-
-OWN_BUFFER = 64 << 10
-"""A frame body this large is received into a buffer of its own (see :class:`FrameReader`)."""
+__all__ = ["FrameReader", "encode_data_frame", "encode_frame"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
@@ -66,29 +63,19 @@ def encode_data_frame(code: int, rid: int, data: bytes | memoryview, max_frame: 
 
 
 class FrameReader:
-    """Accumulates received bytes and cuts them into ``(type code, body)`` frames.
+    """Accumulates received bytes and cuts them into ``(type code, body)`` frames."""
 
-    A frame of :data:`OWN_BUFFER` bytes or more (a body of a get or put, a chunk) is received
-    into a buffer of its own, allocated once its header is in and handed out as the body
-    (a ``bytearray``): its bytes are copied once, from the socket's reads into that buffer,
-    instead of into the shared buffer and then out of it."""
-
-    __slots__ = ("_big", "_big_code", "_big_fill", "_big_sum", "_buf", "_max_frame", "_pos")
+    __slots__ = ("_buf", "_max_frame", "_pos")
 
     def __init__(self, max_frame: int) -> None:
         self._buf = bytearray()
         self._pos = 0  # start of the first unparsed byte in _buf
         self._max_frame = max_frame
-        self._big: bytearray | None = None  # the body of a large frame being received
-        self._big_fill = 0
-        self._big_code = 0
-        self._big_sum = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as a frame."""
-        big = 0 if self._big is None else C.HEADER_SIZE + self._big_fill
-        return len(self._buf) - self._pos + big
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos:
@@ -96,31 +83,14 @@ class FrameReader:
             # once per frame boundary, so compaction stays linear overall.
             del self._buf[: self._pos]
             self._pos = 0
-        big = self._big
-        if big is None or self._big_fill == len(big):
-            self._buf += data
-            return
-        with memoryview(data) as view:
-            take = min(len(view), len(big) - self._big_fill)
-            big[self._big_fill:self._big_fill + take] = view[:take]
-            self._big_fill += take
-            self._buf += view[take:]  # the next frames' first bytes (if the read had them)
+        self._buf += data
 
-    def next_frame(self) -> tuple[int, bytes | bytearray] | None:
+    def next_frame(self) -> tuple[int, bytes] | None:
         """The next complete, checksum-verified frame, or None if more bytes are needed.
 
         Raises :class:`ProtocolError` for an oversized length or a checksum mismatch; the
         reader must not be used after that.
         """
-        big = self._big
-        if big is not None:
-            if self._big_fill < len(big):
-                return None
-            self._big = None
-            if _xxh3(big) != self._big_sum:
-                raise ProtocolError(f"frame checksum mismatch (type 0x{self._big_code:02x}, "
-                                    f"{len(big)} bytes)")
-            return self._big_code, big
         buf, pos = self._buf, self._pos
         if len(buf) - pos < C.HEADER_SIZE:
             return None
@@ -132,25 +102,14 @@ class FrameReader:
         start = pos + C.HEADER_SIZE
         end = start + length
         if len(buf) < end:
-            if length >= OWN_BUFFER:
-                # Its own buffer from here on: what came of the body so far moves there once,
-                # and the rest is received straight into it.
-                body = bytearray(length)
-                have = len(buf) - start
-                with memoryview(buf) as view:
-                    body[:have] = view[start:]
-                buf.clear()
-                self._pos = 0
-                self._big, self._big_fill = body, have
-                self._big_code, self._big_sum = code, checksum
             return None
         with memoryview(buf) as view:  # one copy out of the buffer, and no export left behind
-            body_bytes = bytes(view[start:end])
-        if _xxh3(body_bytes) != checksum:
+            body = bytes(view[start:end])
+        if _xxh3(body) != checksum:
             raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, {length} bytes)")
         self._pos = end
         if end == len(buf):
             # Everything consumed: reset for free instead of compacting later.
             buf.clear()
             self._pos = 0
-        return code, body_bytes
+        return code, body

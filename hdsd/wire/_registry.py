@@ -210,7 +210,7 @@ def packed_size(obj: object) -> int:
     return len(packb(obj))
 
 
-def decode_body(code: int, body: bytes | bytearray | memoryview) -> tuple[Message, Kind]:
+def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
     """The message a frame of type *code* carries, and its kind; :class:`ProtocolError` if the
     code is unknown or the body is not a well-formed message of that type."""
     t = _BY_CODE.get(code)

@@ -14,7 +14,7 @@ from hdsd import ProtocolError, wire
 from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
 from hdsd.wire._errors import LocalProtocolError
-from hdsd.wire._frames import OWN_BUFFER, FrameReader, encode_data_frame, encode_frame
+from hdsd.wire._frames import FrameReader, encode_data_frame, encode_frame
 from hdsd.wire._registry import encode_body
 
 
@@ -127,10 +127,9 @@ def test_a_large_data_frame_round_trips_through_two_connections() -> None:
 
 
 def _large_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
-    big = bytes(range(256)) * 1024  # 256 KiB: received into a buffer of its own
-    assert len(big) >= OWN_BUFFER
+    big = bytes(range(256)) * 1024  # 256 KiB: a body spanning many reads
     frames = [(C.T_END, b"\x91\x01"), (C.T_DATA, big), (C.T_END, b"\x91\x02"),
-              (C.T_DATA, big[::-1]), (C.T_DATA, bytes(OWN_BUFFER))]
+              (C.T_DATA, big[::-1]), (C.T_DATA, bytes(64 << 10))]
     return b"".join(encode_frame(code, body, C.MAX_FRAME) for code, body in frames), frames
 
 
