@@ -65,7 +65,10 @@ _BULK_LEAVES = MAX_DIFF_LEAVES
 _BULK_BATCHES = 3
 _FETCH_IN_FLIGHT = 4  # per batch: _BULK_BATCHES x this on the link
 _WINDOW_BYTES = 8 << 20
-_WINDOWS_AHEAD = 3  # windows fetched or being encoded at once, per batch of leaves
+# Windows fetched or being encoded at once, per batch of leaves: with the one syncing, the
+# memory of a batch stays three windows, and a window is fetched while another is encoded and
+# synced (the link no longer waits for them).
+_WINDOWS_AHEAD = 2
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
 
