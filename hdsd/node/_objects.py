@@ -676,6 +676,12 @@ class NodeObjects:
     async def _tenant(self, tenant: str) -> None:
         self.node.tenancy.check_live(tenant)  # a shredded tenant is refused outright
 
+    def check_put(self, tenant: str, bucket: str, key: str) -> None:
+        self.node.tenancy.check_live(tenant)
+        self._refuse_on_backup()
+        check_bucket(bucket)
+        check_key(key)
+
     async def put(self, tenant: str, bucket: str, key: str, source: BodySource, *,
                   size: int | None, metadata: Mapping[str, str]) -> Version:
         await self._tenant(tenant)

@@ -84,6 +84,11 @@ class Backend(Protocol):
 
     def in_flight(self) -> AbstractContextManager[None]: ...
 
+    def check_put(self, tenant: str, bucket: str, key: str) -> None:
+        """The refusals of a put that need nothing but memory (tenant, node role, names):
+        run before a small body is read whole, so they come before ``100 Continue``."""
+        ...
+
     async def put(self, tenant: str, bucket: str, key: str, source: Any, *, size: int | None,
                   metadata: Mapping[str, str]) -> Version: ...
 
@@ -769,8 +774,13 @@ class Gateway:
         size = self._declared_size(req)
         metadata = _metadata_from(req)
         body = _Body(req, access.decoder)
-        if size is not None and size <= _SMALL_BODY and not req.has_header("expect"):
-            # Small and not waiting for 100 Continue: it is (nearly) all here already.
+        if size is not None and size <= _SMALL_BODY:
+            # A small body is read whole first, so that the object API stores it in one step
+            # (one seal, one replicated write, no tasks). boto3 and the AWS CLI send
+            # "Expect: 100-continue" on every PutObject, 4 KiB ones too: the refusals that
+            # need only memory come before 100 Continue; the rest (legal hold, retention,
+            # quota) come after at most _SMALL_BODY bytes were read.
+            self.backend.check_put(tenant, bucket, key)
             await body.preload()
         version = await self.backend.put(tenant, bucket, key, body, size=size,
                                          metadata=metadata)
