@@ -123,7 +123,8 @@ class HttpRequest:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionLost(f"connection lost during the {what}: {exc}") from None
             try:
-                self._conn.receive_data(bytes(data))
+                # No bytes() copy first: h11 appends the buffer to its own (+=).
+                self._conn.receive_data(data)  # type: ignore[arg-type]
             except h11.RemoteProtocolError as exc:
                 raise ConnectionLost(f"bad HTTP framing during the {what}: {exc}") from None
             return
@@ -324,7 +325,7 @@ async def _next_head(conn: h11.Connection,
                 raise _Close() from None
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 raise _Close()  # a clean close between requests
-            conn.receive_data(bytes(data))
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 appends it to its own
             if not started:
                 started = True
                 head_until = trio.current_time() + limits.head_timeout_s
