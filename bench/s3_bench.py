@@ -8,7 +8,10 @@ cells (the client runs in this process, on the same machine as both nodes):
     transfer manager (its defaults: 8 MiB multipart parts, 10 threads) vs one boto3 PutObject
     (the whole object in one request); ``--large`` adds 1 GiB.
   small objects: 4 KiB puts from 16 concurrent clients (16 native connections in this trio
-    process vs 16 boto3 clients as threads of --client-procs processes), puts/s.
+    process vs 16 boto3 clients as threads of --client-procs processes), puts/s; then native
+    again, paced to the S3 cell's puts/s: the nodes' CPU per put at equal load (it grows as
+    the rate falls: fewer puts per group commit), so the gateway's own CPU per put is the S3
+    cell's minus the paced one's.
 
 Prints a table with each gateway figure as a ratio to the native one, writes JSON (default
 ``bench/results/s3_bench.json``). Never asserts; stops every process it started. The client
@@ -251,6 +254,27 @@ def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
         raise RuntimeError(f"an S3 client failed: {failed[0]}")
     total = clients * per_client
     assert CPU is not None
+    # The nodes' CPU per put grows when puts are fewer per second (group commits and
+    # replicated batches carry fewer puts each): native again, paced to the S3 cell's rate, so
+    # that the gateway's own CPU per put is the difference at equal load.
+    s3_rate = total / s3_s
+
+    async def paced() -> None:
+        async def one(i: int) -> None:
+            async with hdsd.AsyncClient(profile) as client:
+                start = trio.current_time() + i / s3_rate
+                for n in range(per_client):
+                    await trio.sleep_until(start + n * clients / s3_rate)
+                    await client.put("small", f"paced-{i}/{n}", data)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                nursery.start_soon(one, i)
+
+    with _measure("native paced"):
+        paced_started = time.perf_counter()
+        trio.run(paced)
+        paced_s = time.perf_counter() - paced_started
 
     def per_put(cell: str) -> dict[str, float]:
         assert CPU is not None
@@ -259,6 +283,9 @@ def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
 
     return [{"system": "native", "op": "put", "size_bytes": 4096, "concurrency": clients,
              "ops_per_s": round(total / native_s, 1), **per_put("native small")},
+            {"system": "native", "op": "put paced to s3", "size_bytes": 4096,
+             "concurrency": clients, "ops_per_s": round(total / paced_s, 1),
+             **per_put("native paced")},
             {"system": "s3", "op": "put", "size_bytes": 4096, "concurrency": clients,
              "ops_per_s": round(total / s3_s, 1),
              "ratio_to_native": round(native_s / s3_s, 2),
