@@ -290,6 +290,10 @@ def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
              "ops_per_s": round(total / s3_s, 1),
              "ratio_to_native": round(native_s / s3_s, 2),
              "node_cpu_ms_per_put": per_put("s3 small")["node_cpu_ms_per_put"],
+             # what the gateway adds to the nodes' CPU per put at equal load
+             "gateway_cpu_ms_per_put": round(per_put("s3 small")["node_cpu_ms_per_put"]
+                                             - per_put("native paced")["node_cpu_ms_per_put"],
+                                             2),
              # its clients ran in worker processes: their own CPU, not this process's
              "client_cpu_ms_per_put": round(1000 * s3_client_s / total, 2)}]
 
@@ -334,6 +338,10 @@ def main() -> None:
                 for r in results]
         print_table(["system", "op", "size", "clients", "throughput", "x native",
                      "node CPU ms/MiB|put", "client CPU ms/MiB|put"], rows)
+        for r in results:
+            if "gateway_cpu_ms_per_put" in r:
+                print(f"\nthe gateway's own node CPU per 4 KiB put (s3 minus native paced to "
+                      f"its rate): {r['gateway_cpu_ms_per_put']} ms")
         write_json(args.json, {"machine": machine_info(), "results": results,
                                "note": "client and both nodes share this machine's cores"})
         print(f"\nJSON: {args.json}")
