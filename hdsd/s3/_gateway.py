@@ -17,7 +17,6 @@ import binascii
 import builtins
 import hashlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
@@ -32,6 +31,7 @@ import trio
 from .._errors import ConnectionLost, HdsdError, NotFound
 from .._groups import single_error
 from ..cluster import HybridClock
+from ..pipeline import random_bytes
 from ..store import Version, parse_version_id
 from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
 from ._errors import S3AuthError
@@ -347,7 +347,9 @@ class Gateway:
         self.storing = trio.Semaphore(max_uploads)
 
     async def handle(self, req: HttpRequest) -> None:
-        req.request_id = secrets.token_hex(8).upper()
+        # From a buffer of kernel randomness: a getrandom per request is a point where the
+        # trio thread gives up the GIL (and may wait behind the node's other threads for it).
+        req.request_id = random_bytes(8).hex().upper()
         path, _, raw_query = req.target.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         bucket, _, key = unquote(path.lstrip("/")).partition("/")

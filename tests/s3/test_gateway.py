@@ -443,3 +443,36 @@ async def test_a_small_put_with_expect_100_continue_reaches_the_node_whole(
             assert seen == [("k4", 4096), ("k100", None)]
             got = await run(s3.get_object, Bucket="small", Key="k4")
             assert await run(got["Body"].read) == small
+
+
+async def test_requests_draw_no_system_randomness_each(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's ids (x-amz-request-id, the put's request id) come from the process's buffer
+    of kernel randomness, not one getrandom each (a point where the trio thread gives up the
+    GIL), and are still all distinct."""
+    import random
+    import threading
+
+    real = os.urandom
+    calls = [0]
+
+    def counting(n: int) -> bytes:
+        if threading.current_thread() is threading.main_thread():  # the nodes' trio thread
+            calls[0] += 1
+        return real(n)
+
+    with trio.fail_after(120):
+        async with two_sites(tmp_path) as sites:
+            s3 = s3_client(sites["dc1"].endpoint)
+            await run(s3.create_bucket, Bucket="ids")
+            # (secrets' functions reach os.urandom through the random module's own name)
+            monkeypatch.setattr(os, "urandom", counting)
+            monkeypatch.setattr(random, "_urandom", counting)
+            puts = [await run(s3.put_object, Bucket="ids", Key=f"k{i}", Body=b"x" * 100)
+                    for i in range(40)]
+            monkeypatch.undo()
+    request_ids = {p["ResponseMetadata"]["RequestId"] for p in puts}
+    assert len(request_ids) == 40 and all(len(r) == 16 for r in request_ids)
+    assert len({p["VersionId"] for p in puts}) == 40
+    # 40 puts, two ids each: 80 calls before; a few buffer refills now
+    assert calls[0] <= 10, calls[0]
