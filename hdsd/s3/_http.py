@@ -136,8 +136,8 @@ class HttpRequest:
                       body: bytes = b"") -> None:
         if self.method != "HEAD" and not any(k.lower() == "content-length" for k, _ in headers):
             headers = [*headers, ("Content-Length", str(len(body)))]
-        # Head, body and end in one write: one TLS record and one send instead of three
-        # (a small answer is most of what an S3 client gets: every PUT's 200).
+        # Head, body and end in one write: one TLS record and one send for an XML answer or
+        # an error, not one for the head and another for the body.
         data = bytearray(self._conn.send(self._head(status, headers)) or b"")
         if body and self.method != "HEAD":
             self.bytes_out += len(body)
