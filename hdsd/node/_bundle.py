@@ -29,10 +29,18 @@ from pathlib import Path, PurePosixPath
 from .._atomic import atomic_write
 from .._errors import ConfigError
 from ..audit import load_or_create_signing_key
-from ..catalog import CATALOG_FILE, CONFIRMED, Catalog, TenantEntry
+from ..catalog import (
+    CATALOG_FILE,
+    CONFIRMED,
+    KEYRING_FILE,
+    Catalog,
+    Keyring,
+    TenantEntry,
+    create_master_key,
+    load_master_key,
+)
 from ..cluster import LayoutRecord
 from ..transport import create_ca, issue_client_cert, issue_node_cert
-from ._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
 from ._layouts import LAYOUT_FILE, save_record
 from ._masterkey import create_salt, master_key_check, passphrase_master
 from ._spec import ClusterSpec, NodeSpec
@@ -216,8 +224,7 @@ def _node_toml(spec: ClusterSpec, node: NodeSpec, ref: object, data_ref: str, cr
                f'(plain HTTP)\naddress = "{node.metrics}"\n' if node.metrics else
                '# [metrics]                     # Prometheus /metrics, /healthz, /readyz\n'
                '# address = "127.0.0.1:9400"    # plain HTTP: a management address only\n')
-    # The S3 gateway on the node's port + 80 (7400 -> 7480, the conventional S3 port's tail).
-    s3_port = node.port + 80 if node.port + 80 <= 65535 else node.port - 80
+    s3_port = node.s3_port
     sites = ""
     for site in spec.sites:
         entries = []
