@@ -1,16 +1,18 @@
 """What the index costs per small version, on the store alone (no network, no node).
 
-    python bench/index_bench.py [--prefill N] [--commits N] [--per-commit K] [--json PATH]
+    python bench/index_bench.py [--prefill N] [--commits N] [--per-commit K] [--rounds R]
+                                [--random-ids] [--json PATH]
 
 A store is filled with *prefill* small versions (random keys in a few buckets, each with a
-request id, as a node's puts have), then *commits* commits of *per-commit* new versions each
-are made one after another (``commit_sync``: durable and indexed before the next), which is
-what the group commit of concurrent small puts gives the log writer. Reports the process CPU
-per version, and that of the threads but the caller's (the log writer's: the index update, the
-log write and fsync; the caller seals and encodes the records), bytes
-written to the disk per version (``/proc/self/io``, the SQLite WAL and the log) and the index
-file's size. Prints JSON; never asserts. Run it before and after an index change, same
-machine, same minute: the CPU is noisy on a shared machine, the bytes are not.
+request id made as the hdsd client makes them, or random ones with ``--random-ids``), then
+*commits* commits of *per-commit* new versions each are made one after another
+(``commit_sync``: durable and indexed before the next), which is what the group commit of
+concurrent small puts gives the log writer. Reports the process CPU per version, and that of
+the threads but the caller's (the log writer's: the index update, the log write and fsync; the
+caller seals and encodes the records), bytes written to the disk per version
+(``/proc/self/io``: the SQLite WAL, the checkpoints and the log) and the index file's size.
+Prints JSON; never asserts. Run it before and after an index change, same machine, same
+minute: the CPU is noisy on a shared machine, the bytes are not.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hdsd.client import new_request_id
 from hdsd.pipeline import TenantKeys, TenantNameSealing
 from hdsd.store import Store, Version
 
@@ -60,21 +63,22 @@ def _other_threads_cpu() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def version(i: int) -> Version:
+def version(i: int, random_ids: bool) -> Version:
     key = os.urandom(8).hex()
     return Version("bench", f"bucket{i % 4}", f"data/{key}", i + 1, "n1", size=10,
                    content_hash=b"h" * 32, chunks=(os.urandom(32),), inline=b"0123456789",
-                   request_id=os.urandom(16))
+                   request_id=os.urandom(16) if random_ids else new_request_id())
 
 
-def run(directory: str, prefill: int, commits: int, per_commit: int) -> dict[str, Any]:
+def run(directory: str, prefill: int, commits: int, per_commit: int,
+        random_ids: bool) -> dict[str, Any]:
     path = os.path.join(directory, "store")
     hlc = 0
     with Store.open(path, sealing=SEALING) as store:
         batch: list[Version] = []
         for _ in range(prefill):
             hlc += 1
-            batch.append(version(hlc))
+            batch.append(version(hlc, random_ids))
             if len(batch) == 2000:
                 store.commit_sync(batch)
                 batch = []
@@ -85,7 +89,7 @@ def run(directory: str, prefill: int, commits: int, per_commit: int) -> dict[str
             one = []
             for _ in range(per_commit):
                 hlc += 1
-                one.append(version(hlc))
+                one.append(version(hlc, random_ids))
             work.append(one)
         cpu0, wall0, io0 = time.process_time(), time.perf_counter(), _io_written()
         writer0 = _other_threads_cpu()
@@ -109,6 +113,8 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=2000)
     ap.add_argument("--per-commit", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--random-ids", action="store_true",
+                    help="random request ids instead of the client's (time first)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     results = []
@@ -116,7 +122,8 @@ def main() -> None:
         directory = tempfile.mkdtemp(prefix="hdsd-index-bench-",
                                      dir=os.environ.get("HDSD_BENCH_DIR"))
         try:
-            results.append(run(directory, args.prefill, args.commits, args.per_commit))
+            results.append(run(directory, args.prefill, args.commits, args.per_commit,
+                               args.random_ids))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
