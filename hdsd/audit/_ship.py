@@ -35,13 +35,12 @@ class AuditShipper:
     """Runs in the node's service nursery; :meth:`flush` is called at a graceful shutdown."""
 
     def __init__(self, audit: AuditLog, peers: PeerLink, layout: Layout, *, site: str,
-                 timeout: float, interval: float = 0.5) -> None:
+                 interval: float = 0.5) -> None:
         self.audit = audit
         self.peers = peers
         self.layout = layout
         self.site = site
         self.targets = [n.name for n in layout.nodes if n.site != site]
-        self.timeout = timeout
         self.interval = interval
         self.cursors = load_cursors(audit.directory)
         self._readers = {t: Reader(audit.directory) for t in self.targets}
@@ -107,8 +106,7 @@ class AuditShipper:
             try:
                 reply = await self.peers.call(
                     target, AuditShip(UNSENT, self.layout.layout_id, self.audit.node,
-                                      self.audit.verify_key, prev_seq, prev_hash, bodies),
-                    timeout=self.timeout)
+                                      self.audit.verify_key, prev_seq, prev_hash, bodies))
             except Unavailable as exc:
                 self.last_error = f"{target}: {exc}"
                 continue

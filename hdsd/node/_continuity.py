@@ -90,8 +90,7 @@ class AuditContinuity:
             try:
                 body = await node.peers.call(
                     name, AuditShip(UNSENT, node.layout.layout_id, node.config.name,
-                                    audit.verify_key, 0, _GENESIS, []),
-                    timeout=node.config.write_timeout_s)
+                                    audit.verify_key, 0, _GENESIS, []))
             except HdsdError as exc:
                 if exc.code == "layout_mismatch":
                     # A data directory restored from an old bundle runs an old layout

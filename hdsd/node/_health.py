@@ -102,7 +102,7 @@ async def _reachable(node: Node, names: list[str]) -> set[str]:
     async def probe(name: str) -> None:
         with trio.move_on_after(PROBE_TIMEOUT):
             try:
-                await node.peers.call(name, _peer_status_request(node), timeout=PROBE_TIMEOUT)
+                await node.peers.call(name, _peer_status_request(node))
                 up.add(name)
             except HdsdError:
                 pass
@@ -163,7 +163,7 @@ async def cluster_status(node: Node) -> list[dict[str, Any]]:
     async def ask(name: str) -> None:
         with trio.move_on_after(timeout):
             try:
-                body = await node.peers.call(name, _peer_status_request(node), timeout=timeout)
+                body = await node.peers.call(name, _peer_status_request(node))
                 results[name] = {"up": True, **body}
             except HdsdError as exc:
                 results[name] = {"up": False, "error": str(exc)}

@@ -226,8 +226,7 @@ class LayoutKeeper:
             self._learning.discard(peer)
 
     async def _push_to(self, peer: str, record: LayoutRecord) -> LayoutState:
-        body = await self.node.peers.call(peer, LayoutPush(UNSENT, record.to_wire()),
-                                          timeout=self.node.config.write_timeout_s)
+        body = await self.node.peers.call(peer, LayoutPush(UNSENT, record.to_wire()))
         if body["version"] > self.record.version:
             try:
                 await self.offer(LayoutRecord.from_wire(body["record"]), peer)
@@ -340,8 +339,7 @@ class LayoutKeeper:
                     try:
                         body = await node.peers.call(
                             holder, FetchVersions(UNSENT, record.layout.layout_id, tenant,
-                                                  bucket, key),
-                            timeout=node.config.write_timeout_s)
+                                                  bucket, key))
                     except HdsdError as exc:
                         waiting[f"{bucket}/{key}"] = f"{holder}: {exc}"
                         return

@@ -212,8 +212,7 @@ class ReadPaths:
             try:
                 body = await self.peers.call(
                     name, ListPeer(UNSENT, self.layout.layout_id, tenant, bucket, prefix, after,
-                                   limit, versions),
-                    timeout=self.config.write_timeout_s)
+                                   limit, versions))
                 found = [Version.from_wire(v) for v in body["versions"]]
                 # A node without "more" answered by count alone: a full part may go on.
                 parts[name] = Part(found, more=body.get("more", len(found) >= limit))
@@ -242,8 +241,7 @@ class ReadPaths:
                 return
             try:
                 body = await self.peers.call(
-                    name, ListBucketsPeer(UNSENT, self.layout.layout_id, tenant, after),
-                    timeout=self.config.write_timeout_s)
+                    name, ListBucketsPeer(UNSENT, self.layout.layout_id, tenant, after))
                 parts.append(BucketPart(body["buckets"], more=body.get("more", False)))
             except (HdsdError, KeyError, TypeError) as exc:
                 down[name] = str(exc)
@@ -288,8 +286,7 @@ class ReadPaths:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, FetchChunk(UNSENT, self.layout.layout_id, tenant, chunk_id),
-                    timeout=self.config.write_timeout_s)
+                    node, FetchChunk(UNSENT, self.layout.layout_id, tenant, chunk_id))
                 plain = await open_in_thread(codec, chunk_id, body["payload"])
             except (HdsdError, KeyError, TypeError) as exc:
                 last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
@@ -307,8 +304,7 @@ class ReadPaths:
         """*node*'s versions of a key; None (logged) if it did not answer."""
         try:
             body = await self.peers.call(
-                node, FetchVersions(UNSENT, self.layout.layout_id, tenant, bucket, key),
-                timeout=self.config.write_timeout_s)
+                node, FetchVersions(UNSENT, self.layout.layout_id, tenant, bucket, key))
         except HdsdError as exc:
             log.info("event=read_fallback peer=%s error=%s", node, exc)
             return None

@@ -135,6 +135,7 @@ class Node:
                                  config.data_dir / "peers-in-doubt.json")
         self.peers = PeerPool(name=config.name, cluster_id=config.cluster_id, layout=self.layout,
                               ssl_context=client_context(config.cert, config.key, config.ca),
+                              request_timeout=config.write_timeout_s,
                               on_link=self._peer_link_changed, revoked=self._revoked_peer)
         self.peers.set_nodes(record.all_nodes())
         self.replicator = Replicator(
@@ -150,7 +151,7 @@ class Node:
             repair_rate_mib_s=config.repair_rate_mib_s,
             rebuild_rate_mib_s=config.rebuild_rate_mib_s,
             scrub_interval_s=config.scrub_interval_h * 3600,
-            scrub_rate_mib_s=config.scrub_rate_mib_s, timeout=config.write_timeout_s,
+            scrub_rate_mib_s=config.scrub_rate_mib_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
             dead_tenants=self._shredded, doubts=self.doubts,
             purge_grace_s=config.purge_grace_h * 3600)
@@ -190,8 +191,7 @@ class Node:
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
         self.refusals = RefusalCounter(self.audit, interval_s=config.audit_refusals_interval_s)
-        self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site,
-                                          timeout=config.write_timeout_s)
+        self.audit_shipper = AuditShipper(self.audit, self.peers, self.layout, site=config.site)
         self.live = LiveSessions(self.audit, self.tenancy.catalog.is_revoked,
                                  refused=self._connection_refused)
         self.layouts = LayoutKeeper(self, record)

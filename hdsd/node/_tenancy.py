@@ -588,8 +588,7 @@ class Tenancy:
 
         async def push(name: str) -> None:
             try:
-                await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
-                                      timeout=node.config.write_timeout_s)
+                await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire))
                 confirmed.append(name)
             except HdsdError as exc:
                 pending[name] = str(exc)
@@ -627,8 +626,7 @@ class Tenancy:
 
         async def ask(name: str) -> None:
             try:
-                await node.peers.call(name, TenantVote(UNSENT, node.layout.layout_id, wire, kind),
-                                      timeout=node.config.write_timeout_s)
+                await node.peers.call(name, TenantVote(UNSENT, node.layout.layout_id, wire, kind))
                 acked.append(name)
             except (TenantConflict, TenantShredded) as exc:
                 refused[name] = exc
@@ -744,8 +742,7 @@ class Tenancy:
     async def sync_with(self, node: Node, name: str) -> None:
         """One catalog sync with *name*: pull on digest mismatch, push back what it lacks."""
         body = await node.peers.call(
-            name, CatalogSync(UNSENT, node.layout.layout_id, self.catalog.digest()),
-            timeout=node.config.write_timeout_s)
+            name, CatalogSync(UNSENT, node.layout.layout_id, self.catalog.digest()))
         record = node.layouts.record  # (it may have changed during the call)
         if record.has_node(name) and record.node(name).site == node.config.site:
             if "usage" in body:
@@ -754,8 +751,7 @@ class Tenancy:
             await self.apply([entry_from_wire(e) for e in body["entries"]])
         if body["digest"] != self.catalog.digest():
             wire = [e.to_wire() for e in self.catalog.entries()]
-            await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire),
-                                  timeout=node.config.write_timeout_s)
+            await node.peers.call(name, CatalogPush(UNSENT, node.layout.layout_id, wire))
 
     async def sync_all(self, node: Node) -> None:
         async def one(name: str) -> None:

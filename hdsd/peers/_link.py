@@ -44,9 +44,15 @@ R = TypeVar("R")
 
 
 class PeerLink(Protocol):
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         """Send *request* (built with ``rid=UNSENT``: the link stamps its own) to *node* and
         return its Reply body, checked against the request's reply type.
+
+        The link bounds each request by its own per-request limit (the node's
+        ``write_timeout_s``: a peer that has not answered by then is in doubt and the request
+        fails with :class:`RequestTimeout`). A caller that needs a tighter bound, or one bound
+        over several requests, owns it: it wraps the calls in a cancel scope
+        (:func:`hdsd._deadline.deadline`), trio's idiom.
 
         Raises :class:`Unavailable` (unreachable, timeout), :class:`ProtocolError` (a malformed
         reply) or the error the peer replied with.
@@ -78,8 +84,8 @@ class PeerPool:
     """The node's :class:`PeerLink` over real TLS. Run :meth:`run` in a nursery first."""
 
     def __init__(self, *, name: str, cluster_id: str, layout: Layout,
-                 ssl_context: ssl.SSLContext, connect_timeout: float = 5.0,
-                 on_link: Callable[[str, bool], None] | None = None,
+                 ssl_context: ssl.SSLContext, request_timeout: float,
+                 connect_timeout: float = 5.0, on_link: Callable[[str, bool], None] | None = None,
                  revoked: Callable[[Identity], bool] | None = None) -> None:
         self.name = name
         # Told (peer, up) when a link opens after a failure or breaks: what was in flight on
@@ -89,6 +95,7 @@ class PeerPool:
         self.layout = layout
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
+        self.request_timeout = request_timeout  # the per-request bound of :meth:`call`
         self._revoked = revoked  # a peer presenting a revoked certificate is refused
         self._peers = {n.name: _Peer() for n in layout.nodes if n.name != name}
         self._addresses = {n.name: (n.host, n.port) for n in layout.nodes}
@@ -244,25 +251,29 @@ class PeerPool:
                 self._on_link(node, False)
             await session.aclose()
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         peer = self._peer(node)
-        with trio.move_on_after(timeout) as queued:
+        limit = self.request_timeout
+        with trio.move_on_after(limit) as queued:
             await peer.slots.acquire()
         if queued.cancelled_caught:
-            raise RequestTimeout(f"peer {node} busy: no free slot within {timeout:g} s")
+            raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
         try:
-            return await self._call(node, peer, request, timeout)
+            return await self._call(node, peer, request)
         finally:
             peer.slots.release()
 
-    async def _call(self, node: str, peer: _Peer, request: Request[R], timeout: float) -> R:
-        with trio.move_on_after(timeout) as scope:
+    async def _call(self, node: str, peer: _Peer, request: Request[R]) -> R:
+        limit = self.request_timeout
+        with trio.move_on_after(limit) as scope:
             session = await self._session(node)
             request, inbox = session.open_request(request)
             try:
                 # A frame cut in the middle would break the link for every request sharing it:
-                # once started, a send finishes (unless the link itself is stuck that long).
-                with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                # once started, a send finishes, within the request's bound and the caller's
+                # (read before shielding: inside the shield the caller's scope no longer counts).
+                until = trio.current_effective_deadline()
+                with trio.CancelScope(shield=True, deadline=until):
                     await session.send(request)
                 try:
                     event = await inbox.receive()
@@ -276,4 +287,4 @@ class PeerPool:
                 raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
             raise ProtocolError(f"peer {node} answered {type(event).__name__}")
         assert scope.cancelled_caught
-        raise RequestTimeout(f"peer {node} did not answer within {timeout:g} s")
+        raise RequestTimeout(f"peer {node} did not answer within {limit:g} s")

@@ -46,16 +46,15 @@ async def local_chunks(store: ChunkReader, offload: Offload, version: Version) -
 
 
 async def fetch_chunks(peers: PeerLink, node: str, layout_id: str, tenant: str,
-                       chunk_ids: Sequence[bytes], *, timeout: float,
+                       chunk_ids: Sequence[bytes], *,
                        in_flight: int = 1) -> list[ChunkRecord]:
     """Fetch chunk records from *node* (raises if it cannot serve one)."""
     return await fetch_chunk_records(peers, node, layout_id,
-                                     [(tenant, c) for c in chunk_ids], timeout=timeout,
-                                     in_flight=in_flight)
+                                     [(tenant, c) for c in chunk_ids], in_flight=in_flight)
 
 
 async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
-                              wanted: Sequence[tuple[str, bytes]], *, timeout: float,
+                              wanted: Sequence[tuple[str, bytes]], *,
                               in_flight: int = 1) -> list[ChunkRecord]:
     """Fetch the ``(tenant, chunk_id)`` records *wanted* from *node*, in order, duplicates
     once; raises if it cannot serve one.
@@ -71,8 +70,7 @@ async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
     async def one(i: int) -> None:
         tenant, chunk_id = ids[i]
 
-        reply = await peers.call(node, FetchChunk(UNSENT, layout_id, tenant, chunk_id),
-                                 timeout=timeout)
+        reply = await peers.call(node, FetchChunk(UNSENT, layout_id, tenant, chunk_id))
         out[i] = ChunkRecord(tenant, chunk_id, reply["payload"])
 
     if in_flight <= 1 or len(ids) <= 1:
@@ -96,17 +94,16 @@ async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
 
 
 async def push_version(peers: PeerLink, node: str, layout_id: str, version: Version,
-                       chunks: Sequence[ChunkRecord], *, timeout: float, hint: bool) -> int:
+                       chunks: Sequence[ChunkRecord], *, hint: bool) -> int:
     """Store *version* and its *chunks* on *node*: chunks in frame-sized batches, the version
     with the last batch (so it never becomes visible before its content). Returns the payload
     bytes sent."""
-    return await push_versions(peers, node, layout_id, [(version, chunks)], timeout=timeout,
-                               hint=hint)
+    return await push_versions(peers, node, layout_id, [(version, chunks)], hint=hint)
 
 
 async def push_versions(peers: PeerLink, node: str, layout_id: str,
                         items: Sequence[tuple[Version, Sequence[ChunkRecord]]], *,
-                        timeout: float, hint: bool) -> int:
+                        hint: bool) -> int:
     """Like :func:`push_version` for many versions, packed into as few frame-sized requests
     (one fsync each on the receiver) as fit: a version always travels with or after its
     chunks. Returns the payload bytes sent."""
@@ -117,8 +114,7 @@ async def push_versions(peers: PeerLink, node: str, layout_id: str,
     async def flush() -> None:
         nonlocal chunks, versions, size, sent
         if chunks or versions:
-            await peers.call(node, replicate_message(layout_id, chunks, versions, hint=hint),
-                             timeout=timeout)
+            await peers.call(node, replicate_message(layout_id, chunks, versions, hint=hint))
         chunks, versions, sent, size = [], [], sent + size, 0
 
     for version, own in items:

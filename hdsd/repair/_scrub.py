@@ -58,15 +58,13 @@ ChunkOpener = Callable[[str, bytes, bytes], None]
 
 class Scrubber:
     def __init__(self, *, store: Store, peers: PeerLink, layout_id: str,
-                 sources: Sequence[str], open_chunk: ChunkOpener, rate_bytes_s: float,
-                 timeout: float) -> None:
+                 sources: Sequence[str], open_chunk: ChunkOpener, rate_bytes_s: float) -> None:
         self.store = store
         self.peers = peers
         self.layout_id = layout_id
         self.sources = list(sources)  # where good copies come from, nearest first
         self.open_chunk = open_chunk
         self.rate_bytes_s = rate_bytes_s
-        self.timeout = timeout
 
     async def run(self, report: ScrubReport | None = None) -> ScrubReport:
         report = report or ScrubReport()
@@ -126,7 +124,7 @@ class Scrubber:
         for source in self.sources:
             try:
                 [chunk] = await fetch_chunks(self.peers, source, self.layout_id, tenant,
-                                             [chunk_id], timeout=self.timeout)
+                                             [chunk_id])
                 await to_thread(self.open_chunk, tenant, chunk_id, chunk.payload)
             except HdsdError as exc:
                 log.info("event=scrub_source_failed source=%s chunk=%s error=%s", source,

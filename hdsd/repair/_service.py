@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .._deadline import deadline
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout, LayoutRecord
 from ..peers import PeerLink, to_thread
@@ -86,7 +87,7 @@ class Maintenance:
     def __init__(self, *, name: str, layout: Layout, store: Store, peers: PeerLink,
                  snapshot: Path, observe_hlc: Callable[[int], None], open_chunk: ChunkOpener,
                  repair_interval_s: float, repair_rate_mib_s: float, scrub_interval_s: float,
-                 scrub_rate_mib_s: float, timeout: float, rebuild_rate_mib_s: float = 0.0,
+                 scrub_rate_mib_s: float, rebuild_rate_mib_s: float = 0.0,
                  salvaged: tuple[str, ...] = (),
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  dead_tenants: Callable[[], frozenset[str]] = frozenset,
@@ -105,14 +106,14 @@ class Maintenance:
         self.trees = PeerTrees(store, layout, name, snapshot, plan_of)
         self.sync = AntiEntropy(name=name, layout_id=layout.layout_id, store=store, peers=peers,
                                 trees=self.trees, observe_hlc=observe_hlc,
-                                rate_bytes_s=repair_rate_mib_s * _MIB, timeout=timeout,
+                                rate_bytes_s=repair_rate_mib_s * _MIB,
                                 bulk_rate_bytes_s=rebuild_rate_mib_s * _MIB)
         here = [n.name for n in layout.nodes if n.site == layout.node(name).site]
         sources = sorted((n.name for n in layout.nodes if n.name != name),
                          key=lambda n: (n not in here, n))
         self.scrubber = Scrubber(store=store, peers=peers, layout_id=layout.layout_id,
                                  sources=sources, open_chunk=open_chunk,
-                                 rate_bytes_s=scrub_rate_mib_s * _MIB, timeout=timeout)
+                                 rate_bytes_s=scrub_rate_mib_s * _MIB)
         self.repair = _Task(repair_interval_s)
         self.scrub = _Task(scrub_interval_s)
         # After a tenant is shredded, and every 6 h for what was sealed since (the head
@@ -310,9 +311,10 @@ class Maintenance:
         else why it stayed unreachable. Progress shows the wait (``hdsd repair --wait``)."""
         t0 = trio.current_time()
         while True:
+            limit = max(0.5, within)
             try:
-                await self.peers.call(peer, TreeLevel(UNSENT, self.layout.layout_id, 0, [0]),
-                                      timeout=max(0.5, min(self.sync.timeout, within)))
+                with deadline(limit, f"peer {peer} did not answer within {limit:g} s"):
+                    await self.peers.call(peer, TreeLevel(UNSENT, self.layout.layout_id, 0, [0]))
                 return None
             except Unavailable as exc:
                 last = str(exc)

@@ -154,8 +154,8 @@ class _Metered:
     def reachable(self, node: str) -> bool:
         return self.peers.reachable(node)
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
-        body = await self.peers.call(node, request, timeout=timeout)
+    async def call(self, node: str, request: Request[R]) -> R:
+        body = await self.peers.call(node, request)
         sent = frame_size(request)
         received = frame_size(Reply(UNSENT, dict(body)))  # type: ignore[call-overload]
         self.report.bytes_sent += sent
@@ -169,7 +169,7 @@ class AntiEntropy:
 
     def __init__(self, *, name: str, layout_id: str, store: Store, peers: PeerLink,
                  trees: PeerTrees, observe_hlc: Callable[[int], None], rate_bytes_s: float,
-                 timeout: float, bulk_rate_bytes_s: float = 0.0) -> None:
+                 bulk_rate_bytes_s: float = 0.0) -> None:
         self.name = name
         self.layout_id = layout_id
         self.store = store
@@ -179,7 +179,6 @@ class AntiEntropy:
         self.rate_bytes_s = rate_bytes_s
         # A rebuild's budget (0: none — the disk and the link set the pace).
         self.bulk_rate_bytes_s = bulk_rate_bytes_s
-        self.timeout = timeout
 
     # -- serving a peer's round --------------------------------------------------------------
     def _check_comparable(self, peer: str) -> None:
@@ -287,7 +286,7 @@ class AntiEntropy:
             for start in range(0, len(indices), _TREE_BATCH):
                 part = indices[start:start + _TREE_BATCH]
                 body: TreeHashes = await link.call(
-                    peer, TreeLevel(UNSENT, self.layout_id, depth, part), timeout=self.timeout)
+                    peer, TreeLevel(UNSENT, self.layout_id, depth, part))
                 theirs = body["hashes"]
                 mine = self.trees.hashes(peer, depth, part)
                 if len(theirs) != len(part):
@@ -352,7 +351,7 @@ class AntiEntropy:
             pushed: set[bytes] = set()
             while True:
                 body: LeafDiffReply = await link.call(
-                    peer, LeafDiff(UNSENT, self.layout_id, group), timeout=self.timeout)
+                    peer, LeafDiff(UNSENT, self.layout_id, group))
                 replied += sum(_wire_size(v) for v in body["versions"])
                 await self._take(peer, leaves, body["versions"], link)
                 by_digest = {d: v for leaf, _ in group for d, v in mine[leaf].items()}
@@ -383,8 +382,7 @@ class AntiEntropy:
             items.append((version, chunks))
             size += sum(len(c.payload) for c in chunks) + len(version.inline or b"")
             if size >= _COMMIT_BYTES or i == len(versions) - 1:
-                sent = await push_versions(link, peer, self.layout_id, items,
-                                           timeout=self.timeout, hint=False)
+                sent = await push_versions(link, peer, self.layout_id, items, hint=False)
                 link.report.versions_sent += len(items)
                 link.report.payload_bytes_sent += sent
                 items, size = [], 0
@@ -451,7 +449,6 @@ class AntiEntropy:
                     end += 1
                 wanted = [(versions[i].tenant, c) for i in range(start, end) for c in absent[i]]
                 fetched = await fetch_chunk_records(link, peer, self.layout_id, wanted,
-                                                    timeout=self.timeout,
                                                     in_flight=_FETCH_IN_FLIGHT)
                 report.chunks_fetched += len(fetched)
                 report.payload_bytes_received += sum(len(c.payload) for c in fetched)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from .._deadline import deadline
 from .._errors import HdsdError, Unavailable
 from ..cluster import Layout, LayoutRecord, NodeInfo
 from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
@@ -146,8 +147,7 @@ class HintReplayer:
         if node == self.name:
             await self.store.commit([*chunks, version])
             return True
-        await push_version(self.peers, node, self.layout_id, version, chunks,
-                           timeout=self.timeout, hint=True)
+        await push_version(self.peers, node, self.layout_id, version, chunks, hint=True)
         return True
 
     async def _load(self, tenant: str, bucket: str, key: str, hlc: int, origin: str, *,
@@ -169,14 +169,13 @@ class HintReplayer:
         for node in others:
             try:
                 body = await self.peers.call(
-                    node, FetchVersions(UNSENT, self.layout_id, tenant, bucket, key),
-                    timeout=self.timeout)
+                    node, FetchVersions(UNSENT, self.layout_id, tenant, bucket, key))
                 known = [Version.from_wire(v) for v in body["versions"]]
                 found = next((v for v in known if v.order == (hlc, origin)), None)
                 if found is None:
                     continue
                 chunks = [] if found.inline is not None else await fetch_chunks(
-                    self.peers, node, self.layout_id, tenant, found.chunks, timeout=self.timeout)
+                    self.peers, node, self.layout_id, tenant, found.chunks)
                 return found, chunks
             except HdsdError as exc:
                 unreachable = exc
@@ -192,8 +191,8 @@ class HintReplayer:
         reachable = True
         for node in remote:
             try:
-                await self.peers.call(node, PeerStatusRequest(UNSENT, self.layout_id),
-                                      timeout=min(self.timeout, 2.0))
+                with deadline(2.0, f"peer {node} did not answer within 2 s"):
+                    await self.peers.call(node, PeerStatusRequest(UNSENT, self.layout_id))
             except HdsdError:
                 reachable = False
         if not reachable:

@@ -206,7 +206,7 @@ class Replicator:
                 if node == self.name:
                     await self.store.commit([*chunks, *versions])
                 else:
-                    await self.peers.call(node, send, timeout=self.timeout)
+                    await self.peers.call(node, send)
                 acked.add(node)
             except HdsdError as exc:
                 failed[node] = exc
@@ -256,8 +256,7 @@ class Replicator:
                 raise type(batch.error)(batch.error.message)
             return
         if nbytes > _BATCH_BYTES_MAX // 2:
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
-                                  timeout=self.timeout)
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions))
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
         try:
@@ -267,8 +266,7 @@ class Replicator:
                 del self._batches[peer]
         try:
             await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
-                                                          batch.versions),
-                                  timeout=self.timeout)
+                                                          batch.versions))
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -420,8 +418,7 @@ class Replicator:
             return found is not None and found.order == v.order
         body = await self.peers.call(
             node, FetchVersions(UNSENT, self.layout_id, version.tenant, version.bucket,
-                                version.key),
-            timeout=self.timeout)
+                                version.key))
         return any((w.get("h"), w.get("n")) == version.order for w in body["versions"])
 
     async def _copy(self, version: Version, sources: list[str], lacking: list[str],
@@ -438,8 +435,7 @@ class Replicator:
                                                      chunk_id)
                 return payload
             body = await self.peers.call(
-                source, FetchChunk(UNSENT, self.layout_id, version.tenant, chunk_id),
-                timeout=self.timeout)
+                source, FetchChunk(UNSENT, self.layout_id, version.tenant, chunk_id))
             return body["payload"]
 
         async def send(chunks: list[ChunkRecord], versions: list[Version]) -> None:
@@ -449,7 +445,7 @@ class Replicator:
                         await self.store.commit([*chunks, *versions])
                     else:
                         await self.peers.call(node, replicate_message(
-                            self.layout_id, chunks, versions), timeout=self.timeout)
+                            self.layout_id, chunks, versions))
                 except HdsdError as exc:
                     failed[node] = exc
                     alive.remove(node)

@@ -83,7 +83,7 @@ class _FakeLink:
         self.copies = {name: _copies(root / name) for name in ("m1", "m2")}
         self.down: set[str] = set()
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         if node in self.down:
             raise Unavailable(f"{node} is down")
         msg = request
@@ -103,7 +103,7 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
         for i in range(5):
             audit.record("c", "writer", "t", "PutStart", "b", f"k{i}", "", 1, 0, "ok", "?")
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
-        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a")
         with trio.fail_after(10):
             with trio.move_on_after(10):
                 await shipper.flush()
@@ -124,7 +124,7 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
     audit = AuditLog(tmp_path / "n1" / "audit", "n1")
     try:
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
-        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a")
         assert shipper.cursors["m1"][0] < audit.durable[0]
         with trio.fail_after(10):
             with trio.move_on_after(10):

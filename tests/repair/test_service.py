@@ -31,12 +31,12 @@ class Flaky:
     def reachable(self, node: str) -> bool:
         return self.up_at is not None and trio.current_time() >= self.up_at
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         if not self.reachable(node):
             self.refused += 1
             raise ConnectionLost(f"peer {node} unreachable (connection refused); next attempt "
                                  "in 1.60 s")
-        return await self.inner.call(node, request, timeout=timeout)
+        return await self.inner.call(node, request)
 
 
 async def _round(tmp_path: Path, up_at: float | None) -> tuple[dict[str, Any], Flaky,
@@ -52,8 +52,7 @@ async def _round(tmp_path: Path, up_at: float | None) -> tuple[dict[str, Any], F
         m = Maintenance(name="a0", layout=pair.layout, store=store, peers=link,
                         snapshot=tmp_path / "a0.snap", observe_hlc=lambda h: None,
                         open_chunk=lambda t, c, p: None, repair_interval_s=0,
-                        repair_rate_mib_s=1000, scrub_interval_s=0, scrub_rate_mib_s=1000,
-                        timeout=10)
+                        repair_rate_mib_s=1000, scrub_interval_s=0, scrub_rate_mib_s=1000)
         seen: list[dict[str, Any]] = []
         async with trio.open_nursery() as nursery:
             await nursery.start(m.run)

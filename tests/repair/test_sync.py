@@ -35,7 +35,7 @@ class Link:
     def reachable(self, node: str) -> bool:
         return True
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         msg, _ = decode_body(*encode_body(request.with_rid(1)))
         ae, store = self.sides[node]
         match msg:
@@ -86,8 +86,8 @@ class Pair:
             trees = PeerTrees(store, self.layout, n, self.root / f"{n}.trees")
             self.sides[n] = (AntiEntropy(name=n, layout_id=self.layout.layout_id, store=store,
                                          peers=Link(n, self.sides), trees=trees,
-                                         observe_hlc=lambda h: None, rate_bytes_s=float("inf"),
-                                         timeout=10), store)
+                                         observe_hlc=lambda h: None, rate_bytes_s=float("inf")),
+                           store)
 
     def close(self) -> None:
         for s in self.stores.values():
@@ -171,10 +171,10 @@ async def test_replies_are_bounded_and_the_rest_follows(tmp_path: Path, monkeypa
         link = pair.sides["a0"][0].peers
         original = link.call
 
-        async def counting(node: str, request: Any, *, timeout: float) -> Any:
+        async def counting(node: str, request: Any) -> Any:
             nonlocal calls
             calls += isinstance(request, LeafDiff)
-            return await original(node, request, timeout=timeout)
+            return await original(node, request)
         monkeypatch.setattr(link, "call", counting)
         report = await pair.repair()
         assert report.error is None and report.versions_received == 300
@@ -204,10 +204,10 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
         in_flight = most = fetches = 0
         early: list[str] = []
 
-        async def watching(node: str, request: Any, *, timeout: float) -> Any:
+        async def watching(node: str, request: Any) -> Any:
             nonlocal in_flight, most, fetches
             if not isinstance(request, FetchChunk):
-                return await original(node, request, timeout=timeout)
+                return await original(node, request)
             # The write promise on a repair path: every version a0 shows has its content.
             for v in mine.iter_versions():
                 if v.inline is None:
@@ -217,7 +217,7 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
             most = max(most, in_flight)
             try:
                 await trio.sleep(0.001)  # a round trip: the others may start meanwhile
-                return await original(node, request, timeout=timeout)
+                return await original(node, request)
             finally:
                 in_flight -= 1
         monkeypatch.setattr(link, "call", watching)
@@ -261,9 +261,9 @@ async def test_a_rebuild_of_a_dense_peer_asks_for_fewer_leaves_at_a_time(
         asked: list[int] = []  # leaves per LeafDiff
         more = 0
 
-        async def counting(node: str, request: Any, *, timeout: float) -> Any:
+        async def counting(node: str, request: Any) -> Any:
             nonlocal more
-            body = await original(node, request, timeout=timeout)
+            body = await original(node, request)
             if isinstance(request, LeafDiff):
                 asked.append(len(request.leaves))
                 more += bool(body.get("more"))

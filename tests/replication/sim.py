@@ -202,10 +202,10 @@ class SimNode:
         other = self.net.nodes[peer]
         # One exchange each way over the simulated links (they may be cut, lossy or slow).
         ping = PeerStatusRequest(0, self.net.layout.layout_id)
-        await self.net.call(self.name, peer, ping, self.net.timeout)
+        await self.net.call(self.name, peer, ping)
         mine = {k: v for k, v in self.store.versions.items() if self._shared(peer, v)}
         theirs = {k: v for k, v in other.store.versions.items() if self._shared(peer, v)}
-        await self.net.call(peer, self.name, ping, self.net.timeout)
+        await self.net.call(peer, self.name, ping)
 
         def records(src: MemStore, versions: list[Version]) -> list[ChunkRecord | Version]:
             out: list[ChunkRecord | Version] = []
@@ -274,8 +274,10 @@ class SimNet:
     def _lost(self, src: str, dst: str) -> bool:
         return (src, dst) in self.cut or self.rng.random() < self.drop
 
-    async def call(self, src: str, dst: str, msg: Message, timeout: float) -> dict[str, Any]:
+    async def call(self, src: str, dst: str, msg: Message) -> dict[str, Any]:
+        """One request, bounded like the real link (the net's per-request *timeout*)."""
         target = self.nodes[dst]
+        timeout = self.timeout
         with trio.move_on_after(timeout):
             if not target.alive:
                 await trio.sleep(self.rng.uniform(0, self.max_delay))
@@ -301,14 +303,14 @@ class SimLink:
         self.name = name
         self._rid = 0
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         if not self.net.nodes[self.name].alive:
             # A crashed node sends nothing (its write path may run on, shielded, in here).
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(f"{self.name} crashed")
         self._rid += 1
         sent = request.with_rid(self._rid)
-        return sent.decode_reply(await self.net.call(self.name, node, sent, timeout))
+        return sent.decode_reply(await self.net.call(self.name, node, sent))
 
     def reachable(self, node: str) -> bool:
         return self.net.nodes[node].alive and (self.name, node) not in self.net.cut

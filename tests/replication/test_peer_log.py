@@ -27,7 +27,7 @@ async def test_an_unreachable_peer_is_one_line_then_a_rate_limited_warning(
     layout = Layout(sites=("a", "b"), nodes=(NodeInfo("a1", "a", "127.0.0.1", 1),
                                              NodeInfo("b1", "b", "127.0.0.1", 2)))
     pool = PeerPool(name="a1", cluster_id="c", layout=layout,
-                    ssl_context=ssl.create_default_context())
+                    ssl_context=ssl.create_default_context(), request_timeout=1)
     caplog.set_level(logging.DEBUG, logger="hdsd")
     attempts = 0
     async with trio.open_nursery() as nursery:
@@ -35,7 +35,7 @@ async def test_an_unreachable_peer_is_one_line_then_a_rate_limited_warning(
         start = trio.current_time()
         while trio.current_time() - start < 100:  # callers retrying ten times a second
             with pytest.raises(Unavailable):
-                await pool.call("b1", StatusRequest(UNSENT), timeout=1)
+                await pool.call("b1", StatusRequest(UNSENT))
             attempts += 1
             await trio.sleep(0.1)
         nursery.cancel_scope.cancel()

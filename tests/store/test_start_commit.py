@@ -103,6 +103,9 @@ async def test_encoded_in_a_thread_then_queued(tmp_path: Path) -> None:
     fs = FaultyFS()
     with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
         await store.commit([v(0)])
+        # A read waits for the index (encoding does not: a record acknowledged a moment ago
+        # may still be on its way there, and is then simply written again).
+        assert store.current("t", "b", "k0") == v(0)
         encoded = await trio.to_thread.run_sync(store.encode_commit, [v(0), v(1), v(1), v(2)])
         assert len(encoded) == 2  # v(0) is held, v(1) is named twice
         fs.gate = gate
