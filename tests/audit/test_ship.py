@@ -144,11 +144,11 @@ class _CountingLink(_FakeLink):
         super().__init__(root)
         self.batches: list[int] = []
 
-    async def call(self, node: str, request: Request[R], *, timeout: float) -> R:
+    async def call(self, node: str, request: Request[R]) -> R:
         msg = request
         assert isinstance(msg, AuditShip)
         self.batches.append(len(msg.records))
-        return await super().call(node, request, timeout=timeout)
+        return await super().call(node, request)
 
 
 async def test_steady_traffic_ships_one_batch_per_interval_and_a_backlog_back_to_back(
@@ -160,7 +160,7 @@ async def test_steady_traffic_ships_one_batch_per_interval_and_a_backlog_back_to
         for i in range(2500):
             audit.record("c", "writer", "t", "PutStart", "b", f"k{i}", "", 1, 0, "ok", "?")
         await trio.to_thread.run_sync(audit.checkpoint_and_wait)
-        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5, interval=3600)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", interval=3600)
         async with trio.open_nursery() as nursery:
             await nursery.start(shipper.run)
             with trio.fail_after(60):
@@ -172,7 +172,7 @@ async def test_steady_traffic_ships_one_batch_per_interval_and_a_backlog_back_to
         # Steady traffic: records becoming durable one by one, while the shipper runs. Each
         # is shipped within an interval, in batches of many (not one batch per record).
         link.batches.clear()
-        shipper = AuditShipper(audit, link, LAYOUT, site="a", timeout=5, interval=0.5)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", interval=0.5)
         async with trio.open_nursery() as nursery:
             await nursery.start(shipper.run)
             t0 = trio.current_time()
