@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from hdsd.node import KEYRING_FILE, load_master_key
+from hdsd.catalog import KEYRING_FILE, load_master_key
 from hdsd.pipeline import TenantNameSealing
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ async def concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
 def cluster_sealing(root: Path) -> TenantNameSealing:
     """The tenants' keys `hdsd init` gave the cluster under *root*: names written offline into
     a node's store must be sealed with them, or the node cannot open them."""
-    from hdsd.node._keyring import Keyring  # a bench writes a store offline, as no client can
+    from hdsd.catalog import Keyring  # a bench writes a store offline, as no client can
     from hdsd.pipeline import TenantKeys
 
     ring = Keyring(root / "dc1-n1" / "data" / KEYRING_FILE, load_master_key(root / "master.key"))

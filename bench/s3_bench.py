@@ -8,7 +8,10 @@ cells (the client runs in this process, on the same machine as both nodes):
     transfer manager (its defaults: 8 MiB multipart parts, 10 threads) vs one boto3 PutObject
     (the whole object in one request); ``--large`` adds 1 GiB.
   small objects: 4 KiB puts from 16 concurrent clients (16 native connections in this trio
-    process vs 16 boto3 clients as threads of --client-procs processes), puts/s.
+    process vs 16 boto3 clients as threads of --client-procs processes), puts/s; then native
+    again, paced to the S3 cell's puts/s: the nodes' CPU per put at equal load (it grows as
+    the rate falls: fewer puts per group commit), so the gateway's own CPU per put is the S3
+    cell's minus the paced one's.
 
 Prints a table with each gateway figure as a ratio to the native one, writes JSON (default
 ``bench/results/s3_bench.json``). Never asserts; stops every process it started. The client
@@ -199,11 +202,14 @@ def _small_worker(url: str, key: dict[str, Any], ca: str, indexes: range, per_cl
 
     threads = [threading.Thread(target=one, args=(i,)) for i in indexes]
     barrier.wait(timeout=120)
+    cpu0 = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    results.put(errors[0] if errors else "ok")
+    # The client's own CPU (boto3 is pure Python): it shares the machine's cores with the
+    # nodes, so it bounds this cell's puts/s as much as the gateway does.
+    results.put((errors[0] if errors else "ok", time.process_time() - cpu0))
 
 
 def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
@@ -242,11 +248,33 @@ def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
         s3_s = time.perf_counter() - started
     for w in workers:
         w.join(60)
-    failed = [o for o in outcomes if o != "ok"]
+    failed = [o for o, _ in outcomes if o != "ok"]
+    s3_client_s = sum(cpu for _, cpu in outcomes)
     if failed:
         raise RuntimeError(f"an S3 client failed: {failed[0]}")
     total = clients * per_client
     assert CPU is not None
+    # The nodes' CPU per put grows when puts are fewer per second (group commits and
+    # replicated batches carry fewer puts each): native again, paced to the S3 cell's rate, so
+    # that the gateway's own CPU per put is the difference at equal load.
+    s3_rate = total / s3_s
+
+    async def paced() -> None:
+        async def one(i: int) -> None:
+            async with hdsd.AsyncClient(profile) as client:
+                start = trio.current_time() + i / s3_rate
+                for n in range(per_client):
+                    await trio.sleep_until(start + n * clients / s3_rate)
+                    await client.put("small", f"paced-{i}/{n}", data)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                nursery.start_soon(one, i)
+
+    with _measure("native paced"):
+        paced_started = time.perf_counter()
+        trio.run(paced)
+        paced_s = time.perf_counter() - paced_started
 
     def per_put(cell: str) -> dict[str, float]:
         assert CPU is not None
@@ -255,11 +283,19 @@ def small(profile: Path, url: str, key: dict[str, Any], ca: str, clients: int,
 
     return [{"system": "native", "op": "put", "size_bytes": 4096, "concurrency": clients,
              "ops_per_s": round(total / native_s, 1), **per_put("native small")},
+            {"system": "native", "op": "put paced to s3", "size_bytes": 4096,
+             "concurrency": clients, "ops_per_s": round(total / paced_s, 1),
+             **per_put("native paced")},
             {"system": "s3", "op": "put", "size_bytes": 4096, "concurrency": clients,
              "ops_per_s": round(total / s3_s, 1),
              "ratio_to_native": round(native_s / s3_s, 2),
-             # its clients ran in worker processes: this process's CPU says nothing of them
-             "node_cpu_ms_per_put": per_put("s3 small")["node_cpu_ms_per_put"]}]
+             "node_cpu_ms_per_put": per_put("s3 small")["node_cpu_ms_per_put"],
+             # what the gateway adds to the nodes' CPU per put at equal load
+             "gateway_cpu_ms_per_put": round(per_put("s3 small")["node_cpu_ms_per_put"]
+                                             - per_put("native paced")["node_cpu_ms_per_put"],
+                                             2),
+             # its clients ran in worker processes: their own CPU, not this process's
+             "client_cpu_ms_per_put": round(1000 * s3_client_s / total, 2)}]
 
 
 def main() -> None:
@@ -302,6 +338,10 @@ def main() -> None:
                 for r in results]
         print_table(["system", "op", "size", "clients", "throughput", "x native",
                      "node CPU ms/MiB|put", "client CPU ms/MiB|put"], rows)
+        for r in results:
+            if "gateway_cpu_ms_per_put" in r:
+                print(f"\nthe gateway's own node CPU per 4 KiB put (s3 minus native paced to "
+                      f"its rate): {r['gateway_cpu_ms_per_put']} ms")
         write_json(args.json, {"machine": machine_info(), "results": results,
                                "note": "client and both nodes share this machine's cores"})
         print(f"\nJSON: {args.json}")

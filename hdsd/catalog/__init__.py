@@ -15,6 +15,11 @@ from ._db import SealedNames as SealedNames
 from ._db import tenant_in_catalog as tenant_in_catalog
 from ._db import tenant_keys_in_catalog as tenant_keys_in_catalog
 from ._db import tenant_state_in_catalog as tenant_state_in_catalog
+from ._keyring import KEYRING_FILE as KEYRING_FILE
+from ._keyring import Keyring as Keyring
+from ._keyring import create_master_key as create_master_key
+from ._keyring import ensure_tenant as ensure_tenant
+from ._keyring import load_master_key as load_master_key
 from ._keys import SALT_BYTES as SALT_BYTES
 from ._keys import derive_master_key as derive_master_key
 from ._keys import seed_creation as seed_creation

@@ -12,16 +12,19 @@ from click.core import ParameterSource
 
 from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
-from ..catalog import CATALOG_FILE, tenant_state_in_catalog
-from ..node import (
+from ..catalog import (
+    CATALOG_FILE,
     KEYRING_FILE,
+    ensure_tenant,
+    load_master_key,
+    tenant_state_in_catalog,
+)
+from ..node import (
     NAME_RE,
     SPEC_FILE,
     ClusterSpec,
     Node,
     configure_logging,
-    ensure_tenant,
-    load_master_key,
     load_node_config,
     load_spec,
     serve_node,

@@ -292,11 +292,10 @@ def key_rotate_master(config_path: str, new_key_file: str | None,
     catalog entries (and `hdsd status` exits 10, naming them)."""
     from pathlib import Path
 
+    from ..catalog import create_master_key, load_master_key
     from ..node import (
-        create_master_key,
         keep_old_key,
         load_master,
-        load_master_key,
         load_node_config,
         master_key_check,
         node_stopped,

@@ -8,10 +8,6 @@ from ._bundle import write_profile as write_profile
 from ._config import NAME_RE as NAME_RE
 from ._config import NodeConfig as NodeConfig
 from ._config import load_node_config as load_node_config
-from ._keyring import KEYRING_FILE as KEYRING_FILE
-from ._keyring import create_master_key as create_master_key
-from ._keyring import ensure_tenant as ensure_tenant
-from ._keyring import load_master_key as load_master_key
 from ._logging import configure_logging as configure_logging
 from ._masterkey import keep_old_key as keep_old_key
 from ._masterkey import kept_old_keys as kept_old_keys

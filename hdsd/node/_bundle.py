@@ -29,10 +29,18 @@ from pathlib import Path, PurePosixPath
 from .._atomic import atomic_write
 from .._errors import ConfigError
 from ..audit import load_or_create_signing_key
-from ..catalog import CATALOG_FILE, CONFIRMED, Catalog, TenantEntry
+from ..catalog import (
+    CATALOG_FILE,
+    CONFIRMED,
+    KEYRING_FILE,
+    Catalog,
+    Keyring,
+    TenantEntry,
+    create_master_key,
+    load_master_key,
+)
 from ..cluster import LayoutRecord
 from ..transport import create_ca, issue_client_cert, issue_node_cert
-from ._keyring import KEYRING_FILE, Keyring, create_master_key, load_master_key
 from ._layouts import LAYOUT_FILE, save_record
 from ._masterkey import create_salt, master_key_check, passphrase_master
 from ._spec import ClusterSpec, NodeSpec

@@ -32,9 +32,12 @@ from .._errors import ConfigError
 from .._packing import packb, unpackb
 from ..catalog import (
     CATALOG_FILE,
+    KEYRING_FILE,
     SALT_BYTES,
     Catalog,
+    Keyring,
     derive_master_key,
+    load_master_key,
     unwrap_keys,
     unwrap_secret,
     wrap_keys,
@@ -42,7 +45,6 @@ from ..catalog import (
 )
 from ..store import LOCK_NAME
 from ._config import NodeConfig
-from ._keyring import KEYRING_FILE, Keyring, load_master_key
 
 __all__ = ["check_master", "create_salt", "keep_old_key", "kept_old_keys", "load_master",
            "master_key_check", "node_stopped", "passphrase_master", "replace_key_file",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from .._errors import (
     WrongRole,
 )
 from .._groups import single_error
-from ..pipeline import ChunkCodec, Chunker, open_in_thread, seal_in_thread
+from ..pipeline import ChunkCodec, Chunker, open_in_thread, random_bytes, seal_in_thread
 from ..replication import check_retry
 from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
@@ -676,14 +675,21 @@ class NodeObjects:
     async def _tenant(self, tenant: str) -> None:
         self.node.tenancy.check_live(tenant)  # a shredded tenant is refused outright
 
+    def check_put(self, tenant: str, bucket: str, key: str) -> None:
+        self.node.tenancy.check_live(tenant)
+        self._refuse_on_backup()
+        check_bucket(bucket)
+        check_key(key)
+
     async def put(self, tenant: str, bucket: str, key: str, source: BodySource, *,
                   size: int | None, metadata: Mapping[str, str]) -> Version:
         await self._tenant(tenant)
         self._refuse_on_backup()
         # A fresh request id per S3 put: S3 has no retry identity of its own, so a retried
-        # PUT is a new version (as on S3 with versioning on), never a conflict.
+        # PUT is a new version (as on S3 with versioning on), never a conflict. (From a buffer
+        # of kernel randomness, never handed out twice: no getrandom per request.)
         version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
-                                      metadata=metadata, request_id=secrets.token_bytes(16))
+                                      metadata=metadata, request_id=random_bytes(16))
         return version
 
     async def store_part(self, tenant: str, bucket: str, key: str,
@@ -707,7 +713,7 @@ class NodeObjects:
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"a part record of {bucket}/{key} is damaged: {exc}") from None
         return await compose_object(self.node, tenant, bucket, key, parts, metadata=metadata,
-                                    request_id=secrets.token_bytes(16))
+                                    request_id=random_bytes(16))
 
     async def retention(self, tenant: str, bucket: str, key: str,
                         version: str | None) -> tuple[Version, int]:
@@ -721,7 +727,7 @@ class NodeObjects:
         await self._tenant(tenant)
         self._refuse_on_backup()
         return await retain_version(self.node, tenant, bucket, key, version, until_ms,
-                                    secrets.token_bytes(16))
+                                    random_bytes(16))
 
     def now_ms(self) -> int:
         """The retention clock."""
@@ -746,7 +752,7 @@ class NodeObjects:
         await self._tenant(tenant)
         self._refuse_on_backup()
         marker, _ = await delete_object(self.node, tenant, bucket, key,
-                                        secrets.token_bytes(16))
+                                        random_bytes(16))
         return marker
 
     async def purge(self, tenant: str, bucket: str, key: str, version: str) -> Version:
@@ -755,7 +761,7 @@ class NodeObjects:
         await self._tenant(tenant)
         self._refuse_on_backup()
         purged, _, _ = await purge_version(self.node, tenant, bucket, key, version,
-                                           secrets.token_bytes(16))
+                                           random_bytes(16))
         return purged
 
     async def versions(self, tenant: str, bucket: str, key: str) -> list[Version]:

@@ -54,7 +54,7 @@ def offline_name_seal(config: NodeConfig, tenant: str) -> NameSeal:
 def offline_sealing(config: NodeConfig) -> TenantNameSealing:
     """Every live tenant's seal from a node's catalog (and keyring seeds), for offline tools
     (``hdsd store migrate``); a tenant without keys (shredded) has none."""
-    from ._keyring import KEYRING_FILE, Keyring
+    from ..catalog import KEYRING_FILE, Keyring
 
     master = load_master(config)
     keyring = Keyring(config.data_dir / KEYRING_FILE, master)

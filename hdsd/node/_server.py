@@ -48,6 +48,7 @@ from ..audit import (
     RefusalCounter,
     seal_audit_names,
 )
+from ..catalog import KEYRING_FILE, Keyring
 from ..cluster import HybridClock
 from ..peers import PeerPool
 from ..pipeline import ChunkCodec
@@ -80,7 +81,6 @@ from ._config import NodeConfig
 from ._continuity import AuditContinuity
 from ._handlers import handle_request
 from ._health import health_status
-from ._keyring import KEYRING_FILE, Keyring
 from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, trim
 from ._masterkey import check_master, load_master

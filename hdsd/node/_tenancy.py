@@ -74,6 +74,7 @@ from ..catalog import (
     Catalog,
     Entry,
     HoldEntry,
+    Keyring,
     RevokedEntry,
     S3KeyEntry,
     TenantEntry,
@@ -97,7 +98,6 @@ from ..cluster import HybridClock
 from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
 from ..store import Version
 from ..wire import UNSENT, CatalogPush, CatalogSync, TenantVote
-from ._keyring import Keyring
 
 if TYPE_CHECKING:
     from ._server import Node

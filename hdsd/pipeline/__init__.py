@@ -19,6 +19,7 @@ from ._keys import TenantKeys as TenantKeys
 from ._names import NAME_ID_BYTES as NAME_ID_BYTES
 from ._names import NameSeal as NameSeal
 from ._names import TenantNameSealing as TenantNameSealing
+from ._nonces import random_bytes as random_bytes
 from ._stream import THREAD_THRESHOLD as THREAD_THRESHOLD
 from ._stream import open_in_thread as open_in_thread
 from ._stream import pipeline_limiter as pipeline_limiter

@@ -17,7 +17,6 @@ import binascii
 import builtins
 import hashlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
@@ -32,6 +31,7 @@ import trio
 from .._errors import ConnectionLost, HdsdError, NotFound
 from .._groups import single_error
 from ..cluster import HybridClock
+from ..pipeline import random_bytes
 from ..store import Version, parse_version_id
 from ._auth import BodyDecoder, CredentialLookup, authenticate, body_decoder
 from ._errors import S3AuthError
@@ -83,6 +83,11 @@ class Backend(Protocol):
     async def audit_ready(self) -> None: ...
 
     def in_flight(self) -> AbstractContextManager[None]: ...
+
+    def check_put(self, tenant: str, bucket: str, key: str) -> None:
+        """The refusals of a put that need nothing but memory (tenant, node role, names):
+        run before a small body is read whole, so they come before ``100 Continue``."""
+        ...
 
     async def put(self, tenant: str, bucket: str, key: str, source: Any, *, size: int | None,
                   metadata: Mapping[str, str]) -> Version: ...
@@ -342,7 +347,9 @@ class Gateway:
         self.storing = trio.Semaphore(max_uploads)
 
     async def handle(self, req: HttpRequest) -> None:
-        req.request_id = secrets.token_hex(8).upper()
+        # From a buffer of kernel randomness: a getrandom per request is a point where the
+        # trio thread gives up the GIL (and may wait behind the node's other threads for it).
+        req.request_id = random_bytes(8).hex().upper()
         path, _, raw_query = req.target.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         bucket, _, key = unquote(path.lstrip("/")).partition("/")
@@ -769,8 +776,13 @@ class Gateway:
         size = self._declared_size(req)
         metadata = _metadata_from(req)
         body = _Body(req, access.decoder)
-        if size is not None and size <= _SMALL_BODY and not req.has_header("expect"):
-            # Small and not waiting for 100 Continue: it is (nearly) all here already.
+        if size is not None and size <= _SMALL_BODY:
+            # A small body is read whole first, so that the object API stores it in one step
+            # (one seal, one replicated write, no tasks). boto3 and the AWS CLI send
+            # "Expect: 100-continue" on every PutObject, 4 KiB ones too: the refusals that
+            # need only memory come before 100 Continue; the rest (legal hold, retention,
+            # quota) come after at most _SMALL_BODY bytes were read.
+            self.backend.check_put(tenant, bucket, key)
             await body.preload()
         version = await self.backend.put(tenant, bucket, key, body, size=size,
                                          metadata=metadata)

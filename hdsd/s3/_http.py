@@ -20,6 +20,7 @@ body cannot be told apart from the next request).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -122,7 +123,8 @@ class HttpRequest:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionLost(f"connection lost during the {what}: {exc}") from None
             try:
-                self._conn.receive_data(bytes(data))
+                # No bytes() copy first: h11 appends the buffer to its own (+=).
+                self._conn.receive_data(data)  # type: ignore[arg-type]
             except h11.RemoteProtocolError as exc:
                 raise ConnectionLost(f"bad HTTP framing during the {what}: {exc}") from None
             return
@@ -134,10 +136,14 @@ class HttpRequest:
                       body: bytes = b"") -> None:
         if self.method != "HEAD" and not any(k.lower() == "content-length" for k, _ in headers):
             headers = [*headers, ("Content-Length", str(len(body)))]
-        await self.start(status, headers)
+        # Head, body and end in one write: one TLS record and one send for an XML answer or
+        # an error, not one for the head and another for the body.
+        data = bytearray(self._conn.send(self._head(status, headers)) or b"")
         if body and self.method != "HEAD":
-            await self.write(body)
-        await self.finish()
+            self.bytes_out += len(body)
+            data += self._conn.send(h11.Data(data=body)) or b""
+        data += self._conn.send(h11.EndOfMessage()) or b""
+        await self._send_bytes(data)
 
     def _settle_body(self) -> None:
         """Take what has already arrived of a body the handler did not read: a GET's empty
@@ -155,18 +161,21 @@ class HttpRequest:
                 return
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        await self._send(self._head(status, headers))
+
+    def _head(self, status: int, headers: list[tuple[str, str]]) -> h11.Response:
         self.responded = True
         self.status = status
         self._settle_body()
-        base = [("Date", formatdate(usegmt=True)), ("Server", "hdsd"),
+        base = [("Date", _http_now()), ("Server", "hdsd"),
                 ("x-amz-request-id", self.request_id)]
         if not self.body_done:
             # The unread body (if any) cannot be skipped safely: this connection ends here.
             base.append(("Connection", "close"))
         # A reason phrase always: botocore's Expect: 100-continue handling reads a final
         # answer's status line as three words, and takes "HTTP/1.1 403" for garbage.
-        await self._send(h11.Response(status_code=status, reason=_reason(status), headers=[
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in base + headers]))
+        return h11.Response(status_code=status, reason=_reason(status), headers=[
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in base + headers])
 
     async def write(self, data: bytes | memoryview) -> None:
         if self.method == "HEAD":
@@ -180,7 +189,9 @@ class HttpRequest:
     request_id = ""
 
     async def _send(self, event: h11.Event) -> None:
-        data = self._conn.send(event)
+        await self._send_bytes(self._conn.send(event))
+
+    async def _send_bytes(self, data: bytes | bytearray | None) -> None:
         if data:
             with trio.move_on_after(self._limits.send_timeout_s):
                 try:
@@ -189,6 +200,18 @@ class HttpRequest:
                     raise ConnectionLost(f"connection lost while answering: {exc}") from None
                 return
             raise RequestTimeout(f"client read nothing for {self._limits.send_timeout_s:g} s")
+
+
+_now: tuple[int, str] = (0, "")
+
+
+def _http_now() -> str:
+    """The Date header's value, formatted once a second (not once a request)."""
+    global _now
+    second = int(time.time())
+    if _now[0] != second:
+        _now = (second, formatdate(second, usegmt=True))
+    return _now[1]
 
 
 def _reason(status: int) -> bytes:
@@ -302,7 +325,7 @@ async def _next_head(conn: h11.Connection,
                 raise _Close() from None
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 raise _Close()  # a clean close between requests
-            conn.receive_data(bytes(data))
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 appends it to its own
             if not started:
                 started = True
                 head_until = trio.current_time() + limits.head_timeout_s

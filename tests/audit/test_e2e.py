@@ -16,7 +16,7 @@ import hdsd
 from hdsd.audit import AuditRecord, copy_dir, open_audit_names, read_records
 from hdsd.audit._chain import parse_segment
 from hdsd.audit._verify import list_segments
-from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.catalog import KEYRING_FILE, Keyring, load_master_key
 from hdsd.pipeline import NameSeal
 from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.cluster import hdsd as run_cli

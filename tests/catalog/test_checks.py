@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from hdsd import LegalHold, PermissionDenied, QuotaExceeded, RetentionLocked, TenantShredded
-from hdsd.catalog import TenantEntry
+from hdsd.catalog import Keyring, TenantEntry, create_master_key, load_master_key
 from hdsd.cluster import HybridClock
-from hdsd.node._keyring import Keyring, create_master_key, load_master_key
 from hdsd.node._tenancy import Tenancy
 from hdsd.store import Version
 

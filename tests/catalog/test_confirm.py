@@ -356,9 +356,9 @@ def test_a_keyring_seed_is_one_pending_creation_on_every_node(tmp_path: Path) ->
     """`hdsd cert issue` writes the same keys into every node's keyring: each node imports
     them as the same pending creation (whatever nonce wrapped its copy), so their votes agree
     and the first write confirms it."""
+    from hdsd.catalog import Keyring, create_master_key, ensure_tenant, load_master_key
     from hdsd.catalog._keys import wrap_keys
     from hdsd.cluster import HybridClock
-    from hdsd.node._keyring import Keyring, create_master_key, ensure_tenant, load_master_key
     from hdsd.node._tenancy import Tenancy
 
     create_master_key(tmp_path / "m.key")

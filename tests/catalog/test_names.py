@@ -17,15 +17,17 @@ from hdsd.catalog import (
     BucketEntry,
     Catalog,
     HoldEntry,
+    Keyring,
     TenantEntry,
     bucket_name,
+    create_master_key,
     entry_from_wire,
     hold_names,
+    load_master_key,
     seal_bucket,
     seal_hold,
 )
 from hdsd.cluster import HybridClock
-from hdsd.node._keyring import Keyring, create_master_key, load_master_key
 from hdsd.node._tenancy import Tenancy
 from hdsd.pipeline import NameSeal
 from tests.helpers.sealing import tenant_keys

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import hdsd
-from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.catalog import KEYRING_FILE, Keyring, load_master_key
 from hdsd.pipeline import NameSeal
 from hdsd.store._format import segment_name
 from tests.e2e.test_replication import Cluster

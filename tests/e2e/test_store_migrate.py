@@ -14,9 +14,8 @@ import trio
 
 import hdsd
 from hdsd._packing import packb
-from hdsd.catalog import CATALOG_FILE, Catalog
+from hdsd.catalog import CATALOG_FILE, KEYRING_FILE, Catalog, Keyring, load_master_key
 from hdsd.cluster import HybridClock
-from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
 from hdsd.pipeline import ChunkCodec
 from hdsd.store import Version
 from hdsd.store import _format as F

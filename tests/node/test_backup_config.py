@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hdsd import ConfigError
+from hdsd.catalog import create_master_key
 from hdsd.client import load_profile
 from hdsd.node import load_node_config
-from hdsd.node._keyring import create_master_key
 from hdsd.transport import create_ca, issue_node_cert
 from tests.helpers.cluster import init_cluster
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hdsd.catalog import create_master_key
 from hdsd.node import load_node_config
-from hdsd.node._keyring import create_master_key
 from hdsd.transport import create_ca, issue_node_cert
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

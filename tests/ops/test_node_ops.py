@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import hdsd
-from hdsd.node._keyring import KEYRING_FILE, Keyring, load_master_key
+from hdsd.catalog import KEYRING_FILE, Keyring, load_master_key
 from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.cluster import hdsd as hdsd_cli
 

@@ -415,3 +415,64 @@ async def test_virtual_host_style_when_a_domain_is_configured(
             assert await run(again["Body"].read) == b"hosted"
             buckets = await run(vhost.list_buckets)  # Host is the domain itself: the service
             assert "vhb" in [b["Name"] for b in buckets["Buckets"]]
+
+
+async def test_a_small_put_with_expect_100_continue_reaches_the_node_whole(
+        tmp_path: Path) -> None:
+    """boto3 sends ``Expect: 100-continue`` (and an aws-chunked body with a CRC32 trailer) on
+    every PutObject, 4 KiB ones too: the gateway still reads such a small body whole before
+    the put, so the object API stores it in one step (its source is ready), and a body over
+    the small-body bound still streams."""
+    with trio.fail_after(120):
+        async with two_sites(tmp_path) as sites:
+            gateway = sites["dc1"].gateway
+            seen: list[tuple[str, int | None]] = []
+            put = gateway.backend.put
+
+            async def spy(tenant, bucket, key, source, **kw):  # type: ignore[no-untyped-def]
+                whole = source.ready()
+                seen.append((key, None if whole is None else len(whole)))
+                return await put(tenant, bucket, key, source, **kw)
+
+            gateway.backend.put = spy  # type: ignore[method-assign]
+            s3 = s3_client(sites["dc1"].endpoint)
+            await run(s3.create_bucket, Bucket="small")
+            small, large = os.urandom(4096), os.urandom(100 << 10)
+            await run(s3.put_object, Bucket="small", Key="k4", Body=small)
+            await run(s3.put_object, Bucket="small", Key="k100", Body=large)
+            assert seen == [("k4", 4096), ("k100", None)]
+            got = await run(s3.get_object, Bucket="small", Key="k4")
+            assert await run(got["Body"].read) == small
+
+
+async def test_requests_draw_no_system_randomness_each(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's ids (x-amz-request-id, the put's request id) come from the process's buffer
+    of kernel randomness, not one getrandom each (a point where the trio thread gives up the
+    GIL), and are still all distinct."""
+    import random
+    import threading
+
+    real = os.urandom
+    calls = [0]
+
+    def counting(n: int) -> bytes:
+        if threading.current_thread() is threading.main_thread():  # the nodes' trio thread
+            calls[0] += 1
+        return real(n)
+
+    with trio.fail_after(120):
+        async with two_sites(tmp_path) as sites:
+            s3 = s3_client(sites["dc1"].endpoint)
+            await run(s3.create_bucket, Bucket="ids")
+            # (secrets' functions reach os.urandom through the random module's own name)
+            monkeypatch.setattr(os, "urandom", counting)
+            monkeypatch.setattr(random, "_urandom", counting)
+            puts = [await run(s3.put_object, Bucket="ids", Key=f"k{i}", Body=b"x" * 100)
+                    for i in range(40)]
+            monkeypatch.undo()
+    request_ids = {p["ResponseMetadata"]["RequestId"] for p in puts}
+    assert len(request_ids) == 40 and all(len(r) == 16 for r in request_ids)
+    assert len({p["VersionId"] for p in puts}) == 40
+    # 40 puts, two ids each: 80 calls before; a few buffer refills now
+    assert calls[0] <= 10, calls[0]

@@ -333,3 +333,26 @@ def test_boto3_generate_presigned_url_verifies(op: str, params: dict[str, str]) 
     assert _verify(s) == CRED
     assert _code(Signed(method, s.target.replace("scans", "scanz", 1), headers)) == \
         "SignatureDoesNotMatch"
+
+
+@given(st.one_of(
+    st.datetimes(min_value=datetime(1000, 1, 1)).map(lambda d: d.strftime("%Y%m%dT%H%M%SZ")),
+    st.text(alphabet="0123456789", min_size=14, max_size=14).map(
+        lambda d: f"{d[:8]}T{d[8:]}Z")))
+def test_the_request_time_reads_as_strptime_does(amz: str) -> None:
+    """X-Amz-Date is sliced by hand (not strptime): same datetime, same refusals."""
+    from hdsd.s3._sigv4 import SignedRequest
+
+    req = SignedRequest(AKID, amz[:8], REGION, amz, ("host",), "0" * 64, False)
+    try:
+        want: datetime | None = datetime.strptime(amz, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        want = None
+    if want is None:
+        with pytest.raises(ValueError):
+            _ = req.time
+    else:
+        assert req.time == want
+    bad = SignedRequest(AKID, amz[:8], REGION, amz[:-1] + "X", ("host",), "0" * 64, False)
+    with pytest.raises(ValueError):
+        _ = bad.time

@@ -23,17 +23,16 @@ import stat
 import threading
 from pathlib import Path
 
-from nacl import bindings, exceptions, utils
+from nacl import utils
 
 from .._atomic import atomic_write
 from .._errors import ConfigError, IntegrityError
 from .._packing import PackError, packb, unpackb
 from ..pipeline import TenantKeys
+from ._keys import unwrap_keys, wrap_keys
 
-__all__ = ["Keyring", "create_master_key", "load_master_key"]
+__all__ = ["KEYRING_FILE", "Keyring", "create_master_key", "ensure_tenant", "load_master_key"]
 
-_AAD_PREFIX = b"hdsd-tenant-keys-v1\x00"
-_NONCE = bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 KEYRING_FILE = "keyring.hdsd"
 
 
@@ -87,19 +86,14 @@ class Keyring:
 
     def _unwrap(self, tenant: str, blob: bytes) -> TenantKeys:
         try:
-            raw = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                blob[_NONCE:], _AAD_PREFIX + tenant.encode(), blob[:_NONCE], self._master)
-        except exceptions.CryptoError:
+            return unwrap_keys(self._master, tenant, blob)
+        except ConfigError:
             raise ConfigError(
                 f"the master key does not open the keyring {self._path} (wrong key file?)"
             ) from None
-        return TenantKeys(tenant=tenant, data_key=raw[:32], dedup_key=raw[32:64])
 
     def _wrap(self, keys: TenantKeys) -> bytes:
-        nonce = utils.random(_NONCE)
-        return nonce + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-            keys.data_key + keys.dedup_key, _AAD_PREFIX + keys.tenant.encode(), nonce,
-            self._master)
+        return wrap_keys(self._master, keys)
 
     def get(self, tenant: str) -> TenantKeys | None:
         """The tenant's keys; the file is reread once if the tenant is not known yet."""
