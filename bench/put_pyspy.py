@@ -131,6 +131,14 @@ def summarise(raw: Path, top: int) -> tuple[int, list[tuple[str, int]], list[tup
     return total, by_layer.most_common(), by_self.most_common(top)
 
 
+def print_shares(layers: list[tuple[str, int]], top: list[tuple[str, int]], total: int) -> None:
+    """The two tables of a summarised profile: by layer, and the top self frames."""
+    print_table(["layer (deepest hdsd frame, else the leaf's library)", "share"],
+                [[name, f"{n / total:.1%}"] for name, n in layers[:14]])
+    print_table(["top self frames", "share"],
+                [[name[:110], f"{n / total:.1%}"] for name, n in top])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--puts", type=int, default=2000)
@@ -173,10 +181,7 @@ def main() -> int:
         what = "get" if args.get else "put"
         print(f"\n{role}: {total} samples at {args.rate} Hz "
               f"(~{total * per_put:.3f} ms CPU per {what}, start-up and warm-up included)")
-        print_table(["layer (deepest hdsd frame, else the leaf's library)", "share"],
-                    [[name, f"{n / total:.1%}"] for name, n in layers[:14]])
-        print_table(["top self frames", "share"],
-                    [[name[:110], f"{n / total:.1%}"] for name, n in top])
+        print_shares(layers, top, total)
     return 0
 
 

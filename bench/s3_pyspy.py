@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _harness import init_cluster, print_table, set_write_policy  # noqa: E402
-from put_pyspy import SpiedNode, summarise  # noqa: E402
+from put_pyspy import SpiedNode, print_shares, summarise  # noqa: E402
 from s3_bench import _key, _s3_ports, _small_worker  # noqa: E402
 
 
@@ -132,10 +132,7 @@ def main() -> int:
             _, steps = by_step(raw)
             print_table(["gateway step (outermost match from the leaf)", "share"],
                         [[name, f"{n / total:.1%}"] for name, n in steps[:20]])
-        print_table(["layer (deepest hdsd frame, else the leaf's library)", "share"],
-                    [[name, f"{n / total:.1%}"] for name, n in layers[:14]])
-        print_table(["top self frames", "share"],
-                    [[name[:110], f"{n / total:.1%}"] for name, n in top])
+        print_shares(layers, top, total)
     return 0
 
 

@@ -224,8 +224,7 @@ def _node_toml(spec: ClusterSpec, node: NodeSpec, ref: object, data_ref: str, cr
                f'(plain HTTP)\naddress = "{node.metrics}"\n' if node.metrics else
                '# [metrics]                     # Prometheus /metrics, /healthz, /readyz\n'
                '# address = "127.0.0.1:9400"    # plain HTTP: a management address only\n')
-    # The S3 gateway on the node's port + 80 (7400 -> 7480, the conventional S3 port's tail).
-    s3_port = node.port + 80 if node.port + 80 <= 65535 else node.port - 80
+    s3_port = node.s3_port
     sites = ""
     for site in spec.sites:
         entries = []

@@ -68,6 +68,12 @@ class NodeSpec:
         host = self.addresses[0]
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
+    @property
+    def s3_port(self) -> int:
+        """The port of the node's S3 gateway in the bundle ``hdsd init`` writes: the node's
+        port + 80 (7400 -> 7480, the conventional S3 port's tail), or - 80 near the top."""
+        return self.port + 80 if self.port + 80 <= 65535 else self.port - 80
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
@@ -244,9 +250,7 @@ def parse_spec(raw: dict[str, Any], *, where: str = "spec") -> ClusterSpec:
     dialled = [n.address for n in nodes]
     for dup in sorted({a for a in dialled if dialled.count(a) > 1}):
         bad("[[sites]]", f"two nodes are dialled at {dup}")
-    metrics_addrs = [n.metrics for n in nodes if n.metrics and not n.metrics.endswith(":0")]
-    for dup in sorted({a for a in metrics_addrs if metrics_addrs.count(a) > 1}):
-        bad("[[sites]]", f"two nodes serve metrics on {dup}; give them distinct ports")
+    _check_listeners(nodes, bad)
     for s in site_names:
         if not any(n.site == s and n.role == "storage" for n in nodes):
             bad("[[sites]]", f"site {s} needs at least one storage node")
@@ -270,6 +274,29 @@ def parse_spec(raw: dict[str, Any], *, where: str = "spec") -> ClusterSpec:
         operator_tenant=operator, write_timeout_s=timeouts["write_timeout_s"],
         catalog_sync_s=timeouts["catalog_sync_s"], passphrase_env=passphrase_env,
         log_format=log_format, log_level=log_level)
+
+
+def _check_listeners(nodes: list[NodeSpec], bad: Any) -> None:
+    """No two listeners of the bundles (node port, S3 gateway, metrics) on one port of one
+    machine (nodes dialled at the same first address share one): the second node would fail to
+    start, far from the spec that caused it. Listeners bound to two distinct specific addresses
+    may share a port; a wildcard takes the port on every address."""
+    wildcard = ("0.0.0.0", "::", "")
+    seen: list[tuple[str, str, int, str]] = []
+    for n in nodes:
+        machine = n.addresses[0]
+        mine = [(n.listen, n.port, f"node {n.name}"),
+                (n.listen, n.s3_port, f"node {n.name}'s S3 gateway (its port + 80)")]
+        if n.metrics and not n.metrics.endswith(":0"):
+            host, _, number = n.metrics.rpartition(":")
+            mine.append((host.strip("[]"), int(number), f"node {n.name}'s metrics"))
+        for host, port, what in mine:
+            clash = next((w for m, h, p, w in seen if m == machine and p == port
+                          and (h == host or h in wildcard or host in wildcard)), None)
+            if clash is not None:
+                bad("[[sites]]", f"port {port} on {machine} is wanted by {clash} and by {what}; "
+                    "give the nodes ports further apart")
+            seen.append((machine, host, port, what))
 
 
 def _is_port(value: object) -> bool:

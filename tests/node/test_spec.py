@@ -94,8 +94,16 @@ def test_every_mistake_is_one_line_each() -> None:
      "two nodes are dialled at 10.1.0.1:7400"),
     (lambda r: [n.update(role="backup") for n in r["sites"][0]["nodes"]],
      "site est needs at least one storage node"),
-    (lambda r: r.update(metrics={"port": 9400, "host": "0.0.0.0"}),
-     "two nodes serve metrics on 0.0.0.0:9400"),
+    (lambda r: [r.update(metrics={"port": 9400, "host": "0.0.0.0"}),
+                r["sites"][0]["nodes"][1].update(addresses=["10.1.0.1"], port=7401)],
+     "port 9400 on 10.1.0.1 is wanted by node est-1's metrics and by node est-2's metrics"),
+    # Two nodes of one host 80 ports apart: the first one's S3 gateway takes the second's port.
+    (lambda r: [n.update(addresses=["127.0.0.1"], port=7400 + 80 * i)
+                for i, n in enumerate(r["sites"][0]["nodes"])],
+     "port 7480 on 127.0.0.1 is wanted by node est-1's S3 gateway .* and by node est-2"),
+    (lambda r: r.update(metrics={"port": 7480}),
+     "port 7480 on 10.1.0.1 is wanted by node est-1's S3 gateway .* and by node est-1's "
+     "metrics"),
     (lambda r: r["sites"][0]["nodes"][0].update(port=70000), "port 70000"),
 ])
 def test_layout_mistakes(edit: Any, expect: str) -> None:
