@@ -163,13 +163,16 @@ def _cpu_s(nd: NodeProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling *pid* into *out* (raw folded stacks) until SIGINT, if installed."""
+def _spy(pid: int, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling *pid* into *out* (raw folded stacks) until SIGINT, if installed.
+    *native* adds C frames (memmove, hashing, TLS): py-spy then pauses the process for each
+    sample, so the run is slower and only its shares mean something."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         return None
+    mode = ["--native"] if native else ["--nonblocking"]
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                             "50", "--nonblocking", "--threads", "-o", str(out)],
+                             "50", *mode, "--threads", "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -193,7 +196,7 @@ def _hot(path: Path, top: int = 12) -> list[tuple[str, float]]:
 
 def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
              total_bytes: int, timeout: float, source: NodeProcess,
-             spy_dir: Path | None) -> dict[str, Any]:
+             spy_dir: Path | None, native: bool = False) -> dict[str, Any]:
     data_dir = node.config.parent / "data"
     # A replaced disk: same identity, keys and config (a node never started has no store).
     shutil.rmtree(data_dir / "store", ignore_errors=not keys)
@@ -206,7 +209,8 @@ def _rebuild(profile: Path, node: NodeProcess, keys: list[tuple[str, int]],
     spies = {}
     if spy_dir is not None:
         for name, nd in (("rebuilding", node), ("source", source)):
-            if nd.proc is not None and (sp := _spy(nd.proc.pid, spy_dir / f"{name}.txt")):
+            if nd.proc is not None and (sp := _spy(nd.proc.pid, spy_dir / f"{name}.txt",
+                                                   native)):
                 spies[name] = sp
     reads: dict[str, Any] = {}
     stop = threading.Event()
@@ -369,6 +373,8 @@ def main() -> None:
     ap.add_argument("--spy", type=Path, default=None,
                     help="sample both nodes with py-spy during the rebuild into this directory "
                          "(where the time goes; pip install py-spy)")
+    ap.add_argument("--spy-native", action="store_true",
+                    help="with --spy: C frames too (memmove, TLS, hashing); slows the nodes")
     args = ap.parse_args()
     if args.spy is not None:
         args.spy.mkdir(parents=True, exist_ok=True)
@@ -413,7 +419,7 @@ def main() -> None:
             nodes["dc2"].stop()
             _log("dc2 wiped; rebuilding")
             results["rebuild"] = _rebuild(profile, nodes["dc2"], keys, total, 7200, nodes["dc1"],
-                                          args.spy)
+                                          args.spy, args.spy_native)
             _log(f"rebuilt: {results['rebuild']['mib_s']} MiB/s; verifying with dc1 stopped")
             nodes["dc1"].stop()
             results["verify"] = _verify(profile, keys, args.sample)

@@ -51,7 +51,7 @@ def chunk(i: int) -> ChunkRecord:
 def floor(directory: str, n: int, *, zero_filled: bool) -> dict[str, Any]:
     """The raw pwrite + fdatasync of one frame-sized record (what one durable append cannot
     beat), into a preallocated file on the same disk."""
-    size = F.FRAME_HEADER_SIZE + len(encode_record(chunk(0)).body)
+    size = F.FRAME_HEADER_SIZE + encode_record(chunk(0)).size
     samples = fsync_floor(directory, size, n, zero_filled=zero_filled)
     return {"bytes": size, "n": n, "zero_filled": zero_filled,
             "p50_ms": pct(samples, 0.5) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3}

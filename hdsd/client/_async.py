@@ -438,12 +438,14 @@ class AsyncClient:
     async def get(self, bucket: str, key: str, *, version: str | None = None,
                   offset: int | None = None, length: int | None = None) -> bytes:
         """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`)."""
-        out = bytearray()
+        pieces: list[bytes] = []
         async with self.open_get(bucket, key, version=version, offset=offset,
                                  length=length) as stream:
             async for piece in stream:
-                out += piece
-        return bytes(out)
+                pieces.append(piece)
+        # One piece (an object of one chunk) is returned as it came; more are joined once
+        # (a bytearray grown piece by piece, then copied into bytes, was two copies).
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
                           version: str | None = None, offset: int | None = None,

@@ -4,8 +4,9 @@ Two passes over the data, both streamed with bounded memory: the first lists eve
 hashes every object (SHA-256), spooling the manifest lines to a temporary file; the second
 writes the tar — manifest, checksums, then each object again, checked against its first-pass
 hash (versions are immutable, so a difference is damage, not a race). The tar itself is written
-by the stdlib ``tarfile`` in stream mode (``w|``) in a worker thread, fed piece by piece through
-a channel of two pieces: nothing ever holds a whole object.
+by the stdlib ``tarfile`` (plain write mode over a counted position: :class:`_Position`) in a
+worker thread, fed piece by piece through a channel of two pieces: nothing ever holds a whole
+object.
 
 With a *spool* directory (a restore: the tenant's data back as fast as possible), each object
 is read from the cluster once: the first pass appends its bytes to a temporary file there as it
@@ -26,7 +27,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Generic, TypeAlias, TypeVar
+from typing import IO, Any, Generic, TypeAlias, TypeVar, cast
 
 import trio
 
@@ -378,8 +379,7 @@ def _write_spooled(out: IO[bytes], header: dict[str, Any], manifest: IO[bytes],
         return _tar_info(name, size, mtime), _Chain(head, spool)
 
     try:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                          bufsize=256 << 10) as tar:
+        with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # see _write_tar
             tar.addfile(*spooled(A.MANIFEST_NAME, A.dump_line(header), manifest))
             tar.addfile(*spooled(A.SUMS_NAME, b"", sums))
@@ -456,8 +456,7 @@ def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
 def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
     # An exception leaves the archive without its end-of-archive blocks, so a reader sees a
     # truncated tar rather than a complete-looking one.
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                      bufsize=256 << 10) as tar:
+    with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
         # tarfile copies a member's body by reads of this size (16 KiB by default: 64
         # Python-level reads and joins per MiB on the export's busiest thread); an attribute
         # of TarFile that typeshed does not declare.
@@ -471,6 +470,31 @@ def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
             # is a plain list attribute of TarFile that typeshed does not declare.
             tar.members.clear()  # type: ignore[attr-defined]
     out.flush()
+
+
+class _Position:
+    """*out* as tarfile's plain write mode wants it: ``write`` and ``tell`` (a pipe has no
+    position: it is counted). Plain mode hands each read of a member's body straight to
+    ``write``; stream mode (``w|``) appended it to a bytes buffer and sliced that into
+    blocks — three to four copies of every byte of the archive. Plain mode never seeks when
+    writing, and the archive is the same byte for byte."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._pos = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _position(out: IO[bytes]) -> IO[bytes]:
+    # tarfile's stubs ask for a whole file object; it only ever calls write and tell here.
+    return cast(IO[bytes], _Position(out))
 
 
 class _Body:
@@ -493,7 +517,10 @@ class _Body:
                 self._piece = memoryview(item)
                 continue
             take = self._piece[:n]
-            parts.append(bytes(take))
+            whole = take.obj
+            # A piece read whole is passed on as the bytes it is (an object of one chunk).
+            parts.append(whole if type(whole) is bytes and take.nbytes == len(whole)
+                         else bytes(take))
             self._piece = self._piece[len(take):]
             n -= len(take)
         return b"".join(parts)

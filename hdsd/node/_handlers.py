@@ -270,7 +270,10 @@ async def _one_write(node: Node, session: WireSession, msg: GetRequest,
     pieces: list[bytes] = []
 
     async def collect(piece: memoryview) -> bool:
-        pieces.append(bytes(piece))
+        # The chunk's own bytes when the range is all of it (a whole small object): no copy.
+        whole = piece.obj
+        pieces.append(whole if type(whole) is bytes and piece.nbytes == len(whole)
+                      else bytes(piece))
         return True
 
     await stream_object(node, version.tenant, version, lo, hi, collect)

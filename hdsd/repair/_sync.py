@@ -65,6 +65,10 @@ _BULK_LEAVES = MAX_DIFF_LEAVES
 _BULK_BATCHES = 3
 _FETCH_IN_FLIGHT = 4  # per batch: _BULK_BATCHES x this on the link
 _WINDOW_BYTES = 8 << 20
+# Windows fetched or being encoded at once, per batch of leaves: with the one syncing, the
+# memory of a batch stays three windows, and a window is fetched while another is encoded and
+# synced (the link no longer waits for them).
+_WINDOWS_AHEAD = 2
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
 
 
@@ -413,7 +417,8 @@ class AntiEntropy:
 
         Chunks are fetched several at a time and committed by windows of about
         :data:`_WINDOW_BYTES` — the window's chunks and the versions they complete in one
-        batch, one fsync — while the next window is fetched. A version is only ever written
+        batch, one fsync — while the next windows are fetched (up to
+        :data:`_WINDOWS_AHEAD` windows in memory). A version is only ever written
         in the batch holding its last missing chunk or after it: the batch is indexed after
         its fsync, so no version is visible before its content is durable (a chunk an earlier
         window brought is waited for before the next window is queued)."""
@@ -434,36 +439,78 @@ class AntiEntropy:
         # version nor its chunks are fetched. The store would refuse it anyway.
         versions = await to_thread(self._not_purged, versions)
         absent = await to_thread(self._absent, versions)
+        windows = self._windows(versions, absent)
+        fetched: list[list[ChunkRecord] | None] = [None] * len(windows)
+        arrived = [trio.Event() for _ in windows]
+        # Windows fetched ahead of the one being committed: the link stays busy while a
+        # window is encoded and synced, instead of draining at each window's end.
+        ahead = trio.Semaphore(_WINDOWS_AHEAD)
+
+        async def fetch(k: int) -> None:
+            start, end = windows[k]
+            wanted = [(versions[i].tenant, c) for i in range(start, end) for c in absent[i]]
+            records = await fetch_chunk_records(link, peer, self.layout_id, wanted,
+                                                in_flight=_FETCH_IN_FLIGHT)
+            report.chunks_fetched += len(records)
+            report.payload_bytes_received += sum(len(c.payload) for c in records)
+            fetched[k] = records
+            arrived[k].set()
+
+        async def fetch_all(nursery: trio.Nursery) -> None:
+            for k in range(len(windows)):
+                await ahead.acquire()
+                nursery.start_soon(fetch, k)
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_all, nursery)
+                await self._commit_windows(versions, windows, fetched, arrived, ahead, report)
+
+    @staticmethod
+    def _windows(versions: list[Version], absent: list[list[bytes]]) -> list[tuple[int, int]]:
+        """``(start, end)`` ranges of *versions* whose missing chunks (and inline payloads)
+        come to about :data:`_WINDOW_BYTES` each."""
+        out = []
+        start = 0
+        while start < len(versions):
+            end, estimate = start, 0
+            while end < len(versions) and (end == start or estimate < _WINDOW_BYTES):
+                v = versions[end]
+                estimate += (v.size * len(absent[end]) // max(1, len(v.chunks))
+                             + len(v.inline or b"") + _WIRE_OVERHEAD)
+                end += 1
+            out.append((start, end))
+            start = end
+        return out
+
+    async def _commit_windows(self, versions: list[Version], windows: list[tuple[int, int]],
+                              fetched: list[list[ChunkRecord] | None],
+                              arrived: list[trio.Event], ahead: trio.Semaphore,
+                              report: RepairReport) -> None:
+        """Commit each window once its chunks arrived, in order, one queued at a time."""
         pending: CommitTicket | None = None
         # Counted as received once their window is durable (inline payloads as payload bytes:
         # a rebuild of small objects moves nothing else, and its rate would read 0 MiB/s).
         pending_versions = pending_inline = 0
         try:
-            start = 0
-            while start < len(versions):
-                end, estimate = start, 0
-                while end < len(versions) and (end == start or estimate < _WINDOW_BYTES):
-                    v = versions[end]
-                    estimate += (v.size * len(absent[end]) // max(1, len(v.chunks))
-                                 + len(v.inline or b"") + _WIRE_OVERHEAD)
-                    end += 1
-                wanted = [(versions[i].tenant, c) for i in range(start, end) for c in absent[i]]
-                fetched = await fetch_chunk_records(link, peer, self.layout_id, wanted,
-                                                    in_flight=_FETCH_IN_FLIGHT)
-                report.chunks_fetched += len(fetched)
-                report.payload_bytes_received += sum(len(c.payload) for c in fetched)
-                records: list[ChunkRecord | Version] = [*fetched, *versions[start:end]]
+            for k, (start, end) in enumerate(windows):
+                await arrived[k].wait()
+                chunks, fetched[k] = fetched[k], None
+                assert chunks is not None
+                records: list[ChunkRecord | Version] = [*chunks, *versions[start:end]]
+                del chunks
                 # Index lookups, sealing and checksums of a window (megabytes, or hundreds of
                 # versions) in a worker thread: the event loop has the link's TLS to do.
                 encoded = await to_thread(self.store.encode_commit, records)
+                del records
                 if pending is not None:
                     await pending.wait()  # the previous window is durable: one queued at a time
                     report.versions_received += pending_versions
                     report.payload_bytes_received += pending_inline
                 pending = self.store.start_encoded(encoded)
+                ahead.release()  # its bytes are the log writer's now
                 pending_versions = end - start
                 pending_inline = sum(len(v.inline or b"") for v in versions[start:end])
-                start = end
             ticket, pending = pending, None
             if ticket is not None:
                 await ticket.wait()

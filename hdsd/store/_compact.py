@@ -114,7 +114,7 @@ def _recommit(writer: LogWriter, records: list[StoredRecord]) -> int:
         size += len(record.payload) if isinstance(record, ChunkRecord) else 256
         if size >= _BATCH_BYTES or i == len(records) - 1:
             encoded = [encode_record(r) for r in batch]
-            nbytes = sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded)
+            nbytes = sum(F.FRAME_HEADER_SIZE + e.size for e in encoded)
             writer.commit_blocking(encoded, nbytes, relocate=True)
             written += nbytes
             batch, size = [], 0

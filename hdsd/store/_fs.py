@@ -8,10 +8,12 @@ raises ENOSPC, unsynced writes are lost at a simulated crash). Nothing in the st
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 __all__ = ["FileSystem"]
 
 _ZERO_BLOCK = 1 << 20
+_IOV_MAX = 1024  # Linux's UIO_MAXIOV
 
 
 class FileSystem:
@@ -49,6 +51,20 @@ class FileSystem:
             n = os.pwrite(fd, view, offset)
             view = view[n:]
             offset += n
+
+    def pwritev(self, fd: int, parts: Sequence[bytes], offset: int) -> None:
+        """Write *parts* one after the other at *offset*, without joining them (loops over
+        short writes and the system's limit on pieces per call)."""
+        pending = [memoryview(p) for p in parts if p]
+        while pending:
+            n = os.pwritev(fd, pending[:_IOV_MAX], offset)
+            offset += n
+            while n:
+                if n >= len(pending[0]):
+                    n -= len(pending.pop(0))
+                else:
+                    pending[0] = pending[0][n:]
+                    n = 0
 
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)

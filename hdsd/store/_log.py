@@ -115,8 +115,9 @@ from .._errors import CorruptLogError, IntegrityError
 from . import _format as F
 from ._records import EncodedRecord
 
-__all__ = ["ByteSource", "Frame", "TailVerdict", "classify_tail", "frame_batch",
-           "next_batch_start", "parse_frame", "scan_segment"]
+__all__ = ["ByteSource", "Frame", "TailVerdict", "check_frame_view", "classify_tail",
+           "frame_batch", "frame_batch_parts", "next_batch_start", "parse_frame",
+           "scan_segment"]
 
 
 class ByteSource(Protocol):
@@ -146,20 +147,44 @@ class Frame:
 
 def frame_batch(records: Sequence[EncodedRecord], batch_start: int) -> tuple[bytes, list[int]]:
     """The bytes of one batch written at *batch_start*, and each frame's offset."""
+    parts, offsets = frame_batch_parts(records, batch_start)
+    return b"".join(parts), offsets
+
+
+_OWN_PART = 64 << 10
+
+
+def frame_batch_parts(records: Sequence[EncodedRecord], batch_start: int
+                      ) -> tuple[list[bytes], list[int]]:
+    """:func:`frame_batch` as pieces to write in order (one ``pwritev``): a large record's
+    body is a piece of its own, not copied into the batch (a rebuild's batch is megabytes of
+    chunks); headers and small bodies are joined between them."""
     parts: list[bytes] = []
+    small: list[bytes] = []
     offsets: list[int] = []
     pos = batch_start
     last = len(records) - 1
     for i, rec in enumerate(records):
         flags = F.FLAG_COMMIT if i == last else 0
-        header = F.FRAME_HEADER.pack(F.FRAME_SYNC, len(rec.body), rec.kind, flags, 0,
-                                     batch_start, 0)
+        size = rec.size
+        header = F.FRAME_HEADER.pack(F.FRAME_SYNC, size, rec.kind, flags, 0, batch_start, 0)
         checksum = F.frame_checksum(header[F.CHECKSUMMED_HEADER], rec.body_digest)
-        parts.append(header[:-8] + F.U64.pack(checksum))
-        parts.append(rec.body)
+        small.append(header[:-8] + F.U64.pack(checksum))
+        if len(rec.body) >= _OWN_PART:
+            parts.append(b"".join(small))
+            parts.append(rec.body)
+            small = []
+        else:
+            small.append(rec.body)
+        if rec.tail:
+            parts.append(b"".join(small))
+            parts.append(rec.tail)
+            small = []
         offsets.append(pos)
-        pos += F.FRAME_HEADER_SIZE + len(rec.body)
-    return b"".join(parts), offsets
+        pos += F.FRAME_HEADER_SIZE + size
+    if small:
+        parts.append(b"".join(small))
+    return parts, offsets
 
 
 def parse_frame(buf: ByteSource, pos: int, end: int, batch_start: int | None) -> Frame | None:
@@ -190,6 +215,21 @@ def check_frame(segment: str, offset: int, data: bytes) -> Frame:
     if frame is None or frame.size != len(data):
         raise IntegrityError(f"log record at {segment}:{offset} failed its checksum")
     return Frame(offset, frame.kind, frame.flags, frame.batch_start, frame.body)
+
+
+def check_frame_view(segment: str, offset: int, data: bytes) -> tuple[int, memoryview]:
+    """:func:`check_frame` for a read that only decodes the body: ``(kind, body)`` with the
+    body a view of *data* — a chunk read copies its megabyte once (out of the record), not
+    also out of the frame."""
+    size = F.FRAME_HEADER_SIZE
+    if len(data) >= size:
+        header = data[:size]
+        sync, length, kind, _, reserved, _, checksum = F.FRAME_HEADER.unpack(header)
+        if (sync == F.FRAME_SYNC and kind != 0 and not reserved and size + length == len(data)):
+            body = memoryview(data)[size:]
+            if F.frame_checksum(header[F.CHECKSUMMED_HEADER], F.digest(body)) == checksum:
+                return kind, body
+    raise IntegrityError(f"log record at {segment}:{offset} failed its checksum")
 
 
 @dataclass(frozen=True, slots=True)

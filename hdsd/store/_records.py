@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import xxhash
+
 from .._errors import IntegrityError, InvalidRequest
 from .._packing import PackError, packb, unpackb
 from . import _format as F
@@ -44,6 +46,14 @@ class EncodedRecord:
     body_digest: int
     record: StoredRecord
     clear: Version | None = None  # the version before sealing (None: chunks, moved records)
+    # The body's last bytes, kept apart so a large chunk's payload is written as it came,
+    # not copied into the body first (the frame is *body* then *tail*; the digest covers both).
+    tail: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """The record body's length on the log (``body`` and ``tail``)."""
+        return len(self.body) + len(self.tail)
 
 
 def encode_record(record: ChunkRecord | Version | SealedVersion,
@@ -56,8 +66,11 @@ def encode_record(record: ChunkRecord | Version | SealedVersion,
     try:
         if isinstance(record, ChunkRecord):
             kind = F.KIND_CHUNK
-            body = packb({"t": record.tenant, "c": record.chunk_id, "p": record.payload})
             stored = record
+            if len(record.payload) >= _TAIL_BYTES:
+                record.tenant.encode("utf-8")
+                return _chunk_with_tail(record)
+            body = packb({"t": record.tenant, "c": record.chunk_id, "p": record.payload})
         elif isinstance(record, Version):
             kind = F.KIND_VERSION
             # Names are compared and sorted as UTF-8: refuse what cannot round-trip.
@@ -78,6 +91,26 @@ def encode_record(record: ChunkRecord | Version | SealedVersion,
     if len(body) > F.MAX_BODY_BYTES:
         raise InvalidRequest(f"record of {len(body)} bytes exceeds {F.MAX_BODY_BYTES}")
     return EncodedRecord(kind, body, F.digest(body), stored, clear)
+
+
+_TAIL_BYTES = 64 << 10
+
+
+def _chunk_with_tail(record: ChunkRecord) -> EncodedRecord:
+    """The chunk record ``{t, c, p}`` as msgpack writes it, the payload as the tail."""
+    n = len(record.payload)
+    if n > F.MAX_BODY_BYTES:
+        raise InvalidRequest(f"record of {n} bytes exceeds {F.MAX_BODY_BYTES}")
+    # The map's header and entries in packb's order; the payload's bin header last.
+    bin_head = (b"\xc5" + n.to_bytes(2, "big") if n < 0x10000
+                else b"\xc6" + n.to_bytes(4, "big"))
+    head = b"".join((b"\x83", packb("t"), packb(record.tenant), packb("c"),
+                     packb(record.chunk_id), packb("p"), bin_head))
+    if len(head) + n > F.MAX_BODY_BYTES:
+        raise InvalidRequest(f"record of {len(head) + n} bytes exceeds {F.MAX_BODY_BYTES}")
+    digest = xxhash.xxh3_64(head)
+    digest.update(record.payload)
+    return EncodedRecord(F.KIND_CHUNK, head, digest.intdigest(), record, None, record.payload)
 
 
 def decode_record(kind: int, body: bytes | memoryview) -> StoredRecord:

@@ -26,7 +26,7 @@ from ._compact import CompactReport, SegmentGate, compact
 from ._fds import DEFAULT_READ_FDS, ReadFds
 from ._fs import FileSystem
 from ._index import WARM_MIN_KEYS, WARM_NAMES, Index, Location, VersionName, khash_of
-from ._log import check_frame
+from ._log import check_frame, check_frame_view
 from ._records import ChunkRecord, EncodedRecord, decode_record, encode_record
 from ._recovery import Recovered, check_format, list_segments, recover, verify_log
 from ._sealed import SealedVersion, Sealing, open_version
@@ -285,8 +285,8 @@ class Store:
         self._check_readable()
         loc, data = self._read_located(tenant, chunk_id)
         name = F.segment_name(loc.segment)
-        frame = check_frame(name, loc.offset, data)
-        record = decode_record(frame.kind, frame.body)
+        kind, body = check_frame_view(name, loc.offset, data)
+        record = decode_record(kind, body)
         if (not isinstance(record, ChunkRecord) or record.tenant != tenant
                 or record.chunk_id != chunk_id):
             raise IntegrityError(f"log record at {name}:{loc.offset} is not chunk "
@@ -580,4 +580,4 @@ class CommitTicket:
 
 
 def _frames_size(encoded: list[EncodedRecord]) -> int:
-    return sum(F.FRAME_HEADER_SIZE + len(e.body) for e in encoded)
+    return sum(F.FRAME_HEADER_SIZE + e.size for e in encoded)

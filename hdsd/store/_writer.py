@@ -14,7 +14,7 @@ from .._errors import DiskFullError, StoreClosedError, StoreError, StoreFailedEr
 from . import _format as F
 from ._fs import FileSystem
 from ._index import AppliedPosition, Index, Location
-from ._log import frame_batch
+from ._log import frame_batch_parts
 from ._records import EncodedRecord
 from ._sealed import SealedVersion
 from ._version import Version
@@ -293,9 +293,10 @@ class LogWriter:
             self._complete(batch, None, "")
             return
         assert self._fd is not None
-        data, offsets = frame_batch(records, self._head)
+        parts, offsets = frame_batch_parts(records, self._head)
+        written = sum(map(len, parts))
         try:
-            self._fs.pwrite(self._fd, data, self._head)
+            self._fs.pwritev(self._fd, parts, self._head)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._undo_partial_write()
@@ -313,11 +314,11 @@ class LogWriter:
             return
         self.fsyncs += 1
         self.recent_fsyncs.append((self.last_fsync_seconds, len(batch)))
-        segment, end = self._segment, self._head + len(data)
+        segment, end = self._segment, self._head + written
         self._head = end
         self._position = (segment, end)
         self.batches += 1
-        self.bytes_written += len(data)
+        self.bytes_written += written
         self.commits += len(batch)
         # Durable: acknowledge now, index next. Readers wait for the index meanwhile
         # (wait_indexed), so the ack cannot be observed before the records are readable.
@@ -326,7 +327,7 @@ class LogWriter:
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         self._acked += 1
         self._complete(batch, None, "")
-        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + len(r.body)))
+        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + r.size))
                  for r, off in zip(records, offsets, strict=True)]
         try:
             moved = {id(r) for c in batch if c.relocate for r in c.records}

@@ -7,8 +7,10 @@ The client and the node use the same session. Theory of operation:
   that request (a memory channel). Events for a rid nobody registered are handed to
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
   ended are dropped, as the protocol allows.
-* Sending goes through one *outbox* (a bytearray): a sender encodes its frames with
-  ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
+* Sending goes through one *outbox* (a list of byte strings: small frames appended to one
+  bytearray, a frame of :data:`OWN_WRITE` bytes or more kept as the bytes ``conn.send`` made,
+  so a megabyte of body is not copied once more on its way out): a sender encodes its frames
+  with ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
   either becomes the *writer* — if nobody is writing — or waits for the writer. The writer calls
   ``stream.send_all`` with everything queued, and again with whatever other tasks queued
   meanwhile, until the outbox is empty. So 16 replies finishing together cost one or two TLS
@@ -67,7 +69,7 @@ from ..wire import (
     NeedData,
     Request,
 )
-from ._tlsread import tls_receiver
+from ._tlsread import tls_pieces_receiver
 
 __all__ = ["WireSession"]
 
@@ -76,16 +78,29 @@ RequestT = TypeVar("RequestT", bound=Request[Any])
 _READ_SIZE = 256 << 10
 MAX_DATA_FRAME = 1 << 20
 OUTBOX_LIMIT = 1 << 20
+OWN_WRITE = 64 << 10
+"""A frame this large goes to the stream as its own write, from the bytes ``conn.send``
+returned, instead of being copied into the outbox's bytearray."""
 """A sender waits while the outbox holds more than this (so it holds at most this much plus
 one batch of frames per sending task)."""
+
+
+def _bytes_of(view: memoryview, n: int) -> bytes:
+    """The first *n* bytes of *view*: the bytes object it shows when that is all of it (a
+    whole chunk, as a get sends it), else a copy."""
+    whole = view.obj
+    if type(whole) is bytes and n == view.nbytes == len(whole):
+        return whole
+    return bytes(view[:n])
 
 
 class WireSession:
     def __init__(self, stream: trio.abc.Stream, conn: Connection) -> None:
         self.stream = stream
         self.conn = conn
-        self._receive_some = tls_receiver(stream)
-        self._outbox = bytearray()
+        self._receive_pieces = tls_pieces_receiver(stream)
+        self._outbox: list[bytes | bytearray] = []
+        self._outbox_size = 0
         self._writing = False
         self._queued = 0  # bytes ever put in the outbox ...
         self._written = 0  # ... and ever handed to stream.send_all
@@ -172,21 +187,32 @@ class WireSession:
         # frames are committed to go out, whatever happens to this task.
         await trio.lowlevel.checkpoint_if_cancelled()
         goodbye = all(isinstance(m, Goodbye) for m in msgs)
-        while len(self._outbox) > OUTBOX_LIMIT and not self._closed:
+        while self._outbox_size > OUTBOX_LIMIT and not self._closed:
             await self._room.park()
         if self._closed and not goodbye:
             raise self._lost()
         try:
             for msg in msgs:
-                frame = self.conn.send(msg)
-                self._outbox += frame
-                self._queued += len(frame)
+                self._queue(self.conn.send(msg))
         finally:
             mark = self._queued
             if self._writing:
                 await self._wait_written(mark)
             elif self._outbox:
                 await self._write_out()
+
+    def _queue(self, frame: bytes) -> None:
+        if not frame:
+            return
+        outbox = self._outbox
+        if len(frame) >= OWN_WRITE:
+            outbox.append(frame)
+        elif outbox and isinstance(outbox[-1], bytearray):
+            outbox[-1] += frame
+        else:
+            outbox.append(bytearray(frame))
+        self._outbox_size += len(frame)
+        self._queued += len(frame)
 
     async def _wait_written(self, mark: int) -> None:
         # The writer loops until the outbox is empty, so it will write our bytes too.
@@ -199,11 +225,12 @@ class WireSession:
         self._writing = True
         try:
             while self._outbox:
-                data, self._outbox = self._outbox, bytearray()
+                parts, self._outbox, self._outbox_size = self._outbox, [], 0
                 self._room.unpark_all()
-                await self.stream.send_all(data)
-                self._written += len(data)
-                self._flushed.unpark_all()
+                for data in parts:
+                    await self.stream.send_all(data)
+                    self._written += len(data)
+                    self._flushed.unpark_all()
                 self._progress.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
@@ -219,7 +246,7 @@ class WireSession:
 
     def _fail(self, reason: ConnectionLost) -> None:
         """The connection cannot send any more: drop what is queued, then close."""
-        self._outbox = bytearray()
+        self._outbox, self._outbox_size = [], 0
         self._close(reason)
 
     def _close(self, reason: HdsdError | None = None) -> None:
@@ -249,7 +276,7 @@ class WireSession:
                 await self._credit_lot.park()
                 continue
             n = min(len(view), available, MAX_DATA_FRAME)
-            await self.send(Data(rid=rid, data=bytes(view[:n])))
+            await self.send(Data(rid=rid, data=_bytes_of(view, n)))
             view = view[n:]
 
     async def consumed(self, rid: int, nbytes: int) -> None:
@@ -319,10 +346,15 @@ class WireSession:
 
     async def _feed(self) -> None:
         try:
-            data = await self._receive_some(_READ_SIZE)
+            pieces = await self._receive_pieces(_READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(f"connection lost: {exc}") from None
-        self.conn.receive_data(bytes(data))
+        # Fed record by record (never joined: a copy of every byte); the connection buffers
+        # them until next_event cuts frames out, one read's worth at most.
+        for piece in pieces:
+            self.conn.receive_data(piece)
+        if not pieces:
+            self.conn.receive_data(b"")  # the end of the stream
 
     async def run_reader(
         self, on_request: Callable[[Message], None] | None = None, *,

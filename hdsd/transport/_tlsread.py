@@ -34,12 +34,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-__all__ = ["SOCKET_READ", "tls_receiver"]
+__all__ = ["SOCKET_READ", "tls_pieces_receiver", "tls_receiver"]
 
 SOCKET_READ = 256 << 10
 """Bytes asked of the socket per read (per scheduler pass)."""
 
 Receiver = Callable[[int], Awaitable[bytes | bytearray]]
+PiecesReceiver = Callable[[int], Awaitable[list[bytes]]]
 
 
 def tls_receiver(stream: trio.abc.Stream) -> Receiver:
@@ -54,6 +55,23 @@ def tls_receiver(stream: trio.abc.Stream) -> Receiver:
     return stream.receive_some
 
 
+def tls_pieces_receiver(stream: trio.abc.Stream) -> PiecesReceiver:
+    """:func:`tls_receiver` for a consumer that takes the plaintext piece by piece (one per
+    TLS record; an empty list at a clean end): the pieces are not joined into one string
+    first — a copy of every byte received, megabytes a second on a bulk transfer."""
+    if isinstance(stream, trio.SSLStream):
+        ssl_object = getattr(stream, "_ssl_object", None)
+        incoming = getattr(stream, "_incoming", None)
+        if isinstance(ssl_object, ssl.SSLObject) and isinstance(incoming, ssl.MemoryBIO):
+            return _TlsRecords(stream.transport_stream, ssl_object, incoming).receive_pieces
+    receive_some = stream.receive_some
+
+    async def pieces(max_bytes: int) -> list[bytes]:
+        data = await receive_some(max_bytes)
+        return [bytes(data)] if data else []
+    return pieces
+
+
 class _TlsRecords:
     __slots__ = ("_eof", "_error", "_incoming", "_ssl", "_transport")
 
@@ -66,6 +84,10 @@ class _TlsRecords:
         self._error: ssl.SSLError | None = None
 
     async def receive_some(self, max_bytes: int) -> bytes:
+        parts = await self.receive_pieces(max_bytes)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def receive_pieces(self, max_bytes: int) -> list[bytes]:
         out = self._decrypt(max_bytes)
         if out is not None:
             # Already buffered (bytes that came with the handshake): still a checkpoint.
@@ -82,13 +104,13 @@ class _TlsRecords:
                 return out
             # Only part of a record, or only post-handshake messages: read on.
 
-    def _decrypt(self, max_bytes: int) -> bytes | None:
-        """Every plaintext byte available without I/O (up to *max_bytes*), ``b""`` at a clean
-        end, None when a read is needed."""
+    def _decrypt(self, max_bytes: int) -> list[bytes] | None:
+        """Every plaintext byte available without I/O (up to *max_bytes*), as the records'
+        pieces; ``[]`` at a clean end, None when a read is needed."""
         if self._error is not None:
             raise trio.BrokenResourceError(str(self._error)) from self._error
         if self._eof:
-            return b""
+            return []
         parts: list[bytes] = []
         got = 0
         while got < max_bytes:
@@ -106,6 +128,6 @@ class _TlsRecords:
                 break
             parts.append(piece)
             got += len(piece)
-        if parts:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        return b"" if self._eof else None
+        if parts or self._eof:
+            return parts
+        return None

@@ -81,7 +81,7 @@ from typing import Final
 from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
-from ._frames import FrameReader, encode_frame
+from ._frames import FrameReader, encode_data_frame, encode_frame
 from ._messages import Credit, Data, Hello, Kind, Message
 from ._registry import decode_body, encode_body, message_type
 
@@ -317,12 +317,17 @@ class Connection:
             kind = message_type(msg).kind
         except KeyError:
             raise LocalProtocolError(f"{type(msg).__name__} is not a registered message") from None
-        try:
-            code, body = encode_body(msg)
-        except (TypeError, ValueError, OverflowError) as exc:
-            # Free-form maps (Reply.body, GetStart.info) may hold what msgpack cannot carry.
-            raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
-        frame = encode_frame(code, body, self.max_frame)
+        if kind is _K.DATA:
+            # Body bytes (gets, puts): the payload copied once, not three times.
+            assert isinstance(msg, Data)
+            frame = encode_data_frame(C.T_DATA, msg.rid, msg.data, self.max_frame)
+        else:
+            try:
+                code, body = encode_body(msg)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Free-form maps (Reply.body, GetStart.info) may hold what msgpack cannot carry.
+                raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+            frame = encode_frame(code, body, self.max_frame)
         if self._error is not None and kind is not _K.GOODBYE:
             raise LocalProtocolError("the peer broke the protocol: only a Goodbye may be sent")
         if kind is _K.CREDIT and self._credit_is_moot(msg):

@@ -8,15 +8,18 @@ body above the limit is refused as soon as its 13 bytes are in, before any body 
 
 from __future__ import annotations
 
+import struct
+
 import xxhash
 
 from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
 
-__all__ = ["FrameReader", "encode_frame"]
+__all__ = ["FrameReader", "encode_data_frame", "encode_frame"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
+_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 
 
 def encode_frame(code: int, body: bytes, max_frame: int) -> bytes:
@@ -26,6 +29,37 @@ def encode_frame(code: int, body: bytes, max_frame: int) -> bytes:
             f"frame body of {len(body)} bytes exceeds the {max_frame}-byte frame limit"
         )
     return C.HEADER.pack(len(body), code, _xxh3(body)) + body
+
+
+def encode_data_frame(code: int, rid: int, data: bytes | memoryview, max_frame: int) -> bytes:
+    """The frame :func:`encode_frame` makes for ``Data(rid, data)`` — byte for byte the same
+    (the msgpack array ``[rid, bin]``) — with the payload copied once, into the frame, instead
+    of into the msgpack body, then the frame, then the session's outbox: a megabyte get or
+    put moves through it."""
+    n = len(data)
+    # msgpack: fixarray of 2, the rid (a uint32: check_rid), then the bin header.
+    if rid < 0x80:
+        head = _U8.pack(rid)
+    elif rid < 0x100:
+        head = b"\xcc" + _U8.pack(rid)
+    elif rid < 0x10000:
+        head = b"\xcd" + _U16.pack(rid)
+    else:
+        head = b"\xce" + _U32.pack(rid)
+    if n < 0x100:
+        bin_head = b"\xc4" + _U8.pack(n)
+    elif n < 0x10000:
+        bin_head = b"\xc5" + _U16.pack(n)
+    else:
+        bin_head = b"\xc6" + _U32.pack(n)
+    prefix = b"\x92" + head + bin_head
+    length = len(prefix) + n
+    if length > max_frame:
+        raise LocalProtocolError(
+            f"frame body of {length} bytes exceeds the {max_frame}-byte frame limit")
+    digest = xxhash.xxh3_64(prefix)
+    digest.update(data)
+    return b"".join((C.HEADER.pack(length, code, digest.intdigest()), prefix, data))
 
 
 class FrameReader:

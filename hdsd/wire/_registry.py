@@ -171,8 +171,7 @@ def message_type(msg: Message) -> MessageType:
     return _BY_CLASS[type(msg)]
 
 
-def encode_body(msg: Message) -> tuple[int, bytes]:
-    """``(frame type code, msgpack body)`` of *msg*."""
+def _values(msg: Message) -> tuple[int, list[object]]:
     t = _BY_CLASS[type(msg)]
     values = [getattr(msg, f) for f in t.fields]
     # Trailing optional fields at their default stay off the wire (see MessageType).
@@ -180,13 +179,35 @@ def encode_body(msg: Message) -> tuple[int, bytes]:
         if values[-1] != default:
             break
         values.pop()
-    return t.code, packb(values)
+    return t.code, values
+
+
+def encode_body(msg: Message) -> tuple[int, bytes]:
+    """``(frame type code, msgpack body)`` of *msg*."""
+    code, values = _values(msg)
+    return code, packb(values)
 
 
 def frame_size(msg: Message) -> int:
     """Bytes *msg* takes on the wire as one frame, header included: the one way bytes are
-    counted by whoever reports traffic (repair rounds)."""
-    return C.HEADER_SIZE + len(encode_body(msg)[1])
+    counted by whoever reports traffic (repair rounds). Counted without encoding the
+    message's large byte strings (a chunk fetched in a rebuild: a megabyte each)."""
+    return C.HEADER_SIZE + packed_size(_values(msg)[1])
+
+
+def packed_size(obj: object) -> int:
+    """``len(packb(obj))``, without copying byte strings: their size is their length plus
+    msgpack's header; maps and arrays of up to 16 entries are summed entry by entry, anything
+    else is measured by encoding it."""
+    if isinstance(obj, (bytes, bytearray)):
+        n = len(obj)
+        return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+    if isinstance(obj, dict) and len(obj) <= 16:
+        return (1 if len(obj) < 16 else 3) + sum(
+            packed_size(k) + packed_size(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and len(obj) <= 16:
+        return (1 if len(obj) < 16 else 3) + sum(packed_size(v) for v in obj)
+    return len(packb(obj))
 
 
 def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:

@@ -335,3 +335,38 @@ async def test_a_replica_that_never_held_the_version_gets_only_the_purge(
             assert pair.names_of(n) == {("k", 20, "a0")}
     finally:
         pair.close()
+
+
+async def test_a_rebuild_keeps_to_the_operators_rate_limit(tmp_path: Path,
+                                                           autojump_clock: Any) -> None:
+    # [repair] rebuild_rate_mib_s: a bulk round's traffic is paced by it (a token bucket with
+    # one second of burst). The clock is trio's virtual one: time passes only in the pacing
+    # sleeps, so the round's duration is what the limit imposed, whatever the machine's load.
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        for i in range(40):
+            v, chunks = _version(f"k{i}", 10 + i, "b0", 3000 + i)  # ~40 x 50 KiB
+            await pair.stores["b0"].commit([*chunks, v])
+        pair.open()
+        ae, _ = pair.sides["a0"]
+        rate = 256 << 10
+        ae.bulk_rate_bytes_s = rate
+        report = await ae.repair_with("b0", bulk=True)
+        assert report.error is None and report.versions_received == 40
+        assert pair.names_of("a0") == pair.names_of("b0")
+        moved = report.bytes_sent + report.bytes_received
+        assert moved > 3 * rate
+        assert report.duration_s >= (moved - rate) / rate * 0.99  # the burst, then the rate
+        # Unlimited (0, the default), the same round takes no virtual time at all.
+        other = Pair(tmp_path / "again", _layout(1), "a0", "b0")
+        try:
+            for i in range(40):
+                v, chunks = _version(f"k{i}", 10 + i, "b0", 3000 + i)
+                await other.stores["b0"].commit([*chunks, v])
+            other.open()
+            fast = await other.sides["a0"][0].repair_with("b0", bulk=True)
+            assert fast.versions_received == 40 and fast.duration_s < 1.0
+        finally:
+            other.close()
+    finally:
+        pair.close()

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hdsd.store import ChunkRecord, FileSystem, Version
@@ -101,6 +102,10 @@ class FaultyFS(FileSystem):
             super().pwrite(fd, data[: len(data) // 2], offset)
             raise OSError(errno.ENOSPC, "injected: no space left on device")
         super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, parts: Sequence[bytes], offset: int) -> None:
+        # One write of the joined bytes: every fault above applies to a batch as before.
+        self.pwrite(fd, b"".join(parts), offset)
 
     def fdatasync(self, fd: int) -> None:
         self.fdatasyncs += 1

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 
 from hdsd import CorruptLogError, InvalidRequest
+from hdsd._packing import packb
 from hdsd.store import ChunkRecord
 from hdsd.store import _format as F
 from hdsd.store._log import Frame, ScanResult, classify_tail, frame_batch, parse_frame, scan_segment
@@ -92,3 +93,26 @@ def test_constants() -> None:
     assert F.parse_segment_name("0000000000000012.seg.tmp") is None
     header = F.segment_header(3)
     assert header.startswith(F.SEGMENT_MAGIC) and len(header) == F.SEGMENT_HEADER_SIZE
+
+
+@given(size=st.sampled_from([0, 1, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 1 << 20,
+                             3 << 20]),
+       tenant=st.text(min_size=1, max_size=70))
+def test_a_chunk_record_is_packb_of_its_map_byte_for_byte(size: int, tenant: str) -> None:
+    # A large chunk's payload is kept as the record's tail (written as it came): the frame must
+    # still be the documented record ({t, c, p} as msgpack), whatever the size.
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    cid = chunk_id(payload)
+    try:
+        enc = encode_record(ChunkRecord(tenant, cid, payload))
+    except InvalidRequest:
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in tenant)  # a lone surrogate only
+        return
+    body = packb({"t": tenant, "c": cid, "p": payload})
+    assert enc.body + enc.tail == body and enc.size == len(body)
+    assert enc.body_digest == F.digest(body)
+    assert enc.tail == (payload if size >= 64 << 10 else b"")
+    framed, _ = frame_batch([enc], 32)
+    frame = parse_frame(framed, 0, len(framed), 32)
+    assert frame is not None and frame.body == body
+    assert decode_record(F.KIND_CHUNK, frame.body) == ChunkRecord(tenant, cid, payload)

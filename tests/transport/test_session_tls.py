@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from hdsd.transport import WireSession, client_context, server_context
-from hdsd.transport._tlsread import tls_receiver
+from hdsd.transport._tlsread import tls_pieces_receiver, tls_receiver
 from hdsd.wire import PROTOCOL_VERSION, Connection, Hello, Reply, Role, StatRequest
 
 from .conftest import Pki
@@ -65,6 +65,26 @@ async def test_one_read_returns_many_records(pki: Pki) -> None:
             # trio's own receive_some would need at least 13 calls.
             assert len(pieces) < len(payload) // RECORD
             assert max(map(len, pieces)) > RECORD
+
+
+async def test_the_pieces_receiver_hands_many_records_unjoined(pki: Pki) -> None:
+    # What WireSession reads with: every record of a read in one call, not joined (and not
+    # trio's one-record-per-pass receive_some, which this would also fail on).
+    payload = os.urandom(200 * 1024)  # 13 records
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_pieces_receiver(client)
+            await server.send_all(payload)
+            calls: list[list[bytes]] = []
+            while sum(map(len, (p for c in calls for p in c))) < len(payload):
+                calls.append(await receive(256 * 1024))
+                assert calls[-1], "unexpected end of stream"
+            assert b"".join(p for c in calls for p in c) == payload
+            assert len(calls) < len(payload) // RECORD
+            assert max(map(len, calls)) > 1
+            assert all(len(p) <= RECORD for c in calls for p in c)
+            await server.aclose()
+            assert await receive(256 * 1024) == []  # a clean end: no piece
 
 
 async def test_interleaved_writes_and_reads_both_ways(pki: Pki) -> None:

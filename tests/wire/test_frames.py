@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
 import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hdsd import ProtocolError, wire
+from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
-from hdsd.wire._frames import FrameReader, encode_frame
+from hdsd.wire._errors import LocalProtocolError
+from hdsd.wire._frames import FrameReader, encode_data_frame, encode_frame
+from hdsd.wire._registry import encode_body
 
 
 def test_frame_layout_is_the_documented_one() -> None:
@@ -81,3 +87,88 @@ def test_the_example_in_docs_wire_md() -> None:
         "00 00 00 02 21 d8 1c e9 13 9e d3 68 85 91 07"
     )
     assert conn.max_frame == 4_259_840  # the figure docs/wire.md gives for the default limit
+
+
+_BOUNDARIES = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, C.MAX_RID)
+
+
+@given(rid=st.one_of(st.sampled_from(_BOUNDARIES), st.integers(0, C.MAX_RID)),
+       size=st.one_of(st.sampled_from((0, 1, 0xFF, 0x100, 0xFFFF, 0x10000)),
+                      st.integers(0, 1 << 18)))
+def test_a_data_frame_is_the_generic_encoding_byte_for_byte(rid: int, size: int) -> None:
+    # The Data fast path writes the msgpack itself: it must be what packb writes, at every
+    # boundary of msgpack's int and bin encodings.
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    code, body = encode_body(Data(rid=rid, data=data))
+    assert encode_data_frame(C.T_DATA, rid, data, C.MAX_FRAME) == \
+        encode_frame(code, body, C.MAX_FRAME)
+
+
+def test_a_data_frame_over_the_limit_is_refused_before_sending() -> None:
+    with pytest.raises(LocalProtocolError, match="limit"):
+        encode_data_frame(C.T_DATA, 1, bytes(C.MIN_MAX_FRAME), C.MIN_MAX_FRAME)
+
+
+def test_a_large_data_frame_round_trips_through_two_connections() -> None:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    hello = wire.Hello(protocol_version=C.PROTOCOL_VERSION, cluster_id="c", peer="p",
+                       window=C.DEFAULT_WINDOW)
+    server.receive_data(client.send(hello))
+    client.receive_data(server.send(hello))
+    assert isinstance(server.next_event(), wire.Hello)
+    assert isinstance(client.next_event(), wire.Hello)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    server.receive_data(client.send(wire.PutStart(rid=3, request_id=b"r" * 16, bucket="b",
+                                                  key="k", size=len(payload), metadata={},
+                                                  policy=None)))
+    assert isinstance(server.next_event(), wire.PutStart)
+    server.receive_data(client.send(Data(rid=3, data=payload)))
+    assert server.next_event() == Data(rid=3, data=payload)
+
+
+def _large_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
+    big = bytes(range(256)) * 1024  # 256 KiB: a body spanning many reads
+    frames = [(C.T_END, b"\x91\x01"), (C.T_DATA, big), (C.T_END, b"\x91\x02"),
+              (C.T_DATA, big[::-1]), (C.T_DATA, bytes(64 << 10))]
+    return b"".join(encode_frame(code, body, C.MAX_FRAME) for code, body in frames), frames
+
+
+@pytest.mark.parametrize("read", [1 << 20, 256 << 10, 65_536, 16_384, 4_099, 13])
+def test_reader_cuts_large_frames_whatever_the_reads(read: int) -> None:
+    stream, frames = _large_stream()
+    reader = FrameReader(C.MAX_FRAME)
+    got: list[tuple[int, bytes]] = []
+    for at in range(0, len(stream), read):
+        reader.feed(stream[at:at + read])
+        while (frame := reader.next_frame()) is not None:
+            got.append((frame[0], bytes(frame[1])))
+        assert reader.buffered == min(len(stream), at + read) - sum(
+            C.HEADER_SIZE + len(body) for _, body in got)
+    assert got == frames
+    assert reader.buffered == 0
+
+
+@given(cuts=st.lists(st.integers(0, 600_000), max_size=6))
+def test_reader_cuts_large_frames_split_anywhere(cuts: list[int]) -> None:
+    stream, frames = _large_stream()
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for lo, hi in itertools.pairwise(bounds):
+        reader.feed(stream[lo:hi])
+        while (frame := reader.next_frame()) is not None:
+            got.append((frame[0], bytes(frame[1])))
+    assert got == frames
+
+
+def test_a_damaged_large_frame_fails_its_checksum() -> None:
+    stream, _ = _large_stream()
+    damaged = bytearray(stream)
+    damaged[C.HEADER_SIZE + 2 + C.HEADER_SIZE + 100_000] ^= 1  # inside the first large body
+    reader = FrameReader(C.MAX_FRAME)
+    reader.feed(bytes(damaged[:70_000]))
+    assert reader.next_frame() == (C.T_END, b"\x91\x01")
+    assert reader.next_frame() is None
+    reader.feed(bytes(damaged[70_000:]))
+    with pytest.raises(ProtocolError, match="checksum"):
+        reader.next_frame()

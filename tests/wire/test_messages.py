@@ -6,11 +6,14 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from hdsd import InvalidRequest, NotFound, ProtocolError, wire
 from hdsd._packing import packb
+from hdsd.wire import Reply, frame_size
 from hdsd.wire import _constants as C
-from hdsd.wire._registry import decode_body, encode_body, message_type
+from hdsd.wire._frames import encode_frame
+from hdsd.wire._registry import decode_body, encode_body, message_type, packed_size
 
 from .strategies import STRATEGIES, messages
 
@@ -172,3 +175,26 @@ def test_decode_refuses_malformed_bodies(code: int, body: bytes, why: str) -> No
 def test_cert_revoke_limits(args: tuple[str, bytes, str]) -> None:
     with pytest.raises(InvalidRequest):
         wire.CertRevoke(RID, *args)
+
+
+_SIZES = st.sampled_from([0, 1, 0xFF, 0x100, 0xFFFF, 0x10000])
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+                    st.text(max_size=40), st.binary(max_size=300),
+                    _SIZES.map(bytes), st.floats(allow_nan=False))
+_PACKABLE = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=18),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=18)),
+    max_leaves=60)
+
+
+@given(_PACKABLE)
+def test_packed_size_is_the_encoded_length(obj: object) -> None:
+    # frame_size counts repair traffic with it instead of encoding each megabyte chunk again.
+    assert packed_size(obj) == len(packb(obj))
+
+
+def test_frame_size_is_the_frame_the_connection_sends() -> None:
+    for n in (0, 255, 256, 65_535, 65_536, 1 << 20):
+        reply = Reply(rid=70_000, body={"payload": bytes(n), "more": False})
+        assert frame_size(reply) == len(encode_frame(*encode_body(reply), C.MAX_FRAME))
