@@ -1,6 +1,7 @@
 """Clients of an hdsd cluster: :class:`AsyncClient` (trio) and :class:`Client` (blocking)."""
 
 from ._async import AsyncClient as AsyncClient
+from ._async import new_request_id as new_request_id
 from ._export import ExportSummary as ExportSummary
 from ._export import export_tenant as export_tenant
 from ._import import ImportSummary as ImportSummary

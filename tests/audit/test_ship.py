@@ -137,3 +137,59 @@ async def test_shipper_prefers_the_first_node_falls_back_and_resumes(tmp_path: P
     for name in ("m1", "m2"):
         copy = copy_dir(tmp_path / name / "audit", "n1")
         assert verify_log(copy, audit.verify_key).records == 6
+
+
+class _CountingLink(_FakeLink):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.batches: list[int] = []
+
+    async def call(self, node: str, request: Request[R]) -> R:
+        msg = request
+        assert isinstance(msg, AuditShip)
+        self.batches.append(len(msg.records))
+        return await super().call(node, request)
+
+
+async def test_steady_traffic_ships_one_batch_per_interval_and_a_backlog_back_to_back(
+        tmp_path: Path) -> None:
+    link = _CountingLink(tmp_path)
+    audit = AuditLog(tmp_path / "n1" / "audit", "n1")
+    try:
+        # A backlog of three batches: shipped without waiting the (long) interval between them.
+        for i in range(2500):
+            audit.record("c", "writer", "t", "PutStart", "b", f"k{i}", "", 1, 0, "ok", "?")
+        await trio.to_thread.run_sync(audit.checkpoint_and_wait)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", interval=3600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shipper.run)
+            with trio.fail_after(60):
+                while shipper.pending():
+                    await trio.sleep(0.01)
+            assert link.batches[:2] == [1000, 1000] and sum(link.batches) == audit.durable[0]
+            nursery.cancel_scope.cancel()
+
+        # Steady traffic: records becoming durable one by one, while the shipper runs. Each
+        # is shipped within an interval, in batches of many (not one batch per record).
+        link.batches.clear()
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", interval=0.5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shipper.run)
+            t0 = trio.current_time()
+            for i in range(100):
+                audit.record("c", "writer", "t", "PutStart", "b", f"s{i}", "", 1, 0, "ok", "?")
+                await trio.to_thread.run_sync(audit.wait_durable)
+                await trio.sleep(0.01)
+            elapsed = trio.current_time() - t0
+            with trio.fail_after(60):
+                while shipper.pending():
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        # At most one batch per interval (plus the first, at once): however slow this machine
+        # ran the loop above, never one per record.
+        assert len(link.batches) <= elapsed / 0.5 + 2
+        assert sum(link.batches) >= 100
+    finally:
+        audit.close()
+        for c in link.copies.values():
+            c.close()

@@ -8,6 +8,7 @@ and one reply, with no helper task; larger or streamed bodies keep the credit-dr
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -73,6 +74,7 @@ class FakeNode:
     def __init__(self, mode: str = "store") -> None:
         self.mode = mode
         self.bodies: list[bytes] = []
+        self.request_ids: list[bytes] = []
         self.client_stream: CountingStream | None = None
         self.session: WireSession | None = None
 
@@ -91,6 +93,7 @@ class FakeNode:
         async with trio.open_nursery() as nursery:
             def on_request(msg: Message) -> None:
                 assert isinstance(msg, PutStart)
+                self.request_ids.append(msg.request_id)
                 nursery.start_soon(self.put, session, msg, session.open_inbox(msg.rid))
 
             await session.run_reader(on_request)
@@ -145,6 +148,23 @@ async def test_small_put_is_one_write(profile: Profile, monkeypatch: pytest.Monk
     assert (info.key, info.size) == ("k", 4096)
     assert node.bodies[-1] == data
     assert seen == [4096]
+
+
+async def test_request_ids_ascend_with_time_and_are_unique(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode()
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            for i in range(50):
+                await client.put("b", f"k{i}", b"x")
+            await client.put("b", "mine", b"x", request_id=b"r" * 16)
+    *made, given = node.request_ids
+    assert given == b"r" * 16  # the caller's own id is sent as it is
+    assert all(len(r) == 16 for r in made) and len(set(made)) == len(made)
+    # Milliseconds first: one client's ids land at the end of a node's request-id index.
+    millis = [int.from_bytes(r[:6], "big") for r in made]
+    assert millis == sorted(millis)
+    assert abs(millis[-1] - time.time_ns() // 1_000_000) < 60_000
 
 
 async def test_empty_put_sends_no_data_frame(profile: Profile,
