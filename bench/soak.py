@@ -3,13 +3,17 @@ CPU per operation, latency) and is every acknowledged write there at the end?
 
     python bench/soak.py [--clients 64] [--duration 1800] [--interval 60] [--json PATH]
     python bench/soak.py --quick            # 2 minutes, 16 clients, 10 s samples
+    python bench/soak.py --limit max_unsent_mib=4 --node-env MALLOC_ARENA_MAX=4
 
 The mix, per operation: 70 % puts (of which 60 % 4 KiB, 30 % 64 KiB, 10 % 1 MiB; nine in ten
 to a new key, one in ten overwriting one of the client's keys), 25 % gets of one of the
 client's keys (checked byte for byte), 5 % deletes. Each client owns its keys, so the expected
 state of every key is known without locking; half the clients talk to dc1, half to dc2.
 
-Every ``--interval`` seconds: each node's RSS, open descriptors and CPU seconds (from /proc),
+Every ``--interval`` seconds: each node's RSS and its peak since the last sample (VmHWM, reset
+through /proc/PID/clear_refs), open descriptors and CPU seconds (from /proc), the node's own
+split of its memory (``memory`` in its status: glibc's bytes in use and free in its arenas;
+Python's traced bytes with ``--node-env PYTHONTRACEMALLOC=1``),
 the operations done in the interval by kind with p50/p99 latency, the CPU per operation (both
 nodes' CPU over all operations) and errors. At the end, every key is read back from each site
 with the other site's node stopped (so the answer is that node's own copy, never forwarded),
@@ -72,8 +76,10 @@ class Expected:
 
 
 class Soak:
-    def __init__(self, profile: Path, clients: int, seed: int) -> None:
+    def __init__(self, profile: Path, clients: int, seed: int,
+                 sizes: tuple[tuple[int, float], ...] = SIZES) -> None:
         self.profile = profile
+        self.sizes = sizes
         self.clients = clients
         self.seed = seed
         self.now = Interval()
@@ -93,7 +99,8 @@ class Soak:
                 t0 = time.perf_counter()
                 try:
                     if r < 0.70 or not names:
-                        size = rng.choices([s for s, _ in SIZES], [w for _, w in SIZES])[0]
+                        size = rng.choices([s for s, _ in self.sizes],
+                                           [w for _, w in self.sizes])[0]
                         if names and rng.random() < 0.1:
                             key = rng.choice(names)
                         else:
@@ -129,13 +136,41 @@ def _proc(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    rss = 0
+    rss = peak = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    try:  # "5" resets VmHWM to the current RSS: the next sample's peak is the interval's own
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the peak is since the node started
     return {"cpu_s": (int(fields[11]) + int(fields[12])) / tick, "rss_mib": rss / 2**20,
-            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+            "peak_rss_mib": peak / 2**20, "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": len(os.listdir(f"/proc/{pid}/task"))}
+
+
+async def _memory(profile: Path, site: str) -> dict[str, float]:
+    """The node's own account of its memory (``memory`` in its status), in MiB: glibc's
+    bytes in use and free in its arenas, Python's traced bytes when the node runs with
+    PYTHONTRACEMALLOC — what separates live data from memory the allocator keeps."""
+    try:
+        with trio.fail_after(30):
+            async with hdsd.AsyncClient(profile, site=site) as c:
+                mem = (await c.status()).get("memory") or {}
+    except (hdsd.HdsdError, trio.TooSlowError):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in (mem.get("malloc") or {}).items():
+        out[k] = round(v / 2**20, 1)
+    if "python_blocks" in mem:  # a count of live Python objects: a leak of them climbs
+        out["python_kblocks"] = round(mem["python_blocks"] / 1000, 1)
+    if "python_traced" in mem:
+        out["python_traced"] = round(mem["python_traced"]["current"] / 2**20, 1)
+    return out
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -185,7 +220,7 @@ async def _verify(profile: Path, soak: Soak, tasks: int, nodes: dict[str, NodePr
 
 async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Namespace
                ) -> dict[str, Any]:
-    soak = Soak(profile, args.clients, args.seed)
+    soak = Soak(profile, args.clients, args.seed, args.sizes)
     stop = trio.Event()
     pids = {s: n.proc.pid for s, n in nodes.items() if n.proc is not None}
     samples: list[dict[str, Any]] = []
@@ -200,6 +235,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                 await stop.wait()
             interval, soak.now = soak.now, Interval()
             now = {s: _proc(p) for s, p in pids.items()}
+            memory = {s: await _memory(profile, s) for s in pids}
             n_ops = sum(len(v) for v in interval.ops.values())
             cpu = sum(now[s]["cpu_s"] - last[s]["cpu_s"] for s in now)
             elapsed = time.monotonic() - t0
@@ -213,12 +249,18 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                       for k, v in (("n", len(lat)), ("p50_ms", _pct(lat, 0.5)),
                                    ("p99_ms", _pct(lat, 0.99)))},
                    **{f"{s}_{k}": round(v, 1) if k != "fds" else v
-                      for s, m in now.items() for k, v in m.items()}}
+                      for s, m in now.items() for k, v in m.items()},
+                   **{f"{s}_{k}" + ("" if k.endswith("kblocks") else "_mib"): v
+                      for s, m in memory.items() for k, v in m.items()}}
             samples.append(row)
             last = now
             _log(f"t={row['t_s']:.0f}s ops/s={row['ops_s']} cpu/op={row['cpu_ms_per_op']} ms "
                  f"rss={[round(now[s]['rss_mib']) for s in now]} MiB "
-                 f"fds={[now[s]['fds'] for s in now]} errors={row['errors']}")
+                 f"(peak {[round(now[s]['peak_rss_mib']) for s in now]}) "
+                 f"fds={[now[s]['fds'] for s in now]} "
+                 f"threads={[now[s]['threads'] for s in now]} errors={row['errors']} "
+                 f"malloc in use/free={[(m.get('in_use'), m.get('free')) for m in memory.values()]}"
+                 f" MiB")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler)
@@ -231,6 +273,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
     verify = await _verify(profile, soak, 8, nodes, args.verify_sample)
     totals = {op: sum(r[f"{op}_n"] for r in samples) for op in ("put", "get", "delete")}
     return {"clients": args.clients, "duration_s": args.duration, "interval_s": args.interval,
+            "sizes": [list(p) for p in args.sizes],
             "totals": totals, "errors": soak.total_errors + soak.wrong_reads,
             "wrong_reads": soak.wrong_reads, "verify": verify, "samples": samples,
             "nodes_at_start": start, "nodes_at_end": end}
@@ -270,6 +313,11 @@ def _plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _sizes(text: str) -> tuple[tuple[int, float], ...]:
+    pairs = [item.split(":") for item in text.split(",")]
+    return tuple((int(size), float(weight)) for size, weight in pairs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -283,6 +331,11 @@ def main() -> None:
                     help="verify this many random keys, not all (long runs; 0: every key)")
     ap.add_argument("--node-env", action="append", default=[],
                     help="NAME=VALUE in the nodes' environment (e.g. MALLOC_ARENA_MAX=2)")
+    ap.add_argument("--sizes", type=_sizes, default=SIZES,
+                    help="put sizes and weights, e.g. 1048576:1 for 1 MiB objects only "
+                         "(default: 4096:0.6,65536:0.3,1048576:0.1)")
+    ap.add_argument("--limit", action="append", default=[],
+                    help="KEY=VALUE in the nodes' [limits] (e.g. max_unsent_mib=4)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/soak.json"))
     ap.add_argument("--png", type=Path, default=None, help="default: the JSON path, .png")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
@@ -299,6 +352,10 @@ def main() -> None:
         root = Path(tmp) / "cluster"
         profile = init_cluster(root)
         configs = {s: root / f"{s}-n1" / "node.toml" for s in ("dc1", "dc2")}
+        if args.limit:  # hdsd init leaves [limits] commented out: a table of our own
+            for cfg in configs.values():
+                with cfg.open("a") as f:
+                    f.write("\n[limits]\n" + "".join(f"{item}\n" for item in args.limit))
         nodes = {s: NodeProcess(cfg) for s, cfg in configs.items()}
         try:
             for node in nodes.values():
@@ -306,6 +363,7 @@ def main() -> None:
             _log(f"{args.clients} clients for {args.duration:.0f} s")
             result = trio.run(_run, profile, nodes, args)
             result["node_env"] = args.node_env
+            result["limits"] = args.limit
         finally:
             for node in nodes.values():
                 node.stop()
@@ -329,6 +387,12 @@ def main() -> None:
                       f"{first[f'{s}_rss_mib']} / {warm[f'{s}_rss_mib']} / "
                       f"{last[f'{s}_rss_mib']} MiB "
                       f"({100 * (last[f'{s}_rss_mib'] / warm[f'{s}_rss_mib'] - 1):+.1f} %)",
+                      "within 10 % of warm"])
+        after = [r[f"{s}_peak_rss_mib"] for r in rows if r["t_s"] >= warm["t_s"]]
+        table.append([f"{s} interval's peak RSS warm / highest after / last",
+                      f"{warm[f'{s}_peak_rss_mib']} / {max(after)} / "
+                      f"{last[f'{s}_peak_rss_mib']} MiB "
+                      f"({100 * (max(after) / warm[f'{s}_peak_rss_mib'] - 1):+.1f} %)",
                       "within 10 % of warm"])
         table.append([f"{s} fds first / last", f"{first[f'{s}_fds']} / {last[f'{s}_fds']}",
                       "bounded"])

@@ -167,7 +167,16 @@ def node_row(entry: dict[str, Any], now: float) -> dict[str, str]:
         "last repair": last_run(entry.get("last_repair"), now),
         "last scrub": last_run(entry.get("last_scrub"), now),
         "sessions": _sessions(entry.get("limits") or {}),
+        "rss (malloc free)": _memory(entry.get("memory") or {}),
     }
+
+
+def _memory(memory: dict[str, Any]) -> str:
+    """Resident memory, and what glibc holds freed in it (docs/operations.md, Memory)."""
+    if memory.get("rss") is None:
+        return "-"
+    held = (memory.get("malloc") or {}).get("free")
+    return human_bytes(memory["rss"]) + (f" ({human_bytes(held)})" if held is not None else "")
 
 
 def _sessions(limits: dict[str, Any]) -> str:
@@ -180,7 +189,8 @@ def _sessions(limits: dict[str, Any]) -> str:
 
 
 COLUMNS = ("site", "node", "state", "version", "disk used/free", "data dir", "fsync p50/p99 ms",
-           "mode", "policy", "backlog (rpo)", "last repair", "last scrub", "sessions")
+           "mode", "policy", "backlog (rpo)", "last repair", "last scrub", "sessions",
+           "rss (malloc free)")
 _STATE_COLOURS = {"up": "green", "down": "red", "failed": "red", "disk full": "red"}
 
 

@@ -155,6 +155,19 @@ def _limits(limits: dict[str, Any]) -> Iterator[Metric]:
     yield hits
 
 
+def _memory(memory: dict[str, Any]) -> Iterator[Metric]:
+    """Resident memory and glibc's split of it (``hdsd.node._malloc.memory_status``): a
+    growing ``in_use`` is live data; a growing ``free`` is the allocator keeping it."""
+    family = GaugeMetricFamily("hdsd_memory_bytes", "Process memory: resident (rss), and "
+                               "glibc malloc's bytes in use, free in its arenas, mapped on "
+                               "their own and its heaps' size", labels=["kind"])
+    if memory.get("rss") is not None:
+        family.add_metric(["rss"], memory["rss"])
+    for kind, value in sorted((memory.get("malloc") or {}).items()):
+        family.add_metric([kind], value)
+    yield family
+
+
 class _StatusCollector(Collector):
     """Gauges read from ``node.status()`` when scraped (nothing updated on the hot path)."""
 
@@ -176,6 +189,7 @@ class _StatusCollector(Collector):
         yield _gauge("hdsd_requests_in_flight", "Requests being handled",
                      st["requests_in_flight"])
         yield from _limits(st.get("limits") or {})
+        yield from _memory(st.get("memory") or {})
         yield _gauge("hdsd_site_degraded", "1 when this site accepts writes alone",
                      1 if st["mode"].get("mode") == "degraded" else 0)
         yield _gauge("hdsd_stopping", "1 during a graceful stop", 1 if node.stopping else 0)

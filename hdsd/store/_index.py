@@ -50,6 +50,11 @@ CACHED_NAMES = 2_000_000
 # least this many names, largest first, up to a quarter of the caches' capacity.
 WARM_MIN_KEYS = 5_000
 WARM_NAMES = CACHED_NAMES // 4
+# A cached bucket keeps the names written since its last listing apart (the next listing
+# merges them). Beyond a quarter of its names, and at least this many, its cache is dropped
+# instead: puts into a bucket no one lists again (one warmed at start) must not grow it
+# without end. The next listing opens its names again.
+PENDING_NAMES_MIN = 4096
 _PAGE_KEYS = 256  # names looked up per SQL statement while paging a listing
 _WARM_CHECK = 256  # names opened between two looks at a warm-up's stop flag
 
@@ -602,6 +607,8 @@ class Index:
                 cached = self._names.get(ident)
                 if cached is not None:
                     cached.pending.add(v.key)
+                    if len(cached.pending) > max(PENDING_NAMES_MIN, len(cached.keys) // 4):
+                        del self._names[ident]
                 building = self._building.get(ident)
                 if building is not None:
                     building.add(v.key)
@@ -686,6 +693,7 @@ class Index:
                         merged = known + new
                         merged.sort()  # two sorted runs: Timsort merges them in linear time
                         cached.keys = merged
+                        self._bound_names()  # grown: the others may have to make room
                     cached.pending = set()
                 return cached.keys
             done = self._build_done.get(ident)
@@ -721,11 +729,16 @@ class Index:
             self._build_done.pop(ident).set()
             ordered = sorted(opened)
             self._names[ident] = _BucketNames(ordered)
-            total = sum(len(n.keys) for n in self._names.values())
-            while total > CACHED_NAMES and len(self._names) > 1:
-                _, dropped = self._names.popitem(last=False)
-                total -= len(dropped.keys)
+            self._bound_names()
         return ordered
+
+    def _bound_names(self) -> None:
+        """At most CACHED_NAMES names in the listing caches, least recently listed buckets
+        dropped first (the last one listed stays, however large). Under ``_names_lock``."""
+        total = sum(len(n.keys) for n in self._names.values())
+        while total > CACHED_NAMES and len(self._names) > 1:
+            _, dropped = self._names.popitem(last=False)
+            total -= len(dropped.keys)
 
     def warm_listings(self, stop: Callable[[], bool], *, max_names: int,
                       min_keys: int) -> tuple[int, int]:

@@ -31,4 +31,12 @@ def test_a_short_soak_loses_nothing_and_fails_nothing(tmp_path: Path) -> None:
     assert result["verify"]["lost"] == 0, result["verify"]
     assert result["verify"]["live"] > 100  # it did write
     assert sum(result["totals"].values()) > 500
+    # Each sample holds each node's own account of its memory (from its status) and the
+    # interval's peak RSS, never below the RSS at its end.
+    for row in result["samples"]:
+        for site in ("dc1", "dc2"):
+            assert row[f"{site}_peak_rss_mib"] >= row[f"{site}_rss_mib"] > 20
+            assert row[f"{site}_python_kblocks"] > 10
+            if os.confstr("CS_GNU_LIBC_VERSION"):
+                assert row[f"{site}_in_use_mib"] > 1
     assert proc.returncode == 0, proc.stderr[-3000:]

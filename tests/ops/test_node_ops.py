@@ -82,6 +82,11 @@ def test_metrics_count_requests_by_op_outcome_and_size(pair: Pair) -> None:
     assert sample(text, "hdsd_store_failed") == 0
     assert sample(text, "hdsd_repair_running") in (0, 1)
     assert sample(text, "hdsd_scrub_running") in (0, 1)
+    # Memory: resident bytes, and (glibc) the allocator's split of what it holds.
+    assert (sample(text, "hdsd_memory_bytes", kind="rss") or 0) > 20 << 20
+    if os.confstr("CS_GNU_LIBC_VERSION"):
+        assert (sample(text, "hdsd_memory_bytes", kind="in_use") or 0) > 1 << 20
+        assert sample(text, "hdsd_memory_bytes", kind="free") is not None
     # The other node saw the replication of the put as a peer request.
     _, other = http_get(metrics_port(pair.dc2), "/metrics")
     assert (sample(other, "hdsd_requests_total", op="replicate", outcome="ok") or 0) >= 1
@@ -102,6 +107,7 @@ def test_status_shows_every_node_as_json_and_as_a_table(pair: Pair) -> None:
         entry = nodes[name]
         assert entry["up"] and entry["site"] == site and entry["software"] == hdsd.__version__
         assert entry["disk"]["free"] > 0 and entry["write_policy"] == "each-site"
+        assert entry["memory"]["rss"] > 20 << 20
     human = hdsd_cli("--profile", str(pair.profile), "status")
     assert human.returncode in (0, 10), human.stderr.decode()  # 0 checked below
     text = human.stdout.decode()

@@ -165,6 +165,10 @@ def test_status_cells() -> None:
                     "last_scrub": {"at": 0, "status": "clean"}}, 7200.0)
     assert row["state"] == "disk full" and row["backlog (rpo)"] == "2 v/10B 3s"
     assert row["last scrub"] == "2h ago clean" and row["fsync p50/p99 ms"] == "-"
+    assert row["rss (malloc free)"] == "-"  # a node too old to say
+    row = node_row({"up": True, "node": "n", "site": "s",
+                    "memory": {"rss": 150 << 20, "malloc": {"free": 40 << 20}}}, 0)
+    assert row["rss (malloc free)"] == "150.0M (40.0M)"
 
 
 def test_a_rebuilding_node_gets_a_progress_line_with_its_eta() -> None:

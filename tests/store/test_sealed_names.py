@@ -247,3 +247,37 @@ def test_a_listing_during_a_cache_build_waits_for_it_instead_of_building_twice(
         listing.join(30)
         assert listed == [[f"k{i:03}" for i in range(300)]]
         assert opened["n"] == 300  # every name opened once, by the warm-up alone
+
+
+def test_puts_into_a_cached_bucket_no_one_lists_keep_the_cache_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hdsd.store import _index as index_module
+
+    monkeypatch.setattr(index_module, "PENDING_NAMES_MIN", 8)
+    monkeypatch.setattr(index_module, "CACHED_NAMES", 100)
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        names = store._index._names
+        store.commit_sync([inline_version("t", "b", f"k{i:04}", i + 1, "n", b"x")
+                           for i in range(40)])
+        store.commit_sync([inline_version("t", "other", "o", 1, "n", b"x")])
+        assert len(store.list_current("t", "other")) == 1
+        assert len(store.list_current("t", "b")) == 40  # cached: 40 names, the last listed
+        peak = 0
+        for i in range(40, 240):  # a bucket written to and never listed again
+            store.commit_sync([inline_version("t", "b", f"k{i:04}", i + 1, "n", b"x")])
+            peak = max(peak, sum(len(c.keys) + len(c.pending) for c in names.values()))
+            for c in names.values():
+                assert len(c.pending) <= max(8, len(c.keys) // 4)
+        assert peak <= 41 + 10  # 40 + 1 names cached, at most 40 // 4 pending
+        # Dropped, not lost: the next listing opens every name again.
+        assert [v.key for v in store.list_current("t", "b")] == [f"k{i:04}" for i in range(240)]
+        # A listing that merges the pending names counts them against CACHED_NAMES: the
+        # bucket listed before it makes room.
+        monkeypatch.setattr(index_module, "CACHED_NAMES", 250)
+        assert len(store.list_current("t", "other")) == 1
+        assert len(store.list_current("t", "b")) == 240  # both cached: 241 names
+        assert sorted(len(c.keys) for c in names.values()) == [1, 240]
+        store.commit_sync([inline_version("t", "b", f"m{i:04}", 1000 + i, "n", b"x")
+                           for i in range(10)])
+        assert len(store.list_current("t", "b")) == 250
+        assert [len(c.keys) for c in names.values()] == [250]  # "other" dropped: 251 > 250
