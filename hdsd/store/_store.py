@@ -529,11 +529,17 @@ class Store:
         except StoreFailedError:
             pass  # still report, with failed=True
         numbers = list_segments(self._fs, self._dir)
-        disk = sum(os.path.getsize(os.path.join(self._dir, F.segment_name(n))) for n in numbers)
+        disk = segments = 0
+        for n in numbers:
+            try:
+                disk += os.path.getsize(os.path.join(self._dir, F.segment_name(n)))
+                segments += 1
+            except FileNotFoundError:
+                pass  # removed by a compaction (in its thread) since the listing
         w = self._writer
         seg, off = w.head
         return StoreStatistics(
-            segments=len(numbers), disk_bytes=disk, bytes_written=w.bytes_written,
+            segments=segments, disk_bytes=disk, bytes_written=w.bytes_written,
             records=self._index.record_count(), commits=w.commits, batches=w.batches,
             fsyncs=w.fsyncs, last_fsync_seconds=w.last_fsync_seconds,
             failed=w.failed is not None, head_segment=seg, head_offset=off,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from hdsd.store import ChunkRecord, Store
 from hdsd.store._sealed import seal_version
 from tests.helpers.sealing import SEALING
@@ -105,3 +107,24 @@ def test_a_location_read_before_compaction_is_checked_quietly_after_it(tmp_path:
         store.compact(frozenset({"gone"}))
         assert not (tmp_path / f"{loc.segment:016d}.seg").exists()
         store.check_record(loc)
+
+
+def test_statistics_while_a_compaction_removes_segments(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Status is read on the event loop while compaction runs in a worker thread: a segment
+    # listed, then removed before its size is read, must not fail the status request (it did:
+    # FileNotFoundError, "internal error on the node" during `hdsd compact --wait`).
+    import hdsd.store._store as store_module
+
+    with Store.open(tmp_path, segment_bytes=SEGMENT, sealing=SEALING) as store:
+        store.commit_sync([inline_version("kept", "b", "k", 1, "n", b"x")])
+        listed = store_module.list_segments
+
+        def with_a_vanished_one(fs: object, directory: object) -> list[int]:
+            numbers = listed(fs, directory)
+            return [*numbers, max(numbers) + 1000]  # listed, gone by the time it is measured
+
+        monkeypatch.setattr(store_module, "list_segments", with_a_vanished_one)
+        stats = store.statistics()
+        assert stats.segments == len(listed(store._fs, store._dir))
+        assert stats.disk_bytes > 0
