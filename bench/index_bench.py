@@ -46,11 +46,12 @@ def _io_written() -> int:
     return 0
 
 
-def _other_threads_cpu() -> float:
-    """CPU seconds of this process's threads but the calling one (the log writer's index
-    update, the commit, the fsync), from /proc."""
+def _other_threads_cpu() -> dict[int, float]:
+    """CPU seconds of each of this process's threads but the calling one (the log writer's
+    index update, the commit, the fsync), by thread id, from /proc."""
     me = threading.get_native_id()
-    total = 0
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
     for task in os.listdir("/proc/self/task"):
         if int(task) == me:
             continue
@@ -59,8 +60,15 @@ def _other_threads_cpu() -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue  # ended meanwhile
-        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+        out[int(task)] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return out
+
+
+def _cpu_since(before: dict[int, float]) -> float:
+    """CPU the other threads spent since *before*, thread by thread: a thread that ended
+    meanwhile drops out of both ends instead of making the difference negative."""
+    now = _other_threads_cpu()
+    return sum(cpu - before.get(tid, 0.0) for tid, cpu in now.items())
 
 
 def version(i: int, random_ids: bool) -> Version:
@@ -97,7 +105,7 @@ def run(directory: str, prefill: int, commits: int, per_commit: int,
             store.commit_sync(one)
         cpu, wall, io = (time.process_time() - cpu0, time.perf_counter() - wall0,
                          _io_written() - io0)
-        writer = _other_threads_cpu() - writer0
+        writer = _cpu_since(writer0)
     n = commits * per_commit
     index_bytes = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
                       if f.startswith("index"))
