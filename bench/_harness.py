@@ -375,3 +375,33 @@ def cluster_sealing(root: Path) -> TenantNameSealing:
             cache[tenant] = ring.get(tenant)
         return cache[tenant]
     return TenantNameSealing(lookup)
+
+
+def prefill_name(i: int) -> str:
+    """The key of the *i*-th version :func:`prefill_store` writes."""
+    import hashlib
+
+    return "p/" + hashlib.blake2b(i.to_bytes(8, "big"), digest_size=8).hexdigest()
+
+
+def prefill_store(store_dir: Path, tenant: str, bucket: str, n: int, node: str,
+                  sealing: TenantNameSealing) -> None:
+    """*n* 4 KiB inline versions written straight into a stopped node's store, 10,000 per
+    commit: n puts over TLS would take the whole run. They are not sealed as a node seals
+    payloads, so they are listed and copied as stored, never read."""
+    import hashlib
+
+    from hdsd.store import Store, Version  # a bench writes a store offline, as no client can
+
+    payload = os.urandom(4096)
+    with Store.open(store_dir, segment_bytes=64 << 20, sealing=sealing) as store:
+        batch: list[Version] = []
+        for i in range(n):
+            cid = hashlib.blake2b(i.to_bytes(8, "big")).digest()[:32]
+            batch.append(Version(tenant, bucket, prefill_name(i), (1 << 40) + i, node, 4096,
+                                 cid, (cid,), inline=payload))
+            if len(batch) == 10_000:
+                store.commit_sync(batch)
+                batch = []
+        if batch:
+            store.commit_sync(batch)

@@ -55,6 +55,7 @@ from bench._harness import (
     cluster_sealing,
     init_cluster,
     machine_info,
+    prefill_store,
     print_table,
     write_json,
 )
@@ -92,27 +93,6 @@ async def _write(profile: Path, keys: list[tuple[str, int]], tasks: int) -> floa
         for _ in range(tasks):
             nursery.start_soon(worker)
     return time.perf_counter() - t0
-
-
-def _prefill(store_dir: Path, tenant: str, n: int, sealing: Any) -> None:
-    """*n* 4 KiB inline versions written straight into a stopped node's store (as
-    ``scale_bench`` does: n puts over TLS would take the whole run). A rebuild copies them as
-    stored; they are not sealed as a node seals payloads, so they are listed, never read."""
-    from hdsd.store import Store, Version
-
-    payload = os.urandom(4096)
-    with Store.open(store_dir, segment_bytes=64 << 20, sealing=sealing) as store:
-        batch: list[Version] = []
-        for i in range(n):
-            cid = hashlib.blake2b(i.to_bytes(8, "big")).digest()[:32]
-            name = "p/" + hashlib.blake2b(i.to_bytes(8, "big"), digest_size=8).hexdigest()
-            batch.append(Version(tenant, BUCKET, name, (1 << 40) + i, "dc1-n1", 4096, cid,
-                                 (cid,), inline=payload))
-            if len(batch) == 10_000:
-                store.commit_sync(batch)
-                batch = []
-        if batch:
-            store.commit_sync(batch)
 
 
 def _status(profile: Path, site: str) -> dict[str, Any]:
@@ -402,8 +382,8 @@ def main() -> None:
         try:
             if args.prefill:
                 t0 = time.perf_counter()
-                _prefill(configs["dc1"].parent / "data" / "store", _tenant(profile),
-                         args.prefill, cluster_sealing(root))
+                prefill_store(configs["dc1"].parent / "data" / "store", _tenant(profile),
+                              BUCKET, args.prefill, "dc1-n1", cluster_sealing(root))
                 write_s = time.perf_counter() - t0
                 _log(f"{args.prefill:,} versions written into dc1's store in {write_s:.0f} s")
                 nodes["dc1"].start()

@@ -22,7 +22,6 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import sys
@@ -41,6 +40,8 @@ from bench._harness import (
     cluster_sealing,
     init_cluster,
     machine_info,
+    prefill_name,
+    prefill_store,
     print_table,
     thread_cpu_seconds,
     write_json,
@@ -53,25 +54,6 @@ BUCKET = "scale"
 
 def _log(msg: str) -> None:
     print(f"[scale_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _name(i: int) -> str:
-    return "p/" + hashlib.blake2b(i.to_bytes(8, "big"), digest_size=8).hexdigest()
-
-
-def _fill(store_dir: Path, tenant: str, n: int, node: str, sealing: TenantNameSealing) -> None:
-    with Store.open(store_dir, segment_bytes=64 << 20, sealing=sealing) as store:
-        batch: list[Version] = []
-        payload = os.urandom(4096)
-        for i in range(n):
-            cid = hashlib.blake2b(i.to_bytes(8, "big")).digest()[:32]
-            batch.append(Version(tenant, BUCKET, _name(i), (1 << 40) + i, node, 4096, cid,
-                                 (cid,), inline=payload))
-            if len(batch) == 10_000:
-                store.commit_sync(batch)
-                batch = []
-        if batch:
-            store.commit_sync(batch)
 
 
 def _wait_ready(profile: Path) -> None:
@@ -102,7 +84,7 @@ async def _load(profile: Path, n: int, clients: int, seconds: float
                     mine.append(key)
                     op = "put"
                 elif r < 0.75:
-                    await c.stat(BUCKET, _name(rng.randrange(n)))
+                    await c.stat(BUCKET, prefill_name(rng.randrange(n)))
                     op = "stat"
                 else:
                     await c.get(BUCKET, rng.choice(mine))
@@ -121,7 +103,7 @@ def _index_micro(store_dir: Path, tenant: str, n: int, node: str,
                  sealing: TenantNameSealing) -> dict[str, float]:
     with Store.open(store_dir, segment_bytes=64 << 20, sealing=sealing) as store:
         rng = random.Random(5)
-        picks = [_name(rng.randrange(n)) for _ in range(5000)]
+        picks = [prefill_name(rng.randrange(n)) for _ in range(5000)]
         t0 = time.perf_counter()
         for key in picks:
             store.current(tenant, BUCKET, key)
@@ -155,7 +137,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         stores = {s: cfg.parent / "data" / "store" for s, cfg in configs.items()}
         t0 = time.monotonic()
         for s in stores:
-            _fill(stores[s], tenant, n, "dc1-n1", sealing)
+            prefill_store(stores[s], tenant, BUCKET, n, "dc1-n1", sealing)
         fill_s = time.monotonic() - t0
         _log(f"{n:,} keys written into each store in {fill_s:.0f} s; starting the nodes")
         nodes = {s: NodeProcess(cfg) for s, cfg in configs.items()}
