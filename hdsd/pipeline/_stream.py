@@ -9,6 +9,7 @@ the machine.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable
 
@@ -20,6 +21,7 @@ from ._codec import ChunkCodec, ContentHasher, SealedChunk
 __all__ = [
     "THREAD_THRESHOLD",
     "WORKER_THREADS",
+    "OrderedHasher",
     "open_in_thread",
     "pipeline_limiter",
     "seal_in_thread",
@@ -44,15 +46,77 @@ def pipeline_limiter() -> trio.CapacityLimiter:
         return limiter
 
 
+class OrderedHasher:
+    """A blob's content hash fed chunk by chunk, in body order, from the worker threads that
+    seal the chunks (in any order): hashing a MiB costs ~0.5 ms, which on the event loop's
+    thread would be paid by every other request of the node, and in a worker runs beside it.
+
+    ``add(i, chunk)`` parks chunk *i* until chunks ``0..i-1`` are hashed; the thread that adds
+    the next one in order hashes it and every parked successor, outside the lock. No thread
+    ever waits for another, so a chunk that is never added (its put failed) blocks nothing.
+    Parked chunks are the put's chunks in flight: bounded by its window.
+    """
+
+    __slots__ = ("_busy", "_hasher", "_lock", "_next", "_parked")
+
+    def __init__(self, hasher: ContentHasher) -> None:
+        self._hasher = hasher
+        self._lock = threading.Lock()
+        self._next = 0
+        self._parked: dict[int, bytes | bytearray | memoryview] = {}
+        self._busy = False
+
+    def add(self, index: int, chunk: bytes | bytearray | memoryview) -> None:
+        """Chunk number *index* (from 0) of the body; each index exactly once."""
+        with self._lock:
+            self._parked[index] = chunk
+            if self._busy or index != self._next:
+                return
+            self._busy = True
+        while True:
+            with self._lock:
+                data = self._parked.pop(self._next, None)
+                if data is None:
+                    self._busy = False
+                    return
+            try:
+                self._hasher.update(data)
+            except BaseException:
+                with self._lock:
+                    self._busy = False
+                raise
+            with self._lock:
+                self._next += 1
+
+    def digest(self, chunks: int) -> bytes:
+        """The content hash once chunks ``0..chunks-1`` were all added (and every ``add``
+        returned: the seals that added them are awaited)."""
+        with self._lock:
+            if self._next != chunks or self._busy:
+                raise RuntimeError(f"content hash of {self._next} chunks asked for {chunks}")
+        return self._hasher.digest()
+
+
+def _sealer(codec: ChunkCodec, plaintext: bytes | bytearray | memoryview,
+            hasher: OrderedHasher | None, index: int) -> SealedChunk:
+    sealed = codec.seal(plaintext)
+    if hasher is not None:
+        hasher.add(index, plaintext)
+    return sealed
+
+
 async def seal_in_thread(
-    codec: ChunkCodec, plaintext: bytes | bytearray | memoryview
+    codec: ChunkCodec, plaintext: bytes | bytearray | memoryview,
+    hasher: OrderedHasher | None = None, index: int = 0,
 ) -> SealedChunk:
     """``codec.seal(plaintext)`` in a worker thread if the chunk is >= THREAD_THRESHOLD,
-    inline otherwise (inline still honours cancellation)."""
+    inline otherwise (inline still honours cancellation). With *hasher*, the chunk is also
+    added to it as chunk number *index* of its blob, in the same thread."""
     if len(plaintext) < THREAD_THRESHOLD:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return codec.seal(plaintext)
-    return await trio.to_thread.run_sync(codec.seal, plaintext, limiter=pipeline_limiter())
+        return _sealer(codec, plaintext, hasher, index)
+    return await trio.to_thread.run_sync(_sealer, codec, plaintext, hasher, index,
+                                         limiter=pipeline_limiter())
 
 
 async def open_in_thread(
