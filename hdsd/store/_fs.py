@@ -131,6 +131,14 @@ class FileSystem:
             FileSystem.pwrite(self, fd, zeros[: end - offset], offset)
             offset += len(zeros)
 
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        """Drop the clean page cache of ``[offset, offset + length)`` (0: to the end of the
+        file); only after the range was made durable (dirty pages are not dropped)."""
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass  # a hint: a file system or platform without it keeps its cache
+
     def truncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
 

@@ -32,6 +32,11 @@ __all__ = ["LogWriter", "PendingCommit"]
 # larger than this still goes out whole (commits are atomic).
 MAX_BATCH_BYTES = 16 << 20
 
+# The log's page cache kept behind the head (recent writes are read soon: a get after its put,
+# a replica catching up); older pages are dropped in steps (see LogWriter._drop_behind).
+CACHE_BEHIND = 64 << 20
+DROP_STEP = 8 << 20
+
 
 @dataclass(eq=False, slots=True)
 class PendingCommit:
@@ -130,6 +135,7 @@ class LogWriter:
         self._segment_bytes = segment_bytes
         self._segment = head_segment
         self._head = head_offset
+        self._dropped_to = 0  # the head segment's page cache below this was handed back
         self._position = (head_segment, head_offset)  # one attribute: read atomically
         self._fd: int | None = None
         self._spare: _SparePreparer | None = None
@@ -349,6 +355,20 @@ class LogWriter:
             self._indexed_cond.notify_all()
         for r in requests:
             self._unindexed_requests.pop((r.tenant, r.request_id), None)
+        self._drop_behind(end)  # after the acknowledgement: a hint, off the commit's path
+
+    def _drop_behind(self, end: int) -> None:
+        """Hand the page cache of what lies more than CACHE_BEHIND behind the head back to
+        the kernel (durable already). New pages for the next writes then come from the free
+        list instead of reclaiming other cached files: measured on the VM with a full page
+        cache, a MiB appended cost ~2 to 4 ms of CPU in the writer (direct reclaim), ~0.2 ms
+        with its own dropped pages reused; what was just written stays cached for reads."""
+        start = self._dropped_to
+        if end - start >= CACHE_BEHIND + DROP_STEP:
+            stop = end - CACHE_BEHIND
+            assert self._fd is not None
+            self._fs.drop_cache(self._fd, start, stop - start)
+            self._dropped_to = stop
 
     def _free_bytes(self) -> int:
         try:
@@ -405,6 +425,7 @@ class LogWriter:
         if self._fd is not None:
             self._fs.close(self._fd)
         self._fd, self._segment, self._head = fd, number, F.SEGMENT_HEADER_SIZE
+        self._dropped_to = 0
         self._position = (number, F.SEGMENT_HEADER_SIZE)
         # Zero-filling a segment takes a while: do the next one now, off the commit path.
         self._spare = _SparePreparer(self._fs, self._path(number + 1), number + 1,

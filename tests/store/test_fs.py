@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hdsd.store._fs import FileSystem
+from hdsd.store import FileSystem, Store, _writer
+from tests.helpers.sealing import SEALING
+
+from ._util import chunk_id, chunked_put
 
 
 @pytest.mark.parametrize(("offset", "length"), [
@@ -34,3 +37,29 @@ def test_write_zeros_zeroes_exactly_the_range(tmp_path: Path, offset: int,
     assert data[offset:offset + length] == bytes(length)
     assert data[offset + length:] == b"\xa5" * (size - offset - length)
     assert os.stat(path).st_size == size
+
+
+class _CountingFS(FileSystem):
+    def __init__(self) -> None:
+        self.dropped: list[tuple[int, int]] = []
+
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        self.dropped.append((offset, length))
+        super().drop_cache(fd, offset, length)
+
+
+def test_the_log_drops_its_page_cache_behind_the_head_and_still_reads_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_writer, "CACHE_BEHIND", 64 << 10)
+    monkeypatch.setattr(_writer, "DROP_STEP", 16 << 10)
+    fs = _CountingFS()
+    parts = [bytes([i]) * (20 << 10) for i in range(1, 13)]
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
+        for i, part in enumerate(parts):
+            store.commit_sync(chunked_put("t", "b", f"k{i}", i + 1, "n", [part]))
+        # Dropped in steps, never the last CACHE_BEHIND bytes, each range once.
+        assert fs.dropped
+        ends = [o + n for o, n in fs.dropped]
+        assert all(b[0] == a for a, b in zip(ends, fs.dropped[1:], strict=False))
+        for part in parts:  # what was dropped is read back from the disk, whole
+            assert store.read_chunk("t", chunk_id(part)) == part
