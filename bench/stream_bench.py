@@ -2,7 +2,7 @@
 ``sync_latency.py`` plus one big streaming put and its streaming get, with CPU per process.
 
     python bench/stream_bench.py [--big-mib 1024] [--rounds 1] [--cells 64k1,64k16,1m16]
-                                 [--json PATH]
+                                 [--json PATH] [--dir DIR]
 
 Starts the same two-site cluster as ``sync_latency.py`` (``each-site``), then per round: the
 cells asked for (put then get of what was put; ``64k16`` is 64 KiB x16), one streaming put of
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -134,12 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = os.urandom(MIB)
     results: list[dict[str, Any]] = []
     threads: dict[str, Any] = {}
-    with ExitStack() as stack:
-        cluster = sl.Cluster(scratch / "cluster", 0.0, stack)
-        cluster.start("each-site")
-        for _ in range(args.rounds):
-            results += trio.run(run_round, cluster, cells, args.big_mib * MIB, base, threads)
-        cluster.stop()
+    try:
+        with ExitStack() as stack:
+            cluster = sl.Cluster(scratch / "cluster", 0.0, stack)
+            cluster.start("each-site")
+            for _ in range(args.rounds):
+                results += trio.run(run_round, cluster, cells, args.big_mib * MIB, base,
+                                    threads)
+            cluster.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     rows = []
     for r in results:
         per = r.get("cpu_s_per_mib") or {}
