@@ -360,7 +360,10 @@ class LogWriter:
             self._indexed_cond.notify_all()
         for r in requests:
             self._unindexed_requests.pop((r.tenant, r.request_id), None)
-        self._drop_behind(written)  # after the acknowledgement: a hint, off its path
+        try:
+            self._drop_behind(written)  # after the acknowledgement: a hint, off its path
+        except Exception:  # a cache hint must never stop the store (a crash here would)
+            pass
 
     def _drop_behind(self, written: int) -> None:
         """Hand the page cache of the log more than CACHE_BEHIND bytes behind the head back to
