@@ -35,7 +35,7 @@ MAX_BATCH_BYTES = 16 << 20
 
 # The log's page cache kept behind the head (recent writes are read soon: a get after its put,
 # a replica catching up); older pages are dropped in steps (see LogWriter._drop_behind).
-CACHE_BEHIND = 1 << 30
+CACHE_BEHIND = 2 << 30
 DROP_STEP = 8 << 20
 
 
