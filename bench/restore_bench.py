@@ -75,9 +75,10 @@ def _content(key: str, size: int) -> bytes:
     return random.Random(key).randbytes(size)
 
 
-def _keys(large: int, small: int) -> list[tuple[str, int]]:
+def _keys(large: int, small: int, medium: int = 0) -> list[tuple[str, int]]:
     out = [(f"large/{i:06d}", MIB) for i in range(large)]
     out += [(f"small/{i:07d}", 4096) for i in range(small)]
+    out += [(f"medium/{i:07d}", 64 << 10) for i in range(medium)]
     random.Random(1).shuffle(out)  # mixed in time, as a hospital writes them
     return out
 
@@ -416,6 +417,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--large", type=int, default=2000, help="1 MiB objects")
     ap.add_argument("--small", type=int, default=20000, help="4 KiB objects")
+    ap.add_argument("--medium", type=int, default=0,
+                    help="64 KiB objects (one chunk each: the per-chunk costs of a rebuild)")
     ap.add_argument("--quick", action="store_true", help="200 + 2,000 objects: a smoke run")
     ap.add_argument("--write-tasks", type=int, default=16)
     ap.add_argument("--get-tasks", type=int, default=8)
@@ -441,7 +444,7 @@ def main() -> None:
     large, small = (200, 2000) if args.quick else (args.large, args.small)
     if args.prefill:
         large, small, args.rebuild_only = 0, 0, True
-    keys = _keys(large, small)
+    keys = _keys(large, small, args.medium)
     total = sum(size for _, size in keys) + 4096 * args.prefill
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -456,6 +459,7 @@ def main() -> None:
             cfg.write_text(text)
         nodes = {s: NodeProcess(cfg) for s, cfg in configs.items()}
         results: dict[str, Any] = {"large_objects": large, "small_objects": small,
+                                   "medium_objects": args.medium,
                                    "prefilled": args.prefill,
                                    "total_mib": round(total / MIB, 1),
                                    "versions": len(keys) + args.prefill}
@@ -470,7 +474,8 @@ def main() -> None:
             else:
                 for node in nodes.values():
                     node.start()
-                _log(f"writing {large:,} x 1 MiB + {small:,} x 4 KiB ({total / MIB:,.0f} MiB)")
+                _log(f"writing {large:,} x 1 MiB + {small:,} x 4 KiB + {args.medium:,} x 64 KiB "
+                     f"({total / MIB:,.0f} MiB)")
                 write_s = trio.run(_write, profile, keys, args.write_tasks)
             results["write"] = {"seconds": round(write_s, 2),
                                 "mib_s": round(total / MIB / write_s, 1),
