@@ -311,8 +311,10 @@ def _disk_floor(directory: Path, total: int) -> dict[str, Any]:
             "write_ms_per_mib": round(1000 * write_cpu / mib, 2),
             "prepare_mib_s": round(mib / prepare_s, 1),
             "prepare_ms_per_mib": round(1000 * prepare_cpu / mib, 2),
-            # Both on one thread: the log writer's preparer overlaps them on two cores.
-            "mib_s": round(mib / (write_s + prepare_s), 1),
+            # The node zero-fills the next segment in a thread of its own while the log
+            # writer fills the current one: the slower of the two bounds it.
+            "mib_s": round(mib / max(write_s, prepare_s), 1),
+            "serial_mib_s": round(mib / (write_s + prepare_s), 1),
             "cpu_ms_per_mib": round(1000 * (write_cpu + prepare_cpu) / mib, 2)}
 
 
@@ -519,7 +521,7 @@ def main() -> None:
         ["rebuild (node clock)", f"{rb['node_seconds']} s: {rb['mib_s']} MiB/s, "
                                  f"{rb['versions_s']:,} versions/s", "≥ 150 MiB/s, ≥ 3,000 v/s"],
         ["rebuild (process start to done)", f"{rb['wall_seconds']} s", "—"],
-        ["disk floor, same bytes (zero-fill + 8 MiB writes with fdatasync)",
+        ["disk floor, same bytes (zero-fill and 8 MiB writes with fdatasync, overlapped)",
          f"{results['disk_floor']['mib_s']} MiB/s, "
          f"{results['disk_floor']['cpu_ms_per_mib']} ms CPU per MiB "
          f"(writes alone {results['disk_floor']['write_mib_s']} MiB/s); "
