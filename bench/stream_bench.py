@@ -42,6 +42,24 @@ PLAN = sl.Plan(sizes=(), concurrency=(), bytes_per_cell=16 * MIB, max_ops=300, f
                rtt_ops=0, catchup_mib=0, big_blob=None, profile_puts=0)
 
 
+def disk_now(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Bytes each process made the block layer read and write so far (``/proc/<pid>/io``:
+    a read served by the page cache counts nothing)."""
+    out: dict[str, tuple[int, int]] = {}
+    for role, pid in pids.items():
+        fields = dict(line.split(": ") for line in
+                      Path(f"/proc/{pid}/io").read_text().splitlines())
+        out[role] = (int(fields["read_bytes"]), int(fields["write_bytes"]))
+    return out
+
+
+def disk_use(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+             ) -> dict[str, list[float]]:
+    """MiB read and written per process between two :func:`disk_now` snapshots."""
+    return {role: [round((after[role][i] - before[role][i]) / MIB, 1) for i in (0, 1)]
+            for role in after}
+
+
 def threads_now(pids: dict[str, int]) -> dict[str, dict[tuple[int, str], float]]:
     """CPU seconds so far of every thread of each process, by (thread id, OS thread name);
     the main thread (the trio loop) is named ``main``."""
@@ -99,19 +117,22 @@ async def run_round(cluster: sl.Cluster, cells: Sequence[str], big: int, base: b
             pids = cluster.pids()
             key = f"big/{time.monotonic_ns()}"
             sl.progress(f"hdsd each-site: one streaming put of {big // MIB} MiB")
-            cpu0, th0 = sl.cpu_now(pids), threads_now(pids)
+            cpu0, th0, io0 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
             took = await sl._put(first, key, base, big)
-            cpu1, th1 = sl.cpu_now(pids), threads_now(pids)
+            cpu1, th1, io1 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
             sl.progress(f"  {big / MIB / took:.0f} MiB/s; streaming get")
             got_s = await sl._get(first, key, big)
-            cpu2, th2 = sl.cpu_now(pids), threads_now(pids)
+            cpu2, th2, io2 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
             threads["put"] = threads_use(th0, th1, big)
             threads["get"] = threads_use(th1, th2, big)
-            for op, s, cpu in (("put", took, sl.cpu_use(cpu0, cpu1, 1, big)),
-                               ("get", got_s, sl.cpu_use(cpu1, cpu2, 1, big))):
+            for op, s, cpu, disk in (("put", took, sl.cpu_use(cpu0, cpu1, 1, big),
+                                      disk_use(io0, io1)),
+                                     ("get", got_s, sl.cpu_use(cpu1, cpu2, 1, big),
+                                      disk_use(io1, io2))):
                 out.append(sl.cell("hdsd", op, "each-site", big, 1,
                                    f"single streaming {op} {big // MIB} MiB",
-                                   samples=[s], elapsed=s, **cpu))
+                                   samples=[s], elapsed=s, disk_mib=disk, **cpu))
+                sl.progress(f"  {op}: disk MiB read / written by process {disk}")
                 sl.progress(f"  {op}: {big / MIB / s:.0f} MiB/s, "
                             f"{out[-1]['cpu_ms_per_mib']:.2f} ms CPU/MiB")
     return out
