@@ -13,7 +13,8 @@ state of every key is known without locking; half the clients talk to dc1, half 
 Every ``--interval`` seconds: each node's RSS and its peak since the last sample (VmHWM, reset
 through /proc/PID/clear_refs), open descriptors and CPU seconds (from /proc), the node's own
 split of its memory (``memory`` in its status: glibc's bytes in use and free in its arenas;
-Python's traced bytes with ``--node-env PYTHONTRACEMALLOC=1``),
+Python's traced bytes with ``--node-env PYTHONTRACEMALLOC=1``; the body budget's peak since the
+start and the requests that waited for it),
 the operations done in the interval by kind with p50/p99 latency, the CPU per operation (both
 nodes' CPU over all operations) and errors. At the end, every key is read back from each site
 with the other site's node stopped (so the answer is that node's own copy, never forwarded),
@@ -160,10 +161,18 @@ async def _memory(profile: Path, site: str) -> dict[str, float]:
     try:
         with trio.fail_after(30):
             async with hdsd.AsyncClient(profile, site=site) as c:
-                mem = (await c.status()).get("memory") or {}
+                status = await c.status()
     except (hdsd.HdsdError, trio.TooSlowError):
         return {}
+    mem = status.get("memory") or {}
     out: dict[str, float] = {}
+    # The node-wide body budget ([limits] max_body_mib_in_flight): its peak since the start
+    # and how many requests waited for it so far (it binds when that count moves).
+    budget = (status.get("limits") or {}).get("body_budget") or {}
+    if budget:
+        out["budget_peak"] = round(budget["peak"] / 2**20, 1)
+        out["budget_waited"] = budget["waited"]
+        out["budget_over"] = budget["over"]
     for k, v in (mem.get("malloc") or {}).items():
         out[k] = round(v / 2**20, 1)
     if "python_blocks" in mem:  # a count of live Python objects: a leak of them climbs
@@ -250,7 +259,8 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                                    ("p99_ms", _pct(lat, 0.99)))},
                    **{f"{s}_{k}": round(v, 1) if k != "fds" else v
                       for s, m in now.items() for k, v in m.items()},
-                   **{f"{s}_{k}" + ("" if k.endswith("kblocks") else "_mib"): v
+                   **{f"{s}_{k}" + ("" if k.endswith(("kblocks", "waited", "over")) else
+                                    "_mib"): v
                       for s, m in memory.items() for k, v in m.items()}}
             samples.append(row)
             last = now
@@ -260,7 +270,8 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                  f"fds={[now[s]['fds'] for s in now]} "
                  f"threads={[now[s]['threads'] for s in now]} errors={row['errors']} "
                  f"malloc in use/free={[(m.get('in_use'), m.get('free')) for m in memory.values()]}"
-                 f" MiB")
+                 f" MiB body budget peak/waited="
+                 f"{[(m.get('budget_peak'), m.get('budget_waited')) for m in memory.values()]}")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler)
