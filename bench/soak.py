@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -182,6 +183,22 @@ async def _memory(profile: Path, site: str) -> dict[str, float]:
     return out
 
 
+async def _load_for(duration: float, min_free_gib: float, where: Path | None) -> str | None:
+    """Sleep through the load; with *min_free_gib*, end it early (and say why) once the disk
+    holding the nodes has less free: the mix writes ~30 MB/s on this machine (~55 GB in 30
+    minutes), and filling a disk shared with other work would break that work, not the soak."""
+    end = trio.current_time() + duration
+    path = str(where or tempfile.gettempdir())
+    while trio.current_time() < end:
+        await trio.sleep(min(5.0, end - trio.current_time()))
+        if min_free_gib:
+            free = shutil.disk_usage(path).free / 2**30
+            if free < min_free_gib:
+                _log(f"stopping the load early: {free:.1f} GiB free on {path}")
+                return f"{free:.1f} GiB free after {duration - (end - trio.current_time()):.0f} s"
+    return None
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -277,13 +294,14 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
         nursery.start_soon(sampler)
         for n in range(args.clients):
             nursery.start_soon(soak.client, n, stop)
-        await trio.sleep(args.duration)
+        stopped_early = await _load_for(args.duration, args.min_free_gib, args.dir)
         stop.set()
     end = {s: _proc(p) for s, p in pids.items()}
     _log("verifying every key at each site, the other one stopped")
     verify = await _verify(profile, soak, 8, nodes, args.verify_sample)
     totals = {op: sum(r[f"{op}_n"] for r in samples) for op in ("put", "get", "delete")}
     return {"clients": args.clients, "duration_s": args.duration, "interval_s": args.interval,
+            "stopped_early": stopped_early,
             "sizes": [list(p) for p in args.sizes],
             "totals": totals, "errors": soak.total_errors + soak.wrong_reads,
             "wrong_reads": soak.wrong_reads, "verify": verify, "samples": samples,
@@ -347,6 +365,8 @@ def main() -> None:
                          "(default: 4096:0.6,65536:0.3,1048576:0.1)")
     ap.add_argument("--limit", action="append", default=[],
                     help="KEY=VALUE in the nodes' [limits] (e.g. max_unsent_mib=4)")
+    ap.add_argument("--min-free-gib", type=float, default=0.0,
+                    help="end the load early once the nodes' disk has less free (0: never)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/soak.json"))
     ap.add_argument("--png", type=Path, default=None, help="default: the JSON path, .png")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
@@ -417,7 +437,8 @@ def main() -> None:
         ["get p50/p99 last", f"{last['get_p50_ms']} / {last['get_p99_ms']} ms", ""],
     ]
     print(f"\nsoak: {args.clients} clients x {args.duration:.0f} s on a 1+1 cluster "
-          f"({os.cpu_count()} cores, shared)")
+          f"({os.cpu_count()} cores, shared)" + (f"; load ended early: {result['stopped_early']}"
+                                                 if result["stopped_early"] else ""))
     print_table(["measure", "value", "target"], table)
     write_json(args.json, {"machine": machine_info(), "results": result})
     png = args.png or args.json.with_suffix(".png")
