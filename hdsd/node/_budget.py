@@ -18,6 +18,8 @@ Who waits, and why that cannot deadlock:
   put goes on over the budget (counted in ``over``), never refused.
 * A client's get takes ``min(range, chunk + unsent bound)`` in its handler, after the lookup;
   nothing of the connection waits behind it.
+* The S3 gateway's puts and gets take the same in the gateway's backend, before the body is
+  read (TCP holds the client back) or the object is read.
 * A peer's replication write takes its chunks' bytes in its handler. Peers have their own share:
   they wait only while the whole budget (clients' share and theirs) is spent, and never for the
   clients, which hold ``capacity - peer_share`` at most — a client put at one site waits for
@@ -33,9 +35,10 @@ one). All of this is bookkeeping on the event loop: no locks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 
 import trio
 
@@ -112,6 +115,17 @@ class BodyBudget:
             self._count(n, peer)
             self._wake()
         self._owners[owner] = self._add(self._owners.get(owner), n, peer)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, n: int) -> AsyncIterator[None]:
+        """*n* client bytes for the duration of the block (the S3 gateway's requests: one at a
+        time per HTTP connection, so nothing of theirs waits behind them)."""
+        owner = object()
+        await self.take(owner, n)
+        try:
+            yield
+        finally:
+            self.release(owner)
 
     def release(self, owner: Hashable) -> None:
         """*owner* ended: what it holds is free again (nothing if it held nothing)."""
