@@ -9,6 +9,8 @@ The mix, per operation: 70 % puts (of which 60 % 4 KiB, 30 % 64 KiB, 10 % 1 MiB;
 to a new key, one in ten overwriting one of the client's keys), 25 % gets of one of the
 client's keys (checked byte for byte), 5 % deletes. Each client owns its keys, so the expected
 state of every key is known without locking; half the clients talk to dc1, half to dc2.
+``--think-ms`` makes each client pause between operations (a lighter load); ``--min-free-gib``
+ends the load early when the disk runs low (the mix at full speed writes ~30 MB/s here).
 
 Every ``--interval`` seconds: each node's RSS and its peak since the last sample (VmHWM, reset
 through /proc/PID/clear_refs), open descriptors and CPU seconds (from /proc), the node's own
@@ -79,8 +81,9 @@ class Expected:
 
 class Soak:
     def __init__(self, profile: Path, clients: int, seed: int,
-                 sizes: tuple[tuple[int, float], ...] = SIZES) -> None:
+                 sizes: tuple[tuple[int, float], ...] = SIZES, think_s: float = 0.0) -> None:
         self.profile = profile
+        self.think_s = think_s  # mean pause between a client's operations (0: none)
         self.sizes = sizes
         self.clients = clients
         self.seed = seed
@@ -132,6 +135,8 @@ class Soak:
                     self.now.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     continue
                 self.now.ops[op].append(time.perf_counter() - t0)
+                if self.think_s:
+                    await trio.sleep(rng.expovariate(1 / self.think_s))
 
 
 def _proc(pid: int) -> dict[str, float]:
@@ -246,7 +251,7 @@ async def _verify(profile: Path, soak: Soak, tasks: int, nodes: dict[str, NodePr
 
 async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Namespace
                ) -> dict[str, Any]:
-    soak = Soak(profile, args.clients, args.seed, args.sizes)
+    soak = Soak(profile, args.clients, args.seed, args.sizes, args.think_ms / 1e3)
     stop = trio.Event()
     pids = {s: n.proc.pid for s, n in nodes.items() if n.proc is not None}
     samples: list[dict[str, Any]] = []
@@ -301,7 +306,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
     verify = await _verify(profile, soak, 8, nodes, args.verify_sample)
     totals = {op: sum(r[f"{op}_n"] for r in samples) for op in ("put", "get", "delete")}
     return {"clients": args.clients, "duration_s": args.duration, "interval_s": args.interval,
-            "stopped_early": stopped_early,
+            "stopped_early": stopped_early, "think_ms": args.think_ms,
             "sizes": [list(p) for p in args.sizes],
             "totals": totals, "errors": soak.total_errors + soak.wrong_reads,
             "wrong_reads": soak.wrong_reads, "verify": verify, "samples": samples,
@@ -365,6 +370,9 @@ def main() -> None:
                          "(default: 4096:0.6,65536:0.3,1048576:0.1)")
     ap.add_argument("--limit", action="append", default=[],
                     help="KEY=VALUE in the nodes' [limits] (e.g. max_unsent_mib=4)")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="mean pause of each client between operations (exponential): a "
+                         "lighter load, e.g. to keep a long run within the disk")
     ap.add_argument("--min-free-gib", type=float, default=0.0,
                     help="end the load early once the nodes' disk has less free (0: never)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/soak.json"))
