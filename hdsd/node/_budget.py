@@ -3,7 +3,7 @@
 A node's resident memory under load is set by the body bytes it holds at once: a put's body
 from its arrival until it is durable, its chunks being sealed and replicated, a get's chunks on
 their way out, a replica's copy until it is fsynced. Each body byte in flight costs about
-2.5–3 bytes of RSS (docs/operations.md, *Memory*), and glibc keeps the space of the
+2.5 to 3 bytes of RSS (docs/operations.md, *Memory*), and glibc keeps the space of the
 peak for reuse, so the peak of body bytes in flight sets the node's RSS for good. The
 per-connection bounds (``max_body_mib_per_connection``, the stream windows) leave the node-wide
 peak to the number of clients; this budget caps it.
