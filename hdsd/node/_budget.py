@@ -18,8 +18,11 @@ Who waits, and why that cannot deadlock:
   put goes on over the budget (counted in ``over``), never refused.
 * A client's get takes ``min(range, chunk + unsent bound)`` in its handler, after the lookup;
   nothing of the connection waits behind it.
-* The S3 gateway's puts and gets take the same in the gateway's backend, before the body is
-  read (TCP holds the client back) or the object is read.
+* The S3 gateway's puts and parts take the same in the gateway's backend, before the body is
+  read (TCP holds the client back). Not its gets: a copy (CopyObject, UploadPartCopy) is a get
+  feeding a put through a channel in one request, and two such halves each waiting for the
+  budget the other's peers hold would wait for good; a get streams chunk by chunk, bounded by
+  its connection's output.
 * A peer's replication write takes its chunks' bytes in its handler. Peers have their own share:
   they wait only while the whole budget (clients' share and theirs) is spent, and never for the
   clients, which hold ``capacity - peer_share`` at most — a client put at one site waits for
@@ -118,8 +121,9 @@ class BodyBudget:
 
     @contextlib.asynccontextmanager
     async def holding(self, n: int) -> AsyncIterator[None]:
-        """*n* client bytes for the duration of the block (the S3 gateway's requests: one at a
-        time per HTTP connection, so nothing of theirs waits behind them)."""
+        """*n* client bytes for the duration of the block (the S3 gateway's puts: one request
+        at a time per HTTP connection, so nothing of theirs waits behind them). Never nest
+        two in one request: a holder waiting for more can wait for good."""
         owner = object()
         await self.take(owner, n)
         try:

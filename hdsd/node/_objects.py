@@ -47,7 +47,7 @@ from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
 from ..wire import DEFAULT_WINDOW
 from ._auth import authorize, check_bucket, check_key
-from ._budget import get_reservation, put_reservation
+from ._budget import put_reservation
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._reads import decode_version_cursor
@@ -750,10 +750,7 @@ class NodeObjects:
     async def stream(self, tenant: str, version: Version, lo: int, hi: int,
                      sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
         BODY_SIZE.set(hi - lo)
-        cfg = self.node.config
-        async with self.node.budget.holding(get_reservation(
-                hi - lo, version.chunk_size or cfg.chunk_size, cfg.max_unsent_mib << 20)):
-            return await stream_object(self.node, tenant, version, lo, hi, sink)
+        return await stream_object(self.node, tenant, version, lo, hi, sink)
 
     async def delete(self, tenant: str, bucket: str, key: str) -> Version:
         await self._tenant(tenant)
