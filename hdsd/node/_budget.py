@@ -20,9 +20,9 @@ Who waits, and why that cannot deadlock:
   nothing of the connection waits behind it.
 * The S3 gateway's puts and parts take the same in the gateway's backend, before the body is
   read (TCP holds the client back). Not its gets: a copy (CopyObject, UploadPartCopy) is a get
-  feeding a put through a channel in one request, and two such halves each waiting for the
-  budget the other's peers hold would wait for good; a get streams chunk by chunk, bounded by
-  its connection's output.
+  feeding a put through a channel in one request: copies whose gets held budget while their
+  puts waited for it would wait for good. A get streams chunk by chunk, bounded by its
+  connection's output.
 * A peer's replication write takes its chunks' bytes in its handler. Peers have their own share:
   they wait only while the whole budget (clients' share and theirs) is spent, and never for the
   clients, which hold ``capacity - peer_share`` at most — a client put at one site waits for
