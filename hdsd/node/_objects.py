@@ -41,7 +41,14 @@ from .._errors import (
     WrongRole,
 )
 from .._groups import single_error
-from ..pipeline import ChunkCodec, Chunker, open_in_thread, random_bytes, seal_in_thread
+from ..pipeline import (
+    ChunkCodec,
+    Chunker,
+    OrderedHasher,
+    open_in_thread,
+    random_bytes,
+    seal_in_thread,
+)
 from ..replication import check_retry
 from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
@@ -185,20 +192,32 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
             metadata={**metadata, **source.trailer()}, request_id=request_id,
             chunk_size=node.config.chunk_size)
 
-    # A small put usually arrives whole and then needs no tasks at all: one seal, one write.
+    # A body of one chunk usually arrives whole and then needs no tasks at all: one seal (its
+    # chunk id is the keyed hash of the whole blob, i.e. the content hash: hashed once), one
+    # replicated write — inside the version record up to inline_max, beside it above.
     whole = source.ready()
-    if whole is not None and len(whole) <= node.config.inline_max and \
+    if whole is not None and len(whole) <= node.config.chunk_size and \
             (declared is None or declared == len(whole)):
+        if declared is None:
+            node.tenancy.check_quota(tenant, len(whole))
         sealed = await seal_in_thread(codec, whole)
-        # One chunk: its id is the keyed hash of the whole blob, i.e. the content hash.
-        version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), sealed.payload)
-        await node.replicator.keep_hints(await node.replicator.write(replicas, [], [version]),
-                                         [version])
+        if len(whole) <= node.config.inline_max:
+            version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,),
+                                 sealed.payload)
+            records: list[ChunkRecord] = []
+        else:
+            version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), None)
+            records = [ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
+                                   payload=sealed.payload)]
+        await node.replicator.keep_hints(
+            await node.replicator.write(replicas, records, [version]), [version])
         return version
 
     chunker = Chunker(node.config.chunk_size)
-    hasher = codec.content_hasher()
-    writer = _ChunkWriter(node, tenant, codec, replicas, source)
+    # The content hash is fed chunk by chunk by the threads that seal them (off the event
+    # loop), and not at all for a blob of one chunk: it is that chunk's id.
+    hasher = OrderedHasher(codec.content_hasher())
+    writer = _ChunkWriter(node, tenant, codec, replicas, source, hasher)
     ids, lagging = writer.ids, writer.lagging
     received = 0
     inline: bytes | None = None
@@ -218,7 +237,6 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
                 if declared is not None and received > declared:
                     raise InvalidRequest(f"body is longer than the declared {declared} bytes; "
                                          "nothing was stored")
-                hasher.update(piece)
                 chunks = chunker.feed(piece)
                 if chunks and received == declared and received % node.config.chunk_size == 0:
                     last = chunks.pop()  # the declared body is complete: this is its last chunk
@@ -242,11 +260,12 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     # visible without its content, and a put of one chunk is one replicated write, not two.
     with_version: list[ChunkRecord] = []
     if last is not None:
-        sealed = await seal_in_thread(codec, last)
+        sealed = await seal_in_thread(codec, last, hasher if ids else None, len(ids))
         ids.append(sealed.chunk_id)
         with_version.append(ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
                                         payload=sealed.payload))
-    version = version_of(received, hasher.digest(), tuple(ids), inline)
+    content_hash = ids[0] if len(ids) == 1 else hasher.digest(len(ids))
+    version = version_of(received, content_hash, tuple(ids), inline)
     lagging.update(await node.replicator.write(replicas, with_version, [version]))
     await node.replicator.keep_hints(lagging, [version])
     return version
@@ -259,12 +278,13 @@ class _ChunkWriter:
     chunk ids in body order; ``lagging``: replicas that had not confirmed some chunk."""
 
     def __init__(self, node: Node, tenant: str, codec: ChunkCodec, replicas: dict[str, list[str]],
-                 source: BodySource) -> None:
+                 source: BodySource, hasher: OrderedHasher | None = None) -> None:
         self.node = node
         self.tenant = tenant
         self.codec = codec
         self.replicas = replicas
         self.source = source
+        self.hasher = hasher  # fed each chunk, in order, by the thread that seals it
         self.ids: list[bytes] = []
         self.lagging: set[str] = set()
         self._limiter = trio.Semaphore(_CHUNKS_IN_FLIGHT)
@@ -277,7 +297,7 @@ class _ChunkWriter:
 
     async def _store(self, slot: int, piece: bytes) -> None:
         try:
-            sealed = await seal_in_thread(self.codec, piece)
+            sealed = await seal_in_thread(self.codec, piece, self.hasher, slot)
             record = ChunkRecord(tenant=self.tenant, chunk_id=sealed.chunk_id,
                                  payload=sealed.payload)
             # Credit goes back only once the write policy holds for this chunk: the client can

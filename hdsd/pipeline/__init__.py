@@ -21,6 +21,7 @@ from ._names import NameSeal as NameSeal
 from ._names import TenantNameSealing as TenantNameSealing
 from ._nonces import random_bytes as random_bytes
 from ._stream import THREAD_THRESHOLD as THREAD_THRESHOLD
+from ._stream import OrderedHasher as OrderedHasher
 from ._stream import open_in_thread as open_in_thread
 from ._stream import pipeline_limiter as pipeline_limiter
 from ._stream import seal_in_thread as seal_in_thread

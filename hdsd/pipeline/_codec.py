@@ -142,9 +142,8 @@ def _seal_body(
     authenticated payloads whose inner frame lies."""
     prefix = _PREFIX.pack(FORMAT_VERSION, flags, plain_size)
     nonce = random_bytes(NONCE_SIZE)
-    sealed = _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
-                      keys.data_key)
-    return b"".join((prefix, nonce, sealed))
+    return _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
+                    keys.data_key, prefix + nonce)
 
 
 class ChunkCodec:
@@ -220,7 +219,7 @@ class ChunkCodec:
             )
         try:
             body: bytes = _decrypt(
-                bytes(view[HEADER_SIZE:]),
+                view[HEADER_SIZE:],
                 _aad(self._tenant_bytes, bytes(view[: _PREFIX.size]), chunk_id),
                 bytes(view[_PREFIX.size : HEADER_SIZE]),
                 self.keys.data_key,

@@ -7,6 +7,7 @@ raises ENOSPC, unsynced writes are lost at a simulated crash). Nothing in the st
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 
@@ -14,6 +15,39 @@ __all__ = ["FileSystem"]
 
 _ZERO_BLOCK = 1 << 20
 _IOV_MAX = 1024  # Linux's UIO_MAXIOV
+_DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and the buffer aligned to the block size
+_direct_zeros: mmap.mmap | None = None  # _ZERO_BLOCK zeros, page-aligned, read-only use
+
+
+def _write_zeros_direct(fd: int, offset: int, length: int) -> int:
+    """Write zeros over ``[offset, offset + length)`` of *fd*'s file with ``O_DIRECT`` (a
+    second descriptor of the same file, so *fd*'s flags are left alone); the bytes written,
+    from the start (0: not possible here, the caller writes them through the page cache)."""
+    global _direct_zeros
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct or offset % _DIRECT_ALIGN or length < _DIRECT_ALIGN:
+        return 0
+    try:
+        dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC | direct)
+    except OSError:
+        return 0
+    done = 0
+    try:
+        if _direct_zeros is None:
+            _direct_zeros = mmap.mmap(-1, _ZERO_BLOCK)  # anonymous: zeros, page-aligned
+        view = memoryview(_direct_zeros)
+        aligned = length - length % _DIRECT_ALIGN
+        while done < aligned:
+            n = os.pwrite(dfd, view[: min(_ZERO_BLOCK, aligned - done)], offset + done)
+            if n <= 0 or n % _DIRECT_ALIGN:
+                done += max(n, 0) - max(n, 0) % _DIRECT_ALIGN
+                break
+            done += n
+    except OSError:
+        pass  # EINVAL (the file system refuses O_DIRECT): the rest goes buffered
+    finally:
+        os.close(dfd)
+    return done
 
 
 class FileSystem:
@@ -83,12 +117,27 @@ class FileSystem:
         ``posix_fallocate`` leaves *unwritten* extents: the first write into each needs a
         metadata change that fdatasync must journal (measured here: 0.17 ms vs 0.10 ms for a
         4 KiB append). Written zeros make later appends pure data flushes.
+
+        The zeros go with ``O_DIRECT`` where the file system takes it: through the page cache
+        they cost ~2.5 ms of CPU per MiB (page allocation and copy, then writeback) — as much
+        as the log's own data, i.e. every MiB stored was paid twice; direct, ~0.05 ms. Falls
+        back to buffered writes (tmpfs, unaligned ranges).
         """
-        zeros = bytes(min(length, _ZERO_BLOCK))
+        done = _write_zeros_direct(fd, offset, length)
+        zeros = bytes(min(length - done, _ZERO_BLOCK))
         end = offset + length
+        offset += done
         while offset < end:
             FileSystem.pwrite(self, fd, zeros[: end - offset], offset)
             offset += len(zeros)
+
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        """Drop the clean page cache of ``[offset, offset + length)`` (0: to the end of the
+        file); only after the range was made durable (dirty pages are not dropped)."""
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass  # a hint: a file system or platform without it keeps its cache
 
     def truncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .._errors import DiskFullError, StoreClosedError, StoreError, StoreFailedError
 from . import _format as F
@@ -31,6 +32,11 @@ __all__ = ["LogWriter", "PendingCommit"]
 # Bound one batch so a burst of large chunks cannot build a gigantic write; a single commit
 # larger than this still goes out whole (commits are atomic).
 MAX_BATCH_BYTES = 16 << 20
+
+# The log's page cache kept behind the head (recent writes are read soon: a get after its put,
+# a replica catching up); older pages are dropped in steps (see LogWriter._drop_behind).
+CACHE_BEHIND = 2 << 30
+DROP_STEP = 8 << 20
 
 
 @dataclass(eq=False, slots=True)
@@ -130,6 +136,11 @@ class LogWriter:
         self._segment_bytes = segment_bytes
         self._segment = head_segment
         self._head = head_offset
+        # The log's ranges still in the page cache, oldest first, as [path, start, stop]; the
+        # last one is the head segment's (see _drop_behind).
+        self._cached: collections.deque[list[Any]] = collections.deque(
+            [[self._path(head_segment), head_offset, head_offset]])
+        self._cached_bytes = 0
         self._position = (head_segment, head_offset)  # one attribute: read atomically
         self._fd: int | None = None
         self._spare: _SparePreparer | None = None
@@ -349,6 +360,48 @@ class LogWriter:
             self._indexed_cond.notify_all()
         for r in requests:
             self._unindexed_requests.pop((r.tenant, r.request_id), None)
+        try:
+            self._drop_behind(written)  # after the acknowledgement: a hint, off its path
+        except Exception:  # a cache hint must never stop the store (a crash here would)
+            pass
+
+    def _drop_behind(self, written: int) -> None:
+        """Hand the page cache of the log more than CACHE_BEHIND bytes behind the head back to
+        the kernel (durable already), oldest first, at most about twice what was just written
+        per batch. New pages for the next writes then come from the free list instead of
+        reclaiming other cached files: on the VM with its page cache full, every MiB appended
+        cost the writer 2 to 4 ms of CPU (direct reclaim), ~0.2 ms reusing its own dropped
+        pages. The last CACHE_BEHIND bytes stay cached: a get after its put, a replica
+        catching up, read them from memory (the VM's disk reads ~130 MB/s)."""
+        cached = self._cached
+        cached[-1][2] = self._head  # the head segment: cached up to the head
+        self._cached_bytes += written
+        budget = max(DROP_STEP, 2 * written)
+        while budget > 0 and self._cached_bytes - CACHE_BEHIND >= DROP_STEP:
+            entry = cached[0]
+            path, start, stop = entry
+            n = min(stop - start, budget, self._cached_bytes - CACHE_BEHIND)
+            if n > 0:
+                if len(cached) == 1:
+                    assert self._fd is not None
+                    self._fs.drop_cache(self._fd, start, n)
+                else:
+                    try:
+                        fd = self._fs.open_read(path)
+                    except OSError:  # compacted away meanwhile: nothing left to drop
+                        n = stop - start
+                    else:
+                        try:
+                            self._fs.drop_cache(fd, start, n)
+                        finally:
+                            self._fs.close(fd)
+                entry[1] = start + n
+                self._cached_bytes -= n
+                budget -= n
+            if entry[1] >= entry[2] and len(cached) > 1:
+                cached.popleft()
+            elif n <= 0:
+                break
 
     def _free_bytes(self) -> int:
         try:
@@ -405,6 +458,7 @@ class LogWriter:
         if self._fd is not None:
             self._fs.close(self._fd)
         self._fd, self._segment, self._head = fd, number, F.SEGMENT_HEADER_SIZE
+        self._cached.append([final, 0, F.SEGMENT_HEADER_SIZE])
         self._position = (number, F.SEGMENT_HEADER_SIZE)
         # Zero-filling a segment takes a while: do the next one now, off the commit path.
         self._spare = _SparePreparer(self._fs, self._path(number + 1), number + 1,

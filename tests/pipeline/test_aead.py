@@ -47,3 +47,15 @@ def test_wrong_key_or_nonce_sizes_are_refused_before_libsodium() -> None:
             decrypt(b"m" * 32, b"", nonce, key)
     with pytest.raises(TypeError):
         encrypt("text", b"", os.urandom(24), os.urandom(32))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, 100, 1 << 20])
+def test_header_and_memoryview_forms_give_the_same_bytes(size: int) -> None:
+    key, nonce, message, aad = os.urandom(32), os.urandom(24), os.urandom(size), b"aad"
+    header = b"H" * 30
+    sealed = encrypt(message, aad, nonce, key, header)
+    assert sealed == header + _enc(message, aad, nonce, key)
+    view = memoryview(sealed)[len(header):]
+    assert decrypt(view, aad, nonce, key) == message
+    with pytest.raises(CryptoError):
+        decrypt(memoryview(sealed)[len(header) + 1:], aad, nonce, key)

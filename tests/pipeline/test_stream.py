@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -14,6 +15,7 @@ from hdsd import IntegrityError
 from hdsd.pipeline import (
     THREAD_THRESHOLD,
     ChunkCodec,
+    OrderedHasher,
     SealedChunk,
     open_in_thread,
     pipeline_limiter,
@@ -277,3 +279,36 @@ async def test_cancelled_consumer_leaves_no_token_or_task_behind() -> None:
     # A fresh stream in the same run still gets the workers.
     chunks = await collect(codec, pieces_of(bytes(3 * BIG), []), chunk_size=BIG)
     assert len(chunks) == 3
+
+
+@settings(max_examples=30)
+@given(sizes=st.lists(st.integers(0, 3 * BIG), min_size=1, max_size=8),
+       order=st.randoms(use_true_random=False))
+def test_ordered_hasher_is_the_hash_of_the_chunks_in_body_order(
+        sizes: list[int], order: random.Random) -> None:
+    chunks = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    hasher = OrderedHasher(CODEC.content_hasher())
+    indexes = list(range(len(chunks)))
+    order.shuffle(indexes)
+    threads = [threading.Thread(target=hasher.add, args=(i, chunks[i])) for i in indexes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hasher.digest(len(chunks)) == CODEC.chunk_id(b"".join(chunks))
+
+
+def test_ordered_hasher_refuses_a_digest_with_a_chunk_missing() -> None:
+    hasher = OrderedHasher(CODEC.content_hasher())
+    hasher.add(1, b"second")  # parked: chunk 0 never came (its put failed)
+    with pytest.raises(RuntimeError):
+        hasher.digest(2)
+
+
+async def test_seal_in_thread_feeds_the_ordered_hasher() -> None:
+    big, small = make_data("random", BIG + 5, seed=3), b"tail"
+    hasher = OrderedHasher(CODEC.content_hasher())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seal_in_thread, CODEC, small, hasher, 1)  # inline, parked
+        nursery.start_soon(seal_in_thread, CODEC, big, hasher, 0)  # in a worker thread
+    assert hasher.digest(2) == CODEC.chunk_id(big + small)

@@ -1,0 +1,189 @@
+"""The streamed (above ``inline_max``) put and get paths alone: a few cells of
+``sync_latency.py`` plus one big streaming put and its streaming get, with CPU per process.
+
+    python bench/stream_bench.py [--big-mib 1024] [--rounds 1] [--cells 64k1,64k16,1m16]
+                                 [--json PATH] [--dir DIR]
+
+Starts the same two-site cluster as ``sync_latency.py`` (``each-site``), then per round: the
+cells asked for (put then get of what was put; ``64k16`` is 64 KiB x16), one streaming put of
+``--big-mib`` MiB (``each-site``: durable in both sites before its acknowledgement) and one
+streaming get of it from the coordinator (a single node: the get reads its own copy). Each
+figure carries the CPU seconds that the client, the coordinator and the replica spent, per op
+and per MiB (from /proc: 10 ms ticks), which is steadier than throughput on a shared machine.
+Never asserts; prints a table and writes JSON (default ``bench/results/stream_bench.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import sync_latency as sl  # noqa: E402
+from _harness import machine_info, print_table, thread_cpu_seconds, write_json  # noqa: E402
+
+import hdsd  # noqa: E402
+
+KIB, MIB = sl.KIB, sl.MIB
+CELLS = {"64k1": (64 * KIB, 1), "64k16": (64 * KIB, 16), "1m1": (MIB, 1), "1m16": (MIB, 16),
+         "4k16": (4 * KIB, 16)}
+PLAN = sl.Plan(sizes=(), concurrency=(), bytes_per_cell=16 * MIB, max_ops=300, floor_ops=0,
+               rtt_ops=0, catchup_mib=0, big_blob=None, profile_puts=0)
+
+
+def disk_now(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Bytes each process made the block layer read and write so far (``/proc/<pid>/io``:
+    a read served by the page cache counts nothing)."""
+    out: dict[str, tuple[int, int]] = {}
+    for role, pid in pids.items():
+        fields = dict(line.split(": ") for line in
+                      Path(f"/proc/{pid}/io").read_text().splitlines())
+        out[role] = (int(fields["read_bytes"]), int(fields["write_bytes"]))
+    return out
+
+
+def disk_use(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+             ) -> dict[str, list[float]]:
+    """MiB read and written per process between two :func:`disk_now` snapshots."""
+    return {role: [round((after[role][i] - before[role][i]) / MIB, 1) for i in (0, 1)]
+            for role in after}
+
+
+def threads_now(pids: dict[str, int]) -> dict[str, dict[tuple[int, str], float]]:
+    """CPU seconds so far of every thread of each process, by (thread id, OS thread name);
+    the main thread (the trio loop) is named ``main``."""
+    out: dict[str, dict[tuple[int, str], float]] = {}
+    for role, pid in pids.items():
+        per: dict[tuple[int, str], float] = {}
+        for tid, used in thread_cpu_seconds(pid).items():
+            try:
+                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                continue
+            per[(tid, "main" if tid == pid else name)] = used
+        out[role] = per
+    return out
+
+
+def threads_use(before: dict[str, dict[tuple[int, str], float]],
+                after: dict[str, dict[tuple[int, str], float]],
+                size: int) -> dict[str, dict[str, float]]:
+    """ms of CPU per MiB of each process's threads between two snapshots, by thread name
+    (threads of one name summed; a thread that ended meanwhile is not counted)."""
+    out: dict[str, dict[str, float]] = {}
+    for role, per in after.items():
+        by_name: dict[str, float] = {}
+        for (tid, name), used in per.items():
+            spent = used - before[role].get((tid, name), 0.0)
+            if spent > 0:
+                by_name[name] = by_name.get(name, 0.0) + spent * 1e3 / (size / MIB)
+        out[role] = dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+async def run_round(cluster: sl.Cluster, cells: Sequence[str], big: int, base: bytes,
+                    threads: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    keep: dict[tuple[str, str, int, int], list[float]] = {}
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(
+            hdsd.AsyncClient(cluster.profile, site="dc1", timeout=600)) for _ in range(16)]
+        first = clients[0]
+        for c in clients:
+            await c.status()
+        for i in range(20):
+            await sl._put(first, f"warm/{i}", base, 64 * KIB)
+
+        async def put(client: hdsd.AsyncClient, key: str, size: int) -> float:
+            return await sl._put(client, key, base, size)
+
+        target = sl.Target("hdsd", "each-site", clients, put, sl._get, cluster.pids(),
+                           cluster.check)
+        for name in cells:
+            size, conc = CELLS[name]
+            out += await sl._measure_cell(target, PLAN, size, conc, keep)
+        if big:
+            pids = cluster.pids()
+            key = f"big/{time.monotonic_ns()}"
+            sl.progress(f"hdsd each-site: one streaming put of {big // MIB} MiB")
+            cpu0, th0, io0 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
+            took = await sl._put(first, key, base, big)
+            cpu1, th1, io1 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
+            sl.progress(f"  {big / MIB / took:.0f} MiB/s; streaming get")
+            got_s = await sl._get(first, key, big)
+            cpu2, th2, io2 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
+            threads["put"] = threads_use(th0, th1, big)
+            threads["get"] = threads_use(th1, th2, big)
+            for op, s, cpu, disk in (("put", took, sl.cpu_use(cpu0, cpu1, 1, big),
+                                      disk_use(io0, io1)),
+                                     ("get", got_s, sl.cpu_use(cpu1, cpu2, 1, big),
+                                      disk_use(io1, io2))):
+                out.append(sl.cell("hdsd", op, "each-site", big, 1,
+                                   f"single streaming {op} {big // MIB} MiB",
+                                   samples=[s], elapsed=s, disk_mib=disk, **cpu))
+                sl.progress(f"  {op}: disk MiB read / written by process {disk}")
+                sl.progress(f"  {op}: {big / MIB / s:.0f} MiB/s, "
+                            f"{out[-1]['cpu_ms_per_mib']:.2f} ms CPU/MiB")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stream_bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--big-mib", type=int, default=1024, help="the big blob (0: none)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--cells", default="64k1,64k16,1m16",
+                    help=f"comma-separated, of {', '.join(CELLS)} (empty: none)")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "stream_bench.json")
+    ap.add_argument("--dir", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    cells = [c for c in args.cells.split(",") if c]
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        ap.error(f"unknown cell(s) {', '.join(unknown)}")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="stream-bench-", dir=args.dir))
+    base = os.urandom(MIB)
+    results: list[dict[str, Any]] = []
+    threads: dict[str, Any] = {}
+    try:
+        with ExitStack() as stack:
+            cluster = sl.Cluster(scratch / "cluster", 0.0, stack)
+            cluster.start("each-site")
+            for _ in range(args.rounds):
+                results += trio.run(run_round, cluster, cells, args.big_mib * MIB, base,
+                                    threads)
+            cluster.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rows = []
+    for r in results:
+        per = r.get("cpu_s_per_mib") or {}
+        rows.append([r["label"], f"{r['ops_per_s'] or 0:.0f}", f"{r['mib_per_s'] or 0:.1f}",
+                     f"{r['p50_ms'] or 0:.2f}", f"{r.get('cpu_ms_per_op', 0):.2f}",
+                     f"{r.get('cpu_ms_per_mib', 0):.2f}",
+                     " / ".join(f"{per.get(k, 0) * 1e3:.2f}"
+                                for k in ("client", "coordinator", "replica"))])
+    print_table(["cell", "ops/s", "MiB/s", "p50 ms", "CPU ms/op", "CPU ms/MiB",
+                 "ms/MiB client / coord / replica"], rows)
+    for op, roles in threads.items():
+        print(f"\nthe big {op}, ms CPU per MiB by thread (last round):")
+        for role, by_name in roles.items():
+            print(f"  {role:12} " + ", ".join(f"{n} {v:.2f}" for n, v in by_name.items()))
+    write_json(args.json, {"machine": machine_info(), "results": results,
+                           "big_blob_threads_ms_per_mib": threads})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""bench/stream_bench.py, in its smallest form: a real two-site cluster, one cell and a small
+streaming put and get, each reported with the CPU of every process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_stream_bench_reports_the_cells_and_the_big_blob(tmp_path: Path) -> None:
+    out = tmp_path / "stream.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream_bench.py"), "--big-mib", "3",
+         "--cells", "64k1", "--json", str(out), "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    labels = [r["label"] for r in doc["results"]]
+    assert labels == ["put 64 KiB x1", "get 64 KiB x1", "single streaming put 3 MiB",
+                      "single streaming get 3 MiB"]
+    for r in doc["results"]:
+        assert r["n"] and r["mib_per_s"] > 0
+        assert set(r["cpu_s_per_mib"]) == {"client", "coordinator", "replica", "total"}
+    assert set(doc["big_blob_threads_ms_per_mib"]) == {"put", "get"}
