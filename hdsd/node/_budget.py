@@ -16,8 +16,13 @@ Who waits, and why that cannot deadlock:
   is in flight; otherwise the frames behind the ``PutStart`` may be what the connection's own
   requests wait for (an upload's Data, a download's Credit), so after ``patience`` seconds the
   put goes on over the budget (counted in ``over``), never refused.
-* A client's get takes ``min(range, chunk + unsent bound)`` in its handler, after the lookup;
-  nothing of the connection waits behind it.
+* A client's get takes ``min(range, 4 chunks)`` in its handler, after the lookup: what the
+  request itself holds (the chunk being sent and its read-ahead, see
+  ``_objects.stream_object``); nothing of the connection waits behind it. Bytes already handed
+  to the connection's output are bounded per connection (``max_unsent_mib``: no new request
+  is read while they pass it), not here — counting that bound once per get made two 12 MiB
+  gets fill the clients' share of the default budget, so a client fetching many large
+  objects over one connection saw its other requests refused.
 * The S3 gateway's puts and parts take the same in the gateway's backend, before the body is
   read (TCP holds the client back). Not its gets: a copy (CopyObject, UploadPartCopy) is a get
   feeding a put through a channel in one request: copies whose gets held budget while their
@@ -187,7 +192,10 @@ def put_reservation(size: int | None, window: int) -> int:
     return window if size is None else min(max(size, 0), window)
 
 
-def get_reservation(length: int, chunk_size: int, unsent: int) -> int:
-    """What a client's get of *length* bytes takes: its whole range if small, else one chunk
-    being read plus the connection's bound on output not yet written."""
-    return min(length, chunk_size + unsent)
+_GET_CHUNKS = 4  # stream_object: one chunk at the sink, one being read, two ready
+
+
+def get_reservation(length: int, chunk_size: int) -> int:
+    """What a client's get of *length* bytes takes: its whole range if small, else the chunks
+    it holds at once (the one being sent and its read-ahead)."""
+    return min(length, _GET_CHUNKS * chunk_size)

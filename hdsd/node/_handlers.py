@@ -232,7 +232,7 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     lo, hi = byte_range(version.size, msg.start, msg.end)
     BODY_SIZE.set(hi - lo)
     await node.budget.take(id(msg), get_reservation(  # released as the request ends
-        hi - lo, version.chunk_size or node.config.chunk_size, node.config.max_unsent_mib << 20))
+        hi - lo, version.chunk_size or node.config.chunk_size))
     info = {**version.public_info(), "start": lo, "end": hi}
     timeout = node.config.request_timeout_s
     stalled = f"client read nothing for {timeout:g} s; download aborted"
