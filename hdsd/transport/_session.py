@@ -11,10 +11,12 @@ The client and the node use the same session. Theory of operation:
   bytearray, a frame of :data:`OWN_WRITE` bytes or more kept as the bytes ``conn.send`` made,
   so a megabyte of body is not copied once more on its way out): a sender encodes its frames
   with ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
-  either becomes the *writer* — if nobody is writing — or waits for the writer. The writer calls
-  ``stream.send_all`` with everything queued, and again with whatever other tasks queued
-  meanwhile, until the outbox is empty. So 16 replies finishing together cost one or two TLS
-  records and syscalls, not 16, and a lone request pays no extra scheduler pass. Every sender
+  either becomes the *writer* — if nobody is writing — or waits for the writer. The writer sends
+  everything queued, and again whatever other tasks queued meanwhile, until the outbox is empty.
+  So 16 replies finishing together cost one or two TLS records and syscalls, not 16. A TLS
+  stream is written through :func:`._tlsread.tls_sender`: what the socket takes at once is
+  sent without passing through the scheduler (trio's ``send_all`` passes twice), so a lone
+  request or reply costs no scheduler pass to send. Every sender
   still returns only once its bytes were handed to the stream (or raises
   :class:`ConnectionLost`). The outbox is bounded: a sender waits while it holds more than
   ``OUTBOX_LIMIT`` bytes, so a fast producer is held back by the socket.
@@ -69,7 +71,7 @@ from ..wire import (
     NeedData,
     Request,
 )
-from ._tlsread import tls_pieces_receiver
+from ._tlsread import tls_pieces_receiver, tls_sender
 
 __all__ = ["WireSession"]
 
@@ -99,6 +101,7 @@ class WireSession:
         self.stream = stream
         self.conn = conn
         self._receive_pieces = tls_pieces_receiver(stream)
+        self._send_all = tls_sender(stream)
         self._outbox: list[bytes | bytearray] = []
         self._outbox_size = 0
         self._writing = False
@@ -228,7 +231,7 @@ class WireSession:
                 parts, self._outbox, self._outbox_size = self._outbox, [], 0
                 self._room.unpark_all()
                 for data in parts:
-                    await self.stream.send_all(data)
+                    await self._send_all(data)
                     self._written += len(data)
                     self._flushed.unpark_all()
                 self._progress.unpark_all()
