@@ -254,10 +254,17 @@ class PeerPool:
     async def call(self, node: str, request: Request[R]) -> R:
         peer = self._peer(node)
         limit = self.request_timeout
-        with trio.move_on_after(limit) as queued:
-            await peer.slots.acquire()
-        if queued.cancelled_caught:
-            raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
+        # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
+        # which every replicated write would pay); the caller's cancellation still counts.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            peer.slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(limit) as queued:
+                await peer.slots.acquire()
+            if queued.cancelled_caught:
+                raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
+                    from None
         try:
             return await self._call(node, peer, request)
         finally:
