@@ -103,6 +103,7 @@ class Replicator:
         self._offload = offload
         self._background: trio.Nursery | None = None
         self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
+        self._unanswered: dict[str, int] = {}  # peer -> Replicate requests awaiting its reply
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
@@ -235,12 +236,15 @@ class Replicator:
                             versions: Sequence[Version]) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
-        Small writes to the same peer that start together share one Replicate request: the
-        first opens a batch and yields once, so the writes of requests that arrived in the
-        same reads join it; then one frame, one task and one commit (one batch, all or
-        nothing) on the peer, one reply. Every write in a batch gets the batch's outcome;
-        one that ends without an answer (the caller's timeout) is :class:`Unavailable` —
-        outcome unknown — for all of them, as it would be for each alone.
+        Small writes to the same peer that start together share one Replicate request: while
+        an earlier request to that peer is unanswered (concurrent writes), the first opens a
+        batch and yields once, so the writes of requests that arrived in the same reads join
+        it; then one frame, one task and one commit (one batch, all or nothing) on the peer,
+        one reply. With nothing unanswered (a lone write, the first of a burst) it is sent at
+        once: nobody could join it but at the price of a scheduler pass. Every write in a
+        batch gets the batch's outcome; one that ends without an answer (the caller's
+        timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
+        for each alone.
         """
         nbytes = sum(len(c.payload) for c in chunks) + sum(
             _VERSION_BYTES + len(v.inline or b"") for v in versions)
@@ -255,8 +259,11 @@ class Replicator:
                 # and scramble, its traceback).
                 raise type(batch.error)(batch.error.message)
             return
-        if nbytes > _BATCH_BYTES_MAX // 2:
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions))
+        if nbytes > _BATCH_BYTES_MAX // 2 or not self._unanswered.get(peer):
+            # Alone (large, or nothing else on its way to this peer: a lone put, the first of
+            # a burst): sent at once. Yielding for company nobody can bring costs a lone write
+            # a scheduler pass for nothing.
+            await self._call_counted(peer, chunks, versions)
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
         try:
@@ -265,8 +272,7 @@ class Replicator:
             if self._batches.get(peer) is batch:
                 del self._batches[peer]
         try:
-            await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
-                                                          batch.versions))
+            await self._call_counted(peer, batch.chunks, batch.versions)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -275,6 +281,15 @@ class Replicator:
             raise
         finally:
             batch.done.set()
+
+    async def _call_counted(self, peer: str, chunks: Sequence[ChunkRecord],
+                            versions: Sequence[Version]) -> None:
+        """One Replicate request to *peer*, counted in ``_unanswered`` until it ends."""
+        self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
+        try:
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions))
+        finally:
+            self._unanswered[peer] -= 1
 
     async def _write_pair(self, targets: list[str], chunks: Sequence[ChunkRecord],
                           versions: Sequence[Version], acked: set[str],
