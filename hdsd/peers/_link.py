@@ -27,7 +27,7 @@ from ..cluster import Layout, NodeInfo
 from ..transport import Identity, WireSession, connect_tls, identity_from_der
 from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Reply, Request, Role
 
-__all__ = ["PeerLink", "PeerPool"]
+__all__ = ["PeerLink", "PeerPool", "SendHookLink"]
 
 log = logging.getLogger("hdsd.replication")
 
@@ -61,6 +61,19 @@ class PeerLink(Protocol):
 
     def reachable(self, node: str) -> bool:
         """Whether the last attempt to reach *node* succeeded (no I/O)."""
+        ...
+
+
+class SendHookLink(PeerLink, Protocol):
+    """A :class:`PeerLink` that can tell a caller when its request is on its way (what the
+    write coordinator needs; :class:`PeerPool` is one)."""
+
+    async def call(self, node: str, request: Request[R], *,
+                   sent: Callable[[], None] | None = None) -> R:
+        """:meth:`PeerLink.call`; *sent*, if given, is called (it must not raise) once the
+        request is on its way, before the reply is awaited — not at all if it could not be
+        sent. The write path queues its local commit there, so that waking the log writer
+        thread does not delay the send."""
         ...
 
 
@@ -251,7 +264,8 @@ class PeerPool:
                 self._on_link(node, False)
             await session.aclose()
 
-    async def call(self, node: str, request: Request[R]) -> R:
+    async def call(self, node: str, request: Request[R], *,
+                   sent: Callable[[], None] | None = None) -> R:
         peer = self._peer(node)
         limit = self.request_timeout
         # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
@@ -266,11 +280,12 @@ class PeerPool:
                 raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
                     from None
         try:
-            return await self._call(node, peer, request)
+            return await self._call(node, peer, request, sent)
         finally:
             peer.slots.release()
 
-    async def _call(self, node: str, peer: _Peer, request: Request[R]) -> R:
+    async def _call(self, node: str, peer: _Peer, request: Request[R],
+                    sent: Callable[[], None] | None) -> R:
         limit = self.request_timeout
         with trio.move_on_after(limit) as scope:
             session = await self._session(node)
@@ -282,6 +297,8 @@ class PeerPool:
                 until = trio.current_effective_deadline()
                 with trio.CancelScope(shield=True, deadline=until):
                     await session.send(request)
+                if sent is not None:
+                    sent()
                 try:
                     event = await inbox.receive()
                 except trio.EndOfChannel:

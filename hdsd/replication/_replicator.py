@@ -41,7 +41,7 @@ import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, LayoutRecord, placement_key
-from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
+from ..peers import BATCH_BYTES, Offload, SendHookLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
 from ..wire import UNSENT, FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
@@ -65,7 +65,7 @@ _VERSION_BYTES = 512  # what a version record without inline data weighs, about
 class _Batch:
     """Records of concurrent writes travelling to one peer in one Replicate request."""
 
-    __slots__ = ("chunks", "done", "error", "nbytes", "versions")
+    __slots__ = ("chunks", "done", "error", "nbytes", "on_sent", "versions")
 
     def __init__(self, chunks: list[ChunkRecord], versions: list[Version], nbytes: int) -> None:
         self.chunks = chunks
@@ -73,11 +73,16 @@ class _Batch:
         self.nbytes = nbytes
         self.done = trio.Event()
         self.error: HdsdError | None = None
+        self.on_sent: list[Callable[[], None]] = []  # each write's hook (SendHookLink.call's sent)
+
+    def sent(self) -> None:
+        for hook in self.on_sent:
+            hook()
 
 
 class Replicator:
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
-                 peers: PeerLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
+                 peers: SendHookLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  doubts: PeerDoubts | None = None) -> None:
@@ -233,7 +238,8 @@ class Replicator:
         return await self._not_met(policy, replicas, targets, versions, acked, failed, degrade)
 
     async def _replicate_to(self, peer: str, chunks: Sequence[ChunkRecord],
-                            versions: Sequence[Version]) -> None:
+                            versions: Sequence[Version],
+                            sent: Callable[[], None] | None = None) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: while
@@ -244,7 +250,8 @@ class Replicator:
         once: nobody could join it but at the price of a scheduler pass. Every write in a
         batch gets the batch's outcome; one that ends without an answer (the caller's
         timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
-        for each alone.
+        for each alone. *sent* is called once the records are on their way (see
+        :meth:`SendHookLink.call`), by whoever sends the batch they are in.
         """
         nbytes = sum(len(c.payload) for c in chunks) + sum(
             _VERSION_BYTES + len(v.inline or b"") for v in versions)
@@ -253,6 +260,8 @@ class Replicator:
             batch.chunks.extend(chunks)
             batch.versions.extend(versions)
             batch.nbytes += nbytes
+            if sent is not None:
+                batch.on_sent.append(sent)
             await batch.done.wait()
             if batch.error is not None:
                 # A fresh exception per waiter (one object raised in many tasks would share,
@@ -263,16 +272,18 @@ class Replicator:
             # Alone (large, or nothing else on its way to this peer: a lone put, the first of
             # a burst): sent at once. Yielding for company nobody can bring costs a lone write
             # a scheduler pass for nothing.
-            await self._call_counted(peer, chunks, versions)
+            await self._call_counted(peer, chunks, versions, sent)
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
+        if sent is not None:
+            batch.on_sent.append(sent)
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
         finally:
             if self._batches.get(peer) is batch:
                 del self._batches[peer]
         try:
-            await self._call_counted(peer, batch.chunks, batch.versions)
+            await self._call_counted(peer, batch.chunks, batch.versions, batch.sent)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -283,11 +294,13 @@ class Replicator:
             batch.done.set()
 
     async def _call_counted(self, peer: str, chunks: Sequence[ChunkRecord],
-                            versions: Sequence[Version]) -> None:
+                            versions: Sequence[Version],
+                            sent: Callable[[], None] | None) -> None:
         """One Replicate request to *peer*, counted in ``_unanswered`` until it ends."""
         self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
         try:
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions))
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
+                                  sent=sent)
         finally:
             self._unanswered[peer] -= 1
 
@@ -297,23 +310,37 @@ class Replicator:
         """Commit here and on the one other replica in parallel, in this task: the log writer
         syncs while the peer's round trip runs. Fills *acked* and *failed*.
 
+        The local commit is queued as soon as the peer's request is on its way (or could not
+        be sent), not before: queueing wakes the log writer thread, which would take the GIL
+        while the event loop still has the request to encrypt and send, and the peer's round
+        trip is the longer of the two anyway.
+
         Shielded (bounded by the write timeout): a client that goes away must not cut the
         peer request mid-frame (that would close the shared peer session) nor leave the
         records on one site without the hint the caller keeps when the policy fails.
         """
         peer = targets[0] if targets[1] == self.name else targets[1]
-        with trio.CancelScope(shield=True):
+        local: LocalCommit | None = None
+        started = False
+
+        def start_local() -> None:
+            nonlocal local, started
+            if started:
+                return
+            started = True
             try:
-                local: LocalCommit | None = self.store.start_commit([*chunks, *versions])
+                local = self.store.start_commit([*chunks, *versions])
             except HdsdError as exc:
                 failed[self.name] = exc
-                local = None
+
+        with trio.CancelScope(shield=True):
             try:
                 with trio.move_on_after(self.timeout):
-                    await self._replicate_to(peer, chunks, versions)
+                    await self._replicate_to(peer, chunks, versions, sent=start_local)
                     acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc
+            start_local()  # the request was not sent (or not by us): commit here all the same
             if local is not None:
                 try:
                     with trio.move_on_after(self.timeout):
