@@ -197,7 +197,6 @@ class Replicator:
         settled = trio.Event()
         local_done = trio.Event()
         all_done = trio.Event()
-        send = replicate_message(self.layout_id, chunks, versions)
 
         def check() -> None:
             if len(acked) + len(failed) == len(targets):
@@ -212,7 +211,11 @@ class Replicator:
                 if node == self.name:
                     await self.store.commit([*chunks, *versions])
                 else:
-                    await self.peers.call(node, send)
+                    # Batched like the pair's path: under `local` or `majority` the puts of
+                    # many clients otherwise cost each peer one frame, one task and one commit
+                    # apiece (measured: a `local` 4 KiB put took twice the CPU of an
+                    # `each-site` one).
+                    await self._replicate_to(node, chunks, versions)
                 acked.add(node)
             except HdsdError as exc:
                 failed[node] = exc
