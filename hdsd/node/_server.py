@@ -142,7 +142,8 @@ class Node:
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
             on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s,
-            plan_of=self.tenancy.plan, doubts=self.doubts)
+            plan_of=self.tenancy.plan, doubts=self.doubts,
+            alone=lambda: self._active_requests <= 1)
         self.replicator.set_record(record)
         self.maintenance = Maintenance(
             name=config.name, layout=self.layout, store=store, peers=self.peers,

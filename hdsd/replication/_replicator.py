@@ -85,7 +85,8 @@ class Replicator:
                  peers: SendHookLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
-                 doubts: PeerDoubts | None = None) -> None:
+                 doubts: PeerDoubts | None = None,
+                 alone: Callable[[], bool] = lambda: False) -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -108,7 +109,9 @@ class Replicator:
         self._offload = offload
         self._background: trio.Nursery | None = None
         self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
-        self._unanswered: dict[str, int] = {}  # peer -> Replicate requests awaiting its reply
+        # Whether no other request is in flight on the node (the node says; the default keeps
+        # every write open to company): a write then has nobody to share its Replicate with.
+        self.alone = alone
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
@@ -245,12 +248,12 @@ class Replicator:
                             sent: Callable[[], None] | None = None) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
-        Small writes to the same peer that start together share one Replicate request: while
-        an earlier request to that peer is unanswered (concurrent writes), the first opens a
-        batch and yields once, so the writes of requests that arrived in the same reads join
-        it; then one frame, one task and one commit (one batch, all or nothing) on the peer,
-        one reply. With nothing unanswered (a lone write, the first of a burst) it is sent at
-        once: nobody could join it but at the price of a scheduler pass. Every write in a
+        Small writes to the same peer that start together share one Replicate request: the
+        first opens a batch and yields once, so the writes of requests that arrived in the
+        same reads join it; then one frame, one task and one commit (one batch, all or
+        nothing) on the peer, one reply. A write made while no other request is in flight on
+        the node (``alone``: a lone put) is sent at once: nobody could join it, and the yield
+        would cost it a scheduler pass for nothing. Every write in a
         batch gets the batch's outcome; one that ends without an answer (the caller's
         timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
         for each alone. *sent* is called once the records are on their way (see
@@ -271,11 +274,12 @@ class Replicator:
                 # and scramble, its traceback).
                 raise type(batch.error)(batch.error.message)
             return
-        if nbytes > _BATCH_BYTES_MAX // 2 or not self._unanswered.get(peer):
-            # Alone (large, or nothing else on its way to this peer: a lone put, the first of
-            # a burst): sent at once. Yielding for company nobody can bring costs a lone write
-            # a scheduler pass for nothing.
-            await self._call_counted(peer, chunks, versions, sent)
+        if nbytes > _BATCH_BYTES_MAX // 2 or self.alone():
+            # Alone (large, or no other request in flight on the node: a lone put): sent at
+            # once. Yielding for company nobody can bring costs a lone write a scheduler pass
+            # for nothing.
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
+                                  sent=sent)
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
         if sent is not None:
@@ -286,7 +290,8 @@ class Replicator:
             if self._batches.get(peer) is batch:
                 del self._batches[peer]
         try:
-            await self._call_counted(peer, batch.chunks, batch.versions, batch.sent)
+            await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
+                                                          batch.versions), sent=batch.sent)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -295,17 +300,6 @@ class Replicator:
             raise
         finally:
             batch.done.set()
-
-    async def _call_counted(self, peer: str, chunks: Sequence[ChunkRecord],
-                            versions: Sequence[Version],
-                            sent: Callable[[], None] | None) -> None:
-        """One Replicate request to *peer*, counted in ``_unanswered`` until it ends."""
-        self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
-        try:
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
-                                  sent=sent)
-        finally:
-            self._unanswered[peer] -= 1
 
     async def _write_pair(self, targets: list[str], chunks: Sequence[ChunkRecord],
                           versions: Sequence[Version], acked: set[str],
