@@ -660,8 +660,10 @@ class Node:
                 if rid is None:
                     return
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
-                # others (every peer request among them) need no channel of their own.
-                inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) else quiet
+                # others (every peer request among them) need no channel of their own, nor
+                # does an upload whose whole body was read with its start (a small put).
+                inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) and \
+                    not session.has_whole_upload(rid) else quiet
                 in_flight[0] += 1
                 requests.start_soon(self._run_request, session, ident, msg, inbox,
                                     request_ended)

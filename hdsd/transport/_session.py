@@ -6,7 +6,9 @@ The client and the node use the same session. Theory of operation:
   feeds the sans-IO connection and routes each event by its ``rid`` to the *inbox* registered for
   that request (a memory channel). Events for a rid nobody registered are handed to
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
-  ended are dropped, as the protocol allows.
+  ended are dropped, as the protocol allows. An upload whose body frames and End were read with
+  its start (a small put, sent in one write) is handed over whole instead
+  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain.
 * Sending goes through one *outbox* (a list of byte strings: small frames appended to one
   bytearray, a frame of :data:`OWN_WRITE` bytes or more kept as the bytes ``conn.send`` made,
   so a megabyte of body is not copied once more on its way out): a sender encodes its frames
@@ -65,10 +67,13 @@ from ..wire import (
     ConnectionClosed,
     Credit,
     Data,
+    End,
+    Event,
     Goodbye,
     Hello,
     Message,
     NeedData,
+    PutStart,
     Request,
 )
 from ._tlsread import tls_pieces_receiver, tls_sender
@@ -110,6 +115,7 @@ class WireSession:
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
         self._room = trio.lowlevel.ParkingLot()  # senders waiting for the outbox to drain
         self._inboxes: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
         self._closed = False
@@ -310,6 +316,17 @@ class WireSession:
             if not self.conn.in_flight(self._last_rid):
                 return self._last_rid
 
+    def has_whole_upload(self, rid: int) -> bool:
+        """Whether upload *rid*'s whole body (its Data frames and End) came in the same reads
+        as its start, so that it needs no inbox (see :meth:`take_whole_upload`)."""
+        return rid in self._whole
+
+    def take_whole_upload(self, rid: int) -> list[Message] | None:
+        """Upload *rid*'s Data frames and End, if they were read with its start (a small put
+        arrives whole: PutStart, Data and End in one write), else None: then they come
+        through its inbox. Their bytes count as held until ``close_inbox(rid)``."""
+        return self._whole.pop(rid, None)
+
     def open_inbox(self, rid: int) -> trio.MemoryReceiveChannel[Message]:
         """Register *rid* before sending its request (or, on the node, before returning from
         ``on_request``) so that no event of it is missed."""
@@ -322,6 +339,7 @@ class WireSession:
     def close_inbox(self, rid: int) -> None:
         inbox = self._inboxes.pop(rid, None)
         self._ungranted.pop(rid, None)
+        self._whole.pop(rid, None)
         self._release(rid)
         if inbox is not None:
             inbox.close()
@@ -366,9 +384,13 @@ class WireSession:
     ) -> None:
         """Route incoming events until the connection ends; always closes every inbox.
         *before_read* and *before_open* are the gates of the module docstring."""
+        pending: Event | None = None  # read ahead of an upload's end, not yet routed
         try:
             while True:
-                event = self.conn.next_event()
+                if pending is None:
+                    event = self.conn.next_event()
+                else:
+                    event, pending = pending, None
                 if isinstance(event, NeedData):
                     if before_read is not None:
                         await before_read()
@@ -379,7 +401,10 @@ class WireSession:
                       and getattr(event, "rid", None) not in self._inboxes):
                     # A new request: wait for room before taking it (and reading on).
                     if await before_open(event):
-                        self._route(event, on_request)
+                        if isinstance(event, PutStart):
+                            pending = self._open_upload(event, on_request)
+                        else:
+                            self._route(event, on_request)
                 elif isinstance(event, ConnectionClosed):
                     self.closed_reason = ConnectionLost("the peer closed the connection")
                     return
@@ -396,6 +421,37 @@ class WireSession:
             raise
         finally:
             self._close()
+
+    def _open_upload(self, start: PutStart,
+                     on_request: Callable[[Message], None] | None) -> Event | None:
+        """Route a new upload. Its body frames already buffered are read first: when they
+        reach its End (a small put, sent in one write), the whole body is kept for the handler
+        (:meth:`take_whole_upload`) and the request needs no inbox — no channel to create,
+        fill and drain. Otherwise they go to its inbox as usual. Returns the event read past
+        the upload's frames (the caller routes it next), if any."""
+        rid = start.rid
+        frames: list[Message] = []
+        after: Event | None = None
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, (Data, End)) and event.rid == rid:
+                frames.append(event)
+                if isinstance(event, End):
+                    break
+            else:
+                after = event
+                break
+        if after is None:
+            self._whole[rid] = frames
+            size = sum(len(f.data) for f in frames if isinstance(f, Data))
+            if size:
+                self._held[rid] = self._held.get(rid, 0) + size
+                self.held += size
+        self._route(start, on_request)
+        if after is not None:
+            for frame in frames:
+                self._route(frame, on_request)
+        return after
 
     def _route(self, event: Message, on_request: Callable[[Message], None] | None) -> None:
         rid = getattr(event, "rid", None)
