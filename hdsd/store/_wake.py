@@ -15,7 +15,9 @@ the writer, which closes it instead of signalling.
 from __future__ import annotations
 
 import os
+import select
 import threading
+import time
 from collections.abc import Callable
 
 import trio
@@ -38,12 +40,23 @@ class Doorbell:
         if self._sleeping:
             os.eventfd_write(self._fd, 1)
 
-    def sleep_until(self, ready: Callable[[], bool]) -> None:
-        """Block until *ready()* (called in this thread) is true."""
+    def sleep_until(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until *ready()* (called in this thread) is true, or *timeout* seconds have
+        passed; return whether it is ready."""
         self._sleeping = True
         try:
+            if timeout is None:
+                while not ready():
+                    os.eventfd_read(self._fd)  # a stale count only costs one more look
+                return True
+            until = time.monotonic() + timeout
             while not ready():
-                os.eventfd_read(self._fd)  # a stale count only costs one more look
+                left = until - time.monotonic()
+                if left <= 0:
+                    return False
+                if select.select([self._fd], [], [], left)[0]:
+                    os.eventfd_read(self._fd)
+            return True
         finally:
             self._sleeping = False
 
