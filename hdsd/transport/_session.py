@@ -15,10 +15,11 @@ The client and the node use the same session. Theory of operation:
   with ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
   either becomes the *writer* — if nobody is writing — or waits for the writer. The writer sends
   everything queued, and again whatever other tasks queued meanwhile, until the outbox is empty.
-  So 16 replies finishing together cost one or two TLS records and syscalls, not 16. A TLS
-  stream is written through :func:`._tlsread.tls_sender`: what the socket takes at once is
-  sent without passing through the scheduler (trio's ``send_all`` passes twice), so a lone
-  request or reply costs no scheduler pass to send. Every sender
+  A TLS stream is written through :func:`._tlsread.tls_sender`: what the socket takes at once
+  is sent without passing through the scheduler (trio's ``send_all`` passes twice), so a lone
+  request or reply costs no scheduler pass to send. While other requests are in flight on the
+  connection the writer yields once before writing, so 16 replies finishing together cost one
+  or two TLS records and syscalls, not 16. Every sender
   still returns only once its bytes were handed to the stream (or raises
   :class:`ConnectionLost`). The outbox is bounded: a sender waits while it holds more than
   ``OUTBOX_LIMIT`` bytes, so a fast producer is held back by the socket.
@@ -233,6 +234,11 @@ class WireSession:
     async def _write_out(self) -> None:
         self._writing = True
         try:
+            if self.conn.requests_in_flight > 1:
+                # Other requests are in flight: let those whose frames are ready in this pass
+                # (16 replies finishing together) queue them first, for one write. A lone
+                # request skips this pass: its send is synchronous when the socket takes it.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while self._outbox:
                 parts, self._outbox, self._outbox_size = self._outbox, [], 0
                 self._room.unpark_all()

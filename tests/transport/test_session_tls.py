@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from hdsd.transport import WireSession, client_context, server_context
+from hdsd.transport import _tlsread as tlsread
 from hdsd.transport._tlsread import tls_pieces_receiver, tls_receiver, tls_sender
 from hdsd.wire import PROTOCOL_VERSION, Connection, Hello, Reply, Role, StatRequest
 
@@ -298,3 +299,45 @@ async def test_other_streams_keep_their_own_send() -> None:
     assert tls_sender(a) == a.send_all
     await a.aclose()
     await b.aclose()
+
+
+async def test_replies_finishing_together_share_a_write(pki: Pki,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sender is synchronous, so a session's writer yields once before writing while
+    # other requests are in flight: 16 replies ready in one pass go out in one or two socket
+    # writes, not 16. A lone reply does not wait (see the test above).
+    writes: list[int] = []
+    real = tlsread._send_now
+
+    def counting(transport: trio.abc.Stream, data: bytes) -> int:
+        writes.append(len(data))
+        return real(transport, data)
+
+    monkeypatch.setattr(tlsread, "_send_now", counting)
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            ours = WireSession(client, Connection(Role.CLIENT))
+            theirs = WireSession(server, Connection(Role.SERVER))
+            for s, name in ((ours, "c"), (theirs, "s")):
+                await s.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
+                                   peer=name, window=s.conn.initial_window))
+            await ours.receive_hello()
+            await theirs.receive_hello()
+            received: list[object] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(theirs.run_reader, received.append)
+                nursery.start_soon(ours.run_reader)
+                n = 16
+                inboxes = [ours.open_inbox(rid) for rid in range(1, n + 1)]
+                await ours.send_many([StatRequest(rid=rid, bucket="b", key="k", version=None)
+                                      for rid in range(1, n + 1)])
+                while len(received) < n:
+                    await trio.sleep(0.001)
+                writes.clear()
+                async with trio.open_nursery() as replies:
+                    for rid in range(1, n + 1):
+                        replies.start_soon(theirs.send, Reply(rid=rid, body={"rid": rid}))
+                assert 1 <= len(writes) <= 2
+                for rid, inbox in enumerate(inboxes, 1):
+                    assert await inbox.receive() == Reply(rid=rid, body={"rid": rid})
+                nursery.cancel_scope.cancel()
