@@ -71,12 +71,15 @@ WAITING, SIGNALLED, ABANDONED = 0, 1, 2
 class Waker:
     """How one commit's caller is woken: its eventfd (trio) or an Event (a plain thread)."""
 
-    __slots__ = ("event", "fd", "state")
+    __slots__ = ("event", "fd", "parked", "state")
 
     def __init__(self, fd: int, event: threading.Event | None) -> None:
         self.fd = fd  # -1 for a thread waiter
         self.event = event
         self.state = WAITING
+        # Its caller is parked on it (not busy elsewhere, like a coordinator waiting for its
+        # peer first): signalling it makes the caller run at once (see LogWriter).
+        self.parked = False
 
 
 class WakerPool:
@@ -89,7 +92,9 @@ class WakerPool:
         self._closed = False
 
     def for_thread(self) -> Waker:
-        return Waker(-1, threading.Event())
+        waker = Waker(-1, threading.Event())
+        waker.parked = True  # a blocking commit waits from the start
+        return waker
 
     def for_trio(self) -> Waker:
         with self.lock:
@@ -130,6 +135,7 @@ class WakerPool:
             os.eventfd_read(waker.fd)
             self._give_back(waker.fd)
             return
+        waker.parked = True
         try:
             await trio.lowlevel.wait_readable(waker.fd)
         except BaseException:
