@@ -70,6 +70,7 @@ from ..wire import (
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
+    FetchChunks,
     GetRequest,
     Goodbye,
     Hello,
@@ -729,7 +730,7 @@ class Node:
                 self._idle.set()
 
 
-_STREAMING = (PutStart, GetRequest)
+_STREAMING = (PutStart, GetRequest, FetchChunks)  # (a peer's download hears its Cancel)
 
 
 def _no_inbox() -> trio.MemoryReceiveChannel[Message]:

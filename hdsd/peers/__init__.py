@@ -2,6 +2,7 @@
 (with their chunks) over it. Used by replication, repair and audit alike."""
 
 from ._link import UNREACHABLE_WARN_AFTER_S as UNREACHABLE_WARN_AFTER_S
+from ._link import DownloadLink as DownloadLink
 from ._link import PeerLink as PeerLink
 from ._link import PeerPool as PeerPool
 from ._link import SendHookLink as SendHookLink

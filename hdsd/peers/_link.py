@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -25,9 +25,21 @@ from .._errors import (
 )
 from ..cluster import Layout, NodeInfo
 from ..transport import Identity, WireSession, connect_tls, identity_from_der
-from ..wire import PROTOCOL_VERSION, Connection, ErrorReply, Hello, Reply, Request, Role
+from ..wire import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Connection,
+    Data,
+    End,
+    ErrorReply,
+    GetStart,
+    Hello,
+    Reply,
+    Request,
+    Role,
+)
 
-__all__ = ["PeerLink", "PeerPool", "SendHookLink"]
+__all__ = ["DownloadLink", "PeerLink", "PeerPool", "SendHookLink"]
 
 log = logging.getLogger("hdsd.replication")
 
@@ -77,6 +89,26 @@ class SendHookLink(PeerLink, Protocol):
         ...
 
 
+@runtime_checkable
+class DownloadLink(PeerLink, Protocol):
+    """A :class:`PeerLink` that also runs download requests (``FetchChunks``): the answer's
+    body comes as Data frames, handed over one by one, instead of a Reply map."""
+
+    def downloads(self, node: str) -> bool:
+        """False once *node* refused a download request (it predates them): use the
+        one-request-per-item form with it."""
+        ...
+
+    async def download(self, node: str, request: Request[R], on_start: Callable[[R], None],
+                       on_data: Callable[[bytes], None]) -> None:
+        """Send the download *request* to *node*, pass the ``GetStart`` info (checked
+        against the request's reply type) to *on_start*, then each Data payload of the body
+        to *on_data* in order, and return once the body ended. Bounded like
+        :meth:`PeerLink.call`, per frame awaited; raises as it does, and what the callbacks
+        raise."""
+        ...
+
+
 class _Peer:
     def __init__(self) -> None:
         self.session: WireSession | None = None
@@ -91,6 +123,8 @@ class _Peer:
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
         # piling frames into the shared session, where they would all time out together.
         self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
+        # It closed the link over a download request (a node older than them): not sent again.
+        self.no_downloads = False
 
 
 class PeerPool:
@@ -312,3 +346,85 @@ class PeerPool:
             raise ProtocolError(f"peer {node} answered {type(event).__name__}")
         assert scope.cancelled_caught
         raise RequestTimeout(f"peer {node} did not answer within {limit:g} s")
+
+    def downloads(self, node: str) -> bool:
+        peer = self._peers.get(node)
+        return peer is not None and not peer.no_downloads
+
+    async def download(self, node: str, request: Request[R], on_start: Callable[[R], None],
+                       on_data: Callable[[bytes], None]) -> None:
+        peer = self._peer(node)
+        limit = self.request_timeout
+        with trio.move_on_after(limit) as queued:
+            await peer.slots.acquire()
+        if queued.cancelled_caught:
+            raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
+        try:
+            await self._download(node, peer, request, on_start, on_data)
+        finally:
+            peer.slots.release()
+
+    async def _download(self, node: str, peer: _Peer, request: Request[R],
+                        on_start: Callable[[R], None], on_data: Callable[[bytes], None]
+                        ) -> None:
+        limit = self.request_timeout
+        with trio.move_on_after(limit) as scope:
+            session = await self._session(node)
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"peer {node} did not answer within {limit:g} s")
+        request, inbox = session.open_request(request)
+        rid = request.rid
+        ended = False
+        try:
+            until = trio.current_effective_deadline()
+            with trio.CancelScope(shield=True, deadline=min(until, trio.current_time() + limit)):
+                await session.send(request)
+            started = False
+            while True:
+                # Each frame within the request bound (a large body takes as long as it
+                # takes, while it moves).
+                with trio.move_on_after(limit) as scope:
+                    try:
+                        event = await inbox.receive()
+                    except trio.EndOfChannel:
+                        ended = True
+                        raise self._lost_during_download(node, peer, session) from None
+                if scope.cancelled_caught:
+                    raise RequestTimeout(f"peer {node} sent nothing for {limit:g} s "
+                                         "of a download")
+                if isinstance(event, Data) and started:
+                    on_data(event.data)
+                    await session.consumed(rid, len(event.data))
+                elif isinstance(event, GetStart) and not started:
+                    started = True
+                    on_start(request.decode_reply(event.info))
+                elif isinstance(event, End) and started:
+                    ended = True
+                    return
+                elif isinstance(event, ErrorReply):
+                    ended = True
+                    raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
+                else:
+                    ended = isinstance(event, (End, Cancel))
+                    raise ProtocolError(f"peer {node} answered {type(event).__name__} "
+                                        "in a download")
+        finally:
+            if not ended and not session.closed:
+                # Abandoned midway: the peer stops sending (and frees the rid) at our Cancel.
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await session.send(Cancel(rid=rid))
+                    except HdsdError:
+                        pass
+            session.close_inbox(rid)
+
+    def _lost_during_download(self, node: str, peer: _Peer, session: WireSession
+                              ) -> HdsdError:
+        """The link closed under a download. A peer that predates downloads closes it with a
+        protocol Goodbye (an unknown frame type): remember it, and use the older requests."""
+        reason = session.closed_reason
+        if isinstance(reason, ConnectionLost) and ": protocol: unknown frame type" in str(reason):
+            peer.no_downloads = True
+            log.warning("event=peer_downloads_refused node=%s peer=%s reason=%s", self.name,
+                        node, reason)
+        return ConnectionLost(f"connection to peer {node} lost during a download")

@@ -3,15 +3,16 @@ push a version to a peer and pull one from it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
 
+from .._errors import ProtocolError
 from .._groups import single_error
 from ..store import ChunkRecord, Version
-from ..wire import UNSENT, FetchChunk, Replicate
-from ._link import PeerLink
+from ..wire import MAX_FETCH_CHUNKS, UNSENT, ChunkSizes, FetchChunk, FetchChunks, Replicate
+from ._link import DownloadLink, PeerLink
 from ._offload import Offload
 
 __all__ = ["BATCH_BYTES", "ChunkReader", "fetch_chunk_records", "fetch_chunks", "local_chunks",
@@ -65,6 +66,8 @@ async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
     the tenant's key, which every node of the cluster shares): copied as they are, never opened.
     """
     ids = list(dict.fromkeys(wanted))
+    if ids and isinstance(peers, DownloadLink) and peers.downloads(node):
+        return await _download_records(peers, node, layout_id, ids, in_flight)
     out: list[ChunkRecord | None] = [None] * len(ids)
 
     async def one(i: int) -> None:
@@ -73,24 +76,90 @@ async def fetch_chunk_records(peers: PeerLink, node: str, layout_id: str,
         reply = await peers.call(node, FetchChunk(UNSENT, layout_id, tenant, chunk_id))
         out[i] = ChunkRecord(tenant, chunk_id, reply["payload"])
 
-    if in_flight <= 1 or len(ids) <= 1:
-        for i in range(len(ids)):
-            await one(i)
-    else:
-        slots = trio.Semaphore(in_flight)
-
-        async def limited(i: int) -> None:
-            try:
-                await one(i)
-            finally:
-                slots.release()
-
-        with single_error():
-            async with trio.open_nursery() as nursery:
-                for i in range(len(ids)):
-                    await slots.acquire()
-                    nursery.start_soon(limited, i)
+    await _spread(len(ids), in_flight, one)
     return [r for r in out if r is not None]
+
+
+async def _spread(count: int, in_flight: int, one: Callable[[int], Awaitable[None]]) -> None:
+    """``one(0)`` … ``one(count - 1)``, *in_flight* at a time."""
+    if in_flight <= 1 or count <= 1:
+        for i in range(count):
+            await one(i)
+        return
+    slots = trio.Semaphore(in_flight)
+
+    async def limited(i: int) -> None:
+        try:
+            await one(i)
+        finally:
+            slots.release()
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                await slots.acquire()
+                nursery.start_soon(limited, i)
+
+
+async def _download_records(peers: DownloadLink, node: str, layout_id: str,
+                            ids: list[tuple[str, bytes]], in_flight: int) -> list[ChunkRecord]:
+    """:func:`fetch_chunk_records` by ``FetchChunks`` downloads: the ids cut into *in_flight*
+    runs fetched at once, each run's records arriving as Data frames — a record that came
+    as one frame is kept as that frame's bytes, never copied again."""
+    parts = max(1, min(in_flight, len(ids)))
+    step = -(-len(ids) // parts)
+    runs = [ids[i:i + min(step, MAX_FETCH_CHUNKS)]
+            for i in range(0, len(ids), min(step, MAX_FETCH_CHUNKS))]
+    got: list[list[bytes]] = [[] for _ in runs]
+
+    async def one(k: int) -> None:
+        run, out = runs[k], got[k]
+        while len(out) < len(run):
+            # The peer may send a prefix of what was asked: ask again for the rest.
+            records = _Records(node, len(run) - len(out), out)
+            request = FetchChunks(UNSENT, layout_id, [[t, c] for t, c in run[len(out):]])
+            await peers.download(node, request, records.start, records.data)
+            records.end()
+
+    await _spread(len(runs), parts, one)
+    return [ChunkRecord(t, c, payload) for (t, c), payload
+            in zip(ids, (p for out in got for p in out), strict=True)]
+class _Records:
+    """Cuts one FetchChunks download's body into its records, appended to *out*: one record
+    per frame when it fits (taken as it came, no copy); cut anywhere, the pieces are joined
+    once the record's size is in."""
+
+    def __init__(self, node: str, asked: int, out: list[bytes]) -> None:
+        self.node, self.asked, self.out = node, asked, out
+        self.base = len(out)
+        self.sizes: list[int] = []
+        self.pending: list[bytes] = []
+        self.held = 0
+
+    def start(self, info: ChunkSizes) -> None:
+        if not 0 < len(info["sizes"]) <= self.asked:
+            raise ProtocolError(f"peer {self.node} announced {len(info['sizes'])} records "
+                                f"for {self.asked} chunks asked")
+        self.sizes = info["sizes"]
+
+    def data(self, data: bytes) -> None:
+        pending, out, sizes = self.pending, self.out, self.sizes
+        pending.append(data)
+        self.held += len(data)
+        while (i := len(out) - self.base) < len(sizes) and self.held >= sizes[i]:
+            size = sizes[i]
+            if len(pending) == 1 and len(pending[0]) == size:
+                out.append(pending.pop())
+            else:
+                joined = b"".join(pending)
+                out.append(joined[:size])
+                pending[:] = [joined[size:]] if len(joined) > size else []
+            self.held -= size
+
+    def end(self) -> None:
+        if self.held or len(self.out) - self.base != len(self.sizes):
+            raise ProtocolError(f"peer {self.node} sent a chunk download that does not "
+                                "match the sizes it announced")
 
 
 async def push_version(peers: PeerLink, node: str, layout_id: str, version: Version,

@@ -29,11 +29,20 @@ import trio
 
 from .._errors import HdsdError, IntegrityError, Unavailable
 from .._groups import single_error
-from ..peers import PeerLink, fetch_chunk_records, local_chunks, push_versions, to_thread
+from ..peers import (
+    DownloadLink,
+    PeerLink,
+    fetch_chunk_records,
+    local_chunks,
+    push_versions,
+    to_thread,
+)
 from ..store import ChunkRecord, CommitTicket, Store, Version
 from ..wire import (
+    HEADER_SIZE,
     MAX_DIFF_LEAVES,
     UNSENT,
+    GetStart,
     LeafDiff,
     LeafDiffReply,
     Reply,
@@ -70,6 +79,10 @@ _WINDOW_BYTES = 8 << 20
 # synced (the link no longer waits for them).
 _WINDOWS_AHEAD = 2
 _WIRE_OVERHEAD = 160  # a version map's names, hashes and numbers, roughly
+# A Data frame's bytes besides its payload (header, msgpack array, rid, bin header: at most),
+# and an End frame's: a download is counted without encoding its frames again.
+_DATA_FRAME = HEADER_SIZE + 11
+_END_FRAME = HEADER_SIZE + 6
 
 
 @dataclass(slots=True)
@@ -157,6 +170,32 @@ class _Metered:
 
     def reachable(self, node: str) -> bool:
         return self.peers.reachable(node)
+
+    def downloads(self, node: str) -> bool:
+        return isinstance(self.peers, DownloadLink) and self.peers.downloads(node)
+
+    async def download(self, node: str, request: Request[R], on_start: Callable[[R], None],
+                       on_data: Callable[[bytes], None]) -> None:
+        assert isinstance(self.peers, DownloadLink)
+        received = 0
+
+        def count(data: bytes) -> None:
+            nonlocal received
+            received += _DATA_FRAME + len(data)
+            on_data(data)
+
+        def start(info: R) -> None:
+            nonlocal received
+            received += frame_size(GetStart(UNSENT, dict(info)))  # type: ignore[call-overload]
+            on_start(info)
+
+        try:
+            await self.peers.download(node, request, start, count)
+        finally:
+            sent = frame_size(request)
+            self.report.bytes_sent += sent
+            self.report.bytes_received += received + _END_FRAME
+        await self.pace.spend(sent + received)
 
     async def call(self, node: str, request: Request[R]) -> R:
         body = await self.peers.call(node, request)

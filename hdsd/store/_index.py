@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._errors import IntegrityError, StoreError
 from .._packing import PackError, unpackb
@@ -133,8 +133,15 @@ _UPGRADE_2 = (
     "UPDATE state SET format = 3",
 )
 
-_UPSERT_HEAD = """
-INSERT INTO heads (tenant, nid, bid, hlc, node, tombstone, vid) VALUES (?, ?, ?, ?, ?, ?, ?)
+_INSERT_VERSION = (
+    "INSERT OR IGNORE INTO versions (tenant, bid, nid, hlc, node, request_id, segment, offset,"
+    " length, body, khash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# A key's head moves to a version just inserted if it is greater (found by its name:
+# executemany has no lastrowid).
+_UPSERT_HEAD_OF_ROW = """
+INSERT INTO heads (tenant, nid, bid, hlc, node, tombstone, vid)
+SELECT tenant, nid, bid, hlc, node, ?, vid FROM versions
+WHERE tenant = ? AND nid = ? AND hlc = ? AND node = ?
 ON CONFLICT (tenant, bid, nid) DO UPDATE SET
     hlc = excluded.hlc, node = excluded.node, tombstone = excluded.tombstone, vid = excluded.vid
 WHERE (excluded.hlc, excluded.node) > (heads.hlc, heads.node)
@@ -418,14 +425,36 @@ class Index:
         c = self.writer
         added = 0
         max_hlc = None
+        # Rows of plain records (chunks, and versions that are neither purge nor retention
+        # records) wait here and go in with one executemany per table: a rebuild or a burst
+        # of small puts applies thousands per batch, and one execute per row was most of the
+        # writer's time. Any other record flushes them first, so the batch's order holds (a
+        # purge record applies after the versions before it, a version after it sees it).
+        chunk_rows: list[tuple[str, bytes, int, int, int]] = []
+        version_rows: list[tuple[Any, ...]] = []
+        head_rows: list[tuple[Any, ...]] = []
+
+        def flush() -> int:
+            n = 0
+            if chunk_rows:
+                n += c.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                                   chunk_rows).rowcount
+                chunk_rows.clear()
+            if version_rows:
+                n += c.executemany(_INSERT_VERSION, version_rows).rowcount
+                # A row that was there already (IGNOREd) is offered as head again: a no-op,
+                # it is the head or older than it.
+                c.executemany(_UPSERT_HEAD_OF_ROW, head_rows)
+                version_rows.clear()
+                head_rows.clear()
+            return n
+
         c.execute("BEGIN IMMEDIATE")
         try:
             for position, (record, loc) in enumerate(items):
                 if isinstance(record, ChunkRecord):
-                    cur = c.execute(
-                        "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                        (record.tenant, record.chunk_id, loc.segment, loc.offset, loc.length))
-                    added += cur.rowcount
+                    chunk_rows.append((record.tenant, record.chunk_id, loc.segment, loc.offset,
+                                       loc.length))
                     if self._any_released and position not in moved:
                         # Written again: in use, no longer reclaimable.
                         self._unrelease(c, record.tenant, (record.chunk_id,))
@@ -434,10 +463,21 @@ class Index:
                 if (record.purges is None and self._any_purges
                         and self._purged(c, record.tenant, record.name_id, h, record.node)):
                     continue  # purged for good: a late copy (repair, a hint) is refused
+                if record.purges is None and not record.retains:
+                    version_rows.append((record.tenant, record.bucket_id, record.name_id, h,
+                                         record.node, record.request_id, loc.segment,
+                                         loc.offset, loc.length, record.body,
+                                         khash_of(record.name_id)))
+                    head_rows.append((int(record.tombstone), record.tenant, record.name_id, h,
+                                      record.node))
+                    if self._any_released:
+                        self._unrelease(c, record.tenant, _chunks_of(record.body))
+                    # (an IGNOREd row's hlc is indexed already: counting it changes nothing)
+                    max_hlc = h if max_hlc is None else max(max_hlc, h)
+                    continue
+                added += flush()
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO versions (tenant, bid, nid, hlc, node, request_id,"
-                    " segment, offset, length, body, khash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_VERSION,
                     (record.tenant, record.bucket_id, record.name_id, h, record.node,
                      record.request_id, loc.segment, loc.offset, loc.length, record.body,
                      khash_of(record.name_id)))
@@ -445,15 +485,9 @@ class Index:
                     added += 1
                     if record.purges is not None:
                         added -= self._apply_purge(c, record, int(cur.lastrowid or 0))
-                    elif record.retains:
-                        pass  # a retention record: kept for the node to read, never a head
-                    else:
-                        c.execute(_UPSERT_HEAD, (record.tenant, record.name_id, record.bucket_id,
-                                                 h, record.node, int(record.tombstone),
-                                                 cur.lastrowid))
-                        if self._any_released:
-                            self._unrelease(c, record.tenant, _chunks_of(record.body))
+                    # (a retention record: kept for the node to read, never a head)
                     max_hlc = h if max_hlc is None else max(max_hlc, h)
+            added += flush()
             c.execute(
                 "UPDATE state SET segment = ?, offset = ?, last_frame = ?, records = records + ?,"
                 " max_hlc = max(max_hlc, ?)",

@@ -294,6 +294,16 @@ class WireSession:
             await self.send(Data(rid=rid, data=_bytes_of(view, n)))
             view = view[n:]
 
+    async def send_whole(self, rid: int, data: bytes) -> None:
+        """Send *data* as one Data frame on *rid*, once the credit covers all of it: the
+        receiver takes it as it comes instead of joining pieces (a chunk record of a
+        ``FetchChunks`` download). *data* must fit one frame and the receiver's window."""
+        while self.conn.send_credit_available(rid) < len(data):
+            if self._closed:
+                raise self._lost()
+            await self._credit_lot.park()
+        await self.send(Data(rid=rid, data=data))
+
     async def consumed(self, rid: int, nbytes: int) -> None:
         """Tell the peer we processed *nbytes* of *rid*'s body: grant them back in batches."""
         self._release(rid, nbytes)

@@ -28,6 +28,7 @@ from ._connection import NeedData as NeedData
 from ._connection import Role as Role
 from ._constants import DEFAULT_WINDOW as DEFAULT_WINDOW
 from ._constants import HEADER_SIZE as HEADER_SIZE
+from ._constants import MAX_FETCH_CHUNKS as MAX_FETCH_CHUNKS
 from ._constants import MAX_FRAME as MAX_FRAME
 from ._constants import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._constants import REQUEST_ID_SIZE as REQUEST_ID_SIZE
@@ -56,6 +57,7 @@ from ._messages import VersionsRequest as VersionsRequest
 from ._peer import SITE_MODES as SITE_MODES
 from ._peer import AuditShip as AuditShip
 from ._peer import FetchChunk as FetchChunk
+from ._peer import FetchChunks as FetchChunks
 from ._peer import FetchVersions as FetchVersions
 from ._peer import LayoutPush as LayoutPush
 from ._peer import ListBucketsPeer as ListBucketsPeer
@@ -84,6 +86,7 @@ from ._replies import CertRevoked as CertRevoked
 from ._replies import CertRow as CertRow
 from ._replies import CertsRevoked as CertsRevoked
 from ._replies import ChunkPayload as ChunkPayload
+from ._replies import ChunkSizes as ChunkSizes
 from ._replies import Deleted as Deleted
 from ._replies import Empty as Empty
 from ._replies import GetInfo as GetInfo

@@ -86,6 +86,9 @@ T_LIST_PEER: Final = 0x85
 T_TREE_LEVEL: Final = 0x90
 T_LEAF_DIFF: Final = 0x91
 T_MAINTENANCE: Final = 0x92
+T_FETCH_CHUNKS: Final = 0x93  # chunks as the Data frames of a download (a rebuild's bulk)
+#: Most chunks one FetchChunks asks for.
+MAX_FETCH_CHUNKS: Final = 4096
 T_AUDIT_SHIP: Final = 0x86  # 0x87 is also allocated to the audit log, unused so far
 #: Most audit records one AuditShip carries.
 MAX_AUDIT_BATCH: Final = 4096

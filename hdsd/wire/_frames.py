@@ -62,22 +62,49 @@ def encode_data_frame(code: int, rid: int, data: bytes | memoryview, max_frame: 
     return b"".join((C.HEADER.pack(length, code, digest.intdigest()), prefix, data))
 
 
+# A frame whose body is at least this large and not yet all received is collected as the
+# pieces it arrives in (TLS records of 16 KiB) and joined once when complete, instead of being
+# appended to the buffer: growing a bytearray to a megabyte by 16 KiB appends reallocates it
+# over and over (each a copy of what it holds), then the body was copied out of it again.
+_BIG = 64 << 10
+
+
 class FrameReader:
     """Accumulates received bytes and cuts them into ``(type code, body)`` frames."""
 
-    __slots__ = ("_buf", "_max_frame", "_pos")
+    __slots__ = ("_big", "_big_code", "_big_end", "_big_have", "_big_sum", "_buf",
+                 "_max_frame", "_pos")
 
     def __init__(self, max_frame: int) -> None:
         self._buf = bytearray()
         self._pos = 0  # start of the first unparsed byte in _buf
         self._max_frame = max_frame
+        # A large frame being collected: its body's pieces so far, their total, the body's
+        # length, and the header's type code and checksum (None: not collecting).
+        self._big: list[bytes | bytearray | memoryview] | None = None
+        self._big_have = 0
+        self._big_end = 0
+        self._big_code = 0
+        self._big_sum = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as a frame."""
-        return len(self._buf) - self._pos
+        big = 0 if self._big is None else C.HEADER_SIZE + self._big_have
+        return len(self._buf) - self._pos + big
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        big = self._big
+        if big is not None:
+            need = self._big_end - self._big_have
+            if len(data) <= need:
+                big.append(data)
+                self._big_have += len(data)
+                return
+            # The large body ends inside this piece: the rest starts the next frame.
+            big.append(memoryview(data)[:need])
+            self._big_have += need
+            data = memoryview(data)[need:]
         if self._pos:
             # Only bytes of the (single) incomplete frame remain: each byte is moved at most
             # once per frame boundary, so compaction stays linear overall.
@@ -91,6 +118,14 @@ class FrameReader:
         Raises :class:`ProtocolError` for an oversized length or a checksum mismatch; the
         reader must not be used after that.
         """
+        big = self._big
+        if big is not None:
+            if self._big_have < self._big_end:
+                return None
+            self._big = None
+            self._big_have = 0
+            body = b"".join(big)  # the one copy of a large body
+            return self._checked(self._big_code, body, self._big_sum)
         buf, pos = self._buf, self._pos
         if len(buf) - pos < C.HEADER_SIZE:
             return None
@@ -102,14 +137,26 @@ class FrameReader:
         start = pos + C.HEADER_SIZE
         end = start + length
         if len(buf) < end:
+            if length >= _BIG:
+                # Collect the rest piece by piece (see _BIG), starting with what is here.
+                with memoryview(buf) as view:
+                    self._big = [bytes(view[start:])]
+                self._big_have = len(buf) - start
+                self._big_end, self._big_code, self._big_sum = length, code, checksum
+                buf.clear()
+                self._pos = 0
             return None
         with memoryview(buf) as view:  # one copy out of the buffer, and no export left behind
             body = bytes(view[start:end])
-        if _xxh3(body) != checksum:
-            raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, {length} bytes)")
         self._pos = end
         if end == len(buf):
             # Everything consumed: reset for free instead of compacting later.
             buf.clear()
             self._pos = 0
+        return self._checked(code, body, checksum)
+
+    @staticmethod
+    def _checked(code: int, body: bytes, checksum: int) -> tuple[int, bytes]:
+        if _xxh3(body) != checksum:
+            raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, {len(body)} bytes)")
         return code, body

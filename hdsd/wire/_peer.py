@@ -21,6 +21,7 @@ from ._replies import (
     AuditShipped,
     BucketsPart,
     ChunkPayload,
+    ChunkSizes,
     Empty,
     LayoutState,
     ListPart,
@@ -33,6 +34,7 @@ __all__ = [
     "SITE_MODES",
     "AuditShip",
     "FetchChunk",
+    "FetchChunks",
     "FetchVersions",
     "LayoutPush",
     "ListBucketsPeer",
@@ -119,6 +121,35 @@ class FetchChunk(Request[ChunkPayload]):
         _check_layout(self.layout)
         F.check_str("tenant", self.tenant, max_bytes=C.MAX_NAME_BYTES, allow_empty=False)
         F.check_bytes("chunk_id", self.chunk_id, exact=32)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchChunks(Request[ChunkSizes]):
+    """The sealed payloads of many chunks as the body of a download (a rebuild's bulk copy):
+    ``GetStart`` with ``{"sizes": [...]}``, then the records back to back in Data frames —
+    each one frame when it fits, so the receiver takes it as it comes — then ``End``. A
+    FetchChunk per chunk costs a request, a msgpack map and two more copies of the payload.
+
+    ``chunks`` is a list of ``[tenant, chunk_id]`` (at most :data:`MAX_FETCH_CHUNKS`). The
+    sender may stop after a prefix (its ``sizes`` say how many: about 8 MiB, or one chunk),
+    the receiver asks again for the rest; a chunk the sender lacks fails the whole request
+    (ErrorReply ``not_found``) before ``GetStart``, as FetchChunk would."""
+
+    rid: int
+    layout: str
+    chunks: list[Any]
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        _check_layout(self.layout)
+        if type(self.chunks) is not list or not 1 <= len(self.chunks) <= C.MAX_FETCH_CHUNKS:
+            raise InvalidRequest(f"chunks: a list of 1 to {C.MAX_FETCH_CHUNKS} items")
+        for item in self.chunks:
+            if type(item) is not list or len(item) != 2:
+                raise InvalidRequest("chunks: each item must be [tenant, chunk_id]")
+            F.check_str("chunks.tenant", item[0], max_bytes=C.MAX_NAME_BYTES,
+                        allow_empty=False)
+            F.check_bytes("chunks.chunk_id", item[1], exact=32)
 
 
 @dataclass(frozen=True, slots=True)

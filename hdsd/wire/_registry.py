@@ -57,6 +57,7 @@ from ._messages import (
 from ._peer import (
     AuditShip,
     FetchChunk,
+    FetchChunks,
     FetchVersions,
     LayoutPush,
     ListBucketsPeer,
@@ -127,6 +128,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_TREE_LEVEL, TreeLevel, Kind.REQUEST),
     _t(C.T_LEAF_DIFF, LeafDiff, Kind.REQUEST),
     _t(C.T_MAINTENANCE, MaintenanceRequest, Kind.REQUEST),
+    _t(C.T_FETCH_CHUNKS, FetchChunks, Kind.DOWNLOAD),
     _t(C.T_AUDIT_SHIP, AuditShip, Kind.REQUEST),
     _t(C.T_LIST_BUCKETS_PEER, ListBucketsPeer, Kind.REQUEST),
     _t(C.T_LAYOUT_PUSH, LayoutPush, Kind.REQUEST),

@@ -45,6 +45,7 @@ __all__ = [
     "CertRow",
     "CertsRevoked",
     "ChunkPayload",
+    "ChunkSizes",
     "Deleted",
     "Empty",
     "GetInfo",
@@ -330,6 +331,14 @@ class VersionsHeld(TypedDict):
 
 class ChunkPayload(TypedDict):
     payload: bytes  # the sealed chunk record, as stored
+
+
+class ChunkSizes(TypedDict):
+    """``FetchChunks``' ``GetStart.info``: the sizes of the sealed records that follow as the
+    download's body, one per chunk asked, in order — a prefix of the chunks asked when they
+    did not all fit one download (ask again for the rest)."""
+
+    sizes: list[int]
 
 
 class ListPart(TypedDict):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +18,16 @@ from hdsd._packing import packb, unpackb
 from hdsd.cluster import Layout, NodeInfo
 from hdsd.repair import AntiEntropy, PeerTrees, RepairReport
 from hdsd.store import ChunkRecord, Store, Version
-from hdsd.wire import FetchChunk, LeafDiff, Replicate, Request, TreeLevel
+from hdsd.wire import (
+    Data,
+    FetchChunk,
+    FetchChunks,
+    GetStart,
+    LeafDiff,
+    Replicate,
+    Request,
+    TreeLevel,
+)
 from hdsd.wire._registry import decode_body, encode_body
 from tests.helpers.sealing import SEALING
 
@@ -34,6 +45,23 @@ class Link:
 
     def reachable(self, node: str) -> bool:
         return True
+
+    def downloads(self, node: str) -> bool:
+        return True
+
+    async def download(self, node: str, request: Request[R], on_start: Callable[[R], None],
+                       on_data: Callable[[bytes], None]) -> None:
+        """FetchChunks, as the node serves it: the sizes, then one Data frame per record."""
+        msg, _ = decode_body(*encode_body(request.with_rid(1)))
+        assert isinstance(msg, FetchChunks)
+        _, store = self.sides[node]
+        records = [store.read_chunk(t, c) for t, c in msg.chunks]
+        start, _ = decode_body(*encode_body(GetStart(1, {"sizes": [len(r) for r in records]})))
+        on_start(request.decode_reply(start.info))  # type: ignore[attr-defined]
+        for record in records:
+            data, _ = decode_body(*encode_body(Data(1, record)))
+            on_data(data.data)  # type: ignore[attr-defined]
+        await trio.lowlevel.checkpoint()
 
     async def call(self, node: str, request: Request[R]) -> R:
         msg, _ = decode_body(*encode_body(request.with_rid(1)))
@@ -184,8 +212,9 @@ async def test_replies_are_bounded_and_the_rest_follows(tmp_path: Path, monkeypa
         pair.close()
 
 
+@pytest.mark.parametrize("downloads", [True, False], ids=["FetchChunks", "FetchChunk"])
 async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_window(
-        tmp_path: Path, monkeypatch: Any) -> None:
+        tmp_path: Path, monkeypatch: Any, downloads: bool) -> None:
     import hdsd.repair._sync as sync
 
     monkeypatch.setattr(sync, "_WINDOW_BYTES", 64 << 10)  # several windows in this small set
@@ -199,28 +228,44 @@ async def test_a_rebuild_round_fetches_chunks_several_at_a_time_and_syncs_by_win
             await pair.stores["b0"].commit([*chunks, v])
         pair.open()
         link = pair.sides["a0"][0].peers
-        original = link.call
+        assert isinstance(link, Link)
+        original, original_download = link.call, link.download
         mine = pair.stores["a0"]
         in_flight = most = fetches = 0
         early: list[str] = []
 
-        async def watching(node: str, request: Any) -> Any:
+        async def watch(count: int) -> None:
             nonlocal in_flight, most, fetches
-            if not isinstance(request, FetchChunk):
-                return await original(node, request)
             # The write promise on a repair path: every version a0 shows has its content.
             for v in mine.iter_versions():
                 if v.inline is None:
                     early.extend(v.key for c in v.chunks if not mine.has_chunk(v.tenant, c))
             in_flight += 1
-            fetches += 1
+            fetches += count
             most = max(most, in_flight)
+            await trio.sleep(0.001)  # a round trip: the others may start meanwhile
+
+        async def watching(node: str, request: Any) -> Any:
+            nonlocal in_flight
+            if not isinstance(request, FetchChunk):
+                return await original(node, request)
+            await watch(1)
             try:
-                await trio.sleep(0.001)  # a round trip: the others may start meanwhile
                 return await original(node, request)
             finally:
                 in_flight -= 1
+
+        async def watching_download(node: str, request: Any, on_start: Any, on_data: Any
+                                    ) -> None:
+            nonlocal in_flight
+            await watch(len(request.chunks))
+            try:
+                await original_download(node, request, on_start, on_data)
+            finally:
+                in_flight -= 1
         monkeypatch.setattr(link, "call", watching)
+        monkeypatch.setattr(link, "download", watching_download)
+        monkeypatch.setattr(link, "downloads", lambda node: downloads)
         fsyncs = mine.statistics().fsyncs
         report = await pair.sides["a0"][0].repair_with("b0", bulk=True)
         assert report.error is None and report.versions_received == 720

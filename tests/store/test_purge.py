@@ -150,3 +150,28 @@ def test_retention_records_are_never_current_nor_listed(tmp_path: Path) -> None:
         # Purging the current version moves the head back past the retention record.
         store.commit_sync([purge(v2, 40)])
         assert store.current("t", "b", "k") == v1
+
+
+def test_one_batch_mixing_versions_and_purges_applies_in_order(tmp_path: Path) -> None:
+    # Plain versions are indexed many at a time (executemany): a purge record in the same
+    # batch must still apply after the versions before it and be seen by those after it.
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        v1 = inline_version("t", "b", "k", 10, "n", b"one")
+        v2 = inline_version("t", "b", "k", 20, "n", b"two")
+        other = inline_version("t", "b", "o", 15, "n", b"other")
+        p = purge(v2, 30)
+        late = inline_version("t", "b", "k", 20, "n", b"two")  # v2 again, after its purge
+        v3 = tombstone("t", "b", "o", 40, "n")
+        store.commit_sync([v1, v2, other, p, late, v3])
+        assert store.get_version("t", "b", "k", 20, "n") is None
+        assert store.current("t", "b", "k") == v1
+        assert store.versions("t", "b", "k") == [v1, p]
+        assert store.current("t", "b", "o") == v3  # a tombstone is the head
+        assert store.statistics().records == 4  # v1, other, p, v3
+        # The same batch again changes nothing.
+        store.commit_sync([v1, v2, other, p, late, v3])
+        assert store.versions("t", "b", "k") == [v1, p]
+        assert store.current("t", "b", "o") == v3
+    with Store.open(tmp_path, sealing=SEALING) as store:  # and the index rebuilt from the log
+        assert store.versions("t", "b", "k") == [v1, p]
+        assert store.current("t", "b", "o") == v3

@@ -26,7 +26,8 @@ def test_every_registered_type_has_a_strategy_and_a_unique_code() -> None:
     assert set(classes) == set(STRATEGIES)
     codes = [t.code for t in wire.MESSAGE_TYPES]
     assert len(set(codes)) == len(codes)
-    peer = {wire.Replicate, wire.FetchVersions, wire.FetchChunk, wire.PeerStatusRequest,
+    peer = {wire.Replicate, wire.FetchVersions, wire.FetchChunk, wire.FetchChunks,
+            wire.PeerStatusRequest,
             wire.SiteModeRequest, wire.ListPeer, wire.TreeLevel, wire.LeafDiff,
             wire.MaintenanceRequest, wire.AuditShip, wire.ListBucketsPeer,
             wire.CatalogPush, wire.CatalogSync, wire.TenantVote, wire.LayoutPush}

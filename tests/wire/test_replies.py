@@ -15,6 +15,7 @@ from hdsd.wire import (
     UNSENT,
     AuditShip,
     FetchChunk,
+    FetchChunks,
     GetRequest,
     ListRequest,
     PutStart,
@@ -132,6 +133,10 @@ def test_nested_rows_optional_fields_and_literals_are_checked() -> None:
     assert GetRequest(UNSENT, "b", "k", None, None, None).decode_reply(
         {**_INFO, "start": 0, "end": 3})["end"] == 3
     assert FetchChunk(UNSENT, "l", "t", b"c" * 32).decode_reply({"payload": b"x"})
+    chunks = FetchChunks(UNSENT, "l", [["t", b"c" * 32]])
+    assert chunks.decode_reply({"sizes": [3]})["sizes"] == [3]
+    with pytest.raises(ProtocolError, match=r"sizes\[0\]: expected int"):
+        chunks.decode_reply({"sizes": ["3"]})
     with pytest.raises(ProtocolError, match="hash: expected bytes, got str"):
         AuditShip(UNSENT, "l", "n1", b"k" * 32, 0, b"h" * 32, []).decode_reply(
             {"seq": 1, "hash": "00"})

@@ -28,7 +28,7 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
             return [], C
         case wire.DeleteRequest() | wire.VersionsRequest() | wire.StatusRequest():
             return [], C
-        case wire.Replicate() | wire.FetchVersions() | wire.FetchChunk():
+        case wire.Replicate() | wire.FetchVersions() | wire.FetchChunk() | wire.FetchChunks():
             return [], C
         case wire.PeerStatusRequest() | wire.SiteModeRequest() | wire.ListPeer():
             return [], C
