@@ -196,14 +196,26 @@ class _TlsWrites:
             await self._stream.send_all(data)
             return
         try:
-            self._ssl.write(data)
-        except ssl.SSLError as exc:
-            raise trio.BrokenResourceError(f"TLS error while sending: {exc}") from exc
-        out = self._outgoing.read()
-        sent = _send_now(self._stream.transport_stream, out)
-        if sent < len(out):
-            async with self._lock:
-                await self._stream.transport_stream.send_all(memoryview(out)[sent:])
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error while sending: {exc}") from exc
+            out = self._outgoing.read()
+            sent = _send_now(self._stream.transport_stream, out)
+            if sent < len(out):
+                async with self._lock:
+                    await self._stream.transport_stream.send_all(memoryview(out)[sent:])
+        except BaseException:
+            # Some unknown part of a record may be on the wire: as trio does, the stream is
+            # broken, so its close sends no close_notify after half a record.
+            self._broken()
+            raise
+
+    def _broken(self) -> None:
+        stream: Any = self._stream
+        broken = getattr(type(stream._state), "BROKEN", None)
+        if broken is not None:
+            stream._state = broken
 
 
 def _send_now(transport: trio.abc.Stream, data: bytes) -> int:

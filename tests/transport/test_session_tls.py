@@ -341,3 +341,17 @@ async def test_replies_finishing_together_share_a_write(pki: Pki,
                 for rid, inbox in enumerate(inboxes, 1):
                     assert await inbox.receive() == Reply(rid=rid, body={"rid": rid})
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_send_marks_the_stream_broken(pki: Pki) -> None:
+    # Part of a record may be on the wire: the stream's close must not add a close_notify.
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(client)
+            await send(b"x")
+            server.transport_stream.socket.close()
+            with pytest.raises(trio.BrokenResourceError):
+                for _ in range(100):
+                    await send(os.urandom(100_000))
+            with pytest.raises(trio.BrokenResourceError):
+                await client.send_all(b"y")  # trio's own path agrees: broken
