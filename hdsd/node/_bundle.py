@@ -285,6 +285,7 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # max_requests_per_connection = 16
 # max_unsent_mib = 8
 # max_body_mib_per_connection = 64
+# max_body_mib_in_flight = 32
 # max_requests_in_flight = 512
 # min_upload_rate_kib_s = 64
 # max_handshakes = 64

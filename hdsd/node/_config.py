@@ -109,6 +109,7 @@ class NodeConfig:
     max_requests_in_flight: int = 512
     max_unsent_mib: int = 8
     max_body_mib_per_connection: int = 64
+    max_body_mib_in_flight: int = 32  # node-wide: see hdsd/node/_budget.py
     min_upload_rate_kib_s: float = 64.0
     # Connection slots: handshakes apart from sessions, caps per identity and tenant.
     max_handshakes: int = 64
@@ -181,6 +182,7 @@ _LIMIT_DEFAULTS: dict[str, tuple[float, float, type]] = {
     "max_requests_in_flight": (512, 1, int),
     "max_unsent_mib": (8, 1, int),
     "max_body_mib_per_connection": (64, 1, int),
+    "max_body_mib_in_flight": (32, 1, int),
     "min_upload_rate_kib_s": (64.0, 1, float),
     "max_handshakes": (64, 1, int),
     "max_handshakes_per_source": (16, 1, int),

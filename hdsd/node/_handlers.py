@@ -52,6 +52,7 @@ from ..wire import (
     VersionsRequest,
 )
 from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
+from ._budget import get_reservation
 from ._health import cluster_status, tenant_status
 from ._metrics import BODY_SIZE
 from ._objects import (
@@ -232,6 +233,8 @@ async def _get(node: Node, session: WireSession, ident: Identity, msg: GetReques
     version = await resolve(node, tenant, msg.bucket, msg.key, msg.version)
     lo, hi = byte_range(version.size, msg.start, msg.end)
     BODY_SIZE.set(hi - lo)
+    await node.budget.take(id(msg), get_reservation(  # released as the request ends
+        hi - lo, version.chunk_size or node.config.chunk_size, node.config.max_unsent_mib << 20))
     info = {**version.public_info(), "start": lo, "end": hi}
     timeout = node.config.request_timeout_s
     stalled = f"client read nothing for {timeout:g} s; download aborted"

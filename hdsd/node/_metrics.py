@@ -153,6 +153,16 @@ def _limits(limits: dict[str, Any]) -> Iterator[Metric]:
     for limit, n in sorted(limits["hits"].items()):
         hits.add_metric([limit], n)
     yield hits
+    budget = limits.get("body_budget")
+    if budget:  # the node-wide body budget (hdsd.node._budget)
+        yield _gauge("hdsd_body_budget_bytes", "[limits] max_body_mib_in_flight, in bytes",
+                     budget["capacity"])
+        yield _gauge("hdsd_body_in_flight_bytes", "Body bytes in flight (puts, gets, replica "
+                     "writes) held in the body budget", budget["in_use"])
+        yield _gauge("hdsd_body_in_flight_peak_bytes", "Most body bytes in flight at once "
+                     "since start", budget["peak"])
+        yield _counter("hdsd_body_budget_waits", "Requests that waited for room in the body "
+                       "budget", budget["waited"])
 
 
 def _memory(memory: dict[str, Any]) -> Iterator[Metric]:

@@ -45,7 +45,9 @@ from ..pipeline import ChunkCodec, Chunker, open_in_thread, random_bytes, seal_i
 from ..replication import check_retry
 from ..s3 import Principal
 from ..store import ChunkRecord, Version, parse_version_id, retained_until, visible_versions
+from ..wire import DEFAULT_WINDOW
 from ._auth import authorize, check_bucket, check_key
+from ._budget import put_reservation
 from ._listing import merge_buckets, merge_page
 from ._metrics import BODY_SIZE
 from ._reads import decode_version_cursor
@@ -688,8 +690,9 @@ class NodeObjects:
         # A fresh request id per S3 put: S3 has no retry identity of its own, so a retried
         # PUT is a new version (as on S3 with versioning on), never a conflict. (From a buffer
         # of kernel randomness, never handed out twice: no getrandom per request.)
-        version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
-                                      metadata=metadata, request_id=random_bytes(16))
+        async with self.node.budget.holding(put_reservation(size, DEFAULT_WINDOW)):
+            version, _ = await put_object(self.node, tenant, bucket, key, source, size=size,
+                                          metadata=metadata, request_id=random_bytes(16))
         return version
 
     async def store_part(self, tenant: str, bucket: str, key: str,
@@ -698,7 +701,8 @@ class NodeObjects:
         its upload's state until the upload is completed)."""
         await self._tenant(tenant)
         self._refuse_on_backup()
-        part = await store_part(self.node, tenant, bucket, key, source)
+        async with self.node.budget.holding(DEFAULT_WINDOW):
+            part = await store_part(self.node, tenant, bucket, key, source)
         return {"chunks": [c.hex() for c in part.chunks], "size": part.size,
                 "chunk_size": part.chunk_size, "lagging": list(part.lagging)}
 

@@ -65,6 +65,8 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
         chunks = [ChunkRecord(tenant=t, chunk_id=c, payload=p) for t, c, p in msg.chunks]
     except (TypeError, ValueError) as exc:
         raise IntegrityError(f"malformed chunk record from {ident.name}: {exc}") from None
+    # The peers' share of the body budget, released as the request ends (see ._budget).
+    await node.budget.take(id(msg), sum(len(c.payload) for c in chunks), peer=True)
     versions = [Version.from_wire(v) for v in msg.versions]
     for v in versions:
         node.clock.observe(v.hlc)

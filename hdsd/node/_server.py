@@ -78,6 +78,7 @@ from ..wire import (
     PutStart,
     Role,
 )
+from ._budget import BodyBudget, put_reservation
 from ._config import NodeConfig
 from ._continuity import AuditContinuity
 from ._handlers import handle_request
@@ -166,6 +167,7 @@ class Node:
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
         self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
+        self.budget = BodyBudget(config.max_body_mib_in_flight << 20)  # see ._budget
         # How often each bound held a connection back (status, metrics): an operator sees a
         # limit being hit before clients complain.
         self.limit_hits = {"connection_body": 0, "connection_requests": 0,
@@ -333,6 +335,7 @@ class Node:
             "requests_in_flight": self._active_requests,
             "memory": memory_status(),
             "limits": {**self.slots.describe(), "hits": dict(self.limit_hits),
+                       "body_budget": self.budget.describe(),
                        "refusals_audited": {"events": self.refusals.total,
                                             "records": self.refusals.records}},
             "store": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
@@ -612,6 +615,10 @@ class Node:
                     give_up = give_up or trio.current_time() + _ROOM_WAIT_S
                     until = give_up
                 else:
+                    if isinstance(msg, PutStart) and not peer_link:  # see ._budget
+                        await self.budget.take(id(msg), put_reservation(
+                            msg.size, session.conn.initial_window),
+                            patience=_ROOM_WAIT_S if in_flight[0] else math.inf)
                     return True
                 if not counted:
                     self.limit_hits[hit] += 1
@@ -698,6 +705,7 @@ class Node:
         try:
             await self._run_request_counted(session, ident, msg, inbox)
         finally:
+            self.budget.release(id(msg))  # what the request took (see ._budget)
             ended()
             self._request_ended.unpark_all()
 

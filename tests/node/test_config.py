@@ -83,18 +83,21 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 def test_limits_are_read_and_checked(cluster: Path, tmp_path: Path) -> None:
     ok = _variant(cluster, tmp_path, "[tls]", "[limits]\nmax_requests_per_connection = 4\n"
                   "min_upload_rate_kib_s = 128\nidle_timeout_s = 30\nmalloc_trim_s = 10\n"
-                  "\n[tls]")
+                  "max_body_mib_in_flight = 8\n\n[tls]")
     cfg = load_node_config(ok)
     assert (cfg.max_requests_per_connection, cfg.min_upload_rate_kib_s,
-            cfg.idle_timeout_s, cfg.malloc_trim_s) == (4, 128.0, 30.0, 10.0)
-    assert load_node_config(cluster / "dc1-n1" / "node.toml").malloc_trim_s == 60.0  # default
+            cfg.idle_timeout_s, cfg.malloc_trim_s,
+            cfg.max_body_mib_in_flight) == (4, 128.0, 30.0, 10.0, 8)
+    default = load_node_config(cluster / "dc1-n1" / "node.toml")
+    assert (default.malloc_trim_s, default.max_body_mib_in_flight) == (60.0, 32)
     bad = _variant(cluster, tmp_path, "[tls]", "[limits]\nmax_requests_per_connection = 128"
                    "\nmax_body_mib_per_connection = 64\npeer_slots = 0\nmalloc_trim_s = 0.5"
-                   "\n\n[tls]")
+                   "\nmax_body_mib_in_flight = 0\n\n[tls]")
     with pytest.raises(ConfigError) as exc:
         load_node_config(bad)
     lines = str(exc.value).splitlines()
-    assert len(lines) == 3
-    assert "peer_slots: 0 must be at least 1" in lines[0]
-    assert "malloc_trim_s: 0.5 must be at least 1" in lines[1]
-    assert "max_body_mib_per_connection: 64 MiB must hold at least one chunk" in lines[2]
+    assert len(lines) == 4
+    assert "max_body_mib_in_flight: 0 must be at least 1" in lines[0]
+    assert "peer_slots: 0 must be at least 1" in lines[1]
+    assert "malloc_trim_s: 0.5 must be at least 1" in lines[2]
+    assert "max_body_mib_per_connection: 64 MiB must hold at least one chunk" in lines[3]
