@@ -141,7 +141,7 @@ class AsyncClient:
         # connection at a time; past that, a request waits there (and the frames behind it,
         # Credits of our downloads included) until it is refused as unavailable. Waiting here
         # instead keeps those frames flowing. A get holds its slot until its stream is closed.
-        self._in_flight = trio.Semaphore(max_in_flight)
+        self._in_flight = _Slots(max_in_flight)
         self._last_used = 0.0
         self._ssl = client_context(self.profile.cert, self.profile.key, self.profile.ca)
         self._session: WireSession | None = None
@@ -183,6 +183,14 @@ class AsyncClient:
     async def _connected(self) -> WireSession:
         if self._nursery is None:
             raise HdsdError("use the client as `async with AsyncClient(...) as client:`")
+        now = trio.current_time()
+        session = self._session
+        if session is not None and not session.closed and (
+                session.open_inboxes or now - self._last_used < self.idle_reconnect_s):
+            # The usual case, decided without the lock: the lock's acquire is a schedule point,
+            # which a lone request would pay on every call (it only orders reconnections).
+            self._last_used = now
+            return session
         async with self._connect_lock:
             now = trio.current_time()
             session = self._session
@@ -623,6 +631,27 @@ class AsyncClient:
     async def s3_key_revoke(self, access_key_id: str) -> S3KeyRevoked:
         """Revoke an S3 access key on every node, for good."""
         return await self._call(S3KeyRevoke(UNSENT, access_key_id))
+
+
+class _Slots:
+    """At most *n* requests in flight (``async with slots:``). A free slot is taken without a
+    schedule point — a ``trio.Semaphore``'s ``acquire`` always passes through the scheduler,
+    which a lone request would pay on every call; it still checks for cancellation first."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, n: int) -> None:
+        self._semaphore = trio.Semaphore(n)
+
+    async def __aenter__(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._semaphore.acquire_nowait()
+        except trio.WouldBlock:
+            await self._semaphore.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._semaphore.release()
 
 
 async def _cancel_quietly(session: WireSession, rid: int) -> None:

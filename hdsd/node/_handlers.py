@@ -185,9 +185,11 @@ class _WireBody:
         self.node, self.session, self.rid, self.inbox = node, session, msg.rid, inbox
         self.deadline: _UploadDeadline | None = None
         # Events already queued: a small put usually arrives whole (PutStart, Data, End in
-        # one write).
-        self.early: deque[Message] = deque()
-        while not self.early or not isinstance(self.early[-1], (End, Cancel)):
+        # one write), and the session then kept its body aside instead of opening an inbox.
+        whole = session.take_whole_upload(msg.rid)
+        self.early: deque[Message] = deque(whole or ())
+        while whole is None and (not self.early or
+                                 not isinstance(self.early[-1], (End, Cancel))):
             try:
                 self.early.append(inbox.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):

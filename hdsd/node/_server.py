@@ -144,7 +144,8 @@ class Node:
             name=config.name, site=config.site, layout=self.layout, store=store,
             peers=self.peers, hints=self.hints, mode=self.mode, policy=config.write_policy,
             on_peer_site_loss=config.on_peer_site_loss, timeout=config.write_timeout_s,
-            plan_of=self.tenancy.plan, doubts=self.doubts)
+            plan_of=self.tenancy.plan, doubts=self.doubts,
+            alone=lambda: self._active_requests <= 1)
         self.replicator.set_record(record)
         self.maintenance = Maintenance(
             name=config.name, layout=self.layout, store=store, peers=self.peers,
@@ -667,8 +668,10 @@ class Node:
                 if rid is None:
                     return
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
-                # others (every peer request among them) need no channel of their own.
-                inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) else quiet
+                # others (every peer request among them) need no channel of their own, nor
+                # does an upload whose whole body was read with its start (a small put).
+                inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) and \
+                    not session.has_whole_upload(rid) else quiet
                 in_flight[0] += 1
                 requests.start_soon(self._run_request, session, ident, msg, inbox,
                                     request_ended)

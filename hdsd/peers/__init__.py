@@ -5,6 +5,7 @@ from ._link import UNREACHABLE_WARN_AFTER_S as UNREACHABLE_WARN_AFTER_S
 from ._link import DownloadLink as DownloadLink
 from ._link import PeerLink as PeerLink
 from ._link import PeerPool as PeerPool
+from ._link import SendHookLink as SendHookLink
 from ._offload import Offload as Offload
 from ._offload import to_thread as to_thread
 from ._transfer import BATCH_BYTES as BATCH_BYTES

@@ -39,7 +39,7 @@ from ..wire import (
     Role,
 )
 
-__all__ = ["DownloadLink", "PeerLink", "PeerPool"]
+__all__ = ["DownloadLink", "PeerLink", "PeerPool", "SendHookLink"]
 
 log = logging.getLogger("hdsd.replication")
 
@@ -73,6 +73,19 @@ class PeerLink(Protocol):
 
     def reachable(self, node: str) -> bool:
         """Whether the last attempt to reach *node* succeeded (no I/O)."""
+        ...
+
+
+class SendHookLink(PeerLink, Protocol):
+    """A :class:`PeerLink` that can tell a caller when its request is on its way (what the
+    write coordinator needs; :class:`PeerPool` is one)."""
+
+    async def call(self, node: str, request: Request[R], *,
+                   sent: Callable[[], None] | None = None) -> R:
+        """:meth:`PeerLink.call`; *sent*, if given, is called (it must not raise) once the
+        request is on its way, before the reply is awaited — not at all if it could not be
+        sent. The write path queues its local commit there, so that waking the log writer
+        thread does not delay the send."""
         ...
 
 
@@ -285,19 +298,28 @@ class PeerPool:
                 self._on_link(node, False)
             await session.aclose()
 
-    async def call(self, node: str, request: Request[R]) -> R:
+    async def call(self, node: str, request: Request[R], *,
+                   sent: Callable[[], None] | None = None) -> R:
         peer = self._peer(node)
         limit = self.request_timeout
-        with trio.move_on_after(limit) as queued:
-            await peer.slots.acquire()
-        if queued.cancelled_caught:
-            raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
+        # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
+        # which every replicated write would pay); the caller's cancellation still counts.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return await self._call(node, peer, request)
+            peer.slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(limit) as queued:
+                await peer.slots.acquire()
+            if queued.cancelled_caught:
+                raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
+                    from None
+        try:
+            return await self._call(node, peer, request, sent)
         finally:
             peer.slots.release()
 
-    async def _call(self, node: str, peer: _Peer, request: Request[R]) -> R:
+    async def _call(self, node: str, peer: _Peer, request: Request[R],
+                    sent: Callable[[], None] | None) -> R:
         limit = self.request_timeout
         with trio.move_on_after(limit) as scope:
             session = await self._session(node)
@@ -309,6 +331,8 @@ class PeerPool:
                 until = trio.current_effective_deadline()
                 with trio.CancelScope(shield=True, deadline=until):
                     await session.send(request)
+                if sent is not None:
+                    sent()
                 try:
                     event = await inbox.receive()
                 except trio.EndOfChannel:

@@ -41,7 +41,7 @@ import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, LayoutRecord, placement_key
-from ..peers import BATCH_BYTES, Offload, PeerLink, replicate_message, to_thread
+from ..peers import BATCH_BYTES, Offload, SendHookLink, replicate_message, to_thread
 from ..store import ChunkRecord, Version
 from ..wire import UNSENT, FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
@@ -65,7 +65,7 @@ _VERSION_BYTES = 512  # what a version record without inline data weighs, about
 class _Batch:
     """Records of concurrent writes travelling to one peer in one Replicate request."""
 
-    __slots__ = ("chunks", "done", "error", "nbytes", "versions")
+    __slots__ = ("chunks", "done", "error", "nbytes", "on_sent", "versions")
 
     def __init__(self, chunks: list[ChunkRecord], versions: list[Version], nbytes: int) -> None:
         self.chunks = chunks
@@ -73,14 +73,20 @@ class _Batch:
         self.nbytes = nbytes
         self.done = trio.Event()
         self.error: HdsdError | None = None
+        self.on_sent: list[Callable[[], None]] = []  # each write's hook (SendHookLink.call's sent)
+
+    def sent(self) -> None:
+        for hook in self.on_sent:
+            hook()
 
 
 class Replicator:
     def __init__(self, *, name: str, site: str, layout: Layout, store: LocalStore,
-                 peers: PeerLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
+                 peers: SendHookLink, hints: HintStore, mode: ModeState, policy: WritePolicy,
                  on_peer_site_loss: str, timeout: float, offload: Offload = to_thread,
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
-                 doubts: PeerDoubts | None = None) -> None:
+                 doubts: PeerDoubts | None = None,
+                 alone: Callable[[], bool] = lambda: False) -> None:
         self.name = name
         self.site = site
         self.layout = layout
@@ -103,6 +109,9 @@ class Replicator:
         self._offload = offload
         self._background: trio.Nursery | None = None
         self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
+        # Whether no other request is in flight on the node (the node says; the default keeps
+        # every write open to company): a write then has nobody to share its Replicate with.
+        self.alone = alone
         # A tenant's plan (standard: storage nodes; backup: backup nodes) decides where its
         # keys live; the node injects the catalog's answer (replication knows no catalog).
         self.plan_of = plan_of
@@ -235,15 +244,20 @@ class Replicator:
         return await self._not_met(policy, replicas, targets, versions, acked, failed, degrade)
 
     async def _replicate_to(self, peer: str, chunks: Sequence[ChunkRecord],
-                            versions: Sequence[Version]) -> None:
+                            versions: Sequence[Version],
+                            sent: Callable[[], None] | None = None) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: the
         first opens a batch and yields once, so the writes of requests that arrived in the
         same reads join it; then one frame, one task and one commit (one batch, all or
-        nothing) on the peer, one reply. Every write in a batch gets the batch's outcome;
-        one that ends without an answer (the caller's timeout) is :class:`Unavailable` —
-        outcome unknown — for all of them, as it would be for each alone.
+        nothing) on the peer, one reply. A write made while no other request is in flight on
+        the node (``alone``: a lone put) is sent at once: nobody could join it, and the yield
+        would cost it a scheduler pass for nothing. Every write in a
+        batch gets the batch's outcome; one that ends without an answer (the caller's
+        timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
+        for each alone. *sent* is called once the records are on their way (see
+        :meth:`SendHookLink.call`), by whoever sends the batch they are in.
         """
         nbytes = sum(len(c.payload) for c in chunks) + sum(
             _VERSION_BYTES + len(v.inline or b"") for v in versions)
@@ -252,16 +266,24 @@ class Replicator:
             batch.chunks.extend(chunks)
             batch.versions.extend(versions)
             batch.nbytes += nbytes
+            if sent is not None:
+                batch.on_sent.append(sent)
             await batch.done.wait()
             if batch.error is not None:
                 # A fresh exception per waiter (one object raised in many tasks would share,
                 # and scramble, its traceback).
                 raise type(batch.error)(batch.error.message)
             return
-        if nbytes > _BATCH_BYTES_MAX // 2:
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions))
+        if nbytes > _BATCH_BYTES_MAX // 2 or self.alone():
+            # Alone (large, or no other request in flight on the node: a lone put): sent at
+            # once. Yielding for company nobody can bring costs a lone write a scheduler pass
+            # for nothing.
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
+                                  sent=sent)
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
+        if sent is not None:
+            batch.on_sent.append(sent)
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
         finally:
@@ -269,7 +291,7 @@ class Replicator:
                 del self._batches[peer]
         try:
             await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
-                                                          batch.versions))
+                                                          batch.versions), sent=batch.sent)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -285,23 +307,37 @@ class Replicator:
         """Commit here and on the one other replica in parallel, in this task: the log writer
         syncs while the peer's round trip runs. Fills *acked* and *failed*.
 
+        The local commit is queued as soon as the peer's request is on its way (or could not
+        be sent), not before: queueing wakes the log writer thread, which would take the GIL
+        while the event loop still has the request to encrypt and send, and the peer's round
+        trip is the longer of the two anyway.
+
         Shielded (bounded by the write timeout): a client that goes away must not cut the
         peer request mid-frame (that would close the shared peer session) nor leave the
         records on one site without the hint the caller keeps when the policy fails.
         """
         peer = targets[0] if targets[1] == self.name else targets[1]
-        with trio.CancelScope(shield=True):
+        local: LocalCommit | None = None
+        started = False
+
+        def start_local() -> None:
+            nonlocal local, started
+            if started:
+                return
+            started = True
             try:
-                local: LocalCommit | None = self.store.start_commit([*chunks, *versions])
+                local = self.store.start_commit([*chunks, *versions])
             except HdsdError as exc:
                 failed[self.name] = exc
-                local = None
+
+        with trio.CancelScope(shield=True):
             try:
                 with trio.move_on_after(self.timeout):
-                    await self._replicate_to(peer, chunks, versions)
+                    await self._replicate_to(peer, chunks, versions, sent=start_local)
                     acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc
+            start_local()  # the request was not sent (or not by us): commit here all the same
             if local is not None:
                 try:
                     with trio.move_on_after(self.timeout):

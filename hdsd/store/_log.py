@@ -47,7 +47,9 @@ Commit rule
     the head of the current segment, ``COMMIT`` on the last frame), issues ONE ``fdatasync``,
     wakes the waiters, then applies the batch to the index in one SQLite transaction that also
     records the end of the batch (the *applied position*: segment, offset, and the offset of
-    its last frame). Until that transaction is done every read of the store waits for it, so
+    its last frame) — half a millisecond later when its waiters were parked on it (they run
+    first), or at once when a read asks; batches acknowledged meanwhile share the transaction.
+    Until that transaction is done every read of the store waits for it, so
     no read made after an acknowledgement misses the acknowledged records; if it fails, the
     store stops and reads refuse (a reopen replays the batch). A batch never spans segments:
     if it does not fit, a new segment is created first (a batch larger than a whole segment

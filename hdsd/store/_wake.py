@@ -15,7 +15,9 @@ the writer, which closes it instead of signalling.
 from __future__ import annotations
 
 import os
+import select
 import threading
+import time
 from collections.abc import Callable
 
 import trio
@@ -38,12 +40,23 @@ class Doorbell:
         if self._sleeping:
             os.eventfd_write(self._fd, 1)
 
-    def sleep_until(self, ready: Callable[[], bool]) -> None:
-        """Block until *ready()* (called in this thread) is true."""
+    def sleep_until(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until *ready()* (called in this thread) is true, or *timeout* seconds have
+        passed; return whether it is ready."""
         self._sleeping = True
         try:
+            if timeout is None:
+                while not ready():
+                    os.eventfd_read(self._fd)  # a stale count only costs one more look
+                return True
+            until = time.monotonic() + timeout
             while not ready():
-                os.eventfd_read(self._fd)  # a stale count only costs one more look
+                left = until - time.monotonic()
+                if left <= 0:
+                    return False
+                if select.select([self._fd], [], [], left)[0]:
+                    os.eventfd_read(self._fd)
+            return True
         finally:
             self._sleeping = False
 
@@ -58,12 +71,15 @@ WAITING, SIGNALLED, ABANDONED = 0, 1, 2
 class Waker:
     """How one commit's caller is woken: its eventfd (trio) or an Event (a plain thread)."""
 
-    __slots__ = ("event", "fd", "state")
+    __slots__ = ("event", "fd", "parked", "state")
 
     def __init__(self, fd: int, event: threading.Event | None) -> None:
         self.fd = fd  # -1 for a thread waiter
         self.event = event
         self.state = WAITING
+        # Its caller is parked on it (not busy elsewhere, like a coordinator waiting for its
+        # peer first): signalling it makes the caller run at once (see LogWriter).
+        self.parked = False
 
 
 class WakerPool:
@@ -76,7 +92,9 @@ class WakerPool:
         self._closed = False
 
     def for_thread(self) -> Waker:
-        return Waker(-1, threading.Event())
+        waker = Waker(-1, threading.Event())
+        waker.parked = True  # a blocking commit waits from the start
+        return waker
 
     def for_trio(self) -> Waker:
         with self.lock:
@@ -117,6 +135,7 @@ class WakerPool:
             os.eventfd_read(waker.fd)
             self._give_back(waker.fd)
             return
+        waker.parked = True
         try:
             await trio.lowlevel.wait_readable(waker.fd)
         except BaseException:

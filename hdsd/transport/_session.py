@@ -6,15 +6,20 @@ The client and the node use the same session. Theory of operation:
   feeds the sans-IO connection and routes each event by its ``rid`` to the *inbox* registered for
   that request (a memory channel). Events for a rid nobody registered are handed to
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
-  ended are dropped, as the protocol allows.
+  ended are dropped, as the protocol allows. An upload whose body frames and End were read with
+  its start (a small put, sent in one write) is handed over whole instead
+  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain.
 * Sending goes through one *outbox* (a list of byte strings: small frames appended to one
   bytearray, a frame of :data:`OWN_WRITE` bytes or more kept as the bytes ``conn.send`` made,
   so a megabyte of body is not copied once more on its way out): a sender encodes its frames
   with ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
-  either becomes the *writer* — if nobody is writing — or waits for the writer. The writer calls
-  ``stream.send_all`` with everything queued, and again with whatever other tasks queued
-  meanwhile, until the outbox is empty. So 16 replies finishing together cost one or two TLS
-  records and syscalls, not 16, and a lone request pays no extra scheduler pass. Every sender
+  either becomes the *writer* — if nobody is writing — or waits for the writer. The writer sends
+  everything queued, and again whatever other tasks queued meanwhile, until the outbox is empty.
+  A TLS stream is written through :func:`._tlsread.tls_sender`: what the socket takes at once
+  is sent without passing through the scheduler (trio's ``send_all`` passes twice), so a lone
+  request or reply costs no scheduler pass to send. While other requests are in flight on the
+  connection the writer yields once before writing, so 16 replies finishing together cost one
+  or two TLS records and syscalls, not 16. Every sender
   still returns only once its bytes were handed to the stream (or raises
   :class:`ConnectionLost`). The outbox is bounded: a sender waits while it holds more than
   ``OUTBOX_LIMIT`` bytes, so a fast producer is held back by the socket.
@@ -63,13 +68,16 @@ from ..wire import (
     ConnectionClosed,
     Credit,
     Data,
+    End,
+    Event,
     Goodbye,
     Hello,
     Message,
     NeedData,
+    PutStart,
     Request,
 )
-from ._tlsread import tls_pieces_receiver
+from ._tlsread import tls_pieces_receiver, tls_sender
 
 __all__ = ["WireSession"]
 
@@ -99,6 +107,7 @@ class WireSession:
         self.stream = stream
         self.conn = conn
         self._receive_pieces = tls_pieces_receiver(stream)
+        self._send_all = tls_sender(stream)
         self._outbox: list[bytes | bytearray] = []
         self._outbox_size = 0
         self._writing = False
@@ -107,6 +116,7 @@ class WireSession:
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
         self._room = trio.lowlevel.ParkingLot()  # senders waiting for the outbox to drain
         self._inboxes: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
         self._closed = False
@@ -224,11 +234,16 @@ class WireSession:
     async def _write_out(self) -> None:
         self._writing = True
         try:
+            if self.conn.requests_in_flight > 1:
+                # Other requests are in flight: let those whose frames are ready in this pass
+                # (16 replies finishing together) queue them first, for one write. A lone
+                # request skips this pass: its send is synchronous when the socket takes it.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while self._outbox:
                 parts, self._outbox, self._outbox_size = self._outbox, [], 0
                 self._room.unpark_all()
                 for data in parts:
-                    await self.stream.send_all(data)
+                    await self._send_all(data)
                     self._written += len(data)
                     self._flushed.unpark_all()
                 self._progress.unpark_all()
@@ -317,6 +332,17 @@ class WireSession:
             if not self.conn.in_flight(self._last_rid):
                 return self._last_rid
 
+    def has_whole_upload(self, rid: int) -> bool:
+        """Whether upload *rid*'s whole body (its Data frames and End) came in the same reads
+        as its start, so that it needs no inbox (see :meth:`take_whole_upload`)."""
+        return rid in self._whole
+
+    def take_whole_upload(self, rid: int) -> list[Message] | None:
+        """Upload *rid*'s Data frames and End, if they were read with its start (a small put
+        arrives whole: PutStart, Data and End in one write), else None: then they come
+        through its inbox. Their bytes count as held until ``close_inbox(rid)``."""
+        return self._whole.pop(rid, None)
+
     def open_inbox(self, rid: int) -> trio.MemoryReceiveChannel[Message]:
         """Register *rid* before sending its request (or, on the node, before returning from
         ``on_request``) so that no event of it is missed."""
@@ -329,6 +355,7 @@ class WireSession:
     def close_inbox(self, rid: int) -> None:
         inbox = self._inboxes.pop(rid, None)
         self._ungranted.pop(rid, None)
+        self._whole.pop(rid, None)
         self._release(rid)
         if inbox is not None:
             inbox.close()
@@ -373,9 +400,13 @@ class WireSession:
     ) -> None:
         """Route incoming events until the connection ends; always closes every inbox.
         *before_read* and *before_open* are the gates of the module docstring."""
+        pending: Event | None = None  # read ahead of an upload's end, not yet routed
         try:
             while True:
-                event = self.conn.next_event()
+                if pending is None:
+                    event = self.conn.next_event()
+                else:
+                    event, pending = pending, None
                 if isinstance(event, NeedData):
                     if before_read is not None:
                         await before_read()
@@ -386,7 +417,10 @@ class WireSession:
                       and getattr(event, "rid", None) not in self._inboxes):
                     # A new request: wait for room before taking it (and reading on).
                     if await before_open(event):
-                        self._route(event, on_request)
+                        if isinstance(event, PutStart):
+                            pending = self._open_upload(event, on_request)
+                        else:
+                            self._route(event, on_request)
                 elif isinstance(event, ConnectionClosed):
                     self.closed_reason = ConnectionLost("the peer closed the connection")
                     return
@@ -403,6 +437,37 @@ class WireSession:
             raise
         finally:
             self._close()
+
+    def _open_upload(self, start: PutStart,
+                     on_request: Callable[[Message], None] | None) -> Event | None:
+        """Route a new upload. Its body frames already buffered are read first: when they
+        reach its End (a small put, sent in one write), the whole body is kept for the handler
+        (:meth:`take_whole_upload`) and the request needs no inbox — no channel to create,
+        fill and drain. Otherwise they go to its inbox as usual. Returns the event read past
+        the upload's frames (the caller routes it next), if any."""
+        rid = start.rid
+        frames: list[Message] = []
+        after: Event | None = None
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, (Data, End)) and event.rid == rid:
+                frames.append(event)
+                if isinstance(event, End):
+                    break
+            else:
+                after = event
+                break
+        if after is None:
+            self._whole[rid] = frames
+            size = sum(len(f.data) for f in frames if isinstance(f, Data))
+            if size:
+                self._held[rid] = self._held.get(rid, 0) + size
+                self.held += size
+        self._route(start, on_request)
+        if after is not None:
+            for frame in frames:
+                self._route(frame, on_request)
+        return after
 
     def _route(self, event: Message, on_request: Callable[[Message], None] | None) -> None:
         rid = getattr(event, "rid", None)

@@ -1,46 +1,68 @@
-"""Reading a trio ``SSLStream`` in large gulps.
+"""Reading and writing a trio ``SSLStream`` without its per-call overheads.
 
-trio's ``SSLStream.receive_some`` returns what *one* ``SSLObject.read`` gives — at most one TLS
-record, 16 KiB — and passes through the scheduler once per call; its socket reads are 64 KiB.
-A 1 MiB body therefore costs 64 scheduler passes on the receiving side. :func:`tls_receiver`
-returns a ``receive_some`` that, for a handshaken ``SSLStream``, reads up to 256 KiB from the
-socket per pass and decrypts every complete record in it at once, synchronously, into one
-result: one pass per socket read instead of one per record.
+Reading. trio's ``SSLStream.receive_some`` returns what *one* ``SSLObject.read`` gives — at most
+one TLS record, 16 KiB — and passes through the scheduler once per call; its socket reads are
+64 KiB. A 1 MiB body therefore costs 64 scheduler passes on the receiving side.
+:func:`tls_receiver` returns a ``receive_some`` that, for a handshaken ``SSLStream``, reads up to
+256 KiB from the socket per pass and decrypts every complete record in it at once, synchronously,
+into one result: one pass per socket read instead of one per record.
 
-It drives the stream's own ``SSLObject`` and incoming ``MemoryBIO`` (trio's private
-``_ssl_object`` and ``_incoming``), so the TLS state stays shared with the ``SSLStream``, which
-keeps doing everything else: ``send_all`` and ``aclose`` (close_notify). That is sound because:
+Writing. trio's ``SSLStream.send_all`` passes through the scheduler twice even when the socket
+takes every byte at once: its inner send lock's ``acquire`` and the socket's ``send`` each end in
+a schedule point. For a small request or reply that is most of what sending costs, and every
+pass is also a point where the event loop gives the GIL up to the node's other threads (the log
+writer, the audit writer) and waits to get it back. :func:`tls_sender` returns a ``send_all``
+that encrypts into the stream's outgoing BIO and hands the bytes to the socket synchronously;
+only what the socket does not take at once goes through trio (``transport_stream.send_all``,
+under the stream's own inner send lock), so a full socket still parks the sender. A send that
+needs trio's machinery — before the stream's first write (trio holds a TLS 1.3 server's session
+tickets back until then), while the lock is held (a close_notify being sent), on a stream trio
+marked broken or closed — goes through ``SSLStream.send_all`` itself. The sender is not a
+schedule point: callers check for cancellation before sending (``WireSession.send_many`` does).
+
+Both drive the stream's own ``SSLObject`` and memory BIOs (trio's private ``_ssl_object``,
+``_incoming``, ``_outgoing``, ``_inner_send_lock``, ``_delayed_outgoing``, ``_state``,
+``_handshook``), so the TLS state stays shared with the ``SSLStream``, which keeps doing
+everything else: the handshake and ``aclose`` (close_notify). That is sound because:
 
 * only the reader reads: after a TLS 1.3 handshake ``SSLObject.write`` never needs incoming
   bytes (no renegotiation in 1.3), so trio's send path never calls the transport's
   ``receive_some`` concurrently with ours;
 * post-handshake messages (session tickets, KeyUpdate) are consumed by ``SSLObject.read``;
-  anything OpenSSL queues in reply (a KeyUpdate answer) stays in the stream's outgoing BIO, which
-  trio's next ``send_all`` drains *before* the new record, so order on the wire is kept;
+  anything OpenSSL queues in reply (a KeyUpdate answer) stays in the stream's outgoing BIO,
+  which the next send drains *before* the new record, so order on the wire is kept;
+* one task writes at a time (``WireSession``'s writer), nothing awaits between ``write`` and
+  the socket send, and the part left for trio is sent under the inner send lock, so a
+  close_notify never lands inside a record;
 * a clean close_notify reads as ``b""`` (end of stream); a transport EOF without it, or any TLS
-  error, raises ``trio.BrokenResourceError`` — as ``SSLStream.receive_some`` does.
+  error, raises ``trio.BrokenResourceError`` — as ``SSLStream.receive_some`` does; a TLS or
+  socket error while sending raises ``trio.BrokenResourceError`` too.
 
-If a trio release renames those attributes, :func:`tls_receiver` falls back to the stream's own
-``receive_some``: slower, never wrong. The fallback would be silent in production, so
-``tests/transport/test_session_tls.py`` fails when the large-read path is not taken (one read
-returning many records): a trio upgrade that breaks it is noticed in CI, not in a benchmark.
+If a trio release renames those attributes, :func:`tls_receiver` and :func:`tls_sender` fall
+back to the stream's own methods: slower, never wrong. The fallback would be silent in
+production, so ``tests/transport/test_session_tls.py`` fails when the large-read path is not
+taken (one read returning many records) or a send the socket takes whole passes through the
+scheduler: a trio upgrade that breaks them is noticed in CI, not in a benchmark.
 The only other use of trio internals in hdsd is ``_listen._flush_alert`` (documented there).
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
-__all__ = ["SOCKET_READ", "tls_pieces_receiver", "tls_receiver"]
+__all__ = ["SOCKET_READ", "tls_pieces_receiver", "tls_receiver", "tls_sender"]
 
 SOCKET_READ = 256 << 10
 """Bytes asked of the socket per read (per scheduler pass)."""
 
 Receiver = Callable[[int], Awaitable[bytes | bytearray]]
 PiecesReceiver = Callable[[int], Awaitable[list[bytes]]]
+Sender = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
 
 
 def tls_receiver(stream: trio.abc.Stream) -> Receiver:
@@ -131,3 +153,82 @@ class _TlsRecords:
         if parts or self._eof:
             return parts
         return None
+
+
+def tls_sender(stream: trio.abc.Stream) -> Sender:
+    """A ``send_all(data)`` for *stream*: the synchronous one for a ``trio.SSLStream`` (see the
+    module docstring), else ``stream.send_all`` itself. One task at a time may call it, and
+    nothing else may call the stream's own ``send_all`` meanwhile (its ``aclose`` may)."""
+    if isinstance(stream, trio.SSLStream):
+        ssl_object = getattr(stream, "_ssl_object", None)
+        outgoing = getattr(stream, "_outgoing", None)
+        lock = getattr(stream, "_inner_send_lock", None)
+        if (isinstance(ssl_object, ssl.SSLObject) and isinstance(outgoing, ssl.MemoryBIO)
+                and isinstance(lock, trio.StrictFIFOLock)
+                and all(hasattr(stream, a) for a in _STATE_ATTRIBUTES)):
+            return _TlsWrites(stream, ssl_object, outgoing, lock).send_all
+    return stream.send_all
+
+
+_STATE_ATTRIBUTES = ("_state", "_delayed_outgoing", "_handshook")
+
+
+class _TlsWrites:
+    __slots__ = ("_lock", "_outgoing", "_ssl", "_stream")
+
+    def __init__(self, stream: trio.SSLStream[trio.abc.Stream], ssl_object: ssl.SSLObject,
+                 outgoing: ssl.MemoryBIO, lock: trio.StrictFIFOLock) -> None:
+        self._stream = stream
+        self._ssl = ssl_object
+        self._outgoing = outgoing
+        self._lock = lock
+
+    def _direct(self) -> bool:
+        """Whether this send may bypass trio's: see the module docstring."""
+        stream: Any = self._stream
+        state = stream._state
+        handshook = stream._handshook
+        return (not self._lock.locked() and stream._delayed_outgoing is None
+                and getattr(state, "name", None) == "OK" and getattr(handshook, "done", False))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not data or not self._direct():
+            await self._stream.send_all(data)
+            return
+        try:
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error while sending: {exc}") from exc
+            out = self._outgoing.read()
+            sent = _send_now(self._stream.transport_stream, out)
+            if sent < len(out):
+                async with self._lock:
+                    await self._stream.transport_stream.send_all(memoryview(out)[sent:])
+        except BaseException:
+            # Some unknown part of a record may be on the wire: as trio does, the stream is
+            # broken, so its close sends no close_notify after half a record.
+            self._broken()
+            raise
+
+    def _broken(self) -> None:
+        stream: Any = self._stream
+        broken = getattr(type(stream._state), "BROKEN", None)
+        if broken is not None:
+            stream._state = broken
+
+
+def _send_now(transport: trio.abc.Stream, data: bytes) -> int:
+    """Bytes of *data* the transport's socket takes without waiting (0 for a transport that
+    is not a socket: trio sends it all)."""
+    if not isinstance(transport, trio.SocketStream):
+        return 0
+    fd = transport.socket.fileno()  # asked each time: -1 once closed, never a reused number
+    if fd < 0:
+        raise trio.ClosedResourceError("the socket was closed")
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket send failed: {exc}") from exc

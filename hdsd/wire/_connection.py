@@ -258,6 +258,11 @@ class Connection:
         """Whether *rid* is still in use on this connection (not yet free for a new request)."""
         return rid in self._rids
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Rids in use on this connection (a request's rid is freed once it is over)."""
+        return len(self._rids)
+
     def send_credit_available(self, rid: int) -> int:
         """Body bytes we may still send on *rid* now (0 if we have no open stream on it)."""
         rec = self._rids.get(rid)

@@ -303,14 +303,17 @@ class SimLink:
         self.name = name
         self._rid = 0
 
-    async def call(self, node: str, request: Request[R]) -> R:
+    async def call(self, node: str, request: Request[R], *,
+                   sent: Callable[[], None] | None = None) -> R:
         if not self.net.nodes[self.name].alive:
             # A crashed node sends nothing (its write path may run on, shielded, in here).
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(f"{self.name} crashed")
         self._rid += 1
-        sent = request.with_rid(self._rid)
-        return sent.decode_reply(await self.net.call(self.name, node, sent))
+        stamped = request.with_rid(self._rid)
+        if sent is not None:
+            sent()  # on its way: the net delivers it (or loses it) from here
+        return stamped.decode_reply(await self.net.call(self.name, node, stamped))
 
     def reachable(self, node: str) -> bool:
         return self.net.nodes[node].alive and (self.name, node) not in self.net.cut

@@ -76,3 +76,53 @@ def test_concurrent_writes_share_one_replicate(tmp_path: Path, policy: WritePoli
     seen = trio.run(_concurrent_writes, tmp_path, policy,
                     clock=trio.testing.MockClock(autojump_threshold=0))
     assert seen == [("b-n1", WRITES)]
+
+
+class _Passes(trio.abc.Instrument):
+    """Counts the scheduler's passes (one I/O check each)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.n += 1
+
+
+async def _passes_before_the_send(tmp_path: Path, alone: bool) -> int:
+    """Scheduler passes between a lone write's start and its Replicate leaving."""
+    net = SimNet(make_layout(1, 1), tmp_path, random.Random(0))
+    passes = _Passes()
+    at_send: list[int] = []
+    call = net.call
+
+    async def recording(src: str, dst: str, msg: Message) -> dict[str, Any]:
+        if isinstance(msg, Replicate):
+            at_send.append(passes.n)
+        return await call(src, dst, msg)
+
+    net.call = recording  # type: ignore[method-assign]
+    coordinator = net.nodes["a-n1"]
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in net.nodes.values():
+                await node.start(nursery)
+            rep = coordinator.replicator
+            assert rep is not None
+            rep.alone = lambda: alone
+            trio.lowlevel.add_instrument(passes)
+            start = passes.n
+            await rep.write(rep.replicas_for("t", "b", "k"), [], [_version(0, coordinator.name)])
+            nursery.cancel_scope.cancel()
+    finally:
+        for node in net.nodes.values():
+            node.hints.close()
+    return at_send[0] - start
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_write_alone_on_the_node_is_sent_at_once(tmp_path: Path, alone: bool) -> None:
+    # Nobody can join the batch of a node's only request: it skips the batch's yield (a
+    # scheduler pass for nothing); with other requests in flight it still waits for them.
+    passes = trio.run(_passes_before_the_send, tmp_path, alone,
+                      clock=trio.testing.MockClock(autojump_threshold=0))
+    assert (passes == 0) if alone else (passes > 0)

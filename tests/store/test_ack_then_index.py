@@ -1,4 +1,5 @@
 """A commit is acknowledged once durable, before the index update; reads wait for the index.
+(The update itself waits a moment — ``INDEX_DELAY_S`` — unless a read asks for it.)
 
 These pin what makes that reordering safe: no read after an acknowledgement misses it, an
 index failure after the acknowledgement makes reads refuse (and a reopen replays the batch),
@@ -19,6 +20,7 @@ import trio.testing
 
 from hdsd._errors import StoreFailedError
 from hdsd.store import Store, Version
+from hdsd.store import _writer as writer_module
 from hdsd.store._index import AppliedPosition, Location
 from tests.helpers.sealing import SEALING
 
@@ -57,9 +59,9 @@ async def test_acknowledged_before_indexed_but_no_read_misses_it(tmp_path: Path)
         reader = threading.Thread(target=lambda: seen.append(store.current("t", "b", "k0")))
         try:
             with trio.fail_after(10):
-                await store.commit([v(0)])  # returns while the index update is held
-            assert gated.entered.is_set() and not gated.gate.is_set()
+                await store.commit([v(0)])  # returns before the index update
             reader.start()
+            assert gated.entered.wait(10)  # the read asked for the update, which is held
             reader.join(0.2)
             assert reader.is_alive()  # waiting for the index, not answering without v(0)
         finally:
@@ -74,6 +76,7 @@ async def test_index_failure_after_the_ack_refuses_reads_and_reopen_replays(
     with Store.open(tmp_path, sealing=SEALING) as store:
         with trio.fail_after(10):
             await store.commit([v(0)])
+        assert store.current("t", "b", "k0") == v(0)  # indexed (a read asks for it)
         store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
         with trio.fail_after(10):
             await store.commit([v(1)])  # durable: acknowledged before the index fails
@@ -155,5 +158,41 @@ async def test_request_lookup_refuses_after_the_index_lost_an_ack(tmp_path: Path
         store._index.apply = _GatedApply(store, fail=True)  # type: ignore[method-assign]
         with trio.fail_after(10):
             await store.commit([rv(0, b"lost")])
+        with pytest.raises(StoreFailedError):
+            store._writer.wait_indexed()  # the (deferred) index update failed
         with pytest.raises(StoreFailedError, match="missing from the index"):
             store.find_request("t", b"lost")
+
+
+async def test_index_updates_wait_a_moment_and_batches_share_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The committer is woken before the index update, which waits INDEX_DELAY_S (or a read):
+    # the writer thread does not take the GIL from the task it just woke, and batches
+    # acknowledged meanwhile are indexed in one transaction.
+    monkeypatch.setattr(writer_module, "INDEX_DELAY_S", 60.0)
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        calls: list[int] = []
+        real = store._index.apply
+
+        def counting(items: Iterable[tuple[object, Location]], applied: AppliedPosition,
+                     names: object = (), moved: frozenset[int] = frozenset()) -> None:
+            listed = list(items)
+            calls.append(len(listed))
+            real(listed, applied, names, moved)  # type: ignore[arg-type]
+
+        store._index.apply = counting  # type: ignore[method-assign]
+        with trio.fail_after(10):
+            for i in range(3):
+                await store.commit([v(i)])  # three batches acknowledged, none indexed yet
+        assert calls == []
+        assert store.find_request("t", b"nothing") is None  # the request lookup never waits
+        assert calls == []
+        assert [store.current("t", "b", f"k{i}") for i in range(3)] == [v(i) for i in range(3)]
+        assert calls == [3]  # the read asked: one transaction for the three
+        monkeypatch.setattr(writer_module, "INDEX_DELAY_S", 0.05)
+        with trio.fail_after(10):
+            await store.commit([v(3)])
+            while len(calls) < 2:
+                await trio.sleep(0.01)  # indexed after the delay, without a read asking
+        assert calls == [3, 1]
+        assert store._writer._indexed == store._writer._acked

@@ -319,3 +319,48 @@ async def test_peer_address_is_asked_of_the_socket_once() -> None:
         nursery.cancel_scope.cancel()
     memory = WireSession(trio.testing.memory_stream_pair()[0], Connection(Role.CLIENT))
     assert memory.peer_address() == "?"  # no socket to ask
+
+
+async def test_an_upload_read_whole_with_its_start_needs_no_inbox() -> None:
+    # A small put arrives in one write: the session keeps its body aside for the handler
+    # (no channel); an upload whose body is still coming, or interleaved with another
+    # request, gets its inbox with the frames read so far, in order.
+    a, b = trio.testing.memory_stream_pair()
+    client = WireSession(a, Connection(Role.CLIENT))
+    server = WireSession(b, Connection(Role.SERVER))
+    whole: dict[int, list[Message] | None] = {}
+    inboxes: dict[int, trio.MemoryReceiveChannel[Message]] = {}
+
+    async def before_open(msg: Message) -> bool:
+        return True
+
+    def on_request(msg: Message) -> None:
+        rid: int = msg.rid  # type: ignore[attr-defined]
+        if server.has_whole_upload(rid):
+            whole[rid] = server.take_whole_upload(rid)
+        else:
+            inboxes[rid] = server.open_inbox(rid)
+
+    with trio.fail_after(LIMIT):
+        await client.send(hello(client, "client"))
+        await server.send(hello(server, "server"))
+        await client.receive_hello()
+        await server.receive_hello()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(server.run_reader, on_request, before_open=before_open))
+            await client.send_many([put_start(1, 3), Data(rid=1, data=b"abc"), End(rid=1)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert whole == {1: [Data(rid=1, data=b"abc"), End(rid=1)]}
+            assert server.held == 3 and 1 not in inboxes
+            server.close_inbox(1)  # the request ended: its bytes are let go
+            assert server.held == 0
+            # Two uploads interleaved, the second one's body not ended yet.
+            await client.send_many([put_start(2, 4), Data(rid=2, data=b"ab"), put_start(3, 2),
+                                    Data(rid=2, data=b"cd"), End(rid=2), Data(rid=3, data=b"x")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert set(inboxes) == {2, 3} and set(whole) == {1}
+            got = [inboxes[2].receive_nowait() for _ in range(3)]
+            assert got == [Data(rid=2, data=b"ab"), Data(rid=2, data=b"cd"), End(rid=2)]
+            assert inboxes[3].receive_nowait() == Data(rid=3, data=b"x")
+            assert server.held == 5
+            nursery.cancel_scope.cancel()

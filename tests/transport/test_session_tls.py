@@ -1,5 +1,6 @@
-"""The large-read TLS receiver (``_tlsread``): many records per read, post-handshake messages,
-clean and unclean ends, broken input, and a session running over it.
+"""The large-read TLS receiver and the synchronous sender (``_tlsread``): many records per read,
+post-handshake messages, clean and unclean ends, broken input, sends that skip the scheduler
+(and those that must not), and a session running over them.
 
 Real TLS 1.3 with the suite's certificates, over an in-memory byte pipe so that reads see
 whatever the peer wrote so far (several records at once when it wrote several).
@@ -8,6 +9,7 @@ whatever the peer wrote so far (several records at once when it wrote several).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +18,8 @@ import trio
 import trio.testing
 
 from hdsd.transport import WireSession, client_context, server_context
-from hdsd.transport._tlsread import tls_pieces_receiver, tls_receiver
+from hdsd.transport import _tlsread as tlsread
+from hdsd.transport._tlsread import tls_pieces_receiver, tls_receiver, tls_sender
 from hdsd.wire import PROTOCOL_VERSION, Connection, Hello, Reply, Role, StatRequest
 
 from .conftest import Pki
@@ -33,6 +36,26 @@ async def tls_pair(pki: Pki) -> AsyncIterator[tuple[trio.SSLStream[Pipe], trio.S
     a, b = trio.testing.memory_stream_pair()
     server = trio.SSLStream(a, server_context(*pki.node_a, pki.ca), server_side=True)
     client = trio.SSLStream(b, client_context(*pki.client, pki.ca), server_hostname="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        await client.do_handshake()
+    try:
+        yield server, client
+    finally:
+        await trio.aclose_forcefully(client)
+        await trio.aclose_forcefully(server)
+
+
+@asynccontextmanager
+async def tls_socket_pair(pki: Pki) -> AsyncIterator[tuple[trio.SSLStream[trio.SocketStream],
+                                                           trio.SSLStream[trio.SocketStream]]]:
+    """(server, client) over a real socket pair (what the sender writes to synchronously),
+    handshaken; the server has sent nothing yet."""
+    a, b = socket.socketpair()
+    server = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(a)),
+                            server_context(*pki.node_a, pki.ca), server_side=True)
+    client = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(b)),
+                            client_context(*pki.client, pki.ca), server_hostname="127.0.0.1")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.do_handshake)
         await client.do_handshake()
@@ -178,3 +201,157 @@ async def test_a_session_over_tls_routes_replies(pki: Pki) -> None:
                 await ours.send(StatRequest(rid=1, bucket="b", key="k", version=None))
                 assert await inbox.receive() == Reply(rid=1, body={"b": big})
                 nursery.cancel_scope.cancel()
+
+
+async def _passes(send: object, data: bytes) -> int:
+    """Tasks that ran while ``await send(data)`` did: 0 if it never passed through the
+    scheduler."""
+    ran = [0]
+
+    async def other() -> None:
+        while True:
+            ran[0] += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        while not ran[0]:
+            await trio.lowlevel.checkpoint()
+        before = ran[0]
+        await send(data)  # type: ignore[operator]
+        after = ran[0]
+        nursery.cancel_scope.cancel()
+    return after - before
+
+
+async def test_a_send_the_socket_takes_whole_skips_the_scheduler(pki: Pki) -> None:
+    # What WireSession writes with: a small request or reply costs no scheduler pass (trio's
+    # own send_all costs two). Fails if a trio upgrade made tls_sender fall back.
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            for stream, other in ((client, server), (server, client)):
+                send = tls_sender(stream)
+                await send(b"first")  # a server's first write goes through trio (tickets)
+                assert await tls_receiver(other)(1024) == b"first"
+                receive = tls_receiver(other)
+                for size in (1, 4096, 60_000):
+                    message = os.urandom(size)
+                    assert await _passes(send, message) == 0
+                    assert b"".join(await read_all(receive, size)) == message
+
+
+async def test_a_send_larger_than_the_socket_takes_waits_for_room(pki: Pki) -> None:
+    big = os.urandom(8 << 20)  # far more than a socket pair buffers
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(client)
+            receive = tls_receiver(server)
+            got: list[bytes] = []
+
+            async def drain() -> None:
+                got.extend(await read_all(receive, len(big) + 5))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await send(big)
+                await send(b"after")
+            assert b"".join(got) == big + b"after"
+
+
+async def test_sends_and_trio_sends_keep_their_order(pki: Pki) -> None:
+    # The first write of a TLS 1.3 server carries the session tickets trio held back; a close
+    # is sent by trio too: both mixed with direct sends, the peer reads everything in order.
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(server)
+            receive = tls_receiver(client)
+            parts = [os.urandom(n) for n in (10, 5000, 1, 70_000)]
+            for part in parts:
+                await send(part)
+            await server.aclose()
+            assert b"".join(await read_all(receive, sum(map(len, parts)))) == b"".join(parts)
+            assert await receive(1024) == b""
+
+
+async def test_a_send_on_a_closed_stream_is_refused(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (_server, client):
+            send = tls_sender(client)
+            await send(b"x")
+            await client.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                await send(b"y")
+
+
+async def test_a_send_to_a_vanished_peer_is_broken(pki: Pki) -> None:
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(client)
+            await send(b"x")
+            server.transport_stream.socket.close()
+            with pytest.raises(trio.BrokenResourceError):
+                for _ in range(100):  # the first writes may still land in the socket buffer
+                    await send(os.urandom(100_000))
+
+
+async def test_other_streams_keep_their_own_send() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    assert tls_sender(a) == a.send_all
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_replies_finishing_together_share_a_write(pki: Pki,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sender is synchronous, so a session's writer yields once before writing while
+    # other requests are in flight: 16 replies ready in one pass go out in one or two socket
+    # writes, not 16. A lone reply does not wait (see the test above).
+    writes: list[int] = []
+    real = tlsread._send_now
+
+    def counting(transport: trio.abc.Stream, data: bytes) -> int:
+        writes.append(len(data))
+        return real(transport, data)
+
+    monkeypatch.setattr(tlsread, "_send_now", counting)
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            ours = WireSession(client, Connection(Role.CLIENT))
+            theirs = WireSession(server, Connection(Role.SERVER))
+            for s, name in ((ours, "c"), (theirs, "s")):
+                await s.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
+                                   peer=name, window=s.conn.initial_window))
+            await ours.receive_hello()
+            await theirs.receive_hello()
+            received: list[object] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(theirs.run_reader, received.append)
+                nursery.start_soon(ours.run_reader)
+                n = 16
+                inboxes = [ours.open_inbox(rid) for rid in range(1, n + 1)]
+                await ours.send_many([StatRequest(rid=rid, bucket="b", key="k", version=None)
+                                      for rid in range(1, n + 1)])
+                while len(received) < n:
+                    await trio.sleep(0.001)
+                writes.clear()
+                async with trio.open_nursery() as replies:
+                    for rid in range(1, n + 1):
+                        replies.start_soon(theirs.send, Reply(rid=rid, body={"rid": rid}))
+                assert 1 <= len(writes) <= 2
+                for rid, inbox in enumerate(inboxes, 1):
+                    assert await inbox.receive() == Reply(rid=rid, body={"rid": rid})
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_send_marks_the_stream_broken(pki: Pki) -> None:
+    # Part of a record may be on the wire: the stream's close must not add a close_notify.
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(client)
+            await send(b"x")
+            server.transport_stream.socket.close()
+            with pytest.raises(trio.BrokenResourceError):
+                for _ in range(100):
+                    await send(os.urandom(100_000))
+            with pytest.raises(trio.BrokenResourceError):
+                await client.send_all(b"y")  # trio's own path agrees: broken
