@@ -33,6 +33,9 @@ Who waits, and why that cannot deadlock:
   clients, which hold ``capacity - peer_share`` at most — a client put at one site waits for
   the replica's fsync at the other, and that replica's own clients must not be able to hold it
   up (two sites each full of puts waiting for the other's replica would be stuck for good).
+* A client request waits at most ``CLIENT_PATIENCE_S`` (5 s), then goes on over the budget
+  (``over``): requests in flight hold the room, and a client that stalls its own (a byte now
+  and then, a download never read) must not stop every other client for good.
 * A body larger than what is free goes on alone: a client's when no other client holds any,
   a peer's when no other peer write does. So the budget can be passed by one body of each kind
   at most (and by the puts that ran out of patience).
@@ -51,6 +54,14 @@ from collections.abc import AsyncIterator, Hashable
 import trio
 
 __all__ = ["BodyBudget", "get_reservation", "put_reservation"]
+
+
+# The longest a client request waits for room before it goes on over the budget. Room is
+# held by requests in flight, and a hostile or stalled client can keep its own in flight for
+# as long as it sends a byte now and then (or never reads its download): without a limit, such
+# a client would stop every other client of the node for good. With it, the budget bounds the
+# node's memory under load and can only delay a request, never stop it.
+CLIENT_PATIENCE_S = 5.0
 
 
 class _Waiter:
@@ -92,12 +103,15 @@ class BodyBudget:
         return self.peer_bytes == 0 or self.in_use + n <= self.capacity
 
     async def take(self, owner: Hashable, n: int, *, peer: bool = False,
-                   patience: float = math.inf) -> None:
+                   patience: float | None = None) -> None:
         """Grant *n* bytes to *owner* (added to what it holds), waiting for room: first come,
-        first served among clients, and among peers. After *patience* seconds of waiting, a
-        client's bytes are granted anyway (``over``)."""
+        first served among clients, and among peers. After *patience* seconds of waiting
+        (a client's default: CLIENT_PATIENCE_S; a peer's: no limit), the bytes are granted
+        anyway (``over``)."""
         if n <= 0:
             return
+        if patience is None:
+            patience = math.inf if peer else CLIENT_PATIENCE_S
         queue = self._peers if peer else self._clients
         fits = self._peer_fits if peer else self._client_fits
         if not queue and fits(n):

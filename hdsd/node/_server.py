@@ -618,7 +618,7 @@ class Node:
                     if isinstance(msg, PutStart) and not peer_link:  # see ._budget
                         await self.budget.take(id(msg), put_reservation(
                             msg.size, session.conn.initial_window),
-                            patience=_ROOM_WAIT_S if in_flight[0] else math.inf)
+                            patience=_ROOM_WAIT_S if in_flight[0] else None)
                     return True
                 if not counted:
                     self.limit_hits[hit] += 1

@@ -10,7 +10,12 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd.node._budget import BodyBudget, get_reservation, put_reservation
+from hdsd.node._budget import (
+    CLIENT_PATIENCE_S,
+    BodyBudget,
+    get_reservation,
+    put_reservation,
+)
 
 MiB = 1 << 20
 
@@ -131,3 +136,20 @@ def test_reservations() -> None:
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_a_client_waits_at_most_its_patience_a_peer_for_room(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Room held by a stalled client (a trickled upload, a download never read) must delay the
+    others, never stop them: a client's default patience is CLIENT_PATIENCE_S. A peer's write
+    waits for room (peers' writes end on their own)."""
+    budget = BodyBudget(8 * MiB, peer_share=2 * MiB)
+    await budget.take("stalled", 6 * MiB)  # every byte of the clients' share, held for good
+    await budget.take("peer-held", 2 * MiB, peer=True)
+    started = trio.current_time()
+    await budget.take("next", MiB)  # default patience
+    assert trio.current_time() - started == pytest.approx(CLIENT_PATIENCE_S)
+    assert budget.over == 1 and budget.held_by("next") == MiB
+    with trio.move_on_after(10 * CLIENT_PATIENCE_S) as scope:
+        await budget.take("peer-next", MiB, peer=True)
+    assert scope.cancelled_caught and budget.held_by("peer-next") == 0
