@@ -435,12 +435,8 @@ class AsyncClient:
             try:
                 yield stream
             finally:
-                if not stream.complete and not session.closed:
-                    with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        try:
-                            await session.send(Cancel(rid=rid))
-                        except HdsdError:
-                            pass
+                if not stream.complete:
+                    await session.cancel_abandoned(rid)
                 session.close_inbox(rid)
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,

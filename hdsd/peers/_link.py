@@ -409,13 +409,8 @@ class PeerPool:
                     raise ProtocolError(f"peer {node} answered {type(event).__name__} "
                                         "in a download")
         finally:
-            if not ended and not session.closed:
-                # Abandoned midway: the peer stops sending (and frees the rid) at our Cancel.
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await session.send(Cancel(rid=rid))
-                    except HdsdError:
-                        pass
+            if not ended:
+                await session.cancel_abandoned(rid)
             session.close_inbox(rid)
 
     def _lost_during_download(self, node: str, peer: _Peer, session: WireSession

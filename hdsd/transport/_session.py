@@ -492,6 +492,18 @@ class WireSession:
         reason = f": {self.closed_reason}" if self.closed_reason else ""
         return ConnectionLost(f"connection closed{reason}")
 
+    async def cancel_abandoned(self, rid: int) -> None:
+        """Tell the other end to stop a download this side abandoned midway (it stops sending,
+        and frees the rid, at our Cancel): best effort, shielded from the caller's own
+        cancellation (the usual reason the download was abandoned), at most 2 s."""
+        if self.closed:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self.send(Cancel(rid=rid))
+            except HdsdError:
+                pass
+
     async def aclose(self) -> None:
         self._close()
         with trio.CancelScope(shield=True), trio.move_on_after(2):
