@@ -42,7 +42,6 @@ from ..wire import (
     BucketCreated,
     BucketList,
     BucketRow,
-    Cancel,
     CertList,
     CertRevoke,
     CertRevoked,
@@ -382,13 +381,13 @@ class AsyncClient:
             if not ended:
                 # The body failed (its source raised, or we were cancelled): tell the node now,
                 # so it drops the upload at once instead of waiting out its request timeout.
-                await _cancel_quietly(session, rid)
+                await session.cancel_abandoned(rid)
             raise
         event = reply[0]
         if not ended and session.conn.in_flight(rid):
             # Refused before the body was complete: the upload stays open on both sides until
             # we End or Cancel it (docs/wire.md), so release the rid and the node's drain.
-            await _cancel_quietly(session, rid)
+            await session.cancel_abandoned(rid)
         if isinstance(event, Reply):
             return ObjectInfo.from_body(start.decode_reply(event.body))
         if isinstance(event, ErrorReply):
@@ -648,16 +647,6 @@ class _Slots:
 
     async def __aexit__(self, *exc: object) -> None:
         self._semaphore.release()
-
-
-async def _cancel_quietly(session: WireSession, rid: int) -> None:
-    if session.closed:
-        return
-    with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await session.send(Cancel(rid=rid))
-        except HdsdError:
-            pass  # the connection is going away: the node drops the upload with it
 
 
 def _fits_one_write(data: PutSource, session: WireSession

@@ -493,9 +493,10 @@ class WireSession:
         return ConnectionLost(f"connection closed{reason}")
 
     async def cancel_abandoned(self, rid: int) -> None:
-        """Tell the other end to stop a download this side abandoned midway (it stops sending,
-        and frees the rid, at our Cancel): best effort, shielded from the caller's own
-        cancellation (the usual reason the download was abandoned), at most 2 s."""
+        """Tell the other end to stop a request this side abandoned midway — a download (it
+        stops sending, and frees the rid, at our Cancel) or an upload (it drops the body):
+        best effort, shielded from the caller's own cancellation (the usual reason it was
+        abandoned), at most 2 s; a broken connection ends it anyway."""
         if self.closed:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(2):
