@@ -17,7 +17,7 @@ the index, whose answer stands. It can never say "certainly not" for an id the s
   every lookup goes to the index, as it did without it.
 
 Ids are never removed (a purged or shredded version's id stays "maybe": the index then says
-no). Sized at open for twice the store's records (at least a million) at ~12 bits each; a store
+no). Sized at open for twice the store's records (at least a million) at 16 bits each; a store
 that grows far beyond that gets more false "maybe"s (index lookups), never a wrong answer, and
 is sized again at the next start. Adds take a lock (setting a bit is a read-modify-write);
 lookups do not (a bit being set concurrently belongs to a commit not yet acknowledged).
@@ -26,13 +26,21 @@ lookups do not (a bit being set concurrently belongs to a commit not yet acknowl
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 
 __all__ = ["SeenRequests"]
 
-_BITS_PER_ID = 12
-_HASHES = 7
+# 16 bits and 4 probes per id: ~0.24 % false "maybe" at the planned size. Four probes are the
+# four 64-bit words of one BLAKE2b digest, read at once (this is on every put's path).
+_BITS_PER_ID = 16
 _MIN_IDS = 1 << 20
+_WORDS = struct.Struct("<4Q").unpack
+
+
+def _probes(tenant: str, request_id: bytes) -> tuple[int, int, int, int]:
+    t = tenant.encode("utf-8")
+    return _WORDS(hashlib.blake2b(len(t).to_bytes(4, "big") + t + request_id).digest()[:32])
 
 
 class SeenRequests:
@@ -43,29 +51,19 @@ class SeenRequests:
         self._lock = threading.Lock()
         self.ready = False  # set once every id indexed before this filter existed is in it
 
-    @staticmethod
-    def _hashes(tenant: str, request_id: bytes) -> tuple[int, int]:
-        t = tenant.encode("utf-8")
-        digest = hashlib.blake2b(len(t).to_bytes(4, "big") + t + request_id,
-                                 digest_size=16).digest()
-        return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
-
     def add(self, tenant: str, request_id: bytes) -> None:
-        h1, h2 = self._hashes(tenant, request_id)
         bits, mask = self._bits, self._mask
         with self._lock:
-            for i in range(_HASHES):
-                at = (h1 + i * h2) & mask
+            for h in _probes(tenant, request_id):
+                at = h & mask
                 bits[at >> 3] |= 1 << (at & 7)
 
     def may_hold(self, tenant: str, request_id: bytes) -> bool:
         """False only if no version with this id was committed here (when :attr:`ready`)."""
         if not self.ready:
             return True
-        h1, h2 = self._hashes(tenant, request_id)
         bits, mask = self._bits, self._mask
-        for i in range(_HASHES):
-            at = (h1 + i * h2) & mask
-            if not bits[at >> 3] & (1 << (at & 7)):
-                return False
-        return True
+        a, b, c, d = _probes(tenant, request_id)
+        a, b, c, d = a & mask, b & mask, c & mask, d & mask
+        return bool(bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1
+                    and bits[c >> 3] >> (c & 7) & 1 and bits[d >> 3] >> (d & 7) & 1)
