@@ -42,7 +42,9 @@ NAME_ID_BYTES = 16
 _BUCKET_IDS_KEPT = 4096
 # A put asks for its name's id three or four times on a coordinator (the hold check, the
 # store's dedup check, the sealed record, the audit record) and twice on a replica: the ids of
-# the names in flight are kept, a few thousand at most (~100 bytes each), dropped all at once.
+# the names in flight are kept, a few thousand at most (~200 bytes each with usual names; a
+# few MiB if every one were a longest key), dropped all at once. Names in clear stay in the
+# node's memory no longer than this seal (dropped with the tenant's keys, e.g. at a shred).
 _NAME_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
