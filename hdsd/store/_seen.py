@@ -17,10 +17,11 @@ the index, whose answer stands. It can never say "certainly not" for an id the s
   every lookup goes to the index, as it did without it.
 
 Ids are never removed (a purged or shredded version's id stays "maybe": the index then says
-no). Sized at open for twice the store's records (at least a million) at 16 bits each; a store
-that grows far beyond that gets more false "maybe"s (index lookups), never a wrong answer, and
-is sized again at the next start. Adds take a lock (setting a bit is a read-modify-write);
-lookups do not (a bit being set concurrently belongs to a commit not yet acknowledged).
+no). Sized at open for twice the store's records (at least a million) at 16 bits each, 64 MiB
+at most; a store that grows far beyond that gets more false "maybe"s (index lookups), never a
+wrong answer, and is sized again at the next start. Adds take a lock (setting a bit is a
+read-modify-write); lookups do not (a bit being set concurrently belongs to a commit not yet
+acknowledged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ __all__ = ["SeenRequests"]
 # four 64-bit words of one BLAKE2b digest, read at once (this is on every put's path).
 _BITS_PER_ID = 16
 _MIN_IDS = 1 << 20
+# At most 64 MiB of bits (~33 M ids at 16 bits): a store of 100 M versions would otherwise take
+# 400 MiB of RAM for a shortcut. Past the cap the filter says "maybe" more often (an index
+# lookup, as without it: ~1 % at 50 M ids, ~15 % at 130 M), never a wrong "no".
+_MAX_BITS = 1 << 29
 _WORDS = struct.Struct("<4Q").unpack
 
 
@@ -45,7 +50,7 @@ def _probes(tenant: str, request_id: bytes) -> tuple[int, int, int, int]:
 
 class SeenRequests:
     def __init__(self, expected: int) -> None:
-        bits = max(_MIN_IDS, 2 * expected) * _BITS_PER_ID
+        bits = min(_MAX_BITS, max(_MIN_IDS, 2 * expected) * _BITS_PER_ID)
         self._mask = (1 << (bits - 1).bit_length()) - 1  # a power of two: index by masking
         self._bits = bytearray((self._mask + 1) // 8)
         self._lock = threading.Lock()
