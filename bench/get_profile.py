@@ -102,6 +102,7 @@ async def measure(profile: Path, size: int, n: int, pids: dict[str, int],
             dc1.proc.send_signal(signal.SIGUSR2)
             while not prof_out.exists():
                 await trio.sleep(0.05)
+            prof.dump_stats(str(prof_out) + ".client")
             client_calls, _ = _calls(pstats.Stats(prof), n)
             node_calls, node_waits = _calls(pstats.Stats(str(prof_out)), n)
             out["client_calls_per_get"] = client_calls
@@ -139,6 +140,7 @@ def main() -> None:
                 result.update(trio.run(measure, profile, args.size, args.n, {}, dc1,
                                        prof_out))
             shutil.copy(prof_out, args.json.with_suffix(".prof"))
+            shutil.copy(str(prof_out) + ".client", args.json.with_suffix(".client.prof"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lat = result["latency"]
