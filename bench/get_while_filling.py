@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import sync_latency as sl  # noqa: E402
 from _harness import machine_info, print_table, write_json  # noqa: E402
-from stream_bench import disk_now, disk_use  # noqa: E402
+from stream_bench import disk_now, disk_use, threads_now, threads_use  # noqa: E402
 
 import hdsd  # noqa: E402
 
@@ -79,19 +79,23 @@ def _machine_use(before: list[int], after: list[int], seconds: float) -> dict[st
 
 async def _timed_get(client: hdsd.AsyncClient, key: str, size: int, pids: dict[str, int],
                      label: str) -> dict[str, Any]:
-    cpu0, io0, m0 = sl.cpu_now(pids), disk_now(pids), _machine_ticks()
+    cpu0, io0, m0, th0 = sl.cpu_now(pids), disk_now(pids), _machine_ticks(), threads_now(pids)
     took = await sl._get(client, key, size)
-    cpu1, io1, m1 = sl.cpu_now(pids), disk_now(pids), _machine_ticks()
+    cpu1, io1, m1, th1 = sl.cpu_now(pids), disk_now(pids), _machine_ticks(), threads_now(pids)
     cpu = sl.cpu_use(cpu0, cpu1, 1, size)
     disk = disk_use(io0, io1)
     row = {"label": label, "seconds": took, "mib_per_s": size / MIB / took,
            "cpu_ms_per_mib": cpu["cpu_ms_per_mib"],
            "cpu_ms_per_mib_by_process": {k: v * 1e3 for k, v in cpu["cpu_s_per_mib"].items()},
            "disk_mib_read_written": disk, "load": os.getloadavg()[0],
-           "machine_cores_busy": _machine_use(m0, m1, took)}
+           "machine_cores_busy": _machine_use(m0, m1, took),
+           "threads_ms_per_mib": threads_use(th0, th1, size)}
     sl.progress(f"  {label}: {row['mib_per_s']:.0f} MiB/s, {row['cpu_ms_per_mib']:.2f} ms "
                 f"CPU/MiB, disk MiB (read, written) {disk}, machine cores busy "
                 f"{row['machine_cores_busy']}")
+    for role in ("client", "coordinator"):
+        sl.progress(f"    {role} ms/MiB by thread: " + ", ".join(
+            f"{n} {v:.2f}" for n, v in row["threads_ms_per_mib"][role].items()))
     return row
 
 
