@@ -70,11 +70,22 @@ class GetStream:
         self._timeout = timeout
         self.received = 0
         self.complete = False
+        self._unconsumed = 0  # the last piece given out, granted back at the next call
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
 
     async def _pieces(self) -> AsyncIterator[bytes]:
+        while (piece := await self.next_piece()) is not None:
+            yield piece
+
+    async def next_piece(self) -> bytes | None:
+        """The next piece of the body; None once it is complete. The previous piece is
+        granted back to the node first: credit only once the caller processed a piece, so a
+        slow reader slows the node."""
+        if self._unconsumed:
+            n, self._unconsumed = self._unconsumed, 0
+            await self._session.consumed(self._rid, n)
         while not self.complete:
             await trio.lowlevel.checkpoint_if_cancelled()
             event = queued(self._inbox)
@@ -85,16 +96,23 @@ class GetStream:
                 self.received += len(event.data)
                 if self.received > self.end - self.start:
                     raise IntegrityError("the node sent more bytes than the object holds")
-                yield event.data
-                # Credit only after the caller processed the piece: a slow reader slows the node.
-                await self._session.consumed(self._rid, len(event.data))
-            elif isinstance(event, End):
+                self._unconsumed = len(event.data)
+                return event.data
+            if isinstance(event, End):
                 if self.received != self.end - self.start:
                     raise IntegrityError(f"download ended after {self.received} of "
                                          f"{self.end - self.start} bytes")
                 self.complete = True
             else:
                 raise_for(event)
+        return None
+
+    async def finish(self) -> None:
+        """The request is over for this side: an incomplete download is cancelled (the node
+        stops sending), and its rid released."""
+        if not self.complete:
+            await self._session.cancel_abandoned(self._rid)
+        self._session.close_inbox(self._rid)
 
 
 def no_answer(timeout: float) -> AbstractContextManager[trio.CancelScope]:

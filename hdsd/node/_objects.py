@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .._errors import (
+    HdsdError,
     IntegrityError,
     InvalidRequest,
     NotFound,
@@ -114,6 +115,24 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
     if found.tombstone:
         raise NotFound(f"{bucket}/{key} version {version} not found")
     return found
+
+
+def resolve_now(node: Node, tenant: str, bucket: str, key: str,
+                version: str | None) -> Version | None:
+    """What :func:`resolve` gives, when this node's store alone answers for the key (see
+    ``ReadPaths.local_records_now``) and has it; None in every other case — others to ask,
+    nothing to serve, any refusal — for :func:`resolve` to decide. Never awaits, never
+    raises :class:`HdsdError`."""
+    try:
+        check_bucket(bucket)
+        check_key(key)
+        records = node.reads.local_records_now(tenant, bucket, key)
+        if records is None:
+            return None
+        found = _named(visible_versions(records), bucket, key, version)
+    except HdsdError:
+        return None
+    return None if found.tombstone else found
 
 
 # -- put ---------------------------------------------------------------------------------------

@@ -142,6 +142,17 @@ class ReadPaths:
                               "and no site answered whole; retry later")
         return sorted(found.values(), key=lambda v: v.order)
 
+    def local_records_now(self, tenant: str, bucket: str, key: str) -> list[Version] | None:
+        """What :meth:`key_records` answers when this node's store is the whole answer — it is
+        the key's only replica in its site, neither rebuilding nor unchecked, so nobody else
+        would be asked — read now, without awaiting; None when others would be asked."""
+        if self.rebuilding or self.checking:
+            return None
+        here = self.replicator.replicas_for(tenant, bucket, key)[self.config.site]
+        if len(here) != 1 or here[0] != self.config.name:
+            return None
+        return self.store.versions(tenant, bucket, key)
+
     def list_local(self, tenant: str, bucket: str, prefix: str, after: str, limit: int,
                    versions: bool) -> Part:
         """This node's part of a listing, bounded by count and by encoded bytes."""

@@ -81,7 +81,7 @@ from ..wire import (
 from ._budget import BodyBudget, put_reservation
 from ._config import NodeConfig
 from ._continuity import AuditContinuity
-from ._handlers import handle_request
+from ._handlers import handle_request, small_get_now
 from ._health import health_status
 from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, memory_status, timed_trim
@@ -619,6 +619,16 @@ class Node:
                         await self.budget.take(id(msg), put_reservation(
                             msg.size, session.conn.initial_window),
                             patience=_ROOM_WAIT_S if in_flight[0] else None)
+                    elif in_flight[0] == 0 and not peer_link and not self._stopping and (
+                            resolved := small_get_now(self, session, ident, msg)) is not None:
+                        # A lone small get, read from this node's store: answered here, by
+                        # the reader, in one write — no task, so one scheduler pass fewer.
+                        # Only when nothing else of the connection is in flight: a pipelining
+                        # client's requests are still answered concurrently, by tasks.
+                        in_flight[0] += 1
+                        await self._run_request(session, ident, msg, quiet, request_ended,
+                                                resolved)
+                        return False
                     return True
                 if not counted:
                     self.limit_hits[hit] += 1
@@ -701,16 +711,17 @@ class Node:
 
     async def _run_request(self, session: WireSession, ident: Identity, msg: Message,
                            inbox: trio.MemoryReceiveChannel[Message],
-                           ended: Callable[[], None]) -> None:
+                           ended: Callable[[], None], resolved: Version | None = None) -> None:
         try:
-            await self._run_request_counted(session, ident, msg, inbox)
+            await self._run_request_counted(session, ident, msg, inbox, resolved)
         finally:
             self.budget.release(id(msg))  # what the request took (see ._budget)
             ended()
             self._request_ended.unpark_all()
 
     async def _run_request_counted(self, session: WireSession, ident: Identity, msg: Message,
-                                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
+                                   inbox: trio.MemoryReceiveChannel[Message],
+                                   resolved: Version | None = None) -> None:
         if self._stopping:
             session.close_inbox(msg.rid)  # type: ignore[attr-defined]
             err = Unavailable("node is shutting down; retry on another node or later")
@@ -720,7 +731,7 @@ class Node:
         self._active_requests += 1
         self._idle = trio.Event() if self._active_requests == 1 else self._idle
         try:
-            await handle_request(self, session, ident, msg, inbox)
+            await handle_request(self, session, ident, msg, inbox, resolved)
         except BaseException as exc:
             # One request's boundary: its failure ends it (handle_request already answered
             # what it could); its connection and the other requests on it carry on.

@@ -124,10 +124,14 @@ def open_version(body: bytes, seal: TenantSeal) -> Version:
     (only a holder of the key could have sealed them together)."""
     try:
         wire = unpackb(body)
-        bid, nid = _id(wire["g"]), _id(wire["y"])
-        sealed = _typed(wire.pop("e"), bytes)
-        plain = seal.open(sealed, _aad(_typed(wire["t"], str), bid, nid,
-                                       _typed(wire["h"], int), _typed(wire["n"], str)))
+        bid, nid, sealed = wire["g"], wire["y"], wire.pop("e")
+        tenant, hlc, origin = wire["t"], wire["h"], wire["n"]
+        # Checked inline (every get opens its key's records): the helpers cost a call each.
+        if not (type(bid) is bytes and len(bid) == NAME_ID_BYTES and type(nid) is bytes
+                and len(nid) == NAME_ID_BYTES and type(sealed) is bytes
+                and type(tenant) is str and type(hlc) is int and type(origin) is str):
+            raise TypeError("ids, tenant, hlc, node or sealed names of the wrong type")
+        plain = seal.open(sealed, _AAD + packb([tenant, bid, nid, hlc, origin]))
         bucket, key, metadata = unpackb(plain)
     except (PackError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"malformed sealed version record: {exc}") from None

@@ -99,6 +99,38 @@ class Version:
 
     @classmethod
     def from_wire(cls, d: Any) -> Version:
+        # Every get decodes its key's records: the usual record (exact msgpack types, no purge
+        # or retention target) is checked inline with ``type() is``, ~40 Python calls fewer
+        # than the general path below, which anything unusual takes (same result and errors).
+        try:
+            tenant, bucket, key, hlc, node = d["t"], d["b"], d["k"], d["h"], d["n"]
+            size, chash, chunks, inline = d["s"], d["c"], d["m"], d["i"]
+            tomb, meta, rid, csize = d["x"], d["d"], d["r"], d["z"]
+            plain = ("p" not in d or d["p"] is None) and ("q" not in d or d["q"] is None)
+        except (KeyError, TypeError):
+            plain = False
+        if (plain and type(tenant) is str and type(bucket) is str and type(key) is str
+                and type(hlc) is int and type(node) is str and type(size) is int
+                and type(chash) is bytes and type(chunks) is list
+                and (inline is None or type(inline) is bytes) and type(tomb) is bool
+                and type(meta) is dict and type(rid) is bytes and type(csize) is int):
+            for c in chunks:
+                if type(c) is not bytes:
+                    break
+            else:
+                for k, v in meta.items():
+                    if type(k) is not str or type(v) is not str:
+                        break
+                else:
+                    try:
+                        return cls(tenant, bucket, key, hlc, node, size, chash, tuple(chunks),
+                                   inline, tomb, dict(meta) if meta else {}, rid, csize)
+                    except ValueError as exc:
+                        raise IntegrityError(f"malformed version record: {exc}") from None
+        return cls._from_wire_checked(d)
+
+    @classmethod
+    def _from_wire_checked(cls, d: Any) -> Version:
         try:
             return cls(
                 tenant=_typed(d["t"], str),

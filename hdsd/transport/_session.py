@@ -148,7 +148,8 @@ class WireSession:
 
     def progress(self) -> None:
         """Wake the gates (see the module docstring): something they wait on may have moved."""
-        self._progress.unpark_all()
+        if self._progress:
+            self._progress.unpark_all()
 
     async def wait_progress(self) -> None:
         """Park until :meth:`progress` (or the session closes; callers re-check their
@@ -178,7 +179,8 @@ class WireSession:
         else:
             self._held[rid] = held - n
         self.held -= n
-        self._progress.unpark_all()
+        if self._progress:
+            self._progress.unpark_all()
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, msg: Message) -> None:
@@ -241,12 +243,15 @@ class WireSession:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             while self._outbox:
                 parts, self._outbox, self._outbox_size = self._outbox, [], 0
-                self._room.unpark_all()
+                if self._room:  # nobody parked (the usual case): no call into trio
+                    self._room.unpark_all()
                 for data in parts:
                     await self._send_all(data)
                     self._written += len(data)
-                    self._flushed.unpark_all()
-                self._progress.unpark_all()
+                    if self._flushed:
+                        self._flushed.unpark_all()
+                if self._progress:
+                    self._progress.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
             raise ConnectionLost(f"connection lost while sending: {exc}") from None
@@ -257,7 +262,8 @@ class WireSession:
             raise
         finally:
             self._writing = False
-            self._flushed.unpark_all()
+            if self._flushed:
+                self._flushed.unpark_all()
 
     def _fail(self, reason: ConnectionLost) -> None:
         """The connection cannot send any more: drop what is queued, then close."""
