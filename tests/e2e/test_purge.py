@@ -73,6 +73,20 @@ def _chunk_rows(node_dir: Path) -> int:
         db.close()
 
 
+def _settled_chunk_rows(node_dir: Path) -> int:
+    """The chunk rows once the index stopped moving: a node indexes an acknowledged write a
+    moment after the acknowledgement (its reply goes out first), so a count read right after
+    the puts can be one write short."""
+    last, deadline = _chunk_rows(node_dir), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _chunk_rows(node_dir)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_a_purge_is_gone_at_both_sites_applied_once_and_reclaimed(cluster: Cluster) -> None:
     profile = cluster.profile
     big = os.urandom(3 * CHUNK)  # three chunks, incompressible
@@ -82,7 +96,7 @@ def test_a_purge_is_gone_at_both_sites_applied_once_and_reclaimed(cluster: Clust
         for i in range(3):  # seal the segment holding v1: compaction rewrites sealed ones
             c.put(BUCKET, f"fill{i}", os.urandom(3 * CHUNK))
     dirs = {n: node.config.parent for n, node in cluster.nodes.items()}
-    chunks_before = {n: _chunk_rows(d) for n, d in dirs.items()}
+    chunks_before = {n: _settled_chunk_rows(d) for n, d in dirs.items()}
 
     rid = os.urandom(16)
     with hdsd.Client(profile, site="dc1") as c:
