@@ -3,10 +3,11 @@
 Two passes over the data, both streamed with bounded memory: the first lists every version and
 hashes every object (SHA-256), spooling the manifest lines to a temporary file; the second
 writes the tar — manifest, checksums, then each object again, checked against its first-pass
-hash (versions are immutable, so a difference is damage, not a race). The tar itself is written
-by the stdlib ``tarfile`` (plain write mode over a counted position: :class:`_Position`) in a
-worker thread, fed piece by piece through a channel of two pieces: nothing ever holds a whole
-object.
+hash (versions are immutable, so a difference is damage, not a race). Objects are read in bulk
+downloads (:meth:`AsyncClient.get_many`: up to 1,000 objects per request and stream, instead of
+a get and a round trip each). The tar is written as the stdlib ``tarfile`` writes it, byte for
+byte (:class:`_TarOut`), a few MiB per worker-thread write: nothing ever holds a large object
+whole.
 
 With a *spool* directory (a restore: the tenant's data back as fast as possible), each object
 is read from the cluster once: the first pass appends its bytes to a temporary file there as it
@@ -27,7 +28,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias, TypeVar, cast
+from typing import IO, Any, TypeAlias, TypeVar
 
 import trio
 
@@ -46,7 +47,6 @@ __all__ = ["ExportSummary", "certificate_identity", "certificate_tenant", "expor
 ExportProgress: TypeAlias = Callable[[str, int, int], None]
 
 _SPOOL_READ = 1 << 20
-_Item: TypeAlias = "tarfile.TarInfo | bytes | None"
 # Objects are read ahead in bulk downloads (AsyncClient.get_many: one request and one stream
 # for up to _GROUP objects, instead of a get and a round trip each), handed to the writer in
 # runs of about _RUN_BYTES, at most two runs waiting: memory about 3 x (_RUN_BYTES +
@@ -243,6 +243,24 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
 
     last: list[tuple[str, str] | None] = [None]
 
+    # Spooled bytes are written a run at a time (one thread hop per ~_RUN_BYTES, not per
+    # object).
+    run: list[bytes] = []
+    held = [0]
+
+    async def spool(data: bytes) -> None:
+        run.append(data)
+        held[0] += len(data)
+        if held[0] >= _RUN_BYTES:
+            await flush_spool()
+
+    async def flush_spool() -> None:
+        if copy is not None and run:
+            data = run[0] if len(run) == 1 else b"".join(run)
+            run.clear()
+            held[0] = 0
+            await _append(copy, data)
+
     async def consume(info: ObjectInfo, data: bytes | None) -> None:
         nonlocal keys, versions, objects, markers, total
         if (info.bucket, info.key) != last[0]:
@@ -256,7 +274,7 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
             if data is not None:
                 digest.update(data)
                 if copy is not None:
-                    await _append(copy, data)
+                    await spool(data)
                 if progress is not None:
                     progress("hash", total + len(data), 0)
             else:
@@ -265,7 +283,7 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
                     async for piece in stream:
                         digest.update(piece)
                         if copy is not None:
-                            await _append(copy, piece)
+                            await spool(piece)
                         if progress is not None:
                             progress("hash", total + stream.received, 0)
             entry["sha256"] = digest.hexdigest()
@@ -276,6 +294,7 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
         manifest.write(A.dump_line(entry))
 
     await _in_order(client, listed(), consume)
+    await flush_spool()
     now = dt.datetime.now(dt.UTC)
     return {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tenant": tenant,
             "cluster": client.profile.cluster_id,
@@ -288,78 +307,53 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
 async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any],
                       manifest: IO[bytes], sums: IO[bytes],
                       progress: ExportProgress | None) -> None:
-    send, receive = trio.open_memory_channel[_Item](2)
     mtime = int(dt.datetime.now(dt.UTC).timestamp())
+    tar = _TarOut(out)
+    await trio.to_thread.run_sync(_lists, tar, header, manifest, sums, mtime)
+    manifest.seek(0)
+    done = 0
 
-    async def send_file(name: str, head: bytes, spool: IO[bytes]) -> None:
-        spool.flush()
-        size = len(head) + spool.seek(0, io.SEEK_END)
-        spool.seek(0)
-        await send.send(_tar_info(name, size, mtime))
-        if head:
-            await send.send(head)
-        while piece := spool.read(_SPOOL_READ):
-            await send.send(piece)
+    async def entries() -> AsyncIterator[tuple[dict[str, Any], _Ref | None]]:
+        for n, raw in enumerate(manifest, start=1):
+            entry = A.parse_line(raw, f"line {n}")
+            if not entry["deleted"]:
+                yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
+                                  entry["size"])
 
-    async def produce() -> None:
-        async with send:
-            await send_file(A.MANIFEST_NAME, A.dump_line(header), manifest)
-            await send_file(A.SUMS_NAME, b"", sums)
-            manifest.seek(0)
-            done = 0
-
-            async def entries() -> AsyncIterator[tuple[dict[str, Any], _Ref | None]]:
-                for n, raw in enumerate(manifest, start=1):
-                    entry = A.parse_line(raw, f"line {n}")
-                    if not entry["deleted"]:
-                        yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
-                                          entry["size"])
-
-            async def consume(entry: dict[str, Any], data: bytes | None) -> None:
-                nonlocal done
-                await send.send(_tar_info(entry["path"], entry["size"],
-                                          HybridClock.wall_ms(entry["hlc"]) // 1000))
-                digest = hashlib.sha256()
-                if data is not None:
-                    digest.update(data)
-                    if data:
-                        await send.send(data)
+    async def consume(entry: dict[str, Any], data: bytes | None) -> None:
+        nonlocal done
+        tar.member(_tar_info(entry["path"], entry["size"],
+                             HybridClock.wall_ms(entry["hlc"]) // 1000))
+        digest = hashlib.sha256()
+        if data is not None:
+            digest.update(data)
+            tar.add(data)
+            if progress is not None:
+                progress("write", done + len(data), header["total_bytes"])
+        else:
+            async with client.open_get(entry["bucket"], entry["key"],
+                                       version=entry["version"]) as stream:
+                async for piece in stream:
+                    digest.update(piece)
+                    tar.add(piece)
+                    if tar.full:
+                        await tar.flush()
                     if progress is not None:
-                        progress("write", done + len(data), header["total_bytes"])
-                else:
-                    async with client.open_get(entry["bucket"], entry["key"],
-                                               version=entry["version"]) as stream:
-                        async for piece in stream:
-                            digest.update(piece)
-                            await send.send(piece)
-                            if progress is not None:
-                                progress("write", done + stream.received,
-                                         header["total_bytes"])
-                done += entry["size"]
-                if digest.hexdigest() != entry["sha256"]:
-                    raise IntegrityError(
-                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
-                        "with a different SHA-256 than a moment before; the export is "
-                        "incomplete (run hdsd stat/get on it, then export again)")
+                        progress("write", done + stream.received, header["total_bytes"])
+        tar.pad(entry["size"])
+        done += entry["size"]
+        if digest.hexdigest() != entry["sha256"]:
+            raise IntegrityError(
+                f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
+                "with a different SHA-256 than a moment before; the export is "
+                "incomplete (run hdsd stat/get on it, then export again)")
+        if tar.full:
+            await tar.flush()
 
-            await _in_order(client, entries(), consume)
-            await send.send(None)  # complete: the writer may close the archive
-
-    def pull() -> _Item:
-        try:
-            return trio.from_thread.run(receive.receive)
-        except trio.EndOfChannel:
-            raise _Aborted from None
-
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            try:
-                await trio.to_thread.run_sync(_write_tar, out, pull)
-            except _Aborted:
-                pass  # the producer failed: its error is the one the nursery raises
-            except OSError as exc:
-                raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
+    await _in_order(client, entries(), consume)
+    tar.end()  # only now: a failed export ends without the end-of-archive blocks
+    await tar.flush()
+    await trio.to_thread.run_sync(_flush, out)
 
 
 async def _append(copy: IO[bytes], data: bytes) -> None:
@@ -380,80 +374,132 @@ def _write_spooled(out: IO[bytes], header: dict[str, Any], manifest: IO[bytes],
     :func:`_write_pass`, each object read back from the spool in its manifest order and
     checked against its first-pass SHA-256 (the spool is a disk too)."""
     mtime = int(dt.datetime.now(dt.UTC).timestamp())
-    copy.flush()
-    copy.seek(0)
+    tar = _TarOut(out)
+    _lists(tar, header, manifest, sums, mtime)
+    try:
+        copy.flush()
+        copy.seek(0)
+    except OSError as exc:
+        raise HdsdError(f"reading the spool failed: {exc.strerror or exc}") from None
+    manifest.seek(0)
     done = 0
+    for n, raw in enumerate(manifest, start=1):
+        entry = A.parse_line(raw, f"line {n}")
+        if entry["deleted"]:
+            continue
+        size = entry["size"]
+        tar.member(_tar_info(entry["path"], size, HybridClock.wall_ms(entry["hlc"]) // 1000))
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            try:
+                piece = copy.read(min(left, _SPOOL_READ))
+            except OSError as exc:
+                raise HdsdError(f"reading the spool failed: {exc.strerror or exc}") from None
+            if not piece:
+                raise IntegrityError(f"the spool ends inside {entry['bucket']}/{entry['key']} "
+                                     "(check the spool directory's disk)")
+            digest.update(piece)
+            tar.add(piece)
+            left -= len(piece)
+            if tar.full:
+                tar.flush_sync()
+        tar.pad(size)
+        if digest.hexdigest() != entry["sha256"]:
+            raise IntegrityError(
+                f"{entry['bucket']}/{entry['key']} version {entry['version']} read "
+                "back from the spool with a different SHA-256 than it came with; the "
+                "export is incomplete (check the spool directory's disk)")
+        done += size
+        if progress is not None:
+            progress("write", done, header["total_bytes"])
+        if tar.full:
+            tar.flush_sync()
+    tar.end()
+    tar.flush_sync()
+    _flush(out)
 
-    def spooled(name: str, head: bytes, spool: IO[bytes]) -> tuple[tarfile.TarInfo, _Chain]:
+
+def _lists(tar: _TarOut, header: dict[str, Any], manifest: IO[bytes], sums: IO[bytes],
+           mtime: int) -> None:
+    """The manifest and checksum members, from their spools (blocking)."""
+    for name, head, spool in ((A.MANIFEST_NAME, A.dump_line(header), manifest),
+                              (A.SUMS_NAME, b"", sums)):
         spool.flush()
         size = len(head) + spool.seek(0, io.SEEK_END)
         spool.seek(0)
-        return _tar_info(name, size, mtime), _Chain(head, spool)
+        tar.member(_tar_info(name, size, mtime))
+        tar.add(head)
+        while piece := spool.read(_SPOOL_READ):
+            tar.add(piece)
+            if tar.full:
+                tar.flush_sync()
+        tar.pad(size)
+    tar.flush_sync()
 
+
+def _flush(out: IO[bytes]) -> None:
     try:
-        with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
-            tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # see _write_tar
-            tar.addfile(*spooled(A.MANIFEST_NAME, A.dump_line(header), manifest))
-            tar.addfile(*spooled(A.SUMS_NAME, b"", sums))
-            manifest.seek(0)
-            for n, raw in enumerate(manifest, start=1):
-                entry = A.parse_line(raw, f"line {n}")
-                if entry["deleted"]:
-                    continue
-                body = _Hashed(copy, entry["size"])
-                tar.addfile(_tar_info(entry["path"], entry["size"],
-                                      HybridClock.wall_ms(entry["hlc"]) // 1000),
-                            body if entry["size"] else None)
-                tar.members.clear()  # type: ignore[attr-defined]  # see _write_tar
-                if body.hexdigest() != entry["sha256"]:
-                    raise IntegrityError(
-                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read "
-                        "back from the spool with a different SHA-256 than it came with; the "
-                        "export is incomplete (check the spool directory's disk)")
-                done += entry["size"]
-                if progress is not None:
-                    progress("write", done, header["total_bytes"])
         out.flush()
     except OSError as exc:
         raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
 
 
-class _Chain:
-    """``read(n)`` over *head* then the rest of *spool* (a spooled member's body)."""
+class _TarOut:
+    """Writes the archive as ``tarfile``'s ``addfile`` and ``close`` write it in pax format,
+    byte for byte (``tests/export/test_tar_bytes.py``), without its machinery per member: the
+    pieces are gathered and written about :data:`_RUN_BYTES` at a time (from the event loop,
+    one worker-thread call per run; a thread hop per piece, as the tarfile writer needed,
+    cost more than the write itself for small objects). An archive whose writer stops early
+    lacks the end-of-archive blocks (:meth:`end`): every tar reader reports it truncated."""
 
-    def __init__(self, head: bytes, spool: IO[bytes]) -> None:
-        self._head = head
-        self._spool = spool
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.pos = 0  # bytes of the archive so far (a pipe has no position)
+        self.parts: list[bytes] = []
+        self.held = 0
 
-    def read(self, n: int = -1, /) -> bytes:
-        # Exactly n bytes until the end: tarfile takes a short read for a truncated file.
-        if n < 0:
-            part, self._head = self._head, b""
-            return part + self._spool.read()
-        part, self._head = self._head[:n], self._head[n:]
-        return part + self._spool.read(n - len(part)) if len(part) < n else part
+    def add(self, data: bytes) -> None:
+        if data:
+            self.parts.append(data)
+            self.held += len(data)
+            self.pos += len(data)
+
+    def member(self, info: tarfile.TarInfo) -> None:
+        # TarFile's defaults: its encoding, and surrogateescape for names that need it.
+        self.add(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def pad(self, size: int) -> None:
+        """The zeros completing a member's last block (its body is *size* bytes)."""
+        self.add(bytes(-size % tarfile.BLOCKSIZE))
+
+    def end(self) -> None:
+        """Two zero blocks, then zeros up to a whole record, as ``TarFile.close``."""
+        end = self.pos + 2 * tarfile.BLOCKSIZE
+        self.add(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+
+    @property
+    def full(self) -> bool:
+        return self.held >= _RUN_BYTES
+
+    def _take(self) -> list[bytes]:
+        parts, self.parts, self.held = self.parts, [], 0
+        return parts
+
+    async def flush(self) -> None:
+        if self.parts:
+            await trio.to_thread.run_sync(_write_parts, self.out, self._take())
+
+    def flush_sync(self) -> None:
+        _write_parts(self.out, self._take())
 
 
-class _Hashed:
-    """``read(n)`` of the next *size* bytes of the spool, hashed as they are read."""
-
-    def __init__(self, spool: IO[bytes], size: int) -> None:
-        self._spool = spool
-        self._left = size
-        self._sha = hashlib.sha256()
-
-    def read(self, n: int = -1, /) -> bytes:
-        data = self._spool.read(min(n, self._left) if n >= 0 else self._left)
-        self._left -= len(data)
-        self._sha.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
-class _Aborted(Exception):
-    """The producer closed the channel before the end: stop writing (never close the tar)."""
+def _write_parts(out: IO[bytes], parts: list[bytes]) -> None:
+    try:
+        for part in parts:
+            out.write(part)
+    except OSError as exc:
+        raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
 
 
 def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -463,76 +509,3 @@ def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info.mode = 0o644
     info.type = tarfile.REGTYPE
     return info
-
-
-def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
-    # An exception leaves the archive without its end-of-archive blocks, so a reader sees a
-    # truncated tar rather than a complete-looking one.
-    with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
-        # tarfile copies a member's body by reads of this size (16 KiB by default: 64
-        # Python-level reads and joins per MiB on the export's busiest thread); an attribute
-        # of TarFile that typeshed does not declare.
-        tar.copybufsize = 1 << 20  # type: ignore[attr-defined]
-        body = _Body(pull)
-        while (item := pull()) is not None:
-            if not isinstance(item, tarfile.TarInfo):
-                raise AssertionError("archive body outside a member")
-            tar.addfile(item, body if item.size else None)
-            # Written as a stream: keep no index of (possibly millions of) members. ``members``
-            # is a plain list attribute of TarFile that typeshed does not declare.
-            tar.members.clear()  # type: ignore[attr-defined]
-    out.flush()
-
-
-class _Position:
-    """*out* as tarfile's plain write mode wants it: ``write`` and ``tell`` (a pipe has no
-    position: it is counted). Plain mode hands each read of a member's body straight to
-    ``write``; stream mode (``w|``) appended it to a bytes buffer and sliced that into
-    blocks — three to four copies of every byte of the archive. Plain mode never seeks when
-    writing, and the archive is the same byte for byte."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-        self._pos = 0
-
-    def write(self, data: bytes) -> int:
-        self._out.write(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def _position(out: IO[bytes]) -> IO[bytes]:
-    # tarfile's stubs ask for a whole file object; it only ever calls write and tell here.
-    return cast(IO[bytes], _Position(out))
-
-
-class _Body:
-    """A file-like ``read(n)`` over the pieces of the current member (tarfile reads
-    ``copybufsize`` at a time, exactly; a thread hop happens once per piece, not per read)."""
-
-    def __init__(self, pull: Callable[[], _Item]) -> None:
-        self._pull = pull
-        self._piece = memoryview(b"")
-
-    def read(self, n: int = -1, /) -> bytes:
-        if n < 0:
-            raise AssertionError("tarfile reads a member with a length")
-        parts: list[bytes] = []
-        while n > 0:
-            if not self._piece:
-                item = self._pull()
-                if not isinstance(item, bytes):
-                    raise AssertionError("archive member shorter than its header says")
-                self._piece = memoryview(item)
-                continue
-            take = self._piece[:n]
-            whole = take.obj
-            # A piece read whole is passed on as the bytes it is (an object of one chunk).
-            parts.append(whole if type(whole) is bytes and take.nbytes == len(whole)
-                         else bytes(take))
-            self._piece = self._piece[len(take):]
-            n -= len(take)
-        return b"".join(parts)
