@@ -96,13 +96,14 @@ def _sealed(audit: AuditLog, owner: str, bucket: str, key: str) -> tuple[str, st
 
 
 def audit_item(audit: AuditLog, ident: Identity, bucket: str, key: str, version: str,
-               bytes_out: int, outcome: str, peer: str) -> None:
+               bytes_out: int, outcome: str, peer: str, op: str = "GetMany") -> None:
     """Queue the record of one object read by a bulk download (``GetMany``): who read which
     version, how many of its bytes were sent, and how it ended (never blocks, never raises).
-    The request itself gets its own record from :func:`audit_request`."""
+    The request itself gets its own record from :func:`audit_request`. *op*
+    ``GetManySha256``: the node read the version to hash it, only the digest left."""
     bucket, key = _sealed(audit, ident.tenant or "", bucket, key)
     audit.record(
-        identity=ident.name, role=ident.role or "", tenant=ident.tenant or "", op="GetMany",
+        identity=ident.name, role=ident.role or "", tenant=ident.tenant or "", op=op,
         bucket=bucket, key=key, version=version, bytes_in=0, bytes_out=bytes_out,
         outcome=outcome, peer=peer)
 

@@ -461,15 +461,17 @@ class AsyncClient:
         # (a bytearray grown piece by piece, then copied into bytes, was two copies).
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def get_many(self, items: Sequence[tuple[str, str, str | None]]
+    def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
                  ) -> AsyncGenerator[Fetched, None]:
         """Many objects at once, ``(bucket, key, version)`` each (*version* None: the current
         one): an async iterator of :class:`Fetched`, one per item in the order given, with
         its bytes (held whole: for objects that fit in memory) or the typed error that
         refused it (not found, ...). Read in ``GetMany`` downloads of up to 1,000 objects, or
         one get per object from a node that predates them. Close it (``aclosing``) when
-        leaving early: the node is then told to stop."""
-        return get_many(self, items)
+        leaving early: the node is then told to stop. With *sha256*, each item's SHA-256
+        (``Fetched.sha256``) instead of its bytes (``data`` empty): the node reads and hashes
+        them, nothing crosses the network but the digests."""
+        return get_many(self, items, sha256)
 
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
                           version: str | None = None, offset: int | None = None,

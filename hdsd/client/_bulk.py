@@ -8,6 +8,7 @@ like a get. A node that predates ``GetMany`` closes the connection with a protoc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class Fetched:
     content_hash: str
     data: bytes
     error: HdsdError | None = None
+    sha256: str = ""  # asked with sha256: its SHA-256 (hex), and data is empty
 
 
 def _refused_by_old_node(session: WireSession) -> bool:
@@ -56,20 +58,20 @@ def _refused_by_old_node(session: WireSession) -> bool:
     return isinstance(reason, ConnectionLost) and ": protocol: unknown frame type" in str(reason)
 
 
-async def get_many(client: AsyncClient, items: Sequence[Item]
+async def get_many(client: AsyncClient, items: Sequence[Item], sha256: bool = False
                    ) -> AsyncGenerator[Fetched, None]:
     """Every item's bytes, in order (see :meth:`AsyncClient.get_many`)."""
     done = 0
     failures = 0
     while done < len(items):
         if not client.bulk_reads:
-            async with aclosing(_one_by_one(client, items, done)) as singles:
+            async with aclosing(_one_by_one(client, items, done, sha256)) as singles:
                 async for fetched in singles:
                     yield fetched
             return
         batch = items[done:done + MAX_GET_MANY]
         try:
-            async with aclosing(_download(client, batch, done)) as downloaded:
+            async with aclosing(_download(client, batch, done, sha256)) as downloaded:
                 async for fetched in downloaded:
                     done += 1
                     yield fetched
@@ -80,8 +82,8 @@ async def get_many(client: AsyncClient, items: Sequence[Item]
             await trio.sleep(min(0.05 * 4 ** (failures - 1), 2.0))
 
 
-async def _one_by_one(client: AsyncClient, items: Sequence[Item],
-                      start: int) -> AsyncGenerator[Fetched, None]:
+async def _one_by_one(client: AsyncClient, items: Sequence[Item], start: int,
+                      sha256: bool) -> AsyncGenerator[Fetched, None]:
     """The same, one get per item (a node that predates ``GetMany``)."""
     for index in range(start, len(items)):
         bucket, key, version = items[index]
@@ -95,17 +97,21 @@ async def _one_by_one(client: AsyncClient, items: Sequence[Item],
             continue
         info = stream.info
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if sha256:  # hashed here: the node's answer would have been the same digest
+            yield Fetched(index, bucket, key, info.version, info.size, info.content_hash, b"",
+                          sha256=hashlib.sha256(data).hexdigest())
+            continue
         yield Fetched(index, bucket, key, info.version, info.size, info.content_hash, data)
 
 
-async def _download(client: AsyncClient, batch: Sequence[Item],
-                    base: int) -> AsyncGenerator[Fetched, None]:
+async def _download(client: AsyncClient, batch: Sequence[Item], base: int,
+                    sha256: bool) -> AsyncGenerator[Fetched, None]:
     """One ``GetMany`` for *batch* (items ``base``… of the caller's list): yields what it
     served, which may be a prefix of *batch* (the caller asks again for the rest)."""
     async with client._in_flight:
         session = await client._connected()
         request, inbox = session.open_request(
-            GetMany(rid=UNSENT, items=[list(item) for item in batch]))
+            GetMany(rid=UNSENT, items=[list(item) for item in batch], sha256=sha256))
         rid = request.rid
         complete = False
         try:
@@ -126,7 +132,7 @@ async def _download(client: AsyncClient, batch: Sequence[Item],
             if not 0 < len(entries) <= len(batch):
                 raise ProtocolError(f"the node answered {len(entries)} items of a GetMany "
                                     f"of {len(batch)}")
-            cutter = _Cutter(batch, base, entries)
+            cutter = _Cutter(batch, base, entries, sha256)
             ready = cutter.take(b"")  # refused or empty items come before any byte
             while True:
                 if cutter.finished:
@@ -176,27 +182,37 @@ class _Cutter:
     """Cuts the download's body into the items it announced (a piece that is exactly one
     item is taken as it came, no copy)."""
 
-    def __init__(self, batch: Sequence[Item], base: int, entries: list[dict[str, object]]
-                 ) -> None:
+    def __init__(self, batch: Sequence[Item], base: int, entries: list[dict[str, object]],
+                 sha256: bool = False) -> None:
         self.batch, self.base = batch, base
+        self.sha256 = sha256  # digests only: no byte of any item follows
         self.entries = entries
         self.next = 0  # the entry whose bytes come next
         self.parts: list[bytes | memoryview] = []
         self.have = 0
 
-    def _need(self) -> int:
+    def _size(self) -> int:
         size = self.entries[self.next].get("size")
         if type(size) is not int or size < 0:
             raise ProtocolError(f"GetMany item {self.next}: size missing or malformed")
         return size
 
+    def _need(self) -> int:
+        return 0 if self.sha256 else self._size()
+
     def _done(self, data: bytes) -> Fetched:
         i = self.next
         entry, (bucket, key, _) = self.entries[i], self.batch[i]
-        self.next += 1
         version, digest = entry.get("version"), entry.get("content_hash")
         if type(version) is not str or type(digest) is not str:
             raise ProtocolError(f"GetMany item {i}: version or content_hash malformed")
+        if self.sha256:
+            sha, size = entry.get("sha256"), self._size()
+            if type(sha) is not str or len(sha) != 64:
+                raise ProtocolError(f"GetMany item {i}: sha256 missing or malformed")
+            self.next += 1
+            return Fetched(self.base + i, bucket, key, version, size, digest, b"", sha256=sha)
+        self.next += 1
         return Fetched(self.base + i, bucket, key, version, len(data), digest, data)
 
     def _refused(self) -> Fetched | None:

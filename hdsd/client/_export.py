@@ -55,6 +55,10 @@ _SPOOL_READ = 1 << 20
 _GROUP = 1000
 _RUN_BYTES = 4 << 20
 _AHEAD_MAX = 4 << 20
+# Without a spool, the first pass asks the nodes for the SHA-256 of each object up to this size
+# (GetMany's sha256: they read and hash it, only the digest crosses the network); larger ones
+# are streamed and hashed here, as before, so that no answer waits on one huge object.
+_DIGEST_MAX = 64 << 20
 T = TypeVar("T")
 
 
@@ -67,11 +71,14 @@ class _Ref:
 
 
 async def _in_order(client: AsyncClient, items: AsyncIterator[tuple[T, _Ref | None]],
-                    consume: Callable[[T, bytes | None], Awaitable[None]]) -> None:
-    """``consume(item, data)`` for each item in order, *data* the object's bytes read ahead
-    in bulk, or None for an item without an object or one too large to hold (the consumer
-    streams it itself)."""
-    send, receive = trio.open_memory_channel[list[tuple[T, bytes | None]]](2)
+                    consume: Callable[[T, bytes | None, str | None], Awaitable[None]], *,
+                    digests: bool = False) -> None:
+    """``consume(item, data, sha256)`` for each item in order, *data* the object's bytes read
+    ahead in bulk, or None for an item without an object or one too large to hold (the
+    consumer streams it itself). With *digests*, *sha256* is instead the object's SHA-256 as
+    the node computed it (objects up to :data:`_DIGEST_MAX`; None for larger ones, streamed
+    and hashed by the consumer)."""
+    send, receive = trio.open_memory_channel[list[tuple[T, bytes | None, str | None]]](2)
 
     async def produce() -> None:
         async with send:
@@ -79,30 +86,34 @@ async def _in_order(client: AsyncClient, items: AsyncIterator[tuple[T, _Ref | No
             async for item, ref in items:
                 group.append((item, ref))
                 if len(group) >= _GROUP:
-                    await _fetch_group(client, group, send)
+                    await _fetch_group(client, group, send, digests)
                     group = []
-            await _fetch_group(client, group, send)
+            await _fetch_group(client, group, send, digests)
 
     with single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
             async with receive:
                 async for run in receive:
-                    for item, data in run:
-                        await consume(item, data)
+                    for item, data, sha in run:
+                        await consume(item, data, sha)
 
 
 async def _fetch_group(client: AsyncClient, group: list[tuple[T, _Ref | None]],
-                       send: trio.MemorySendChannel[list[tuple[T, bytes | None]]]) -> None:
-    """The objects of *group* that are held whole, in one bulk download, passed on in runs."""
+                       send: trio.MemorySendChannel[list[tuple[T, bytes | None, str | None]]],
+                       digests: bool) -> None:
+    """The objects of *group* held whole (or hashed by the node), in one bulk download,
+    passed on in runs."""
+    limit = _DIGEST_MAX if digests else _AHEAD_MAX
     wanted = [(r.bucket, r.key, r.version) for _, r in group
-              if r is not None and r.size <= _AHEAD_MAX]
-    run: list[tuple[T, bytes | None]] = []
+              if r is not None and r.size <= limit]
+    run: list[tuple[T, bytes | None, str | None]] = []
     size = 0
-    async with contextlib.aclosing(client.get_many(wanted)) as fetched:
+    async with contextlib.aclosing(client.get_many(wanted, sha256=digests)) as fetched:
         for item, ref in group:
-            data = None
-            if ref is not None and ref.size <= _AHEAD_MAX:
+            data = sha = None
+            fits = ref is not None and ref.size <= limit
+            if ref is not None and fits:
                 got = await anext(fetched)
                 if got.error is not None:
                     raise got.error
@@ -110,10 +121,13 @@ async def _fetch_group(client: AsyncClient, group: list[tuple[T, _Ref | None]],
                     raise IntegrityError(
                         f"{ref.bucket}/{ref.key}: asked for version {ref.version} of "
                         f"{ref.size} bytes, the node sent {got.version!r} of {got.size}")
-                data = got.data
-                size += len(data)
-            run.append((item, data))
-            if size >= _RUN_BYTES or (data is None and ref is not None):
+                if digests:
+                    sha = got.sha256
+                else:
+                    data = got.data
+                    size += len(data)
+            run.append((item, data, sha))
+            if size >= _RUN_BYTES or len(run) >= _GROUP or (ref is not None and not fits):
                 await send.send(run)
                 run, size = [], 0
     if run:
@@ -261,7 +275,7 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
             held[0] = 0
             await _append(copy, data)
 
-    async def consume(info: ObjectInfo, data: bytes | None) -> None:
+    async def consume(info: ObjectInfo, data: bytes | None, sha: str | None) -> None:
         nonlocal keys, versions, objects, markers, total
         if (info.bucket, info.key) != last[0]:
             keys, last[0] = keys + 1, (info.bucket, info.key)
@@ -270,30 +284,40 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
         if info.deleted:
             markers += 1
         else:
-            digest = hashlib.sha256()
-            if data is not None:
-                digest.update(data)
-                if copy is not None:
-                    await spool(data)
+            if sha is not None:  # hashed by the node
+                entry["sha256"] = sha
                 if progress is not None:
-                    progress("hash", total + len(data), 0)
+                    progress("hash", total + info.size, 0)
             else:
-                async with client.open_get(info.bucket, info.key,
-                                           version=info.version) as stream:
-                    async for piece in stream:
-                        digest.update(piece)
-                        if copy is not None:
-                            await spool(piece)
-                        if progress is not None:
-                            progress("hash", total + stream.received, 0)
-            entry["sha256"] = digest.hexdigest()
+                entry["sha256"] = await _hash_object(info, data)
             entry["path"] = A.object_path(info.bucket, info.key, info.version)
             sums.write(f"{entry['sha256']}  {entry['path']}\n".encode())
             objects += 1
             total += info.size
         manifest.write(A.dump_line(entry))
 
-    await _in_order(client, listed(), consume)
+    async def _hash_object(info: ObjectInfo, data: bytes | None) -> str:
+        digest = hashlib.sha256()
+        if data is not None:
+            digest.update(data)
+            if copy is not None:
+                await spool(data)
+            if progress is not None:
+                progress("hash", total + len(data), 0)
+        else:
+            async with client.open_get(info.bucket, info.key,
+                                       version=info.version) as stream:
+                async for piece in stream:
+                    digest.update(piece)
+                    if copy is not None:
+                        await spool(piece)
+                    if progress is not None:
+                        progress("hash", total + stream.received, 0)
+        return digest.hexdigest()
+
+    # Without a spool, the nodes hash (the write pass checks every byte it writes against
+    # these digests, so the archive is exactly as checked as when this client hashed).
+    await _in_order(client, listed(), consume, digests=copy is None)
     await flush_spool()
     now = dt.datetime.now(dt.UTC)
     return {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tenant": tenant,
@@ -320,7 +344,7 @@ async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any
                 yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
                                   entry["size"])
 
-    async def consume(entry: dict[str, Any], data: bytes | None) -> None:
+    async def consume(entry: dict[str, Any], data: bytes | None, _: str | None) -> None:
         nonlocal done
         tar.member(_tar_info(entry["path"], entry["size"],
                              HybridClock.wall_ms(entry["hlc"]) // 1000))

@@ -15,6 +15,7 @@ version, the bytes sent and its outcome) besides the request's own record.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from .._deadline import deadline
 from .._errors import HdsdError, IntegrityError, NotFound
 from ..audit import audit_item, peer_address
 from ..pipeline import ChunkCodec, pipeline_limiter
-from ..store import Version
+from ..store import Store, Version
 from ..transport import Identity, WireSession
 from ..wire import Cancel, End, GetMany, GetStart, Message
 from ._budget import get_reservation
@@ -46,6 +47,9 @@ _BATCH_BYTES = 4 << 20
 # both ends a frame each); a larger piece goes out as its own frame, uncopied.
 _FRAME_BYTES = 1 << 20
 _ERROR_TEXT = 512
+# With ``sha256``, the items hashed for one answer stop at about this many bytes (at least one
+# item): the client waits for the GetStart while they are read.
+_HASH_BYTES = 256 << 20
 
 
 async def get_many(node: Node, session: WireSession, ident: Identity, msg: GetMany,
@@ -54,7 +58,8 @@ async def get_many(node: Node, session: WireSession, ident: Identity, msg: GetMa
     peer = peer_address(session)
     items: list[dict[str, Any]] = []
     served: list[Version | None] = []
-    info_bytes = 0
+    info_bytes = hashed = 0
+    op = "GetManySha256" if msg.sha256 else "GetMany"
     for bucket, key, version in msg.items:
         try:
             found = await resolve(node, tenant, bucket, key, version)
@@ -62,16 +67,20 @@ async def get_many(node: Node, session: WireSession, ident: Identity, msg: GetMa
             items.append({"error": exc.code, "message": exc.message[:_ERROR_TEXT]})
             served.append(None)
             # Refused items are audited at once: a probe of names is a read attempt too.
-            audit_item(node.audit, ident, bucket, key, version or "", 0, exc.code, peer)
+            audit_item(node.audit, ident, bucket, key, version or "", 0, exc.code, peer, op)
         else:
             items.append({"version": found.version_id, "size": found.size,
                           "content_hash": found.content_hash.hex()})
             served.append(found)
-            if found.size == 0:  # nothing to send: served as soon as announced
+            hashed += found.size
+            if found.size == 0 and not msg.sha256:  # nothing to send: served when announced
                 audit_item(node.audit, ident, bucket, key, found.version_id, 0, "ok", peer)
         info_bytes += 64 + len(key.encode()) + len(bucket)
-        if info_bytes >= _INFO_BYTES:
+        if info_bytes >= _INFO_BYTES or (msg.sha256 and hashed >= _HASH_BYTES):
             break
+    if msg.sha256:
+        await _answer_digests(node, session, ident, msg, items, served, peer)
+        return
     total = sum(v.size for v in served if v is not None)
     BODY_SIZE.set(total)
     await node.budget.take(id(msg), get_reservation(total, 2 * _BATCH_BYTES))
@@ -88,6 +97,56 @@ async def get_many(node: Node, session: WireSession, ident: Identity, msg: GetMa
     finally:
         sender.close()
     await session.send(End(rid=msg.rid))
+
+
+async def _answer_digests(node: Node, session: WireSession, ident: Identity, msg: GetMany,
+                          items: list[dict[str, Any]], served: list[Version | None],
+                          peer: str) -> None:
+    """``sha256``: each served version read, opened and hashed here (in worker threads, a
+    batch per hop), the digests in the GetStart, and no body."""
+    versions = [v for v in served if v is not None]
+    codec = node.codec(ident.tenant or "") if versions else None
+    digests = {id(v): hashlib.sha256() for v in versions}
+    store = node.store
+    for batch in _batches(versions):
+        done = 0
+        while done < len(batch):
+            assert codec is not None
+            done = await trio.to_thread.run_sync(_hash_from, store, codec, batch, done, digests,
+                                                 limiter=pipeline_limiter())
+            if done < len(batch):  # read through the replicas (and repaired), as a get would
+                version, index, _ = batch[done]
+                digests[id(version)].update(await node.reads.chunk_payload(
+                    version.tenant, version.bucket, version.key, version.chunks[index], codec))
+                done += 1
+    for entry, found in zip(items, served, strict=True):
+        if found is not None:
+            entry["sha256"] = digests[id(found)].hexdigest()
+            audit_item(node.audit, ident, found.bucket, found.key, found.version_id, 0, "ok",
+                       peer, "GetManySha256")
+    await session.send_many([GetStart(rid=msg.rid, info={"items": items}), End(rid=msg.rid)])
+
+
+def _hash_from(store: Store, codec: ChunkCodec, batch: list[tuple[Version, int, int]],
+               start: int, digests: dict[int, Any]) -> int:
+    """Hash *batch*'s chunks from *start* on (blocking); the index of the first one missing or
+    damaged here, ``len(batch)`` when none was."""
+    for i in range(start, len(batch)):
+        version, index, length = batch[i]
+        chunk_id = version.chunks[index]
+        try:
+            sealed = version.inline if version.inline is not None else \
+                store.read_chunk(version.tenant, chunk_id)
+            plain = codec.open(chunk_id, sealed)
+        except (NotFound, IntegrityError):
+            if version.inline is not None:
+                raise
+            return i
+        if len(plain) != length:
+            raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
+                                 f"{len(plain)} bytes, expected {length}")
+        digests[id(version)].update(plain)
+    return len(batch)
 
 
 class _Sender:

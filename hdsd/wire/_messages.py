@@ -279,9 +279,14 @@ class GetMany(Request[GotMany]):
 
     rid: int
     items: list[Any]
+    # Answer each served item's SHA-256 (``"sha256"`` in its entry) instead of its bytes: no
+    # body follows. What an export's first pass needs (its manifest comes before the
+    # objects), without moving every byte twice. Optional on the wire (default false).
+    sha256: bool = False
 
     def __post_init__(self) -> None:
         F.check_rid(self.rid)
+        F.check_bool("sha256", self.sha256)
         if type(self.items) is not list or not 1 <= len(self.items) <= C.MAX_GET_MANY:
             raise InvalidRequest(f"items: a list of 1 to {C.MAX_GET_MANY} items")
         for item in self.items:

@@ -112,7 +112,7 @@ MESSAGE_TYPES: Final = (
     _t(C.T_VERSIONS_REQUEST, VersionsRequest, Kind.REQUEST),
     _t(C.T_STATUS_REQUEST, StatusRequest, Kind.REQUEST),
     _t(C.T_LIST_BUCKETS, ListBucketsRequest, Kind.REQUEST),
-    _t(C.T_GET_MANY, GetMany, Kind.DOWNLOAD),
+    _t(C.T_GET_MANY, GetMany, Kind.DOWNLOAD, optional=("sha256",)),
     _t(C.T_DATA, Data, Kind.DATA),
     _t(C.T_END, End, Kind.END),
     _t(C.T_CREDIT, Credit, Kind.CREDIT),

@@ -115,7 +115,8 @@ class GotMany(TypedDict):
     entry is ``{"version": str, "size": int, "content_hash": str}`` for a version whose
     ``size`` bytes follow in the body, or ``{"error": code, "message": str}`` for an item
     refused (nothing of it follows). The body is the served versions' bytes back to back;
-    Data frame boundaries mean nothing."""
+    Data frame boundaries mean nothing. Asked with ``sha256``, each served entry also has
+    ``"sha256"`` (hex) and no body follows."""
 
     items: list[dict[str, Any]]
 

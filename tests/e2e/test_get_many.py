@@ -3,6 +3,7 @@ record per object read, a cancel mid-stream, and the fallback to gets with an ol
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -56,10 +57,12 @@ def _audit(root: Path, tenant: str) -> list[dict[str, object]]:
 
 
 def _reads(root: Path, tenant: str, count: int) -> list[dict[str, object]]:
-    """The per-object GetMany records of *tenant* at dc1 (waiting for the writer thread)."""
+    """The per-object GetMany (and GetManySha256) records of *tenant* at dc1, waiting for
+    the writer thread."""
     deadline = time.monotonic() + 60  # bounds a hang only
     while True:
-        found = [r for r in _audit(root, tenant) if r.get("op") == "GetMany" and r.get("key")]
+        found = [r for r in _audit(root, tenant)
+                 if str(r.get("op")).startswith("GetMany") and r.get("key")]
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.3)
@@ -110,6 +113,28 @@ async def test_many_versions_in_order_with_refusals_in_place(stored: dict[str, o
     assert got[0].size == BIG and got[0].key == "big"
 
 
+async def test_digests_instead_of_bytes(cluster_dir: Path, stored: dict[str, object]) -> None:
+    contents, versions = stored["contents"], stored["versions"]
+    assert isinstance(contents, dict) and isinstance(versions, dict)
+    items: list[tuple[str, str, str | None]] = [
+        ("docs", "big", None), ("docs", "missing", None), ("docs", "empty", None),
+        ("docs", "twice", versions["twice@old"])]
+    before = len(_reads(cluster_dir, "bulka", 0))
+    async with hdsd.AsyncClient(stored["profile"]) as c:  # type: ignore[arg-type]
+        async with aclosing(c.get_many(items, sha256=True)) as fetched:
+            got = [f async for f in fetched]
+    assert [g.sha256 for g in got] == [hashlib.sha256(contents["big"]).hexdigest(), "",
+                                       hashlib.sha256(b"").hexdigest(),
+                                       hashlib.sha256(b"first").hexdigest()]
+    assert all(g.data == b"" for g in got) and isinstance(got[1].error, hdsd.NotFound)
+    assert [g.size for g in got] == [BIG, 0, 0, 5]
+    # The node read them to hash them: audited as such, with no byte sent.
+    new = _reads(cluster_dir, "bulka", before + 4)[before:]
+    assert sorted((r["op"], r["key"], r["outcome"], r["bytes_out"]) for r in new) == [
+        ("GetManySha256", "big", "ok", 0), ("GetManySha256", "empty", "ok", 0),
+        ("GetManySha256", "missing", "not_found", 0), ("GetManySha256", "twice", "ok", 0)]
+
+
 async def test_more_items_than_one_request_holds(stored: dict[str, object]) -> None:
     # 2,500 items: three GetMany requests (at most 1,000 each), in order.
     items: list[tuple[str, str, str | None]] = [("docs", "s1" if i % 2 else "s2", None)
@@ -131,7 +156,13 @@ async def test_another_tenants_keys_are_not_found_and_every_read_is_audited(
         got = await _all(c, items)
     # Tenant bulkb names bulka's exact bucket, keys and version ids: nothing of them is read.
     assert all(isinstance(g.error, hdsd.NotFound) and g.data == b"" for g in got)
-    refused = _reads(cluster_dir, "bulkb", 3)
+    async with hdsd.AsyncClient(other) as c:
+        digests = [f async for f in c.get_many(items, sha256=True)]
+    assert all(isinstance(g.error, hdsd.NotFound) and g.sha256 == "" for g in digests)
+    refused = _reads(cluster_dir, "bulkb", 6)
+    assert sorted((r["op"], r["key"]) for r in refused) == sorted(
+        (op, k) for op in ("GetMany", "GetManySha256") for k in ("big", "s1", "twice"))
+    refused = [r for r in refused if r["op"] == "GetMany"]
     assert sorted((r["key"], r["outcome"], r["bytes_out"]) for r in refused) == [
         ("big", "not_found", 0), ("s1", "not_found", 0), ("twice", "not_found", 0)]
     assert all(r["identity"] == "bulkb-reader" for r in refused)
@@ -221,6 +252,10 @@ async def test_an_older_node_is_read_one_get_per_object(
                 got = await _all(c, items)
             assert not c.bulk_reads  # it fell back, and stays so for this client
             assert [g.data for g in got] == [contents["big"], b"", b"first"]
+            digests = [f async for f in c.get_many(items, sha256=True)]
+            assert [g.sha256 for g in digests] == [
+                hashlib.sha256(contents["big"]).hexdigest(), "",
+                hashlib.sha256(b"first").hexdigest()]
             assert isinstance(got[1].error, hdsd.NotFound)
             # An export through the older node: the same archive as through a current one.
             buf = io.BytesIO()

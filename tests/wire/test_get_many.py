@@ -53,6 +53,12 @@ def test_the_client_may_cancel_mid_stream() -> None:
 def test_codec_round_trip_and_reply_type() -> None:
     msg = GetMany(3, ITEMS)
     assert decode_body(*encode_body(msg))[0] == msg
+    # sha256 is an optional trailing field: left off the frame while false.
+    digests = GetMany(3, ITEMS, sha256=True)
+    assert decode_body(*encode_body(digests))[0] == digests
+    assert len(encode_body(digests)[1]) == len(encode_body(msg)[1]) + 1
+    with pytest.raises(InvalidRequest, match="sha256"):
+        GetMany(3, ITEMS, sha256=1)  # type: ignore[arg-type]
     assert GetMany(UNSENT, ITEMS).decode_reply(ANSWER)["items"][1]["error"] == "not_found"
     with pytest.raises(ProtocolError, match="items"):
         GetMany(UNSENT, ITEMS).decode_reply({"sizes": [1]})
