@@ -28,7 +28,6 @@ from ..pipeline import ChunkCodec, pipeline_limiter
 from ..store import Store, Version
 from ..transport import Identity, WireSession
 from ..wire import Cancel, End, GetMany, GetStart, Message
-from ._budget import get_reservation
 from ._metrics import BODY_SIZE
 from ._objects import resolve
 
@@ -83,7 +82,9 @@ async def get_many(node: Node, session: WireSession, ident: Identity, msg: GetMa
         return
     total = sum(v.size for v in served if v is not None)
     BODY_SIZE.set(total)
-    await node.budget.take(id(msg), get_reservation(total, 2 * _BATCH_BYTES))
+    # What it holds at once (see ._budget): the batch being sent, the next one read ahead,
+    # and a frame of gathered small objects.
+    await node.budget.take(id(msg), min(total, 2 * _BATCH_BYTES + _FRAME_BYTES))
     await session.send(GetStart(rid=msg.rid, info={"items": items}))
     sender = _Sender(node, session, ident, msg.rid, inbox, peer)
     codec = node.codec(tenant) if total else None
