@@ -99,7 +99,7 @@ from ..wire import (
     TenantShredded,
     VersionsRequest,
 )
-from ._bulk import Fetched, get_many
+from ._bulk import Fetched, get_many, get_to_dir
 from ._profile import Profile, load_profile
 from ._results import GetStream, ListPage, ObjectInfo, no_answer, raise_for, receive
 
@@ -473,6 +473,14 @@ class AsyncClient:
         them, nothing crosses the network but the digests."""
         return get_many(self, items, sha256)
 
+    async def get_to_dir(self, bucket: str, prefix: str, directory: str | os.PathLike[str]
+                         ) -> tuple[int, int]:
+        """Restore a prefix: the current version of every key of *bucket* under *prefix*
+        written to ``directory/<key>`` (``/`` in keys makes directories; a key with an empty,
+        ``.`` or ``..`` segment is refused with :class:`InvalidArgument`), read in bulk.
+        Returns ``(files, bytes)``."""
+        return await get_to_dir(self, bucket, prefix, Path(directory))
+
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
                           version: str | None = None, offset: int | None = None,
                           length: int | None = None, progress: Progress | None = None
@@ -509,7 +517,7 @@ class AsyncClient:
                         next=body["next"])
 
     async def list_all(self, bucket: str, prefix: str = "", *, versions: bool = False
-                       ) -> AsyncIterator[ObjectInfo]:
+                       ) -> AsyncGenerator[ObjectInfo, None]:
         after = ""
         while True:
             page = await self.list(bucket, prefix, after=after, versions=versions)

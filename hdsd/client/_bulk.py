@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -20,6 +21,7 @@ from .._errors import (
     ConnectionLost,
     HdsdError,
     IntegrityError,
+    InvalidArgument,
     ProtocolError,
     Unavailable,
     error_class_for_code,
@@ -31,7 +33,7 @@ from ._results import no_answer, queued, raise_for, receive
 if TYPE_CHECKING:
     from ._async import AsyncClient
 
-__all__ = ["Fetched", "get_many"]
+__all__ = ["Fetched", "get_many", "get_to_dir"]
 
 #: An item: ``(bucket, key, version)``, *version* None for the current one.
 Item = tuple[str, str, "str | None"]
@@ -262,3 +264,78 @@ class _Cutter:
         if self.next != len(self.entries) or self.have:
             raise IntegrityError(f"bulk download ended after {self.next} of "
                                  f"{len(self.entries)} items")
+
+
+# Objects up to this size are fetched whole in bulk; larger ones are streamed to their file.
+_HOLD_MAX = 4 << 20
+
+
+def _file_of(directory: Path, key: str) -> Path:
+    """Where *key* goes under *directory*: its ``/``-separated segments as directories and
+    file name. A key that cannot be a path there (an empty, ``.`` or ``..`` segment) is
+    refused rather than written elsewhere."""
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidArgument(f"key {key!r} has an empty, '.' or '..' segment: it cannot be "
+                              f"a file under {directory} (get it by name, or use hdsd export)")
+    return directory.joinpath(*parts)
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HdsdError(f"{path}: cannot make the directory ({exc.strerror or exc})") from None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.hdsd-partial")
+    _make_dirs(path.parent)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HdsdError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+
+
+async def get_to_dir(client: AsyncClient, bucket: str, prefix: str, directory: Path
+                     ) -> tuple[int, int]:
+    """The current version of every key of *bucket* under *prefix*, each written to
+    ``directory/<key>`` (complete files only: written aside, then renamed), read in bulk
+    downloads. Returns ``(files, bytes)``."""
+    files = total = 0
+    batch: list[tuple[str, str, int]] = []
+
+    async def flush() -> None:
+        nonlocal files, total
+        small = [(bucket, key, version) for key, version, size in batch if size <= _HOLD_MAX]
+        async with aclosing(get_many(client, small)) as fetched:
+            for key, version, size in batch:
+                path = _file_of(directory, key)
+                if size <= _HOLD_MAX:
+                    got = await anext(fetched)
+                    if got.error is not None:
+                        raise got.error
+                    await trio.to_thread.run_sync(_write_file, path, got.data)
+                else:
+                    await trio.to_thread.run_sync(_make_dirs, path.parent)
+                    try:
+                        await client.get_to_file(bucket, key, path, version=version)
+                    except OSError as exc:
+                        raise HdsdError(f"{path}: cannot write it ({exc.strerror or exc})") \
+                            from None
+                files += 1
+                total += size
+        batch.clear()
+
+    async with aclosing(client.list_all(bucket, prefix)) as listed:
+        async for info in listed:
+            if info.deleted:
+                continue
+            _file_of(directory, info.key)  # refused before anything of its batch is written
+            batch.append((info.key, info.version, info.size))
+            if len(batch) >= MAX_GET_MANY:
+                await flush()
+    await flush()
+    return files, total
