@@ -39,6 +39,7 @@ from ._meta import __version__ as __version__
 from .client import AsyncClient as AsyncClient
 from .client import Client as Client
 from .client import ExportSummary as ExportSummary
+from .client import Fetched as Fetched
 from .client import ImportSummary as ImportSummary
 from .client import ListPage as ListPage
 from .client import ObjectInfo as ObjectInfo

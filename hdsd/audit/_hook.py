@@ -21,7 +21,7 @@ from ..wire import (
 if TYPE_CHECKING:
     from ._log import AuditLog
 
-__all__ = ["ObservedSession", "audit_request", "peer_address"]
+__all__ = ["ObservedSession", "audit_item", "audit_request", "peer_address"]
 
 
 class ObservedSession:
@@ -84,6 +84,30 @@ def _text(value: object) -> str:
 _NAMELESS = (CertRevoke, S3KeyCreate, S3KeyRevoke)
 
 
+def _sealed(audit: AuditLog, owner: str, bucket: str, key: str) -> tuple[str, str]:
+    """Names may identify a patient: sealed under the key of the tenant they belong to (see
+    ._names), when the log seals names."""
+    if audit.seal_names is None:
+        return bucket, key
+    try:
+        return audit.seal_names(owner, bucket, key)
+    except Exception:  # never raise from here; but never record the names in clear
+        return "sealed:-", ""
+
+
+def audit_item(audit: AuditLog, ident: Identity, bucket: str, key: str, version: str,
+               bytes_out: int, outcome: str, peer: str, op: str = "GetMany") -> None:
+    """Queue the record of one object read by a bulk download (``GetMany``): who read which
+    version, how many of its bytes were sent, and how it ended (never blocks, never raises).
+    The request itself gets its own record from :func:`audit_request`. *op*
+    ``GetManySha256``: the node read the version to hash it, only the digest left."""
+    bucket, key = _sealed(audit, ident.tenant or "", bucket, key)
+    audit.record(
+        identity=ident.name, role=ident.role or "", tenant=ident.tenant or "", op=op,
+        bucket=bucket, key=key, version=version, bytes_in=0, bytes_out=bytes_out,
+        outcome=outcome, peer=peer)
+
+
 def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: ObservedSession,
                   outcome: str, peer: str) -> None:
     """Queue the record of one finished client request (never blocks, never raises)."""
@@ -100,15 +124,11 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     elif type(msg) is S3KeyRevoke:
         key = f"s3key:{msg.access_key_id}"
     bucket = _text(getattr(msg, "bucket", ""))
-    if type(msg) not in _NAMELESS and audit.seal_names is not None:
-        # Names may identify a patient: sealed under the key of the tenant they belong to
-        # (see ._names) — the request's own `tenant` when it names one (an operator setting a
-        # hold on a tenant's key), so that shredding that tenant makes them unreadable too.
+    if type(msg) not in _NAMELESS:
+        # The request's own `tenant` when it names one (an operator setting a hold on a
+        # tenant's key), so that shredding that tenant makes its names unreadable too.
         owner = _text(getattr(msg, "tenant", "")) or ident.tenant or ""
-        try:
-            bucket, key = audit.seal_names(owner, bucket, key)
-        except Exception:  # never raise from here; but never record the names in clear
-            bucket, key = "sealed:-", ""
+        bucket, key = _sealed(audit, owner, bucket, key)
     audit.record(
         identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
         op=type(msg).__name__, bucket=bucket, key=key,

@@ -157,10 +157,20 @@ def _parse_range(text: str | None) -> tuple[int | None, int | None]:
 @click.option("--version", "version", default=None, help="a version id (default: current)")
 @click.option("--range", "byte_range", default=None, metavar="FIRST-LAST",
               help="inclusive byte range, e.g. 0-1023 or 4096-")
+@click.option("--to-dir", "to_dir", default=None, metavar="DIR",
+              help="TARGET is BUCKET[/PREFIX]: write the current version of every key under "
+                   "it to DIR/<key>, read in bulk")
 @click.pass_context
 def get(ctx: click.Context, target: str, output: str, version: str | None,
-        byte_range: str | None) -> None:
-    """Read BUCKET/KEY to standard output or a file."""
+        byte_range: str | None, to_dir: str | None) -> None:
+    """Read BUCKET/KEY to standard output or a file (or a whole prefix: --to-dir)."""
+    if to_dir is not None:
+        if version is not None or byte_range is not None or output != "-":
+            raise InvalidRequest("--to-dir takes no --version, --range or --output")
+        bucket, prefix = _split(target, key_required=False)
+        files, size = _run(ctx, lambda c: c.get_to_dir(bucket, prefix, Path(to_dir)))
+        click.echo(f"{files} objects, {size} bytes written under {to_dir}", err=True)
+        return
     bucket, key = _split(target)
     offset, length = _parse_range(byte_range)
     if output != "-":

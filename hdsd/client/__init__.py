@@ -2,6 +2,7 @@
 
 from ._async import AsyncClient as AsyncClient
 from ._async import new_request_id as new_request_id
+from ._bulk import Fetched as Fetched
 from ._export import ExportSummary as ExportSummary
 from ._export import export_tenant as export_tenant
 from ._import import ImportSummary as ImportSummary

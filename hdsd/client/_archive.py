@@ -7,9 +7,10 @@ An export is a POSIX (pax) tar stream whose members come in this order::
     objects/<bucket>/<key…>/@versions/<version-id>    the original bytes, one per version
 
 The manifest comes first and is exact (counts, sizes and SHA-256 of every object): the
-exporter hashes every object in a first pass and streams them in a second. That costs a second
-read of the data, and buys an importer that checks each object against the manifest *before*
-it commits it, even when the archive arrives on a pipe.
+exporter has every object hashed in a first pass (by the nodes, which send only the digests, or
+by itself through a spool) and streams them in a second, checking each against its digest. That
+costs the nodes a second read of the data, and buys an importer that checks each object against
+the manifest *before* it commits it, even when the archive arrives on a pipe.
 
 Object paths: the key is split on ``/`` and each segment is percent-encoded (UTF-8), keeping
 only ``A-Z a-z 0-9 - _ . ~`` as they are, except that a leading ``.`` is encoded too (no

@@ -15,7 +15,14 @@ import dataclasses
 import os
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -91,6 +98,7 @@ from ..wire import (
     TenantShredded,
     VersionsRequest,
 )
+from ._bulk import Fetched, get_many, get_to_dir
 from ._profile import Profile, load_profile
 from ._results import GetStream, ListPage, ObjectInfo, no_answer, raise_for, receive
 
@@ -147,6 +155,9 @@ class AsyncClient:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._endpoint_index = 0
+        # False once a node closed the connection over a GetMany (it predates them): bulk
+        # reads then go one get per object (see ._bulk).
+        self.bulk_reads = True
 
     async def __aenter__(self) -> Self:
         self._nursery_cm = trio.open_nursery()
@@ -451,6 +462,26 @@ class AsyncClient:
         # (a bytearray grown piece by piece, then copied into bytes, was two copies).
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
+                 ) -> AsyncGenerator[Fetched, None]:
+        """Many objects at once, ``(bucket, key, version)`` each (*version* None: the current
+        one): an async iterator of :class:`Fetched`, one per item in the order given, with
+        its bytes (held whole: for objects that fit in memory) or the typed error that
+        refused it (not found, ...). Read in ``GetMany`` downloads of up to 1,000 objects, or
+        one get per object from a node that predates them. Close it (``aclosing``) when
+        leaving early: the node is then told to stop. With *sha256*, each item's SHA-256
+        (``Fetched.sha256``) instead of its bytes (``data`` empty): the node reads and hashes
+        them, nothing crosses the network but the digests."""
+        return get_many(self, items, sha256)
+
+    async def get_to_dir(self, bucket: str, prefix: str, directory: str | os.PathLike[str]
+                         ) -> tuple[int, int]:
+        """Restore a prefix: the current version of every key of *bucket* under *prefix*
+        written to ``directory/<key>`` (``/`` in keys makes directories; a key with an empty,
+        ``.`` or ``..`` segment is refused with :class:`InvalidArgument`), read in bulk.
+        Returns ``(files, bytes)``."""
+        return await get_to_dir(self, bucket, prefix, Path(directory))
+
     async def get_to_file(self, bucket: str, key: str, path: str | os.PathLike[str], *,
                           version: str | None = None, offset: int | None = None,
                           length: int | None = None, progress: Progress | None = None
@@ -487,7 +518,7 @@ class AsyncClient:
                         next=body["next"])
 
     async def list_all(self, bucket: str, prefix: str = "", *, versions: bool = False
-                       ) -> AsyncIterator[ObjectInfo]:
+                       ) -> AsyncGenerator[ObjectInfo, None]:
         after = ""
         while True:
             page = await self.list(bucket, prefix, after=after, versions=versions)

@@ -3,10 +3,11 @@
 Two passes over the data, both streamed with bounded memory: the first lists every version and
 hashes every object (SHA-256), spooling the manifest lines to a temporary file; the second
 writes the tar — manifest, checksums, then each object again, checked against its first-pass
-hash (versions are immutable, so a difference is damage, not a race). The tar itself is written
-by the stdlib ``tarfile`` (plain write mode over a counted position: :class:`_Position`) in a
-worker thread, fed piece by piece through a channel of two pieces: nothing ever holds a whole
-object.
+hash (versions are immutable, so a difference is damage, not a race). Objects are read in bulk
+downloads (:meth:`AsyncClient.get_many`: up to 1,000 objects per request and stream, instead of
+a get and a round trip each). The tar is written as the stdlib ``tarfile`` writes it, byte for
+byte (:class:`_TarOut`), a few MiB per worker-thread write: nothing ever holds a large object
+whole.
 
 With a *spool* directory (a restore: the tenant's data back as fast as possible), each object
 is read from the cluster once: the first pass appends its bytes to a temporary file there as it
@@ -25,9 +26,9 @@ import ssl
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeAlias, TypeVar, cast
+from typing import IO, Any, TypeAlias, TypeVar
 
 import trio
 
@@ -46,13 +47,18 @@ __all__ = ["ExportSummary", "certificate_identity", "certificate_tenant", "expor
 ExportProgress: TypeAlias = Callable[[str, int, int], None]
 
 _SPOOL_READ = 1 << 20
-_Item: TypeAlias = "tarfile.TarInfo | bytes | None"
-# Objects read ahead, several gets in flight on the client's session: one get after the other
-# waits a round trip and the node's read each time, and a restore is mostly that. Objects up
-# to _AHEAD_MAX are fetched whole ahead of their turn (memory: about _AHEAD x _AHEAD_MAX);
-# larger ones are streamed in their turn, as before.
-_AHEAD = 8
+# Objects are read ahead in bulk downloads (AsyncClient.get_many: one request and one stream
+# for up to _GROUP objects, instead of a get and a round trip each), handed to the writer in
+# runs of about _RUN_BYTES, at most two runs waiting: memory about 3 x (_RUN_BYTES +
+# _AHEAD_MAX) plus the download's window. Objects over _AHEAD_MAX are not held whole: the
+# consumer streams them itself, in their turn.
+_GROUP = 1000
+_RUN_BYTES = 4 << 20
 _AHEAD_MAX = 4 << 20
+# Without a spool, the first pass asks the nodes for the SHA-256 of each object up to this size
+# (GetMany's sha256: they read and hash it, only the digest crosses the network); larger ones
+# are streamed and hashed here, as before, so that no answer waits on one huge object.
+_DIGEST_MAX = 64 << 20
 T = TypeVar("T")
 
 
@@ -64,48 +70,68 @@ class _Ref:
     size: int
 
 
-@dataclass(slots=True)
-class _Slot(Generic[T]):
-    item: T
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
-    held: bool = False
-
-
 async def _in_order(client: AsyncClient, items: AsyncIterator[tuple[T, _Ref | None]],
-                    consume: Callable[[T, bytes | None], Awaitable[None]]) -> None:
-    """``consume(item, data)`` for each item in order, *data* the object's bytes read ahead
-    (up to :data:`_AHEAD` gets in flight), or None for an item without an object or one too
-    large to hold (the consumer streams it itself)."""
-    send, receive = trio.open_memory_channel[_Slot[T]](_AHEAD)
-    budget = trio.Semaphore(_AHEAD)
+                    consume: Callable[[T, bytes | None, str | None], Awaitable[None]], *,
+                    digests: bool = False) -> None:
+    """``consume(item, data, sha256)`` for each item in order, *data* the object's bytes read
+    ahead in bulk, or None for an item without an object or one too large to hold (the
+    consumer streams it itself). With *digests*, *sha256* is instead the object's SHA-256 as
+    the node computed it (objects up to :data:`_DIGEST_MAX`; None for larger ones, streamed
+    and hashed by the consumer)."""
+    send, receive = trio.open_memory_channel[list[tuple[T, bytes | None, str | None]]](2)
 
-    async def fetch(slot: _Slot[T], ref: _Ref) -> None:
-        slot.data = await client.get(ref.bucket, ref.key, version=ref.version)
-        slot.done.set()
-
-    async def produce(nursery: trio.Nursery) -> None:
+    async def produce() -> None:
         async with send:
+            group: list[tuple[T, _Ref | None]] = []
             async for item, ref in items:
-                slot = _Slot(item)
-                if ref is not None and ref.size <= _AHEAD_MAX:
-                    await budget.acquire()
-                    slot.held = True
-                    nursery.start_soon(fetch, slot, ref)
-                else:
-                    slot.done.set()
-                await send.send(slot)
+                group.append((item, ref))
+                if len(group) >= _GROUP:
+                    await _fetch_group(client, group, send, digests)
+                    group = []
+            await _fetch_group(client, group, send, digests)
 
     with single_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce, nursery)
+            nursery.start_soon(produce)
             async with receive:
-                async for slot in receive:
-                    await slot.done.wait()
-                    data, slot.data = slot.data, None
-                    if slot.held:
-                        budget.release()
-                    await consume(slot.item, data)
+                async for run in receive:
+                    for item, data, sha in run:
+                        await consume(item, data, sha)
+
+
+async def _fetch_group(client: AsyncClient, group: list[tuple[T, _Ref | None]],
+                       send: trio.MemorySendChannel[list[tuple[T, bytes | None, str | None]]],
+                       digests: bool) -> None:
+    """The objects of *group* held whole (or hashed by the node), in one bulk download,
+    passed on in runs."""
+    limit = _DIGEST_MAX if digests else _AHEAD_MAX
+    wanted = [(r.bucket, r.key, r.version) for _, r in group
+              if r is not None and r.size <= limit]
+    run: list[tuple[T, bytes | None, str | None]] = []
+    size = 0
+    async with contextlib.aclosing(client.get_many(wanted, sha256=digests)) as fetched:
+        for item, ref in group:
+            data = sha = None
+            fits = ref is not None and ref.size <= limit
+            if ref is not None and fits:
+                got = await anext(fetched)
+                if got.error is not None:
+                    raise got.error
+                if got.version != ref.version or got.size != ref.size:
+                    raise IntegrityError(
+                        f"{ref.bucket}/{ref.key}: asked for version {ref.version} of "
+                        f"{ref.size} bytes, the node sent {got.version!r} of {got.size}")
+                if digests:
+                    sha = got.sha256
+                else:
+                    data = got.data
+                    size += len(data)
+            run.append((item, data, sha))
+            if size >= _RUN_BYTES or len(run) >= _GROUP or (ref is not None and not fits):
+                await send.send(run)
+                run, size = [], 0
+    if run:
+        await send.send(run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +257,25 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
 
     last: list[tuple[str, str] | None] = [None]
 
-    async def consume(info: ObjectInfo, data: bytes | None) -> None:
+    # Spooled bytes are written a run at a time (one thread hop per ~_RUN_BYTES, not per
+    # object).
+    run: list[bytes] = []
+    held = [0]
+
+    async def spool(data: bytes) -> None:
+        run.append(data)
+        held[0] += len(data)
+        if held[0] >= _RUN_BYTES:
+            await flush_spool()
+
+    async def flush_spool() -> None:
+        if copy is not None and run:
+            data = run[0] if len(run) == 1 else b"".join(run)
+            run.clear()
+            held[0] = 0
+            await _append(copy, data)
+
+    async def consume(info: ObjectInfo, data: bytes | None, sha: str | None) -> None:
         nonlocal keys, versions, objects, markers, total
         if (info.bucket, info.key) != last[0]:
             keys, last[0] = keys + 1, (info.bucket, info.key)
@@ -240,30 +284,41 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
         if info.deleted:
             markers += 1
         else:
-            digest = hashlib.sha256()
-            if data is not None:
-                digest.update(data)
-                if copy is not None:
-                    await _append(copy, data)
+            if sha is not None:  # hashed by the node
+                entry["sha256"] = sha
                 if progress is not None:
-                    progress("hash", total + len(data), 0)
+                    progress("hash", total + info.size, 0)
             else:
-                async with client.open_get(info.bucket, info.key,
-                                           version=info.version) as stream:
-                    async for piece in stream:
-                        digest.update(piece)
-                        if copy is not None:
-                            await _append(copy, piece)
-                        if progress is not None:
-                            progress("hash", total + stream.received, 0)
-            entry["sha256"] = digest.hexdigest()
+                entry["sha256"] = await _hash_object(info, data)
             entry["path"] = A.object_path(info.bucket, info.key, info.version)
             sums.write(f"{entry['sha256']}  {entry['path']}\n".encode())
             objects += 1
             total += info.size
         manifest.write(A.dump_line(entry))
 
-    await _in_order(client, listed(), consume)
+    async def _hash_object(info: ObjectInfo, data: bytes | None) -> str:
+        digest = hashlib.sha256()
+        if data is not None:
+            digest.update(data)
+            if copy is not None:
+                await spool(data)
+            if progress is not None:
+                progress("hash", total + len(data), 0)
+        else:
+            async with client.open_get(info.bucket, info.key,
+                                       version=info.version) as stream:
+                async for piece in stream:
+                    digest.update(piece)
+                    if copy is not None:
+                        await spool(piece)
+                    if progress is not None:
+                        progress("hash", total + stream.received, 0)
+        return digest.hexdigest()
+
+    # Without a spool, the nodes hash (the write pass checks every byte it writes against
+    # these digests, so the archive is exactly as checked as when this client hashed).
+    await _in_order(client, listed(), consume, digests=copy is None)
+    await flush_spool()
     now = dt.datetime.now(dt.UTC)
     return {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tenant": tenant,
             "cluster": client.profile.cluster_id,
@@ -276,78 +331,53 @@ async def _hash_pass(client: AsyncClient, tenant: str, manifest: IO[bytes], sums
 async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any],
                       manifest: IO[bytes], sums: IO[bytes],
                       progress: ExportProgress | None) -> None:
-    send, receive = trio.open_memory_channel[_Item](2)
     mtime = int(dt.datetime.now(dt.UTC).timestamp())
+    tar = _TarOut(out)
+    await trio.to_thread.run_sync(_lists, tar, header, manifest, sums, mtime)
+    manifest.seek(0)
+    done = 0
 
-    async def send_file(name: str, head: bytes, spool: IO[bytes]) -> None:
-        spool.flush()
-        size = len(head) + spool.seek(0, io.SEEK_END)
-        spool.seek(0)
-        await send.send(_tar_info(name, size, mtime))
-        if head:
-            await send.send(head)
-        while piece := spool.read(_SPOOL_READ):
-            await send.send(piece)
+    async def entries() -> AsyncIterator[tuple[dict[str, Any], _Ref | None]]:
+        for n, raw in enumerate(manifest, start=1):
+            entry = A.parse_line(raw, f"line {n}")
+            if not entry["deleted"]:
+                yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
+                                  entry["size"])
 
-    async def produce() -> None:
-        async with send:
-            await send_file(A.MANIFEST_NAME, A.dump_line(header), manifest)
-            await send_file(A.SUMS_NAME, b"", sums)
-            manifest.seek(0)
-            done = 0
-
-            async def entries() -> AsyncIterator[tuple[dict[str, Any], _Ref | None]]:
-                for n, raw in enumerate(manifest, start=1):
-                    entry = A.parse_line(raw, f"line {n}")
-                    if not entry["deleted"]:
-                        yield entry, _Ref(entry["bucket"], entry["key"], entry["version"],
-                                          entry["size"])
-
-            async def consume(entry: dict[str, Any], data: bytes | None) -> None:
-                nonlocal done
-                await send.send(_tar_info(entry["path"], entry["size"],
-                                          HybridClock.wall_ms(entry["hlc"]) // 1000))
-                digest = hashlib.sha256()
-                if data is not None:
-                    digest.update(data)
-                    if data:
-                        await send.send(data)
+    async def consume(entry: dict[str, Any], data: bytes | None, _: str | None) -> None:
+        nonlocal done
+        tar.member(_tar_info(entry["path"], entry["size"],
+                             HybridClock.wall_ms(entry["hlc"]) // 1000))
+        digest = hashlib.sha256()
+        if data is not None:
+            digest.update(data)
+            tar.add(data)
+            if progress is not None:
+                progress("write", done + len(data), header["total_bytes"])
+        else:
+            async with client.open_get(entry["bucket"], entry["key"],
+                                       version=entry["version"]) as stream:
+                async for piece in stream:
+                    digest.update(piece)
+                    tar.add(piece)
+                    if tar.full:
+                        await tar.flush()
                     if progress is not None:
-                        progress("write", done + len(data), header["total_bytes"])
-                else:
-                    async with client.open_get(entry["bucket"], entry["key"],
-                                               version=entry["version"]) as stream:
-                        async for piece in stream:
-                            digest.update(piece)
-                            await send.send(piece)
-                            if progress is not None:
-                                progress("write", done + stream.received,
-                                         header["total_bytes"])
-                done += entry["size"]
-                if digest.hexdigest() != entry["sha256"]:
-                    raise IntegrityError(
-                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
-                        "with a different SHA-256 than a moment before; the export is "
-                        "incomplete (run hdsd stat/get on it, then export again)")
+                        progress("write", done + stream.received, header["total_bytes"])
+        tar.pad(entry["size"])
+        done += entry["size"]
+        if digest.hexdigest() != entry["sha256"]:
+            raise IntegrityError(
+                f"{entry['bucket']}/{entry['key']} version {entry['version']} read back "
+                "with a different SHA-256 than a moment before; the export is "
+                "incomplete (run hdsd stat/get on it, then export again)")
+        if tar.full:
+            await tar.flush()
 
-            await _in_order(client, entries(), consume)
-            await send.send(None)  # complete: the writer may close the archive
-
-    def pull() -> _Item:
-        try:
-            return trio.from_thread.run(receive.receive)
-        except trio.EndOfChannel:
-            raise _Aborted from None
-
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            try:
-                await trio.to_thread.run_sync(_write_tar, out, pull)
-            except _Aborted:
-                pass  # the producer failed: its error is the one the nursery raises
-            except OSError as exc:
-                raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
+    await _in_order(client, entries(), consume)
+    tar.end()  # only now: a failed export ends without the end-of-archive blocks
+    await tar.flush()
+    await trio.to_thread.run_sync(_flush, out)
 
 
 async def _append(copy: IO[bytes], data: bytes) -> None:
@@ -368,80 +398,132 @@ def _write_spooled(out: IO[bytes], header: dict[str, Any], manifest: IO[bytes],
     :func:`_write_pass`, each object read back from the spool in its manifest order and
     checked against its first-pass SHA-256 (the spool is a disk too)."""
     mtime = int(dt.datetime.now(dt.UTC).timestamp())
-    copy.flush()
-    copy.seek(0)
+    tar = _TarOut(out)
+    _lists(tar, header, manifest, sums, mtime)
+    try:
+        copy.flush()
+        copy.seek(0)
+    except OSError as exc:
+        raise HdsdError(f"reading the spool failed: {exc.strerror or exc}") from None
+    manifest.seek(0)
     done = 0
+    for n, raw in enumerate(manifest, start=1):
+        entry = A.parse_line(raw, f"line {n}")
+        if entry["deleted"]:
+            continue
+        size = entry["size"]
+        tar.member(_tar_info(entry["path"], size, HybridClock.wall_ms(entry["hlc"]) // 1000))
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            try:
+                piece = copy.read(min(left, _SPOOL_READ))
+            except OSError as exc:
+                raise HdsdError(f"reading the spool failed: {exc.strerror or exc}") from None
+            if not piece:
+                raise IntegrityError(f"the spool ends inside {entry['bucket']}/{entry['key']} "
+                                     "(check the spool directory's disk)")
+            digest.update(piece)
+            tar.add(piece)
+            left -= len(piece)
+            if tar.full:
+                tar.flush_sync()
+        tar.pad(size)
+        if digest.hexdigest() != entry["sha256"]:
+            raise IntegrityError(
+                f"{entry['bucket']}/{entry['key']} version {entry['version']} read "
+                "back from the spool with a different SHA-256 than it came with; the "
+                "export is incomplete (check the spool directory's disk)")
+        done += size
+        if progress is not None:
+            progress("write", done, header["total_bytes"])
+        if tar.full:
+            tar.flush_sync()
+    tar.end()
+    tar.flush_sync()
+    _flush(out)
 
-    def spooled(name: str, head: bytes, spool: IO[bytes]) -> tuple[tarfile.TarInfo, _Chain]:
+
+def _lists(tar: _TarOut, header: dict[str, Any], manifest: IO[bytes], sums: IO[bytes],
+           mtime: int) -> None:
+    """The manifest and checksum members, from their spools (blocking)."""
+    for name, head, spool in ((A.MANIFEST_NAME, A.dump_line(header), manifest),
+                              (A.SUMS_NAME, b"", sums)):
         spool.flush()
         size = len(head) + spool.seek(0, io.SEEK_END)
         spool.seek(0)
-        return _tar_info(name, size, mtime), _Chain(head, spool)
+        tar.member(_tar_info(name, size, mtime))
+        tar.add(head)
+        while piece := spool.read(_SPOOL_READ):
+            tar.add(piece)
+            if tar.full:
+                tar.flush_sync()
+        tar.pad(size)
+    tar.flush_sync()
 
+
+def _flush(out: IO[bytes]) -> None:
     try:
-        with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
-            tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # see _write_tar
-            tar.addfile(*spooled(A.MANIFEST_NAME, A.dump_line(header), manifest))
-            tar.addfile(*spooled(A.SUMS_NAME, b"", sums))
-            manifest.seek(0)
-            for n, raw in enumerate(manifest, start=1):
-                entry = A.parse_line(raw, f"line {n}")
-                if entry["deleted"]:
-                    continue
-                body = _Hashed(copy, entry["size"])
-                tar.addfile(_tar_info(entry["path"], entry["size"],
-                                      HybridClock.wall_ms(entry["hlc"]) // 1000),
-                            body if entry["size"] else None)
-                tar.members.clear()  # type: ignore[attr-defined]  # see _write_tar
-                if body.hexdigest() != entry["sha256"]:
-                    raise IntegrityError(
-                        f"{entry['bucket']}/{entry['key']} version {entry['version']} read "
-                        "back from the spool with a different SHA-256 than it came with; the "
-                        "export is incomplete (check the spool directory's disk)")
-                done += entry["size"]
-                if progress is not None:
-                    progress("write", done, header["total_bytes"])
         out.flush()
     except OSError as exc:
         raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
 
 
-class _Chain:
-    """``read(n)`` over *head* then the rest of *spool* (a spooled member's body)."""
+class _TarOut:
+    """Writes the archive as ``tarfile``'s ``addfile`` and ``close`` write it in pax format,
+    byte for byte (``tests/export/test_tar_bytes.py``), without its machinery per member: the
+    pieces are gathered and written about :data:`_RUN_BYTES` at a time (from the event loop,
+    one worker-thread call per run; a thread hop per piece, as the tarfile writer needed,
+    cost more than the write itself for small objects). An archive whose writer stops early
+    lacks the end-of-archive blocks (:meth:`end`): every tar reader reports it truncated."""
 
-    def __init__(self, head: bytes, spool: IO[bytes]) -> None:
-        self._head = head
-        self._spool = spool
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.pos = 0  # bytes of the archive so far (a pipe has no position)
+        self.parts: list[bytes] = []
+        self.held = 0
 
-    def read(self, n: int = -1, /) -> bytes:
-        # Exactly n bytes until the end: tarfile takes a short read for a truncated file.
-        if n < 0:
-            part, self._head = self._head, b""
-            return part + self._spool.read()
-        part, self._head = self._head[:n], self._head[n:]
-        return part + self._spool.read(n - len(part)) if len(part) < n else part
+    def add(self, data: bytes) -> None:
+        if data:
+            self.parts.append(data)
+            self.held += len(data)
+            self.pos += len(data)
+
+    def member(self, info: tarfile.TarInfo) -> None:
+        # TarFile's defaults: its encoding, and surrogateescape for names that need it.
+        self.add(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def pad(self, size: int) -> None:
+        """The zeros completing a member's last block (its body is *size* bytes)."""
+        self.add(bytes(-size % tarfile.BLOCKSIZE))
+
+    def end(self) -> None:
+        """Two zero blocks, then zeros up to a whole record, as ``TarFile.close``."""
+        end = self.pos + 2 * tarfile.BLOCKSIZE
+        self.add(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+
+    @property
+    def full(self) -> bool:
+        return self.held >= _RUN_BYTES
+
+    def _take(self) -> list[bytes]:
+        parts, self.parts, self.held = self.parts, [], 0
+        return parts
+
+    async def flush(self) -> None:
+        if self.parts:
+            await trio.to_thread.run_sync(_write_parts, self.out, self._take())
+
+    def flush_sync(self) -> None:
+        _write_parts(self.out, self._take())
 
 
-class _Hashed:
-    """``read(n)`` of the next *size* bytes of the spool, hashed as they are read."""
-
-    def __init__(self, spool: IO[bytes], size: int) -> None:
-        self._spool = spool
-        self._left = size
-        self._sha = hashlib.sha256()
-
-    def read(self, n: int = -1, /) -> bytes:
-        data = self._spool.read(min(n, self._left) if n >= 0 else self._left)
-        self._left -= len(data)
-        self._sha.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
-class _Aborted(Exception):
-    """The producer closed the channel before the end: stop writing (never close the tar)."""
+def _write_parts(out: IO[bytes], parts: list[bytes]) -> None:
+    try:
+        for part in parts:
+            out.write(part)
+    except OSError as exc:
+        raise HdsdError(f"writing the export failed: {exc.strerror or exc}") from None
 
 
 def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -451,76 +533,3 @@ def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info.mode = 0o644
     info.type = tarfile.REGTYPE
     return info
-
-
-def _write_tar(out: IO[bytes], pull: Callable[[], _Item]) -> None:
-    # An exception leaves the archive without its end-of-archive blocks, so a reader sees a
-    # truncated tar rather than a complete-looking one.
-    with tarfile.open(fileobj=_position(out), mode="w", format=tarfile.PAX_FORMAT) as tar:
-        # tarfile copies a member's body by reads of this size (16 KiB by default: 64
-        # Python-level reads and joins per MiB on the export's busiest thread); an attribute
-        # of TarFile that typeshed does not declare.
-        tar.copybufsize = 1 << 20  # type: ignore[attr-defined]
-        body = _Body(pull)
-        while (item := pull()) is not None:
-            if not isinstance(item, tarfile.TarInfo):
-                raise AssertionError("archive body outside a member")
-            tar.addfile(item, body if item.size else None)
-            # Written as a stream: keep no index of (possibly millions of) members. ``members``
-            # is a plain list attribute of TarFile that typeshed does not declare.
-            tar.members.clear()  # type: ignore[attr-defined]
-    out.flush()
-
-
-class _Position:
-    """*out* as tarfile's plain write mode wants it: ``write`` and ``tell`` (a pipe has no
-    position: it is counted). Plain mode hands each read of a member's body straight to
-    ``write``; stream mode (``w|``) appended it to a bytes buffer and sliced that into
-    blocks — three to four copies of every byte of the archive. Plain mode never seeks when
-    writing, and the archive is the same byte for byte."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-        self._pos = 0
-
-    def write(self, data: bytes) -> int:
-        self._out.write(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def _position(out: IO[bytes]) -> IO[bytes]:
-    # tarfile's stubs ask for a whole file object; it only ever calls write and tell here.
-    return cast(IO[bytes], _Position(out))
-
-
-class _Body:
-    """A file-like ``read(n)`` over the pieces of the current member (tarfile reads
-    ``copybufsize`` at a time, exactly; a thread hop happens once per piece, not per read)."""
-
-    def __init__(self, pull: Callable[[], _Item]) -> None:
-        self._pull = pull
-        self._piece = memoryview(b"")
-
-    def read(self, n: int = -1, /) -> bytes:
-        if n < 0:
-            raise AssertionError("tarfile reads a member with a length")
-        parts: list[bytes] = []
-        while n > 0:
-            if not self._piece:
-                item = self._pull()
-                if not isinstance(item, bytes):
-                    raise AssertionError("archive member shorter than its header says")
-                self._piece = memoryview(item)
-                continue
-            take = self._piece[:n]
-            whole = take.obj
-            # A piece read whole is passed on as the bytes it is (an object of one chunk).
-            parts.append(whole if type(whole) is bytes and take.nbytes == len(whole)
-                         else bytes(take))
-            self._piece = self._piece[len(take):]
-            n -= len(take)
-        return b"".join(parts)

@@ -18,7 +18,9 @@ Who waits, and why that cannot deadlock:
   put goes on over the budget (counted in ``over``), never refused.
 * A client's get takes ``min(range, 4 chunks)`` in its handler, after the lookup: what the
   request itself holds (the chunk being sent and its read-ahead, see
-  ``_objects.stream_object``); nothing of the connection waits behind it. Bytes already handed
+  ``_objects.stream_object``); nothing of the connection waits behind it. A bulk download
+  (``GetMany``, ``._bulk``) likewise takes what it holds at once: two batches of chunks and a
+  frame of small objects (~9 MiB), whatever the number of objects it sends. Bytes already handed
   to the connection's output are bounded per connection (``max_unsent_mib``: no new request
   is read while they pass it), not here — counting that bound once per get made two 12 MiB
   gets fill the clients' share of the default budget, so a client fetching many large

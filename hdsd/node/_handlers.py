@@ -37,6 +37,7 @@ from ..wire import (
     DeleteRequest,
     End,
     ErrorReply,
+    GetMany,
     GetRequest,
     GetStart,
     LayoutPush,
@@ -53,6 +54,7 @@ from ..wire import (
 )
 from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
 from ._budget import get_reservation
+from ._bulk import get_many
 from ._health import cluster_status, tenant_status
 from ._metrics import BODY_SIZE
 from ._objects import (
@@ -413,6 +415,7 @@ async def _list_buckets(node: Node, session: WireSession, ident: Identity,
 CLIENT_ROUTES: dict[type[Message], Route] = {
     PutStart: Route(_put, op="put"),
     GetRequest: Route(_get, op="get"),
+    GetMany: Route(get_many, op="get"),
     StatRequest: Route(_stat, op="stat"),
     ListRequest: Route(_list, op="list"),
     DeleteRequest: Route(_delete, op="delete"),

@@ -71,6 +71,7 @@ from ..wire import (
     Connection,
     ErrorReply,
     FetchChunks,
+    GetMany,
     GetRequest,
     Goodbye,
     Hello,
@@ -749,7 +750,7 @@ class Node:
                 self._idle.set()
 
 
-_STREAMING = (PutStart, GetRequest, FetchChunks)  # (a peer's download hears its Cancel)
+_STREAMING = (PutStart, GetRequest, GetMany, FetchChunks)  # (a download hears its Cancel)
 
 
 def _no_inbox() -> trio.MemoryReceiveChannel[Message]:

@@ -30,6 +30,7 @@ from ._constants import DEFAULT_WINDOW as DEFAULT_WINDOW
 from ._constants import HEADER_SIZE as HEADER_SIZE
 from ._constants import MAX_FETCH_CHUNKS as MAX_FETCH_CHUNKS
 from ._constants import MAX_FRAME as MAX_FRAME
+from ._constants import MAX_GET_MANY as MAX_GET_MANY
 from ._constants import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._constants import REQUEST_ID_SIZE as REQUEST_ID_SIZE
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -40,6 +41,7 @@ from ._messages import Data as Data
 from ._messages import DeleteRequest as DeleteRequest
 from ._messages import End as End
 from ._messages import ErrorReply as ErrorReply
+from ._messages import GetMany as GetMany
 from ._messages import GetRequest as GetRequest
 from ._messages import GetStart as GetStart
 from ._messages import Goodbye as Goodbye
@@ -90,6 +92,7 @@ from ._replies import ChunkSizes as ChunkSizes
 from ._replies import Deleted as Deleted
 from ._replies import Empty as Empty
 from ._replies import GetInfo as GetInfo
+from ._replies import GotMany as GotMany
 from ._replies import HoldRow as HoldRow
 from ._replies import HoldSetReply as HoldSetReply
 from ._replies import HoldsHeld as HoldsHeld

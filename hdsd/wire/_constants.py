@@ -111,6 +111,10 @@ T_CERT_LIST: Final = 0x51
 T_S3_KEY_CREATE: Final = 0x60
 T_S3_KEY_LIST: Final = 0x61
 T_S3_KEY_REVOKE: Final = 0x62
+# 0x70-0x7F: bulk reads (client)
+T_GET_MANY: Final = 0x70  # many versions' bodies as one download (a restore, an export)
+#: Most items one GetMany asks for.
+MAX_GET_MANY: Final = 1000
 T_CATALOG_PUSH: Final = 0x88
 T_CATALOG_SYNC: Final = 0x89
 T_TENANT_VOTE: Final = 0x8E

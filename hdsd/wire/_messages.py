@@ -28,6 +28,7 @@ from ._replies import (
     BucketsPage,
     Deleted,
     GetInfo,
+    GotMany,
     ListPage,
     NodeStatus,
     VersionInfo,
@@ -43,6 +44,7 @@ __all__ = [
     "DeleteRequest",
     "End",
     "ErrorReply",
+    "GetMany",
     "GetRequest",
     "GetStart",
     "Goodbye",
@@ -264,6 +266,36 @@ class GetRequest(Request[GetInfo]):
         F.check_optional_int("end", self.end, 0, C.MAX_U63)
         if self.start is not None and self.end is not None and self.start > self.end:
             raise InvalidRequest(f"range: start {self.start} is after end {self.end}")
+
+
+@dataclass(frozen=True, slots=True)
+class GetMany(Request[GotMany]):
+    """Read many versions in one request (a restore): ``items`` is a list of ``[bucket, key,
+    version]`` (``version`` nil: the current one), 1 to :data:`MAX_GET_MANY` of them. Answered
+    like a get: ``GetStart`` whose ``items`` say, per item served, its version and size (or
+    why it was refused), then the served versions' bytes back to back as Data frames, then
+    ``End``. The node may serve a prefix of the items (the client asks again for the rest).
+    Each item is authorised and audited as a get of its own."""
+
+    rid: int
+    items: list[Any]
+    # Answer each served item's SHA-256 (``"sha256"`` in its entry) instead of its bytes: no
+    # body follows. What an export's first pass needs (its manifest comes before the
+    # objects), without moving every byte twice. Optional on the wire (default false).
+    sha256: bool = False
+
+    def __post_init__(self) -> None:
+        F.check_rid(self.rid)
+        F.check_bool("sha256", self.sha256)
+        if type(self.items) is not list or not 1 <= len(self.items) <= C.MAX_GET_MANY:
+            raise InvalidRequest(f"items: a list of 1 to {C.MAX_GET_MANY} items")
+        for item in self.items:
+            if type(item) is not list or len(item) != 3:
+                raise InvalidRequest("items: each item must be [bucket, key, version]")
+            F.check_bucket(item[0])
+            F.check_key(item[1])
+            F.check_optional_str("version", item[2], max_bytes=C.MAX_VERSION_ID_BYTES,
+                                 allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ __all__ = [
     "Deleted",
     "Empty",
     "GetInfo",
+    "GotMany",
     "HoldRow",
     "HoldSetReply",
     "HoldsHeld",
@@ -106,6 +107,18 @@ class GetInfo(VersionInfo):
 
     start: int
     end: int
+
+
+class GotMany(TypedDict):
+    """``GetMany``'s ``GetStart.info``: one entry per item served, in the order asked — a
+    prefix of the items when they did not all fit one answer (ask again for the rest). An
+    entry is ``{"version": str, "size": int, "content_hash": str}`` for a version whose
+    ``size`` bytes follow in the body, or ``{"error": code, "message": str}`` for an item
+    refused (nothing of it follows). The body is the served versions' bytes back to back;
+    Data frame boundaries mean nothing. Asked with ``sha256``, each served entry also has
+    ``"sha256"`` (hex) and no body follows."""
+
+    items: list[dict[str, Any]]
 
 
 class ListPage(TypedDict):

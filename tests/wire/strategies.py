@@ -91,6 +91,9 @@ STRATEGIES: dict[type[wire.Message], st.SearchStrategy[Any]] = {
     wire.VersionsRequest: st.builds(wire.VersionsRequest, rids, buckets, keys),
     wire.StatusRequest: st.builds(wire.StatusRequest, rids),
     wire.ListBucketsRequest: st.builds(wire.ListBucketsRequest, rids, st.just("") | buckets),
+    wire.GetMany: st.builds(wire.GetMany, rids,
+                            st.lists(st.tuples(buckets, keys, versions).map(list), min_size=1,
+                                     max_size=3)),
     wire.Reply: st.builds(wire.Reply, rids, free_maps),
     wire.ErrorReply: st.builds(wire.ErrorReply, rids, codes, texts),
     # node ↔ node

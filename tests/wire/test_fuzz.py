@@ -217,9 +217,13 @@ def test_any_sequence_of_well_formed_frames(
 def test_mutated_client_streams(
     case: tuple[tuple[list[wire.Message], list[wire.Message]], bytes], pieces: tuple[str, list[int]]
 ) -> None:
-    (client_msgs, _), stream = case
+    (client_msgs, server_msgs), stream = case
     events = check_invariant(server_ready(), stream, *pieces)
-    if stream == b"".join([frame(hello("client"))] + [frame(m) for m in client_msgs]):
+    # Replayed alone, the client's frames meet a server that granted no Credit: Data that was
+    # legal thanks to one is over the credit here, so only sessions without one replay whole.
+    granted = any(isinstance(m, wire.Credit) for m in server_msgs)
+    if not granted and \
+            stream == b"".join([frame(hello("client"))] + [frame(m) for m in client_msgs]):
         # Undamaged: everything arrives, nothing is dropped, and EOF closes cleanly.
         assert events[0] == hello("client")
         assert events[1:-1] == client_msgs

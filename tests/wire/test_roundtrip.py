@@ -26,6 +26,8 @@ def _setup(msg: wire.Message) -> tuple[list[tuple[str, wire.Message]], str]:
     match msg:
         case wire.PutStart() | wire.GetRequest() | wire.StatRequest() | wire.ListRequest():
             return [], C
+        case wire.GetMany():
+            return [], C
         case wire.DeleteRequest() | wire.VersionsRequest() | wire.StatusRequest():
             return [], C
         case wire.Replicate() | wire.FetchVersions() | wire.FetchChunk() | wire.FetchChunks():
