@@ -81,9 +81,9 @@ from typing import Final
 from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
-from ._frames import FrameReader, encode_data_frame, encode_frame
+from ._frames import FrameReader, encode_bulk_frame, encode_data_frame, encode_frame
 from ._messages import Credit, Data, Hello, Kind, Message
-from ._registry import decode_body, encode_body, message_type
+from ._registry import bulk_values, decode_body, encode_body, message_type
 
 __all__ = [
     "CLIENT_MOVES",
@@ -326,6 +326,9 @@ class Connection:
             # Body bytes (gets, puts): the payload copied once, not three times.
             assert isinstance(msg, Data)
             frame = encode_data_frame(C.T_DATA, msg.rid, msg.data, self.max_frame)
+        elif (bulk := bulk_values(msg)) is not None:
+            # Chunk payloads (a Replicate of a megabyte chunk): copied once, into the frame.
+            frame = encode_bulk_frame(*bulk, self.max_frame)
         else:
             try:
                 code, body = encode_body(msg)

@@ -13,10 +13,11 @@ import struct
 import xxhash
 
 from .._errors import ProtocolError
+from .._packing import packb
 from . import _constants as C
 from ._errors import LocalProtocolError
 
-__all__ = ["FrameReader", "encode_data_frame", "encode_frame"]
+__all__ = ["BULK_BYTES", "FrameReader", "encode_bulk_frame", "encode_data_frame", "encode_frame"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
@@ -60,6 +61,59 @@ def encode_data_frame(code: int, rid: int, data: bytes | memoryview, max_frame: 
     digest = xxhash.xxh3_64(prefix)
     digest.update(data)
     return b"".join((C.HEADER.pack(length, code, digest.intdigest()), prefix, data))
+
+
+# Byte strings at least this large are copied into a bulk frame once (encode_bulk_frame).
+BULK_BYTES = 64 << 10
+
+
+def _bin_head(n: int) -> bytes:
+    if n < 0x100:
+        return b"\xc4" + _U8.pack(n)
+    if n < 0x10000:
+        return b"\xc5" + _U16.pack(n)
+    return b"\xc6" + _U32.pack(n)
+
+
+def _array_head(n: int) -> bytes:
+    if n < 16:
+        return _U8.pack(0x90 | n)
+    if n < 0x10000:
+        return b"\xdc" + _U16.pack(n)
+    return b"\xdd" + _U32.pack(n)
+
+
+def _pack_parts(obj: object, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Append msgpack's encoding of *obj* to *parts*: lists and tuples entry by entry, byte
+    strings of BULK_BYTES or more as their bin header and themselves (not copied), anything
+    else as ``packb`` writes it."""
+    if isinstance(obj, (bytes, bytearray, memoryview)) and len(obj) >= BULK_BYTES:
+        parts.append(_bin_head(len(obj)))
+        parts.append(obj)
+    elif type(obj) is list or type(obj) is tuple:
+        parts.append(_array_head(len(obj)))
+        for item in obj:
+            _pack_parts(item, parts)
+    else:
+        parts.append(packb(obj))
+
+
+def encode_bulk_frame(code: int, values: list[object], max_frame: int) -> bytes:
+    """The frame :func:`encode_frame` makes for the message body ``packb(values)`` — byte for
+    byte the same — with its large byte strings (chunk payloads of a Replicate) copied once,
+    into the frame: ``packb`` copies a megabyte payload into its buffer, grows it (another
+    copy), copies it out into the body, and ``encode_frame`` copies the body behind the
+    header: ~0.5 ms per MiB on the sending node's event loop."""
+    parts: list[bytes | bytearray | memoryview] = []
+    _pack_parts(values, parts)
+    length = sum(map(len, parts))
+    if length > max_frame:
+        raise LocalProtocolError(
+            f"frame body of {length} bytes exceeds the {max_frame}-byte frame limit")
+    digest = xxhash.xxh3_64()
+    for part in parts:
+        digest.update(part)
+    return b"".join((C.HEADER.pack(length, code, digest.intdigest()), *parts))
 
 
 # A frame whose body is at least this large and not yet all received is collected as the

@@ -14,7 +14,14 @@ from hdsd import ProtocolError, wire
 from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
 from hdsd.wire._errors import LocalProtocolError
-from hdsd.wire._frames import FrameReader, encode_data_frame, encode_frame
+from hdsd.wire._frames import (
+    BULK_BYTES,
+    FrameReader,
+    encode_bulk_frame,
+    encode_data_frame,
+    encode_frame,
+)
+from hdsd.wire._registry import bulk_values, encode_body
 from hdsd.wire._registry import encode_body
 
 
@@ -102,6 +109,32 @@ def test_a_data_frame_is_the_generic_encoding_byte_for_byte(rid: int, size: int)
     code, body = encode_body(Data(rid=rid, data=data))
     assert encode_data_frame(C.T_DATA, rid, data, C.MAX_FRAME) == \
         encode_frame(code, body, C.MAX_FRAME)
+
+
+@given(payloads=st.lists(st.sampled_from((0, 5, BULK_BYTES - 1, BULK_BYTES, 0xFFFF, 0x10000,
+                                           0x10001)), min_size=1, max_size=17),
+       versions=st.integers(0, 17), hint=st.booleans(), rid=st.sampled_from(_BOUNDARIES))
+def test_a_bulk_frame_is_the_generic_encoding_byte_for_byte(
+        payloads: list[int], versions: int, hint: bool, rid: int) -> None:
+    # A Replicate with a large payload is framed without packb: it must still be exactly what
+    # packb writes, at the boundaries of msgpack's array and bin headers (16 entries, 64 KiB).
+    msg = wire.Replicate(
+        rid=rid, layout="layout-1",
+        chunks=[["tenant", bytes([i]) * 32, bytes([i % 251]) * n]
+                for i, n in enumerate(payloads)],
+        versions=[{"k": f"key{i}", "i": b"inline" * i, "n": i} for i in range(versions)],
+        hint=hint)
+    bulk = bulk_values(msg)
+    assert (bulk is not None) == any(n >= BULK_BYTES for n in payloads)
+    if bulk is not None:
+        assert encode_bulk_frame(*bulk, C.MAX_FRAME) == \
+            encode_frame(*encode_body(msg), C.MAX_FRAME)
+
+
+def test_a_bulk_frame_over_the_limit_is_refused_before_sending() -> None:
+    with pytest.raises(LocalProtocolError, match="limit"):
+        encode_bulk_frame(0x40, [1, [["t", bytes(32), bytes(C.MIN_MAX_FRAME)]]],
+                          C.MIN_MAX_FRAME)
 
 
 def test_a_data_frame_over_the_limit_is_refused_before_sending() -> None:
