@@ -159,6 +159,33 @@ def test_a_large_data_frame_round_trips_through_two_connections() -> None:
     assert server.next_event() == Data(rid=3, data=payload)
 
 
+def test_large_payloads_are_pieces_of_their_frame_not_copies() -> None:
+    # The session writes a frame's pieces into TLS one after the other: a megabyte payload
+    # (a Data body, a Replicate's chunk) must be one of them, the caller's own object.
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    hello = wire.Hello(protocol_version=C.PROTOCOL_VERSION, cluster_id="c", peer="p",
+                       window=C.DEFAULT_WINDOW)
+    server.receive_data(client.send(hello))
+    client.receive_data(server.send(hello))
+    assert isinstance(server.next_event(), wire.Hello)
+    assert isinstance(client.next_event(), wire.Hello)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    server.receive_data(client.send(wire.PutStart(rid=3, request_id=b"r" * 16, bucket="b",
+                                                  key="k", size=len(payload), metadata={},
+                                                  policy=None)))
+    assert isinstance(server.next_event(), wire.PutStart)
+    pieces = client.send_pieces(Data(rid=3, data=payload))
+    assert any(piece is payload for piece in pieces)
+    server.receive_data(b"".join(pieces))
+    assert server.next_event() == Data(rid=3, data=payload)
+    replicate = wire.Replicate(rid=4, layout="l", chunks=[["t", b"i" * 32, payload]],
+                               versions=[{"k": "v"}], hint=False)
+    pieces = client.send_pieces(replicate)
+    assert any(piece is payload for piece in pieces)
+    server.receive_data(b"".join(pieces))
+    assert server.next_event() == replicate
+
+
 def _large_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
     big = bytes(range(256)) * 1024  # 256 KiB: a body spanning many reads
     frames = [(C.T_END, b"\x91\x01"), (C.T_DATA, big), (C.T_END, b"\x91\x02"),
