@@ -22,7 +22,6 @@ from hdsd.wire._frames import (
     encode_frame,
 )
 from hdsd.wire._registry import bulk_values, encode_body
-from hdsd.wire._registry import encode_body
 
 
 def test_frame_layout_is_the_documented_one() -> None:
