@@ -9,7 +9,8 @@ The mix, per operation: 70 % puts (of which 60 % 4 KiB, 30 % 64 KiB, 10 % 1 MiB;
 to a new key, one in ten overwriting one of the client's keys), 25 % gets of one of the
 client's keys (checked byte for byte), 5 % deletes. Each client owns its keys, so the expected
 state of every key is known without locking; half the clients talk to dc1, half to dc2.
-``--think-ms`` makes each client pause between operations (a lighter load); ``--min-free-gib``
+``--think-ms`` makes each client pause between operations (a lighter load), ``--rate`` holds all
+clients together to a steady number of operations per second; ``--min-free-gib``
 ends the load early when the disk runs low (the mix at full speed writes ~30 MB/s here).
 
 Every ``--interval`` seconds: each node's RSS and its peak since the last sample (VmHWM, reset
@@ -83,9 +84,12 @@ class Expected:
 
 class Soak:
     def __init__(self, profile: Path, clients: int, seed: int,
-                 sizes: tuple[tuple[int, float], ...] = SIZES, think_s: float = 0.0) -> None:
+                 sizes: tuple[tuple[int, float], ...] = SIZES, think_s: float = 0.0,
+                 rate: float = 0.0) -> None:
         self.profile = profile
         self.think_s = think_s  # mean pause between a client's operations (0: none)
+        self.rate = rate  # operations per second for all clients together (0: no limit)
+        self._next_slot = 0.0
         self.sizes = sizes
         self.clients = clients
         self.seed = seed
@@ -102,6 +106,8 @@ class Soak:
         counter = 0
         async with hdsd.AsyncClient(self.profile, site=site) as c:
             while not stop.is_set():
+                if self.rate:
+                    await self._pace()
                 r = rng.random()
                 t0 = time.perf_counter()
                 try:
@@ -139,6 +145,17 @@ class Soak:
                 self.now.ops[op].append(time.perf_counter() - t0)
                 if self.think_s:
                     await trio.sleep(rng.expovariate(1 / self.think_s))
+
+
+    async def _pace(self) -> None:
+        """Wait for this operation's slot: slots are 1/rate apart for all clients together, so
+        the load stays the same whatever else the machine runs (a saturated soak's throughput,
+        and with it the node's memory in flight, follows the other work on a shared machine).
+        A slot missed is not made up: a late client takes the next one."""
+        now = trio.current_time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1 / self.rate
+        await trio.sleep_until(slot)
 
 
 def _proc(pid: int) -> dict[str, float]:
@@ -256,7 +273,7 @@ async def _verify(profile: Path, soak: Soak, tasks: int, nodes: dict[str, NodePr
 
 async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Namespace
                ) -> dict[str, Any]:
-    soak = Soak(profile, args.clients, args.seed, args.sizes, args.think_ms / 1e3)
+    soak = Soak(profile, args.clients, args.seed, args.sizes, args.think_ms / 1e3, args.rate)
     stop = trio.Event()
     pids = {s: n.proc.pid for s, n in nodes.items() if n.proc is not None}
     samples: list[dict[str, Any]] = []
@@ -317,7 +334,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
     verify = await _verify(profile, soak, 8, nodes, args.verify_sample)
     totals = {op: sum(r[f"{op}_n"] for r in samples) for op in ("put", "get", "delete")}
     return {"clients": args.clients, "duration_s": args.duration, "interval_s": args.interval,
-            "stopped_early": stopped_early, "think_ms": args.think_ms,
+            "stopped_early": stopped_early, "think_ms": args.think_ms, "rate": args.rate,
             "sizes": [list(p) for p in args.sizes],
             "totals": totals, "errors": soak.total_errors + soak.wrong_reads,
             "wrong_reads": soak.wrong_reads, "verify": verify, "samples": samples,
@@ -381,6 +398,10 @@ def main() -> None:
                          "(default: 4096:0.6,65536:0.3,1048576:0.1)")
     ap.add_argument("--limit", action="append", default=[],
                     help="KEY=VALUE in the nodes' [limits] (e.g. max_unsent_mib=4)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="operations per second for all clients together (0: as fast as "
+                         "they go): a steady load, so memory can be compared minute to minute "
+                         "on a machine whose other work comes and goes")
     ap.add_argument("--think-ms", type=float, default=0.0,
                     help="mean pause of each client between operations (exponential): a "
                          "lighter load, e.g. to keep a long run within the disk")
