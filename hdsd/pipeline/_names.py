@@ -40,6 +40,12 @@ __all__ = ["NAME_ID_BYTES", "NameSeal", "TenantNameSealing"]
 
 NAME_ID_BYTES = 16
 _BUCKET_IDS_KEPT = 4096
+# A put asks for its name's id three or four times on a coordinator (the hold check, the
+# store's dedup check, the sealed record, the audit record) and twice on a replica: the ids of
+# the names in flight are kept, a few thousand at most (~200 bytes each with usual names; a
+# few MiB if every one were a longest key), dropped all at once. Names in clear stay in the
+# node's memory no longer than this seal (dropped with the tenant's keys, e.g. at a shred).
+_NAME_IDS_KEPT = 4096
 _NONCE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _HASH_CONTEXT = "hdsd 2026-12 name ids v1"
 _SEAL_CONTEXT = "hdsd 2026-12 sealed names v1"
@@ -49,7 +55,7 @@ _NONCE_CONTEXT = "hdsd 2026-12 catalog name nonces v1"
 class NameSeal:
     """One tenant's name ids and name sealing (implements ``hdsd.store.TenantSeal``)."""
 
-    __slots__ = ("_bucket_ids", "_hash_key", "_nonce_key", "_seal_key", "keys")
+    __slots__ = ("_bucket_ids", "_hash_key", "_name_ids", "_nonce_key", "_seal_key", "keys")
 
     def __init__(self, keys: TenantKeys) -> None:
         self.keys = keys  # kept to notice a replaced (or shredded) key set
@@ -59,6 +65,7 @@ class NameSeal:
                                         derive_key_context=_NONCE_CONTEXT).digest()
         # A tenant has few buckets and every put needs its bucket's id: computed once each.
         self._bucket_ids: dict[str, bytes] = {}
+        self._name_ids: dict[tuple[str, str], bytes] = {}
 
     def bucket_id(self, bucket: str) -> bytes:
         bid = self._bucket_ids.get(bucket)
@@ -71,10 +78,19 @@ class NameSeal:
         return bid
 
     def name_id(self, bucket: str, key: str) -> bytes:
-        # Length-prefixed bucket: ("a", "b\0c") and ("a\0b", "c") get different ids.
-        b = bucket.encode("utf-8")
-        data = b"k\x00" + len(b).to_bytes(4, "big") + b + key.encode("utf-8")
-        return blake3.blake3(data, key=self._hash_key).digest(NAME_ID_BYTES)
+        names = (bucket, key)
+        nid = self._name_ids.get(names)
+        if nid is None:
+            # Length-prefixed bucket: ("a", "b\0c") and ("a\0b", "c") get different ids.
+            b = bucket.encode("utf-8")
+            data = b"k\x00" + len(b).to_bytes(4, "big") + b + key.encode("utf-8")
+            nid = blake3.blake3(data, key=self._hash_key).digest(NAME_ID_BYTES)
+            # Any thread may call this (the index's): a dict's get, set and clear are each
+            # atomic, and a lost entry only costs a recomputation.
+            if len(self._name_ids) >= _NAME_IDS_KEPT:
+                self._name_ids.clear()
+            self._name_ids[names] = nid
+        return nid
 
     def seal(self, plain: bytes, aad: bytes) -> bytes:
         nonce = random_bytes(_NONCE)

@@ -330,23 +330,36 @@ class Replicator:
             except HdsdError as exc:
                 failed[self.name] = exc
 
-        with trio.CancelScope(shield=True):
-            try:
-                with trio.move_on_after(self.timeout):
-                    await self._replicate_to(peer, chunks, versions, sent=start_local)
-                    acked.add(peer)
-            except HdsdError as exc:
-                failed[peer] = exc
+        async def commit_here() -> None:
             start_local()  # the request was not sent (or not by us): commit here all the same
             if local is not None:
                 try:
-                    with trio.move_on_after(self.timeout):
-                        await local.wait()
-                        acked.add(self.name)
+                    await local.wait()
+                    acked.add(self.name)
                 except HdsdError as exc:
                     failed[self.name] = exc
                 finally:
                     local.abandon()
+
+        # One shielded scope bounds the peer's round trip, then (deadline moved) the local
+        # commit: each gets the write timeout, as two nested timeouts would give them, at a
+        # third of the cancel scopes on every put. Only when the peer's part timed out (the
+        # scope is cancelled for good) does the local commit need a scope of its own.
+        waited_here = False
+        with trio.CancelScope(shield=True,
+                              deadline=trio.current_time() + self.timeout) as scope:
+            try:
+                await self._replicate_to(peer, chunks, versions, sent=start_local)
+                acked.add(peer)
+            except HdsdError as exc:
+                failed[peer] = exc
+            if not scope.cancel_called:
+                scope.deadline = trio.current_time() + self.timeout
+                waited_here = True
+                await commit_here()
+        if not waited_here:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self.timeout):
+                await commit_here()
 
     def _may_degrade(self, replicas: Replicas, acked: set[str],
                      failed: dict[str, HdsdError]) -> bool:

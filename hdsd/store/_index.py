@@ -912,6 +912,20 @@ class Index:
         (n,) = self._reader().execute("SELECT records FROM state").fetchone()
         return int(n)
 
+    def request_ids(self, page: int = 10_000) -> Iterator[tuple[str, bytes]]:
+        """(tenant, request id) of every version that has one, shredded tenants' included
+        (no key needed: both are stored clear)."""
+        last = -1  # paged by rowid: vids only grow, so a version indexed meanwhile is not missed
+        while True:
+            rows = self._reader().execute(
+                "SELECT vid, tenant, request_id FROM versions WHERE vid > ? AND request_id != x''"
+                " ORDER BY vid LIMIT ?", (last, page)).fetchall()
+            if not rows:
+                return
+            for _vid, tenant, request_id in rows:
+                yield tenant, request_id
+            last = rows[-1][0]
+
     def iter_versions(self, page: int = 1000) -> Iterator[Version]:
         """Every version whose tenant has a key here (a shredded tenant's cannot be opened)."""
         # Paged by rowid so no read transaction stays open while the caller works.

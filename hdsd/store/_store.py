@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ from ._wake import WakerPool
 from ._writer import LogWriter, PendingCommit
 
 __all__ = ["CommitTicket", "EncodedCommit", "Store", "StoreStatistics"]
+
+log = logging.getLogger("hdsd.store")
 
 INDEX_NAME = "index.sqlite3"
 LOCK_NAME = "LOCK"
@@ -99,6 +102,24 @@ class Store:
         self._read_fds = ReadFds(fs, directory, read_fds)
         self._segments = SegmentGate()  # compaction deletes segments only between reads
         self._compacting = threading.Lock()
+        # The request ids indexed before this open go into the writer's filter in the
+        # background (see ._seen); lookups ask the index until that is done.
+        self._scan_stop = False
+        self._scan = threading.Thread(target=self._scan_request_ids, name="hdsd-request-ids",
+                                      daemon=True)
+        self._scan.start()
+
+    def _scan_request_ids(self) -> None:
+        seen = self._writer.seen_requests
+        try:
+            for tenant, request_id in self._index.request_ids():
+                if self._scan_stop:
+                    return
+                seen.add(tenant, request_id)
+        except Exception as exc:  # closed or failed meanwhile: the index answers every lookup
+            log.warning("event=request_id_scan_failed error=%r", exc)
+            return
+        seen.ready = True
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, sealing: Sealing,
@@ -167,6 +188,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        self._scan_stop = True
+        self._scan.join()
         self._writer.close()
         if self._writer.failed is None:
             self._index.set_clean(True)
@@ -393,6 +416,8 @@ class Store:
             return None
         # This order: an entry leaves the side table only after its index commit.
         recent = self._writer.find_unindexed_request(tenant, request_id)
+        if recent is None and not self._writer.seen_requests.may_hold(tenant, request_id):
+            return None  # never committed here (see ._seen): no index query
         return self._index.find_request(tenant, request_id) or recent
 
     def max_hlc(self) -> int:

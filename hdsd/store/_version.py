@@ -146,6 +146,8 @@ def _retain_target(value: Any) -> tuple[int, str, int]:
 
 
 def _typed(value: Any, kind: type) -> Any:
+    if type(value) is kind:  # the usual case, in one comparison (a record has ~14 fields)
+        return value
     # bool is an int subclass: keep the two apart so a flag never passes for a size.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")

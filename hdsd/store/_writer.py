@@ -18,6 +18,7 @@ from ._index import AppliedPosition, Index, Location
 from ._log import frame_batch_parts
 from ._records import EncodedRecord, StoredRecord
 from ._sealed import SealedVersion
+from ._seen import SeenRequests
 from ._version import Version
 from ._wake import Doorbell, Waker, WakerPool
 
@@ -186,6 +187,9 @@ class LogWriter:
         # lookup need not wait for the index (see find_unindexed_request). Writer thread
         # adds before the ack and removes only after the index holds them.
         self._unindexed_requests: dict[tuple[str, bytes], Version] = {}
+        # Every request id this store may hold (see ._seen): made before the first commit,
+        # each committed id added before its ack; the ids indexed before it, by a scan.
+        self.seen_requests = SeenRequests(index.record_count())
         # Statistics; written by the writer thread only.
         self.commits = 0
         self.batches = 0
@@ -374,6 +378,7 @@ class LogWriter:
         # (wait_indexed), so the ack cannot be observed before the records are readable.
         requests = [r for e in records if (r := e.clear) is not None and r.request_id]
         for r in requests:
+            self.seen_requests.add(r.tenant, r.request_id)
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         parked = any(c.waker.parked for c in batch)  # read before they are woken
         self._acked += 1

@@ -126,3 +126,44 @@ def test_a_write_alone_on_the_node_is_sent_at_once(tmp_path: Path, alone: bool) 
     passes = trio.run(_passes_before_the_send, tmp_path, alone,
                       clock=trio.testing.MockClock(autojump_threshold=0))
     assert (passes == 0) if alone else (passes > 0)
+
+
+async def _pair_write(tmp_path: Path, peer_silent: bool) -> tuple[set[str], set[str], float]:
+    """One pair write (each-site, one replica per site) with the coordinator's write timeout
+    shorter than the link's own: (acked, failed, virtual seconds it took)."""
+    net = SimNet(make_layout(1, 1), tmp_path, random.Random(0), timeout=60.0)
+    coordinator = net.nodes["a-n1"]
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in net.nodes.values():
+                await node.start(nursery)
+            rep = coordinator.replicator
+            assert rep is not None
+            rep.timeout = 2.0
+            if peer_silent:
+                net.cut.add(("a-n1", "b-n1"))  # sent, never answered
+            replicas = rep.replicas_for("t", "b", "k0")
+            acked: set[str] = set()
+            failed: dict[str, Any] = {}
+            start = trio.current_time()
+            await rep._write_pair([n for nodes in replicas.values() for n in nodes], [],
+                                  [_version(0, coordinator.name)], acked, failed)
+            took = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    finally:
+        for node in net.nodes.values():
+            node.hints.close()
+    return acked, set(failed), took
+
+
+@pytest.mark.parametrize("peer_silent", [False, True])
+def test_a_pair_write_bounds_the_peer_and_still_waits_for_its_local_commit(
+        tmp_path: Path, peer_silent: bool) -> None:
+    # One cancel scope serves both halves of the write on the usual path; when the peer's half
+    # times out, the local commit still gets its own bounded wait (and is acknowledged).
+    acked, failed, took = trio.run(_pair_write, tmp_path, peer_silent,
+                                   clock=trio.testing.MockClock(autojump_threshold=0))
+    if peer_silent:
+        assert acked == {"a-n1"} and failed == set() and 2.0 <= took < 4.0
+    else:
+        assert acked == {"a-n1", "b-n1"} and failed == set() and took < 2.0

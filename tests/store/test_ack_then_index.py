@@ -130,6 +130,9 @@ async def test_request_lookup_sees_an_ack_before_its_index_update_without_waitin
     with Store.open(tmp_path, sealing=SEALING) as store:
         with trio.fail_after(10):
             await store.commit([rv(0, b"first")])
+        # Its index update is deferred a moment: let it land, or the gate below holds it (and
+        # the writer with it) instead of the next batch's — on a loaded machine it often did.
+        store._writer.wait_indexed()
         gated = _GatedApply(store)
         store._index.apply = gated  # type: ignore[method-assign]
         try:
