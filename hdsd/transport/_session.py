@@ -9,10 +9,12 @@ The client and the node use the same session. Theory of operation:
   ended are dropped, as the protocol allows. An upload whose body frames and End were read with
   its start (a small put, sent in one write) is handed over whole instead
   (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain.
-* Sending goes through one *outbox* (a list of byte strings: small frames appended to one
-  bytearray, a frame of :data:`OWN_WRITE` bytes or more kept as the bytes ``conn.send`` made,
-  so a megabyte of body is not copied once more on its way out): a sender encodes its frames
-  with ``conn.send`` straight into it (so the protocol state and the byte order always agree), then
+* Sending goes through one *outbox* (a list: small frames appended to one bytearray, a frame
+  of :data:`OWN_WRITE` bytes or more kept as the pieces ``conn.send_pieces`` made — its
+  header, then its payload as the caller gave it — so a megabyte of body is not copied into a
+  frame on its way out, the pieces being written into TLS one after the other): a sender
+  encodes its frames with ``conn.send_pieces`` straight into it (so the protocol state and
+  the byte order always agree), then
   either becomes the *writer* — if nobody is writing — or waits for the writer. The writer sends
   everything queued, and again whatever other tasks queued meanwhile, until the outbox is empty.
   A TLS stream is written through :func:`._tlsread.tls_sender`: what the socket takes at once
@@ -74,6 +76,7 @@ from ..wire import (
     Hello,
     Message,
     NeedData,
+    Piece,
     PutStart,
     Request,
 )
@@ -87,8 +90,8 @@ _READ_SIZE = 256 << 10
 MAX_DATA_FRAME = 1 << 20
 OUTBOX_LIMIT = 1 << 20
 OWN_WRITE = 64 << 10
-"""A frame this large goes to the stream as its own write, from the bytes ``conn.send``
-returned, instead of being copied into the outbox's bytearray."""
+"""A frame this large goes to the stream as its own write, from the pieces
+``conn.send_pieces`` returned, instead of being copied into the outbox's bytearray."""
 """A sender waits while the outbox holds more than this (so it holds at most this much plus
 one batch of frames per sending task)."""
 
@@ -108,7 +111,7 @@ class WireSession:
         self.conn = conn
         self._receive_pieces = tls_pieces_receiver(stream)
         self._send_all = tls_sender(stream)
-        self._outbox: list[bytes | bytearray] = []
+        self._outbox: list[bytearray | tuple[Piece, ...]] = []
         self._outbox_size = 0
         self._writing = False
         self._queued = 0  # bytes ever put in the outbox ...
@@ -205,7 +208,7 @@ class WireSession:
             raise self._lost()
         try:
             for msg in msgs:
-                self._queue(self.conn.send(msg))
+                self._queue(self.conn.send_pieces(msg))
         finally:
             mark = self._queued
             if self._writing:
@@ -213,18 +216,22 @@ class WireSession:
             elif self._outbox:
                 await self._write_out()
 
-    def _queue(self, frame: bytes) -> None:
-        if not frame:
+    def _queue(self, pieces: tuple[Piece, ...]) -> None:
+        size = sum(map(len, pieces))
+        if not size:
             return
         outbox = self._outbox
-        if len(frame) >= OWN_WRITE:
-            outbox.append(frame)
-        elif outbox and isinstance(outbox[-1], bytearray):
-            outbox[-1] += frame
+        if size >= OWN_WRITE:
+            outbox.append(pieces)
         else:
-            outbox.append(bytearray(frame))
-        self._outbox_size += len(frame)
-        self._queued += len(frame)
+            if not outbox or not isinstance(outbox[-1], bytearray):
+                outbox.append(bytearray())
+            last = outbox[-1]
+            assert isinstance(last, bytearray)
+            for piece in pieces:
+                last += piece
+        self._outbox_size += size
+        self._queued += size
 
     async def _wait_written(self, mark: int) -> None:
         # The writer loops until the outbox is empty, so it will write our bytes too.
@@ -247,7 +254,8 @@ class WireSession:
                     self._room.unpark_all()
                 for data in parts:
                     await self._send_all(data)
-                    self._written += len(data)
+                    self._written += (len(data) if isinstance(data, bytearray)
+                                      else sum(map(len, data)))
                     if self._flushed:
                         self._flushed.unpark_all()
                 if self._progress:

@@ -62,7 +62,9 @@ SOCKET_READ = 256 << 10
 
 Receiver = Callable[[int], Awaitable[bytes | bytearray]]
 PiecesReceiver = Callable[[int], Awaitable[list[bytes]]]
-Sender = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
+Sendable = bytes | bytearray | memoryview | tuple[bytes | bytearray | memoryview, ...]
+"""What a sender takes: bytes, or a frame's pieces (written one after the other, in order)."""
+Sender = Callable[[Sendable], Awaitable[None]]
 
 
 def tls_receiver(stream: trio.abc.Stream) -> Receiver:
@@ -158,7 +160,10 @@ class _TlsRecords:
 def tls_sender(stream: trio.abc.Stream) -> Sender:
     """A ``send_all(data)`` for *stream*: the synchronous one for a ``trio.SSLStream`` (see the
     module docstring), else ``stream.send_all`` itself. One task at a time may call it, and
-    nothing else may call the stream's own ``send_all`` meanwhile (its ``aclose`` may)."""
+    nothing else may call the stream's own ``send_all`` meanwhile (its ``aclose`` may).
+    *data* may be a tuple of pieces: they are sent one after the other — into TLS by the
+    synchronous sender, then to the socket in one write — never joined into one string first
+    (a copy of a megabyte payload)."""
     if isinstance(stream, trio.SSLStream):
         ssl_object = getattr(stream, "_ssl_object", None)
         outgoing = getattr(stream, "_outgoing", None)
@@ -167,7 +172,18 @@ def tls_sender(stream: trio.abc.Stream) -> Sender:
                 and isinstance(lock, trio.StrictFIFOLock)
                 and all(hasattr(stream, a) for a in _STATE_ATTRIBUTES)):
             return _TlsWrites(stream, ssl_object, outgoing, lock).send_all
-    return stream.send_all
+    return _piecewise(stream.send_all)
+
+
+def _piecewise(send_all: Callable[[bytes | bytearray | memoryview], Awaitable[None]]
+               ) -> Sender:
+    async def send(data: Sendable) -> None:
+        if isinstance(data, tuple):
+            for piece in data:
+                await send_all(piece)
+        else:
+            await send_all(data)
+    return send
 
 
 _STATE_ATTRIBUTES = ("_state", "_delayed_outgoing", "_handshook")
@@ -191,13 +207,16 @@ class _TlsWrites:
         return (not self._lock.locked() and stream._delayed_outgoing is None
                 and getattr(state, "name", None) == "OK" and getattr(handshook, "done", False))
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if not data or not self._direct():
-            await self._stream.send_all(data)
+    async def send_all(self, data: Sendable) -> None:
+        pieces = data if isinstance(data, tuple) else (data,)
+        if not any(pieces) or not self._direct():
+            for piece in pieces:
+                await self._stream.send_all(piece)
             return
         try:
             try:
-                self._ssl.write(data)
+                for piece in pieces:
+                    self._ssl.write(piece)
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(f"TLS error while sending: {exc}") from exc
             out = self._outgoing.read()

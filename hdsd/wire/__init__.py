@@ -34,6 +34,7 @@ from ._constants import MAX_GET_MANY as MAX_GET_MANY
 from ._constants import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._constants import REQUEST_ID_SIZE as REQUEST_ID_SIZE
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._frames import Piece as Piece
 from ._messages import UNSENT as UNSENT
 from ._messages import Cancel as Cancel
 from ._messages import Credit as Credit

@@ -81,9 +81,15 @@ from typing import Final
 from .._errors import ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
-from ._frames import FrameReader, encode_data_frame, encode_frame
+from ._frames import (
+    FrameReader,
+    Piece,
+    encode_bulk_frame_pieces,
+    encode_data_frame_pieces,
+    encode_frame,
+)
 from ._messages import Credit, Data, Hello, Kind, Message
-from ._registry import decode_body, encode_body, message_type
+from ._registry import bulk_values, decode_body, encode_body, message_type
 
 __all__ = [
     "CLIENT_MOVES",
@@ -318,27 +324,38 @@ class Connection:
     def send(self, msg: Message) -> bytes:
         """The bytes that carry *msg*; raises :class:`LocalProtocolError` (sending nothing and
         changing nothing) if sending it now would break the protocol."""
+        pieces = self.send_pieces(msg)
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+
+    def send_pieces(self, msg: Message) -> tuple[Piece, ...]:
+        """:meth:`send`'s bytes as the pieces to write one after the other (empty: nothing
+        to send): a large payload — a Data frame's body, a Replicate's chunks — is one of
+        them, not copied into a frame."""
         try:
             kind = message_type(msg).kind
         except KeyError:
             raise LocalProtocolError(f"{type(msg).__name__} is not a registered message") from None
+        pieces: tuple[Piece, ...]
         if kind is _K.DATA:
-            # Body bytes (gets, puts): the payload copied once, not three times.
+            # Body bytes (gets, puts): the payload not copied.
             assert isinstance(msg, Data)
-            frame = encode_data_frame(C.T_DATA, msg.rid, msg.data, self.max_frame)
+            pieces = encode_data_frame_pieces(C.T_DATA, msg.rid, msg.data, self.max_frame)
+        elif (bulk := bulk_values(msg)) is not None:
+            # Chunk payloads (a Replicate of a megabyte chunk): not copied either.
+            pieces = encode_bulk_frame_pieces(*bulk, self.max_frame)
         else:
             try:
                 code, body = encode_body(msg)
             except (TypeError, ValueError, OverflowError) as exc:
                 # Free-form maps (Reply.body, GetStart.info) may hold what msgpack cannot carry.
                 raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
-            frame = encode_frame(code, body, self.max_frame)
+            pieces = (encode_frame(code, body, self.max_frame),)
         if self._error is not None and kind is not _K.GOODBYE:
             raise LocalProtocolError("the peer broke the protocol: only a Goodbye may be sent")
         if kind is _K.CREDIT and self._credit_is_moot(msg):
-            return b""
+            return ()
         self._apply(self.role, msg, kind, LocalProtocolError)
-        return frame
+        return pieces
 
     # -- the rules ----------------------------------------------------------------------------
 

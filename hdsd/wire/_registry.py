@@ -32,6 +32,7 @@ from ._admin import (
     TenantShred,
     TenantVote,
 )
+from ._frames import BULK_BYTES
 from ._messages import (
     Cancel,
     Credit,
@@ -69,7 +70,8 @@ from ._peer import (
 )
 from ._repair import LeafDiff, MaintenanceRequest, TreeLevel
 
-__all__ = ["MESSAGE_TYPES", "MessageType", "decode_body", "encode_body", "message_type"]
+__all__ = ["MESSAGE_TYPES", "MessageType", "bulk_values", "decode_body", "encode_body",
+           "message_type"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,15 @@ def _values(msg: Message) -> tuple[int, list[object]]:
             break
         values.pop()
     return t.code, values
+
+
+def bulk_values(msg: Message) -> tuple[int, list[object]] | None:
+    """``(frame type code, field values)`` of a message worth framing without ``packb``'s
+    copies (:func:`~._frames.encode_bulk_frame`): a Replicate carrying a chunk payload of
+    ``BULK_BYTES`` or more. None for any other message."""
+    if type(msg) is not Replicate or not any(len(c[2]) >= BULK_BYTES for c in msg.chunks):
+        return None
+    return _values(msg)
 
 
 def encode_body(msg: Message) -> tuple[int, bytes]:

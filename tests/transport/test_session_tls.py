@@ -295,8 +295,25 @@ async def test_a_send_to_a_vanished_peer_is_broken(pki: Pki) -> None:
 
 
 async def test_other_streams_keep_their_own_send() -> None:
+    # A stream that is not TLS is written with its own send_all, a frame's pieces one after
+    # the other.
     a, b = trio.testing.memory_stream_pair()
-    assert tls_sender(a) == a.send_all
+    sent: list[bytes] = []
+    real = a.send_all
+
+    async def counting(data: bytes | bytearray | memoryview) -> None:
+        sent.append(bytes(data))
+        await real(data)
+
+    a.send_all = counting  # type: ignore[method-assign]
+    send = tls_sender(a)
+    await send(b"one")
+    await send((b"head", memoryview(b"payload"), bytearray(b"tail")))
+    assert sent == [b"one", b"head", b"payload", b"tail"]
+    got = b""
+    while len(got) < 18:
+        got += await b.receive_some()
+    assert got == b"oneheadpayloadtail"
     await a.aclose()
     await b.aclose()
 

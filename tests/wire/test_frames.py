@@ -14,8 +14,14 @@ from hdsd import ProtocolError, wire
 from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
 from hdsd.wire._errors import LocalProtocolError
-from hdsd.wire._frames import FrameReader, encode_data_frame, encode_frame
-from hdsd.wire._registry import encode_body
+from hdsd.wire._frames import (
+    BULK_BYTES,
+    FrameReader,
+    encode_bulk_frame,
+    encode_data_frame,
+    encode_frame,
+)
+from hdsd.wire._registry import bulk_values, encode_body
 
 
 def test_frame_layout_is_the_documented_one() -> None:
@@ -104,6 +110,32 @@ def test_a_data_frame_is_the_generic_encoding_byte_for_byte(rid: int, size: int)
         encode_frame(code, body, C.MAX_FRAME)
 
 
+@given(payloads=st.lists(st.sampled_from((0, 5, BULK_BYTES - 1, BULK_BYTES, 0xFFFF, 0x10000,
+                                           0x10001)), min_size=1, max_size=17),
+       versions=st.integers(0, 17), hint=st.booleans(), rid=st.sampled_from(_BOUNDARIES))
+def test_a_bulk_frame_is_the_generic_encoding_byte_for_byte(
+        payloads: list[int], versions: int, hint: bool, rid: int) -> None:
+    # A Replicate with a large payload is framed without packb: it must still be exactly what
+    # packb writes, at the boundaries of msgpack's array and bin headers (16 entries, 64 KiB).
+    msg = wire.Replicate(
+        rid=rid, layout="layout-1",
+        chunks=[["tenant", bytes([i]) * 32, bytes([i % 251]) * n]
+                for i, n in enumerate(payloads)],
+        versions=[{"k": f"key{i}", "i": b"inline" * i, "n": i} for i in range(versions)],
+        hint=hint)
+    bulk = bulk_values(msg)
+    assert (bulk is not None) == any(n >= BULK_BYTES for n in payloads)
+    if bulk is not None:
+        assert encode_bulk_frame(*bulk, C.MAX_FRAME) == \
+            encode_frame(*encode_body(msg), C.MAX_FRAME)
+
+
+def test_a_bulk_frame_over_the_limit_is_refused_before_sending() -> None:
+    with pytest.raises(LocalProtocolError, match="limit"):
+        encode_bulk_frame(0x40, [1, [["t", bytes(32), bytes(C.MIN_MAX_FRAME)]]],
+                          C.MIN_MAX_FRAME)
+
+
 def test_a_data_frame_over_the_limit_is_refused_before_sending() -> None:
     with pytest.raises(LocalProtocolError, match="limit"):
         encode_data_frame(C.T_DATA, 1, bytes(C.MIN_MAX_FRAME), C.MIN_MAX_FRAME)
@@ -124,6 +156,33 @@ def test_a_large_data_frame_round_trips_through_two_connections() -> None:
     assert isinstance(server.next_event(), wire.PutStart)
     server.receive_data(client.send(Data(rid=3, data=payload)))
     assert server.next_event() == Data(rid=3, data=payload)
+
+
+def test_large_payloads_are_pieces_of_their_frame_not_copies() -> None:
+    # The session writes a frame's pieces into TLS one after the other: a megabyte payload
+    # (a Data body, a Replicate's chunk) must be one of them, the caller's own object.
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    hello = wire.Hello(protocol_version=C.PROTOCOL_VERSION, cluster_id="c", peer="p",
+                       window=C.DEFAULT_WINDOW)
+    server.receive_data(client.send(hello))
+    client.receive_data(server.send(hello))
+    assert isinstance(server.next_event(), wire.Hello)
+    assert isinstance(client.next_event(), wire.Hello)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    server.receive_data(client.send(wire.PutStart(rid=3, request_id=b"r" * 16, bucket="b",
+                                                  key="k", size=len(payload), metadata={},
+                                                  policy=None)))
+    assert isinstance(server.next_event(), wire.PutStart)
+    pieces = client.send_pieces(Data(rid=3, data=payload))
+    assert any(piece is payload for piece in pieces)
+    server.receive_data(b"".join(pieces))
+    assert server.next_event() == Data(rid=3, data=payload)
+    replicate = wire.Replicate(rid=4, layout="l", chunks=[["t", b"i" * 32, payload]],
+                               versions=[{"k": "v"}], hint=False)
+    pieces = client.send_pieces(replicate)
+    assert any(piece is payload for piece in pieces)
+    server.receive_data(b"".join(pieces))
+    assert server.next_event() == replicate
 
 
 def _large_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
