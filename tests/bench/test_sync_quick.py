@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.signals import default_sigint
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "sync_latency.py"
 KIB, MIB = 1 << 10, 1 << 20
@@ -36,7 +38,8 @@ def _is_figure(value: object) -> bool:
 def _bench(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(BENCH), *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=default_sigint)
 
 
 def _processes_under(path: Path) -> list[str]:

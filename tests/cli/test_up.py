@@ -16,6 +16,7 @@ import pytest
 import hdsd
 from hdsd.cli._up import hdsd_command
 from tests.helpers.cluster import free_ports
+from tests.helpers.signals import default_sigint
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,8 @@ def test_up_initialises_serves_and_stops_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": _path_without(Path(sys.executable).parent)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hdsd", "up", str(tmp_path / "data"), "--base-port", str(base)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        preexec_fn=default_sigint)
     try:
         assert proc.stdout is not None
         lines: list[str] = []
