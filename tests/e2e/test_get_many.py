@@ -17,19 +17,12 @@ import pytest
 import trio
 
 import hdsd
-from tests.helpers.cluster import NodeProcess, init_cluster
+from tests.helpers.cluster import NodeProcess
 from tests.helpers.cluster import hdsd as cli
 
 pytestmark = pytest.mark.e2e
 
 BIG = 2 * (1 << 20) + 12345  # three chunks of the default 1 MiB
-
-
-@pytest.fixture(scope="module")
-def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cluster")
-    init_cluster(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -252,24 +245,8 @@ runpy.run_module("hdsd", run_name="__main__")
 
 
 class _OldNode(NodeProcess):
-    def start(self) -> NodeProcess:
-        import subprocess
-        import threading
-
-        from tests.helpers.cluster import START_TIMEOUT
-
-        self._listening.clear()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _OLD_NODE, "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
-        self._pump_thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._listening.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"node {self.config} did not start:\n" + self.log())
-        return self
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _OLD_NODE]
 
 
 async def test_an_older_node_is_read_one_get_per_object(

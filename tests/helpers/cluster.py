@@ -124,12 +124,16 @@ class NodeProcess:
         self._listening = threading.Event()
         self._pump_thread: threading.Thread | None = None
 
+    def command(self) -> list[str]:
+        """How to run ``hdsd`` (a test may run a node's code changed, e.g. an older wire)."""
+        return [sys.executable, "-m", "hdsd"]
+
     def start(self) -> NodeProcess:
         if self.proc is not None:
             self.kill()
         self._listening.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hdsd", "serve", "--config", str(self.config)],
+            [*self.command(), "serve", "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
