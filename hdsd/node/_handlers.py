@@ -270,15 +270,22 @@ def small_get_now(node: Node, session: WireSession, ident: Identity,
     return version
 
 
-async def _get_small(node: Node, session: WireSession, msg: GetRequest,
-                     version: Version) -> None:
-    """A get :func:`small_get_now` chose, in the reader: one write, as :func:`_one_write`."""
+async def _begin_get(node: Node, session: WireSession, msg: GetRequest, version: Version
+                     ) -> tuple[int, int, dict[str, Any], list[Message] | None]:
+    """A get's range, its body budget taken (released as the request ends), its ``GetStart``
+    info, and its frames when it fits one write (:func:`_one_write`; else None: it streams)."""
     lo, hi = byte_range(version.size, msg.start, msg.end)
     BODY_SIZE.set(hi - lo)
     await node.budget.take(id(msg), get_reservation(
         hi - lo, version.chunk_size or node.config.chunk_size))
     info = {**version.public_info(), "start": lo, "end": hi}
-    whole = await _one_write(node, session, msg, info, version, lo, hi)
+    return lo, hi, info, await _one_write(node, session, msg, info, version, lo, hi)
+
+
+async def _get_small(node: Node, session: WireSession, msg: GetRequest,
+                     version: Version) -> None:
+    """A get :func:`small_get_now` chose, in the reader: one write, as :func:`_one_write`."""
+    _, _, _, whole = await _begin_get(node, session, msg, version)
     if whole is None:  # small_get_now said it fits: streaming here would wait for good
         raise AssertionError("a small get chosen for the reader does not fit one write")
     # No deadline of its own (a cancel scope is ~60 Python calls, a tenth of the node's work
@@ -293,14 +300,9 @@ async def _get_small(node: Node, session: WireSession, msg: GetRequest,
 async def _serve_get(node: Node, session: WireSession, msg: GetRequest,
                      inbox: trio.MemoryReceiveChannel[Message], version: Version) -> None:
     tenant = version.tenant
-    lo, hi = byte_range(version.size, msg.start, msg.end)
-    BODY_SIZE.set(hi - lo)
-    await node.budget.take(id(msg), get_reservation(  # released as the request ends
-        hi - lo, version.chunk_size or node.config.chunk_size))
-    info = {**version.public_info(), "start": lo, "end": hi}
+    lo, hi, info, whole = await _begin_get(node, session, msg, version)
     timeout = node.config.request_timeout_s
     stalled = f"client read nothing for {timeout:g} s; download aborted"
-    whole = await _one_write(node, session, msg, info, version, lo, hi)
     if whole is not None:
         with deadline(timeout, stalled):
             await session.send_many(whole)
