@@ -79,7 +79,8 @@ from ._route import Route
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["claim_small_put", "handle_request", "put_group", "small_get_now", "small_put_now"]
+__all__ = ["SmallWrites", "claim_small_put", "handle_request", "put_group", "small_get_now",
+           "small_put_now"]
 
 log = logging.getLogger("hdsd.node")
 
@@ -232,8 +233,7 @@ async def put_group(node: Node, session: WireSession, ident: Identity, puts: lis
         versions = [item.version for item in ready if item.version is not None]
         if versions:
             try:
-                await node.replicator.keep_hints(
-                    await node.replicator.write(replicas, [], versions), versions)
+                await node.small_writes.write(node, replicas, versions)
             except HdsdError as exc:
                 for item in ready:
                     item.failed(exc.code, exc.message)
@@ -265,6 +265,76 @@ async def put_group(node: Node, session: WireSession, ident: Identity, puts: lis
             node.metrics.request_done(msg, item.outcome, seconds)
             audit_request(node.audit, ident, msg, item.observed, item.outcome,
                           peer_address(session))
+
+
+class _SharedWrite:
+    """The versions of the small-put groups that reached their write in the same scheduler
+    pass, and the outcome of their one write."""
+
+    __slots__ = ("done", "error", "nbytes", "versions")
+
+    def __init__(self, versions: list[Version], nbytes: int) -> None:
+        self.versions = versions
+        self.nbytes = nbytes
+        self.done = trio.Event()
+        self.error: HdsdError | None = None
+
+
+#: The inline payloads one shared write carries at most (a ``Replicate`` frame holds 1 MiB
+#: of records: ``replication._replicator``'s batches stay under it).
+_SHARED_BYTES_MAX = 256 << 10
+
+
+class SmallWrites:
+    """Small-put groups of *different connections* that reach their write together (16
+    clients, a put each) make one replicated write: the first opens it and yields once, so
+    the groups whose puts arrived in the same pass add their versions; then one local commit
+    and one ``Replicate`` for all, each group waiting for the outcome. A group alone on the
+    node (nobody could join) writes at once. As for puts sharing a ``Replicate`` (see
+    ``Replicator._replicate_to``), every version of the write gets its outcome, and a write
+    that ends without one (its first group's task cancelled) is :class:`Unavailable` —
+    outcome unknown, retried by request id — for the groups that waited on it."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[tuple[str, tuple[str, ...]], ...], _SharedWrite] = {}
+
+    async def write(self, node: Node, replicas: dict[str, list[str]],
+                    versions: list[Version]) -> None:
+        """*versions* stored on *replicas* under the write policy, hinted where lagging."""
+        nbytes = sum(len(v.inline or b"") for v in versions)
+        if node.active_requests <= len(versions):  # nobody else to wait for
+            await node.replicator.keep_hints(
+                await node.replicator.write(replicas, [], versions), versions)
+            return
+        key = tuple((site, tuple(names)) for site, names in replicas.items())
+        shared = self._open.get(key)
+        if shared is not None and shared.nbytes + nbytes <= _SHARED_BYTES_MAX:
+            shared.versions.extend(versions)
+            shared.nbytes += nbytes
+            await shared.done.wait()
+            if shared.error is not None:
+                # A fresh exception per waiter (one raised in many tasks would share, and
+                # scramble, its traceback).
+                raise type(shared.error)(shared.error.message)
+            return
+        shared = self._open[key] = _SharedWrite(list(versions), nbytes)
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
+        finally:
+            if self._open.get(key) is shared:
+                del self._open[key]
+        try:
+            await node.replicator.keep_hints(
+                await node.replicator.write(replicas, [], shared.versions), shared.versions)
+        except HdsdError as exc:
+            shared.error = exc
+            raise
+        except BaseException:
+            shared.error = Unavailable("the write of this put was not completed; its outcome "
+                                       "is unknown (retry with the same request id)")
+            raise
+        finally:
+            shared.done.set()
 
 
 async def _prepare_small_put(node: Node, session: WireSession, ident: Identity,

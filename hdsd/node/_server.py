@@ -82,7 +82,14 @@ from ..wire import (
 from ._budget import BodyBudget, put_reservation
 from ._config import NodeConfig
 from ._continuity import AuditContinuity
-from ._handlers import claim_small_put, handle_request, put_group, small_get_now, small_put_now
+from ._handlers import (
+    SmallWrites,
+    claim_small_put,
+    handle_request,
+    put_group,
+    small_get_now,
+    small_put_now,
+)
 from ._health import health_status
 from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, memory_status, timed_trim
@@ -167,6 +174,7 @@ class Node:
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
+        self.small_writes = SmallWrites()  # small puts' groups of one pass share a write
         self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
         self.budget = BodyBudget(config.max_body_mib_in_flight << 20)  # see ._budget
         # How often each bound held a connection back (status, metrics): an operator sees a
@@ -287,6 +295,11 @@ class Node:
         finally:
             del self._requests_in_flight[slot]
             done.set()
+
+    @property
+    def active_requests(self) -> int:
+        """Requests in flight on this node (client and peer ones)."""
+        return self._active_requests
 
     def claim_request(self, tenant: str, request_id: bytes) -> bool:
         """Take *request_id*'s slot (see :meth:`idempotent`) if no request holds it, without
