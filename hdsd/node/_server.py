@@ -708,28 +708,30 @@ class Node:
                 open_group.remove(group)  # from here on, a small put read starts a new one
                 await self._run_put_group(session, ident, group, request_ended, spawn)
 
-            def spawn(msg: Message) -> None:
+            def spawn(msg: Message, counted: bool = True) -> None:
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
                 # others (every peer request among them) need no channel of their own, nor
                 # does an upload whose whole body was read with its start (a small put).
                 rid: int = msg.rid  # type: ignore[attr-defined]
                 inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) and \
                     not session.has_whole_upload(rid) else quiet
+                if not counted:  # (a small put a group handed back was counted already)
+                    in_flight[0] += 1
                 requests.start_soon(self._run_request, session, ident, msg, inbox,
                                     request_ended)
 
             def on_request(msg: Message) -> None:
                 if getattr(msg, "rid", None) is None:
                     return
-                in_flight[0] += 1
                 if small_put_now(self, session, ident, msg):
                     assert isinstance(msg, PutStart)
+                    in_flight[0] += 1
                     if not open_group:
                         open_group.append([])
                         requests.start_soon(run_group, open_group[0])
                     open_group[0].append(msg)
                 else:
-                    spawn(msg)
+                    spawn(msg, counted=False)
 
             try:
                 with reader:
