@@ -4,6 +4,9 @@ A handler runs as its own task with the request's *inbox* (the events of its rid
 sending exactly one ``Reply`` or ``ErrorReply`` (gets send ``GetStart``, body, ``End``). Errors
 that are the client's or the situation's (:class:`HdsdError`) become ``ErrorReply`` and keep the
 connection; anything else is a bug: logged with its traceback, reported as ``internal``.
+Two kinds of request have no task of their own: a lone small get is answered by the
+connection's reader (:func:`small_get_now`), and small puts read together are answered by one
+task for the group, in one replicated write (:func:`put_group`).
 
 The object operations themselves (put, get, stat, list, delete, versions) live in
 :mod:`._objects`, shared with the S3 gateway: a handler here authorises, adapts the session (a
