@@ -759,7 +759,10 @@ class Node:
         replicas: dict[str, list[str]] | None = None
         ready = self.audit_continuity.ready.is_set() and not self._stopping
         for msg in group:
-            claimed = claim_small_put(self, ident, msg, replicas) if ready else None
+            try:
+                claimed = claim_small_put(self, ident, msg, replicas) if ready else None
+            except Exception:
+                claimed = None  # (its own task meets the failure again, and answers it)
             if claimed is None:
                 spawn(msg)
             else:
