@@ -318,15 +318,22 @@ class Node:
     def counted_request(self) -> Iterator[None]:
         """A request in flight (an S3 one: native ones are counted by their connection): a
         graceful stop waits for it (up to ``shutdown_grace_s``) before closing anything."""
-        self._active_requests += 1
-        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        self._request_began()
         try:
             yield
         finally:
-            self._active_requests -= 1
-            if self._active_requests == 0:
-                self._idle.set()
+            self._request_done()
             self._request_ended.unpark_all()
+
+    def _request_began(self) -> None:
+        self._active_requests += 1
+        if self._active_requests == 1:
+            self._idle = trio.Event()
+
+    def _request_done(self) -> None:
+        self._active_requests -= 1
+        if self._active_requests == 0:
+            self._idle.set()
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
@@ -771,8 +778,8 @@ class Node:
         if not mine:
             return
         assert replicas is not None
-        self._active_requests += len(mine)
-        self._idle = trio.Event() if self._active_requests == len(mine) else self._idle
+        for _ in mine:  # each put is a request in flight on the node, as its own task would be
+            self._request_began()
         try:
             await put_group(self, session, ident, mine, replicas)
         except BaseException as exc:
@@ -787,10 +794,8 @@ class Node:
             if propagate is not None:
                 raise propagate from None
         finally:
-            self._active_requests -= len(mine)
-            if self._active_requests == 0:
-                self._idle.set()
             for msg in mine:
+                self._request_done()
                 self.budget.release(id(msg))
                 ended()
             self._request_ended.unpark_all()
@@ -821,8 +826,7 @@ class Node:
             await session.send(ErrorReply(rid=msg.rid, code=err.code,  # type: ignore[attr-defined]
                                           message=err.message))
             return
-        self._active_requests += 1
-        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        self._request_began()
         try:
             await handle_request(self, session, ident, msg, inbox, resolved)
         except BaseException as exc:
@@ -837,9 +841,7 @@ class Node:
             if propagate is not None:
                 raise propagate from None
         finally:
-            self._active_requests -= 1
-            if self._active_requests == 0:
-                self._idle.set()
+            self._request_done()
 
 
 _STREAMING = (PutStart, GetRequest, GetMany, FetchChunks)  # (a download hears its Cancel)
