@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hdsd import AsyncClient, LegalHold
+from hdsd import AsyncClient, LegalHold, QuotaExceeded
 from hdsd.audit import read_records
 from hdsd.node import load_node_config, serve_node
 from hdsd.wire import PutStart
@@ -133,4 +133,38 @@ async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool
                     assert seen.groups + seen.per_put == 2 and seen.per_put >= 1
                 assert await client.get("b", "small") == small
                 assert await client.get("b", "big") == big
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_group_s_puts_are_admitted_against_the_quota_one_by_one(tmp_path: Path) -> None:
+    """Each put of a group reserves its size in turn, so the puts of one group cannot overshoot
+    the tenant's quota together; the refused ones are refused alone, and every reservation is
+    given back once the group is answered."""
+    init_cluster(tmp_path)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
+                await client.put("b", "warm", b"x")
+                quota = 3 * 4096 + 100
+                await client.tenant_create("default", quota)
+                seen = _Tasks()
+                trio.lowlevel.add_instrument(seen)
+                outcomes: list[str] = []
+
+                async def put(i: int) -> None:
+                    try:
+                        await client.put("b", f"q{i}", os.urandom(4096))
+                        outcomes.append("ok")
+                    except QuotaExceeded:
+                        outcomes.append("quota")
+
+                async with trio.open_nursery() as puts:
+                    for i in range(6):
+                        puts.start_soon(put, i)
+                trio.lowlevel.remove_instrument(seen)
+                assert seen.per_put == 0
+                assert sorted(outcomes) == ["ok"] * 3 + ["quota"] * 3
+            assert not any(nodes[0].tenancy._reserved.values())
             nursery.cancel_scope.cancel()
