@@ -443,8 +443,7 @@ async def _write_pass(client: AsyncClient, out: IO[bytes], header: dict[str, Any
         entry, body = item
         if body is not None:
             data = body
-        tar.member(_tar_info(entry["path"], entry["size"],
-                             HybridClock.wall_ms(entry["hlc"]) // 1000))
+        tar.header(entry["path"], entry["size"], HybridClock.wall_ms(entry["hlc"]) // 1000)
         digest = hashlib.sha256()
         if data is not None:
             digest.update(data)
@@ -509,7 +508,7 @@ def _write_spooled(out: IO[bytes], header: dict[str, Any], manifest: IO[bytes],
         if entry["deleted"]:
             continue
         size = entry["size"]
-        tar.member(_tar_info(entry["path"], size, HybridClock.wall_ms(entry["hlc"]) // 1000))
+        tar.header(entry["path"], size, HybridClock.wall_ms(entry["hlc"]) // 1000)
         digest = hashlib.sha256()
         left = size
         while left:
@@ -590,6 +589,21 @@ class _TarOut:
         # TarFile's defaults: its encoding, and surrogateescape for names that need it.
         self.add(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
 
+    def header(self, name: str, size: int, mtime: int) -> None:
+        """``member(_tar_info(name, size, mtime))``, the same bytes, without building a
+        TarInfo when no pax header is needed (tarfile's own test: an ASCII name of at most
+        100 characters, size and time within 11 octal digits): a plain ustar header is then
+        the template's with name, size, time and checksum filled in — ~2 µs instead of ~40,
+        which for a tenant of small objects was a tenth of the client's CPU."""
+        if not (name.isascii() and len(name) <= 100 and 0 <= size < _OCTAL_11
+                and 0 <= mtime < _OCTAL_11):
+            self.member(_tar_info(name, size, mtime))
+            return
+        block = b"".join((name.encode("ascii").ljust(100, b"\0"), _HEAD_MODE,
+                          b"%011o\0%011o\0" % (size, mtime), _HEAD_REST))
+        # The checksum: the header's bytes summed with its own field as spaces (in _HEAD_REST).
+        self.add(block[:148] + b"%06o\0" % sum(block) + block[155:])
+
     def pad(self, size: int) -> None:
         """The zeros completing a member's last block (its body is *size* bytes)."""
         self.add(bytes(-size % tarfile.BLOCKSIZE))
@@ -630,3 +644,10 @@ def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info.mode = 0o644
     info.type = tarfile.REGTYPE
     return info
+
+
+# tarfile's ustar header of _tar_info, cut around the fields _TarOut.header fills in: bytes
+# 100-124 (mode, uid, gid) and 148-512 (the checksum as 8 spaces, type, magic, names, ...).
+_OCTAL_11 = 8 ** 11
+_TEMPLATE = _tar_info("", 0, 0).tobuf(tarfile.USTAR_FORMAT, "ascii", "replace")
+_HEAD_MODE, _HEAD_REST = _TEMPLATE[100:124], b" " * 8 + _TEMPLATE[156:]
