@@ -48,6 +48,12 @@ DROP_STEP = 8 << 20
 # indexed at once, while the event loop has nothing to do.
 INDEX_DELAY_S = 0.0005
 INDEX_BATCHES_MAX = 16
+# Once a node paces the index (LogWriter.node_busy), a batch is indexed when the node has no
+# request in flight any more — its reply is out, its event loop has nothing to do — instead of
+# a fixed delay that can land on a reply's path (measured, bench/put_timeline.py: a lone put's
+# reply or ack that overlapped the index update took 1.1-1.7 ms to go out instead of
+# 0.15-0.4), and at the latest this long after its acknowledgement (a node never idle).
+INDEX_HOLD_MAX_S = 0.005
 
 
 @dataclass(eq=False, slots=True)
@@ -182,6 +188,9 @@ class LogWriter:
         self._indexed_cond = threading.Condition()
         self._unindexed: list[_Unindexed] = []  # acknowledged, index update deferred
         self._index_wanted = False  # a reader waits for the index: apply it now
+        # Set by node_busy: the index update waits for the node's idle moments.
+        self._paced = False
+        self._node_busy = False
         self._index_lost: str | None = None  # acknowledged batches this index will never hold
         # Request ids of versions acknowledged but maybe not indexed yet, so an idempotency
         # lookup need not wait for the index (see find_unindexed_request). Writer thread
@@ -241,6 +250,17 @@ class LogWriter:
         if pending.error is not None:
             raise pending.error
 
+    def node_busy(self, busy: bool) -> None:
+        """The node's requests: *busy* while any is in flight (called as the first starts and
+        the last ends, from the event loop). From the first call on, an acknowledged batch is
+        indexed once the node is idle — so the writer thread's index work never takes the GIL
+        from a request that is still answering — or :data:`INDEX_HOLD_MAX_S` after its
+        acknowledgement, or at once when a read needs it (:meth:`wait_indexed`)."""
+        self._paced = True
+        self._node_busy = busy
+        if not busy and self._unindexed:
+            self._doorbell.ring()  # a system call only while the writer sleeps on a batch
+
     def wait_indexed(self) -> None:
         """Block until every acknowledged batch is in the index (reads call this first).
 
@@ -289,15 +309,18 @@ class LogWriter:
 
     # --- writer thread ----------------------------------------------------------------------
     def _ready(self) -> bool:
-        return bool(self._queue) or self._closing or self._index_wanted
+        return (bool(self._queue) or self._closing or self._index_wanted
+                or (self._paced and not self._node_busy and bool(self._unindexed)))
 
     def _run(self) -> None:
         queue = self._queue
         while True:
             if self._unindexed:
-                due = self._unindexed[0].at + INDEX_DELAY_S
+                due = self._unindexed[0].at + (INDEX_HOLD_MAX_S if self._paced
+                                               else INDEX_DELAY_S)
                 self._doorbell.sleep_until(self._ready, max(0.0, due - time.monotonic()))
-                if (self._index_wanted or self._closing or not queue
+                if (self._index_wanted or self._closing
+                        or (not queue and not (self._paced and self._node_busy))
                         or len(self._unindexed) >= INDEX_BATCHES_MAX
                         or time.monotonic() >= due):
                     self._apply_unindexed()
@@ -395,7 +418,7 @@ class LogWriter:
             relocated=[(rec, loc) for (rec, loc), r in zip(items, records, strict=True)
                        if id(r) in moved] if moved else [],
             requests=requests, acked=self._acked,
-            at=time.monotonic() - (0.0 if parked else INDEX_DELAY_S)))
+            at=time.monotonic() - (0.0 if parked or self._paced else INDEX_DELAY_S)))
         try:
             self._drop_behind(written)  # after the acknowledgement: a hint, off its path
         except Exception:  # a cache hint must never stop the store (a crash here would)
