@@ -45,7 +45,8 @@ DROP_STEP = 8 << 20
 # transaction. Long enough for a reply to go out, short enough to be done before the next
 # request of a lone client comes (measured: 2 ms put the index update of one put on the path
 # of the next). A batch nobody was parked on (a coordinator still waiting for its peer) is
-# indexed at once, while the event loop has nothing to do.
+# indexed at once, while the event loop has nothing to do. A node replaces both with its idle
+# moments (INDEX_HOLD_MAX_S below).
 INDEX_DELAY_S = 0.0005
 INDEX_BATCHES_MAX = 16
 # Once a node paces the index (LogWriter.node_busy), a batch is indexed when the node has no
