@@ -507,7 +507,7 @@ def main() -> None:
                 args.raw.write_text(json.dumps([{f"{k[0]}|{k[1]}": v for k, v in p.items()}
                                                 for p in puts]))
         print_timeline("hdsd each-site, put 4 KiB x1", steps, passes, lat)
-        doc["hdsd"] = {"steps": steps, "passes": passes, "p50_ms": statistics.median(lat),
+        doc["hdsd"] = {"timeline": steps, "passes": passes, "p50_ms": statistics.median(lat),
                        **miles}
         fmiles = None
         if not args.no_floor:
@@ -541,7 +541,7 @@ def main() -> None:
                     proc.stop()
             print_timeline("trio floor, put 4 KiB x1", fsteps, fpasses, flat)
             fmiles = milestones(per_put(client, _load(fouts)), 2)
-            doc["trio_floor"] = {"steps": fsteps, "passes": fpasses,
+            doc["trio_floor"] = {"timeline": fsteps, "passes": fpasses,
                                  "p50_ms": statistics.median(flat), **fmiles}
             print(f"\nhdsd / trio floor, traced p50: "
                   f"{doc['hdsd']['p50_ms'] / doc['trio_floor']['p50_ms']:.2f}x")
