@@ -406,11 +406,8 @@ class LogWriter:
             self._unindexed_requests.setdefault((r.tenant, r.request_id), r)
         parked = any(c.waker.parked for c in batch)  # read before they are woken
         self._acked += 1
-        # Indexed a moment later (see INDEX_DELAY_S); reads wait for it meanwhile. Its entry
-        # is made before the committers are woken, not after: a woken committer's event loop
-        # wants the GIL at once, and whatever Python this thread still ran after the wake-up
-        # would hold it back (each hand-off a context switch; measured in
-        # bench/put_timeline.py on the replica, between its fsync and its Reply).
+        self._complete(batch, None, "")
+        # Indexed a moment later (see INDEX_DELAY_S); reads wait for it meanwhile.
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + r.size))
                  for r, off in zip(records, offsets, strict=True)]
         moved = {id(r) for c in batch if c.relocate for r in c.records}
@@ -423,7 +420,6 @@ class LogWriter:
                        if id(r) in moved] if moved else [],
             requests=requests, acked=self._acked,
             at=time.monotonic() - (0.0 if parked or self._paced else INDEX_DELAY_S)))
-        self._complete(batch, None, "")
         try:
             self._drop_behind(written)  # after the acknowledgement: a hint, off its path
         except Exception:  # a cache hint must never stop the store (a crash here would)
