@@ -282,8 +282,9 @@ class Store:
         return CommitTicket(wakers, pending)
 
     def node_busy(self, busy: bool) -> None:
-        """Tell the store whether its node has requests in flight: index updates then wait
-        for the idle moments (see :meth:`LogWriter.node_busy`). Never blocks."""
+        """Tell the store whether its node serves exactly one request: its batches' index
+        updates then wait for that request's end (see :meth:`LogWriter.node_busy`). Never
+        blocks."""
         self._writer.node_busy(busy)
 
     def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:

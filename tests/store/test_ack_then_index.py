@@ -201,12 +201,12 @@ async def test_index_updates_wait_a_moment_and_batches_share_one(
         assert store._writer._indexed == store._writer._acked
 
 
-async def test_a_busy_node_holds_the_index_update_until_it_is_idle(
+async def test_a_lone_request_holds_the_index_update_until_it_ended(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A node that says it has requests in flight (node_busy) gets its batches indexed once it
-    # is idle again, so the writer thread's index work never competes with a reply on its way;
-    # a read in between still gets them at once, and batches held together share one
-    # transaction.
+    # While a node serves one request alone (node_busy), its batches are indexed once that
+    # request ended, so the writer thread's index work never competes with its reply on the
+    # way; a read in between still gets them at once, batches held together share one
+    # transaction, and with company the usual delay applies again.
     monkeypatch.setattr(writer_module, "INDEX_HOLD_MAX_S", 60.0)
     with Store.open(tmp_path, sealing=SEALING) as store:
         calls: list[int] = []
@@ -235,4 +235,10 @@ async def test_a_busy_node_holds_the_index_update_until_it_is_idle(
             await store.commit([v(2)])
         assert store.current("t", "b", "k2") == v(2)  # a read does not wait for idleness
         assert calls == [2, 1]
+        store.node_busy(False)  # a second request came: no batch held any more
+        with trio.fail_after(10):
+            await store.commit([v(3)])
+            while len(calls) < 3:
+                await trio.sleep(0.01)  # indexed after INDEX_DELAY_S, nobody asking
+        assert calls == [2, 1, 1]
         assert store._writer._indexed == store._writer._acked
