@@ -329,11 +329,15 @@ class Node:
         self._active_requests += 1
         if self._active_requests == 1:
             self._idle = trio.Event()
+        # A lone request's batches are indexed once it ended, off its reply's path (see
+        # hdsd.store.LogWriter.node_busy); with company, as they come.
+        self.store.node_busy(self._active_requests == 1)
 
     def _request_done(self) -> None:
         self._active_requests -= 1
         if self._active_requests == 0:
             self._idle.set()
+        self.store.node_busy(self._active_requests == 1)
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
