@@ -18,6 +18,9 @@ through /proc/PID/clear_refs), open descriptors and CPU seconds (from /proc), th
 split of its memory (``memory`` in its status: glibc's bytes in use and free in its arenas;
 Python's traced bytes with ``--node-env PYTHONTRACEMALLOC=1``; the body budget's peak since the
 start and the requests that waited for it),
+each node's RSS split by mapping (glibc's main heap, its other arenas' heaps, thread stacks,
+other anonymous memory — Python's arenas —, pages of files; from /proc/PID/smaps) with the
+node's count of Python's arenas and of SQLite's bytes and its last trim's time and yield,
 the operations done in the interval by kind with p50/p99 latency, the CPU per operation (both
 nodes' CPU over all operations) and errors. At the end, every key is read back from each site
 with the other site's node stopped (so the answer is that node's own copy, never forwarded),
