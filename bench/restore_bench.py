@@ -350,24 +350,72 @@ def _compare(before: dict[str, tuple[str, str, int]], after: dict[str, tuple[str
             "extra": len(extra), "examples": (missing + wrong + extra)[:10]}
 
 
-def _export(profile: Path, site: str, node: NodeProcess, spool: Path | None = None
-            ) -> dict[str, Any]:
+class _TarDigest:
+    """The archive's SHA-256 as it streams by, and one that leaves out what differs between
+    two exports of the same data: the export's time (``exported_at`` in the manifest's first
+    line, the mtime in the manifest's and checksums' headers). Two trees' exports of one
+    cluster must have the same *content* digest: the same archive but for that time."""
+
+    def __init__(self) -> None:
+        self.raw = hashlib.sha256()
+        self.content = hashlib.sha256()
+        self.head = bytearray()  # the bytes up to the checksums member's data
+        self.manifest: bytes | None = None
+        self.body_at = -1  # where the checksums member's data starts, once known
+        self.size = 0
+
+    def update(self, piece: bytes) -> None:
+        self.raw.update(piece)
+        self.size += len(piece)
+        if self.body_at >= 0:
+            self.content.update(piece)
+            return
+        self.head += piece
+        self._parse()
+
+    def _parse(self) -> None:
+        # Two plain ustar headers (short ASCII names: no pax header precedes them).
+        if len(self.head) < 512:
+            return
+        size = int(self.head[124:136].split(b"\0")[0] or b"0", 8)
+        second = 512 + size + (-size % 512)
+        if len(self.head) < second + 512:
+            return
+        assert self.head[:14] == b"manifest.jsonl" and self.head[second:second + 10] == \
+            b"SHA256SUMS", "not an hdsd export"
+        lines = bytes(self.head[512:512 + size]).split(b"\n", 1)
+        first = json.loads(lines[0])
+        first.pop("exported_at")
+        self.manifest = json.dumps(first, sort_keys=True).encode() + b"\n" + lines[1]
+        self.content.update(self.manifest)
+        self.body_at = second + 512
+        self.content.update(bytes(self.head[self.body_at:]))
+        self.head = bytearray()
+
+
+def _export(profile: Path, site: str, node: NodeProcess, spool: Path | None = None,
+            tree: Path | None = None) -> dict[str, Any]:
+    """One ``hdsd export`` of the tenant; *tree*: another checkout's ``hdsd`` (run from
+    there, with this interpreter) instead of this one's."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     node_cpu = _cpu_s(node)
     t0 = time.perf_counter()
     extra = ["--spool", str(spool)] if spool is not None else []
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "hdsd", "--profile", str(profile), "--site",
                              site, "--timeout", "600", "export", _tenant(profile), "-",
-                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tree, env=env)
     assert proc.stdout is not None and proc.stderr is not None
     err: list[bytes] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()))  # type: ignore
     drain.start()
-    tar_bytes = 0
-    digest = hashlib.sha256()
+    digest = _TarDigest()
     while piece := proc.stdout.read(1 << 20):  # counted and hashed, never kept
-        tar_bytes += len(piece)
         digest.update(piece)
+    tar_bytes = digest.size
     proc.wait(7200)
     drain.join()
     seconds = time.perf_counter() - t0
@@ -384,7 +432,8 @@ def _export(profile: Path, site: str, node: NodeProcess, spool: Path | None = No
         if line.startswith("{"):
             summary = json.loads(line)
     return {"seconds": round(seconds, 2), "tar_bytes": tar_bytes,
-            "tar_sha256": digest.hexdigest()[:16],
+            "tar_sha256": digest.raw.hexdigest()[:16],
+            "content_sha256": digest.content.hexdigest()[:16],
             "mib_s": round(tar_bytes / MIB / seconds, 1), "cpu": cpu, "summary": summary}
 
 
@@ -449,6 +498,12 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: tmp)")
     ap.add_argument("--export-only", action="store_true",
                     help="skip the wipe and the rebuild: write, then the client-side restore only")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the plain export this many times (figures of each, and the best)")
+    ap.add_argument("--compare-tree", type=Path, default=None,
+                    help="another checkout of hdsd (e.g. main's): its export alternates with "
+                         "this tree's on the same cluster (this tree's nodes), --repeat times "
+                         "each, and must write the same archive but for the export's time")
     ap.add_argument("--rebuild-only", action="store_true",
                     help="stop after the rebuild and its verification (no client-side restore)")
     ap.add_argument("--prefill", type=int, default=0,
@@ -504,7 +559,8 @@ def main() -> None:
                                 "versions_s": round(results["versions"] / write_s, 1)}
             if args.export_only:
                 nodes["dc2"].stop()
-                _client_restore(profile, nodes, results, Path(tmp), args.get_tasks)
+                _client_restore(profile, nodes, results, Path(tmp), args.get_tasks,
+                                args.repeat, args.compare_tree)
                 return _report(args, results, total)
             listed = trio.run(_listing, profile, "dc1")
             nodes["dc2"].stop()
@@ -522,7 +578,8 @@ def main() -> None:
             if not args.rebuild_only:
                 nodes["dc1"].start()
                 nodes["dc2"].stop()
-                _client_restore(profile, nodes, results, Path(tmp), args.get_tasks)
+                _client_restore(profile, nodes, results, Path(tmp), args.get_tasks,
+                                args.repeat, args.compare_tree)
         finally:
             for node in nodes.values():
                 node.stop()
@@ -530,16 +587,33 @@ def main() -> None:
 
 
 def _client_restore(profile: Path, nodes: dict[str, NodeProcess], results: dict[str, Any],
-                    tmp: Path, get_tasks: int) -> None:
+                    tmp: Path, get_tasks: int, repeat: int = 1, compare: Path | None = None
+                    ) -> None:
     """Restore from dc1 (dc2 stopped) as a client would: export, export --spool, gets."""
     _log("client-side restore from dc1: export")
-    results["export"] = _export(profile, "dc1", nodes["dc1"])
+    runs: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    for i in range(max(1, repeat)):
+        runs.append(_export(profile, "dc1", nodes["dc1"]))
+        _log(f"export {i + 1}: {runs[-1]['mib_s']} MiB/s")
+        if compare is not None:
+            other.append(_export(profile, "dc1", nodes["dc1"], tree=compare))
+            _log(f"export {i + 1} of {compare}: {other[-1]['mib_s']} MiB/s")
+    results["export"] = max(runs, key=lambda r: r["mib_s"])
+    if repeat > 1:
+        results["export_runs"] = runs
+    if compare is not None:
+        results["export_compared"] = {"tree": str(compare), "runs": other,
+                                      "best": max(other, key=lambda r: r["mib_s"])}
+        contents = {r["content_sha256"] for r in runs + other}
+        if len(contents) != 1:
+            raise RuntimeError(f"the two trees' exports differ (content digests {contents})")
     _log(f"export: {results['export']['mib_s']} MiB/s; export --spool")
     spool = tmp / "spool"
     spool.mkdir()
     results["export_spool"] = _export(profile, "dc1", nodes["dc1"], spool)
-    if results["export_spool"]["tar_bytes"] != results["export"]["tar_bytes"]:
-        raise RuntimeError("the spooled export's tar differs in size")
+    if results["export_spool"]["content_sha256"] != results["export"]["content_sha256"]:
+        raise RuntimeError("the spooled export's tar differs")
     _log(f"export --spool: {results['export_spool']['mib_s']} MiB/s; get of every key")
     results["get_all"] = trio.run(_get_all, profile, "dc1", get_tasks)
     if hasattr(hdsd.AsyncClient, "get_many"):  # (a tree from before GetMany has none)
@@ -553,8 +627,20 @@ def _report(args: argparse.Namespace, results: dict[str, Any], total: int) -> No
         rows += _rebuild_rows(args, results, total)
     if "export" in results:
         ga = results["get_all"]
-        for name, ex in (("hdsd export", results["export"]),
-                         ("hdsd export --spool", results["export_spool"])):
+        exports = [("hdsd export", results["export"]),
+                   ("hdsd export --spool", results["export_spool"])]
+        if "export_compared" in results:
+            cmp = results["export_compared"]
+            exports.insert(1, (f"hdsd export of {cmp['tree']}", cmp["best"]))
+            rows.append(["hdsd export, every run: this tree / the other (MiB/s)",
+                         " ".join(str(r["mib_s"]) for r in results.get("export_runs",
+                                                                       [results["export"]]))
+                         + " / " + " ".join(str(r["mib_s"]) for r in cmp["runs"])
+                         + " (same archive but for its time)", "—"])
+        elif "export_runs" in results:
+            rows.append(["hdsd export, every run (MiB/s)",
+                         " ".join(str(r["mib_s"]) for r in results["export_runs"]), "—"])
+        for name, ex in exports:
             rows += [
                 [f"client restore: {name}", f"{ex['seconds']} s: {ex['mib_s']} MiB/s of tar",
                  "≥ 150 MiB/s"],

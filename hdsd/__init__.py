@@ -3,6 +3,8 @@
 Everything a user may touch is re-exported here; modules starting with ``_`` are private.
 """
 
+from typing import TYPE_CHECKING
+
 from ._errors import ArchiveError as ArchiveError
 from ._errors import AuditChainBroken as AuditChainBroken
 from ._errors import AuditTampered as AuditTampered
@@ -45,4 +47,16 @@ from .client import ListPage as ListPage
 from .client import ObjectInfo as ObjectInfo
 from .client import export_tenant as export_tenant
 from .client import import_archive as import_archive
-from .store import Version as Version
+
+if TYPE_CHECKING:
+    from .store import Version as Version
+
+
+def __getattr__(name: str) -> object:
+    # The store (its index, log and compaction: a node's) is imported on first use of
+    # hdsd.Version, not by every `import hdsd`: the CLI's client commands start without it.
+    if name == "Version":
+        from .store import Version
+
+        return Version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -169,7 +169,8 @@ class Reader:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._pos: _Position | None = None
+        self._pos: _Position | None = None  # where the last batch read ended
+        self._start: _Position | None = None  # ... and where it began
 
     def read_after(self, after_seq: int, until_seq: int, limit: int, max_bytes: int
                    ) -> tuple[int, bytes, list[bytes]]:
@@ -177,6 +178,11 @@ class Reader:
         and ``(seq, hash)`` of the record before the first one returned. When *after_seq* was
         pruned, start at the oldest record kept."""
         pos = self._pos if self._pos is not None and self._pos.seq == after_seq else None
+        if pos is None and self._start is not None and self._start.seq == after_seq:
+            # The last batch was not taken (the other site is down, the shipper retries every
+            # interval): read it again from where it began. Locating it would parse the whole
+            # segment — up to its 64 MiB, every half second, for as long as the site is down.
+            pos = self._start
         if pos is None or not pos.path.exists():
             pos = self._locate(after_seq)
             if pos is None:
@@ -211,6 +217,7 @@ class Reader:
                 size += n
                 seq += 1
                 offset += F.LENGTH.size + n + F.HASH_SIZE
+        self._start = pos
         self._pos = _Position(seq, pos.path, offset)
         return prev_seq, prev_hash, bodies
 

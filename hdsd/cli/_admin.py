@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import click
 import trio
@@ -12,29 +13,14 @@ from click.core import ParameterSource
 
 from .._errors import ConfigError, TenantShredded
 from .._groups import single_error
-from ..catalog import (
-    CATALOG_FILE,
-    KEYRING_FILE,
-    ensure_tenant,
-    load_master_key,
-    tenant_state_in_catalog,
-)
-from ..node import (
-    NAME_RE,
-    SPEC_FILE,
-    ClusterSpec,
-    Node,
-    configure_logging,
-    load_node_config,
-    load_spec,
-    serve_node,
-    spec_from_flags,
-    write_cluster,
-    write_profile,
-)
-from ..pipeline import tune_allocator
 from ..transport import CLIENT_VALIDITY_DAYS, ROLES, issue_client_cert, read_certificate
 from ._main import main
+
+# The node's packages (node, catalog, pipeline: with the S3 gateway, metrics and the store,
+# most of a second of start-up) are imported by the commands that use them, not by every
+# `hdsd` command: a client command never needs them (tests/cli/test_startup.py).
+if TYPE_CHECKING:
+    from ..node import ClusterSpec
 
 
 @main.command()
@@ -71,6 +57,8 @@ def init(ctx: click.Context, directory: str, spec_file: str | None, nodes_per_si
     node (DIRECTORY/NODE: node.toml, certificate, CA certificate, its master-key file, data/),
     and an admin client profile DIRECTORY/client.toml listing every node of both sites. The CA
     key stays in DIRECTORY/ca. The layout comes from --spec FILE, or from the flags."""
+    from ..node import load_spec, write_cluster
+
     root = Path(directory).resolve()
     if spec_file is not None:
         flags = [f"--{name.replace('_', '-')}" for name in (
@@ -105,6 +93,8 @@ def init(ctx: click.Context, directory: str, spec_file: str | None, nodes_per_si
 
 def _spec_from_flags(nodes_per_site: int, base_port: int, ports: str | None, sites: str,
                      host: str, tenant: str, backup_nodes_per_site: int) -> ClusterSpec:
+    from ..node import NAME_RE, spec_from_flags
+
     site_names = [s.strip() for s in sites.split(",")]
     if len(site_names) != 2 or len(set(site_names)) != 2:
         raise ConfigError("--sites takes exactly two distinct site names, e.g. lyon-est,lyon-sud")
@@ -160,6 +150,7 @@ def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, clu
     Replacing an existing client needs --force (or `hdsd cert renew`); its previous
     certificates are then revoked through the cluster once the new one is written, unless
     --keep-previous (see :mod:`._certs`)."""
+    from ..catalog import CATALOG_FILE, tenant_state_in_catalog
     from ._certs import client_records, replace_previous  # (it imports this module)
 
     root = Path(cluster_dir).resolve()
@@ -200,6 +191,8 @@ def cert_issue(ctx: click.Context, client_name: str, tenant: str, role: str, clu
 
 def _bundle_keyrings(root: Path) -> list[Path]:
     """The keyring seed files of the bundles under *root* (relative or --prefix layout)."""
+    from ..catalog import KEYRING_FILE
+
     return sorted(root.glob(f"*/**/{KEYRING_FILE}"))
 
 
@@ -211,6 +204,8 @@ def _provision_tenant(root: Path, keyrings: list[Path], tenant: str) -> str:
     truth, and a tenant created there reaches every node); only when no node answers — the
     cluster is not started yet — are the bundles' keyring seeds written, to ship with them.
     """
+    from ..catalog import ensure_tenant, load_master_key
+
     created = _create_in_cluster(root / "client.toml", tenant)
     if created is not None:
         return f"tenant {tenant}: keys created in the cluster's catalog" if created else ""
@@ -253,6 +248,8 @@ def _create_in_cluster(admin_profile: Path, tenant: str) -> bool | None:
 def _write_client_profile(root: Path, profile: Path, tenant: str, crt: Path, key: Path) -> bool:
     """A profile listing every node of every site, from the spec ``hdsd init`` kept (False if
     there is none: a directory written before specs)."""
+    from ..node import SPEC_FILE, load_spec, write_profile
+
     if not (root / SPEC_FILE).is_file():
         return False
     spec = load_spec(root / SPEC_FILE)
@@ -269,6 +266,9 @@ def _write_client_profile(root: Path, profile: Path, tenant: str, crt: Path, key
               help="overrides [log] format: key=value text lines or one JSON object per line")
 def serve(config_path: str, log_level: str | None, log_format: str | None) -> None:
     """Run a node until SIGTERM/SIGINT (graceful; a second signal forces the stop)."""
+    from ..node import Node, configure_logging, load_node_config, serve_node
+    from ..pipeline import tune_allocator
+
     config = load_node_config(config_path)
     configure_logging(log_format or config.log_format, log_level or config.log_level)
 

@@ -14,25 +14,22 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .._errors import ConfigError, HdsdError
-from ..audit import (
-    SEALED_PREFIX,
-    VERIFY_KEY_FILE,
-    VerifyReport,
-    copy_dir,
-    fingerprint,
-    open_audit_names,
-    read_records,
-    read_verify_key,
-    verify_log,
-)
 from ._main import main
+
+# The audit package is imported by the audit commands only: `hdsd` client commands start
+# without it.
+if TYPE_CHECKING:
+    from ..audit import VerifyReport
 
 
 def _log_dir(data_dir: str, origin: str | None) -> Path:
+    from ..audit import copy_dir
+
     base = Path(data_dir)
     audit = base / "audit" if (base / "audit").is_dir() else base
     directory = copy_dir(audit, origin) if origin else audit
@@ -42,6 +39,8 @@ def _log_dir(data_dir: str, origin: str | None) -> Path:
 
 
 def _key(directory: Path, pubkey: str | None) -> tuple[bytes, str]:
+    from ..audit import VERIFY_KEY_FILE, read_verify_key
+
     if pubkey is not None:
         return read_verify_key(Path(pubkey)), "pinned key " + pubkey
     key_file = directory / VERIFY_KEY_FILE
@@ -79,6 +78,8 @@ def verify(data_dir: str, origin: str | None, pubkey: str | None) -> None:
     record. Exit 0 if intact — the last line, ``verdict: signed`` or ``verdict: unsigned
     tail`` (records after the last checkpoint, normal on a live node), says how far the
     signatures reach — and 5 on tampering."""
+    from ..audit import fingerprint, verify_log
+
     directory = _log_dir(data_dir, origin)
     key, how = _key(directory, pubkey)
     report = verify_log(directory, key)
@@ -160,6 +161,8 @@ def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str 
            pubkey: str | None, config_path: str | None) -> None:
     """Print a tenant's audit records as JSON lines (verifying the log first). Bucket and key
     names are sealed under the tenant's key in the log: --config opens them."""
+    from ..audit import SEALED_PREFIX, open_audit_names, read_records, verify_log
+
     directory = _log_dir(data_dir, origin)
     seal = None
     if config_path is not None:
@@ -194,6 +197,8 @@ def export(data_dir: str, tenant: str, since: str | None, fmt: str, origin: str 
 @_data_dir
 def pubkey_cmd(data_dir: str) -> None:
     """Print the node's audit verify key (to pin it) and its fingerprint."""
+    from ..audit import VERIFY_KEY_FILE, fingerprint, read_verify_key
+
     directory = _log_dir(data_dir, None)
     key = read_verify_key(directory / VERIFY_KEY_FILE)
     click.echo(f"{key.hex()}  fingerprint {fingerprint(key)}")

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -35,9 +35,12 @@ from ..cluster import (
     with_node,
     without_node,
 )
-from ..node import SPEC_FILE, ClusterSpec, NodeSpec, load_spec, write_node_bundle, write_profile
 from ._data import _run, json_option
 from ._main import main
+
+# The node package is imported where used: `hdsd` client commands start without it.
+if TYPE_CHECKING:
+    from ..node import ClusterSpec
 
 STAGED_FILE = "layout-staged.json"
 
@@ -65,6 +68,8 @@ def _staged(ops: Path) -> list[dict[str, Any]]:
 
 
 def _stage(ops: Path, op: dict[str, Any]) -> None:
+    from ..node import SPEC_FILE, load_spec
+
     if not (ops / SPEC_FILE).exists():
         raise ConfigError(f"{ops} is not an operator directory ({SPEC_FILE} missing); pass "
                           "--cluster-dir (the directory hdsd init wrote)")
@@ -104,6 +109,8 @@ def _describe(op: dict[str, Any]) -> str:
 def _spec_after(spec: ClusterSpec, staged: list[dict[str, Any]]) -> ClusterSpec:
     """The spec with the staged changes, in order; ConfigError naming the first that cannot
     apply."""
+    from ..node import NodeSpec
+
     nodes = list(spec.nodes)
     for op in staged:
         names = [n.name for n in nodes]
@@ -376,6 +383,8 @@ def apply(ctx: click.Context, cluster_dir: str | None, prefix: str | None,
 
     A node joining gets its bundle first; the version is handed out once it listens (run
     apply again after starting it), so no write placed on it is refused."""
+    from ..node import SPEC_FILE, load_spec, write_node_bundle
+
     ops = _ops_dir(ctx, cluster_dir)
     staged = _staged(ops)
     if not staged:
@@ -460,6 +469,8 @@ def _push_everywhere(ctx: click.Context, record: LayoutRecord) -> list[dict[str,
 def _refresh_admin_profile(ops: Path, spec: ClusterSpec) -> None:
     """The admin profile lists the new layout's nodes (other profiles: hdsd profile
     refresh)."""
+    from ..node import write_profile
+
     path = ops / "client.toml"
     if not path.exists():
         return

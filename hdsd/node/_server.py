@@ -292,15 +292,26 @@ class Node:
     def counted_request(self) -> Iterator[None]:
         """A request in flight (an S3 one: native ones are counted by their connection): a
         graceful stop waits for it (up to ``shutdown_grace_s``) before closing anything."""
-        self._active_requests += 1
-        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        self._request_began()
         try:
             yield
         finally:
-            self._active_requests -= 1
-            if self._active_requests == 0:
-                self._idle.set()
+            self._request_done()
             self._request_ended.unpark_all()
+
+    def _request_began(self) -> None:
+        self._active_requests += 1
+        if self._active_requests == 1:
+            self._idle = trio.Event()
+        # A lone request's batches are indexed once it ended, off its reply's path (see
+        # hdsd.store.LogWriter.node_busy); with company, as they come.
+        self.store.node_busy(self._active_requests == 1)
+
+    def _request_done(self) -> None:
+        self._active_requests -= 1
+        if self._active_requests == 0:
+            self._idle.set()
+        self.store.node_busy(self._active_requests == 1)
 
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
@@ -729,8 +740,7 @@ class Node:
             await session.send(ErrorReply(rid=msg.rid, code=err.code,  # type: ignore[attr-defined]
                                           message=err.message))
             return
-        self._active_requests += 1
-        self._idle = trio.Event() if self._active_requests == 1 else self._idle
+        self._request_began()
         try:
             await handle_request(self, session, ident, msg, inbox, resolved)
         except BaseException as exc:
@@ -745,9 +755,7 @@ class Node:
             if propagate is not None:
                 raise propagate from None
         finally:
-            self._active_requests -= 1
-            if self._active_requests == 0:
-                self._idle.set()
+            self._request_done()
 
 
 _STREAMING = (PutStart, GetRequest, GetMany, FetchChunks)  # (a download hears its Cancel)

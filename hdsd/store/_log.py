@@ -48,7 +48,9 @@ Commit rule
     wakes the waiters, then applies the batch to the index in one SQLite transaction that also
     records the end of the batch (the *applied position*: segment, offset, and the offset of
     its last frame) — half a millisecond later when its waiters were parked on it (they run
-    first), or at once when a read asks; batches acknowledged meanwhile share the transaction.
+    first), once its request has ended when a node serves that one request alone (at most
+    5 ms later), and at once when a read asks; batches acknowledged meanwhile share the
+    transaction.
     Until that transaction is done every read of the store waits for it, so
     no read made after an acknowledgement misses the acknowledged records; if it fails, the
     store stops and reads refuse (a reopen replays the batch). A batch never spans segments:

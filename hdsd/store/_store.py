@@ -281,6 +281,12 @@ class Store:
             raise
         return CommitTicket(wakers, pending)
 
+    def node_busy(self, busy: bool) -> None:
+        """Tell the store whether its node serves exactly one request: its batches' index
+        updates then wait for that request's end (see :meth:`LogWriter.node_busy`). Never
+        blocks."""
+        self._writer.node_busy(busy)
+
     def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
         """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
         encoded = self._encode(records)

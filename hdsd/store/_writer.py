@@ -45,9 +45,18 @@ DROP_STEP = 8 << 20
 # transaction. Long enough for a reply to go out, short enough to be done before the next
 # request of a lone client comes (measured: 2 ms put the index update of one put on the path
 # of the next). A batch nobody was parked on (a coordinator still waiting for its peer) is
-# indexed at once, while the event loop has nothing to do.
+# indexed at once, while the event loop has nothing to do. While a node serves one request
+# alone, both wait for its end instead (INDEX_HOLD_MAX_S below).
 INDEX_DELAY_S = 0.0005
 INDEX_BATCHES_MAX = 16
+# While a node serves one request alone (LogWriter.node_busy), a batch is indexed once that
+# request has ended — its reply is out, the event loop has nothing to do — instead of at a
+# moment that can land on the reply's path (measured, bench/put_timeline.py: a lone put's
+# Reply or ack that overlapped the index update took 1.2-2.7 ms to go out instead of
+# 0.4-0.6), and at the latest this long after its acknowledgement. With more requests in
+# flight the rules above stay: a read of a busy node would otherwise find more batches to
+# wait for.
+INDEX_HOLD_MAX_S = 0.005
 
 
 @dataclass(eq=False, slots=True)
@@ -77,7 +86,8 @@ class _Unindexed:
     relocated: list[tuple[StoredRecord, Location]]
     requests: list[Version]  # request ids to drop from the side table once indexed
     acked: int  # the writer's _acked count once this batch was acknowledged
-    at: float  # time.monotonic() of the acknowledgement
+    at: float  # when it is due under INDEX_DELAY_S's rule (earlier when nobody was parked)
+    acked_at: float  # time.monotonic() of the acknowledgement
 
 
 def spare_path(final: str) -> str:
@@ -182,6 +192,10 @@ class LogWriter:
         self._indexed_cond = threading.Condition()
         self._unindexed: list[_Unindexed] = []  # acknowledged, index update deferred
         self._index_wanted = False  # a reader waits for the index: apply it now
+        # Set by node_busy: a node's lone request is in flight (its batches are held), and
+        # that request just ended (index now).
+        self._node_busy = False
+        self._kicked = False
         self._index_lost: str | None = None  # acknowledged batches this index will never hold
         # Request ids of versions acknowledged but maybe not indexed yet, so an idempotency
         # lookup need not wait for the index (see find_unindexed_request). Writer thread
@@ -241,6 +255,18 @@ class LogWriter:
         if pending.error is not None:
             raise pending.error
 
+    def node_busy(self, busy: bool) -> None:
+        """Whether the node serves exactly one request (called from its event loop whenever
+        its count of requests in flight changes). While it does, acknowledged batches wait
+        for that request to end — the writer thread's index work then never takes the GIL
+        from a reply on its way — or :data:`INDEX_HOLD_MAX_S`, or a read
+        (:meth:`wait_indexed`); when it ends (or another request starts) they are indexed
+        at once. Otherwise the usual rule (:data:`INDEX_DELAY_S`) applies."""
+        held, self._node_busy = self._node_busy, busy
+        if held and not busy and self._unindexed:  # the lone request ended, or company came
+            self._kicked = True
+            self._doorbell.ring()  # a system call only while the writer sleeps on a batch
+
     def wait_indexed(self) -> None:
         """Block until every acknowledged batch is in the index (reads call this first).
 
@@ -289,21 +315,27 @@ class LogWriter:
 
     # --- writer thread ----------------------------------------------------------------------
     def _ready(self) -> bool:
-        return bool(self._queue) or self._closing or self._index_wanted
+        return bool(self._queue) or self._closing or self._index_wanted or self._kicked
 
     def _run(self) -> None:
         queue = self._queue
         while True:
             if self._unindexed:
-                due = self._unindexed[0].at + INDEX_DELAY_S
+                first = self._unindexed[0]
+                due = (first.acked_at + INDEX_HOLD_MAX_S if self._node_busy
+                       else first.at + INDEX_DELAY_S)
                 self._doorbell.sleep_until(self._ready, max(0.0, due - time.monotonic()))
-                if (self._index_wanted or self._closing or not queue
+                if self._node_busy:  # held (a lone request): its end kicks, or the bound
+                    due = first.acked_at + INDEX_HOLD_MAX_S
+                if (self._index_wanted or self._closing or self._kicked
+                        or (not queue and not self._node_busy)
                         or len(self._unindexed) >= INDEX_BATCHES_MAX
                         or time.monotonic() >= due):
                     self._apply_unindexed()
             else:
                 self._doorbell.sleep_until(self._ready)
                 self._index_wanted = False  # nothing deferred: the reader's wait is over
+                self._kicked = False  # nor for a kick (it raced with the last apply)
             if not queue:
                 if self._closing:
                     return  # submit() refuses once _closing is set, so nothing follows
@@ -384,6 +416,7 @@ class LogWriter:
         self._acked += 1
         self._complete(batch, None, "")
         # Indexed a moment later (see INDEX_DELAY_S); reads wait for it meanwhile.
+        now = time.monotonic()
         items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + r.size))
                  for r, off in zip(records, offsets, strict=True)]
         moved = {id(r) for c in batch if c.relocate for r in c.records}
@@ -395,7 +428,7 @@ class LogWriter:
             relocated=[(rec, loc) for (rec, loc), r in zip(items, records, strict=True)
                        if id(r) in moved] if moved else [],
             requests=requests, acked=self._acked,
-            at=time.monotonic() - (0.0 if parked else INDEX_DELAY_S)))
+            at=now - (0.0 if parked else INDEX_DELAY_S), acked_at=now))
         try:
             self._drop_behind(written)  # after the acknowledgement: a hint, off its path
         except Exception:  # a cache hint must never stop the store (a crash here would)
@@ -404,6 +437,7 @@ class LogWriter:
     def _apply_unindexed(self) -> None:
         """Index every acknowledged batch still waiting, in one transaction."""
         self._index_wanted = False
+        self._kicked = False
         pending, self._unindexed = self._unindexed, []
         if not pending or self._index_lost is not None:
             return

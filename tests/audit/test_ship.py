@@ -193,3 +193,32 @@ async def test_steady_traffic_ships_one_batch_per_interval_and_a_backlog_back_to
         audit.close()
         for c in link.copies.values():
             c.close()
+
+
+def test_a_batch_not_taken_is_read_again_without_parsing_the_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The other site down: the shipper asks for the same batch every interval. Finding it
+    # again by parsing the whole segment each time cost a core with a large segment.
+    audit = make_log(tmp_path / "src", 40)
+    expected = _batches(audit.directory, 40, 10)
+    reader = Reader(audit.directory)
+    first = reader.read_after(0, 40, 10, 1 << 20)
+    assert reader.read_after(10, 40, 10, 1 << 20)[2]  # the next batch is taken
+
+    located: list[int] = []
+    locate = Reader._locate
+
+    def counting(self: Reader, after_seq: int) -> object:
+        located.append(after_seq)
+        return locate(self, after_seq)
+
+    monkeypatch.setattr(Reader, "_locate", counting)
+    second = reader.read_after(10, 40, 10, 1 << 20)
+    for _ in range(3):  # ... and not taken: the same batch, from where it began
+        assert reader.read_after(10, 40, 10, 1 << 20) == second
+    assert located == []
+    assert second[0] == 10 and len(second[2]) == 10
+    assert first == expected[0] and second == expected[1]
+    # Another position than the last batch's start or end is still found by parsing.
+    assert reader.read_after(0, 40, 10, 1 << 20) == first
+    assert located == [0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given
@@ -25,6 +25,18 @@ def test_key_paths_round_trip(key: str) -> None:
     # As docs/export-format.md tells a reader without hdsd to decode it.
     assert "/".join("" if s == "@empty" else unquote(s, errors="strict")
                     for s in path.split("/")) == key
+
+
+@given(keys)
+def test_each_segment_is_percent_encoded_as_the_format_says(key: str) -> None:
+    # docs/export-format.md: UTF-8, every byte but A-Z a-z 0-9 - _ . ~ as %XX (upper case), a
+    # leading '.' too, an empty segment as @empty (plain segments take a shortcut: same bytes).
+    def reference(segment: str) -> str:
+        if not segment:
+            return "@empty"
+        out = quote(segment, safe="")
+        return "%2E" + out[1:] if out.startswith(".") else out
+    assert A.encode_key_path(key) == "/".join(reference(s) for s in key.split("/"))
 
 
 @given(keys)

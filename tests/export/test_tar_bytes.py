@@ -59,3 +59,23 @@ def test_an_archive_without_its_end_reads_as_truncated() -> None:
             f = back.extractfile(member)
             assert f is not None
             f.read()
+
+
+@pytest.mark.parametrize("name", ["objects/b/k", "o/" + "x" * 97, "o/" + "x" * 98,
+                                  "o/" + "x" * 99, "objects/é", "objects/b/%2E.@empty",
+                                  "objects/b/a\x01b"])
+@pytest.mark.parametrize(("size", "mtime"), [(0, 0), (4096, 1_700_000_000),
+                                             (8 ** 11 - 1, 8 ** 11 - 1), (8 ** 11, 5),
+                                             (5, 8 ** 11)])
+def test_the_quick_header_is_tarfiles(name: str, size: int, mtime: int) -> None:
+    # _TarOut.header fills a template instead of building a TarInfo; past what a plain ustar
+    # header holds (a long or non-ASCII name, 11 octal digits) it falls back to tarfile.
+    quick, slow = _TarOut(io.BytesIO()), _TarOut(io.BytesIO())
+    quick.header(name, size, mtime)
+    slow.member(_tar_info(name, size, mtime))
+    assert b"".join(quick.parts) == b"".join(slow.parts)  # slow: tarfile's TarInfo.tobuf
+    if size < 1 << 20:  # ... and what TarFile.addfile writes first
+        reference = io.BytesIO()
+        with tarfile.open(fileobj=reference, mode="w|", format=tarfile.PAX_FORMAT) as ref:
+            ref.addfile(_tar_info(name, size, mtime), io.BytesIO(bytes(size)))
+        assert reference.getvalue().startswith(b"".join(quick.parts))

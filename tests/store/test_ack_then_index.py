@@ -199,3 +199,46 @@ async def test_index_updates_wait_a_moment_and_batches_share_one(
                 await trio.sleep(0.01)  # indexed after the delay, without a read asking
         assert calls == [3, 1]
         assert store._writer._indexed == store._writer._acked
+
+
+async def test_a_lone_request_holds_the_index_update_until_it_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # While a node serves one request alone (node_busy), its batches are indexed once that
+    # request ended, so the writer thread's index work never competes with its reply on the
+    # way; a read in between still gets them at once, batches held together share one
+    # transaction, and with company the usual delay applies again.
+    monkeypatch.setattr(writer_module, "INDEX_HOLD_MAX_S", 60.0)
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        calls: list[int] = []
+        real = store._index.apply
+
+        def counting(items: Iterable[tuple[object, Location]], applied: AppliedPosition,
+                     names: object = (), moved: frozenset[int] = frozenset()) -> None:
+            listed = list(items)
+            calls.append(len(listed))
+            real(listed, applied, names, moved)  # type: ignore[arg-type]
+
+        store._index.apply = counting  # type: ignore[method-assign]
+        store.node_busy(True)
+        with trio.fail_after(10):
+            await store.commit([v(0)])
+            await store.commit([v(1)])
+            await trio.sleep(0.05)  # far past INDEX_DELAY_S: a busy node still holds them
+        assert calls == []
+        store.node_busy(False)  # the last request ended
+        with trio.fail_after(10):
+            while not calls:
+                await trio.sleep(0.01)
+        assert calls == [2]
+        store.node_busy(True)
+        with trio.fail_after(10):
+            await store.commit([v(2)])
+        assert store.current("t", "b", "k2") == v(2)  # a read does not wait for idleness
+        assert calls == [2, 1]
+        store.node_busy(False)  # a second request came: no batch held any more
+        with trio.fail_after(10):
+            await store.commit([v(3)])
+            while len(calls) < 3:
+                await trio.sleep(0.01)  # indexed after INDEX_DELAY_S, nobody asking
+        assert calls == [2, 1, 1]
+        assert store._writer._indexed == store._writer._acked
