@@ -87,6 +87,8 @@ def test_metrics_count_requests_by_op_outcome_and_size(pair: Pair) -> None:
     if os.confstr("CS_GNU_LIBC_VERSION"):
         assert (sample(text, "hdsd_memory_bytes", kind="in_use") or 0) > 1 << 20
         assert sample(text, "hdsd_memory_bytes", kind="free") is not None
+        assert (sample(text, "hdsd_memory_bytes", kind="python_arenas") or 0) >= 1 << 20
+        assert sample(text, "hdsd_memory_bytes", kind="sqlite") is not None
     # The node-wide body budget: its size, nothing held once the requests ended, and the
     # put's and the get's 5,120 bytes at the most at once (one after the other).
     assert sample(text, "hdsd_body_budget_bytes") == 32 << 20
