@@ -18,6 +18,9 @@ through /proc/PID/clear_refs), open descriptors and CPU seconds (from /proc), th
 split of its memory (``memory`` in its status: glibc's bytes in use and free in its arenas;
 Python's traced bytes with ``--node-env PYTHONTRACEMALLOC=1``; the body budget's peak since the
 start and the requests that waited for it),
+each node's RSS split by mapping (glibc's main heap, its other arenas' heaps, thread stacks,
+other anonymous memory — Python's arenas —, pages of files; from /proc/PID/smaps) with the
+node's count of Python's arenas and of SQLite's bytes and its last trim's time and yield,
 the operations done in the interval by kind with p50/p99 latency, the CPU per operation (both
 nodes' CPU over all operations) and errors. At the end, every key is read back from each site
 with the other site's node stopped (so the answer is that node's own copy, never forwarded),
@@ -179,6 +182,53 @@ def _proc(pid: int) -> dict[str, float]:
             "threads": len(os.listdir(f"/proc/{pid}/task"))}
 
 
+_HEAP_MAX = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: a thread arena's heaps are aligned on it
+
+
+def _smaps(pid: int) -> dict[str, float]:
+    """The node's resident memory by kind of mapping, in MiB, from /proc/PID/smaps: ``heap``
+    (glibc's main arena, the brk heap), ``arena_heaps`` (its other arenas' heaps: an anonymous
+    read-write mapping whose reserved rest, an inaccessible mapping just above, ends on a
+    64 MiB boundary), ``stacks`` (the main stack and each thread's: a mapping just above a
+    one-page guard), ``anon_other`` (every other anonymous page: Python's 1 MiB arenas, the
+    blocks glibc maps on their own, what libraries map themselves) and ``file`` (pages of
+    files: the interpreter and libraries' code, SQLite's shared-memory index of its WAL)."""
+    out = {"heap": 0.0, "arena_heaps": 0.0, "stacks": 0.0, "anon_other": 0.0, "file": 0.0}
+    maps: list[tuple[int, int, str, str, int, int]] = []  # start, end, perms, path, rss, anon
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 5)
+                if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                    low, _, high = head[0].partition("-")
+                    maps.append((int(low, 16), int(high, 16), head[1],
+                                 head[5].strip() if len(head) > 5 else "", 0, 0))
+                elif head[0] == "Rss:":
+                    maps[-1] = (*maps[-1][:4], int(head[1]) << 10, maps[-1][5])
+                elif head[0] == "Anonymous:":
+                    maps[-1] = (*maps[-1][:5], int(head[1]) << 10)
+    except (OSError, ValueError, IndexError):
+        return {}
+    for i, (lo, hi, _perms, path, rss, anon) in enumerate(maps):
+        below = maps[i - 1] if i else None
+        above = maps[i + 1] if i + 1 < len(maps) else None
+        out["file"] += (rss - anon) / 2**20
+        if not anon:
+            continue
+        if path == "[heap]":
+            kind = "heap"
+        elif path == "[stack]" or (below is not None and below[1] == lo and
+                                   below[2].startswith("---") and below[1] - below[0] == 4096):
+            kind = "stacks"
+        elif (not path and above is not None and above[0] == hi and above[2].startswith("---")
+              and above[1] % _HEAP_MAX == 0) or (hi - lo == _HEAP_MAX and lo % _HEAP_MAX == 0):
+            kind = "arena_heaps"
+        else:
+            kind = "anon_other"
+        out[kind] += anon / 2**20
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 async def _memory(client: hdsd.AsyncClient) -> dict[str, float]:
     """The node's own account of its memory (``memory`` in its status), in MiB: glibc's
     bytes in use and free in its arenas, Python's traced bytes when the node runs with
@@ -203,6 +253,17 @@ async def _memory(client: hdsd.AsyncClient) -> dict[str, float]:
         out["budget_over"] = budget["over"]
     for k, v in (mem.get("malloc") or {}).items():
         out[k] = round(v / 2**20, 1)
+    arenas = mem.get("python_arenas") or {}
+    if arenas:  # obmalloc's arenas (mapped, outside glibc's heaps) and their live blocks
+        out["py_arenas"] = round(arenas["arenas"] / 2**20, 1)
+        out["py_blocks"] = round(arenas["blocks"] / 2**20, 1)
+    if mem.get("sqlite") is not None:  # SQLite's own bytes, part of malloc's in_use
+        out["sqlite"] = round(mem["sqlite"] / 2**20, 1)
+    trim = mem.get("trim") or {}
+    if trim:  # the node's last periodic malloc_trim: its time and what it gave back
+        out["trims"] = trim["count"]
+        out["trim_ms"] = trim["ms"]
+        out["trim_gave"] = round((trim["rss_before"] - trim["rss_after"]) / 2**20, 1)
     if "python_blocks" in mem:  # a count of live Python objects: a leak of them climbs
         out["python_kblocks"] = round(mem["python_blocks"] / 1000, 1)
     if "python_traced" in mem:
@@ -288,6 +349,7 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                 await stop.wait()
             interval, soak.now = soak.now, Interval()
             now = {s: _proc(p) for s, p in pids.items()}
+            parts = {s: _smaps(p) for s, p in pids.items()}
             memory = {s: await _memory(status_clients[s]) for s in pids}
             n_ops = sum(len(v) for v in interval.ops.values())
             cpu = sum(now[s]["cpu_s"] - last[s]["cpu_s"] for s in now)
@@ -303,8 +365,9 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                                    ("p99_ms", _pct(lat, 0.99)))},
                    **{f"{s}_{k}": round(v, 1) if k != "fds" else v
                       for s, m in now.items() for k, v in m.items()},
-                   **{f"{s}_{k}" + ("" if k.endswith(("kblocks", "waited", "over")) else
-                                    "_mib"): v
+                   **{f"{s}_rss_{k}_mib": v for s, m in parts.items() for k, v in m.items()},
+                   **{f"{s}_{k}" + ("" if k.endswith(("kblocks", "waited", "over", "trims",
+                                                     "_ms")) else "_mib"): v
                       for s, m in memory.items() for k, v in m.items()}}
             samples.append(row)
             last = now
@@ -315,7 +378,12 @@ async def _run(profile: Path, nodes: dict[str, NodeProcess], args: argparse.Name
                  f"threads={[now[s]['threads'] for s in now]} errors={row['errors']} "
                  f"malloc in use/free={[(m.get('in_use'), m.get('free')) for m in memory.values()]}"
                  f" MiB body budget peak/waited="
-                 f"{[(m.get('budget_peak'), m.get('budget_waited')) for m in memory.values()]}")
+                 f"{[(m.get('budget_peak'), m.get('budget_waited')) for m in memory.values()]}"
+                 f" rss parts heap/arenas/stacks/other/file="
+                 f"{[tuple(p.values()) for p in parts.values()]} py arenas/blocks="
+                 f"{[(m.get('py_arenas'), m.get('py_blocks')) for m in memory.values()]} sqlite="
+                 f"{[m.get('sqlite') for m in memory.values()]} trim ms/gave="
+                 f"{[(m.get('trim_ms'), m.get('trim_gave')) for m in memory.values()]}")
 
     async with contextlib.AsyncExitStack() as stack:
         # Connected now, before the load, and never idle-closed: see _memory.

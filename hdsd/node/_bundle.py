@@ -295,7 +295,7 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # max_sessions_per_tenant = 256
 # peer_slots = 64
 # idle_timeout_s = 300
-# malloc_trim_s = 60
+# malloc_trim_s = 5
 
 {metrics}
 [s3]                            # the S3 gateway (docs/s3.md); remove the section to disable it

@@ -119,7 +119,7 @@ class NodeConfig:
     max_sessions_per_tenant: int = 256
     peer_slots: int = 64
     idle_timeout_s: float = 300.0
-    malloc_trim_s: float = 60.0  # freed memory handed back to the system this often
+    malloc_trim_s: float = 5.0  # freed memory handed back to the system this often
     shutdown_grace_s: float = 30.0
     sites: tuple[SiteConfig, ...] = field(default_factory=tuple)
     replicas_per_site: int = 1
@@ -191,7 +191,7 @@ _LIMIT_DEFAULTS: dict[str, tuple[float, float, type]] = {
     "max_sessions_per_tenant": (256, 1, int),
     "peer_slots": (64, 1, int),
     "idle_timeout_s": (300.0, 1, float),
-    "malloc_trim_s": (60.0, 1, float),
+    "malloc_trim_s": (5.0, 1, float),
 }
 _LIMITS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     k: ((int, float) if kind is float else int, False) for k, (_, _, kind) in

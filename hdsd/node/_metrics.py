@@ -170,11 +170,19 @@ def _memory(memory: dict[str, Any]) -> Iterator[Metric]:
     growing ``in_use`` is live data; a growing ``free`` is the allocator keeping it."""
     family = GaugeMetricFamily("hdsd_memory_bytes", "Process memory: resident (rss), and "
                                "glibc malloc's bytes in use, free in its arenas, mapped on "
-                               "their own and its heaps' size", labels=["kind"])
+                               "their own and its heaps' size, Python's arenas, SQLite's "
+                               "bytes", labels=["kind"])
     if memory.get("rss") is not None:
         family.add_metric(["rss"], memory["rss"])
     for kind, value in sorted((memory.get("malloc") or {}).items()):
         family.add_metric([kind], value)
+    # Python's small-object arenas are mapped apart from glibc's heaps; SQLite's bytes are a
+    # part of glibc's in_use: what a growing RSS would be, when neither of the above moves.
+    arenas = memory.get("python_arenas")
+    if arenas:
+        family.add_metric(["python_arenas"], arenas["arenas"])
+    if memory.get("sqlite") is not None:
+        family.add_metric(["sqlite"], memory["sqlite"])
     yield family
 
 

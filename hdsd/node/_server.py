@@ -92,7 +92,7 @@ from ._handlers import (
 )
 from ._health import health_status
 from ._layouts import LayoutKeeper, load_record
-from ._malloc import limit_arenas, memory_status, timed_trim
+from ._malloc import limit_arenas, memory_status, trim_every
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._objects import NodeObjects
@@ -422,7 +422,7 @@ class Node:
                 await services.start(serve_metrics, self)
             if self.config.s3_https or self.config.s3_http:
                 self.s3_endpoints = await services.start(self._serve_s3)
-            services.start_soon(_trim_memory, self.config.malloc_trim_s)
+            services.start_soon(trim_every, self.config.malloc_trim_s)
             services.start_soon(self._warm_listings)  # never waited for: readiness is not
             await self._serve_connections(listeners, task_status)
             await self._final_audit_checkpoint()
@@ -895,16 +895,6 @@ def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
-
-
-async def _trim_memory(every_s: float) -> None:
-    """Hand the memory freed since the last time back to the system (``[limits]
-    malloc_trim_s``; see ``_malloc``): between two trims the allocator keeps what bursts of
-    1 MiB buffers freed, so the interval bounds how long resident memory stays above what is
-    in use."""
-    while True:
-        await trio.sleep(every_s)
-        await trio.to_thread.run_sync(timed_trim)
 
 
 async def serve_node(config: NodeConfig, *,

@@ -39,4 +39,11 @@ def test_a_short_soak_loses_nothing_and_fails_nothing(tmp_path: Path) -> None:
             assert row[f"{site}_python_kblocks"] > 10
             if os.confstr("CS_GNU_LIBC_VERSION"):
                 assert row[f"{site}_in_use_mib"] > 1
+                assert row[f"{site}_py_arenas_mib"] >= 1 and row[f"{site}_sqlite_mib"] >= 0
+            # RSS split by mapping: the parts add up to the whole (read a moment apart, from
+            # a node allocating 1 MiB buffers meanwhile: a quarter's leeway).
+            parts = sum(row[f"{site}_rss_{k}_mib"] for k in
+                        ("heap", "arena_heaps", "stacks", "anon_other", "file"))
+            assert abs(parts - row[f"{site}_rss_mib"]) < 0.25 * row[f"{site}_rss_mib"], row
+            assert row[f"{site}_rss_file_mib"] > 5 and row[f"{site}_rss_heap_mib"] > 1
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -89,7 +89,7 @@ def test_limits_are_read_and_checked(cluster: Path, tmp_path: Path) -> None:
             cfg.idle_timeout_s, cfg.malloc_trim_s,
             cfg.max_body_mib_in_flight) == (4, 128.0, 30.0, 10.0, 8)
     default = load_node_config(cluster / "dc1-n1" / "node.toml")
-    assert (default.malloc_trim_s, default.max_body_mib_in_flight) == (60.0, 32)
+    assert (default.malloc_trim_s, default.max_body_mib_in_flight) == (5.0, 32)
     bad = _variant(cluster, tmp_path, "[tls]", "[limits]\nmax_requests_per_connection = 128"
                    "\nmax_body_mib_per_connection = 64\npeer_slots = 0\nmalloc_trim_s = 0.5"
                    "\nmax_body_mib_in_flight = 0\n\n[tls]")

@@ -4,10 +4,14 @@ and the node's account of its memory."""
 from __future__ import annotations
 
 import platform
+import sqlite3
+import threading
 
 import pytest
+import trio
+import trio.testing
 
-from hdsd.node._malloc import limit_arenas, memory_status, timed_trim, trim
+from hdsd.node._malloc import limit_arenas, memory_status, timed_trim, trim, trim_every
 from hdsd.pipeline import tune_allocator
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
@@ -38,6 +42,54 @@ def test_memory_status_splits_resident_memory() -> None:
         held = [bytes(8000) + bytes([i % 256]) for i in range(4000)]  # ~32 MiB in the heap
         assert memory_status()["malloc"]["in_use"] >= m["in_use"] + (30 << 20)
         del held
+
+
+@glibc
+def test_memory_status_counts_pythons_arenas_and_sqlites_bytes() -> None:
+    # Python's small objects live in obmalloc's 1 MiB arenas, mapped apart from glibc's heaps:
+    # a million of them need more arenas, and the status says so.
+    before = memory_status()["python_arenas"]
+    assert before["arenas"] >= 1 << 20 and 0 < before["blocks"] <= before["arenas"]
+    small = [(i, i + 1) for i in range(200_000)]  # ~13 MiB of 64-byte tuples
+    after = memory_status()["python_arenas"]
+    assert after["blocks"] >= before["blocks"] + (10 << 20)
+    assert after["arenas"] >= before["arenas"] + (10 << 20)
+    del small
+    # SQLite's own count moves with a connection's page cache (2 MiB by default here).
+    base = memory_status()["sqlite"]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.executemany("INSERT INTO t VALUES (?)", ((bytes(1000),) for _ in range(5000)))
+    assert memory_status()["sqlite"] >= base + (1 << 20)
+    db.close()
+    assert memory_status()["sqlite"] < base + (1 << 20)
+
+
+async def test_trim_every_trims_on_schedule_off_the_event_loop(
+        mock_clock: trio.testing.MockClock) -> None:
+    # The clock moves only when the test moves it: each trim must come at its interval, not
+    # before, and run in a worker thread (malloc_trim holds the arenas' locks for ms).
+    send, receive = trio.open_memory_channel[threading.Thread](10)
+
+    def fake_trim() -> None:
+        trio.from_thread.run_sync(send.send_nowait, threading.current_thread())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_every, 5.0, fake_trim)
+        await trio.testing.wait_all_tasks_blocked()  # started: its beat counts from now
+        for _ in range(3):
+            mock_clock.jump(4.9)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.WouldBlock):
+                receive.receive_nowait()
+            mock_clock.jump(0.1)
+            assert await receive.receive() is not threading.main_thread()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock()
 
 
 @glibc
