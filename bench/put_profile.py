@@ -1,6 +1,7 @@
 """Replicated small-put benchmark: where a 4 KiB put under ``each-site`` spends its time.
 
     python bench/put_profile.py [--quick] [--json PATH] [--dir DIR] [--profile]
+                                [--profile-concurrency N] [--profile-connections C]
 
 Starts ``hdsd init`` (two sites, one node each) and both nodes as real ``hdsd serve``
 processes, then measures through ``hdsd.AsyncClient(profile, site="dc1")``:
@@ -25,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,30 +119,42 @@ async def measure(profile: Path, c: Counts, pids: dict[str, int]
     return cells, store
 
 
-async def _profiled(profile: Path, node: NodeProcess, n: int, out: Path) -> float:
+async def _profiled(profile: Path, node: NodeProcess, n: int, out: Path,
+                    concurrency: int = 1, connections: int = 1) -> float:
     assert node.proc is not None
     data = os.urandom(SMALL)
     with trio.fail_after(900):
-        async with hdsd.AsyncClient(profile, site="dc1", timeout=120) as client:
-            await timed_puts(client, "pwarm", 100, data, [])
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(
+                hdsd.AsyncClient(profile, site="dc1", timeout=120)) for _ in range(connections)]
+            for client in clients:
+                await timed_puts(client, "pwarm", 100 // connections, data, [])
             node.proc.send_signal(signal.SIGUSR1)
             await trio.sleep(0.3)  # the handler runs when the node's main thread next wakes
             samples: list[float] = []
-            await timed_puts(client, "prof", n, data, samples)
+            if concurrency == 1:
+                await timed_puts(clients[0], "prof", n, data, samples)
+            else:  # n puts in all, task t on connection t mod connections
+                wall = await concurrently(concurrency, lambda t: timed_puts(
+                    clients[t % connections], f"prof{t}", n // concurrency, data, samples))
+                samples = [wall]
             node.proc.send_signal(signal.SIGUSR2)
             while not out.exists():
                 await trio.sleep(0.05)
     return sum(samples)
 
 
-def profile_dc1(cluster: Path, profile: Path, n: int, out: Path) -> dict[str, Any]:
+def profile_dc1(cluster: Path, profile: Path, n: int, out: Path,
+                concurrency: int = 1, connections: int = 1) -> dict[str, Any]:
     out.unlink(missing_ok=True)
+    n -= n % concurrency
     with NodeProcess(cluster / "dc2-n1" / "node.toml"), \
             NodeProcess(cluster / "dc1-n1" / "node.toml",
                         prefix=[*PROFILER_PREFIX, str(out)]) as node:
-        wall = trio.run(_profiled, profile, node, n, out)
+        wall = trio.run(_profiled, profile, node, n, out, concurrency, connections)
     grouped, top = profile_breakdown(out, CATEGORIES, top=25)
-    print(f"\ndc1 profile: {n} sequential 4 KiB each-site puts, {wall / n * 1e3:.3f} ms/put "
+    how = "sequential" if concurrency == 1 else f"x{concurrency} ({connections} connections)"
+    print(f"\ndc1 profile: {n} {how} 4 KiB each-site puts, {wall / n * 1e3:.3f} ms/put "
           "seen by the client (under cProfile, which slows Python code)")
     print_table(["dc1 main thread, self time by category", "ms/put", "calls/put"],
                 [[name, f"{t / n * 1e3:.4f}", f"{calls / n:.1f}"] for name, t, calls in grouped])
@@ -149,7 +163,8 @@ def profile_dc1(cluster: Path, profile: Path, n: int, out: Path) -> dict[str, An
                 [[f, f"{t / n * 1e3:.4f}", f"{ct / n * 1e3:.4f}", f"{c / n:.1f}"]
                  for f, t, ct, c in top])
     print(f"profile: {out}  (python -m pstats {out})")
-    return {"puts": n, "client_ms_per_put": wall / n * 1e3,
+    return {"puts": n, "concurrency": concurrency, "connections": connections,
+            "client_ms_per_put": wall / n * 1e3,
             "main_thread_self_ms_per_put": {name: t / n * 1e3 for name, t, _ in grouped},
             "top": [{"function": f, "self_ms_per_put": t / n * 1e3,
                      "cum_ms_per_put": ct / n * 1e3, "calls_per_put": c / n}
@@ -171,6 +186,10 @@ def main() -> None:
                     help="scratch directory (both nodes' data and the disk floor: same disk)")
     ap.add_argument("--profile", action="store_true",
                     help="then profile dc1 under cProfile during sequential puts")
+    ap.add_argument("--profile-concurrency", type=int, default=1, metavar="N",
+                    help="profile N concurrent puts instead (default 1)")
+    ap.add_argument("--profile-connections", type=int, default=1, metavar="C",
+                    help="... over C client connections (default 1)")
     args = ap.parse_args()
     counts = QUICK if args.quick else FULL
     os.makedirs(args.dir, exist_ok=True)
@@ -205,7 +224,8 @@ def main() -> None:
                                             if k.endswith("_ms_per_put")))
         if args.profile:
             profiled = profile_dc1(cluster, profile, counts.profile_puts,
-                                   args.json.with_name("put_profile.prof"))
+                                   args.json.with_name("put_profile.prof"),
+                                   args.profile_concurrency, args.profile_connections)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_json(args.json, {"benchmark": "put_profile", "quick": args.quick,

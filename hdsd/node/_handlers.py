@@ -4,6 +4,9 @@ A handler runs as its own task with the request's *inbox* (the events of its rid
 sending exactly one ``Reply`` or ``ErrorReply`` (gets send ``GetStart``, body, ``End``). Errors
 that are the client's or the situation's (:class:`HdsdError`) become ``ErrorReply`` and keep the
 connection; anything else is a bug: logged with its traceback, reported as ``internal``.
+Two kinds of request have no task of their own: a lone small get is answered by the
+connection's reader (:func:`small_get_now`), and small puts read together are answered by one
+task for the group, in one replicated write (:func:`put_group`).
 
 The object operations themselves (put, get, stat, list, delete, versions) live in
 :mod:`._objects`, shared with the S3 gateway: a handler here authorises, adapts the session (a
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -53,6 +57,7 @@ from ..wire import (
     VersionsRequest,
 )
 from ._admin_handlers import ADMIN_ROUTES, CATALOG_PEER_ROUTES
+from ._auth import check_bucket, check_key
 from ._budget import get_reservation
 from ._bulk import get_many
 from ._health import cluster_status, tenant_status
@@ -67,6 +72,7 @@ from ._objects import (
     put_object,
     resolve,
     resolve_now,
+    seal_whole,
     stream_object,
 )
 from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
@@ -76,7 +82,8 @@ from ._route import Route
 if TYPE_CHECKING:
     from ._server import Node
 
-__all__ = ["handle_request", "small_get_now"]
+__all__ = ["SmallWrites", "claim_small_put", "handle_request", "put_group", "small_get_now",
+           "small_put_now"]
 
 log = logging.getLogger("hdsd.node")
 
@@ -148,6 +155,213 @@ async def _put(node: Node, session: WireSession, ident: Identity, msg: PutStart,
         metadata=msg.metadata, request_id=msg.request_id, retry=msg.retry)
     info = version.public_info()
     await session.send(Reply(rid=msg.rid, body={**info, "replayed": True} if replayed else info))
+
+
+# -- small puts, in groups ----------------------------------------------------------------------
+def small_put_now(node: Node, session: WireSession, ident: Identity, msg: Message) -> bool:
+    """Whether a client's put may join the connection's group of small puts (see
+    :func:`put_group`) instead of getting a task: its whole body, at most ``inline_max``
+    bytes and as long as it declared, was read with its start, and it is a first attempt
+    (a retry may have to ask the other site). What may change until the group runs (its
+    request id's slot, the key's replicas) is checked then, by :func:`claim_small_put`."""
+    if type(msg) is not PutStart or ident.kind == "node" or msg.retry or node.stopping:
+        return False
+    size = session.whole_upload_size(msg.rid)
+    return size is not None and size <= node.config.inline_max and msg.size in (None, size)
+
+
+def claim_small_put(node: Node, ident: Identity, msg: PutStart,
+                    replicas: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+    """The key's replicas, with *msg*'s request id slot taken, when *msg* can be written with
+    the group's other puts: in one write, so to the same *replicas* as theirs (None: it is the
+    first), with nobody else holding its request id, no earlier attempt of it stored here and
+    nobody else in this site to ask. None: it goes the usual way, as a task of its own."""
+    tenant = ident.tenant or ""
+    mine = node.replicator.replicas_for(tenant, msg.bucket, msg.key)
+    if replicas is not None and mine != replicas:
+        return None
+    if not node.reads.first_request_now(tenant, msg.request_id, mine):
+        return None
+    if not node.claim_request(tenant, msg.request_id):
+        return None
+    return mine
+
+
+class _SmallPut:
+    """One put of a group: its audit view, and how it ended (its reply, its outcome)."""
+
+    __slots__ = ("admitted", "msg", "observed", "outcome", "reply", "version")
+
+    def __init__(self, session: WireSession, msg: PutStart) -> None:
+        self.msg = msg
+        self.observed = ObservedSession(session)
+        self.outcome = "cancelled"
+        self.reply: Message | None = None
+        self.version: Version | None = None
+        self.admitted: AbstractAsyncContextManager[None] | None = None
+
+    def failed(self, code: str, message: str) -> None:
+        self.outcome, self.version = code, None
+        self.reply = ErrorReply(rid=self.msg.rid, code=code, message=message)
+
+    def stored(self) -> None:
+        assert self.version is not None
+        self.outcome = "ok"
+        self.observed.info = info = self.version.public_info()
+        self.reply = Reply(rid=self.msg.rid, body=info)
+
+
+async def put_group(node: Node, session: WireSession, ident: Identity, puts: list[PutStart],
+                    replicas: dict[str, list[str]]) -> None:
+    """Answer small puts that arrived together on one connection (each whole with its start,
+    each claimed by :func:`claim_small_put`), in this one task: each is checked, authorised
+    and sealed as :func:`handle_request` and ``put_object`` would, then all are written in one
+    replicated write (one local commit, one ``Replicate``: all or nothing on each replica, as
+    puts sharing a ``Replicate`` already were), and answered in one write. Each still gets its
+    own refusal, metrics and audit record; the write's failure is each one's. Releases the
+    request ids' slots and the connection's held bytes of every put in *puts*."""
+    started = time.perf_counter()
+    tenant = ident.tenant or ""
+    items = [_SmallPut(session, msg) for msg in puts]
+    try:
+        for item in items:
+            try:
+                await _prepare_small_put(node, session, ident, item)
+            except HdsdError as exc:
+                item.failed(exc.code, exc.message)
+            except Exception:
+                log.exception("event=request_failed rid=%d op=PutStart", item.msg.rid)
+                item.failed("internal", "internal error on the node; see its log")
+        ready = [item for item in items if item.version is not None]
+        versions = [item.version for item in ready if item.version is not None]
+        if versions:
+            try:
+                await node.small_writes.write(node, replicas, versions)
+            except HdsdError as exc:
+                for item in ready:
+                    item.failed(exc.code, exc.message)
+            except Exception:
+                log.exception("event=request_failed op=PutStart puts=%d", len(ready))
+                for item in ready:
+                    item.failed("internal", "internal error on the node; see its log")
+            else:
+                for item in ready:
+                    item.stored()
+        try:
+            await session.send_many([item.reply for item in items if item.reply is not None])
+        except HdsdError as exc:
+            for item in items:
+                item.outcome = exc.code if item.outcome == "ok" else item.outcome
+    finally:
+        seconds = time.perf_counter() - started
+        for item in items:
+            msg = item.msg
+            if item.admitted is not None:  # a put admitted against the quota (see admit_put)
+                if item.outcome == "ok":
+                    await item.admitted.__aexit__(None, None, None)
+                else:
+                    undone = Unavailable("not stored")
+                    await item.admitted.__aexit__(Unavailable, undone, None)
+            node.release_request(tenant, msg.request_id)
+            session.close_inbox(msg.rid)
+            BODY_SIZE.set(item.version.size if item.outcome == "ok" and item.version else None)
+            node.metrics.request_done(msg, item.outcome, seconds)
+            audit_request(node.audit, ident, msg, item.observed, item.outcome,
+                          peer_address(session))
+
+
+class _SharedWrite:
+    """The versions of the small-put groups that reached their write in the same scheduler
+    pass, and the outcome of their one write."""
+
+    __slots__ = ("done", "error", "nbytes", "versions")
+
+    def __init__(self, versions: list[Version], nbytes: int) -> None:
+        self.versions = versions
+        self.nbytes = nbytes
+        self.done = trio.Event()
+        self.error: HdsdError | None = None
+
+
+#: The inline payloads one shared write carries at most (a ``Replicate`` frame holds 1 MiB
+#: of records: ``replication._replicator``'s batches stay under it).
+_SHARED_BYTES_MAX = 256 << 10
+
+
+class SmallWrites:
+    """Small-put groups of *different connections* that reach their write together (16
+    clients, a put each) make one replicated write: the first opens it and yields once, so
+    the groups whose puts arrived in the same pass add their versions; then one local commit
+    and one ``Replicate`` for all, each group waiting for the outcome. A group alone on the
+    node (nobody could join) writes at once. As for puts sharing a ``Replicate`` (see
+    ``Replicator._replicate_to``), every version of the write gets its outcome, and a write
+    that ends without one (its first group's task cancelled) is :class:`Unavailable` —
+    outcome unknown, retried by request id — for the groups that waited on it."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[tuple[str, tuple[str, ...]], ...], _SharedWrite] = {}
+
+    async def write(self, node: Node, replicas: dict[str, list[str]],
+                    versions: list[Version]) -> None:
+        """*versions* stored on *replicas* under the write policy, hinted where lagging."""
+        nbytes = sum(len(v.inline or b"") for v in versions)
+        if node.active_requests <= len(versions):  # nobody else to wait for
+            await node.replicator.keep_hints(
+                await node.replicator.write(replicas, [], versions), versions)
+            return
+        key = tuple((site, tuple(names)) for site, names in replicas.items())
+        shared = self._open.get(key)
+        if shared is not None and shared.nbytes + nbytes <= _SHARED_BYTES_MAX:
+            shared.versions.extend(versions)
+            shared.nbytes += nbytes
+            await shared.done.wait()
+            if shared.error is not None:
+                # A fresh exception per waiter (one raised in many tasks would share, and
+                # scramble, its traceback).
+                raise type(shared.error)(shared.error.message)
+            return
+        shared = self._open[key] = _SharedWrite(list(versions), nbytes)
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
+        finally:
+            if self._open.get(key) is shared:
+                del self._open[key]
+        try:
+            await node.replicator.keep_hints(
+                await node.replicator.write(replicas, [], shared.versions), shared.versions)
+        except HdsdError as exc:
+            shared.error = exc
+            raise
+        except BaseException:
+            shared.error = Unavailable("the write of this put was not completed; its outcome "
+                                       "is unknown (retry with the same request id)")
+            raise
+        finally:
+            shared.done.set()
+
+
+async def _prepare_small_put(node: Node, session: WireSession, ident: Identity,
+                             item: _SmallPut) -> None:
+    """:func:`handle_request`'s checks, then ``put_object``'s up to the write, for one put of
+    a group: its version (sealed) in ``item.version``, or a typed refusal raised."""
+    msg, tenant = item.msg, ident.tenant or ""
+    if node.audit.failed is not None:
+        raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
+                          "no request is served untraced")
+    node.tenancy.check_live(tenant)
+    check_role(node, ident, msg)
+    CLIENT_ROUTES[PutStart].admit(node, ident, msg)
+    check_bucket(msg.bucket)
+    check_key(msg.key)
+    admitted = node.tenancy.admit_put(node, tenant, msg.bucket, msg.key, msg.size)
+    await admitted.__aenter__()
+    item.admitted = admitted
+    frames = session.take_whole_upload(msg.rid) or []
+    body = b"".join(f.data for f in frames if type(f) is Data)
+    if msg.size is None:
+        node.tenancy.check_quota(tenant, len(body))
+    item.version, _ = await seal_whole(node, tenant, msg.bucket, msg.key, body,
+                                       dict(msg.metadata), msg.request_id)
 
 
 class _UploadDeadline:

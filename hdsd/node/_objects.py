@@ -77,6 +77,7 @@ __all__ = [
     "purge_version",
     "put_object",
     "resolve",
+    "seal_whole",
     "store_part",
     "stream_object",
 ]
@@ -219,15 +220,8 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
             (declared is None or declared == len(whole)):
         if declared is None:
             node.tenancy.check_quota(tenant, len(whole))
-        sealed = await seal_in_thread(codec, whole)
-        if len(whole) <= node.config.inline_max:
-            version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,),
-                                 sealed.payload)
-            records: list[ChunkRecord] = []
-        else:
-            version = version_of(len(whole), sealed.chunk_id, (sealed.chunk_id,), None)
-            records = [ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
-                                   payload=sealed.payload)]
+        version, records = await seal_whole(node, tenant, bucket, key, whole,
+                                            {**metadata, **source.trailer()}, request_id)
         await node.replicator.keep_hints(
             await node.replicator.write(replicas, records, [version]), [version])
         return version
@@ -288,6 +282,26 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
     lagging.update(await node.replicator.write(replicas, with_version, [version]))
     await node.replicator.keep_hints(lagging, [version])
     return version
+
+
+async def seal_whole(node: Node, tenant: str, bucket: str, key: str, whole: bytes,
+                     metadata: dict[str, str], request_id: bytes
+                     ) -> tuple[Version, list[ChunkRecord]]:
+    """A body of one chunk that arrived whole, sealed once, as its version and the records to
+    write with it: none up to ``inline_max`` (the payload rides in the version record), its
+    one chunk above. Its content hash is its chunk id (the keyed hash of the whole blob).
+    *metadata* becomes the version's own (the caller's copy)."""
+    sealed = await seal_in_thread(node.codec(tenant), whole)
+    inline = len(whole) <= node.config.inline_max
+    version = Version(
+        tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+        size=len(whole), content_hash=sealed.chunk_id, chunks=(sealed.chunk_id,),
+        inline=sealed.payload if inline else None, metadata=metadata,
+        request_id=request_id, chunk_size=node.config.chunk_size)
+    if inline:
+        return version, []
+    return version, [ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
+                                 payload=sealed.payload)]
 
 
 class _ChunkWriter:

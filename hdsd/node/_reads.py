@@ -334,6 +334,14 @@ class ReadPaths:
                 nursery.start_soon(ask, node)
         return found
 
+    def first_request_now(self, tenant: str, request_id: bytes,
+                          replicas: dict[str, list[str]]) -> bool:
+        """Whether :meth:`find_request` for a first attempt (not a retry) of a key placed on
+        *replicas* would find nothing without asking anyone: no version of *request_id* here,
+        and this node the key's only replica in its site."""
+        return (not request_id or self.store.find_request(tenant, request_id) is None) and \
+            replicas.get(self.config.site) == [self.config.name]
+
     async def find_request(self, tenant: str, request_id: bytes, bucket: str,
                            key: str, retry: bool = False) -> Version | None:
         """The version an earlier attempt of *request_id* wrote, if any can be found.

@@ -82,7 +82,14 @@ from ..wire import (
 from ._budget import BodyBudget, put_reservation
 from ._config import NodeConfig
 from ._continuity import AuditContinuity
-from ._handlers import handle_request, small_get_now
+from ._handlers import (
+    SmallWrites,
+    claim_small_put,
+    handle_request,
+    put_group,
+    small_get_now,
+    small_put_now,
+)
 from ._health import health_status
 from ._layouts import LayoutKeeper, load_record
 from ._malloc import limit_arenas, memory_status, trim_every
@@ -167,6 +174,7 @@ class Node:
         self.port = config.port
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
         self._active_requests = 0
+        self.small_writes = SmallWrites()  # small puts' groups of one pass share a write
         self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
         self.budget = BodyBudget(config.max_body_mib_in_flight << 20)  # see ._budget
         # How often each bound held a connection back (status, metrics): an operator sees a
@@ -287,6 +295,24 @@ class Node:
         finally:
             del self._requests_in_flight[slot]
             done.set()
+
+    @property
+    def active_requests(self) -> int:
+        """Requests in flight on this node (client and peer ones)."""
+        return self._active_requests
+
+    def claim_request(self, tenant: str, request_id: bytes) -> bool:
+        """Take *request_id*'s slot (see :meth:`idempotent`) if no request holds it, without
+        waiting; False if one does. :meth:`release_request` when done."""
+        slot = (tenant, request_id)
+        if slot in self._requests_in_flight:
+            return False
+        self._requests_in_flight[slot] = trio.Event()
+        return True
+
+    def release_request(self, tenant: str, request_id: bytes) -> None:
+        """Give back a slot :meth:`claim_request` took (waking a request that waits on it)."""
+        self._requests_in_flight.pop((tenant, request_id)).set()
 
     @contextmanager
     def counted_request(self) -> Iterator[None]:
@@ -685,18 +711,38 @@ class Node:
             if ident.kind != "node":  # peers keep their links: replication must not wait
                 requests.start_soon(close_when_idle, reader)
 
-            def on_request(msg: Message) -> None:
-                rid = getattr(msg, "rid", None)
-                if rid is None:
-                    return
+            # The small puts read since the last group started running: they join it (see
+            # ._handlers.put_group) instead of getting a task each.
+            open_group: list[list[PutStart]] = []
+
+            async def run_group(group: list[PutStart]) -> None:
+                open_group.remove(group)  # from here on, a small put read starts a new one
+                await self._run_put_group(session, ident, group, request_ended, spawn)
+
+            def spawn(msg: Message, counted: bool = True) -> None:
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
                 # others (every peer request among them) need no channel of their own, nor
                 # does an upload whose whole body was read with its start (a small put).
+                rid: int = msg.rid  # type: ignore[attr-defined]
                 inbox = session.open_inbox(rid) if isinstance(msg, _STREAMING) and \
                     not session.has_whole_upload(rid) else quiet
-                in_flight[0] += 1
+                if not counted:  # (a small put a group handed back was counted already)
+                    in_flight[0] += 1
                 requests.start_soon(self._run_request, session, ident, msg, inbox,
                                     request_ended)
+
+            def on_request(msg: Message) -> None:
+                if getattr(msg, "rid", None) is None:
+                    return
+                if small_put_now(self, session, ident, msg):
+                    assert isinstance(msg, PutStart)
+                    in_flight[0] += 1
+                    if not open_group:
+                        open_group.append([])
+                        requests.start_soon(run_group, open_group[0])
+                    open_group[0].append(msg)
+                else:
+                    spawn(msg, counted=False)
 
             try:
                 with reader:
@@ -713,6 +759,50 @@ class Node:
                 self._peer_link_changed(ident.name, False)
             # The client is gone: its in-flight requests have nobody to answer.
             requests.cancel_scope.cancel()
+
+    async def _run_put_group(self, session: WireSession, ident: Identity,
+                             group: list[PutStart], ended: Callable[[], None],
+                             spawn: Callable[[Message], None]) -> None:
+        """Small puts read together on one connection: those that can share one write are
+        answered by this one task (``put_group``), the others each get their own task
+        (*spawn*), as any request. Each is still one request in flight until it is answered."""
+        mine: list[PutStart] = []
+        replicas: dict[str, list[str]] | None = None
+        ready = self.audit_continuity.ready.is_set() and not self._stopping
+        for msg in group:
+            try:
+                claimed = claim_small_put(self, ident, msg, replicas) if ready else None
+            except Exception:
+                claimed = None  # (its own task meets the failure again, and answers it)
+            if claimed is None:
+                spawn(msg)
+            else:
+                replicas = claimed
+                mine.append(msg)
+        if not mine:
+            return
+        assert replicas is not None
+        for _ in mine:  # each put is a request in flight on the node, as its own task would be
+            self._request_began()
+        try:
+            await put_group(self, session, ident, mine, replicas)
+        except BaseException as exc:
+            # The requests' boundary, as in _run_request_counted: put_group answered what it
+            # could; the connection and its other requests carry on.
+            propagate, contained = contain(exc)
+            if contained is not None:
+                _log_contained("request_failed", _peer_address_of(session), contained,
+                               op="PutStart", puts=len(mine))
+            if propagate is exc:
+                raise
+            if propagate is not None:
+                raise propagate from None
+        finally:
+            for msg in mine:
+                self._request_done()
+                self.budget.release(id(msg))
+                ended()
+            self._request_ended.unpark_all()
 
     def _check_peer(self, ident: Identity) -> None:
         if ident.cluster_id != self.config.cluster_id:

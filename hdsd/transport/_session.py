@@ -351,6 +351,14 @@ class WireSession:
         as its start, so that it needs no inbox (see :meth:`take_whole_upload`)."""
         return rid in self._whole
 
+    def whole_upload_size(self, rid: int) -> int | None:
+        """The body size of upload *rid* if it was read whole with its start (see
+        :meth:`take_whole_upload`, which this does not take), else None."""
+        frames = self._whole.get(rid)
+        if frames is None:
+            return None
+        return sum(len(f.data) for f in frames if type(f) is Data)
+
     def take_whole_upload(self, rid: int) -> list[Message] | None:
         """Upload *rid*'s Data frames and End, if they were read with its start (a small put
         arrives whole: PutStart, Data and End in one write), else None: then they come
