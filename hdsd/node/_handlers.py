@@ -294,9 +294,11 @@ class SmallWrites:
     the groups whose puts arrived in the same pass add their versions; then one local commit
     and one ``Replicate`` for all, each group waiting for the outcome. A group alone on the
     node (nobody could join) writes at once. As for puts sharing a ``Replicate`` (see
-    ``Replicator._replicate_to``), every version of the write gets its outcome, and a write
-    that ends without one (its first group's task cancelled) is :class:`Unavailable` —
-    outcome unknown, retried by request id — for the groups that waited on it."""
+    ``Replicator._replicate_to``), every version of the write gets its outcome. The write is
+    shielded from the cancellation of the group that makes it (its client went away), so one
+    connection's end never decides the others' outcome; a write that ends without one all
+    the same (an unexpected error) is :class:`Unavailable` — outcome unknown, retried by
+    request id — for the groups that waited on it."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[tuple[str, tuple[str, ...]], ...], _SharedWrite] = {}
@@ -327,8 +329,13 @@ class SmallWrites:
             if self._open.get(key) is shared:
                 del self._open[key]
         try:
-            await node.replicator.keep_hints(
-                await node.replicator.write(replicas, [], shared.versions), shared.versions)
+            # Shielded: this task belongs to one connection, the write to every group in it.
+            # A client that goes away cancels its own requests, never the others' outcome;
+            # the replicator bounds the write by its timeout, the hints are a local commit.
+            with trio.CancelScope(shield=True):
+                await node.replicator.keep_hints(
+                    await node.replicator.write(replicas, [], shared.versions),
+                    shared.versions)
         except HdsdError as exc:
             shared.error = exc
             raise
