@@ -8,9 +8,12 @@ overrides both (``HYPOTHESIS_PROFILE=long`` for a soak).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.helpers.cluster import STARTED, forget_dead_nodes
 
 settings.register_profile(
     "ci",
@@ -33,3 +36,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--nemesis-seeds", default=None,
                      help="nemesis seeds: a count from HDSD_NEMESIS_SEED (default 2), or a list "
                           "like 4,7,9")
+
+
+@pytest.fixture(autouse=True)
+def _node_logs_of_this_test() -> None:
+    forget_dead_nodes()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    # A real-process test that fails shows what its nodes logged last: an e2e failure under
+    # load (a peer that did not answer) is otherwise not diagnosable after the fact.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for node in STARTED:
+            lines = node.stderr_lines[-60:]
+            report.sections.append((f"node {node.config.parent.name} (last {len(lines)} "
+                                    "log lines)", "\n".join(lines)))

@@ -116,6 +116,17 @@ def enable_plain_http(config: Path) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+# The node processes started and not yet found dead at a test's start: a failing test's
+# report shows their last log lines (tests/conftest.py), since a node's stderr is otherwise
+# only read when it fails to start.
+STARTED: list[NodeProcess] = []
+
+
+def forget_dead_nodes() -> None:
+    """Before a test: drop the nodes of earlier tests that are gone (a module's cluster stays)."""
+    STARTED[:] = [node for node in STARTED if node.alive]
+
+
 class NodeProcess:
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -137,6 +148,8 @@ class NodeProcess:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
+        if self not in STARTED:
+            STARTED.append(self)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._listening.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
