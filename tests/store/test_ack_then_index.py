@@ -167,6 +167,21 @@ async def test_request_lookup_refuses_after_the_index_lost_an_ack(tmp_path: Path
             store.find_request("t", b"lost")
 
 
+def _count_applies(store: Store) -> list[int]:
+    """The sizes of the index transactions *store* makes from now on (one entry each)."""
+    calls: list[int] = []
+    real = store._index.apply
+
+    def counting(items: Iterable[tuple[object, Location]], applied: AppliedPosition,
+                 names: object = (), moved: frozenset[int] = frozenset()) -> None:
+        listed = list(items)
+        calls.append(len(listed))
+        real(listed, applied, names, moved)  # type: ignore[arg-type]
+
+    store._index.apply = counting  # type: ignore[method-assign]
+    return calls
+
+
 async def test_index_updates_wait_a_moment_and_batches_share_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The committer is woken before the index update, which waits INDEX_DELAY_S (or a read):
@@ -174,16 +189,7 @@ async def test_index_updates_wait_a_moment_and_batches_share_one(
     # acknowledged meanwhile are indexed in one transaction.
     monkeypatch.setattr(writer_module, "INDEX_DELAY_S", 60.0)
     with Store.open(tmp_path, sealing=SEALING) as store:
-        calls: list[int] = []
-        real = store._index.apply
-
-        def counting(items: Iterable[tuple[object, Location]], applied: AppliedPosition,
-                     names: object = (), moved: frozenset[int] = frozenset()) -> None:
-            listed = list(items)
-            calls.append(len(listed))
-            real(listed, applied, names, moved)  # type: ignore[arg-type]
-
-        store._index.apply = counting  # type: ignore[method-assign]
+        calls = _count_applies(store)
         with trio.fail_after(10):
             for i in range(3):
                 await store.commit([v(i)])  # three batches acknowledged, none indexed yet
@@ -209,16 +215,7 @@ async def test_a_lone_request_holds_the_index_update_until_it_ended(
     # transaction, and with company the usual delay applies again.
     monkeypatch.setattr(writer_module, "INDEX_HOLD_MAX_S", 60.0)
     with Store.open(tmp_path, sealing=SEALING) as store:
-        calls: list[int] = []
-        real = store._index.apply
-
-        def counting(items: Iterable[tuple[object, Location]], applied: AppliedPosition,
-                     names: object = (), moved: frozenset[int] = frozenset()) -> None:
-            listed = list(items)
-            calls.append(len(listed))
-            real(listed, applied, names, moved)  # type: ignore[arg-type]
-
-        store._index.apply = counting  # type: ignore[method-assign]
+        calls = _count_applies(store)
         store.node_busy(True)
         with trio.fail_after(10):
             await store.commit([v(0)])
