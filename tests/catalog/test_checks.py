@@ -92,7 +92,7 @@ async def test_a_put_admitted_without_waiting_decides_as_the_waiting_admission(
     """``admit_put_now`` (a small put of a group) answers only what needs no wait: a stale
     usage figure under a quota, a retention to check or a tenant not confirmed are left to
     ``admit_put`` (None); what it reserves counts against the quota until released."""
-    t, _, clock = tenancy
+    t, _, _ = tenancy
     node = _FakeNode(None)
     assert t.admit_put_now("t", "b", "k", 100) is None  # no usage figure yet
     await t.refresh_usage(node, force=True)  # 900 of 1000 used
