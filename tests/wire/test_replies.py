@@ -19,6 +19,7 @@ from hdsd.wire import (
     GetRequest,
     ListRequest,
     PutStart,
+    Replicate,
     Reply,
     Request,
     S3KeyList,
@@ -150,6 +151,13 @@ def test_with_rid_stamps_only_the_rid_and_the_frame_is_unchanged() -> None:
     assert decode_body(*encode_body(sent))[0] == sent
     with pytest.raises(Exception, match="rid"):
         unsent.with_rid(1 << 32)
+    # Every field is copied (a default one too), none is built again.
+    retried = PutStart(UNSENT, b"r" * 16, "b", "k", None, {}, None, retry=True).with_rid(9)
+    assert retried == PutStart(9, b"r" * 16, "b", "k", None, {}, None, retry=True)
+    versions = [{"t": "x"}]
+    replicate = Replicate(UNSENT, "l1", [], versions, True).with_rid(5)
+    assert replicate == Replicate(5, "l1", [], versions, True)
+    assert replicate.versions is versions
 
 
 def test_reply_bodies_are_plain_maps_on_the_wire() -> None:
