@@ -405,7 +405,11 @@ async def _prepare_small_put(node: Node, session: WireSession, tenant: str,
 def _seal_small_put(node: Node, session: WireSession, tenant: str, item: _SmallPut) -> None:
     msg = item.msg
     frames = session.take_whole_upload(msg.rid) or []
-    body = b"".join(f.data for f in frames if type(f) is Data)
+    first = frames[0] if frames else None
+    if len(frames) == 2 and type(first) is Data:  # one Data frame and the End: its bytes
+        body = first.data
+    else:
+        body = b"".join(f.data for f in frames if type(f) is Data)
     if msg.size is None:
         node.tenancy.check_quota(tenant, len(body))
     item.version = seal_small(node, tenant, msg.bucket, msg.key, body, dict(msg.metadata),

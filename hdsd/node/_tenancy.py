@@ -459,7 +459,7 @@ class Tenancy:
         bucket's retention or the tenant's quota forbids; return the bytes to reserve."""
         await self.ensure_confirmed(node, tenant)
         what = "deleted" if delete else "overwritten"
-        self._check_hold(tenant, bucket, key, what)
+        self._check_hold(self.hold_entry(tenant, bucket, key), bucket, key, what)
         retention = self.retention_days(tenant, bucket)
         entry = self.catalog.tenant(tenant)
         quota = entry.quota_bytes if entry is not None else 0
@@ -519,8 +519,8 @@ class Tenancy:
             raise RetentionLocked(f"{what} is retained until {_iso_day(until)} ({left:.1f} "
                                   "days left); it cannot be purged, whatever the role")
 
-    def _check_hold(self, tenant: str, bucket: str, key: str, what: str) -> None:
-        hold = self.hold_entry(tenant, bucket, key)
+    @staticmethod
+    def _check_hold(hold: HoldEntry | None, bucket: str, key: str, what: str) -> None:
         if hold is not None and hold.held:
             raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); it cannot be "
                             f"{what} until an admin clears the hold")
@@ -551,8 +551,13 @@ class Tenancy:
         entry = self.catalog.tenant(tenant)
         if entry is None or entry.state != CONFIRMED or entry.is_shredded:
             return None
-        self._check_hold(tenant, bucket, key, "overwritten")
-        if self.retention_days(tenant, bucket):
+        seal = self.name_seal(tenant)
+        if seal is None:
+            return None  # (admit_put refuses it)
+        self._check_hold(self.catalog.hold(tenant, seal.name_id(bucket, key)), bucket, key,
+                         "overwritten")
+        bucket_entry = self.catalog.bucket(tenant, seal.bucket_id(bucket))
+        if bucket_entry is not None and bucket_entry.retention_days:
             return None
         need = (size or 0) if entry.quota_bytes else 0
         if need and (trio.current_time() - self._usage_at >= self._usage_ttl
