@@ -3,6 +3,7 @@ body is checked against it (a typing and validation layer: the bytes do not chan
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints, is_typeddict
@@ -158,6 +159,13 @@ def test_with_rid_stamps_only_the_rid_and_the_frame_is_unchanged() -> None:
     replicate = Replicate(UNSENT, "l1", [], versions, True).with_rid(5)
     assert replicate == Replicate(5, "l1", [], versions, True)
     assert replicate.versions is versions
+    # The copy is whole because a request's whole state is its fields: every request class
+    # is a slots dataclass (no __dict__ to carry anything else).
+    for cls in (t.cls for t in MESSAGE_TYPES):
+        if issubclass(cls, Request):
+            slots = {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
+            assert {f.name for f in dataclasses.fields(cls)} <= slots
+            assert "__dict__" not in slots, cls
 
 
 def test_reply_bodies_are_plain_maps_on_the_wire() -> None:
