@@ -9,6 +9,7 @@ body above the limit is refused as soon as its 13 bytes are in, before any body 
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import xxhash
 
@@ -21,6 +22,7 @@ __all__ = [
     "BULK_BYTES",
     "FrameReader",
     "Piece",
+    "SplitData",
     "encode_bulk_frame",
     "encode_bulk_frame_pieces",
     "encode_data_frame",
@@ -149,6 +151,49 @@ def encode_bulk_frame_pieces(code: int, values: list[object],
     return tuple(pieces)
 
 
+class SplitData(NamedTuple):
+    """A large ``Data`` frame's fields, cut out of the pieces it arrived in (see
+    :meth:`FrameReader.next_frame`): what ``unpackb`` of its body gives, ``[rid, data]``,
+    with *data* copied once instead of twice."""
+
+    rid: int
+    data: bytes
+
+
+def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> SplitData | None:
+    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its rid and its
+    payload joined once — or None for any body this does not recognise at a glance (then it
+    is decoded the usual way, which checks it and words the refusal)."""
+    head = pieces[0]
+    if len(head) < 11 or head[0] != 0x92:  # fixarray of 2; room for the longest prefix
+        return None
+    b = head[1]
+    if b < 0x80:
+        rid, at = b, 2
+    elif b == 0xCC:
+        rid, at = head[2], 3
+    elif b == 0xCD:
+        rid, at = _U16.unpack_from(head, 2)[0], 4
+    elif b == 0xCE:
+        rid, at = _U32.unpack_from(head, 2)[0], 6
+    else:
+        return None
+    b = head[at]
+    if b == 0xC4:
+        n, at = head[at + 1], at + 2
+    elif b == 0xC5:
+        n, at = _U16.unpack_from(head, at + 1)[0], at + 3
+    elif b == 0xC6:
+        n, at = _U32.unpack_from(head, at + 1)[0], at + 5
+    else:
+        return None
+    if at + n != length:
+        return None
+    with memoryview(head) as view:
+        data = b"".join([view[at:], *pieces[1:]])
+    return SplitData(rid, data)
+
+
 # A frame whose body is at least this large and not yet all received is collected as the
 # pieces it arrives in (TLS records of 16 KiB) and joined once when complete, instead of being
 # appended to the buffer: growing a bytearray to a megabyte by 16 KiB appends reallocates it
@@ -199,8 +244,13 @@ class FrameReader:
             self._pos = 0
         self._buf += data
 
-    def next_frame(self) -> tuple[int, bytes] | None:
+    def next_frame(self) -> tuple[int, bytes | SplitData] | None:
         """The next complete, checksum-verified frame, or None if more bytes are needed.
+
+        A large ``Data`` frame (a body of a put or a get, a megabyte a frame) comes as its
+        fields, :class:`SplitData`, its payload joined once from the pieces it arrived in:
+        its body joined, then the payload copied out of it again by ``unpackb``, were two
+        copies of every byte of a big put or get on the receiving side.
 
         Raises :class:`ProtocolError` for an oversized length or a checksum mismatch; the
         reader must not be used after that.
@@ -211,8 +261,19 @@ class FrameReader:
                 return None
             self._big = None
             self._big_have = 0
+            code, checksum = self._big_code, self._big_sum
+            if code == C.T_DATA:
+                split = _split_data(big, self._big_end)
+                if split is not None:
+                    digest = xxhash.xxh3_64()
+                    for piece in big:
+                        digest.update(piece)
+                    if digest.intdigest() != checksum:
+                        raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, "
+                                            f"{self._big_end} bytes)")
+                    return code, split
             body = b"".join(big)  # the one copy of a large body
-            return self._checked(self._big_code, body, self._big_sum)
+            return self._checked(code, body, checksum)
         buf, pos = self._buf, self._pos
         if len(buf) - pos < C.HEADER_SIZE:
             return None
