@@ -331,3 +331,26 @@ def test_fields_cut_out_by_the_reader_are_still_checked() -> None:
     # fields it builds the Data from all the same, as decode_body does.
     with pytest.raises(ProtocolError, match="malformed Data"):
         _data_of(SplitData(-1, b""))
+
+
+def test_records_fed_before_frames_are_asked_for_are_collected_not_buffered() -> None:
+    # The session feeds every TLS record of a socket read, then asks for frames: the records
+    # of a large frame whose header came mid-read are kept as they are, not appended to the
+    # buffer (reallocated as it grows) and copied out of it afterwards.
+    payload = bytes(range(256)) * 4096
+    one = encode_frame(C.T_DATA, _data_body(b"\x01", payload), C.MAX_FRAME)
+    two = encode_frame(C.T_DATA, _data_body(b"\x02", payload[::-1]), C.MAX_FRAME)
+    stream = b"".join([one, two, one, encode_frame(C.T_END, b"\x91\x07", C.MAX_FRAME)])
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    biggest = 0
+    for read in range(0, len(stream), 256 << 10):  # socket reads ...
+        for at in range(read, min(read + (256 << 10), len(stream)), 16_384):  # ... of records
+            reader.feed(stream[at:at + 16_384])
+            biggest = max(biggest, len(reader._buf))
+        while (frame := reader.next_frame()) is not None:
+            got.append(frame)
+    assert got == [(C.T_DATA, SplitData(1, payload)), (C.T_DATA, SplitData(2, payload[::-1])),
+                   (C.T_DATA, SplitData(1, payload)), (C.T_END, b"\x91\x07")]
+    assert biggest <= 16_384
+    assert reader.buffered == 0
