@@ -170,6 +170,64 @@ async def test_outbox_is_bounded() -> None:
             assert [m.data[0] for m in got if isinstance(m, Data)] == [0, 1, 2, 3]
 
 
+async def test_senders_waiting_for_room_go_in_arrival_order() -> None:
+    # A burst of large frames on one connection (a peer link's replication writes): each
+    # waits its turn. Woken all at once at each drain, as before, the first few the scheduler
+    # ran took the room (trio runs a batch of woken tasks in either order): some senders
+    # waited drain after drain, past the write timeout, while the link moved data.
+    piece = 600 * 1024
+    n = 10
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            await pair.client.send(put_start(1))
+            gate = pair.tap.gate = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(pair.client.send, Data(rid=1, data=bytes([i]) * piece))
+                    await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            inbox = pair.inboxes[1]
+            got = [(await inbox.receive()) for _ in range(n)]
+            assert [m.data[0] for m in got if isinstance(m, Data)] == list(range(n))
+
+
+async def test_a_sender_cancelled_as_its_turn_comes_passes_it_on() -> None:
+    piece = 600 * 1024
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            await pair.client.send(put_start(1))
+            gate = pair.tap.gate = trio.Event()
+            cancelled = trio.CancelScope()
+            admit = pair.client._admit
+
+            def cancel_then_admit() -> None:
+                cancelled.cancel()  # sender 3 is cancelled as it waits ...
+                admit()  # ... and its turn comes before it ran
+
+            async def doomed() -> None:
+                with cancelled:
+                    await pair.client.send(Data(rid=1, data=bytes([3]) * piece))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):  # 0 is written (held at the gate), 1 and 2 fill the outbox
+                    nursery.start_soon(pair.client.send, Data(rid=1, data=bytes([i]) * piece))
+                    await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(doomed)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(pair.client.send, Data(rid=1, data=bytes([4]) * piece))
+                await trio.testing.wait_all_tasks_blocked()
+                pair.client._admit = cancel_then_admit  # type: ignore[method-assign]
+                gate.set()
+                await trio.testing.wait_all_tasks_blocked()
+                pair.client._admit = admit  # type: ignore[method-assign]
+            # Sender 4 was not left waiting for a turn that went nowhere.
+            inbox = pair.inboxes[1]
+            got = [(await inbox.receive()) for _ in range(4)]
+            assert [m.data[0] for m in got if isinstance(m, Data)] == [0, 1, 2, 4]
+            assert cancelled.cancelled_caught
+
+
 async def test_failed_write_wakes_every_waiter() -> None:
     with trio.fail_after(LIMIT):
         async with open_pair() as pair:
