@@ -2,7 +2,7 @@
 ``sync_latency.py`` plus one big streaming put and its streaming get, with CPU per process.
 
     python bench/stream_bench.py [--big-mib 1024] [--rounds 1] [--cells 64k1,64k16,1m16]
-                                 [--json PATH] [--dir DIR]
+                                 [--json PATH] [--dir DIR] [--perf DIR]
 
 Starts the same two-site cluster as ``sync_latency.py`` (``each-site``), then per round: the
 cells asked for (put then get of what was put; ``64k16`` is 64 KiB x16), one streaming put of
@@ -11,6 +11,12 @@ streaming get of it from the coordinator (a single node: the get reads its own c
 figure carries the CPU seconds that the client, the coordinator and the replica spent, per op
 and per MiB (from /proc: 10 ms ticks), which is steadier than throughput on a shared machine.
 Never asserts; prints a table and writes JSON (default ``bench/results/stream_bench.json``).
+
+``--perf DIR`` samples the three processes with ``perf record`` (Linux perf, as root or with
+``perf_event_paranoid`` low enough) during the big put and during its get, keeps the files in
+DIR and prints each process's CPU per MiB by shared object (the interpreter, the kernel, libc's
+copies, libcrypto's TLS, blake3, the AEAD, zstd...): where a streamed MiB goes, without
+touching hdsd.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,8 +100,38 @@ def threads_use(before: dict[str, dict[tuple[int, str], float]],
     return out
 
 
+def perf_start(pids: dict[str, int], out: Path | None, op: str) -> list[subprocess.Popen[bytes]]:
+    """``perf record`` of each process into ``out/<op>-<role>.perf`` (none without *out*)."""
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(pid),
+                              "-o", str(out / f"{op}-{role}.perf")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for role, pid in pids.items()]
+
+
+def perf_stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        proc.wait(timeout=60)
+
+
+def perf_by_dso(path: Path, ms_per_mib: float, top: int = 8) -> list[tuple[str, float]]:
+    """The shared objects of a ``perf record`` file, each as its share of *ms_per_mib*."""
+    report = subprocess.run(["perf", "report", "-i", str(path), "--no-children", "--sort",
+                             "dso", "--stdio"], capture_output=True, text=True, timeout=300)
+    rows: list[tuple[str, float]] = []
+    for line in report.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].endswith("%") and not line.startswith("#"):
+            rows.append((parts[1], float(parts[0][:-1]) * ms_per_mib / 100))
+    return rows[:top]
+
+
 async def run_round(cluster: sl.Cluster, cells: Sequence[str], big: int, base: bytes,
-                    threads: dict[str, Any]) -> list[dict[str, Any]]:
+                    threads: dict[str, Any], perf: Path | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     keep: dict[tuple[str, str, int, int], list[float]] = {}
     async with AsyncExitStack() as stack:
@@ -117,17 +155,22 @@ async def run_round(cluster: sl.Cluster, cells: Sequence[str], big: int, base: b
             pids = cluster.pids()
             key = f"big/{time.monotonic_ns()}"
             sl.progress(f"hdsd each-site: one streaming put of {big // MIB} MiB")
+            sampling = perf_start(pids, perf, "put")
             cpu0, th0, io0 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
             took = await sl._put(first, key, base, big)
             cpu1, th1, io1 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
+            perf_stop(sampling)
             sl.progress(f"  {big / MIB / took:.0f} MiB/s; streaming get")
+            sampling = perf_start(pids, perf, "get")
+            cpu_g, th_g = sl.cpu_now(pids), threads_now(pids)
             got_s = await sl._get(first, key, big)
             cpu2, th2, io2 = sl.cpu_now(pids), threads_now(pids), disk_now(pids)
+            perf_stop(sampling)
             threads["put"] = threads_use(th0, th1, big)
-            threads["get"] = threads_use(th1, th2, big)
+            threads["get"] = threads_use(th_g, th2, big)
             for op, s, cpu, disk in (("put", took, sl.cpu_use(cpu0, cpu1, 1, big),
                                       disk_use(io0, io1)),
-                                     ("get", got_s, sl.cpu_use(cpu1, cpu2, 1, big),
+                                     ("get", got_s, sl.cpu_use(cpu_g, cpu2, 1, big),
                                       disk_use(io1, io2))):
                 out.append(sl.cell("hdsd", op, "each-site", big, 1,
                                    f"single streaming {op} {big // MIB} MiB",
@@ -146,7 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"comma-separated, of {', '.join(CELLS)} (empty: none)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "stream_bench.json")
     ap.add_argument("--dir", type=Path, default=HERE / "results")
+    ap.add_argument("--perf", type=Path, default=None,
+                    help="perf record the three processes during the big put and get into DIR")
     args = ap.parse_args(argv)
+    if args.perf is not None and shutil.which("perf") is None:
+        ap.error("--perf needs Linux perf (the `perf` command)")
     cells = [c for c in args.cells.split(",") if c]
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
@@ -162,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.start("each-site")
             for _ in range(args.rounds):
                 results += trio.run(run_round, cluster, cells, args.big_mib * MIB, base,
-                                    threads)
+                                    threads, args.perf)
             cluster.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -180,8 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nthe big {op}, ms CPU per MiB by thread (last round):")
         for role, by_name in roles.items():
             print(f"  {role:12} " + ", ".join(f"{n} {v:.2f}" for n, v in by_name.items()))
+    perf_rows: dict[str, dict[str, float]] = {}
+    if args.perf is not None and args.big_mib:
+        for r in results[-2:]:  # the last round's big put and get
+            op = r["op"]
+            for role, per_mib in (r.get("cpu_s_per_mib") or {}).items():
+                path = args.perf / f"{op}-{role}.perf"
+                if role == "total" or not path.exists():
+                    continue
+                by_dso = perf_by_dso(path, per_mib * 1e3)
+                perf_rows[f"{op} {role}"] = dict(by_dso)
+                print(f"\nthe big {op}, {role}: ms CPU per MiB by shared object (perf)")
+                for dso, ms in by_dso:
+                    print(f"  {ms:6.2f}  {dso}")
     write_json(args.json, {"machine": machine_info(), "results": results,
-                           "big_blob_threads_ms_per_mib": threads})
+                           "big_blob_threads_ms_per_mib": threads,
+                           "big_blob_perf_ms_per_mib": perf_rows})
     return 0
 
 

@@ -72,7 +72,7 @@ from ._objects import (
     put_object,
     resolve,
     resolve_now,
-    seal_whole,
+    seal_small,
     stream_object,
 )
 from ._peer_handlers import PEER_ROUTES, layout_push, maintenance, site_mode
@@ -190,7 +190,7 @@ def claim_small_put(node: Node, ident: Identity, msg: PutStart,
 class _SmallPut:
     """One put of a group: its audit view, and how it ended (its reply, its outcome)."""
 
-    __slots__ = ("admitted", "msg", "observed", "outcome", "reply", "version")
+    __slots__ = ("admitted", "msg", "observed", "outcome", "reply", "reserved", "version")
 
     def __init__(self, session: WireSession, msg: PutStart) -> None:
         self.msg = msg
@@ -198,6 +198,9 @@ class _SmallPut:
         self.outcome = "cancelled"
         self.reply: Message | None = None
         self.version: Version | None = None
+        # Admitted against the quota: the bytes reserved (Tenancy.admit_put_now), or, when
+        # that could not decide without waiting, the admission's block (Tenancy.admit_put).
+        self.reserved: int | None = None
         self.admitted: AbstractAsyncContextManager[None] | None = None
 
     def failed(self, code: str, message: str) -> None:
@@ -224,9 +227,21 @@ async def put_group(node: Node, session: WireSession, ident: Identity, puts: lis
     tenant = ident.tenant or ""
     items = [_SmallPut(session, msg) for msg in puts]
     try:
+        try:
+            _check_small_puts(node, ident, puts[0])
+        except HdsdError as exc:
+            for item in items:
+                item.failed(exc.code, exc.message)
+        except Exception:
+            log.exception("event=request_failed rid=%d op=PutStart", puts[0].rid)
+            for item in items:
+                item.failed("internal", "internal error on the node; see its log")
         for item in items:
+            if item.reply is not None:
+                continue  # refused above
             try:
-                await _prepare_small_put(node, session, ident, item)
+                if not _prepare_small_put_now(node, session, tenant, item):
+                    await _prepare_small_put(node, session, tenant, item)
             except HdsdError as exc:
                 item.failed(exc.code, exc.message)
             except Exception:
@@ -256,7 +271,9 @@ async def put_group(node: Node, session: WireSession, ident: Identity, puts: lis
         seconds = time.perf_counter() - started
         for item in items:
             msg = item.msg
-            if item.admitted is not None:  # a put admitted against the quota (see admit_put)
+            if item.reserved is not None:  # admitted against the quota (see admit_put_now)
+                node.tenancy.release_put(tenant, item.reserved, item.outcome == "ok")
+            elif item.admitted is not None:  # the same, by admit_put's block
                 if item.outcome == "ok":
                     await item.admitted.__aexit__(None, None, None)
                 else:
@@ -347,28 +364,56 @@ class SmallWrites:
             shared.done.set()
 
 
-async def _prepare_small_put(node: Node, session: WireSession, ident: Identity,
-                             item: _SmallPut) -> None:
-    """:func:`handle_request`'s checks, then ``put_object``'s up to the write, for one put of
-    a group: its version (sealed) in ``item.version``, or a typed refusal raised."""
-    msg, tenant = item.msg, ident.tenant or ""
+def _check_small_puts(node: Node, ident: Identity, msg: PutStart) -> None:
+    """:func:`handle_request`'s checks for the puts of a group, made once: they depend on
+    the connection's identity and the request's kind, the same for every put of it."""
     if node.audit.failed is not None:
         raise Unavailable(f"the audit log cannot be written ({node.audit.failed}); "
                           "no request is served untraced")
-    node.tenancy.check_live(tenant)
+    node.tenancy.check_live(ident.tenant or "")
     check_role(node, ident, msg)
     CLIENT_ROUTES[PutStart].admit(node, ident, msg)
+
+
+def _prepare_small_put_now(node: Node, session: WireSession, tenant: str,
+                           item: _SmallPut) -> bool:
+    """``put_object``'s checks up to the write, then the seal, for one put of a group, when
+    nothing needs to be awaited (the usual case; see ``Tenancy.admit_put_now``): its version
+    in ``item.version``, or a typed refusal raised. False: :func:`_prepare_small_put` does
+    it (nothing was taken yet)."""
+    msg = item.msg
     check_bucket(msg.bucket)
     check_key(msg.key)
+    item.reserved = node.tenancy.admit_put_now(tenant, msg.bucket, msg.key, msg.size)
+    if item.reserved is None:
+        return False
+    _seal_small_put(node, session, tenant, item)
+    return True
+
+
+async def _prepare_small_put(node: Node, session: WireSession, tenant: str,
+                             item: _SmallPut) -> None:
+    """:func:`_prepare_small_put_now` when the admission has to wait (a seeded tenant to
+    confirm, a usage figure to refresh, a retention to check against the current version)."""
+    msg = item.msg
     admitted = node.tenancy.admit_put(node, tenant, msg.bucket, msg.key, msg.size)
     await admitted.__aenter__()
     item.admitted = admitted
+    _seal_small_put(node, session, tenant, item)
+
+
+def _seal_small_put(node: Node, session: WireSession, tenant: str, item: _SmallPut) -> None:
+    msg = item.msg
     frames = session.take_whole_upload(msg.rid) or []
-    body = b"".join(f.data for f in frames if type(f) is Data)
+    first = frames[0] if frames else None
+    if len(frames) == 2 and type(first) is Data:  # one Data frame and the End: its bytes
+        body = first.data
+    else:
+        body = b"".join(f.data for f in frames if type(f) is Data)
     if msg.size is None:
         node.tenancy.check_quota(tenant, len(body))
-    item.version, _ = await seal_whole(node, tenant, msg.bucket, msg.key, body,
-                                       dict(msg.metadata), msg.request_id)
+    item.version = seal_small(node, tenant, msg.bucket, msg.key, body, dict(msg.metadata),
+                              msg.request_id)
 
 
 class _UploadDeadline:

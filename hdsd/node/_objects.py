@@ -43,6 +43,7 @@ from .._errors import (
 )
 from .._groups import single_error
 from ..pipeline import (
+    THREAD_THRESHOLD,
     ChunkCodec,
     Chunker,
     OrderedHasher,
@@ -77,6 +78,7 @@ __all__ = [
     "purge_version",
     "put_object",
     "resolve",
+    "seal_small",
     "seal_whole",
     "store_part",
     "stream_object",
@@ -291,17 +293,35 @@ async def seal_whole(node: Node, tenant: str, bucket: str, key: str, whole: byte
     write with it: none up to ``inline_max`` (the payload rides in the version record), its
     one chunk above. Its content hash is its chunk id (the keyed hash of the whole blob).
     *metadata* becomes the version's own (the caller's copy)."""
-    sealed = await seal_in_thread(node.codec(tenant), whole)
     inline = len(whole) <= node.config.inline_max
-    version = Version(
-        tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
-        size=len(whole), content_hash=sealed.chunk_id, chunks=(sealed.chunk_id,),
-        inline=sealed.payload if inline else None, metadata=metadata,
-        request_id=request_id, chunk_size=node.config.chunk_size)
+    if inline and len(whole) < THREAD_THRESHOLD:
+        await trio.lowlevel.checkpoint_if_cancelled()  # as seal_in_thread does for it
+        return seal_small(node, tenant, bucket, key, whole, metadata, request_id), []
+    sealed = await seal_in_thread(node.codec(tenant), whole)
+    version = _whole_version(node, tenant, bucket, key, len(whole), sealed.chunk_id,
+                             sealed.payload if inline else None, metadata, request_id)
     if inline:
         return version, []
     return version, [ChunkRecord(tenant=tenant, chunk_id=sealed.chunk_id,
                                  payload=sealed.payload)]
+
+
+def seal_small(node: Node, tenant: str, bucket: str, key: str, whole: bytes,
+               metadata: dict[str, str], request_id: bytes) -> Version:
+    """:func:`seal_whole` of a body of at most ``inline_max`` bytes (and under
+    ``THREAD_THRESHOLD``: sealed in the calling thread, as ``seal_in_thread`` does for it),
+    here and now: its payload in the version record."""
+    sealed = node.codec(tenant).seal(whole)
+    return _whole_version(node, tenant, bucket, key, len(whole), sealed.chunk_id,
+                          sealed.payload, metadata, request_id)
+
+
+def _whole_version(node: Node, tenant: str, bucket: str, key: str, size: int, chunk_id: bytes,
+                   inline: bytes | None, metadata: dict[str, str], request_id: bytes) -> Version:
+    return Version(
+        tenant=tenant, bucket=bucket, key=key, hlc=node.clock.now(), node=node.config.name,
+        size=size, content_hash=chunk_id, chunks=(chunk_id,), inline=inline,
+        metadata=metadata, request_id=request_id, chunk_size=node.config.chunk_size)
 
 
 class _ChunkWriter:

@@ -172,7 +172,10 @@ class Node:
                                checking=lambda: self.checking)
         self.started = time.time()
         self.port = config.port
-        self._requests_in_flight: dict[tuple[str, bytes], trio.Event] = {}
+        # Request ids being written, each with the event its holder sets when it ends: made
+        # by the first request that waits for it (None until then: most never wait, and an
+        # event made and set costs every put ~10 Python calls).
+        self._requests_in_flight: dict[tuple[str, bytes], trio.Event | None] = {}
         self._active_requests = 0
         self.small_writes = SmallWrites()  # small puts' groups of one pass share a write
         self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
@@ -287,14 +290,16 @@ class Node:
         first to finish, then sees its result instead of writing a second version.
         """
         slot = (tenant, request_id)
-        while (running := self._requests_in_flight.get(slot)) is not None:
+        while slot in self._requests_in_flight:
+            running = self._requests_in_flight[slot]
+            if running is None:  # the first to wait makes the event its holder will set
+                running = self._requests_in_flight[slot] = trio.Event()
             await running.wait()
-        done = self._requests_in_flight[slot] = trio.Event()
+        self._requests_in_flight[slot] = None
         try:
             yield await self.reads.find_request(tenant, request_id, bucket, key, retry)
         finally:
-            del self._requests_in_flight[slot]
-            done.set()
+            self.release_request(tenant, request_id)
 
     @property
     def active_requests(self) -> int:
@@ -307,12 +312,14 @@ class Node:
         slot = (tenant, request_id)
         if slot in self._requests_in_flight:
             return False
-        self._requests_in_flight[slot] = trio.Event()
+        self._requests_in_flight[slot] = None
         return True
 
     def release_request(self, tenant: str, request_id: bytes) -> None:
         """Give back a slot :meth:`claim_request` took (waking a request that waits on it)."""
-        self._requests_in_flight.pop((tenant, request_id)).set()
+        waiting = self._requests_in_flight.pop((tenant, request_id))
+        if waiting is not None:
+            waiting.set()
 
     @contextmanager
     def counted_request(self) -> Iterator[None]:

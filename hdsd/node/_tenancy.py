@@ -458,11 +458,8 @@ class Tenancy:
         """Refuse a put (``size``: declared, or None) or a delete that a legal hold, the
         bucket's retention or the tenant's quota forbids; return the bytes to reserve."""
         await self.ensure_confirmed(node, tenant)
-        hold = self.hold_entry(tenant, bucket, key)
         what = "deleted" if delete else "overwritten"
-        if hold is not None and hold.held:
-            raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); it cannot be "
-                            f"{what} until an admin clears the hold")
+        self._check_hold(self.hold_entry(tenant, bucket, key), bucket, key, what)
         retention = self.retention_days(tenant, bucket)
         entry = self.catalog.tenant(tenant)
         quota = entry.quota_bytes if entry is not None else 0
@@ -522,6 +519,12 @@ class Tenancy:
             raise RetentionLocked(f"{what} is retained until {_iso_day(until)} ({left:.1f} "
                                   "days left); it cannot be purged, whatever the role")
 
+    @staticmethod
+    def _check_hold(hold: HoldEntry | None, bucket: str, key: str, what: str) -> None:
+        if hold is not None and hold.held:
+            raise LegalHold(f"{bucket}/{key} is under legal hold (set by {hold.by}); it cannot be "
+                            f"{what} until an admin clears the hold")
+
     @asynccontextmanager
     async def admit_put(self, node: Node, tenant: str, bucket: str, key: str,
                         size: int | None) -> AsyncIterator[None]:
@@ -530,12 +533,45 @@ class Tenancy:
         need = max(0, await self.check_write(node, tenant, bucket, key, size=size,
                                              delete=False))
         self._reserved[tenant] = self._reserved.get(tenant, 0) + need
+        stored = False
         try:
             yield
-            # Counted until the next usage refresh has seen it.
-            self._recent[tenant] = self._recent.get(tenant, 0) + need
+            stored = True
         finally:
-            self._reserved[tenant] -= need
+            self.release_put(tenant, need, stored)
+
+    def admit_put_now(self, tenant: str, bucket: str, key: str, size: int | None) -> int | None:
+        """:meth:`admit_put` without awaiting anything, when nothing needs to be awaited to
+        decide — the usual small put: a confirmed tenant, no retention on the bucket, and no
+        quota or a fresh usage figure with room for *size* (a legal hold is refused here as
+        there). The bytes now reserved against the quota (give them back with
+        :meth:`release_put`), or None: then :meth:`admit_put` decides (it confirms a seeded
+        tenant, refreshes the usage, reads the current version for retention and overwrites,
+        and raises the refusals of the other cases)."""
+        entry = self.catalog.tenant(tenant)
+        if entry is None or entry.state != CONFIRMED or entry.is_shredded:
+            return None
+        seal = self.name_seal(tenant)
+        if seal is None:
+            return None  # (admit_put refuses it)
+        self._check_hold(self.catalog.hold(tenant, seal.name_id(bucket, key)), bucket, key,
+                         "overwritten")
+        bucket_entry = self.catalog.bucket(tenant, seal.bucket_id(bucket))
+        if bucket_entry is not None and bucket_entry.retention_days:
+            return None
+        need = (size or 0) if entry.quota_bytes else 0
+        if need and (trio.current_time() - self._usage_at >= self._usage_ttl
+                     or self.usage(tenant) + need > entry.quota_bytes):
+            return None  # check_write refreshes the figure, and counts what an overwrite frees
+        self._reserved[tenant] = self._reserved.get(tenant, 0) + need
+        return need
+
+    def release_put(self, tenant: str, need: int, stored: bool) -> None:
+        """The end of a put admitted with *need* bytes reserved: a stored one counts until the
+        next usage refresh has seen it."""
+        if stored:
+            self._recent[tenant] = self._recent.get(tenant, 0) + need
+        self._reserved[tenant] -= need
 
     def check_quota(self, tenant: str, growth: int) -> None:
         entry = self.catalog.tenant(tenant)

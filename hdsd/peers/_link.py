@@ -81,11 +81,13 @@ class SendHookLink(PeerLink, Protocol):
     write coordinator needs; :class:`PeerPool` is one)."""
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
         """:meth:`PeerLink.call`; *sent*, if given, is called (it must not raise) once the
         request is on its way, before the reply is awaited — not at all if it could not be
         sent. The write path queues its local commit there, so that waking the log writer
-        thread does not delay the send."""
+        thread does not delay the send. *shielded*: the caller runs in a shielded cancel
+        scope whose deadline is no later than the link's own bound, so nothing but that
+        deadline can cancel the send: the link need not shield it again."""
         ...
 
 
@@ -299,7 +301,7 @@ class PeerPool:
             await session.aclose()
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
         peer = self._peer(node)
         limit = self.request_timeout
         # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
@@ -314,12 +316,12 @@ class PeerPool:
                 raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
                     from None
         try:
-            return await self._call(node, peer, request, sent)
+            return await self._call(node, peer, request, sent, shielded)
         finally:
             peer.slots.release()
 
     async def _call(self, node: str, peer: _Peer, request: Request[R],
-                    sent: Callable[[], None] | None) -> R:
+                    sent: Callable[[], None] | None, shielded: bool = False) -> R:
         limit = self.request_timeout
         with trio.move_on_after(limit) as scope:
             session = await self._session(node)
@@ -328,9 +330,15 @@ class PeerPool:
                 # A frame cut in the middle would break the link for every request sharing it:
                 # once started, a send finishes, within the request's bound and the caller's
                 # (read before shielding: inside the shield the caller's scope no longer counts).
-                until = trio.current_effective_deadline()
-                with trio.CancelScope(shield=True, deadline=until):
+                # A shielded caller (the pair write) already gives exactly that: its earlier
+                # deadline is the only cancellation that can reach the send (a cancel scope
+                # less on every replicated write).
+                if shielded:
                     await session.send(request)
+                else:
+                    until = trio.current_effective_deadline()
+                    with trio.CancelScope(shield=True, deadline=until):
+                        await session.send(request)
                 if sent is not None:
                     sent()
                 try:

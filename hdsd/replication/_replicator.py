@@ -245,7 +245,8 @@ class Replicator:
 
     async def _replicate_to(self, peer: str, chunks: Sequence[ChunkRecord],
                             versions: Sequence[Version],
-                            sent: Callable[[], None] | None = None) -> None:
+                            sent: Callable[[], None] | None = None,
+                            shielded: bool = False) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: the
@@ -279,7 +280,7 @@ class Replicator:
             # once. Yielding for company nobody can bring costs a lone write a scheduler pass
             # for nothing.
             await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
-                                  sent=sent)
+                                  sent=sent, shielded=shielded)
             return
         batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
         if sent is not None:
@@ -291,7 +292,8 @@ class Replicator:
                 del self._batches[peer]
         try:
             await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
-                                                          batch.versions), sent=batch.sent)
+                                                          batch.versions), sent=batch.sent,
+                                  shielded=shielded)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -349,7 +351,9 @@ class Replicator:
         with trio.CancelScope(shield=True,
                               deadline=trio.current_time() + self.timeout) as scope:
             try:
-                await self._replicate_to(peer, chunks, versions, sent=start_local)
+                # (shielded, and its deadline earlier than the link's own bound)
+                await self._replicate_to(peer, chunks, versions, sent=start_local,
+                                         shielded=True)
                 acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc

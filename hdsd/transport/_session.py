@@ -203,10 +203,9 @@ class WireSession:
         # Check cancellation before the state machine records anything: past this point the
         # frames are committed to go out, whatever happens to this task.
         await trio.lowlevel.checkpoint_if_cancelled()
-        goodbye = all(isinstance(m, Goodbye) for m in msgs)
         if (self._outbox_size > OUTBOX_LIMIT or self._room) and not self._closed:
             await self._wait_room()
-        if self._closed and not goodbye:
+        if self._closed and not all(isinstance(m, Goodbye) for m in msgs):
             raise self._lost()
         try:
             for msg in msgs:

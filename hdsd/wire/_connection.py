@@ -78,12 +78,13 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from .._errors import ProtocolError
+from .._errors import InvalidRequest, ProtocolError
 from . import _constants as C
 from ._errors import LocalProtocolError
 from ._frames import (
     FrameReader,
     Piece,
+    SplitData,
     encode_bulk_frame_pieces,
     encode_data_frame_pieces,
     encode_frame,
@@ -151,6 +152,15 @@ class ServerHalf(enum.Enum):
 
 
 _K = Kind
+
+
+def _data_of(split: SplitData) -> Data:
+    """The ``Data`` message of a large frame the reader cut up itself (its fields checked as
+    ``decode_body`` checks them)."""
+    try:
+        return Data(rid=split.rid, data=split.data)
+    except InvalidRequest as exc:
+        raise ProtocolError(f"malformed Data: {exc}") from None
 _CH = ClientHalf
 _SH = ServerHalf
 
@@ -314,7 +324,12 @@ class Connection:
                     if self._reader.buffered:
                         raise ProtocolError("connection closed in the middle of a frame")
                     return _CLOSED
-                msg, kind = decode_body(*frame)
+                code, body = frame
+                msg: Message
+                if isinstance(body, SplitData):
+                    msg, kind = _data_of(body), _K.DATA
+                else:
+                    msg, kind = decode_body(code, body)
                 if self._apply(self._peer_role, msg, kind, ProtocolError):
                     return msg
         except ProtocolError as exc:

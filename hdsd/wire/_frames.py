@@ -9,6 +9,8 @@ body above the limit is refused as soon as its 13 bytes are in, before any body 
 from __future__ import annotations
 
 import struct
+from collections import deque
+from typing import NamedTuple
 
 import xxhash
 
@@ -21,6 +23,7 @@ __all__ = [
     "BULK_BYTES",
     "FrameReader",
     "Piece",
+    "SplitData",
     "encode_bulk_frame",
     "encode_bulk_frame_pieces",
     "encode_data_frame",
@@ -149,6 +152,49 @@ def encode_bulk_frame_pieces(code: int, values: list[object],
     return tuple(pieces)
 
 
+class SplitData(NamedTuple):
+    """A large ``Data`` frame's fields, cut out of the pieces it arrived in (see
+    :meth:`FrameReader.next_frame`): what ``unpackb`` of its body gives, ``[rid, data]``,
+    with *data* copied once instead of twice."""
+
+    rid: int
+    data: bytes
+
+
+def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> SplitData | None:
+    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its rid and its
+    payload joined once — or None for any body this does not recognise at a glance (then it
+    is decoded the usual way, which checks it and words the refusal)."""
+    head = pieces[0]
+    if len(head) < 11 or head[0] != 0x92:  # fixarray of 2; room for the longest prefix
+        return None
+    b = head[1]
+    if b < 0x80:
+        rid, at = b, 2
+    elif b == 0xCC:
+        rid, at = head[2], 3
+    elif b == 0xCD:
+        rid, at = _U16.unpack_from(head, 2)[0], 4
+    elif b == 0xCE:
+        rid, at = _U32.unpack_from(head, 2)[0], 6
+    else:
+        return None
+    b = head[at]
+    if b == 0xC4:
+        n, at = head[at + 1], at + 2
+    elif b == 0xC5:
+        n, at = _U16.unpack_from(head, at + 1)[0], at + 3
+    elif b == 0xC6:
+        n, at = _U32.unpack_from(head, at + 1)[0], at + 5
+    else:
+        return None
+    if at + n != length:
+        return None
+    with memoryview(head) as view:
+        data = b"".join([view[at:], *pieces[1:]])
+    return SplitData(rid, data)
+
+
 # A frame whose body is at least this large and not yet all received is collected as the
 # pieces it arrives in (TLS records of 16 KiB) and joined once when complete, instead of being
 # appended to the buffer: growing a bytearray to a megabyte by 16 KiB appends reallocates it
@@ -157,9 +203,18 @@ _BIG = 64 << 10
 
 
 class FrameReader:
-    """Accumulates received bytes and cuts them into ``(type code, body)`` frames."""
+    """Accumulates received bytes and cuts them into ``(type code, body)`` frames.
 
-    __slots__ = ("_big", "_big_code", "_big_end", "_big_have", "_big_sum", "_buf",
+    A large frame is collected as the pieces it arrives in (see ``_BIG``), from the piece
+    that brings its header on: ``feed`` itself starts collecting as soon as the frame it
+    appends to is the first unparsed one, large and incomplete — the session feeds every TLS
+    record of a socket read (sixteen and more) before it asks for frames, and the records
+    after a frame boundary were appended to the buffer (its growth reallocating it, each
+    time a copy of what it holds) and then copied out again. A large frame completed by a
+    feed waits, collected, in ``_done`` until :meth:`next_frame` returns it, so the next
+    one can be collected behind it."""
+
+    __slots__ = ("_big", "_big_code", "_big_end", "_big_have", "_big_sum", "_buf", "_done",
                  "_max_frame", "_pos")
 
     def __init__(self, max_frame: int) -> None:
@@ -173,24 +228,33 @@ class FrameReader:
         self._big_end = 0
         self._big_code = 0
         self._big_sum = 0
+        # Large frames complete but not returned yet, in order (all before _big and _buf):
+        # (type code, checksum, body length, the body's pieces).
+        self._done: deque[tuple[int, int, int, list[bytes | bytearray | memoryview]]] = \
+            deque()
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as a frame."""
         big = 0 if self._big is None else C.HEADER_SIZE + self._big_have
-        return len(self._buf) - self._pos + big
+        done = sum(C.HEADER_SIZE + end for _, _, end, _ in self._done)
+        return len(self._buf) - self._pos + big + done
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         big = self._big
         if big is not None:
             need = self._big_end - self._big_have
-            if len(data) <= need:
+            if len(data) < need:
                 big.append(data)
                 self._big_have += len(data)
                 return
-            # The large body ends inside this piece: the rest starts the next frame.
-            big.append(memoryview(data)[:need])
-            self._big_have += need
+            # The large body ends in this piece: the rest, if any, starts the next frame.
+            big.append(data if len(data) == need else memoryview(data)[:need])
+            self._done.append((self._big_code, self._big_sum, self._big_end, big))
+            self._big = None
+            self._big_have = 0
+            if len(data) == need:
+                return
             data = memoryview(data)[need:]
         if self._pos:
             # Only bytes of the (single) incomplete frame remain: each byte is moved at most
@@ -198,21 +262,53 @@ class FrameReader:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+        self._collect()
 
-    def next_frame(self) -> tuple[int, bytes] | None:
+    def _collect(self) -> bool:
+        """Start collecting the first unparsed frame as pieces if it is large and incomplete
+        (its header read, its start moved out of the buffer); whether it did."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < C.HEADER_SIZE:
+            return False
+        length, code, checksum = C.HEADER.unpack_from(buf, pos)
+        start = pos + C.HEADER_SIZE
+        if length < _BIG or length > self._max_frame or len(buf) >= start + length:
+            return False  # small, refused by next_frame, or already whole
+        with memoryview(buf) as view:
+            self._big = [bytes(view[start:])]
+        self._big_have = len(buf) - start
+        self._big_end, self._big_code, self._big_sum = length, code, checksum
+        buf.clear()
+        self._pos = 0
+        return True
+
+    def next_frame(self) -> tuple[int, bytes | SplitData] | None:
         """The next complete, checksum-verified frame, or None if more bytes are needed.
+
+        A large ``Data`` frame (a body of a put or a get, a megabyte a frame) comes as its
+        fields, :class:`SplitData`, its payload joined once from the pieces it arrived in:
+        its body joined, then the payload copied out of it again by ``unpackb``, were two
+        copies of every byte of a big put or get on the receiving side.
 
         Raises :class:`ProtocolError` for an oversized length or a checksum mismatch; the
         reader must not be used after that.
         """
-        big = self._big
-        if big is not None:
-            if self._big_have < self._big_end:
-                return None
-            self._big = None
-            self._big_have = 0
+        if self._done:
+            code, checksum, end, big = self._done.popleft()
+            if code == C.T_DATA:
+                split = _split_data(big, end)
+                if split is not None:
+                    digest = xxhash.xxh3_64()
+                    for piece in big:
+                        digest.update(piece)
+                    if digest.intdigest() != checksum:
+                        raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, "
+                                            f"{end} bytes)")
+                    return code, split
             body = b"".join(big)  # the one copy of a large body
-            return self._checked(self._big_code, body, self._big_sum)
+            return self._checked(code, body, checksum)
+        if self._big is not None:
+            return None  # collecting: complete only once fed (then in _done)
         buf, pos = self._buf, self._pos
         if len(buf) - pos < C.HEADER_SIZE:
             return None
@@ -224,14 +320,7 @@ class FrameReader:
         start = pos + C.HEADER_SIZE
         end = start + length
         if len(buf) < end:
-            if length >= _BIG:
-                # Collect the rest piece by piece (see _BIG), starting with what is here.
-                with memoryview(buf) as view:
-                    self._big = [bytes(view[start:])]
-                self._big_have = len(buf) - start
-                self._big_end, self._big_code, self._big_sum = length, code, checksum
-                buf.clear()
-                self._pos = 0
+            self._collect()  # a large one: the rest piece by piece (see _BIG)
             return None
         with memoryview(buf) as view:  # one copy out of the buffer, and no export left behind
             body = bytes(view[start:end])
@@ -240,6 +329,8 @@ class FrameReader:
             # Everything consumed: reset for free instead of compacting later.
             buf.clear()
             self._pos = 0
+        else:
+            self._collect()  # the next frame, if large, collected from here on
         return self._checked(code, body, checksum)
 
     @staticmethod

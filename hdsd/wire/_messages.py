@@ -105,13 +105,26 @@ class Request(Message, Generic[R]):
     rid: int
 
     def with_rid(self, rid: int) -> Self:
-        """This request under *rid* (its other fields were checked when it was built)."""
-        return dataclasses.replace(self, rid=rid)
+        """This request under *rid* (its other fields were checked when it was built): a copy
+        of its fields, not a new build — ``dataclasses.replace`` would run the request's whole
+        validation again, on every request sent (a client's put, a coordinator's
+        ``Replicate``), for fields that did not change."""
+        F.check_rid(rid)
+        new = object.__new__(type(self))
+        for name in _field_names(type(self)):  # type: ignore[arg-type]
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "rid", rid)
+        return new
 
     def decode_reply(self, body: dict[str, Any]) -> R:
         """*body*, the answer to this request, checked against its reply type
         (:class:`~hdsd.ProtocolError` naming the field if malformed)."""
         return decode_reply(reply_type(type(self)), body, type(self).__name__)  # type: ignore[no-any-return, arg-type]
+
+
+@functools.cache
+def _field_names(cls: type[Message]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @functools.cache

@@ -87,6 +87,34 @@ async def test_quota_counts_overwrites_and_puts_in_flight(tenancy: Any) -> None:
             await t.check_write(node, "t", "b", "k", size=160, delete=False)
 
 
+async def test_a_put_admitted_without_waiting_decides_as_the_waiting_admission(
+        tenancy: Any) -> None:
+    """``admit_put_now`` (a small put of a group) answers only what needs no wait: a stale
+    usage figure under a quota, a retention to check or a tenant not confirmed are left to
+    ``admit_put`` (None); what it reserves counts against the quota until released."""
+    t, _, _ = tenancy
+    node = _FakeNode(None)
+    assert t.admit_put_now("t", "b", "k", 100) is None  # no usage figure yet
+    await t.refresh_usage(node, force=True)  # 900 of 1000 used
+    assert t.admit_put_now("t", "b", "k", 150) is None  # may not fit: check_write decides
+    assert t.admit_put_now("t", "b", "k", 60) == 60
+    assert t.admit_put_now("t", "b", "k2", 60) is None  # 900 + 60 reserved + 60 > 1000
+    with pytest.raises(QuotaExceeded):
+        await t.check_write(node, "t", "b", "k2", size=60, delete=False)
+    t.release_put("t", 60, stored=False)
+    assert t.admit_put_now("t", "b", "k2", 60) == 60
+    t.release_put("t", 60, stored=True)  # counted until the next refresh has seen it
+    assert t.usage("t") == 960 and not any(t._reserved.values())
+    t.catalog.apply(t.set_hold("t", "b", "held", True, "admin@t"))
+    with pytest.raises(LegalHold):
+        t.admit_put_now("t", "b", "held", 1)
+    t.catalog.apply(t.create_bucket("t", "kept", 10))
+    assert t.admit_put_now("t", "kept", "k", 1) is None  # retention: the current version
+    t.catalog.apply(t.shred_tenant("t"))
+    assert t.admit_put_now("t", "b", "k", 1) is None  # refused by admit_put (TenantShredded)
+    assert t.admit_put_now("nobody", "b", "k", 1) is None
+
+
 async def test_shredded_and_unknown_tenants_and_admin_scope(tenancy: Any) -> None:
     t, _, _ = tenancy
     with pytest.raises(PermissionDenied):

@@ -102,6 +102,38 @@ def test_request_counting_and_disk_full_flag() -> None:
     assert value("hdsd_sent_body_bytes_total") == 2 << 20
 
 
+def test_request_metrics_are_exposed_as_prometheus_client_would() -> None:
+    """The request figures are counted in plain dicts and built when scraped: the same
+    samples (names, labels, cumulative buckets, a value on a bound counted in it, the sum)
+    as prometheus_client's own Counter and Histogram give for the same requests."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from hdsd.node._metrics import _LATENCY_BUCKETS
+
+    metrics = NodeMetrics(object())  # type: ignore[arg-type]
+    reference = CollectorRegistry()
+    requests = Counter("hdsd_requests", "", ["op", "outcome"], registry=reference)
+    latency = Histogram("hdsd_request_duration_seconds", "", ["op", "size_class"],
+                        buckets=_LATENCY_BUCKETS, registry=reference)
+    put = PutStart(rid=1, request_id=b"r" * 16, bucket="b", key="k", size=10, metadata={},
+                   policy=None)
+    for seconds in (0.0001, 0.0005, 0.0007, 0.001, 0.03, 0.5, 99.0, 0.0005):
+        token = BODY_SIZE.set(4096)
+        try:
+            metrics.request_done(put, "ok", seconds)
+        finally:
+            BODY_SIZE.reset(token)
+        requests.labels("put", "ok").inc()
+        latency.labels("put", "le4k").observe(seconds)
+    ours = {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metrics._counts.collect() for s in family.samples
+            if s.name.startswith(("hdsd_requests", "hdsd_request_duration"))}
+    theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in reference.collect() for s in family.samples
+              if not s.name.endswith("_created")}
+    assert ours == pytest.approx(theirs)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cfg")

@@ -17,7 +17,8 @@ from hdsd.pipeline import (
     SealedChunk,
     TenantKeys,
 )
-from hdsd.pipeline._codec import FLAG_ZSTD, _seal_body
+from hdsd.pipeline import _codec as codec_module
+from hdsd.pipeline._codec import FLAG_ZSTD, PROBE_MIN, _seal_body
 
 from ._data import codec_for, data_strategy, make_data
 
@@ -89,6 +90,51 @@ def test_incompressible_is_stored_raw_and_compressible_compressed() -> None:
     assert CODEC.open(packed.chunk_id, packed.payload) == image
     empty = CODEC.seal(b"")
     assert empty.payload[1] & FLAG_ZSTD == 0 and len(empty.payload) == PAYLOAD_OVERHEAD
+
+
+class _CountingCompressor:
+    """A zstd compressor that records the size of everything it was asked to compress."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        self.sizes.append(len(data))
+        return self.inner.compress(data)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_large_incompressible_chunk_is_probed_not_compressed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _CountingCompressor(zstandard.ZstdCompressor(level=1, write_content_size=True))
+    monkeypatch.setattr(codec_module, "_compressor", lambda level: counting)
+    noise = os.urandom(1 << 20)
+    sealed = CODEC.seal(noise)
+    assert sealed.payload[1] & FLAG_ZSTD == 0
+    assert sum(counting.sizes) <= 16 << 10  # the probes alone, not the megabyte
+    assert CODEC.open(sealed.chunk_id, sealed.payload) == noise
+    # Below the probing size, zstd is tried on the whole chunk as before.
+    counting.sizes.clear()
+    CODEC.seal(noise[: PROBE_MIN - 1])
+    assert counting.sizes == [PROBE_MIN - 1]
+
+
+@pytest.mark.parametrize("kind", ["repetitive", "image"])
+@pytest.mark.parametrize("size", [PROBE_MIN, 300_001, 1 << 20])
+def test_a_large_compressible_chunk_is_still_compressed(kind: str, size: int) -> None:
+    data = make_data(kind, size, 11)
+    sealed = CODEC.seal(data)
+    assert sealed.payload[1] & FLAG_ZSTD
+    assert CODEC.open(sealed.chunk_id, sealed.payload) == data
+
+
+def test_a_chunk_random_at_its_start_and_compressible_after_is_compressed() -> None:
+    # One probe of four lands in noise: the others see what compresses.
+    data = os.urandom(64 << 10) + make_data("image", (1 << 20) - (64 << 10), 5)
+    sealed = CODEC.seal(data)
+    assert sealed.payload[1] & FLAG_ZSTD
+    assert len(sealed.payload) < len(data) * 3 // 4
+    assert CODEC.open(sealed.chunk_id, sealed.payload) == data
 
 
 def test_compression_level_is_used_and_validated() -> None:

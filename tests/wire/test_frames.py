@@ -11,12 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hdsd import ProtocolError, wire
+from hdsd._packing import unpackb
 from hdsd.wire import Connection, Data, Role
 from hdsd.wire import _constants as C
+from hdsd.wire._connection import _data_of
 from hdsd.wire._errors import LocalProtocolError
 from hdsd.wire._frames import (
     BULK_BYTES,
     FrameReader,
+    SplitData,
     encode_bulk_frame,
     encode_data_frame,
     encode_frame,
@@ -200,7 +203,8 @@ def test_reader_cuts_large_frames_whatever_the_reads(read: int) -> None:
     for at in range(0, len(stream), read):
         reader.feed(stream[at:at + read])
         while (frame := reader.next_frame()) is not None:
-            got.append((frame[0], bytes(frame[1])))
+            assert isinstance(frame[1], bytes)  # not a Data body: cut as any frame
+            got.append((frame[0], frame[1]))
         assert reader.buffered == min(len(stream), at + read) - sum(
             C.HEADER_SIZE + len(body) for _, body in got)
     assert got == frames
@@ -216,7 +220,8 @@ def test_reader_cuts_large_frames_split_anywhere(cuts: list[int]) -> None:
     for lo, hi in itertools.pairwise(bounds):
         reader.feed(stream[lo:hi])
         while (frame := reader.next_frame()) is not None:
-            got.append((frame[0], bytes(frame[1])))
+            assert isinstance(frame[1], bytes)  # not a Data body: cut as any frame
+            got.append((frame[0], frame[1]))
     assert got == frames
 
 
@@ -231,3 +236,121 @@ def test_a_damaged_large_frame_fails_its_checksum() -> None:
     reader.feed(bytes(damaged[70_000:]))
     with pytest.raises(ProtocolError, match="checksum"):
         reader.next_frame()
+
+
+def _data_body(rid_head: bytes, payload: bytes, bin_head: bytes | None = None) -> bytes:
+    n = len(payload)
+    head = bin_head if bin_head is not None else (
+        b"\xc5" + struct.pack(">H", n) if n < 0x10000 else b"\xc6" + struct.pack(">I", n))
+    return b"\x92" + rid_head + head + payload
+
+
+_RIDS = [(5, b"\x05"), (200, b"\xcc\xc8"), (60_000, b"\xcd\xea\x60"),
+         (1 << 31, b"\xce\x80\x00\x00\x00")]
+
+
+@given(rid=st.sampled_from(_RIDS), size=st.sampled_from([64 << 10, 300_001, 1 << 20]),
+       cuts=st.lists(st.integers(0, (1 << 20) + 64), max_size=8))
+def test_a_large_data_frame_is_cut_out_of_its_pieces(
+        rid: tuple[int, bytes], size: int, cuts: list[int]) -> None:
+    # The reader takes a large Data frame's payload out of the pieces it came in (one copy):
+    # the same fields as unpackb of its body, whatever the reads.
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    body = _data_body(rid[1], payload)
+    stream = encode_frame(C.T_DATA, body, C.MAX_FRAME) + encode_frame(C.T_END, b"\x91\x01",
+                                                                      C.MAX_FRAME)
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for lo, hi in itertools.pairwise(bounds):
+        reader.feed(stream[lo:hi])
+        while (frame := reader.next_frame()) is not None:
+            got.append(frame)
+    code, fields = got[0]
+    assert code == C.T_DATA
+    # A frame already whole when its header is read comes as its body, as any frame.
+    assert (list(fields) if isinstance(fields, SplitData) else unpackb(fields)) == \
+        unpackb(body) == [rid[0], payload]
+    assert got[1] == (C.T_END, b"\x91\x01")
+
+
+def test_a_megabyte_data_frame_read_in_records_is_cut_out_not_joined() -> None:
+    payload = bytes(range(256)) * 4096
+    frame = encode_frame(C.T_DATA, _data_body(b"\x09", payload), C.MAX_FRAME)
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for at in range(0, len(frame), 16_384):  # TLS records, looked at as they come
+        reader.feed(frame[at:at + 16_384])
+        got.append(reader.next_frame())
+    assert got[:-1] == [None] * (len(got) - 1)
+    assert got[-1] == (C.T_DATA, SplitData(9, payload))
+    assert reader.buffered == 0
+
+
+def test_a_large_data_frame_the_fast_path_does_not_know_is_decoded_as_always() -> None:
+    payload = bytes(100_000)
+    # A rid as a uint64 (legal msgpack, never what hdsd writes): the usual decoding.
+    odd = b"\x92\xcf" + struct.pack(">Q", 7) + b"\xc6" + struct.pack(">I", len(payload)) + payload
+    reader = FrameReader(C.MAX_FRAME)
+    frame = encode_frame(C.T_DATA, odd, C.MAX_FRAME)
+    reader.feed(frame[:1000])
+    assert reader.next_frame() is None
+    reader.feed(frame[1000:])
+    assert reader.next_frame() == (C.T_DATA, odd)
+    # A payload that is a str, not bin: refused by the connection as a malformed Data.
+    hello = wire.Hello(protocol_version=C.PROTOCOL_VERSION, cluster_id="c", peer="p",
+                       window=C.DEFAULT_WINDOW)
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    server.receive_data(client.send(hello))
+    client.receive_data(server.send(hello))
+    assert isinstance(server.next_event(), wire.Hello)
+    assert isinstance(client.next_event(), wire.Hello)
+    server.receive_data(client.send(wire.PutStart(rid=3, request_id=b"r" * 16, bucket="b",
+                                                  key="k", size=None, metadata={},
+                                                  policy=None)))
+    assert isinstance(server.next_event(), wire.PutStart)
+    text = b"\x92\x03\xdb" + struct.pack(">I", 100_000) + b"a" * 100_000
+    server.receive_data(encode_frame(C.T_DATA, text, C.MAX_FRAME))
+    with pytest.raises(ProtocolError, match="Data"):
+        server.next_event()
+
+
+def test_a_damaged_large_data_frame_fails_its_checksum() -> None:
+    frame = bytearray(encode_frame(C.T_DATA, _data_body(b"\x05", bytes(300_000)), C.MAX_FRAME))
+    frame[200_000] ^= 1
+    reader = FrameReader(C.MAX_FRAME)
+    reader.feed(bytes(frame[:70_000]))
+    assert reader.next_frame() is None
+    reader.feed(bytes(frame[70_000:]))
+    with pytest.raises(ProtocolError, match="checksum"):
+        reader.next_frame()
+
+
+def test_fields_cut_out_by_the_reader_are_still_checked() -> None:
+    # The reader's quick look only yields rids a uint32 holds; the connection checks the
+    # fields it builds the Data from all the same, as decode_body does.
+    with pytest.raises(ProtocolError, match="malformed Data"):
+        _data_of(SplitData(-1, b""))
+
+
+def test_records_fed_before_frames_are_asked_for_are_collected_not_buffered() -> None:
+    # The session feeds every TLS record of a socket read, then asks for frames: the records
+    # of a large frame whose header came mid-read are kept as they are, not appended to the
+    # buffer (reallocated as it grows) and copied out of it afterwards.
+    payload = bytes(range(256)) * 4096
+    one = encode_frame(C.T_DATA, _data_body(b"\x01", payload), C.MAX_FRAME)
+    two = encode_frame(C.T_DATA, _data_body(b"\x02", payload[::-1]), C.MAX_FRAME)
+    stream = b"".join([one, two, one, encode_frame(C.T_END, b"\x91\x07", C.MAX_FRAME)])
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    biggest = 0
+    for read in range(0, len(stream), 256 << 10):  # socket reads ...
+        for at in range(read, min(read + (256 << 10), len(stream)), 16_384):  # ... of records
+            reader.feed(stream[at:at + 16_384])
+            biggest = max(biggest, len(reader._buf))
+        while (frame := reader.next_frame()) is not None:
+            got.append(frame)
+    assert got == [(C.T_DATA, SplitData(1, payload)), (C.T_DATA, SplitData(2, payload[::-1])),
+                   (C.T_DATA, SplitData(1, payload)), (C.T_END, b"\x91\x07")]
+    assert biggest <= 16_384
+    assert reader.buffered == 0

@@ -3,6 +3,7 @@ body is checked against it (a typing and validation layer: the bytes do not chan
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints, is_typeddict
@@ -19,6 +20,7 @@ from hdsd.wire import (
     GetRequest,
     ListRequest,
     PutStart,
+    Replicate,
     Reply,
     Request,
     S3KeyList,
@@ -150,6 +152,20 @@ def test_with_rid_stamps_only_the_rid_and_the_frame_is_unchanged() -> None:
     assert decode_body(*encode_body(sent))[0] == sent
     with pytest.raises(Exception, match="rid"):
         unsent.with_rid(1 << 32)
+    # Every field is copied (a default one too), none is built again.
+    retried = PutStart(UNSENT, b"r" * 16, "b", "k", None, {}, None, retry=True).with_rid(9)
+    assert retried == PutStart(9, b"r" * 16, "b", "k", None, {}, None, retry=True)
+    versions = [{"t": "x"}]
+    replicate = Replicate(UNSENT, "l1", [], versions, True).with_rid(5)
+    assert replicate == Replicate(5, "l1", [], versions, True)
+    assert replicate.versions is versions
+    # The copy is whole because a request's whole state is its fields: every request class
+    # is a slots dataclass (no __dict__ to carry anything else).
+    for cls in (t.cls for t in MESSAGE_TYPES):
+        if issubclass(cls, Request):
+            slots = {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
+            assert {f.name for f in dataclasses.fields(cls)} <= slots
+            assert "__dict__" not in slots, cls
 
 
 def test_reply_bodies_are_plain_maps_on_the_wire() -> None:
