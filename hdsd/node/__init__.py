@@ -20,6 +20,7 @@ from ._masterkey import rotate_master as rotate_master
 from ._masterkey import set_key_check as set_key_check
 from ._masterkey import verify_master as verify_master
 from ._objects import NodeObjects as NodeObjects
+from ._reads import ReadPaths as ReadPaths
 from ._s3keys import S3KeyRecord as S3KeyRecord
 from ._s3keys import S3Keys as S3Keys
 from ._sealing import offline_name_seal as offline_name_seal

@@ -364,5 +364,14 @@ class ReadPaths:
         if replicas[self.config.site] == [self.config.name]:
             return None  # the only replica here is us: nothing elsewhere in this site
         # Another node of this site holds the key: the retry may have reached it first.
-        known = await self.versions_of(tenant, bucket, key)
+        try:
+            known = await self.versions_of(tenant, bucket, key)
+        except Unavailable as exc:
+            # Nobody who answered holds a version of the key, and no site answered whole
+            # (this node rebuilding or unchecked while a replica of each site is silent: a
+            # 2x2 cluster with one node killed while another still pulls from it). As above,
+            # an unsearchable replica costs at most a second version of the same content; a
+            # first attempt is written, not refused for a search it does not need to be safe.
+            log.info("event=request_lookup_partial bucket=%s error=%s", bucket, exc)
+            return None
         return next((v for v in known if v.request_id == request_id), None)

@@ -2,6 +2,7 @@
 
 from ._scrub import Scrubber as Scrubber
 from ._scrub import ScrubReport as ScrubReport
+from ._service import STARTED_SKEW_S as STARTED_SKEW_S
 from ._service import Maintenance as Maintenance
 from ._sync import AntiEntropy as AntiEntropy
 from ._sync import RepairReport as RepairReport

@@ -14,6 +14,12 @@
   everything it should hold from every peer before it counts as rebuilt; meanwhile its reads
   are forwarded (``rebuilding`` tells the read paths not to trust the local store alone). After
   a salvage a scrub follows, for chunks a surviving version names but the lost range held.
+  An empty store is "checking" until its rounds show what kind of empty it is: it becomes a
+  rebuild ("running") as soon as a round brings it a version written before it started (by
+  HLC, less :data:`STARTED_SKEW_S`) — it should have held that one: wiped, or down while it
+  was written. A new node of a new cluster only ever receives versions written since it
+  started (clients wrote before its first round, the copies were in flight to it): it pulls
+  them the same way, but is no rebuild, and operators see none.
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ import trio
 
 from .._deadline import deadline
 from .._errors import HdsdError, Unavailable
-from ..cluster import Layout, LayoutRecord
+from ..cluster import HybridClock, Layout, LayoutRecord
 from ..peers import PeerLink, to_thread
 from ..replication import PeerDoubts
-from ..store import Store
+from ..store import Store, Version
 from ..wire import UNSENT, TreeLevel
 from ._scrub import ChunkOpener, Scrubber, ScrubReport
 from ._sync import AntiEntropy, RepairReport
 from ._trees import PeerTrees
 
-__all__ = ["LINK_WAIT_S", "Maintenance"]
+__all__ = ["LINK_WAIT_S", "STARTED_SKEW_S", "Maintenance"]
 
 log = logging.getLogger("hdsd.repair")
 
@@ -48,6 +54,11 @@ _SNAPSHOT_EVERY_S = 30.0
 LINK_WAIT_S = 30.0
 _LINK_POLL_S = 0.25
 _MIB = 1 << 20
+#: A version an empty node lacks is "written before it started" (a rebuild) if its HLC's wall
+#: time is older than the node's start by more than this: the nodes' clocks may differ by
+#: that much (NTP keeps them within milliseconds). Erring low is safe: a new node whose peers'
+#: clocks run behind is taken for a wiped one and rebuilds, as every empty node once did.
+STARTED_SKEW_S = 1.0
 
 
 class _Task:
@@ -108,6 +119,7 @@ class Maintenance:
                                 trees=self.trees, observe_hlc=observe_hlc,
                                 rate_bytes_s=repair_rate_mib_s * _MIB,
                                 bulk_rate_bytes_s=rebuild_rate_mib_s * _MIB)
+        self.sync.on_receive = self._received
         here = [n.name for n in layout.nodes if n.site == layout.node(name).site]
         sources = sorted((n.name for n in layout.nodes if n.name != name),
                          key=lambda n: (n not in here, n))
@@ -138,7 +150,8 @@ class Maintenance:
     def checking(self) -> bool:
         """The store started empty and no round has told yet whether it was wiped or is new:
         a read the local store cannot answer asks the peers too (answering "not found" from a
-        wiped disk would be wrong; a new cluster leaves this state after one round)."""
+        wiped disk would be wrong; a new cluster leaves this state once a round with every
+        peer brought nothing written before this node started)."""
         return self.rebuild is not None and self.rebuild["state"] == "checking"
 
     async def set_record(self, record: LayoutRecord) -> None:
@@ -400,10 +413,8 @@ class Maintenance:
         update = self._progress(into)
 
         def rebuild_update(report: RepairReport, done: int, total: int) -> None:
-            if total and into["state"] == "checking":
-                into["state"] = "running"  # a peer holds what this node lacks: forward reads
-                log.warning("event=rebuild_running node=%s peer=%s leaves=%d", self.name,
-                            report.peer, total)
+            # (Leaves differing do not make a rebuild: a new cluster's writes in flight differ
+            # too. _received tells, from the versions a round brings.)
             update(report, done, total)
             into["bytes_received_this_peer"] = report.payload_bytes_received
             # Leaves are filled uniformly (keys hash evenly), so the share of leaves done is
@@ -413,6 +424,20 @@ class Maintenance:
             if total and done:
                 into["eta_s"] = round(elapsed * (total - done) / done, 1)
         return rebuild_update
+
+    def _received(self, peer: str, versions: list[Version]) -> None:
+        """A round is about to store *versions* from *peer* (none is stored yet). While the
+        store is "checking", one written before this node started makes it a rebuild: reads
+        are merged with the peers from now on, before the first of them is visible here."""
+        rebuild = self.rebuild
+        if rebuild is None or rebuild["state"] != "checking":
+            return
+        since_ms = int((rebuild["started"] - STARTED_SKEW_S) * 1000)
+        older = sum(HybridClock.wall_ms(v.hlc) < since_ms for v in versions)
+        if older:
+            rebuild["state"] = "running"
+            log.warning("event=rebuild_running node=%s peer=%s versions_written_before_start=%d",
+                        self.name, peer, older)
 
     @staticmethod
     def _progress(into: dict[str, Any]) -> Callable[[RepairReport, int, int], None]:

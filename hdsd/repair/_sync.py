@@ -222,6 +222,9 @@ class AntiEntropy:
         self.rate_bytes_s = rate_bytes_s
         # A rebuild's budget (0: none — the disk and the link set the pace).
         self.bulk_rate_bytes_s = bulk_rate_bytes_s
+        # Told (peer, versions) when a round received versions, before any is stored: the
+        # maintenance service tells there whether an empty node is new or was wiped.
+        self.on_receive: Callable[[str, list[Version]], None] | None = None
 
     # -- serving a peer's round --------------------------------------------------------------
     def _check_comparable(self, peer: str) -> None:
@@ -473,6 +476,8 @@ class AntiEntropy:
             versions.append(v)
         if not versions:
             return
+        if self.on_receive is not None:
+            self.on_receive(peer, versions)
         # A version purged here is not taken back from a peer that has not learnt of its
         # purge yet (the purge record goes to that peer in this same exchange): neither the
         # version nor its chunks are fetched. The store would refuse it anyway.

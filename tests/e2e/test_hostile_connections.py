@@ -143,7 +143,12 @@ def test_idle_sessions_are_closed_and_clients_reconnect(profile: Path,
         # A client that keeps its connection and does not know the node's idle timeout.
         async with hdsd.AsyncClient(profile, idle_reconnect_s=1e9) as client:
             await client.put("idle", "a", b"1")
-            await trio.sleep(12)  # the node closes the session meanwhile
+            # The node closes the session once idle_timeout_s passed: wait until its Goodbye
+            # reached the client (a fixed sleep just past the timeout let the put below cross
+            # the Goodbye when the node was slow to wake on a loaded machine).
+            with trio.fail_after(120):
+                while client._session is not None and not client._session.closed:
+                    await trio.sleep(0.1)
             await client.put("idle", "b", iter([b"not", b"replayable"]))
             assert await client.get("idle", "b") == b"notreplayable"
 

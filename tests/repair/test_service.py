@@ -1,18 +1,22 @@
 """A repair an operator asked for waits for a peer's link (bounded) instead of failing the
-pair at once; only a peer that stays unreachable fails it, with a clear reason."""
+pair at once; only a peer that stays unreachable fails it, with a clear reason. A node that
+starts empty is a rebuild only once a round brings it a version written before it started."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import trio
 import trio.testing
 
 from hdsd import ConnectionLost
-from hdsd.repair import Maintenance
+from hdsd.repair import STARTED_SKEW_S, Maintenance
 from hdsd.repair._service import LINK_WAIT_S
-from hdsd.store import Store
+from hdsd.store import Store, Version
 from hdsd.wire import Request
 
 from .test_sync import Link, Pair, _layout, _version
@@ -84,3 +88,70 @@ async def test_a_peer_that_stays_down_fails_its_pair_clearly(
     (peer,) = last["peers"]
     assert peer["error"].startswith("unavailable: peer b0 still unreachable after waiting 30 s")
     assert trio.current_time() - t0 >= LINK_WAIT_S  # mock time: bounded, then given up
+
+
+async def _first_start(tmp_path: Path, ages_s: list[float]) -> tuple[dict[str, Any],
+                                                                     list[tuple[str, bool]]]:
+    """a0 starts with an empty store; its peer b0 holds a version per age in *ages_s*
+    (seconds before a0 started; negative: written since). a0's rebuild record once done, and
+    for each batch of versions its rounds received: a0's state then, and whether any of them
+    was already stored (the state must be decided before they are)."""
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    try:
+        now_ms = int(time.time() * 1000)
+        for i, age in enumerate(ages_s):
+            v, chunks = _version(f"k{i}", int(now_ms - age * 1000) << 16, "b0", 1)
+            await pair.stores["b0"].commit([*chunks, v])
+        pair.open()
+        store: Store = pair.stores["a0"]
+        m = Maintenance(name="a0", layout=pair.layout, store=store,
+                        peers=Link("a0", pair.sides), snapshot=tmp_path / "a0.snap",
+                        observe_hlc=lambda h: None, open_chunk=lambda t, c, p: None,
+                        repair_interval_s=0, repair_rate_mib_s=1000, scrub_interval_s=0,
+                        scrub_rate_mib_s=1000)
+        decided = m.sync.on_receive
+        assert decided is not None
+        batches: list[tuple[str, bool]] = []
+
+        def spy(peer: str, versions: list[Version]) -> None:
+            decided(peer, versions)
+            assert m.rebuild is not None
+            batches.append((m.rebuild["state"], any(
+                store.versions(v.tenant, v.bucket, v.key) for v in versions)))
+        m.sync.on_receive = spy
+        async with trio.open_nursery() as nursery:
+            await nursery.start(m.run)
+            assert m.checking
+            while m.rebuild is not None and m.rebuild["state"] != "done":
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert m.rebuild is not None
+        assert {(v.key, v.hlc) for v in store.iter_versions()} == \
+            {(v.key, v.hlc) for v in pair.stores["b0"].iter_versions()}  # pulled either way
+        return m.rebuild, batches
+    finally:
+        pair.close()
+
+
+async def test_an_empty_node_raced_by_writes_since_it_started_is_no_rebuild(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A new cluster: clients wrote before a0's first round; the copies were in flight to it.
+    caplog.set_level(logging.INFO, "hdsd.repair")
+    rebuild, batches = await _first_start(tmp_path, [-0.5, -2.0, STARTED_SKEW_S / 2])
+    assert batches and all(state == "checking" for state, _ in batches)
+    assert rebuild["versions_received"] == 3
+    assert "rebuild_running" not in caplog.text
+
+
+async def test_an_empty_node_missing_a_version_older_than_itself_rebuilds(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A wiped store (or one down while written): one version predates a0's start. Its reads
+    # are merged with the peers from before the first received version is visible.
+    caplog.set_level(logging.INFO, "hdsd.repair")
+    rebuild, batches = await _first_start(tmp_path, [-0.5, 2 * STARTED_SKEW_S + 60])
+    assert batches[0] == ("running", False)
+    assert rebuild["versions_received"] == 2
+    assert "event=rebuild_running node=a0 peer=b0 versions_written_before_start=1" \
+        in caplog.text
