@@ -145,18 +145,23 @@ async def _profiled(profile: Path, node: NodeProcess, n: int, out: Path,
 
 
 def profile_dc1(cluster: Path, profile: Path, n: int, out: Path,
-                concurrency: int = 1, connections: int = 1) -> dict[str, Any]:
+                concurrency: int = 1, connections: int = 1,
+                node_name: str = "dc1") -> dict[str, Any]:
+    """Profile *node_name*: dc1 (the coordinator, the default) or dc2 (the replica)."""
     out.unlink(missing_ok=True)
     n -= n % concurrency
-    with NodeProcess(cluster / "dc2-n1" / "node.toml"), \
+    prefixes: dict[str, list[str]] = {"dc1": [], "dc2": []}
+    prefixes[node_name] = [*PROFILER_PREFIX, str(out)]
+    with NodeProcess(cluster / "dc2-n1" / "node.toml", prefix=prefixes["dc2"]) as dc2, \
             NodeProcess(cluster / "dc1-n1" / "node.toml",
-                        prefix=[*PROFILER_PREFIX, str(out)]) as node:
+                        prefix=prefixes["dc1"]) as dc1:
+        node = dc1 if node_name == "dc1" else dc2
         wall = trio.run(_profiled, profile, node, n, out, concurrency, connections)
     grouped, top = profile_breakdown(out, CATEGORIES, top=25)
     how = "sequential" if concurrency == 1 else f"x{concurrency} ({connections} connections)"
-    print(f"\ndc1 profile: {n} {how} 4 KiB each-site puts, {wall / n * 1e3:.3f} ms/put "
+    print(f"\n{node_name} profile: {n} {how} 4 KiB each-site puts, {wall / n * 1e3:.3f} ms/put "
           "seen by the client (under cProfile, which slows Python code)")
-    print_table(["dc1 main thread, self time by category", "ms/put", "calls/put"],
+    print_table([f"{node_name} main thread, self time by category", "ms/put", "calls/put"],
                 [[name, f"{t / n * 1e3:.4f}", f"{calls / n:.1f}"] for name, t, calls in grouped])
     print()
     print_table(["top functions by self time", "self ms/put", "cum ms/put", "calls/put"],
@@ -188,6 +193,8 @@ def main() -> None:
                     help="then profile dc1 under cProfile during sequential puts")
     ap.add_argument("--profile-concurrency", type=int, default=1, metavar="N",
                     help="profile N concurrent puts instead (default 1)")
+    ap.add_argument("--profile-node", choices=("dc1", "dc2"), default="dc1",
+                    help="the node profiled: dc1, the coordinator (default), or dc2, the replica")
     ap.add_argument("--profile-connections", type=int, default=1, metavar="C",
                     help="... over C client connections (default 1)")
     args = ap.parse_args()
@@ -225,7 +232,8 @@ def main() -> None:
         if args.profile:
             profiled = profile_dc1(cluster, profile, counts.profile_puts,
                                    args.json.with_name("put_profile.prof"),
-                                   args.profile_concurrency, args.profile_connections)
+                                   args.profile_concurrency, args.profile_connections,
+                                   args.profile_node)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_json(args.json, {"benchmark": "put_profile", "quick": args.quick,

@@ -20,7 +20,7 @@ had before roles existed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import xxhash
@@ -53,6 +53,10 @@ class Layout:
     sites: tuple[str, ...]
     nodes: tuple[NodeInfo, ...]
     replicas_per_site: int = 1
+    # The id, computed once (the fields are frozen): every peer request is checked against
+    # it, and hashing every node each time was among the replica's costliest calls per
+    # replicated put (cProfile). Derived, so not compared.
+    _id: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.sites) != 2 or len(set(self.sites)) != 2:
@@ -72,9 +76,13 @@ class Layout:
                                  f"replicas_per_site = {self.replicas_per_site}")
         if any(n.site not in self.sites for n in self.nodes):
             raise ValueError("every node belongs to one of the two sites")
+        object.__setattr__(self, "_id", self._compute_id())
 
     @property
     def layout_id(self) -> str:
+        return self._id
+
+    def _compute_id(self) -> str:
         h = xxhash.xxh3_64()
         h.update(f"r={self.replicas_per_site};".encode())
         for n in sorted(self.nodes, key=lambda n: n.name):

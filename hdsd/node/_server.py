@@ -12,6 +12,7 @@ everything at once; the log's recovery makes that safe too.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -55,7 +56,7 @@ from ..pipeline import ChunkCodec
 from ..repair import Maintenance
 from ..replication import HintStore, ModeState, PeerDoubts, Replicator
 from ..s3 import Endpoint, Gateway, HttpLimits, Uploads, serve_s3
-from ..store import Store, Version, migration_pending
+from ..store import CommitTicket, Store, Version, migration_pending
 from ..transport import (
     Identity,
     WireSession,
@@ -77,6 +78,8 @@ from ..wire import (
     Hello,
     Message,
     PutStart,
+    Replicate,
+    Reply,
     Role,
 )
 from ._budget import BodyBudget, put_reservation
@@ -96,6 +99,7 @@ from ._malloc import limit_arenas, memory_status, trim_every
 from ._masterkey import check_master, load_master
 from ._metrics import NodeMetrics, serve_metrics
 from ._objects import NodeObjects
+from ._peer_handlers import replicate_now
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
 from ._s3keys import S3Keys
@@ -712,11 +716,19 @@ class Node:
                     return
                 await trio.sleep(max(idle - quiet_for, 1.0))
 
+        # A peer's Replicates of small versions, queued to the log writer by the reader
+        # (._peer_handlers.replicate_now) and acknowledged in that order by one task.
+        acks: collections.deque[tuple[Replicate, CommitTicket, float]] = collections.deque()
+        acks_waiting = trio.lowlevel.ParkingLot()
+
         # A live session of its certificate: cancelled if the certificate is revoked meanwhile.
         async with self.live.track(ident, session), trio.open_nursery() as requests:
             reader = trio.CancelScope()
             if ident.kind != "node":  # peers keep their links: replication must not wait
                 requests.start_soon(close_when_idle, reader)
+            else:
+                requests.start_soon(self._ack_replicates, session, acks, acks_waiting,
+                                    request_ended)
 
             # The small puts read since the last group started running: they join it (see
             # ._handlers.put_group) instead of getting a task each.
@@ -741,6 +753,17 @@ class Node:
             def on_request(msg: Message) -> None:
                 if getattr(msg, "rid", None) is None:
                     return
+                if peer_link and type(msg) is Replicate and not self._stopping:
+                    # Counted before it is queued, as its task would be (a lone request's
+                    # batch is then held off its reply's path: see _request_began).
+                    self._request_began()
+                    ticket = replicate_now(self, session, msg)
+                    if ticket is not None:
+                        in_flight[0] += 1
+                        acks.append((msg, ticket, time.perf_counter()))
+                        acks_waiting.unpark_all()
+                        return
+                    self._request_done()  # its task counts it again
                 if small_put_now(self, session, ident, msg):
                     assert isinstance(msg, PutStart)
                     in_flight[0] += 1
@@ -766,6 +789,54 @@ class Node:
                 self._peer_link_changed(ident.name, False)
             # The client is gone: its in-flight requests have nobody to answer.
             requests.cancel_scope.cancel()
+
+    async def _ack_replicates(
+            self, session: WireSession,
+            acks: collections.deque[tuple[Replicate, CommitTicket, float]],
+            waiting: trio.lowlevel.ParkingLot, ended: Callable[[], None]) -> None:
+        """A peer connection's acknowledger: wait for each Replicate queued by
+        :func:`~._peer_handlers.replicate_now`, oldest first, and answer it — ``Reply`` once
+        its records are durable, the store's error otherwise — as its own task would have.
+        Runs as long as the connection; what it had not answered when cancelled (the
+        connection is gone) is given up: its commit goes on, nobody is left to tell."""
+        try:
+            while True:
+                if not acks:
+                    await waiting.park()
+                    continue
+                msg, ticket, started = acks[0]
+                outcome = "cancelled"
+                try:
+                    reply: Reply | ErrorReply
+                    try:
+                        await ticket.wait()
+                        outcome = "ok"
+                        reply = Reply(rid=msg.rid, body={})
+                    except HdsdError as exc:
+                        outcome = exc.code
+                        reply = ErrorReply(rid=msg.rid, code=exc.code, message=exc.message)
+                    try:
+                        await session.send(reply)
+                    except HdsdError as exc:  # the connection is gone: nobody to tell
+                        outcome = exc.code
+                finally:
+                    acks.popleft()
+                    self._replicate_answered(session, msg, outcome, started, ended)
+        finally:
+            while acks:
+                msg, ticket, started = acks.popleft()
+                ticket.abandon()
+                self._replicate_answered(session, msg, "cancelled", started, ended)
+
+    def _replicate_answered(self, session: WireSession, msg: Replicate, outcome: str,
+                            started: float, ended: Callable[[], None]) -> None:
+        """The end of a Replicate :meth:`_ack_replicates` answered: what ``handle_request``
+        and ``_run_request`` do at a request's end (it took no body budget: no chunks)."""
+        self.metrics.request_done(msg, outcome, time.perf_counter() - started)
+        session.close_inbox(msg.rid)
+        self._request_done()
+        ended()
+        self._request_ended.unpark_all()
 
     async def _run_put_group(self, session: WireSession, ident: Identity,
                              group: list[PutStart], ended: Callable[[], None],

@@ -9,7 +9,7 @@ import xxhash
 from .._errors import IntegrityError, InvalidRequest
 from .._packing import PackError, packb, unpackb
 from . import _format as F
-from ._sealed import SealedVersion, Sealing, parse_sealed, seal_for, seal_version
+from ._sealed import SealedVersion, Sealing, TenantSeal, parse_sealed, seal_for, seal_version
 from ._version import Version
 
 __all__ = ["ChunkRecord", "EncodedRecord", "StoredRecord", "decode_record", "encode_record"]
@@ -57,10 +57,13 @@ class EncodedRecord:
 
 
 def encode_record(record: ChunkRecord | Version | SealedVersion,
-                  sealing: Sealing | None = None) -> EncodedRecord:
-    """Encode *record* (a clear :class:`Version` is sealed with *sealing*: required then);
-    :class:`InvalidRequest` if it cannot be stored (e.g. a lone surrogate),
-    :class:`PermissionDenied` if its tenant has no key here."""
+                  sealing: Sealing | None = None, *, seal: TenantSeal | None = None,
+                  name_id: bytes | None = None) -> EncodedRecord:
+    """Encode *record* (a clear :class:`Version` is sealed with *sealing*, or with *seal*, its
+    tenant's seal, if the caller has it already — one of them is required then — and
+    *name_id*, its name id, if computed already); :class:`InvalidRequest` if it cannot be
+    stored (e.g. a lone surrogate), :class:`PermissionDenied` if its tenant has no key
+    here."""
     clear: Version | None = None
     stored: StoredRecord
     try:
@@ -77,9 +80,11 @@ def encode_record(record: ChunkRecord | Version | SealedVersion,
             for text in (record.tenant, record.bucket, record.key, record.node,
                          *record.metadata, *record.metadata.values()):
                 text.encode("utf-8")
-            if sealing is None:
-                raise TypeError("a clear version needs the store's sealing")
-            stored = seal_version(record, seal_for(sealing, record.tenant))
+            if seal is None:
+                if sealing is None:
+                    raise TypeError("a clear version needs the store's sealing")
+                seal = seal_for(sealing, record.tenant)
+            stored = seal_version(record, seal, name_id)
             body, clear = stored.body, record
         elif isinstance(record, SealedVersion):
             kind, body, stored = F.KIND_VERSION, record.body, record

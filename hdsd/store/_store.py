@@ -222,12 +222,20 @@ class Store:
                 known = (self._index.chunk_location(r.tenant, r.chunk_id) is not None
                          and not self._index.is_released(r.tenant, r.chunk_id))
             else:
-                nid = self._index.seal(r.tenant).name_id(r.bucket, r.key)
+                # The tenant's seal and the name id, looked up once: the sealing below uses
+                # them again (every replicated version passes here, on the event loop).
+                seal = self._index.seal(r.tenant)
+                nid = seal.name_id(r.bucket, r.key)
                 name = (r.tenant, nid, r.hlc, r.node)
                 # A purged version is never written again (the index would refuse it).
                 known = (self._index.has_version(r.tenant, nid, r.hlc, r.node)
                          or (r.purges is None
                              and self._index.is_purged(r.tenant, nid, r.hlc, r.node)))
+                if known or name in seen:
+                    continue
+                seen.add(name)
+                encoded.append(encode_record(r, seal=seal, name_id=nid))
+                continue
             if known or name in seen:
                 continue
             seen.add(name)

@@ -77,17 +77,37 @@ class PendingCommit:
 
 @dataclass(slots=True)
 class _Unindexed:
-    """An acknowledged batch waiting for its index update (writer thread only)."""
+    """An acknowledged batch waiting for its index update (writer thread only). Kept as the
+    log writer had it: its index rows are built when it is applied (:meth:`rows`), not
+    between the acknowledgement and the writer's next sleep, while the woken committers
+    (a replica's reply) wait for the GIL."""
 
-    items: list[tuple[StoredRecord, Location]]
+    records: list[EncodedRecord]
+    offsets: list[int]  # each record's frame offset in *segment*
+    segment: int
     position: AppliedPosition
-    names: list[tuple[SealedVersion, Version]]
-    moved: frozenset[int]  # positions in *items* of compaction's copies
-    relocated: list[tuple[StoredRecord, Location]]
+    moved: frozenset[int]  # id() of compaction's copies among *records* (usually empty)
     requests: list[Version]  # request ids to drop from the side table once indexed
     acked: int  # the writer's _acked count once this batch was acknowledged
     at: float  # when it is due under INDEX_DELAY_S's rule (earlier when nobody was parked)
     acked_at: float  # time.monotonic() of the acknowledgement
+
+    def rows(self, items: list[tuple[StoredRecord, Location]],
+             names: list[tuple[SealedVersion, Version]], moved: set[int],
+             relocated: list[tuple[StoredRecord, Location]]) -> None:
+        """Append this batch's index entries: *items* (record, location), *names* (the clear
+        versions of sealed ones, for the listing caches), *moved* (positions in *items* of
+        compaction's copies) and *relocated* (those copies' entries)."""
+        segment, base = self.segment, len(items)
+        items.extend((e.record, Location(segment, off, F.FRAME_HEADER_SIZE + e.size))
+                     for e, off in zip(self.records, self.offsets, strict=True))
+        names.extend((e.record, e.clear) for e in self.records
+                     if e.clear is not None and isinstance(e.record, SealedVersion))
+        if self.moved:
+            for i, e in enumerate(self.records):
+                if id(e) in self.moved:
+                    moved.add(base + i)
+                    relocated.append(items[base + i])
 
 
 def spare_path(final: str) -> str:
@@ -417,16 +437,10 @@ class LogWriter:
         self._complete(batch, None, "")
         # Indexed a moment later (see INDEX_DELAY_S); reads wait for it meanwhile.
         now = time.monotonic()
-        items = [(r.record, Location(segment, off, F.FRAME_HEADER_SIZE + r.size))
-                 for r, off in zip(records, offsets, strict=True)]
-        moved = {id(r) for c in batch if c.relocate for r in c.records}
         self._unindexed.append(_Unindexed(
-            items=items, position=AppliedPosition(segment, end, offsets[-1]),
-            names=[(e.record, e.clear) for e in records
-                   if e.clear is not None and isinstance(e.record, SealedVersion)],
-            moved=frozenset(i for i, r in enumerate(records) if id(r) in moved),
-            relocated=[(rec, loc) for (rec, loc), r in zip(items, records, strict=True)
-                       if id(r) in moved] if moved else [],
+            records=records, offsets=offsets, segment=segment,
+            position=AppliedPosition(segment, end, offsets[-1]),
+            moved=frozenset(id(r) for c in batch if c.relocate for r in c.records),
             requests=requests, acked=self._acked,
             at=now - (0.0 if parked else INDEX_DELAY_S), acked_at=now))
         try:
@@ -446,10 +460,7 @@ class LogWriter:
         moved: set[int] = set()
         relocated: list[tuple[StoredRecord, Location]] = []
         for p in pending:
-            moved.update(len(items) + i for i in p.moved)
-            items.extend(p.items)
-            names.extend(p.names)
-            relocated.extend(p.relocated)
+            p.rows(items, names, moved, relocated)
         try:
             # The last batch's position covers the others: batches are applied in log order.
             self._index.apply(items, pending[-1].position, names, frozenset(moved))

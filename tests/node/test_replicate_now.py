@@ -1,0 +1,98 @@
+"""A peer's Replicate of small versions is queued to the replica's log writer by the
+connection's reader and answered by the connection's acknowledger, without a task of its own
+(``_peer_handlers.replicate_now``, ``Node._ack_replicates``); a Replicate with chunks, or one
+that fails before it is queued, still runs as a task and is answered as before."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from hdsd import AsyncClient, QuorumNotReached
+from hdsd.node import load_node_config, serve_node
+from hdsd.wire import Replicate
+from tests.helpers.cluster import init_cluster
+
+
+class _ReplicateTasks(trio.abc.Instrument):
+    """Counts the tasks spawned for Replicate requests (``_run_request`` with one as *msg*)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        frame = getattr(task.coro, "cr_frame", None)
+        if (frame is not None and task.name.endswith("._run_request")
+                and isinstance(frame.f_locals.get("msg"), Replicate)):
+            self.count += 1
+
+
+async def _settled(node: object) -> None:
+    """Until the node has no request in flight (its acknowledger ends each one)."""
+    while node._active_requests:  # type: ignore[attr-defined]
+        await trio.sleep(0.01)
+
+
+async def test_small_replicates_take_no_task(tmp_path: Path) -> None:
+    init_cluster(tmp_path)
+    small = [os.urandom(4096) for _ in range(8)]
+    large = os.urandom(200_000)  # above inline_max: its chunk travels in the Replicate
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            replica = nodes[1]
+            async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
+                await client.put("b", "warm", b"x")
+                seen = _ReplicateTasks()
+                trio.lowlevel.add_instrument(seen)
+                for i in range(4):  # lone puts
+                    await client.put("b", f"k{i}", small[i])
+                async with trio.open_nursery() as puts:  # concurrent ones
+                    for i in range(4, 8):
+                        puts.start_soon(client.put, "b", f"k{i}", small[i])
+                assert seen.count == 0
+                await client.put("b", "large", large)
+                trio.lowlevel.remove_instrument(seen)
+                assert seen.count >= 1  # chunks: the usual task (its body budget)
+                await _settled(replica)
+                held = {v.key: v for v in replica.store.iter_versions()}
+                for i in range(8):  # durable on the replica, readable from it alone
+                    assert held[f"k{i}"].inline is not None
+                    assert replica.store.current(held["k0"].tenant, "b", f"k{i}") == held[f"k{i}"]
+                assert "large" in held
+                for i in range(8):
+                    assert await client.get("b", f"k{i}") == small[i]
+                assert await client.get("b", "large") == large
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_replicate_the_store_refuses_is_answered_by_its_task(tmp_path: Path) -> None:
+    init_cluster(tmp_path)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            replica = nodes[1]
+            async with AsyncClient(tmp_path / "client.toml", site="dc1", timeout=30) as client:
+                await client.put("b", "warm", b"x")
+                # The replica's store stopped (fail-stop): nothing may be queued any more, so
+                # the reader cannot take the Replicate; its task gets the store's refusal and
+                # answers it, and the put is not acknowledged.
+                replica.store._writer.failed = "a storage failure (injected by the test)"
+                seen = _ReplicateTasks()
+                trio.lowlevel.add_instrument(seen)
+                try:
+                    await client.put("b", "refused", b"y" * 100)
+                except QuorumNotReached:
+                    pass
+                else:
+                    raise AssertionError("acknowledged without the replica")
+                finally:
+                    trio.lowlevel.remove_instrument(seen)
+                # (hint replays of the refused version are refused the same way)
+                assert seen.count >= 1
+                await _settled(replica)
+            nursery.cancel_scope.cancel()
