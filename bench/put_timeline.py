@@ -151,6 +151,9 @@ def install_hdsd_hooks() -> None:
     _wrap(_handlers, "audit_request", "audit")
     _wrap(_reads.ReadPaths, "find_request", "find_request")
     _wrap(_objects, "seal_in_thread", "seal")
+    # A grouped small put is sealed in place, without a thread (the group's handler imported
+    # the function by name: its own reference is the one to wrap).
+    _wrap(_handlers, "seal_small", "seal")
     _wrap(Replicator, "write", "replicator.write")
     _wrap(Replicator, "keep_hints", "keep_hints")
     _wrap(PeerPool, "call", "peer call")
