@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from typing import Any
 
 import pytest
 import xxhash
@@ -214,15 +215,21 @@ def test_reader_cuts_large_frames_whatever_the_reads(read: int) -> None:
 @given(cuts=st.lists(st.integers(0, 600_000), max_size=6))
 def test_reader_cuts_large_frames_split_anywhere(cuts: list[int]) -> None:
     stream, frames = _large_stream()
+    got = _read_cut(stream, cuts)
+    assert all(isinstance(body, bytes) for _, body in got)  # not Data bodies: cut as any frame
+    assert [(code, body) for code, body in got] == frames
+
+
+def _read_cut(stream: bytes, cuts: list[int]) -> list[tuple[int, Any]]:
+    """The frames a reader gives when *stream* is fed to it cut at *cuts*."""
     bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
     reader = FrameReader(C.MAX_FRAME)
     got = []
     for lo, hi in itertools.pairwise(bounds):
         reader.feed(stream[lo:hi])
         while (frame := reader.next_frame()) is not None:
-            assert isinstance(frame[1], bytes)  # not a Data body: cut as any frame
-            got.append((frame[0], frame[1]))
-    assert got == frames
+            got.append(frame)
+    return got
 
 
 def test_a_damaged_large_frame_fails_its_checksum() -> None:
@@ -259,13 +266,7 @@ def test_a_large_data_frame_is_cut_out_of_its_pieces(
     body = _data_body(rid[1], payload)
     stream = encode_frame(C.T_DATA, body, C.MAX_FRAME) + encode_frame(C.T_END, b"\x91\x01",
                                                                       C.MAX_FRAME)
-    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
-    reader = FrameReader(C.MAX_FRAME)
-    got = []
-    for lo, hi in itertools.pairwise(bounds):
-        reader.feed(stream[lo:hi])
-        while (frame := reader.next_frame()) is not None:
-            got.append(frame)
+    got = _read_cut(stream, cuts)
     code, fields = got[0]
     assert code == C.T_DATA
     # A frame already whole when its header is read comes as its body, as any frame.
