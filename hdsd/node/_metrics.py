@@ -130,7 +130,8 @@ class NodeMetrics:
         self.disk_full = False
 
     def request_done(self, msg: object, outcome: str, seconds: float) -> None:
-        """Count one finished request (the single hook in ``handle_request``)."""
+        """Count one finished request (called where a request ends: ``handle_request``, a
+        group of small puts, the acknowledger of a peer's small Replicates)."""
         name = type(msg).__name__
         op = _OPS.get(name, name)
         counts = self._counts
