@@ -102,6 +102,7 @@ from ._objects import NodeObjects
 from ._peer_handlers import replicate_now
 from ._reads import ReadPaths
 from ._revocation import LiveSessions
+from ._room import RequestRoom
 from ._s3keys import S3Keys
 from ._sealing import NodeSealing
 from ._slots import ConnectionSlots, SlotsFull
@@ -182,7 +183,8 @@ class Node:
         self._requests_in_flight: dict[tuple[str, bytes], trio.Event | None] = {}
         self._active_requests = 0
         self.small_writes = SmallWrites()  # small puts' groups of one pass share a write
-        self._request_ended = trio.lowlevel.ParkingLot()  # connections waiting for node room
+        self.request_room = RequestRoom(config.max_requests_in_flight,
+                                        lambda: self._active_requests)  # see ._room
         self.budget = BodyBudget(config.max_body_mib_in_flight << 20)  # see ._budget
         # How often each bound held a connection back (status, metrics): an operator sees a
         # limit being hit before clients complain.
@@ -334,7 +336,7 @@ class Node:
             yield
         finally:
             self._request_done()
-            self._request_ended.unpark_all()
+            self.request_room.freed()
 
     def _request_began(self) -> None:
         self._active_requests += 1
@@ -643,58 +645,78 @@ class Node:
 
         async def before_open(msg: Message) -> bool:
             # A new request: not while the connection has its share in flight, nor while the
-            # whole node has its share, nor while its client does not read what it asked for
-            # (its replies would pile up here). Nothing more is read meanwhile. The first two
-            # waits are short: the frames behind this request may be what the requests in
-            # flight wait for (a download's Credit), so after _ROOM_WAIT_S it is refused as
-            # unavailable (retryable) and reading goes on. The third lasts as long as the client
-            # does not read: that is up to the client alone.
+            # whole node has its share (or others wait for it: they come first, see ._room),
+            # nor while its client does not read what it asked for (its replies would pile up
+            # here). Nothing more is read meanwhile. The first two waits are short: the frames
+            # behind this request may be what the requests in flight wait for (a download's
+            # Credit), so after _ROOM_WAIT_S it is refused as unavailable (retryable) and
+            # reading goes on. The third lasts as long as the client does not read: that is up
+            # to the client alone.
             rid = getattr(msg, "rid", None)
             counted = False  # one hit per request held back, whatever the wake-ups
             give_up: float | None = None
-            while not session.closed:
-                if session.unsent > max_unsent:
-                    hit, wait, until = "connection_unsent", session.wait_progress, math.inf
-                elif in_flight[0] >= per_connection or (
-                        not peer_link and self._active_requests >= cfg.max_requests_in_flight):
-                    hit = "connection_requests" if in_flight[0] >= per_connection else \
-                        "node_requests"
-                    wait = session.wait_progress if hit == "connection_requests" else \
-                        self._request_ended.park
-                    give_up = give_up or trio.current_time() + _ROOM_WAIT_S
-                    until = give_up
-                else:
-                    if isinstance(msg, PutStart) and not peer_link:  # see ._budget
-                        await self.budget.take(id(msg), put_reservation(
-                            msg.size, session.conn.initial_window),
-                            patience=_ROOM_WAIT_S if in_flight[0] else None)
-                    elif in_flight[0] == 0 and not peer_link and not self._stopping and (
-                            resolved := small_get_now(self, session, ident, msg)) is not None:
-                        # A lone small get, read from this node's store: answered here, by
-                        # the reader, in one write — no task, so one scheduler pass fewer.
-                        # Only when nothing else of the connection is in flight: a pipelining
-                        # client's requests are still answered concurrently, by tasks.
-                        in_flight[0] += 1
-                        await self._run_request(session, ident, msg, quiet, request_ended,
-                                                resolved)
+            room = self.request_room
+            turn = False  # holding the node's room, given in turn (see ._room)
+            try:
+                while not session.closed:
+                    node_full = not peer_link and not turn and not room.free()
+                    if session.unsent > max_unsent:
+                        hit, until = "connection_unsent", math.inf
+                    elif in_flight[0] >= per_connection or node_full:
+                        hit = "connection_requests" if in_flight[0] >= per_connection else \
+                            "node_requests"
+                        give_up = give_up or trio.current_time() + _ROOM_WAIT_S
+                        until = give_up
+                    else:
+                        if isinstance(msg, PutStart) and not peer_link:  # see ._budget
+                            await self.budget.take(id(msg), put_reservation(
+                                msg.size, session.conn.initial_window),
+                                patience=_ROOM_WAIT_S if in_flight[0] else None)
+                        elif in_flight[0] == 0 and not peer_link and not self._stopping and (
+                                resolved := small_get_now(self, session, ident, msg)) \
+                                is not None:
+                            # A lone small get, read from this node's store: answered here,
+                            # by the reader, in one write — no task, so one scheduler pass
+                            # fewer. Only when nothing else of the connection is in flight: a
+                            # pipelining client's requests are still answered concurrently,
+                            # by tasks.
+                            if turn:
+                                room.take()
+                                turn = False
+                            in_flight[0] += 1
+                            await self._run_request(session, ident, msg, quiet,
+                                                    request_ended, resolved)
+                            return False
+                        if turn:
+                            room.take()
+                            turn = False
+                        return True
+                    if turn:  # waiting for something else: the node's room goes to the next
+                        room.pass_on()
+                        turn = False
+                    if not counted:
+                        self.limit_hits[hit] += 1
+                        counted = True
+                    if trio.current_time() >= until and rid is not None:
+                        self.limit_hits["refused_busy"] += 1
+                        err = Unavailable(f"{in_flight[0]} requests in flight on this "
+                                          f"connection (at most {per_connection}) or "
+                                          f"{self._active_requests} on the node (at most "
+                                          f"{cfg.max_requests_in_flight}); retry")
+                        with contextlib.suppress(HdsdError):
+                            await session.send(ErrorReply(rid=rid, code=err.code,
+                                                          message=err.message))
                         return False
-                    return True
-                if not counted:
-                    self.limit_hits[hit] += 1
-                    counted = True
-                if trio.current_time() >= until and rid is not None:
-                    self.limit_hits["refused_busy"] += 1
-                    err = Unavailable(f"{in_flight[0]} requests in flight on this connection "
-                                      f"(at most {per_connection}) or "
-                                      f"{self._active_requests} on the node (at most "
-                                      f"{cfg.max_requests_in_flight}); retry")
-                    with contextlib.suppress(HdsdError):
-                        await session.send(ErrorReply(rid=rid, code=err.code,
-                                                      message=err.message))
-                    return False
-                with trio.move_on_at(until):
-                    await wait()
-            return False
+                    with trio.move_on_at(until):
+                        if hit == "node_requests":
+                            await room.wait_turn()
+                            turn = True
+                        else:
+                            await session.wait_progress()
+                return False
+            finally:
+                if turn:  # the connection closed (or failed) with the room in hand
+                    room.pass_on()
 
         def request_ended() -> None:
             in_flight[0] -= 1
@@ -836,7 +858,7 @@ class Node:
         session.close_inbox(msg.rid)
         self._request_done()
         ended()
-        self._request_ended.unpark_all()
+        self.request_room.freed()
 
     async def _run_put_group(self, session: WireSession, ident: Identity,
                              group: list[PutStart], ended: Callable[[], None],
@@ -880,7 +902,7 @@ class Node:
                 self._request_done()
                 self.budget.release(id(msg))
                 ended()
-            self._request_ended.unpark_all()
+            self.request_room.freed()
 
     def _check_peer(self, ident: Identity) -> None:
         if ident.cluster_id != self.config.cluster_id:
@@ -897,7 +919,7 @@ class Node:
         finally:
             self.budget.release(id(msg))  # what the request took (see ._budget)
             ended()
-            self._request_ended.unpark_all()
+            self.request_room.freed()
 
     async def _run_request_counted(self, session: WireSession, ident: Identity, msg: Message,
                                    inbox: trio.MemoryReceiveChannel[Message],
