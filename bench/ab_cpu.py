@@ -2,10 +2,12 @@
 
     python bench/ab_cpu.py --base PATH --candidate PATH [--ops 2000] [--rounds 5]
                            [--concurrency 1,16,64] [--size 4096] [--gets] [--json PATH]
+                           [--policy each-site]
 
 *PATH* is a checkout of hdsd with its own ``.venv`` (e.g. a ``git worktree`` of main beside the
 branch under test). Each side runs in a worker process under its own interpreter: it starts its
-cluster (``hdsd init``, one ``hdsd serve`` per site, policy ``each-site``) and its clients, so the
+cluster (``hdsd init``, one ``hdsd serve`` per site, write policy ``--policy``: ``each-site`` by
+default, ``local`` to measure a node acknowledging on its own fsync) and its clients, so the
 client, the coordinator (dc1) and the replica (dc2) are all that tree's code. Both clusters stay
 up for the whole run; each cell (concurrency x op) is measured on one side then the other, the
 order alternating round by round, so a pair is seconds apart while the shared machine's load
@@ -52,7 +54,7 @@ def _snapshot(pids: dict[str, int]) -> dict[str, dict[str, float]]:
             for role, pid in pids.items()}
 
 
-def worker(scratch: Path, size: int, connections: int) -> int:
+def worker(scratch: Path, size: int, connections: int, policy: str) -> int:
     """Serve cells on stdin (one JSON object a line) until EOF; answer one JSON line each."""
     import trio
 
@@ -67,7 +69,7 @@ def worker(scratch: Path, size: int, connections: int) -> int:
     try:
         for site in ("dc1", "dc2"):
             cfg = scratch / "cluster" / f"{site}-n1" / "node.toml"
-            set_write_policy(cfg, "each-site")
+            set_write_policy(cfg, policy)
             node = NodeProcess(cfg)
             nodes.append(node)
             node.start()
@@ -145,7 +147,8 @@ async def _serve(profile: Path, pids: dict[str, int], size: int, connections: in
 
 # -- the orchestrator ------------------------------------------------------------------------
 class Side:
-    def __init__(self, name: str, repo: Path, scratch: Path, size: int, connections: int) -> None:
+    def __init__(self, name: str, repo: Path, scratch: Path, size: int, connections: int,
+                 policy: str) -> None:
         python = repo / ".venv" / "bin" / "python"
         if not python.exists():
             raise SystemExit(f"{name}: no interpreter at {python}")
@@ -154,7 +157,7 @@ class Side:
         # cwd outside both trees: `python -m hdsd` must import the tree its venv installed.
         self.proc = subprocess.Popen(
             [str(python), str(HERE / "ab_cpu.py"), "--worker", str(scratch), "--size",
-             str(size), "--connections", str(connections)],
+             str(size), "--connections", str(connections), "--policy", policy],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=scratch.parent, env=env)
         ready = self._read()
         if not ready.get("ready"):
@@ -237,6 +240,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,16,64")
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--gets", action="store_true", help="also get what each cell put")
+    p.add_argument("--policy", default="each-site",
+                   help="the clusters' write policy (default each-site; e.g. local)")
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--json", type=Path, default=HERE / "results" / "ab_cpu.json")
     args = p.parse_args(argv)
@@ -248,7 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return worker(args.worker, args.size, args.connections)
+        return worker(args.worker, args.size, args.connections, args.policy)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     ops = ["put", "get"] if args.gets else ["put"]
     scratch = Path(tempfile.mkdtemp(prefix="ab-cpu-", dir=args.dir))
@@ -258,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name, repo in (("base", args.base), ("candidate", args.candidate)):
             print(f"starting {name} ({repo})", file=sys.stderr)
-            sides[name] = Side(name, repo.resolve(), scratch / name, args.size, args.connections)
+            sides[name] = Side(name, repo.resolve(), scratch / name, args.size, args.connections,
+                               args.policy)
         for r in range(args.rounds):
             order = ["base", "candidate"] if r % 2 == 0 else ["candidate", "base"]
             for c in concurrency:
@@ -280,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.write_text(json.dumps({
         "benchmark": "ab_cpu", "started": started, "seconds": time.time() - started,
         "base": str(args.base), "candidate": str(args.candidate), "ops": args.ops,
-        "rounds": args.rounds, "size": args.size, "cpus": os.cpu_count(),
+        "rounds": args.rounds, "size": args.size, "policy": args.policy, "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(), "summary": rows, "runs": runs}, indent=2) + "\n")
     print(f"JSON: {args.json}")
     return 0

@@ -30,10 +30,11 @@ def test_ab_cpu_reports_both_sides_of_every_cell(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--base", str(ROOT), "--candidate", str(ROOT), "--ops", "8",
          "--rounds", "2", "--concurrency", "1,4", "--gets", "--connections", "2",
-         "--dir", str(scratch), "--json", str(out)],
+         "--policy", "local", "--dir", str(scratch), "--json", str(out)],
         capture_output=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     doc = json.loads(out.read_text())
+    assert doc["policy"] == "local"
     rows = doc["summary"]
     cells = {r["cell"] for r in rows}
     assert cells == {f"{op} 4096 x{c}" for op in ("put", "get") for c in (1, 4)}
