@@ -127,7 +127,12 @@ R = TypeVar("R")
 
 
 class AsyncClient:
-    """Talk to an hdsd cluster. Use as ``async with AsyncClient(profile) as client:``."""
+    """Talk to an hdsd cluster. Use as ``async with AsyncClient(profile) as client:``.
+
+    A program that reads large objects may call :func:`hdsd.tune_allocator` once at start (a
+    process-wide setting of glibc's allocator, so the client never makes it by itself): each
+    MiB received then costs ~0.6 ms less CPU (no ~130 page faults), at the price of freed
+    memory kept in the heap. ``hdsd get`` and ``hdsd export`` do."""
 
     def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
                  site: str | None = None, timeout: float = 60.0, retries: int = 3,
