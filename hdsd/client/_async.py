@@ -328,7 +328,8 @@ class AsyncClient:
         and ``retry=True``. The node then looks for the first attempt at both sites (one more
         round trip) and completes it rather than writing a second version; this client's own
         retries do so by themselves."""
-        data = put_source(data)
+        if type(data) is not bytes:  # bytes, the usual body, need no look (two calls)
+            data = put_source(data)
         request_id = request_id or new_request_id()
         if isinstance(data, (bytes, bytearray, memoryview)):
             size = len(data)
@@ -766,7 +767,7 @@ def _fits_one_write(data: PutSource, session: WireSession
     starts with (the window of the node's Hello)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return False
-    hello = session.conn.their_hello
+    hello = session.their_hello  # the session's attribute: the connection's is a property
     return hello is not None and len(data) <= min(hello.window, _PIECE)
 
 
