@@ -5,6 +5,7 @@ Everything a user may touch is re-exported here; modules starting with ``_`` are
 
 from typing import TYPE_CHECKING
 
+from ._alloc import tune_allocator as tune_allocator
 from ._errors import ArchiveError as ArchiveError
 from ._errors import AuditChainBroken as AuditChainBroken
 from ._errors import AuditTampered as AuditTampered

@@ -120,7 +120,7 @@ def export_cmd(ctx: click.Context, tenant: str, output: str, without_retention: 
                                    retention=not without_retention,
                                    spool=Path(spool) if spool is not None else None)
     try:
-        summary = _run(ctx, go)
+        summary = _run(ctx, go, tune=True)
     except BaseException:
         if target is not None:
             target.abort()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -127,7 +128,12 @@ R = TypeVar("R")
 
 
 class AsyncClient:
-    """Talk to an hdsd cluster. Use as ``async with AsyncClient(profile) as client:``."""
+    """Talk to an hdsd cluster. Use as ``async with AsyncClient(profile) as client:``.
+
+    A program that reads large objects may call :func:`hdsd.tune_allocator` once at start (a
+    process-wide setting of glibc's allocator, so the client never makes it by itself): each
+    MiB received then costs ~0.6 ms less CPU (no ~130 page faults), at the price of freed
+    memory kept in the heap. ``hdsd get`` and ``hdsd export`` do."""
 
     def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
                  site: str | None = None, timeout: float = 60.0, retries: int = 3,
@@ -148,6 +154,7 @@ class AsyncClient:
         # Credits of our downloads included) until it is refused as unavailable. Waiting here
         # instead keeps those frames flowing. A get holds its slot until its stream is closed.
         self._in_flight = _Slots(max_in_flight)
+        self._answers = _AnswerDeadlines()
         self._last_used = 0.0
         self._ssl = client_context(self.profile.cert, self.profile.key, self.profile.ca)
         self._session: WireSession | None = None
@@ -162,6 +169,7 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._answers.run)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -253,6 +261,23 @@ class AsyncClient:
                 self._session = None
             await session.aclose()
 
+    async def _answer(self, session: WireSession, rid: int,
+                      inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+        """The node's answer to request *rid*, within ``self.timeout`` (else
+        :class:`RequestTimeout`). The deadline is kept by the client's one
+        :class:`_AnswerDeadlines` task, not a cancel scope per request: entering and leaving
+        a scope with a deadline was ~50 of a lone small put's ~500 Python calls."""
+        wait = self._answers.expect(session, rid, self.timeout)
+        try:
+            return await receive(inbox)
+        except ConnectionLost:
+            if wait.expired:
+                raise RequestTimeout(f"no answer from the node within {self.timeout:g} s") \
+                    from None
+            raise
+        finally:
+            self._answers.waits.discard(wait)
+
     async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
         delay = 0.05
         for n in range(self.retries + 1):
@@ -279,8 +304,7 @@ class AsyncClient:
                 request if attempts == 1 or again is None else again)
             try:
                 await session.send(sent)
-                with no_answer(self.timeout):
-                    event = await receive(inbox)
+                event = await self._answer(session, sent.rid, inbox)
                 if isinstance(event, Reply):
                     return sent.decode_reply(event.body)
                 raise_for(event)
@@ -304,7 +328,8 @@ class AsyncClient:
         and ``retry=True``. The node then looks for the first attempt at both sites (one more
         round trip) and completes it rather than writing a second version; this client's own
         retries do so by themselves."""
-        data = put_source(data)
+        if type(data) is not bytes:  # bytes, the usual body, need no look (two calls)
+            data = put_source(data)
         request_id = request_id or new_request_id()
         if isinstance(data, (bytes, bytearray, memoryview)):
             size = len(data)
@@ -345,8 +370,7 @@ class AsyncClient:
         await session.send_many([start, *body, End(rid=rid)])
         if progress is not None:
             progress(len(data))
-        with no_answer(self.timeout):
-            event = await receive(inbox)
+        event = await self._answer(session, rid, inbox)
         if isinstance(event, Reply):
             return ObjectInfo.from_body(start.decode_reply(event.body))
         raise_for(event)
@@ -681,13 +705,69 @@ class _Slots:
         self._semaphore.release()
 
 
+class _Wait:
+    """A request waiting for its answer until *deadline* (trio's clock)."""
+
+    __slots__ = ("deadline", "expired", "rid", "session")
+
+    def __init__(self, deadline: float, session: WireSession, rid: int) -> None:
+        self.deadline = deadline
+        self.session = session
+        self.rid = rid
+        self.expired = False
+
+
+class _AnswerDeadlines:
+    """The deadlines of the requests waiting for an answer, kept by one task for the client's
+    life (:meth:`run`): at a request's deadline its inbox is closed and the request, woken
+    with the end of its inbox, sees ``expired`` and raises :class:`RequestTimeout` — what a
+    cancel scope around its wait did, for a set insertion and removal per request.
+
+    The task sleeps until the earliest deadline it knows of. A new request's deadline is
+    later than that (every request of a client waits ``timeout`` seconds from its own start),
+    so nothing is woken or moved — unless the task sleeps without a deadline (nothing was
+    waiting) or ``timeout`` was lowered: then its scope's deadline is brought forward. It
+    does not follow requests that finished: it wakes at a deadline nobody holds any more,
+    at most once per ``timeout``, and sleeps again until the earliest one left."""
+
+    __slots__ = ("_scope", "_target", "waits")
+
+    def __init__(self) -> None:
+        self.waits: set[_Wait] = set()
+        self._scope: trio.CancelScope | None = None
+        self._target = math.inf
+
+    def expect(self, session: WireSession, rid: int, timeout: float) -> _Wait:
+        """Request *rid* of *session* waits for its answer from now for *timeout* seconds;
+        the caller removes the returned wait from :attr:`waits` once answered."""
+        wait = _Wait(trio.current_time() + timeout, session, rid)
+        self.waits.add(wait)
+        if wait.deadline < self._target:
+            self._target = wait.deadline
+            if self._scope is not None:
+                self._scope.deadline = wait.deadline
+        return wait
+
+    async def run(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._target) as self._scope:
+                await trio.sleep_forever()
+            self._scope = None
+            now = trio.current_time()
+            for wait in [w for w in self.waits if w.deadline <= now]:
+                self.waits.discard(wait)
+                wait.expired = True
+                wait.session.close_inbox(wait.rid)
+            self._target = min((w.deadline for w in self.waits), default=math.inf)
+
+
 def _fits_one_write(data: PutSource, session: WireSession
                     ) -> TypeGuard[bytes | bytearray | memoryview]:
     """Whether *data* is bytes that fit in one Data frame within the credit a new request
     starts with (the window of the node's Hello)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return False
-    hello = session.conn.their_hello
+    hello = session.their_hello  # the session's attribute: the connection's is a property
     return hello is not None and len(data) <= min(hello.window, _PIECE)
 
 

@@ -5,7 +5,7 @@ with zstd when that helps, and encrypted with XChaCha20-Poly1305 under the tenan
 The payload format is documented in :mod:`hdsd.pipeline._codec`.
 """
 
-from ._alloc import tune_allocator as tune_allocator
+from .._alloc import tune_allocator as tune_allocator
 from ._chunker import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from ._chunker import MAX_CHUNK_SIZE as MAX_CHUNK_SIZE
 from ._chunker import Chunker as Chunker

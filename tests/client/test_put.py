@@ -68,11 +68,13 @@ class CountingStream(trio.abc.Stream):
 
 
 class FakeNode:
-    """Serves puts: ``mode`` "store" drains the body and replies, "refuse" answers PutStart at
-    once with an ErrorReply, "mute" reads everything and never answers."""
+    """Serves puts: ``mode`` "store" drains the body and replies (``delay`` seconds later),
+    "refuse" answers PutStart at once with an ErrorReply, "mute" reads everything and never
+    answers (other requests than puts included)."""
 
     def __init__(self, mode: str = "store") -> None:
         self.mode = mode
+        self.delay = 0.0
         self.bodies: list[bytes] = []
         self.request_ids: list[bytes] = []
         self.client_stream: CountingStream | None = None
@@ -92,6 +94,8 @@ class FakeNode:
             await session.receive_hello()
         async with trio.open_nursery() as nursery:
             def on_request(msg: Message) -> None:
+                if self.mode == "mute" and not isinstance(msg, PutStart):
+                    return
                 assert isinstance(msg, PutStart)
                 self.request_ids.append(msg.request_id)
                 nursery.start_soon(self.put, session, msg, session.open_inbox(msg.rid))
@@ -113,6 +117,7 @@ class FakeNode:
         self.bodies.append(bytes(body))
         session.close_inbox(msg.rid)
         if self.mode == "store":
+            await trio.sleep(self.delay)
             await session.send(Reply(rid=msg.rid, body=_info(msg, len(body))))
 
 
@@ -218,6 +223,61 @@ async def test_small_put_without_answer_times_out(
             assert trio.current_time() - start == pytest.approx(30)
     assert node.bodies == [b"data"]  # the body was complete: only the answer was missing
 
+
+
+async def test_other_requests_without_answer_time_out(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock) -> None:
+    node = FakeNode(mode="mute")
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client:
+            start = trio.current_time()
+            with pytest.raises(RequestTimeout, match="no answer from the node within 30 s"):
+                await client.delete("b", "k")
+            assert trio.current_time() - start == pytest.approx(30)
+            assert client._answers.waits == set()
+
+
+async def test_an_answer_within_its_deadline_is_taken_after_an_earlier_deadline_passed(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The client's deadline keeper sleeps until the first put's deadline (t=30) although that
+    # put was answered at once; waking then, it must leave the second put (deadline t=50)
+    # waiting, and that put's answer at t=45 is its result.
+    node = FakeNode()
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client:
+            start = trio.current_time()
+            await client.put("b", "first", b"x")
+            await trio.sleep(20)
+            node.delay = 25
+            info = await client.put("b", "second", b"y")
+            assert trio.current_time() - start == pytest.approx(45)
+            assert client._answers.waits == set()
+    assert info.key == "second"
+
+
+async def test_a_lowered_timeout_holds_while_a_longer_one_waits(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock) -> None:
+    node = FakeNode(mode="mute")
+    ended: dict[str, float] = {}
+
+    async def put(key: str) -> None:
+        with pytest.raises(RequestTimeout):
+            await client.put("b", key, b"x")
+        ended[key] = trio.current_time() - start
+
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=100) as client, \
+                trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(put, "long")
+            await trio.sleep(1)
+            client.timeout = 10  # the keeper sleeps until t=100: brought forward to t=11
+            nursery.start_soon(put, "short")
+    assert ended == {"short": pytest.approx(11), "long": pytest.approx(100)}
+    assert client._answers.waits == set()
 
 
 async def test_a_streamed_put_refused_early_is_cancelled_so_the_node_forgets_it(

@@ -4,14 +4,16 @@ Sealing a 1 MiB chunk allocates and frees a few buffers of about 1 MiB (zstd out
 ciphertext, the payload). With glibc's defaults such buffers are mmap'ed fresh or handed back
 to the OS by heap trimming, so every seal pays ~256 page faults and the kernel zeroing them per
 MiB: measured here, one-thread seal drops from ≈1000 to ≈390 MiB/s. Keeping them in the heap
-removes that cost. This is a process-wide setting, so the pipeline never applies it by itself:
-the process owner (``hdsd serve``, benchmarks) calls :func:`tune_allocator` once at startup.
+removes that cost. This is a process-wide setting, so no library code applies it by itself:
+the process owner (``hdsd serve``, the CLI's transfers, benchmarks, a host program of the
+client that asks for it: ``hdsd.tune_allocator()``) calls :func:`tune_allocator` once.
+
+A foundation module (not the pipeline's): a client process, whose receiving side pays the same
+page faults for each megabyte read, must tune without importing the pipeline's codecs.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["tune_allocator"]
@@ -36,6 +38,11 @@ def tune_allocator(
     """
     if not sys.platform.startswith("linux"):
         return False
+    # Imported here: ``import hdsd`` re-exports this function and must not pay for ctypes
+    # (~9 ms, a client command's start-up) unless it is called.
+    import ctypes
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     if name is None:
         return False
