@@ -15,13 +15,41 @@ page faults for each megabyte read, must tune without importing the pipeline's c
 from __future__ import annotations
 
 import sys
+from functools import cache
+from typing import TYPE_CHECKING
 
-__all__ = ["tune_allocator"]
+if TYPE_CHECKING:
+    import ctypes
+
+__all__ = ["glibc", "tune_allocator"]
 
 # glibc <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+
+
+@cache
+def glibc() -> ctypes.CDLL | None:
+    """The process's own C library if it is glibc (``mallopt``, ``malloc_trim``), else None.
+
+    Opened as the symbols the process has loaded already (``dlopen(NULL)``), not looked up by
+    ``ctypes.util.find_library``, which runs ``ldconfig -p``: 3-7 ms at every CLI get's start."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Imported here: ``import hdsd`` re-exports this module's functions and must not pay for
+    # ctypes (~9 ms, a client command's start-up) unless one is called.
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018
+        libc.malloc_trim  # noqa: B018
+        # Only glibc has gnu_get_libc_version; musl's mallopt is a no-op that returns 0.
+        libc.gnu_get_libc_version  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def tune_allocator(
@@ -36,23 +64,12 @@ def tune_allocator(
     returned to the OS. Returns ``True`` if glibc accepted every setting, ``False`` on other C
     libraries or platforms (nothing is changed then).
     """
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return False
-    # Imported here: ``import hdsd`` re-exports this function and must not pay for ctypes
-    # (~9 ms, a client command's start-up) unless it is called.
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        # Only glibc has gnu_get_libc_version; musl's mallopt is a no-op that returns 0.
-        libc.gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     ok = True

@@ -11,7 +11,6 @@ fragmented arenas long after the data is gone. Two arenas (the usual server sett
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -23,6 +22,8 @@ from functools import cache
 from typing import Any
 
 import trio
+
+from .._alloc import glibc
 
 __all__ = ["limit_arenas", "memory_status", "timed_trim", "trim", "trim_every"]
 
@@ -36,20 +37,6 @@ _last_trim: dict[str, float] = {}
 _trims = 0
 
 
-@cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt  # noqa: B018 - glibc only: musl and others have no mallopt/malloc_trim
-        libc.malloc_trim  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 class _Mallinfo2(ctypes.Structure):
     # glibc >= 2.33's ``struct mallinfo2``: every field a size_t.
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -59,7 +46,7 @@ class _Mallinfo2(ctypes.Structure):
 
 @cache
 def _mallinfo2() -> Any:
-    libc = _libc()
+    libc = glibc()
     fn = getattr(libc, "mallinfo2", None) if libc is not None else None
     if fn is not None:
         fn.restype = _Mallinfo2
@@ -93,7 +80,7 @@ def _python_arenas() -> dict[str, int] | None:
     outside glibc's heaps, so ``malloc`` does not count them. CPython has no public API for
     them; ``_PyObject_DebugMallocStats`` (what ``sys._debugmallocstats`` prints) is written to
     a memory stream and its two totals read back: well under a millisecond, with the GIL."""
-    libc = _libc()
+    libc = glibc()
     fn = getattr(ctypes.pythonapi, "_PyObject_DebugMallocStats", None)
     if libc is None or fn is None:
         return None
@@ -166,13 +153,13 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     operator chose with ``MALLOC_ARENA_MAX``. True if applied."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    libc = _libc()
+    libc = glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas))
 
 
 def trim() -> bool:
     """Give the free memory at the top of every arena back to the system (a few ms)."""
-    libc = _libc()
+    libc = glibc()
     return bool(libc is not None and libc.malloc_trim(0))
 
 
