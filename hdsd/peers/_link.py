@@ -340,7 +340,7 @@ class PeerPool:
         """Send *request* on the peer's session and return its answer (unbounded: the
         caller's scope bounds it)."""
         session = await self._session(node)
-        request, inbox = session.open_request(request)
+        request, inbox = session.open_call(request)
         try:
             # A frame cut in the middle would break the link for every request sharing it:
             # once started, a send finishes, within the request's bound and the caller's

@@ -1,7 +1,8 @@
 """PeerPool.call against a peer at the other end of an in-memory stream (the TLS dial
 replaced), on trio's mock clock: the answer handed over (a Reply decoded, an ErrorReply
 typed), the link's own bound, a shielded caller's bound (the pair write: the link adds no
-scope of its own, and the link survives the abandoned request), a link lost under a call."""
+scope of its own, and the link survives the abandoned request), a link lost under a call.
+The answers arrive in a one-message inbox (``ReplySlot``: tests/transport/test_reply_slot.py)."""
 
 from __future__ import annotations
 
