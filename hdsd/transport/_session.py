@@ -412,9 +412,9 @@ class WireSession:
     def open_request(self, request: RequestT) -> tuple[RequestT,
                                                        trio.MemoryReceiveChannel[Message]]:
         """*request* (built with ``rid=UNSENT``) stamped with a fresh request id, and the inbox
-        its answers arrive in, registered before it is sent. The one place request ids are
-        allocated and stamped (the client and the peer links); ``close_inbox(request.rid)``
-        when done."""
+        its answers arrive in, registered before it is sent. With :meth:`open_call`, the one
+        place request ids are allocated and stamped (the client and the peer links);
+        ``close_inbox(request.rid)`` when done."""
         rid = self._new_rid()
         return request.with_rid(rid), self.open_inbox(rid)
 
