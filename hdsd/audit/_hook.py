@@ -113,6 +113,19 @@ def audit_request(audit: AuditLog, ident: Identity, msg: Message, observed: Obse
     """Queue the record of one finished client request (never blocks, never raises)."""
     info = observed.info or {}
     bytes_in = observed.bytes_in
+    if type(msg) is PutStart:
+        # The most frequent request, its fields known: no lookups by name (a dozen Python
+        # calls less on every put). The same record as the general path below.
+        size, version = info.get("size"), info.get("version")
+        if outcome == "ok" and type(size) is int and size > bytes_in:
+            bytes_in = size  # a small put arrives whole, without credit
+        bucket, key = _sealed(audit, ident.tenant or "", msg.bucket, msg.key)
+        audit.record(
+            identity=ident.name, role=ident.role or "", tenant=ident.tenant or "",
+            op="PutStart", bucket=bucket, key=key,
+            version=version if type(version) is str else "", bytes_in=bytes_in,
+            bytes_out=observed.bytes_out, outcome=outcome, peer=peer)
+        return
     if type(msg) is PutStart and outcome == "ok" and type(info.get("size")) is int:
         bytes_in = max(bytes_in, info["size"])  # a small put arrives whole, without credit
     key = _text(getattr(msg, "key", None) or getattr(msg, "prefix", ""))

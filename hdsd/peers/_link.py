@@ -87,7 +87,9 @@ class SendHookLink(PeerLink, Protocol):
         sent. The write path queues its local commit there, so that waking the log writer
         thread does not delay the send. *shielded*: the caller runs in a shielded cancel
         scope whose deadline is no later than the link's own bound, so nothing but that
-        deadline can cancel the send: the link need not shield it again."""
+        deadline can cancel the send or end the wait: the link adds neither a shield nor a
+        bound of its own (that deadline ends the call with ``trio.Cancelled``, caught by the
+        caller's scope, where the link's bound would have raised :class:`RequestTimeout`)."""
         ...
 
 
@@ -316,44 +318,55 @@ class PeerPool:
                 raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
                     from None
         try:
-            return await self._call(node, peer, request, sent, shielded)
+            if shielded:
+                # The caller's shielded scope bounds the request, its deadline no later than
+                # ours (see SendHookLink.call): a scope of our own could never fire first, and
+                # would cost every replicated write ~60 Python calls to enter and leave.
+                return await self._exchange(node, request, sent, shielded=True)
+            return await self._call(node, request, sent)
         finally:
             peer.slots.release()
 
-    async def _call(self, node: str, peer: _Peer, request: Request[R],
-                    sent: Callable[[], None] | None, shielded: bool = False) -> R:
+    async def _call(self, node: str, request: Request[R],
+                    sent: Callable[[], None] | None) -> R:
+        """:meth:`_exchange` bounded by the link's own limit."""
         limit = self.request_timeout
-        with trio.move_on_after(limit) as scope:
-            session = await self._session(node)
-            request, inbox = session.open_request(request)
-            try:
-                # A frame cut in the middle would break the link for every request sharing it:
-                # once started, a send finishes, within the request's bound and the caller's
-                # (read before shielding: inside the shield the caller's scope no longer counts).
-                # A shielded caller (the pair write) already gives exactly that: its earlier
-                # deadline is the only cancellation that can reach the send (a cancel scope
-                # less on every replicated write).
-                if shielded:
-                    await session.send(request)
-                else:
-                    until = trio.current_effective_deadline()
-                    with trio.CancelScope(shield=True, deadline=until):
-                        await session.send(request)
-                if sent is not None:
-                    sent()
-                try:
-                    event = await inbox.receive()
-                except trio.EndOfChannel:
-                    raise ConnectionLost(f"connection to peer {node} lost") from None
-            finally:
-                session.close_inbox(request.rid)
-            if isinstance(event, Reply):
-                return request.decode_reply(event.body)
-            if isinstance(event, ErrorReply):
-                raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
-            raise ProtocolError(f"peer {node} answered {type(event).__name__}")
-        assert scope.cancelled_caught
+        with trio.move_on_after(limit):
+            return await self._exchange(node, request, sent, shielded=False)
         raise RequestTimeout(f"peer {node} did not answer within {limit:g} s")
+
+    async def _exchange(self, node: str, request: Request[R],
+                        sent: Callable[[], None] | None, *, shielded: bool) -> R:
+        """Send *request* on the peer's session and return its answer (unbounded: the
+        caller's scope bounds it)."""
+        session = await self._session(node)
+        request, inbox = session.open_call(request)
+        try:
+            # A frame cut in the middle would break the link for every request sharing it:
+            # once started, a send finishes, within the request's bound and the caller's
+            # (read before shielding: inside the shield the caller's scope no longer counts).
+            # A shielded caller (the pair write) already gives exactly that: its earlier
+            # deadline is the only cancellation that can reach the send (a cancel scope
+            # less on every replicated write).
+            if shielded:
+                await session.send(request)
+            else:
+                until = trio.current_effective_deadline()
+                with trio.CancelScope(shield=True, deadline=until):
+                    await session.send(request)
+            if sent is not None:
+                sent()
+            try:
+                event = await inbox.receive()
+            except trio.EndOfChannel:
+                raise ConnectionLost(f"connection to peer {node} lost") from None
+        finally:
+            session.close_inbox(request.rid)
+        if isinstance(event, Reply):
+            return request.decode_reply(event.body)
+        if isinstance(event, ErrorReply):
+            raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
+        raise ProtocolError(f"peer {node} answered {type(event).__name__}")
 
     def downloads(self, node: str) -> bool:
         peer = self._peers.get(node)

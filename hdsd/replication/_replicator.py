@@ -62,6 +62,18 @@ _BATCH_BYTES_MAX = 1 << 20
 _VERSION_BYTES = 512  # what a version record without inline data weighs, about
 
 
+def _weight(chunks: Sequence[ChunkRecord], versions: Sequence[Version]) -> int:
+    """About how many bytes the records take in a ``Replicate`` (loops, not generators: this
+    runs on every replicated write)."""
+    nbytes = _VERSION_BYTES * len(versions)
+    for c in chunks:
+        nbytes += len(c.payload)
+    for v in versions:
+        if v.inline is not None:
+            nbytes += len(v.inline)
+    return nbytes
+
+
 class _Batch:
     """Records of concurrent writes travelling to one peer in one Replicate request."""
 
@@ -189,11 +201,14 @@ class Replicator:
         acked: set[str] = set()
         failed: dict[str, HdsdError] = {}
         if (policy == "each-site" and len(targets) == 2 and self.name in targets
-                and all(len(nodes) == 1 for nodes in replicas.values())):
+                and [len(nodes) for nodes in replicas.values()] == [1, 1]):
             # The common case (one replica per site, this node one of them): the policy needs
             # both, so nothing can be acknowledged early and no background task is needed.
             await self._write_pair(targets, chunks, versions, acked, failed)
-            if policy_met(policy, replicas, acked, self.site):
+            # Both confirmed, in a plain placement (no layout parts, each with its own sites,
+            # to hold the policy in): each site has its copy, no need to ask policy_met.
+            if (len(acked) == 2 and type(replicas) is dict) or policy_met(
+                    policy, replicas, acked, self.site):
                 return set()
             return await self._not_met(policy, replicas, targets, versions, acked, failed,
                                        self._may_degrade(replicas, acked, failed))
@@ -260,8 +275,7 @@ class Replicator:
         for each alone. *sent* is called once the records are on their way (see
         :meth:`SendHookLink.call`), by whoever sends the batch they are in.
         """
-        nbytes = sum(len(c.payload) for c in chunks) + sum(
-            _VERSION_BYTES + len(v.inline or b"") for v in versions)
+        nbytes = _weight(chunks, versions)
         batch = self._batches.get(peer)
         if batch is not None and batch.nbytes + nbytes <= _BATCH_BYTES_MAX:
             batch.chunks.extend(chunks)

@@ -4,7 +4,8 @@ The client and the node use the same session. Theory of operation:
 
 * One **reader task** (:meth:`WireSession.run_reader`) owns the receiving half: it reads bytes,
   feeds the sans-IO connection and routes each event by its ``rid`` to the *inbox* registered for
-  that request (a memory channel). Events for a rid nobody registered are handed to
+  that request (a memory channel; a :class:`ReplySlot` for a request answered by one message,
+  :meth:`WireSession.open_call`). Events for a rid nobody registered are handed to
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
   ended are dropped, as the protocol allows. An upload whose body frames and End were read with
   its start (a small put, sent in one write) is handed over whole instead
@@ -83,7 +84,7 @@ from ..wire import (
 )
 from ._tlsread import tls_pieces_receiver, tls_sender
 
-__all__ = ["WireSession"]
+__all__ = ["ReplySlot", "WireSession"]
 
 RequestT = TypeVar("RequestT", bound=Request[Any])
 
@@ -106,6 +107,55 @@ def _bytes_of(view: memoryview, n: int) -> bytes:
     return bytes(view[:n])
 
 
+class ReplySlot:
+    """The inbox of a request answered by one message (a peer's ``Replicate``, see
+    :meth:`WireSession.open_call`): what the session routes to the request is kept here and
+    handed to its one waiter, or, closed, :meth:`receive` raises ``trio.EndOfChannel`` once
+    what came is taken — a memory channel's behaviour for one receiver, without building a
+    channel pair per request (a third of the Python calls of a peer call's wait)."""
+
+    __slots__ = ("_closed", "_messages", "_waiter")
+
+    def __init__(self) -> None:
+        self._messages: list[Message] = []
+        self._waiter: trio.lowlevel.Task | None = None
+        self._closed = False
+
+    def send_nowait(self, msg: Message) -> None:
+        """Called by the session's reader: keep *msg*, wake the waiter."""
+        if self._closed:
+            raise trio.BrokenResourceError("the request's inbox is closed")
+        self._messages.append(msg)
+        self._wake()
+
+    def close(self) -> None:
+        """The session closed the inbox: the waiter wakes, once what came is taken."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def receive(self) -> Message:
+        """The next message of the request; ``trio.EndOfChannel`` once closed and empty.
+        One task waits on a slot at a time."""
+        if self._messages or self._closed:
+            await trio.lowlevel.checkpoint()
+        else:  # the usual case: park until the reader hands the answer over (a checkpoint)
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._messages:
+            return self._messages.pop(0)
+        raise trio.EndOfChannel
+
+
 class WireSession:
     def __init__(self, stream: trio.abc.Stream, conn: Connection) -> None:
         self.stream = stream
@@ -120,7 +170,7 @@ class WireSession:
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
         # Senders waiting for room in the outbox, in arrival order (see :meth:`_wait_room`).
         self._room: deque[trio.Event] = deque()
-        self._inboxes: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot] = {}
         self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
@@ -362,11 +412,21 @@ class WireSession:
     def open_request(self, request: RequestT) -> tuple[RequestT,
                                                        trio.MemoryReceiveChannel[Message]]:
         """*request* (built with ``rid=UNSENT``) stamped with a fresh request id, and the inbox
-        its answers arrive in, registered before it is sent. The one place request ids are
-        allocated and stamped (the client and the peer links); ``close_inbox(request.rid)``
-        when done."""
+        its answers arrive in, registered before it is sent. With :meth:`open_call`, the one
+        place request ids are allocated and stamped (the client and the peer links);
+        ``close_inbox(request.rid)`` when done."""
         rid = self._new_rid()
         return request.with_rid(rid), self.open_inbox(rid)
+
+    def open_call(self, request: RequestT) -> tuple[RequestT, ReplySlot]:
+        """:meth:`open_request` for a request answered by one message (a ``Reply`` or an
+        ``ErrorReply``): its answer arrives in a :class:`ReplySlot`, lighter than a memory
+        channel. ``close_inbox(request.rid)`` when done."""
+        if self._closed:
+            raise self._lost()
+        rid = self._new_rid()
+        slot = self._inboxes[rid] = ReplySlot()
+        return request.with_rid(rid), slot
 
     def _new_rid(self) -> int:
         # The next id (mod 2³²) not in flight on this connection.

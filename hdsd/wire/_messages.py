@@ -92,8 +92,8 @@ class Message:
 R = TypeVar("R")
 
 #: The ``rid`` of a request built but not sent yet: the session that sends it stamps a fresh
-#: one (:meth:`Request.with_rid`, called by ``WireSession.open_request`` — the one place
-#: request ids are allocated and stamped).
+#: one (:meth:`Request.with_rid`, called by ``WireSession.open_request`` and ``open_call``
+#: — the one place request ids are allocated and stamped).
 UNSENT: Final = 0
 
 

@@ -1,0 +1,149 @@
+"""PeerPool.call against a peer at the other end of an in-memory stream (the TLS dial
+replaced), on trio's mock clock: the answer handed over (a Reply decoded, an ErrorReply
+typed), the link's own bound, a shielded caller's bound (the pair write: the link adds no
+scope of its own, and the link survives the abandoned request), a link lost under a call.
+The answers arrive in a one-message inbox (``ReplySlot``: tests/transport/test_reply_slot.py)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from hdsd import ConnectionLost, NotFound, RequestTimeout
+from hdsd.cluster import Layout, NodeInfo
+from hdsd.peers import PeerPool
+from hdsd.transport import Identity, WireSession
+from hdsd.wire import (
+    PROTOCOL_VERSION,
+    UNSENT,
+    Connection,
+    ErrorReply,
+    FetchChunk,
+    Hello,
+    Message,
+    Reply,
+    Role,
+)
+
+TIMEOUT = 5.0
+Serve = Callable[[WireSession, FetchChunk], Awaitable[None]]
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def _request(n: int = 0) -> FetchChunk:
+    return FetchChunk(UNSENT, "l", "t", bytes([n]) * 32)
+
+
+def _pool(monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery, serve: Serve,
+          dialled: list[WireSession]) -> PeerPool:
+    """A pool whose dial to b1 reaches a peer in this process, where *serve* answers each
+    request (the peer's sessions are appended to *dialled*)."""
+
+    async def dial(host: str, port: int, *args: object, **kwargs: object) -> Any:
+        ours, theirs = trio.testing.memory_stream_pair()
+        ours.getpeercert = lambda binary_form=False: b""  # type: ignore[attr-defined]
+        nursery.start_soon(_peer, theirs, serve, dialled)
+        return ours
+
+    monkeypatch.setattr("hdsd.peers._link.connect_tls", dial)
+    monkeypatch.setattr("hdsd.peers._link.identity_from_der",
+                        lambda der: Identity("node", "b1", "b", None, None, "c"))
+    layout = Layout(sites=("a", "b"), nodes=(NodeInfo("a1", "a", "127.0.0.1", 1),
+                                             NodeInfo("b1", "b", "127.0.0.1", 2)))
+    return PeerPool(name="a1", cluster_id="c", layout=layout,
+                    ssl_context=ssl.create_default_context(), request_timeout=TIMEOUT)
+
+
+async def _peer(stream: trio.abc.Stream, serve: Serve, dialled: list[WireSession]) -> None:
+    session = WireSession(stream, Connection(Role.SERVER))
+    dialled.append(session)
+    await session.send(Hello(PROTOCOL_VERSION, "c", "b1", session.conn.initial_window))
+    async with trio.open_nursery() as requests:
+        def on_request(msg: Message) -> None:
+            if isinstance(msg, FetchChunk):
+                requests.start_soon(serve, session, msg)
+        try:
+            await session.run_reader(on_request)
+        except ConnectionLost:
+            pass  # it hung up (or the pool did)
+
+
+async def _answer(session: WireSession, msg: FetchChunk) -> None:
+    """A chunk whose payload is its id; none for id 0xee (the peer says so, typed), no
+    answer at all for id 0xff."""
+    if msg.chunk_id[0] == 0xff:
+        await trio.sleep_forever()
+    if msg.chunk_id[0] == 0xee:
+        await session.send(ErrorReply(msg.rid, "not_found", "no such chunk"))
+        return
+    await session.send(Reply(msg.rid, {"payload": msg.chunk_id}))
+
+
+async def test_the_answer_is_decoded_or_raised_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, _answer, [])
+        await nursery.start(pool.run)
+        for shielded in (False, True):
+            body = await pool.call("b1", _request(1), shielded=shielded)
+            assert body == {"payload": bytes([1]) * 32}
+            with pytest.raises(NotFound, match="no such chunk"):
+                await pool.call("b1", _request(0xee), shielded=shielded)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_does_not_answer_is_timed_out_by_the_link(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, _answer, [])
+        await nursery.start(pool.run)
+        began = trio.current_time()
+        with pytest.raises(RequestTimeout, match="did not answer within 5 s"):
+            await pool.call("b1", _request(0xff))
+        assert trio.current_time() - began == pytest.approx(TIMEOUT)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_shielded_caller_bounds_the_call_and_the_link_lives_on(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """The pair write's call: its shielded scope, with a deadline earlier than the link's
+    bound, is what ends a call that gets no answer (the link's bound never fires first); the
+    request is abandoned, not the link: the next call on it is answered."""
+    dialled: list[WireSession] = []
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, _answer, dialled)
+        await nursery.start(pool.run)
+        await pool.call("b1", _request(1), shielded=True)  # the link is open
+        began = trio.current_time()
+        with trio.CancelScope(shield=True, deadline=began + 1) as scope:
+            await pool.call("b1", _request(0xff), shielded=True)
+        assert scope.cancelled_caught
+        assert trio.current_time() - began == pytest.approx(1)
+        assert await pool.call("b1", _request(2), shielded=True) == {"payload": b"\2" * 32}
+        assert len(dialled) == 1 and pool.reachable("b1")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_lost_under_a_call_ends_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    dialled: list[WireSession] = []
+
+    async def hang_up(session: WireSession, msg: FetchChunk) -> None:
+        await session.aclose()
+
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, hang_up, dialled)
+        await nursery.start(pool.run)
+        for shielded in (False, True):
+            with pytest.raises(ConnectionLost, match="connection to peer b1 lost"):
+                await pool.call("b1", _request(1), shielded=shielded)
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(dialled) == 2  # each call found the link closed and dialled again
+        nursery.cancel_scope.cancel()
