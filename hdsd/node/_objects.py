@@ -508,6 +508,11 @@ def byte_range(size: int, start: int | None, end: int | None) -> tuple[int, int]
     return lo, hi
 
 
+#: Chunks of a get read ahead of the one being sent (the node's body budget counts them:
+#: ``_budget._GET_CHUNKS``, one at the sink and three ahead).
+_READ_AHEAD = 3
+
+
 async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: int,
                         sink: Callable[[memoryview], Awaitable[bool]]) -> bool:
     """Send bytes ``[lo, hi)`` of *version* to *sink*, in order; False if the sink said stop
@@ -544,6 +549,23 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
         index, chunk_id, chunk_len, slice_lo, slice_hi = wanted[0]
         plain = await read(index, chunk_id, chunk_len)
         return await sink(memoryview(plain)[slice_lo:slice_hi])
+
+    ahead = None if version.inline is not None else node.reads.read_ahead(
+        tenant, version.bucket, version.key, [w[1] for w in wanted], codec, _READ_AHEAD)
+    if ahead is not None:
+        # This node holds the key: its chunks are read in worker threads ahead of the sink,
+        # without a producer task (see ReadAhead).
+        try:
+            for index, _, chunk_len, slice_lo, slice_hi in wanted:
+                plain = await ahead.next()
+                if len(plain) != chunk_len:
+                    raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
+                                         f"{len(plain)} bytes, expected {chunk_len}")
+                if not await sink(memoryview(plain)[slice_lo:slice_hi]):
+                    return False
+        finally:
+            ahead.close()
+        return True
 
     send_ready, receive_ready = trio.open_memory_channel[bytes](2)
 

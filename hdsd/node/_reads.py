@@ -11,7 +11,8 @@ is looked for on the key's replicas.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -25,7 +26,7 @@ from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
-__all__ = ["ReadPaths", "decode_version_cursor"]
+__all__ = ["ReadAhead", "ReadPaths", "decode_version_cursor"]
 
 log = logging.getLogger("hdsd.node")
 
@@ -274,23 +275,41 @@ class ReadPaths:
                 return out
             after = cursor
 
+    def holds(self, tenant: str, bucket: str, key: str) -> bool:
+        """Whether this node is one of the key's replicas (its chunks are read here first)."""
+        return self.config.name in self.replicator.replicas_for(tenant, bucket, key)[
+            self.config.site]
+
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
                             codec: ChunkCodec) -> bytes:
         """The plaintext of a chunk: from the local replica, else (missing or damaged) from
         another replica, local site first, repairing the local copy when it was missing."""
-        replicas = self.replicator.replicas_for(tenant, bucket, key)
-        here = self.config.name in replicas[self.config.site]
-        missing = False
-        if here:
+        if self.holds(tenant, bucket, key):
             try:
                 # Read and decrypt in one worker-thread hop (a hop costs ~0.1 ms).
                 def read_and_open() -> bytes:
-                    return codec.open(chunk_id, self.store.read_chunk(tenant, chunk_id))
+                    return self.open_local(tenant, chunk_id, codec)
                 return await trio.to_thread.run_sync(read_and_open, limiter=pipeline_limiter())
             except (NotFound, IntegrityError) as exc:
-                log.warning("event=read_repair_needed tenant=%s chunk=%s error=%s", tenant,
-                            chunk_id.hex()[:16], exc)
-                missing = isinstance(exc, NotFound)
+                return await self.chunk_elsewhere(tenant, bucket, key, chunk_id, codec, exc)
+        return await self.chunk_elsewhere(tenant, bucket, key, chunk_id, codec, None)
+
+    def open_local(self, tenant: str, chunk_id: bytes, codec: ChunkCodec) -> bytes:
+        """The plaintext of a chunk of this node's store (blocking: a worker thread's), the
+        payload decrypted where it was read — a view, not copied out of its record first.
+        :class:`NotFound` or :class:`IntegrityError` as :meth:`Store.read_chunk`."""
+        return codec.open(chunk_id, self.store.read_chunk_view(tenant, chunk_id))
+
+    async def chunk_elsewhere(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
+                              codec: ChunkCodec, local: HdsdError | None) -> bytes:
+        """The plaintext of a chunk from another replica, local site first; *local*: why this
+        node's copy could not be read (None: this node is not a replica) — a missing copy
+        is repaired here with the one found."""
+        if local is not None:
+            log.warning("event=read_repair_needed tenant=%s chunk=%s error=%s", tenant,
+                        chunk_id.hex()[:16], local)
+        replicas = self.replicator.replicas_for(tenant, bucket, key)
+        missing = isinstance(local, NotFound)
         others = [n for site in (self.config.site, self.layout.other_site(self.config.site))
                   for n in replicas[site] if n != self.config.name]
         last: HdsdError = NotFound(f"chunk {chunk_id.hex()[:16]} of {bucket}/{key} not found")
@@ -302,13 +321,22 @@ class ReadPaths:
             except (HdsdError, KeyError, TypeError) as exc:
                 last = exc if isinstance(exc, HdsdError) else IntegrityError(str(exc))
                 continue
-            if here and missing:
+            if missing:
                 await self.store.commit([ChunkRecord(tenant=tenant, chunk_id=chunk_id,
                                                      payload=body["payload"])])
                 log.warning("event=read_repaired tenant=%s chunk=%s from=%s", tenant,
                             chunk_id.hex()[:16], node)
             return plain
         raise last
+
+    def read_ahead(self, tenant: str, bucket: str, key: str, chunk_ids: Sequence[bytes],
+                   codec: ChunkCodec, depth: int) -> ReadAhead | None:
+        """The chunks *chunk_ids* of a key, read and opened ahead of their use (see
+        :class:`ReadAhead`); None when this node is not one of the key's replicas (its
+        chunks all come from peers: :meth:`chunk_payload`, one after the other)."""
+        if not self.holds(tenant, bucket, key):
+            return None
+        return ReadAhead(self, tenant, bucket, key, chunk_ids, codec, depth)
 
     async def _fetch_versions(self, node: str, tenant: str, bucket: str,
                               key: str) -> list[Version] | None:
@@ -375,3 +403,123 @@ class ReadPaths:
             log.info("event=request_lookup_partial bucket=%s error=%s", bucket, exc)
             return None
         return next((v for v in known if v.request_id == request_id), None)
+
+
+class _Read:
+    """One chunk of a :class:`ReadAhead`: queued, then read and opened in a worker thread."""
+
+    __slots__ = ("chunk_id", "claimed", "done", "error", "plain", "started")
+
+    def __init__(self, chunk_id: bytes) -> None:
+        self.chunk_id = chunk_id
+        self.started = False
+        self.claimed = False  # ReadAhead.next waits for a limiter token for it
+        self.plain = b""
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class ReadAhead:
+    """The chunks of one object, in order, read from this node's store and opened (decrypted,
+    checked against their id) in worker threads ahead of their sending: at most *depth*
+    queued or read and not yet taken, one read at a time, each holding a token of the
+    pipeline's shared limiter while it runs.
+
+    Without a task or a memory channel of its own: a producer task handing chunks over a
+    channel (each chunk a ``to_thread.run_sync``, a channel send and a receive) was ~145
+    Python calls and three scheduler steps per MiB on the event loop of a streaming get. A
+    read reports back through ``run_sync_soon`` (as the sealing side's ``_Dispatcher``) and
+    its completion starts the next one, so the reads go on while the consumer sends.
+
+    A chunk missing or damaged here is read from another replica when its turn comes
+    (:meth:`ReadPaths.chunk_elsewhere`). :meth:`close` (always, also on error or
+    cancellation) forgets queued reads; a running one finishes in its thread and gives its
+    token back.
+    """
+
+    def __init__(self, paths: ReadPaths, tenant: str, bucket: str, key: str,
+                 chunk_ids: Sequence[bytes], codec: ChunkCodec, depth: int) -> None:
+        self._paths = paths
+        self._where = (tenant, bucket, key)
+        self._ids = chunk_ids
+        self._codec = codec
+        self._depth = max(1, depth)
+        self._next = 0  # the next of _ids to queue
+        self._queue: deque[_Read] = deque()  # queued, reading or read; not yet taken
+        self._running = False
+        self._closed = False
+        self._limiter = pipeline_limiter()
+        self._token = trio.lowlevel.current_trio_token()
+        self._fill()
+
+    async def next(self) -> bytes:
+        """The next chunk's plaintext (in the order of *chunk_ids*); the errors of
+        :meth:`ReadPaths.chunk_payload`."""
+        job = self._queue[0]
+        if not job.started:
+            # No token was free when it was queued: wait for one. Claimed first, so that a
+            # completion running before we resume does not try to start it a second time.
+            job.claimed = True
+            try:
+                await self._limiter.acquire_on_behalf_of(job)
+            finally:
+                job.claimed = False
+            self._start(job)
+        await job.done.wait()  # a checkpoint even when it is read already
+        self._queue.popleft()
+        self._fill()
+        if job.error is None:
+            return job.plain
+        if isinstance(job.error, (NotFound, IntegrityError)):
+            tenant, bucket, key = self._where
+            return await self._paths.chunk_elsewhere(tenant, bucket, key, job.chunk_id,
+                                                     self._codec, job.error)
+        raise job.error
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+
+    def _fill(self) -> None:
+        while len(self._queue) < self._depth and self._next < len(self._ids):
+            self._queue.append(_Read(self._ids[self._next]))
+            self._next += 1
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        if self._running or self._closed:
+            return
+        job = next((j for j in self._queue if not j.started), None)
+        if job is None or job.claimed:
+            return
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(job)
+        except trio.WouldBlock:
+            return  # next() waits for a token when it comes to this chunk
+        self._start(job)
+
+    def _start(self, job: _Read) -> None:
+        job.started = True
+        self._running = True
+        paths, codec, token = self._paths, self._codec, self._token
+        tenant = self._where[0]
+
+        def read_and_open() -> None:
+            try:
+                job.plain = paths.open_local(tenant, job.chunk_id, codec)
+            except BaseException as exc:
+                job.error = exc
+
+        def deliver(_: object) -> None:
+            try:
+                token.run_sync_soon(self._complete, job)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits for this read or the token any more
+
+        trio.lowlevel.start_thread_soon(read_and_open, deliver, name="read_and_open")
+
+    def _complete(self, job: _Read) -> None:
+        self._limiter.release_on_behalf_of(job)
+        self._running = False
+        job.done.set()
+        self._start_ready()

@@ -157,7 +157,7 @@ class ChunkCodec:
     is not exactly what :meth:`seal` produced for that chunk id with this tenant's keys.
     """
 
-    __slots__ = ("_tenant_bytes", "compression_level", "keys")
+    __slots__ = ("_aad_tail", "compression_level", "keys")
 
     def __init__(self, keys: TenantKeys, *, compression_level: int = 1) -> None:
         if not -7 <= compression_level <= zstandard.MAX_COMPRESSION_LEVEL:
@@ -166,7 +166,8 @@ class ChunkCodec:
             )
         self.keys = keys
         self.compression_level = compression_level
-        self._tenant_bytes = keys.tenant.encode("utf-8")
+        tenant = keys.tenant.encode("utf-8")
+        self._aad_tail = len(tenant).to_bytes(2, "big") + tenant  # the AAD's end, see _aad
 
     def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3-256 of *plaintext* under the tenant's dedup key (32 bytes)."""
@@ -198,44 +199,58 @@ class ChunkCodec:
         wrong tenant key, wrong chunk id, unknown format version or flags, a compressed body
         that lies about its size, or plaintext that does not hash back to *chunk_id*.
         """
-        where = f"chunk {bytes(chunk_id[:8]).hex()} of tenant {self.keys.tenant!r}"
-        if len(chunk_id) != CHUNK_ID_SIZE:
-            raise IntegrityError(f"{where}: chunk id is {len(chunk_id)} bytes, not 32")
-        chunk_id = bytes(chunk_id)
+        # The refusal's text (the id's hex, the tenant's repr) is made only for a payload that
+        # fails: a small get opens one payload, and those few calls were a tenth of it.
         view = memoryview(payload).cast("B")
-        if len(view) < PAYLOAD_OVERHEAD:
-            raise IntegrityError(f"{where}: payload truncated ({len(view)} bytes)")
+        total = len(view)
+        if total < PAYLOAD_OVERHEAD or len(chunk_id) != CHUNK_ID_SIZE:
+            raise IntegrityError(self._refusal(chunk_id, view))
         version, flags, plain_size = _PREFIX.unpack_from(view)
-        if version != FORMAT_VERSION:
-            raise IntegrityError(f"{where}: unknown payload format version {version}")
-        if flags & ~_KNOWN_FLAGS:
-            raise IntegrityError(f"{where}: unknown payload flags {flags:#04x}")
-        if plain_size > MAX_CHUNK_SIZE:
-            raise IntegrityError(f"{where}: declared size {plain_size} exceeds the maximum")
-        body_size = len(view) - PAYLOAD_OVERHEAD
-        compressed = bool(flags & FLAG_ZSTD)
+        body_size = total - PAYLOAD_OVERHEAD
         # Stored compressed only when that is strictly shorter (see the module docstring).
-        size_ok = body_size < plain_size if compressed else body_size == plain_size
-        if not size_ok:
-            raise IntegrityError(
-                f"{where}: payload length {len(view)} does not match declared size {plain_size}"
-            )
+        compressed = flags == FLAG_ZSTD
+        if not (version == FORMAT_VERSION and (compressed or not flags)
+                and plain_size <= MAX_CHUNK_SIZE
+                and (body_size < plain_size if compressed else body_size == plain_size)):
+            raise IntegrityError(self._refusal(chunk_id, view))
+        chunk_id = bytes(chunk_id)
         try:
             body: bytes = _decrypt(
                 view[HEADER_SIZE:],
-                _aad(self._tenant_bytes, bytes(view[: _PREFIX.size]), chunk_id),
+                b"".join((_AAD_DOMAIN, view[: _PREFIX.size], chunk_id, self._aad_tail)),
                 bytes(view[_PREFIX.size : HEADER_SIZE]),
                 self.keys.data_key,
             )
         except nacl.exceptions.CryptoError:
             raise IntegrityError(
-                f"{where}: authentication failed (tampered or damaged payload, "
-                "wrong tenant key, or payload stored under the wrong chunk id)"
+                f"{self._where(chunk_id)}: authentication failed (tampered or damaged "
+                "payload, wrong tenant key, or payload stored under the wrong chunk id)"
             ) from None
-        plaintext = _decompress(where, body, plain_size) if compressed else body
+        plaintext = (_decompress(self._where(chunk_id), body, plain_size) if compressed
+                     else body)
         if not hmac.compare_digest(self.chunk_id(plaintext), chunk_id):
-            raise IntegrityError(f"{where}: plaintext does not hash back to its chunk id")
+            raise IntegrityError(
+                f"{self._where(chunk_id)}: plaintext does not hash back to its chunk id")
         return plaintext
+
+    def _where(self, chunk_id: bytes | bytearray | memoryview) -> str:
+        return f"chunk {bytes(chunk_id[:8]).hex()} of tenant {self.keys.tenant!r}"
+
+    def _refusal(self, chunk_id: bytes | bytearray | memoryview, view: memoryview) -> str:
+        """Why :meth:`open` refuses a payload before decrypting it (the first check failed)."""
+        where = self._where(chunk_id)
+        if len(chunk_id) != CHUNK_ID_SIZE:
+            return f"{where}: chunk id is {len(chunk_id)} bytes, not 32"
+        if len(view) < PAYLOAD_OVERHEAD:
+            return f"{where}: payload truncated ({len(view)} bytes)"
+        version, flags, plain_size = _PREFIX.unpack_from(view)
+        if version != FORMAT_VERSION:
+            return f"{where}: unknown payload format version {version}"
+        if flags & ~_KNOWN_FLAGS:
+            return f"{where}: unknown payload flags {flags:#04x}"
+        if plain_size > MAX_CHUNK_SIZE:
+            return f"{where}: declared size {plain_size} exceeds the maximum"
+        return f"{where}: payload length {len(view)} does not match declared size {plain_size}"
 
 
 #: A chunk this large is first probed (see :func:`_worth_compressing`).

@@ -12,7 +12,8 @@ from . import _format as F
 from ._sealed import SealedVersion, Sealing, TenantSeal, parse_sealed, seal_for, seal_version
 from ._version import Version
 
-__all__ = ["ChunkRecord", "EncodedRecord", "StoredRecord", "decode_record", "encode_record"]
+__all__ = ["ChunkRecord", "EncodedRecord", "StoredRecord", "chunk_payload_view", "decode_record",
+           "encode_record"]
 
 CHUNK_ID_BYTES = 32
 
@@ -109,13 +110,43 @@ def _chunk_with_tail(record: ChunkRecord) -> EncodedRecord:
     # The map's header and entries in packb's order; the payload's bin header last.
     bin_head = (b"\xc5" + n.to_bytes(2, "big") if n < 0x10000
                 else b"\xc6" + n.to_bytes(4, "big"))
-    head = b"".join((b"\x83", packb("t"), packb(record.tenant), packb("c"),
-                     packb(record.chunk_id), packb("p"), bin_head))
+    head = _chunk_fields(record.tenant, record.chunk_id) + bin_head
     if len(head) + n > F.MAX_BODY_BYTES:
         raise InvalidRequest(f"record of {len(head) + n} bytes exceeds {F.MAX_BODY_BYTES}")
     digest = xxhash.xxh3_64(head)
     digest.update(record.payload)
     return EncodedRecord(F.KIND_CHUNK, head, digest.intdigest(), record, None, record.payload)
+
+
+_BIN_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _chunk_fields(tenant: str, chunk_id: bytes) -> bytes:
+    """A chunk record's body up to its payload's bin header: the map ``{t, c, p}`` as packb
+    writes it (the order :func:`_chunk_with_tail` writes and :func:`chunk_payload_view`
+    expects)."""
+    return b"".join((b"\x83", packb("t"), packb(tenant), packb("c"), packb(chunk_id),
+                     packb("p")))
+
+
+def chunk_payload_view(body: memoryview, tenant: str, chunk_id: bytes) -> memoryview | None:
+    """The payload of the chunk record *body* as a view of it (not copied out: ``unpackb``
+    copies a megabyte per chunk read), when *body* is chunk *chunk_id* of *tenant* encoded as
+    hdsd writes it (the map's fields in packb's order, any bin header); None for anything
+    else: another
+    chunk, another tenant, another encoding, a malformed body (:func:`decode_record` then
+    decodes it, checks it and words the refusal). *body* must be a checked frame's."""
+    fields = _chunk_fields(tenant, chunk_id)
+    at = len(fields)
+    if len(body) <= at or body[:at] != fields:
+        return None
+    width = _BIN_WIDTH.get(body[at])  # bin 8, 16 or 32: the length's bytes
+    if width is None:
+        return None
+    start = at + 1 + width
+    if start > len(body) or int.from_bytes(body[at + 1:start], "big") != len(body) - start:
+        return None
+    return body[start:]
 
 
 def decode_record(kind: int, body: bytes | memoryview) -> StoredRecord:
