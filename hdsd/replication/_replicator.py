@@ -318,9 +318,9 @@ class Replicator:
         The local commit is queued as soon as the peer's request is on its way (or could not
         be sent), not before: queueing wakes the log writer thread, which would take the GIL
         while the event loop still has the request to encrypt and send, and the peer's round
-        trip is the longer of the two anyway. Its records are encoded before the request,
-        though: the peer stores the versions as sealed here instead of sealing their names a
-        second time (``EncodedCommit.wire_versions``).
+        trip is the longer of the two anyway. Its versions are encoded before the request,
+        though: the peer stores them as sealed here instead of sealing their names a second
+        time (``EncodedCommit.wire_versions``).
 
         Shielded (bounded by the write timeout): a client that goes away must not cut the
         peer request mid-frame (that would close the shared peer session) nor leave the
@@ -329,19 +329,22 @@ class Replicator:
         peer = targets[0] if targets[1] == self.name else targets[1]
         local: LocalCommit | None = None
         started = False
+        sealed: EncodedCommit | None = None
         try:
-            encoded: EncodedCommit | None = self.store.encode_commit([*chunks, *versions])
+            # The versions only: a chunk's checksum (a megabyte's) is still taken once the
+            # request is on its way.
+            sealed = self.store.encode_commit(versions) if versions else None
         except HdsdError as exc:
-            encoded = None
             failed[self.name] = exc
 
         def start_local() -> None:
             nonlocal local, started
-            if started or encoded is None:
+            if started or self.name in failed:
                 return
             started = True
             try:
-                local = self.store.start_encoded(encoded)
+                local = (self.store.start_commit(chunks) if sealed is None
+                         else self.store.start_encoded(sealed, chunks))
             except HdsdError as exc:
                 failed[self.name] = exc
 
@@ -367,7 +370,7 @@ class Replicator:
                 # (shielded, and its deadline earlier than the link's own bound)
                 await self._replicate_to(
                     peer, chunks, versions, sent=start_local, shielded=True,
-                    wire=None if encoded is None else encoded.wire_versions(versions))
+                    wire=None if sealed is None else sealed.wire_versions(versions))
                 acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc

@@ -275,14 +275,16 @@ class Store:
         what :meth:`start_commit` raises before queueing. Blocking."""
         return EncodedCommit(self._encode(records))
 
-    def start_encoded(self, commit: EncodedCommit) -> CommitTicket:
-        """:meth:`start_commit` of records :meth:`encode_commit` encoded. One queued a
-        moment after its encoding may repeat a record another commit wrote meanwhile:
-        harmless, indexing a record is idempotent (as for a record still in flight)."""
+    def start_encoded(self, commit: EncodedCommit,
+                      chunks: Sequence[ChunkRecord] = ()) -> CommitTicket:
+        """:meth:`start_commit` of records :meth:`encode_commit` encoded, after *chunks*
+        encoded now (in the same batch). One queued a moment after its encoding may repeat a
+        record another commit wrote meanwhile: harmless, indexing a record is idempotent (as
+        for a record still in flight)."""
         self._check_open()
         if self._writer.failed is not None:
             raise StoreFailedError(self._writer.failed)
-        encoded = commit.records
+        encoded = [*self._encode(chunks), *commit.records] if chunks else commit.records
         if not encoded:
             return CommitTicket(self._writer.wakers, None)
         wakers = self._writer.wakers

@@ -80,9 +80,10 @@ class MemStore:
             raise StoreFailedError("store stopped after an fsync failure")
         return EncodedCommit([encode_record(r, SEALING) for r in records])
 
-    def start_encoded(self, commit: EncodedCommit) -> _MemCommit:
-        return self.start_commit([e.record if e.clear is None else e.clear
-                                  for e in commit.records])
+    def start_encoded(self, commit: EncodedCommit,
+                      chunks: Sequence[ChunkRecord] = ()) -> _MemCommit:
+        return self.start_commit([*chunks, *(e.record if e.clear is None else e.clear
+                                             for e in commit.records)])
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None:
