@@ -146,8 +146,8 @@ def _adopt(v: Version, sent: dict[str, Any], bid: bytes, nid: bytes) -> SealedVe
     the names it carries in clear. The sealed names must have their plaintext's length; their
     content is not opened (that costs what sealing does): the AEAD binds them to the tenant,
     both ids, the HLC and the node, so names sealed for another record fail to open at the
-    first read or scrub (an :class:`IntegrityError`, served from the other site), and a
-    coordinator seals both from one version (:func:`sealed_wire`)."""
+    first read of their key and at :meth:`Store.check_record` (an :class:`IntegrityError`),
+    and a coordinator seals both from one version (:func:`sealed_wire`)."""
     names = sent.get("e")
     if (type(names) is not bytes or sent.get("g") != bid or sent.get("y") != nid
             or len(sent) != _SENT_KEYS + (v.purges is not None) + (v.retains is not None)
