@@ -14,7 +14,7 @@ import trio
 from .._deadline import deadline
 from .._errors import IntegrityError, InvalidRequest, PermissionDenied
 from ..cluster import LayoutRecord
-from ..store import ChunkRecord, CommitTicket, Version
+from ..store import ChunkRecord, CommitTicket, replicated_version
 from ..transport import Identity, WireSession
 from ..wire import (
     AuditShip,
@@ -67,7 +67,7 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
         raise IntegrityError(f"malformed chunk record from {ident.name}: {exc}") from None
     # The peers' share of the body budget, released as the request ends (see ._budget).
     await node.budget.take(id(msg), sum(len(c.payload) for c in chunks), peer=True)
-    versions = [Version.from_wire(v) for v in msg.versions]
+    versions = [replicated_version(v) for v in msg.versions]
     for v in versions:
         node.clock.observe(v.hlc)
     node.replicated_over.add(session)
@@ -101,7 +101,9 @@ def replicate_now(node: Node, session: WireSession, msg: Replicate) -> CommitTic
     if msg.chunks or not node.layouts.record.accepts(msg.layout):
         return None
     try:
-        versions = [Version.from_wire(v) for v in msg.versions]
+        # Each as sealed by the coordinator when it sent it so (and it holds here): the names
+        # are not sealed a second time (see hdsd.store.ReplicatedVersion).
+        versions = [replicated_version(v) for v in msg.versions]
         for v in versions:
             node.clock.observe(v.hlc)
         ticket = node.store.start_commit(versions)

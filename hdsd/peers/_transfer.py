@@ -4,7 +4,7 @@ push a version to a peer and pull one from it."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -28,11 +28,13 @@ class ChunkReader(Protocol):
 
 
 def replicate_message(layout_id: str, chunks: Sequence[ChunkRecord],
-                      versions: Sequence[Version], *, hint: bool = False) -> Replicate:
-    """The request that stores *chunks* and *versions* on a peer (one commit there)."""
+                      versions: Sequence[Version | dict[str, Any]], *,
+                      hint: bool = False) -> Replicate:
+    """The request that stores *chunks* and *versions* on a peer (one commit there); a
+    version may be given as its map already (``EncodedCommit.wire_versions``: sealed)."""
     return Replicate(
         rid=UNSENT, layout=layout_id, chunks=[[c.tenant, c.chunk_id, c.payload] for c in chunks],
-        versions=[v.to_wire() for v in versions], hint=hint)
+        versions=[v if isinstance(v, dict) else v.to_wire() for v in versions], hint=hint)
 
 
 async def local_chunks(store: ChunkReader, offload: Offload, version: Version) -> list[ChunkRecord]:

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from .._errors import DiskFullError, HdsdError, QuorumNotReached, Unavailable
 from ..cluster import PLANS, Layout, LayoutRecord, placement_key
 from ..peers import BATCH_BYTES, Offload, SendHookLink, replicate_message, to_thread
-from ..store import ChunkRecord, Version
+from ..store import ChunkRecord, EncodedCommit, Version
 from ..wire import UNSENT, FetchChunk, FetchVersions
 from ._doubts import PeerDoubts
 from ._hints import Backlog, HintStore
@@ -79,7 +80,8 @@ class _Batch:
 
     __slots__ = ("chunks", "done", "error", "nbytes", "on_sent", "versions")
 
-    def __init__(self, chunks: list[ChunkRecord], versions: list[Version], nbytes: int) -> None:
+    def __init__(self, chunks: list[ChunkRecord], versions: list[Version | dict[str, Any]],
+                 nbytes: int) -> None:
         self.chunks = chunks
         self.versions = versions
         self.nbytes = nbytes
@@ -261,7 +263,8 @@ class Replicator:
     async def _replicate_to(self, peer: str, chunks: Sequence[ChunkRecord],
                             versions: Sequence[Version],
                             sent: Callable[[], None] | None = None,
-                            shielded: bool = False) -> None:
+                            shielded: bool = False,
+                            wire: Sequence[Version | dict[str, Any]] | None = None) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: the
@@ -273,13 +276,16 @@ class Replicator:
         batch gets the batch's outcome; one that ends without an answer (the caller's
         timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
         for each alone. *sent* is called once the records are on their way (see
-        :meth:`SendHookLink.call`), by whoever sends the batch they are in.
+        :meth:`SendHookLink.call`), by whoever sends the batch they are in. *wire*: the
+        versions as sent, if not *versions* themselves (sealed here already).
         """
         nbytes = _weight(chunks, versions)
+        if wire is None:
+            wire = versions
         batch = self._batches.get(peer)
         if batch is not None and batch.nbytes + nbytes <= _BATCH_BYTES_MAX:
             batch.chunks.extend(chunks)
-            batch.versions.extend(versions)
+            batch.versions.extend(wire)
             batch.nbytes += nbytes
             if sent is not None:
                 batch.on_sent.append(sent)
@@ -293,10 +299,10 @@ class Replicator:
             # Alone (large, or no other request in flight on the node: a lone put): sent at
             # once. Yielding for company nobody can bring costs a lone write a scheduler pass
             # for nothing.
-            await self.peers.call(peer, replicate_message(self.layout_id, chunks, versions),
+            await self.peers.call(peer, replicate_message(self.layout_id, chunks, wire),
                                   sent=sent, shielded=shielded)
             return
-        batch = self._batches[peer] = _Batch(list(chunks), list(versions), nbytes)
+        batch = self._batches[peer] = _Batch(list(chunks), list(wire), nbytes)
         if sent is not None:
             batch.on_sent.append(sent)
         try:
@@ -326,7 +332,9 @@ class Replicator:
         The local commit is queued as soon as the peer's request is on its way (or could not
         be sent), not before: queueing wakes the log writer thread, which would take the GIL
         while the event loop still has the request to encrypt and send, and the peer's round
-        trip is the longer of the two anyway.
+        trip is the longer of the two anyway. Its versions are encoded before the request,
+        though: the peer stores them as sealed here instead of sealing their names a second
+        time (``EncodedCommit.wire_versions``).
 
         Shielded (bounded by the write timeout): a client that goes away must not cut the
         peer request mid-frame (that would close the shared peer session) nor leave the
@@ -335,14 +343,22 @@ class Replicator:
         peer = targets[0] if targets[1] == self.name else targets[1]
         local: LocalCommit | None = None
         started = False
+        sealed: EncodedCommit | None = None
+        try:
+            # The versions only: a chunk's checksum (a megabyte's) is still taken once the
+            # request is on its way.
+            sealed = self.store.encode_commit(versions) if versions else None
+        except HdsdError as exc:
+            failed[self.name] = exc
 
         def start_local() -> None:
             nonlocal local, started
-            if started:
+            if started or self.name in failed:
                 return
             started = True
             try:
-                local = self.store.start_commit([*chunks, *versions])
+                local = (self.store.start_commit(chunks) if sealed is None
+                         else self.store.start_encoded(sealed, chunks))
             except HdsdError as exc:
                 failed[self.name] = exc
 
@@ -366,8 +382,9 @@ class Replicator:
                               deadline=trio.current_time() + self.timeout) as scope:
             try:
                 # (shielded, and its deadline earlier than the link's own bound)
-                await self._replicate_to(peer, chunks, versions, sent=start_local,
-                                         shielded=True)
+                await self._replicate_to(
+                    peer, chunks, versions, sent=start_local, shielded=True,
+                    wire=None if sealed is None else sealed.wire_versions(versions))
                 acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc

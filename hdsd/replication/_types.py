@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..store import ChunkRecord, Version
+from ..store import ChunkRecord, EncodedCommit, Version
 
 __all__ = ["LocalCommit", "LocalStore", "Replicas"]
 
@@ -28,6 +28,11 @@ class LocalStore(Protocol):
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None: ...
 
     def start_commit(self, records: Sequence[ChunkRecord | Version]) -> LocalCommit: ...
+
+    def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit: ...
+
+    def start_encoded(self, commit: EncodedCommit,
+                      chunks: Sequence[ChunkRecord] = ()) -> LocalCommit: ...
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None: ...

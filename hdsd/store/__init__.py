@@ -13,11 +13,14 @@ from ._migrate import migrate_store as migrate_store
 from ._migrate import migration_pending as migration_pending
 from ._records import ChunkRecord as ChunkRecord
 from ._sealed import NAME_ID_BYTES as NAME_ID_BYTES
+from ._sealed import ReplicatedVersion as ReplicatedVersion
 from ._sealed import Sealing as Sealing
 from ._sealed import TenantSeal as TenantSeal
+from ._sealed import replicated_version as replicated_version
 from ._store import LOCK_NAME as LOCK_NAME
 from ._store import CommitTicket as CommitTicket
 from ._store import EncodedCommit as EncodedCommit
+from ._store import Record as Record
 from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 from ._version import Version as Version

@@ -9,7 +9,15 @@ import xxhash
 from .._errors import IntegrityError, InvalidRequest
 from .._packing import PackError, packb, unpackb
 from . import _format as F
-from ._sealed import SealedVersion, Sealing, TenantSeal, parse_sealed, seal_for, seal_version
+from ._sealed import (
+    ReplicatedVersion,
+    SealedVersion,
+    Sealing,
+    TenantSeal,
+    parse_sealed,
+    seal_for,
+    seal_version,
+)
 from ._version import Version
 
 __all__ = ["ChunkRecord", "EncodedRecord", "StoredRecord", "chunk_payload_view", "decode_record",
@@ -57,16 +65,21 @@ class EncodedRecord:
         return len(self.body) + len(self.tail)
 
 
-def encode_record(record: ChunkRecord | Version | SealedVersion,
+def encode_record(record: ChunkRecord | Version | ReplicatedVersion | SealedVersion,
                   sealing: Sealing | None = None, *, seal: TenantSeal | None = None,
                   name_id: bytes | None = None) -> EncodedRecord:
     """Encode *record* (a clear :class:`Version` is sealed with *sealing*, or with *seal*, its
     tenant's seal, if the caller has it already — one of them is required then — and
-    *name_id*, its name id, if computed already); :class:`InvalidRequest` if it cannot be
-    stored (e.g. a lone surrogate), :class:`PermissionDenied` if its tenant has no key
-    here."""
+    *name_id*, its name id, if computed already; a :class:`ReplicatedVersion` keeps the record
+    its coordinator sealed when it belongs to its version here, see ``_sealed``);
+    :class:`InvalidRequest` if it cannot be stored (e.g. a lone surrogate),
+    :class:`PermissionDenied` if its tenant has no key here."""
     clear: Version | None = None
     stored: StoredRecord
+    sent = None
+    if isinstance(record, ReplicatedVersion):
+        sent = record.wire
+        record = record.version
     try:
         if isinstance(record, ChunkRecord):
             kind = F.KIND_CHUNK
@@ -85,7 +98,7 @@ def encode_record(record: ChunkRecord | Version | SealedVersion,
                 if sealing is None:
                     raise TypeError("a clear version needs the store's sealing")
                 seal = seal_for(sealing, record.tenant)
-            stored = seal_version(record, seal, name_id)
+            stored = seal_version(record, seal, name_id, sent)
             body, clear = stored.body, record
         elif isinstance(record, SealedVersion):
             kind, body, stored = F.KIND_VERSION, record.body, record

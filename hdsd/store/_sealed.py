@@ -12,22 +12,37 @@ works on the clear parts of a sealed version: tenant, the keyed ids of its bucke
 Sealed part (``"e"`` in the record body): ``TenantSeal.seal(packb([bucket, key, metadata]),
 aad)`` with ``aad = b"hdsd-version-names-v1\\0" || packb([tenant, bucket id, name id, hlc,
 node])``: the record's identity, so sealed names cannot be moved to another version.
+
+Replicated as sealed: the coordinator of a write seals its versions once and sends each to its
+peers as the record body's map plus the clear names (:func:`sealed_wire`); a peer that finds
+the sealed parts consistent with the clear version under its own key stores that body as it is
+(:class:`ReplicatedVersion`, :func:`seal_version` with *sent*) instead of sealing the names
+again — the two sites then hold the same bytes. A node that does not know these keys ignores
+them (a version map is read by its keys) and seals the clear names itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._errors import IntegrityError, PermissionDenied
 from .._packing import PackError, packb, unpackb
 from ._version import Version, _purge_target, _typed
 
-__all__ = ["NAME_ID_BYTES", "SealedVersion", "Sealing", "TenantSeal", "open_names", "open_version",
-           "seal_for", "seal_version"]
+__all__ = ["NAME_ID_BYTES", "ReplicatedVersion", "SealedVersion", "Sealing", "TenantSeal",
+           "open_names", "open_version", "replicated_version", "seal_for", "seal_version",
+           "sealed_wire"]
 
 NAME_ID_BYTES = 16
 _AAD = b"hdsd-version-names-v1\x00"
+# What TenantSeal.seal adds to the plaintext in the node's sealing (hdsd.pipeline.NameSeal:
+# a 24-byte nonce and a 16-byte tag). A seal of another format only loses the shortcut of
+# ReplicatedVersion (its length check fails: the names are sealed here), never correctness.
+_SEAL_OVERHEAD = 40
+# The keys of a version map sent sealed (sealed_wire): the record body's (the clear version's
+# less "b", "k", "d", plus "g", "y", "e") and the three clear names again; "p" or "q" add one.
+_SENT_KEYS = 16
 
 
 class TenantSeal(Protocol):
@@ -72,6 +87,9 @@ class SealedVersion:
     body: bytes  # the msgpack record body, exactly as in the log
     purges: tuple[int, str] | None = None  # a purge record's target (hlc, node), clear
     retains: bool = False  # a retention record (clear: never a key's head)
+    # The sealed names (the body's "e") when this node sealed them, to replicate the record
+    # as sealed (see sealed_wire); empty for a record read back or received.
+    names: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def order(self) -> tuple[int, str]:
@@ -82,18 +100,81 @@ def _aad(tenant: str, bucket_id: bytes, name_id: bytes, hlc: int, node: str) -> 
     return _AAD + packb([tenant, bucket_id, name_id, hlc, node])
 
 
-def seal_version(v: Version, seal: TenantSeal, name_id: bytes | None = None) -> SealedVersion:
+@dataclass(frozen=True, slots=True)
+class ReplicatedVersion:
+    """A version as a peer's ``Replicate`` carried it: *version* decoded from *wire*, the map
+    itself, which holds the record its coordinator sealed (see :func:`sealed_wire`). Committed
+    like a :class:`Version`; the store keeps the sealed record if it belongs to the version
+    under this node's key, else seals the names itself."""
+
+    version: Version
+    wire: dict[str, Any]
+
+    @property
+    def hlc(self) -> int:
+        return self.version.hlc
+
+
+def replicated_version(wire: Any) -> Version | ReplicatedVersion:
+    """The record a version map of a ``Replicate`` asks to store: a :class:`ReplicatedVersion`
+    when it carries sealed names, else the clear :class:`Version` (an older coordinator, hint
+    replay, repair). :class:`IntegrityError` if malformed."""
+    v = Version.from_wire(wire)
+    return ReplicatedVersion(v, wire) if "e" in wire else v
+
+
+def sealed_wire(sealed: SealedVersion, clear: Version) -> dict[str, Any]:
+    """The map that replicates *clear*, whose record this node sealed as *sealed*: the clear
+    version's map with the record's ids and sealed names added (``"g"``, ``"y"``, ``"e"``),
+    which every node reads as the version (:meth:`Version.from_wire` reads its keys by name)
+    and a node that knows these keys stores as sealed. Less the clear names, it is the
+    record's body, keys in the same order (see :func:`seal_version`): the replica's copy is
+    byte for byte this node's."""
+    wire = clear.to_wire()
+    wire["g"], wire["y"], wire["e"] = sealed.bucket_id, sealed.name_id, sealed.names
+    return wire
+
+
+def _adopt(v: Version, sent: dict[str, Any], bid: bytes, nid: bytes) -> SealedVersion | None:
+    """The record *sent* (a :func:`sealed_wire` map *v* was decoded from) holds, if it
+    belongs to *v* here; None (seal the names here) otherwise.
+
+    Every field of the record but the sealed names is *v*'s own, by construction: the body is
+    the map less the clear names, and *v* was decoded from the same map (its types and
+    invariants checked). The ids must be this node's, computed from *v*'s names under its own
+    key: so the coordinator used the same tenant key and the index files the record under
+    the names it carries in clear. The sealed names must have their plaintext's length; their
+    content is not opened (that costs what sealing does): the AEAD binds them to the tenant,
+    both ids, the HLC and the node, so names sealed for another record fail to open at the
+    first read of their key and at :meth:`Store.check_record` (an :class:`IntegrityError`),
+    and a coordinator seals both from one version (:func:`sealed_wire`)."""
+    names = sent.get("e")
+    if (type(names) is not bytes or sent.get("g") != bid or sent.get("y") != nid
+            or len(sent) != _SENT_KEYS + (v.purges is not None) + (v.retains is not None)
+            or len(names) != _SEAL_OVERHEAD + len(packb([v.bucket, v.key, v.metadata]))):
+        return None
+    wire = dict(sent)
+    del wire["b"], wire["k"], wire["d"]
+    return SealedVersion(v.tenant, bid, nid, v.hlc, v.node, v.request_id, v.tombstone,
+                         packb(wire), v.purges, v.retains is not None)
+
+
+def seal_version(v: Version, seal: TenantSeal, name_id: bytes | None = None,
+                 sent: dict[str, Any] | None = None) -> SealedVersion:
     """*v* with bucket, key and metadata sealed (a fresh nonce each call); *name_id*: its
-    name id if the caller computed it already."""
+    name id if the caller computed it already; *sent*: the map a peer replicated *v* as,
+    whose sealed record is kept if it belongs to *v* (see :func:`_adopt`)."""
     bid = seal.bucket_id(v.bucket)
     nid = name_id or seal.name_id(v.bucket, v.key)
+    if sent is not None and (adopted := _adopt(v, sent, bid, nid)) is not None:
+        return adopted
     wire = v.to_wire()
     names = packb([wire.pop("b"), wire.pop("k"), wire.pop("d")])
     wire["g"] = bid
     wire["y"] = nid
-    wire["e"] = seal.seal(names, _aad(v.tenant, bid, nid, v.hlc, v.node))
+    wire["e"] = sealed = seal.seal(names, _aad(v.tenant, bid, nid, v.hlc, v.node))
     return SealedVersion(v.tenant, bid, nid, v.hlc, v.node, v.request_id, v.tombstone,
-                         packb(wire), v.purges, v.retains is not None)
+                         packb(wire), v.purges, v.retains is not None, sealed)
 
 
 def parse_sealed(body: bytes | memoryview) -> SealedVersion:

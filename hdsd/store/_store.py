@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import trio
 
@@ -36,12 +37,15 @@ from ._records import (
     encode_record,
 )
 from ._recovery import Recovered, check_format, list_segments, recover, verify_log
-from ._sealed import SealedVersion, Sealing, open_version
+from ._sealed import ReplicatedVersion, SealedVersion, Sealing, open_version, sealed_wire
 from ._version import Version
 from ._wake import WakerPool
 from ._writer import LogWriter, PendingCommit
 
-__all__ = ["CommitTicket", "EncodedCommit", "Store", "StoreStatistics"]
+__all__ = ["CommitTicket", "EncodedCommit", "Record", "Store", "StoreStatistics"]
+
+# What a commit takes: chunks, clear versions, and versions a peer replicated (sealed by it).
+Record = ChunkRecord | Version | ReplicatedVersion
 
 log = logging.getLogger("hdsd.store")
 
@@ -211,7 +215,7 @@ class Store:
         self.close()
 
     # --- writes ---------------------------------------------------------------------------
-    def _encode(self, records: Sequence[ChunkRecord | Version]) -> list[EncodedRecord]:
+    def _encode(self, records: Sequence[Record]) -> list[EncodedRecord]:
         """The records not known yet, encoded (empty: nothing to write)."""
         self._check_open()
         if self._writer.failed is not None:
@@ -228,15 +232,16 @@ class Store:
                 known = (self._index.chunk_location(r.tenant, r.chunk_id) is not None
                          and not self._index.is_released(r.tenant, r.chunk_id))
             else:
+                v = r.version if isinstance(r, ReplicatedVersion) else r
                 # The tenant's seal and the name id, looked up once: the sealing below uses
                 # them again (every replicated version passes here, on the event loop).
-                seal = self._index.seal(r.tenant)
-                nid = seal.name_id(r.bucket, r.key)
-                name = (r.tenant, nid, r.hlc, r.node)
+                seal = self._index.seal(v.tenant)
+                nid = seal.name_id(v.bucket, v.key)
+                name = (v.tenant, nid, v.hlc, v.node)
                 # A purged version is never written again (the index would refuse it).
-                known = (self._index.has_version(r.tenant, nid, r.hlc, r.node)
-                         or (r.purges is None
-                             and self._index.is_purged(r.tenant, nid, r.hlc, r.node)))
+                known = (self._index.has_version(v.tenant, nid, v.hlc, v.node)
+                         or (v.purges is None
+                             and self._index.is_purged(v.tenant, nid, v.hlc, v.node)))
                 if known or name in seen:
                     continue
                 seen.add(name)
@@ -248,7 +253,7 @@ class Store:
             encoded.append(encode_record(r, self._sealing))
         return encoded
 
-    async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
+    async def commit(self, records: Sequence[Record]) -> None:
         """Make *records* durable (fdatasync'd) and indexed, sharing one fsync with concurrent
         commits. Raises :class:`StoreFailedError` after a storage failure (now or earlier),
         :class:`DiskFullError` on ENOSPC, :class:`StoreClosedError` after close,
@@ -260,7 +265,7 @@ class Store:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.start_commit(records).wait()
 
-    def start_commit(self, records: Sequence[ChunkRecord | Version]) -> CommitTicket:
+    def start_commit(self, records: Sequence[Record]) -> CommitTicket:
         """:meth:`commit` in two steps, so a caller can do other I/O (a replica's round trip)
         while the log writer syncs, without a task: the records are queued now; ``await
         ticket.wait()`` returns once they are durable (or raises as :meth:`commit` does).
@@ -268,7 +273,7 @@ class Store:
         Errors found before queueing (closed, failed, unencodable) are raised here."""
         return self.start_encoded(EncodedCommit(self._encode(records)))
 
-    def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit:
+    def encode_commit(self, records: Sequence[Record]) -> EncodedCommit:
         """The first half of :meth:`start_commit`, for a worker thread: the index lookups
         that drop records already held, the sealing and the checksums of the rest. A bulk
         writer (a rebuild: thousands of versions and megabytes of chunks a second) keeps
@@ -276,14 +281,16 @@ class Store:
         what :meth:`start_commit` raises before queueing. Blocking."""
         return EncodedCommit(self._encode(records))
 
-    def start_encoded(self, commit: EncodedCommit) -> CommitTicket:
-        """:meth:`start_commit` of records :meth:`encode_commit` encoded. One queued a
-        moment after its encoding may repeat a record another commit wrote meanwhile:
-        harmless, indexing a record is idempotent (as for a record still in flight)."""
+    def start_encoded(self, commit: EncodedCommit,
+                      chunks: Sequence[ChunkRecord] = ()) -> CommitTicket:
+        """:meth:`start_commit` of records :meth:`encode_commit` encoded, after *chunks*
+        encoded now (in the same batch). One queued a moment after its encoding may repeat a
+        record another commit wrote meanwhile: harmless, indexing a record is idempotent (as
+        for a record still in flight)."""
         self._check_open()
         if self._writer.failed is not None:
             raise StoreFailedError(self._writer.failed)
-        encoded = commit.records
+        encoded = [*self._encode(chunks), *commit.records] if chunks else commit.records
         if not encoded:
             return CommitTicket(self._writer.wakers, None)
         wakers = self._writer.wakers
@@ -301,7 +308,7 @@ class Store:
         blocks."""
         self._writer.node_busy(busy)
 
-    def commit_sync(self, records: Sequence[ChunkRecord | Version]) -> None:
+    def commit_sync(self, records: Sequence[Record]) -> None:
         """:meth:`commit` for threads: blocks until durable and indexed (or raises)."""
         encoded = self._encode(records)
         if encoded:
@@ -612,6 +619,15 @@ class EncodedCommit:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def wire_versions(self, versions: Sequence[Version]) -> list[dict[str, Any]]:
+        """The maps that replicate *versions* to a peer: those this commit sealed as their
+        sealed record plus the clear names (the peer stores the record as sealed here instead
+        of sealing the names again, see ``_sealed``), the others (already stored here) clear."""
+        sealed = {id(e.clear): e.record for e in self.records
+                  if e.clear is not None and isinstance(e.record, SealedVersion)}
+        return [v.to_wire() if (record := sealed.get(id(v))) is None else sealed_wire(record, v)
+                for v in versions]
 
 
 class CommitTicket:

@@ -68,7 +68,9 @@ class Replicate(Request[Empty]):
 
     Chunks come before the versions that name them (a receiver commits them in one batch, so
     a version never becomes visible without its content). ``hint`` marks a replay of records
-    the sender kept while this node was unreachable.
+    the sender kept while this node was unreachable. A version map is read by its keys, others
+    ignored: a coordinator adds its sealed record's (``hdsd.store.ReplicatedVersion``), which
+    a node that predates them reads as the clear version.
     """
 
     rid: int

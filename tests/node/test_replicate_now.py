@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from hdsd import AsyncClient, QuorumNotReached
 from hdsd.node import load_node_config, serve_node
+from hdsd.store import Version
+from hdsd.store._log import check_frame
+from hdsd.store._sealed import SealedVersion
 from hdsd.wire import Replicate
 from tests.helpers.cluster import init_cluster
 
@@ -27,6 +31,16 @@ class _ReplicateTasks(trio.abc.Instrument):
         if (frame is not None and task.name.endswith("._run_request")
                 and isinstance(frame.f_locals.get("msg"), Replicate)):
             self.count += 1
+
+
+def _record_body(node: Any, v: Version) -> bytes:
+    """The record body of *v* in *node*'s log."""
+    store = node.store
+    assert v in store.versions(v.tenant, v.bucket, v.key)  # (and every commit indexed)
+    nid = store.name_id(v.tenant, v.bucket, v.key)
+    loc = store._index.location_of(SealedVersion(v.tenant, b"", nid, v.hlc, v.node, b"",
+                                                 False, b""))
+    return bytes(check_frame("segment", loc.offset, store._pread(loc)).body)
 
 
 async def _settled(node: object) -> None:
@@ -63,6 +77,10 @@ async def test_small_replicates_take_no_task(tmp_path: Path) -> None:
                     assert held[f"k{i}"].inline is not None
                     assert replica.store.current(held["k0"].tenant, "b", f"k{i}") == held[f"k{i}"]
                 assert "large" in held
+                # Stored as the coordinator sealed them: the same bytes in both sites (sealed
+                # twice, the names would differ by their nonce).
+                for key in (*(f"k{i}" for i in range(8)), "large"):
+                    assert _record_body(replica, held[key]) == _record_body(nodes[0], held[key])
                 for i in range(8):
                     assert await client.get("b", f"k{i}") == small[i]
                 assert await client.get("b", "large") == large

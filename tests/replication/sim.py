@@ -24,7 +24,8 @@ import trio
 from hdsd import ConnectionLost, HdsdError, NotFound, RequestTimeout, StoreFailedError
 from hdsd.cluster import HybridClock, Layout, NodeInfo
 from hdsd.replication import HintStore, ModeState, PeerDoubts, Replicator
-from hdsd.store import ChunkRecord, Version
+from hdsd.store import ChunkRecord, EncodedCommit, Version
+from hdsd.store._records import encode_record
 from hdsd.wire import FetchChunk, FetchVersions, Message, PeerStatusRequest, Replicate, Request
 from tests.helpers.sealing import SEALING
 
@@ -70,6 +71,19 @@ class MemStore:
         if self.failed:
             raise StoreFailedError("store stopped after an fsync failure")
         return _MemCommit(self, list(records), self.epoch, trio.current_time() + FSYNC_S)
+
+    def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit:
+        """Sealed as the real store seals them, so the coordinator sends its versions sealed
+        (``EncodedCommit.wire_versions``) and the simulated replicas, which read each map's
+        clear fields only, stand for nodes that predate sealed replication."""
+        if self.failed:
+            raise StoreFailedError("store stopped after an fsync failure")
+        return EncodedCommit([encode_record(r, SEALING) for r in records])
+
+    def start_encoded(self, commit: EncodedCommit,
+                      chunks: Sequence[ChunkRecord] = ()) -> _MemCommit:
+        return self.start_commit([*chunks, *(e.record if e.clear is None else e.clear
+                                             for e in commit.records)])
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None:

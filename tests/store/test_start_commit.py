@@ -10,11 +10,11 @@ import pytest
 import trio
 
 from hdsd._errors import StoreClosedError
-from hdsd.store import Store, Version
+from hdsd.store import ChunkRecord, Store, Version
 from hdsd.store._wake import SIGNALLED
 from tests.helpers.sealing import SEALING
 
-from ._util import FaultyFS, inline_version
+from ._util import FaultyFS, chunked_put, inline_version
 
 
 def v(i: int) -> Version:
@@ -149,3 +149,21 @@ def test_a_known_version_is_not_written_twice_across_the_hlc_shortcut(tmp_path: 
         commit(store, [v(7)])
         assert store._writer.commits == writes + 1
         assert store._index.indexed_max_hlc == v(7).hlc
+
+
+async def test_versions_encoded_ahead_are_queued_after_chunks_in_one_batch(
+        tmp_path: Path) -> None:
+    # (the coordinator's pair write: its versions sealed before the peer's request, the
+    # chunks they name encoded once it is on its way)
+    records = chunked_put("t", "b", "big", 5, "n", [b"one" * 1000, b"two" * 1000])
+    *chunks, version = records
+    assert isinstance(version, Version)
+    with Store.open(tmp_path, sealing=SEALING) as store:
+        sealed = store.encode_commit([version])
+        with trio.fail_after(10):
+            await store.start_encoded(sealed, [c for c in chunks if isinstance(c, ChunkRecord)]
+                                      ).wait()
+        assert store._writer.batches == 1
+        assert store.current("t", "b", "big") == version
+        assert all(store.has_chunk("t", c.chunk_id) for c in chunks
+                   if isinstance(c, ChunkRecord))
