@@ -146,11 +146,13 @@ class Scrubber:
             for vid, version, loc in page:
                 report.versions_checked += 1
                 try:
+                    if isinstance(version, IntegrityError):
+                        raise version  # its names do not open (nor will its log record's)
                     await to_thread(self.store.check_record, loc)
                 except IntegrityError as exc:
                     report.damaged_version_records += 1
                     log.warning("event=scrub_version_record_damaged vid=%d error=%s", vid, exc)
-                if version.inline is None:
+                if not isinstance(version, IntegrityError) and version.inline is None:
                     for chunk_id in dict.fromkeys(version.chunks):
                         if not await to_thread(self.store.has_chunk, version.tenant, chunk_id):
                             report.missing += 1

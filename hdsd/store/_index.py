@@ -1006,17 +1006,23 @@ class Index:
         return [(t, c, Location(s, o, n)) for t, c, s, o, n in rows]
 
     def version_locations(self, after_vid: int, limit: int
-                          ) -> list[tuple[int, Version, Location]]:
+                          ) -> list[tuple[int, Version | IntegrityError, Location]]:
         """Versions after *after_vid* with their log locations (those of tenants with a key
-        here: a shredded tenant's records are garbage for compaction, not scrub)."""
+        here: a shredded tenant's records are garbage for compaction, not scrub). A record
+        that does not open comes as its error, in its place: one damaged record is what a
+        scrub counts, not what ends it."""
         rows = self._reader().execute(
             "SELECT vid, tenant, body, segment, offset, length FROM versions WHERE vid > ?"
             " ORDER BY vid LIMIT ?", (after_vid, limit)).fetchall()
-        out = []
+        out: list[tuple[int, Version | IntegrityError, Location]] = []
         for vid, tenant, body, s, o, n in rows:
             seal = self._sealing.seal_for(tenant)
             if seal is not None:
-                out.append((vid, open_version(body, seal), Location(s, o, n)))
+                try:
+                    version: Version | IntegrityError = open_version(body, seal)
+                except IntegrityError as exc:
+                    version = exc
+                out.append((vid, version, Location(s, o, n)))
         return out
 
     def quarantine_chunk(self, tenant: str, chunk_id: bytes, loc: Location,

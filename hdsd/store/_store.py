@@ -505,7 +505,7 @@ class Store:
         return self._index.chunk_locations(after, limit)
 
     def version_locations(self, after_vid: int, limit: int = 1000
-                          ) -> list[tuple[int, Version, Location]]:
+                          ) -> list[tuple[int, Version | IntegrityError, Location]]:
         self._check_readable()
         return self._index.version_locations(after_vid, limit)
 
