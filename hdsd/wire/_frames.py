@@ -164,9 +164,17 @@ class SplitData(NamedTuple):
 def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> SplitData | None:
     """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its rid and its
     payload joined once — or None for any body this does not recognise at a glance (then it
-    is decoded the usual way, which checks it and words the refusal)."""
-    head = pieces[0]
-    if len(head) < 11 or head[0] != 0x92:  # fixarray of 2; room for the longest prefix
+    is decoded the usual way, which checks it and words the refusal).
+
+    The prefix may span pieces: a sender writes a frame's header and msgpack prefix into TLS
+    as a piece of its own (``encode_data_frame_pieces``), so they arrive as a record of
+    their own, the shortest prefix (7 bytes) alone in the first piece."""
+    head = bytes(pieces[0][:_PREFIX_MAX])
+    i = 1
+    while len(head) < _PREFIX_MAX and i < len(pieces):
+        head += pieces[i][:_PREFIX_MAX - len(head)]
+        i += 1
+    if len(head) < _PREFIX_MAX or head[0] != 0x92:  # fixarray of 2; room for the longest
         return None
     b = head[1]
     if b < 0x80:
@@ -190,9 +198,17 @@ def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> Sp
         return None
     if at + n != length:
         return None
-    with memoryview(head) as view:
-        data = b"".join([view[at:], *pieces[1:]])
-    return SplitData(rid, data)
+    # Skip the prefix (*at* bytes, in the first piece or more), then join the rest once.
+    for k, piece in enumerate(pieces):
+        if at < len(piece):
+            with memoryview(piece) as view:
+                return SplitData(rid, b"".join([view[at:], *pieces[k + 1:]]))
+        at -= len(piece)
+    return SplitData(rid, b"")
+
+
+_PREFIX_MAX = 11
+"""The longest ``[rid, bin]`` prefix: fixarray, a uint32 rid (5), a bin32 header (5)."""
 
 
 # A frame whose body is at least this large and not yet all received is collected as the

@@ -23,6 +23,7 @@ from hdsd.wire._frames import (
     SplitData,
     encode_bulk_frame,
     encode_data_frame,
+    encode_data_frame_pieces,
     encode_frame,
 )
 from hdsd.wire._registry import bulk_values, encode_body
@@ -285,6 +286,26 @@ def test_a_megabyte_data_frame_read_in_records_is_cut_out_not_joined() -> None:
         got.append(reader.next_frame())
     assert got[:-1] == [None] * (len(got) - 1)
     assert got[-1] == (C.T_DATA, SplitData(9, payload))
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("rid", [r for r, _ in _RIDS])
+def test_a_data_frame_read_as_a_session_sends_it_is_cut_out_not_joined(rid: int) -> None:
+    # A sender writes a Data frame's pieces into TLS one after the other (its header and
+    # msgpack prefix, then the payload itself): the prefix arrives as a record of its own,
+    # 7 bytes of it alone in the first piece after the header for a small rid. The payload
+    # is still cut out of the records, not joined into a body and unpacked (two copies).
+    payload = bytes(range(256)) * 4096
+    pieces = encode_data_frame_pieces(C.T_DATA, rid, payload, C.MAX_FRAME)
+    assert len(pieces) == 2 and len(pieces[0]) <= C.HEADER_SIZE + 11
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for piece in pieces:
+        for at in range(0, len(piece), 16_384):  # TLS records never straddle two pieces
+            reader.feed(bytes(piece[at:at + 16_384]))
+            while (frame := reader.next_frame()) is not None:
+                got.append(frame)
+    assert got == [(C.T_DATA, SplitData(rid, payload))]
     assert reader.buffered == 0
 
 
