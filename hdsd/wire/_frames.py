@@ -161,9 +161,10 @@ class SplitData(NamedTuple):
     data: bytes
 
 
-def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> SplitData | None:
-    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its rid and its
-    payload joined once — or None for any body this does not recognise at a glance (then it
+def _split_data(pieces: list[bytes | bytearray | memoryview], length: int
+                ) -> tuple[bytes, SplitData] | None:
+    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its msgpack
+    prefix and its fields, the payload joined once — or None for any body this does not recognise at a glance (then it
     is decoded the usual way, which checks it and words the refusal).
 
     The prefix may span pieces: a sender writes a frame's header and msgpack prefix into TLS
@@ -199,12 +200,13 @@ def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> Sp
     if at + n != length:
         return None
     # Skip the prefix (*at* bytes, in the first piece or more), then join the rest once.
+    prefix, skip = head[:at], at
     for k, piece in enumerate(pieces):
-        if at < len(piece):
+        if skip < len(piece):
             with memoryview(piece) as view:
-                return SplitData(rid, b"".join([view[at:], *pieces[k + 1:]]))
-        at -= len(piece)
-    return SplitData(rid, b"")
+                return prefix, SplitData(rid, b"".join([view[skip:], *pieces[k + 1:]]))
+        skip -= len(piece)
+    return prefix, SplitData(rid, b"")
 
 
 _PREFIX_MAX = 11
@@ -280,6 +282,21 @@ class FrameReader:
         self._buf += data
         self._collect()
 
+    def feed_pieces(self, pieces: list[bytes]) -> None:
+        """:meth:`feed` each of *pieces* in order (a socket read's TLS records, 64 per MiB):
+        the records inside a large frame being collected are taken here, without a call of
+        ``feed`` each."""
+        feed = self.feed
+        for data in pieces:
+            big = self._big
+            if big is not None:
+                n = len(data)
+                if n < self._big_end - self._big_have:
+                    big.append(data)
+                    self._big_have += n
+                    continue
+            feed(data)
+
     def _collect(self) -> bool:
         """Start collecting the first unparsed frame as pieces if it is large and incomplete
         (its header read, its start moved out of the buffer); whether it did."""
@@ -312,8 +329,9 @@ class FrameReader:
         if self._done:
             code, checksum, end, big = self._done.popleft()
             if code == C.T_DATA:
-                split = _split_data(big, end)
-                if split is not None:
+                cut = _split_data(big, end)
+                if cut is not None:
+                    split = cut[1]
                     digest = xxhash.xxh3_64()
                     for piece in big:
                         digest.update(piece)

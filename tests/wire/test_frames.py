@@ -233,6 +233,40 @@ def _read_cut(stream: bytes, cuts: list[int]) -> list[tuple[int, Any]]:
     return got
 
 
+@given(cuts=st.lists(st.integers(0, 600_000), max_size=12),
+       batches=st.lists(st.integers(1, 5), min_size=1, max_size=20))
+def test_pieces_fed_together_cut_as_fed_one_by_one(cuts: list[int], batches: list[int]) -> None:
+    # A session hands a socket read's records over in one call (feed_pieces): the frames and
+    # what stays buffered are those of feeding them one by one, large frames or small.
+    stream, frames = _large_stream()
+    stream += encode_frame(C.T_DATA, _data_body(b"\x03", bytes(range(256)) * 512), C.MAX_FRAME)
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    pieces = [stream[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    one, many = FrameReader(C.MAX_FRAME), FrameReader(C.MAX_FRAME)
+    got_one: list[Any] = []
+    got_many: list[Any] = []
+    at = 0
+    for n in itertools.cycle(batches):
+        batch = pieces[at:at + n]
+        if not batch:
+            break
+        at += n
+        for piece in batch:
+            one.feed(piece)
+        many.feed_pieces(batch)
+        while (frame := one.next_frame()) is not None:
+            got_one.append(frame)
+        while (frame := many.next_frame()) is not None:
+            got_many.append(frame)
+        assert many.buffered == one.buffered
+    assert got_many == got_one
+    assert got_one[:len(frames)] == frames
+    code, fields = got_one[-1]  # whole when its header was read: its body, as any frame
+    assert code == C.T_DATA and (list(fields) if isinstance(fields, SplitData)
+                                 else unpackb(fields)) == [3, bytes(range(256)) * 512]
+    assert many.buffered == 0
+
+
 def test_a_damaged_large_frame_fails_its_checksum() -> None:
     stream, _ = _large_stream()
     damaged = bytearray(stream)
