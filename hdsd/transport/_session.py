@@ -497,11 +497,12 @@ class WireSession:
             pieces = await self._receive_pieces(_READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(f"connection lost: {exc}") from None
-        # Fed record by record (never joined: a copy of every byte); the connection buffers
-        # them until next_event cuts frames out, one read's worth at most.
-        for piece in pieces:
-            self.conn.receive_data(piece)
-        if not pieces:
+        # Fed as the records they are (never joined: a copy of every byte), all in one call;
+        # the connection buffers them until next_event cuts frames out, one read's worth at
+        # most.
+        if pieces:
+            self.conn.receive_pieces(pieces)
+        else:
             self.conn.receive_data(b"")  # the end of the stream
 
     async def run_reader(

@@ -5,7 +5,13 @@ one TLS record, 16 KiB — and passes through the scheduler once per call; its s
 64 KiB. A 1 MiB body therefore costs 64 scheduler passes on the receiving side.
 :func:`tls_receiver` returns a ``receive_some`` that, for a handshaken ``SSLStream``, reads up to
 256 KiB from the socket per pass and decrypts every complete record in it at once, synchronously,
-into one result: one pass per socket read instead of one per record.
+into one result: one pass per socket read instead of one per record. And a read that finds
+bytes waiting in the socket takes them without a pass at all (``os.read`` on its descriptor, as
+the sender writes), up to :data:`SYNC_READ_BUDGET` bytes since the last read that went through
+trio: the reader of a bulk transfer finds more bytes waiting at most reads (it spent the time
+since the last one decrypting and cutting frames), and each pass was ~30 Python calls, an
+``epoll_wait`` and a point where the event loop gave the GIL up to the sealing threads; the
+budget keeps it from holding the loop for longer than a megabyte's work.
 
 Writing. trio's ``SSLStream.send_all`` passes through the scheduler twice even when the socket
 takes every byte at once: its inner send lock's ``acquire`` and the socket's ``send`` each end in
@@ -44,6 +50,9 @@ production, so ``tests/transport/test_session_tls.py`` fails when the large-read
 taken (one read returning many records) or a send the socket takes whole passes through the
 scheduler: a trio upgrade that breaks them is noticed in CI, not in a benchmark.
 The only other use of trio internals in hdsd is ``_listen._flush_alert`` (documented there).
+Records are decrypted by the ``_ssl`` object under the ``SSLObject`` (the standard library's
+private ``_sslobj``, :func:`record_reader`), whose ``read`` the public one only wraps; the same
+test fails if that shortcut is lost.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ from typing import Any
 
 import trio
 
-__all__ = ["SOCKET_READ", "tls_pieces_receiver", "tls_receiver", "tls_sender"]
+__all__ = ["SOCKET_READ", "SYNC_READ_BUDGET", "record_reader", "tls_pieces_receiver",
+           "tls_receiver", "tls_sender"]
 
 SOCKET_READ = 256 << 10
 """Bytes asked of the socket per read (per scheduler pass)."""
@@ -96,16 +106,35 @@ def tls_pieces_receiver(stream: trio.abc.Stream) -> PiecesReceiver:
     return pieces
 
 
+def record_reader(ssl_object: ssl.SSLObject) -> Callable[[int], bytes]:
+    """``ssl_object.read`` without the ``ssl`` module's Python wrapper: the ``_ssl`` object's
+    own method (``SSLObject._sslobj``, private to the standard library), called once per TLS
+    record — 64 per MiB received —, where the wrapper added a Python call that only passes
+    the arguments on. Falls back to the public method if a release renames it."""
+    inner = getattr(ssl_object, "_sslobj", None)
+    read = getattr(inner, "read", None)
+    if callable(read):
+        return read  # type: ignore[no-any-return]
+    return ssl_object.read
+
+
+SYNC_READ_BUDGET = 1 << 20
+"""Bytes a receiver may take from the socket without a scheduler pass (see
+:meth:`_TlsRecords.receive_pieces`) before its next read goes through trio again."""
+
+
 class _TlsRecords:
-    __slots__ = ("_eof", "_error", "_incoming", "_ssl", "_transport")
+    __slots__ = ("_budget", "_eof", "_error", "_incoming", "_read", "_socket", "_transport")
 
     def __init__(self, transport: trio.abc.Stream, ssl_object: ssl.SSLObject,
                  incoming: ssl.MemoryBIO) -> None:
         self._transport = transport
-        self._ssl = ssl_object
+        self._read = record_reader(ssl_object)
         self._incoming = incoming
         self._eof = False
         self._error: ssl.SSLError | None = None
+        self._socket = transport.socket if isinstance(transport, trio.SocketStream) else None
+        self._budget = 0
 
     async def receive_some(self, max_bytes: int) -> bytes:
         parts = await self.receive_pieces(max_bytes)
@@ -117,8 +146,17 @@ class _TlsRecords:
             # Already buffered (bytes that came with the handshake): still a checkpoint.
             await trio.lowlevel.checkpoint()
             return out
+        if self._budget > 0:
+            # What the socket holds already is read without a scheduler pass (trio's
+            # receive_some passes once even then), up to SYNC_READ_BUDGET bytes between two
+            # passes: the reader of a bulk transfer — which finds more bytes waiting at most
+            # reads — does not hold the loop for longer than that.
+            out = self._read_now(max_bytes)
+            if out is not None:
+                return out
         while True:
             data = await self._transport.receive_some(SOCKET_READ)
+            self._budget = SYNC_READ_BUDGET
             if data:
                 self._incoming.write(data)
             else:
@@ -128,6 +166,25 @@ class _TlsRecords:
                 return out
             # Only part of a record, or only post-handshake messages: read on.
 
+    def _read_now(self, max_bytes: int) -> list[bytes] | None:
+        """The records of what the socket holds now (see :meth:`receive_pieces`); None when
+        it holds nothing yet, or a whole record not yet, or the read fails — trio's own read
+        then waits, or raises the failure as it words it."""
+        sock = self._socket
+        fd = -1 if sock is None else sock.fileno()  # -1 once closed, never a reused number
+        if fd < 0:
+            return None
+        try:
+            data = os.read(fd, SOCKET_READ)
+        except OSError:  # BlockingIOError: nothing yet; any other: trio's read raises it
+            return None
+        if data:
+            self._budget -= len(data)
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        return self._decrypt(max_bytes)
+
     def _decrypt(self, max_bytes: int) -> list[bytes] | None:
         """Every plaintext byte available without I/O (up to *max_bytes*), as the records'
         pieces; ``[]`` at a clean end, None when a read is needed."""
@@ -136,10 +193,11 @@ class _TlsRecords:
         if self._eof:
             return []
         parts: list[bytes] = []
+        read = self._read
         got = 0
         while got < max_bytes:
             try:
-                piece = self._ssl.read(max_bytes - got)
+                piece = read(max_bytes - got)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as exc:

@@ -307,6 +307,14 @@ class Connection:
         elif self._error is None:
             self._reader.feed(data)
 
+    def receive_pieces(self, pieces: list[bytes]) -> None:
+        """:meth:`receive_data` of each of *pieces* (not empty) in order, in one call: a
+        session hands over a socket read's TLS records, 16 of them per 256 KiB."""
+        if self._eof:
+            raise LocalProtocolError("receive_pieces called after EOF")
+        if self._error is None:
+            self._reader.feed_pieces(pieces)
+
     def next_event(self) -> Event:
         """The next message from the peer, NeedData, or ConnectionClosed at a clean EOF.
 

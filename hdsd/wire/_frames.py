@@ -161,12 +161,22 @@ class SplitData(NamedTuple):
     data: bytes
 
 
-def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> SplitData | None:
-    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its rid and its
-    payload joined once — or None for any body this does not recognise at a glance (then it
-    is decoded the usual way, which checks it and words the refusal)."""
-    head = pieces[0]
-    if len(head) < 11 or head[0] != 0x92:  # fixarray of 2; room for the longest prefix
+def _split_data(pieces: list[bytes | bytearray | memoryview], length: int
+                ) -> tuple[bytes, SplitData] | None:
+    """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its msgpack
+    prefix and its fields, the payload joined once — or None for any body this does not
+    recognise at a glance (then it is decoded the usual way, which checks it and words the
+    refusal).
+
+    The prefix may span pieces: a sender writes a frame's header and msgpack prefix into TLS
+    as a piece of its own (``encode_data_frame_pieces``), so they arrive as a record of
+    their own, the shortest prefix (7 bytes) alone in the first piece."""
+    head = bytes(pieces[0][:_PREFIX_MAX])
+    i = 1
+    while len(head) < _PREFIX_MAX and i < len(pieces):
+        head += pieces[i][:_PREFIX_MAX - len(head)]
+        i += 1
+    if len(head) < _PREFIX_MAX or head[0] != 0x92:  # fixarray of 2; room for the longest
         return None
     b = head[1]
     if b < 0x80:
@@ -190,9 +200,18 @@ def _split_data(pieces: list[bytes | bytearray | memoryview], length: int) -> Sp
         return None
     if at + n != length:
         return None
-    with memoryview(head) as view:
-        data = b"".join([view[at:], *pieces[1:]])
-    return SplitData(rid, data)
+    # Skip the prefix (*at* bytes, in the first piece or more), then join the rest once.
+    prefix, skip = head[:at], at
+    for k, piece in enumerate(pieces):
+        if skip < len(piece):
+            with memoryview(piece) as view:
+                return prefix, SplitData(rid, b"".join([view[skip:], *pieces[k + 1:]]))
+        skip -= len(piece)
+    return prefix, SplitData(rid, b"")
+
+
+_PREFIX_MAX = 11
+"""The longest ``[rid, bin]`` prefix: fixarray, a uint32 rid (5), a bin32 header (5)."""
 
 
 # A frame whose body is at least this large and not yet all received is collected as the
@@ -264,6 +283,21 @@ class FrameReader:
         self._buf += data
         self._collect()
 
+    def feed_pieces(self, pieces: list[bytes]) -> None:
+        """:meth:`feed` each of *pieces* in order (a socket read's TLS records, 64 per MiB):
+        the records inside a large frame being collected are taken here, without a call of
+        ``feed`` each."""
+        feed = self.feed
+        for data in pieces:
+            big = self._big
+            if big is not None:
+                n = len(data)
+                if n < self._big_end - self._big_have:
+                    big.append(data)
+                    self._big_have += n
+                    continue
+            feed(data)
+
     def _collect(self) -> bool:
         """Start collecting the first unparsed frame as pieces if it is large and incomplete
         (its header read, its start moved out of the buffer); whether it did."""
@@ -296,11 +330,13 @@ class FrameReader:
         if self._done:
             code, checksum, end, big = self._done.popleft()
             if code == C.T_DATA:
-                split = _split_data(big, end)
-                if split is not None:
-                    digest = xxhash.xxh3_64()
-                    for piece in big:
-                        digest.update(piece)
+                cut = _split_data(big, end)
+                if cut is not None:
+                    # Checked over the joined payload (two calls), not piece by piece (a
+                    # call per TLS record, 64 per MiB).
+                    prefix, split = cut
+                    digest = xxhash.xxh3_64(prefix)
+                    digest.update(split.data)
                     if digest.intdigest() != checksum:
                         raise ProtocolError(f"frame checksum mismatch (type 0x{code:02x}, "
                                             f"{end} bytes)")

@@ -110,6 +110,23 @@ async def test_the_pieces_receiver_hands_many_records_unjoined(pki: Pki) -> None
             assert await receive(256 * 1024) == []  # a clean end: no piece
 
 
+async def test_records_are_read_without_the_ssl_modules_wrapper(pki: Pki) -> None:
+    # One Python call fewer per record received (64 per MiB): the receiver calls the _ssl
+    # object's read itself. A Python release that renames it makes this fail (the fallback,
+    # the public method, is slower, never wrong).
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (_, client):
+            read = tlsread.record_reader(client._ssl_object)
+            assert read.__self__ is client._ssl_object._sslobj  # type: ignore[attr-defined]
+            assert type(read).__name__ == "builtin_function_or_method"
+
+            class Renamed:  # an SSLObject without the private attribute
+                def read(self, n: int) -> bytes:
+                    return b""
+            renamed = Renamed()
+            assert tlsread.record_reader(renamed).__self__ is renamed  # type: ignore[arg-type, attr-defined]
+
+
 async def test_interleaved_writes_and_reads_both_ways(pki: Pki) -> None:
     with trio.fail_after(LIMIT):
         async with tls_pair(pki) as (server, client):
@@ -238,6 +255,56 @@ async def test_a_send_the_socket_takes_whole_skips_the_scheduler(pki: Pki) -> No
                     message = os.urandom(size)
                     assert await _passes(send, message) == 0
                     assert b"".join(await read_all(receive, size)) == message
+
+
+async def test_bytes_waiting_in_the_socket_are_read_without_a_pass_within_the_budget(
+        pki: Pki) -> None:
+    # What WireSession reads with: once a read went through trio, what the socket already
+    # holds is read without a scheduler pass, up to SYNC_READ_BUDGET bytes; then a pass again.
+    # Fails if the synchronous read is not taken, or if it never gives the loop back.
+    piece = os.urandom(128 << 10)
+    with trio.fail_after(LIMIT):
+        async with tls_socket_pair(pki) as (server, client):
+            send = tls_sender(server)
+            await send(b"first")  # a server's first write goes through trio (tickets)
+            receive = tls_pieces_receiver(client)
+            assert b"".join(await receive(1024)) == b"first"  # through trio: budget granted
+            yields: list[int] = []
+            received = bytearray()
+            sent = bytearray()
+            for _ in range(2 * tlsread.SYNC_READ_BUDGET // len(piece)):
+                await send(piece)
+                sent += piece
+                await trio.sleep(0.005)  # in the client's socket by now
+                while len(received) < len(sent):
+                    with _TaskSteps() as steps:
+                        received += b"".join(await receive(256 << 10))
+                    yields.append(steps.count)
+            assert received == sent
+            # 2 MiB read: the first MiB without a pass (but the read that finds a record
+            # cut by the socket's boundary), then a pass, and again.
+            assert yields.count(0) >= tlsread.SYNC_READ_BUDGET // len(piece) - 1
+            assert any(yields)
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the times the current task is scheduled again inside the block: 0 when nothing
+    in it passed through the scheduler."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = trio.lowlevel.current_task()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self._task:
+            self.count += 1
+
+    def __enter__(self) -> _TaskSteps:
+        trio.lowlevel.add_instrument(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        trio.lowlevel.remove_instrument(self)
 
 
 async def test_a_send_larger_than_the_socket_takes_waits_for_room(pki: Pki) -> None:

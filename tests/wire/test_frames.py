@@ -23,6 +23,7 @@ from hdsd.wire._frames import (
     SplitData,
     encode_bulk_frame,
     encode_data_frame,
+    encode_data_frame_pieces,
     encode_frame,
 )
 from hdsd.wire._registry import bulk_values, encode_body
@@ -232,6 +233,40 @@ def _read_cut(stream: bytes, cuts: list[int]) -> list[tuple[int, Any]]:
     return got
 
 
+@given(cuts=st.lists(st.integers(0, 600_000), max_size=12),
+       batches=st.lists(st.integers(1, 5), min_size=1, max_size=20))
+def test_pieces_fed_together_cut_as_fed_one_by_one(cuts: list[int], batches: list[int]) -> None:
+    # A session hands a socket read's records over in one call (feed_pieces): the frames and
+    # what stays buffered are those of feeding them one by one, large frames or small.
+    stream, frames = _large_stream()
+    stream += encode_frame(C.T_DATA, _data_body(b"\x03", bytes(range(256)) * 512), C.MAX_FRAME)
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    pieces = [stream[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    one, many = FrameReader(C.MAX_FRAME), FrameReader(C.MAX_FRAME)
+    got_one: list[Any] = []
+    got_many: list[Any] = []
+    at = 0
+    for n in itertools.cycle(batches):
+        batch = pieces[at:at + n]
+        if not batch:
+            break
+        at += n
+        for piece in batch:
+            one.feed(piece)
+        many.feed_pieces(batch)
+        while (frame := one.next_frame()) is not None:
+            got_one.append(frame)
+        while (frame := many.next_frame()) is not None:
+            got_many.append(frame)
+        assert many.buffered == one.buffered
+    assert got_many == got_one
+    assert got_one[:len(frames)] == frames
+    code, fields = got_one[-1]  # whole when its header was read: its body, as any frame
+    assert code == C.T_DATA and (list(fields) if isinstance(fields, SplitData)
+                                 else unpackb(fields)) == [3, bytes(range(256)) * 512]
+    assert many.buffered == 0
+
+
 def test_a_damaged_large_frame_fails_its_checksum() -> None:
     stream, _ = _large_stream()
     damaged = bytearray(stream)
@@ -285,6 +320,26 @@ def test_a_megabyte_data_frame_read_in_records_is_cut_out_not_joined() -> None:
         got.append(reader.next_frame())
     assert got[:-1] == [None] * (len(got) - 1)
     assert got[-1] == (C.T_DATA, SplitData(9, payload))
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("rid", [r for r, _ in _RIDS])
+def test_a_data_frame_read_as_a_session_sends_it_is_cut_out_not_joined(rid: int) -> None:
+    # A sender writes a Data frame's pieces into TLS one after the other (its header and
+    # msgpack prefix, then the payload itself): the prefix arrives as a record of its own,
+    # 7 bytes of it alone in the first piece after the header for a small rid. The payload
+    # is still cut out of the records, not joined into a body and unpacked (two copies).
+    payload = bytes(range(256)) * 4096
+    pieces = encode_data_frame_pieces(C.T_DATA, rid, payload, C.MAX_FRAME)
+    assert len(pieces) == 2 and len(pieces[0]) <= C.HEADER_SIZE + 11
+    reader = FrameReader(C.MAX_FRAME)
+    got = []
+    for piece in pieces:
+        for at in range(0, len(piece), 16_384):  # TLS records never straddle two pieces
+            reader.feed(bytes(piece[at:at + 16_384]))
+            while (frame := reader.next_frame()) is not None:
+                got.append(frame)
+    assert got == [(C.T_DATA, SplitData(rid, payload))]
     assert reader.buffered == 0
 
 
