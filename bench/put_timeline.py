@@ -158,6 +158,10 @@ def install_hdsd_hooks() -> None:
     _wrap(Replicator, "keep_hints", "keep_hints")
     _wrap(PeerPool, "call", "peer call")
     _wrap(Store, "start_commit", "start_commit")
+    # The pair write's own commit: its versions encoded before the Replicate (the replica
+    # stores them as sealed here), queued once the request is on its way.
+    if hasattr(Store, "start_encoded"):
+        _wrap(Store, "start_encoded", "start_commit")
     _wrap(Store, "commit", "store.commit")
     _wrap(_writer.LogWriter, "_process", "writer batch")
     _wrap(_writer.LogWriter, "_apply_unindexed", "index update")
