@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
 from .._errors import HdsdError, IntegrityError, InvalidRequest, NotFound, Unavailable
 from ..cluster import Layout
 from ..peers import PeerPool
-from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter
+from ..pipeline import ChunkCodec, open_in_thread, pipeline_limiter, run_in_worker
 from ..replication import Replicator
 from ..store import ChunkRecord, Store, Version, parse_version_id, visible_versions
 from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
@@ -510,13 +511,7 @@ class ReadAhead:
             except BaseException as exc:
                 job.error = exc
 
-        def deliver(_: object) -> None:
-            try:
-                token.run_sync_soon(self._complete, job)
-            except trio.RunFinishedError:
-                pass  # the run is over: nobody waits for this read or the token any more
-
-        trio.lowlevel.start_thread_soon(read_and_open, deliver, name="read_and_open")
+        run_in_worker(read_and_open, partial(self._complete, job), token, "read_and_open")
 
     def _complete(self, job: _Read) -> None:
         self._limiter.release_on_behalf_of(job)

@@ -24,5 +24,6 @@ from ._stream import THREAD_THRESHOLD as THREAD_THRESHOLD
 from ._stream import OrderedHasher as OrderedHasher
 from ._stream import open_in_thread as open_in_thread
 from ._stream import pipeline_limiter as pipeline_limiter
+from ._stream import run_in_worker as run_in_worker
 from ._stream import seal_in_thread as seal_in_thread
 from ._stream import seal_stream as seal_stream

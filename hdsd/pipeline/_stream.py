@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from functools import partial
 
 import trio
 
@@ -27,6 +28,7 @@ __all__ = [
     "OrderedHasher",
     "open_in_thread",
     "pipeline_limiter",
+    "run_in_worker",
     "seal_in_thread",
     "seal_stream",
 ]
@@ -47,6 +49,21 @@ def pipeline_limiter() -> trio.CapacityLimiter:
         limiter = trio.CapacityLimiter(WORKER_THREADS)
         _limiter_var.set(limiter)
         return limiter
+
+
+def run_in_worker(work: Callable[[], None], complete: Callable[[], None],
+                  token: trio.lowlevel.TrioToken, name: str) -> None:
+    """Run *work* in one of trio's cached threads, then *complete* on the event loop of
+    *token* — no task waits for it (a task per chunk, and its scheduling, is what this
+    spares). *work* keeps its own outcome (it must not raise); if the run is over by then,
+    nobody waits for it and *complete* is not called."""
+    def deliver(_: object) -> None:
+        try:
+            token.run_sync_soon(complete)
+        except trio.RunFinishedError:
+            pass
+
+    trio.lowlevel.start_thread_soon(work, deliver, name=name)
 
 
 class OrderedHasher:
@@ -216,13 +233,7 @@ class _Dispatcher:
             except BaseException as exc:
                 job.error = exc
 
-        def deliver(_: object) -> None:
-            try:
-                token.run_sync_soon(self._complete, job)
-            except trio.RunFinishedError:
-                pass  # the run is over: nobody waits for this job or the token any more
-
-        trio.lowlevel.start_thread_soon(work, deliver, name="hdsd pipeline seal")
+        run_in_worker(work, partial(self._complete, job), token, "hdsd pipeline seal")
 
     def _complete(self, job: _Job) -> None:
         self._limiter.release_on_behalf_of(job)
