@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 
 import hdsd
 from hdsd.cluster import Layout, NodeInfo, placement_key, placement_moves
-from tests.helpers.cluster import Cluster, NodeProcess, free_ports
+from tests.helpers.cluster import Cluster, NodeProcess, free_ports, set_s3_port
 from tests.helpers.cluster import hdsd as cli
 
 pytestmark = pytest.mark.e2e
@@ -140,6 +141,8 @@ def _start_new_node(root: Path, name: str) -> NodeProcess:
     config = root / name / "node.toml"
     text = config.read_text()
     config.write_text(text.replace("# segment_mib = 256", f"segment_mib = {SEGMENT_MIB}"))
+    node_port = int(re.search(r'^listen = "[^"]+:(\d+)"', text, flags=re.M)[1])  # type: ignore[index]
+    set_s3_port(config, free_ports(1, exclude=(node_port,))[0])
     return NodeProcess(config).start()
 
 

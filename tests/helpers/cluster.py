@@ -16,13 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 START_TIMEOUT = 60.0
 
 
-def free_ports(n: int) -> list[int]:
-    """*n* distinct ports free now, drawn at random **below** the kernel's ephemeral range.
+def free_ports(n: int, exclude: Collection[int] = ()) -> list[int]:
+    """*n* distinct ports free now, drawn at random **below** the kernel's ephemeral range,
+    none in *exclude* (ports already given to a configuration but not listened on yet: the bind
+    test below cannot see them).
 
     A port the kernel hands out (bind to port 0) is in the ephemeral range, where any outgoing
     connection made before the node binds it — and the suite runs two test processes making
@@ -38,7 +41,7 @@ def free_ports(n: int) -> list[int]:
         port = rng.randrange(10_000, max(low, 10_001))
         # Never 80 apart: `hdsd init` puts a node's S3 gateway on its port + 80 and refuses
         # a spec where that is another node's port on the same machine.
-        if any(abs(port - c) in (0, 80) for c in chosen):
+        if port in exclude or any(abs(port - c) in (0, 80) for c in chosen):
             continue
         with socket.socket() as s:
             try:
@@ -87,15 +90,23 @@ def init_cluster(root: Path, *, nodes_per_site: int = 1, backup_nodes_per_site: 
          "--backup-nodes-per-site", str(backup_nodes_per_site),
          "--ports", ",".join(map(str, ports)), check=True)
     configs = sorted(root.glob("*/node.toml"))
-    s3_ports = iter(free_ports(len(configs)))
+    # Not a node's port: those are not listened on yet (one was drawn again once, and the
+    # second node to start found its port taken by the first one's gateway).
+    s3_ports = iter(free_ports(len(configs), exclude=ports))
     for config in configs:
         text = config.read_text()
         text = text.replace("# segment_mib = 256", f"segment_mib = {TEST_SEGMENT_MIB}")
-        # The S3 gateway's port (init's node port + 80 may be anyone's): a free one too.
-        text = re.sub(r'^listen = \["([^"\]]+):\d+"\]', lambda m: f'listen = ["{m[1]}:'
-                      f'{next(s3_ports)}"]', text, flags=re.M)
         config.write_text(text)
+        set_s3_port(config, next(s3_ports))
     return root / "client.toml"
+
+
+def set_s3_port(config: Path, port: int) -> None:
+    """Put a node's S3 gateway on *port*: ``hdsd init`` and ``layout add-node`` put it on the
+    node's port + 80, which may be anyone's (another test process's listener)."""
+    text = config.read_text()
+    config.write_text(re.sub(r'^listen = \["([^"\]]+):\d+"\]',
+                             lambda m: f'listen = ["{m[1]}:{port}"]', text, flags=re.M))
 
 
 def s3_url(config: Path, scheme: str = "https") -> str:
