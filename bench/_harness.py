@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -115,16 +116,32 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 # -- real nodes ----------------------------------------------------------------------------
 def free_ports(n: int) -> list[int]:
-    socks: list[socket.socket] = []
+    """*n* distinct ports free now, each with its port + 80 (where ``hdsd init`` puts a node's
+    S3 gateway) free too, drawn at random below the kernel's ephemeral range: a port the kernel
+    hands out (bind to port 0) may be taken by any outgoing connection before the server binds
+    it, and the test suite runs benchmarks beside two test processes making thousands."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    while len(chosen) < n:
+        port = rng.randrange(10_000, max(low - 80, 10_001))
+        if any(abs(port - c) in (0, 80) for c in chosen) or not all(
+                _bindable(p) for p in (port, port + 80)):
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def init_cluster(root: Path) -> Path:
