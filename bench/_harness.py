@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
+from _ports import free_ports
 
 from hdsd.catalog import KEYRING_FILE, load_master_key
 from hdsd.pipeline import TenantNameSealing
@@ -115,35 +114,6 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 # -- real nodes ----------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    """*n* distinct ports free now, each with its port + 80 (where ``hdsd init`` puts a node's
-    S3 gateway) free too, drawn at random below the kernel's ephemeral range: a port the kernel
-    hands out (bind to port 0) may be taken by any outgoing connection before the server binds
-    it, and the test suite runs benchmarks beside two test processes making thousands."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    chosen: list[int] = []
-    while len(chosen) < n:
-        port = rng.randrange(10_000, max(low - 80, 10_001))
-        if any(abs(port - c) in (0, 80) for c in chosen) or not all(
-                _bindable(p) for p in (port, port + 80)):
-            continue
-        chosen.append(port)
-    return chosen
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def init_cluster(root: Path) -> Path:
     """``hdsd init ROOT`` on free ports (two sites, one node each); returns the admin profile.
 

@@ -8,48 +8,21 @@ nothing here depends on the machine being quiet.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection
 from pathlib import Path
 
+# One port rule for the benchmarks and the tests (bench/ is scripts, not a package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _ports import free_ports
+
+__all__ = ["free_ports"]
+
 START_TIMEOUT = 60.0
-
-
-def free_ports(n: int, exclude: Collection[int] = ()) -> list[int]:
-    """*n* distinct ports free now, drawn at random **below** the kernel's ephemeral range,
-    none in *exclude* (ports already given to a configuration but not listened on yet: the bind
-    test below cannot see them).
-
-    A port the kernel hands out (bind to port 0) is in the ephemeral range, where any outgoing
-    connection made before the node binds it — and the suite runs two test processes making
-    thousands — may take it ("Address already in use"); a node killed and restarted must bind
-    it again too. Below that range only another listener can take it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    chosen: list[int] = []
-    while len(chosen) < n:
-        port = rng.randrange(10_000, max(low, 10_001))
-        # Never 80 apart: `hdsd init` puts a node's S3 gateway on its port + 80 and refuses
-        # a spec where that is another node's port on the same machine.
-        if port in exclude or any(abs(port - c) in (0, 80) for c in chosen):
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
-    return chosen
 
 
 def start_all(configs: list[Path]) -> list[NodeProcess]:
