@@ -254,6 +254,7 @@ class Connection:
         self._sent_hello = False
         self._sent_goodbye = False
         self._their_hello: Hello | None = None
+        self._our_hello: Hello | None = None
         self._their_goodbye = False
         self._eof = False
         self._error: ProtocolError | None = None
@@ -264,6 +265,14 @@ class Connection:
     def their_hello(self) -> Hello | None:
         """The peer's Hello once received (its window, cluster id and name)."""
         return self._their_hello
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The wire features both Hellos announced: what this connection may use beyond
+        protocol version 1 (empty until both Hellos have crossed)."""
+        if self._our_hello is None or self._their_hello is None:
+            return frozenset()
+        return frozenset(self._our_hello.features) & frozenset(self._their_hello.features)
 
     @property
     def buffered(self) -> int:
@@ -415,6 +424,7 @@ class Connection:
                 raise fail(f"Hello.window {msg.window} differs from initial_window "
                            f"{self.initial_window}, which incoming streams are held to")
             self._sent_hello = True
+            self._our_hello = msg
         else:
             if self._their_hello is not None:
                 raise fail("Hello received twice")

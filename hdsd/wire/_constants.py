@@ -52,6 +52,7 @@ MAX_POLICY_CHARS: Final = 63
 MAX_NAME_BYTES: Final = 255  # cluster id, peer name
 MAX_VERSION_ID_BYTES: Final = 320  # 16 hex digits, a dot, a node name
 MAX_CODE_CHARS: Final = 64  # error codes, Goodbye codes
+MAX_FEATURES: Final = 64  # names in a Hello's features (each at most MAX_CODE_CHARS)
 MAX_TEXT_BYTES: Final = 16 * 1024  # human-readable error messages
 MAX_LIST_LIMIT: Final = 10_000
 #: A listing's ``after``: a key, or for ``versions`` listings ``key NUL version-id``.

@@ -146,12 +146,27 @@ class Hello(Message):
     cluster_id: str
     peer: str
     window: int
+    # Added after the first release (optional, so left off the frame while empty): the wire
+    # features its sender speaks beyond protocol version 1. Accepted from this release on, sent
+    # from the next: the nodes in service before it refuse a five-field Hello, so a feature
+    # can only be announced once no such node is left in a rolling upgrade (docs/wire.md).
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         F.check_int("protocol_version", self.protocol_version, 0, 0xFFFF)
         F.check_str("cluster_id", self.cluster_id, max_bytes=C.MAX_NAME_BYTES)
         F.check_str("peer", self.peer, max_bytes=C.MAX_NAME_BYTES)
         F.check_int("window", self.window, 0, C.MAX_WINDOW)
+        features: object = self.features
+        if type(features) is not tuple:  # msgpack gives a list
+            if not isinstance(features, list):
+                raise InvalidRequest("features: must be an array of strings")
+            features = tuple(features)
+            object.__setattr__(self, "features", features)
+        if len(features) > C.MAX_FEATURES:
+            raise InvalidRequest(f"features: more than {C.MAX_FEATURES}")
+        for name in features:
+            F.check_str("features", name, max_chars=C.MAX_CODE_CHARS, allow_empty=False)
 
 
 def _truncated_text(text: str) -> str:

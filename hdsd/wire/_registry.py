@@ -104,7 +104,7 @@ def _t(code: int, cls: type[Message], kind: Kind, *, optional: tuple[str, ...] =
 
 MESSAGE_TYPES: Final = (
     # client ↔ node
-    _t(C.T_HELLO, Hello, Kind.HELLO),
+    _t(C.T_HELLO, Hello, Kind.HELLO, optional=("features",)),
     _t(C.T_GOODBYE, Goodbye, Kind.GOODBYE),
     _t(C.T_PUT_START, PutStart, Kind.UPLOAD, optional=("retry",)),
     _t(C.T_GET_REQUEST, GetRequest, Kind.DOWNLOAD),

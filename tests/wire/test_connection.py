@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hdsd import ProtocolError, wire
+from hdsd._packing import packb
 from hdsd.wire import _constants as C
 from hdsd.wire._frames import encode_frame
 from hdsd.wire._registry import encode_body
@@ -89,6 +90,47 @@ def test_their_hello_is_exposed() -> None:
     assert pair.client.their_hello is not None
     assert pair.client.their_hello.window == 12345
     assert pair.client.their_hello.peer == "server"
+
+
+def test_a_hello_without_features_is_the_four_field_frame_every_node_knows() -> None:
+    # The nodes in service before `features` refuse a five-field Hello: one without features
+    # must be byte for byte the Hello they know.
+    assert encode_body(HELLO) == (C.T_HELLO, packb([C.PROTOCOL_VERSION, "cluster", "peer",
+                                                    wire.DEFAULT_WINDOW]))
+
+
+def test_features_both_hellos_announce_are_the_connections() -> None:
+    pair = ConnectionPair(handshake=False)
+    assert pair.client.features == frozenset()
+    pair.to_server(wire.Hello(C.PROTOCOL_VERSION, "c", "client", wire.DEFAULT_WINDOW,
+                              ("sealed-names", "big-frames")))
+    pair.to_client(wire.Hello(C.PROTOCOL_VERSION, "c", "server", wire.DEFAULT_WINDOW,
+                              ("big-frames", "later")))
+    assert pair.client.features == pair.server.features == frozenset({"big-frames"})
+    assert pair.server.their_hello is not None
+    assert pair.server.their_hello.features == ("sealed-names", "big-frames")
+
+
+def test_a_peer_without_features_shares_none() -> None:
+    pair = ConnectionPair(handshake=False)
+    pair.to_server(wire.Hello(C.PROTOCOL_VERSION, "c", "client", wire.DEFAULT_WINDOW,
+                              ("big-frames",)))
+    pair.to_client(wire.Hello(C.PROTOCOL_VERSION, "c", "server", wire.DEFAULT_WINDOW))
+    assert pair.client.features == pair.server.features == frozenset()
+
+
+@pytest.mark.parametrize("features", [
+    "big-frames",  # not an array
+    [1],
+    [""],
+    ["x" * (C.MAX_CODE_CHARS + 1)],
+    ["f"] * (C.MAX_FEATURES + 1),
+])
+def test_malformed_features_are_a_protocol_error(features: object) -> None:
+    conn = wire.Connection(wire.Role.SERVER)
+    body = packb([C.PROTOCOL_VERSION, "c", "p", wire.DEFAULT_WINDOW, features])
+    with pytest.raises(ProtocolError, match="malformed Hello: features"):
+        feed(conn, encode_frame(C.T_HELLO, body, C.MAX_FRAME))
 
 
 def test_goodbye_any_time_then_nothing() -> None:
