@@ -17,10 +17,9 @@ task's start) and the turns given to connections that have not yet handed their 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
-import trio
+from .._turns import TurnQueue
 
 
 class RequestRoom:
@@ -29,7 +28,7 @@ class RequestRoom:
     def __init__(self, limit: int, in_flight: Callable[[], int]) -> None:
         self.limit = limit
         self._in_flight = in_flight
-        self._waiting: deque[trio.Event] = deque()
+        self._waiting = TurnQueue(self.pass_on)
         self._granted = 0  # turns given and not yet taken or passed on
 
     @property
@@ -46,16 +45,7 @@ class RequestRoom:
     async def wait_turn(self) -> None:
         """Queue until this caller's turn comes; it then holds a turn, to :meth:`take` or
         :meth:`pass_on`. Cancelled, it leaves the queue (passing on a turn given meanwhile)."""
-        turn = trio.Event()
-        self._waiting.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn.is_set():
-                self.pass_on()  # our turn came as we were cancelled: the next one's now
-            else:
-                self._waiting.remove(turn)
-            raise
+        await self._waiting.wait()
 
     def take(self) -> None:
         """The caller's request goes on with its turn (counted in flight from its task)."""
@@ -69,5 +59,5 @@ class RequestRoom:
     def freed(self) -> None:
         """A request ended (or a turn came back): give the room to those waiting longest."""
         while self._waiting and self._has_room():
-            self._waiting.popleft().set()
+            self._waiting.give()
             self._granted += 1

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -66,6 +65,7 @@ from .._errors import (
     ProtocolError,
     error_class_for_code,
 )
+from .._turns import TurnQueue
 from ..wire import (
     Cancel,
     Connection,
@@ -169,7 +169,7 @@ class WireSession:
         self._written = 0  # ... and ever handed to stream.send_all
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
         # Senders waiting for room in the outbox, in arrival order (see :meth:`_wait_room`).
-        self._room: deque[trio.Event] = deque()
+        self._room = TurnQueue(self._admit)
         self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot] = {}
         self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
         self._credit_lot = trio.lowlevel.ParkingLot()
@@ -278,21 +278,12 @@ class WireSession:
         replication writes of 1 MiB on one peer link, 32 clients' 64 MiB uploads) some
         writes waited drain after drain, past the write timeout, while the link moved data
         at full speed — measured: 23 of 32 such puts refused with QuorumNotReached."""
-        turn = trio.Event()
-        self._room.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn.is_set():
-                self._admit()  # our turn came as we were cancelled: it passes to the next
-            else:
-                self._room.remove(turn)
-            raise
+        await self._room.wait()
 
     def _admit(self) -> None:
         """Give the first waiting sender its turn, if the outbox has room (or is closed)."""
         if self._room and (self._outbox_size <= OUTBOX_LIMIT or self._closed):
-            self._room.popleft().set()
+            self._room.give()
 
     def _queue(self, pieces: tuple[Piece, ...]) -> None:
         size = sum(map(len, pieces))
@@ -366,7 +357,7 @@ class WireSession:
         self._closed = True
         self._credit_lot.unpark_all()
         while self._room:
-            self._room.popleft().set()
+            self._room.give()
         self._flushed.unpark_all()
         self._progress.unpark_all()
         for inbox in self._inboxes.values():
