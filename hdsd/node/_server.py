@@ -755,10 +755,22 @@ class Node:
             # The small puts read since the last group started running: they join it (see
             # ._handlers.put_group) instead of getting a task each.
             open_group: list[list[PutStart]] = []
+            runner = _GroupRunner()
 
             async def run_group(group: list[PutStart]) -> None:
                 open_group.remove(group)  # from here on, a small put read starts a new one
                 await self._run_put_group(session, ident, group, request_ended, spawn)
+
+            async def run_groups() -> None:
+                # The connection's groups, one after the other, by this one task while it
+                # is free (a group read while it runs one gets a task of its own, as all
+                # did): a synchronous client's every put, one at a time, without a task
+                # spawned and reaped per put.
+                while True:
+                    await run_group(await runner.next_group())
+
+            if ident.kind != "node":  # (a peer's requests are never small puts)
+                requests.start_soon(run_groups)
 
             def spawn(msg: Message, counted: bool = True) -> None:
                 # Only uploads (Data, End) and downloads (Cancel) hear more of their rid; the
@@ -790,8 +802,10 @@ class Node:
                     assert isinstance(msg, PutStart)
                     in_flight[0] += 1
                     if not open_group:
-                        open_group.append([])
-                        requests.start_soon(run_group, open_group[0])
+                        group: list[PutStart] = []
+                        open_group.append(group)
+                        if not runner.take(group):
+                            requests.start_soon(run_group, group)
                     open_group[0].append(msg)
                 else:
                     spawn(msg, counted=False)
@@ -949,6 +963,41 @@ class Node:
 
 
 _STREAMING = (PutStart, GetRequest, GetMany, FetchChunks)  # (a download hears its Cancel)
+
+
+class _GroupRunner:
+    """Where a connection's group runner (a task of its requests' nursery) waits for the
+    next small-put group: :meth:`take` hands it one if it is waiting (a reschedule, a few
+    calls; spawning a task and reaping it is ~25), else the caller spawns a task."""
+
+    __slots__ = ("_group", "_task")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._group: list[PutStart] | None = None
+
+    def take(self, group: list[PutStart]) -> bool:
+        """Whether the runner was waiting and now has *group* (it runs it on its next turn,
+        as a new task would: the puts read in this pass join it meanwhile)."""
+        task = self._task
+        if task is None:
+            return False
+        self._task = None
+        self._group = group
+        trio.lowlevel.reschedule(task)
+        return True
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._task = None  # cancelled while waiting: the connection is ending
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def next_group(self) -> list[PutStart]:
+        """Wait for a group handed over by :meth:`take` (a checkpoint)."""
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+        group, self._group = self._group, None
+        assert group is not None
+        return group
 
 
 def _no_inbox() -> trio.MemoryReceiveChannel[Message]:

@@ -21,6 +21,7 @@ from ._listen import connect_tls as connect_tls
 from ._listen import handshake_and_identify as handshake_and_identify
 from ._listen import listener_port as listener_port
 from ._listen import open_tls_listeners as open_tls_listeners
+from ._session import ReplySlot as ReplySlot
 from ._session import WireSession as WireSession
 from ._tls import client_context as client_context
 from ._tls import https_context as https_context

@@ -172,6 +172,7 @@ class WireSession:
         self._room = TurnQueue(self._admit)
         self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot] = {}
         self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
+        self._whole_size: dict[int, int] = {}  # ... and their body sizes
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._ungranted: dict[int, int] = {}
         self._closed = False
@@ -434,15 +435,13 @@ class WireSession:
     def whole_upload_size(self, rid: int) -> int | None:
         """The body size of upload *rid* if it was read whole with its start (see
         :meth:`take_whole_upload`, which this does not take), else None."""
-        frames = self._whole.get(rid)
-        if frames is None:
-            return None
-        return sum(len(f.data) for f in frames if type(f) is Data)
+        return self._whole_size.get(rid)
 
     def take_whole_upload(self, rid: int) -> list[Message] | None:
         """Upload *rid*'s Data frames and End, if they were read with its start (a small put
         arrives whole: PutStart, Data and End in one write), else None: then they come
         through its inbox. Their bytes count as held until ``close_inbox(rid)``."""
+        self._whole_size.pop(rid, None)
         return self._whole.pop(rid, None)
 
     def open_inbox(self, rid: int) -> trio.MemoryReceiveChannel[Message]:
@@ -457,7 +456,9 @@ class WireSession:
     def close_inbox(self, rid: int) -> None:
         inbox = self._inboxes.pop(rid, None)
         self._ungranted.pop(rid, None)
-        self._whole.pop(rid, None)
+        if self._whole:
+            self._whole.pop(rid, None)
+            self._whole_size.pop(rid, None)
         self._release(rid)
         if inbox is not None:
             inbox.close()
@@ -550,19 +551,22 @@ class WireSession:
         the upload's frames (the caller routes it next), if any."""
         rid = start.rid
         frames: list[Message] = []
+        size = 0  # the body's bytes, counted as read (asked again by the handler: see _whole)
         after: Event | None = None
         while True:
             event = self.conn.next_event()
-            if isinstance(event, (Data, End)) and event.rid == rid:
+            if type(event) is Data and event.rid == rid:
                 frames.append(event)
-                if isinstance(event, End):
-                    break
+                size += len(event.data)
+            elif type(event) is End and event.rid == rid:
+                frames.append(event)
+                break
             else:
                 after = event
                 break
         if after is None:
             self._whole[rid] = frames
-            size = sum(len(f.data) for f in frames if isinstance(f, Data))
+            self._whole_size[rid] = size
             if size:
                 self._held[rid] = self._held.get(rid, 0) + size
                 self.held += size

@@ -7,8 +7,10 @@ Adding a message type is one dataclass (in :mod:`._messages` or :mod:`._peer`) p
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .._errors import InvalidRequest, ProtocolError
 from .._packing import PackError, packb, unpackb
@@ -81,25 +83,30 @@ class MessageType:
     ``optional`` fields were added to a message after it first shipped: they come last, have
     a default, and are left out of the frame while they hold it — so a sender that does not
     use them sends exactly the frame older peers know, and an older sender's shorter frame
-    still decodes (the missing fields take their defaults)."""
+    still decodes (the missing fields take their defaults).
+
+    ``values`` reads a message's fields in order (an ``operator.attrgetter``: one C call, not
+    a comprehension with a ``getattr`` per field, on every frame sent), ``required`` and
+    ``most`` bound a frame's field count (computed once, not per frame decoded)."""
 
     code: int
     cls: type[Message]
     kind: Kind
     fields: tuple[str, ...]
+    values: Callable[[Message], Any]
+    required: int
+    most: int
     optional: tuple[tuple[str, object], ...] = ()
-
-    @property
-    def required(self) -> int:
-        return len(self.fields) - len(self.optional)
 
 
 def _t(code: int, cls: type[Message], kind: Kind, *, optional: tuple[str, ...] = ()) -> MessageType:
-    fields = cls.__match_args__
+    fields: tuple[str, ...] = cls.__match_args__
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     assert fields[len(fields) - len(optional):] == optional, f"{cls.__name__}: optional fields last"
     assert all(defaults[f] is not dataclasses.MISSING for f in optional), cls.__name__
-    return MessageType(code, cls, kind, fields, tuple((f, defaults[f]) for f in optional))
+    return MessageType(code, cls, kind, fields, operator.attrgetter(fields[0], *fields[1:]),
+                       len(fields) - len(optional), len(fields),
+                       tuple((f, defaults[f]) for f in optional))
 
 
 MESSAGE_TYPES: Final = (
@@ -179,12 +186,14 @@ def message_type(msg: Message) -> MessageType:
 
 def _values(msg: Message) -> tuple[int, list[object]]:
     t = _BY_CLASS[type(msg)]
-    values = [getattr(msg, f) for f in t.fields]
-    # Trailing optional fields at their default stay off the wire (see MessageType).
-    for _, default in reversed(t.optional):
-        if values[-1] != default:
-            break
-        values.pop()
+    # attrgetter of one name answers the value itself, of more a tuple.
+    values = [t.values(msg)] if t.most == 1 else list(t.values(msg))
+    if t.optional:
+        # Trailing optional fields at their default stay off the wire (see MessageType).
+        for _, default in reversed(t.optional):
+            if values[-1] != default:
+                break
+            values.pop()
     return t.code, values
 
 
@@ -235,7 +244,7 @@ def decode_body(code: int, body: bytes | memoryview) -> tuple[Message, Kind]:
         fields = unpackb(body)
     except PackError as exc:
         raise ProtocolError(f"{t.cls.__name__} frame: {exc}") from None
-    if type(fields) is not list or not t.required <= len(fields) <= len(t.fields):
+    if type(fields) is not list or not t.required <= len(fields) <= t.most:
         count = (f"{len(t.fields)}" if not t.optional
                  else f"{t.required} to {len(t.fields)}")
         raise ProtocolError(f"{t.cls.__name__} frame: body must be an array of {count} fields")

@@ -18,7 +18,15 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd import AsyncClient, Client, HdsdError, InvalidArgument, PermissionDenied, RequestTimeout
+from hdsd import (
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    HdsdError,
+    InvalidArgument,
+    PermissionDenied,
+    RequestTimeout,
+)
 from hdsd.client import Profile
 from hdsd.transport import WireSession, create_ca, issue_client_cert
 from hdsd.wire import (
@@ -70,7 +78,8 @@ class CountingStream(trio.abc.Stream):
 class FakeNode:
     """Serves puts: ``mode`` "store" drains the body and replies (``delay`` seconds later),
     "refuse" answers PutStart at once with an ErrorReply, "mute" reads everything and never
-    answers (other requests than puts included)."""
+    answers (other requests than puts included), "drop" closes the connection once a put's
+    body is in or another request arrives."""
 
     def __init__(self, mode: str = "store") -> None:
         self.mode = mode
@@ -96,11 +105,17 @@ class FakeNode:
             def on_request(msg: Message) -> None:
                 if self.mode == "mute" and not isinstance(msg, PutStart):
                     return
+                if self.mode == "drop" and not isinstance(msg, PutStart):
+                    nursery.start_soon(session.aclose)
+                    return
                 assert isinstance(msg, PutStart)
                 self.request_ids.append(msg.request_id)
                 nursery.start_soon(self.put, session, msg, session.open_inbox(msg.rid))
 
-            await session.run_reader(on_request)
+            try:
+                await session.run_reader(on_request)
+            except ConnectionLost:
+                assert self.mode == "drop"  # it closed its own end under the reader
 
     async def put(self, session: WireSession, msg: PutStart,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
@@ -119,6 +134,8 @@ class FakeNode:
         if self.mode == "store":
             await trio.sleep(self.delay)
             await session.send(Reply(rid=msg.rid, body=_info(msg, len(body))))
+        elif self.mode == "drop":
+            await session.aclose()
 
 
 def _info(msg: PutStart, size: int) -> dict[str, Any]:
@@ -235,6 +252,30 @@ async def test_other_requests_without_answer_time_out(
             with pytest.raises(RequestTimeout, match="no answer from the node within 30 s"):
                 await client.delete("b", "k")
             assert trio.current_time() - start == pytest.approx(30)
+            assert client._answers.waits == set()
+
+
+@pytest.mark.parametrize("size", [4, 2 << 20], ids=["small", "streamed"])
+async def test_a_put_whose_connection_drops_while_it_waits_sees_connection_lost(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    # The answer's one-message inbox, closed with the session, wakes the put as lost (an
+    # Unavailable, what the client retries), never as a timeout or a bare EndOfChannel.
+    node = FakeNode(mode="drop")
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            with pytest.raises(ConnectionLost, match="lost during the"):
+                await client.put("b", "k", os.urandom(size))
+            assert client._answers.waits == set()
+    assert [len(b) for b in node.bodies] == [size]
+
+
+async def test_a_call_whose_connection_drops_while_it_waits_sees_connection_lost(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode(mode="drop")
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            with pytest.raises(ConnectionLost, match="lost during the request"):
+                await client.stat("b", "k")
             assert client._answers.waits == set()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -14,16 +15,20 @@ import trio
 from hdsd import AsyncClient, LegalHold, QuotaExceeded
 from hdsd.audit import read_records
 from hdsd.node import load_node_config, serve_node
+from hdsd.node._server import Node
 from hdsd.wire import PutStart
 from tests.helpers.cluster import init_cluster
 
 
 class _Tasks(trio.abc.Instrument):
     """Counts the tasks the nodes spawn for puts: one per put (``_run_request``) and one per
-    group of puts (the arguments of a task's coroutine are in its frame before it first runs)."""
+    group of puts its connection's group runner was busy for (the arguments of a task's
+    coroutine are in its frame before it first runs); and, through :meth:`watch`, the
+    groups run, by a task of their own or by the runner."""
 
     def __init__(self) -> None:
         self.per_put = 0
+        self.group_tasks = 0
         self.groups = 0
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
@@ -34,10 +39,22 @@ class _Tasks(trio.abc.Instrument):
                                                               PutStart):
             self.per_put += 1
         elif task.name.endswith(".run_group"):
+            self.group_tasks += 1
+
+    def watch(self, monkeypatch: pytest.MonkeyPatch) -> _Tasks:
+        run_put_group = Node._run_put_group
+
+        async def counted(node: Node, *args: Any) -> None:
             self.groups += 1
+            await run_put_group(node, *args)
+
+        monkeypatch.setattr(Node, "_run_put_group", counted)
+        trio.lowlevel.add_instrument(self)
+        return self
 
 
-async def test_small_puts_arriving_together_share_one_task(tmp_path: Path) -> None:
+async def test_small_puts_arriving_together_share_one_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     init_cluster(tmp_path)
     data = [os.urandom(4096) for _ in range(16)]
     with trio.fail_after(120):
@@ -47,8 +64,7 @@ async def test_small_puts_arriving_together_share_one_task(tmp_path: Path) -> No
             async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
                 await client.put("b", "warm", b"x")
                 await client.hold_set("default", "b", "held")
-                seen = _Tasks()
-                trio.lowlevel.add_instrument(seen)
+                seen = _Tasks().watch(monkeypatch)
                 results: dict[int, object] = {}
 
                 async def put(i: int) -> None:
@@ -104,9 +120,11 @@ async def test_small_puts_arriving_together_share_one_task(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("declared", [True, False])
-async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool) -> None:
+async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """One put alone makes a group of one (also of undeclared size, when its body came with
-    its start); a put over inline_max still runs as a task."""
+    its start), run by the connection's group runner, no task spawned; a put over
+    inline_max still runs as a task."""
     init_cluster(tmp_path)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -116,8 +134,7 @@ async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool
                 # (Until a started node knows where its audit chain resumes, its first puts
                 # wait for that as tasks.)
                 await client.put("b", "warm", b"x")
-                seen = _Tasks()
-                trio.lowlevel.add_instrument(seen)
+                seen = _Tasks().watch(monkeypatch)
                 small = os.urandom(1000)
                 big = os.urandom(200_000)
 
@@ -127,6 +144,7 @@ async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool
                 for key, data in (("small", small), ("big", big)):
                     await client.put("b", key, data if declared else chunks(data))
                 trio.lowlevel.remove_instrument(seen)
+                assert seen.group_tasks == 0  # the runner was free: one put at a time
                 if declared:
                     assert (seen.groups, seen.per_put) == (1, 1)
                 else:  # a streamed body may or may not arrive in the read of its start

@@ -147,6 +147,16 @@ def test_an_optional_field_at_its_default_stays_off_the_wire() -> None:
         decode_body(C.T_PUT_START, packb([RID, b"r" * 16, "b", "k", 3, {}, None, "yes"]))
 
 
+@pytest.mark.parametrize("msg", [wire.End(RID), wire.Cancel(RID), wire.StatusRequest(RID)],
+                         ids=lambda m: type(m).__name__)
+def test_a_message_of_one_field_is_an_array_of_one(msg: wire.Message) -> None:
+    # The registry reads fields with one attrgetter, which answers a lone field's value
+    # itself, not in a tuple: the frame must still be the array the spec and old nodes know.
+    code, body = encode_body(msg)
+    assert body == packb([RID])
+    assert decode_body(code, body)[0] == msg
+
+
 @pytest.mark.parametrize(
     ("code", "body", "why"),
     [
