@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,17 +57,22 @@ class ListPage:
 
 
 class GetStream:
-    """The body of a get: ``info`` first, then ``async for piece in stream``."""
+    """The body of a get: ``info`` first, then ``async for piece in stream``.
+
+    *answer* waits for the request's next frame within the client's timeout (the client's
+    ``_answer``: its one deadline task keeps the deadline, where a cancel scope entered for
+    every frame waited for was ~60 Python calls per frame — per MiB of a streamed get)."""
 
     def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
-                 inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> None:
+                 inbox: trio.MemoryReceiveChannel[Message],
+                 answer: Callable[[], Awaitable[Message]]) -> None:
         self.info = info
         self.start = start
         self.end = end
         self._session = session
         self._rid = rid
         self._inbox = inbox
-        self._timeout = timeout
+        self._answer = answer
         self.received = 0
         self.complete = False
         self._unconsumed = 0  # the last piece given out, granted back at the next call
@@ -90,8 +95,7 @@ class GetStream:
             await trio.lowlevel.checkpoint_if_cancelled()
             event = queued(self._inbox)
             if event is None:
-                with no_answer(self._timeout):
-                    event = await receive(self._inbox)
+                event = await self._answer()
             if isinstance(event, Data):
                 self.received += len(event.data)
                 if self.received > self.end - self.start:
