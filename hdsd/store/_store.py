@@ -379,7 +379,8 @@ class Store:
         return self._index.versions(tenant, bucket, key)
 
     def current(self, tenant: str, bucket: str, key: str) -> Version | None:
-        """The greatest version of a key (may be a tombstone), or None."""
+        """The greatest version of a key that is not a purge or retention record (its head:
+        may be a tombstone), or None."""
         self._check_readable()
         return self._index.current(tenant, bucket, key)
 
