@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     IntegrityError,
@@ -19,7 +17,7 @@ from .._errors import (
 from ..transport import WireSession
 from ..wire import Data, End, ErrorReply, Message, VersionInfo
 
-__all__ = ["GetStream", "ListPage", "ObjectInfo", "no_answer", "raise_for", "receive"]
+__all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +58,7 @@ class GetStream:
     """The body of a get: ``info`` first, then ``async for piece in stream``.
 
     *answer* waits for the request's next frame within the client's timeout (the client's
-    ``_answer``: its one deadline task keeps the deadline, where a cancel scope entered for
-    every frame waited for was ~60 Python calls per frame — per MiB of a streamed get)."""
+    ``_frame``: its one deadline task keeps the deadline, not a cancel scope per frame)."""
 
     def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
                  inbox: trio.MemoryReceiveChannel[Message],
@@ -119,13 +116,8 @@ class GetStream:
         self._session.close_inbox(self._rid)
 
 
-def no_answer(timeout: float) -> AbstractContextManager[trio.CancelScope]:
-    """The client's deadline for the node's next frame of a request."""
-    return deadline(timeout, f"no answer from the node within {timeout:g} s")
-
-
 async def receive(inbox: trio.MemoryReceiveChannel[Message]) -> Message:
-    """The next frame of a request (the caller owns the deadline: :func:`no_answer`)."""
+    """The next frame of a request (the caller owns the deadline: ``AsyncClient._frame``)."""
     try:
         return await inbox.receive()
     except trio.EndOfChannel:

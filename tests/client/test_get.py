@@ -25,6 +25,7 @@ from hdsd.wire import (
     Cancel,
     Connection,
     End,
+    GetMany,
     GetRequest,
     GetStart,
     Hello,
@@ -72,17 +73,20 @@ class GetNode:
             await session.receive_hello()
         async with trio.open_nursery() as nursery:
             def on_request(msg: Message) -> None:
-                assert isinstance(msg, GetRequest)
+                assert isinstance(msg, (GetRequest, GetMany))
                 nursery.start_soon(self.get, session, msg, session.open_inbox(msg.rid))
 
             await session.run_reader(on_request)
 
-    async def get(self, session: WireSession, msg: GetRequest,
+    async def get(self, session: WireSession, msg: GetRequest | GetMany,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
         if self.mute:
             await trio.sleep_forever()
         size = sum(len(p) for p in self.pieces)
-        await session.send(GetStart(rid=msg.rid, info=_info(msg, size)))
+        # A GetMany of one item: that item is the pieces' bytes.
+        info = _info(msg, size) if isinstance(msg, GetRequest) else {
+            "items": [{"version": "v1", "size": size, "content_hash": "00"}]}
+        await session.send(GetStart(rid=msg.rid, info=info))
         for n, (piece, gap) in enumerate(zip(self.pieces, self.gaps, strict=True)):
             if n == self.stall_after:
                 async for event in inbox:  # ends when the client's Cancel closes it
@@ -171,6 +175,35 @@ async def test_each_frame_of_a_body_has_its_own_deadline(
             assert await client.get("b", "k") == b"".join(pieces)
             assert trio.current_time() - start == pytest.approx(60)
             assert client._answers.waits == set()
+
+
+async def test_a_bulk_download_that_stalls_times_out_and_is_cancelled(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock) -> None:
+    # GetMany's frames wait under the same deadline as a get's: its GetStart, then each
+    # piece of its body.
+    node = GetNode([b"a" * 1000, b"b" * 1000], mute=True)
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client:
+            start = trio.current_time()
+            with pytest.raises(RequestTimeout, match="no answer from the node within 30 s"):
+                async for _ in client.get_many([("b", "k", None)]):
+                    pass
+            assert trio.current_time() - start == pytest.approx(30)
+            node.mute, node.stall_after = False, 1
+            start = trio.current_time()
+            with pytest.raises(RequestTimeout, match="no answer from the node within 30 s"):
+                async for _ in client.get_many([("b", "k", None)]):
+                    pass
+            assert trio.current_time() - start == pytest.approx(30)
+            assert client._answers.waits == set()
+            await trio.sleep(1)  # the node reads the Cancel
+    assert len(node.cancelled) == 1
+    node.stall_after = None
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client:
+            got = [f async for f in client.get_many([("b", "k", None)])]
+    assert [f.data for f in got] == [b"a" * 1000 + b"b" * 1000]
 
 
 async def test_get_to_file_writes_a_streamed_body(
