@@ -545,7 +545,7 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
             plain = await open_in_thread(codec, chunk_id, version.inline)
         else:
             plain = await node.reads.chunk_payload(tenant, version.bucket, version.key, chunk_id,
-                                                   codec)
+                                                   codec, chunk_len)
         if len(plain) != chunk_len:
             raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
                                  f"{len(plain)} bytes, expected {chunk_len}")

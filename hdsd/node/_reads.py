@@ -27,12 +27,16 @@ from ..wire import UNSENT, FetchChunk, FetchVersions, ListBucketsPeer, ListPeer
 from ._config import NodeConfig
 from ._listing import BucketPart, Part, merge_buckets, take_buckets, take_versions
 
-__all__ = ["ReadAhead", "ReadPaths", "decode_version_cursor"]
+__all__ = ["ON_LOOP_MAX", "ReadAhead", "ReadPaths", "decode_version_cursor"]
 
 log = logging.getLogger("hdsd.node")
 
 #: Bucket names one node reads for its part of a bucket listing (then bounded by bytes).
 _BUCKETS_FETCH = 20_000
+
+#: A chunk of at most this many plaintext bytes may be read and opened on the event loop
+#: when its record is in the page cache (:meth:`ReadPaths.chunk_payload`).
+ON_LOOP_MAX = 64 << 10
 
 
 def decode_version_cursor(text: str) -> tuple[str, int, str]:
@@ -297,11 +301,24 @@ class ReadPaths:
             self.config.site]
 
     async def chunk_payload(self, tenant: str, bucket: str, key: str, chunk_id: bytes,
-                            codec: ChunkCodec) -> bytes:
+                            codec: ChunkCodec, size: int | None = None) -> bytes:
         """The plaintext of a chunk: from the local replica, else (missing or damaged) from
-        another replica, local site first, repairing the local copy when it was missing."""
+        another replica, local site first, repairing the local copy when it was missing.
+        *size*: the chunk's plaintext length if known — a chunk of at most
+        :data:`ON_LOOP_MAX` bytes whose record is in the page cache is read and opened on the
+        event loop, without a worker thread's hop."""
         if self.holds(tenant, bucket, key):
             try:
+                if size is not None and size <= ON_LOOP_MAX:
+                    # Never waits for the disk (None: not all cached, or a compaction holds
+                    # the segments). Opening it (AEAD and BLAKE3) holds the loop ~50 µs for
+                    # 40 KiB, ~70 for 64 KiB; the hop it replaces cost the loop ~100 Python
+                    # calls and three scheduler passes per get.
+                    view = self.store.read_chunk_now(tenant, chunk_id)
+                    if view is not None:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        return codec.open(chunk_id, view)
+
                 # Read and decrypt in one worker-thread hop (a hop costs ~0.1 ms).
                 def read_and_open() -> bytes:
                     return self.open_local(tenant, chunk_id, codec)
