@@ -1,9 +1,11 @@
 """Lone small-get benchmark: what a 4 KiB get from the coordinator costs, by process.
 
-    python bench/get_profile.py [--n N] [--size BYTES] [--json PATH] [--dir DIR] [--no-profile]
+    python bench/get_profile.py [--n N] [--size BYTES] [--versions V] [--json PATH] [--dir DIR]
+                                [--no-profile]
 
 Starts ``hdsd init`` (two sites, one node each) and both nodes as real ``hdsd serve``
-processes, writes one object, then gets it *N* times in sequence through
+processes, writes one object (*V* versions of one key, default 1: a get reads the current
+one), then gets it *N* times in sequence through
 ``hdsd.AsyncClient(profile, site="dc1")``: latency p50/p90/p99 and the CPU of each process per
 get (the client's own, and each node's every thread). Then, deterministic counts that a shared
 machine cannot blur: the same gets again with dc1 under cProfile (enabled by SIGUSR1, dumped on
@@ -70,13 +72,14 @@ async def _gets(client: hdsd.AsyncClient, key: str, n: int, samples: list[float]
         samples.append(time.perf_counter() - t)
 
 
-async def measure(profile: Path, size: int, n: int, pids: dict[str, int],
+async def measure(profile: Path, size: int, versions: int, n: int, pids: dict[str, int],
                   dc1: NodeProcess | None, prof_out: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with trio.fail_after(900):
         async with hdsd.AsyncClient(profile, site="dc1", timeout=120) as client:
             key = "prof" if prof_out else "lat"
-            await client.put("bench", key, os.urandom(size))
+            for _ in range(versions):
+                await client.put("bench", key, os.urandom(size))
             await _gets(client, key, 200, [])
             if prof_out is None:
                 samples: list[float] = []
@@ -116,6 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="gets per measure")
     ap.add_argument("--size", type=int, default=4 << 10)
+    ap.add_argument("--versions", type=int, default=1, help="versions of the key got")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "get_profile.json")
     ap.add_argument("--dir", default=str(HERE / "results"), help="scratch directory")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile counts")
@@ -131,20 +135,22 @@ def main() -> None:
                 NodeProcess(cluster / "dc1-n1" / "node.toml") as dc1:
             assert dc1.proc is not None and dc2.proc is not None
             pids = {"dc1": dc1.proc.pid, "dc2": dc2.proc.pid}
-            result.update(trio.run(measure, profile, args.size, args.n, pids, None, None))
+            result.update(trio.run(measure, profile, args.size, args.versions, args.n, pids, None,
+                                   None))
         if not args.no_profile:
             prof_out = scratch / "dc1.prof"
             with NodeProcess(cluster / "dc2-n1" / "node.toml"), \
                     NodeProcess(cluster / "dc1-n1" / "node.toml",
                                 prefix=[*PROFILER_PREFIX, str(prof_out)]) as dc1:
-                result.update(trio.run(measure, profile, args.size, args.n, {}, dc1,
-                                       prof_out))
+                result.update(trio.run(measure, profile, args.size, args.versions, args.n,
+                                       {}, dc1, prof_out))
             shutil.copy(prof_out, args.json.with_suffix(".prof"))
             shutil.copy(str(prof_out) + ".client", args.json.with_suffix(".client.prof"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lat = result["latency"]
-    print(f"get {args.size} B x1 from dc1, {args.n} gets: p50 {lat['p50_ms']:.3f} ms, "
+    print(f"get {args.size} B x1 from dc1 ({args.versions} versions), {args.n} gets: "
+          f"p50 {lat['p50_ms']:.3f} ms, "
           f"p90 {lat['p90_ms']:.3f}, p99 {lat['p99_ms']:.3f}; CPU ms per get: "
           + ", ".join(f"{k} {v:.3f}" for k, v in result["cpu_ms_per_get"].items()))
     if "dc1_calls_per_get" in result:
@@ -154,7 +160,8 @@ def main() -> None:
               f"{result['dc1_passes_per_get']:.2f} scheduler passes")
     write_json(args.json, {"benchmark": "get_profile", "machine": machine_info(),
                            "started": started, "seconds": time.time() - started,
-                           "size": args.size, "n": args.n, **result})
+                           "size": args.size, "versions": args.versions, "n": args.n,
+                           **result})
     print(f"JSON: {args.json}")
 
 

@@ -28,7 +28,7 @@ from .._errors import (
 )
 from ..transport import WireSession
 from ..wire import MAX_GET_MANY, UNSENT, Data, End, GetMany, GetStart, GotMany, Message
-from ._results import no_answer, queued, raise_for, receive
+from ._results import queued, raise_for
 
 if TYPE_CHECKING:
     from ._async import AsyncClient
@@ -119,8 +119,7 @@ async def _download(client: AsyncClient, batch: Sequence[Item], base: int,
         try:
             try:
                 await session.send(request)
-                with no_answer(client.timeout):
-                    event = await receive(inbox)
+                event = await client._frame(session, rid, inbox)
             except ConnectionLost:
                 if _refused_by_old_node(session):
                     client.bulk_reads = False
@@ -140,7 +139,7 @@ async def _download(client: AsyncClient, batch: Sequence[Item], base: int,
                 if cutter.finished:
                     # Everything announced is in: take the End before handing out the last
                     # items, so that a caller that stops there leaves nothing to cancel.
-                    event = await _next(client, inbox)
+                    event = await _next(client, session, rid, inbox)
                     if not isinstance(event, End):
                         raise_for(event)
                     cutter.end()
@@ -150,7 +149,7 @@ async def _download(client: AsyncClient, batch: Sequence[Item], base: int,
                     return
                 for fetched in ready:
                     yield fetched
-                event = await _next(client, inbox)
+                event = await _next(client, session, rid, inbox)
                 if isinstance(event, Data):
                     ready = cutter.take(event.data)
                     # Credit once the caller took what the piece completed: a slow reader
@@ -171,12 +170,12 @@ async def _download(client: AsyncClient, batch: Sequence[Item], base: int,
             session.close_inbox(rid)
 
 
-async def _next(client: AsyncClient, inbox: trio.MemoryReceiveChannel[Message]) -> Message:
-    """The download's next frame, within the client's timeout."""
+async def _next(client: AsyncClient, session: WireSession, rid: int,
+                inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+    """The download's next frame, within the client's timeout (``AsyncClient._frame``)."""
     frame = queued(inbox)
     if frame is None:
-        with no_answer(client.timeout):
-            frame = await receive(inbox)
+        frame = await client._frame(session, rid, inbox)
     return frame
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from .._deadline import deadline
 from .._errors import (
     ConnectionLost,
     IntegrityError,
@@ -19,7 +17,7 @@ from .._errors import (
 from ..transport import WireSession
 from ..wire import Data, End, ErrorReply, Message, VersionInfo
 
-__all__ = ["GetStream", "ListPage", "ObjectInfo", "no_answer", "raise_for", "receive"]
+__all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +55,21 @@ class ListPage:
 
 
 class GetStream:
-    """The body of a get: ``info`` first, then ``async for piece in stream``."""
+    """The body of a get: ``info`` first, then ``async for piece in stream``.
+
+    *answer* waits for the request's next frame within the client's timeout (the client's
+    ``_frame``: its one deadline task keeps the deadline, not a cancel scope per frame)."""
 
     def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
-                 inbox: trio.MemoryReceiveChannel[Message], timeout: float) -> None:
+                 inbox: trio.MemoryReceiveChannel[Message],
+                 answer: Callable[[], Awaitable[Message]]) -> None:
         self.info = info
         self.start = start
         self.end = end
         self._session = session
         self._rid = rid
         self._inbox = inbox
-        self._timeout = timeout
+        self._answer = answer
         self.received = 0
         self.complete = False
         self._unconsumed = 0  # the last piece given out, granted back at the next call
@@ -90,8 +92,7 @@ class GetStream:
             await trio.lowlevel.checkpoint_if_cancelled()
             event = queued(self._inbox)
             if event is None:
-                with no_answer(self._timeout):
-                    event = await receive(self._inbox)
+                event = await self._answer()
             if isinstance(event, Data):
                 self.received += len(event.data)
                 if self.received > self.end - self.start:
@@ -115,13 +116,8 @@ class GetStream:
         self._session.close_inbox(self._rid)
 
 
-def no_answer(timeout: float) -> AbstractContextManager[trio.CancelScope]:
-    """The client's deadline for the node's next frame of a request."""
-    return deadline(timeout, f"no answer from the node within {timeout:g} s")
-
-
 async def receive(inbox: trio.MemoryReceiveChannel[Message]) -> Message:
-    """The next frame of a request (the caller owns the deadline: :func:`no_answer`)."""
+    """The next frame of a request (the caller owns the deadline: ``AsyncClient._frame``)."""
     try:
         return await inbox.receive()
     except trio.EndOfChannel:

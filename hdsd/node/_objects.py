@@ -112,8 +112,15 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
     """The key's current version (or the one named); NotFound for none or a delete marker."""
     check_bucket(bucket)
     check_key(key)
-    if version is not None:
-        _version_order(version)  # a malformed id is refused before anything is read
+    # A malformed id is refused before anything is read.
+    wanted = _version_order(version) if version is not None else None
+    if node.reads.local_only(tenant, bucket, key):
+        # This node's store is the whole answer: its one version, not all the key's merged.
+        local = node.reads.local_version(tenant, bucket, key, wanted)
+        if local is None or local.tombstone:
+            what = f"{bucket}/{key}" + (f" version {version}" if version else "")
+            raise NotFound(f"{what} not found")
+        return local
     found = _named(await node.reads.versions_of(tenant, bucket, key), bucket, key, version)
     if found.tombstone:
         raise NotFound(f"{bucket}/{key} version {version} not found")
@@ -123,19 +130,19 @@ async def resolve(node: Node, tenant: str, bucket: str, key: str,
 def resolve_now(node: Node, tenant: str, bucket: str, key: str,
                 version: str | None) -> Version | None:
     """What :func:`resolve` gives, when this node's store alone answers for the key (see
-    ``ReadPaths.local_records_now``) and has it; None in every other case — others to ask,
+    ``ReadPaths.local_only``) and has it; None in every other case — others to ask,
     nothing to serve, any refusal — for :func:`resolve` to decide. Never awaits, never
     raises :class:`HdsdError`."""
     try:
         check_bucket(bucket)
         check_key(key)
-        records = node.reads.local_records_now(tenant, bucket, key)
-        if records is None:
+        if not node.reads.local_only(tenant, bucket, key):
             return None
-        found = _named(visible_versions(records), bucket, key, version)
+        found = node.reads.local_version(
+            tenant, bucket, key, _version_order(version) if version is not None else None)
     except HdsdError:
         return None
-    return None if found.tombstone else found
+    return None if found is None or found.tombstone else found
 
 
 # -- put ---------------------------------------------------------------------------------------
@@ -538,7 +545,7 @@ async def stream_object(node: Node, tenant: str, version: Version, lo: int, hi: 
             plain = await open_in_thread(codec, chunk_id, version.inline)
         else:
             plain = await node.reads.chunk_payload(tenant, version.bucket, version.key, chunk_id,
-                                                   codec)
+                                                   codec, chunk_len)
         if len(plain) != chunk_len:
             raise IntegrityError(f"chunk {index} of {version.bucket}/{version.key} has "
                                  f"{len(plain)} bytes, expected {chunk_len}")

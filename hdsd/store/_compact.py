@@ -74,6 +74,21 @@ class SegmentGate:
                 if not self._readers:
                     self._cond.notify_all()
 
+    def enter_now(self) -> bool:
+        """:meth:`reading`'s entry for the event loop, which must not wait: False (not
+        entered) while a compaction holds the segments; else :meth:`leave` once read."""
+        with self._cond:  # its lock is held only for these counters, never while waiting
+            if self._closing:
+                return False
+            self._readers += 1
+        return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:

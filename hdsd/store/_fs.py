@@ -7,6 +7,7 @@ raises ENOSPC, unsynced writes are lost at a simulated crash). Nothing in the st
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ def _write_zeros_direct(fd: int, offset: int, length: int) -> int:
     return done
 
 
+# preadv's flag to read only what the page cache holds (Linux 4.14+); None elsewhere.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_NOWAIT_REFUSED = frozenset({errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL})
+
+
 class FileSystem:
     """Real POSIX file operations. Every method may raise :class:`OSError`."""
 
@@ -65,6 +71,21 @@ class FileSystem:
 
     def size(self, fd: int) -> int:
         return os.fstat(fd).st_size
+
+    def pread_cached(self, fd: int, length: int, offset: int) -> bytes | None:
+        """The *length* bytes at *offset* if every one of them is in the page cache now (read
+        without waiting for the disk: ``RWF_NOWAIT``); None if any is not, or if the system
+        cannot tell — then :meth:`pread` them, in a worker thread."""
+        if _NOWAIT is None:
+            return None
+        buf = bytearray(length)
+        try:
+            n = os.preadv(fd, [buf], offset, _NOWAIT)
+        except OSError as exc:
+            if exc.errno in _NOWAIT_REFUSED:
+                return None  # not cached (EAGAIN), or no RWF_NOWAIT on this file system
+            raise
+        return bytes(buf) if n == length else None
 
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         """Up to *length* bytes at *offset* (fewer only at end of file)."""

@@ -341,6 +341,30 @@ class Store:
         a streaming get. Same checks, same errors."""
         self._check_readable()
         loc, data = self._read_located(tenant, chunk_id)
+        return self._chunk_view(tenant, chunk_id, loc, data)
+
+    def read_chunk_now(self, tenant: str, chunk_id: bytes) -> bytes | memoryview | None:
+        """:meth:`read_chunk_view`'s answer if it can be read without waiting — every byte
+        of the record in the page cache, no compaction holding the segments — for the event
+        loop; None otherwise (read it with :meth:`read_chunk_view`, in a worker thread).
+        Same checks, same errors."""
+        self._check_readable()
+        loc = self._index.chunk_location(tenant, chunk_id)
+        if loc is None:
+            raise NotFound(f"chunk {chunk_id.hex()} not found")
+        if not self._segments.enter_now():
+            return None
+        try:
+            with self._read_fds.use(loc.segment) as fd:
+                data = self._fs.pread_cached(fd, loc.length, loc.offset)
+        except FileNotFoundError:
+            return None  # compaction moved it since the lookup: the thread's read looks again
+        finally:
+            self._segments.leave()
+        return None if data is None else self._chunk_view(tenant, chunk_id, loc, data)
+
+    def _chunk_view(self, tenant: str, chunk_id: bytes, loc: Location,
+                    data: bytes) -> bytes | memoryview:
         name = F.segment_name(loc.segment)
         kind, body = check_frame_view(name, loc.offset, data)
         if kind == F.KIND_CHUNK:
@@ -379,7 +403,8 @@ class Store:
         return self._index.versions(tenant, bucket, key)
 
     def current(self, tenant: str, bucket: str, key: str) -> Version | None:
-        """The greatest version of a key (may be a tombstone), or None."""
+        """The greatest version of a key that is not a purge or retention record (its head:
+        may be a tombstone), or None."""
         self._check_readable()
         return self._index.current(tenant, bucket, key)
 

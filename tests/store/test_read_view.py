@@ -3,6 +3,7 @@ with the checks and errors of ``read_chunk``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -13,6 +14,7 @@ from hdsd import IntegrityError, NotFound
 from hdsd._packing import packb
 from hdsd.store import ChunkRecord, Store
 from hdsd.store import _format as F
+from hdsd.store._fs import FileSystem
 from hdsd.store._records import chunk_payload_view, decode_record
 from tests.helpers.sealing import SEALING
 
@@ -67,3 +69,44 @@ def test_a_store_reads_a_chunk_as_a_view_with_read_chunks_checks(tmp_path: Path)
             f.write(bytes([byte[0] ^ 1]))
         with pytest.raises(IntegrityError):
             store.read_chunk_view("t", records[0].chunk_id)
+
+
+def test_a_chunk_in_the_page_cache_is_read_now_with_the_same_checks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether this file system tells what its page cache holds (RWF_NOWAIT): if not, nothing
+    # is read now, and every read goes to a worker thread as before.
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x" * 4096)
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        tells = FileSystem().pread_cached(fd, 4096, 0) == b"x" * 4096
+    finally:
+        os.close(fd)
+    with Store.open(tmp_path / "s", sealing=SEALING) as store:
+        payload = bytes(range(256)) * 160  # 40 KiB
+        record = ChunkRecord("t", chunk_id(payload), payload)
+        store.commit_sync([record])
+        # Just written: its pages are cached.
+        assert store.read_chunk_now("t", record.chunk_id) == (payload if tells else None)
+        if not tells:
+            return
+        with pytest.raises(NotFound):
+            store.read_chunk_now("t", chunk_id(b"absent"))
+        # Not (all) cached, or no RWF_NOWAIT here: None, for a worker thread's read.
+        monkeypatch.setattr(store._fs, "pread_cached", lambda fd, n, at: None)
+        assert store.read_chunk_now("t", record.chunk_id) is None
+        monkeypatch.undo()
+        # While a compaction holds the segments, the event loop does not wait for it.
+        with store._segments.exclusive():
+            assert store.read_chunk_now("t", record.chunk_id) is None
+        assert store.read_chunk_now("t", record.chunk_id) == payload
+        # A flipped byte fails the record's checksum, as for read_chunk_view.
+        loc = store._index.chunk_location("t", record.chunk_id)
+        assert loc is not None
+        with open(tmp_path / "s" / F.segment_name(loc.segment), "r+b") as f:
+            f.seek(loc.offset + loc.length - 10)
+            byte = f.read(1)
+            f.seek(loc.offset + loc.length - 10)
+            f.write(bytes([byte[0] ^ 1]))
+        with pytest.raises(IntegrityError):
+            store.read_chunk_now("t", record.chunk_id)
