@@ -448,7 +448,8 @@ class Replicator:
             try:
                 # (shielded, and its deadline earlier than the link's own bound)
                 await self._replicate_to(
-                    peer, chunks, versions, sent=sent, shielded=True,
+                    peer, chunks, versions, sent=start_local if grace is None else sent,
+                    shielded=True,
                     wire=None if sealed is None else sealed.wire_versions(versions),
                     graced=grace is not None)
                 acked.add(peer)
