@@ -438,13 +438,17 @@ class Replicator:
                 finally:
                     local.abandon()
 
-        # One shielded scope bounds the peer's round trip, then (deadline moved) the local
-        # commit: each gets the write timeout, as two nested timeouts would give them, at a
-        # third of the cancel scopes on every put. Only when the peer's part timed out (the
-        # scope is cancelled for good) does the local commit need a scope of its own.
+        # One shielded scope bounds the peer's round trip, then the local commit: the whole
+        # write gets the write timeout, and the local commit at least half of it. A peer that
+        # answered in the first half leaves the commit that much (usually durable already:
+        # the round trip outlasts the fsync); one that answered later has the deadline moved
+        # for the commit by a whole timeout, as two nested timeouts would give it (moving it
+        # on every write cost ~20 Python calls). Under `local` the deadline is moved always
+        # (the grace had brought it near). Only when the peer's part timed out (the scope is
+        # cancelled for good) does the local commit need a scope of its own.
         waited_here = False
-        with trio.CancelScope(shield=True,
-                              deadline=trio.current_time() + self.timeout) as scope:
+        began = trio.current_time()
+        with trio.CancelScope(shield=True, deadline=began + self.timeout) as scope:
             try:
                 # (shielded, and its deadline earlier than the link's own bound)
                 await self._replicate_to(
@@ -460,7 +464,8 @@ class Replicator:
                 self._answered(peer, now - sent_at)
                 sent_at = None
             if not scope.cancel_called:
-                scope.deadline = now + self.timeout
+                if grace is not None or now - began > self.timeout / 2:
+                    scope.deadline = now + self.timeout
                 waited_here = True
                 await commit_here()
         if not waited_here:

@@ -48,6 +48,7 @@ class MemStore:
         self.failed = False
         self.fail_next_fsync = False
         self.fsyncs = 0
+        self.fsync_s = FSYNC_S  # how long a commit takes to become durable
 
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
         await self.start_commit(records).wait()
@@ -66,11 +67,11 @@ class MemStore:
                 self.versions.setdefault((r.tenant, r.bucket, r.key, r.hlc, r.node), r)
 
     def start_commit(self, records: Sequence[ChunkRecord | Version]) -> _MemCommit:
-        """Queue now, durable FSYNC_S later (like the real log writer, it runs while the
+        """Queue now, durable ``fsync_s`` later (like the real log writer, it runs while the
         caller does other I/O)."""
         if self.failed:
             raise StoreFailedError("store stopped after an fsync failure")
-        return _MemCommit(self, list(records), self.epoch, trio.current_time() + FSYNC_S)
+        return _MemCommit(self, list(records), self.epoch, trio.current_time() + self.fsync_s)
 
     def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit:
         """Sealed as the real store seals them, so the coordinator sends its versions sealed
