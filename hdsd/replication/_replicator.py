@@ -376,7 +376,9 @@ class Replicator:
 
         *grace* (the ``local`` policy, which needs this node's commit only): the peer's
         answer is awaited that long once its request is on its way, no longer; a peer that
-        has not answered by then is neither in *acked* nor in *failed* (the caller hints it).
+        has not answered by then is not in *acked* (the caller hints it): in *failed* neither,
+        or as :class:`Unavailable` when its records shared a batch whose sender's grace ended
+        first.
         Its request is not cut (it is out), only the wait for its answer: the peer stores
         the records all the same, and its late answer is dropped by the session as any
         abandoned request's is — the hint stands for whatever it would have said. Counted
