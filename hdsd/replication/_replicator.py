@@ -9,10 +9,13 @@ through :class:`PeerLink` — and :meth:`Replicator.write` returns as soon as th
 lets it send more) waits for the slower site; nothing is stored first and forwarded after.
 
 Sends still running when the policy holds go on in the background (bounded by the write
-timeout). The common case — ``each-site`` with one replica per site, this node one of them —
-cannot be acknowledged before both answer, so it runs in the caller's task instead: the local
-commit is queued (:meth:`LocalStore.start_commit`), the peer call made, then the commit awaited,
-all shielded from the caller's cancellation and bounded by the write timeout.
+timeout). The common case — one replica per site, this node one of them — runs in the caller's
+task instead: the local commit is queued (:meth:`LocalStore.start_commit`), the peer call made,
+then the commit awaited, all shielded from the caller's cancellation and bounded by the write
+timeout. ``each-site`` and ``majority`` (of two: both) wait for both answers; ``local`` waits
+for the peer's only a grace drawn from its recent answer times (a healthy peer answers within
+it, and needs no hint), over a live link only (towards a peer that is down the general path
+leaves the reconnection to a background task).
 
 Any replica that had not confirmed *every* write of the put when the version is acknowledged
 gets a durable hint (see :mod:`._hints`) before the client hears "ok"; replay
@@ -57,6 +60,13 @@ __all__ = ["LocalStore", "Replicator"]
 log = logging.getLogger("hdsd.replication")
 
 _LAG_GRACE_S = 0.005
+# Under `local`, a pair write waits for its peer's answer as long as TCP waits for an ack: the
+# peer's smoothed answer time (send to answer) plus four times its smoothed deviation (RFC
+# 6298), within these bounds: a healthy peer's answer then lands inside the grace (no hint,
+# whose fsync and replay cost more than the wait), a peer slower than its habit is not waited
+# for, and one that stays slow is waited for at most the upper bound.
+_GRACE_MIN_S = 0.005
+_GRACE_MAX_S = 0.1
 # Concurrent writes to one peer share a Replicate request up to this many bytes (well under a
 # frame); a write above half of it goes alone.
 _BATCH_BYTES_MAX = 1 << 20
@@ -123,6 +133,10 @@ class Replicator:
         self._offload = offload
         self._background: trio.Nursery | None = None
         self._batches: dict[str, _Batch] = {}  # peer -> the batch still taking writes
+        self._graced_batches: dict[str, _Batch] = {}  # the same for `local` (_write_pair)
+        # `local`: per peer, its smoothed answer time and deviation, and the grace they give.
+        self._answer_s: dict[str, tuple[float, float]] = {}
+        self._grace_s: dict[str, float] = {}
         # Whether no other request is in flight on the node (the node says; the default keeps
         # every write open to company): a write then has nobody to share its Replicate with.
         self.alone = alone
@@ -202,18 +216,43 @@ class Replicator:
         targets = [n for nodes in replicas.values() for n in nodes]
         acked: set[str] = set()
         failed: dict[str, HdsdError] = {}
-        if (policy == "each-site" and len(targets) == 2 and self.name in targets
+        if (len(targets) == 2 and self.name in targets
                 and [len(nodes) for nodes in replicas.values()] == [1, 1]):
-            # The common case (one replica per site, this node one of them): the policy needs
-            # both, so nothing can be acknowledged early and no background task is needed.
-            await self._write_pair(targets, chunks, versions, acked, failed)
-            # Both confirmed, in a plain placement (no layout parts, each with its own sites,
-            # to hold the policy in): each site has its copy, no need to ask policy_met.
-            if (len(acked) == 2 and type(replicas) is dict) or policy_met(
-                    policy, replicas, acked, self.site):
-                return set()
+            # The common case (one replica per site, this node one of them) in the caller's
+            # task, no background task. each-site and majority (of two: both) need both, so
+            # nothing can be acknowledged early. local needs this node's commit only: the peer
+            # gets a grace once its request is out (its usual answer time, see _answered),
+            # then lags (a hint). Only over a live link: towards a peer that is down (degraded
+            # mode) the session's reconnection would hold every put; the general path leaves
+            # it to a background task.
+            peer = targets[0] if targets[1] == self.name else targets[1]
+            grace = None
+            if policy == "local":
+                if not self.peers.reachable(peer):
+                    return await self._write_general(policy, replicas, targets, chunks,
+                                                     versions, acked, failed)
+                grace = self._grace_s.get(peer, _GRACE_MIN_S)
+            await self._write_pair(targets, chunks, versions, acked, failed, grace)
+            # Confirmed where the policy needs it, in a plain placement (no layout parts, each
+            # with its own sites, to hold the policy in): no need to ask policy_met. This
+            # node is the one replica of its site, so under local its commit is the policy.
+            if type(replicas) is dict and (len(acked) == 2 or (
+                    grace is not None and self.name in acked)):
+                return set(targets) - acked
+            if policy_met(policy, replicas, acked, self.site):
+                return set(targets) - acked
             return await self._not_met(policy, replicas, targets, versions, acked, failed,
                                        self._may_degrade(replicas, acked, failed))
+        return await self._write_general(policy, replicas, targets, chunks, versions, acked,
+                                         failed)
+
+    async def _write_general(self, policy: WritePolicy, replicas: Replicas, targets: list[str],
+                             chunks: Sequence[ChunkRecord], versions: Sequence[Version],
+                             acked: set[str], failed: dict[str, HdsdError]) -> set[str]:
+        """:meth:`write` for any placement and policy: one background send per replica,
+        acknowledged once the policy holds (the sends still running go on, bounded by the
+        write timeout)."""
+        assert self._background is not None
         settled = trio.Event()
         local_done = trio.Event()
         all_done = trio.Event()
@@ -264,7 +303,8 @@ class Replicator:
                             versions: Sequence[Version],
                             sent: Callable[[], None] | None = None,
                             shielded: bool = False,
-                            wire: Sequence[Version | dict[str, Any]] | None = None) -> None:
+                            wire: Sequence[Version | dict[str, Any]] | None = None,
+                            graced: bool = False) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: the
@@ -277,12 +317,17 @@ class Replicator:
         timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
         for each alone. *sent* is called once the records are on their way (see
         :meth:`SendHookLink.call`), by whoever sends the batch they are in. *wire*: the
-        versions as sent, if not *versions* themselves (sealed here already).
+        versions as sent, if not *versions* themselves (sealed here already). *graced*: the
+        caller stops waiting for the answer a grace after the send (``local``); such writes
+        batch among themselves only, so that a write that waits for the answer (a mode
+        switch can have both kinds in flight) never takes "not answered" from a batch whose
+        sender stopped waiting early.
         """
         nbytes = _weight(chunks, versions)
         if wire is None:
             wire = versions
-        batch = self._batches.get(peer)
+        batches = self._graced_batches if graced else self._batches
+        batch = batches.get(peer)
         if batch is not None and batch.nbytes + nbytes <= _BATCH_BYTES_MAX:
             batch.chunks.extend(chunks)
             batch.versions.extend(wire)
@@ -302,14 +347,14 @@ class Replicator:
             await self.peers.call(peer, replicate_message(self.layout_id, chunks, wire),
                                   sent=sent, shielded=shielded)
             return
-        batch = self._batches[peer] = _Batch(list(chunks), list(wire), nbytes)
+        batch = batches[peer] = _Batch(list(chunks), list(wire), nbytes)
         if sent is not None:
             batch.on_sent.append(sent)
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()  # let the others join
         finally:
-            if self._batches.get(peer) is batch:
-                del self._batches[peer]
+            if batches.get(peer) is batch:
+                del batches[peer]
         try:
             await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
                                                           batch.versions), sent=batch.sent,
@@ -325,9 +370,22 @@ class Replicator:
 
     async def _write_pair(self, targets: list[str], chunks: Sequence[ChunkRecord],
                           versions: Sequence[Version], acked: set[str],
-                          failed: dict[str, HdsdError]) -> None:
+                          failed: dict[str, HdsdError], grace: float | None = None) -> None:
         """Commit here and on the one other replica in parallel, in this task: the log writer
         syncs while the peer's round trip runs. Fills *acked* and *failed*.
+
+        *grace* (the ``local`` policy, which needs this node's commit only): the peer's
+        answer is awaited that long once its request is on its way, no longer; a peer that
+        has not answered by then is not in *acked* (the caller hints it): in *failed* neither,
+        or as :class:`Unavailable` when its records shared a batch whose sender's grace ended
+        first.
+        Its request is not cut (it is out), only the wait for its answer: the peer stores
+        the records all the same, and its late answer is dropped by the session as any
+        abandoned request's is — the hint stands for whatever it would have said. Counted
+        from the send, not from the local commit (one task cannot wait for both at once):
+        the local fsync usually ends first (the peer's answer includes its own fsync and a
+        round trip). The time the answer took (the grace, if none came) feeds the peer's
+        smoothed answer time, from which the next grace is drawn (:meth:`_answered`).
 
         The local commit is queued as soon as the peer's request is on its way (or could not
         be sent), not before: queueing wakes the log writer thread, which would take the GIL
@@ -362,6 +420,15 @@ class Replicator:
             except HdsdError as exc:
                 failed[self.name] = exc
 
+        sent_at: float | None = None
+
+        def sent() -> None:
+            nonlocal sent_at
+            start_local()
+            if grace is not None:
+                sent_at = trio.current_time()
+                scope.deadline = min(scope.deadline, sent_at + grace)
+
         async def commit_here() -> None:
             start_local()  # the request was not sent (or not by us): commit here all the same
             if local is not None:
@@ -373,28 +440,54 @@ class Replicator:
                 finally:
                     local.abandon()
 
-        # One shielded scope bounds the peer's round trip, then (deadline moved) the local
-        # commit: each gets the write timeout, as two nested timeouts would give them, at a
-        # third of the cancel scopes on every put. Only when the peer's part timed out (the
-        # scope is cancelled for good) does the local commit need a scope of its own.
+        # One shielded scope bounds the peer's round trip, then the local commit: the whole
+        # write gets the write timeout, and the local commit at least half of it. A peer that
+        # answered in the first half leaves the commit that much (usually durable already:
+        # the round trip outlasts the fsync); one that answered later has the deadline moved
+        # for the commit by a whole timeout, as two nested timeouts would give it (moving it
+        # on every write cost ~20 Python calls). Under `local` the deadline is moved always
+        # (the grace had brought it near). Only when the peer's part timed out (the scope is
+        # cancelled for good) does the local commit need a scope of its own.
         waited_here = False
-        with trio.CancelScope(shield=True,
-                              deadline=trio.current_time() + self.timeout) as scope:
+        began = trio.current_time()
+        with trio.CancelScope(shield=True, deadline=began + self.timeout) as scope:
             try:
                 # (shielded, and its deadline earlier than the link's own bound)
                 await self._replicate_to(
-                    peer, chunks, versions, sent=start_local, shielded=True,
-                    wire=None if sealed is None else sealed.wire_versions(versions))
+                    peer, chunks, versions, sent=start_local if grace is None else sent,
+                    shielded=True,
+                    wire=None if sealed is None else sealed.wire_versions(versions),
+                    graced=grace is not None)
                 acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc
+            now = trio.current_time()
+            if sent_at is not None:
+                self._answered(peer, now - sent_at)
+                sent_at = None
             if not scope.cancel_called:
-                scope.deadline = trio.current_time() + self.timeout
+                if grace is not None or now - began > self.timeout / 2:
+                    scope.deadline = now + self.timeout
                 waited_here = True
                 await commit_here()
         if not waited_here:
+            if grace is not None and sent_at is not None:
+                self._answered(peer, grace)  # cut by the grace: it took at least that
             with trio.CancelScope(shield=True, deadline=trio.current_time() + self.timeout):
                 await commit_here()
+
+    def _answered(self, peer: str, took: float) -> None:
+        """A graced write's peer answered in *took* seconds: smooth it as TCP smooths its
+        round trip (RFC 6298: 1/8 of the way, the deviation 1/4) and draw the next grace."""
+        last = self._answer_s.get(peer)
+        if last is None:
+            smooth, deviation = took, took / 2
+        else:
+            smooth, deviation = last
+            deviation += (abs(smooth - took) - deviation) / 4
+            smooth += (took - smooth) / 8
+        self._answer_s[peer] = (smooth, deviation)
+        self._grace_s[peer] = min(max(smooth + 4 * deviation, _GRACE_MIN_S), _GRACE_MAX_S)
 
     def _may_degrade(self, replicas: Replicas, acked: set[str],
                      failed: dict[str, HdsdError]) -> bool:

@@ -263,3 +263,41 @@ def test_nodes_with_different_layouts_refuse_to_mix(tmp_path: Path) -> None:
         assert "layout" in str(info.value)
     finally:
         cluster.kill()
+
+
+def test_local_policy_with_the_other_site_up_reaches_it_all_the_same(two_by_one: Cluster) -> None:
+    # Under `local` (dc1 degraded by its operator ahead of maintenance, dc2 still up) a put is
+    # acknowledged on dc1's fsync, dc2's answer awaited only a grace (replication's pair write):
+    # over real TLS, fsync and processes, with puts sharing a Replicate, every acknowledged
+    # version reaches dc2, directly or by the hint kept for it, and the live RPO ends at 0.
+    profile = two_by_one.profile
+    proc = cli("--profile", str(profile), "site", "degrade", "dc1", "--reason", "maintenance")
+    assert proc.returncode == 0, proc.stderr.decode()
+    written: dict[str, bytes] = {f"seq/{i}": os.urandom(100 * i + 1) for i in range(20)}
+    written["seq/big"] = os.urandom(2 * CHUNK + 7)
+    with hdsd.Client(profile, site="dc1") as dc1:
+        for key, data in written.items():
+            dc1.put("loc", key, data)
+
+    async def writer(client: hdsd.AsyncClient, i: int) -> None:
+        for j in range(15):
+            key, data = f"mux/{i}/{j}", os.urandom(4096)
+            await client.put("loc", key, data)
+            written[key] = data
+
+    async def burst() -> None:
+        with trio.fail_after(120):
+            async with hdsd.AsyncClient(profile, site="dc1") as client:
+                async with trio.open_nursery() as nursery:
+                    for i in range(16):
+                        nursery.start_soon(writer, client, i)
+
+    trio.run(burst)
+    assert _status(profile, "dc1")["write_policy"] == "local"
+    deadline = time.monotonic() + 120
+    while _status(profile, "dc1")["rpo"]["versions"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with hdsd.Client(profile, site="dc2") as dc2:
+        for key, data in written.items():
+            assert dc2.get("loc", key) == data, key

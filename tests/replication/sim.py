@@ -48,6 +48,7 @@ class MemStore:
         self.failed = False
         self.fail_next_fsync = False
         self.fsyncs = 0
+        self.fsync_s = FSYNC_S  # how long a commit takes to become durable
 
     async def commit(self, records: Sequence[ChunkRecord | Version]) -> None:
         await self.start_commit(records).wait()
@@ -66,11 +67,11 @@ class MemStore:
                 self.versions.setdefault((r.tenant, r.bucket, r.key, r.hlc, r.node), r)
 
     def start_commit(self, records: Sequence[ChunkRecord | Version]) -> _MemCommit:
-        """Queue now, durable FSYNC_S later (like the real log writer, it runs while the
+        """Queue now, durable ``fsync_s`` later (like the real log writer, it runs while the
         caller does other I/O)."""
         if self.failed:
             raise StoreFailedError("store stopped after an fsync failure")
-        return _MemCommit(self, list(records), self.epoch, trio.current_time() + FSYNC_S)
+        return _MemCommit(self, list(records), self.epoch, trio.current_time() + self.fsync_s)
 
     def encode_commit(self, records: Sequence[ChunkRecord | Version]) -> EncodedCommit:
         """Sealed as the real store seals them, so the coordinator sends its versions sealed
@@ -303,12 +304,38 @@ class SimNet:
                 raise ConnectionLost(f"{dst} reset the connection")
             if isinstance(msg, Replicate):
                 target.replicated_from.add(src)
-            body = await target.handle(msg)
+            body = await self._served(target, msg)
             if self._lost(dst, src) or not target.alive:
                 await trio.sleep_forever()
             await trio.sleep(self.rng.uniform(0, self.max_delay))
             return body
         raise RequestTimeout(f"{dst} did not answer in {timeout:g} s")
+
+
+    @staticmethod
+    async def _served(target: SimNode, msg: Message) -> dict[str, Any]:
+        """*msg* handled by *target* in a task of its own, as a real node serves a request:
+        a caller that stops waiting for the answer (a timeout, or ``local``'s grace) does not
+        stop the handling; the target's crash does (its answer then never comes)."""
+        assert target.requests is not None
+        outcome: list[dict[str, Any] | HdsdError] = []
+        done = trio.Event()
+
+        async def serve() -> None:
+            try:
+                outcome.append(await target.handle(msg))
+            except HdsdError as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        target.requests.start_soon(serve)
+        await done.wait()
+        if not outcome:
+            raise ConnectionLost(f"{target.name} crashed while serving the request")
+        if isinstance(outcome[0], HdsdError):
+            raise outcome[0]
+        return outcome[0]
 
 
 class SimLink:

@@ -167,3 +167,51 @@ def test_a_pair_write_bounds_the_peer_and_still_waits_for_its_local_commit(
         assert acked == {"a-n1"} and failed == set() and 2.0 <= took < 4.0
     else:
         assert acked == {"a-n1", "b-n1"} and failed == set() and took < 2.0
+
+
+async def _slow_pair_write(tmp_path: Path, peer_s: float, fsync_s: float
+                           ) -> tuple[set[str], float]:
+    """One pair write, write timeout 2 s: the peer answers *peer_s* after the request reaches
+    it, the coordinator's own commit takes *fsync_s*. (acked, virtual seconds it took)."""
+    net = SimNet(make_layout(1, 1), tmp_path, random.Random(0), timeout=60.0)
+    coordinator, replica = net.nodes["a-n1"], net.nodes["b-n1"]
+    handle = replica.handle
+
+    async def slow(msg: Message) -> dict[str, Any]:
+        await trio.sleep(peer_s)
+        return await handle(msg)
+
+    replica.handle = slow  # type: ignore[method-assign]
+    coordinator.store.fsync_s = fsync_s
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in net.nodes.values():
+                await node.start(nursery)
+            rep = coordinator.replicator
+            assert rep is not None
+            rep.timeout = 2.0
+            replicas = rep.replicas_for("t", "b", "k0")
+            acked: set[str] = set()
+            start = trio.current_time()
+            await rep._write_pair([n for nodes in replicas.values() for n in nodes], [],
+                                  [_version(0, coordinator.name)], acked, {})
+            took = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    finally:
+        for node in net.nodes.values():
+            node.hints.close()
+    return acked, took
+
+
+@pytest.mark.parametrize(("peer_s", "fsync_s", "local_acked"), [
+    (0.1, 1.5, True),   # the peer in the first half: the commit has what is left (1.9 s)
+    (0.1, 2.5, False),  # ... and no more: the write ends within its timeout
+    (1.5, 2.5, True),   # the peer in the second half: the commit gets a whole timeout more
+])
+def test_a_pair_write_leaves_its_local_commit_at_least_half_the_timeout(
+        tmp_path: Path, peer_s: float, fsync_s: float, local_acked: bool) -> None:
+    acked, took = trio.run(_slow_pair_write, tmp_path, peer_s, fsync_s,
+                           clock=trio.testing.MockClock(autojump_threshold=0))
+    assert "b-n1" in acked
+    assert ("a-n1" in acked) is local_acked
+    assert took < (2.0 if peer_s < 1.0 else peer_s + 2.0) + 0.01
