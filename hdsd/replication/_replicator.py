@@ -64,9 +64,12 @@ _LAG_GRACE_S = 0.005
 # peer's smoothed answer time (send to answer) plus four times its smoothed deviation (RFC
 # 6298), within these bounds: a healthy peer's answer then lands inside the grace (no hint,
 # whose fsync and replay cost more than the wait), a peer slower than its habit is not waited
-# for, and one that stays slow is waited for at most the upper bound.
+# for, and one that stays slow is waited for at most the upper bound. That bound keeps what an
+# operator picks `local` for: an acknowledgement that does not follow the other site's round
+# trip. A site in the same metro area (a few ms away, even loaded) is waited for; one farther
+# (a WAN) is not, and its writes are hinted as they were before the grace adapted.
 _GRACE_MIN_S = 0.005
-_GRACE_MAX_S = 0.1
+_GRACE_MAX_S = 0.02
 # Concurrent writes to one peer share a Replicate request up to this many bytes (well under a
 # frame); a write above half of it goes alone.
 _BATCH_BYTES_MAX = 1 << 20
