@@ -2,6 +2,14 @@
 
 For ordinary scripts: ``with hdsd.Client() as c: c.put("bucket", "key", b"...")``. Every call
 blocks until done and raises the same typed errors as :class:`AsyncClient`.
+
+A call crosses threads twice, and both crossings are written for a call costing little next to
+the request itself (``bench/client_overhead.py``): the caller hands a :class:`_Call` to the loop
+with ``TrioToken.run_sync_soon`` and blocks on the call's own lock; in the loop, an idle worker
+task takes it (a task is spawned only when every worker is busy: at most as many as calls ever
+ran at once), runs it and releases the lock. ``trio.from_thread.run``, used before, copied the
+caller's context, built a queue and spawned a system task per call: about 100 Python calls more
+per call in the loop thread (``docs/performance.md``, ninth round).
 """
 
 from __future__ import annotations
@@ -10,10 +18,10 @@ import builtins
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import outcome
 import trio
 
 from .._errors import HdsdError, ProtocolError
@@ -27,12 +35,46 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
+class _Call:
+    """One call on its way to the loop thread and back. ``done`` is held from creation until
+    the loop has set ``value`` or ``error``: the caller blocks acquiring it. A fresh lock per
+    call (allocating one costs about as much as a dict): a caller interrupted while waiting
+    (Ctrl-C) leaves its call running, and that call's late release must not wake a later call
+    of the same thread."""
+
+    __slots__ = ("args", "done", "error", "fn", "kwargs", "value")
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.release()
+
+
+def _closed_error() -> HdsdError:
+    return HdsdError("the client is closed")
+
+
 class Client:
     def __init__(self, profile: Profile | str | os.PathLike[str] | None = None, *,
                  site: str | None = None, timeout: float = 60.0, retries: int = 3) -> None:
         self._async = AsyncClient(profile, site=site, timeout=timeout, retries=retries)
         self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_ident = -1
         self._stop: trio.Event | None = None
+        # Loop-thread state: the nursery of the workers, the idle ones (parked, last in first
+        # out: the most recently run is the likeliest to be warm), and whether calls are taken.
+        self._workers: trio.Nursery | None = None
+        self._idle: list[trio.lowlevel.Task] = []
+        self._accepting = False
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hdsd-client", daemon=True)
@@ -44,10 +86,17 @@ class Client:
     def _run(self) -> None:
         async def main() -> None:
             self._stop = trio.Event()
-            async with self._async:
+            async with self._async, trio.open_nursery() as workers:
+                self._workers = workers
+                self._accepting = True
+                self._loop_ident = threading.get_ident()
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
                 await self._stop.wait()
+                # Calls still running are cancelled (their callers get "closed during the
+                # call"), before the async client closes the connections under them.
+                self._accepting = False
+                workers.cancel_scope.cancel()
         try:
             trio.run(main)
         except BaseException as exc:  # reported to the caller of __init__ or close
@@ -55,15 +104,90 @@ class Client:
         finally:
             self._ready.set()
 
+    # -- the loop thread's side --------------------------------------------------------------
+    def _dispatch(self, call: _Call) -> None:
+        """Run by the loop (``run_sync_soon``): hand *call* to a worker. Never raises: an
+        exception here would end the whole trio run."""
+        try:
+            if not self._accepting:
+                call.fail(_closed_error())
+            elif self._idle:
+                trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(call))
+            else:
+                assert self._workers is not None
+                self._workers.start_soon(self._work, call)
+        except BaseException as exc:
+            call.fail(exc)
+
+    async def _work(self, call: _Call) -> None:
+        """A worker: runs calls, one at a time, parking in between."""
+        workers = self._workers
+        assert workers is not None
+        while True:
+            try:
+                call.value = await call.fn(*call.args, **call.kwargs)
+            except BaseException as exc:
+                if workers.cancel_scope.cancel_called:
+                    # Closing: whatever the call raised (trio.Cancelled, maybe in a group),
+                    # its caller is told the one thing that matters. The worker ends here.
+                    call.fail(HdsdError(
+                        "the client was closed during the call; its outcome is unknown"))
+                    return
+                call.error = exc
+            call.done.release()
+            del call  # not kept while parked: its value may be a large body
+            call = await self._next_call()
+
+    async def _next_call(self) -> _Call:
+        task = trio.lowlevel.current_task()
+        self._idle.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        call: _Call = await trio.lowlevel.wait_task_rescheduled(abort)
+        return call
+
+    # -- the caller's side -------------------------------------------------------------------
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        if self._token is None or not self._thread.is_alive():
-            raise HdsdError("the client is closed")
-        return trio.from_thread.run(partial(fn, *args, **kwargs), trio_token=self._token)
+        token = self._token
+        if token is None:
+            raise _closed_error()
+        if threading.get_ident() == self._loop_ident:
+            # A progress callback runs in the loop thread: waiting there for the loop is a
+            # deadlock (trio.from_thread said the same with this type).
+            raise RuntimeError("a blocking call from the client's own thread (a progress "
+                               "callback?) would wait for itself")
+        call = _Call(fn, args, kwargs)
+        try:
+            token.run_sync_soon(self._dispatch, call)
+        except trio.RunFinishedError:
+            raise _closed_error() from None
+        call.done.acquire()
+        error = call.error
+        if error is not None:
+            call.error = None
+            try:
+                raise error  # in the caller's thread, with its type and the loop's traceback
+            finally:
+                del error
+        value: T = call.value
+        return value
 
     def close(self) -> None:
-        if self._token is not None and self._thread.is_alive():
+        """Stop the loop thread: calls still in flight fail ("closed during the call"), later
+        ones fail at once. Idempotent; safe from any thread but the loop's own."""
+        token = self._token
+        if token is not None:
+            if threading.get_ident() == self._loop_ident:
+                raise RuntimeError("close() from the client's own thread (a progress "
+                                   "callback?) would wait for itself")
             assert self._stop is not None
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            try:
+                token.run_sync_soon(self._stop.set)
+            except trio.RunFinishedError:
+                pass  # the loop has ended already (closed by another thread, or it failed)
             self._thread.join()
         self._token = None
 
