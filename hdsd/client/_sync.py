@@ -102,6 +102,8 @@ class Client:
         except BaseException as exc:  # reported to the caller of __init__ or close
             self._failure = exc
         finally:
+            # Before this thread ends: a thread started later may be given its identity.
+            self._loop_ident = -1
             self._ready.set()
 
     # -- the loop thread's side --------------------------------------------------------------
