@@ -3,13 +3,16 @@
 For ordinary scripts: ``with hdsd.Client() as c: c.put("bucket", "key", b"...")``. Every call
 blocks until done and raises the same typed errors as :class:`AsyncClient`.
 
-A call crosses threads twice, and both crossings are written for a call costing little next to
-the request itself (``bench/client_overhead.py``): the caller hands a :class:`_Call` to the loop
-with ``TrioToken.run_sync_soon`` and blocks on the call's own lock; in the loop, an idle worker
-task takes it (a task is spawned only when every worker is busy: at most as many as calls ever
-ran at once), runs it and releases the lock. ``trio.from_thread.run``, used before, copied the
-caller's context, built a queue and spawned a system task per call: about 100 Python calls more
-per call in the loop thread (``docs/performance.md``, ninth round).
+A call crosses threads twice, both ways written to cost little next to the request itself
+(``bench/client_overhead.py``). The caller takes an idle worker task, hands it a :class:`_Call`
+and writes the worker's eventfd, which wakes it in one scheduler pass; with no idle worker it
+asks the loop for a new one (``TrioToken.run_sync_soon``), so there are as many workers as
+calls ever ran at once (up to twice as many: a thread's next call may come in the instant
+between its last one's release and its worker going idle). The caller then blocks on the
+call's own lock, which the worker releases with the result. ``trio.from_thread.run``, used
+before, copied the caller's context, built a queue and spawned a system task per call, from a
+callback of trio's own wake-up task: 84 more Python calls per put (both threads) and twice the
+CPU per hand-off (``docs/performance.md``, ninth round).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import outcome
 import trio
 
 from .._errors import HdsdError, ProtocolError
@@ -59,6 +61,18 @@ class _Call:
         self.done.release()
 
 
+class _Worker:
+    """An idle worker task's doorbell: a caller sets ``call`` and writes ``fd`` (an eventfd),
+    which wakes the worker in one scheduler pass. ``run_sync_soon`` costs two (trio's own
+    system task runs the callback, which then wakes the worker) and a socket each way."""
+
+    __slots__ = ("call", "fd")
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.call: _Call | None = None
+
+
 def _closed_error() -> HdsdError:
     return HdsdError("the client is closed")
 
@@ -70,11 +84,13 @@ class Client:
         self._token: trio.lowlevel.TrioToken | None = None
         self._loop_ident = -1
         self._stop: trio.Event | None = None
-        # Loop-thread state: the nursery of the workers, the idle ones (parked, last in first
-        # out: the most recently run is the likeliest to be warm), and whether calls are taken.
         self._workers: trio.Nursery | None = None
-        self._idle: list[trio.lowlevel.Task] = []
-        self._accepting = False
+        # Shared with the callers' threads, changed under _lock: the idle workers (last in
+        # first out: the most recently run is the likeliest to be warm), whether calls are
+        # taken.
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._open = False
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hdsd-client", daemon=True)
@@ -88,14 +104,15 @@ class Client:
             self._stop = trio.Event()
             async with self._async, trio.open_nursery() as workers:
                 self._workers = workers
-                self._accepting = True
+                self._open = True
                 self._loop_ident = threading.get_ident()
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
                 await self._stop.wait()
                 # Calls still running are cancelled (their callers get "closed during the
                 # call"), before the async client closes the connections under them.
-                self._accepting = False
+                with self._lock:
+                    self._open = False
                 workers.cancel_scope.cancel()
         try:
             trio.run(main)
@@ -107,48 +124,62 @@ class Client:
             self._ready.set()
 
     # -- the loop thread's side --------------------------------------------------------------
-    def _dispatch(self, call: _Call) -> None:
-        """Run by the loop (``run_sync_soon``): hand *call* to a worker. Never raises: an
-        exception here would end the whole trio run."""
+    def _spawn(self, call: _Call) -> None:
+        """Run by the loop (``run_sync_soon``): a worker for *call*, every other one being
+        busy. Never raises: an exception here would end the whole trio run."""
+        worker: _Worker | None = None
         try:
-            if not self._accepting:
+            if not self._open:
                 call.fail(_closed_error())
-            elif self._idle:
-                trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(call))
-            else:
-                assert self._workers is not None
-                self._workers.start_soon(self._work, call)
-        except BaseException as exc:
+                return
+            assert self._workers is not None
+            worker = _Worker()
+            self._workers.start_soon(self._work, worker, call)
+        except BaseException as exc:  # no descriptor left (EMFILE), or the nursery closed
+            if worker is not None:
+                os.close(worker.fd)
             call.fail(exc)
 
-    async def _work(self, call: _Call) -> None:
-        """A worker: runs calls, one at a time, parking in between."""
+    async def _work(self, worker: _Worker, call: _Call | None) -> None:
+        """A worker: runs calls one at a time; idle, it waits on its own eventfd."""
         workers = self._workers
         assert workers is not None
-        while True:
-            try:
-                call.value = await call.fn(*call.args, **call.kwargs)
-            except BaseException as exc:
-                if workers.cancel_scope.cancel_called:
-                    # Closing: whatever the call raised (trio.Cancelled, maybe in a group),
-                    # its caller is told the one thing that matters. The worker ends here.
-                    call.fail(HdsdError(
-                        "the client was closed during the call; its outcome is unknown"))
-                    return
-                call.error = exc
-            call.done.release()
-            del call  # not kept while parked: its value may be a large body
-            call = await self._next_call()
+        try:
+            while call is not None:
+                try:
+                    call.value = await call.fn(*call.args, **call.kwargs)
+                except BaseException as exc:
+                    if workers.cancel_scope.cancel_called:
+                        # Closing: whatever the call raised (trio.Cancelled, maybe in a
+                        # group), its caller is told the one thing that matters.
+                        call.fail(HdsdError(
+                            "the client was closed during the call; its outcome is unknown"))
+                        return
+                    call.error = exc
+                call.done.release()
+                del call  # not kept while idle: its value may be a large body
+                call = await self._next_call(worker)
+        finally:
+            trio.lowlevel.notify_closing(worker.fd)
+            os.close(worker.fd)
 
-    async def _next_call(self) -> _Call:
-        task = trio.lowlevel.current_task()
-        self._idle.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._idle.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        call: _Call = await trio.lowlevel.wait_task_rescheduled(abort)
+    async def _next_call(self, worker: _Worker) -> _Call | None:
+        with self._lock:
+            self._idle.append(worker)
+        try:
+            await trio.lowlevel.wait_readable(worker.fd)
+        except BaseException:
+            # Cancelled (closing). A caller may have handed this worker a call meanwhile: it
+            # is failed here, its caller is not left waiting.
+            with self._lock:
+                if worker in self._idle:
+                    self._idle.remove(worker)
+                call, worker.call = worker.call, None
+            if call is not None:
+                call.fail(_closed_error())
+            raise
+        os.eventfd_read(worker.fd)  # one write per call handed over, set before the write
+        call, worker.call = worker.call, None
         return call
 
     # -- the caller's side -------------------------------------------------------------------
@@ -162,10 +193,23 @@ class Client:
             raise RuntimeError("a blocking call from the client's own thread (a progress "
                                "callback?) would wait for itself")
         call = _Call(fn, args, kwargs)
-        try:
-            token.run_sync_soon(self._dispatch, call)
-        except trio.RunFinishedError:
-            raise _closed_error() from None
+        with self._lock:
+            if not self._open:
+                raise _closed_error()
+            if self._idle:
+                # Written under the lock: the worker closes its eventfd only once it is out
+                # of _idle, under the same lock, so the descriptor is never a reused one.
+                worker = self._idle.pop()
+                worker.call = call
+                os.eventfd_write(worker.fd, 1)
+                call_spawns = False
+            else:
+                call_spawns = True
+        if call_spawns:
+            try:
+                token.run_sync_soon(self._spawn, call)
+            except trio.RunFinishedError:
+                raise _closed_error() from None
         call.done.acquire()
         error = call.error
         if error is not None:

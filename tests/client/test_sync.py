@@ -24,6 +24,7 @@ import trio
 
 import hdsd
 from hdsd import Client, HdsdError, NotFound, PermissionDenied
+from hdsd.client import _sync
 from tests.helpers.cluster import NodeProcess, init_cluster
 
 LIMIT = 20.0  # seconds any single wait of these tests may take before it is a failure
@@ -104,16 +105,24 @@ class Threads:
         for t in self.threads:
             t.start()
 
-    def join(self) -> dict[int, Any]:
+    def join(self, limit: float = LIMIT) -> dict[int, Any]:
         for t in self.threads:
-            t.join(LIMIT)
+            t.join(limit)
             assert not t.is_alive(), "a caller is still blocked"
         return self.results
 
 
 def test_threads_sharing_one_client_run_their_calls_at_once(
-        scripted: type[ScriptedAsync]) -> None:
+        scripted: type[ScriptedAsync], monkeypatch: pytest.MonkeyPatch) -> None:
     k, each = 8, 30
+    workers: list[object] = []
+
+    class CountedWorker(_sync._Worker):
+        def __init__(self) -> None:
+            super().__init__()
+            workers.append(self)
+
+    monkeypatch.setattr(_sync, "_Worker", CountedWorker)
     client = Client()
     fake = _fake(client)
 
@@ -129,6 +138,11 @@ def test_threads_sharing_one_client_run_their_calls_at_once(
     with client:
         results = Threads(k, lambda t: [client.put("b", f"t{t}/{i}", b"")
                                         for i in range(each)]).join()
+        made = len(workers)  # one per call that found every worker busy
+        assert k <= made <= 2 * k  # a caller's next call may come before its worker is idle
+        assert [client.put("b", f"again{i}", b"") for i in range(50)] == [
+            f"AGAIN{i}" for i in range(50)]
+        assert len(workers) == made  # reused: none is spawned per call
     assert fake.peak == k
     for t in range(k):
         assert results[t] == [f"T{t}/{i}" for i in range(each)]  # its own, in its order
@@ -266,7 +280,7 @@ def test_threads_share_one_client_for_every_kind_of_call(cluster: Path,
                                                          tmp_path: Path) -> None:
     """Small puts, a file, an iterator, a file-like object, gets to memory and to a file, and a
     typed refusal: each of 6 threads through the one Client, over real TLS to two sites."""
-    big = os.urandom(3 * (1 << 20) + 7)  # streamed: above the inline size, several frames
+    big = os.urandom((1 << 20) + 7)  # streamed: two pieces, above the inline size
 
     def work(t: int) -> dict[str, Any]:
         src = tmp_path / f"src{t}"
@@ -291,7 +305,7 @@ def test_threads_share_one_client_for_every_kind_of_call(cluster: Path,
                 "missing": missing}
 
     with hdsd.Client(cluster, site="dc1") as client:
-        results = Threads(6, work).join()
+        results = Threads(6, work).join(limit=300)  # real I/O on a shared, loaded machine
         for t, got in results.items():
             assert not isinstance(got, BaseException), got
             assert got["small"] == [f"{t}:{i}".encode() for i in range(10)]
