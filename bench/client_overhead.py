@@ -8,7 +8,10 @@ a put is acknowledged once durable in both sites), then per round, through each 
 (the order alternates between rounds, so a load change hits both alike): N sequential 4 KiB
 puts, N sequential gets of what was put, and N puts spread over K threads sharing one
 ``hdsd.Client`` (the way a threaded host program uses it) — for ``AsyncClient``, K tasks
-sharing one client, its own way of running K calls at once. Per cell and client: latency
+sharing one client, its own way of running K calls at once. First, the ``handoff`` cell: N
+calls of a coroutine that does nothing, through the blocking client's private call path
+(``Client._call``, the thread crossings alone, no request) and awaited directly for
+``AsyncClient``. Per cell and client: latency
 p50/p99, ops/s, and the CPU (user + system, every thread, ``resource.getrusage``: microseconds,
 not /proc's 10 ms ticks) this process spent per op; the nodes' CPU per op (from /proc) beside
 it, as a check that both clients asked the nodes for the same work. The table gives each cell's
@@ -55,7 +58,7 @@ import hdsd  # noqa: E402
 KIB = 1 << 10
 SIZE = 4 * KIB
 CLIENTS = ("async", "sync")
-CELLS = ("put", "get", "put-threads")
+CELLS = ("handoff", "put", "get", "put-threads")
 WARMUP = 50
 TOP = 25
 
@@ -120,8 +123,15 @@ def run_async(profile: Path, n: int, k: int, bodies: Payloads, pids: dict[str, i
                     if len(got) != SIZE:
                         raise RuntimeError(f"get {key}: {len(got)} bytes")
 
+            async def nothing(into: list[float]) -> None:
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    await _nothing()
+                    into.append(time.perf_counter() - t0)
+
             keys = [f"{tag}/seq/{i}" for i in range(n)]
-            for name, work in (("put", lambda s: puts(keys, bodies.take(n), s)),
+            for name, work in (("handoff", nothing),
+                               ("put", lambda s: puts(keys, bodies.take(n), s)),
                                ("get", lambda s: gets(keys, s))):
                 out[name] = await _ameasure(name, n, pids, work)
 
@@ -136,6 +146,10 @@ def run_async(profile: Path, n: int, k: int, bodies: Payloads, pids: dict[str, i
 
     trio.run(main)
     return out
+
+
+async def _nothing() -> None:
+    """The handoff cell's call: the thread crossings of a call and nothing else."""
 
 
 async def _ameasure(label: str, n: int, pids: dict[str, int], work: Any) -> dict[str, Any]:
@@ -188,6 +202,15 @@ def run_sync(profile: Path, n: int, k: int, bodies: Payloads, pids: dict[str, in
             gets(keys, samples)
             return samples
 
+        def handoff() -> list[float]:
+            samples: list[float] = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                client._call(_nothing)  # private: the crossings without a request
+                samples.append(time.perf_counter() - t0)
+            return samples
+
+        out["handoff"] = _measure("handoff", n, pids, handoff)
         out["put"] = _measure("put", n, pids, seq_puts)
         out["get"] = _measure("get", n, pids, seq_gets)
         per = n // k

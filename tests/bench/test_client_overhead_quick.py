@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CELLS = ("handoff", "put", "get", "put-threads")
 FIGURES = ("p50_ms", "p99_ms", "ops_per_s", "client_cpu_ms_per_op", "nodes_cpu_ms_per_op")
 
 
@@ -29,17 +30,18 @@ def test_quick_run_reports_every_cell_for_both_clients(tmp_path: Path) -> None:
     conf = doc["configuration"]
     assert (conf["ops"], conf["threads"], conf["rounds"], conf["size_bytes"]) == (40, 4, 1, 4096)
     rows = {(r["cell"], r["client"]): r for r in doc["results"]}
-    assert set(rows) == {(cell, client) for cell in ("put", "get", "put-threads")
+    assert set(rows) == {(cell, client) for cell in CELLS
                          for client in ("async", "sync", "sync - async")}
-    for cell in ("put", "get", "put-threads"):
+    for cell in CELLS:
         for client in ("async", "sync"):
             row = rows[(cell, client)]
             assert row["n"] == 40
             for name in FIGURES:
                 assert math.isfinite(row[name]) and row[name] >= 0, (cell, client, name)
             assert row["p50_ms"] > 0 and row["ops_per_s"] > 0
-            # The client did work in every cell: 40 TLS requests cost CPU in this process.
-            assert row["client_cpu_ms_per_op"] > 0
+            if cell != "handoff":  # 40 awaits of nothing may cost less than the clock shows
+                # 40 TLS requests cost CPU in this process.
+                assert row["client_cpu_ms_per_op"] > 0
             assert row["client_cpu_ms_per_op_rounds"] == [row["client_cpu_ms_per_op"]]
         extra = rows[(cell, "sync - async")]
         for name in FIGURES:
