@@ -5,22 +5,25 @@ blocks until done and raises the same typed errors as :class:`AsyncClient`.
 
 A call crosses threads twice, both ways written to cost little next to the request itself
 (``bench/client_overhead.py``). The caller takes an idle worker task, hands it a :class:`_Call`
-and writes the worker's eventfd, which wakes it in one scheduler pass; with no idle worker it
-asks the loop for a new one (``TrioToken.run_sync_soon``), so there are as many workers as
-calls ever ran at once (up to twice as many: a thread's next call may come in the instant
-between its last one's release and its worker going idle). The caller then blocks on the
-call's own lock, which the worker releases with the result. ``trio.from_thread.run``, used
-before, copied the caller's context, built a queue and spawned a system task per call, from a
-callback of trio's own wake-up task: 84 more Python calls per put (both threads) and twice the
-CPU per hand-off (``docs/performance.md``, ninth round).
+and rings the worker's doorbell (an eventfd; a socket pair off Linux), which wakes it in one
+scheduler pass; with no idle worker it asks the loop for a new one
+(``TrioToken.run_sync_soon``), so there are as many workers as calls ever ran at once (up to
+twice as many: a thread's next call may come in the instant between its last one's release
+and its worker going idle). The caller then blocks on the call's own lock, which the worker
+releases with the result. ``trio.from_thread.run``, used before, copied the caller's context,
+built a queue and spawned a system task per call, from a callback of trio's own wake-up task:
+84 more Python calls per put (both threads) and twice the CPU per hand-off
+(``docs/performance.md``, ninth round).
 """
 
 from __future__ import annotations
 
 import builtins
 import os
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -61,16 +64,40 @@ class _Call:
         self.done.release()
 
 
-class _Worker:
-    """An idle worker task's doorbell: a caller sets ``call`` and writes ``fd`` (an eventfd),
-    which wakes the worker in one scheduler pass. ``run_sync_soon`` costs two (trio's own
-    system task runs the callback, which then wakes the worker) and a socket each way."""
+# Linux has eventfds; elsewhere (a host program on macOS or Windows) a socket pair does the
+# same, one byte per call handed over.
+_EVENTFD = hasattr(os, "eventfd")
 
-    __slots__ = ("call", "fd")
+
+class _Worker:
+    """An idle worker task's doorbell: a caller sets ``call`` and rings (``ring()``: writes the
+    eventfd ``fd``), which wakes the worker in one scheduler pass. ``run_sync_soon`` costs two
+    (trio's own system task runs the callback, which then wakes the worker) and a socket each
+    way. ``ring`` and ``clear`` are partials of the system calls: no Python frame per call."""
+
+    __slots__ = ("_pair", "call", "clear", "fd", "ring")
 
     def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call: _Call | None = None
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if _EVENTFD:
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.ring: Callable[[], object] = partial(os.eventfd_write, self.fd, 1)
+            self.clear: Callable[[], object] = partial(os.eventfd_read, self.fd)
+        else:
+            here, there = self._pair = socket.socketpair()
+            here.setblocking(False)
+            there.setblocking(False)
+            self.fd = here.fileno()
+            self.ring = partial(there.send, b"\0")
+            self.clear = partial(here.recv, 64)
+
+    def close(self) -> None:
+        if self._pair is None:
+            os.close(self.fd)
+        else:
+            for sock in self._pair:
+                sock.close()
 
 
 def _closed_error() -> HdsdError:
@@ -137,11 +164,11 @@ class Client:
             self._workers.start_soon(self._work, worker, call)
         except BaseException as exc:  # no descriptor left (EMFILE), or the nursery closed
             if worker is not None:
-                os.close(worker.fd)
+                worker.close()
             call.fail(exc)
 
     async def _work(self, worker: _Worker, call: _Call | None) -> None:
-        """A worker: runs calls one at a time; idle, it waits on its own eventfd."""
+        """A worker: runs calls one at a time; idle, it waits on its own doorbell."""
         workers = self._workers
         assert workers is not None
         try:
@@ -161,7 +188,7 @@ class Client:
                 call = await self._next_call(worker)
         finally:
             trio.lowlevel.notify_closing(worker.fd)
-            os.close(worker.fd)
+            worker.close()
 
     async def _next_call(self, worker: _Worker) -> _Call | None:
         with self._lock:
@@ -178,7 +205,7 @@ class Client:
             if call is not None:
                 call.fail(_closed_error())
             raise
-        os.eventfd_read(worker.fd)  # one write per call handed over, set before the write
+        worker.clear()  # one ring per call handed over, set before the ring
         call, worker.call = worker.call, None
         return call
 
@@ -197,11 +224,11 @@ class Client:
             if not self._open:
                 raise _closed_error()
             if self._idle:
-                # Written under the lock: the worker closes its eventfd only once it is out
-                # of _idle, under the same lock, so the descriptor is never a reused one.
+                # Rung under the lock: the worker closes its doorbell only once it is out of
+                # _idle, under the same lock, so the descriptor is never a reused one.
                 worker = self._idle.pop()
                 worker.call = call
-                os.eventfd_write(worker.fd, 1)
+                worker.ring()
                 call_spawns = False
             else:
                 call_spawns = True

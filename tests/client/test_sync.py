@@ -64,9 +64,13 @@ class ScriptedAsync:
         return ("stat", key)
 
 
-@pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ScriptedAsync]]:
+@pytest.fixture(params=["eventfd", "socketpair"])
+def scripted(request: pytest.FixtureRequest,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ScriptedAsync]]:
+    """Each hand-off test runs with both doorbells: Linux's eventfd, and the socket pair used
+    where there is none (macOS, Windows)."""
     monkeypatch.setattr("hdsd.client._sync.AsyncClient", ScriptedAsync)
+    monkeypatch.setattr(_sync, "_EVENTFD", request.param == "eventfd")
     yield ScriptedAsync
 
 
