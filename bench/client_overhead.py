@@ -11,11 +11,12 @@ puts, N sequential gets of what was put, and N puts spread over K threads sharin
 sharing one client, its own way of running K calls at once. First, the ``handoff`` cell: N
 calls of a coroutine that does nothing, through the blocking client's private call path
 (``Client._call``, the thread crossings alone, no request) and awaited directly for
-``AsyncClient``. Per cell and client: latency
-p50/p99, ops/s, and the CPU (user + system, every thread, ``resource.getrusage``: microseconds,
-not /proc's 10 ms ticks) this process spent per op; the nodes' CPU per op (from /proc) beside
-it, as a check that both clients asked the nodes for the same work. The table gives each cell's
-median over the rounds and the blocking client's extra (``Client`` minus ``AsyncClient``).
+``AsyncClient``. Per cell and client: latency p50/p99, ops/s, the CPU (user + system, every
+thread, ``resource.getrusage``: microseconds, not /proc's 10 ms ticks) this process spent per
+op, and its context switches per op (a thread put to sleep and woken again: what the thread
+crossings cost beside Python); the nodes' CPU per op (from /proc) beside it, as a check that
+both clients asked the nodes for the same work. The table gives each cell's median over the
+rounds and the blocking client's extra (``Client`` minus ``AsyncClient``).
 
 ``--profile`` adds one run of N sequential puts through each client under cProfile, in every
 thread of this process (the blocking client's caller and its loop thread): Python calls per
@@ -63,10 +64,39 @@ WARMUP = 50
 TOP = 25
 
 
-def cpu_self() -> float:
-    """CPU seconds (user + system, every thread) this process has used so far."""
+def usage() -> tuple[float, int]:
+    """CPU seconds (user + system, every thread) this process has used so far, and its
+    context switches (voluntary and not): a thread that sleeps and is woken counts one."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    return ru.ru_utime + ru.ru_stime, ru.ru_nvcsw + ru.ru_nivcsw
+
+
+class Window:
+    """The figures of one cell: this process's CPU and switches, the nodes' CPU, wall time."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def __enter__(self) -> Window:
+        self.nodes0 = sl.cpu_now(self.pids)
+        (self.cpu0, self.switches0), self.t0 = usage(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        cpu, switches = usage()
+        self.cpu, self.switches = cpu - self.cpu0, switches - self.switches0
+        nodes1 = sl.cpu_now(self.pids)
+        self.nodes = sum(nodes1[r] - self.nodes0[r] for r in self.pids)
+
+    def figures(self, label: str, n: int, samples: list[float]) -> dict[str, Any]:
+        if len(samples) != n:
+            raise RuntimeError(f"{label}: {len(samples)} of {n} ops measured")
+        lat = latency_ms(samples)
+        return {"n": n, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+                "ops_per_s": n / self.wall, "client_cpu_ms_per_op": self.cpu / n * 1e3,
+                "client_switches_per_op": self.switches / n,
+                "nodes_cpu_ms_per_op": self.nodes / n * 1e3}
 
 
 class Payloads:
@@ -85,17 +115,9 @@ class Payloads:
 
 def _measure(label: str, n: int, pids: dict[str, int], run: Callable[[], list[float]]
              ) -> dict[str, Any]:
-    nodes0 = sl.cpu_now(pids)
-    cpu0, t0 = cpu_self(), time.perf_counter()
-    samples = run()
-    wall, cpu = time.perf_counter() - t0, cpu_self() - cpu0
-    nodes1 = sl.cpu_now(pids)
-    if len(samples) != n:
-        raise RuntimeError(f"{label}: {len(samples)} of {n} ops measured")
-    lat = latency_ms(samples)
-    return {"n": n, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "ops_per_s": n / wall,
-            "client_cpu_ms_per_op": cpu / n * 1e3,
-            "nodes_cpu_ms_per_op": sum(nodes1[r] - nodes0[r] for r in pids) / n * 1e3}
+    with Window(pids) as window:
+        samples = run()
+    return window.figures(label, n, samples)
 
 
 def run_async(profile: Path, n: int, k: int, bodies: Payloads, pids: dict[str, int],
@@ -154,17 +176,9 @@ async def _nothing() -> None:
 
 async def _ameasure(label: str, n: int, pids: dict[str, int], work: Any) -> dict[str, Any]:
     samples: list[float] = []
-    nodes0 = sl.cpu_now(pids)
-    cpu0, t0 = cpu_self(), time.perf_counter()
-    await work(samples)
-    wall, cpu = time.perf_counter() - t0, cpu_self() - cpu0
-    nodes1 = sl.cpu_now(pids)
-    if len(samples) != n:
-        raise RuntimeError(f"{label}: {len(samples)} of {n} ops measured")
-    lat = latency_ms(samples)
-    return {"n": n, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "ops_per_s": n / wall,
-            "client_cpu_ms_per_op": cpu / n * 1e3,
-            "nodes_cpu_ms_per_op": sum(nodes1[r] - nodes0[r] for r in pids) / n * 1e3}
+    with Window(pids) as window:
+        await work(samples)
+    return window.figures(label, n, samples)
 
 
 def run_sync(profile: Path, n: int, k: int, bodies: Payloads, pids: dict[str, int],
@@ -333,7 +347,7 @@ def summarise(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> list[dict[s
             runs = [r[which][cell] for r in rounds]
             med[which] = {f: statistics.median(x[f] for x in runs) for f in
                           ("p50_ms", "p99_ms", "ops_per_s", "client_cpu_ms_per_op",
-                           "nodes_cpu_ms_per_op")}
+                           "client_switches_per_op", "nodes_cpu_ms_per_op")}
             rows.append({"cell": cell, "client": which, "n": runs[0]["n"], **med[which],
                          "client_cpu_ms_per_op_rounds": [x["client_cpu_ms_per_op"]
                                                          for x in runs]})
@@ -389,10 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = summarise(rounds)
     print_table(["cell", "client", "p50 ms", "p99 ms", "ops/s", "client CPU ms/op",
-                 "nodes CPU ms/op"],
+                 "switches/op", "nodes CPU ms/op"],
                 [[r["cell"], r["client"], f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
                   f"{r['ops_per_s']:.0f}", f"{r['client_cpu_ms_per_op']:.3f}",
-                  f"{r['nodes_cpu_ms_per_op']:.3f}"] for r in rows])
+                  f"{r['client_switches_per_op']:.2f}", f"{r['nodes_cpu_ms_per_op']:.3f}"]
+                 for r in rows])
     print(f"\n{args.rounds} round(s) of {args.ops} ops per cell, {args.threads} threads; "
           f"medians over rounds; load average at each round's end {load}")
     if calls is not None:

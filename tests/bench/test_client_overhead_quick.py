@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLS = ("handoff", "put", "get", "put-threads")
-FIGURES = ("p50_ms", "p99_ms", "ops_per_s", "client_cpu_ms_per_op", "nodes_cpu_ms_per_op")
+FIGURES = ("p50_ms", "p99_ms", "ops_per_s", "client_cpu_ms_per_op", "client_switches_per_op",
+           "nodes_cpu_ms_per_op")
 
 
 @pytest.mark.e2e
@@ -47,6 +48,8 @@ def test_quick_run_reports_every_cell_for_both_clients(tmp_path: Path) -> None:
         for name in FIGURES:
             assert extra[name] == pytest.approx(rows[(cell, "sync")][name] -
                                                 rows[(cell, "async")][name])
+    # Every blocking call puts a thread to sleep and wakes it (the caller, the loop), at least.
+    assert rows[("handoff", "sync")]["client_switches_per_op"] >= 1
     calls = doc["calls"]
     assert set(calls["async"]["by_thread"]) == {"MainThread"}
     # The blocking client's calls run in its loop thread; its caller only waits.
