@@ -110,8 +110,7 @@ class Request(Message, Generic[R]):
         of its fields, not a new build — ``dataclasses.replace`` would run the request's whole
         validation again, on every request sent (a client's put, a coordinator's
         ``Replicate``), for fields that did not change."""
-        if type(rid) is not int or not 0 <= rid <= C.MAX_RID:
-            F.check_rid(rid)  # refused, in its words
+        F.check_rid(rid)
         try:
             copy = _COPIERS[type(self)]
         except KeyError:
