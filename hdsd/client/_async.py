@@ -56,7 +56,6 @@ from ..wire import (
     CertRevoked,
     CertRow,
     Connection,
-    Data,
     DeleteRequest,
     End,
     ErrorReply,
@@ -369,8 +368,7 @@ class AsyncClient:
         # with no nursery or watchdog task; the node may still refuse early (the reply then
         # comes before it read the body, which the protocol allows).
         rid = start.rid
-        body = [Data(rid=rid, data=bytes(data))] if len(data) else []
-        await session.send_many([start, *body, End(rid=rid)])
+        await session.send_upload(start, bytes(data))
         if progress is not None:
             progress(len(data))
         event = await self._answer(session, rid, inbox)

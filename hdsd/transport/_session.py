@@ -242,7 +242,7 @@ class WireSession:
     async def send(self, msg: Message) -> None:
         """Send one message; returns once its frame was written. Raises :class:`ConnectionLost`
         if the connection is (or becomes) unusable — except that a Goodbye is still tried."""
-        await self.send_many((msg,))
+        await self._send((msg,), None)
 
     async def send_many(self, msgs: Sequence[Message]) -> None:
         """Send *msgs* back to back in one write (with whatever other tasks queued meanwhile).
@@ -251,6 +251,16 @@ class WireSession:
         (:class:`~hdsd.wire.LocalProtocolError`), those before it are still sent, then the error
         is raised.
         """
+        await self._send(msgs, None)
+
+    async def send_upload(self, start: PutStart, data: bytes) -> None:
+        """``send_many([start, Data(start.rid, data), End(start.rid)])`` (no Data if *data* is
+        empty), encoded and checked in one pass (``Connection.send_upload``): a small put.
+        The same bytes; if a frame is refused, nothing is sent."""
+        await self._send((start,), data)
+
+    async def _send(self, msgs: Sequence[Message], upload: bytes | None) -> None:
+        # send_many's body; with *upload*, msgs is an upload's start, sent with that body.
         # Check cancellation before the state machine records anything: past this point the
         # frames are committed to go out, whatever happens to this task.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -259,8 +269,11 @@ class WireSession:
         if self._closed and not all(isinstance(m, Goodbye) for m in msgs):
             raise self._lost()
         try:
-            for msg in msgs:
-                self._queue(self.conn.send_pieces(msg))
+            if upload is not None:
+                self._queue(self.conn.send_upload(msgs[0], upload))
+            else:
+                for msg in msgs:
+                    self._queue(self.conn.send_pieces(msg))
         finally:
             if self._room:
                 self._admit()  # room left: the next in line queues too

@@ -88,8 +88,9 @@ from ._frames import (
     encode_bulk_frame_pieces,
     encode_data_frame_pieces,
     encode_frame,
+    encode_upload_end,
 )
-from ._messages import Credit, Data, Hello, Kind, Message
+from ._messages import Credit, Data, End, Hello, Kind, Message
 from ._registry import bulk_values, decode_body, encode_body, message_type
 
 __all__ = [
@@ -387,6 +388,53 @@ class Connection:
         if kind is _K.CREDIT and self._credit_is_moot(msg):
             return ()
         self._apply(self.role, msg, kind, LocalProtocolError)
+        return pieces
+
+    def send_upload(self, start: Message, data: bytes) -> tuple[Piece, ...]:
+        """The pieces of a whole upload: :meth:`send_pieces` of *start* (an upload's opener),
+        of ``Data(start.rid, data)`` unless *data* is empty, and of ``End(start.rid)`` — the
+        same bytes, leaving the same state, as those sends one after the other, in one pass (a
+        small put is one write: its three frames each looked up, encoded, checked and recorded
+        on their own were ~35 Python calls of the client's ~400 per put).
+
+        All or nothing: if one of the frames would be refused, raises what its send raises
+        (:class:`LocalProtocolError`) and nothing is sent, nothing changes."""
+        try:
+            kind = message_type(start).kind
+        except KeyError:
+            kind = None
+        if kind is not _K.UPLOAD:
+            raise LocalProtocolError(f"{type(start).__name__} does not open an upload")
+        hello = self._their_hello
+        if (self.role is Role.CLIENT and self._error is None and not self._sent_goodbye
+                and self._sent_hello and hello is not None and len(data) <= hello.window
+                and type(data) is bytes):
+            rid: int = start.rid  # type: ignore[attr-defined]  # an opener has one
+            if rid not in self._rids:
+                # The checks _apply makes of each frame, made once: a client that said and
+                # heard Hello, no Goodbye sent, a rid not in flight, a body within the credit
+                # a new upload starts with. What is left to refuse is an encoding.
+                try:
+                    code, body = encode_body(start)
+                except (TypeError, ValueError, OverflowError):
+                    pass  # refused below, worded as send_pieces words it
+                else:
+                    frame = encode_frame(code, body, self.max_frame)
+                    head, end = encode_upload_end(rid, data, self.max_frame)
+                    self._rids[rid] = _Rid(_K.UPLOAD, _CH.SENT, _SH.ACCEPTING,
+                                           hello.window - len(data))
+                    return (frame + head, data, end) if data else (frame + end,)
+        # One of them is refused (or the body is not bytes): the sends one by one say which
+        # and why, then what the opener recorded is undone (its rid was not in flight).
+        pieces = self.send_pieces(start)
+        rid = start.rid  # type: ignore[attr-defined]
+        try:
+            if data:
+                pieces += self.send_pieces(Data(rid=rid, data=data))
+            pieces += self.send_pieces(End(rid=rid))
+        except BaseException:
+            del self._rids[rid]
+            raise
         return pieces
 
     # -- the rules ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "encode_data_frame",
     "encode_data_frame_pieces",
     "encode_frame",
+    "encode_upload_end",
 ]
 
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -62,15 +63,7 @@ def encode_data_frame_pieces(code: int, rid: int, data: bytes | memoryview,
     other into TLS, so a megabyte get or put is not copied into a frame first."""
     n = len(data)
     # msgpack: fixarray of 2, the rid (a uint32: check_rid), then the bin header.
-    if rid < 0x80:
-        head = _U8.pack(rid)
-    elif rid < 0x100:
-        head = b"\xcc" + _U8.pack(rid)
-    elif rid < 0x10000:
-        head = b"\xcd" + _U16.pack(rid)
-    else:
-        head = b"\xce" + _U32.pack(rid)
-    prefix = b"\x92" + head + _bin_head(n)
+    prefix = b"\x92" + _uint_head(rid) + _bin_head(n)
     length = len(prefix) + n
     if length > max_frame:
         raise LocalProtocolError(
@@ -78,6 +71,39 @@ def encode_data_frame_pieces(code: int, rid: int, data: bytes | memoryview,
     digest = xxhash.xxh3_64(prefix)
     digest.update(data)
     return C.HEADER.pack(length, code, digest.intdigest()) + prefix, data
+
+
+def encode_upload_end(rid: int, data: bytes, max_frame: int) -> tuple[bytes, bytes]:
+    """What ends an upload on *rid* sent whole, but *data* itself (not copied): the header and
+    msgpack prefix of the frame of ``Data(rid, data)``, and the frame of ``End(rid)`` — byte
+    for byte what :func:`encode_data_frame_pieces` and :func:`encode_frame` make, the rid's
+    msgpack encoded once for both. No Data frame (``b""``) when *data* is empty, as a client
+    sends an empty body. :class:`LocalProtocolError` if the Data frame exceeds *max_frame*."""
+    head = _uint_head(rid)
+    end = b"\x91" + head  # End's body: a fixarray of 1, the rid
+    end_frame = C.HEADER.pack(len(end), C.T_END, _xxh3(end)) + end
+    n = len(data)
+    if not n:
+        return b"", end_frame
+    prefix = b"\x92" + head + _bin_head(n)
+    length = len(prefix) + n
+    if length > max_frame:
+        raise LocalProtocolError(
+            f"frame body of {length} bytes exceeds the {max_frame}-byte frame limit")
+    digest = xxhash.xxh3_64(prefix)
+    digest.update(data)
+    return C.HEADER.pack(length, C.T_DATA, digest.intdigest()) + prefix, end_frame
+
+
+def _uint_head(n: int) -> bytes:
+    """msgpack's encoding of the uint32 *n* (a rid: ``check_rid``), as ``packb`` writes it."""
+    if n < 0x80:
+        return _U8.pack(n)
+    if n < 0x100:
+        return b"\xcc" + _U8.pack(n)
+    if n < 0x10000:
+        return b"\xcd" + _U16.pack(n)
+    return b"\xce" + _U32.pack(n)
 
 
 # Byte strings at least this large are copied into a bulk frame once (encode_bulk_frame).

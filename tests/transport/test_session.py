@@ -20,6 +20,7 @@ import trio.testing
 from hdsd import ConnectionLost
 from hdsd.transport import WireSession
 from hdsd.wire import (
+    DEFAULT_WINDOW,
     PROTOCOL_VERSION,
     Connection,
     Data,
@@ -308,6 +309,38 @@ async def test_a_refused_message_still_sends_those_before_it() -> None:
                 await pair.client.send_many([put_start(1), Data(rid=2, data=b"x")])
             await trio.testing.wait_all_tasks_blocked()
             assert pair.requests == [put_start(1)]
+
+
+async def test_send_upload_is_send_many_of_its_frames_in_one_write() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as ours, open_pair() as theirs:
+            for pair in (ours, theirs):
+                await pair.client.send_many([StatRequest(rid=9, bucket="b", key="k",
+                                                         version=None)])
+            before = len(ours.tap.writes)
+            await ours.client.send_upload(put_start(1, 3), b"abc")
+            await ours.client.send_upload(put_start(2, 0), b"")
+            await theirs.client.send_many([put_start(1, 3), Data(rid=1, data=b"abc"),
+                                           End(rid=1)])
+            await theirs.client.send_many([put_start(2, 0), End(rid=2)])
+            assert len(ours.tap.writes) == before + 2
+            assert ours.tap.writes == theirs.tap.writes
+            await trio.testing.wait_all_tasks_blocked()
+            assert ours.requests == theirs.requests
+            assert ours.requests[-2:] == [put_start(1, 3), put_start(2, 0)]
+
+
+async def test_a_refused_upload_sends_nothing() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            await pair.client.send_upload(put_start(1, 3), b"abc")
+            writes = len(pair.tap.writes)
+            with pytest.raises(LocalProtocolError, match="already in flight"):
+                await pair.client.send_upload(put_start(1, 3), b"abc")
+            with pytest.raises(LocalProtocolError, match="frame limit"):  # and over the credit
+                await pair.client.send_upload(put_start(2), bytes(DEFAULT_WINDOW + 1))
+            assert len(pair.tap.writes) == writes
+            assert not pair.client.conn.in_flight(2)
 
 
 async def test_held_body_bytes_are_counted_until_consumed_or_closed() -> None:

@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
 
-from hdsd import ProtocolError
+from hdsd import InvalidRequest, ProtocolError
 from hdsd.wire import (
     MESSAGE_TYPES,
     UNSENT,
@@ -150,8 +150,9 @@ def test_with_rid_stamps_only_the_rid_and_the_frame_is_unchanged() -> None:
     assert sent == PutStart(7, b"r" * 16, "b", "k", 3, {"m": "v"}, None)
     assert unsent.rid == UNSENT  # the unsent request is untouched (it may be sent again)
     assert decode_body(*encode_body(sent))[0] == sent
-    with pytest.raises(Exception, match="rid"):
-        unsent.with_rid(1 << 32)
+    for bad in (1 << 32, -1, True, 7.0):
+        with pytest.raises(InvalidRequest, match="rid"):
+            unsent.with_rid(bad)  # type: ignore[arg-type]
     # Every field is copied (a default one too), none is built again.
     retried = PutStart(UNSENT, b"r" * 16, "b", "k", None, {}, None, retry=True).with_rid(9)
     assert retried == PutStart(9, b"r" * 16, "b", "k", None, {}, None, retry=True)
