@@ -236,7 +236,7 @@ class NodeProcess:
 # temporary name, so it appears whole) on SIGUSR2: the profile covers exactly the measured
 # window, not start-up. The node leaves both signals alone; Python runs the handlers in its
 # main thread, the one trio runs in, which is the thread cProfile then profiles.
-PROFILER_PREFIX = ["-c", """
+_PROFILER = ["-c", """
 import cProfile, os, runpy, signal, sys
 out, rest = sys.argv[1], sys.argv[2:]
 assert rest[:2] == ["-m", "hdsd"], rest
@@ -252,6 +252,16 @@ signal.signal(signal.SIGUSR2, stop)
 sys.argv = ["hdsd", *rest[2:]]
 runpy.run_module("hdsd", run_name="__main__", alter_sys=True)
 """]
+
+
+def profiler_prefix(out: Path) -> list[str]:
+    """The interpreter arguments that run a node under the profiler above, writing to *out*
+    (made absolute, its directory created: the node runs in its config's directory, where a
+    relative path meant from the caller's would not exist, and the profile was never written
+    — the benchmark then waited for it for ever)."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [*_PROFILER, str(out)]
 
 
 def process_cpu_seconds(pid: int) -> float:

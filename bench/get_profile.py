@@ -33,11 +33,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
-    PROFILER_PREFIX,
     NodeProcess,
     init_cluster,
     latency_ms,
     machine_info,
+    profiler_prefix,
     thread_cpu_seconds,
     write_json,
 )
@@ -141,7 +141,7 @@ def main() -> None:
             prof_out = scratch / "dc1.prof"
             with NodeProcess(cluster / "dc2-n1" / "node.toml"), \
                     NodeProcess(cluster / "dc1-n1" / "node.toml",
-                                prefix=[*PROFILER_PREFIX, str(prof_out)]) as dc1:
+                                prefix=profiler_prefix(prof_out)) as dc1:
                 result.update(trio.run(measure, profile, args.size, args.versions, args.n,
                                        {}, dc1, prof_out))
             shutil.copy(prof_out, args.json.with_suffix(".prof"))

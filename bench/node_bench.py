@@ -37,7 +37,6 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
-    PROFILER_PREFIX,
     NodeProcess,
     concurrently,
     fsync_floor,
@@ -46,6 +45,7 @@ from _harness import (
     machine_info,
     print_table,
     profile_breakdown,
+    profiler_prefix,
     set_write_policy,
     thread_cpu_seconds,
     timed_puts,
@@ -364,7 +364,7 @@ async def _profiled_puts(profile_path: Path, node: NodeProcess, n: int,
 
 def profile_node(config: Path, profile_path: Path, n: int, out: Path) -> dict[str, Any]:
     out.unlink(missing_ok=True)
-    with NodeProcess(config, prefix=[*PROFILER_PREFIX, str(out)]) as node:
+    with NodeProcess(config, prefix=profiler_prefix(out)) as node:
         wall, cpu0, cpu1 = trio.run(_profiled_puts, profile_path, node, n, out)
         main_tid = node.proc.pid if node.proc else 0
     grouped, top = profile_breakdown(out, CATEGORIES)

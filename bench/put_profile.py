@@ -41,7 +41,6 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
-    PROFILER_PREFIX,
     NodeProcess,
     concurrently,
     fsync_floor,
@@ -50,6 +49,7 @@ from _harness import (
     machine_info,
     print_table,
     profile_breakdown,
+    profiler_prefix,
     set_write_policy,
     thread_cpu_seconds,
     timed_puts,
@@ -177,7 +177,7 @@ def profile_dc1(cluster: Path, profile: Path, n: int, out: Path,
     out.unlink(missing_ok=True)
     n -= n % concurrency
     prefixes: dict[str, list[str]] = {"dc1": [], "dc2": []}
-    prefixes[node_name] = [*PROFILER_PREFIX, str(out)]
+    prefixes[node_name] = profiler_prefix(out)
     with NodeProcess(cluster / "dc2-n1" / "node.toml", prefix=prefixes["dc2"]) as dc2, \
             NodeProcess(cluster / "dc1-n1" / "node.toml",
                         prefix=prefixes["dc1"]) as dc1:

@@ -45,7 +45,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import trio_floor  # noqa: E402
 from _harness import (  # noqa: E402
-    PROFILER_PREFIX,
     NodeProcess,
     free_ports,
     fsync_floor,
@@ -54,6 +53,7 @@ from _harness import (  # noqa: E402
     print_table,
     process_cpu_seconds,
     profile_breakdown,
+    profiler_prefix,
     set_write_policy,
     write_json,
 )
@@ -713,7 +713,7 @@ def profile_sites(cluster: Cluster, n: int, out_dir: Path) -> dict[str, Any]:
     files = {site: out_dir.resolve() / f"sync_put_{site}.prof" for site in ("dc1", "dc2")}
     for f in files.values():
         f.unlink(missing_ok=True)
-    cluster.start("each-site", prefix={s: [*PROFILER_PREFIX, str(f)] for s, f in files.items()})
+    cluster.start("each-site", prefix={s: profiler_prefix(f) for s, f in files.items()})
     try:
         pids = {s: cluster.nodes[s].proc.pid for s in files}  # type: ignore[union-attr]
 
