@@ -61,16 +61,7 @@ def encode_data_frame_pieces(code: int, rid: int, data: bytes | memoryview,
     """:func:`encode_data_frame` as the pieces that make it up, in order — the header with
     the msgpack prefix, then *data* itself, not copied: the session writes them one after the
     other into TLS, so a megabyte get or put is not copied into a frame first."""
-    n = len(data)
-    # msgpack: fixarray of 2, the rid (a uint32: check_rid), then the bin header.
-    prefix = b"\x92" + _uint_head(rid) + _bin_head(n)
-    length = len(prefix) + n
-    if length > max_frame:
-        raise LocalProtocolError(
-            f"frame body of {length} bytes exceeds the {max_frame}-byte frame limit")
-    digest = xxhash.xxh3_64(prefix)
-    digest.update(data)
-    return C.HEADER.pack(length, code, digest.intdigest()) + prefix, data
+    return _data_head(code, _uint_head(rid), data, max_frame), data
 
 
 def encode_upload_end(rid: int, data: bytes, max_frame: int) -> tuple[bytes, bytes]:
@@ -82,17 +73,24 @@ def encode_upload_end(rid: int, data: bytes, max_frame: int) -> tuple[bytes, byt
     head = _uint_head(rid)
     end = b"\x91" + head  # End's body: a fixarray of 1, the rid
     end_frame = C.HEADER.pack(len(end), C.T_END, _xxh3(end)) + end
-    n = len(data)
-    if not n:
+    if not data:
         return b"", end_frame
-    prefix = b"\x92" + head + _bin_head(n)
+    return _data_head(C.T_DATA, head, data, max_frame), end_frame
+
+
+def _data_head(code: int, rid_head: bytes, data: bytes | memoryview, max_frame: int) -> bytes:
+    """The frame header and msgpack prefix of a ``[rid, data]`` body (*rid_head*: the rid as
+    msgpack encodes it), checked against *max_frame*; *data* itself follows them."""
+    n = len(data)
+    # msgpack: fixarray of 2, the rid (a uint32: check_rid), then the bin header.
+    prefix = b"\x92" + rid_head + _bin_head(n)
     length = len(prefix) + n
     if length > max_frame:
         raise LocalProtocolError(
             f"frame body of {length} bytes exceeds the {max_frame}-byte frame limit")
     digest = xxhash.xxh3_64(prefix)
     digest.update(data)
-    return C.HEADER.pack(length, C.T_DATA, digest.intdigest()) + prefix, end_frame
+    return C.HEADER.pack(length, code, digest.intdigest()) + prefix
 
 
 def _uint_head(n: int) -> bytes:
