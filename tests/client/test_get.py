@@ -8,8 +8,6 @@ client's one deadline task, and holds as a cancel scope around each wait did.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd import AsyncClient, RequestTimeout
+from hdsd import RequestTimeout
 from hdsd.client import Profile
-from hdsd.transport import WireSession, create_ca, issue_client_cert
+from hdsd.transport import WireSession
 from hdsd.wire import (
     PROTOCOL_VERSION,
     Cancel,
@@ -32,19 +30,14 @@ from hdsd.wire import (
     Message,
     Role,
 )
+from tests.client.scripted import client_for, client_profile
 
 LIMIT = 10
 
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
-    root = tmp_path_factory.mktemp("pki")
-    create_ca(root / "ca", "c1")
-    cert, key = issue_client_cert(root / "ca", root / "certs", name="alice", tenant="t1",
-                                  role="reader")
-    return Profile(path=root / "client.toml", cluster_id="c1", tenant="t1",
-                   ca=root / "ca" / "ca.crt", cert=cert, key=key, site="dc1",
-                   sites={"dc1": (("127.0.0.1", 1),)})
+    return client_profile(tmp_path_factory.mktemp("pki"), "reader")
 
 
 class GetNode:
@@ -102,19 +95,6 @@ def _info(msg: GetRequest, size: int) -> dict[str, Any]:
     return {"bucket": msg.bucket, "key": msg.key, "version": "v1", "hlc": 1, "node": "n1",
             "size": size, "content_hash": "00", "deleted": False, "metadata": {},
             "start": 0, "end": size}
-
-
-@asynccontextmanager
-async def client_for(node: GetNode, profile: Profile, monkeypatch: pytest.MonkeyPatch,
-                     **options: Any) -> AsyncIterator[AsyncClient]:
-    async with trio.open_nursery() as nursery:
-        async def connect_tls(*args: object, **kwargs: object) -> trio.abc.Stream:
-            return await node.connect(nursery)
-
-        monkeypatch.setattr("hdsd.client._async.connect_tls", connect_tls)
-        async with AsyncClient(profile, retries=0, **options) as client:
-            yield client
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_small_get_is_its_node_s_bytes(profile: Profile,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import trio
 import trio.testing
 
 from hdsd import (
-    AsyncClient,
     Client,
     ConnectionLost,
     HdsdError,
@@ -28,7 +26,7 @@ from hdsd import (
     RequestTimeout,
 )
 from hdsd.client import Profile
-from hdsd.transport import WireSession, create_ca, issue_client_cert
+from hdsd.transport import WireSession
 from hdsd.wire import (
     PROTOCOL_VERSION,
     Connection,
@@ -41,19 +39,14 @@ from hdsd.wire import (
     Reply,
     Role,
 )
+from tests.client.scripted import client_for, client_profile
 
 LIMIT = 10
 
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
-    root = tmp_path_factory.mktemp("pki")
-    create_ca(root / "ca", "c1")
-    cert, key = issue_client_cert(root / "ca", root / "certs", name="alice", tenant="t1",
-                                  role="writer")
-    return Profile(path=root / "client.toml", cluster_id="c1", tenant="t1",
-                   ca=root / "ca" / "ca.crt", cert=cert, key=key, site="dc1",
-                   sites={"dc1": (("127.0.0.1", 1),)})
+    return client_profile(tmp_path_factory.mktemp("pki"), "writer")
 
 
 class CountingStream(trio.abc.Stream):
@@ -141,19 +134,6 @@ class FakeNode:
 def _info(msg: PutStart, size: int) -> dict[str, Any]:
     return {"bucket": msg.bucket, "key": msg.key, "version": "v1", "hlc": 1, "node": "n1",
             "size": size, "content_hash": "00", "deleted": False}
-
-
-@asynccontextmanager
-async def client_for(node: FakeNode, profile: Profile, monkeypatch: pytest.MonkeyPatch,
-                     **options: Any) -> AsyncIterator[AsyncClient]:
-    async with trio.open_nursery() as nursery:
-        async def connect_tls(*args: object, **kwargs: object) -> CountingStream:
-            return await node.connect(nursery)
-
-        monkeypatch.setattr("hdsd.client._async.connect_tls", connect_tls)
-        async with AsyncClient(profile, retries=0, **options) as client:
-            yield client
-        nursery.cancel_scope.cancel()
 
 
 async def test_small_put_is_one_write(profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
