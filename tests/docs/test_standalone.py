@@ -9,9 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Spelled in pieces so that this file does not match itself.
+# Spelled in pieces so that this file does not match itself. The last is the development
+# machine's worktree root: a path there means nothing to whoever clones the repository.
 _OUTSIDE = [re.compile(p, re.IGNORECASE) for p in (r"shared" + "/", r"DESIGN" + r"\.md",
-                                                    r"design" + r"\s+map")]
+                                                    r"design" + r"\s+map", r"/" + r"work/")]
 
 
 def _tracked() -> list[Path]:
