@@ -577,16 +577,33 @@ async def _serve_get(node: Node, session: WireSession, msg: GetRequest,
             await session.send_many(whole)
         return
     await session.send(GetStart(rid=msg.rid, info=info))
+    # One cancel scope for the whole download, its deadline moved on as each chunk has been
+    # sent: entering a deadline per chunk was ~40 Python calls per MiB. It covers the
+    # read-ahead's waits too (a chunk from the store or from a peer), so an abort says which
+    # of the two made no progress for *timeout*: the client or the read.
+    scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+    sending = False
+    sent = 0
 
     async def sink(piece: memoryview) -> bool:
+        nonlocal sending, sent
         if _cancelled(inbox):
             await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
             return False
-        with deadline(timeout, stalled):
-            await session.send_body(msg.rid, piece)
+        sending = True
+        await session.send_body(msg.rid, piece)
+        sending = False
+        sent += piece.nbytes
+        scope.deadline = trio.current_time() + timeout
         return True
 
-    if await stream_object(node, tenant, version, lo, hi, sink):
+    with scope:
+        done = await stream_object(node, tenant, version, lo, hi, sink)
+    if scope.cancelled_caught:
+        raise RequestTimeout(stalled if sending else
+                             f"the object's bytes from {lo + sent} on were not read within "
+                             f"{timeout:g} s (store or replicas too slow); download aborted")
+    if done:
         await session.send(End(rid=msg.rid))
 
 
