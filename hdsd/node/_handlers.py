@@ -589,10 +589,10 @@ async def _serve_get(node: Node, session: WireSession, msg: GetRequest,
 
     async def sink(piece: memoryview) -> bool:
         nonlocal sending, sent
+        sending = True
         if _cancelled(inbox):
             await session.send(Cancel(rid=msg.rid))  # our final: the rid is free
             return False
-        sending = True
         await session.send_body(msg.rid, piece)
         sending = False
         sent += piece.nbytes
