@@ -82,7 +82,7 @@ from ..wire import (
     PutStart,
     Request,
 )
-from ._tlsread import tls_pieces_receiver, tls_sender
+from ._tlsread import allow_bulk_sends, tls_pieces_receiver, tls_sender
 
 __all__ = ["ReplySlot", "WireSession"]
 
@@ -162,6 +162,7 @@ class WireSession:
         self.conn = conn
         self._receive_pieces = tls_pieces_receiver(stream)
         self._send_all = tls_sender(stream)
+        allow_bulk_sends(stream)
         self._outbox: list[bytearray | tuple[Piece, ...]] = []
         self._outbox_size = 0
         self._writing = False

@@ -7,6 +7,8 @@ which records every ``send_all`` and can hold writes at a gate or make them fail
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,8 @@ import trio.testing
 
 from hdsd import ConnectionLost
 from hdsd.transport import WireSession
+from hdsd.transport._session import MAX_DATA_FRAME
+from hdsd.transport._tlsread import SEND_LOWAT
 from hdsd.wire import (
     DEFAULT_WINDOW,
     PROTOCOL_VERSION,
@@ -410,6 +414,28 @@ async def test_peer_address_is_asked_of_the_socket_once() -> None:
         nursery.cancel_scope.cancel()
     memory = WireSession(trio.testing.memory_stream_pair()[0], Connection(Role.CLIENT))
     assert memory.peer_address() == "?"  # no socket to ask
+
+
+async def test_a_session_lets_its_tcp_socket_hold_a_data_frame_unsent() -> None:
+    # trio holds a TCP stream's unsent bytes to 16 KiB (TCP_NOTSENT_LOWAT): a streamed get's
+    # node then woke ~7 times per MiB to write the next few records as the client read. A
+    # session over TCP (TLS or not) lets its socket hold SEND_LOWAT: a whole 1 MiB Data frame
+    # goes to the kernel in one write, even while the other end reads nothing yet.
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, lambda s: trio.sleep_forever(), 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        for tls in (False, True):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 16384
+                WireSession(trio.SSLStream(stream, ssl.create_default_context()) if tls
+                            else stream, Connection(Role.CLIENT))
+                assert stream.getsockopt(socket.IPPROTO_TCP,
+                                         socket.TCP_NOTSENT_LOWAT) == SEND_LOWAT
+                frame = bytes(MAX_DATA_FRAME)
+                assert os.write(stream.socket.fileno(), frame) == len(frame)
+        nursery.cancel_scope.cancel()
 
 
 async def test_an_upload_read_whole_with_its_start_needs_no_inbox() -> None:
