@@ -563,20 +563,26 @@ class WireSession:
         fill and drain. Otherwise they go to its inbox as usual. Returns the event read past
         the upload's frames (the caller routes it next), if any."""
         rid = start.rid
-        frames: list[Message] = []
         size = 0  # the body's bytes, counted as read (asked again by the handler: see _whole)
         after: Event | None = None
-        while True:
-            event = self.conn.next_event()
-            if type(event) is Data and event.rid == rid:
-                frames.append(event)
-                size += len(event.data)
-            elif type(event) is End and event.rid == rid:
-                frames.append(event)
-                break
-            else:
-                after = event
-                break
+        # The usual small put: its Data and End read at once (Connection.next_upload_end).
+        whole = self.conn.next_upload_end(rid)
+        if whole is not None:
+            frames: list[Message] = [*whole]
+            size = len(whole[0].data)
+        else:
+            frames = []
+            while True:
+                event = self.conn.next_event()
+                if type(event) is Data and event.rid == rid:
+                    frames.append(event)
+                    size += len(event.data)
+                elif type(event) is End and event.rid == rid:
+                    frames.append(event)
+                    break
+                else:
+                    after = event
+                    break
         if after is None:
             self._whole[rid] = frames
             self._whole_size[rid] = size

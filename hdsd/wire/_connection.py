@@ -354,6 +354,34 @@ class Connection:
             self._error = exc
             raise
 
+    def next_upload_end(self, rid: int) -> tuple[Data, End] | None:
+        """The next two events at once, if they are the ``Data`` and the ``End`` that finish
+        upload *rid* — the body whole in one frame, both already received — else None, and
+        nothing was read: then :meth:`next_event` reads them one by one, as it would have
+        anyway. A small put's three frames come in one write; the server calls this once
+        :meth:`next_event` returned its start, and reads the body and End in one pass instead
+        of two frames each cut, decoded, checked and recorded on their own (~50 Python calls
+        of the coordinator's ~1,130 per put).
+
+        The same events and the same state after as those two calls of :meth:`next_event`,
+        whenever it applies: it applies only where they deliver both and refuse neither — a
+        server, no error and no Goodbye from the peer, the upload open on both halves, the
+        frames intact and the body within the upload's credit. Everything else, valid or
+        not, is left to :meth:`next_event`, which refuses it in its own words."""
+        rec = self._rids.get(rid)
+        if (rec is None or rec.client is not _CH.UPLOADING or rec.server is not _SH.ACCEPTING
+                or self.role is not Role.SERVER or self._error is not None
+                or self._their_goodbye):
+            return None
+        data = self._reader.next_upload_end(rid, rec.credit)
+        if data is None:
+            return None
+        # Data then End, as _rid_frame records them: the credit spent, the body complete
+        # (the rid stays in flight until the server's final).
+        rec.client = _CH.SENT
+        rec.credit -= len(data)
+        return Data(rid=rid, data=data), End(rid=rid)
+
     def send(self, msg: Message) -> bytes:
         """The bytes that carry *msg*; raises :class:`LocalProtocolError` (sending nothing and
         changing nothing) if sending it now would break the protocol."""
