@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
 from .._errors import InvalidRequest, ProtocolError
 from . import _constants as C
@@ -117,11 +117,13 @@ class Role(enum.Enum):
     SERVER = "server"
 
 
+@final  # events are told apart by their exact type (WireSession.run_reader)
 @dataclass(frozen=True, slots=True)
 class NeedData:
     """No complete frame yet: feed more bytes with ``receive_data``."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed its end (EOF after whole frames). Requests still in flight are lost."""
