@@ -155,6 +155,10 @@ class ServerHalf(enum.Enum):
 
 
 _K = Kind
+_new = object.__new__
+_set = object.__setattr__  # a frozen dataclass's own way to set its fields
+# Connection.next_upload_end builds these two field by field.
+assert Data.__match_args__ == ("rid", "data") and End.__match_args__ == ("rid",)
 
 
 def _data_of(split: SplitData) -> Data:
@@ -382,7 +386,14 @@ class Connection:
         # (the rid stays in flight until the server's final).
         rec.client = _CH.SENT
         rec.credit -= len(data)
-        return Data(rid=rid, data=data), End(rid=rid)
+        # Their fields are checked already (the rid is this upload's, the payload bytes):
+        # built as Request.with_rid builds a copy, not through __post_init__ again, which
+        # took ~40 % of this read (5.7 k of 13.7 k instructions for the two messages).
+        msg, end = _new(Data), _new(End)
+        _set(msg, "rid", rid)
+        _set(msg, "data", data)
+        _set(end, "rid", rid)
+        return msg, end
 
     def send(self, msg: Message) -> bytes:
         """The bytes that carry *msg*; raises :class:`LocalProtocolError` (sending nothing and
