@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
 from .._errors import InvalidRequest, ProtocolError
 from . import _constants as C
@@ -117,11 +117,13 @@ class Role(enum.Enum):
     SERVER = "server"
 
 
+@final  # events are told apart by their exact type (WireSession.run_reader)
 @dataclass(frozen=True, slots=True)
 class NeedData:
     """No complete frame yet: feed more bytes with ``receive_data``."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed its end (EOF after whole frames). Requests still in flight are lost."""
@@ -153,6 +155,10 @@ class ServerHalf(enum.Enum):
 
 
 _K = Kind
+_new = object.__new__
+_set = object.__setattr__  # a frozen dataclass's own way to set its fields
+# Connection.next_upload_end builds these two field by field.
+assert Data.__match_args__ == ("rid", "data") and End.__match_args__ == ("rid",)
 
 
 def _data_of(split: SplitData) -> Data:
@@ -353,6 +359,41 @@ class Connection:
         except ProtocolError as exc:
             self._error = exc
             raise
+
+    def next_upload_end(self, rid: int) -> tuple[Data, End] | None:
+        """The next two events at once, if they are the ``Data`` and the ``End`` that finish
+        upload *rid* — the body whole in one frame, both already received — else None, and
+        nothing was read: then :meth:`next_event` reads them one by one, as it would have
+        anyway. A small put's three frames come in one write; the server calls this once
+        :meth:`next_event` returned its start, and reads the body and End in one pass instead
+        of two frames each cut, decoded, checked and recorded on their own (~35 of the
+        coordinator's ~1,150 Python calls per lone put).
+
+        The same events and the same state after as those two calls of :meth:`next_event`,
+        whenever it applies: it applies only where they deliver both and refuse neither — a
+        server, no error and no Goodbye from the peer, the upload open on both halves, the
+        frames intact and the body within the upload's credit. Everything else, valid or
+        not, is left to :meth:`next_event`, which refuses it in its own words."""
+        rec = self._rids.get(rid)
+        if (rec is None or rec.client is not _CH.UPLOADING or rec.server is not _SH.ACCEPTING
+                or self.role is not Role.SERVER or self._error is not None
+                or self._their_goodbye):
+            return None
+        data = self._reader.next_upload_end(rid, rec.credit)
+        if data is None:
+            return None
+        # Data then End, as _rid_frame records them: the credit spent, the body complete
+        # (the rid stays in flight until the server's final).
+        rec.client = _CH.SENT
+        rec.credit -= len(data)
+        # Their fields are checked already (the rid is this upload's, the payload bytes):
+        # built as Request.with_rid builds a copy, not through __post_init__ again, which
+        # took ~40 % of this read (5.7 k of 13.7 k instructions for the two messages).
+        msg, end = _new(Data), _new(End)
+        _set(msg, "rid", rid)
+        _set(msg, "data", data)
+        _set(end, "rid", rid)
+        return msg, end
 
     def send(self, msg: Message) -> bytes:
         """The bytes that carry *msg*; raises :class:`LocalProtocolError` (sending nothing and

@@ -393,6 +393,76 @@ class FrameReader:
             self._collect()  # the next frame, if large, collected from here on
         return self._checked(code, body, checksum)
 
+    def next_upload_end(self, rid: int, credit: int) -> bytes | None:
+        """The payload of the next two frames if they are, whole in the buffer, a ``Data``
+        on *rid* of at most *credit* bytes and the ``End`` of *rid*, both intact — cut at
+        once, the reader then past both. None for anything else, reading nothing: those
+        frames are then read one by one by :meth:`next_frame`, which refuses what is wrong
+        and words why (a small put's body and End arrive in one write with its start).
+
+        Recognised as the client encodes them (``encode_upload_end``): the rid a msgpack
+        uint, the same bytes in both, the payload a bin; any other valid encoding is left to
+        :meth:`next_frame`, as is a frame still being collected."""
+        if self._done or self._big is not None:
+            return None
+        buf, pos = self._buf, self._pos
+        have = len(buf)
+        if have - pos < 2 * C.HEADER_SIZE:
+            return None
+        length, code, checksum = C.HEADER.unpack_from(buf, pos)
+        start = pos + C.HEADER_SIZE
+        end = start + length
+        if code != C.T_DATA or length > self._max_frame or end + C.HEADER_SIZE > have:
+            return None
+        # The Data body's prefix: fixarray of 2, the rid, a bin header. Read within the
+        # buffer (the End's header is 13 bytes past any prefix that does not fit the body),
+        # then held to the body by ``at + n == end``.
+        if buf[start] != 0x92:
+            return None
+        b = buf[start + 1]
+        if b < 0x80:
+            got, at = b, start + 2
+        elif b == 0xCC:
+            got, at = buf[start + 2], start + 3
+        elif b == 0xCD:
+            got, at = _U16.unpack_from(buf, start + 2)[0], start + 4
+        elif b == 0xCE:
+            got, at = _U32.unpack_from(buf, start + 2)[0], start + 6
+        else:
+            return None
+        if got != rid:
+            return None
+        rid_end = at
+        b = buf[at]
+        if b == 0xC4:
+            n, at = buf[at + 1], at + 2
+        elif b == 0xC5:
+            n, at = _U16.unpack_from(buf, at + 1)[0], at + 3
+        elif b == 0xC6:
+            n, at = _U32.unpack_from(buf, at + 1)[0], at + 5
+        else:
+            return None
+        if at + n != end or n > credit:
+            return None
+        # The End frame that follows: its body is [rid], the rid as the Data frame has it.
+        length, code, end_sum = C.HEADER.unpack_from(buf, end)
+        body = end + C.HEADER_SIZE
+        stop = body + length
+        if (code != C.T_END or stop > have or buf[body] != 0x91
+                or buf[body + 1:stop] != buf[start + 1:rid_end]):
+            return None
+        with memoryview(buf) as view:
+            if _xxh3(view[start:end]) != checksum or _xxh3(view[body:stop]) != end_sum:
+                return None
+            data = bytes(view[at:end])
+        if stop == have:
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = stop
+            self._collect()  # the next frame, if large, collected from here on
+        return data
+
     @staticmethod
     def _checked(code: int, body: bytes, checksum: int) -> tuple[int, bytes]:
         if _xxh3(body) != checksum:
