@@ -205,8 +205,8 @@ class Node:
             checkpoint_s=config.audit_checkpoint_s, retention_days=config.audit_retention_days,
             segment_bytes=config.audit_segment_mib << 20,
             commit_interval_s=config.audit_commit_ms / 1000))
-        if isinstance(store.sealing, NodeSealing):  # names sealed with the tenancy's keys
-            store.sealing.bind(self.tenancy.sealing_keys)
+        if isinstance(store.sealing, NodeSealing):  # names sealed with the tenancy's seals
+            store.sealing.bind(self.tenancy.name_seal)
         self.audit.seal_names = lambda tenant, bucket, key: seal_audit_names(
             store.sealing.seal_for(tenant), tenant, bucket, key)
         self.audit_copies = AuditCopies(config.data_dir / "audit",
