@@ -207,8 +207,9 @@ class Node:
             commit_interval_s=config.audit_commit_ms / 1000))
         if isinstance(store.sealing, NodeSealing):  # names sealed with the tenancy's seals
             store.sealing.bind(self.tenancy.name_seal)
+        seal_for = store.sealing.seal_for  # (bound above: no property call per record)
         self.audit.seal_names = lambda tenant, bucket, key: seal_audit_names(
-            store.sealing.seal_for(tenant), tenant, bucket, key)
+            seal_for(tenant), tenant, bucket, key)
         self.audit_copies = AuditCopies(config.data_dir / "audit",
                                         segment_bytes=config.audit_segment_mib << 20,
                                         retention_days=config.audit_retention_days)
