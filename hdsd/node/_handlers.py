@@ -336,7 +336,8 @@ class SmallWrites:
         for v in versions:  # (a loop, not a generator: a few calls less on every write)
             if v.inline is not None:
                 nbytes += len(v.inline)
-        key = tuple((site, tuple(names)) for site, names in replicas.items())
+        # (a list made whole, not a generator resumed per site: ~2 calls less per put)
+        key = tuple([(site, tuple(names)) for site, names in replicas.items()])
         shared = self._open.get(key)
         if shared is not None and shared.nbytes + nbytes <= _SHARED_BYTES_MAX:
             shared.versions.extend(versions)
