@@ -11,6 +11,7 @@ from ._files import read_verify_key as read_verify_key
 from ._format import AuditRecord as AuditRecord
 from ._hook import ObservedSession as ObservedSession
 from ._hook import audit_item as audit_item
+from ._hook import audit_put as audit_put
 from ._hook import audit_request as audit_request
 from ._hook import peer_address as peer_address
 from ._log import AuditLog as AuditLog

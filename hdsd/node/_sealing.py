@@ -1,7 +1,7 @@
 """The store's sealing capability, from this node's tenant keys.
 
 The store opens (and recovers) before the node's tenancy exists, and recovery needs no key:
-the capability is created unbound and bound to :meth:`Tenancy.keys` once the node is built.
+the capability is created unbound and bound to the tenancy's name seals once the node is built.
 A tenant without keys here (unknown, shredded, creation abandoned) has no seal: the store then
 refuses to write or open its names (``PermissionDenied``). Requests of tenants that are not
 live are refused before they reach the store (``Tenancy.check_live``).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._errors import HdsdError, PermissionDenied
+from .._errors import PermissionDenied
 from ..catalog import CATALOG_FILE, tenant_keys_in_catalog
 from ..pipeline import NameSeal, TenantKeys, TenantNameSealing
 from ._config import NodeConfig
@@ -21,23 +21,24 @@ __all__ = ["NodeSealing", "offline_name_seal", "offline_sealing"]
 
 
 class NodeSealing:
+    """The store's sealing: no seal until :meth:`bind` (recovery needs none), then the node's
+    tenancy's own name seals (``Tenancy.name_seal``): one :class:`NameSeal` per tenant on the
+    node, so the ids of a put's names, asked for by the tenancy's hold check, the store and
+    the audit record, are computed once and not once per seal object."""
+
+    __slots__ = ("seal_for",)
+
     def __init__(self) -> None:
-        self._keys_of: Callable[[str], TenantKeys | None] | None = None
-        self._seals = TenantNameSealing(self._lookup)
+        # An attribute, not a method forwarding to it: the store asks for a seal on every
+        # version it writes or reads.
+        self.seal_for: Callable[[str], NameSeal | None] = _no_seal
 
-    def bind(self, keys_of: Callable[[str], TenantKeys | None]) -> None:
-        self._keys_of = keys_of
+    def bind(self, seal_for: Callable[[str], NameSeal | None]) -> None:
+        self.seal_for = seal_for
 
-    def _lookup(self, tenant: str) -> TenantKeys | None:
-        if self._keys_of is None:
-            return None
-        try:
-            return self._keys_of(tenant)
-        except HdsdError:
-            return None
 
-    def seal_for(self, tenant: str) -> NameSeal | None:
-        return self._seals.seal_for(tenant)
+def _no_seal(tenant: str) -> NameSeal | None:
+    return None
 
 
 def offline_name_seal(config: NodeConfig, tenant: str) -> NameSeal:

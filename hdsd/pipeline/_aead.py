@@ -97,16 +97,20 @@ def encrypt(message: bytes, aad: bytes, nonce: bytes, key: bytes, header: bytes 
     if _ffi is None:  # pragma: no cover
         return header + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
             message, aad, nonce, key)
-    _check(nonce, key)
-    if _vectorised and len(message) >= LARGE:
+    # _check's test, inline, and the message's length taken once: a small put seals three
+    # times (its chunk, its version's names, its audit record's names), ~3 calls less each.
+    if len(nonce) != NONCE_SIZE or len(key) != KEY_SIZE:
+        _check(nonce, key)  # raises
+    size = len(message)
+    if _vectorised and size >= LARGE:
         cipher, nonce12 = _ietf(nonce, key)
         body = cipher.encrypt(nonce12, message, aad)
         return header + body if header else body
     start = len(header)
-    out = _raw("unsigned char[]", start + len(message) + TAG_SIZE)
+    out = _raw("unsigned char[]", start + size + TAG_SIZE)
     if start:
         _ffi.memmove(out, header, start)
-    _seal(out + start, _ffi.NULL, message, len(message), aad, len(aad), _ffi.NULL, nonce, key)
+    _seal(out + start, _ffi.NULL, message, size, aad, len(aad), _ffi.NULL, nonce, key)
     sealed: bytes = _ffi.buffer(out)[:]
     return sealed
 

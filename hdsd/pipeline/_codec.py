@@ -139,14 +139,17 @@ def _aad(tenant: bytes, prefix: bytes, chunk_id: bytes) -> bytes:
 
 
 def _seal_body(
-    keys: TenantKeys, chunk_id: bytes, flags: int, plain_size: int, body: bytes
+    keys: TenantKeys, chunk_id: bytes, flags: int, plain_size: int, body: bytes,
+    aad_tail: bytes | None = None,
 ) -> bytes:
     """Encrypt an already prepared *body* into a payload. Private; tests use it to forge
-    authenticated payloads whose inner frame lies."""
+    authenticated payloads whose inner frame lies. *aad_tail*: the AAD's end for *keys*'
+    tenant (``ChunkCodec._aad_tail``: a small put's seal does not encode the name again)."""
     prefix = _PREFIX.pack(FORMAT_VERSION, flags, plain_size)
     nonce = random_bytes(NONCE_SIZE)
-    return _encrypt(body, _aad(keys.tenant.encode("utf-8"), prefix, chunk_id), nonce,
-                    keys.data_key, prefix + nonce)
+    aad = _aad(keys.tenant.encode("utf-8"), prefix, chunk_id) if aad_tail is None else \
+        b"".join((_AAD_DOMAIN, prefix, chunk_id, aad_tail))
+    return _encrypt(body, aad, nonce, keys.data_key, prefix + nonce)
 
 
 class ChunkCodec:
@@ -190,7 +193,8 @@ class ChunkCodec:
             packed: bytes = _compressor(self.compression_level).compress(data)
             if len(packed) < size:
                 body, flags = packed, FLAG_ZSTD
-        return SealedChunk(chunk_id, size, _seal_body(self.keys, chunk_id, flags, size, body))
+        return SealedChunk(chunk_id, size, _seal_body(self.keys, chunk_id, flags, size, body,
+                                                      self._aad_tail))
 
     def open(self, chunk_id: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         """Decrypt, decompress and verify one payload; return the plaintext.

@@ -1,6 +1,6 @@
-"""The audit record of a client put (audit_request, which takes a short path for it): who,
-which names (sealed under the client's tenant's key), which version, how many bytes, how it
-ended."""
+"""The audit record of a client put (audit_request, which takes a short path for it, and
+audit_put, that path, which a group of small puts calls directly): who, which names (sealed
+under the client's tenant's key), which version, how many bytes, how it ended."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from hdsd.audit import ObservedSession, audit_request
+from hdsd.audit import ObservedSession, audit_put, audit_request
 from hdsd.transport import Identity, WireSession
 from hdsd.wire import PutStart
 
@@ -46,12 +46,16 @@ def _put(size: int | None = 4096) -> PutStart:
                     metadata={}, policy=None)
 
 
-@pytest.mark.parametrize(("outcome", "info", "bytes_in", "recorded"), [
+CASES = [
     ("ok", {"size": 4096, "version": "v1"}, 0, (4096, "v1")),  # small: whole, no credit
     ("ok", {"size": 4096, "version": "v1"}, 8192, (8192, "v1")),
     ("quota_exceeded", None, 100, (100, "")),
     ("ok", {"size": "4096", "version": 7}, 0, (0, "")),  # mistyped info: not taken
-])
+    ("cancelled", {}, 0, (0, "")),
+]
+
+
+@pytest.mark.parametrize(("outcome", "info", "bytes_in", "recorded"), CASES)
 def test_a_put_is_recorded_with_its_sealed_names_version_and_bytes(
         log: _Log, outcome: str, info: dict[str, Any] | None, bytes_in: int,
         recorded: tuple[int, str]) -> None:
@@ -64,3 +68,20 @@ def test_a_put_is_recorded_with_its_sealed_names_version_and_bytes(
         "bucket": "sealed:b", "key": "id:patient/1", "version": recorded[1],
         "bytes_in": recorded[0], "bytes_out": 3, "outcome": outcome, "peer": "10.0.0.1:4000"}]
     assert log.sealed == [("acme", "b", "patient/1")]  # under the client's tenant
+
+
+@pytest.mark.parametrize(("outcome", "info", "bytes_in", "recorded"), CASES)
+def test_a_group_s_put_gets_the_record_audit_request_makes(
+        log: _Log, outcome: str, info: dict[str, Any] | None, bytes_in: int,
+        recorded: tuple[int, str]) -> None:
+    # put_group has no ObservedSession per put: it hands its reply's info and bytes over.
+    observed = _observed(info, bytes_in)
+    observed.bytes_out = 3
+    audit_request(log, IDENT, _put(), observed, outcome,  # type: ignore[arg-type]
+                  "10.0.0.1:4000")
+    group = _Log()
+    audit_put(group, IDENT, _put(), info, bytes_in, 3, outcome,  # type: ignore[arg-type]
+              "10.0.0.1:4000")
+    assert group.records == log.records
+    assert group.sealed == log.sealed
+    assert group.records[0]["bytes_in"] == recorded[0]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from hdsd import AsyncClient, LegalHold, QuotaExceeded
+from hdsd import AsyncClient, DiskFullError, HdsdError, LegalHold, NotFound, QuotaExceeded
 from hdsd.audit import read_records
 from hdsd.node import load_node_config, serve_node
 from hdsd.node._server import Node
@@ -185,4 +185,54 @@ async def test_a_group_s_puts_are_admitted_against_the_quota_one_by_one(tmp_path
                 assert seen.per_put == 0
                 assert sorted(outcomes) == ["ok"] * 3 + ["quota"] * 3
             assert not any(nodes[0].tenancy._reserved.values())
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_group_write_fails_the_puts_it_carried_and_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's write failing is the failure of each put it carried (its error, its audit
+    record), while a put refused before the write keeps its own refusal; nothing is left
+    held, and nothing was stored."""
+    init_cluster(tmp_path)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            coordinator = nodes[0]
+            async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
+                await client.put("b", "warm", b"x")
+                await client.hold_set("default", "b", "held")
+
+                async def full(*args: object) -> None:
+                    raise DiskFullError("no space left on the data disk (test)")
+
+                monkeypatch.setattr(coordinator.small_writes, "write", full)
+                seen = _Tasks().watch(monkeypatch)
+                results: dict[int, HdsdError] = {}
+
+                async def put(i: int) -> None:
+                    try:
+                        await client.put("b", "held" if i == 15 else f"k{i}", os.urandom(4096))
+                    except HdsdError as exc:
+                        results[i] = exc
+
+                async with trio.open_nursery() as puts:
+                    for i in range(16):
+                        puts.start_soon(put, i)
+                trio.lowlevel.remove_instrument(seen)
+                monkeypatch.undo()
+                assert seen.per_put == 0  # every put was answered by its group
+                assert isinstance(results.pop(15), LegalHold)
+                assert sorted(results) == list(range(15))
+                assert {exc.code for exc in results.values()} == {DiskFullError.code}
+                for i in range(15):
+                    with pytest.raises(NotFound):
+                        await client.stat("b", f"k{i}")
+            assert coordinator._requests_in_flight == {}
+            assert not any(coordinator.tenancy._reserved.values())
+            await trio.to_thread.run_sync(coordinator.audit.checkpoint_and_wait)
+            records = [r for r in read_records(coordinator.config.data_dir / "audit")
+                       if r.op == "PutStart"]
+            assert Counter(r.outcome for r in records) == {
+                "ok": 1, DiskFullError.code: 15, LegalHold.code: 1}
             nursery.cancel_scope.cancel()
