@@ -81,7 +81,8 @@ class SendHookLink(PeerLink, Protocol):
     write coordinator needs; :class:`PeerPool` is one)."""
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False,
+                   slot_wait: float | None = None) -> R:
         """:meth:`PeerLink.call`; *sent*, if given, is called (it must not raise) once the
         request is on its way, before the reply is awaited — not at all if it could not be
         sent. The write path queues its local commit there, so that waking the log writer
@@ -89,7 +90,10 @@ class SendHookLink(PeerLink, Protocol):
         scope whose deadline is no later than the link's own bound, so nothing but that
         deadline can cancel the send or end the wait: the link adds neither a shield nor a
         bound of its own (that deadline ends the call with ``trio.Cancelled``, caught by the
-        caller's scope, where the link's bound would have raised :class:`RequestTimeout`)."""
+        caller's scope, where the link's bound would have raised :class:`RequestTimeout`).
+        *slot_wait*: while the link has as many requests in flight as it allows, wait at most
+        this long (default: the link's bound) for one to end, then raise
+        :class:`RequestTimeout` — nothing sent."""
         ...
 
 
@@ -328,7 +332,8 @@ class PeerPool:
             await session.aclose()
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False,
+                   slot_wait: float | None = None) -> R:
         peer = self._peer(node)
         # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
         # which every replicated write would pay); the caller's cancellation still counts.
@@ -336,7 +341,7 @@ class PeerPool:
         try:
             peer.slots.acquire_nowait()
         except trio.WouldBlock:
-            await self._wait_slot(node, peer)
+            await self._wait_slot(node, peer, slot_wait)
         # From here the slot is _exchange's to release (or to keep, see _keep_slot).
         if shielded:
             # The caller's shielded scope bounds the request, its deadline no later than
@@ -345,11 +350,12 @@ class PeerPool:
             return await self._exchange(node, peer, request, sent, None)
         return await self._call(node, peer, request, sent)
 
-    async def _wait_slot(self, node: str, peer: _Peer) -> None:
-        """Wait for a free slot of *peer*, at most the request bound (:class:`RequestTimeout`
-        after it). Kept slots whose request bound has passed are given up on here, when a
-        slot is wanted: no task watches them."""
-        limit = self.request_timeout
+    async def _wait_slot(self, node: str, peer: _Peer, limit: float | None = None) -> None:
+        """Wait for a free slot of *peer*, at most *limit* (default: the request bound;
+        :class:`RequestTimeout` after it). Kept slots whose request bound has passed are
+        given up on here, when a slot is wanted: no task watches them."""
+        if limit is None:
+            limit = self.request_timeout
         until = trio.current_time() + limit
         while True:
             now = trio.current_time()

@@ -275,3 +275,27 @@ async def test_a_kept_slot_is_given_up_one_request_bound_after_its_caller_left(
         assert trio.current_time() - cut == pytest.approx(TIMEOUT + 0.5)
         assert _free(pool) == SLOTS and not pool._peers["b1"].kept
         nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_with_a_slot_wait_does_not_queue_behind_a_slow_peer(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """The `local` write's call: when every slot is taken (kept by requests the peer still
+    works on), it waits no longer than its bound for one, then gives up with nothing sent
+    (the caller hints the peer); a free slot is taken at once."""
+    monkeypatch.setattr("hdsd.peers._link._MAX_IN_FLIGHT", SLOTS)
+    peer = SlowPeer(delay=0.5)
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, peer, [])
+        await nursery.start(pool.run)
+        async with trio.open_nursery() as callers:
+            for n in range(SLOTS):
+                callers.start_soon(_graced_call, pool, n)
+        began = trio.current_time()
+        with pytest.raises(RequestTimeout, match=r"busy: no free slot within 0\.02 s"):
+            await pool.call("b1", _request(9), shielded=True, slot_wait=GRACE)
+        assert trio.current_time() - began == pytest.approx(GRACE)
+        await trio.sleep(0.5)
+        assert peer.served == SLOTS and peer.most == SLOTS  # the ninth was never sent
+        assert await pool.call("b1", _request(9), shielded=True, slot_wait=GRACE) == \
+            {"payload": b"\t" * 32}
+        nursery.cancel_scope.cancel()
