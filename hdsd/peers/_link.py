@@ -360,7 +360,8 @@ class PeerPool:
         while True:
             now = trio.current_time()
             for kept in [k for k in peer.kept if k.expiry <= now]:
-                kept.session.close_inbox(kept.rid)  # a late answer is dropped, as any
+                # Its late answer, if any, is then dropped as any abandoned request's is.
+                kept.session.close_inbox(kept.rid)
                 kept.release()
             try:
                 peer.slots.acquire_nowait()
