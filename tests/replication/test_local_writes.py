@@ -4,10 +4,11 @@ It runs like the ``each-site`` pair write — in the caller's task, the peer's r
 and carrying the names sealed here — but is acknowledged on this node's commit: the peer's
 answer is awaited a short grace once its request is out, and a peer that has not confirmed by
 then is returned as lagging (the caller keeps a durable hint for it before the put is
-acknowledged). The grace follows the peer's recent answer time (twice it, within bounds), so a
-healthy peer is waited for and a hint is the exception. These tests pin that: what the peer
-receives, when the write returns, how the grace adapts, and that every way the peer can fail
-to confirm ends in a hint, never in an error raised into nobody.
+acknowledged). The grace follows the peer's recent answer times (smoothed, plus four
+deviations, within bounds), so a healthy peer is waited for and a hint is the exception. These
+tests pin that: what the peer receives, when the write returns, how the grace adapts, that
+every way the peer can fail to confirm ends in a hint, never in an error raised into nobody,
+and that a peer link with no free slot is not queued for longer than the grace.
 """
 
 from __future__ import annotations
