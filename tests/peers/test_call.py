@@ -299,3 +299,28 @@ async def test_a_caller_with_a_slot_wait_does_not_queue_behind_a_slow_peer(
         assert await pool.call("b1", _request(9), shielded=True, slot_wait=GRACE) == \
             {"payload": b"\t" * 32}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_pool_shut_down_with_kept_slots_ends_cleanly(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """No task waits for a kept slot's answer: the pool's shutdown closes the link, which
+    frees them, and nothing is left running or raised."""
+    monkeypatch.setattr("hdsd.peers._link._MAX_IN_FLIGHT", SLOTS)
+    async with trio.open_nursery() as nursery:
+        pool = _pool(monkeypatch, nursery, SlowPeer(delay=0.5), [])
+        running = trio.CancelScope()
+
+        async def run_pool() -> None:
+            with running:
+                await pool.run()
+
+        nursery.start_soon(run_pool)
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as callers:
+            for _ in range(SLOTS):
+                callers.start_soon(_graced_call, pool, 0xff)
+        assert _free(pool) == 0
+        running.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert _free(pool) == SLOTS and not pool._peers["b1"].kept
+        nursery.cancel_scope.cancel()
