@@ -81,7 +81,8 @@ class SendHookLink(PeerLink, Protocol):
     write coordinator needs; :class:`PeerPool` is one)."""
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False,
+                   slot_wait: float | None = None) -> R:
         """:meth:`PeerLink.call`; *sent*, if given, is called (it must not raise) once the
         request is on its way, before the reply is awaited — not at all if it could not be
         sent. The write path queues its local commit there, so that waking the log writer
@@ -89,7 +90,10 @@ class SendHookLink(PeerLink, Protocol):
         scope whose deadline is no later than the link's own bound, so nothing but that
         deadline can cancel the send or end the wait: the link adds neither a shield nor a
         bound of its own (that deadline ends the call with ``trio.Cancelled``, caught by the
-        caller's scope, where the link's bound would have raised :class:`RequestTimeout`)."""
+        caller's scope, where the link's bound would have raised :class:`RequestTimeout`).
+        *slot_wait*: while the link has as many requests in flight as it allows, wait at most
+        this long (default: the link's bound) for one to end, then raise
+        :class:`RequestTimeout` — nothing sent."""
         ...
 
 
@@ -127,8 +131,33 @@ class _Peer:
         # Requests in flight on this link: beyond it callers queue (backpressure) instead of
         # piling frames into the shared session, where they would all time out together.
         self.slots = trio.Semaphore(_MAX_IN_FLIGHT)
+        # Slots kept by requests whose caller stopped waiting (a `local` write's grace) while
+        # the peer still works on them: see PeerPool._keep_slot.
+        self.kept: dict[_Kept, None] = {}
         # It closed the link over a download request (a node older than them): not sent again.
         self.no_downloads = False
+
+
+class _Kept:
+    """A slot of *peer* kept by a request whose caller stopped waiting for its answer: the
+    peer still works on it, so it still counts against the in-flight bound until its answer
+    comes, the link closes, or one request bound (*expiry*) has passed without either."""
+
+    __slots__ = ("done", "expiry", "peer", "rid", "session")
+
+    def __init__(self, peer: _Peer, session: WireSession, rid: int, expiry: float) -> None:
+        self.peer = peer
+        self.session = session
+        self.rid = rid
+        self.expiry = expiry
+        self.done = False
+
+    def release(self) -> None:
+        """The request ended (called by the session, or by the expiry sweep): once only."""
+        if not self.done:
+            self.done = True
+            del self.peer.kept[self]
+            self.peer.slots.release()
 
 
 class PeerPool:
@@ -303,70 +332,113 @@ class PeerPool:
             await session.aclose()
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False,
+                   slot_wait: float | None = None) -> R:
         peer = self._peer(node)
-        limit = self.request_timeout
         # A free slot is taken without a schedule point (a Semaphore's acquire always is one,
         # which every replicated write would pay); the caller's cancellation still counts.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             peer.slots.acquire_nowait()
         except trio.WouldBlock:
-            with trio.move_on_after(limit) as queued:
-                await peer.slots.acquire()
-            if queued.cancelled_caught:
-                raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s") \
-                    from None
-        try:
-            if shielded:
-                # The caller's shielded scope bounds the request, its deadline no later than
-                # ours (see SendHookLink.call): a scope of our own could never fire first, and
-                # would cost every replicated write ~60 Python calls to enter and leave.
-                return await self._exchange(node, request, sent, shielded=True)
-            return await self._call(node, request, sent)
-        finally:
-            peer.slots.release()
+            await self._wait_slot(node, peer, slot_wait)
+        # From here the slot is _exchange's to release (or to keep, see _keep_slot).
+        if shielded:
+            # The caller's shielded scope bounds the request, its deadline no later than
+            # ours (see SendHookLink.call): a scope of our own could never fire first, and
+            # would cost every replicated write ~60 Python calls to enter and leave.
+            return await self._exchange(node, peer, request, sent, None)
+        return await self._call(node, peer, request, sent)
 
-    async def _call(self, node: str, request: Request[R],
+    async def _wait_slot(self, node: str, peer: _Peer, limit: float | None = None) -> None:
+        """Wait for a free slot of *peer*, at most *limit* (default: the request bound;
+        :class:`RequestTimeout` after it). Kept slots whose request bound has passed are
+        given up on here, when a slot is wanted: no task watches them."""
+        if limit is None:
+            limit = self.request_timeout
+        until = trio.current_time() + limit
+        while True:
+            now = trio.current_time()
+            for kept in [k for k in peer.kept if k.expiry <= now]:
+                # Its late answer, if any, is then dropped as any abandoned request's is.
+                kept.session.close_inbox(kept.rid)
+                kept.release()
+            try:
+                peer.slots.acquire_nowait()
+                return
+            except trio.WouldBlock:
+                pass
+            if now >= until:
+                raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
+            wake = min([until, *(k.expiry for k in peer.kept)])
+            with trio.move_on_at(wake):
+                await peer.slots.acquire()
+                return
+
+    async def _call(self, node: str, peer: _Peer, request: Request[R],
                     sent: Callable[[], None] | None) -> R:
         """:meth:`_exchange` bounded by the link's own limit."""
         limit = self.request_timeout
-        with trio.move_on_after(limit):
-            return await self._exchange(node, request, sent, shielded=False)
+        with trio.move_on_after(limit) as bound:
+            return await self._exchange(node, peer, request, sent, bound)
         raise RequestTimeout(f"peer {node} did not answer within {limit:g} s")
 
-    async def _exchange(self, node: str, request: Request[R],
-                        sent: Callable[[], None] | None, *, shielded: bool) -> R:
+    async def _exchange(self, node: str, peer: _Peer, request: Request[R],
+                        sent: Callable[[], None] | None, bound: trio.CancelScope | None) -> R:
         """Send *request* on the peer's session and return its answer (unbounded: the
-        caller's scope bounds it)."""
-        session = await self._session(node)
-        request, inbox = session.open_call(request)
+        caller's scope bounds it, and *bound*, the link's own bound, if not shielded).
+        Releases the peer's slot the caller took, or keeps it (:meth:`_keep_slot`)."""
+        kept = False
         try:
-            # A frame cut in the middle would break the link for every request sharing it:
-            # once started, a send finishes, within the request's bound and the caller's
-            # (read before shielding: inside the shield the caller's scope no longer counts).
-            # A shielded caller (the pair write) already gives exactly that: its earlier
-            # deadline is the only cancellation that can reach the send (a cancel scope
-            # less on every replicated write).
-            if shielded:
-                await session.send(request)
-            else:
-                until = trio.current_effective_deadline()
-                with trio.CancelScope(shield=True, deadline=until):
-                    await session.send(request)
-            if sent is not None:
-                sent()
+            session = await self._session(node)
+            request, inbox = session.open_call(request)
             try:
-                event = await inbox.receive()
-            except trio.EndOfChannel:
-                raise ConnectionLost(f"connection to peer {node} lost") from None
+                # A frame cut in the middle would break the link for every request sharing
+                # it: once started, a send finishes, within the request's bound and the
+                # caller's (read before shielding: inside the shield the caller's scope no
+                # longer counts). A shielded caller (the pair write) already gives exactly
+                # that: its earlier deadline is the only cancellation that can reach the send
+                # (a cancel scope less on every replicated write).
+                if bound is None:
+                    await session.send(request)
+                else:
+                    until = trio.current_effective_deadline()
+                    with trio.CancelScope(shield=True, deadline=until):
+                        await session.send(request)
+                if sent is not None:
+                    sent()
+                try:
+                    event = await inbox.receive()
+                except trio.EndOfChannel:
+                    raise ConnectionLost(f"connection to peer {node} lost") from None
+                except trio.Cancelled:
+                    if bound is None or not bound.cancel_called:
+                        kept = self._keep_slot(peer, session, request.rid)
+                    raise
+            finally:
+                if not kept:
+                    session.close_inbox(request.rid)
         finally:
-            session.close_inbox(request.rid)
+            if not kept:
+                peer.slots.release()
         if isinstance(event, Reply):
             return request.decode_reply(event.body)
         if isinstance(event, ErrorReply):
             raise error_class_for_code(event.code)(f"peer {node}: {event.message}")
         raise ProtocolError(f"peer {node} answered {type(event).__name__}")
+
+    def _keep_slot(self, peer: _Peer, session: WireSession, rid: int) -> bool:
+        """The caller stopped waiting for the answer of *rid*, sent (a `local` write's grace
+        ended, or the caller's own bound): the peer still works on it, so its slot stays
+        taken until the answer comes or the link closes (the session says so: no task
+        waits), at most one request bound from now — else a slow peer would get as many
+        requests as callers give up on, and the in-flight bound would no longer hold. Not
+        when the link's own bound ended it (the request is over: in doubt)."""
+        kept = _Kept(peer, session, rid, trio.current_time() + self.request_timeout)
+        if not session.abandon_call(rid, kept.release):
+            return False  # it ended meanwhile
+        peer.kept[kept] = None
+        return True
 
     def downloads(self, node: str) -> bool:
         peer = self._peers.get(node)
@@ -375,11 +447,11 @@ class PeerPool:
     async def download(self, node: str, request: Request[R], on_start: Callable[[R], None],
                        on_data: Callable[[bytes], None]) -> None:
         peer = self._peer(node)
-        limit = self.request_timeout
-        with trio.move_on_after(limit) as queued:
-            await peer.slots.acquire()
-        if queued.cancelled_caught:
-            raise RequestTimeout(f"peer {node} busy: no free slot within {limit:g} s")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            peer.slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._wait_slot(node, peer)
         try:
             await self._download(node, peer, request, on_start, on_data)
         finally:

@@ -307,7 +307,7 @@ class Replicator:
                             sent: Callable[[], None] | None = None,
                             shielded: bool = False,
                             wire: Sequence[Version | dict[str, Any]] | None = None,
-                            graced: bool = False) -> None:
+                            grace: float | None = None) -> None:
         """Store the records on *peer*; raises what its reply (or the link) says.
 
         Small writes to the same peer that start together share one Replicate request: the
@@ -320,16 +320,18 @@ class Replicator:
         timeout) is :class:`Unavailable` — outcome unknown — for all of them, as it would be
         for each alone. *sent* is called once the records are on their way (see
         :meth:`SendHookLink.call`), by whoever sends the batch they are in. *wire*: the
-        versions as sent, if not *versions* themselves (sealed here already). *graced*: the
-        caller stops waiting for the answer a grace after the send (``local``); such writes
+        versions as sent, if not *versions* themselves (sealed here already). *grace*: the
+        caller stops waiting for the answer that long after the send (``local``); such writes
         batch among themselves only, so that a write that waits for the answer (a mode
         switch can have both kinds in flight) never takes "not answered" from a batch whose
-        sender stopped waiting early.
+        sender stopped waiting early. They wait no longer than the grace for a free slot of
+        the link either (the peer has as many requests in flight as the link allows: it is
+        slow): then nothing is sent, and the caller hints the peer.
         """
         nbytes = _weight(chunks, versions)
         if wire is None:
             wire = versions
-        batches = self._graced_batches if graced else self._batches
+        batches = self._batches if grace is None else self._graced_batches
         batch = batches.get(peer)
         if batch is not None and batch.nbytes + nbytes <= _BATCH_BYTES_MAX:
             batch.chunks.extend(chunks)
@@ -348,7 +350,7 @@ class Replicator:
             # once. Yielding for company nobody can bring costs a lone write a scheduler pass
             # for nothing.
             await self.peers.call(peer, replicate_message(self.layout_id, chunks, wire),
-                                  sent=sent, shielded=shielded)
+                                  sent=sent, shielded=shielded, slot_wait=grace)
             return
         batch = batches[peer] = _Batch(list(chunks), list(wire), nbytes)
         if sent is not None:
@@ -361,7 +363,7 @@ class Replicator:
         try:
             await self.peers.call(peer, replicate_message(self.layout_id, batch.chunks,
                                                           batch.versions), sent=batch.sent,
-                                  shielded=shielded)
+                                  shielded=shielded, slot_wait=grace)
         except HdsdError as exc:
             batch.error = exc
             raise
@@ -381,7 +383,10 @@ class Replicator:
         answer is awaited that long once its request is on its way, no longer; a peer that
         has not answered by then is not in *acked* (the caller hints it): in *failed* neither,
         or as :class:`Unavailable` when its records shared a batch whose sender's grace ended
-        first.
+        first. A link with as many requests in flight as it allows (a slow peer: a request
+        whose answer the grace cut keeps its slot until the answer) is waited for no longer
+        than the grace either: nothing is sent, the peer lags (:class:`RequestTimeout` in
+        *failed*), and the acknowledgement does not follow the slow peer.
         Its request is not cut (it is out), only the wait for its answer: the peer stores
         the records all the same, and its late answer is dropped by the session as any
         abandoned request's is — the hint stands for whatever it would have said. Counted
@@ -460,7 +465,7 @@ class Replicator:
                     peer, chunks, versions, sent=start_local if grace is None else sent,
                     shielded=True,
                     wire=None if sealed is None else sealed.wire_versions(versions),
-                    graced=grace is not None)
+                    grace=grace)
                 acked.add(peer)
             except HdsdError as exc:
                 failed[peer] = exc

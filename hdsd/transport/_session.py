@@ -158,6 +158,27 @@ class ReplySlot:
         raise trio.EndOfChannel
 
 
+class _Abandoned:
+    """The inbox of a call whose caller stopped waiting for its answer while the other end
+    may still work on it (see :meth:`WireSession.abandon_call`): *on_end* runs once, when the
+    answer comes (it is dropped) or the session closes — no task waits for it."""
+
+    __slots__ = ("_on_end",)
+
+    def __init__(self, on_end: Callable[[], None]) -> None:
+        self._on_end: Callable[[], None] | None = on_end
+
+    def send_nowait(self, msg: Message) -> None:
+        """The answer came: the request ended. Raising makes the reader drop the inbox."""
+        self.close()
+        raise trio.BrokenResourceError("the call was abandoned")
+
+    def close(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
+
+
 class WireSession:
     def __init__(self, stream: trio.abc.Stream, conn: Connection) -> None:
         self.stream = stream
@@ -173,7 +194,7 @@ class WireSession:
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
         # Senders waiting for room in the outbox, in arrival order (see :meth:`_wait_room`).
         self._room = TurnQueue(self._admit)
-        self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot] = {}
+        self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot | _Abandoned] = {}
         self._whole: dict[int, list[Message]] = {}  # uploads read whole with their start
         self._whole_size: dict[int, int] = {}  # ... and their body sizes
         self._credit_lot = trio.lowlevel.ParkingLot()
@@ -435,6 +456,19 @@ class WireSession:
         rid = self._new_rid()
         slot = self._inboxes[rid] = ReplySlot()
         return request.with_rid(rid), slot
+
+    def abandon_call(self, rid: int, on_end: Callable[[], None]) -> bool:
+        """The caller of :meth:`open_call` *rid* stops waiting for its answer, which the other
+        end may still be working on: *on_end* (it must not raise) is called once the request
+        ends — its answer arrives (dropped, as any abandoned request's) or the session
+        closes — or when ``close_inbox(rid)`` gives up on it. False, and nothing kept, if it
+        has ended already (its answer is in, or the session closed): the caller closes the
+        inbox as usual."""
+        slot = self._inboxes.get(rid)
+        if type(slot) is not ReplySlot or slot._messages or slot._closed:
+            return False
+        self._inboxes[rid] = _Abandoned(on_end)
+        return True
 
     def _new_rid(self) -> int:
         # The next id (mod 2³²) not in flight on this connection.

@@ -25,12 +25,33 @@ time to RPO 0 after the last heal) is printed as a ``NEMESIS {json}`` line and a
 shows them), written to ``nemesis-<seed>.json`` in the test's temporary directory, and appended
 to ``$HDSD_NEMESIS_REPORT`` when set.
 
-The CI form runs seed 2 with 30 s of scheduled faults (about 90 s in all). The long form:
-``HDSD_NEMESIS_S=150 HDSD_NEMESIS_SEEDS=3`` (or ``--nemesis-seconds 150 --nemesis-seeds 3``);
-seeds are a count (from ``HDSD_NEMESIS_SEED``, default 2) or a comma-separated list.
-``HDSD_NEMESIS_RETRIES=0`` turns every retry off (a diagnosis: is it the retry path?).
-``HDSD_NEMESIS_REPLICAS=1`` runs with one replica per site, where a coordinator is often not a
-replica of the key it writes (a node loss then refuses the writes of its keys).
+**The ``local`` form** (``policy=local``). Under ``local`` an ack means fsynced at the site
+that acknowledged it, and, when the other site had not confirmed, a durable hint for it written
+before the ack; the other site gets the version later (hint replay, reconciliation). So checks
+0 and 1 above do *not* hold under ``local`` (a site cut off, or killed, may lack what the other
+acknowledged), and what is checked instead is:
+
+0. at the end of *every* fault (the sites cut apart, every node up again), each acknowledged
+   version is in the site that acknowledged it (the writer's: a client talks to its own site
+   only), byte-exact — whatever the fault, kill -9 included;
+1. after the last heal, with everything up, the live RPO drains to 0 by itself, at RPO 0 both
+   sites list the same version set, and then each site alone (the other one killed) returns
+   every acknowledged version byte-exact — all of it **before any repair**;
+2. the repair that follows moves nothing, and 3. as above.
+
+Its cluster is one node per site (one replica each), so that every write is the pair write,
+whose `local` form stops waiting for the peer after a grace (``replication/_replicator.py``).
+
+The CI form runs seed 2 under both policies: ``each-site`` with 30 s of scheduled faults
+(about 90 s in all), ``local`` with 12 s (a cut with a kill -9 inside it, a kill -9 of each
+site; under a minute in all). ``HDSD_NEMESIS_POLICY=local`` (or ``each-site``) runs one of
+them. The long form: ``HDSD_NEMESIS_S=150 HDSD_NEMESIS_SEEDS=3`` (or ``--nemesis-seconds 150
+--nemesis-seeds 3``), for either policy; seeds are a count (from ``HDSD_NEMESIS_SEED``, default
+2) or a comma-separated list. ``HDSD_NEMESIS_RETRIES=0`` turns every retry off (a diagnosis:
+is it the retry path?). ``HDSD_NEMESIS_REPLICAS=1`` runs with one replica per site, where a
+coordinator is often not a replica of the key it writes (a node loss then refuses the writes
+of its keys). ``HDSD_NEMESIS_NODES`` sets the nodes per site (default: 2 under ``each-site``,
+1 under ``local``).
 """
 
 from __future__ import annotations
@@ -43,6 +64,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -59,7 +81,8 @@ from tests.helpers.grid import SITES, Grid
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BUCKET = "nemesis"
-CI_SECONDS = 30.0
+CI_SECONDS = {"each-site": 30.0, "local": 5.0}
+POLICIES = ("each-site", "local")
 # Seed 2's first 30 s: kill -9 of a node and of a site, SIGSTOP of a node and of a site,
 # connection resets, a cut with a kill -9 inside it, a slow link.
 CI_SEED = 2
@@ -89,13 +112,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             first = int(os.environ.get("HDSD_NEMESIS_SEED", CI_SEED))
             seeds = list(range(first, first + (int(raw) if raw else 1)))
         metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
+    if "policy" in metafunc.fixturenames:
+        raw = os.environ.get("HDSD_NEMESIS_POLICY", "")
+        policies = [p.strip() for p in raw.split(",") if p.strip()] or list(POLICIES)
+        assert set(policies) <= set(POLICIES), f"HDSD_NEMESIS_POLICY: one of {POLICIES}"
+        metafunc.parametrize("policy", policies)
 
 
 @pytest.fixture
-def nemesis_seconds(request: pytest.FixtureRequest) -> float:
+def nemesis_seconds(request: pytest.FixtureRequest, policy: str) -> float:
     raw = request.config.getoption("nemesis_seconds", None) or \
         os.environ.get("HDSD_NEMESIS_S")
-    return float(raw) if raw else CI_SECONDS
+    return float(raw) if raw else CI_SECONDS[policy]
 
 
 @dataclass(slots=True)
@@ -194,7 +222,7 @@ def _run_writers(grid: Grid, seed: int, stop: threading.Event, ops: list[Op],
 async def _read_back(profiles: list[Profile], ops: list[Op], indices: list[int]
                      ) -> dict[int, str]:
     """Read the exact version each acknowledged op of *indices* names, through *profiles*
-    (the two nodes of one site, used in turn); return {index: what was wrong} for those that
+    (the nodes of one site, used in turn); return {index: what was wrong} for those that
     did not read back byte-exact. A read the node cannot serve now (a node just restarted,
     a timeout) is tried again: only a definite answer counts."""
     bad: dict[int, str] = {}
@@ -222,13 +250,13 @@ async def _read_back(profiles: list[Profile], ops: list[Op], indices: list[int]
                     return
             # still unavailable after the attempts: reported as it is
 
-    assert len(profiles) == 2
     with trio.fail_after(900):
-        async with hdsd.AsyncClient(profiles[0], timeout=30) as c0, \
-                hdsd.AsyncClient(profiles[1], timeout=30) as c1:
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(hdsd.AsyncClient(p, timeout=30))
+                       for p in profiles]
             async with trio.open_nursery() as checks:
                 for n, i in enumerate(indices):
-                    checks.start_soon(check, (c0, c1)[n % 2], i, ops[i])
+                    checks.start_soon(check, clients[n % len(clients)], i, ops[i])
     return bad
 
 
@@ -272,10 +300,11 @@ async def _read_back_settled(profiles: list[Profile], ops: list[Op], indices: li
 class Verifier:
     """Reads acknowledged versions back from each site alone and keeps what was missing."""
 
-    def __init__(self, grid: Grid, ops: list[Op], log: list[str]) -> None:
+    def __init__(self, grid: Grid, ops: list[Op], log: list[str], policy: str) -> None:
         self.grid = grid
         self.ops = ops
         self.log = log
+        self.policy = policy
         self.checked: set[int] = set()
         self.missing: dict[int, list[str]] = {}  # op index -> "site, when: why"
         self.isolation_checks = 0
@@ -290,11 +319,14 @@ class Verifier:
 
     def isolated(self, fault: nemesis.Fault) -> None:
         """The nemesis callback: the sites are cut apart, every node is up. Every ack not
-        checked yet is read back from each site."""
+        checked yet is read back from each site (under ``local``: from the site that
+        acknowledged it)."""
         # The writers keep appending: a snapshot, and only ops whose outcome is final.
         todo = [i for i, op in enumerate(list(self.ops))
                 if op.outcome == "ack" and i not in self.checked]
-        bad = {site: self.site_alone(site, todo, f"isolated after {fault.kind}")
+        bad = {site: self.site_alone(site, [i for i in todo if self.policy != "local"
+                                            or self.ops[i].site == site],
+                                     f"isolated after {fault.kind}")
                for site in SITES}
         self.checked.update(todo)
         self.isolation_checks += 1
@@ -396,19 +428,22 @@ def _repair(grid: Grid, log: list[str]) -> dict[str, Any]:
 
 
 # -- the test ----------------------------------------------------------------------------------
-def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
+def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int, policy: str,
                                                  nemesis_seconds: float) -> None:
     log: list[str] = []
+    local = policy == "local"
+    nodes = int(os.environ.get("HDSD_NEMESIS_NODES", "1" if local else "2"))
     faults = nemesis.schedule(seed, nemesis_seconds, [f"dc{s}-n{i}" for s in (1, 2)
-                                                      for i in (1, 2)])
-    print(f"\nnemesis seed {seed}, {nemesis_seconds:g} s; schedule:")
+                                                      for i in range(1, nodes + 1)])
+    print(f"\nnemesis seed {seed}, {nemesis_seconds:g} s, policy {policy}; schedule:")
     for f in faults:
         print(f"  {f}")
-    replicas = int(os.environ.get("HDSD_NEMESIS_REPLICAS", "2"))
-    grid = Grid(tmp_path / "c", nodes_per_site=2, replicas_per_site=replicas,
-                write_timeout_s=NODE_WRITE_TIMEOUT)
-    report: dict[str, Any] = {"seed": seed, "nemesis_s": nemesis_seconds,
-                              "replicas_per_site": replicas, "retries": RETRIES}
+    replicas = int(os.environ.get("HDSD_NEMESIS_REPLICAS", str(min(2, nodes))))
+    grid = Grid(tmp_path / "c", nodes_per_site=nodes, replicas_per_site=replicas,
+                write_timeout_s=NODE_WRITE_TIMEOUT, write_policy=policy)
+    report: dict[str, Any] = {"seed": seed, "nemesis_s": nemesis_seconds, "policy": policy,
+                              "nodes_per_site": nodes, "replicas_per_site": replicas,
+                              "retries": RETRIES}
     try:
         grid.start()
         ops: list[Op] = []
@@ -419,12 +454,13 @@ def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
         bound = nemesis_seconds + 60 + USER_ATTEMPTS * 4 * (CLIENT_TIMEOUT + 8) + 120
         writers = threading.Thread(target=_run_writers,
                                    args=(grid, seed, stop, ops, writer_failure, bound))
-        verifier = Verifier(grid, ops, log)
+        verifier = Verifier(grid, ops, log, policy)
         t0 = time.monotonic()
         writers.start()
         try:
             time.sleep(2)  # a healthy start: the first writes meet every replica
-            applied = nemesis.run(grid, faults, log, verifier.isolated)
+            applied = nemesis.run(grid, faults, log, verifier.isolated,
+                                  frozenset(nemesis.KINDS) if local else nemesis.ISOLATING)
         finally:
             stop.set()
             writers.join()
@@ -435,13 +471,18 @@ def test_acknowledged_writes_survive_the_nemesis(tmp_path: Path, seed: int,
         report["faults"] = dict(applied)
         report["isolation_checks"] = verifier.isolation_checks
 
-        # 1. Before any repair: each site alone returns every acknowledged version.
-        verifier.final()
         last_heal = time.monotonic()
+        if not local:
+            # 1. Before any repair: each site alone returns every acknowledged version.
+            verifier.final()
 
         # 2. The live RPO drains by itself; at RPO 0 the sites hold the same versions.
         rpo_zero_s, rpo_seen = _wait_rpo_zero(grid, RPO_TIMEOUT)
         at_rpo0 = {site: _site_versions(grid, site) for site in SITES}
+        if local:
+            # 1. Still before any repair, now that hint replay and reconciliation are done:
+            # each site alone returns every acknowledged version.
+            verifier.final()
 
         # 3. After repair: identical version sets holding every acknowledged version.
         report["repair"] = _repair(grid, log)

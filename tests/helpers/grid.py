@@ -39,7 +39,7 @@ class Grid:
 
     def __init__(self, root: Path, *, nodes_per_site: int = 2,
                  replicas_per_site: int | None = None, write_timeout_s: float = 3,
-                 on_peer_site_loss: str = "refuse") -> None:
+                 on_peer_site_loss: str = "refuse", write_policy: str = "each-site") -> None:
         self.root = root
         self.profile_path = init_cluster(root, nodes_per_site=nodes_per_site,
                                          ports=free_ports(2 * nodes_per_site))
@@ -61,6 +61,7 @@ class Grid:
                                       rf"\g<1>{self.proxies[peer].port}", text)
                 text = _set(text, "write_timeout_s", f"{write_timeout_s:g}")
                 text = _set(text, "on_peer_site_loss", f'"{on_peer_site_loss}"')
+                text = _set(text, "write_policy", f'"{write_policy}"')
                 if replicas_per_site is not None:
                     text = _set(text, "replicas_per_site", str(replicas_per_site))
                 cfg.write_text(text)

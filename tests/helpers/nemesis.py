@@ -10,7 +10,9 @@ Faults that separate the sites end with an **isolation check**: before the heal,
 cut (if the fault had not cut them), every node is brought back behind the cut, and the caller's
 ``isolated`` callback runs while each site is alone. Nothing crosses between the sites then, so
 no hint replay or reconciliation can bring a site a version after the fact: a version
-acknowledged under ``each-site`` must already be in both.
+acknowledged under ``each-site`` must already be in both. Under ``local`` the check follows
+every fault (a version acknowledged there must be in the site that acknowledged it, whatever
+the fault was).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ KINDS = {  # kind -> weight
     "cut_and_kill": 2,
 }
 # Faults after which the sites are checked alone, before the heal.
-ISOLATING = {"kill_site", "pause_site", "cut", "cut_toward", "reset", "cut_and_kill"}
+ISOLATING = frozenset({"kill_site", "pause_site", "cut", "cut_toward", "reset", "cut_and_kill"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +77,18 @@ def schedule(seed: int, seconds: float, nodes: list[str]) -> list[Fault]:
 
 
 def run(grid: Grid, faults: list[Fault], log: list[str],
-        isolated: Callable[[Fault], None] | None = None) -> Counter[str]:
+        isolated: Callable[[Fault], None] | None = None,
+        isolate: frozenset[str] = ISOLATING) -> Counter[str]:
     """Apply every fault of *faults* in order, each healed before the next starts (and before
-    this returns). *isolated* runs at the end of each isolating fault, every node up and the
-    sites cut apart. Restarts and checks take real time on top of the schedule's: what is
-    applied depends on the seed only, not on the machine's speed."""
+    this returns). *isolated* runs at the end of each fault whose kind is in *isolate*
+    (default: those that separate the sites), every node up and the sites cut apart. Restarts
+    and checks take real time on top of the schedule's: what is applied depends on the seed
+    only, not on the machine's speed."""
     start = time.monotonic()
     applied: Counter[str] = Counter()
     for fault in faults:
         log.append(f"{time.monotonic() - start:7.2f} s  {fault}")
-        _apply(grid, fault, isolated)
+        _apply(grid, fault, isolated if fault.kind in isolate else None)
         applied[fault.kind] += 1
         time.sleep(fault.gap)
     return applied
@@ -125,7 +129,7 @@ def _apply(grid: Grid, fault: Fault, isolated: Callable[[Fault], None] | None) -
             time.sleep(fault.duration / 2)
         else:
             raise AssertionError(f"unknown fault {fault.kind}")
-        if isolated is not None and fault.kind in ISOLATING:
+        if isolated is not None:
             if fault.kind != "reset":  # resetting refuses new connections: already apart
                 grid.link("blackhole")
             for name in list(grid.paused):

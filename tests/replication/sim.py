@@ -345,7 +345,8 @@ class SimLink:
         self._rid = 0
 
     async def call(self, node: str, request: Request[R], *,
-                   sent: Callable[[], None] | None = None, shielded: bool = False) -> R:
+                   sent: Callable[[], None] | None = None, shielded: bool = False,
+                   slot_wait: float | None = None) -> R:
         if not self.net.nodes[self.name].alive:
             # A crashed node sends nothing (its write path may run on, shielded, in here).
             await trio.lowlevel.checkpoint()

@@ -4,10 +4,11 @@ It runs like the ``each-site`` pair write — in the caller's task, the peer's r
 and carrying the names sealed here — but is acknowledged on this node's commit: the peer's
 answer is awaited a short grace once its request is out, and a peer that has not confirmed by
 then is returned as lagging (the caller keeps a durable hint for it before the put is
-acknowledged). The grace follows the peer's recent answer time (twice it, within bounds), so a
-healthy peer is waited for and a hint is the exception. These tests pin that: what the peer
-receives, when the write returns, how the grace adapts, and that every way the peer can fail
-to confirm ends in a hint, never in an error raised into nobody.
+acknowledged). The grace follows the peer's recent answer times (smoothed, plus four
+deviations, within bounds), so a healthy peer is waited for and a hint is the exception. These
+tests pin that: what the peer receives, when the write returns, how the grace adapts, that
+every way the peer can fail to confirm ends in a hint, never in an error raised into nobody,
+and that a peer link with no free slot is not queued for longer than the grace.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd import QuorumNotReached
+from hdsd import QuorumNotReached, RequestTimeout
 from hdsd.replication import Replicator, WritePolicy
 from hdsd.replication._replicator import _GRACE_MAX_S, _GRACE_MIN_S
 from hdsd.store import Version
@@ -242,3 +243,30 @@ def test_a_peer_that_is_down_takes_the_general_path(tmp_path: Path) -> None:
 
     _run(tmp_path, scenario)
     assert out == [{PEER}]
+
+
+def test_a_peer_link_with_no_free_slot_is_waited_for_a_grace_at_most(tmp_path: Path) -> None:
+    # The link's in-flight bound is full (a slow peer: requests whose answer the grace cut
+    # keep their slots, tests/peers/test_call.py): the write asks for a slot within its grace
+    # only; the link then gives up with nothing sent, and the peer is hinted, not queued for.
+    out: list[tuple[set[str], float | None, bool]] = []
+
+    async def scenario(net: SimNet, rep: Replicator) -> None:
+        asked: list[float | None] = []
+
+        async def busy(node: str, request: Any, *, sent: Any = None, shielded: bool = False,
+                       slot_wait: float | None = None) -> Any:
+            asked.append(slot_wait)
+            await trio.sleep(slot_wait if slot_wait is not None else 60)
+            raise RequestTimeout(f"peer {node} busy: no free slot within {slot_wait} s")
+
+        rep.peers.call = busy  # type: ignore[method-assign]
+        grace = rep._grace_s.get(PEER, _GRACE_MIN_S)
+        lagging = await rep.write(rep.replicas_for("t", "b", "k0"), [], [_version(0)])
+        out.append((lagging, asked[0] if asked == [grace] else None,
+                    bool(net.nodes[COORDINATOR].store.versions)))
+
+    net = _run(tmp_path, scenario)
+    lagging, slot_wait, here = out[0]
+    assert lagging == {PEER} and slot_wait == _GRACE_MIN_S and here
+    assert not net.nodes[PEER].store.versions  # never sent: the hint brings it
