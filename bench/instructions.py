@@ -438,12 +438,14 @@ def measure_system(system: str, cluster: Path, scratch: Path, plan: Plan) -> lis
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """hdsd rows get ``vs_trio_floor``: hdsd's instructions per op over the floor's, same cell
-    and process."""
+    and process — unless the floor's process has no part in the op (under 1 % of the floor's
+    total, e.g. its replica in a get: a ratio to nothing)."""
     floor = {(r["cell"], r["process"]): r["instructions_per_op"] for r in rows
              if r["system"] == "trio-floor"}
     for r in rows:
         f = floor.get((r["cell"], r["process"]))
-        if r["system"] == "hdsd" and f:
+        total = floor.get((r["cell"], "total"))
+        if r["system"] == "hdsd" and f and total and f >= total / 100:
             r["vs_trio_floor"] = r["instructions_per_op"] / f
 
 
