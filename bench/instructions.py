@@ -14,28 +14,32 @@ get 4 KiB x1.
 
 Method. Every process starts with instrumentation off (``--instr-atstart=no``: valgrind runs
 the interpreter without counting, several times faster), so start-up, the TLS handshakes and a
-warm-up of 20 puts are not counted. Then instrumentation is switched on
-in all three (through vgdb, ``instrumentation on``) for the rest of the run. A *window* zeroes
-each process's count (``zero``), has the client run N ops, then has each process write its count
-(``dump``). Each cell runs one window that is not counted (first-time code paths), then a window
-of N1 and one of N2 ops; per op = (I(N2) - I(N1)) / (N2 - N1), so what a window costs whatever
-its length (the vgdb requests, the client's request line and answer) cancels out. The pair is
-measured ``--repeat`` times, alternating which of N1 and N2 comes first; the result is the
-median and the spread (max - min over median). Switching instrumentation on and off around each
-window instead would keep the runs fast, but valgrind 3.19 then wrote wrong counts (negative
+warm-up of 20 puts and 5 gets are not counted. Then instrumentation is switched on in all three
+(through vgdb, ``instrumentation on``) until the last window. A *window* zeroes each process's
+count (``zero``), has the client run N ops, then has each process write its count (``dump``).
+Each cell runs one window that is not counted (first-time code paths), then a window of N1 and
+one of N2 ops; per op = (I(N2) - I(N1)) / (N2 - N1), so what a window costs whatever its length
+(the vgdb requests, the client's request line and answer) cancels out. The pair is measured
+``--repeat`` times, alternating which of N1 and N2 comes first; the result is the median and
+the spread (max - min over median). Switching instrumentation on and off around each window
+instead would keep the runs fast, but valgrind 3.19 then wrote wrong counts (negative
 differences between dumps).
 
 What still moves: (1) work done per second rather than per op (timers, the nodes' periodic
 loops): a window lasts ~50x longer under valgrind than natively, so that work is over-counted
-~50x. It is measured in an idle window of ``--idle-s`` seconds per process and reported as
-``idle_per_s`` and as the share of each figure it could explain (``idle_share``); it is NOT
-subtracted. (2) Batching that depends on timing (group commit, the replicator's grace): under
-valgrind more requests arrive while one is processed, so x16 cells batch differently than
-natively. Both are why the spread is printed.
+~50x, and more so the slower the loaded machine runs the window. It is measured in an idle
+window of ``--idle-s`` seconds per process and reported as ``idle_per_s``, as the share of each
+figure it could explain (``idle_share``) and subtracted in ``idle_corrected`` (not in the
+headline figure: busy nodes do more per-second work than idle ones, so the correction is
+partial). ``valgrind_s_per_op`` says how long an op took: compare hdsd node figures of runs
+where it is similar. (2) Batching that depends on timing (group commit): under valgrind more
+requests arrive while one is processed, so x16 cells batch differently than natively. Both are
+why the spread is printed.
 
-The nodes' own timeouts are raised for the run (valgrind slows an instrumented Python ~50x):
-``[cluster] write_timeout_s``, ``[limits] request_timeout_s`` and ``handshake_timeout_s`` to
-600 s, ``[limits] min_upload_rate_kib_s`` to 1; the client's timeout is 600 s.
+The nodes' timeouts are raised for the run (valgrind slows an instrumented Python ~50x) and
+their periodic work pushed out of the windows, in each node.toml (:data:`CLUSTER_SETTINGS`,
+:data:`EXTRA_SECTIONS`) and, for a constant no key reaches, by a launcher (:data:`PATCHES`);
+the client's timeout is 600 s. The JSON records both.
 
 The measured tree is the one the interpreter running this script imports (run it with another
 tree's ``.venv/bin/python`` to measure that tree). Writes JSON (default
