@@ -151,12 +151,16 @@ class NodeProcess:
     until it listens, and always stops it on the way out (also on error or Ctrl-C).
 
     *prefix* runs the node under another program, e.g. ``["-m", "cProfile", "-o", PATH]``
-    (inserted between the interpreter and ``-m hdsd``).
+    (inserted between the interpreter and ``-m hdsd``); *wrapper* runs the interpreter itself
+    under one, e.g. valgrind (put before it), which may need a longer *start_timeout*.
     """
 
-    def __init__(self, config: Path, *, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, config: Path, *, prefix: Sequence[str] = (), wrapper: Sequence[str] = (),
+                 start_timeout: float = START_TIMEOUT) -> None:
         self.config = config
         self.prefix = list(prefix)
+        self.wrapper = list(wrapper)
+        self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_lines: list[str] = []
         self._listening = threading.Event()
@@ -173,7 +177,7 @@ class NodeProcess:
     def command(self) -> list[str]:
         """The argv to run (a subclass may run another server that also prints
         ``listening on`` on stderr once it accepts connections)."""
-        return [sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
+        return [*self.wrapper, sys.executable, *self.prefix, "-m", "hdsd", "serve", "--config",
                 str(self.config), "--log-level", "warning"]
 
     def start(self) -> None:
@@ -186,7 +190,7 @@ class NodeProcess:
                                      cwd=self.config.parent)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while not self._listening.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()

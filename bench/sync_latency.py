@@ -451,19 +451,21 @@ FLOOR_MAX_SIZE = MIB  # it sends a body as one frame and seals it whole
 
 
 class FloorProcess(NodeProcess):
-    def __init__(self, argv: list[str], directory: Path) -> None:
-        super().__init__(directory / "floor")  # only its directory is used: the cwd
+    def __init__(self, argv: list[str], directory: Path, **kw: Any) -> None:
+        super().__init__(directory / "floor", **kw)  # only its directory is used: the cwd
         self.argv = argv
 
     def command(self) -> list[str]:
-        return [sys.executable, str(HERE / "trio_floor.py"), *self.argv]
+        return [*self.wrapper, sys.executable, str(HERE / "trio_floor.py"), *self.argv]
 
 
 class TrioFloor:
     """The floor's replica and coordinator, with the cluster's node certificates; the client
-    uses the cluster's client certificate. Stops both (via *stack*)."""
+    uses the cluster's client certificate. Stops both (via *stack*). *process* holds extra
+    :class:`NodeProcess` arguments by role (e.g. a wrapper: ``bench/instructions.py``)."""
 
-    def __init__(self, root: Path, cluster: Path, plan: Plan, stack: ExitStack) -> None:
+    def __init__(self, root: Path, cluster: Path, plan: Plan, stack: ExitStack,
+                 process: dict[str, dict[str, Any]] | None = None) -> None:
         from hdsd.client import load_profile
         from hdsd.node import load_node_config
 
@@ -482,7 +484,7 @@ class TrioFloor:
                     "--ring-mib", str(ring_mib)]
             if peer is not None:
                 argv += ["--peer", str(peer)]
-            proc = FloorProcess(argv, root)
+            proc = FloorProcess(argv, root, **(process or {}).get(role, {}))
             stack.callback(proc.stop)
             proc.start()
             self.nodes[role] = proc
