@@ -185,6 +185,35 @@ class SplitData(NamedTuple):
     data: bytes
 
 
+def _rid_and_bin(buf: bytes | bytearray, at: int) -> tuple[int, int, int, int] | None:
+    """A ``Data`` body's rid (a msgpack uint) at *at* in *buf*, then its payload's bin
+    header: ``(rid, end of the rid, payload length, start of the payload)``, or None for any
+    other encoding (left to the general decoder, which checks it and words the refusal).
+    *buf* must hold the longest prefix past *at* (the callers see to it)."""
+    b = buf[at]
+    if b < 0x80:
+        rid, at = b, at + 1
+    elif b == 0xCC:
+        rid, at = buf[at + 1], at + 2
+    elif b == 0xCD:
+        rid, at = _U16.unpack_from(buf, at + 1)[0], at + 3
+    elif b == 0xCE:
+        rid, at = _U32.unpack_from(buf, at + 1)[0], at + 5
+    else:
+        return None
+    rid_end = at
+    b = buf[at]
+    if b == 0xC4:
+        n, at = buf[at + 1], at + 2
+    elif b == 0xC5:
+        n, at = _U16.unpack_from(buf, at + 1)[0], at + 3
+    elif b == 0xC6:
+        n, at = _U32.unpack_from(buf, at + 1)[0], at + 5
+    else:
+        return None
+    return rid, rid_end, n, at
+
+
 def _split_data(pieces: list[bytes | bytearray | memoryview], length: int
                 ) -> tuple[bytes, SplitData] | None:
     """A ``Data`` body ``[rid, bin]`` in *pieces* (*length* bytes in all) as its msgpack
@@ -202,26 +231,10 @@ def _split_data(pieces: list[bytes | bytearray | memoryview], length: int
         i += 1
     if len(head) < _PREFIX_MAX or head[0] != 0x92:  # fixarray of 2; room for the longest
         return None
-    b = head[1]
-    if b < 0x80:
-        rid, at = b, 2
-    elif b == 0xCC:
-        rid, at = head[2], 3
-    elif b == 0xCD:
-        rid, at = _U16.unpack_from(head, 2)[0], 4
-    elif b == 0xCE:
-        rid, at = _U32.unpack_from(head, 2)[0], 6
-    else:
+    fields = _rid_and_bin(head, 1)
+    if fields is None:
         return None
-    b = head[at]
-    if b == 0xC4:
-        n, at = head[at + 1], at + 2
-    elif b == 0xC5:
-        n, at = _U16.unpack_from(head, at + 1)[0], at + 3
-    elif b == 0xC6:
-        n, at = _U32.unpack_from(head, at + 1)[0], at + 5
-    else:
-        return None
+    rid, _, n, at = fields
     if at + n != length:
         return None
     # Skip the prefix (*at* bytes, in the first piece or more), then join the rest once.
@@ -419,30 +432,11 @@ class FrameReader:
         # then held to the body by ``at + n == end``.
         if buf[start] != 0x92:
             return None
-        b = buf[start + 1]
-        if b < 0x80:
-            got, at = b, start + 2
-        elif b == 0xCC:
-            got, at = buf[start + 2], start + 3
-        elif b == 0xCD:
-            got, at = _U16.unpack_from(buf, start + 2)[0], start + 4
-        elif b == 0xCE:
-            got, at = _U32.unpack_from(buf, start + 2)[0], start + 6
-        else:
+        fields = _rid_and_bin(buf, start + 1)
+        if fields is None:
             return None
-        if got != rid:
-            return None
-        rid_end = at
-        b = buf[at]
-        if b == 0xC4:
-            n, at = buf[at + 1], at + 2
-        elif b == 0xC5:
-            n, at = _U16.unpack_from(buf, at + 1)[0], at + 3
-        elif b == 0xC6:
-            n, at = _U32.unpack_from(buf, at + 1)[0], at + 5
-        else:
-            return None
-        if at + n != end or n > credit:
+        got, rid_end, n, at = fields
+        if got != rid or at + n != end or n > credit:
             return None
         # The End frame that follows: its body is [rid], the rid as the Data frame has it.
         length, code, end_sum = C.HEADER.unpack_from(buf, end)
