@@ -87,7 +87,7 @@ def replicate_now(node: Node, session: WireSession, msg: Replicate) -> CommitTic
     """Queue a peer's Replicate of versions alone (no chunks: small puts, whose data is
     inline) to this node's log writer from the connection's reader, without a task: the
     ticket is then waited for, and the Reply written, by the connection's acknowledger
-    (``Node._ack_replicates``), in arrival order — the log writer makes batches durable in
+    (``Connections._ack_replicates``), in arrival order — the log writer makes batches durable in
     the order they were queued. Per replicated small put this spares the replica a task
     (its spawn, its first scheduling and its exit) and the request's wrappers: with the
     sealing of the versions, what its event loop spent most on before the fsync.

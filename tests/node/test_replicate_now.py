@@ -1,6 +1,6 @@
 """A peer's Replicate of small versions is queued to the replica's log writer by the
 connection's reader and answered by the connection's acknowledger, without a task of its own
-(``_peer_handlers.replicate_now``, ``Node._ack_replicates``); a Replicate with chunks, or one
+(``_peer_handlers.replicate_now``, ``Connections._ack_replicates``); a Replicate with chunks, or one
 that fails before it is queued, still runs as a task and is answered as before."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import trio
 from hdsd import AsyncClient, DiskFullError, HdsdError, LegalHold, NotFound, QuotaExceeded
 from hdsd.audit import read_records
 from hdsd.node import load_node_config, serve_node
-from hdsd.node._server import Node
+from hdsd.node._connections import Connections
 from hdsd.wire import PutStart
 from tests.helpers.cluster import init_cluster
 
@@ -42,13 +42,13 @@ class _Tasks(trio.abc.Instrument):
             self.group_tasks += 1
 
     def watch(self, monkeypatch: pytest.MonkeyPatch) -> _Tasks:
-        run_put_group = Node._run_put_group
+        run_put_group = Connections._run_put_group
 
-        async def counted(node: Node, *args: Any) -> None:
+        async def counted(connections: Connections, *args: Any) -> None:
             self.groups += 1
-            await run_put_group(node, *args)
+            await run_put_group(connections, *args)
 
-        monkeypatch.setattr(Node, "_run_put_group", counted)
+        monkeypatch.setattr(Connections, "_run_put_group", counted)
         trio.lowlevel.add_instrument(self)
         return self
 

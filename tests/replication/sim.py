@@ -245,7 +245,7 @@ class SimNode:
         self.alive = False
         self.store.epoch += 1
         # Its sessions end: each node it replicated writes to doubts every peer, as the node
-        # does when such a session ends (Node._coordinator_gone).
+        # does when such a session ends (Connections._coordinator_gone).
         for other in self.net.nodes.values():
             if self.name in other.replicated_from:
                 other.replicated_from.discard(self.name)
