@@ -138,15 +138,15 @@ def install_hdsd_hooks() -> None:
     """The node's put path (the coordinator and the replica run the same hooks)."""
     _instrument_trio()
     _wire_hooks()
-    from hdsd.node import _handlers, _objects, _reads, _server
+    from hdsd.node import _connections, _handlers, _objects, _reads
     from hdsd.peers import PeerPool
     from hdsd.replication import Replicator
     from hdsd.store import Store, _fs, _wake, _writer
 
-    _wrap(_server, "handle_request", "handle_request")
+    _wrap(_connections, "handle_request", "handle_request")
     # A small put that arrived whole is answered by its connection's group task (one put: a
     # group of one), not by handle_request: its start is the same milestone.
-    _wrap(_server, "put_group", "handle_request")
+    _wrap(_connections, "put_group", "handle_request")
     _wrap(_handlers, "put_object", "put_object")
     _wrap(_handlers, "audit_request", "audit")
     _wrap(_reads.ReadPaths, "find_request", "find_request")
