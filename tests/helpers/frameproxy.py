@@ -11,16 +11,18 @@ that dialled it (known from the dialler's verified certificate). Between the two
 it cuts the byte stream into whole frames (``length | type | checksum | body``) and decodes
 the ones it acts on with ``hdsd.wire``'s own codec; everything else passes untouched.
 
-    proxy = FrameProxy("127.0.0.1", port2, certs={"dc1-n1": (crt, key), ...}, ca=ca)
+    proxy = FrameProxy("127.0.0.1", port2, tls=(crt2, key2), certs={"dc1-n1": (crt1, key1)},
+                       ca=ca)
     with proxy:                            # listen on proxy.port
         proxy.drop_request()               # the next first-time Replicate is lost
         proxy.drop_answer()                # the answer to the next one is lost
         proxy.hold_request(3.0)            # the next one reaches the peer 3 s late
 
-Only first-time Replicates count (``hint`` false): a hint replay passes, so the loss is of
-the one request the test aimed at. A held Replicate is a plain request, answered on its own
-rid, so the frames behind it pass it: the peer just sees a request late, as from a slow
-network path. The byte-level faults of FaultProxy (delay, blackhole, reset) still apply.
+Only first-time Replicates count (``hint`` false) unless a fault says ``replays=True``: a
+hint replay then counts too (the hint's own way over lost as well). A held Replicate is a
+plain request, answered on its own rid, so the frames behind it pass it: the peer just sees
+a request late, as from a slow network path. The byte-level faults of FaultProxy (delay,
+blackhole, reset) still apply.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Armed:
     action: str  # "drop" | "drop_answer" | "hold"
     count: int
     seconds: float = 0.0
+    replays: bool = False  # hint replays count too
 
 
 class FrameProxy(FaultProxy):
@@ -81,16 +84,17 @@ class FrameProxy(FaultProxy):
         self.dropped_answers = 0
         self.held_requests = 0
         self.replicates = 0  # first-time Replicates seen toward the node behind the proxy
+        self.replays = 0  # hint replays seen toward it
 
     # -- faults (any thread) -----------------------------------------------------------------
-    def drop_request(self, count: int = 1) -> None:
-        self._arm(_Armed("drop", count))
+    def drop_request(self, count: int = 1, *, replays: bool = False) -> None:
+        self._arm(_Armed("drop", count, replays=replays))
 
-    def drop_answer(self, count: int = 1) -> None:
-        self._arm(_Armed("drop_answer", count))
+    def drop_answer(self, count: int = 1, *, replays: bool = False) -> None:
+        self._arm(_Armed("drop_answer", count, replays=replays))
 
-    def hold_request(self, seconds: float, count: int = 1) -> None:
-        self._arm(_Armed("hold", count, seconds))
+    def hold_request(self, seconds: float, count: int = 1, *, replays: bool = False) -> None:
+        self._arm(_Armed("hold", count, seconds, replays=replays))
 
     def armed(self) -> int:
         """Faults armed and not yet applied."""
@@ -106,9 +110,9 @@ class FrameProxy(FaultProxy):
         with self._lock:
             self._armed.append(fault)
 
-    def _take(self) -> _Armed | None:
+    def _take(self, replay: bool) -> _Armed | None:
         with self._lock:
-            if not self._armed:
+            if not self._armed or (replay and not self._armed[0].replays):
                 return None
             fault = self._armed[0]
             fault.count -= 1
@@ -207,9 +211,10 @@ class FrameProxy(FaultProxy):
             msg, _kind = decode_body(code, memoryview(frame)[HEADER_SIZE:])
             assert isinstance(msg, Replicate)
             if msg.hint:
-                return 0.0
-            self.replicates += 1
-            fault = self._take()
+                self.replays += 1
+            else:
+                self.replicates += 1
+            fault = self._take(msg.hint)
             if fault is None:
                 return 0.0
             if fault.action == "drop":
