@@ -187,7 +187,9 @@ def test_local_a_replicate_lost_on_a_live_link_reaches_the_peer_by_its_hint(
         with hdsd.Client(cluster.profile, site="dc1", retries=0, timeout=30) as dc1:
             written["warm"] = b"the link is up"
             dc1.put("lost", "warm", written["warm"])
-            assert to_dc2.replicates >= 1  # replication really crosses the frame proxy
+            # Replication really crosses the frame proxy (it counts in its own thread, which
+            # may lag the ack: hence the waits below rather than plain asserts).
+            _wait("a Replicate through the proxy", lambda: to_dc2.replicates >= 1)
             # The start-up doubts (a new layout, a first start) lifted: from here on only
             # what the faults below do can bring a version over.
             _settled(cluster)
@@ -206,7 +208,7 @@ def test_local_a_replicate_lost_on_a_live_link_reaches_the_peer_by_its_hint(
             to_dc2.hold_request(_HOLD_S)
             written["late"] = b"its Replicate reached dc2 after the write timeout"
             dc1.put("lost", "late", written["late"])
-            assert to_dc2.held_requests == 1
+            _wait("the request held", lambda: to_dc2.held_requests == 1)
             # The live RPO drains by itself (hint replay): no repair is run in this test.
             _wait("RPO 0 on dc1", lambda: dc1.status()["rpo"]["zero"])
             assert to_dc2.connections == links, "the link broke: not the fault meant here"
@@ -244,8 +246,8 @@ def test_each_site_a_replicate_lost_on_a_live_link_is_refused_then_acked_in_both
                 with pytest.raises(hdsd.Unavailable):
                     dc1.put("lost", fault, written[fault], request_id=rid)
                 dc1.put("lost", fault, written[fault], request_id=rid, retry=True)
-            assert (to_dc2.dropped_requests, to_dc2.dropped_answers,
-                    to_dc2.held_requests) == (1, 1, 1)
+            _wait("each fault applied", lambda: (
+                to_dc2.dropped_requests, to_dc2.dropped_answers, to_dc2.held_requests) == (1, 1, 1))
         cluster.dc1.kill()
         with hdsd.Client(cluster.profile, site="dc2", retries=0, timeout=30) as dc2:
             for key, data in written.items():
