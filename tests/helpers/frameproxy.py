@@ -54,7 +54,8 @@ _ANSWERS = frozenset({T_REPLY, T_ERROR_REPLY})
 
 @dataclass(slots=True)
 class _Armed:
-    """One armed fault: what to do to the next *count* first-time Replicates."""
+    """One armed fault: what to do to the next *count* first-time Replicates (and hint
+    replays, with *replays*). Armed faults apply in the order they were armed."""
 
     action: str  # "drop" | "drop_answer" | "hold"
     count: int
@@ -78,7 +79,6 @@ class FrameProxy(FaultProxy):
                             for name, (crt, key) in certs.items()}
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
-        self._lose_answers: set[int] = set()  # rids (on one link) whose answer is lost
         # What was done, for the test to check its fault really happened.
         self.dropped_requests = 0
         self.dropped_answers = 0
