@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import hdsd
+from hdsd.wire._constants import T_LEAF_DIFF, T_TREE_LEVEL
 from tests.helpers.cluster import NodeProcess, init_cluster
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.frameproxy import FrameProxy
@@ -224,8 +225,10 @@ def test_each_site_a_replicate_lost_on_a_live_link_is_refused_then_acked_in_both
         tmp_path: Path) -> None:
     """Under ``each-site`` a Replicate lost (or its answer lost, or the request held past the
     write timeout) on a link that stays up refuses the put; the user's retry with the same
-    request id is acknowledged only once dc2 holds the version — checked on dc2 alone right
-    after the acks, before any repair."""
+    request id is acknowledged only once dc2 holds the version — checked on dc2 alone after
+    the acks. The refused write's hint and the doubt it raised would bring dc2 the version
+    anyway, so hint replays and anti-entropy rounds toward dc2 are blocked meanwhile: what dc2
+    holds, the retry's own copy brought."""
     cluster = ProxiedCluster(tmp_path / "c", frames=True, periodic_repair=False)
     to_dc2 = cluster.to_dc2
     assert isinstance(to_dc2, FrameProxy)
@@ -234,6 +237,7 @@ def test_each_site_a_replicate_lost_on_a_live_link_is_refused_then_acked_in_both
         cluster.start_both()
         with hdsd.Client(cluster.profile, site="dc1", retries=0, timeout=30) as dc1:
             dc1.put("lost", "warm", b"the link is up")
+            to_dc2.block(T_TREE_LEVEL, T_LEAF_DIFF, replays=True)
             for fault in ("request", "answer", "late"):
                 if fault == "request":
                     to_dc2.drop_request()
@@ -248,6 +252,8 @@ def test_each_site_a_replicate_lost_on_a_live_link_is_refused_then_acked_in_both
                 dc1.put("lost", fault, written[fault], request_id=rid, retry=True)
             _wait("each fault applied", lambda: (
                 to_dc2.dropped_requests, to_dc2.dropped_answers, to_dc2.held_requests) == (1, 1, 1))
+            # The refused writes' hints were replayed, and lost.
+            _wait("a hint replay blocked", lambda: to_dc2.blocked >= 1)
         cluster.dc1.kill()
         with hdsd.Client(cluster.profile, site="dc2", retries=0, timeout=30) as dc2:
             for key, data in written.items():

@@ -83,6 +83,10 @@ class FrameProxy(FaultProxy):
         self.dropped_requests = 0
         self.dropped_answers = 0
         self.held_requests = 0
+        # Requests dropped for as long as they are blocked: by frame type, and hint replays.
+        self._blocked_codes: frozenset[int] = frozenset()
+        self._blocked_replays = False
+        self.blocked = 0
         self.replicates = 0  # first-time Replicates seen toward the node behind the proxy
         self.replays = 0  # hint replays seen toward it
 
@@ -96,6 +100,18 @@ class FrameProxy(FaultProxy):
     def hold_request(self, seconds: float, count: int = 1, *, replays: bool = False) -> None:
         self._arm(_Armed("hold", count, seconds, replays=replays))
 
+    def block(self, *codes: int, replays: bool = False) -> None:
+        """Until :meth:`unblock`, drop every request toward the node whose frame type is in
+        *codes*, and with *replays* every hint replay: e.g. to keep a hint's replay and the
+        anti-entropy rounds from bringing the node a version while a test checks that
+        something else did."""
+        self._blocked_codes = frozenset(codes)
+        self._blocked_replays = replays
+
+    def unblock(self) -> None:
+        self._blocked_codes = frozenset()
+        self._blocked_replays = False
+
     def armed(self) -> int:
         """Faults armed and not yet applied."""
         with self._lock:
@@ -103,6 +119,7 @@ class FrameProxy(FaultProxy):
 
     def heal(self) -> None:
         super().heal()
+        self.unblock()
         with self._lock:
             self._armed.clear()
 
@@ -207,11 +224,17 @@ class FrameProxy(FaultProxy):
     def _fate(self, frame: bytes, toward_node: bool, lost: set[int]) -> float | None:
         """None: drop *frame*; 0: pass it; > 0: hold it that many seconds."""
         code = frame[4]
+        if toward_node and code in self._blocked_codes:
+            self.blocked += 1
+            return None
         if toward_node and code == T_REPLICATE:
             msg, _kind = decode_body(code, memoryview(frame)[HEADER_SIZE:])
             assert isinstance(msg, Replicate)
             if msg.hint:
                 self.replays += 1
+                if self._blocked_replays:
+                    self.blocked += 1
+                    return None
             else:
                 self.replicates += 1
             fault = self._take(msg.hint)
