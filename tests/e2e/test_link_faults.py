@@ -227,17 +227,19 @@ def test_each_site_a_replicate_lost_on_a_live_link_is_refused_then_acked_in_both
     write timeout) on a link that stays up refuses the put; the user's retry with the same
     request id is acknowledged only once dc2 holds the version — checked on dc2 alone after
     the acks. The refused write's hint and the doubt it raised would bring dc2 the version
-    anyway, so hint replays and anti-entropy rounds toward dc2 are blocked meanwhile: what dc2
-    holds, the retry's own copy brought."""
+    anyway, so hint replays and anti-entropy rounds (either node's) are blocked meanwhile: what
+    dc2 holds, the retry's own copy brought."""
     cluster = ProxiedCluster(tmp_path / "c", frames=True, periodic_repair=False)
-    to_dc2 = cluster.to_dc2
-    assert isinstance(to_dc2, FrameProxy)
+    to_dc2, to_dc1 = cluster.to_dc2, cluster.to_dc1
+    assert isinstance(to_dc2, FrameProxy) and isinstance(to_dc1, FrameProxy)
     written: dict[str, bytes] = {}
     try:
         cluster.start_both()
         with hdsd.Client(cluster.profile, site="dc1", retries=0, timeout=30) as dc1:
             dc1.put("lost", "warm", b"the link is up")
+            # Rounds either node starts: dc1 pushes, dc2 pulls what it lacks.
             to_dc2.block(T_TREE_LEVEL, T_LEAF_DIFF, replays=True)
+            to_dc1.block(T_TREE_LEVEL, T_LEAF_DIFF)
             for fault in ("request", "answer", "late"):
                 if fault == "request":
                     to_dc2.drop_request()
