@@ -176,12 +176,13 @@ def test_local_a_replicate_lost_on_a_live_link_reaches_the_peer_by_its_hint(
         tmp_path: Path) -> None:
     """Under ``local`` an ack promises the version at dc1 and, when dc2 did not confirm it
     within the grace, a durable hint for dc2: dc2 gets it by itself, with no repair. Here the
-    link stays up and nobody restarts, so no peer is in doubt and no reconciliation runs (and
-    the periodic anti-entropy is off): if the hint were not kept, the live RPO would read 0
-    while dc2 lacked the version for good. The hint's first replay is lost as well."""
+    link stays up and nobody restarts, so no peer is in doubt and no reconciliation runs (the
+    periodic anti-entropy is off, and any round is blocked at the proxies besides): if the
+    hint were not kept, the live RPO would read 0 while dc2 lacked the version for good. The
+    hint's first replay is lost as well."""
     cluster = ProxiedCluster(tmp_path / "c", frames=True, policy="local", periodic_repair=False)
-    to_dc2 = cluster.to_dc2
-    assert isinstance(to_dc2, FrameProxy)
+    to_dc2, to_dc1 = cluster.to_dc2, cluster.to_dc1
+    assert isinstance(to_dc2, FrameProxy) and isinstance(to_dc1, FrameProxy)
     written: dict[str, bytes] = {}
     try:
         cluster.start_both()
@@ -194,6 +195,9 @@ def test_local_a_replicate_lost_on_a_live_link_reaches_the_peer_by_its_hint(
             # The start-up doubts (a new layout, a first start) lifted: from here on only
             # what the faults below do can bring a version over.
             _settled(cluster)
+            # And no round may start from here: only the hint can bring dc2 what it lacks.
+            to_dc2.block(T_TREE_LEVEL, T_LEAF_DIFF)
+            to_dc1.block(T_TREE_LEVEL, T_LEAF_DIFF)
             links = to_dc2.connections
             to_dc2.drop_request()
             to_dc2.drop_request(replays=True)  # and the first replay of its hint
