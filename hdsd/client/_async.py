@@ -356,6 +356,13 @@ class AsyncClient:
                 return await self._upload(session, start, inbox, data, progress)
             finally:
                 session.close_inbox(start.rid)
+                if session.closed:
+                    # A write on it was cut midway (the body's sender stopped mid-frame at an
+                    # early refusal, the Cancel's own write ran out of time, the caller gave
+                    # up): nothing more may be sent on it, the Cancel that frees the rid on the
+                    # node included. Close the stream now, so that the node drops the
+                    # connection and its half-read upload at once, not at its idle timeout.
+                    await session.aclose()
 
         async with self._in_flight:
             return await self._retrying(  # type: ignore[no-any-return]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,14 @@ class CountingStream(trio.abc.Stream):
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.writes = 0
+        # Set: every write from then on stays in progress until cancelled, as a write into a
+        # full socket (or on a machine too loaded to run it) does.
+        self.hang = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.writes += 1
+        if self.hang:
+            await trio.sleep_forever()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -70,7 +76,8 @@ class CountingStream(trio.abc.Stream):
 
 class FakeNode:
     """Serves puts: ``mode`` "store" drains the body and replies (``delay`` seconds later),
-    "refuse" answers PutStart at once with an ErrorReply, "mute" reads everything and never
+    "refuse" answers PutStart at once with an ErrorReply ("refuse_late": once the body's first
+    Data frame is in), "mute" reads everything and never
     answers (other requests than puts included), "drop" closes the connection once a put's
     body is in or another request arrives."""
 
@@ -112,9 +119,9 @@ class FakeNode:
 
     async def put(self, session: WireSession, msg: PutStart,
                   inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        refusal = ErrorReply(rid=msg.rid, code="permission_denied", message="no writes for you")
         if self.mode == "refuse":
-            await session.send(ErrorReply(rid=msg.rid, code="permission_denied",
-                                          message="no writes for you"))
+            await session.send(refusal)
         body = bytearray()
         async for event in inbox:  # ends at End, or when a Cancel closes the inbox
             if isinstance(event, End):
@@ -122,6 +129,8 @@ class FakeNode:
             assert isinstance(event, Data)
             body += event.data
             await session.consumed(msg.rid, len(event.data))
+            if self.mode == "refuse_late" and len(body) == len(event.data):
+                await session.send(refusal)
         self.bodies.append(bytes(body))
         session.close_inbox(msg.rid)
         if self.mode == "store":
@@ -303,12 +312,14 @@ async def test_a_lowered_timeout_holds_while_a_longer_one_waits(
 
 async def test_a_streamed_put_refused_early_is_cancelled_so_the_node_forgets_it(
         profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
-    node = FakeNode(mode="refuse")
+    # The refusal arrives while the body is still being sent: its first piece went out whole,
+    # the next is slow to come. (It used to come at a random point of an endless body, and
+    # once, under load, in the middle of a write: that case is the test below.)
+    node = FakeNode(mode="refuse_late")
 
     async def endless() -> AsyncIterator[bytes]:
-        while True:  # the refusal arrives while the body is still being sent
-            yield b"x" * 1000
-            await trio.sleep(0.001)
+        yield b"x" * 1000
+        await trio.sleep_forever()
 
     with trio.fail_after(LIMIT):
         async with client_for(node, profile, monkeypatch) as client:
@@ -320,6 +331,42 @@ async def test_a_streamed_put_refused_early_is_cancelled_so_the_node_forgets_it(
             # would wait for End or Cancel forever otherwise, draining what still comes).
             assert node.session is not None
             while node.session.conn.in_flight(1):
+                await trio.sleep(0.01)
+            assert not session.closed and not node.session.closed  # the connection stays
+
+
+@pytest.mark.parametrize("cut", ["body", "cancel"])
+async def test_a_refused_put_whose_write_was_cut_closes_its_connection_so_the_node_forgets_it(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    """A write still in progress when the client stops it — a Data frame's, when the node's
+    early refusal stops the body's sender (``body``), or the Cancel's own, when
+    ``cancel_abandoned`` gives up after its 2 s (``cancel``) — leaves part of a frame unsent:
+    nothing more may be written on the connection, the Cancel that frees the rid on the node
+    included. The client closes the connection then, so that the node drops the half-read
+    upload at once; it used to keep it (the rid in flight, the connection open) until its
+    idle timeout, the race this test's earlier form met once under load."""
+    node = FakeNode(mode="refuse" if cut == "body" else "refuse_late")
+    sessions: list[WireSession | None] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        stream = node.client_stream
+        assert stream is not None
+        sessions.append(client._session)  # the put's
+        stream.hang = cut == "body"  # this piece's write is in progress at the refusal
+        yield b"x" * 1000
+        stream.hang = True  # the next write (the Cancel's) is cut by its 2 s bound
+        await trio.sleep_forever()
+
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch) as client:
+            # The caller's generator is the caller's to close (the client stops iterating it).
+            async with aclosing(source()) as body:
+                with pytest.raises(PermissionDenied):
+                    await client.put("b", "k", body)
+            [session] = sessions
+            assert session is not None and session.closed  # a write was cut: it is gone
+            assert node.session is not None
+            while not node.session.closed:
                 await trio.sleep(0.01)
 
 
