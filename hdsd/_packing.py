@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -19,9 +20,28 @@ class PackError(ValueError):
     """The bytes are not one well-formed msgpack object of the kinds hdsd uses."""
 
 
+#: Each thread's packer. ``msgpack.packb`` builds a ``Packer`` per call (its options parsed,
+#: a 256 KiB buffer allocated): 1.8 us for a small object against 0.8 us for a kept one; a
+#: small get packs four times on its node (two reply frames, its version's names' associated
+#: data, its audit record). One per thread: a packer is not shared while it packs.
+_packers = threading.local()
+
+#: A packer whose buffer grew past this for one object is dropped after it (the next pack in
+#: that thread makes a new one): a thread keeps at most about this much.
+_KEEP_BUFFER = 256 << 10
+
+
 def packb(obj: Any) -> bytes:
     """Serialise *obj* (None, bool, int, float, str, bytes, list, tuple, dict)."""
-    return msgpack.packb(obj, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, datetime=False,
+                                                  buf_size=16 << 10)
+    out: bytes = packer.pack(obj)  # resets its buffer after each object, or a failed one
+    if len(out) > _KEEP_BUFFER:
+        del _packers.packer
+    return out
 
 
 def _no_ext(code: int, data: bytes) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -17,7 +17,16 @@ from .._errors import (
 from ..transport import WireSession
 from ..wire import Data, End, ErrorReply, Message, VersionInfo
 
-__all__ = ["GetStream", "ListPage", "ObjectInfo", "raise_for", "receive"]
+__all__ = ["GetStream", "Inbox", "ListPage", "ObjectInfo", "raise_for", "receive"]
+
+
+class Inbox(Protocol):
+    """Where a download's frames arrive: a memory channel's receiving end (``GetMany``) or
+    the session's lighter :class:`~hdsd.transport.ReplySlot` (a get)."""
+
+    async def receive(self) -> Message: ...
+
+    def receive_nowait(self) -> Message: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +70,7 @@ class GetStream:
     ``_frame``: its one deadline task keeps the deadline, not a cancel scope per frame)."""
 
     def __init__(self, session: WireSession, rid: int, info: ObjectInfo, start: int, end: int,
-                 inbox: trio.MemoryReceiveChannel[Message],
-                 answer: Callable[[], Awaitable[Message]]) -> None:
+                 inbox: Inbox, answer: Callable[[], Awaitable[Message]]) -> None:
         self.info = info
         self.start = start
         self.end = end
@@ -116,7 +124,7 @@ class GetStream:
         self._session.close_inbox(self._rid)
 
 
-async def receive(inbox: trio.MemoryReceiveChannel[Message]) -> Message:
+async def receive(inbox: Inbox) -> Message:
     """The next frame of a request (the caller owns the deadline: ``AsyncClient._frame``)."""
     try:
         return await inbox.receive()
@@ -124,7 +132,7 @@ async def receive(inbox: trio.MemoryReceiveChannel[Message]) -> Message:
         raise ConnectionLost("connection to the node lost during the request") from None
 
 
-def queued(inbox: trio.MemoryReceiveChannel[Message]) -> Message | None:
+def queued(inbox: Inbox) -> Message | None:
     """The request's next frame if it is already there, else None: taken without a schedule
     point or a cancel scope (a memory channel's ``receive`` passes through the scheduler even
     when a frame is ready). A small get's Data and End arrive with its GetStart, in one read."""

@@ -111,10 +111,11 @@ def _bytes_of(view: memoryview, n: int) -> bytes:
 
 class ReplySlot:
     """The inbox of a request answered by one message (a peer's ``Replicate``, see
-    :meth:`WireSession.open_call`): what the session routes to the request is kept here and
-    handed to its one waiter, or, closed, :meth:`receive` raises ``trio.EndOfChannel`` once
-    what came is taken — a memory channel's behaviour for one receiver, without building a
-    channel pair per request (a third of the Python calls of a peer call's wait)."""
+    :meth:`WireSession.open_call`) or by a few read by one task (the client's get): what the
+    session routes to the request is kept here and handed to its one waiter, or, closed,
+    :meth:`receive` raises ``trio.EndOfChannel`` once what came is taken — a memory
+    channel's behaviour for one receiver, without building a channel pair per request (a
+    third of the Python calls of a peer call's wait)."""
 
     __slots__ = ("_closed", "_messages", "_waiter")
 
@@ -144,6 +145,15 @@ class ReplySlot:
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def receive_nowait(self) -> Message:
+        """The next message if one came, without a checkpoint: ``trio.WouldBlock`` if none
+        yet, ``trio.EndOfChannel`` once closed and empty (a memory channel's)."""
+        if self._messages:
+            return self._messages.pop(0)
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
 
     async def receive(self) -> Message:
         """The next message of the request; ``trio.EndOfChannel`` once closed and empty.

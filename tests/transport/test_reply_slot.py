@@ -140,3 +140,19 @@ async def test_a_slot_wakes_its_waiter_when_closed_and_lets_a_cancelled_one_go()
     assert scope.cancelled_caught
     other.send_nowait(End(1))  # the cancelled waiter is gone: nobody to wake, kept
     assert await other.receive() == End(1)
+
+
+def test_a_slot_is_read_without_waiting_as_a_memory_channel() -> None:
+    # What a get's reader takes without a checkpoint (``client._results.queued``): what
+    # came, in order; WouldBlock while nothing did; EndOfChannel once closed and empty.
+    slot = ReplySlot()
+    with pytest.raises(trio.WouldBlock):
+        slot.receive_nowait()
+    slot.send_nowait(End(1))
+    slot.send_nowait(End(2))
+    slot.close()
+    assert [slot.receive_nowait(), slot.receive_nowait()] == [End(1), End(2)]
+    with pytest.raises(trio.EndOfChannel):
+        slot.receive_nowait()
+    with pytest.raises(trio.BrokenResourceError):
+        slot.send_nowait(End(3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -125,6 +126,42 @@ async def test_records_are_read_without_the_ssl_modules_wrapper(pki: Pki) -> Non
                     return b""
             renamed = Renamed()
             assert tlsread.record_reader(renamed).__self__ is renamed  # type: ignore[arg-type, attr-defined]
+
+
+async def test_a_read_with_nothing_to_decrypt_is_not_attempted(pki: Pki) -> None:
+    # A record read when no byte waits (before the socket read) or after the last whole one
+    # only raises SSLWantReadError (~1.8 µs caught): the receiver looks at the memory BIO and
+    # the SSL object's pending plaintext first. Every message must still arrive whole.
+    with trio.fail_after(LIMIT):
+        async with tls_pair(pki) as (server, client):
+            receive = tls_receiver(client)
+            records = receive.__self__  # type: ignore[attr-defined]
+            reads: list[str] = []
+            inner = records._read
+
+            def counted(n: int) -> bytes:
+                try:
+                    piece: bytes = inner(n)
+                except ssl.SSLWantReadError:
+                    reads.append("want-read")
+                    raise
+                reads.append("record")
+                return piece
+            records._read = counted
+            await server.send_all(b"first")  # with the session tickets: read, then no record
+            assert await read_all(receive, 5) == [b"first"]
+            reads.clear()
+            for n in range(1, 6):
+                message = os.urandom(n * 100)
+                await server.send_all(message)
+                assert b"".join(await read_all(receive, len(message))) == message
+            assert reads == ["record"] * 5
+            big = os.urandom(3 * RECORD + 7)  # four records in one read
+            await server.send_all(big)
+            assert b"".join(await read_all(receive, len(big))) == big
+            assert "want-read" not in reads
+            await server.aclose()
+            assert await receive(256 * 1024) == b""  # the close_notify is still read
 
 
 async def test_interleaved_writes_and_reads_both_ways(pki: Pki) -> None:
