@@ -34,7 +34,7 @@ from .._errors import (
     Unavailable,
 )
 from .._groups import contain
-from ..store import CommitTicket, Version
+from ..store import Bell, CommitTicket, Version
 from ..transport import Identity, WireSession, handshake_and_identify
 from ..wire import (
     PROTOCOL_VERSION,
@@ -327,9 +327,10 @@ class Connections:
                 await trio.sleep(max(idle - quiet_for, 1.0))
 
         # A peer's Replicates of small versions, queued to the log writer by the reader
-        # (._peer_handlers.replicate_now) and acknowledged in that order by one task.
+        # (._peer_handlers.replicate_now) and acknowledged in that order by one task, which
+        # the log writer wakes through the connection's bell (see store.Bell).
         acks: collections.deque[tuple[Replicate, CommitTicket, float]] = collections.deque()
-        acks_waiting = trio.lowlevel.ParkingLot()
+        bell: Bell | None = None
 
         # A live session of its certificate: cancelled if the certificate is revoked meanwhile.
         async with node.live.track(ident, session), trio.open_nursery() as requests:
@@ -337,8 +338,10 @@ class Connections:
             if ident.kind != "node":  # peers keep their links: replication must not wait
                 requests.start_soon(close_when_idle, reader)
             else:
-                requests.start_soon(self._ack_replicates, session, acks, acks_waiting,
-                                    request_ended)
+                # Closed by its task as it ends (which it does with the connection, and
+                # always runs once started): nothing between the two can raise.
+                bell = node.store.bell()
+                requests.start_soon(self._ack_replicates, session, acks, bell, request_ended)
 
             # The small puts read since the last group started running: they join it (see
             # ._handlers.put_group) instead of getting a task each. One group at most is open
@@ -379,15 +382,16 @@ class Connections:
             def on_request(msg: Message) -> None:
                 if getattr(msg, "rid", None) is None:
                     return
-                if peer_link and type(msg) is Replicate and not node._stopping:
+                if bell is not None and type(msg) is Replicate and not node._stopping:
                     # Counted before it is queued, as its task would be (a lone request's
                     # batch is then held off its reply's path: see _request_began).
                     node._request_began()
-                    ticket = replicate_now(node, session, msg)
+                    ticket = replicate_now(node, session, msg, bell)
                     if ticket is not None:
                         in_flight[0] += 1
                         acks.append((msg, ticket, time.perf_counter()))
-                        acks_waiting.unpark_all()
+                        if ticket.done():  # over without the writer (nothing new to write)
+                            bell.ring()
                         return
                     node._request_done()  # its task counts it again
                 if small_put_now(node, session, ident, msg):
@@ -422,23 +426,28 @@ class Connections:
     async def _ack_replicates(
             self, session: WireSession,
             acks: collections.deque[tuple[Replicate, CommitTicket, float]],
-            waiting: trio.lowlevel.ParkingLot, ended: Callable[[], None]) -> None:
+            bell: Bell, ended: Callable[[], None]) -> None:
         """A peer connection's acknowledger: wait for each Replicate queued by
         :func:`~._peer_handlers.replicate_now`, oldest first, and answer it — ``Reply`` once
         its records are durable, the store's error otherwise — as its own task would have.
         Runs as long as the connection; what it had not answered when cancelled (the
-        connection is gone) is given up: its commit goes on, nobody is left to tell."""
+        connection is gone) is given up: its commit goes on, nobody is left to tell.
+
+        It waits on the connection's *bell*, which each of those commits rings when it is
+        over, and nothing else: the reader that queues a commit does not wake it (with a
+        wake-up there and an eventfd per commit, a lone Replicate cost the replica's event
+        loop one more scheduler pass). Closes *bell* as it ends."""
         try:
             while True:
-                if not acks:
-                    await waiting.park()
+                if not acks or not acks[0][1].done():
+                    await bell.wait()
                     continue
                 msg, ticket, started = acks[0]
                 outcome = "cancelled"
                 try:
                     reply: Reply | ErrorReply
                     try:
-                        await ticket.wait()
+                        ticket.result()
                         outcome = "ok"
                         reply = Reply(rid=msg.rid, body={})
                     except HdsdError as exc:
@@ -456,6 +465,7 @@ class Connections:
                 msg, ticket, started = acks.popleft()
                 ticket.abandon()
                 self._replicate_answered(session, msg, "cancelled", started, ended)
+            bell.close()
 
     def _replicate_answered(self, session: WireSession, msg: Replicate, outcome: str,
                             started: float, ended: Callable[[], None]) -> None:

@@ -14,7 +14,7 @@ import trio
 from .._deadline import deadline
 from .._errors import IntegrityError, InvalidRequest, PermissionDenied
 from ..cluster import LayoutRecord
-from ..store import ChunkRecord, CommitTicket, replicated_version
+from ..store import Bell, ChunkRecord, CommitTicket, replicated_version
 from ..transport import Identity, WireSession
 from ..wire import (
     AuditShip,
@@ -83,14 +83,16 @@ async def _replicate(node: Node, session: WireSession, ident: Identity, msg: Rep
     await session.send(Reply(rid=msg.rid, body={}))
 
 
-def replicate_now(node: Node, session: WireSession, msg: Replicate) -> CommitTicket | None:
+def replicate_now(node: Node, session: WireSession, msg: Replicate,
+                  bell: Bell) -> CommitTicket | None:
     """Queue a peer's Replicate of versions alone (no chunks: small puts, whose data is
     inline) to this node's log writer from the connection's reader, without a task: the
-    ticket is then waited for, and the Reply written, by the connection's acknowledger
-    (``Connections._ack_replicates``), in arrival order — the log writer makes batches durable in
-    the order they were queued. Per replicated small put this spares the replica a task
-    (its spawn, its first scheduling and its exit) and the request's wrappers: with the
-    sealing of the versions, what its event loop spent most on before the fsync.
+    commit rings the connection's *bell* once it is over, and the Reply is written by the
+    connection's acknowledger (``Connections._ack_replicates``), which waits on that bell, in
+    arrival order — the log writer makes batches durable in the order they were queued.
+    Per replicated small put this spares the replica a task (its spawn, its first
+    scheduling and its exit) and the request's wrappers: with the sealing of the versions,
+    what its event loop spent most on before the fsync.
 
     The same work as :func:`_replicate`, which answers everything else: None when this
     Replicate carries chunks (their share of the body budget may have to be waited for),
@@ -106,7 +108,7 @@ def replicate_now(node: Node, session: WireSession, msg: Replicate) -> CommitTic
         versions = [replicated_version(v) for v in msg.versions]
         for v in versions:
             node.clock.observe(v.hlc)
-        ticket = node.store.start_commit(versions)
+        ticket = node.store.start_commit(versions, bell)
     except Exception:
         return None
     node.replicated_over.add(session)

@@ -27,3 +27,4 @@ from ._version import Version as Version
 from ._version import parse_version_id as parse_version_id
 from ._version import retained_until as retained_until
 from ._version import visible_versions as visible_versions
+from ._wake import Bell as Bell

@@ -39,7 +39,7 @@ from ._records import (
 from ._recovery import Recovered, check_format, list_segments, recover, verify_log
 from ._sealed import ReplicatedVersion, SealedVersion, Sealing, open_version, sealed_wire
 from ._version import Version
-from ._wake import WakerPool
+from ._wake import SIGNALLED, Bell, WakerPool
 from ._writer import LogWriter, PendingCommit
 
 __all__ = ["CommitTicket", "EncodedCommit", "Record", "Store", "StoreStatistics"]
@@ -265,13 +265,23 @@ class Store:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.start_commit(records).wait()
 
-    def start_commit(self, records: Sequence[Record]) -> CommitTicket:
+    def start_commit(self, records: Sequence[Record], bell: Bell | None = None) -> CommitTicket:
         """:meth:`commit` in two steps, so a caller can do other I/O (a replica's round trip)
         while the log writer syncs, without a task: the records are queued now; ``await
         ticket.wait()`` returns once they are durable (or raises as :meth:`commit` does).
         A ticket that will not be waited for must be given up with ``ticket.abandon()``.
-        Errors found before queueing (closed, failed, unencodable) are raised here."""
-        return self.start_encoded(EncodedCommit(self._encode(records)))
+        Errors found before queueing (closed, failed, unencodable) are raised here.
+
+        With *bell* (:meth:`bell`), its ticket is not waited for: *bell* is rung once the
+        records are durable (or failed), then ``ticket.done()`` is true and
+        ``ticket.result()`` returns (or raises the error)."""
+        return self.start_encoded(EncodedCommit(self._encode(records)), bell=bell)
+
+    def bell(self) -> Bell:
+        """A bell for :meth:`start_commit`: one eventfd a task waits on for many commits,
+        answered in the order they were queued (a peer connection's acknowledger). Close it
+        (``bell.close()``) once nothing waits on it; commits still queued finish anyway."""
+        return self._writer.wakers.bell()
 
     def encode_commit(self, records: Sequence[Record]) -> EncodedCommit:
         """The first half of :meth:`start_commit`, for a worker thread: the index lookups
@@ -281,8 +291,8 @@ class Store:
         what :meth:`start_commit` raises before queueing. Blocking."""
         return EncodedCommit(self._encode(records))
 
-    def start_encoded(self, commit: EncodedCommit,
-                      chunks: Sequence[ChunkRecord] = ()) -> CommitTicket:
+    def start_encoded(self, commit: EncodedCommit, chunks: Sequence[ChunkRecord] = (), *,
+                      bell: Bell | None = None) -> CommitTicket:
         """:meth:`start_commit` of records :meth:`encode_commit` encoded, after *chunks*
         encoded now (in the same batch). One queued a moment after its encoding may repeat a
         record another commit wrote meanwhile: harmless, indexing a record is idempotent (as
@@ -294,7 +304,8 @@ class Store:
         if not encoded:
             return CommitTicket(self._writer.wakers, None)
         wakers = self._writer.wakers
-        pending = PendingCommit(encoded, _frames_size(encoded), wakers.for_trio())
+        pending = PendingCommit(encoded, _frames_size(encoded),
+                                wakers.for_trio() if bell is None else wakers.for_bell(bell))
         try:
             self._writer.submit(pending)
         except BaseException:
@@ -672,6 +683,25 @@ class CommitTicket:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._wakers.wait(pending.waker)
+        if pending.error is not None:
+            raise pending.error
+
+    def done(self) -> bool:
+        """Whether the commit is over (durable or failed): :meth:`result` then answers at
+        once. The test for a ticket of a :class:`Bell`, read after each ring."""
+        pending = self._pending
+        return pending is None or pending.waker.state == SIGNALLED
+
+    def result(self) -> None:
+        """Once :meth:`done`: return if the records are durable, else raise the store's
+        error. The ticket is spent."""
+        pending = self._pending
+        if pending is None:
+            return
+        if pending.waker.state != SIGNALLED:  # a caller's bug: never read as durable
+            raise RuntimeError("the commit is not over yet (see CommitTicket.done)")
+        self._pending = None
+        self._wakers.abandon(pending.waker)  # a plain waker's eventfd back to the pool
         if pending.error is not None:
             raise pending.error
 

@@ -13,6 +13,7 @@ import trio
 
 from hdsd import AsyncClient, QuorumNotReached
 from hdsd.node import load_node_config, serve_node
+from hdsd.peers._transfer import replicate_message
 from hdsd.store import Version
 from hdsd.store._log import check_frame
 from hdsd.store._sealed import SealedVersion
@@ -113,4 +114,36 @@ async def test_a_replicate_the_store_refuses_is_answered_by_its_task(tmp_path: P
                 # (hint replays of the refused version are refused the same way)
                 assert seen.count >= 1
                 await _settled(replica)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_replicate_of_versions_held_already_is_answered(tmp_path: Path) -> None:
+    # A Replicate the replica holds every version of (a hint replayed after the put went
+    # through, a retry) queues nothing: its commit is over at once, without the log writer,
+    # so nothing would ring the connection's bell — the reader rings it, and the Reply
+    # still comes, in order with the Replicates around it.
+    init_cluster(tmp_path)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            coordinator, replica = nodes
+            async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
+                await client.put("b", "k", b"v" * 100)
+                await _settled(replica)
+                held = next(v for v in replica.store.iter_versions() if v.key == "k")
+                commits = replica.store.statistics().commits
+                seen = _ReplicateTasks()
+                trio.lowlevel.add_instrument(seen)
+                try:
+                    for _ in range(3):
+                        await coordinator.peers.call("dc2-n1", replicate_message(
+                            coordinator.replicator.layout_id, [], [held]))
+                    await client.put("b", "k2", b"w" * 100)  # and the next one as usual
+                finally:
+                    trio.lowlevel.remove_instrument(seen)
+                assert seen.count == 0  # answered by the acknowledger, not a task
+                assert replica.store.statistics().commits == commits + 1  # k2's alone
+                await _settled(replica)
+                assert await client.get("b", "k2") == b"w" * 100
             nursery.cancel_scope.cancel()

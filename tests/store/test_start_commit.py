@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hdsd._errors import StoreClosedError
+from hdsd._errors import StoreClosedError, StoreFailedError
 from hdsd.store import ChunkRecord, Store, Version
 from hdsd.store._wake import SIGNALLED
 from tests.helpers.sealing import SEALING
@@ -167,3 +167,76 @@ async def test_versions_encoded_ahead_are_queued_after_chunks_in_one_batch(
         assert store.current("t", "b", "big") == version
         assert all(store.has_chunk("t", c.chunk_id) for c in chunks
                    if isinstance(c, ChunkRecord))
+
+
+async def test_a_bell_rings_once_each_commit_is_over(tmp_path: Path) -> None:
+    # A peer connection's acknowledger waits on one bell for all its commits: each rings it
+    # once durable, and only then reads as done (the state is set before the ring).
+    gate = threading.Event()
+    fs = FaultyFS()
+    before = _open_fds()
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
+        bell = store.bell()
+        fs.gate = gate
+        tickets = [store.start_commit([v(i)], bell) for i in range(3)]
+        await trio.to_thread.run_sync(fs.at_gate.wait)
+        assert not any(t.done() for t in tickets)  # not durable yet: not done
+        with pytest.raises(RuntimeError):
+            tickets[0].result()  # never read as durable before it is
+        with trio.move_on_after(0.2):
+            await bell.wait()
+            raise AssertionError("rung before any commit was durable")
+        gate.set()
+        with trio.fail_after(10):
+            while not all(t.done() for t in tickets):
+                await bell.wait()
+        for t in tickets:
+            t.result()
+        assert [store.current("t", "b", f"k{i}") for i in range(3)] == [v(i) for i in range(3)]
+        # Nothing to write (held already): done at once, without the writer or a ring.
+        again = store.start_commit([v(0)], bell)
+        assert again.done()
+        again.result()
+        bell.close()
+    assert _open_fds() == before
+
+
+async def test_a_bell_closed_with_commits_owed_is_closed_by_the_writer(tmp_path: Path) -> None:
+    # The acknowledger ends (its connection is gone) with commits still queued: they are
+    # written all the same, and the last signal closes the eventfd — never before it, so
+    # the writer never writes to a closed (perhaps reused) descriptor.
+    gate = threading.Event()
+    fs = FaultyFS()
+    before = _open_fds()
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
+        bell = store.bell()
+        fs.gate = gate
+        tickets = [store.start_commit([v(i)], bell) for i in range(3)]
+        await trio.to_thread.run_sync(fs.at_gate.wait)
+        for t in tickets:
+            t.abandon()
+        bell.close()
+        assert bell.owed == 3
+        assert os.fstat(bell.fd) is not None  # still open: the writer owes it signals
+        with pytest.raises(StoreClosedError):
+            store.start_commit([v(5)], bell)  # a closed bell takes no commit
+        gate.set()
+        with trio.fail_after(10):
+            await store.commit([v(9)])  # every earlier batch was signalled before it
+        assert bell.owed == 0
+        assert [store.current("t", "b", f"k{i}") for i in range(3)] == [v(i) for i in range(3)]
+    assert _open_fds() == before
+
+
+async def test_a_failed_commit_rings_its_bell_with_the_error(tmp_path: Path) -> None:
+    fs = FaultyFS()
+    with Store.open(tmp_path, fs=fs, sealing=SEALING) as store:
+        fs.fail_fdatasync_at = fs.fdatasyncs + 1
+        bell = store.bell()
+        ticket = store.start_commit([v(0)], bell)
+        with trio.fail_after(10):
+            while not ticket.done():
+                await bell.wait()
+        with pytest.raises(StoreFailedError):
+            ticket.result()
+        bell.close()
