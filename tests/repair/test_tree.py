@@ -66,6 +66,18 @@ def test_snapshot_round_trip(items: list[tuple[int, int]]) -> None:
     assert back.levels == t.levels and back.count == t.count
 
 
+@given(members)
+def test_a_snapshot_holds_each_leaf_as_16_big_endian_bytes(items: list[tuple[int, int]]) -> None:
+    # The snapshot's format (merkle-trees.bin, read back by every node version since): leaf i
+    # at bytes 16i..16i+15, its 128-bit hash big-endian — however the leaves are held.
+    t = _tree(items)
+    raw = t.leaves_bytes()
+    assert len(raw) == LEAVES * 16
+    for leaf, _ in [*items, (0, 0), (LEAVES - 1, 0)]:
+        assert raw[16 * leaf:16 * leaf + 16] == t.leaf(leaf).to_bytes(16, "big")
+    assert raw == b"".join(t.leaf(i).to_bytes(16, "big") for i in range(LEAVES))
+
+
 @given(members, members)
 def test_descent_finds_exactly_the_differing_leaves(a_items: list[tuple[int, int]],
                                                     b_items: list[tuple[int, int]]) -> None:
