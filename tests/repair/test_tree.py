@@ -7,7 +7,7 @@ import hashlib
 import random
 import tracemalloc
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hdsd.repair import MerkleTree
@@ -66,6 +66,7 @@ def test_snapshot_round_trip(items: list[tuple[int, int]]) -> None:
     assert back.levels == t.levels and back.count == t.count
 
 
+@settings(max_examples=10)  # each example converts all 65,536 leaves one by one
 @given(members)
 def test_a_snapshot_holds_each_leaf_as_16_big_endian_bytes(items: list[tuple[int, int]]) -> None:
     # The snapshot's format (merkle-trees.bin, read back by every node version since): leaf i
