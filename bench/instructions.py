@@ -274,7 +274,7 @@ EXTRA_SECTIONS = {
     "limits": {"request_timeout_s": TIMEOUT_S, "handshake_timeout_s": TIMEOUT_S,
                "min_upload_rate_kib_s": 1, "malloc_trim_s": 86400},
     "audit": {"checkpoint_s": 3600},
-    "repair": {"interval_s": 0, "scrub_interval_h": 0},
+    "repair": {"interval_s": 0, "scrub_interval_h": 0, "snapshot_s": 86400},
 }
 
 

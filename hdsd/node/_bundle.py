@@ -277,6 +277,7 @@ catalog_sync_s = {spec.catalog_sync_s:g}              # how often nodes compare 
 # rebuild_rate_mib_s = 0        # a wiped node's rebuild pace (0: disk and link speed)
 # scrub_interval_h = 168        # re-read and verify every record (0: only `hdsd scrub`)
 # scrub_rate_mib_s = 32
+# snapshot_s = 30               # Merkle trees follow the index, saved if anything was indexed
 
 # [limits]                      # optional; see configs/two-site-local.toml for each
 # max_connections = 1024

@@ -39,6 +39,7 @@ Example (``hdsd init`` writes one per node)::
     scrub_interval_h = 168         # re-read and verify every record weekly (0: hdsd scrub)
     scrub_rate_mib_s = 32
     purge_grace_h = 192            # chunks a purge left unnamed are reclaimed after this
+    snapshot_s = 30                # Merkle trees follow the index and are saved this often
 
     [s3]                           # optional: the S3 gateway (docs/s3.md)
     listen = ["127.0.0.1:7480"]    # HTTPS with this node's certificate
@@ -138,6 +139,9 @@ class NodeConfig:
     # than any upload (a put or a multipart upload that found such a chunk stored before the
     # purge names it in its version when it completes; S3 uploads expire after 168 h).
     purge_grace_h: float = 192.0
+    # The Merkle trees catch up with the index and are saved (merkle-trees.bin, only when
+    # something was indexed since) this often: what a restart after a crash replays.
+    repair_snapshot_s: float = 30.0
     audit_checkpoint_records: int = 1000
     audit_checkpoint_s: float = 10.0
     audit_retention_days: int = 365
@@ -216,7 +220,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                "rebuild_rate_mib_s": ((int, float), False),
                "scrub_interval_h": ((int, float), False),
                "scrub_rate_mib_s": ((int, float), False),
-               "purge_grace_h": ((int, float), False)},
+               "purge_grace_h": ((int, float), False),
+               "snapshot_s": ((int, float), False)},
     "limits": {"max_connections": (int, False), "request_timeout_s": ((int, float), False),
                "shutdown_grace_s": ((int, float), False), **_LIMITS},
     "audit": {"checkpoint_records": (int, False), "checkpoint_s": ((int, float), False),
@@ -370,6 +375,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
             p.add(f"[repair] {k}", "must be positive" if k.endswith("rate_mib_s")
                   else "must be >= 0" if k == "purge_grace_h"
                   else "must be >= 0 (0: only on demand)")
+    snapshot_s = float(repair.get("snapshot_s", 30.0))
+    if not 1 <= snapshot_s <= 86400:
+        p.add("[repair] snapshot_s", f"{snapshot_s:g} must be between 1 and 86400")
     audit = sections.get("audit", {})
     audit_records = audit.get("checkpoint_records", 1000)
     if not 1 <= audit_records <= 1_000_000:
@@ -435,7 +443,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         rebuild_rate_mib_s=repair_values["rebuild_rate_mib_s"],
         scrub_interval_h=repair_values["scrub_interval_h"],
         scrub_rate_mib_s=repair_values["scrub_rate_mib_s"],
-        purge_grace_h=repair_values["purge_grace_h"],
+        purge_grace_h=repair_values["purge_grace_h"], repair_snapshot_s=snapshot_s,
         audit_checkpoint_records=audit_records, audit_checkpoint_s=audit_s,
         audit_retention_days=audit_days, audit_segment_mib=audit_mib,
         audit_commit_ms=audit_commit_ms, audit_refusals_interval_s=audit_refusals_s,

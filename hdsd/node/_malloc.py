@@ -25,7 +25,7 @@ import trio
 
 from .._alloc import glibc
 
-__all__ = ["limit_arenas", "memory_status", "timed_trim", "trim", "trim_every"]
+__all__ = ["limit_arenas", "memory_status", "timed_trim", "trim", "trim_every", "worth_trimming"]
 
 log = logging.getLogger("hdsd.node")
 
@@ -35,6 +35,14 @@ ARENAS = 2
 # The last timed_trim of this process (the allocator is the process's, not a node's).
 _last_trim: dict[str, float] = {}
 _trims = 0
+_trims_skipped = 0
+# What worth_trimming compares with: resident and glibc's free bytes after the last trim, each
+# lowered to the least seen at a beat since (memory unmapped, free chunks reused) so that
+# growth from there counts too.
+_low: dict[str, int] = {}
+#: A trim is due once resident memory or the allocator's free bytes grew by this much since
+#: the last one (less is not worth walking every arena for).
+TRIM_WORTH_BYTES = 1 << 20
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -144,7 +152,7 @@ def memory_status() -> dict[str, Any]:
         current, peak = tracemalloc.get_traced_memory()
         out["python_traced"] = {"current": current, "peak": peak}
     if _last_trim:
-        out["trim"] = {"count": _trims, **_last_trim}
+        out["trim"] = {"count": _trims, "skipped": _trims_skipped, **_last_trim}
     return out
 
 
@@ -173,15 +181,43 @@ def timed_trim() -> bool:
     done = trim()
     ms = (time.perf_counter() - start) * 1e3
     after = _rss_bytes()
+    info = _mallinfo2()
     _trims += 1
     _last_trim.update(ms=round(ms, 3), rss_before=before or 0, rss_after=after or 0)
+    _low.update(rss=after or 0, free=info().fordblks if info is not None else 0)
     return done
 
 
-async def trim_every(every_s: float, trim: Callable[[], object] = timed_trim) -> None:
+def worth_trimming() -> bool:
+    """Whether a trim could give back a MiB or more: resident memory grew since the last trim
+    (freed pages touched again: the trim's usual harvest), or glibc's free bytes did (memory
+    in use at the last trim freed since). A trim gives back only free pages that are resident,
+    so with neither, the last one already took them (pages it gave back stay counted as free,
+    so ``free`` alone does not shrink after a trim). True when it cannot tell (no glibc, no
+    trim yet). Cheap enough for the event loop: a read of ``/proc/self/statm`` and, if that
+    did not decide, ``mallinfo2`` (it counts the arenas' free chunks; no system call)."""
+    global _trims_skipped
+    rss = _rss_bytes()
+    info = _mallinfo2()
+    if not _low or rss is None or info is None:
+        return True
+    if rss >= _low["rss"] + TRIM_WORTH_BYTES:
+        return True
+    free = info().fordblks
+    if free >= _low["free"] + TRIM_WORTH_BYTES:
+        return True
+    _low.update(rss=min(rss, _low["rss"]), free=min(free, _low["free"]))
+    _trims_skipped += 1
+    return False
+
+
+async def trim_every(every_s: float, trim: Callable[[], object] = timed_trim,
+                     worth: Callable[[], bool] = worth_trimming) -> None:
     """Hand the memory freed since the last time back to the system every *every_s* seconds
     (``[limits] malloc_trim_s``), in a worker thread: ``malloc_trim`` walks every arena and
     gives its free pages back (``madvise``), milliseconds that would otherwise stop the event loop.
+    A beat at which nothing was freed (*worth*: :func:`worth_trimming`) trims nothing and
+    starts no thread: an idle node paid a worker-thread hop and an arena walk every 5 s.
     Between two trims the allocator keeps the pages that bursts of 1 MiB buffers freed and
     touched again, so the interval bounds how far resident memory stands above what is in
     use (measured: ~13 MiB per 5 s, 20-27 MiB per 60 s under the soak's steady load)."""
@@ -192,4 +228,5 @@ async def trim_every(every_s: float, trim: Callable[[], object] = timed_trim) ->
         # next at once, never two at a time.
         due = max(due + every_s, trio.current_time())
         await trio.sleep_until(due)
-        await trio.to_thread.run_sync(trim)
+        if worth():
+            await trio.to_thread.run_sync(trim)

@@ -132,7 +132,7 @@ class Node:
             scrub_rate_mib_s=config.scrub_rate_mib_s,
             salvaged=store.statistics().salvaged, plan_of=self.tenancy.plan,
             dead_tenants=self._shredded, doubts=self.doubts,
-            purge_grace_s=config.purge_grace_h * 3600)
+            purge_grace_s=config.purge_grace_h * 3600, snapshot_s=config.repair_snapshot_s)
         self.reads = ReadPaths(config=config, store=store, peers=self.peers,
                                replicator=self.replicator, layout=lambda: self.layout,
                                rebuilding=lambda: self.rebuilding,

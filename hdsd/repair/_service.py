@@ -49,7 +49,6 @@ __all__ = ["LINK_WAIT_S", "STARTED_SKEW_S", "Maintenance"]
 
 log = logging.getLogger("hdsd.repair")
 
-_SNAPSHOT_EVERY_S = 30.0
 #: How long a repair an operator asked for waits for a peer's link before failing the pair.
 LINK_WAIT_S = 30.0
 _LINK_POLL_S = 0.25
@@ -102,9 +101,10 @@ class Maintenance:
                  salvaged: tuple[str, ...] = (),
                  plan_of: Callable[[str], str] = lambda tenant: "standard",
                  dead_tenants: Callable[[], frozenset[str]] = frozenset,
-                 doubts: PeerDoubts | None = None, purge_grace_s: float = 192 * 3600.0
-                 ) -> None:
+                 doubts: PeerDoubts | None = None, purge_grace_s: float = 192 * 3600.0,
+                 snapshot_s: float = 30.0) -> None:
         self.name = name
+        self.snapshot_s = snapshot_s
         self.doubts = doubts if doubts is not None else PeerDoubts(
             n.name for n in layout.nodes if n.name != name)
         # One round at a time per node: periodic, reconciling and rebuilding rounds share it.
@@ -233,12 +233,16 @@ class Maintenance:
                     log.warning("event=merkle_snapshot_failed error=%s", exc)
 
     async def _follow_index(self) -> None:
-        """Keep the trees close to the index (so a round's catch-up is short) and snapshot."""
+        """Keep the trees close to the index (so a round's catch-up is short) and snapshot
+        them every ``[repair] snapshot_s``: one worker-thread hop for both, and the snapshot
+        only when something was indexed since the last one (a node with nothing written
+        rewrites nothing)."""
+        await to_thread(self.trees.catch_up)
+        self.ready = True
+        await to_thread(self.trees.save)
         while True:
-            await to_thread(self.trees.catch_up)
-            self.ready = True
-            await to_thread(self.trees.save)
-            await trio.sleep(_SNAPSHOT_EVERY_S)
+            await trio.sleep(self.snapshot_s)
+            await to_thread(self.trees.catch_up_and_save)
 
     async def _loop(self, task: _Task, body: Callable[[], Any]) -> None:
         while True:

@@ -18,6 +18,7 @@ Levels: 0 is the root, level ``d`` has ``FANOUT**d`` nodes, the children of node
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -130,17 +131,29 @@ class MerkleTree:
 
     # -- persistence: only the leaves are stored; the levels above are recomputed ------------
     def leaves_bytes(self) -> bytes:
+        """Every leaf's 16-byte big-endian hash, in leaf order: each leaf's high word then its
+        low word, interleaved and byte-swapped by the array module. Per leaf in Python (an int
+        built and converted 65,536 times) it was ~160 M instructions per snapshot, the bulk of
+        the repair service's periodic work (callgrind)."""
         level = self.levels[DEPTH]
-        return b"".join(digest_bytes(level[i]) for i in range(len(level)))
+        words = array("Q", bytes(DIGEST_BYTES * len(level)))
+        words[0::2] = level.high
+        words[1::2] = level.low
+        if sys.byteorder == "little":
+            words.byteswap()
+        return words.tobytes()
 
     @classmethod
     def from_leaves(cls, data: bytes, count: int) -> MerkleTree:
         if len(data) != LEAVES * DIGEST_BYTES:
             raise ValueError("wrong size for a Merkle tree's leaves")
         tree = cls()
+        words = array("Q", data)
+        if sys.byteorder == "little":
+            words.byteswap()
         leaves = tree.levels[DEPTH]
-        for n, i in enumerate(range(0, len(data), DIGEST_BYTES)):
-            leaves.xor(n, int.from_bytes(data[i:i + DIGEST_BYTES], "big"))
+        leaves.high = words[0::2]
+        leaves.low = words[1::2]
         for depth in range(DEPTH - 1, -1, -1):
             below = tree.levels[depth + 1]
             level = tree.levels[depth]

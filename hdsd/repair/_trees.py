@@ -196,6 +196,13 @@ class PeerTrees:
         return members
 
     # -- snapshot ----------------------------------------------------------------------------
+    def catch_up_and_save(self) -> int:
+        """:meth:`catch_up`, then :meth:`save`; returns how many versions were added.
+        Blocking."""
+        added = self.catch_up()
+        self.save()
+        return added
+
     def save(self) -> None:
         """Write the snapshot (atomically) if anything changed since the last one. Blocking."""
         with self._lock:

@@ -56,6 +56,7 @@ class HintReplayer:
         self._offload = offload
         self.replicas_for = replicas_for
         self._hints_added = trio.Event()
+        self._hints_added_count = 0  # calls of hints_added: a replay task's "anything new?"
         # Automatic restore needs the other site to have been away and come back; an operator
         # degrading ahead of planned maintenance is not undone while the peer is still up.
         self.peer_was_lost = False
@@ -83,6 +84,7 @@ class HintReplayer:
 
     def hints_added(self) -> None:
         """New hints were kept: wake the tasks waiting for some."""
+        self._hints_added_count += 1
         self._hints_added.set()
         self._hints_added = trio.Event()
 
@@ -93,11 +95,16 @@ class HintReplayer:
             if not self.record.has_node(node):
                 self._replaying.discard(node)  # it left the layout (its hints were dropped)
                 return
+            added = self._hints_added_count
             pending = await self._offload(self.hints.pending, node, 64)
             if not pending:
-                await self._maybe_restore()
-                with trio.move_on_after(1.0):
-                    await self._hints_added.wait()
+                # Hints are kept only through hints_added: until it is called again, asking
+                # the hint store is a worker-thread hop and a query for nothing (an idle
+                # node made two a second). The site mode is still looked at every second.
+                while added == self._hints_added_count and self.record.has_node(node):
+                    await self._maybe_restore()
+                    with trio.move_on_after(1.0):
+                        await self._hints_added.wait()
                 continue
             done: list[int] = []
             waiting = False

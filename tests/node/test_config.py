@@ -101,3 +101,15 @@ def test_limits_are_read_and_checked(cluster: Path, tmp_path: Path) -> None:
     assert "peer_slots: 0 must be at least 1" in lines[1]
     assert "malloc_trim_s: 0.5 must be at least 1" in lines[2]
     assert "max_body_mib_per_connection: 64 MiB must hold at least one chunk" in lines[3]
+
+
+def test_the_merkle_snapshot_interval_is_read_and_checked(cluster: Path, tmp_path: Path) -> None:
+    default = load_node_config(cluster / "dc1-n1" / "node.toml")
+    assert default.repair_snapshot_s == 30.0
+    ok = _variant(cluster, tmp_path, "[tls]", "[repair]\nsnapshot_s = 600\n\n[tls]")
+    assert load_node_config(ok).repair_snapshot_s == 600.0
+    for value in ("0", "0.5", "100000"):
+        bad = _variant(cluster, tmp_path, "[tls]", f"[repair]\nsnapshot_s = {value}\n\n[tls]")
+        with pytest.raises(ConfigError) as exc:
+            load_node_config(bad)
+        assert f"[repair] snapshot_s: {value} must be between 1 and 86400" in str(exc.value)

@@ -11,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd.node._malloc import limit_arenas, memory_status, timed_trim, trim, trim_every
+from hdsd.node._malloc import (
+    limit_arenas,
+    memory_status,
+    timed_trim,
+    trim,
+    trim_every,
+    worth_trimming,
+)
 from hdsd.pipeline import tune_allocator
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
@@ -79,7 +86,7 @@ async def test_trim_every_trims_on_schedule_off_the_event_loop(
         trio.from_thread.run_sync(send.send_nowait, threading.current_thread())
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trim_every, 5.0, fake_trim)
+        nursery.start_soon(trim_every, 5.0, fake_trim, lambda: True)
         await trio.testing.wait_all_tasks_blocked()  # started: its beat counts from now
         for _ in range(3):
             mock_clock.jump(4.9)
@@ -88,6 +95,32 @@ async def test_trim_every_trims_on_schedule_off_the_event_loop(
                 receive.receive_nowait()
             mock_clock.jump(0.1)
             assert await receive.receive() is not threading.main_thread()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_beat_with_nothing_freed_trims_nothing_and_starts_no_thread(
+        mock_clock: trio.testing.MockClock) -> None:
+    trims: list[threading.Thread] = []
+    asked: list[threading.Thread] = []
+    worth = [False]
+
+    def fake_worth() -> bool:
+        asked.append(threading.current_thread())
+        return worth[0]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_every, 5.0, lambda: trims.append(threading.current_thread()),
+                           fake_worth)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            mock_clock.jump(5.0)
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(asked) == 3 and trims == []
+        assert all(t is threading.main_thread() for t in asked)  # no thread to find out
+        worth[0] = True
+        mock_clock.jump(5.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(asked) == 4 and len(trims) == 1 and trims[0] is not threading.main_thread()
         nursery.cancel_scope.cancel()
 
 
@@ -110,4 +143,22 @@ def test_a_timed_trim_gives_freed_memory_back_and_says_so() -> None:
     trim_state = memory_status()["trim"]
     assert trim_state["count"] >= 1 and trim_state["ms"] >= 0
     assert trim_state["rss_before"] - trim_state["rss_after"] >= 32 << 20
+    del keep
+
+
+@glibc
+def test_a_trim_is_worth_it_only_once_memory_was_freed_since_the_last() -> None:
+    assert tune_allocator()
+    held = [bytearray(1 << 20) for _ in range(16)]
+    for b in held:
+        b[::4096] = b"\x01" * len(b[::4096])  # resident
+    keep = bytearray(1 << 20)  # above them: freeing them cannot shrink the heap's top
+    timed_trim()
+    assert worth_trimming() is False  # nothing freed since
+    skipped = memory_status()["trim"]["skipped"]
+    assert skipped >= 1
+    del held  # 16 MiB in use at the trim, free now: glibc's free bytes grew
+    assert worth_trimming() is True
+    timed_trim()
+    assert worth_trimming() is False
     del keep

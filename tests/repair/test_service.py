@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from hdsd import ConnectionLost
-from hdsd.repair import STARTED_SKEW_S, Maintenance
+from hdsd.repair import STARTED_SKEW_S, Maintenance, PeerTrees
 from hdsd.repair._service import LINK_WAIT_S
 from hdsd.store import Store, Version
 from hdsd.wire import Request
@@ -155,3 +155,40 @@ async def test_an_empty_node_missing_a_version_older_than_itself_rebuilds(
     assert rebuild["versions_received"] == 2
     assert "event=rebuild_running node=a0 peer=b0 versions_written_before_start=1" \
         in caplog.text
+
+
+async def test_the_trees_are_snapshot_on_their_schedule_only_when_something_was_indexed(
+        tmp_path: Path) -> None:
+    # [repair] snapshot_s: an idle node rewrites nothing (the snapshot is a whole-tree write),
+    # and a version indexed since the last snapshot is in the next one.
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    snap = tmp_path / "a0.snap"
+    try:
+        v, chunks = _version("first", 1, "a0", 1)
+        await pair.stores["a0"].commit([*chunks, v])
+        pair.open()
+        store: Store = pair.stores["a0"]
+        m = Maintenance(name="a0", layout=pair.layout, store=store,
+                        peers=Link("a0", pair.sides), snapshot=snap,
+                        observe_hlc=lambda h: None, open_chunk=lambda t, c, p: None,
+                        repair_interval_s=0, repair_rate_mib_s=1000, scrub_interval_s=0,
+                        scrub_rate_mib_s=1000, snapshot_s=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(m.run)
+            while not (m.ready and snap.exists()):
+                await trio.sleep(0.01)
+            first = snap.stat()
+            await trio.sleep(0.5)  # ten periods with nothing indexed
+            assert (snap.stat().st_ino, snap.stat().st_mtime_ns) == (first.st_ino,
+                                                                    first.st_mtime_ns)
+            watermark = m.trees.watermark
+            v, chunks = _version("second", 2, "a0", 1)
+            await store.commit([*chunks, v])
+            with trio.fail_after(30):
+                while m.trees.watermark == watermark or snap.stat().st_ino == first.st_ino:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        again = PeerTrees(store, pair.layout, "a0", snap)
+        assert again.watermark == m.trees.watermark and again.count("b0") == 2
+    finally:
+        pair.close()

@@ -7,7 +7,7 @@ import hashlib
 import random
 import tracemalloc
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hdsd.repair import MerkleTree
@@ -64,6 +64,19 @@ def test_snapshot_round_trip(items: list[tuple[int, int]]) -> None:
     t = _tree(items)
     back = MerkleTree.from_leaves(t.leaves_bytes(), t.count)
     assert back.levels == t.levels and back.count == t.count
+
+
+@settings(max_examples=10)  # each example converts all 65,536 leaves one by one
+@given(members)
+def test_a_snapshot_holds_each_leaf_as_16_big_endian_bytes(items: list[tuple[int, int]]) -> None:
+    # The snapshot's format (merkle-trees.bin, read back by every node version since): leaf i
+    # at bytes 16i..16i+15, its 128-bit hash big-endian — however the leaves are held.
+    t = _tree(items)
+    raw = t.leaves_bytes()
+    assert len(raw) == LEAVES * 16
+    for leaf, _ in [*items, (0, 0), (LEAVES - 1, 0)]:
+        assert raw[16 * leaf:16 * leaf + 16] == t.leaf(leaf).to_bytes(16, "big")
+    assert raw == b"".join(t.leaf(i).to_bytes(16, "big") for i in range(LEAVES))
 
 
 @given(members, members)
