@@ -207,6 +207,7 @@ class WireSession:
         self.held = 0  # ... summed over the rids
         self._progress = trio.lowlevel.ParkingLot()
         self.last_activity = time.monotonic()  # last bytes read (the node's idle timeout)
+        self._then: Callable[[], Awaitable[None]] | None = None  # see run_next
         self._peer_address: str | None = None
 
     def peer_address(self) -> str:
@@ -580,6 +581,9 @@ class WireSession:
                             pending = self._open_upload(event, on_request)
                         else:
                             self._route(event, on_request)
+                        if self._then is not None:  # on_request handed the reader a job
+                            job, self._then = self._then, None
+                            await job()
                 elif type(event) is Goodbye:
                     self.closed_reason = ConnectionLost(
                         f"the peer closed the connection: {event.code}: {event.message}")
@@ -593,6 +597,15 @@ class WireSession:
             raise
         finally:
             self._close()
+
+    def run_next(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Called by ``on_request`` while it takes a new request (after ``before_open``): the
+        reader awaits *job* as soon as that request is routed, and reads nothing more until
+        it returns — a request served by the reader task itself, no task handed over to (a
+        reschedule and a scheduler pass fewer). Only for work that waits on nothing this
+        connection would have to read first; *job* must not raise (what it raises ends the
+        reader, as a gate's exception does)."""
+        self._then = job
 
     def _open_upload(self, start: PutStart,
                      on_request: Callable[[Message], None] | None) -> Event | None:
