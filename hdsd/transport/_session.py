@@ -9,7 +9,9 @@ The client and the node use the same session. Theory of operation:
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
   ended are dropped, as the protocol allows. An upload whose body frames and End were read with
   its start (a small put, sent in one write) is handed over whole instead
-  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain.
+  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain. ``on_request``
+  may also hand the reader a job to await before it reads on (:meth:`WireSession.run_next`:
+  the node's lone small put, served by the reader task itself).
 * Sending goes through one *outbox* (a list: small frames appended to one bytearray, a frame
   of :data:`OWN_WRITE` bytes or more kept as the pieces ``conn.send_pieces`` made — its
   header, then its payload as the caller gave it — so a megabyte of body is not copied into a
