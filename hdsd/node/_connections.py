@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -400,6 +401,16 @@ class Connections:
                     group = open_group[0]
                     if group is not None:
                         group.append(msg)
+                    elif in_flight[0] == 1 and not session.conn.buffered:
+                        # Alone on its connection, nothing read behind it (a synchronous
+                        # client's put, each of x16's sixteen): run by the reader itself
+                        # (WireSession.run_next), as a lone small get is, not handed to the
+                        # runner — a reschedule, a task switch and a scheduler pass fewer per
+                        # put. The client's next frames wait in the socket meanwhile; a
+                        # synchronous client sends none, and what a pipelining one sends
+                        # then is read as one group after it.
+                        session.run_next(partial(self._run_put_group, session, ident, [msg],
+                                                 request_ended, spawn))
                     else:
                         group = open_group[0] = [msg]
                         if not runner.take(group):

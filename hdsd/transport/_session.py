@@ -9,7 +9,9 @@ The client and the node use the same session. Theory of operation:
   ``on_request`` (the node uses it to start a handler); late frames of a request that already
   ended are dropped, as the protocol allows. An upload whose body frames and End were read with
   its start (a small put, sent in one write) is handed over whole instead
-  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain.
+  (:meth:`WireSession.take_whole_upload`): no inbox to create, fill and drain. ``on_request``
+  may also hand the reader a job to await before it reads on (:meth:`WireSession.run_next`:
+  the node's lone small put, served by the reader task itself).
 * Sending goes through one *outbox* (a list: small frames appended to one bytearray, a frame
   of :data:`OWN_WRITE` bytes or more kept as the pieces ``conn.send_pieces`` made — its
   header, then its payload as the caller gave it — so a megabyte of body is not copied into a
@@ -217,6 +219,7 @@ class WireSession:
         self.held = 0  # ... summed over the rids
         self._progress = trio.lowlevel.ParkingLot()
         self.last_activity = time.monotonic()  # last bytes read (the node's idle timeout)
+        self._then: Callable[[], Awaitable[None]] | None = None  # see run_next
         self._peer_address: str | None = None
 
     def peer_address(self) -> str:
@@ -590,6 +593,9 @@ class WireSession:
                             pending = self._open_upload(event, on_request)
                         else:
                             self._route(event, on_request)
+                        if self._then is not None:  # on_request handed the reader a job
+                            job, self._then = self._then, None
+                            await job()
                 elif type(event) is Goodbye:
                     self.closed_reason = ConnectionLost(
                         f"the peer closed the connection: {event.code}: {event.message}")
@@ -603,6 +609,15 @@ class WireSession:
             raise
         finally:
             self._close()
+
+    def run_next(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Called by ``on_request`` while it takes a new request (after ``before_open``): the
+        reader awaits *job* as soon as that request is routed, and reads nothing more until
+        it returns — a request served by the reader task itself, no task handed over to (a
+        reschedule and a scheduler pass fewer). Only for work that waits on nothing this
+        connection would have to read first; *job* must not raise (what it raises ends the
+        reader, as a gate's exception does)."""
+        self._then = job
 
     def _open_upload(self, start: PutStart,
                      on_request: Callable[[Message], None] | None) -> Event | None:

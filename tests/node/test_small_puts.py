@@ -15,7 +15,7 @@ import trio
 from hdsd import AsyncClient, DiskFullError, HdsdError, LegalHold, NotFound, QuotaExceeded
 from hdsd.audit import read_records
 from hdsd.node import load_node_config, serve_node
-from hdsd.node._connections import Connections
+from hdsd.node._connections import Connections, _GroupRunner
 from hdsd.wire import PutStart
 from tests.helpers.cluster import init_cluster
 
@@ -24,12 +24,14 @@ class _Tasks(trio.abc.Instrument):
     """Counts the tasks the nodes spawn for puts: one per put (``_run_request``) and one per
     group of puts its connection's group runner was busy for (the arguments of a task's
     coroutine are in its frame before it first runs); and, through :meth:`watch`, the
-    groups run, by a task of their own or by the runner."""
+    groups run (by a task of their own, the runner or the connection's reader) and those
+    handed to the runner."""
 
     def __init__(self) -> None:
         self.per_put = 0
         self.group_tasks = 0
         self.groups = 0
+        self.runner_groups = 0
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         frame = getattr(task.coro, "cr_frame", None)
@@ -48,7 +50,15 @@ class _Tasks(trio.abc.Instrument):
             self.groups += 1
             await run_put_group(connections, *args)
 
+        take = _GroupRunner.take
+
+        def taken(runner: _GroupRunner, group: list[PutStart]) -> bool:
+            took = take(runner, group)
+            self.runner_groups += took
+            return took
+
         monkeypatch.setattr(Connections, "_run_put_group", counted)
+        monkeypatch.setattr(_GroupRunner, "take", taken)
         trio.lowlevel.add_instrument(self)
         return self
 
@@ -123,8 +133,8 @@ async def test_small_puts_arriving_together_share_one_task(
 async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """One put alone makes a group of one (also of undeclared size, when its body came with
-    its start), run by the connection's group runner, no task spawned; a put over
-    inline_max still runs as a task."""
+    its start), run by the connection's reader itself: no task spawned, none handed the
+    group; a put over inline_max still runs as a task."""
     init_cluster(tmp_path)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -147,6 +157,7 @@ async def test_a_lone_small_put_goes_the_same_way(tmp_path: Path, declared: bool
                 assert seen.group_tasks == 0  # the runner was free: one put at a time
                 if declared:
                     assert (seen.groups, seen.per_put) == (1, 1)
+                    assert seen.runner_groups == 0  # the reader ran it
                 else:  # a streamed body may or may not arrive in the read of its start
                     assert seen.groups + seen.per_put == 2 and seen.per_put >= 1
                 assert await client.get("b", "small") == small
@@ -235,4 +246,40 @@ async def test_a_failed_group_write_fails_the_puts_it_carried_and_no_other(
                        if r.op == "PutStart"]
             assert Counter(r.outcome for r in records) == {
                 "ok": 1, DiskFullError.code: 15, LegalHold.code: 1}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_put_s_failure_run_by_the_reader_ends_that_put_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone small put is run by its connection's reader (no task, no runner): its write
+    failing is that put's error, and the reader reads on — the next put on the same
+    connection is stored, and nothing is left held."""
+    init_cluster(tmp_path)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_node, load_node_config(tmp_path / n / "node.toml"))
+                     for n in ("dc1-n1", "dc2-n1")]
+            coordinator = nodes[0]
+            async with AsyncClient(tmp_path / "client.toml", site="dc1") as client:
+                await client.put("b", "warm", b"x")
+
+                async def full(*args: object) -> None:
+                    raise DiskFullError("no space left on the data disk (test)")
+
+                seen = _Tasks().watch(monkeypatch)
+                with monkeypatch.context() as patched:
+                    patched.setattr(coordinator.small_writes, "write", full)
+                    with pytest.raises(DiskFullError):
+                        await client.put("b", "lost", os.urandom(4096))
+                data = os.urandom(4096)
+                info = await client.put("b", "kept", data)
+                trio.lowlevel.remove_instrument(seen)
+                assert (seen.groups, seen.runner_groups, seen.group_tasks, seen.per_put) == (
+                    2, 0, 0, 0)
+                assert await client.get("b", "kept") == data
+                assert (await client.stat("b", "kept")).version == info.version
+                with pytest.raises(NotFound):
+                    await client.stat("b", "lost")
+            assert coordinator._requests_in_flight == {}
+            assert not any(coordinator.tenancy._reserved.values())
             nursery.cancel_scope.cancel()

@@ -481,3 +481,44 @@ async def test_an_upload_read_whole_with_its_start_needs_no_inbox() -> None:
             assert inboxes[3].receive_nowait() == Data(rid=3, data=b"x")
             assert server.held == 5
             nursery.cancel_scope.cancel()
+
+
+async def test_a_job_handed_to_the_reader_runs_before_it_reads_on() -> None:
+    # on_request may hand the reader a job (run_next): the reader awaits it as soon as the
+    # request is routed, and routes nothing more until it returns; then reads on as before.
+    a, b = trio.testing.memory_stream_pair()
+    client = WireSession(a, Connection(Role.CLIENT))
+    server = WireSession(b, Connection(Role.SERVER))
+    seen: list[int] = []
+    done: list[int] = []
+    go = trio.Event()
+
+    async def before_open(msg: Message) -> bool:
+        return True
+
+    def on_request(msg: Message) -> None:
+        rid: int = msg.rid  # type: ignore[attr-defined]
+        seen.append(rid)
+        if rid == 1:
+            async def job() -> None:
+                await go.wait()
+                done.append(rid)
+
+            server.run_next(job)
+
+    with trio.fail_after(LIMIT):
+        await client.send(hello(client, "client"))
+        await server.send(hello(server, "server"))
+        await client.receive_hello()
+        await server.receive_hello()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(server.run_reader, on_request, before_open=before_open))
+            await client.send_many([put_start(1, 3), Data(rid=1, data=b"abc"), End(rid=1)])
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_many([StatRequest(rid=2, bucket="b", key="k", version=None)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert (seen, done) == ([1], [])  # rid 2 is read only once the job is done
+            go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert (seen, done) == ([1, 2], [1])
+            nursery.cancel_scope.cancel()
