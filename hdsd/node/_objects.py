@@ -288,7 +288,9 @@ async def _receive_and_store(node: Node, tenant: str, bucket: str, key: str,
                                         payload=sealed.payload))
     content_hash = ids[0] if len(ids) == 1 else hasher.digest(len(ids))
     version = version_of(received, content_hash, tuple(ids), inline)
-    lagging.update(await node.replicator.write(replicas, with_version, [version]))
+    # Not to a replica that missed a chunk: its hint brings the chunks with the version.
+    lagging.update(await node.replicator.write(replicas, with_version, [version],
+                                               missed=frozenset(lagging)))
     await node.replicator.keep_hints(lagging, [version])
     return version
 
@@ -473,7 +475,8 @@ async def compose_object(node: Node, tenant: str, bucket: str, key: str,
             version = dataclasses.replace(draft, hlc=node.clock.now(),
                                           content_hash=hasher.digest())
             lagging = {n for p in parts for n in p.lagging}
-            lagging.update(await node.replicator.write(replicas, [], [version]))
+            lagging.update(await node.replicator.write(replicas, [], [version],
+                                                       missed=frozenset(lagging)))
             await node.replicator.keep_hints(lagging, [version])
             BODY_SIZE.set(size)
     return version

@@ -38,7 +38,7 @@ once the policy holds for it — a refusal never turns into an acknowledgement b
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import trio
@@ -208,17 +208,30 @@ class Replicator:
 
     # -- the write path --------------------------------------------------------------------
     async def write(self, replicas: Replicas, chunks: Sequence[ChunkRecord],
-                    versions: Sequence[Version]) -> set[str]:
+                    versions: Sequence[Version], *, missed: Collection[str] = ()) -> set[str]:
         """Store the records on every replica; return once the policy holds.
 
         Returns the replicas that had not confirmed yet (they need a hint if this write ends a
         put). Raises :class:`QuorumNotReached` if the policy cannot be met in time.
+
+        *missed*: the replicas that did not confirm an earlier write of the chunks these
+        versions name (a chunked put's chunks, when the policy did not wait for every
+        replica). The records are not sent to them: such a replica would hold a version
+        naming content it lacks — unreadable there, and, if the put then failed, a version
+        no node could ever complete. They count as not confirmed, for the policy too, so the
+        caller hints them, and the hint's replay carries the chunks with the version.
         """
         assert self._background is not None, "Replicator.run must be running"
         policy = self.effective_policy()
         targets = [n for nodes in replicas.values() for n in nodes]
         acked: set[str] = set()
         failed: dict[str, HdsdError] = {}
+        if missed:
+            failed.update((n, Unavailable(f"{n} did not confirm every chunk of the version"))
+                          for n in targets if n in missed)
+            if failed:
+                return await self._write_general(policy, replicas, targets, chunks, versions,
+                                                 acked, failed)
         if (len(targets) == 2 and self.name in targets
                 and [len(nodes) for nodes in replicas.values()] == [1, 1]):
             # The common case (one replica per site, this node one of them) in the caller's
@@ -287,7 +300,11 @@ class Replicator:
                 check()
 
         for node in targets:
-            self._background.start_soon(deliver, node)
+            if node not in failed:  # failed already: a replica that missed a chunk (write)
+                self._background.start_soon(deliver, node)
+        if self.name in failed:
+            local_done.set()
+        check()
         with trio.move_on_after(self.timeout):
             await settled.wait()
         if policy_met(policy, replicas, acked, self.site):
