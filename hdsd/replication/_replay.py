@@ -35,6 +35,11 @@ __all__ = ["HintReplayer"]
 log = logging.getLogger("hdsd.replication")
 
 
+#: How long a replay task that found no hints trusts :meth:`HintReplayer.hints_added` alone
+#: before it asks the hint store again (one query per node of the layout per period).
+_REQUERY_S = 30.0
+
+
 class HintReplayer:
     """One replay task per node of the layout, given what it reads and writes: the local
     store, the peer links, the hint store, the site mode (it restores ``normal``), the peers
@@ -98,10 +103,15 @@ class HintReplayer:
             added = self._hints_added_count
             pending = await self._offload(self.hints.pending, node, 64)
             if not pending:
-                # Hints are kept only through hints_added: until it is called again, asking
-                # the hint store is a worker-thread hop and a query for nothing (an idle
-                # node made two a second). The site mode is still looked at every second.
-                while added == self._hints_added_count and self.record.has_node(node):
+                # Hints are kept through hints_added: until it is called again, asking the
+                # hint store is a worker-thread hop and a query for nothing (an idle node made
+                # two a second). The site mode is still looked at every second, and the store
+                # asked again after _REQUERY_S whatever happened: a hint kept without its call
+                # reaching this replayer (an add whose caller was cancelled once the thread
+                # had written it) must not wait for the next restart.
+                asked = trio.current_time()
+                while (added == self._hints_added_count and self.record.has_node(node)
+                       and trio.current_time() - asked < _REQUERY_S):
                     await self._maybe_restore()
                     with trio.move_on_after(1.0):
                         await self._hints_added.wait()
