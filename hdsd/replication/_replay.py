@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from .._deadline import deadline
-from .._errors import HdsdError, Unavailable
+from .._errors import HdsdError, IntegrityError, NotFound, Unavailable
 from ..cluster import Layout, LayoutRecord, NodeInfo
 from ..peers import Offload, PeerLink, fetch_chunks, local_chunks, push_version
 from ..store import ChunkRecord, Version
@@ -171,14 +171,20 @@ class HintReplayer:
                     exclude: str) -> tuple[Version, list[ChunkRecord]] | None:
         """A version and its chunks, from this node's store or another replica's.
 
-        None only if every replica asked answered that it does not hold the version; an
-        unreachable replica raises, so the hint is kept and retried.
+        None only if every replica asked answered that it does not hold the version whole
+        (a replica that names it but lacks a chunk of it, or holds one damaged, does not hold
+        it: another may); an unreachable replica raises, so the hint is kept and retried.
+        Without that, one hint whose content no replica has would block every hint behind it
+        for its target, at each replay, for ever; as it is, it is given up as unheld.
         """
         version = self.store.get_version(tenant, bucket, key, hlc, origin)
         if version is None and self.store.is_purged(tenant, bucket, key, hlc, origin):
             return None  # deleted for good since: its purge record has hints of its own
         if version is not None and exclude != self.name:
-            return version, await local_chunks(self.store, self._offload, version)
+            try:
+                return version, await local_chunks(self.store, self._offload, version)
+            except (NotFound, IntegrityError) as exc:
+                log.warning("event=hint_replay_local_chunk_unreadable key=%s error=%s", key, exc)
         replicas = self.replicas_for(tenant, bucket, key)
         others = [n for nodes in replicas.values() for n in nodes
                   if n not in (self.name, exclude)]
@@ -194,6 +200,8 @@ class HintReplayer:
                 chunks = [] if found.inline is not None else await fetch_chunks(
                     self.peers, node, self.layout_id, tenant, found.chunks)
                 return found, chunks
+            except (NotFound, IntegrityError):
+                continue  # it names the version but cannot serve a chunk of it
             except HdsdError as exc:
                 unreachable = exc
         if unreachable is not None:
