@@ -169,6 +169,10 @@ def install_hdsd_hooks() -> None:
     _wrap(_fs.FileSystem, "fdatasync", "fdatasync")
     _wrap(_wake.WakerPool, "signal", "signal committer")
     _wrap(_wake.WakerPool, "wait", "wait durable")
+    # The replica's acknowledger waits on its connection's bell, rung by the log writer, not
+    # on a waker of its own: its return is the same milestone.
+    if hasattr(_wake, "Bell"):
+        _wrap(_wake.Bell, "wait", "wait durable")
 
 
 def install_floor_hooks() -> Any:

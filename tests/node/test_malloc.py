@@ -103,14 +103,18 @@ async def test_a_beat_with_nothing_freed_trims_nothing_and_starts_no_thread(
     trims: list[threading.Thread] = []
     asked: list[threading.Thread] = []
     worth = [False]
+    trimmed = threading.Event()
+
+    def trim() -> None:
+        trims.append(threading.current_thread())
+        trimmed.set()
 
     def fake_worth() -> bool:
         asked.append(threading.current_thread())
         return worth[0]
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trim_every, 5.0, lambda: trims.append(threading.current_thread()),
-                           fake_worth)
+        nursery.start_soon(trim_every, 5.0, trim, fake_worth)
         await trio.testing.wait_all_tasks_blocked()
         for _ in range(3):
             mock_clock.jump(5.0)
@@ -119,7 +123,9 @@ async def test_a_beat_with_nothing_freed_trims_nothing_and_starts_no_thread(
         assert all(t is threading.main_thread() for t in asked)  # no thread to find out
         worth[0] = True
         mock_clock.jump(5.0)
-        await trio.testing.wait_all_tasks_blocked()
+        # The beat waits for its worker thread, which may not have run yet when every task
+        # is blocked: wait for the trim itself (bounded), not for the tasks.
+        assert await trio.to_thread.run_sync(trimmed.wait, 60.0)
         assert len(asked) == 4 and len(trims) == 1 and trims[0] is not threading.main_thread()
         nursery.cancel_scope.cancel()
 
