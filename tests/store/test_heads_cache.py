@@ -14,6 +14,7 @@ import pytest
 from hdsd import PermissionDenied
 from hdsd.store import Store, Version
 from hdsd.store import _index as index_module
+from hdsd.store._sealed import open_version
 from tests.helpers.sealing import TestSealing
 
 from ._util import chunked_put, inline_version, tombstone
@@ -76,7 +77,8 @@ def test_a_new_version_is_cached_by_its_write_as_the_index_would_read_it(
                                                                 b"s")])
         assert all(_cached(store, "t", "b", k) for k in ("big", "meta", "small"))  # no read yet
         meta["content-type"] = "changed by the caller"  # the cache holds its own copy
-        assert store.current("t", "b", "meta").metadata == {"content-type": "text/plain"}
+        kept = store.current("t", "b", "meta")
+        assert kept is not None and kept.metadata == {"content-type": "text/plain"}
         for key in ("big", "meta", "small"):
             assert store.current("t", "b", key) == _uncached(store, "t", "b", key)
         assert store.current("t", "b", "big") == big
@@ -100,7 +102,7 @@ def test_a_head_read_while_a_write_is_indexed_is_not_kept(tmp_path: Path,
         store.commit_sync([v1])
         store._writer.wait_indexed()
         store._index._forget_heads(None)  # the next read of "k" reads its row
-        opened = index_module.open_version
+        opened = open_version
         armed = [True]
 
         def open_then_write(body: bytes, seal: Any) -> Version:
