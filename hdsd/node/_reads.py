@@ -154,8 +154,7 @@ class ReadPaths:
         nobody else would be asked (the usual 1+1 cluster: every key, on every node)."""
         if self.rebuilding or self.checking:
             return False
-        here = self.replicator.replicas_for(tenant, bucket, key)[self.config.site]
-        return len(here) == 1 and here[0] == self.config.name
+        return self.replicator.sole_replica_here(tenant, bucket, key)
 
     def local_version(self, tenant: str, bucket: str, key: str,
                       wanted: tuple[int, str] | None) -> Version | None:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from .._errors import IntegrityError, StoreError
@@ -55,6 +55,7 @@ WARM_NAMES = CACHED_NAMES // 4
 # instead: puts into a bucket no one lists again (one warmed at start) must not grow it
 # without end. The next listing opens its names again.
 PENDING_NAMES_MIN = 4096
+_INLINE_TYPES = (bytes, type(None))  # a clear version holding a view is not kept
 _PAGE_KEYS = 256  # names looked up per SQL statement while paging a listing
 _WARM_CHECK = 256  # names opened between two looks at a warm-up's stop flag
 
@@ -182,6 +183,11 @@ def khash_of(name_id: bytes) -> int:
 #: thread that reads (trio's worker threads: up to 40), so this bounds most of the index's
 #: memory; the kernel's page cache holds the rest of the file.
 READER_CACHE_KIB = 1024
+# Keys' heads kept opened in memory (Index.current: a small get's lookup), at most about this
+# many bytes in all (an inline payload counts whole), oldest first out; a head over a 64th of
+# it is not kept.
+HEAD_CACHE_BYTES = 8 << 20
+_HEAD_OVERHEAD = 600  # what an entry costs besides its inline payload and chunk ids (bytes)
 
 
 class _Held:
@@ -319,6 +325,17 @@ class Index:
         self._build_done: dict[tuple[str, bytes], threading.Event] = {}
         self._bucket_names: dict[tuple[str, bytes], str] = {}
         self._names_lock = threading.Lock()
+        # Heads opened by reads, and those apply knows to be new heads: (tenant, bucket, key)
+        # -> (name id, version, size). Only under _heads_lock is it written; _head_keys finds
+        # an entry by the (tenant, name id) the writer knows. _heads_gen counts the applies
+        # that touched a version: a read keeps what it read only if none came in between (it
+        # may have read the row before that commit) — see current and _heads_written.
+        self._heads: OrderedDict[tuple[str, str, str], tuple[bytes, Version, int]] = \
+            OrderedDict()
+        self._head_keys: dict[tuple[str, bytes], tuple[str, str, str]] = {}
+        self._heads_bytes = 0
+        self._heads_gen = 0
+        self._heads_lock = threading.Lock()
         self.writer = _connect(path)
         self._check_format()
         self.writer.executescript(_SCHEMA)
@@ -375,6 +392,7 @@ class Index:
             self._readers.clear()  # a holder finalised later finds its connection gone
         for conn in readers:
             conn.close()
+        self._forget_heads(None)
         self.writer.close()
 
     def _reader(self) -> sqlite3.Connection:
@@ -425,6 +443,15 @@ class Index:
         c = self.writer
         added = 0
         max_hlc = None
+        # For the heads cache: every key a version record of this batch touches, and the new
+        # head of a key whose version is newer than every version indexed before the batch
+        # (hlc above indexed_max_hlc: nothing older can be its head) when its clear version
+        # is known (*names*) and no purge or retention record of the key came with it.
+        before = self.indexed_max_hlc
+        clear = {id(sealed): v for sealed, v in names} if names else {}
+        touched: set[tuple[str, bytes]] = set()
+        fresh: dict[tuple[str, bytes], Version] = {}
+        controlled: set[tuple[str, bytes]] = set()
         # Rows of plain records (chunks, and versions that are neither purge nor retention
         # records) wait here and go in with one executemany per table: a rebuild or a burst
         # of small puts applies thousands per batch, and one execute per row was most of the
@@ -460,6 +487,8 @@ class Index:
                         self._unrelease(c, record.tenant, (record.chunk_id,))
                     continue
                 h = record.hlc - _HLC_SHIFT
+                ident = (record.tenant, record.name_id)
+                touched.add(ident)
                 if (record.purges is None and self._any_purges
                         and self._purged(c, record.tenant, record.name_id, h, record.node)):
                     continue  # purged for good: a late copy (repair, a hint) is refused
@@ -474,7 +503,12 @@ class Index:
                         self._unrelease(c, record.tenant, _chunks_of(record.body))
                     # (an IGNOREd row's hlc is indexed already: counting it changes nothing)
                     max_hlc = h if max_hlc is None else max(max_hlc, h)
+                    if record.hlc > before and (v := clear.get(id(record))) is not None:
+                        known = fresh.get(ident)
+                        if known is None or (known.hlc, known.node) < (v.hlc, v.node):
+                            fresh[ident] = v
                     continue
+                controlled.add(ident)  # a purge or retention record: its head is read again
                 added += flush()
                 cur = c.execute(
                     _INSERT_VERSION,
@@ -502,8 +536,66 @@ class Index:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        if touched:
+            self._heads_written(touched, fresh, controlled)
         if names:
             self._note_names(names)
+
+    # --- the heads cache -----------------------------------------------------------------------
+    def _heads_written(self, touched: set[tuple[str, bytes]],
+                       fresh: dict[tuple[str, bytes], Version],
+                       controlled: set[tuple[str, bytes]]) -> None:
+        """After a COMMIT that touched the versions of *touched* keys (tenant, name id): their
+        cached heads go, and *fresh* ones (known new heads) come in, unless a purge or
+        retention record of theirs came in the same batch (*controlled*). Before the writer counts
+        the batch indexed, so a read after its acknowledgement (which waits for that) never
+        finds the head it replaced."""
+        with self._heads_lock:
+            self._heads_gen += 1
+            if self._heads:
+                for ident in touched:
+                    name = self._head_keys.pop(ident, None)
+                    if name is not None:
+                        self._heads_bytes -= self._heads.pop(name)[2]
+            for ident, v in fresh.items():
+                if ident not in controlled and type(v.inline) in _INLINE_TYPES:
+                    # The caller's version: its metadata may be the request's own dict.
+                    self._keep_head(ident, v if not v.metadata else replace(
+                        v, metadata=dict(v.metadata)))
+
+    def _keep_head(self, ident: tuple[str, bytes], v: Version) -> None:
+        """Cache *v* as the head of its key (tenant, name id *ident*); _heads_lock held."""
+        size = _HEAD_OVERHEAD + len(v.inline or b"") + 48 * len(v.chunks)
+        if v.metadata:
+            size += sum(len(k) + len(x) for k, x in v.metadata.items())
+        if size > HEAD_CACHE_BYTES // 64:
+            return
+        name = (v.tenant, v.bucket, v.key)
+        old = self._heads.pop(name, None)
+        if old is not None:
+            self._heads_bytes -= old[2]
+        self._heads[name] = (ident[1], v, size)
+        self._head_keys[ident] = name
+        self._heads_bytes += size
+        while self._heads_bytes > HEAD_CACHE_BYTES:
+            (tenant, _, _), (nid, _, dropped) = self._heads.popitem(last=False)
+            self._head_keys.pop((tenant, nid), None)
+            self._heads_bytes -= dropped
+
+    def _forget_heads(self, tenants: set[str] | None) -> None:
+        """Drop the cached heads of *tenants* (None: all), after rows were deleted outside
+        apply (shredded tenants, keys this node no longer holds)."""
+        with self._heads_lock:
+            self._heads_gen += 1
+            if tenants is None:
+                self._heads.clear()
+                self._head_keys.clear()
+                self._heads_bytes = 0
+                return
+            for name in [n for n in self._heads if n[0] in tenants]:
+                nid, _, size = self._heads.pop(name)
+                self._head_keys.pop((name[0], nid), None)
+                self._heads_bytes -= size
 
     # --- purges (writer thread, inside apply's transaction) -----------------------------------
     @staticmethod
@@ -692,12 +784,25 @@ class Index:
         return [open_version(b, seal) for (b,) in rows]
 
     def current(self, tenant: str, bucket: str, key: str) -> Version | None:
-        seal = self.seal(tenant)
+        """The key's head (see Store.current), from the heads cache when it holds it (a
+        small get's lookup: no keyed hashes, SQL, AEAD open or Version built)."""
+        seal = self.seal(tenant)  # first: a shredded tenant's cached heads are not served
+        cached = self._heads.get((tenant, bucket, key))
+        if cached is not None:
+            return cached[1]
+        gen = self._heads_gen  # before the read: an apply after it makes the row suspect
+        nid = seal.name_id(bucket, key)
         row = self._reader().execute(
             "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
             " WHERE h.tenant = ? AND h.bid = ? AND h.nid = ?",
-            (tenant, seal.bucket_id(bucket), seal.name_id(bucket, key))).fetchone()
-        return None if row is None else open_version(row[0], seal)
+            (tenant, seal.bucket_id(bucket), nid)).fetchone()
+        if row is None:
+            return None
+        version = open_version(row[0], seal)
+        with self._heads_lock:
+            if self._heads_gen == gen:
+                self._keep_head((tenant, nid), version)
+        return version
 
     def get_version(self, tenant: str, bucket: str, key: str, hlc: int,
                     node: str) -> Version | None:
@@ -1093,6 +1198,7 @@ class Index:
             conn.execute("ROLLBACK")
             raise
         gone = set(tenants)
+        self._forget_heads(gone)
         with self._names_lock:
             for cache in (self._names, self._bucket_names):
                 for ident in [i for i in cache if i[0] in gone]:
@@ -1107,9 +1213,11 @@ class Index:
         conn = self._quarantine_conn()
         versions = chunks = 0
         touched: set[tuple[str, bytes]] = set()  # (tenant, bucket id) of listing caches
+        tenants: set[str] = set()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for tenant, bucket, key in keys:
+                tenants.add(tenant)
                 seal = self.seal(tenant)
                 nid, bid = seal.name_id(bucket, key), seal.bucket_id(bucket)
                 rows = conn.execute("SELECT body FROM versions WHERE tenant = ? AND nid = ?",
@@ -1130,6 +1238,7 @@ class Index:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._forget_heads(tenants)
         with self._names_lock:  # listings of those buckets open their names again
             for ident in touched:
                 self._names.pop(ident, None)
