@@ -57,6 +57,7 @@ The client and the node use the same session. Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -725,6 +726,10 @@ class WireSession:
             await trio.aclose_forcefully(self.stream)
 
     async def aclose(self) -> None:
+        """Close the session, and its stream gracefully (a TLS close_notify) within 2 s. A
+        stream closed or broken meanwhile — a cut write's :meth:`abort` closing it under a
+        reader that then ends here, a reset — is closed enough: nothing is raised for it."""
         self._close()
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
+        with trio.CancelScope(shield=True), trio.move_on_after(2), \
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.aclose()

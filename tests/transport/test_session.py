@@ -54,6 +54,7 @@ class Tap(trio.abc.Stream):
         # Set: aclose waits forever before closing, unless cancelled (trio's contract: a
         # cancelled aclose still closes), as a graceful close the other end never answers.
         self.slow_close = False
+        self.close_error: BaseException | None = None  # raised by aclose, once closed
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.gate is not None:
@@ -76,6 +77,8 @@ class Tap(trio.abc.Stream):
         finally:
             self.closed = True
             await trio.aclose_forcefully(self.inner)
+        if self.close_error is not None:
+            raise self.close_error
 
 
 @dataclass
@@ -325,6 +328,17 @@ async def test_failed_write_closes_the_stream() -> None:
             # write's, the cause.
             assert "reset by peer" in str(pair.client.closed_reason)
             assert pair.server.closed
+
+
+async def test_aclose_of_a_stream_closed_meanwhile_raises_nothing() -> None:
+    # A cut write closes the stream (forcefully) under the reader, whose owner then closes
+    # the session gracefully: trio's TLS stream, closed halfway by the first, raises
+    # ClosedResourceError at the second's close_notify. The session is closed all the same.
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.tap.close_error = trio.ClosedResourceError("this socket was already closed")
+            await pair.client.aclose()
+            assert pair.client.closed and pair.tap.closed
 
 
 async def test_a_cut_write_closes_the_stream_without_waiting_for_a_graceful_close(
