@@ -639,7 +639,9 @@ class WireSession:
         it returns — a request served by the reader task itself, no task handed over to (a
         reschedule and a scheduler pass fewer). Only for work that waits on nothing this
         connection would have to read first; *job* must not raise (what it raises ends the
-        reader, as a gate's exception does)."""
+        reader, as a gate's exception does): it keeps its request's boundary itself, as a
+        request's task does (the node's, ``Connections._run_put_group``, answers a put that
+        fails, whatever the failure, and contains every ``Exception``)."""
         self._then = job
 
     def _open_upload(self, start: PutStart,
