@@ -217,6 +217,12 @@ class AsyncClient:
                     return session
                 self._session = None  # idle: the node may be closing it
                 await session.aclose()
+            elif session is not None:
+                # Closed, and replaced below: its stream goes now, whatever closed the session
+                # (a failed or cut write closes it already; the reader's end would, later), so
+                # that no replaced session keeps the node's connection open.
+                self._session = None
+                await session.abort()
             self._last_used = now
             last: HdsdError | None = None
             for _ in range(len(self.endpoints)):
@@ -355,14 +361,10 @@ class AsyncClient:
                 await session.send(start)
                 return await self._upload(session, start, inbox, data, progress)
             finally:
+                # (A write of it cut midway — the body's sender stopped mid-frame at an early
+                # refusal, the Cancel's own write ran out of time — closed the session and
+                # its stream already: the node drops the half-read upload at once.)
                 session.close_inbox(start.rid)
-                if session.closed:
-                    # A write on it was cut midway (the body's sender stopped mid-frame at an
-                    # early refusal, the Cancel's own write ran out of time, the caller gave
-                    # up): nothing more may be sent on it, the Cancel that frees the rid on the
-                    # node included. Close the stream now, so that the node drops the
-                    # connection and its half-read upload at once, not at its idle timeout.
-                    await session.aclose()
 
         async with self._in_flight:
             return await self._retrying(  # type: ignore[no-any-return]

@@ -30,7 +30,10 @@ The client and the node use the same session. Theory of operation:
   ``OUTBOX_LIMIT`` bytes, so a fast producer is held back by the socket.
 * A write that fails or is cancelled midway leaves the stream in an unknown state (trio's
   ``SSLStream`` marks itself broken): the session is then closed, every inbox and waiting sender
-  wakes with :class:`ConnectionLost`.
+  wakes with :class:`ConnectionLost`, and the stream is closed at once (forcefully), so that
+  the other end sees the connection end instead of holding it, and the half-read request on
+  it, until its idle timeout. This holds for every owner of a session: the client, the peer
+  links and the node's connections.
 * Receiving reads large (see :mod:`._tlsread`): one scheduler pass per socket read of up to
   256 KiB, all its TLS records decrypted at once, instead of one pass per 16 KiB record.
 * Flow control: ``send_body`` splits bytes into frames within the credit the peer granted and
@@ -54,6 +57,7 @@ The client and the node use the same session. Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -381,22 +385,35 @@ class WireSession:
                 if self._progress:
                     self._progress.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
+            await self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
             raise ConnectionLost(f"connection lost while sending: {exc}") from None
         except BaseException:
             # Cancelled midway: how much of the stream went out is unknown (the peer may hold
             # half a frame), so nothing more may be written on it.
-            self._fail(ConnectionLost("connection closed: a write on it was interrupted"))
+            await self._fail(ConnectionLost("connection closed: a write on it was interrupted"))
             raise
         finally:
             self._writing = False
             if self._flushed:
                 self._flushed.unpark_all()
 
-    def _fail(self, reason: ConnectionLost) -> None:
-        """The connection cannot send any more: drop what is queued, then close."""
+    async def _fail(self, reason: ConnectionLost) -> None:
+        """The connection cannot send any more: drop what is queued, close the session, and
+        close its stream at once.
+
+        The stream goes too because nothing else would close it soon: the reader goes on
+        reading, and the other end, holding half a frame (or waiting for the End or Cancel of
+        a request we can no longer send), keeps the connection — and that request's state —
+        until its idle timeout, while every owner of a session (client, peer link, node) takes
+        a closed session for a dead one. Closed now, the other end sees the connection end
+        and forgets it, our reader ends, and the owner's clean-up runs. Forcefully: the
+        stream is broken (a TLS stream is marked so: no close_notify after half a record),
+        and this may run in a cancelled scope — ``aclose_forcefully`` never blocks, and the
+        shield keeps the caller's own cancellation from surfacing here instead of at its
+        ``raise``."""
         self._outbox, self._outbox_size = [], 0
         self._close(reason)
+        await self.abort()
 
     def _close(self, reason: HdsdError | None = None) -> None:
         """The one close path (a failed write, the reader's end, :meth:`aclose`): mark the
@@ -583,7 +600,7 @@ class WireSession:
                     await self._feed()
                     self.last_activity = time.monotonic()
                 elif type(event) is ConnectionClosed:
-                    self.closed_reason = ConnectionLost("the peer closed the connection")
+                    self._reader_ended(ConnectionLost("the peer closed the connection"))
                     return
                 elif (before_open is not None and type(event) not in _NOT_OPENING
                       and getattr(event, "rid", None) not in self._inboxes):
@@ -597,18 +614,24 @@ class WireSession:
                             job, self._then = self._then, None
                             await job()
                 elif type(event) is Goodbye:
-                    self.closed_reason = ConnectionLost(
-                        f"the peer closed the connection: {event.code}: {event.message}")
+                    self._reader_ended(ConnectionLost(
+                        f"the peer closed the connection: {event.code}: {event.message}"))
                     return
                 elif type(event) is Credit:
                     self._credit_lot.unpark_all()
                 else:
                     self._route(event, on_request)
         except HdsdError as exc:
-            self.closed_reason = exc
+            self._reader_ended(exc)
             raise
         finally:
             self._close()
+
+    def _reader_ended(self, reason: HdsdError) -> None:
+        # A write that failed first closed the stream under the reader: its reason is the
+        # cause, what the reader then met (the stream closed) only its consequence.
+        if self.closed_reason is None:
+            self.closed_reason = reason
 
     def run_next(self, job: Callable[[], Awaitable[None]]) -> None:
         """Called by ``on_request`` while it takes a new request (after ``before_open``): the
@@ -616,7 +639,9 @@ class WireSession:
         it returns — a request served by the reader task itself, no task handed over to (a
         reschedule and a scheduler pass fewer). Only for work that waits on nothing this
         connection would have to read first; *job* must not raise (what it raises ends the
-        reader, as a gate's exception does)."""
+        reader, as a gate's exception does): it keeps its request's boundary itself, as a
+        request's task does (the node's, ``Connections._run_put_group``, answers a put that
+        fails, whatever the failure, and contains every ``Exception``)."""
         self._then = job
 
     def _open_upload(self, start: PutStart,
@@ -695,7 +720,18 @@ class WireSession:
             except HdsdError:
                 pass
 
-    async def aclose(self) -> None:
+    async def abort(self) -> None:
+        """Close the session and its stream at once, without a close_notify: never blocks,
+        cancelled or not (a stream already closed stays so)."""
         self._close()
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+    async def aclose(self) -> None:
+        """Close the session, and its stream gracefully (a TLS close_notify) within 2 s. A
+        stream closed or broken meanwhile — a cut write's :meth:`abort` closing it under a
+        reader that then ends here, a reset — is closed enough: nothing is raised for it."""
+        self._close()
+        with trio.CancelScope(shield=True), trio.move_on_after(2), \
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.aclose()

@@ -18,6 +18,35 @@ from hdsd.client import Profile
 from hdsd.transport import create_ca, issue_client_cert
 
 
+class CountingStream(trio.abc.Stream):
+    """The client's end of a scripted node's pipe: counts the client's writes, and can hold
+    them (``hang``) as a full socket would."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes = 0
+        # Set: every write from then on stays in progress until cancelled, as a write into a
+        # full socket (or on a machine too loaded to run it) does.
+        self.hang = False
+        self.closed = False  # aclose was called (by the client: its session is over)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        if self.hang:
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
+
+
 class ScriptedNode(Protocol):
     async def connect(self, nursery: trio.Nursery) -> trio.abc.Stream: ...
 
@@ -41,6 +70,6 @@ async def client_for(node: ScriptedNode, profile: Profile, monkeypatch: pytest.M
             return await node.connect(nursery)
 
         monkeypatch.setattr("hdsd.client._async.connect_tls", connect_tls)
-        async with AsyncClient(profile, retries=0, **options) as client:
+        async with AsyncClient(profile, **{"retries": 0, **options}) as client:
             yield client
         nursery.cancel_scope.cancel()

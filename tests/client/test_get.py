@@ -30,7 +30,7 @@ from hdsd.wire import (
     Message,
     Role,
 )
-from tests.client.scripted import client_for, client_profile
+from tests.client.scripted import CountingStream, client_for, client_profile
 
 LIMIT = 10
 
@@ -52,14 +52,17 @@ class GetNode:
         self.mute = mute
         self.stall_after = stall_after
         self.cancelled: list[int] = []
+        self.client_stream: CountingStream | None = None
+        self.session: WireSession | None = None
 
     async def connect(self, nursery: trio.Nursery) -> trio.abc.Stream:
         ours, theirs = trio.testing.memory_stream_pair()
         nursery.start_soon(self.serve, theirs)
-        return ours
+        self.client_stream = CountingStream(ours)
+        return self.client_stream
 
     async def serve(self, stream: trio.abc.Stream) -> None:
-        session = WireSession(stream, Connection(Role.SERVER))
+        session = self.session = WireSession(stream, Connection(Role.SERVER))
         await session.send(Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1",
                                  peer="n1", window=session.conn.initial_window))
         with trio.fail_after(LIMIT):  # the caller owns the deadline
@@ -139,6 +142,37 @@ async def test_a_body_that_stalls_times_out_and_is_cancelled(
             await trio.sleep(1)  # the node reads the Cancel
     assert got == [b"a" * 1000]
     assert len(node.cancelled) == 1
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_a_stalled_download_whose_cancel_cannot_be_written_closes_its_connection(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch,
+        autojump_clock: trio.testing.MockClock, bulk: bool) -> None:
+    # The body stalls; the client gives up at its timeout and sends a Cancel, whose write
+    # stays in progress (a full socket) until its 2 s bound cuts it: nothing more may be
+    # written on the connection. It is closed then, so that the node forgets the download at
+    # once instead of keeping the connection (and the rid) until its idle timeout.
+    node = GetNode([b"a" * 1000, b"b" * 1000], stall_after=1)
+    with trio.fail_after(3600):
+        async with client_for(node, profile, monkeypatch, timeout=30) as client, \
+                trio.open_nursery() as nursery:
+            async def stall_writes() -> None:
+                await trio.sleep(10)  # the first piece is in, the second never comes
+                assert node.client_stream is not None
+                node.client_stream.hang = True
+
+            nursery.start_soon(stall_writes)
+            with pytest.raises(RequestTimeout):
+                if bulk:
+                    async for _ in client.get_many([("b", "k", None)]):
+                        pass
+                else:
+                    async with client.open_get("b", "k") as stream:
+                        async for _ in stream:
+                            pass
+            assert node.client_stream is not None and node.client_stream.closed
+            await trio.testing.wait_all_tasks_blocked()
+            assert node.session is not None and node.session.closed
 
 
 async def test_each_frame_of_a_body_has_its_own_deadline(

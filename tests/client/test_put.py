@@ -40,7 +40,7 @@ from hdsd.wire import (
     Reply,
     Role,
 )
-from tests.client.scripted import client_for, client_profile
+from tests.client.scripted import CountingStream, client_for, client_profile
 
 LIMIT = 10
 
@@ -48,30 +48,6 @@ LIMIT = 10
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
     return client_profile(tmp_path_factory.mktemp("pki"), "writer")
-
-
-class CountingStream(trio.abc.Stream):
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-        self.writes = 0
-        # Set: every write from then on stays in progress until cancelled, as a write into a
-        # full socket (or on a machine too loaded to run it) does.
-        self.hang = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes += 1
-        if self.hang:
-            await trio.sleep_forever()
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class FakeNode:

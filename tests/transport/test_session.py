@@ -7,6 +7,7 @@ which records every ``send_all`` and can hold writes at a gate or make them fail
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -49,6 +50,11 @@ class Tap(trio.abc.Stream):
         self.writes: list[bytes] = []
         self.gate: trio.Event | None = None
         self.fail: BaseException | None = None
+        self.closed = False
+        # Set: aclose waits forever before closing, unless cancelled (trio's contract: a
+        # cancelled aclose still closes), as a graceful close the other end never answers.
+        self.slow_close = False
+        self.close_error: BaseException | None = None  # raised by aclose, once closed
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.gate is not None:
@@ -65,7 +71,14 @@ class Tap(trio.abc.Stream):
         return await self.inner.receive_some(max_bytes)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        try:
+            if self.slow_close:
+                await trio.sleep_forever()
+        finally:
+            self.closed = True
+            await trio.aclose_forcefully(self.inner)
+        if self.close_error is not None:
+            raise self.close_error
 
 
 @dataclass
@@ -100,9 +113,15 @@ async def open_pair() -> AsyncIterator[Pair]:
         rid: int = msg.rid  # type: ignore[attr-defined]
         pair.inboxes[rid] = pair.server.open_inbox(rid)
 
+    async def read(session: WireSession, *args: object) -> None:
+        # As every owner of a session does: the reader's end (a write that failed closes
+        # the stream under it) reaches the requests as ConnectionLost, not the nursery.
+        with contextlib.suppress(ConnectionLost):
+            await session.run_reader(*args)  # type: ignore[arg-type]
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pair.server.run_reader, on_request)
-        nursery.start_soon(pair.client.run_reader)
+        nursery.start_soon(read, pair.server, on_request)
+        nursery.start_soon(read, pair.client)
         try:
             yield pair
         finally:
@@ -289,6 +308,59 @@ async def test_write_cancelled_midway_closes_the_session() -> None:
             assert len(errors) == 1  # its frame may never go out: it is told so
             with pytest.raises(ConnectionLost):
                 await pair.client.send(StatRequest(rid=3, bucket="b", key="k", version=None))
+            # The stream is closed with the session, so the other end sees the connection
+            # end instead of waiting for the rest of a frame until its idle timeout.
+            assert pair.tap.closed
+            await trio.testing.wait_all_tasks_blocked()
+            assert pair.server.closed
+
+
+async def test_failed_write_closes_the_stream() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.tap.fail = trio.BrokenResourceError("reset by peer")
+            with pytest.raises(ConnectionLost):
+                await pair.client.send(StatRequest(rid=1, bucket="b", key="k", version=None))
+            assert pair.client.closed and pair.tap.closed
+            assert "reset by peer" in str(pair.client.closed_reason)
+            await trio.testing.wait_all_tasks_blocked()
+            # The reader met the closed stream after the write failed: the reason kept is the
+            # write's, the cause.
+            assert "reset by peer" in str(pair.client.closed_reason)
+            assert pair.server.closed
+
+
+async def test_aclose_of_a_stream_closed_meanwhile_raises_nothing() -> None:
+    # A cut write closes the stream (forcefully) under the reader, whose owner then closes
+    # the session gracefully: trio's TLS stream, closed halfway by the first, raises
+    # ClosedResourceError at the second's close_notify. The session is closed all the same.
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.tap.close_error = trio.ClosedResourceError("this socket was already closed")
+            await pair.client.aclose()
+            assert pair.client.closed and pair.tap.closed
+
+
+async def test_a_cut_write_closes_the_stream_without_waiting_for_a_graceful_close(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # A stream whose graceful close would wait for the other end (a TLS close_notify into a
+    # full socket): the cut write's close must not wait for it, cancelled or not — not even
+    # for a bounded while (no time passes on the test's clock).
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            start = trio.current_time()
+            pair.tap.slow_close = True
+            pair.tap.gate = trio.Event()
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pair.client.send,
+                                       StatRequest(rid=1, bucket="b", key="k", version=None))
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert pair.tap.closed and trio.current_time() == start
+            await trio.testing.wait_all_tasks_blocked()
+            assert pair.server.closed
 
 
 async def test_send_in_a_cancelled_scope_changes_nothing() -> None:
