@@ -73,7 +73,9 @@ class AuditShipper:
         token = trio.lowlevel.current_trio_token()
 
         def ring() -> None:  # the audit writer's thread
-            if self._idle:  # a busy shipper looks at its next interval anyway: no hop
+            # A busy shipper looks at its next interval anyway, and one with no target (a
+            # single site) has nothing to ship: no hop for either.
+            if self._idle and self.targets:
                 try:
                     token.run_sync_soon(self._wake)
                 except trio.RunFinishedError:
