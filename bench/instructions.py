@@ -38,8 +38,7 @@ why the spread is printed.
 
 The nodes' timeouts are raised for the run (valgrind slows an instrumented Python ~50x) and
 their periodic work pushed out of the windows, in each node.toml (:data:`CLUSTER_SETTINGS`,
-:data:`EXTRA_SECTIONS`) and, for a constant no key reaches, by a launcher (:data:`PATCHES`);
-the client's timeout is 600 s. The JSON records both.
+:data:`EXTRA_SECTIONS`); the client's timeout is 600 s. The JSON records the settings.
 
 The measured tree is the one the interpreter running this script imports (run it with another
 tree's ``.venv/bin/python`` to measure that tree). Writes JSON (default
@@ -293,34 +292,6 @@ def configure(config: Path) -> None:
     config.write_text("\n".join(lines) + "\n")
 
 
-# Periodic work on a fixed clock that no config key reaches: its interval raised in the node
-# process before hdsd runs (by a launcher like _harness's profiler), if this tree has it.
-# The repair service's Merkle snapshot (every 30 s: ~160 M instructions, a whole-tree rewrite)
-# would otherwise land in a window by chance: under valgrind a 250-op window lasts minutes.
-PATCHES = {"hdsd.repair._service": {"_SNAPSHOT_EVERY_S": 1e9}}
-_LAUNCHER = ["-c", """
-import importlib, json, runpy, sys
-assert sys.argv[1:3] == ["-m", "hdsd"], sys.argv
-for module, values in json.loads(sys.argv[3]).items():
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        continue
-    for name, value in values.items():
-        if hasattr(mod, name):
-            setattr(mod, name, value)
-sys.argv = ["hdsd", *sys.argv[4:]]
-runpy.run_module("hdsd", run_name="__main__", alter_sys=True)
-"""]
-
-
-class PatchedNode(NodeProcess):
-    def command(self) -> list[str]:
-        argv = super().command()
-        at = argv.index("-m")
-        return [*argv[:at], *_LAUNCHER, "-m", "hdsd", json.dumps(PATCHES), *argv[at + 2:]]
-
-
 def start_hdsd(cluster: Path, out_dir: Path, stack: ExitStack) -> tuple[dict[str, int], int]:
     from _harness import set_write_policy
 
@@ -329,7 +300,7 @@ def start_hdsd(cluster: Path, out_dir: Path, stack: ExitStack) -> tuple[dict[str
         config = cluster / f"{site}-n1" / "node.toml"
         set_write_policy(config, "each-site")
         configure(config)
-        nodes[role] = PatchedNode(config, wrapper=valgrind_argv(out_dir, role),
+        nodes[role] = NodeProcess(config, wrapper=valgrind_argv(out_dir, role),
                                   start_timeout=START_TIMEOUT)
         stack.callback(nodes[role].stop)
     # Both at once: a start under valgrind takes a minute on the loaded machine, and each node
@@ -564,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "instructions", "started": started, "seconds": time.time() - started,
         "n1": plan.n1, "n2": plan.n2, "repeat": plan.repeat, "size_bytes": SIZE,
         "policy": "each-site", "node_settings": {"cluster": CLUSTER_SETTINGS, **EXTRA_SECTIONS},
-        "node_patches": PATCHES, "load_avg": os.getloadavg(), "machine": machine_info(),
+        "load_avg": os.getloadavg(), "machine": machine_info(),
         "results": rows})
     print(f"JSON: {args.json}")
     return 0

@@ -88,6 +88,9 @@ class AuditLog:
         self._synced = threading.Condition()
         self._queued = 0  # records queued, ever (event-loop side)
         self._committed = 0  # ... and durable (writer thread)
+        # Called by the writer thread after records became durable (the shipper's bell): it
+        # must not block, and must be safe from another thread.
+        self.on_durable: Callable[[], None] | None = None
         log.info("event=audit_open node=%s dir=%s seq=%d verify_key=%s fingerprint=%s", node,
                  directory, tail.seq, self.verify_key.hex(), fingerprint(self.verify_key))
         if self._unsigned:
@@ -246,10 +249,14 @@ class AuditLog:
             covers_seq=self._seq, covers_hash=self._hash, signature=signature))
 
     def _publish(self, taken: int) -> None:
+        moved = self.durable[0] != self._seq
         with self._synced:
             self.durable = (self._seq, self._hash)
             self._committed += taken
             self._synced.notify_all()
+        bell = self.on_durable
+        if moved and bell is not None:
+            bell()
 
     def _prune(self) -> None:
         cutoff = self._clock_ns() - self.settings.retention_days * _DAY_NS

@@ -5,6 +5,11 @@ its own durable cursor (``ship-cursor.json``: the seq and hash it acknowledged),
 was down catches up from where *it* stopped, and a restart or a partition resumes without loss
 or duplication (a resend of records the target holds is skipped by the receiver after it checks
 that they hash to the same tail). Only durable (fdatasync'd) records are shipped.
+
+Up to date, the shipper sleeps until the audit writer says new records are durable (a bell
+rung from its thread), with a slow beat (:data:`IDLE_BEAT_S`) only as a safety net: a node at
+rest no longer wakes twice a second to find nothing new. Busy, it ships at most one batch per
+``interval`` (a backlog back to back).
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from ._files import load_cursors, save_cursors
 from ._log import AuditLog
 from ._segments import Reader
 
-__all__ = ["AuditShipper"]
+__all__ = ["IDLE_BEAT_S", "AuditShipper"]
 
 log = logging.getLogger("hdsd.audit")
 
 _BATCH_RECORDS = 1000
 _BATCH_BYTES = 1 << 20
 _REFUSED_BACKOFF = 30.0
+#: Up to date, the shipper looks again this often even if no bell rang (a safety net).
+IDLE_BEAT_S = 30.0
 
 
 class AuditShipper:
@@ -50,6 +57,8 @@ class AuditShipper:
         # or both save the cursor file at once (and one rename finds its temp file gone).
         self._shipping = trio.Lock()
         self._full = False  # the last batch shipped was as large as a batch may be
+        self._new_records = trio.Event()  # set (via the bell) when records became durable
+        self._idle = False  # run() waits for the bell: only then does the writer ring it
 
     def set_layout(self, layout: Layout) -> None:
         """The layout changed (live): ship to the other site's nodes of the new one."""
@@ -57,18 +66,57 @@ class AuditShipper:
         self.targets = [n.name for n in layout.nodes if n.site != self.site]
         for t in self.targets:
             self._readers.setdefault(t, Reader(self.audit.directory))
+        self._new_records.set()  # a new target may lack everything: look now
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def ring() -> None:  # the audit writer's thread
+            # A busy shipper looks at its next interval anyway, and one with no target (a
+            # single site) has nothing to ship: no hop for either.
+            if self._idle and self.targets:
+                try:
+                    token.run_sync_soon(self._wake)
+                except trio.RunFinishedError:
+                    pass
+
+        self.audit.on_durable = ring
         task_status.started()
-        while True:
-            # A backlog (catching up) is shipped batch after batch; otherwise one batch per
-            # interval. Shipping whatever became durable as soon as the last batch was answered
-            # made, under steady traffic, one batch per request or two: a peer request, two
-            # thread hops and an fsync'd cursor file on this node, a write and an fdatasync on
-            # the receiver, per client request. A record waits at most an interval either way.
-            if not await self.ship_once() or not self._full:
-                await trio.sleep(self.interval)
+        try:
+            while True:
+                # A backlog (catching up) is shipped batch after batch; otherwise one batch
+                # per interval. Shipping whatever became durable as soon as the last batch
+                # was answered made, under steady traffic, one batch per request or two: a
+                # peer request, two thread hops and an fsync'd cursor file on this node, a
+                # write and an fdatasync on the receiver, per client request. A record waits
+                # at most an interval either way.
+                shipped = await self.ship_once()
+                if shipped and self._full:
+                    continue
+                if shipped or self.pending():  # more may follow; or no target took it
+                    await trio.sleep(self.interval)
+                    continue
+                await self._wait_for_records()
+        finally:
+            if self.audit.on_durable is ring:
+                self.audit.on_durable = None
+
+    def _wake(self) -> None:
+        self._new_records.set()
+
+    async def _wait_for_records(self) -> None:
+        """Up to date: wait for the bell (or the safety beat)."""
+        self._new_records = trio.Event()
+        # Published before the last look: the writer makes a record durable before it reads
+        # _idle (both under the GIL), so either it rings or this look sees the record.
+        self._idle = True
+        try:
+            if not self.pending():
+                with trio.move_on_after(IDLE_BEAT_S):
+                    await self._new_records.wait()
+        finally:
+            self._idle = False
 
     async def flush(self) -> None:
         """Ship until a target holds everything durable or no target takes a batch (the other

@@ -112,7 +112,9 @@ _USAGE_TTL_S = 1.0
 # refresh every second (a put under quota, a tenant's status) would keep a core busy. It is
 # refreshed no sooner than this many times its own cost after the last one, so it takes at most
 # ~5 % of one thread; puts done here since count on top of it (``_recent``), and a put that the
-# snapshot would refuse refreshes it first (never refused on a stale figure).
+# snapshot would refuse refreshes it first (never refused on a stale figure). A store that has
+# not changed since the last snapshot (its generation) is not read again at all: that snapshot
+# is still exact, so a node at rest no longer rescans every key at each catalog sync.
 _USAGE_COST_RATIO = 20.0
 #: ``origin`` of a creation imported from a keyring seed (``hdsd cert issue``): any node may
 #: confirm it, since every node importing the seed makes the very same creation.
@@ -148,6 +150,7 @@ class Tenancy:
         self._usage: dict[str, int] = {}
         self._usage_at = -1e18
         self._usage_ttl = _USAGE_TTL_S
+        self._usage_generation: int | None = None  # the store's generation the snapshot read
         self._peer_usage: dict[str, dict[str, int]] = {}  # same-site node -> tenant -> bytes
         self._reserved: dict[str, int] = {}  # declared sizes of puts in flight here
         self._recent: dict[str, int] = {}  # growth by puts done here since the usage snapshot
@@ -595,13 +598,25 @@ class Tenancy:
     async def refresh_usage(self, node: Node, *, force: bool = False,
                             max_age: float | None = None) -> None:
         """Take a new usage snapshot if the last one is older than *max_age* (default: the
-        TTL its cost allows, see :data:`_USAGE_COST_RATIO`), or *force*."""
+        TTL its cost allows, see :data:`_USAGE_COST_RATIO`), or *force* — unless the store
+        has not changed since the last one and no put done here still counts on top of it:
+        that one is then exact, and only marked fresh."""
         now = trio.current_time()
         age = now - self._usage_at
         if force or age >= (self._usage_ttl if max_age is None else max_age):
+            generation = node.store.generation
+            # A put counted in _recent may have been indexed before the last snapshot read
+            # the store (counted twice until a snapshot taken after it subtracts it), or not
+            # yet (the generation moves when it is): either way only a new snapshot settles it.
+            if generation == self._usage_generation and not any(self._recent.values()):
+                self._usage_at = now
+                return
             self._usage_at = now
             before = dict(self._recent)
             self._usage = await trio.to_thread.run_sync(node.store.tenant_usage)
+            # Read before the scan: a commit during the scan moves it again, so the next
+            # refresh rescans rather than trusting a snapshot that may have missed it.
+            self._usage_generation = generation
             self._usage_at = trio.current_time()  # set before too: one scan at a time
             cost = self._usage_at - now
             self._usage_ttl = max(_USAGE_TTL_S, _USAGE_COST_RATIO * cost)

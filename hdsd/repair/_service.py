@@ -236,13 +236,19 @@ class Maintenance:
         """Keep the trees close to the index (so a round's catch-up is short) and snapshot
         them every ``[repair] snapshot_s``: one worker-thread hop for both, and the snapshot
         only when something was indexed since the last one (a node with nothing written
-        rewrites nothing)."""
+        rewrites nothing). Neither the hop nor the catch-up query while the store's
+        generation has not moved and the trees hold nothing unsaved (a new layout's)."""
+        followed = self.store.generation  # read before: a commit meanwhile moves it again
         await to_thread(self.trees.catch_up)
         self.ready = True
         await to_thread(self.trees.save)
         while True:
             await trio.sleep(self.snapshot_s)
+            generation = self.store.generation
+            if generation == followed and self.trees.saved:
+                continue
             await to_thread(self.trees.catch_up_and_save)
+            followed = generation
 
     async def _loop(self, task: _Task, body: Callable[[], Any]) -> None:
         while True:

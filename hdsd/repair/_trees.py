@@ -109,6 +109,12 @@ class PeerTrees:
     def watermark(self) -> int:
         return self._watermark
 
+    @property
+    def saved(self) -> bool:
+        """Whether the snapshot holds every version the trees do (a new layout's trees, or
+        versions a round caught up with, wait for the next :meth:`save`)."""
+        return self._watermark == self._saved_watermark
+
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Add every version indexed since the last call; returns how many. Blocking."""
         added = 0

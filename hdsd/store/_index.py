@@ -21,6 +21,7 @@ byte order: the same order SQL ``ORDER BY key`` gave before names were sealed.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import sqlite3
 import threading
@@ -40,6 +41,14 @@ __all__ = ["WARM_MIN_KEYS", "WARM_NAMES", "AppliedPosition", "Index", "Location"
            "khash_of"]
 
 _HLC_SHIFT = 1 << 63
+# Every index of the process draws its generations from this one counter, so a store that was
+# closed and opened again never shows a generation a caller remembered from before.
+_GENERATIONS = itertools.count(1)
+
+
+def new_generation() -> int:
+    """A generation no index of this process has shown or will show."""
+    return next(_GENERATIONS)
 # 3: heads keyed (tenant, bid, nid) — a listing's bucket range is the table's own order —
 # and no secondary index on the key hash; a format-2 index is upgraded at open (_upgrade_2).
 INDEX_FORMAT = 3
@@ -357,6 +366,8 @@ class Index:
         # writer raises it, before its commit (a stale read is a lookup more, never less).
         (h,) = self.writer.execute("SELECT max_hlc FROM state").fetchone()
         self.indexed_max_hlc = int(h) + _HLC_SHIFT
+        # Moves after every commit that may change the versions indexed (see :meth:`_changed`).
+        self.generation = new_generation()
 
     def _check_format(self) -> None:
         """An index of format 1 (names in clear) is refused: its log is format 1 too, and
@@ -538,6 +549,7 @@ class Index:
             raise
         if touched:
             self._heads_written(touched, fresh, controlled)
+        self._changed()
         if names:
             self._note_names(names)
 
@@ -596,6 +608,13 @@ class Index:
                 nid, _, size = self._heads.pop(name)
                 self._head_keys.pop((name[0], nid), None)
                 self._heads_bytes -= size
+
+    def _changed(self) -> None:
+        """A commit changed (or may have changed) the versions indexed: figures derived from
+        them (the tenants' usage, the Merkle trees) are stale. Called after the commit, never
+        before: a reader that saw the old generation and then reads the rows may see the new
+        ones (one recomputation more), but one that sees the new generation reads them."""
+        self.generation = new_generation()
 
     # --- purges (writer thread, inside apply's transaction) -----------------------------------
     @staticmethod
@@ -1197,6 +1216,7 @@ class Index:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._changed()
         gone = set(tenants)
         self._forget_heads(gone)
         with self._names_lock:
@@ -1238,6 +1258,7 @@ class Index:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._changed()
         self._forget_heads(tenants)
         with self._names_lock:  # listings of those buckets open their names again
             for ident in touched:

@@ -27,7 +27,15 @@ from . import _format as F
 from ._compact import CompactReport, SegmentGate, compact
 from ._fds import DEFAULT_READ_FDS, ReadFds
 from ._fs import FileSystem
-from ._index import WARM_MIN_KEYS, WARM_NAMES, Index, Location, VersionName, khash_of
+from ._index import (
+    WARM_MIN_KEYS,
+    WARM_NAMES,
+    Index,
+    Location,
+    VersionName,
+    khash_of,
+    new_generation,
+)
 from ._log import check_frame, check_frame_view
 from ._records import (
     ChunkRecord,
@@ -438,6 +446,18 @@ class Store:
         good, and a copy arriving again (repair, a late hint) is refused."""
         self._check_readable()
         return self._index.is_purged(tenant, self.name_id(tenant, bucket, key), hlc, node)
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever a commit may have changed the versions this store holds (a write, a
+        replicated or repaired copy, a purge, a tenant or keys forgotten); equal readings mean
+        nothing changed in between, so a figure computed from the versions is still exact.
+        While an acknowledged commit waits for its index update, each reading is new (a read
+        of the index waits for that update: what it computes from covers the commit, and the
+        index's own generation moves when it is applied)."""
+        if not self._writer.all_indexed():
+            return new_generation()
+        return self._index.generation
 
     @property
     def purges_applied(self) -> int:

@@ -287,6 +287,10 @@ class LogWriter:
             self._kicked = True
             self._doorbell.ring()  # a system call only while the writer sleeps on a batch
 
+    def all_indexed(self) -> bool:
+        """Whether every batch acknowledged so far is in the index (never blocks)."""
+        return self._indexed >= self._acked and self._index_lost is None
+
     def wait_indexed(self) -> None:
         """Block until every acknowledged batch is in the index (reads call this first).
 

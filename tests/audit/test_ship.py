@@ -3,12 +3,14 @@ the shipper resumes from its durable cursor and falls back to the next node of t
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TypeVar
 
 import nacl.signing
 import pytest
 import trio
+import trio.testing
 
 from hdsd import AuditChainBroken, Unavailable
 from hdsd.audit import AuditCopies, AuditLog, AuditShipper, copy_dir, verify_log
@@ -222,3 +224,48 @@ def test_a_batch_not_taken_is_read_again_without_parsing_the_segment(
     # Another position than the last batch's start or end is still found by parsing.
     assert reader.read_after(0, 40, 10, 1 << 20) == first
     assert located == [0]
+
+
+class _SignallingLink(_FakeLink):
+    """Sets a thread event at each batch delivered (the test waits in a worker thread: the
+    trio clock is frozen)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.delivered = threading.Event()
+
+    async def call(self, node: str, request: Request[R]) -> R:
+        reply = await super().call(node, request)
+        self.delivered.set()
+        return reply
+
+
+async def test_an_idle_shipper_ships_a_new_record_when_it_becomes_durable(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    # The trio clock never moves here: neither the interval nor the safety beat can end, so
+    # only the audit writer's bell can have the new record shipped.
+    link = _SignallingLink(tmp_path)
+    audit = AuditLog(tmp_path / "n1" / "audit", "n1")
+    try:
+        audit.record("c", "writer", "t", "PutStart", "b", "k0", "", 1, 0, "ok", "?")
+        await trio.to_thread.run_sync(audit.checkpoint_and_wait)
+        shipper = AuditShipper(audit, link, LAYOUT, site="a", interval=3600)
+        await shipper.flush()  # up to date: run() starts by waiting for new records
+        assert not shipper.pending()
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shipper.run)
+            link.delivered.clear()
+            audit.record("c", "writer", "t", "PutStart", "b", "k1", "", 1, 0, "ok", "?")
+            shipped = await trio.to_thread.run_sync(link.delivered.wait, 60.0)
+            assert shipped, "the new durable record was not shipped"
+            assert trio.current_time() == t0
+            while shipper.pending():  # the cursor is saved after the delivery
+                await trio.testing.wait_all_tasks_blocked()
+            assert shipper.cursors["m1"][0] == audit.durable[0]
+            nursery.cancel_scope.cancel()
+        assert audit.on_durable is None
+    finally:
+        audit.close()
+        for c in link.copies.values():
+            c.close()

@@ -22,7 +22,7 @@ T0 = 1_800_000_000_000  # wall ms when the object was written
 class _FakeNode:
     def __init__(self, current: Version | None) -> None:
         self.current = current
-        self.store = SimpleNamespace(tenant_usage=lambda: {"t": 900})
+        self.store = SimpleNamespace(tenant_usage=lambda: {"t": 900}, generation=1)
         self.reads = self  # the node's read paths (node.reads.versions_of)
 
     async def versions_of(self, tenant: str, bucket: str, key: str) -> list[Version]:
@@ -147,7 +147,7 @@ async def test_a_costly_usage_snapshot_is_taken_less_often_but_never_refuses_sta
         scans["n"] += 1
         time.sleep(0.05)
         return {"t": scans["used"]}
-    node.store = SimpleNamespace(tenant_usage=slow_usage)
+    node.store = SimpleNamespace(tenant_usage=slow_usage, generation=1)
     monkeypatch.setattr(tenancy_module, "_USAGE_TTL_S", 0.01)
     monkeypatch.setattr(tenancy_module, "_USAGE_COST_RATIO", 2000.0)  # reused for ~100 s
     await t.check_write(node, "t", "b", "k1", size=10, delete=False)
@@ -157,11 +157,13 @@ async def test_a_costly_usage_snapshot_is_taken_less_often_but_never_refuses_sta
     # Deletes elsewhere freed room the old snapshot does not know: a put it would refuse
     # refreshes it first (when older than the base TTL) and goes through.
     scans["used"] = 100
+    node.store.generation += 1
     await trio.sleep(0.02)
     assert await t.check_write(node, "t", "b", "k2", size=500, delete=False) == 500
     assert scans["n"] == 2
     # Filled elsewhere: seen once the snapshot's own TTL has passed, then refused.
     scans["used"] = 990
+    node.store.generation += 1
     assert await t.check_write(node, "t", "b", "k3", size=5, delete=False) == 5  # stale: room
     t._usage_at -= 1000.0  # the TTL passes
     with pytest.raises(QuotaExceeded):

@@ -192,3 +192,59 @@ async def test_the_trees_are_snapshot_on_their_schedule_only_when_something_was_
         assert again.watermark == m.trees.watermark and again.count("b0") == 2
     finally:
         pair.close()
+
+
+async def test_the_trees_do_not_query_the_index_while_the_store_has_not_changed(
+        tmp_path: Path) -> None:
+    # An idle node's snapshot beat costs no catch-up query (and no worker thread) at all; a
+    # commit, or trees not saved yet (a new layout's), bring the next beat's work back.
+    pair = Pair(tmp_path, _layout(1), "a0", "b0")
+    snap = tmp_path / "a0.snap"
+    try:
+        v, chunks = _version("first", 1, "a0", 1)
+        await pair.stores["a0"].commit([*chunks, v])
+        pair.open()
+        store: Store = pair.stores["a0"]
+        queries = {"n": 0}
+        real = store.version_names_since
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            queries["n"] += 1
+            return real(*args, **kwargs)
+        store.version_names_since = counted  # type: ignore[method-assign]
+        m = Maintenance(name="a0", layout=pair.layout, store=store,
+                        peers=Link("a0", pair.sides), snapshot=snap,
+                        observe_hlc=lambda h: None, open_chunk=lambda t, c, p: None,
+                        repair_interval_s=0, repair_rate_mib_s=1000, scrub_interval_s=0,
+                        scrub_rate_mib_s=1000, snapshot_s=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(m.run)
+            while not (m.ready and snap.exists()):
+                await trio.sleep(0.01)
+            before = queries["n"]
+            await trio.sleep(0.5)  # ten periods with nothing committed
+            assert queries["n"] == before
+            first = snap.stat()
+            v, chunks = _version("second", 2, "a0", 1)
+            await store.commit([*chunks, v])
+            with trio.fail_after(30):
+                while m.trees.count("b0") < 2 or snap.stat().st_ino == first.st_ino:
+                    await trio.sleep(0.01)
+            assert queries["n"] > before
+            await trio.sleep(0.2)  # the beat after the catch-up may query once more
+            before = queries["n"]
+            await trio.sleep(0.5)
+            assert queries["n"] == before
+            # Trees rebuilt (a new layout version) with the store unchanged: saved at the
+            # next beat all the same.
+            second = snap.stat()
+            await trio.to_thread.run_sync(m.trees.set_layouts, pair.layout, None)
+            await trio.to_thread.run_sync(m.trees.catch_up)
+            with trio.fail_after(30):
+                while snap.stat().st_ino == second.st_ino:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        again = PeerTrees(store, pair.layout, "a0", snap)
+        assert again.watermark == m.trees.watermark and again.count("b0") == 2
+    finally:
+        pair.close()
