@@ -256,6 +256,15 @@ class Tenancy:
     def name_seal(self, tenant: str) -> NameSeal | None:
         """The tenant's name seal (ids and sealed names of its catalog entries), None if this
         node holds no key for it."""
+        # Asked three times per put (its hold check, the store's record, the audit record's
+        # names): while the tenant's keys are cached (sealing_keys returns them first, and
+        # after_apply drops them when the tenant changes), their seal is taken as is, without
+        # the lookup's four calls.
+        keys = self._keys.get(tenant)
+        if keys is not None:
+            seal = self._names.seals.get(tenant)
+            if seal is not None and seal.keys is keys:
+                return seal
         return self._names.seal_for(tenant)
 
     def _seal(self, tenant: str) -> NameSeal:

@@ -23,7 +23,9 @@ A chunk is stored compressed only if its zstd frame is strictly shorter than the
 an uncompressed payload is exactly ``plain_size + PAYLOAD_OVERHEAD`` bytes and a compressed one
 is shorter than that (a chunk of PROBE_MIN bytes or more is compressed only if a few 4 KiB
 samples of it compress: already compressed content is not run through zstd whole for nothing;
-either way the payload says which it is). Decompression never produces more than the
+either way the payload says which it is; a smaller chunk is not compressed while the tenant's
+small chunks keep failing to shrink, but for one in SMALL_RETRY, see
+``ChunkCodec._small_worth_compressing``). Decompression never produces more than the
 authenticated plain_size.
 Sealing the same plaintext twice gives the same id but different payloads (fresh nonce).
 """
@@ -160,7 +162,7 @@ class ChunkCodec:
     is not exactly what :meth:`seal` produced for that chunk id with this tenant's keys.
     """
 
-    __slots__ = ("_aad_tail", "compression_level", "keys")
+    __slots__ = ("_aad_tail", "_small_misses", "compression_level", "keys")
 
     def __init__(self, keys: TenantKeys, *, compression_level: int = 1) -> None:
         if not -7 <= compression_level <= zstandard.MAX_COMPRESSION_LEVEL:
@@ -171,6 +173,8 @@ class ChunkCodec:
         self.compression_level = compression_level
         tenant = keys.tenant.encode("utf-8")
         self._aad_tail = len(tenant).to_bytes(2, "big") + tenant  # the AAD's end, see _aad
+        # Small chunks in a row that zstd did not shrink (see _small_worth_compressing).
+        self._small_misses = 0
 
     def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3-256 of *plaintext* under the tenant's dedup key (32 bytes)."""
@@ -189,12 +193,36 @@ class ChunkCodec:
             raise ValueError(f"a chunk holds at most {MAX_CHUNK_SIZE} bytes, got {size}")
         chunk_id = self.chunk_id(data)
         body, flags = data, 0
-        if size and _worth_compressing(data, self.compression_level):
-            packed: bytes = _compressor(self.compression_level).compress(data)
+        if size < PROBE_MIN:
+            if size and self._small_worth_compressing():
+                packed: bytes = _compressor(self.compression_level).compress(data)
+                if len(packed) < size:
+                    body, flags = packed, FLAG_ZSTD
+                    self._small_misses = 0
+                else:
+                    self._small_misses += 1
+        elif _worth_compressing(data, self.compression_level):
+            packed = _compressor(self.compression_level).compress(data)
             if len(packed) < size:
                 body, flags = packed, FLAG_ZSTD
         return SealedChunk(chunk_id, size, _seal_body(self.keys, chunk_id, flags, size, body,
                                                       self._aad_tail))
+
+    def _small_worth_compressing(self) -> bool:
+        """Whether to run zstd over a chunk under PROBE_MIN bytes (too small to sample, see
+        :func:`_worth_compressing`): yes, unless the tenant's last SMALL_MISSES small chunks
+        here all failed to shrink — then only every SMALL_RETRY-th is tried, and one that
+        shrinks ends the skipping. zstd over an incompressible 4 KiB chunk (a client-side
+        encrypted record, a JPEG thumbnail) is ~50 k instructions for nothing, the largest
+        single item of a small put's seal; a tenant whose small chunks compress never skips,
+        and one that mixes the two leaves the skipping at the first retry that shrinks. Racy
+        across threads on purpose: a miscount changes a guess, and a wrong guess costs space,
+        never correctness (the payload says whether it is compressed)."""
+        misses = self._small_misses
+        if misses < SMALL_MISSES or (misses - SMALL_MISSES) % SMALL_RETRY == SMALL_RETRY - 1:
+            return True  # (seal counts it: a miss, or back to 0)
+        self._small_misses = misses + 1
+        return False
 
     def open(self, chunk_id: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         """Decrypt, decompress and verify one payload; return the plaintext.
@@ -259,6 +287,10 @@ class ChunkCodec:
 
 #: A chunk this large is first probed (see :func:`_worth_compressing`).
 PROBE_MIN = 128 << 10
+#: Small chunks in a row that did not shrink before a tenant's small chunks are compressed
+#: only every SMALL_RETRY-th (see :meth:`ChunkCodec._small_worth_compressing`).
+SMALL_MISSES = 8
+SMALL_RETRY = 16
 _PROBE = 4 << 10
 _PROBES = 4
 #: The probes must shrink at least this much (compressed / plain), else the chunk is stored

@@ -121,18 +121,21 @@ class TenantNameSealing:
 
     def __init__(self, lookup: Callable[[str], TenantKeys | None]) -> None:
         self._lookup = lookup
-        self._seals: dict[str, NameSeal] = {}
+        # The seals made, by tenant: read without the lock (a dict's get is atomic) by a
+        # caller that has the tenant's current keys at hand, to skip the lookup (a seal is
+        # current only if ``seal.keys is keys``).
+        self.seals: dict[str, NameSeal] = {}
         self._lock = threading.Lock()
 
     def seal_for(self, tenant: str) -> NameSeal | None:
         keys = self._lookup(tenant)
         if keys is None:
             with self._lock:
-                self._seals.pop(tenant, None)
+                self.seals.pop(tenant, None)
             return None
-        seal = self._seals.get(tenant)
+        seal = self.seals.get(tenant)
         if seal is None or seal.keys is not keys:
             seal = NameSeal(keys)
             with self._lock:
-                self._seals[tenant] = seal
+                self.seals[tenant] = seal
         return seal

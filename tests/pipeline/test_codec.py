@@ -18,7 +18,13 @@ from hdsd.pipeline import (
     TenantKeys,
 )
 from hdsd.pipeline import _codec as codec_module
-from hdsd.pipeline._codec import FLAG_ZSTD, PROBE_MIN, _seal_body
+from hdsd.pipeline._codec import (
+    FLAG_ZSTD,
+    PROBE_MIN,
+    SMALL_MISSES,
+    SMALL_RETRY,
+    _seal_body,
+)
 
 from ._data import codec_for, data_strategy, make_data
 
@@ -108,15 +114,53 @@ def test_a_large_incompressible_chunk_is_probed_not_compressed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     counting = _CountingCompressor(zstandard.ZstdCompressor(level=1, write_content_size=True))
     monkeypatch.setattr(codec_module, "_compressor", lambda level: counting)
+    codec = codec_for()  # its own: no small chunks of other tests counted against it
     noise = os.urandom(1 << 20)
-    sealed = CODEC.seal(noise)
+    sealed = codec.seal(noise)
     assert sealed.payload[1] & FLAG_ZSTD == 0
     assert sum(counting.sizes) <= 16 << 10  # the probes alone, not the megabyte
-    assert CODEC.open(sealed.chunk_id, sealed.payload) == noise
+    assert codec.open(sealed.chunk_id, sealed.payload) == noise
     # Below the probing size, zstd is tried on the whole chunk as before.
     counting.sizes.clear()
-    CODEC.seal(noise[: PROBE_MIN - 1])
+    codec.seal(noise[: PROBE_MIN - 1])
     assert counting.sizes == [PROBE_MIN - 1]
+
+
+def test_small_incompressible_chunks_in_a_row_are_then_compressed_one_in_retry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _CountingCompressor(zstandard.ZstdCompressor(level=1, write_content_size=True))
+    monkeypatch.setattr(codec_module, "_compressor", lambda level: counting)
+    codec = codec_for()
+    chunks = [os.urandom(4096) for _ in range(SMALL_MISSES + 3 * SMALL_RETRY)]
+    sealed = [codec.seal(c) for c in chunks]
+    # Every chunk of the first run is tried; after it, one in SMALL_RETRY.
+    assert len(counting.sizes) == SMALL_MISSES + 3
+    for chunk, s in zip(chunks, sealed, strict=True):
+        assert s.payload[1] & FLAG_ZSTD == 0
+        assert len(s.payload) == len(chunk) + PAYLOAD_OVERHEAD
+        assert codec.open(s.chunk_id, s.payload) == chunk
+    # A large chunk is probed whatever the small ones did.
+    image = make_data("image", PROBE_MIN, 3)
+    assert codec.seal(image).payload[1] & FLAG_ZSTD
+
+
+def test_a_small_chunk_that_shrinks_ends_the_skipping() -> None:
+    codec = codec_for()
+    for _ in range(SMALL_MISSES + 1):
+        codec.seal(os.urandom(4096))  # now skipping
+    text = [b"patient %d: blood pressure normal, " % i * 100 for i in range(2 * SMALL_RETRY)]
+    flags = [codec.seal(t).payload[1] & FLAG_ZSTD for t in text]
+    # Stored as they are until the next retry, compressed from it on.
+    first = flags.index(FLAG_ZSTD)
+    assert first < SMALL_RETRY
+    assert all(flags[first:])
+    assert not any(flags[:first])
+
+
+def test_small_chunks_that_shrink_are_always_compressed() -> None:
+    codec = codec_for()
+    for i in range(SMALL_MISSES + 2 * SMALL_RETRY):
+        assert codec.seal(b"record %d; " % i * 300).payload[1] & FLAG_ZSTD
 
 
 @pytest.mark.parametrize("kind", ["repetitive", "image"])
