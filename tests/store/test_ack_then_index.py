@@ -204,7 +204,9 @@ async def test_index_updates_wait_a_moment_and_batches_share_one(
             while len(calls) < 2:
                 await trio.sleep(0.01)  # indexed after the delay, without a read asking
         assert calls == [3, 1]
-        assert store._writer._indexed == store._writer._acked
+        with trio.fail_after(10):  # calls counts an apply as it starts: wait for its end
+            while store._writer._indexed != store._writer._acked:
+                await trio.sleep(0.01)
 
 
 async def test_a_lone_request_holds_the_index_update_until_it_ended(
@@ -238,4 +240,6 @@ async def test_a_lone_request_holds_the_index_update_until_it_ended(
             while len(calls) < 3:
                 await trio.sleep(0.01)  # indexed after INDEX_DELAY_S, nobody asking
         assert calls == [2, 1, 1]
-        assert store._writer._indexed == store._writer._acked
+        with trio.fail_after(10):  # calls counts an apply as it starts: wait for its end
+            while store._writer._indexed != store._writer._acked:
+                await trio.sleep(0.01)
