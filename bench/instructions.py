@@ -162,7 +162,8 @@ async def _serve(system: str, cluster: Path, port: int, connections: int,
             import hdsd
 
             clients: list[Any] = [await stack.enter_async_context(
-                hdsd.AsyncClient(cluster / "client.toml", site="dc1", timeout=TIMEOUT_S))
+                hdsd.AsyncClient(cluster / "client.toml", site="dc1", timeout=TIMEOUT_S,
+                                  connect_timeout=TIMEOUT_S))
                 for _ in range(connections)]
 
             async def put(client: Any, key: str, body: bytes) -> None:
