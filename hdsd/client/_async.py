@@ -245,6 +245,8 @@ class AsyncClient:
         with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
             stream = await connect_tls(host, port, self._ssl, server_hostname=host)
         session = WireSession(stream, Connection(Role.CLIENT))
+        # One caller cancelled mid-frame must not cut the requests of the others.
+        session.finish_frames = True
         try:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.profile.cluster_id, peer="client",
@@ -478,6 +480,10 @@ class AsyncClient:
                 raise AssertionError("unreachable")
             head = request.decode_reply(event.info)
         except BaseException:
+            if session.conn.in_flight(rid):
+                # Cancelled (or timed out) before the node's first answer: tell it to stop,
+                # as GetStream.finish does for a download left midway.
+                await session.cancel_abandoned(rid)
             session.close_inbox(rid)
             raise
         return GetStream(session, rid, ObjectInfo.from_body(head), head["start"], head["end"],
