@@ -508,22 +508,36 @@ class AsyncClient:
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,
                   offset: int | None = None, length: int | None = None) -> bytes:
-        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`)."""
+        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`).
+
+        Retried whole if the connection is lost (or the node falls silent) at any point
+        before the last byte, the body included: nothing was handed to the caller yet. A
+        retry reads the version the first answer named, never a newer one written
+        meanwhile (the bytes returned are one version's, the current one when the get
+        began); if that version is gone by then, the retry's error (NotFound) is the
+        caller's."""
         # open_get without its generator-based context manager and async iteration: a small
         # get is mostly such overheads (they cost ~60 Python calls of the client's ~600).
         start, end = _byte_range(offset, length)
-        pieces: list[bytes] = []
-        async with self._in_flight:
-            stream: GetStream = await self._retrying(
-                lambda: self._start_get(bucket, key, version, start, end))
+        pinned = version
+
+        async def attempt() -> bytes:
+            nonlocal pinned
+            stream = await self._start_get(bucket, key, pinned, start, end)
+            pinned = stream.info.version
+            pieces: list[bytes] = []
             try:
                 while (piece := await stream.next_piece()) is not None:
                     pieces.append(piece)
             finally:
                 await stream.finish()
-        # One piece (an object of one chunk) is returned as it came; more are joined once
-        # (a bytearray grown piece by piece, then copied into bytes, was two copies).
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            # One piece (an object of one chunk) is returned as it came; more are joined
+            # once (a bytearray grown piece by piece, then copied into bytes, was two
+            # copies).
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+        async with self._in_flight:
+            return await self._retrying(attempt)  # type: ignore[no-any-return]
 
     def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
                  ) -> AsyncGenerator[Fetched, None]:
