@@ -33,7 +33,10 @@ The client and the node use the same session. Theory of operation:
   wakes with :class:`ConnectionLost`, and the stream is closed at once (forcefully), so that
   the other end sees the connection end instead of holding it, and the half-read request on
   it, until its idle timeout. This holds for every owner of a session: the client, the peer
-  links and the node's connections.
+  links and the node's connections. But a session whose owner sets ``finish_frames`` (the
+  client) does not let one cancelled caller cut the requests of the others: while other
+  requests are in flight, a frame started is finished, within :func:`write_bound`, and the
+  cancelled writer leaves the frames after it to a waiting sender (:meth:`_write_shielded`).
 * Receiving reads large (see :mod:`._tlsread`): one scheduler pass per socket read of up to
   256 KiB, all its TLS records decrypted at once, instead of one pass per 16 KiB record.
 * Flow control: ``send_body`` splits bytes into frames within the credit the peer granted and
