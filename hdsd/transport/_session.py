@@ -441,6 +441,8 @@ class WireSession:
             raise ConnectionLost(f"connection lost while sending: {exc}") from None
         except _Stuck as exc:
             await self._fail(exc.reason)
+            # A writer cancelled meanwhile gets what it asked for; the others, the cause.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise exc.reason from None
         except trio.Cancelled:
             if not self._closed and self._handed_over:
