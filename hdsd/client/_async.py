@@ -289,13 +289,17 @@ class AsyncClient:
         finally:
             self._answers.waits.discard(wait)
 
-    async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
+    async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True,
+                        again: Callable[[Unavailable], bool] | None = None) -> Any:
+        """*attempt*, tried again after an :class:`Unavailable` (at most ``retries`` times)
+        if *replayable* and *again*, if given, says so of that error."""
         delay = 0.05
         for n in range(self.retries + 1):
             try:
                 return await attempt()
-            except Unavailable:
-                if not replayable or n == self.retries:
+            except Unavailable as exc:
+                if not replayable or n == self.retries or (again is not None
+                                                           and not again(exc)):
                     raise
                 await trio.sleep(delay)
                 delay = min(delay * 4, 2.0)
@@ -510,21 +514,24 @@ class AsyncClient:
                   offset: int | None = None, length: int | None = None) -> bytes:
         """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`).
 
-        Retried whole if the connection is lost (or the node falls silent) at any point
-        before the last byte, the body included: nothing was handed to the caller yet. A
-        retry reads the version the first answer named, never a newer one written
-        meanwhile (the bytes returned are one version's, the current one when the get
-        began); if that version is gone by then, the retry's error (NotFound) is the
+        Retried as any request before the node's first answer, and retried whole if the
+        connection is lost in the body (nothing was handed to the caller yet; a node that
+        reports itself too slow mid-body, or falls silent, RequestTimeout, is not asked
+        again). A retry reads the version the first answer named, never a newer one
+        written meanwhile (the bytes returned are one version's, the current one when the
+        get began); if that version is gone by then, the retry's error (NotFound) is the
         caller's."""
         # open_get without its generator-based context manager and async iteration: a small
         # get is mostly such overheads (they cost ~60 Python calls of the client's ~600).
         start, end = _byte_range(offset, length)
         pinned = version
+        began = False  # the failed attempt was past its GetStart
 
         async def attempt() -> bytes:
-            nonlocal pinned
+            nonlocal pinned, began
+            began = False
             stream = await self._start_get(bucket, key, pinned, start, end)
-            pinned = stream.info.version
+            pinned, began = stream.info.version, True
             pieces: list[bytes] = []
             try:
                 while (piece := await stream.next_piece()) is not None:
@@ -537,7 +544,8 @@ class AsyncClient:
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
         async with self._in_flight:
-            return await self._retrying(attempt)  # type: ignore[no-any-return]
+            return await self._retrying(  # type: ignore[no-any-return]
+                attempt, again=lambda exc: not began or isinstance(exc, ConnectionLost))
 
     def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
                  ) -> AsyncGenerator[Fetched, None]:

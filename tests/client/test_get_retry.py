@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from hdsd import ConnectionLost, NotFound
+from hdsd import ConnectionLost, NotFound, RequestTimeout
 from hdsd.client import Profile
 from hdsd.transport import WireSession
 from hdsd.wire import (
@@ -50,6 +50,7 @@ class VersionedNode:
         self.versions: dict[str, bytes] = {"v1": V1}
         self.asked: list[tuple[str | None, int | None, int | None]] = []
         self.streams: list[CountingStream] = []
+        self.mid_body_error: str | None = None  # set: the first get ends so, not cut
 
     async def connect(self, nursery: trio.Nursery) -> trio.abc.Stream:
         ours, theirs = trio.testing.memory_stream_pair()
@@ -90,6 +91,10 @@ class VersionedNode:
             await session.send_body(msg.rid, data[start:start + 1000])
             await trio.testing.wait_all_tasks_blocked()  # the client has read it
             self.versions["v2"] = V2  # written meanwhile: now the current version
+            if self.mid_body_error is not None:
+                await session.send(ErrorReply(rid=msg.rid, code=self.mid_body_error,
+                                              message="the store is too slow"))
+                return
             await session.abort()  # the connection is lost mid-body
             return
         await session.send_body(msg.rid, data[start:end])
@@ -143,5 +148,18 @@ async def test_without_retries_a_get_lost_mid_body_fails(
     with trio.fail_after(LIMIT):
         async with client_for(node, profile, monkeypatch) as client:
             with pytest.raises(ConnectionLost):
+                await client.get("b", "k")
+    assert len(node.asked) == 1
+
+
+async def test_a_node_too_slow_mid_body_is_not_asked_again(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its RequestTimeout is retryable before the body; in the body, the whole read would be
+    # asked again of a node that just said it cannot keep up: the caller decides.
+    node = VersionedNode()
+    node.mid_body_error = RequestTimeout.code
+    with trio.fail_after(LIMIT):
+        async with client_for(node, profile, monkeypatch, retries=2) as client:
+            with pytest.raises(RequestTimeout, match="too slow"):
                 await client.get("b", "k")
     assert len(node.asked) == 1
