@@ -432,7 +432,10 @@ class WireSession:
                 # write needs no cancel scope (~50 of a small put's ~500 Python calls).
                 for data in parts:
                     await self._send_all(data)
-                    self._wrote(data)
+                    self._written += (len(data) if isinstance(data, bytearray)
+                                      else sum(map(len, data)))
+                    if self._flushed:
+                        self._flushed.unpark_all()
                 started = True
                 if self._progress:
                     self._progress.unpark_all()
