@@ -290,16 +290,18 @@ class AsyncClient:
             self._answers.waits.discard(wait)
 
     async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True,
-                        again: Callable[[Unavailable], bool] | None = None) -> Any:
-        """*attempt*, tried again after an :class:`Unavailable` (at most ``retries`` times)
-        if *replayable* and *again*, if given, says so of that error."""
+                        again: Callable[[Unavailable], bool] | None = None,
+                        retries: int | None = None) -> Any:
+        """*attempt*, tried again after an :class:`Unavailable` (at most *retries* times,
+        default ``self.retries``) if *replayable* and *again*, if given, says so of that
+        error."""
         delay = 0.05
-        for n in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for n in range(retries + 1):
             try:
                 return await attempt()
             except Unavailable as exc:
-                if not replayable or n == self.retries or (again is not None
-                                                           and not again(exc)):
+                if not replayable or n == retries or (again is not None and not again(exc)):
                     raise
                 await trio.sleep(delay)
                 delay = min(delay * 4, 2.0)
@@ -524,28 +526,52 @@ class AsyncClient:
         # open_get without its generator-based context manager and async iteration: a small
         # get is mostly such overheads (they cost ~60 Python calls of the client's ~600).
         start, end = _byte_range(offset, length)
-        pinned = version
+        pieces: list[bytes] = []
+        lost = False
+        async with self._in_flight:
+            stream: GetStream = await self._retrying(
+                lambda: self._start_get(bucket, key, version, start, end))
+            # The first attempt's body read here, not in a retried closure: one coroutine
+            # level more for each of its frames' waits was ~3,000 instructions per small get
+            # (bench/instructions.py); a loss mid-body is rare and retried apart.
+            try:
+                while (piece := await stream.next_piece()) is not None:
+                    pieces.append(piece)
+            except ConnectionLost:
+                if not self.retries:
+                    raise
+                lost = True
+            finally:
+                await stream.finish()
+            if lost:
+                return await self._get_again(bucket, key, stream.info.version, start, end)
+        # One piece (an object of one chunk) is returned as it came; more are joined once
+        # (a bytearray grown piece by piece, then copied into bytes, was two copies).
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _get_again(self, bucket: str, key: str, version: str, start: int | None,
+                         end: int | None) -> bytes:
+        """:meth:`get` after its first attempt lost the connection mid-body: the whole get
+        again, of *version* (the one the first answer named), within the retries left."""
         began = False  # the failed attempt was past its GetStart
 
         async def attempt() -> bytes:
-            nonlocal pinned, began
+            nonlocal began
             began = False
-            stream = await self._start_get(bucket, key, pinned, start, end)
-            pinned, began = stream.info.version, True
+            stream = await self._start_get(bucket, key, version, start, end)
+            began = True
             pieces: list[bytes] = []
             try:
                 while (piece := await stream.next_piece()) is not None:
                     pieces.append(piece)
             finally:
                 await stream.finish()
-            # One piece (an object of one chunk) is returned as it came; more are joined
-            # once (a bytearray grown piece by piece, then copied into bytes, was two
-            # copies).
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-        async with self._in_flight:
-            return await self._retrying(  # type: ignore[no-any-return]
-                attempt, again=lambda exc: not began or isinstance(exc, ConnectionLost))
+        await trio.sleep(0.05)  # as _retrying waits before its first retry
+        return await self._retrying(  # type: ignore[no-any-return]
+            attempt, retries=self.retries - 1,
+            again=lambda exc: not began or isinstance(exc, ConnectionLost))
 
     def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
                  ) -> AsyncGenerator[Fetched, None]:
