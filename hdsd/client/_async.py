@@ -245,6 +245,8 @@ class AsyncClient:
         with deadline(limit, f"connecting to {host}:{port} took longer than {limit:g} s"):
             stream = await connect_tls(host, port, self._ssl, server_hostname=host)
         session = WireSession(stream, Connection(Role.CLIENT))
+        # One caller cancelled mid-frame must not cut the requests of the others.
+        session.finish_frames = True
         try:
             await session.send(Hello(protocol_version=PROTOCOL_VERSION,
                                      cluster_id=self.profile.cluster_id, peer="client",
@@ -287,13 +289,19 @@ class AsyncClient:
         finally:
             self._answers.waits.discard(wait)
 
-    async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True) -> Any:
+    async def _retrying(self, attempt: Callable[[], Any], *, replayable: bool = True,
+                        again: Callable[[Unavailable], bool] | None = None,
+                        retries: int | None = None) -> Any:
+        """*attempt*, tried again after an :class:`Unavailable` (at most *retries* times,
+        default ``self.retries``) if *replayable* and *again*, if given, says so of that
+        error."""
         delay = 0.05
-        for n in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for n in range(retries + 1):
             try:
                 return await attempt()
-            except Unavailable:
-                if not replayable or n == self.retries:
+            except Unavailable as exc:
+                if not replayable or n == retries or (again is not None and not again(exc)):
                     raise
                 await trio.sleep(delay)
                 delay = min(delay * 4, 2.0)
@@ -478,6 +486,10 @@ class AsyncClient:
                 raise AssertionError("unreachable")
             head = request.decode_reply(event.info)
         except BaseException:
+            if session.conn.in_flight(rid):
+                # Cancelled (or timed out) before the node's first answer: tell it to stop,
+                # as GetStream.finish does for a download left midway.
+                await session.cancel_abandoned(rid)
             session.close_inbox(rid)
             raise
         return GetStream(session, rid, ObjectInfo.from_body(head), head["start"], head["end"],
@@ -502,22 +514,64 @@ class AsyncClient:
 
     async def get(self, bucket: str, key: str, *, version: str | None = None,
                   offset: int | None = None, length: int | None = None) -> bytes:
-        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`)."""
+        """The object's bytes (*length* bytes from *offset*, as :meth:`open_get`).
+
+        Retried as any request before the node's first answer, and retried whole if the
+        connection is lost in the body (nothing was handed to the caller yet; a node that
+        reports itself too slow mid-body, or falls silent, RequestTimeout, is not asked
+        again). A retry reads the version the first answer named, never a newer one
+        written meanwhile (the bytes returned are one version's, the current one when the
+        get began); if that version is gone by then, the retry's error (NotFound) is the
+        caller's."""
         # open_get without its generator-based context manager and async iteration: a small
         # get is mostly such overheads (they cost ~60 Python calls of the client's ~600).
         start, end = _byte_range(offset, length)
         pieces: list[bytes] = []
+        lost = False
         async with self._in_flight:
             stream: GetStream = await self._retrying(
                 lambda: self._start_get(bucket, key, version, start, end))
+            # The first attempt's body read here, not in a retried closure: one coroutine
+            # level more for each of its frames' waits was ~3,000 instructions per small get
+            # (bench/instructions.py); a loss mid-body is rare and retried apart.
+            try:
+                while (piece := await stream.next_piece()) is not None:
+                    pieces.append(piece)
+            except ConnectionLost:
+                if not self.retries:
+                    raise
+                lost = True
+            finally:
+                await stream.finish()
+            if lost:
+                return await self._get_again(bucket, key, stream.info.version, start, end)
+        # One piece (an object of one chunk) is returned as it came; more are joined once
+        # (a bytearray grown piece by piece, then copied into bytes, was two copies).
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _get_again(self, bucket: str, key: str, version: str, start: int | None,
+                         end: int | None) -> bytes:
+        """:meth:`get` after its first attempt lost the connection mid-body: the whole get
+        again, of *version* (the one the first answer named), within the retries left."""
+        began = False  # the failed attempt was past its GetStart
+
+        async def attempt() -> bytes:
+            nonlocal began
+            began = False
+            stream = await self._start_get(bucket, key, version, start, end)
+            began = True
+            pieces: list[bytes] = []
             try:
                 while (piece := await stream.next_piece()) is not None:
                     pieces.append(piece)
             finally:
                 await stream.finish()
-        # One piece (an object of one chunk) is returned as it came; more are joined once
-        # (a bytearray grown piece by piece, then copied into bytes, was two copies).
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+        await trio.sleep(0.05)  # as _retrying waits before its first retry
+        return await self._retrying(  # type: ignore[no-any-return]
+            attempt, retries=self.retries - 1,
+            again=lambda exc: not began or isinstance(exc, ConnectionLost))
 
     def get_many(self, items: Sequence[tuple[str, str, str | None]], *, sha256: bool = False
                  ) -> AsyncGenerator[Fetched, None]:

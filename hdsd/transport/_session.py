@@ -33,7 +33,10 @@ The client and the node use the same session. Theory of operation:
   wakes with :class:`ConnectionLost`, and the stream is closed at once (forcefully), so that
   the other end sees the connection end instead of holding it, and the half-read request on
   it, until its idle timeout. This holds for every owner of a session: the client, the peer
-  links and the node's connections.
+  links and the node's connections. But a session whose owner sets ``finish_frames`` (the
+  client) does not let one cancelled caller cut the requests of the others: while other
+  requests are in flight, a frame started is finished, within :func:`write_bound`, and the
+  cancelled writer leaves the frames after it to a waiting sender (:meth:`_write_shielded`).
 * Receiving reads large (see :mod:`._tlsread`): one scheduler pass per socket read of up to
   256 KiB, all its TLS records decrypted at once, instead of one pass per 16 KiB record.
 * Flow control: ``send_body`` splits bytes into frames within the credit the peer granted and
@@ -104,6 +107,33 @@ one batch of frames per sending task)."""
 OWN_WRITE = 64 << 10
 """A frame this large goes to the stream as its own write, from the pieces
 ``conn.send_pieces`` returned, instead of being copied into the outbox's bytearray."""
+
+
+WRITE_GRACE = 10.0
+"""Seconds a frame's write may take, plus its size at :data:`WRITE_RATE`, once started while
+other requests are in flight (see ``WireSession._write_shielded``): past that the other end
+is taken not to read, and the write is cut."""
+WRITE_RATE = 256 << 10
+"""The slowest rate (bytes per second) a started write is given: a 4 MiB frame, the largest
+the wire allows by default, has 26 s."""
+
+
+def write_bound(size: int) -> float:
+    """How long a started write of *size* bytes may take before it is cut (see
+    :data:`WRITE_GRACE`)."""
+    return WRITE_GRACE + size / WRITE_RATE
+
+
+class _Stuck(Exception):
+    """A shielded write ran out of its bound: *reason* closes the session."""
+
+    def __init__(self, reason: ConnectionLost) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+def _size(data: bytearray | tuple[Piece, ...]) -> int:
+    return len(data) if isinstance(data, bytearray) else sum(map(len, data))
 
 
 def _bytes_of(view: memoryview, n: int) -> bytes:
@@ -205,9 +235,16 @@ class WireSession:
         self._outbox: list[bytearray | tuple[Piece, ...]] = []
         self._outbox_size = 0
         self._writing = False
+        self._handed_over = False  # the writer, cancelled between frames, left them queued
+        # Set by the owner (the client): while other requests are in flight a frame started
+        # is finished, bounded, whatever happens to its writer (see _write_shielded). The
+        # peer links shield their sends themselves, within their request bound; the node's
+        # connections keep the plain cut rule.
+        self.finish_frames = False
         self._queued = 0  # bytes ever put in the outbox ...
         self._written = 0  # ... and ever handed to stream.send_all
-        self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer
+        self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for the writer ...
+        self._waiting: list[int] = []  # ... and the _queued marks they wait for
         # Senders waiting for room in the outbox, in arrival order (see :meth:`_wait_room`).
         self._room = TurnQueue(self._admit)
         self._inboxes: dict[int, trio.MemorySendChannel[Message] | ReplySlot | _Abandoned] = {}
@@ -358,11 +395,21 @@ class WireSession:
         self._queued += size
 
     async def _wait_written(self, mark: int) -> None:
-        # The writer loops until the outbox is empty, so it will write our bytes too.
-        while self._written < mark:
-            if self._closed and not self._writing:
-                raise self._lost()
-            await self._flushed.park()
+        # The writer loops until the outbox is empty, so it will write our bytes too — unless
+        # it was cancelled and handed the rest over (:meth:`_write_out`): then the first
+        # waiter to wake becomes the writer.
+        self._waiting.append(mark)
+        try:
+            while self._written < mark:
+                if not self._writing:
+                    if self._closed:
+                        raise self._lost()
+                    if self._outbox:
+                        await self._write_out()
+                        continue
+                await self._flushed.park()
+        finally:
+            self._waiting.remove(mark)
 
     async def _write_out(self) -> None:
         self._writing = True
@@ -372,21 +419,40 @@ class WireSession:
                 # (16 replies finishing together) queue them first, for one write. A lone
                 # request skips this pass: its send is synchronous when the socket takes it.
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            started = False
             while self._outbox:
                 parts, self._outbox, self._outbox_size = self._outbox, [], 0
                 if self._room:  # nobody waiting (the usual case): nothing to do
                     self._admit()
+                if self.finish_frames and self.conn.requests_in_flight > 1:
+                    await self._write_shielded(parts, started)
+                    started = True
+                    continue
+                # A lone request: a cut costs nobody else (see _write_shielded), and its
+                # write needs no cancel scope (~50 of a small put's ~500 Python calls).
                 for data in parts:
                     await self._send_all(data)
                     self._written += (len(data) if isinstance(data, bytearray)
                                       else sum(map(len, data)))
                     if self._flushed:
                         self._flushed.unpark_all()
+                started = True
                 if self._progress:
                     self._progress.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
             raise ConnectionLost(f"connection lost while sending: {exc}") from None
+        except _Stuck as exc:
+            await self._fail(exc.reason)
+            # A writer cancelled meanwhile gets what it asked for; the others, the cause.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise exc.reason from None
+        except trio.Cancelled:
+            if not self._closed and self._handed_over:
+                self._handed_over = False
+                raise  # cancelled between two frames: the stream is intact
+            await self._fail(ConnectionLost("connection closed: a write on it was interrupted"))
+            raise
         except BaseException:
             # Cancelled midway: how much of the stream went out is unknown (the peer may hold
             # half a frame), so nothing more may be written on it.
@@ -396,6 +462,51 @@ class WireSession:
             self._writing = False
             if self._flushed:
                 self._flushed.unpark_all()
+
+    def _wrote(self, data: bytearray | tuple[Piece, ...]) -> None:
+        self._written += _size(data)
+        if self._flushed:
+            self._flushed.unpark_all()
+
+    async def _write_shielded(self, parts: list[bytearray | tuple[Piece, ...]],
+                              started: bool) -> None:
+        """Write *parts* (each whole frames) while other requests are in flight: a frame
+        started is finished whatever happens to the writing task, so that one caller's
+        cancellation does not cut the connection under every other request on it.
+
+        Each part is written in a shielded scope bounded by :func:`write_bound` of its size
+        (the caller's own deadline, an application's timeout, waits as its cancel does): only
+        when that expires — the other end does not read, the connection is stuck — is the write
+        cut, and the session with it. Before each part but the first this writer writes
+        (*started*: it wrote one already) the stream is at a frame boundary: a writer
+        cancelled meanwhile puts the parts left back in front of the outbox and hands them
+        to a sender waiting for the writer (one whose bytes are not written yet: it becomes
+        the writer, :meth:`_wait_written`), and raises ``Cancelled`` (promptly: a busy
+        connection would otherwise keep it writing the others' frames). With no sender
+        waiting it writes them itself: nobody else would."""
+        for i, data in enumerate(parts):
+            if started and any(m > self._written for m in self._waiting):
+                try:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                except trio.Cancelled:
+                    rest = parts[i:]
+                    self._outbox[:0] = rest
+                    self._outbox_size += sum(map(_size, rest))
+                    self._handed_over = True
+                    raise
+            started = True
+            size = _size(data)
+            limit = write_bound(size)
+            with trio.CancelScope(shield=True,
+                                  deadline=trio.current_time() + limit) as scope:
+                await self._send_all(data)
+            if scope.cancelled_caught:
+                raise _Stuck(ConnectionLost(
+                    f"connection closed: a write of {size} bytes did not finish within "
+                    f"{limit:.3g} s: the other end does not read"))
+            self._wrote(data)
+        if self._progress:
+            self._progress.unpark_all()
 
     async def _fail(self, reason: ConnectionLost) -> None:
         """The connection cannot send any more: drop what is queued, close the session, and

@@ -28,12 +28,17 @@ class CountingStream(trio.abc.Stream):
         # Set: every write from then on stays in progress until cancelled, as a write into a
         # full socket (or on a machine too loaded to run it) does.
         self.hang = False
+        # Set: every write from then on waits for this event (cancellable, as a write into a
+        # full socket is), then goes through, as once the socket drains.
+        self.hold: trio.Event | None = None
         self.closed = False  # aclose was called (by the client: its session is over)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.writes += 1
         if self.hang:
             await trio.sleep_forever()
+        if self.hold is not None:
+            await self.hold.wait()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:

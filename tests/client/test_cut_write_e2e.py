@@ -5,7 +5,7 @@ is when it used to let go of a connection left holding half a frame."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +101,78 @@ async def test_the_node_sees_a_cut_connection_end_at_once(
                 await trio.sleep(0.05)
             # The client goes on, on a new connection.
             assert await client.get("cut", "k") == b"x" * 5000
+
+
+class SlowWrites:
+    """Wraps the sessions' TLS sender (counting the sessions made): once armed, a write sends
+    the first half of its bytes, then waits until :attr:`go` is set — as a write into a socket
+    that drains slowly does, its caller free to give up meanwhile — and sends the rest."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.halfway = trio.Event()
+        self.go = trio.Event()
+        self.sessions = 0
+
+    def wrap(self, real: Sender) -> Sender:
+        self.sessions += 1
+
+        async def send_all(data: Sendable) -> None:
+            if not self.armed:
+                await real(data)
+                return
+            self.armed = False
+            pieces = data if isinstance(data, tuple) else (data,)
+            whole = b"".join(bytes(piece) for piece in pieces)
+            await real(whole[:len(whole) // 2])
+            self.halfway.set()
+            await self.go.wait()
+            await real(whole[len(whole) // 2:])
+        return send_all
+
+
+async def test_a_caller_cancelled_mid_frame_leaves_the_other_requests_alone(
+        cluster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A streamed put (not replayable: a cut would fail it, retries or not) is in flight when
+    # a get's caller gives up with the get's frame half written: the frame is finished, the
+    # get ends Cancelled, and the put completes on the same connection, the only one opened.
+    slow = SlowWrites()
+    real_sender = _tlsread.tls_sender
+    monkeypatch.setattr(_session, "tls_sender", lambda stream: slow.wrap(real_sender(stream)))
+    more = trio.Event()
+    waiting = trio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a" * 3000
+        waiting.set()
+        await more.wait()
+        yield b"b" * 3000
+
+    with trio.fail_after(LIMIT):
+        async with AsyncClient(cluster, site="dc1", retries=0) as client:
+            await client.put("cut", "there", b"x" * 5000)
+            infos: list[int] = []
+            cut = trio.CancelScope()
+
+            async def put() -> None:
+                infos.append((await client.put("cut", "streamed", body())).size)
+
+            async def get() -> None:
+                with cut:
+                    await client.get("cut", "there")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put)
+                await waiting.wait()  # the put's first piece is sent, the rest to come
+                slow.armed = True
+                nursery.start_soon(get)
+                await slow.halfway.wait()  # the get's request is half written ...
+                cut.cancel()  # ... when its caller gives up
+                await trio.sleep(0.1)
+                slow.go.set()  # the rest of its frame goes out
+                more.set()
+            assert cut.cancelled_caught
+            assert infos == [6000]
+            assert slow.sessions == 1  # one connection: nothing was cut, nothing retried
+            assert await client.get("cut", "streamed") == b"a" * 3000 + b"b" * 3000
+            assert slow.sessions == 1

@@ -22,8 +22,8 @@ import trio.testing
 
 from hdsd import ConnectionLost
 from hdsd.transport import WireSession
-from hdsd.transport._session import MAX_DATA_FRAME
-from hdsd.transport._tlsread import SEND_LOWAT
+from hdsd.transport._session import MAX_DATA_FRAME, WRITE_GRACE
+from hdsd.transport._tlsread import SEND_LOWAT, Sendable
 from hdsd.wire import (
     DEFAULT_WINDOW,
     PROTOCOL_VERSION,
@@ -594,3 +594,79 @@ async def test_a_job_handed_to_the_reader_runs_before_it_reads_on() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert (seen, done) == ([1, 2], [1])
             nursery.cancel_scope.cancel()
+
+
+def _stat(rid: int) -> StatRequest:
+    return StatRequest(rid=rid, bucket="b", key="k", version=None)
+
+
+async def test_a_writer_cancelled_mid_frame_finishes_it_and_hands_over_the_rest() -> None:
+    # finish_frames, other requests in flight: the cancelled writer finishes its frame, then
+    # leaves the frame queued behind it to its sender, who writes it; nothing is cut.
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.client.finish_frames = True
+            await pair.client.send(_stat(1))  # in flight: the connection is shared
+            writers: list[str] = []
+            real_send_all = pair.client._send_all
+
+            async def send_all(data: Sendable) -> None:
+                writers.append(trio.lowlevel.current_task().name)
+                await real_send_all(data)
+
+            pair.client._send_all = send_all
+            gate = pair.tap.gate = trio.Event()
+            scope = trio.CancelScope()
+
+            async def cancelled() -> None:
+                with scope:
+                    await pair.client.send(_stat(2))
+
+            async def other() -> None:
+                await pair.client.send(_stat(3))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancelled, name="cancelled")
+                await trio.testing.wait_all_tasks_blocked()  # its write held at the gate
+                nursery.start_soon(other, name="other")
+                await trio.testing.wait_all_tasks_blocked()  # queued behind it
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not pair.client.closed  # still writing its frame
+                gate.set()
+            assert scope.cancelled_caught and not pair.client.closed
+            assert writers == ["cancelled", "other"]
+            await trio.testing.wait_all_tasks_blocked()
+            assert [m.rid for m in pair.requests] == [1, 2, 3]  # type: ignore[attr-defined]
+
+
+async def test_a_started_frame_that_cannot_be_written_is_cut_after_its_bound(
+        autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(10 * WRITE_GRACE):
+        async with open_pair() as pair:
+            pair.client.finish_frames = True
+            await pair.client.send(_stat(1))
+            pair.tap.gate = trio.Event()  # never set: the other end does not read
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pair.client.send, _stat(2))
+                    await trio.testing.wait_all_tasks_blocked()
+                    began = trio.current_time()
+                    scope.cancel()
+            assert scope.cancelled_caught  # the caller still gets its Cancelled
+            assert pair.client.closed and pair.tap.closed
+            assert trio.current_time() - began >= WRITE_GRACE
+            assert "did not finish within" in str(pair.client.closed_reason)
+
+
+async def test_a_lone_request_cancelled_mid_frame_still_cuts_at_once() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_pair() as pair:
+            pair.client.finish_frames = True
+            pair.tap.gate = trio.Event()
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pair.client.send, _stat(1))
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert scope.cancelled_caught and pair.client.closed
