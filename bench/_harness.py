@@ -362,6 +362,19 @@ async def concurrently(n: int, job: Callable[[int], Awaitable[None]]) -> float:
     return time.perf_counter() - t0
 
 
+def wait_merkle_ready(profile: Path) -> None:
+    """Block until both sites' nodes say their Merkle trees are ready (a prefilled store is
+    followed at start: figures taken before that measure the catch-up, not the node)."""
+    import hdsd
+
+    for site in ("dc1", "dc2"):
+        while True:
+            with hdsd.Client(profile, site=site) as c:
+                if c.status()["maintenance"]["merkle"]["ready"]:
+                    break
+            time.sleep(0.5)
+
+
 def cluster_sealing(root: Path) -> TenantNameSealing:
     """The tenants' keys `hdsd init` gave the cluster under *root*: names written offline into
     a node's store must be sealed with them, or the node cannot open them."""

@@ -39,6 +39,7 @@ from _harness import (
     print_table,
     process_cpu_seconds,
     thread_cpu_seconds,
+    wait_merkle_ready,
     write_json,
 )
 
@@ -52,15 +53,6 @@ HERE = Path(__file__).resolve().parent
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _wait_ready(profile: Path) -> None:
-    for site in ("dc1", "dc2"):
-        while True:
-            with hdsd.Client(profile, site=site) as c:
-                if c.status()["maintenance"]["merkle"]["ready"]:
-                    break
-            time.sleep(0.5)
 
 
 def _usage_scan_s(store_dir: Path, root: Path) -> tuple[float, float]:
@@ -119,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for node in nodes.values():
                 node.start()
-            _wait_ready(profile)
+            wait_merkle_ready(profile)
             _log(f"ready; settling {args.settle:g} s")
             time.sleep(args.settle)
             pids = {s: nd.proc.pid for s, nd in nodes.items() if nd.proc is not None}

@@ -44,6 +44,7 @@ from bench._harness import (
     prefill_store,
     print_table,
     thread_cpu_seconds,
+    wait_merkle_ready,
     write_json,
 )
 from hdsd.pipeline import TenantNameSealing
@@ -54,15 +55,6 @@ BUCKET = "scale"
 
 def _log(msg: str) -> None:
     print(f"[scale_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _wait_ready(profile: Path) -> None:
-    for site in ("dc1", "dc2"):
-        while True:
-            with hdsd.Client(profile, site=site) as c:
-                if c.status()["maintenance"]["merkle"]["ready"]:
-                    break
-            time.sleep(0.5)
 
 
 async def _load(profile: Path, n: int, clients: int, seconds: float
@@ -144,7 +136,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         try:
             for node in nodes.values():
                 node.start()
-            _wait_ready(profile)
+            wait_merkle_ready(profile)
             pids = {s: nd.proc.pid for s, nd in nodes.items() if nd.proc is not None}
             before = {s: thread_cpu_seconds(p) for s, p in pids.items()}
             t = time.perf_counter()
