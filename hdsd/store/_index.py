@@ -336,14 +336,13 @@ class Index:
         self._names_lock = threading.Lock()
         # Heads opened by reads, and those apply knows to be new heads: (tenant, bucket, key)
         # -> (name id, version, size). Only under _heads_lock is it written; _head_keys finds
-        # an entry by the (tenant, name id) the writer knows. _heads_gen counts the applies
-        # that touched a version: a read keeps what it read only if none came in between (it
-        # may have read the row before that commit) — see current and _heads_written.
+        # an entry by the (tenant, name id) the writer knows. A read keeps what it read only if
+        # the generation (_changed) did not move in between: it may have read the row before
+        # that commit — see current and _heads_written.
         self._heads: OrderedDict[tuple[str, str, str], tuple[bytes, Version, int]] = \
             OrderedDict()
         self._head_keys: dict[tuple[str, bytes], tuple[str, str, str]] = {}
         self._heads_bytes = 0
-        self._heads_gen = 0
         self._heads_lock = threading.Lock()
         self.writer = _connect(path)
         self._check_format()
@@ -547,9 +546,9 @@ class Index:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        self._changed()
         if touched:
             self._heads_written(touched, fresh, controlled)
-        self._changed()
         if names:
             self._note_names(names)
 
@@ -561,9 +560,9 @@ class Index:
         cached heads go, and *fresh* ones (known new heads) come in, unless a purge or
         retention record of theirs came in the same batch (*controlled*). Before the writer counts
         the batch indexed, so a read after its acknowledgement (which waits for that) never
-        finds the head it replaced."""
+        finds the head it replaced; after _changed, so a read that kept a head it read
+        before the COMMIT (the generation had not moved yet) loses it here."""
         with self._heads_lock:
-            self._heads_gen += 1
             if self._heads:
                 for ident in touched:
                     name = self._head_keys.pop(ident, None)
@@ -596,9 +595,9 @@ class Index:
 
     def _forget_heads(self, tenants: set[str] | None) -> None:
         """Drop the cached heads of *tenants* (None: all), after rows were deleted outside
-        apply (shredded tenants, keys this node no longer holds)."""
+        apply (shredded tenants, keys this node no longer holds); after _changed, as
+        _heads_written."""
         with self._heads_lock:
-            self._heads_gen += 1
             if tenants is None:
                 self._heads.clear()
                 self._head_keys.clear()
@@ -613,8 +612,10 @@ class Index:
         """A commit changed (or may have changed) the versions indexed: figures derived from
         them (the tenants' usage, the Merkle trees) are stale. Called after the commit, never
         before: a reader that saw the old generation and then reads the rows may see the new
-        ones (one recomputation more), but one that sees the new generation reads them."""
-        self.generation = new_generation()
+        ones (one recomputation more), but one that sees the new generation reads them. Under
+        the heads cache's lock, before its entries are dropped (see current)."""
+        with self._heads_lock:
+            self.generation = new_generation()
 
     # --- purges (writer thread, inside apply's transaction) -----------------------------------
     @staticmethod
@@ -809,7 +810,7 @@ class Index:
         cached = self._heads.get((tenant, bucket, key))
         if cached is not None:
             return cached[1]
-        gen = self._heads_gen  # before the read: an apply after it makes the row suspect
+        gen = self.generation  # before the read: a commit after it makes the row suspect
         nid = seal.name_id(bucket, key)
         row = self._reader().execute(
             "SELECT v.body FROM heads h JOIN versions v ON v.vid = h.vid"
@@ -819,7 +820,7 @@ class Index:
             return None
         version = open_version(row[0], seal)
         with self._heads_lock:
-            if self._heads_gen == gen:
+            if self.generation == gen:
                 self._keep_head((tenant, nid), version)
         return version
 
