@@ -72,13 +72,17 @@ async def test_a_get_reads_the_one_version_it_serves(tmp_path: Path,
                 while any(n.rebuilding or n.checking for n in nodes):
                     await trio.sleep(0.05)
                 assert node.reads.local_only(tenant, "b", "k")
+                # The put cached k's head; a comparison round of the start that re-sent k's
+                # versions to dc1 while the puts ran drops it (a copy of a key drops its head):
+                # one read re-caches it, before the count (it failed so once in CI).
+                await client.get("b", "k")
 
                 opened = _Opened(monkeypatch)
                 assert await client.get("b", "k") == bodies[-1]  # the reader's get
                 assert (await client.stat("b", "k")).version == infos[-1].version  # a task's
                 assert await client.get("b", "k", version=infos[2].version) == bodies[2]
                 # Of a key with six versions, one record opened: the named one. The head, for
-                # the get and the stat, is the index's cached one (cached by its put here).
+                # the get and the stat, is the index's cached one.
                 assert opened.n == 1
 
                 # A delete marker is not found, as current or named; the versions under it are.
